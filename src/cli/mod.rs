@@ -1,0 +1,144 @@
+//! Command-line parsing, logging setup and the mapping from errors to exit codes:
+//! 0 success, 1 the thing checked is bad (damage), 2 usage or I/O failure.
+
+mod dump;
+mod store;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// A write-ahead-log segment store with file-shipping replication.
+#[derive(Parser, Debug)]
+#[command(name = "walship", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Positions (LSNs) are shown as HI/LO in hex, like 0/0100A3F8; every option that takes an LSN also accepts a decimal number.\nLogs go to stderr; set RUST_LOG (for example RUST_LOG=debug) to see more.\n\nExample:\n  walship init /var/lib/app/wal-data\n  printf 'a\\nb\\n' | walship write /var/lib/app/wal-data --durable\n  walship dump /var/lib/app/wal-data")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Init(store::InitArgs),
+    Write(store::WriteArgs),
+    Seal(store::SealArgs),
+    Dump(dump::DumpArgs),
+    Verify(verify::VerifyArgs),
+}
+
+/// What a command's failure means for the exit code.
+pub enum Failure {
+    /// Damage found in what was checked: exit 1.
+    Damage(String),
+    /// Could not run: bad usage or an I/O failure: exit 2.
+    Error(String),
+}
+
+impl From<walship::Error> for Failure {
+    fn from(e: walship::Error) -> Self {
+        if e.is_corruption() {
+            Failure::Damage(e.to_string())
+        } else {
+            Failure::Error(e.to_string())
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Error(e.to_string())
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Init(a) => store::init(a),
+        Command::Write(a) => store::write(a),
+        Command::Seal(a) => store::seal(a),
+        Command::Dump(a) => dump::run(a),
+        Command::Verify(a) => verify::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Damage(msg)) => {
+            eprintln!("walship: damage: {msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Error(msg)) => {
+            eprintln!("walship: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Parses a size: plain bytes, or with a KiB/MiB/GiB (or K/M/G, KB/MB/GB: all powers of 1024)
+/// suffix.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional KiB, MiB or GiB suffix"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("invalid size {s:?}: unknown unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// Formats a timestamp in microseconds as RFC 3339 UTC.
+pub fn format_time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_else(|| format!("invalid({us})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+}

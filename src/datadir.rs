@@ -1,0 +1,162 @@
+//! A data directory: its layout, identity (control file), writer lock and segment listing.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::{check_segment_size, ControlFile, SegmentName, FORMAT_VERSION};
+use crate::fsutil::{fsync_dir, write_atomic};
+
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// Paths inside a data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn wal_dir(&self) -> PathBuf {
+        self.root.join("wal")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    pub fn control_path(&self) -> PathBuf {
+        self.root.join("control")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("LOCK")
+    }
+    pub fn segment_path(&self, name: &SegmentName) -> PathBuf {
+        self.wal_dir().join(name.to_string())
+    }
+
+    /// True when `root` holds a control file.
+    pub fn is_initialized(&self) -> bool {
+        self.control_path().exists()
+    }
+
+    /// Makes a new data directory with a fresh identity. The directory may exist but must not
+    /// already hold a control file.
+    pub fn init(root: impl Into<PathBuf>, segment_size: u64) -> Result<ControlFile> {
+        check_segment_size(segment_size).map_err(Error::InvalidArgument)?;
+        let control = ControlFile {
+            format_version: FORMAT_VERSION,
+            timeline: 1,
+            system_id: Uuid::new_v4(),
+            segment_size,
+            created_us: crate::now_us(),
+        };
+        DataDir::create_with_identity(root, &control)?;
+        Ok(control)
+    }
+
+    /// Makes a data directory with a given identity (a standby or a restore copies its source's).
+    pub fn create_with_identity(root: impl Into<PathBuf>, control: &ControlFile) -> Result<DataDir> {
+        let dir = DataDir::new(root);
+        if dir.is_initialized() {
+            return Err(Error::AlreadyInitialized {
+                path: dir.root.clone(),
+            });
+        }
+        for d in [dir.root.clone(), dir.wal_dir(), dir.state_dir()] {
+            fs::create_dir_all(&d).ctx(|| format!("create directory {}", d.display()))?;
+        }
+        fsync_dir(&dir.wal_dir())?;
+        fsync_dir(&dir.state_dir())?;
+        write_atomic(&dir.control_path(), &control.encode())?;
+        if let Some(parent) = dir.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
+        Ok(dir)
+    }
+
+    /// Reads and checks the control file.
+    pub fn read_control(&self) -> Result<ControlFile> {
+        let path = self.control_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotADataDir {
+                    path: self.root.clone(),
+                    reason: "no control file (run `walship init` first)".into(),
+                })
+            }
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        };
+        ControlFile::decode(&bytes).map_err(|reason| Error::Corrupt {
+            file: path,
+            offset: 0,
+            lsn: crate::Lsn(0),
+            reason,
+        })
+    }
+
+    /// Takes the exclusive writer lock, failing at once when another process holds it.
+    pub fn lock(&self) -> Result<DirLock> {
+        let path = self.lock_path();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .ctx(|| format!("open lock file {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut s = String::new();
+                let _ = file.read_to_string(&mut s);
+                return Err(Error::Locked {
+                    path: self.root.clone(),
+                    pid: s.trim().parse().ok(),
+                });
+            }
+            return Err(Error::io(format!("lock {}", path.display()), err));
+        }
+        file.set_len(0)
+            .and_then(|_| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| writeln!(file, "{}", std::process::id()))
+            .ctx(|| format!("write pid to {}", path.display()))?;
+        Ok(DirLock { _file: file })
+    }
+
+    /// Every segment file in wal/, ordered by segment number then state.
+    pub fn list_segments(&self) -> Result<Vec<SegmentName>> {
+        list_segments_in(&self.wal_dir())
+    }
+}
+
+/// Segment files in a folder, ordered by (timeline, segment number, kind). Other files are
+/// ignored.
+pub fn list_segments_in(dir: &Path) -> Result<Vec<SegmentName>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
+        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+        if let Some(name) = entry.file_name().to_str().and_then(SegmentName::parse) {
+            out.push(name);
+        }
+    }
+    out.sort_by_key(|n| (n.segment_no, n.timeline, n.kind));
+    Ok(out)
+}
+
+/// Held while a process writes a data directory; dropping it releases the lock.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}

@@ -1,0 +1,195 @@
+//! Scanning a segment's bytes: the records in order, then why the scan ended. Pure: it reads a
+//! byte slice and does no I/O, so recovery, verify, dump, the reader, the standby and the
+//! archive all judge a segment by the same rules.
+
+use crate::format::record::{decode_at, Decoded, RecordError, RecordRef, SEAL_LEN};
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
+use crate::format::{SealInfo, SegmentHeader, ALIGN};
+
+/// Why a scan stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanEnd {
+    /// A valid seal marker at `offset` whose counts and checksum match; `trailing` bytes follow
+    /// it (0 in a sealed file, which ends right after its marker).
+    Sealed {
+        offset: usize,
+        seal: SealInfo,
+        trailing: usize,
+    },
+    /// Nothing written at `offset`: type byte 0, or the bytes ran out exactly there.
+    Unwritten { offset: usize },
+    /// The bytes at `offset` are not a valid record.
+    Invalid { offset: usize, error: ScanError },
+}
+
+impl ScanEnd {
+    pub fn offset(&self) -> usize {
+        match self {
+            ScanEnd::Sealed { offset, .. }
+            | ScanEnd::Unwritten { offset }
+            | ScanEnd::Invalid { offset, .. } => *offset,
+        }
+    }
+}
+
+/// A record-level failure, or a seal marker that disagrees with the segment it closes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("{0}")]
+    Record(RecordError),
+    #[error("segment checksum mismatch (seal says {stored:08x}, bytes give {computed:08x})")]
+    SegmentChecksum { stored: u32, computed: u32 },
+    #[error("seal marker disagrees with the segment: {0}")]
+    SealMismatch(String),
+}
+
+/// Iterates over the records of one segment held in `buf` (the file's bytes from offset 0).
+pub struct SegmentScanner<'a> {
+    buf: &'a [u8],
+    header: SegmentHeader,
+    off: usize,
+    first_offset: usize,
+    record_count: u64,
+    last_lsn: u64,
+    end: Option<ScanEnd>,
+}
+
+impl<'a> SegmentScanner<'a> {
+    /// Starts at the first record; fails when the header is not valid.
+    pub fn new(buf: &'a [u8]) -> Result<Self, String> {
+        let header = SegmentHeader::decode(buf)?;
+        Ok(Self::with_header(buf, header, SEGMENT_HEADER_LEN))
+    }
+
+    /// Starts at `offset` (a record boundary found earlier) with a header already decoded.
+    pub fn with_header(buf: &'a [u8], header: SegmentHeader, offset: usize) -> Self {
+        SegmentScanner {
+            buf,
+            header,
+            off: offset,
+            first_offset: offset,
+            record_count: 0,
+            last_lsn: 0,
+            end: None,
+        }
+    }
+
+    pub fn header(&self) -> &SegmentHeader {
+        &self.header
+    }
+
+    /// The offset of the next record (after the scan ended: where it ended).
+    pub fn offset(&self) -> usize {
+        self.off
+    }
+
+    /// Records returned so far.
+    pub fn record_count(&self) -> u64 {
+        self.record_count
+    }
+
+    /// Why the scan stopped; `None` while records remain.
+    pub fn end(&self) -> Option<&ScanEnd> {
+        self.end.as_ref()
+    }
+
+    /// Runs the scan to its end, counting records, and returns the end.
+    pub fn finish(&mut self) -> ScanEnd {
+        while self.next().is_some() {}
+        self.end.clone().unwrap_or(ScanEnd::Unwritten { offset: self.off })
+    }
+
+    fn check_seal(&self, seal: SealInfo) -> Result<SealInfo, ScanError> {
+        // Counts can only be compared when the scan saw every record of the segment.
+        let complete = self.first_offset == SEGMENT_HEADER_LEN;
+        if complete && seal.record_count != self.record_count {
+            return Err(ScanError::SealMismatch(format!(
+                "it counts {} records, the segment holds {}",
+                seal.record_count, self.record_count
+            )));
+        }
+        if complete && self.record_count > 0 && seal.last_lsn != self.last_lsn {
+            return Err(ScanError::SealMismatch(format!(
+                "it names {} as the last record, the segment's last record is at {}",
+                crate::Lsn(seal.last_lsn),
+                crate::Lsn(self.last_lsn)
+            )));
+        }
+        let computed = crc32fast::hash(&self.buf[..self.off]);
+        if computed != seal.segment_checksum {
+            return Err(ScanError::SegmentChecksum {
+                stored: seal.segment_checksum,
+                computed,
+            });
+        }
+        Ok(seal)
+    }
+}
+
+impl<'a> Iterator for SegmentScanner<'a> {
+    type Item = RecordRef<'a>;
+
+    fn next(&mut self) -> Option<RecordRef<'a>> {
+        if self.end.is_some() {
+            return None;
+        }
+        let limit = self.header.segment_size as usize;
+        let lsn = self.header.start_lsn() + self.off as u64;
+        match decode_at(self.buf, self.off, lsn, limit) {
+            Ok(Decoded::Record(r)) => {
+                self.off += crate::format::record::encoded_len(r.payload.len());
+                self.record_count += 1;
+                self.last_lsn = r.lsn();
+                Some(r)
+            }
+            Ok(Decoded::Seal(seal)) => {
+                self.end = Some(match self.check_seal(seal) {
+                    Ok(seal) => ScanEnd::Sealed {
+                        offset: self.off,
+                        seal,
+                        trailing: self.buf.len() - self.off - SEAL_LEN,
+                    },
+                    Err(error) => ScanEnd::Invalid {
+                        offset: self.off,
+                        error,
+                    },
+                });
+                None
+            }
+            Err(RecordError::Unwritten) => {
+                self.end = Some(ScanEnd::Unwritten { offset: self.off });
+                None
+            }
+            Err(e) => {
+                self.end = Some(ScanEnd::Invalid {
+                    offset: self.off,
+                    error: ScanError::Record(e),
+                });
+                None
+            }
+        }
+    }
+}
+
+/// Looks past a bad or unwritten position for a valid record (or seal marker) further on:
+/// finding one means the bad bytes are damage in the middle of the log, not a torn tail.
+/// Returns its offset and LSN.
+pub fn find_later_record(buf: &[u8], header: &SegmentHeader, from: usize) -> Option<(usize, u64)> {
+    let limit = header.segment_size as usize;
+    let start_lsn = header.start_lsn();
+    let mut off = crate::format::align_up(from.max(SEGMENT_HEADER_LEN));
+    while off + crate::format::record::RECORD_HEADER_LEN <= buf.len() {
+        let lsn = start_lsn + off as u64;
+        // Cheap filter first: the stored LSN must equal the position.
+        if crate::format::get_u64(buf, off + 8) == lsn && decode_at(buf, off, lsn, limit).is_ok() {
+            return Some((off, lsn));
+        }
+        off += ALIGN;
+    }
+    None
+}
+
+/// True when every byte from `from` on is zero.
+pub fn is_zero_from(buf: &[u8], from: usize) -> bool {
+    buf.get(from..).is_none_or(|r| r.iter().all(|&b| b == 0))
+}

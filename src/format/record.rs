@@ -1,0 +1,258 @@
+//! Records and the seal marker: 40-byte header, payload, zero padding to 8 bytes.
+
+use std::fmt;
+
+use super::{align_up, get_u32, get_u64, put_u32, put_u64};
+use crate::entry::EntryType;
+
+pub const RECORD_HEADER_LEN: usize = 40;
+/// The type byte of the seal marker, the last record of a sealed segment.
+pub const SEAL_TYPE: u8 = 255;
+pub const SEAL_PAYLOAD_LEN: usize = 24;
+/// Bytes the seal marker takes: header plus payload (already a multiple of 8).
+pub const SEAL_LEN: usize = RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN;
+const FLAG_HAS_TX: u8 = 1;
+
+/// Bytes a record with `payload_len` bytes of payload takes, padding included.
+pub const fn encoded_len(payload_len: usize) -> usize {
+    align_up(RECORD_HEADER_LEN + payload_len)
+}
+
+/// Writes one record into `dst`, which must be exactly `encoded_len(payload.len())` bytes (the
+/// padding bytes are written as zeros). Returns the record's CRC.
+pub fn encode_record(
+    dst: &mut [u8],
+    lsn: u64,
+    type_code: u8,
+    tx_id: Option<u64>,
+    timestamp_us: i64,
+    payload: &[u8],
+) -> u32 {
+    debug_assert_eq!(dst.len(), encoded_len(payload.len()));
+    put_u32(dst, 4, payload.len() as u32);
+    put_u64(dst, 8, lsn);
+    put_u64(dst, 16, tx_id.unwrap_or(0));
+    put_u64(dst, 24, timestamp_us as u64);
+    dst[32] = type_code;
+    dst[33] = if tx_id.is_some() { FLAG_HAS_TX } else { 0 };
+    dst[34..40].fill(0);
+    let end = RECORD_HEADER_LEN + payload.len();
+    dst[RECORD_HEADER_LEN..end].copy_from_slice(payload);
+    dst[end..].fill(0);
+    let crc = crc32fast::hash(&dst[4..]);
+    put_u32(dst, 0, crc);
+    crc
+}
+
+/// What a seal marker says about its segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealInfo {
+    /// Records in the segment, the seal marker not counted.
+    pub record_count: u64,
+    /// LSN of the last record (0 when the segment holds none).
+    pub last_lsn: u64,
+    /// CRC32 of every byte of the segment file before the seal marker.
+    pub segment_checksum: u32,
+}
+
+impl SealInfo {
+    pub fn encode_payload(&self) -> [u8; SEAL_PAYLOAD_LEN] {
+        let mut p = [0u8; SEAL_PAYLOAD_LEN];
+        put_u64(&mut p, 0, self.record_count);
+        put_u64(&mut p, 8, self.last_lsn);
+        put_u32(&mut p, 16, self.segment_checksum);
+        p
+    }
+
+    fn decode_payload(p: &[u8]) -> Option<SealInfo> {
+        if p.len() != SEAL_PAYLOAD_LEN || get_u32(p, 20) != 0 {
+            return None;
+        }
+        Some(SealInfo {
+            record_count: get_u64(p, 0),
+            last_lsn: get_u64(p, 8),
+            segment_checksum: get_u32(p, 16),
+        })
+    }
+}
+
+/// Writes a seal marker into `dst` (exactly [`SEAL_LEN`] bytes).
+pub fn encode_seal(dst: &mut [u8], lsn: u64, timestamp_us: i64, seal: &SealInfo) -> u32 {
+    encode_record(dst, lsn, SEAL_TYPE, None, timestamp_us, &seal.encode_payload())
+}
+
+/// The fixed fields of a record as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub crc: u32,
+    pub len: u32,
+    pub lsn: u64,
+    pub tx_id: Option<u64>,
+    pub timestamp_us: i64,
+    pub type_code: u8,
+}
+
+/// A record decoded in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub header: RecordHeader,
+    pub entry_type: EntryType,
+    pub payload: &'a [u8],
+}
+
+impl RecordRef<'_> {
+    pub fn lsn(&self) -> u64 {
+        self.header.lsn
+    }
+    /// Where the next record may start.
+    pub fn end_lsn(&self) -> u64 {
+        self.header.lsn + encoded_len(self.payload.len()) as u64
+    }
+}
+
+/// What sits at a record position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    Record(RecordRef<'a>),
+    Seal(SealInfo),
+}
+
+/// Why the bytes at a record position are not a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordError {
+    /// The type byte is 0: nothing was written here.
+    Unwritten,
+    /// Fewer bytes remain than the header or the length needs.
+    Truncated { need: usize, have: usize },
+    /// The length field points past the end of the segment.
+    LengthOutOfRange { len: u64 },
+    ChecksumMismatch { stored: u32, computed: u32 },
+    LsnMismatch { found: u64, expected: u64 },
+    UnknownType(u8),
+    ReservedBitsSet,
+    BadSealMarker,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::Unwritten => write!(f, "no record written here (type 0)"),
+            RecordError::Truncated { need, have } => {
+                write!(f, "record truncated: needs {need} bytes, {have} remain")
+            }
+            RecordError::LengthOutOfRange { len } => {
+                write!(f, "record length {len} runs past the end of the segment")
+            }
+            RecordError::ChecksumMismatch { stored, computed } => write!(
+                f,
+                "record checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+            ),
+            RecordError::LsnMismatch { found, expected } => write!(
+                f,
+                "record LSN {} does not match its position {}",
+                crate::Lsn(*found),
+                crate::Lsn(*expected)
+            ),
+            RecordError::UnknownType(t) => write!(f, "unknown record type {t}"),
+            RecordError::ReservedBitsSet => write!(f, "reserved header bytes are not zero"),
+            RecordError::BadSealMarker => write!(f, "malformed seal marker"),
+        }
+    }
+}
+
+/// Decodes the record at `buf[off..]`, which must sit at LSN `expected_lsn`. `limit` is the
+/// segment size: no record may extend past it. Checks run cheapest first, and the CRC before
+/// anything derived from an unverified field is trusted.
+pub fn decode_at(
+    buf: &[u8],
+    off: usize,
+    expected_lsn: u64,
+    limit: usize,
+) -> Result<Decoded<'_>, RecordError> {
+    let have = buf.len().saturating_sub(off);
+    if have < RECORD_HEADER_LEN {
+        if buf.get(off..).is_some_and(|r| r.iter().all(|&b| b == 0)) {
+            return Err(RecordError::Unwritten);
+        }
+        return Err(RecordError::Truncated {
+            need: RECORD_HEADER_LEN,
+            have,
+        });
+    }
+    let h = &buf[off..off + RECORD_HEADER_LEN];
+    let type_code = h[32];
+    if type_code == 0 {
+        return Err(RecordError::Unwritten);
+    }
+    let lsn = get_u64(h, 8);
+    if lsn != expected_lsn {
+        return Err(RecordError::LsnMismatch {
+            found: lsn,
+            expected: expected_lsn,
+        });
+    }
+    let len = get_u32(h, 4) as usize;
+    let total = encoded_len(len);
+    if off + total > limit {
+        return Err(RecordError::LengthOutOfRange { len: len as u64 });
+    }
+    if have < total {
+        return Err(RecordError::Truncated { need: total, have });
+    }
+    let stored = get_u32(h, 0);
+    let computed = crc32fast::hash(&buf[off + 4..off + total]);
+    if stored != computed {
+        return Err(RecordError::ChecksumMismatch { stored, computed });
+    }
+    let flags = h[33];
+    if flags & !FLAG_HAS_TX != 0 || h[34..40].iter().any(|&b| b != 0) {
+        return Err(RecordError::ReservedBitsSet);
+    }
+    let payload = &buf[off + RECORD_HEADER_LEN..off + RECORD_HEADER_LEN + len];
+    if type_code == SEAL_TYPE {
+        return SealInfo::decode_payload(payload)
+            .filter(|_| flags == 0)
+            .map(Decoded::Seal)
+            .ok_or(RecordError::BadSealMarker);
+    }
+    let entry_type = EntryType::from_code(type_code).ok_or(RecordError::UnknownType(type_code))?;
+    Ok(Decoded::Record(RecordRef {
+        header: RecordHeader {
+            crc: stored,
+            len: len as u32,
+            lsn,
+            tx_id: (flags & FLAG_HAS_TX != 0).then(|| get_u64(h, 16)),
+            timestamp_us: get_u64(h, 24) as i64,
+            type_code,
+        },
+        entry_type,
+        payload,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_then_decode() {
+        let payload = b"hello world";
+        let mut buf = vec![0u8; encoded_len(payload.len())];
+        encode_record(&mut buf, 4096, EntryType::Update.code(), Some(42), 77, payload);
+        assert_eq!(buf.len(), 56);
+        match decode_at(&buf, 0, 4096, 1 << 20).unwrap() {
+            Decoded::Record(r) => {
+                assert_eq!(r.payload, payload);
+                assert_eq!(r.header.tx_id, Some(42));
+                assert_eq!(r.header.timestamp_us, 77);
+                assert_eq!(r.entry_type, EntryType::Update);
+                assert_eq!(r.end_lsn(), 4096 + 56);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            decode_at(&buf, 0, 4104, 1 << 20),
+            Err(RecordError::LsnMismatch { .. })
+        ));
+    }
+}

@@ -1,0 +1,33 @@
+//! walship: a write-ahead-log segment store with file-shipping replication.
+//!
+//! An application appends entries to a [`Wal`]; walship makes them durable in CRC-checked
+//! segment files, seals full segments, and recovers the valid prefix after a crash.
+
+pub mod datadir;
+pub mod decoder;
+pub mod entry;
+pub mod error;
+pub mod format;
+pub mod fsutil;
+pub mod lsn;
+pub mod reader;
+pub mod recovery;
+pub mod segment_file;
+pub mod verify;
+pub mod wal;
+
+pub use datadir::DataDir;
+pub use entry::{Entry, EntryType};
+pub use error::{Error, Result};
+pub use lsn::Lsn;
+pub use reader::{WalReader, WalRecord};
+pub use recovery::RecoveryMode;
+pub use wal::{Appended, Wal, WalOptions, WalStats};
+
+/// Microseconds since the Unix epoch, UTC: the timestamp stored in records and headers.
+pub fn now_us() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
+    }
+}

@@ -1,0 +1,82 @@
+//! Log sequence numbers: byte positions in the WAL stream.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A byte position in the WAL stream. `segment_no = lsn / segment_size`.
+///
+/// Shown as PostgreSQL shows its LSNs, `HI/LO` in hex (`0/0100A3F8`); parsed from that form or
+/// from a plain decimal number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    pub const ZERO: Lsn = Lsn(0);
+
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:08X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl From<u64> for Lsn {
+    fn from(v: u64) -> Self {
+        Lsn(v)
+    }
+}
+
+/// Why a string is not an LSN.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid LSN {input:?}: expected HI/LO in hex (like 0/0100A3F8) or a decimal number")]
+pub struct ParseLsnError {
+    pub input: String,
+}
+
+impl FromStr for Lsn {
+    type Err = ParseLsnError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseLsnError { input: s.to_string() };
+        let t = s.trim();
+        if let Some((hi, lo)) = t.split_once('/') {
+            if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+                return Err(err());
+            }
+            let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
+            let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
+            Ok(Lsn(((hi as u64) << 32) | lo as u64))
+        } else {
+            t.parse::<u64>().map(Lsn).map_err(|_| err())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_postgres_style() {
+        assert_eq!(Lsn(0).to_string(), "0/00000000");
+        assert_eq!(Lsn(0x0100_A3F8).to_string(), "0/0100A3F8");
+        assert_eq!(Lsn(0x1_0000_0050).to_string(), "1/00000050");
+    }
+
+    #[test]
+    fn parses_both_forms() {
+        assert_eq!("0/0100A3F8".parse::<Lsn>().unwrap(), Lsn(0x0100_A3F8));
+        assert_eq!("1/50".parse::<Lsn>().unwrap(), Lsn(0x1_0000_0050));
+        assert_eq!("4096".parse::<Lsn>().unwrap(), Lsn(4096));
+        for bad in ["", "/", "0/", "x/1", "-1", "1/2/3", "123456789/0"] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad} should not parse");
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Reading records from any LSN, across sealed segments and the open one, and following new
+//! records as they are appended. The reader works from files only, so it runs in any process
+//! while a writer appends (it never maps a file a writer may truncate).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::datadir::list_segments_in;
+use crate::decoder::{find_later_record, is_zero_from};
+use crate::error::{Error, IoContext, Result};
+use crate::format::record::{decode_at, Decoded, RecordError};
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
+use crate::format::{SegmentFileKind, SegmentHeader, SegmentName};
+use crate::{EntryType, Lsn};
+
+/// One record, copied out of its segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalRecord {
+    pub lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub entry_type: EntryType,
+    pub tx_id: Option<u64>,
+    pub timestamp_us: i64,
+    pub crc: u32,
+    pub payload: Vec<u8>,
+    pub segment: SegmentName,
+    pub offset: u64,
+}
+
+/// Where a path given by a user points.
+#[derive(Clone, Debug)]
+pub enum WalSource {
+    /// A folder of segments (a data directory's wal/, or an archive).
+    Dir(PathBuf),
+    /// One segment file.
+    File(PathBuf),
+}
+
+impl WalSource {
+    /// Accepts a data directory, its wal/ folder, or one segment file.
+    pub fn resolve(path: &Path) -> Result<WalSource> {
+        let meta = std::fs::metadata(path).ctx(|| format!("{}", path.display()))?;
+        if meta.is_file() {
+            return Ok(WalSource::File(path.to_path_buf()));
+        }
+        if path.join("control").is_file() && path.join("wal").is_dir() {
+            return Ok(WalSource::Dir(path.join("wal")));
+        }
+        Ok(WalSource::Dir(path.to_path_buf()))
+    }
+}
+
+/// How the log ended when a reader ran out of records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogEnd {
+    /// No records past this point (yet).
+    Clean,
+    /// The open segment ends in bytes that are not a record and nothing valid follows: an
+    /// interrupted write, which recovery zeroes.
+    TornTail {
+        segment: SegmentName,
+        offset: u64,
+        reason: String,
+    },
+}
+
+struct Loaded {
+    name: SegmentName,
+    path: PathBuf,
+    bytes: Vec<u8>,
+    header: SegmentHeader,
+    off: usize,
+}
+
+/// Reads records in LSN order from a folder of segments or a single segment file.
+pub struct WalReader {
+    source: WalSource,
+    /// Records before this LSN are skipped.
+    from: u64,
+    /// The segment number to look for next when none is loaded.
+    next_segment: Option<u64>,
+    cur: Option<Loaded>,
+    end: LogEnd,
+    done_single: bool,
+}
+
+impl WalReader {
+    /// Opens a reader at the first record whose LSN is at least `from`.
+    pub fn open(path: &Path, from: Lsn) -> Result<WalReader> {
+        Ok(WalReader {
+            source: WalSource::resolve(path)?,
+            from: from.0,
+            next_segment: None,
+            cur: None,
+            end: LogEnd::Clean,
+            done_single: false,
+        })
+    }
+
+    /// How the log ended at the last `Ok(None)`.
+    pub fn log_end(&self) -> &LogEnd {
+        &self.end
+    }
+
+    /// The next record, or `Ok(None)` at the current end of the log; call again later to
+    /// follow new records. Damage is an error naming file, offset and LSN.
+    pub fn next_record(&mut self) -> Result<Option<WalRecord>> {
+        loop {
+            if self.cur.is_none() && !self.load_next()? {
+                return Ok(None);
+            }
+            let Some(cur) = self.cur.as_mut() else {
+                return Ok(None);
+            };
+            let start = cur.header.start_lsn();
+            let lsn = start + cur.off as u64;
+            match decode_at(&cur.bytes, cur.off, lsn, cur.header.segment_size as usize) {
+                Ok(Decoded::Record(r)) => {
+                    let off = cur.off;
+                    cur.off += crate::format::record::encoded_len(r.payload.len());
+                    if r.lsn() < self.from {
+                        continue;
+                    }
+                    self.end = LogEnd::Clean;
+                    return Ok(Some(WalRecord {
+                        lsn: Lsn(r.lsn()),
+                        end_lsn: Lsn(r.end_lsn()),
+                        entry_type: r.entry_type,
+                        tx_id: r.header.tx_id,
+                        timestamp_us: r.header.timestamp_us,
+                        crc: r.header.crc,
+                        payload: r.payload.to_vec(),
+                        segment: cur.name,
+                        offset: off as u64,
+                    }));
+                }
+                Ok(Decoded::Seal(_)) => {
+                    self.next_segment = Some(cur.name.segment_no + 1);
+                    self.cur = None;
+                    if matches!(self.source, WalSource::File(_)) {
+                        self.done_single = true;
+                    }
+                }
+                Err(e) => {
+                    if cur.name.kind == SegmentFileKind::Sealed {
+                        return Err(corrupt(cur, &e.to_string()));
+                    }
+                    // The open segment's current end: read what was appended since, or notice
+                    // that the segment was sealed meanwhile.
+                    if self.refresh_open()? {
+                        continue;
+                    }
+                    return self.end_of_open(e);
+                }
+            }
+        }
+    }
+
+    fn end_of_open(&mut self, e: RecordError) -> Result<Option<WalRecord>> {
+        let Some(cur) = self.cur.as_ref() else {
+            return Ok(None);
+        };
+        if let Some((later, lsn)) = find_later_record(&cur.bytes, &cur.header, cur.off + 8) {
+            return Err(corrupt(
+                cur,
+                &format!("{e}, yet a valid record follows at offset {later} (LSN {})", Lsn(lsn)),
+            ));
+        }
+        self.end = if is_zero_from(&cur.bytes, cur.off) {
+            LogEnd::Clean
+        } else {
+            LogEnd::TornTail {
+                segment: cur.name,
+                offset: cur.off as u64,
+                reason: e.to_string(),
+            }
+        };
+        Ok(None)
+    }
+
+    /// Re-reads the open segment past the current offset. Returns true when there is something
+    /// new to decode (more bytes, or the segment is now sealed).
+    fn refresh_open(&mut self) -> Result<bool> {
+        let Some(cur) = self.cur.as_mut() else {
+            return Ok(false);
+        };
+        let sealed_name = cur.name.with_kind(SegmentFileKind::Sealed);
+        let dir = cur.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let sealed_path = dir.join(sealed_name.to_string());
+        match read_tail(&cur.path, cur.off, &mut cur.bytes) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("read {}", cur.path.display()), e)),
+        }
+        if !cur.path.exists() && sealed_path.exists() {
+            cur.bytes = std::fs::read(&sealed_path)
+                .ctx(|| format!("read {}", sealed_path.display()))?;
+            cur.name = sealed_name;
+            cur.path = sealed_path;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Loads the next segment to read. Returns false when there is none (yet).
+    fn load_next(&mut self) -> Result<bool> {
+        let (name, path) = match &self.source {
+            WalSource::File(p) => {
+                if self.done_single {
+                    return Ok(false);
+                }
+                let file_name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let name = SegmentName::parse(file_name).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "{}: not a segment file name (expected 24 hex digits and .wal or .wal.open)",
+                        p.display()
+                    ))
+                })?;
+                (name, p.clone())
+            }
+            WalSource::Dir(d) => {
+                let names = list_segments_in(d)?;
+                let want = self.next_segment;
+                let candidates = names.iter().filter(|n| {
+                    matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open)
+                });
+                let found = match want {
+                    // Continuing: the very next number must be there, or the log ends here.
+                    Some(w) => {
+                        let next = candidates.clone().find(|n| n.segment_no == w);
+                        if next.is_none() {
+                            if let Some(later) = candidates.clone().find(|n| n.segment_no > w) {
+                                return Err(Error::Corrupt {
+                                    file: d.join(later.to_string()),
+                                    offset: 0,
+                                    lsn: Lsn(0),
+                                    reason: format!(
+                                        "segment number {w:X} is missing before {later}"
+                                    ),
+                                });
+                            }
+                        }
+                        next
+                    }
+                    None => {
+                        // Starting: the segment holding `from`, or the first one after it.
+                        let mut best = None;
+                        for n in candidates {
+                            if best.is_none() {
+                                best = Some(n);
+                            }
+                            if let Some(size) = segment_size_of(d, n) {
+                                if n.segment_no <= self.from / size {
+                                    best = Some(n);
+                                }
+                            }
+                        }
+                        best
+                    }
+                };
+                let Some(name) = found.copied() else {
+                    return Ok(false);
+                };
+                (name, d.join(name.to_string()))
+            }
+        };
+        let bytes = read_segment(&path)?;
+        let header = SegmentHeader::decode(&bytes).map_err(|reason| Error::Corrupt {
+            file: path.clone(),
+            offset: 0,
+            lsn: Lsn(0),
+            reason,
+        })?;
+        if header.segment_no != name.segment_no {
+            return Err(Error::Corrupt {
+                file: path,
+                offset: 0,
+                lsn: Lsn(header.start_lsn()),
+                reason: format!(
+                    "header says segment {:X}, the file name says {:X}",
+                    header.segment_no, name.segment_no
+                ),
+            });
+        }
+        self.next_segment = Some(name.segment_no);
+        self.cur = Some(Loaded {
+            name,
+            path,
+            bytes,
+            header,
+            off: SEGMENT_HEADER_LEN,
+        });
+        Ok(true)
+    }
+}
+
+fn segment_size_of(dir: &Path, name: &SegmentName) -> Option<u64> {
+    let f = File::open(dir.join(name.to_string())).ok()?;
+    let mut b = [0u8; SEGMENT_HEADER_LEN];
+    f.read_exact_at(&mut b, 0).ok()?;
+    SegmentHeader::decode(&b).ok().map(|h| h.segment_size)
+}
+
+fn corrupt(cur: &Loaded, reason: &str) -> Error {
+    Error::Corrupt {
+        file: cur.path.clone(),
+        offset: cur.off as u64,
+        lsn: Lsn(cur.header.start_lsn() + cur.off as u64),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads a whole segment file. An open segment is read through a descriptor advised as random
+/// access, so the read does not bring large folios into the page cache behind the writer.
+pub fn read_segment(path: &Path) -> Result<Vec<u8>> {
+    let f = File::open(path).ctx(|| format!("open {}", path.display()))?;
+    if path.to_string_lossy().ends_with(".wal.open") {
+        crate::fsutil::advise_random(&f);
+    }
+    let len = f.metadata().ctx(|| format!("stat {}", path.display()))?.len() as usize;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, 0)
+        .ctx(|| format!("read {}", path.display()))?;
+    Ok(buf)
+}
+
+/// Replaces `buf[from..]` with the file's current bytes from `from`; true when they differ.
+fn read_tail(path: &Path, from: usize, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    let f = File::open(path)?;
+    crate::fsutil::advise_random(&f);
+    let len = f.metadata()?.len() as usize;
+    if len <= from {
+        return Ok(false);
+    }
+    let mut fresh = vec![0u8; len - from];
+    f.read_exact_at(&mut fresh, from as u64)?;
+    let changed = buf.get(from..) != Some(&fresh[..]);
+    buf.truncate(from);
+    buf.extend_from_slice(&fresh);
+    Ok(changed)
+}

@@ -1,0 +1,211 @@
+//! Checking stored WAL end to end: headers, every record's CRC and LSN, seal markers and
+//! segment checksums, the chain between segments, and gaps. Unlike recovery it repairs nothing
+//! and goes on after a problem, so one run lists every problem it can find.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::datadir::{list_segments_in, DataDir};
+use crate::decoder::{find_later_record, is_zero_from, ScanEnd, SegmentScanner};
+use crate::error::Result;
+use crate::format::{ControlFile, SegmentFileKind, SegmentName};
+use crate::reader::{read_segment, WalSource};
+use crate::Lsn;
+
+/// One problem found, located.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VerifyIssue {
+    pub segment: String,
+    pub offset: u64,
+    pub lsn: u64,
+    pub reason: String,
+}
+
+/// The outcome of a verify run.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub segments: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub first_lsn: Option<u64>,
+    pub end_lsn: u64,
+    pub errors: Vec<VerifyIssue>,
+    /// Findings that are not damage (a torn tail in the open segment, which recovery repairs).
+    pub notes: Vec<String>,
+}
+
+/// What every segment in a set must agree on.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity {
+    pub system_id: Uuid,
+    pub segment_size: u64,
+}
+
+impl From<&ControlFile> for Identity {
+    fn from(c: &ControlFile) -> Self {
+        Identity {
+            system_id: c.system_id,
+            segment_size: c.segment_size,
+        }
+    }
+}
+
+/// Verifies a data directory, a folder of segments, or one segment file.
+pub fn verify_path(path: &Path) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let mut identity = None;
+    let files: Vec<(SegmentName, PathBuf)> = match WalSource::resolve(path)? {
+        WalSource::File(p) => {
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(SegmentName::parse);
+            match name {
+                Some(n) => vec![(n, p)],
+                None => {
+                    return Err(crate::Error::InvalidArgument(format!(
+                        "{}: not a segment file name (expected 24 hex digits and .wal or .wal.open)",
+                        p.display()
+                    )))
+                }
+            }
+        }
+        WalSource::Dir(d) => {
+            let root = d.parent().map(Path::to_path_buf).unwrap_or_default();
+            let dd = DataDir::new(&root);
+            if d.file_name().is_some_and(|n| n == "wal") && dd.is_initialized() {
+                match dd.read_control() {
+                    Ok(c) => identity = Some(Identity::from(&c)),
+                    Err(e) => report.errors.push(VerifyIssue {
+                        segment: "control".into(),
+                        offset: 0,
+                        lsn: 0,
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+            list_segments_in(&d)?
+                .into_iter()
+                .filter(|n| matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open))
+                .map(|n| (n, d.join(n.to_string())))
+                .collect()
+        }
+    };
+    verify_segments(&files, identity, &mut report, |p| read_segment(p))?;
+    report.ok = report.errors.is_empty();
+    Ok(report)
+}
+
+/// Verifies segments given in order, reading each with `read`. Shared by the data-directory
+/// check and the archive check, which reads through its store.
+pub fn verify_segments(
+    files: &[(SegmentName, PathBuf)],
+    mut identity: Option<Identity>,
+    report: &mut VerifyReport,
+    mut read: impl FnMut(&Path) -> Result<Vec<u8>>,
+) -> Result<()> {
+    let mut prev: Option<(SegmentName, Option<u32>)> = None;
+    let open_count = files
+        .iter()
+        .filter(|(n, _)| n.kind == SegmentFileKind::Open)
+        .count();
+    for (i, (name, path)) in files.iter().enumerate() {
+        report.segments += 1;
+        let issue = |offset: usize, lsn: u64, reason: String| VerifyIssue {
+            segment: name.to_string(),
+            offset: offset as u64,
+            lsn,
+            reason,
+        };
+        if let Some((p, _)) = &prev {
+            if name.segment_no == p.segment_no {
+                report.errors.push(issue(0, 0, format!("segment {:X} appears twice ({p} and {name})", name.segment_no)));
+            } else if name.segment_no != p.segment_no + 1 {
+                let missing = SegmentName::new(name.timeline, p.segment_no + 1, SegmentFileKind::Sealed);
+                report.errors.push(issue(0, 0, format!("segment {missing} is missing between {p} and {name}")));
+            }
+        }
+        if name.kind == SegmentFileKind::Open && (open_count > 1 || i + 1 != files.len()) {
+            report.errors.push(issue(0, 0, "an open segment must be the last segment and the only open one".into()));
+        }
+        let bytes = match read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                report.errors.push(issue(0, 0, e.to_string()));
+                prev = Some((*name, None));
+                continue;
+            }
+        };
+        report.bytes += bytes.len() as u64;
+        let mut scan = match SegmentScanner::new(&bytes) {
+            Ok(s) => s,
+            Err(reason) => {
+                report.errors.push(issue(0, 0, reason));
+                prev = Some((*name, None));
+                continue;
+            }
+        };
+        let header = *scan.header();
+        let start = header.start_lsn();
+        let id = *identity.get_or_insert(Identity {
+            system_id: header.system_id,
+            segment_size: header.segment_size,
+        });
+        if header.system_id != id.system_id {
+            report.errors.push(issue(0, start, format!("segment belongs to system {}, expected {}", header.system_id, id.system_id)));
+        }
+        if header.segment_size != id.segment_size {
+            report.errors.push(issue(0, start, format!("segment size {} differs from {}", header.segment_size, id.segment_size)));
+        }
+        if header.segment_no != name.segment_no || header.timeline != name.timeline {
+            report.errors.push(issue(0, start, format!("header says timeline {} segment {:X}; the file name disagrees", header.timeline, header.segment_no)));
+        }
+        if let Some((p, Some(prev_sum))) = &prev {
+            if p.segment_no + 1 == name.segment_no && header.prev_checksum != Some(*prev_sum) {
+                report.errors.push(issue(0, start, format!("chain broken: header expects previous checksum {}, {p} has {prev_sum:08x}", header.prev_checksum.map(|c| format!("{c:08x}")).unwrap_or_else(|| "none".into()))));
+            }
+        }
+        for r in scan.by_ref() {
+            report.first_lsn.get_or_insert(r.lsn());
+            report.end_lsn = r.end_lsn();
+        }
+        report.records += scan.record_count();
+        let end = scan.end().cloned().unwrap_or(ScanEnd::Unwritten { offset: scan.offset() });
+        let off = end.offset();
+        let at = start + off as u64;
+        let mut seal_sum = None;
+        match (&end, name.kind) {
+            (ScanEnd::Sealed { seal, trailing, .. }, SegmentFileKind::Sealed) => {
+                seal_sum = Some(seal.segment_checksum);
+                if *trailing != 0 {
+                    report.errors.push(issue(off, at, format!("{trailing} bytes follow the seal marker")));
+                }
+            }
+            (ScanEnd::Sealed { .. }, _) => {
+                report.notes.push(format!("{name}: holds a seal marker at offset {off} but is still named open (an interrupted seal; recovery finishes it)"));
+            }
+            (ScanEnd::Invalid { error, .. }, SegmentFileKind::Sealed) => {
+                report.errors.push(issue(off, at, error.to_string()));
+            }
+            (ScanEnd::Unwritten { .. }, SegmentFileKind::Sealed) => {
+                report.errors.push(issue(off, at, "sealed segment ends without a seal marker (truncated?)".into()));
+            }
+            (_, _) => {
+                let why = match &end {
+                    ScanEnd::Invalid { error, .. } => error.to_string(),
+                    _ => "unwritten bytes".into(),
+                };
+                if let Some((later, lsn)) = find_later_record(&bytes, &header, off + 8) {
+                    report.errors.push(issue(off, at, format!("{why}, yet a valid record follows at offset {later} (LSN {})", Lsn(lsn))));
+                } else if !is_zero_from(&bytes, off) {
+                    report.notes.push(format!("{name}: torn tail at offset {off} (LSN {}): {why}; repairable: recovery zeroes it", Lsn(at)));
+                }
+            }
+        }
+        prev = Some((*name, seal_sum));
+    }
+    Ok(())
+}

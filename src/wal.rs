@@ -1,0 +1,596 @@
+//! The writer: appends records through the open segment's mapping, seals and rotates segments,
+//! and makes appends durable with group commit.
+//!
+//! Locks: `state` guards the open segment and the write position; `sync` is held by the one
+//! thread doing a sync (the group-commit leader). A waiter takes `sync`, and when it gets it
+//! finds either its LSN already durable (a leader covered it) or itself the next leader, whose
+//! one msync covers every record written so far. Lock order: `sync` before `state`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::datadir::{DataDir, DirLock};
+use crate::entry::Entry;
+use crate::error::{Error, IoContext, Result};
+use crate::format::record::{encode_record, encode_seal, encoded_len, SEAL_LEN};
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
+use crate::format::{ControlFile, SealInfo, SegmentFileKind, SegmentHeader, SegmentName, FORMAT_VERSION};
+use crate::fsutil::fsync_dir;
+use crate::recovery::{recover, Recovered, RecoveryMode};
+use crate::segment_file::{prepare_file, ActiveSegment};
+use crate::Lsn;
+
+/// How a data directory is opened for writing.
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    pub recovery_mode: RecoveryMode,
+    /// Seal the open segment once it holds records and is this old (like PostgreSQL's
+    /// `archive_timeout`), so that shipping and archiving never wait on a quiet writer.
+    pub max_segment_age: Option<Duration>,
+    /// Prepare the next segment in a background thread (on by default).
+    pub prepare_ahead: bool,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            recovery_mode: RecoveryMode::TolerateTail,
+            max_segment_age: None,
+            prepare_ahead: true,
+        }
+    }
+}
+
+/// Where an appended record sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's LSN (where its header starts).
+    pub lsn: Lsn,
+    /// Where the next record may start; the record is durable once `flush_lsn() >= end_lsn`.
+    pub end_lsn: Lsn,
+}
+
+/// Counters a caller can read at any time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub syncs: u64,
+    pub records_appended: u64,
+    pub segments_sealed: u64,
+}
+
+struct WriterState {
+    seg: Option<Arc<ActiveSegment>>,
+    off: usize,
+    hasher: crc32fast::Hasher,
+    seg_records: u64,
+    seg_last_lsn: u64,
+    end_lsn: u64,
+    prev_checksum: Option<u32>,
+    next_segment_no: u64,
+    opened_at: Instant,
+    /// Set by an activation: the segment number the preparer should get ready next.
+    prepare_next: Option<u64>,
+}
+
+struct SyncState {
+    segment_no: u64,
+    synced_to: usize,
+}
+
+struct Inner {
+    dir: DataDir,
+    control: ControlFile,
+    state: Mutex<WriterState>,
+    sync: Mutex<SyncState>,
+    flushed: AtomicU64,
+    written: AtomicU64,
+    sealed: AtomicU64,
+    poisoned: AtomicBool,
+    poison_reason: Mutex<String>,
+    syncs: AtomicU64,
+    appended: AtomicU64,
+    seals: AtomicU64,
+    /// A prepared file ready for the given segment number. The preparer holds this lock while
+    /// it works, so a rotation that needs the file waits for it instead of racing it.
+    prepared: Mutex<Option<(u64, PathBuf)>>,
+    options: WalOptions,
+}
+
+enum BgMsg {
+    Prepare(u64),
+    Stop,
+}
+
+/// A data directory open for writing. Cheap to share: wrap it in an `Arc` and call from many
+/// threads.
+pub struct Wal {
+    inner: Arc<Inner>,
+    bg_tx: Mutex<Option<mpsc::Sender<BgMsg>>>,
+    bg: Option<JoinHandle<()>>,
+    _lock: DirLock,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves plain counters behind, never half-written bytes that
+    // are published: the state stays usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Wal {
+    /// Opens a data directory made by [`DataDir::init`]: takes the writer lock, runs recovery
+    /// and logs one summary line.
+    pub fn open(root: impl Into<PathBuf>, options: WalOptions) -> Result<Wal> {
+        let dir = DataDir::new(root);
+        let control = dir.read_control()?;
+        let lock_guard = dir.lock()?;
+        let rec = recover(&dir, &control, options.recovery_mode)?;
+        let inner = Arc::new(Inner::from_recovered(dir, control, &rec, options)?);
+        tracing::info!(
+            dir = %inner.dir.root().display(),
+            segments = rec.sealed.len() + rec.open.is_some() as usize,
+            records = rec.records,
+            end_lsn = %Lsn(rec.end_lsn),
+            repaired = %if rec.repairs.is_empty() { "nothing".to_string() } else { rec.repairs.join("; ") },
+            "recovered data directory"
+        );
+        let mut wal = Wal {
+            inner,
+            bg_tx: Mutex::new(None),
+            bg: None,
+            _lock: lock_guard,
+        };
+        if wal.inner.options.prepare_ahead || wal.inner.options.max_segment_age.is_some() {
+            let (tx, rx) = mpsc::channel();
+            let inner = wal.inner.clone();
+            wal.bg = Some(
+                std::thread::Builder::new()
+                    .name("walship-prepare".into())
+                    .spawn(move || background(inner, rx))
+                    .ctx(|| "start the segment preparation thread".to_string())?,
+            );
+            *lock(&wal.bg_tx) = Some(tx);
+            let next = lock(&wal.inner.state).next_segment_no;
+            wal.request_prepare(next);
+        }
+        Ok(wal)
+    }
+
+    /// The directory's identity.
+    pub fn control(&self) -> &ControlFile {
+        &self.inner.control
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.inner.dir
+    }
+
+    /// End of the last appended record.
+    pub fn write_lsn(&self) -> Lsn {
+        Lsn(self.inner.written.load(Ordering::Acquire))
+    }
+
+    /// Everything below this LSN is durable.
+    pub fn flush_lsn(&self) -> Lsn {
+        Lsn(self.inner.flushed.load(Ordering::Acquire))
+    }
+
+    /// End of the last record in a sealed segment.
+    pub fn sealed_lsn(&self) -> Lsn {
+        Lsn(self.inner.sealed.load(Ordering::Acquire))
+    }
+
+    pub fn stats(&self) -> WalStats {
+        WalStats {
+            syncs: self.inner.syncs.load(Ordering::Relaxed),
+            records_appended: self.inner.appended.load(Ordering::Relaxed),
+            segments_sealed: self.inner.seals.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The largest payload one record can carry with this directory's segment size.
+    pub fn max_payload(&self) -> usize {
+        self.inner.max_payload()
+    }
+
+    /// Appends one entry; it is durable once `flush_lsn()` reaches the returned `end_lsn`
+    /// (see [`Wal::wait_durable`]).
+    pub fn append(&self, entry: &Entry<'_>) -> Result<Appended> {
+        self.inner.check_poison()?;
+        let mut st = lock(&self.inner.state);
+        let r = self.inner.append_locked(&mut st, entry, crate::now_us());
+        let end = st.end_lsn;
+        let activated = st.prepare_next.take();
+        drop(st);
+        self.inner.written.store(end, Ordering::Release);
+        if let Some(n) = activated {
+            self.request_prepare(n);
+        }
+        r
+    }
+
+    /// Appends entries in order under one lock; stops at the first error (earlier entries stay
+    /// appended). Returns each entry's position.
+    pub fn append_batch(&self, entries: &[Entry<'_>]) -> Result<Vec<Appended>> {
+        self.inner.check_poison()?;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut st = lock(&self.inner.state);
+        let ts = crate::now_us();
+        let mut result = Ok(());
+        let mut activated = None;
+        for e in entries {
+            let r = self.inner.append_locked(&mut st, e, ts);
+            if let Some(n) = st.prepare_next.take() {
+                activated = Some(n);
+            }
+            match r {
+                Ok(a) => out.push(a),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let end = st.end_lsn;
+        drop(st);
+        self.inner.written.store(end, Ordering::Release);
+        if let Some(n) = activated {
+            self.request_prepare(n);
+        }
+        result.map(|_| out)
+    }
+
+    /// Appends and waits until the entry is durable.
+    pub fn append_durable(&self, entry: &Entry<'_>) -> Result<Appended> {
+        let a = self.append(entry)?;
+        self.wait_durable(a.end_lsn)?;
+        Ok(a)
+    }
+
+    /// Blocks until everything below `lsn` is durable. Concurrent callers share syncs: one
+    /// msync covers every record appended before it started.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        self.inner.wait_durable(lsn.0)
+    }
+
+    /// Makes everything appended so far durable and returns the new `flush_lsn`.
+    pub fn sync(&self) -> Result<Lsn> {
+        let w = self.inner.written.load(Ordering::Acquire);
+        self.inner.wait_durable(w)?;
+        Ok(self.flush_lsn())
+    }
+
+    /// Seals the open segment now (when it holds records), like PostgreSQL's `pg_switch_wal`.
+    /// Returns the sealed segment's name, or `None` when there was nothing to seal.
+    pub fn seal(&self) -> Result<Option<SegmentName>> {
+        self.inner.check_poison()?;
+        let mut st = lock(&self.inner.state);
+        self.inner.seal_locked(&mut st)
+    }
+
+    fn request_prepare(&self, segment_no: u64) {
+        if !self.inner.options.prepare_ahead {
+            return;
+        }
+        if let Some(tx) = &*lock(&self.bg_tx) {
+            let _ = tx.send(BgMsg::Prepare(segment_no));
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Some(tx) = lock(&self.bg_tx).take() {
+            let _ = tx.send(BgMsg::Stop);
+        }
+        if let Some(h) = self.bg.take() {
+            let _ = h.join();
+        }
+        if !self.inner.poisoned.load(Ordering::Acquire) {
+            if let Err(e) = self.sync() {
+                tracing::error!(error = %e, "final sync at close failed");
+            }
+        }
+    }
+}
+
+fn background(inner: Arc<Inner>, rx: mpsc::Receiver<BgMsg>) {
+    let tick = inner
+        .options
+        .max_segment_age
+        .map(|a| (a / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+        .unwrap_or(Duration::from_secs(3600));
+    loop {
+        match rx.recv_timeout(tick) {
+            Ok(BgMsg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(BgMsg::Prepare(no)) => {
+                let mut slot = lock(&inner.prepared);
+                if matches!(&*slot, Some((n, _)) if *n == no) {
+                    continue;
+                }
+                if let Some((_, old)) = slot.take() {
+                    let _ = std::fs::remove_file(old);
+                }
+                let path = inner.prepared_path(no);
+                match prepare_file(&path, inner.control.segment_size) {
+                    Ok(()) => *slot = Some((no, path)),
+                    Err(e) => tracing::warn!(error = %e, "preparing the next segment failed; the next rotation will try again"),
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(max) = inner.options.max_segment_age {
+            if inner.poisoned.load(Ordering::Acquire) {
+                continue;
+            }
+            let mut st = lock(&inner.state);
+            if st.seg.is_some() && st.seg_records > 0 && st.opened_at.elapsed() >= max {
+                if let Err(e) = inner.seal_locked(&mut st) {
+                    tracing::error!(error = %e, "sealing an aged segment failed");
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn from_recovered(
+        dir: DataDir,
+        control: ControlFile,
+        rec: &Recovered,
+        options: WalOptions,
+    ) -> Result<Inner> {
+        let mut st = WriterState {
+            seg: None,
+            off: 0,
+            hasher: crc32fast::Hasher::new(),
+            seg_records: 0,
+            seg_last_lsn: 0,
+            end_lsn: rec.end_lsn,
+            prev_checksum: rec.prev_checksum,
+            next_segment_no: rec.next_segment_no,
+            opened_at: Instant::now(),
+            prepare_next: None,
+        };
+        if let Some(open) = &rec.open {
+            let path = dir.segment_path(&open.name);
+            let seg = ActiveSegment::map(path, open.name, control.segment_size)?;
+            st.seg = Some(Arc::new(seg));
+            st.off = open.offset;
+            st.hasher = crc32fast::Hasher::new_with_initial_len(open.crc, open.offset as u64);
+            st.seg_records = open.record_count;
+            st.seg_last_lsn = open.last_lsn;
+            st.prev_checksum = open.header.prev_checksum;
+            st.next_segment_no = open.name.segment_no + 1;
+        }
+        let sealed = rec.sealed.last().map(|s| s.end_lsn).unwrap_or(0);
+        Ok(Inner {
+            dir,
+            control,
+            sync: Mutex::new(SyncState {
+                segment_no: u64::MAX,
+                synced_to: 0,
+            }),
+            flushed: AtomicU64::new(rec.end_lsn),
+            written: AtomicU64::new(rec.end_lsn),
+            sealed: AtomicU64::new(sealed),
+            state: Mutex::new(st),
+            poisoned: AtomicBool::new(false),
+            poison_reason: Mutex::new(String::new()),
+            syncs: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            seals: AtomicU64::new(0),
+            prepared: Mutex::new(rec.prepared.clone().map(|p| (rec.next_segment_no, p))),
+            options,
+        })
+    }
+
+    fn max_payload(&self) -> usize {
+        let room = self.control.segment_size as usize
+            - SEGMENT_HEADER_LEN
+            - SEAL_LEN
+            - crate::format::record::RECORD_HEADER_LEN;
+        room & !(crate::format::ALIGN - 1)
+    }
+
+    fn prepared_path(&self, no: u64) -> PathBuf {
+        self.dir.segment_path(&SegmentName::new(
+            self.control.timeline,
+            no,
+            SegmentFileKind::Prepared,
+        ))
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned(lock(&self.poison_reason).clone()));
+        }
+        Ok(())
+    }
+
+    /// Marks the writer failed after a sync error; every later call gets the error.
+    fn poison(&self, what: String, e: std::io::Error) -> Error {
+        let reason = format!("{what}: {e}");
+        tracing::error!(%reason, "sync failed: the writer refuses further appends");
+        {
+            let mut r = lock(&self.poison_reason);
+            if r.is_empty() {
+                *r = reason.clone();
+            }
+        }
+        self.poisoned.store(true, Ordering::Release);
+        Error::Poisoned(reason)
+    }
+
+    fn append_locked(&self, st: &mut WriterState, e: &Entry<'_>, ts: i64) -> Result<Appended> {
+        let len = encoded_len(e.payload.len());
+        if e.payload.len() > self.max_payload() {
+            return Err(Error::RecordTooLarge {
+                len: e.payload.len(),
+                max: self.max_payload(),
+                segment_size: self.control.segment_size,
+            });
+        }
+        if st.seg.is_some() && st.off + len + SEAL_LEN > self.control.segment_size as usize {
+            self.seal_locked(st)?;
+        }
+        if st.seg.is_none() {
+            self.activate_locked(st)?;
+        }
+        let Some(seg) = st.seg.as_ref() else {
+            return Err(Error::Other("no open segment after activation".into()));
+        };
+        let lsn = seg.start_lsn + st.off as u64;
+        // SAFETY: we hold the state lock and write past everything published.
+        let dst = unsafe { seg.slice_mut(st.off, len) };
+        encode_record(dst, lsn, e.entry_type.code(), e.tx_id, ts, e.payload);
+        st.hasher.update(dst);
+        st.off += len;
+        st.seg_records += 1;
+        st.seg_last_lsn = lsn;
+        st.end_lsn = lsn + len as u64;
+        self.appended.fetch_add(1, Ordering::Relaxed);
+        Ok(Appended {
+            lsn: Lsn(lsn),
+            end_lsn: Lsn(st.end_lsn),
+        })
+    }
+
+    fn wait_durable(&self, target: u64) -> Result<()> {
+        if self.flushed.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        self.check_poison()?;
+        let mut s = lock(&self.sync);
+        if self.flushed.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        self.check_poison()?;
+        let (seg, to, end) = {
+            let st = lock(&self.state);
+            (st.seg.clone(), st.off, st.end_lsn)
+        };
+        if target > end {
+            return Err(Error::InvalidArgument(format!(
+                "cannot wait for LSN {}: nothing has been written past {}",
+                Lsn(target),
+                Lsn(end)
+            )));
+        }
+        if let Some(seg) = seg {
+            let from = if s.segment_no == seg.name.segment_no {
+                s.synced_to
+            } else {
+                0
+            };
+            if to > from {
+                seg.sync_range(from, to)
+                    .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))?;
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            s.segment_no = seg.name.segment_no;
+            s.synced_to = to;
+        }
+        self.flushed.fetch_max(end, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn seal_locked(&self, st: &mut WriterState) -> Result<Option<SegmentName>> {
+        let Some(seg) = st.seg.clone() else {
+            return Ok(None);
+        };
+        if st.seg_records == 0 {
+            return Ok(None);
+        }
+        let seal = SealInfo {
+            record_count: st.seg_records,
+            last_lsn: st.seg_last_lsn,
+            segment_checksum: st.hasher.clone().finalize(),
+        };
+        let lsn = seg.start_lsn + st.off as u64;
+        // SAFETY: state lock held; the marker goes right after the last record.
+        let dst = unsafe { seg.slice_mut(st.off, SEAL_LEN) };
+        encode_seal(dst, lsn, crate::now_us(), &seal);
+        let used = st.off + SEAL_LEN;
+        let p = |what: &str| format!("{what} {}", seg.path.display());
+        seg.sync_range(0, used).map_err(|e| self.poison(p("msync"), e))?;
+        // Nothing maps past `used` any more: the tail is only zeros we never wrote.
+        seg.file
+            .set_len(used as u64)
+            .map_err(|e| self.poison(p("truncate"), e))?;
+        seg.file.sync_all().map_err(|e| self.poison(p("fsync"), e))?;
+        let sealed_name = seg.name.with_kind(SegmentFileKind::Sealed);
+        let sealed_path = self.dir.segment_path(&sealed_name);
+        std::fs::rename(&seg.path, &sealed_path).map_err(|e| self.poison(p("rename"), e))?;
+        fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
+            Error::Io { context, source } => self.poison(context, source),
+            other => other,
+        })?;
+        self.flushed.fetch_max(st.end_lsn, Ordering::AcqRel);
+        self.sealed.store(st.end_lsn, Ordering::Release);
+        self.seals.fetch_add(1, Ordering::Relaxed);
+        st.prev_checksum = Some(seal.segment_checksum);
+        st.next_segment_no = seg.name.segment_no + 1;
+        st.seg = None;
+        tracing::debug!(segment = %sealed_name, records = seal.record_count, "sealed segment");
+        Ok(Some(sealed_name))
+    }
+
+    fn activate_locked(&self, st: &mut WriterState) -> Result<()> {
+        let no = st.next_segment_no;
+        let name = SegmentName::new(self.control.timeline, no, SegmentFileKind::Open);
+        let path = self.dir.segment_path(&name);
+        let prepared = {
+            let mut slot = lock(&self.prepared);
+            match slot.take() {
+                Some((n, p)) if n == no => p,
+                other => {
+                    if let Some((_, p)) = other {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    let p = self.prepared_path(no);
+                    let fresh = std::fs::metadata(&p)
+                        .map(|m| m.len() == self.control.segment_size)
+                        .unwrap_or(false);
+                    if !fresh {
+                        tracing::debug!(segment = no, "no prepared segment ready; preparing in the append path");
+                        prepare_file(&p, self.control.segment_size)?;
+                    }
+                    p
+                }
+            }
+        };
+        std::fs::rename(&prepared, &path)
+            .ctx(|| format!("rename {} to {}", prepared.display(), path.display()))?;
+        fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
+            Error::Io { context, source } => self.poison(context, source),
+            other => other,
+        })?;
+        let seg = ActiveSegment::map(path, name, self.control.segment_size)?;
+        let header = SegmentHeader {
+            format_version: FORMAT_VERSION,
+            timeline: self.control.timeline,
+            segment_size: self.control.segment_size,
+            segment_no: no,
+            system_id: self.control.system_id,
+            prev_checksum: st.prev_checksum,
+            created_us: crate::now_us(),
+        };
+        let hb = header.encode();
+        // SAFETY: state lock held; nothing of this segment is published yet.
+        unsafe { seg.slice_mut(0, SEGMENT_HEADER_LEN) }.copy_from_slice(&hb);
+        st.hasher = crc32fast::Hasher::new();
+        st.hasher.update(&hb);
+        st.off = SEGMENT_HEADER_LEN;
+        st.seg_records = 0;
+        st.seg_last_lsn = 0;
+        st.opened_at = Instant::now();
+        st.seg = Some(Arc::new(seg));
+        st.next_segment_no = no + 1;
+        st.prepare_next = Some(no + 1);
+        Ok(())
+    }
+}
