@@ -64,7 +64,10 @@ impl DataDir {
     }
 
     /// Makes a data directory with a given identity (a standby or a restore copies its source's).
-    pub fn create_with_identity(root: impl Into<PathBuf>, control: &ControlFile) -> Result<DataDir> {
+    pub fn create_with_identity(
+        root: impl Into<PathBuf>,
+        control: &ControlFile,
+    ) -> Result<DataDir> {
         let dir = DataDir::new(root);
         if dir.is_initialized() {
             return Err(Error::AlreadyInitialized {

@@ -96,7 +96,9 @@ impl<'a> SegmentScanner<'a> {
     /// Runs the scan to its end, counting records, and returns the end.
     pub fn finish(&mut self) -> ScanEnd {
         while self.next().is_some() {}
-        self.end.clone().unwrap_or(ScanEnd::Unwritten { offset: self.off })
+        self.end
+            .clone()
+            .unwrap_or(ScanEnd::Unwritten { offset: self.off })
     }
 
     fn check_seal(&self, seal: SealInfo) -> Result<SealInfo, ScanError> {

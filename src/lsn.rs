@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// Shown as PostgreSQL shows its LSNs, `HI/LO` in hex (`0/0100A3F8`); parsed from that form or
 /// from a plain decimal number.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 
@@ -44,7 +46,9 @@ impl FromStr for Lsn {
     type Err = ParseLsnError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseLsnError { input: s.to_string() };
+        let err = || ParseLsnError {
+            input: s.to_string(),
+        };
         let t = s.trim();
         if let Some((hi, lo)) = t.split_once('/') {
             if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {

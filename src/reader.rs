@@ -164,7 +164,10 @@ impl WalReader {
         if let Some((later, lsn)) = find_later_record(&cur.bytes, &cur.header, cur.off + 8) {
             return Err(corrupt(
                 cur,
-                &format!("{e}, yet a valid record follows at offset {later} (LSN {})", Lsn(lsn)),
+                &format!(
+                    "{e}, yet a valid record follows at offset {later} (LSN {})",
+                    Lsn(lsn)
+                ),
             ));
         }
         self.end = if is_zero_from(&cur.bytes, cur.off) {
@@ -195,8 +198,8 @@ impl WalReader {
             Err(e) => return Err(Error::io(format!("read {}", cur.path.display()), e)),
         }
         if !cur.path.exists() && sealed_path.exists() {
-            cur.bytes = std::fs::read(&sealed_path)
-                .ctx(|| format!("read {}", sealed_path.display()))?;
+            cur.bytes =
+                std::fs::read(&sealed_path).ctx(|| format!("read {}", sealed_path.display()))?;
             cur.name = sealed_name;
             cur.path = sealed_path;
             return Ok(true);
@@ -223,9 +226,9 @@ impl WalReader {
             WalSource::Dir(d) => {
                 let names = list_segments_in(d)?;
                 let want = self.next_segment;
-                let candidates = names.iter().filter(|n| {
-                    matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open)
-                });
+                let candidates = names
+                    .iter()
+                    .filter(|n| matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open));
                 let found = match want {
                     // Continuing: the very next number must be there, or the log ends here.
                     Some(w) => {
@@ -319,7 +322,10 @@ pub fn read_segment(path: &Path) -> Result<Vec<u8>> {
     if path.to_string_lossy().ends_with(".wal.open") {
         crate::fsutil::advise_random(&f);
     }
-    let len = f.metadata().ctx(|| format!("stat {}", path.display()))?.len() as usize;
+    let len = f
+        .metadata()
+        .ctx(|| format!("stat {}", path.display()))?
+        .len() as usize;
     let mut buf = vec![0u8; len];
     f.read_exact_at(&mut buf, 0)
         .ctx(|| format!("read {}", path.display()))?;

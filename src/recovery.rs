@@ -90,7 +90,12 @@ pub fn check_sealed(
     let start = name.segment_no.saturating_mul(control.segment_size);
     let mut hb = [0u8; SEGMENT_HEADER_LEN];
     if len < SEGMENT_HEADER_LEN + SEAL_LEN {
-        return Err(corrupt(path, len, start + len as u64, format!("sealed segment is only {len} bytes: too short for a header and a seal marker")));
+        return Err(corrupt(
+            path,
+            len,
+            start + len as u64,
+            format!("sealed segment is only {len} bytes: too short for a header and a seal marker"),
+        ));
     }
     file.read_exact_at(&mut hb, 0)
         .ctx(|| format!("read {}", path.display()))?;
@@ -104,11 +109,19 @@ pub fn check_sealed(
     let seal_lsn = start + seal_off as u64;
     let seal = match decode_at(&sb, 0, seal_lsn, control.segment_size as usize) {
         Ok(Decoded::Seal(s)) => s,
-        Ok(Decoded::Record(_)) => {
-            return Err(corrupt(path, seal_off, seal_lsn, "sealed segment does not end with a seal marker (last bytes are a record: truncated?)"))
-        }
+        Ok(Decoded::Record(_)) => return Err(corrupt(
+            path,
+            seal_off,
+            seal_lsn,
+            "sealed segment does not end with a seal marker (last bytes are a record: truncated?)",
+        )),
         Err(e) => {
-            return Err(corrupt(path, seal_off, seal_lsn, format!("sealed segment does not end with a valid seal marker: {e}")))
+            return Err(corrupt(
+                path,
+                seal_off,
+                seal_lsn,
+                format!("sealed segment does not end with a valid seal marker: {e}"),
+            ))
         }
     };
     Ok(SealedSegment {
@@ -128,13 +141,37 @@ pub fn check_identity(
 ) -> Result<()> {
     let start = header.start_lsn();
     if header.system_id != control.system_id {
-        return Err(corrupt(path, 0, start, format!("segment belongs to system {}, this directory is system {}", header.system_id, control.system_id)));
+        return Err(corrupt(
+            path,
+            0,
+            start,
+            format!(
+                "segment belongs to system {}, this directory is system {}",
+                header.system_id, control.system_id
+            ),
+        ));
     }
     if header.segment_size != control.segment_size {
-        return Err(corrupt(path, 0, start, format!("segment size {} differs from the directory's {}", header.segment_size, control.segment_size)));
+        return Err(corrupt(
+            path,
+            0,
+            start,
+            format!(
+                "segment size {} differs from the directory's {}",
+                header.segment_size, control.segment_size
+            ),
+        ));
     }
     if header.segment_no != name.segment_no || header.timeline != name.timeline {
-        return Err(corrupt(path, 0, start, format!("header says timeline {} segment {:X}, the file name says timeline {} segment {:X}", header.timeline, header.segment_no, name.timeline, name.segment_no)));
+        return Err(corrupt(
+            path,
+            0,
+            start,
+            format!(
+                "header says timeline {} segment {:X}, the file name says timeline {} segment {:X}",
+                header.timeline, header.segment_no, name.timeline, name.segment_no
+            ),
+        ));
     }
     Ok(())
 }
@@ -156,7 +193,21 @@ pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Resu
                 let s = check_sealed(&path, &name, control)?;
                 if let Some(prev) = rec.sealed.last() {
                     if name.segment_no != prev.name.segment_no + 1 {
-                        return Err(corrupt(&path, 0, s.header.start_lsn(), format!("segment {} is missing: {} is followed by {}", SegmentName::new(name.timeline, prev.name.segment_no + 1, SegmentFileKind::Sealed), prev.name, name)));
+                        return Err(corrupt(
+                            &path,
+                            0,
+                            s.header.start_lsn(),
+                            format!(
+                                "segment {} is missing: {} is followed by {}",
+                                SegmentName::new(
+                                    name.timeline,
+                                    prev.name.segment_no + 1,
+                                    SegmentFileKind::Sealed
+                                ),
+                                prev.name,
+                                name
+                            ),
+                        ));
                     }
                     if s.header.prev_checksum != Some(prev.seal.segment_checksum) {
                         return Err(corrupt(&path, 0, s.header.start_lsn(), format!("chain broken: header expects previous checksum {:?}, {} has {:08x}", s.header.prev_checksum.map(|c| format!("{c:08x}")), prev.name, prev.seal.segment_checksum)));
@@ -212,7 +263,15 @@ fn recover_open(
         return Err(corrupt(&path, 0, start, format!("open segment is not newer than the last sealed segment (expected number {:X} or later)", rec.next_segment_no)));
     }
     if !rec.sealed.is_empty() && name.segment_no != rec.next_segment_no {
-        return Err(corrupt(&path, 0, start, format!("segment {:X} is missing before the open segment", rec.next_segment_no)));
+        return Err(corrupt(
+            &path,
+            0,
+            start,
+            format!(
+                "segment {:X} is missing before the open segment",
+                rec.next_segment_no
+            ),
+        ));
     }
     let mut buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
     if is_zero_from(&buf, 0) {
@@ -227,7 +286,9 @@ fn recover_open(
             fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
         }
         fsync_dir(&dir.wal_dir())?;
-        rec.repairs.push(format!("{name}: empty open segment (header never written) restarted"));
+        rec.repairs.push(format!(
+            "{name}: empty open segment (header never written) restarted"
+        ));
         return Ok(());
     }
     let header = SegmentHeader::decode(&buf).map_err(|r| corrupt(&path, 0, start, r))?;
@@ -243,7 +304,9 @@ fn recover_open(
         last_end = Some(r.end_lsn());
     }
     let count = scan.record_count();
-    let end = scan.end().cloned().unwrap_or(ScanEnd::Unwritten { offset: scan.offset() });
+    let end = scan.end().cloned().unwrap_or(ScanEnd::Unwritten {
+        offset: scan.offset(),
+    });
     let off = end.offset();
     if let Some(e) = last_end {
         rec.end_lsn = e;
@@ -255,15 +318,26 @@ fn recover_open(
             if mode == RecoveryMode::Strict {
                 return Err(corrupt(&path, off, start + off as u64, "open segment holds a seal marker (an interrupted seal); open in tolerate-tail mode to finish it"));
             }
-            let f = OpenOptions::new().write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
-            f.set_len((off + SEAL_LEN) as u64).ctx(|| format!("truncate {}", path.display()))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .ctx(|| format!("open {}", path.display()))?;
+            f.set_len((off + SEAL_LEN) as u64)
+                .ctx(|| format!("truncate {}", path.display()))?;
             f.sync_all().ctx(|| format!("fsync {}", path.display()))?;
             let sealed = dir.segment_path(&name.with_kind(SegmentFileKind::Sealed));
-            fs::rename(&path, &sealed).ctx(|| format!("rename {} to {}", path.display(), sealed.display()))?;
+            fs::rename(&path, &sealed)
+                .ctx(|| format!("rename {} to {}", path.display(), sealed.display()))?;
             fsync_dir(&dir.wal_dir())?;
-            rec.repairs.push(format!("{name}: finished an interrupted seal"));
+            rec.repairs
+                .push(format!("{name}: finished an interrupted seal"));
             rec.end_lsn = start + off as u64;
-            rec.sealed.push(SealedSegment { name: name.with_kind(SegmentFileKind::Sealed), header, seal, end_lsn: start + off as u64 });
+            rec.sealed.push(SealedSegment {
+                name: name.with_kind(SegmentFileKind::Sealed),
+                header,
+                seal,
+                end_lsn: start + off as u64,
+            });
             rec.next_segment_no = name.segment_no + 1;
             rec.prev_checksum = Some(seal.segment_checksum);
             return Ok(());
@@ -282,20 +356,39 @@ fn recover_open(
                     _ => "non-zero bytes after the last record".into(),
                 };
                 if mode == RecoveryMode::Strict {
-                    return Err(corrupt(&path, off, start + off as u64, format!("torn tail: {reason} (strict mode repairs nothing)")));
+                    return Err(corrupt(
+                        &path,
+                        off,
+                        start + off as u64,
+                        format!("torn tail: {reason} (strict mode repairs nothing)"),
+                    ));
                 }
                 let last_nz = buf.iter().rposition(|&b| b != 0).unwrap_or(off);
-                let f = OpenOptions::new().write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .ctx(|| format!("open {}", path.display()))?;
                 buf[off..=last_nz].fill(0);
                 f.write_all_at(&buf[off..=last_nz], off as u64)
                     .ctx(|| format!("zero torn tail of {}", path.display()))?;
                 f.sync_data().ctx(|| format!("fsync {}", path.display()))?;
-                rec.repairs.push(format!("{name}: zeroed torn tail of {} bytes at offset {off} (LSN {}): {reason}", last_nz + 1 - off, Lsn(start + off as u64)));
+                rec.repairs.push(format!(
+                    "{name}: zeroed torn tail of {} bytes at offset {off} (LSN {}): {reason}",
+                    last_nz + 1 - off,
+                    Lsn(start + off as u64)
+                ));
             }
         }
     }
     let crc = crc32fast::hash(&buf[..off]);
-    rec.open = Some(OpenSegment { name, header, offset: off, crc, record_count: count, last_lsn });
+    rec.open = Some(OpenSegment {
+        name,
+        header,
+        offset: off,
+        crc,
+        record_count: count,
+        last_lsn,
+    });
     rec.next_segment_no = name.segment_no + 1;
     Ok(())
 }

@@ -98,7 +98,10 @@ impl ActiveSegment {
     /// published, so no other reference to them exists.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, off: usize, len: usize) -> &mut [u8] {
-        assert!(off + len <= self.map.len(), "write past the end of the segment");
+        assert!(
+            off + len <= self.map.len(),
+            "write past the end of the segment"
+        );
         std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len)
     }
 

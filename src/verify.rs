@@ -65,12 +65,10 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
                 .and_then(SegmentName::parse);
             match name {
                 Some(n) => vec![(n, p)],
-                None => {
-                    return Err(crate::Error::InvalidArgument(format!(
-                        "{}: not a segment file name (expected 24 hex digits and .wal or .wal.open)",
-                        p.display()
-                    )))
-                }
+                None => return Err(crate::Error::InvalidArgument(format!(
+                    "{}: not a segment file name (expected 24 hex digits and .wal or .wal.open)",
+                    p.display()
+                ))),
             }
         }
         WalSource::Dir(d) => {
@@ -122,14 +120,30 @@ pub fn verify_segments(
         };
         if let Some((p, _)) = &prev {
             if name.segment_no == p.segment_no {
-                report.errors.push(issue(0, 0, format!("segment {:X} appears twice ({p} and {name})", name.segment_no)));
+                report.errors.push(issue(
+                    0,
+                    0,
+                    format!(
+                        "segment {:X} appears twice ({p} and {name})",
+                        name.segment_no
+                    ),
+                ));
             } else if name.segment_no != p.segment_no + 1 {
-                let missing = SegmentName::new(name.timeline, p.segment_no + 1, SegmentFileKind::Sealed);
-                report.errors.push(issue(0, 0, format!("segment {missing} is missing between {p} and {name}")));
+                let missing =
+                    SegmentName::new(name.timeline, p.segment_no + 1, SegmentFileKind::Sealed);
+                report.errors.push(issue(
+                    0,
+                    0,
+                    format!("segment {missing} is missing between {p} and {name}"),
+                ));
             }
         }
         if name.kind == SegmentFileKind::Open && (open_count > 1 || i + 1 != files.len()) {
-            report.errors.push(issue(0, 0, "an open segment must be the last segment and the only open one".into()));
+            report.errors.push(issue(
+                0,
+                0,
+                "an open segment must be the last segment and the only open one".into(),
+            ));
         }
         let bytes = match read(path) {
             Ok(b) => b,
@@ -155,17 +169,48 @@ pub fn verify_segments(
             segment_size: header.segment_size,
         });
         if header.system_id != id.system_id {
-            report.errors.push(issue(0, start, format!("segment belongs to system {}, expected {}", header.system_id, id.system_id)));
+            report.errors.push(issue(
+                0,
+                start,
+                format!(
+                    "segment belongs to system {}, expected {}",
+                    header.system_id, id.system_id
+                ),
+            ));
         }
         if header.segment_size != id.segment_size {
-            report.errors.push(issue(0, start, format!("segment size {} differs from {}", header.segment_size, id.segment_size)));
+            report.errors.push(issue(
+                0,
+                start,
+                format!(
+                    "segment size {} differs from {}",
+                    header.segment_size, id.segment_size
+                ),
+            ));
         }
         if header.segment_no != name.segment_no || header.timeline != name.timeline {
-            report.errors.push(issue(0, start, format!("header says timeline {} segment {:X}; the file name disagrees", header.timeline, header.segment_no)));
+            report.errors.push(issue(
+                0,
+                start,
+                format!(
+                    "header says timeline {} segment {:X}; the file name disagrees",
+                    header.timeline, header.segment_no
+                ),
+            ));
         }
         if let Some((p, Some(prev_sum))) = &prev {
             if p.segment_no + 1 == name.segment_no && header.prev_checksum != Some(*prev_sum) {
-                report.errors.push(issue(0, start, format!("chain broken: header expects previous checksum {}, {p} has {prev_sum:08x}", header.prev_checksum.map(|c| format!("{c:08x}")).unwrap_or_else(|| "none".into()))));
+                report.errors.push(issue(
+                    0,
+                    start,
+                    format!(
+                        "chain broken: header expects previous checksum {}, {p} has {prev_sum:08x}",
+                        header
+                            .prev_checksum
+                            .map(|c| format!("{c:08x}"))
+                            .unwrap_or_else(|| "none".into())
+                    ),
+                ));
             }
         }
         for r in scan.by_ref() {
@@ -173,7 +218,9 @@ pub fn verify_segments(
             report.end_lsn = r.end_lsn();
         }
         report.records += scan.record_count();
-        let end = scan.end().cloned().unwrap_or(ScanEnd::Unwritten { offset: scan.offset() });
+        let end = scan.end().cloned().unwrap_or(ScanEnd::Unwritten {
+            offset: scan.offset(),
+        });
         let off = end.offset();
         let at = start + off as u64;
         let mut seal_sum = None;
@@ -181,7 +228,11 @@ pub fn verify_segments(
             (ScanEnd::Sealed { seal, trailing, .. }, SegmentFileKind::Sealed) => {
                 seal_sum = Some(seal.segment_checksum);
                 if *trailing != 0 {
-                    report.errors.push(issue(off, at, format!("{trailing} bytes follow the seal marker")));
+                    report.errors.push(issue(
+                        off,
+                        at,
+                        format!("{trailing} bytes follow the seal marker"),
+                    ));
                 }
             }
             (ScanEnd::Sealed { .. }, _) => {
@@ -191,7 +242,11 @@ pub fn verify_segments(
                 report.errors.push(issue(off, at, error.to_string()));
             }
             (ScanEnd::Unwritten { .. }, SegmentFileKind::Sealed) => {
-                report.errors.push(issue(off, at, "sealed segment ends without a seal marker (truncated?)".into()));
+                report.errors.push(issue(
+                    off,
+                    at,
+                    "sealed segment ends without a seal marker (truncated?)".into(),
+                ));
             }
             (_, _) => {
                 let why = match &end {
@@ -199,7 +254,14 @@ pub fn verify_segments(
                     _ => "unwritten bytes".into(),
                 };
                 if let Some((later, lsn)) = find_later_record(&bytes, &header, off + 8) {
-                    report.errors.push(issue(off, at, format!("{why}, yet a valid record follows at offset {later} (LSN {})", Lsn(lsn))));
+                    report.errors.push(issue(
+                        off,
+                        at,
+                        format!(
+                            "{why}, yet a valid record follows at offset {later} (LSN {})",
+                            Lsn(lsn)
+                        ),
+                    ));
                 } else if !is_zero_from(&bytes, off) {
                     report.notes.push(format!("{name}: torn tail at offset {off} (LSN {}): {why}; repairable: recovery zeroes it", Lsn(at)));
                 }

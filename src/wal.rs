@@ -18,7 +18,9 @@ use crate::entry::Entry;
 use crate::error::{Error, IoContext, Result};
 use crate::format::record::{encode_record, encode_seal, encoded_len, SEAL_LEN};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
-use crate::format::{ControlFile, SealInfo, SegmentFileKind, SegmentHeader, SegmentName, FORMAT_VERSION};
+use crate::format::{
+    ControlFile, SealInfo, SegmentFileKind, SegmentHeader, SegmentName, FORMAT_VERSION,
+};
 use crate::fsutil::fsync_dir;
 use crate::recovery::{recover, Recovered, RecoveryMode};
 use crate::segment_file::{prepare_file, ActiveSegment};
@@ -317,7 +319,9 @@ fn background(inner: Arc<Inner>, rx: mpsc::Receiver<BgMsg>) {
                 let path = inner.prepared_path(no);
                 match prepare_file(&path, inner.control.segment_size) {
                     Ok(()) => *slot = Some((no, path)),
-                    Err(e) => tracing::warn!(error = %e, "preparing the next segment failed; the next rotation will try again"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "preparing the next segment failed; the next rotation will try again")
+                    }
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -516,12 +520,15 @@ impl Inner {
         encode_seal(dst, lsn, crate::now_us(), &seal);
         let used = st.off + SEAL_LEN;
         let p = |what: &str| format!("{what} {}", seg.path.display());
-        seg.sync_range(0, used).map_err(|e| self.poison(p("msync"), e))?;
+        seg.sync_range(0, used)
+            .map_err(|e| self.poison(p("msync"), e))?;
         // Nothing maps past `used` any more: the tail is only zeros we never wrote.
         seg.file
             .set_len(used as u64)
             .map_err(|e| self.poison(p("truncate"), e))?;
-        seg.file.sync_all().map_err(|e| self.poison(p("fsync"), e))?;
+        seg.file
+            .sync_all()
+            .map_err(|e| self.poison(p("fsync"), e))?;
         let sealed_name = seg.name.with_kind(SegmentFileKind::Sealed);
         let sealed_path = self.dir.segment_path(&sealed_name);
         std::fs::rename(&seg.path, &sealed_path).map_err(|e| self.poison(p("rename"), e))?;
@@ -556,7 +563,10 @@ impl Inner {
                         .map(|m| m.len() == self.control.segment_size)
                         .unwrap_or(false);
                     if !fresh {
-                        tracing::debug!(segment = no, "no prepared segment ready; preparing in the append path");
+                        tracing::debug!(
+                            segment = no,
+                            "no prepared segment ready; preparing in the append path"
+                        );
                         prepare_file(&p, self.control.segment_size)?;
                     }
                     p

@@ -14,7 +14,9 @@ use super::{format_time, CmdResult, Failure};
 
 /// Print the records of a data directory, its wal/ folder or one segment file.
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  walship dump ./data --start 0/01000000 --limit 20\n  walship dump ./data --type tx_commit --json\n  walship dump ./data/wal/000000010000000000000003.wal --stats\n  walship dump ./data --follow")]
+#[command(
+    after_help = "Examples:\n  walship dump ./data --start 0/01000000 --limit 20\n  walship dump ./data --type tx_commit --json\n  walship dump ./data/wal/000000010000000000000003.wal --stats\n  walship dump ./data --follow"
+)]
 pub struct DumpArgs {
     /// A data directory, its wal/ folder, or one segment file.
     pub path: PathBuf,
@@ -146,41 +148,41 @@ pub fn run(a: DumpArgs) -> CmdResult {
     let mut out = BufWriter::new(stdout.lock());
     let mut printed = 0u64;
     let mut stats: BTreeMap<&'static str, TypeStats> = BTreeMap::new();
-    let result: Result<(), Failure> = (|| {
-        loop {
-            if a.limit.is_some_and(|l| printed >= l) {
-                return Ok(());
-            }
-            let r = match reader.next_record() {
-                Ok(Some(r)) => r,
-                Ok(None) => {
-                    if a.follow {
-                        out.flush()?;
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                    return Ok(());
-                }
-                Err(e) => {
+    let result: Result<(), Failure> = (|| loop {
+        if a.limit.is_some_and(|l| printed >= l) {
+            return Ok(());
+        }
+        let r = match reader.next_record() {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                if a.follow {
                     out.flush()?;
-                    return Err(e.into());
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
                 }
-            };
-            if a.end.is_some_and(|e| r.lsn >= e) {
                 return Ok(());
             }
-            if a.entry_type.is_some_and(|t| t != r.entry_type) || a.tx.is_some_and(|t| Some(t) != r.tx_id) {
-                continue;
+            Err(e) => {
+                out.flush()?;
+                return Err(e.into());
             }
-            printed += 1;
-            if a.stats {
-                let s = stats.entry(r.entry_type.name()).or_default();
-                s.count += 1;
-                s.bytes += r.end_lsn.0 - r.lsn.0;
-                s.sizes.push(r.payload.len() as u32);
-            } else {
-                print_record(&mut out, &r, a.json)?;
-            }
+        };
+        if a.end.is_some_and(|e| r.lsn >= e) {
+            return Ok(());
+        }
+        if a.entry_type.is_some_and(|t| t != r.entry_type)
+            || a.tx.is_some_and(|t| Some(t) != r.tx_id)
+        {
+            continue;
+        }
+        printed += 1;
+        if a.stats {
+            let s = stats.entry(r.entry_type.name()).or_default();
+            s.count += 1;
+            s.bytes += r.end_lsn.0 - r.lsn.0;
+            s.sizes.push(r.payload.len() as u32);
+        } else {
+            print_record(&mut out, &r, a.json)?;
         }
     })();
     if a.stats {
@@ -188,7 +190,12 @@ pub fn run(a: DumpArgs) -> CmdResult {
     }
     out.flush()?;
     result?;
-    if let LogEnd::TornTail { segment, offset, reason } = reader.log_end() {
+    if let LogEnd::TornTail {
+        segment,
+        offset,
+        reason,
+    } = reader.log_end()
+    {
         eprintln!("walship: note: the log ends in a torn tail in {segment} at offset {offset} ({reason}); this is where the last write was interrupted, not damage");
     }
     Ok(())
@@ -207,7 +214,11 @@ fn print_stats(
         rows.push(JsonTypeStats {
             entry_type: name.to_string(),
             count: s.count,
-            share: if total == 0 { 0.0 } else { s.count as f64 / total as f64 },
+            share: if total == 0 {
+                0.0
+            } else {
+                s.count as f64 / total as f64
+            },
             bytes: s.bytes,
             min_len: pct(&s.sizes, 0.0),
             median_len: pct(&s.sizes, 0.5),
@@ -219,10 +230,32 @@ fn print_stats(
         let v = serde_json::json!({ "records": total, "bytes": total_bytes, "types": rows });
         writeln!(out, "{v}")
     } else {
-        writeln!(out, "{:<14} {:>10} {:>7} {:>14} {:>8} {:>8} {:>8} {:>8}", "type", "count", "share", "bytes", "min", "median", "p99", "max")?;
+        writeln!(
+            out,
+            "{:<14} {:>10} {:>7} {:>14} {:>8} {:>8} {:>8} {:>8}",
+            "type", "count", "share", "bytes", "min", "median", "p99", "max"
+        )?;
         for r in &rows {
-            writeln!(out, "{:<14} {:>10} {:>6.2}% {:>14} {:>8} {:>8} {:>8} {:>8}", r.entry_type, r.count, r.share * 100.0, r.bytes, r.min_len, r.median_len, r.p99_len, r.max_len)?;
+            writeln!(
+                out,
+                "{:<14} {:>10} {:>6.2}% {:>14} {:>8} {:>8} {:>8} {:>8}",
+                r.entry_type,
+                r.count,
+                r.share * 100.0,
+                r.bytes,
+                r.min_len,
+                r.median_len,
+                r.p99_len,
+                r.max_len
+            )?;
         }
-        writeln!(out, "{:<14} {:>10} {:>6.2}% {:>14}", "total", total, if total == 0 { 0.0 } else { 100.0 }, total_bytes)
+        writeln!(
+            out,
+            "{:<14} {:>10} {:>6.2}% {:>14}",
+            "total",
+            total,
+            if total == 0 { 0.0 } else { 100.0 },
+            total_bytes
+        )
     }
 }

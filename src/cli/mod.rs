@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// A write-ahead-log segment store with file-shipping replication.
 #[derive(Parser, Debug)]
 #[command(name = "walship", version, about, long_about = None, propagate_version = true)]
-#[command(after_help = "Positions (LSNs) are shown as HI/LO in hex, like 0/0100A3F8; every option that takes an LSN also accepts a decimal number.\nLogs go to stderr; set RUST_LOG (for example RUST_LOG=debug) to see more.\n\nExample:\n  walship init /var/lib/app/wal-data\n  printf 'a\\nb\\n' | walship write /var/lib/app/wal-data --durable\n  walship dump /var/lib/app/wal-data")]
+#[command(
+    after_help = "Positions (LSNs) are shown as HI/LO in hex, like 0/0100A3F8; every option that takes an LSN also accepts a decimal number.\nLogs go to stderr; set RUST_LOG (for example RUST_LOG=debug) to see more.\n\nExample:\n  walship init /var/lib/app/wal-data\n  printf 'a\\nb\\n' | walship write /var/lib/app/wal-data --durable\n  walship dump /var/lib/app/wal-data"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -103,19 +105,21 @@ pub fn main() -> ExitCode {
 /// suffix.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional KiB, MiB or GiB suffix"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number with an optional KiB, MiB or GiB suffix")
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("invalid size {s:?}: unknown unit {other:?} (use KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {other:?} (use KiB, MiB or GiB)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("invalid size {s:?}: too large"))

@@ -33,7 +33,9 @@ pub fn init(a: InitArgs) -> CmdResult {
 
 /// Append one record per line of standard input; print each record's LSN.
 #[derive(Args, Debug)]
-#[command(after_help = "Each line (without its newline) becomes one record's payload.\n\nExample:\n  seq 1 1000 | walship write ./data --type insert --tx 7 --durable")]
+#[command(
+    after_help = "Each line (without its newline) becomes one record's payload.\n\nExample:\n  seq 1 1000 | walship write ./data --type insert --tx 7 --durable"
+)]
 pub struct WriteArgs {
     pub data_dir: PathBuf,
     /// Entry type of every record: insert, update, delete, tx_begin, tx_commit, tx_rollback,

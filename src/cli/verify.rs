@@ -10,7 +10,9 @@ use super::{CmdResult, Failure};
 
 /// Check segments, records, seal markers, checksums and the chain between segments.
 #[derive(Args, Debug)]
-#[command(after_help = "Exit status: 0 clean (a torn tail in the open segment is repairable, not damage), 1 damage found, 2 could not run.\n\nExample:\n  walship verify ./data --json")]
+#[command(
+    after_help = "Exit status: 0 clean (a torn tail in the open segment is repairable, not damage), 1 damage found, 2 could not run.\n\nExample:\n  walship verify ./data --json"
+)]
 pub struct VerifyArgs {
     /// A data directory, its wal/ folder, or one segment file.
     pub path: PathBuf,

@@ -87,7 +87,10 @@ mod tests {
         for i in 0..CONTROL_LEN {
             let mut d = b;
             d[i] ^= 0x01;
-            assert!(ControlFile::decode(&d).is_err(), "flip at byte {i} not detected");
+            assert!(
+                ControlFile::decode(&d).is_err(),
+                "flip at byte {i} not detected"
+            );
         }
         assert!(ControlFile::decode(&b[..63]).is_err());
     }

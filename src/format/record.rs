@@ -78,7 +78,14 @@ impl SealInfo {
 
 /// Writes a seal marker into `dst` (exactly [`SEAL_LEN`] bytes).
 pub fn encode_seal(dst: &mut [u8], lsn: u64, timestamp_us: i64, seal: &SealInfo) -> u32 {
-    encode_record(dst, lsn, SEAL_TYPE, None, timestamp_us, &seal.encode_payload())
+    encode_record(
+        dst,
+        lsn,
+        SEAL_TYPE,
+        None,
+        timestamp_us,
+        &seal.encode_payload(),
+    )
 }
 
 /// The fixed fields of a record as stored.
@@ -123,11 +130,22 @@ pub enum RecordError {
     /// The type byte is 0: nothing was written here.
     Unwritten,
     /// Fewer bytes remain than the header or the length needs.
-    Truncated { need: usize, have: usize },
+    Truncated {
+        need: usize,
+        have: usize,
+    },
     /// The length field points past the end of the segment.
-    LengthOutOfRange { len: u64 },
-    ChecksumMismatch { stored: u32, computed: u32 },
-    LsnMismatch { found: u64, expected: u64 },
+    LengthOutOfRange {
+        len: u64,
+    },
+    ChecksumMismatch {
+        stored: u32,
+        computed: u32,
+    },
+    LsnMismatch {
+        found: u64,
+        expected: u64,
+    },
     UnknownType(u8),
     ReservedBitsSet,
     BadSealMarker,
@@ -238,7 +256,14 @@ mod tests {
     fn encode_then_decode() {
         let payload = b"hello world";
         let mut buf = vec![0u8; encoded_len(payload.len())];
-        encode_record(&mut buf, 4096, EntryType::Update.code(), Some(42), 77, payload);
+        encode_record(
+            &mut buf,
+            4096,
+            EntryType::Update.code(),
+            Some(42),
+            77,
+            payload,
+        );
         assert_eq!(buf.len(), 56);
         match decode_at(&buf, 0, 4096, 1 << 20).unwrap() {
             Decoded::Record(r) => {

@@ -122,7 +122,10 @@ mod tests {
         for i in 0..SEGMENT_HEADER_LEN {
             let mut d = b;
             d[i] ^= 0x80;
-            assert!(SegmentHeader::decode(&d).is_err(), "flip at {i} not detected");
+            assert!(
+                SegmentHeader::decode(&d).is_err(),
+                "flip at {i} not detected"
+            );
         }
     }
 }

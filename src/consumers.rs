@@ -1,0 +1,171 @@
+//! The registry of WAL consumers (each standby slot, the archiver) in `state/consumers/`.
+//!
+//! Each consumer is one small JSON file, replaced atomically, holding the position below which
+//! it no longer needs WAL. Retention reads them all and removes only segments every consumer
+//! (not marked lost) is past. The file name is derived from the consumer's id, which is
+//! checked to be a plain token, so no path is ever built from untrusted text.
+
+use std::fs;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::datadir::DataDir;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{fsync_dir, write_atomic};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerKind {
+    Standby,
+    Archiver,
+}
+
+/// One consumer's durable progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerRecord {
+    /// Stable id: a standby's UUID, or "archiver".
+    pub id: String,
+    pub kind: ConsumerKind,
+    /// End LSN of everything this consumer has safely taken (a standby's flushed position, the
+    /// archiver's archived position): WAL below it is no longer needed for this consumer.
+    pub position: u64,
+    /// A standby's applied position.
+    #[serde(default)]
+    pub applied_lsn: Option<u64>,
+    /// Where it was last seen (a standby's address, an archive target).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Last contact, microseconds since the Unix epoch.
+    #[serde(default)]
+    pub last_contact_us: Option<i64>,
+    /// Marked lost when it fell further behind than the retention cap: it holds no WAL back.
+    #[serde(default)]
+    pub lost: bool,
+}
+
+/// Reads and writes the consumer files of one data directory.
+#[derive(Clone, Debug)]
+pub struct ConsumerRegistry {
+    dir: PathBuf,
+}
+
+/// True when `id` is safe to use as a file name: 1 to 64 ASCII letters, digits, '-' or '_'.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl ConsumerRegistry {
+    pub fn new(data_dir: &DataDir) -> Self {
+        ConsumerRegistry {
+            dir: data_dir.state_dir().join("consumers"),
+        }
+    }
+
+    fn path(&self, id: &str) -> Result<PathBuf> {
+        if !valid_id(id) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid consumer id {id:?}: use 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        Ok(self.dir.join(format!("{id}.json")))
+    }
+
+    /// Writes (creates or replaces) a consumer's record durably.
+    pub fn save(&self, rec: &ConsumerRecord) -> Result<()> {
+        let path = self.path(&rec.id)?;
+        if !self.dir.exists() {
+            fs::create_dir_all(&self.dir).ctx(|| format!("create {}", self.dir.display()))?;
+            if let Some(p) = self.dir.parent() {
+                fsync_dir(p)?;
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(rec)
+            .map_err(|e| Error::Other(format!("encode consumer {}: {e}", rec.id)))?;
+        write_atomic(&path, &bytes)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<ConsumerRecord>> {
+        let path = self.path(id)?;
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                Error::Other(format!(
+                    "{}: not a valid consumer record: {e}",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+        }
+    }
+
+    /// Every registered consumer, ordered by id.
+    pub fn list(&self) -> Result<Vec<ConsumerRecord>> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(format!("list {}", self.dir.display()), e)),
+        };
+        for entry in entries {
+            let entry = entry.ctx(|| format!("list {}", self.dir.display()))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if !valid_id(id) {
+                continue;
+            }
+            if let Some(rec) = self.get(id)? {
+                out.push(rec);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Drops a consumer: it no longer holds WAL back. Returns false when it was not registered.
+    pub fn remove(&self, id: &str) -> Result<bool> {
+        let path = self.path(id)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                fsync_dir(&self.dir)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_list_remove() {
+        let t = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(t.path());
+        let reg = ConsumerRegistry::new(&dd);
+        assert!(reg.list().unwrap().is_empty());
+        let rec = ConsumerRecord {
+            id: "archiver".into(),
+            kind: ConsumerKind::Archiver,
+            position: 4096,
+            applied_lsn: None,
+            address: Some("/backup".into()),
+            last_contact_us: None,
+            lost: false,
+        };
+        reg.save(&rec).unwrap();
+        assert_eq!(reg.list().unwrap(), vec![rec.clone()]);
+        assert_eq!(reg.get("archiver").unwrap(), Some(rec));
+        assert!(reg.get("../etc/passwd").is_err());
+        assert!(reg.remove("archiver").unwrap());
+        assert!(!reg.remove("archiver").unwrap());
+    }
+}
