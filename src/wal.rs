@@ -550,8 +550,10 @@ impl Inner {
         let no = st.next_segment_no;
         let name = SegmentName::new(self.control.timeline, no, SegmentFileKind::Open);
         let path = self.dir.segment_path(&name);
+        // The slot lock is held through the rename: the preparer takes it before writing a
+        // file, so it can never be rewriting the file being renamed into place.
+        let mut slot = lock(&self.prepared);
         let prepared = {
-            let mut slot = lock(&self.prepared);
             match slot.take() {
                 Some((n, p)) if n == no => p,
                 other => {
@@ -575,6 +577,7 @@ impl Inner {
         };
         std::fs::rename(&prepared, &path)
             .ctx(|| format!("rename {} to {}", prepared.display(), path.display()))?;
+        drop(slot);
         fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
             Error::Io { context, source } => self.poison(context, source),
             other => other,
