@@ -256,12 +256,27 @@ fn the_cap_marks_a_consumer_lost_and_frees_the_space() {
 fn a_lost_archiver_refuses_to_run_until_dropped() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("d");
-    let wal = filled(&root, 4);
+    let wal = filled(&root, 2);
+    let old_arc = t.path().join("old-arc");
+    let out = walship(&[
+        "archive",
+        root.to_str().unwrap(),
+        "--to",
+        old_arc.to_str().unwrap(),
+        "--once",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let payload = vec![2u8; 1000];
+    while wal.write_lsn().0 < 5 * SEG {
+        wal.append(&Entry::new(EntryType::Update, None, &payload))
+            .unwrap();
+    }
+    wal.seal().unwrap();
     let end = wal.flush_lsn().0;
     drop(wal);
     let dir = DataDir::new(&root);
     let reg = ConsumerRegistry::new(&dir);
-    let mut a = consumer("archiver", ConsumerKind::Archiver, 0);
+    let mut a = reg.get("archiver").unwrap().unwrap();
     a.lost = true;
     reg.save(&a).unwrap();
     let arc = t.path().join("arc");
@@ -289,6 +304,30 @@ fn a_lost_archiver_refuses_to_run_until_dropped() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(reg.get("archiver").unwrap().is_none());
     assert_eq!(sealed(&root).len(), 1);
+    // The old archive would get a hole: refused, unchanged.
+    let before: Vec<_> = std::fs::read_dir(&old_arc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let out = walship(&[
+        "archive",
+        root.to_str().unwrap(),
+        "--to",
+        old_arc.to_str().unwrap(),
+        "--once",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("removed from the data directory before they were archived"),
+        "{}",
+        text(&out)
+    );
+    let after: Vec<_> = std::fs::read_dir(&old_arc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before.len(), after.len());
+    reg.remove("archiver").unwrap();
     // A fresh archive starts at the oldest segment still there.
     let out = walship(&[
         "archive",

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    blocking, check_segment_bytes, decode_object, object_name, segment_objects, ArchiveIdentity,
-    ArchiveStore, CheckedSegment, Compression, PutOutcome, IDENTITY_NAME,
+    blocking, check_segment_bytes, decode_object, joined, object_name, segment_objects,
+    ArchiveIdentity, ArchiveStore, CheckedSegment, Compression, PutOutcome, IDENTITY_NAME,
 };
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::datadir::DataDir;
@@ -217,8 +217,14 @@ impl<S: ArchiveStore> Archiver<S> {
                 "the archiver is behind by more than the bound"
             );
         }
-        for (name, _) in pending {
-            let (outcome, checked) = self.push_segment(name).await?;
+        // Segment i+1 is read, checked and compressed while segment i is written and read
+        // back.
+        let mut next = pending.first().map(|(n, _)| self.prepare(*n));
+        for i in 0..pending.len() {
+            let Some(task) = next.take() else { break };
+            let prepared = joined(task).await?;
+            next = pending.get(i + 1).map(|(n, _)| self.prepare(*n));
+            let (outcome, checked) = self.push_prepared(prepared).await?;
             match outcome {
                 PushOutcome::Archived {
                     bytes,
@@ -243,31 +249,25 @@ impl<S: ArchiveStore> Archiver<S> {
         &mut self,
         name: SegmentName,
     ) -> Result<(PushOutcome, CheckedSegment)> {
+        let prepared = joined(self.prepare(name)).await?;
+        self.push_prepared(prepared).await
+    }
+
+    /// Reads, checks and encodes a segment off the async threads.
+    fn prepare(&self, name: SegmentName) -> tokio::task::JoinHandle<Result<Prepared>> {
         let path = self.dir.segment_path(&name);
-        let identity = self.identity;
-        let p = path.clone();
-        let (bytes, checked) = blocking(move || {
-            let bytes = match std::fs::read(&p) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::Other(format!(
-                        "{}: removed before it was archived",
-                        p.display()
-                    )))
-                }
-                Err(e) => return Err(Error::io(format!("read {}", p.display()), e)),
-            };
-            let checked = check_segment_bytes(&p, &name, &bytes, &identity, None)?;
-            Ok((Arc::new(bytes), checked))
-        })
-        .await?;
-        self.check_continuity(name, &checked).await?;
-        let outcome = match self.archived.get(&name.segment_no).cloned() {
-            Some((object, c)) => self.compare_existing(&object, c, &bytes).await?,
-            None => self.put_new(name, bytes).await?,
+        let (identity, c, level) = (self.identity, self.opts.compression, self.opts.zstd_level);
+        tokio::task::spawn_blocking(move || prepare(path, name, &identity, c, level))
+    }
+
+    async fn push_prepared(&mut self, p: Prepared) -> Result<(PushOutcome, CheckedSegment)> {
+        self.check_continuity(p.name, &p.checked).await?;
+        let outcome = match self.archived.get(&p.name.segment_no).cloned() {
+            Some((object, c)) => self.compare_existing(&object, c, &p.bytes).await?,
+            None => self.put_new(p.name, p.bytes, p.stored).await?,
         };
-        self.last = Some((name.segment_no, checked.seal.segment_checksum));
-        Ok((outcome, checked))
+        self.last = Some((p.name.segment_no, p.checked.seal.segment_checksum));
+        Ok((outcome, p.checked))
     }
 
     /// Refuses to leave a hole in the archive or to add a segment that does not follow the
@@ -352,23 +352,15 @@ impl<S: ArchiveStore> Archiver<S> {
         }
     }
 
-    async fn put_new(&mut self, name: SegmentName, bytes: Arc<Vec<u8>>) -> Result<PushOutcome> {
+    async fn put_new(
+        &mut self,
+        name: SegmentName,
+        bytes: Arc<Vec<u8>>,
+        stored: Arc<Vec<u8>>,
+    ) -> Result<PushOutcome> {
         let c = self.opts.compression;
         let object = object_name(name, c);
         let local_len = bytes.len() as u64;
-        let level = self.opts.zstd_level;
-        let b = bytes.clone();
-        let stored = match c {
-            Compression::None => bytes.clone(),
-            Compression::Zstd => {
-                blocking(move || {
-                    zstd::bulk::compress(&b, level)
-                        .map(Arc::new)
-                        .map_err(|e| Error::Other(format!("zstd compression failed: {e}")))
-                })
-                .await?
-            }
-        };
         // The other form of the name may hold this segment already.
         let other = match c {
             Compression::None => Compression::Zstd,
@@ -442,6 +434,48 @@ impl<S: ArchiveStore> Archiver<S> {
             }
         }
     }
+}
+
+/// A sealed segment read, fully checked, and encoded for the archive.
+struct Prepared {
+    name: SegmentName,
+    bytes: Arc<Vec<u8>>,
+    checked: CheckedSegment,
+    /// What goes into the archive: the bytes themselves, or their zstd frame.
+    stored: Arc<Vec<u8>>,
+}
+
+fn prepare(
+    path: PathBuf,
+    name: SegmentName,
+    identity: &ArchiveIdentity,
+    c: Compression,
+    level: i32,
+) -> Result<Prepared> {
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => Arc::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Other(format!(
+                "{}: removed before it was archived",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+    };
+    let checked = check_segment_bytes(&path, &name, &bytes, identity, None)?;
+    let stored = match c {
+        Compression::None => bytes.clone(),
+        Compression::Zstd => Arc::new(
+            zstd::bulk::compress(&bytes, level)
+                .map_err(|e| Error::Other(format!("zstd compression failed: {e}")))?,
+        ),
+    };
+    Ok(Prepared {
+        name,
+        bytes,
+        checked,
+        stored,
+    })
 }
 
 /// Watches `dir` and sends a wake-up on every change; `None` (with a warning) when watching is

@@ -86,8 +86,12 @@ pub fn segment_objects(objects: &[ObjectInfo]) -> Vec<(SegmentName, Compression,
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
+    joined(tokio::task::spawn_blocking(f)).await
+}
+
+/// Waits for a spawned task; a panic or cancellation becomes an error.
+pub(crate) async fn joined<T>(h: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+    h.await
         .map_err(|e| Error::Other(format!("background task failed: {e}")))?
 }
 

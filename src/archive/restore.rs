@@ -17,8 +17,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{
-    blocking, check_segment_bytes, decode_object, segment_objects, ArchiveIdentity, ArchiveStore,
-    CheckedSegment, Compression, IDENTITY_NAME,
+    blocking, check_segment_bytes, decode_object, joined, segment_objects, ArchiveIdentity,
+    ArchiveStore, CheckedSegment, Compression, IDENTITY_NAME,
 };
 use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
@@ -156,11 +156,7 @@ impl<S: ArchiveStore> Fetcher<S> {
 
     async fn next(&mut self) -> Option<Result<Fetched>> {
         self.fill();
-        let h = self.running.pop_front()?;
-        let r = match h.await {
-            Ok(r) => r,
-            Err(e) => Err(Error::Other(format!("fetch task failed: {e}"))),
-        };
+        let r = joined(self.running.pop_front()?).await;
         self.fill();
         Some(r)
     }
