@@ -4,31 +4,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+mod archive_support;
+use archive_support::{archive_once, s, text, walship};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use walship::{Entry, EntryType, Lsn, Wal, WalOptions, WalReader};
 
 const SEG: u64 = 64 * 1024;
-
-fn walship(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args(args)
-        .output()
-        .expect("run walship")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Record fields a restore must give back exactly.
 type Rec = (u64, u64, EntryType, Option<u64>, i64, u32, Vec<u8>);
@@ -105,12 +89,6 @@ fn sealed_names(data: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn archive_once(data: &Path, arc: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["archive", s(data), "--to", s(arc), "--once"];
-    args.extend_from_slice(extra);
-    walship(&args)
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! keeps what the writer's recovery needs, and the cap marks a lagging consumer lost.
 
 use std::path::Path;
-use std::process::{Command, Output};
+
+mod archive_support;
+use archive_support::{archive_once, names, s, text, walship};
 
 use proptest::prelude::*;
 use walship::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
@@ -10,21 +12,6 @@ use walship::retention::{checkpoint, report, RetentionOptions};
 use walship::{DataDir, Entry, EntryType, Lsn, Wal, WalOptions, WalReader};
 
 const SEG: u64 = 64 * 1024;
-
-fn walship(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args(args)
-        .output()
-        .expect("run walship")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn consumer(id: &str, kind: ConsumerKind, position: u64) -> ConsumerRecord {
     ConsumerRecord {
@@ -218,13 +205,7 @@ fn the_cap_marks_a_consumer_lost_and_frees_the_space() {
     assert!(slow.needs_bytes > 8 * (SEG - 100));
 
     // The cap through the command line: the slow one is marked lost, logged, and released.
-    let out = walship(&[
-        "checkpoint",
-        root.to_str().unwrap(),
-        "--max-retained",
-        "128KiB",
-        "--json",
-    ]);
+    let out = walship(&["checkpoint", s(&root), "--max-retained", "128KiB", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["marked_lost"], serde_json::json!(["standby-slow"]));
@@ -258,13 +239,7 @@ fn a_lost_archiver_refuses_to_run_until_dropped() {
     let root = t.path().join("d");
     let wal = filled(&root, 2);
     let old_arc = t.path().join("old-arc");
-    let out = walship(&[
-        "archive",
-        root.to_str().unwrap(),
-        "--to",
-        old_arc.to_str().unwrap(),
-        "--once",
-    ]);
+    let out = archive_once(&root, &old_arc, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let payload = vec![2u8; 1000];
     while wal.write_lsn().0 < 5 * SEG {
@@ -280,13 +255,7 @@ fn a_lost_archiver_refuses_to_run_until_dropped() {
     a.lost = true;
     reg.save(&a).unwrap();
     let arc = t.path().join("arc");
-    let out = walship(&[
-        "archive",
-        root.to_str().unwrap(),
-        "--to",
-        arc.to_str().unwrap(),
-        "--once",
-    ]);
+    let out = archive_once(&root, &arc, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("--drop-consumer archiver"),
@@ -295,7 +264,7 @@ fn a_lost_archiver_refuses_to_run_until_dropped() {
     );
     let out = walship(&[
         "checkpoint",
-        root.to_str().unwrap(),
+        s(&root),
         "--drop-consumer",
         "archiver",
         "--lsn",
@@ -305,44 +274,21 @@ fn a_lost_archiver_refuses_to_run_until_dropped() {
     assert!(reg.get("archiver").unwrap().is_none());
     assert_eq!(sealed(&root).len(), 1);
     // The old archive would get a hole: refused, unchanged.
-    let before: Vec<_> = std::fs::read_dir(&old_arc)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    let out = walship(&[
-        "archive",
-        root.to_str().unwrap(),
-        "--to",
-        old_arc.to_str().unwrap(),
-        "--once",
-    ]);
+    let before = names(&old_arc);
+    let out = archive_once(&root, &old_arc, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("removed from the data directory before they were archived"),
         "{}",
         text(&out)
     );
-    let after: Vec<_> = std::fs::read_dir(&old_arc)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(before.len(), after.len());
+    let after = names(&old_arc);
+    assert_eq!(before, after);
     reg.remove("archiver").unwrap();
     // A fresh archive starts at the oldest segment still there.
-    let out = walship(&[
-        "archive",
-        root.to_str().unwrap(),
-        "--to",
-        arc.to_str().unwrap(),
-        "--once",
-    ]);
+    let out = archive_once(&root, &arc, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = walship(&[
-        "checkpoint",
-        root.to_str().unwrap(),
-        "--drop-consumer",
-        "nobody",
-    ]);
+    let out = walship(&["checkpoint", s(&root), "--drop-consumer", "nobody"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
@@ -364,13 +310,7 @@ fn an_archiver_behind_holds_its_segments_and_releases_them_once_it_pushed() {
     assert!(r.removed.is_empty());
     assert_eq!(r.held_by, vec!["archiver".to_string()]);
     let n = sealed(&root).len();
-    let out = walship(&[
-        "archive",
-        root.to_str().unwrap(),
-        "--to",
-        arc.to_str().unwrap(),
-        "--once",
-    ]);
+    let out = archive_once(&root, &arc, &[]);
     assert!(out.status.success(), "{}", text(&out));
     // The archiver's position is now the end: all but the newest go.
     let r = wal
