@@ -98,3 +98,36 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// What a record is, wherever it sits: its segment may be renamed from open to sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rec {
+    pub lsn: u64,
+    pub end_lsn: u64,
+    pub entry_type: walship::EntryType,
+    pub tx_id: Option<u64>,
+    pub timestamp_us: i64,
+    pub crc: u32,
+    pub payload: String,
+    pub segment_no: u64,
+    pub offset: u64,
+}
+
+pub fn rec(r: &WalRecord) -> Rec {
+    Rec {
+        lsn: r.lsn.0,
+        end_lsn: r.end_lsn.0,
+        entry_type: r.entry_type,
+        tx_id: r.tx_id,
+        timestamp_us: r.timestamp_us,
+        crc: r.crc,
+        payload: String::from_utf8_lossy(&r.payload).into_owned(),
+        segment_no: r.segment.segment_no,
+        offset: r.offset,
+    }
+}
+
+/// Every record from the start of the log, compared by content and position.
+pub fn read_recs(path: &Path) -> walship::Result<Vec<Rec>> {
+    Ok(read_all(path)?.iter().map(rec).collect())
+}
