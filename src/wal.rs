@@ -592,6 +592,10 @@ impl Inner {
         let hb = header.encode();
         // SAFETY: state lock held; nothing of this segment is published yet.
         unsafe { seg.slice_mut(0, SEGMENT_HEADER_LEN) }.copy_from_slice(&hb);
+        // The header must be durable before any record of this segment can be: after a power
+        // loss, a lost or torn header would make recovery refuse the whole directory.
+        seg.sync_range(0, SEGMENT_HEADER_LEN)
+            .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))?;
         st.hasher = crc32fast::Hasher::new();
         st.hasher.update(&hb);
         st.off = SEGMENT_HEADER_LEN;
