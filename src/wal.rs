@@ -207,7 +207,7 @@ impl Wal {
         let end = st.end_lsn;
         let activated = st.prepare_next.take();
         drop(st);
-        self.inner.written.store(end, Ordering::Release);
+        self.inner.written.fetch_max(end, Ordering::AcqRel);
         if let Some(n) = activated {
             self.request_prepare(n);
         }
@@ -238,7 +238,7 @@ impl Wal {
         }
         let end = st.end_lsn;
         drop(st);
-        self.inner.written.store(end, Ordering::Release);
+        self.inner.written.fetch_max(end, Ordering::AcqRel);
         if let Some(n) = activated {
             self.request_prepare(n);
         }
