@@ -34,9 +34,10 @@ pub fn read_all(path: &Path) -> walship::Result<Vec<WalRecord>> {
     Ok(out)
 }
 
-/// Runs `walship ARGS` with `stdin` fed in, waiting for it to exit.
+/// Runs `walship ARGS` with `stdin` fed in and waits for it to exit; a run that hangs for a
+/// minute is killed and fails the test.
 pub fn run(args: &[&str], stdin: &[u8]) -> Output {
-    use std::io::Write;
+    use std::io::{Read, Write};
     let mut child = Command::new(bin())
         .args(args)
         .stdin(Stdio::piped())
@@ -49,9 +50,35 @@ pub fn run(args: &[&str], stdin: &[u8]) -> Output {
     let feeder = std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
-    let out = child.wait_with_output().expect("wait walship");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("walship {args:?} did not exit within a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     let _ = feeder.join();
-    out
+    Output {
+        status,
+        stdout: out_t.join().expect("stdout reader"),
+        stderr: err_t.join().expect("stderr reader"),
+    }
 }
 
 pub fn stdout(o: &Output) -> String {
