@@ -273,7 +273,10 @@ fn recover_open(
             ),
         ));
     }
-    let mut buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
+    // Through a descriptor advised as random access: a plain read of uncached pages (after a
+    // reboot) would fill the page cache with large folios, and every later msync of the writer
+    // would write whole folios back.
+    let mut buf = crate::reader::read_segment(&path)?;
     if is_zero_from(&buf, 0) {
         // Activated but its header never reached the disk: an empty segment. The writer starts
         // it again from scratch under the same number.
