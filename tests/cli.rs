@@ -618,3 +618,54 @@ fn every_command_has_help_with_an_example() {
     let o = run(&["frobnicate"], b"");
     assert_eq!(code(&o), 2);
 }
+
+#[test]
+fn dump_follow_keeps_up_with_a_burst_larger_than_its_read_window() {
+    let (_t, d) = tempdir();
+    let o = run(&["init", s(&d), "--segment-size", "16MiB"], b"");
+    assert_eq!(code(&o), 0);
+    write(&d, "first\n", &[]);
+    let mut child = Command::new(common::bin())
+        .args(["dump", s(&d), "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dump --follow");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("first record");
+    assert!(first.contains("\"first\""), "{first}");
+    // About 3 MiB appended between two polls of the follower.
+    let n = 24_000;
+    let burst: String = (0..n)
+        .map(|i| format!("{i:08} {}\n", "b".repeat(90)))
+        .collect();
+    write(&d, &burst, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = 0;
+    let mut last = String::new();
+    while seen < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                seen += 1;
+                last = l;
+            }
+            Err(_) => panic!("dump --follow printed {seen} of {n} records"),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    assert!(last.contains(&format!("\"{:08} ", n - 1)), "{last}");
+}
