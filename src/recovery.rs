@@ -383,6 +383,11 @@ fn recover_open(
             }
         }
     }
+    // The records found may be only in the page cache (the last writer was killed before it
+    // synced them); the writer reports them as durable from the start, so make them so.
+    fs::File::open(&path)
+        .and_then(|f| f.sync_data())
+        .ctx(|| format!("fsync {}", path.display()))?;
     let crc = crc32fast::hash(&buf[..off]);
     rec.open = Some(OpenSegment {
         name,
