@@ -313,6 +313,17 @@ fn background(inner: Arc<Inner>, rx: mpsc::Receiver<BgMsg>) {
                 if matches!(&*slot, Some((n, _)) if *n == no) {
                     continue;
                 }
+                // A request queued before the rotation that already used this number: preparing
+                // it again would truncate the file the writer is using.
+                let open = SegmentName::new(inner.control.timeline, no, SegmentFileKind::Open);
+                if inner.dir.segment_path(&open).exists()
+                    || inner
+                        .dir
+                        .segment_path(&open.with_kind(SegmentFileKind::Sealed))
+                        .exists()
+                {
+                    continue;
+                }
                 if let Some((_, old)) = slot.take() {
                     let _ = std::fs::remove_file(old);
                 }
@@ -550,8 +561,10 @@ impl Inner {
         let no = st.next_segment_no;
         let name = SegmentName::new(self.control.timeline, no, SegmentFileKind::Open);
         let path = self.dir.segment_path(&name);
+        // The slot stays locked until the rename is done, so the preparer never sees the file
+        // taken but not yet renamed (and recreates it under the writer's feet).
+        let mut slot = lock(&self.prepared);
         let prepared = {
-            let mut slot = lock(&self.prepared);
             match slot.take() {
                 Some((n, p)) if n == no => p,
                 other => {
@@ -575,6 +588,7 @@ impl Inner {
         };
         std::fs::rename(&prepared, &path)
             .ctx(|| format!("rename {} to {}", prepared.display(), path.display()))?;
+        drop(slot);
         fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
             Error::Io { context, source } => self.poison(context, source),
             other => other,
