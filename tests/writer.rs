@@ -212,3 +212,31 @@ fn damage_followed_by_a_valid_record_is_refused_not_repaired() {
     assert_eq!(common::code(&out), 1);
     assert_eq!(common::stdout(&out).lines().count(), 1);
 }
+
+#[test]
+fn appending_right_after_restarting_an_empty_segment_uses_an_intact_file() {
+    // Recovery hands the restarted segment to the writer as prepared while the preparer is told
+    // to prepare the same number: the first append must not race the preparer for the file.
+    let (_t, dir) = common::new_dir();
+    let wal = open(&dir);
+    wal.append(&ins(b"a")).expect("append");
+    wal.seal().expect("seal");
+    drop(wal);
+    let mut expected = 1;
+    for round in 0..40u64 {
+        let no = round + 1;
+        let open_path = common::seg_path(&dir, no, SegmentFileKind::Open);
+        std::fs::write(&open_path, vec![0u8; common::SEG as usize]).expect("zero segment");
+        let wal = open(&dir);
+        let a = wal
+            .append_durable(&ins(format!("round {round}").as_bytes()))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(a.lsn, Lsn(no * common::SEG + 80));
+        wal.seal().expect("seal");
+        drop(wal);
+        expected += 1;
+    }
+    let recs = common::read_all(&dir).expect("read");
+    assert_eq!(recs.len(), expected);
+    assert!(verify_path(&dir).expect("verify").ok);
+}
