@@ -240,3 +240,16 @@ fn appending_right_after_restarting_an_empty_segment_uses_an_intact_file() {
     assert_eq!(recs.len(), expected);
     assert!(verify_path(&dir).expect("verify").ok);
 }
+
+#[test]
+fn a_second_open_is_refused_with_the_holders_pid() {
+    let (_t, dir) = common::new_dir();
+    let wal = open(&dir);
+    match Wal::open(&dir, WalOptions::default()) {
+        Err(Error::Locked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("two writers on one directory"),
+    }
+    drop(wal);
+    drop(open(&dir));
+}
