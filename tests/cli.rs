@@ -97,6 +97,57 @@ fn verify_json(path: &Path) -> (i32, Value) {
     (code(&o), v)
 }
 
+/// A `walship dump --follow` child whose stdout lines arrive on a channel; killed when dropped,
+/// so a failing test never leaves it running.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(d: &Path, extra: &[&str]) -> Follower {
+        let mut child = Command::new(common::bin())
+            .args(["dump", s(d), "--follow"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dump --follow");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    /// The next `n` lines, failing after a generous timeout.
+    fn take(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => got.push(l),
+                Err(_) => panic!("dump --follow printed {} of {n} lines", got.len()),
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn init_parses_sizes_and_rejects_bad_ones() {
     for (arg, bytes) in [
@@ -364,42 +415,17 @@ fn dump_follow_sees_records_from_another_process_across_a_seal() {
     let (_t, d) = tempdir();
     init(&d);
     write(&d, "before\n", &[]);
-    let mut child = Command::new(common::bin())
-        .args(["dump", s(&d), "--follow", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn dump --follow");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let wait_for = |n: usize, seen: &mut Vec<Value>| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while seen.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => seen.push(serde_json::from_str(&l).expect("JSON line")),
-                Err(_) => panic!("dump --follow printed {} records, expected {n}", seen.len()),
-            }
-        }
-    };
-    wait_for(1, &mut seen);
+    let f = Follower::start(&d, &["--json"]);
+    let mut lines = f.take(1);
     write(&d, "second\nthird\n", &[]);
-    wait_for(3, &mut seen);
+    lines.extend(f.take(2));
     seal(&d);
     write(&d, "after seal\n", &[]);
-    wait_for(4, &mut seen);
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
+    lines.extend(f.take(1));
+    let seen: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
     let hex: Vec<&str> = seen
         .iter()
         .map(|r| r["data_hex"].as_str().unwrap_or("?"))
@@ -625,25 +651,8 @@ fn dump_follow_keeps_up_with_a_burst_larger_than_its_read_window() {
     let o = run(&["init", s(&d), "--segment-size", "16MiB"], b"");
     assert_eq!(code(&o), 0);
     write(&d, "first\n", &[]);
-    let mut child = Command::new(common::bin())
-        .args(["dump", s(&d), "--follow"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn dump --follow");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let first = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("first record");
+    let f = Follower::start(&d, &[]);
+    let first = f.take(1).remove(0);
     assert!(first.contains("\"first\""), "{first}");
     // About 3 MiB appended between two polls of the follower.
     let n = 24_000;
@@ -651,22 +660,8 @@ fn dump_follow_keeps_up_with_a_burst_larger_than_its_read_window() {
         .map(|i| format!("{i:08} {}\n", "b".repeat(90)))
         .collect();
     write(&d, &burst, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = 0;
-    let mut last = String::new();
-    while seen < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                seen += 1;
-                last = l;
-            }
-            Err(_) => panic!("dump --follow printed {seen} of {n} records"),
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
+    let got = f.take(n);
+    let last = got.last().expect("lines");
     assert!(last.contains(&format!("\"{:08} ", n - 1)), "{last}");
 }
 
