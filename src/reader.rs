@@ -274,6 +274,13 @@ impl WalReader {
             }
         };
         let bytes = read_segment(&path)?;
+        if name.kind == SegmentFileKind::Open
+            && is_zero_from(&bytes[..bytes.len().min(SEGMENT_HEADER_LEN)], 0)
+        {
+            // Activated, header not written yet (or never, if the writer stopped there): no
+            // records so far. Look again on the next call.
+            return Ok(false);
+        }
         let header = SegmentHeader::decode(&bytes).map_err(|reason| Error::Corrupt {
             file: path.clone(),
             offset: 0,
