@@ -92,6 +92,23 @@ impl<S: ArchiveStore> Archiver<S> {
     pub async fn new(data_dir: DataDir, store: Arc<S>, opts: ArchiverOptions) -> Result<Self> {
         let control = data_dir.read_control()?;
         let identity = ArchiveIdentity::from_control(&control);
+        // A lost archiver stops before touching the archive.
+        let registry = ConsumerRegistry::new(&data_dir);
+        let position = match registry.get(ARCHIVER_ID)? {
+            Some(r) if r.lost => {
+                return Err(Error::Refused(format!(
+                    "the archiver of {} was marked lost by retention (it fell further behind than the cap) and segments it had not archived were removed; drop it with `walship checkpoint {} --drop-consumer {ARCHIVER_ID}` and start a new archive",
+                    data_dir.root().display(),
+                    data_dir.root().display()
+                )))
+            }
+            Some(r) if r.address.as_deref() == Some(store.location().as_str()) => r.position,
+            Some(r) => {
+                tracing::warn!(previous = ?r.address, archive = %store.location(), "the archiver last pushed to another archive; starting over from the oldest sealed segment");
+                0
+            }
+            None => 0,
+        };
         let objects = store.list().await?;
         let segments = segment_objects(&objects);
         let location = store.location();
@@ -116,22 +133,6 @@ impl<S: ArchiveStore> Archiver<S> {
         for (n, c, o) in segments {
             archived.entry(n.segment_no).or_insert((o.name, c));
         }
-        let registry = ConsumerRegistry::new(&data_dir);
-        let position = match registry.get(ARCHIVER_ID)? {
-            Some(r) if r.lost => {
-                return Err(Error::Refused(format!(
-                    "the archiver of {} was marked lost by retention (it fell further behind than the cap) and segments it had not archived were removed; drop it with `walship checkpoint {} --drop-consumer {ARCHIVER_ID}` and start a new archive",
-                    data_dir.root().display(),
-                    data_dir.root().display()
-                )))
-            }
-            Some(r) if r.address.as_deref() == Some(location.as_str()) => r.position,
-            Some(r) => {
-                tracing::warn!(previous = ?r.address, archive = %location, "the archiver last pushed to another archive; starting over from the oldest sealed segment");
-                0
-            }
-            None => 0,
-        };
         let mut a = Archiver {
             dir: data_dir,
             control,
@@ -411,7 +412,8 @@ impl<S: ArchiveStore> Archiver<S> {
     /// logged and retried; damage and refusals stop the loop.
     pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let _watcher = watch(&self.dir.wal_dir(), tx);
+        let watcher = watch(&self.dir.wal_dir(), tx);
+        let watching = watcher.is_some();
         tokio::pin!(shutdown);
         loop {
             match self.push_pending().await {
@@ -429,7 +431,7 @@ impl<S: ArchiveStore> Archiver<S> {
             }
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                _ = rx.recv() => {}
+                _ = rx.recv(), if watching => {}
                 _ = tokio::time::sleep(self.opts.rescan_interval) => {}
             }
         }

@@ -72,15 +72,14 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
         rescan_interval: Duration::from_secs(a.rescan_secs.max(1)),
     };
     let store = LocalDirStore::create(&a.target)?;
-    let leftovers = store.remove_temporaries()?;
-    if leftovers > 0 {
-        tracing::info!(
-            files = leftovers,
-            "removed temporary files of an interrupted push"
-        );
-    }
     runtime()?.block_on(async move {
-        let mut archiver = Archiver::new(DataDir::new(&a.data_dir), Arc::new(store), opts).await?;
+        let mut archiver =
+            Archiver::new(DataDir::new(&a.data_dir), Arc::new(store.clone()), opts).await?;
+        // Only once the archive is known to be ours.
+        let leftovers = store.remove_temporaries()?;
+        if leftovers > 0 {
+            tracing::info!(files = leftovers, "removed temporary files of an interrupted push");
+        }
         if a.once {
             let started = std::time::Instant::now();
             let s = archiver.push_pending().await?;
