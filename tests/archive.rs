@@ -98,8 +98,17 @@ fn archive_then_restore_gives_the_records_back_byte_for_byte() {
     let want = make_store(&data, 12, 1);
     for (compress, suffix) in [("none", ""), ("zstd", ".zst")] {
         let arc = t.path().join(format!("arc-{compress}"));
-        let out = archive_once(&data, &arc, &["--compress", compress]);
+        let out = archive_once(
+            &data,
+            &arc,
+            &["--compress", compress, "--warn-lag", "256KiB"],
+        );
         assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("the archiver is behind by more than the bound"),
+            "{}",
+            text(&out)
+        );
         for name in sealed_names(&data) {
             let local = std::fs::read(data.join("wal").join(&name)).unwrap();
             let stored = std::fs::read(arc.join(format!("{name}{suffix}")))
@@ -566,4 +575,42 @@ fn watching_archives_new_segments_as_they_are_sealed() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(check_final_names(&arc, &data), sealed_names(&data).len());
+}
+
+#[test]
+fn restore_replaces_a_data_directory_only_with_force() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let all = make_store(&data, 3, 10);
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &[]).status.success());
+    let dest = t.path().join("dest");
+    let half = all[all.len() / 2].1;
+    assert!(restore_until(&arc, &dest, "--until-lsn", &half.to_string())
+        .status
+        .success());
+    assert_eq!(records(&dest).len(), all.len() / 2 + 1);
+    // Not empty: refused without --force, untouched.
+    let out = walship(&["restore", s(&arc), s(&dest)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--force"), "{}", text(&out));
+    assert_eq!(records(&dest).len(), all.len() / 2 + 1);
+    // With --force the data directory is replaced.
+    let out = walship(&["restore", s(&arc), s(&dest), "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(records(&dest), all);
+    // A file that is not part of a data directory makes even --force refuse.
+    std::fs::write(dest.join("notes.txt"), b"mine").unwrap();
+    let out = walship(&["restore", s(&arc), s(&dest), "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("notes.txt"), "{}", text(&out));
+    assert_eq!(records(&dest), all);
+    // A running writer keeps its directory.
+    std::fs::remove_file(dest.join("notes.txt")).unwrap();
+    let wal = Wal::open(&dest, WalOptions::default()).unwrap();
+    let out = walship(&["restore", s(&arc), s(&dest), "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("locked"), "{}", text(&out));
+    drop(wal);
+    assert_eq!(records(&dest), all);
 }
