@@ -22,7 +22,8 @@ named. The new directory has the archive's identity, opens as a normal store and
 writes. With --until-lsn it holds exactly the records whose end LSN is at most LSN; with \
 --until-time exactly those stamped at or before TIME (RFC 3339). The target must lie within the \
 archive: a target past its last record is refused, since later records may not be archived yet.\n\n\
-Exit status: 0 restored, 1 the archive is damaged or incomplete, 2 could not run.\n\n\
+Exit status: 0 restored, 1 the archive is damaged or has a missing segment, 2 could not run \
+(bad usage, I/O, a destination in use, or a target past the end of the archive).\n\n\
 Example:\n  walship restore /mnt/backup/app-wal ./data-restored --until-time 2026-11-26T05:30:00Z"
 )]
 pub struct RestoreArgs {
