@@ -71,6 +71,8 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
         warn_lag_bytes: a.warn_lag,
         rescan_interval: Duration::from_secs(a.rescan_secs.max(1)),
     };
+    // A wrong DATA_DIR fails before the archive directory is created.
+    DataDir::new(&a.data_dir).read_control()?;
     let store = LocalDirStore::create(&a.target)?;
     runtime()?.block_on(async move {
         let mut archiver =
