@@ -13,7 +13,9 @@ pub mod fsutil;
 pub mod lsn;
 pub mod reader;
 pub mod recovery;
+pub mod replication;
 pub mod segment_file;
+pub mod status;
 pub mod verify;
 pub mod wal;
 

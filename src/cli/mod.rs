@@ -2,6 +2,9 @@
 //! 0 success, 1 the thing checked is bad (damage), 2 usage or I/O failure.
 
 mod dump;
+mod serve;
+mod standby;
+mod status;
 mod store;
 mod verify;
 
@@ -37,6 +40,9 @@ pub enum Command {
     Seal(store::SealArgs),
     Dump(dump::DumpArgs),
     Verify(verify::VerifyArgs),
+    Serve(serve::ServeArgs),
+    Standby(standby::StandbyArgs),
+    Status(status::StatusArgs),
 }
 
 /// What a command's failure means for the exit code.
@@ -87,6 +93,9 @@ pub fn main() -> ExitCode {
         Command::Seal(a) => store::seal(a),
         Command::Dump(a) => dump::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Standby(a) => standby::run(a),
+        Command::Status(a) => status::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
