@@ -720,6 +720,9 @@ fn bad_frames_close_only_their_connection() {
     hello.extend_from_slice(&[0; 32]);
     expect_closed(&addr, &hello, false);
 
+    // A peer that says nothing is dropped after the peer timeout (3 s here).
+    expect_closed(&addr, &[], false);
+
     wait_until("every reason to be logged", || {
         let log = srv.log();
         log.contains("frame of 542393671 bytes exceeds the maximum of 8388608 bytes")
@@ -727,6 +730,7 @@ fn bad_frames_close_only_their_connection() {
             && log.contains("truncated frame: the connection closed after 10 of 100 body bytes")
             && log.contains("malformed message")
             && log.contains("bad magic")
+            && log.contains("no message from the peer for 3s while waiting for Hello")
     });
     // The standby connected all along keeps being served.
     write_records(&primary, 2000, "h");
@@ -764,4 +768,32 @@ fn a_standby_directory_is_served_onward() {
             .iter()
             .any(|x| x["id"] == s["standby_id"] && x["applied_lsn"].as_u64() == Some(flush))
     });
+}
+
+#[test]
+fn a_silent_primary_is_dropped_and_retried() {
+    let t = tempfile::tempdir().unwrap();
+    // Accepts connections and never says a word.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            match c {
+                Ok(c) => held.push(c),
+                Err(_) => return,
+            }
+        }
+    });
+    let sdir = t.path().join("standby");
+    let sb = standby(&sdir, &addr, &[], &t.path().join("standby.log"));
+    wait_until(
+        "the standby to drop the silent primary and try again",
+        || {
+            let log = sb.log();
+            log.contains("no message from the primary for 3s while waiting for Challenge")
+                && log.contains("attempt=2")
+        },
+    );
+    assert!(!sdir.join("control").exists());
 }

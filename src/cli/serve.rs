@@ -111,7 +111,7 @@ pub fn run(a: ServeArgs) -> CmdResult {
     config.heartbeat_interval = a.net.heartbeat_interval;
     config.peer_timeout = a.net.peer_timeout;
     runtime()?.block_on(async move {
-        let shipper = Shipper::start(config).await?;
+        let mut shipper = Shipper::start(config).await?;
         {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

@@ -253,7 +253,7 @@ impl Shipper {
 
     /// Stops accepting, tells connected standbys, saves their slots, and waits up to `bound`
     /// for everything to finish; whatever is still running then is aborted.
-    pub async fn stop(mut self, bound: Duration) {
+    pub async fn stop(&mut self, bound: Duration) {
         let _ = self.shutdown.send(true);
         if let Some(mut task) = self.task.take() {
             if tokio::time::timeout(bound, &mut task).await.is_err() {

@@ -253,7 +253,7 @@ impl Standby {
 
     /// Stops: closes the connection, lets the applier finish its segment, and waits up to
     /// `bound`; whatever still runs then is aborted.
-    pub async fn stop(mut self, bound: Duration) -> Result<(), ReplError> {
+    pub async fn stop(&mut self, bound: Duration) -> Result<(), ReplError> {
         let _ = self.shutdown.send(true);
         if let Some(mut t) = self.task.take() {
             match tokio::time::timeout(bound, &mut t).await {
