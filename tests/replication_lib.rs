@@ -10,9 +10,12 @@ use walship::replication::{
 };
 use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
 
+/// (LSN, end LSN, payload) of one applied record.
+type Seen = (u64, u64, Vec<u8>);
+
 /// Remembers every record it is given.
 #[derive(Clone, Default)]
-struct Recording(Arc<Mutex<Vec<(u64, u64, Vec<u8>)>>>);
+struct Recording(Arc<Mutex<Vec<Seen>>>);
 
 impl Applicator for Recording {
     fn apply(&mut self, r: &RecordRef<'_>) -> walship::Result<()> {
