@@ -102,6 +102,79 @@ mod tests {
         assert_eq!(st[..4], [9, 0, 0, 0]);
     }
 
+    /// The body sizes docs/PROTOCOL.md gives.
+    #[test]
+    fn documented_sizes() {
+        let sizes = [
+            (
+                enc(&Message::Challenge {
+                    protocol_version: 1,
+                    nonce: [0; 32],
+                    auth_required: false,
+                }),
+                41,
+            ),
+            (
+                enc(&Message::Welcome {
+                    system_id: [0; 16],
+                    timeline: 1,
+                    segment_size: 1,
+                    sealed_lsn: 0,
+                }),
+                40,
+            ),
+            (
+                enc(&Message::SegmentStart {
+                    timeline: 1,
+                    segment_no: 0,
+                    len: 0,
+                }),
+                24,
+            ),
+            (
+                enc(&Message::Keepalive {
+                    sealed_lsn: 0,
+                    now_us: 0,
+                }),
+                20,
+            ),
+            (
+                enc(&Message::SegmentData {
+                    segment_no: 0,
+                    offset: 0,
+                    data: Bytes(&[0; 5]),
+                }),
+                28 + 5,
+            ),
+            (
+                enc(&Message::Identify {
+                    standby_id: [0; 16],
+                    system_id: Some([0; 16]),
+                    timeline: 1,
+                    segment_size: 1,
+                    next_segment: Some(1),
+                    prev_checksum: Some(1),
+                    flushed_lsn: 0,
+                    applied_lsn: 0,
+                    max_frame: 0,
+                }),
+                83,
+            ),
+        ];
+        for (bytes, want) in sizes {
+            assert_eq!(bytes.len(), want);
+        }
+        let frame = crate::replication::frame::encode_frame(&Message::Error {
+            code: ErrorCode::Auth,
+            message: "no",
+        })
+        .unwrap();
+        assert_eq!(
+            frame,
+            [0x12, 0, 0, 0, 0x0A, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'n', b'o']
+        );
+    }
+
     #[test]
     fn round_trip_and_garbage() {
         let msgs = [
