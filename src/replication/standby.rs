@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -499,6 +498,10 @@ async fn run(
         shared.set_phase(StandbyPhase::Connecting, None);
         tracing::info!(primary = %cfg.primary, attempt, "connecting to the primary");
         let mut streamed = false;
+        let (flushed_before, started) = (
+            shared.flushed.load(Ordering::Acquire),
+            std::time::Instant::now(),
+        );
         let mut sd = shutdown.clone();
         let r = tokio::select! {
             r = session(&shared, &jobs, &mut sd, &mut streamed) => r,
@@ -515,7 +518,11 @@ async fn run(
             tracing::error!(primary = %cfg.primary, error = %e, "replication stopped");
             return Err(e);
         }
-        if streamed {
+        // Start over with short waits after a connection that got somewhere; a connection
+        // that fails again and again right after the handshake keeps backing off.
+        let progressed = shared.flushed.load(Ordering::Acquire) > flushed_before
+            || (streamed && started.elapsed() >= cfg.peer_timeout);
+        if progressed {
             backoff = cfg.backoff_initial;
         }
         shared.set_phase(StandbyPhase::Waiting, Some(e.to_string()));
@@ -735,9 +742,15 @@ async fn session(
 
     let (mut rd, wr) = stream.into_split();
     let mut writer = tokio::spawn(send_status(shared.clone(), wr));
+    // Segments are stored by a blocking task of their own, so that receiving the next segment
+    // overlaps with syncing and checking the last one.
+    let (store_tx, store_rx) = tokio::sync::mpsc::channel(STORE_QUEUE);
+    let (s2, j2) = (shared.clone(), jobs.clone());
+    let mut store = tokio::task::spawn_blocking(move || store_segments(&s2, store_rx, &j2));
     let mut rx = Receiver {
         shared: shared.clone(),
-        jobs: jobs.clone(),
+        store: store_tx,
+        expected: held.next_segment,
         cur: None,
     };
     let result = loop {
@@ -748,6 +761,7 @@ async fn session(
                 Ok(Err(e)) => e,
                 _ => ReplError::Timeout("the status sender stopped".into()),
             }),
+            r = &mut store => break Err(store_ended(r)),
         };
         let body = match body {
             Ok(b) => b,
@@ -762,7 +776,25 @@ async fn session(
         }
     };
     writer.abort();
+    // Let the store task finish what it holds before a new connection reads the positions.
+    drop(rx);
+    if !store.is_finished() {
+        if let Err(e) = store.await.map_err(|e| store_ended(Err(e))).and_then(|r| r) {
+            return Err(e);
+        }
+    }
     result
+}
+
+/// Chunks queued between the network and the store task (at most 1 MiB each).
+const STORE_QUEUE: usize = 8;
+
+fn store_ended(r: Result<Result<(), ReplError>, tokio::task::JoinError>) -> ReplError {
+    match r {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => ReplError::Timeout("the segment store stopped".into()),
+        Err(e) => ReplError::io("store segments", std::io::Error::other(e)),
+    }
 }
 
 /// Sends a Status at start, whenever a position moves, and every heartbeat interval.
@@ -791,22 +823,30 @@ async fn send_status(shared: Arc<Shared>, mut wr: OwnedWriteHalf) -> Result<(), 
     }
 }
 
-/// The segment being received.
-struct Incoming {
-    name: SegmentName,
-    path: PathBuf,
-    file: tokio::fs::File,
-    len: u64,
-    got: u64,
+/// What the network side hands the store task.
+enum Store {
+    Start { name: SegmentName, len: u64 },
+    Data(Vec<u8>),
 }
 
+/// Checks each message against what came before; passes segment bytes to the store task.
 struct Receiver {
     shared: Arc<Shared>,
-    jobs: std::sync::mpsc::Sender<SegmentName>,
-    cur: Option<Incoming>,
+    store: tokio::sync::mpsc::Sender<Store>,
+    /// The segment number that must come next (None before the first one).
+    expected: Option<u64>,
+    /// The segment being received: (number, length, bytes so far).
+    cur: Option<(SegmentName, u64, u64)>,
 }
 
 impl Receiver {
+    async fn pass(&self, m: Store) -> Result<(), ReplError> {
+        self.store
+            .send(m)
+            .await
+            .map_err(|_| ReplError::Timeout("the segment store stopped".into()))
+    }
+
     async fn handle(&mut self, m: Message<'_>) -> Result<(), ReplError> {
         let protocol = |msg: String| Err(ReplError::refused(ErrorCode::Protocol, msg));
         match m {
@@ -821,20 +861,18 @@ impl Receiver {
                 segment_no,
                 len,
             } => {
-                if let Some(c) = &self.cur {
+                if let Some((name, _, _)) = &self.cur {
                     return protocol(format!(
-                        "segment {:X} started before {} was complete",
-                        segment_no, c.name
+                        "segment {segment_no:X} started before {name} was complete"
                     ));
                 }
-                let held = self.shared.held();
-                let Some(control) = held.control else {
+                let Some(control) = self.shared.held().control else {
                     return protocol("a segment arrived before the identity".into());
                 };
                 if timeline != control.timeline {
                     return Err(ReplError::refused(ErrorCode::Identity, format!("the primary sent a segment of timeline {timeline}; this standby follows timeline {}", control.timeline)));
                 }
-                if let Some(want) = held.next_segment {
+                if let Some(want) = self.expected {
                     if segment_no != want {
                         return protocol(format!(
                             "the primary sent segment {segment_no:X}, the standby needs {want:X}"
@@ -847,118 +885,145 @@ impl Receiver {
                     ));
                 }
                 let name = SegmentName::new(timeline, segment_no, SegmentFileKind::Partial);
-                let path = self.shared.dd.segment_path(&name);
-                let file = tokio::fs::File::create(&path)
-                    .await
-                    .map_err(|e| ReplError::io(format!("create {}", path.display()), e))?;
-                self.cur = Some(Incoming {
-                    name,
-                    path,
-                    file,
-                    len,
-                    got: 0,
-                });
-                Ok(())
+                self.cur = Some((name, len, 0));
+                self.pass(Store::Start { name, len }).await
             }
             Message::SegmentData {
                 segment_no,
                 offset,
                 data,
             } => {
-                let Some(c) = self.cur.as_mut() else {
+                let Some((name, len, got)) = self.cur.as_mut() else {
                     return protocol("segment data arrived without a SegmentStart".into());
                 };
-                if segment_no != c.name.segment_no
-                    || offset != c.got
-                    || c.got + data.0.len() as u64 > c.len
-                {
+                let n = data.0.len() as u64;
+                if segment_no != name.segment_no || offset != *got || *got + n > *len {
                     return protocol(format!(
-                        "segment data for {segment_no:X} at offset {offset} (+{} bytes) does not continue {} at {} of {} bytes",
-                        data.0.len(), c.name, c.got, c.len
+                        "segment data for {segment_no:X} at offset {offset} (+{n} bytes) does not continue {name} at {got} of {len} bytes"
                     ));
                 }
-                c.file
-                    .write_all(data.0)
-                    .await
-                    .map_err(|e| ReplError::io(format!("write {}", c.path.display()), e))?;
-                c.got += data.0.len() as u64;
-                if c.got == c.len {
-                    if let Some(c) = self.cur.take() {
-                        self.finish(c).await?;
-                    }
+                *got += n;
+                if *got == *len {
+                    self.expected = Some(segment_no + 1);
+                    self.cur = None;
                 }
-                Ok(())
+                self.pass(Store::Data(data.0.to_vec())).await
             }
             other => Err(from_primary(&other, "segments or a keepalive")),
         }
     }
+}
 
-    /// Makes a complete segment durable, checks it, gives it its sealed name, and hands it
-    /// to the applier.
-    async fn finish(&mut self, mut c: Incoming) -> Result<(), ReplError> {
-        c.file
-            .flush()
-            .await
-            .map_err(|e| ReplError::io(format!("write {}", c.path.display()), e))?;
-        c.file
-            .sync_all()
-            .await
-            .map_err(|e| ReplError::io(format!("fsync {}", c.path.display()), e))?;
-        drop(c.file);
-        let held = self.shared.held();
-        let Some(control) = held.control else {
+/// The store task: writes each segment as `.wal.partial`, then makes it durable, checks it,
+/// gives it its sealed name and hands it to the applier. Messages arrive already checked for
+/// order and length by the [`Receiver`].
+fn store_segments(
+    shared: &Shared,
+    mut rx: tokio::sync::mpsc::Receiver<Store>,
+    jobs: &std::sync::mpsc::Sender<SegmentName>,
+) -> Result<(), ReplError> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut cur: Option<(SegmentName, PathBuf, std::fs::File, u64, u64)> = None;
+    while let Some(m) = rx.blocking_recv() {
+        match m {
+            Store::Start { name, len } => {
+                let path = shared.dd.segment_path(&name);
+                // Readable too: the finished file is checked through a read-only mapping.
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map_err(|e| ReplError::io(format!("create {}", path.display()), e))?;
+                cur = Some((name, path, file, len, 0));
+            }
+            Store::Data(bytes) => {
+                let Some((_, path, file, len, got)) = cur.as_mut() else {
+                    return Err(ReplError::refused(
+                        ErrorCode::Protocol,
+                        "segment data without a segment",
+                    ));
+                };
+                file.write_all(&bytes)
+                    .map_err(|e| ReplError::io(format!("write {}", path.display()), e))?;
+                // Start writeback now, so that the sync at the end has little left to do.
+                // SAFETY: a plain syscall on a descriptor we own; failure only loses the hint.
+                unsafe {
+                    libc::sync_file_range(
+                        file.as_raw_fd(),
+                        *got as i64,
+                        bytes.len() as i64,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+                *got += bytes.len() as u64;
+                if *got == *len {
+                    if let Some((name, path, file, _, _)) = cur.take() {
+                        finish_segment(shared, name, &path, file, jobs)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes a complete segment durable, checks it, renames it to its sealed name, fsyncs the
+/// directory, and only then counts it as flushed.
+fn finish_segment(
+    shared: &Shared,
+    name: SegmentName,
+    path: &std::path::Path,
+    file: std::fs::File,
+    jobs: &std::sync::mpsc::Sender<SegmentName>,
+) -> Result<(), ReplError> {
+    let held = shared.held();
+    let Some(control) = held.control else {
+        return Err(ReplError::refused(ErrorCode::Protocol, "no identity"));
+    };
+    let chain = if held.next_segment == Some(name.segment_no) {
+        held.prev_checksum
+    } else {
+        None
+    };
+    let stored = (|| -> crate::Result<crate::recovery::SealedSegment> {
+        file.sync_all()
+            .map_err(|e| Error::io(format!("fsync {}", path.display()), e))?;
+        // SAFETY: the file is ours (the directory's lock is held) and nothing changes it.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::io(format!("mmap {}", path.display()), e))?;
+        let sealed_name = name.with_kind(SegmentFileKind::Sealed);
+        let seg = verify_incoming(&map, path, &sealed_name, &control, chain)?;
+        let target = shared.dd.segment_path(&sealed_name);
+        std::fs::rename(path, &target).map_err(|e| {
+            Error::io(
+                format!("rename {} to {}", path.display(), target.display()),
+                e,
+            )
+        })?;
+        fsync_dir(&shared.dd.wal_dir())?;
+        Ok(seg)
+    })();
+    let seg = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
             return Err(ReplError::refused(
                 ErrorCode::Protocol,
-                "no identity".to_string(),
+                format!("received an invalid segment, discarded: {e}"),
             ));
-        };
-        let chain = if held.next_segment == Some(c.name.segment_no) {
-            held.prev_checksum
-        } else {
-            None
-        };
-        let (dd, name, path) = (self.shared.dd.clone(), c.name, c.path.clone());
-        let r = tokio::task::spawn_blocking(
-            move || -> crate::Result<crate::recovery::SealedSegment> {
-                let file = std::fs::File::open(&path)
-                    .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-                // SAFETY: the file is ours (the directory's lock is held) and no one changes it.
-                let map = unsafe { memmap2::Mmap::map(&file) }
-                    .map_err(|e| Error::io(format!("mmap {}", path.display()), e))?;
-                let sealed_name = name.with_kind(SegmentFileKind::Sealed);
-                let seg = verify_incoming(&map, &path, &sealed_name, &control, chain)?;
-                let target = dd.segment_path(&sealed_name);
-                std::fs::rename(&path, &target).map_err(|e| {
-                    Error::io(
-                        format!("rename {} to {}", path.display(), target.display()),
-                        e,
-                    )
-                })?;
-                fsync_dir(&dd.wal_dir())?;
-                Ok(seg)
-            },
-        )
-        .await
-        .map_err(|e| ReplError::io("store segment", std::io::Error::other(e)))?;
-        let seg = match r {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_file(&c.path);
-                return Err(ReplError::refused(
-                    ErrorCode::Protocol,
-                    format!("received an invalid segment, discarded: {e}"),
-                ));
-            }
-        };
-        {
-            let mut h = lock(&self.shared.held);
-            h.next_segment = Some(seg.name.segment_no + 1);
-            h.prev_checksum = Some(seg.seal.segment_checksum);
         }
-        self.shared.flushed.fetch_max(seg.end_lsn, Ordering::AcqRel);
-        tracing::debug!(segment = %seg.name, flushed = %Lsn(seg.end_lsn), "stored segment");
-        self.shared.notify();
-        let _ = self.jobs.send(seg.name);
-        Ok(())
+    };
+    {
+        let mut h = lock(&shared.held);
+        h.next_segment = Some(seg.name.segment_no + 1);
+        h.prev_checksum = Some(seg.seal.segment_checksum);
     }
+    shared.flushed.fetch_max(seg.end_lsn, Ordering::AcqRel);
+    tracing::debug!(segment = %seg.name, flushed = %Lsn(seg.end_lsn), "stored segment");
+    shared.notify();
+    let _ = jobs.send(seg.name);
+    Ok(())
 }
