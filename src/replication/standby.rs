@@ -779,9 +779,7 @@ async fn session(
     // Let the store task finish what it holds before a new connection reads the positions.
     drop(rx);
     if !store.is_finished() {
-        if let Err(e) = store.await.map_err(|e| store_ended(Err(e))).and_then(|r| r) {
-            return Err(e);
-        }
+        store.await.map_err(|e| store_ended(Err(e)))??;
     }
     result
 }
