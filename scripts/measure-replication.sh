@@ -31,16 +31,16 @@ wait_applied() { # DIR TARGET
     [ "${a:-0}" -ge "$2" ] && return
   done
 }
-start_serve() { # DIR OUTFILE
+start_serve() { # DIR OUTFILE: sets $addr
   "$W" serve "$1" --listen 127.0.0.1:0 >"$2" 2>"$2.log" &
   pids+=($!)
   until grep -q '^listening on ' "$2" 2>/dev/null; do sleep 0.05; done
-  sed -n 's/^listening on //p' "$2"
+  addr=$(sed -n 's/^listening on //p' "$2")
 }
 
 echo "== seal to applied, 16 MiB segments, $runs runs"
 "$W" init "$work/p1" --segment-size 16MiB >/dev/null
-addr=$(start_serve "$work/p1" "$work/serve1.out")
+start_serve "$work/p1" "$work/serve1.out"
 "$W" standby "$work/s1" --primary "$addr" 2>"$work/s1.log" &
 pids+=($!)
 until [ -f "$work/s1/control" ]; do sleep 0.05; done
@@ -67,7 +67,7 @@ lines 1032444 | "$W" write "$work/p2" >/dev/null
 bytes=$(cat "$work"/p2/wal/*.wal | wc -c)
 segs=$(ls "$work"/p2/wal/*.wal | wc -l)
 target=$(flush "$work/p2")
-addr=$(start_serve "$work/p2" "$work/serve2.out")
+start_serve "$work/p2" "$work/serve2.out"
 t0=$(now_ns)
 "$W" standby "$work/s2" --primary "$addr" 2>"$work/s2.log" &
 pids+=($!)

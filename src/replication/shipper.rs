@@ -307,8 +307,13 @@ async fn watch_segments(
     use notify::Watcher;
     let (ev_tx, mut ev_rx) = mpsc::channel::<()>(1);
     let handler = move |res: notify::Result<notify::Event>| {
-        if let Err(e) = &res {
-            tracing::warn!(error = %e, "watching wal/ failed; rescanning");
+        match &res {
+            Err(e) => tracing::warn!(error = %e, "watching wal/ failed; rescanning"),
+            // Only names appearing, changing or going matter. Reads (our own included: a
+            // rescan reads the newest seal marker) and data writes (the writer zero-filling a
+            // prepared segment) would only cause pointless rescans.
+            Ok(ev) if !ev.need_rescan() && is_content_event(&ev.kind) => return,
+            Ok(_) => {}
         }
         let _ = ev_tx.try_send(());
     };
@@ -350,6 +355,14 @@ async fn watch_segments(
             Err(e) => tracing::error!(error = %e, "scanning wal/ failed"),
         }
     }
+}
+
+fn is_content_event(kind: &notify::EventKind) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    matches!(
+        kind,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_))
+    )
 }
 
 /// What the reading half passes to the sending half.
