@@ -92,3 +92,33 @@ impl ReplError {
         }
     }
 }
+
+/// Reads one frame, giving up when the peer stays silent for `timeout`.
+pub(crate) async fn read_msg(
+    peer: &str,
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    max: usize,
+    timeout: Duration,
+    what: &str,
+) -> Result<Vec<u8>, ReplError> {
+    match tokio::time::timeout(timeout, frame::read_frame(r, max)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ReplError::Timeout(format!(
+            "no message from the {peer} for {timeout:?} while waiting for {what}"
+        ))),
+    }
+}
+
+/// Sends an Error to the peer (best effort, briefly) and returns the matching local error.
+pub(crate) async fn refuse(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    code: ErrorCode,
+    message: String,
+) -> ReplError {
+    let msg = messages::Message::Error {
+        code,
+        message: &message,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), frame::write_message(w, &msg)).await;
+    ReplError::refused(code, message)
+}

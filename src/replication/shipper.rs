@@ -22,10 +22,10 @@ use uuid::Uuid;
 
 use super::auth::{nonce, AuthToken};
 use super::codec;
-use super::frame::{read_frame, write_message, DATA_OVERHEAD, DEFAULT_MAX_FRAME, MIN_FRAME_LIMIT};
+use super::frame::{write_message, DATA_OVERHEAD, DEFAULT_MAX_FRAME, MIN_FRAME_LIMIT};
 use super::messages::{Bytes, ErrorCode, Message, MAGIC, PROTOCOL_VERSION};
 use super::segments::{scan_sealed, SealedSet};
-use super::{ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
+use super::{read_msg, refuse, ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::datadir::DataDir;
 use crate::format::{ControlFile, SegmentName};
@@ -408,40 +408,6 @@ async fn connection(
     });
 }
 
-async fn read_msg(
-    r: &mut (impl tokio::io::AsyncRead + Unpin),
-    max: usize,
-    timeout: Duration,
-    what: &str,
-) -> Result<Vec<u8>, ReplError> {
-    match tokio::time::timeout(timeout, read_frame(r, max)).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(ReplError::Timeout(format!(
-            "no message from the peer for {timeout:?} while waiting for {what}"
-        ))),
-    }
-}
-
-/// Sends an Error to the peer (best effort) and returns the matching local error.
-async fn refuse(
-    w: &mut (impl tokio::io::AsyncWrite + Unpin),
-    code: ErrorCode,
-    message: String,
-) -> ReplError {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        write_message(
-            w,
-            &Message::Error {
-                code,
-                message: &message,
-            },
-        ),
-    )
-    .await;
-    ReplError::refused(code, message)
-}
-
 fn unexpected(got: &Message<'_>, want: &str) -> (ErrorCode, String) {
     match got {
         Message::Error { code, message } => (
@@ -465,7 +431,7 @@ async fn serve_standby(
     let cfg = &shared.config;
     let (max, t) = (cfg.max_frame, cfg.peer_timeout);
     // Hello.
-    let body = read_msg(&mut stream, max, t, "Hello").await?;
+    let body = read_msg("peer", &mut stream, max, t, "Hello").await?;
     let standby_nonce = match codec::decode(&body) {
         Ok(Message::Hello {
             magic,
@@ -502,7 +468,7 @@ async fn serve_standby(
         },
     )
     .await?;
-    let body = read_msg(&mut stream, max, t, "Auth").await?;
+    let body = read_msg("peer", &mut stream, max, t, "Auth").await?;
     let proof = match codec::decode(&body) {
         Ok(Message::Auth { proof }) => proof,
         Ok(other) => {
@@ -525,7 +491,7 @@ async fn serve_standby(
     };
     write_message(&mut stream, &Message::AuthOk { proof: reply }).await?;
     // Identify.
-    let body = read_msg(&mut stream, max, t, "Identify").await?;
+    let body = read_msg("peer", &mut stream, max, t, "Identify").await?;
     let (standby_id, next_segment, prev_checksum, standby_max, flushed, applied) =
         match codec::decode(&body) {
             Ok(Message::Identify {
@@ -666,7 +632,7 @@ async fn read_standby(
     tx: mpsc::Sender<Incoming>,
 ) {
     loop {
-        let msg = match read_msg(&mut rd, max, timeout, "a standby status").await {
+        let msg = match read_msg("peer", &mut rd, max, timeout, "a standby status").await {
             Ok(body) => match codec::decode(&body) {
                 Ok(Message::Status {
                     flushed_lsn,

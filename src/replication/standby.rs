@@ -23,13 +23,11 @@ use uuid::Uuid;
 use super::applicator::Applicator;
 use super::auth::{nonce, AuthToken};
 use super::codec;
-use super::frame::{
-    read_frame, write_message, DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT,
-};
+use super::frame::{write_message, DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT};
 use super::messages::{ErrorCode, Message, MAGIC, PROTOCOL_VERSION};
 use super::segments::verify_incoming;
 use super::standby_state::{self, StandbyMeta};
-use super::{ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
+use super::{read_msg, refuse, ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
 use crate::datadir::{DataDir, DirLock};
 use crate::decoder::{ScanEnd, SegmentScanner};
 use crate::error::Error;
@@ -536,39 +534,6 @@ async fn run(
     }
 }
 
-async fn read_msg(
-    r: &mut (impl tokio::io::AsyncRead + Unpin),
-    max: usize,
-    timeout: Duration,
-    what: &str,
-) -> Result<Vec<u8>, ReplError> {
-    match tokio::time::timeout(timeout, read_frame(r, max)).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(ReplError::Timeout(format!(
-            "no message from the primary for {timeout:?} while waiting for {what}"
-        ))),
-    }
-}
-
-async fn refuse(
-    w: &mut (impl tokio::io::AsyncWrite + Unpin),
-    code: ErrorCode,
-    message: String,
-) -> ReplError {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        write_message(
-            w,
-            &Message::Error {
-                code,
-                message: &message,
-            },
-        ),
-    )
-    .await;
-    ReplError::refused(code, message)
-}
-
 fn from_primary(m: &Message<'_>, want: &str) -> ReplError {
     match m {
         Message::Error { code, message } => ReplError::PeerRefused {
@@ -613,7 +578,7 @@ async fn session(
         },
     )
     .await?;
-    let body = read_msg(&mut stream, max, t, "Challenge").await?;
+    let body = read_msg("primary", &mut stream, max, t, "Challenge").await?;
     let (primary_nonce, auth_required) = match codec::decode(&body) {
         Ok(Message::Challenge {
             protocol_version,
@@ -636,7 +601,7 @@ async fn session(
         (None, _) => None,
     };
     write_message(&mut stream, &Message::Auth { proof }).await?;
-    let body = read_msg(&mut stream, max, t, "AuthOk").await?;
+    let body = read_msg("primary", &mut stream, max, t, "AuthOk").await?;
     match codec::decode(&body) {
         Ok(Message::AuthOk { proof }) => {
             if let Some(tok) = &cfg.auth_token {
@@ -670,7 +635,7 @@ async fn session(
         },
     )
     .await?;
-    let body = read_msg(&mut stream, max, t, "Welcome").await?;
+    let body = read_msg("primary", &mut stream, max, t, "Welcome").await?;
     let (system_id, timeline, segment_size, sealed_lsn) = match codec::decode(&body) {
         Ok(Message::Welcome {
             system_id,
@@ -755,7 +720,7 @@ async fn session(
     };
     let result = loop {
         let body = tokio::select! {
-            r = read_msg(&mut rd, max, t, "segments or a keepalive") => r,
+            r = read_msg("primary", &mut rd, max, t, "segments or a keepalive") => r,
             _ = shutdown.changed() => break Ok(()),
             r = &mut writer => break Err(match r {
                 Ok(Err(e)) => e,
