@@ -604,13 +604,13 @@ async fn serve_standby(
     let (in_tx, mut in_rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_standby(rd, max, t, in_tx));
     let chunk = cfg.chunk_size.min(standby_max - DATA_OVERHEAD).max(4096);
-    let mut session = Session {
+    let mut conn = Conn {
         shared: shared.clone(),
         id: standby_id,
         addr,
         last_save: None,
     };
-    let result = session
+    let result = conn
         .stream_segments(&mut wr, next_segment, chunk, &mut in_rx, &mut shutdown)
         .await;
     reader.abort();
@@ -662,14 +662,14 @@ async fn read_standby(
     }
 }
 
-struct Session {
+struct Conn {
     shared: Arc<Shared>,
     id: String,
     addr: SocketAddr,
     last_save: Option<Instant>,
 }
 
-impl Session {
+impl Conn {
     async fn handle(&mut self, m: Incoming) -> Result<(), ReplError> {
         match m {
             Incoming::Ended(e) => Err(e),

@@ -502,7 +502,7 @@ async fn run(
         );
         let mut sd = shutdown.clone();
         let r = tokio::select! {
-            r = session(&shared, &jobs, &mut sd, &mut streamed) => r,
+            r = connect_and_stream(&shared, &jobs, &mut sd, &mut streamed) => r,
             _ = failed.changed() => return Ok(()),
         };
         if *shutdown.borrow() {
@@ -549,7 +549,7 @@ fn from_primary(m: &Message<'_>, want: &str) -> ReplError {
 }
 
 /// One connection: handshake, then receive segments until the connection ends.
-async fn session(
+async fn connect_and_stream(
     shared: &Arc<Shared>,
     jobs: &std::sync::mpsc::Sender<SegmentName>,
     shutdown: &mut watch::Receiver<bool>,
