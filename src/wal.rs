@@ -207,7 +207,7 @@ impl Wal {
         let end = st.end_lsn;
         let activated = st.prepare_next.take();
         drop(st);
-        self.inner.written.store(end, Ordering::Release);
+        self.inner.written.fetch_max(end, Ordering::AcqRel);
         if let Some(n) = activated {
             self.request_prepare(n);
         }
@@ -238,7 +238,7 @@ impl Wal {
         }
         let end = st.end_lsn;
         drop(st);
-        self.inner.written.store(end, Ordering::Release);
+        self.inner.written.fetch_max(end, Ordering::AcqRel);
         if let Some(n) = activated {
             self.request_prepare(n);
         }
@@ -311,6 +311,17 @@ fn background(inner: Arc<Inner>, rx: mpsc::Receiver<BgMsg>) {
             Ok(BgMsg::Prepare(no)) => {
                 let mut slot = lock(&inner.prepared);
                 if matches!(&*slot, Some((n, _)) if *n == no) {
+                    continue;
+                }
+                // A request queued before the rotation that already used this number: preparing
+                // it again would truncate the file the writer is using.
+                let open = SegmentName::new(inner.control.timeline, no, SegmentFileKind::Open);
+                if inner.dir.segment_path(&open).exists()
+                    || inner
+                        .dir
+                        .segment_path(&open.with_kind(SegmentFileKind::Sealed))
+                        .exists()
+                {
                     continue;
                 }
                 if let Some((_, old)) = slot.take() {
@@ -550,8 +561,10 @@ impl Inner {
         let no = st.next_segment_no;
         let name = SegmentName::new(self.control.timeline, no, SegmentFileKind::Open);
         let path = self.dir.segment_path(&name);
+        // The slot stays locked until the rename is done, so the preparer never sees the file
+        // taken but not yet renamed (and recreates it under the writer's feet).
+        let mut slot = lock(&self.prepared);
         let prepared = {
-            let mut slot = lock(&self.prepared);
             match slot.take() {
                 Some((n, p)) if n == no => p,
                 other => {
@@ -575,6 +588,7 @@ impl Inner {
         };
         std::fs::rename(&prepared, &path)
             .ctx(|| format!("rename {} to {}", prepared.display(), path.display()))?;
+        drop(slot);
         fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
             Error::Io { context, source } => self.poison(context, source),
             other => other,
@@ -592,6 +606,10 @@ impl Inner {
         let hb = header.encode();
         // SAFETY: state lock held; nothing of this segment is published yet.
         unsafe { seg.slice_mut(0, SEGMENT_HEADER_LEN) }.copy_from_slice(&hb);
+        // The header must be durable before any record of this segment can be: after a power
+        // loss, a lost or torn header would make recovery refuse the whole directory.
+        seg.sync_range(0, SEGMENT_HEADER_LEN)
+            .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))?;
         st.hasher = crc32fast::Hasher::new();
         st.hasher.update(&hb);
         st.off = SEGMENT_HEADER_LEN;
