@@ -24,6 +24,12 @@ pub struct ServeArgs {
     /// Allow a non-loopback address without a token.
     #[arg(long)]
     pub insecure: bool,
+    /// Connections served at once; more are refused at once with a `Busy` error.
+    #[arg(long, default_value_t = walship::replication::shipper::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_connections: u64,
+    /// Time a new connection has to authenticate and identify itself before it is dropped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -107,6 +113,8 @@ pub fn run(a: ServeArgs) -> CmdResult {
     let mut config = ShipperConfig::new(&a.data_dir, &a.listen);
     config.auth_token = read_token(&a.auth_token_file)?;
     config.insecure = a.insecure;
+    config.max_connections = a.max_connections as usize;
+    config.handshake_timeout = a.handshake_timeout;
     config.max_frame = a.net.max_frame_size as usize;
     config.heartbeat_interval = a.net.heartbeat_interval;
     config.peer_timeout = a.net.peer_timeout;

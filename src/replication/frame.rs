@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
 pub const MAX_FRAME_LIMIT: usize = 64 << 20;
 /// The smallest value the maximum may be configured to (a segment chunk must fit).
 pub const MIN_FRAME_LIMIT: usize = 64 << 10;
+/// The largest frame either side accepts before the handshake is done: every handshake
+/// message is far smaller, and an unauthenticated peer gets no large buffer.
+pub const HANDSHAKE_MAX_FRAME: usize = 4096;
 /// Bytes of a SegmentData frame body besides the data.
 pub const DATA_OVERHEAD: usize = 4 + 8 + 8 + 8;
 

@@ -28,6 +28,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A local failure (I/O, damaged data) on the sender's side.
     Internal,
+    /// The primary serves as many connections as it allows; reconnect later.
+    Busy,
 }
 
 impl ErrorCode {

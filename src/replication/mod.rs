@@ -29,6 +29,9 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Default time after which a silent peer is dropped.
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default time a new connection has to complete the handshake (Hello to Identify).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A replication failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplError {

@@ -16,13 +16,15 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::auth::{nonce, AuthToken};
 use super::codec;
-use super::frame::{write_message, DATA_OVERHEAD, DEFAULT_MAX_FRAME, MIN_FRAME_LIMIT};
+use super::frame::{
+    write_message, DATA_OVERHEAD, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, MIN_FRAME_LIMIT,
+};
 use super::messages::{Bytes, ErrorCode, Message, MAGIC, PROTOCOL_VERSION};
 use super::segments::{scan_sealed, SealedSet};
 use super::{read_msg, refuse, ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
@@ -31,6 +33,9 @@ use crate::datadir::DataDir;
 use crate::format::{ControlFile, SegmentName};
 use crate::recovery::check_sealed;
 use crate::Lsn;
+
+/// Default bound on the connections a shipper serves at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 /// How a shipper runs.
 #[derive(Clone, Debug)]
@@ -49,6 +54,10 @@ pub struct ShipperConfig {
     pub heartbeat_interval: Duration,
     pub peer_timeout: Duration,
     pub rescan_interval: Duration,
+    /// Time a new connection has to authenticate and identify itself.
+    pub handshake_timeout: Duration,
+    /// Connections served at once, handshaking or streaming; more are refused with `Busy`.
+    pub max_connections: usize,
 }
 
 impl ShipperConfig {
@@ -63,6 +72,8 @@ impl ShipperConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT,
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             rescan_interval: Duration::from_secs(2),
+            handshake_timeout: super::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -146,6 +157,11 @@ impl Shipper {
                 config.max_frame,
                 super::frame::MAX_FRAME_LIMIT
             ))));
+        }
+        if config.max_connections == 0 {
+            return Err(ReplError::Store(crate::Error::InvalidArgument(
+                "the maximum number of connections must be at least 1".into(),
+            )));
         }
         let dd = DataDir::new(&config.data_dir);
         let control = dd.read_control()?;
@@ -278,12 +294,22 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let mut refused = Refusals::default();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        refused.refuse(stream, addr, shared.config.max_connections);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    tasks.spawn(connection(shared.clone(), stream, addr, shutdown.clone()));
+                    let (s2, sd) = (shared.clone(), shutdown.clone());
+                    tasks.spawn(async move {
+                        connection(s2, stream, addr, sd).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -293,6 +319,39 @@ async fn accept_loop(
             _ = shutdown.changed() => return,
             // Reap finished connections so the set stays small.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+}
+
+/// Connections refused for want of a slot: each gets a `Busy` error and is closed at once, with
+/// no task and no buffer of its own. Logged at most once a second, so that a flood of
+/// connections cannot flood the log.
+#[derive(Default)]
+struct Refusals {
+    since_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl Refusals {
+    fn refuse(&mut self, stream: TcpStream, addr: SocketAddr, max: usize) {
+        let msg = Message::Error {
+            code: ErrorCode::Busy,
+            message: "the primary serves its maximum number of connections; retry later",
+        };
+        // A fresh socket's send buffer takes these few bytes at once; if not, the peer gets
+        // the bare close.
+        if let Ok(frame) = super::frame::encode_frame(&msg) {
+            let _ = stream.try_write(&frame);
+        }
+        drop(stream);
+        self.since_log += 1;
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(peer = %addr, refused = self.since_log, max_connections = max, "refused connections: too many connections");
+            self.since_log = 0;
+            self.last_log = Some(Instant::now());
         }
     }
 }
@@ -421,17 +480,13 @@ fn unexpected(got: &Message<'_>, want: &str) -> (ErrorCode, String) {
     }
 }
 
-async fn serve_standby(
-    shared: &Arc<Shared>,
-    mut stream: TcpStream,
-    addr: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-    id_out: &mut Option<String>,
-) -> Result<(), ReplError> {
+/// Hello, Challenge, Auth, AuthOk and Identify. Every message read here is small, so frames
+/// are limited to [`HANDSHAKE_MAX_FRAME`] bytes whatever the configured maximum.
+async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Result<Identified, ReplError> {
     let cfg = &shared.config;
-    let (max, t) = (cfg.max_frame, cfg.peer_timeout);
+    let (max, t) = (HANDSHAKE_MAX_FRAME, cfg.peer_timeout);
     // Hello.
-    let body = read_msg("peer", &mut stream, max, t, "Hello").await?;
+    let body = read_msg("peer", stream, max, t, "Hello").await?;
     let standby_nonce = match codec::decode(&body) {
         Ok(Message::Hello {
             magic,
@@ -440,27 +495,27 @@ async fn serve_standby(
         }) => {
             if magic != MAGIC {
                 return Err(refuse(
-                    &mut stream,
+                    stream,
                     ErrorCode::Protocol,
                     "not a walship standby (bad magic)".into(),
                 )
                 .await);
             }
             if protocol_version != PROTOCOL_VERSION {
-                return Err(refuse(&mut stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks version {PROTOCOL_VERSION}")).await);
+                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks version {PROTOCOL_VERSION}")).await);
             }
             nonce
         }
         Ok(other) => {
             let (c, m) = unexpected(&other, "Hello");
-            return Err(refuse(&mut stream, c, m).await);
+            return Err(refuse(stream, c, m).await);
         }
-        Err(e) => return Err(refuse(&mut stream, ErrorCode::Protocol, e.to_string()).await),
+        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
     };
     // Challenge and Auth.
     let primary_nonce = nonce();
     write_message(
-        &mut stream,
+        stream,
         &Message::Challenge {
             protocol_version: PROTOCOL_VERSION,
             nonce: primary_nonce,
@@ -468,82 +523,83 @@ async fn serve_standby(
         },
     )
     .await?;
-    let body = read_msg("peer", &mut stream, max, t, "Auth").await?;
+    let body = read_msg("peer", stream, max, t, "Auth").await?;
     let proof = match codec::decode(&body) {
         Ok(Message::Auth { proof }) => proof,
         Ok(other) => {
             let (c, m) = unexpected(&other, "Auth");
-            return Err(refuse(&mut stream, c, m).await);
+            return Err(refuse(stream, c, m).await);
         }
-        Err(e) => return Err(refuse(&mut stream, ErrorCode::Protocol, e.to_string()).await),
+        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
     };
     let reply = match (&cfg.auth_token, proof) {
         (None, _) => None,
         (Some(_), None) => {
-            return Err(refuse(&mut stream, ErrorCode::Auth, "authentication required: the primary has a token; give the standby the same --auth-token-file".into()).await)
+            return Err(refuse(stream, ErrorCode::Auth, "authentication required: the primary has a token; give the standby the same --auth-token-file".into()).await)
         }
         (Some(tok), Some(p)) => {
             if !tok.verify_standby(&standby_nonce, &primary_nonce, &p) {
-                return Err(refuse(&mut stream, ErrorCode::Auth, "authentication failed: wrong token".into()).await);
+                return Err(refuse(stream, ErrorCode::Auth, "authentication failed: wrong token".into()).await);
             }
             Some(tok.primary_proof(&primary_nonce, &standby_nonce))
         }
     };
-    write_message(&mut stream, &Message::AuthOk { proof: reply }).await?;
+    write_message(stream, &Message::AuthOk { proof: reply }).await?;
     // Identify.
-    let body = read_msg("peer", &mut stream, max, t, "Identify").await?;
-    let (standby_id, next_segment, prev_checksum, standby_max, flushed, applied) =
-        match codec::decode(&body) {
-            Ok(Message::Identify {
-                standby_id,
-                system_id,
-                timeline,
-                segment_size,
+    let body = read_msg("peer", stream, max, t, "Identify").await?;
+    let (id, next_segment, prev_checksum, max_frame, flushed_lsn, applied_lsn) = match codec::decode(
+        &body,
+    ) {
+        Ok(Message::Identify {
+            standby_id,
+            system_id,
+            timeline,
+            segment_size,
+            next_segment,
+            prev_checksum,
+            flushed_lsn,
+            applied_lsn,
+            max_frame,
+        }) => {
+            let c = &shared.control;
+            if let Some(sys) = system_id {
+                let sys = Uuid::from_bytes(sys);
+                if sys != c.system_id {
+                    return Err(refuse(
+                        stream,
+                        ErrorCode::Identity,
+                        format!(
+                            "the standby belongs to system {sys}, this primary is system {}",
+                            c.system_id
+                        ),
+                    )
+                    .await);
+                }
+                if timeline != c.timeline || segment_size != c.segment_size {
+                    return Err(refuse(stream, ErrorCode::Identity, format!("the standby has timeline {timeline} and segment size {segment_size}, this primary timeline {} and segment size {}", c.timeline, c.segment_size)).await);
+                }
+            }
+            (
+                Uuid::from_bytes(standby_id).to_string(),
                 next_segment,
                 prev_checksum,
+                max_frame as usize,
                 flushed_lsn,
                 applied_lsn,
-                max_frame,
-            }) => {
-                let c = &shared.control;
-                if let Some(sys) = system_id {
-                    let sys = Uuid::from_bytes(sys);
-                    if sys != c.system_id {
-                        return Err(refuse(
-                            &mut stream,
-                            ErrorCode::Identity,
-                            format!(
-                                "the standby belongs to system {sys}, this primary is system {}",
-                                c.system_id
-                            ),
-                        )
-                        .await);
-                    }
-                    if timeline != c.timeline || segment_size != c.segment_size {
-                        return Err(refuse(&mut stream, ErrorCode::Identity, format!("the standby has timeline {timeline} and segment size {segment_size}, this primary timeline {} and segment size {}", c.timeline, c.segment_size)).await);
-                    }
-                }
-                (
-                    Uuid::from_bytes(standby_id).to_string(),
-                    next_segment,
-                    prev_checksum,
-                    max_frame as usize,
-                    flushed_lsn,
-                    applied_lsn,
-                )
-            }
-            Ok(other) => {
-                let (c, m) = unexpected(&other, "Identify");
-                return Err(refuse(&mut stream, c, m).await);
-            }
-            Err(e) => return Err(refuse(&mut stream, ErrorCode::Protocol, e.to_string()).await),
-        };
-    if standby_max < MIN_FRAME_LIMIT {
+            )
+        }
+        Ok(other) => {
+            let (c, m) = unexpected(&other, "Identify");
+            return Err(refuse(stream, c, m).await);
+        }
+        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
+    };
+    if max_frame < MIN_FRAME_LIMIT {
         return Err(refuse(
-            &mut stream,
+            stream,
             ErrorCode::Protocol,
             format!(
-                "the standby's maximum frame {standby_max} is below the minimum {MIN_FRAME_LIMIT}"
+                "the standby's maximum frame {max_frame} is below the minimum {MIN_FRAME_LIMIT}"
             ),
         )
         .await);
@@ -558,13 +614,59 @@ async fn serve_standby(
                 .map_err(|e| ReplError::io("check segment", std::io::Error::other(e)))?;
             match ours {
                 Ok(s) if s.seal.segment_checksum != sum => {
-                    return Err(refuse(&mut stream, ErrorCode::Identity, format!("histories diverged: the standby's {prev} has checksum {sum:08x}, the primary's {:08x}", s.seal.segment_checksum)).await)
+                    return Err(refuse(stream, ErrorCode::Identity, format!("histories diverged: the standby's {prev} has checksum {sum:08x}, the primary's {:08x}", s.seal.segment_checksum)).await)
                 }
                 Ok(_) => {}
-                Err(e) => return Err(refuse(&mut stream, ErrorCode::Internal, format!("primary cannot read {prev}: {e}")).await),
+                Err(e) => return Err(refuse(stream, ErrorCode::Internal, format!("primary cannot read {prev}: {e}")).await),
             }
         }
     }
+    Ok(Identified {
+        id,
+        next_segment,
+        max_frame,
+        flushed_lsn,
+        applied_lsn,
+    })
+}
+
+/// What a standby said in a handshake that succeeded.
+struct Identified {
+    id: String,
+    next_segment: Option<u64>,
+    max_frame: usize,
+    flushed_lsn: u64,
+    applied_lsn: u64,
+}
+
+async fn serve_standby(
+    shared: &Arc<Shared>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+    id_out: &mut Option<String>,
+) -> Result<(), ReplError> {
+    let cfg = &shared.config;
+    let (max, t, hs) = (cfg.max_frame, cfg.peer_timeout, cfg.handshake_timeout);
+    // One deadline for the whole handshake: a peer that trickles bytes cannot hold a
+    // connection slot longer than this before it has authenticated and identified itself.
+    let Identified {
+        id: standby_id,
+        next_segment,
+        max_frame: standby_max,
+        flushed_lsn: flushed,
+        applied_lsn: applied,
+    } = match tokio::time::timeout(hs, handshake(shared, &mut stream)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(refuse(
+                &mut stream,
+                ErrorCode::Protocol,
+                format!("handshake not completed within {hs:?}"),
+            )
+            .await)
+        }
+    };
     let set = shared.segments.borrow().clone();
     write_message(
         &mut stream,
