@@ -17,13 +17,15 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::applicator::Applicator;
 use super::auth::{nonce, AuthToken};
 use super::codec;
-use super::frame::{write_message, DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT};
+use super::frame::{
+    write_message, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT,
+};
 use super::messages::{ErrorCode, Message, MAGIC, PROTOCOL_VERSION};
 use super::segments::verify_incoming;
 use super::standby_state::{self, StandbyMeta};
@@ -294,8 +296,7 @@ fn not_standby_dir(dd: &DataDir, reason: impl Into<String>) -> ReplError {
 /// Opens (or prepares to create) the standby's directory.
 fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
     let dd = DataDir::new(&config.data_dir);
-    std::fs::create_dir_all(dd.root())
-        .map_err(|e| ReplError::io(format!("create {}", dd.root().display()), e))?;
+    crate::datadir::create_private_dir(dd.root())?;
     let lock = dd.lock()?;
     let meta = standby_state::read_meta(&dd)?;
     if !dd.is_initialized() {
@@ -578,7 +579,7 @@ async fn connect_and_stream(
         },
     )
     .await?;
-    let body = read_msg("primary", &mut stream, max, t, "Challenge").await?;
+    let body = read_msg("primary", &mut stream, HANDSHAKE_MAX_FRAME, t, "Challenge").await?;
     let (primary_nonce, auth_required) = match codec::decode(&body) {
         Ok(Message::Challenge {
             protocol_version,
@@ -601,7 +602,7 @@ async fn connect_and_stream(
         (None, _) => None,
     };
     write_message(&mut stream, &Message::Auth { proof }).await?;
-    let body = read_msg("primary", &mut stream, max, t, "AuthOk").await?;
+    let body = read_msg("primary", &mut stream, HANDSHAKE_MAX_FRAME, t, "AuthOk").await?;
     match codec::decode(&body) {
         Ok(Message::AuthOk { proof }) => {
             if let Some(tok) = &cfg.auth_token {
@@ -635,7 +636,7 @@ async fn connect_and_stream(
         },
     )
     .await?;
-    let body = read_msg("primary", &mut stream, max, t, "Welcome").await?;
+    let body = read_msg("primary", &mut stream, HANDSHAKE_MAX_FRAME, t, "Welcome").await?;
     let (system_id, timeline, segment_size, sealed_lsn) = match codec::decode(&body) {
         Ok(Message::Welcome {
             system_id,
@@ -710,11 +711,13 @@ async fn connect_and_stream(
     // Segments are stored by a blocking task of their own, so that receiving the next segment
     // overlaps with syncing and checking the last one.
     let (store_tx, store_rx) = tokio::sync::mpsc::channel(STORE_QUEUE);
+    let budget = Arc::new(Semaphore::new(STORE_BUDGET.max(max)));
     let (s2, j2) = (shared.clone(), jobs.clone());
     let mut store = tokio::task::spawn_blocking(move || store_segments(&s2, store_rx, &j2));
     let mut rx = Receiver {
         shared: shared.clone(),
         store: store_tx,
+        budget,
         expected: held.next_segment,
         cur: None,
     };
@@ -749,8 +752,11 @@ async fn connect_and_stream(
     result
 }
 
-/// Chunks queued between the network and the store task (at most 1 MiB each).
+/// Chunks queued between the network and the store task.
 const STORE_QUEUE: usize = 8;
+/// Bytes queued between the network and the store task, whatever the chunk size (raised to
+/// the maximum frame when that is larger, so that one chunk always fits).
+const STORE_BUDGET: usize = 16 << 20;
 
 fn store_ended(r: Result<Result<(), ReplError>, tokio::task::JoinError>) -> ReplError {
     match r {
@@ -788,14 +794,20 @@ async fn send_status(shared: Arc<Shared>, mut wr: OwnedWriteHalf) -> Result<(), 
 
 /// What the network side hands the store task.
 enum Store {
-    Start { name: SegmentName, len: u64 },
-    Data(Vec<u8>),
+    Start {
+        name: SegmentName,
+        len: u64,
+    },
+    /// Bytes, and their share of the queue's byte budget, given back once written.
+    Data(Vec<u8>, OwnedSemaphorePermit),
 }
 
 /// Checks each message against what came before; passes segment bytes to the store task.
 struct Receiver {
     shared: Arc<Shared>,
     store: tokio::sync::mpsc::Sender<Store>,
+    /// Bytes that may be queued for the store task.
+    budget: Arc<Semaphore>,
     /// The segment number that must come next (None before the first one).
     expected: Option<u64>,
     /// The segment being received: (number, length, bytes so far).
@@ -842,6 +854,16 @@ impl Receiver {
                         ));
                     }
                 }
+                // Its end must be an LSN: numbers past that would overflow every computation.
+                if segment_no
+                    .checked_add(1)
+                    .and_then(|n| n.checked_mul(control.segment_size))
+                    .is_none()
+                {
+                    return protocol(format!(
+                        "segment number {segment_no:X} lies beyond the end of the LSN space"
+                    ));
+                }
                 if len < (SEGMENT_HEADER_LEN + SEAL_LEN) as u64 || len > control.segment_size {
                     return protocol(format!(
                         "segment {segment_no:X} announced with an impossible length of {len} bytes"
@@ -870,7 +892,13 @@ impl Receiver {
                     self.expected = Some(segment_no + 1);
                     self.cur = None;
                 }
-                self.pass(Store::Data(data.0.to_vec())).await
+                let permit = self
+                    .budget
+                    .clone()
+                    .acquire_many_owned(data.0.len() as u32)
+                    .await
+                    .map_err(|_| ReplError::Timeout("the segment store stopped".into()))?;
+                self.pass(Store::Data(data.0.to_vec(), permit)).await
             }
             other => Err(from_primary(&other, "segments or a keepalive")),
         }
@@ -902,7 +930,7 @@ fn store_segments(
                     .map_err(|e| ReplError::io(format!("create {}", path.display()), e))?;
                 cur = Some((name, path, file, len, 0));
             }
-            Store::Data(bytes) => {
+            Store::Data(bytes, _permit) => {
                 let Some((_, path, file, len, got)) = cur.as_mut() else {
                     return Err(ReplError::refused(
                         ErrorCode::Protocol,
