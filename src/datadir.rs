@@ -13,6 +13,27 @@ use crate::fsutil::{fsync_dir, write_atomic};
 
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 
+/// Mode of a data directory walship creates: its owner only, since segments hold the data in
+/// clear. A directory that already exists keeps the mode its owner gave it.
+pub const DATA_DIR_MODE: u32 = 0o700;
+
+/// Creates `root` (and missing parents) if absent; `root` itself gets [`DATA_DIR_MODE`].
+pub fn create_private_dir(root: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if root.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).ctx(|| format!("create directory {}", parent.display()))?;
+    }
+    match fs::DirBuilder::new().mode(DATA_DIR_MODE).create(root) {
+        Ok(()) => Ok(()),
+        // Raced with another creator: what exists is kept as it is.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && root.is_dir() => Ok(()),
+        Err(e) => Err(Error::io(format!("create directory {}", root.display()), e)),
+    }
+}
+
 /// Paths inside a data directory.
 #[derive(Clone, Debug)]
 pub struct DataDir {
@@ -74,7 +95,8 @@ impl DataDir {
                 path: dir.root.clone(),
             });
         }
-        for d in [dir.root.clone(), dir.wal_dir(), dir.state_dir()] {
+        create_private_dir(&dir.root)?;
+        for d in [dir.wal_dir(), dir.state_dir()] {
             fs::create_dir_all(&d).ctx(|| format!("create directory {}", d.display()))?;
         }
         fsync_dir(&dir.wal_dir())?;

@@ -388,7 +388,7 @@ async fn write<S: ArchiveStore>(
     to_clear: &[PathBuf],
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
-    std::fs::create_dir_all(dest).ctx(|| format!("create {}", dest.display()))?;
+    crate::datadir::create_private_dir(dest)?;
     let dir = DataDir::new(dest);
     // Keeps a writer from opening the directory while it is replaced and rebuilt.
     let _lock = dir.lock()?;
