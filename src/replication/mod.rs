@@ -96,6 +96,23 @@ impl ReplError {
     }
 }
 
+/// Longest peer error text kept for logs and errors, in characters.
+pub const PEER_MESSAGE_MAX: usize = 512;
+
+/// A peer's error text made safe to log: control characters (a forged log line needs a
+/// newline) become spaces, and the text is cut at [`PEER_MESSAGE_MAX`] characters.
+pub fn printable(message: &str) -> String {
+    let mut out: String = message
+        .chars()
+        .take(PEER_MESSAGE_MAX)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if message.chars().nth(PEER_MESSAGE_MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Reads one frame, giving up when the peer stays silent for `timeout`.
 pub(crate) async fn read_msg(
     peer: &str,
@@ -124,4 +141,20 @@ pub(crate) async fn refuse(
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), frame::write_message(w, &msg)).await;
     ReplError::refused(code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peer_text_cannot_forge_log_lines_or_flood_them() {
+        assert_eq!(
+            super::printable("bad\n2026-01-01 INFO forged\r\x1b[31m"),
+            "bad 2026-01-01 INFO forged  [31m"
+        );
+        let long = "x".repeat(10_000);
+        let p = super::printable(&long);
+        assert_eq!(p.chars().count(), super::PEER_MESSAGE_MAX + 1);
+        assert!(p.ends_with('…'));
+        assert_eq!(super::printable("wrong token"), "wrong token");
+    }
 }

@@ -471,7 +471,10 @@ fn unexpected(got: &Message<'_>, want: &str) -> (ErrorCode, String) {
     match got {
         Message::Error { code, message } => (
             *code,
-            format!("the standby ended the connection: {message}"),
+            format!(
+                "the standby ended the connection: {}",
+                super::printable(message)
+            ),
         ),
         other => (
             ErrorCode::Protocol,
@@ -747,7 +750,7 @@ async fn read_standby(
                 Ok(Message::Error { code, message }) => Incoming::Ended(ReplError::PeerRefused {
                     peer: "standby",
                     code,
-                    message: message.to_string(),
+                    message: super::printable(message),
                 }),
                 Ok(other) => Incoming::Ended(ReplError::refused(
                     ErrorCode::Protocol,

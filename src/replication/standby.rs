@@ -540,7 +540,7 @@ fn from_primary(m: &Message<'_>, want: &str) -> ReplError {
         Message::Error { code, message } => ReplError::PeerRefused {
             peer: "primary",
             code: *code,
-            message: message.to_string(),
+            message: super::printable(message),
         },
         other => ReplError::refused(
             ErrorCode::Protocol,
