@@ -8,6 +8,7 @@ pub mod datadir;
 pub mod decoder;
 pub mod entry;
 pub mod error;
+pub mod faults;
 pub mod format;
 pub mod fsutil;
 pub mod lsn;

@@ -30,6 +30,7 @@ pub fn prepare_file(path: &Path, size: u64) -> Result<()> {
             .truncate(true)
             .open(path)
             .ctx(|| format!("create {}", path.display()))?;
+        crate::fault!("segment::prepare", e => crate::Error::io(format!("zero-fill {}", path.display()), e));
         let zeros = [0u8; FILL_CHUNK];
         let mut left = size as usize;
         while left > 0 {
@@ -110,6 +111,7 @@ impl ActiveSegment {
         if to <= from {
             return Ok(());
         }
+        crate::fault!("segment::msync");
         self.map.flush_range(from, to - from)
     }
 }

@@ -534,15 +534,19 @@ impl Inner {
         seg.sync_range(0, used)
             .map_err(|e| self.poison(p("msync"), e))?;
         // Nothing maps past `used` any more: the tail is only zeros we never wrote.
+        crate::fault!("wal::seal::truncate", e => self.poison(p("truncate"), e));
         seg.file
             .set_len(used as u64)
             .map_err(|e| self.poison(p("truncate"), e))?;
+        crate::fault!("wal::seal::fsync", e => self.poison(p("fsync"), e));
         seg.file
             .sync_all()
             .map_err(|e| self.poison(p("fsync"), e))?;
         let sealed_name = seg.name.with_kind(SegmentFileKind::Sealed);
         let sealed_path = self.dir.segment_path(&sealed_name);
+        crate::fault!("wal::seal::rename", e => self.poison(p("rename"), e));
         std::fs::rename(&seg.path, &sealed_path).map_err(|e| self.poison(p("rename"), e))?;
+        crate::fault!("wal::seal::dir_fsync", e => self.poison(p("fsync the directory of"), e));
         fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
             Error::Io { context, source } => self.poison(context, source),
             other => other,
@@ -586,6 +590,7 @@ impl Inner {
                 }
             }
         };
+        crate::fault!("wal::activate::rename", e => Error::io(format!("rename {}", prepared.display()), e));
         std::fs::rename(&prepared, &path)
             .ctx(|| format!("rename {} to {}", prepared.display(), path.display()))?;
         drop(slot);
