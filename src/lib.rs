@@ -3,6 +3,7 @@
 //! An application appends entries to a [`Wal`]; walship makes them durable in CRC-checked
 //! segment files, seals full segments, and recovers the valid prefix after a crash.
 
+pub mod archive;
 pub mod consumers;
 pub mod datadir;
 pub mod decoder;
@@ -14,6 +15,7 @@ pub mod fsutil;
 pub mod lsn;
 pub mod reader;
 pub mod recovery;
+pub mod retention;
 pub mod segment_file;
 pub mod verify;
 pub mod wal;

@@ -1,7 +1,10 @@
 //! Command-line parsing, logging setup and the mapping from errors to exit codes:
 //! 0 success, 1 the thing checked is bad (damage), 2 usage or I/O failure.
 
+mod archive;
+mod checkpoint;
 mod dump;
+mod restore;
 mod store;
 mod verify;
 
@@ -37,6 +40,9 @@ pub enum Command {
     Seal(store::SealArgs),
     Dump(dump::DumpArgs),
     Verify(verify::VerifyArgs),
+    Archive(archive::ArchiveArgs),
+    Restore(restore::RestoreArgs),
+    Checkpoint(checkpoint::CheckpointArgs),
 }
 
 /// What a command's failure means for the exit code.
@@ -87,6 +93,9 @@ pub fn main() -> ExitCode {
         Command::Seal(a) => store::seal(a),
         Command::Dump(a) => dump::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Archive(a) => archive::run(a),
+        Command::Restore(a) => restore::run(a),
+        Command::Checkpoint(a) => checkpoint::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
