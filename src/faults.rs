@@ -17,11 +17,21 @@
 //! | `segment::prepare` | creating and zero-filling a segment file (ENOSPC at creation) |
 //! | `wal::seal::truncate`, `wal::seal::fsync`, `wal::seal::rename`, `wal::seal::dir_fsync` | the steps of a seal after its msync |
 //! | `wal::activate::rename` | giving a prepared file its open-segment name |
+//! | `archive::put::write` | writing a segment into the archive (a short write) |
+//! | `archive::put::link` | giving a pushed segment its final name in the archive |
 
 /// The error a configured failpoint injects now, if any.
 #[cfg(feature = "failpoints")]
 pub fn injected(name: &str) -> Option<std::io::Error> {
     fail::eval(name, |arg| error_from(arg.as_deref()))
+}
+
+/// A short write: writes the first half of `data`, then fails with `e` (what a disk that
+/// fills up mid-write does). Returns `e` for the caller to report.
+#[cfg(feature = "failpoints")]
+pub fn short_write(f: &mut impl std::io::Write, data: &[u8], e: std::io::Error) -> std::io::Error {
+    let _ = f.write_all(&data[..data.len() / 2]).and_then(|_| f.flush());
+    e
 }
 
 /// Parses the argument of a `return(...)` action into an OS error.

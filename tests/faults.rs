@@ -4,8 +4,10 @@
 //! append claims durability, every other fault is a clear error that loses nothing acknowledged,
 //! and everything works again once the fault is gone.
 //!
-//! Failpoints are process-global: every test holds a `fail::FailScenario` for its whole run,
-//! which serializes them and clears every point when the test ends (panics included).
+//! Failpoints are process-global: every test that sets one in this process holds a
+//! `fail::FailScenario` for its whole run, which serializes them and clears every point when the
+//! test ends (panics included). Tests of the command line set them in the child process only,
+//! through the `FAILPOINTS` environment variable.
 
 mod common;
 
@@ -314,5 +316,184 @@ fn a_failed_rename_activating_a_segment_is_a_clear_error_and_appending_resumes()
         append_acked(&wal, "after", 100, &mut acked);
         drop(wal);
         assert_all_there(&dir, &acked);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Archive: a push that fails halfway, a final name that cannot be given.
+
+mod archive {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use fail::FailScenario;
+    use walship::archive::{Archiver, ArchiverOptions, LocalDirStore};
+    use walship::{DataDir, Wal, WalOptions};
+
+    use super::{append_acked, assert_all_there, Acked, ENOSPC_TEXT};
+
+    /// Every file in the archive directory.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("read archive")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_failed_archive_push_leaves_nothing_half_written_and_a_rerun_completes() {
+        let _fs = FailScenario::setup();
+        let points = [
+            ("archive::put::write", "write"),
+            ("archive::put::link", "link"),
+        ];
+        for (point, word) in points {
+            let t = tempfile::tempdir().expect("tempdir");
+            let (pdir, adir) = (t.path().join("primary"), t.path().join("archive"));
+            DataDir::init(&pdir, super::common::SEG).expect("init");
+            let wal = Wal::open(&pdir, WalOptions::default()).expect("open");
+            let mut acked: Vec<Acked> = Vec::new();
+            append_acked(&wal, "first", 1000, &mut acked);
+            wal.seal().expect("seal");
+            let first = wal.flush_lsn().0;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let store = Arc::new(LocalDirStore::create(&adir).expect("archive store"));
+            let mut archiver = rt
+                .block_on(Archiver::new(
+                    DataDir::new(&pdir),
+                    store.clone(),
+                    ArchiverOptions::default(),
+                ))
+                .expect("archiver");
+            let s = rt.block_on(archiver.push_pending()).expect("first push");
+            assert_eq!(s.position, first);
+            let before = files(&adir);
+
+            append_acked(&wal, "second", 1000, &mut acked);
+            wal.seal().expect("seal");
+            let second = wal.flush_lsn().0;
+            fail::cfg(point, "return(ENOSPC)").expect("cfg");
+            let e = rt
+                .block_on(archiver.push_pending())
+                .expect_err("the push fails");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(word) && msg.contains(ENOSPC_TEXT),
+                "{point}: {msg}"
+            );
+            // Nothing half-written is left under any name, and the position did not move.
+            assert_eq!(files(&adir), before, "{point}");
+            assert_eq!(archiver.position().0, first, "{point}");
+
+            // A rerun, the fault gone, completes; the archive restores to the primary's end.
+            fail::remove(point);
+            let s = rt.block_on(archiver.push_pending()).expect("rerun");
+            assert_eq!(s.position, second, "{point}");
+            drop(wal);
+            let restored = t.path().join("restored");
+            let out = super::common::run(
+                &[
+                    "restore",
+                    adir.to_str().expect("utf-8"),
+                    restored.to_str().expect("utf-8"),
+                ],
+                b"",
+            );
+            assert_eq!(
+                super::common::code(&out),
+                0,
+                "{}",
+                super::common::stderr(&out)
+            );
+            assert_all_there(&restored, &acked);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command line: a fault in a child process (named in FAILPOINTS) is one clear line on
+// stderr and exit code 2.
+
+mod cli {
+    use std::process::{Command, Output, Stdio};
+
+    use super::common::{bin, code, new_dir, stderr, stdout};
+
+    fn walship(args: &[&str], failpoints: &str, input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("FAILPOINTS", failpoints)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn walship");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("feed stdin");
+        drop(stdin);
+        child.wait_with_output().expect("wait for walship")
+    }
+
+    #[test]
+    fn write_durable_with_a_failing_msync_prints_no_lsn_and_exits_2() {
+        let (_tmp, dir) = new_dir();
+        let d = dir.to_str().expect("utf-8");
+        let out = walship(
+            &["write", d, "--durable"],
+            "segment::msync=return(EIO)",
+            b"a\nb\n",
+        );
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert_eq!(stdout(&out), "", "no LSN is acknowledged");
+        let err = stderr(&out);
+        let line = err.lines().last().unwrap_or_default();
+        assert!(
+            line.starts_with("walship: error: ")
+                && line.contains("msync")
+                && line.contains(super::EIO_TEXT),
+            "{err}"
+        );
+        let out = walship(&["write", d, "--durable"], "", b"c\n");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(stdout(&out).lines().count(), 1);
+    }
+
+    #[test]
+    fn archive_once_failing_halfway_exits_2_and_a_rerun_completes() {
+        let (tmp, dir) = new_dir();
+        let d = dir.to_str().expect("utf-8");
+        let lines: String = (0..2000).map(|i| format!("line-{i}\n")).collect();
+        let out = walship(&["write", d], "", lines.as_bytes());
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(code(&walship(&["seal", d], "", b"")), 0);
+        let archive = tmp.path().join("archive");
+        let a = archive.to_str().expect("utf-8");
+        let out = walship(
+            &["archive", d, "--to", a, "--once"],
+            "archive::put::write=return(ENOSPC)",
+            b"",
+        );
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        let err = stderr(&out);
+        let line = err.lines().last().unwrap_or_default();
+        assert!(
+            line.starts_with("walship: error: ") && line.contains(super::ENOSPC_TEXT),
+            "{err}"
+        );
+        let out = walship(&["archive", d, "--to", a, "--once"], "", b"");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let restored = tmp.path().join("restored");
+        let out = walship(&["restore", a, restored.to_str().expect("utf-8")], "", b"");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let records = super::read_all(&restored).expect("read the restore");
+        assert_eq!(records.len(), 2000);
+        assert_eq!(records[1999].payload, b"line-1999");
     }
 }
