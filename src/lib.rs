@@ -35,3 +35,17 @@ pub fn now_us() -> i64 {
         Err(e) => -(e.duration().as_micros() as i64),
     }
 }
+
+/// README.md's examples are compiled and run as doc tests, so the README cannot drift.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wal_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<crate::Wal>();
+    }
+}
