@@ -7,6 +7,7 @@ pub mod archive;
 pub mod consumers;
 pub mod datadir;
 pub mod decoder;
+pub mod demo;
 pub mod entry;
 pub mod error;
 pub mod faults;
@@ -15,8 +16,10 @@ pub mod fsutil;
 pub mod lsn;
 pub mod reader;
 pub mod recovery;
+pub mod replication;
 pub mod retention;
 pub mod segment_file;
+pub mod status;
 pub mod verify;
 pub mod wal;
 

@@ -3,8 +3,12 @@
 
 mod archive;
 mod checkpoint;
+mod demo;
 mod dump;
 mod restore;
+mod serve;
+mod standby;
+mod status;
 mod store;
 mod verify;
 
@@ -43,6 +47,13 @@ pub enum Command {
     Archive(archive::ArchiveArgs),
     Restore(restore::RestoreArgs),
     Checkpoint(checkpoint::CheckpointArgs),
+    Serve(serve::ServeArgs),
+    Standby(standby::StandbyArgs),
+    Status(status::StatusArgs),
+    Demo(demo::DemoArgs),
+    /// Internal: the demo's writer process.
+    #[command(hide = true)]
+    DemoWriter(demo::DemoWriterArgs),
 }
 
 /// What a command's failure means for the exit code.
@@ -96,6 +107,11 @@ pub fn main() -> ExitCode {
         Command::Archive(a) => archive::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Checkpoint(a) => checkpoint::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Standby(a) => standby::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Demo(a) => demo::demo(a),
+        Command::DemoWriter(a) => demo::demo_writer(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
