@@ -17,6 +17,9 @@
 //! | `segment::prepare` | creating and zero-filling a segment file (ENOSPC at creation) |
 //! | `wal::seal::truncate`, `wal::seal::fsync`, `wal::seal::rename`, `wal::seal::dir_fsync` | the steps of a seal after its msync |
 //! | `wal::activate::rename` | giving a prepared file its open-segment name |
+//! | `standby::write` | a standby writing an incoming segment (a short write: half, then the error) |
+//! | `standby::fsync` | a standby's fsync of a complete incoming segment |
+//! | `standby::rename` | a standby giving a checked segment its sealed name |
 //! | `archive::put::write` | writing a segment into the archive (a short write) |
 //! | `archive::put::link` | giving a pushed segment its final name in the archive |
 

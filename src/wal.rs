@@ -546,7 +546,7 @@ impl Inner {
         let sealed_path = self.dir.segment_path(&sealed_name);
         crate::fault!("wal::seal::rename", e => self.poison(p("rename"), e));
         std::fs::rename(&seg.path, &sealed_path).map_err(|e| self.poison(p("rename"), e))?;
-        crate::fault!("wal::seal::dir_fsync", e => self.poison(p("fsync the directory of"), e));
+        crate::fault!("wal::seal::dir_fsync", e => self.poison(format!("fsync directory {}", self.dir.wal_dir().display()), e));
         fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
             Error::Io { context, source } => self.poison(context, source),
             other => other,
@@ -590,7 +590,7 @@ impl Inner {
                 }
             }
         };
-        crate::fault!("wal::activate::rename", e => Error::io(format!("rename {}", prepared.display()), e));
+        crate::fault!("wal::activate::rename", e => Error::io(format!("rename {} to {}", prepared.display(), path.display()), e));
         std::fs::rename(&prepared, &path)
             .ctx(|| format!("rename {} to {}", prepared.display(), path.display()))?;
         drop(slot);

@@ -165,7 +165,7 @@ fn a_failure_in_any_step_of_a_seal_poisons_and_loses_nothing() {
         ("wal::seal::truncate", "truncate"),
         ("wal::seal::fsync", "fsync"),
         ("wal::seal::rename", "rename"),
-        ("wal::seal::dir_fsync", "fsync the directory"),
+        ("wal::seal::dir_fsync", "fsync directory"),
     ];
     for (point, word) in steps {
         let (_tmp, dir) = new_dir();
@@ -316,6 +316,128 @@ fn a_failed_rename_activating_a_segment_is_a_clear_error_and_appending_resumes()
         append_acked(&wal, "after", 100, &mut acked);
         drop(wal);
         assert_all_there(&dir, &acked);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replication: the standby's side of an incoming segment.
+
+mod replication {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use fail::FailScenario;
+    use walship::replication::{
+        CheckingApplicator, Shipper, ShipperConfig, Standby, StandbyConfig,
+    };
+    use walship::{DataDir, Wal, WalOptions};
+
+    use super::{append_acked, assert_all_there, Acked, EIO_TEXT};
+
+    async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Sealed segment files in a directory's wal/.
+    fn sealed_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("wal"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// For each fault on the standby's path of an incoming segment (a short write, a failed
+    /// fsync, a failed rename): the standby reports the cause, acknowledges nothing past what it
+    /// stored before, keeps what it had, and converges with the primary once the fault is gone.
+    #[test]
+    fn standby_faults_on_an_incoming_segment_are_reported_and_it_converges_after() {
+        let _fs = FailScenario::setup();
+        let points = [
+            ("standby::write", "write"),
+            ("standby::fsync", "fsync"),
+            ("standby::rename", "rename"),
+        ];
+        for (point, word) in points {
+            let t = tempfile::tempdir().expect("tempdir");
+            let (pdir, sdir) = (t.path().join("primary"), t.path().join("standby"));
+            DataDir::init(&pdir, super::common::SEG).expect("init");
+            let wal = Wal::open(&pdir, WalOptions::default()).expect("open");
+            let mut acked: Vec<Acked> = Vec::new();
+            append_acked(&wal, "first", 1000, &mut acked);
+            wal.seal().expect("seal");
+            let first = wal.flush_lsn().0;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut cfg = ShipperConfig::new(&pdir, "127.0.0.1:0");
+                cfg.heartbeat_interval = Duration::from_millis(100);
+                let mut shipper = Shipper::start(cfg).await.expect("shipper");
+                let mut scfg = StandbyConfig::new(&sdir, shipper.local_addr().to_string());
+                scfg.heartbeat_interval = Duration::from_millis(100);
+                scfg.backoff_max = Duration::from_millis(300);
+                let mut standby = Standby::start(scfg, CheckingApplicator::default())
+                    .await
+                    .expect("standby");
+                wait_for("the standby to apply the first segments", || {
+                    standby.state().applied_lsn == first
+                })
+                .await;
+                let stored = sealed_files(&sdir);
+
+                fail::cfg(point, "return(EIO)").expect("cfg");
+                append_acked(&wal, "second", 1000, &mut acked);
+                wal.seal().expect("seal");
+                let second = wal.flush_lsn().0;
+                let mut error = String::new();
+                wait_for("the standby to report the fault", || {
+                    error = standby.state().last_error.unwrap_or_default();
+                    error.contains(word) && error.contains(EIO_TEXT)
+                })
+                .await;
+                // Nothing past the fault is acknowledged, kept or applied; nothing before it
+                // is lost.
+                let st = standby.state();
+                assert_eq!(
+                    (st.flushed_lsn, st.applied_lsn),
+                    (first, first),
+                    "{point}: {error}"
+                );
+                assert_eq!(sealed_files(&sdir), stored, "{point}");
+                let id = standby.standby_id().to_string();
+                for s in shipper.standbys().iter().filter(|s| s.id == id) {
+                    assert!(
+                        s.flushed_lsn <= first,
+                        "{point}: the primary heard {} flushed",
+                        s.flushed_lsn
+                    );
+                }
+
+                fail::remove(point);
+                wait_for("the standby to converge after the fault", || {
+                    let st = standby.state();
+                    st.flushed_lsn == second && st.applied_lsn == second
+                })
+                .await;
+                standby
+                    .stop(Duration::from_secs(5))
+                    .await
+                    .expect("stop standby");
+                shipper.stop(Duration::from_secs(5)).await;
+            });
+            drop(wal);
+            assert_all_there(&sdir, &acked);
+            assert_all_there(&pdir, &acked);
+        }
     }
 }
 

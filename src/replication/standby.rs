@@ -909,6 +909,7 @@ fn store_segments(
                         "segment data without a segment",
                     ));
                 };
+                crate::fault!("standby::write", e => ReplError::io(format!("write {}", path.display()), crate::faults::short_write(file, &bytes, e)));
                 file.write_all(&bytes)
                     .map_err(|e| ReplError::io(format!("write {}", path.display()), e))?;
                 // Start writeback now, so that the sync at the end has little left to do.
@@ -952,6 +953,7 @@ fn finish_segment(
         None
     };
     let stored = (|| -> crate::Result<crate::recovery::SealedSegment> {
+        crate::fault!("standby::fsync", e => Error::io(format!("fsync {}", path.display()), e));
         file.sync_all()
             .map_err(|e| Error::io(format!("fsync {}", path.display()), e))?;
         // SAFETY: the file is ours (the directory's lock is held) and nothing changes it.
@@ -960,6 +962,7 @@ fn finish_segment(
         let sealed_name = name.with_kind(SegmentFileKind::Sealed);
         let seg = verify_incoming(&map, path, &sealed_name, &control, chain)?;
         let target = shared.dd.segment_path(&sealed_name);
+        crate::fault!("standby::rename", e => Error::io(format!("rename {} to {}", path.display(), target.display()), e));
         std::fs::rename(path, &target).map_err(|e| {
             Error::io(
                 format!("rename {} to {}", path.display(), target.display()),
