@@ -404,6 +404,10 @@ mod replication {
                     error.contains(word) && error.contains(EIO_TEXT)
                 })
                 .await;
+                assert!(
+                    !error.contains("invalid segment"),
+                    "{point}: a local fault is not the primary's: {error}"
+                );
                 // Nothing past the fault is acknowledged, kept or applied; nothing before it
                 // is lost.
                 let st = standby.state();

@@ -976,6 +976,10 @@ fn finish_segment(
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_file(path);
+            // A local I/O failure is ours, not the primary's: report it as it is and retry.
+            if matches!(e, Error::Io { .. }) {
+                return Err(ReplError::Store(e));
+            }
             return Err(ReplError::refused(
                 ErrorCode::Protocol,
                 format!("received an invalid segment, discarded: {e}"),
