@@ -65,10 +65,12 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
                 .and_then(SegmentName::parse);
             match name {
                 Some(n) => vec![(n, p)],
-                None => return Err(crate::Error::InvalidArgument(format!(
+                None => {
+                    return Err(crate::Error::InvalidArgument(format!(
                     "{}: not a segment file name (expected 24 hex digits and .wal or .wal.open)",
                     p.display()
-                ))),
+                )))
+                }
             }
         }
         WalSource::Dir(d) => {
@@ -92,7 +94,7 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
                 .collect()
         }
     };
-    verify_segments(&files, identity, &mut report, |p| read_segment(p))?;
+    verify_segments(&files, identity, &mut report, read_segment)?;
     report.ok = report.errors.is_empty();
     Ok(report)
 }
