@@ -1,15 +1,16 @@
 //! The writer: appends records through the open segment's mapping, seals and rotates segments,
 //! and makes appends durable with group commit.
 //!
-//! Locks: `state` guards the open segment and the write position; `sync` is held by the one
-//! thread doing a sync (the group-commit leader). A waiter takes `sync`, and when it gets it
-//! finds either its LSN already durable (a leader covered it) or itself the next leader, whose
-//! one msync covers every record written so far. Lock order: `sync` before `state`.
+//! Locks: `state` guards the open segment and the write position; `sync` guards who leads the
+//! group commit. A waiter takes `sync` and finds its LSN already durable (a leader covered it),
+//! or a leader at work (it waits on the `synced` condition variable), or no leader (it becomes
+//! the leader: it notes the write position, releases `sync`, and its one msync covers every
+//! record written so far). Lock order: `sync` before `state`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,8 @@ struct WriterState {
 struct SyncState {
     segment_no: u64,
     synced_to: usize,
+    /// A leader is syncing (without holding the lock); the others wait on `Inner::synced`.
+    leader_active: bool,
 }
 
 struct Inner {
@@ -88,6 +91,8 @@ struct Inner {
     control: ControlFile,
     state: Mutex<WriterState>,
     sync: Mutex<SyncState>,
+    /// Signalled when a leader's sync ends.
+    synced: Condvar,
     flushed: AtomicU64,
     written: AtomicU64,
     sealed: AtomicU64,
@@ -377,7 +382,9 @@ impl Inner {
             sync: Mutex::new(SyncState {
                 segment_no: u64::MAX,
                 synced_to: 0,
+                leader_active: false,
             }),
+            synced: Condvar::new(),
             flushed: AtomicU64::new(rec.end_lsn),
             written: AtomicU64::new(rec.end_lsn),
             sealed: AtomicU64::new(sealed),
@@ -467,12 +474,19 @@ impl Inner {
         if self.flushed.load(Ordering::Acquire) >= target {
             return Ok(());
         }
-        self.check_poison()?;
         let mut s = lock(&self.sync);
-        if self.flushed.load(Ordering::Acquire) >= target {
-            return Ok(());
+        loop {
+            if self.flushed.load(Ordering::Acquire) >= target {
+                return Ok(());
+            }
+            self.check_poison()?;
+            if !s.leader_active {
+                break;
+            }
+            // A leader is syncing: it wakes everyone when done, and each waiter either finds
+            // its LSN covered or becomes the next leader.
+            s = self.synced.wait(s).unwrap_or_else(|p| p.into_inner());
         }
-        self.check_poison()?;
         let (seg, to, end) = {
             let st = lock(&self.state);
             (st.seg.clone(), st.off, st.end_lsn)
@@ -484,22 +498,44 @@ impl Inner {
                 Lsn(end)
             )));
         }
-        if let Some(seg) = seg {
-            let from = if s.segment_no == seg.name.segment_no {
-                s.synced_to
-            } else {
-                0
-            };
-            if to > from {
-                seg.sync_range(from, to)
-                    .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))?;
-                self.syncs.fetch_add(1, Ordering::Relaxed);
+        let Some(seg) = seg else {
+            // No open segment: everything written was made durable by its seal.
+            self.flushed.fetch_max(end, Ordering::AcqRel);
+            return Ok(());
+        };
+        let from = if s.segment_no == seg.name.segment_no {
+            s.synced_to
+        } else {
+            0
+        };
+        s.leader_active = true;
+        drop(s);
+        // The msync runs without the sync lock, so that waiters whose records an earlier sync
+        // already covered are not queued behind this one.
+        let r = if to > from {
+            seg.sync_range(from, to).map(|()| true)
+        } else {
+            Ok(false)
+        };
+        let mut s = lock(&self.sync);
+        s.leader_active = false;
+        let r = match r {
+            Ok(synced) => {
+                if synced {
+                    self.syncs.fetch_add(1, Ordering::Relaxed);
+                }
+                if s.segment_no != seg.name.segment_no || s.synced_to < to {
+                    s.segment_no = seg.name.segment_no;
+                    s.synced_to = to;
+                }
+                self.flushed.fetch_max(end, Ordering::AcqRel);
+                Ok(())
             }
-            s.segment_no = seg.name.segment_no;
-            s.synced_to = to;
-        }
-        self.flushed.fetch_max(end, Ordering::AcqRel);
-        Ok(())
+            Err(e) => Err(self.poison(format!("msync {}", seg.path.display()), e)),
+        };
+        drop(s);
+        self.synced.notify_all();
+        r
     }
 
     fn seal_locked(&self, st: &mut WriterState) -> Result<Option<SegmentName>> {
