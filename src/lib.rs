@@ -3,6 +3,7 @@
 //! An application appends entries to a [`Wal`]; walship makes them durable in CRC-checked
 //! segment files, seals full segments, and recovers the valid prefix after a crash.
 
+pub mod bench;
 pub mod consumers;
 pub mod datadir;
 pub mod decoder;

@@ -1,6 +1,7 @@
 //! Command-line parsing, logging setup and the mapping from errors to exit codes:
 //! 0 success, 1 the thing checked is bad (damage), 2 usage or I/O failure.
 
+mod bench;
 mod dump;
 mod store;
 mod verify;
@@ -37,6 +38,7 @@ pub enum Command {
     Seal(store::SealArgs),
     Dump(dump::DumpArgs),
     Verify(verify::VerifyArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// What a command's failure means for the exit code.
@@ -87,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Seal(a) => store::seal(a),
         Command::Dump(a) => dump::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
