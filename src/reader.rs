@@ -148,7 +148,11 @@ impl WalReader {
                     }
                     // The open segment's current end: read what was appended since, or notice
                     // that the segment was sealed meanwhile.
-                    if self.refresh_open()? {
+                    let want = match e {
+                        RecordError::Truncated { need, .. } => need,
+                        _ => 0,
+                    };
+                    if self.refresh_open(want)? {
                         continue;
                     }
                     return self.end_of_open(e);
@@ -184,14 +188,14 @@ impl WalReader {
 
     /// Re-reads the open segment past the current offset. Returns true when there is something
     /// new to decode (more bytes, or the segment is now sealed).
-    fn refresh_open(&mut self) -> Result<bool> {
+    fn refresh_open(&mut self, want: usize) -> Result<bool> {
         let Some(cur) = self.cur.as_mut() else {
             return Ok(false);
         };
         let sealed_name = cur.name.with_kind(SegmentFileKind::Sealed);
         let dir = cur.path.parent().map(Path::to_path_buf).unwrap_or_default();
         let sealed_path = dir.join(sealed_name.to_string());
-        match read_tail(&cur.path, cur.off, &mut cur.bytes) {
+        match read_tail(&cur.path, cur.off, want, &mut cur.bytes) {
             Ok(true) => return Ok(true),
             Ok(false) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -332,15 +336,21 @@ pub fn read_segment(path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Replaces `buf[from..]` with the file's current bytes from `from`; true when they differ.
-fn read_tail(path: &Path, from: usize, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+/// Bytes re-read past the current end of the open segment on each refresh: enough for any
+/// burst of appends between polls, without copying the whole zero-filled rest every time.
+const REFRESH_WINDOW: usize = 1 << 20;
+
+/// Replaces `buf[from..]` with the file's current bytes from `from` (at least `want` of them, when
+/// the file has them); true when they differ from what `buf` held.
+fn read_tail(path: &Path, from: usize, want: usize, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     let f = File::open(path)?;
     crate::fsutil::advise_random(&f);
     let len = f.metadata()?.len() as usize;
     if len <= from {
         return Ok(false);
     }
-    let mut fresh = vec![0u8; len - from];
+    let n = (len - from).min(want.max(REFRESH_WINDOW));
+    let mut fresh = vec![0u8; n];
     f.read_exact_at(&mut fresh, from as u64)?;
     let changed = buf.get(from..) != Some(&fresh[..]);
     buf.truncate(from);
