@@ -105,6 +105,29 @@ impl ActiveSegment {
         std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len)
     }
 
+    /// Starts writing `[from, to)` back to disk without waiting (`sync_file_range` with
+    /// `SYNC_FILE_RANGE_WRITE`). Makes nothing durable: it only lets a later msync find the
+    /// pages already written.
+    pub fn start_writeback(&self, from: usize, to: usize) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if to <= from {
+            return Ok(());
+        }
+        // SAFETY: plain syscall on a descriptor we own.
+        let r = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                from as libc::off64_t,
+                (to - from) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Writes `[from, to)` of the map to disk (msync).
     pub fn sync_range(&self, from: usize, to: usize) -> std::io::Result<()> {
         if to <= from {

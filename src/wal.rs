@@ -77,6 +77,30 @@ struct WriterState {
     opened_at: Instant,
     /// Set by an activation: the segment number the preparer should get ready next.
     prepare_next: Option<u64>,
+    /// Writeback of the open segment has been started up to here (see `writeback_due`).
+    writeback_to: usize,
+}
+
+/// A range of the open segment to start writing back: `(segment, from, to)`.
+type Writeback = (Arc<ActiveSegment>, usize, usize);
+
+/// Writeback of the open segment is started in steps of this many bytes, behind the write
+/// position, so that the disk works while appends go on and a seal's msync finds little left
+/// to write (a 16 MiB segment written without syncs would otherwise stall the writer for a whole
+/// segment's worth of disk time at rotation).
+const WRITEBACK_CHUNK: usize = 1 << 20;
+
+impl WriterState {
+    /// The whole chunks filled since writeback was last started, if any.
+    fn writeback_due(&mut self) -> Option<Writeback> {
+        let upto = self.off & !(WRITEBACK_CHUNK - 1);
+        if upto <= self.writeback_to {
+            return None;
+        }
+        let seg = self.seg.clone()?;
+        let from = std::mem::replace(&mut self.writeback_to, upto);
+        Some((seg, from, upto))
+    }
 }
 
 struct SyncState {
@@ -211,11 +235,10 @@ impl Wal {
         let r = self.inner.append_locked(&mut st, entry, crate::now_us());
         let end = st.end_lsn;
         let activated = st.prepare_next.take();
+        let writeback = st.writeback_due();
         drop(st);
         self.inner.written.store(end, Ordering::Release);
-        if let Some(n) = activated {
-            self.request_prepare(n);
-        }
+        self.after_append(activated, writeback);
         r
     }
 
@@ -242,11 +265,10 @@ impl Wal {
             }
         }
         let end = st.end_lsn;
+        let writeback = st.writeback_due();
         drop(st);
         self.inner.written.store(end, Ordering::Release);
-        if let Some(n) = activated {
-            self.request_prepare(n);
-        }
+        self.after_append(activated, writeback);
         result.map(|_| out)
     }
 
@@ -276,6 +298,20 @@ impl Wal {
         self.inner.check_poison()?;
         let mut st = lock(&self.inner.state);
         self.inner.seal_locked(&mut st)
+    }
+
+    /// Work an append leaves for after the state lock is released: asking for the next segment
+    /// to be prepared, and starting writeback of the filled part of the open one.
+    fn after_append(&self, activated: Option<u64>, writeback: Option<Writeback>) {
+        if let Some(n) = activated {
+            self.request_prepare(n);
+        }
+        if let Some((seg, from, to)) = writeback {
+            // Only a hint to start writing early: durability still comes from msync.
+            if let Err(e) = seg.start_writeback(from, to) {
+                tracing::debug!(error = %e, "starting early writeback failed");
+            }
+        }
     }
 
     fn request_prepare(&self, segment_no: u64) {
@@ -363,12 +399,14 @@ impl Inner {
             next_segment_no: rec.next_segment_no,
             opened_at: Instant::now(),
             prepare_next: None,
+            writeback_to: 0,
         };
         if let Some(open) = &rec.open {
             let path = dir.segment_path(&open.name);
             let seg = ActiveSegment::map(path, open.name, control.segment_size)?;
             st.seg = Some(Arc::new(seg));
             st.off = open.offset;
+            st.writeback_to = open.offset & !(WRITEBACK_CHUNK - 1);
             st.hasher = crc32fast::Hasher::new_with_initial_len(open.crc, open.offset as u64);
             st.seg_records = open.record_count;
             st.seg_last_lsn = open.last_lsn;
@@ -631,6 +669,7 @@ impl Inner {
         st.hasher = crc32fast::Hasher::new();
         st.hasher.update(&hb);
         st.off = SEGMENT_HEADER_LEN;
+        st.writeback_to = 0;
         st.seg_records = 0;
         st.seg_last_lsn = 0;
         st.opened_at = Instant::now();
