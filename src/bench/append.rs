@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::baseline::{sequential, SyncEvery};
+use super::baseline::{sequential, BaselineRun, SyncEvery};
 use super::hist::Histogram;
 use super::{mb_per_s, ratio, scratch, BenchConfig, BenchResult, Durability, Limit};
 use crate::{DataDir, Entry, EntryType, Result, Wal, WalOptions, WalStats};
@@ -15,10 +15,19 @@ use crate::{DataDir, Entry, EntryType, Result, Wal, WalOptions, WalStats};
 const DEFAULT_MAX_BYTES: u64 = 512 << 20;
 /// Records the one-sync-per-record baseline of a `group` run writes at most.
 const EACH_BASELINE_MAX: u64 = 5_000;
+/// Alternating rounds of walship and baseline in one run.
+const ROUNDS: u64 = 4;
+
+fn merge_base(acc: &mut Option<BaselineRun>, b: BaselineRun) {
+    match acc {
+        Some(a) => a.add(b),
+        None => *acc = Some(b),
+    }
+}
 
 fn default_records(cfg: &BenchConfig) -> u64 {
     let n: u64 = match cfg.durability {
-        Durability::Each => 20_000,
+        Durability::Each => 10_000,
         Durability::Group => 100_000,
         Durability::None => 2_000_000,
     };
@@ -34,13 +43,13 @@ struct WalRun {
     stats: WalStats,
 }
 
-fn run_wal(cfg: &BenchConfig, root: &std::path::Path, limit: Limit) -> Result<WalRun> {
-    let data = root.join("data");
-    DataDir::init(&data, cfg.segment_size)?;
-    let wal = Arc::new(Wal::open(&data, WalOptions::default())?);
-    let payload = vec![0x5Au8; cfg.record_size];
-    // Warm-up, not counted: opens the first segment so the preparer starts on the next one.
-    wal.append_durable(&Entry::new(EntryType::Insert, None, &payload))?;
+/// Appends `limit` worth of records with `cfg.writers` threads.
+fn run_wal(
+    wal: &Arc<Wal>,
+    cfg: &BenchConfig,
+    payload: &Arc<Vec<u8>>,
+    limit: Limit,
+) -> Result<WalRun> {
     let before = wal.stats();
     let claimed = Arc::new(AtomicU64::new(0));
     let each_lock = Arc::new(Mutex::new(()));
@@ -111,7 +120,6 @@ fn run_wal(cfg: &BenchConfig, root: &std::path::Path, limit: Limit) -> Result<Wa
     if let Some(e) = first_err {
         return Err(e);
     }
-    wal.sync()?;
     let after = wal.stats();
     Ok(WalRun {
         records: append.count(),
@@ -126,34 +134,78 @@ fn run_wal(cfg: &BenchConfig, root: &std::path::Path, limit: Limit) -> Result<Wa
     })
 }
 
-/// Runs the `append` scenario and its same-run baseline.
+impl WalRun {
+    fn add(&mut self, o: WalRun) {
+        self.records += o.records;
+        self.elapsed += o.elapsed;
+        self.append.merge(&o.append);
+        self.ack.merge(&o.ack);
+        self.stats.syncs += o.stats.syncs;
+        self.stats.records_appended += o.stats.records_appended;
+        self.stats.segments_sealed += o.stats.segments_sealed;
+    }
+
+    fn records_per_sync(&self) -> f64 {
+        self.records as f64 / self.stats.syncs.max(1) as f64
+    }
+}
+
+/// Runs the `append` scenario and its same-run baseline. The run is split into rounds that
+/// alternate walship and the baseline, so that the disk's drift over time (its speed changes
+/// by 2x or more within a minute on a shared virtual disk) falls on both alike.
 pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
     let tmp = scratch(&cfg.dir)?;
     let limit = cfg.limit.unwrap_or(Limit::Records(default_records(cfg)));
-    let w = run_wal(cfg, tmp.path(), limit)?;
-    std::fs::remove_dir_all(tmp.path().join("data")).ok();
-    let records_per_sync = if w.stats.syncs > 0 {
-        w.records as f64 / w.stats.syncs as f64
-    } else {
-        w.records as f64
+    let round_limit = match limit {
+        Limit::Records(n) => Limit::Records(n.div_ceil(ROUNDS)),
+        Limit::Time(t) => Limit::Time(t / ROUNDS as u32),
     };
+    let data = tmp.path().join("data");
+    DataDir::init(&data, cfg.segment_size)?;
+    let wal = Arc::new(Wal::open(&data, WalOptions::default())?);
+    let payload = Arc::new(vec![0x5Au8; cfg.record_size]);
+    // Warm-up, not counted: opens the first segment so the preparer starts on the next one.
+    wal.append_durable(&Entry::new(EntryType::Insert, None, &payload))?;
     let len = cfg.record_len();
-    let every = match cfg.durability {
-        Durability::Each => SyncEvery::Record,
-        Durability::Group => SyncEvery::Batch(records_per_sync.round().max(1.0) as u64),
-        Durability::None => SyncEvery::Never,
+    let mut w: Option<WalRun> = None;
+    let mut base: Option<BaselineRun> = None;
+    let mut each_base: Option<BaselineRun> = None;
+    let mut done = 0;
+    for _ in 0..ROUNDS {
+        let this = match (limit, round_limit) {
+            (Limit::Records(n), Limit::Records(r)) => Limit::Records(r.min(n - done)),
+            (_, l) => l,
+        };
+        if this == Limit::Records(0) {
+            break;
+        }
+        let r = run_wal(&wal, cfg, &payload, this)?;
+        done += r.records;
+        let every = match cfg.durability {
+            Durability::Each => SyncEvery::Record,
+            Durability::Group => SyncEvery::Batch(r.records_per_sync().round().max(1.0) as u64),
+            Durability::None => SyncEvery::Never,
+        };
+        let b = sequential(tmp.path(), len, r.records, every)?;
+        if cfg.durability == Durability::Group {
+            let n = r.records.min(EACH_BASELINE_MAX / ROUNDS);
+            let e = sequential(tmp.path(), len, n, SyncEvery::Record)?;
+            merge_base(&mut each_base, e);
+        }
+        merge_base(&mut base, b);
+        match &mut w {
+            Some(acc) => acc.add(r),
+            None => w = Some(r),
+        }
+    }
+    wal.sync()?;
+    drop(wal);
+    let (Some(w), Some(base)) = (w, base) else {
+        return Err(crate::Error::InvalidArgument(
+            "nothing to run: no records".into(),
+        ));
     };
-    let base = sequential(tmp.path(), len, w.records, every)?;
-    let each_base = if cfg.durability == Durability::Group {
-        Some(sequential(
-            tmp.path(),
-            len,
-            w.records.min(EACH_BASELINE_MAX),
-            SyncEvery::Record,
-        )?)
-    } else {
-        None
-    };
+    let records_per_sync = w.records_per_sync();
     let lat = if cfg.durability == Durability::None {
         &w.append
     } else {

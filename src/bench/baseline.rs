@@ -77,6 +77,15 @@ pub struct BaselineRun {
 }
 
 impl BaselineRun {
+    /// Adds another run's counts (rounds of one measurement).
+    pub fn add(&mut self, o: BaselineRun) {
+        self.records += o.records;
+        self.elapsed += o.elapsed;
+        self.latency.merge(&o.latency);
+        self.sync_latency.merge(&o.sync_latency);
+        self.syncs += o.syncs;
+    }
+
     pub fn records_per_s(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
