@@ -193,5 +193,5 @@ pub fn find_later_record(buf: &[u8], header: &SegmentHeader, from: usize) -> Opt
 
 /// True when every byte from `from` on is zero.
 pub fn is_zero_from(buf: &[u8], from: usize) -> bool {
-    buf.get(from..).map_or(true, |r| r.iter().all(|&b| b == 0))
+    buf.get(from..).is_none_or(|r| r.iter().all(|&b| b == 0))
 }
