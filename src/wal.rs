@@ -128,6 +128,9 @@ struct Inner {
     /// A prepared file ready for the given segment number. The preparer holds this lock while
     /// it works, so a rotation that needs the file waits for it instead of racing it.
     prepared: Mutex<Option<(u64, PathBuf)>>,
+    /// Segment numbers below this have been activated; a request to prepare one is stale.
+    /// Written and read under the `prepared` lock.
+    activated: AtomicU64,
     options: WalOptions,
 }
 
@@ -351,7 +354,8 @@ fn background(inner: Arc<Inner>, rx: mpsc::Receiver<BgMsg>) {
             Ok(BgMsg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             Ok(BgMsg::Prepare(no)) => {
                 let mut slot = lock(&inner.prepared);
-                if matches!(&*slot, Some((n, _)) if *n == no) {
+                let stale = no < inner.activated.load(Ordering::Acquire);
+                if stale || matches!(&*slot, Some((n, _)) if *n == no) {
                     continue;
                 }
                 if let Some((_, old)) = slot.take() {
@@ -414,6 +418,7 @@ impl Inner {
             st.next_segment_no = open.name.segment_no + 1;
         }
         let sealed = rec.sealed.last().map(|s| s.end_lsn).unwrap_or(0);
+        let next_segment_no = st.next_segment_no;
         Ok(Inner {
             dir,
             control,
@@ -433,6 +438,7 @@ impl Inner {
             appended: AtomicU64::new(0),
             seals: AtomicU64::new(0),
             prepared: Mutex::new(rec.prepared.clone().map(|p| (rec.next_segment_no, p))),
+            activated: AtomicU64::new(next_segment_no),
             options,
         })
     }
@@ -624,8 +630,11 @@ impl Inner {
         let no = st.next_segment_no;
         let name = SegmentName::new(self.control.timeline, no, SegmentFileKind::Open);
         let path = self.dir.segment_path(&name);
+        // The prepared lock is held through the rename: released earlier, a preparer working
+        // on a stale request for this number would truncate and refill the very file being
+        // renamed into place (a short open segment).
+        let mut slot = lock(&self.prepared);
         let prepared = {
-            let mut slot = lock(&self.prepared);
             match slot.take() {
                 Some((n, p)) if n == no => p,
                 other => {
@@ -649,6 +658,8 @@ impl Inner {
         };
         std::fs::rename(&prepared, &path)
             .ctx(|| format!("rename {} to {}", prepared.display(), path.display()))?;
+        self.activated.store(no + 1, Ordering::Release);
+        drop(slot);
         fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
             Error::Io { context, source } => self.poison(context, source),
             other => other,

@@ -53,3 +53,20 @@ fn concurrent_durable_appends_share_syncs_and_survive_reopen() {
     let distinct: HashSet<_> = seen.iter().map(|(_, p)| p.clone()).collect();
     assert_eq!(distinct.len(), threads as usize * per_thread);
 }
+
+/// The first append right after open races the preparer's request for the same segment; the
+/// segment put in place must always be whole.
+#[test]
+fn first_append_right_after_open_finds_a_whole_segment() {
+    for _ in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        DataDir::init(dir.path(), 1 << 20).unwrap();
+        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        wal.append_durable(&Entry::new(EntryType::Insert, None, b"first"))
+            .unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        assert_eq!(wal.write_lsn(), Lsn(wal.flush_lsn().0));
+        assert!(wal.write_lsn().0 > 0);
+    }
+}
