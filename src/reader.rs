@@ -198,7 +198,12 @@ impl WalReader {
         match read_tail(&cur.path, cur.off, want, &mut cur.bytes) {
             Ok(true) => return Ok(true),
             Ok(false) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Sealed meanwhile: renamed away, or cut to its used length while we read.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+                ) => {}
             Err(e) => return Err(Error::io(format!("read {}", cur.path.display()), e)),
         }
         if !cur.path.exists() && sealed_path.exists() {
@@ -213,6 +218,26 @@ impl WalReader {
 
     /// Loads the next segment to read. Returns false when there is none (yet).
     fn load_next(&mut self) -> Result<bool> {
+        // The writer may seal (cut and rename) the open segment between our listing and our
+        // read, and retention may remove an old one: list again and the right file is there.
+        let mut tries = 0;
+        loop {
+            match self.load_next_once() {
+                Err(Error::Io { source, .. })
+                    if tries < 5
+                        && matches!(
+                            source.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+                        ) =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn load_next_once(&mut self) -> Result<bool> {
         let (name, path) = match &self.source {
             WalSource::File(p) => {
                 if self.done_single {
@@ -274,6 +299,13 @@ impl WalReader {
             }
         };
         let bytes = read_segment(&path)?;
+        if name.kind == SegmentFileKind::Open
+            && is_zero_from(&bytes[..bytes.len().min(SEGMENT_HEADER_LEN)], 0)
+        {
+            // Activated, header not written yet (or never, if the writer stopped there): no
+            // records so far. Look again on the next call.
+            return Ok(false);
+        }
         let header = SegmentHeader::decode(&bytes).map_err(|reason| Error::Corrupt {
             file: path.clone(),
             offset: 0,

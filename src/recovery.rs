@@ -273,7 +273,10 @@ fn recover_open(
             ),
         ));
     }
-    let mut buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
+    // Through a descriptor advised as random access: a plain read of uncached pages (after a
+    // reboot) would fill the page cache with large folios, and every later msync of the writer
+    // would write whole folios back.
+    let mut buf = crate::reader::read_segment(&path)?;
     if is_zero_from(&buf, 0) {
         // Activated but its header never reached the disk: an empty segment. The writer starts
         // it again from scratch under the same number.
@@ -380,6 +383,11 @@ fn recover_open(
             }
         }
     }
+    // The records found may be only in the page cache (the last writer was killed before it
+    // synced them); the writer reports them as durable from the start, so make them so.
+    fs::File::open(&path)
+        .and_then(|f| f.sync_data())
+        .ctx(|| format!("fsync {}", path.display()))?;
     let crc = crc32fast::hash(&buf[..off]);
     rec.open = Some(OpenSegment {
         name,

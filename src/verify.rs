@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::datadir::{list_segments_in, DataDir};
 use crate::decoder::{find_later_record, is_zero_from, ScanEnd, SegmentScanner};
 use crate::error::Result;
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::reader::{read_segment, WalSource};
 use crate::Lsn;
@@ -156,6 +157,15 @@ pub fn verify_segments(
             }
         };
         report.bytes += bytes.len() as u64;
+        if name.kind == SegmentFileKind::Open
+            && is_zero_from(&bytes[..bytes.len().min(SEGMENT_HEADER_LEN)], 0)
+        {
+            report.notes.push(format!(
+                "{name}: created but its header was never written (no records; recovery starts it again)"
+            ));
+            prev = Some((*name, None));
+            continue;
+        }
         let mut scan = match SegmentScanner::new(&bytes) {
             Ok(s) => s,
             Err(reason) => {

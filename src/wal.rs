@@ -240,7 +240,7 @@ impl Wal {
         let activated = st.prepare_next.take();
         let writeback = st.writeback_due();
         drop(st);
-        self.inner.written.store(end, Ordering::Release);
+        self.inner.written.fetch_max(end, Ordering::AcqRel);
         self.after_append(activated, writeback);
         r
     }
@@ -270,7 +270,7 @@ impl Wal {
         let end = st.end_lsn;
         let writeback = st.writeback_due();
         drop(st);
-        self.inner.written.store(end, Ordering::Release);
+        self.inner.written.fetch_max(end, Ordering::AcqRel);
         self.after_append(activated, writeback);
         result.map(|_| out)
     }
@@ -356,6 +356,17 @@ fn background(inner: Arc<Inner>, rx: mpsc::Receiver<BgMsg>) {
                 let mut slot = lock(&inner.prepared);
                 let stale = no < inner.activated.load(Ordering::Acquire);
                 if stale || matches!(&*slot, Some((n, _)) if *n == no) {
+                    continue;
+                }
+                // A request queued before the rotation that already used this number: preparing
+                // it again would truncate the file the writer is using.
+                let open = SegmentName::new(inner.control.timeline, no, SegmentFileKind::Open);
+                if inner.dir.segment_path(&open).exists()
+                    || inner
+                        .dir
+                        .segment_path(&open.with_kind(SegmentFileKind::Sealed))
+                        .exists()
+                {
                     continue;
                 }
                 if let Some((_, old)) = slot.take() {
@@ -630,9 +641,8 @@ impl Inner {
         let no = st.next_segment_no;
         let name = SegmentName::new(self.control.timeline, no, SegmentFileKind::Open);
         let path = self.dir.segment_path(&name);
-        // The prepared lock is held through the rename: released earlier, a preparer working
-        // on a stale request for this number would truncate and refill the very file being
-        // renamed into place (a short open segment).
+        // The slot stays locked until the rename is done, so the preparer never sees the file
+        // taken but not yet renamed (and recreates it under the writer's feet).
         let mut slot = lock(&self.prepared);
         let prepared = {
             match slot.take() {
@@ -677,6 +687,10 @@ impl Inner {
         let hb = header.encode();
         // SAFETY: state lock held; nothing of this segment is published yet.
         unsafe { seg.slice_mut(0, SEGMENT_HEADER_LEN) }.copy_from_slice(&hb);
+        // The header must be durable before any record of this segment can be: after a power
+        // loss, a lost or torn header would make recovery refuse the whole directory.
+        seg.sync_range(0, SEGMENT_HEADER_LEN)
+            .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))?;
         st.hasher = crc32fast::Hasher::new();
         st.hasher.update(&hb);
         st.off = SEGMENT_HEADER_LEN;

@@ -49,6 +49,9 @@ impl ControlFile {
                 "control file checksum mismatch (stored {stored:08x}, computed {actual:08x})"
             ));
         }
+        if b[48..60].iter().any(|&x| x != 0) {
+            return Err("control file: reserved bytes 48..60 are not zero".into());
+        }
         let format_version = get_u32(b, 8);
         if format_version != FORMAT_VERSION {
             return Err(format!(

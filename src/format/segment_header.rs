@@ -72,6 +72,9 @@ impl SegmentHeader {
                 "segment header checksum mismatch (stored {stored:08x}, computed {actual:08x})"
             ));
         }
+        if get_u32(b, 72) != 0 {
+            return Err("segment header: reserved bytes 72..76 are not zero".into());
+        }
         let format_version = get_u32(b, 8);
         if format_version != FORMAT_VERSION {
             return Err(format!(
@@ -90,6 +93,9 @@ impl SegmentHeader {
         let mut id = [0u8; 16];
         id.copy_from_slice(&b[40..56]);
         let flags = get_u32(b, 60);
+        if flags & !FLAG_HAS_PREV != 0 {
+            return Err(format!("segment header: unknown flags {flags:#x}"));
+        }
         Ok(SegmentHeader {
             format_version,
             timeline: get_u32(b, 12),

@@ -1,0 +1,150 @@
+//! A full disk: on a small tmpfs, appending until the space runs out gives an error from append
+//! or rotation (never SIGBUS), and everything appended before stays readable. Needs root to
+//! mount the tmpfs; skipped with a printed reason otherwise.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
+
+/// A tmpfs mounted for one test at its own mount point; unmounted when dropped, panics included.
+struct Tmpfs {
+    _parent: tempfile::TempDir,
+    point: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root, cannot mount a tmpfs".into());
+        }
+        let parent = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let point = parent.path().join("mnt");
+        std::fs::create_dir(&point).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&point)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs {
+            _parent: parent,
+            point,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.point
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Something still holds a file open there: detach it now, freed when released.
+            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+        }
+    }
+}
+
+fn mount_or_skip(size: &str) -> Option<Tmpfs> {
+    match Tmpfs::mount(size) {
+        Ok(m) => Some(m),
+        Err(why) => {
+            println!("SKIPPED: {why}");
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn full_disk_is_an_error_and_keeps_what_was_appended() {
+    let Some(fs) = mount_or_skip("400k") else {
+        return;
+    };
+    let dir = fs.path().join("data");
+    DataDir::init(&dir, common::SEG).expect("init");
+    // Space to give back later: the room for one segment.
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![1u8; 2 * common::SEG as usize]).expect("filler");
+    let wal = Wal::open(&dir, WalOptions::default()).expect("open");
+    let mut appended = Vec::new();
+    let mut failure = None;
+    for i in 0..10_000u32 {
+        let payload = format!("{i:06}-{}", "p".repeat(900));
+        match wal.append(&Entry::new(EntryType::Insert, None, payload.as_bytes())) {
+            Ok(a) => {
+                wal.wait_durable(a.end_lsn)
+                    .expect("durable while space remains");
+                appended.push((a.lsn.0, payload));
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failure.expect("400 KiB filled without an error");
+    assert!(e.is_no_space(), "expected ENOSPC, got: {e}");
+    println!("{} records appended before: {e}", appended.len());
+    assert!(
+        appended.len() > 64,
+        "too few records to cross a segment: {}",
+        appended.len()
+    );
+    // The writer is not poisoned by a failed rotation: the records stay durable and readable,
+    // and once space is freed, appending goes on.
+    assert_eq!(wal.sync().expect("sync after ENOSPC"), wal.flush_lsn());
+    let again = wal.append(&Entry::new(EntryType::Insert, None, b"still full"));
+    assert!(again.as_ref().is_err_and(|e| e.is_no_space()), "{again:?}");
+    let recs = common::read_recs(&dir).expect("read back after ENOSPC");
+    let got: Vec<(u64, String)> = recs.iter().map(|r| (r.lsn, r.payload.clone())).collect();
+    assert!(got == appended, "records differ after ENOSPC");
+
+    // A second process is refused the lock; after this one closes it fails cleanly too.
+    let out = common::run(&["write", dir.to_str().expect("utf8")], b"x\n");
+    assert_eq!(common::code(&out), 2);
+    assert!(common::stderr(&out).contains("locked by another process"));
+
+    // Space freed: the next rotation succeeds and appending goes on.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let a = wal
+        .append_durable(&Entry::new(EntryType::Insert, None, b"after space freed"))
+        .expect("append once space is back");
+    appended.push((a.lsn.0, "after space freed".into()));
+    for i in 0.. {
+        let payload = format!("second fill {i} {}", "q".repeat(900));
+        match wal.append_durable(&Entry::new(EntryType::Insert, None, payload.as_bytes())) {
+            Ok(a) => appended.push((a.lsn.0, payload)),
+            Err(e) => {
+                assert!(e.is_no_space(), "expected ENOSPC again, got: {e}");
+                break;
+            }
+        }
+        assert!(i < 10_000, "the disk never filled again");
+    }
+    drop(wal);
+
+    let out = common::run(&["write", dir.to_str().expect("utf8")], &vec![b'x'; 8000]);
+    let err = common::stderr(&out);
+    assert_eq!(common::code(&out), 2, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let v = common::run(&["verify", dir.to_str().expect("utf8")], b"");
+    assert_eq!(common::code(&v), 0, "{}", common::stdout(&v));
+    let recs = common::read_recs(&dir).expect("read back");
+    let got: Vec<(u64, String)> = recs.iter().map(|r| (r.lsn, r.payload.clone())).collect();
+    assert!(got == appended, "records differ after the second fill");
+}

@@ -1,0 +1,390 @@
+//! Golden files of format version 1 (fixtures/v1/), read forever: the encoder must reproduce
+//! them byte for byte, and the reader, verify and recovery must find exactly the records,
+//! positions and errors written down here. A change to the format cannot slip through.
+//!
+//! Regenerate (only for a deliberate change, which is a new format version):
+//! `cargo test --test fixtures -- --ignored regenerate_fixtures`
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+use walship::format::record::{encode_record, encode_seal, encoded_len, SEAL_LEN};
+use walship::format::segment_header::SEGMENT_HEADER_LEN;
+use walship::format::{ControlFile, SealInfo, SegmentHeader, FORMAT_VERSION};
+use walship::reader::LogEnd;
+use walship::verify::verify_path;
+use walship::{EntryType, Lsn, Wal, WalOptions, WalReader};
+
+const SEG: u64 = 65536;
+const SYSTEM: u128 = 0x5741_4c53_4849_5000_0000_0000_0000_0001;
+const FOREIGN: u128 = 0x5741_4c53_4849_5000_0000_0000_0000_0002;
+/// 2025-11-26T00:00:00Z in microseconds.
+const T0: i64 = 1_764_115_200_000_000;
+const SEALED: &str = "000000010000000000000000.wal";
+const OPEN: &str = "000000010000000000000001.wal.open";
+
+/// (type, tx id, timestamp, payload) of each record, in order.
+type Spec = (EntryType, Option<u64>, i64, Vec<u8>);
+
+fn sealed_records() -> Vec<Spec> {
+    vec![
+        (EntryType::Insert, None, T0 + 1, b"hello".to_vec()),
+        (EntryType::TxBegin, Some(7), T0 + 2, vec![]),
+        (
+            EntryType::Update,
+            Some(7),
+            T0 + 3,
+            b"key=1 value=2".to_vec(),
+        ),
+        (EntryType::TxCommit, Some(7), T0 + 4, vec![]),
+    ]
+}
+
+fn open_records() -> Vec<Spec> {
+    vec![
+        (EntryType::Delete, None, T0 + 5, b"gone".to_vec()),
+        (
+            EntryType::Checkpoint,
+            Some(u64::MAX),
+            T0 + 6,
+            (0..100u8).collect(),
+        ),
+    ]
+}
+
+fn control() -> ControlFile {
+    ControlFile {
+        format_version: FORMAT_VERSION,
+        timeline: 1,
+        system_id: Uuid::from_u128(SYSTEM),
+        segment_size: SEG,
+        created_us: T0,
+    }
+}
+
+fn header(no: u64, system: u128, prev: Option<u32>) -> SegmentHeader {
+    SegmentHeader {
+        format_version: FORMAT_VERSION,
+        timeline: 1,
+        segment_size: SEG,
+        segment_no: no,
+        system_id: Uuid::from_u128(system),
+        prev_checksum: prev,
+        created_us: T0,
+    }
+}
+
+/// A segment's bytes laid out as the writer lays them out; returns them and the end offset.
+fn segment(h: &SegmentHeader, records: &[Spec]) -> (Vec<u8>, usize) {
+    let mut b = vec![0u8; SEG as usize];
+    b[..SEGMENT_HEADER_LEN].copy_from_slice(&h.encode());
+    let mut off = SEGMENT_HEADER_LEN;
+    for (t, tx, ts, p) in records {
+        let len = encoded_len(p.len());
+        encode_record(
+            &mut b[off..off + len],
+            h.start_lsn() + off as u64,
+            t.code(),
+            *tx,
+            *ts,
+            p,
+        );
+        off += len;
+    }
+    (b, off)
+}
+
+/// Every fixture file: path under fixtures/v1, bytes.
+fn golden() -> Vec<(String, Vec<u8>)> {
+    let recs = sealed_records();
+    let (mut sealed, end) = segment(&header(0, SYSTEM, None), &recs);
+    let seal = SealInfo {
+        record_count: recs.len() as u64,
+        last_lsn: 224,
+        segment_checksum: crc32fast::hash(&sealed[..end]),
+    };
+    encode_seal(&mut sealed[end..end + SEAL_LEN], end as u64, T0 + 10, &seal);
+    sealed.truncate(end + SEAL_LEN);
+
+    let prev = Some(seal.segment_checksum);
+    let (open, open_end) = segment(&header(1, SYSTEM, prev), &open_records());
+    let (foreign, _) = segment(&header(1, FOREIGN, prev), &open_records());
+
+    let mut torn = open.clone();
+    let mut half = vec![0u8; encoded_len(4)];
+    encode_record(
+        &mut half,
+        SEG + open_end as u64,
+        EntryType::Insert.code(),
+        None,
+        T0 + 7,
+        b"torn",
+    );
+    torn[open_end..open_end + 24].copy_from_slice(&half[..24]);
+
+    let mut flipped = sealed.clone();
+    flipped[222] ^= 0x01; // padding after "key=1 value=2" (record at 168, payload 13 bytes)
+
+    let truncated = sealed[..sealed.len() - 20].to_vec();
+
+    vec![
+        ("good/control".into(), control().encode().to_vec()),
+        (format!("good/wal/{SEALED}"), sealed),
+        (format!("good/wal/{OPEN}"), open),
+        (format!("torn_tail/wal/{OPEN}"), torn),
+        (format!("flipped_bit/wal/{SEALED}"), flipped),
+        (format!("foreign_system/wal/{OPEN}"), foreign),
+        (format!("truncated_seal/wal/{SEALED}"), truncated),
+    ]
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v1")
+}
+
+/// A scratch data directory: the good files with a variant's files laid over them.
+fn datadir(variant: Option<&str>) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path().join("data");
+    common::copy_tree(&fixtures().join("good"), &d);
+    std::fs::create_dir_all(d.join("state")).expect("state dir");
+    if let Some(v) = variant {
+        common::copy_tree(&fixtures().join(v), &d);
+    }
+    (t, d)
+}
+
+#[test]
+#[ignore = "writes fixtures/v1; run only for a deliberate format change"]
+fn regenerate_fixtures() {
+    for (rel, bytes) in golden() {
+        let p = fixtures().join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, bytes).expect("write fixture");
+    }
+}
+
+#[test]
+fn the_encoder_reproduces_every_golden_file() {
+    for (rel, bytes) in golden() {
+        let stored = std::fs::read(fixtures().join(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(stored.len(), bytes.len(), "{rel}: length changed");
+        if let Some(i) = (0..bytes.len()).find(|&i| stored[i] != bytes[i]) {
+            panic!("{rel}: first difference at byte {i}: the format changed");
+        }
+    }
+}
+
+/// (lsn, end_lsn, segment file, offset, type, tx, timestamp, payload) of a record.
+type Row = (u64, u64, String, u64, EntryType, Option<u64>, i64, Vec<u8>);
+
+/// The good records.
+fn expected() -> Vec<Row> {
+    let mut out = Vec::new();
+    for (name, start, recs) in [(SEALED, 0, sealed_records()), (OPEN, SEG, open_records())] {
+        let mut off = 80u64;
+        for (t, tx, ts, p) in recs {
+            let end = off + encoded_len(p.len()) as u64;
+            out.push((
+                start + off,
+                start + end,
+                name.to_string(),
+                off,
+                t,
+                tx,
+                ts,
+                p,
+            ));
+            off = end;
+        }
+    }
+    out
+}
+
+fn read(d: &Path) -> (Vec<Row>, walship::Result<()>, LogEnd) {
+    let mut r = WalReader::open(d, Lsn(0)).expect("open reader");
+    let mut out = Vec::new();
+    loop {
+        match r.next_record() {
+            Ok(Some(x)) => out.push((
+                x.lsn.0,
+                x.end_lsn.0,
+                x.segment.to_string(),
+                x.offset,
+                x.entry_type,
+                x.tx_id,
+                x.timestamp_us,
+                x.payload,
+            )),
+            Ok(None) => return (out, Ok(()), r.log_end().clone()),
+            Err(e) => return (out, Err(e), r.log_end().clone()),
+        }
+    }
+}
+
+fn same_as_expected(got: &[Row], n: usize) {
+    let want = expected();
+    assert_eq!(got.len(), n);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!((g.0, g.1, &g.2, g.3), (w.0, w.1, &w.2, w.3));
+        assert_eq!((g.4, g.5, g.6, &g.7), (w.4, w.5, w.6, &w.7));
+    }
+}
+
+#[test]
+fn good_files_read_back_exactly() {
+    let (_t, d) = datadir(None);
+    let c = walship::DataDir::new(&d).read_control().expect("control");
+    assert_eq!(c, control());
+    let (got, res, end) = read(&d);
+    res.expect("no damage");
+    assert_eq!(end, LogEnd::Clean);
+    same_as_expected(&got, 6);
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        [80, 128, 168, 224, 65616, 65664]
+    );
+
+    let v = verify_path(&d).expect("verify");
+    assert!(v.ok, "{:?}", v.errors);
+    assert_eq!(
+        (v.segments, v.records, v.first_lsn, v.end_lsn),
+        (2, 6, Some(80), 65808)
+    );
+    assert!(v.notes.is_empty(), "{:?}", v.notes);
+
+    // The writer continues the golden open segment right after its last record.
+    let wal = Wal::open(&d, WalOptions::default()).expect("open golden directory");
+    assert_eq!(wal.write_lsn(), Lsn(65808));
+    assert_eq!(wal.sealed_lsn(), Lsn(264));
+    let a = wal
+        .append_durable(&walship::Entry::new(EntryType::Insert, None, b"new"))
+        .expect("append");
+    assert_eq!((a.lsn, a.end_lsn), (Lsn(65808), Lsn(65856)));
+    // Its seal chains onto the golden sealed segment: the result verifies clean.
+    wal.seal().expect("seal");
+    drop(wal);
+    assert_eq!(common::read_all(&d).expect("read").len(), 7);
+    let v = verify_path(&d).expect("verify");
+    assert!(v.ok, "{:?}", v.errors);
+}
+
+#[test]
+fn torn_tail_is_the_end_of_the_log_and_recovery_zeroes_it() {
+    let (_t, d) = datadir(Some("torn_tail"));
+    let (got, res, end) = read(&d);
+    res.expect("a torn tail is not damage");
+    same_as_expected(&got, 6);
+    match end {
+        LogEnd::TornTail {
+            segment, offset, ..
+        } => {
+            assert_eq!((segment.to_string().as_str(), offset), (OPEN, 272));
+        }
+        other => panic!("expected a torn tail, got {other:?}"),
+    }
+    let v = verify_path(&d).expect("verify");
+    assert!(v.ok, "{:?}", v.errors);
+    assert_eq!(v.notes.len(), 1);
+    assert!(
+        v.notes[0].contains("torn tail at offset 272 (LSN 0/00010110)"),
+        "{:?}",
+        v.notes
+    );
+
+    let strict = Wal::open(
+        &d,
+        WalOptions {
+            recovery_mode: walship::RecoveryMode::Strict,
+            ..WalOptions::default()
+        },
+    );
+    let e = strict.err().expect("strict mode refuses a torn tail");
+    assert!(e.to_string().contains("offset 272"), "{e}");
+
+    let wal = Wal::open(&d, WalOptions::default()).expect("tolerate-tail recovery");
+    assert_eq!(wal.write_lsn(), Lsn(65808));
+    drop(wal);
+    let b = std::fs::read(d.join("wal").join(OPEN)).expect("read");
+    assert!(b[272..].iter().all(|&x| x == 0), "torn tail left behind");
+    assert_eq!(
+        b[..272],
+        std::fs::read(fixtures().join("good/wal").join(OPEN)).expect("good")[..272]
+    );
+}
+
+#[test]
+fn flipped_bit_in_a_sealed_segment_is_found() {
+    let (_t, d) = datadir(Some("flipped_bit"));
+    let (got, res, _) = read(&d);
+    same_as_expected(&got, 2);
+    let e = res.expect_err("damage");
+    assert!(e.is_corruption());
+    let msg = e.to_string();
+    assert!(
+        msg.contains(SEALED) && msg.contains("offset 168 (LSN 0/000000A8)"),
+        "{msg}"
+    );
+    assert!(msg.contains("record checksum mismatch"), "{msg}");
+
+    let v = verify_path(&d).expect("verify");
+    assert!(!v.ok);
+    let e = &v.errors[0];
+    assert_eq!((e.segment.as_str(), e.offset, e.lsn), (SEALED, 168, 168));
+    assert!(
+        e.reason.contains("record checksum mismatch"),
+        "{}",
+        e.reason
+    );
+    let out = common::run(&["verify", d.to_str().expect("utf8")], b"");
+    assert_eq!(common::code(&out), 1);
+}
+
+#[test]
+fn foreign_segment_is_refused() {
+    let (_t, d) = datadir(Some("foreign_system"));
+    let v = verify_path(&d).expect("verify");
+    assert!(!v.ok);
+    assert_eq!(v.errors.len(), 1, "{:?}", v.errors);
+    let e = &v.errors[0];
+    assert_eq!((e.segment.as_str(), e.offset, e.lsn), (OPEN, 0, SEG));
+    assert!(
+        e.reason.contains(&Uuid::from_u128(FOREIGN).to_string()),
+        "{}",
+        e.reason
+    );
+    let err = Wal::open(&d, WalOptions::default()).err().expect("refused");
+    assert!(err.is_corruption());
+    let msg = err.to_string();
+    assert!(
+        msg.contains(OPEN) && msg.contains("belongs to system"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn truncated_seal_is_damage() {
+    let (_t, d) = datadir(Some("truncated_seal"));
+    let v = verify_path(&d).expect("verify");
+    assert!(!v.ok);
+    let e = &v.errors[0];
+    assert_eq!((e.segment.as_str(), e.offset, e.lsn), (SEALED, 264, 264));
+    assert!(
+        e.reason
+            .contains("record truncated: needs 64 bytes, 44 remain"),
+        "{}",
+        e.reason
+    );
+    let (got, res, _) = read(&d);
+    same_as_expected(&got, 4);
+    assert!(res.expect_err("damage").to_string().contains("offset 264"));
+    let err = Wal::open(&d, WalOptions::default()).err().expect("refused");
+    assert!(err.is_corruption());
+    let msg = err.to_string();
+    assert!(
+        msg.contains(SEALED) && msg.contains("does not end with a valid seal marker"),
+        "{msg}"
+    );
+}
