@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::baseline::{sequential, BaselineRun, SyncEvery};
 use super::hist::Histogram;
-use super::{mb_per_s, ratio, scratch, BenchConfig, BenchResult, Durability, Limit};
+use super::{mb_per_s, ratio, scratch, thread_cpu, BenchConfig, BenchResult, Durability, Limit};
 use crate::{DataDir, Entry, EntryType, Result, Wal, WalOptions, WalStats};
 
 /// Bytes a default-sized run writes at most (keeps a run well under a minute and the disk
@@ -40,6 +40,7 @@ struct WalRun {
     elapsed: Duration,
     append: Histogram,
     ack: Histogram,
+    cpu: Duration,
     stats: WalStats,
 }
 
@@ -70,7 +71,8 @@ fn run_wal(
         let payload = payload.clone();
         let durability = cfg.durability;
         handles.push(std::thread::spawn(
-            move || -> Result<(Histogram, Histogram)> {
+            move || -> Result<(Histogram, Histogram, Duration)> {
+                let cpu0 = thread_cpu();
                 let mut append = Histogram::default();
                 let mut ack = Histogram::default();
                 let entry = Entry::new(EntryType::Insert, None, &payload);
@@ -96,18 +98,20 @@ fn run_wal(
                         break;
                     }
                 }
-                Ok((append, ack))
+                Ok((append, ack, thread_cpu().saturating_sub(cpu0)))
             },
         ));
     }
     let mut append = Histogram::default();
     let mut ack = Histogram::default();
     let mut first_err = None;
+    let mut cpu = Duration::ZERO;
     for h in handles {
         match h.join() {
-            Ok(Ok((a, k))) => {
+            Ok(Ok((a, k, c))) => {
                 append.merge(&a);
                 ack.merge(&k);
+                cpu += c;
             }
             Ok(Err(e)) => first_err = first_err.or(Some(e)),
             Err(_) => {
@@ -126,6 +130,7 @@ fn run_wal(
         elapsed,
         append,
         ack,
+        cpu,
         stats: WalStats {
             syncs: after.syncs - before.syncs,
             records_appended: after.records_appended - before.records_appended,
@@ -140,6 +145,7 @@ impl WalRun {
         self.elapsed += o.elapsed;
         self.append.merge(&o.append);
         self.ack.merge(&o.ack);
+        self.cpu += o.cpu;
         self.stats.syncs += o.stats.syncs;
         self.stats.records_appended += o.stats.records_appended;
         self.stats.segments_sealed += o.stats.segments_sealed;
@@ -243,6 +249,8 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         ratio_to_each_baseline: each_base.as_ref().map(|b| ratio(rps, b.records_per_s())),
         baseline_sync_p50_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.5)),
         baseline_sync_p99_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.99)),
+        writer_cpu_s: Some(w.cpu.as_secs_f64()),
+        baseline_cpu_s: Some(base.cpu.as_secs_f64()),
         ..BenchResult::default()
     })
 }

@@ -74,6 +74,8 @@ pub struct BaselineRun {
     /// Each fdatasync alone.
     pub sync_latency: Histogram,
     pub syncs: u64,
+    /// CPU time of the writing thread over `elapsed`.
+    pub cpu: Duration,
 }
 
 impl BaselineRun {
@@ -84,6 +86,7 @@ impl BaselineRun {
         self.latency.merge(&o.latency);
         self.sync_latency.merge(&o.sync_latency);
         self.syncs += o.syncs;
+        self.cpu += o.cpu;
     }
 
     pub fn records_per_s(&self) -> f64 {
@@ -109,6 +112,7 @@ pub fn sequential(
         SyncEvery::Never => u64::MAX,
     };
     let mut syncs = 0;
+    let cpu0 = super::thread_cpu();
     let start = Instant::now();
     for i in 0..records {
         let t0 = Instant::now();
@@ -130,6 +134,7 @@ pub fn sequential(
         }
     }
     let elapsed = start.elapsed();
+    let cpu = super::thread_cpu().saturating_sub(cpu0);
     if every == SyncEvery::Never {
         f.sync()?;
     }
@@ -139,6 +144,7 @@ pub fn sequential(
         latency,
         sync_latency,
         syncs,
+        cpu,
     })
 }
 

@@ -120,6 +120,12 @@ pub struct BenchResult {
     pub baseline_sync_p50_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_sync_p99_us: Option<f64>,
+    /// `append` only: CPU seconds the writer threads used (all of them), and the baseline
+    /// writer; records per CPU second compare the two where cores are shared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_cpu_s: Option<f64>,
     /// `recover` only: reopening the store (recovery) and the full scan, each timed alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery_ms: Option<f64>,
@@ -127,6 +133,21 @@ pub struct BenchResult {
     pub scan_gb_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_gb_per_s: Option<f64>,
+}
+
+/// CPU time the calling thread has used: on a shared machine, wall time includes time spent
+/// waiting for a core, CPU time does not.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain syscall writing into a local timespec.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
