@@ -50,6 +50,11 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// An operation was refused because it would conflict with what is already stored (another
+    /// system's archive, different content under an existing name); nothing was changed.
+    #[error("refused: {0}")]
+    Refused(String),
+
     #[error("{0}")]
     Other(String),
 }
@@ -62,10 +67,10 @@ impl Error {
         }
     }
 
-    /// True when the error reports damaged data (exit code 1 in the CLI) rather than a failure to
-    /// run (exit code 2).
+    /// True when the error reports damaged data, or stored data that conflicts with the
+    /// operation (exit code 1 in the CLI), rather than a failure to run (exit code 2).
     pub fn is_corruption(&self) -> bool {
-        matches!(self, Error::Corrupt { .. })
+        matches!(self, Error::Corrupt { .. } | Error::Refused(_))
     }
 
     /// True for "no space left on device".

@@ -3,10 +3,12 @@
 //! An application appends entries to a [`Wal`]; walship makes them durable in CRC-checked
 //! segment files, seals full segments, and recovers the valid prefix after a crash.
 
+pub mod archive;
 pub mod bench;
 pub mod consumers;
 pub mod datadir;
 pub mod decoder;
+pub mod demo;
 pub mod entry;
 pub mod error;
 pub mod format;
@@ -14,7 +16,10 @@ pub mod fsutil;
 pub mod lsn;
 pub mod reader;
 pub mod recovery;
+pub mod replication;
+pub mod retention;
 pub mod segment_file;
+pub mod status;
 pub mod verify;
 pub mod wal;
 
@@ -31,5 +36,19 @@ pub fn now_us() -> i64 {
     match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => d.as_micros() as i64,
         Err(e) => -(e.duration().as_micros() as i64),
+    }
+}
+
+/// README.md's examples are compiled and run as doc tests, so the README cannot drift.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wal_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<crate::Wal>();
     }
 }

@@ -54,8 +54,11 @@ impl From<&ControlFile> for Identity {
     }
 }
 
-/// Verifies a data directory, a folder of segments, or one segment file.
+/// Verifies a data directory, a folder of segments, one segment file, or an archive.
 pub fn verify_path(path: &Path) -> Result<VerifyReport> {
+    if crate::archive::is_archive(path) {
+        return crate::archive::verify_archive(path);
+    }
     let mut report = VerifyReport::default();
     let mut identity = None;
     let files: Vec<(SegmentName, PathBuf)> = match WalSource::resolve(path)? {

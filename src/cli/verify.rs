@@ -14,7 +14,7 @@ use super::{CmdResult, Failure};
     after_help = "Exit status: 0 clean (a torn tail in the open segment is repairable, not damage), 1 damage found, 2 could not run.\n\nExample:\n  walship verify ./data --json"
 )]
 pub struct VerifyArgs {
-    /// A data directory, its wal/ folder, or one segment file.
+    /// A data directory, its wal/ folder, one segment file, or an archive.
     pub path: PathBuf,
     /// Print one JSON summary object.
     #[arg(long)]

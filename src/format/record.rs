@@ -172,7 +172,10 @@ impl fmt::Display for RecordError {
                 crate::Lsn(*expected)
             ),
             RecordError::UnknownType(t) => write!(f, "unknown record type {t}"),
-            RecordError::ReservedBitsSet => write!(f, "reserved header bytes are not zero"),
+            RecordError::ReservedBitsSet => write!(
+                f,
+                "reserved bits, padding or an absent transaction id are not zero"
+            ),
             RecordError::BadSealMarker => write!(f, "malformed seal marker"),
         }
     }
@@ -222,8 +225,17 @@ pub fn decode_at(
     if stored != computed {
         return Err(RecordError::ChecksumMismatch { stored, computed });
     }
+    // Only one encoding of each record is valid: flags, reserved bytes, an absent tx id and the
+    // padding must all be as the encoder writes them, even under a matching CRC.
     let flags = h[33];
-    if flags & !FLAG_HAS_TX != 0 || h[34..40].iter().any(|&b| b != 0) {
+    let tx_present = flags & FLAG_HAS_TX != 0;
+    if flags & !FLAG_HAS_TX != 0
+        || h[34..40].iter().any(|&b| b != 0)
+        || (!tx_present && get_u64(h, 16) != 0)
+        || buf[off + RECORD_HEADER_LEN + len..off + total]
+            .iter()
+            .any(|&b| b != 0)
+    {
         return Err(RecordError::ReservedBitsSet);
     }
     let payload = &buf[off + RECORD_HEADER_LEN..off + RECORD_HEADER_LEN + len];
@@ -239,7 +251,7 @@ pub fn decode_at(
             crc: stored,
             len: len as u32,
             lsn,
-            tx_id: (flags & FLAG_HAS_TX != 0).then(|| get_u64(h, 16)),
+            tx_id: tx_present.then(|| get_u64(h, 16)),
             timestamp_us: get_u64(h, 24) as i64,
             type_code,
         },
@@ -279,5 +291,32 @@ mod tests {
             decode_at(&buf, 0, 4104, 1 << 20),
             Err(RecordError::LsnMismatch { .. })
         ));
+    }
+
+    /// Found by fuzzing: non-zero padding, or a tx id stored without its flag, under a CRC that
+    /// matches, must not decode (the record would not re-encode to the same bytes).
+    #[test]
+    fn non_canonical_bytes_are_refused_even_with_a_matching_crc() {
+        let recrc = |b: &mut Vec<u8>| {
+            let crc = crc32fast::hash(&b[4..]);
+            put_u32(b, 0, crc);
+        };
+        let mut buf = vec![0u8; encoded_len(5)];
+        encode_record(&mut buf, 80, EntryType::Insert.code(), None, 1, b"hello");
+        let mut padded = buf.clone();
+        padded[47] = b'2';
+        recrc(&mut padded);
+        assert_eq!(
+            decode_at(&padded, 0, 80, 1 << 20),
+            Err(RecordError::ReservedBitsSet)
+        );
+        let mut stray_tx = buf.clone();
+        stray_tx[16] = 9;
+        recrc(&mut stray_tx);
+        assert_eq!(
+            decode_at(&stray_tx, 0, 80, 1 << 20),
+            Err(RecordError::ReservedBitsSet)
+        );
+        assert!(decode_at(&buf, 0, 80, 1 << 20).is_ok());
     }
 }

@@ -1,0 +1,150 @@
+//! The archive identity file: which system an archive belongs to. Plain text, six lines, the
+//! last a CRC over the others, so a person can read it and a damaged one is refused.
+//!
+//! ```text
+//! walship-archive 1
+//! system_id 6f1c2e1a-3b0d-4e8e-9a57-2d2b4c1e0f11
+//! timeline 1
+//! segment_size 16777216
+//! format_version 1
+//! crc32 1a2b3c4d
+//! ```
+
+use uuid::Uuid;
+
+use crate::format::ControlFile;
+
+/// The object name of the identity file at the archive's root.
+pub const IDENTITY_NAME: &str = "IDENTITY";
+/// The layout version of the archive (identity file and object names).
+pub const ARCHIVE_VERSION: u32 = 1;
+const MAGIC: &str = "walship-archive";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiveIdentity {
+    pub system_id: Uuid,
+    pub timeline: u32,
+    pub segment_size: u64,
+    /// The segment format version of the archived segments.
+    pub format_version: u32,
+}
+
+impl ArchiveIdentity {
+    pub fn from_control(c: &ControlFile) -> Self {
+        ArchiveIdentity {
+            system_id: c.system_id,
+            timeline: c.timeline,
+            segment_size: c.segment_size,
+            format_version: c.format_version,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let body = format!(
+            "{MAGIC} {ARCHIVE_VERSION}\nsystem_id {}\ntimeline {}\nsegment_size {}\nformat_version {}\n",
+            self.system_id.hyphenated(),
+            self.timeline,
+            self.segment_size,
+            self.format_version
+        );
+        let crc = crc32fast::hash(body.as_bytes());
+        format!("{body}crc32 {crc:08x}\n").into_bytes()
+    }
+
+    /// Decodes and checks an identity file; the error says what is wrong.
+    pub fn decode(b: &[u8]) -> Result<ArchiveIdentity, String> {
+        let text = std::str::from_utf8(b).map_err(|_| "identity file is not text".to_string())?;
+        let body_len = text
+            .rfind("crc32 ")
+            .ok_or("identity file has no crc32 line")?;
+        let (body, crc_line) = text.split_at(body_len);
+        let stored = crc_line
+            .strip_prefix("crc32 ")
+            .and_then(|s| s.strip_suffix('\n'))
+            .filter(|s| s.len() == 8)
+            .and_then(|s| u32::from_str_radix(s, 16).ok())
+            .ok_or("identity file has a malformed crc32 line")?;
+        let computed = crc32fast::hash(body.as_bytes());
+        if stored != computed {
+            return Err(format!(
+                "identity file checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+            ));
+        }
+        let lines: Vec<&str> = body.lines().collect();
+        let field = |i: usize, key: &str| -> Result<&str, String> {
+            lines
+                .get(i)
+                .and_then(|l| l.strip_prefix(key))
+                .and_then(|l| l.strip_prefix(' '))
+                .ok_or_else(|| format!("identity file line {} should start with {key:?}", i + 1))
+        };
+        let version = field(0, MAGIC)?;
+        if version != ARCHIVE_VERSION.to_string() {
+            return Err(format!(
+                "archive layout version {version}; this walship reads version {ARCHIVE_VERSION}"
+            ));
+        }
+        if lines.len() != 5 {
+            return Err(format!(
+                "identity file has {} lines before crc32, expected 5",
+                lines.len()
+            ));
+        }
+        let bad = |what: &str| format!("identity file has an invalid {what}");
+        let id = ArchiveIdentity {
+            system_id: Uuid::parse_str(field(1, "system_id")?).map_err(|_| bad("system_id"))?,
+            timeline: field(2, "timeline")?.parse().map_err(|_| bad("timeline"))?,
+            segment_size: field(3, "segment_size")?
+                .parse()
+                .map_err(|_| bad("segment_size"))?,
+            format_version: field(4, "format_version")?
+                .parse()
+                .map_err(|_| bad("format_version"))?,
+        };
+        crate::format::check_segment_size(id.segment_size)
+            .map_err(|e| format!("identity file: {e}"))?;
+        // Only an exact encoding is accepted, so two archives agree byte for byte.
+        if id.encode() != b {
+            return Err("identity file is not in canonical form".into());
+        }
+        Ok(id)
+    }
+
+    /// The control file a restored data directory gets.
+    pub fn to_control(&self) -> ControlFile {
+        ControlFile {
+            format_version: self.format_version,
+            timeline: self.timeline,
+            system_id: self.system_id,
+            segment_size: self.segment_size,
+            created_us: crate::now_us(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let id = ArchiveIdentity {
+            system_id: Uuid::from_u128(0x6f1c_2e1a_3b0d_4e8e_9a57_2d2b_4c1e_0f11),
+            timeline: 1,
+            segment_size: 1 << 24,
+            format_version: 1,
+        };
+        let b = id.encode();
+        let text = String::from_utf8(b.clone()).unwrap();
+        assert!(text.starts_with(
+            "walship-archive 1\nsystem_id 6f1c2e1a-3b0d-4e8e-9a57-2d2b4c1e0f11\ntimeline 1\nsegment_size 16777216\nformat_version 1\ncrc32 "
+        ));
+        assert_eq!(ArchiveIdentity::decode(&b).unwrap(), id);
+        for i in 0..b.len() {
+            let mut d = b.clone();
+            d[i] ^= 0x01;
+            assert!(ArchiveIdentity::decode(&d).is_err(), "flip at {i} passed");
+        }
+        assert!(ArchiveIdentity::decode(&b[..b.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,265 @@
+//! Backup storage for sealed segments: the store interface and its local-directory
+//! implementation, the archive's identity file, the archiver that pushes segments, restore to a
+//! point in time, and the check behind `walship verify ARCHIVE`.
+//!
+//! An archive belongs to one system. Its root holds the identity file ([`IDENTITY_NAME`]) and
+//! every archived segment under its sealed name (`.wal`), or that name plus `.zst` when the
+//! segment was compressed with zstd. docs/ARCHIVE.md describes the layout byte for byte.
+
+pub mod archiver;
+pub mod identity;
+pub mod restore;
+pub mod store;
+
+use std::path::Path;
+
+pub use archiver::{Archiver, ArchiverOptions, PushOutcome};
+pub use identity::{ArchiveIdentity, IDENTITY_NAME};
+pub use restore::{restore, RestoreOptions, RestoreProgress, RestoreReport, RestoreTarget};
+pub use store::{ArchiveStore, LocalDirStore, ObjectInfo, PutOutcome};
+
+use crate::error::{Error, Result};
+use crate::format::{SegmentFileKind, SegmentName};
+use crate::verify::{verify_segments, Identity, VerifyIssue, VerifyReport};
+
+/// How an archived segment's bytes are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// Byte-identical to the local sealed file; name ends in `.wal`.
+    #[default]
+    None,
+    /// A zstd frame of the sealed file; name ends in `.wal.zst`.
+    Zstd,
+}
+
+impl Compression {
+    fn suffix(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Zstd => ".zst",
+        }
+    }
+}
+
+/// The object name of sealed segment `seg` stored with `c`.
+pub fn object_name(seg: SegmentName, c: Compression) -> String {
+    format!("{}{}", seg.with_kind(SegmentFileKind::Sealed), c.suffix())
+}
+
+/// Parses an archived segment's object name; anything else (the identity file, stray files)
+/// gives `None`.
+pub fn parse_object_name(name: &str) -> Option<(SegmentName, Compression)> {
+    let (base, c) = match name.strip_suffix(".zst") {
+        Some(b) => (b, Compression::Zstd),
+        None => (name, Compression::None),
+    };
+    SegmentName::parse(base)
+        .filter(|n| n.kind == SegmentFileKind::Sealed)
+        .map(|n| (n, c))
+}
+
+/// The segment file's bytes from an archived object's bytes.
+pub fn decode_object(name: &str, c: Compression, data: Vec<u8>) -> Result<Vec<u8>> {
+    match c {
+        Compression::None => Ok(data),
+        Compression::Zstd => zstd::decode_all(&data[..]).map_err(|e| Error::Corrupt {
+            file: name.into(),
+            offset: 0,
+            lsn: crate::Lsn(0),
+            reason: format!("not a valid zstd frame: {e}"),
+        }),
+    }
+}
+
+/// An archive's segments in segment order. Two objects for one segment (`.wal` and `.wal.zst`)
+/// are both listed; callers treat that as damage.
+pub fn segment_objects(objects: &[ObjectInfo]) -> Vec<(SegmentName, Compression, ObjectInfo)> {
+    let mut out: Vec<_> = objects
+        .iter()
+        .filter_map(|o| parse_object_name(&o.name).map(|(n, c)| (n, c, o.clone())))
+        .collect();
+    out.sort_by_key(|(n, c, _)| (n.segment_no, n.timeline, *c as u8));
+    out
+}
+
+/// Runs blocking work (file I/O, compression, checksums) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    joined(tokio::task::spawn_blocking(f)).await
+}
+
+/// Waits for a spawned task; a panic or cancellation becomes an error.
+pub(crate) async fn joined<T>(h: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+    h.await
+        .map_err(|e| Error::Other(format!("background task failed: {e}")))?
+}
+
+/// True when `path` looks like an archive: a directory with an identity file at its root.
+pub fn is_archive(path: &Path) -> bool {
+    path.join(IDENTITY_NAME).is_file()
+}
+
+/// Verifies an archive in a local directory: the identity file, every segment (compressed ones
+/// decompressed), the chain between segments and gaps. Goes on after a problem, like
+/// `verify_path`.
+pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let identity = match std::fs::read(root.join(IDENTITY_NAME)) {
+        Ok(b) => match ArchiveIdentity::decode(&b) {
+            Ok(id) => Some(Identity {
+                system_id: id.system_id,
+                segment_size: id.segment_size,
+            }),
+            Err(reason) => {
+                report.errors.push(VerifyIssue {
+                    segment: IDENTITY_NAME.into(),
+                    offset: 0,
+                    lsn: 0,
+                    reason,
+                });
+                None
+            }
+        },
+        Err(e) => {
+            return Err(Error::io(
+                format!("read {}", root.join(IDENTITY_NAME).display()),
+                e,
+            ))
+        }
+    };
+    let objects = store::list_dir(root)?;
+    let segs = segment_objects(&objects);
+    let files: Vec<(SegmentName, std::path::PathBuf)> = segs
+        .iter()
+        .map(|(n, _, o)| (*n, root.join(&o.name)))
+        .collect();
+    verify_segments(&files, identity, &mut report, |p| {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let data = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
+        let c = parse_object_name(&name).map_or(Compression::None, |(_, c)| c);
+        decode_object(&name, c, data)
+    })?;
+    report.ok = report.errors.is_empty();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names() {
+        let s = SegmentName::new(1, 0xA3, SegmentFileKind::Sealed);
+        assert_eq!(
+            object_name(s, Compression::None),
+            "0000000100000000000000A3.wal"
+        );
+        assert_eq!(
+            object_name(s, Compression::Zstd),
+            "0000000100000000000000A3.wal.zst"
+        );
+        assert_eq!(
+            parse_object_name("0000000100000000000000A3.wal.zst"),
+            Some((s, Compression::Zstd))
+        );
+        assert_eq!(
+            parse_object_name("0000000100000000000000A3.wal"),
+            Some((s, Compression::None))
+        );
+        for bad in [
+            "0000000100000000000000A3.wal.open",
+            "0000000100000000000000A3.wal.open.zst",
+            "IDENTITY",
+            ".0000000100000000000000A3.wal.tmp",
+        ] {
+            assert_eq!(parse_object_name(bad), None, "{bad}");
+        }
+    }
+}
+
+/// What a full check of one sealed segment's bytes found.
+#[derive(Clone, Debug)]
+pub struct CheckedSegment {
+    pub header: crate::format::SegmentHeader,
+    pub seal: crate::format::SealInfo,
+    /// Offset of the seal marker: the end of the last record.
+    pub seal_offset: usize,
+    /// Where the first record matching the cut predicate starts, and how many records come
+    /// before it.
+    pub cut: Option<(usize, u64)>,
+    /// The last record's timestamp, when the segment holds records.
+    pub last_timestamp_us: Option<i64>,
+}
+
+impl CheckedSegment {
+    /// The LSN of the seal marker (the end of the segment's last record).
+    pub fn seal_lsn(&self) -> u64 {
+        self.header.start_lsn() + self.seal_offset as u64
+    }
+}
+
+/// Checks every byte of a sealed segment: header, identity and name, each record, the seal
+/// marker and the whole-segment checksum, and that nothing follows the marker. `cut` marks the
+/// first record to leave out (restore's target); `None` checks only.
+pub fn check_segment_bytes(
+    file: &Path,
+    name: &SegmentName,
+    bytes: &[u8],
+    identity: &ArchiveIdentity,
+    cut: Option<&dyn Fn(&crate::format::record::RecordRef<'_>) -> bool>,
+) -> Result<CheckedSegment> {
+    use crate::decoder::{ScanEnd, SegmentScanner};
+    let start = name.segment_no.saturating_mul(identity.segment_size);
+    let corrupt = |offset: usize, reason: String| Error::Corrupt {
+        file: file.to_path_buf(),
+        offset: offset as u64,
+        lsn: crate::Lsn(start + offset as u64),
+        reason,
+    };
+    let mut scan = SegmentScanner::new(bytes).map_err(|r| corrupt(0, r))?;
+    crate::recovery::check_identity(file, scan.header(), name, &identity.to_control())?;
+    let header = *scan.header();
+    let mut first_cut = None;
+    let mut last_ts = None;
+    let mut kept = 0u64;
+    for r in scan.by_ref() {
+        if first_cut.is_none() {
+            if cut.is_some_and(|f| f(&r)) {
+                first_cut = Some(((r.lsn() - start) as usize, kept));
+            } else {
+                kept += 1;
+            }
+        }
+        last_ts = Some(r.header.timestamp_us);
+    }
+    match scan.end() {
+        Some(ScanEnd::Sealed {
+            offset,
+            seal,
+            trailing: 0,
+        }) => Ok(CheckedSegment {
+            header,
+            seal: *seal,
+            seal_offset: *offset,
+            cut: first_cut,
+            last_timestamp_us: last_ts,
+        }),
+        Some(ScanEnd::Sealed {
+            offset, trailing, ..
+        }) => Err(corrupt(
+            *offset,
+            format!("{trailing} bytes follow the seal marker"),
+        )),
+        Some(ScanEnd::Invalid { offset, error }) => Err(corrupt(*offset, error.to_string())),
+        Some(ScanEnd::Unwritten { offset }) => Err(corrupt(
+            *offset,
+            "sealed segment ends without a seal marker (truncated?)".into(),
+        )),
+        None => Err(corrupt(scan.offset(), "scan did not finish".into())),
+    }
+}

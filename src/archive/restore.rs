@@ -1,0 +1,490 @@
+//! Restore: rebuild a data directory from an archive, up to the end or to a point in time.
+//!
+//! Two passes. The first fetches and checks every segment up to the target (identity, every
+//! record and checksum, the chain, gaps) and finds where the cut falls; nothing is written
+//! until it has passed, and a failure names the first missing or damaged segment. The second
+//! fetches again, checks again, and writes the new directory: segments wholly before the cut
+//! sealed, the segment the cut falls in as the open segment (a full-size, zero-filled file
+//! holding its bytes up to the cut), and the control file last, so an interrupted restore never
+//! leaves something that opens as a store. Both passes fetch and check segments ahead in
+//! parallel.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{
+    blocking, check_segment_bytes, decode_object, joined, segment_objects, ArchiveIdentity,
+    ArchiveStore, CheckedSegment, Compression, IDENTITY_NAME,
+};
+use crate::datadir::DataDir;
+use crate::error::{Error, IoContext, Result};
+use crate::format::{SegmentFileKind, SegmentName};
+use crate::fsutil::fsync_dir;
+use crate::segment_file::prepare_file;
+use crate::Lsn;
+
+/// Where a restore stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// Everything archived.
+    #[default]
+    End,
+    /// Exactly the records whose end LSN is at most this.
+    Lsn(Lsn),
+    /// The records up to the first one whose timestamp (microseconds since the Unix epoch) is
+    /// after this: with a clock that never steps back, exactly those stamped at or before it.
+    Time(i64),
+}
+
+impl RestoreTarget {
+    /// True for the first record to leave out.
+    fn cuts(self, r: &crate::format::record::RecordRef<'_>) -> bool {
+        match self {
+            RestoreTarget::End => false,
+            RestoreTarget::Lsn(l) => r.end_lsn() > l.0,
+            RestoreTarget::Time(t) => r.header.timestamp_us > t,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestorePhase {
+    Verify,
+    Write,
+}
+
+/// Reported after each segment of each pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoreProgress {
+    pub phase: RestorePhase,
+    pub done: u64,
+    pub total: u64,
+    pub bytes: u64,
+}
+
+pub type ProgressFn = Arc<dyn Fn(RestoreProgress) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct RestoreOptions {
+    pub target: RestoreTarget,
+    /// Replace a walship data directory already at the destination.
+    pub force: bool,
+    /// Segments fetched and checked ahead of the one being used.
+    pub fetch_ahead: usize,
+    pub progress: Option<ProgressFn>,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            target: RestoreTarget::End,
+            force: false,
+            fetch_ahead: 4,
+            progress: None,
+        }
+    }
+}
+
+/// What a restore wrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RestoreReport {
+    pub system_id: String,
+    /// Sealed segments written.
+    pub sealed_segments: u64,
+    /// The segment the cut fell in, written as the open segment.
+    pub open_segment: Option<String>,
+    pub records: u64,
+    /// Where the next record will go: the end of the last record restored.
+    pub end_lsn: u64,
+    /// Segment bytes written (the open segment counted up to the cut).
+    pub bytes: u64,
+}
+
+struct Planned {
+    name: SegmentName,
+    object: String,
+    compression: Compression,
+    seal_checksum: u32,
+    /// `Some((offset, records kept))` for the segment the cut falls in.
+    cut: Option<(usize, u64)>,
+    records: u64,
+}
+
+type Fetched = (usize, Vec<u8>, CheckedSegment);
+
+/// Fetches, decodes and checks segments in order, up to `ahead` of them at a time.
+struct Fetcher<S: ArchiveStore> {
+    store: Arc<S>,
+    items: Vec<(SegmentName, String, Compression)>,
+    identity: ArchiveIdentity,
+    target: RestoreTarget,
+    next: usize,
+    ahead: usize,
+    running: VecDeque<tokio::task::JoinHandle<Result<Fetched>>>,
+}
+
+impl<S: ArchiveStore> Fetcher<S> {
+    fn fill(&mut self) {
+        while self.running.len() < self.ahead.max(1) && self.next < self.items.len() {
+            let i = self.next;
+            self.next += 1;
+            let (name, object, c) = self.items[i].clone();
+            let (store, identity, target) = (self.store.clone(), self.identity, self.target);
+            let file = PathBuf::from(store.location()).join(&object);
+            self.running.push_back(tokio::spawn(async move {
+                let data = store.get(&object).await?.ok_or_else(|| Error::Corrupt {
+                    file: file.clone(),
+                    offset: 0,
+                    lsn: Lsn(0),
+                    reason: "vanished from the archive during restore".into(),
+                })?;
+                blocking(move || {
+                    let bytes = decode_object(&object, c, data)?;
+                    let cut = move |r: &crate::format::record::RecordRef<'_>| target.cuts(r);
+                    let checked = check_segment_bytes(&file, &name, &bytes, &identity, Some(&cut))?;
+                    Ok((i, bytes, checked))
+                })
+                .await
+            }));
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<Fetched>> {
+        self.fill();
+        let r = joined(self.running.pop_front()?).await;
+        self.fill();
+        Some(r)
+    }
+}
+
+impl<S: ArchiveStore> Drop for Fetcher<S> {
+    fn drop(&mut self) {
+        for h in &self.running {
+            h.abort();
+        }
+    }
+}
+
+fn report_progress(opts: &RestoreOptions, phase: RestorePhase, done: u64, total: u64, bytes: u64) {
+    if let Some(p) = &opts.progress {
+        p(RestoreProgress {
+            phase,
+            done,
+            total,
+            bytes,
+        });
+    }
+}
+
+/// Restores the archive in `store` into a new data directory at `dest`.
+pub async fn restore<S: ArchiveStore>(
+    store: Arc<S>,
+    dest: &Path,
+    opts: RestoreOptions,
+) -> Result<RestoreReport> {
+    let loc = store.location();
+    let identity = match store.get(IDENTITY_NAME).await? {
+        Some(b) => ArchiveIdentity::decode(&b).map_err(|reason| Error::Corrupt {
+            file: PathBuf::from(&loc).join(IDENTITY_NAME),
+            offset: 0,
+            lsn: Lsn(0),
+            reason,
+        })?,
+        None => {
+            return Err(Error::InvalidArgument(format!(
+                "{loc}: not a walship archive (no {IDENTITY_NAME} file)"
+            )))
+        }
+    };
+    let to_clear = check_destination(dest, opts.force)?;
+    let plan = plan(&store, &identity, &opts).await?;
+    write(store, dest, &identity, &plan, &to_clear, &opts).await
+}
+
+/// Pass one: checks everything up to the target and decides what to write.
+async fn plan<S: ArchiveStore>(
+    store: &Arc<S>,
+    identity: &ArchiveIdentity,
+    opts: &RestoreOptions,
+) -> Result<Vec<Planned>> {
+    let loc = store.location();
+    let objects = store.list().await?;
+    let segs = segment_objects(&objects);
+    if segs.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{loc}: the archive holds no segments"
+        )));
+    }
+    for w in segs.windows(2) {
+        if w[0].0.segment_no == w[1].0.segment_no {
+            return Err(Error::Corrupt {
+                file: PathBuf::from(&loc).join(&w[1].2.name),
+                offset: 0,
+                lsn: Lsn(w[1].0.segment_no * identity.segment_size),
+                reason: format!("segment stored twice ({} and {})", w[0].2.name, w[1].2.name),
+            });
+        }
+    }
+    let items: Vec<_> = segs
+        .iter()
+        .map(|(n, c, o)| (*n, o.name.clone(), *c))
+        .collect();
+    let total = items.len() as u64;
+    let mut f = Fetcher {
+        store: store.clone(),
+        items: items.clone(),
+        identity: *identity,
+        target: opts.target,
+        next: 0,
+        ahead: opts.fetch_ahead,
+        running: VecDeque::new(),
+    };
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut bytes_done = 0u64;
+    let mut last_end = 0u64;
+    let mut last_ts = None;
+    while let Some(r) = f.next().await {
+        let (i, bytes, checked) = r?;
+        let (name, object, c) = items[i].clone();
+        if let Some(prev) = plan.last() {
+            if name.segment_no != prev.name.segment_no + 1 {
+                let missing = SegmentName::new(
+                    prev.name.timeline,
+                    prev.name.segment_no + 1,
+                    SegmentFileKind::Sealed,
+                );
+                return Err(Error::Corrupt {
+                    file: PathBuf::from(&loc).join(missing.to_string()),
+                    offset: 0,
+                    lsn: Lsn(missing.segment_no * identity.segment_size),
+                    reason: format!(
+                        "segment {missing} is missing from the archive ({} is followed by {object})",
+                        prev.object
+                    ),
+                });
+            }
+            if checked.header.prev_checksum != Some(prev.seal_checksum) {
+                return Err(Error::Corrupt {
+                    file: PathBuf::from(&loc).join(&object),
+                    offset: 0,
+                    lsn: Lsn(checked.header.start_lsn()),
+                    reason: format!(
+                        "chain broken: {object} does not follow {} (it expects previous checksum {}, that segment has {:08x})",
+                        prev.object,
+                        checked.header.prev_checksum.map_or("none".into(), |c| format!("{c:08x}")),
+                        prev.seal_checksum
+                    ),
+                });
+            }
+        }
+        bytes_done += bytes.len() as u64;
+        report_progress(opts, RestorePhase::Verify, i as u64 + 1, total, bytes_done);
+        let seal_checksum = checked.seal.segment_checksum;
+        match checked.cut {
+            Some((_, 0)) if !plan.is_empty() => return Ok(plan),
+            Some(cut) => {
+                plan.push(Planned {
+                    name,
+                    object,
+                    compression: c,
+                    seal_checksum,
+                    cut: Some(cut),
+                    records: cut.1,
+                });
+                return Ok(plan);
+            }
+            None => {
+                if checked.seal.record_count > 0 {
+                    last_end = checked.seal_lsn();
+                }
+                last_ts = checked.last_timestamp_us.or(last_ts);
+                plan.push(Planned {
+                    name,
+                    object,
+                    compression: c,
+                    seal_checksum,
+                    cut: None,
+                    records: checked.seal.record_count,
+                });
+            }
+        }
+    }
+    let reached = match opts.target {
+        RestoreTarget::End => true,
+        RestoreTarget::Lsn(l) => l.0 <= last_end,
+        RestoreTarget::Time(_) => false,
+    };
+    if !reached {
+        let when = last_ts.map_or("no records".into(), |t| {
+            format!("last record at {}", fmt_time(t))
+        });
+        return Err(Error::InvalidArgument(format!(
+            "the archive ends at LSN {} ({when}), before the requested target: it cannot show that no later record belongs before the target; nothing was written (restore without --until-lsn/--until-time to take everything archived)",
+            Lsn(last_end)
+        )));
+    }
+    Ok(plan)
+}
+
+fn fmt_time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_else(|| us.to_string())
+}
+
+/// Checks the destination before anything is fetched: missing or empty is fine; a walship data
+/// directory is replaced only with `force`; anything else is refused. Returns the entries to
+/// remove.
+fn check_destination(dest: &Path, force: bool) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dest) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("list {}", dest.display()), e)),
+    };
+    let mut found = Vec::new();
+    for e in entries {
+        let e = e.ctx(|| format!("list {}", dest.display()))?;
+        found.push(e.file_name());
+    }
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !force {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not empty; restore writes a new data directory (use --force to replace a walship data directory there)",
+            dest.display()
+        )));
+    }
+    let ours = ["control", "LOCK", "wal", "state"];
+    if let Some(other) = found
+        .iter()
+        .find(|n| !ours.iter().any(|o| n.as_os_str() == *o))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{} holds {:?}, which is not part of a walship data directory; --force replaces only a data directory, so nothing was removed",
+            dest.display(),
+            other
+        )));
+    }
+    // The control file goes first, so an interrupted clear never leaves a directory that opens.
+    Ok(["control", "wal", "state"]
+        .iter()
+        .map(|n| dest.join(n))
+        .filter(|p| p.exists())
+        .collect())
+}
+
+/// Pass two: fetches and checks again, then writes the data directory.
+async fn write<S: ArchiveStore>(
+    store: Arc<S>,
+    dest: &Path,
+    identity: &ArchiveIdentity,
+    plan: &[Planned],
+    to_clear: &[PathBuf],
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    std::fs::create_dir_all(dest).ctx(|| format!("create {}", dest.display()))?;
+    let dir = DataDir::new(dest);
+    // Keeps a writer from opening the directory while it is replaced and rebuilt.
+    let _lock = dir.lock()?;
+    for p in to_clear {
+        if p.is_dir() {
+            std::fs::remove_dir_all(p).ctx(|| format!("remove {}", p.display()))?;
+        } else {
+            std::fs::remove_file(p).ctx(|| format!("remove {}", p.display()))?;
+        }
+        fsync_dir(dest)?;
+    }
+    let wal = dir.wal_dir();
+    for d in [wal.clone(), dir.state_dir()] {
+        std::fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
+    }
+    let mut f = Fetcher {
+        store,
+        items: plan
+            .iter()
+            .map(|p| (p.name, p.object.clone(), p.compression))
+            .collect(),
+        identity: *identity,
+        target: opts.target,
+        next: 0,
+        ahead: opts.fetch_ahead,
+        running: VecDeque::new(),
+    };
+    let mut report = RestoreReport {
+        system_id: identity.system_id.to_string(),
+        sealed_segments: 0,
+        open_segment: None,
+        records: 0,
+        end_lsn: 0,
+        bytes: 0,
+    };
+    let total = plan.len() as u64;
+    while let Some(r) = f.next().await {
+        let (i, bytes, checked) = r?;
+        let p = &plan[i];
+        if checked.seal.segment_checksum != p.seal_checksum || checked.cut != p.cut {
+            return Err(Error::Corrupt {
+                file: PathBuf::from(f.store.location()).join(&p.object),
+                offset: 0,
+                lsn: Lsn(checked.header.start_lsn()),
+                reason: "the archived segment changed between the check and the copy".into(),
+            });
+        }
+        let start = checked.header.start_lsn();
+        report.records += p.records;
+        match p.cut {
+            None => {
+                let path = wal.join(p.name.to_string());
+                report.bytes += bytes.len() as u64;
+                blocking(move || write_file(&path, &bytes, None)).await?;
+                report.sealed_segments += 1;
+                report.end_lsn = checked.seal_lsn();
+            }
+            Some((off, _)) => {
+                let name = p.name.with_kind(SegmentFileKind::Open);
+                let path = wal.join(name.to_string());
+                let size = identity.segment_size;
+                report.bytes += off as u64;
+                blocking(move || write_file(&path, &bytes[..off], Some(size))).await?;
+                report.open_segment = Some(name.to_string());
+                report.end_lsn = start + off as u64;
+            }
+        }
+        report_progress(opts, RestorePhase::Write, i as u64 + 1, total, report.bytes);
+    }
+    fsync_dir(&wal)?;
+    fsync_dir(&dir.state_dir())?;
+    // Last: the control file makes it a data directory.
+    DataDir::create_with_identity(dest, &identity.to_control())?;
+    Ok(report)
+}
+
+/// Writes a segment file under a temporary name, fsyncs it and renames it into place. With
+/// `full_size` the file is first prepared zero-filled to that size (an open segment).
+fn write_file(path: &Path, bytes: &[u8], full_size: Option<u64>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("segment");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    if let Some(size) = full_size {
+        prepare_file(&tmp, size)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(full_size.is_none())
+        .open(&tmp)
+        .ctx(|| format!("create {}", tmp.display()))?;
+    f.write_all_at(bytes, 0)
+        .ctx(|| format!("write {}", tmp.display()))?;
+    f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
+}

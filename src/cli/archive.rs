@@ -1,0 +1,105 @@
+//! `archive`: push sealed segments to backup storage.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use walship::archive::{Archiver, ArchiverOptions, Compression, LocalDirStore};
+use walship::{DataDir, Lsn};
+
+use super::{parse_size, CmdResult};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum CompressArg {
+    None,
+    Zstd,
+}
+
+/// Push every sealed segment to an archive, in LSN order; keep watching for new ones.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Each segment is written under a temporary name, fsynced, moved into place, \
+read back and compared. A segment already archived with identical content is skipped; different \
+content, or an archive of another system, is refused and nothing is changed. Progress is recorded \
+in DATA_DIR/state/consumers/archiver.json, so a restart resumes and retention keeps every segment \
+not yet archived. The writer may keep running: the archiver reads sealed segments only.\n\n\
+Exit status: 0 done, 1 refused or damage found, 2 could not run.\n\n\
+Example:\n  walship archive ./data --to /mnt/backup/app-wal --once --compress zstd"
+)]
+pub struct ArchiveArgs {
+    pub data_dir: PathBuf,
+    /// The archive: a directory (created when missing).
+    #[arg(long = "to")]
+    pub target: PathBuf,
+    /// Push what is sealed now, then exit (otherwise keep watching).
+    #[arg(long)]
+    pub once: bool,
+    /// Store segments as they are (.wal) or zstd-compressed (.wal.zst).
+    #[arg(long, value_enum, default_value_t = CompressArg::None)]
+    pub compress: CompressArg,
+    /// zstd level, 1 (fastest) to 19.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: i32,
+    /// Warn when sealed segments waiting to be archived exceed this size.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub warn_lag: u64,
+    /// Seconds between rescans of wal/ when watching (notifications can be missed).
+    #[arg(long, default_value_t = 10)]
+    pub rescan_secs: u64,
+    /// With --once, print one JSON summary object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: ArchiveArgs) -> CmdResult {
+    let opts = ArchiverOptions {
+        compression: match a.compress {
+            CompressArg::None => Compression::None,
+            CompressArg::Zstd => Compression::Zstd,
+        },
+        zstd_level: a.zstd_level,
+        warn_lag_bytes: a.warn_lag,
+        rescan_interval: Duration::from_secs(a.rescan_secs.max(1)),
+    };
+    // A wrong DATA_DIR fails before the archive directory is created.
+    DataDir::new(&a.data_dir).read_control()?;
+    let store = LocalDirStore::create(&a.target)?;
+    super::runtime()?.block_on(async move {
+        let mut archiver =
+            Archiver::new(DataDir::new(&a.data_dir), Arc::new(store.clone()), opts).await?;
+        // Only once the archive is known to be ours.
+        let leftovers = store.remove_temporaries()?;
+        if leftovers > 0 {
+            tracing::info!(files = leftovers, "removed temporary files of an interrupted push");
+        }
+        if a.once {
+            let started = std::time::Instant::now();
+            let s = archiver.push_pending().await?;
+            let secs = started.elapsed().as_secs_f64();
+            if a.json {
+                let v = serde_json::json!({
+                    "archived": s.archived,
+                    "already_archived": s.already_archived,
+                    "bytes": s.bytes,
+                    "stored_bytes": s.stored_bytes,
+                    "position": s.position,
+                    "seconds": secs,
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "archived {} segments ({} bytes, {} stored), {} already archived; archived up to {}",
+                    s.archived,
+                    s.bytes,
+                    s.stored_bytes,
+                    s.already_archived,
+                    Lsn(s.position)
+                );
+            }
+            return Ok(());
+        }
+        archiver.run(super::shutdown_signal()).await?;
+        Ok(())
+    })
+}

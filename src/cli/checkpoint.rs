@@ -1,0 +1,86 @@
+//! `checkpoint`: declare WAL below an LSN no longer needed and remove what every consumer is
+//! past; drop consumers by name.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use walship::retention::{checkpoint, drop_consumer, RetentionOptions};
+use walship::{DataDir, Lsn};
+
+use super::{parse_size, CmdResult, Failure};
+
+/// Remove sealed segments below the checkpoint that every consumer (archiver, standbys) is past.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "A sealed segment is removed once it ends at or below the checkpoint and \
+every registered consumer not marked lost has taken it. The newest sealed segment and the open \
+segment are always kept. The checkpoint is remembered in DATA_DIR/state/retention.json and never \
+moves back; without --lsn the remembered one is used.\n\n\
+--max-retained caps what one lagging consumer may hold back: a consumer that alone keeps more \
+than SIZE of sealed segments below the checkpoint is marked lost (logged as an error), no longer \
+holds WAL, and must be rebuilt. --drop-consumer removes a consumer from the registry (repeatable); \
+`walship status` lists them.\n\n\
+Example:\n  walship checkpoint ./data --lsn 0/2A000000 --max-retained 1GiB\n  \
+walship checkpoint ./data --drop-consumer 6f1c2e1a-3b0d-4e8e-9a57-2d2b4c1e0f11"
+)]
+pub struct CheckpointArgs {
+    pub data_dir: PathBuf,
+    /// WAL below this LSN is no longer needed by the application (HI/LO hex or decimal).
+    #[arg(long)]
+    pub lsn: Option<Lsn>,
+    /// The most removable WAL one consumer may hold back before it is marked lost (bytes or
+    /// KiB/MiB/GiB).
+    #[arg(long, value_parser = parse_size)]
+    pub max_retained: Option<u64>,
+    /// Drop this consumer first (its id as `walship status` shows it); repeatable.
+    #[arg(long = "drop-consumer", value_name = "ID")]
+    pub drop: Vec<String>,
+    /// Print one JSON summary object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: CheckpointArgs) -> CmdResult {
+    let dir = DataDir::new(&a.data_dir);
+    dir.read_control()?;
+    let mut dropped = Vec::new();
+    for id in &a.drop {
+        if !drop_consumer(&dir, id)? {
+            return Err(Failure::Error(format!(
+                "no consumer {id:?} is registered in {}",
+                a.data_dir.display()
+            )));
+        }
+        dropped.push(id.clone());
+    }
+    let opts = RetentionOptions {
+        max_retained: a.max_retained,
+    };
+    let r = checkpoint(&dir, a.lsn.unwrap_or(Lsn(0)), &opts)?;
+    if a.json {
+        let mut v = serde_json::to_value(&r).map_err(|e| Failure::Error(e.to_string()))?;
+        v["dropped"] = serde_json::json!(dropped);
+        println!("{v}");
+    } else {
+        for id in &dropped {
+            println!("dropped consumer {id}");
+        }
+        for id in &r.marked_lost {
+            println!("LOST: consumer {id} held more than the cap and no longer holds WAL");
+        }
+        println!(
+            "checkpoint {}: removed {} segments ({} bytes); {} sealed segments ({} bytes) kept, held by {}",
+            Lsn(r.checkpoint_lsn),
+            r.removed.len(),
+            r.removed_bytes,
+            r.retained_segments,
+            r.retained_bytes,
+            if r.held_by.is_empty() {
+                "nothing".to_string()
+            } else {
+                r.held_by.join(", ")
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! `serve`: ship sealed segments to standbys.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use walship::replication::{AuthToken, ReplError, Shipper, ShipperConfig};
+
+use super::{parse_size, CmdResult, Failure};
+
+/// Ship sealed segments of a data directory to standbys over TCP.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "It only reads sealed segments and never takes the directory's lock, so it runs beside the writer, and can serve a standby's directory onward (cascading). Without --auth-token-file it listens only on loopback addresses unless --insecure is given. On start it prints `listening on ADDR`.\n\nExample:\n  walship serve ./data --listen 0.0.0.0:5433 --auth-token-file ./replication.token"
+)]
+pub struct ServeArgs {
+    pub data_dir: PathBuf,
+    /// Address to listen on, HOST:PORT (port 0 picks a free port).
+    #[arg(long)]
+    pub listen: String,
+    /// File holding the shared token (mode 600 or stricter); standbys must prove they know it.
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Allow a non-loopback address without a token.
+    #[arg(long)]
+    pub insecure: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// Options shared by `serve` and `standby`.
+#[derive(Args, Debug)]
+pub struct NetArgs {
+    /// Largest frame accepted from the peer (64KiB to 64MiB).
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    pub max_frame_size: u64,
+    /// Interval between heartbeats (like 1s or 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Drop a peer silent for this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub peer_timeout: Duration,
+}
+
+/// Parses a duration: a number with ms, s or m.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected a number with ms, s or m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        other => Err(format!(
+            "invalid duration {s:?}: unknown unit {other:?} (use ms, s or m)"
+        )),
+    }
+}
+
+impl From<ReplError> for Failure {
+    fn from(e: ReplError) -> Self {
+        match e {
+            ReplError::Store(e) => Failure::from(e),
+            other => Failure::Error(other.to_string()),
+        }
+    }
+}
+
+pub fn read_token(path: &Option<PathBuf>) -> Result<Option<AuthToken>, Failure> {
+    path.as_deref()
+        .map(AuthToken::from_file)
+        .transpose()
+        .map_err(|e| Failure::Error(e.to_string()))
+}
+
+/// How long a clean shutdown may take.
+pub const STOP_BOUND: Duration = Duration::from_secs(5);
+
+pub fn run(a: ServeArgs) -> CmdResult {
+    let mut config = ShipperConfig::new(&a.data_dir, &a.listen);
+    config.auth_token = read_token(&a.auth_token_file)?;
+    config.insecure = a.insecure;
+    config.max_frame = a.net.max_frame_size as usize;
+    config.heartbeat_interval = a.net.heartbeat_interval;
+    config.peer_timeout = a.net.peer_timeout;
+    super::runtime()?.block_on(async move {
+        let mut shipper = Shipper::start(config).await?;
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on {}", shipper.local_addr())?;
+            out.flush()?;
+        }
+        super::shutdown_signal().await;
+        tracing::info!("stopping");
+        shipper.stop(STOP_BOUND).await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! `standby`: receive, store, verify and apply a primary's sealed segments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use walship::replication::{CheckingApplicator, Standby, StandbyConfig};
+
+use super::serve::{parse_duration, read_token, NetArgs, STOP_BOUND};
+use super::{runtime, shutdown_signal};
+use super::{CmdResult, Failure};
+
+/// Follow a primary: receive its sealed segments, store them durably, apply them.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "DATA_DIR may be absent or empty: the first contact creates it with the primary's identity. Each segment is stored as .wal.partial, fsynced, verified (records, seal, checksum, chain), renamed to .wal and acknowledged; then its records are checked and counted and applied_lsn recorded. The standby reconnects with capped exponential backoff; it stops (exit 2) when the primary refuses it for good (wrong token, another system, WAL no longer there).\n\nExample:\n  walship standby ./replica --primary db1.example:5433 --auth-token-file ./replication.token"
+)]
+pub struct StandbyArgs {
+    pub data_dir: PathBuf,
+    /// The primary's address, HOST:PORT.
+    #[arg(long)]
+    pub primary: String,
+    /// File holding the shared token (mode 600 or stricter).
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Longest wait between reconnection attempts.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub max_backoff: Duration,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+pub fn run(a: StandbyArgs) -> CmdResult {
+    let mut config = StandbyConfig::new(&a.data_dir, &a.primary);
+    config.auth_token = read_token(&a.auth_token_file)?;
+    config.max_frame = a.net.max_frame_size as usize;
+    config.heartbeat_interval = a.net.heartbeat_interval;
+    config.peer_timeout = a.net.peer_timeout;
+    config.backoff_max = a.max_backoff;
+    config.backoff_initial = config.backoff_initial.min(a.max_backoff);
+    runtime()?.block_on(async move {
+        let mut standby = Standby::start(config, CheckingApplicator::default()).await?;
+        tokio::select! {
+            r = standby.join() => r.map_err(Failure::from),
+            _ = shutdown_signal() => {
+                tracing::info!("stopping");
+                standby.stop(STOP_BOUND).await.map_err(Failure::from)
+            }
+        }
+    })
+}

@@ -1,0 +1,100 @@
+//! `status`: positions, role, standbys and lag of a data directory.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use walship::status::status;
+use walship::Lsn;
+
+use super::{CmdResult, Failure};
+
+/// Show a data directory's role, positions, and its standbys with their lag.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "It only reads files and takes no lock, so it works while a writer, `serve` or `standby` runs. A standby counts as connected when its slot was refreshed in the last 5 seconds.\n\nExample:\n  walship status ./data --json"
+)]
+pub struct StatusArgs {
+    pub data_dir: PathBuf,
+    /// Print one JSON object (positions as numbers).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: StatusArgs) -> CmdResult {
+    let s = status(&a.data_dir)?;
+    if a.json {
+        let line = serde_json::to_string(&s).map_err(|e| Failure::Error(e.to_string()))?;
+        println!("{line}");
+        return Ok(());
+    }
+    let role = match s.role {
+        walship::status::Role::Primary => "primary",
+        walship::status::Role::Standby => "standby",
+    };
+    println!("role: {role}");
+    println!("system_id: {}", s.system_id);
+    println!("timeline: {}", s.timeline);
+    println!("segment_size: {}", s.segment_size);
+    println!("flush_lsn: {}", Lsn(s.flush_lsn));
+    println!("sealed_lsn: {}", Lsn(s.sealed_lsn));
+    if let Some(id) = &s.standby_id {
+        println!("standby_id: {id}");
+    }
+    if let Some(p) = &s.primary {
+        println!("primary: {p}");
+    }
+    if let Some(a) = s.applied_lsn {
+        println!("applied_lsn: {}", Lsn(a));
+    }
+    println!("standbys: {}", s.standbys.len());
+    for sb in &s.standbys {
+        println!(
+            "  {} address {} {} flushed {} applied {} lag {} bytes, {} last contact {}{}",
+            sb.id,
+            sb.address.as_deref().unwrap_or("-"),
+            if sb.connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            Lsn(sb.flushed_lsn),
+            Lsn(sb.applied_lsn),
+            sb.lag_bytes,
+            sb.lag_seconds
+                .map_or("unknown seconds".to_string(), |x| format!("{x:.3} s")),
+            sb.last_contact.as_deref().unwrap_or("never"),
+            if sb.lost { " (lost)" } else { "" }
+        );
+    }
+    let r = &s.retention;
+    println!(
+        "retention: checkpoint {}, {} sealed segments ({} bytes) kept, oldest held by {}",
+        Lsn(r.checkpoint_lsn),
+        r.sealed_segments,
+        r.sealed_bytes,
+        if r.held_by.is_empty() {
+            "nothing".to_string()
+        } else {
+            r.held_by.join(", ")
+        }
+    );
+    for c in &r.consumers {
+        println!(
+            "  consumer {} ({}) at {}, needs {} bytes{}{}",
+            c.id,
+            serde_json::to_value(c.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            Lsn(c.position),
+            c.needs_bytes,
+            if c.holds_retention {
+                ", holds retention"
+            } else {
+                ""
+            },
+            if c.lost { " (LOST: holds no WAL)" } else { "" }
+        );
+    }
+    Ok(())
+}

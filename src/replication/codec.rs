@@ -1,0 +1,236 @@
+//! Messages to bytes and back. The only place bincode is used: bincode 2 with its legacy
+//! configuration (little-endian, fixed-width integers, u64 lengths, u32 variant indexes), so the
+//! bytes are the simple ones docs/PROTOCOL.md spells out.
+
+use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
+
+use super::frame::MAX_FRAME_LIMIT;
+use super::messages::Message;
+
+/// Decoding never claims more than this many bytes, whatever a length field says.
+const CONFIG: Configuration<LittleEndian, Fixint, Limit<MAX_FRAME_LIMIT>> =
+    bincode::config::legacy().with_limit::<MAX_FRAME_LIMIT>();
+
+/// Why bytes are not a message.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("malformed message: {0}")]
+    Decode(String),
+    #[error("malformed message: {0} unread bytes after the message")]
+    Trailing(usize),
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+/// Appends the encoding of `msg` to `out`.
+pub fn encode_into(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(msg, out, CONFIG)
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes one message that must fill `body` exactly. Variable-length parts borrow from `body`.
+pub fn decode(body: &[u8]) -> Result<Message<'_>, CodecError> {
+    let (msg, used) = bincode::serde::borrow_decode_from_slice::<Message<'_>, _>(body, CONFIG)
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Trailing(body.len() - used));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::messages::{Bytes, ErrorCode, MAGIC, PROTOCOL_VERSION};
+
+    fn enc(m: &Message<'_>) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_into(m, &mut v).unwrap();
+        v
+    }
+
+    /// Pins the bytes docs/PROTOCOL.md describes.
+    #[test]
+    fn golden_bytes() {
+        let hello = enc(&Message::Hello {
+            magic: MAGIC,
+            protocol_version: PROTOCOL_VERSION,
+            nonce: [7; 32],
+        });
+        let mut want = vec![0, 0, 0, 0];
+        want.extend_from_slice(b"WALSHIPR");
+        want.extend_from_slice(&[1, 0, 0, 0]);
+        want.extend_from_slice(&[7; 32]);
+        assert_eq!(hello, want);
+
+        let data = enc(&Message::SegmentData {
+            segment_no: 2,
+            offset: 0x10,
+            data: Bytes(b"abc"),
+        });
+        let mut want = vec![7, 0, 0, 0];
+        want.extend_from_slice(&2u64.to_le_bytes());
+        want.extend_from_slice(&0x10u64.to_le_bytes());
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(b"abc");
+        assert_eq!(data, want);
+
+        let auth = enc(&Message::Auth { proof: None });
+        assert_eq!(auth, vec![2, 0, 0, 0, 0]);
+        let auth = enc(&Message::Auth {
+            proof: Some([9; 32]),
+        });
+        assert_eq!(auth[..5], [2, 0, 0, 0, 1]);
+        assert_eq!(auth.len(), 5 + 32);
+
+        let err = enc(&Message::Error {
+            code: ErrorCode::Auth,
+            message: "no",
+        });
+        let mut want = vec![10, 0, 0, 0, 2, 0, 0, 0];
+        want.extend_from_slice(&2u64.to_le_bytes());
+        want.extend_from_slice(b"no");
+        assert_eq!(err, want);
+
+        let st = enc(&Message::Status {
+            flushed_lsn: 1,
+            applied_lsn: 2,
+            now_us: -1,
+        });
+        assert_eq!(st.len(), 4 + 24);
+        assert_eq!(st[..4], [9, 0, 0, 0]);
+    }
+
+    /// The body sizes docs/PROTOCOL.md gives.
+    #[test]
+    fn documented_sizes() {
+        let sizes = [
+            (
+                enc(&Message::Challenge {
+                    protocol_version: 1,
+                    nonce: [0; 32],
+                    auth_required: false,
+                }),
+                41,
+            ),
+            (
+                enc(&Message::Welcome {
+                    system_id: [0; 16],
+                    timeline: 1,
+                    segment_size: 1,
+                    sealed_lsn: 0,
+                }),
+                40,
+            ),
+            (
+                enc(&Message::SegmentStart {
+                    timeline: 1,
+                    segment_no: 0,
+                    len: 0,
+                }),
+                24,
+            ),
+            (
+                enc(&Message::Keepalive {
+                    sealed_lsn: 0,
+                    now_us: 0,
+                }),
+                20,
+            ),
+            (
+                enc(&Message::SegmentData {
+                    segment_no: 0,
+                    offset: 0,
+                    data: Bytes(&[0; 5]),
+                }),
+                28 + 5,
+            ),
+            (
+                enc(&Message::Identify {
+                    standby_id: [0; 16],
+                    system_id: Some([0; 16]),
+                    timeline: 1,
+                    segment_size: 1,
+                    next_segment: Some(1),
+                    prev_checksum: Some(1),
+                    flushed_lsn: 0,
+                    applied_lsn: 0,
+                    max_frame: 0,
+                }),
+                83,
+            ),
+        ];
+        for (bytes, want) in sizes {
+            assert_eq!(bytes.len(), want);
+        }
+        let frame = crate::replication::frame::encode_frame(&Message::Error {
+            code: ErrorCode::Auth,
+            message: "no",
+        })
+        .unwrap();
+        assert_eq!(
+            frame,
+            [0x12, 0, 0, 0, 0x0A, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'n', b'o']
+        );
+    }
+
+    #[test]
+    fn round_trip_and_garbage() {
+        let msgs = [
+            Message::Challenge {
+                protocol_version: 1,
+                nonce: [1; 32],
+                auth_required: true,
+            },
+            Message::Identify {
+                standby_id: [3; 16],
+                system_id: Some([4; 16]),
+                timeline: 1,
+                segment_size: 65536,
+                next_segment: Some(5),
+                prev_checksum: Some(0xdead_beef),
+                flushed_lsn: 100,
+                applied_lsn: 90,
+                max_frame: 1 << 23,
+            },
+            Message::Welcome {
+                system_id: [4; 16],
+                timeline: 1,
+                segment_size: 65536,
+                sealed_lsn: 7,
+            },
+            Message::SegmentStart {
+                timeline: 1,
+                segment_no: 9,
+                len: 1000,
+            },
+            Message::Keepalive {
+                sealed_lsn: 3,
+                now_us: 4,
+            },
+        ];
+        for m in &msgs {
+            let b = enc(m);
+            assert_eq!(&decode(&b).unwrap(), m);
+            // Any truncation is refused, never read past.
+            for cut in 0..b.len() {
+                assert!(decode(&b[..cut]).is_err(), "{} cut at {cut}", m.name());
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert!(matches!(decode(&longer), Err(CodecError::Trailing(1))));
+        }
+        // An unknown variant, and a byte run claiming far more than the frame holds.
+        assert!(decode(&[99, 0, 0, 0]).is_err());
+        let mut huge = vec![7, 0, 0, 0];
+        huge.extend_from_slice(&[0; 16]);
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode(&huge).is_err());
+        // Invalid UTF-8 in an error message.
+        let mut bad = vec![10, 0, 0, 0, 0, 0, 0, 0];
+        bad.extend_from_slice(&1u64.to_le_bytes());
+        bad.push(0xff);
+        assert!(decode(&bad).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! The replication messages, protocol version 1. docs/PROTOCOL.md gives their bytes; the
+//! variant order and field order here ARE the wire format, so never reorder them.
+//!
+//! Messages borrow their variable-length parts (segment bytes, error text) from the frame they
+//! were decoded from: decoding never allocates on a peer's say-so.
+
+use serde::{Deserialize, Serialize};
+
+/// The first bytes of every standby's Hello: refuses a peer that does not speak walship.
+pub const MAGIC: [u8; 8] = *b"WALSHIPR";
+/// The protocol version this code speaks (and the only one it accepts).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Why a side refuses or ends a connection (the `code` of [`Message::Error`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// A malformed or unexpected message.
+    Protocol,
+    /// The peer speaks another protocol version.
+    Version,
+    /// Authentication failed or is missing.
+    Auth,
+    /// The peer belongs to another system, timeline or segment size.
+    Identity,
+    /// The segment the standby needs is no longer (or not) on the primary.
+    Unavailable,
+    /// The sender is shutting down; reconnect later.
+    ShuttingDown,
+    /// A local failure (I/O, damaged data) on the sender's side.
+    Internal,
+}
+
+impl ErrorCode {
+    /// True when retrying cannot help: the standby stops instead of reconnecting.
+    pub fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Version | ErrorCode::Auth | ErrorCode::Identity | ErrorCode::Unavailable
+        )
+    }
+}
+
+/// Bytes carried as one length-prefixed run, borrowed from the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bytes<'a>(pub &'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Bytes<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = &'de [u8];
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("borrowed bytes")
+            }
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_bytes(V).map(Bytes)
+    }
+}
+
+/// One replication message. S = standby, P = primary (the side running the shipper).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message<'a> {
+    /// S→P, first frame: who speaks, and the standby's fresh nonce.
+    Hello {
+        magic: [u8; 8],
+        protocol_version: u32,
+        nonce: [u8; 32],
+    },
+    /// P→S: the primary's fresh nonce and whether it requires a token.
+    Challenge {
+        protocol_version: u32,
+        nonce: [u8; 32],
+        auth_required: bool,
+    },
+    /// S→P: HMAC-SHA256 proof of the token, or none when the standby has no token.
+    Auth { proof: Option<[u8; 32]> },
+    /// P→S: authentication accepted; the primary's own proof when a token is in use.
+    AuthOk { proof: Option<[u8; 32]> },
+    /// S→P: the standby's identity and position.
+    Identify {
+        standby_id: [u8; 16],
+        /// None for a standby whose data directory does not exist yet.
+        system_id: Option<[u8; 16]>,
+        timeline: u32,
+        segment_size: u64,
+        /// The segment it needs next; None: the primary's oldest.
+        next_segment: Option<u64>,
+        /// The seal checksum of the segment before `next_segment`, when the standby holds it.
+        prev_checksum: Option<u32>,
+        flushed_lsn: u64,
+        applied_lsn: u64,
+        /// The largest frame the standby accepts.
+        max_frame: u32,
+    },
+    /// P→S: accepted; the primary's identity. Segments follow.
+    Welcome {
+        system_id: [u8; 16],
+        timeline: u32,
+        segment_size: u64,
+        sealed_lsn: u64,
+    },
+    /// P→S: a sealed segment of `len` bytes follows in SegmentData frames.
+    SegmentStart {
+        timeline: u32,
+        segment_no: u64,
+        len: u64,
+    },
+    /// P→S: bytes `[offset, offset + data.len())` of the segment being sent.
+    SegmentData {
+        segment_no: u64,
+        offset: u64,
+        data: Bytes<'a>,
+    },
+    /// P→S heartbeat: the end of the primary's newest sealed segment, and its clock.
+    Keepalive { sealed_lsn: u64, now_us: i64 },
+    /// S→P acknowledgement and heartbeat: everything below `flushed_lsn` is durable on the
+    /// standby, everything below `applied_lsn` applied.
+    Status {
+        flushed_lsn: u64,
+        applied_lsn: u64,
+        now_us: i64,
+    },
+    /// Either way: the sender closes the connection, and says why.
+    Error { code: ErrorCode, message: &'a str },
+}
+
+impl Message<'_> {
+    /// The message's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Challenge { .. } => "Challenge",
+            Message::Auth { .. } => "Auth",
+            Message::AuthOk { .. } => "AuthOk",
+            Message::Identify { .. } => "Identify",
+            Message::Welcome { .. } => "Welcome",
+            Message::SegmentStart { .. } => "SegmentStart",
+            Message::SegmentData { .. } => "SegmentData",
+            Message::Keepalive { .. } => "Keepalive",
+            Message::Status { .. } => "Status",
+            Message::Error { .. } => "Error",
+        }
+    }
+}

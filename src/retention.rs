@@ -1,0 +1,308 @@
+//! Retention: which sealed segments may be removed, and removing them.
+//!
+//! A sealed segment is removed only when the application's checkpoint and every registered
+//! consumer (the archiver, each standby slot) not marked lost are past its end (the LSN of its
+//! seal marker). The newest sealed segment is always kept: with no open segment it is what
+//! tells the writer's recovery where the log ends. A cap bounds what one lagging consumer may
+//! hold: a consumer that alone would keep more than the cap of removable WAL is marked lost,
+//! logged at error level, and holds nothing from then on.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
+use crate::datadir::DataDir;
+use crate::error::{Error, Result};
+use crate::format::record::SEAL_LEN;
+use crate::format::{SegmentFileKind, SegmentName};
+use crate::fsutil::{fsync_dir, write_atomic};
+use crate::{Lsn, Wal};
+
+/// Library options for [`checkpoint`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionOptions {
+    /// The most removable WAL (bytes of sealed segments below the checkpoint) one consumer may
+    /// hold back; past it the consumer is marked lost. `None`: no cap.
+    pub max_retained: Option<u64>,
+}
+
+/// The checkpoint recorded in `state/retention.json`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RetentionState {
+    checkpoint_lsn: u64,
+}
+
+/// A sealed segment as retention sees it.
+#[derive(Clone, Debug)]
+struct Sealed {
+    name: SegmentName,
+    path: PathBuf,
+    /// LSN of its seal marker: the end of its last record.
+    end: u64,
+    size: u64,
+}
+
+/// What one `checkpoint` call did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CheckpointReport {
+    /// The checkpoint in force: the highest ever declared.
+    pub checkpoint_lsn: u64,
+    pub removed: Vec<String>,
+    pub removed_bytes: u64,
+    pub retained_segments: u64,
+    pub retained_bytes: u64,
+    /// Consumers this call marked lost.
+    pub marked_lost: Vec<String>,
+    /// What keeps the oldest remaining sealed segment.
+    pub held_by: Vec<String>,
+}
+
+/// One consumer as retention sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConsumerRetention {
+    pub id: String,
+    pub kind: ConsumerKind,
+    pub position: u64,
+    pub lost: bool,
+    pub address: Option<String>,
+    pub last_contact_us: Option<i64>,
+    /// Bytes of sealed segments this consumer still needs (ending after its position).
+    pub needs_bytes: u64,
+    /// True when it is among what keeps the oldest sealed segment.
+    pub holds_retention: bool,
+}
+
+/// Retention at a glance, for `walship status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetentionReport {
+    pub checkpoint_lsn: u64,
+    pub sealed_segments: u64,
+    pub sealed_bytes: u64,
+    pub oldest_segment: Option<String>,
+    pub consumers: Vec<ConsumerRetention>,
+    /// What keeps the oldest sealed segment: "checkpoint", "newest_segment", or consumer ids.
+    pub held_by: Vec<String>,
+}
+
+fn state_path(dir: &DataDir) -> PathBuf {
+    dir.state_dir().join("retention.json")
+}
+
+fn load_state(dir: &DataDir) -> Result<RetentionState> {
+    let path = state_path(dir);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            Error::Other(format!(
+                "{}: not a valid retention state: {e}",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RetentionState::default()),
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+    }
+}
+
+fn sealed_segments(dir: &DataDir, segment_size: u64) -> Result<Vec<Sealed>> {
+    let mut out = Vec::new();
+    for name in dir.list_segments()? {
+        if name.kind != SegmentFileKind::Sealed {
+            continue;
+        }
+        let path = dir.segment_path(&name);
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            // Removed meanwhile (another checkpoint): nothing to decide about it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+        };
+        // A sealed file ends right after its seal marker.
+        let start = name.segment_no.saturating_mul(segment_size);
+        out.push(Sealed {
+            name,
+            path,
+            end: start + size.saturating_sub(SEAL_LEN as u64),
+            size,
+        });
+    }
+    Ok(out)
+}
+
+/// What keeps `seg`: the checkpoint, being the newest sealed segment, or consumers.
+fn holders(
+    seg: &Sealed,
+    newest: bool,
+    checkpoint: u64,
+    consumers: &[ConsumerRecord],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if newest {
+        out.push("newest_segment".to_string());
+    }
+    if seg.end > checkpoint {
+        out.push("checkpoint".to_string());
+    }
+    out.extend(
+        consumers
+            .iter()
+            .filter(|c| !c.lost && c.position < seg.end)
+            .map(|c| c.id.clone()),
+    );
+    out
+}
+
+/// Declares WAL below `lsn` no longer needed by the application and removes the sealed segments
+/// that every consumer not marked lost is past as well. Runs beside a writer and consumers in
+/// other processes: it takes no lock and removes only sealed files.
+pub fn checkpoint(dir: &DataDir, lsn: Lsn, opts: &RetentionOptions) -> Result<CheckpointReport> {
+    let control = dir.read_control()?;
+    let mut state = load_state(dir)?;
+    if lsn.0 > state.checkpoint_lsn {
+        state.checkpoint_lsn = lsn.0;
+        let bytes = serde_json::to_vec_pretty(&state)
+            .map_err(|e| Error::Other(format!("encode retention state: {e}")))?;
+        write_atomic(&state_path(dir), &bytes)?;
+    }
+    let ckpt = state.checkpoint_lsn;
+    let segs = sealed_segments(dir, control.segment_size)?;
+    let removable_by_checkpoint: Vec<&Sealed> = segs
+        .iter()
+        .take(segs.len().saturating_sub(1))
+        .take_while(|s| s.end <= ckpt)
+        .collect();
+    let registry = ConsumerRegistry::new(dir);
+    let mut consumers = registry.list()?;
+    let mut report = CheckpointReport {
+        checkpoint_lsn: ckpt,
+        ..CheckpointReport::default()
+    };
+    if let Some(cap) = opts.max_retained {
+        let held = |pos: u64| -> u64 {
+            removable_by_checkpoint
+                .iter()
+                .filter(|s| s.end > pos)
+                .map(|s| s.size)
+                .sum()
+        };
+        for c in consumers.iter_mut().filter(|c| !c.lost) {
+            if held(c.position) <= cap {
+                continue;
+            }
+            // Re-read: the consumer may have moved on since the listing.
+            let Some(mut fresh) = registry.get(&c.id)? else {
+                continue;
+            };
+            let holding = held(fresh.position);
+            if fresh.lost || holding <= cap {
+                *c = fresh;
+                continue;
+            }
+            fresh.lost = true;
+            registry.save(&fresh)?;
+            tracing::error!(
+                consumer = %fresh.id,
+                kind = ?fresh.kind,
+                position = %Lsn(fresh.position),
+                holding_bytes = holding,
+                cap_bytes = cap,
+                "consumer marked LOST: it would hold more WAL than the retention cap; it no longer holds WAL back and must be rebuilt (a standby re-cloned, an archive restarted)"
+            );
+            report.marked_lost.push(fresh.id.clone());
+            *c = fresh;
+        }
+    }
+    let floor = consumers
+        .iter()
+        .filter(|c| !c.lost)
+        .map(|c| c.position)
+        .min()
+        .unwrap_or(u64::MAX);
+    let mut removed_any = false;
+    for s in removable_by_checkpoint
+        .iter()
+        .take_while(|s| s.end <= floor)
+    {
+        match std::fs::remove_file(&s.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("remove {}", s.path.display()), e)),
+        }
+        removed_any = true;
+        report.removed.push(s.name.to_string());
+        report.removed_bytes += s.size;
+    }
+    if removed_any {
+        fsync_dir(&dir.wal_dir())?;
+        tracing::info!(
+            removed = report.removed.len(),
+            bytes = report.removed_bytes,
+            checkpoint = %Lsn(ckpt),
+            "removed sealed segments below the checkpoint"
+        );
+    }
+    let kept = &segs[report.removed.len()..];
+    report.retained_segments = kept.len() as u64;
+    report.retained_bytes = kept.iter().map(|s| s.size).sum();
+    if let Some(oldest) = kept.first() {
+        report.held_by = holders(oldest, kept.len() == 1, ckpt, &consumers);
+    }
+    Ok(report)
+}
+
+/// Every consumer, its position, whether it is lost, and what keeps the oldest sealed segment.
+/// Reads only; safe beside a running writer.
+pub fn report(dir: &DataDir) -> Result<RetentionReport> {
+    let control = dir.read_control()?;
+    let ckpt = load_state(dir)?.checkpoint_lsn;
+    let segs = sealed_segments(dir, control.segment_size)?;
+    let consumers = ConsumerRegistry::new(dir).list()?;
+    let held_by = segs
+        .first()
+        .map(|s| holders(s, segs.len() == 1, ckpt, &consumers))
+        .unwrap_or_default();
+    let list = consumers
+        .iter()
+        .map(|c| ConsumerRetention {
+            id: c.id.clone(),
+            kind: c.kind,
+            position: c.position,
+            lost: c.lost,
+            address: c.address.clone(),
+            last_contact_us: c.last_contact_us,
+            needs_bytes: if c.lost {
+                0
+            } else {
+                segs.iter()
+                    .filter(|s| s.end > c.position)
+                    .map(|s| s.size)
+                    .sum()
+            },
+            holds_retention: held_by.contains(&c.id),
+        })
+        .collect();
+    Ok(RetentionReport {
+        checkpoint_lsn: ckpt,
+        sealed_segments: segs.len() as u64,
+        sealed_bytes: segs.iter().map(|s| s.size).sum(),
+        oldest_segment: segs.first().map(|s| s.name.to_string()),
+        consumers: list,
+        held_by,
+    })
+}
+
+/// Removes a consumer from the registry: it no longer holds WAL back. False when it was not
+/// registered.
+pub fn drop_consumer(dir: &DataDir, id: &str) -> Result<bool> {
+    let dropped = ConsumerRegistry::new(dir).remove(id)?;
+    if dropped {
+        tracing::warn!(consumer = %id, "consumer dropped: it no longer holds WAL back");
+    }
+    Ok(dropped)
+}
+
+impl Wal {
+    /// [`checkpoint`] on this writer's data directory.
+    pub fn checkpoint(&self, lsn: Lsn, opts: &RetentionOptions) -> Result<CheckpointReport> {
+        checkpoint(self.data_dir(), lsn, opts)
+    }
+}

@@ -1,0 +1,188 @@
+//! The status of a data directory, computed from its files only: it takes no lock, so it works
+//! while a writer, `serve` or `standby` runs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::consumers::{ConsumerKind, ConsumerRegistry};
+use crate::datadir::DataDir;
+use crate::decoder::SegmentScanner;
+use crate::error::{Error, Result};
+use crate::format::{ControlFile, SegmentFileKind};
+use crate::reader::read_segment;
+use crate::recovery::check_sealed;
+use crate::replication::standby_state;
+use crate::{Lsn, WalReader};
+
+/// A standby counts as connected when its slot was refreshed this recently (the shipper
+/// refreshes a connected standby's slot about every second).
+pub const CONNECTED_WINDOW: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Standby,
+}
+
+/// One standby known to this directory (its slot in state/consumers/).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StandbySlot {
+    pub id: String,
+    pub address: Option<String>,
+    pub connected: bool,
+    pub flushed_lsn: u64,
+    pub applied_lsn: u64,
+    /// This directory's flush_lsn minus the standby's applied_lsn.
+    pub lag_bytes: u64,
+    /// How long ago the oldest record the standby has not applied was written (0 when caught
+    /// up; None when that record cannot be read here).
+    pub lag_seconds: Option<f64>,
+    /// Last contact, RFC 3339 UTC, and the same in microseconds since the epoch.
+    pub last_contact: Option<String>,
+    pub last_contact_us: Option<i64>,
+    pub lost: bool,
+}
+
+/// What `walship status` reports.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DirStatus {
+    pub role: Role,
+    pub system_id: String,
+    pub timeline: u32,
+    pub segment_size: u64,
+    /// End of the last valid record in this directory's files (sealed and open).
+    pub flush_lsn: u64,
+    /// End of the last record in a sealed segment.
+    pub sealed_lsn: u64,
+    /// A standby's applied position (0 before its first apply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_lsn: Option<u64>,
+    /// A standby's primary address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_id: Option<String>,
+    /// Standbys fed from this directory.
+    pub standbys: Vec<StandbySlot>,
+    /// Every registered consumer (standby slots, the archiver), the checkpoint, and what holds
+    /// the oldest sealed segment.
+    pub retention: crate::retention::RetentionReport,
+}
+
+/// Ends of the WAL in a directory's files: (flush_lsn, sealed_lsn).
+pub fn wal_ends(dd: &DataDir, control: &ControlFile) -> Result<(u64, u64)> {
+    // The writer may seal (rename) the open segment while we look: list again then.
+    let mut last_err = None;
+    for _ in 0..5 {
+        match wal_ends_once(dd, control) {
+            Ok(v) => return Ok(v),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                last_err = Some(source)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::io(
+        format!("read {} (segments kept changing)", dd.wal_dir().display()),
+        last_err.unwrap_or_else(|| std::io::Error::other("no result")),
+    ))
+}
+
+fn wal_ends_once(dd: &DataDir, control: &ControlFile) -> Result<(u64, u64)> {
+    let names = dd.list_segments()?;
+    let mut sealed = 0;
+    let mut flush = 0;
+    if let Some(last) = names
+        .iter()
+        .rev()
+        .find(|n| n.kind == SegmentFileKind::Sealed)
+    {
+        sealed = check_sealed(&dd.segment_path(last), last, control)?.end_lsn;
+        flush = sealed;
+    }
+    for open in names.iter().filter(|n| n.kind == SegmentFileKind::Open) {
+        let bytes = read_segment(&dd.segment_path(open))?;
+        let Ok(mut scan) = SegmentScanner::new(&bytes) else {
+            continue; // activated, header not written yet: no records
+        };
+        let mut end = None;
+        for r in scan.by_ref() {
+            end = Some(r.end_lsn());
+        }
+        if let Some(e) = end {
+            flush = flush.max(e);
+        }
+    }
+    Ok((flush, sealed))
+}
+
+/// Computes the status of the data directory at `root`.
+pub fn status(root: &Path) -> Result<DirStatus> {
+    let dd = DataDir::new(root);
+    let control = dd.read_control()?;
+    let (flush_lsn, sealed_lsn) = wal_ends(&dd, &control)?;
+    let meta = standby_state::read_meta(&dd)?;
+    let now = crate::now_us();
+    let mut standbys = Vec::new();
+    for rec in ConsumerRegistry::new(&dd).list()? {
+        if rec.kind != ConsumerKind::Standby {
+            continue;
+        }
+        let applied = rec.applied_lsn.unwrap_or(0);
+        let lag_bytes = flush_lsn.saturating_sub(applied);
+        standbys.push(StandbySlot {
+            connected: rec
+                .last_contact_us
+                .is_some_and(|t| now.saturating_sub(t) <= CONNECTED_WINDOW.as_micros() as i64),
+            lag_seconds: lag_seconds(root, applied, flush_lsn, now),
+            id: rec.id,
+            address: rec.address,
+            flushed_lsn: rec.position,
+            applied_lsn: applied,
+            lag_bytes,
+            last_contact: rec.last_contact_us.map(format_time),
+            last_contact_us: rec.last_contact_us,
+            lost: rec.lost,
+        });
+    }
+    Ok(DirStatus {
+        role: if meta.is_some() {
+            Role::Standby
+        } else {
+            Role::Primary
+        },
+        system_id: control.system_id.to_string(),
+        timeline: control.timeline,
+        segment_size: control.segment_size,
+        flush_lsn,
+        sealed_lsn,
+        applied_lsn: match meta {
+            Some(_) => Some(standby_state::read_applied(&dd)?),
+            None => None,
+        },
+        primary: meta.as_ref().map(|m| m.primary.clone()),
+        standby_id: meta.as_ref().map(|m| m.standby_id.to_string()),
+        standbys,
+        retention: crate::retention::report(&dd)?,
+    })
+}
+
+/// Seconds since the first record past `applied` was written; 0 when nothing is pending.
+pub fn lag_seconds(root: &Path, applied: u64, flush: u64, now_us: i64) -> Option<f64> {
+    if applied >= flush {
+        return Some(0.0);
+    }
+    let mut reader = WalReader::open(root, Lsn(applied)).ok()?;
+    let rec = reader.next_record().ok()??;
+    Some((now_us.saturating_sub(rec.timestamp_us)).max(0) as f64 / 1e6)
+}
+
+/// Formats microseconds since the epoch as RFC 3339 UTC.
+pub fn format_time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("invalid({us})"))
+}

@@ -1,0 +1,799 @@
+//! Replication end to end: real `walship` processes on loopback TCP, killed with SIGKILL where
+//! a test says so. Segments are 64 KiB to keep every test fast.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_walship");
+const WAIT: Duration = Duration::from_secs(90);
+/// Fast heartbeats and reconnects so that tests converge quickly.
+const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "3s"];
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Proc {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn walship(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = walship(args);
+    assert!(
+        out.status.success(),
+        "walship {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn init(dir: &Path) {
+    ok(&["init", p(dir), "--segment-size", "64KiB"]);
+}
+
+/// Appends `n` durable records (about 64 bytes each on disk).
+fn write_records(dir: &Path, n: usize, tag: &str) {
+    let mut child = Command::new(BIN)
+        .args(["write", p(dir), "--durable"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        let mut buf = String::new();
+        for i in 0..n {
+            buf.push_str(&format!("{tag}-{i:08}-payload\n"));
+        }
+        stdin.write_all(buf.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "write failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn seal(dir: &Path) {
+    ok(&["seal", p(dir)]);
+}
+
+fn status(dir: &Path) -> Value {
+    serde_json::from_str(&ok(&["status", p(dir), "--json"])).unwrap()
+}
+
+fn spawn(args: &[&str], log: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Starts `walship serve` and returns it with the address it listens on.
+fn serve(dir: &Path, listen: &str, extra: &[&str], log: &Path) -> (Proc, String) {
+    let mut args = vec!["serve", p(dir), "--listen", listen];
+    args.extend_from_slice(&NET);
+    args.extend_from_slice(extra);
+    let mut child = spawn(&args, log);
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let proc = Proc {
+        child,
+        log: log.to_path_buf(),
+    };
+    let line = rx.recv_timeout(WAIT).unwrap_or_default();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve did not start: {line:?}; log:\n{}", proc.log()))
+        .to_string();
+    (proc, addr)
+}
+
+fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
+    let mut args = vec![
+        "standby",
+        p(dir),
+        "--primary",
+        primary,
+        "--max-backoff",
+        "500ms",
+    ];
+    args.extend_from_slice(&NET);
+    args.extend_from_slice(extra);
+    Proc {
+        child: spawn(&args, log),
+        log: log.to_path_buf(),
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_status(dir: &Path) -> Option<Value> {
+    let out = walship(&["status", p(dir), "--json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Waits until the standby has flushed and applied everything the primary holds.
+fn wait_caught_up(primary: &Path, standby: &Path) -> u64 {
+    let flush = status(primary)["flush_lsn"].as_u64().unwrap();
+    assert!(flush > 0);
+    wait_until(
+        &format!("{} to catch up to {flush}", standby.display()),
+        || {
+            read_status(standby).is_some_and(|s| {
+                s["flush_lsn"].as_u64() == Some(flush) && s["applied_lsn"].as_u64() == Some(flush)
+            })
+        },
+    );
+    flush
+}
+
+fn sealed_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every sealed segment of the primary is on the standby, byte for byte, and nothing else.
+fn assert_identical(primary: &Path, standby: &Path) {
+    let a = sealed_files(primary);
+    assert!(!a.is_empty());
+    assert_eq!(a, sealed_files(standby), "sealed segment lists differ");
+    for f in &a {
+        let x = std::fs::read(primary.join("wal").join(f)).unwrap();
+        let y = std::fs::read(standby.join("wal").join(f)).unwrap();
+        assert!(
+            x == y,
+            "{f} differs between {} and {}",
+            primary.display(),
+            standby.display()
+        );
+    }
+}
+
+fn verify_ok(dir: &Path) {
+    let out = walship(&["verify", p(dir)]);
+    assert!(
+        out.status.success(),
+        "verify {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn partials(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("wal"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".wal.partial"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A TCP proxy in the test: forwards between a client and `upstream`, optionally slowing the
+/// upstream-to-client direction down and cutting connections after a random number of bytes.
+struct Proxy {
+    addr: String,
+    stop: Arc<AtomicBool>,
+    /// While set, nothing more goes downstream.
+    paused: Arc<AtomicBool>,
+    cuts: Arc<AtomicU64>,
+}
+
+#[derive(Clone, Copy)]
+struct ProxyMode {
+    /// Cut each connection after a random count of bytes in [1, max) sent downstream.
+    cut_after_max: Option<u64>,
+    /// Forward at most this many bytes per 10 ms downstream.
+    throttle: Option<usize>,
+}
+
+impl Proxy {
+    fn start(upstream: String, mode: ProxyMode) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let paused = Arc::new(AtomicBool::new(false));
+        let (stop2, cuts2, paused2) = (stop.clone(), cuts.clone(), paused.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let budget = mode
+                    .cut_after_max
+                    .map(|m| rand::random::<u64>() % m.max(2) + 1);
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (c3, s3) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (cuts3, stop3, paused3) = (cuts2.clone(), stop2.clone(), paused2.clone());
+                // Upstream to client: throttled, and cut when the budget runs out.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (server, client);
+                    let mut sent = 0u64;
+                    let mut buf = vec![0u8; mode.throttle.unwrap_or(64 << 10)];
+                    loop {
+                        if stop3.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        while paused3.load(Ordering::Relaxed) && !stop3.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        let n = match budget {
+                            Some(b) if sent + n as u64 >= b => {
+                                let _ = to.write_all(&buf[..(b - sent) as usize]);
+                                cuts3.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            _ => n,
+                        };
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        if mode.throttle.is_some() {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+                // Client to upstream: plain.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (c2, s2);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = c3.shutdown(Shutdown::Both);
+                    let _ = s3.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Proxy {
+            addr,
+            stop,
+            paused,
+            cuts,
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn several_standbys_receive_identical_segments_and_catch_up() {
+    let t = tempfile::tempdir().unwrap();
+    let primary = t.path().join("primary");
+    init(&primary);
+    let (srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
+    // One standby starts before there is any WAL at all: it must wait, then follow.
+    let early = t.path().join("early");
+    let _e = standby(&early, &addr, &[], &t.path().join("early.log"));
+    write_records(&primary, 3000, "a");
+    seal(&primary);
+    let names = ["s1", "s2"];
+    let _late: Vec<Proc> = names
+        .iter()
+        .map(|n| {
+            standby(
+                &t.path().join(n),
+                &addr,
+                &[],
+                &t.path().join(format!("{n}.log")),
+            )
+        })
+        .collect();
+    for round in 0..3 {
+        write_records(&primary, 1500, &format!("r{round}"));
+        seal(&primary);
+    }
+    let flush = status(&primary)["flush_lsn"].as_u64().unwrap();
+    for n in ["early", "s1", "s2"] {
+        let dir = t.path().join(n);
+        assert_eq!(wait_caught_up(&primary, &dir), flush);
+        assert_identical(&primary, &dir);
+        verify_ok(&dir);
+        let s = status(&dir);
+        assert_eq!(s["role"], "standby");
+        assert_eq!(s["system_id"], status(&primary)["system_id"]);
+        assert_eq!(s["applied_lsn"].as_u64(), Some(flush));
+    }
+    // The primary knows all three standbys, each caught up, in its slots.
+    wait_until(
+        "the primary's slots to show every standby caught up",
+        || {
+            let s = status(&primary);
+            let sb = s["standbys"].as_array().unwrap();
+            sb.len() == 3
+                && sb.iter().all(|x| {
+                    x["applied_lsn"].as_u64() == Some(flush)
+                        && x["flushed_lsn"].as_u64() == Some(flush)
+                        && x["lag_bytes"].as_u64() == Some(0)
+                        && x["connected"] == true
+                })
+        },
+    );
+    let s = status(&primary);
+    assert_eq!(s["role"], "primary");
+    for x in s["standbys"].as_array().unwrap() {
+        let id = x["id"].as_str().unwrap();
+        let owner = ["early", "s1", "s2"]
+            .iter()
+            .find(|n| status(&t.path().join(n))["standby_id"] == id);
+        assert!(owner.is_some(), "slot {id} belongs to no standby");
+    }
+    // Text form shows positions as X/Y.
+    let text = ok(&["status", p(&primary)]);
+    assert!(text.contains(&format!(
+        "flush_lsn: {:X}/{:08X}",
+        flush >> 32,
+        flush & 0xffff_ffff
+    )));
+    drop(srv);
+}
+
+#[test]
+fn standby_killed_mid_segment_converges_without_trusting_its_partial() {
+    let t = tempfile::tempdir().unwrap();
+    let primary = t.path().join("primary");
+    init(&primary);
+    write_records(&primary, 12000, "k");
+    seal(&primary);
+    let (_srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
+    // A slow link: each segment takes a while to arrive, so a kill lands mid-segment.
+    let slow = Proxy::start(
+        addr.clone(),
+        ProxyMode {
+            cut_after_max: None,
+            throttle: Some(4 << 10),
+        },
+    );
+    let sdir = t.path().join("standby");
+    let mut applied_seen = 0u64;
+    for round in 0..3 {
+        let log = t.path().join(format!("standby{round}.log"));
+        let mut sb = standby(&sdir, &slow.addr, &[], &log);
+        if round > 0 {
+            // The partial left by the kill is discarded, never trusted.
+            wait_until("the leftover partial to be discarded", || {
+                sb.log().contains("discarding a partial segment")
+            });
+        }
+        let a = read_status(&sdir)
+            .and_then(|s| s["applied_lsn"].as_u64())
+            .unwrap_or(0);
+        assert!(
+            a >= applied_seen,
+            "applied_lsn went backwards: {a} < {applied_seen}"
+        );
+        applied_seen = a;
+        // Hold the link while a segment is in flight, so that the kill lands mid-segment.
+        wait_until("a segment to be held in flight", || {
+            slow.paused.store(false, Ordering::Relaxed);
+            if !(sb.log().contains("streaming from the primary") && partials(&sdir) > 0) {
+                return false;
+            }
+            slow.paused.store(true, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(200));
+            partials(&sdir) > 0
+        });
+        sb.kill();
+        slow.paused.store(false, Ordering::Relaxed);
+        assert!(
+            partials(&sdir) > 0,
+            "the kill should leave a partial segment"
+        );
+        // What carries a sealed name is whole and checked.
+        verify_ok(&sdir);
+    }
+    // Restart on a direct link and let it converge.
+    let log = t.path().join("final.log");
+    let _sb = standby(&sdir, &addr, &[], &log);
+    let flush = wait_caught_up(&primary, &sdir);
+    assert!(flush >= applied_seen);
+    assert_eq!(partials(&sdir), 0);
+    assert_identical(&primary, &sdir);
+    verify_ok(&sdir);
+}
+
+#[test]
+fn serve_killed_and_restarted_standbys_reconnect_and_converge() {
+    let t = tempfile::tempdir().unwrap();
+    let primary = t.path().join("primary");
+    init(&primary);
+    write_records(&primary, 3000, "a");
+    seal(&primary);
+    let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve1.log"));
+    let dirs: Vec<PathBuf> = ["s1", "s2"].iter().map(|n| t.path().join(n)).collect();
+    let _sbs: Vec<Proc> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| standby(d, &addr, &[], &t.path().join(format!("s{i}.log"))))
+        .collect();
+    for d in &dirs {
+        wait_caught_up(&primary, d);
+    }
+    srv.kill();
+    // The primary goes on writing while no one serves it.
+    write_records(&primary, 4000, "b");
+    seal(&primary);
+    let (_srv2, addr2) = serve(&primary, &addr, &[], &t.path().join("serve2.log"));
+    assert_eq!(addr, addr2);
+    for d in &dirs {
+        wait_caught_up(&primary, d);
+        assert_identical(&primary, d);
+    }
+}
+
+#[test]
+fn connections_cut_at_random_still_converge() {
+    let t = tempfile::tempdir().unwrap();
+    let primary = t.path().join("primary");
+    init(&primary);
+    write_records(&primary, 8000, "c");
+    seal(&primary);
+    let (_srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
+    let flaky = Proxy::start(
+        addr.clone(),
+        ProxyMode {
+            cut_after_max: Some(200_000),
+            throttle: None,
+        },
+    );
+    let sdir = t.path().join("standby");
+    let sb = standby(&sdir, &flaky.addr, &[], &t.path().join("standby.log"));
+    write_records(&primary, 4000, "d");
+    seal(&primary);
+    wait_caught_up(&primary, &sdir);
+    assert!(
+        flaky.cuts.load(Ordering::Relaxed) > 0,
+        "the proxy never cut a connection"
+    );
+    assert!(sb.log().contains("replication connection ended"));
+    assert_identical(&primary, &sdir);
+    verify_ok(&sdir);
+}
+
+#[test]
+fn a_primary_of_another_system_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    init(&a);
+    init(&b);
+    write_records(&b, 500, "b");
+    seal(&b);
+    write_records(&a, 500, "a");
+    seal(&a);
+    let sdir = t.path().join("standby");
+    {
+        let (_srv, addr) = serve(&b, "127.0.0.1:0", &[], &t.path().join("serve-b.log"));
+        let _sb = standby(&sdir, &addr, &[], &t.path().join("sb1.log"));
+        wait_caught_up(&b, &sdir);
+    }
+    let before = sealed_files(&sdir);
+    let (srv, addr) = serve(&a, "127.0.0.1:0", &[], &t.path().join("serve-a.log"));
+    let mut sb = standby(&sdir, &addr, &[], &t.path().join("sb2.log"));
+    assert_eq!(sb.wait_exit(), 2, "log:\n{}", sb.log());
+    assert!(sb.log().contains("belongs to system"), "{}", sb.log());
+    wait_until("the primary to log the refusal", || {
+        srv.log().contains("belongs to system")
+    });
+    assert_eq!(
+        sealed_files(&sdir),
+        before,
+        "nothing may be stored from a foreign primary"
+    );
+    assert_eq!(partials(&sdir), 0);
+    assert!(status(&a)["standbys"].as_array().unwrap().is_empty());
+}
+
+fn token_file(dir: &Path, name: &str, secret: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let f = dir.join(name);
+    std::fs::write(&f, secret).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+    f
+}
+
+#[test]
+fn tokens_are_checked_on_both_sides() {
+    let t = tempfile::tempdir().unwrap();
+    let primary = t.path().join("primary");
+    init(&primary);
+    write_records(&primary, 500, "t");
+    seal(&primary);
+    let good = token_file(t.path(), "good", "correct horse\n", 0o600);
+    let bad = token_file(t.path(), "bad", "battery staple\n", 0o600);
+    let open = token_file(t.path(), "open", "correct horse\n", 0o644);
+
+    // A token file others may read is refused at start.
+    let out = walship(&[
+        "serve",
+        p(&primary),
+        "--listen",
+        "127.0.0.1:0",
+        "--auth-token-file",
+        p(&open),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("readable by group or others"));
+    // Without a token, only loopback.
+    let out = walship(&["serve", p(&primary), "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+
+    let (srv, addr) = serve(
+        &primary,
+        "127.0.0.1:0",
+        &["--auth-token-file", p(&good)],
+        &t.path().join("serve.log"),
+    );
+    let wrong = t.path().join("wrong");
+    let mut sb = standby(
+        &wrong,
+        &addr,
+        &["--auth-token-file", p(&bad)],
+        &t.path().join("wrong.log"),
+    );
+    assert_eq!(sb.wait_exit(), 2);
+    assert!(
+        sb.log().contains("authentication failed: wrong token"),
+        "{}",
+        sb.log()
+    );
+    wait_until("the primary to log the wrong token", || {
+        srv.log().contains("authentication failed: wrong token")
+    });
+    assert!(
+        !wrong.join("control").exists(),
+        "nothing may be stored after a refusal"
+    );
+
+    let missing = t.path().join("missing");
+    let mut sb = standby(&missing, &addr, &[], &t.path().join("missing.log"));
+    assert_eq!(sb.wait_exit(), 2);
+    assert!(sb.log().contains("authentication required"), "{}", sb.log());
+    assert!(!missing.join("control").exists());
+
+    // A standby with a token refuses a primary that has none.
+    let (_plain, plain_addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("plain.log"));
+    let picky = t.path().join("picky");
+    let mut sb = standby(
+        &picky,
+        &plain_addr,
+        &["--auth-token-file", p(&good)],
+        &t.path().join("picky.log"),
+    );
+    assert_eq!(sb.wait_exit(), 2);
+    assert!(sb.log().contains("does not authenticate"), "{}", sb.log());
+    assert!(!picky.join("control").exists());
+
+    let right = t.path().join("right");
+    let _sb = standby(
+        &right,
+        &addr,
+        &["--auth-token-file", p(&good)],
+        &t.path().join("right.log"),
+    );
+    wait_caught_up(&primary, &right);
+    assert_identical(&primary, &right);
+    assert!(!std::fs::read_to_string(t.path().join("serve.log"))
+        .unwrap()
+        .contains("correct horse"));
+}
+
+/// Sends raw bytes to the server and waits for it to close the connection.
+fn expect_closed(addr: &str, bytes: &[u8], half_close: bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(bytes).unwrap();
+    if half_close {
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = Vec::new();
+    // Whatever the server says (an Error frame at most), it must then close.
+    match s.read_to_end(&mut buf) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(buf.len() < 1024);
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let t = tempfile::tempdir().unwrap();
+    let primary = t.path().join("primary");
+    init(&primary);
+    write_records(&primary, 2000, "g");
+    seal(&primary);
+    let (srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
+    let sdir = t.path().join("standby");
+    let _sb = standby(&sdir, &addr, &[], &t.path().join("standby.log"));
+    wait_caught_up(&primary, &sdir);
+
+    // Garbage: an HTTP request read as a length prefix is far over the maximum.
+    expect_closed(&addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    // A frame claiming 4 GiB: refused on its prefix alone.
+    expect_closed(&addr, &0xFFFF_FFF0u32.to_le_bytes(), false);
+    // A truncated frame: 100 bytes announced, 10 sent, then the writer closes.
+    let mut trunc = 100u32.to_le_bytes().to_vec();
+    trunc.extend_from_slice(&[1; 10]);
+    expect_closed(&addr, &trunc, true);
+    // A well-sized frame holding no valid message.
+    let mut junk = 8u32.to_le_bytes().to_vec();
+    junk.extend_from_slice(&[0xFF; 8]);
+    expect_closed(&addr, &junk, false);
+    // A Hello with the wrong magic.
+    let mut hello = 48u32.to_le_bytes().to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0]);
+    hello.extend_from_slice(b"NOTWALSH");
+    hello.extend_from_slice(&[1, 0, 0, 0]);
+    hello.extend_from_slice(&[0; 32]);
+    expect_closed(&addr, &hello, false);
+
+    // A peer that says nothing is dropped after the peer timeout (3 s here).
+    expect_closed(&addr, &[], false);
+
+    wait_until("every reason to be logged", || {
+        let log = srv.log();
+        log.contains("frame of 542393671 bytes exceeds the maximum of 8388608 bytes")
+            && log.contains("frame of 4294967280 bytes exceeds the maximum")
+            && log.contains("truncated frame: the connection closed after 10 of 100 body bytes")
+            && log.contains("malformed message")
+            && log.contains("bad magic")
+            && log.contains("no message from the peer for 3s while waiting for Hello")
+    });
+    // The standby connected all along keeps being served.
+    write_records(&primary, 2000, "h");
+    seal(&primary);
+    wait_caught_up(&primary, &sdir);
+    assert_identical(&primary, &sdir);
+}
+
+#[test]
+fn a_standby_directory_is_served_onward() {
+    let t = tempfile::tempdir().unwrap();
+    let primary = t.path().join("primary");
+    init(&primary);
+    write_records(&primary, 3000, "x");
+    seal(&primary);
+    let (_srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
+    let mid = t.path().join("mid");
+    let _a = standby(&mid, &addr, &[], &t.path().join("mid.log"));
+    wait_caught_up(&primary, &mid);
+    let (_srv2, addr2) = serve(&mid, "127.0.0.1:0", &[], &t.path().join("serve-mid.log"));
+    let leaf = t.path().join("leaf");
+    let _b = standby(&leaf, &addr2, &[], &t.path().join("leaf.log"));
+    write_records(&primary, 3000, "y");
+    seal(&primary);
+    let flush = wait_caught_up(&primary, &leaf);
+    assert_identical(&primary, &leaf);
+    let s = status(&leaf);
+    assert_eq!(s["applied_lsn"].as_u64(), Some(flush));
+    assert_eq!(s["system_id"], status(&primary)["system_id"]);
+    // The middle standby lists the leaf as its own standby.
+    wait_until("the middle standby's slot for the leaf", || {
+        status(&mid)["standbys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == s["standby_id"] && x["applied_lsn"].as_u64() == Some(flush))
+    });
+}
+
+#[test]
+fn a_silent_primary_is_dropped_and_retried() {
+    let t = tempfile::tempdir().unwrap();
+    // Accepts connections and never says a word.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            match c {
+                Ok(c) => held.push(c),
+                Err(_) => return,
+            }
+        }
+    });
+    let sdir = t.path().join("standby");
+    let sb = standby(&sdir, &addr, &[], &t.path().join("standby.log"));
+    wait_until(
+        "the standby to drop the silent primary and try again",
+        || {
+            let log = sb.log();
+            log.contains("no message from the primary for 3s while waiting for Challenge")
+                && log.contains("attempt=2")
+        },
+    );
+    assert!(!sdir.join("control").exists());
+}

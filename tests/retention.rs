@@ -1,0 +1,328 @@
+//! Retention: `checkpoint` never removes a segment a registered consumer still needs, always
+//! keeps what the writer's recovery needs, and the cap marks a lagging consumer lost.
+
+use std::path::Path;
+
+mod archive_support;
+use archive_support::{archive_once, names, s, text, walship};
+
+use proptest::prelude::*;
+use walship::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
+use walship::retention::{checkpoint, report, RetentionOptions};
+use walship::{DataDir, Entry, EntryType, Lsn, Wal, WalOptions, WalReader};
+
+const SEG: u64 = 64 * 1024;
+
+fn consumer(id: &str, kind: ConsumerKind, position: u64) -> ConsumerRecord {
+    ConsumerRecord {
+        id: id.into(),
+        kind,
+        position,
+        applied_lsn: None,
+        address: None,
+        last_contact_us: None,
+        lost: false,
+    }
+}
+
+/// (segment number, seal LSN) of every sealed segment on disk.
+fn sealed(dir: &Path) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let n = e.file_name().to_string_lossy().into_owned();
+            let hex = n.strip_suffix(".wal")?;
+            let no = u64::from_str_radix(&hex[8..], 16).ok()?;
+            Some((no, no * SEG + e.metadata().unwrap().len() - 64))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every record from `from` on, read through the files a consumer would read.
+fn readable_from(dir: &Path, from: u64) -> Vec<u64> {
+    let mut r = WalReader::open(dir, Lsn(from)).unwrap();
+    let mut out = Vec::new();
+    while let Some(x) = r.next_record().unwrap() {
+        out.push(x.lsn.0);
+    }
+    out
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append {
+        count: u16,
+        size: u16,
+    },
+    Seal,
+    /// Move consumer `who` forward to a record end chosen by `frac` between its position and
+    /// the flushed end.
+    Advance {
+        who: usize,
+        frac: f64,
+    },
+    Checkpoint {
+        frac: f64,
+        cap: Option<u8>,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u16..60, 0u16..3000).prop_map(|(count, size)| Op::Append { count, size }),
+        1 => Just(Op::Seal),
+        3 => (0usize..3, 0.0f64..=1.0).prop_map(|(who, frac)| Op::Advance { who, frac }),
+        3 => (0.0f64..=1.0, prop::option::weighted(0.2, 1u8..6))
+            .prop_map(|(frac, cap)| Op::Checkpoint { frac, cap }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn retention_never_removes_what_a_registered_consumer_needs(ops in prop::collection::vec(op(), 1..40)) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("d");
+        DataDir::init(&root, SEG).unwrap();
+        let dir = DataDir::new(&root);
+        let reg = ConsumerRegistry::new(&dir);
+        let ids = ["archiver", "standby-a", "standby-b"];
+        let kinds = [ConsumerKind::Archiver, ConsumerKind::Standby, ConsumerKind::Standby];
+        for (id, kind) in ids.iter().zip(kinds) {
+            reg.save(&consumer(id, kind, 0)).unwrap();
+        }
+        let wal = Wal::open(&root, WalOptions::default()).unwrap();
+        // Every record written so far: (lsn, end).
+        let mut recs: Vec<(u64, u64)> = Vec::new();
+        let mut ckpt = 0u64;
+        for op in ops {
+            match op {
+                Op::Append { count, size } => {
+                    let payload = vec![0xA5u8; size as usize];
+                    for _ in 0..count {
+                        let a = wal.append(&Entry::new(EntryType::Insert, None, &payload)).unwrap();
+                        recs.push((a.lsn.0, a.end_lsn.0));
+                    }
+                }
+                Op::Seal => { wal.seal().unwrap(); }
+                Op::Advance { who, frac } => {
+                    let flushed = wal.sync().unwrap().0;
+                    let mut c = reg.get(ids[who]).unwrap().unwrap();
+                    let ends: Vec<u64> = recs.iter().map(|r| r.1)
+                        .filter(|&e| e >= c.position && e <= flushed).collect();
+                    if !ends.is_empty() {
+                        c.position = ends[((ends.len() - 1) as f64 * frac) as usize];
+                        reg.save(&c).unwrap();
+                    }
+                }
+                Op::Checkpoint { frac, cap } => {
+                    let lsn = (wal.write_lsn().0 as f64 * frac) as u64;
+                    ckpt = ckpt.max(lsn);
+                    let before = sealed(&root);
+                    let consumers_before = reg.list().unwrap();
+                    let opts = RetentionOptions { max_retained: cap.map(|c| c as u64 * SEG) };
+                    let r = wal.checkpoint(Lsn(lsn), &opts).unwrap();
+                    prop_assert_eq!(r.checkpoint_lsn, ckpt);
+                    let after = sealed(&root);
+                    let consumers = reg.list().unwrap();
+                    // Only the cap may mark a consumer lost, and only those it names.
+                    for (b, a) in consumers_before.iter().zip(&consumers) {
+                        if a.lost && !b.lost {
+                            prop_assert!(cap.is_some());
+                            prop_assert!(r.marked_lost.contains(&a.id));
+                        }
+                    }
+                    let floor = consumers.iter().filter(|c| !c.lost)
+                        .map(|c| c.position).min().unwrap_or(u64::MAX);
+                    let newest = before.last().copied();
+                    for s in &before {
+                        let needed = s.1 > floor || s.1 > ckpt || Some(*s) == newest;
+                        let kept = after.contains(s);
+                        // Never removes what is needed; removes everything else.
+                        prop_assert_eq!(kept, needed, "segment {:?} floor {} ckpt {}", s, floor, ckpt);
+                    }
+                    // Every consumer not lost can still read everything from its position.
+                    for c in consumers.iter().filter(|c| !c.lost) {
+                        let want: Vec<u64> = recs.iter().map(|r| r.0)
+                            .filter(|&l| l >= c.position && l < wal.flush_lsn().0).collect();
+                        let got: Vec<u64> = readable_from(&root, c.position).into_iter()
+                            .filter(|&l| l < wal.flush_lsn().0).collect();
+                        prop_assert_eq!(got, want, "consumer {}", c.id);
+                    }
+                }
+            }
+        }
+        // The writer reopens after any sequence and continues where the log ended.
+        let end = wal.write_lsn();
+        wal.sync().unwrap();
+        drop(wal);
+        let wal = Wal::open(&root, WalOptions::default()).unwrap();
+        prop_assert_eq!(wal.write_lsn(), end);
+        let a = wal.append(&Entry::new(EntryType::Insert, None, b"after")).unwrap();
+        prop_assert!(a.lsn >= end);
+    }
+}
+
+fn filled(root: &Path, segments: u64) -> Wal {
+    DataDir::init(root, SEG).unwrap();
+    let wal = Wal::open(root, WalOptions::default()).unwrap();
+    let payload = vec![1u8; 1000];
+    while wal.write_lsn().0 < segments * SEG {
+        wal.append(&Entry::new(EntryType::Update, None, &payload))
+            .unwrap();
+    }
+    wal.seal().unwrap();
+    wal
+}
+
+#[test]
+fn the_cap_marks_a_consumer_lost_and_frees_the_space() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("d");
+    let wal = filled(&root, 10);
+    let dir = DataDir::new(&root);
+    let reg = ConsumerRegistry::new(&dir);
+    let end = wal.flush_lsn().0;
+    reg.save(&consumer("standby-slow", ConsumerKind::Standby, SEG + 10))
+        .unwrap();
+    reg.save(&consumer("standby-fast", ConsumerKind::Standby, end))
+        .unwrap();
+    // Without a cap the slow standby holds everything from its position.
+    let r = checkpoint(&dir, Lsn(end), &RetentionOptions::default()).unwrap();
+    assert_eq!(r.removed, vec!["000000010000000000000000.wal".to_string()]);
+    assert_eq!(r.held_by, vec!["standby-slow".to_string()]);
+    let held = report(&dir).unwrap();
+    let slow = held
+        .consumers
+        .iter()
+        .find(|c| c.id == "standby-slow")
+        .unwrap();
+    assert!(slow.holds_retention && !slow.lost);
+    assert!(slow.needs_bytes > 8 * (SEG - 100));
+
+    // The cap through the command line: the slow one is marked lost, logged, and released.
+    let out = walship(&["checkpoint", s(&root), "--max-retained", "128KiB", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["marked_lost"], serde_json::json!(["standby-slow"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ERROR"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(v["retained_segments"], 1, "{v}");
+    assert_eq!(sealed(&root).len(), 1);
+    assert!(reg.get("standby-slow").unwrap().unwrap().lost);
+    let rep = report(&dir).unwrap();
+    assert_eq!(rep.held_by, vec!["newest_segment".to_string()]);
+    let slow = rep
+        .consumers
+        .iter()
+        .find(|c| c.id == "standby-slow")
+        .unwrap();
+    assert!(slow.lost && !slow.holds_retention && slow.needs_bytes == 0);
+    // The fast standby can still read everything it has not taken (nothing), and the writer
+    // continues.
+    let a = wal
+        .append(&Entry::new(EntryType::Insert, None, b"more"))
+        .unwrap();
+    assert!(a.lsn.0 >= end);
+}
+
+#[test]
+fn a_lost_archiver_refuses_to_run_until_dropped() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("d");
+    let wal = filled(&root, 2);
+    let old_arc = t.path().join("old-arc");
+    let out = archive_once(&root, &old_arc, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let payload = vec![2u8; 1000];
+    while wal.write_lsn().0 < 5 * SEG {
+        wal.append(&Entry::new(EntryType::Update, None, &payload))
+            .unwrap();
+    }
+    wal.seal().unwrap();
+    let end = wal.flush_lsn().0;
+    drop(wal);
+    let dir = DataDir::new(&root);
+    let reg = ConsumerRegistry::new(&dir);
+    let mut a = reg.get("archiver").unwrap().unwrap();
+    a.lost = true;
+    reg.save(&a).unwrap();
+    let arc = t.path().join("arc");
+    let out = archive_once(&root, &arc, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("--drop-consumer archiver"),
+        "{}",
+        text(&out)
+    );
+    let out = walship(&[
+        "checkpoint",
+        s(&root),
+        "--drop-consumer",
+        "archiver",
+        "--lsn",
+        &end.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(reg.get("archiver").unwrap().is_none());
+    assert_eq!(sealed(&root).len(), 1);
+    // The old archive would get a hole: refused, unchanged.
+    let before = names(&old_arc);
+    let out = archive_once(&root, &old_arc, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("removed from the data directory before they were archived"),
+        "{}",
+        text(&out)
+    );
+    let after = names(&old_arc);
+    assert_eq!(before, after);
+    reg.remove("archiver").unwrap();
+    // A fresh archive starts at the oldest segment still there.
+    let out = archive_once(&root, &arc, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = walship(&["checkpoint", s(&root), "--drop-consumer", "nobody"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn an_archiver_behind_holds_its_segments_and_releases_them_once_it_pushed() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("d");
+    let wal = filled(&root, 5);
+    let end = wal.flush_lsn().0;
+    let arc = t.path().join("arc");
+    // Registered but nothing archived yet: checkpoint removes nothing.
+    let dir = DataDir::new(&root);
+    ConsumerRegistry::new(&dir)
+        .save(&consumer("archiver", ConsumerKind::Archiver, 0))
+        .unwrap();
+    let r = wal
+        .checkpoint(Lsn(end), &RetentionOptions::default())
+        .unwrap();
+    assert!(r.removed.is_empty());
+    assert_eq!(r.held_by, vec!["archiver".to_string()]);
+    let n = sealed(&root).len();
+    let out = archive_once(&root, &arc, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The archiver's position is now the end: all but the newest go.
+    let r = wal
+        .checkpoint(Lsn(end), &RetentionOptions::default())
+        .unwrap();
+    assert_eq!(r.removed.len(), n - 1);
+    // The archive still restores everything.
+    let dest = t.path().join("restored");
+    let out = walship(&["restore", arc.to_str().unwrap(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        readable_from(&dest, 0).len() as u64,
+        wal.stats().records_appended
+    );
+}
