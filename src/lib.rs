@@ -4,6 +4,7 @@
 //! segment files, seals full segments, and recovers the valid prefix after a crash.
 
 pub mod archive;
+pub mod bench;
 pub mod consumers;
 pub mod datadir;
 pub mod decoder;

@@ -2,6 +2,7 @@
 //! 0 success, 1 the thing checked is bad (damage), 2 usage or I/O failure.
 
 mod archive;
+mod bench;
 mod checkpoint;
 mod demo;
 mod dump;
@@ -44,6 +45,7 @@ pub enum Command {
     Seal(store::SealArgs),
     Dump(dump::DumpArgs),
     Verify(verify::VerifyArgs),
+    Bench(bench::BenchArgs),
     Archive(archive::ArchiveArgs),
     Restore(restore::RestoreArgs),
     Checkpoint(checkpoint::CheckpointArgs),
@@ -104,6 +106,7 @@ pub fn main() -> ExitCode {
         Command::Seal(a) => store::seal(a),
         Command::Dump(a) => dump::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Archive(a) => archive::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Checkpoint(a) => checkpoint::run(a),
