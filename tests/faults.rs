@@ -47,6 +47,19 @@ fn append_acked(wal: &Wal, tag: &str, n: usize, acked: &mut Vec<Acked>) {
     }
 }
 
+/// A new data directory at `dir`, open for writing.
+fn open_primary(dir: &Path) -> Wal {
+    walship::DataDir::init(dir, common::SEG).expect("init");
+    Wal::open(dir, WalOptions::default()).expect("open")
+}
+
+/// Appends 1000 acknowledged records and seals them; returns where the sealed WAL ends.
+fn append_sealed(wal: &Wal, tag: &str, acked: &mut Vec<Acked>) -> u64 {
+    append_acked(wal, tag, 1000, acked);
+    wal.seal().expect("seal");
+    wal.flush_lsn().0
+}
+
 /// Every acknowledged record is in the directory at its LSN with its payload, and `walship
 /// verify` finds the directory clean.
 fn assert_all_there(dir: &Path, acked: &[Acked]) {
@@ -330,9 +343,8 @@ mod replication {
     use walship::replication::{
         CheckingApplicator, Shipper, ShipperConfig, Standby, StandbyConfig,
     };
-    use walship::{DataDir, Wal, WalOptions};
 
-    use super::{append_acked, assert_all_there, Acked, EIO_TEXT};
+    use super::{append_sealed, assert_all_there, open_primary, Acked, EIO_TEXT};
 
     async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -367,12 +379,9 @@ mod replication {
         for (point, word) in points {
             let t = tempfile::tempdir().expect("tempdir");
             let (pdir, sdir) = (t.path().join("primary"), t.path().join("standby"));
-            DataDir::init(&pdir, super::common::SEG).expect("init");
-            let wal = Wal::open(&pdir, WalOptions::default()).expect("open");
+            let wal = open_primary(&pdir);
             let mut acked: Vec<Acked> = Vec::new();
-            append_acked(&wal, "first", 1000, &mut acked);
-            wal.seal().expect("seal");
-            let first = wal.flush_lsn().0;
+            let first = append_sealed(&wal, "first", &mut acked);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -395,9 +404,7 @@ mod replication {
                 let stored = sealed_files(&sdir);
 
                 fail::cfg(point, "return(EIO)").expect("cfg");
-                append_acked(&wal, "second", 1000, &mut acked);
-                wal.seal().expect("seal");
-                let second = wal.flush_lsn().0;
+                let second = append_sealed(&wal, "second", &mut acked);
                 let mut error = String::new();
                 wait_for("the standby to report the fault", || {
                     error = standby.state().last_error.unwrap_or_default();
@@ -454,9 +461,9 @@ mod archive {
 
     use fail::FailScenario;
     use walship::archive::{Archiver, ArchiverOptions, LocalDirStore};
-    use walship::{DataDir, Wal, WalOptions};
+    use walship::DataDir;
 
-    use super::{append_acked, assert_all_there, Acked, ENOSPC_TEXT};
+    use super::{append_sealed, assert_all_there, open_primary, Acked, ENOSPC_TEXT};
 
     /// Every file in the archive directory.
     fn files(dir: &Path) -> Vec<String> {
@@ -479,12 +486,9 @@ mod archive {
         for (point, word) in points {
             let t = tempfile::tempdir().expect("tempdir");
             let (pdir, adir) = (t.path().join("primary"), t.path().join("archive"));
-            DataDir::init(&pdir, super::common::SEG).expect("init");
-            let wal = Wal::open(&pdir, WalOptions::default()).expect("open");
+            let wal = open_primary(&pdir);
             let mut acked: Vec<Acked> = Vec::new();
-            append_acked(&wal, "first", 1000, &mut acked);
-            wal.seal().expect("seal");
-            let first = wal.flush_lsn().0;
+            let first = append_sealed(&wal, "first", &mut acked);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -501,9 +505,7 @@ mod archive {
             assert_eq!(s.position, first);
             let before = files(&adir);
 
-            append_acked(&wal, "second", 1000, &mut acked);
-            wal.seal().expect("seal");
-            let second = wal.flush_lsn().0;
+            let second = append_sealed(&wal, "second", &mut acked);
             fail::cfg(point, "return(ENOSPC)").expect("cfg");
             let e = rt
                 .block_on(archiver.push_pending())
