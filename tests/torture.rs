@@ -214,7 +214,11 @@ fn drive_writer(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut seq = 0u64;
     while !w.stop.load(Ordering::Acquire) {
-        if w.hold.load(Ordering::Acquire) {
+        // Announce a start before looking at `hold` (the chaos sets `hold` before looking at
+        // `running`, both SeqCst): a writer can never start while `walship seal` runs.
+        w.running.store(true, Ordering::SeqCst);
+        if w.hold.load(Ordering::SeqCst) {
+            w.running.store(false, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
@@ -228,7 +232,6 @@ fn drive_writer(
             .spawn()
             .expect("spawn walship write");
         *lock(&w.pid) = Some(child.id());
-        w.running.store(true, Ordering::Release);
         w.runs.fetch_add(1, Ordering::Relaxed);
         let mut stdin = child.stdin.take().expect("stdin");
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
@@ -262,6 +265,9 @@ fn drive_writer(
             }
             std::thread::sleep(Duration::from_millis(rng.gen_range(0..4)));
         }
+        // Asked to stop (rather than killed): the chaos waits for `running` to drop, so `hold`
+        // is still set here.
+        let asked_to_stop = w.hold.load(Ordering::SeqCst) || w.stop.load(Ordering::Acquire);
         drop(stdin); // a live writer finishes and exits 0
         let mut rest = String::new();
         let _ = out.read_to_string(&mut rest);
@@ -272,9 +278,8 @@ fn drive_writer(
         }
         *lock(&w.pid) = None;
         let status = child.wait().expect("wait for writer");
-        w.running.store(false, Ordering::Release);
+        w.running.store(false, Ordering::SeqCst);
         let killed = status.signal() == Some(libc::SIGKILL);
-        let asked_to_stop = w.hold.load(Ordering::Acquire) || w.stop.load(Ordering::Acquire);
         let expected = killed || (status.success() && asked_to_stop);
         if !expected {
             problems.add(format!(
@@ -628,13 +633,13 @@ fn torture() {
             }
             25..=34 => {
                 // Seal between writer runs: stop the writer (killed), seal, let it restart.
-                w.hold.store(true, Ordering::Release);
+                w.hold.store(true, Ordering::SeqCst);
                 if let Some(pid) = *lock(&w.pid) {
                     kill_pid(pid);
                     *kills.entry(Part::Writer).or_default() += 1;
                 }
                 wait_for("the writer to stop", Duration::from_secs(60), || {
-                    !w.running.load(Ordering::Acquire)
+                    !w.running.load(Ordering::SeqCst)
                 });
                 let kill_after = rng
                     .gen_bool(0.3)
