@@ -25,6 +25,11 @@ const KEYS: [&str; 15] = [
 ];
 
 fn bench(dir: &Path, args: &[&str]) -> Value {
+    bench_lines(dir, args, 1).remove(0)
+}
+
+/// Runs a bench that prints `n` results; returns them in order.
+fn bench_lines(dir: &Path, args: &[&str], n: usize) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_walship"))
         .arg("bench")
         .arg("--dir")
@@ -40,10 +45,15 @@ fn bench(dir: &Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one JSON object per result: {stdout}");
-    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
-    for k in KEYS {
-        assert!(v.get(k).is_some(), "key {k} missing in {v}");
+    assert_eq!(lines.len(), n, "one JSON object per result: {stdout}");
+    let values: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("valid JSON"))
+        .collect();
+    for v in &values {
+        for k in KEYS {
+            assert!(v.get(k).is_some(), "key {k} missing in {v}");
+        }
     }
     // The scratch directory is removed afterwards.
     assert_eq!(
@@ -51,7 +61,7 @@ fn bench(dir: &Path, args: &[&str]) -> Value {
         0,
         "bench left files behind"
     );
-    v
+    values
 }
 
 fn positive(v: &Value, keys: &[&str]) {
@@ -141,6 +151,47 @@ fn recover_scenario() {
         ],
     );
     assert!(v["recovery_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn ship_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = bench_lines(
+        dir.path(),
+        &[
+            "--scenario",
+            "ship",
+            "--segments",
+            "3",
+            "--segment-size",
+            "256KiB",
+            "--record-size",
+            "1000",
+        ],
+        2,
+    );
+    assert_eq!(v[0]["scenario"], "ship_catchup");
+    assert_eq!(v[1]["scenario"], "ship_latency");
+    for r in &v {
+        assert_eq!(r["segments"].as_u64(), Some(3), "{r}");
+        assert_eq!(r["record_size"].as_u64(), Some(1000), "{r}");
+        // Each 256 KiB segment is filled to within one batch of its end: over 100 records.
+        assert!(r["records"].as_u64().unwrap() >= 300, "{r}");
+        positive(
+            r,
+            &[
+                "records_per_s",
+                "mb_per_s",
+                "baseline_records_per_s",
+                "baseline_mb_per_s",
+                "ratio",
+            ],
+        );
+    }
+    positive(
+        &v[1],
+        &["p50_us", "p99_us", "baseline_p50_us", "baseline_p99_us"],
+    );
 }
 
 #[test]

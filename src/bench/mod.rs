@@ -5,12 +5,14 @@
 //! Scenarios: `append` (W writers, records of S bytes, durability none / group / each),
 //! `recover` (reopen and full scan of a store in the page cache, against plain read + CRC) and
 //! `workload` (a recorded trace replayed by W clients that wait for durability at each commit,
-//! against the same replay through write + fdatasync with the same group commit).
+//! against the same replay through write + fdatasync with the same group commit), and `ship` (a
+//! shipper and a standby on loopback, against a plain TCP copy + fsync of the same files).
 
 mod append;
 pub mod baseline;
 pub mod hist;
 mod recover;
+mod ship;
 pub mod trace;
 mod workload;
 
@@ -23,6 +25,7 @@ use serde::Serialize;
 
 pub use append::run_append;
 pub use recover::run_recover;
+pub use ship::run_ship;
 pub use workload::run_workload;
 
 use crate::format::record::encoded_len;
@@ -68,6 +71,8 @@ pub struct BenchConfig {
     pub segment_size: u64,
     /// Size of the store the `recover` scenario builds.
     pub store_size: u64,
+    /// `ship`: sealed segments in the catch-up backlog, and segments timed one by one.
+    pub segments: u64,
 }
 
 impl BenchConfig {
@@ -92,7 +97,8 @@ pub struct BenchResult {
     /// Payload megabytes (10^6 bytes) per second; for `recover`, file bytes per second.
     pub mb_per_s: f64,
     /// Latency of the durable acknowledgement (of the append itself with durability `none`;
-    /// of the commit for a workload).
+    /// of the commit for a workload; from seal to the standby's applied position for
+    /// `ship_latency`).
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
@@ -108,7 +114,8 @@ pub struct BenchResult {
     pub baseline_mb_per_s: f64,
     pub baseline_p50_us: f64,
     pub baseline_p99_us: f64,
-    /// walship / baseline, higher is better.
+    /// walship / baseline, higher is better; for `ship_latency` (a time) baseline / walship of
+    /// the p50, so that higher is still better.
     pub ratio: f64,
     /// `group` only: the one-sync-per-record baseline and walship's ratio to it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +140,9 @@ pub struct BenchResult {
     pub scan_gb_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_gb_per_s: Option<f64>,
+    /// `ship_*` only: segments shipped in the measurement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u64>,
 }
 
 /// CPU time the calling thread has used: on a shared machine, wall time includes time spent

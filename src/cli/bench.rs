@@ -14,6 +14,8 @@ pub enum Scenario {
     Append,
     /// Reopen a store and read every record back.
     Recover,
+    /// A shipper and a standby on loopback: seal-to-applied latency and backlog catch-up.
+    Ship,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -28,10 +30,14 @@ pub enum DurabilityArg {
 #[command(
     after_help = "Every result comes with a baseline measured in the same run on the same directory and bytes: \
 plain write + fdatasync into a zero-filled file (one sync per record for `each`, one per batch of the size walship \
-reached for `group`, none for `none`), or plain read + CRC for `recover`; `ratio` is walship / baseline.\n\n\
+reached for `group`, none for `none`), plain read + CRC for `recover`, or copying the same segment files over one \
+loopback TCP connection into fresh files, each fsynced, for `ship`. `ratio` is walship / baseline, higher is better; \
+for `ship_latency` (a time, seal to the standby's applied position) it is baseline / walship of the p50, so higher \
+is still better.\n\n\
 Examples:\n  walship bench --dir /var/tmp --durability each --record-size 128\n  \
 walship bench --writers 16 --durability group --json\n  \
 walship bench --scenario recover --size 512MiB\n  \
+walship bench --scenario ship --segments 24 --record-size 4KiB\n  \
 walship bench --workload pgbench-wal.tsv.gz --writers 4"
 )]
 pub struct BenchArgs {
@@ -60,6 +66,9 @@ pub struct BenchArgs {
     /// Size of the store built by the recover scenario.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub size: u64,
+    /// Ship scenario: sealed segments in the catch-up backlog, and segments timed one by one.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub segments: u64,
     /// Replay a trace (tab-separated type, tx_id, len; plain or gzip) instead of fixed records;
     /// each client waits for durability at each tx_commit.
     #[arg(long)]
@@ -93,8 +102,9 @@ pub fn run(a: BenchArgs) -> CmdResult {
         },
         segment_size: a.segment_size,
         store_size: a.size,
+        segments: a.segments,
     };
-    let result = if let Some(path) = &a.workload {
+    let results = if let Some(path) = &a.workload {
         if limit.is_some_and(|l| matches!(l, Limit::Time(_))) {
             return Err(Failure::Error(
                 "--seconds does not apply to --workload: use --records".into(),
@@ -111,14 +121,18 @@ pub fn run(a: BenchArgs) -> CmdResult {
                 path.display()
             )));
         }
-        bench::run_workload(&cfg, &records)?
+        vec![bench::run_workload(&cfg, &records)?]
     } else {
         match a.scenario {
-            Scenario::Append => bench::run_append(&cfg)?,
-            Scenario::Recover => bench::run_recover(&cfg)?,
+            Scenario::Append => vec![bench::run_append(&cfg)?],
+            Scenario::Recover => vec![bench::run_recover(&cfg)?],
+            Scenario::Ship => bench::run_ship(&cfg)?,
         }
     };
-    print(&result, a.json)
+    for r in &results {
+        print(r, a.json)?;
+    }
+    Ok(())
 }
 
 fn print(r: &BenchResult, json: bool) -> CmdResult {
@@ -128,6 +142,26 @@ fn print(r: &BenchResult, json: bool) -> CmdResult {
         return Ok(());
     }
     match r.scenario {
+        "ship_catchup" => {
+            println!(
+                "ship catch-up: {} segments, {} records of {} B: {:.2} s, {:.1} MB/s, {:.0} records/s",
+                r.segments.unwrap_or(0), r.records, r.record_size, r.seconds, r.mb_per_s, r.records_per_s
+            );
+            println!(
+                "baseline (TCP copy + fsync): {:.1} MB/s; ratio {:.2}",
+                r.baseline_mb_per_s, r.ratio
+            );
+        }
+        "ship_latency" => {
+            println!(
+                "ship latency, seal to applied: {} segments: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({:.1} MB/s)",
+                r.segments.unwrap_or(0), r.p50_us / 1e3, r.p99_us / 1e3, r.max_us / 1e3, r.mb_per_s
+            );
+            println!(
+                "baseline (TCP copy + fsync of one segment): p50 {:.1} ms, p99 {:.1} ms; ratio (baseline / walship p50) {:.2}",
+                r.baseline_p50_us / 1e3, r.baseline_p99_us / 1e3, r.ratio
+            );
+        }
         "recover" => {
             println!(
                 "recover: {} records of {} B, {:.1} MB: recovery {:.1} ms; full scan {:.0} records/s, {:.2} GB/s",
