@@ -4,12 +4,14 @@
 //! segment files, seals full segments, and recovers the valid prefix after a crash.
 
 pub mod archive;
+pub mod bench;
 pub mod consumers;
 pub mod datadir;
 pub mod decoder;
 pub mod demo;
 pub mod entry;
 pub mod error;
+pub mod faults;
 pub mod format;
 pub mod fsutil;
 pub mod lsn;

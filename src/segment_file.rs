@@ -20,6 +20,32 @@ use crate::format::SegmentName;
 /// Size of each zero-filling write: small writes create small page-cache folios.
 const FILL_CHUNK: usize = 4096;
 
+/// The zero-fill is written out in steps of this many bytes, each waited for, so that the disk
+/// queue never holds more than a step of it: a durable append that syncs while the next segment
+/// is being prepared waits behind at most one step, not a whole segment of zeros.
+const FILL_WRITEBACK_STEP: usize = 1 << 20;
+
+/// Writes `[from, from + len)` of `f` to disk and waits for it (no device flush: the final
+/// fdatasync makes it durable).
+fn write_out(f: &File, from: usize, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a descriptor we own.
+    let r = unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            from as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Creates `path` as a zero-filled file of `size` bytes with real blocks, synced. On failure
 /// (ENOSPC included) the partial file is removed.
 pub fn prepare_file(path: &Path, size: u64) -> Result<()> {
@@ -30,13 +56,20 @@ pub fn prepare_file(path: &Path, size: u64) -> Result<()> {
             .truncate(true)
             .open(path)
             .ctx(|| format!("create {}", path.display()))?;
+        crate::fault!("segment::prepare", e => crate::Error::io(format!("zero-fill {}", path.display()), e));
         let zeros = [0u8; FILL_CHUNK];
         let mut left = size as usize;
+        let mut done = 0usize;
         while left > 0 {
             let n = left.min(FILL_CHUNK);
             f.write_all(&zeros[..n])
                 .ctx(|| format!("zero-fill {}", path.display()))?;
             left -= n;
+            done += n;
+            if done % FILL_WRITEBACK_STEP == 0 {
+                write_out(&f, done - FILL_WRITEBACK_STEP, FILL_WRITEBACK_STEP)
+                    .ctx(|| format!("write back {}", path.display()))?;
+            }
         }
         f.sync_data().ctx(|| format!("fsync {}", path.display()))
     })();
@@ -105,11 +138,35 @@ impl ActiveSegment {
         std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len)
     }
 
+    /// Starts writing `[from, to)` back to disk without waiting (`sync_file_range` with
+    /// `SYNC_FILE_RANGE_WRITE`). Makes nothing durable: it only lets a later msync find the
+    /// pages already written.
+    pub fn start_writeback(&self, from: usize, to: usize) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if to <= from {
+            return Ok(());
+        }
+        // SAFETY: plain syscall on a descriptor we own.
+        let r = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                from as libc::off64_t,
+                (to - from) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Writes `[from, to)` of the map to disk (msync).
     pub fn sync_range(&self, from: usize, to: usize) -> std::io::Result<()> {
         if to <= from {
             return Ok(());
         }
+        crate::fault!("segment::msync");
         self.map.flush_range(from, to - from)
     }
 }

@@ -1,15 +1,16 @@
 //! The writer: appends records through the open segment's mapping, seals and rotates segments,
 //! and makes appends durable with group commit.
 //!
-//! Locks: `state` guards the open segment and the write position; `sync` is held by the one
-//! thread doing a sync (the group-commit leader). A waiter takes `sync`, and when it gets it
-//! finds either its LSN already durable (a leader covered it) or itself the next leader, whose
-//! one msync covers every record written so far. Lock order: `sync` before `state`.
+//! Locks: `state` guards the open segment and the write position; `sync` guards who leads the
+//! group commit. A waiter takes `sync` and finds its LSN already durable (a leader covered it),
+//! or a leader at work (it waits on the `synced` condition variable), or no leader (it becomes
+//! the leader: it notes the write position, releases `sync`, and its one msync covers every
+//! record written so far). Lock order: `sync` before `state`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -76,11 +77,37 @@ struct WriterState {
     opened_at: Instant,
     /// Set by an activation: the segment number the preparer should get ready next.
     prepare_next: Option<u64>,
+    /// Writeback of the open segment has been started up to here (see `writeback_due`).
+    writeback_to: usize,
+}
+
+/// A range of the open segment to start writing back: `(segment, from, to)`.
+type Writeback = (Arc<ActiveSegment>, usize, usize);
+
+/// Writeback of the open segment is started in steps of this many bytes, behind the write
+/// position, so that the disk works while appends go on and a seal's msync finds little left
+/// to write (a 16 MiB segment written without syncs would otherwise stall the writer for a whole
+/// segment's worth of disk time at rotation).
+const WRITEBACK_CHUNK: usize = 1 << 20;
+
+impl WriterState {
+    /// The whole chunks filled since writeback was last started, if any.
+    fn writeback_due(&mut self) -> Option<Writeback> {
+        let upto = self.off & !(WRITEBACK_CHUNK - 1);
+        if upto <= self.writeback_to {
+            return None;
+        }
+        let seg = self.seg.clone()?;
+        let from = std::mem::replace(&mut self.writeback_to, upto);
+        Some((seg, from, upto))
+    }
 }
 
 struct SyncState {
     segment_no: u64,
     synced_to: usize,
+    /// A leader is syncing (without holding the lock); the others wait on `Inner::synced`.
+    leader_active: bool,
 }
 
 struct Inner {
@@ -88,6 +115,8 @@ struct Inner {
     control: ControlFile,
     state: Mutex<WriterState>,
     sync: Mutex<SyncState>,
+    /// Signalled when a leader's sync ends.
+    synced: Condvar,
     flushed: AtomicU64,
     written: AtomicU64,
     sealed: AtomicU64,
@@ -99,6 +128,9 @@ struct Inner {
     /// A prepared file ready for the given segment number. The preparer holds this lock while
     /// it works, so a rotation that needs the file waits for it instead of racing it.
     prepared: Mutex<Option<(u64, PathBuf)>>,
+    /// Segment numbers below this have been activated; a request to prepare one is stale.
+    /// Written and read under the `prepared` lock.
+    activated: AtomicU64,
     options: WalOptions,
 }
 
@@ -206,11 +238,10 @@ impl Wal {
         let r = self.inner.append_locked(&mut st, entry, crate::now_us());
         let end = st.end_lsn;
         let activated = st.prepare_next.take();
+        let writeback = st.writeback_due();
         drop(st);
         self.inner.written.fetch_max(end, Ordering::AcqRel);
-        if let Some(n) = activated {
-            self.request_prepare(n);
-        }
+        self.after_append(activated, writeback);
         r
     }
 
@@ -237,11 +268,10 @@ impl Wal {
             }
         }
         let end = st.end_lsn;
+        let writeback = st.writeback_due();
         drop(st);
         self.inner.written.fetch_max(end, Ordering::AcqRel);
-        if let Some(n) = activated {
-            self.request_prepare(n);
-        }
+        self.after_append(activated, writeback);
         result.map(|_| out)
     }
 
@@ -271,6 +301,20 @@ impl Wal {
         self.inner.check_poison()?;
         let mut st = lock(&self.inner.state);
         self.inner.seal_locked(&mut st)
+    }
+
+    /// Work an append leaves for after the state lock is released: asking for the next segment
+    /// to be prepared, and starting writeback of the filled part of the open one.
+    fn after_append(&self, activated: Option<u64>, writeback: Option<Writeback>) {
+        if let Some(n) = activated {
+            self.request_prepare(n);
+        }
+        if let Some((seg, from, to)) = writeback {
+            // Only a hint to start writing early: durability still comes from msync.
+            if let Err(e) = seg.start_writeback(from, to) {
+                tracing::debug!(error = %e, "starting early writeback failed");
+            }
+        }
     }
 
     fn request_prepare(&self, segment_no: u64) {
@@ -310,7 +354,8 @@ fn background(inner: Arc<Inner>, rx: mpsc::Receiver<BgMsg>) {
             Ok(BgMsg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             Ok(BgMsg::Prepare(no)) => {
                 let mut slot = lock(&inner.prepared);
-                if matches!(&*slot, Some((n, _)) if *n == no) {
+                let stale = no < inner.activated.load(Ordering::Acquire);
+                if stale || matches!(&*slot, Some((n, _)) if *n == no) {
                     continue;
                 }
                 // A request queued before the rotation that already used this number: preparing
@@ -369,12 +414,14 @@ impl Inner {
             next_segment_no: rec.next_segment_no,
             opened_at: Instant::now(),
             prepare_next: None,
+            writeback_to: 0,
         };
         if let Some(open) = &rec.open {
             let path = dir.segment_path(&open.name);
             let seg = ActiveSegment::map(path, open.name, control.segment_size)?;
             st.seg = Some(Arc::new(seg));
             st.off = open.offset;
+            st.writeback_to = open.offset & !(WRITEBACK_CHUNK - 1);
             st.hasher = crc32fast::Hasher::new_with_initial_len(open.crc, open.offset as u64);
             st.seg_records = open.record_count;
             st.seg_last_lsn = open.last_lsn;
@@ -382,13 +429,16 @@ impl Inner {
             st.next_segment_no = open.name.segment_no + 1;
         }
         let sealed = rec.sealed.last().map(|s| s.end_lsn).unwrap_or(0);
+        let next_segment_no = st.next_segment_no;
         Ok(Inner {
             dir,
             control,
             sync: Mutex::new(SyncState {
                 segment_no: u64::MAX,
                 synced_to: 0,
+                leader_active: false,
             }),
+            synced: Condvar::new(),
             flushed: AtomicU64::new(rec.end_lsn),
             written: AtomicU64::new(rec.end_lsn),
             sealed: AtomicU64::new(sealed),
@@ -399,6 +449,7 @@ impl Inner {
             appended: AtomicU64::new(0),
             seals: AtomicU64::new(0),
             prepared: Mutex::new(rec.prepared.clone().map(|p| (rec.next_segment_no, p))),
+            activated: AtomicU64::new(next_segment_no),
             options,
         })
     }
@@ -478,12 +529,19 @@ impl Inner {
         if self.flushed.load(Ordering::Acquire) >= target {
             return Ok(());
         }
-        self.check_poison()?;
         let mut s = lock(&self.sync);
-        if self.flushed.load(Ordering::Acquire) >= target {
-            return Ok(());
+        loop {
+            if self.flushed.load(Ordering::Acquire) >= target {
+                return Ok(());
+            }
+            self.check_poison()?;
+            if !s.leader_active {
+                break;
+            }
+            // A leader is syncing: it wakes everyone when done, and each waiter either finds
+            // its LSN covered or becomes the next leader.
+            s = self.synced.wait(s).unwrap_or_else(|p| p.into_inner());
         }
-        self.check_poison()?;
         let (seg, to, end) = {
             let st = lock(&self.state);
             (st.seg.clone(), st.off, st.end_lsn)
@@ -495,22 +553,44 @@ impl Inner {
                 Lsn(end)
             )));
         }
-        if let Some(seg) = seg {
-            let from = if s.segment_no == seg.name.segment_no {
-                s.synced_to
-            } else {
-                0
-            };
-            if to > from {
-                seg.sync_range(from, to)
-                    .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))?;
-                self.syncs.fetch_add(1, Ordering::Relaxed);
+        let Some(seg) = seg else {
+            // No open segment: everything written was made durable by its seal.
+            self.flushed.fetch_max(end, Ordering::AcqRel);
+            return Ok(());
+        };
+        let from = if s.segment_no == seg.name.segment_no {
+            s.synced_to
+        } else {
+            0
+        };
+        s.leader_active = true;
+        drop(s);
+        // The msync runs without the sync lock, so that waiters whose records an earlier sync
+        // already covered are not queued behind this one.
+        let r = if to > from {
+            seg.sync_range(from, to).map(|()| true)
+        } else {
+            Ok(false)
+        };
+        let mut s = lock(&self.sync);
+        s.leader_active = false;
+        let r = match r {
+            Ok(synced) => {
+                if synced {
+                    self.syncs.fetch_add(1, Ordering::Relaxed);
+                }
+                if s.segment_no != seg.name.segment_no || s.synced_to < to {
+                    s.segment_no = seg.name.segment_no;
+                    s.synced_to = to;
+                }
+                self.flushed.fetch_max(end, Ordering::AcqRel);
+                Ok(())
             }
-            s.segment_no = seg.name.segment_no;
-            s.synced_to = to;
-        }
-        self.flushed.fetch_max(end, Ordering::AcqRel);
-        Ok(())
+            Err(e) => Err(self.poison(format!("msync {}", seg.path.display()), e)),
+        };
+        drop(s);
+        self.synced.notify_all();
+        r
     }
 
     fn seal_locked(&self, st: &mut WriterState) -> Result<Option<SegmentName>> {
@@ -534,15 +614,19 @@ impl Inner {
         seg.sync_range(0, used)
             .map_err(|e| self.poison(p("msync"), e))?;
         // Nothing maps past `used` any more: the tail is only zeros we never wrote.
+        crate::fault!("wal::seal::truncate", e => self.poison(p("truncate"), e));
         seg.file
             .set_len(used as u64)
             .map_err(|e| self.poison(p("truncate"), e))?;
+        crate::fault!("wal::seal::fsync", e => self.poison(p("fsync"), e));
         seg.file
             .sync_all()
             .map_err(|e| self.poison(p("fsync"), e))?;
         let sealed_name = seg.name.with_kind(SegmentFileKind::Sealed);
         let sealed_path = self.dir.segment_path(&sealed_name);
+        crate::fault!("wal::seal::rename", e => self.poison(p("rename"), e));
         std::fs::rename(&seg.path, &sealed_path).map_err(|e| self.poison(p("rename"), e))?;
+        crate::fault!("wal::seal::dir_fsync", e => self.poison(format!("fsync directory {}", self.dir.wal_dir().display()), e));
         fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
             Error::Io { context, source } => self.poison(context, source),
             other => other,
@@ -586,8 +670,10 @@ impl Inner {
                 }
             }
         };
+        crate::fault!("wal::activate::rename", e => Error::io(format!("rename {} to {}", prepared.display(), path.display()), e));
         std::fs::rename(&prepared, &path)
             .ctx(|| format!("rename {} to {}", prepared.display(), path.display()))?;
+        self.activated.store(no + 1, Ordering::Release);
         drop(slot);
         fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
             Error::Io { context, source } => self.poison(context, source),
@@ -613,6 +699,7 @@ impl Inner {
         st.hasher = crc32fast::Hasher::new();
         st.hasher.update(&hb);
         st.off = SEGMENT_HEADER_LEN;
+        st.writeback_to = 0;
         st.seg_records = 0;
         st.seg_last_lsn = 0;
         st.opened_at = Instant::now();

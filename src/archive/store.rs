@@ -147,6 +147,7 @@ impl LocalDirStore {
                 .create_new(true)
                 .open(&tmp)
                 .ctx(|| format!("create {}", tmp.display()))?;
+            crate::fault!("archive::put::write", e => Error::io(format!("write {}", tmp.display()), crate::faults::short_write(&mut f, data, e)));
             f.write_all(data)
                 .ctx(|| format!("write {}", tmp.display()))?;
             f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
@@ -154,6 +155,7 @@ impl LocalDirStore {
             drop_cache(&f);
             // A hard link is a rename that never replaces: the final name appears whole or not
             // at all, and an object that appeared meanwhile is left alone.
+            crate::fault!("archive::put::link", e => Error::io(format!("link {} to {}", tmp.display(), path.display()), e));
             match fs::hard_link(&tmp, &path) {
                 Ok(()) => Ok(PutOutcome::Created),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use walship::archive::{Archiver, ArchiverOptions, Compression, LocalDirStore};
 use walship::{DataDir, Lsn};
 
-use super::{parse_size, CmdResult, Failure};
+use super::{parse_size, CmdResult};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum CompressArg {
@@ -52,15 +52,6 @@ pub struct ArchiveArgs {
     pub json: bool,
 }
 
-/// A runtime for one command.
-pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Error(format!("start the async runtime: {e}")))
-}
-
 pub fn run(a: ArchiveArgs) -> CmdResult {
     let opts = ArchiverOptions {
         compression: match a.compress {
@@ -74,7 +65,7 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
     // A wrong DATA_DIR fails before the archive directory is created.
     DataDir::new(&a.data_dir).read_control()?;
     let store = LocalDirStore::create(&a.target)?;
-    runtime()?.block_on(async move {
+    super::runtime()?.block_on(async move {
         let mut archiver =
             Archiver::new(DataDir::new(&a.data_dir), Arc::new(store.clone()), opts).await?;
         // Only once the archive is known to be ours.
@@ -108,24 +99,7 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
             }
             return Ok(());
         }
-        archiver.run(shutdown_signal()).await?;
+        archiver.run(super::shutdown_signal()).await?;
         Ok(())
     })
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("stopping");
 }

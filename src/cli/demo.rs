@@ -67,14 +67,15 @@ pub fn demo(a: DemoArgs) -> CmdResult {
         );
     }
     let d = dir.display();
+    let w = command_name(&opts.exe);
     println!();
     println!("explore further:");
-    println!("  walship status {d}/primary");
-    println!("  walship status {d}/standby --json");
-    println!("  walship dump {d}/primary --limit 20");
-    println!("  walship dump {d}/primary --stats");
-    println!("  walship verify {d}/archive");
-    println!("  walship dump {d}/restored --type tx_commit --limit 5");
+    println!("  {w} status {d}/primary");
+    println!("  {w} status {d}/standby --json");
+    println!("  {w} dump {d}/primary --limit 20");
+    println!("  {w} dump {d}/primary --stats");
+    println!("  {w} verify {d}/archive");
+    println!("  {w} dump {d}/restored --type tx_commit --limit 5");
     if summary.passed() {
         println!("all {} checks passed", summary.checks.len());
         Ok(())
@@ -84,6 +85,23 @@ pub fn demo(a: DemoArgs) -> CmdResult {
             summary.checks.iter().filter(|c| !c.passed).count(),
             summary.checks.len()
         )))
+    }
+}
+
+/// `walship` when that name runs this binary from PATH, else the binary's own path (as after
+/// `cargo run`), so the printed commands work as they are.
+fn command_name(exe: &std::path::Path) -> String {
+    let on_path = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            d.join("walship")
+                .canonicalize()
+                .is_ok_and(|c| exe.canonicalize().is_ok_and(|e| e == c))
+        })
+    });
+    if on_path {
+        "walship".to_string()
+    } else {
+        exe.display().to_string()
     }
 }
 

@@ -2,6 +2,7 @@
 //! 0 success, 1 the thing checked is bad (damage), 2 usage or I/O failure.
 
 mod archive;
+mod bench;
 mod checkpoint;
 mod demo;
 mod dump;
@@ -44,6 +45,7 @@ pub enum Command {
     Seal(store::SealArgs),
     Dump(dump::DumpArgs),
     Verify(verify::VerifyArgs),
+    Bench(bench::BenchArgs),
     Archive(archive::ArchiveArgs),
     Restore(restore::RestoreArgs),
     Checkpoint(checkpoint::CheckpointArgs),
@@ -104,6 +106,7 @@ pub fn main() -> ExitCode {
         Command::Seal(a) => store::seal(a),
         Command::Dump(a) => dump::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Archive(a) => archive::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Checkpoint(a) => checkpoint::run(a),
@@ -148,6 +151,32 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// A runtime for one command.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Error(format!("start the async runtime: {e}")))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("stopping");
 }
 
 /// Formats a timestamp in microseconds as RFC 3339 UTC.

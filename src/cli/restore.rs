@@ -10,7 +10,7 @@ use walship::archive::restore::RestorePhase;
 use walship::archive::{restore, LocalDirStore, RestoreOptions, RestoreProgress, RestoreTarget};
 use walship::Lsn;
 
-use super::archive::runtime;
+use super::runtime;
 use super::{CmdResult, Failure};
 
 /// Rebuild a data directory from an archive, optionally stopping at an LSN or a time.

@@ -82,30 +82,6 @@ pub fn read_token(path: &Option<PathBuf>) -> Result<Option<AuthToken>, Failure> 
         .map_err(|e| Failure::Error(e.to_string()))
 }
 
-pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Error(format!("start the async runtime: {e}")))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn terminated() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// How long a clean shutdown may take.
 pub const STOP_BOUND: Duration = Duration::from_secs(5);
 
@@ -118,7 +94,7 @@ pub fn run(a: ServeArgs) -> CmdResult {
     config.max_frame = a.net.max_frame_size as usize;
     config.heartbeat_interval = a.net.heartbeat_interval;
     config.peer_timeout = a.net.peer_timeout;
-    runtime()?.block_on(async move {
+    super::runtime()?.block_on(async move {
         let mut shipper = Shipper::start(config).await?;
         {
             use std::io::Write;
@@ -126,7 +102,7 @@ pub fn run(a: ServeArgs) -> CmdResult {
             writeln!(out, "listening on {}", shipper.local_addr())?;
             out.flush()?;
         }
-        terminated().await;
+        super::shutdown_signal().await;
         tracing::info!("stopping");
         shipper.stop(STOP_BOUND).await;
         Ok(())

@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::Args;
 use walship::replication::{CheckingApplicator, Standby, StandbyConfig};
 
-use super::serve::{parse_duration, read_token, runtime, terminated, NetArgs, STOP_BOUND};
+use super::serve::{parse_duration, read_token, NetArgs, STOP_BOUND};
+use super::{runtime, shutdown_signal};
 use super::{CmdResult, Failure};
 
 /// Follow a primary: receive its sealed segments, store them durably, apply them.
@@ -41,7 +42,7 @@ pub fn run(a: StandbyArgs) -> CmdResult {
         let mut standby = Standby::start(config, CheckingApplicator::default()).await?;
         tokio::select! {
             r = standby.join() => r.map_err(Failure::from),
-            _ = terminated() => {
+            _ = shutdown_signal() => {
                 tracing::info!("stopping");
                 standby.stop(STOP_BOUND).await.map_err(Failure::from)
             }

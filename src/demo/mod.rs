@@ -82,12 +82,7 @@ impl Proc {
         logs: &Path,
         stdout: bool,
     ) -> Result<Proc> {
-        let log_path = logs.join(format!("{name}.log"));
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .ctx(|| format!("open {}", log_path.display()))?;
+        let log = open_log(logs, name)?;
         let child = Command::new(exe)
             .args(args)
             .stdin(Stdio::null())
@@ -615,13 +610,19 @@ fn read_listen_addr(serve: &mut Proc) -> Result<String> {
         .ok_or_else(|| Error::Other(format!("unexpected first line from serve: {first:?}")))
 }
 
-fn run_to_end(exe: &Path, args: &[&str], logs: &Path, name: &str) -> Result<()> {
-    let log_path = logs.join(format!("{name}.log"));
-    let log = fs::OpenOptions::new()
+/// A component's log file in `logs/`, appended to across restarts.
+fn open_log(logs: &Path, name: &str) -> Result<fs::File> {
+    let path = logs.join(format!("{name}.log"));
+    fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log_path)
-        .ctx(|| format!("open {}", log_path.display()))?;
+        .open(&path)
+        .ctx(|| format!("open {}", path.display()))
+}
+
+fn run_to_end(exe: &Path, args: &[&str], logs: &Path, name: &str) -> Result<()> {
+    let log_path = logs.join(format!("{name}.log"));
+    let log = open_log(logs, name)?;
     let log2 = log
         .try_clone()
         .ctx(|| format!("open {}", log_path.display()))?;

@@ -937,6 +937,7 @@ fn store_segments(
                         "segment data without a segment",
                     ));
                 };
+                crate::fault!("standby::write", e => ReplError::io(format!("write {}", path.display()), crate::faults::short_write(file, &bytes, e)));
                 file.write_all(&bytes)
                     .map_err(|e| ReplError::io(format!("write {}", path.display()), e))?;
                 // Start writeback now, so that the sync at the end has little left to do.
@@ -980,6 +981,7 @@ fn finish_segment(
         None
     };
     let stored = (|| -> crate::Result<crate::recovery::SealedSegment> {
+        crate::fault!("standby::fsync", e => Error::io(format!("fsync {}", path.display()), e));
         file.sync_all()
             .map_err(|e| Error::io(format!("fsync {}", path.display()), e))?;
         // SAFETY: the file is ours (the directory's lock is held) and nothing changes it.
@@ -988,6 +990,7 @@ fn finish_segment(
         let sealed_name = name.with_kind(SegmentFileKind::Sealed);
         let seg = verify_incoming(&map, path, &sealed_name, &control, chain)?;
         let target = shared.dd.segment_path(&sealed_name);
+        crate::fault!("standby::rename", e => Error::io(format!("rename {} to {}", path.display(), target.display()), e));
         std::fs::rename(path, &target).map_err(|e| {
             Error::io(
                 format!("rename {} to {}", path.display(), target.display()),
@@ -1001,6 +1004,10 @@ fn finish_segment(
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_file(path);
+            // A local I/O failure is ours, not the primary's: report it as it is and retry.
+            if matches!(e, Error::Io { .. }) {
+                return Err(ReplError::Store(e));
+            }
             return Err(ReplError::refused(
                 ErrorCode::Protocol,
                 format!("received an invalid segment, discarded: {e}"),

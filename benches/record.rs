@@ -1,0 +1,91 @@
+//! Record encode, CRC, and decode/scan of a segment, in memory (no I/O).
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use walship::decoder::SegmentScanner;
+use walship::format::record::{encode_record, encoded_len};
+use walship::format::{SegmentHeader, FORMAT_VERSION};
+use walship::EntryType;
+
+const SEGMENT: usize = 16 << 20;
+
+fn encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode_record");
+    for size in [128usize, 4096] {
+        let payload = vec![7u8; size];
+        let mut dst = vec![0u8; encoded_len(size)];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("{size}B"), |b| {
+            b.iter(|| {
+                encode_record(
+                    black_box(&mut dst),
+                    4096,
+                    EntryType::Insert.code(),
+                    Some(9),
+                    1,
+                    black_box(&payload),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+fn crc(c: &mut Criterion) {
+    let mut g = c.benchmark_group("crc32");
+    for size in [128usize, 4096, 1 << 20] {
+        let buf = vec![0x5Au8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("{size}B"), |b| {
+            b.iter(|| crc32fast::hash(black_box(&buf)))
+        });
+    }
+    g.finish();
+}
+
+/// A segment image full of `size`-byte records, as the writer lays it out.
+fn segment_image(size: usize) -> (Vec<u8>, u64) {
+    let header = SegmentHeader {
+        format_version: FORMAT_VERSION,
+        timeline: 1,
+        segment_size: SEGMENT as u64,
+        segment_no: 0,
+        system_id: uuid::Uuid::nil(),
+        prev_checksum: None,
+        created_us: 0,
+    };
+    let mut buf = vec![0u8; SEGMENT];
+    let hb = header.encode();
+    buf[..hb.len()].copy_from_slice(&hb);
+    let payload = vec![3u8; size];
+    let mut off = hb.len();
+    let mut n = 0;
+    while off + encoded_len(size) + 64 <= SEGMENT {
+        let len = encoded_len(size);
+        encode_record(&mut buf[off..off + len], off as u64, 1, None, 0, &payload);
+        off += len;
+        n += 1;
+    }
+    buf.truncate(off + 64);
+    (buf, n)
+}
+
+fn scan(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scan_segment");
+    g.sample_size(20);
+    for size in [128usize, 4096] {
+        let (buf, n) = segment_image(size);
+        g.throughput(Throughput::Bytes(buf.len() as u64));
+        g.bench_function(format!("{size}B"), |b| {
+            b.iter(|| {
+                let mut s = SegmentScanner::new(black_box(&buf)).expect("valid header");
+                let count = s.by_ref().count() as u64;
+                assert_eq!(count, n);
+                count
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encode, crc, scan);
+criterion_main!(benches);

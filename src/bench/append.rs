@@ -1,0 +1,256 @@
+//! The `append` scenario: W threads append records of S bytes through [`Wal`], then the baseline
+//! writes the same number of records of the same on-disk length with plain write + fdatasync.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::baseline::{sequential, BaselineRun, SyncEvery};
+use super::hist::Histogram;
+use super::{mb_per_s, ratio, scratch, thread_cpu, BenchConfig, BenchResult, Durability, Limit};
+use crate::{DataDir, Entry, EntryType, Result, Wal, WalOptions, WalStats};
+
+/// Bytes a default-sized run writes at most (keeps a run well under a minute and the disk
+/// footprint modest).
+const DEFAULT_MAX_BYTES: u64 = 512 << 20;
+/// Records the one-sync-per-record baseline of a `group` run writes at most.
+const EACH_BASELINE_MAX: u64 = 5_000;
+/// Alternating rounds of walship and baseline in one run.
+const ROUNDS: u64 = 4;
+
+fn merge_base(acc: &mut Option<BaselineRun>, b: BaselineRun) {
+    match acc {
+        Some(a) => a.add(b),
+        None => *acc = Some(b),
+    }
+}
+
+fn default_records(cfg: &BenchConfig) -> u64 {
+    let n: u64 = match cfg.durability {
+        Durability::Each => 10_000,
+        Durability::Group => 100_000,
+        Durability::None => 2_000_000,
+    };
+    let by_bytes = DEFAULT_MAX_BYTES / cfg.record_len() as u64;
+    n.min(by_bytes).max(16)
+}
+
+struct WalRun {
+    records: u64,
+    elapsed: Duration,
+    append: Histogram,
+    ack: Histogram,
+    cpu: Duration,
+    stats: WalStats,
+}
+
+/// Appends `limit` worth of records with `cfg.writers` threads.
+fn run_wal(
+    wal: &Arc<Wal>,
+    cfg: &BenchConfig,
+    payload: &Arc<Vec<u8>>,
+    limit: Limit,
+) -> Result<WalRun> {
+    let before = wal.stats();
+    let claimed = Arc::new(AtomicU64::new(0));
+    let each_lock = Arc::new(Mutex::new(()));
+    let start = Instant::now();
+    let deadline = match limit {
+        Limit::Time(t) => Some(start + t),
+        Limit::Records(_) => None,
+    };
+    let max = match limit {
+        Limit::Records(n) => n,
+        Limit::Time(_) => u64::MAX,
+    };
+    let mut handles = Vec::new();
+    for _ in 0..cfg.writers.max(1) {
+        let wal = wal.clone();
+        let claimed = claimed.clone();
+        let each_lock = each_lock.clone();
+        let payload = payload.clone();
+        let durability = cfg.durability;
+        handles.push(std::thread::spawn(
+            move || -> Result<(Histogram, Histogram, Duration)> {
+                let cpu0 = thread_cpu();
+                let mut append = Histogram::default();
+                let mut ack = Histogram::default();
+                let entry = Entry::new(EntryType::Insert, None, &payload);
+                loop {
+                    if claimed.fetch_add(1, Ordering::Relaxed) >= max {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    let _each = (durability == Durability::Each)
+                        .then(|| each_lock.lock().unwrap_or_else(|p| p.into_inner()));
+                    let a = wal.append(&entry)?;
+                    let t1 = Instant::now();
+                    append.record(t1 - t0);
+                    let done = if durability == Durability::None {
+                        t1
+                    } else {
+                        wal.wait_durable(a.end_lsn)?;
+                        let t2 = Instant::now();
+                        ack.record(t2 - t0);
+                        t2
+                    };
+                    if deadline.is_some_and(|d| done >= d) {
+                        break;
+                    }
+                }
+                Ok((append, ack, thread_cpu().saturating_sub(cpu0)))
+            },
+        ));
+    }
+    let mut append = Histogram::default();
+    let mut ack = Histogram::default();
+    let mut first_err = None;
+    let mut cpu = Duration::ZERO;
+    for h in handles {
+        match h.join() {
+            Ok(Ok((a, k, c))) => {
+                append.merge(&a);
+                ack.merge(&k);
+                cpu += c;
+            }
+            Ok(Err(e)) => first_err = first_err.or(Some(e)),
+            Err(_) => {
+                first_err =
+                    first_err.or(Some(crate::Error::Other("a bench writer panicked".into())))
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let after = wal.stats();
+    Ok(WalRun {
+        records: append.count(),
+        elapsed,
+        append,
+        ack,
+        cpu,
+        stats: WalStats {
+            syncs: after.syncs - before.syncs,
+            records_appended: after.records_appended - before.records_appended,
+            segments_sealed: after.segments_sealed - before.segments_sealed,
+        },
+    })
+}
+
+impl WalRun {
+    fn add(&mut self, o: WalRun) {
+        self.records += o.records;
+        self.elapsed += o.elapsed;
+        self.append.merge(&o.append);
+        self.ack.merge(&o.ack);
+        self.cpu += o.cpu;
+        self.stats.syncs += o.stats.syncs;
+        self.stats.records_appended += o.stats.records_appended;
+        self.stats.segments_sealed += o.stats.segments_sealed;
+    }
+
+    fn records_per_sync(&self) -> f64 {
+        self.records as f64 / self.stats.syncs.max(1) as f64
+    }
+}
+
+/// Runs the `append` scenario and its same-run baseline. The run is split into rounds that
+/// alternate walship and the baseline, so that the disk's drift over time (its speed changes
+/// by 2x or more within a minute on a shared virtual disk) falls on both alike.
+pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
+    let tmp = scratch(&cfg.dir)?;
+    let limit = cfg.limit.unwrap_or(Limit::Records(default_records(cfg)));
+    let round_limit = match limit {
+        Limit::Records(n) => Limit::Records(n.div_ceil(ROUNDS)),
+        Limit::Time(t) => Limit::Time(t / ROUNDS as u32),
+    };
+    let data = tmp.path().join("data");
+    DataDir::init(&data, cfg.segment_size)?;
+    let wal = Arc::new(Wal::open(&data, WalOptions::default())?);
+    let payload = Arc::new(vec![0x5Au8; cfg.record_size]);
+    // Warm-up, not counted: opens the first segment so the preparer starts on the next one.
+    wal.append_durable(&Entry::new(EntryType::Insert, None, &payload))?;
+    let len = cfg.record_len();
+    let mut w: Option<WalRun> = None;
+    let mut base: Option<BaselineRun> = None;
+    let mut each_base: Option<BaselineRun> = None;
+    let mut done = 0;
+    for _ in 0..ROUNDS {
+        let this = match (limit, round_limit) {
+            (Limit::Records(n), Limit::Records(r)) => Limit::Records(r.min(n - done)),
+            (_, l) => l,
+        };
+        if this == Limit::Records(0) {
+            break;
+        }
+        let r = run_wal(&wal, cfg, &payload, this)?;
+        done += r.records;
+        let every = match cfg.durability {
+            Durability::Each => SyncEvery::Record,
+            Durability::Group => SyncEvery::Batch(r.records_per_sync().round().max(1.0) as u64),
+            Durability::None => SyncEvery::Never,
+        };
+        let b = sequential(tmp.path(), len, r.records, every)?;
+        if cfg.durability == Durability::Group {
+            let n = r.records.min(EACH_BASELINE_MAX / ROUNDS);
+            let e = sequential(tmp.path(), len, n, SyncEvery::Record)?;
+            merge_base(&mut each_base, e);
+        }
+        merge_base(&mut base, b);
+        match &mut w {
+            Some(acc) => acc.add(r),
+            None => w = Some(r),
+        }
+    }
+    wal.sync()?;
+    drop(wal);
+    let (Some(w), Some(base)) = (w, base) else {
+        return Err(crate::Error::InvalidArgument(
+            "nothing to run: no records".into(),
+        ));
+    };
+    let records_per_sync = w.records_per_sync();
+    let lat = if cfg.durability == Durability::None {
+        &w.append
+    } else {
+        &w.ack
+    };
+    let rps = w.records as f64 / w.elapsed.as_secs_f64().max(1e-9);
+    let sync_ref = each_base.as_ref().unwrap_or(&base);
+    let has_syncs = cfg.durability != Durability::None;
+    Ok(BenchResult {
+        scenario: "append",
+        writers: cfg.writers,
+        record_size: cfg.record_size,
+        durability: cfg.durability.name(),
+        records: w.records,
+        seconds: w.elapsed.as_secs_f64(),
+        records_per_s: rps,
+        transactions_per_s: None,
+        mb_per_s: mb_per_s(w.records * cfg.record_size as u64, w.elapsed),
+        p50_us: lat.quantile_us(0.5),
+        p99_us: lat.quantile_us(0.99),
+        p999_us: lat.quantile_us(0.999),
+        max_us: lat.max_us(),
+        append_p50_us: w.append.quantile_us(0.5),
+        append_p99_us: w.append.quantile_us(0.99),
+        append_p999_us: w.append.quantile_us(0.999),
+        syncs: w.stats.syncs,
+        records_per_sync,
+        segments_sealed: w.stats.segments_sealed,
+        baseline_records_per_s: base.records_per_s(),
+        baseline_mb_per_s: mb_per_s(base.records * cfg.record_size as u64, base.elapsed),
+        baseline_p50_us: base.latency.quantile_us(0.5),
+        baseline_p99_us: base.latency.quantile_us(0.99),
+        ratio: ratio(rps, base.records_per_s()),
+        each_baseline_records_per_s: each_base.as_ref().map(|b| b.records_per_s()),
+        ratio_to_each_baseline: each_base.as_ref().map(|b| ratio(rps, b.records_per_s())),
+        baseline_sync_p50_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.5)),
+        baseline_sync_p99_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.99)),
+        writer_cpu_s: Some(w.cpu.as_secs_f64()),
+        baseline_cpu_s: Some(base.cpu.as_secs_f64()),
+        ..BenchResult::default()
+    })
+}

@@ -1,0 +1,223 @@
+//! The machine's own limits, measured in the same run on the same directory and bytes: plain
+//! `write` + `fdatasync` into an ordinary file, zero-filled ahead with 4 KiB writes like a
+//! walship segment (overwriting written blocks needs no metadata update at sync time, the faster
+//! case on ext4), so a ratio of 1.0 against it is earned.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::hist::Histogram;
+use crate::error::{IoContext, Result};
+use crate::segment_file::prepare_file;
+
+/// A preallocated, zero-filled file written sequentially; removed when dropped.
+pub struct RawFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl RawFile {
+    /// Creates `path` zero-filled to at least `size` bytes (rounded up to 4 KiB) and synced.
+    pub fn create(path: &Path, size: u64) -> Result<RawFile> {
+        prepare_file(path, size.div_ceil(4096).max(1) * 4096)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .ctx(|| format!("open {}", path.display()))?;
+        Ok(RawFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<()> {
+        self.file
+            .write_all(buf)
+            .ctx(|| format!("write {}", self.path.display()))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .ctx(|| format!("fdatasync {}", self.path.display()))
+    }
+}
+
+impl Drop for RawFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// How the single baseline writer syncs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncEvery {
+    /// fdatasync after every write.
+    Record,
+    /// fdatasync after every `n` writes.
+    Batch(u64),
+    /// No fdatasync until the end (not timed).
+    Never,
+}
+
+/// What one baseline run measured.
+pub struct BaselineRun {
+    pub records: u64,
+    pub elapsed: Duration,
+    /// Per record: from its write until it is durable (until written for `Never`).
+    pub latency: Histogram,
+    /// Each fdatasync alone.
+    pub sync_latency: Histogram,
+    pub syncs: u64,
+    /// CPU time of the writing thread over `elapsed`.
+    pub cpu: Duration,
+}
+
+impl BaselineRun {
+    /// Adds another run's counts (rounds of one measurement).
+    pub fn add(&mut self, o: BaselineRun) {
+        self.records += o.records;
+        self.elapsed += o.elapsed;
+        self.latency.merge(&o.latency);
+        self.sync_latency.merge(&o.sync_latency);
+        self.syncs += o.syncs;
+        self.cpu += o.cpu;
+    }
+
+    pub fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One writer writes `records` blocks of `record_len` bytes with plain `write`, syncing as told.
+pub fn sequential(
+    dir: &Path,
+    record_len: usize,
+    records: u64,
+    every: SyncEvery,
+) -> Result<BaselineRun> {
+    let mut f = RawFile::create(&dir.join("baseline.raw"), record_len as u64 * records)?;
+    let buf = vec![0xA5u8; record_len];
+    let mut latency = Histogram::default();
+    let mut sync_latency = Histogram::default();
+    let mut pending: Vec<Instant> = Vec::new();
+    let batch = match every {
+        SyncEvery::Record => 1,
+        SyncEvery::Batch(n) => n.max(1),
+        SyncEvery::Never => u64::MAX,
+    };
+    let mut syncs = 0;
+    let cpu0 = super::thread_cpu();
+    let start = Instant::now();
+    for i in 0..records {
+        let t0 = Instant::now();
+        f.write(&buf)?;
+        if every == SyncEvery::Never {
+            latency.record(t0.elapsed());
+            continue;
+        }
+        pending.push(t0);
+        if (i + 1) % batch == 0 || i + 1 == records {
+            let s0 = Instant::now();
+            f.sync()?;
+            let done = Instant::now();
+            sync_latency.record(done - s0);
+            syncs += 1;
+            for t in pending.drain(..) {
+                latency.record(done - t);
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let cpu = super::thread_cpu().saturating_sub(cpu0);
+    if every == SyncEvery::Never {
+        f.sync()?;
+    }
+    Ok(BaselineRun {
+        records,
+        elapsed,
+        latency,
+        sync_latency,
+        syncs,
+        cpu,
+    })
+}
+
+/// A shared log over a plain file for many threads, with the same group commit as the writer:
+/// appends are ordered under a lock; a waiter takes the sync lock and either finds its bytes
+/// already durable or syncs everything written so far for the whole group.
+pub struct RawLog {
+    file: RawFile,
+    off: Mutex<u64>,
+    sync: Mutex<()>,
+    written: AtomicU64,
+    synced: AtomicU64,
+    syncs: AtomicU64,
+}
+
+impl RawLog {
+    pub fn create(path: &Path, size: u64) -> Result<RawLog> {
+        Ok(RawLog {
+            file: RawFile::create(path, size)?,
+            off: Mutex::new(0),
+            sync: Mutex::new(()),
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        })
+    }
+
+    /// Writes `buf` at the end of the log; returns the end offset.
+    pub fn append(&self, buf: &[u8]) -> Result<u64> {
+        let mut off = self.off.lock().unwrap_or_else(|p| p.into_inner());
+        self.file
+            .file
+            .write_all_at(buf, *off)
+            .ctx(|| format!("write {}", self.file.path.display()))?;
+        *off += buf.len() as u64;
+        self.written.store(*off, Ordering::Release);
+        Ok(*off)
+    }
+
+    /// Returns once everything below `end` is durable.
+    pub fn wait_durable(&self, end: u64) -> Result<()> {
+        if self.synced.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        let _g = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        if self.synced.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        let w = self.written.load(Ordering::Acquire);
+        self.file.sync()?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.synced.fetch_max(w, Ordering::AcqRel);
+        Ok(())
+    }
+
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads every file with plain `read` into one reused buffer and CRCs it; returns the bytes read.
+pub fn read_and_crc(files: &[PathBuf]) -> Result<u64> {
+    let mut buf = Vec::new();
+    let mut total = 0u64;
+    let mut acc = 0u32;
+    for p in files {
+        let mut f = File::open(p).ctx(|| format!("open {}", p.display()))?;
+        buf.clear();
+        f.read_to_end(&mut buf)
+            .ctx(|| format!("read {}", p.display()))?;
+        acc ^= crc32fast::hash(&buf);
+        total += buf.len() as u64;
+    }
+    std::hint::black_box(acc);
+    Ok(total)
+}

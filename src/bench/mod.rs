@@ -1,0 +1,183 @@
+//! The load generator behind `walship bench`: drives the writer through the library and, in the
+//! same run, measures the machine's own limit on the same directory and bytes, so that every
+//! figure comes with a ratio that means something on a noisy, shared machine.
+//!
+//! Scenarios: `append` (W writers, records of S bytes, durability none / group / each),
+//! `recover` (reopen and full scan of a store in the page cache, against plain read + CRC) and
+//! `workload` (a recorded trace replayed by W clients that wait for durability at each commit,
+//! against the same replay through write + fdatasync with the same group commit), and `ship` (a
+//! shipper and a standby on loopback, against a plain TCP copy + fsync of the same files).
+
+mod append;
+pub mod baseline;
+pub mod hist;
+mod recover;
+mod ship;
+pub mod trace;
+mod workload;
+
+pub use workload::DEFAULT_TRACE_RECORDS;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use append::run_append;
+pub use recover::run_recover;
+pub use ship::run_ship;
+pub use workload::run_workload;
+
+use crate::format::record::encoded_len;
+
+/// When an append waits for durability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Nobody waits; one sync at the end.
+    None,
+    /// Each writer waits for its record; concurrent writers share syncs.
+    Group,
+    /// Every append is synced alone.
+    Each,
+}
+
+impl Durability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::None => "none",
+            Durability::Group => "group",
+            Durability::Each => "each",
+        }
+    }
+}
+
+/// How long a run lasts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Limit {
+    Records(u64),
+    Time(Duration),
+}
+
+/// What to run, shared by every scenario (each uses the fields it needs).
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// A scratch directory is made inside and removed afterwards.
+    pub dir: PathBuf,
+    pub writers: usize,
+    pub record_size: usize,
+    /// `None`: a default that keeps one scenario well under a minute.
+    pub limit: Option<Limit>,
+    pub durability: Durability,
+    pub segment_size: u64,
+    /// Size of the store the `recover` scenario builds.
+    pub store_size: u64,
+    /// `ship`: sealed segments in the catch-up backlog, and segments timed one by one.
+    pub segments: u64,
+}
+
+impl BenchConfig {
+    /// Bytes one record of `record_size` takes on disk: what the baselines write per record.
+    pub fn record_len(&self) -> usize {
+        encoded_len(self.record_size)
+    }
+}
+
+/// One result line. Keys are stable: scripts and docs rely on them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BenchResult {
+    pub scenario: &'static str,
+    pub writers: usize,
+    pub record_size: usize,
+    pub durability: &'static str,
+    pub records: u64,
+    pub seconds: f64,
+    pub records_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transactions_per_s: Option<f64>,
+    /// Payload megabytes (10^6 bytes) per second; for `recover`, file bytes per second.
+    pub mb_per_s: f64,
+    /// Latency of the durable acknowledgement (of the append itself with durability `none`;
+    /// of the commit for a workload; from seal to the standby's applied position for
+    /// `ship_latency`).
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    /// Latency of the append call alone.
+    pub append_p50_us: f64,
+    pub append_p99_us: f64,
+    pub append_p999_us: f64,
+    pub syncs: u64,
+    pub records_per_sync: f64,
+    pub segments_sealed: u64,
+    pub baseline_records_per_s: f64,
+    pub baseline_mb_per_s: f64,
+    pub baseline_p50_us: f64,
+    pub baseline_p99_us: f64,
+    /// walship / baseline, higher is better; for `ship_latency` (a time) baseline / walship of
+    /// the p50, so that higher is still better.
+    pub ratio: f64,
+    /// `group` only: the one-sync-per-record baseline and walship's ratio to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub each_baseline_records_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_each_baseline: Option<f64>,
+    /// A single fdatasync of the baseline (p50, p99): the floor of a durable acknowledgement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_sync_p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_sync_p99_us: Option<f64>,
+    /// `append` only: CPU seconds the writer threads used (all of them), and the baseline
+    /// writer; records per CPU second compare the two where cores are shared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_cpu_s: Option<f64>,
+    /// `recover` only: reopening the store (recovery) and the full scan, each timed alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_gb_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_gb_per_s: Option<f64>,
+    /// `ship_*` only: segments shipped in the measurement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u64>,
+}
+
+/// CPU time the calling thread has used: on a shared machine, wall time includes time spent
+/// waiting for a core, CPU time does not.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain syscall writing into a local timespec.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// A scratch directory inside `dir`, removed when dropped.
+fn scratch(dir: &std::path::Path) -> crate::Result<tempfile::TempDir> {
+    use crate::error::IoContext;
+    std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    tempfile::Builder::new()
+        .prefix("walship-bench-")
+        .tempdir_in(dir)
+        .ctx(|| format!("create a scratch directory in {}", dir.display()))
+}

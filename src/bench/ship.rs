@@ -1,0 +1,289 @@
+//! The `ship` scenario: a shipper and a standby on loopback in one process. Measures the time
+//! from sealing a segment to the standby's applied position reaching its end, and the catch-up
+//! throughput for a backlog of sealed segments; against copying the same files over one plain
+//! loopback TCP connection into fresh files, each fsynced before the receiver acknowledges.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::hist::Histogram;
+use super::{mb_per_s, ratio, scratch, BenchConfig, BenchResult};
+use crate::error::IoContext;
+use crate::format::record::SEAL_LEN;
+use crate::replication::{
+    CheckingApplicator, ReplError, Shipper, ShipperConfig, Standby, StandbyConfig,
+};
+use crate::{DataDir, Entry, EntryType, Error, Result, Wal, WalOptions};
+
+/// Longest wait for the standby to reach a position before the run is called failed.
+const WAIT_LIMIT: Duration = Duration::from_secs(120);
+
+fn repl(e: ReplError) -> Error {
+    match e {
+        ReplError::Store(e) => e,
+        e => Error::Other(format!("replication: {e}")),
+    }
+}
+
+/// Fills the open segment to within one batch of its end with records, makes them durable,
+/// and returns how many records it appended. The caller seals.
+fn fill_segment(wal: &Wal, batch: &[Entry<'_>], batch_bytes: u64, seg: u64) -> Result<u64> {
+    let mut records = 0;
+    loop {
+        let used = wal.write_lsn().0 % seg;
+        if records > 0 && used + batch_bytes + SEAL_LEN as u64 + 4096 > seg {
+            break;
+        }
+        wal.append_batch(batch)?;
+        records += batch.len() as u64;
+    }
+    wal.sync()?;
+    Ok(records)
+}
+
+/// The baseline's receiving end: for each file, a u64 length then the bytes, written into a
+/// fresh file, fsynced, removed again (only the copy is timed), then one byte of acknowledgement.
+fn baseline_receiver(listener: TcpListener, dir: PathBuf) -> Result<()> {
+    let (mut s, _) = listener
+        .accept()
+        .ctx(|| "accept the baseline copy".into())?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let mut len = [0u8; 8];
+        match s.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(Error::io("read the baseline copy", e)),
+        }
+        let mut left = u64::from_le_bytes(len);
+        let path = dir.join(format!("copy-{n}"));
+        n += 1;
+        let mut f = File::create(&path).ctx(|| format!("create {}", path.display()))?;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let got = s
+                .read(&mut buf[..want])
+                .ctx(|| "read the baseline copy".into())?;
+            if got == 0 {
+                return Err(Error::Other("the baseline copy ended early".into()));
+            }
+            f.write_all(&buf[..got])
+                .ctx(|| format!("write {}", path.display()))?;
+            left -= got as u64;
+        }
+        f.sync_all().ctx(|| format!("fsync {}", path.display()))?;
+        drop(f);
+        s.write_all(&[1]).ctx(|| "acknowledge the copy".into())?;
+        std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+    }
+}
+
+/// Plain loopback TCP copy + fsync: one connection, files sent one after another.
+struct BaselineCopy {
+    stream: TcpStream,
+    receiver: std::thread::JoinHandle<Result<()>>,
+}
+
+impl BaselineCopy {
+    fn start(dir: &Path) -> Result<BaselineCopy> {
+        std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+        let listener =
+            TcpListener::bind("127.0.0.1:0").ctx(|| "listen for the baseline copy".into())?;
+        let addr = listener
+            .local_addr()
+            .ctx(|| "address of the baseline listener".into())?;
+        let d = dir.to_path_buf();
+        let receiver = std::thread::spawn(move || baseline_receiver(listener, d));
+        let stream = TcpStream::connect(addr).ctx(|| "connect the baseline copy".into())?;
+        stream
+            .set_nodelay(true)
+            .ctx(|| "set TCP_NODELAY on the baseline copy".into())?;
+        Ok(BaselineCopy { stream, receiver })
+    }
+
+    /// Sends the files, each acknowledged once fsynced on the other side; returns the time.
+    fn copy(&mut self, files: &[PathBuf]) -> Result<Duration> {
+        let t0 = Instant::now();
+        for p in files {
+            let mut f = File::open(p).ctx(|| format!("open {}", p.display()))?;
+            let len = f.metadata().ctx(|| format!("stat {}", p.display()))?.len();
+            self.stream
+                .write_all(&len.to_le_bytes())
+                .ctx(|| "send the baseline copy".into())?;
+            std::io::copy(&mut f, &mut self.stream).ctx(|| "send the baseline copy".into())?;
+            let mut ack = [0u8; 1];
+            self.stream
+                .read_exact(&mut ack)
+                .ctx(|| "wait for the baseline acknowledgement".into())?;
+        }
+        Ok(t0.elapsed())
+    }
+
+    fn finish(self) -> Result<()> {
+        drop(self.stream);
+        self.receiver
+            .join()
+            .map_err(|_| Error::Other("the baseline receiver panicked".into()))?
+    }
+}
+
+/// Polls until the standby has applied everything below `lsn`.
+fn wait_applied(standby: &Standby, lsn: u64) -> Result<()> {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        let st = standby.state();
+        if st.applied_lsn >= lsn {
+            return Ok(());
+        }
+        if !standby.is_running() || Instant::now() > deadline {
+            return Err(Error::Other(format!(
+                "the standby stopped at applied position {} before {lsn}{}",
+                st.applied_lsn,
+                st.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+            )));
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Sealed segment files of `data`, oldest first, from segment `from` on.
+fn sealed_files(data: &Path, from: u64) -> Result<Vec<PathBuf>> {
+    let dd = DataDir::new(data);
+    let mut v: Vec<_> = dd
+        .list_segments()?
+        .into_iter()
+        .filter(|n| n.kind == crate::format::SegmentFileKind::Sealed && n.segment_no >= from)
+        .map(|n| dd.segment_path(&n))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Runs the `ship` scenario: returns the `ship_catchup` and `ship_latency` results.
+pub fn run_ship(cfg: &BenchConfig) -> Result<Vec<BenchResult>> {
+    let tmp = scratch(&cfg.dir)?;
+    let data = tmp.path().join("primary");
+    let standby_dir = tmp.path().join("standby");
+    let seg = cfg.segment_size;
+    let segments = cfg.segments.max(1);
+    DataDir::init(&data, seg)?;
+    let wal = Wal::open(&data, WalOptions::default())?;
+    let payload = vec![0x5Au8; cfg.record_size.min(wal.max_payload())];
+    let per_batch = ((seg / 8) / cfg.record_len() as u64).clamp(1, 1024) as usize;
+    let batch: Vec<Entry<'_>> = (0..per_batch)
+        .map(|_| Entry::new(EntryType::Insert, None, &payload))
+        .collect();
+    let batch_bytes = (cfg.record_len() * per_batch) as u64;
+
+    // The backlog, sealed before anything ships.
+    let first = wal.write_lsn().0 / seg;
+    let mut backlog_records = 0;
+    for _ in 0..segments {
+        backlog_records += fill_segment(&wal, &batch, batch_bytes, seg)?;
+        wal.seal()?;
+    }
+    let backlog_end = wal.flush_lsn().0;
+    let backlog = sealed_files(&data, first)?;
+    let backlog_bytes: u64 = backlog
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .ctx(|| "start the async runtime".into())?;
+    let mut shipper = rt
+        .block_on(Shipper::start(ShipperConfig::new(&data, "127.0.0.1:0")))
+        .map_err(repl)?;
+    let addr = shipper.local_addr().to_string();
+
+    // Catch-up: a new standby starts with the whole backlog waiting.
+    let t0 = Instant::now();
+    let mut standby = rt
+        .block_on(Standby::start(
+            StandbyConfig::new(&standby_dir, addr),
+            CheckingApplicator::default(),
+        ))
+        .map_err(repl)?;
+    wait_applied(&standby, backlog_end)?;
+    let catchup = t0.elapsed();
+
+    let mut copy = BaselineCopy::start(&tmp.path().join("baseline"))?;
+    let base_catchup = copy.copy(&backlog)?;
+
+    // Latency: seal one filled segment at a time; the baseline copies that same file right after.
+    let mut lat = Histogram::default();
+    let mut base_lat = Histogram::default();
+    let (mut lat_sum, mut base_sum) = (Duration::ZERO, Duration::ZERO);
+    let (mut lat_records, mut lat_bytes) = (0u64, 0u64);
+    for _ in 0..segments {
+        lat_records += fill_segment(&wal, &batch, batch_bytes, seg)?;
+        let t = Instant::now();
+        let name = wal
+            .seal()?
+            .ok_or_else(|| Error::Other("sealing a filled segment sealed nothing".into()))?;
+        wait_applied(&standby, wal.flush_lsn().0)?;
+        let d = t.elapsed();
+        lat.record(d);
+        lat_sum += d;
+        let file = DataDir::new(&data).segment_path(&name);
+        lat_bytes += std::fs::metadata(&file)
+            .ctx(|| format!("stat {}", file.display()))?
+            .len();
+        let b = copy.copy(std::slice::from_ref(&file))?;
+        base_lat.record(b);
+        base_sum += b;
+    }
+    copy.finish()?;
+    rt.block_on(standby.stop(Duration::from_secs(10)))
+        .map_err(repl)?;
+    rt.block_on(shipper.stop(Duration::from_secs(10)));
+    drop(wal);
+
+    let catch_mb = mb_per_s(backlog_bytes, catchup);
+    let base_catch_mb = mb_per_s(backlog_bytes, base_catchup);
+    let catch = BenchResult {
+        scenario: "ship_catchup",
+        writers: 1,
+        record_size: cfg.record_size,
+        durability: "each",
+        records: backlog_records,
+        seconds: catchup.as_secs_f64(),
+        records_per_s: backlog_records as f64 / catchup.as_secs_f64().max(1e-9),
+        mb_per_s: catch_mb,
+        baseline_records_per_s: backlog_records as f64 / base_catchup.as_secs_f64().max(1e-9),
+        baseline_mb_per_s: base_catch_mb,
+        ratio: ratio(catch_mb, base_catch_mb),
+        segments: Some(backlog.len() as u64),
+        ..BenchResult::default()
+    };
+    let latency = BenchResult {
+        scenario: "ship_latency",
+        writers: 1,
+        record_size: cfg.record_size,
+        durability: "each",
+        records: lat_records,
+        seconds: lat_sum.as_secs_f64(),
+        records_per_s: lat_records as f64 / lat_sum.as_secs_f64().max(1e-9),
+        mb_per_s: mb_per_s(lat_bytes, lat_sum),
+        p50_us: lat.quantile_us(0.5),
+        p99_us: lat.quantile_us(0.99),
+        p999_us: lat.quantile_us(0.999),
+        max_us: lat.max_us(),
+        baseline_records_per_s: lat_records as f64 / base_sum.as_secs_f64().max(1e-9),
+        baseline_mb_per_s: mb_per_s(lat_bytes, base_sum),
+        baseline_p50_us: base_lat.quantile_us(0.5),
+        baseline_p99_us: base_lat.quantile_us(0.99),
+        // A time: baseline / walship, so that higher is still better.
+        ratio: ratio(base_lat.quantile_us(0.5), lat.quantile_us(0.5)),
+        segments: Some(segments),
+        ..BenchResult::default()
+    };
+    Ok(vec![catch, latency])
+}

@@ -1,0 +1,220 @@
+//! `bench`: the load generator and its same-run baselines.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use walship::bench::{self, BenchConfig, BenchResult, Durability, Limit};
+
+use super::{parse_size, CmdResult, Failure};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Scenario {
+    /// W writers append records of S bytes.
+    Append,
+    /// Reopen a store and read every record back.
+    Recover,
+    /// A shipper and a standby on loopback: seal-to-applied latency and backlog catch-up.
+    Ship,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum DurabilityArg {
+    None,
+    Group,
+    Each,
+}
+
+/// Measure walship against this machine's own limits, in the same run.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Every result comes with a baseline measured in the same run on the same directory and bytes: \
+plain write + fdatasync into a zero-filled file (one sync per record for `each`, one per batch of the size walship \
+reached for `group`, none for `none`), plain read + CRC for `recover`, or copying the same segment files over one \
+loopback TCP connection into fresh files, each fsynced, for `ship`. `ratio` is walship / baseline, higher is better; \
+for `ship_latency` (a time, seal to the standby's applied position) it is baseline / walship of the p50, so higher \
+is still better.\n\n\
+Examples:\n  walship bench --dir /var/tmp --durability each --record-size 128\n  \
+walship bench --writers 16 --durability group --json\n  \
+walship bench --scenario recover --size 512MiB\n  \
+walship bench --scenario ship --segments 24 --record-size 4KiB\n  \
+walship bench --workload pgbench-wal.tsv.gz --writers 4"
+)]
+pub struct BenchArgs {
+    /// Where to run: a scratch directory is made inside and removed afterwards.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = Scenario::Append)]
+    pub scenario: Scenario,
+    /// Writer threads (clients for a workload).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub writers: u16,
+    /// Payload bytes per record (KiB/MiB suffixes allowed).
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    pub record_size: u64,
+    /// Records to append (trace records to replay for a workload); default depends on the run.
+    #[arg(long, conflicts_with = "seconds")]
+    pub records: Option<u64>,
+    /// Append for this many seconds instead of a fixed count.
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Group)]
+    pub durability: DurabilityArg,
+    /// Segment size of the data directory the bench creates.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub segment_size: u64,
+    /// Size of the store built by the recover scenario.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub size: u64,
+    /// Ship scenario: sealed segments in the catch-up backlog, and segments timed one by one.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub segments: u64,
+    /// Replay a trace (tab-separated type, tx_id, len; plain or gzip) instead of fixed records;
+    /// each client waits for durability at each tx_commit.
+    #[arg(long)]
+    pub workload: Option<PathBuf>,
+    /// Print one JSON object per result.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: BenchArgs) -> CmdResult {
+    walship::format::check_segment_size(a.segment_size).map_err(Failure::Error)?;
+    let limit = match (a.records, a.seconds) {
+        (Some(0), _) => return Err(Failure::Error("--records must be at least 1".into())),
+        (Some(n), _) => Some(Limit::Records(n)),
+        (None, Some(s)) if !(s > 0.0 && s.is_finite()) => {
+            return Err(Failure::Error("--seconds must be a positive number".into()))
+        }
+        (None, Some(s)) => Some(Limit::Time(Duration::from_secs_f64(s))),
+        (None, None) => None,
+    };
+    let cfg = BenchConfig {
+        dir: a.dir.clone(),
+        writers: a.writers as usize,
+        record_size: usize::try_from(a.record_size)
+            .map_err(|_| Failure::Error("--record-size is too large".into()))?,
+        limit,
+        durability: match a.durability {
+            DurabilityArg::None => Durability::None,
+            DurabilityArg::Group => Durability::Group,
+            DurabilityArg::Each => Durability::Each,
+        },
+        segment_size: a.segment_size,
+        store_size: a.size,
+        segments: a.segments,
+    };
+    let results = if let Some(path) = &a.workload {
+        if limit.is_some_and(|l| matches!(l, Limit::Time(_))) {
+            return Err(Failure::Error(
+                "--seconds does not apply to --workload: use --records".into(),
+            ));
+        }
+        let n = a
+            .records
+            .map(|n| n as usize)
+            .unwrap_or(bench::DEFAULT_TRACE_RECORDS);
+        let records = bench::trace::load(path, Some(n))?;
+        if records.is_empty() {
+            return Err(Failure::Error(format!(
+                "{}: the trace holds no records",
+                path.display()
+            )));
+        }
+        vec![bench::run_workload(&cfg, &records)?]
+    } else {
+        match a.scenario {
+            Scenario::Append => vec![bench::run_append(&cfg)?],
+            Scenario::Recover => vec![bench::run_recover(&cfg)?],
+            Scenario::Ship => bench::run_ship(&cfg)?,
+        }
+    };
+    for r in &results {
+        print(r, a.json)?;
+    }
+    Ok(())
+}
+
+fn print(r: &BenchResult, json: bool) -> CmdResult {
+    if json {
+        let line = serde_json::to_string(r).map_err(|e| Failure::Error(e.to_string()))?;
+        println!("{line}");
+        return Ok(());
+    }
+    match r.scenario {
+        "ship_catchup" => {
+            println!(
+                "ship catch-up: {} segments, {} records of {} B: {:.2} s, {:.1} MB/s, {:.0} records/s",
+                r.segments.unwrap_or(0), r.records, r.record_size, r.seconds, r.mb_per_s, r.records_per_s
+            );
+            println!(
+                "baseline (TCP copy + fsync): {:.1} MB/s; ratio {:.2}",
+                r.baseline_mb_per_s, r.ratio
+            );
+        }
+        "ship_latency" => {
+            println!(
+                "ship latency, seal to applied: {} segments: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({:.1} MB/s)",
+                r.segments.unwrap_or(0), r.p50_us / 1e3, r.p99_us / 1e3, r.max_us / 1e3, r.mb_per_s
+            );
+            println!(
+                "baseline (TCP copy + fsync of one segment): p50 {:.1} ms, p99 {:.1} ms; ratio (baseline / walship p50) {:.2}",
+                r.baseline_p50_us / 1e3, r.baseline_p99_us / 1e3, r.ratio
+            );
+        }
+        "recover" => {
+            println!(
+                "recover: {} records of {} B, {:.1} MB: recovery {:.1} ms; full scan {:.0} records/s, {:.2} GB/s",
+                r.records,
+                r.record_size,
+                r.mb_per_s * r.seconds,
+                r.recovery_ms.unwrap_or(0.0),
+                r.records_per_s,
+                r.scan_gb_per_s.unwrap_or(0.0)
+            );
+            println!(
+                "baseline (read + CRC): {:.2} GB/s; ratio {:.2}",
+                r.baseline_gb_per_s.unwrap_or(0.0),
+                r.ratio
+            );
+        }
+        scenario => {
+            let what = if scenario == "workload" {
+                format!(
+                    "workload: {} clients, {} records (mean {} B): {:.0} transactions/s, {:.0} records/s, {:.1} MB/s",
+                    r.writers,
+                    r.records,
+                    r.record_size,
+                    r.transactions_per_s.unwrap_or(0.0),
+                    r.records_per_s,
+                    r.mb_per_s
+                )
+            } else {
+                format!(
+                    "append: {} writers, {} B records, durability {}: {} records in {:.2} s: {:.0} records/s, {:.1} MB/s",
+                    r.writers, r.record_size, r.durability, r.records, r.seconds, r.records_per_s, r.mb_per_s
+                )
+            };
+            println!("{what}");
+            println!(
+                "latency: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us (append alone: p50 {:.2} us, p99 {:.2} us, p99.9 {:.2} us)",
+                r.p50_us, r.p99_us, r.p999_us, r.max_us, r.append_p50_us, r.append_p99_us, r.append_p999_us
+            );
+            println!(
+                "syncs: {} ({:.1} records per sync); segments sealed: {}",
+                r.syncs, r.records_per_sync, r.segments_sealed
+            );
+            println!(
+                "baseline (write + fdatasync): {:.0} records/s, {:.1} MB/s, p50 {:.1} us, p99 {:.1} us; ratio {:.2}",
+                r.baseline_records_per_s, r.baseline_mb_per_s, r.baseline_p50_us, r.baseline_p99_us, r.ratio
+            );
+            if let (Some(e), Some(q)) = (r.each_baseline_records_per_s, r.ratio_to_each_baseline) {
+                println!("one-sync-per-record baseline: {e:.0} records/s; ratio {q:.2}");
+            }
+            if let (Some(p50), Some(p99)) = (r.baseline_sync_p50_us, r.baseline_sync_p99_us) {
+                println!("a single fdatasync: p50 {p50:.1} us, p99 {p99:.1} us");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! `walship bench` as a child process with tiny sizes: every scenario runs, prints one JSON
+//! object with the stable keys, and reports positive figures. No speed is asserted here.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const KEYS: [&str; 15] = [
+    "scenario",
+    "writers",
+    "record_size",
+    "durability",
+    "records_per_s",
+    "mb_per_s",
+    "p50_us",
+    "p99_us",
+    "p999_us",
+    "syncs",
+    "records_per_sync",
+    "baseline_records_per_s",
+    "baseline_mb_per_s",
+    "ratio",
+    "records",
+];
+
+fn bench(dir: &Path, args: &[&str]) -> Value {
+    bench_lines(dir, args, 1).remove(0)
+}
+
+/// Runs a bench that prints `n` results; returns them in order.
+fn bench_lines(dir: &Path, args: &[&str], n: usize) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .arg("bench")
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run walship bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "walship bench {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), n, "one JSON object per result: {stdout}");
+    let values: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("valid JSON"))
+        .collect();
+    for v in &values {
+        for k in KEYS {
+            assert!(v.get(k).is_some(), "key {k} missing in {v}");
+        }
+    }
+    // The scratch directory is removed afterwards.
+    assert_eq!(
+        std::fs::read_dir(dir).unwrap().count(),
+        0,
+        "bench left files behind"
+    );
+    values
+}
+
+fn positive(v: &Value, keys: &[&str]) {
+    for k in keys {
+        let x = v[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} is not a number in {v}"));
+        assert!(x > 0.0, "{k} = {x} in {v}");
+    }
+}
+
+#[test]
+fn append_each_group_none() {
+    let dir = tempfile::tempdir().unwrap();
+    for (d, w) in [("each", "1"), ("group", "4"), ("none", "2")] {
+        let v = bench(
+            dir.path(),
+            &[
+                "--durability",
+                d,
+                "--writers",
+                w,
+                "--records",
+                "500",
+                "--segment-size",
+                "64KiB",
+            ],
+        );
+        assert_eq!(v["scenario"], "append");
+        assert_eq!(v["durability"], d);
+        assert_eq!(v["writers"].as_u64(), Some(w.parse().unwrap()));
+        assert_eq!(v["record_size"].as_u64(), Some(128));
+        assert_eq!(v["records"].as_u64(), Some(500));
+        positive(
+            &v,
+            &[
+                "records_per_s",
+                "mb_per_s",
+                "p50_us",
+                "p99_us",
+                "baseline_records_per_s",
+                "ratio",
+            ],
+        );
+        // 500 records of 168 bytes fill more than one 64 KiB segment.
+        assert!(v["segments_sealed"].as_u64().unwrap() >= 1, "{v}");
+        match d {
+            "each" => assert_eq!(v["syncs"].as_u64(), Some(500), "one sync per record: {v}"),
+            "group" => assert!(v["syncs"].as_u64().unwrap() >= 1, "{v}"),
+            // Nobody waits: only seals and the untimed final sync write to disk.
+            _ => assert_eq!(v["syncs"].as_u64(), Some(0), "{v}"),
+        }
+        if d == "group" {
+            positive(&v, &["each_baseline_records_per_s", "baseline_sync_p99_us"]);
+        }
+    }
+}
+
+#[test]
+fn recover_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = bench(
+        dir.path(),
+        &[
+            "--scenario",
+            "recover",
+            "--size",
+            "2MiB",
+            "--segment-size",
+            "256KiB",
+            "--record-size",
+            "100",
+        ],
+    );
+    assert_eq!(v["scenario"], "recover");
+    // 2 MiB of 144-byte records, built in batches of 1024.
+    let n = v["records"].as_u64().unwrap();
+    assert!(n >= (2 << 20) / 144 && n % 1024 == 0, "{v}");
+    positive(
+        &v,
+        &[
+            "records_per_s",
+            "mb_per_s",
+            "baseline_mb_per_s",
+            "ratio",
+            "scan_gb_per_s",
+        ],
+    );
+    assert!(v["recovery_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn ship_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = bench_lines(
+        dir.path(),
+        &[
+            "--scenario",
+            "ship",
+            "--segments",
+            "3",
+            "--segment-size",
+            "256KiB",
+            "--record-size",
+            "1000",
+        ],
+        2,
+    );
+    assert_eq!(v[0]["scenario"], "ship_catchup");
+    assert_eq!(v[1]["scenario"], "ship_latency");
+    for r in &v {
+        assert_eq!(r["segments"].as_u64(), Some(3), "{r}");
+        assert_eq!(r["record_size"].as_u64(), Some(1000), "{r}");
+        // Each 256 KiB segment is filled to within one batch of its end: over 100 records.
+        assert!(r["records"].as_u64().unwrap() >= 300, "{r}");
+        positive(
+            r,
+            &[
+                "records_per_s",
+                "mb_per_s",
+                "baseline_records_per_s",
+                "baseline_mb_per_s",
+                "ratio",
+            ],
+        );
+    }
+    positive(
+        &v[1],
+        &["p50_us", "p99_us", "baseline_p50_us", "baseline_p99_us"],
+    );
+}
+
+#[test]
+fn workload_replay_of_a_pgbench_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pgbench-wal-sample.tsv.gz");
+    let v = bench(
+        dir.path(),
+        &[
+            "--workload",
+            trace.to_str().unwrap(),
+            "--writers",
+            "4",
+            "--records",
+            "1500",
+        ],
+    );
+    assert_eq!(v["scenario"], "workload");
+    assert_eq!(v["records"].as_u64(), Some(1500));
+    positive(
+        &v,
+        &[
+            "transactions_per_s",
+            "records_per_s",
+            "p50_us",
+            "p99_us",
+            "ratio",
+            "syncs",
+        ],
+    );
+}
+
+#[test]
+fn bad_trace_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("bad.tsv");
+    std::fs::write(&trace, "type\ttx_id\tlen\ninsert\t1\tlots\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["bench", "--workload"])
+        .arg(&trace)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.tsv: line 2: len \"lots\" is not a number"),
+        "{err}"
+    );
+}

@@ -1,0 +1,627 @@
+//! Fault injection at the I/O boundary (the `failpoints` feature: `cargo test --features
+//! failpoints`). Each test makes one system call fail where the code makes it, and checks what a
+//! user relies on: a failed sync poisons the writer and every waiter sees the cause, no later
+//! append claims durability, every other fault is a clear error that loses nothing acknowledged,
+//! and everything works again once the fault is gone.
+//!
+//! Failpoints are process-global: every test that sets one in this process holds a
+//! `fail::FailScenario` for its whole run, which serializes them and clears every point when the
+//! test ends (panics included). Tests of the command line set them in the child process only,
+//! through the `FAILPOINTS` environment variable.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+
+use fail::FailScenario;
+use walship::{Entry, EntryType, Error, Lsn, Wal, WalOptions};
+
+use common::{new_dir, read_all};
+
+/// The text `Display` gives the injected EIO and ENOSPC.
+const EIO_TEXT: &str = "os error 5";
+const ENOSPC_TEXT: &str = "os error 28";
+
+/// A record this test got acknowledged as durable.
+struct Acked {
+    lsn: Lsn,
+    payload: Vec<u8>,
+}
+
+fn entry(payload: &[u8]) -> Entry<'_> {
+    Entry::new(EntryType::Insert, Some(1), payload)
+}
+
+/// Appends `n` records durably; each one is acknowledged.
+fn append_acked(wal: &Wal, tag: &str, n: usize, acked: &mut Vec<Acked>) {
+    for i in 0..n {
+        let payload = format!("{tag}-{i:05}-{}", "x".repeat(100)).into_bytes();
+        let a = wal
+            .append_durable(&entry(&payload))
+            .expect("durable append");
+        acked.push(Acked {
+            lsn: a.lsn,
+            payload,
+        });
+    }
+}
+
+/// A new data directory at `dir`, open for writing.
+fn open_primary(dir: &Path) -> Wal {
+    walship::DataDir::init(dir, common::SEG).expect("init");
+    Wal::open(dir, WalOptions::default()).expect("open")
+}
+
+/// Appends 1000 acknowledged records and seals them; returns where the sealed WAL ends.
+fn append_sealed(wal: &Wal, tag: &str, acked: &mut Vec<Acked>) -> u64 {
+    append_acked(wal, tag, 1000, acked);
+    wal.seal().expect("seal");
+    wal.flush_lsn().0
+}
+
+/// Every acknowledged record is in the directory at its LSN with its payload, and `walship
+/// verify` finds the directory clean.
+fn assert_all_there(dir: &Path, acked: &[Acked]) {
+    let records = read_all(dir).expect("read back");
+    let by_lsn: std::collections::HashMap<u64, &[u8]> = records
+        .iter()
+        .map(|r| (r.lsn.0, r.payload.as_slice()))
+        .collect();
+    for a in acked {
+        assert_eq!(
+            by_lsn.get(&a.lsn.0).copied(),
+            Some(a.payload.as_slice()),
+            "acknowledged record at {} is missing or changed",
+            a.lsn
+        );
+    }
+    let out = common::run(&["verify", dir.to_str().expect("utf-8 path")], b"");
+    assert_eq!(
+        common::code(&out),
+        0,
+        "verify: {}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+}
+
+fn poisoned_reason(r: walship::Result<impl std::fmt::Debug>) -> String {
+    match r {
+        Err(Error::Poisoned(reason)) => reason,
+        other => panic!("expected the writer to be poisoned, got {other:?}"),
+    }
+}
+
+fn no_prepare() -> WalOptions {
+    WalOptions {
+        prepare_ahead: false,
+        ..WalOptions::default()
+    }
+}
+
+#[test]
+fn msync_failure_in_group_commit_poisons_the_writer_and_every_waiter() {
+    let _fs = FailScenario::setup();
+    let (_tmp, dir) = new_dir();
+    let mut acked = Vec::new();
+    let wal = Arc::new(Wal::open(&dir, WalOptions::default()).expect("open"));
+    append_acked(&wal, "before", 20, &mut acked);
+    let durable = wal.flush_lsn();
+
+    // Eight records appended, then eight threads wait for them at once: whoever leads the
+    // group commit hits the failed msync, and every waiter must get the error.
+    const WAITERS: usize = 8;
+    let pending: Vec<_> = (0..WAITERS)
+        .map(|i| {
+            wal.append(&entry(format!("pending-{i}").as_bytes()))
+                .expect("append")
+        })
+        .collect();
+    fail::cfg("segment::msync", "return(EIO)").expect("cfg");
+    let barrier = Arc::new(Barrier::new(WAITERS));
+    let threads: Vec<_> = pending
+        .iter()
+        .map(|a| {
+            let (wal, barrier, end) = (wal.clone(), barrier.clone(), a.end_lsn);
+            std::thread::spawn(move || {
+                barrier.wait();
+                wal.wait_durable(end)
+            })
+        })
+        .collect();
+    for t in threads {
+        let reason = poisoned_reason(t.join().expect("waiter thread"));
+        assert!(
+            reason.contains("msync") && reason.contains(EIO_TEXT),
+            "the error names the failed call and its cause: {reason}"
+        );
+    }
+    assert_eq!(
+        wal.flush_lsn(),
+        durable,
+        "nothing became durable after the failure"
+    );
+
+    // Poisoned for good, even with the fault gone: a retried msync could report success for
+    // pages the kernel already dropped.
+    fail::remove("segment::msync");
+    let reason = poisoned_reason(wal.append(&entry(b"after")));
+    assert!(
+        reason.contains("msync") && reason.contains(EIO_TEXT),
+        "{reason}"
+    );
+    poisoned_reason(wal.wait_durable(pending[0].end_lsn));
+    poisoned_reason(wal.sync());
+    poisoned_reason(wal.seal());
+    poisoned_reason(wal.append_durable(&entry(b"after")));
+    assert_eq!(wal.flush_lsn(), durable);
+    // What was durable before stays so.
+    wal.wait_durable(durable).expect("already durable");
+    drop(wal);
+
+    // Reopening (the fault fixed) recovers every acknowledged record and takes new ones.
+    let wal = Wal::open(&dir, WalOptions::default()).expect("reopen");
+    append_acked(&wal, "after", 20, &mut acked);
+    wal.seal().expect("seal");
+    drop(wal);
+    assert_all_there(&dir, &acked);
+}
+
+/// Each step of a seal after the marker is written: the msync, cutting the file to its used
+/// length, the fsync, the rename to the sealed name, the directory fsync.
+#[test]
+fn a_failure_in_any_step_of_a_seal_poisons_and_loses_nothing() {
+    let _fs = FailScenario::setup();
+    let steps = [
+        ("segment::msync", "msync"),
+        ("wal::seal::truncate", "truncate"),
+        ("wal::seal::fsync", "fsync"),
+        ("wal::seal::rename", "rename"),
+        ("wal::seal::dir_fsync", "fsync directory"),
+    ];
+    for (point, word) in steps {
+        let (_tmp, dir) = new_dir();
+        let mut acked = Vec::new();
+        let wal = Wal::open(&dir, WalOptions::default()).expect("open");
+        append_acked(&wal, "before", 30, &mut acked);
+        let durable = wal.flush_lsn();
+        fail::cfg(point, "return(EIO)").expect("cfg");
+        let reason = poisoned_reason(wal.seal());
+        assert!(
+            reason.contains(word) && reason.contains(EIO_TEXT),
+            "{point}: the error names the step and the cause: {reason}"
+        );
+        fail::remove(point);
+        let again = poisoned_reason(wal.append(&entry(b"after")));
+        assert_eq!(again, reason, "{point}: later calls report the first cause");
+        poisoned_reason(wal.seal());
+        assert_eq!(wal.flush_lsn(), durable, "{point}");
+        drop(wal);
+
+        // Recovery finishes or redoes the interrupted seal; the writer goes on.
+        let wal = Wal::open(&dir, WalOptions::default()).expect("reopen after the fault");
+        append_acked(&wal, "after", 30, &mut acked);
+        wal.seal().expect("seal");
+        drop(wal);
+        assert_all_there(&dir, &acked);
+    }
+}
+
+#[test]
+fn a_seal_failing_during_rotation_fails_the_append_that_rotates() {
+    let _fs = FailScenario::setup();
+    let (_tmp, dir) = new_dir();
+    let mut acked = Vec::new();
+    let wal = Wal::open(&dir, WalOptions::default()).expect("open");
+    fail::cfg("wal::seal::fsync", "return(EIO)").expect("cfg");
+    let payload = vec![b'r'; 1000];
+    let reason = loop {
+        match wal.append_durable(&entry(&payload)) {
+            Ok(a) => {
+                assert!(acked.len() < 200, "a 64 KiB segment never rotated");
+                acked.push(Acked {
+                    lsn: a.lsn,
+                    payload: payload.clone(),
+                })
+            }
+            Err(Error::Poisoned(reason)) => break reason,
+            Err(e) => panic!("expected a poisoned writer, got {e}"),
+        }
+    };
+    assert!(
+        reason.contains("fsync") && reason.contains(EIO_TEXT),
+        "{reason}"
+    );
+    assert!(!acked.is_empty());
+    fail::remove("wal::seal::fsync");
+    poisoned_reason(wal.append_durable(&entry(&payload)));
+    drop(wal);
+    let wal = Wal::open(&dir, WalOptions::default()).expect("reopen");
+    append_acked(&wal, "after", 100, &mut acked);
+    drop(wal);
+    assert_all_there(&dir, &acked);
+}
+
+/// Appends records of 1000 bytes until one fails; returns the error.
+fn append_until_error(wal: &Wal, acked: &mut Vec<Acked>) -> Error {
+    let payload = vec![b'f'; 1000];
+    for _ in 0..500 {
+        match wal.append_durable(&entry(&payload)) {
+            Ok(a) => acked.push(Acked {
+                lsn: a.lsn,
+                payload: payload.clone(),
+            }),
+            Err(e) => return e,
+        }
+    }
+    panic!("no append failed over several segments' worth of records");
+}
+
+/// No space to create the next segment (with and without a background preparer): the append
+/// that needs it fails with ENOSPC, the writer stays usable, and appends resume once space
+/// returns.
+#[test]
+fn no_space_for_a_new_segment_is_a_clear_error_and_appending_resumes() {
+    let _fs = FailScenario::setup();
+    for options in [no_prepare(), WalOptions::default()] {
+        let (_tmp, dir) = new_dir();
+        let mut acked = Vec::new();
+        let wal = Wal::open(&dir, options.clone()).expect("open");
+        append_acked(&wal, "before", 10, &mut acked);
+        fail::cfg("segment::prepare", "return(ENOSPC)").expect("cfg");
+        let e = append_until_error(&wal, &mut acked);
+        assert!(e.is_no_space(), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("zero-fill") && msg.contains(ENOSPC_TEXT),
+            "{msg}"
+        );
+        // Not poisoned: still full, still the same clear error.
+        let again = wal
+            .append(&entry(b"still full"))
+            .expect_err("still no space");
+        assert!(again.is_no_space(), "{again}");
+        // No half-made segment file is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.join("wal"))
+            .expect("read wal/")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".wal"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "files left after failed creation: {leftovers:?}"
+        );
+        fail::remove("segment::prepare");
+        append_acked(&wal, "after", 100, &mut acked);
+        drop(wal);
+        assert_all_there(&dir, &acked);
+    }
+}
+
+#[test]
+fn a_failed_rename_activating_a_segment_is_a_clear_error_and_appending_resumes() {
+    let _fs = FailScenario::setup();
+    for options in [no_prepare(), WalOptions::default()] {
+        let (_tmp, dir) = new_dir();
+        let mut acked = Vec::new();
+        let wal = Wal::open(&dir, options).expect("open");
+        fail::cfg("wal::activate::rename", "return(EIO)").expect("cfg");
+        // The very first append needs a segment.
+        let e = wal.append(&entry(b"first")).expect_err("rename fails");
+        assert!(
+            matches!(&e, Error::Io { .. }),
+            "a plain I/O error, not a poisoned writer: {e}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("rename") && msg.contains(EIO_TEXT), "{msg}");
+        fail::remove("wal::activate::rename");
+        append_acked(&wal, "first", 10, &mut acked);
+        // And at a rotation, with acknowledged records before it.
+        fail::cfg("wal::activate::rename", "return(EIO)").expect("cfg");
+        let e = append_until_error(&wal, &mut acked);
+        assert!(
+            matches!(&e, Error::Io { .. }) && e.to_string().contains("rename"),
+            "{e}"
+        );
+        fail::remove("wal::activate::rename");
+        append_acked(&wal, "after", 100, &mut acked);
+        drop(wal);
+        assert_all_there(&dir, &acked);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replication: the standby's side of an incoming segment.
+
+mod replication {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use fail::FailScenario;
+    use walship::replication::{
+        CheckingApplicator, Shipper, ShipperConfig, Standby, StandbyConfig,
+    };
+
+    use super::{append_sealed, assert_all_there, open_primary, Acked, EIO_TEXT};
+
+    async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Sealed segment files in a directory's wal/.
+    fn sealed_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("wal"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// For each fault on the standby's path of an incoming segment (a short write, a failed
+    /// fsync, a failed rename): the standby reports the cause, acknowledges nothing past what it
+    /// stored before, keeps what it had, and converges with the primary once the fault is gone.
+    #[test]
+    fn standby_faults_on_an_incoming_segment_are_reported_and_it_converges_after() {
+        let _fs = FailScenario::setup();
+        let points = [
+            ("standby::write", "write"),
+            ("standby::fsync", "fsync"),
+            ("standby::rename", "rename"),
+        ];
+        for (point, word) in points {
+            let t = tempfile::tempdir().expect("tempdir");
+            let (pdir, sdir) = (t.path().join("primary"), t.path().join("standby"));
+            let wal = open_primary(&pdir);
+            let mut acked: Vec<Acked> = Vec::new();
+            let first = append_sealed(&wal, "first", &mut acked);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut cfg = ShipperConfig::new(&pdir, "127.0.0.1:0");
+                cfg.heartbeat_interval = Duration::from_millis(100);
+                let mut shipper = Shipper::start(cfg).await.expect("shipper");
+                let mut scfg = StandbyConfig::new(&sdir, shipper.local_addr().to_string());
+                scfg.heartbeat_interval = Duration::from_millis(100);
+                scfg.backoff_max = Duration::from_millis(300);
+                let mut standby = Standby::start(scfg, CheckingApplicator::default())
+                    .await
+                    .expect("standby");
+                wait_for("the standby to apply the first segments", || {
+                    standby.state().applied_lsn == first
+                })
+                .await;
+                let stored = sealed_files(&sdir);
+
+                fail::cfg(point, "return(EIO)").expect("cfg");
+                let second = append_sealed(&wal, "second", &mut acked);
+                let mut error = String::new();
+                wait_for("the standby to report the fault", || {
+                    error = standby.state().last_error.unwrap_or_default();
+                    error.contains(word) && error.contains(EIO_TEXT)
+                })
+                .await;
+                assert!(
+                    !error.contains("invalid segment"),
+                    "{point}: a local fault is not the primary's: {error}"
+                );
+                // Nothing past the fault is acknowledged, kept or applied; nothing before it
+                // is lost.
+                let st = standby.state();
+                assert_eq!(
+                    (st.flushed_lsn, st.applied_lsn),
+                    (first, first),
+                    "{point}: {error}"
+                );
+                assert_eq!(sealed_files(&sdir), stored, "{point}");
+                let id = standby.standby_id().to_string();
+                for s in shipper.standbys().iter().filter(|s| s.id == id) {
+                    assert!(
+                        s.flushed_lsn <= first,
+                        "{point}: the primary heard {} flushed",
+                        s.flushed_lsn
+                    );
+                }
+
+                fail::remove(point);
+                wait_for("the standby to converge after the fault", || {
+                    let st = standby.state();
+                    st.flushed_lsn == second && st.applied_lsn == second
+                })
+                .await;
+                standby
+                    .stop(Duration::from_secs(5))
+                    .await
+                    .expect("stop standby");
+                shipper.stop(Duration::from_secs(5)).await;
+            });
+            drop(wal);
+            assert_all_there(&sdir, &acked);
+            assert_all_there(&pdir, &acked);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Archive: a push that fails halfway, a final name that cannot be given.
+
+mod archive {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use fail::FailScenario;
+    use walship::archive::{Archiver, ArchiverOptions, LocalDirStore};
+    use walship::DataDir;
+
+    use super::{append_sealed, assert_all_there, open_primary, Acked, ENOSPC_TEXT};
+
+    /// Every file in the archive directory.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("read archive")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_failed_archive_push_leaves_nothing_half_written_and_a_rerun_completes() {
+        let _fs = FailScenario::setup();
+        let points = [
+            ("archive::put::write", "write"),
+            ("archive::put::link", "link"),
+        ];
+        for (point, word) in points {
+            let t = tempfile::tempdir().expect("tempdir");
+            let (pdir, adir) = (t.path().join("primary"), t.path().join("archive"));
+            let wal = open_primary(&pdir);
+            let mut acked: Vec<Acked> = Vec::new();
+            let first = append_sealed(&wal, "first", &mut acked);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let store = Arc::new(LocalDirStore::create(&adir).expect("archive store"));
+            let mut archiver = rt
+                .block_on(Archiver::new(
+                    DataDir::new(&pdir),
+                    store.clone(),
+                    ArchiverOptions::default(),
+                ))
+                .expect("archiver");
+            let s = rt.block_on(archiver.push_pending()).expect("first push");
+            assert_eq!(s.position, first);
+            let before = files(&adir);
+
+            let second = append_sealed(&wal, "second", &mut acked);
+            fail::cfg(point, "return(ENOSPC)").expect("cfg");
+            let e = rt
+                .block_on(archiver.push_pending())
+                .expect_err("the push fails");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(word) && msg.contains(ENOSPC_TEXT),
+                "{point}: {msg}"
+            );
+            // Nothing half-written is left under any name, and the position did not move.
+            assert_eq!(files(&adir), before, "{point}");
+            assert_eq!(archiver.position().0, first, "{point}");
+
+            // A rerun, the fault gone, completes; the archive restores to the primary's end.
+            fail::remove(point);
+            let s = rt.block_on(archiver.push_pending()).expect("rerun");
+            assert_eq!(s.position, second, "{point}");
+            drop(wal);
+            let restored = t.path().join("restored");
+            let out = super::common::run(
+                &[
+                    "restore",
+                    adir.to_str().expect("utf-8"),
+                    restored.to_str().expect("utf-8"),
+                ],
+                b"",
+            );
+            assert_eq!(
+                super::common::code(&out),
+                0,
+                "{}",
+                super::common::stderr(&out)
+            );
+            assert_all_there(&restored, &acked);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command line: a fault in a child process (named in FAILPOINTS) is one clear line on
+// stderr and exit code 2.
+
+mod cli {
+    use std::process::{Command, Output, Stdio};
+
+    use super::common::{bin, code, new_dir, stderr, stdout};
+
+    fn walship(args: &[&str], failpoints: &str, input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("FAILPOINTS", failpoints)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn walship");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("feed stdin");
+        drop(stdin);
+        child.wait_with_output().expect("wait for walship")
+    }
+
+    #[test]
+    fn write_durable_with_a_failing_msync_prints_no_lsn_and_exits_2() {
+        let (_tmp, dir) = new_dir();
+        let d = dir.to_str().expect("utf-8");
+        let out = walship(
+            &["write", d, "--durable"],
+            "segment::msync=return(EIO)",
+            b"a\nb\n",
+        );
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert_eq!(stdout(&out), "", "no LSN is acknowledged");
+        let err = stderr(&out);
+        let line = err.lines().last().unwrap_or_default();
+        assert!(
+            line.starts_with("walship: error: ")
+                && line.contains("msync")
+                && line.contains(super::EIO_TEXT),
+            "{err}"
+        );
+        let out = walship(&["write", d, "--durable"], "", b"c\n");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(stdout(&out).lines().count(), 1);
+    }
+
+    #[test]
+    fn archive_once_failing_halfway_exits_2_and_a_rerun_completes() {
+        let (tmp, dir) = new_dir();
+        let d = dir.to_str().expect("utf-8");
+        let lines: String = (0..2000).map(|i| format!("line-{i}\n")).collect();
+        let out = walship(&["write", d], "", lines.as_bytes());
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(code(&walship(&["seal", d], "", b"")), 0);
+        let archive = tmp.path().join("archive");
+        let a = archive.to_str().expect("utf-8");
+        let out = walship(
+            &["archive", d, "--to", a, "--once"],
+            "archive::put::write=return(ENOSPC)",
+            b"",
+        );
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        let err = stderr(&out);
+        let line = err.lines().last().unwrap_or_default();
+        assert!(
+            line.starts_with("walship: error: ") && line.contains(super::ENOSPC_TEXT),
+            "{err}"
+        );
+        let out = walship(&["archive", d, "--to", a, "--once"], "", b"");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let restored = tmp.path().join("restored");
+        let out = walship(&["restore", a, restored.to_str().expect("utf-8")], "", b"");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let records = super::read_all(&restored).expect("read the restore");
+        assert_eq!(records.len(), 2000);
+        assert_eq!(records[1999].payload, b"line-1999");
+    }
+}
