@@ -700,7 +700,8 @@ fn bad_frames_close_only_their_connection() {
     let _sb = standby(&sdir, &addr, &[], &t.path().join("standby.log"));
     wait_caught_up(&primary, &sdir);
 
-    // Garbage: an HTTP request read as a length prefix is far over the maximum.
+    // Garbage: an HTTP request read as a length prefix is far over the maximum (4 KiB before
+    // authentication).
     expect_closed(&addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
     // A frame claiming 4 GiB: refused on its prefix alone.
     expect_closed(&addr, &0xFFFF_FFF0u32.to_le_bytes(), false);
@@ -725,7 +726,7 @@ fn bad_frames_close_only_their_connection() {
 
     wait_until("every reason to be logged", || {
         let log = srv.log();
-        log.contains("frame of 542393671 bytes exceeds the maximum of 8388608 bytes")
+        log.contains("frame of 542393671 bytes exceeds the maximum of 4096 bytes")
             && log.contains("frame of 4294967280 bytes exceeds the maximum")
             && log.contains("truncated frame: the connection closed after 10 of 100 body bytes")
             && log.contains("malformed message")
