@@ -145,6 +145,37 @@ pub struct BenchResult {
     pub segments: Option<u64>,
 }
 
+impl BenchResult {
+    /// A one-writer result whose `records` and `bytes` took `walship` here and `baseline` for
+    /// the baseline: fills the rates and the throughput ratio; the caller adds the rest.
+    pub fn timed(
+        scenario: &'static str,
+        record_size: usize,
+        durability: &'static str,
+        records: u64,
+        bytes: u64,
+        walship: Duration,
+        baseline: Duration,
+    ) -> BenchResult {
+        let mb = mb_per_s(bytes, walship);
+        let base_mb = mb_per_s(bytes, baseline);
+        BenchResult {
+            scenario,
+            writers: 1,
+            record_size,
+            durability,
+            records,
+            seconds: walship.as_secs_f64(),
+            records_per_s: per_s(records, walship),
+            mb_per_s: mb,
+            baseline_records_per_s: per_s(records, baseline),
+            baseline_mb_per_s: base_mb,
+            ratio: ratio(mb, base_mb),
+            ..BenchResult::default()
+        }
+    }
+}
+
 /// CPU time the calling thread has used: on a shared machine, wall time includes time spent
 /// waiting for a core, CPU time does not.
 pub fn thread_cpu() -> Duration {
@@ -158,6 +189,10 @@ pub fn thread_cpu() -> Duration {
         return Duration::ZERO;
     }
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn per_s(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
 fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {

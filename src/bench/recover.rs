@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::baseline::read_and_crc;
-use super::{mb_per_s, ratio, scratch, BenchConfig, BenchResult};
+use super::{scratch, BenchConfig, BenchResult};
 use crate::decoder::{ScanEnd, SegmentScanner};
 use crate::reader::read_segment;
 use crate::{DataDir, Entry, EntryType, Lsn, Result, Wal, WalOptions};
@@ -84,26 +84,22 @@ pub fn run_recover(cfg: &BenchConfig) -> Result<BenchResult> {
     let scan = t1.elapsed();
 
     let t2 = Instant::now();
-    let base_bytes = read_and_crc(&files)?;
+    read_and_crc(&files)?;
     let base = t2.elapsed();
 
-    let scan_mb = mb_per_s(bytes, scan);
-    let base_mb = mb_per_s(base_bytes, base);
-    Ok(BenchResult {
-        scenario: "recover",
-        writers: 1,
-        record_size: cfg.record_size,
-        durability: "none",
+    let r = BenchResult::timed(
+        "recover",
+        cfg.record_size,
+        "none",
         records,
-        seconds: scan.as_secs_f64(),
-        records_per_s: records as f64 / scan.as_secs_f64().max(1e-9),
-        mb_per_s: scan_mb,
-        baseline_records_per_s: records as f64 / base.as_secs_f64().max(1e-9),
-        baseline_mb_per_s: base_mb,
-        ratio: ratio(scan_mb, base_mb),
+        bytes,
+        scan,
+        base,
+    );
+    Ok(BenchResult {
         recovery_ms: Some(recovery.as_secs_f64() * 1e3),
-        scan_gb_per_s: Some(scan_mb / 1e3),
-        baseline_gb_per_s: Some(base_mb / 1e3),
-        ..BenchResult::default()
+        scan_gb_per_s: Some(r.mb_per_s / 1e3),
+        baseline_gb_per_s: Some(r.baseline_mb_per_s / 1e3),
+        ..r
     })
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::hist::Histogram;
-use super::{mb_per_s, ratio, scratch, BenchConfig, BenchResult};
+use super::{ratio, scratch, BenchConfig, BenchResult};
 use crate::error::IoContext;
 use crate::format::record::SEAL_LEN;
 use crate::replication::{
@@ -246,44 +246,37 @@ pub fn run_ship(cfg: &BenchConfig) -> Result<Vec<BenchResult>> {
     rt.block_on(shipper.stop(Duration::from_secs(10)));
     drop(wal);
 
-    let catch_mb = mb_per_s(backlog_bytes, catchup);
-    let base_catch_mb = mb_per_s(backlog_bytes, base_catchup);
     let catch = BenchResult {
-        scenario: "ship_catchup",
-        writers: 1,
-        record_size: cfg.record_size,
-        durability: "each",
-        records: backlog_records,
-        seconds: catchup.as_secs_f64(),
-        records_per_s: backlog_records as f64 / catchup.as_secs_f64().max(1e-9),
-        mb_per_s: catch_mb,
-        baseline_records_per_s: backlog_records as f64 / base_catchup.as_secs_f64().max(1e-9),
-        baseline_mb_per_s: base_catch_mb,
-        ratio: ratio(catch_mb, base_catch_mb),
         segments: Some(backlog.len() as u64),
-        ..BenchResult::default()
+        ..BenchResult::timed(
+            "ship_catchup",
+            cfg.record_size,
+            "each",
+            backlog_records,
+            backlog_bytes,
+            catchup,
+            base_catchup,
+        )
     };
     let latency = BenchResult {
-        scenario: "ship_latency",
-        writers: 1,
-        record_size: cfg.record_size,
-        durability: "each",
-        records: lat_records,
-        seconds: lat_sum.as_secs_f64(),
-        records_per_s: lat_records as f64 / lat_sum.as_secs_f64().max(1e-9),
-        mb_per_s: mb_per_s(lat_bytes, lat_sum),
         p50_us: lat.quantile_us(0.5),
         p99_us: lat.quantile_us(0.99),
         p999_us: lat.quantile_us(0.999),
         max_us: lat.max_us(),
-        baseline_records_per_s: lat_records as f64 / base_sum.as_secs_f64().max(1e-9),
-        baseline_mb_per_s: mb_per_s(lat_bytes, base_sum),
         baseline_p50_us: base_lat.quantile_us(0.5),
         baseline_p99_us: base_lat.quantile_us(0.99),
         // A time: baseline / walship, so that higher is still better.
         ratio: ratio(base_lat.quantile_us(0.5), lat.quantile_us(0.5)),
         segments: Some(segments),
-        ..BenchResult::default()
+        ..BenchResult::timed(
+            "ship_latency",
+            cfg.record_size,
+            "each",
+            lat_records,
+            lat_bytes,
+            lat_sum,
+            base_sum,
+        )
     };
     Ok(vec![catch, latency])
 }
