@@ -1,77 +1,21 @@
 //! Replication end to end: real `walship` processes on loopback TCP, killed with SIGKILL where
 //! a test says so. Segments are 64 KiB to keep every test fast.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_walship");
-const WAIT: Duration = Duration::from_secs(90);
+mod replication_support;
+use replication_support::{ok, p, wait_until, walship, Proc, BIN, WAIT};
+
 /// Fast heartbeats and reconnects so that tests converge quickly.
 const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "3s"];
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the process to exit by itself; returns its exit code.
-    fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn walship(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = walship(args);
-    assert!(
-        out.status.success(),
-        "walship {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 fn init(dir: &Path) {
     ok(&["init", p(dir), "--segment-size", "64KiB"]);
@@ -110,41 +54,11 @@ fn status(dir: &Path) -> Value {
     serde_json::from_str(&ok(&["status", p(dir), "--json"])).unwrap()
 }
 
-fn spawn(args: &[&str], log: &Path) -> std::process::Child {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-/// Starts `walship serve` and returns it with the address it listens on.
+/// Starts `walship serve` (with the fast network settings) and returns it with its address.
 fn serve(dir: &Path, listen: &str, extra: &[&str], log: &Path) -> (Proc, String) {
-    let mut args = vec!["serve", p(dir), "--listen", listen];
-    args.extend_from_slice(&NET);
+    let mut args = NET.to_vec();
     args.extend_from_slice(extra);
-    let mut child = spawn(&args, log);
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let proc = Proc {
-        child,
-        log: log.to_path_buf(),
-    };
-    let line = rx.recv_timeout(WAIT).unwrap_or_default();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("serve did not start: {line:?}; log:\n{}", proc.log()))
-        .to_string();
-    (proc, addr)
+    replication_support::serve(dir, listen, &args, log)
 }
 
 fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
@@ -158,18 +72,7 @@ fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
     ];
     args.extend_from_slice(&NET);
     args.extend_from_slice(extra);
-    Proc {
-        child: spawn(&args, log),
-        log: log.to_path_buf(),
-    }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    replication_support::spawn(&args, log)
 }
 
 fn read_status(dir: &Path) -> Option<Value> {

@@ -3,93 +3,22 @@
 //! connection bound under a flood, a hostile primary, and the modes of created directories.
 //! Real `walship` processes on loopback TCP; every loop is bounded and every test stops by itself.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use walship::replication::messages::{ErrorCode, Message, MAGIC, PROTOCOL_VERSION};
 use walship::replication::{codec, frame};
 
-const BIN: &str = env!("CARGO_BIN_EXE_walship");
-/// Only a guard against hanging forever; nothing is asserted about speed.
-const WAIT: Duration = Duration::from_secs(90);
+mod replication_support;
+use replication_support::{ok, p, spawn, wait_until, walship, Proc, BIN, WAIT};
 
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn walship(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) {
-    let out = walship(args);
-    assert!(
-        out.status.success(),
-        "walship {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn spawn(args: &[&str], log: &Path) -> Proc {
-    let child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Proc {
-        child,
-        log: log.to_path_buf(),
-    }
-}
-
-/// Starts `walship serve` and returns it with the address it listens on.
+/// Starts `walship serve` on a free loopback port and returns it with its address.
 fn serve(dir: &Path, extra: &[&str], log: &Path) -> (Proc, String) {
-    let mut args = vec!["serve", p(dir), "--listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let mut proc = spawn(&args, log);
-    let stdout = proc.child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(WAIT).unwrap_or_default();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("serve did not start: {line:?}; log:\n{}", proc.log()))
-        .to_string();
-    (proc, addr)
+    replication_support::serve(dir, "127.0.0.1:0", extra, log)
 }
 
 fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
@@ -105,14 +34,6 @@ fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
     ];
     args.extend_from_slice(extra);
     spawn(&args, log)
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn token_file(dir: &Path, name: &str, mode: u32) -> PathBuf {
