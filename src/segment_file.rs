@@ -46,37 +46,153 @@ fn write_out(f: &File, from: usize, len: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes `size` zeros into `f` in 4 KiB writes, waiting for each MiB to reach the disk.
+fn zero_fill(mut f: &File, path: &Path, size: u64) -> Result<()> {
+    let zeros = [0u8; FILL_CHUNK];
+    let mut left = size as usize;
+    let mut done = 0usize;
+    while left > 0 {
+        let n = left.min(FILL_CHUNK);
+        f.write_all(&zeros[..n])
+            .ctx(|| format!("zero-fill {}", path.display()))?;
+        left -= n;
+        done += n;
+        if done % FILL_WRITEBACK_STEP == 0 {
+            write_out(f, done - FILL_WRITEBACK_STEP, FILL_WRITEBACK_STEP)
+                .ctx(|| format!("write back {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates `path` as a zero-filled file of `size` bytes with real blocks, synced. On failure
 /// (ENOSPC included) the partial file is removed.
 pub fn prepare_file(path: &Path, size: u64) -> Result<()> {
     let result = (|| -> Result<()> {
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)
             .ctx(|| format!("create {}", path.display()))?;
         crate::fault!("segment::prepare", e => crate::Error::io(format!("zero-fill {}", path.display()), e));
-        let zeros = [0u8; FILL_CHUNK];
-        let mut left = size as usize;
-        let mut done = 0usize;
-        while left > 0 {
-            let n = left.min(FILL_CHUNK);
-            f.write_all(&zeros[..n])
-                .ctx(|| format!("zero-fill {}", path.display()))?;
-            left -= n;
-            done += n;
-            if done % FILL_WRITEBACK_STEP == 0 {
-                write_out(&f, done - FILL_WRITEBACK_STEP, FILL_WRITEBACK_STEP)
-                    .ctx(|| format!("write back {}", path.display()))?;
-            }
-        }
-        f.sync_data().ctx(|| format!("fsync {}", path.display()))
+        allocate(&f, path, size, Allocation::ZeroFill)
     })();
     if result.is_err() {
         let _ = fs::remove_file(path);
     }
     result
+}
+
+/// How a segment's blocks are allocated before it is mapped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Allocation {
+    /// Zeros written with 4 KiB writes and synced: written extents, so later syncs change no
+    /// metadata, but every byte reaches the disk twice (zeros, then records).
+    ZeroFill,
+    /// `fallocate`: blocks reserved as unwritten extents that read as zeros; records reach the
+    /// disk once, and each sync also records which blocks are now written.
+    #[default]
+    Fallocate,
+}
+
+fn allocate(f: &File, path: &Path, size: u64, how: Allocation) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    match how {
+        Allocation::ZeroFill => {
+            zero_fill(f, path, size)?;
+        }
+        Allocation::Fallocate => {
+            // SAFETY: plain syscall on a descriptor we own.
+            let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off64_t) };
+            if r != 0 {
+                return Err(crate::Error::io(
+                    format!("allocate {} bytes for {}", size, path.display()),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+    }
+    f.sync_data().ctx(|| format!("fsync {}", path.display()))
+}
+
+/// A segment file made ready ahead of use: blocks allocated and synced, mapped, and its pages
+/// faulted in writable, so that the writer's first store to each page costs no fault.
+pub struct PreparedSegment {
+    pub path: PathBuf,
+    file: File,
+    map: MmapRaw,
+}
+
+impl PreparedSegment {
+    /// Creates `path` with `size` bytes allocated `how`. On failure (ENOSPC included) the
+    /// partial file is removed.
+    pub fn create(path: PathBuf, size: u64, how: Allocation) -> Result<PreparedSegment> {
+        let result = (|| {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .ctx(|| format!("create {}", path.display()))?;
+            crate::fault!("segment::prepare", e => crate::Error::io(format!("allocate {}", path.display()), e));
+            allocate(&f, &path, size, how)?;
+            Ok(f)
+        })();
+        match result {
+            Ok(file) => Self::mapped(path, file, size),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Maps a prepared file found on disk (left by an earlier run).
+    pub fn open(path: PathBuf, size: u64) -> Result<PreparedSegment> {
+        let file = open_rw(&path)?;
+        Self::mapped(path, file, size)
+    }
+
+    fn mapped(path: PathBuf, file: File, size: u64) -> Result<PreparedSegment> {
+        let map = map_segment(&file, &path, size)?;
+        prefault(&map, 0);
+        Ok(PreparedSegment { path, file, map })
+    }
+}
+
+fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .ctx(|| format!("open {}", path.display()))
+}
+
+fn map_segment(file: &File, path: &Path, size: u64) -> Result<MmapRaw> {
+    let map = MmapOptions::new()
+        .len(size as usize)
+        .map_raw(file)
+        .ctx(|| format!("mmap {}", path.display()))?;
+    // Keep page-cache folios at 4 KiB so each sync writes only what changed.
+    map.advise(Advice::Random)
+        .ctx(|| format!("madvise {}", path.display()))?;
+    Ok(map)
+}
+
+/// Faults the pages from `from` (rounded up to a page) to the end of `map` in writable, off the
+/// writer's path: a first store through a shared file mapping otherwise takes a fault per page
+/// (~1.6 µs each here). The pages become dirty zeros, which a later sync writes only where
+/// records landed. Best effort: kernels before 5.14 lack `MADV_POPULATE_WRITE`.
+fn prefault(map: &MmapRaw, from: usize) {
+    let from = from.next_multiple_of(4096);
+    if from >= map.len() {
+        return;
+    }
+    if let Err(e) = map.advise_range(Advice::PopulateWrite, from, map.len() - from) {
+        tracing::debug!(error = %e, "prefaulting a segment's pages failed");
+    }
 }
 
 /// The open segment, mapped read-write.
@@ -89,13 +205,10 @@ pub struct ActiveSegment {
 }
 
 impl ActiveSegment {
-    /// Maps an existing, fully allocated segment file of `size` bytes.
-    pub fn map(path: PathBuf, name: SegmentName, size: u64) -> Result<ActiveSegment> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .ctx(|| format!("open {}", path.display()))?;
+    /// Maps an existing, fully allocated open segment of `size` bytes whose records end at
+    /// `used`, prefaulting the pages past them.
+    pub fn map(path: PathBuf, name: SegmentName, size: u64, used: usize) -> Result<ActiveSegment> {
+        let file = open_rw(&path)?;
         let len = file
             .metadata()
             .ctx(|| format!("stat {}", path.display()))?
@@ -108,13 +221,8 @@ impl ActiveSegment {
                 reason: format!("open segment is {len} bytes, expected the segment size {size}"),
             });
         }
-        let map = MmapOptions::new()
-            .len(size as usize)
-            .map_raw(&file)
-            .ctx(|| format!("mmap {}", path.display()))?;
-        // Keep page-cache folios at 4 KiB so each sync writes only what changed.
-        map.advise(Advice::Random)
-            .ctx(|| format!("madvise {}", path.display()))?;
+        let map = map_segment(&file, &path, size)?;
+        prefault(&map, used);
         Ok(ActiveSegment {
             start_lsn: name.segment_no * size,
             name,
@@ -122,6 +230,17 @@ impl ActiveSegment {
             file,
             map,
         })
+    }
+
+    /// Takes over a prepared segment (mapping included) after it was renamed to `path`.
+    pub fn from_prepared(prepared: PreparedSegment, path: PathBuf, name: SegmentName) -> Self {
+        ActiveSegment {
+            start_lsn: name.segment_no * prepared.map.len() as u64,
+            name,
+            path,
+            file: prepared.file,
+            map: prepared.map,
+        }
     }
 
     /// The mapped bytes `[off, off + len)` for writing.

@@ -24,7 +24,7 @@ use crate::format::{
 };
 use crate::fsutil::fsync_dir;
 use crate::recovery::{recover, Recovered, RecoveryMode};
-use crate::segment_file::{prepare_file, ActiveSegment};
+use crate::segment_file::{ActiveSegment, Allocation, PreparedSegment};
 use crate::Lsn;
 
 /// How a data directory is opened for writing.
@@ -127,7 +127,7 @@ struct Inner {
     seals: AtomicU64,
     /// A prepared file ready for the given segment number. The preparer holds this lock while
     /// it works, so a rotation that needs the file waits for it instead of racing it.
-    prepared: Mutex<Option<(u64, PathBuf)>>,
+    prepared: Mutex<Option<(u64, PreparedSegment)>>,
     /// Segment numbers below this have been activated; a request to prepare one is stale.
     /// Written and read under the `prepared` lock.
     activated: AtomicU64,
@@ -370,11 +370,10 @@ fn background(inner: Arc<Inner>, rx: mpsc::Receiver<BgMsg>) {
                     continue;
                 }
                 if let Some((_, old)) = slot.take() {
-                    let _ = std::fs::remove_file(old);
+                    let _ = std::fs::remove_file(&old.path);
                 }
-                let path = inner.prepared_path(no);
-                match prepare_file(&path, inner.control.segment_size) {
-                    Ok(()) => *slot = Some((no, path)),
+                match inner.prepare(no) {
+                    Ok(p) => *slot = Some((no, p)),
                     Err(e) => {
                         tracing::warn!(error = %e, "preparing the next segment failed; the next rotation will try again")
                     }
@@ -418,7 +417,7 @@ impl Inner {
         };
         if let Some(open) = &rec.open {
             let path = dir.segment_path(&open.name);
-            let seg = ActiveSegment::map(path, open.name, control.segment_size)?;
+            let seg = ActiveSegment::map(path, open.name, control.segment_size, open.offset)?;
             st.seg = Some(Arc::new(seg));
             st.off = open.offset;
             st.writeback_to = open.offset & !(WRITEBACK_CHUNK - 1);
@@ -430,6 +429,13 @@ impl Inner {
         }
         let sealed = rec.sealed.last().map(|s| s.end_lsn).unwrap_or(0);
         let next_segment_no = st.next_segment_no;
+        let prepared = match &rec.prepared {
+            Some(p) => Some((
+                rec.next_segment_no,
+                PreparedSegment::open(p.clone(), control.segment_size)?,
+            )),
+            None => None,
+        };
         Ok(Inner {
             dir,
             control,
@@ -448,7 +454,7 @@ impl Inner {
             syncs: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             seals: AtomicU64::new(0),
-            prepared: Mutex::new(rec.prepared.clone().map(|p| (rec.next_segment_no, p))),
+            prepared: Mutex::new(prepared),
             activated: AtomicU64::new(next_segment_no),
             options,
         })
@@ -460,6 +466,15 @@ impl Inner {
             - SEAL_LEN
             - crate::format::record::RECORD_HEADER_LEN;
         room & !(crate::format::ALIGN - 1)
+    }
+
+    /// Creates and maps the file for segment `no` under its prepared name.
+    fn prepare(&self, no: u64) -> Result<PreparedSegment> {
+        PreparedSegment::create(
+            self.prepared_path(no),
+            self.control.segment_size,
+            Allocation::default(),
+        )
     }
 
     fn prepared_path(&self, no: u64) -> PathBuf {
@@ -648,38 +663,30 @@ impl Inner {
         // The slot stays locked until the rename is done, so the preparer never sees the file
         // taken but not yet renamed (and recreates it under the writer's feet).
         let mut slot = lock(&self.prepared);
-        let prepared = {
-            match slot.take() {
-                Some((n, p)) if n == no => p,
-                other => {
-                    if let Some((_, p)) = other {
-                        let _ = std::fs::remove_file(p);
-                    }
-                    let p = self.prepared_path(no);
-                    let fresh = std::fs::metadata(&p)
-                        .map(|m| m.len() == self.control.segment_size)
-                        .unwrap_or(false);
-                    if !fresh {
-                        tracing::debug!(
-                            segment = no,
-                            "no prepared segment ready; preparing in the append path"
-                        );
-                        prepare_file(&p, self.control.segment_size)?;
-                    }
-                    p
+        let prepared = match slot.take() {
+            Some((n, p)) if n == no => p,
+            other => {
+                if let Some((_, p)) = other {
+                    let _ = std::fs::remove_file(&p.path);
                 }
+                tracing::debug!(
+                    segment = no,
+                    "no prepared segment ready; preparing in the append path"
+                );
+                self.prepare(no)?
             }
         };
-        crate::fault!("wal::activate::rename", e => Error::io(format!("rename {} to {}", prepared.display(), path.display()), e));
-        std::fs::rename(&prepared, &path)
-            .ctx(|| format!("rename {} to {}", prepared.display(), path.display()))?;
+        let from = &prepared.path;
+        crate::fault!("wal::activate::rename", e => Error::io(format!("rename {} to {}", from.display(), path.display()), e));
+        std::fs::rename(from, &path)
+            .ctx(|| format!("rename {} to {}", from.display(), path.display()))?;
         self.activated.store(no + 1, Ordering::Release);
         drop(slot);
         fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
             Error::Io { context, source } => self.poison(context, source),
             other => other,
         })?;
-        let seg = ActiveSegment::map(path, name, self.control.segment_size)?;
+        let seg = ActiveSegment::from_prepared(prepared, path, name);
         let header = SegmentHeader {
             format_version: FORMAT_VERSION,
             timeline: self.control.timeline,
