@@ -180,7 +180,6 @@ pub fn check_identity(
 /// removing prepared files) are made only in `TolerateTail` mode, except removing prepared
 /// files, which hold no records.
 pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Result<Recovered> {
-    let wal = dir.wal_dir();
     let mut rec = Recovered::default();
     let mut open_names = Vec::new();
     let mut prepared = Vec::new();
@@ -224,17 +223,14 @@ pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Resu
         rec.next_segment_no = last.name.segment_no + 1;
         rec.prev_checksum = Some(last.seal.segment_checksum);
     }
-    if open_names.len() > 1 {
-        let list: Vec<String> = open_names.iter().map(|n| n.to_string()).collect();
-        return Err(Error::Corrupt {
-            file: wal,
-            offset: 0,
-            lsn: Lsn(0),
-            reason: format!("more than one open segment: {}", list.join(", ")),
-        });
+    // The writer moves on to the next segment once a segment's seal marker is durable and
+    // renames it afterwards: every open segment but the newest must end with its seal marker.
+    let newest = open_names.pop();
+    for name in open_names {
+        recover_open(dir, control, mode, name, true, &mut rec)?;
     }
-    if let Some(name) = open_names.pop() {
-        recover_open(dir, control, mode, name, &mut rec)?;
+    if let Some(name) = newest {
+        recover_open(dir, control, mode, name, false, &mut rec)?;
     }
     // A prepared file holds no records. Keep the one the writer needs next (it saves
     // preparing it again); remove the rest.
@@ -255,6 +251,7 @@ fn recover_open(
     control: &ControlFile,
     mode: RecoveryMode,
     name: SegmentName,
+    must_be_sealed: bool,
     rec: &mut Recovered,
 ) -> Result<()> {
     let path = dir.segment_path(&name);
@@ -277,7 +274,18 @@ fn recover_open(
     // reboot) would fill the page cache with large folios, and every later msync of the writer
     // would write whole folios back.
     let mut buf = crate::reader::read_segment(&path)?;
+    let not_sealed = |off: usize| {
+        corrupt(
+            &path,
+            off,
+            start + off as u64,
+            "an open segment followed by a newer one must end with a seal marker",
+        )
+    };
     if is_zero_from(&buf, 0) {
+        if must_be_sealed {
+            return Err(not_sealed(0));
+        }
         // Activated but its header never reached the disk: an empty segment. The writer starts
         // it again from scratch under the same number.
         rec.next_segment_no = name.segment_no;
@@ -346,6 +354,9 @@ fn recover_open(
             return Ok(());
         }
         ScanEnd::Unwritten { .. } | ScanEnd::Invalid { .. } => {
+            if must_be_sealed {
+                return Err(not_sealed(off));
+            }
             if let Some((later, lsn)) = find_later_record(&buf, &header, off + 8) {
                 let why = match &end {
                     ScanEnd::Invalid { error, .. } => error.to_string(),

@@ -112,10 +112,6 @@ pub fn verify_segments(
     mut read: impl FnMut(&Path) -> Result<Vec<u8>>,
 ) -> Result<()> {
     let mut prev: Option<(SegmentName, Option<u32>)> = None;
-    let open_count = files
-        .iter()
-        .filter(|(n, _)| n.kind == SegmentFileKind::Open)
-        .count();
     for (i, (name, path)) in files.iter().enumerate() {
         report.segments += 1;
         let issue = |offset: usize, lsn: u64, reason: String| VerifyIssue {
@@ -144,13 +140,9 @@ pub fn verify_segments(
                 ));
             }
         }
-        if name.kind == SegmentFileKind::Open && (open_count > 1 || i + 1 != files.len()) {
-            report.errors.push(issue(
-                0,
-                0,
-                "an open segment must be the last segment and the only open one".into(),
-            ));
-        }
+        // The writer renames a segment after its seal marker is durable and the next segment
+        // has begun: an open segment followed by another must end with its seal marker.
+        let followed = i + 1 != files.len();
         let bytes = match read(path) {
             Ok(b) => b,
             Err(e) => {
@@ -250,7 +242,8 @@ pub fn verify_segments(
                     ));
                 }
             }
-            (ScanEnd::Sealed { .. }, _) => {
+            (ScanEnd::Sealed { seal, .. }, _) => {
+                seal_sum = Some(seal.segment_checksum);
                 report.notes.push(format!("{name}: holds a seal marker at offset {off} but is still named open (an interrupted seal; recovery finishes it)"));
             }
             (ScanEnd::Invalid { error, .. }, SegmentFileKind::Sealed) => {
@@ -261,6 +254,13 @@ pub fn verify_segments(
                     off,
                     at,
                     "sealed segment ends without a seal marker (truncated?)".into(),
+                ));
+            }
+            (_, _) if followed => {
+                report.errors.push(issue(
+                    off,
+                    at,
+                    "an open segment followed by a newer one must end with a seal marker".into(),
                 ));
             }
             (_, _) => {

@@ -6,6 +6,12 @@
 //! or a leader at work (it waits on the `synced` condition variable), or no leader (it becomes
 //! the leader: it notes the write position, releases `sync`, and its one msync covers every
 //! record written so far). Lock order: `sync` before `state`.
+//!
+//! Sealing is split in two. The writer makes the segment's bytes and its seal marker durable
+//! (one msync) and moves on to the next segment; a finisher thread then cuts the file to its
+//! used length, syncs it, renames it to its sealed name and syncs the directory. Those steps
+//! change names, not records, so they stay off the append path; until they are done the
+//! segment is still `.wal.open` with a durable seal marker, which recovery knows how to finish.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +68,7 @@ pub struct Appended {
 pub struct WalStats {
     pub syncs: u64,
     pub records_appended: u64,
+    /// Segments whose seal marker is durable (their sealed name may follow a moment later).
     pub segments_sealed: u64,
 }
 
@@ -79,6 +86,8 @@ struct WriterState {
     prepare_next: Option<u64>,
     /// Writeback of the open segment has been started up to here (see `writeback_due`).
     writeback_to: usize,
+    /// Seals handed to the finisher so far; each seal's ticket is its number in this count.
+    seals_started: u64,
 }
 
 /// A range of the open segment to start writing back: `(segment, from, to)`.
@@ -131,11 +140,32 @@ struct Inner {
     /// Segment numbers below this have been activated; a request to prepare one is stale.
     /// Written and read under the `prepared` lock.
     activated: AtomicU64,
+    /// Work for the finisher thread; `None` once it stopped (then the work is done inline).
+    finisher_tx: Mutex<Option<mpsc::Sender<FinisherMsg>>>,
+    /// Tickets of the seals the finisher has completed (or given up on, poisoning the writer).
+    finished: Mutex<u64>,
+    /// Signalled when `finished` grows.
+    finished_cv: Condvar,
     options: WalOptions,
 }
 
 enum BgMsg {
     Prepare(u64),
+    Stop,
+}
+
+/// A segment whose bytes and seal marker are durable, still under its open name.
+struct FinishSeal {
+    seg: Arc<ActiveSegment>,
+    /// Bytes up to the end of the seal marker.
+    used: usize,
+    end_lsn: u64,
+    ticket: u64,
+}
+
+enum FinisherMsg {
+    Finish(FinishSeal),
+    Writeback(Writeback),
     Stop,
 }
 
@@ -145,6 +175,7 @@ pub struct Wal {
     inner: Arc<Inner>,
     bg_tx: Mutex<Option<mpsc::Sender<BgMsg>>>,
     bg: Option<JoinHandle<()>>,
+    finisher: Option<JoinHandle<()>>,
     _lock: DirLock,
 }
 
@@ -171,10 +202,20 @@ impl Wal {
             repaired = %if rec.repairs.is_empty() { "nothing".to_string() } else { rec.repairs.join("; ") },
             "recovered data directory"
         );
+        let (ftx, frx) = mpsc::channel();
+        let finisher = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("walship-seal".into())
+                .spawn(move || finisher(inner, frx))
+                .ctx(|| "start the seal finishing thread".to_string())?
+        };
+        *lock(&inner.finisher_tx) = Some(ftx);
         let mut wal = Wal {
             inner,
             bg_tx: Mutex::new(None),
             bg: None,
+            finisher: Some(finisher),
             _lock: lock_guard,
         };
         if wal.inner.options.prepare_ahead || wal.inner.options.max_segment_age.is_some() {
@@ -296,11 +337,16 @@ impl Wal {
     }
 
     /// Seals the open segment now (when it holds records), like PostgreSQL's `pg_switch_wal`.
-    /// Returns the sealed segment's name, or `None` when there was nothing to seal.
+    /// Returns once the segment has its sealed name, with that name, or `None` when there was
+    /// nothing to seal.
     pub fn seal(&self) -> Result<Option<SegmentName>> {
         self.inner.check_poison()?;
         let mut st = lock(&self.inner.state);
-        self.inner.seal_locked(&mut st)
+        let sealed = self.inner.seal_locked(&mut st)?;
+        let ticket = st.seals_started;
+        drop(st);
+        self.inner.wait_finished(ticket)?;
+        Ok(sealed)
     }
 
     /// Work an append leaves for after the state lock is released: asking for the next segment
@@ -309,11 +355,8 @@ impl Wal {
         if let Some(n) = activated {
             self.request_prepare(n);
         }
-        if let Some((seg, from, to)) = writeback {
-            // Only a hint to start writing early: durability still comes from msync.
-            if let Err(e) = seg.start_writeback(from, to) {
-                tracing::debug!(error = %e, "starting early writeback failed");
-            }
+        if let Some(w) = writeback {
+            self.inner.to_finisher(FinisherMsg::Writeback(w));
         }
     }
 
@@ -339,6 +382,22 @@ impl Drop for Wal {
             if let Err(e) = self.sync() {
                 tracing::error!(error = %e, "final sync at close failed");
             }
+        }
+        // The finisher completes every seal queued before it sees the stop.
+        if let Some(tx) = lock(&self.inner.finisher_tx).take() {
+            let _ = tx.send(FinisherMsg::Stop);
+        }
+        if let Some(h) = self.finisher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn finisher(inner: Arc<Inner>, rx: mpsc::Receiver<FinisherMsg>) {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            FinisherMsg::Stop => return,
+            other => inner.run_finisher_msg(other),
         }
     }
 }
@@ -414,6 +473,7 @@ impl Inner {
             opened_at: Instant::now(),
             prepare_next: None,
             writeback_to: 0,
+            seals_started: 0,
         };
         if let Some(open) = &rec.open {
             let path = dir.segment_path(&open.name);
@@ -456,6 +516,9 @@ impl Inner {
             seals: AtomicU64::new(0),
             prepared: Mutex::new(prepared),
             activated: AtomicU64::new(next_segment_no),
+            finisher_tx: Mutex::new(None),
+            finished: Mutex::new(0),
+            finished_cv: Condvar::new(),
             options,
         })
     }
@@ -608,6 +671,8 @@ impl Inner {
         r
     }
 
+    /// Writes the seal marker, makes the segment durable and hands it to the finisher for its
+    /// sealed name (see the module comment). Its ticket is `st.seals_started`.
     fn seal_locked(&self, st: &mut WriterState) -> Result<Option<SegmentName>> {
         let Some(seg) = st.seg.clone() else {
             return Ok(None);
@@ -625,13 +690,66 @@ impl Inner {
         let dst = unsafe { seg.slice_mut(st.off, SEAL_LEN) };
         encode_seal(dst, lsn, crate::now_us(), &seal);
         let used = st.off + SEAL_LEN;
-        let p = |what: &str| format!("{what} {}", seg.path.display());
         seg.sync_range(0, used)
-            .map_err(|e| self.poison(p("msync"), e))?;
+            .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))?;
+        self.flushed.fetch_max(st.end_lsn, Ordering::AcqRel);
+        self.seals.fetch_add(1, Ordering::Relaxed);
+        st.seals_started += 1;
+        self.to_finisher(FinisherMsg::Finish(FinishSeal {
+            seg: seg.clone(),
+            used,
+            end_lsn: st.end_lsn,
+            ticket: st.seals_started,
+        }));
+        st.prev_checksum = Some(seal.segment_checksum);
+        st.next_segment_no = seg.name.segment_no + 1;
+        st.seg = None;
+        Ok(Some(seg.name.with_kind(SegmentFileKind::Sealed)))
+    }
+
+    /// Queues work for the finisher thread, or does it here when the thread is gone.
+    fn to_finisher(&self, msg: FinisherMsg) {
+        let msg = match &*lock(&self.finisher_tx) {
+            Some(tx) => match tx.send(msg) {
+                Ok(()) => return,
+                Err(mpsc::SendError(m)) => m,
+            },
+            None => msg,
+        };
+        self.run_finisher_msg(msg);
+    }
+
+    fn run_finisher_msg(&self, msg: FinisherMsg) {
+        match msg {
+            FinisherMsg::Finish(f) => {
+                let ticket = f.ticket;
+                // An earlier failure poisoned the writer: leave the rest to recovery.
+                if !self.poisoned.load(Ordering::Acquire) {
+                    if let Err(e) = self.finish_seal(f) {
+                        tracing::error!(error = %e, "finishing a seal failed");
+                    }
+                }
+                *lock(&self.finished) = ticket;
+                self.finished_cv.notify_all();
+            }
+            FinisherMsg::Writeback((seg, from, to)) => {
+                // Only a hint to start writing early: durability still comes from msync.
+                if let Err(e) = seg.start_writeback(from, to) {
+                    tracing::debug!(error = %e, "starting early writeback failed");
+                }
+            }
+            FinisherMsg::Stop => {}
+        }
+    }
+
+    /// Cuts a durable, marked segment to its used length and gives it its sealed name.
+    fn finish_seal(&self, f: FinishSeal) -> Result<()> {
+        let seg = &f.seg;
+        let p = |what: &str| format!("{what} {}", seg.path.display());
         // Nothing maps past `used` any more: the tail is only zeros we never wrote.
         crate::fault!("wal::seal::truncate", e => self.poison(p("truncate"), e));
         seg.file
-            .set_len(used as u64)
+            .set_len(f.used as u64)
             .map_err(|e| self.poison(p("truncate"), e))?;
         crate::fault!("wal::seal::fsync", e => self.poison(p("fsync"), e));
         seg.file
@@ -646,14 +764,23 @@ impl Inner {
             Error::Io { context, source } => self.poison(context, source),
             other => other,
         })?;
-        self.flushed.fetch_max(st.end_lsn, Ordering::AcqRel);
-        self.sealed.store(st.end_lsn, Ordering::Release);
-        self.seals.fetch_add(1, Ordering::Relaxed);
-        st.prev_checksum = Some(seal.segment_checksum);
-        st.next_segment_no = seg.name.segment_no + 1;
-        st.seg = None;
-        tracing::debug!(segment = %sealed_name, records = seal.record_count, "sealed segment");
-        Ok(Some(sealed_name))
+        self.sealed.fetch_max(f.end_lsn, Ordering::AcqRel);
+        tracing::debug!(segment = %sealed_name, "sealed segment");
+        Ok(())
+    }
+
+    /// Blocks until the finisher has handled the seal with `ticket`; fails when the writer
+    /// was poisoned on the way.
+    fn wait_finished(&self, ticket: u64) -> Result<()> {
+        let mut done = lock(&self.finished);
+        while *done < ticket {
+            done = self
+                .finished_cv
+                .wait(done)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        drop(done);
+        self.check_poison()
     }
 
     fn activate_locked(&self, st: &mut WriterState) -> Result<()> {

@@ -60,6 +60,9 @@ fn make_store(root: &Path, segments: u64, seed: u64) -> Vec<Rec> {
         let t = EntryType::ALL[(i % 9) as usize];
         wal.append(&Entry::new(t, (i % 3 == 0).then_some(i), &payload))
             .expect("append");
+        // Appends take well under a microsecond: keep timestamps distinct, so that every
+        // record boundary is a point in time a restore can stop at.
+        std::thread::sleep(std::time::Duration::from_micros(2));
         i += 1;
     }
     wal.seal().expect("seal");

@@ -209,7 +209,7 @@ fn a_failure_in_any_step_of_a_seal_poisons_and_loses_nothing() {
 }
 
 #[test]
-fn a_seal_failing_during_rotation_fails_the_append_that_rotates() {
+fn a_seal_failing_during_rotation_poisons_the_writer_and_recovery_finishes_it() {
     let _fs = FailScenario::setup();
     let (_tmp, dir) = new_dir();
     let mut acked = Vec::new();
@@ -237,6 +237,15 @@ fn a_seal_failing_during_rotation_fails_the_append_that_rotates() {
     fail::remove("wal::seal::fsync");
     poisoned_reason(wal.append_durable(&entry(&payload)));
     drop(wal);
+    // The failed segment keeps its open name, its seal marker durable, behind the newer open
+    // segment the writer had moved on to; recovery finishes its seal.
+    let open: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .expect("read wal/")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".wal.open"))
+        .collect();
+    assert_eq!(open.len(), 2, "{open:?}");
     let wal = Wal::open(&dir, WalOptions::default()).expect("reopen");
     append_acked(&wal, "after", 100, &mut acked);
     drop(wal);
@@ -274,7 +283,7 @@ fn no_space_for_a_new_segment_is_a_clear_error_and_appending_resumes() {
         assert!(e.is_no_space(), "{e}");
         let msg = e.to_string();
         assert!(
-            msg.contains("zero-fill") && msg.contains(ENOSPC_TEXT),
+            msg.contains("allocate") && msg.contains(ENOSPC_TEXT),
             "{msg}"
         );
         // Not poisoned: still full, still the same clear error.
@@ -282,6 +291,9 @@ fn no_space_for_a_new_segment_is_a_clear_error_and_appending_resumes() {
             .append(&entry(b"still full"))
             .expect_err("still no space");
         assert!(again.is_no_space(), "{again}");
+        // Nothing open to seal: this returns once the segment sealed by the rotation has its
+        // sealed name.
+        assert_eq!(wal.seal().expect("seal"), None);
         // No half-made segment file is left behind.
         let leftovers: Vec<_> = std::fs::read_dir(dir.join("wal"))
             .expect("read wal/")
