@@ -223,14 +223,33 @@ pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Resu
         rec.next_segment_no = last.name.segment_no + 1;
         rec.prev_checksum = Some(last.seal.segment_checksum);
     }
-    // The writer moves on to the next segment once a segment's seal marker is durable and
-    // renames it afterwards: every open segment but the newest must end with its seal marker.
-    let newest = open_names.pop();
-    for name in open_names {
-        recover_open(dir, control, mode, name, true, &mut rec)?;
-    }
-    if let Some(name) = newest {
-        recover_open(dir, control, mode, name, false, &mut rec)?;
+    // The writer seals a segment in the background while it writes the next one, and counts
+    // no record of the next one durable before the sealed one's marker is. An older open segment
+    // that ends with its seal marker is finished; one that does not holds the end of the log,
+    // and the newer open segments hold no acknowledged record.
+    let mut opens = open_names.into_iter();
+    while let Some(name) = opens.next() {
+        let newer: Vec<SegmentName> = opens.clone().collect();
+        if !newer.is_empty() && !ends_sealed(&dir.segment_path(&name))? {
+            let list: Vec<String> = newer.iter().map(|n| n.to_string()).collect();
+            if mode == RecoveryMode::Strict {
+                let path = dir.segment_path(&name);
+                let start = name.segment_no.saturating_mul(control.segment_size);
+                return Err(corrupt(&path, 0, start, format!("open segment does not end with a seal marker, yet newer open segments follow ({}); open in tolerate-tail mode to cut the log here", list.join(", "))));
+            }
+            for n in &newer {
+                let p = dir.segment_path(n);
+                fs::remove_file(&p).ctx(|| format!("remove {}", p.display()))?;
+            }
+            fsync_dir(&dir.wal_dir())?;
+            rec.repairs.push(format!(
+                "{name}: seal never became durable; removed the newer open segments {}",
+                list.join(", ")
+            ));
+            recover_open(dir, control, mode, name, &mut rec)?;
+            break;
+        }
+        recover_open(dir, control, mode, name, &mut rec)?;
     }
     // A prepared file holds no records. Keep the one the writer needs next (it saves
     // preparing it again); remove the rest.
@@ -251,7 +270,6 @@ fn recover_open(
     control: &ControlFile,
     mode: RecoveryMode,
     name: SegmentName,
-    must_be_sealed: bool,
     rec: &mut Recovered,
 ) -> Result<()> {
     let path = dir.segment_path(&name);
@@ -274,18 +292,7 @@ fn recover_open(
     // reboot) would fill the page cache with large folios, and every later msync of the writer
     // would write whole folios back.
     let mut buf = crate::reader::read_segment(&path)?;
-    let not_sealed = |off: usize| {
-        corrupt(
-            &path,
-            off,
-            start + off as u64,
-            "an open segment followed by a newer one must end with a seal marker",
-        )
-    };
     if is_zero_from(&buf, 0) {
-        if must_be_sealed {
-            return Err(not_sealed(0));
-        }
         // Activated but its header never reached the disk: an empty segment. The writer starts
         // it again from scratch under the same number.
         rec.next_segment_no = name.segment_no;
@@ -354,9 +361,6 @@ fn recover_open(
             return Ok(());
         }
         ScanEnd::Unwritten { .. } | ScanEnd::Invalid { .. } => {
-            if must_be_sealed {
-                return Err(not_sealed(off));
-            }
             if let Some((later, lsn)) = find_later_record(&buf, &header, off + 8) {
                 let why = match &end {
                     ScanEnd::Invalid { error, .. } => error.to_string(),
@@ -410,4 +414,14 @@ fn recover_open(
     });
     rec.next_segment_no = name.segment_no + 1;
     Ok(())
+}
+
+/// Whether the open segment at `path` ends with a valid seal marker.
+fn ends_sealed(path: &std::path::Path) -> Result<bool> {
+    let buf = crate::reader::read_segment(path)?;
+    let Ok(mut scan) = SegmentScanner::new(&buf) else {
+        return Ok(false);
+    };
+    scan.by_ref().for_each(drop);
+    Ok(matches!(scan.end(), Some(ScanEnd::Sealed { .. })))
 }

@@ -7,11 +7,14 @@
 //! the leader: it notes the write position, releases `sync`, and its one msync covers every
 //! record written so far). Lock order: `sync` before `state`.
 //!
-//! Sealing is split in two. The writer makes the segment's bytes and its seal marker durable
-//! (one msync) and moves on to the next segment; a finisher thread then cuts the file to its
-//! used length, syncs it, renames it to its sealed name and syncs the directory. Those steps
-//! change names, not records, so they stay off the append path; until they are done the
-//! segment is still `.wal.open` with a durable seal marker, which recovery knows how to finish.
+//! Sealing runs off the append path. The writer writes the seal marker into the mapping and
+//! moves on to the next segment; a finisher thread makes the sealed segment durable (msync),
+//! cuts it to its used length, syncs it, renames it to its sealed name and syncs the directory.
+//! No record of the next segment counts as durable before the previous segment's seal marker
+//! is: a group-commit leader waits for that first. So after a crash, an older open segment either
+//! ends with a durable seal marker (recovery finishes its seal) or holds the last durable records
+//! (recovery cuts the log there and removes the newer open segments, which hold no acknowledged
+//! record).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -142,10 +145,10 @@ struct Inner {
     activated: AtomicU64,
     /// Work for the finisher thread; `None` once it stopped (then the work is done inline).
     finisher_tx: Mutex<Option<mpsc::Sender<FinisherMsg>>>,
-    /// Tickets of the seals the finisher has completed (or given up on, poisoning the writer).
-    finished: Mutex<u64>,
-    /// Signalled when `finished` grows.
-    finished_cv: Condvar,
+    /// How far the finisher has got with the seals handed to it.
+    finishing: Mutex<Finishing>,
+    /// Signalled when `finishing` moves.
+    finishing_cv: Condvar,
     options: WalOptions,
 }
 
@@ -154,7 +157,21 @@ enum BgMsg {
     Stop,
 }
 
-/// A segment whose bytes and seal marker are durable, still under its open name.
+/// The tickets (counts of seals handed over) the finisher has reached. A seal that failed
+/// poisons the writer and still counts as reached, so that nobody waits for it forever.
+#[derive(Default)]
+struct Finishing {
+    /// The segment and its seal marker are durable.
+    durable: u64,
+    /// The segment also has its sealed name.
+    named: u64,
+}
+
+/// Seals handed to the finisher and not yet durable are bounded by this many bytes (at least
+/// two segments), so that a writer outrunning the disk waits instead of filling the page cache.
+const MAX_UNFINISHED_SEAL_BYTES: u64 = 256 << 20;
+
+/// A sealed segment, marker written, still under its open name.
 struct FinishSeal {
     seg: Arc<ActiveSegment>,
     /// Bytes up to the end of the seal marker.
@@ -345,7 +362,7 @@ impl Wal {
         let sealed = self.inner.seal_locked(&mut st)?;
         let ticket = st.seals_started;
         drop(st);
-        self.inner.wait_finished(ticket)?;
+        self.inner.wait_finishing(ticket, |f| f.named)?;
         Ok(sealed)
     }
 
@@ -517,8 +534,8 @@ impl Inner {
             prepared: Mutex::new(prepared),
             activated: AtomicU64::new(next_segment_no),
             finisher_tx: Mutex::new(None),
-            finished: Mutex::new(0),
-            finished_cv: Condvar::new(),
+            finishing: Mutex::new(Finishing::default()),
+            finishing_cv: Condvar::new(),
             options,
         })
     }
@@ -620,9 +637,9 @@ impl Inner {
             // its LSN covered or becomes the next leader.
             s = self.synced.wait(s).unwrap_or_else(|p| p.into_inner());
         }
-        let (seg, to, end) = {
+        let (seg, to, end, seals) = {
             let st = lock(&self.state);
-            (st.seg.clone(), st.off, st.end_lsn)
+            (st.seg.clone(), st.off, st.end_lsn, st.seals_started)
         };
         if target > end {
             return Err(Error::InvalidArgument(format!(
@@ -632,7 +649,9 @@ impl Inner {
             )));
         }
         let Some(seg) = seg else {
-            // No open segment: everything written was made durable by its seal.
+            // No open segment: everything written is in sealed segments.
+            drop(s);
+            self.wait_finishing(seals, |f| f.durable)?;
             self.flushed.fetch_max(end, Ordering::AcqRel);
             return Ok(());
         };
@@ -645,10 +664,14 @@ impl Inner {
         drop(s);
         // The msync runs without the sync lock, so that waiters whose records an earlier sync
         // already covered are not queued behind this one.
-        let r = if to > from {
-            seg.sync_range(from, to).map(|()| true)
-        } else {
-            Ok(false)
+        // Records of this segment count only once every earlier segment is durable.
+        let r = match self.wait_finishing(seals, |f| f.durable) {
+            Err(e) => Err(e),
+            Ok(()) if to > from => seg
+                .sync_range(from, to)
+                .map(|()| true)
+                .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e)),
+            Ok(()) => Ok(false),
         };
         let mut s = lock(&self.sync);
         s.leader_active = false;
@@ -664,15 +687,15 @@ impl Inner {
                 self.flushed.fetch_max(end, Ordering::AcqRel);
                 Ok(())
             }
-            Err(e) => Err(self.poison(format!("msync {}", seg.path.display()), e)),
+            Err(e) => Err(e),
         };
         drop(s);
         self.synced.notify_all();
         r
     }
 
-    /// Writes the seal marker, makes the segment durable and hands it to the finisher for its
-    /// sealed name (see the module comment). Its ticket is `st.seals_started`.
+    /// Writes the seal marker and hands the segment to the finisher (see the module comment).
+    /// Its ticket is `st.seals_started`.
     fn seal_locked(&self, st: &mut WriterState) -> Result<Option<SegmentName>> {
         let Some(seg) = st.seg.clone() else {
             return Ok(None);
@@ -690,9 +713,10 @@ impl Inner {
         let dst = unsafe { seg.slice_mut(st.off, SEAL_LEN) };
         encode_seal(dst, lsn, crate::now_us(), &seal);
         let used = st.off + SEAL_LEN;
-        seg.sync_range(0, used)
-            .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))?;
-        self.flushed.fetch_max(st.end_lsn, Ordering::AcqRel);
+        let in_flight = (MAX_UNFINISHED_SEAL_BYTES / self.control.segment_size).max(2);
+        if let Some(oldest) = st.seals_started.checked_sub(in_flight - 1) {
+            self.wait_finishing(oldest, |f| f.durable)?;
+        }
         self.seals.fetch_add(1, Ordering::Relaxed);
         st.seals_started += 1;
         self.to_finisher(FinisherMsg::Finish(FinishSeal {
@@ -729,8 +753,8 @@ impl Inner {
                         tracing::error!(error = %e, "finishing a seal failed");
                     }
                 }
-                *lock(&self.finished) = ticket;
-                self.finished_cv.notify_all();
+                self.reached(ticket, |f| &mut f.durable);
+                self.reached(ticket, |f| &mut f.named);
             }
             FinisherMsg::Writeback((seg, from, to)) => {
                 // Only a hint to start writing early: durability still comes from msync.
@@ -742,10 +766,14 @@ impl Inner {
         }
     }
 
-    /// Cuts a durable, marked segment to its used length and gives it its sealed name.
+    /// Makes a marked segment durable, cuts it to its used length and gives it its sealed name.
     fn finish_seal(&self, f: FinishSeal) -> Result<()> {
         let seg = &f.seg;
         let p = |what: &str| format!("{what} {}", seg.path.display());
+        seg.sync_range(0, f.used)
+            .map_err(|e| self.poison(p("msync"), e))?;
+        self.flushed.fetch_max(f.end_lsn, Ordering::AcqRel);
+        self.reached(f.ticket, |f| &mut f.durable);
         // Nothing maps past `used` any more: the tail is only zeros we never wrote.
         crate::fault!("wal::seal::truncate", e => self.poison(p("truncate"), e));
         seg.file
@@ -769,17 +797,22 @@ impl Inner {
         Ok(())
     }
 
-    /// Blocks until the finisher has handled the seal with `ticket`; fails when the writer
-    /// was poisoned on the way.
-    fn wait_finished(&self, ticket: u64) -> Result<()> {
-        let mut done = lock(&self.finished);
-        while *done < ticket {
-            done = self
-                .finished_cv
-                .wait(done)
-                .unwrap_or_else(|p| p.into_inner());
+    fn reached(&self, ticket: u64, stage: impl Fn(&mut Finishing) -> &mut u64) {
+        let mut f = lock(&self.finishing);
+        let t = stage(&mut f);
+        *t = (*t).max(ticket);
+        drop(f);
+        self.finishing_cv.notify_all();
+    }
+
+    /// Blocks until the finisher's `stage` reaches `ticket`; fails when the writer was poisoned
+    /// on the way.
+    fn wait_finishing(&self, ticket: u64, stage: impl Fn(&Finishing) -> u64) -> Result<()> {
+        let mut f = lock(&self.finishing);
+        while stage(&f) < ticket {
+            f = self.finishing_cv.wait(f).unwrap_or_else(|p| p.into_inner());
         }
-        drop(done);
+        drop(f);
         self.check_poison()
     }
 

@@ -150,6 +150,75 @@ fn recovery_finishes_an_interrupted_seal() {
     assert_eq!(v.records, 6);
 }
 
+/// A crash while the writer seals segment 0 in the background and writes segment 1 leaves both
+/// open. With segment 0's marker durable, recovery finishes its seal and keeps segment 1; without
+/// it, the log ends in segment 0 and segment 1 (whose records were never acknowledged) goes.
+#[test]
+fn an_open_segment_behind_a_newer_one_is_finished_or_ends_the_log() {
+    let (_t, dir) = common::new_dir();
+    let wal = open(&dir);
+    let mut n = 0;
+    while wal.write_lsn().0 < common::SEG + 1000 {
+        wal.append(&ins(format!("record {n}").as_bytes()))
+            .expect("append");
+        n += 1;
+    }
+    wal.sync().expect("sync");
+    drop(wal);
+    let all = common::read_all(&dir).expect("read");
+    let in_first = all.iter().filter(|r| r.lsn.0 < common::SEG).count();
+    let sealed = common::seg_path(&dir, 0, SegmentFileKind::Sealed);
+    let open0 = common::seg_path(&dir, 0, SegmentFileKind::Open);
+    let open1 = common::seg_path(&dir, 1, SegmentFileKind::Open);
+    assert!(open1.exists());
+    let pristine = std::fs::read(&sealed).expect("read sealed");
+
+    // Marker durable, rename lost: finished, nothing lost.
+    std::fs::rename(&sealed, &open0).expect("rename");
+    assert!(verify_path(&dir).expect("verify").ok);
+    drop(open(&dir));
+    assert_eq!(std::fs::read(&sealed).expect("sealed again"), pristine);
+    assert_eq!(common::read_all(&dir).expect("read").len(), all.len());
+
+    // Marker never durable: segment 0 ends the log.
+    let mut b = pristine.clone();
+    let marker = b.len() - SEAL_LEN;
+    b[marker..].fill(0);
+    b.resize(common::SEG as usize, 0);
+    std::fs::remove_file(&sealed).expect("remove");
+    std::fs::write(&open0, &b).expect("write");
+    let v = verify_path(&dir).expect("verify");
+    assert!(v.ok, "a crash state, not damage: {:?}", v.errors);
+    let strict = Wal::open(
+        &dir,
+        WalOptions {
+            recovery_mode: RecoveryMode::Strict,
+            ..WalOptions::default()
+        },
+    );
+    let e = strict
+        .err()
+        .expect("strict mode repairs nothing")
+        .to_string();
+    assert!(e.contains("does not end with a seal marker"), "{e}");
+    assert!(open1.exists());
+    let wal = open(&dir);
+    assert!(!open1.exists(), "the newer open segment is removed");
+    assert_eq!(
+        common::read_all(&dir).expect("read").len(),
+        in_first,
+        "segment 0's records are all kept"
+    );
+    // Segment 0 had no room left: the next record seals it and starts segment 1 afresh.
+    let a = wal.append_durable(&ins(b"next")).expect("append");
+    assert_eq!(a.lsn, Lsn(common::SEG + 80));
+    drop(wal);
+    assert!(sealed.exists());
+    let v = verify_path(&dir).expect("verify");
+    assert!(v.ok, "{:?}", v.errors);
+    assert_eq!(v.records as usize, in_first + 1);
+}
+
 #[test]
 fn an_open_segment_never_written_is_restarted() {
     let (_t, dir) = common::new_dir();
