@@ -11,6 +11,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
@@ -96,11 +97,15 @@ pub enum Allocation {
     Fallocate,
 }
 
+/// Allocates `size` bytes for `f`. A zero-filled file is synced; an fallocated one needs no
+/// sync of its own: the writer's first sync of the segment (its header) writes the file's
+/// metadata along with its data, and the rename into place is synced with the directory.
 fn allocate(f: &File, path: &Path, size: u64, how: Allocation) -> Result<()> {
     use std::os::fd::AsRawFd;
     match how {
         Allocation::ZeroFill => {
             zero_fill(f, path, size)?;
+            f.sync_data().ctx(|| format!("fsync {}", path.display()))
         }
         Allocation::Fallocate => {
             // SAFETY: plain syscall on a descriptor we own.
@@ -111,17 +116,28 @@ fn allocate(f: &File, path: &Path, size: u64, how: Allocation) -> Result<()> {
                     std::io::Error::last_os_error(),
                 ));
             }
+            Ok(())
         }
     }
-    f.sync_data().ctx(|| format!("fsync {}", path.display()))
 }
 
-/// A segment file made ready ahead of use: blocks allocated and synced, mapped, and its pages
-/// faulted in writable, so that the writer's first store to each page costs no fault.
+/// A segment file made ready ahead of use: blocks allocated, mapped; see [`Prefault`] for
+/// its pages.
 pub struct PreparedSegment {
     pub path: PathBuf,
     file: File,
-    map: MmapRaw,
+    map: Arc<MmapRaw>,
+}
+
+/// Faults a prepared segment's pages in writable, so that the writer's first store to each
+/// page costs no fault. It may run while the writer already uses the segment: faulting a page
+/// in never changes its bytes.
+pub struct Prefault(Arc<MmapRaw>);
+
+impl Prefault {
+    pub fn run(self) {
+        prefault(&self.0, 0);
+    }
 }
 
 impl PreparedSegment {
@@ -155,9 +171,13 @@ impl PreparedSegment {
         Self::mapped(path, file, size)
     }
 
+    /// What faults this segment's pages in; run it off the append path.
+    pub fn prefault(&self) -> Prefault {
+        Prefault(self.map.clone())
+    }
+
     fn mapped(path: PathBuf, file: File, size: u64) -> Result<PreparedSegment> {
-        let map = map_segment(&file, &path, size)?;
-        prefault(&map, 0);
+        let map = Arc::new(map_segment(&file, &path, size)?);
         Ok(PreparedSegment { path, file, map })
     }
 }
@@ -200,7 +220,7 @@ pub struct ActiveSegment {
     pub name: SegmentName,
     pub path: PathBuf,
     pub file: File,
-    map: MmapRaw,
+    map: Arc<MmapRaw>,
     pub start_lsn: u64,
 }
 
@@ -221,7 +241,7 @@ impl ActiveSegment {
                 reason: format!("open segment is {len} bytes, expected the segment size {size}"),
             });
         }
-        let map = map_segment(&file, &path, size)?;
+        let map = Arc::new(map_segment(&file, &path, size)?);
         prefault(&map, used);
         Ok(ActiveSegment {
             start_lsn: name.segment_no * size,

@@ -449,7 +449,14 @@ fn background(inner: Arc<Inner>, rx: mpsc::Receiver<BgMsg>) {
                     let _ = std::fs::remove_file(&old.path);
                 }
                 match inner.prepare(no) {
-                    Ok(p) => *slot = Some((no, p)),
+                    Ok(p) => {
+                        // Prefaulting takes tens of milliseconds: the writer may take the
+                        // segment meanwhile rather than wait for it.
+                        let prefault = p.prefault();
+                        *slot = Some((no, p));
+                        drop(slot);
+                        prefault.run();
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "preparing the next segment failed; the next rotation will try again")
                     }
@@ -507,10 +514,11 @@ impl Inner {
         let sealed = rec.sealed.last().map(|s| s.end_lsn).unwrap_or(0);
         let next_segment_no = st.next_segment_no;
         let prepared = match &rec.prepared {
-            Some(p) => Some((
-                rec.next_segment_no,
-                PreparedSegment::open(p.clone(), control.segment_size)?,
-            )),
+            Some(p) => {
+                let p = PreparedSegment::open(p.clone(), control.segment_size)?;
+                p.prefault().run();
+                Some((rec.next_segment_no, p))
+            }
             None => None,
         };
         Ok(Inner {
