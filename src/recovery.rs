@@ -223,6 +223,13 @@ pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Resu
         rec.next_segment_no = last.name.segment_no + 1;
         rec.prev_checksum = Some(last.seal.segment_checksum);
     }
+    // A prepared file holds no acknowledged record, but it may hold unacknowledged ones: a
+    // segment activated just before a crash whose new name never became durable. Never reuse
+    // one: stale records at the very LSNs a new segment would use could pass for new ones.
+    for name in prepared {
+        let path = dir.segment_path(&name);
+        fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+    }
     // The writer seals a segment in the background while it writes the next one, and counts
     // no record of the next one durable before the sealed one's marker is. An older open segment
     // that ends with its seal marker is finished; one that does not holds the end of the log,
@@ -250,17 +257,6 @@ pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Resu
             break;
         }
         recover_open(dir, control, mode, name, &mut rec)?;
-    }
-    // A prepared file holds no records. Keep the one the writer needs next (it saves
-    // preparing it again); remove the rest.
-    for name in prepared {
-        let path = dir.segment_path(&name);
-        let full = fs::metadata(&path).is_ok_and(|m| m.len() == control.segment_size);
-        if name.segment_no == rec.next_segment_no && full {
-            rec.prepared = Some(path);
-        } else {
-            fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
-        }
     }
     Ok(rec)
 }
@@ -292,21 +288,28 @@ fn recover_open(
     // reboot) would fill the page cache with large folios, and every later msync of the writer
     // would write whole folios back.
     let mut buf = crate::reader::read_segment(&path)?;
-    if is_zero_from(&buf, 0) {
-        // Activated but its header never reached the disk: an empty segment. The writer starts
-        // it again from scratch under the same number.
+    if is_zero_from(&buf[..buf.len().min(SEGMENT_HEADER_LEN)], 0) {
+        // Activated but its header never reached the disk. The header becomes durable with the
+        // segment's first sync, so none of its records was acknowledged: the writer starts the
+        // segment again under the same number, reusing the file only when it is all zeros.
+        let empty = is_zero_from(&buf, 0);
+        if !empty && mode == RecoveryMode::Strict {
+            return Err(corrupt(&path, 0, start, "header never written, yet the segment holds data (unacknowledged records of a crash); open in tolerate-tail mode to discard them"));
+        }
         rec.next_segment_no = name.segment_no;
         let prepared = dir.segment_path(&name.with_kind(SegmentFileKind::Prepared));
-        if buf.len() as u64 == control.segment_size {
+        if empty && buf.len() as u64 == control.segment_size {
             fs::rename(&path, &prepared).ctx(|| format!("rename {}", path.display()))?;
             rec.prepared = Some(prepared);
         } else {
             fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
         }
         fsync_dir(&dir.wal_dir())?;
-        rec.repairs.push(format!(
-            "{name}: empty open segment (header never written) restarted"
-        ));
+        rec.repairs.push(if empty {
+            format!("{name}: empty open segment (header never written) restarted")
+        } else {
+            format!("{name}: header never written; its unacknowledged records were discarded and the segment restarted")
+        });
         return Ok(());
     }
     let header = SegmentHeader::decode(&buf).map_err(|r| corrupt(&path, 0, start, r))?;

@@ -155,7 +155,7 @@ pub fn verify_segments(
             && is_zero_from(&bytes[..bytes.len().min(SEGMENT_HEADER_LEN)], 0)
         {
             report.notes.push(format!(
-                "{name}: created but its header was never written (no records; recovery starts it again)"
+                "{name}: created but its header was never written (no acknowledged records; recovery starts it again)"
             ));
             prev = Some((*name, None));
             continue;

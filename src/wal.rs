@@ -89,8 +89,9 @@ struct WriterState {
     prepare_next: Option<u64>,
     /// Writeback of the open segment has been started up to here (see `writeback_due`).
     writeback_to: usize,
-    /// Seals handed to the finisher so far; each seal's ticket is its number in this count.
-    seals_started: u64,
+    /// Work handed to the finisher that durability depends on (seals and activations), counted;
+    /// each piece's ticket is its number in this count.
+    tickets: u64,
 }
 
 /// A range of the open segment to start writing back: `(segment, from, to)`.
@@ -157,13 +158,13 @@ enum BgMsg {
     Stop,
 }
 
-/// The tickets (counts of seals handed over) the finisher has reached. A seal that failed
-/// poisons the writer and still counts as reached, so that nobody waits for it forever.
+/// The tickets the finisher has reached. Work that failed poisons the writer and still counts
+/// as reached, so that nobody waits for it forever.
 #[derive(Default)]
 struct Finishing {
-    /// The segment and its seal marker are durable.
+    /// Every sealed segment and activated name handed over up to this ticket is durable.
     durable: u64,
-    /// The segment also has its sealed name.
+    /// Every sealed segment up to this ticket also has its sealed name.
     named: u64,
 }
 
@@ -172,16 +173,23 @@ struct Finishing {
 const MAX_UNFINISHED_SEAL_BYTES: u64 = 256 << 20;
 
 /// A sealed segment, marker written, still under its open name.
-struct FinishSeal {
+struct SealedOpen {
     seg: Arc<ActiveSegment>,
     /// Bytes up to the end of the seal marker.
     used: usize,
     end_lsn: u64,
+    /// The ticket of its `Durable` step.
     ticket: u64,
 }
 
+/// Work for the finisher thread, done in the order sent.
 enum FinisherMsg {
-    Finish(FinishSeal),
+    /// Make a sealed segment durable (msync up to the end of its marker).
+    Durable(Arc<SealedOpen>),
+    /// Make an activated segment's name durable (directory fsync), with this ticket.
+    Activated(u64),
+    /// Cut a durable sealed segment to its used length and give it its sealed name.
+    Name(Arc<SealedOpen>),
     Writeback(Writeback),
     Stop,
 }
@@ -359,8 +367,8 @@ impl Wal {
     pub fn seal(&self) -> Result<Option<SegmentName>> {
         self.inner.check_poison()?;
         let mut st = lock(&self.inner.state);
-        let sealed = self.inner.seal_locked(&mut st)?;
-        let ticket = st.seals_started;
+        let sealed = self.inner.seal_locked(&mut st, false)?;
+        let ticket = st.tickets;
         drop(st);
         self.inner.wait_finishing(ticket, |f| f.named)?;
         Ok(sealed)
@@ -470,7 +478,7 @@ fn background(inner: Arc<Inner>, rx: mpsc::Receiver<BgMsg>) {
             }
             let mut st = lock(&inner.state);
             if st.seg.is_some() && st.seg_records > 0 && st.opened_at.elapsed() >= max {
-                if let Err(e) = inner.seal_locked(&mut st) {
+                if let Err(e) = inner.seal_locked(&mut st, false) {
                     tracing::error!(error = %e, "sealing an aged segment failed");
                 }
             }
@@ -497,7 +505,7 @@ impl Inner {
             opened_at: Instant::now(),
             prepare_next: None,
             writeback_to: 0,
-            seals_started: 0,
+            tickets: 0,
         };
         if let Some(open) = &rec.open {
             let path = dir.segment_path(&open.name);
@@ -604,7 +612,7 @@ impl Inner {
             });
         }
         if st.seg.is_some() && st.off + len + SEAL_LEN > self.control.segment_size as usize {
-            self.seal_locked(st)?;
+            self.seal_locked(st, true)?;
         }
         if st.seg.is_none() {
             self.activate_locked(st)?;
@@ -647,7 +655,7 @@ impl Inner {
         }
         let (seg, to, end, seals) = {
             let st = lock(&self.state);
-            (st.seg.clone(), st.off, st.end_lsn, st.seals_started)
+            (st.seg.clone(), st.off, st.end_lsn, st.tickets)
         };
         if target > end {
             return Err(Error::InvalidArgument(format!(
@@ -702,9 +710,15 @@ impl Inner {
         r
     }
 
-    /// Writes the seal marker and hands the segment to the finisher (see the module comment).
-    /// Its ticket is `st.seals_started`.
-    fn seal_locked(&self, st: &mut WriterState) -> Result<Option<SegmentName>> {
+    /// Writes the seal marker and hands the segment to the finisher (see the module comment);
+    /// with `then_activate`, activates the next segment before the sealed one is renamed, so
+    /// that the new segment's name becomes durable first. The seal's ticket is `st.tickets`
+    /// when nothing was activated.
+    fn seal_locked(
+        &self,
+        st: &mut WriterState,
+        then_activate: bool,
+    ) -> Result<Option<SegmentName>> {
         let Some(seg) = st.seg.clone() else {
             return Ok(None);
         };
@@ -720,22 +734,30 @@ impl Inner {
         // SAFETY: state lock held; the marker goes right after the last record.
         let dst = unsafe { seg.slice_mut(st.off, SEAL_LEN) };
         encode_seal(dst, lsn, crate::now_us(), &seal);
-        let used = st.off + SEAL_LEN;
+        // Bound the sealed segments not yet durable (two tickets per rotation).
         let in_flight = (MAX_UNFINISHED_SEAL_BYTES / self.control.segment_size).max(2);
-        if let Some(oldest) = st.seals_started.checked_sub(in_flight - 1) {
+        if let Some(oldest) = st.tickets.checked_sub(2 * in_flight) {
             self.wait_finishing(oldest, |f| f.durable)?;
         }
         self.seals.fetch_add(1, Ordering::Relaxed);
-        st.seals_started += 1;
-        self.to_finisher(FinisherMsg::Finish(FinishSeal {
+        st.tickets += 1;
+        let sealed = Arc::new(SealedOpen {
             seg: seg.clone(),
-            used,
+            used: st.off + SEAL_LEN,
             end_lsn: st.end_lsn,
-            ticket: st.seals_started,
-        }));
+            ticket: st.tickets,
+        });
+        self.to_finisher(FinisherMsg::Durable(sealed.clone()));
         st.prev_checksum = Some(seal.segment_checksum);
         st.next_segment_no = seg.name.segment_no + 1;
         st.seg = None;
+        let activated = if then_activate {
+            self.activate_locked(st)
+        } else {
+            Ok(())
+        };
+        self.to_finisher(FinisherMsg::Name(sealed));
+        activated?;
         Ok(Some(seg.name.with_kind(SegmentFileKind::Sealed)))
     }
 
@@ -752,17 +774,38 @@ impl Inner {
     }
 
     fn run_finisher_msg(&self, msg: FinisherMsg) {
+        // After a failure the writer is poisoned: leave the rest to recovery, but still count
+        // every ticket as reached so that nobody waits forever.
+        let healthy = !self.poisoned.load(Ordering::Acquire);
         match msg {
-            FinisherMsg::Finish(f) => {
-                let ticket = f.ticket;
-                // An earlier failure poisoned the writer: leave the rest to recovery.
-                if !self.poisoned.load(Ordering::Acquire) {
-                    if let Err(e) = self.finish_seal(f) {
-                        tracing::error!(error = %e, "finishing a seal failed");
+            FinisherMsg::Durable(s) => {
+                if healthy {
+                    match s.seg.sync_range(0, s.used) {
+                        Ok(()) => {
+                            self.flushed.fetch_max(s.end_lsn, Ordering::AcqRel);
+                        }
+                        Err(e) => {
+                            self.poison(format!("msync {}", s.seg.path.display()), e);
+                        }
+                    }
+                }
+                self.reached(s.ticket, |f| &mut f.durable);
+            }
+            FinisherMsg::Activated(ticket) => {
+                if healthy {
+                    if let Err(e) = self.sync_wal_dir() {
+                        tracing::error!(error = %e, "making an activated segment's name durable failed");
                     }
                 }
                 self.reached(ticket, |f| &mut f.durable);
-                self.reached(ticket, |f| &mut f.named);
+            }
+            FinisherMsg::Name(s) => {
+                if healthy {
+                    if let Err(e) = self.name_sealed(&s) {
+                        tracing::error!(error = %e, "naming a sealed segment failed");
+                    }
+                }
+                self.reached(s.ticket, |f| &mut f.named);
             }
             FinisherMsg::Writeback((seg, from, to)) => {
                 // Only a hint to start writing early: durability still comes from msync.
@@ -774,18 +817,22 @@ impl Inner {
         }
     }
 
-    /// Makes a marked segment durable, cuts it to its used length and gives it its sealed name.
-    fn finish_seal(&self, f: FinishSeal) -> Result<()> {
-        let seg = &f.seg;
+    /// Syncs the `wal/` directory; a failure poisons the writer.
+    fn sync_wal_dir(&self) -> Result<()> {
+        fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
+            Error::Io { context, source } => self.poison(context, source),
+            other => other,
+        })
+    }
+
+    /// Cuts a durable sealed segment to its used length and gives it its sealed name.
+    fn name_sealed(&self, s: &SealedOpen) -> Result<()> {
+        let seg = &s.seg;
         let p = |what: &str| format!("{what} {}", seg.path.display());
-        seg.sync_range(0, f.used)
-            .map_err(|e| self.poison(p("msync"), e))?;
-        self.flushed.fetch_max(f.end_lsn, Ordering::AcqRel);
-        self.reached(f.ticket, |f| &mut f.durable);
         // Nothing maps past `used` any more: the tail is only zeros we never wrote.
         crate::fault!("wal::seal::truncate", e => self.poison(p("truncate"), e));
         seg.file
-            .set_len(f.used as u64)
+            .set_len(s.used as u64)
             .map_err(|e| self.poison(p("truncate"), e))?;
         crate::fault!("wal::seal::fsync", e => self.poison(p("fsync"), e));
         seg.file
@@ -796,11 +843,8 @@ impl Inner {
         crate::fault!("wal::seal::rename", e => self.poison(p("rename"), e));
         std::fs::rename(&seg.path, &sealed_path).map_err(|e| self.poison(p("rename"), e))?;
         crate::fault!("wal::seal::dir_fsync", e => self.poison(format!("fsync directory {}", self.dir.wal_dir().display()), e));
-        fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
-            Error::Io { context, source } => self.poison(context, source),
-            other => other,
-        })?;
-        self.sealed.fetch_max(f.end_lsn, Ordering::AcqRel);
+        self.sync_wal_dir()?;
+        self.sealed.fetch_max(s.end_lsn, Ordering::AcqRel);
         tracing::debug!(segment = %sealed_name, "sealed segment");
         Ok(())
     }
@@ -850,10 +894,10 @@ impl Inner {
             .ctx(|| format!("rename {} to {}", from.display(), path.display()))?;
         self.activated.store(no + 1, Ordering::Release);
         drop(slot);
-        fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
-            Error::Io { context, source } => self.poison(context, source),
-            other => other,
-        })?;
+        // The new name becomes durable in the background; no record of this segment counts as
+        // durable before it has.
+        st.tickets += 1;
+        self.to_finisher(FinisherMsg::Activated(st.tickets));
         let seg = ActiveSegment::from_prepared(prepared, path, name);
         let header = SegmentHeader {
             format_version: FORMAT_VERSION,
@@ -865,12 +909,10 @@ impl Inner {
             created_us: crate::now_us(),
         };
         let hb = header.encode();
-        // SAFETY: state lock held; nothing of this segment is published yet.
+        // SAFETY: state lock held; nothing of this segment is published yet. The header
+        // becomes durable with the segment's first sync, which starts at offset 0; recovery
+        // discards a segment whose header never did (none of its records were acknowledged).
         unsafe { seg.slice_mut(0, SEGMENT_HEADER_LEN) }.copy_from_slice(&hb);
-        // The header must be durable before any record of this segment can be: after a power
-        // loss, a lost or torn header would make recovery refuse the whole directory.
-        seg.sync_range(0, SEGMENT_HEADER_LEN)
-            .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))?;
         st.hasher = crc32fast::Hasher::new();
         st.hasher.update(&hb);
         st.off = SEGMENT_HEADER_LEN;

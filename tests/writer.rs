@@ -40,7 +40,11 @@ fn largest_record_fits_and_one_byte_more_is_refused() {
     // The sealed name follows the durable seal marker a moment later.
     let deadline = Instant::now() + Duration::from_secs(20);
     while wal.sealed_lsn() != a.end_lsn {
-        assert!(Instant::now() < deadline, "sealed_lsn stays {}", wal.sealed_lsn());
+        assert!(
+            Instant::now() < deadline,
+            "sealed_lsn stays {}",
+            wal.sealed_lsn()
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     drop(wal);
@@ -246,6 +250,48 @@ fn an_open_segment_never_written_is_restarted() {
     assert_eq!(a.lsn, Lsn(65536 + 80));
     drop(wal);
     assert_eq!(common::read_all(&dir).expect("read").len(), 2);
+    assert!(verify_path(&dir).expect("verify").ok);
+}
+
+/// The header becomes durable with a segment's first sync: records behind a header that never
+/// did were never acknowledged, and recovery discards them (strict mode refuses).
+#[test]
+fn records_behind_a_header_never_written_are_discarded() {
+    let (_t, dir) = common::new_dir();
+    let wal = open(&dir);
+    wal.append(&ins(b"a")).expect("append");
+    wal.seal().expect("seal");
+    for i in 0..10 {
+        wal.append(&ins(format!("lost {i}").as_bytes()))
+            .expect("append");
+    }
+    wal.sync().expect("sync");
+    drop(wal);
+    let open_path = common::seg_path(&dir, 1, SegmentFileKind::Open);
+    let mut b = std::fs::read(&open_path).expect("read");
+    b[..80].fill(0);
+    std::fs::write(&open_path, &b).expect("write");
+    assert!(verify_path(&dir).expect("verify").ok);
+    let strict = Wal::open(
+        &dir,
+        WalOptions {
+            recovery_mode: RecoveryMode::Strict,
+            ..WalOptions::default()
+        },
+    );
+    let e = strict
+        .err()
+        .expect("strict mode repairs nothing")
+        .to_string();
+    assert!(e.contains("header never written"), "{e}");
+
+    let wal = open(&dir);
+    let a = wal.append_durable(&ins(b"b")).expect("append");
+    assert_eq!(a.lsn, Lsn(65536 + 80));
+    drop(wal);
+    let recs = common::read_all(&dir).expect("read");
+    let payloads: Vec<&[u8]> = recs.iter().map(|r| r.payload.as_slice()).collect();
+    assert_eq!(payloads, [b"a".as_slice(), b"b".as_slice()]);
     assert!(verify_path(&dir).expect("verify").ok);
 }
 
