@@ -12,7 +12,7 @@ use crate::decoder::{find_later_record, is_zero_from, ScanEnd, SegmentScanner};
 use crate::error::Result;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
-use crate::reader::{read_segment, WalSource};
+use crate::reader::{read_segment_into, WalSource};
 use crate::Lsn;
 
 /// One problem found, located.
@@ -98,19 +98,21 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
                 .collect()
         }
     };
-    verify_segments(&files, identity, &mut report, read_segment)?;
+    verify_segments(&files, identity, &mut report, read_segment_into)?;
     report.ok = report.errors.is_empty();
     Ok(report)
 }
 
-/// Verifies segments given in order, reading each with `read`. Shared by the data-directory
-/// check and the archive check, which reads through its store.
+/// Verifies segments given in order, reading each with `read` into one buffer reused from
+/// segment to segment. Shared by the data-directory check and the archive check, which reads
+/// through its store.
 pub fn verify_segments(
     files: &[(SegmentName, PathBuf)],
     mut identity: Option<Identity>,
     report: &mut VerifyReport,
-    mut read: impl FnMut(&Path) -> Result<Vec<u8>>,
+    mut read: impl FnMut(&Path, &mut Vec<u8>) -> Result<()>,
 ) -> Result<()> {
+    let mut bytes = Vec::new();
     let mut prev: Option<(SegmentName, Option<u32>)> = None;
     let open_count = files
         .iter()
@@ -151,8 +153,8 @@ pub fn verify_segments(
                 "an open segment must be the last segment and the only open one".into(),
             ));
         }
-        let bytes = match read(path) {
-            Ok(b) => b,
+        match read(path, &mut bytes) {
+            Ok(()) => {}
             Err(e) => {
                 report.errors.push(issue(0, 0, e.to_string()));
                 prev = Some((*name, None));
