@@ -178,6 +178,19 @@ impl<'a> SegmentScanner<'a> {
         }
     }
 
+    /// Checks every record's own CRC even under a matching seal checksum: the reference the
+    /// single-pass scan of a sealed segment is tested against.
+    pub fn checking_every_record(mut self) -> Self {
+        self.trusted_end = 0;
+        self
+    }
+
+    /// Records ending at or before this offset are decoded without their own CRC, because a
+    /// matching seal checksum covers them; 0 when every record is CRC-checked.
+    pub fn unhashed_until(&self) -> usize {
+        self.trusted_end
+    }
+
     pub fn header(&self) -> &SegmentHeader {
         &self.header
     }
@@ -302,4 +315,79 @@ pub fn find_later_record(buf: &[u8], header: &SegmentHeader, from: usize) -> Opt
 /// True when every byte from `from` on is zero.
 pub fn is_zero_from(buf: &[u8], from: usize) -> bool {
     buf.get(from..).is_none_or(|r| r.iter().all(|&b| b == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::record::{encode_record, encode_seal};
+    use crate::format::FORMAT_VERSION;
+
+    /// A sealed segment of `n` records of 10 bytes each.
+    fn sealed(n: usize) -> (Vec<u8>, SegmentHeader) {
+        let h = SegmentHeader {
+            format_version: FORMAT_VERSION,
+            timeline: 1,
+            segment_size: 1 << 16,
+            segment_no: 2,
+            system_id: uuid::Uuid::nil(),
+            prev_checksum: None,
+            created_us: 0,
+        };
+        let mut b = h.encode().to_vec();
+        let mut last_lsn = 0;
+        for i in 0..n {
+            let off = b.len();
+            last_lsn = h.start_lsn() + off as u64;
+            b.resize(off + encoded_len(10), 0);
+            encode_record(&mut b[off..], last_lsn, 1, None, i as i64, &[i as u8; 10]);
+        }
+        let off = b.len();
+        let seal = SealInfo {
+            record_count: n as u64,
+            last_lsn,
+            segment_checksum: crc32fast::hash(&b),
+        };
+        b.resize(off + SEAL_LEN, 0);
+        encode_seal(&mut b[off..], h.start_lsn() + off as u64, 0, &seal);
+        (b, h)
+    }
+
+    #[test]
+    fn final_seal_trusts_only_a_matching_checksum() {
+        let (b, h) = sealed(3);
+        let f = FinalSeal::find(&b, &h).expect("marker at the end");
+        assert_eq!(f.trusted_end(), b.len() - SEAL_LEN);
+        let mut damaged = b.clone();
+        damaged[SEGMENT_HEADER_LEN + 45] ^= 1; // a payload byte of the first record
+        let f = FinalSeal::find(&damaged, &h).expect("marker still valid");
+        assert_eq!(f.trusted_end(), 0);
+        // An open segment: records, then zeros. No marker at the end, nothing hashed.
+        let mut open = b[..b.len() - SEAL_LEN].to_vec();
+        open.resize(b.len() + 64, 0);
+        assert_eq!(FinalSeal::find(&open, &h), None);
+        // Bytes appended after the marker: it is no longer at the end.
+        let mut longer = b.clone();
+        longer.extend_from_slice(&[0; 8]);
+        assert_eq!(FinalSeal::find(&longer, &h), None);
+    }
+
+    #[test]
+    fn only_records_wholly_before_the_trusted_end_skip_their_crc() {
+        let (mut b, h) = sealed(2);
+        let off = SEGMENT_HEADER_LEN;
+        let len = encoded_len(10);
+        b[off] ^= 1; // the first record's stored CRC no longer matches its bytes
+        let lsn = h.start_lsn() + off as u64;
+        let limit = h.segment_size as usize;
+        let bad_crc = |r: Result<Decoded<'_>, RecordError>| {
+            matches!(r, Err(RecordError::ChecksumMismatch { .. }))
+        };
+        assert!(matches!(
+            decode_record(&b, off, lsn, limit, off + len),
+            Ok(Decoded::Record(_))
+        ));
+        assert!(bad_crc(decode_record(&b, off, lsn, limit, off + len - 8)));
+        assert!(bad_crc(decode_record(&b, off, lsn, limit, 0)));
+    }
 }

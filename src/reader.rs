@@ -420,3 +420,27 @@ fn read_tail(path: &Path, from: usize, want: usize, buf: &mut Vec<u8>) -> std::i
     buf.extend_from_slice(&fresh);
     Ok(changed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_buffer_reads_longer_and_shorter_files_exactly() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let long = tmp.path().join("long");
+        let short = tmp.path().join("short");
+        let long_bytes: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        std::fs::write(&long, &long_bytes).expect("write");
+        std::fs::write(&short, [7u8; 100]).expect("write");
+        let mut buf = Vec::new();
+        read_segment_into(&long, &mut buf).expect("read");
+        assert_eq!(buf, long_bytes);
+        read_segment_into(&short, &mut buf).expect("read");
+        assert_eq!(buf, [7u8; 100]);
+        read_segment_into(&long, &mut buf).expect("read");
+        assert_eq!(buf, long_bytes);
+        let err = read_segment_into(&tmp.path().join("missing"), &mut buf).expect_err("missing");
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}
