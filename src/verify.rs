@@ -1,5 +1,6 @@
-//! Checking stored WAL end to end: headers, every record's CRC and LSN, seal markers and
-//! segment checksums, the chain between segments, and gaps. Unlike recovery it repairs nothing
+//! Checking stored WAL end to end: headers, every record (its LSN and its bytes: by its own CRC,
+//! or in a sealed segment by the seal's checksum over the whole segment), seal markers, the
+//! chain between segments, and gaps. Unlike recovery it repairs nothing
 //! and goes on after a problem, so one run lists every problem it can find.
 
 use std::path::{Path, PathBuf};
