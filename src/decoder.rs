@@ -61,10 +61,30 @@ pub struct FinalSeal {
     pub computed: u32,
 }
 
+/// The CRC32 of all but the last [`SEAL_LEN`] bytes of a segment, computed chunk by chunk as
+/// the file was read, while each chunk was still in the CPU's cache: it spares the scanner a
+/// hash pass of its own over memory. Made only by
+/// [`read_segment_hashed`](crate::reader::read_segment_hashed), for the bytes it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadChecksum {
+    pub(crate) len: usize,
+    pub(crate) crc: u32,
+}
+
 impl FinalSeal {
     /// Looks for a valid seal marker in the last [`SEAL_LEN`] bytes of `buf` and hashes what
     /// precedes it. `None` when those bytes are not a seal marker at its own position.
     pub fn find(buf: &[u8], header: &SegmentHeader) -> Option<FinalSeal> {
+        Self::find_with(buf, header, None)
+    }
+
+    /// [`FinalSeal::find`], taking the checksum from `read` when it covers exactly the bytes
+    /// before the marker.
+    pub(crate) fn find_with(
+        buf: &[u8],
+        header: &SegmentHeader,
+        read: Option<ReadChecksum>,
+    ) -> Option<FinalSeal> {
         let offset = buf.len().checked_sub(SEAL_LEN)?;
         if offset < SEGMENT_HEADER_LEN || offset % ALIGN != 0 {
             return None;
@@ -74,7 +94,10 @@ impl FinalSeal {
             Ok(Decoded::Seal(seal)) => Some(FinalSeal {
                 offset,
                 seal,
-                computed: crc32fast::hash(&buf[..offset]),
+                computed: match read {
+                    Some(r) if r.len == offset => r.crc,
+                    _ => crc32fast::hash(&buf[..offset]),
+                },
             }),
             _ => None,
         }
@@ -161,10 +184,27 @@ impl<'a> SegmentScanner<'a> {
         Ok(Self::with_header(buf, header, SEGMENT_HEADER_LEN))
     }
 
+    /// [`SegmentScanner::new`] over bytes whose checksum was computed as they were read
+    /// (`read` must come from reading exactly `buf`).
+    pub fn with_read_checksum(buf: &'a [u8], read: ReadChecksum) -> Result<Self, String> {
+        let header = SegmentHeader::decode(buf)?;
+        let final_seal = FinalSeal::find_with(buf, &header, Some(read));
+        Ok(Self::start(buf, header, SEGMENT_HEADER_LEN, final_seal))
+    }
+
     /// Starts at `offset` (a record boundary found earlier) with a header already decoded.
     /// When `buf` ends with a seal marker, hashes the segment once before the first record.
     pub fn with_header(buf: &'a [u8], header: SegmentHeader, offset: usize) -> Self {
         let final_seal = FinalSeal::find(buf, &header);
+        Self::start(buf, header, offset, final_seal)
+    }
+
+    fn start(
+        buf: &'a [u8],
+        header: SegmentHeader,
+        offset: usize,
+        final_seal: Option<FinalSeal>,
+    ) -> Self {
         SegmentScanner {
             buf,
             header,

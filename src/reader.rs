@@ -7,9 +7,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::datadir::list_segments_in;
-use crate::decoder::{decode_record, find_later_record, is_zero_from, FinalSeal};
+use crate::decoder::{decode_record, find_later_record, is_zero_from, FinalSeal, ReadChecksum};
 use crate::error::{Error, IoContext, Result};
-use crate::format::record::{Decoded, RecordError};
+use crate::format::record::{Decoded, RecordError, SEAL_LEN};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SegmentFileKind, SegmentHeader, SegmentName};
 use crate::{EntryType, Lsn};
@@ -76,10 +76,11 @@ struct Loaded {
 }
 
 impl Loaded {
-    /// Hashes the segment once when its bytes end with a seal marker (see [`FinalSeal`]).
-    fn trust_seal(&mut self) {
+    /// Checks the seal checksum once when the bytes end with a seal marker (see [`FinalSeal`]),
+    /// with the checksum computed as they were read when there is one.
+    fn trust_seal(&mut self, read: Option<ReadChecksum>) {
         self.trusted_end =
-            FinalSeal::find(&self.bytes, &self.header).map_or(0, |s| s.trusted_end());
+            FinalSeal::find_with(&self.bytes, &self.header, read).map_or(0, |s| s.trusted_end());
     }
 }
 
@@ -224,10 +225,10 @@ impl WalReader {
             Err(e) => return Err(Error::io(format!("read {}", cur.path.display()), e)),
         }
         if !cur.path.exists() && sealed_path.exists() {
-            read_segment_into(&sealed_path, &mut cur.bytes)?;
+            let read = read_segment_hashed(&sealed_path, &mut cur.bytes)?;
             cur.name = sealed_name;
             cur.path = sealed_path;
-            cur.trust_seal();
+            cur.trust_seal(Some(read));
             return Ok(true);
         }
         Ok(false)
@@ -316,7 +317,13 @@ impl WalReader {
             }
         };
         let mut bytes = std::mem::take(&mut self.spare);
-        read_segment_into(&path, &mut bytes)?;
+        // Only a sealed file ends with its marker: the open one is not worth hashing.
+        let read = if name.kind == SegmentFileKind::Sealed {
+            Some(read_segment_hashed(&path, &mut bytes)?)
+        } else {
+            read_segment_into(&path, &mut bytes)?;
+            None
+        };
         if name.kind == SegmentFileKind::Open
             && is_zero_from(&bytes[..bytes.len().min(SEGMENT_HEADER_LEN)], 0)
         {
@@ -351,7 +358,7 @@ impl WalReader {
             off: SEGMENT_HEADER_LEN,
             trusted_end: 0,
         };
-        cur.trust_seal();
+        cur.trust_seal(read);
         self.cur = Some(cur);
         Ok(true)
     }
@@ -384,6 +391,37 @@ pub fn read_segment(path: &Path) -> Result<Vec<u8>> {
 /// [`read_segment`] into `buf`, replacing its contents. Reusing one buffer across segments
 /// spares a fresh 16 MiB allocation (and its page faults and zero-fill) per segment.
 pub fn read_segment_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {
+    let f = open_sized(path, buf)?;
+    f.read_exact_at(buf, 0)
+        .ctx(|| format!("read {}", path.display()))
+}
+
+/// Bytes read per call by [`read_segment_hashed`]: hashed right after, while in the CPU's cache.
+const HASH_CHUNK: usize = 256 << 10;
+
+/// [`read_segment_into`], hashing all but the last [`SEAL_LEN`] bytes chunk by chunk as they
+/// are read, for [`SegmentScanner::with_read_checksum`](crate::decoder::SegmentScanner).
+pub fn read_segment_hashed(path: &Path, buf: &mut Vec<u8>) -> Result<ReadChecksum> {
+    let f = open_sized(path, buf)?;
+    let covered = buf.len().saturating_sub(SEAL_LEN);
+    let mut hasher = crc32fast::Hasher::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let end = (pos + HASH_CHUNK).min(buf.len());
+        f.read_exact_at(&mut buf[pos..end], pos as u64)
+            .ctx(|| format!("read {}", path.display()))?;
+        hasher.update(&buf[pos.min(covered)..end.min(covered)]);
+        pos = end;
+    }
+    Ok(ReadChecksum {
+        len: covered,
+        crc: hasher.finalize(),
+    })
+}
+
+/// Opens a segment file and sizes `buf` to it. Only bytes beyond the buffer's current length
+/// are zero-filled; the read overwrites all of them.
+fn open_sized(path: &Path, buf: &mut Vec<u8>) -> Result<File> {
     let f = File::open(path).ctx(|| format!("open {}", path.display()))?;
     if path.to_string_lossy().ends_with(".wal.open") {
         crate::fsutil::advise_random(&f);
@@ -392,11 +430,8 @@ pub fn read_segment_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {
         .metadata()
         .ctx(|| format!("stat {}", path.display()))?
         .len() as usize;
-    // Only bytes beyond the buffer's current length are zero-filled first; the read
-    // overwrites all of them.
     buf.resize(len, 0);
-    f.read_exact_at(buf, 0)
-        .ctx(|| format!("read {}", path.display()))
+    Ok(f)
 }
 
 /// Bytes re-read past the current end of the open segment on each refresh: enough for any
@@ -441,6 +476,27 @@ mod tests {
         read_segment_into(&long, &mut buf).expect("read");
         assert_eq!(buf, long_bytes);
         let err = read_segment_into(&tmp.path().join("missing"), &mut buf).expect_err("missing");
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn the_read_checksum_covers_all_but_the_last_seal_len_bytes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut buf = vec![9u8; 3];
+        // Several chunks and a partial last one, then shorter than a seal marker.
+        for len in [2 * HASH_CHUNK + 1000, HASH_CHUNK + 10, 100, 20] {
+            let path = tmp.path().join(format!("f{len}"));
+            let bytes: Vec<u8> = (0..len as u32)
+                .map(|i| (i * 7 + len as u32) as u8)
+                .collect();
+            std::fs::write(&path, &bytes).expect("write");
+            let sum = read_segment_hashed(&path, &mut buf).expect("read");
+            assert_eq!(buf, bytes);
+            let covered = len.saturating_sub(SEAL_LEN);
+            assert_eq!(sum.len, covered);
+            assert_eq!(sum.crc, crc32fast::hash(&bytes[..covered]), "{len}");
+        }
+        let err = read_segment_hashed(&tmp.path().join("missing"), &mut buf).expect_err("missing");
         assert!(err.to_string().contains("missing"), "{err}");
     }
 }

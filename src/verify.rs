@@ -9,11 +9,11 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::datadir::{list_segments_in, DataDir};
-use crate::decoder::{find_later_record, is_zero_from, ScanEnd, SegmentScanner};
+use crate::decoder::{find_later_record, is_zero_from, ReadChecksum, ScanEnd, SegmentScanner};
 use crate::error::Result;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
-use crate::reader::{read_segment_into, WalSource};
+use crate::reader::{read_segment_hashed, WalSource};
 use crate::Lsn;
 
 /// One problem found, located.
@@ -99,19 +99,21 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
                 .collect()
         }
     };
-    verify_segments(&files, identity, &mut report, read_segment_into)?;
+    verify_segments(&files, identity, &mut report, |p, b| {
+        read_segment_hashed(p, b).map(Some)
+    })?;
     report.ok = report.errors.is_empty();
     Ok(report)
 }
 
 /// Verifies segments given in order, reading each with `read` into one buffer reused from
-/// segment to segment. Shared by the data-directory check and the archive check, which reads
-/// through its store.
+/// segment to segment (`read` may hash the bytes as it reads them). Shared by the
+/// data-directory check and the archive check, which reads through its store.
 pub fn verify_segments(
     files: &[(SegmentName, PathBuf)],
     mut identity: Option<Identity>,
     report: &mut VerifyReport,
-    mut read: impl FnMut(&Path, &mut Vec<u8>) -> Result<()>,
+    mut read: impl FnMut(&Path, &mut Vec<u8>) -> Result<Option<ReadChecksum>>,
 ) -> Result<()> {
     let mut bytes = Vec::new();
     let mut prev: Option<(SegmentName, Option<u32>)> = None;
@@ -154,8 +156,8 @@ pub fn verify_segments(
                 "an open segment must be the last segment and the only open one".into(),
             ));
         }
-        match read(path, &mut bytes) {
-            Ok(()) => {}
+        let read_sum = match read(path, &mut bytes) {
+            Ok(sum) => sum,
             Err(e) => {
                 report.errors.push(issue(0, 0, e.to_string()));
                 prev = Some((*name, None));
@@ -172,7 +174,11 @@ pub fn verify_segments(
             prev = Some((*name, None));
             continue;
         }
-        let mut scan = match SegmentScanner::new(&bytes) {
+        let scan = match read_sum {
+            Some(sum) => SegmentScanner::with_read_checksum(&bytes, sum),
+            None => SegmentScanner::new(&bytes),
+        };
+        let mut scan = match scan {
             Ok(s) => s,
             Err(reason) => {
                 report.errors.push(issue(0, 0, reason));

@@ -143,7 +143,7 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
         let data = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
         let c = parse_object_name(&name).map_or(Compression::None, |(_, c)| c);
         *bytes = decode_object(&name, c, data)?;
-        Ok(())
+        Ok(None)
     })?;
     report.ok = report.errors.is_empty();
     Ok(report)
