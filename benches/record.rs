@@ -1,8 +1,9 @@
 //! Record encode, CRC, and decode/scan of a segment, in memory (no I/O).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use walship::decoder::SegmentScanner;
-use walship::format::record::{encode_record, encoded_len};
+use walship::decoder::{ScanEnd, SegmentScanner};
+use walship::format::record::{encode_record, encode_seal, encoded_len, SEAL_LEN};
+use walship::format::SealInfo;
 use walship::format::{SegmentHeader, FORMAT_VERSION};
 use walship::EntryType;
 
@@ -42,8 +43,9 @@ fn crc(c: &mut Criterion) {
     g.finish();
 }
 
-/// A segment image full of `size`-byte records, as the writer lays it out.
-fn segment_image(size: usize) -> (Vec<u8>, u64) {
+/// A segment image full of `size`-byte records, as the writer lays it out: open (records, then
+/// zeros to the end of the image), or sealed (records, then the seal marker and nothing after).
+fn segment_image(size: usize, sealed: bool) -> (Vec<u8>, u64) {
     let header = SegmentHeader {
         format_version: FORMAT_VERSION,
         timeline: 1,
@@ -65,24 +67,38 @@ fn segment_image(size: usize) -> (Vec<u8>, u64) {
         off += len;
         n += 1;
     }
-    buf.truncate(off + 64);
+    buf.truncate(off + SEAL_LEN);
+    if sealed {
+        let seal = SealInfo {
+            record_count: n,
+            last_lsn: (off - encoded_len(size)) as u64,
+            segment_checksum: crc32fast::hash(&buf[..off]),
+        };
+        encode_seal(&mut buf[off..], off as u64, 0, &seal);
+    }
     (buf, n)
 }
 
 fn scan(c: &mut Criterion) {
     let mut g = c.benchmark_group("scan_segment");
     g.sample_size(20);
-    for size in [128usize, 4096] {
-        let (buf, n) = segment_image(size);
-        g.throughput(Throughput::Bytes(buf.len() as u64));
-        g.bench_function(format!("{size}B"), |b| {
-            b.iter(|| {
-                let mut s = SegmentScanner::new(black_box(&buf)).expect("valid header");
-                let count = s.by_ref().count() as u64;
-                assert_eq!(count, n);
-                count
-            })
-        });
+    for (sealed, kind) in [(false, "open"), (true, "sealed")] {
+        for size in [128usize, 4096] {
+            let (buf, n) = segment_image(size, sealed);
+            g.throughput(Throughput::Bytes(buf.len() as u64));
+            g.bench_function(format!("{kind}_{size}B"), |b| {
+                b.iter(|| {
+                    let mut s = SegmentScanner::new(black_box(&buf)).expect("valid header");
+                    let count = s.by_ref().count() as u64;
+                    assert_eq!(count, n);
+                    assert_eq!(
+                        s.end().is_some_and(|e| matches!(e, ScanEnd::Sealed { .. })),
+                        sealed
+                    );
+                    count
+                })
+            });
+        }
     }
     g.finish();
 }

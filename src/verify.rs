@@ -1,5 +1,6 @@
-//! Checking stored WAL end to end: headers, every record's CRC and LSN, seal markers and
-//! segment checksums, the chain between segments, and gaps. Unlike recovery it repairs nothing
+//! Checking stored WAL end to end: headers, every record (its LSN and its bytes: by its own CRC,
+//! or in a sealed segment by the seal's checksum over the whole segment), seal markers, the
+//! chain between segments, and gaps. Unlike recovery it repairs nothing
 //! and goes on after a problem, so one run lists every problem it can find.
 
 use std::path::{Path, PathBuf};
@@ -8,11 +9,11 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::datadir::{list_segments_in, DataDir};
-use crate::decoder::{find_later_record, is_zero_from, ScanEnd, SegmentScanner};
+use crate::decoder::{find_later_record, is_zero_from, ReadChecksum, ScanEnd, SegmentScanner};
 use crate::error::Result;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
-use crate::reader::{read_segment, WalSource};
+use crate::reader::{read_segment_hashed, WalSource};
 use crate::Lsn;
 
 /// One problem found, located.
@@ -98,19 +99,23 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
                 .collect()
         }
     };
-    verify_segments(&files, identity, &mut report, read_segment)?;
+    verify_segments(&files, identity, &mut report, |p, b| {
+        read_segment_hashed(p, b).map(Some)
+    })?;
     report.ok = report.errors.is_empty();
     Ok(report)
 }
 
-/// Verifies segments given in order, reading each with `read`. Shared by the data-directory
-/// check and the archive check, which reads through its store.
+/// Verifies segments given in order, reading each with `read` into one buffer reused from
+/// segment to segment (`read` may hash the bytes as it reads them). Shared by the
+/// data-directory check and the archive check, which reads through its store.
 pub fn verify_segments(
     files: &[(SegmentName, PathBuf)],
     mut identity: Option<Identity>,
     report: &mut VerifyReport,
-    mut read: impl FnMut(&Path) -> Result<Vec<u8>>,
+    mut read: impl FnMut(&Path, &mut Vec<u8>) -> Result<Option<ReadChecksum>>,
 ) -> Result<()> {
+    let mut bytes = Vec::new();
     let mut prev: Option<(SegmentName, Option<u32>)> = None;
     for (i, (name, path)) in files.iter().enumerate() {
         report.segments += 1;
@@ -142,8 +147,8 @@ pub fn verify_segments(
         }
         // The writer seals a segment in the background while it writes the next one.
         let followed = i + 1 != files.len();
-        let bytes = match read(path) {
-            Ok(b) => b,
+        let read_sum = match read(path, &mut bytes) {
+            Ok(sum) => sum,
             Err(e) => {
                 report.errors.push(issue(0, 0, e.to_string()));
                 prev = Some((*name, None));
@@ -160,7 +165,11 @@ pub fn verify_segments(
             prev = Some((*name, None));
             continue;
         }
-        let mut scan = match SegmentScanner::new(&bytes) {
+        let scan = match read_sum {
+            Some(sum) => SegmentScanner::with_read_checksum(&bytes, sum),
+            None => SegmentScanner::new(&bytes),
+        };
+        let mut scan = match scan {
             Ok(s) => s,
             Err(reason) => {
                 report.errors.push(issue(0, 0, reason));

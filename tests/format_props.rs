@@ -7,11 +7,13 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use uuid::Uuid;
-use walship::decoder::{ScanEnd, SegmentScanner};
+use walship::decoder::{ScanEnd, ScanError, SegmentScanner};
 use walship::format::control::CONTROL_LEN;
-use walship::format::record::{decode_at, encode_record, encoded_len, Decoded};
+use walship::format::record::{
+    decode_at, encode_record, encode_seal, encoded_len, Decoded, RecordError, RecordRef, SEAL_LEN,
+};
 use walship::format::segment_header::SEGMENT_HEADER_LEN;
-use walship::format::{ControlFile, SegmentFileKind, SegmentHeader, FORMAT_VERSION};
+use walship::format::{ControlFile, SealInfo, SegmentFileKind, SegmentHeader, FORMAT_VERSION};
 use walship::verify::verify_path;
 use walship::{Entry, EntryType, Wal, WalOptions, WalRecord};
 
@@ -344,4 +346,149 @@ fn decoder_survives_arbitrary_bytes() {
             },
         )
         .expect("no panic");
+}
+
+/// Scans `bytes` twice: as the scanner does (one pass over a sealed segment whose checksum
+/// matches, no per-record CRC) and checking every record's own CRC. Both must yield the same
+/// records and end the same way; returns that end (`None`: the header is not valid).
+fn both_scans(bytes: &[u8]) -> Result<Option<(Vec<RecordRef<'_>>, ScanEnd, usize)>, TestCaseError> {
+    let (Ok(mut fast), Ok(slow)) = (SegmentScanner::new(bytes), SegmentScanner::new(bytes)) else {
+        prop_assert!(SegmentScanner::new(bytes).is_err());
+        return Ok(None);
+    };
+    let mut slow = slow.checking_every_record();
+    prop_assert_eq!(slow.unhashed_until(), 0);
+    let unhashed = fast.unhashed_until();
+    let fast_records: Vec<_> = fast.by_ref().collect();
+    let slow_records: Vec<_> = slow.by_ref().collect();
+    prop_assert_eq!(&fast_records, &slow_records);
+    let end = fast.finish();
+    prop_assert_eq!(&end, &slow.finish());
+    Ok(Some((fast_records, end, unhashed)))
+}
+
+/// A sealed segment image of `records` (type, tx id, timestamp, payload), laid out as the
+/// writer lays it out, ending right after its seal marker.
+fn sealed_image(records: &[(EntryType, Option<u64>, i64, Vec<u8>)]) -> Vec<u8> {
+    let size = 1u64 << 16;
+    let header = SegmentHeader {
+        format_version: FORMAT_VERSION,
+        timeline: 1,
+        segment_size: size,
+        segment_no: 5,
+        system_id: Uuid::from_u128(7),
+        prev_checksum: Some(0x1234_5678),
+        created_us: 1,
+    };
+    let mut b = header.encode().to_vec();
+    let mut last_lsn = 0;
+    for (t, tx, ts, payload) in records {
+        let off = b.len();
+        last_lsn = header.start_lsn() + off as u64;
+        b.resize(off + encoded_len(payload.len()), 0);
+        encode_record(&mut b[off..], last_lsn, t.code(), *tx, *ts, payload);
+    }
+    let off = b.len();
+    let seal = SealInfo {
+        record_count: records.len() as u64,
+        last_lsn,
+        segment_checksum: crc32fast::hash(&b),
+    };
+    b.resize(off + SEAL_LEN, 0);
+    encode_seal(&mut b[off..], header.start_lsn() + off as u64, 2, &seal);
+    b
+}
+
+fn records() -> impl Strategy<Value = Vec<(EntryType, Option<u64>, i64, Vec<u8>)>> {
+    prop::collection::vec(
+        (
+            entry_type(),
+            prop::option::of(any::<u64>()),
+            any::<i64>(),
+            prop::collection::vec(any::<u8>(), 0..300),
+        ),
+        0..40,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A whole sealed segment is read in one pass, and yields exactly what checking every
+    /// record's CRC yields; with any one bit flipped, the two still agree (same records, same
+    /// offset and reason) and the damage is found.
+    #[test]
+    fn sealed_segment_single_pass_matches_per_record_checks(
+        recs in records(),
+        flip in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let b = sealed_image(&recs);
+        let Some((yielded, end, unhashed)) = both_scans(&b)? else {
+            return Err(TestCaseError::fail("the image's header is not valid"));
+        };
+        let seal_at = b.len() - SEAL_LEN;
+        prop_assert_eq!(unhashed, seal_at, "a whole sealed segment must take the single pass");
+        prop_assert_eq!(yielded.len(), recs.len());
+        for (r, (t, tx, ts, payload)) in yielded.iter().zip(&recs) {
+            prop_assert_eq!((r.entry_type, r.header.tx_id, r.header.timestamp_us), (*t, *tx, *ts));
+            prop_assert_eq!(r.payload, &payload[..]);
+        }
+        let clean = matches!(end, ScanEnd::Sealed { offset, trailing: 0, .. } if offset == seal_at);
+        prop_assert!(clean, "ended with {:?}", end);
+
+        let mut d = b.clone();
+        let at = flip.index(d.len());
+        d[at] ^= 1 << bit;
+        if let Some((_, end, unhashed)) = both_scans(&d)? {
+            prop_assert_eq!(unhashed, 0, "a damaged segment must be checked record by record");
+            prop_assert!(!matches!(end, ScanEnd::Sealed { trailing: 0, .. }), "a flipped bit went unnoticed");
+        }
+    }
+}
+
+/// Every single bit of a sealed segment the real writer made, flipped in turn: the scanner
+/// finds the damage at the same offset and for the same reason as checking every record's
+/// CRC, and a flip inside a record's payload is reported at that record, not at the seal.
+#[test]
+fn every_bit_flip_in_a_sealed_segment_is_reported_where_it_was_before() {
+    let s = sample();
+    let mut b = s.sealed.clone();
+    let whole = both_scans(&b).expect("scans agree").expect("valid header");
+    assert_eq!(whole.1.offset(), b.len() - SEAL_LEN);
+    assert_eq!(
+        whole.2,
+        b.len() - SEAL_LEN,
+        "single pass over the whole segment"
+    );
+    for i in 0..b.len() {
+        for bit in 0..8 {
+            b[i] ^= 1 << bit;
+            let got = both_scans(&b).unwrap_or_else(|e| panic!("byte {i} bit {bit}: {e}"));
+            if let Some((_, end, unhashed)) = got {
+                assert_eq!(unhashed, 0, "byte {i} bit {bit}");
+                assert!(
+                    !matches!(end, ScanEnd::Sealed { trailing: 0, .. }),
+                    "byte {i} bit {bit} went unnoticed"
+                );
+                let hit = s.sealed_records.iter().find(|r| {
+                    let o = r.offset as usize;
+                    (o + 40..o + 40 + r.payload.len()).contains(&i)
+                });
+                if let Some(r) = hit {
+                    assert!(
+                        matches!(
+                            &end,
+                            ScanEnd::Invalid {
+                                offset,
+                                error: ScanError::Record(RecordError::ChecksumMismatch { .. })
+                            } if *offset == r.offset as usize
+                        ),
+                        "byte {i} bit {bit}: {end:?}"
+                    );
+                }
+            }
+            b[i] ^= 1 << bit;
+        }
+    }
 }

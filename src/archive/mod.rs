@@ -134,7 +134,7 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
         .iter()
         .map(|(n, _, o)| (*n, root.join(&o.name)))
         .collect();
-    verify_segments(&files, identity, &mut report, |p| {
+    verify_segments(&files, identity, &mut report, |p, bytes| {
         let name = p
             .file_name()
             .and_then(|n| n.to_str())
@@ -142,7 +142,8 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
             .to_string();
         let data = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
         let c = parse_object_name(&name).map_or(Compression::None, |(_, c)| c);
-        decode_object(&name, c, data)
+        *bytes = decode_object(&name, c, data)?;
+        Ok(None)
     })?;
     report.ok = report.errors.is_empty();
     Ok(report)
