@@ -301,8 +301,10 @@ pub fn drop_consumer(dir: &DataDir, id: &str) -> Result<bool> {
 }
 
 impl Wal {
-    /// [`checkpoint`] on this writer's data directory.
+    /// [`checkpoint`] on this writer's data directory, once every segment it has sealed has its
+    /// sealed name.
     pub fn checkpoint(&self, lsn: Lsn, opts: &RetentionOptions) -> Result<CheckpointReport> {
+        self.wait_sealed_names()?;
         checkpoint(self.data_dir(), lsn, opts)
     }
 }

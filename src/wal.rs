@@ -92,6 +92,8 @@ struct WriterState {
     /// Work handed to the finisher that durability depends on (seals and activations), counted;
     /// each piece's ticket is its number in this count.
     tickets: u64,
+    /// The ticket of the newest seal.
+    last_seal: u64,
 }
 
 /// A range of the open segment to start writing back: `(segment, from, to)`.
@@ -368,10 +370,16 @@ impl Wal {
         self.inner.check_poison()?;
         let mut st = lock(&self.inner.state);
         let sealed = self.inner.seal_locked(&mut st, false)?;
-        let ticket = st.tickets;
+        let ticket = st.last_seal;
         drop(st);
         self.inner.wait_finishing(ticket, |f| f.named)?;
         Ok(sealed)
+    }
+
+    /// Returns once every segment sealed so far has its sealed name.
+    pub fn wait_sealed_names(&self) -> Result<()> {
+        let ticket = lock(&self.inner.state).last_seal;
+        self.inner.wait_finishing(ticket, |f| f.named)
     }
 
     /// Work an append leaves for after the state lock is released: asking for the next segment
@@ -506,6 +514,7 @@ impl Inner {
             prepare_next: None,
             writeback_to: 0,
             tickets: 0,
+            last_seal: 0,
         };
         if let Some(open) = &rec.open {
             let path = dir.segment_path(&open.name);
@@ -712,8 +721,7 @@ impl Inner {
 
     /// Writes the seal marker and hands the segment to the finisher (see the module comment);
     /// with `then_activate`, activates the next segment before the sealed one is renamed, so
-    /// that the new segment's name becomes durable first. The seal's ticket is `st.tickets`
-    /// when nothing was activated.
+    /// that the new segment's name becomes durable first. The seal's ticket is `st.last_seal`.
     fn seal_locked(
         &self,
         st: &mut WriterState,
@@ -741,6 +749,7 @@ impl Inner {
         }
         self.seals.fetch_add(1, Ordering::Relaxed);
         st.tickets += 1;
+        st.last_seal = st.tickets;
         let sealed = Arc::new(SealedOpen {
             seg: seg.clone(),
             used: st.off + SEAL_LEN,

@@ -122,6 +122,8 @@ proptest! {
                 Op::Checkpoint { frac, cap } => {
                     let lsn = (wal.write_lsn().0 as f64 * frac) as u64;
                     ckpt = ckpt.max(lsn);
+                    // Sealed names follow in the background; checkpoint waits for them too.
+                    wal.wait_sealed_names().unwrap();
                     let before = sealed(&root);
                     let consumers_before = reg.list().unwrap();
                     let opts = RetentionOptions { max_retained: cap.map(|c| c as u64 * SEG) };
@@ -146,11 +148,13 @@ proptest! {
                         prop_assert_eq!(kept, needed, "segment {:?} floor {} ckpt {}", s, floor, ckpt);
                     }
                     // Every consumer not lost can still read everything from its position.
+                    // (Seals become durable in the background: read flush_lsn once.)
+                    let flushed = wal.flush_lsn().0;
                     for c in consumers.iter().filter(|c| !c.lost) {
                         let want: Vec<u64> = recs.iter().map(|r| r.0)
-                            .filter(|&l| l >= c.position && l < wal.flush_lsn().0).collect();
+                            .filter(|&l| l >= c.position && l < flushed).collect();
                         let got: Vec<u64> = readable_from(&root, c.position).into_iter()
-                            .filter(|&l| l < wal.flush_lsn().0).collect();
+                            .filter(|&l| l < flushed).collect();
                         prop_assert_eq!(got, want, "consumer {}", c.id);
                     }
                 }
