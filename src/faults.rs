@@ -14,7 +14,7 @@
 //! | name | where |
 //! | --- | --- |
 //! | `segment::msync` | every msync of the open segment: group commit, seal, a new header |
-//! | `segment::prepare` | creating and zero-filling a segment file (ENOSPC at creation) |
+//! | `segment::prepare` | creating and allocating a segment file (ENOSPC at creation) |
 //! | `wal::seal::truncate`, `wal::seal::fsync`, `wal::seal::rename`, `wal::seal::dir_fsync` | the steps of a seal after its msync |
 //! | `wal::activate::rename` | giving a prepared file its open-segment name |
 //! | `standby::write` | a standby writing an incoming segment (a short write: half, then the error) |

@@ -369,8 +369,8 @@ async fn watch_segments(
         match &res {
             Err(e) => tracing::warn!(error = %e, "watching wal/ failed; rescanning"),
             // Only names appearing, changing or going matter. Reads (our own included: a
-            // rescan reads the newest seal marker) and data writes (the writer zero-filling a
-            // prepared segment) would only cause pointless rescans.
+            // rescan reads the newest seal marker) and data writes (the writer filling a
+            // segment) would only cause pointless rescans.
             Ok(ev) if !ev.need_rescan() && is_content_event(&ev.kind) => return,
             Ok(_) => {}
         }
