@@ -123,6 +123,9 @@ struct SyncState {
     synced_to: usize,
     /// A leader is syncing (without holding the lock); the others wait on `Inner::synced`.
     leader_active: bool,
+    /// Records appended when the last leader started, and how many it covered.
+    appended_at_last_sync: u64,
+    last_group: u64,
 }
 
 struct Inner {
@@ -545,6 +548,8 @@ impl Inner {
                 segment_no: u64::MAX,
                 synced_to: 0,
                 leader_active: false,
+                appended_at_last_sync: 0,
+                last_group: 0,
             }),
             synced: Condvar::new(),
             flushed: AtomicU64::new(rec.end_lsn),
@@ -676,9 +681,15 @@ impl Inner {
             s = self.synced.wait(s).unwrap_or_else(|p| p.into_inner());
         }
         s.leader_active = true;
-        drop(s);
-        self.gather_appenders();
-        let mut s = lock(&self.sync);
+        if s.last_group > 1 {
+            // Others were writing along: let them catch up (a lone writer only loses time).
+            drop(s);
+            self.gather_appenders();
+            s = lock(&self.sync);
+        }
+        let appended = self.appended.load(Ordering::Relaxed);
+        s.last_group = appended - s.appended_at_last_sync;
+        s.appended_at_last_sync = appended;
         let (seg, to, end, seals) = {
             let st = lock(&self.state);
             (st.seg.clone(), st.off, st.end_lsn, st.tickets)
