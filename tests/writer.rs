@@ -14,6 +14,21 @@ fn open(dir: &std::path::Path) -> Wal {
     Wal::open(dir, WalOptions::default()).expect("open")
 }
 
+/// Opening in strict mode fails (it repairs nothing); returns the error text.
+fn strict_open_error(dir: &std::path::Path) -> String {
+    let strict = Wal::open(
+        dir,
+        WalOptions {
+            recovery_mode: RecoveryMode::Strict,
+            ..WalOptions::default()
+        },
+    );
+    strict
+        .err()
+        .expect("strict mode repairs nothing")
+        .to_string()
+}
+
 fn ins(p: &[u8]) -> Entry<'_> {
     Entry::new(EntryType::Insert, None, p)
 }
@@ -137,14 +152,7 @@ fn recovery_finishes_an_interrupted_seal() {
     std::fs::write(&path, &b).expect("write");
     assert!(verify_path(&dir).expect("verify").ok);
 
-    let strict = Wal::open(
-        &dir,
-        WalOptions {
-            recovery_mode: RecoveryMode::Strict,
-            ..WalOptions::default()
-        },
-    );
-    assert!(strict.is_err(), "strict mode repairs nothing");
+    strict_open_error(&dir);
     let wal = open(&dir);
     let sealed = common::seg_path(&dir, 0, SegmentFileKind::Sealed);
     assert!(!path.exists());
@@ -199,17 +207,7 @@ fn an_open_segment_behind_a_newer_one_is_finished_or_ends_the_log() {
     std::fs::write(&open0, &b).expect("write");
     let v = verify_path(&dir).expect("verify");
     assert!(v.ok, "a crash state, not damage: {:?}", v.errors);
-    let strict = Wal::open(
-        &dir,
-        WalOptions {
-            recovery_mode: RecoveryMode::Strict,
-            ..WalOptions::default()
-        },
-    );
-    let e = strict
-        .err()
-        .expect("strict mode repairs nothing")
-        .to_string();
+    let e = strict_open_error(&dir);
     assert!(e.contains("does not end with a seal marker"), "{e}");
     assert!(open1.exists());
     let wal = open(&dir);
@@ -272,17 +270,7 @@ fn records_behind_a_header_never_written_are_discarded() {
     b[..80].fill(0);
     std::fs::write(&open_path, &b).expect("write");
     assert!(verify_path(&dir).expect("verify").ok);
-    let strict = Wal::open(
-        &dir,
-        WalOptions {
-            recovery_mode: RecoveryMode::Strict,
-            ..WalOptions::default()
-        },
-    );
-    let e = strict
-        .err()
-        .expect("strict mode repairs nothing")
-        .to_string();
+    let e = strict_open_error(&dir);
     assert!(e.contains("header never written"), "{e}");
 
     let wal = open(&dir);
