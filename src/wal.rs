@@ -721,15 +721,17 @@ impl Inner {
         drop(s);
         // The msync runs without the sync lock, so that waiters whose records an earlier sync
         // already covered are not queued behind this one.
-        // Records of this segment count only once every earlier segment is durable.
-        let r = match self.wait_finishing(seals, |f| f.durable) {
-            Err(e) => Err(e),
-            Ok(()) if to > from => seg
-                .sync_range(from, to)
+        let r = if to > from {
+            seg.sync_range(from, to)
                 .map(|()| true)
-                .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e)),
-            Ok(()) => Ok(false),
+                .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))
+        } else {
+            Ok(false)
         };
+        // Records of this segment count only once every earlier segment (and this one's name)
+        // is durable too. The finisher works on that meanwhile: after a crash before it is
+        // done, recovery ends the log before this segment.
+        let r = r.and_then(|synced| self.wait_finishing(seals, |f| f.durable).map(|()| synced));
         let mut s = lock(&self.sync);
         s.leader_active = false;
         let r = match r {
