@@ -11,7 +11,8 @@
 //! moves on to the next segment; a finisher thread makes the sealed segment durable (msync),
 //! cuts it to its used length, syncs it, renames it to its sealed name and syncs the directory.
 //! No record of the next segment counts as durable before the previous segment's seal marker
-//! is: a group-commit leader waits for that first. So after a crash, an older open segment either
+//! and the next segment's name are: a group-commit leader waits for both. So after a crash, an
+//! older open segment either
 //! ends with a durable seal marker (recovery finishes its seal) or holds the last durable records
 //! (recovery cuts the log there and removes the newer open segments, which hold no acknowledged
 //! record).
