@@ -234,40 +234,24 @@ pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Resu
     // no record of the next one durable before the sealed one's marker is. An older open segment
     // that ends with its seal marker is finished; one that does not holds the end of the log,
     // and the newer open segments hold no acknowledged record.
-    let mut opens = open_names.into_iter();
-    while let Some(name) = opens.next() {
-        let newer: Vec<SegmentName> = opens.clone().collect();
-        if !newer.is_empty() && !ends_sealed(&dir.segment_path(&name))? {
-            let list: Vec<String> = newer.iter().map(|n| n.to_string()).collect();
-            if mode == RecoveryMode::Strict {
-                let path = dir.segment_path(&name);
-                let start = name.segment_no.saturating_mul(control.segment_size);
-                return Err(corrupt(&path, 0, start, format!("open segment does not end with a seal marker, yet newer open segments follow ({}); open in tolerate-tail mode to cut the log here", list.join(", "))));
-            }
-            for n in &newer {
-                let p = dir.segment_path(n);
-                fs::remove_file(&p).ctx(|| format!("remove {}", p.display()))?;
-            }
-            fsync_dir(&dir.wal_dir())?;
-            rec.repairs.push(format!(
-                "{name}: seal never became durable; removed the newer open segments {}",
-                list.join(", ")
-            ));
-            recover_open(dir, control, mode, name, &mut rec)?;
+    for (i, name) in open_names.iter().enumerate() {
+        if recover_open(dir, control, mode, *name, &open_names[i + 1..], &mut rec)? {
             break;
         }
-        recover_open(dir, control, mode, name, &mut rec)?;
     }
     Ok(rec)
 }
 
+/// Recovers one open segment; `newer` are the open segments after it. Returns true when the
+/// log ends in this segment (the newer ones, if any, were removed).
 fn recover_open(
     dir: &DataDir,
     control: &ControlFile,
     mode: RecoveryMode,
     name: SegmentName,
+    newer: &[SegmentName],
     rec: &mut Recovered,
-) -> Result<()> {
+) -> Result<bool> {
     let path = dir.segment_path(&name);
     let start = name.segment_no.saturating_mul(control.segment_size);
     if name.segment_no < rec.next_segment_no {
@@ -292,6 +276,7 @@ fn recover_open(
         // Activated but its header never reached the disk. The header becomes durable with the
         // segment's first sync, so none of its records was acknowledged: the writer starts the
         // segment again under the same number, reusing the file only when it is all zeros.
+        remove_newer(dir, mode, &name, start, newer, rec)?;
         let empty = is_zero_from(&buf, 0);
         if !empty && mode == RecoveryMode::Strict {
             return Err(corrupt(&path, 0, start, "header never written, yet the segment holds data (unacknowledged records of a crash); open in tolerate-tail mode to discard them"));
@@ -310,7 +295,7 @@ fn recover_open(
         } else {
             format!("{name}: header never written; its unacknowledged records were discarded and the segment restarted")
         });
-        return Ok(());
+        return Ok(true);
     }
     let header = SegmentHeader::decode(&buf).map_err(|r| corrupt(&path, 0, start, r))?;
     check_identity(&path, &header, &name, control)?;
@@ -361,7 +346,7 @@ fn recover_open(
             });
             rec.next_segment_no = name.segment_no + 1;
             rec.prev_checksum = Some(seal.segment_checksum);
-            return Ok(());
+            return Ok(false);
         }
         ScanEnd::Unwritten { .. } | ScanEnd::Invalid { .. } => {
             if let Some((later, lsn)) = find_later_record(&buf, &header, off + 8) {
@@ -371,6 +356,7 @@ fn recover_open(
                 };
                 return Err(corrupt(&path, off, start + off as u64, format!("{why}, yet a valid record follows at offset {later} (LSN {}): damage in the middle of the log, not a torn tail", Lsn(lsn))));
             }
+            remove_newer(dir, mode, &name, start, newer, rec)?;
             if !is_zero_from(&buf, off) {
                 let reason = match &end {
                     ScanEnd::Invalid { error, .. } => error.to_string(),
@@ -416,15 +402,35 @@ fn recover_open(
         last_lsn,
     });
     rec.next_segment_no = name.segment_no + 1;
-    Ok(())
+    Ok(true)
 }
 
-/// Whether the open segment at `path` ends with a valid seal marker.
-fn ends_sealed(path: &std::path::Path) -> Result<bool> {
-    let buf = crate::reader::read_segment(path)?;
-    let Ok(mut scan) = SegmentScanner::new(&buf) else {
-        return Ok(false);
-    };
-    scan.by_ref().for_each(drop);
-    Ok(matches!(scan.end(), Some(ScanEnd::Sealed { .. })))
+/// The log ends in open segment `name`, which has no seal marker: the open segments after it
+/// were written while it was being sealed, and none of their records was acknowledged (the
+/// writer counts nothing in a segment durable before the previous one's seal marker is).
+fn remove_newer(
+    dir: &DataDir,
+    mode: RecoveryMode,
+    name: &SegmentName,
+    start: u64,
+    newer: &[SegmentName],
+    rec: &mut Recovered,
+) -> Result<()> {
+    if newer.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = newer.iter().map(|n| n.to_string()).collect();
+    if mode == RecoveryMode::Strict {
+        return Err(corrupt(&dir.segment_path(name), 0, start, format!("open segment does not end with a seal marker, yet newer open segments follow ({}); open in tolerate-tail mode to cut the log here", list.join(", "))));
+    }
+    for n in newer {
+        let p = dir.segment_path(n);
+        fs::remove_file(&p).ctx(|| format!("remove {}", p.display()))?;
+    }
+    fsync_dir(&dir.wal_dir())?;
+    rec.repairs.push(format!(
+        "{name}: seal never became durable; removed the newer open segments {}",
+        list.join(", ")
+    ));
+    Ok(())
 }

@@ -696,9 +696,7 @@ impl Inner {
             (st.seg.clone(), st.off, st.end_lsn, st.tickets)
         };
         if target > end {
-            s.leader_active = false;
-            drop(s);
-            self.synced.notify_all();
+            self.resign(s);
             return Err(Error::InvalidArgument(format!(
                 "cannot wait for LSN {}: nothing has been written past {}",
                 Lsn(target),
@@ -707,9 +705,7 @@ impl Inner {
         }
         let Some(seg) = seg else {
             // No open segment: everything written is in sealed segments.
-            s.leader_active = false;
-            drop(s);
-            self.synced.notify_all();
+            self.resign(s);
             self.wait_finishing(seals, |f| f.durable)?;
             self.flushed.fetch_max(end, Ordering::AcqRel);
             return Ok(());
@@ -734,24 +730,26 @@ impl Inner {
         // done, recovery ends the log before this segment.
         let r = r.and_then(|synced| self.wait_finishing(seals, |f| f.durable).map(|()| synced));
         let mut s = lock(&self.sync);
-        s.leader_active = false;
-        let r = match r {
-            Ok(synced) => {
-                if synced {
-                    self.syncs.fetch_add(1, Ordering::Relaxed);
-                }
-                if s.segment_no != seg.name.segment_no || s.synced_to < to {
-                    s.segment_no = seg.name.segment_no;
-                    s.synced_to = to;
-                }
-                self.flushed.fetch_max(end, Ordering::AcqRel);
-                Ok(())
+        if let Ok(synced) = r {
+            if synced {
+                self.syncs.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => Err(e),
-        };
+            if s.segment_no != seg.name.segment_no || s.synced_to < to {
+                s.segment_no = seg.name.segment_no;
+                s.synced_to = to;
+            }
+            self.flushed.fetch_max(end, Ordering::AcqRel);
+        }
+        self.resign(s);
+        r.map(drop)
+    }
+
+    /// Ends this thread's turn as group-commit leader and wakes the waiters: each finds its LSN
+    /// covered or becomes the next leader.
+    fn resign(&self, mut s: MutexGuard<'_, SyncState>) {
+        s.leader_active = false;
         drop(s);
         self.synced.notify_all();
-        r
     }
 
     /// Writes the seal marker and hands the segment to the finisher (see the module comment);
