@@ -4,7 +4,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use walship::decoder::{ScanEnd, SegmentScanner};
 use walship::format::record::{encode_record, encode_seal, encoded_len, SEAL_LEN};
 use walship::format::SealInfo;
-use walship::format::{SegmentHeader, FORMAT_VERSION};
+use walship::format::{SegmentHeader, SEGMENT_FORMAT_VERSION};
 use walship::EntryType;
 
 const SEGMENT: usize = 16 << 20;
@@ -20,6 +20,7 @@ fn encode(c: &mut Criterion) {
                 encode_record(
                     black_box(&mut dst),
                     4096,
+                    0,
                     EntryType::Insert.code(),
                     Some(9),
                     1,
@@ -47,7 +48,7 @@ fn crc(c: &mut Criterion) {
 /// zeros to the end of the image), or sealed (records, then the seal marker and nothing after).
 fn segment_image(size: usize, sealed: bool) -> (Vec<u8>, u64) {
     let header = SegmentHeader {
-        format_version: FORMAT_VERSION,
+        format_version: SEGMENT_FORMAT_VERSION,
         timeline: 1,
         segment_size: SEGMENT as u64,
         segment_no: 0,
@@ -63,7 +64,15 @@ fn segment_image(size: usize, sealed: bool) -> (Vec<u8>, u64) {
     let mut n = 0;
     while off + encoded_len(size) + 64 <= SEGMENT {
         let len = encoded_len(size);
-        encode_record(&mut buf[off..off + len], off as u64, 1, None, 0, &payload);
+        encode_record(
+            &mut buf[off..off + len],
+            off as u64,
+            0,
+            1,
+            None,
+            0,
+            &payload,
+        );
         off += len;
         n += 1;
     }
@@ -74,7 +83,7 @@ fn segment_image(size: usize, sealed: bool) -> (Vec<u8>, u64) {
             last_lsn: (off - encoded_len(size)) as u64,
             segment_checksum: crc32fast::hash(&buf[..off]),
         };
-        encode_seal(&mut buf[off..], off as u64, 0, &seal);
+        encode_seal(&mut buf[off..], off as u64, 0, 0, &seal);
     }
     (buf, n)
 }

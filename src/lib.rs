@@ -20,6 +20,7 @@ pub mod recovery;
 pub mod replication;
 pub mod retention;
 pub mod segment_file;
+pub mod setaside;
 pub mod status;
 pub mod verify;
 pub mod wal;

@@ -7,7 +7,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::datadir::list_segments_in;
-use crate::decoder::{decode_record, find_later_record, is_zero_from, FinalSeal, ReadChecksum};
+use crate::decoder::{
+    check_version, decode_record, is_zero_from, judge_open_tail, FinalSeal, OpenTail, ReadChecksum,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::format::record::{Decoded, RecordError, SEAL_LEN};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
@@ -130,7 +132,9 @@ impl WalReader {
             let start = cur.header.start_lsn();
             let lsn = start + cur.off as u64;
             let limit = cur.header.segment_size as usize;
-            match decode_record(&cur.bytes, cur.off, lsn, limit, cur.trusted_end) {
+            let decoded = decode_record(&cur.bytes, cur.off, lsn, limit, cur.trusted_end)
+                .and_then(|d| check_version(&cur.header, &d, &cur.bytes, cur.off).map(|()| d));
+            match decoded {
                 Ok(Decoded::Record(r)) => {
                     let off = cur.off;
                     cur.off += crate::format::record::encoded_len(r.payload.len());
@@ -182,23 +186,19 @@ impl WalReader {
         let Some(cur) = self.cur.as_ref() else {
             return Ok(None);
         };
-        if let Some((later, lsn)) = find_later_record(&cur.bytes, &cur.header, cur.off + 8) {
-            return Err(corrupt(
-                cur,
-                &format!(
-                    "{e}, yet a valid record follows at offset {later} (LSN {})",
-                    Lsn(lsn)
-                ),
-            ));
-        }
-        self.end = if is_zero_from(&cur.bytes, cur.off) {
-            LogEnd::Clean
-        } else {
-            LogEnd::TornTail {
+        self.end = match judge_open_tail(&cur.bytes, &cur.header, cur.off) {
+            OpenTail::Damage(later) => {
+                return Err(corrupt(
+                    cur,
+                    &format!("{e}, yet {later}: damage in the middle of the log"),
+                ))
+            }
+            OpenTail::Clean => LogEnd::Clean,
+            OpenTail::Torn { .. } => LogEnd::TornTail {
                 segment: cur.name,
                 offset: cur.off as u64,
                 reason: e.to_string(),
-            }
+            },
         };
         Ok(None)
     }

@@ -3,9 +3,12 @@
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use crate::datadir::DataDir;
-use crate::decoder::{find_later_record, is_zero_from, ScanEnd, SegmentScanner};
+use crate::decoder::{
+    is_zero_from, judge_open_tail, later_records, OpenTail, ScanEnd, SegmentScanner,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::format::record::{decode_at, Decoded, SEAL_LEN};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
@@ -176,11 +179,72 @@ pub fn check_identity(
     Ok(())
 }
 
-/// Runs recovery over `dir`. Repairs (zeroing a torn tail, finishing an interrupted seal,
-/// removing prepared files) are made only in `TolerateTail` mode, except removing prepared
-/// files, which hold no records.
+/// A change recovery makes on disk. Every check that can fail runs while the plan is made;
+/// only then are the changes applied, in order.
+#[derive(Debug)]
+enum Action {
+    /// Move a file whose bytes may hold records into `setaside/` (see [`crate::setaside`]).
+    MoveAside { path: PathBuf, why: String },
+    /// Remove a file that holds nothing but zeros.
+    Remove { path: PathBuf },
+    /// Keep a copy of the file in `setaside/`, then zero `[from, to]` of it and sync it.
+    ZeroTail {
+        path: PathBuf,
+        from: usize,
+        to: usize,
+        why: String,
+    },
+    /// Cut a segment after its seal marker, sync it and give it its sealed name. When bytes
+    /// other than zeros follow the marker, a copy is kept first.
+    FinishSeal {
+        path: PathBuf,
+        len: usize,
+        sealed: PathBuf,
+        keep_copy: bool,
+    },
+    /// Give an all-zero open segment the prepared name, for the writer to start it again.
+    Restart { path: PathBuf, prepared: PathBuf },
+    /// Make records found in the page cache durable.
+    SyncData { path: PathBuf },
+}
+
+/// Runs recovery over `dir`. It first reads everything and decides; any damage or any repair
+/// that `Strict` mode forbids is refused before a single byte changes. Then it applies the
+/// repairs: finishing interrupted seals, zeroing a torn tail, moving files that may hold
+/// records but are not part of the log into `setaside/` (never deleting them), and removing
+/// files that hold only zeros. The write-ahead directory is synced last, so every name the
+/// writer relies on is durable before it acknowledges anything.
 pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Result<Recovered> {
+    let (mut rec, actions) = plan(dir, control, mode)?;
+    apply(dir, &actions, &mut rec)?;
+    fsync_dir(&dir.wal_dir())?;
+    Ok(rec)
+}
+
+/// What recovery would do to `dir` in the default mode, or the damage it would refuse: the
+/// same decisions, nothing changed on disk. For `verify`, so that it and `write` agree.
+pub fn plan_only(dir: &DataDir, control: &ControlFile) -> Result<Vec<String>> {
+    let (_, actions) = plan(dir, control, RecoveryMode::TolerateTail)?;
+    Ok(actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::MoveAside { path, why } => Some(format!(
+                "{}: recovery would set it aside: {why}",
+                path.display()
+            )),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Reads the directory and decides what recovery finds and does, changing nothing.
+fn plan(
+    dir: &DataDir,
+    control: &ControlFile,
+    mode: RecoveryMode,
+) -> Result<(Recovered, Vec<Action>)> {
     let mut rec = Recovered::default();
+    let mut actions = Vec::new();
     let mut open_names = Vec::new();
     let mut prepared = Vec::new();
     for name in dir.list_segments()? {
@@ -223,37 +287,70 @@ pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Resu
         rec.next_segment_no = last.name.segment_no + 1;
         rec.prev_checksum = Some(last.seal.segment_checksum);
     }
-    // A prepared file holds no acknowledged record, but it may hold unacknowledged ones: a
-    // segment activated just before a crash whose new name never became durable. Never reuse
-    // one: stale records at the very LSNs a new segment would use could pass for new ones.
+    // A prepared file holds no acknowledged record: the writer makes a segment's new name
+    // durable before it counts anything in it durable, and recovery syncs the directory before
+    // the writer starts. It may still hold unacknowledged ones (activated just before a crash,
+    // its new name lost); never reuse such a file, and keep its bytes aside rather than trust
+    // that reasoning with data.
     for name in prepared {
         let path = dir.segment_path(&name);
-        fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+        let buf = crate::reader::read_segment(&path)?;
+        if is_zero_from(&buf, 0) {
+            actions.push(Action::Remove { path });
+        } else {
+            let start = name.segment_no.saturating_mul(control.segment_size);
+            refuse_in_strict(
+                mode,
+                &path,
+                start,
+                "a prepared segment holds data (a segment activated just before a crash)",
+            )?;
+            actions.push(Action::MoveAside {
+                path,
+                why: "a prepared segment holds data (a segment activated just before a crash whose new name never became durable)".into(),
+            });
+        }
     }
     // The writer seals a segment in the background while it writes the next one, and counts
     // no record of the next one durable before the sealed one's marker is. An older open segment
-    // that ends with its seal marker is finished; one that does not holds the end of the log,
-    // and the newer open segments hold no acknowledged record.
+    // that ends with its seal marker is finished; one that does not holds the end of the log.
     for (i, name) in open_names.iter().enumerate() {
-        if recover_open(dir, control, mode, *name, &open_names[i + 1..], &mut rec)? {
+        let newer = &open_names[i + 1..];
+        if plan_open(dir, control, mode, *name, newer, &mut rec, &mut actions)? {
             break;
         }
     }
-    Ok(rec)
+    Ok((rec, actions))
 }
 
-/// Recovers one open segment; `newer` are the open segments after it. Returns true when the
-/// log ends in this segment (the newer ones, if any, were removed).
-fn recover_open(
+fn refuse_in_strict(mode: RecoveryMode, path: &Path, lsn: u64, what: &str) -> Result<()> {
+    if mode == RecoveryMode::Strict {
+        return Err(corrupt(
+            path,
+            0,
+            lsn,
+            format!(
+                "{what}; strict mode repairs nothing (open in tolerate-tail mode to set it aside)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Plans the recovery of one open segment; `newer` are the open segments after it. Returns
+/// true when the log ends in this segment.
+fn plan_open(
     dir: &DataDir,
     control: &ControlFile,
     mode: RecoveryMode,
     name: SegmentName,
     newer: &[SegmentName],
     rec: &mut Recovered,
+    actions: &mut Vec<Action>,
 ) -> Result<bool> {
     let path = dir.segment_path(&name);
     let start = name.segment_no.saturating_mul(control.segment_size);
+    let seg_size = control.segment_size as usize;
     if name.segment_no < rec.next_segment_no {
         return Err(corrupt(&path, 0, start, format!("open segment is not newer than the last sealed segment (expected number {:X} or later)", rec.next_segment_no)));
     }
@@ -271,31 +368,20 @@ fn recover_open(
     // Through a descriptor advised as random access: a plain read of uncached pages (after a
     // reboot) would fill the page cache with large folios, and every later msync of the writer
     // would write whole folios back.
-    let mut buf = crate::reader::read_segment(&path)?;
+    let buf = crate::reader::read_segment(&path)?;
+    if buf.len() > seg_size {
+        return Err(corrupt(
+            &path,
+            seg_size,
+            start + seg_size as u64,
+            format!(
+                "open segment is {} bytes, longer than the segment size {seg_size}: not a file the writer made",
+                buf.len()
+            ),
+        ));
+    }
     if is_zero_from(&buf[..buf.len().min(SEGMENT_HEADER_LEN)], 0) {
-        // Activated but its header never reached the disk. The header becomes durable with the
-        // segment's first sync, so none of its records was acknowledged: the writer starts the
-        // segment again under the same number, reusing the file only when it is all zeros.
-        remove_newer(dir, mode, &name, start, newer, rec)?;
-        let empty = is_zero_from(&buf, 0);
-        if !empty && mode == RecoveryMode::Strict {
-            return Err(corrupt(&path, 0, start, "header never written, yet the segment holds data (unacknowledged records of a crash); open in tolerate-tail mode to discard them"));
-        }
-        rec.next_segment_no = name.segment_no;
-        let prepared = dir.segment_path(&name.with_kind(SegmentFileKind::Prepared));
-        if empty && buf.len() as u64 == control.segment_size {
-            fs::rename(&path, &prepared).ctx(|| format!("rename {}", path.display()))?;
-            rec.prepared = Some(prepared);
-        } else {
-            fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
-        }
-        fsync_dir(&dir.wal_dir())?;
-        rec.repairs.push(if empty {
-            format!("{name}: empty open segment (header never written) restarted")
-        } else {
-            format!("{name}: header never written; its unacknowledged records were discarded and the segment restarted")
-        });
-        return Ok(true);
+        return plan_headerless(dir, control, mode, name, &buf, newer, rec, actions);
     }
     let header = SegmentHeader::decode(&buf).map_err(|r| corrupt(&path, 0, start, r))?;
     check_identity(&path, &header, &name, control)?;
@@ -314,90 +400,95 @@ fn recover_open(
         offset: scan.offset(),
     });
     let off = end.offset();
+    let at = start + off as u64;
+    if let ScanEnd::Sealed { seal, trailing, .. } = end {
+        // A seal was interrupted after its marker was written: finish it.
+        if mode == RecoveryMode::Strict {
+            return Err(corrupt(&path, off, at, "open segment holds a seal marker (an interrupted seal); open in tolerate-tail mode to finish it"));
+        }
+        let len = off + SEAL_LEN;
+        actions.push(Action::FinishSeal {
+            path: path.clone(),
+            len,
+            sealed: dir.segment_path(&name.with_kind(SegmentFileKind::Sealed)),
+            keep_copy: trailing > 0 && !is_zero_from(&buf, len),
+        });
+        rec.repairs
+            .push(format!("{name}: finished an interrupted seal"));
+        rec.records += count;
+        rec.end_lsn = at;
+        rec.sealed.push(SealedSegment {
+            name: name.with_kind(SegmentFileKind::Sealed),
+            header,
+            seal,
+            end_lsn: at,
+        });
+        rec.next_segment_no = name.segment_no + 1;
+        rec.prev_checksum = Some(seal.segment_checksum);
+        return Ok(false);
+    }
+    let why = match &end {
+        ScanEnd::Invalid { error, .. } => error.to_string(),
+        _ => "nothing written".into(),
+    };
+    // The writer cuts an open segment to its used length only once its seal marker is
+    // durable: a cut segment without a valid marker lost a marker that had been synced.
+    if buf.len() != seg_size {
+        return Err(corrupt(&path, off, at, format!("open segment is cut to {} bytes (the writer cuts a segment only after its seal marker is durable), yet it does not end with a valid seal marker: {why}", buf.len())));
+    }
+    let tail = judge_open_tail(&buf, &header, off);
+    if let OpenTail::Damage(later) = &tail {
+        return Err(corrupt(
+            &path,
+            off,
+            at,
+            format!("{why}, yet {later}: damage in the middle of the log, not a torn tail"),
+        ));
+    }
+    plan_newer(dir, control, mode, &name, off, at, newer, actions)?;
+    if let OpenTail::Torn {
+        last_nonzero,
+        later_records,
+    } = tail
+    {
+        if mode == RecoveryMode::Strict {
+            return Err(corrupt(
+                &path,
+                off,
+                at,
+                format!("torn tail: {why} (strict mode repairs nothing)"),
+            ));
+        }
+        let after = if later_records > 0 {
+            format!(
+                "; {later_records} valid records after it were appended before the log was durable there (a write persisted out of order)"
+            )
+        } else {
+            String::new()
+        };
+        actions.push(Action::ZeroTail {
+            path: path.clone(),
+            from: off,
+            to: last_nonzero,
+            why: format!(
+                "{name}: torn tail of {} bytes at offset {off} (LSN {}): {why}{after}",
+                last_nonzero + 1 - off,
+                Lsn(at)
+            ),
+        });
+    }
+    // The records found may be only in the page cache (the last writer was killed before it
+    // synced them); the writer reports them as durable from the start, so make them so.
+    actions.push(Action::SyncData { path });
     if let Some(e) = last_end {
         rec.end_lsn = e;
     }
     rec.records += count;
-    match end {
-        ScanEnd::Sealed { seal, .. } => {
-            // A seal was interrupted after its marker was written: finish it.
-            if mode == RecoveryMode::Strict {
-                return Err(corrupt(&path, off, start + off as u64, "open segment holds a seal marker (an interrupted seal); open in tolerate-tail mode to finish it"));
-            }
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .ctx(|| format!("open {}", path.display()))?;
-            f.set_len((off + SEAL_LEN) as u64)
-                .ctx(|| format!("truncate {}", path.display()))?;
-            f.sync_all().ctx(|| format!("fsync {}", path.display()))?;
-            let sealed = dir.segment_path(&name.with_kind(SegmentFileKind::Sealed));
-            fs::rename(&path, &sealed)
-                .ctx(|| format!("rename {} to {}", path.display(), sealed.display()))?;
-            fsync_dir(&dir.wal_dir())?;
-            rec.repairs
-                .push(format!("{name}: finished an interrupted seal"));
-            rec.end_lsn = start + off as u64;
-            rec.sealed.push(SealedSegment {
-                name: name.with_kind(SegmentFileKind::Sealed),
-                header,
-                seal,
-                end_lsn: start + off as u64,
-            });
-            rec.next_segment_no = name.segment_no + 1;
-            rec.prev_checksum = Some(seal.segment_checksum);
-            return Ok(false);
-        }
-        ScanEnd::Unwritten { .. } | ScanEnd::Invalid { .. } => {
-            if let Some((later, lsn)) = find_later_record(&buf, &header, off + 8) {
-                let why = match &end {
-                    ScanEnd::Invalid { error, .. } => error.to_string(),
-                    _ => "unwritten bytes".into(),
-                };
-                return Err(corrupt(&path, off, start + off as u64, format!("{why}, yet a valid record follows at offset {later} (LSN {}): damage in the middle of the log, not a torn tail", Lsn(lsn))));
-            }
-            remove_newer(dir, mode, &name, start, newer, rec)?;
-            if !is_zero_from(&buf, off) {
-                let reason = match &end {
-                    ScanEnd::Invalid { error, .. } => error.to_string(),
-                    _ => "non-zero bytes after the last record".into(),
-                };
-                if mode == RecoveryMode::Strict {
-                    return Err(corrupt(
-                        &path,
-                        off,
-                        start + off as u64,
-                        format!("torn tail: {reason} (strict mode repairs nothing)"),
-                    ));
-                }
-                let last_nz = buf.iter().rposition(|&b| b != 0).unwrap_or(off);
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .ctx(|| format!("open {}", path.display()))?;
-                buf[off..=last_nz].fill(0);
-                f.write_all_at(&buf[off..=last_nz], off as u64)
-                    .ctx(|| format!("zero torn tail of {}", path.display()))?;
-                f.sync_data().ctx(|| format!("fsync {}", path.display()))?;
-                rec.repairs.push(format!(
-                    "{name}: zeroed torn tail of {} bytes at offset {off} (LSN {}): {reason}",
-                    last_nz + 1 - off,
-                    Lsn(start + off as u64)
-                ));
-            }
-        }
-    }
-    // The records found may be only in the page cache (the last writer was killed before it
-    // synced them); the writer reports them as durable from the start, so make them so.
-    fs::File::open(&path)
-        .and_then(|f| f.sync_data())
-        .ctx(|| format!("fsync {}", path.display()))?;
-    let crc = crc32fast::hash(&buf[..off]);
     rec.open = Some(OpenSegment {
         name,
         header,
         offset: off,
-        crc,
+        crc: crc32fast::hash(&buf[..off]),
         record_count: count,
         last_lsn,
     });
@@ -405,32 +496,192 @@ fn recover_open(
     Ok(true)
 }
 
-/// The log ends in open segment `name`, which has no seal marker: the open segments after it
-/// were written while it was being sealed, and none of their records was acknowledged (the
-/// writer counts nothing in a segment durable before the previous one's seal marker is).
-fn remove_newer(
+/// An open segment whose header bytes are all zero: activated, but its header never reached
+/// the disk. The header becomes durable with the segment's first sync, so none of its records
+/// was acknowledged, unless one of them says the log was durable inside this segment (then the
+/// header had been synced and is damaged). The writer starts the segment again under the same
+/// number, reusing the file only when it is all zeros.
+#[allow(clippy::too_many_arguments)]
+fn plan_headerless(
     dir: &DataDir,
+    control: &ControlFile,
     mode: RecoveryMode,
-    name: &SegmentName,
-    start: u64,
+    name: SegmentName,
+    buf: &[u8],
     newer: &[SegmentName],
     rec: &mut Recovered,
+    actions: &mut Vec<Action>,
+) -> Result<bool> {
+    let path = dir.segment_path(&name);
+    let start = name.segment_no.saturating_mul(control.segment_size);
+    let assumed = assumed_header(control, &name);
+    if let Some(later) =
+        later_records(buf, &assumed, SEGMENT_HEADER_LEN).find(|r| r.durable_offset > 0)
+    {
+        return Err(corrupt(
+            &path,
+            0,
+            start,
+            format!(
+                "segment header is zeros, yet {later}: the header had been synced, so it is damage"
+            ),
+        ));
+    }
+    plan_newer(dir, control, mode, &name, 0, start, newer, actions)?;
+    let empty = is_zero_from(buf, 0);
+    rec.next_segment_no = name.segment_no;
+    if empty && buf.len() as u64 == control.segment_size {
+        let prepared = dir.segment_path(&name.with_kind(SegmentFileKind::Prepared));
+        actions.push(Action::Restart {
+            path,
+            prepared: prepared.clone(),
+        });
+        rec.prepared = Some(prepared);
+        rec.repairs.push(format!(
+            "{name}: empty open segment (header never written) restarted"
+        ));
+    } else if empty {
+        actions.push(Action::Remove { path });
+    } else {
+        refuse_in_strict(
+            mode,
+            &path,
+            start,
+            "header never written, yet the segment holds data (unacknowledged records of a crash)",
+        )?;
+        actions.push(Action::MoveAside {
+            path,
+            why: "its header was never written, so none of its records was acknowledged; the segment is started again".into(),
+        });
+    }
+    Ok(true)
+}
+
+/// The header a segment of `name` would have: enough to look for records in one whose header
+/// was lost (segment size and start; the version that carries durable offsets).
+fn assumed_header(control: &ControlFile, name: &SegmentName) -> SegmentHeader {
+    SegmentHeader {
+        format_version: crate::format::SEGMENT_FORMAT_VERSION,
+        timeline: name.timeline,
+        segment_size: control.segment_size,
+        segment_no: name.segment_no,
+        system_id: control.system_id,
+        prev_checksum: None,
+        created_us: 0,
+    }
+}
+
+/// The log ends in open segment `name` at offset `off` (LSN `at`) without a seal marker. The
+/// open segments after it were written while it was being sealed, and the writer counts nothing
+/// in a segment durable before the previous one's seal marker is; so they hold no acknowledged
+/// record, unless one of their records says the log was durable inside it (then the marker had
+/// been durable, and its loss is damage). They are set aside, never deleted.
+#[allow(clippy::too_many_arguments)]
+fn plan_newer(
+    dir: &DataDir,
+    control: &ControlFile,
+    mode: RecoveryMode,
+    name: &SegmentName,
+    off: usize,
+    at: u64,
+    newer: &[SegmentName],
+    actions: &mut Vec<Action>,
 ) -> Result<()> {
-    if newer.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<String> = newer.iter().map(|n| n.to_string()).collect();
-    if mode == RecoveryMode::Strict {
-        return Err(corrupt(&dir.segment_path(name), 0, start, format!("open segment does not end with a seal marker, yet newer open segments follow ({}); open in tolerate-tail mode to cut the log here", list.join(", "))));
-    }
+    let path = dir.segment_path(name);
     for n in newer {
         let p = dir.segment_path(n);
-        fs::remove_file(&p).ctx(|| format!("remove {}", p.display()))?;
+        let buf = crate::reader::read_segment(&p)?;
+        if is_zero_from(&buf, 0) {
+            actions.push(Action::Remove { path: p });
+            continue;
+        }
+        let header = SegmentHeader::decode(&buf)
+            .ok()
+            .filter(|h| h.segment_no == n.segment_no && h.segment_size == control.segment_size)
+            .unwrap_or_else(|| assumed_header(control, n));
+        if let Some(later) =
+            later_records(&buf, &header, SEGMENT_HEADER_LEN).find(|r| r.durable_offset > 0)
+        {
+            return Err(corrupt(&path, off, at, format!("segment ends here without a valid seal marker, yet in the newer segment {n} {later}: the seal marker had been durable, so its loss is damage")));
+        }
+        if mode == RecoveryMode::Strict {
+            return Err(corrupt(&path, off, at, format!("open segment does not end with a seal marker, yet the newer open segment {n} holds data; open in tolerate-tail mode to set it aside")));
+        }
+        actions.push(Action::MoveAside {
+            path: p,
+            why: format!("the log ends in {name} at LSN {} (its seal marker never became durable), so none of this segment's records was acknowledged", Lsn(at)),
+        });
     }
-    fsync_dir(&dir.wal_dir())?;
-    rec.repairs.push(format!(
-        "{name}: seal never became durable; removed the newer open segments {}",
-        list.join(", ")
-    ));
+    Ok(())
+}
+
+/// Applies a plan made by [`plan`], in order.
+fn apply(dir: &DataDir, actions: &[Action], rec: &mut Recovered) -> Result<()> {
+    for a in actions {
+        match a {
+            Action::MoveAside { path, why } => {
+                let to = crate::setaside::move_aside(dir, path)?;
+                tracing::error!(file = %path.display(), set_aside_as = %to.display(), "recovery took a file that may hold records out of the log: {why}; nothing was deleted: inspect it with `walship dump` and remove it once you know it holds nothing you need");
+                rec.repairs.push(format!(
+                    "{}: set aside as {} ({why})",
+                    path.display(),
+                    to.display()
+                ));
+            }
+            Action::Remove { path } => {
+                fs::remove_file(path).ctx(|| format!("remove {}", path.display()))?;
+            }
+            Action::ZeroTail {
+                path,
+                from,
+                to,
+                why,
+            } => {
+                let bytes = fs::read(path).ctx(|| format!("read {}", path.display()))?;
+                let copy = crate::setaside::copy_aside(dir, path, &bytes)?;
+                tracing::warn!(file = %path.display(), copy = %copy.display(), "recovery zeroed a torn tail: {why}; the file as found is kept as the copy: if the machine did not crash or lose power, check the disk");
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .ctx(|| format!("open {}", path.display()))?;
+                f.write_all_at(&vec![0u8; to + 1 - from], *from as u64)
+                    .ctx(|| format!("zero torn tail of {}", path.display()))?;
+                f.sync_data().ctx(|| format!("fsync {}", path.display()))?;
+                rec.repairs
+                    .push(format!("zeroed {why}; copy kept as {}", copy.display()));
+            }
+            Action::FinishSeal {
+                path,
+                len,
+                sealed,
+                keep_copy,
+            } => {
+                if *keep_copy {
+                    let bytes = fs::read(path).ctx(|| format!("read {}", path.display()))?;
+                    let copy = crate::setaside::copy_aside(dir, path, &bytes)?;
+                    tracing::warn!(file = %path.display(), copy = %copy.display(), "bytes other than zeros follow an interrupted seal's marker; the file as found is kept as the copy");
+                }
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .ctx(|| format!("open {}", path.display()))?;
+                f.set_len(*len as u64)
+                    .ctx(|| format!("truncate {}", path.display()))?;
+                f.sync_all().ctx(|| format!("fsync {}", path.display()))?;
+                fs::rename(path, sealed)
+                    .ctx(|| format!("rename {} to {}", path.display(), sealed.display()))?;
+                fsync_dir(&dir.wal_dir())?;
+            }
+            Action::Restart { path, prepared } => {
+                fs::rename(path, prepared)
+                    .ctx(|| format!("rename {} to {}", path.display(), prepared.display()))?;
+            }
+            Action::SyncData { path } => {
+                fs::File::open(path)
+                    .and_then(|f| f.sync_data())
+                    .ctx(|| format!("fsync {}", path.display()))?;
+            }
+        }
+    }
     Ok(())
 }

@@ -9,7 +9,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::datadir::{list_segments_in, DataDir};
-use crate::decoder::{find_later_record, is_zero_from, ReadChecksum, ScanEnd, SegmentScanner};
+use crate::decoder::{
+    is_zero_from, judge_open_tail, later_records, OpenTail, ReadChecksum, ScanEnd, SegmentScanner,
+};
 use crate::error::Result;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
@@ -62,6 +64,7 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
     }
     let mut report = VerifyReport::default();
     let mut identity = None;
+    let mut data_dir_root = None;
     let files: Vec<(SegmentName, PathBuf)> = match WalSource::resolve(path)? {
         WalSource::File(p) => {
             let name = p
@@ -82,6 +85,7 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
             let root = d.parent().map(Path::to_path_buf).unwrap_or_default();
             let dd = DataDir::new(&root);
             if d.file_name().is_some_and(|n| n == "wal") && dd.is_initialized() {
+                data_dir_root = Some(root.clone());
                 match dd.read_control() {
                     Ok(c) => identity = Some(Identity::from(&c)),
                     Err(e) => report.errors.push(VerifyIssue {
@@ -102,8 +106,39 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
     verify_segments(&files, identity, &mut report, |p, b| {
         read_segment_hashed(p, b).map(Some)
     })?;
+    if let Some(root) = data_dir_root {
+        check_opens(&root, &mut report);
+    }
     report.ok = report.errors.is_empty();
     Ok(report)
+}
+
+/// Verify and `write` must agree: a data directory that verify finds clean is one recovery
+/// opens. Recovery's plan is read-only; damage it refuses is reported here too (once: only
+/// when the segment checks found nothing, which would otherwise say the same).
+fn check_opens(root: &Path, report: &mut VerifyReport) {
+    let dd = DataDir::new(root);
+    let Ok(control) = dd.read_control() else {
+        return;
+    };
+    match crate::recovery::plan_only(&dd, &control) {
+        Ok(repairs) => report.notes.extend(repairs),
+        Err(crate::Error::Corrupt {
+            file,
+            offset,
+            lsn,
+            reason,
+        }) if report.errors.is_empty() => report.errors.push(VerifyIssue {
+            segment: file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            offset,
+            lsn: lsn.0,
+            reason: format!("{reason} (walship write refuses to open this directory)"),
+        }),
+        Err(_) => {}
+    }
 }
 
 /// Verifies segments given in order, reading each with `read` into one buffer reused from
@@ -156,12 +191,40 @@ pub fn verify_segments(
             }
         };
         report.bytes += bytes.len() as u64;
+        if name.kind == SegmentFileKind::Open {
+            if let Some(id) = identity {
+                let size = id.segment_size as usize;
+                let start = name.segment_no.saturating_mul(id.segment_size);
+                if bytes.len() > size {
+                    report.errors.push(issue(size, start + size as u64, format!("open segment is {} bytes, longer than the segment size {size}: not a file the writer made", bytes.len())));
+                    prev = Some((*name, None));
+                    continue;
+                }
+            }
+        }
         if name.kind == SegmentFileKind::Open
             && is_zero_from(&bytes[..bytes.len().min(SEGMENT_HEADER_LEN)], 0)
         {
-            report.notes.push(format!(
-                "{name}: created but its header was never written (no acknowledged records; recovery starts it again)"
-            ));
+            let proof = identity.and_then(|id| {
+                let assumed = crate::format::SegmentHeader {
+                    format_version: crate::format::SEGMENT_FORMAT_VERSION,
+                    timeline: name.timeline,
+                    segment_size: id.segment_size,
+                    segment_no: name.segment_no,
+                    system_id: id.system_id,
+                    prev_checksum: None,
+                    created_us: 0,
+                };
+                later_records(&bytes, &assumed, SEGMENT_HEADER_LEN)
+                    .find(|r| r.durable_offset > 0)
+                    .map(|r| (r, assumed.start_lsn()))
+            });
+            match proof {
+                Some((later, start)) => report.errors.push(issue(0, start, format!("segment header is zeros, yet {later}: the header had been synced, so it is damage"))),
+                None => report.notes.push(format!(
+                    "{name}: created but its header was never written (no acknowledged records; recovery starts it again and sets aside any bytes it holds)"
+                )),
+            }
             prev = Some((*name, None));
             continue;
         }
@@ -264,25 +327,31 @@ pub fn verify_segments(
                     "sealed segment ends without a seal marker (truncated?)".into(),
                 ));
             }
-            (_, _) if followed => {
-                report.notes.push(format!("{name}: ends at offset {off} (LSN {}) without a seal marker, yet newer open segments follow (a crash while sealing; recovery cuts the log here and removes them)", Lsn(at)));
-            }
             (_, _) => {
                 let why = match &end {
                     ScanEnd::Invalid { error, .. } => error.to_string(),
-                    _ => "unwritten bytes".into(),
+                    _ => "nothing written".into(),
                 };
-                if let Some((later, lsn)) = find_later_record(&bytes, &header, off + 8) {
-                    report.errors.push(issue(
-                        off,
-                        at,
-                        format!(
-                            "{why}, yet a valid record follows at offset {later} (LSN {})",
-                            Lsn(lsn)
-                        ),
-                    ));
-                } else if !is_zero_from(&bytes, off) {
-                    report.notes.push(format!("{name}: torn tail at offset {off} (LSN {}): {why}; repairable: recovery zeroes it", Lsn(at)));
+                let size = header.segment_size as usize;
+                if bytes.len() != size {
+                    report.errors.push(issue(off, at, format!("open segment is cut to {} bytes (the writer cuts a segment only after its seal marker is durable), yet it does not end with a valid seal marker: {why}", bytes.len())));
+                } else {
+                    match judge_open_tail(&bytes, &header, off) {
+                        OpenTail::Damage(later) => report.errors.push(issue(
+                            off,
+                            at,
+                            format!("{why}, yet {later}: damage in the middle of the log"),
+                        )),
+                        OpenTail::Torn { later_records, .. } => report.notes.push(format!(
+                            "{name}: torn tail at offset {off} (LSN {}): {why}{}; repairable: recovery keeps a copy in setaside/ and zeroes it",
+                            Lsn(at),
+                            if later_records > 0 { format!(" ({later_records} valid records after it were never durable: a write persisted out of order)") } else { String::new() }
+                        )),
+                        OpenTail::Clean => {}
+                    }
+                    if followed {
+                        report.notes.push(format!("{name}: ends at offset {off} (LSN {}) without a seal marker, yet newer open segments follow (a crash while sealing; recovery cuts the log here and sets the newer ones aside)", Lsn(at)));
+                    }
                 }
             }
         }

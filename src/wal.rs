@@ -30,7 +30,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::record::{encode_record, encode_seal, encoded_len, SEAL_LEN};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{
-    ControlFile, SealInfo, SegmentFileKind, SegmentHeader, SegmentName, FORMAT_VERSION,
+    ControlFile, SealInfo, SegmentFileKind, SegmentHeader, SegmentName, SEGMENT_FORMAT_VERSION,
 };
 use crate::fsutil::fsync_dir;
 use crate::recovery::{recover, Recovered, RecoveryMode};
@@ -82,6 +82,9 @@ struct WriterState {
     hasher: crc32fast::Hasher,
     seg_records: u64,
     seg_last_lsn: u64,
+    /// The open segment's records carry the durable offset (format version 2 on); a version 1
+    /// segment adopted by recovery keeps those bytes zero.
+    seg_durable_offsets: bool,
     end_lsn: u64,
     prev_checksum: Option<u32>,
     next_segment_no: u64,
@@ -511,6 +514,7 @@ impl Inner {
             hasher: crc32fast::Hasher::new(),
             seg_records: 0,
             seg_last_lsn: 0,
+            seg_durable_offsets: true,
             end_lsn: rec.end_lsn,
             prev_checksum: rec.prev_checksum,
             next_segment_no: rec.next_segment_no,
@@ -529,6 +533,7 @@ impl Inner {
             st.hasher = crc32fast::Hasher::new_with_initial_len(open.crc, open.offset as u64);
             st.seg_records = open.record_count;
             st.seg_last_lsn = open.last_lsn;
+            st.seg_durable_offsets = open.header.has_durable_offsets();
             st.prev_checksum = open.header.prev_checksum;
             st.next_segment_no = open.name.segment_no + 1;
         }
@@ -634,7 +639,16 @@ impl Inner {
         let lsn = seg.start_lsn + st.off as u64;
         // SAFETY: we hold the state lock and write past everything published.
         let dst = unsafe { seg.slice_mut(st.off, len) };
-        encode_record(dst, lsn, e.entry_type.code(), e.tx_id, ts, e.payload);
+        let durable = self.durable_offset(st, seg.start_lsn);
+        encode_record(
+            dst,
+            lsn,
+            durable,
+            e.entry_type.code(),
+            e.tx_id,
+            ts,
+            e.payload,
+        );
         st.hasher.update(dst);
         st.off += len;
         st.seg_records += 1;
@@ -645,6 +659,18 @@ impl Inner {
             lsn: Lsn(lsn),
             end_lsn: Lsn(st.end_lsn),
         })
+    }
+
+    /// How far into the open segment (starting at `start`) the log is durable now: written into
+    /// each record, so that recovery can tell bytes that were never synced (a torn tail, even
+    /// one persisted out of order) from bytes that were (damage).
+    fn durable_offset(&self, st: &WriterState, start: u64) -> u32 {
+        if !st.seg_durable_offsets {
+            return 0;
+        }
+        let flushed = self.flushed.load(Ordering::Acquire);
+        // At most the write position, which is below the segment size (at most 1 GiB).
+        flushed.saturating_sub(start).min(st.off as u64) as u32
     }
 
     /// Lets every appender that is ready to run append before the leader syncs: yields the CPU
@@ -774,7 +800,8 @@ impl Inner {
         let lsn = seg.start_lsn + st.off as u64;
         // SAFETY: state lock held; the marker goes right after the last record.
         let dst = unsafe { seg.slice_mut(st.off, SEAL_LEN) };
-        encode_seal(dst, lsn, crate::now_us(), &seal);
+        let durable = self.durable_offset(st, seg.start_lsn);
+        encode_seal(dst, lsn, durable, crate::now_us(), &seal);
         // Bound the sealed segments not yet durable (two tickets per rotation).
         let in_flight = (MAX_UNFINISHED_SEAL_BYTES / self.control.segment_size).max(2);
         if let Some(oldest) = st.tickets.checked_sub(2 * in_flight) {
@@ -942,7 +969,7 @@ impl Inner {
         self.to_finisher(FinisherMsg::Activated(st.tickets));
         let seg = ActiveSegment::from_prepared(prepared, path, name);
         let header = SegmentHeader {
-            format_version: FORMAT_VERSION,
+            format_version: SEGMENT_FORMAT_VERSION,
             timeline: self.control.timeline,
             segment_size: self.control.segment_size,
             segment_no: no,
@@ -958,6 +985,7 @@ impl Inner {
         st.hasher = crc32fast::Hasher::new();
         st.hasher.update(&hb);
         st.off = SEGMENT_HEADER_LEN;
+        st.seg_durable_offsets = true;
         st.writeback_to = 0;
         st.seg_records = 0;
         st.seg_last_lsn = 0;

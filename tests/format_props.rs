@@ -13,7 +13,9 @@ use walship::format::record::{
     decode_at, encode_record, encode_seal, encoded_len, Decoded, RecordError, RecordRef, SEAL_LEN,
 };
 use walship::format::segment_header::SEGMENT_HEADER_LEN;
-use walship::format::{ControlFile, SealInfo, SegmentFileKind, SegmentHeader, FORMAT_VERSION};
+use walship::format::{
+    ControlFile, SealInfo, SegmentFileKind, SegmentHeader, FORMAT_VERSION, SEGMENT_FORMAT_VERSION,
+};
 use walship::verify::verify_path;
 use walship::{Entry, EntryType, Wal, WalOptions, WalRecord};
 
@@ -34,6 +36,7 @@ proptest! {
         ts in any::<i64>(),
         payload in prop::collection::vec(any::<u8>(), 0..600),
         lead in 0usize..4,
+        durable_seed in any::<u32>(),
     ) {
         let lsn = slot * 8;
         let len = encoded_len(payload.len());
@@ -41,7 +44,10 @@ proptest! {
         prop_assert!(len >= 40 + payload.len() && len < 48 + payload.len());
         // Stale non-zero bytes where the record goes must not leak into it (padding included).
         let mut buf = vec![0xA5u8; lead * 8 + len];
-        let crc = encode_record(&mut buf[lead * 8..], lsn, t.code(), tx, ts, &payload);
+        // The durable offset can be anything up to the record's own offset in its segment.
+        let own = lsn % buf.len() as u64;
+        let durable = (u64::from(durable_seed) % (own + 1)) as u32;
+        let crc = encode_record(&mut buf[lead * 8..], lsn, durable, t.code(), tx, ts, &payload);
         match decode_at(&buf, lead * 8, lsn, buf.len()) {
             Ok(Decoded::Record(r)) => {
                 prop_assert_eq!(r.lsn(), lsn);
@@ -50,6 +56,7 @@ proptest! {
                 prop_assert_eq!(r.header.tx_id, tx);
                 prop_assert_eq!(r.header.timestamp_us, ts);
                 prop_assert_eq!(r.header.crc, crc);
+                prop_assert_eq!(r.header.durable_offset, durable);
                 prop_assert_eq!(r.payload, &payload[..]);
             }
             other => prop_assert!(false, "decoded {:?}", other),
@@ -69,7 +76,7 @@ proptest! {
         created in any::<i64>(),
     ) {
         let h = SegmentHeader {
-            format_version: FORMAT_VERSION,
+            format_version: SEGMENT_FORMAT_VERSION,
             timeline: tl,
             segment_size: size,
             segment_no: no,
@@ -372,7 +379,7 @@ fn both_scans(bytes: &[u8]) -> Result<Option<(Vec<RecordRef<'_>>, ScanEnd, usize
 fn sealed_image(records: &[(EntryType, Option<u64>, i64, Vec<u8>)]) -> Vec<u8> {
     let size = 1u64 << 16;
     let header = SegmentHeader {
-        format_version: FORMAT_VERSION,
+        format_version: SEGMENT_FORMAT_VERSION,
         timeline: 1,
         segment_size: size,
         segment_no: 5,
@@ -386,7 +393,16 @@ fn sealed_image(records: &[(EntryType, Option<u64>, i64, Vec<u8>)]) -> Vec<u8> {
         let off = b.len();
         last_lsn = header.start_lsn() + off as u64;
         b.resize(off + encoded_len(payload.len()), 0);
-        encode_record(&mut b[off..], last_lsn, t.code(), *tx, *ts, payload);
+        let durable = (off - SEGMENT_HEADER_LEN) as u32 & !7;
+        encode_record(
+            &mut b[off..],
+            last_lsn,
+            durable,
+            t.code(),
+            *tx,
+            *ts,
+            payload,
+        );
     }
     let off = b.len();
     let seal = SealInfo {
@@ -395,7 +411,7 @@ fn sealed_image(records: &[(EntryType, Option<u64>, i64, Vec<u8>)]) -> Vec<u8> {
         segment_checksum: crc32fast::hash(&b),
     };
     b.resize(off + SEAL_LEN, 0);
-    encode_seal(&mut b[off..], header.start_lsn() + off as u64, 2, &seal);
+    encode_seal(&mut b[off..], header.start_lsn() + off as u64, 0, 2, &seal);
     b
 }
 

@@ -148,7 +148,7 @@ fn recovery_finishes_an_interrupted_seal() {
         last_lsn: last.0,
         segment_checksum: crc32fast::hash(&b[..end]),
     };
-    encode_seal(&mut b[end..end + SEAL_LEN], end as u64, 1, &seal);
+    encode_seal(&mut b[end..end + SEAL_LEN], end as u64, 0, 1, &seal);
     std::fs::write(&path, &b).expect("write");
     assert!(verify_path(&dir).expect("verify").ok);
 

@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         encode_record(
             &mut again,
             r.lsn(),
+            r.header.durable_offset,
             r.header.type_code,
             r.header.tx_id,
             r.header.timestamp_us,

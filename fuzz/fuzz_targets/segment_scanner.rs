@@ -3,8 +3,8 @@
 //! probe never panics either. (Inputs starting with a header of their own are scanned as given.)
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use walship::decoder::{find_later_record, SegmentScanner};
-use walship::format::{SegmentHeader, FORMAT_VERSION};
+use walship::decoder::{later_records, SegmentScanner};
+use walship::format::{SegmentHeader, SEGMENT_FORMAT_VERSION};
 
 fuzz_target!(|data: &[u8]| {
     let owned;
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         data
     } else {
         let h = SegmentHeader {
-            format_version: FORMAT_VERSION,
+            format_version: SEGMENT_FORMAT_VERSION,
             timeline: 1,
             segment_size: 64 * 1024,
             segment_no: 3,
@@ -36,5 +36,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let end = scan.finish();
     let header = *scan.header();
-    let _ = find_later_record(bytes, &header, end.offset() + 8);
+    let _ = walship::decoder::judge_open_tail(bytes, &header, end.offset());
+    for later in later_records(bytes, &header, end.offset() + 8) {
+        assert!(later.durable_offset as usize <= later.offset);
+    }
 });

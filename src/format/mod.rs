@@ -1,4 +1,4 @@
-//! The on-disk format, version 1: pure encode/decode with no I/O, so that every piece can be
+//! The on-disk format (control file version 1, segment format version 2): pure encode/decode with no I/O, so that every piece can be
 //! property-tested and fuzzed. docs/FORMAT.md describes the same bytes for people.
 
 pub mod control;
@@ -11,8 +11,15 @@ pub use names::{SegmentFileKind, SegmentName};
 pub use record::{RecordHeader, SealInfo};
 pub use segment_header::SegmentHeader;
 
-/// The format version this code writes and the only one it reads.
+/// The control file's format version: this code writes and reads only this one.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The segment format version this code writes: version 2 records carry the writer's durable
+/// offset (bytes 36..40 of the record header), which version 1 left zero.
+pub const SEGMENT_FORMAT_VERSION: u32 = 2;
+
+/// The oldest segment format version this code still reads.
+pub const MIN_SEGMENT_FORMAT_VERSION: u32 = 1;
 
 /// Records and the seal marker start at multiples of this.
 pub const ALIGN: usize = 8;

@@ -19,10 +19,13 @@ pub const fn encoded_len(payload_len: usize) -> usize {
 }
 
 /// Writes one record into `dst`, which must be exactly `encoded_len(payload.len())` bytes (the
-/// padding bytes are written as zeros). Returns the record's CRC.
+/// padding bytes are written as zeros). `durable_offset` is how far into this record's segment
+/// the writer had made the log durable when it appended the record (0 when not into this
+/// segment yet); it can be no more than the record's own offset. Returns the record's CRC.
 pub fn encode_record(
     dst: &mut [u8],
     lsn: u64,
+    durable_offset: u32,
     type_code: u8,
     tx_id: Option<u64>,
     timestamp_us: i64,
@@ -35,7 +38,8 @@ pub fn encode_record(
     put_u64(dst, 24, timestamp_us as u64);
     dst[32] = type_code;
     dst[33] = if tx_id.is_some() { FLAG_HAS_TX } else { 0 };
-    dst[34..40].fill(0);
+    dst[34..36].fill(0);
+    put_u32(dst, 36, durable_offset);
     let end = RECORD_HEADER_LEN + payload.len();
     dst[RECORD_HEADER_LEN..end].copy_from_slice(payload);
     dst[end..].fill(0);
@@ -77,10 +81,17 @@ impl SealInfo {
 }
 
 /// Writes a seal marker into `dst` (exactly [`SEAL_LEN`] bytes).
-pub fn encode_seal(dst: &mut [u8], lsn: u64, timestamp_us: i64, seal: &SealInfo) -> u32 {
+pub fn encode_seal(
+    dst: &mut [u8],
+    lsn: u64,
+    durable_offset: u32,
+    timestamp_us: i64,
+    seal: &SealInfo,
+) -> u32 {
     encode_record(
         dst,
         lsn,
+        durable_offset,
         SEAL_TYPE,
         None,
         timestamp_us,
@@ -97,6 +108,9 @@ pub struct RecordHeader {
     pub tx_id: Option<u64>,
     pub timestamp_us: i64,
     pub type_code: u8,
+    /// How far into the segment the log was durable when the record was appended (format
+    /// version 2; always 0 in version 1).
+    pub durable_offset: u32,
 }
 
 /// A record decoded in place.
@@ -149,6 +163,13 @@ pub enum RecordError {
     UnknownType(u8),
     ReservedBitsSet,
     BadSealMarker,
+    /// The durable offset lies past the record itself: no writer could have written it.
+    DurableOffsetAhead {
+        durable: u32,
+        offset: u64,
+    },
+    /// A durable offset in a version 1 segment, where those bytes are reserved.
+    DurableOffsetInVersion1,
 }
 
 impl fmt::Display for RecordError {
@@ -177,6 +198,14 @@ impl fmt::Display for RecordError {
                 "reserved bits, padding or an absent transaction id are not zero"
             ),
             RecordError::BadSealMarker => write!(f, "malformed seal marker"),
+            RecordError::DurableOffsetAhead { durable, offset } => write!(
+                f,
+                "record claims the log was durable up to offset {durable}, past its own offset {offset}"
+            ),
+            RecordError::DurableOffsetInVersion1 => write!(
+                f,
+                "reserved bytes 36..40 are not zero in a version 1 segment"
+            ),
         }
     }
 }
@@ -253,19 +282,28 @@ fn decode(
     }
     // Only one encoding of each record is valid: flags, reserved bytes, an absent tx id and the
     // padding must all be as the encoder writes them, even under a matching CRC.
-    // Word-sized tests: bytes 34..40 are the top six bytes of the word at 32, and the padding
-    // (0 to 7 bytes) is the top of the record's last word (a record is at least 40 bytes).
+    // Word-sized tests: bytes 34..36 are bits 16..32 of the word at 32, and the padding (0 to 7
+    // bytes) is the top of the record's last word (a record is at least 40 bytes).
     let flags = h[33];
     let tx_present = flags & FLAG_HAS_TX != 0;
     let pad_bits = 8 * (total - RECORD_HEADER_LEN - len) as u32;
     if flags & !FLAG_HAS_TX != 0
-        || get_u64(h, 32) >> 16 != 0
+        || (get_u64(h, 32) >> 16) as u16 != 0
         || (!tx_present && get_u64(h, 16) != 0)
         || get_u64(buf, off + total - 8)
             .checked_shr(64 - pad_bits)
             .is_some_and(|p| p != 0)
     {
         return Err(RecordError::ReservedBitsSet);
+    }
+    let durable_offset = get_u32(h, 36);
+    // Segments are powers of two no larger than 1 GiB, so the offset is the LSN's low bits.
+    let offset = expected_lsn % limit.max(1) as u64;
+    if u64::from(durable_offset) > offset {
+        return Err(RecordError::DurableOffsetAhead {
+            durable: durable_offset,
+            offset,
+        });
     }
     let payload = &buf[off + RECORD_HEADER_LEN..off + RECORD_HEADER_LEN + len];
     if type_code == SEAL_TYPE {
@@ -283,6 +321,7 @@ fn decode(
             tx_id: tx_present.then(|| get_u64(h, 16)),
             timestamp_us: get_u64(h, 24) as i64,
             type_code,
+            durable_offset,
         },
         entry_type,
         payload,
@@ -300,6 +339,7 @@ mod tests {
         encode_record(
             &mut buf,
             4096,
+            0,
             EntryType::Update.code(),
             Some(42),
             77,
@@ -331,7 +371,7 @@ mod tests {
             put_u32(b, 0, crc);
         };
         let mut buf = vec![0u8; encoded_len(5)];
-        encode_record(&mut buf, 80, EntryType::Insert.code(), None, 1, b"hello");
+        encode_record(&mut buf, 80, 0, EntryType::Insert.code(), None, 1, b"hello");
         let mut padded = buf.clone();
         padded[47] = b'2';
         recrc(&mut padded);

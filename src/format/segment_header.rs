@@ -2,7 +2,9 @@
 
 use uuid::Uuid;
 
-use super::{get_u32, get_u64, put_u32, put_u64, FORMAT_VERSION};
+use super::{
+    get_u32, get_u64, put_u32, put_u64, MIN_SEGMENT_FORMAT_VERSION, SEGMENT_FORMAT_VERSION,
+};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"WALSHIPS";
 pub const SEGMENT_HEADER_LEN: usize = 80;
@@ -23,6 +25,11 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
+    /// True when its records carry the writer's durable offset (format version 2 on).
+    pub fn has_durable_offsets(&self) -> bool {
+        self.format_version >= 2
+    }
+
     /// The LSN of the segment's first byte.
     pub fn start_lsn(&self) -> u64 {
         self.segment_no * self.segment_size
@@ -76,9 +83,9 @@ impl SegmentHeader {
             return Err("segment header: reserved bytes 72..76 are not zero".into());
         }
         let format_version = get_u32(b, 8);
-        if format_version != FORMAT_VERSION {
+        if !(MIN_SEGMENT_FORMAT_VERSION..=SEGMENT_FORMAT_VERSION).contains(&format_version) {
             return Err(format!(
-                "segment format version {format_version}; this walship reads version {FORMAT_VERSION}"
+                "segment format version {format_version}; this walship reads versions {MIN_SEGMENT_FORMAT_VERSION} to {SEGMENT_FORMAT_VERSION}"
             ));
         }
         let segment_size = get_u64(b, 16);
@@ -115,7 +122,7 @@ mod tests {
     #[test]
     fn round_trip_and_every_flip_detected() {
         let h = SegmentHeader {
-            format_version: FORMAT_VERSION,
+            format_version: SEGMENT_FORMAT_VERSION,
             timeline: 1,
             segment_size: 1 << 16,
             segment_no: 7,

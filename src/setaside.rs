@@ -1,0 +1,91 @@
+//! Files recovery takes out of the log without destroying them: bytes it cannot prove were never
+//! acknowledged are moved (or copied, before a repair changes them) into `DATA_DIR/setaside/`,
+//! under their original name followed by the time, which no reader takes for a segment.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::datadir::DataDir;
+use crate::error::{IoContext, Result};
+use crate::fsutil::fsync_dir;
+
+/// The directory that holds set-aside files.
+pub fn setaside_dir(dir: &DataDir) -> PathBuf {
+    dir.root().join("setaside")
+}
+
+/// A name under the set-aside directory for `path`'s file, not taken yet.
+fn target(dir: &DataDir, path: &Path) -> Result<PathBuf> {
+    let aside = setaside_dir(dir);
+    if !aside.is_dir() {
+        fs::create_dir(&aside).ctx(|| format!("create directory {}", aside.display()))?;
+        fsync_dir(dir.root())?;
+    }
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+    for n in 0u32..10_000 {
+        let name = if n == 0 {
+            format!("{base}.{stamp}")
+        } else {
+            format!("{base}.{stamp}.{n}")
+        };
+        let p = aside.join(name);
+        if !p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(crate::Error::Other(format!(
+        "no free name for {} in {}",
+        base,
+        aside.display()
+    )))
+}
+
+/// Moves `path` into the set-aside directory; both directories are synced, so the move is
+/// durable before anything relies on the file being gone. Returns the new path.
+pub fn move_aside(dir: &DataDir, path: &Path) -> Result<PathBuf> {
+    let to = target(dir, path)?;
+    fs::rename(path, &to).ctx(|| format!("rename {} to {}", path.display(), to.display()))?;
+    fsync_dir(&setaside_dir(dir))?;
+    if let Some(parent) = path.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(to)
+}
+
+/// Stores `bytes` (a file's content before a repair changes it) in the set-aside directory
+/// under `path`'s name, durably. Returns the copy's path.
+pub fn copy_aside(dir: &DataDir, path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let to = target(dir, path)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&to)
+        .ctx(|| format!("create {}", to.display()))?;
+    f.write_all(bytes)
+        .ctx(|| format!("write {}", to.display()))?;
+    f.sync_all().ctx(|| format!("fsync {}", to.display()))?;
+    fsync_dir(&setaside_dir(dir))?;
+    Ok(to)
+}
+
+/// The files set aside so far, by name.
+pub fn list(dir: &DataDir) -> Result<Vec<String>> {
+    let aside = setaside_dir(dir);
+    let entries = match fs::read_dir(&aside) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(crate::Error::io(format!("list {}", aside.display()), e)),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.ctx(|| format!("list {}", aside.display()))?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
