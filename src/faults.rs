@@ -17,6 +17,7 @@
 //! | `segment::prepare` | creating and allocating a segment file (ENOSPC at creation) |
 //! | `wal::seal::truncate`, `wal::seal::fsync`, `wal::seal::rename`, `wal::seal::dir_fsync` | the steps of a seal after its msync |
 //! | `wal::activate::rename` | giving a prepared file its open-segment name |
+//! | `recovery::dir_fsync` | recovery's sync of `wal/` before the writer acknowledges anything |
 //! | `standby::write` | a standby writing an incoming segment (a short write: half, then the error) |
 //! | `standby::fsync` | a standby's fsync of a complete incoming segment |
 //! | `standby::rename` | a standby giving a checked segment its sealed name |

@@ -217,6 +217,9 @@ enum Action {
 pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Result<Recovered> {
     let (mut rec, actions) = plan(dir, control, mode)?;
     apply(dir, &actions, &mut rec)?;
+    // A name the last writer gave (activating a prepared file) may not be durable yet; the new
+    // writer acknowledges records in that file, so the name must be before it does.
+    crate::fault!("recovery::dir_fsync", e => Error::io(format!("fsync directory {}", dir.wal_dir().display()), e));
     fsync_dir(&dir.wal_dir())?;
     Ok(rec)
 }

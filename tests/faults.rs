@@ -637,3 +637,28 @@ mod cli {
         assert_eq!(records[1999].payload, b"line-1999");
     }
 }
+
+/// Recovery syncs `wal/` before the writer counts anything durable: the name of an open segment
+/// the last writer activated (renamed from its prepared name) may not be durable yet, and the
+/// new writer acknowledges records in that file. If that sync fails, nothing is acknowledged.
+#[test]
+fn recovery_syncs_the_directory_before_the_writer_acknowledges_anything() {
+    let _fs = FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("data");
+    let mut acked = Vec::new();
+    {
+        let wal = open_primary(&root);
+        append_acked(&wal, "before", 20, &mut acked);
+    }
+    fail::cfg("recovery::dir_fsync", "return(EIO)").expect("cfg");
+    let e = Wal::open(&root, WalOptions::default())
+        .err()
+        .expect("a failed directory sync fails the open");
+    assert!(e.to_string().contains("fsync directory"), "{e}");
+    fail::remove("recovery::dir_fsync");
+    let wal = Wal::open(&root, WalOptions::default()).expect("reopen");
+    append_acked(&wal, "after", 5, &mut acked);
+    drop(wal);
+    assert_all_there(&root, &acked);
+}

@@ -1,0 +1,391 @@
+//! Recovery never destroys bytes it cannot prove were never acknowledged: such bytes are refused
+//! (exit 1, naming file, offset, LSN and reason) or set aside intact in `setaside/`; every check
+//! that can fail runs before the first change on disk; `verify` and `write` agree.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use walship::format::record::{encode_record, encoded_len, SEAL_LEN};
+use walship::format::segment_header::SEGMENT_HEADER_LEN;
+use walship::format::{SegmentFileKind, SegmentHeader, SEGMENT_FORMAT_VERSION};
+use walship::{DataDir, Entry, EntryType, Lsn, Wal, WalOptions};
+
+/// Every file under `dir` (relative path, bytes): a directory's whole state.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, at: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(at).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out.remove(Path::new("LOCK"));
+    out
+}
+
+/// Appends `n` durable records of `size` bytes and seals, so that every record sits in a
+/// sealed segment; returns their (LSN, end LSN).
+fn fill_sealed(dir: &Path, n: usize, size: usize) -> Vec<(Lsn, Lsn)> {
+    let out = fill(dir, n, size);
+    let wal = Wal::open(dir, WalOptions::default()).expect("open");
+    wal.seal().expect("seal");
+    drop(wal);
+    for n in DataDir::new(dir).list_segments().expect("list") {
+        if n.kind != SegmentFileKind::Sealed {
+            std::fs::remove_file(dir.join("wal").join(n.to_string())).expect("remove");
+        }
+    }
+    out
+}
+
+/// Appends `n` durable records of `size` bytes; returns their (LSN, end LSN).
+fn fill(dir: &Path, n: usize, size: usize) -> Vec<(Lsn, Lsn)> {
+    let wal = Wal::open(dir, WalOptions::default()).expect("open");
+    let out = (0..n)
+        .map(|i| {
+            let p = format!("{i:0size$}");
+            let a = wal
+                .append_durable(&Entry::new(EntryType::Insert, None, p.as_bytes()))
+                .expect("append");
+            (a.lsn, a.end_lsn)
+        })
+        .collect();
+    drop(wal);
+    out
+}
+
+fn write_one(dir: &Path) -> std::process::Output {
+    common::run(&["write", dir.to_str().expect("utf8"), "--durable"], b"x\n")
+}
+
+fn verify(dir: &Path) -> std::process::Output {
+    common::run(&["verify", dir.to_str().expect("utf8")], b"")
+}
+
+/// The newest sealed segment is put back as the writer leaves it mid-seal: still named open,
+/// at full size (or cut to its used length); `damage` then changes its bytes. Returns its path.
+fn unseal_newest(dir: &Path, cut: bool, damage: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let sealed = DataDir::new(dir)
+        .list_segments()
+        .expect("list")
+        .into_iter()
+        .rfind(|n| n.kind == SegmentFileKind::Sealed)
+        .expect("a sealed segment");
+    let from = dir.join("wal").join(sealed.to_string());
+    let mut b = std::fs::read(&from).expect("read");
+    if !cut {
+        b.resize(common::SEG as usize, 0);
+    }
+    damage(&mut b);
+    let to = dir
+        .join("wal")
+        .join(sealed.with_kind(SegmentFileKind::Open).to_string());
+    std::fs::write(&to, &b).expect("write");
+    std::fs::remove_file(&from).expect("remove");
+    to
+}
+
+fn sealed_len(dir: &Path) -> usize {
+    let n = DataDir::new(dir)
+        .list_segments()
+        .expect("list")
+        .into_iter()
+        .rfind(|n| n.kind == SegmentFileKind::Sealed)
+        .expect("sealed");
+    std::fs::metadata(dir.join("wal").join(n.to_string()))
+        .expect("stat")
+        .len() as usize
+}
+
+/// An older open segment whose seal marker is damaged, followed by a newer open segment whose
+/// records were acknowledged (the writer had made the log durable inside it): refused, in every
+/// mode, whether the older file is at full size or already cut, with nothing changed on disk.
+#[test]
+fn a_damaged_seal_before_acknowledged_records_is_refused_and_nothing_changes() {
+    for cut in [false, true] {
+        for flip in [0usize, 20, 44, 63] {
+            let (_t, dir) = common::new_dir();
+            let acked = fill(&dir, 700, 100);
+            let marker = sealed_len(&dir) - SEAL_LEN;
+            let older = unseal_newest(&dir, cut, |b| b[marker + flip] ^= 0x10);
+            let before = snapshot(&dir);
+            let out = write_one(&dir);
+            let err = common::stderr(&out);
+            assert_eq!(common::code(&out), 1, "cut={cut} flip={flip}: {err}");
+            let name = older
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            assert!(err.contains(&name), "names the file: {err}");
+            assert!(
+                err.contains(&format!("offset {marker}")),
+                "names the offset: {err}"
+            );
+            assert_eq!(
+                snapshot(&dir),
+                before,
+                "cut={cut} flip={flip}: refused open changed files"
+            );
+            assert_eq!(common::code(&verify(&dir)), 1, "verify agrees: damage");
+            let strict = Wal::open(
+                &dir,
+                WalOptions {
+                    recovery_mode: walship::RecoveryMode::Strict,
+                    ..WalOptions::default()
+                },
+            );
+            assert!(strict.is_err());
+            assert_eq!(snapshot(&dir), before);
+            // Every acknowledged record is still there for whoever repairs the marker.
+            assert_eq!(acked.len(), 700);
+        }
+    }
+}
+
+/// A segment image of version 2 with `n` records whose durable offset is `durable`.
+fn segment_image(dir: &Path, no: u64, prev: Option<u32>, n: usize, durable: u32) -> Vec<u8> {
+    let c = DataDir::new(dir).read_control().expect("control");
+    let h = SegmentHeader {
+        format_version: SEGMENT_FORMAT_VERSION,
+        timeline: 1,
+        segment_size: c.segment_size,
+        segment_no: no,
+        system_id: c.system_id,
+        prev_checksum: prev,
+        created_us: 1,
+    };
+    let mut b = vec![0u8; c.segment_size as usize];
+    b[..SEGMENT_HEADER_LEN].copy_from_slice(&h.encode());
+    let mut off = SEGMENT_HEADER_LEN;
+    for i in 0..n {
+        let p = format!("unacknowledged {i}");
+        let len = encoded_len(p.len());
+        encode_record(
+            &mut b[off..off + len],
+            h.start_lsn() + off as u64,
+            durable.min(off as u32),
+            EntryType::Insert.code(),
+            None,
+            2,
+            p.as_bytes(),
+        );
+        off += len;
+    }
+    b
+}
+
+/// The older open segment's marker never became durable (zeros, or a torn marker), and the
+/// newer open segment holds records appended before the log was durable in it: the log ends
+/// in the older segment, and the newer one is moved to setaside/ intact, never deleted.
+#[test]
+fn newer_open_segments_whose_records_were_never_durable_are_set_aside_intact() {
+    for torn in [false, true] {
+        let (_t, dir) = common::new_dir();
+        let acked = fill_sealed(&dir, 700, 100);
+        let marker = sealed_len(&dir) - SEAL_LEN;
+        let older = unseal_newest(&dir, false, |b| {
+            b[marker..marker + SEAL_LEN].fill(0);
+            if torn {
+                b[marker..marker + 24].fill(0x5A);
+            }
+        });
+        let name = walship::format::SegmentName::parse(
+            older.file_name().expect("name").to_str().expect("utf8"),
+        )
+        .expect("segment name");
+        let newer_name =
+            walship::format::SegmentName::new(1, name.segment_no + 1, SegmentFileKind::Open);
+        let newer = dir.join("wal").join(newer_name.to_string());
+        // Whatever newer open segment the last writer left behind goes; ours replaces it.
+        let _ = std::fs::remove_file(&newer);
+        let image = segment_image(&dir, name.segment_no + 1, None, 5, 0);
+        std::fs::write(&newer, &image).expect("write newer");
+
+        let strict = Wal::open(
+            &dir,
+            WalOptions {
+                recovery_mode: walship::RecoveryMode::Strict,
+                ..WalOptions::default()
+            },
+        );
+        assert!(strict.is_err(), "strict mode refuses to set anything aside");
+        assert!(newer.exists());
+
+        assert_eq!(
+            common::code(&verify(&dir)),
+            0,
+            "{}",
+            common::stdout(&verify(&dir))
+        );
+        let out = write_one(&dir);
+        assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+        let err = common::stderr(&out);
+        assert!(
+            err.contains("set aside") || err.contains("setaside"),
+            "logged: {err}"
+        );
+        assert!(!newer.exists());
+        let aside = walship::setaside::list(&DataDir::new(&dir)).expect("list");
+        let kept = aside
+            .iter()
+            .find(|n| n.starts_with(&newer_name.to_string()))
+            .unwrap_or_else(|| panic!("newer segment not set aside: {aside:?}"));
+        let bytes = std::fs::read(walship::setaside::setaside_dir(&DataDir::new(&dir)).join(kept))
+            .expect("read set-aside file");
+        assert_eq!(bytes, image, "the set-aside file is not intact");
+        // Every acknowledged record is kept, and the new one follows the last of them.
+        let recs = common::read_recs(&dir).expect("read");
+        assert_eq!(recs.len(), acked.len() + 1);
+        assert_eq!(recs[acked.len() - 1].end_lsn, acked[acked.len() - 1].1 .0);
+        assert_eq!(common::code(&verify(&dir)), 0);
+    }
+}
+
+/// Proof that the older marker was durable comes from any record of the newer segment that
+/// was appended after the log was durable inside it, wherever it sits.
+#[test]
+fn one_record_written_after_a_sync_in_the_newer_segment_is_proof_enough() {
+    let (_t, dir) = common::new_dir();
+    fill_sealed(&dir, 700, 100);
+    let marker = sealed_len(&dir) - SEAL_LEN;
+    let older = unseal_newest(&dir, false, |b| b[marker..marker + SEAL_LEN].fill(0));
+    let no =
+        walship::format::SegmentName::parse(older.file_name().expect("n").to_str().expect("u"))
+            .expect("name")
+            .segment_no;
+    let newer = common::seg_path(&dir, no + 1, SegmentFileKind::Open);
+    let _ = std::fs::remove_file(&newer);
+    std::fs::write(&newer, segment_image(&dir, no + 1, None, 6, 200)).expect("write");
+    let before = snapshot(&dir);
+    let out = write_one(&dir);
+    assert_eq!(common::code(&out), 1, "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("durable"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert_eq!(snapshot(&dir), before);
+    assert_eq!(common::code(&verify(&dir)), 1);
+}
+
+/// A prepared file never holds acknowledged records, but one that holds data is set aside, not
+/// deleted; an all-zero one is simply removed.
+#[test]
+fn a_prepared_file_holding_data_is_set_aside() {
+    let (_t, dir) = common::new_dir();
+    fill(&dir, 50, 100);
+    let prep = common::seg_path(&dir, 40, SegmentFileKind::Prepared);
+    let image = segment_image(&dir, 40, None, 3, 0);
+    std::fs::write(&prep, &image).expect("write");
+    let zero = common::seg_path(&dir, 41, SegmentFileKind::Prepared);
+    std::fs::write(&zero, vec![0u8; common::SEG as usize]).expect("write");
+    let out = write_one(&dir);
+    assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+    assert!(!prep.exists() && !zero.exists());
+    let aside = walship::setaside::list(&DataDir::new(&dir)).expect("list");
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let got = std::fs::read(walship::setaside::setaside_dir(&DataDir::new(&dir)).join(&aside[0]))
+        .expect("read");
+    assert_eq!(got, image);
+}
+
+/// An open segment whose header never became durable holds no acknowledged record, unless one
+/// of its records says the log was durable inside it; its bytes are set aside either way or
+/// refused, never deleted.
+#[test]
+fn a_segment_whose_header_is_zeros_is_set_aside_or_refused() {
+    for durable in [0u32, 120] {
+        let (_t, dir) = common::new_dir();
+        let acked = fill(&dir, 30, 100);
+        let open = common::open_segment(&dir).expect("open segment").1;
+        let name =
+            walship::format::SegmentName::parse(open.file_name().expect("n").to_str().expect("u"))
+                .expect("name");
+        // Seal what there is so that the next segment is the open one.
+        let wal = Wal::open(&dir, WalOptions::default()).expect("open");
+        wal.seal().expect("seal");
+        drop(wal);
+        let next = common::seg_path(&dir, name.segment_no + 1, SegmentFileKind::Open);
+        let _ = std::fs::remove_file(common::seg_path(
+            &dir,
+            name.segment_no + 1,
+            SegmentFileKind::Prepared,
+        ));
+        let mut image = segment_image(&dir, name.segment_no + 1, None, 4, durable);
+        image[..SEGMENT_HEADER_LEN].fill(0);
+        std::fs::write(&next, &image).expect("write");
+        let before = snapshot(&dir);
+        let out = write_one(&dir);
+        if durable == 0 {
+            assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+            let aside = walship::setaside::list(&DataDir::new(&dir)).expect("list");
+            assert_eq!(aside.len(), 1, "{aside:?}");
+            assert_eq!(
+                common::read_recs(&dir).expect("read").len(),
+                acked.len() + 1
+            );
+        } else {
+            assert_eq!(common::code(&out), 1, "{}", common::stderr(&out));
+            assert!(
+                common::stderr(&out).contains("header is zeros"),
+                "{}",
+                common::stderr(&out)
+            );
+            assert_eq!(snapshot(&dir), before);
+            assert_eq!(common::code(&verify(&dir)), 1);
+        }
+    }
+}
+
+/// An open segment of the wrong length: longer than a segment, or cut short without a seal
+/// marker at its end. `write` refuses and `verify` reports damage: they agree. Cut short right
+/// after a valid marker is an interrupted seal, which both accept.
+#[test]
+fn open_segments_of_the_wrong_length_are_damage_for_verify_and_write_alike() {
+    type Change = fn(&mut Vec<u8>, usize);
+    let cases: [(&str, Change); 4] = [
+        ("one byte longer", |b, _| b.push(0)),
+        ("a page longer", |b, _| b.extend_from_slice(&[0u8; 4096])),
+        ("cut inside the records", |b, end| b.truncate(end - 30)),
+        ("cut at the last record's end", |b, end| b.truncate(end)),
+    ];
+    for (what, change) in cases {
+        let (_t, dir) = common::new_dir();
+        fill(&dir, 20, 100);
+        let (_, path) = common::open_segment(&dir).expect("open segment");
+        let mut b = std::fs::read(&path).expect("read");
+        let end = walship::decoder::SegmentScanner::new(&b)
+            .map(|mut s| s.finish().offset())
+            .expect("scan");
+        change(&mut b, end);
+        std::fs::write(&path, &b).expect("write");
+        let before = snapshot(&dir);
+        let v = verify(&dir);
+        assert_eq!(
+            common::code(&v),
+            1,
+            "{what}: verify says {}",
+            common::stdout(&v)
+        );
+        let out = write_one(&dir);
+        assert_eq!(common::code(&out), 1, "{what}: {}", common::stderr(&out));
+        assert_eq!(snapshot(&dir), before, "{what}: refused open changed files");
+    }
+    // An interrupted seal cut right after its marker: both accept it, recovery finishes it.
+    let (_t, dir) = common::new_dir();
+    fill(&dir, 700, 100);
+    unseal_newest(&dir, true, |_| {});
+    assert_eq!(common::code(&verify(&dir)), 0);
+    let out = write_one(&dir);
+    assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+    assert_eq!(common::code(&verify(&dir)), 0);
+}
