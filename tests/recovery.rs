@@ -401,8 +401,10 @@ mod crash_states {
 
     /// A directory after 700 acknowledged records of 100 bytes (several sealed segments and an
     /// open one), and those records.
-    fn base() -> &'static (tempfile::TempDir, PathBuf, Vec<(Lsn, Lsn)>) {
-        static BASE: OnceLock<(tempfile::TempDir, PathBuf, Vec<(Lsn, Lsn)>)> = OnceLock::new();
+    type Base = (tempfile::TempDir, PathBuf, Vec<(Lsn, Lsn)>);
+
+    fn base() -> &'static Base {
+        static BASE: OnceLock<Base> = OnceLock::new();
         BASE.get_or_init(|| {
             let (t, dir) = common::new_dir();
             let acked = fill(&dir, 700, 100);
