@@ -65,8 +65,12 @@ fn control() -> ControlFile {
 }
 
 fn header(no: u64, system: u128, prev: Option<u32>) -> SegmentHeader {
+    header_v(FORMAT_VERSION, no, system, prev)
+}
+
+fn header_v(version: u32, no: u64, system: u128, prev: Option<u32>) -> SegmentHeader {
     SegmentHeader {
-        format_version: FORMAT_VERSION,
+        format_version: version,
         timeline: 1,
         segment_size: SEG,
         segment_no: no,
@@ -158,6 +162,63 @@ fn golden() -> Vec<(String, Vec<u8>)> {
     ]
 }
 
+/// Segment format version 2: the same records, each carrying the writer's durable offset, and
+/// the two cases that offset tells apart: bytes lost past the durable position with a later
+/// page kept (the end of the log) and bytes lost that had been durable (damage).
+fn golden_v2() -> Vec<(String, Vec<u8>)> {
+    let recs = sealed_records();
+    let (mut sealed, end) = segment(&header_v(2, 0, SYSTEM, None), &recs);
+    let seal = SealInfo {
+        record_count: recs.len() as u64,
+        last_lsn: 224,
+        segment_checksum: crc32fast::hash(&sealed[..end]),
+    };
+    encode_seal(
+        &mut sealed[end..end + SEAL_LEN],
+        end as u64,
+        128,
+        T0 + 10,
+        &seal,
+    );
+    sealed.truncate(end + SEAL_LEN);
+    let prev = Some(seal.segment_checksum);
+    let h = header_v(2, 1, SYSTEM, prev);
+    let (open, open_end) = segment(&h, &open_records());
+    // Three more records after the good ones: at 272 (durable offset 128), 312 (durable 128)
+    // and 352; the first is then lost (zeros), the later ones kept.
+    let more = |durable_last: u32| {
+        let mut b = open.clone();
+        let mut off = open_end;
+        for (i, durable) in [128u32, 128, durable_last].into_iter().enumerate() {
+            let p = format!("later {i}");
+            let len = encoded_len(p.len());
+            encode_record(
+                &mut b[off..off + len],
+                SEG + off as u64,
+                durable,
+                EntryType::Insert.code(),
+                None,
+                T0 + 20 + i as i64,
+                p.as_bytes(),
+            );
+            off += len;
+        }
+        b[open_end..open_end + 40].fill(0);
+        b
+    };
+    vec![
+        ("good/control".into(), control().encode().to_vec()),
+        (format!("good/wal/{SEALED}"), sealed),
+        (format!("good/wal/{OPEN}"), open.clone()),
+        (format!("out_of_order/wal/{OPEN}"), more(272)),
+        (format!("synced_gap/wal/{OPEN}"), more(312)),
+    ]
+}
+
+fn fixtures_v2() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v2")
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/v1")
 }
@@ -175,19 +236,30 @@ fn datadir(variant: Option<&str>) -> (tempfile::TempDir, PathBuf) {
 }
 
 #[test]
-#[ignore = "writes fixtures/v1; run only for a deliberate format change"]
+#[ignore = "writes fixtures/v1 and fixtures/v2; run only for a deliberate format change"]
 fn regenerate_fixtures() {
-    for (rel, bytes) in golden() {
-        let p = fixtures().join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&p, bytes).expect("write fixture");
+    for (root, files) in [(fixtures(), golden()), (fixtures_v2(), golden_v2())] {
+        for (rel, bytes) in files {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, bytes).expect("write fixture");
+        }
     }
 }
 
 #[test]
 fn the_encoder_reproduces_every_golden_file() {
-    for (rel, bytes) in golden() {
-        let stored = std::fs::read(fixtures().join(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let all = golden()
+        .into_iter()
+        .map(|(rel, b)| (fixtures().join(rel), b))
+        .chain(
+            golden_v2()
+                .into_iter()
+                .map(|(rel, b)| (fixtures_v2().join(rel), b)),
+        );
+    for (path, bytes) in all {
+        let rel = path.display().to_string();
+        let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{rel}: {e}"));
         assert_eq!(stored.len(), bytes.len(), "{rel}: length changed");
         if let Some(i) = (0..bytes.len()).find(|&i| stored[i] != bytes[i]) {
             panic!("{rel}: first difference at byte {i}: the format changed");
@@ -404,5 +476,104 @@ fn truncated_seal_is_damage() {
     assert!(
         msg.contains(SEALED) && msg.contains("does not end with a valid seal marker"),
         "{msg}"
+    );
+}
+
+/// A scratch data directory from the version 2 golden files, with a variant laid over them.
+fn datadir_v2(variant: Option<&str>) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = t.path().join("data");
+    common::copy_tree(&fixtures_v2().join("good"), &d);
+    std::fs::create_dir_all(d.join("state")).expect("state dir");
+    if let Some(v) = variant {
+        common::copy_tree(&fixtures_v2().join(v), &d);
+    }
+    (t, d)
+}
+
+#[test]
+fn version_2_files_read_back_exactly_and_a_version_1_directory_continues_in_version_2() {
+    let (_t, d) = datadir_v2(None);
+    let (got, res, end) = read(&d);
+    res.expect("no damage");
+    assert_eq!(end, LogEnd::Clean);
+    same_as_expected(&got, 6);
+    let v = verify_path(&d).expect("verify");
+    assert!(v.ok && v.notes.is_empty(), "{:?} {:?}", v.errors, v.notes);
+
+    // A version 1 directory: the writer continues its version 1 open segment with durable
+    // offsets left zero, and writes its next segment in version 2.
+    let (_t1, d1) = datadir(None);
+    let wal = Wal::open(&d1, WalOptions::default()).expect("open v1");
+    wal.append_durable(&walship::Entry::new(EntryType::Insert, None, b"v1 tail"))
+        .expect("append");
+    wal.seal().expect("seal");
+    wal.append_durable(&walship::Entry::new(EntryType::Insert, None, b"v2 head"))
+        .expect("append");
+    drop(wal);
+    let open1 =
+        std::fs::read(d1.join("wal").join(OPEN.trim_end_matches(".open"))).expect("sealed 1");
+    assert_eq!(
+        walship::format::SegmentHeader::decode(&open1)
+            .expect("h")
+            .format_version,
+        1
+    );
+    assert!(open1[272 + 36..272 + 40].iter().all(|&b| b == 0));
+    let (_, p2) = common::open_segment(&d1).expect("segment 2");
+    let h2 = walship::format::SegmentHeader::decode(&std::fs::read(p2).expect("r")).expect("h");
+    assert_eq!(h2.format_version, 2);
+    assert_eq!(common::read_all(&d1).expect("read").len(), 8);
+    assert!(verify_path(&d1).expect("verify").ok);
+}
+
+#[test]
+fn version_2_bytes_lost_before_the_durable_position_only_end_the_log() {
+    let (_t, d) = datadir_v2(Some("out_of_order"));
+    let (got, res, end) = read(&d);
+    res.expect("not damage: nothing was durable past offset 272");
+    same_as_expected(&got, 6);
+    assert!(
+        matches!(end, LogEnd::TornTail { offset: 272, .. }),
+        "{end:?}"
+    );
+    let v = verify_path(&d).expect("verify");
+    assert!(v.ok, "{:?}", v.errors);
+    assert!(
+        v.notes
+            .iter()
+            .any(|n| n.contains("2 valid records after it")),
+        "{:?}",
+        v.notes
+    );
+    let found = std::fs::read(d.join("wal").join(OPEN)).expect("read");
+    let wal = Wal::open(&d, WalOptions::default()).expect("the log ends at 272");
+    assert_eq!(wal.write_lsn(), Lsn(SEG + 272));
+    drop(wal);
+    let aside = walship::setaside::list(&walship::DataDir::new(&d)).expect("list");
+    assert_eq!(aside.len(), 1);
+    let copy = walship::setaside::setaside_dir(&walship::DataDir::new(&d)).join(&aside[0]);
+    assert_eq!(std::fs::read(copy).expect("copy"), found);
+}
+
+#[test]
+fn version_2_bytes_lost_behind_a_later_durable_position_are_damage() {
+    let (_t, d) = datadir_v2(Some("synced_gap"));
+    let (got, res, _) = read(&d);
+    same_as_expected(&got, 6);
+    let e = res.expect_err("damage");
+    assert!(e.to_string().contains("durable up to offset 312"), "{e}");
+    let v = verify_path(&d).expect("verify");
+    assert!(!v.ok);
+    assert_eq!((v.errors[0].offset, v.errors[0].lsn), (272, SEG + 272));
+    let before = std::fs::read(d.join("wal").join(OPEN)).expect("read");
+    let e = Wal::open(&d, WalOptions::default()).err().expect("refused");
+    assert!(
+        e.is_corruption() && e.to_string().contains("offset 272"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(d.join("wal").join(OPEN)).expect("read"),
+        before
     );
 }
