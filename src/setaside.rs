@@ -73,6 +73,31 @@ pub fn copy_aside(dir: &DataDir, path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     Ok(to)
 }
 
+/// The segment a file given by name stands for: a segment name, or a set-aside file's name (a
+/// segment name followed by the time it was set aside), so that `dump` and `verify` read both.
+pub fn segment_name_of(file_name: &str) -> Option<crate::format::SegmentName> {
+    if let Some(n) = crate::format::SegmentName::parse(file_name) {
+        return Some(n);
+    }
+    let mut base = file_name;
+    // Strip `.N` and then `.YYYYMMDDTHHMMSS.ffffffZ` (whose own dot splits it in two).
+    if let Some((b, n)) = base.rsplit_once('.') {
+        if !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) {
+            base = b;
+        }
+    }
+    let (b, frac) = base.rsplit_once('.')?;
+    let (b, secs) = b.rsplit_once('.')?;
+    let stamp_ok = frac.len() == 7
+        && frac.ends_with('Z')
+        && frac[..6].bytes().all(|c| c.is_ascii_digit())
+        && secs.len() == 15
+        && secs.as_bytes()[8] == b'T';
+    stamp_ok
+        .then(|| crate::format::SegmentName::parse(b))
+        .flatten()
+}
+
 /// The files set aside so far, by name.
 pub fn list(dir: &DataDir) -> Result<Vec<String>> {
     let aside = setaside_dir(dir);
@@ -88,4 +113,30 @@ pub fn list(dir: &DataDir) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_aside_names_stand_for_their_segment() {
+        let seg = "000000010000000000000003.wal.open";
+        let n = segment_name_of(seg).expect("segment");
+        assert_eq!(
+            segment_name_of(&format!("{seg}.20261127T173901.123456Z")),
+            Some(n)
+        );
+        assert_eq!(
+            segment_name_of(&format!("{seg}.20261127T173901.123456Z.2")),
+            Some(n)
+        );
+        for bad in [
+            "000000010000000000000003.wal.open.2026",
+            "000000010000000000000003.wal.open.x.y",
+            "notes.20261127T173901.123456Z",
+        ] {
+            assert_eq!(segment_name_of(bad), None, "{bad}");
+        }
+    }
 }

@@ -70,7 +70,7 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
             let name = p
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(SegmentName::parse);
+                .and_then(crate::setaside::segment_name_of);
             match name {
                 Some(n) => vec![(n, p)],
                 None => {

@@ -242,6 +242,11 @@ fn newer_open_segments_whose_records_were_never_durable_are_set_aside_intact() {
         let bytes = std::fs::read(walship::setaside::setaside_dir(&DataDir::new(&dir)).join(kept))
             .expect("read set-aside file");
         assert_eq!(bytes, image, "the set-aside file is not intact");
+        // dump reads a set-aside file as the segment it was.
+        let kept_path = walship::setaside::setaside_dir(&DataDir::new(&dir)).join(kept);
+        let out = common::run(&["dump", kept_path.to_str().expect("utf8")], b"");
+        assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+        assert_eq!(common::stdout(&out).matches("unacknowledged").count(), 5);
         // Every acknowledged record is kept, and the new one follows the last of them.
         let recs = common::read_recs(&dir).expect("read");
         assert_eq!(recs.len(), acked.len() + 1);
