@@ -54,6 +54,12 @@ pub trait ArchiveStore: Send + Sync + 'static {
 
     fn exists(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Makes an existing object durable, its bytes and its name. An object that was found
+    /// rather than written (a push that crashed between naming the object and syncing the
+    /// directory, a copy made by hand) may not be yet; nothing may count it as archived before
+    /// this succeeded.
+    fn sync(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+
     /// Removes an object; false when there was none.
     fn delete(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
 }
@@ -82,9 +88,11 @@ pub struct LocalDirStore {
 }
 
 impl LocalDirStore {
-    /// Uses `root`, creating it (and fsyncing its parent) when it does not exist.
+    /// Uses `root`, creating it (and fsyncing its parent) when it does not exist. The root is
+    /// kept as an absolute path: it is the archive's location in the consumer registry, which
+    /// other processes (retention) read from other working directories.
     pub fn create(root: impl Into<PathBuf>) -> Result<LocalDirStore> {
-        let root = root.into();
+        let root = absolute(root.into())?;
         if !root.is_dir() {
             fs::create_dir_all(&root).ctx(|| format!("create archive {}", root.display()))?;
             if let Some(p) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -96,7 +104,7 @@ impl LocalDirStore {
 
     /// Uses an existing directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<LocalDirStore> {
-        let root = root.into();
+        let root = absolute(root.into())?;
         if !root.is_dir() {
             return Err(Error::InvalidArgument(format!(
                 "{}: no such archive directory",
@@ -125,9 +133,25 @@ impl LocalDirStore {
             }
         }
         if n > 0 {
-            fsync_dir(&self.root)?;
+            self.sync_root()?;
         }
         Ok(n)
+    }
+
+    /// Fsyncs the archive directory, making the names created or removed in it durable.
+    fn sync_root(&self) -> Result<()> {
+        crate::fault!("archive::dir_fsync", e => Error::io(format!("fsync directory {}", self.root.display()), e));
+        fsync_dir(&self.root)
+    }
+
+    fn sync_blocking(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let path = self.root.join(name);
+        // Read-only is enough: fsync writes back whatever of the file is not on the device.
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .ctx(|| format!("fsync {}", path.display()))?;
+        self.sync_root()
     }
 
     fn put_blocking(&self, name: &str, data: &[u8]) -> Result<PutOutcome> {
@@ -170,7 +194,7 @@ impl LocalDirStore {
         let removed = fs::remove_file(&tmp);
         let outcome = result?;
         removed.ctx(|| format!("remove {}", tmp.display()))?;
-        fsync_dir(&self.root)?;
+        self.sync_root()?;
         Ok(outcome)
     }
 
@@ -189,7 +213,7 @@ impl LocalDirStore {
         let path = self.root.join(name);
         match fs::remove_file(&path) {
             Ok(()) => {
-                fsync_dir(&self.root)?;
+                self.sync_root()?;
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -222,6 +246,12 @@ pub fn list_dir(root: &Path) -> Result<Vec<ObjectInfo>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// `p` made absolute against the working directory, without resolving symbolic links (the
+/// operator's mount path stays as given).
+fn absolute(p: PathBuf) -> Result<PathBuf> {
+    std::path::absolute(&p).ctx(|| format!("resolve {}", p.display()))
 }
 
 fn drop_cache(f: &File) {
@@ -267,6 +297,11 @@ impl ArchiveStore for LocalDirStore {
     fn delete(&self, name: &str) -> impl Future<Output = Result<bool>> + Send {
         let (s, name) = (self.clone(), name.to_string());
         blocking(move || s.delete_blocking(&name))
+    }
+
+    fn sync(&self, name: &str) -> impl Future<Output = Result<()>> + Send {
+        let (s, name) = (self.clone(), name.to_string());
+        blocking(move || s.sync_blocking(&name))
     }
 }
 
