@@ -159,7 +159,7 @@ fn datadir(variant: Option<&str>) -> (tempfile::TempDir, PathBuf) {
 #[test]
 #[ignore = "writes fixtures/v1; run only for a deliberate format change"]
 fn regenerate_fixtures() {
-    for (rel, bytes) in golden() {
+    for (rel, bytes) in golden().into_iter().chain(archive_golden()) {
         let p = fixtures().join(rel);
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         std::fs::write(&p, bytes).expect("write fixture");
@@ -387,4 +387,53 @@ fn truncated_seal_is_damage() {
         msg.contains(SEALED) && msg.contains("does not end with a valid seal marker"),
         "{msg}"
     );
+}
+
+/// The archive identity files, one per archive layout version (docs/ARCHIVE.md): version 1
+/// (no first segment) is still read, version 2 is what walship writes.
+fn archive_identities() -> Vec<(String, walship::archive::ArchiveIdentity)> {
+    let v1 = walship::archive::ArchiveIdentity {
+        system_id: Uuid::from_u128(SYSTEM),
+        timeline: 1,
+        segment_size: SEG,
+        format_version: 1,
+        first_segment: None,
+    };
+    let v2 = walship::archive::ArchiveIdentity {
+        first_segment: Some(42),
+        ..v1
+    };
+    vec![
+        ("archive/v1/IDENTITY".into(), v1),
+        ("archive/v2/IDENTITY".into(), v2),
+    ]
+}
+
+fn archive_golden() -> Vec<(String, Vec<u8>)> {
+    archive_identities()
+        .into_iter()
+        .map(|(rel, id)| (rel, id.encode()))
+        .collect()
+}
+
+#[test]
+fn archive_identity_files_of_every_layout_version_read_and_encode_exactly() {
+    let texts = [
+        "walship-archive 1\nsystem_id 57414c53-4849-5000-0000-000000000001\ntimeline 1\nsegment_size 65536\nformat_version 1\ncrc32 ",
+        "walship-archive 2\nsystem_id 57414c53-4849-5000-0000-000000000001\ntimeline 1\nsegment_size 65536\nformat_version 1\nfirst_segment 42\ncrc32 ",
+    ];
+    for ((rel, id), text) in archive_identities().into_iter().zip(texts) {
+        let stored = std::fs::read(fixtures().join(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(stored, id.encode(), "{rel}: the encoding changed");
+        assert!(
+            String::from_utf8_lossy(&stored).starts_with(text),
+            "{rel}: {}",
+            String::from_utf8_lossy(&stored)
+        );
+        assert_eq!(
+            walship::archive::ArchiveIdentity::decode(&stored),
+            Ok(id),
+            "{rel}"
+        );
+    }
 }

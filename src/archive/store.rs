@@ -99,7 +99,9 @@ impl LocalDirStore {
                 fsync_dir(p)?;
             }
         }
-        Ok(LocalDirStore { root })
+        Ok(LocalDirStore {
+            root: canonical(root)?,
+        })
     }
 
     /// Uses an existing directory.
@@ -111,7 +113,9 @@ impl LocalDirStore {
                 root.display()
             )));
         }
-        Ok(LocalDirStore { root })
+        Ok(LocalDirStore {
+            root: canonical(root)?,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -248,10 +252,15 @@ pub fn list_dir(root: &Path) -> Result<Vec<ObjectInfo>> {
     Ok(out)
 }
 
-/// `p` made absolute against the working directory, without resolving symbolic links (the
-/// operator's mount path stays as given).
+/// `p` made absolute against the working directory.
 fn absolute(p: PathBuf) -> Result<PathBuf> {
     std::path::absolute(&p).ctx(|| format!("resolve {}", p.display()))
+}
+
+/// The one spelling of an existing directory (no `.`, `..` or symbolic links), so that the
+/// same archive always has the same location however it was named.
+fn canonical(p: PathBuf) -> Result<PathBuf> {
+    fs::canonicalize(&p).ctx(|| format!("resolve {}", p.display()))
 }
 
 fn drop_cache(f: &File) {
