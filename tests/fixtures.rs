@@ -159,7 +159,7 @@ fn datadir(variant: Option<&str>) -> (tempfile::TempDir, PathBuf) {
 #[test]
 #[ignore = "writes fixtures/v1; run only for a deliberate format change"]
 fn regenerate_fixtures() {
-    for (rel, bytes) in golden().into_iter().chain(archive_golden()) {
+    for (rel, bytes) in golden() {
         let p = fixtures().join(rel);
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         std::fs::write(&p, bytes).expect("write fixture");
@@ -409,11 +409,20 @@ fn archive_identities() -> Vec<(String, walship::archive::ArchiveIdentity)> {
     ]
 }
 
-fn archive_golden() -> Vec<(String, Vec<u8>)> {
-    archive_identities()
-        .into_iter()
-        .map(|(rel, id)| (rel, id.encode()))
-        .collect()
+fn archive_fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
+}
+
+#[test]
+#[ignore = "writes fixtures/archive; run only for a deliberate archive layout change"]
+fn regenerate_archive_fixtures() {
+    for (rel, id) in archive_identities() {
+        let p = archive_fixture(&rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, id.encode()).expect("write fixture");
+    }
 }
 
 #[test]
@@ -423,7 +432,7 @@ fn archive_identity_files_of_every_layout_version_read_and_encode_exactly() {
         "walship-archive 2\nsystem_id 57414c53-4849-5000-0000-000000000001\ntimeline 1\nsegment_size 65536\nformat_version 1\nfirst_segment 42\ncrc32 ",
     ];
     for ((rel, id), text) in archive_identities().into_iter().zip(texts) {
-        let stored = std::fs::read(fixtures().join(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let stored = std::fs::read(archive_fixture(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
         assert_eq!(stored, id.encode(), "{rel}: the encoding changed");
         assert!(
             String::from_utf8_lossy(&stored).starts_with(text),
