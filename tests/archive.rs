@@ -1225,3 +1225,55 @@ fn a_damaged_local_segment_is_reported_where_and_never_archived() {
         }
     }
 }
+
+#[test]
+fn a_watching_archiver_refills_an_archive_removed_under_it_or_stops_when_it_cannot() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 3, 120);
+    let arc = t.path().join("arc");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["archive", s(&data), "--to", s(&arc), "--rescan-secs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = collect_lines(child.stderr.take().unwrap());
+    let newest = sealed_names(&data).pop().unwrap();
+    wait_until("the first pass", || arc.join(&newest).exists());
+    // Removed while it runs, wal/ intact: the archive comes back whole.
+    std::fs::remove_dir_all(&arc).unwrap();
+    let name = seal_one_more(&data, "after the removal");
+    wait_until("the archive to be filled again", || {
+        arc.join(&name).exists() && check_final_names(&arc, &data) == sealed_names(&data).len()
+    });
+    assert!(walship(&["verify", s(&arc)]).status.success());
+    // wal/ trimmed by the checkpoint, then the archive removed again: it cannot be completed,
+    // so the archiver stops with exit 1 and retention keeps what is left.
+    let end = all_end(&data).to_string();
+    let out = walship(&["checkpoint", s(&data), "--lsn", &end]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::remove_dir_all(&arc).unwrap();
+    let name = seal_one_more(&data, "after the second removal");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the archiver kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let log = lines.lock().unwrap().join("\n");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("cannot be completed"), "{log}");
+    assert!(!arc.join(&name).exists());
+    let kept = sealed_names(&data);
+    let out = walship(&["checkpoint", s(&data), "--lsn", &all_end(&data).to_string()]);
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sealed_names(&data), kept);
+}

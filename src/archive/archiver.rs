@@ -200,20 +200,24 @@ impl<S: ArchiveStore> Archiver<S> {
     /// segment from the one it begins at up to the archiver's position and the newest segment
     /// it holds. A missing segment moves the position back to it, so the pass pushes it again
     /// from wal/ and retention keeps it meanwhile; one wal/ no longer holds is refused. An
-    /// identity file removed while the archiver runs is written again.
+    /// identity file removed (with every segment) while the archiver runs is written again,
+    /// once the archive is known to be completable.
     async fn reconcile(&mut self) -> Result<()> {
         let loc = self.store.location();
         let objects = self.store.list().await?;
         let segments = segment_objects(&objects);
         if !objects.iter().any(|o| o.name == IDENTITY_NAME) {
             if let Some((n, _, _)) = segments.first() {
-                return Err(Error::Refused(format!(
-                    "{loc} holds segments ({n} and others) but no {IDENTITY_NAME} file: not a walship archive, or a damaged one"
-                )));
+                // Damage (retried when watching): it may also be an archive being removed.
+                return Err(Error::Corrupt {
+                    file: PathBuf::from(&loc).join(IDENTITY_NAME),
+                    offset: 0,
+                    lsn: Lsn(0),
+                    reason: format!("missing, while the archive still holds segments ({n} and others): not a walship archive any more, or a damaged one"),
+                });
             }
-            tracing::error!(archive = %loc, "the archive lost its {IDENTITY_NAME} file and every segment; writing them again");
-            self.write_identity().await?;
         }
+        let identity_lost = !objects.iter().any(|o| o.name == IDENTITY_NAME);
         self.archived.clear();
         for (n, c, o) in segments {
             // An object too large to be a segment is damage, refused before it is ever read.
@@ -229,6 +233,18 @@ impl<S: ArchiveStore> Archiver<S> {
             .identity
             .first_segment
             .or_else(|| self.archived.keys().next().copied());
+        // Whether it can be completed is decided before anything is written to it.
+        self.check_complete()?;
+        if identity_lost {
+            tracing::error!(archive = %loc, "the archive lost its {IDENTITY_NAME} file and every segment; writing them again");
+            self.write_identity().await?;
+        }
+        Ok(())
+    }
+
+    /// The completeness check of [`Self::reconcile`], on the listing it made.
+    fn check_complete(&mut self) -> Result<()> {
+        let loc = self.store.location();
         let Some(begin) = self.begin else {
             return Ok(());
         };
@@ -262,14 +278,14 @@ impl<S: ArchiveStore> Archiver<S> {
         let count: u64 = missing.iter().map(|(a, b)| b - a + 1).sum();
         if let Some(g) = gone {
             return Err(Error::Refused(format!(
-                "{loc} lacks {count} segment(s) from {} on, between the segment it begins at ({}) and {}, and {} no longer holds {}: the archive cannot be completed and nothing was pushed. The archiver's position was set back to LSN {} so retention keeps every segment from there on. Start a new archive in another directory (--to); this one restores nothing past {}",
+                "{loc} lacks {count} segment(s) from {} on, between the segment it begins at ({}) and {}, and {} no longer holds {}: the archive cannot be completed and nothing was pushed. The archiver's position was set back to LSN {} so retention keeps every segment from there on. Start a new archive in another directory (--to); this one stays incomplete from {} on",
                 seg(first_missing),
                 seg(begin),
                 seg(high),
                 self.dir.wal_dir().display(),
                 seg(g),
                 Lsn(self.position),
-                seg(g)
+                seg(first_missing)
             )));
         }
         tracing::warn!(archive = %loc, first_missing = %seg(first_missing), missing = count, "the archive lacks segments it should hold; pushing them again from wal/");
@@ -444,9 +460,11 @@ impl<S: ArchiveStore> Archiver<S> {
             Some((n, s)) if n == prev_no => s,
             _ => {
                 let prev_name = SegmentName::new(name.timeline, prev_no, SegmentFileKind::Sealed);
-                let data = self.store.get(&prev_obj).await?.ok_or_else(|| {
-                    Error::Other(format!("{loc}: {prev_obj} vanished from the archive"))
-                })?;
+                let data = self
+                    .store
+                    .get(&prev_obj)
+                    .await?
+                    .ok_or_else(|| vanished(&loc, &prev_obj))?;
                 let identity = self.identity;
                 let file = PathBuf::from(&loc).join(&prev_obj);
                 blocking(move || {
@@ -480,15 +498,15 @@ impl<S: ArchiveStore> Archiver<S> {
         local: &Arc<Vec<u8>>,
     ) -> Result<PushOutcome> {
         let loc = self.store.location();
-        let data =
-            self.store.get(object).await?.ok_or_else(|| {
-                Error::Other(format!("{loc}: {object} vanished from the archive"))
-            })?;
+        let data = self
+            .store
+            .get(object)
+            .await?
+            .ok_or_else(|| vanished(&loc, object))?;
         let file = PathBuf::from(&loc).join(object);
         let (local, size) = (local.clone(), self.identity.segment_size);
-        let same =
-            blocking(move || Ok(decode_object(&file, c, data, size).is_ok_and(|b| b == *local)))
-                .await?;
+        // An object that does not decode (or inflates past a segment) is damage, said as such.
+        let same = blocking(move || Ok(decode_object(&file, c, data, size)? == *local)).await?;
         if !same {
             return Err(Error::Refused(format!(
                 "{loc} already holds {object} with different content; the archive was left unchanged"
@@ -729,6 +747,17 @@ fn prepare(
         checked,
         stored,
     })
+}
+
+/// An object listed a moment ago is gone: the archive is losing objects (being removed?), which
+/// the next pass's completeness check sorts out.
+fn vanished(loc: &str, object: &str) -> Error {
+    Error::Corrupt {
+        file: PathBuf::from(loc).join(object),
+        offset: 0,
+        lsn: Lsn(0),
+        reason: "vanished from the archive while the archiver was using it".into(),
+    }
 }
 
 /// Damage in a local sealed segment, said as what it is: where (the error's file, offset and

@@ -158,8 +158,22 @@ impl LocalDirStore {
         self.sync_root()
     }
 
+    /// Creates the archive directory again when it was removed while in use, as starting the
+    /// archiver would.
+    fn ensure_root(&self) -> Result<()> {
+        if self.root.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.root).ctx(|| format!("create archive {}", self.root.display()))?;
+        if let Some(p) = self.root.parent() {
+            fsync_dir(p)?;
+        }
+        Ok(())
+    }
+
     fn put_blocking(&self, name: &str, data: &[u8]) -> Result<PutOutcome> {
         check_name(name)?;
+        self.ensure_root()?;
         let path = self.root.join(name);
         if path.exists() {
             return Ok(PutOutcome::AlreadyExists);
@@ -292,7 +306,11 @@ impl ArchiveStore for LocalDirStore {
 
     fn list(&self) -> impl Future<Output = Result<Vec<ObjectInfo>>> + Send {
         let root = self.root.clone();
-        blocking(move || list_dir(&root))
+        // A removed archive directory holds nothing (the archiver decides what that means).
+        blocking(move || match fs::symlink_metadata(&root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            _ => list_dir(&root),
+        })
     }
 
     fn exists(&self, name: &str) -> impl Future<Output = Result<bool>> + Send {
