@@ -888,6 +888,15 @@ fn verify_and_restore_report_a_missing_first_segment() {
         assert!(text(&out).contains(&missing), "{tag}: {}", text(&out));
         assert!(!dest.exists(), "{tag}: restore wrote something");
     }
+    // Its identity file lost, a compressed archive is still checked as an archive: damage.
+    let arc = t.path().join("arc-no-identity");
+    assert!(archive_once(&data, &arc, &["--compress", "zstd"])
+        .status
+        .success());
+    std::fs::remove_file(arc.join("IDENTITY")).unwrap();
+    let v = walship(&["verify", s(&arc)]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(text(&v).contains("IDENTITY offset 0"), "{}", text(&v));
 }
 
 #[test]

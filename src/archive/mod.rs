@@ -160,9 +160,19 @@ pub(crate) async fn joined<T>(h: tokio::task::JoinHandle<Result<T>>) -> Result<T
         .map_err(|e| Error::Other(format!("background task failed: {e}")))?
 }
 
-/// True when `path` looks like an archive: a directory with an identity file at its root.
+/// True when `path` looks like an archive: a directory with an identity file at its root, or
+/// one holding compressed segment objects (which only an archive holds), so that an archive
+/// that lost its identity file is still checked as one.
 pub fn is_archive(path: &Path) -> bool {
-    path.join(IDENTITY_NAME).is_file()
+    if path.join(IDENTITY_NAME).is_file() {
+        return true;
+    }
+    path.is_dir()
+        && store::list_dir(path).is_ok_and(|objects| {
+            objects
+                .iter()
+                .any(|o| parse_object_name(&o.name).is_some_and(|(_, c)| c == Compression::Zstd))
+        })
 }
 
 /// Verifies an archive in a local directory: the identity file, that the archive holds the
@@ -184,6 +194,15 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
                 None
             }
         },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.errors.push(VerifyIssue {
+                segment: IDENTITY_NAME.into(),
+                offset: 0,
+                lsn: 0,
+                reason: "missing: the archive's identity file is gone, so nothing says which system it belongs to or where it begins".into(),
+            });
+            None
+        }
         Err(e) => {
             return Err(Error::io(
                 format!("read {}", root.join(IDENTITY_NAME).display()),
