@@ -344,10 +344,14 @@ impl<S: ArchiveStore> Archiver<S> {
     fn pending(&self) -> Result<Vec<(SegmentName, u64)>> {
         let mut out = Vec::new();
         for n in self.dir.list_segments()? {
-            // Segments before the archive's beginning are not the archive's to hold.
+            // Segments before the beginning a (version 2) archive records are not its to hold;
+            // a version-1 archive's beginning is only inferred, so older segments may extend it.
             if n.kind != SegmentFileKind::Sealed
                 || n.segment_no.saturating_mul(self.control.segment_size) < self.position
-                || self.begin.is_some_and(|b| n.segment_no < b)
+                || self
+                    .identity
+                    .first_segment
+                    .is_some_and(|b| n.segment_no < b)
             {
                 continue;
             }

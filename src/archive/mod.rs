@@ -283,6 +283,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn decoding_stops_at_the_segment_size() {
+        let f = Path::new("x.wal.zst");
+        let seg = 64 * 1024u64;
+        let exact = vec![5u8; seg as usize];
+        let frame = zstd::encode_all(&exact[..], 1).unwrap();
+        assert_eq!(
+            decode_object(f, Compression::Zstd, frame, seg).unwrap(),
+            exact
+        );
+        let over = vec![5u8; seg as usize + 1];
+        // Declared size (bulk) and undeclared (streamed) alike.
+        let declared = zstd::bulk::compress(&over, 1).unwrap();
+        let streamed = zstd::encode_all(&over[..], 1).unwrap();
+        for frame in [declared, streamed] {
+            let e = decode_object(f, Compression::Zstd, frame, seg).unwrap_err();
+            assert!(
+                matches!(&e, Error::Corrupt { file, reason, .. } if file == f && reason.contains("more than a segment")),
+                "{e}"
+            );
+        }
+        assert!(decode_object(f, Compression::None, over, seg).is_err());
+        assert!(decode_object(f, Compression::Zstd, b"not zstd".to_vec(), seg).is_err());
+        assert_eq!(
+            decode_object(f, Compression::None, exact.clone(), seg).unwrap(),
+            exact
+        );
+    }
+
+    #[test]
     fn object_names() {
         let s = SegmentName::new(1, 0xA3, SegmentFileKind::Sealed);
         assert_eq!(
