@@ -23,6 +23,7 @@
 //! | `standby::rename` | a standby giving a checked segment its sealed name |
 //! | `archive::put::write` | writing a segment into the archive (a short write) |
 //! | `archive::put::link` | giving a pushed segment its final name in the archive |
+//! | `archive::dir_fsync` | every fsync of the archive directory (after a push, or for an object found there) |
 
 /// The error a configured failpoint injects now, if any.
 #[cfg(feature = "failpoints")]

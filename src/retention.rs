@@ -56,6 +56,9 @@ pub struct CheckpointReport {
     pub marked_lost: Vec<String>,
     /// What keeps the oldest remaining sealed segment.
     pub held_by: Vec<String>,
+    /// Segments kept because an archiver's position covers them but its archive does not hold
+    /// them (the archive lost them): each entry names the segment and the archive.
+    pub missing_from_archive: Vec<String>,
 }
 
 /// One consumer as retention sees it.
@@ -103,6 +106,11 @@ fn load_state(dir: &DataDir) -> Result<RetentionState> {
     }
 }
 
+/// The highest checkpoint ever declared for `dir` (0 when none was).
+pub fn checkpoint_lsn(dir: &DataDir) -> Result<u64> {
+    Ok(load_state(dir)?.checkpoint_lsn)
+}
+
 fn sealed_segments(dir: &DataDir, segment_size: u64) -> Result<Vec<Sealed>> {
     let mut out = Vec::new();
     for name in dir.list_segments()? {
@@ -126,6 +134,43 @@ fn sealed_segments(dir: &DataDir, segment_size: u64) -> Result<Vec<Sealed>> {
         });
     }
     Ok(out)
+}
+
+/// Why an archiver (not lost, with a recorded archive location) cannot be shown to hold `seg`
+/// in its archive, one entry per such archiver. A segment counts as archived when its object
+/// is in the archive directory under its final name (which only ever appears complete), and an
+/// uncompressed object has the local file's size. An archiver registered without a location
+/// (through the library) is trusted by its position alone.
+fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<String> {
+    use crate::archive::{object_name, Compression};
+    let mut out = Vec::new();
+    for c in consumers
+        .iter()
+        .filter(|c| c.kind == ConsumerKind::Archiver && !c.lost)
+    {
+        let Some(addr) = c.address.as_deref() else {
+            continue;
+        };
+        let root = std::path::Path::new(addr);
+        if !root.is_absolute() {
+            out.push(format!(
+                "{}: the archive location {addr:?} of consumer {} is not an absolute path, so {} cannot be found in it",
+                seg.name, c.id, seg.name
+            ));
+            continue;
+        }
+        let raw = root.join(object_name(seg.name, Compression::None));
+        let zst = root.join(object_name(seg.name, Compression::Zstd));
+        let held = std::fs::metadata(&raw).is_ok_and(|m| m.is_file() && m.len() == seg.size)
+            || std::fs::metadata(&zst).is_ok_and(|m| m.is_file() && m.len() > 0);
+        if !held {
+            out.push(format!(
+                "{} is not in the archive {addr} although consumer {} recorded it as archived",
+                seg.name, c.id
+            ));
+        }
+    }
+    out
 }
 
 /// What keeps `seg`: the checkpoint, being the newest sealed segment, or consumers.
@@ -222,6 +267,15 @@ pub fn checkpoint(dir: &DataDir, lsn: Lsn, opts: &RetentionOptions) -> Result<Ch
         .iter()
         .take_while(|s| s.end <= floor)
     {
+        // The archiver's position says the segment is archived; its archive must show it.
+        let missing = missing_from_archives(s, &consumers);
+        if !missing.is_empty() {
+            for m in &missing {
+                tracing::error!(segment = %s.name, problem = %m, "kept a segment the archiver's position covers but its archive does not hold; run `walship archive` to push it again");
+            }
+            report.missing_from_archive = missing;
+            break;
+        }
         match std::fs::remove_file(&s.path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

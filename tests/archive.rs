@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 mod archive_support;
-use archive_support::{archive_once, s, text, walship};
+use archive_support::{archive_once, names, s, text, walship};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -124,7 +124,7 @@ fn archive_then_restore_gives_the_records_back_byte_for_byte() {
             assert!(local == stored, "{name}: archived bytes differ");
         }
         let id = std::fs::read_to_string(arc.join("IDENTITY")).unwrap();
-        assert!(id.starts_with("walship-archive 1\nsystem_id "), "{id}");
+        assert!(id.starts_with("walship-archive 2\nsystem_id "), "{id}");
         let v = walship(&["verify", s(&arc)]);
         assert!(v.status.success(), "{}", text(&v));
 
@@ -616,4 +616,673 @@ fn restore_replaces_a_data_directory_only_with_force() {
     assert!(text(&out).contains("locked"), "{}", text(&out));
     drop(wal);
     assert_eq!(records(&dest), all);
+}
+
+/// Runs `walship ARGS` from working directory `cwd`.
+fn walship_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_walship"));
+    c.args(args).current_dir(cwd);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run walship")
+}
+
+/// Appends one record and seals its segment; returns the sealed segment's name.
+fn seal_one_more(data: &Path, what: &str) -> String {
+    let wal = Wal::open(data, WalOptions::default()).expect("open wal");
+    wal.append(&Entry::new(EntryType::Insert, None, what.as_bytes()))
+        .expect("append");
+    let name = wal.seal().expect("seal").expect("a segment to seal");
+    wal.sync().expect("sync");
+    name.to_string()
+}
+
+/// The archiver's registry entry.
+fn registry(data: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(data.join("state/consumers/archiver.json")).unwrap())
+        .unwrap()
+}
+
+/// The object of sealed segment `no` in `arc`, whichever form it is stored in.
+fn object_of(arc: &Path, no: u64) -> PathBuf {
+    let base = format!("{:08X}{:016X}.wal", 1, no);
+    let raw = arc.join(&base);
+    if raw.exists() {
+        raw
+    } else {
+        arc.join(format!("{base}.zst"))
+    }
+}
+
+/// The archive holds exactly the data directory's sealed segments, verifies, and restores
+/// every record of the data directory.
+fn assert_archive_complete(t: &Path, data: &Path, arc: &Path, tag: &str) {
+    assert_eq!(
+        check_final_names(arc, data),
+        sealed_names(data).len(),
+        "{tag}: the archive does not hold every sealed segment"
+    );
+    let v = walship(&["verify", s(arc)]);
+    assert!(v.status.success(), "{tag}: {}", text(&v));
+    let dest = t.join(format!("restored-{tag}"));
+    let out = walship(&["restore", s(arc), s(&dest)]);
+    assert!(out.status.success(), "{tag}: {}", text(&out));
+    assert_eq!(records(&dest), records(data), "{tag}: restore lost records");
+}
+
+#[test]
+fn an_archive_that_lost_segments_is_filled_again_from_wal() {
+    // What was lost: every segment and the identity, the first segments, one in the middle,
+    // the newest one the position covers.
+    type Lose = fn(&Path);
+    let cases: [(&str, &str, Lose); 5] = [
+        ("whole", "none", |arc| std::fs::remove_dir_all(arc).unwrap()),
+        ("whole-zstd", "zstd", |arc| {
+            std::fs::remove_dir_all(arc).unwrap()
+        }),
+        ("start", "zstd", |arc| {
+            std::fs::remove_file(object_of(arc, 0)).unwrap();
+            std::fs::remove_file(object_of(arc, 1)).unwrap();
+        }),
+        ("middle", "none", |arc| {
+            std::fs::remove_file(object_of(arc, 2)).unwrap()
+        }),
+        ("newest", "none", |arc| {
+            std::fs::remove_file(object_of(arc, 3)).unwrap()
+        }),
+    ];
+    for (seed, (tag, compress, lose)) in cases.into_iter().enumerate() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        make_store(&data, 4, 20 + seed as u64);
+        assert_eq!(sealed_names(&data).len(), 4, "{tag}");
+        let arc = t.path().join("arc");
+        let out = archive_once(&data, &arc, &["--compress", compress]);
+        assert!(out.status.success(), "{tag}: {}", text(&out));
+        lose(&arc);
+        seal_one_more(&data, tag);
+        let out = archive_once(&data, &arc, &["--compress", compress]);
+        assert!(out.status.success(), "{tag}: {}", text(&out));
+        assert_archive_complete(t.path(), &data, &arc, tag);
+        assert_eq!(
+            registry(&data)["position"].as_u64(),
+            Some(all_end(&data)),
+            "{tag}"
+        );
+        // Retention may now let everything but the newest go: the archive has it.
+        let end = all_end(&data).to_string();
+        let out = walship(&["checkpoint", s(&data), "--lsn", &end]);
+        assert!(out.status.success(), "{tag}: {}", text(&out));
+        assert_eq!(sealed_names(&data).len(), 1, "{tag}");
+        let dest = t.path().join("after-checkpoint");
+        let out = walship(&["restore", s(&arc), s(&dest)]);
+        assert!(out.status.success(), "{tag}: {}", text(&out));
+        assert_eq!(
+            records(&dest),
+            records(&t.path().join(format!("restored-{tag}"))),
+            "{tag}"
+        );
+    }
+}
+
+#[test]
+fn a_relative_target_is_recorded_absolute_and_found_from_any_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 3, 30);
+    let work = t.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let out = walship_in(
+        &work,
+        &["archive", s(&data), "--to", "../arc", "--once"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let arc = t.path().join("arc");
+    assert_eq!(
+        registry(&data)["address"].as_str(),
+        Some(s(&arc)),
+        "the archive location must be stored absolute"
+    );
+    // Lost, then found missing from another working directory: retention keeps everything.
+    std::fs::remove_dir_all(&arc).unwrap();
+    seal_one_more(&data, "one more");
+    let before = sealed_names(&data);
+    let end = all_end(&data).to_string();
+    let out = walship_in(&data, &["checkpoint", ".", "--lsn", &end], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("000000010000000000000000.wal is not in the archive")
+            && text(&out).contains(s(&arc)),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        sealed_names(&data),
+        before,
+        "checkpoint removed the only copies"
+    );
+    // Another spelling of the same directory, from elsewhere: the same archive, filled again.
+    let out = walship_in(
+        t.path(),
+        &["archive", "data", "--to", "./work/../arc", "--once"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_archive_complete(t.path(), &data, &arc, "relative");
+}
+
+#[test]
+fn a_lost_segment_wal_no_longer_holds_fails_loudly_and_retention_keeps_the_rest() {
+    type Lose = fn(&Path);
+    let cases: [(&str, Lose, &str); 4] = [
+        (
+            "start",
+            |arc| std::fs::remove_file(object_of(arc, 0)).unwrap(),
+            "000000010000000000000000.wal",
+        ),
+        (
+            "middle",
+            |arc| std::fs::remove_file(object_of(arc, 1)).unwrap(),
+            "000000010000000000000001.wal",
+        ),
+        (
+            "whole",
+            |arc| std::fs::remove_dir_all(arc).unwrap(),
+            "no longer an archive",
+        ),
+        (
+            "all-segments",
+            |arc| {
+                for no in 0..5 {
+                    std::fs::remove_file(object_of(arc, no)).unwrap();
+                }
+            },
+            "000000010000000000000000.wal",
+        ),
+    ];
+    for (seed, (tag, lose, says)) in cases.into_iter().enumerate() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        make_store(&data, 5, 40 + seed as u64);
+        let arc = t.path().join("arc");
+        assert!(archive_once(&data, &arc, &[]).status.success(), "{tag}");
+        // The application's checkpoint lets the archived segments go from wal/.
+        let end = all_end(&data).to_string();
+        let out = walship(&["checkpoint", s(&data), "--lsn", &end]);
+        assert!(out.status.success(), "{tag}: {}", text(&out));
+        assert_eq!(sealed_names(&data).len(), 1, "{tag}");
+        lose(&arc);
+        seal_one_more(&data, tag);
+        let kept = sealed_names(&data);
+        for mode in ["--once", "watch"] {
+            let out = if mode == "--once" {
+                archive_once(&data, &arc, &[])
+            } else {
+                walship(&["archive", s(&data), "--to", s(&arc), "--rescan-secs", "1"])
+            };
+            assert_eq!(out.status.code(), Some(1), "{tag} {mode}: {}", text(&out));
+            assert!(text(&out).contains(says), "{tag} {mode}: {}", text(&out));
+            assert!(
+                text(&out).contains("cannot be completed")
+                    || text(&out).contains("cannot be rebuilt"),
+                "{tag} {mode}: {}",
+                text(&out)
+            );
+        }
+        // Nothing it could still push is let go by retention.
+        let pos = registry(&data)["position"].as_u64().unwrap();
+        assert!(
+            pos <= 4 * SEG,
+            "{tag}: position {pos} still covers the lost segments"
+        );
+        let out = walship(&["checkpoint", s(&data), "--lsn", &all_end(&data).to_string()]);
+        assert!(
+            out.status.success() || out.status.code() == Some(1),
+            "{tag}: {}",
+            text(&out)
+        );
+        assert_eq!(
+            sealed_names(&data),
+            kept,
+            "{tag}: retention removed a segment"
+        );
+        if matches!(tag, "start" | "middle") {
+            let v = walship(&["verify", s(&arc)]);
+            assert_eq!(v.status.code(), Some(1), "{tag}: {}", text(&v));
+            assert!(text(&v).contains(says), "{tag}: {}", text(&v));
+        }
+    }
+}
+
+#[test]
+fn verify_and_restore_report_a_missing_first_segment() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 4, 50);
+    for (tag, lose) in [
+        ("first", vec![0u64]),
+        ("first-two", vec![0, 1]),
+        ("gap", vec![2]),
+    ] {
+        let arc = t.path().join(format!("arc-{tag}"));
+        assert!(archive_once(&data, &arc, &["--compress", "zstd"])
+            .status
+            .success());
+        for no in &lose {
+            std::fs::remove_file(object_of(&arc, *no)).unwrap();
+        }
+        let missing = format!("{:08X}{:016X}.wal", 1, lose[0]);
+        let v = walship(&["verify", s(&arc)]);
+        assert_eq!(v.status.code(), Some(1), "{tag}: {}", text(&v));
+        assert!(
+            text(&v).contains(&format!("segment {missing} is missing")),
+            "{tag}: {}",
+            text(&v)
+        );
+        assert!(text(&v).contains("DAMAGED"), "{tag}: {}", text(&v));
+        let dest = t.path().join(format!("dest-{tag}"));
+        let out = walship(&["restore", s(&arc), s(&dest)]);
+        assert_eq!(out.status.code(), Some(1), "{tag}: {}", text(&out));
+        assert!(text(&out).contains(&missing), "{tag}: {}", text(&out));
+        assert!(!dest.exists(), "{tag}: restore wrote something");
+    }
+    // Its identity file lost, a compressed archive is still checked as an archive: damage.
+    let arc = t.path().join("arc-no-identity");
+    assert!(archive_once(&data, &arc, &["--compress", "zstd"])
+        .status
+        .success());
+    std::fs::remove_file(arc.join("IDENTITY")).unwrap();
+    let v = walship(&["verify", s(&arc)]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(text(&v).contains("IDENTITY offset 0"), "{}", text(&v));
+}
+
+#[test]
+fn a_version_1_archive_is_still_read_and_filled() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 3, 60);
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &[]).status.success());
+    // Rewrite the identity as a version-1 archive has it (no first segment).
+    let v2 =
+        walship::archive::ArchiveIdentity::decode(&std::fs::read(arc.join("IDENTITY")).unwrap())
+            .unwrap();
+    let v1 = walship::archive::ArchiveIdentity {
+        first_segment: None,
+        ..v2
+    }
+    .encode();
+    assert!(String::from_utf8_lossy(&v1).starts_with("walship-archive 1\n"));
+    std::fs::write(arc.join("IDENTITY"), &v1).unwrap();
+    seal_one_more(&data, "v1");
+    let out = archive_once(&data, &arc, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read(arc.join("IDENTITY")).unwrap(), v1);
+    assert_archive_complete(t.path(), &data, &arc, "v1");
+}
+
+/// An object the archiver finds already in place (identical bytes, or the other compression)
+/// counts as archived only after the archive directory is synced: with that sync failing, the
+/// run fails and records nothing.
+#[cfg(feature = "failpoints")]
+#[test]
+fn an_object_found_in_the_archive_counts_only_once_it_is_synced() {
+    let fail_sync = [("FAILPOINTS", "archive::dir_fsync=return(EIO)")];
+    for (first, again) in [("none", "none"), ("zstd", "none"), ("none", "zstd")] {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        make_store(&data, 3, 70);
+        let arc = t.path().join("arc");
+        assert!(archive_once(&data, &arc, &["--compress", first])
+            .status
+            .success());
+        // The progress is forgotten: every segment is found in the archive, not written.
+        std::fs::remove_file(data.join("state/consumers/archiver.json")).unwrap();
+        let out = walship_in(
+            t.path(),
+            &[
+                "archive",
+                s(&data),
+                "--to",
+                s(&arc),
+                "--once",
+                "--compress",
+                again,
+            ],
+            &fail_sync,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{first}/{again}: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("fsync directory"), "{}", text(&out));
+        assert_eq!(
+            registry(&data)["position"].as_u64(),
+            Some(0),
+            "{first}/{again}"
+        );
+        let out = archive_once(&data, &arc, &["--compress", again]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(registry(&data)["position"].as_u64(), Some(all_end(&data)));
+    }
+
+    // A push killed between naming the object and syncing the directory, then rerun.
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 3, 71);
+    let arc = t.path().join("arc");
+    // The identity's sync passes; the first segment's fails after its name exists.
+    let out = walship_in(
+        t.path(),
+        &["archive", s(&data), "--to", s(&arc), "--once"],
+        &[("FAILPOINTS", "archive::dir_fsync=1*off->return(EIO)")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(arc.join("000000010000000000000000.wal").exists());
+    assert_eq!(registry(&data)["position"].as_u64(), Some(0));
+    let out = walship_in(
+        t.path(),
+        &["archive", s(&data), "--to", s(&arc), "--once"],
+        &fail_sync,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(registry(&data)["position"].as_u64(), Some(0));
+    let out = archive_once(&data, &arc, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_archive_complete(t.path(), &data, &arc, "rerun");
+}
+
+/// A zstd frame of `n` zero bytes; `declare` writes the size into the frame header.
+fn zeros_frame(n: u64, declare: bool) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    if declare {
+        enc.set_pledged_src_size(Some(n)).unwrap();
+    }
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        enc.write_all(&chunk[..k]).unwrap();
+        left -= k as u64;
+    }
+    enc.finish().unwrap()
+}
+
+/// Peak resident memory of the largest child process waited for so far, in bytes.
+fn children_max_rss() -> u64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    u.ru_maxrss as u64 * 1024
+}
+
+#[test]
+fn an_object_that_inflates_past_a_segment_is_damage_and_never_allocated() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 3, 80);
+    let bomb_declared = zeros_frame(1 << 30, true);
+    let bomb_streamed = zeros_frame(1 << 30, false);
+    let just_over = zeros_frame(SEG + 1, false);
+    assert!(bomb_streamed.len() < 200 << 10, "{}", bomb_streamed.len());
+    for (tag, bomb) in [
+        ("declared", &bomb_declared),
+        ("streamed", &bomb_streamed),
+        ("one-byte-over", &just_over),
+    ] {
+        let arc = t.path().join(format!("arc-{tag}"));
+        assert!(archive_once(&data, &arc, &["--compress", "zstd"])
+            .status
+            .success());
+        let victim = "000000010000000000000001.wal.zst";
+        std::fs::write(arc.join(victim), bomb).unwrap();
+        let v = walship(&["verify", s(&arc)]);
+        assert_eq!(v.status.code(), Some(1), "{tag}: {}", text(&v));
+        assert!(
+            text(&v).contains(victim) && text(&v).contains("decompresses to more than a segment"),
+            "{tag}: {}",
+            text(&v)
+        );
+        let dest = t.path().join(format!("dest-{tag}"));
+        let out = walship(&["restore", s(&arc), s(&dest)]);
+        assert_eq!(out.status.code(), Some(1), "{tag}: {}", text(&out));
+        assert!(text(&out).contains(victim), "{tag}: {}", text(&out));
+        // The archiver reads it back to compare: different content, refused, nothing changed.
+        std::fs::remove_file(data.join("state/consumers/archiver.json")).unwrap();
+        let out = archive_once(&data, &arc, &["--compress", "zstd"]);
+        assert_eq!(out.status.code(), Some(1), "{tag}: {}", text(&out));
+        assert_eq!(std::fs::read(arc.join(victim)).unwrap(), *bomb);
+    }
+    let rss = children_max_rss();
+    assert!(rss < 512 << 20, "a child process used {rss} bytes");
+    // An object larger than any segment's object is refused before it is read.
+    let arc = t.path().join("arc-declared");
+    let big = "000000010000000000000000.wal.zst";
+    std::fs::write(arc.join(big), vec![7u8; 3 * SEG as usize]).unwrap();
+    let v = walship(&["verify", s(&arc)]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(
+        text(&v).contains(big) && text(&v).contains("at most"),
+        "{}",
+        text(&v)
+    );
+}
+
+/// Lines of a child's stderr, collected as they come.
+fn collect_lines(
+    r: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            l.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_failing_archive_in_watch_mode_backs_off_logs_a_count_and_recovers() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 2, 90);
+    let arc = t.path().join("arc");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["archive", s(&data), "--to", s(&arc), "--rescan-secs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = collect_lines(child.stderr.take().unwrap());
+    let newest = sealed_names(&data).pop().unwrap();
+    wait_until("the first pass", || arc.join(&newest).exists());
+    // The backup volume goes away: its path is now a plain file. A writer keeps sealing, and
+    // reading wal/ keeps notifying the archiver, for three seconds.
+    std::fs::remove_dir_all(&arc).unwrap();
+    std::fs::write(&arc, b"not a directory").unwrap();
+    let started = Instant::now();
+    let mut sealed = Vec::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        sealed.push(seal_one_more(&data, "during the outage"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let failures: Vec<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("archive pass failed"))
+        .cloned()
+        .collect();
+    assert!(!failures.is_empty(), "the failure was not logged");
+    assert!(
+        failures.len() <= 8,
+        "{} failure lines in 3 seconds:\n{}",
+        failures.len(),
+        failures[..failures.len().min(20)].join("\n")
+    );
+    assert!(
+        failures.iter().any(|l| l.contains("failed 2 times since")),
+        "no count of repeated failures:\n{}",
+        failures.join("\n")
+    );
+    // The volume is back (empty): the archiver writes the archive again, whole.
+    std::fs::remove_file(&arc).unwrap();
+    std::fs::create_dir(&arc).unwrap();
+    let last = sealed.last().unwrap().clone();
+    wait_until("the archive to be filled again", || {
+        arc.join(&last).exists()
+    });
+    wait_until("the recovery log line", || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("succeeded again after"))
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{:?}", status);
+    assert_archive_complete(t.path(), &data, &arc, "backoff");
+}
+
+/// Flips one bit of a file at `offset` (from the end when negative).
+fn flip(path: &Path, offset: i64) {
+    let mut b = std::fs::read(path).unwrap();
+    let i = if offset < 0 {
+        (b.len() as i64 + offset) as usize
+    } else {
+        offset as usize
+    };
+    b[i] ^= 0x10;
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_damaged_local_segment_is_reported_where_and_never_archived() {
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage, &str); 4] = [
+        ("record", |p| flip(p, 100), "offset 80"),
+        ("seal", |p| flip(p, -20), "offset"),
+        ("header", |p| flip(p, 20), "offset 0"),
+        (
+            "truncated",
+            |p| {
+                let len = std::fs::metadata(p).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_len(len - 10)
+                    .unwrap();
+            },
+            "offset",
+        ),
+    ];
+    for (seed, (tag, damage, at)) in cases.into_iter().enumerate() {
+        for compress in ["none", "zstd"] {
+            let t = tempfile::tempdir().unwrap();
+            let data = t.path().join("data");
+            make_store(&data, 4, 100 + seed as u64);
+            let victim = "000000010000000000000001.wal";
+            damage(&data.join("wal").join(victim));
+            let arc = t.path().join("arc");
+            let out = archive_once(&data, &arc, &["--compress", compress]);
+            assert_eq!(out.status.code(), Some(1), "{tag}: {}", text(&out));
+            let msg = text(&out);
+            assert!(
+                msg.contains(victim)
+                    && msg.contains(at)
+                    && msg.contains("(LSN ")
+                    && msg.contains("were not archived"),
+                "{tag}: {msg}"
+            );
+            // Only what precedes it is in the archive, and the position says so.
+            let held: Vec<String> = names(&arc)
+                .into_iter()
+                .filter(|n| n.contains(".wal"))
+                .collect();
+            assert_eq!(held.len(), 1, "{tag}: {held:?}");
+            assert!(
+                held[0].starts_with("000000010000000000000000.wal"),
+                "{tag}: {held:?}"
+            );
+            let seg0_end = std::fs::metadata(data.join("wal/000000010000000000000000.wal"))
+                .unwrap()
+                .len()
+                - 64;
+            assert_eq!(
+                registry(&data)["position"].as_u64(),
+                Some(seg0_end),
+                "{tag}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_watching_archiver_refills_an_archive_removed_under_it_or_stops_when_it_cannot() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 3, 120);
+    let arc = t.path().join("arc");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["archive", s(&data), "--to", s(&arc), "--rescan-secs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = collect_lines(child.stderr.take().unwrap());
+    let newest = sealed_names(&data).pop().unwrap();
+    wait_until("the first pass", || arc.join(&newest).exists());
+    // Removed while it runs, wal/ intact: the archive comes back whole.
+    std::fs::remove_dir_all(&arc).unwrap();
+    let name = seal_one_more(&data, "after the removal");
+    wait_until("the archive to be filled again", || {
+        arc.join(&name).exists() && check_final_names(&arc, &data) == sealed_names(&data).len()
+    });
+    assert!(walship(&["verify", s(&arc)]).status.success());
+    // wal/ trimmed by the checkpoint, then the archive removed again: it cannot be completed,
+    // so the archiver stops with exit 1 and retention keeps what is left.
+    let end = all_end(&data).to_string();
+    let out = walship(&["checkpoint", s(&data), "--lsn", &end]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::remove_dir_all(&arc).unwrap();
+    let name = seal_one_more(&data, "after the second removal");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the archiver kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let log = lines.lock().unwrap().join("\n");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("cannot be completed"), "{log}");
+    assert!(!arc.join(&name).exists());
+    let kept = sealed_names(&data);
+    let out = walship(&["checkpoint", s(&data), "--lsn", &all_end(&data).to_string()]);
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sealed_names(&data), kept);
 }

@@ -577,3 +577,61 @@ fn version_2_bytes_lost_behind_a_later_durable_position_are_damage() {
         before
     );
 }
+
+/// The archive identity files, one per archive layout version (docs/ARCHIVE.md): version 1
+/// (no first segment) is still read, version 2 is what walship writes.
+fn archive_identities() -> Vec<(String, walship::archive::ArchiveIdentity)> {
+    let v1 = walship::archive::ArchiveIdentity {
+        system_id: Uuid::from_u128(SYSTEM),
+        timeline: 1,
+        segment_size: SEG,
+        format_version: 1,
+        first_segment: None,
+    };
+    let v2 = walship::archive::ArchiveIdentity {
+        first_segment: Some(42),
+        ..v1
+    };
+    vec![
+        ("archive/v1/IDENTITY".into(), v1),
+        ("archive/v2/IDENTITY".into(), v2),
+    ]
+}
+
+fn archive_fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
+}
+
+#[test]
+#[ignore = "writes fixtures/archive; run only for a deliberate archive layout change"]
+fn regenerate_archive_fixtures() {
+    for (rel, id) in archive_identities() {
+        let p = archive_fixture(&rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, id.encode()).expect("write fixture");
+    }
+}
+
+#[test]
+fn archive_identity_files_of_every_layout_version_read_and_encode_exactly() {
+    let texts = [
+        "walship-archive 1\nsystem_id 57414c53-4849-5000-0000-000000000001\ntimeline 1\nsegment_size 65536\nformat_version 1\ncrc32 ",
+        "walship-archive 2\nsystem_id 57414c53-4849-5000-0000-000000000001\ntimeline 1\nsegment_size 65536\nformat_version 1\nfirst_segment 42\ncrc32 ",
+    ];
+    for ((rel, id), text) in archive_identities().into_iter().zip(texts) {
+        let stored = std::fs::read(archive_fixture(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(stored, id.encode(), "{rel}: the encoding changed");
+        assert!(
+            String::from_utf8_lossy(&stored).starts_with(text),
+            "{rel}: {}",
+            String::from_utf8_lossy(&stored)
+        );
+        assert_eq!(
+            walship::archive::ArchiveIdentity::decode(&stored),
+            Ok(id),
+            "{rel}"
+        );
+    }
+}

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    blocking, check_segment_bytes, decode_object, joined, object_name, segment_objects,
-    ArchiveIdentity, ArchiveStore, CheckedSegment, Compression, PutOutcome, IDENTITY_NAME,
+    blocking, check_object_len, check_segment_bytes, decode_object, joined, object_name,
+    segment_objects, ArchiveIdentity, ArchiveStore, CheckedSegment, Compression, PutOutcome,
+    IDENTITY_NAME,
 };
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::datadir::DataDir;
@@ -79,8 +80,12 @@ pub struct Archiver<S: ArchiveStore> {
     store: Arc<S>,
     opts: ArchiverOptions,
     registry: ConsumerRegistry,
-    /// Segments the archive holds: segment number to (object name, compression).
+    /// Segments the archive holds: segment number to (object name, compression), as of the
+    /// last listing.
     archived: BTreeMap<u64, (String, Compression)>,
+    /// The segment the archive begins at: from its identity (layout 2), or for a version-1
+    /// archive the first segment it holds.
+    begin: Option<u64>,
     /// Segment number and seal checksum of the newest segment pushed or found, for the chain.
     last: Option<(u64, u32)>,
     position: u64,
@@ -91,9 +96,10 @@ impl<S: ArchiveStore> Archiver<S> {
     /// of `data_dir`. Another system's archive is refused before anything is written.
     pub async fn new(data_dir: DataDir, store: Arc<S>, opts: ArchiverOptions) -> Result<Self> {
         let control = data_dir.read_control()?;
-        let identity = ArchiveIdentity::from_control(&control);
+        let ours = ArchiveIdentity::from_control(&control);
         // A lost archiver stops before touching the archive.
         let registry = ConsumerRegistry::new(&data_dir);
+        let location = store.location();
         let position = match registry.get(ARCHIVER_ID)? {
             Some(r) if r.lost => {
                 return Err(Error::Refused(format!(
@@ -102,55 +108,204 @@ impl<S: ArchiveStore> Archiver<S> {
                     data_dir.root().display()
                 )))
             }
-            Some(r) if r.address.as_deref() == Some(store.location().as_str()) => r.position,
+            Some(r) if r.address.as_deref() == Some(location.as_str()) => r.position,
             Some(r) => {
-                tracing::warn!(previous = ?r.address, archive = %store.location(), "the archiver last pushed to another archive; starting over from the oldest sealed segment");
+                tracing::warn!(previous = ?r.address, archive = %location, "the archiver last pushed to another archive; starting over from the oldest sealed segment");
                 0
             }
             None => 0,
         };
         let objects = store.list().await?;
         let segments = segment_objects(&objects);
-        let location = store.location();
-        if objects.iter().any(|o| o.name == IDENTITY_NAME) {
-            check_identity(&*store, &identity).await?;
+        let existing = if objects.iter().any(|o| o.name == IDENTITY_NAME) {
+            Some(check_identity(&*store, &ours).await?)
         } else if let Some((n, _, _)) = segments.first() {
             return Err(Error::Refused(format!(
                 "{location} holds segments ({n} and others) but no {IDENTITY_NAME} file: not a walship archive, or a damaged one"
             )));
         } else {
-            match store
-                .put(IDENTITY_NAME, Arc::new(identity.encode()))
-                .await?
-            {
-                PutOutcome::Created => {
-                    tracing::info!(archive = %location, system_id = %identity.system_id, "created archive")
-                }
-                PutOutcome::AlreadyExists => check_identity(&*store, &identity).await?,
-            }
-        }
-        let mut archived = BTreeMap::new();
-        for (n, c, o) in segments {
-            archived.entry(n.segment_no).or_insert((o.name, c));
-        }
+            None
+        };
         let mut a = Archiver {
             dir: data_dir,
             control,
-            identity,
+            identity: existing.unwrap_or(ours),
             store,
             opts,
             registry,
-            archived,
+            archived: BTreeMap::new(),
+            begin: None,
             last: None,
             position,
         };
         // Register before looking at wal/, so retention keeps everything from here on.
         a.save_position(position)?;
-        let last_done = position.checked_sub(1).map(|p| p / a.control.segment_size);
-        if let Some(n) = last_done.filter(|n| !a.archived.contains_key(n)) {
-            tracing::warn!(segment = n, archive = %location, "the archive does not hold the segment the archiver last recorded as archived");
+        if existing.is_none() {
+            a.identity.first_segment = Some(a.first_segment_of_new_archive(position)?);
+            a.write_identity().await?;
         }
         Ok(a)
+    }
+
+    /// The segment a new archive begins at: the oldest segment in wal/ (the archiver pushes
+    /// from there). When this archiver had already archived up to `position` into this same
+    /// location, the archive it filled is gone; it is rebuilt only when wal/ provably still
+    /// holds everything that archive held (nothing was ever removed by retention).
+    fn first_segment_of_new_archive(&mut self, position: u64) -> Result<u64> {
+        let oldest = self
+            .dir
+            .list_segments()?
+            .iter()
+            .map(|n| n.segment_no)
+            .min()
+            .unwrap_or(0);
+        if position == 0 {
+            return Ok(oldest);
+        }
+        let loc = self.store.location();
+        if oldest == 0 || crate::retention::checkpoint_lsn(&self.dir)? == 0 {
+            tracing::warn!(archive = %loc, archived_up_to = %Lsn(position), "the archive is gone (no {IDENTITY_NAME}, no segments) although the archiver had archived up to its position there; creating it again and pushing every segment again from wal/");
+            return Ok(oldest);
+        }
+        // Retention removes nothing below the position while this is recorded.
+        self.save_position(oldest.saturating_mul(self.control.segment_size))?;
+        Err(Error::Refused(format!(
+            "{loc} is no longer an archive (no {IDENTITY_NAME}, no segments), yet the archiver had archived up to LSN {} there; {} begins at segment {oldest:X} and retention may have removed older segments, so the archive cannot be rebuilt complete. Nothing was written; the archiver's position was set back so that retention keeps every segment in wal/. Start a new archive in another directory (--to), or drop the archiver (`walship checkpoint {} --drop-consumer {ARCHIVER_ID}`) to start a new one here",
+            Lsn(position),
+            self.dir.wal_dir().display(),
+            self.dir.root().display()
+        )))
+    }
+
+    /// Writes the identity file; one that appeared meanwhile must be ours.
+    async fn write_identity(&mut self) -> Result<()> {
+        let location = self.store.location();
+        match self
+            .store
+            .put(IDENTITY_NAME, Arc::new(self.identity.encode()))
+            .await?
+        {
+            PutOutcome::Created => {
+                tracing::info!(archive = %location, system_id = %self.identity.system_id, first_segment = ?self.identity.first_segment, "created archive")
+            }
+            PutOutcome::AlreadyExists => {
+                self.identity = check_identity(&*self.store, &self.identity).await?;
+                self.store.sync(IDENTITY_NAME).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the archive and checks, before its progress is trusted, that it holds every
+    /// segment from the one it begins at up to the archiver's position and the newest segment
+    /// it holds. A missing segment moves the position back to it, so the pass pushes it again
+    /// from wal/ and retention keeps it meanwhile; one wal/ no longer holds is refused. An
+    /// identity file removed (with every segment) while the archiver runs is written again,
+    /// once the archive is known to be completable.
+    async fn reconcile(&mut self) -> Result<()> {
+        let loc = self.store.location();
+        let objects = self.store.list().await?;
+        let segments = segment_objects(&objects);
+        if !objects.iter().any(|o| o.name == IDENTITY_NAME) {
+            if let Some((n, _, _)) = segments.first() {
+                // Damage (retried when watching): it may also be an archive being removed.
+                return Err(Error::Corrupt {
+                    file: PathBuf::from(&loc).join(IDENTITY_NAME),
+                    offset: 0,
+                    lsn: Lsn(0),
+                    reason: format!("missing, while the archive still holds segments ({n} and others): not a walship archive any more, or a damaged one"),
+                });
+            }
+        }
+        let identity_lost = !objects.iter().any(|o| o.name == IDENTITY_NAME);
+        self.archived.clear();
+        for (n, c, o) in segments {
+            // An object too large to be a segment is damage, refused before it is ever read.
+            check_object_len(
+                &PathBuf::from(&loc).join(&o.name),
+                c,
+                o.size,
+                self.identity.segment_size,
+            )?;
+            self.archived.entry(n.segment_no).or_insert((o.name, c));
+        }
+        self.begin = self
+            .identity
+            .first_segment
+            .or_else(|| self.archived.keys().next().copied());
+        // Whether it can be completed is decided before anything is written to it.
+        self.check_complete()?;
+        if identity_lost {
+            tracing::error!(archive = %loc, "the archive lost its {IDENTITY_NAME} file and every segment; writing them again");
+            self.write_identity().await?;
+        }
+        Ok(())
+    }
+
+    /// The completeness check of [`Self::reconcile`], on the listing it made.
+    fn check_complete(&mut self) -> Result<()> {
+        let loc = self.store.location();
+        let Some(begin) = self.begin else {
+            return Ok(());
+        };
+        let size = self.control.segment_size;
+        let covered = self.position.checked_sub(1).map(|p| p / size);
+        let newest = self.archived.keys().next_back().copied();
+        let Some(high) = covered.max(newest) else {
+            return Ok(());
+        };
+        let Some((first_missing, missing)) = self.missing(begin, high) else {
+            return Ok(());
+        };
+        let local: std::collections::BTreeSet<u64> = self
+            .dir
+            .list_segments()?
+            .into_iter()
+            .filter(|n| n.kind == SegmentFileKind::Sealed)
+            .map(|n| n.segment_no)
+            .collect();
+        let back_to = first_missing.saturating_mul(size);
+        if back_to < self.position {
+            // Before anything else: retention must keep what the archive lacks.
+            self.save_position(back_to)?;
+        }
+        let tl = self.control.timeline;
+        let seg = |n: u64| SegmentName::new(tl, n, SegmentFileKind::Sealed);
+        // Each search stops at the first segment wal/ lacks: at most one step past wal/'s files.
+        let gone = missing
+            .iter()
+            .find_map(|&(a, b)| (a..=b).find(|n| !local.contains(n)));
+        let count: u64 = missing.iter().map(|(a, b)| b - a + 1).sum();
+        if let Some(g) = gone {
+            return Err(Error::Refused(format!(
+                "{loc} lacks {count} segment(s) from {} on, between the segment it begins at ({}) and {}, and {} no longer holds {}: the archive cannot be completed and nothing was pushed. The archiver's position was set back to LSN {} so retention keeps every segment from there on. Start a new archive in another directory (--to); this one stays incomplete from {} on",
+                seg(first_missing),
+                seg(begin),
+                seg(high),
+                self.dir.wal_dir().display(),
+                seg(g),
+                Lsn(self.position),
+                seg(first_missing)
+            )));
+        }
+        tracing::warn!(archive = %loc, first_missing = %seg(first_missing), missing = count, "the archive lacks segments it should hold; pushing them again from wal/");
+        Ok(())
+    }
+
+    /// The first segment missing from the archive in `begin..=high`, and every missing range.
+    fn missing(&self, begin: u64, high: u64) -> Option<(u64, Vec<(u64, u64)>)> {
+        let mut ranges = Vec::new();
+        let mut expect = begin;
+        for &n in self.archived.range(begin..=high).map(|(n, _)| n) {
+            if n > expect {
+                ranges.push((expect, n - 1));
+            }
+            expect = n + 1;
+        }
+        if expect <= high {
+            ranges.push((expect, high));
+        }
+        ranges.first().map(|r| (r.0, ranges.clone()))
     }
 
     /// The archiver's position: the seal LSN of the last archived segment.
@@ -189,8 +344,14 @@ impl<S: ArchiveStore> Archiver<S> {
     fn pending(&self) -> Result<Vec<(SegmentName, u64)>> {
         let mut out = Vec::new();
         for n in self.dir.list_segments()? {
+            // Segments before the beginning a (version 2) archive records are not its to hold;
+            // a version-1 archive's beginning is only inferred, so older segments may extend it.
             if n.kind != SegmentFileKind::Sealed
                 || n.segment_no.saturating_mul(self.control.segment_size) < self.position
+                || self
+                    .identity
+                    .first_segment
+                    .is_some_and(|b| n.segment_no < b)
             {
                 continue;
             }
@@ -205,6 +366,7 @@ impl<S: ArchiveStore> Archiver<S> {
     /// Pushes every sealed segment not yet archived, oldest first, recording progress after
     /// each one.
     pub async fn push_pending(&mut self) -> Result<PassSummary> {
+        self.reconcile().await?;
         let pending = self.pending()?;
         let mut sum = PassSummary {
             lag_bytes: pending.iter().map(|(_, s)| s).sum(),
@@ -302,13 +464,15 @@ impl<S: ArchiveStore> Archiver<S> {
             Some((n, s)) if n == prev_no => s,
             _ => {
                 let prev_name = SegmentName::new(name.timeline, prev_no, SegmentFileKind::Sealed);
-                let data = self.store.get(&prev_obj).await?.ok_or_else(|| {
-                    Error::Other(format!("{loc}: {prev_obj} vanished from the archive"))
-                })?;
+                let data = self
+                    .store
+                    .get(&prev_obj)
+                    .await?
+                    .ok_or_else(|| vanished(&loc, &prev_obj))?;
                 let identity = self.identity;
                 let file = PathBuf::from(&loc).join(&prev_obj);
                 blocking(move || {
-                    let bytes = decode_object(&prev_obj, prev_c, data)?;
+                    let bytes = decode_object(&file, prev_c, data, identity.segment_size)?;
                     check_segment_bytes(&file, &prev_name, &bytes, &identity, None)
                 })
                 .await?
@@ -328,6 +492,9 @@ impl<S: ArchiveStore> Archiver<S> {
         Ok(())
     }
 
+    /// Compares an object already in the archive with the local segment. Identical counts as
+    /// archived only once the object is durable: it may be what a push that crashed before its
+    /// directory sync left behind, or a copy made by hand.
     async fn compare_existing(
         &self,
         object: &str,
@@ -335,22 +502,24 @@ impl<S: ArchiveStore> Archiver<S> {
         local: &Arc<Vec<u8>>,
     ) -> Result<PushOutcome> {
         let loc = self.store.location();
-        let data =
-            self.store.get(object).await?.ok_or_else(|| {
-                Error::Other(format!("{loc}: {object} vanished from the archive"))
-            })?;
-        let (o, local) = (object.to_string(), local.clone());
-        let same =
-            blocking(move || Ok(decode_object(&o, c, data).is_ok_and(|b| b == *local))).await?;
-        if same {
-            Ok(PushOutcome::AlreadyArchived {
-                object: object.into(),
-            })
-        } else {
-            Err(Error::Refused(format!(
+        let data = self
+            .store
+            .get(object)
+            .await?
+            .ok_or_else(|| vanished(&loc, object))?;
+        let file = PathBuf::from(&loc).join(object);
+        let (local, size) = (local.clone(), self.identity.segment_size);
+        // An object that does not decode (or inflates past a segment) is damage, said as such.
+        let same = blocking(move || Ok(decode_object(&file, c, data, size)? == *local)).await?;
+        if !same {
+            return Err(Error::Refused(format!(
                 "{loc} already holds {object} with different content; the archive was left unchanged"
-            )))
+            )));
         }
+        self.store.sync(object).await?;
+        Ok(PushOutcome::AlreadyArchived {
+            object: object.into(),
+        })
     }
 
     async fn put_new(
@@ -383,10 +552,11 @@ impl<S: ArchiveStore> Archiver<S> {
         self.archived.insert(name.segment_no, (object.clone(), c));
         // Read back from storage and compare with the local file.
         let back = self.store.get(&object).await?;
-        let o = object.clone();
+        let file = PathBuf::from(self.store.location()).join(&object);
+        let size = self.identity.segment_size;
         let same = blocking(move || {
             Ok(match back {
-                Some(d) => decode_object(&o, c, d).is_ok_and(|d| d == *bytes),
+                Some(d) => decode_object(&file, c, d, size).is_ok_and(|d| d == *bytes),
                 None => false,
             })
         })
@@ -395,7 +565,7 @@ impl<S: ArchiveStore> Archiver<S> {
             return Err(Error::Corrupt {
                 file: PathBuf::from(self.store.location()).join(&object),
                 offset: 0,
-                lsn: Lsn(name.segment_no * self.control.segment_size),
+                lsn: Lsn(name.segment_no.saturating_mul(self.control.segment_size)),
                 reason: "read back from the archive differs from what was written".into(),
             });
         }
@@ -408,31 +578,133 @@ impl<S: ArchiveStore> Archiver<S> {
     }
 
     /// Archives continuously until `shutdown` completes: a pass at start, then one whenever
-    /// wal/ changes (notify) and at least every `rescan_interval`. Storage I/O errors are
-    /// logged and retried; damage and refusals stop the loop.
+    /// wal/ changes (notify) and at least every `rescan_interval`. A pass that fails on storage
+    /// I/O or on damage is retried after a capped exponential backoff with jitter (wal/
+    /// notifications do not cut the pause short); the first failure is logged at once, repeats
+    /// as a count, and the recovery too. Refusals stop the loop.
     pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let watcher = watch(&self.dir.wal_dir(), tx);
         let watching = watcher.is_some();
         tokio::pin!(shutdown);
+        let mut streak: Option<FailureStreak> = None;
+        let mut backoff = Backoff::default();
         loop {
-            match self.push_pending().await {
-                Ok(s) if s.archived + s.already_archived > 0 => tracing::info!(
-                    archived = s.archived,
-                    already_archived = s.already_archived,
-                    position = %Lsn(s.position),
-                    "archive pass done"
-                ),
-                Ok(_) => {}
-                Err(e @ Error::Io { .. }) => {
-                    tracing::error!(error = %e, "archive pass failed; retrying")
+            let pause = match self.push_pending().await {
+                Ok(s) => {
+                    if let Some(f) = streak.take() {
+                        tracing::info!(
+                            failures = f.count,
+                            position = %Lsn(s.position),
+                            "archive pass succeeded again after {} failed attempts since {}",
+                            f.count,
+                            f.since
+                        );
+                    }
+                    backoff = Backoff::default();
+                    if s.archived + s.already_archived > 0 {
+                        tracing::info!(
+                            archived = s.archived,
+                            already_archived = s.already_archived,
+                            position = %Lsn(s.position),
+                            "archive pass done"
+                        );
+                    }
+                    None
+                }
+                Err(e @ (Error::Io { .. } | Error::Corrupt { .. })) => {
+                    FailureStreak::record(&mut streak, &e);
+                    Some(backoff.next_pause())
                 }
                 Err(e) => return Err(e),
+            };
+            match pause {
+                Some(pause) => {
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    // Changes seen meanwhile are covered by the next pass.
+                    while rx.try_recv().is_ok() {}
+                }
+                None => {
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = rx.recv(), if watching => {}
+                        _ = tokio::time::sleep(self.opts.rescan_interval) => {}
+                    }
+                }
             }
-            tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                _ = rx.recv(), if watching => {}
-                _ = tokio::time::sleep(self.opts.rescan_interval) => {}
+        }
+    }
+}
+
+/// The pause before retrying a failed pass: doubling from [`Backoff::FIRST`] up to
+/// [`Backoff::MAX`], each drawn between half and all of that, so archivers failing together do
+/// not retry in step.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn next_pause(&mut self) -> Duration {
+        let full = self.next;
+        self.next = (full * 2).min(Self::MAX);
+        full.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+}
+
+/// The same failure repeating: logged once when it starts, then as a count (at 2, 4, 8, ...
+/// failures, and at least once a minute), not once per attempt.
+struct FailureStreak {
+    message: String,
+    count: u64,
+    /// When it started, as a wall-clock time for the log.
+    since: String,
+    last_logged: std::time::Instant,
+}
+
+impl FailureStreak {
+    const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+    fn record(streak: &mut Option<FailureStreak>, e: &Error) {
+        let message = e.to_string();
+        let what = if matches!(e, Error::Corrupt { .. }) {
+            "damage found"
+        } else {
+            "storage I/O failed"
+        };
+        match streak {
+            Some(s) if s.message == message => {
+                s.count += 1;
+                if s.count.is_power_of_two() || s.last_logged.elapsed() >= Self::SUMMARY_EVERY {
+                    s.last_logged = std::time::Instant::now();
+                    tracing::error!(
+                        failures = s.count,
+                        "archive pass failed, {what}: {message} (failed {} times since {}); retrying with backoff",
+                        s.count,
+                        s.since
+                    );
+                }
+            }
+            _ => {
+                tracing::error!("archive pass failed, {what}: {message}; retrying with backoff");
+                *streak = Some(FailureStreak {
+                    message,
+                    count: 1,
+                    since: chrono::Utc::now().format("%H:%M:%S UTC").to_string(),
+                    last_logged: std::time::Instant::now(),
+                });
             }
         }
     }
@@ -464,7 +736,8 @@ fn prepare(
         }
         Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
     };
-    let checked = check_segment_bytes(&path, &name, &bytes, identity, None)?;
+    let checked =
+        check_segment_bytes(&path, &name, &bytes, identity, None).map_err(local_damage)?;
     let stored = match c {
         Compression::None => bytes.clone(),
         Compression::Zstd => Arc::new(
@@ -478,6 +751,38 @@ fn prepare(
         checked,
         stored,
     })
+}
+
+/// An object listed a moment ago is gone: the archive is losing objects (being removed?), which
+/// the next pass's completeness check sorts out.
+fn vanished(loc: &str, object: &str) -> Error {
+    Error::Corrupt {
+        file: PathBuf::from(loc).join(object),
+        offset: 0,
+        lsn: Lsn(0),
+        reason: "vanished from the archive while the archiver was using it".into(),
+    }
+}
+
+/// Damage in a local sealed segment, said as what it is: where (the error's file, offset and
+/// LSN), why, that nothing was archived from it on, and what to do.
+fn local_damage(e: Error) -> Error {
+    match e {
+        Error::Corrupt {
+            file,
+            offset,
+            lsn,
+            reason,
+        } => Error::Corrupt {
+            file,
+            offset,
+            lsn,
+            reason: format!(
+                "{reason}; this sealed segment in the data directory is damaged, so it and every later segment were not archived: find the cause (disk, memory, another writer), replace the file with an intact copy (a standby's; `walship verify` must pass on it), and the archiver goes on"
+            ),
+        },
+        other => other,
+    }
 }
 
 /// Watches `dir` and sends a wake-up on every change; `None` (with a warning) when watching is
@@ -501,7 +806,12 @@ fn watch(dir: &std::path::Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<imp
     }
 }
 
-async fn check_identity<S: ArchiveStore>(store: &S, ours: &ArchiveIdentity) -> Result<()> {
+/// Reads the archive's identity and checks that it describes this data directory's segments;
+/// returns it (with the segment the archive begins at).
+async fn check_identity<S: ArchiveStore>(
+    store: &S,
+    ours: &ArchiveIdentity,
+) -> Result<ArchiveIdentity> {
     let loc = store.location();
     let data = store
         .get(IDENTITY_NAME)
@@ -519,11 +829,11 @@ async fn check_identity<S: ArchiveStore>(store: &S, ours: &ArchiveIdentity) -> R
             theirs.system_id, ours.system_id
         )));
     }
-    if theirs != *ours {
+    if !theirs.same_system(ours) {
         return Err(Error::Refused(format!(
             "{loc} was made for timeline {}, segment size {}, format {}; this data directory has timeline {}, segment size {}, format {}",
             theirs.timeline, theirs.segment_size, theirs.format_version, ours.timeline, ours.segment_size, ours.format_version
         )));
     }
-    Ok(())
+    Ok(theirs)
 }

@@ -1,14 +1,18 @@
-//! The archive identity file: which system an archive belongs to. Plain text, six lines, the
-//! last a CRC over the others, so a person can read it and a damaged one is refused.
+//! The archive identity file: which system an archive belongs to and, from layout version 2 on,
+//! the segment it begins at, so that a missing first segment is seen as missing. Plain text, the
+//! last line a CRC over the others, so a person can read it and a damaged one is refused.
 //!
 //! ```text
-//! walship-archive 1
+//! walship-archive 2
 //! system_id 6f1c2e1a-3b0d-4e8e-9a57-2d2b4c1e0f11
 //! timeline 1
 //! segment_size 16777216
 //! format_version 1
+//! first_segment 0
 //! crc32 1a2b3c4d
 //! ```
+//!
+//! Version 1 (still read, never written) has no `first_segment` line.
 
 use uuid::Uuid;
 
@@ -16,8 +20,10 @@ use crate::format::ControlFile;
 
 /// The object name of the identity file at the archive's root.
 pub const IDENTITY_NAME: &str = "IDENTITY";
-/// The layout version of the archive (identity file and object names).
-pub const ARCHIVE_VERSION: u32 = 1;
+/// The layout version of the archives walship creates (identity file and object names).
+pub const ARCHIVE_VERSION: u32 = 2;
+/// The first layout version, without `first_segment`: still read.
+pub const ARCHIVE_VERSION_1: u32 = 1;
 const MAGIC: &str = "walship-archive";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +33,9 @@ pub struct ArchiveIdentity {
     pub segment_size: u64,
     /// The segment format version of the archived segments.
     pub format_version: u32,
+    /// The segment number the archive begins at: it holds every segment from this one on.
+    /// `None` for a version-1 archive, which did not record it.
+    pub first_segment: Option<u64>,
 }
 
 impl ArchiveIdentity {
@@ -36,17 +45,39 @@ impl ArchiveIdentity {
             timeline: c.timeline,
             segment_size: c.segment_size,
             format_version: c.format_version,
+            first_segment: None,
+        }
+    }
+
+    /// True when both describe the same system's segments (what the archive begins at aside).
+    pub fn same_system(&self, other: &ArchiveIdentity) -> bool {
+        self.system_id == other.system_id
+            && self.timeline == other.timeline
+            && self.segment_size == other.segment_size
+            && self.format_version == other.format_version
+    }
+
+    /// The layout version this identity is written in: 2 when it records its first segment.
+    pub fn layout_version(&self) -> u32 {
+        if self.first_segment.is_some() {
+            ARCHIVE_VERSION
+        } else {
+            ARCHIVE_VERSION_1
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let body = format!(
-            "{MAGIC} {ARCHIVE_VERSION}\nsystem_id {}\ntimeline {}\nsegment_size {}\nformat_version {}\n",
+        let mut body = format!(
+            "{MAGIC} {}\nsystem_id {}\ntimeline {}\nsegment_size {}\nformat_version {}\n",
+            self.layout_version(),
             self.system_id.hyphenated(),
             self.timeline,
             self.segment_size,
             self.format_version
         );
+        if let Some(first) = self.first_segment {
+            body.push_str(&format!("first_segment {first}\n"));
+        }
         let crc = crc32fast::hash(body.as_bytes());
         format!("{body}crc32 {crc:08x}\n").into_bytes()
     }
@@ -79,14 +110,18 @@ impl ArchiveIdentity {
                 .ok_or_else(|| format!("identity file line {} should start with {key:?}", i + 1))
         };
         let version = field(0, MAGIC)?;
-        if version != ARCHIVE_VERSION.to_string() {
+        let expected_lines = if version == ARCHIVE_VERSION.to_string() {
+            6
+        } else if version == ARCHIVE_VERSION_1.to_string() {
+            5
+        } else {
             return Err(format!(
-                "archive layout version {version}; this walship reads version {ARCHIVE_VERSION}"
+                "archive layout version {version}; this walship reads versions {ARCHIVE_VERSION_1} and {ARCHIVE_VERSION}"
             ));
-        }
-        if lines.len() != 5 {
+        };
+        if lines.len() != expected_lines {
             return Err(format!(
-                "identity file has {} lines before crc32, expected 5",
+                "identity file has {} lines before crc32, expected {expected_lines}",
                 lines.len()
             ));
         }
@@ -100,6 +135,14 @@ impl ArchiveIdentity {
             format_version: field(4, "format_version")?
                 .parse()
                 .map_err(|_| bad("format_version"))?,
+            first_segment: match expected_lines {
+                6 => Some(
+                    field(5, "first_segment")?
+                        .parse()
+                        .map_err(|_| bad("first_segment"))?,
+                ),
+                _ => None,
+            },
         };
         crate::format::check_segment_size(id.segment_size)
             .map_err(|e| format!("identity file: {e}"))?;
@@ -133,6 +176,7 @@ mod tests {
             timeline: 1,
             segment_size: 1 << 24,
             format_version: 1,
+            first_segment: None,
         };
         let b = id.encode();
         let text = String::from_utf8(b.clone()).unwrap();
@@ -146,5 +190,22 @@ mod tests {
             assert!(ArchiveIdentity::decode(&d).is_err(), "flip at {i} passed");
         }
         assert!(ArchiveIdentity::decode(&b[..b.len() - 1]).is_err());
+
+        let v2 = ArchiveIdentity {
+            first_segment: Some(0x2A),
+            ..id
+        };
+        let b = v2.encode();
+        let text = String::from_utf8(b.clone()).unwrap();
+        assert!(text.starts_with(
+            "walship-archive 2\nsystem_id 6f1c2e1a-3b0d-4e8e-9a57-2d2b4c1e0f11\ntimeline 1\nsegment_size 16777216\nformat_version 1\nfirst_segment 42\ncrc32 "
+        ));
+        assert_eq!(ArchiveIdentity::decode(&b).unwrap(), v2);
+        assert!(v2.same_system(&id));
+        for i in 0..b.len() {
+            let mut d = b.clone();
+            d[i] ^= 0x01;
+            assert!(ArchiveIdentity::decode(&d).is_err(), "flip at {i} passed");
+        }
     }
 }

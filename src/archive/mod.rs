@@ -58,16 +58,81 @@ pub fn parse_object_name(name: &str) -> Option<(SegmentName, Compression)> {
         .map(|n| (n, c))
 }
 
-/// The segment file's bytes from an archived object's bytes.
-pub fn decode_object(name: &str, c: Compression, data: Vec<u8>) -> Result<Vec<u8>> {
+/// The most bytes an archived object of a segment may hold: a sealed file is at most one
+/// segment long, and its zstd frame at most zstd's bound for that many bytes.
+pub fn max_object_len(c: Compression, segment_size: u64) -> u64 {
+    match c {
+        Compression::None => segment_size,
+        Compression::Zstd => {
+            zstd::zstd_safe::compress_bound(usize::try_from(segment_size).unwrap_or(usize::MAX))
+                as u64
+        }
+    }
+}
+
+/// Refuses an archived object larger than any segment's object could be, before it is read
+/// (a huge object is damage, and reading it whole would use that much memory).
+pub fn check_object_len(file: &Path, c: Compression, len: u64, segment_size: u64) -> Result<()> {
+    let max = max_object_len(c, segment_size);
+    if len > max {
+        return Err(object_damage(
+            file,
+            format!("the object holds {len} bytes; a segment's object holds at most {max} (segment size {segment_size})"),
+        ));
+    }
+    Ok(())
+}
+
+fn object_damage(file: &Path, reason: String) -> Error {
+    Error::Corrupt {
+        file: file.to_path_buf(),
+        offset: 0,
+        lsn: crate::Lsn(0),
+        reason,
+    }
+}
+
+/// The segment file's bytes from an archived object's bytes (`file` names the object in
+/// errors). Every place that reads an archive inflates through here: no segment is longer than
+/// `segment_size`, so decompression stops one byte past it and more is damage, whatever the
+/// frame claims; memory use is bounded by the segment size.
+pub fn decode_object(
+    file: &Path,
+    c: Compression,
+    data: Vec<u8>,
+    segment_size: u64,
+) -> Result<Vec<u8>> {
+    use std::io::Read;
+    check_object_len(file, c, data.len() as u64, segment_size)?;
     match c {
         Compression::None => Ok(data),
-        Compression::Zstd => zstd::decode_all(&data[..]).map_err(|e| Error::Corrupt {
-            file: name.into(),
-            offset: 0,
-            lsn: crate::Lsn(0),
-            reason: format!("not a valid zstd frame: {e}"),
-        }),
+        Compression::Zstd => {
+            let too_long = || {
+                object_damage(
+                    file,
+                    format!("decompresses to more than a segment ({segment_size} bytes): not a segment of this archive"),
+                )
+            };
+            // A frame that declares its size says at once when it is too large.
+            if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(&data) {
+                if n > segment_size {
+                    return Err(too_long());
+                }
+            }
+            let invalid =
+                |e: std::io::Error| object_damage(file, format!("not a valid zstd frame: {e}"));
+            let decoder = zstd::stream::read::Decoder::with_buffer(&data[..]).map_err(invalid)?;
+            let cap = usize::try_from(segment_size.min(data.len() as u64 * 8)).unwrap_or(0);
+            let mut out = Vec::with_capacity(cap);
+            decoder
+                .take(segment_size + 1)
+                .read_to_end(&mut out)
+                .map_err(invalid)?;
+            if out.len() as u64 > segment_size {
+                return Err(too_long());
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -95,22 +160,30 @@ pub(crate) async fn joined<T>(h: tokio::task::JoinHandle<Result<T>>) -> Result<T
         .map_err(|e| Error::Other(format!("background task failed: {e}")))?
 }
 
-/// True when `path` looks like an archive: a directory with an identity file at its root.
+/// True when `path` looks like an archive: a directory with an identity file at its root, or
+/// one holding compressed segment objects (which only an archive holds), so that an archive
+/// that lost its identity file is still checked as one.
 pub fn is_archive(path: &Path) -> bool {
-    path.join(IDENTITY_NAME).is_file()
+    if path.join(IDENTITY_NAME).is_file() {
+        return true;
+    }
+    path.is_dir()
+        && store::list_dir(path).is_ok_and(|objects| {
+            objects
+                .iter()
+                .any(|o| parse_object_name(&o.name).is_some_and(|(_, c)| c == Compression::Zstd))
+        })
 }
 
-/// Verifies an archive in a local directory: the identity file, every segment (compressed ones
-/// decompressed), the chain between segments and gaps. Goes on after a problem, like
+/// Verifies an archive in a local directory: the identity file, that the archive holds the
+/// segment it begins at (layout version 2), every segment (compressed ones decompressed, bounded
+/// by the segment size), the chain between segments and gaps. Goes on after a problem, like
 /// `verify_path`.
 pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let identity = match std::fs::read(root.join(IDENTITY_NAME)) {
+    let archive_id = match std::fs::read(root.join(IDENTITY_NAME)) {
         Ok(b) => match ArchiveIdentity::decode(&b) {
-            Ok(id) => Some(Identity {
-                system_id: id.system_id,
-                segment_size: id.segment_size,
-            }),
+            Ok(id) => Some(id),
             Err(reason) => {
                 report.errors.push(VerifyIssue {
                     segment: IDENTITY_NAME.into(),
@@ -121,6 +194,15 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
                 None
             }
         },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.errors.push(VerifyIssue {
+                segment: IDENTITY_NAME.into(),
+                offset: 0,
+                lsn: 0,
+                reason: "missing: the archive's identity file is gone, so nothing says which system it belongs to or where it begins".into(),
+            });
+            None
+        }
         Err(e) => {
             return Err(Error::io(
                 format!("read {}", root.join(IDENTITY_NAME).display()),
@@ -128,30 +210,106 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
             ))
         }
     };
+    let identity = archive_id.map(|id| Identity {
+        system_id: id.system_id,
+        segment_size: id.segment_size,
+    });
     let objects = store::list_dir(root)?;
     let segs = segment_objects(&objects);
+    if let (Some(id), Some((first_held, _, _))) = (&archive_id, segs.first()) {
+        check_first_segment(id, first_held, &mut report);
+    }
     let files: Vec<(SegmentName, std::path::PathBuf)> = segs
         .iter()
         .map(|(n, _, o)| (*n, root.join(&o.name)))
         .collect();
+    // Without a readable identity, no segment may be longer than the largest segment size.
+    let segment_size = archive_id.map_or(crate::format::MAX_SEGMENT_SIZE, |id| id.segment_size);
     verify_segments(&files, identity, &mut report, |p, bytes| {
         let name = p
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        let data = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
         let c = parse_object_name(&name).map_or(Compression::None, |(_, c)| c);
-        *bytes = decode_object(&name, c, data)?;
+        let len = std::fs::metadata(p)
+            .map_err(|e| Error::io(format!("stat {}", p.display()), e))?
+            .len();
+        check_object_len(p, c, len, segment_size)?;
+        let data = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
+        *bytes = decode_object(p, c, data, segment_size)?;
         Ok(None)
     })?;
     report.ok = report.errors.is_empty();
     Ok(report)
 }
 
+/// An archive of layout version 2 holds every segment from the one its identity names: a
+/// missing first segment (or one before it) is damage, as a gap is.
+fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &mut VerifyReport) {
+    let Some(begin) = id.first_segment else {
+        return;
+    };
+    let begin_name = SegmentName::new(first_held.timeline, begin, SegmentFileKind::Sealed);
+    let lsn = begin.checked_mul(id.segment_size).unwrap_or(0);
+    if first_held.segment_no > begin {
+        let last_missing = SegmentName::new(
+            first_held.timeline,
+            first_held.segment_no - 1,
+            SegmentFileKind::Sealed,
+        );
+        report.errors.push(VerifyIssue {
+            segment: begin_name.to_string(),
+            offset: 0,
+            lsn,
+            reason: format!(
+                "segment {begin_name} is missing: the archive begins at it ({IDENTITY_NAME} first_segment {begin}), but its first segment is {first_held} (missing: {begin_name} to {last_missing})"
+            ),
+        });
+    } else if first_held.segment_no < begin {
+        report.errors.push(VerifyIssue {
+            segment: first_held.to_string(),
+            offset: 0,
+            lsn: first_held.segment_no.checked_mul(id.segment_size).unwrap_or(0),
+            reason: format!(
+                "segment {first_held} lies before the segment the archive begins at ({begin_name}, {IDENTITY_NAME} first_segment {begin})"
+            ),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_stops_at_the_segment_size() {
+        let f = Path::new("x.wal.zst");
+        let seg = 64 * 1024u64;
+        let exact = vec![5u8; seg as usize];
+        let frame = zstd::encode_all(&exact[..], 1).unwrap();
+        assert_eq!(
+            decode_object(f, Compression::Zstd, frame, seg).unwrap(),
+            exact
+        );
+        let over = vec![5u8; seg as usize + 1];
+        // Declared size (bulk) and undeclared (streamed) alike.
+        let declared = zstd::bulk::compress(&over, 1).unwrap();
+        let streamed = zstd::encode_all(&over[..], 1).unwrap();
+        for frame in [declared, streamed] {
+            let e = decode_object(f, Compression::Zstd, frame, seg).unwrap_err();
+            assert!(
+                matches!(&e, Error::Corrupt { file, reason, .. } if file == f && reason.contains("more than a segment")),
+                "{e}"
+            );
+        }
+        assert!(decode_object(f, Compression::None, over, seg).is_err());
+        assert!(decode_object(f, Compression::Zstd, b"not zstd".to_vec(), seg).is_err());
+        assert_eq!(
+            decode_object(f, Compression::None, exact.clone(), seg).unwrap(),
+            exact
+        );
+    }
 
     #[test]
     fn object_names() {

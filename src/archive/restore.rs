@@ -17,8 +17,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{
-    blocking, check_segment_bytes, decode_object, joined, segment_objects, ArchiveIdentity,
-    ArchiveStore, CheckedSegment, Compression, IDENTITY_NAME,
+    blocking, check_object_len, check_segment_bytes, decode_object, joined, segment_objects,
+    ArchiveIdentity, ArchiveStore, CheckedSegment, Compression, IDENTITY_NAME,
 };
 use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
@@ -144,7 +144,7 @@ impl<S: ArchiveStore> Fetcher<S> {
                     reason: "vanished from the archive during restore".into(),
                 })?;
                 blocking(move || {
-                    let bytes = decode_object(&object, c, data)?;
+                    let bytes = decode_object(&file, c, data, identity.segment_size)?;
                     let cut = move |r: &crate::format::record::RecordRef<'_>| target.cuts(r);
                     let checked = check_segment_bytes(&file, &name, &bytes, &identity, Some(&cut))?;
                     Ok((i, bytes, checked))
@@ -225,8 +225,37 @@ async fn plan<S: ArchiveStore>(
             return Err(Error::Corrupt {
                 file: PathBuf::from(&loc).join(&w[1].2.name),
                 offset: 0,
-                lsn: Lsn(w[1].0.segment_no * identity.segment_size),
+                lsn: Lsn(w[1].0.segment_no.saturating_mul(identity.segment_size)),
                 reason: format!("segment stored twice ({} and {})", w[0].2.name, w[1].2.name),
+            });
+        }
+    }
+    // An object too large to be a segment is refused before it is fetched.
+    for (_, c, o) in &segs {
+        check_object_len(
+            &PathBuf::from(&loc).join(&o.name),
+            *c,
+            o.size,
+            identity.segment_size,
+        )?;
+    }
+    // The archive holds every segment from the one it begins at: restoring from a later one
+    // would silently leave out the records before it.
+    if let (Some(begin), Some((first, _, o))) = (identity.first_segment, segs.first()) {
+        if first.segment_no != begin {
+            let want = SegmentName::new(first.timeline, begin, SegmentFileKind::Sealed);
+            return Err(Error::Corrupt {
+                file: PathBuf::from(&loc).join(want.to_string()),
+                offset: 0,
+                lsn: Lsn(begin.saturating_mul(identity.segment_size)),
+                reason: if first.segment_no > begin {
+                    format!("segment {want} is missing from the archive: it begins there ({IDENTITY_NAME} first_segment {begin}), but its first segment is {}", o.name)
+                } else {
+                    format!(
+                        "{} lies before the segment the archive begins at ({want})",
+                        o.name
+                    )
+                },
             });
         }
     }

@@ -54,6 +54,12 @@ pub trait ArchiveStore: Send + Sync + 'static {
 
     fn exists(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Makes an existing object durable, its bytes and its name. An object that was found
+    /// rather than written (a push that crashed between naming the object and syncing the
+    /// directory, a copy made by hand) may not be yet; nothing may count it as archived before
+    /// this succeeded.
+    fn sync(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+
     /// Removes an object; false when there was none.
     fn delete(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
 }
@@ -82,28 +88,34 @@ pub struct LocalDirStore {
 }
 
 impl LocalDirStore {
-    /// Uses `root`, creating it (and fsyncing its parent) when it does not exist.
+    /// Uses `root`, creating it (and fsyncing its parent) when it does not exist. The root is
+    /// kept as an absolute path: it is the archive's location in the consumer registry, which
+    /// other processes (retention) read from other working directories.
     pub fn create(root: impl Into<PathBuf>) -> Result<LocalDirStore> {
-        let root = root.into();
+        let root = absolute(root.into())?;
         if !root.is_dir() {
             fs::create_dir_all(&root).ctx(|| format!("create archive {}", root.display()))?;
             if let Some(p) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fsync_dir(p)?;
             }
         }
-        Ok(LocalDirStore { root })
+        Ok(LocalDirStore {
+            root: canonical(root)?,
+        })
     }
 
     /// Uses an existing directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<LocalDirStore> {
-        let root = root.into();
+        let root = absolute(root.into())?;
         if !root.is_dir() {
             return Err(Error::InvalidArgument(format!(
                 "{}: no such archive directory",
                 root.display()
             )));
         }
-        Ok(LocalDirStore { root })
+        Ok(LocalDirStore {
+            root: canonical(root)?,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -125,13 +137,43 @@ impl LocalDirStore {
             }
         }
         if n > 0 {
-            fsync_dir(&self.root)?;
+            self.sync_root()?;
         }
         Ok(n)
     }
 
+    /// Fsyncs the archive directory, making the names created or removed in it durable.
+    fn sync_root(&self) -> Result<()> {
+        crate::fault!("archive::dir_fsync", e => Error::io(format!("fsync directory {}", self.root.display()), e));
+        fsync_dir(&self.root)
+    }
+
+    fn sync_blocking(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let path = self.root.join(name);
+        // Read-only is enough: fsync writes back whatever of the file is not on the device.
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .ctx(|| format!("fsync {}", path.display()))?;
+        self.sync_root()
+    }
+
+    /// Creates the archive directory again when it was removed while in use, as starting the
+    /// archiver would.
+    fn ensure_root(&self) -> Result<()> {
+        if self.root.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.root).ctx(|| format!("create archive {}", self.root.display()))?;
+        if let Some(p) = self.root.parent() {
+            fsync_dir(p)?;
+        }
+        Ok(())
+    }
+
     fn put_blocking(&self, name: &str, data: &[u8]) -> Result<PutOutcome> {
         check_name(name)?;
+        self.ensure_root()?;
         let path = self.root.join(name);
         if path.exists() {
             return Ok(PutOutcome::AlreadyExists);
@@ -170,7 +212,7 @@ impl LocalDirStore {
         let removed = fs::remove_file(&tmp);
         let outcome = result?;
         removed.ctx(|| format!("remove {}", tmp.display()))?;
-        fsync_dir(&self.root)?;
+        self.sync_root()?;
         Ok(outcome)
     }
 
@@ -189,7 +231,7 @@ impl LocalDirStore {
         let path = self.root.join(name);
         match fs::remove_file(&path) {
             Ok(()) => {
-                fsync_dir(&self.root)?;
+                self.sync_root()?;
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -224,6 +266,17 @@ pub fn list_dir(root: &Path) -> Result<Vec<ObjectInfo>> {
     Ok(out)
 }
 
+/// `p` made absolute against the working directory.
+fn absolute(p: PathBuf) -> Result<PathBuf> {
+    std::path::absolute(&p).ctx(|| format!("resolve {}", p.display()))
+}
+
+/// The one spelling of an existing directory (no `.`, `..` or symbolic links), so that the
+/// same archive always has the same location however it was named.
+fn canonical(p: PathBuf) -> Result<PathBuf> {
+    fs::canonicalize(&p).ctx(|| format!("resolve {}", p.display()))
+}
+
 fn drop_cache(f: &File) {
     use std::os::fd::AsRawFd;
     // SAFETY: plain syscall on a valid descriptor; failure only loses the hint.
@@ -253,7 +306,11 @@ impl ArchiveStore for LocalDirStore {
 
     fn list(&self) -> impl Future<Output = Result<Vec<ObjectInfo>>> + Send {
         let root = self.root.clone();
-        blocking(move || list_dir(&root))
+        // A removed archive directory holds nothing (the archiver decides what that means).
+        blocking(move || match fs::symlink_metadata(&root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            _ => list_dir(&root),
+        })
     }
 
     fn exists(&self, name: &str) -> impl Future<Output = Result<bool>> + Send {
@@ -267,6 +324,11 @@ impl ArchiveStore for LocalDirStore {
     fn delete(&self, name: &str) -> impl Future<Output = Result<bool>> + Send {
         let (s, name) = (self.clone(), name.to_string());
         blocking(move || s.delete_blocking(&name))
+    }
+
+    fn sync(&self, name: &str) -> impl Future<Output = Result<()>> + Send {
+        let (s, name) = (self.clone(), name.to_string());
+        blocking(move || s.sync_blocking(&name))
     }
 }
 

@@ -23,13 +23,16 @@ pub enum CompressArg {
 read back and compared. A segment already archived with identical content is skipped; different \
 content, or an archive of another system, is refused and nothing is changed. Progress is recorded \
 in DATA_DIR/state/consumers/archiver.json, so a restart resumes and retention keeps every segment \
-not yet archived. The writer may keep running: the archiver reads sealed segments only.\n\n\
+not yet archived. Before it trusts that progress, it checks that the archive holds every segment \
+from the one it begins at (recorded in its IDENTITY): what is missing is pushed again from wal/, \
+and when wal/ no longer has it the archiver exits 1. Watching, a failing pass is retried with a \
+pause growing to 30 s. The writer may keep running: the archiver reads sealed segments only.\n\n\
 Exit status: 0 done, 1 refused or damage found, 2 could not run.\n\n\
 Example:\n  walship archive ./data --to /mnt/backup/app-wal --once --compress zstd"
 )]
 pub struct ArchiveArgs {
     pub data_dir: PathBuf,
-    /// The archive: a directory (created when missing).
+    /// The archive: a directory (created when missing; recorded as an absolute path).
     #[arg(long = "to")]
     pub target: PathBuf,
     /// Push what is sealed now, then exit (otherwise keep watching).

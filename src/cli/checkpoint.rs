@@ -18,7 +18,7 @@ segment are always kept. The checkpoint is remembered in DATA_DIR/state/retentio
 moves back; without --lsn the remembered one is used.\n\n\
 --max-retained caps what one lagging consumer may hold back: a consumer that alone keeps more \
 than SIZE of sealed segments below the checkpoint is marked lost (logged as an error), no longer \
-holds WAL, and must be rebuilt. --drop-consumer removes a consumer from the registry (repeatable); \
+holds WAL, and must be rebuilt. A segment the archiver recorded as archived is removed only while its archive (a directory) still holds it; otherwise it and every later segment are kept and the command exits 1. --drop-consumer removes a consumer from the registry (repeatable); \
 `walship status` lists them.\n\n\
 Example:\n  walship checkpoint ./data --lsn 0/2A000000 --max-retained 1GiB\n  \
 walship checkpoint ./data --drop-consumer 6f1c2e1a-3b0d-4e8e-9a57-2d2b4c1e0f11"
@@ -81,6 +81,12 @@ pub fn run(a: CheckpointArgs) -> CmdResult {
                 r.held_by.join(", ")
             }
         );
+    }
+    if !r.missing_from_archive.is_empty() {
+        return Err(Failure::Damage(format!(
+            "an archive lacks what the archiver recorded as archived, so that segment and every later one were kept: {}; run `walship archive` to push it again",
+            r.missing_from_archive.join("; ")
+        )));
     }
     Ok(())
 }
