@@ -166,13 +166,26 @@ impl DataDir {
     }
 }
 
-/// Segment files in a folder, ordered by (timeline, segment number, kind). Other files are
-/// ignored.
+/// Segment files in a folder, ordered by (timeline, segment number, kind). Files with other
+/// names are ignored. A segment name that holds anything but a regular file (a FIFO, socket,
+/// device, directory or symbolic link) is refused: opening a FIFO would block forever, and the
+/// writer's truncation, renames and removals must act on the segment itself, not on a link.
 pub fn list_segments_in(dir: &Path) -> Result<Vec<SegmentName>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
         let entry = entry.ctx(|| format!("list {}", dir.display()))?;
         if let Some(name) = entry.file_name().to_str().and_then(SegmentName::parse) {
+            // The type from the listing itself (lstat when the file system does not give it):
+            // the entry is never opened to find out.
+            let t = entry
+                .file_type()
+                .ctx(|| format!("stat {}", entry.path().display()))?;
+            if !t.is_file() {
+                return Err(Error::NotRegularFile {
+                    path: entry.path(),
+                    kind: crate::fsutil::file_kind(&t),
+                });
+            }
             out.push(name);
         }
     }

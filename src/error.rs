@@ -47,6 +47,11 @@ pub enum Error {
     #[error("the WAL writer stopped after a failed sync ({0}); no later append can be made durable: fix the cause and reopen the data directory")]
     Poisoned(String),
 
+    /// A name that only a segment (or archive object) may have holds something else: never
+    /// opened blocking, never read, never skipped silently.
+    #[error("{path}: is a {kind}, not a regular file; a segment name must hold a regular segment file (move it out of the folder)")]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+
     #[error("{0}")]
     InvalidArgument(String),
 
@@ -70,7 +75,10 @@ impl Error {
     /// True when the error reports damaged data, or stored data that conflicts with the
     /// operation (exit code 1 in the CLI), rather than a failure to run (exit code 2).
     pub fn is_corruption(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::Refused(_))
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::Refused(_) | Error::NotRegularFile { .. }
+        )
     }
 
     /// True for "no space left on device".
