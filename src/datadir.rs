@@ -69,10 +69,15 @@ impl DataDir {
         self.control_path().exists()
     }
 
-    /// Makes a new data directory with a fresh identity. The directory may exist but must not
-    /// already hold a control file.
+    /// Makes a new data directory with a fresh identity. The directory may exist, empty or
+    /// holding only what an interrupted init leaves (empty `wal/` and `state/` folders): one
+    /// with a control file is already initialised, and one with anything else is refused,
+    /// naming the entry, so that segments of a directory whose control file was lost never
+    /// get a new identity.
     pub fn init(root: impl Into<PathBuf>, segment_size: u64) -> Result<ControlFile> {
         check_segment_size(segment_size).map_err(Error::InvalidArgument)?;
+        let root = root.into();
+        check_init_target(&root)?;
         let control = ControlFile {
             format_version: FORMAT_VERSION,
             timeline: 1,
@@ -164,6 +169,63 @@ impl DataDir {
     pub fn list_segments(&self) -> Result<Vec<SegmentName>> {
         list_segments_in(&self.wal_dir())
     }
+}
+
+/// Refuses to initialise `root` unless it is absent, empty, or holds only empty `wal/` and
+/// `state/` folders (an init interrupted before its control file). Entries are checked without
+/// following links: a link named `wal` is not a folder init made.
+fn check_init_target(root: &Path) -> Result<()> {
+    let refuse = |reason: String| Error::NotEmpty {
+        path: root.to_path_buf(),
+        reason,
+    };
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(refuse("it exists and is not a directory".into()))
+        }
+        Err(e) => return Err(Error::io(format!("list {}", root.display()), e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.ctx(|| format!("list {}", root.display()))?;
+        names.push((entry.file_name(), entry.path()));
+    }
+    // wal/ first: segments there are what a refusal protects.
+    names.sort_by(|a, b| (a.0 != "wal", &a.0).cmp(&(b.0 != "wal", &b.0)));
+    if names.iter().any(|(n, _)| n == "control") {
+        return Err(Error::AlreadyInitialized {
+            path: root.to_path_buf(),
+        });
+    }
+    for (name, path) in &names {
+        let t = fs::symlink_metadata(path)
+            .ctx(|| format!("stat {}", path.display()))?
+            .file_type();
+        let init_made = (name == "wal" || name == "state") && t.is_dir();
+        let empty = init_made
+            && fs::read_dir(path)
+                .ctx(|| format!("list {}", path.display()))?
+                .next()
+                .is_none();
+        if !empty {
+            let what = if init_made {
+                format!(
+                    "{}/ is not empty (a data directory that lost its control file? its segments cannot be given a new identity)",
+                    name.to_string_lossy()
+                )
+            } else {
+                format!(
+                    "it holds {:?} (a {}), which init does not make",
+                    name.to_string_lossy(),
+                    crate::fsutil::file_kind(&t)
+                )
+            };
+            return Err(refuse(what));
+        }
+    }
+    Ok(())
 }
 
 /// Segment files in a folder, ordered by (timeline, segment number, kind). Files with other

@@ -27,6 +27,10 @@ pub enum Error {
     #[error("{path}: already a walship data directory (it has a control file)")]
     AlreadyInitialized { path: PathBuf },
 
+    /// `init` was given a directory that holds something it would not make; nothing changed.
+    #[error("{path}: cannot initialise a data directory here: {reason}; give an absent or empty directory")]
+    NotEmpty { path: PathBuf, reason: String },
+
     /// Damage in stored bytes, located precisely.
     #[error("{file}: offset {offset} (LSN {lsn}): {reason}")]
     Corrupt {
