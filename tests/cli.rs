@@ -961,7 +961,8 @@ fn init_refuses_a_directory_it_did_not_make() {
 
     // Any entry init would not make is refused, named.
     let (t, _) = tempdir();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Make = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Make)> = vec![
         (
             "LOCK",
             Box::new(|p: &Path| std::fs::write(p.join("LOCK"), "1\n").expect("w")),
@@ -1111,7 +1112,7 @@ fn write_bounds_each_line_to_the_largest_payload_and_keeps_its_bytes() {
     // a newline.
     let mut input = Vec::new();
     input.extend_from_slice(b"crlf\r\n\rlead\n\0nul\xff\n");
-    input.extend(std::iter::repeat(b'm').take(max));
+    input.extend(std::iter::repeat_n(b'm', max));
     input.extend_from_slice(b"\nlast\r");
     let o = run(&["write", s(&d), "--durable"], &input);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -1144,7 +1145,7 @@ fn write_bounds_each_line_to_the_largest_payload_and_keeps_its_bytes() {
         let mut input: Vec<u8> = (0..before)
             .flat_map(|i| format!("ok {i}\n").into_bytes())
             .collect();
-        input.extend(std::iter::repeat(b'z').take(max + 1));
+        input.extend(std::iter::repeat_n(b'z', max + 1));
         input.extend_from_slice(b"\nnever\n");
         let o = run(&["write", s(&d)], &input);
         assert_eq!(code(&o), 2, "{}", stderr(&o));
