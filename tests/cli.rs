@@ -736,11 +736,20 @@ fn verify_says_ok_only_about_a_walship_path() {
         (etc_like.clone(), "not a walship path"),
         (fifo.clone(), "is a FIFO"),
     ] {
-        let o = run(&["verify", s(&p)], b"");
-        assert_eq!(code(&o), 2, "{}: {}{}", p.display(), stdout(&o), stderr(&o));
-        assert!(!stdout(&o).contains("ok"), "{}", stdout(&o));
-        let line = error_line(&o);
-        assert!(line.contains(s(&p)) && line.contains(says), "{line}");
+        for cmd in ["verify", "dump"] {
+            let o = run(&[cmd, s(&p)], b"");
+            assert_eq!(
+                code(&o),
+                2,
+                "{cmd} {}: {}{}",
+                p.display(),
+                stdout(&o),
+                stderr(&o)
+            );
+            assert!(!stdout(&o).contains("ok"), "{}", stdout(&o));
+            let line = error_line(&o);
+            assert!(line.contains(s(&p)) && line.contains(says), "{cmd}: {line}");
+        }
     }
 
     // Partly a data directory, or segments with no identity to check them against: damage.
