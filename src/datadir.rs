@@ -116,16 +116,35 @@ impl DataDir {
     /// Reads and checks the control file.
     pub fn read_control(&self) -> Result<ControlFile> {
         let path = self.control_path();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let mut file = match crate::fsutil::open_regular(&path) {
+            Ok(f) => f,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotADataDir {
                     path: self.root.clone(),
                     reason: "no control file (run `walship init` first)".into(),
                 })
             }
-            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+            Err(e) => return Err(e),
         };
+        // A control file is 64 bytes: a longer one is never read whole.
+        let len = file
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
+        let want = crate::format::control::CONTROL_LEN as u64;
+        if len != want {
+            return Err(Error::Corrupt {
+                file: path,
+                offset: 0,
+                lsn: crate::Lsn(0),
+                reason: format!("control file is {len} bytes, expected {want}"),
+            });
+        }
+        let mut bytes = Vec::new();
+        (&mut file)
+            .take(want)
+            .read_to_end(&mut bytes)
+            .ctx(|| format!("read {}", path.display()))?;
         ControlFile::decode(&bytes).map_err(|reason| Error::Corrupt {
             file: path,
             offset: 0,

@@ -51,9 +51,9 @@ pub enum Error {
     #[error("the WAL writer stopped after a failed sync ({0}); no later append can be made durable: fix the cause and reopen the data directory")]
     Poisoned(String),
 
-    /// A name that only a segment (or archive object) may have holds something else: never
-    /// opened blocking, never read, never skipped silently.
-    #[error("{path}: is a {kind}, not a regular file; a segment name must hold a regular segment file (move it out of the folder)")]
+    /// A name walship reads (a segment, an archive object, the control file) holds something
+    /// other than a regular file: never opened blocking, never read, never skipped silently.
+    #[error("{path}: is a {kind}, not a regular file; walship reads only regular files under this name (move it out of the folder)")]
     NotRegularFile { path: PathBuf, kind: &'static str },
 
     #[error("{0}")]

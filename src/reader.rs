@@ -71,7 +71,20 @@ impl WalSource {
             }
             return Ok(WalSource::Dir(wal));
         }
-        Ok(WalSource::Dir(path.to_path_buf()))
+        let source = WalSource::Dir(path.to_path_buf());
+        // A folder of segments: a data directory's wal/ (which may be empty), or one that
+        // holds segments. Any other directory is not a walship path.
+        if source.data_dir().is_none()
+            && !list_segments_in(path)?
+                .iter()
+                .any(|n| matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{}: not a walship path: no control file or wal/ folder (a data directory) and no segment files",
+                path.display()
+            )));
+        }
+        Ok(source)
     }
 
     /// The data directory this source sits in, when it is one's wal/ folder or a file in it:

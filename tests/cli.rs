@@ -1085,6 +1085,27 @@ fn a_non_regular_file_with_a_segment_name_is_refused_never_opened() {
             }
         }
     }
+    // The control file too.
+    let d = t.path().join("fifo-control");
+    common::copy_tree(&base, &d);
+    std::fs::remove_file(d.join("control")).expect("rm");
+    make_fifo(&d.join("control"));
+    for args in [
+        vec!["verify", s(&d)],
+        vec!["dump", s(&d)],
+        vec!["write", s(&d)],
+        vec!["checkpoint", s(&d)],
+    ] {
+        let o = run(&args, b"x\n");
+        assert_eq!(code(&o), 1, "{args:?}: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("control: is a FIFO, not a regular file")
+                || stdout(&o).contains("control: is a FIFO, not a regular file"),
+            "{args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
     // Given directly as the path: not a walship path.
     let fifo = t.path().join("000000010000000000000000.wal");
     make_fifo(&fifo);
