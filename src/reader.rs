@@ -442,6 +442,11 @@ impl WalReader {
                 let Some(name) = found.copied() else {
                     return Ok(false);
                 };
+                if want.is_none() && self.prev_seal.is_none() {
+                    // Starting past the first segment: the chain to the one before it is
+                    // checked all the same.
+                    self.prev_seal = predecessor_seal(d, &names, &name, self.identity);
+                }
                 (name, d.join(name.to_string()))
             }
         };
@@ -513,6 +518,31 @@ impl WalReader {
         cur.trust_seal(read);
         self.cur = Some(cur);
         Ok(true)
+    }
+}
+
+/// The seal checksum of the sealed segment just before `name`, when the folder holds it and
+/// its marker is valid (a damaged one is reported when that segment itself is read).
+fn predecessor_seal(
+    dir: &Path,
+    names: &[SegmentName],
+    name: &SegmentName,
+    identity: Option<Identity>,
+) -> Option<(u64, u32)> {
+    let prev_no = name.segment_no.checked_sub(1)?;
+    let prev = names
+        .iter()
+        .find(|n| n.segment_no == prev_no && n.kind == SegmentFileKind::Sealed)?;
+    let size = identity?.segment_size;
+    let f = crate::fsutil::open_regular(&dir.join(prev.to_string())).ok()?;
+    let len = f.metadata().ok()?.len();
+    let off = len.checked_sub(SEAL_LEN as u64)?;
+    let mut b = vec![0u8; SEAL_LEN];
+    f.read_exact_at(&mut b, off).ok()?;
+    let lsn = segment_start(prev_no, size)?.checked_add(off)?;
+    match crate::format::record::decode_at(&b, 0, lsn, size as usize) {
+        Ok(Decoded::Seal(seal)) => Some((prev_no, seal.segment_checksum)),
+        _ => None,
     }
 }
 

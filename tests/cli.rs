@@ -911,6 +911,12 @@ fn dump_checks_identity_and_chain_like_verify() {
                 );
             }
         }
+        // Starting at the segment itself: its identity and its chain to the one before.
+        let start = walship::Lsn(2 * seg).to_string();
+        let o = run(&["dump", s(&dir), "--start", &start], b"");
+        assert_eq!(code(&o), 1, "{}", stderr(&o));
+        assert!(error_line(&o).contains(says), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "");
         // The file given directly is checked against its directory's control file.
         if says != "chain broken" {
             let o = run(&["dump", s(&target)], b"");
