@@ -100,7 +100,21 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
                 );
             }
             if wal.is_dir() {
-                segment_files(&wal)?
+                let files = segment_files(&wal)?;
+                if files.is_empty() && identity.is_some() {
+                    if let Some(lsn) = reached_lsn(&DataDir::new(&root)) {
+                        problem(
+                            &mut report,
+                            "wal",
+                            format!(
+                                "{}: holds no segment, yet the log had reached LSN {} (the checkpoint or a consumer's position): its segments were removed",
+                                wal.display(),
+                                Lsn(lsn)
+                            ),
+                        );
+                    }
+                }
+                files
             } else {
                 problem(
                     &mut report,
@@ -145,6 +159,18 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
     })?;
     report.ok = report.errors.is_empty();
     Ok(report)
+}
+
+/// The highest position the directory's own state says its log reached (the checkpoint, a
+/// consumer's position), when above zero: a wal/ without segments is then not a fresh one.
+fn reached_lsn(dd: &DataDir) -> Option<u64> {
+    let r = crate::retention::report(dd).ok()?;
+    let reached = r
+        .consumers
+        .iter()
+        .map(|c| c.position)
+        .fold(r.checkpoint_lsn, u64::max);
+    (reached > 0).then_some(reached)
 }
 
 /// The data directory a directory given by the user stands for, and its wal/ folder: a wal/

@@ -801,6 +801,38 @@ fn verify_says_ok_only_about_a_walship_path() {
         assert_eq!(code(&o), 1);
         assert!(stdout(&o).contains("DAMAGED"), "{}", stdout(&o));
     }
+    // A data directory whose segments were all removed is not an empty one: its checkpoint,
+    // or a consumer's position, says how far the log had reached.
+    let emptied = root.join("emptied");
+    common::copy_tree(&d, &emptied);
+    let o = run(&["checkpoint", s(&emptied), "--lsn", "0/00000080"], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let archived = root.join("archived");
+    common::copy_tree(&d, &archived);
+    let o = run(
+        &[
+            "archive",
+            s(&archived),
+            "--to",
+            s(&root.join("arc")),
+            "--once",
+        ],
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for dir in [&emptied, &archived] {
+        for e in std::fs::read_dir(dir.join("wal")).expect("ls") {
+            std::fs::remove_file(e.expect("entry").path()).expect("rm");
+        }
+        let (c, v) = verify_json(dir);
+        assert_eq!(c, 1, "{v}");
+        assert!(
+            v["errors"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("holds no segment")),
+            "{v}"
+        );
+    }
     // A segment file in a data directory whose control is damaged is damage too.
     let (c, v) = verify_json(&garbage.join("wal").join("000000010000000000000001.wal"));
     assert_eq!(c, 1, "{v}");
