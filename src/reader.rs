@@ -92,7 +92,11 @@ impl WalSource {
     pub fn data_dir(&self) -> Option<DataDir> {
         let wal = match self {
             WalSource::Dir(d) => d.clone(),
-            WalSource::File(f) => f.parent()?.to_path_buf(),
+            // A bare file name sits in the current directory.
+            WalSource::File(f) => match f.parent()? {
+                p if p.as_os_str().is_empty() => PathBuf::from("."),
+                p => p.to_path_buf(),
+            },
         };
         // Resolved, so that `.`, `..` or a link still find the directory it sits in.
         let wal = wal.canonicalize().ok()?;
