@@ -191,7 +191,8 @@ impl DataDir {
 }
 
 /// Refuses to initialise `root` unless it is absent, empty, or holds only empty `wal/` and
-/// `state/` folders (an init interrupted before its control file). Entries are checked without
+/// `state/` folders and the control file's temporary (an init interrupted before its control
+/// file). Entries are checked without
 /// following links: a link named `wal` is not a folder init made.
 fn check_init_target(root: &Path) -> Result<()> {
     let refuse = |reason: String| Error::NotEmpty {
@@ -222,6 +223,11 @@ fn check_init_target(root: &Path) -> Result<()> {
         let t = fs::symlink_metadata(path)
             .ctx(|| format!("stat {}", path.display()))?
             .file_type();
+        // The control file's temporary, left by an init stopped before its rename, is
+        // rewritten from the start.
+        if name == ".control.tmp" && t.is_file() {
+            continue;
+        }
         let init_made = (name == "wal" || name == "state") && t.is_dir();
         let empty = init_made
             && fs::read_dir(path)

@@ -1066,6 +1066,7 @@ fn init_refuses_a_directory_it_did_not_make() {
     let p = t.path().join("half");
     std::fs::create_dir_all(p.join("wal")).expect("mkdir");
     std::fs::create_dir_all(p.join("state")).expect("mkdir");
+    std::fs::write(p.join(".control.tmp"), b"WALSH").expect("w");
     let o = run(&["init", s(&p), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = run(&["init", s(&p), "--segment-size", "64KiB"], b"");
