@@ -138,6 +138,14 @@ pub fn segment_start(segment_no: u64, segment_size: u64) -> Option<u64> {
     segment_no.checked_mul(segment_size)
 }
 
+/// The segment size a header's own field claims, when it is a valid size: with no identity to
+/// go by, it still locates a segment whose header fails its checks.
+pub fn claimed_segment_size(bytes: &[u8]) -> Option<u64> {
+    let field: [u8; 8] = bytes.get(16..24)?.try_into().ok()?;
+    let size = u64::from_le_bytes(field);
+    crate::format::check_segment_size(size).ok().map(|()| size)
+}
+
 /// Why a segment's header does not fit the set it is read in (identity or file name), if it
 /// does not.
 pub fn header_mismatch(
@@ -473,7 +481,9 @@ impl WalReader {
         // Where the segment starts by its name: a header too damaged to say is still located.
         let named_start = self
             .identity
-            .and_then(|i| segment_start(name.segment_no, i.segment_size))
+            .map(|i| i.segment_size)
+            .or_else(|| claimed_segment_size(&bytes))
+            .and_then(|size| segment_start(name.segment_no, size))
             .unwrap_or(0);
         let bad = |reason: String| Error::Corrupt {
             file: path.clone(),

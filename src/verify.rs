@@ -12,7 +12,7 @@ use crate::decoder::{find_later_record, is_zero_from, ReadChecksum, ScanEnd, Seg
 use crate::error::{Error, IoContext, Result};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SegmentFileKind, SegmentName};
-use crate::reader::{read_segment_hashed, segment_start, WalSource};
+use crate::reader::{claimed_segment_size, read_segment_hashed, segment_start, WalSource};
 use crate::Lsn;
 
 /// One problem found, located.
@@ -282,7 +282,13 @@ pub fn verify_segments(
         let mut scan = match scan {
             Ok(s) => s,
             Err(reason) => {
-                report.errors.push(issue(0, named(name.segment_no), reason));
+                let at = match identity {
+                    Some(_) => named(name.segment_no),
+                    None => claimed_segment_size(&bytes)
+                        .and_then(|size| segment_start(name.segment_no, size))
+                        .unwrap_or(0),
+                };
+                report.errors.push(issue(0, at, reason));
                 prev = Some((*name, None));
                 continue;
             }

@@ -1264,7 +1264,7 @@ fn header_and_missing_segment_errors_name_the_segments_start_lsn() {
     for no in [1u64, 2] {
         // A damaged header: the name says where the segment starts.
         let (_t, d) = four_segments();
-        flip(&wal_file(&d, no, true), 20, 0x01);
+        flip(&wal_file(&d, no, true), 44, 0x01); // in the system id: the header CRC fails
         let want = walship::Lsn(no * seg).to_string();
         let o = run(&["dump", s(&d)], b"");
         assert_eq!(code(&o), 1);
@@ -1280,6 +1280,23 @@ fn header_and_missing_segment_errors_name_the_segments_start_lsn() {
             "{}",
             stderr(&o)
         );
+
+        // The same file alone, outside any data directory: the header's own size field still
+        // locates it.
+        let alone = _t
+            .path()
+            .join(wal_file(&d, no, true).file_name().expect("name"));
+        std::fs::copy(wal_file(&d, no, true), &alone).expect("cp");
+        let o = run(&["dump", s(&alone)], b"");
+        assert_eq!(code(&o), 1);
+        assert!(
+            error_line(&o).contains(&format!("LSN {want}")),
+            "{}",
+            stderr(&o)
+        );
+        let (c, v) = verify_json(&alone);
+        assert_eq!(c, 1);
+        assert_eq!(v["errors"][0]["lsn"], no * seg, "{v}");
 
         // A missing segment.
         let (_t, d) = four_segments();
