@@ -258,7 +258,19 @@ fn check_init_target(root: &Path) -> Result<()> {
 /// device, directory or symbolic link) is refused: opening a FIFO would block forever, and the
 /// writer's truncation, renames and removals must act on the segment itself, not on a link.
 pub fn list_segments_in(dir: &Path) -> Result<Vec<SegmentName>> {
+    let (names, refused) = list_segments_and_refused(dir)?;
+    match refused.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(names),
+    }
+}
+
+/// [`list_segments_in`] that goes on past names holding something other than a regular file,
+/// returning the error for each of them beside the regular segments (for `verify`, which lists
+/// every problem).
+pub fn list_segments_and_refused(dir: &Path) -> Result<(Vec<SegmentName>, Vec<Error>)> {
     let mut out = Vec::new();
+    let mut refused = Vec::new();
     for entry in fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
         let entry = entry.ctx(|| format!("list {}", dir.display()))?;
         if let Some(name) = entry.file_name().to_str().and_then(SegmentName::parse) {
@@ -268,16 +280,18 @@ pub fn list_segments_in(dir: &Path) -> Result<Vec<SegmentName>> {
                 .file_type()
                 .ctx(|| format!("stat {}", entry.path().display()))?;
             if !t.is_file() {
-                return Err(Error::NotRegularFile {
+                refused.push(Error::NotRegularFile {
                     path: entry.path(),
                     kind: crate::fsutil::file_kind(&t),
                 });
+                continue;
             }
             out.push(name);
         }
     }
     out.sort_by_key(|n| (n.segment_no, n.timeline, n.kind));
-    Ok(out)
+    refused.sort_by_key(|e| e.to_string());
+    Ok((out, refused))
 }
 
 /// Held while a process writes a data directory; dropping it releases the lock.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::datadir::{list_segments_in, DataDir};
+use crate::datadir::{list_segments_and_refused, DataDir};
 use crate::decoder::{find_later_record, is_zero_from, ReadChecksum, ScanEnd, SegmentScanner};
 use crate::error::{Error, IoContext, Result};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
@@ -100,7 +100,7 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
                 );
             }
             if wal.is_dir() {
-                let files = segment_files(&wal)?;
+                let files = segment_files(&wal, identity, &mut report)?;
                 if files.is_empty() && identity.is_some() {
                     if let Some(lsn) = reached_lsn(&DataDir::new(&root)) {
                         problem(
@@ -127,7 +127,7 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
                 Vec::new()
             }
         } else {
-            let files = segment_files(path)?;
+            let files = segment_files(path, None, &mut report)?;
             let archived = crate::archive::store::list_dir(path)?
                 .iter()
                 .any(|o| crate::archive::parse_object_name(&o.name).is_some());
@@ -201,9 +201,34 @@ fn control_problem(e: Error) -> String {
     }
 }
 
-/// The sealed and open segment files of a folder, in order.
-fn segment_files(dir: &Path) -> Result<Vec<(SegmentName, PathBuf)>> {
-    Ok(list_segments_in(dir)?
+/// The sealed and open segment files of a folder, in order; a segment name holding anything
+/// but a regular file is a problem reported, never opened.
+fn segment_files(
+    dir: &Path,
+    identity: Option<Identity>,
+    report: &mut VerifyReport,
+) -> Result<Vec<(SegmentName, PathBuf)>> {
+    let (names, refused) = list_segments_and_refused(dir)?;
+    for e in refused {
+        let name = match &e {
+            Error::NotRegularFile { path, .. } => path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(SegmentName::parse),
+            _ => None,
+        };
+        let lsn = name
+            .zip(identity)
+            .and_then(|(n, i)| segment_start(n.segment_no, i.segment_size))
+            .unwrap_or(0);
+        report.errors.push(VerifyIssue {
+            segment: name.map(|n| n.to_string()).unwrap_or_default(),
+            offset: 0,
+            lsn,
+            reason: e.to_string(),
+        });
+    }
+    Ok(names
         .into_iter()
         .filter(|n| matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open))
         .map(|n| (n, dir.join(n.to_string())))
