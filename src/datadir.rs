@@ -69,10 +69,15 @@ impl DataDir {
         self.control_path().exists()
     }
 
-    /// Makes a new data directory with a fresh identity. The directory may exist but must not
-    /// already hold a control file.
+    /// Makes a new data directory with a fresh identity. The directory may exist, empty or
+    /// holding only what an interrupted init leaves (empty `wal/` and `state/` folders): one
+    /// with a control file is already initialised, and one with anything else is refused,
+    /// naming the entry, so that segments of a directory whose control file was lost never
+    /// get a new identity.
     pub fn init(root: impl Into<PathBuf>, segment_size: u64) -> Result<ControlFile> {
         check_segment_size(segment_size).map_err(Error::InvalidArgument)?;
+        let root = root.into();
+        check_init_target(&root)?;
         let control = ControlFile {
             format_version: FORMAT_VERSION,
             timeline: 1,
@@ -111,16 +116,35 @@ impl DataDir {
     /// Reads and checks the control file.
     pub fn read_control(&self) -> Result<ControlFile> {
         let path = self.control_path();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let mut file = match crate::fsutil::open_regular(&path) {
+            Ok(f) => f,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotADataDir {
                     path: self.root.clone(),
                     reason: "no control file (run `walship init` first)".into(),
                 })
             }
-            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+            Err(e) => return Err(e),
         };
+        // A control file is 64 bytes: a longer one is never read whole.
+        let len = file
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
+        let want = crate::format::control::CONTROL_LEN as u64;
+        if len != want {
+            return Err(Error::Corrupt {
+                file: path,
+                offset: 0,
+                lsn: crate::Lsn(0),
+                reason: format!("control file is {len} bytes, expected {want}"),
+            });
+        }
+        let mut bytes = Vec::new();
+        (&mut file)
+            .take(want)
+            .read_to_end(&mut bytes)
+            .ctx(|| format!("read {}", path.display()))?;
         ControlFile::decode(&bytes).map_err(|reason| Error::Corrupt {
             file: path,
             offset: 0,
@@ -166,18 +190,108 @@ impl DataDir {
     }
 }
 
-/// Segment files in a folder, ordered by (timeline, segment number, kind). Other files are
-/// ignored.
+/// Refuses to initialise `root` unless it is absent, empty, or holds only empty `wal/` and
+/// `state/` folders and the control file's temporary (an init interrupted before its control
+/// file). Entries are checked without
+/// following links: a link named `wal` is not a folder init made.
+fn check_init_target(root: &Path) -> Result<()> {
+    let refuse = |reason: String| Error::NotEmpty {
+        path: root.to_path_buf(),
+        reason,
+    };
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(refuse("it exists and is not a directory".into()))
+        }
+        Err(e) => return Err(Error::io(format!("list {}", root.display()), e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.ctx(|| format!("list {}", root.display()))?;
+        names.push((entry.file_name(), entry.path()));
+    }
+    // wal/ first: segments there are what a refusal protects.
+    names.sort_by(|a, b| (a.0 != "wal", &a.0).cmp(&(b.0 != "wal", &b.0)));
+    if names.iter().any(|(n, _)| n == "control") {
+        return Err(Error::AlreadyInitialized {
+            path: root.to_path_buf(),
+        });
+    }
+    for (name, path) in &names {
+        let t = fs::symlink_metadata(path)
+            .ctx(|| format!("stat {}", path.display()))?
+            .file_type();
+        // The control file's temporary, left by an init stopped before its rename, is
+        // rewritten from the start.
+        if name == ".control.tmp" && t.is_file() {
+            continue;
+        }
+        let init_made = (name == "wal" || name == "state") && t.is_dir();
+        let empty = init_made
+            && fs::read_dir(path)
+                .ctx(|| format!("list {}", path.display()))?
+                .next()
+                .is_none();
+        if !empty {
+            let what = if init_made {
+                format!(
+                    "{}/ is not empty (a data directory that lost its control file? its segments cannot be given a new identity)",
+                    name.to_string_lossy()
+                )
+            } else {
+                format!(
+                    "it holds {:?} (a {}), which init does not make",
+                    name.to_string_lossy(),
+                    crate::fsutil::file_kind(&t)
+                )
+            };
+            return Err(refuse(what));
+        }
+    }
+    Ok(())
+}
+
+/// Segment files in a folder, ordered by (timeline, segment number, kind). Files with other
+/// names are ignored. A segment name that holds anything but a regular file (a FIFO, socket,
+/// device, directory or symbolic link) is refused: opening a FIFO would block forever, and the
+/// writer's truncation, renames and removals must act on the segment itself, not on a link.
 pub fn list_segments_in(dir: &Path) -> Result<Vec<SegmentName>> {
+    let (names, refused) = list_segments_and_refused(dir)?;
+    match refused.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(names),
+    }
+}
+
+/// [`list_segments_in`] that goes on past names holding something other than a regular file,
+/// returning the error for each of them beside the regular segments (for `verify`, which lists
+/// every problem).
+pub fn list_segments_and_refused(dir: &Path) -> Result<(Vec<SegmentName>, Vec<Error>)> {
     let mut out = Vec::new();
+    let mut refused = Vec::new();
     for entry in fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
         let entry = entry.ctx(|| format!("list {}", dir.display()))?;
         if let Some(name) = entry.file_name().to_str().and_then(SegmentName::parse) {
+            // The type from the listing itself (lstat when the file system does not give it):
+            // the entry is never opened to find out.
+            let t = entry
+                .file_type()
+                .ctx(|| format!("stat {}", entry.path().display()))?;
+            if !t.is_file() {
+                refused.push(Error::NotRegularFile {
+                    path: entry.path(),
+                    kind: crate::fsutil::file_kind(&t),
+                });
+                continue;
+            }
             out.push(name);
         }
     }
     out.sort_by_key(|n| (n.segment_no, n.timeline, n.kind));
-    Ok(out)
+    refused.sort_by_key(|e| e.to_string());
+    Ok((out, refused))
 }
 
 /// Held while a process writes a data directory; dropping it releases the lock.

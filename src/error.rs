@@ -27,6 +27,10 @@ pub enum Error {
     #[error("{path}: already a walship data directory (it has a control file)")]
     AlreadyInitialized { path: PathBuf },
 
+    /// `init` was given a directory that holds something it would not make; nothing changed.
+    #[error("{path}: cannot initialise a data directory here: {reason}; give an absent or empty directory")]
+    NotEmpty { path: PathBuf, reason: String },
+
     /// Damage in stored bytes, located precisely.
     #[error("{file}: offset {offset} (LSN {lsn}): {reason}")]
     Corrupt {
@@ -46,6 +50,11 @@ pub enum Error {
     /// A sync failed earlier; nothing written since can be trusted to be durable.
     #[error("the WAL writer stopped after a failed sync ({0}); no later append can be made durable: fix the cause and reopen the data directory")]
     Poisoned(String),
+
+    /// A name walship reads (a segment, an archive object, the control file) holds something
+    /// other than a regular file: never opened blocking, never read, never skipped silently.
+    #[error("{path}: is a {kind}, not a regular file; walship reads only regular files under this name (move it out of the folder)")]
+    NotRegularFile { path: PathBuf, kind: &'static str },
 
     #[error("{0}")]
     InvalidArgument(String),
@@ -70,7 +79,10 @@ impl Error {
     /// True when the error reports damaged data, or stored data that conflicts with the
     /// operation (exit code 1 in the CLI), rather than a failure to run (exit code 2).
     pub fn is_corruption(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::Refused(_))
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::Refused(_) | Error::NotRegularFile { .. }
+        )
     }
 
     /// True for "no space left on device".

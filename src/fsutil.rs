@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// Fsyncs a directory so that entries created, renamed or removed in it survive a crash.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
@@ -42,4 +42,49 @@ pub fn advise_random(file: &File) {
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
     }
+}
+
+/// What kind of file system object a non-regular file is, for error messages.
+pub fn file_kind(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "regular file"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// Opens a file for reading only if it is a regular file. The open never blocks (a FIFO
+/// opened for reading waits for a writer forever), and the type is checked on the opened
+/// descriptor, so a file swapped in after a listing is refused too.
+pub fn open_regular(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ctx(|| format!("open {}", path.display()))?;
+    let t = f
+        .metadata()
+        .ctx(|| format!("stat {}", path.display()))?
+        .file_type();
+    if !t.is_file() {
+        return Err(Error::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: file_kind(&t),
+        });
+    }
+    Ok(f)
 }

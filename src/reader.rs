@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::datadir::list_segments_in;
+use crate::datadir::{list_segments_in, DataDir};
 use crate::decoder::{
     check_version, decode_record, is_zero_from, judge_open_tail, FinalSeal, OpenTail, ReadChecksum,
 };
@@ -40,17 +40,140 @@ pub enum WalSource {
 }
 
 impl WalSource {
-    /// Accepts a data directory, its wal/ folder, or one segment file.
+    /// Accepts a data directory, its wal/ folder, one segment file, or a folder of segments.
+    /// A directory that has a `control` file or a `wal/` entry is a data directory and must
+    /// have both; a path that is neither a regular file nor a directory is refused.
     pub fn resolve(path: &Path) -> Result<WalSource> {
         let meta = std::fs::metadata(path).ctx(|| format!("{}", path.display()))?;
         if meta.is_file() {
             return Ok(WalSource::File(path.to_path_buf()));
         }
-        if path.join("control").is_file() && path.join("wal").is_dir() {
-            return Ok(WalSource::Dir(path.join("wal")));
+        if !meta.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: is a {}: not a data directory, wal/ folder or segment file",
+                path.display(),
+                crate::fsutil::file_kind(&meta.file_type())
+            )));
         }
-        Ok(WalSource::Dir(path.to_path_buf()))
+        let has_control = std::fs::symlink_metadata(path.join("control")).is_ok();
+        let wal = path.join("wal");
+        if has_control || std::fs::symlink_metadata(&wal).is_ok() {
+            if !has_control {
+                return Err(Error::NotADataDir {
+                    path: path.to_path_buf(),
+                    reason: "it has a wal/ folder but no control file (its identity is missing)"
+                        .into(),
+                });
+            }
+            if !wal.is_dir() {
+                return Err(Error::NotADataDir {
+                    path: path.to_path_buf(),
+                    reason: "it has a control file but no wal/ folder".into(),
+                });
+            }
+            return Ok(WalSource::Dir(wal));
+        }
+        let source = WalSource::Dir(path.to_path_buf());
+        // A folder of segments: a data directory's wal/ (which may be empty), or one that
+        // holds segments. Any other directory is not a walship path.
+        if source.data_dir().is_none()
+            && !list_segments_in(path)?
+                .iter()
+                .any(|n| matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{}: not a walship path: no control file or wal/ folder (a data directory) and no segment files",
+                path.display()
+            )));
+        }
+        Ok(source)
     }
+
+    /// The data directory this source sits in, when it is one's wal/ folder or a file in it:
+    /// what its segments must belong to.
+    pub fn data_dir(&self) -> Option<DataDir> {
+        let wal = match self {
+            WalSource::Dir(d) => d.clone(),
+            // A bare file name sits in the current directory.
+            WalSource::File(f) => match f.parent()? {
+                p if p.as_os_str().is_empty() => PathBuf::from("."),
+                p => p.to_path_buf(),
+            },
+        };
+        // Resolved, so that `.`, `..` or a link still find the directory it sits in.
+        let wal = wal.canonicalize().ok()?;
+        let root = wal.parent()?;
+        let is_wal = wal.file_name().is_some_and(|n| n == "wal");
+        (is_wal && std::fs::symlink_metadata(root.join("control")).is_ok())
+            .then(|| DataDir::new(root))
+    }
+
+    /// The identity every segment read from this source must have: the data directory's
+    /// control file when the source sits in a data directory (a damaged control file is an
+    /// error), otherwise none (the first segment's header then sets it).
+    pub fn identity(&self) -> Result<Option<Identity>> {
+        match self.data_dir() {
+            Some(dd) => Ok(Some(Identity::from(&dd.read_control()?))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The identity the segments of one set must share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub system_id: uuid::Uuid,
+    pub segment_size: u64,
+}
+
+impl From<&crate::format::ControlFile> for Identity {
+    fn from(c: &crate::format::ControlFile) -> Self {
+        Identity {
+            system_id: c.system_id,
+            segment_size: c.segment_size,
+        }
+    }
+}
+
+/// The LSN a segment starts at, when it can be computed (`None` on overflow).
+pub fn segment_start(segment_no: u64, segment_size: u64) -> Option<u64> {
+    segment_no.checked_mul(segment_size)
+}
+
+/// The segment size a header's own field claims, when it is a valid size: with no identity to
+/// go by, it still locates a segment whose header fails its checks.
+pub fn claimed_segment_size(bytes: &[u8]) -> Option<u64> {
+    let field: [u8; 8] = bytes.get(16..24)?.try_into().ok()?;
+    let size = u64::from_le_bytes(field);
+    crate::format::check_segment_size(size).ok().map(|()| size)
+}
+
+/// Why a segment's header does not fit the set it is read in (identity or file name), if it
+/// does not.
+pub fn header_mismatch(
+    header: &SegmentHeader,
+    name: &SegmentName,
+    id: &Identity,
+) -> Option<String> {
+    if header.system_id != id.system_id {
+        return Some(format!(
+            "segment belongs to system {}, expected {}",
+            header.system_id, id.system_id
+        ));
+    }
+    if header.segment_size != id.segment_size {
+        return Some(format!(
+            "segment size {} differs from {}",
+            header.segment_size, id.segment_size
+        ));
+    }
+    if header.segment_no != name.segment_no || header.timeline != name.timeline {
+        return Some(format!(
+            "header says timeline {} segment {:X}; the file name disagrees",
+            header.timeline, header.segment_no
+        ));
+    }
+    None
 }
 
 /// How the log ended when a reader ran out of records.
@@ -98,13 +221,25 @@ pub struct WalReader {
     spare: Vec<u8>,
     end: LogEnd,
     done_single: bool,
+    /// What every segment must belong to: the data directory's control file, or the first
+    /// segment read when there is none.
+    identity: Option<Identity>,
+    /// The last segment read to its seal marker, and that marker's segment checksum: the next
+    /// segment's header must name it.
+    prev_seal: Option<(u64, u32)>,
 }
 
 impl WalReader {
     /// Opens a reader at the first record whose LSN is at least `from`.
+    /// Segments of another system or segment size, and a broken chain between two segments
+    /// read one after the other, are damage.
     pub fn open(path: &Path, from: Lsn) -> Result<WalReader> {
+        let source = WalSource::resolve(path)?;
+        let identity = source.identity()?;
         Ok(WalReader {
-            source: WalSource::resolve(path)?,
+            source,
+            identity,
+            prev_seal: None,
             from: from.0,
             next_segment: None,
             cur: None,
@@ -154,7 +289,8 @@ impl WalReader {
                         offset: off as u64,
                     }));
                 }
-                Ok(Decoded::Seal(_)) => {
+                Ok(Decoded::Seal(seal)) => {
+                    self.prev_seal = Some((cur.name.segment_no, seal.segment_checksum));
                     self.next_segment = Some(cur.name.segment_no + 1);
                     if let Some(done) = self.cur.take() {
                         self.spare = done.bytes;
@@ -282,10 +418,11 @@ impl WalReader {
                         let next = candidates.clone().find(|n| n.segment_no == w);
                         if next.is_none() {
                             if let Some(later) = candidates.clone().find(|n| n.segment_no > w) {
+                                let size = self.identity.map_or(0, |i| i.segment_size);
                                 return Err(Error::Corrupt {
                                     file: d.join(later.to_string()),
                                     offset: 0,
-                                    lsn: Lsn(0),
+                                    lsn: Lsn(segment_start(w, size).unwrap_or(0)),
                                     reason: format!(
                                         "segment number {w:X} is missing before {later}"
                                     ),
@@ -301,7 +438,11 @@ impl WalReader {
                             if best.is_none() {
                                 best = Some(n);
                             }
-                            if let Some(size) = segment_size_of(d, n) {
+                            let size = match self.identity {
+                                Some(i) => Some(i.segment_size),
+                                None => segment_size_of(d, n),
+                            };
+                            if let Some(size) = size {
                                 if n.segment_no <= self.from / size {
                                     best = Some(n);
                                 }
@@ -313,6 +454,11 @@ impl WalReader {
                 let Some(name) = found.copied() else {
                     return Ok(false);
                 };
+                if want.is_none() && self.prev_seal.is_none() {
+                    // Starting past the first segment: the chain to the one before it is
+                    // checked all the same.
+                    self.prev_seal = predecessor_seal(d, &names, &name, self.identity);
+                }
                 (name, d.join(name.to_string()))
             }
         };
@@ -332,22 +478,47 @@ impl WalReader {
             self.spare = bytes;
             return Ok(false);
         }
-        let header = SegmentHeader::decode(&bytes).map_err(|reason| Error::Corrupt {
+        // Where the segment starts by its name: a header too damaged to say is still located.
+        let named_start = self
+            .identity
+            .map(|i| i.segment_size)
+            .or_else(|| claimed_segment_size(&bytes))
+            .and_then(|size| segment_start(name.segment_no, size))
+            .unwrap_or(0);
+        let bad = |reason: String| Error::Corrupt {
             file: path.clone(),
             offset: 0,
-            lsn: Lsn(0),
+            lsn: Lsn(named_start),
             reason,
-        })?;
-        if header.segment_no != name.segment_no {
+        };
+        let header = SegmentHeader::decode(&bytes).map_err(bad)?;
+        let id = *self.identity.get_or_insert(Identity {
+            system_id: header.system_id,
+            segment_size: header.segment_size,
+        });
+        if let Some(reason) = header_mismatch(&header, &name, &id) {
             return Err(Error::Corrupt {
                 file: path,
                 offset: 0,
-                lsn: Lsn(header.start_lsn()),
-                reason: format!(
-                    "header says segment {:X}, the file name says {:X}",
-                    header.segment_no, name.segment_no
-                ),
+                lsn: Lsn(segment_start(name.segment_no, id.segment_size).unwrap_or(0)),
+                reason,
             });
+        }
+        if let Some((prev_no, prev_sum)) = self.prev_seal {
+            if prev_no + 1 == name.segment_no && header.prev_checksum != Some(prev_sum) {
+                return Err(Error::Corrupt {
+                    file: path,
+                    offset: 0,
+                    lsn: Lsn(header.start_lsn()),
+                    reason: format!(
+                    "chain broken: header expects previous checksum {}, segment {prev_no:X} has {prev_sum:08x}",
+                    header
+                        .prev_checksum
+                        .map(|c| format!("{c:08x}"))
+                        .unwrap_or_else(|| "none".into())
+                ),
+                });
+            }
         }
         self.next_segment = Some(name.segment_no);
         let mut cur = Loaded {
@@ -364,8 +535,33 @@ impl WalReader {
     }
 }
 
+/// The seal checksum of the sealed segment just before `name`, when the folder holds it and
+/// its marker is valid (a damaged one is reported when that segment itself is read).
+fn predecessor_seal(
+    dir: &Path,
+    names: &[SegmentName],
+    name: &SegmentName,
+    identity: Option<Identity>,
+) -> Option<(u64, u32)> {
+    let prev_no = name.segment_no.checked_sub(1)?;
+    let prev = names
+        .iter()
+        .find(|n| n.segment_no == prev_no && n.kind == SegmentFileKind::Sealed)?;
+    let size = identity?.segment_size;
+    let f = crate::fsutil::open_regular(&dir.join(prev.to_string())).ok()?;
+    let len = f.metadata().ok()?.len();
+    let off = len.checked_sub(SEAL_LEN as u64)?;
+    let mut b = vec![0u8; SEAL_LEN];
+    f.read_exact_at(&mut b, off).ok()?;
+    let lsn = segment_start(prev_no, size)?.checked_add(off)?;
+    match crate::format::record::decode_at(&b, 0, lsn, size as usize) {
+        Ok(Decoded::Seal(seal)) => Some((prev_no, seal.segment_checksum)),
+        _ => None,
+    }
+}
+
 fn segment_size_of(dir: &Path, name: &SegmentName) -> Option<u64> {
-    let f = File::open(dir.join(name.to_string())).ok()?;
+    let f = crate::fsutil::open_regular(&dir.join(name.to_string())).ok()?;
     let mut b = [0u8; SEGMENT_HEADER_LEN];
     f.read_exact_at(&mut b, 0).ok()?;
     SegmentHeader::decode(&b).ok().map(|h| h.segment_size)
@@ -422,7 +618,7 @@ pub fn read_segment_hashed(path: &Path, buf: &mut Vec<u8>) -> Result<ReadChecksu
 /// Opens a segment file and sizes `buf` to it. Only bytes beyond the buffer's current length
 /// are zero-filled; the read overwrites all of them.
 fn open_sized(path: &Path, buf: &mut Vec<u8>) -> Result<File> {
-    let f = File::open(path).ctx(|| format!("open {}", path.display()))?;
+    let f = crate::fsutil::open_regular(path)?;
     if path.to_string_lossy().ends_with(".wal.open") {
         crate::fsutil::advise_random(&f);
     }
@@ -441,9 +637,21 @@ const REFRESH_WINDOW: usize = 1 << 20;
 /// Replaces `buf[from..]` with the file's current bytes from `from` (at least `want` of them, when
 /// the file has them); true when they differ from what `buf` held.
 fn read_tail(path: &Path, from: usize, want: usize, buf: &mut Vec<u8>) -> std::io::Result<bool> {
-    let f = File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never blocks on a FIFO swapped in under the open segment's name.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
     crate::fsutil::advise_random(&f);
-    let len = f.metadata()?.len() as usize;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(format!(
+            "is a {}, not a regular file",
+            crate::fsutil::file_kind(&meta.file_type())
+        )));
+    }
+    let len = meta.len() as usize;
     if len <= from {
         return Ok(false);
     }

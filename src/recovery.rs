@@ -85,7 +85,7 @@ pub fn check_sealed(
     name: &SegmentName,
     control: &ControlFile,
 ) -> Result<SealedSegment> {
-    let file = fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
+    let file = crate::fsutil::open_regular(path)?;
     let len = file
         .metadata()
         .ctx(|| format!("stat {}", path.display()))?

@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::datadir::DataDir;
+use crate::decoder::SegmentScanner;
 use crate::error::{Error, Result};
 use crate::format::record::SEAL_LEN;
-use crate::format::{SegmentFileKind, SegmentName};
+use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::fsutil::{fsync_dir, write_atomic};
+use crate::recovery::check_sealed;
 use crate::{Lsn, Wal};
 
 /// Library options for [`checkpoint`].
@@ -196,11 +198,63 @@ fn holders(
     out
 }
 
+/// The end of the WAL on disk: the end of the newest segment's last record (its seal marker's
+/// LSN when it is sealed), 0 when there is no record. Reads the newest segments only.
+pub fn end_of_wal(dir: &DataDir, control: &ControlFile) -> Result<Lsn> {
+    let names = dir.list_segments()?;
+    for name in names.iter().rev() {
+        let path = dir.segment_path(name);
+        match name.kind {
+            SegmentFileKind::Sealed => {
+                return Ok(Lsn(check_sealed(&path, name, control)?.end_lsn));
+            }
+            SegmentFileKind::Open => {
+                let bytes = crate::reader::read_segment(&path)?;
+                // An open segment whose header was never written holds no record yet.
+                let Ok(mut scan) = SegmentScanner::new(&bytes) else {
+                    continue;
+                };
+                let end = scan.by_ref().map(|r| r.end_lsn()).last();
+                if let Some(end) = end {
+                    return Ok(Lsn(end));
+                }
+            }
+            SegmentFileKind::Partial | SegmentFileKind::Prepared => {}
+        }
+    }
+    Ok(Lsn(0))
+}
+
 /// Declares WAL below `lsn` no longer needed by the application and removes the sealed segments
 /// that every consumer not marked lost is past as well. Runs beside a writer and consumers in
-/// other processes: it takes no lock and removes only sealed files.
+/// other processes: it takes no lock and removes only sealed files. A checkpoint past the end
+/// of the WAL on disk ([`end_of_wal`]) is refused: it could never be lowered again, and would
+/// let retention remove segments the application still needs.
 pub fn checkpoint(dir: &DataDir, lsn: Lsn, opts: &RetentionOptions) -> Result<CheckpointReport> {
     let control = dir.read_control()?;
+    if lsn.0 > 0 {
+        let end = end_of_wal(dir, &control)?;
+        refuse_past(lsn, end, "the end of the WAL on disk")?;
+    }
+    checkpoint_checked(dir, &control, lsn, opts)
+}
+
+/// Refuses a checkpoint past `end`; nothing is changed.
+fn refuse_past(lsn: Lsn, end: Lsn, what: &str) -> Result<()> {
+    if lsn > end {
+        return Err(Error::InvalidArgument(format!(
+            "checkpoint {lsn} is past {what}, {end}: a checkpoint must name a position the log has reached (it never moves back); nothing changed"
+        )));
+    }
+    Ok(())
+}
+
+fn checkpoint_checked(
+    dir: &DataDir,
+    control: &ControlFile,
+    lsn: Lsn,
+    opts: &RetentionOptions,
+) -> Result<CheckpointReport> {
     let mut state = load_state(dir)?;
     if lsn.0 > state.checkpoint_lsn {
         state.checkpoint_lsn = lsn.0;
@@ -356,9 +410,16 @@ pub fn drop_consumer(dir: &DataDir, id: &str) -> Result<bool> {
 
 impl Wal {
     /// [`checkpoint`] on this writer's data directory, once every segment it has sealed has its
-    /// sealed name.
+    /// sealed name. A checkpoint past [`Wal::flush_lsn`] is refused
+    /// ([`Error::InvalidArgument`]): the application cannot have applied what is not durable.
     pub fn checkpoint(&self, lsn: Lsn, opts: &RetentionOptions) -> Result<CheckpointReport> {
+        refuse_past(
+            lsn,
+            self.flush_lsn(),
+            "the durable end of the WAL (flush_lsn)",
+        )?;
         self.wait_sealed_names()?;
-        checkpoint(self.data_dir(), lsn, opts)
+        let control = self.data_dir().read_control()?;
+        checkpoint_checked(self.data_dir(), &control, lsn, opts)
     }
 }

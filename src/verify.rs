@@ -6,16 +6,15 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use uuid::Uuid;
 
-use crate::datadir::{list_segments_in, DataDir};
+use crate::datadir::{list_segments_and_refused, DataDir};
 use crate::decoder::{
     is_zero_from, judge_open_tail, later_records, OpenTail, ReadChecksum, ScanEnd, SegmentScanner,
 };
-use crate::error::Result;
+use crate::error::{Error, IoContext, Result};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
-use crate::format::{ControlFile, SegmentFileKind, SegmentName};
-use crate::reader::{read_segment_hashed, WalSource};
+use crate::format::{SegmentFileKind, SegmentName};
+use crate::reader::{claimed_segment_size, read_segment_hashed, segment_start, WalSource};
 use crate::Lsn;
 
 /// One problem found, located.
@@ -41,67 +40,123 @@ pub struct VerifyReport {
     pub notes: Vec<String>,
 }
 
-/// What every segment in a set must agree on.
-#[derive(Clone, Copy, Debug)]
-pub struct Identity {
-    pub system_id: Uuid,
-    pub segment_size: u64,
-}
+pub use crate::reader::Identity;
 
-impl From<&ControlFile> for Identity {
-    fn from(c: &ControlFile) -> Self {
-        Identity {
-            system_id: c.system_id,
-            segment_size: c.segment_size,
-        }
-    }
-}
-
-/// Verifies a data directory, a folder of segments, one segment file, or an archive.
+/// Verifies a data directory, its wal/ folder, one segment file, or an archive. Only an empty
+/// but valid data directory or archive is clean with no segments: a directory that is none of
+/// these is an error (not a walship path), and one that is partly a data directory (a `wal/`
+/// without `control`, a damaged `control`) or holds segments with nothing to check their
+/// identity against is damage.
 pub fn verify_path(path: &Path) -> Result<VerifyReport> {
-    if crate::archive::is_archive(path) {
+    let meta = std::fs::metadata(path).ctx(|| format!("{}", path.display()))?;
+    if meta.is_dir() && crate::archive::is_archive(path) {
         return crate::archive::verify_archive(path);
     }
     let mut report = VerifyReport::default();
+    let problem = |report: &mut VerifyReport, segment: &str, reason: String| {
+        report.errors.push(VerifyIssue {
+            segment: segment.into(),
+            offset: 0,
+            lsn: 0,
+            reason,
+        })
+    };
     let mut identity = None;
     let mut data_dir_root = None;
-    let files: Vec<(SegmentName, PathBuf)> = match WalSource::resolve(path)? {
-        WalSource::File(p) => {
-            let name = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(crate::setaside::segment_name_of);
-            match name {
-                Some(n) => vec![(n, p)],
-                None => {
-                    return Err(crate::Error::InvalidArgument(format!(
-                    "{}: not a segment file name (expected 24 hex digits and .wal or .wal.open)",
-                    p.display()
-                )))
-                }
+    let files: Vec<(SegmentName, PathBuf)> = if meta.is_file() {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(crate::setaside::segment_name_of);
+        let Some(name) = name else {
+            return Err(Error::InvalidArgument(format!(
+                "{}: not a segment file name (expected 24 hex digits and .wal or .wal.open)",
+                path.display()
+            )));
+        };
+        // A file in a data directory's wal/ must belong to that directory.
+        if let Some(dd) = WalSource::File(path.to_path_buf()).data_dir() {
+            match dd.read_control() {
+                Ok(c) => identity = Some(Identity::from(&c)),
+                Err(e) => problem(&mut report, "control", control_problem(e)),
             }
         }
-        WalSource::Dir(d) => {
-            let root = d.parent().map(Path::to_path_buf).unwrap_or_default();
-            let dd = DataDir::new(&root);
-            if d.file_name().is_some_and(|n| n == "wal") && dd.is_initialized() {
+        vec![(name, path.to_path_buf())]
+    } else if meta.is_dir() {
+        let (root, wal) = data_dir_layout(path);
+        let has_control = std::fs::symlink_metadata(root.join("control")).is_ok();
+        let has_wal = std::fs::symlink_metadata(&wal).is_ok();
+        if has_control || has_wal {
+            if has_control {
                 data_dir_root = Some(root.clone());
-                match dd.read_control() {
+                match DataDir::new(&root).read_control() {
                     Ok(c) => identity = Some(Identity::from(&c)),
-                    Err(e) => report.errors.push(VerifyIssue {
-                        segment: "control".into(),
-                        offset: 0,
-                        lsn: 0,
-                        reason: e.to_string(),
-                    }),
+                    Err(e) => problem(&mut report, "control", control_problem(e)),
                 }
+            } else {
+                problem(
+                    &mut report,
+                    "control",
+                    format!(
+                        "{}: the data directory has no control file: its identity is missing, so its segments cannot be checked (restore it, or rebuild from an archive or a standby)",
+                        root.display()
+                    ),
+                );
             }
-            list_segments_in(&d)?
-                .into_iter()
-                .filter(|n| matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open))
-                .map(|n| (n, d.join(n.to_string())))
-                .collect()
+            if wal.is_dir() {
+                let files = segment_files(&wal, identity, &mut report)?;
+                if files.is_empty() && identity.is_some() {
+                    if let Some(lsn) = reached_lsn(&DataDir::new(&root)) {
+                        problem(
+                            &mut report,
+                            "wal",
+                            format!(
+                                "{}: holds no segment, yet the log had reached LSN {} (the checkpoint or a consumer's position): its segments were removed",
+                                wal.display(),
+                                Lsn(lsn)
+                            ),
+                        );
+                    }
+                }
+                files
+            } else {
+                problem(
+                    &mut report,
+                    "wal",
+                    format!(
+                        "{}: the data directory has no wal/ folder: every segment is missing",
+                        root.display()
+                    ),
+                );
+                Vec::new()
+            }
+        } else {
+            let files = segment_files(path, None, &mut report)?;
+            let archived = crate::archive::store::list_dir(path)?
+                .iter()
+                .any(|o| crate::archive::parse_object_name(&o.name).is_some());
+            if files.is_empty() && !archived {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: not a walship path: no control file or wal/ folder (a data directory), no IDENTITY file (an archive) and no segment files",
+                    path.display()
+                )));
+            }
+            problem(
+                &mut report,
+                "IDENTITY",
+                format!(
+                    "{}: holds segment files but neither an IDENTITY file (an archive) nor a control file (a data directory): there is nothing to check whose segments they are",
+                    path.display()
+                ),
+            );
+            files
         }
+    } else {
+        return Err(Error::InvalidArgument(format!(
+            "{}: is a {}: not a data directory, wal/ folder, archive or segment file",
+            path.display(),
+            crate::fsutil::file_kind(&meta.file_type())
+        )));
     };
     verify_segments(&files, identity, &mut report, |p, b| {
         read_segment_hashed(p, b).map(Some)
@@ -141,6 +196,80 @@ fn check_opens(root: &Path, report: &mut VerifyReport) {
     }
 }
 
+/// The highest position the directory's own state says its log reached (the checkpoint, a
+/// consumer's position), when above zero: a wal/ without segments is then not a fresh one.
+fn reached_lsn(dd: &DataDir) -> Option<u64> {
+    let r = crate::retention::report(dd).ok()?;
+    let reached = r
+        .consumers
+        .iter()
+        .map(|c| c.position)
+        .fold(r.checkpoint_lsn, u64::max);
+    (reached > 0).then_some(reached)
+}
+
+/// The data directory a directory given by the user stands for, and its wal/ folder: a wal/
+/// folder given directly stands for the directory it sits in.
+fn data_dir_layout(path: &Path) -> (PathBuf, PathBuf) {
+    if let Some(dd) = WalSource::Dir(path.to_path_buf()).data_dir() {
+        return (dd.root().to_path_buf(), path.to_path_buf());
+    }
+    let named_wal = path
+        .canonicalize()
+        .ok()
+        .filter(|c| c.file_name().is_some_and(|n| n == "wal"));
+    match named_wal {
+        // A wal/ folder whose directory has lost its control file.
+        Some(c) if c.parent().is_some() && !path.join("wal").exists() => (
+            c.parent().map(Path::to_path_buf).unwrap_or_default(),
+            path.to_path_buf(),
+        ),
+        _ => (path.to_path_buf(), path.join("wal")),
+    }
+}
+
+/// A control file's problem without the segment position a `Corrupt` error carries.
+fn control_problem(e: Error) -> String {
+    match e {
+        Error::Corrupt { file, reason, .. } => format!("{}: {reason}", file.display()),
+        e => e.to_string(),
+    }
+}
+
+/// The sealed and open segment files of a folder, in order; a segment name holding anything
+/// but a regular file is a problem reported, never opened.
+fn segment_files(
+    dir: &Path,
+    identity: Option<Identity>,
+    report: &mut VerifyReport,
+) -> Result<Vec<(SegmentName, PathBuf)>> {
+    let (names, refused) = list_segments_and_refused(dir)?;
+    for e in refused {
+        let name = match &e {
+            Error::NotRegularFile { path, .. } => path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(SegmentName::parse),
+            _ => None,
+        };
+        let lsn = name
+            .zip(identity)
+            .and_then(|(n, i)| segment_start(n.segment_no, i.segment_size))
+            .unwrap_or(0);
+        report.errors.push(VerifyIssue {
+            segment: name.map(|n| n.to_string()).unwrap_or_default(),
+            offset: 0,
+            lsn,
+            reason: e.to_string(),
+        });
+    }
+    Ok(names
+        .into_iter()
+        .filter(|n| matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open))
+        .map(|n| (n, dir.join(n.to_string())))
+        .collect())
+}
+
 /// Verifies segments given in order, reading each with `read` into one buffer reused from
 /// segment to segment (`read` may hash the bytes as it reads them). Shared by the
 /// data-directory check and the archive check, which reads through its store.
@@ -154,6 +283,10 @@ pub fn verify_segments(
     let mut prev: Option<(SegmentName, Option<u32>)> = None;
     for (i, (name, path)) in files.iter().enumerate() {
         report.segments += 1;
+        // Where this segment starts by its name, once the set's segment size is known: a
+        // header too damaged to say, or a missing neighbour, is still located.
+        let size = identity.map_or(0, |i| i.segment_size);
+        let named = |no: u64| segment_start(no, size).unwrap_or(0);
         let issue = |offset: usize, lsn: u64, reason: String| VerifyIssue {
             segment: name.to_string(),
             offset: offset as u64,
@@ -164,7 +297,7 @@ pub fn verify_segments(
             if name.segment_no == p.segment_no {
                 report.errors.push(issue(
                     0,
-                    0,
+                    named(name.segment_no),
                     format!(
                         "segment {:X} appears twice ({p} and {name})",
                         name.segment_no
@@ -175,7 +308,7 @@ pub fn verify_segments(
                     SegmentName::new(name.timeline, p.segment_no + 1, SegmentFileKind::Sealed);
                 report.errors.push(issue(
                     0,
-                    0,
+                    named(missing.segment_no),
                     format!("segment {missing} is missing between {p} and {name}"),
                 ));
             }
@@ -185,7 +318,9 @@ pub fn verify_segments(
         let read_sum = match read(path, &mut bytes) {
             Ok(sum) => sum,
             Err(e) => {
-                report.errors.push(issue(0, 0, e.to_string()));
+                report
+                    .errors
+                    .push(issue(0, named(name.segment_no), e.to_string()));
                 prev = Some((*name, None));
                 continue;
             }
@@ -235,7 +370,13 @@ pub fn verify_segments(
         let mut scan = match scan {
             Ok(s) => s,
             Err(reason) => {
-                report.errors.push(issue(0, 0, reason));
+                let at = match identity {
+                    Some(_) => named(name.segment_no),
+                    None => claimed_segment_size(&bytes)
+                        .and_then(|size| segment_start(name.segment_no, size))
+                        .unwrap_or(0),
+                };
+                report.errors.push(issue(0, at, reason));
                 prev = Some((*name, None));
                 continue;
             }
@@ -246,10 +387,12 @@ pub fn verify_segments(
             system_id: header.system_id,
             segment_size: header.segment_size,
         });
+        // A header that disagrees with its name or set is located by the name.
+        let at_name = segment_start(name.segment_no, id.segment_size).unwrap_or(0);
         if header.system_id != id.system_id {
             report.errors.push(issue(
                 0,
-                start,
+                at_name,
                 format!(
                     "segment belongs to system {}, expected {}",
                     header.system_id, id.system_id
@@ -259,7 +402,7 @@ pub fn verify_segments(
         if header.segment_size != id.segment_size {
             report.errors.push(issue(
                 0,
-                start,
+                at_name,
                 format!(
                     "segment size {} differs from {}",
                     header.segment_size, id.segment_size
@@ -269,7 +412,7 @@ pub fn verify_segments(
         if header.segment_no != name.segment_no || header.timeline != name.timeline {
             report.errors.push(issue(
                 0,
-                start,
+                at_name,
                 format!(
                     "header says timeline {} segment {:X}; the file name disagrees",
                     header.timeline, header.segment_no
@@ -280,7 +423,7 @@ pub fn verify_segments(
             if p.segment_no + 1 == name.segment_no && header.prev_checksum != Some(*prev_sum) {
                 report.errors.push(issue(
                     0,
-                    start,
+                    at_name,
                     format!(
                         "chain broken: header expects previous checksum {}, {p} has {prev_sum:08x}",
                         header

@@ -224,7 +224,8 @@ fn write_prints_lsns_and_stores_type_and_tx() {
         payloads,
         [
             "616c706861",
-            "62657461",
+            // The bytes as given: a carriage return before the newline stays.
+            "626574610d",
             "",
             "67616d6d61",
             "6f6e65",
@@ -705,4 +706,616 @@ fn dump_starts_in_any_segment_and_reads_single_files() {
         "{}",
         stderr(&o)
     );
+}
+
+/// The one line of stderr that carries walship's error (its prefix), and that there is one.
+fn error_line(o: &std::process::Output) -> String {
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("walship: ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn verify_says_ok_only_about_a_walship_path() {
+    let (t, d) = four_segments();
+    let root = t.path();
+    // Not walship paths: exit 2, nothing claimed ok.
+    let etc_like = root.join("etc");
+    std::fs::create_dir(&etc_like).expect("mkdir");
+    std::fs::write(etc_like.join("hosts"), "127.0.0.1 localhost\n").expect("write");
+    std::fs::create_dir(etc_like.join("ssh")).expect("mkdir");
+    let empty = root.join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let fifo = root.join("fifo");
+    make_fifo(&fifo);
+    for (p, says) in [
+        (root.join("missing"), "No such file"),
+        (d.join("control"), "not a segment file name"),
+        (empty.clone(), "not a walship path"),
+        (etc_like.clone(), "not a walship path"),
+        (fifo.clone(), "is a FIFO"),
+    ] {
+        for cmd in ["verify", "dump"] {
+            let o = run(&[cmd, s(&p)], b"");
+            assert_eq!(
+                code(&o),
+                2,
+                "{cmd} {}: {}{}",
+                p.display(),
+                stdout(&o),
+                stderr(&o)
+            );
+            assert!(!stdout(&o).contains("ok"), "{}", stdout(&o));
+            let line = error_line(&o);
+            assert!(line.contains(s(&p)) && line.contains(says), "{cmd}: {line}");
+        }
+    }
+
+    // Partly a data directory, or segments with no identity to check them against: damage.
+    let only_wal = root.join("only-wal");
+    std::fs::create_dir_all(only_wal.join("wal")).expect("mkdir");
+    let lost_control = root.join("lost-control");
+    common::copy_tree(&d, &lost_control);
+    std::fs::remove_file(lost_control.join("control")).expect("rm");
+    let garbage = root.join("garbage-control");
+    common::copy_tree(&d, &garbage);
+    std::fs::write(garbage.join("control"), [0x5Au8; 64]).expect("write");
+    let short = root.join("short-control");
+    common::copy_tree(&d, &short);
+    std::fs::write(short.join("control"), b"WALSHIPC").expect("write");
+    let no_wal = root.join("no-wal");
+    std::fs::create_dir(&no_wal).expect("mkdir");
+    std::fs::copy(d.join("control"), no_wal.join("control")).expect("cp");
+    let bare = root.join("archive-without-identity");
+    std::fs::create_dir(&bare).expect("mkdir");
+    for no in 0..3 {
+        std::fs::copy(
+            wal_file(&d, no, true),
+            bare.join(wal_file(&d, no, true).file_name().expect("name")),
+        )
+        .expect("cp");
+    }
+    for (p, segment, says) in [
+        (only_wal.clone(), "control", "no control file"),
+        (only_wal.join("wal"), "control", "no control file"),
+        (lost_control.clone(), "control", "no control file"),
+        (lost_control.join("wal"), "control", "no control file"),
+        (garbage.clone(), "control", "bad magic"),
+        (garbage.join("wal"), "control", "bad magic"),
+        (short.clone(), "control", "8 bytes"),
+        (no_wal.clone(), "wal", "no wal/ folder"),
+        (bare.clone(), "IDENTITY", "neither an IDENTITY file"),
+    ] {
+        let (c, v) = verify_json(&p);
+        assert_eq!(c, 1, "{}: {v}", p.display());
+        assert_eq!(v["ok"], false);
+        let errors = v["errors"].as_array().expect("errors");
+        assert!(
+            errors.iter().any(|e| e["segment"] == segment
+                && e["reason"].as_str().is_some_and(|r| r.contains(says))),
+            "{}: {v}",
+            p.display()
+        );
+        let o = run(&["verify", s(&p)], b"");
+        assert_eq!(code(&o), 1);
+        assert!(stdout(&o).contains("DAMAGED"), "{}", stdout(&o));
+    }
+    // A data directory whose segments were all removed is not an empty one: its checkpoint,
+    // or a consumer's position, says how far the log had reached.
+    let emptied = root.join("emptied");
+    common::copy_tree(&d, &emptied);
+    let o = run(&["checkpoint", s(&emptied), "--lsn", "0/00000080"], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let archived = root.join("archived");
+    common::copy_tree(&d, &archived);
+    let o = run(
+        &[
+            "archive",
+            s(&archived),
+            "--to",
+            s(&root.join("arc")),
+            "--once",
+        ],
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for dir in [&emptied, &archived] {
+        for e in std::fs::read_dir(dir.join("wal")).expect("ls") {
+            std::fs::remove_file(e.expect("entry").path()).expect("rm");
+        }
+        let (c, v) = verify_json(dir);
+        assert_eq!(c, 1, "{v}");
+        assert!(
+            v["errors"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("holds no segment")),
+            "{v}"
+        );
+    }
+    // A segment file in a data directory whose control is damaged is damage too.
+    let (c, v) = verify_json(&garbage.join("wal").join("000000010000000000000001.wal"));
+    assert_eq!(c, 1, "{v}");
+
+    // The only ok with no segments: an empty but valid data directory (and its wal/).
+    let fresh = root.join("fresh");
+    init(&fresh);
+    for p in [fresh.clone(), fresh.join("wal")] {
+        let (c, v) = verify_json(&p);
+        assert_eq!(
+            (c, &v["segments"], &v["ok"]),
+            (0, &Value::from(0), &Value::from(true)),
+            "{v}"
+        );
+    }
+    // And a real one, by every path that names it.
+    for p in [d.clone(), d.join("wal"), d.join("wal").join(".")] {
+        let (c, v) = verify_json(&p);
+        assert_eq!(c, 0, "{}: {v}", p.display());
+        assert_eq!(v["segments"], 4);
+    }
+}
+
+/// Makes a FIFO at `path`.
+fn make_fifo(path: &Path) {
+    let o = Command::new("mkfifo").arg(path).output().expect("mkfifo");
+    assert!(o.status.success(), "{o:?}");
+}
+
+/// Two data directories of one system that part after segment 0: `a` and `b` each write and
+/// seal segments 1 and 2 with their own records.
+fn forked() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (t, a) = tempdir();
+    init(&a);
+    write(&a, "common 1\ncommon 2\n", &[]);
+    seal(&a);
+    let b = t.path().join("b");
+    common::copy_tree(&a, &b);
+    for (d, tag) in [(&a, "a"), (&b, "b")] {
+        for seg in 1..3 {
+            write(
+                d,
+                &format!("{tag}{seg} x\n{tag}{seg} y\n{tag}{seg} z\n"),
+                &[],
+            );
+            seal(d);
+        }
+    }
+    (t, a, b)
+}
+
+#[test]
+fn dump_checks_identity_and_chain_like_verify() {
+    let seg = common::SEG;
+    // Another system's segment 2 put into wal/, another segment size, a chain from another
+    // history of the same system: each in place of segment 2.
+    let (_t, d) = four_segments();
+    let (_t2, other) = four_segments();
+    let (_t3, big) = tempdir();
+    let o = run(&["init", s(&big), "--segment-size", "128KiB"], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for _ in 0..3 {
+        write(&big, "big\n", &[]);
+        seal(&big);
+    }
+    let (_t4, a, b) = forked();
+    let cases: Vec<(PathBuf, PathBuf, &str)> = vec![
+        (d.clone(), wal_file(&other, 2, true), "belongs to system"),
+        (
+            d.clone(),
+            wal_file(&other, 2, true).with_file_name("000000010000000000000002.wal"),
+            "belongs to system",
+        ),
+        (a.clone(), wal_file(&b, 2, true), "chain broken"),
+    ];
+    for (dir, from, says) in cases {
+        let target = wal_file(&dir, 2, true);
+        let keep = std::fs::read(&target).expect("read");
+        std::fs::copy(&from, &target).expect("cp");
+        let good = 10usize.min(if dir == a { 5 } else { 10 });
+        for extra in [
+            &[][..],
+            &["--json"][..],
+            &["--stats", "--json"][..],
+            &["--follow"][..],
+        ] {
+            let mut args = vec!["dump", s(&dir)];
+            args.extend_from_slice(extra);
+            let o = run(&args, b"");
+            assert_eq!(code(&o), 1, "{extra:?}: {}{}", stdout(&o), stderr(&o));
+            let line = error_line(&o);
+            for part in [
+                target.display().to_string(),
+                format!("LSN {}", walship::Lsn(2 * seg)),
+                says.to_string(),
+            ] {
+                assert!(line.contains(&part), "{extra:?}: {part:?} not in {line}");
+            }
+            if extra.contains(&"--stats") {
+                let v: Value = serde_json::from_str(stdout(&o).trim()).expect("stats");
+                assert_eq!(v["records"], good, "{v}");
+            } else {
+                assert_eq!(
+                    stdout(&o).lines().count(),
+                    good,
+                    "{extra:?}: {}",
+                    stdout(&o)
+                );
+            }
+        }
+        // Starting at the segment itself: its identity and its chain to the one before.
+        let start = walship::Lsn(2 * seg).to_string();
+        let o = run(&["dump", s(&dir), "--start", &start], b"");
+        assert_eq!(code(&o), 1, "{}", stderr(&o));
+        assert!(error_line(&o).contains(says), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "");
+        // The file given directly is checked against its directory's control file.
+        if says != "chain broken" {
+            let o = run(&["dump", s(&target)], b"");
+            assert_eq!(code(&o), 1, "{}", stderr(&o));
+            assert!(error_line(&o).contains(says), "{}", stderr(&o));
+            assert_eq!(stdout(&o), "");
+        }
+        let (c, v) = verify_json(&dir);
+        assert_eq!(c, 1, "{v}");
+        assert!(v["errors"].to_string().contains(says), "{v}");
+        std::fs::write(&target, keep).expect("restore");
+        assert_eq!(dump_json(&dir, &[]).len(), if dir == a { 8 } else { 20 });
+    }
+    // Another segment size.
+    let target = wal_file(&d, 2, true);
+    std::fs::copy(
+        wal_file(&big, 2, true).with_file_name("000000010000000000000001.wal"),
+        &target,
+    )
+    .expect("cp");
+    let o = run(&["dump", s(&d), "--json"], b"");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 10);
+    let line = error_line(&o);
+    assert!(
+        line.contains(&format!("LSN {}", walship::Lsn(2 * seg))),
+        "{line}"
+    );
+    assert!(
+        line.contains("belongs to system") || line.contains("segment size"),
+        "{line}"
+    );
+    // The same file alone outside any data directory: checked against itself only.
+    let alone = _t.path().join("000000010000000000000001.wal");
+    std::fs::copy(wal_file(&big, 1, true), &alone).expect("cp");
+    assert_eq!(dump_json(&alone, &[]).len(), 1);
+}
+
+#[test]
+fn init_refuses_a_directory_it_did_not_make() {
+    // The directory of a system whose control file was lost: its segments keep their identity.
+    let (_t, d) = four_segments();
+    std::fs::remove_file(d.join("control")).expect("rm");
+    let before = std::fs::read_dir(d.join("wal")).expect("ls").count();
+    let o = run(&["init", s(&d), "--segment-size", "64KiB"], b"");
+    assert_eq!(code(&o), 2, "{}", stdout(&o));
+    let line = error_line(&o);
+    assert!(
+        line.contains(s(&d)) && line.contains("wal/ is not empty"),
+        "{line}"
+    );
+    assert!(!d.join("control").exists());
+    assert_eq!(
+        std::fs::read_dir(d.join("wal")).expect("ls").count(),
+        before
+    );
+
+    // Any entry init would not make is refused, named.
+    let (t, _) = tempdir();
+    type Make = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Make)> = vec![
+        (
+            "LOCK",
+            Box::new(|p: &Path| std::fs::write(p.join("LOCK"), "1\n").expect("w")),
+        ),
+        (
+            ".keep",
+            Box::new(|p: &Path| std::fs::write(p.join(".keep"), "").expect("w")),
+        ),
+        (
+            "notes",
+            Box::new(|p: &Path| std::fs::create_dir(p.join("notes")).expect("mkdir")),
+        ),
+        (
+            "wal",
+            Box::new(|p: &Path| std::fs::write(p.join("wal"), "").expect("w")),
+        ),
+        (
+            "state",
+            Box::new(|p: &Path| {
+                std::fs::create_dir(p.join("state")).expect("mkdir");
+                std::fs::write(p.join("state").join("retention.json"), "{}").expect("w");
+            }),
+        ),
+        (
+            "wal",
+            Box::new(|p: &Path| {
+                std::os::unix::fs::symlink("/tmp", p.join("wal")).expect("ln");
+            }),
+        ),
+        ("fifo", Box::new(|p: &Path| make_fifo(&p.join("fifo")))),
+    ];
+    for (i, (name, make)) in cases.iter().enumerate() {
+        let p = t.path().join(format!("case{i}"));
+        std::fs::create_dir(&p).expect("mkdir");
+        make(&p);
+        let o = run(&["init", s(&p)], b"");
+        assert_eq!(code(&o), 2, "{name}: {}", stdout(&o));
+        let line = error_line(&o);
+        assert!(
+            line.contains(name) && line.contains(s(&p)),
+            "{name}: {line}"
+        );
+        assert!(!p.join("control").exists(), "{name}");
+    }
+    // A regular file is not a directory to initialise.
+    let f = t.path().join("file");
+    std::fs::write(&f, "x").expect("w");
+    let o = run(&["init", s(&f)], b"");
+    assert_eq!(code(&o), 2);
+    assert_eq!(std::fs::read(&f).expect("read"), b"x");
+
+    // What an interrupted init leaves (empty wal/ and state/) is completed; then it is
+    // initialised, and a second init says so.
+    let p = t.path().join("half");
+    std::fs::create_dir_all(p.join("wal")).expect("mkdir");
+    std::fs::create_dir_all(p.join("state")).expect("mkdir");
+    std::fs::write(p.join(".control.tmp"), b"WALSH").expect("w");
+    let o = run(&["init", s(&p), "--segment-size", "64KiB"], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run(&["init", s(&p), "--segment-size", "64KiB"], b"");
+    assert_eq!(code(&o), 2);
+    assert!(error_line(&o).contains("already a walship data directory"));
+    write(&p, "works\n", &["--durable"]);
+}
+
+#[test]
+fn a_non_regular_file_with_a_segment_name_is_refused_never_opened() {
+    let (t, base) = four_segments();
+    let arc = t.path().join("arc");
+    let o = run(&["archive", s(&base), "--to", s(&arc), "--once"], b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let kinds = ["FIFO", "directory", "socket", "symbolic link"];
+    let names = [
+        "000000010000000000000004.wal.open",
+        "000000010000000000000004.wal",
+        "000000010000000000000002.wal",
+        "000000010000000000000005.wal.prep",
+    ];
+    let mut listeners = Vec::new();
+    for (i, kind) in kinds.iter().enumerate() {
+        for (j, name) in names.iter().enumerate() {
+            let d = t.path().join(format!("d{i}-{j}"));
+            common::copy_tree(&base, &d);
+            let at = d.join("wal").join(name);
+            if at.exists() {
+                std::fs::rename(&at, d.join(format!("{name}.moved"))).expect("mv");
+            }
+            match *kind {
+                "FIFO" => make_fifo(&at),
+                "directory" => std::fs::create_dir(&at).expect("mkdir"),
+                "socket" => {
+                    listeners.push(std::os::unix::net::UnixListener::bind(&at).expect("bind"))
+                }
+                _ => std::os::unix::fs::symlink(wal_file(&base, 1, true), &at).expect("ln"),
+            }
+            let says = format!("{}: is a {kind}, not a regular file", at.display());
+            for args in [
+                vec!["verify", s(&d)],
+                vec!["dump", s(&d)],
+                vec!["dump", s(&d), "--follow"],
+                vec!["dump", s(&d.join("wal"))],
+                vec!["write", s(&d)],
+                vec!["seal", s(&d)],
+                vec!["checkpoint", s(&d), "--lsn", "0/00000050"],
+                vec!["status", s(&d)],
+            ] {
+                // `run` fails the test if the command blocks.
+                let o = run(&args, b"x\n");
+                assert_eq!(code(&o), 1, "{args:?} {kind} {name}: {}", stdout(&o));
+                // verify lists it among its problems (on stdout); the others stop on it.
+                let err = format!("{}{}", stdout(&o), stderr(&o));
+                assert!(err.contains(&says), "{args:?}: {says:?} not in {err}");
+            }
+        }
+    }
+    // The control file too.
+    let d = t.path().join("fifo-control");
+    common::copy_tree(&base, &d);
+    std::fs::remove_file(d.join("control")).expect("rm");
+    make_fifo(&d.join("control"));
+    for args in [
+        vec!["verify", s(&d)],
+        vec!["dump", s(&d)],
+        vec!["write", s(&d)],
+        vec!["checkpoint", s(&d)],
+    ] {
+        let o = run(&args, b"x\n");
+        assert_eq!(code(&o), 1, "{args:?}: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("control: is a FIFO, not a regular file")
+                || stdout(&o).contains("control: is a FIFO, not a regular file"),
+            "{args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+    // Given directly as the path: not a walship path.
+    let fifo = t.path().join("000000010000000000000000.wal");
+    make_fifo(&fifo);
+    for cmd in ["verify", "dump"] {
+        let o = run(&[cmd, s(&fifo)], b"");
+        assert_eq!(code(&o), 2, "{cmd}: {}", stderr(&o));
+        assert!(error_line(&o).contains("is a FIFO"), "{}", stderr(&o));
+    }
+    // In an archive, the same.
+    let seg = arc.join("000000010000000000000001.wal");
+    std::fs::rename(&seg, arc.join("moved")).expect("mv");
+    make_fifo(&seg);
+    for args in [
+        vec!["verify", s(&arc)],
+        vec!["restore", s(&arc), s(&t.path().join("restored"))],
+    ] {
+        let o = run(&args, b"");
+        assert_ne!(code(&o), 0, "{args:?}");
+        assert!(
+            stderr(&o).contains("is a FIFO, not a regular file"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    drop(listeners);
+}
+
+#[test]
+fn write_bounds_each_line_to_the_largest_payload_and_keeps_its_bytes() {
+    let (_t, d) = tempdir();
+    init(&d);
+    let max = 65536 - 184;
+    // Bytes as given: CR before LF, a lone CR, NUL, invalid UTF-8, and a last line without
+    // a newline.
+    let mut input = Vec::new();
+    input.extend_from_slice(b"crlf\r\n\rlead\n\0nul\xff\n");
+    input.extend(std::iter::repeat_n(b'm', max));
+    input.extend_from_slice(b"\nlast\r");
+    let o = run(&["write", s(&d), "--durable"], &input);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let recs = dump_json(&d, &[]);
+    let got: Vec<Vec<u8>> = recs
+        .iter()
+        .map(|r| {
+            let h = r["data_hex"].as_str().expect("hex");
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            b"crlf\r".to_vec(),
+            b"\rlead".to_vec(),
+            b"\0nul\xff".to_vec(),
+            vec![b'm'; max],
+            b"last\r".to_vec()
+        ]
+    );
+
+    // One byte over, at line 3 (and at line 1): refused before any byte of it is stored;
+    // lines before it are stored and printed.
+    for (before, n) in [(2usize, 3u64), (0, 1)] {
+        let stored = dump_json(&d, &[]).len();
+        let mut input: Vec<u8> = (0..before)
+            .flat_map(|i| format!("ok {i}\n").into_bytes())
+            .collect();
+        input.extend(std::iter::repeat_n(b'z', max + 1));
+        input.extend_from_slice(b"\nnever\n");
+        let o = run(&["write", s(&d)], &input);
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert_eq!(stdout(&o).lines().count(), before);
+        let line = error_line(&o);
+        for part in [
+            format!("line {n} "),
+            format!("{max} bytes"),
+            "65536-byte segments".into(),
+        ] {
+            assert!(line.contains(&part), "{part:?} not in {line}");
+        }
+        let recs = dump_json(&d, &[]);
+        assert_eq!(recs.len(), stored + before);
+        assert!(recs
+            .iter()
+            .all(|r| r["len"].as_u64() != Some(max as u64 + 1)));
+    }
+
+    // A line of hundreds of megabytes: the command stops reading soon after the limit.
+    let mut child = Command::new(common::bin())
+        .args(["write", s(&d)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    let chunk = vec![b'h'; 1 << 20];
+    let mut accepted = 0usize;
+    while accepted < 300 << 20 {
+        match std::io::Write::write(&mut input, &chunk) {
+            Ok(n) => accepted += n,
+            Err(_) => break,
+        }
+    }
+    drop(input);
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(accepted < 16 << 20, "read {accepted} bytes of one line");
+    assert!(error_line(&o).contains("line 1 "), "{}", stderr(&o));
+}
+
+#[test]
+fn header_and_missing_segment_errors_name_the_segments_start_lsn() {
+    let seg = common::SEG;
+    for no in [1u64, 2] {
+        // A damaged header: the name says where the segment starts.
+        let (_t, d) = four_segments();
+        flip(&wal_file(&d, no, true), 44, 0x01); // in the system id: the header CRC fails
+        let want = walship::Lsn(no * seg).to_string();
+        let o = run(&["dump", s(&d)], b"");
+        assert_eq!(code(&o), 1);
+        let line = error_line(&o);
+        assert!(line.contains(&format!("LSN {want}")), "{line}");
+        let (c, v) = verify_json(&d);
+        assert_eq!(c, 1);
+        assert_eq!(v["errors"][0]["lsn"], no * seg, "{v}");
+        let o = run(&["write", s(&d)], b"x\n");
+        assert_eq!(code(&o), 1);
+        assert!(
+            error_line(&o).contains(&format!("LSN {want}")),
+            "{}",
+            stderr(&o)
+        );
+
+        // The same file alone, outside any data directory: the header's own size field still
+        // locates it.
+        let alone = _t
+            .path()
+            .join(wal_file(&d, no, true).file_name().expect("name"));
+        std::fs::copy(wal_file(&d, no, true), &alone).expect("cp");
+        let o = run(&["dump", s(&alone)], b"");
+        assert_eq!(code(&o), 1);
+        assert!(
+            error_line(&o).contains(&format!("LSN {want}")),
+            "{}",
+            stderr(&o)
+        );
+        let (c, v) = verify_json(&alone);
+        assert_eq!(c, 1);
+        assert_eq!(v["errors"][0]["lsn"], no * seg, "{v}");
+
+        // A missing segment.
+        let (_t, d) = four_segments();
+        std::fs::remove_file(wal_file(&d, no, true)).expect("rm");
+        let o = run(&["dump", s(&d)], b"");
+        assert_eq!(code(&o), 1);
+        let line = error_line(&o);
+        assert!(
+            line.contains("missing") && line.contains(&format!("LSN {want}")),
+            "{line}"
+        );
+        let (c, v) = verify_json(&d);
+        assert_eq!(c, 1);
+        let e = &v["errors"][0];
+        assert!(
+            e["reason"].as_str().is_some_and(|r| r.contains("missing")),
+            "{v}"
+        );
+        assert_eq!(e["lsn"], no * seg, "{v}");
+    }
 }

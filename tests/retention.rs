@@ -120,7 +120,8 @@ proptest! {
                     }
                 }
                 Op::Checkpoint { frac, cap } => {
-                    let lsn = (wal.write_lsn().0 as f64 * frac) as u64;
+                    // A checkpoint names a durable position: past flush_lsn it is refused.
+                    let lsn = (wal.sync().unwrap().0 as f64 * frac) as u64;
                     ckpt = ckpt.max(lsn);
                     // Sealed names follow in the background; checkpoint waits for them too.
                     wal.wait_sealed_names().unwrap();
@@ -329,4 +330,116 @@ fn an_archiver_behind_holds_its_segments_and_releases_them_once_it_pushed() {
         readable_from(&dest, 0).len() as u64,
         wal.stats().records_appended
     );
+}
+
+/// The retention state file's checkpoint, if any.
+fn stored_checkpoint(root: &Path) -> Option<u64> {
+    let b = std::fs::read(root.join("state").join("retention.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    v["checkpoint_lsn"].as_u64()
+}
+
+#[test]
+fn a_checkpoint_past_the_end_of_the_wal_is_refused_and_changes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("d");
+    let wal = filled(&root, 3);
+    // Records in the open segment too, some of them not synced.
+    for i in 0..5u8 {
+        wal.append(&Entry::new(EntryType::Insert, None, &[i; 100]))
+            .unwrap();
+    }
+    let flushed = wal.sync().unwrap();
+    let tail = wal
+        .append(&Entry::new(EntryType::Insert, None, b"not yet durable"))
+        .unwrap();
+    let before = sealed(&root);
+    // Through the library: past flush_lsn (by one byte, by a segment, at the very top).
+    let durable = wal.flush_lsn();
+    for lsn in [durable.0 + 1, tail.end_lsn.0, durable.0 + SEG, u64::MAX] {
+        if lsn <= wal.flush_lsn().0 {
+            continue; // the background sync got there first
+        }
+        let err = wal
+            .checkpoint(Lsn(lsn), &RetentionOptions::default())
+            .expect_err("past flush_lsn");
+        let msg = err.to_string();
+        assert!(msg.contains(&Lsn(lsn).to_string()), "{msg}");
+        assert!(msg.contains("flush_lsn"), "{msg}");
+        assert!(matches!(err, walship::Error::InvalidArgument(_)), "{err:?}");
+    }
+    assert_eq!(sealed(&root), before);
+    assert_eq!(stored_checkpoint(&root), None);
+    // At the durable end it is taken, and it is the highest one can go.
+    let r = wal
+        .checkpoint(flushed, &RetentionOptions::default())
+        .unwrap();
+    assert_eq!(r.checkpoint_lsn, flushed.0);
+    let end = wal.sync().unwrap();
+    drop(wal);
+
+    // Through the command line, without a writer: the end is the last record on disk.
+    let ckpt_before = stored_checkpoint(&root);
+    let segs_before = sealed(&root);
+    for lsn in [
+        format!("{}", end.0 + 8),
+        Lsn(end.0 + SEG).to_string(),
+        "FFFFFFFF/FFFFFFFF".to_string(),
+    ] {
+        let out = walship(&["checkpoint", s(&root), "--lsn", &lsn]);
+        assert_eq!(out.status.code(), Some(2), "{lsn}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("past the end of the WAL") && err.contains(&end.to_string()),
+            "{lsn}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(stored_checkpoint(&root), ckpt_before);
+        assert_eq!(sealed(&root), segs_before);
+    }
+    // A refused checkpoint drops no consumer either.
+    let dir = DataDir::new(&root);
+    let reg = ConsumerRegistry::new(&dir);
+    reg.save(&consumer("standby-a", ConsumerKind::Standby, 0))
+        .unwrap();
+    let out = walship(&[
+        "checkpoint",
+        s(&root),
+        "--drop-consumer",
+        "standby-a",
+        "--lsn",
+        "FFFFFFFF/FFFFFFFF",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(reg.get("standby-a").unwrap().is_some());
+    // Exactly at the end it is taken; a later write lets it go further.
+    let out = walship(&["checkpoint", s(&root), "--lsn", &end.to_string(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stored_checkpoint(&root), Some(end.0));
+    let out = walship(&["checkpoint", s(&root), "--lsn", &(end.0 + 48).to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let wal = Wal::open(&root, WalOptions::default()).unwrap();
+    let a = wal
+        .append_durable(&Entry::new(EntryType::Insert, None, b"x"))
+        .unwrap();
+    drop(wal);
+    let out = walship(&["checkpoint", s(&root), "--lsn", &a.end_lsn.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stored_checkpoint(&root), Some(a.end_lsn.0));
+}
+
+#[test]
+fn a_checkpoint_at_a_seal_is_within_the_wal() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("d");
+    let wal = filled(&root, 2);
+    let end = wal.flush_lsn();
+    drop(wal);
+    // Only sealed segments and an empty open one (or none): the end is the newest seal's LSN.
+    let newest = *sealed(&root).last().unwrap();
+    assert!(end.0 >= newest.1, "{end} {newest:?}");
+    let out = walship(&["checkpoint", s(&root), "--lsn", &newest.1.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = walship(&["checkpoint", s(&root), "--lsn", &(newest.1 + 1).to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

@@ -140,7 +140,8 @@ impl<S: ArchiveStore> Fetcher<S> {
                 let data = store.get(&object).await?.ok_or_else(|| Error::Corrupt {
                     file: file.clone(),
                     offset: 0,
-                    lsn: Lsn(0),
+                    // Where the missing segment starts.
+                    lsn: Lsn(name.segment_no.saturating_mul(identity.segment_size)),
                     reason: "vanished from the archive during restore".into(),
                 })?;
                 blocking(move || {

@@ -219,11 +219,17 @@ impl LocalDirStore {
     fn get_blocking(&self, name: &str) -> Result<Option<Vec<u8>>> {
         check_name(name)?;
         let path = self.root.join(name);
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
-        }
+        // Never blocks on a FIFO under an object's name; anything not a regular file is refused.
+        let mut f = match crate::fsutil::open_regular(&path) {
+            Ok(f) => f,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut b).ctx(|| format!("read {}", path.display()))?;
+        Ok(Some(b))
     }
 
     fn delete_blocking(&self, name: &str) -> Result<bool> {
@@ -255,6 +261,14 @@ pub fn list_dir(root: &Path) -> Result<Vec<ObjectInfo>> {
         let meta = entry
             .metadata()
             .ctx(|| format!("stat {}", entry.path().display()))?;
+        // A segment's name holding a FIFO, socket, device, directory or link is refused rather
+        // than skipped, which would look like a missing segment.
+        if !meta.is_file() && super::parse_object_name(&name).is_some() {
+            return Err(Error::NotRegularFile {
+                path: entry.path(),
+                kind: crate::fsutil::file_kind(&meta.file_type()),
+            });
+        }
         if meta.is_file() {
             out.push(ObjectInfo {
                 name,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use walship::retention::{checkpoint, drop_consumer, RetentionOptions};
+use walship::retention::{checkpoint, drop_consumer, end_of_wal, RetentionOptions};
 use walship::{DataDir, Lsn};
 
 use super::{parse_size, CmdResult, Failure};
@@ -15,7 +15,8 @@ use super::{parse_size, CmdResult, Failure};
     after_help = "A sealed segment is removed once it ends at or below the checkpoint and \
 every registered consumer not marked lost has taken it. The newest sealed segment and the open \
 segment are always kept. The checkpoint is remembered in DATA_DIR/state/retention.json and never \
-moves back; without --lsn the remembered one is used.\n\n\
+moves back; without --lsn the remembered one is used. An --lsn past the end of the WAL (the end \
+of its last record on disk) is refused with exit status 2.\n\n\
 --max-retained caps what one lagging consumer may hold back: a consumer that alone keeps more \
 than SIZE of sealed segments below the checkpoint is marked lost (logged as an error), no longer \
 holds WAL, and must be rebuilt. A segment the archiver recorded as archived is removed only while its archive (a directory) still holds it; otherwise it and every later segment are kept and the command exits 1. --drop-consumer removes a consumer from the registry (repeatable); \
@@ -42,7 +43,16 @@ pub struct CheckpointArgs {
 
 pub fn run(a: CheckpointArgs) -> CmdResult {
     let dir = DataDir::new(&a.data_dir);
-    dir.read_control()?;
+    let control = dir.read_control()?;
+    // Refused before anything changes, consumers dropped included.
+    if let Some(lsn) = a.lsn.filter(|l| l.0 > 0) {
+        let end = end_of_wal(&dir, &control)?;
+        if lsn > end {
+            return Err(Failure::Error(format!(
+                "checkpoint {lsn} is past the end of the WAL, {end}: a checkpoint must name a position the log has reached (it never moves back); nothing changed"
+            )));
+        }
+    }
     let mut dropped = Vec::new();
     for id in &a.drop {
         if !drop_consumer(&dir, id)? {

@@ -34,7 +34,12 @@ pub fn init(a: InitArgs) -> CmdResult {
 /// Append one record per line of standard input; print each record's LSN.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Each line (without its newline) becomes one record's payload.\n\nExample:\n  seq 1 1000 | walship write ./data --type insert --tx 7 --durable"
+    after_help = "Each line becomes one record's payload: its bytes exactly as given, without the \
+newline (\\n) that ends it. Nothing else is changed: a carriage return before the newline (\\r\\n \
+line ends) stays in the payload. A last line without a newline is a record too. A line longer \
+than the largest payload (the segment size minus 184 bytes) stops the command with exit status \
+2 before any byte of it is stored; the lines before it are stored and their LSNs printed.\n\n\
+Example:\n  seq 1 1000 | walship write ./data --type insert --tx 7 --durable"
 )]
 pub struct WriteArgs {
     pub data_dir: PathBuf,
@@ -53,29 +58,85 @@ pub struct WriteArgs {
 /// Lines per batch at most: bounds memory and keeps acknowledgements flowing on a fast stdin.
 const MAX_BATCH_LINES: usize = 8192;
 
+/// Bytes of lines per batch at most, so that a batch of long lines stays bounded too.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// What reading one line gave.
+enum Line {
+    /// A whole line, without its newline.
+    Done,
+    /// End of input, nothing read.
+    Eof,
+    /// The line is longer than `max` bytes: reading stopped there.
+    TooLong,
+}
+
+/// Reads one line into `line` (cleared first), without its `\n`, stopping once it would hold
+/// more than `max` bytes: memory stays bounded by the largest payload whatever the input.
+fn read_line_bounded(
+    input: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    line.clear();
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(if line.is_empty() {
+                Line::Eof
+            } else {
+                Line::Done
+            });
+        }
+        let (take, found) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > max {
+            return Ok(Line::TooLong);
+        }
+        line.extend_from_slice(&buf[..take]);
+        input.consume(take + usize::from(found));
+        if found {
+            return Ok(Line::Done);
+        }
+    }
+}
+
 pub fn write(a: WriteArgs) -> CmdResult {
     let wal = Wal::open(&a.data_dir, WalOptions::default())?;
+    let max = wal.max_payload();
     let stdin = std::io::stdin();
     let mut input = std::io::BufReader::with_capacity(1 << 20, stdin.lock());
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut line_no = 0u64;
+    let mut too_long = None;
     loop {
         lines.clear();
+        let mut batch_bytes = 0;
         // Take every line already buffered: they were written together and commit together.
         loop {
             let mut line = Vec::new();
-            let n = input.read_until(b'\n', &mut line)?;
-            if n == 0 {
-                break;
-            }
-            if line.last() == Some(&b'\n') {
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+            match read_line_bounded(&mut input, &mut line, max)? {
+                Line::Eof => break,
+                Line::TooLong => {
+                    too_long = Some(line_no + 1);
+                    break;
                 }
+                Line::Done => {}
             }
+            line_no += 1;
+            batch_bytes += line.len();
             lines.push(line);
-            if input.buffer().is_empty() || lines.len() >= MAX_BATCH_LINES {
+            if input.buffer().is_empty()
+                || lines.len() >= MAX_BATCH_LINES
+                || batch_bytes >= MAX_BATCH_BYTES
+            {
                 break;
             }
         }
@@ -96,8 +157,22 @@ pub fn write(a: WriteArgs) -> CmdResult {
             writeln!(out, "{}", p.lsn)?;
         }
         out.flush()?;
+        if too_long.is_some() {
+            break;
+        }
     }
     wal.sync()?;
+    if let Some(n) = too_long {
+        let before = match n - 1 {
+            0 => "no line came before it".to_string(),
+            1 => "line 1 before it was".to_string(),
+            k => format!("lines 1 to {k} before it were"),
+        };
+        return Err(Failure::Error(format!(
+            "line {n} of standard input is longer than the largest payload, {max} bytes with {}-byte segments; nothing of it was stored ({before})",
+            wal.control().segment_size
+        )));
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use super::{CmdResult, Failure};
 /// Check segments, records, seal markers, checksums and the chain between segments.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Exit status: 0 clean (a torn tail in the open segment is repairable, not damage), 1 damage found, 2 could not run.\n\nExample:\n  walship verify ./data --json"
+    after_help = "Exit status: 0 clean (a torn tail in the open segment is repairable, not damage), 1 damage found, 2 could not run or PATH is not a walship path.\n\nOnly an empty but valid data directory or archive is ok with no segments. A directory that is partly a data directory (wal/ without control, a damaged control) or holds segments with no control or IDENTITY file to check them against is damage.\n\nExample:\n  walship verify ./data --json"
 )]
 pub struct VerifyArgs {
     /// A data directory, its wal/ folder, one segment file, or an archive.
@@ -40,6 +40,11 @@ pub fn run(a: VerifyArgs) -> CmdResult {
             println!("note: {n}");
         }
         for e in &report.errors {
+            // A problem of the directory itself (its control, wal/ or IDENTITY) has no position.
+            if walship::format::SegmentName::parse(&e.segment).is_none() {
+                println!("error: {}: {}", e.segment, e.reason);
+                continue;
+            }
             println!(
                 "error: {} offset {} (LSN {}): {}",
                 e.segment,
