@@ -189,7 +189,7 @@ pub fn checkpoint(dir: &DataDir, lsn: Lsn, opts: &RetentionOptions) -> Result<Ch
                 continue;
             }
             // Re-read: the consumer may have moved on since the listing.
-            let Some(mut fresh) = registry.get(&c.id)? else {
+            let Some(fresh) = registry.get(&c.id)? else {
                 continue;
             };
             let holding = held(fresh.position);
@@ -197,8 +197,10 @@ pub fn checkpoint(dir: &DataDir, lsn: Lsn, opts: &RetentionOptions) -> Result<Ch
                 *c = fresh;
                 continue;
             }
-            fresh.lost = true;
-            registry.save(&fresh)?;
+            // A mark of its own: a progress save racing with this one cannot undo it.
+            let Some(fresh) = registry.mark_lost(&fresh.id)? else {
+                continue;
+            };
             tracing::error!(
                 consumer = %fresh.id,
                 kind = ?fresh.kind,

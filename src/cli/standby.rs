@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use walship::replication::{CheckingApplicator, Standby, StandbyConfig};
 
-use super::serve::{parse_duration, read_token, NetArgs, STOP_BOUND};
+use super::serve::{duration_between, parse_primary, read_token, NetArgs, STOP_BOUND};
 use super::{runtime, shutdown_signal};
 use super::{CmdResult, Failure};
 
@@ -17,20 +17,21 @@ use super::{CmdResult, Failure};
 )]
 pub struct StandbyArgs {
     pub data_dir: PathBuf,
-    /// The primary's address, HOST:PORT.
-    #[arg(long)]
+    /// The primary's address, HOST:PORT (port 1 to 65535).
+    #[arg(long, value_parser = parse_primary)]
     pub primary: String,
     /// File holding the shared token (mode 600 or stricter).
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
-    /// Longest wait between reconnection attempts.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Longest wait between reconnection attempts (100ms to 60m).
+    #[arg(long, default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub max_backoff: Duration,
     #[command(flatten)]
     pub net: NetArgs,
 }
 
 pub fn run(a: StandbyArgs) -> CmdResult {
+    a.net.check()?;
     let mut config = StandbyConfig::new(&a.data_dir, &a.primary);
     config.auth_token = read_token(&a.auth_token_file)?;
     config.max_frame = a.net.max_frame_size as usize;
