@@ -113,6 +113,7 @@ async fn shipper_and_standby_library_api() {
             ShipperEvent::Shipped { end_lsn, .. } => saw.1 |= end_lsn == flush2,
             ShipperEvent::Acknowledged { applied_lsn, .. } => saw.2 |= applied_lsn == flush2,
             ShipperEvent::Disconnected { .. } => {}
+            ShipperEvent::Damaged { entry, .. } => panic!("no damage here, yet: {entry}"),
         }
     }
     assert_eq!(saw, (true, true, true));

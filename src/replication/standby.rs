@@ -124,6 +124,8 @@ struct Shared {
     /// A directory of the same system that is becoming a standby: its open segment, which
     /// the primary's sealed copy must extend.
     adopting: Mutex<Option<Adopting>>,
+    /// Sealed segments of an adopted directory, applied once it is adopted.
+    deferred: Mutex<Vec<SegmentName>>,
     /// What this process created before the directory became a standby's: removed again
     /// when it stops before that (a refused first contact leaves nothing behind).
     created: Created,
@@ -147,9 +149,10 @@ struct OpenPrefix {
     valid_end: usize,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Created {
-    root: bool,
+    /// The directories this process made, innermost (the data directory) first.
+    dirs: Vec<PathBuf>,
     lock_file: bool,
 }
 
@@ -222,6 +225,7 @@ impl Standby {
             failed,
             meta: Mutex::new(opened.meta),
             adopting: Mutex::new(opened.adopting),
+            deferred: Mutex::new(Vec::new()),
             created: opened.created,
             _lock: opened.lock,
         });
@@ -233,8 +237,13 @@ impl Standby {
             "standby starting"
         );
         let (jobs, rx) = std::sync::mpsc::channel::<SegmentName>();
-        for name in opened.pending {
-            let _ = jobs.send(name);
+        if shared.meta.lock().map(|m| m.is_some()).unwrap_or(false) {
+            for name in opened.pending {
+                let _ = jobs.send(name);
+            }
+        } else {
+            // Nothing is applied (or recorded) before the directory is a standby's.
+            *lock(&shared.deferred) = opened.pending;
         }
         let s2 = shared.clone();
         let applier = std::thread::Builder::new()
@@ -346,11 +355,16 @@ fn undo_created(shared: &Shared) {
     if shared.created.lock_file {
         let _ = std::fs::remove_file(dd.lock_path());
     }
-    if shared.created.root {
+    if !shared.created.dirs.is_empty() {
         for d in [dd.wal_dir(), dd.state_dir()] {
             let _ = std::fs::remove_dir(d);
         }
-        let _ = std::fs::remove_dir(dd.root());
+        // Only empty directories go: anything someone else put there stays.
+        for d in &shared.created.dirs {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
     } else if shared.created.lock_file {
         let _ = fsync_dir(dd.root());
     }
@@ -366,19 +380,27 @@ fn not_standby_dir(dd: &DataDir, reason: impl Into<String>) -> ReplError {
 /// Opens (or prepares to create) the standby's directory.
 fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
     let dd = DataDir::new(&config.data_dir);
-    let root_existed = dd.root().exists();
+    // The directories about to be made, innermost first.
+    let dirs: Vec<PathBuf> = dd
+        .root()
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(|a| a.to_path_buf())
+        .collect();
     crate::datadir::create_private_dir(dd.root())?;
     let lock_existed = dd.lock_path().exists();
     let created = Created {
-        root: !root_existed,
+        dirs,
         lock_file: !lock_existed,
     };
     let lock = match dd.lock() {
         Ok(l) => l,
         Err(e) => {
-            if created.root {
+            if !created.dirs.is_empty() {
                 let _ = std::fs::remove_file(dd.lock_path());
-                let _ = std::fs::remove_dir(dd.root());
+                for d in &created.dirs {
+                    let _ = std::fs::remove_dir(d);
+                }
             }
             return Err(e.into());
         }
@@ -942,7 +964,8 @@ async fn connect_and_stream(
             let adopting = lock(&shared.adopting).clone();
             if let Some(Adopting { open: None }) = adopting {
                 let s2 = shared.clone();
-                tokio::task::spawn_blocking(move || adopt(&s2))
+                let j2 = jobs.clone();
+                tokio::task::spawn_blocking(move || adopt(&s2, &j2))
                     .await
                     .map_err(|e| ReplError::io("adopt the directory", std::io::Error::other(e)))??;
             }
@@ -1264,7 +1287,10 @@ fn store_segments(
 }
 
 /// Makes a directory of the primary's system a standby's: records its id and primary.
-fn adopt(shared: &Shared) -> Result<(), ReplError> {
+fn adopt(
+    shared: &Shared,
+    jobs: &std::sync::mpsc::Sender<SegmentName>,
+) -> Result<(), ReplError> {
     let meta = StandbyMeta {
         standby_id: shared.id,
         primary: shared.config.primary.clone(),
@@ -1273,6 +1299,9 @@ fn adopt(shared: &Shared) -> Result<(), ReplError> {
     standby_state::write_meta(&shared.dd, &meta)?;
     *lock(&shared.meta) = Some(meta);
     *lock(&shared.adopting) = None;
+    for name in std::mem::take(&mut *lock(&shared.deferred)) {
+        let _ = jobs.send(name);
+    }
     tracing::info!(primary = %shared.config.primary, standby_id = %shared.id, "this directory is now a standby: its history matches the primary's");
     Ok(())
 }
@@ -1381,7 +1410,7 @@ fn finish_segment(
         std::fs::remove_file(&open_path)
             .map_err(|e| ReplError::io(format!("remove {}", open_path.display()), e))?;
         fsync_dir(&shared.dd.wal_dir())?;
-        adopt(shared)?;
+        adopt(shared, jobs)?;
     }
     {
         let mut h = lock(&shared.held);
