@@ -114,7 +114,10 @@ impl ConsumerRegistry {
         };
         self.ensure_dir()?;
         // The marker first: from here on, whatever the record file says, the consumer is lost.
-        write_atomic(&self.lost_path(id)?, format!("{}\n", crate::now_us()).as_bytes())?;
+        write_atomic(
+            &self.lost_path(id)?,
+            format!("{}\n", crate::now_us()).as_bytes(),
+        )?;
         rec.lost = true;
         self.save(&rec)?;
         Ok(Some(rec))

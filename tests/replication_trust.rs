@@ -101,7 +101,8 @@ fn wait_caught_up(primary: &Path, standby: &Path) {
         let out = walship(&["status", p(standby), "--json"]);
         out.status.success()
             && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| {
-                s["sealed_lsn"].as_u64() == Some(sealed) && s["applied_lsn"].as_u64() == Some(sealed)
+                s["sealed_lsn"].as_u64() == Some(sealed)
+                    && s["applied_lsn"].as_u64() == Some(sealed)
             })
     });
     for f in sealed_files(primary) {
@@ -141,7 +142,10 @@ fn flip(path: &Path, offset: u64) {
 }
 
 fn damage(dir: &Path) -> Vec<Value> {
-    status(dir)["damage"].as_array().cloned().unwrap_or_default()
+    status(dir)["damage"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,13 +178,18 @@ fn a_damaged_sealed_segment_is_reported_by_the_primary_as_damage_and_cleared_onc
         assert_eq!(e["component"], "shipper", "case {case}: {e}");
         assert_eq!(e["file"], seg_name(1).as_str());
         let eo = e["offset"].as_u64().unwrap();
-        assert!(eo <= off && eo >= 80, "case {case}: damage at {eo}, flipped {off}");
+        assert!(
+            eo <= off && eo >= 80,
+            "case {case}: damage at {eo}, flipped {off}"
+        );
         assert_eq!(e["lsn"].as_u64().unwrap(), SEG + eo);
         assert!(e["action"].as_str().unwrap().contains("walship verify"));
         // Shown in the text output too, with file, offset and LSN.
         let text = ok(&["status", p(&dir)]);
         assert!(
-            text.contains("DAMAGED") && text.contains(&seg_name(1)) && text.contains(&format!("offset {eo}")),
+            text.contains("DAMAGED")
+                && text.contains(&seg_name(1))
+                && text.contains(&format!("offset {eo}")),
             "{text}"
         );
         // The standby got what came before and never the damaged segment.
@@ -482,7 +491,9 @@ fn a_handshake_without_a_status_makes_no_slot_and_a_status_past_what_was_shipped
                 err = Some((code, message.to_string()));
             }
         }
-        let (code, msg) = err.unwrap_or_else(|| panic!("no Error before the close for {claim}; log:\n{}", srv.log()));
+        let (code, msg) = err.unwrap_or_else(|| {
+            panic!("no Error before the close for {claim}; log:\n{}", srv.log())
+        });
         assert_eq!(code, ErrorCode::Protocol);
         assert!(
             msg.contains(&walship::Lsn(claim).to_string()) && msg.contains("shipped"),
@@ -583,14 +594,21 @@ fn a_lost_standby_is_refused_by_the_shipper_until_dropped() {
         "--max-retained",
         "64KiB",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let slot = dir.join("state/consumers").join(format!("{id}.json"));
     assert!(status(&dir)["standbys"][0]["lost"].as_bool().unwrap());
     // It comes back: refused with a clear message, exit 2; the slot stays lost.
     let mut stb = standby(&sb, &addr, &t.path().join("standby2.log"));
     assert_eq!(stb.wait_exit(), 2);
     let log = stb.log();
-    assert!(log.contains("marked lost") && log.contains("--drop-consumer"), "{log}");
+    assert!(
+        log.contains("marked lost") && log.contains("--drop-consumer"),
+        "{log}"
+    );
     let v: Value = serde_json::from_slice(&std::fs::read(&slot).unwrap()).unwrap();
     assert_eq!(v["lost"], true);
     assert!(status(&dir)["standbys"][0]["lost"].as_bool().unwrap());
@@ -598,7 +616,11 @@ fn a_lost_standby_is_refused_by_the_shipper_until_dropped() {
     ok(&["checkpoint", p(&dir), "--drop-consumer", &id]);
     let mut stb = standby(&sb, &addr, &t.path().join("standby3.log"));
     assert_eq!(stb.wait_exit(), 2);
-    assert!(stb.log().contains("no longer on the primary"), "{}", stb.log());
+    assert!(
+        stb.log().contains("no longer on the primary"),
+        "{}",
+        stb.log()
+    );
     srv.kill();
 }
 
@@ -670,11 +692,17 @@ fn a_restored_directory_becomes_a_standby_and_catches_up() {
         assert!(stb.running());
         stb.kill();
         let out = walship(&["verify", p(r)]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         // No open segment is left: a standby holds sealed segments only.
-        assert!(std::fs::read_dir(r.join("wal"))
+        assert!(std::fs::read_dir(r.join("wal")).unwrap().all(|e| !e
             .unwrap()
-            .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".open")));
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".open")));
         // And it starts again as a standby.
         let mut stb = standby(r, &addr, &t.path().join(format!("standby{k}b.log")));
         wait_until("the restarted standby to stream", || {
@@ -766,30 +794,154 @@ fn zero_and_absurd_durations_and_bad_addresses_are_usage_errors() {
     let d = p(&dir);
     let sb = t.path().join("sb");
     let s = p(&sb);
-    let (arch, demo, bench) = (t.path().join("a"), t.path().join("demo"), t.path().join("bench"));
+    let (arch, demo, bench) = (
+        t.path().join("a"),
+        t.path().join("demo"),
+        t.path().join("bench"),
+    );
     let (a, dm, b) = (p(&arch), p(&demo), p(&bench));
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["serve", d, "--listen", "127.0.0.1:0", "--heartbeat-interval", "0s"], "--heartbeat-interval"),
-        (vec!["serve", d, "--listen", "127.0.0.1:0", "--heartbeat-interval", "0ms"], "--heartbeat-interval"),
-        (vec!["serve", d, "--listen", "127.0.0.1:0", "--heartbeat-interval", "99999m"], "--heartbeat-interval"),
-        (vec!["serve", d, "--listen", "127.0.0.1:0", "--peer-timeout", "0s"], "--peer-timeout"),
-        (vec!["serve", d, "--listen", "127.0.0.1:0", "--peer-timeout", "18446744073709551615m"], "--peer-timeout"),
-        (vec!["serve", d, "--listen", "127.0.0.1:0", "--handshake-timeout", "0s"], "--handshake-timeout"),
-        (vec!["serve", d, "--listen", "127.0.0.1:0", "--heartbeat-interval", "5s", "--peer-timeout", "5s"], "--heartbeat-interval"),
+        (
+            vec![
+                "serve",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "0s",
+            ],
+            "--heartbeat-interval",
+        ),
+        (
+            vec![
+                "serve",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "0ms",
+            ],
+            "--heartbeat-interval",
+        ),
+        (
+            vec![
+                "serve",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "99999m",
+            ],
+            "--heartbeat-interval",
+        ),
+        (
+            vec![
+                "serve",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--peer-timeout",
+                "0s",
+            ],
+            "--peer-timeout",
+        ),
+        (
+            vec![
+                "serve",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--peer-timeout",
+                "18446744073709551615m",
+            ],
+            "--peer-timeout",
+        ),
+        (
+            vec![
+                "serve",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--handshake-timeout",
+                "0s",
+            ],
+            "--handshake-timeout",
+        ),
+        (
+            vec![
+                "serve",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "5s",
+                "--peer-timeout",
+                "5s",
+            ],
+            "--heartbeat-interval",
+        ),
         (vec!["serve", d, "--listen", "127.0.0.1"], "port"),
         (vec!["serve", d, "--listen", "127.0.0.1:99999"], "port"),
         (vec!["serve", d, "--listen", ":5433"], "host"),
-        (vec!["standby", s, "--primary", "127.0.0.1:1", "--max-backoff", "0s"], "--max-backoff"),
-        (vec!["standby", s, "--primary", "127.0.0.1:1", "--heartbeat-interval", "0s"], "--heartbeat-interval"),
-        (vec!["standby", s, "--primary", "127.0.0.1:1", "--peer-timeout", "0ms"], "--peer-timeout"),
-        (vec!["standby", s, "--primary", "127.0.0.1:1", "--heartbeat-interval", "20s", "--peer-timeout", "10s"], "--heartbeat-interval"),
+        (
+            vec![
+                "standby",
+                s,
+                "--primary",
+                "127.0.0.1:1",
+                "--max-backoff",
+                "0s",
+            ],
+            "--max-backoff",
+        ),
+        (
+            vec![
+                "standby",
+                s,
+                "--primary",
+                "127.0.0.1:1",
+                "--heartbeat-interval",
+                "0s",
+            ],
+            "--heartbeat-interval",
+        ),
+        (
+            vec![
+                "standby",
+                s,
+                "--primary",
+                "127.0.0.1:1",
+                "--peer-timeout",
+                "0ms",
+            ],
+            "--peer-timeout",
+        ),
+        (
+            vec![
+                "standby",
+                s,
+                "--primary",
+                "127.0.0.1:1",
+                "--heartbeat-interval",
+                "20s",
+                "--peer-timeout",
+                "10s",
+            ],
+            "--heartbeat-interval",
+        ),
         (vec!["standby", s, "--primary", "127.0.0.1"], "port"),
         (vec!["standby", s, "--primary", "127.0.0.1:99999"], "port"),
         (vec!["standby", s, "--primary", "127.0.0.1:0"], "port"),
         (vec!["standby", s, "--primary", ":5433"], "host"),
         (vec!["standby", s, "--primary", ""], "port"),
-        (vec!["archive", d, "--to", a, "--rescan-secs", "0"], "--rescan-secs"),
-        (vec!["archive", d, "--to", a, "--rescan-secs", "99999999999"], "--rescan-secs"),
+        (
+            vec!["archive", d, "--to", a, "--rescan-secs", "0"],
+            "--rescan-secs",
+        ),
+        (
+            vec!["archive", d, "--to", a, "--rescan-secs", "99999999999"],
+            "--rescan-secs",
+        ),
         (vec!["demo", "--dir", dm, "--seconds", "0"], "--seconds"),
         (vec!["bench", "--dir", b, "--seconds", "0"], "--seconds"),
         (vec!["bench", "--dir", b, "--seconds", "1e30"], "--seconds"),
@@ -827,7 +979,10 @@ fn a_standby_refused_by_another_systems_primary_keeps_its_primary_file() {
     let mut stb = standby(&sb, &addr2, &t.path().join("standby2.log"));
     assert_eq!(stb.wait_exit(), 2);
     assert!(stb.log().contains("system"), "{}", stb.log());
-    assert_eq!(std::fs::read(sb.join("state/standby.json")).unwrap(), meta_before);
+    assert_eq!(
+        std::fs::read(sb.join("state/standby.json")).unwrap(),
+        meta_before
+    );
     assert_eq!(status(&sb)["primary"], addr.as_str());
     srv2.kill();
     srv.kill();
@@ -846,7 +1001,11 @@ fn a_standby_that_fails_to_authenticate_leaves_nothing_behind() {
     };
     let good = tok("good", "the right token");
     let bad = tok("bad", "a wrong token");
-    let (mut srv, addr) = serve(&dir, &["--auth-token-file", p(&good)], &t.path().join("serve.log"));
+    let (mut srv, addr) = serve(
+        &dir,
+        &["--auth-token-file", p(&good)],
+        &t.path().join("serve.log"),
+    );
     // An absent directory, an empty one, and one nested in absent parents.
     let empty = t.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
@@ -861,13 +1020,26 @@ fn a_standby_that_fails_to_authenticate_leaves_nothing_behind() {
                 args.extend_from_slice(&["--auth-token-file", p(tk)]);
             }
             let out = walship(&args);
-            assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(String::from_utf8_lossy(&out.stderr).contains("authentication"));
             if existed {
-                assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "{} not left empty", d.display());
+                assert_eq!(
+                    std::fs::read_dir(&d).unwrap().count(),
+                    0,
+                    "{} not left empty",
+                    d.display()
+                );
             } else {
                 assert!(!d.exists(), "{} was left behind", d.display());
-                assert!(!t.path().join("x").exists(), "created parents were left behind");
+                assert!(
+                    !t.path().join("x").exists(),
+                    "created parents were left behind"
+                );
             }
         }
     }

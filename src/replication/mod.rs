@@ -59,7 +59,9 @@ pub enum ReplError {
     Damaged(Box<crate::damage::DamageEntry>),
     /// A segment received by a standby failed its checks; it was discarded and the primary
     /// told where and why. The standby asks for it again.
-    #[error("received segment {segment} is invalid at offset {offset} (LSN {lsn}), discarded: {reason}")]
+    #[error(
+        "received segment {segment} is invalid at offset {offset} (LSN {lsn}), discarded: {reason}"
+    )]
     InvalidSegment {
         segment: crate::format::SegmentName,
         offset: u64,
@@ -146,7 +148,9 @@ pub fn check_address(addr: &str, allow_port_zero: bool) -> Result<(), String> {
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '[' | ']' | '/'))
     {
-        return Err(format!("address {addr:?}: the host {host:?} is not a host name or address"));
+        return Err(format!(
+            "address {addr:?}: the host {host:?} is not a host name or address"
+        ));
     }
     Ok(())
 }
@@ -214,7 +218,12 @@ mod tests {
     #[test]
     fn addresses() {
         use super::check_address as c;
-        for ok in ["127.0.0.1:5433", "db1.example:1", "[::1]:65535", "localhost:5433"] {
+        for ok in [
+            "127.0.0.1:5433",
+            "db1.example:1",
+            "[::1]:65535",
+            "localhost:5433",
+        ] {
             assert_eq!(c(ok, false), Ok(()), "{ok}");
         }
         assert!(c("127.0.0.1:0", true).is_ok());

@@ -1053,7 +1053,10 @@ impl Conn {
             if let Some(n) = want {
                 if let Some(name) = set.by_no.get(&n).copied() {
                     let pred = n.checked_sub(1).and_then(|p| set.by_no.get(&p)).copied();
-                    if self.send_segment(wr, name, pred, &mut buf, rx, shutdown).await? {
+                    if self
+                        .send_segment(wr, name, pred, &mut buf, rx, shutdown)
+                        .await?
+                    {
                         next = Some(n + 1);
                     }
                     continue;

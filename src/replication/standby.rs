@@ -555,20 +555,31 @@ fn examine_for_adoption(
             // supersedes it when these records are a prefix of it.
             Some(l) if l.name.segment_no == name.segment_no => {
                 let sealed_bytes = crate::reader::read_segment(&dd.segment_path(&l.name))?;
-                if let Some(at) = prefix_mismatch(&bytes, valid_end, &sealed_bytes, l.end_lsn - name.segment_no * control.segment_size) {
+                if let Some(at) = prefix_mismatch(
+                    &bytes,
+                    valid_end,
+                    &sealed_bytes,
+                    l.end_lsn - name.segment_no * control.segment_size,
+                ) {
                     return Err(not_standby_dir(dd, format!("its open segment {name} and its sealed segment {} differ at offset {at}", l.name)));
                 }
             }
             Some(l) if l.name.segment_no + 1 != name.segment_no => {
                 return Err(not_standby_dir(
                     dd,
-                    format!("its open segment {name} does not follow its newest sealed segment {}", l.name),
+                    format!(
+                        "its open segment {name} does not follow its newest sealed segment {}",
+                        l.name
+                    ),
                 ))
             }
             _ => {
                 if let (Some(l), Some(h)) = (last, header_prev) {
                     if h != l.seal.segment_checksum {
-                        return Err(not_standby_dir(dd, format!("its open segment {name} does not chain to {}", l.name)));
+                        return Err(not_standby_dir(
+                            dd,
+                            format!("its open segment {name} does not chain to {}", l.name),
+                        ));
                     }
                 }
                 held.next_segment = Some(name.segment_no);
@@ -594,8 +605,7 @@ fn prefix_mismatch(open: &[u8], valid_end: usize, sealed: &[u8], sealed_end: u64
         // The sealed copy ends before these records do.
         return Some((sealed_end as usize).max(start));
     }
-    (start..valid_end)
-        .find(|&i| open[i] != sealed[i])
+    (start..valid_end).find(|&i| open[i] != sealed[i])
 }
 
 /// A fresh standby directory may hold only the lock file, and wal/ and state/ as an
@@ -622,8 +632,7 @@ fn check_fresh(dd: &DataDir) -> Result<(), ReplError> {
                 d.all(|f| {
                     f.is_ok_and(|f| {
                         f.file_name().to_str().is_some_and(|n| {
-                            n == "standby.json"
-                                || crate::fsutil::is_temp_name_of(n, "standby.json")
+                            n == "standby.json" || crate::fsutil::is_temp_name_of(n, "standby.json")
                         })
                     })
                 })
@@ -967,7 +976,9 @@ async fn connect_and_stream(
                 let j2 = jobs.clone();
                 tokio::task::spawn_blocking(move || adopt(&s2, &j2))
                     .await
-                    .map_err(|e| ReplError::io("adopt the directory", std::io::Error::other(e)))??;
+                    .map_err(|e| {
+                        ReplError::io("adopt the directory", std::io::Error::other(e))
+                    })??;
             }
         }
     }
@@ -1287,10 +1298,7 @@ fn store_segments(
 }
 
 /// Makes a directory of the primary's system a standby's: records its id and primary.
-fn adopt(
-    shared: &Shared,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
-) -> Result<(), ReplError> {
+fn adopt(shared: &Shared, jobs: &std::sync::mpsc::Sender<SegmentName>) -> Result<(), ReplError> {
     let meta = StandbyMeta {
         standby_id: shared.id,
         primary: shared.config.primary.clone(),
@@ -1348,10 +1356,11 @@ fn finish_segment(
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| NotStored::Local(Error::io(format!("mmap {}", path.display()), e)))?;
         let sealed_name = name.with_kind(SegmentFileKind::Sealed);
-        let seg = verify_incoming(&map, path, &sealed_name, &control, chain).map_err(|e| match e {
-            Error::Io { .. } => NotStored::Local(e),
-            other => NotStored::Invalid(other),
-        })?;
+        let seg =
+            verify_incoming(&map, path, &sealed_name, &control, chain).map_err(|e| match e {
+                Error::Io { .. } => NotStored::Local(e),
+                other => NotStored::Invalid(other),
+            })?;
         if let Some(open) = &own_open {
             let open_path = shared.dd.segment_path(&open.name);
             let ours = crate::reader::read_segment(&open_path).map_err(NotStored::Local)?;
