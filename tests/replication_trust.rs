@@ -1045,3 +1045,30 @@ fn a_standby_that_fails_to_authenticate_leaves_nothing_behind() {
     }
     srv.kill();
 }
+
+#[test]
+fn a_directory_older_than_the_primarys_oldest_segment_is_refused_and_left_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = primary_with(t.path(), 2);
+    let old = archive_restore(&dir, t.path(), "old", None);
+    for i in 0..3 {
+        write_records(&dir, 300, &format!("later{i}"));
+        seal(&dir);
+    }
+    // Nothing holds the old segments any more: retention removes them.
+    ok(&["checkpoint", p(&dir), "--drop-consumer", "archiver"]);
+    let sealed = status(&dir)["sealed_lsn"].as_u64().unwrap();
+    ok(&["checkpoint", p(&dir), "--lsn", &sealed.to_string()]);
+    assert!(!dir.join("wal").join(seg_name(1)).exists());
+    let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
+    let before = snapshot(&old);
+    let mut stb = standby(&old, &addr, &t.path().join("standby.log"));
+    assert_eq!(stb.wait_exit(), 2);
+    assert!(
+        stb.log().contains("no longer on the primary"),
+        "{}",
+        stb.log()
+    );
+    assert_eq!(snapshot(&old), before);
+    srv.kill();
+}

@@ -676,6 +676,16 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Result<Ident
         )
         .await);
     }
+    // WAL it needs that is gone: said before Welcome, so that a directory offered to become a
+    // standby is refused before it changes anything.
+    if let (Some(n), Some(oldest), Some(newest)) = (next_segment, set.oldest(), set.newest()) {
+        if n < oldest {
+            return Err(refuse(stream, ErrorCode::Unavailable, format!("segment {n:X} is no longer on the primary (its oldest is {oldest:X}): the standby needs a fresh copy")).await);
+        }
+        if n <= newest && !set.by_no.contains_key(&n) {
+            return Err(refuse(stream, ErrorCode::Unavailable, format!("segment {n:X} is missing on the primary, which holds segments up to {newest:X}")).await);
+        }
+    }
     // A standby holding the segment before the one it asks for must share our history.
     if let (Some(n), Some(sum)) = (next_segment, prev_checksum) {
         if let Some(prev) = n.checked_sub(1).and_then(|p| set.by_no.get(&p)).copied() {

@@ -1338,12 +1338,19 @@ fn finish_segment(
     let Some(control) = held.control else {
         return Err(ReplError::refused(ErrorCode::Protocol, "no identity"));
     };
-    let chain = if held.next_segment == Some(name.segment_no) {
+    let adopting = lock(&shared.adopting).clone();
+    let expected_prev = if held.next_segment == Some(name.segment_no) {
         held.prev_checksum
     } else {
         None
     };
-    let adopting = lock(&shared.adopting).clone();
+    // For a directory becoming a standby, a first segment that does not chain to what it holds
+    // shows another history, not damage: checked apart below.
+    let chain = if adopting.is_some() {
+        None
+    } else {
+        expected_prev
+    };
     let own_open = adopting
         .as_ref()
         .and_then(|a| a.open.clone())
@@ -1361,6 +1368,16 @@ fn finish_segment(
                 Error::Io { .. } => NotStored::Local(e),
                 other => NotStored::Invalid(other),
             })?;
+        if adopting.is_some() {
+            if let Some(want) = expected_prev {
+                if seg.header.prev_checksum != Some(want) {
+                    return Err(NotStored::Diverged(format!(
+                        "the primary's segment {sealed_name} follows a segment with checksum {}, this directory's previous segment has {want:08x}: the histories diverged",
+                        seg.header.prev_checksum.map_or("none".into(), |c| format!("{c:08x}"))
+                    )));
+                }
+            }
+        }
         if let Some(open) = &own_open {
             let open_path = shared.dd.segment_path(&open.name);
             let ours = crate::reader::read_segment(&open_path).map_err(NotStored::Local)?;
