@@ -728,6 +728,17 @@ fn a_former_primary_behind_the_primary_follows_it() {
     wait_caught_up(&dir, &former);
     assert_eq!(status(&former)["role"], "standby");
     stb.kill();
+    // Only sealed segments are left (the former writer's prepared file went too), and it
+    // starts again as a standby and follows new WAL.
+    assert!(std::fs::read_dir(former.join("wal")).unwrap().all(|e| {
+        let n = e.unwrap().file_name().into_string().unwrap();
+        n.ends_with(".wal")
+    }));
+    let mut stb = standby(&former, &addr, &t.path().join("standby2.log"));
+    write_records(&dir, 200, "later");
+    seal(&dir);
+    wait_caught_up(&dir, &former);
+    stb.kill();
     srv.kill();
 }
 
@@ -1070,5 +1081,40 @@ fn a_directory_older_than_the_primarys_oldest_segment_is_refused_and_left_untouc
         stb.log()
     );
     assert_eq!(snapshot(&old), before);
+    srv.kill();
+}
+
+#[test]
+fn an_adoption_cut_short_after_storing_the_primarys_copy_is_finished_on_the_next_start() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = primary_with(t.path(), 2);
+    write_records(&dir, 100, "open");
+    let former = t.path().join("former");
+    replication_support_copy(&dir, &former);
+    let other = t.path().join("other");
+    replication_support_copy(&dir, &other);
+    write_records(&dir, 200, "after");
+    seal(&dir);
+    // As a cut-short adoption leaves it: the primary's sealed copy stored beside the open
+    // segment it supersedes, no state/standby.json yet.
+    let sealed2 = dir.join("wal").join(seg_name(2));
+    std::fs::copy(&sealed2, former.join("wal").join(seg_name(2))).unwrap();
+    // And one whose open segment is not a prefix of the sealed copy beside it.
+    write_records(&other, 5, "mine");
+    std::fs::copy(&sealed2, other.join("wal").join(seg_name(2))).unwrap();
+    let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
+    let before = snapshot(&other);
+    let mut stb = standby(&other, &addr, &t.path().join("other.log"));
+    assert_eq!(stb.wait_exit(), 2);
+    assert!(stb.log().contains("differ at offset"), "{}", stb.log());
+    assert_eq!(snapshot(&other), before);
+    let mut stb = standby(&former, &addr, &t.path().join("former.log"));
+    wait_caught_up(&dir, &former);
+    assert_eq!(status(&former)["role"], "standby");
+    assert!(!former
+        .join("wal")
+        .join(format!("00000001{:016X}.wal.open", 2))
+        .exists());
+    stb.kill();
     srv.kill();
 }

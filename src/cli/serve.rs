@@ -11,7 +11,7 @@ use super::{parse_size, CmdResult, Failure};
 /// Ship sealed segments of a data directory to standbys over TCP.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "It only reads sealed segments and never takes the directory's lock, so it runs beside the writer, and can serve a standby's directory onward (cascading). Without --auth-token-file it listens only on loopback addresses unless --insecure is given. On start it prints `listening on ADDR`.\n\nExample:\n  walship serve ./data --listen 0.0.0.0:5433 --auth-token-file ./replication.token"
+    after_help = "It only reads sealed segments and never takes the directory's lock, so it runs beside the writer, and can serve a standby's directory onward (cascading). Each segment is checked whole before it is sent; damage found, and segments a standby refuses, are logged as DAMAGE and recorded for `walship status`. Without --auth-token-file it listens only on loopback addresses unless --insecure is given. On start it prints `listening on ADDR`.\n\nExample:\n  walship serve ./data --listen 0.0.0.0:5433 --auth-token-file ./replication.token"
 )]
 pub struct ServeArgs {
     pub data_dir: PathBuf,

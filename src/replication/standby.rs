@@ -774,7 +774,18 @@ async fn run(
             backoff = cfg.backoff_initial;
         }
         shared.set_phase(StandbyPhase::Waiting, Some(e.to_string()));
-        tracing::warn!(primary = %cfg.primary, error = %e, retry_in = ?backoff, "replication connection ended");
+        if let ReplError::InvalidSegment {
+            segment,
+            offset,
+            lsn,
+            reason,
+        } = &e
+        {
+            // Damage, not a network event: the primary was told and records it too.
+            tracing::error!(primary = %cfg.primary, file = %segment, offset, lsn = %lsn, reason = %reason, retry_in = ?backoff, "DAMAGE: {e}; the primary was told; asking for it again");
+        } else {
+            tracing::warn!(primary = %cfg.primary, error = %e, retry_in = ?backoff, "replication connection ended");
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.changed() => return Ok(()),
@@ -1299,6 +1310,31 @@ fn store_segments(
 
 /// Makes a directory of the primary's system a standby's: records its id and primary.
 fn adopt(shared: &Shared, jobs: &std::sync::mpsc::Sender<SegmentName>) -> Result<(), ReplError> {
+    // A standby holds sealed segments only. What goes: files prepared ahead by a former
+    // writer (they hold no records), and an open segment that a sealed copy of the same number
+    // already supersedes (checked to be its prefix when the directory was examined).
+    let names = shared.dd.list_segments()?;
+    let newest_sealed = names
+        .iter()
+        .filter(|n| n.kind == SegmentFileKind::Sealed)
+        .map(|n| n.segment_no)
+        .max();
+    let mut removed = false;
+    for n in &names {
+        let stale = n.kind == SegmentFileKind::Prepared
+            || (n.kind == SegmentFileKind::Open
+                && newest_sealed.is_some_and(|s| n.segment_no <= s));
+        if stale {
+            let path = shared.dd.segment_path(n);
+            std::fs::remove_file(&path)
+                .map_err(|e| ReplError::io(format!("remove {}", path.display()), e))?;
+            tracing::info!(file = %path.display(), "removed: a standby holds sealed segments only");
+            removed = true;
+        }
+    }
+    if removed {
+        fsync_dir(&shared.dd.wal_dir())?;
+    }
     let meta = StandbyMeta {
         standby_id: shared.id,
         primary: shared.config.primary.clone(),
