@@ -221,7 +221,9 @@ impl DamageRegister {
             if crate::format::SegmentName::parse(&e.file).is_some()
                 && !data_dir.wal_dir().join(&e.file).exists()
             {
-                self.clear(e.component, &e.file)?;
+                if self.clear(e.component, &e.file)? {
+                    tracing::info!(file = %e.file, component = e.component.as_str(), "damage entry cleared: the file is no longer in wal/");
+                }
             }
         }
         Ok(())

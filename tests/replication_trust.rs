@@ -1118,3 +1118,23 @@ fn an_adoption_cut_short_after_storing_the_primarys_copy_is_finished_on_the_next
     stb.kill();
     srv.kill();
 }
+
+#[test]
+fn a_damage_entry_is_cleared_when_its_file_leaves_wal() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = primary_with(t.path(), 3);
+    let victim = dir.join("wal").join(seg_name(2));
+    let offs = record_offsets(&victim);
+    flip(&victim, offs[3] + 30);
+    let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
+    let sb = t.path().join("standby");
+    let mut stb = standby(&sb, &addr, &t.path().join("standby.log"));
+    wait_until("the damage to be registered", || !damage(&dir).is_empty());
+    assert_eq!(damage(&dir)[0]["file"], seg_name(2).as_str());
+    // The operator moves the damaged file out of wal/ (to keep it for analysis).
+    std::fs::rename(&victim, t.path().join("kept.wal")).unwrap();
+    wait_until("the entry to clear", || damage(&dir).is_empty());
+    assert!(srv.log().contains("no longer in wal/"), "{}", srv.log());
+    stb.kill();
+    srv.kill();
+}

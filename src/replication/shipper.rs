@@ -417,7 +417,7 @@ async fn watch_segments(
         let (dd, control) = (shared.dd.clone(), shared.control);
         match tokio::task::spawn_blocking(move || scan_sealed(&dd, &control, &prev)).await {
             Ok(Ok(set)) => {
-                tx.send_if_modified(|cur| {
+                let changed = tx.send_if_modified(|cur| {
                     if **cur != set {
                         *cur = Arc::new(set);
                         true
@@ -425,6 +425,16 @@ async fn watch_segments(
                         false
                     }
                 });
+                if changed {
+                    // A damaged file that is gone (retention, an operator) is no longer damage
+                    // here.
+                    let (reg, dd) = (shared.damage.clone(), shared.dd.clone());
+                    if let Ok(Err(e)) =
+                        tokio::task::spawn_blocking(move || reg.clear_missing(&dd)).await
+                    {
+                        tracing::warn!(error = %e, "reading the damage register failed");
+                    }
+                }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "scanning wal/ failed"),
             Err(e) => tracing::error!(error = %e, "scanning wal/ failed"),
