@@ -220,10 +220,9 @@ impl DamageRegister {
         for e in self.list()? {
             if crate::format::SegmentName::parse(&e.file).is_some()
                 && !data_dir.wal_dir().join(&e.file).exists()
+                && self.clear(e.component, &e.file)?
             {
-                if self.clear(e.component, &e.file)? {
-                    tracing::info!(file = %e.file, component = e.component.as_str(), "damage entry cleared: the file is no longer in wal/");
-                }
+                tracing::info!(file = %e.file, component = e.component.as_str(), "damage entry cleared: the file is no longer in wal/");
             }
         }
         Ok(())
