@@ -129,7 +129,15 @@ impl ConsumerRegistry {
         let path = self.path(&rec.id)?;
         self.ensure_dir()?;
         let mut rec = rec.clone();
-        rec.lost |= self.is_marked_lost(&rec.id)?;
+        let marked = self.is_marked_lost(&rec.id)?;
+        if rec.lost && !marked {
+            // However it was marked, a lost mark sticks.
+            write_atomic(
+                &self.lost_path(&rec.id)?,
+                format!("{}\n", crate::now_us()).as_bytes(),
+            )?;
+        }
+        rec.lost |= marked;
         let bytes = serde_json::to_vec_pretty(&rec)
             .map_err(|e| Error::Other(format!("encode consumer {}: {e}", rec.id)))?;
         write_atomic(&path, &bytes)

@@ -118,6 +118,20 @@ pub fn check_for_shipping(
     control: &ControlFile,
 ) -> Result<Option<Checked>> {
     let path = dd.segment_path(name);
+    // Never open what is not a regular file (a FIFO would block the open).
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(Error::Corrupt {
+                file: path.clone(),
+                offset: 0,
+                lsn: Lsn(name.segment_no.saturating_mul(control.segment_size)),
+                reason: "not a regular file".into(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+    }
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
         // Removed by retention meanwhile: the caller looks again.
