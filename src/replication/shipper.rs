@@ -1139,6 +1139,8 @@ impl Conn {
                     )
                     .await);
                 };
+                // A Status that already arrived still counts (the standby's slot is kept).
+                let _ = self.drain(wr, rx).await;
                 let err = self.damaged(report).await;
                 let _ = refuse(
                     wr,
