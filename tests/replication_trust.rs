@@ -197,6 +197,12 @@ fn a_damaged_sealed_segment_is_reported_by_the_primary_as_damage_and_cleared_onc
             sb.join("wal").join(seg_name(0)).exists()
         });
         assert!(!sb.join("wal").join(seg_name(1)).exists());
+        // The standby keeps its slot, at what it stored, while it waits for the segment.
+        wait_until("the standby's slot", || {
+            status(&dir)["standbys"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1 && a[0]["flushed_lsn"].as_u64().unwrap_or(0) > 0)
+        });
         // The primary's log calls it damage, not a network event.
         let log = srv.log();
         assert!(
