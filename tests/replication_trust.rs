@@ -1144,3 +1144,147 @@ fn a_damage_entry_is_cleared_when_its_file_leaves_wal() {
     stb.kill();
     srv.kill();
 }
+
+#[test]
+fn a_version_1_standby_is_answered_in_version_1_and_an_unknown_version_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = primary_with(t.path(), 1);
+    let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
+    for (version, want) in [(1u32, Some(1u32)), (2, Some(2)), (3, None), (0, None)] {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        send(
+            &mut s,
+            &Message::Hello {
+                magic: MAGIC,
+                protocol_version: version,
+                nonce: [1; 32],
+            },
+        );
+        let b = read_frame(&mut s).unwrap();
+        match (codec::decode(&b).unwrap(), want) {
+            (
+                Message::Challenge {
+                    protocol_version, ..
+                },
+                Some(w),
+            ) => {
+                assert_eq!(protocol_version, w)
+            }
+            (Message::Error { code, message }, None) => {
+                assert_eq!(code, ErrorCode::Version);
+                assert!(message.contains("versions 1 to 2"), "{message}");
+            }
+            (other, w) => panic!("version {version}: got {other:?}, wanted {w:?}"),
+        }
+    }
+    srv.kill();
+}
+
+/// A primary that speaks `version` and sends segment 0 of `dir` with one byte flipped at
+/// `flip_at`; returns what the standby said last before it closed the connection.
+fn fake_primary_sending_a_damaged_segment(
+    dir: &Path,
+    version: u32,
+    flip_at: usize,
+) -> (String, std::thread::JoinHandle<Option<Vec<u8>>>) {
+    let control = walship::DataDir::new(dir).read_control().unwrap();
+    let mut seg = std::fs::read(dir.join("wal").join(seg_name(0))).unwrap();
+    seg[flip_at] ^= 0x04;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().ok()?;
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        read_frame(&mut s)?; // Hello
+        send(
+            &mut s,
+            &Message::Challenge {
+                protocol_version: version,
+                nonce: [5; 32],
+                auth_required: false,
+            },
+        );
+        read_frame(&mut s)?; // Auth
+        send(&mut s, &Message::AuthOk { proof: None });
+        read_frame(&mut s)?; // Identify
+        send(
+            &mut s,
+            &Message::Welcome {
+                system_id: *control.system_id.as_bytes(),
+                timeline: control.timeline,
+                segment_size: control.segment_size,
+                sealed_lsn: 0,
+            },
+        );
+        send(
+            &mut s,
+            &Message::SegmentStart {
+                timeline: 1,
+                segment_no: 0,
+                len: seg.len() as u64,
+            },
+        );
+        send(
+            &mut s,
+            &Message::SegmentData {
+                segment_no: 0,
+                offset: 0,
+                data: walship::replication::messages::Bytes(&seg),
+            },
+        );
+        // Everything the standby sends until it closes; the last frame is kept.
+        let mut last = None;
+        while let Some(b) = read_frame(&mut s) {
+            last = Some(b);
+        }
+        last
+    });
+    (addr, h)
+}
+
+#[test]
+fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why_in_either_version() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = primary_with(t.path(), 1);
+    let offs = record_offsets(&dir.join("wal").join(seg_name(0)));
+    for (version, rec) in [(2u32, 7usize), (1, 42)] {
+        let at = offs[rec] as usize + 30;
+        let (addr, fake) = fake_primary_sending_a_damaged_segment(&dir, version, at);
+        let sb = t.path().join(format!("standby-v{version}"));
+        let mut stb = standby(&sb, &addr, &t.path().join(format!("v{version}.log")));
+        let last = fake
+            .join()
+            .unwrap()
+            .expect("the standby said something last");
+        stb.kill();
+        match codec::decode(&last).unwrap() {
+            Message::SegmentRejected {
+                segment_no,
+                offset,
+                reason,
+            } => {
+                assert_eq!(version, 2);
+                assert_eq!(segment_no, 0);
+                assert_eq!(offset, offs[rec]);
+                assert!(reason.contains("checksum"), "{reason}");
+            }
+            Message::Error { code, message } => {
+                assert_eq!(version, 1);
+                assert_eq!(code, ErrorCode::Protocol);
+                assert!(
+                    message.contains(&seg_name(0))
+                        && message.contains(&format!("offset {}", offs[rec])),
+                    "{message}"
+                );
+            }
+            other => panic!("version {version}: the standby's last word was {other:?}"),
+        }
+        // Nothing of the refused segment is kept.
+        assert!(!sb.join("wal").join(seg_name(0)).exists());
+        assert_eq!(
+            std::fs::read_dir(sb.join("wal")).map_or(0, |d| d.count()),
+            0
+        );
+    }
+}
