@@ -684,12 +684,15 @@ fn a_restored_directory_becomes_a_standby_and_catches_up() {
     let offs = record_offsets(&dir.join("wal").join(seg_name(1)));
     let mid = SEG + offs[offs.len() / 2];
     let partial = archive_restore(&dir, t.path(), "restored-mid", Some(mid));
+    // And to the middle of the very first segment: no sealed segment at all.
+    let offs0 = record_offsets(&dir.join("wal").join(seg_name(0)));
+    let first = archive_restore(&dir, t.path(), "restored-first", Some(offs0[10]));
     for i in 0..2 {
         write_records(&dir, 300, &format!("more{i}"));
         seal(&dir);
     }
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
-    for (k, r) in [whole, partial].iter().enumerate() {
+    for (k, r) in [whole, partial, first].iter().enumerate() {
         let mut stb = standby(r, &addr, &t.path().join(format!("standby{k}.log")));
         wait_caught_up(&dir, r);
         let st = status(r);
