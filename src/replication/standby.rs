@@ -1311,7 +1311,7 @@ fn store_segments(
 /// Makes a directory of the primary's system a standby's: records its id and primary.
 fn adopt(shared: &Shared, jobs: &std::sync::mpsc::Sender<SegmentName>) -> Result<(), ReplError> {
     // A standby holds sealed segments only. What goes: files prepared ahead by a former
-    // writer (they hold no records), and an open segment that a sealed copy of the same number
+    // writer (they hold no records), transfers an earlier attempt left, and an open segment that a sealed copy of the same number
     // already supersedes (checked to be its prefix when the directory was examined).
     let names = shared.dd.list_segments()?;
     let newest_sealed = names
@@ -1321,7 +1321,7 @@ fn adopt(shared: &Shared, jobs: &std::sync::mpsc::Sender<SegmentName>) -> Result
         .max();
     let mut removed = false;
     for n in &names {
-        let stale = n.kind == SegmentFileKind::Prepared
+        let stale = matches!(n.kind, SegmentFileKind::Prepared | SegmentFileKind::Partial)
             || (n.kind == SegmentFileKind::Open
                 && newest_sealed.is_some_and(|s| n.segment_no <= s));
         if stale {
