@@ -315,6 +315,27 @@ fn a_standby_report_is_kept_in_the_register_while_the_segment_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let dir = primary_with(t.path(), 1);
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
+    // A refusal of a segment that was not sent is a protocol error and records nothing.
+    let mut s = handshake(&addr, [8; 16], None, None, 0);
+    let _ = read_until_segment_end(&mut s);
+    send(
+        &mut s,
+        &Message::SegmentRejected {
+            segment_no: 77,
+            offset: 1,
+            reason: "made up",
+        },
+    );
+    let mut err = None;
+    while let Some(b) = read_frame(&mut s) {
+        if let Ok(Message::Error { code, message }) = codec::decode(&b) {
+            err = Some((code, message.to_string()));
+        }
+    }
+    let (code, msg) = err.expect("an Error");
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("not sent"), "{msg}");
+    assert!(damage(&dir).is_empty());
     let mut s = handshake(&addr, [9; 16], None, None, 0);
     // The primary ships segment 0; this client refuses it at offset 4242.
     let _ = read_until_segment_end(&mut s);

@@ -806,6 +806,7 @@ async fn serve_standby(
         acked_limit: flushed,
         status_seen: false,
         unconfirmed: None,
+        sent: None,
     };
     let result = conn
         .stream_segments(&mut wr, next_segment, chunk, &mut in_rx, &mut shutdown)
@@ -882,6 +883,9 @@ struct Conn {
     /// The last segment shipped and not yet acknowledged, with its end: a standby's damage
     /// report about it is cleared once the standby stores it.
     unconfirmed: Option<(SegmentName, u64)>,
+    /// The first and last segment numbers started on this connection: a standby may refuse
+    /// only a segment it was sent.
+    sent: Option<(u64, u64)>,
 }
 
 impl Conn {
@@ -948,6 +952,15 @@ impl Conn {
                 offset,
                 reason,
             } => {
+                if !self
+                    .sent
+                    .is_some_and(|(first, last)| (first..=last).contains(&segment_no))
+                {
+                    return Err(ReplError::refused(
+                        ErrorCode::Protocol,
+                        format!("the standby refused segment {segment_no:X}, which was not sent to it on this connection"),
+                    ));
+                }
                 let size = self.shared.control.segment_size;
                 let name = SegmentName::new(
                     self.shared.control.timeline,
@@ -1162,6 +1175,10 @@ impl Conn {
         }
         let end_lsn = checked.segment.end_lsn;
         let len = checked.map.len() as u64;
+        self.sent = Some(match self.sent {
+            Some((first, _)) => (first, name.segment_no),
+            None => (name.segment_no, name.segment_no),
+        });
         timed_write(
             wr,
             &Message::SegmentStart {
