@@ -4,6 +4,12 @@
 //! it no longer needs WAL. Retention reads them all and removes only segments every consumer
 //! (not marked lost) is past. The file name is derived from the consumer's id, which is
 //! checked to be a plain token, so no path is ever built from untrusted text.
+//!
+//! Several processes write these files (the shipper saves a standby's slot, the archiver its
+//! progress, a checkpoint marks a consumer lost), without a lock between them. So that a
+//! progress save can never undo a lost mark, the mark is a file of its own, `<id>.lost`: a
+//! consumer is lost when that file exists (or its record says so), and only
+//! [`ConsumerRegistry::remove`] (`--drop-consumer`) deletes it.
 
 use std::fs;
 use std::path::PathBuf;
@@ -75,16 +81,64 @@ impl ConsumerRegistry {
         Ok(self.dir.join(format!("{id}.json")))
     }
 
-    /// Writes (creates or replaces) a consumer's record durably.
-    pub fn save(&self, rec: &ConsumerRecord) -> Result<()> {
-        let path = self.path(&rec.id)?;
+    fn lost_path(&self, id: &str) -> Result<PathBuf> {
+        self.path(id)?;
+        Ok(self.dir.join(format!("{id}.lost")))
+    }
+
+    fn is_marked_lost(&self, id: &str) -> Result<bool> {
+        let p = self.lost_path(id)?;
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("stat {}", p.display()), e)),
+        }
+    }
+
+    fn ensure_dir(&self) -> Result<()> {
         if !self.dir.exists() {
             fs::create_dir_all(&self.dir).ctx(|| format!("create {}", self.dir.display()))?;
             if let Some(p) = self.dir.parent() {
                 fsync_dir(p)?;
             }
         }
-        let bytes = serde_json::to_vec_pretty(rec)
+        Ok(())
+    }
+
+    /// Marks a consumer lost, durably and for good: no later [`save`](Self::save) of its
+    /// progress clears the mark; only [`remove`](Self::remove) does. Returns its record as it is
+    /// now (None when it was not registered).
+    pub fn mark_lost(&self, id: &str) -> Result<Option<ConsumerRecord>> {
+        let Some(mut rec) = self.get(id)? else {
+            return Ok(None);
+        };
+        self.ensure_dir()?;
+        // The marker first: from here on, whatever the record file says, the consumer is lost.
+        write_atomic(
+            &self.lost_path(id)?,
+            format!("{}\n", crate::now_us()).as_bytes(),
+        )?;
+        rec.lost = true;
+        self.save(&rec)?;
+        Ok(Some(rec))
+    }
+
+    /// Writes (creates or replaces) a consumer's record durably. A consumer marked lost stays
+    /// lost whatever `rec.lost` says.
+    pub fn save(&self, rec: &ConsumerRecord) -> Result<()> {
+        let path = self.path(&rec.id)?;
+        self.ensure_dir()?;
+        let mut rec = rec.clone();
+        let marked = self.is_marked_lost(&rec.id)?;
+        if rec.lost && !marked {
+            // However it was marked, a lost mark sticks.
+            write_atomic(
+                &self.lost_path(&rec.id)?,
+                format!("{}\n", crate::now_us()).as_bytes(),
+            )?;
+        }
+        rec.lost |= marked;
+        let bytes = serde_json::to_vec_pretty(&rec)
             .map_err(|e| Error::Other(format!("encode consumer {}: {e}", rec.id)))?;
         write_atomic(&path, &bytes)
     }
@@ -92,12 +146,16 @@ impl ConsumerRegistry {
     pub fn get(&self, id: &str) -> Result<Option<ConsumerRecord>> {
         let path = self.path(id)?;
         match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                Error::Other(format!(
-                    "{}: not a valid consumer record: {e}",
-                    path.display()
-                ))
-            }),
+            Ok(b) => {
+                let mut rec: ConsumerRecord = serde_json::from_slice(&b).map_err(|e| {
+                    Error::Other(format!(
+                        "{}: not a valid consumer record: {e}",
+                        path.display()
+                    ))
+                })?;
+                rec.lost |= self.is_marked_lost(id)?;
+                Ok(Some(rec))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
         }
@@ -128,17 +186,27 @@ impl ConsumerRegistry {
         Ok(out)
     }
 
-    /// Drops a consumer: it no longer holds WAL back. Returns false when it was not registered.
+    /// Drops a consumer: it no longer holds WAL back, and its lost mark goes with it. Returns
+    /// false when it was not registered.
     pub fn remove(&self, id: &str) -> Result<bool> {
         let path = self.path(id)?;
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                fsync_dir(&self.dir)?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+        let removed = match fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io(format!("remove {}", path.display()), e)),
+        };
+        // The record first: a crash in between leaves a marker without a record, which no one
+        // reads (a new consumer under this id would start lost, and be dropped again).
+        let lost = self.lost_path(id)?;
+        let unmarked = match fs::remove_file(&lost) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io(format!("remove {}", lost.display()), e)),
+        };
+        if removed || unmarked {
+            fsync_dir(&self.dir)?;
         }
+        Ok(removed)
     }
 }
 
@@ -167,5 +235,33 @@ mod tests {
         assert!(reg.get("../etc/passwd").is_err());
         assert!(reg.remove("archiver").unwrap());
         assert!(!reg.remove("archiver").unwrap());
+    }
+
+    #[test]
+    fn a_lost_mark_survives_progress_saves_until_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let reg = ConsumerRegistry::new(&DataDir::new(t.path()));
+        let mut rec = ConsumerRecord {
+            id: "s1".into(),
+            kind: ConsumerKind::Standby,
+            position: 10,
+            applied_lsn: None,
+            address: None,
+            last_contact_us: None,
+            lost: false,
+        };
+        assert_eq!(reg.mark_lost("s1").unwrap(), None);
+        reg.save(&rec).unwrap();
+        assert!(reg.mark_lost("s1").unwrap().unwrap().lost);
+        // A save made from a copy read before the mark.
+        rec.position = 20;
+        reg.save(&rec).unwrap();
+        let got = reg.get("s1").unwrap().unwrap();
+        assert!(got.lost);
+        assert_eq!(got.position, 20);
+        assert!(reg.list().unwrap()[0].lost);
+        assert!(reg.remove("s1").unwrap());
+        reg.save(&rec).unwrap();
+        assert!(!reg.get("s1").unwrap().unwrap().lost);
     }
 }

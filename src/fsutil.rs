@@ -15,23 +15,50 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// Replaces `path` atomically and durably: write a temporary file beside it, fsync it, rename it
 /// over `path`, fsync the directory. A crash leaves the old content or the new, never a mix.
+///
+/// The temporary name is unique to this call (pid and random bits, created exclusively):
+/// several processes (the shipper saving a slot, a checkpoint marking it lost) may replace the
+/// same file at once, and with one shared temporary name one could rename the other's
+/// half-written file into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
+    let tmp = dir.join(temp_name(name));
+    let written = (|| -> Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)
             .ctx(|| format!("create {}", tmp.display()))?;
         f.write_all(bytes)
             .ctx(|| format!("write {}", tmp.display()))?;
         f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+        fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        // Best effort: a leftover temporary is only a stray dot-file, never read as state.
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    written?;
     fsync_dir(dir)
+}
+
+/// A temporary name for replacing `name`: `.NAME.PID.RANDOM.tmp`.
+pub fn temp_name(name: &str) -> String {
+    format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    )
+}
+
+/// True for a name [`temp_name`] made for `name`.
+pub fn is_temp_name_of(candidate: &str, name: &str) -> bool {
+    candidate
+        .strip_prefix('.')
+        .and_then(|c| c.strip_prefix(name))
+        .and_then(|c| c.strip_prefix('.'))
+        .is_some_and(|c| c.ends_with(".tmp"))
 }
 
 /// Advises the kernel that `file` is read at random: reads then bring in single pages instead

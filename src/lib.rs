@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod bench;
 pub mod consumers;
+pub mod damage;
 pub mod datadir;
 pub mod decoder;
 pub mod demo;

@@ -288,7 +288,7 @@ fn checkpoint_checked(
                 continue;
             }
             // Re-read: the consumer may have moved on since the listing.
-            let Some(mut fresh) = registry.get(&c.id)? else {
+            let Some(fresh) = registry.get(&c.id)? else {
                 continue;
             };
             let holding = held(fresh.position);
@@ -296,8 +296,10 @@ fn checkpoint_checked(
                 *c = fresh;
                 continue;
             }
-            fresh.lost = true;
-            registry.save(&fresh)?;
+            // A mark of its own: a progress save racing with this one cannot undo it.
+            let Some(fresh) = registry.mark_lost(&fresh.id)? else {
+                continue;
+            };
             tracing::error!(
                 consumer = %fresh.id,
                 kind = ?fresh.kind,

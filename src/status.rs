@@ -70,6 +70,9 @@ pub struct DirStatus {
     /// Every registered consumer (standby slots, the archiver), the checkpoint, and what holds
     /// the oldest sealed segment.
     pub retention: crate::retention::RetentionReport,
+    /// Damage found by the shipper, a standby, the archiver or verify and not cleared yet
+    /// (state/damage/): empty when none is known.
+    pub damage: Vec<crate::damage::DamageEntry>,
 }
 
 /// Ends of the WAL in a directory's files: (flush_lsn, sealed_lsn).
@@ -167,6 +170,7 @@ pub fn status(root: &Path) -> Result<DirStatus> {
         standby_id: meta.as_ref().map(|m| m.standby_id.to_string()),
         standbys,
         retention: crate::retention::report(&dd)?,
+        damage: crate::damage::DamageRegister::new(&dd).list()?,
     })
 }
 

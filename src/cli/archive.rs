@@ -47,8 +47,8 @@ pub struct ArchiveArgs {
     /// Warn when sealed segments waiting to be archived exceed this size.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub warn_lag: u64,
-    /// Seconds between rescans of wal/ when watching (notifications can be missed).
-    #[arg(long, default_value_t = 10)]
+    /// Seconds between rescans of wal/ when watching (notifications can be missed); 1 to 3600.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub rescan_secs: u64,
     /// With --once, print one JSON summary object.
     #[arg(long)]
@@ -63,7 +63,7 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
         },
         zstd_level: a.zstd_level,
         warn_lag_bytes: a.warn_lag,
-        rescan_interval: Duration::from_secs(a.rescan_secs.max(1)),
+        rescan_interval: Duration::from_secs(a.rescan_secs),
     };
     // A wrong DATA_DIR fails before the archive directory is created.
     DataDir::new(&a.data_dir).read_control()?;

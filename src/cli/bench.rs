@@ -83,8 +83,11 @@ pub fn run(a: BenchArgs) -> CmdResult {
     let limit = match (a.records, a.seconds) {
         (Some(0), _) => return Err(Failure::Error("--records must be at least 1".into())),
         (Some(n), _) => Some(Limit::Records(n)),
-        (None, Some(s)) if !(s > 0.0 && s.is_finite()) => {
-            return Err(Failure::Error("--seconds must be a positive number".into()))
+        // Past a week is a typo, and would overflow a Duration far out.
+        (None, Some(s)) if !(s > 0.0 && s <= 604_800.0) => {
+            return Err(Failure::Error(format!(
+                "--seconds {s} is out of range: give a number of seconds above 0 and at most 604800 (a week)"
+            )))
         }
         (None, Some(s)) => Some(Limit::Time(Duration::from_secs_f64(s))),
         (None, None) => None,

@@ -18,8 +18,8 @@ pub struct DemoArgs {
     /// system's temporary directory.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// How long the writer runs, in seconds.
-    #[arg(long, default_value_t = 20)]
+    /// How long the writer runs, in seconds (1 to 3600).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub seconds: u64,
 }
 

@@ -11,12 +11,12 @@ use super::{parse_size, CmdResult, Failure};
 /// Ship sealed segments of a data directory to standbys over TCP.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "It only reads sealed segments and never takes the directory's lock, so it runs beside the writer, and can serve a standby's directory onward (cascading). Without --auth-token-file it listens only on loopback addresses unless --insecure is given. On start it prints `listening on ADDR`.\n\nExample:\n  walship serve ./data --listen 0.0.0.0:5433 --auth-token-file ./replication.token"
+    after_help = "It only reads sealed segments and never takes the directory's lock, so it runs beside the writer, and can serve a standby's directory onward (cascading). Each segment is checked whole before it is sent; damage found, and segments a standby refuses, are logged as DAMAGE and recorded for `walship status`. Without --auth-token-file it listens only on loopback addresses unless --insecure is given. On start it prints `listening on ADDR`.\n\nExample:\n  walship serve ./data --listen 0.0.0.0:5433 --auth-token-file ./replication.token"
 )]
 pub struct ServeArgs {
     pub data_dir: PathBuf,
     /// Address to listen on, HOST:PORT (port 0 picks a free port).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_listen)]
     pub listen: String,
     /// File holding the shared token (mode 600 or stricter); standbys must prove they know it.
     #[arg(long)]
@@ -27,8 +27,9 @@ pub struct ServeArgs {
     /// Connections served at once; more are refused at once with a `Busy` error.
     #[arg(long, default_value_t = walship::replication::shipper::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_connections: u64,
-    /// Time a new connection has to authenticate and identify itself before it is dropped.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Time a new connection has to authenticate and identify itself before it is dropped
+    /// (100ms to 60m).
+    #[arg(long, default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub handshake_timeout: Duration,
     #[command(flatten)]
     pub net: NetArgs,
@@ -40,15 +41,72 @@ pub struct NetArgs {
     /// Largest frame accepted from the peer (64KiB to 64MiB).
     #[arg(long, default_value = "8MiB", value_parser = parse_size)]
     pub max_frame_size: u64,
-    /// Interval between heartbeats (like 1s or 500ms).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// Interval between heartbeats (like 1s or 500ms; 10ms to 60s, below --peer-timeout).
+    #[arg(long, default_value = "1s", value_parser = duration_between(Duration::from_millis(10), Duration::from_secs(60)))]
     pub heartbeat_interval: Duration,
-    /// Drop a peer silent for this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Drop a peer silent for this long (100ms to 60m, above --heartbeat-interval).
+    #[arg(long, default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub peer_timeout: Duration,
 }
 
-/// Parses a duration: a number with ms, s or m.
+impl NetArgs {
+    /// A peer that heartbeats no more often than it is timed out would be dropped between two
+    /// heartbeats.
+    pub fn check(&self) -> Result<(), Failure> {
+        if self.heartbeat_interval >= self.peer_timeout {
+            return Err(Failure::Error(format!(
+                "--heartbeat-interval ({}) must be shorter than --peer-timeout ({}): a peer is dropped after a peer timeout without a message",
+                show(self.heartbeat_interval),
+                show(self.peer_timeout)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A value parser for a duration flag that accepts only `min..=max`: zero and absurd
+/// durations are usage errors (exit 2) that name the accepted range.
+pub fn duration_between(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let d = parse_duration(s)?;
+        if d < min || d > max {
+            return Err(format!(
+                "{} is out of range: give a duration from {} to {}",
+                show(d),
+                show(min),
+                show(max)
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// A duration as the flags take it.
+pub fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// `serve --listen`: HOST:PORT, port 0 to 65535 (0 picks a free port).
+pub fn parse_listen(s: &str) -> Result<String, String> {
+    walship::replication::check_address(s, true).map(|()| s.to_string())
+}
+
+/// `standby --primary`: HOST:PORT, port 1 to 65535.
+pub fn parse_primary(s: &str) -> Result<String, String> {
+    walship::replication::check_address(s, false).map(|()| s.to_string())
+}
+
+/// Parses a duration: a number with ms, s or m (a plain number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -56,10 +114,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?}: expected a number with ms, s or m"))?;
+    let too_long = || format!("invalid duration {s:?}: too long");
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(too_long),
         other => Err(format!(
             "invalid duration {s:?}: unknown unit {other:?} (use ms, s or m)"
         )),
@@ -86,6 +148,7 @@ pub fn read_token(path: &Option<PathBuf>) -> Result<Option<AuthToken>, Failure> 
 pub const STOP_BOUND: Duration = Duration::from_secs(5);
 
 pub fn run(a: ServeArgs) -> CmdResult {
+    a.net.check()?;
     let mut config = ShipperConfig::new(&a.data_dir, &a.listen);
     config.auth_token = read_token(&a.auth_token_file)?;
     config.insecure = a.insecure;
@@ -121,5 +184,12 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("1h").is_err());
         assert!(parse_duration("ms").is_err());
+        assert!(parse_duration(&format!("{}m", u64::MAX)).is_err());
+        let p = duration_between(Duration::from_millis(10), Duration::from_secs(60));
+        assert!(p("0s").unwrap_err().contains("from 10ms to 1m"));
+        assert!(p("0ms").is_err());
+        assert!(p("61s").is_err());
+        assert_eq!(p("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(show(Duration::from_millis(1500)), "1500ms");
     }
 }

@@ -6,31 +6,32 @@ use std::time::Duration;
 use clap::Args;
 use walship::replication::{CheckingApplicator, Standby, StandbyConfig};
 
-use super::serve::{parse_duration, read_token, NetArgs, STOP_BOUND};
+use super::serve::{duration_between, parse_primary, read_token, NetArgs, STOP_BOUND};
 use super::{runtime, shutdown_signal};
 use super::{CmdResult, Failure};
 
 /// Follow a primary: receive its sealed segments, store them durably, apply them.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "DATA_DIR may be absent or empty: the first contact creates it with the primary's identity. Each segment is stored as .wal.partial, fsynced, verified (records, seal, checksum, chain), renamed to .wal and acknowledged; then its records are checked and counted and applied_lsn recorded. The standby reconnects with capped exponential backoff; it stops (exit 2) when the primary refuses it for good (wrong token, another system, WAL no longer there).\n\nExample:\n  walship standby ./replica --primary db1.example:5433 --auth-token-file ./replication.token"
+    after_help = "DATA_DIR may be absent or empty: the first contact creates it with the primary's identity. It may also be a data directory of the same system that is behind the primary (restored from the archive, or a former primary): it resumes from its own end once the primary confirms their histories match; one that is ahead or diverged is refused and left as it was. A first contact that fails leaves nothing behind. Each segment is stored as .wal.partial, fsynced, verified (records, seal, checksum, chain), renamed to .wal and acknowledged; then its records are checked and counted and applied_lsn recorded. A segment that fails its checks is discarded, the primary is told where and why (it shows it in `walship status`), and it is asked for again. The standby reconnects with capped exponential backoff; it stops (exit 2) when the primary refuses it for good (wrong token, another system, WAL no longer there).\n\nExample:\n  walship standby ./replica --primary db1.example:5433 --auth-token-file ./replication.token"
 )]
 pub struct StandbyArgs {
     pub data_dir: PathBuf,
-    /// The primary's address, HOST:PORT.
-    #[arg(long)]
+    /// The primary's address, HOST:PORT (port 1 to 65535).
+    #[arg(long, value_parser = parse_primary)]
     pub primary: String,
     /// File holding the shared token (mode 600 or stricter).
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
-    /// Longest wait between reconnection attempts.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Longest wait between reconnection attempts (100ms to 60m).
+    #[arg(long, default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub max_backoff: Duration,
     #[command(flatten)]
     pub net: NetArgs,
 }
 
 pub fn run(a: StandbyArgs) -> CmdResult {
+    a.net.check()?;
     let mut config = StandbyConfig::new(&a.data_dir, &a.primary);
     config.auth_token = read_token(&a.auth_token_file)?;
     config.max_frame = a.net.max_frame_size as usize;

@@ -66,6 +66,20 @@ pub fn run(a: StatusArgs) -> CmdResult {
             if sb.lost { " (lost)" } else { "" }
         );
     }
+    if s.damage.is_empty() {
+        println!("damage: none known");
+    } else {
+        println!("damage: {} DAMAGED FILE(S)", s.damage.len());
+        for d in &s.damage {
+            println!(
+                "  {} (first seen {}, last seen {}, {} time(s))",
+                d,
+                walship::status::format_time(d.first_seen_us),
+                walship::status::format_time(d.last_seen_us),
+                d.count
+            );
+        }
+    }
     let r = &s.retention;
     println!(
         "retention: checkpoint {}, {} sealed segments ({} bytes) kept, oldest held by {}",

@@ -60,7 +60,7 @@ mod tests {
         });
         let mut want = vec![0, 0, 0, 0];
         want.extend_from_slice(b"WALSHIPR");
-        want.extend_from_slice(&[1, 0, 0, 0]);
+        want.extend_from_slice(&[2, 0, 0, 0]);
         want.extend_from_slice(&[7; 32]);
         assert_eq!(hello, want);
 
@@ -100,6 +100,28 @@ mod tests {
         });
         assert_eq!(st.len(), 4 + 24);
         assert_eq!(st[..4], [9, 0, 0, 0]);
+
+        // Version 2: SegmentRejected, index 11.
+        let rej = enc(&Message::SegmentRejected {
+            segment_no: 3,
+            offset: 0x1234,
+            reason: "bad",
+        });
+        let mut want = vec![11, 0, 0, 0];
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(&0x1234u64.to_le_bytes());
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(b"bad");
+        assert_eq!(rej, want);
+        assert_eq!(rej.len(), 28 + 3);
+        assert_eq!(
+            decode(&rej).unwrap(),
+            Message::SegmentRejected {
+                segment_no: 3,
+                offset: 0x1234,
+                reason: "bad"
+            }
+        );
     }
 
     /// The body sizes docs/PROTOCOL.md gives.

@@ -1,4 +1,5 @@
-//! The replication messages, protocol version 1. docs/PROTOCOL.md gives their bytes; the
+//! The replication messages, protocol version 2 (version 1 is version 2 without
+//! `SegmentRejected`). docs/PROTOCOL.md gives their bytes; the
 //! variant order and field order here ARE the wire format, so never reorder them.
 //!
 //! Messages borrow their variable-length parts (segment bytes, error text) from the frame they
@@ -8,8 +9,13 @@ use serde::{Deserialize, Serialize};
 
 /// The first bytes of every standby's Hello: refuses a peer that does not speak walship.
 pub const MAGIC: [u8; 8] = *b"WALSHIPR";
-/// The protocol version this code speaks (and the only one it accepts).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version this code speaks; it sends it in `Hello` and `Challenge`.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest protocol version this code still speaks: a primary answers a version-1 `Hello`
+/// with a version-1 `Challenge` and the connection goes on in version 1.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// The first version with `SegmentRejected`.
+pub const SEGMENT_REJECTED_VERSION: u32 = 2;
 
 /// Why a side refuses or ends a connection (the `code` of [`Message::Error`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +139,14 @@ pub enum Message<'a> {
     },
     /// Either way: the sender closes the connection, and says why.
     Error { code: ErrorCode, message: &'a str },
+    /// S→P, version 2 on: the standby refuses a segment it received because its bytes fail the
+    /// checks (damage, or a broken chain), says where (`offset` in the segment file) and why,
+    /// and closes the connection.
+    SegmentRejected {
+        segment_no: u64,
+        offset: u64,
+        reason: &'a str,
+    },
 }
 
 impl Message<'_> {
@@ -150,6 +164,7 @@ impl Message<'_> {
             Message::Keepalive { .. } => "Keepalive",
             Message::Status { .. } => "Status",
             Message::Error { .. } => "Error",
+            Message::SegmentRejected { .. } => "SegmentRejected",
         }
     }
 }

@@ -53,6 +53,21 @@ pub enum ReplError {
     Refused { code: ErrorCode, message: String },
     #[error("{0}")]
     Timeout(String),
+    /// Damage in a segment, found by the shipper or reported by a standby: recorded in the
+    /// primary's damage register and logged as damage, not as a network event.
+    #[error("{0}")]
+    Damaged(Box<crate::damage::DamageEntry>),
+    /// A segment received by a standby failed its checks; it was discarded and the primary
+    /// told where and why. The standby asks for it again.
+    #[error(
+        "received segment {segment} is invalid at offset {offset} (LSN {lsn}), discarded: {reason}"
+    )]
+    InvalidSegment {
+        segment: crate::format::SegmentName,
+        offset: u64,
+        lsn: crate::Lsn,
+        reason: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -94,6 +109,61 @@ impl ReplError {
             source,
         }
     }
+}
+
+/// Checks a `HOST:PORT` address before anything is tried with it: a non-empty host (a name,
+/// an IPv4 address, or an IPv6 address in brackets) and a port from 1 (0 too when
+/// `allow_port_zero`, for listening) to 65535. An address that cannot be right is a usage
+/// error at once, never a connection retried forever.
+pub fn check_address(addr: &str, allow_port_zero: bool) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!(
+            "address {addr:?} has no port: give HOST:PORT, like 10.0.0.5:5433 or [::1]:5433"
+        ));
+    };
+    let min = u16::from(!allow_port_zero);
+    match port.parse::<u16>() {
+        Ok(p) if p >= min => {}
+        _ => {
+            return Err(format!(
+                "address {addr:?}: the port must be a number from {min} to 65535, not {port:?}"
+            ))
+        }
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.is_empty() {
+        return Err(format!(
+            "address {addr:?} has no host: give HOST:PORT, like 10.0.0.5:5433"
+        ));
+    }
+    if bare.contains(':') && !host.starts_with('[') {
+        return Err(format!(
+            "address {addr:?}: write an IPv6 host in brackets, like [::1]:5433"
+        ));
+    }
+    if bare
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '[' | ']' | '/'))
+    {
+        return Err(format!(
+            "address {addr:?}: the host {host:?} is not a host name or address"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the timing settings shared by both sides: none may be zero (a zero interval would
+/// spin or panic a timer), and heartbeats must come more often than a peer is timed out.
+pub(crate) fn check_timing(heartbeat: Duration, peer_timeout: Duration) -> Result<(), ReplError> {
+    if heartbeat.is_zero() || peer_timeout.is_zero() || heartbeat >= peer_timeout {
+        return Err(ReplError::Store(crate::Error::InvalidArgument(format!(
+            "the heartbeat interval ({heartbeat:?}) and the peer timeout ({peer_timeout:?}) must be above zero, the interval shorter than the timeout"
+        ))));
+    }
+    Ok(())
 }
 
 /// Longest peer error text kept for logs and errors, in characters.
@@ -145,6 +215,34 @@ pub(crate) async fn refuse(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn addresses() {
+        use super::check_address as c;
+        for ok in [
+            "127.0.0.1:5433",
+            "db1.example:1",
+            "[::1]:65535",
+            "localhost:5433",
+        ] {
+            assert_eq!(c(ok, false), Ok(()), "{ok}");
+        }
+        assert!(c("127.0.0.1:0", true).is_ok());
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:",
+            "127.0.0.1:0",
+            "127.0.0.1:99999",
+            ":5433",
+            "[]:5433",
+            "::1:5433",
+            "a b:5433",
+            "host:-1",
+            "",
+        ] {
+            assert!(c(bad, false).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn peer_text_cannot_forge_log_lines_or_flood_them() {
         assert_eq!(

@@ -71,7 +71,7 @@ pub fn verify_incoming(
             return Err(corrupt(
                 0,
                 format!(
-                    "chain broken: the header expects previous checksum {}, the standby's previous segment has {prev:08x}",
+                    "chain broken: the header expects previous checksum {}, the previous segment has {prev:08x}",
                     header.prev_checksum.map_or("none".into(), |c| format!("{c:08x}"))
                 ),
             ));
@@ -99,4 +99,68 @@ pub fn verify_incoming(
             Err(corrupt(offset, "segment ends without a seal marker".into()))
         }
     }
+}
+
+/// A sealed segment checked whole before it is shipped, and its bytes.
+pub struct Checked {
+    pub segment: SealedSegment,
+    pub map: memmap2::Mmap,
+}
+
+/// Checks a sealed segment of this directory as a standby will check it (header and identity,
+/// the chain to its predecessor when this directory holds it, every record, the seal marker,
+/// the whole-segment checksum, nothing after the marker) and maps it for sending. A primary
+/// must not ship damage it can find itself.
+pub fn check_for_shipping(
+    dd: &DataDir,
+    name: &SegmentName,
+    predecessor: Option<&SegmentName>,
+    control: &ControlFile,
+) -> Result<Option<Checked>> {
+    let path = dd.segment_path(name);
+    // Never open what is not a regular file (a FIFO would block the open).
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(Error::Corrupt {
+                file: path.clone(),
+                offset: 0,
+                lsn: Lsn(name.segment_no.saturating_mul(control.segment_size)),
+                reason: "not a regular file".into(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+    }
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        // Removed by retention meanwhile: the caller looks again.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+    if !meta.is_file() {
+        return Err(Error::Corrupt {
+            file: path.clone(),
+            offset: 0,
+            lsn: Lsn(name.segment_no.saturating_mul(control.segment_size)),
+            reason: "not a regular file".into(),
+        });
+    }
+    let prev = match predecessor {
+        Some(p) => match check_sealed(&dd.segment_path(p), p, control) {
+            Ok(s) => Some(s.seal.segment_checksum),
+            // Its own damage is found when it is shipped; gone meanwhile: no chain to check.
+            Err(_) => None,
+        },
+        None => None,
+    };
+    // SAFETY: sealed files are never written again; a removal (retention) keeps the mapped
+    // pages readable. Nothing in walship truncates a sealed file.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| Error::io(format!("mmap {}", path.display()), e))?;
+    let segment = verify_incoming(&map, &path, name, control, prev)?;
+    Ok(Some(Checked { segment, map }))
 }

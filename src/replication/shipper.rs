@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch, Semaphore};
@@ -25,12 +24,13 @@ use super::codec;
 use super::frame::{
     write_message, DATA_OVERHEAD, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, MIN_FRAME_LIMIT,
 };
-use super::messages::{Bytes, ErrorCode, Message, MAGIC, PROTOCOL_VERSION};
-use super::segments::{scan_sealed, SealedSet};
+use super::messages::{Bytes, ErrorCode, Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use super::segments::{check_for_shipping, scan_sealed, SealedSet};
 use super::{read_msg, refuse, ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
+use crate::damage::{self, Component, DamageEntry, DamageRegister, DamageReport};
 use crate::datadir::DataDir;
-use crate::format::{ControlFile, SegmentName};
+use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::recovery::check_sealed;
 use crate::Lsn;
 
@@ -115,6 +115,12 @@ pub enum ShipperEvent {
         flushed_lsn: u64,
         applied_lsn: u64,
     },
+    /// Damage was found (by the shipper) or reported (by a standby) and recorded in the
+    /// directory's damage register.
+    Damaged {
+        id: Option<String>,
+        entry: Box<DamageEntry>,
+    },
 }
 
 struct Shared {
@@ -122,6 +128,7 @@ struct Shared {
     dd: DataDir,
     control: ControlFile,
     registry: ConsumerRegistry,
+    damage: DamageRegister,
     standbys: Mutex<HashMap<String, StandbyInfo>>,
     events: broadcast::Sender<ShipperEvent>,
     running: AtomicBool,
@@ -157,6 +164,14 @@ impl Shipper {
                 config.max_frame,
                 super::frame::MAX_FRAME_LIMIT
             ))));
+        }
+        super::check_address(&config.listen, true)
+            .map_err(|e| ReplError::Store(crate::Error::InvalidArgument(e)))?;
+        super::check_timing(config.heartbeat_interval, config.peer_timeout)?;
+        if config.rescan_interval.is_zero() || config.handshake_timeout.is_zero() {
+            return Err(ReplError::Store(crate::Error::InvalidArgument(
+                "the rescan interval and the handshake timeout must be above zero".into(),
+            )));
         }
         if config.max_connections == 0 {
             return Err(ReplError::Store(crate::Error::InvalidArgument(
@@ -199,6 +214,7 @@ impl Shipper {
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
             registry: ConsumerRegistry::new(&dd),
+            damage: DamageRegister::new(&dd),
             dd,
             control,
             config,
@@ -401,7 +417,7 @@ async fn watch_segments(
         let (dd, control) = (shared.dd.clone(), shared.control);
         match tokio::task::spawn_blocking(move || scan_sealed(&dd, &control, &prev)).await {
             Ok(Ok(set)) => {
-                tx.send_if_modified(|cur| {
+                let changed = tx.send_if_modified(|cur| {
                     if **cur != set {
                         *cur = Arc::new(set);
                         true
@@ -409,6 +425,16 @@ async fn watch_segments(
                         false
                     }
                 });
+                if changed {
+                    // A damaged file that is gone (retention, an operator) is no longer damage
+                    // here.
+                    let (reg, dd) = (shared.damage.clone(), shared.dd.clone());
+                    if let Ok(Err(e)) =
+                        tokio::task::spawn_blocking(move || reg.clear_missing(&dd)).await
+                    {
+                        tracing::warn!(error = %e, "reading the damage register failed");
+                    }
+                }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "scanning wal/ failed"),
             Err(e) => tracing::error!(error = %e, "scanning wal/ failed"),
@@ -426,7 +452,16 @@ fn is_content_event(kind: &notify::EventKind) -> bool {
 
 /// What the reading half passes to the sending half.
 enum Incoming {
-    Status { flushed_lsn: u64, applied_lsn: u64 },
+    Status {
+        flushed_lsn: u64,
+        applied_lsn: u64,
+    },
+    /// The standby refused a segment it received (protocol version 2 on).
+    Rejected {
+        segment_no: u64,
+        offset: u64,
+        reason: String,
+    },
     Ended(ReplError),
 }
 
@@ -438,7 +473,8 @@ async fn connection(
 ) {
     tracing::info!(peer = %addr, "standby connected");
     let mut id = None;
-    let result = serve_standby(&shared, stream, addr, shutdown, &mut id).await;
+    let mut status_seen = false;
+    let result = serve_standby(&shared, stream, addr, shutdown, &mut id, &mut status_seen).await;
     let reason = match &result {
         Ok(()) => "shutting down".to_string(),
         Err(e) => e.to_string(),
@@ -447,11 +483,16 @@ async fn connection(
         Ok(()) => {
             tracing::info!(peer = %addr, standby = id.as_deref().unwrap_or("-"), "standby disconnected: shipper shutting down")
         }
+        // Damage is not a network event: it was logged as damage where it was recorded.
+        Err(ReplError::Damaged(_)) => {
+            tracing::info!(peer = %addr, standby = id.as_deref().unwrap_or("-"), "standby connection ended after damage was reported")
+        }
         Err(e) => {
             tracing::warn!(peer = %addr, standby = id.as_deref().unwrap_or("-"), reason = %e, "standby connection closed")
         }
     }
-    if let Some(id) = &id {
+    // A slot starts at the standby's first Status (a handshake alone makes none).
+    if let Some(id) = id.as_ref().filter(|_| status_seen) {
         let info = shared.update(id, |s| {
             s.connected = false;
             s.clone()
@@ -490,7 +531,7 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Result<Ident
     let (max, t) = (HANDSHAKE_MAX_FRAME, cfg.peer_timeout);
     // Hello.
     let body = read_msg("peer", stream, max, t, "Hello").await?;
-    let standby_nonce = match codec::decode(&body) {
+    let (standby_nonce, version) = match codec::decode(&body) {
         Ok(Message::Hello {
             magic,
             protocol_version,
@@ -504,10 +545,10 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Result<Ident
                 )
                 .await);
             }
-            if protocol_version != PROTOCOL_VERSION {
-                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks version {PROTOCOL_VERSION}")).await);
+            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
+                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}")).await);
             }
-            nonce
+            (nonce, protocol_version)
         }
         Ok(other) => {
             let (c, m) = unexpected(&other, "Hello");
@@ -520,7 +561,8 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Result<Ident
     write_message(
         stream,
         &Message::Challenge {
-            protocol_version: PROTOCOL_VERSION,
+            // The standby's version when it is older: the connection goes on in it.
+            protocol_version: version,
             nonce: primary_nonce,
             auth_required: cfg.auth_token.is_some(),
         },
@@ -607,9 +649,55 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Result<Ident
         )
         .await);
     }
+    let set = shared.segments.borrow().clone();
+    // A standby may not hold what this primary has not sealed: it is ahead of this primary
+    // (a former primary that took writes this one never had), or this primary lost WAL.
+    let ahead = next_segment.is_some_and(|n| set.newest().is_none_or(|newest| n > newest + 1))
+        || flushed_lsn > set.sealed_lsn;
+    if ahead {
+        return Err(refuse(
+            stream,
+            ErrorCode::Identity,
+            format!(
+                "the standby holds WAL up to {} (segments before {}), past this primary's newest sealed segment{} (ending at {}): it is ahead of this primary or diverged from it; it cannot follow this primary",
+                Lsn(flushed_lsn),
+                next_segment.map_or("-".to_string(), |n| format!("{n:X}")),
+                set.newest().map_or(" (none)".to_string(), |n| format!(" {n:X}")),
+                Lsn(set.sealed_lsn)
+            ),
+        )
+        .await);
+    }
+    // A standby marked lost by retention: the WAL it needs may be gone, and what it would
+    // take again no longer holds anything back. It must be rebuilt or its slot dropped.
+    let reg = shared.registry.clone();
+    let id2 = id.clone();
+    let lost = tokio::task::spawn_blocking(move || reg.get(&id2))
+        .await
+        .map_err(|e| ReplError::io("read the standby's slot", std::io::Error::other(e)))??
+        .is_some_and(|r| r.lost);
+    if lost {
+        return Err(refuse(
+            stream,
+            ErrorCode::Unavailable,
+            format!(
+                "standby {id} was marked lost by retention: this primary no longer keeps WAL for it; rebuild it (walship restore from the archive), or drop its slot on the primary with `walship checkpoint DATA_DIR --drop-consumer {id}` to let it try again"
+            ),
+        )
+        .await);
+    }
+    // WAL it needs that is gone: said before Welcome, so that a directory offered to become a
+    // standby is refused before it changes anything.
+    if let (Some(n), Some(oldest), Some(newest)) = (next_segment, set.oldest(), set.newest()) {
+        if n < oldest {
+            return Err(refuse(stream, ErrorCode::Unavailable, format!("segment {n:X} is no longer on the primary (its oldest is {oldest:X}): the standby needs a fresh copy")).await);
+        }
+        if n <= newest && !set.by_no.contains_key(&n) {
+            return Err(refuse(stream, ErrorCode::Unavailable, format!("segment {n:X} is missing on the primary, which holds segments up to {newest:X}")).await);
+        }
+    }
     // A standby holding the segment before the one it asks for must share our history.
     if let (Some(n), Some(sum)) = (next_segment, prev_checksum) {
-        let set = shared.segments.borrow().clone();
         if let Some(prev) = n.checked_sub(1).and_then(|p| set.by_no.get(&p)).copied() {
             let (path, control) = (shared.dd.segment_path(&prev), shared.control);
             let ours = tokio::task::spawn_blocking(move || check_sealed(&path, &prev, &control))
@@ -648,6 +736,7 @@ async fn serve_standby(
     addr: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
     id_out: &mut Option<String>,
+    status_seen: &mut bool,
 ) -> Result<(), ReplError> {
     let cfg = &shared.config;
     let (max, t, hs) = (cfg.max_frame, cfg.peer_timeout, cfg.handshake_timeout);
@@ -714,10 +803,15 @@ async fn serve_standby(
         id: standby_id,
         addr,
         last_save: None,
+        acked_limit: flushed,
+        status_seen: false,
+        unconfirmed: None,
+        sent: None,
     };
     let result = conn
         .stream_segments(&mut wr, next_segment, chunk, &mut in_rx, &mut shutdown)
         .await;
+    *status_seen = conn.status_seen;
     reader.abort();
     if result.is_ok() {
         let _ = refuse(
@@ -752,6 +846,15 @@ async fn read_standby(
                     code,
                     message: super::printable(message),
                 }),
+                Ok(Message::SegmentRejected {
+                    segment_no,
+                    offset,
+                    reason,
+                }) => Incoming::Rejected {
+                    segment_no,
+                    offset,
+                    reason: super::printable(reason),
+                },
                 Ok(other) => Incoming::Ended(ReplError::refused(
                     ErrorCode::Protocol,
                     format!("unexpected {} from the standby", other.name()),
@@ -760,7 +863,7 @@ async fn read_standby(
             },
             Err(e) => Incoming::Ended(e),
         };
-        let end = matches!(msg, Incoming::Ended(_));
+        let end = matches!(msg, Incoming::Ended(_) | Incoming::Rejected { .. });
         if tx.send(msg).await.is_err() || end {
             return;
         }
@@ -772,16 +875,140 @@ struct Conn {
     id: String,
     addr: SocketAddr,
     last_save: Option<Instant>,
+    /// The most a Status may claim as flushed: what the standby said it held, or the end of
+    /// the last segment shipped to it on this connection.
+    acked_limit: u64,
+    /// A Status arrived on this connection (its slot exists from then on).
+    status_seen: bool,
+    /// The last segment shipped and not yet acknowledged, with its end: a standby's damage
+    /// report about it is cleared once the standby stores it.
+    unconfirmed: Option<(SegmentName, u64)>,
+    /// The first and last segment numbers started on this connection: a standby may refuse
+    /// only a segment it was sent.
+    sent: Option<(u64, u64)>,
 }
 
 impl Conn {
+    /// Records damage in the register and logs it as damage; returns the error that ends the
+    /// connection.
+    async fn damaged(&self, report: DamageReport) -> ReplError {
+        let reg = self.shared.damage.clone();
+        let r2 = report.clone();
+        let recorded = tokio::task::spawn_blocking(move || reg.record(&r2)).await;
+        let entry = match recorded {
+            Ok(Ok(e)) => e,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                tracing::error!(error = %why, "recording damage in state/damage/ failed");
+                DamageEntry {
+                    component: report.component,
+                    file: report.file,
+                    offset: report.offset,
+                    lsn: report.lsn,
+                    reason: report.reason,
+                    action: report.action,
+                    reporter: report.reporter,
+                    first_seen_us: crate::now_us(),
+                    last_seen_us: crate::now_us(),
+                    count: 1,
+                }
+            }
+        };
+        tracing::error!(
+            component = entry.component.as_str(),
+            file = %entry.file,
+            offset = entry.offset,
+            lsn = %Lsn(entry.lsn),
+            reason = %entry.reason,
+            action = %entry.action,
+            times = entry.count,
+            standby = %self.id,
+            "DAMAGE: {entry}"
+        );
+        self.shared.emit(ShipperEvent::Damaged {
+            id: Some(self.id.clone()),
+            entry: Box::new(entry.clone()),
+        });
+        ReplError::Damaged(Box::new(entry))
+    }
+
+    /// Handles what the standby sent; a refusal of ours is told to the standby.
+    async fn handle_on(&mut self, wr: &mut OwnedWriteHalf, m: Incoming) -> Result<(), ReplError> {
+        match self.handle(m).await {
+            Err(ReplError::Refused { code, message }) => Err(refuse(wr, code, message).await),
+            r => r,
+        }
+    }
+
     async fn handle(&mut self, m: Incoming) -> Result<(), ReplError> {
         match m {
             Incoming::Ended(e) => Err(e),
+            Incoming::Rejected {
+                segment_no,
+                offset,
+                reason,
+            } => {
+                if !self
+                    .sent
+                    .is_some_and(|(first, last)| (first..=last).contains(&segment_no))
+                {
+                    return Err(ReplError::refused(
+                        ErrorCode::Protocol,
+                        format!("the standby refused segment {segment_no:X}, which was not sent to it on this connection"),
+                    ));
+                }
+                let size = self.shared.control.segment_size;
+                let name = SegmentName::new(
+                    self.shared.control.timeline,
+                    segment_no,
+                    SegmentFileKind::Sealed,
+                );
+                Err(self
+                    .damaged(DamageReport {
+                        component: Component::Standby,
+                        file: name.to_string(),
+                        offset,
+                        lsn: segment_no.saturating_mul(size).saturating_add(offset),
+                        reason: format!("the standby refused the segment it received: {reason}"),
+                        action: "run `walship verify DATA_DIR` on the primary: if it finds this segment damaged, replace it with a good copy (see the runbook for damage); if the primary's copy is intact, the bytes changed on the way or on the standby (check its disk, memory and the network); the standby asks for the segment again".into(),
+                        reporter: Some(format!("standby {} at {}", self.id, self.addr)),
+                    })
+                    .await)
+            }
             Incoming::Status {
                 flushed_lsn,
                 applied_lsn,
             } => {
+                if flushed_lsn > self.acked_limit {
+                    // Checked before anything is updated: the slot stays as it was.
+                    return Err(ReplError::refused(
+                        ErrorCode::Protocol,
+                        format!(
+                            "the standby acknowledged WAL up to {} but only WAL up to {} was shipped to it",
+                            Lsn(flushed_lsn),
+                            Lsn(self.acked_limit)
+                        ),
+                    ));
+                }
+                self.status_seen = true;
+                if let Some((name, end)) = self.unconfirmed {
+                    if flushed_lsn >= end {
+                        self.unconfirmed = None;
+                        let reg = self.shared.damage.clone();
+                        let file = name.to_string();
+                        let cleared = tokio::task::spawn_blocking(move || {
+                            reg.clear(Component::Standby, &file)
+                        })
+                        .await;
+                        if let Ok(Ok(true)) = cleared {
+                            tracing::info!(file = %name, standby = %self.id, "damage report cleared: the standby stored the segment");
+                        }
+                    }
+                }
                 let now = crate::now_us();
                 let (changed, info) = self
                     .shared
@@ -825,9 +1052,13 @@ impl Conn {
         }
     }
 
-    async fn drain(&mut self, rx: &mut mpsc::Receiver<Incoming>) -> Result<(), ReplError> {
+    async fn drain(
+        &mut self,
+        wr: &mut OwnedWriteHalf,
+        rx: &mut mpsc::Receiver<Incoming>,
+    ) -> Result<(), ReplError> {
         while let Ok(m) = rx.try_recv() {
-            self.handle(m).await?;
+            self.handle_on(wr, m).await?;
         }
         Ok(())
     }
@@ -849,12 +1080,16 @@ impl Conn {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            self.drain(rx).await?;
+            self.drain(wr, rx).await?;
             let set = segments.borrow_and_update().clone();
             let want = next.or(set.oldest());
             if let Some(n) = want {
                 if let Some(name) = set.by_no.get(&n).copied() {
-                    if self.send_segment(wr, name, &mut buf, rx, shutdown).await? {
+                    let pred = n.checked_sub(1).and_then(|p| set.by_no.get(&p)).copied();
+                    if self
+                        .send_segment(wr, name, pred, &mut buf, rx, shutdown)
+                        .await?
+                    {
                         next = Some(n + 1);
                     }
                     continue;
@@ -875,7 +1110,7 @@ impl Conn {
                     timed_write(wr, &m, t).await?;
                 }
                 m = rx.recv() => match m {
-                    Some(m) => self.handle(m).await?,
+                    Some(m) => self.handle_on(wr, m).await?,
                     None => return Err(ReplError::Timeout("the standby's reader stopped".into())),
                 },
                 _ = shutdown.changed() => return Ok(()),
@@ -883,45 +1118,67 @@ impl Conn {
         }
     }
 
-    /// Sends one sealed segment in chunks. Returns false when the file vanished meanwhile
-    /// (removed by retention): the caller looks again.
+    /// Checks one sealed segment whole, then sends it in chunks. Returns false when the file
+    /// vanished meanwhile (removed by retention): the caller looks again. Damage found here is
+    /// recorded and ends the connection: the standby is told, and retries later.
     async fn send_segment(
         &mut self,
         wr: &mut OwnedWriteHalf,
         name: SegmentName,
+        predecessor: Option<SegmentName>,
         buf: &mut [u8],
         rx: &mut mpsc::Receiver<Incoming>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, ReplError> {
         let shared = self.shared.clone();
         let t = shared.config.peer_timeout;
-        let path = shared.dd.segment_path(&name);
-        // Open first: once open, the bytes stay readable even if the file is removed.
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(ReplError::io(format!("open {}", path.display()), e)),
-        };
-        let (p2, control) = (path.clone(), shared.control);
-        let checked = tokio::task::spawn_blocking(move || check_sealed(&p2, &name, &control))
-            .await
-            .map_err(|e| ReplError::io("check segment", std::io::Error::other(e)))?;
-        let sealed = match checked {
-            Ok(s) => s,
+        let (dd, control) = (shared.dd.clone(), shared.control);
+        let checked = tokio::task::spawn_blocking(move || {
+            check_for_shipping(&dd, &name, predecessor.as_ref(), &control)
+        })
+        .await
+        .map_err(|e| ReplError::io("check segment", std::io::Error::other(e)))?;
+        let checked = match checked {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(false),
             Err(e) => {
-                return Err(refuse(
+                let file = name.to_string();
+                let Some(report) = damage::report_for(Component::Shipper, &file, &e) else {
+                    // A local failure (I/O): not the standby's business beyond "try later".
+                    return Err(refuse(
+                        wr,
+                        ErrorCode::Internal,
+                        format!("the primary cannot read {name}: {e}"),
+                    )
+                    .await);
+                };
+                // A Status that already arrived still counts (the standby's slot is kept).
+                let _ = self.drain(wr, rx).await;
+                let err = self.damaged(report).await;
+                let _ = refuse(
                     wr,
                     ErrorCode::Internal,
-                    format!("the primary's {name} is damaged: {e}"),
+                    format!("the primary's segment {name} is damaged and is not shipped: {e}"),
                 )
-                .await)
+                .await;
+                return Err(err);
             }
         };
-        let len = file
-            .metadata()
-            .await
-            .map_err(|e| ReplError::io(format!("stat {}", path.display()), e))?
-            .len();
+        {
+            // Intact now: a damage entry of ours for it is stale (the file was replaced).
+            let (reg, file) = (shared.damage.clone(), name.to_string());
+            if let Ok(Ok(true)) =
+                tokio::task::spawn_blocking(move || reg.clear(Component::Shipper, &file)).await
+            {
+                tracing::info!(file = %name, "damage entry cleared: the segment checks intact now");
+            }
+        }
+        let end_lsn = checked.segment.end_lsn;
+        let len = checked.map.len() as u64;
+        self.sent = Some(match self.sent {
+            Some((first, _)) => (first, name.segment_no),
+            None => (name.segment_no, name.segment_no),
+        });
         timed_write(
             wr,
             &Message::SegmentStart {
@@ -935,9 +1192,8 @@ impl Conn {
         let mut off = 0u64;
         while off < len {
             let n = (buf.len() as u64).min(len - off) as usize;
-            file.read_exact(&mut buf[..n])
-                .await
-                .map_err(|e| ReplError::io(format!("read {}", path.display()), e))?;
+            let o = off as usize;
+            buf[..n].copy_from_slice(&checked.map[o..o + n]);
             timed_write(
                 wr,
                 &Message::SegmentData {
@@ -949,17 +1205,22 @@ impl Conn {
             )
             .await?;
             off += n as u64;
-            self.drain(rx).await?;
+            if off == len {
+                // The standby may acknowledge it from now on.
+                self.acked_limit = self.acked_limit.max(end_lsn);
+                self.unconfirmed = Some((name, end_lsn));
+            }
+            self.drain(wr, rx).await?;
             if *shutdown.borrow() {
                 return Ok(false);
             }
         }
         tracing::debug!(standby = %self.id, segment = %name, "segment shipped");
-        shared.update(&self.id, |s| s.shipped_lsn = sealed.end_lsn);
+        shared.update(&self.id, |s| s.shipped_lsn = end_lsn);
         shared.emit(ShipperEvent::Shipped {
             id: self.id.clone(),
             segment: name,
-            end_lsn: sealed.end_lsn,
+            end_lsn,
         });
         Ok(true)
     }
@@ -983,7 +1244,7 @@ async fn save_slot(shared: &Arc<Shared>, info: &StandbyInfo) {
     let reg = shared.registry.clone();
     let info = info.clone();
     let r = tokio::task::spawn_blocking(move || {
-        let lost = reg.get(&info.id)?.is_some_and(|r| r.lost);
+        // A lost mark is kept by the registry whatever this record says.
         reg.save(&ConsumerRecord {
             id: info.id.clone(),
             kind: ConsumerKind::Standby,
@@ -991,7 +1252,7 @@ async fn save_slot(shared: &Arc<Shared>, info: &StandbyInfo) {
             applied_lsn: Some(info.applied_lsn),
             address: Some(info.address.clone()),
             last_contact_us: Some(info.last_contact_us),
-            lost,
+            lost: false,
         })
     })
     .await;

@@ -26,7 +26,9 @@ use super::codec;
 use super::frame::{
     write_message, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT,
 };
-use super::messages::{ErrorCode, Message, MAGIC, PROTOCOL_VERSION};
+use super::messages::{
+    ErrorCode, Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, SEGMENT_REJECTED_VERSION,
+};
 use super::segments::verify_incoming;
 use super::standby_state::{self, StandbyMeta};
 use super::{read_msg, refuse, ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
@@ -37,7 +39,7 @@ use crate::format::record::SEAL_LEN;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName, FORMAT_VERSION};
 use crate::fsutil::fsync_dir;
-use crate::recovery::{recover, RecoveryMode};
+use crate::recovery::{check_sealed, recover, RecoveryMode};
 use crate::Lsn;
 
 /// How a standby runs.
@@ -115,8 +117,43 @@ struct Shared {
     bump: watch::Sender<u64>,
     /// Set when applying failed: the standby stops.
     failed: watch::Sender<Option<String>>,
+    /// The standby's identity file as stored: None until the directory is a standby's (a
+    /// fresh directory before its first contact, a directory of the same system before the
+    /// primary accepted it).
+    meta: Mutex<Option<StandbyMeta>>,
+    /// A directory of the same system that is becoming a standby: its open segment, which
+    /// the primary's sealed copy must extend.
+    adopting: Mutex<Option<Adopting>>,
+    /// Sealed segments of an adopted directory, applied once it is adopted.
+    deferred: Mutex<Vec<SegmentName>>,
+    /// What this process created before the directory became a standby's: removed again
+    /// when it stops before that (a refused first contact leaves nothing behind).
+    created: Created,
     /// Held while anything of this standby runs.
     _lock: DirLock,
+}
+
+/// A data directory of the primary's system (restored from the archive, or a former primary)
+/// that becomes a standby once the primary accepts it.
+#[derive(Clone, Debug)]
+struct Adopting {
+    /// Its open segment, if any: the records up to `valid_end` must be a prefix of the
+    /// primary's sealed segment of the same number; that sealed copy then replaces it.
+    open: Option<OpenPrefix>,
+}
+
+#[derive(Clone, Debug)]
+struct OpenPrefix {
+    name: SegmentName,
+    /// End of its last valid record (offset in the file).
+    valid_end: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Created {
+    /// The directories this process made, innermost (the data directory) first.
+    dirs: Vec<PathBuf>,
+    lock_file: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -160,6 +197,15 @@ impl Standby {
                 config.max_frame
             ))));
         }
+        super::check_address(&config.primary, false)
+            .map_err(|e| ReplError::Store(Error::InvalidArgument(e)))?;
+        super::check_timing(config.heartbeat_interval, config.peer_timeout)?;
+        if config.backoff_initial.is_zero() || config.backoff_max < config.backoff_initial {
+            return Err(ReplError::Store(Error::InvalidArgument(format!(
+                "the reconnection backoff must start above zero and its cap ({:?}) be at least its start ({:?})",
+                config.backoff_max, config.backoff_initial
+            ))));
+        }
         let c2 = config.clone();
         let opened = tokio::task::spawn_blocking(move || open_dir(&c2))
             .await
@@ -177,6 +223,10 @@ impl Standby {
             phase: Mutex::new((StandbyPhase::Connecting, None)),
             bump,
             failed,
+            meta: Mutex::new(opened.meta),
+            adopting: Mutex::new(opened.adopting),
+            deferred: Mutex::new(Vec::new()),
+            created: opened.created,
             _lock: opened.lock,
         });
         tracing::info!(
@@ -187,8 +237,13 @@ impl Standby {
             "standby starting"
         );
         let (jobs, rx) = std::sync::mpsc::channel::<SegmentName>();
-        for name in opened.pending {
-            let _ = jobs.send(name);
+        if shared.meta.lock().map(|m| m.is_some()).unwrap_or(false) {
+            for name in opened.pending {
+                let _ = jobs.send(name);
+            }
+        } else {
+            // Nothing is applied (or recorded) before the directory is a standby's.
+            *lock(&shared.deferred) = opened.pending;
         }
         let s2 = shared.clone();
         let applier = std::thread::Builder::new()
@@ -201,6 +256,10 @@ impl Standby {
             let r = run(s2.clone(), shutdown_rx, jobs).await;
             // The job channel is closed now: the applier finishes its segment and ends.
             let _ = tokio::task::spawn_blocking(move || applier.join()).await;
+            if lock(&s2.meta).is_none() {
+                let s3 = s2.clone();
+                let _ = tokio::task::spawn_blocking(move || undo_created(&s3)).await;
+            }
             if let Some(e) = s2.failed.borrow().clone() {
                 s2.set_phase(StandbyPhase::Failed, Some(e.clone()));
                 return Err(ReplError::Store(Error::Other(e)));
@@ -284,6 +343,31 @@ struct Opened {
     applied: u64,
     /// Sealed segments not yet fully applied, in order.
     pending: Vec<SegmentName>,
+    meta: Option<StandbyMeta>,
+    adopting: Option<Adopting>,
+    created: Created,
+}
+
+/// Removes what this process created in a directory that never became a standby's: the lock
+/// file, and the directory itself when it made it (only if empty).
+fn undo_created(shared: &Shared) {
+    let dd = &shared.dd;
+    if shared.created.lock_file {
+        let _ = std::fs::remove_file(dd.lock_path());
+    }
+    if !shared.created.dirs.is_empty() {
+        for d in [dd.wal_dir(), dd.state_dir()] {
+            let _ = std::fs::remove_dir(d);
+        }
+        // Only empty directories go: anything someone else put there stays.
+        for d in &shared.created.dirs {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
+    } else if shared.created.lock_file {
+        let _ = fsync_dir(dd.root());
+    }
 }
 
 fn not_standby_dir(dd: &DataDir, reason: impl Into<String>) -> ReplError {
@@ -296,8 +380,31 @@ fn not_standby_dir(dd: &DataDir, reason: impl Into<String>) -> ReplError {
 /// Opens (or prepares to create) the standby's directory.
 fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
     let dd = DataDir::new(&config.data_dir);
+    // The directories about to be made, innermost first.
+    let dirs: Vec<PathBuf> = dd
+        .root()
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(|a| a.to_path_buf())
+        .collect();
     crate::datadir::create_private_dir(dd.root())?;
-    let lock = dd.lock()?;
+    let lock_existed = dd.lock_path().exists();
+    let created = Created {
+        dirs,
+        lock_file: !lock_existed,
+    };
+    let lock = match dd.lock() {
+        Ok(l) => l,
+        Err(e) => {
+            if !created.dirs.is_empty() {
+                let _ = std::fs::remove_file(dd.lock_path());
+                for d in &created.dirs {
+                    let _ = std::fs::remove_dir(d);
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let meta = standby_state::read_meta(&dd)?;
     if !dd.is_initialized() {
         // Absent or empty: it gets the primary's identity at first contact. Only what an
@@ -306,16 +413,38 @@ fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
         discard_partials(&dd)?;
         return Ok(Opened {
             lock,
-            id: meta.map_or_else(Uuid::new_v4, |m| m.standby_id),
+            id: meta.as_ref().map_or_else(Uuid::new_v4, |m| m.standby_id),
             held: Held::default(),
             flushed: 0,
             applied: 0,
             pending: Vec::new(),
+            meta: None,
+            adopting: None,
+            created,
         });
     }
     let control = dd.read_control()?;
-    let Some(mut meta) = meta else {
-        return Err(not_standby_dir(&dd, "it has no state/standby.json, so it is not a standby's directory (a primary's directory cannot become a standby)"));
+    let Some(meta) = meta else {
+        // A directory of some system: it may follow a primary of the same system once the
+        // primary accepts its history. Nothing is written until then.
+        let (held, flushed, pending, open) = examine_for_adoption(&dd, &control)?;
+        tracing::info!(
+            dir = %dd.root().display(),
+            flushed = %Lsn(flushed),
+            open = open.as_ref().map_or("none".to_string(), |o| format!("{} up to offset {}", o.name, o.valid_end)),
+            "not a standby's directory yet: it becomes one once the primary accepts its history"
+        );
+        return Ok(Opened {
+            lock,
+            id: Uuid::new_v4(),
+            held,
+            flushed,
+            applied: 0,
+            pending,
+            meta: None,
+            adopting: Some(Adopting { open }),
+            created,
+        });
     };
     discard_partials(&dd)?;
     let rec = recover(&dd, &control, RecoveryMode::Strict)?;
@@ -327,11 +456,6 @@ fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
                 open.name
             ),
         ));
-    }
-    if meta.primary != config.primary {
-        tracing::info!(old = %meta.primary, new = %config.primary, "the primary's address changed");
-        meta.primary = config.primary.clone();
-        standby_state::write_meta(&dd, &meta)?;
     }
     let applied = standby_state::read_applied(&dd)?;
     let last = rec.sealed.last();
@@ -355,7 +479,133 @@ fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
             .filter(|s| s.end_lsn > applied)
             .map(|s| s.name)
             .collect(),
+        meta: Some(meta),
+        adopting: None,
+        created,
     })
+}
+
+/// Looks at a data directory that has a control file and is not a standby's yet, without
+/// changing anything: its sealed segments must be whole and chained, and it may end in one open
+/// segment, of which the records up to the first invalid byte count (as recovery would keep
+/// them). Returns what it holds as a standby would, its end, the sealed segments to apply, and
+/// its open segment.
+#[allow(clippy::type_complexity)]
+fn examine_for_adoption(
+    dd: &DataDir,
+    control: &ControlFile,
+) -> Result<(Held, u64, Vec<SegmentName>, Option<OpenPrefix>), ReplError> {
+    let names = dd.list_segments()?;
+    let mut sealed: Vec<crate::recovery::SealedSegment> = Vec::new();
+    let mut opens = Vec::new();
+    for name in names {
+        match name.kind {
+            SegmentFileKind::Sealed => {
+                let seg = check_sealed(&dd.segment_path(&name), &name, control)?;
+                if let Some(prev) = sealed.last() {
+                    if seg.name.segment_no != prev.name.segment_no + 1
+                        || seg.header.prev_checksum != Some(prev.seal.segment_checksum)
+                    {
+                        return Err(not_standby_dir(
+                            dd,
+                            format!(
+                                "its sealed segments do not form one chain ({} after {}): it cannot follow a primary",
+                                seg.name, prev.name
+                            ),
+                        ));
+                    }
+                }
+                sealed.push(seg);
+            }
+            SegmentFileKind::Open => opens.push(name),
+            _ => {}
+        }
+    }
+    if opens.len() > 1 {
+        return Err(not_standby_dir(
+            dd,
+            format!(
+                "it holds {} open segments: open it for writing once (recovery decides which records count), then try again",
+                opens.len()
+            ),
+        ));
+    }
+    let last = sealed.last();
+    let mut held = Held {
+        control: Some(*control),
+        next_segment: last.map(|s| s.name.segment_no + 1),
+        prev_checksum: last.map(|s| s.seal.segment_checksum),
+    };
+    let mut open = None;
+    if let Some(name) = opens.first().copied() {
+        let path = dd.segment_path(&name);
+        let bytes = crate::reader::read_segment(&path)?;
+        let mut scan = SegmentScanner::new(&bytes).map_err(|r| Error::Corrupt {
+            file: path.clone(),
+            offset: 0,
+            lsn: Lsn(name.segment_no.saturating_mul(control.segment_size)),
+            reason: r,
+        })?;
+        crate::recovery::check_identity(&path, scan.header(), &name, control)?;
+        let header_prev = scan.header().prev_checksum;
+        for _ in scan.by_ref() {}
+        let valid_end = scan.end().map_or(scan.offset(), |e| e.offset());
+        match last {
+            // Left by an adoption cut short after the primary's copy was stored: that copy
+            // supersedes it when these records are a prefix of it.
+            Some(l) if l.name.segment_no == name.segment_no => {
+                let sealed_bytes = crate::reader::read_segment(&dd.segment_path(&l.name))?;
+                if let Some(at) = prefix_mismatch(
+                    &bytes,
+                    valid_end,
+                    &sealed_bytes,
+                    l.end_lsn - name.segment_no * control.segment_size,
+                ) {
+                    return Err(not_standby_dir(dd, format!("its open segment {name} and its sealed segment {} differ at offset {at}", l.name)));
+                }
+            }
+            Some(l) if l.name.segment_no + 1 != name.segment_no => {
+                return Err(not_standby_dir(
+                    dd,
+                    format!(
+                        "its open segment {name} does not follow its newest sealed segment {}",
+                        l.name
+                    ),
+                ))
+            }
+            _ => {
+                if let (Some(l), Some(h)) = (last, header_prev) {
+                    if h != l.seal.segment_checksum {
+                        return Err(not_standby_dir(
+                            dd,
+                            format!("its open segment {name} does not chain to {}", l.name),
+                        ));
+                    }
+                }
+                held.next_segment = Some(name.segment_no);
+                if held.prev_checksum.is_none() {
+                    held.prev_checksum = header_prev;
+                }
+                open = Some(OpenPrefix { name, valid_end });
+            }
+        }
+    }
+    let flushed = last.map_or(0, |s| s.end_lsn);
+    Ok((held, flushed, sealed.iter().map(|s| s.name).collect(), open))
+}
+
+/// Where the records of an open segment (up to `valid_end`) stop matching a sealed segment of
+/// the same number whose records end at `sealed_end`; None when they are a prefix of it.
+fn prefix_mismatch(open: &[u8], valid_end: usize, sealed: &[u8], sealed_end: u64) -> Option<usize> {
+    let start = SEGMENT_HEADER_LEN;
+    if valid_end <= start {
+        return None;
+    }
+    if (valid_end as u64) > sealed_end || sealed.len() < valid_end || open.len() < valid_end {
+        // The sealed copy ends before these records do.
+        return Some((sealed_end as usize).max(start));
+    }
+    (start..valid_end).find(|&i| open[i] != sealed[i])
 }
 
 /// A fresh standby directory may hold only the lock file, and wal/ and state/ as an
@@ -381,10 +631,9 @@ fn check_fresh(dd: &DataDir) -> Result<(), ReplError> {
             Some("state") => std::fs::read_dir(e.path()).is_ok_and(|mut d| {
                 d.all(|f| {
                     f.is_ok_and(|f| {
-                        matches!(
-                            f.file_name().to_str(),
-                            Some("standby.json" | ".standby.json.tmp")
-                        )
+                        f.file_name().to_str().is_some_and(|n| {
+                            n == "standby.json" || crate::fsutil::is_temp_name_of(n, "standby.json")
+                        })
                     })
                 })
             }),
@@ -525,7 +774,18 @@ async fn run(
             backoff = cfg.backoff_initial;
         }
         shared.set_phase(StandbyPhase::Waiting, Some(e.to_string()));
-        tracing::warn!(primary = %cfg.primary, error = %e, retry_in = ?backoff, "replication connection ended");
+        if let ReplError::InvalidSegment {
+            segment,
+            offset,
+            lsn,
+            reason,
+        } = &e
+        {
+            // Damage, not a network event: the primary was told and records it too.
+            tracing::error!(primary = %cfg.primary, file = %segment, offset, lsn = %lsn, reason = %reason, retry_in = ?backoff, "DAMAGE: {e}; the primary was told; asking for it again");
+        } else {
+            tracing::warn!(primary = %cfg.primary, error = %e, retry_in = ?backoff, "replication connection ended");
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.changed() => return Ok(()),
@@ -580,16 +840,16 @@ async fn connect_and_stream(
     )
     .await?;
     let body = read_msg("primary", &mut stream, HANDSHAKE_MAX_FRAME, t, "Challenge").await?;
-    let (primary_nonce, auth_required) = match codec::decode(&body) {
+    let (primary_nonce, auth_required, version) = match codec::decode(&body) {
         Ok(Message::Challenge {
             protocol_version,
             nonce,
             auth_required,
         }) => {
-            if protocol_version != PROTOCOL_VERSION {
-                return Err(refuse(&mut stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby version {PROTOCOL_VERSION}")).await);
+            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
+                return Err(refuse(&mut stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}")).await);
             }
-            (nonce, auth_required)
+            (nonce, auth_required, protocol_version)
         }
         Ok(other) => return Err(from_primary(&other, "Challenge")),
         Err(e) => return Err(refuse(&mut stream, ErrorCode::Protocol, e.to_string()).await),
@@ -699,6 +959,38 @@ async fn connect_and_stream(
             })??;
             tracing::info!(system_id = %system_id, timeline, segment_size, "created the standby directory with the primary's identity");
             lock(&shared.held).control = Some(control);
+            *lock(&shared.meta) = Some(StandbyMeta {
+                standby_id: shared.id,
+                primary: cfg.primary.clone(),
+                created_us: crate::now_us(),
+            });
+        }
+    }
+    // Only a primary that accepted this standby's identity and history may be recorded as its
+    // primary, or make a directory of its system a standby's.
+    let current = lock(&shared.meta).clone();
+    match current {
+        Some(mut meta) if meta.primary != cfg.primary => {
+            tracing::info!(old = %meta.primary, new = %cfg.primary, "the primary's address changed");
+            meta.primary = cfg.primary.clone();
+            let (dd, m2) = (shared.dd.clone(), meta.clone());
+            tokio::task::spawn_blocking(move || standby_state::write_meta(&dd, &m2))
+                .await
+                .map_err(|e| ReplError::io("record the primary", std::io::Error::other(e)))??;
+            *lock(&shared.meta) = Some(meta);
+        }
+        Some(_) => {}
+        None => {
+            let adopting = lock(&shared.adopting).clone();
+            if let Some(Adopting { open: None }) = adopting {
+                let s2 = shared.clone();
+                let j2 = jobs.clone();
+                tokio::task::spawn_blocking(move || adopt(&s2, &j2))
+                    .await
+                    .map_err(|e| {
+                        ReplError::io("adopt the directory", std::io::Error::other(e))
+                    })??;
+            }
         }
     }
     shared.primary_sealed.store(sealed_lsn, Ordering::Release);
@@ -707,7 +999,8 @@ async fn connect_and_stream(
     tracing::info!(primary = %cfg.primary, "streaming from the primary");
 
     let (mut rd, wr) = stream.into_split();
-    let mut writer = tokio::spawn(send_status(shared.clone(), wr));
+    let (last_word, last_rx) = tokio::sync::oneshot::channel();
+    let mut writer = tokio::spawn(send_status(shared.clone(), wr, last_rx));
     // Segments are stored by a blocking task of their own, so that receiving the next segment
     // overlaps with syncing and checking the last one.
     let (store_tx, store_rx) = tokio::sync::mpsc::channel(STORE_QUEUE);
@@ -743,6 +1036,30 @@ async fn connect_and_stream(
             break Err(e);
         }
     };
+    // A segment refused for its bytes: tell the primary where and why before closing, so that
+    // it reports damage rather than a dropped connection.
+    if let Err(ReplError::InvalidSegment {
+        segment,
+        offset,
+        lsn,
+        reason,
+    }) = &result
+    {
+        let word = if version >= SEGMENT_REJECTED_VERSION {
+            LastWord::Rejected {
+                segment_no: segment.segment_no,
+                offset: *offset,
+                reason: reason.clone(),
+            }
+        } else {
+            LastWord::Error(format!(
+                "received segment {segment} is invalid at offset {offset} (LSN {lsn}): {reason}"
+            ))
+        };
+        if last_word.send(word).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        }
+    }
     writer.abort();
     // Let the store task finish what it holds before a new connection reads the positions.
     drop(rx);
@@ -766,8 +1083,24 @@ fn store_ended(r: Result<Result<(), ReplError>, tokio::task::JoinError>) -> Repl
     }
 }
 
-/// Sends a Status at start, whenever a position moves, and every heartbeat interval.
-async fn send_status(shared: Arc<Shared>, mut wr: OwnedWriteHalf) -> Result<(), ReplError> {
+/// What the standby says last on a connection it ends.
+enum LastWord {
+    Rejected {
+        segment_no: u64,
+        offset: u64,
+        reason: String,
+    },
+    /// For a version-1 primary, which has no `SegmentRejected`.
+    Error(String),
+}
+
+/// Sends a Status at start, whenever a position moves, and every heartbeat interval; and the
+/// last word when the connection ends on a refused segment.
+async fn send_status(
+    shared: Arc<Shared>,
+    mut wr: OwnedWriteHalf,
+    mut last: tokio::sync::oneshot::Receiver<LastWord>,
+) -> Result<(), ReplError> {
     let mut bump = shared.bump.subscribe();
     let mut beat = tokio::time::interval(shared.config.heartbeat_interval);
     let t = shared.config.peer_timeout;
@@ -788,6 +1121,19 @@ async fn send_status(shared: Arc<Shared>, mut wr: OwnedWriteHalf) -> Result<(), 
         tokio::select! {
             _ = beat.tick() => {}
             r = bump.changed() => if r.is_err() { return Ok(()) },
+            w = &mut last => {
+                let Ok(w) = w else { return Ok(()) };
+                let m = match &w {
+                    LastWord::Rejected { segment_no, offset, reason } => Message::SegmentRejected {
+                        segment_no: *segment_no,
+                        offset: *offset,
+                        reason,
+                    },
+                    LastWord::Error(message) => Message::Error { code: ErrorCode::Protocol, message },
+                };
+                let _ = tokio::time::timeout(t, write_message(&mut wr, &m)).await;
+                return Ok(());
+            }
         }
     }
 }
@@ -962,6 +1308,59 @@ fn store_segments(
     Ok(())
 }
 
+/// Makes a directory of the primary's system a standby's: records its id and primary.
+fn adopt(shared: &Shared, jobs: &std::sync::mpsc::Sender<SegmentName>) -> Result<(), ReplError> {
+    // A standby holds sealed segments only. What goes: files prepared ahead by a former
+    // writer (they hold no records), transfers an earlier attempt left, and an open segment that a sealed copy of the same number
+    // already supersedes (checked to be its prefix when the directory was examined).
+    let names = shared.dd.list_segments()?;
+    let newest_sealed = names
+        .iter()
+        .filter(|n| n.kind == SegmentFileKind::Sealed)
+        .map(|n| n.segment_no)
+        .max();
+    let mut removed = false;
+    for n in &names {
+        let stale = matches!(n.kind, SegmentFileKind::Prepared | SegmentFileKind::Partial)
+            || (n.kind == SegmentFileKind::Open
+                && newest_sealed.is_some_and(|s| n.segment_no <= s));
+        if stale {
+            let path = shared.dd.segment_path(n);
+            std::fs::remove_file(&path)
+                .map_err(|e| ReplError::io(format!("remove {}", path.display()), e))?;
+            tracing::info!(file = %path.display(), "removed: a standby holds sealed segments only");
+            removed = true;
+        }
+    }
+    if removed {
+        fsync_dir(&shared.dd.wal_dir())?;
+    }
+    let meta = StandbyMeta {
+        standby_id: shared.id,
+        primary: shared.config.primary.clone(),
+        created_us: crate::now_us(),
+    };
+    standby_state::write_meta(&shared.dd, &meta)?;
+    *lock(&shared.meta) = Some(meta);
+    *lock(&shared.adopting) = None;
+    for name in std::mem::take(&mut *lock(&shared.deferred)) {
+        let _ = jobs.send(name);
+    }
+    tracing::info!(primary = %shared.config.primary, standby_id = %shared.id, "this directory is now a standby: its history matches the primary's");
+    Ok(())
+}
+
+/// Why a received segment was not stored.
+enum NotStored {
+    /// A local failure: ours, retried.
+    Local(Error),
+    /// Its bytes fail the checks.
+    Invalid(Error),
+    /// It shows that this directory's own open segment is not a prefix of the primary's
+    /// history: refused for good, the directory left as it was.
+    Diverged(String),
+}
+
 /// Makes a complete segment durable, checks it, renames it to its sealed name, fsyncs the
 /// directory, and only then counts it as flushed.
 fn finish_segment(
@@ -975,45 +1374,106 @@ fn finish_segment(
     let Some(control) = held.control else {
         return Err(ReplError::refused(ErrorCode::Protocol, "no identity"));
     };
-    let chain = if held.next_segment == Some(name.segment_no) {
+    let adopting = lock(&shared.adopting).clone();
+    let expected_prev = if held.next_segment == Some(name.segment_no) {
         held.prev_checksum
     } else {
         None
     };
-    let stored = (|| -> crate::Result<crate::recovery::SealedSegment> {
-        crate::fault!("standby::fsync", e => Error::io(format!("fsync {}", path.display()), e));
+    // For a directory becoming a standby, a first segment that does not chain to what it holds
+    // shows another history, not damage: checked apart below.
+    let chain = if adopting.is_some() {
+        None
+    } else {
+        expected_prev
+    };
+    let own_open = adopting
+        .as_ref()
+        .and_then(|a| a.open.clone())
+        .filter(|o| o.name.segment_no == name.segment_no);
+    let stored = (|| -> Result<crate::recovery::SealedSegment, NotStored> {
+        crate::fault!("standby::fsync", e => NotStored::Local(Error::io(format!("fsync {}", path.display()), e)));
         file.sync_all()
-            .map_err(|e| Error::io(format!("fsync {}", path.display()), e))?;
+            .map_err(|e| NotStored::Local(Error::io(format!("fsync {}", path.display()), e)))?;
         // SAFETY: the file is ours (the directory's lock is held) and nothing changes it.
         let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| Error::io(format!("mmap {}", path.display()), e))?;
+            .map_err(|e| NotStored::Local(Error::io(format!("mmap {}", path.display()), e)))?;
         let sealed_name = name.with_kind(SegmentFileKind::Sealed);
-        let seg = verify_incoming(&map, path, &sealed_name, &control, chain)?;
+        let seg =
+            verify_incoming(&map, path, &sealed_name, &control, chain).map_err(|e| match e {
+                Error::Io { .. } => NotStored::Local(e),
+                other => NotStored::Invalid(other),
+            })?;
+        if adopting.is_some() {
+            if let Some(want) = expected_prev {
+                if seg.header.prev_checksum != Some(want) {
+                    return Err(NotStored::Diverged(format!(
+                        "the primary's segment {sealed_name} follows a segment with checksum {}, this directory's previous segment has {want:08x}: the histories diverged",
+                        seg.header.prev_checksum.map_or("none".into(), |c| format!("{c:08x}"))
+                    )));
+                }
+            }
+        }
+        if let Some(open) = &own_open {
+            let open_path = shared.dd.segment_path(&open.name);
+            let ours = crate::reader::read_segment(&open_path).map_err(NotStored::Local)?;
+            let sealed_end = seg.end_lsn - name.segment_no * control.segment_size;
+            if let Some(at) = prefix_mismatch(&ours, open.valid_end, &map, sealed_end) {
+                return Err(NotStored::Diverged(if at as u64 >= sealed_end {
+                    format!("this directory's open segment {} holds records up to offset {}, past the end of the primary's sealed copy (offset {sealed_end}): it is ahead of the primary", open.name, open.valid_end)
+                } else {
+                    format!("this directory's open segment {} differs from the primary's sealed copy at offset {at} (LSN {}): the histories diverged", open.name, Lsn(name.segment_no * control.segment_size + at as u64))
+                }));
+            }
+        }
         let target = shared.dd.segment_path(&sealed_name);
-        crate::fault!("standby::rename", e => Error::io(format!("rename {} to {}", path.display(), target.display()), e));
+        crate::fault!("standby::rename", e => NotStored::Local(Error::io(format!("rename {} to {}", path.display(), target.display()), e)));
         std::fs::rename(path, &target).map_err(|e| {
-            Error::io(
+            NotStored::Local(Error::io(
                 format!("rename {} to {}", path.display(), target.display()),
                 e,
-            )
+            ))
         })?;
-        fsync_dir(&shared.dd.wal_dir())?;
+        fsync_dir(&shared.dd.wal_dir()).map_err(NotStored::Local)?;
         Ok(seg)
     })();
     let seg = match stored {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_file(path);
-            // A local I/O failure is ours, not the primary's: report it as it is and retry.
-            if matches!(e, Error::Io { .. }) {
-                return Err(ReplError::Store(e));
-            }
-            return Err(ReplError::refused(
-                ErrorCode::Protocol,
-                format!("received an invalid segment, discarded: {e}"),
-            ));
+            return Err(match e {
+                // A local I/O failure is ours, not the primary's: report it as it is and retry.
+                NotStored::Local(e) => ReplError::Store(e),
+                NotStored::Invalid(Error::Corrupt {
+                    offset,
+                    lsn,
+                    reason,
+                    ..
+                }) => ReplError::InvalidSegment {
+                    segment: name.with_kind(SegmentFileKind::Sealed),
+                    offset,
+                    lsn,
+                    reason,
+                },
+                NotStored::Invalid(e) => ReplError::InvalidSegment {
+                    segment: name.with_kind(SegmentFileKind::Sealed),
+                    offset: 0,
+                    lsn: Lsn(name.segment_no.saturating_mul(control.segment_size)),
+                    reason: e.to_string(),
+                },
+                NotStored::Diverged(msg) => ReplError::refused(ErrorCode::Identity, msg),
+            });
         }
     };
+    if let Some(open) = own_open {
+        // The primary's sealed copy holds every record of our open segment: it replaces it,
+        // and only then does the directory become a standby's.
+        let open_path = shared.dd.segment_path(&open.name);
+        std::fs::remove_file(&open_path)
+            .map_err(|e| ReplError::io(format!("remove {}", open_path.display()), e))?;
+        fsync_dir(&shared.dd.wal_dir())?;
+        adopt(shared, jobs)?;
+    }
     {
         let mut h = lock(&shared.held);
         h.next_segment = Some(seg.name.segment_no + 1);
