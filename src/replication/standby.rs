@@ -1326,9 +1326,15 @@ fn adopt(shared: &Shared, jobs: &std::sync::mpsc::Sender<SegmentName>) -> Result
                 && newest_sealed.is_some_and(|s| n.segment_no <= s));
         if stale {
             let path = shared.dd.segment_path(n);
-            std::fs::remove_file(&path)
-                .map_err(|e| ReplError::io(format!("remove {}", path.display()), e))?;
-            tracing::info!(file = %path.display(), "removed: a standby holds sealed segments only");
+            if n.kind == SegmentFileKind::Open {
+                // An open segment may hold bytes past what the sealed copy proves: keep them.
+                let aside = crate::setaside::move_aside(&shared.dd, &path)?;
+                tracing::info!(file = %path.display(), set_aside_as = %aside.display(), "set aside: a standby holds sealed segments only");
+            } else {
+                std::fs::remove_file(&path)
+                    .map_err(|e| ReplError::io(format!("remove {}", path.display()), e))?;
+                tracing::info!(file = %path.display(), "removed: a standby holds sealed segments only");
+            }
             removed = true;
         }
     }
@@ -1468,10 +1474,10 @@ fn finish_segment(
     if let Some(open) = own_open {
         // The primary's sealed copy holds every record of our open segment: it replaces it,
         // and only then does the directory become a standby's.
+        // Whatever followed its last valid record is kept aside, never deleted.
         let open_path = shared.dd.segment_path(&open.name);
-        std::fs::remove_file(&open_path)
-            .map_err(|e| ReplError::io(format!("remove {}", open_path.display()), e))?;
-        fsync_dir(&shared.dd.wal_dir())?;
+        let aside = crate::setaside::move_aside(&shared.dd, &open_path)?;
+        tracing::info!(file = %open_path.display(), set_aside_as = %aside.display(), "replaced by the primary's sealed copy, which holds every record of it");
         adopt(shared, jobs)?;
     }
     {
