@@ -7,7 +7,8 @@
 //! costs nothing.
 //!
 //! The argument of `return(...)` names the error: an errno name (`EIO`, `ENOSPC`, `EROFS`,
-//! `EDQUOT`, `ENOENT`, `EPIPE`, `ECONNRESET`) or a raw number; plain `return` means `EIO`.
+//! `EDQUOT`, `ENOENT`, `EPIPE`, `ECONNRESET`, `EOPNOTSUPP`, `ENOSYS`, `EINVAL`) or a raw number;
+//! plain `return` means `EIO`.
 //!
 //! Points, by name:
 //!
@@ -15,6 +16,7 @@
 //! | --- | --- |
 //! | `segment::msync` | every msync of the open segment: group commit, seal, a new header |
 //! | `segment::prepare` | creating and allocating a segment file (ENOSPC at creation) |
+//! | `segment::fallocate` | the `fallocate` call that reserves a segment's blocks (EOPNOTSUPP: a file system without it) |
 //! | `wal::seal::truncate`, `wal::seal::fsync`, `wal::seal::rename`, `wal::seal::dir_fsync` | the steps of a seal after its msync |
 //! | `wal::activate::rename` | giving a prepared file its open-segment name |
 //! | `standby::write` | a standby writing an incoming segment (a short write: half, then the error) |
@@ -48,6 +50,9 @@ fn error_from(arg: Option<&str>) -> std::io::Error {
         "ENOENT" => libc::ENOENT,
         "EPIPE" => libc::EPIPE,
         "ECONNRESET" => libc::ECONNRESET,
+        "EOPNOTSUPP" | "ENOTSUP" => libc::EOPNOTSUPP,
+        "ENOSYS" => libc::ENOSYS,
+        "EINVAL" => libc::EINVAL,
         other => other.parse().unwrap_or(libc::EIO),
     };
     std::io::Error::from_raw_os_error(code)

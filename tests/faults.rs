@@ -344,6 +344,96 @@ fn a_failed_rename_activating_a_segment_is_a_clear_error_and_appending_resumes()
     }
 }
 
+/// Every segment-sized file in `wal/` (open and prepared) is whole and has real blocks, never a
+/// sparse hole a store through the map would have to allocate.
+fn assert_segments_reserved(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = 0;
+    for e in std::fs::read_dir(dir.join("wal")).expect("read wal/") {
+        let e = e.expect("entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".wal.open") || name.ends_with(".wal.prep") {
+            let m = e.metadata().expect("stat");
+            assert_eq!(m.len(), common::SEG, "{name}");
+            assert!(m.blocks() * 512 >= common::SEG, "{name} is sparse: {} blocks", m.blocks());
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no open or prepared segment in {}", dir.display());
+}
+
+/// A file system without `fallocate` (EOPNOTSUPP from FUSE or NFS, ENOSYS from a sandbox): every
+/// segment, made by the background preparer or on the append path, is reserved by writing
+/// zeros, and the writer works across rotations and a reopen.
+#[test]
+fn without_fallocate_segments_are_reserved_by_writing_zeros() {
+    let _fs = FailScenario::setup();
+    for errno in ["EOPNOTSUPP", "ENOSYS"] {
+        for options in [no_prepare(), WalOptions::default()] {
+            let (_tmp, dir) = new_dir();
+            fail::cfg("segment::fallocate", &format!("return({errno})")).expect("cfg");
+            let mut acked = Vec::new();
+            let wal = Wal::open(&dir, options.clone()).expect("open");
+            // About four 64 KiB segments.
+            append_acked(&wal, "a", 1600, &mut acked);
+            assert!(wal.stats().segments_sealed >= 3, "{errno}: too few rotations");
+            assert_segments_reserved(&dir);
+            drop(wal);
+            let wal = Wal::open(&dir, options).expect("reopen");
+            append_acked(&wal, "b", 500, &mut acked);
+            assert_segments_reserved(&dir);
+            wal.seal().expect("seal");
+            drop(wal);
+            fail::remove("segment::fallocate");
+            assert_all_there(&dir, &acked);
+        }
+    }
+}
+
+/// Only "not supported" falls back to writing zeros: no space, an I/O error or any other failure
+/// of `fallocate` is the append's error, names the file, leaves no half-made segment and loses
+/// nothing; appending resumes once the fault is gone.
+#[test]
+fn fallocate_failing_otherwise_stays_an_error() {
+    let _fs = FailScenario::setup();
+    for (errno, text) in [
+        ("ENOSPC", ENOSPC_TEXT),
+        ("EIO", EIO_TEXT),
+        ("EINVAL", "os error 22"),
+    ] {
+        for options in [no_prepare(), WalOptions::default()] {
+            let (_tmp, dir) = new_dir();
+            let mut acked = Vec::new();
+            let wal = Wal::open(&dir, options.clone()).expect("open");
+            append_acked(&wal, "before", 10, &mut acked);
+            fail::cfg("segment::fallocate", &format!("return({errno})")).expect("cfg");
+            let e = append_until_error(&wal, &mut acked);
+            let msg = e.to_string();
+            assert!(
+                matches!(e, Error::Io { .. })
+                    && msg.contains("allocate")
+                    && msg.contains(".wal.prep")
+                    && msg.contains(text),
+                "{errno}: {msg}"
+            );
+            assert_eq!(e.is_no_space(), errno == "ENOSPC", "{errno}: {msg}");
+            // The segment the failed rotation sealed gets its sealed name in the background.
+            wal.wait_sealed_names().expect("not poisoned");
+            let leftovers: Vec<_> = std::fs::read_dir(dir.join("wal"))
+                .expect("read wal/")
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".wal"))
+                .collect();
+            assert!(leftovers.is_empty(), "{errno}: left behind: {leftovers:?}");
+            fail::remove("segment::fallocate");
+            append_acked(&wal, "after", 100, &mut acked);
+            drop(wal);
+            assert_all_there(&dir, &acked);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Replication: the standby's side of an incoming segment.
 
