@@ -355,7 +355,11 @@ fn assert_segments_reserved(dir: &Path) {
         if name.ends_with(".wal.open") || name.ends_with(".wal.prep") {
             let m = e.metadata().expect("stat");
             assert_eq!(m.len(), common::SEG, "{name}");
-            assert!(m.blocks() * 512 >= common::SEG, "{name} is sparse: {} blocks", m.blocks());
+            assert!(
+                m.blocks() * 512 >= common::SEG,
+                "{name} is sparse: {} blocks",
+                m.blocks()
+            );
             seen += 1;
         }
     }
@@ -376,7 +380,10 @@ fn without_fallocate_segments_are_reserved_by_writing_zeros() {
             let wal = Wal::open(&dir, options.clone()).expect("open");
             // About four 64 KiB segments.
             append_acked(&wal, "a", 1600, &mut acked);
-            assert!(wal.stats().segments_sealed >= 3, "{errno}: too few rotations");
+            assert!(
+                wal.stats().segments_sealed >= 3,
+                "{errno}: too few rotations"
+            );
             assert_segments_reserved(&dir);
             drop(wal);
             let wal = Wal::open(&dir, options).expect("reopen");
@@ -725,5 +732,86 @@ mod cli {
         let records = super::read_all(&restored).expect("read the restore");
         assert_eq!(records.len(), 2000);
         assert_eq!(records[1999].payload, b"line-1999");
+    }
+
+    /// `walship write` on a file system without `fallocate` (the call fails with EOPNOTSUPP)
+    /// works across rotations and says once how it reserves segments; a restore cut inside a
+    /// segment reserves its open segment the same way and takes new writes.
+    #[test]
+    fn write_and_restore_without_fallocate_succeed_and_say_so() {
+        let (tmp, dir) = new_dir();
+        let d = dir.to_str().expect("utf-8");
+        let no_fallocate = "segment::fallocate=return(EOPNOTSUPP)";
+        let lines: String = (0..2000)
+            .map(|i| format!("line-{i:05}-{}\n", "z".repeat(60)))
+            .collect();
+        let out = walship(&["write", d, "--durable"], no_fallocate, lines.as_bytes());
+        let err = stderr(&out);
+        assert_eq!(code(&out), 0, "{err}");
+        assert_eq!(stdout(&out).lines().count(), 2000);
+        assert_eq!(
+            err.matches("does not support fallocate").count(),
+            1,
+            "one warning, naming the fallback: {err}"
+        );
+        assert_eq!(code(&walship(&["seal", d], no_fallocate, b"")), 0);
+        let archive = tmp.path().join("archive");
+        let a = archive.to_str().expect("utf-8");
+        let out = walship(&["archive", d, "--to", a, "--once"], "", b"");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let records = super::read_all(&dir).expect("read");
+        let cut = records[1000].end_lsn;
+        let restored = tmp.path().join("restored");
+        let r = restored.to_str().expect("utf-8");
+        let out = walship(
+            &["restore", a, r, "--until-lsn", &cut.to_string()],
+            no_fallocate,
+            b"",
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        super::assert_segments_reserved(&restored);
+        let out = walship(&["write", r, "--durable"], no_fallocate, b"after restore\n");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let got = super::read_all(&restored).expect("read the restore");
+        assert_eq!(got.len(), 1002);
+        assert_eq!(got[1000].payload, records[1000].payload);
+        assert_eq!(got[1001].payload, b"after restore");
+        let out = walship(&["verify", r], "", b"");
+        assert_eq!(code(&out), 0, "{}", stdout(&out));
+    }
+
+    /// No space (or an I/O error) from `fallocate` is not "unsupported": exit 2, one line naming
+    /// the file and the cause, every earlier record kept.
+    #[test]
+    fn write_with_fallocate_out_of_space_exits_2() {
+        let (_tmp, dir) = new_dir();
+        let d = dir.to_str().expect("utf-8");
+        let out = walship(&["write", d, "--durable"], "", b"kept\n");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        for (errno, text) in [("ENOSPC", super::ENOSPC_TEXT), ("EIO", super::EIO_TEXT)] {
+            let lines: String = (0..2000)
+                .map(|i| format!("more-{i}-{}\n", "y".repeat(60)))
+                .collect();
+            let out = walship(
+                &["write", d, "--durable"],
+                &format!("segment::fallocate=return({errno})"),
+                lines.as_bytes(),
+            );
+            assert_eq!(code(&out), 2, "{}", stderr(&out));
+            let err = stderr(&out);
+            let line = err.lines().last().unwrap_or_default();
+            assert!(
+                line.starts_with("walship: error: ")
+                    && line.contains("allocate")
+                    && line.contains(".wal")
+                    && line.contains(text),
+                "{errno}: {err}"
+            );
+            assert!(!err.contains("does not support fallocate"), "{err}");
+        }
+        let got = super::read_all(&dir).expect("read");
+        assert_eq!(got[0].payload, b"kept");
+        let out = walship(&["verify", d], "", b"");
+        assert_eq!(code(&out), 0, "{}", stdout(&out));
     }
 }
