@@ -18,6 +18,8 @@
 //! | `segment::prepare` | creating and allocating a segment file (ENOSPC at creation) |
 //! | `segment::fallocate` | the `fallocate` call that reserves a segment's blocks (EOPNOTSUPP: a file system without it) |
 //! | `wal::seal::truncate`, `wal::seal::fsync`, `wal::seal::rename`, `wal::seal::dir_fsync` | the steps of a seal after its msync |
+//! | `wal::group_commit::sync` | (order only) a group-commit leader about to sync the segment it noted |
+//! | `wal::finisher::sync` | (order only) the finisher about to make a sealed segment durable |
 //! | `wal::activate::rename` | giving a prepared file its open-segment name |
 //! | `standby::write` | a standby writing an incoming segment (a short write: half, then the error) |
 //! | `standby::fsync` | a standby's fsync of a complete incoming segment |
@@ -37,6 +39,13 @@ pub fn injected(name: &str) -> Option<std::io::Error> {
 pub fn short_write(f: &mut impl std::io::Write, data: &[u8], e: std::io::Error) -> std::io::Error {
     let _ = f.write_all(&data[..data.len() / 2]).and_then(|_| f.flush());
     e
+}
+
+/// Passes a point where a test may hold this thread (a callback or `pause`), to force one
+/// order of two threads; a `return` configured here does nothing.
+#[cfg(feature = "failpoints")]
+pub fn pass(name: &str) {
+    let _ = fail::eval(name, |_| ());
 }
 
 /// Parses the argument of a `return(...)` action into an OS error.
@@ -75,6 +84,23 @@ macro_rules! fault {
             return Err($err);
         }
     };
+}
+
+/// A point where a test may hold the thread to force an order between threads (see
+/// [`pass`]). Compiles to nothing without the `failpoints` feature.
+#[cfg(feature = "failpoints")]
+#[macro_export]
+macro_rules! sync_point {
+    ($name:expr) => {
+        $crate::faults::pass($name)
+    };
+}
+
+/// Without the `failpoints` feature a sync point is nothing at all.
+#[cfg(not(feature = "failpoints"))]
+#[macro_export]
+macro_rules! sync_point {
+    ($($t:tt)*) => {};
 }
 
 /// Without the `failpoints` feature a failpoint is nothing at all.

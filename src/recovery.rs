@@ -268,10 +268,10 @@ fn recover_open(
             ),
         ));
     }
-    // Through a descriptor advised as random access: a plain read of uncached pages (after a
-    // reboot) would fill the page cache with large folios, and every later msync of the writer
-    // would write whole folios back.
-    let mut buf = crate::reader::read_segment(&path)?;
+    // What the disk holds, not pages a failed write-back left in the cache; read through a
+    // descriptor advised as random access: a plain read of uncached pages would fill the page
+    // cache with large folios, and every later msync of the writer would write whole folios back.
+    let mut buf = crate::reader::read_segment_from_disk(&path)?;
     if is_zero_from(&buf[..buf.len().min(SEGMENT_HEADER_LEN)], 0) {
         // Activated but its header never reached the disk. The header becomes durable with the
         // segment's first sync, so none of its records was acknowledged: the writer starts the

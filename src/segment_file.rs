@@ -14,7 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
@@ -246,6 +246,29 @@ pub struct ActiveSegment {
     pub file: File,
     map: Arc<MmapRaw>,
     pub start_lsn: u64,
+    /// Held for each sync of this file; holds the first failure (see [`ActiveSegment::synced`]).
+    sync_failure: Mutex<Option<SyncFailure>>,
+}
+
+/// The first failed sync of a segment, replayed to every later one.
+struct SyncFailure {
+    what: &'static str,
+    errno: Option<i32>,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
+impl SyncFailure {
+    fn error(&self) -> std::io::Error {
+        let cause = match self.errno {
+            Some(n) => std::io::Error::from_raw_os_error(n).to_string(),
+            None => self.message.clone(),
+        };
+        std::io::Error::new(
+            self.kind,
+            format!("an earlier {} of this file failed: {cause}", self.what),
+        )
+    }
 }
 
 impl ActiveSegment {
@@ -273,6 +296,7 @@ impl ActiveSegment {
             path,
             file,
             map,
+            sync_failure: Mutex::new(None),
         })
     }
 
@@ -284,6 +308,7 @@ impl ActiveSegment {
             path,
             file: prepared.file,
             map: prepared.map,
+            sync_failure: Mutex::new(None),
         }
     }
 
@@ -303,7 +328,9 @@ impl ActiveSegment {
 
     /// Starts writing `[from, to)` back to disk without waiting (`sync_file_range` with
     /// `SYNC_FILE_RANGE_WRITE`). Makes nothing durable: it only lets a later msync find the
-    /// pages already written.
+    /// pages already written. It does not take this file's write-back error (only a sync that
+    /// waits does), so it runs beside the syncs; but an I/O error it meets itself is a failed
+    /// sync of this file. A file system that cannot do it just loses the hint: `Ok`.
     pub fn start_writeback(&self, from: usize, to: usize) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         if to <= from {
@@ -318,18 +345,62 @@ impl ActiveSegment {
                 libc::SYNC_FILE_RANGE_WRITE,
             )
         };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
+        if r == 0 {
+            return Ok(());
         }
-        Ok(())
+        let e = std::io::Error::last_os_error();
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ESPIPE | libc::ENOSYS | libc::EOPNOTSUPP)
+        ) {
+            return Ok(());
+        }
+        self.synced("write-back", || Err(e))
     }
 
-    /// Writes `[from, to)` of the map to disk (msync).
+    /// Writes `[from, to)` of the map to disk (msync); see [`ActiveSegment::synced`].
     pub fn sync_range(&self, from: usize, to: usize) -> std::io::Result<()> {
         if to <= from {
             return Ok(());
         }
-        crate::fault!("segment::msync");
-        self.map.flush_range(from, to - from)
+        self.synced("msync", || {
+            crate::fault!("segment::msync");
+            self.map.flush_range(from, to - from)
+        })
+    }
+
+    /// Writes the whole file and its metadata to disk (fsync); see [`ActiveSegment::synced`].
+    pub fn sync_all(&self) -> std::io::Result<()> {
+        self.synced("fsync", || {
+            crate::fault!("wal::seal::fsync");
+            self.file.sync_all()
+        })
+    }
+
+    /// Runs one sync of this file, the only way its bytes are made durable. Syncs of one segment
+    /// never overlap, and the first failure sticks: Linux reports a write-back error once per
+    /// open file, to whichever sync asks first, and marks the failed pages clean. A second sync
+    /// running beside the failed one, or after it, would succeed over pages that never reached
+    /// the disk; here it gets the first failure instead.
+    fn synced(
+        &self,
+        what: &'static str,
+        sync: impl FnOnce() -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut failure = self
+            .sync_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = &*failure {
+            return Err(f.error());
+        }
+        sync().inspect_err(|e| {
+            *failure = Some(SyncFailure {
+                what,
+                errno: e.raw_os_error(),
+                kind: e.kind(),
+                message: e.to_string(),
+            })
+        })
     }
 }
