@@ -15,6 +15,7 @@
 //! | name | where |
 //! | --- | --- |
 //! | `segment::msync` | every msync of the open segment: group commit, seal, a new header |
+//! | `segment::writeback` | starting early write-back of the open segment's filled part (a hint) |
 //! | `segment::prepare` | creating and allocating a segment file (ENOSPC at creation) |
 //! | `segment::fallocate` | the `fallocate` call that reserves a segment's blocks (EOPNOTSUPP: a file system without it) |
 //! | `wal::seal::truncate`, `wal::seal::fsync`, `wal::seal::rename`, `wal::seal::dir_fsync` | the steps of a seal after its msync |

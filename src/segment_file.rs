@@ -336,19 +336,25 @@ impl ActiveSegment {
         if to <= from {
             return Ok(());
         }
-        // SAFETY: plain syscall on a descriptor we own.
-        let r = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                from as libc::off64_t,
-                (to - from) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
+        let start = || -> std::io::Result<()> {
+            crate::fault!("segment::writeback");
+            // SAFETY: plain syscall on a descriptor we own.
+            let r = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    from as libc::off64_t,
+                    (to - from) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
         };
-        if r == 0 {
+        let Err(e) = start() else {
             return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
+        };
         if matches!(
             e.raw_os_error(),
             Some(libc::EINVAL | libc::ESPIPE | libc::ENOSYS | libc::EOPNOTSUPP)
@@ -387,10 +393,7 @@ impl ActiveSegment {
         what: &'static str,
         sync: impl FnOnce() -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        let mut failure = self
-            .sync_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut failure = self.sync_failure.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = &*failure {
             return Err(f.error());
         }

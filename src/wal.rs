@@ -607,7 +607,9 @@ impl Inner {
 
     fn check_poison(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
-            return Err(Error::Poisoned(lock(&self.failure).clone().unwrap_or_default()));
+            return Err(Error::Poisoned(
+                lock(&self.failure).clone().unwrap_or_default(),
+            ));
         }
         Ok(())
     }
@@ -640,9 +642,7 @@ impl Inner {
         let (what, r) = match sync {
             SegmentSync::Range(from, to) => ("msync", seg.sync_range(from, to)),
             SegmentSync::File => ("fsync", seg.sync_all()),
-            SegmentSync::StartWriteback(from, to) => {
-                ("write back", seg.start_writeback(from, to))
-            }
+            SegmentSync::StartWriteback(from, to) => ("write back", seg.start_writeback(from, to)),
         };
         r.map_err(|e| self.poison(format!("{what} {}", seg.path.display()), e))?;
         self.check_poison()

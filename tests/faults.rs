@@ -170,6 +170,207 @@ fn msync_failure_in_group_commit_poisons_the_writer_and_every_waiter() {
     assert_all_there(&dir, &acked);
 }
 
+/// Holds one named thread at a sync point until released, so that a test can force the order
+/// of two threads.
+struct Hold {
+    state: std::sync::Mutex<(bool, bool)>,
+    cv: std::sync::Condvar,
+}
+
+impl Hold {
+    /// Holds the thread named `thread` when it passes `point` (once released, it passes freely).
+    fn at(point: &str, thread: &'static str) -> Arc<Hold> {
+        let hold = Arc::new(Hold {
+            state: std::sync::Mutex::new((false, false)),
+            cv: std::sync::Condvar::new(),
+        });
+        let h = hold.clone();
+        fail::cfg_callback(point, move || {
+            if std::thread::current().name() == Some(thread) {
+                h.hold();
+            }
+        })
+        .expect("cfg_callback");
+        hold
+    }
+
+    fn hold(&self) {
+        let mut g = self.state.lock().expect("hold lock");
+        if g.1 {
+            return;
+        }
+        g.0 = true;
+        self.cv.notify_all();
+        while !g.1 {
+            g = self.cv.wait(g).expect("hold wait");
+        }
+    }
+
+    fn wait_arrived(&self, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut g = self.state.lock().expect("hold lock");
+        while !g.0 {
+            assert!(std::time::Instant::now() < deadline, "{what} never arrived");
+            g = self
+                .cv
+                .wait_timeout(g, std::time::Duration::from_millis(50))
+                .expect("hold wait")
+                .0;
+        }
+    }
+
+    fn release(&self) {
+        self.state.lock().expect("hold lock").1 = true;
+        self.cv.notify_all();
+    }
+}
+
+/// The group-commit leader and the seal finisher sync the same segment (the leader noted it just
+/// before the writer sealed it), and the file's write-back error is reported to only one of
+/// them, as Linux reports it once per open file. Whichever order they run in, and whether the
+/// error comes from an msync or the seal's fsync: both fail, `flush_lsn` never covers a record
+/// appended after the last good sync, every waiter (those arriving after the failure included)
+/// gets the error, and a reopen recovers every acknowledged record.
+#[test]
+fn leader_and_finisher_syncing_one_segment_both_see_its_failure() {
+    let _fs = FailScenario::setup();
+    // (who syncs first, the call that fails once)
+    let cases = [
+        ("leader", "segment::msync"),
+        ("finisher", "segment::msync"),
+        ("finisher", "wal::seal::fsync"),
+    ];
+    for (first, point) in cases {
+        let case = format!("{first} first, {point} fails");
+        let (_tmp, dir) = new_dir();
+        let mut acked = Vec::new();
+        let wal = Arc::new(Wal::open(&dir, WalOptions::default()).expect("open"));
+        append_acked(&wal, "before", 20, &mut acked);
+        let durable = wal.flush_lsn();
+        let pending: Vec<_> = (0..8)
+            .map(|i| {
+                wal.append(&entry(format!("pending-{i}").as_bytes()))
+                    .expect("append")
+            })
+            .collect();
+        let last = pending[7].end_lsn;
+
+        let leader_hold = Hold::at("wal::group_commit::sync", "leader");
+        let finisher_hold = Hold::at("wal::finisher::sync", "walship-seal");
+        let leader = {
+            let wal = wal.clone();
+            std::thread::Builder::new()
+                .name("leader".into())
+                .spawn(move || wal.wait_durable(last))
+                .expect("spawn leader")
+        };
+        // The leader has noted the open segment and its end, and is about to sync it.
+        leader_hold.wait_arrived("the leader");
+        let sealer = {
+            let wal = wal.clone();
+            std::thread::spawn(move || wal.seal())
+        };
+        // The segment is sealed; the finisher is about to make it durable.
+        finisher_hold.wait_arrived("the finisher");
+        // One write-back error, reported to one sync only.
+        fail::cfg(point, "1*return(EIO)").expect("cfg");
+        let (leader_reason, seal_reason) = if first == "leader" {
+            leader_hold.release();
+            let l = poisoned_reason(leader.join().expect("leader thread"));
+            finisher_hold.release();
+            (l, poisoned_reason(sealer.join().expect("sealer thread")))
+        } else {
+            finisher_hold.release();
+            let s = poisoned_reason(sealer.join().expect("sealer thread"));
+            leader_hold.release();
+            (poisoned_reason(leader.join().expect("leader thread")), s)
+        };
+        assert!(leader_reason.contains(EIO_TEXT), "{case}: {leader_reason}");
+        assert_eq!(leader_reason, seal_reason, "{case}: one first cause");
+        // Nothing appended after the last good sync counts as durable, and no waiter, however
+        // late, hears otherwise.
+        if point == "segment::msync" {
+            assert_eq!(wal.flush_lsn(), durable, "{case}");
+        }
+        for a in &pending {
+            poisoned_reason(wal.wait_durable(a.end_lsn));
+        }
+        poisoned_reason(wal.wait_durable(durable));
+        poisoned_reason(wal.sync());
+        poisoned_reason(wal.append(&entry(b"after")));
+        fail::remove(point);
+        let flushed = wal.flush_lsn();
+        poisoned_reason(wal.wait_durable(last));
+        assert_eq!(
+            wal.flush_lsn(),
+            flushed,
+            "{case}: flush_lsn moved after the failure"
+        );
+        drop(wal);
+
+        let wal = Wal::open(&dir, WalOptions::default()).expect("reopen");
+        append_acked(&wal, "after", 100, &mut acked);
+        wal.seal().expect("seal");
+        drop(wal);
+        assert_all_there(&dir, &acked);
+    }
+}
+
+/// The early write-back the writer starts behind its position is only a hint, but an I/O error
+/// it meets is a failed write of the segment: the writer is poisoned and nothing after the
+/// last good sync is reported durable. A file system that cannot start write-back (EINVAL,
+/// EOPNOTSUPP) only loses the hint.
+#[test]
+fn an_io_error_starting_early_writeback_poisons_the_writer() {
+    let _fs = FailScenario::setup();
+    for (errno, poisons) in [("EIO", true), ("EINVAL", false), ("EOPNOTSUPP", false)] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        // Early write-back starts per MiB: segments large enough to hold more.
+        walship::DataDir::init(&dir, 4 << 20).expect("init");
+        let wal = Wal::open(&dir, WalOptions::default()).expect("open");
+        let mut acked = Vec::new();
+        append_acked(&wal, "before", 10, &mut acked);
+        let durable = wal.flush_lsn();
+        fail::cfg("segment::writeback", &format!("return({errno})")).expect("cfg");
+        let payload = vec![b'w'; 4000];
+        let mut last = None;
+        // 1.5 MiB without a sync: the finisher starts write-back of the first MiB (appends
+        // fail once the writer is poisoned).
+        for _ in 0..400 {
+            match wal.append(&entry(&payload)) {
+                Ok(a) => last = Some(a),
+                Err(e) => {
+                    assert!(poisons, "{errno}: {e}");
+                    break;
+                }
+            }
+        }
+        let last = last.expect("appended");
+        let r = wal.wait_durable(last.end_lsn);
+        if poisons {
+            let reason = poisoned_reason(r);
+            assert!(
+                reason.contains("write back") && reason.contains(EIO_TEXT),
+                "{errno}: {reason}"
+            );
+            assert_eq!(wal.flush_lsn(), durable, "{errno}");
+        } else {
+            r.expect("only the hint is lost");
+            acked.push(Acked {
+                lsn: last.lsn,
+                payload: payload.clone(),
+            });
+        }
+        fail::remove("segment::writeback");
+        drop(wal);
+        let wal = Wal::open(&dir, WalOptions::default()).expect("reopen");
+        append_acked(&wal, "after", 10, &mut acked);
+        drop(wal);
+        assert_all_there(&dir, &acked);
+    }
+}
+
 /// Each step of a seal after the marker is written: the msync, cutting the file to its used
 /// length, the fsync, the rename to the sealed name, the directory fsync.
 #[test]
