@@ -16,6 +16,13 @@
 //! ends with a durable seal marker (recovery finishes its seal) or holds the last durable records
 //! (recovery cuts the log there and removes the newer open segments, which hold no acknowledged
 //! record).
+//!
+//! Failed syncs: every sync of a segment (a leader's msync, the finisher's msync and fsync, the
+//! early write-back) goes through `Inner::sync_segment`. The segment runs its syncs one at a
+//! time and keeps the first failure for every later one, because Linux reports a write-back
+//! error to only one sync of an open file; the failure poisons the writer. `flush_lsn` moves
+//! only under the poison lock and only while the writer is healthy, so a sync that succeeded
+//! beside a failed one never advances it, and every wait checks the poison flag before it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -292,7 +299,7 @@ impl Wal {
         Lsn(self.inner.written.load(Ordering::Acquire))
     }
 
-    /// Everything below this LSN is durable.
+    /// Everything below this LSN is durable. It never moves after a failed sync.
     pub fn flush_lsn(&self) -> Lsn {
         Lsn(self.inner.flushed.load(Ordering::Acquire))
     }
@@ -368,7 +375,8 @@ impl Wal {
     }
 
     /// Blocks until everything below `lsn` is durable. Concurrent callers share syncs: one
-    /// msync covers every record appended before it started.
+    /// msync covers every record appended before it started. Once a sync has failed it returns
+    /// [`Error::Poisoned`], even for an LSN that was durable before the failure.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
         self.inner.wait_durable(lsn.0)
     }
