@@ -243,7 +243,8 @@ fn prefault(map: &MmapRaw, from: usize) {
 pub struct ActiveSegment {
     pub name: SegmentName,
     pub path: PathBuf,
-    pub file: File,
+    /// Private: every sync of it goes through [`ActiveSegment::synced`].
+    file: File,
     map: Arc<MmapRaw>,
     pub start_lsn: u64,
     /// Held for each sync of this file; holds the first failure (see [`ActiveSegment::synced`]).
@@ -362,6 +363,11 @@ impl ActiveSegment {
             return Ok(());
         }
         self.synced("write-back", || Err(e))
+    }
+
+    /// Cuts the file to `len` bytes (a sealed segment, once nothing maps past `len`).
+    pub fn truncate(&self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
     }
 
     /// Writes `[from, to)` of the map to disk (msync); see [`ActiveSegment::synced`].

@@ -917,8 +917,7 @@ impl Inner {
         let p = |what: &str| format!("{what} {}", seg.path.display());
         // Nothing maps past `used` any more: the tail is only zeros we never wrote.
         crate::fault!("wal::seal::truncate", e => self.poison(p("truncate"), e));
-        seg.file
-            .set_len(s.used as u64)
+        seg.truncate(s.used as u64)
             .map_err(|e| self.poison(p("truncate"), e))?;
         self.sync_segment(seg, SegmentSync::File)?;
         let sealed_name = seg.name.with_kind(SegmentFileKind::Sealed);
