@@ -1,7 +1,9 @@
-//! A real file system without `fallocate`: an ext2 image mounted through a loop device, where the
-//! call fails with EOPNOTSUPP as on FUSE and some NFS mounts. `walship write`, `seal`, `restore`
-//! and `verify` work there, segments get real blocks, and a full disk is still an error. Needs
-//! root to mount; skipped with a printed reason otherwise.
+//! A real file system mounted from an ext2 image through a loop device. ext2 has no
+//! `fallocate` (the call fails with EOPNOTSUPP, as on FUSE and some NFS mounts): `walship
+//! write`, `seal`, `restore` and `verify` work there, segments get real blocks, and a full disk
+//! is still an error. And since the test owns the image, it can change a segment's blocks on the
+//! disk under the page cache, as a failed write-back leaves them: recovery must read what the
+//! disk holds. Needs root to mount; skipped with a printed reason otherwise.
 
 mod common;
 
@@ -11,9 +13,11 @@ use std::process::Command;
 
 use common::{code, run, stderr, stdout};
 
-/// An ext2 image of `size` mounted for one test; unmounted when dropped, panics included.
+/// An ext2 image of `size` (4 KiB blocks, the page size) mounted for one test; unmounted when
+/// dropped, panics included.
 struct Ext2 {
     _parent: tempfile::TempDir,
+    image: PathBuf,
     point: PathBuf,
 }
 
@@ -43,20 +47,49 @@ impl Ext2 {
             Ok(())
         };
         sh(
-            Command::new("mkfs.ext2").args(["-q", "-F"]).arg(&image),
+            Command::new("mkfs.ext2")
+                .args(["-q", "-F", "-b", "4096"])
+                .arg(&image),
             "mkfs.ext2",
         )?;
-        sh(
-            Command::new("mount")
-                .args(["-t", "ext2", "-o", "loop"])
-                .arg(&image)
-                .arg(&point),
-            "mount -o loop",
-        )?;
-        Ok(Ext2 {
+        let fs = Ext2 {
             _parent: parent,
+            image,
             point,
-        })
+        };
+        fs.mount_image()?;
+        Ok(fs)
+    }
+
+    fn mount_image(&self) -> Result<(), String> {
+        let out = Command::new("mount")
+            .args(["-t", "ext2", "-o", "loop"])
+            .arg(&self.image)
+            .arg(&self.point)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -o loop failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Unmounts and mounts again: every cached page of the file system is gone, as after a
+    /// reboot, and reads come from the image.
+    fn remount(&self) {
+        let out = Command::new("umount")
+            .arg(&self.point)
+            .output()
+            .expect("run umount");
+        assert!(
+            out.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mount_image().expect("mount again");
     }
 }
 
@@ -215,4 +248,104 @@ fn a_full_disk_without_fallocate_is_still_an_error() {
     );
     let out = run(&["verify", s(&dir)], b"");
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+}
+
+/// The block on the device (in 4 KiB blocks) that holds block `n` of the file.
+fn physical_block(f: &std::fs::File, n: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    const FIBMAP: libc::c_ulong = 1;
+    let mut block = n as libc::c_int;
+    // SAFETY: FIBMAP reads and writes one int through the pointer we pass.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), FIBMAP as _, &mut block) };
+    assert_eq!(r, 0, "FIBMAP: {}", std::io::Error::last_os_error());
+    assert_ne!(block, 0, "block {n} of the segment is a hole");
+    block as u64
+}
+
+/// After a write-back fails, Linux keeps the failed pages in the page cache marked clean, while
+/// the disk holds something else. Simulated exactly: the tail pages of the open segment are
+/// zeroed in the image under the mounted file system, so the cache shows records the disk does
+/// not have. A reopen must end the log where the disk's records end and append from there:
+/// once the cache is gone (a remount, like a reboot) every record acknowledged after the reopen
+/// is there and the directory verifies. Trusting the cache would append behind pages the disk
+/// never got, and those records would sit behind a hole after a reboot.
+#[test]
+fn recovery_reads_what_the_disk_holds_not_pages_left_in_the_cache() {
+    use std::os::unix::fs::FileExt;
+    let Some(fs) = mount_or_skip(16 << 20) else {
+        return;
+    };
+    let dir = fs.point.join("data");
+    let out = run(&["init", s(&dir), "--segment-size", "64KiB"], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lines: String = (0..300)
+        .map(|i| format!("first-{i:04}-{}\n", "c".repeat(90)))
+        .collect();
+    let out = run(&["write", s(&dir), "--durable"], lines.as_bytes());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let before = common::read_all(&dir).expect("read");
+    assert_eq!(before.len(), 300);
+    let end = before[299].end_lsn.0;
+    let (_, seg) = common::open_segment(&dir).expect("an open segment");
+
+    // The disk loses pages 3 to the last one with records (at least two pages): the cache
+    // keeps them.
+    const PAGE: u64 = 4096;
+    let (first_lost, last_lost) = (3, (end - 1) / PAGE);
+    assert!(
+        last_lost > first_lost,
+        "records end at {end}: too few pages"
+    );
+    {
+        let f = std::fs::File::open(&seg).expect("open segment");
+        let image = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fs.image)
+            .expect("open image");
+        for page in first_lost..=last_lost {
+            let block = physical_block(&f, page);
+            image
+                .write_all_at(&[0u8; PAGE as usize], block * PAGE)
+                .expect("zero a block in the image");
+        }
+        image.sync_all().expect("fsync image");
+    }
+    // Nothing looks different through the cache: all 300 records still read back.
+    assert_eq!(common::read_all(&dir).expect("read").len(), 300);
+
+    let lines: String = (0..100)
+        .map(|i| format!("after-{i:04}-{}\n", "d".repeat(90)))
+        .collect();
+    let out = run(&["write", s(&dir), "--durable"], lines.as_bytes());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 100);
+
+    fs.remount();
+    let after = common::read_all(&dir).expect("read after the cache is gone");
+    let out = run(&["verify", s(&dir)], b"");
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let new: Vec<_> = after
+        .iter()
+        .filter(|r| r.payload.starts_with(b"after-"))
+        .collect();
+    assert_eq!(
+        new.len(),
+        100,
+        "records acknowledged after the reopen are missing"
+    );
+    assert!(
+        new[0].lsn.0 <= first_lost * PAGE,
+        "the log went on at {} behind the lost pages (from {})",
+        new[0].lsn,
+        first_lost * PAGE
+    );
+    // Every record that ended before the lost pages is still there, in order.
+    let kept: Vec<_> = before
+        .iter()
+        .filter(|r| r.end_lsn.0 <= first_lost * PAGE)
+        .collect();
+    assert!(!kept.is_empty());
+    for (a, b) in kept.iter().zip(after.iter()) {
+        assert_eq!((a.lsn, &a.payload), (b.lsn, &b.payload));
+    }
 }
