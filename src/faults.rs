@@ -7,15 +7,20 @@
 //! costs nothing.
 //!
 //! The argument of `return(...)` names the error: an errno name (`EIO`, `ENOSPC`, `EROFS`,
-//! `EDQUOT`, `ENOENT`, `EPIPE`, `ECONNRESET`) or a raw number; plain `return` means `EIO`.
+//! `EDQUOT`, `ENOENT`, `EPIPE`, `ECONNRESET`, `EOPNOTSUPP`, `ENOSYS`, `EINVAL`) or a raw number;
+//! plain `return` means `EIO`.
 //!
 //! Points, by name:
 //!
 //! | name | where |
 //! | --- | --- |
 //! | `segment::msync` | every msync of the open segment: group commit, seal, a new header |
+//! | `segment::writeback` | starting early write-back of the open segment's filled part (a hint) |
 //! | `segment::prepare` | creating and allocating a segment file (ENOSPC at creation) |
+//! | `segment::fallocate` | the `fallocate` call that reserves a segment's blocks (EOPNOTSUPP: a file system without it) |
 //! | `wal::seal::truncate`, `wal::seal::fsync`, `wal::seal::rename`, `wal::seal::dir_fsync` | the steps of a seal after its msync |
+//! | `wal::group_commit::sync` | (order only) a group-commit leader about to sync the segment it noted |
+//! | `wal::finisher::sync` | (order only) the finisher about to make a sealed segment durable |
 //! | `wal::activate::rename` | giving a prepared file its open-segment name |
 //! | `recovery::dir_fsync` | recovery's sync of `wal/` before the writer acknowledges anything |
 //! | `standby::write` | a standby writing an incoming segment (a short write: half, then the error) |
@@ -39,6 +44,13 @@ pub fn short_write(f: &mut impl std::io::Write, data: &[u8], e: std::io::Error) 
     e
 }
 
+/// Passes a point where a test may hold this thread (a callback or `pause`), to force one
+/// order of two threads; a `return` configured here does nothing.
+#[cfg(feature = "failpoints")]
+pub fn pass(name: &str) {
+    let _ = fail::eval(name, |_| ());
+}
+
 /// Parses the argument of a `return(...)` action into an OS error.
 #[cfg(feature = "failpoints")]
 fn error_from(arg: Option<&str>) -> std::io::Error {
@@ -50,6 +62,9 @@ fn error_from(arg: Option<&str>) -> std::io::Error {
         "ENOENT" => libc::ENOENT,
         "EPIPE" => libc::EPIPE,
         "ECONNRESET" => libc::ECONNRESET,
+        "EOPNOTSUPP" | "ENOTSUP" => libc::EOPNOTSUPP,
+        "ENOSYS" => libc::ENOSYS,
+        "EINVAL" => libc::EINVAL,
         other => other.parse().unwrap_or(libc::EIO),
     };
     std::io::Error::from_raw_os_error(code)
@@ -72,6 +87,23 @@ macro_rules! fault {
             return Err($err);
         }
     };
+}
+
+/// A point where a test may hold the thread to force an order between threads (see
+/// [`pass`]). Compiles to nothing without the `failpoints` feature.
+#[cfg(feature = "failpoints")]
+#[macro_export]
+macro_rules! sync_point {
+    ($name:expr) => {
+        $crate::faults::pass($name)
+    };
+}
+
+/// Without the `failpoints` feature a sync point is nothing at all.
+#[cfg(not(feature = "failpoints"))]
+#[macro_export]
+macro_rules! sync_point {
+    ($($t:tt)*) => {};
 }
 
 /// Without the `failpoints` feature a failpoint is nothing at all.

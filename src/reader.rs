@@ -584,6 +584,39 @@ pub fn read_segment(path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Reads a whole segment file as the disk holds it, for recovery (which runs while no writer
+/// has the file open). After a failed write-back, Linux keeps the failed pages in the page
+/// cache marked clean: a plain read would return records that never reached the disk, recovery
+/// would count them durable, and they would vanish at the next reboot with everything appended
+/// after them. So the file is first synced (pages a killed writer left dirty are written; if
+/// that fails, those pages were never acknowledged and are dropped with the rest, with a
+/// warning), then its clean pages are dropped from the cache (`POSIX_FADV_DONTNEED`), and the
+/// read comes from the device. This does not help when the device acknowledges writes it does
+/// not keep, and the kernel keeps pages another process has mapped (no walship process maps a
+/// data directory's segment while recovery holds the lock).
+pub fn read_segment_from_disk(path: &Path) -> Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    {
+        let f = File::open(path).ctx(|| format!("open {}", path.display()))?;
+        if let Err(e) = f.sync_data() {
+            tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                "an earlier write-back of this segment failed: reading what the disk holds"
+            );
+        }
+        // SAFETY: plain syscall on a descriptor we own; it only drops cached clean pages.
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if r != 0 {
+            return Err(Error::io(
+                format!("drop cached pages of {}", path.display()),
+                std::io::Error::from_raw_os_error(r),
+            ));
+        }
+    }
+    read_segment(path)
+}
+
 /// [`read_segment`] into `buf`, replacing its contents. Reusing one buffer across segments
 /// spares a fresh 16 MiB allocation (and its page faults and zero-fill) per segment.
 pub fn read_segment_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {

@@ -368,10 +368,10 @@ fn plan_open(
             ),
         ));
     }
-    // Through a descriptor advised as random access: a plain read of uncached pages (after a
-    // reboot) would fill the page cache with large folios, and every later msync of the writer
-    // would write whole folios back.
-    let buf = crate::reader::read_segment(&path)?;
+    // What the disk holds, not pages a failed write-back left in the cache; read through a
+    // descriptor advised as random access: a plain read of uncached pages would fill the page
+    // cache with large folios, and every later msync of the writer would write whole folios back.
+    let buf = crate::reader::read_segment_from_disk(&path)?;
     if buf.len() > seg_size {
         return Err(corrupt(
             &path,
@@ -593,7 +593,7 @@ fn plan_newer(
     let path = dir.segment_path(name);
     for n in newer {
         let p = dir.segment_path(n);
-        let buf = crate::reader::read_segment(&p)?;
+        let buf = crate::reader::read_segment_from_disk(&p)?;
         if is_zero_from(&buf, 0) {
             actions.push(Action::Remove { path: p });
             continue;

@@ -6,15 +6,15 @@
 //! pays a megabyte per 4 KiB sync. `MADV_RANDOM` on the mapping makes every fault create a 4 KiB
 //! folio, so each sync writes only the pages that changed. Blocks are reserved with `fallocate`
 //! rather than written as zeros: zero-filling would leave written extents (no metadata to record
-//! at a sync) but write every byte twice, which halves the disk bandwidth left for records.
-//! Either way every block exists before the map does, so a store through it can never hit
-//! ENOSPC as SIGBUS. `MADV_POPULATE_WRITE` then faults the pages in writable ahead of the
+//! at a sync) but write every byte twice, which halves the disk bandwidth left for records. A
+//! file system without `fallocate` gets the zeros written instead ([`reserve_blocks`]). Either
+//! way every block exists before the map does, so a store through it can never hit ENOSPC as
+//! SIGBUS. `MADV_POPULATE_WRITE` then faults the pages in writable ahead of the
 //! writer, which otherwise pays a fault (~1.6 µs here) on its first store to each page.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
@@ -50,17 +50,17 @@ fn write_out(f: &File, from: usize, len: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `size` zeros into `f` in 4 KiB writes (small writes create small page-cache folios),
-/// waiting for each MiB to reach the disk, then syncs.
-fn zero_fill(mut f: &File, path: &Path, size: u64) -> Result<()> {
+/// Writes `size` zeros into `f` from offset 0 in 4 KiB writes (small writes create small
+/// page-cache folios), waiting for each MiB to reach the disk, then syncs.
+fn zero_fill(f: &File, path: &Path, size: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     let zeros = [0u8; FILL_CHUNK];
-    let mut left = size as usize;
+    let size = size as usize;
     let mut done = 0usize;
-    while left > 0 {
-        let n = left.min(FILL_CHUNK);
-        f.write_all(&zeros[..n])
+    while done < size {
+        let n = (size - done).min(FILL_CHUNK);
+        f.write_all_at(&zeros[..n], done as u64)
             .ctx(|| format!("zero-fill {}", path.display()))?;
-        left -= n;
         done += n;
         if done % FILL_WRITEBACK_STEP == 0 {
             write_out(f, done - FILL_WRITEBACK_STEP, FILL_WRITEBACK_STEP)
@@ -70,19 +70,61 @@ fn zero_fill(mut f: &File, path: &Path, size: u64) -> Result<()> {
     f.sync_data().ctx(|| format!("fsync {}", path.display()))
 }
 
-/// Reserves `size` bytes of blocks for `f` as unwritten extents (they read as zeros). No sync
-/// of its own: the writer's first sync of the segment writes the file's metadata with its data,
-/// and the rename into place is synced with the directory.
-fn reserve_blocks(f: &File, path: &Path, size: u64) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on a descriptor we own.
-    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off64_t) } != 0 {
-        return Err(crate::Error::io(
+/// Reserves `size` bytes of real blocks for `f`, the one way every segment file gets its space
+/// (the writer's preparer and activation, restore): `fallocate`, which records unwritten extents
+/// (they read as zeros) and writes no data; where the file system does not support it (FUSE,
+/// NFS before 4.2, ext2), by writing zeros and syncing them, as etcd does. No sync after
+/// `fallocate`: the writer's first sync of the segment writes the file's metadata with its data,
+/// and the rename into place is synced with the directory. Only "not supported" falls back:
+/// ENOSPC, EIO and every other error stay errors.
+pub fn reserve_blocks(f: &File, path: &Path, size: u64) -> Result<()> {
+    match fallocate(f, size) {
+        Ok(()) => Ok(()),
+        Err(e) if allocation_unsupported(&e) => {
+            warn_zero_fill_once(path, &e);
+            zero_fill(f, path, size)
+        }
+        Err(e) => Err(crate::Error::io(
             format!("allocate {size} bytes for {}", path.display()),
-            std::io::Error::last_os_error(),
-        ));
+            e,
+        )),
     }
-    Ok(())
+}
+
+/// `fallocate(f, 0, 0, size)`, retried when a signal interrupts it.
+fn fallocate(f: &File, size: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    crate::fault!("segment::fallocate");
+    loop {
+        // SAFETY: plain syscall on a descriptor we own.
+        if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off64_t) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// True for the errors by which a file system (or a sandbox filtering system calls) says it
+/// has no `fallocate`: EOPNOTSUPP (the same number as ENOTSUP on Linux) and ENOSYS.
+fn allocation_unsupported(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS))
+}
+
+/// Logs once per process that segments are reserved by writing zeros: slower (every byte of
+/// each new segment is written twice), and worth knowing when a rotation takes long.
+fn warn_zero_fill_once(path: &Path, e: &std::io::Error) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            file = %path.display(),
+            error = %e,
+            "the file system does not support fallocate: reserving segment space by writing zeros"
+        );
+    }
 }
 
 /// Creates `path` and gives it `size` bytes with `allocate`. On failure (ENOSPC included) the
@@ -110,9 +152,15 @@ fn create_allocated(
     result
 }
 
-/// Creates `path` as a zero-filled file of `size` bytes with written blocks, synced.
+/// Creates `path` as a zero-filled file of `size` bytes with written blocks, synced (the
+/// benchmark's baseline file).
 pub fn prepare_file(path: &Path, size: u64) -> Result<()> {
     create_allocated(path, size, zero_fill).map(drop)
+}
+
+/// Creates `path` with `size` bytes of blocks reserved by [`reserve_blocks`], for writing.
+pub fn create_reserved(path: &Path, size: u64) -> Result<File> {
+    create_allocated(path, size, reserve_blocks)
 }
 
 /// A segment file made ready ahead of use: blocks allocated, mapped; see [`Prefault`] for
@@ -195,9 +243,33 @@ fn prefault(map: &MmapRaw, from: usize) {
 pub struct ActiveSegment {
     pub name: SegmentName,
     pub path: PathBuf,
-    pub file: File,
+    /// Private: every sync of it goes through [`ActiveSegment::synced`].
+    file: File,
     map: Arc<MmapRaw>,
     pub start_lsn: u64,
+    /// Held for each sync of this file; holds the first failure (see [`ActiveSegment::synced`]).
+    sync_failure: Mutex<Option<SyncFailure>>,
+}
+
+/// The first failed sync of a segment, replayed to every later one.
+struct SyncFailure {
+    what: &'static str,
+    errno: Option<i32>,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
+impl SyncFailure {
+    fn error(&self) -> std::io::Error {
+        let cause = match self.errno {
+            Some(n) => std::io::Error::from_raw_os_error(n).to_string(),
+            None => self.message.clone(),
+        };
+        std::io::Error::new(
+            self.kind,
+            format!("an earlier {} of this file failed: {cause}", self.what),
+        )
+    }
 }
 
 impl ActiveSegment {
@@ -225,6 +297,7 @@ impl ActiveSegment {
             path,
             file,
             map,
+            sync_failure: Mutex::new(None),
         })
     }
 
@@ -236,6 +309,7 @@ impl ActiveSegment {
             path,
             file: prepared.file,
             map: prepared.map,
+            sync_failure: Mutex::new(None),
         }
     }
 
@@ -255,33 +329,87 @@ impl ActiveSegment {
 
     /// Starts writing `[from, to)` back to disk without waiting (`sync_file_range` with
     /// `SYNC_FILE_RANGE_WRITE`). Makes nothing durable: it only lets a later msync find the
-    /// pages already written.
+    /// pages already written. It does not take this file's write-back error (only a sync that
+    /// waits does), so it runs beside the syncs; but an I/O error it meets itself is a failed
+    /// sync of this file. A file system that cannot do it just loses the hint: `Ok`.
     pub fn start_writeback(&self, from: usize, to: usize) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         if to <= from {
             return Ok(());
         }
-        // SAFETY: plain syscall on a descriptor we own.
-        let r = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                from as libc::off64_t,
-                (to - from) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
+        let start = || -> std::io::Result<()> {
+            crate::fault!("segment::writeback");
+            // SAFETY: plain syscall on a descriptor we own.
+            let r = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    from as libc::off64_t,
+                    (to - from) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
         };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
+        let Err(e) = start() else {
+            return Ok(());
+        };
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ESPIPE | libc::ENOSYS | libc::EOPNOTSUPP)
+        ) {
+            return Ok(());
         }
-        Ok(())
+        self.synced("write-back", || Err(e))
     }
 
-    /// Writes `[from, to)` of the map to disk (msync).
+    /// Cuts the file to `len` bytes (a sealed segment, once nothing maps past `len`).
+    pub fn truncate(&self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    /// Writes `[from, to)` of the map to disk (msync); see [`ActiveSegment::synced`].
     pub fn sync_range(&self, from: usize, to: usize) -> std::io::Result<()> {
         if to <= from {
             return Ok(());
         }
-        crate::fault!("segment::msync");
-        self.map.flush_range(from, to - from)
+        self.synced("msync", || {
+            crate::fault!("segment::msync");
+            self.map.flush_range(from, to - from)
+        })
+    }
+
+    /// Writes the whole file and its metadata to disk (fsync); see [`ActiveSegment::synced`].
+    pub fn sync_all(&self) -> std::io::Result<()> {
+        self.synced("fsync", || {
+            crate::fault!("wal::seal::fsync");
+            self.file.sync_all()
+        })
+    }
+
+    /// Runs one sync of this file, the only way its bytes are made durable. Syncs of one segment
+    /// never overlap, and the first failure sticks: Linux reports a write-back error once per
+    /// open file, to whichever sync asks first, and marks the failed pages clean. A second sync
+    /// running beside the failed one, or after it, would succeed over pages that never reached
+    /// the disk; here it gets the first failure instead.
+    fn synced(
+        &self,
+        what: &'static str,
+        sync: impl FnOnce() -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut failure = self.sync_failure.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = &*failure {
+            return Err(f.error());
+        }
+        sync().inspect_err(|e| {
+            *failure = Some(SyncFailure {
+                what,
+                errno: e.raw_os_error(),
+                kind: e.kind(),
+                message: e.to_string(),
+            })
+        })
     }
 }

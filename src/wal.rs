@@ -16,6 +16,13 @@
 //! ends with a durable seal marker (recovery finishes its seal) or holds the last durable records
 //! (recovery cuts the log there and removes the newer open segments, which hold no acknowledged
 //! record).
+//!
+//! Failed syncs: every sync of a segment (a leader's msync, the finisher's msync and fsync, the
+//! early write-back) goes through `Inner::sync_segment`. The segment runs its syncs one at a
+//! time and keeps the first failure for every later one, because Linux reports a write-back
+//! error to only one sync of an open file; the failure poisons the writer. `flush_lsn` moves
+//! only under the poison lock and only while the writer is healthy, so a sync that succeeded
+//! beside a failed one never advances it, and every wait checks the poison flag before it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -142,8 +149,11 @@ struct Inner {
     flushed: AtomicU64,
     written: AtomicU64,
     sealed: AtomicU64,
+    /// Set once a sync failed (see `Inner::poison`); read without a lock on every append.
     poisoned: AtomicBool,
-    poison_reason: Mutex<String>,
+    /// The first failure's reason. `flushed` moves only under this lock and only while it is
+    /// `None`, so once the writer is poisoned `flush_lsn` never moves again.
+    failure: Mutex<Option<String>>,
     syncs: AtomicU64,
     appended: AtomicU64,
     seals: AtomicU64,
@@ -189,6 +199,16 @@ struct SealedOpen {
     end_lsn: u64,
     /// The ticket of its `Durable` step.
     ticket: u64,
+}
+
+/// A sync of a segment, made through `Inner::sync_segment`.
+enum SegmentSync {
+    /// msync of `[from, to)`.
+    Range(usize, usize),
+    /// fsync of the file.
+    File,
+    /// Start writing `[from, to)` back (no wait); only its own I/O error counts.
+    StartWriteback(usize, usize),
 }
 
 /// Work for the finisher thread, done in the order sent.
@@ -282,7 +302,7 @@ impl Wal {
         Lsn(self.inner.written.load(Ordering::Acquire))
     }
 
-    /// Everything below this LSN is durable.
+    /// Everything below this LSN is durable. It never moves after a failed sync.
     pub fn flush_lsn(&self) -> Lsn {
         Lsn(self.inner.flushed.load(Ordering::Acquire))
     }
@@ -358,7 +378,8 @@ impl Wal {
     }
 
     /// Blocks until everything below `lsn` is durable. Concurrent callers share syncs: one
-    /// msync covers every record appended before it started.
+    /// msync covers every record appended before it started. Once a sync has failed it returns
+    /// [`Error::Poisoned`], even for an LSN that was durable before the failure.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
         self.inner.wait_durable(lsn.0)
     }
@@ -563,7 +584,7 @@ impl Inner {
             sealed: AtomicU64::new(sealed),
             state: Mutex::new(st),
             poisoned: AtomicBool::new(false),
-            poison_reason: Mutex::new(String::new()),
+            failure: Mutex::new(None),
             syncs: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             seals: AtomicU64::new(0),
@@ -599,7 +620,9 @@ impl Inner {
 
     fn check_poison(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
-            return Err(Error::Poisoned(lock(&self.poison_reason).clone()));
+            return Err(Error::Poisoned(
+                lock(&self.failure).clone().unwrap_or_default(),
+            ));
         }
         Ok(())
     }
@@ -608,14 +631,34 @@ impl Inner {
     fn poison(&self, what: String, e: std::io::Error) -> Error {
         let reason = format!("{what}: {e}");
         tracing::error!(%reason, "sync failed: the writer refuses further appends");
-        {
-            let mut r = lock(&self.poison_reason);
-            if r.is_empty() {
-                *r = reason.clone();
-            }
-        }
+        let mut failure = lock(&self.failure);
+        let first = failure.get_or_insert(reason).clone();
         self.poisoned.store(true, Ordering::Release);
-        Error::Poisoned(reason)
+        Error::Poisoned(first)
+    }
+
+    /// Moves `flush_lsn` up to `end` after a sync that covered it, unless the writer was
+    /// poisoned meanwhile: a sync that succeeded says nothing once another one failed.
+    fn advance_flushed(&self, end: u64) -> Result<()> {
+        let failure = lock(&self.failure);
+        if let Some(reason) = &*failure {
+            return Err(Error::Poisoned(reason.clone()));
+        }
+        self.flushed.fetch_max(end, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Every sync of a segment goes through here: the segment serializes its syncs and keeps
+    /// its first failure (see `ActiveSegment::synced`); a failure poisons the writer; and a sync
+    /// that succeeded still fails when the writer was poisoned before it returned.
+    fn sync_segment(&self, seg: &ActiveSegment, sync: SegmentSync) -> Result<()> {
+        let (what, r) = match sync {
+            SegmentSync::Range(from, to) => ("msync", seg.sync_range(from, to)),
+            SegmentSync::File => ("fsync", seg.sync_all()),
+            SegmentSync::StartWriteback(from, to) => ("write back", seg.start_writeback(from, to)),
+        };
+        r.map_err(|e| self.poison(format!("{what} {}", seg.path.display()), e))?;
+        self.check_poison()
     }
 
     fn append_locked(&self, st: &mut WriterState, e: &Entry<'_>, ts: i64) -> Result<Appended> {
@@ -691,15 +734,19 @@ impl Inner {
     }
 
     fn wait_durable(&self, target: u64) -> Result<()> {
+        // The poison flag before `flushed`: once a sync failed, no wait succeeds, not even for
+        // a position `flush_lsn` passed before (the caller asks now, and the writer can no
+        // longer vouch for anything).
+        self.check_poison()?;
         if self.flushed.load(Ordering::Acquire) >= target {
             return Ok(());
         }
         let mut s = lock(&self.sync);
         loop {
+            self.check_poison()?;
             if self.flushed.load(Ordering::Acquire) >= target {
                 return Ok(());
             }
-            self.check_poison()?;
             if !s.leader_active {
                 break;
             }
@@ -733,8 +780,7 @@ impl Inner {
             // No open segment: everything written is in sealed segments.
             self.resign(s);
             self.wait_finishing(seals, |f| f.durable)?;
-            self.flushed.fetch_max(end, Ordering::AcqRel);
-            return Ok(());
+            return self.advance_flushed(end);
         };
         let from = if s.segment_no == seg.name.segment_no {
             s.synced_to
@@ -744,10 +790,10 @@ impl Inner {
         drop(s);
         // The msync runs without the sync lock, so that waiters whose records an earlier sync
         // already covered are not queued behind this one.
+        crate::sync_point!("wal::group_commit::sync");
         let r = if to > from {
-            seg.sync_range(from, to)
+            self.sync_segment(&seg, SegmentSync::Range(from, to))
                 .map(|()| true)
-                .map_err(|e| self.poison(format!("msync {}", seg.path.display()), e))
         } else {
             Ok(false)
         };
@@ -756,6 +802,7 @@ impl Inner {
         // done, recovery ends the log before this segment.
         let r = r.and_then(|synced| self.wait_finishing(seals, |f| f.durable).map(|()| synced));
         let mut s = lock(&self.sync);
+        let r = r.and_then(|synced| self.advance_flushed(end).map(|()| synced));
         if let Ok(synced) = r {
             if synced {
                 self.syncs.fetch_add(1, Ordering::Relaxed);
@@ -764,7 +811,6 @@ impl Inner {
                 s.segment_no = seg.name.segment_no;
                 s.synced_to = to;
             }
-            self.flushed.fetch_max(end, Ordering::AcqRel);
         }
         self.resign(s);
         r.map(drop)
@@ -849,14 +895,11 @@ impl Inner {
         match msg {
             FinisherMsg::Durable(s) => {
                 if healthy {
-                    match s.seg.sync_range(0, s.used) {
-                        Ok(()) => {
-                            self.flushed.fetch_max(s.end_lsn, Ordering::AcqRel);
-                        }
-                        Err(e) => {
-                            self.poison(format!("msync {}", s.seg.path.display()), e);
-                        }
-                    }
+                    crate::sync_point!("wal::finisher::sync");
+                    // A failure has poisoned the writer and been logged.
+                    let _ = self
+                        .sync_segment(&s.seg, SegmentSync::Range(0, s.used))
+                        .and_then(|()| self.advance_flushed(s.end_lsn));
                 }
                 self.reached(s.ticket, |f| &mut f.durable);
             }
@@ -877,9 +920,10 @@ impl Inner {
                 self.reached(s.ticket, |f| &mut f.named);
             }
             FinisherMsg::Writeback((seg, from, to)) => {
-                // Only a hint to start writing early: durability still comes from msync.
-                if let Err(e) = seg.start_writeback(from, to) {
-                    tracing::debug!(error = %e, "starting early writeback failed");
+                // Only a hint to start writing early: durability still comes from msync. An
+                // I/O error it meets poisons like a failed sync (and has been logged).
+                if healthy {
+                    let _ = self.sync_segment(&seg, SegmentSync::StartWriteback(from, to));
                 }
             }
             FinisherMsg::Stop => {}
@@ -900,13 +944,9 @@ impl Inner {
         let p = |what: &str| format!("{what} {}", seg.path.display());
         // Nothing maps past `used` any more: the tail is only zeros we never wrote.
         crate::fault!("wal::seal::truncate", e => self.poison(p("truncate"), e));
-        seg.file
-            .set_len(s.used as u64)
+        seg.truncate(s.used as u64)
             .map_err(|e| self.poison(p("truncate"), e))?;
-        crate::fault!("wal::seal::fsync", e => self.poison(p("fsync"), e));
-        seg.file
-            .sync_all()
-            .map_err(|e| self.poison(p("fsync"), e))?;
+        self.sync_segment(seg, SegmentSync::File)?;
         let sealed_name = seg.name.with_kind(SegmentFileKind::Sealed);
         let sealed_path = self.dir.segment_path(&sealed_name);
         crate::fault!("wal::seal::rename", e => self.poison(p("rename"), e));

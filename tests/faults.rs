@@ -156,8 +156,10 @@ fn msync_failure_in_group_commit_poisons_the_writer_and_every_waiter() {
     poisoned_reason(wal.seal());
     poisoned_reason(wal.append_durable(&entry(b"after")));
     assert_eq!(wal.flush_lsn(), durable);
-    // What was durable before stays so.
-    wal.wait_durable(durable).expect("already durable");
+    // Even a wait for what was durable before the failure gets the error: asked now, the
+    // writer can no longer vouch for anything.
+    poisoned_reason(wal.wait_durable(durable));
+    poisoned_reason(wal.wait_durable(Lsn(0)));
     drop(wal);
 
     // Reopening (the fault fixed) recovers every acknowledged record and takes new ones.
@@ -166,6 +168,207 @@ fn msync_failure_in_group_commit_poisons_the_writer_and_every_waiter() {
     wal.seal().expect("seal");
     drop(wal);
     assert_all_there(&dir, &acked);
+}
+
+/// Holds one named thread at a sync point until released, so that a test can force the order
+/// of two threads.
+struct Hold {
+    state: std::sync::Mutex<(bool, bool)>,
+    cv: std::sync::Condvar,
+}
+
+impl Hold {
+    /// Holds the thread named `thread` when it passes `point` (once released, it passes freely).
+    fn at(point: &str, thread: &'static str) -> Arc<Hold> {
+        let hold = Arc::new(Hold {
+            state: std::sync::Mutex::new((false, false)),
+            cv: std::sync::Condvar::new(),
+        });
+        let h = hold.clone();
+        fail::cfg_callback(point, move || {
+            if std::thread::current().name() == Some(thread) {
+                h.hold();
+            }
+        })
+        .expect("cfg_callback");
+        hold
+    }
+
+    fn hold(&self) {
+        let mut g = self.state.lock().expect("hold lock");
+        if g.1 {
+            return;
+        }
+        g.0 = true;
+        self.cv.notify_all();
+        while !g.1 {
+            g = self.cv.wait(g).expect("hold wait");
+        }
+    }
+
+    fn wait_arrived(&self, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut g = self.state.lock().expect("hold lock");
+        while !g.0 {
+            assert!(std::time::Instant::now() < deadline, "{what} never arrived");
+            g = self
+                .cv
+                .wait_timeout(g, std::time::Duration::from_millis(50))
+                .expect("hold wait")
+                .0;
+        }
+    }
+
+    fn release(&self) {
+        self.state.lock().expect("hold lock").1 = true;
+        self.cv.notify_all();
+    }
+}
+
+/// The group-commit leader and the seal finisher sync the same segment (the leader noted it just
+/// before the writer sealed it), and the file's write-back error is reported to only one of
+/// them, as Linux reports it once per open file. Whichever order they run in, and whether the
+/// error comes from an msync or the seal's fsync: both fail, `flush_lsn` never covers a record
+/// appended after the last good sync, every waiter (those arriving after the failure included)
+/// gets the error, and a reopen recovers every acknowledged record.
+#[test]
+fn leader_and_finisher_syncing_one_segment_both_see_its_failure() {
+    let _fs = FailScenario::setup();
+    // (who syncs first, the call that fails once)
+    let cases = [
+        ("leader", "segment::msync"),
+        ("finisher", "segment::msync"),
+        ("finisher", "wal::seal::fsync"),
+    ];
+    for (first, point) in cases {
+        let case = format!("{first} first, {point} fails");
+        let (_tmp, dir) = new_dir();
+        let mut acked = Vec::new();
+        let wal = Arc::new(Wal::open(&dir, WalOptions::default()).expect("open"));
+        append_acked(&wal, "before", 20, &mut acked);
+        let durable = wal.flush_lsn();
+        let pending: Vec<_> = (0..8)
+            .map(|i| {
+                wal.append(&entry(format!("pending-{i}").as_bytes()))
+                    .expect("append")
+            })
+            .collect();
+        let last = pending[7].end_lsn;
+
+        let leader_hold = Hold::at("wal::group_commit::sync", "leader");
+        let finisher_hold = Hold::at("wal::finisher::sync", "walship-seal");
+        let leader = {
+            let wal = wal.clone();
+            std::thread::Builder::new()
+                .name("leader".into())
+                .spawn(move || wal.wait_durable(last))
+                .expect("spawn leader")
+        };
+        // The leader has noted the open segment and its end, and is about to sync it.
+        leader_hold.wait_arrived("the leader");
+        let sealer = {
+            let wal = wal.clone();
+            std::thread::spawn(move || wal.seal())
+        };
+        // The segment is sealed; the finisher is about to make it durable.
+        finisher_hold.wait_arrived("the finisher");
+        // One write-back error, reported to one sync only.
+        fail::cfg(point, "1*return(EIO)").expect("cfg");
+        let (leader_reason, seal_reason) = if first == "leader" {
+            leader_hold.release();
+            let l = poisoned_reason(leader.join().expect("leader thread"));
+            finisher_hold.release();
+            (l, poisoned_reason(sealer.join().expect("sealer thread")))
+        } else {
+            finisher_hold.release();
+            let s = poisoned_reason(sealer.join().expect("sealer thread"));
+            leader_hold.release();
+            (poisoned_reason(leader.join().expect("leader thread")), s)
+        };
+        assert!(leader_reason.contains(EIO_TEXT), "{case}: {leader_reason}");
+        assert_eq!(leader_reason, seal_reason, "{case}: one first cause");
+        // Nothing appended after the last good sync counts as durable, and no waiter, however
+        // late, hears otherwise.
+        if point == "segment::msync" {
+            assert_eq!(wal.flush_lsn(), durable, "{case}");
+        }
+        for a in &pending {
+            poisoned_reason(wal.wait_durable(a.end_lsn));
+        }
+        poisoned_reason(wal.wait_durable(durable));
+        poisoned_reason(wal.sync());
+        poisoned_reason(wal.append(&entry(b"after")));
+        fail::remove(point);
+        let flushed = wal.flush_lsn();
+        poisoned_reason(wal.wait_durable(last));
+        assert_eq!(
+            wal.flush_lsn(),
+            flushed,
+            "{case}: flush_lsn moved after the failure"
+        );
+        drop(wal);
+
+        let wal = Wal::open(&dir, WalOptions::default()).expect("reopen");
+        append_acked(&wal, "after", 100, &mut acked);
+        wal.seal().expect("seal");
+        drop(wal);
+        assert_all_there(&dir, &acked);
+    }
+}
+
+/// The early write-back the writer starts behind its position is only a hint, but an I/O error
+/// it meets is a failed write of the segment: the writer is poisoned and nothing after the
+/// last good sync is reported durable. A file system that cannot start write-back (EINVAL,
+/// EOPNOTSUPP) only loses the hint.
+#[test]
+fn an_io_error_starting_early_writeback_poisons_the_writer() {
+    let _fs = FailScenario::setup();
+    for (errno, poisons) in [("EIO", true), ("EINVAL", false), ("EOPNOTSUPP", false)] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        // Early write-back starts per MiB: segments large enough to hold more.
+        walship::DataDir::init(&dir, 4 << 20).expect("init");
+        let wal = Wal::open(&dir, WalOptions::default()).expect("open");
+        let mut acked = Vec::new();
+        append_acked(&wal, "before", 10, &mut acked);
+        let durable = wal.flush_lsn();
+        fail::cfg("segment::writeback", &format!("return({errno})")).expect("cfg");
+        let payload = vec![b'w'; 4000];
+        let mut last = None;
+        // 1.5 MiB without a sync: the finisher starts write-back of the first MiB (appends
+        // fail once the writer is poisoned).
+        for _ in 0..400 {
+            match wal.append(&entry(&payload)) {
+                Ok(a) => last = Some(a),
+                Err(e) => {
+                    assert!(poisons, "{errno}: {e}");
+                    break;
+                }
+            }
+        }
+        let last = last.expect("appended");
+        let r = wal.wait_durable(last.end_lsn);
+        if poisons {
+            let reason = poisoned_reason(r);
+            assert!(
+                reason.contains("write back") && reason.contains(EIO_TEXT),
+                "{errno}: {reason}"
+            );
+            assert_eq!(wal.flush_lsn(), durable, "{errno}");
+        } else {
+            r.expect("only the hint is lost");
+            acked.push(Acked {
+                lsn: last.lsn,
+                payload: payload.clone(),
+            });
+        }
+        fail::remove("segment::writeback");
+        drop(wal);
+        let wal = Wal::open(&dir, WalOptions::default()).expect("reopen");
+        append_acked(&wal, "after", 10, &mut acked);
+        drop(wal);
+        assert_all_there(&dir, &acked);
+    }
 }
 
 /// Each step of a seal after the marker is written: the msync, cutting the file to its used
@@ -341,6 +544,103 @@ fn a_failed_rename_activating_a_segment_is_a_clear_error_and_appending_resumes()
         append_acked(&wal, "after", 100, &mut acked);
         drop(wal);
         assert_all_there(&dir, &acked);
+    }
+}
+
+/// Every segment-sized file in `wal/` (open and prepared) is whole and has real blocks, never a
+/// sparse hole a store through the map would have to allocate.
+fn assert_segments_reserved(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = 0;
+    for e in std::fs::read_dir(dir.join("wal")).expect("read wal/") {
+        let e = e.expect("entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".wal.open") || name.ends_with(".wal.prep") {
+            let m = e.metadata().expect("stat");
+            assert_eq!(m.len(), common::SEG, "{name}");
+            assert!(
+                m.blocks() * 512 >= common::SEG,
+                "{name} is sparse: {} blocks",
+                m.blocks()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no open or prepared segment in {}", dir.display());
+}
+
+/// A file system without `fallocate` (EOPNOTSUPP from FUSE or NFS, ENOSYS from a sandbox): every
+/// segment, made by the background preparer or on the append path, is reserved by writing
+/// zeros, and the writer works across rotations and a reopen.
+#[test]
+fn without_fallocate_segments_are_reserved_by_writing_zeros() {
+    let _fs = FailScenario::setup();
+    for errno in ["EOPNOTSUPP", "ENOSYS"] {
+        for options in [no_prepare(), WalOptions::default()] {
+            let (_tmp, dir) = new_dir();
+            fail::cfg("segment::fallocate", &format!("return({errno})")).expect("cfg");
+            let mut acked = Vec::new();
+            let wal = Wal::open(&dir, options.clone()).expect("open");
+            // About three 64 KiB segments.
+            append_acked(&wal, "a", 1000, &mut acked);
+            assert!(
+                wal.stats().segments_sealed >= 2,
+                "{errno}: too few rotations"
+            );
+            assert_segments_reserved(&dir);
+            drop(wal);
+            let wal = Wal::open(&dir, options).expect("reopen");
+            append_acked(&wal, "b", 300, &mut acked);
+            assert_segments_reserved(&dir);
+            wal.seal().expect("seal");
+            drop(wal);
+            fail::remove("segment::fallocate");
+            assert_all_there(&dir, &acked);
+        }
+    }
+}
+
+/// Only "not supported" falls back to writing zeros: no space, an I/O error or any other failure
+/// of `fallocate` is the append's error, names the file, leaves no half-made segment and loses
+/// nothing; appending resumes once the fault is gone.
+#[test]
+fn fallocate_failing_otherwise_stays_an_error() {
+    let _fs = FailScenario::setup();
+    for (errno, text) in [
+        ("ENOSPC", ENOSPC_TEXT),
+        ("EIO", EIO_TEXT),
+        ("EINVAL", "os error 22"),
+    ] {
+        for options in [no_prepare(), WalOptions::default()] {
+            let (_tmp, dir) = new_dir();
+            let mut acked = Vec::new();
+            let wal = Wal::open(&dir, options.clone()).expect("open");
+            append_acked(&wal, "before", 10, &mut acked);
+            fail::cfg("segment::fallocate", &format!("return({errno})")).expect("cfg");
+            let e = append_until_error(&wal, &mut acked);
+            let msg = e.to_string();
+            assert!(
+                matches!(e, Error::Io { .. })
+                    && msg.contains("allocate")
+                    && msg.contains(".wal.prep")
+                    && msg.contains(text),
+                "{errno}: {msg}"
+            );
+            assert_eq!(e.is_no_space(), errno == "ENOSPC", "{errno}: {msg}");
+            // The segment the failed rotation sealed gets its sealed name in the background.
+            wal.wait_sealed_names().expect("not poisoned");
+            let leftovers: Vec<_> = std::fs::read_dir(dir.join("wal"))
+                .expect("read wal/")
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".wal"))
+                .collect();
+            assert!(leftovers.is_empty(), "{errno}: left behind: {leftovers:?}");
+            fail::remove("segment::fallocate");
+            append_acked(&wal, "after", 100, &mut acked);
+            drop(wal);
+            assert_all_there(&dir, &acked);
+        }
     }
 }
 
@@ -635,6 +935,87 @@ mod cli {
         let records = super::read_all(&restored).expect("read the restore");
         assert_eq!(records.len(), 2000);
         assert_eq!(records[1999].payload, b"line-1999");
+    }
+
+    /// `walship write` on a file system without `fallocate` (the call fails with EOPNOTSUPP)
+    /// works across rotations and says once how it reserves segments; a restore cut inside a
+    /// segment reserves its open segment the same way and takes new writes.
+    #[test]
+    fn write_and_restore_without_fallocate_succeed_and_say_so() {
+        let (tmp, dir) = new_dir();
+        let d = dir.to_str().expect("utf-8");
+        let no_fallocate = "segment::fallocate=return(EOPNOTSUPP)";
+        let lines: String = (0..2000)
+            .map(|i| format!("line-{i:05}-{}\n", "z".repeat(60)))
+            .collect();
+        let out = walship(&["write", d, "--durable"], no_fallocate, lines.as_bytes());
+        let err = stderr(&out);
+        assert_eq!(code(&out), 0, "{err}");
+        assert_eq!(stdout(&out).lines().count(), 2000);
+        assert_eq!(
+            err.matches("does not support fallocate").count(),
+            1,
+            "one warning, naming the fallback: {err}"
+        );
+        assert_eq!(code(&walship(&["seal", d], no_fallocate, b"")), 0);
+        let archive = tmp.path().join("archive");
+        let a = archive.to_str().expect("utf-8");
+        let out = walship(&["archive", d, "--to", a, "--once"], "", b"");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let records = super::read_all(&dir).expect("read");
+        let cut = records[1000].end_lsn;
+        let restored = tmp.path().join("restored");
+        let r = restored.to_str().expect("utf-8");
+        let out = walship(
+            &["restore", a, r, "--until-lsn", &cut.to_string()],
+            no_fallocate,
+            b"",
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        super::assert_segments_reserved(&restored);
+        let out = walship(&["write", r, "--durable"], no_fallocate, b"after restore\n");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let got = super::read_all(&restored).expect("read the restore");
+        assert_eq!(got.len(), 1002);
+        assert_eq!(got[1000].payload, records[1000].payload);
+        assert_eq!(got[1001].payload, b"after restore");
+        let out = walship(&["verify", r], "", b"");
+        assert_eq!(code(&out), 0, "{}", stdout(&out));
+    }
+
+    /// No space (or an I/O error) from `fallocate` is not "unsupported": exit 2, one line naming
+    /// the file and the cause, every earlier record kept.
+    #[test]
+    fn write_with_fallocate_out_of_space_exits_2() {
+        let (_tmp, dir) = new_dir();
+        let d = dir.to_str().expect("utf-8");
+        let out = walship(&["write", d, "--durable"], "", b"kept\n");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        for (errno, text) in [("ENOSPC", super::ENOSPC_TEXT), ("EIO", super::EIO_TEXT)] {
+            let lines: String = (0..2000)
+                .map(|i| format!("more-{i}-{}\n", "y".repeat(60)))
+                .collect();
+            let out = walship(
+                &["write", d, "--durable"],
+                &format!("segment::fallocate=return({errno})"),
+                lines.as_bytes(),
+            );
+            assert_eq!(code(&out), 2, "{}", stderr(&out));
+            let err = stderr(&out);
+            let line = err.lines().last().unwrap_or_default();
+            assert!(
+                line.starts_with("walship: error: ")
+                    && line.contains("allocate")
+                    && line.contains(".wal")
+                    && line.contains(text),
+                "{errno}: {err}"
+            );
+            assert!(!err.contains("does not support fallocate"), "{err}");
+        }
+        let got = super::read_all(&dir).expect("read");
+        assert_eq!(got[0].payload, b"kept");
+        let out = walship(&["verify", d], "", b"");
+        assert_eq!(code(&out), 0, "{}", stdout(&out));
     }
 }
 

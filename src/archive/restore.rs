@@ -24,7 +24,7 @@ use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{SegmentFileKind, SegmentName};
 use crate::fsutil::fsync_dir;
-use crate::segment_file::prepare_file;
+use crate::segment_file::create_reserved;
 use crate::Lsn;
 
 /// Where a restore stops.
@@ -496,7 +496,8 @@ async fn write<S: ArchiveStore>(
 }
 
 /// Writes a segment file under a temporary name, fsyncs it and renames it into place. With
-/// `full_size` the file is first prepared zero-filled to that size (an open segment).
+/// `full_size` the file first gets that many bytes reserved the way the writer reserves a
+/// segment (an open segment, which the writer maps whole).
 fn write_file(path: &Path, bytes: &[u8], full_size: Option<u64>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -504,15 +505,15 @@ fn write_file(path: &Path, bytes: &[u8], full_size: Option<u64>) -> Result<()> {
         .and_then(|n| n.to_str())
         .unwrap_or("segment");
     let tmp = dir.join(format!(".{name}.tmp"));
-    if let Some(size) = full_size {
-        prepare_file(&tmp, size)?;
-    }
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(full_size.is_none())
-        .open(&tmp)
-        .ctx(|| format!("create {}", tmp.display()))?;
+    let f = match full_size {
+        Some(size) => create_reserved(&tmp, size)?,
+        None => std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .ctx(|| format!("create {}", tmp.display()))?,
+    };
     f.write_all_at(bytes, 0)
         .ctx(|| format!("write {}", tmp.display()))?;
     f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
