@@ -73,6 +73,8 @@ pub struct DirStatus {
     /// Damage found by the shipper, a standby, the archiver or verify and not cleared yet
     /// (state/damage/): empty when none is known.
     pub damage: Vec<crate::damage::DamageEntry>,
+    /// Files recovery took out of the log and kept (`setaside/`), by name: empty when none.
+    pub set_aside: Vec<String>,
 }
 
 /// Ends of the WAL in a directory's files: (flush_lsn, sealed_lsn).
@@ -171,6 +173,7 @@ pub fn status(root: &Path) -> Result<DirStatus> {
         standbys,
         retention: crate::retention::report(&dd)?,
         damage: crate::damage::DamageRegister::new(&dd).list()?,
+        set_aside: crate::setaside::list(&dd)?,
     })
 }
 

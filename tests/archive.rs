@@ -1235,6 +1235,17 @@ fn a_damaged_local_segment_is_reported_where_and_never_archived() {
                 Some(seg0_end),
                 "{tag}"
             );
+            // The primary shows it where operators look, as damage found by the archiver.
+            let st = walship(&["status", s(&data), "--json"]);
+            let st: serde_json::Value =
+                serde_json::from_str(text(&st).lines().next().unwrap_or("")).unwrap();
+            let entries = st["damage"].as_array().cloned().unwrap_or_default();
+            assert!(
+                entries
+                    .iter()
+                    .any(|e| e["component"] == "archiver" && e["file"] == victim),
+                "{tag}: {st}"
+            );
         }
     }
 }

@@ -242,6 +242,16 @@ fn newer_open_segments_whose_records_were_never_durable_are_set_aside_intact() {
         let bytes = std::fs::read(walship::setaside::setaside_dir(&DataDir::new(&dir)).join(kept))
             .expect("read set-aside file");
         assert_eq!(bytes, image, "the set-aside file is not intact");
+        // status shows it.
+        let st = common::run(&["status", dir.to_str().expect("utf8"), "--json"], b"");
+        let st: serde_json::Value =
+            serde_json::from_str(common::stdout(&st).trim()).expect("status json");
+        assert!(
+            st["set_aside"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n == kept.as_str())),
+            "{st}"
+        );
         // dump reads a set-aside file as the segment it was.
         let kept_path = walship::setaside::setaside_dir(&DataDir::new(&dir)).join(kept);
         let out = common::run(&["dump", kept_path.to_str().expect("utf8")], b"");

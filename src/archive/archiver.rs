@@ -13,6 +13,7 @@ use super::{
     IDENTITY_NAME,
 };
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
+use crate::damage::{Component, DamageRegister};
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
@@ -418,9 +419,9 @@ impl<S: ArchiveStore> Archiver<S> {
 
     /// Reads, checks and encodes a segment off the async threads.
     fn prepare(&self, name: SegmentName) -> tokio::task::JoinHandle<Result<Prepared>> {
-        let path = self.dir.segment_path(&name);
+        let dir = self.dir.clone();
         let (identity, c, level) = (self.identity, self.opts.compression, self.opts.zstd_level);
-        tokio::task::spawn_blocking(move || prepare(path, name, &identity, c, level))
+        tokio::task::spawn_blocking(move || prepare(&dir, name, &identity, c, level))
     }
 
     async fn push_prepared(&mut self, p: Prepared) -> Result<(PushOutcome, CheckedSegment)> {
@@ -720,12 +721,13 @@ struct Prepared {
 }
 
 fn prepare(
-    path: PathBuf,
+    dir: &DataDir,
     name: SegmentName,
     identity: &ArchiveIdentity,
     c: Compression,
     level: i32,
 ) -> Result<Prepared> {
+    let path = dir.segment_path(&name);
     let bytes = match std::fs::read(&path) {
         Ok(b) => Arc::new(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -736,8 +738,23 @@ fn prepare(
         }
         Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
     };
-    let checked =
-        check_segment_bytes(&path, &name, &bytes, identity, None).map_err(local_damage)?;
+    // Damage is recorded where operators look (`walship status`), and cleared once the
+    // segment checks intact again.
+    let register = DamageRegister::new(dir);
+    let file = name.to_string();
+    let checked = match check_segment_bytes(&path, &name, &bytes, identity, None) {
+        Ok(c) => {
+            register.clear(Component::Archiver, &file)?;
+            c
+        }
+        Err(e) => {
+            let e = local_damage(e);
+            if let Some(report) = crate::damage::report_for(Component::Archiver, &file, &e) {
+                register.record(&report)?;
+            }
+            return Err(e);
+        }
+    };
     let stored = match c {
         Compression::None => bytes.clone(),
         Compression::Zstd => Arc::new(

@@ -80,6 +80,15 @@ pub fn run(a: StatusArgs) -> CmdResult {
             );
         }
     }
+    if !s.set_aside.is_empty() {
+        println!(
+            "set aside by recovery: {} file(s) in setaside/ (see `walship dump` on each; remove once checked)",
+            s.set_aside.len()
+        );
+        for f in &s.set_aside {
+            println!("  {f}");
+        }
+    }
     let r = &s.retention;
     println!(
         "retention: checkpoint {}, {} sealed segments ({} bytes) kept, oldest held by {}",
