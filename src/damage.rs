@@ -2,7 +2,7 @@
 //! file and per component that found it, replaced atomically.
 //!
 //! Damage found by a process that cannot stop the writer (the shipper finding a sealed segment
-//! that fails its checks, a standby refusing one it received, the archiver, verify) is recorded
+//! that fails its checks, a standby refusing one it received, the archiver) is recorded
 //! here so that it is seen where operators look (`walship status`), not only in one process's
 //! log. An entry says which component found it, the file, the offset in that file and its LSN,
 //! the reason, what to do, when it was first and last seen, and how many times.
@@ -31,8 +31,6 @@ pub enum Component {
     Standby,
     /// The archiver, checking a segment before pushing it.
     Archiver,
-    /// `walship verify`.
-    Verify,
 }
 
 impl Component {
@@ -41,7 +39,6 @@ impl Component {
             Component::Shipper => "shipper",
             Component::Standby => "standby",
             Component::Archiver => "archiver",
-            Component::Verify => "verify",
         }
     }
 }

@@ -70,7 +70,7 @@ pub struct DirStatus {
     /// Every registered consumer (standby slots, the archiver), the checkpoint, and what holds
     /// the oldest sealed segment.
     pub retention: crate::retention::RetentionReport,
-    /// Damage found by the shipper, a standby, the archiver or verify and not cleared yet
+    /// Damage found by the shipper, a standby or the archiver and not cleared yet
     /// (state/damage/): empty when none is known.
     pub damage: Vec<crate::damage::DamageEntry>,
     /// Files recovery took out of the log and kept (`setaside/`), by name: empty when none.
