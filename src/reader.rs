@@ -167,7 +167,7 @@ pub fn header_mismatch(
             header.segment_size, id.segment_size
         ));
     }
-    if header.segment_no != name.segment_no || header.timeline != name.timeline {
+    if header.segment_no != name.segment_no.0 || header.timeline != name.timeline {
         return Some(format!(
             "header says timeline {} segment {:X}; the file name disagrees",
             header.timeline, header.segment_no
@@ -290,8 +290,8 @@ impl WalReader {
                     }));
                 }
                 Ok(Decoded::Seal(seal)) => {
-                    self.prev_seal = Some((cur.name.segment_no, seal.segment_checksum));
-                    self.next_segment = Some(cur.name.segment_no + 1);
+                    self.prev_seal = Some((cur.name.segment_no.0, seal.segment_checksum));
+                    self.next_segment = Some(cur.name.segment_no.next().0);
                     if let Some(done) = self.cur.take() {
                         self.spare = done.bytes;
                     }
@@ -415,9 +415,9 @@ impl WalReader {
                 let found = match want {
                     // Continuing: the very next number must be there, or the log ends here.
                     Some(w) => {
-                        let next = candidates.clone().find(|n| n.segment_no == w);
+                        let next = candidates.clone().find(|n| n.segment_no.0 == w);
                         if next.is_none() {
-                            if let Some(later) = candidates.clone().find(|n| n.segment_no > w) {
+                            if let Some(later) = candidates.clone().find(|n| n.segment_no.0 > w) {
                                 let size = self.identity.map_or(0, |i| i.segment_size);
                                 return Err(Error::Corrupt {
                                     file: d.join(later.to_string()),
@@ -443,7 +443,7 @@ impl WalReader {
                                 None => segment_size_of(d, n),
                             };
                             if let Some(size) = size {
-                                if n.segment_no <= self.from / size {
+                                if n.segment_no.0 <= self.from / size {
                                     best = Some(n);
                                 }
                             }
@@ -483,7 +483,7 @@ impl WalReader {
             .identity
             .map(|i| i.segment_size)
             .or_else(|| claimed_segment_size(&bytes))
-            .and_then(|size| segment_start(name.segment_no, size))
+            .and_then(|size| segment_start(name.segment_no.0, size))
             .unwrap_or(0);
         let bad = |reason: String| Error::Corrupt {
             file: path.clone(),
@@ -500,12 +500,12 @@ impl WalReader {
             return Err(Error::Corrupt {
                 file: path,
                 offset: 0,
-                lsn: Lsn(segment_start(name.segment_no, id.segment_size).unwrap_or(0)),
+                lsn: Lsn(segment_start(name.segment_no.0, id.segment_size).unwrap_or(0)),
                 reason,
             });
         }
         if let Some((prev_no, prev_sum)) = self.prev_seal {
-            if prev_no + 1 == name.segment_no && header.prev_checksum != Some(prev_sum) {
+            if prev_no + 1 == name.segment_no.0 && header.prev_checksum != Some(prev_sum) {
                 return Err(Error::Corrupt {
                     file: path,
                     offset: 0,
@@ -520,7 +520,7 @@ impl WalReader {
                 });
             }
         }
-        self.next_segment = Some(name.segment_no);
+        self.next_segment = Some(name.segment_no.0);
         let mut cur = Loaded {
             name,
             path,
@@ -543,10 +543,10 @@ fn predecessor_seal(
     name: &SegmentName,
     identity: Option<Identity>,
 ) -> Option<(u64, u32)> {
-    let prev_no = name.segment_no.checked_sub(1)?;
+    let prev_no = name.segment_no.0.checked_sub(1)?;
     let prev = names
         .iter()
-        .find(|n| n.segment_no == prev_no && n.kind == SegmentFileKind::Sealed)?;
+        .find(|n| n.segment_no.0 == prev_no && n.kind == SegmentFileKind::Sealed)?;
     let size = identity?.segment_size;
     let f = crate::fsutil::open_regular(&dir.join(prev.to_string())).ok()?;
     let len = f.metadata().ok()?.len();

@@ -90,7 +90,7 @@ pub fn check_sealed(
         .metadata()
         .ctx(|| format!("stat {}", path.display()))?
         .len() as usize;
-    let start = name.segment_no.saturating_mul(control.segment_size);
+    let start = name.segment_no.start_lsn_saturating(control.segment_size);
     let mut hb = [0u8; SEGMENT_HEADER_LEN];
     if len < SEGMENT_HEADER_LEN + SEAL_LEN {
         return Err(corrupt(
@@ -165,7 +165,7 @@ pub fn check_identity(
             ),
         ));
     }
-    if header.segment_no != name.segment_no || header.timeline != name.timeline {
+    if header.segment_no != name.segment_no.0 || header.timeline != name.timeline {
         return Err(corrupt(
             path,
             0,
@@ -252,13 +252,16 @@ fn plan(
     let mut prepared = Vec::new();
     for name in dir.list_segments()? {
         let path = dir.segment_path(&name);
+        // A number whose LSN does not fit is no name a writer made: refused before anything.
+        name.start_lsn(control.segment_size)
+            .map_err(|_| corrupt(&path, 0, u64::MAX, format!("segment number {:X} lies past the end of the LSN space with {}-byte segments: not a name walship makes", name.segment_no, control.segment_size)))?;
         match name.kind {
             SegmentFileKind::Prepared => prepared.push(name),
             SegmentFileKind::Partial => {}
             SegmentFileKind::Sealed => {
                 let s = check_sealed(&path, &name, control)?;
                 if let Some(prev) = rec.sealed.last() {
-                    if name.segment_no != prev.name.segment_no + 1 {
+                    if name.segment_no.0 != prev.name.segment_no.next().0 {
                         return Err(corrupt(
                             &path,
                             0,
@@ -267,7 +270,7 @@ fn plan(
                                 "segment {} is missing: {} is followed by {}",
                                 SegmentName::new(
                                     name.timeline,
-                                    prev.name.segment_no + 1,
+                                    prev.name.segment_no.next().0,
                                     SegmentFileKind::Sealed
                                 ),
                                 prev.name,
@@ -287,7 +290,7 @@ fn plan(
     }
     if let Some(last) = rec.sealed.last() {
         rec.end_lsn = last.end_lsn;
-        rec.next_segment_no = last.name.segment_no + 1;
+        rec.next_segment_no = last.name.segment_no.next().0;
         rec.prev_checksum = Some(last.seal.segment_checksum);
     }
     // A prepared file holds no acknowledged record: the writer makes a segment's new name
@@ -301,7 +304,7 @@ fn plan(
         if is_zero_from(&buf, 0) {
             actions.push(Action::Remove { path });
         } else {
-            let start = name.segment_no.saturating_mul(control.segment_size);
+            let start = name.segment_no.start_lsn_saturating(control.segment_size);
             refuse_in_strict(
                 mode,
                 &path,
@@ -352,12 +355,12 @@ fn plan_open(
     actions: &mut Vec<Action>,
 ) -> Result<bool> {
     let path = dir.segment_path(&name);
-    let start = name.segment_no.saturating_mul(control.segment_size);
+    let start = name.segment_no.start_lsn_saturating(control.segment_size);
     let seg_size = control.segment_size as usize;
-    if name.segment_no < rec.next_segment_no {
+    if name.segment_no.0 < rec.next_segment_no {
         return Err(corrupt(&path, 0, start, format!("open segment is not newer than the last sealed segment (expected number {:X} or later)", rec.next_segment_no)));
     }
-    if !rec.sealed.is_empty() && name.segment_no != rec.next_segment_no {
+    if !rec.sealed.is_empty() && name.segment_no.0 != rec.next_segment_no {
         return Err(corrupt(
             &path,
             0,
@@ -426,7 +429,7 @@ fn plan_open(
             seal,
             end_lsn: at,
         });
-        rec.next_segment_no = name.segment_no + 1;
+        rec.next_segment_no = name.segment_no.next().0;
         rec.prev_checksum = Some(seal.segment_checksum);
         return Ok(false);
     }
@@ -495,7 +498,7 @@ fn plan_open(
         record_count: count,
         last_lsn,
     });
-    rec.next_segment_no = name.segment_no + 1;
+    rec.next_segment_no = name.segment_no.next().0;
     Ok(true)
 }
 
@@ -516,7 +519,7 @@ fn plan_headerless(
     actions: &mut Vec<Action>,
 ) -> Result<bool> {
     let path = dir.segment_path(&name);
-    let start = name.segment_no.saturating_mul(control.segment_size);
+    let start = name.segment_no.start_lsn_saturating(control.segment_size);
     let assumed = assumed_header(control, &name);
     if let Some(later) =
         later_records(buf, &assumed, SEGMENT_HEADER_LEN).find(|r| r.durable_offset > 0)
@@ -532,7 +535,7 @@ fn plan_headerless(
     }
     plan_newer(dir, control, mode, &name, 0, start, newer, actions)?;
     let empty = is_zero_from(buf, 0);
-    rec.next_segment_no = name.segment_no;
+    rec.next_segment_no = name.segment_no.0;
     if empty && buf.len() as u64 == control.segment_size {
         let prepared = dir.segment_path(&name.with_kind(SegmentFileKind::Prepared));
         actions.push(Action::Restart {
@@ -567,7 +570,7 @@ fn assumed_header(control: &ControlFile, name: &SegmentName) -> SegmentHeader {
         format_version: crate::format::SEGMENT_FORMAT_VERSION,
         timeline: name.timeline,
         segment_size: control.segment_size,
-        segment_no: name.segment_no,
+        segment_no: name.segment_no.0,
         system_id: control.system_id,
         prev_checksum: None,
         created_us: 0,
@@ -600,7 +603,7 @@ fn plan_newer(
         }
         let header = SegmentHeader::decode(&buf)
             .ok()
-            .filter(|h| h.segment_no == n.segment_no && h.segment_size == control.segment_size)
+            .filter(|h| h.segment_no == n.segment_no.0 && h.segment_size == control.segment_size)
             .unwrap_or_else(|| assumed_header(control, n));
         if let Some(later) =
             later_records(&buf, &header, SEGMENT_HEADER_LEN).find(|r| r.durable_offset > 0)

@@ -127,7 +127,7 @@ fn sealed_segments(dir: &DataDir, segment_size: u64) -> Result<Vec<Sealed>> {
             Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
         };
         // A sealed file ends right after its seal marker.
-        let start = name.segment_no.saturating_mul(segment_size);
+        let start = name.start_lsn(segment_size)?;
         out.push(Sealed {
             name,
             path,

@@ -285,14 +285,15 @@ impl ActiveSegment {
             return Err(crate::Error::Corrupt {
                 file: path,
                 offset: len,
-                lsn: crate::Lsn(name.segment_no * size),
+                lsn: crate::Lsn(name.segment_no.start_lsn_saturating(size)),
                 reason: format!("open segment is {len} bytes, expected the segment size {size}"),
             });
         }
+        let start_lsn = name.start_lsn(size)?;
         let map = Arc::new(map_segment(&file, &path, size)?);
         prefault(&map, used);
         Ok(ActiveSegment {
-            start_lsn: name.segment_no * size,
+            start_lsn,
             name,
             path,
             file,
@@ -304,7 +305,9 @@ impl ActiveSegment {
     /// Takes over a prepared segment (mapping included) after it was renamed to `path`.
     pub fn from_prepared(prepared: PreparedSegment, path: PathBuf, name: SegmentName) -> Self {
         ActiveSegment {
-            start_lsn: name.segment_no * prepared.map.len() as u64,
+            start_lsn: name
+                .segment_no
+                .start_lsn_saturating(prepared.map.len() as u64),
             name,
             path,
             file: prepared.file,

@@ -254,7 +254,7 @@ fn segment_files(
         };
         let lsn = name
             .zip(identity)
-            .and_then(|(n, i)| segment_start(n.segment_no, i.segment_size))
+            .and_then(|(n, i)| segment_start(n.segment_no.0, i.segment_size))
             .unwrap_or(0);
         report.errors.push(VerifyIssue {
             segment: name.map(|n| n.to_string()).unwrap_or_default(),
@@ -297,18 +297,21 @@ pub fn verify_segments(
             if name.segment_no == p.segment_no {
                 report.errors.push(issue(
                     0,
-                    named(name.segment_no),
+                    named(name.segment_no.0),
                     format!(
                         "segment {:X} appears twice ({p} and {name})",
                         name.segment_no
                     ),
                 ));
-            } else if name.segment_no != p.segment_no + 1 {
-                let missing =
-                    SegmentName::new(name.timeline, p.segment_no + 1, SegmentFileKind::Sealed);
+            } else if name.segment_no.0 != p.segment_no.next().0 {
+                let missing = SegmentName::new(
+                    name.timeline,
+                    p.segment_no.next().0,
+                    SegmentFileKind::Sealed,
+                );
                 report.errors.push(issue(
                     0,
-                    named(missing.segment_no),
+                    named(missing.segment_no.0),
                     format!("segment {missing} is missing between {p} and {name}"),
                 ));
             }
@@ -320,7 +323,7 @@ pub fn verify_segments(
             Err(e) => {
                 report
                     .errors
-                    .push(issue(0, named(name.segment_no), e.to_string()));
+                    .push(issue(0, named(name.segment_no.0), e.to_string()));
                 prev = Some((*name, None));
                 continue;
             }
@@ -329,7 +332,7 @@ pub fn verify_segments(
         if name.kind == SegmentFileKind::Open {
             if let Some(id) = identity {
                 let size = id.segment_size as usize;
-                let start = name.segment_no.saturating_mul(id.segment_size);
+                let start = name.segment_no.start_lsn_saturating(id.segment_size);
                 if bytes.len() > size {
                     report.errors.push(issue(size, start + size as u64, format!("open segment is {} bytes, longer than the segment size {size}: not a file the writer made", bytes.len())));
                     prev = Some((*name, None));
@@ -345,7 +348,7 @@ pub fn verify_segments(
                     format_version: crate::format::SEGMENT_FORMAT_VERSION,
                     timeline: name.timeline,
                     segment_size: id.segment_size,
-                    segment_no: name.segment_no,
+                    segment_no: name.segment_no.0,
                     system_id: id.system_id,
                     prev_checksum: None,
                     created_us: 0,
@@ -371,9 +374,9 @@ pub fn verify_segments(
             Ok(s) => s,
             Err(reason) => {
                 let at = match identity {
-                    Some(_) => named(name.segment_no),
+                    Some(_) => named(name.segment_no.0),
                     None => claimed_segment_size(&bytes)
-                        .and_then(|size| segment_start(name.segment_no, size))
+                        .and_then(|size| segment_start(name.segment_no.0, size))
                         .unwrap_or(0),
                 };
                 report.errors.push(issue(0, at, reason));
@@ -388,7 +391,7 @@ pub fn verify_segments(
             segment_size: header.segment_size,
         });
         // A header that disagrees with its name or set is located by the name.
-        let at_name = segment_start(name.segment_no, id.segment_size).unwrap_or(0);
+        let at_name = segment_start(name.segment_no.0, id.segment_size).unwrap_or(0);
         if header.system_id != id.system_id {
             report.errors.push(issue(
                 0,
@@ -409,7 +412,7 @@ pub fn verify_segments(
                 ),
             ));
         }
-        if header.segment_no != name.segment_no || header.timeline != name.timeline {
+        if header.segment_no != name.segment_no.0 || header.timeline != name.timeline {
             report.errors.push(issue(
                 0,
                 at_name,
@@ -420,7 +423,8 @@ pub fn verify_segments(
             ));
         }
         if let Some((p, Some(prev_sum))) = &prev {
-            if p.segment_no + 1 == name.segment_no && header.prev_checksum != Some(*prev_sum) {
+            if p.segment_no.next().0 == name.segment_no.0 && header.prev_checksum != Some(*prev_sum)
+            {
                 report.errors.push(issue(
                     0,
                     at_name,

@@ -556,7 +556,7 @@ impl Inner {
             st.seg_last_lsn = open.last_lsn;
             st.seg_durable_offsets = open.header.has_durable_offsets();
             st.prev_checksum = open.header.prev_checksum;
-            st.next_segment_no = open.name.segment_no + 1;
+            st.next_segment_no = open.name.segment_no.next().0;
         }
         let sealed = rec.sealed.last().map(|s| s.end_lsn).unwrap_or(0);
         let next_segment_no = st.next_segment_no;
@@ -782,7 +782,7 @@ impl Inner {
             self.wait_finishing(seals, |f| f.durable)?;
             return self.advance_flushed(end);
         };
-        let from = if s.segment_no == seg.name.segment_no {
+        let from = if s.segment_no == seg.name.segment_no.0 {
             s.synced_to
         } else {
             0
@@ -807,8 +807,8 @@ impl Inner {
             if synced {
                 self.syncs.fetch_add(1, Ordering::Relaxed);
             }
-            if s.segment_no != seg.name.segment_no || s.synced_to < to {
-                s.segment_no = seg.name.segment_no;
+            if s.segment_no != seg.name.segment_no.0 || s.synced_to < to {
+                s.segment_no = seg.name.segment_no.0;
                 s.synced_to = to;
             }
         }
@@ -864,7 +864,7 @@ impl Inner {
         });
         self.to_finisher(FinisherMsg::Durable(sealed.clone()));
         st.prev_checksum = Some(seal.segment_checksum);
-        st.next_segment_no = seg.name.segment_no + 1;
+        st.next_segment_no = seg.name.segment_no.next().0;
         st.seg = None;
         let activated = if then_activate {
             self.activate_locked(st)

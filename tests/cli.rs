@@ -1319,3 +1319,72 @@ fn header_and_missing_segment_errors_name_the_segments_start_lsn() {
         assert_eq!(e["lsn"], no * seg, "{v}");
     }
 }
+
+/// A segment number from a file name or an archive object whose LSN does not fit in 64 bits is
+/// refused with an error naming the file, never multiplied into a wrapped LSN or a panic: for
+/// every command, for sealed and open names, at the boundary and far past it.
+#[test]
+fn segment_numbers_past_the_end_of_the_lsn_space_are_refused_by_every_command() {
+    // 64 KiB segments: numbers up to 0000FFFFFFFFFFFF start inside the LSN space.
+    for number in ["0001000000000000", "FFFFFFFFFFFFFFFF"] {
+        for suffix in ["wal", "wal.open"] {
+            let (t, dir) = common::new_dir();
+            let d = dir.to_str().expect("utf8");
+            let out = common::run(&["write", d, "--durable"], b"one\n");
+            assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+            let out = common::run(&["seal", d], b"");
+            assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+            let sealed = dir.join("wal").join("000000010000000000000000.wal");
+            let arc = t.path().join("arc");
+            let out = common::run(
+                &["archive", d, "--to", arc.to_str().expect("utf8"), "--once"],
+                b"",
+            );
+            assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+            let name = format!("00000001{number}.{suffix}");
+            std::fs::copy(&sealed, dir.join("wal").join(&name)).expect("copy");
+            for args in [
+                vec!["write", d],
+                vec!["verify", d],
+                vec!["dump", d],
+                vec!["status", d],
+                vec!["checkpoint", d],
+                vec!["seal", d],
+            ] {
+                let out = common::run(&args, b"x\n");
+                let code = common::code(&out);
+                let err = common::stderr(&out);
+                assert!(!err.contains("panicked"), "{args:?} {name}: {err}");
+                if args[0] == "write"
+                    || args[0] == "seal"
+                    || (args[0] == "checkpoint" && suffix == "wal")
+                {
+                    assert_eq!(code, 1, "{args:?} {name}: {err}");
+                    assert!(
+                        err.contains(&name) && err.contains("past the end of the LSN space"),
+                        "{args:?}: {err}"
+                    );
+                }
+                if args[0] == "verify" || args[0] == "dump" {
+                    assert_eq!(code, 1, "{args:?} {name}: {err}");
+                }
+            }
+            if suffix == "wal" {
+                // The same name in an archive.
+                std::fs::copy(&sealed, arc.join(&name)).expect("copy");
+                let a = arc.to_str().expect("utf8");
+                let dest = t.path().join("restored");
+                for args in [
+                    vec!["verify", a],
+                    vec!["restore", a, dest.to_str().expect("utf8")],
+                    vec!["archive", d, "--to", a, "--once"],
+                ] {
+                    let out = common::run(&args, b"");
+                    let err = common::stderr(&out);
+                    assert!(!err.contains("panicked"), "{args:?}: {err}");
+                    assert_eq!(common::code(&out), 1, "{args:?}: {err}");
+                }
+            }
+        }
+    }
+}

@@ -245,7 +245,7 @@ fn power_loss_past_the_durable_position_keeps_exactly_the_durable_prefix() {
         if matches!(scan.finish(), ScanEnd::Sealed { .. }) {
             continue; // an interrupted seal: its segment was synced whole
         }
-        let start = name.segment_no * common::SEG;
+        let start = name.segment_no.0 * common::SEG;
         let from = durable.saturating_sub(start).max(SEGMENT_HEADER_LEN as u64) as usize;
         let loss = [Loss::Zeros, Loss::Garbage, Loss::HalfRecord][cycle % 3];
         damage(&path, start, from, loss, &mut rng);
@@ -312,7 +312,7 @@ fn power_loss_persisting_pages_out_of_order_keeps_every_acknowledged_record() {
         if bytes[..SEGMENT_HEADER_LEN].iter().all(|&b| b == 0) {
             continue;
         }
-        let start = name.segment_no * common::SEG;
+        let start = name.segment_no.0 * common::SEG;
         // The writer's durable position is at least the last acknowledged record's end and
         // at least what any record says it was: bytes from there on were never synced.
         let mut scan = SegmentScanner::new(&bytes).expect("open segment header");

@@ -203,11 +203,11 @@ fn newer_open_segments_whose_records_were_never_durable_are_set_aside_intact() {
         )
         .expect("segment name");
         let newer_name =
-            walship::format::SegmentName::new(1, name.segment_no + 1, SegmentFileKind::Open);
+            walship::format::SegmentName::new(1, name.segment_no.0 + 1, SegmentFileKind::Open);
         let newer = dir.join("wal").join(newer_name.to_string());
         // Whatever newer open segment the last writer left behind goes; ours replaces it.
         let _ = std::fs::remove_file(&newer);
-        let image = segment_image(&dir, name.segment_no + 1, None, 5, 0);
+        let image = segment_image(&dir, name.segment_no.0 + 1, None, 5, 0);
         std::fs::write(&newer, &image).expect("write newer");
 
         let strict = Wal::open(
@@ -276,7 +276,8 @@ fn one_record_written_after_a_sync_in_the_newer_segment_is_proof_enough() {
     let no =
         walship::format::SegmentName::parse(older.file_name().expect("n").to_str().expect("u"))
             .expect("name")
-            .segment_no;
+            .segment_no
+            .0;
     let newer = common::seg_path(&dir, no + 1, SegmentFileKind::Open);
     let _ = std::fs::remove_file(&newer);
     std::fs::write(&newer, segment_image(&dir, no + 1, None, 6, 200)).expect("write");
@@ -329,13 +330,13 @@ fn a_segment_whose_header_is_zeros_is_set_aside_or_refused() {
         let wal = Wal::open(&dir, WalOptions::default()).expect("open");
         wal.seal().expect("seal");
         drop(wal);
-        let next = common::seg_path(&dir, name.segment_no + 1, SegmentFileKind::Open);
+        let next = common::seg_path(&dir, name.segment_no.0 + 1, SegmentFileKind::Open);
         let _ = std::fs::remove_file(common::seg_path(
             &dir,
-            name.segment_no + 1,
+            name.segment_no.0 + 1,
             SegmentFileKind::Prepared,
         ));
-        let mut image = segment_image(&dir, name.segment_no + 1, None, 4, durable);
+        let mut image = segment_image(&dir, name.segment_no.0 + 1, None, 4, durable);
         image[..SEGMENT_HEADER_LEN].fill(0);
         std::fs::write(&next, &image).expect("write");
         let before = snapshot(&dir);
@@ -509,14 +510,15 @@ mod crash_states {
                     older.file_name().expect("n").to_str().expect("u"),
                 )
                 .expect("name")
-                .segment_no;
+                .segment_no
+                .0;
                 let end = no * common::SEG + marker as u64;
                 acked.retain(|(_, e)| e.0 <= end);
                 let newer = common::seg_path(&dir, no + 1, SegmentFileKind::Open);
                 std::fs::write(&newer, segment_image(&dir, no + 1, None, 7, 0)).expect("w");
             }
             Shape::PreparedWithData => {
-                let no = open.map_or(30, |n| n.segment_no + 1);
+                let no = open.map_or(30, |n| n.segment_no.0 + 1);
                 std::fs::write(
                     common::seg_path(&dir, no, SegmentFileKind::Prepared),
                     segment_image(&dir, no, None, 3, 0),
@@ -535,7 +537,7 @@ mod crash_states {
                 }
             }
             Shape::HeaderLost => {
-                let no = open.map_or(30, |n| n.segment_no + 1);
+                let no = open.map_or(30, |n| n.segment_no.0 + 1);
                 if let Some(n) = open {
                     // Seal by hand is not possible here; put the new segment after the open
                     // one only when the open one ends sealed. Otherwise lose the open
@@ -545,7 +547,7 @@ mod crash_states {
                     let mut b = std::fs::read(&p).expect("r");
                     b[..SEGMENT_HEADER_LEN].fill(0);
                     std::fs::write(&p, b).expect("w");
-                    let start = n.segment_no * common::SEG;
+                    let start = n.segment_no.0 * common::SEG;
                     acked.retain(|(l, _)| l.0 < start);
                     let _ = no;
                 }
@@ -640,7 +642,7 @@ mod crash_states {
                         let len = (end.0 - lsn.0) as usize;
                         let hit = damaged.iter().any(|(p, r)| {
                             walship::format::SegmentName::parse(p.file_name().and_then(|n| n.to_str()).unwrap_or(""))
-                                .is_some_and(|n| n.segment_no == no)
+                                .is_some_and(|n| n.segment_no.0 == no)
                                 && r.start < off + len && off < r.end
                         });
                         if hit { continue; }

@@ -16,6 +16,7 @@ use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::damage::{Component, DamageRegister};
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
+use crate::format::SegmentNo;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::Lsn;
 
@@ -157,7 +158,7 @@ impl<S: ArchiveStore> Archiver<S> {
             .dir
             .list_segments()?
             .iter()
-            .map(|n| n.segment_no)
+            .map(|n| n.segment_no.0)
             .min()
             .unwrap_or(0);
         if position == 0 {
@@ -169,7 +170,7 @@ impl<S: ArchiveStore> Archiver<S> {
             return Ok(oldest);
         }
         // Retention removes nothing below the position while this is recorded.
-        self.save_position(oldest.saturating_mul(self.control.segment_size))?;
+        self.save_position(SegmentNo(oldest).start_lsn_saturating(self.control.segment_size))?;
         Err(Error::Refused(format!(
             "{loc} is no longer an archive (no {IDENTITY_NAME}, no segments), yet the archiver had archived up to LSN {} there; {} begins at segment {oldest:X} and retention may have removed older segments, so the archive cannot be rebuilt complete. Nothing was written; the archiver's position was set back so that retention keeps every segment in wal/. Start a new archive in another directory (--to), or drop the archiver (`walship checkpoint {} --drop-consumer {ARCHIVER_ID}`) to start a new one here",
             Lsn(position),
@@ -228,7 +229,18 @@ impl<S: ArchiveStore> Archiver<S> {
                 o.size,
                 self.identity.segment_size,
             )?;
-            self.archived.entry(n.segment_no).or_insert((o.name, c));
+            // So is a name whose segment lies past the end of the LSN space.
+            n.start_lsn(self.identity.segment_size)
+                .map_err(|e| match e {
+                    Error::Corrupt { reason, .. } => Error::Corrupt {
+                        file: PathBuf::from(&loc).join(&o.name),
+                        offset: 0,
+                        lsn: Lsn(u64::MAX),
+                        reason,
+                    },
+                    other => other,
+                })?;
+            self.archived.entry(n.segment_no.0).or_insert((o.name, c));
         }
         self.begin = self
             .identity
@@ -263,7 +275,7 @@ impl<S: ArchiveStore> Archiver<S> {
             .list_segments()?
             .into_iter()
             .filter(|n| n.kind == SegmentFileKind::Sealed)
-            .map(|n| n.segment_no)
+            .map(|n| n.segment_no.0)
             .collect();
         let back_to = first_missing.saturating_mul(size);
         if back_to < self.position {
@@ -348,11 +360,11 @@ impl<S: ArchiveStore> Archiver<S> {
             // Segments before the beginning a (version 2) archive records are not its to hold;
             // a version-1 archive's beginning is only inferred, so older segments may extend it.
             if n.kind != SegmentFileKind::Sealed
-                || n.segment_no.saturating_mul(self.control.segment_size) < self.position
+                || n.segment_no.start_lsn_saturating(self.control.segment_size) < self.position
                 || self
                     .identity
                     .first_segment
-                    .is_some_and(|b| n.segment_no < b)
+                    .is_some_and(|b| n.segment_no.0 < b)
             {
                 continue;
             }
@@ -426,11 +438,11 @@ impl<S: ArchiveStore> Archiver<S> {
 
     async fn push_prepared(&mut self, p: Prepared) -> Result<(PushOutcome, CheckedSegment)> {
         self.check_continuity(p.name, &p.checked).await?;
-        let outcome = match self.archived.get(&p.name.segment_no).cloned() {
+        let outcome = match self.archived.get(&p.name.segment_no.0).cloned() {
             Some((object, c)) => self.compare_existing(&object, c, &p.bytes).await?,
             None => self.put_new(p.name, p.bytes, p.stored).await?,
         };
-        self.last = Some((p.name.segment_no, p.checked.seal.segment_checksum));
+        self.last = Some((p.name.segment_no.0, p.checked.seal.segment_checksum));
         Ok((outcome, p.checked))
     }
 
@@ -442,17 +454,17 @@ impl<S: ArchiveStore> Archiver<S> {
         checked: &CheckedSegment,
     ) -> Result<()> {
         let loc = self.store.location();
-        let Some(prev_no) = name.segment_no.checked_sub(1) else {
+        let Some(prev_no) = name.segment_no.0.checked_sub(1) else {
             return Ok(());
         };
-        let has_earlier = self.archived.range(..name.segment_no).next().is_some();
+        let has_earlier = self.archived.range(..name.segment_no.0).next().is_some();
         if !has_earlier {
             return Ok(());
         }
         let Some((prev_obj, prev_c)) = self.archived.get(&prev_no).cloned() else {
             let (last, _) = self
                 .archived
-                .range(..name.segment_no)
+                .range(..name.segment_no.0)
                 .next_back()
                 .map(|(n, v)| (*n, v.clone()))
                 .unwrap_or_default();
@@ -540,17 +552,17 @@ impl<S: ArchiveStore> Archiver<S> {
         let other_name = object_name(name, other);
         if self.store.exists(&other_name).await? {
             self.archived
-                .insert(name.segment_no, (other_name.clone(), other));
+                .insert(name.segment_no.0, (other_name.clone(), other));
             return self.compare_existing(&other_name, other, &bytes).await;
         }
         match self.store.put(&object, stored.clone()).await? {
             PutOutcome::AlreadyExists => {
-                self.archived.insert(name.segment_no, (object.clone(), c));
+                self.archived.insert(name.segment_no.0, (object.clone(), c));
                 return self.compare_existing(&object, c, &bytes).await;
             }
             PutOutcome::Created => {}
         }
-        self.archived.insert(name.segment_no, (object.clone(), c));
+        self.archived.insert(name.segment_no.0, (object.clone(), c));
         // Read back from storage and compare with the local file.
         let back = self.store.get(&object).await?;
         let file = PathBuf::from(self.store.location()).join(&object);
@@ -566,7 +578,9 @@ impl<S: ArchiveStore> Archiver<S> {
             return Err(Error::Corrupt {
                 file: PathBuf::from(self.store.location()).join(&object),
                 offset: 0,
-                lsn: Lsn(name.segment_no.saturating_mul(self.control.segment_size)),
+                lsn: Lsn(name
+                    .segment_no
+                    .start_lsn_saturating(self.control.segment_size)),
                 reason: "read back from the archive differs from what was written".into(),
             });
         }

@@ -252,10 +252,10 @@ fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &
     };
     let begin_name = SegmentName::new(first_held.timeline, begin, SegmentFileKind::Sealed);
     let lsn = begin.checked_mul(id.segment_size).unwrap_or(0);
-    if first_held.segment_no > begin {
+    if first_held.segment_no.0 > begin {
         let last_missing = SegmentName::new(
             first_held.timeline,
-            first_held.segment_no - 1,
+            first_held.segment_no.0 - 1,
             SegmentFileKind::Sealed,
         );
         report.errors.push(VerifyIssue {
@@ -266,11 +266,11 @@ fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &
                 "segment {begin_name} is missing: the archive begins at it ({IDENTITY_NAME} first_segment {begin}), but its first segment is {first_held} (missing: {begin_name} to {last_missing})"
             ),
         });
-    } else if first_held.segment_no < begin {
+    } else if first_held.segment_no.0 < begin {
         report.errors.push(VerifyIssue {
             segment: first_held.to_string(),
             offset: 0,
-            lsn: first_held.segment_no.checked_mul(id.segment_size).unwrap_or(0),
+            lsn: first_held.segment_no.start_lsn(id.segment_size).unwrap_or(0),
             reason: format!(
                 "segment {first_held} lies before the segment the archive begins at ({begin_name}, {IDENTITY_NAME} first_segment {begin})"
             ),
@@ -373,7 +373,7 @@ pub fn check_segment_bytes(
     cut: Option<&dyn Fn(&crate::format::record::RecordRef<'_>) -> bool>,
 ) -> Result<CheckedSegment> {
     use crate::decoder::{ScanEnd, SegmentScanner};
-    let start = name.segment_no.saturating_mul(identity.segment_size);
+    let start = name.segment_no.start_lsn_saturating(identity.segment_size);
     let corrupt = |offset: usize, reason: String| Error::Corrupt {
         file: file.to_path_buf(),
         offset: offset as u64,

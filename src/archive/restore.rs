@@ -141,7 +141,7 @@ impl<S: ArchiveStore> Fetcher<S> {
                     file: file.clone(),
                     offset: 0,
                     // Where the missing segment starts.
-                    lsn: Lsn(name.segment_no.saturating_mul(identity.segment_size)),
+                    lsn: Lsn(name.segment_no.start_lsn_saturating(identity.segment_size)),
                     reason: "vanished from the archive during restore".into(),
                 })?;
                 blocking(move || {
@@ -226,7 +226,10 @@ async fn plan<S: ArchiveStore>(
             return Err(Error::Corrupt {
                 file: PathBuf::from(&loc).join(&w[1].2.name),
                 offset: 0,
-                lsn: Lsn(w[1].0.segment_no.saturating_mul(identity.segment_size)),
+                lsn: Lsn(w[1]
+                    .0
+                    .segment_no
+                    .start_lsn_saturating(identity.segment_size)),
                 reason: format!("segment stored twice ({} and {})", w[0].2.name, w[1].2.name),
             });
         }
@@ -243,13 +246,13 @@ async fn plan<S: ArchiveStore>(
     // The archive holds every segment from the one it begins at: restoring from a later one
     // would silently leave out the records before it.
     if let (Some(begin), Some((first, _, o))) = (identity.first_segment, segs.first()) {
-        if first.segment_no != begin {
+        if first.segment_no.0 != begin {
             let want = SegmentName::new(first.timeline, begin, SegmentFileKind::Sealed);
             return Err(Error::Corrupt {
                 file: PathBuf::from(&loc).join(want.to_string()),
                 offset: 0,
                 lsn: Lsn(begin.saturating_mul(identity.segment_size)),
-                reason: if first.segment_no > begin {
+                reason: if first.segment_no.0 > begin {
                     format!("segment {want} is missing from the archive: it begins there ({IDENTITY_NAME} first_segment {begin}), but its first segment is {}", o.name)
                 } else {
                     format!(
@@ -282,16 +285,16 @@ async fn plan<S: ArchiveStore>(
         let (i, bytes, checked) = r?;
         let (name, object, c) = items[i].clone();
         if let Some(prev) = plan.last() {
-            if name.segment_no != prev.name.segment_no + 1 {
+            if name.segment_no.0 != prev.name.segment_no.next().0 {
                 let missing = SegmentName::new(
                     prev.name.timeline,
-                    prev.name.segment_no + 1,
+                    prev.name.segment_no.next().0,
                     SegmentFileKind::Sealed,
                 );
                 return Err(Error::Corrupt {
                     file: PathBuf::from(&loc).join(missing.to_string()),
                     offset: 0,
-                    lsn: Lsn(missing.segment_no * identity.segment_size),
+                    lsn: Lsn(missing.segment_no.start_lsn_saturating(identity.segment_size)),
                     reason: format!(
                         "segment {missing} is missing from the archive ({} is followed by {object})",
                         prev.object

@@ -156,7 +156,7 @@ fn sealed_files(data: &Path, from: u64) -> Result<Vec<PathBuf>> {
     let mut v: Vec<_> = dd
         .list_segments()?
         .into_iter()
-        .filter(|n| n.kind == crate::format::SegmentFileKind::Sealed && n.segment_no >= from)
+        .filter(|n| n.kind == crate::format::SegmentFileKind::Sealed && n.segment_no.0 >= from)
         .map(|n| dd.segment_path(&n))
         .collect();
     v.sort();

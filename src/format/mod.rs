@@ -7,7 +7,7 @@ pub mod record;
 pub mod segment_header;
 
 pub use control::ControlFile;
-pub use names::{SegmentFileKind, SegmentName};
+pub use names::{SegmentFileKind, SegmentName, SegmentNo};
 pub use record::{RecordHeader, SealInfo};
 pub use segment_header::SegmentHeader;
 

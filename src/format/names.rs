@@ -26,11 +26,75 @@ impl SegmentFileKind {
     }
 }
 
+/// A segment's number: segment `n` covers LSNs `[n × segment size, (n + 1) × segment size)`.
+/// Numbers come from file names, headers, archives and the network, so every conversion to an
+/// LSN is checked: a number past the end of the LSN space is an error, never a wrapped LSN.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct SegmentNo(pub u64);
+
+impl SegmentNo {
+    /// The LSN of the segment's first byte, `None` past the end of the LSN space.
+    pub fn start_lsn(self, segment_size: u64) -> Option<u64> {
+        self.0.checked_mul(segment_size)
+    }
+
+    /// [`SegmentNo::start_lsn`] for messages and bounds, where a number past the end of the LSN
+    /// space shows as the last LSN instead of a wrapped one.
+    pub fn start_lsn_saturating(self, segment_size: u64) -> u64 {
+        self.0.saturating_mul(segment_size)
+    }
+
+    /// The LSN just past the segment's last byte, `None` past the end of the LSN space.
+    pub fn end_lsn(self, segment_size: u64) -> Option<u64> {
+        self.0.checked_add(1)?.checked_mul(segment_size)
+    }
+
+    /// The segment that holds `lsn`.
+    pub fn of_lsn(lsn: u64, segment_size: u64) -> SegmentNo {
+        SegmentNo(lsn / segment_size.max(1))
+    }
+
+    /// The next segment's number (the last number has none: it stays the last).
+    pub fn next(self) -> SegmentNo {
+        SegmentNo(self.0.saturating_add(1))
+    }
+
+    /// The previous segment's number, `None` for segment 0.
+    pub fn prev(self) -> Option<SegmentNo> {
+        self.0.checked_sub(1).map(SegmentNo)
+    }
+}
+
+impl fmt::Display for SegmentNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}", self.0)
+    }
+}
+
+impl fmt::UpperHex for SegmentNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::UpperHex::fmt(&self.0, f)
+    }
+}
+
 /// A parsed segment file name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SegmentName {
     pub timeline: u32,
-    pub segment_no: u64,
+    pub segment_no: SegmentNo,
     pub kind: SegmentFileKind,
 }
 
@@ -38,9 +102,25 @@ impl SegmentName {
     pub fn new(timeline: u32, segment_no: u64, kind: SegmentFileKind) -> Self {
         SegmentName {
             timeline,
-            segment_no,
+            segment_no: SegmentNo(segment_no),
             kind,
         }
+    }
+
+    /// The LSN of the segment's first byte, or an error naming the file when its number lies
+    /// past the end of the LSN space (a name no writer made).
+    pub fn start_lsn(&self, segment_size: u64) -> crate::Result<u64> {
+        self.segment_no.start_lsn(segment_size).ok_or_else(|| {
+            crate::Error::Corrupt {
+                file: self.to_string().into(),
+                offset: 0,
+                lsn: crate::Lsn(u64::MAX),
+                reason: format!(
+                    "segment number {:X} lies past the end of the LSN space with {segment_size}-byte segments: not a name walship makes",
+                    self.segment_no
+                ),
+            }
+        })
     }
 
     /// Parses a file name; anything that is not exactly a segment name gives `None`, so no
@@ -66,7 +146,7 @@ impl SegmentName {
         .find(|k| k.suffix() == suffix)?;
         Some(SegmentName {
             timeline: u32::from_str_radix(&hex[..8], 16).ok()?,
-            segment_no: u64::from_str_radix(&hex[8..], 16).ok()?,
+            segment_no: SegmentNo(u64::from_str_radix(&hex[8..], 16).ok()?),
             kind,
         })
     }

@@ -33,11 +33,11 @@ pub fn scan_sealed(dd: &DataDir, control: &ControlFile, previous: &SealedSet) ->
     let mut set = SealedSet::default();
     for name in dd.list_segments()? {
         if name.kind == SegmentFileKind::Sealed {
-            set.by_no.insert(name.segment_no, name);
+            set.by_no.insert(name.segment_no.0, name);
         }
     }
     if let Some((_, newest)) = set.by_no.iter().next_back() {
-        set.sealed_lsn = if previous.newest() == Some(newest.segment_no) {
+        set.sealed_lsn = if previous.newest() == Some(newest.segment_no.0) {
             previous.sealed_lsn
         } else {
             check_sealed(&dd.segment_path(newest), newest, control)?.end_lsn
@@ -56,7 +56,7 @@ pub fn verify_incoming(
     control: &ControlFile,
     prev_checksum: Option<u32>,
 ) -> Result<SealedSegment> {
-    let start = name.segment_no.saturating_mul(control.segment_size);
+    let start = name.segment_no.start_lsn_saturating(control.segment_size);
     let corrupt = |offset: usize, reason: String| Error::Corrupt {
         file: path.to_path_buf(),
         offset: offset as u64,
@@ -125,7 +125,7 @@ pub fn check_for_shipping(
             return Err(Error::Corrupt {
                 file: path.clone(),
                 offset: 0,
-                lsn: Lsn(name.segment_no.saturating_mul(control.segment_size)),
+                lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
                 reason: "not a regular file".into(),
             })
         }
@@ -145,7 +145,7 @@ pub fn check_for_shipping(
         return Err(Error::Corrupt {
             file: path.clone(),
             offset: 0,
-            lsn: Lsn(name.segment_no.saturating_mul(control.segment_size)),
+            lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
             reason: "not a regular file".into(),
         });
     }

@@ -30,6 +30,7 @@ use super::{read_msg, refuse, ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::damage::{self, Component, DamageEntry, DamageRegister, DamageReport};
 use crate::datadir::DataDir;
+use crate::format::SegmentNo;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::recovery::check_sealed;
 use crate::Lsn;
@@ -972,7 +973,7 @@ impl Conn {
                         component: Component::Standby,
                         file: name.to_string(),
                         offset,
-                        lsn: segment_no.saturating_mul(size).saturating_add(offset),
+                        lsn: SegmentNo(segment_no).start_lsn_saturating(size).saturating_add(offset),
                         reason: format!("the standby refused the segment it received: {reason}"),
                         action: "run `walship verify DATA_DIR` on the primary: if it finds this segment damaged, replace it with a good copy (see the runbook for damage); if the primary's copy is intact, the bytes changed on the way or on the standby (check its disk, memory and the network); the standby asks for the segment again".into(),
                         reporter: Some(format!("standby {} at {}", self.id, self.addr)),
@@ -1176,14 +1177,14 @@ impl Conn {
         let end_lsn = checked.segment.end_lsn;
         let len = checked.map.len() as u64;
         self.sent = Some(match self.sent {
-            Some((first, _)) => (first, name.segment_no),
-            None => (name.segment_no, name.segment_no),
+            Some((first, _)) => (first, name.segment_no.0),
+            None => (name.segment_no.0, name.segment_no.0),
         });
         timed_write(
             wr,
             &Message::SegmentStart {
                 timeline: name.timeline,
-                segment_no: name.segment_no,
+                segment_no: name.segment_no.0,
                 len,
             },
             t,
@@ -1197,7 +1198,7 @@ impl Conn {
             timed_write(
                 wr,
                 &Message::SegmentData {
-                    segment_no: name.segment_no,
+                    segment_no: name.segment_no.0,
                     offset: off,
                     data: Bytes(&buf[..n]),
                 },

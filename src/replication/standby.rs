@@ -468,7 +468,7 @@ fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
         id: meta.standby_id,
         held: Held {
             control: Some(control),
-            next_segment: last.map(|s| s.name.segment_no + 1),
+            next_segment: last.map(|s| s.name.segment_no.next().0),
             prev_checksum: last.map(|s| s.seal.segment_checksum),
         },
         flushed,
@@ -503,7 +503,7 @@ fn examine_for_adoption(
             SegmentFileKind::Sealed => {
                 let seg = check_sealed(&dd.segment_path(&name), &name, control)?;
                 if let Some(prev) = sealed.last() {
-                    if seg.name.segment_no != prev.name.segment_no + 1
+                    if seg.name.segment_no.0 != prev.name.segment_no.next().0
                         || seg.header.prev_checksum != Some(prev.seal.segment_checksum)
                     {
                         return Err(not_standby_dir(
@@ -533,7 +533,7 @@ fn examine_for_adoption(
     let last = sealed.last();
     let mut held = Held {
         control: Some(*control),
-        next_segment: last.map(|s| s.name.segment_no + 1),
+        next_segment: last.map(|s| s.name.segment_no.next().0),
         prev_checksum: last.map(|s| s.seal.segment_checksum),
     };
     let mut open = None;
@@ -543,7 +543,7 @@ fn examine_for_adoption(
         let mut scan = SegmentScanner::new(&bytes).map_err(|r| Error::Corrupt {
             file: path.clone(),
             offset: 0,
-            lsn: Lsn(name.segment_no.saturating_mul(control.segment_size)),
+            lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
             reason: r,
         })?;
         crate::recovery::check_identity(&path, scan.header(), &name, control)?;
@@ -559,12 +559,12 @@ fn examine_for_adoption(
                     &bytes,
                     valid_end,
                     &sealed_bytes,
-                    l.end_lsn - name.segment_no * control.segment_size,
+                    l.end_lsn - name.segment_no.start_lsn_saturating(control.segment_size),
                 ) {
                     return Err(not_standby_dir(dd, format!("its open segment {name} and its sealed segment {} differ at offset {at}", l.name)));
                 }
             }
-            Some(l) if l.name.segment_no + 1 != name.segment_no => {
+            Some(l) if l.name.segment_no.next().0 != name.segment_no.0 => {
                 return Err(not_standby_dir(
                     dd,
                     format!(
@@ -582,7 +582,7 @@ fn examine_for_adoption(
                         ));
                     }
                 }
-                held.next_segment = Some(name.segment_no);
+                held.next_segment = Some(name.segment_no.0);
                 if held.prev_checksum.is_none() {
                     held.prev_checksum = header_prev;
                 }
@@ -695,7 +695,9 @@ fn apply_segment(
     let map = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| Error::io(format!("mmap {}", path.display()), e))?;
     let applied = shared.applied.load(Ordering::Acquire);
-    let start = name.segment_no * shared.dd.read_control()?.segment_size;
+    let start = name
+        .segment_no
+        .start_lsn_saturating(shared.dd.read_control()?.segment_size);
     let mut scan = SegmentScanner::new(&map).map_err(|r| Error::Corrupt {
         file: path.clone(),
         offset: 0,
@@ -1047,7 +1049,7 @@ async fn connect_and_stream(
     {
         let word = if version >= SEGMENT_REJECTED_VERSION {
             LastWord::Rejected {
-                segment_no: segment.segment_no,
+                segment_no: segment.segment_no.0,
                 offset: *offset,
                 reason: reason.clone(),
             }
@@ -1228,7 +1230,7 @@ impl Receiver {
                     return protocol("segment data arrived without a SegmentStart".into());
                 };
                 let n = data.0.len() as u64;
-                if segment_no != name.segment_no || offset != *got || *got + n > *len {
+                if segment_no != name.segment_no.0 || offset != *got || *got + n > *len {
                     return protocol(format!(
                         "segment data for {segment_no:X} at offset {offset} (+{n} bytes) does not continue {name} at {got} of {len} bytes"
                     ));
@@ -1381,7 +1383,7 @@ fn finish_segment(
         return Err(ReplError::refused(ErrorCode::Protocol, "no identity"));
     };
     let adopting = lock(&shared.adopting).clone();
-    let expected_prev = if held.next_segment == Some(name.segment_no) {
+    let expected_prev = if held.next_segment == Some(name.segment_no.0) {
         held.prev_checksum
     } else {
         None
@@ -1423,12 +1425,13 @@ fn finish_segment(
         if let Some(open) = &own_open {
             let open_path = shared.dd.segment_path(&open.name);
             let ours = crate::reader::read_segment(&open_path).map_err(NotStored::Local)?;
-            let sealed_end = seg.end_lsn - name.segment_no * control.segment_size;
+            let sealed_end =
+                seg.end_lsn - name.segment_no.start_lsn_saturating(control.segment_size);
             if let Some(at) = prefix_mismatch(&ours, open.valid_end, &map, sealed_end) {
                 return Err(NotStored::Diverged(if at as u64 >= sealed_end {
                     format!("this directory's open segment {} holds records up to offset {}, past the end of the primary's sealed copy (offset {sealed_end}): it is ahead of the primary", open.name, open.valid_end)
                 } else {
-                    format!("this directory's open segment {} differs from the primary's sealed copy at offset {at} (LSN {}): the histories diverged", open.name, Lsn(name.segment_no * control.segment_size + at as u64))
+                    format!("this directory's open segment {} differs from the primary's sealed copy at offset {at} (LSN {}): the histories diverged", open.name, Lsn(name.segment_no.start_lsn_saturating(control.segment_size) + at as u64))
                 }));
             }
         }
@@ -1464,7 +1467,7 @@ fn finish_segment(
                 NotStored::Invalid(e) => ReplError::InvalidSegment {
                     segment: name.with_kind(SegmentFileKind::Sealed),
                     offset: 0,
-                    lsn: Lsn(name.segment_no.saturating_mul(control.segment_size)),
+                    lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
                     reason: e.to_string(),
                 },
                 NotStored::Diverged(msg) => ReplError::refused(ErrorCode::Identity, msg),
@@ -1482,7 +1485,7 @@ fn finish_segment(
     }
     {
         let mut h = lock(&shared.held);
-        h.next_segment = Some(seg.name.segment_no + 1);
+        h.next_segment = Some(seg.name.segment_no.next().0);
         h.prev_checksum = Some(seg.seal.segment_checksum);
     }
     shared.flushed.fetch_max(seg.end_lsn, Ordering::AcqRel);

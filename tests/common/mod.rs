@@ -149,7 +149,7 @@ pub fn rec(r: &WalRecord) -> Rec {
         timestamp_us: r.timestamp_us,
         crc: r.crc,
         payload: String::from_utf8_lossy(&r.payload).into_owned(),
-        segment_no: r.segment.segment_no,
+        segment_no: r.segment.segment_no.0,
         offset: r.offset,
     }
 }
