@@ -14,8 +14,8 @@
 //! and the next segment's name are: a group-commit leader waits for both. So after a crash, an
 //! older open segment either
 //! ends with a durable seal marker (recovery finishes its seal) or holds the last durable records
-//! (recovery cuts the log there and removes the newer open segments, which hold no acknowledged
-//! record).
+//! (recovery cuts the log there and sets the newer open segments aside: they hold no
+//! acknowledged record).
 //!
 //! Failed syncs: every sync of a segment (a leader's msync, the finisher's msync and fsync, the
 //! early write-back) goes through `Inner::sync_segment`. The segment runs its syncs one at a

@@ -444,6 +444,9 @@ mod crash_states {
         /// Killed before the marker became durable: the newer segment holds unacknowledged
         /// records (written before the log was durable in it).
         SealNotDurable,
+        /// Recovery of that state itself killed after it set the newer segment aside, before
+        /// it zeroed anything.
+        RecoveryInterrupted,
         /// A segment activated just before the crash whose new name was lost.
         PreparedWithData,
         /// Unsynced garbage after the open segment's last record.
@@ -465,6 +468,7 @@ mod crash_states {
             Just(Shape::Clean),
             any::<bool>().prop_map(|cut| Shape::SealNotNamed { cut }),
             Just(Shape::SealNotDurable),
+            Just(Shape::RecoveryInterrupted),
             Just(Shape::PreparedWithData),
             Just(Shape::TornTail),
             Just(Shape::HeaderLost),
@@ -503,7 +507,7 @@ mod crash_states {
             Shape::SealNotNamed { cut } => {
                 unseal_newest(&dir, cut, |_| {});
             }
-            Shape::SealNotDurable => {
+            Shape::SealNotDurable | Shape::RecoveryInterrupted => {
                 let marker = sealed_len(&dir) - SEAL_LEN;
                 let older = unseal_newest(&dir, false, |b| b[marker..marker + SEAL_LEN].fill(0));
                 let no = walship::format::SegmentName::parse(
@@ -516,6 +520,9 @@ mod crash_states {
                 acked.retain(|(_, e)| e.0 <= end);
                 let newer = common::seg_path(&dir, no + 1, SegmentFileKind::Open);
                 std::fs::write(&newer, segment_image(&dir, no + 1, None, 7, 0)).expect("w");
+                if matches!(shape, Shape::RecoveryInterrupted) {
+                    walship::setaside::move_aside(&DataDir::new(&dir), &newer).expect("aside");
+                }
             }
             Shape::PreparedWithData => {
                 let no = open.map_or(30, |n| n.segment_no.0 + 1);
