@@ -2,7 +2,8 @@
 //! standbys receive, verify, store and apply them. docs/PROTOCOL.md describes the wire format.
 //!
 //! - [`messages`], [`codec`], [`frame`]: the protocol's bytes (pure, no I/O but the socket).
-//! - [`auth`]: the token challenge-response.
+//! - [`auth`]: the token challenge-response; `handshake`: both halves of the handshake over any
+//!   byte stream.
 //! - [`shipper`]: the primary side; [`standby`]: the receiving side; [`applicator`]: what a
 //!   standby does with each record; [`standby_state`]: a standby's own durable state.
 
@@ -10,6 +11,7 @@ pub mod applicator;
 pub mod auth;
 pub mod codec;
 pub mod frame;
+mod handshake;
 pub mod messages;
 mod segments;
 pub mod shipper;

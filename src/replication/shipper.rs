@@ -17,14 +17,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
-use uuid::Uuid;
 
-use super::auth::{nonce, AuthToken};
+use super::auth::AuthToken;
 use super::codec;
-use super::frame::{
-    write_message, DATA_OVERHEAD, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, MIN_FRAME_LIMIT,
-};
-use super::messages::{Bytes, ErrorCode, Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use super::frame::{write_message, DATA_OVERHEAD, DEFAULT_MAX_FRAME, MIN_FRAME_LIMIT};
+use super::handshake::Identified;
+use super::messages::{Bytes, ErrorCode, Message};
 use super::segments::{check_for_shipping, scan_sealed, SealedSet};
 use super::{read_msg, refuse, ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
@@ -509,147 +507,25 @@ async fn connection(
     });
 }
 
-fn unexpected(got: &Message<'_>, want: &str) -> (ErrorCode, String) {
-    match got {
-        Message::Error { code, message } => (
-            *code,
-            format!(
-                "the standby ended the connection: {}",
-                super::printable(message)
-            ),
-        ),
-        other => (
-            ErrorCode::Protocol,
-            format!("expected {want}, got {}", other.name()),
-        ),
-    }
-}
-
-/// Hello, Challenge, Auth, AuthOk and Identify. Every message read here is small, so frames
-/// are limited to [`HANDSHAKE_MAX_FRAME`] bytes whatever the configured maximum.
+/// The handshake up to Identify, then whether this shipper can serve the standby: it may not be
+/// ahead of this primary, marked lost, or need WAL that is gone, and its newest segment must be
+/// ours. A refusal is told to the standby.
 async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Result<Identified, ReplError> {
     let cfg = &shared.config;
-    let (max, t) = (HANDSHAKE_MAX_FRAME, cfg.peer_timeout);
-    // Hello.
-    let body = read_msg("peer", stream, max, t, "Hello").await?;
-    let (standby_nonce, version) = match codec::decode(&body) {
-        Ok(Message::Hello {
-            magic,
-            protocol_version,
-            nonce,
-        }) => {
-            if magic != MAGIC {
-                return Err(refuse(
-                    stream,
-                    ErrorCode::Protocol,
-                    "not a walship standby (bad magic)".into(),
-                )
-                .await);
-            }
-            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
-                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}")).await);
-            }
-            (nonce, protocol_version)
-        }
-        Ok(other) => {
-            let (c, m) = unexpected(&other, "Hello");
-            return Err(refuse(stream, c, m).await);
-        }
-        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
-    };
-    // Challenge and Auth.
-    let primary_nonce = nonce();
-    write_message(
+    let identified = super::handshake::accept(
         stream,
-        &Message::Challenge {
-            // The standby's version when it is older: the connection goes on in it.
-            protocol_version: version,
-            nonce: primary_nonce,
-            auth_required: cfg.auth_token.is_some(),
-        },
+        cfg.auth_token.as_ref(),
+        &shared.control,
+        cfg.peer_timeout,
     )
     .await?;
-    let body = read_msg("peer", stream, max, t, "Auth").await?;
-    let proof = match codec::decode(&body) {
-        Ok(Message::Auth { proof }) => proof,
-        Ok(other) => {
-            let (c, m) = unexpected(&other, "Auth");
-            return Err(refuse(stream, c, m).await);
-        }
-        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
-    };
-    let reply = match (&cfg.auth_token, proof) {
-        (None, _) => None,
-        (Some(_), None) => {
-            return Err(refuse(stream, ErrorCode::Auth, "authentication required: the primary has a token; give the standby the same --auth-token-file".into()).await)
-        }
-        (Some(tok), Some(p)) => {
-            if !tok.verify_standby(&standby_nonce, &primary_nonce, &p) {
-                return Err(refuse(stream, ErrorCode::Auth, "authentication failed: wrong token".into()).await);
-            }
-            Some(tok.primary_proof(&primary_nonce, &standby_nonce))
-        }
-    };
-    write_message(stream, &Message::AuthOk { proof: reply }).await?;
-    // Identify.
-    let body = read_msg("peer", stream, max, t, "Identify").await?;
-    let (id, next_segment, prev_checksum, max_frame, flushed_lsn, applied_lsn) = match codec::decode(
-        &body,
-    ) {
-        Ok(Message::Identify {
-            standby_id,
-            system_id,
-            timeline,
-            segment_size,
-            next_segment,
-            prev_checksum,
-            flushed_lsn,
-            applied_lsn,
-            max_frame,
-        }) => {
-            let c = &shared.control;
-            if let Some(sys) = system_id {
-                let sys = Uuid::from_bytes(sys);
-                if sys != c.system_id {
-                    return Err(refuse(
-                        stream,
-                        ErrorCode::Identity,
-                        format!(
-                            "the standby belongs to system {sys}, this primary is system {}",
-                            c.system_id
-                        ),
-                    )
-                    .await);
-                }
-                if timeline != c.timeline || segment_size != c.segment_size {
-                    return Err(refuse(stream, ErrorCode::Identity, format!("the standby has timeline {timeline} and segment size {segment_size}, this primary timeline {} and segment size {}", c.timeline, c.segment_size)).await);
-                }
-            }
-            (
-                Uuid::from_bytes(standby_id).to_string(),
-                next_segment,
-                prev_checksum,
-                max_frame as usize,
-                flushed_lsn,
-                applied_lsn,
-            )
-        }
-        Ok(other) => {
-            let (c, m) = unexpected(&other, "Identify");
-            return Err(refuse(stream, c, m).await);
-        }
-        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
-    };
-    if max_frame < MIN_FRAME_LIMIT {
-        return Err(refuse(
-            stream,
-            ErrorCode::Protocol,
-            format!(
-                "the standby's maximum frame {max_frame} is below the minimum {MIN_FRAME_LIMIT}"
-            ),
-        )
-        .await);
-    }
+    let Identified {
+        ref id,
+        next_segment,
+        prev_checksum,
+        flushed_lsn,
+        ..
+    } = identified;
     let set = shared.segments.borrow().clone();
     // A standby may not hold what this primary has not sealed: it is ahead of this primary
     // (a former primary that took writes this one never had), or this primary lost WAL.
@@ -713,22 +589,7 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Result<Ident
             }
         }
     }
-    Ok(Identified {
-        id,
-        next_segment,
-        max_frame,
-        flushed_lsn,
-        applied_lsn,
-    })
-}
-
-/// What a standby said in a handshake that succeeded.
-struct Identified {
-    id: String,
-    next_segment: Option<u64>,
-    max_frame: usize,
-    flushed_lsn: u64,
-    applied_lsn: u64,
+    Ok(identified)
 }
 
 async fn serve_standby(
@@ -749,6 +610,7 @@ async fn serve_standby(
         max_frame: standby_max,
         flushed_lsn: flushed,
         applied_lsn: applied,
+        ..
     } = match tokio::time::timeout(hs, handshake(shared, &mut stream)).await {
         Ok(r) => r?,
         Err(_) => {
@@ -761,16 +623,7 @@ async fn serve_standby(
         }
     };
     let set = shared.segments.borrow().clone();
-    write_message(
-        &mut stream,
-        &Message::Welcome {
-            system_id: *shared.control.system_id.as_bytes(),
-            timeline: shared.control.timeline,
-            segment_size: shared.control.segment_size,
-            sealed_lsn: set.sealed_lsn,
-        },
-    )
-    .await?;
+    super::handshake::welcome(&mut stream, &shared.control, set.sealed_lsn).await?;
     *id_out = Some(standby_id.clone());
     {
         let mut m = shared.standbys.lock().unwrap_or_else(|p| p.into_inner());

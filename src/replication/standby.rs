@@ -21,17 +21,14 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::applicator::Applicator;
-use super::auth::{nonce, AuthToken};
+use super::auth::AuthToken;
 use super::codec;
-use super::frame::{
-    write_message, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT,
-};
-use super::messages::{
-    ErrorCode, Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, SEGMENT_REJECTED_VERSION,
-};
+use super::frame::{write_message, DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT};
+use super::handshake::{from_primary, Introduction, Welcomed};
+use super::messages::{ErrorCode, Message, SEGMENT_REJECTED_VERSION};
 use super::segments::verify_incoming;
 use super::standby_state::{self, StandbyMeta};
-use super::{read_msg, refuse, ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
+use super::{read_msg, ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
 use crate::datadir::{DataDir, DirLock};
 use crate::decoder::{ScanEnd, SegmentScanner};
 use crate::error::Error;
@@ -797,20 +794,6 @@ async fn run(
     }
 }
 
-fn from_primary(m: &Message<'_>, want: &str) -> ReplError {
-    match m {
-        Message::Error { code, message } => ReplError::PeerRefused {
-            peer: "primary",
-            code: *code,
-            message: super::printable(message),
-        },
-        other => ReplError::refused(
-            ErrorCode::Protocol,
-            format!("expected {want} from the primary, got {}", other.name()),
-        ),
-    }
-}
-
 /// One connection: handshake, then receive segments until the connection ends.
 async fn connect_and_stream(
     shared: &Arc<Shared>,
@@ -831,142 +814,59 @@ async fn connect_and_stream(
         }
     };
     let _ = stream.set_nodelay(true);
-    let my_nonce = nonce();
-    write_message(
-        &mut stream,
-        &Message::Hello {
-            magic: MAGIC,
-            protocol_version: PROTOCOL_VERSION,
-            nonce: my_nonce,
-        },
-    )
-    .await?;
-    let body = read_msg("primary", &mut stream, HANDSHAKE_MAX_FRAME, t, "Challenge").await?;
-    let (primary_nonce, auth_required, version) = match codec::decode(&body) {
-        Ok(Message::Challenge {
-            protocol_version,
-            nonce,
-            auth_required,
-        }) => {
-            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
-                return Err(refuse(&mut stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}")).await);
-            }
-            (nonce, auth_required, protocol_version)
-        }
-        Ok(other) => return Err(from_primary(&other, "Challenge")),
-        Err(e) => return Err(refuse(&mut stream, ErrorCode::Protocol, e.to_string()).await),
-    };
-    let proof = match (&cfg.auth_token, auth_required) {
-        (Some(_), false) => {
-            return Err(refuse(&mut stream, ErrorCode::Auth, "the primary does not authenticate, but this standby has a token: refusing a primary that cannot prove it knows it".into()).await)
-        }
-        (Some(tok), true) => Some(tok.standby_proof(&my_nonce, &primary_nonce)),
-        (None, _) => None,
-    };
-    write_message(&mut stream, &Message::Auth { proof }).await?;
-    let body = read_msg("primary", &mut stream, HANDSHAKE_MAX_FRAME, t, "AuthOk").await?;
-    match codec::decode(&body) {
-        Ok(Message::AuthOk { proof }) => {
-            if let Some(tok) = &cfg.auth_token {
-                if !proof.is_some_and(|p| tok.verify_primary(&primary_nonce, &my_nonce, &p)) {
-                    return Err(refuse(
-                        &mut stream,
-                        ErrorCode::Auth,
-                        "authentication failed: the primary did not prove it knows the token"
-                            .into(),
-                    )
-                    .await);
-                }
-            }
-        }
-        Ok(other) => return Err(from_primary(&other, "AuthOk")),
-        Err(e) => return Err(refuse(&mut stream, ErrorCode::Protocol, e.to_string()).await),
-    }
-    let held = shared.held();
-    write_message(
-        &mut stream,
-        &Message::Identify {
-            standby_id: *shared.id.as_bytes(),
-            system_id: held.control.map(|c| *c.system_id.as_bytes()),
-            timeline: held.control.map_or(0, |c| c.timeline),
-            segment_size: held.control.map_or(0, |c| c.segment_size),
+    let welcomed = super::handshake::connect(&mut stream, cfg.auth_token.as_ref(), t, || {
+        let held = shared.held();
+        Introduction {
+            standby_id: shared.id,
+            control: held.control,
             next_segment: held.next_segment,
             prev_checksum: held.prev_checksum,
             flushed_lsn: shared.flushed.load(Ordering::Acquire),
             applied_lsn: shared.applied.load(Ordering::Acquire),
-            max_frame: max as u32,
-        },
-    )
-    .await?;
-    let body = read_msg("primary", &mut stream, HANDSHAKE_MAX_FRAME, t, "Welcome").await?;
-    let (system_id, timeline, segment_size, sealed_lsn) = match codec::decode(&body) {
-        Ok(Message::Welcome {
-            system_id,
-            timeline,
-            segment_size,
-            sealed_lsn,
-        }) => (
-            Uuid::from_bytes(system_id),
-            timeline,
-            segment_size,
-            sealed_lsn,
-        ),
-        Ok(other) => return Err(from_primary(&other, "Welcome")),
-        Err(e) => return Err(refuse(&mut stream, ErrorCode::Protocol, e.to_string()).await),
-    };
-    match held.control {
-        Some(c) => {
-            if c.system_id != system_id || c.timeline != timeline || c.segment_size != segment_size
-            {
-                return Err(refuse(&mut stream, ErrorCode::Identity, format!(
-                    "the primary is system {system_id} (timeline {timeline}, segment size {segment_size}), this standby holds system {} (timeline {}, segment size {})",
-                    c.system_id, c.timeline, c.segment_size
-                )).await);
-            }
+            max_frame: max,
         }
-        None => {
-            if let Err(e) = crate::format::check_segment_size(segment_size) {
-                return Err(refuse(
-                    &mut stream,
-                    ErrorCode::Identity,
-                    format!("the primary's segment size is invalid: {e}"),
-                )
-                .await);
-            }
-            let control = ControlFile {
-                format_version: FORMAT_VERSION,
-                timeline,
-                system_id,
-                segment_size,
-                created_us: crate::now_us(),
-            };
-            let (dd, meta) = (
-                shared.dd.clone(),
-                StandbyMeta {
-                    standby_id: shared.id,
-                    primary: cfg.primary.clone(),
-                    created_us: crate::now_us(),
-                },
-            );
-            tokio::task::spawn_blocking(move || -> crate::Result<()> {
-                // The id first: a crash before the control file leaves a fresh directory
-                // that keeps its id.
-                standby_state::write_meta(&dd, &meta)?;
-                DataDir::create_with_identity(dd.root(), &control)?;
-                Ok(())
-            })
-            .await
-            .map_err(|e| {
-                ReplError::io("create the standby directory", std::io::Error::other(e))
-            })??;
-            tracing::info!(system_id = %system_id, timeline, segment_size, "created the standby directory with the primary's identity");
-            lock(&shared.held).control = Some(control);
-            *lock(&shared.meta) = Some(StandbyMeta {
+    })
+    .await?;
+    let Welcomed {
+        version,
+        sent,
+        system_id,
+        timeline,
+        segment_size,
+        sealed_lsn,
+    } = welcomed;
+    if sent.control.is_none() {
+        let control = ControlFile {
+            format_version: FORMAT_VERSION,
+            timeline,
+            system_id,
+            segment_size,
+            created_us: crate::now_us(),
+        };
+        let (dd, meta) = (
+            shared.dd.clone(),
+            StandbyMeta {
                 standby_id: shared.id,
                 primary: cfg.primary.clone(),
                 created_us: crate::now_us(),
-            });
-        }
+            },
+        );
+        tokio::task::spawn_blocking(move || -> crate::Result<()> {
+            // The id first: a crash before the control file leaves a fresh directory
+            // that keeps its id.
+            standby_state::write_meta(&dd, &meta)?;
+            DataDir::create_with_identity(dd.root(), &control)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| ReplError::io("create the standby directory", std::io::Error::other(e)))??;
+        tracing::info!(system_id = %system_id, timeline, segment_size, "created the standby directory with the primary's identity");
+        lock(&shared.held).control = Some(control);
+        *lock(&shared.meta) = Some(StandbyMeta {
+            standby_id: shared.id,
+            primary: cfg.primary.clone(),
+            created_us: crate::now_us(),
+        });
     }
     // Only a primary that accepted this standby's identity and history may be recorded as its
     // primary, or make a directory of its system a standby's.
@@ -1013,7 +913,7 @@ async fn connect_and_stream(
         shared: shared.clone(),
         store: store_tx,
         budget,
-        expected: held.next_segment,
+        expected: sent.next_segment,
         cur: None,
     };
     let result = loop {
