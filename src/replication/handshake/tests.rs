@@ -182,13 +182,8 @@ fn a_welcome_of_another_system_is_refused_by_the_standby() {
             let body = read_frame(&mut p, HANDSHAKE_MAX_FRAME).await.unwrap();
             (r, codec::decode(&body).unwrap().name())
         };
-        let mut fresh = intro(Some(control(1)));
         let standby_side = async {
-            let r = connect(&mut s, None, T, || {
-                fresh.control = Some(control(1));
-                fresh
-            })
-            .await;
+            let r = connect(&mut s, None, T, || intro(Some(control(1)))).await;
             r.map(|_| ())
         };
         let ((p, said), s) = tokio::join!(primary_side, standby_side);
