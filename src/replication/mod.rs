@@ -2,19 +2,21 @@
 //! standbys receive, verify, store and apply them. docs/PROTOCOL.md describes the wire format.
 //!
 //! - [`messages`], [`codec`], [`frame`]: the protocol's bytes (pure, no I/O but the socket).
-//! - [`auth`]: the token challenge-response.
+//! - [`auth`]: the token challenge-response; `handshake`: both halves of the handshake over any
+//!   byte stream.
 //! - [`shipper`]: the primary side; [`standby`]: the receiving side; [`applicator`]: what a
-//!   standby does with each record; [`standby_state`]: a standby's own durable state.
+//!   standby does with each record; [`standby_state`]: a standby's own durable state (its
+//!   directory's module, under the name it has always had).
 
 pub mod applicator;
 pub mod auth;
 pub mod codec;
 pub mod frame;
+mod handshake;
 pub mod messages;
 mod segments;
 pub mod shipper;
 pub mod standby;
-pub mod standby_state;
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ pub use applicator::{Applicator, CheckingApplicator};
 pub use auth::AuthToken;
 pub use messages::ErrorCode;
 pub use shipper::{Shipper, ShipperConfig, ShipperEvent, StandbyInfo};
+pub use standby::directory as standby_state;
 pub use standby::{Standby, StandbyConfig, StandbyPhase, StandbyState};
 
 /// Default interval between heartbeats, each way.

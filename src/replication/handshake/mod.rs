@@ -1,0 +1,379 @@
+//! The handshake, both halves, over any byte stream (`AsyncRead + AsyncWrite`): Hello,
+//! Challenge, Auth, AuthOk, Identify and Welcome, as docs/PROTOCOL.md describes them.
+//!
+//! The primary's half is [`accept`] (up to and including Identify) and [`welcome`]; between
+//! the two the shipper decides, from its own segments and slots, whether it can serve the
+//! standby (and refuses it on the same stream if not). The standby's half is [`connect`], which
+//! ends with the Welcome checked against what the standby holds. Neither half knows about
+//! sockets, directories or tasks, so both are tested against each other over an in-memory
+//! pipe, and either can be fed arbitrary bytes.
+//!
+//! Every message read here is small, so frames are limited to [`HANDSHAKE_MAX_FRAME`] bytes
+//! whatever the configured maximum: an unauthenticated peer gets no large buffer.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use uuid::Uuid;
+
+use super::auth::{nonce, AuthToken};
+use super::codec;
+use super::frame::{write_message, HANDSHAKE_MAX_FRAME, MIN_FRAME_LIMIT};
+use super::messages::{ErrorCode, Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use super::{read_msg, refuse, ReplError};
+use crate::format::ControlFile;
+
+/// What a standby said in a handshake that succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Identified {
+    /// The protocol version the connection goes on in.
+    pub version: u32,
+    pub id: String,
+    pub next_segment: Option<u64>,
+    pub prev_checksum: Option<u32>,
+    pub max_frame: usize,
+    pub flushed_lsn: u64,
+    pub applied_lsn: u64,
+}
+
+/// What the primary refuses a message from the standby with when it is not the one expected.
+fn unexpected(got: &Message<'_>, want: &str) -> (ErrorCode, String) {
+    match got {
+        Message::Error { code, message } => (
+            *code,
+            format!(
+                "the standby ended the connection: {}",
+                super::printable(message)
+            ),
+        ),
+        other => (
+            ErrorCode::Protocol,
+            format!("expected {want}, got {}", other.name()),
+        ),
+    }
+}
+
+/// The primary's half up to Identify: checks the Hello, authenticates the standby (when
+/// `token` is given) and proves the primary knows the token, then reads the standby's
+/// identity and checks it belongs to the system of `control`. A refusal is told to the
+/// standby before the error is returned. `t` bounds each wait for a message.
+pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    token: Option<&AuthToken>,
+    control: &ControlFile,
+    t: Duration,
+) -> Result<Identified, ReplError> {
+    let max = HANDSHAKE_MAX_FRAME;
+    // Hello.
+    let body = read_msg("peer", stream, max, t, "Hello").await?;
+    let (standby_nonce, version) = match codec::decode(&body) {
+        Ok(Message::Hello {
+            magic,
+            protocol_version,
+            nonce,
+        }) => {
+            if magic != MAGIC {
+                return Err(refuse(
+                    stream,
+                    ErrorCode::Protocol,
+                    "not a walship standby (bad magic)".into(),
+                )
+                .await);
+            }
+            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
+                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}")).await);
+            }
+            (nonce, protocol_version)
+        }
+        Ok(other) => {
+            let (c, m) = unexpected(&other, "Hello");
+            return Err(refuse(stream, c, m).await);
+        }
+        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
+    };
+    // Challenge and Auth.
+    let primary_nonce = nonce();
+    write_message(
+        stream,
+        &Message::Challenge {
+            // The standby's version when it is older: the connection goes on in it.
+            protocol_version: version,
+            nonce: primary_nonce,
+            auth_required: token.is_some(),
+        },
+    )
+    .await?;
+    let body = read_msg("peer", stream, max, t, "Auth").await?;
+    let proof = match codec::decode(&body) {
+        Ok(Message::Auth { proof }) => proof,
+        Ok(other) => {
+            let (c, m) = unexpected(&other, "Auth");
+            return Err(refuse(stream, c, m).await);
+        }
+        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
+    };
+    let reply = match (token, proof) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(refuse(stream, ErrorCode::Auth, "authentication required: the primary has a token; give the standby the same --auth-token-file".into()).await)
+        }
+        (Some(tok), Some(p)) => {
+            if !tok.verify_standby(&standby_nonce, &primary_nonce, &p) {
+                return Err(refuse(stream, ErrorCode::Auth, "authentication failed: wrong token".into()).await);
+            }
+            Some(tok.primary_proof(&primary_nonce, &standby_nonce))
+        }
+    };
+    write_message(stream, &Message::AuthOk { proof: reply }).await?;
+    // Identify.
+    let body = read_msg("peer", stream, max, t, "Identify").await?;
+    let identified = match codec::decode(&body) {
+        Ok(Message::Identify {
+            standby_id,
+            system_id,
+            timeline,
+            segment_size,
+            next_segment,
+            prev_checksum,
+            flushed_lsn,
+            applied_lsn,
+            max_frame,
+        }) => {
+            let c = control;
+            if let Some(sys) = system_id {
+                let sys = Uuid::from_bytes(sys);
+                if sys != c.system_id {
+                    return Err(refuse(
+                        stream,
+                        ErrorCode::Identity,
+                        format!(
+                            "the standby belongs to system {sys}, this primary is system {}",
+                            c.system_id
+                        ),
+                    )
+                    .await);
+                }
+                if timeline != c.timeline || segment_size != c.segment_size {
+                    return Err(refuse(stream, ErrorCode::Identity, format!("the standby has timeline {timeline} and segment size {segment_size}, this primary timeline {} and segment size {}", c.timeline, c.segment_size)).await);
+                }
+            }
+            Identified {
+                version,
+                id: Uuid::from_bytes(standby_id).to_string(),
+                next_segment,
+                prev_checksum,
+                max_frame: max_frame as usize,
+                flushed_lsn,
+                applied_lsn,
+            }
+        }
+        Ok(other) => {
+            let (c, m) = unexpected(&other, "Identify");
+            return Err(refuse(stream, c, m).await);
+        }
+        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
+    };
+    let max_frame = identified.max_frame;
+    if max_frame < MIN_FRAME_LIMIT {
+        return Err(refuse(
+            stream,
+            ErrorCode::Protocol,
+            format!(
+                "the standby's maximum frame {max_frame} is below the minimum {MIN_FRAME_LIMIT}"
+            ),
+        )
+        .await);
+    }
+    Ok(identified)
+}
+
+/// The primary's last handshake message: its identity and the end of its newest sealed
+/// segment. Segments follow.
+pub(crate) async fn welcome<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    control: &ControlFile,
+    sealed_lsn: u64,
+) -> Result<(), ReplError> {
+    write_message(
+        stream,
+        &Message::Welcome {
+            system_id: *control.system_id.as_bytes(),
+            timeline: control.timeline,
+            segment_size: control.segment_size,
+            sealed_lsn,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// What a standby tells the primary about itself in Identify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Introduction {
+    pub standby_id: Uuid,
+    /// The identity of what it holds; None for a directory that does not exist yet.
+    pub control: Option<ControlFile>,
+    pub next_segment: Option<u64>,
+    pub prev_checksum: Option<u32>,
+    pub flushed_lsn: u64,
+    pub applied_lsn: u64,
+    pub max_frame: usize,
+}
+
+/// What the primary said in a handshake that succeeded, with what the standby told it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Welcomed {
+    /// The protocol version the connection goes on in.
+    pub version: u32,
+    /// The introduction as sent.
+    pub sent: Introduction,
+    pub system_id: Uuid,
+    pub timeline: u32,
+    pub segment_size: u64,
+    pub sealed_lsn: u64,
+}
+
+/// The standby's error for a message from the primary that is not the one expected: the
+/// primary's own refusal, or a protocol error.
+pub(crate) fn from_primary(m: &Message<'_>, want: &str) -> ReplError {
+    match m {
+        Message::Error { code, message } => ReplError::PeerRefused {
+            peer: "primary",
+            code: *code,
+            message: super::printable(message),
+        },
+        other => ReplError::refused(
+            ErrorCode::Protocol,
+            format!("expected {want} from the primary, got {}", other.name()),
+        ),
+    }
+}
+
+/// The standby's half: Hello, the primary's Challenge, Auth (with a proof when `token` is
+/// given, and then the primary must prove it too), Identify, and the primary's Welcome, which
+/// must name the system the standby holds (or, for a standby that holds nothing yet, a valid
+/// segment size). `introduce` is asked what to say in Identify when it is sent, so that the
+/// positions are current. A refusal is told to the primary before the error is returned; `t`
+/// bounds each wait for a message.
+pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    token: Option<&AuthToken>,
+    t: Duration,
+    introduce: impl FnOnce() -> Introduction,
+) -> Result<Welcomed, ReplError> {
+    let my_nonce = nonce();
+    write_message(
+        stream,
+        &Message::Hello {
+            magic: MAGIC,
+            protocol_version: PROTOCOL_VERSION,
+            nonce: my_nonce,
+        },
+    )
+    .await?;
+    let body = read_msg("primary", stream, HANDSHAKE_MAX_FRAME, t, "Challenge").await?;
+    let (primary_nonce, auth_required, version) = match codec::decode(&body) {
+        Ok(Message::Challenge {
+            protocol_version,
+            nonce,
+            auth_required,
+        }) => {
+            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
+                return Err(refuse(stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}")).await);
+            }
+            (nonce, auth_required, protocol_version)
+        }
+        Ok(other) => return Err(from_primary(&other, "Challenge")),
+        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
+    };
+    let proof = match (token, auth_required) {
+        (Some(_), false) => {
+            return Err(refuse(stream, ErrorCode::Auth, "the primary does not authenticate, but this standby has a token: refusing a primary that cannot prove it knows it".into()).await)
+        }
+        (Some(tok), true) => Some(tok.standby_proof(&my_nonce, &primary_nonce)),
+        (None, _) => None,
+    };
+    write_message(stream, &Message::Auth { proof }).await?;
+    let body = read_msg("primary", stream, HANDSHAKE_MAX_FRAME, t, "AuthOk").await?;
+    match codec::decode(&body) {
+        Ok(Message::AuthOk { proof }) => {
+            if let Some(tok) = token {
+                if !proof.is_some_and(|p| tok.verify_primary(&primary_nonce, &my_nonce, &p)) {
+                    return Err(refuse(
+                        stream,
+                        ErrorCode::Auth,
+                        "authentication failed: the primary did not prove it knows the token"
+                            .into(),
+                    )
+                    .await);
+                }
+            }
+        }
+        Ok(other) => return Err(from_primary(&other, "AuthOk")),
+        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
+    }
+    let intro = introduce();
+    write_message(
+        stream,
+        &Message::Identify {
+            standby_id: *intro.standby_id.as_bytes(),
+            system_id: intro.control.map(|c| *c.system_id.as_bytes()),
+            timeline: intro.control.map_or(0, |c| c.timeline),
+            segment_size: intro.control.map_or(0, |c| c.segment_size),
+            next_segment: intro.next_segment,
+            prev_checksum: intro.prev_checksum,
+            flushed_lsn: intro.flushed_lsn,
+            applied_lsn: intro.applied_lsn,
+            max_frame: intro.max_frame as u32,
+        },
+    )
+    .await?;
+    let body = read_msg("primary", stream, HANDSHAKE_MAX_FRAME, t, "Welcome").await?;
+    let (system_id, timeline, segment_size, sealed_lsn) = match codec::decode(&body) {
+        Ok(Message::Welcome {
+            system_id,
+            timeline,
+            segment_size,
+            sealed_lsn,
+        }) => (
+            Uuid::from_bytes(system_id),
+            timeline,
+            segment_size,
+            sealed_lsn,
+        ),
+        Ok(other) => return Err(from_primary(&other, "Welcome")),
+        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
+    };
+    match intro.control {
+        Some(c) => {
+            if c.system_id != system_id || c.timeline != timeline || c.segment_size != segment_size
+            {
+                return Err(refuse(stream, ErrorCode::Identity, format!(
+                    "the primary is system {system_id} (timeline {timeline}, segment size {segment_size}), this standby holds system {} (timeline {}, segment size {})",
+                    c.system_id, c.timeline, c.segment_size
+                )).await);
+            }
+        }
+        None => {
+            if let Err(e) = crate::format::check_segment_size(segment_size) {
+                return Err(refuse(
+                    stream,
+                    ErrorCode::Identity,
+                    format!("the primary's segment size is invalid: {e}"),
+                )
+                .await);
+            }
+        }
+    }
+    Ok(Welcomed {
+        version,
+        sent: intro,
+        system_id,
+        timeline,
+        segment_size,
+        sealed_lsn,
+    })
+}
+
+#[cfg(test)]
+mod tests;

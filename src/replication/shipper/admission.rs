@@ -1,0 +1,103 @@
+//! Admission: after the handshake, whether this shipper can serve the standby. It may not be
+//! ahead of this primary, marked lost by retention, or need WAL that is gone, and the segment
+//! before the one it asks for must be the same as ours. Decided before Welcome, so that a
+//! directory offered to become a standby is refused before it changes anything.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::Shared;
+use crate::recovery::check_sealed;
+use crate::replication::handshake::{self, Identified};
+use crate::replication::messages::ErrorCode;
+use crate::replication::{refuse, ReplError};
+use crate::Lsn;
+
+/// The handshake up to Identify, then whether this shipper can serve the standby: it may not be
+/// ahead of this primary, marked lost, or need WAL that is gone, and its newest segment must be
+/// ours. A refusal is told to the standby.
+pub(super) async fn admit(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+) -> Result<Identified, ReplError> {
+    let cfg = &shared.config;
+    let identified = handshake::accept(
+        stream,
+        cfg.auth_token.as_ref(),
+        &shared.control,
+        cfg.peer_timeout,
+    )
+    .await?;
+    let Identified {
+        ref id,
+        next_segment,
+        prev_checksum,
+        flushed_lsn,
+        ..
+    } = identified;
+    let set = shared.segments.borrow().clone();
+    // A standby may not hold what this primary has not sealed: it is ahead of this primary
+    // (a former primary that took writes this one never had), or this primary lost WAL.
+    let ahead = next_segment.is_some_and(|n| set.newest().is_none_or(|newest| n > newest + 1))
+        || flushed_lsn > set.sealed_lsn;
+    if ahead {
+        return Err(refuse(
+            stream,
+            ErrorCode::Identity,
+            format!(
+                "the standby holds WAL up to {} (segments before {}), past this primary's newest sealed segment{} (ending at {}): it is ahead of this primary or diverged from it; it cannot follow this primary",
+                Lsn(flushed_lsn),
+                next_segment.map_or("-".to_string(), |n| format!("{n:X}")),
+                set.newest().map_or(" (none)".to_string(), |n| format!(" {n:X}")),
+                Lsn(set.sealed_lsn)
+            ),
+        )
+        .await);
+    }
+    // A standby marked lost by retention: the WAL it needs may be gone, and what it would
+    // take again no longer holds anything back. It must be rebuilt or its slot dropped.
+    let reg = shared.registry.clone();
+    let id2 = id.clone();
+    let lost = tokio::task::spawn_blocking(move || reg.get(&id2))
+        .await
+        .map_err(|e| ReplError::io("read the standby's slot", std::io::Error::other(e)))??
+        .is_some_and(|r| r.lost);
+    if lost {
+        return Err(refuse(
+            stream,
+            ErrorCode::Unavailable,
+            format!(
+                "standby {id} was marked lost by retention: this primary no longer keeps WAL for it; rebuild it (walship restore from the archive), or drop its slot on the primary with `walship checkpoint DATA_DIR --drop-consumer {id}` to let it try again"
+            ),
+        )
+        .await);
+    }
+    // WAL it needs that is gone: said before Welcome, so that a directory offered to become a
+    // standby is refused before it changes anything.
+    if let (Some(n), Some(oldest), Some(newest)) = (next_segment, set.oldest(), set.newest()) {
+        if n < oldest {
+            return Err(refuse(stream, ErrorCode::Unavailable, format!("segment {n:X} is no longer on the primary (its oldest is {oldest:X}): the standby needs a fresh copy")).await);
+        }
+        if n <= newest && !set.by_no.contains_key(&n) {
+            return Err(refuse(stream, ErrorCode::Unavailable, format!("segment {n:X} is missing on the primary, which holds segments up to {newest:X}")).await);
+        }
+    }
+    // A standby holding the segment before the one it asks for must share our history.
+    if let (Some(n), Some(sum)) = (next_segment, prev_checksum) {
+        if let Some(prev) = n.checked_sub(1).and_then(|p| set.by_no.get(&p)).copied() {
+            let (path, control) = (shared.dd.segment_path(&prev), shared.control);
+            let ours = tokio::task::spawn_blocking(move || check_sealed(&path, &prev, &control))
+                .await
+                .map_err(|e| ReplError::io("check segment", std::io::Error::other(e)))?;
+            match ours {
+                Ok(s) if s.seal.segment_checksum != sum => {
+                    return Err(refuse(stream, ErrorCode::Identity, format!("histories diverged: the standby's {prev} has checksum {sum:08x}, the primary's {:08x}", s.seal.segment_checksum)).await)
+                }
+                Ok(_) => {}
+                Err(e) => return Err(refuse(stream, ErrorCode::Internal, format!("primary cannot read {prev}: {e}")).await),
+            }
+        }
+    }
+    Ok(identified)
+}

@@ -1,0 +1,312 @@
+//! The primary side: serves the sealed segments of a data directory to any number of standbys,
+//! each from its own position, and keeps each standby's slot in state/consumers/.
+//!
+//! It never takes the directory's writer lock: it only reads sealed segments (so it can serve a
+//! standby's directory onward as well). Sealed segments are found by watching wal/ and by
+//! rescanning at start, after watcher errors and every `rescan_interval`.
+//!
+//! This file holds the shipper's configuration, what it reports, and its lifecycle. The parts:
+//! `accept` (the accept loop and its connection limit), `watcher` (keeping the set of sealed
+//! segments current), `session` (one standby's connection, streaming segments), `admission`
+//! (whether a standby that completed the handshake can be served) and `slots` (each standby's
+//! positions, in memory and in state/consumers/).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinSet;
+
+use super::auth::AuthToken;
+use super::frame::{DEFAULT_MAX_FRAME, MIN_FRAME_LIMIT};
+use super::segments::{scan_sealed, SealedSet};
+use super::{ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
+use crate::consumers::ConsumerRegistry;
+use crate::damage::{DamageEntry, DamageRegister};
+use crate::datadir::DataDir;
+use crate::format::{ControlFile, SegmentName};
+
+mod accept;
+mod admission;
+mod session;
+mod slots;
+mod watcher;
+
+use accept::accept_loop;
+use watcher::watch_segments;
+
+/// Default bound on the connections a shipper serves at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// How a shipper runs.
+#[derive(Clone, Debug)]
+pub struct ShipperConfig {
+    pub data_dir: PathBuf,
+    /// Address to listen on, `host:port` (port 0 picks a free port).
+    pub listen: String,
+    /// Require standbys to prove they know this token.
+    pub auth_token: Option<AuthToken>,
+    /// Allow listening on a non-loopback address without a token.
+    pub insecure: bool,
+    /// Largest frame accepted from a standby.
+    pub max_frame: usize,
+    /// Segment bytes per SegmentData frame (lowered to fit the standby's maximum frame).
+    pub chunk_size: usize,
+    pub heartbeat_interval: Duration,
+    pub peer_timeout: Duration,
+    pub rescan_interval: Duration,
+    /// Time a new connection has to authenticate and identify itself.
+    pub handshake_timeout: Duration,
+    /// Connections served at once, handshaking or streaming; more are refused with `Busy`.
+    pub max_connections: usize,
+}
+
+impl ShipperConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: impl Into<String>) -> ShipperConfig {
+        ShipperConfig {
+            data_dir: data_dir.into(),
+            listen: listen.into(),
+            auth_token: None,
+            insecure: false,
+            max_frame: DEFAULT_MAX_FRAME,
+            chunk_size: 1 << 20,
+            heartbeat_interval: DEFAULT_HEARTBEAT,
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
+            rescan_interval: Duration::from_secs(2),
+            handshake_timeout: super::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// A standby as the running shipper knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StandbyInfo {
+    pub id: String,
+    pub address: String,
+    pub connected: bool,
+    pub flushed_lsn: u64,
+    pub applied_lsn: u64,
+    /// End of the last segment sent to it.
+    pub shipped_lsn: u64,
+    pub last_contact_us: i64,
+}
+
+/// What a subscriber hears about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShipperEvent {
+    Connected {
+        id: String,
+        address: SocketAddr,
+    },
+    Disconnected {
+        id: Option<String>,
+        address: SocketAddr,
+        reason: String,
+    },
+    /// A segment was sent whole to a standby.
+    Shipped {
+        id: String,
+        segment: SegmentName,
+        end_lsn: u64,
+    },
+    /// A standby reported new positions.
+    Acknowledged {
+        id: String,
+        flushed_lsn: u64,
+        applied_lsn: u64,
+    },
+    /// Damage was found (by the shipper) or reported (by a standby) and recorded in the
+    /// directory's damage register.
+    Damaged {
+        id: Option<String>,
+        entry: Box<DamageEntry>,
+    },
+}
+
+struct Shared {
+    config: ShipperConfig,
+    dd: DataDir,
+    control: ControlFile,
+    registry: ConsumerRegistry,
+    damage: DamageRegister,
+    standbys: Mutex<HashMap<String, StandbyInfo>>,
+    events: broadcast::Sender<ShipperEvent>,
+    running: AtomicBool,
+    segments: watch::Receiver<Arc<SealedSet>>,
+}
+
+impl Shared {
+    fn emit(&self, e: ShipperEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn update<R>(&self, id: &str, f: impl FnOnce(&mut StandbyInfo) -> R) -> Option<R> {
+        let mut m = self.standbys.lock().unwrap_or_else(|p| p.into_inner());
+        m.get_mut(id).map(f)
+    }
+}
+
+/// A running shipper.
+pub struct Shipper {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Shipper {
+    /// Checks the directory and the address, binds, and starts serving in the current tokio
+    /// runtime.
+    pub async fn start(config: ShipperConfig) -> Result<Shipper, ReplError> {
+        if !(MIN_FRAME_LIMIT..=super::frame::MAX_FRAME_LIMIT).contains(&config.max_frame) {
+            return Err(ReplError::Store(crate::Error::InvalidArgument(format!(
+                "maximum frame size {} must be from {MIN_FRAME_LIMIT} to {}",
+                config.max_frame,
+                super::frame::MAX_FRAME_LIMIT
+            ))));
+        }
+        super::check_address(&config.listen, true)
+            .map_err(|e| ReplError::Store(crate::Error::InvalidArgument(e)))?;
+        super::check_timing(config.heartbeat_interval, config.peer_timeout)?;
+        if config.rescan_interval.is_zero() || config.handshake_timeout.is_zero() {
+            return Err(ReplError::Store(crate::Error::InvalidArgument(
+                "the rescan interval and the handshake timeout must be above zero".into(),
+            )));
+        }
+        if config.max_connections == 0 {
+            return Err(ReplError::Store(crate::Error::InvalidArgument(
+                "the maximum number of connections must be at least 1".into(),
+            )));
+        }
+        let dd = DataDir::new(&config.data_dir);
+        let control = dd.read_control()?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&config.listen)
+            .await
+            .map_err(|e| ReplError::io(format!("resolve listen address {}", config.listen), e))?
+            .collect();
+        let Some(first) = addrs.first().copied() else {
+            return Err(ReplError::Store(crate::Error::InvalidArgument(format!(
+                "listen address {} resolves to nothing",
+                config.listen
+            ))));
+        };
+        if config.auth_token.is_none() && !config.insecure {
+            if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+                return Err(ReplError::Store(crate::Error::InvalidArgument(format!(
+                    "refusing to listen on {a}, which is not a loopback address, without authentication: give --auth-token-file, or --insecure to allow any standby"
+                ))));
+            }
+        }
+        let listener = TcpListener::bind(first)
+            .await
+            .map_err(|e| ReplError::io(format!("listen on {first}"), e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| ReplError::io("read the listening address", e))?;
+        let initial = {
+            let (dd2, c2) = (dd.clone(), control);
+            tokio::task::spawn_blocking(move || scan_sealed(&dd2, &c2, &SealedSet::default()))
+                .await
+                .map_err(|e| ReplError::io("scan wal/", std::io::Error::other(e)))??
+        };
+        let (seg_tx, seg_rx) = watch::channel(Arc::new(initial));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            registry: ConsumerRegistry::new(&dd),
+            damage: DamageRegister::new(&dd),
+            dd,
+            control,
+            config,
+            standbys: Mutex::new(HashMap::new()),
+            events,
+            running: AtomicBool::new(true),
+            segments: seg_rx,
+        });
+        tracing::info!(address = %local_addr, dir = %shared.dd.root().display(), "shipper listening");
+        let s2 = shared.clone();
+        let task = tokio::spawn(async move {
+            let mut tasks = JoinSet::new();
+            tasks.spawn(watch_segments(s2.clone(), seg_tx, shutdown_rx.clone()));
+            accept_loop(s2.clone(), listener, shutdown_rx, &mut tasks).await;
+            while tasks.join_next().await.is_some() {}
+            s2.running.store(false, Ordering::Release);
+        });
+        Ok(Shipper {
+            shared,
+            local_addr,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// The address actually listened on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// Every standby seen since start, by id.
+    pub fn standbys(&self) -> Vec<StandbyInfo> {
+        let m = self
+            .shared
+            .standbys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<StandbyInfo> = m.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Each standby with its lag behind this directory's flush_lsn: (standby, lag_bytes,
+    /// lag_seconds). Reads the directory's files.
+    pub fn lag(&self) -> Result<Vec<(StandbyInfo, u64, Option<f64>)>, ReplError> {
+        let (flush, _) = crate::status::wal_ends(&self.shared.dd, &self.shared.control)?;
+        let now = crate::now_us();
+        Ok(self
+            .standbys()
+            .into_iter()
+            .map(|s| {
+                let secs =
+                    crate::status::lag_seconds(self.shared.dd.root(), s.applied_lsn, flush, now);
+                let bytes = flush.saturating_sub(s.applied_lsn);
+                (s, bytes, secs)
+            })
+            .collect())
+    }
+
+    /// Shipping and acknowledgement events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ShipperEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Stops accepting, tells connected standbys, saves their slots, and waits up to `bound`
+    /// for everything to finish; whatever is still running then is aborted.
+    pub async fn stop(&mut self, bound: Duration) {
+        let _ = self.shutdown.send(true);
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(bound, &mut task).await.is_err() {
+                tracing::warn!("shipper did not stop within {bound:?}; aborting its tasks");
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        self.shared.running.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}

@@ -1,0 +1,319 @@
+//! Slots: what the shipper keeps about each standby. While it runs, the table of standbys seen
+//! (their positions, last contact, whether connected); on disk, each standby's slot in
+//! state/consumers/, which holds back retention. A slot starts at the standby's first Status
+//! (a handshake alone makes none), moves with each acknowledgement, and is saved once more when
+//! the standby disconnects.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::session::Conn;
+use super::{Shared, ShipperEvent, StandbyInfo};
+use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
+use crate::damage::Component;
+use crate::replication::messages::ErrorCode;
+use crate::replication::ReplError;
+use crate::Lsn;
+
+/// Records a standby that completed its handshake as connected, at the positions it reported.
+/// Its slot on disk starts only at its first Status.
+pub(super) fn register(shared: &Shared, id: &str, addr: SocketAddr, flushed: u64, applied: u64) {
+    let mut m = shared.standbys.lock().unwrap_or_else(|p| p.into_inner());
+    let e = m.entry(id.to_string()).or_insert_with(|| StandbyInfo {
+        id: id.to_string(),
+        address: addr.to_string(),
+        connected: true,
+        flushed_lsn: flushed,
+        applied_lsn: applied,
+        shipped_lsn: 0,
+        last_contact_us: crate::now_us(),
+    });
+    e.address = addr.to_string();
+    e.connected = true;
+    e.flushed_lsn = flushed;
+    e.applied_lsn = applied;
+    e.last_contact_us = crate::now_us();
+}
+
+impl Conn {
+    /// A Status from the standby: the positions it acknowledges. It may not acknowledge more
+    /// than was shipped to it; its slot is saved when a position moved, and at least every
+    /// second while it reports.
+    pub(super) async fn acknowledged(
+        &mut self,
+        flushed_lsn: u64,
+        applied_lsn: u64,
+    ) -> Result<(), ReplError> {
+        if flushed_lsn > self.acked_limit {
+            // Checked before anything is updated: the slot stays as it was.
+            return Err(ReplError::refused(
+                ErrorCode::Protocol,
+                format!(
+                    "the standby acknowledged WAL up to {} but only WAL up to {} was shipped to it",
+                    Lsn(flushed_lsn),
+                    Lsn(self.acked_limit)
+                ),
+            ));
+        }
+        self.status_seen = true;
+        if let Some((name, end)) = self.unconfirmed {
+            if flushed_lsn >= end {
+                self.unconfirmed = None;
+                let reg = self.shared.damage.clone();
+                let file = name.to_string();
+                let cleared =
+                    tokio::task::spawn_blocking(move || reg.clear(Component::Standby, &file)).await;
+                if let Ok(Ok(true)) = cleared {
+                    tracing::info!(file = %name, standby = %self.id, "damage report cleared: the standby stored the segment");
+                }
+            }
+        }
+        let now = crate::now_us();
+        let (changed, info) = self
+            .shared
+            .update(&self.id, |s| {
+                let changed = s.flushed_lsn != flushed_lsn || s.applied_lsn != applied_lsn;
+                s.flushed_lsn = flushed_lsn;
+                s.applied_lsn = applied_lsn;
+                s.last_contact_us = now;
+                (changed, s.clone())
+            })
+            .unwrap_or((
+                false,
+                StandbyInfo {
+                    id: self.id.clone(),
+                    address: self.addr.to_string(),
+                    connected: true,
+                    flushed_lsn,
+                    applied_lsn,
+                    shipped_lsn: 0,
+                    last_contact_us: now,
+                },
+            ));
+        if changed {
+            tracing::debug!(standby = %self.id, flushed = %Lsn(flushed_lsn), applied = %Lsn(applied_lsn), "standby acknowledged");
+            self.shared.emit(ShipperEvent::Acknowledged {
+                id: self.id.clone(),
+                flushed_lsn,
+                applied_lsn,
+            });
+        }
+        if changed
+            || self
+                .last_save
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            save_slot(&self.shared.registry, &info).await;
+            self.last_save = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// Saves a standby's slot; a failure is logged, not fatal (the next acknowledgement retries).
+pub(super) async fn save_slot(registry: &ConsumerRegistry, info: &StandbyInfo) {
+    let reg = registry.clone();
+    let info = info.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        // A lost mark is kept by the registry whatever this record says.
+        reg.save(&ConsumerRecord {
+            id: info.id.clone(),
+            kind: ConsumerKind::Standby,
+            position: info.flushed_lsn,
+            applied_lsn: Some(info.applied_lsn),
+            address: Some(info.address.clone()),
+            last_contact_us: Some(info.last_contact_us),
+            lost: false,
+        })
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "saving a standby slot failed"),
+        Err(e) => tracing::error!(error = %e, "saving a standby slot failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::{broadcast, watch};
+
+    use super::*;
+    use crate::damage::{DamageRegister, DamageReport};
+    use crate::datadir::DataDir;
+    use crate::format::{ControlFile, SegmentFileKind, SegmentName, FORMAT_VERSION};
+    use crate::replication::segments::SealedSet;
+    use crate::replication::ShipperConfig;
+
+    const ID: &str = "9b1a5a52-0e4e-4a36-8a3b-1c2d3e4f5a6b";
+
+    fn shared(dir: &std::path::Path) -> Arc<Shared> {
+        let dd = DataDir::new(dir);
+        std::fs::create_dir_all(dd.state_dir()).unwrap();
+        let (_, segments) = watch::channel(Arc::new(SealedSet::default()));
+        Arc::new(Shared {
+            config: ShipperConfig::new(dir, "127.0.0.1:0"),
+            control: ControlFile {
+                format_version: FORMAT_VERSION,
+                timeline: 1,
+                system_id: uuid::Uuid::from_u128(1),
+                segment_size: 1 << 16,
+                created_us: 0,
+            },
+            registry: ConsumerRegistry::new(&dd),
+            damage: DamageRegister::new(&dd),
+            dd,
+            standbys: Mutex::new(HashMap::new()),
+            events: broadcast::channel(16).0,
+            running: AtomicBool::new(true),
+            segments,
+        })
+    }
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:4000".parse().unwrap()
+    }
+
+    /// A session with a standby that said it holds WAL up to `flushed`.
+    fn session(shared: &Arc<Shared>, flushed: u64) -> Conn {
+        register(shared, ID, addr(), flushed, 0);
+        Conn {
+            shared: shared.clone(),
+            id: ID.into(),
+            addr: addr(),
+            last_save: None,
+            acked_limit: flushed,
+            status_seen: false,
+            unconfirmed: None,
+            sent: None,
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    fn info(shared: &Shared) -> StandbyInfo {
+        shared.standbys.lock().unwrap()[ID].clone()
+    }
+
+    #[test]
+    fn a_standby_that_connects_is_listed_without_a_slot_on_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let s = shared(d.path());
+        register(&s, ID, addr(), 300, 200);
+        let i = info(&s);
+        assert!(i.connected);
+        assert_eq!((i.flushed_lsn, i.applied_lsn, i.shipped_lsn), (300, 200, 0));
+        assert_eq!(i.address, "127.0.0.1:4000");
+        assert_eq!(s.registry.get(ID).unwrap(), None);
+        // Reconnecting updates the entry; what was shipped stays.
+        s.update(ID, |i| {
+            i.connected = false;
+            i.shipped_lsn = 400;
+        });
+        register(&s, ID, "127.0.0.1:4001".parse().unwrap(), 400, 300);
+        let i = info(&s);
+        assert!(i.connected);
+        assert_eq!(
+            (i.flushed_lsn, i.applied_lsn, i.shipped_lsn),
+            (400, 300, 400)
+        );
+        assert_eq!(i.address, "127.0.0.1:4001");
+    }
+
+    #[test]
+    fn an_acknowledgement_past_what_was_shipped_is_refused_and_moves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = shared(d.path());
+        let mut c = session(&s, 100);
+        let r = rt().block_on(c.acknowledged(101, 50));
+        match r {
+            Err(ReplError::Refused { code, message }) => {
+                assert_eq!(code, ErrorCode::Protocol);
+                assert!(
+                    message.starts_with("the standby acknowledged WAL up to"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!c.status_seen);
+        assert_eq!(info(&s).flushed_lsn, 100);
+        assert_eq!(s.registry.get(ID).unwrap(), None);
+    }
+
+    #[test]
+    fn acknowledgements_move_the_slot_and_are_saved_when_they_move_or_a_second_passed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = shared(d.path());
+        let mut events = s.events.subscribe();
+        let mut c = session(&s, 100);
+        let rt = rt();
+        rt.block_on(c.acknowledged(100, 80)).unwrap();
+        assert!(c.status_seen);
+        assert_eq!(
+            events.try_recv().unwrap(),
+            ShipperEvent::Acknowledged {
+                id: ID.into(),
+                flushed_lsn: 100,
+                applied_lsn: 80
+            }
+        );
+        let rec = s.registry.get(ID).unwrap().unwrap();
+        assert_eq!(rec.kind, ConsumerKind::Standby);
+        assert_eq!(
+            (rec.position, rec.applied_lsn, rec.lost),
+            (100, Some(80), false)
+        );
+        assert_eq!(rec.address.as_deref(), Some("127.0.0.1:4000"));
+        // The same positions again at once: nothing to tell, nothing to save.
+        s.registry.remove(ID).unwrap();
+        rt.block_on(c.acknowledged(100, 80)).unwrap();
+        assert!(events.try_recv().is_err());
+        assert_eq!(s.registry.get(ID).unwrap(), None);
+        // A second later the slot is saved again, so that its contact time stays current.
+        c.last_save = Some(Instant::now() - Duration::from_secs(2));
+        rt.block_on(c.acknowledged(100, 80)).unwrap();
+        assert!(events.try_recv().is_err());
+        assert_eq!(s.registry.get(ID).unwrap().unwrap().position, 100);
+        // A moved position is saved at once.
+        rt.block_on(c.acknowledged(100, 90)).unwrap();
+        assert_eq!(s.registry.get(ID).unwrap().unwrap().applied_lsn, Some(90));
+        assert_eq!(info(&s).applied_lsn, 90);
+    }
+
+    #[test]
+    fn a_standbys_damage_report_is_cleared_once_it_stores_the_segment() {
+        let d = tempfile::tempdir().unwrap();
+        let s = shared(d.path());
+        let name = SegmentName::new(1, 2, SegmentFileKind::Sealed);
+        s.damage
+            .record(&DamageReport {
+                component: Component::Standby,
+                file: name.to_string(),
+                offset: 10,
+                lsn: 10,
+                reason: "r".into(),
+                action: "a".into(),
+                reporter: None,
+            })
+            .unwrap();
+        let mut c = session(&s, 0);
+        // Segment 2, ending at 300, was shipped again.
+        c.acked_limit = 300;
+        c.unconfirmed = Some((name, 300));
+        let rt = rt();
+        rt.block_on(c.acknowledged(200, 0)).unwrap();
+        assert_eq!(s.damage.list().unwrap().len(), 1, "not stored yet");
+        rt.block_on(c.acknowledged(300, 0)).unwrap();
+        assert!(s.damage.list().unwrap().is_empty());
+        assert_eq!(c.unconfirmed, None);
+    }
+}

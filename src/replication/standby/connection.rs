@@ -1,0 +1,153 @@
+//! One connection to the primary: connect, handshake, first contact, then receive segments
+//! until the connection ends. Three tasks share the connection: this one reads and checks the
+//! primary's messages (through the [`Receiver`]) and queues segment bytes for the store task,
+//! and the status sender reports the standby's positions whenever they move and every
+//! heartbeat interval.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::directory::first_contact;
+use super::receiver::{LastWord, Received, Receiver};
+use super::store::{store_ended, StoreQueue};
+use super::{Shared, StandbyPhase};
+use crate::format::SegmentName;
+use crate::replication::frame::write_message;
+use crate::replication::handshake::{self, Introduction, Welcomed};
+use crate::replication::messages::{ErrorCode, Message};
+use crate::replication::{codec, read_msg, ReplError};
+
+/// One connection: handshake, then receive segments until the connection ends.
+pub(super) async fn connect_and_stream(
+    shared: &Arc<Shared>,
+    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    shutdown: &mut watch::Receiver<bool>,
+    streamed: &mut bool,
+) -> Result<(), ReplError> {
+    let cfg = &shared.config;
+    let (max, t) = (cfg.max_frame, cfg.peer_timeout);
+    let mut stream = match tokio::time::timeout(t, TcpStream::connect(&cfg.primary)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ReplError::io(format!("connect to {}", cfg.primary), e)),
+        Err(_) => {
+            return Err(ReplError::Timeout(format!(
+                "connecting to {} took longer than {t:?}",
+                cfg.primary
+            )))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let welcomed = handshake::connect(&mut stream, cfg.auth_token.as_ref(), t, || {
+        let held = shared.held();
+        Introduction {
+            standby_id: shared.id,
+            control: held.control,
+            next_segment: held.next_segment,
+            prev_checksum: held.prev_checksum,
+            flushed_lsn: shared.flushed.load(Ordering::Acquire),
+            applied_lsn: shared.applied.load(Ordering::Acquire),
+            max_frame: max,
+        }
+    })
+    .await?;
+    let Welcomed {
+        version,
+        sent,
+        sealed_lsn,
+        ..
+    } = welcomed;
+    first_contact(shared, jobs, &welcomed).await?;
+    shared.primary_sealed.store(sealed_lsn, Ordering::Release);
+    *streamed = true;
+    shared.set_phase(StandbyPhase::Streaming, None);
+    tracing::info!(primary = %cfg.primary, "streaming from the primary");
+
+    let (mut rd, wr) = stream.into_split();
+    let (last_word, last_rx) = tokio::sync::oneshot::channel();
+    let mut writer = tokio::spawn(send_status(shared.clone(), wr, last_rx));
+    let (queue, mut store) = StoreQueue::spawn(shared, jobs, max);
+    let mut rx = Receiver::new(shared.held().control, sent.next_segment);
+    let result = loop {
+        let body = tokio::select! {
+            r = read_msg("primary", &mut rd, max, t, "segments or a keepalive") => r,
+            _ = shutdown.changed() => break Ok(()),
+            r = &mut writer => break Err(match r {
+                Ok(Err(e)) => e,
+                _ => ReplError::Timeout("the status sender stopped".into()),
+            }),
+            r = &mut store => break Err(store_ended(r)),
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => break Err(e),
+        };
+        let r = match codec::decode(&body).map(|m| rx.receive(m)) {
+            Ok(Ok(Received::PrimarySealed(lsn))) => {
+                shared.primary_sealed.store(lsn, Ordering::Release);
+                Ok(())
+            }
+            Ok(Ok(Received::Start { name, len })) => queue.start(name, len).await,
+            Ok(Ok(Received::Data(data))) => queue.data(data).await,
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(ReplError::refused(ErrorCode::Protocol, e.to_string())),
+        };
+        if let Err(e) = r {
+            break Err(e);
+        }
+    };
+    // A segment refused for its bytes: tell the primary where and why before closing, so that
+    // it reports damage rather than a dropped connection.
+    if let Some(word) = LastWord::for_end(version, &result) {
+        if last_word.send(word).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        }
+    }
+    writer.abort();
+    // Let the store task finish what it holds before a new connection reads the positions.
+    drop(queue);
+    if !store.is_finished() {
+        store.await.map_err(|e| store_ended(Err(e)))??;
+    }
+    result
+}
+
+/// Sends a Status at start, whenever a position moves, and every heartbeat interval; and the
+/// last word when the connection ends on a refused segment.
+async fn send_status(
+    shared: Arc<Shared>,
+    mut wr: OwnedWriteHalf,
+    mut last: tokio::sync::oneshot::Receiver<LastWord>,
+) -> Result<(), ReplError> {
+    let mut bump = shared.bump.subscribe();
+    let mut beat = tokio::time::interval(shared.config.heartbeat_interval);
+    let t = shared.config.peer_timeout;
+    loop {
+        let m = Message::Status {
+            flushed_lsn: shared.flushed.load(Ordering::Acquire),
+            applied_lsn: shared.applied.load(Ordering::Acquire),
+            now_us: crate::now_us(),
+        };
+        match tokio::time::timeout(t, write_message(&mut wr, &m)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ReplError::Timeout(format!(
+                    "the primary took no data for {t:?}"
+                )))
+            }
+        }
+        tokio::select! {
+            _ = beat.tick() => {}
+            r = bump.changed() => if r.is_err() { return Ok(()) },
+            w = &mut last => {
+                let Ok(w) = w else { return Ok(()) };
+                let _ = tokio::time::timeout(t, write_message(&mut wr, &w.message())).await;
+                return Ok(());
+            }
+        }
+    }
+}

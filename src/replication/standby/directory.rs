@@ -1,0 +1,430 @@
+//! A standby's data directory and its first contact with a primary.
+//!
+//! What makes a directory a standby's are two files in its state/: `standby.json` (its stable
+//! id, made once, and its primary's address) and `applied.json` (its applied position), both
+//! replaced atomically. Opening a standby takes the directory's lock and reads what it holds: an
+//! absent or empty directory gets the primary's identity at first contact, a standby's
+//! directory is recovered strictly, and a directory of some system (restored from the archive,
+//! or a former primary) is examined for adoption (see the `adoption` module). Whatever this
+//! process created before the directory became a standby's is removed again when it stops
+//! before that, so that a refused first contact leaves nothing behind.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::adoption::{adopt, examine_for_adoption, Adopting};
+use super::{lock, Held, Shared, StandbyConfig};
+use crate::datadir::{DataDir, DirLock};
+use crate::error::{Error, Result};
+use crate::format::{ControlFile, SegmentFileKind, SegmentName, FORMAT_VERSION};
+use crate::fsutil::{fsync_dir, write_atomic};
+use crate::recovery::{recover, RecoveryMode};
+use crate::replication::handshake::Welcomed;
+use crate::replication::ReplError;
+use crate::Lsn;
+
+/// The standby's identity file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyMeta {
+    pub standby_id: Uuid,
+    /// The primary's address as given on the command line.
+    pub primary: String,
+    pub created_us: i64,
+}
+
+/// The applied position file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub applied_lsn: u64,
+    pub updated_us: i64,
+}
+
+pub fn meta_path(dd: &DataDir) -> std::path::PathBuf {
+    dd.state_dir().join("standby.json")
+}
+
+pub fn applied_path(dd: &DataDir) -> std::path::PathBuf {
+    dd.state_dir().join("applied.json")
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                file: path.to_path_buf(),
+                offset: 0,
+                lsn: crate::Lsn(0),
+                reason: format!("not a valid standby state file: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+    }
+}
+
+fn write_json<T: Serialize>(path: &std::path::Path, v: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(v)
+        .map_err(|e| Error::Other(format!("encode {}: {e}", path.display())))?;
+    write_atomic(path, &bytes)
+}
+
+/// The standby's identity, when this directory belongs to a standby.
+pub fn read_meta(dd: &DataDir) -> Result<Option<StandbyMeta>> {
+    read_json(&meta_path(dd))
+}
+
+pub fn write_meta(dd: &DataDir, meta: &StandbyMeta) -> Result<()> {
+    let dir = dd.state_dir();
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        crate::fsutil::fsync_dir(dd.root())?;
+    }
+    write_json(&meta_path(dd), meta)
+}
+
+/// The applied position: 0 before the first apply.
+pub fn read_applied(dd: &DataDir) -> Result<u64> {
+    Ok(read_json::<AppliedState>(&applied_path(dd))?.map_or(0, |s| s.applied_lsn))
+}
+
+/// Records the applied position durably. Refuses to move it backwards.
+pub fn write_applied(dd: &DataDir, applied_lsn: u64) -> Result<()> {
+    let old = read_applied(dd)?;
+    if applied_lsn < old {
+        return Err(Error::InvalidArgument(format!(
+            "applied_lsn may not move backwards (from {} to {})",
+            crate::Lsn(old),
+            crate::Lsn(applied_lsn)
+        )));
+    }
+    write_json(
+        &applied_path(dd),
+        &AppliedState {
+            applied_lsn,
+            updated_us: crate::now_us(),
+        },
+    )
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct Created {
+    /// The directories this process made, innermost (the data directory) first.
+    dirs: Vec<PathBuf>,
+    lock_file: bool,
+}
+
+pub(super) struct Opened {
+    pub(super) lock: DirLock,
+    pub(super) id: Uuid,
+    pub(super) held: Held,
+    pub(super) flushed: u64,
+    pub(super) applied: u64,
+    /// Sealed segments not yet fully applied, in order.
+    pub(super) pending: Vec<SegmentName>,
+    pub(super) meta: Option<StandbyMeta>,
+    pub(super) adopting: Option<Adopting>,
+    pub(super) created: Created,
+}
+
+/// Removes what this process created in a directory that never became a standby's: the lock
+/// file, and the directory itself when it made it (only if empty).
+pub(super) fn undo_created(shared: &Shared) {
+    let dd = &shared.dd;
+    if shared.created.lock_file {
+        let _ = std::fs::remove_file(dd.lock_path());
+    }
+    if !shared.created.dirs.is_empty() {
+        for d in [dd.wal_dir(), dd.state_dir()] {
+            let _ = std::fs::remove_dir(d);
+        }
+        // Only empty directories go: anything someone else put there stays.
+        for d in &shared.created.dirs {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
+    } else if shared.created.lock_file {
+        let _ = fsync_dir(dd.root());
+    }
+}
+
+pub(super) fn not_standby_dir(dd: &DataDir, reason: impl Into<String>) -> ReplError {
+    ReplError::Store(Error::NotADataDir {
+        path: dd.root().to_path_buf(),
+        reason: reason.into(),
+    })
+}
+
+/// Opens (or prepares to create) the standby's directory.
+pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
+    let dd = DataDir::new(&config.data_dir);
+    // The directories about to be made, innermost first.
+    let dirs: Vec<PathBuf> = dd
+        .root()
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(|a| a.to_path_buf())
+        .collect();
+    crate::datadir::create_private_dir(dd.root())?;
+    let lock_existed = dd.lock_path().exists();
+    let created = Created {
+        dirs,
+        lock_file: !lock_existed,
+    };
+    let lock = match dd.lock() {
+        Ok(l) => l,
+        Err(e) => {
+            if !created.dirs.is_empty() {
+                let _ = std::fs::remove_file(dd.lock_path());
+                for d in &created.dirs {
+                    let _ = std::fs::remove_dir(d);
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    let meta = read_meta(&dd)?;
+    if !dd.is_initialized() {
+        // Absent or empty: it gets the primary's identity at first contact. Only what an
+        // earlier attempt left may be here.
+        check_fresh(&dd)?;
+        discard_partials(&dd)?;
+        return Ok(Opened {
+            lock,
+            id: meta.as_ref().map_or_else(Uuid::new_v4, |m| m.standby_id),
+            held: Held::default(),
+            flushed: 0,
+            applied: 0,
+            pending: Vec::new(),
+            meta: None,
+            adopting: None,
+            created,
+        });
+    }
+    let control = dd.read_control()?;
+    let Some(meta) = meta else {
+        // A directory of some system: it may follow a primary of the same system once the
+        // primary accepts its history. Nothing is written until then.
+        let (held, flushed, pending, open) = examine_for_adoption(&dd, &control)?;
+        tracing::info!(
+            dir = %dd.root().display(),
+            flushed = %Lsn(flushed),
+            open = open.as_ref().map_or("none".to_string(), |o| format!("{} up to offset {}", o.name, o.valid_end)),
+            "not a standby's directory yet: it becomes one once the primary accepts its history"
+        );
+        return Ok(Opened {
+            lock,
+            id: Uuid::new_v4(),
+            held,
+            flushed,
+            applied: 0,
+            pending,
+            meta: None,
+            adopting: Some(Adopting { open }),
+            created,
+        });
+    };
+    discard_partials(&dd)?;
+    let rec = recover(&dd, &control, RecoveryMode::Strict)?;
+    if let Some(open) = &rec.open {
+        return Err(not_standby_dir(
+            &dd,
+            format!(
+                "it holds an open segment {}: standbys only hold sealed segments",
+                open.name
+            ),
+        ));
+    }
+    let applied = read_applied(&dd)?;
+    let last = rec.sealed.last();
+    let flushed = last.map_or(0, |s| s.end_lsn);
+    if applied > flushed {
+        tracing::warn!(applied = %Lsn(applied), flushed = %Lsn(flushed), "applied_lsn is past the stored segments; keeping it (it never moves backwards)");
+    }
+    Ok(Opened {
+        lock,
+        id: meta.standby_id,
+        held: Held {
+            control: Some(control),
+            next_segment: last.map(|s| s.name.segment_no.next().0),
+            prev_checksum: last.map(|s| s.seal.segment_checksum),
+        },
+        flushed,
+        applied,
+        pending: rec
+            .sealed
+            .iter()
+            .filter(|s| s.end_lsn > applied)
+            .map(|s| s.name)
+            .collect(),
+        meta: Some(meta),
+        adopting: None,
+        created,
+    })
+}
+
+/// A fresh standby directory may hold only the lock file, and wal/ and state/ as an
+/// interrupted first contact left them.
+fn check_fresh(dd: &DataDir) -> Result<(), ReplError> {
+    let entries = std::fs::read_dir(dd.root())
+        .map_err(|e| ReplError::io(format!("list {}", dd.root().display()), e))?;
+    for e in entries {
+        let e = e.map_err(|e| ReplError::io(format!("list {}", dd.root().display()), e))?;
+        let name = e.file_name();
+        let ok = match name.to_str() {
+            Some("LOCK") => true,
+            Some("wal") => std::fs::read_dir(e.path()).is_ok_and(|mut d| {
+                d.all(|f| {
+                    f.is_ok_and(|f| {
+                        f.file_name()
+                            .to_str()
+                            .and_then(SegmentName::parse)
+                            .is_some_and(|n| n.kind == SegmentFileKind::Partial)
+                    })
+                })
+            }),
+            Some("state") => std::fs::read_dir(e.path()).is_ok_and(|mut d| {
+                d.all(|f| {
+                    f.is_ok_and(|f| {
+                        f.file_name().to_str().is_some_and(|n| {
+                            n == "standby.json" || crate::fsutil::is_temp_name_of(n, "standby.json")
+                        })
+                    })
+                })
+            }),
+            _ => false,
+        };
+        if !ok {
+            return Err(not_standby_dir(dd, format!("it is not empty ({} is there) and has no control file: give an empty or absent directory", name.to_string_lossy())));
+        }
+    }
+    Ok(())
+}
+
+fn discard_partials(dd: &DataDir) -> Result<(), ReplError> {
+    if !dd.wal_dir().exists() {
+        return Ok(());
+    }
+    let mut removed = false;
+    for name in dd.list_segments()? {
+        if name.kind == SegmentFileKind::Partial {
+            let p = dd.segment_path(&name);
+            tracing::info!(file = %p.display(), "discarding a partial segment left by an interrupted transfer");
+            std::fs::remove_file(&p)
+                .map_err(|e| ReplError::io(format!("remove {}", p.display()), e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        fsync_dir(&dd.wal_dir())?;
+    }
+    Ok(())
+}
+
+/// What the standby does once a primary accepted it: a fresh directory is created with the
+/// primary's identity, the primary's address is recorded when it changed, and a directory of
+/// the primary's system with no open segment to check becomes a standby's.
+pub(super) async fn first_contact(
+    shared: &Arc<Shared>,
+    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    welcomed: &Welcomed,
+) -> Result<(), ReplError> {
+    let cfg = &shared.config;
+    let Welcomed {
+        sent,
+        system_id,
+        timeline,
+        segment_size,
+        ..
+    } = *welcomed;
+    if sent.control.is_none() {
+        let control = ControlFile {
+            format_version: FORMAT_VERSION,
+            timeline,
+            system_id,
+            segment_size,
+            created_us: crate::now_us(),
+        };
+        let (dd, meta) = (
+            shared.dd.clone(),
+            StandbyMeta {
+                standby_id: shared.id,
+                primary: cfg.primary.clone(),
+                created_us: crate::now_us(),
+            },
+        );
+        tokio::task::spawn_blocking(move || -> crate::Result<()> {
+            // The id first: a crash before the control file leaves a fresh directory
+            // that keeps its id.
+            write_meta(&dd, &meta)?;
+            DataDir::create_with_identity(dd.root(), &control)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| ReplError::io("create the standby directory", std::io::Error::other(e)))??;
+        tracing::info!(system_id = %system_id, timeline, segment_size, "created the standby directory with the primary's identity");
+        lock(&shared.held).control = Some(control);
+        *lock(&shared.meta) = Some(StandbyMeta {
+            standby_id: shared.id,
+            primary: cfg.primary.clone(),
+            created_us: crate::now_us(),
+        });
+    }
+    // Only a primary that accepted this standby's identity and history may be recorded as its
+    // primary, or make a directory of its system a standby's.
+    let current = lock(&shared.meta).clone();
+    match current {
+        Some(mut meta) if meta.primary != cfg.primary => {
+            tracing::info!(old = %meta.primary, new = %cfg.primary, "the primary's address changed");
+            meta.primary = cfg.primary.clone();
+            let (dd, m2) = (shared.dd.clone(), meta.clone());
+            tokio::task::spawn_blocking(move || write_meta(&dd, &m2))
+                .await
+                .map_err(|e| ReplError::io("record the primary", std::io::Error::other(e)))??;
+            *lock(&shared.meta) = Some(meta);
+        }
+        Some(_) => {}
+        None => {
+            let adopting = lock(&shared.adopting).clone();
+            if let Some(Adopting { open: None }) = adopting {
+                let s2 = shared.clone();
+                let j2 = jobs.clone();
+                tokio::task::spawn_blocking(move || adopt(&s2, &j2))
+                    .await
+                    .map_err(|e| {
+                        ReplError::io("adopt the directory", std::io::Error::other(e))
+                    })??;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_never_moves_backwards() {
+        let t = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(t.path());
+        std::fs::create_dir_all(dd.state_dir()).unwrap();
+        assert_eq!(read_applied(&dd).unwrap(), 0);
+        write_applied(&dd, 100).unwrap();
+        write_applied(&dd, 100).unwrap();
+        assert!(write_applied(&dd, 99).is_err());
+        assert_eq!(read_applied(&dd).unwrap(), 100);
+        assert_eq!(read_meta(&dd).unwrap(), None);
+        let m = StandbyMeta {
+            standby_id: Uuid::new_v4(),
+            primary: "127.0.0.1:5000".into(),
+            created_us: 1,
+        };
+        write_meta(&dd, &m).unwrap();
+        assert_eq!(read_meta(&dd).unwrap(), Some(m));
+    }
+}

@@ -1,0 +1,299 @@
+//! Storing received segments: the store task writes each segment as `.wal.partial`, fsyncs
+//! it, checks it whole (every record, the seal marker, the segment checksum, the chain to its
+//! predecessor), renames it to its sealed name and fsyncs the directory; only then does the
+//! standby count it as flushed (and so acknowledge it) and hand it to the applier.
+//!
+//! For a directory being adopted, the first stored segment also decides the adoption: it must
+//! chain to what the directory holds, and its own open segment must be a prefix of it.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::adoption::{adopt, prefix_mismatch};
+use super::{lock, Shared};
+use crate::error::Error;
+use crate::format::{SegmentFileKind, SegmentName};
+use crate::fsutil::fsync_dir;
+use crate::replication::messages::ErrorCode;
+use crate::replication::segments::verify_incoming;
+use crate::replication::ReplError;
+use crate::Lsn;
+
+/// Chunks queued between the network and the store task.
+const STORE_QUEUE: usize = 8;
+
+/// Bytes queued between the network and the store task, whatever the chunk size (raised to
+/// the maximum frame when that is larger, so that one chunk always fits).
+const STORE_BUDGET: usize = 16 << 20;
+
+pub(super) fn store_ended(r: Result<Result<(), ReplError>, tokio::task::JoinError>) -> ReplError {
+    match r {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => ReplError::Timeout("the segment store stopped".into()),
+        Err(e) => ReplError::io("store segments", std::io::Error::other(e)),
+    }
+}
+
+/// What the network side hands the store task.
+enum Store {
+    Start {
+        name: SegmentName,
+        len: u64,
+    },
+    /// Bytes, and their share of the queue's byte budget, given back once written.
+    Data(Vec<u8>, OwnedSemaphorePermit),
+}
+
+/// The network side's end of the queue to the store task: at most [`STORE_QUEUE`] messages and
+/// [`STORE_BUDGET`] bytes wait in it.
+pub(super) struct StoreQueue {
+    tx: tokio::sync::mpsc::Sender<Store>,
+    /// Bytes that may be queued for the store task.
+    budget: Arc<Semaphore>,
+}
+
+/// The store task, as started by [`StoreQueue::spawn`].
+pub(super) type StoreTask = tokio::task::JoinHandle<Result<(), ReplError>>;
+
+impl StoreQueue {
+    /// Starts the store task. Segments are stored by a blocking task of their own, so that
+    /// receiving the next segment overlaps with syncing and checking the last one. The task
+    /// ends once the queue is dropped and it has stored what it was given.
+    pub(super) fn spawn(
+        shared: &Arc<Shared>,
+        jobs: &std::sync::mpsc::Sender<SegmentName>,
+        max_frame: usize,
+    ) -> (StoreQueue, StoreTask) {
+        let (store_tx, store_rx) = tokio::sync::mpsc::channel(STORE_QUEUE);
+        let budget = Arc::new(Semaphore::new(STORE_BUDGET.max(max_frame)));
+        let (s2, j2) = (shared.clone(), jobs.clone());
+        let store = tokio::task::spawn_blocking(move || store_segments(&s2, store_rx, &j2));
+        (
+            StoreQueue {
+                tx: store_tx,
+                budget,
+            },
+            store,
+        )
+    }
+
+    async fn pass(&self, m: Store) -> Result<(), ReplError> {
+        self.tx
+            .send(m)
+            .await
+            .map_err(|_| ReplError::Timeout("the segment store stopped".into()))
+    }
+
+    /// A segment of `len` bytes starts, to be written as `name` (a partial name).
+    pub(super) async fn start(&self, name: SegmentName, len: u64) -> Result<(), ReplError> {
+        self.pass(Store::Start { name, len }).await
+    }
+
+    /// The next bytes of the segment; waits while the queue holds its budget of bytes.
+    pub(super) async fn data(&self, data: &[u8]) -> Result<(), ReplError> {
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(data.len() as u32)
+            .await
+            .map_err(|_| ReplError::Timeout("the segment store stopped".into()))?;
+        self.pass(Store::Data(data.to_vec(), permit)).await
+    }
+}
+
+/// The store task: writes each segment as `.wal.partial`, then makes it durable, checks it,
+/// gives it its sealed name and hands it to the applier. Messages arrive already checked for
+/// order and length by the [`Receiver`](super::receiver::Receiver).
+fn store_segments(
+    shared: &Shared,
+    mut rx: tokio::sync::mpsc::Receiver<Store>,
+    jobs: &std::sync::mpsc::Sender<SegmentName>,
+) -> Result<(), ReplError> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut cur: Option<(SegmentName, PathBuf, std::fs::File, u64, u64)> = None;
+    while let Some(m) = rx.blocking_recv() {
+        match m {
+            Store::Start { name, len } => {
+                let path = shared.dd.segment_path(&name);
+                // Readable too: the finished file is checked through a read-only mapping.
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map_err(|e| ReplError::io(format!("create {}", path.display()), e))?;
+                cur = Some((name, path, file, len, 0));
+            }
+            Store::Data(bytes, _permit) => {
+                let Some((_, path, file, len, got)) = cur.as_mut() else {
+                    return Err(ReplError::refused(
+                        ErrorCode::Protocol,
+                        "segment data without a segment",
+                    ));
+                };
+                crate::fault!("standby::write", e => ReplError::io(format!("write {}", path.display()), crate::faults::short_write(file, &bytes, e)));
+                file.write_all(&bytes)
+                    .map_err(|e| ReplError::io(format!("write {}", path.display()), e))?;
+                // Start writeback now, so that the sync at the end has little left to do.
+                // SAFETY: a plain syscall on a descriptor we own; failure only loses the hint.
+                unsafe {
+                    libc::sync_file_range(
+                        file.as_raw_fd(),
+                        *got as i64,
+                        bytes.len() as i64,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+                *got += bytes.len() as u64;
+                if *got == *len {
+                    if let Some((name, path, file, _, _)) = cur.take() {
+                        finish_segment(shared, name, &path, file, jobs)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a received segment was not stored.
+enum NotStored {
+    /// A local failure: ours, retried.
+    Local(Error),
+    /// Its bytes fail the checks.
+    Invalid(Error),
+    /// It shows that this directory's own open segment is not a prefix of the primary's
+    /// history: refused for good, the directory left as it was.
+    Diverged(String),
+}
+
+/// Makes a complete segment durable, checks it, renames it to its sealed name, fsyncs the
+/// directory, and only then counts it as flushed.
+fn finish_segment(
+    shared: &Shared,
+    name: SegmentName,
+    path: &std::path::Path,
+    file: std::fs::File,
+    jobs: &std::sync::mpsc::Sender<SegmentName>,
+) -> Result<(), ReplError> {
+    let held = shared.held();
+    let Some(control) = held.control else {
+        return Err(ReplError::refused(ErrorCode::Protocol, "no identity"));
+    };
+    let adopting = lock(&shared.adopting).clone();
+    let expected_prev = if held.next_segment == Some(name.segment_no.0) {
+        held.prev_checksum
+    } else {
+        None
+    };
+    // For a directory becoming a standby, a first segment that does not chain to what it holds
+    // shows another history, not damage: checked apart below.
+    let chain = if adopting.is_some() {
+        None
+    } else {
+        expected_prev
+    };
+    let own_open = adopting
+        .as_ref()
+        .and_then(|a| a.open.clone())
+        .filter(|o| o.name.segment_no == name.segment_no);
+    let stored = (|| -> Result<crate::recovery::SealedSegment, NotStored> {
+        crate::fault!("standby::fsync", e => NotStored::Local(Error::io(format!("fsync {}", path.display()), e)));
+        file.sync_all()
+            .map_err(|e| NotStored::Local(Error::io(format!("fsync {}", path.display()), e)))?;
+        // SAFETY: the file is ours (the directory's lock is held) and nothing changes it.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| NotStored::Local(Error::io(format!("mmap {}", path.display()), e)))?;
+        let sealed_name = name.with_kind(SegmentFileKind::Sealed);
+        let seg =
+            verify_incoming(&map, path, &sealed_name, &control, chain).map_err(|e| match e {
+                Error::Io { .. } => NotStored::Local(e),
+                other => NotStored::Invalid(other),
+            })?;
+        if adopting.is_some() {
+            if let Some(want) = expected_prev {
+                if seg.header.prev_checksum != Some(want) {
+                    return Err(NotStored::Diverged(format!(
+                        "the primary's segment {sealed_name} follows a segment with checksum {}, this directory's previous segment has {want:08x}: the histories diverged",
+                        seg.header.prev_checksum.map_or("none".into(), |c| format!("{c:08x}"))
+                    )));
+                }
+            }
+        }
+        if let Some(open) = &own_open {
+            let open_path = shared.dd.segment_path(&open.name);
+            let ours = crate::reader::read_segment(&open_path).map_err(NotStored::Local)?;
+            let sealed_end =
+                seg.end_lsn - name.segment_no.start_lsn_saturating(control.segment_size);
+            if let Some(at) = prefix_mismatch(&ours, open.valid_end, &map, sealed_end) {
+                return Err(NotStored::Diverged(if at as u64 >= sealed_end {
+                    format!("this directory's open segment {} holds records up to offset {}, past the end of the primary's sealed copy (offset {sealed_end}): it is ahead of the primary", open.name, open.valid_end)
+                } else {
+                    format!("this directory's open segment {} differs from the primary's sealed copy at offset {at} (LSN {}): the histories diverged", open.name, Lsn(name.segment_no.start_lsn_saturating(control.segment_size) + at as u64))
+                }));
+            }
+        }
+        let target = shared.dd.segment_path(&sealed_name);
+        crate::fault!("standby::rename", e => NotStored::Local(Error::io(format!("rename {} to {}", path.display(), target.display()), e)));
+        std::fs::rename(path, &target).map_err(|e| {
+            NotStored::Local(Error::io(
+                format!("rename {} to {}", path.display(), target.display()),
+                e,
+            ))
+        })?;
+        fsync_dir(&shared.dd.wal_dir()).map_err(NotStored::Local)?;
+        Ok(seg)
+    })();
+    let seg = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            return Err(match e {
+                // A local I/O failure is ours, not the primary's: report it as it is and retry.
+                NotStored::Local(e) => ReplError::Store(e),
+                NotStored::Invalid(Error::Corrupt {
+                    offset,
+                    lsn,
+                    reason,
+                    ..
+                }) => ReplError::InvalidSegment {
+                    segment: name.with_kind(SegmentFileKind::Sealed),
+                    offset,
+                    lsn,
+                    reason,
+                },
+                NotStored::Invalid(e) => ReplError::InvalidSegment {
+                    segment: name.with_kind(SegmentFileKind::Sealed),
+                    offset: 0,
+                    lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
+                    reason: e.to_string(),
+                },
+                NotStored::Diverged(msg) => ReplError::refused(ErrorCode::Identity, msg),
+            });
+        }
+    };
+    if let Some(open) = own_open {
+        // The primary's sealed copy holds every record of our open segment: it replaces it,
+        // and only then does the directory become a standby's.
+        // Whatever followed its last valid record is kept aside, never deleted.
+        let open_path = shared.dd.segment_path(&open.name);
+        let aside = crate::setaside::move_aside(&shared.dd, &open_path)?;
+        tracing::info!(file = %open_path.display(), set_aside_as = %aside.display(), "replaced by the primary's sealed copy, which holds every record of it");
+        adopt(shared, jobs)?;
+    }
+    {
+        let mut h = lock(&shared.held);
+        h.next_segment = Some(seg.name.segment_no.next().0);
+        h.prev_checksum = Some(seg.seal.segment_checksum);
+    }
+    shared.flushed.fetch_max(seg.end_lsn, Ordering::AcqRel);
+    tracing::debug!(segment = %seg.name, flushed = %Lsn(seg.end_lsn), "stored segment");
+    shared.notify();
+    let _ = jobs.send(seg.name);
+    Ok(())
+}
