@@ -1,8 +1,12 @@
 //! `walship bench` as a child process with tiny sizes: every scenario runs, prints one JSON
 //! object with the stable keys, and reports positive figures. No speed is asserted here.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+
+use common::bin;
 
 use serde_json::Value;
 
@@ -30,7 +34,7 @@ fn bench(dir: &Path, args: &[&str]) -> Value {
 
 /// Runs a bench that prints `n` results; returns them in order.
 fn bench_lines(dir: &Path, args: &[&str], n: usize) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
+    let out = Command::new(bin())
         .arg("bench")
         .arg("--dir")
         .arg(dir)
@@ -229,7 +233,7 @@ fn bad_trace_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("bad.tsv");
     std::fs::write(&trace, "type\ttx_id\tlen\ninsert\t1\tlots\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
+    let out = Command::new(bin())
         .args(["bench", "--workload"])
         .arg(&trace)
         .arg("--dir")

@@ -1,12 +1,16 @@
 //! The demo, as a newcomer runs it: every component a real child process, every check passing.
 
+mod common;
+
 use std::process::Command;
+
+use common::bin;
 
 #[test]
 fn the_demo_runs_the_whole_system_and_every_check_passes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("demo");
-    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
+    let out = Command::new(bin())
         .args(["demo", "--seconds", "5", "--dir"])
         .arg(&dir)
         .output()
@@ -39,7 +43,7 @@ fn the_demo_runs_the_whole_system_and_every_check_passes() {
 fn the_demo_refuses_a_directory_that_already_holds_one() {
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(tmp.path().join("primary")).expect("mkdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
+    let out = Command::new(bin())
         .args(["demo", "--seconds", "2", "--dir"])
         .arg(tmp.path())
         .output()

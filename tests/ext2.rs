@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{code, run, stderr, stdout};
+use common::{code, p, run, stderr, stdout};
 
 /// An ext2 image of `size` (4 KiB blocks, the page size) mounted for one test; unmounted when
 /// dropped, panics included.
@@ -129,10 +129,6 @@ fn fallocate_errno(dir: &Path) -> Option<i32> {
     errno
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 #[test]
 fn write_seal_restore_and_verify_work_without_fallocate() {
     let Some(fs) = mount_or_skip(16 << 20) else {
@@ -144,13 +140,13 @@ fn write_seal_restore_and_verify_work_without_fallocate() {
         "ext2 is expected to lack fallocate"
     );
     let dir = fs.point.join("data");
-    let out = run(&["init", s(&dir), "--segment-size", "64KiB"], b"");
+    let out = run(&["init", p(&dir), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     // Several 64 KiB segments, every line acknowledged.
     let lines: String = (0..1500)
         .map(|i| format!("line-{i:05}-{}\n", "e".repeat(80)))
         .collect();
-    let out = run(&["write", s(&dir), "--durable"], lines.as_bytes());
+    let out = run(&["write", p(&dir), "--durable"], lines.as_bytes());
     let err = stderr(&out);
     assert_eq!(code(&out), 0, "{err}");
     assert_eq!(stdout(&out).lines().count(), 1500);
@@ -172,8 +168,8 @@ fn write_seal_restore_and_verify_work_without_fallocate() {
         }
     }
     assert!(reserved > 0);
-    assert_eq!(code(&run(&["seal", s(&dir)], b"")), 0);
-    let out = run(&["verify", s(&dir)], b"");
+    assert_eq!(code(&run(&["seal", p(&dir)], b"")), 0);
+    let out = run(&["verify", p(&dir)], b"");
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
 
     // Archive and restore on the same file system, cut inside a segment: the restored open
@@ -181,22 +177,22 @@ fn write_seal_restore_and_verify_work_without_fallocate() {
     let records = common::read_all(&dir).expect("read");
     assert_eq!(records.len(), 1500);
     let archive = fs.point.join("archive");
-    let out = run(&["archive", s(&dir), "--to", s(&archive), "--once"], b"");
+    let out = run(&["archive", p(&dir), "--to", p(&archive), "--once"], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let restored = fs.point.join("restored");
     let cut = records[700].end_lsn.to_string();
     let out = run(
-        &["restore", s(&archive), s(&restored), "--until-lsn", &cut],
+        &["restore", p(&archive), p(&restored), "--until-lsn", &cut],
         b"",
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let out = run(&["write", s(&restored), "--durable"], b"after restore\n");
+    let out = run(&["write", p(&restored), "--durable"], b"after restore\n");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let got = common::read_all(&restored).expect("read the restore");
     assert_eq!(got.len(), 702);
     assert_eq!(got[700].payload, records[700].payload);
     assert_eq!(got[701].payload, b"after restore");
-    let out = run(&["verify", s(&restored)], b"");
+    let out = run(&["verify", p(&restored)], b"");
     assert_eq!(code(&out), 0, "{}", stdout(&out));
 }
 
@@ -208,7 +204,7 @@ fn a_full_disk_without_fallocate_is_still_an_error() {
         return;
     };
     let dir = fs.point.join("data");
-    let out = run(&["init", s(&dir), "--segment-size", "64KiB"], b"");
+    let out = run(&["init", p(&dir), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let mut acked = 0usize;
     let mut failure = None;
@@ -217,7 +213,7 @@ fn a_full_disk_without_fallocate_is_still_an_error() {
         let lines: String = (0..100)
             .map(|i| format!("r{run_no:03}-{i:03}-{}\n", "f".repeat(90)))
             .collect();
-        let out = run(&["write", s(&dir), "--durable"], lines.as_bytes());
+        let out = run(&["write", p(&dir), "--durable"], lines.as_bytes());
         if code(&out) == 0 {
             acked += stdout(&out).lines().count();
             continue;
@@ -246,7 +242,7 @@ fn a_full_disk_without_fallocate_is_still_an_error() {
         "{} records, {acked} acknowledged",
         got.len()
     );
-    let out = run(&["verify", s(&dir)], b"");
+    let out = run(&["verify", p(&dir)], b"");
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
 }
 
@@ -276,12 +272,12 @@ fn recovery_reads_what_the_disk_holds_not_pages_left_in_the_cache() {
         return;
     };
     let dir = fs.point.join("data");
-    let out = run(&["init", s(&dir), "--segment-size", "64KiB"], b"");
+    let out = run(&["init", p(&dir), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let lines: String = (0..300)
         .map(|i| format!("first-{i:04}-{}\n", "c".repeat(90)))
         .collect();
-    let out = run(&["write", s(&dir), "--durable"], lines.as_bytes());
+    let out = run(&["write", p(&dir), "--durable"], lines.as_bytes());
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let before = common::read_all(&dir).expect("read");
     assert_eq!(before.len(), 300);
@@ -322,13 +318,13 @@ fn recovery_reads_what_the_disk_holds_not_pages_left_in_the_cache() {
     let lines: String = (0..100)
         .map(|i| format!("after-{i:04}-{}\n", "d".repeat(90)))
         .collect();
-    let out = run(&["write", s(&dir), "--durable"], lines.as_bytes());
+    let out = run(&["write", p(&dir), "--durable"], lines.as_bytes());
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 100);
 
     fs.remount();
     let after = common::read_all(&dir).expect("read after the cache is gone");
-    let out = run(&["verify", s(&dir)], b"");
+    let out = run(&["verify", p(&dir)], b"");
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     let new: Vec<_> = after
         .iter()

@@ -4,46 +4,20 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-mod replication_support;
-use replication_support::{ok, p, wait_until, walship, Proc, BIN, WAIT};
+mod common;
+use common::{ok, p, wait_until, walship, write_records, Proc, WAIT};
 
 /// Fast heartbeats and reconnects so that tests converge quickly.
 const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "3s"];
 
 fn init(dir: &Path) {
     ok(&["init", p(dir), "--segment-size", "64KiB"]);
-}
-
-/// Appends `n` durable records (about 64 bytes each on disk).
-fn write_records(dir: &Path, n: usize, tag: &str) {
-    let mut child = Command::new(BIN)
-        .args(["write", p(dir), "--durable"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        let mut buf = String::new();
-        for i in 0..n {
-            buf.push_str(&format!("{tag}-{i:08}-payload\n"));
-        }
-        stdin.write_all(buf.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "write failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn seal(dir: &Path) {
@@ -58,7 +32,7 @@ fn status(dir: &Path) -> Value {
 fn serve(dir: &Path, listen: &str, extra: &[&str], log: &Path) -> (Proc, String) {
     let mut args = NET.to_vec();
     args.extend_from_slice(extra);
-    replication_support::serve(dir, listen, &args, log)
+    common::serve(dir, listen, &args, log)
 }
 
 fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
@@ -72,7 +46,7 @@ fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
     ];
     args.extend_from_slice(&NET);
     args.extend_from_slice(extra);
-    replication_support::spawn(&args, log)
+    common::spawn(&args, log)
 }
 
 fn read_status(dir: &Path) -> Option<Value> {

@@ -6,7 +6,6 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,39 +14,13 @@ use walship::replication::codec;
 use walship::replication::frame::encode_frame;
 use walship::replication::messages::{ErrorCode, Message, MAGIC, PROTOCOL_VERSION};
 
-mod replication_support;
-use replication_support::{ok, p, wait_until, walship, Proc, BIN, WAIT};
+mod common;
+use common::{ok, p, wait_until, walship, write_records, Proc, SEG, WAIT};
 
 const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "3s"];
-const SEG: u64 = 64 * 1024;
 
 fn init(dir: &Path) {
     ok(&["init", p(dir), "--segment-size", "64KiB"]);
-}
-
-/// Appends `n` durable records.
-fn write_records(dir: &Path, n: usize, tag: &str) {
-    let mut child = Command::new(BIN)
-        .args(["write", p(dir), "--durable"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        let mut buf = String::new();
-        for i in 0..n {
-            buf.push_str(&format!("{tag}-{i:08}-payload\n"));
-        }
-        stdin.write_all(buf.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "write failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn seal(dir: &Path) {
@@ -61,7 +34,7 @@ fn status(dir: &Path) -> Value {
 fn serve(dir: &Path, extra: &[&str], log: &Path) -> (Proc, String) {
     let mut args = NET.to_vec();
     args.extend_from_slice(extra);
-    replication_support::serve(dir, "127.0.0.1:0", &args, log)
+    common::serve(dir, "127.0.0.1:0", &args, log)
 }
 
 fn standby(dir: &Path, primary: &str, log: &Path) -> Proc {
@@ -74,7 +47,7 @@ fn standby(dir: &Path, primary: &str, log: &Path) -> Proc {
         "300ms",
     ];
     args.extend_from_slice(&NET);
-    replication_support::spawn(&args, log)
+    common::spawn(&args, log)
 }
 
 fn seg_name(no: u64) -> String {
