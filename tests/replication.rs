@@ -4,13 +4,13 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
+use common::proxy::{Proxy, ProxyMode};
 use common::{ok, p, wait_until, walship, write_records, Proc, WAIT};
 
 /// Fast heartbeats and reconnects so that tests converge quickly.
@@ -121,111 +121,6 @@ fn partials(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// A TCP proxy in the test: forwards between a client and `upstream`, optionally slowing the
-/// upstream-to-client direction down and cutting connections after a random number of bytes.
-struct Proxy {
-    addr: String,
-    stop: Arc<AtomicBool>,
-    /// While set, nothing more goes downstream.
-    paused: Arc<AtomicBool>,
-    cuts: Arc<AtomicU64>,
-}
-
-#[derive(Clone, Copy)]
-struct ProxyMode {
-    /// Cut each connection after a random count of bytes in [1, max) sent downstream.
-    cut_after_max: Option<u64>,
-    /// Forward at most this many bytes per 10 ms downstream.
-    throttle: Option<usize>,
-}
-
-impl Proxy {
-    fn start(upstream: String, mode: ProxyMode) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let cuts = Arc::new(AtomicU64::new(0));
-        let paused = Arc::new(AtomicBool::new(false));
-        let (stop2, cuts2, paused2) = (stop.clone(), cuts.clone(), paused.clone());
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                let client = match listener.accept() {
-                    Ok((c, _)) => c,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                };
-                client.set_nonblocking(false).unwrap();
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let budget = mode
-                    .cut_after_max
-                    .map(|m| rand::random::<u64>() % m.max(2) + 1);
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (c3, s3) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (cuts3, stop3, paused3) = (cuts2.clone(), stop2.clone(), paused2.clone());
-                // Upstream to client: throttled, and cut when the budget runs out.
-                std::thread::spawn(move || {
-                    let (mut from, mut to) = (server, client);
-                    let mut sent = 0u64;
-                    let mut buf = vec![0u8; mode.throttle.unwrap_or(64 << 10)];
-                    loop {
-                        if stop3.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let n = match from.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        while paused3.load(Ordering::Relaxed) && !stop3.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        let n = match budget {
-                            Some(b) if sent + n as u64 >= b => {
-                                let _ = to.write_all(&buf[..(b - sent) as usize]);
-                                cuts3.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                            _ => n,
-                        };
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                        sent += n as u64;
-                        if mode.throttle.is_some() {
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                    let _ = from.shutdown(Shutdown::Both);
-                    let _ = to.shutdown(Shutdown::Both);
-                });
-                // Client to upstream: plain.
-                std::thread::spawn(move || {
-                    let (mut from, mut to) = (c2, s2);
-                    let _ = std::io::copy(&mut from, &mut to);
-                    let _ = c3.shutdown(Shutdown::Both);
-                    let _ = s3.shutdown(Shutdown::Both);
-                });
-            }
-        });
-        Proxy {
-            addr,
-            stop,
-            paused,
-            cuts,
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 #[test]
 fn several_standbys_receive_identical_segments_and_catch_up() {
     let t = tempfile::tempdir().unwrap();
@@ -307,11 +202,11 @@ fn standby_killed_mid_segment_converges_without_trusting_its_partial() {
     seal(&primary);
     let (_srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
     // A slow link: each segment takes a while to arrive, so a kill lands mid-segment.
-    let slow = Proxy::start(
-        addr.clone(),
+    let slow = Proxy::to(
+        &addr,
         ProxyMode {
-            cut_after_max: None,
             throttle: Some(4 << 10),
+            ..ProxyMode::default()
         },
     );
     let sdir = t.path().join("standby");
@@ -399,11 +294,11 @@ fn connections_cut_at_random_still_converge() {
     write_records(&primary, 8000, "c");
     seal(&primary);
     let (_srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
-    let flaky = Proxy::start(
-        addr.clone(),
+    let flaky = Proxy::to(
+        &addr,
         ProxyMode {
             cut_after_max: Some(200_000),
-            throttle: None,
+            ..ProxyMode::default()
         },
     );
     let sdir = t.path().join("standby");
