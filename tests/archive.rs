@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 mod common;
-use common::{archive_once, bin, names, p, text, walship, SEG};
+use common::{archive_once, bin, names, p, text, wait_until, walship, SEG};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -1089,14 +1089,6 @@ fn collect_lines(
         }
     });
     lines
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -11,22 +11,7 @@ use serde_json::Value;
 
 mod common;
 use common::proxy::{Proxy, ProxyMode};
-use common::{ok, p, wait_until, walship, write_records, Proc, WAIT};
-
-/// Fast heartbeats and reconnects so that tests converge quickly.
-const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "3s"];
-
-fn init(dir: &Path) {
-    ok(&["init", p(dir), "--segment-size", "64KiB"]);
-}
-
-fn seal(dir: &Path) {
-    ok(&["seal", p(dir)]);
-}
-
-fn status(dir: &Path) -> Value {
-    serde_json::from_str(&ok(&["status", p(dir), "--json"])).unwrap()
-}
+use common::{init, ok, p, seal, status, wait_until, walship, write_records, Proc, NET, WAIT};
 
 /// Starts `walship serve` (with the fast network settings) and returns it with its address.
 fn serve(dir: &Path, listen: &str, extra: &[&str], log: &Path) -> (Proc, String) {

@@ -16,21 +16,7 @@ use walship::replication::messages::{ErrorCode, Message, MAGIC, PROTOCOL_VERSION
 
 mod common;
 use common::proxy::{Proxy, ProxyMode};
-use common::{ok, p, wait_until, walship, write_records, Proc, SEG, WAIT};
-
-const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "3s"];
-
-fn init(dir: &Path) {
-    ok(&["init", p(dir), "--segment-size", "64KiB"]);
-}
-
-fn seal(dir: &Path) {
-    ok(&["seal", p(dir)]);
-}
-
-fn status(dir: &Path) -> Value {
-    serde_json::from_str(&ok(&["status", p(dir), "--json"])).unwrap()
-}
+use common::{init, ok, p, seal, status, wait_until, walship, write_records, Proc, NET, SEG, WAIT};
 
 fn serve(dir: &Path, extra: &[&str], log: &Path) -> (Proc, String) {
     let mut args = NET.to_vec();

@@ -110,6 +110,24 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// Fast heartbeats and a short peer timeout, so that replication tests converge quickly.
+pub const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "3s"];
+
+/// `walship init DIR` with 64 KiB segments (`SEG`).
+pub fn init(dir: &Path) {
+    ok(&["init", p(dir), "--segment-size", "64KiB"]);
+}
+
+/// `walship seal DIR`, which must succeed.
+pub fn seal(dir: &Path) {
+    ok(&["seal", p(dir)]);
+}
+
+/// `walship status DIR --json`, which must succeed, parsed.
+pub fn status(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(&["status", p(dir), "--json"])).unwrap()
+}
+
 /// Appends `n` durable records (about 64 bytes each on disk) through `walship write`.
 pub fn write_records(dir: &Path, n: usize, tag: &str) {
     use std::io::Write;
