@@ -8,112 +8,13 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use common::mount::{self, Mount};
 use common::{code, p, run, stderr, stdout};
 
-/// An ext2 image of `size` (4 KiB blocks, the page size) mounted for one test; unmounted when
-/// dropped, panics included.
-struct Ext2 {
-    _parent: tempfile::TempDir,
-    image: PathBuf,
-    point: PathBuf,
-}
-
-impl Ext2 {
-    fn mount(size: u64) -> Result<Ext2, String> {
-        // SAFETY: plain getter.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not running as root, cannot mount a loop device".into());
-        }
-        let parent = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let image = parent.path().join("ext2.img");
-        let point = parent.path().join("mnt");
-        std::fs::create_dir(&point).map_err(|e| e.to_string())?;
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(size))
-            .map_err(|e| e.to_string())?;
-        let sh = |cmd: &mut Command, what: &str| -> Result<(), String> {
-            let out = cmd
-                .output()
-                .map_err(|e| format!("cannot run {what}: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{what} failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            Ok(())
-        };
-        sh(
-            Command::new("mkfs.ext2")
-                .args(["-q", "-F", "-b", "4096"])
-                .arg(&image),
-            "mkfs.ext2",
-        )?;
-        let fs = Ext2 {
-            _parent: parent,
-            image,
-            point,
-        };
-        fs.mount_image()?;
-        Ok(fs)
-    }
-
-    fn mount_image(&self) -> Result<(), String> {
-        let out = Command::new("mount")
-            .args(["-t", "ext2", "-o", "loop"])
-            .arg(&self.image)
-            .arg(&self.point)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -o loop failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(())
-    }
-
-    /// Unmounts and mounts again: every cached page of the file system is gone, as after a
-    /// reboot, and reads come from the image.
-    fn remount(&self) {
-        let out = Command::new("umount")
-            .arg(&self.point)
-            .output()
-            .expect("run umount");
-        assert!(
-            out.status.success(),
-            "umount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.mount_image().expect("mount again");
-    }
-}
-
-impl Drop for Ext2 {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.point)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
-        }
-    }
-}
-
-fn mount_or_skip(size: u64) -> Option<Ext2> {
-    match Ext2::mount(size) {
-        Ok(m) => Some(m),
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-    }
+fn mount_or_skip(size: u64) -> Option<Mount> {
+    mount::or_skip(Mount::ext2(size))
 }
 
 /// The errno `fallocate` gives on this file system (None when it works).
@@ -296,7 +197,7 @@ fn recovery_reads_what_the_disk_holds_not_pages_left_in_the_cache() {
         let f = std::fs::File::open(&seg).expect("open segment");
         let image = std::fs::OpenOptions::new()
             .write(true)
-            .open(&fs.image)
+            .open(fs.image())
             .expect("open image");
         for page in first_lost..=last_lost {
             let block = physical_block(&f, page);

@@ -1,11 +1,12 @@
 //! Helpers shared by every integration test file, one module per concept: running the real
 //! `walship` binary ([`run`]), scratch data directories and reading records back ([`data`]),
-//! and a TCP proxy that stands between two processes ([`proxy`]). Each test file includes this
-//! folder with `mod common;` and uses what it needs; the rest is unused there, hence the
-//! allowances.
+//! small file systems mounted for one test ([`mount`]), and a TCP proxy that stands between two
+//! processes ([`proxy`]). Each test file includes this folder with `mod common;` and uses what
+//! it needs; the rest is unused there, hence the allowances.
 #![allow(dead_code, unused_imports)]
 
 pub mod data;
+pub mod mount;
 pub mod proxy;
 pub mod run;
 
