@@ -17,9 +17,9 @@ use walship::archive::{
 };
 use walship::consumers::ConsumerRegistry;
 use walship::format::{SegmentFileKind, SegmentName};
-use walship::{DataDir, Entry, EntryType, Error, Result, Wal, WalOptions};
+use walship::{DataDir, Error, Result};
 
-use common::SEG;
+use common::sealed_store;
 
 /// A directory archive that records each `put` as (object name, the archiver's registered
 /// position when the put began), and fails the put of `fail` if set.
@@ -88,24 +88,9 @@ fn registered_position(data: &DataDir) -> u64 {
         .map_or(0, |r| r.position)
 }
 
-/// A data directory with `n` sealed segments; returns the seal LSN of each, oldest first.
+/// A data directory with `n` sealed segments and no writer; returns the seal LSN of each.
 fn store(root: &Path, n: usize) -> Vec<u64> {
-    DataDir::init(root, SEG).unwrap();
-    let wal = Wal::open(root, WalOptions::default()).unwrap();
-    let mut ends = Vec::new();
-    for i in 0..n {
-        for j in 0..3 {
-            wal.append(&Entry::new(
-                EntryType::Insert,
-                None,
-                format!("segment {i} record {j}").as_bytes(),
-            ))
-            .unwrap();
-        }
-        ends.push(wal.write_lsn().0);
-        wal.seal().unwrap().expect("a segment to seal");
-    }
-    wal.sync().unwrap();
+    let (wal, _, ends) = sealed_store(root, n);
     drop(wal);
     ends
 }

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::mount::{self, Mount};
@@ -53,22 +52,7 @@ fn write_seal_restore_and_verify_work_without_fallocate() {
     assert_eq!(stdout(&out).lines().count(), 1500);
     assert!(err.contains("does not support fallocate"), "{err}");
     // The open segment (and a prepared one) are whole files with real blocks.
-    let mut reserved = 0;
-    for e in std::fs::read_dir(dir.join("wal")).expect("read wal/") {
-        let e = e.expect("entry");
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".wal.open") || name.ends_with(".wal.prep") {
-            let m = e.metadata().expect("stat");
-            assert_eq!(m.len(), common::SEG, "{name}");
-            assert!(
-                m.blocks() * 512 >= common::SEG,
-                "{name}: {} blocks",
-                m.blocks()
-            );
-            reserved += 1;
-        }
-    }
-    assert!(reserved > 0);
+    common::assert_segments_reserved(&dir);
     assert_eq!(code(&run(&["seal", p(&dir)], b"")), 0);
     let out = run(&["verify", p(&dir)], b"");
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));

@@ -4,24 +4,12 @@
 use std::path::Path;
 
 mod common;
-use common::{archive_once, names, p, text, walship, SEG};
+use common::{archive_once, consumer, names, p, text, walship, SEG};
 
 use proptest::prelude::*;
-use walship::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
+use walship::consumers::{ConsumerKind, ConsumerRegistry};
 use walship::retention::{checkpoint, report, RetentionOptions};
 use walship::{DataDir, Entry, EntryType, Lsn, Wal, WalOptions, WalReader};
-
-fn consumer(id: &str, kind: ConsumerKind, position: u64) -> ConsumerRecord {
-    ConsumerRecord {
-        id: id.into(),
-        kind,
-        position,
-        applied_lsn: None,
-        address: None,
-        last_contact_us: None,
-        lost: false,
-    }
-}
 
 /// (segment number, seal LSN) of every sealed segment on disk.
 fn sealed(dir: &Path) -> Vec<(u64, u64)> {

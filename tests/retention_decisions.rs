@@ -7,45 +7,11 @@ mod common;
 
 use std::path::Path;
 
-use walship::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
+use walship::consumers::{ConsumerKind, ConsumerRegistry};
 use walship::retention::{report, RetentionOptions};
-use walship::{DataDir, Entry, EntryType, Lsn, Wal, WalOptions};
+use walship::{DataDir, Lsn};
 
-use common::SEG;
-
-/// A writer whose data directory holds `n` sealed segments of a few records each; returns it,
-/// the sealed names and the end (seal LSN) of each segment, oldest first.
-fn store(root: &Path, n: usize) -> (Wal, Vec<String>, Vec<u64>) {
-    DataDir::init(root, SEG).unwrap();
-    let wal = Wal::open(root, WalOptions::default()).unwrap();
-    let (mut names, mut ends) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        for j in 0..3 {
-            wal.append(&Entry::new(
-                EntryType::Insert,
-                None,
-                format!("segment {i} record {j}").as_bytes(),
-            ))
-            .unwrap();
-        }
-        ends.push(wal.write_lsn().0);
-        names.push(wal.seal().unwrap().expect("a segment to seal").to_string());
-    }
-    wal.sync().unwrap();
-    (wal, names, ends)
-}
-
-fn consumer(id: &str, kind: ConsumerKind, position: u64) -> ConsumerRecord {
-    ConsumerRecord {
-        id: id.into(),
-        kind,
-        position,
-        applied_lsn: None,
-        address: None,
-        last_contact_us: None,
-        lost: false,
-    }
-}
+use common::{consumer, sealed_store};
 
 fn on_disk(root: &Path, names: &[String]) -> Vec<String> {
     names
@@ -65,7 +31,7 @@ const NO_CAP: RetentionOptions = RetentionOptions { max_retained: None };
 fn a_checkpoint_removes_exactly_the_segments_that_end_at_or_below_it() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("d");
-    let (wal, names, ends) = store(&root, 4);
+    let (wal, names, ends) = sealed_store(&root, 4);
 
     // One short of segment 0's end: nothing goes, the checkpoint holds segment 0.
     let r = wal.checkpoint(Lsn(ends[0] - 1), &NO_CAP).unwrap();
@@ -96,7 +62,7 @@ fn a_checkpoint_removes_exactly_the_segments_that_end_at_or_below_it() {
 fn the_newest_sealed_segment_is_kept_even_when_nothing_needs_it() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("d");
-    let (wal, names, ends) = store(&root, 3);
+    let (wal, names, ends) = sealed_store(&root, 3);
     let r = wal.checkpoint(Lsn(ends[2]), &NO_CAP).unwrap();
     assert_eq!(r.removed, names[..2].to_vec());
     assert_eq!(r.held_by, strings(&["newest_segment"]));
@@ -111,7 +77,7 @@ fn the_newest_sealed_segment_is_kept_even_when_nothing_needs_it() {
 fn a_checkpoint_never_moves_back() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("d");
-    let (wal, _names, ends) = store(&root, 3);
+    let (wal, _names, ends) = sealed_store(&root, 3);
     wal.checkpoint(Lsn(ends[1]), &NO_CAP).unwrap();
     let r = wal.checkpoint(Lsn(ends[0]), &NO_CAP).unwrap();
     assert_eq!(r.checkpoint_lsn, ends[1]);
@@ -125,7 +91,7 @@ fn a_checkpoint_never_moves_back() {
 fn the_slowest_consumer_not_lost_sets_the_floor() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("d");
-    let (wal, names, ends) = store(&root, 4);
+    let (wal, names, ends) = sealed_store(&root, 4);
     let dir = DataDir::new(&root);
     let reg = ConsumerRegistry::new(&dir);
     reg.save(&consumer("fast", ConsumerKind::Standby, ends[2]))
@@ -169,7 +135,7 @@ fn the_slowest_consumer_not_lost_sets_the_floor() {
 fn the_cap_marks_lost_only_a_consumer_holding_more_than_it() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("d");
-    let (wal, names, ends) = store(&root, 4);
+    let (wal, names, ends) = sealed_store(&root, 4);
     let dir = DataDir::new(&root);
     let reg = ConsumerRegistry::new(&dir);
     reg.save(&consumer("behind", ConsumerKind::Standby, 0))
@@ -206,7 +172,7 @@ fn the_cap_marks_lost_only_a_consumer_holding_more_than_it() {
 fn an_archiver_position_counts_only_when_its_archive_shows_the_segment() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("d");
-    let (wal, names, ends) = store(&root, 3);
+    let (wal, names, ends) = sealed_store(&root, 3);
     let dir = DataDir::new(&root);
     let reg = ConsumerRegistry::new(&dir);
     let arc = t.path().join("arc");

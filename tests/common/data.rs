@@ -1,11 +1,14 @@
 //! Data directories and their records for the tests: the segment size every test uses, a
-//! scratch directory, segment paths, copying fixture trees, and every record read back as a
-//! value that compares by content and position.
+//! scratch directory, a store of sealed segments with known ends, segment paths, copying
+//! fixture trees, consumer entries, checking that segments are reserved, and every record read
+//! back as a value that compares by content and position.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use walship::consumers::{ConsumerKind, ConsumerRecord};
 use walship::format::SegmentFileKind;
-use walship::{DataDir, Lsn, WalReader, WalRecord};
+use walship::{DataDir, Entry, EntryType, Lsn, Wal, WalOptions, WalReader, WalRecord};
 
 /// Smallest segment size: keeps rotation frequent and files small.
 pub const SEG: u64 = 64 * 1024;
@@ -99,4 +102,61 @@ pub fn names(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Every segment-sized file in `wal/` (open and prepared) is whole and has real blocks, never a
+/// sparse hole a store through the map would have to allocate.
+pub fn assert_segments_reserved(dir: &Path) {
+    let mut seen = 0;
+    for e in std::fs::read_dir(dir.join("wal")).expect("read wal/") {
+        let e = e.expect("entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".wal.open") || name.ends_with(".wal.prep") {
+            let m = e.metadata().expect("stat");
+            assert_eq!(m.len(), SEG, "{name}");
+            assert!(
+                m.blocks() * 512 >= SEG,
+                "{name} is sparse: {} blocks",
+                m.blocks()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no open or prepared segment in {}", dir.display());
+}
+
+/// A data directory at `root` (64 KiB segments) with `n` sealed segments of three records
+/// each; returns its writer, the sealed names and each segment's end (its seal LSN), oldest
+/// first.
+pub fn sealed_store(root: &Path, n: usize) -> (Wal, Vec<String>, Vec<u64>) {
+    DataDir::init(root, SEG).unwrap();
+    let wal = Wal::open(root, WalOptions::default()).unwrap();
+    let (mut names, mut ends) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        for j in 0..3 {
+            wal.append(&Entry::new(
+                EntryType::Insert,
+                None,
+                format!("segment {i} record {j}").as_bytes(),
+            ))
+            .unwrap();
+        }
+        ends.push(wal.write_lsn().0);
+        names.push(wal.seal().unwrap().expect("a segment to seal").to_string());
+    }
+    wal.sync().unwrap();
+    (wal, names, ends)
+}
+
+/// A consumer registry entry at `position`: not lost, no address, never heard from.
+pub fn consumer(id: &str, kind: ConsumerKind, position: u64) -> ConsumerRecord {
+    ConsumerRecord {
+        id: id.into(),
+        kind,
+        position,
+        applied_lsn: None,
+        address: None,
+        last_contact_us: None,
+        lost: false,
+    }
 }
