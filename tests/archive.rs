@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 mod common;
-use common::{archive_once, bin, names, p, text, wait_until, walship, SEG};
+use common::{archive_once, bin, names, p, run_with, text, wait_until, walship, SEG};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -618,12 +618,12 @@ fn restore_replaces_a_data_directory_only_with_force() {
 
 /// Runs `walship ARGS` from working directory `cwd`.
 fn walship_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(bin());
-    c.args(args).current_dir(cwd);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run walship")
+    run_with(args, b"", |c| {
+        c.current_dir(cwd);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+    })
 }
 
 /// Appends one record and seals its segment; returns the sealed segment's name.

@@ -839,24 +839,15 @@ mod archive {
 // stderr and exit code 2.
 
 mod cli {
-    use std::process::{Command, Output, Stdio};
+    use std::process::Output;
 
-    use super::common::{bin, code, new_dir, stderr, stdout};
+    use super::common::{code, new_dir, run_with, stderr, stdout};
 
+    /// `walship ARGS` with the failpoints named in FAILPOINTS and `input` on stdin.
     fn walship(args: &[&str], failpoints: &str, input: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(bin())
-            .args(args)
-            .env("FAILPOINTS", failpoints)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn walship");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(input).expect("feed stdin");
-        drop(stdin);
-        child.wait_with_output().expect("wait for walship")
+        run_with(args, input, |c| {
+            c.env("FAILPOINTS", failpoints);
+        })
     }
 
     #[test]

@@ -18,8 +18,15 @@ pub fn bin() -> &'static str {
 /// Runs `walship ARGS` with `stdin` fed in and waits for it to exit; a run that hangs for a
 /// minute is killed and fails the test.
 pub fn run(args: &[&str], stdin: &[u8]) -> Output {
+    run_with(args, stdin, |_| {})
+}
+
+/// [`run`], after `setup` adjusted the command (its environment, its working directory).
+pub fn run_with(args: &[&str], stdin: &[u8], setup: impl FnOnce(&mut Command)) -> Output {
     use std::io::{Read, Write};
-    let mut child = Command::new(bin())
+    let mut cmd = Command::new(bin());
+    setup(&mut cmd);
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
