@@ -5,14 +5,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-mod archive_support;
-use archive_support::{archive_once, names, s, text, walship};
+mod common;
+use common::{archive_once, bin, names, p, run_with, text, wait_until, walship, SEG};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use walship::{Entry, EntryType, Lsn, Wal, WalOptions, WalReader};
-
-const SEG: u64 = 64 * 1024;
 
 /// Record fields a restore must give back exactly.
 type Rec = (u64, u64, EntryType, Option<u64>, i64, u32, Vec<u8>);
@@ -37,7 +35,7 @@ fn records(path: &Path) -> Vec<Rec> {
 /// A data directory with about `segments` sealed 64 KiB segments of mixed records: small
 /// text, larger page-like payloads, random bytes. One record per append, so timestamps rise.
 fn make_store(root: &Path, segments: u64, seed: u64) -> Vec<Rec> {
-    let out = walship(&["init", s(root), "--segment-size", "64KiB"]);
+    let out = walship(&["init", p(root), "--segment-size", "64KiB"]);
     assert!(out.status.success(), "{}", text(&out));
     let wal = Wal::open(root, WalOptions::default()).expect("open wal");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -125,11 +123,11 @@ fn archive_then_restore_gives_the_records_back_byte_for_byte() {
         }
         let id = std::fs::read_to_string(arc.join("IDENTITY")).unwrap();
         assert!(id.starts_with("walship-archive 2\nsystem_id "), "{id}");
-        let v = walship(&["verify", s(&arc)]);
+        let v = walship(&["verify", p(&arc)]);
         assert!(v.status.success(), "{}", text(&v));
 
         let restored = t.path().join(format!("restored-{compress}"));
-        let out = walship(&["restore", s(&arc), s(&restored)]);
+        let out = walship(&["restore", p(&arc), p(&restored)]);
         assert!(out.status.success(), "{}", text(&out));
         assert_eq!(records(&restored), want);
         for name in sealed_names(&data) {
@@ -139,13 +137,13 @@ fn archive_then_restore_gives_the_records_back_byte_for_byte() {
                 "{name} differs after restore"
             );
         }
-        let v = walship(&["verify", s(&restored)]);
+        let v = walship(&["verify", p(&restored)]);
         assert!(v.status.success(), "{}", text(&v));
     }
 }
 
 fn restore_until(arc: &Path, dest: &Path, flag: &str, value: &str) -> Output {
-    walship(&["restore", s(arc), s(dest), flag, value])
+    walship(&["restore", p(arc), p(dest), flag, value])
 }
 
 #[test]
@@ -183,13 +181,13 @@ fn until_lsn_is_exact_at_its_boundaries() {
             let open: Vec<_> = std::fs::read_dir(dest.join("wal"))
                 .unwrap()
                 .map(|e| e.unwrap().path())
-                .filter(|p| s(p).ends_with(".wal.open"))
+                .filter(|p| common::p(p).ends_with(".wal.open"))
                 .collect();
             if cut_mid_segment {
                 assert_eq!(open.len(), 1, "LSN {lsn}: expected an open segment");
                 assert_eq!(std::fs::metadata(&open[0]).unwrap().len(), SEG);
             }
-            let v = walship(&["verify", s(&dest)]);
+            let v = walship(&["verify", p(&dest)]);
             assert!(v.status.success(), "{}", text(&v));
         }
     }
@@ -285,13 +283,13 @@ fn a_restored_directory_takes_new_writes() {
     let after = records(&dest);
     assert_eq!(after.len(), kept.len() + 201);
     assert_eq!(&after[..kept.len()], &kept[..]);
-    let v = walship(&["verify", s(&dest)]);
+    let v = walship(&["verify", p(&dest)]);
     assert!(v.status.success(), "{}", text(&v));
     // It serves as a normal store: it can be archived to an archive of its own.
     let arc2 = t.path().join("arc2");
     let out = archive_once(&dest, &arc2, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(walship(&["verify", s(&arc2)]).status.success());
+    assert!(walship(&["verify", p(&arc2)]).status.success());
 }
 
 #[test]
@@ -306,11 +304,11 @@ fn a_segment_missing_from_the_middle_fails_restore_and_verify_naming_it() {
     let missing = "000000010000000000000003.wal";
     std::fs::remove_file(arc.join(format!("{missing}.zst"))).unwrap();
     let dest = t.path().join("restored");
-    let out = walship(&["restore", s(&arc), s(&dest)]);
+    let out = walship(&["restore", p(&arc), p(&dest)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains(missing), "{}", text(&out));
     assert!(!dest.exists(), "restore wrote something before failing");
-    let v = walship(&["verify", s(&arc)]);
+    let v = walship(&["verify", p(&arc)]);
     assert_eq!(v.status.code(), Some(1), "{}", text(&v));
     assert!(
         text(&v).contains(&format!("segment {missing} is missing")),
@@ -325,7 +323,7 @@ fn a_segment_missing_from_the_middle_fails_restore_and_verify_naming_it() {
     bad[4000] ^= 0x40;
     std::fs::write(&victim, zstd::encode_all(&bad[..], 3).unwrap()).unwrap();
     std::fs::create_dir(&dest).unwrap();
-    let out = walship(&["restore", s(&arc), s(&dest), "--until-lsn", "0/00030000"]);
+    let out = walship(&["restore", p(&arc), p(&dest), "--until-lsn", "0/00030000"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("000000010000000000000001.wal.zst"),
@@ -451,12 +449,12 @@ fn sigkill_mid_push_then_a_rerun_completes_and_nothing_partial_is_visible() {
     };
     let mut killed_mid = 0;
     for round in 0..4 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
+        let mut child = Command::new(bin())
             .args([
                 "archive",
-                s(&data),
+                p(&data),
                 "--to",
-                s(&arc),
+                p(&arc),
                 "--once",
                 "--compress",
                 "zstd",
@@ -501,7 +499,7 @@ fn sigkill_mid_push_then_a_rerun_completes_and_nothing_partial_is_visible() {
         !has_temporary(&arc),
         "a temporary file was left after a clean run"
     );
-    let v = walship(&["verify", s(&arc)]);
+    let v = walship(&["verify", p(&arc)]);
     assert!(v.status.success(), "{}", text(&v));
     // The recorded position is the end of the last sealed segment.
     let reg: serde_json::Value =
@@ -540,12 +538,12 @@ fn watching_archives_new_segments_as_they_are_sealed() {
     let data: PathBuf = t.path().join("data");
     make_store(&data, 2, 9);
     let arc = t.path().join("arc");
-    let child = Command::new(env!("CARGO_BIN_EXE_walship"))
+    let child = Command::new(bin())
         .args([
             "archive",
-            s(&data),
+            p(&data),
             "--to",
-            s(&arc),
+            p(&arc),
             "--rescan-secs",
             "3600",
         ])
@@ -594,24 +592,24 @@ fn restore_replaces_a_data_directory_only_with_force() {
         .success());
     assert_eq!(records(&dest).len(), all.len() / 2 + 1);
     // Not empty: refused without --force, untouched.
-    let out = walship(&["restore", s(&arc), s(&dest)]);
+    let out = walship(&["restore", p(&arc), p(&dest)]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--force"), "{}", text(&out));
     assert_eq!(records(&dest).len(), all.len() / 2 + 1);
     // With --force the data directory is replaced.
-    let out = walship(&["restore", s(&arc), s(&dest), "--force"]);
+    let out = walship(&["restore", p(&arc), p(&dest), "--force"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(records(&dest), all);
     // A file that is not part of a data directory makes even --force refuse.
     std::fs::write(dest.join("notes.txt"), b"mine").unwrap();
-    let out = walship(&["restore", s(&arc), s(&dest), "--force"]);
+    let out = walship(&["restore", p(&arc), p(&dest), "--force"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("notes.txt"), "{}", text(&out));
     assert_eq!(records(&dest), all);
     // A running writer keeps its directory.
     std::fs::remove_file(dest.join("notes.txt")).unwrap();
     let wal = Wal::open(&dest, WalOptions::default()).unwrap();
-    let out = walship(&["restore", s(&arc), s(&dest), "--force"]);
+    let out = walship(&["restore", p(&arc), p(&dest), "--force"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("locked"), "{}", text(&out));
     drop(wal);
@@ -620,12 +618,12 @@ fn restore_replaces_a_data_directory_only_with_force() {
 
 /// Runs `walship ARGS` from working directory `cwd`.
 fn walship_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_walship"));
-    c.args(args).current_dir(cwd);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run walship")
+    run_with(args, b"", |c| {
+        c.current_dir(cwd);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+    })
 }
 
 /// Appends one record and seals its segment; returns the sealed segment's name.
@@ -663,10 +661,10 @@ fn assert_archive_complete(t: &Path, data: &Path, arc: &Path, tag: &str) {
         sealed_names(data).len(),
         "{tag}: the archive does not hold every sealed segment"
     );
-    let v = walship(&["verify", s(arc)]);
+    let v = walship(&["verify", p(arc)]);
     assert!(v.status.success(), "{tag}: {}", text(&v));
     let dest = t.join(format!("restored-{tag}"));
-    let out = walship(&["restore", s(arc), s(&dest)]);
+    let out = walship(&["restore", p(arc), p(&dest)]);
     assert!(out.status.success(), "{tag}: {}", text(&out));
     assert_eq!(records(&dest), records(data), "{tag}: restore lost records");
 }
@@ -712,11 +710,11 @@ fn an_archive_that_lost_segments_is_filled_again_from_wal() {
         );
         // Retention may now let everything but the newest go: the archive has it.
         let end = all_end(&data).to_string();
-        let out = walship(&["checkpoint", s(&data), "--lsn", &end]);
+        let out = walship(&["checkpoint", p(&data), "--lsn", &end]);
         assert!(out.status.success(), "{tag}: {}", text(&out));
         assert_eq!(sealed_names(&data).len(), 1, "{tag}");
         let dest = t.path().join("after-checkpoint");
-        let out = walship(&["restore", s(&arc), s(&dest)]);
+        let out = walship(&["restore", p(&arc), p(&dest)]);
         assert!(out.status.success(), "{tag}: {}", text(&out));
         assert_eq!(
             records(&dest),
@@ -735,14 +733,14 @@ fn a_relative_target_is_recorded_absolute_and_found_from_any_directory() {
     std::fs::create_dir(&work).unwrap();
     let out = walship_in(
         &work,
-        &["archive", s(&data), "--to", "../arc", "--once"],
+        &["archive", p(&data), "--to", "../arc", "--once"],
         &[],
     );
     assert!(out.status.success(), "{}", text(&out));
     let arc = t.path().join("arc");
     assert_eq!(
         registry(&data)["address"].as_str(),
-        Some(s(&arc)),
+        Some(p(&arc)),
         "the archive location must be stored absolute"
     );
     // Lost, then found missing from another working directory: retention keeps everything.
@@ -754,7 +752,7 @@ fn a_relative_target_is_recorded_absolute_and_found_from_any_directory() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("000000010000000000000000.wal is not in the archive")
-            && text(&out).contains(s(&arc)),
+            && text(&out).contains(p(&arc)),
         "{}",
         text(&out)
     );
@@ -810,7 +808,7 @@ fn a_lost_segment_wal_no_longer_holds_fails_loudly_and_retention_keeps_the_rest(
         assert!(archive_once(&data, &arc, &[]).status.success(), "{tag}");
         // The application's checkpoint lets the archived segments go from wal/.
         let end = all_end(&data).to_string();
-        let out = walship(&["checkpoint", s(&data), "--lsn", &end]);
+        let out = walship(&["checkpoint", p(&data), "--lsn", &end]);
         assert!(out.status.success(), "{tag}: {}", text(&out));
         assert_eq!(sealed_names(&data).len(), 1, "{tag}");
         lose(&arc);
@@ -820,7 +818,7 @@ fn a_lost_segment_wal_no_longer_holds_fails_loudly_and_retention_keeps_the_rest(
             let out = if mode == "--once" {
                 archive_once(&data, &arc, &[])
             } else {
-                walship(&["archive", s(&data), "--to", s(&arc), "--rescan-secs", "1"])
+                walship(&["archive", p(&data), "--to", p(&arc), "--rescan-secs", "1"])
             };
             assert_eq!(out.status.code(), Some(1), "{tag} {mode}: {}", text(&out));
             assert!(text(&out).contains(says), "{tag} {mode}: {}", text(&out));
@@ -837,7 +835,7 @@ fn a_lost_segment_wal_no_longer_holds_fails_loudly_and_retention_keeps_the_rest(
             pos <= 4 * SEG,
             "{tag}: position {pos} still covers the lost segments"
         );
-        let out = walship(&["checkpoint", s(&data), "--lsn", &all_end(&data).to_string()]);
+        let out = walship(&["checkpoint", p(&data), "--lsn", &all_end(&data).to_string()]);
         assert!(
             out.status.success() || out.status.code() == Some(1),
             "{tag}: {}",
@@ -849,7 +847,7 @@ fn a_lost_segment_wal_no_longer_holds_fails_loudly_and_retention_keeps_the_rest(
             "{tag}: retention removed a segment"
         );
         if matches!(tag, "start" | "middle") {
-            let v = walship(&["verify", s(&arc)]);
+            let v = walship(&["verify", p(&arc)]);
             assert_eq!(v.status.code(), Some(1), "{tag}: {}", text(&v));
             assert!(text(&v).contains(says), "{tag}: {}", text(&v));
         }
@@ -874,7 +872,7 @@ fn verify_and_restore_report_a_missing_first_segment() {
             std::fs::remove_file(object_of(&arc, *no)).unwrap();
         }
         let missing = format!("{:08X}{:016X}.wal", 1, lose[0]);
-        let v = walship(&["verify", s(&arc)]);
+        let v = walship(&["verify", p(&arc)]);
         assert_eq!(v.status.code(), Some(1), "{tag}: {}", text(&v));
         assert!(
             text(&v).contains(&format!("segment {missing} is missing")),
@@ -883,7 +881,7 @@ fn verify_and_restore_report_a_missing_first_segment() {
         );
         assert!(text(&v).contains("DAMAGED"), "{tag}: {}", text(&v));
         let dest = t.path().join(format!("dest-{tag}"));
-        let out = walship(&["restore", s(&arc), s(&dest)]);
+        let out = walship(&["restore", p(&arc), p(&dest)]);
         assert_eq!(out.status.code(), Some(1), "{tag}: {}", text(&out));
         assert!(text(&out).contains(&missing), "{tag}: {}", text(&out));
         assert!(!dest.exists(), "{tag}: restore wrote something");
@@ -894,7 +892,7 @@ fn verify_and_restore_report_a_missing_first_segment() {
         .status
         .success());
     std::fs::remove_file(arc.join("IDENTITY")).unwrap();
-    let v = walship(&["verify", s(&arc)]);
+    let v = walship(&["verify", p(&arc)]);
     assert_eq!(v.status.code(), Some(1), "{}", text(&v));
     assert!(
         text(&v).contains("error: IDENTITY: missing"),
@@ -949,9 +947,9 @@ fn an_object_found_in_the_archive_counts_only_once_it_is_synced() {
             t.path(),
             &[
                 "archive",
-                s(&data),
+                p(&data),
                 "--to",
-                s(&arc),
+                p(&arc),
                 "--once",
                 "--compress",
                 again,
@@ -983,7 +981,7 @@ fn an_object_found_in_the_archive_counts_only_once_it_is_synced() {
     // The identity's sync passes; the first segment's fails after its name exists.
     let out = walship_in(
         t.path(),
-        &["archive", s(&data), "--to", s(&arc), "--once"],
+        &["archive", p(&data), "--to", p(&arc), "--once"],
         &[("FAILPOINTS", "archive::dir_fsync=1*off->return(EIO)")],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -991,7 +989,7 @@ fn an_object_found_in_the_archive_counts_only_once_it_is_synced() {
     assert_eq!(registry(&data)["position"].as_u64(), Some(0));
     let out = walship_in(
         t.path(),
-        &["archive", s(&data), "--to", s(&arc), "--once"],
+        &["archive", p(&data), "--to", p(&arc), "--once"],
         &fail_sync,
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -1045,7 +1043,7 @@ fn an_object_that_inflates_past_a_segment_is_damage_and_never_allocated() {
             .success());
         let victim = "000000010000000000000001.wal.zst";
         std::fs::write(arc.join(victim), bomb).unwrap();
-        let v = walship(&["verify", s(&arc)]);
+        let v = walship(&["verify", p(&arc)]);
         assert_eq!(v.status.code(), Some(1), "{tag}: {}", text(&v));
         assert!(
             text(&v).contains(victim) && text(&v).contains("decompresses to more than a segment"),
@@ -1053,7 +1051,7 @@ fn an_object_that_inflates_past_a_segment_is_damage_and_never_allocated() {
             text(&v)
         );
         let dest = t.path().join(format!("dest-{tag}"));
-        let out = walship(&["restore", s(&arc), s(&dest)]);
+        let out = walship(&["restore", p(&arc), p(&dest)]);
         assert_eq!(out.status.code(), Some(1), "{tag}: {}", text(&out));
         assert!(text(&out).contains(victim), "{tag}: {}", text(&out));
         // The archiver reads it back to compare: different content, refused, nothing changed.
@@ -1068,7 +1066,7 @@ fn an_object_that_inflates_past_a_segment_is_damage_and_never_allocated() {
     let arc = t.path().join("arc-declared");
     let big = "000000010000000000000000.wal.zst";
     std::fs::write(arc.join(big), vec![7u8; 3 * SEG as usize]).unwrap();
-    let v = walship(&["verify", s(&arc)]);
+    let v = walship(&["verify", p(&arc)]);
     assert_eq!(v.status.code(), Some(1), "{}", text(&v));
     assert!(
         text(&v).contains(big) && text(&v).contains("at most"),
@@ -1093,22 +1091,14 @@ fn collect_lines(
     lines
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_failing_archive_in_watch_mode_backs_off_logs_a_count_and_recovers() {
     let t = tempfile::tempdir().unwrap();
     let data = t.path().join("data");
     make_store(&data, 2, 90);
     let arc = t.path().join("arc");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args(["archive", s(&data), "--to", s(&arc), "--rescan-secs", "1"])
+    let mut child = Command::new(bin())
+        .args(["archive", p(&data), "--to", p(&arc), "--rescan-secs", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1236,7 +1226,7 @@ fn a_damaged_local_segment_is_reported_where_and_never_archived() {
                 "{tag}"
             );
             // The primary shows it where operators look, as damage found by the archiver.
-            let st = walship(&["status", s(&data), "--json"]);
+            let st = walship(&["status", p(&data), "--json"]);
             let st: serde_json::Value =
                 serde_json::from_str(text(&st).lines().next().unwrap_or("")).unwrap();
             let entries = st["damage"].as_array().cloned().unwrap_or_default();
@@ -1256,8 +1246,8 @@ fn a_watching_archiver_refills_an_archive_removed_under_it_or_stops_when_it_cann
     let data = t.path().join("data");
     make_store(&data, 3, 120);
     let arc = t.path().join("arc");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args(["archive", s(&data), "--to", s(&arc), "--rescan-secs", "1"])
+    let mut child = Command::new(bin())
+        .args(["archive", p(&data), "--to", p(&arc), "--rescan-secs", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1271,11 +1261,11 @@ fn a_watching_archiver_refills_an_archive_removed_under_it_or_stops_when_it_cann
     wait_until("the archive to be filled again", || {
         arc.join(&name).exists() && check_final_names(&arc, &data) == sealed_names(&data).len()
     });
-    assert!(walship(&["verify", s(&arc)]).status.success());
+    assert!(walship(&["verify", p(&arc)]).status.success());
     // wal/ trimmed by the checkpoint, then the archive removed again: it cannot be completed,
     // so the archiver stops with exit 1 and retention keeps what is left.
     let end = all_end(&data).to_string();
-    let out = walship(&["checkpoint", s(&data), "--lsn", &end]);
+    let out = walship(&["checkpoint", p(&data), "--lsn", &end]);
     assert!(out.status.success(), "{}", text(&out));
     std::fs::remove_dir_all(&arc).unwrap();
     let name = seal_one_more(&data, "after the second removal");
@@ -1293,7 +1283,7 @@ fn a_watching_archiver_refills_an_archive_removed_under_it_or_stops_when_it_cann
     assert!(log.contains("cannot be completed"), "{log}");
     assert!(!arc.join(&name).exists());
     let kept = sealed_names(&data);
-    let out = walship(&["checkpoint", s(&data), "--lsn", &all_end(&data).to_string()]);
+    let out = walship(&["checkpoint", p(&data), "--lsn", &all_end(&data).to_string()]);
     assert!(
         out.status.code() == Some(0) || out.status.code() == Some(1),
         "{}",

@@ -1,10 +1,13 @@
 //! `walship bench` as a child process with tiny sizes: every scenario runs, prints one JSON
 //! object with the stable keys, and reports positive figures. No speed is asserted here.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
+
+use common::{p, walship};
 
 const KEYS: [&str; 15] = [
     "scenario",
@@ -30,14 +33,10 @@ fn bench(dir: &Path, args: &[&str]) -> Value {
 
 /// Runs a bench that prints `n` results; returns them in order.
 fn bench_lines(dir: &Path, args: &[&str], n: usize) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
-        .arg("bench")
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run walship bench");
+    let mut all = vec!["bench", "--dir", p(dir)];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = walship(&all);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -229,13 +228,7 @@ fn bad_trace_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("bad.tsv");
     std::fs::write(&trace, "type\ttx_id\tlen\ninsert\t1\tlots\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args(["bench", "--workload"])
-        .arg(&trace)
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = walship(&["bench", "--workload", p(&trace), "--dir", p(dir.path())]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -8,21 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{code, run, stderr, stdout};
+use common::{code, p, run, stderr, stdout};
 use serde_json::Value;
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
-
 fn init(dir: &Path) {
-    let o = run(&["init", s(dir), "--segment-size", "64KiB"], b"");
+    let o = run(&["init", p(dir), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
 /// Appends one record per line; returns the printed LSNs.
 fn write(dir: &Path, input: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec!["write", s(dir)];
+    let mut args = vec!["write", p(dir)];
     args.extend_from_slice(extra);
     let o = run(&args, input.as_bytes());
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -30,13 +26,13 @@ fn write(dir: &Path, input: &str, extra: &[&str]) -> Vec<String> {
 }
 
 fn seal(dir: &Path) -> String {
-    let o = run(&["seal", s(dir)], b"");
+    let o = run(&["seal", p(dir)], b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     stdout(&o)
 }
 
 fn dump_json(path: &Path, extra: &[&str]) -> Vec<Value> {
-    let mut args = vec!["dump", s(path), "--json"];
+    let mut args = vec!["dump", p(path), "--json"];
     args.extend_from_slice(extra);
     let o = run(&args, b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -91,7 +87,7 @@ fn flip(path: &Path, offset: u64, mask: u8) {
 }
 
 fn verify_json(path: &Path) -> (i32, Value) {
-    let o = run(&["verify", s(path), "--json"], b"");
+    let o = run(&["verify", p(path), "--json"], b"");
     let v: Value = serde_json::from_str(stdout(&o).trim())
         .unwrap_or_else(|e| panic!("verify --json: {e}: {}{}", stdout(&o), stderr(&o)));
     (code(&o), v)
@@ -107,7 +103,7 @@ struct Follower {
 impl Follower {
     fn start(d: &Path, extra: &[&str]) -> Follower {
         let mut child = Command::new(common::bin())
-            .args(["dump", s(d), "--follow"])
+            .args(["dump", p(d), "--follow"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -157,7 +153,7 @@ fn init_parses_sizes_and_rejects_bad_ones() {
         ("1GiB", 1 << 30),
     ] {
         let (_t, d) = tempdir();
-        let o = run(&["init", s(&d), "--segment-size", arg], b"");
+        let o = run(&["init", p(&d), "--segment-size", arg], b"");
         assert_eq!(code(&o), 0, "{arg}: {}", stderr(&o));
         assert!(
             stdout(&o).contains(&format!("segment size {bytes} bytes")),
@@ -168,7 +164,7 @@ fn init_parses_sizes_and_rejects_bad_ones() {
         assert_eq!(c.segment_size, bytes);
     }
     let (_t, d) = tempdir();
-    let o = run(&["init", s(&d)], b"");
+    let o = run(&["init", p(&d)], b"");
     assert_eq!(code(&o), 0);
     assert!(
         stdout(&o).contains("segment size 16777216 bytes"),
@@ -176,7 +172,7 @@ fn init_parses_sizes_and_rejects_bad_ones() {
         stdout(&o)
     );
     // A second init on the same directory is refused.
-    let o = run(&["init", s(&d)], b"");
+    let o = run(&["init", p(&d)], b"");
     assert_eq!(code(&o), 2);
     assert!(
         stderr(&o).contains("already a walship data directory"),
@@ -192,7 +188,7 @@ fn init_parses_sizes_and_rejects_bad_ones() {
         ("lots", "invalid size"),
     ] {
         let (_t, d) = tempdir();
-        let o = run(&["init", s(&d), "--segment-size", arg], b"");
+        let o = run(&["init", p(&d), "--segment-size", arg], b"");
         assert_eq!(code(&o), 2, "{arg} accepted");
         let err = stderr(&o);
         assert!(err.contains(says), "{arg}: {err}");
@@ -244,10 +240,10 @@ fn write_prints_lsns_and_stores_type_and_tx() {
         .collect();
     assert_eq!(printed, stored);
 
-    let o = run(&["write", s(&d), "--type", "nonsense"], b"x\n");
+    let o = run(&["write", p(&d), "--type", "nonsense"], b"x\n");
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("unknown entry type"), "{}", stderr(&o));
-    let o = run(&["write", s(&d.join("nope"))], b"x\n");
+    let o = run(&["write", p(&d.join("nope"))], b"x\n");
     assert_eq!(code(&o), 2);
     assert!(
         stderr(&o).contains("not a walship data directory"),
@@ -272,7 +268,7 @@ fn many_durable_lines_share_syncs_and_cross_segments() {
     assert!(recs
         .iter()
         .any(|r| r["segment"].as_str().is_some_and(|s| s.ends_with(".wal"))));
-    let v = run(&["verify", s(&d)], b"");
+    let v = run(&["verify", p(&d)], b"");
     assert_eq!(code(&v), 0, "{}", stdout(&v));
 }
 
@@ -338,7 +334,7 @@ fn dump_json_has_every_key_with_the_right_types() {
     assert_eq!(r["crc"], format!("{stored:08x}"));
 
     // Text output names the same record.
-    let o = run(&["dump", s(&d)], b"");
+    let o = run(&["dump", p(&d)], b"");
     assert_eq!(code(&o), 0);
     let line = stdout(&o);
     for part in [
@@ -382,12 +378,12 @@ fn dump_filters() {
         hexes(&dump_json(&d, &["--tx", "2", "--limit", "1"])),
         ["63"]
     );
-    let o = run(&["dump", s(&d), "--start", "zz"], b"");
+    let o = run(&["dump", p(&d), "--start", "zz"], b"");
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("invalid LSN"), "{}", stderr(&o));
 
     // --stats: per type count, share and bytes.
-    let o = run(&["dump", s(&d), "--stats", "--json"], b"");
+    let o = run(&["dump", p(&d), "--stats", "--json"], b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let st: Value = serde_json::from_str(stdout(&o).trim()).expect("stats JSON");
     assert_eq!(st["records"], 5);
@@ -400,7 +396,7 @@ fn dump_filters() {
     assert_eq!(del["count"], 2);
     assert_eq!(del["share"], 0.4);
     assert_eq!(del["bytes"], 96);
-    let o = run(&["dump", s(&d), "--stats"], b"");
+    let o = run(&["dump", p(&d), "--stats"], b"");
     assert_eq!(code(&o), 0);
     assert!(
         stdout(&o)
@@ -458,7 +454,7 @@ fn dump_reports_damage_after_the_good_records_and_exits_1() {
     let lsn = victim["lsn"].as_u64().expect("lsn");
     let path = wal_file(&d, 1, true);
     flip(&path, off + 41, 0x04);
-    let o = run(&["dump", s(&d), "--json"], b"");
+    let o = run(&["dump", p(&d), "--json"], b"");
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert_eq!(
         stdout(&o).lines().count(),
@@ -494,7 +490,7 @@ fn torn_tail_in_the_open_segment_is_a_note_not_damage() {
     walship::format::record::encode_record(&mut rec, end as u64, 0, 1, None, 1, b"interrupted");
     b[end..end + 28].copy_from_slice(&rec[..28]);
     std::fs::write(&path, &b).expect("write");
-    let o = run(&["dump", s(&d)], b"");
+    let o = run(&["dump", p(&d)], b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(stdout(&o).lines().count(), 2);
     let err = stderr(&o);
@@ -509,14 +505,14 @@ fn torn_tail_in_the_open_segment_is_a_note_not_damage() {
     // The writer zeroes it and goes on at the same position.
     let lsns = write(&d, "three\n", &[]);
     assert_eq!(lsns, [walship::Lsn(end as u64).to_string()]);
-    let o = run(&["dump", s(&d)], b"");
+    let o = run(&["dump", p(&d)], b"");
     assert!(!stderr(&o).contains("torn tail"), "{}", stderr(&o));
 }
 
 #[test]
 fn verify_clean_and_json_summary() {
     let (_t, d) = four_segments();
-    let o = run(&["verify", s(&d)], b"");
+    let o = run(&["verify", p(&d)], b"");
     assert_eq!(code(&o), 0, "{}", stdout(&o));
     assert!(
         stdout(&o).contains("4 segments, 20 records"),
@@ -536,7 +532,7 @@ fn verify_clean_and_json_summary() {
     assert_eq!(verify_json(&d.join("wal")).0, 0);
     assert_eq!(verify_json(&wal_file(&d, 1, true)).0, 0);
     // Could not run: exit 2.
-    let o = run(&["verify", s(&d.join("missing"))], b"");
+    let o = run(&["verify", p(&d.join("missing"))], b"");
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
 }
@@ -577,7 +573,7 @@ fn verify_finds_a_flipped_bit_in_padding_and_in_payload() {
     // covers the header: flip a reserved header byte of segment 2.
     flip(&wal_file(&d2, 2, true), 73, 0x01);
     assert_damage(&d2, "000000010000000000000002.wal", "header checksum");
-    let o = run(&["dump", s(&d2)], b"");
+    let o = run(&["dump", p(&d2)], b"");
     assert_eq!(code(&o), 1);
 }
 
@@ -600,7 +596,7 @@ fn verify_finds_missing_reordered_and_foreign_segments() {
     std::fs::copy(wal_file(&other, 1, true), wal_file(&d, 1, true)).expect("cp");
     assert_damage(&d, "000000010000000000000001.wal", "belongs to system");
     // The writer refuses it too.
-    let o = run(&["write", s(&d)], b"x\n");
+    let o = run(&["write", p(&d)], b"x\n");
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("belongs to system"), "{}", stderr(&o));
 }
@@ -610,7 +606,7 @@ fn a_second_writer_is_refused_at_once_with_the_holders_pid() {
     let (_t, d) = tempdir();
     init(&d);
     let wal = walship::Wal::open(&d, walship::WalOptions::default()).expect("open");
-    for args in [vec!["write", s(&d)], vec!["seal", s(&d)]] {
+    for args in [vec!["write", p(&d)], vec!["seal", p(&d)]] {
         let o = run(&args, b"x\n");
         assert_eq!(code(&o), 2, "{args:?}");
         let err = stderr(&o);
@@ -649,7 +645,7 @@ fn every_command_has_help_with_an_example() {
 #[test]
 fn dump_follow_keeps_up_with_a_burst_larger_than_its_read_window() {
     let (_t, d) = tempdir();
-    let o = run(&["init", s(&d), "--segment-size", "16MiB"], b"");
+    let o = run(&["init", p(&d), "--segment-size", "16MiB"], b"");
     assert_eq!(code(&o), 0);
     write(&d, "first\n", &[]);
     let f = Follower::start(&d, &[]);
@@ -699,7 +695,7 @@ fn dump_starts_in_any_segment_and_reads_single_files() {
         hex(&all[15..])
     );
     assert_eq!(hex(&dump_json(&d.join("wal"), &[])), hex(&all));
-    let o = run(&["dump", s(&d.join("control"))], b"");
+    let o = run(&["dump", p(&d.join("control"))], b"");
     assert_eq!(code(&o), 2);
     assert!(
         stderr(&o).contains("not a segment file name"),
@@ -737,7 +733,7 @@ fn verify_says_ok_only_about_a_walship_path() {
         (fifo.clone(), "is a FIFO"),
     ] {
         for cmd in ["verify", "dump"] {
-            let o = run(&[cmd, s(&p)], b"");
+            let o = run(&[cmd, common::p(&p)], b"");
             assert_eq!(
                 code(&o),
                 2,
@@ -748,7 +744,10 @@ fn verify_says_ok_only_about_a_walship_path() {
             );
             assert!(!stdout(&o).contains("ok"), "{}", stdout(&o));
             let line = error_line(&o);
-            assert!(line.contains(s(&p)) && line.contains(says), "{cmd}: {line}");
+            assert!(
+                line.contains(common::p(&p)) && line.contains(says),
+                "{cmd}: {line}"
+            );
         }
     }
 
@@ -797,7 +796,7 @@ fn verify_says_ok_only_about_a_walship_path() {
             "{}: {v}",
             p.display()
         );
-        let o = run(&["verify", s(&p)], b"");
+        let o = run(&["verify", common::p(&p)], b"");
         assert_eq!(code(&o), 1);
         assert!(stdout(&o).contains("DAMAGED"), "{}", stdout(&o));
     }
@@ -805,16 +804,16 @@ fn verify_says_ok_only_about_a_walship_path() {
     // or a consumer's position, says how far the log had reached.
     let emptied = root.join("emptied");
     common::copy_tree(&d, &emptied);
-    let o = run(&["checkpoint", s(&emptied), "--lsn", "0/00000080"], b"");
+    let o = run(&["checkpoint", p(&emptied), "--lsn", "0/00000080"], b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let archived = root.join("archived");
     common::copy_tree(&d, &archived);
     let o = run(
         &[
             "archive",
-            s(&archived),
+            p(&archived),
             "--to",
-            s(&root.join("arc")),
+            p(&root.join("arc")),
             "--once",
         ],
         b"",
@@ -892,7 +891,7 @@ fn dump_checks_identity_and_chain_like_verify() {
     let (_t, d) = four_segments();
     let (_t2, other) = four_segments();
     let (_t3, big) = tempdir();
-    let o = run(&["init", s(&big), "--segment-size", "128KiB"], b"");
+    let o = run(&["init", p(&big), "--segment-size", "128KiB"], b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     for _ in 0..3 {
         write(&big, "big\n", &[]);
@@ -919,7 +918,7 @@ fn dump_checks_identity_and_chain_like_verify() {
             &["--stats", "--json"][..],
             &["--follow"][..],
         ] {
-            let mut args = vec!["dump", s(&dir)];
+            let mut args = vec!["dump", p(&dir)];
             args.extend_from_slice(extra);
             let o = run(&args, b"");
             assert_eq!(code(&o), 1, "{extra:?}: {}{}", stdout(&o), stderr(&o));
@@ -945,13 +944,13 @@ fn dump_checks_identity_and_chain_like_verify() {
         }
         // Starting at the segment itself: its identity and its chain to the one before.
         let start = walship::Lsn(2 * seg).to_string();
-        let o = run(&["dump", s(&dir), "--start", &start], b"");
+        let o = run(&["dump", p(&dir), "--start", &start], b"");
         assert_eq!(code(&o), 1, "{}", stderr(&o));
         assert!(error_line(&o).contains(says), "{}", stderr(&o));
         assert_eq!(stdout(&o), "");
         // The file given directly is checked against its directory's control file.
         if says != "chain broken" {
-            let o = run(&["dump", s(&target)], b"");
+            let o = run(&["dump", p(&target)], b"");
             assert_eq!(code(&o), 1, "{}", stderr(&o));
             assert!(error_line(&o).contains(says), "{}", stderr(&o));
             assert_eq!(stdout(&o), "");
@@ -969,7 +968,7 @@ fn dump_checks_identity_and_chain_like_verify() {
         &target,
     )
     .expect("cp");
-    let o = run(&["dump", s(&d), "--json"], b"");
+    let o = run(&["dump", p(&d), "--json"], b"");
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert_eq!(stdout(&o).lines().count(), 10);
     let line = error_line(&o);
@@ -993,11 +992,11 @@ fn init_refuses_a_directory_it_did_not_make() {
     let (_t, d) = four_segments();
     std::fs::remove_file(d.join("control")).expect("rm");
     let before = std::fs::read_dir(d.join("wal")).expect("ls").count();
-    let o = run(&["init", s(&d), "--segment-size", "64KiB"], b"");
+    let o = run(&["init", p(&d), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&o), 2, "{}", stdout(&o));
     let line = error_line(&o);
     assert!(
-        line.contains(s(&d)) && line.contains("wal/ is not empty"),
+        line.contains(p(&d)) && line.contains("wal/ is not empty"),
         "{line}"
     );
     assert!(!d.join("control").exists());
@@ -1045,11 +1044,11 @@ fn init_refuses_a_directory_it_did_not_make() {
         let p = t.path().join(format!("case{i}"));
         std::fs::create_dir(&p).expect("mkdir");
         make(&p);
-        let o = run(&["init", s(&p)], b"");
+        let o = run(&["init", common::p(&p)], b"");
         assert_eq!(code(&o), 2, "{name}: {}", stdout(&o));
         let line = error_line(&o);
         assert!(
-            line.contains(name) && line.contains(s(&p)),
+            line.contains(name) && line.contains(common::p(&p)),
             "{name}: {line}"
         );
         assert!(!p.join("control").exists(), "{name}");
@@ -1057,7 +1056,7 @@ fn init_refuses_a_directory_it_did_not_make() {
     // A regular file is not a directory to initialise.
     let f = t.path().join("file");
     std::fs::write(&f, "x").expect("w");
-    let o = run(&["init", s(&f)], b"");
+    let o = run(&["init", p(&f)], b"");
     assert_eq!(code(&o), 2);
     assert_eq!(std::fs::read(&f).expect("read"), b"x");
 
@@ -1067,9 +1066,9 @@ fn init_refuses_a_directory_it_did_not_make() {
     std::fs::create_dir_all(p.join("wal")).expect("mkdir");
     std::fs::create_dir_all(p.join("state")).expect("mkdir");
     std::fs::write(p.join(".control.tmp"), b"WALSH").expect("w");
-    let o = run(&["init", s(&p), "--segment-size", "64KiB"], b"");
+    let o = run(&["init", common::p(&p), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = run(&["init", s(&p), "--segment-size", "64KiB"], b"");
+    let o = run(&["init", common::p(&p), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&o), 2);
     assert!(error_line(&o).contains("already a walship data directory"));
     write(&p, "works\n", &["--durable"]);
@@ -1079,7 +1078,7 @@ fn init_refuses_a_directory_it_did_not_make() {
 fn a_non_regular_file_with_a_segment_name_is_refused_never_opened() {
     let (t, base) = four_segments();
     let arc = t.path().join("arc");
-    let o = run(&["archive", s(&base), "--to", s(&arc), "--once"], b"");
+    let o = run(&["archive", p(&base), "--to", p(&arc), "--once"], b"");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let kinds = ["FIFO", "directory", "socket", "symbolic link"];
     let names = [
@@ -1107,14 +1106,14 @@ fn a_non_regular_file_with_a_segment_name_is_refused_never_opened() {
             }
             let says = format!("{}: is a {kind}, not a regular file", at.display());
             for args in [
-                vec!["verify", s(&d)],
-                vec!["dump", s(&d)],
-                vec!["dump", s(&d), "--follow"],
-                vec!["dump", s(&d.join("wal"))],
-                vec!["write", s(&d)],
-                vec!["seal", s(&d)],
-                vec!["checkpoint", s(&d), "--lsn", "0/00000050"],
-                vec!["status", s(&d)],
+                vec!["verify", p(&d)],
+                vec!["dump", p(&d)],
+                vec!["dump", p(&d), "--follow"],
+                vec!["dump", p(&d.join("wal"))],
+                vec!["write", p(&d)],
+                vec!["seal", p(&d)],
+                vec!["checkpoint", p(&d), "--lsn", "0/00000050"],
+                vec!["status", p(&d)],
             ] {
                 // `run` fails the test if the command blocks.
                 let o = run(&args, b"x\n");
@@ -1131,10 +1130,10 @@ fn a_non_regular_file_with_a_segment_name_is_refused_never_opened() {
     std::fs::remove_file(d.join("control")).expect("rm");
     make_fifo(&d.join("control"));
     for args in [
-        vec!["verify", s(&d)],
-        vec!["dump", s(&d)],
-        vec!["write", s(&d)],
-        vec!["checkpoint", s(&d)],
+        vec!["verify", p(&d)],
+        vec!["dump", p(&d)],
+        vec!["write", p(&d)],
+        vec!["checkpoint", p(&d)],
     ] {
         let o = run(&args, b"x\n");
         assert_eq!(code(&o), 1, "{args:?}: {}", stdout(&o));
@@ -1150,7 +1149,7 @@ fn a_non_regular_file_with_a_segment_name_is_refused_never_opened() {
     let fifo = t.path().join("000000010000000000000000.wal");
     make_fifo(&fifo);
     for cmd in ["verify", "dump"] {
-        let o = run(&[cmd, s(&fifo)], b"");
+        let o = run(&[cmd, p(&fifo)], b"");
         assert_eq!(code(&o), 2, "{cmd}: {}", stderr(&o));
         assert!(error_line(&o).contains("is a FIFO"), "{}", stderr(&o));
     }
@@ -1159,8 +1158,8 @@ fn a_non_regular_file_with_a_segment_name_is_refused_never_opened() {
     std::fs::rename(&seg, arc.join("moved")).expect("mv");
     make_fifo(&seg);
     for args in [
-        vec!["verify", s(&arc)],
-        vec!["restore", s(&arc), s(&t.path().join("restored"))],
+        vec!["verify", p(&arc)],
+        vec!["restore", p(&arc), p(&t.path().join("restored"))],
     ] {
         let o = run(&args, b"");
         assert_ne!(code(&o), 0, "{args:?}");
@@ -1184,7 +1183,7 @@ fn write_bounds_each_line_to_the_largest_payload_and_keeps_its_bytes() {
     input.extend_from_slice(b"crlf\r\n\rlead\n\0nul\xff\n");
     input.extend(std::iter::repeat_n(b'm', max));
     input.extend_from_slice(b"\nlast\r");
-    let o = run(&["write", s(&d), "--durable"], &input);
+    let o = run(&["write", p(&d), "--durable"], &input);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let recs = dump_json(&d, &[]);
     let got: Vec<Vec<u8>> = recs
@@ -1217,7 +1216,7 @@ fn write_bounds_each_line_to_the_largest_payload_and_keeps_its_bytes() {
             .collect();
         input.extend(std::iter::repeat_n(b'z', max + 1));
         input.extend_from_slice(b"\nnever\n");
-        let o = run(&["write", s(&d)], &input);
+        let o = run(&["write", p(&d)], &input);
         assert_eq!(code(&o), 2, "{}", stderr(&o));
         assert_eq!(stdout(&o).lines().count(), before);
         let line = error_line(&o);
@@ -1237,7 +1236,7 @@ fn write_bounds_each_line_to_the_largest_payload_and_keeps_its_bytes() {
 
     // A line of hundreds of megabytes: the command stops reading soon after the limit.
     let mut child = Command::new(common::bin())
-        .args(["write", s(&d)])
+        .args(["write", p(&d)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1267,14 +1266,14 @@ fn header_and_missing_segment_errors_name_the_segments_start_lsn() {
         let (_t, d) = four_segments();
         flip(&wal_file(&d, no, true), 44, 0x01); // in the system id: the header CRC fails
         let want = walship::Lsn(no * seg).to_string();
-        let o = run(&["dump", s(&d)], b"");
+        let o = run(&["dump", p(&d)], b"");
         assert_eq!(code(&o), 1);
         let line = error_line(&o);
         assert!(line.contains(&format!("LSN {want}")), "{line}");
         let (c, v) = verify_json(&d);
         assert_eq!(c, 1);
         assert_eq!(v["errors"][0]["lsn"], no * seg, "{v}");
-        let o = run(&["write", s(&d)], b"x\n");
+        let o = run(&["write", p(&d)], b"x\n");
         assert_eq!(code(&o), 1);
         assert!(
             error_line(&o).contains(&format!("LSN {want}")),
@@ -1288,7 +1287,7 @@ fn header_and_missing_segment_errors_name_the_segments_start_lsn() {
             .path()
             .join(wal_file(&d, no, true).file_name().expect("name"));
         std::fs::copy(wal_file(&d, no, true), &alone).expect("cp");
-        let o = run(&["dump", s(&alone)], b"");
+        let o = run(&["dump", p(&alone)], b"");
         assert_eq!(code(&o), 1);
         assert!(
             error_line(&o).contains(&format!("LSN {want}")),
@@ -1302,7 +1301,7 @@ fn header_and_missing_segment_errors_name_the_segments_start_lsn() {
         // A missing segment.
         let (_t, d) = four_segments();
         std::fs::remove_file(wal_file(&d, no, true)).expect("rm");
-        let o = run(&["dump", s(&d)], b"");
+        let o = run(&["dump", p(&d)], b"");
         assert_eq!(code(&o), 1);
         let line = error_line(&o);
         assert!(

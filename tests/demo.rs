@@ -1,16 +1,14 @@
 //! The demo, as a newcomer runs it: every component a real child process, every check passing.
 
-use std::process::Command;
+mod common;
+
+use common::{p, walship};
 
 #[test]
 fn the_demo_runs_the_whole_system_and_every_check_passes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("demo");
-    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args(["demo", "--seconds", "5", "--dir"])
-        .arg(&dir)
-        .output()
-        .expect("run walship demo");
+    let out = walship(&["demo", "--seconds", "5", "--dir", p(&dir)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -39,11 +37,7 @@ fn the_demo_runs_the_whole_system_and_every_check_passes() {
 fn the_demo_refuses_a_directory_that_already_holds_one() {
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(tmp.path().join("primary")).expect("mkdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args(["demo", "--seconds", "2", "--dir"])
-        .arg(tmp.path())
-        .output()
-        .expect("run walship demo");
+    let out = walship(&["demo", "--seconds", "2", "--dir", p(tmp.path())]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already exists"), "{stderr}");

@@ -4,70 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
 
-/// A tmpfs mounted for one test at its own mount point; unmounted when dropped, panics included.
-struct Tmpfs {
-    _parent: tempfile::TempDir,
-    point: PathBuf,
-}
+use common::mount::{self, Mount};
 
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs, String> {
-        // SAFETY: plain getter.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not running as root, cannot mount a tmpfs".into());
-        }
-        let parent = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let point = parent.path().join("mnt");
-        std::fs::create_dir(&point).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&point)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs {
-            _parent: parent,
-            point,
-        })
-    }
-
-    fn path(&self) -> &Path {
-        &self.point
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.point)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // Something still holds a file open there: detach it now, freed when released.
-            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
-        }
-    }
-}
-
-fn mount_or_skip(size: &str) -> Option<Tmpfs> {
-    match Tmpfs::mount(size) {
-        Ok(m) => Some(m),
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-    }
+fn mount_or_skip(size: &str) -> Option<Mount> {
+    mount::or_skip(Mount::tmpfs(size))
 }
 
 #[test]

@@ -7,113 +7,13 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::{code, run, stderr, stdout};
+use common::mount::{self, Mount};
+use common::{code, p, run, stderr, stdout};
 
-/// An ext2 image of `size` (4 KiB blocks, the page size) mounted for one test; unmounted when
-/// dropped, panics included.
-struct Ext2 {
-    _parent: tempfile::TempDir,
-    image: PathBuf,
-    point: PathBuf,
-}
-
-impl Ext2 {
-    fn mount(size: u64) -> Result<Ext2, String> {
-        // SAFETY: plain getter.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not running as root, cannot mount a loop device".into());
-        }
-        let parent = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let image = parent.path().join("ext2.img");
-        let point = parent.path().join("mnt");
-        std::fs::create_dir(&point).map_err(|e| e.to_string())?;
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(size))
-            .map_err(|e| e.to_string())?;
-        let sh = |cmd: &mut Command, what: &str| -> Result<(), String> {
-            let out = cmd
-                .output()
-                .map_err(|e| format!("cannot run {what}: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{what} failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            Ok(())
-        };
-        sh(
-            Command::new("mkfs.ext2")
-                .args(["-q", "-F", "-b", "4096"])
-                .arg(&image),
-            "mkfs.ext2",
-        )?;
-        let fs = Ext2 {
-            _parent: parent,
-            image,
-            point,
-        };
-        fs.mount_image()?;
-        Ok(fs)
-    }
-
-    fn mount_image(&self) -> Result<(), String> {
-        let out = Command::new("mount")
-            .args(["-t", "ext2", "-o", "loop"])
-            .arg(&self.image)
-            .arg(&self.point)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -o loop failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(())
-    }
-
-    /// Unmounts and mounts again: every cached page of the file system is gone, as after a
-    /// reboot, and reads come from the image.
-    fn remount(&self) {
-        let out = Command::new("umount")
-            .arg(&self.point)
-            .output()
-            .expect("run umount");
-        assert!(
-            out.status.success(),
-            "umount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.mount_image().expect("mount again");
-    }
-}
-
-impl Drop for Ext2 {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.point)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
-        }
-    }
-}
-
-fn mount_or_skip(size: u64) -> Option<Ext2> {
-    match Ext2::mount(size) {
-        Ok(m) => Some(m),
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-    }
+fn mount_or_skip(size: u64) -> Option<Mount> {
+    mount::or_skip(Mount::ext2(size))
 }
 
 /// The errno `fallocate` gives on this file system (None when it works).
@@ -129,10 +29,6 @@ fn fallocate_errno(dir: &Path) -> Option<i32> {
     errno
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 #[test]
 fn write_seal_restore_and_verify_work_without_fallocate() {
     let Some(fs) = mount_or_skip(16 << 20) else {
@@ -144,36 +40,21 @@ fn write_seal_restore_and_verify_work_without_fallocate() {
         "ext2 is expected to lack fallocate"
     );
     let dir = fs.point.join("data");
-    let out = run(&["init", s(&dir), "--segment-size", "64KiB"], b"");
+    let out = run(&["init", p(&dir), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     // Several 64 KiB segments, every line acknowledged.
     let lines: String = (0..1500)
         .map(|i| format!("line-{i:05}-{}\n", "e".repeat(80)))
         .collect();
-    let out = run(&["write", s(&dir), "--durable"], lines.as_bytes());
+    let out = run(&["write", p(&dir), "--durable"], lines.as_bytes());
     let err = stderr(&out);
     assert_eq!(code(&out), 0, "{err}");
     assert_eq!(stdout(&out).lines().count(), 1500);
     assert!(err.contains("does not support fallocate"), "{err}");
     // The open segment (and a prepared one) are whole files with real blocks.
-    let mut reserved = 0;
-    for e in std::fs::read_dir(dir.join("wal")).expect("read wal/") {
-        let e = e.expect("entry");
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".wal.open") || name.ends_with(".wal.prep") {
-            let m = e.metadata().expect("stat");
-            assert_eq!(m.len(), common::SEG, "{name}");
-            assert!(
-                m.blocks() * 512 >= common::SEG,
-                "{name}: {} blocks",
-                m.blocks()
-            );
-            reserved += 1;
-        }
-    }
-    assert!(reserved > 0);
-    assert_eq!(code(&run(&["seal", s(&dir)], b"")), 0);
-    let out = run(&["verify", s(&dir)], b"");
+    common::assert_segments_reserved(&dir);
+    assert_eq!(code(&run(&["seal", p(&dir)], b"")), 0);
+    let out = run(&["verify", p(&dir)], b"");
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
 
     // Archive and restore on the same file system, cut inside a segment: the restored open
@@ -181,22 +62,22 @@ fn write_seal_restore_and_verify_work_without_fallocate() {
     let records = common::read_all(&dir).expect("read");
     assert_eq!(records.len(), 1500);
     let archive = fs.point.join("archive");
-    let out = run(&["archive", s(&dir), "--to", s(&archive), "--once"], b"");
+    let out = run(&["archive", p(&dir), "--to", p(&archive), "--once"], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let restored = fs.point.join("restored");
     let cut = records[700].end_lsn.to_string();
     let out = run(
-        &["restore", s(&archive), s(&restored), "--until-lsn", &cut],
+        &["restore", p(&archive), p(&restored), "--until-lsn", &cut],
         b"",
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let out = run(&["write", s(&restored), "--durable"], b"after restore\n");
+    let out = run(&["write", p(&restored), "--durable"], b"after restore\n");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let got = common::read_all(&restored).expect("read the restore");
     assert_eq!(got.len(), 702);
     assert_eq!(got[700].payload, records[700].payload);
     assert_eq!(got[701].payload, b"after restore");
-    let out = run(&["verify", s(&restored)], b"");
+    let out = run(&["verify", p(&restored)], b"");
     assert_eq!(code(&out), 0, "{}", stdout(&out));
 }
 
@@ -208,7 +89,7 @@ fn a_full_disk_without_fallocate_is_still_an_error() {
         return;
     };
     let dir = fs.point.join("data");
-    let out = run(&["init", s(&dir), "--segment-size", "64KiB"], b"");
+    let out = run(&["init", p(&dir), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let mut acked = 0usize;
     let mut failure = None;
@@ -217,7 +98,7 @@ fn a_full_disk_without_fallocate_is_still_an_error() {
         let lines: String = (0..100)
             .map(|i| format!("r{run_no:03}-{i:03}-{}\n", "f".repeat(90)))
             .collect();
-        let out = run(&["write", s(&dir), "--durable"], lines.as_bytes());
+        let out = run(&["write", p(&dir), "--durable"], lines.as_bytes());
         if code(&out) == 0 {
             acked += stdout(&out).lines().count();
             continue;
@@ -246,7 +127,7 @@ fn a_full_disk_without_fallocate_is_still_an_error() {
         "{} records, {acked} acknowledged",
         got.len()
     );
-    let out = run(&["verify", s(&dir)], b"");
+    let out = run(&["verify", p(&dir)], b"");
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
 }
 
@@ -276,12 +157,12 @@ fn recovery_reads_what_the_disk_holds_not_pages_left_in_the_cache() {
         return;
     };
     let dir = fs.point.join("data");
-    let out = run(&["init", s(&dir), "--segment-size", "64KiB"], b"");
+    let out = run(&["init", p(&dir), "--segment-size", "64KiB"], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let lines: String = (0..300)
         .map(|i| format!("first-{i:04}-{}\n", "c".repeat(90)))
         .collect();
-    let out = run(&["write", s(&dir), "--durable"], lines.as_bytes());
+    let out = run(&["write", p(&dir), "--durable"], lines.as_bytes());
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let before = common::read_all(&dir).expect("read");
     assert_eq!(before.len(), 300);
@@ -300,7 +181,7 @@ fn recovery_reads_what_the_disk_holds_not_pages_left_in_the_cache() {
         let f = std::fs::File::open(&seg).expect("open segment");
         let image = std::fs::OpenOptions::new()
             .write(true)
-            .open(&fs.image)
+            .open(fs.image())
             .expect("open image");
         for page in first_lost..=last_lost {
             let block = physical_block(&f, page);
@@ -322,13 +203,13 @@ fn recovery_reads_what_the_disk_holds_not_pages_left_in_the_cache() {
     let lines: String = (0..100)
         .map(|i| format!("after-{i:04}-{}\n", "d".repeat(90)))
         .collect();
-    let out = run(&["write", s(&dir), "--durable"], lines.as_bytes());
+    let out = run(&["write", p(&dir), "--durable"], lines.as_bytes());
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 100);
 
     fs.remount();
     let after = common::read_all(&dir).expect("read after the cache is gone");
-    let out = run(&["verify", s(&dir)], b"");
+    let out = run(&["verify", p(&dir)], b"");
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     let new: Vec<_> = after
         .iter()

@@ -547,28 +547,6 @@ fn a_failed_rename_activating_a_segment_is_a_clear_error_and_appending_resumes()
     }
 }
 
-/// Every segment-sized file in `wal/` (open and prepared) is whole and has real blocks, never a
-/// sparse hole a store through the map would have to allocate.
-fn assert_segments_reserved(dir: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = 0;
-    for e in std::fs::read_dir(dir.join("wal")).expect("read wal/") {
-        let e = e.expect("entry");
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".wal.open") || name.ends_with(".wal.prep") {
-            let m = e.metadata().expect("stat");
-            assert_eq!(m.len(), common::SEG, "{name}");
-            assert!(
-                m.blocks() * 512 >= common::SEG,
-                "{name} is sparse: {} blocks",
-                m.blocks()
-            );
-            seen += 1;
-        }
-    }
-    assert!(seen > 0, "no open or prepared segment in {}", dir.display());
-}
-
 /// A file system without `fallocate` (EOPNOTSUPP from FUSE or NFS, ENOSYS from a sandbox): every
 /// segment, made by the background preparer or on the append path, is reserved by writing
 /// zeros, and the writer works across rotations and a reopen.
@@ -587,11 +565,11 @@ fn without_fallocate_segments_are_reserved_by_writing_zeros() {
                 wal.stats().segments_sealed >= 2,
                 "{errno}: too few rotations"
             );
-            assert_segments_reserved(&dir);
+            common::assert_segments_reserved(&dir);
             drop(wal);
             let wal = Wal::open(&dir, options).expect("reopen");
             append_acked(&wal, "b", 300, &mut acked);
-            assert_segments_reserved(&dir);
+            common::assert_segments_reserved(&dir);
             wal.seal().expect("seal");
             drop(wal);
             fail::remove("segment::fallocate");
@@ -861,24 +839,15 @@ mod archive {
 // stderr and exit code 2.
 
 mod cli {
-    use std::process::{Command, Output, Stdio};
+    use std::process::Output;
 
-    use super::common::{bin, code, new_dir, stderr, stdout};
+    use super::common::{code, new_dir, run_with, stderr, stdout};
 
+    /// `walship ARGS` with the failpoints named in FAILPOINTS and `input` on stdin.
     fn walship(args: &[&str], failpoints: &str, input: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(bin())
-            .args(args)
-            .env("FAILPOINTS", failpoints)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn walship");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(input).expect("feed stdin");
-        drop(stdin);
-        child.wait_with_output().expect("wait for walship")
+        run_with(args, input, |c| {
+            c.env("FAILPOINTS", failpoints);
+        })
     }
 
     #[test]
@@ -972,7 +941,7 @@ mod cli {
             b"",
         );
         assert_eq!(code(&out), 0, "{}", stderr(&out));
-        super::assert_segments_reserved(&restored);
+        crate::common::assert_segments_reserved(&restored);
         let out = walship(&["write", r, "--durable"], no_fallocate, b"after restore\n");
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let got = super::read_all(&restored).expect("read the restore");

@@ -17,7 +17,8 @@ use walship::reader::LogEnd;
 use walship::verify::verify_path;
 use walship::{EntryType, Lsn, Wal, WalOptions, WalReader};
 
-const SEG: u64 = 65536;
+use common::SEG;
+
 const SYSTEM: u128 = 0x5741_4c53_4849_5000_0000_0000_0000_0001;
 const FOREIGN: u128 = 0x5741_4c53_4849_5000_0000_0000_0000_0002;
 /// 2025-11-26T00:00:00Z in microseconds.

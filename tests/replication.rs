@@ -4,61 +4,20 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
 
-mod replication_support;
-use replication_support::{ok, p, wait_until, walship, Proc, BIN, WAIT};
-
-/// Fast heartbeats and reconnects so that tests converge quickly.
-const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "3s"];
-
-fn init(dir: &Path) {
-    ok(&["init", p(dir), "--segment-size", "64KiB"]);
-}
-
-/// Appends `n` durable records (about 64 bytes each on disk).
-fn write_records(dir: &Path, n: usize, tag: &str) {
-    let mut child = Command::new(BIN)
-        .args(["write", p(dir), "--durable"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        let mut buf = String::new();
-        for i in 0..n {
-            buf.push_str(&format!("{tag}-{i:08}-payload\n"));
-        }
-        stdin.write_all(buf.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "write failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn seal(dir: &Path) {
-    ok(&["seal", p(dir)]);
-}
-
-fn status(dir: &Path) -> Value {
-    serde_json::from_str(&ok(&["status", p(dir), "--json"])).unwrap()
-}
+mod common;
+use common::proxy::{Proxy, ProxyMode};
+use common::{init, ok, p, seal, status, wait_until, walship, write_records, Proc, NET, WAIT};
 
 /// Starts `walship serve` (with the fast network settings) and returns it with its address.
 fn serve(dir: &Path, listen: &str, extra: &[&str], log: &Path) -> (Proc, String) {
     let mut args = NET.to_vec();
     args.extend_from_slice(extra);
-    replication_support::serve(dir, listen, &args, log)
+    common::serve(dir, listen, &args, log)
 }
 
 fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
@@ -72,7 +31,7 @@ fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
     ];
     args.extend_from_slice(&NET);
     args.extend_from_slice(extra);
-    replication_support::spawn(&args, log)
+    common::spawn(&args, log)
 }
 
 fn read_status(dir: &Path) -> Option<Value> {
@@ -145,111 +104,6 @@ fn partials(dir: &Path) -> usize {
             .count()
         })
         .unwrap_or(0)
-}
-
-/// A TCP proxy in the test: forwards between a client and `upstream`, optionally slowing the
-/// upstream-to-client direction down and cutting connections after a random number of bytes.
-struct Proxy {
-    addr: String,
-    stop: Arc<AtomicBool>,
-    /// While set, nothing more goes downstream.
-    paused: Arc<AtomicBool>,
-    cuts: Arc<AtomicU64>,
-}
-
-#[derive(Clone, Copy)]
-struct ProxyMode {
-    /// Cut each connection after a random count of bytes in [1, max) sent downstream.
-    cut_after_max: Option<u64>,
-    /// Forward at most this many bytes per 10 ms downstream.
-    throttle: Option<usize>,
-}
-
-impl Proxy {
-    fn start(upstream: String, mode: ProxyMode) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let cuts = Arc::new(AtomicU64::new(0));
-        let paused = Arc::new(AtomicBool::new(false));
-        let (stop2, cuts2, paused2) = (stop.clone(), cuts.clone(), paused.clone());
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                let client = match listener.accept() {
-                    Ok((c, _)) => c,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                };
-                client.set_nonblocking(false).unwrap();
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let budget = mode
-                    .cut_after_max
-                    .map(|m| rand::random::<u64>() % m.max(2) + 1);
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (c3, s3) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (cuts3, stop3, paused3) = (cuts2.clone(), stop2.clone(), paused2.clone());
-                // Upstream to client: throttled, and cut when the budget runs out.
-                std::thread::spawn(move || {
-                    let (mut from, mut to) = (server, client);
-                    let mut sent = 0u64;
-                    let mut buf = vec![0u8; mode.throttle.unwrap_or(64 << 10)];
-                    loop {
-                        if stop3.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let n = match from.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        while paused3.load(Ordering::Relaxed) && !stop3.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        let n = match budget {
-                            Some(b) if sent + n as u64 >= b => {
-                                let _ = to.write_all(&buf[..(b - sent) as usize]);
-                                cuts3.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                            _ => n,
-                        };
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                        sent += n as u64;
-                        if mode.throttle.is_some() {
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                    let _ = from.shutdown(Shutdown::Both);
-                    let _ = to.shutdown(Shutdown::Both);
-                });
-                // Client to upstream: plain.
-                std::thread::spawn(move || {
-                    let (mut from, mut to) = (c2, s2);
-                    let _ = std::io::copy(&mut from, &mut to);
-                    let _ = c3.shutdown(Shutdown::Both);
-                    let _ = s3.shutdown(Shutdown::Both);
-                });
-            }
-        });
-        Proxy {
-            addr,
-            stop,
-            paused,
-            cuts,
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 #[test]
@@ -333,11 +187,11 @@ fn standby_killed_mid_segment_converges_without_trusting_its_partial() {
     seal(&primary);
     let (_srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
     // A slow link: each segment takes a while to arrive, so a kill lands mid-segment.
-    let slow = Proxy::start(
-        addr.clone(),
+    let slow = Proxy::to(
+        &addr,
         ProxyMode {
-            cut_after_max: None,
             throttle: Some(4 << 10),
+            ..ProxyMode::default()
         },
     );
     let sdir = t.path().join("standby");
@@ -425,11 +279,11 @@ fn connections_cut_at_random_still_converge() {
     write_records(&primary, 8000, "c");
     seal(&primary);
     let (_srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
-    let flaky = Proxy::start(
-        addr.clone(),
+    let flaky = Proxy::to(
+        &addr,
         ProxyMode {
             cut_after_max: Some(200_000),
-            throttle: None,
+            ..ProxyMode::default()
         },
     );
     let sdir = t.path().join("standby");

@@ -6,7 +6,6 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,53 +14,14 @@ use walship::replication::codec;
 use walship::replication::frame::encode_frame;
 use walship::replication::messages::{ErrorCode, Message, MAGIC, PROTOCOL_VERSION};
 
-mod replication_support;
-use replication_support::{ok, p, wait_until, walship, Proc, BIN, WAIT};
-
-const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "3s"];
-const SEG: u64 = 64 * 1024;
-
-fn init(dir: &Path) {
-    ok(&["init", p(dir), "--segment-size", "64KiB"]);
-}
-
-/// Appends `n` durable records.
-fn write_records(dir: &Path, n: usize, tag: &str) {
-    let mut child = Command::new(BIN)
-        .args(["write", p(dir), "--durable"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        let mut buf = String::new();
-        for i in 0..n {
-            buf.push_str(&format!("{tag}-{i:08}-payload\n"));
-        }
-        stdin.write_all(buf.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "write failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn seal(dir: &Path) {
-    ok(&["seal", p(dir)]);
-}
-
-fn status(dir: &Path) -> Value {
-    serde_json::from_str(&ok(&["status", p(dir), "--json"])).unwrap()
-}
+mod common;
+use common::proxy::{Proxy, ProxyMode};
+use common::{init, ok, p, seal, status, wait_until, walship, write_records, Proc, NET, SEG, WAIT};
 
 fn serve(dir: &Path, extra: &[&str], log: &Path) -> (Proc, String) {
     let mut args = NET.to_vec();
     args.extend_from_slice(extra);
-    replication_support::serve(dir, "127.0.0.1:0", &args, log)
+    common::serve(dir, "127.0.0.1:0", &args, log)
 }
 
 fn standby(dir: &Path, primary: &str, log: &Path) -> Proc {
@@ -74,7 +34,7 @@ fn standby(dir: &Path, primary: &str, log: &Path) -> Proc {
         "300ms",
     ];
     args.extend_from_slice(&NET);
-    replication_support::spawn(&args, log)
+    common::spawn(&args, log)
 }
 
 fn seg_name(no: u64) -> String {
@@ -229,52 +189,6 @@ fn a_damaged_sealed_segment_is_reported_by_the_primary_as_damage_and_cleared_onc
 // ---------------------------------------------------------------------------------------------
 // Damage found by a standby
 
-/// A TCP proxy that flips one byte of the primary-to-standby stream at `at` on its first
-/// connection only, and forwards everything else untouched.
-fn corrupting_proxy(primary: String, at: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let first = Arc::new(AtomicBool::new(true));
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(client) = conn else { return };
-            let Ok(server) = TcpStream::connect(&primary) else {
-                continue;
-            };
-            let corrupt = first.swap(false, Ordering::SeqCst);
-            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut c, mut s) = (client, server);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            });
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                let mut seen = 0usize;
-                while let Ok(n) = s2.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if corrupt && seen <= at && at < seen + n {
-                        buf[at - seen] ^= 0x01;
-                    }
-                    seen += n;
-                    if c2.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = c2.shutdown(std::net::Shutdown::Both);
-            });
-        }
-    });
-    addr
-}
-
 #[test]
 fn a_segment_a_standby_refuses_is_reported_by_the_primary_with_its_offset_and_cleared_once_stored()
 {
@@ -283,9 +197,15 @@ fn a_segment_a_standby_refuses_is_reported_by_the_primary_with_its_offset_and_cl
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
     // Challenge, AuthOk and Welcome come first (under 200 bytes); byte 30000 of the stream is
     // inside segment 0's data.
-    let proxy = corrupting_proxy(addr, 30_000);
+    let proxy = Proxy::to(
+        &addr,
+        ProxyMode {
+            flip_first_at: Some(30_000),
+            ..ProxyMode::default()
+        },
+    );
     let sb = t.path().join("standby");
-    let mut stb = standby(&sb, &proxy, &t.path().join("standby.log"));
+    let mut stb = standby(&sb, &proxy.addr, &t.path().join("standby.log"));
     wait_until("the standby's report", || {
         let log = srv.log();
         log.contains("DAMAGE") && log.contains("standby")

@@ -3,27 +3,13 @@
 
 use std::path::Path;
 
-mod archive_support;
-use archive_support::{archive_once, names, s, text, walship};
+mod common;
+use common::{archive_once, consumer, names, p, text, walship, SEG};
 
 use proptest::prelude::*;
-use walship::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
+use walship::consumers::{ConsumerKind, ConsumerRegistry};
 use walship::retention::{checkpoint, report, RetentionOptions};
 use walship::{DataDir, Entry, EntryType, Lsn, Wal, WalOptions, WalReader};
-
-const SEG: u64 = 64 * 1024;
-
-fn consumer(id: &str, kind: ConsumerKind, position: u64) -> ConsumerRecord {
-    ConsumerRecord {
-        id: id.into(),
-        kind,
-        position,
-        applied_lsn: None,
-        address: None,
-        last_contact_us: None,
-        lost: false,
-    }
-}
 
 /// (segment number, seal LSN) of every sealed segment on disk.
 fn sealed(dir: &Path) -> Vec<(u64, u64)> {
@@ -210,7 +196,7 @@ fn the_cap_marks_a_consumer_lost_and_frees_the_space() {
     assert!(slow.needs_bytes > 8 * (SEG - 100));
 
     // The cap through the command line: the slow one is marked lost, logged, and released.
-    let out = walship(&["checkpoint", s(&root), "--max-retained", "128KiB", "--json"]);
+    let out = walship(&["checkpoint", p(&root), "--max-retained", "128KiB", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["marked_lost"], serde_json::json!(["standby-slow"]));
@@ -269,7 +255,7 @@ fn a_lost_archiver_refuses_to_run_until_dropped() {
     );
     let out = walship(&[
         "checkpoint",
-        s(&root),
+        p(&root),
         "--drop-consumer",
         "archiver",
         "--lsn",
@@ -293,7 +279,7 @@ fn a_lost_archiver_refuses_to_run_until_dropped() {
     // A fresh archive starts at the oldest segment still there.
     let out = archive_once(&root, &arc, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = walship(&["checkpoint", s(&root), "--drop-consumer", "nobody"]);
+    let out = walship(&["checkpoint", p(&root), "--drop-consumer", "nobody"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
@@ -386,7 +372,7 @@ fn a_checkpoint_past_the_end_of_the_wal_is_refused_and_changes_nothing() {
         Lsn(end.0 + SEG).to_string(),
         "FFFFFFFF/FFFFFFFF".to_string(),
     ] {
-        let out = walship(&["checkpoint", s(&root), "--lsn", &lsn]);
+        let out = walship(&["checkpoint", p(&root), "--lsn", &lsn]);
         assert_eq!(out.status.code(), Some(2), "{lsn}: {}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -404,7 +390,7 @@ fn a_checkpoint_past_the_end_of_the_wal_is_refused_and_changes_nothing() {
         .unwrap();
     let out = walship(&[
         "checkpoint",
-        s(&root),
+        p(&root),
         "--drop-consumer",
         "standby-a",
         "--lsn",
@@ -413,17 +399,17 @@ fn a_checkpoint_past_the_end_of_the_wal_is_refused_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(reg.get("standby-a").unwrap().is_some());
     // Exactly at the end it is taken; a later write lets it go further.
-    let out = walship(&["checkpoint", s(&root), "--lsn", &end.to_string(), "--json"]);
+    let out = walship(&["checkpoint", p(&root), "--lsn", &end.to_string(), "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(stored_checkpoint(&root), Some(end.0));
-    let out = walship(&["checkpoint", s(&root), "--lsn", &(end.0 + 48).to_string()]);
+    let out = walship(&["checkpoint", p(&root), "--lsn", &(end.0 + 48).to_string()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let wal = Wal::open(&root, WalOptions::default()).unwrap();
     let a = wal
         .append_durable(&Entry::new(EntryType::Insert, None, b"x"))
         .unwrap();
     drop(wal);
-    let out = walship(&["checkpoint", s(&root), "--lsn", &a.end_lsn.to_string()]);
+    let out = walship(&["checkpoint", p(&root), "--lsn", &a.end_lsn.to_string()]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(stored_checkpoint(&root), Some(a.end_lsn.0));
 }
@@ -438,8 +424,8 @@ fn a_checkpoint_at_a_seal_is_within_the_wal() {
     // Only sealed segments and an empty open one (or none): the end is the newest seal's LSN.
     let newest = *sealed(&root).last().unwrap();
     assert!(end.0 >= newest.1, "{end} {newest:?}");
-    let out = walship(&["checkpoint", s(&root), "--lsn", &newest.1.to_string()]);
+    let out = walship(&["checkpoint", p(&root), "--lsn", &newest.1.to_string()]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = walship(&["checkpoint", s(&root), "--lsn", &(newest.1 + 1).to_string()]);
+    let out = walship(&["checkpoint", p(&root), "--lsn", &(newest.1 + 1).to_string()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

@@ -13,12 +13,12 @@ use std::time::Duration;
 use walship::replication::messages::{ErrorCode, Message, MAGIC, PROTOCOL_VERSION};
 use walship::replication::{codec, frame};
 
-mod replication_support;
-use replication_support::{ok, p, spawn, wait_until, walship, Proc, BIN, WAIT};
+mod common;
+use common::{bin, ok, p, spawn, wait_until, walship, Proc, WAIT};
 
 /// Starts `walship serve` on a free loopback port and returns it with its address.
 fn serve(dir: &Path, extra: &[&str], log: &Path) -> (Proc, String) {
-    replication_support::serve(dir, "127.0.0.1:0", extra, log)
+    common::serve(dir, "127.0.0.1:0", extra, log)
 }
 
 fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
@@ -47,7 +47,7 @@ fn token_file(dir: &Path, name: &str, mode: u32) -> PathBuf {
 fn primary(dir: &Path) {
     ok(&["init", p(dir), "--segment-size", "64KiB"]);
     for round in 0..2 {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(["write", p(dir), "--durable"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -291,7 +291,7 @@ fn connection_flood_is_refused_beyond_the_limit_while_a_standby_streams_on() {
     );
 
     // The established standby was served throughout: it gets the next segment.
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["write", p(&dir), "--durable"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

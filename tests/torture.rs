@@ -20,7 +20,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +33,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use walship::Lsn;
 
+use common::proxy::{Proxy, ProxyMode};
 use common::{bin, read_all};
 
 const DEFAULT_SECS: u64 = 120;
@@ -67,123 +68,6 @@ impl Problems {
         eprintln!("torture: PROBLEM: {p}");
         lock(&self.0).push(p);
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The proxy between standby and serve.
-
-/// A TCP proxy whose upstream (the current `serve` address) can change, and which can cut every
-/// connection or refuse new ones for a while.
-struct Proxy {
-    addr: SocketAddr,
-    upstream: Arc<Mutex<Option<SocketAddr>>>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    refuse_until: Arc<Mutex<Option<Instant>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("proxy addr");
-        let upstream = Arc::new(Mutex::new(None::<SocketAddr>));
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let refuse_until = Arc::new(Mutex::new(None::<Instant>));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (u, c, r, s) = (
-            upstream.clone(),
-            conns.clone(),
-            refuse_until.clone(),
-            stop.clone(),
-        );
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Acquire) {
-                let client = match listener.accept() {
-                    Ok((client, _)) => client,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                    Err(_) => continue,
-                };
-                if lock(&r).is_some_and(|t| Instant::now() < t) {
-                    continue; // refused: dropped at once
-                }
-                let Some(up) = *lock(&u) else { continue };
-                let Ok(server) = TcpStream::connect_timeout(&up, Duration::from_secs(1)) else {
-                    continue;
-                };
-                let _ = client.set_nonblocking(false);
-                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
-                    continue;
-                };
-                {
-                    let mut all = lock(&c);
-                    all.retain(|t: &TcpStream| t.peer_addr().is_ok());
-                    if let (Ok(a), Ok(b)) = (client.try_clone(), server.try_clone()) {
-                        all.push(a);
-                        all.push(b);
-                    }
-                }
-                std::thread::spawn(move || pump(client, s2));
-                std::thread::spawn(move || pump(server, c2));
-            }
-        });
-        Proxy {
-            addr,
-            upstream,
-            conns,
-            refuse_until,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn set_upstream(&self, a: Option<SocketAddr>) {
-        *lock(&self.upstream) = a;
-    }
-
-    /// Cuts every open connection; returns how many there were.
-    fn cut(&self) -> usize {
-        let all = std::mem::take(&mut *lock(&self.conns));
-        for s in &all {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-        all.len() / 2
-    }
-
-    fn refuse_for(&self, d: Duration) {
-        *lock(&self.refuse_until) = Some(Instant::now() + d);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.cut();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Copies one direction until either side closes, then closes both.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = from.shutdown(std::net::Shutdown::Both);
-    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -597,7 +481,7 @@ fn torture() {
         standby: root.join("standby"),
         archive: root.join("archive"),
         logs: logs.clone(),
-        proxy: Proxy::start(),
+        proxy: Proxy::start(None, ProxyMode::default()),
         serve: None,
         standby_proc: None,
         archive_proc: None,
