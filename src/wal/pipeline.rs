@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{lock, Inner};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::format::{SegmentFileKind, SegmentName};
 use crate::recovery::Recovered;
 use crate::segment_file::PreparedSegment;
@@ -163,7 +163,7 @@ impl Inner {
             }
         };
         let from = &prepared.path;
-        crate::fault!("wal::activate::rename", e => Error::io(format!("rename {} to {}", from.display(), path.display()), e));
+        crate::fault!("wal::activate::rename", e => crate::error::Error::io(format!("rename {} to {}", from.display(), path.display()), e));
         std::fs::rename(from, path)
             .ctx(|| format!("rename {} to {}", from.display(), path.display()))?;
         self.pipeline.activated.store(no + 1, Ordering::Release);
