@@ -13,11 +13,16 @@
 //! - `pipeline.rs`: the preparer thread, which gets the next segment's file ready ahead of the
 //!   writer and seals a segment that grew too old.
 //!
-//! Threads: callers append under the tail lock and wait for durability through group commit;
-//! `walship-seal` finishes seals (and starts writeback); `walship-prepare` prepares segments and
-//! seals aged ones. Locks: the tail lock guards the open segment and the write position; group
-//! commit's lock guards who leads. Lock order: group commit before tail, tail before the
-//! prepared slot.
+//! Threads: callers append under the tail lock and wait for durability through group commit
+//! (one of them, the leader, syncs for the others); `walship-seal` owns every step of a seal
+//! after its marker is written, and starts early writeback; `walship-prepare` owns the prepared
+//! slot's refills and seals aged segments.
+//!
+//! Locks: the tail lock guards the open segment and the write position; group commit's lock
+//! guards who leads and is never held while taking another (the leader syncs without it); the
+//! prepared slot's lock is taken under the tail lock by a rotation, and alone by the preparer.
+//! Lock order: tail, then the prepared slot, then the finisher's queue and progress, then the
+//! poison.
 
 mod durability;
 mod finisher;
