@@ -1,0 +1,153 @@
+//! Durability: how `flush_lsn` moves, and what a failed sync leaves behind.
+//!
+//! A group-commit leader (see `group_commit.rs` for who leads) notes the write position and the
+//! finisher's ticket count, msyncs the open segment from where the last leader's sync reached,
+//! then waits for the finisher to reach the noted ticket before it moves `flush_lsn`: records
+//! of a segment count only once every earlier segment's seal marker and this segment's name are
+//! durable too (the ticket ordering told in `finisher.rs`).
+//!
+//! Failed syncs: every sync of a segment (a leader's msync, the finisher's msync and fsync, the
+//! early write-back) goes through `Inner::sync_segment`. The segment runs its syncs one at a
+//! time and keeps the first failure for every later one, because Linux reports a write-back
+//! error to only one sync of an open file; the failure poisons the writer. `flush_lsn` moves
+//! only under the poison lock and only while the writer is healthy, so a sync that succeeded
+//! beside a failed one never advances it, and every wait checks the poison flag before it.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::group_commit::SyncedTo;
+use super::{lock, Inner};
+use crate::error::{Error, Result};
+use crate::segment_file::ActiveSegment;
+use crate::Lsn;
+
+/// A sync of a segment, made through `Inner::sync_segment`.
+pub(super) enum SegmentSync {
+    /// msync of `[from, to)`.
+    Range(usize, usize),
+    /// fsync of the file.
+    File,
+    /// Start writing `[from, to)` back (no wait); only its own I/O error counts.
+    StartWriteback(usize, usize),
+}
+
+impl Inner {
+    pub(super) fn check_poison(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned(
+                lock(&self.failure).clone().unwrap_or_default(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Marks the writer failed after a sync error; every later call gets the error.
+    pub(super) fn poison(&self, what: String, e: std::io::Error) -> Error {
+        let reason = format!("{what}: {e}");
+        tracing::error!(%reason, "sync failed: the writer refuses further appends");
+        let mut failure = lock(&self.failure);
+        let first = failure.get_or_insert(reason).clone();
+        self.poisoned.store(true, Ordering::Release);
+        Error::Poisoned(first)
+    }
+
+    /// Moves `flush_lsn` up to `end` after a sync that covered it, unless the writer was
+    /// poisoned meanwhile: a sync that succeeded says nothing once another one failed.
+    pub(super) fn advance_flushed(&self, end: u64) -> Result<()> {
+        let failure = lock(&self.failure);
+        if let Some(reason) = &*failure {
+            return Err(Error::Poisoned(reason.clone()));
+        }
+        self.flushed.fetch_max(end, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Every sync of a segment goes through here: the segment serializes its syncs and keeps
+    /// its first failure (see `ActiveSegment::synced`); a failure poisons the writer; and a sync
+    /// that succeeded still fails when the writer was poisoned before it returned.
+    pub(super) fn sync_segment(&self, seg: &ActiveSegment, sync: SegmentSync) -> Result<()> {
+        let (what, r) = match sync {
+            SegmentSync::Range(from, to) => ("msync", seg.sync_range(from, to)),
+            SegmentSync::File => ("fsync", seg.sync_all()),
+            SegmentSync::StartWriteback(from, to) => ("write back", seg.start_writeback(from, to)),
+        };
+        r.map_err(|e| self.poison(format!("{what} {}", seg.path.display()), e))?;
+        self.check_poison()
+    }
+
+    /// Lets every appender that is ready to run append before the leader syncs: yields the CPU
+    /// while the write position still moves (at most 200 µs). With more writers than cores, a
+    /// leader that syncs at once covers only the few that were quick to come back; the rest
+    /// each wait a whole sync longer.
+    fn gather_appenders(&self) {
+        let start = Instant::now();
+        let mut seen = self.written.load(Ordering::Acquire);
+        loop {
+            std::thread::yield_now();
+            let now = self.written.load(Ordering::Acquire);
+            if now == seen || start.elapsed() > Duration::from_micros(200) {
+                return;
+            }
+            seen = now;
+        }
+    }
+
+    pub(super) fn wait_durable(&self, target: u64) -> Result<()> {
+        self.commit.wait(
+            || {
+                // The poison flag before `flushed`: once a sync failed, no wait succeeds, not
+                // even for a position `flush_lsn` passed before (the caller asks now, and the
+                // writer can no longer vouch for anything).
+                self.check_poison()?;
+                Ok(self.flushed.load(Ordering::Acquire) >= target)
+            },
+            || self.appended.load(Ordering::Relaxed),
+            || self.gather_appenders(),
+            |synced_to| self.lead_sync(target, synced_to),
+        )
+    }
+
+    /// A group-commit leader's turn: syncs everything written so far, from where the last
+    /// sync of the open segment reached, and moves `flush_lsn`. Returns where the sync reached.
+    fn lead_sync(&self, target: u64, synced_to: Option<SyncedTo>) -> Result<Option<SyncedTo>> {
+        let (seg, to, end, seals) = {
+            let st = lock(&self.tail);
+            (st.seg.clone(), st.off, st.end_lsn, st.tickets)
+        };
+        if target > end {
+            return Err(Error::InvalidArgument(format!(
+                "cannot wait for LSN {}: nothing has been written past {}",
+                Lsn(target),
+                Lsn(end)
+            )));
+        }
+        let Some(seg) = seg else {
+            // No open segment: everything written is in sealed segments.
+            self.wait_finishing(seals, |f| f.durable)?;
+            self.advance_flushed(end)?;
+            return Ok(None);
+        };
+        let segment_no = seg.name.segment_no.0;
+        let from = SyncedTo::start_in(synced_to, segment_no);
+        crate::sync_point!("wal::group_commit::sync");
+        let synced = if to > from {
+            self.sync_segment(&seg, SegmentSync::Range(from, to))?;
+            true
+        } else {
+            false
+        };
+        // Records of this segment count only once every earlier segment (and this one's name)
+        // is durable too. The finisher works on that meanwhile: after a crash before it is
+        // done, recovery ends the log before this segment.
+        self.wait_finishing(seals, |f| f.durable)?;
+        self.advance_flushed(end)?;
+        if synced {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Some(SyncedTo {
+            segment_no,
+            offset: to,
+        }))
+    }
+}

@@ -1,0 +1,213 @@
+//! The seal finisher and the tickets that say what makes a record durable.
+//!
+//! Sealing runs off the append path. The writer writes the seal marker into the mapping and
+//! moves on to the next segment; the finisher thread (`walship-seal`) makes the sealed segment
+//! durable (msync), cuts it to its used length, syncs it, renames it to its sealed name and
+//! syncs the directory. It also makes each activated segment's open name durable (directory
+//! fsync) and starts the early writeback of the open segment.
+//!
+//! Tickets: every seal and every activation that durability depends on takes the next number
+//! of the tail's count (`Tail::tickets`), in the order they happen, and is handed to the
+//! finisher in that order. The finisher records how far it has got: `durable` (every seal
+//! marker and activated name up to that ticket is durable) and `named` (every sealed segment up
+//! to that ticket also has its sealed name).
+//!
+//! No record of the next segment counts as durable before the previous segment's seal marker
+//! and the next segment's name are: a group-commit leader notes the ticket count with the write
+//! position and waits for `durable` to reach it before it moves `flush_lsn` (see
+//! `durability.rs`). So after a crash, an older open segment either ends with a durable seal
+//! marker (recovery finishes its seal) or holds the last durable records (recovery cuts the log
+//! there and sets the newer open segments aside: they hold no acknowledged record).
+//!
+//! Work that failed poisons the writer and still counts as reached, so that nobody waits for it
+//! forever. When the thread is gone (the writer is closing), the work is done inline.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use super::durability::SegmentSync;
+use super::tail::Writeback;
+use super::{lock, Inner};
+use crate::error::{Error, IoContext, Result};
+use crate::format::SegmentFileKind;
+use crate::fsutil::fsync_dir;
+use crate::segment_file::ActiveSegment;
+
+/// The finisher's queue and how far it has got.
+#[derive(Default)]
+pub(super) struct Finisher {
+    /// Work for the finisher thread; `None` once it stopped (then the work is done inline).
+    pub tx: Mutex<Option<mpsc::Sender<FinisherMsg>>>,
+    /// How far the finisher has got with the tickets handed to it.
+    finishing: Mutex<Finishing>,
+    /// Signalled when `finishing` moves.
+    finishing_cv: Condvar,
+}
+
+/// The tickets the finisher has reached. Work that failed poisons the writer and still counts
+/// as reached, so that nobody waits for it forever.
+#[derive(Default)]
+pub(super) struct Finishing {
+    /// Every sealed segment and activated name handed over up to this ticket is durable.
+    pub durable: u64,
+    /// Every sealed segment up to this ticket also has its sealed name.
+    pub named: u64,
+}
+
+/// A sealed segment, marker written, still under its open name.
+pub(super) struct SealedOpen {
+    pub seg: Arc<ActiveSegment>,
+    /// Bytes up to the end of the seal marker.
+    pub used: usize,
+    pub end_lsn: u64,
+    /// The ticket of its `Durable` step.
+    pub ticket: u64,
+}
+
+/// Work for the finisher thread, done in the order sent.
+pub(super) enum FinisherMsg {
+    /// Make a sealed segment durable (msync up to the end of its marker).
+    Durable(Arc<SealedOpen>),
+    /// Make an activated segment's name durable (directory fsync), with this ticket.
+    Activated(u64),
+    /// Cut a durable sealed segment to its used length and give it its sealed name.
+    Name(Arc<SealedOpen>),
+    Writeback(Writeback),
+    Stop,
+}
+
+/// Starts the finisher thread; it runs until it receives `FinisherMsg::Stop`.
+pub(super) fn start(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
+    let (ftx, frx) = mpsc::channel();
+    let handle = {
+        let inner = inner.clone();
+        std::thread::Builder::new()
+            .name("walship-seal".into())
+            .spawn(move || finisher(inner, frx))
+            .ctx(|| "start the seal finishing thread".to_string())?
+    };
+    *lock(&inner.finisher.tx) = Some(ftx);
+    Ok(handle)
+}
+
+fn finisher(inner: Arc<Inner>, rx: mpsc::Receiver<FinisherMsg>) {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            FinisherMsg::Stop => return,
+            other => inner.run_finisher_msg(other),
+        }
+    }
+}
+
+impl Inner {
+    /// Queues work for the finisher thread, or does it here when the thread is gone.
+    pub(super) fn to_finisher(&self, msg: FinisherMsg) {
+        let msg = match &*lock(&self.finisher.tx) {
+            Some(tx) => match tx.send(msg) {
+                Ok(()) => return,
+                Err(mpsc::SendError(m)) => m,
+            },
+            None => msg,
+        };
+        self.run_finisher_msg(msg);
+    }
+
+    fn run_finisher_msg(&self, msg: FinisherMsg) {
+        // After a failure the writer is poisoned: leave the rest to recovery, but still count
+        // every ticket as reached so that nobody waits forever.
+        let healthy = !self.poisoned.load(Ordering::Acquire);
+        match msg {
+            FinisherMsg::Durable(s) => {
+                if healthy {
+                    crate::sync_point!("wal::finisher::sync");
+                    // A failure has poisoned the writer and been logged.
+                    let _ = self
+                        .sync_segment(&s.seg, SegmentSync::Range(0, s.used))
+                        .and_then(|()| self.advance_flushed(s.end_lsn));
+                }
+                self.reached(s.ticket, |f| &mut f.durable);
+            }
+            FinisherMsg::Activated(ticket) => {
+                if healthy {
+                    if let Err(e) = self.sync_wal_dir() {
+                        tracing::error!(error = %e, "making an activated segment's name durable failed");
+                    }
+                }
+                self.reached(ticket, |f| &mut f.durable);
+            }
+            FinisherMsg::Name(s) => {
+                if healthy {
+                    if let Err(e) = self.name_sealed(&s) {
+                        tracing::error!(error = %e, "naming a sealed segment failed");
+                    }
+                }
+                self.reached(s.ticket, |f| &mut f.named);
+            }
+            FinisherMsg::Writeback((seg, from, to)) => {
+                // Only a hint to start writing early: durability still comes from msync. An
+                // I/O error it meets poisons like a failed sync (and has been logged).
+                if healthy {
+                    let _ = self.sync_segment(&seg, SegmentSync::StartWriteback(from, to));
+                }
+            }
+            FinisherMsg::Stop => {}
+        }
+    }
+
+    /// Syncs the `wal/` directory; a failure poisons the writer.
+    fn sync_wal_dir(&self) -> Result<()> {
+        fsync_dir(&self.dir.wal_dir()).map_err(|e| match e {
+            Error::Io { context, source } => self.poison(context, source),
+            other => other,
+        })
+    }
+
+    /// Cuts a durable sealed segment to its used length and gives it its sealed name.
+    fn name_sealed(&self, s: &SealedOpen) -> Result<()> {
+        let seg = &s.seg;
+        let p = |what: &str| format!("{what} {}", seg.path.display());
+        // Nothing maps past `used` any more: the tail is only zeros we never wrote.
+        crate::fault!("wal::seal::truncate", e => self.poison(p("truncate"), e));
+        seg.truncate(s.used as u64)
+            .map_err(|e| self.poison(p("truncate"), e))?;
+        self.sync_segment(seg, SegmentSync::File)?;
+        let sealed_name = seg.name.with_kind(SegmentFileKind::Sealed);
+        let sealed_path = self.dir.segment_path(&sealed_name);
+        crate::fault!("wal::seal::rename", e => self.poison(p("rename"), e));
+        std::fs::rename(&seg.path, &sealed_path).map_err(|e| self.poison(p("rename"), e))?;
+        crate::fault!("wal::seal::dir_fsync", e => self.poison(format!("fsync directory {}", self.dir.wal_dir().display()), e));
+        self.sync_wal_dir()?;
+        self.sealed.fetch_max(s.end_lsn, Ordering::AcqRel);
+        tracing::debug!(segment = %sealed_name, "sealed segment");
+        Ok(())
+    }
+
+    fn reached(&self, ticket: u64, stage: impl Fn(&mut Finishing) -> &mut u64) {
+        let mut f = lock(&self.finisher.finishing);
+        let t = stage(&mut f);
+        *t = (*t).max(ticket);
+        drop(f);
+        self.finisher.finishing_cv.notify_all();
+    }
+
+    /// Blocks until the finisher's `stage` reaches `ticket`; fails when the writer was poisoned
+    /// on the way.
+    pub(super) fn wait_finishing(
+        &self,
+        ticket: u64,
+        stage: impl Fn(&Finishing) -> u64,
+    ) -> Result<()> {
+        let mut f = lock(&self.finisher.finishing);
+        while stage(&f) < ticket {
+            f = self
+                .finisher
+                .finishing_cv
+                .wait(f)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        drop(f);
+        self.check_poison()
+    }
+}

@@ -1,0 +1,364 @@
+//! The writer: appends records through the open segment's mapping, seals and rotates segments,
+//! and makes appends durable with group commit.
+//!
+//! One job per file, all sharing one `Inner`:
+//! - `mod.rs` (here): the [`Wal`] API, opening (recovery, then the threads), closing, options
+//!   and counters.
+//! - `tail.rs`: the open segment's write position and checksum: append, seal, activate.
+//! - `group_commit.rs`: which waiter syncs for which (leader election, no files).
+//! - `durability.rs`: what a group-commit leader syncs, the one place `flush_lsn` moves, and the
+//!   poison a failed sync leaves.
+//! - `finisher.rs`: the seal finisher thread and the tickets that order durability across
+//!   segments (what makes a record durable is told there).
+//! - `pipeline.rs`: the preparer thread, which gets the next segment's file ready ahead of the
+//!   writer and seals a segment that grew too old.
+//!
+//! Threads: callers append under the tail lock and wait for durability through group commit
+//! (one of them, the leader, syncs for the others); `walship-seal` owns every step of a seal
+//! after its marker is written, and starts early writeback; `walship-prepare` owns the prepared
+//! slot's refills and seals aged segments.
+//!
+//! Locks: the tail lock guards the open segment and the write position; group commit's lock
+//! guards who leads and is never held while taking another (the leader syncs without it); the
+//! prepared slot's lock is taken under the tail lock by a rotation, and alone by the preparer.
+//! Lock order: tail, then the prepared slot, then the finisher's queue and progress, then the
+//! poison.
+
+mod durability;
+mod finisher;
+mod group_commit;
+mod pipeline;
+mod tail;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::datadir::{DataDir, DirLock};
+use crate::entry::Entry;
+use crate::error::Result;
+use crate::format::{ControlFile, SegmentName};
+use crate::recovery::{recover, Recovered, RecoveryMode};
+use crate::Lsn;
+
+use finisher::{Finisher, FinisherMsg};
+use group_commit::GroupCommit;
+use pipeline::{Pipeline, PrepareMsg};
+use tail::{Tail, Writeback};
+
+/// How a data directory is opened for writing.
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    pub recovery_mode: RecoveryMode,
+    /// Seal the open segment once it holds records and is this old (like PostgreSQL's
+    /// `archive_timeout`), so that shipping and archiving never wait on a quiet writer.
+    pub max_segment_age: Option<Duration>,
+    /// Prepare the next segment in a background thread (on by default).
+    pub prepare_ahead: bool,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            recovery_mode: RecoveryMode::TolerateTail,
+            max_segment_age: None,
+            prepare_ahead: true,
+        }
+    }
+}
+
+/// Where an appended record sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's LSN (where its header starts).
+    pub lsn: Lsn,
+    /// Where the next record may start; the record is durable once `flush_lsn() >= end_lsn`.
+    pub end_lsn: Lsn,
+}
+
+/// Counters a caller can read at any time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub syncs: u64,
+    pub records_appended: u64,
+    /// Segments whose seal marker is durable (their sealed name may follow a moment later).
+    pub segments_sealed: u64,
+}
+
+/// What the writer's threads share.
+struct Inner {
+    dir: DataDir,
+    control: ControlFile,
+    options: WalOptions,
+    /// The open segment and the write position (`tail.rs`).
+    tail: Mutex<Tail>,
+    /// Who syncs for whom (`group_commit.rs`).
+    commit: GroupCommit,
+    /// `flush_lsn`; moves only in `Inner::advance_flushed` (`durability.rs`).
+    flushed: AtomicU64,
+    written: AtomicU64,
+    sealed: AtomicU64,
+    /// Set once a sync failed (see `Inner::poison`); read without a lock on every append.
+    poisoned: AtomicBool,
+    /// The first failure's reason. `flushed` moves only under this lock and only while it is
+    /// `None`, so once the writer is poisoned `flush_lsn` never moves again.
+    failure: Mutex<Option<String>>,
+    syncs: AtomicU64,
+    appended: AtomicU64,
+    seals: AtomicU64,
+    /// The seal finisher's queue and progress (`finisher.rs`).
+    finisher: Finisher,
+    /// The next segment's file, prepared ahead (`pipeline.rs`).
+    pipeline: Pipeline,
+}
+
+/// A data directory open for writing. Cheap to share: wrap it in an `Arc` and call from many
+/// threads.
+pub struct Wal {
+    inner: Arc<Inner>,
+    preparer_tx: Mutex<Option<mpsc::Sender<PrepareMsg>>>,
+    preparer: Option<JoinHandle<()>>,
+    finisher: Option<JoinHandle<()>>,
+    _lock: DirLock,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves plain counters behind, never half-written bytes that
+    // are published: the state stays usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Wal {
+    /// Opens a data directory made by [`DataDir::init`]: takes the writer lock, runs recovery
+    /// and logs one summary line.
+    pub fn open(root: impl Into<PathBuf>, options: WalOptions) -> Result<Wal> {
+        let dir = DataDir::new(root);
+        let control = dir.read_control()?;
+        let lock_guard = dir.lock()?;
+        let rec = recover(&dir, &control, options.recovery_mode)?;
+        let inner = Arc::new(Inner::from_recovered(dir, control, &rec, options)?);
+        tracing::info!(
+            dir = %inner.dir.root().display(),
+            segments = rec.sealed.len() + rec.open.is_some() as usize,
+            records = rec.records,
+            end_lsn = %Lsn(rec.end_lsn),
+            repaired = %if rec.repairs.is_empty() { "nothing".to_string() } else { rec.repairs.join("; ") },
+            "recovered data directory"
+        );
+        let finisher = finisher::start(&inner)?;
+        let mut wal = Wal {
+            inner,
+            preparer_tx: Mutex::new(None),
+            preparer: None,
+            finisher: Some(finisher),
+            _lock: lock_guard,
+        };
+        if wal.inner.options.prepare_ahead || wal.inner.options.max_segment_age.is_some() {
+            let (tx, handle) = pipeline::start(&wal.inner)?;
+            wal.preparer = Some(handle);
+            *lock(&wal.preparer_tx) = Some(tx);
+            let next = lock(&wal.inner.tail).next_segment_no;
+            wal.request_prepare(next);
+        }
+        Ok(wal)
+    }
+
+    /// The directory's identity.
+    pub fn control(&self) -> &ControlFile {
+        &self.inner.control
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.inner.dir
+    }
+
+    /// End of the last appended record.
+    pub fn write_lsn(&self) -> Lsn {
+        Lsn(self.inner.written.load(Ordering::Acquire))
+    }
+
+    /// Everything below this LSN is durable. It never moves after a failed sync.
+    pub fn flush_lsn(&self) -> Lsn {
+        Lsn(self.inner.flushed.load(Ordering::Acquire))
+    }
+
+    /// End of the last record in a sealed segment.
+    pub fn sealed_lsn(&self) -> Lsn {
+        Lsn(self.inner.sealed.load(Ordering::Acquire))
+    }
+
+    pub fn stats(&self) -> WalStats {
+        WalStats {
+            syncs: self.inner.syncs.load(Ordering::Relaxed),
+            records_appended: self.inner.appended.load(Ordering::Relaxed),
+            segments_sealed: self.inner.seals.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The largest payload one record can carry with this directory's segment size.
+    pub fn max_payload(&self) -> usize {
+        self.inner.max_payload()
+    }
+
+    /// Appends one entry; it is durable once `flush_lsn()` reaches the returned `end_lsn`
+    /// (see [`Wal::wait_durable`]).
+    pub fn append(&self, entry: &Entry<'_>) -> Result<Appended> {
+        self.inner.check_poison()?;
+        let mut st = lock(&self.inner.tail);
+        let r = self.inner.append_locked(&mut st, entry, crate::now_us());
+        let end = st.end_lsn;
+        let activated = st.prepare_next.take();
+        let writeback = st.writeback_due();
+        drop(st);
+        self.inner.written.fetch_max(end, Ordering::AcqRel);
+        self.after_append(activated, writeback);
+        r
+    }
+
+    /// Appends entries in order under one lock; stops at the first error (earlier entries stay
+    /// appended). Returns each entry's position.
+    pub fn append_batch(&self, entries: &[Entry<'_>]) -> Result<Vec<Appended>> {
+        self.inner.check_poison()?;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut st = lock(&self.inner.tail);
+        let ts = crate::now_us();
+        let mut result = Ok(());
+        let mut activated = None;
+        for e in entries {
+            let r = self.inner.append_locked(&mut st, e, ts);
+            if let Some(n) = st.prepare_next.take() {
+                activated = Some(n);
+            }
+            match r {
+                Ok(a) => out.push(a),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let end = st.end_lsn;
+        let writeback = st.writeback_due();
+        drop(st);
+        self.inner.written.fetch_max(end, Ordering::AcqRel);
+        self.after_append(activated, writeback);
+        result.map(|_| out)
+    }
+
+    /// Appends and waits until the entry is durable.
+    pub fn append_durable(&self, entry: &Entry<'_>) -> Result<Appended> {
+        let a = self.append(entry)?;
+        self.wait_durable(a.end_lsn)?;
+        Ok(a)
+    }
+
+    /// Blocks until everything below `lsn` is durable. Concurrent callers share syncs: one
+    /// msync covers every record appended before it started. Once a sync has failed it returns
+    /// [`Error::Poisoned`](crate::Error::Poisoned), even for an LSN that was durable before the
+    /// failure.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        self.inner.wait_durable(lsn.0)
+    }
+
+    /// Makes everything appended so far durable and returns the new `flush_lsn`.
+    pub fn sync(&self) -> Result<Lsn> {
+        let w = self.inner.written.load(Ordering::Acquire);
+        self.inner.wait_durable(w)?;
+        Ok(self.flush_lsn())
+    }
+
+    /// Seals the open segment now (when it holds records), like PostgreSQL's `pg_switch_wal`.
+    /// Returns once the segment has its sealed name, with that name, or `None` when there was
+    /// nothing to seal.
+    pub fn seal(&self) -> Result<Option<SegmentName>> {
+        self.inner.check_poison()?;
+        let mut st = lock(&self.inner.tail);
+        let sealed = self.inner.seal_locked(&mut st, false)?;
+        let ticket = st.last_seal;
+        drop(st);
+        self.inner.wait_finishing(ticket, |f| f.named)?;
+        Ok(sealed)
+    }
+
+    /// Returns once every segment sealed so far has its sealed name.
+    pub fn wait_sealed_names(&self) -> Result<()> {
+        let ticket = lock(&self.inner.tail).last_seal;
+        self.inner.wait_finishing(ticket, |f| f.named)
+    }
+
+    /// Work an append leaves for after the tail lock is released: asking for the next segment
+    /// to be prepared, and starting writeback of the filled part of the open one.
+    fn after_append(&self, activated: Option<u64>, writeback: Option<Writeback>) {
+        if let Some(n) = activated {
+            self.request_prepare(n);
+        }
+        if let Some(w) = writeback {
+            self.inner.to_finisher(FinisherMsg::Writeback(w));
+        }
+    }
+
+    fn request_prepare(&self, segment_no: u64) {
+        if !self.inner.options.prepare_ahead {
+            return;
+        }
+        if let Some(tx) = &*lock(&self.preparer_tx) {
+            let _ = tx.send(PrepareMsg::Prepare(segment_no));
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Some(tx) = lock(&self.preparer_tx).take() {
+            let _ = tx.send(PrepareMsg::Stop);
+        }
+        if let Some(h) = self.preparer.take() {
+            let _ = h.join();
+        }
+        if !self.inner.poisoned.load(Ordering::Acquire) {
+            if let Err(e) = self.sync() {
+                tracing::error!(error = %e, "final sync at close failed");
+            }
+        }
+        // The finisher completes every seal queued before it sees the stop.
+        if let Some(tx) = lock(&self.inner.finisher.tx).take() {
+            let _ = tx.send(FinisherMsg::Stop);
+        }
+        if let Some(h) = self.finisher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Inner {
+    fn from_recovered(
+        dir: DataDir,
+        control: ControlFile,
+        rec: &Recovered,
+        options: WalOptions,
+    ) -> Result<Inner> {
+        let tail = Tail::from_recovered(&dir, &control, rec)?;
+        let sealed = rec.sealed.last().map(|s| s.end_lsn).unwrap_or(0);
+        let pipeline = Pipeline::from_recovered(rec, tail.next_segment_no, control.segment_size)?;
+        Ok(Inner {
+            dir,
+            control,
+            commit: GroupCommit::default(),
+            flushed: AtomicU64::new(rec.end_lsn),
+            written: AtomicU64::new(rec.end_lsn),
+            sealed: AtomicU64::new(sealed),
+            tail: Mutex::new(tail),
+            poisoned: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            syncs: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            seals: AtomicU64::new(0),
+            finisher: Finisher::default(),
+            pipeline,
+            options,
+        })
+    }
+}
