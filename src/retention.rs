@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::format::record::SEAL_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::fsutil::{fsync_dir, write_atomic};
-use crate::recovery::check_sealed;
+use crate::segment_check::check_sealed;
 use crate::{Lsn, Wal};
 
 /// Library options for [`checkpoint`].

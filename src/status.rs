@@ -12,8 +12,8 @@ use crate::decoder::SegmentScanner;
 use crate::error::{Error, Result};
 use crate::format::{ControlFile, SegmentFileKind};
 use crate::reader::read_segment;
-use crate::recovery::check_sealed;
 use crate::replication::standby_state;
+use crate::segment_check::check_sealed;
 use crate::{Lsn, WalReader};
 
 /// A standby counts as connected when its slot was refreshed this recently (the shipper

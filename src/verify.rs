@@ -15,6 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SegmentFileKind, SegmentName};
 use crate::reader::{claimed_segment_size, read_segment_hashed, segment_start, WalSource};
+use crate::segment_check::sealed_end;
 use crate::Lsn;
 
 /// One problem found, located.
@@ -450,29 +451,17 @@ pub fn verify_segments(
         let at = start + off as u64;
         let mut seal_sum = None;
         match (&end, name.kind) {
-            (ScanEnd::Sealed { seal, trailing, .. }, SegmentFileKind::Sealed) => {
-                seal_sum = Some(seal.segment_checksum);
-                if *trailing != 0 {
-                    report.errors.push(issue(
-                        off,
-                        at,
-                        format!("{trailing} bytes follow the seal marker"),
-                    ));
+            (_, SegmentFileKind::Sealed) => {
+                if let ScanEnd::Sealed { seal, .. } = &end {
+                    seal_sum = Some(seal.segment_checksum);
+                }
+                if let Err((_, why)) = sealed_end(&end) {
+                    report.errors.push(issue(off, at, why));
                 }
             }
             (ScanEnd::Sealed { seal, .. }, _) => {
                 seal_sum = Some(seal.segment_checksum);
                 report.notes.push(format!("{name}: holds a seal marker at offset {off} but is still named open (an interrupted seal; recovery finishes it)"));
-            }
-            (ScanEnd::Invalid { error, .. }, SegmentFileKind::Sealed) => {
-                report.errors.push(issue(off, at, error.to_string()));
-            }
-            (ScanEnd::Unwritten { .. }, SegmentFileKind::Sealed) => {
-                report.errors.push(issue(
-                    off,
-                    at,
-                    "sealed segment ends without a seal marker (truncated?)".into(),
-                ));
             }
             (_, _) => {
                 let why = match &end {

@@ -20,6 +20,8 @@ pub use store::{ArchiveStore, LocalDirStore, ObjectInfo, PutOutcome};
 
 use crate::error::{Error, Result};
 use crate::format::{SegmentFileKind, SegmentName};
+pub use crate::segment_check::CheckedSegment;
+use crate::segment_check::{check_sealed_bytes, FullCheck};
 use crate::verify::{verify_segments, Identity, VerifyIssue, VerifyReport};
 
 /// How an archived segment's bytes are stored.
@@ -278,6 +280,23 @@ fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &
     }
 }
 
+/// Checks every byte of a sealed segment against the archive's identity (see
+/// [`check_sealed_bytes`]). `cut` marks the first record to leave out (restore's target); `None`
+/// checks only.
+pub fn check_segment_bytes(
+    file: &Path,
+    name: &SegmentName,
+    bytes: &[u8],
+    identity: &ArchiveIdentity,
+    cut: Option<&dyn Fn(&crate::format::record::RecordRef<'_>) -> bool>,
+) -> Result<CheckedSegment> {
+    let check = FullCheck {
+        prev_checksum: None,
+        cut,
+    };
+    check_sealed_bytes(file, name, bytes, &identity.to_control(), check)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,87 +357,5 @@ mod tests {
         ] {
             assert_eq!(parse_object_name(bad), None, "{bad}");
         }
-    }
-}
-
-/// What a full check of one sealed segment's bytes found.
-#[derive(Clone, Debug)]
-pub struct CheckedSegment {
-    pub header: crate::format::SegmentHeader,
-    pub seal: crate::format::SealInfo,
-    /// Offset of the seal marker: the end of the last record.
-    pub seal_offset: usize,
-    /// Where the first record matching the cut predicate starts, and how many records come
-    /// before it.
-    pub cut: Option<(usize, u64)>,
-    /// The last record's timestamp, when the segment holds records.
-    pub last_timestamp_us: Option<i64>,
-}
-
-impl CheckedSegment {
-    /// The LSN of the seal marker (the end of the segment's last record).
-    pub fn seal_lsn(&self) -> u64 {
-        self.header.start_lsn() + self.seal_offset as u64
-    }
-}
-
-/// Checks every byte of a sealed segment: header, identity and name, each record, the seal
-/// marker and the whole-segment checksum, and that nothing follows the marker. `cut` marks the
-/// first record to leave out (restore's target); `None` checks only.
-pub fn check_segment_bytes(
-    file: &Path,
-    name: &SegmentName,
-    bytes: &[u8],
-    identity: &ArchiveIdentity,
-    cut: Option<&dyn Fn(&crate::format::record::RecordRef<'_>) -> bool>,
-) -> Result<CheckedSegment> {
-    use crate::decoder::{ScanEnd, SegmentScanner};
-    let start = name.segment_no.start_lsn_saturating(identity.segment_size);
-    let corrupt = |offset: usize, reason: String| Error::Corrupt {
-        file: file.to_path_buf(),
-        offset: offset as u64,
-        lsn: crate::Lsn(start + offset as u64),
-        reason,
-    };
-    let mut scan = SegmentScanner::new(bytes).map_err(|r| corrupt(0, r))?;
-    crate::recovery::check_identity(file, scan.header(), name, &identity.to_control())?;
-    let header = *scan.header();
-    let mut first_cut = None;
-    let mut last_ts = None;
-    let mut kept = 0u64;
-    for r in scan.by_ref() {
-        if first_cut.is_none() {
-            if cut.is_some_and(|f| f(&r)) {
-                first_cut = Some(((r.lsn() - start) as usize, kept));
-            } else {
-                kept += 1;
-            }
-        }
-        last_ts = Some(r.header.timestamp_us);
-    }
-    match scan.end() {
-        Some(ScanEnd::Sealed {
-            offset,
-            seal,
-            trailing: 0,
-        }) => Ok(CheckedSegment {
-            header,
-            seal: *seal,
-            seal_offset: *offset,
-            cut: first_cut,
-            last_timestamp_us: last_ts,
-        }),
-        Some(ScanEnd::Sealed {
-            offset, trailing, ..
-        }) => Err(corrupt(
-            *offset,
-            format!("{trailing} bytes follow the seal marker"),
-        )),
-        Some(ScanEnd::Invalid { offset, error }) => Err(corrupt(*offset, error.to_string())),
-        Some(ScanEnd::Unwritten { offset }) => Err(corrupt(
-            *offset,
-            "sealed segment ends without a seal marker (truncated?)".into(),
-        )),
-        None => Err(corrupt(scan.offset(), "scan did not finish".into())),
     }
 }

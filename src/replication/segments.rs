@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use crate::datadir::DataDir;
-use crate::decoder::{ScanEnd, SegmentScanner};
 use crate::error::{Error, Result};
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
-use crate::recovery::{check_identity, check_sealed, SealedSegment};
+use crate::segment_check::{
+    check_sealed, check_sealed_bytes, FullCheck, SealedSegment, NO_SEAL_MARKER,
+};
 use crate::Lsn;
 
 /// Sealed segments by number, and where the newest ends.
@@ -56,48 +57,25 @@ pub fn verify_incoming(
     control: &ControlFile,
     prev_checksum: Option<u32>,
 ) -> Result<SealedSegment> {
-    let start = name.segment_no.start_lsn_saturating(control.segment_size);
-    let corrupt = |offset: usize, reason: String| Error::Corrupt {
-        file: path.to_path_buf(),
-        offset: offset as u64,
-        lsn: Lsn(start + offset as u64),
-        reason,
+    let check = FullCheck {
+        prev_checksum,
+        cut: None,
     };
-    let mut scan = SegmentScanner::new(bytes).map_err(|r| corrupt(0, r))?;
-    let header = *scan.header();
-    check_identity(path, &header, name, control)?;
-    if let Some(prev) = prev_checksum {
-        if header.prev_checksum != Some(prev) {
-            return Err(corrupt(
-                0,
-                format!(
-                    "chain broken: the header expects previous checksum {}, the previous segment has {prev:08x}",
-                    header.prev_checksum.map_or("none".into(), |c| format!("{c:08x}"))
-                ),
-            ));
-        }
-    }
-    match scan.finish() {
-        ScanEnd::Sealed {
+    match check_sealed_bytes(path, name, bytes, control, check) {
+        Ok(checked) => Ok(checked.sealed(name)),
+        // The standby has always said this in these words.
+        Err(Error::Corrupt {
+            file,
             offset,
-            seal,
-            trailing: 0,
-        } => Ok(SealedSegment {
-            name: name.with_kind(SegmentFileKind::Sealed),
-            header,
-            seal,
-            end_lsn: start + offset as u64,
+            lsn,
+            reason,
+        }) if reason == NO_SEAL_MARKER => Err(Error::Corrupt {
+            file,
+            offset,
+            lsn,
+            reason: "segment ends without a seal marker".into(),
         }),
-        ScanEnd::Sealed {
-            offset, trailing, ..
-        } => Err(corrupt(
-            offset,
-            format!("{trailing} bytes follow the seal marker"),
-        )),
-        ScanEnd::Invalid { offset, error } => Err(corrupt(offset, error.to_string())),
-        ScanEnd::Unwritten { offset } => {
-            Err(corrupt(offset, "segment ends without a seal marker".into()))
-        }
+        Err(e) => Err(e),
     }
 }
 

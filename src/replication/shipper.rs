@@ -32,7 +32,7 @@ use crate::damage::{self, Component, DamageEntry, DamageRegister, DamageReport};
 use crate::datadir::DataDir;
 use crate::format::SegmentNo;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
-use crate::recovery::check_sealed;
+use crate::segment_check::check_sealed;
 use crate::Lsn;
 
 /// Default bound on the connections a shipper serves at once.

@@ -39,7 +39,8 @@ use crate::format::record::SEAL_LEN;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName, FORMAT_VERSION};
 use crate::fsutil::fsync_dir;
-use crate::recovery::{check_sealed, recover, RecoveryMode};
+use crate::recovery::{recover, RecoveryMode};
+use crate::segment_check::check_sealed;
 use crate::Lsn;
 
 /// How a standby runs.
@@ -496,7 +497,7 @@ fn examine_for_adoption(
     control: &ControlFile,
 ) -> Result<(Held, u64, Vec<SegmentName>, Option<OpenPrefix>), ReplError> {
     let names = dd.list_segments()?;
-    let mut sealed: Vec<crate::recovery::SealedSegment> = Vec::new();
+    let mut sealed: Vec<crate::segment_check::SealedSegment> = Vec::new();
     let mut opens = Vec::new();
     for name in names {
         match name.kind {
@@ -546,7 +547,7 @@ fn examine_for_adoption(
             lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
             reason: r,
         })?;
-        crate::recovery::check_identity(&path, scan.header(), &name, control)?;
+        crate::segment_check::check_identity(&path, scan.header(), &name, control)?;
         let header_prev = scan.header().prev_checksum;
         for _ in scan.by_ref() {}
         let valid_end = scan.end().map_or(scan.offset(), |e| e.offset());
@@ -1399,7 +1400,7 @@ fn finish_segment(
         .as_ref()
         .and_then(|a| a.open.clone())
         .filter(|o| o.name.segment_no == name.segment_no);
-    let stored = (|| -> Result<crate::recovery::SealedSegment, NotStored> {
+    let stored = (|| -> Result<crate::segment_check::SealedSegment, NotStored> {
         crate::fault!("standby::fsync", e => NotStored::Local(Error::io(format!("fsync {}", path.display()), e)));
         file.sync_all()
             .map_err(|e| NotStored::Local(Error::io(format!("fsync {}", path.display()), e)))?;
