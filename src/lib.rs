@@ -20,6 +20,7 @@ pub mod reader;
 pub mod recovery;
 pub mod replication;
 pub mod retention;
+pub mod sealed_set;
 pub mod segment_check;
 pub mod segment_file;
 pub mod setaside;

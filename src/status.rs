@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::format::{ControlFile, SegmentFileKind};
 use crate::reader::read_segment;
 use crate::replication::standby_state;
-use crate::segment_check::check_sealed;
+use crate::sealed_set::newest_sealed_end;
 use crate::{Lsn, WalReader};
 
 /// A standby counts as connected when its slot was refreshed this recently (the shipper
@@ -98,16 +98,8 @@ pub fn wal_ends(dd: &DataDir, control: &ControlFile) -> Result<(u64, u64)> {
 
 fn wal_ends_once(dd: &DataDir, control: &ControlFile) -> Result<(u64, u64)> {
     let names = dd.list_segments()?;
-    let mut sealed = 0;
-    let mut flush = 0;
-    if let Some(last) = names
-        .iter()
-        .rev()
-        .find(|n| n.kind == SegmentFileKind::Sealed)
-    {
-        sealed = check_sealed(&dd.segment_path(last), last, control)?.end_lsn;
-        flush = sealed;
-    }
+    let sealed = newest_sealed_end(dd, &names, control)?;
+    let mut flush = sealed;
     for open in names.iter().filter(|n| n.kind == SegmentFileKind::Open) {
         let bytes = read_segment(&dd.segment_path(open))?;
         let Ok(mut scan) = SegmentScanner::new(&bytes) else {
