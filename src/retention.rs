@@ -16,7 +16,7 @@ use crate::datadir::DataDir;
 use crate::decoder::SegmentScanner;
 use crate::error::{Error, Result};
 use crate::format::{ControlFile, SegmentFileKind};
-use crate::fsutil::{fsync_dir, write_atomic};
+use crate::fsutil::{fsync_dir, read_json, write_atomic};
 use crate::sealed_set::{sealed_files, SealedFile as Sealed};
 use crate::segment_check::check_sealed;
 use crate::{Lsn, Wal};
@@ -86,16 +86,13 @@ fn state_path(dir: &DataDir) -> PathBuf {
 
 fn load_state(dir: &DataDir) -> Result<RetentionState> {
     let path = state_path(dir);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-            Error::Other(format!(
-                "{}: not a valid retention state: {e}",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RetentionState::default()),
-        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
-    }
+    let invalid = |e| {
+        Error::Other(format!(
+            "{}: not a valid retention state: {e}",
+            path.display()
+        ))
+    };
+    Ok(read_json(&path, invalid)?.unwrap_or_default())
 }
 
 /// The highest checkpoint ever declared for `dir` (0 when none was).
