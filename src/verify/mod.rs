@@ -43,6 +43,9 @@ pub struct VerifyReport {
 
 pub use crate::reader::Identity;
 
+mod archive;
+pub use archive::verify_archive;
+
 /// Verifies a data directory, its wal/ folder, one segment file, or an archive. Only an empty
 /// but valid data directory or archive is clean with no segments: a directory that is none of
 /// these is an error (not a walship path), and one that is partly a data directory (a `wal/`
@@ -51,7 +54,7 @@ pub use crate::reader::Identity;
 pub fn verify_path(path: &Path) -> Result<VerifyReport> {
     let meta = std::fs::metadata(path).ctx(|| format!("{}", path.display()))?;
     if meta.is_dir() && crate::archive::is_archive(path) {
-        return crate::archive::verify_archive(path);
+        return verify_archive(path);
     }
     let mut report = VerifyReport::default();
     let problem = |report: &mut VerifyReport, segment: &str, reason: String| {
