@@ -11,8 +11,8 @@ use super::messages::Message;
 
 /// Default largest frame body a side accepts.
 pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
-/// The largest value the maximum may be configured to.
-pub const MAX_FRAME_LIMIT: usize = 64 << 20;
+/// The largest value the maximum may be configured to: the largest body the codec decodes.
+pub use super::codec::MAX_FRAME_LIMIT;
 /// The smallest value the maximum may be configured to (a segment chunk must fit).
 pub const MIN_FRAME_LIMIT: usize = 64 << 10;
 /// The largest frame either side accepts before the handshake is done: every handshake
