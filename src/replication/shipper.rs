@@ -159,13 +159,8 @@ impl Shipper {
     /// Checks the directory and the address, binds, and starts serving in the current tokio
     /// runtime.
     pub async fn start(config: ShipperConfig) -> Result<Shipper, ReplError> {
-        if !(MIN_FRAME_LIMIT..=super::frame::MAX_FRAME_LIMIT).contains(&config.max_frame) {
-            return Err(ReplError::Store(crate::Error::InvalidArgument(format!(
-                "maximum frame size {} must be from {MIN_FRAME_LIMIT} to {}",
-                config.max_frame,
-                super::frame::MAX_FRAME_LIMIT
-            ))));
-        }
+        super::frame::check_max_frame(config.max_frame)
+            .map_err(|e| ReplError::Store(crate::Error::InvalidArgument(e)))?;
         super::check_address(&config.listen, true)
             .map_err(|e| ReplError::Store(crate::Error::InvalidArgument(e)))?;
         super::check_timing(config.heartbeat_interval, config.peer_timeout)?;
