@@ -15,6 +15,7 @@ pub mod error;
 pub mod faults;
 pub mod format;
 pub mod fsutil;
+pub mod log_ends;
 pub mod lsn;
 pub mod reader;
 pub mod recovery;

@@ -260,14 +260,14 @@ impl Shipper {
     /// Each standby with its lag behind this directory's flush_lsn: (standby, lag_bytes,
     /// lag_seconds). Reads the directory's files.
     pub fn lag(&self) -> Result<Vec<(StandbyInfo, u64, Option<f64>)>, ReplError> {
-        let (flush, _) = crate::status::wal_ends(&self.shared.dd, &self.shared.control)?;
+        let (flush, _) = crate::log_ends::wal_ends(&self.shared.dd, &self.shared.control)?;
         let now = crate::now_us();
         Ok(self
             .standbys()
             .into_iter()
             .map(|s| {
                 let secs =
-                    crate::status::lag_seconds(self.shared.dd.root(), s.applied_lsn, flush, now);
+                    crate::log_ends::lag_seconds(self.shared.dd.root(), s.applied_lsn, flush, now);
                 let bytes = flush.saturating_sub(s.applied_lsn);
                 (s, bytes, secs)
             })
