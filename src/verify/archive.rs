@@ -47,10 +47,7 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
             ))
         }
     };
-    let identity = archive_id.map(|id| Identity {
-        system_id: id.system_id,
-        segment_size: id.segment_size,
-    });
+    let identity = archive_id.map(|id| Identity::from(&id.to_control()));
     let objects = store::list_dir(root)?;
     let segs = segment_objects(&objects);
     if let (Some(id), Some((first_held, _, _))) = (&archive_id, segs.first()) {

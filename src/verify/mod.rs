@@ -390,10 +390,7 @@ pub fn verify_segments(
         };
         let header = *scan.header();
         let start = header.start_lsn();
-        let id = *identity.get_or_insert(Identity {
-            system_id: header.system_id,
-            segment_size: header.segment_size,
-        });
+        let id = *identity.get_or_insert(Identity::from(&header));
         // A header that disagrees with its name or set is located by the name.
         let at_name = segment_start(name.segment_no.0, id.segment_size).unwrap_or(0);
         if header.system_id != id.system_id {
