@@ -1,5 +1,9 @@
 //! Recovery at open: check sealed segments are whole, find the open segment's last valid record,
 //! and zero its torn tail so garbage can never reappear behind a later record.
+//!
+//! The checks a segment file passes are [`crate::segment_check`]'s; this file holds only what
+//! recovery decides and does. It runs past 500 lines because the plan for each crash window
+//! (interrupted seal, torn tail, headerless or newer open segments) reads best beside the others.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;

@@ -254,7 +254,7 @@ pub fn sealed_end(end: &ScanEnd) -> std::result::Result<(usize, SealInfo), (usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::record::{encode_record, encode_seal, encoded_len};
+    use crate::format::record::encoded_len;
     use crate::format::{SegmentFileKind, SEGMENT_FORMAT_VERSION};
 
     const SIZE: u64 = 1 << 16;
@@ -273,42 +273,8 @@ mod tests {
         SegmentName::new(1, no, SegmentFileKind::Sealed)
     }
 
-    /// Segment `no` sealed after `n` records of 10 bytes, record `i` stamped `i`.
     fn sealed(no: u64, n: usize, prev_checksum: Option<u32>) -> Vec<u8> {
-        let h = SegmentHeader {
-            format_version: SEGMENT_FORMAT_VERSION,
-            timeline: 1,
-            segment_size: SIZE,
-            segment_no: no,
-            system_id: uuid::Uuid::nil(),
-            prev_checksum,
-            created_us: 0,
-        };
-        let mut b = h.encode().to_vec();
-        let mut last_lsn = 0;
-        for i in 0..n {
-            let off = b.len();
-            last_lsn = h.start_lsn() + off as u64;
-            b.resize(off + encoded_len(10), 0);
-            encode_record(
-                &mut b[off..],
-                last_lsn,
-                0,
-                1,
-                None,
-                i as i64,
-                &[i as u8; 10],
-            );
-        }
-        let off = b.len();
-        let seal = SealInfo {
-            record_count: n as u64,
-            last_lsn,
-            segment_checksum: crc32fast::hash(&b),
-        };
-        b.resize(off + SEAL_LEN, 0);
-        encode_seal(&mut b[off..], h.start_lsn() + off as u64, 0, 0, &seal);
-        b
+        crate::decoder::test_segments::sealed_segment_for_tests(no, n, prev_checksum).0
     }
 
     fn check(bytes: &[u8], no: u64, check: FullCheck<'_>) -> Result<CheckedSegment> {
