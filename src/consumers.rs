@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{fsync_dir, write_atomic};
+use crate::fsutil::{fsync_dir, read_json, write_atomic};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -145,19 +145,18 @@ impl ConsumerRegistry {
 
     pub fn get(&self, id: &str) -> Result<Option<ConsumerRecord>> {
         let path = self.path(id)?;
-        match fs::read(&path) {
-            Ok(b) => {
-                let mut rec: ConsumerRecord = serde_json::from_slice(&b).map_err(|e| {
-                    Error::Other(format!(
-                        "{}: not a valid consumer record: {e}",
-                        path.display()
-                    ))
-                })?;
+        let invalid = |e| {
+            Error::Other(format!(
+                "{}: not a valid consumer record: {e}",
+                path.display()
+            ))
+        };
+        match read_json::<ConsumerRecord>(&path, invalid)? {
+            Some(mut rec) => {
                 rec.lost |= self.is_marked_lost(id)?;
                 Ok(Some(rec))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+            None => Ok(None),
         }
     }
 

@@ -227,18 +227,12 @@ impl DamageRegister {
 }
 
 fn read_entry(path: &Path) -> Result<Option<DamageEntry>> {
-    match fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| Error::Corrupt {
-                file: path.to_path_buf(),
-                offset: 0,
-                lsn: Lsn(0),
-                reason: format!("not a valid damage entry: {e}"),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
-    }
+    crate::fsutil::read_json(path, |e| Error::Corrupt {
+        file: path.to_path_buf(),
+        offset: 0,
+        lsn: Lsn(0),
+        reason: format!("not a valid damage entry: {e}"),
+    })
 }
 
 /// The report for a damage error (`Error::Corrupt`) found by `component` in the segment file

@@ -467,21 +467,27 @@ pub fn is_zero_from(buf: &[u8], from: usize) -> bool {
     buf.get(from..).is_none_or(|r| r.iter().all(|&b| b == 0))
 }
 
+/// Test segments built by hand, shared by the unit tests of the decoder and the segment checks.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_segments {
     use super::*;
     use crate::format::record::{encode_record, encode_seal};
     use crate::format::SEGMENT_FORMAT_VERSION;
 
-    /// A sealed segment of `n` records of 10 bytes each.
-    fn sealed(n: usize) -> (Vec<u8>, SegmentHeader) {
+    /// Segment `segment_no` of a system with the nil id and 64 KiB segments, sealed after `n`
+    /// records of 10 bytes (record `i` holds `i` and is stamped `i`).
+    pub(crate) fn sealed_segment_for_tests(
+        segment_no: u64,
+        n: usize,
+        prev_checksum: Option<u32>,
+    ) -> (Vec<u8>, SegmentHeader) {
         let h = SegmentHeader {
             format_version: SEGMENT_FORMAT_VERSION,
             timeline: 1,
             segment_size: 1 << 16,
-            segment_no: 2,
+            segment_no,
             system_id: uuid::Uuid::nil(),
-            prev_checksum: None,
+            prev_checksum,
             created_us: 0,
         };
         let mut b = h.encode().to_vec();
@@ -509,6 +515,17 @@ mod tests {
         b.resize(off + SEAL_LEN, 0);
         encode_seal(&mut b[off..], h.start_lsn() + off as u64, 0, 0, &seal);
         (b, h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_segments::sealed_segment_for_tests;
+    use super::*;
+
+    /// A sealed segment of `n` records of 10 bytes each.
+    fn sealed(n: usize) -> (Vec<u8>, SegmentHeader) {
+        sealed_segment_for_tests(2, n, None)
     }
 
     #[test]

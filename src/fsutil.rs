@@ -13,6 +13,20 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .ctx(|| format!("fsync directory {}", dir.display()))
 }
 
+/// Reads a JSON state file (one that [`write_atomic`] replaces whole): `None` when there is
+/// none. A file that does not parse is reported by `invalid`, given the parse error, so each
+/// caller names its own kind of file.
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    invalid: impl FnOnce(serde_json::Error) -> Error,
+) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(invalid),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+    }
+}
+
 /// Replaces `path` atomically and durably: write a temporary file beside it, fsync it, rename it
 /// over `path`, fsync the directory. A crash leaves the old content or the new, never a mix.
 ///
@@ -114,4 +128,31 @@ pub fn open_regular(path: &Path) -> Result<File> {
         });
     }
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_json_tells_missing_from_invalid() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("state.json");
+        let invalid = |e: serde_json::Error| Error::Other(format!("bad state: {e}"));
+        assert_eq!(read_json::<u64>(&path, invalid).expect("missing"), None);
+        write_atomic(&path, b"42").expect("write");
+        assert_eq!(read_json::<u64>(&path, invalid).expect("valid"), Some(42));
+        std::fs::write(&path, b"{").expect("write");
+        match read_json::<u64>(&path, invalid) {
+            Err(Error::Other(m)) => assert!(m.starts_with("bad state: "), "{m}"),
+            other => panic!("expected the caller's error, got {other:?}"),
+        }
+        // A directory where the file should be is an I/O error, not a missing file.
+        let dir = tmp.path().join("dir.json");
+        std::fs::create_dir(&dir).expect("mkdir");
+        assert!(matches!(
+            read_json::<u64>(&dir, invalid),
+            Err(Error::Io { .. })
+        ));
+    }
 }

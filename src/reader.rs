@@ -119,7 +119,9 @@ impl WalSource {
     }
 }
 
-/// The identity the segments of one set must share.
+/// The identity the segments of one set must share: the part of a data directory's
+/// [`ControlFile`](crate::format::ControlFile) (or an archive's identity file) that every
+/// segment header repeats. Derived from those, never stated on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub system_id: uuid::Uuid,
@@ -131,6 +133,16 @@ impl From<&crate::format::ControlFile> for Identity {
         Identity {
             system_id: c.system_id,
             segment_size: c.segment_size,
+        }
+    }
+}
+
+impl From<&SegmentHeader> for Identity {
+    /// The identity a segment claims for itself: a set without a control file goes by its first.
+    fn from(h: &SegmentHeader) -> Self {
+        Identity {
+            system_id: h.system_id,
+            segment_size: h.segment_size,
         }
     }
 }
@@ -492,10 +504,7 @@ impl WalReader {
             reason,
         };
         let header = SegmentHeader::decode(&bytes).map_err(bad)?;
-        let id = *self.identity.get_or_insert(Identity {
-            system_id: header.system_id,
-            segment_size: header.segment_size,
-        });
+        let id = *self.identity.get_or_insert(Identity::from(&header));
         if let Some(reason) = header_mismatch(&header, &name, &id) {
             return Err(Error::Corrupt {
                 file: path,

@@ -1,5 +1,9 @@
 //! Recovery at open: check sealed segments are whole, find the open segment's last valid record,
 //! and zero its torn tail so garbage can never reappear behind a later record.
+//!
+//! The checks a segment file passes are [`crate::segment_check`]'s; this file holds only what
+//! recovery decides and does. It runs past 500 lines because the plan for each crash window
+//! (interrupted seal, torn tail, headerless or newer open segments) reads best beside the others.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -9,11 +13,12 @@ use crate::datadir::DataDir;
 use crate::decoder::{
     is_zero_from, judge_open_tail, later_records, OpenTail, ScanEnd, SegmentScanner,
 };
-use crate::error::{Error, IoContext, Result};
-use crate::format::record::{decode_at, Decoded, SEAL_LEN};
+use crate::error::{IoContext, Result};
+use crate::format::record::SEAL_LEN;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
-use crate::format::{ControlFile, SealInfo, SegmentFileKind, SegmentHeader, SegmentName};
+use crate::format::{ControlFile, SegmentFileKind, SegmentHeader, SegmentName};
 use crate::fsutil::fsync_dir;
+use crate::segment_check::{check_identity, check_sealed, corrupt, SealedSegment};
 use crate::Lsn;
 
 /// How recovery treats invalid bytes at the end of the open segment.
@@ -25,16 +30,6 @@ pub enum RecoveryMode {
     TolerateTail,
     /// Any invalid byte is an error; nothing is repaired.
     Strict,
-}
-
-/// A sealed segment as found at open.
-#[derive(Clone, Debug)]
-pub struct SealedSegment {
-    pub name: SegmentName,
-    pub header: SegmentHeader,
-    pub seal: SealInfo,
-    /// LSN where the seal marker sits: the end of the segment's last record.
-    pub end_lsn: u64,
 }
 
 /// Where the open segment stands after recovery.
@@ -67,116 +62,6 @@ pub struct Recovered {
     pub repairs: Vec<String>,
     /// A prepared file ready for `next_segment_no`.
     pub prepared: Option<std::path::PathBuf>,
-}
-
-fn corrupt(path: &std::path::Path, offset: usize, lsn: u64, reason: impl Into<String>) -> Error {
-    Error::Corrupt {
-        file: path.to_path_buf(),
-        offset: offset as u64,
-        lsn: Lsn(lsn),
-        reason: reason.into(),
-    }
-}
-
-/// Checks that a sealed segment file is whole: header, identity, and a valid seal marker at its
-/// very end. Cheap: it reads the header and the marker, not every record (`verify` does that).
-pub fn check_sealed(
-    path: &std::path::Path,
-    name: &SegmentName,
-    control: &ControlFile,
-) -> Result<SealedSegment> {
-    let file = crate::fsutil::open_regular(path)?;
-    let len = file
-        .metadata()
-        .ctx(|| format!("stat {}", path.display()))?
-        .len() as usize;
-    let start = name.segment_no.start_lsn_saturating(control.segment_size);
-    let mut hb = [0u8; SEGMENT_HEADER_LEN];
-    if len < SEGMENT_HEADER_LEN + SEAL_LEN {
-        return Err(corrupt(
-            path,
-            len,
-            start + len as u64,
-            format!("sealed segment is only {len} bytes: too short for a header and a seal marker"),
-        ));
-    }
-    file.read_exact_at(&mut hb, 0)
-        .ctx(|| format!("read {}", path.display()))?;
-    let header = SegmentHeader::decode(&hb).map_err(|r| corrupt(path, 0, start, r))?;
-    check_identity(path, &header, name, control)?;
-    let seal_off = len - SEAL_LEN;
-    let mut sb = vec![0u8; SEAL_LEN];
-    file.read_exact_at(&mut sb, seal_off as u64)
-        .ctx(|| format!("read {}", path.display()))?;
-    // decode_at works on a buffer; place the marker at its real offset's alignment.
-    let seal_lsn = start + seal_off as u64;
-    let seal = match decode_at(&sb, 0, seal_lsn, control.segment_size as usize) {
-        Ok(Decoded::Seal(s)) => s,
-        Ok(Decoded::Record(_)) => return Err(corrupt(
-            path,
-            seal_off,
-            seal_lsn,
-            "sealed segment does not end with a seal marker (last bytes are a record: truncated?)",
-        )),
-        Err(e) => {
-            return Err(corrupt(
-                path,
-                seal_off,
-                seal_lsn,
-                format!("sealed segment does not end with a valid seal marker: {e}"),
-            ))
-        }
-    };
-    Ok(SealedSegment {
-        name: *name,
-        header,
-        seal,
-        end_lsn: seal_lsn,
-    })
-}
-
-/// A segment belongs here when its header matches the directory's identity and its name.
-pub fn check_identity(
-    path: &std::path::Path,
-    header: &SegmentHeader,
-    name: &SegmentName,
-    control: &ControlFile,
-) -> Result<()> {
-    let start = header.start_lsn();
-    if header.system_id != control.system_id {
-        return Err(corrupt(
-            path,
-            0,
-            start,
-            format!(
-                "segment belongs to system {}, this directory is system {}",
-                header.system_id, control.system_id
-            ),
-        ));
-    }
-    if header.segment_size != control.segment_size {
-        return Err(corrupt(
-            path,
-            0,
-            start,
-            format!(
-                "segment size {} differs from the directory's {}",
-                header.segment_size, control.segment_size
-            ),
-        ));
-    }
-    if header.segment_no != name.segment_no.0 || header.timeline != name.timeline {
-        return Err(corrupt(
-            path,
-            0,
-            start,
-            format!(
-                "header says timeline {} segment {:X}, the file name says timeline {} segment {:X}",
-                header.timeline, header.segment_no, name.timeline, name.segment_no
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// A change recovery makes on disk. Every check that can fail runs while the plan is made;
@@ -219,7 +104,7 @@ pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Resu
     apply(dir, &actions, &mut rec)?;
     // A name the last writer gave (activating a prepared file) may not be durable yet; the new
     // writer acknowledges records in that file, so the name must be before it does.
-    crate::fault!("recovery::dir_fsync", e => Error::io(format!("fsync directory {}", dir.wal_dir().display()), e));
+    crate::fault!("recovery::dir_fsync", e => crate::Error::io(format!("fsync directory {}", dir.wal_dir().display()), e));
     fsync_dir(&dir.wal_dir())?;
     Ok(rec)
 }

@@ -15,10 +15,10 @@ use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::datadir::DataDir;
 use crate::decoder::SegmentScanner;
 use crate::error::{Error, Result};
-use crate::format::record::SEAL_LEN;
-use crate::format::{ControlFile, SegmentFileKind, SegmentName};
-use crate::fsutil::{fsync_dir, write_atomic};
-use crate::recovery::check_sealed;
+use crate::format::{ControlFile, SegmentFileKind};
+use crate::fsutil::{fsync_dir, read_json, write_atomic};
+use crate::sealed_set::{sealed_files, SealedFile as Sealed};
+use crate::segment_check::check_sealed;
 use crate::{Lsn, Wal};
 
 /// Library options for [`checkpoint`].
@@ -33,16 +33,6 @@ pub struct RetentionOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct RetentionState {
     checkpoint_lsn: u64,
-}
-
-/// A sealed segment as retention sees it.
-#[derive(Clone, Debug)]
-struct Sealed {
-    name: SegmentName,
-    path: PathBuf,
-    /// LSN of its seal marker: the end of its last record.
-    end: u64,
-    size: u64,
 }
 
 /// What one `checkpoint` call did.
@@ -96,46 +86,18 @@ fn state_path(dir: &DataDir) -> PathBuf {
 
 fn load_state(dir: &DataDir) -> Result<RetentionState> {
     let path = state_path(dir);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-            Error::Other(format!(
-                "{}: not a valid retention state: {e}",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RetentionState::default()),
-        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
-    }
+    let invalid = |e| {
+        Error::Other(format!(
+            "{}: not a valid retention state: {e}",
+            path.display()
+        ))
+    };
+    Ok(read_json(&path, invalid)?.unwrap_or_default())
 }
 
 /// The highest checkpoint ever declared for `dir` (0 when none was).
 pub fn checkpoint_lsn(dir: &DataDir) -> Result<u64> {
     Ok(load_state(dir)?.checkpoint_lsn)
-}
-
-fn sealed_segments(dir: &DataDir, segment_size: u64) -> Result<Vec<Sealed>> {
-    let mut out = Vec::new();
-    for name in dir.list_segments()? {
-        if name.kind != SegmentFileKind::Sealed {
-            continue;
-        }
-        let path = dir.segment_path(&name);
-        let size = match std::fs::metadata(&path) {
-            Ok(m) => m.len(),
-            // Removed meanwhile (another checkpoint): nothing to decide about it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
-        };
-        // A sealed file ends right after its seal marker.
-        let start = name.start_lsn(segment_size)?;
-        out.push(Sealed {
-            name,
-            path,
-            end: start + size.saturating_sub(SEAL_LEN as u64),
-            size,
-        });
-    }
-    Ok(out)
 }
 
 /// Why an archiver (not lost, with a recorded archive location) cannot be shown to hold `seg`
@@ -263,7 +225,7 @@ fn checkpoint_checked(
         write_atomic(&state_path(dir), &bytes)?;
     }
     let ckpt = state.checkpoint_lsn;
-    let segs = sealed_segments(dir, control.segment_size)?;
+    let segs = sealed_files(dir, control.segment_size)?;
     let removable_by_checkpoint: Vec<&Sealed> = segs
         .iter()
         .take(segs.len().saturating_sub(1))
@@ -364,7 +326,7 @@ fn checkpoint_checked(
 pub fn report(dir: &DataDir) -> Result<RetentionReport> {
     let control = dir.read_control()?;
     let ckpt = load_state(dir)?.checkpoint_lsn;
-    let segs = sealed_segments(dir, control.segment_size)?;
+    let segs = sealed_files(dir, control.segment_size)?;
     let consumers = ConsumerRegistry::new(dir).list()?;
     let held_by = segs
         .first()

@@ -8,13 +8,9 @@ use serde::Serialize;
 
 use crate::consumers::{ConsumerKind, ConsumerRegistry};
 use crate::datadir::DataDir;
-use crate::decoder::SegmentScanner;
-use crate::error::{Error, Result};
-use crate::format::{ControlFile, SegmentFileKind};
-use crate::reader::read_segment;
-use crate::recovery::check_sealed;
+use crate::error::Result;
+pub use crate::log_ends::{lag_seconds, wal_ends};
 use crate::replication::standby_state;
-use crate::{Lsn, WalReader};
 
 /// A standby counts as connected when its slot was refreshed this recently (the shipper
 /// refreshes a connected standby's slot about every second).
@@ -77,53 +73,6 @@ pub struct DirStatus {
     pub set_aside: Vec<String>,
 }
 
-/// Ends of the WAL in a directory's files: (flush_lsn, sealed_lsn).
-pub fn wal_ends(dd: &DataDir, control: &ControlFile) -> Result<(u64, u64)> {
-    // The writer may seal (rename) the open segment while we look: list again then.
-    let mut last_err = None;
-    for _ in 0..5 {
-        match wal_ends_once(dd, control) {
-            Ok(v) => return Ok(v),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                last_err = Some(source)
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(Error::io(
-        format!("read {} (segments kept changing)", dd.wal_dir().display()),
-        last_err.unwrap_or_else(|| std::io::Error::other("no result")),
-    ))
-}
-
-fn wal_ends_once(dd: &DataDir, control: &ControlFile) -> Result<(u64, u64)> {
-    let names = dd.list_segments()?;
-    let mut sealed = 0;
-    let mut flush = 0;
-    if let Some(last) = names
-        .iter()
-        .rev()
-        .find(|n| n.kind == SegmentFileKind::Sealed)
-    {
-        sealed = check_sealed(&dd.segment_path(last), last, control)?.end_lsn;
-        flush = sealed;
-    }
-    for open in names.iter().filter(|n| n.kind == SegmentFileKind::Open) {
-        let bytes = read_segment(&dd.segment_path(open))?;
-        let Ok(mut scan) = SegmentScanner::new(&bytes) else {
-            continue; // activated, header not written yet: no records
-        };
-        let mut end = None;
-        for r in scan.by_ref() {
-            end = Some(r.end_lsn());
-        }
-        if let Some(e) = end {
-            flush = flush.max(e);
-        }
-    }
-    Ok((flush, sealed))
-}
-
 /// Computes the status of the data directory at `root`.
 pub fn status(root: &Path) -> Result<DirStatus> {
     let dd = DataDir::new(root);
@@ -175,16 +124,6 @@ pub fn status(root: &Path) -> Result<DirStatus> {
         damage: crate::damage::DamageRegister::new(&dd).list()?,
         set_aside: crate::setaside::list(&dd)?,
     })
-}
-
-/// Seconds since the first record past `applied` was written; 0 when nothing is pending.
-pub fn lag_seconds(root: &Path, applied: u64, flush: u64, now_us: i64) -> Option<f64> {
-    if applied >= flush {
-        return Some(0.0);
-    }
-    let mut reader = WalReader::open(root, Lsn(applied)).ok()?;
-    let rec = reader.next_record().ok()??;
-    Some((now_us.saturating_sub(rec.timestamp_us)).max(0) as f64 / 1e6)
 }
 
 /// Formats microseconds since the epoch as RFC 3339 UTC.

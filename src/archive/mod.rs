@@ -1,6 +1,7 @@
 //! Backup storage for sealed segments: the store interface and its local-directory
-//! implementation, the archive's identity file, the archiver that pushes segments, restore to a
-//! point in time, and the check behind `walship verify ARCHIVE`.
+//! implementation, the archive's identity file, the archiver that pushes segments, and restore to
+//! a point in time. `walship verify ARCHIVE` is [`crate::verify`]'s, which reads archives through
+//! this module.
 //!
 //! An archive belongs to one system. Its root holds the identity file ([`IDENTITY_NAME`]) and
 //! every archived segment under its sealed name (`.wal`), or that name plus `.zst` when the
@@ -20,7 +21,8 @@ pub use store::{ArchiveStore, LocalDirStore, ObjectInfo, PutOutcome};
 
 use crate::error::{Error, Result};
 use crate::format::{SegmentFileKind, SegmentName};
-use crate::verify::{verify_segments, Identity, VerifyIssue, VerifyReport};
+pub use crate::segment_check::CheckedSegment;
+use crate::segment_check::{check_sealed_bytes, FullCheck};
 
 /// How an archived segment's bytes are stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -175,107 +177,21 @@ pub fn is_archive(path: &Path) -> bool {
         })
 }
 
-/// Verifies an archive in a local directory: the identity file, that the archive holds the
-/// segment it begins at (layout version 2), every segment (compressed ones decompressed, bounded
-/// by the segment size), the chain between segments and gaps. Goes on after a problem, like
-/// `verify_path`.
-pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
-    let mut report = VerifyReport::default();
-    let archive_id = match std::fs::read(root.join(IDENTITY_NAME)) {
-        Ok(b) => match ArchiveIdentity::decode(&b) {
-            Ok(id) => Some(id),
-            Err(reason) => {
-                report.errors.push(VerifyIssue {
-                    segment: IDENTITY_NAME.into(),
-                    offset: 0,
-                    lsn: 0,
-                    reason,
-                });
-                None
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            report.errors.push(VerifyIssue {
-                segment: IDENTITY_NAME.into(),
-                offset: 0,
-                lsn: 0,
-                reason: "missing: the archive's identity file is gone, so nothing says which system it belongs to or where it begins".into(),
-            });
-            None
-        }
-        Err(e) => {
-            return Err(Error::io(
-                format!("read {}", root.join(IDENTITY_NAME).display()),
-                e,
-            ))
-        }
+/// Checks every byte of a sealed segment against the archive's identity (see
+/// [`check_sealed_bytes`]). `cut` marks the first record to leave out (restore's target); `None`
+/// checks only.
+pub fn check_segment_bytes(
+    file: &Path,
+    name: &SegmentName,
+    bytes: &[u8],
+    identity: &ArchiveIdentity,
+    cut: Option<&dyn Fn(&crate::format::record::RecordRef<'_>) -> bool>,
+) -> Result<CheckedSegment> {
+    let check = FullCheck {
+        prev_checksum: None,
+        cut,
     };
-    let identity = archive_id.map(|id| Identity {
-        system_id: id.system_id,
-        segment_size: id.segment_size,
-    });
-    let objects = store::list_dir(root)?;
-    let segs = segment_objects(&objects);
-    if let (Some(id), Some((first_held, _, _))) = (&archive_id, segs.first()) {
-        check_first_segment(id, first_held, &mut report);
-    }
-    let files: Vec<(SegmentName, std::path::PathBuf)> = segs
-        .iter()
-        .map(|(n, _, o)| (*n, root.join(&o.name)))
-        .collect();
-    // Without a readable identity, no segment may be longer than the largest segment size.
-    let segment_size = archive_id.map_or(crate::format::MAX_SEGMENT_SIZE, |id| id.segment_size);
-    verify_segments(&files, identity, &mut report, |p, bytes| {
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let c = parse_object_name(&name).map_or(Compression::None, |(_, c)| c);
-        let len = std::fs::metadata(p)
-            .map_err(|e| Error::io(format!("stat {}", p.display()), e))?
-            .len();
-        check_object_len(p, c, len, segment_size)?;
-        let data = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
-        *bytes = decode_object(p, c, data, segment_size)?;
-        Ok(None)
-    })?;
-    report.ok = report.errors.is_empty();
-    Ok(report)
-}
-
-/// An archive of layout version 2 holds every segment from the one its identity names: a
-/// missing first segment (or one before it) is damage, as a gap is.
-fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &mut VerifyReport) {
-    let Some(begin) = id.first_segment else {
-        return;
-    };
-    let begin_name = SegmentName::new(first_held.timeline, begin, SegmentFileKind::Sealed);
-    let lsn = begin.checked_mul(id.segment_size).unwrap_or(0);
-    if first_held.segment_no.0 > begin {
-        let last_missing = SegmentName::new(
-            first_held.timeline,
-            first_held.segment_no.0 - 1,
-            SegmentFileKind::Sealed,
-        );
-        report.errors.push(VerifyIssue {
-            segment: begin_name.to_string(),
-            offset: 0,
-            lsn,
-            reason: format!(
-                "segment {begin_name} is missing: the archive begins at it ({IDENTITY_NAME} first_segment {begin}), but its first segment is {first_held} (missing: {begin_name} to {last_missing})"
-            ),
-        });
-    } else if first_held.segment_no.0 < begin {
-        report.errors.push(VerifyIssue {
-            segment: first_held.to_string(),
-            offset: 0,
-            lsn: first_held.segment_no.start_lsn(id.segment_size).unwrap_or(0),
-            reason: format!(
-                "segment {first_held} lies before the segment the archive begins at ({begin_name}, {IDENTITY_NAME} first_segment {begin})"
-            ),
-        });
-    }
+    check_sealed_bytes(file, name, bytes, &identity.to_control(), check)
 }
 
 #[cfg(test)]
@@ -338,87 +254,5 @@ mod tests {
         ] {
             assert_eq!(parse_object_name(bad), None, "{bad}");
         }
-    }
-}
-
-/// What a full check of one sealed segment's bytes found.
-#[derive(Clone, Debug)]
-pub struct CheckedSegment {
-    pub header: crate::format::SegmentHeader,
-    pub seal: crate::format::SealInfo,
-    /// Offset of the seal marker: the end of the last record.
-    pub seal_offset: usize,
-    /// Where the first record matching the cut predicate starts, and how many records come
-    /// before it.
-    pub cut: Option<(usize, u64)>,
-    /// The last record's timestamp, when the segment holds records.
-    pub last_timestamp_us: Option<i64>,
-}
-
-impl CheckedSegment {
-    /// The LSN of the seal marker (the end of the segment's last record).
-    pub fn seal_lsn(&self) -> u64 {
-        self.header.start_lsn() + self.seal_offset as u64
-    }
-}
-
-/// Checks every byte of a sealed segment: header, identity and name, each record, the seal
-/// marker and the whole-segment checksum, and that nothing follows the marker. `cut` marks the
-/// first record to leave out (restore's target); `None` checks only.
-pub fn check_segment_bytes(
-    file: &Path,
-    name: &SegmentName,
-    bytes: &[u8],
-    identity: &ArchiveIdentity,
-    cut: Option<&dyn Fn(&crate::format::record::RecordRef<'_>) -> bool>,
-) -> Result<CheckedSegment> {
-    use crate::decoder::{ScanEnd, SegmentScanner};
-    let start = name.segment_no.start_lsn_saturating(identity.segment_size);
-    let corrupt = |offset: usize, reason: String| Error::Corrupt {
-        file: file.to_path_buf(),
-        offset: offset as u64,
-        lsn: crate::Lsn(start + offset as u64),
-        reason,
-    };
-    let mut scan = SegmentScanner::new(bytes).map_err(|r| corrupt(0, r))?;
-    crate::recovery::check_identity(file, scan.header(), name, &identity.to_control())?;
-    let header = *scan.header();
-    let mut first_cut = None;
-    let mut last_ts = None;
-    let mut kept = 0u64;
-    for r in scan.by_ref() {
-        if first_cut.is_none() {
-            if cut.is_some_and(|f| f(&r)) {
-                first_cut = Some(((r.lsn() - start) as usize, kept));
-            } else {
-                kept += 1;
-            }
-        }
-        last_ts = Some(r.header.timestamp_us);
-    }
-    match scan.end() {
-        Some(ScanEnd::Sealed {
-            offset,
-            seal,
-            trailing: 0,
-        }) => Ok(CheckedSegment {
-            header,
-            seal: *seal,
-            seal_offset: *offset,
-            cut: first_cut,
-            last_timestamp_us: last_ts,
-        }),
-        Some(ScanEnd::Sealed {
-            offset, trailing, ..
-        }) => Err(corrupt(
-            *offset,
-            format!("{trailing} bytes follow the seal marker"),
-        )),
-        Some(ScanEnd::Invalid { offset, error }) => Err(corrupt(*offset, error.to_string())),
-        Some(ScanEnd::Unwritten { offset }) => Err(corrupt(
-            *offset,
-            "sealed segment ends without a seal marker (truncated?)".into(),
-        )),
-        None => Err(corrupt(scan.offset(), "scan did not finish".into())),
     }
 }

@@ -1,35 +1,36 @@
 //! The `recover` scenario: build a store, reopen it (recovery), then scan every segment in
-//! order, checking every record, with the files in the page cache; against reading the same
-//! files with plain `read` + CRC.
+//! order with the check `walship verify` runs (every record, seal markers and checksums), with
+//! the files in the page cache; against reading the same files with plain `read` + CRC.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use super::baseline::read_and_crc;
 use super::{scratch, BenchConfig, BenchResult};
-use crate::decoder::{ScanEnd, SegmentScanner};
+use crate::format::{SegmentFileKind, SegmentName};
 use crate::reader::read_segment_hashed;
+use crate::verify::{verify_segments, VerifyReport};
 use crate::{DataDir, Entry, EntryType, Lsn, Result, Wal, WalOptions};
 
-/// Reads one segment into `bytes` (reused from segment to segment) and checks it the way
-/// recovery and `verify` judge segments: every record, and for a sealed segment the seal marker
-/// and its whole-segment checksum. Returns the records it holds.
-fn scan_segment(path: &std::path::Path, bytes: &mut Vec<u8>) -> Result<u64> {
-    let read = read_segment_hashed(path, bytes)?;
-    let corrupt = |offset: usize, reason: String| crate::Error::Corrupt {
-        file: path.to_path_buf(),
-        offset: offset as u64,
-        lsn: Lsn(0),
-        reason,
-    };
-    let mut scanner = SegmentScanner::with_read_checksum(bytes, read).map_err(|r| corrupt(0, r))?;
-    let mut records = 0u64;
-    for r in scanner.by_ref() {
-        std::hint::black_box(r.payload);
-        records += 1;
-    }
-    match scanner.finish() {
-        ScanEnd::Sealed { .. } | ScanEnd::Unwritten { .. } => Ok(records),
-        ScanEnd::Invalid { offset, error } => Err(corrupt(offset, error.to_string())),
+/// Checks the segments the way `walship verify` does, with the same code: every record, and
+/// for a sealed segment the seal marker and its whole-segment checksum. Returns the records
+/// they hold; any problem found is an error.
+fn scan_segments(files: &[(SegmentName, PathBuf)]) -> Result<u64> {
+    let mut report = VerifyReport::default();
+    verify_segments(files, None, &mut report, |p, b| {
+        read_segment_hashed(p, b).map(Some)
+    })?;
+    match report.errors.first() {
+        None => Ok(report.records),
+        Some(issue) => Err(crate::Error::Corrupt {
+            file: files
+                .iter()
+                .find(|(n, _)| n.to_string() == issue.segment)
+                .map_or_else(PathBuf::new, |(_, p)| p.clone()),
+            offset: issue.offset,
+            lsn: Lsn(issue.lsn),
+            reason: issue.reason.clone(),
+        }),
     }
 }
 
@@ -57,18 +58,14 @@ pub fn run_recover(cfg: &BenchConfig) -> Result<BenchResult> {
     let recovery = t0.elapsed();
     drop(wal);
 
-    let mut files: Vec<_> = DataDir::new(&data)
+    let mut segments: Vec<(SegmentName, PathBuf)> = DataDir::new(&data)
         .list_segments()?
         .into_iter()
-        .filter(|n| {
-            matches!(
-                n.kind,
-                crate::format::SegmentFileKind::Sealed | crate::format::SegmentFileKind::Open
-            )
-        })
-        .map(|n| DataDir::new(&data).segment_path(&n))
+        .filter(|n| matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open))
+        .map(|n| (n, DataDir::new(&data).segment_path(&n)))
         .collect();
-    files.sort();
+    segments.sort_by(|a, b| a.1.cmp(&b.1));
+    let files: Vec<PathBuf> = segments.iter().map(|(_, p)| p.clone()).collect();
     let bytes: u64 = files
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
@@ -77,11 +74,7 @@ pub fn run_recover(cfg: &BenchConfig) -> Result<BenchResult> {
     // Warm pass of the baseline first, so both reads find every file in the page cache.
     read_and_crc(&files)?;
     let t1 = Instant::now();
-    let mut records = 0u64;
-    let mut buf = Vec::new();
-    for p in &files {
-        records += scan_segment(p, &mut buf)?;
-    }
+    let records = scan_segments(&segments)?;
     let scan = t1.elapsed();
 
     let t2 = Instant::now();

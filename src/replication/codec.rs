@@ -4,8 +4,11 @@
 
 use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 
-use super::frame::MAX_FRAME_LIMIT;
 use super::messages::Message;
+
+/// The largest message body there is: the highest maximum frame size a side may be configured
+/// to (framing, which sits on top of this codec, re-exports it).
+pub const MAX_FRAME_LIMIT: usize = 64 << 20;
 
 /// Decoding never claims more than this many bytes, whatever a length field says.
 const CONFIG: Configuration<LittleEndian, Fixint, Limit<MAX_FRAME_LIMIT>> =

@@ -11,8 +11,8 @@ use super::messages::Message;
 
 /// Default largest frame body a side accepts.
 pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
-/// The largest value the maximum may be configured to.
-pub const MAX_FRAME_LIMIT: usize = 64 << 20;
+/// The largest value the maximum may be configured to: the largest body the codec decodes.
+pub use super::codec::MAX_FRAME_LIMIT;
 /// The smallest value the maximum may be configured to (a segment chunk must fit).
 pub const MIN_FRAME_LIMIT: usize = 64 << 10;
 /// The largest frame either side accepts before the handshake is done: every handshake
@@ -20,6 +20,17 @@ pub const MIN_FRAME_LIMIT: usize = 64 << 10;
 pub const HANDSHAKE_MAX_FRAME: usize = 4096;
 /// Bytes of a SegmentData frame body besides the data.
 pub const DATA_OVERHEAD: usize = 4 + 8 + 8 + 8;
+
+/// Checks a configured maximum frame size against the range both sides accept.
+pub fn check_max_frame(max: usize) -> Result<(), String> {
+    if (MIN_FRAME_LIMIT..=MAX_FRAME_LIMIT).contains(&max) {
+        Ok(())
+    } else {
+        Err(format!(
+            "maximum frame size {max} must be from {MIN_FRAME_LIMIT} to {MAX_FRAME_LIMIT}"
+        ))
+    }
+}
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +143,21 @@ mod tests {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn the_configured_maximum_frame_has_one_range() {
+        for ok in [MIN_FRAME_LIMIT, DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT] {
+            assert_eq!(check_max_frame(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            check_max_frame(MIN_FRAME_LIMIT - 1),
+            Err(format!(
+                "maximum frame size {} must be from 65536 to 67108864",
+                MIN_FRAME_LIMIT - 1
+            ))
+        );
+        assert!(check_max_frame(MAX_FRAME_LIMIT + 1).is_err());
     }
 
     #[test]

@@ -1,50 +1,15 @@
-//! The sealed segments of a directory as the shipper sees them, and the check a standby makes
-//! on an incoming segment before it may carry a sealed name.
-
-use std::collections::BTreeMap;
+//! The checks a segment passes on its way between primary and standby: the primary's before it
+//! ships one, and the standby's on an incoming segment before it may carry a sealed name. The
+//! catalog of segments to ship is [`crate::sealed_set`].
 
 use crate::datadir::DataDir;
-use crate::decoder::{ScanEnd, SegmentScanner};
 use crate::error::{Error, Result};
-use crate::format::{ControlFile, SegmentFileKind, SegmentName};
-use crate::recovery::{check_identity, check_sealed, SealedSegment};
+use crate::format::{ControlFile, SegmentName};
+pub use crate::sealed_set::{scan_sealed, SealedSet};
+use crate::segment_check::{
+    check_sealed, check_sealed_bytes, FullCheck, SealedSegment, NO_SEAL_MARKER,
+};
 use crate::Lsn;
-
-/// Sealed segments by number, and where the newest ends.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SealedSet {
-    pub by_no: BTreeMap<u64, SegmentName>,
-    /// End of the last record of the newest sealed segment (0 when there is none).
-    pub sealed_lsn: u64,
-}
-
-impl SealedSet {
-    pub fn oldest(&self) -> Option<u64> {
-        self.by_no.keys().next().copied()
-    }
-    pub fn newest(&self) -> Option<u64> {
-        self.by_no.keys().next_back().copied()
-    }
-}
-
-/// Lists the sealed segments of `dd` (cheap: one directory listing and the newest one's seal
-/// marker). Open, prepared and partial files are not for shipping and are left out.
-pub fn scan_sealed(dd: &DataDir, control: &ControlFile, previous: &SealedSet) -> Result<SealedSet> {
-    let mut set = SealedSet::default();
-    for name in dd.list_segments()? {
-        if name.kind == SegmentFileKind::Sealed {
-            set.by_no.insert(name.segment_no.0, name);
-        }
-    }
-    if let Some((_, newest)) = set.by_no.iter().next_back() {
-        set.sealed_lsn = if previous.newest() == Some(newest.segment_no.0) {
-            previous.sealed_lsn
-        } else {
-            check_sealed(&dd.segment_path(newest), newest, control)?.end_lsn
-        };
-    }
-    Ok(set)
-}
 
 /// Checks a received segment's bytes: header and identity, the chain to its predecessor (when
 /// the standby holds it), every record, the seal marker and the whole-segment checksum, and
@@ -56,48 +21,25 @@ pub fn verify_incoming(
     control: &ControlFile,
     prev_checksum: Option<u32>,
 ) -> Result<SealedSegment> {
-    let start = name.segment_no.start_lsn_saturating(control.segment_size);
-    let corrupt = |offset: usize, reason: String| Error::Corrupt {
-        file: path.to_path_buf(),
-        offset: offset as u64,
-        lsn: Lsn(start + offset as u64),
-        reason,
+    let check = FullCheck {
+        prev_checksum,
+        cut: None,
     };
-    let mut scan = SegmentScanner::new(bytes).map_err(|r| corrupt(0, r))?;
-    let header = *scan.header();
-    check_identity(path, &header, name, control)?;
-    if let Some(prev) = prev_checksum {
-        if header.prev_checksum != Some(prev) {
-            return Err(corrupt(
-                0,
-                format!(
-                    "chain broken: the header expects previous checksum {}, the previous segment has {prev:08x}",
-                    header.prev_checksum.map_or("none".into(), |c| format!("{c:08x}"))
-                ),
-            ));
-        }
-    }
-    match scan.finish() {
-        ScanEnd::Sealed {
+    match check_sealed_bytes(path, name, bytes, control, check) {
+        Ok(checked) => Ok(checked.sealed(name)),
+        // The standby has always said this in these words.
+        Err(Error::Corrupt {
+            file,
             offset,
-            seal,
-            trailing: 0,
-        } => Ok(SealedSegment {
-            name: name.with_kind(SegmentFileKind::Sealed),
-            header,
-            seal,
-            end_lsn: start + offset as u64,
+            lsn,
+            reason,
+        }) if reason == NO_SEAL_MARKER => Err(Error::Corrupt {
+            file,
+            offset,
+            lsn,
+            reason: "segment ends without a seal marker".into(),
         }),
-        ScanEnd::Sealed {
-            offset, trailing, ..
-        } => Err(corrupt(
-            offset,
-            format!("{trailing} bytes follow the seal marker"),
-        )),
-        ScanEnd::Invalid { offset, error } => Err(corrupt(offset, error.to_string())),
-        ScanEnd::Unwritten { offset } => {
-            Err(corrupt(offset, "segment ends without a seal marker".into()))
-        }
+        Err(e) => Err(e),
     }
 }
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::Shared;
-use crate::recovery::check_sealed;
 use crate::replication::handshake::{self, Identified};
 use crate::replication::messages::ErrorCode;
 use crate::replication::{refuse, ReplError};
+use crate::segment_check::check_sealed;
 use crate::Lsn;
 
 /// The handshake up to Identify, then whether this shipper can serve the standby: it may not be

@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 use super::auth::AuthToken;
-use super::frame::{DEFAULT_MAX_FRAME, MIN_FRAME_LIMIT};
+use super::frame::DEFAULT_MAX_FRAME;
 use super::segments::{scan_sealed, SealedSet};
 use super::{ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
 use crate::consumers::ConsumerRegistry;
@@ -165,13 +165,8 @@ impl Shipper {
     /// Checks the directory and the address, binds, and starts serving in the current tokio
     /// runtime.
     pub async fn start(config: ShipperConfig) -> Result<Shipper, ReplError> {
-        if !(MIN_FRAME_LIMIT..=super::frame::MAX_FRAME_LIMIT).contains(&config.max_frame) {
-            return Err(ReplError::Store(crate::Error::InvalidArgument(format!(
-                "maximum frame size {} must be from {MIN_FRAME_LIMIT} to {}",
-                config.max_frame,
-                super::frame::MAX_FRAME_LIMIT
-            ))));
-        }
+        super::frame::check_max_frame(config.max_frame)
+            .map_err(|e| ReplError::Store(crate::Error::InvalidArgument(e)))?;
         super::check_address(&config.listen, true)
             .map_err(|e| ReplError::Store(crate::Error::InvalidArgument(e)))?;
         super::check_timing(config.heartbeat_interval, config.peer_timeout)?;
@@ -271,14 +266,14 @@ impl Shipper {
     /// Each standby with its lag behind this directory's flush_lsn: (standby, lag_bytes,
     /// lag_seconds). Reads the directory's files.
     pub fn lag(&self) -> Result<Vec<(StandbyInfo, u64, Option<f64>)>, ReplError> {
-        let (flush, _) = crate::status::wal_ends(&self.shared.dd, &self.shared.control)?;
+        let (flush, _) = crate::log_ends::wal_ends(&self.shared.dd, &self.shared.control)?;
         let now = crate::now_us();
         Ok(self
             .standbys()
             .into_iter()
             .map(|s| {
                 let secs =
-                    crate::status::lag_seconds(self.shared.dd.root(), s.applied_lsn, flush, now);
+                    crate::log_ends::lag_seconds(self.shared.dd.root(), s.applied_lsn, flush, now);
                 let bytes = flush.saturating_sub(s.applied_lsn);
                 (s, bytes, secs)
             })

@@ -12,8 +12,8 @@ use crate::error::Error;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::fsutil::fsync_dir;
-use crate::recovery::check_sealed;
 use crate::replication::ReplError;
+use crate::segment_check::check_sealed;
 use crate::Lsn;
 
 /// A data directory of the primary's system (restored from the archive, or a former primary)
@@ -43,7 +43,7 @@ pub(super) fn examine_for_adoption(
     control: &ControlFile,
 ) -> Result<(Held, u64, Vec<SegmentName>, Option<OpenPrefix>), ReplError> {
     let names = dd.list_segments()?;
-    let mut sealed: Vec<crate::recovery::SealedSegment> = Vec::new();
+    let mut sealed: Vec<crate::segment_check::SealedSegment> = Vec::new();
     let mut opens = Vec::new();
     for name in names {
         match name.kind {
@@ -93,7 +93,7 @@ pub(super) fn examine_for_adoption(
             lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
             reason: r,
         })?;
-        crate::recovery::check_identity(&path, scan.header(), &name, control)?;
+        crate::segment_check::check_identity(&path, scan.header(), &name, control)?;
         let header_prev = scan.header().prev_checksum;
         for _ in scan.by_ref() {}
         let valid_end = scan.end().map_or(scan.offset(), |e| e.offset());

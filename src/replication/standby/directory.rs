@@ -51,18 +51,12 @@ pub fn applied_path(dd: &DataDir) -> std::path::PathBuf {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| Error::Corrupt {
-                file: path.to_path_buf(),
-                offset: 0,
-                lsn: crate::Lsn(0),
-                reason: format!("not a valid standby state file: {e}"),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
-    }
+    crate::fsutil::read_json(path, |e| Error::Corrupt {
+        file: path.to_path_buf(),
+        offset: 0,
+        lsn: crate::Lsn(0),
+        reason: format!("not a valid standby state file: {e}"),
+    })
 }
 
 fn write_json<T: Serialize>(path: &std::path::Path, v: &T) -> Result<()> {

@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use super::applicator::Applicator;
 use super::auth::AuthToken;
-use super::frame::{DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT};
+use super::frame::DEFAULT_MAX_FRAME;
 use super::{ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
 use crate::datadir::{DataDir, DirLock};
 use crate::error::Error;
@@ -175,12 +175,8 @@ impl Standby {
         config: StandbyConfig,
         applicator: impl Applicator,
     ) -> Result<Standby, ReplError> {
-        if !(MIN_FRAME_LIMIT..=MAX_FRAME_LIMIT).contains(&config.max_frame) {
-            return Err(ReplError::Store(Error::InvalidArgument(format!(
-                "maximum frame size {} must be from {MIN_FRAME_LIMIT} to {MAX_FRAME_LIMIT}",
-                config.max_frame
-            ))));
-        }
+        super::frame::check_max_frame(config.max_frame)
+            .map_err(|e| ReplError::Store(Error::InvalidArgument(e)))?;
         super::check_address(&config.primary, false)
             .map_err(|e| ReplError::Store(Error::InvalidArgument(e)))?;
         super::check_timing(config.heartbeat_interval, config.peer_timeout)?;

@@ -202,7 +202,7 @@ fn finish_segment(
         .as_ref()
         .and_then(|a| a.open.clone())
         .filter(|o| o.name.segment_no == name.segment_no);
-    let stored = (|| -> Result<crate::recovery::SealedSegment, NotStored> {
+    let stored = (|| -> Result<crate::segment_check::SealedSegment, NotStored> {
         crate::fault!("standby::fsync", e => NotStored::Local(Error::io(format!("fsync {}", path.display()), e)));
         file.sync_all()
             .map_err(|e| NotStored::Local(Error::io(format!("fsync {}", path.display()), e)))?;

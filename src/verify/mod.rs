@@ -15,6 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SegmentFileKind, SegmentName};
 use crate::reader::{claimed_segment_size, read_segment_hashed, segment_start, WalSource};
+use crate::segment_check::sealed_end;
 use crate::Lsn;
 
 /// One problem found, located.
@@ -42,6 +43,9 @@ pub struct VerifyReport {
 
 pub use crate::reader::Identity;
 
+mod archive;
+pub use archive::verify_archive;
+
 /// Verifies a data directory, its wal/ folder, one segment file, or an archive. Only an empty
 /// but valid data directory or archive is clean with no segments: a directory that is none of
 /// these is an error (not a walship path), and one that is partly a data directory (a `wal/`
@@ -50,7 +54,7 @@ pub use crate::reader::Identity;
 pub fn verify_path(path: &Path) -> Result<VerifyReport> {
     let meta = std::fs::metadata(path).ctx(|| format!("{}", path.display()))?;
     if meta.is_dir() && crate::archive::is_archive(path) {
-        return crate::archive::verify_archive(path);
+        return verify_archive(path);
     }
     let mut report = VerifyReport::default();
     let problem = |report: &mut VerifyReport, segment: &str, reason: String| {
@@ -386,10 +390,7 @@ pub fn verify_segments(
         };
         let header = *scan.header();
         let start = header.start_lsn();
-        let id = *identity.get_or_insert(Identity {
-            system_id: header.system_id,
-            segment_size: header.segment_size,
-        });
+        let id = *identity.get_or_insert(Identity::from(&header));
         // A header that disagrees with its name or set is located by the name.
         let at_name = segment_start(name.segment_no.0, id.segment_size).unwrap_or(0);
         if header.system_id != id.system_id {
@@ -450,29 +451,17 @@ pub fn verify_segments(
         let at = start + off as u64;
         let mut seal_sum = None;
         match (&end, name.kind) {
-            (ScanEnd::Sealed { seal, trailing, .. }, SegmentFileKind::Sealed) => {
-                seal_sum = Some(seal.segment_checksum);
-                if *trailing != 0 {
-                    report.errors.push(issue(
-                        off,
-                        at,
-                        format!("{trailing} bytes follow the seal marker"),
-                    ));
+            (_, SegmentFileKind::Sealed) => {
+                if let ScanEnd::Sealed { seal, .. } = &end {
+                    seal_sum = Some(seal.segment_checksum);
+                }
+                if let Err((_, why)) = sealed_end(&end) {
+                    report.errors.push(issue(off, at, why));
                 }
             }
             (ScanEnd::Sealed { seal, .. }, _) => {
                 seal_sum = Some(seal.segment_checksum);
                 report.notes.push(format!("{name}: holds a seal marker at offset {off} but is still named open (an interrupted seal; recovery finishes it)"));
-            }
-            (ScanEnd::Invalid { error, .. }, SegmentFileKind::Sealed) => {
-                report.errors.push(issue(off, at, error.to_string()));
-            }
-            (ScanEnd::Unwritten { .. }, SegmentFileKind::Sealed) => {
-                report.errors.push(issue(
-                    off,
-                    at,
-                    "sealed segment ends without a seal marker (truncated?)".into(),
-                ));
             }
             (_, _) => {
                 let why = match &end {

@@ -1,0 +1,113 @@
+//! `walship verify` of an archive: its identity file, that it holds the segment it begins at,
+//! and every segment object (decompressed, bounded by the segment size) through the same
+//! segment checks as a data directory's.
+
+use std::path::Path;
+
+use super::{verify_segments, Identity, VerifyIssue, VerifyReport};
+use crate::archive::{
+    check_object_len, decode_object, parse_object_name, segment_objects, store, ArchiveIdentity,
+    Compression, IDENTITY_NAME,
+};
+use crate::error::{Error, Result};
+use crate::format::{SegmentFileKind, SegmentName};
+
+/// Verifies an archive in a local directory: the identity file, that the archive holds the
+/// segment it begins at (layout version 2), every segment (compressed ones decompressed, bounded
+/// by the segment size), the chain between segments and gaps. Goes on after a problem, like
+/// `verify_path`.
+pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let archive_id = match std::fs::read(root.join(IDENTITY_NAME)) {
+        Ok(b) => match ArchiveIdentity::decode(&b) {
+            Ok(id) => Some(id),
+            Err(reason) => {
+                report.errors.push(VerifyIssue {
+                    segment: IDENTITY_NAME.into(),
+                    offset: 0,
+                    lsn: 0,
+                    reason,
+                });
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.errors.push(VerifyIssue {
+                segment: IDENTITY_NAME.into(),
+                offset: 0,
+                lsn: 0,
+                reason: "missing: the archive's identity file is gone, so nothing says which system it belongs to or where it begins".into(),
+            });
+            None
+        }
+        Err(e) => {
+            return Err(Error::io(
+                format!("read {}", root.join(IDENTITY_NAME).display()),
+                e,
+            ))
+        }
+    };
+    let identity = archive_id.map(|id| Identity::from(&id.to_control()));
+    let objects = store::list_dir(root)?;
+    let segs = segment_objects(&objects);
+    if let (Some(id), Some((first_held, _, _))) = (&archive_id, segs.first()) {
+        check_first_segment(id, first_held, &mut report);
+    }
+    let files: Vec<(SegmentName, std::path::PathBuf)> = segs
+        .iter()
+        .map(|(n, _, o)| (*n, root.join(&o.name)))
+        .collect();
+    // Without a readable identity, no segment may be longer than the largest segment size.
+    let segment_size = archive_id.map_or(crate::format::MAX_SEGMENT_SIZE, |id| id.segment_size);
+    verify_segments(&files, identity, &mut report, |p, bytes| {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let c = parse_object_name(&name).map_or(Compression::None, |(_, c)| c);
+        let len = std::fs::metadata(p)
+            .map_err(|e| Error::io(format!("stat {}", p.display()), e))?
+            .len();
+        check_object_len(p, c, len, segment_size)?;
+        let data = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
+        *bytes = decode_object(p, c, data, segment_size)?;
+        Ok(None)
+    })?;
+    report.ok = report.errors.is_empty();
+    Ok(report)
+}
+
+/// An archive of layout version 2 holds every segment from the one its identity names: a
+/// missing first segment (or one before it) is damage, as a gap is.
+fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &mut VerifyReport) {
+    let Some(begin) = id.first_segment else {
+        return;
+    };
+    let begin_name = SegmentName::new(first_held.timeline, begin, SegmentFileKind::Sealed);
+    let lsn = begin.checked_mul(id.segment_size).unwrap_or(0);
+    if first_held.segment_no.0 > begin {
+        let last_missing = SegmentName::new(
+            first_held.timeline,
+            first_held.segment_no.0 - 1,
+            SegmentFileKind::Sealed,
+        );
+        report.errors.push(VerifyIssue {
+            segment: begin_name.to_string(),
+            offset: 0,
+            lsn,
+            reason: format!(
+                "segment {begin_name} is missing: the archive begins at it ({IDENTITY_NAME} first_segment {begin}), but its first segment is {first_held} (missing: {begin_name} to {last_missing})"
+            ),
+        });
+    } else if first_held.segment_no.0 < begin {
+        report.errors.push(VerifyIssue {
+            segment: first_held.to_string(),
+            offset: 0,
+            lsn: first_held.segment_no.start_lsn(id.segment_size).unwrap_or(0),
+            reason: format!(
+                "segment {first_held} lies before the segment the archive begins at ({begin_name}, {IDENTITY_NAME} first_segment {begin})"
+            ),
+        });
+    }
+}
