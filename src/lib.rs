@@ -26,6 +26,7 @@ pub mod segment_check;
 pub mod segment_file;
 pub mod setaside;
 pub mod status;
+mod sync;
 pub mod verify;
 pub mod wal;
 

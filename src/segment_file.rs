@@ -402,7 +402,7 @@ impl ActiveSegment {
         what: &'static str,
         sync: impl FnOnce() -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        let mut failure = self.sync_failure.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failure = crate::sync::lock(&self.sync_failure);
         if let Some(f) = &*failure {
             return Err(f.error());
         }

@@ -174,7 +174,7 @@ impl RawLog {
 
     /// Writes `buf` at the end of the log; returns the end offset.
     pub fn append(&self, buf: &[u8]) -> Result<u64> {
-        let mut off = self.off.lock().unwrap_or_else(|p| p.into_inner());
+        let mut off = crate::sync::lock(&self.off);
         self.file
             .file
             .write_all_at(buf, *off)
@@ -189,7 +189,7 @@ impl RawLog {
         if self.synced.load(Ordering::Acquire) >= end {
             return Ok(());
         }
-        let _g = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = crate::sync::lock(&self.sync);
         if self.synced.load(Ordering::Acquire) >= end {
             return Ok(());
         }

@@ -33,7 +33,7 @@ mod tail;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -125,11 +125,7 @@ pub struct Wal {
     _lock: DirLock,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock leaves plain counters behind, never half-written bytes that
-    // are published: the state stays usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 impl Wal {
     /// Opens a data directory made by [`DataDir::init`]: takes the writer lock, runs recovery

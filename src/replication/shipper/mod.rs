@@ -148,7 +148,7 @@ impl Shared {
     }
 
     fn update<R>(&self, id: &str, f: impl FnOnce(&mut StandbyInfo) -> R) -> Option<R> {
-        let mut m = self.standbys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = crate::sync::lock(&self.standbys);
         m.get_mut(id).map(f)
     }
 }
@@ -253,11 +253,7 @@ impl Shipper {
 
     /// Every standby seen since start, by id.
     pub fn standbys(&self) -> Vec<StandbyInfo> {
-        let m = self
-            .shared
-            .standbys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let m = crate::sync::lock(&self.shared.standbys);
         let mut v: Vec<StandbyInfo> = m.values().cloned().collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v

@@ -18,7 +18,7 @@ use crate::Lsn;
 /// Records a standby that completed its handshake as connected, at the positions it reported.
 /// Its slot on disk starts only at its first Status.
 pub(super) fn register(shared: &Shared, id: &str, addr: SocketAddr, flushed: u64, applied: u64) {
-    let mut m = shared.standbys.lock().unwrap_or_else(|p| p.into_inner());
+    let mut m = crate::sync::lock(&shared.standbys);
     let e = m.entry(id.to_string()).or_insert_with(|| StandbyInfo {
         id: id.to_string(),
         address: addr.to_string(),

@@ -140,9 +140,7 @@ struct Shared {
     _lock: DirLock,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 impl Shared {
     fn set_phase(&self, p: StandbyPhase, err: Option<String>) {
