@@ -4,7 +4,12 @@
 //! archive is restored into a new directory and the primary, the standby and the restored copy
 //! are verified and compared record by record. Every component is the real `walship` binary,
 //! started as a child process.
+//!
+//! Here: the demo's run from start to end; `procs.rs`: starting and stopping the children;
+//! `view.rs`: the live view; `workload.rs`: the writer's transactions.
 
+mod procs;
+mod view;
 pub mod workload;
 
 use std::collections::HashSet;
@@ -20,6 +25,8 @@ use crate::consumers::ConsumerRegistry;
 use crate::error::{Error, IoContext, Result};
 use crate::{DataDir, Entry, Lsn, Wal, WalOptions, WalReader};
 
+use procs::{path_str, read_listen_addr, run_to_end, start_writer, Proc};
+use view::{positions, view_lines, View};
 use workload::MixedWorkload;
 
 /// Segment size of the demo's primary: small, so that segments seal, ship and archive often.
@@ -68,110 +75,6 @@ impl DemoSummary {
     }
 }
 
-/// A child process that is killed when dropped, so a failing demo leaves nothing running.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(
-        name: &'static str,
-        exe: &Path,
-        args: &[&str],
-        logs: &Path,
-        stdout: bool,
-    ) -> Result<Proc> {
-        let log = open_log(logs, name)?;
-        let child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(if stdout {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(log)
-            .spawn()
-            .ctx(|| format!("start {name} ({})", exe.display()))?;
-        Ok(Proc { name, child })
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-
-    /// SIGKILL and reap.
-    fn kill(&mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    fn stop(&mut self, grace: Duration) {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        tracing::warn!(component = self.name, "did not stop on SIGTERM; killing it");
-        self.kill();
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            self.kill();
-        }
-    }
-}
-
-/// Starts a demo writer whose acknowledged (durable) commit end LSNs are collected.
-fn start_writer(
-    opts: &DemoOptions,
-    primary: &Path,
-    logs: &Path,
-    generation: u64,
-    acked: &Arc<Acked>,
-) -> Result<Proc> {
-    let seed = generation.to_string();
-    let first_tx = (1 + generation * 1_000_000).to_string();
-    let p = path_str(primary)?;
-    let mut proc = Proc::spawn(
-        "writer",
-        &opts.exe,
-        &["demo-writer", p, "--seed", &seed, "--first-tx", &first_tx],
-        logs,
-        true,
-    )?;
-    let stdout = proc
-        .child
-        .stdout
-        .take()
-        .ok_or_else(|| Error::Other("writer has no stdout".into()))?;
-    let acked = acked.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(end) = line.trim().parse::<u64>() {
-                acked.record(end);
-            }
-        }
-    });
-    Ok(proc)
-}
-
 /// Commits the writers acknowledged as durable.
 #[derive(Default)]
 struct Acked {
@@ -187,114 +90,6 @@ impl Acked {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.last.fetch_max(end, Ordering::Relaxed);
-    }
-}
-
-fn path_str(p: &Path) -> Result<&str> {
-    p.to_str()
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: path is not UTF-8", p.display())))
-}
-
-/// The positions shown in the live view.
-#[derive(Clone, Copy, Debug, Default)]
-struct Positions {
-    written: u64,
-    acked: u64,
-    sealed: u64,
-    standby_flushed: u64,
-    standby_applied: u64,
-    archived: u64,
-}
-
-fn positions(primary: &Path, standby: &Path, acked: &Acked) -> Positions {
-    let mut p = Positions {
-        acked: acked.last.load(Ordering::Relaxed),
-        ..Positions::default()
-    };
-    if let Ok(s) = crate::status::status(primary) {
-        p.written = s.flush_lsn;
-        p.sealed = s.sealed_lsn;
-    }
-    if let Ok(s) = crate::status::status(standby) {
-        p.standby_flushed = s.flush_lsn;
-        p.standby_applied = s.applied_lsn.unwrap_or(0);
-    }
-    if let Ok(Some(a)) = ConsumerRegistry::new(&DataDir::new(primary)).get("archiver") {
-        p.archived = a.position;
-    }
-    p
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn view_lines(t: f64, p: &Positions, phase: &str) -> Vec<String> {
-    vec![
-        format!("  {t:6.1}s  {phase}"),
-        format!(
-            "  primary   written {:>12}   durable {:>12}   sealed  {:>12}",
-            Lsn(p.written).to_string(),
-            Lsn(p.acked).to_string(),
-            Lsn(p.sealed).to_string()
-        ),
-        format!(
-            "  standby   flushed {:>12}   applied {:>12}   lag {:>10}",
-            Lsn(p.standby_flushed).to_string(),
-            Lsn(p.standby_applied).to_string(),
-            mib(p.sealed.saturating_sub(p.standby_applied))
-        ),
-        format!(
-            "  archive   archived {:>11}   lag {:>10}",
-            Lsn(p.archived).to_string(),
-            mib(p.sealed.saturating_sub(p.archived))
-        ),
-    ]
-}
-
-/// Draws the live view: redrawn in place on a terminal, a line every 2 s otherwise.
-struct View {
-    live: bool,
-    drawn: usize,
-    last_plain: Option<Instant>,
-}
-
-impl View {
-    fn show(&mut self, out: &mut dyn Write, lines: &[String]) {
-        if self.live {
-            if self.drawn > 0 {
-                let _ = write!(out, "\x1b[{}A", self.drawn);
-            }
-            for l in lines {
-                let _ = writeln!(out, "\x1b[2K{l}");
-            }
-            self.drawn = lines.len();
-        } else if self
-            .last_plain
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
-        {
-            self.last_plain = Some(Instant::now());
-            let _ = writeln!(
-                out,
-                "{}",
-                lines
-                    .iter()
-                    .map(|l| l.trim())
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
-        }
-        let _ = out.flush();
-    }
-
-    fn event(&mut self, out: &mut dyn Write, msg: &str) {
-        // Events print above the live table, which is then redrawn below them.
-        if self.live && self.drawn > 0 {
-            let _ = write!(out, "\x1b[{}A\x1b[J", self.drawn);
-            self.drawn = 0;
-        }
-        let _ = writeln!(out, "* {msg}");
-        let _ = out.flush();
     }
 }
 
@@ -588,60 +383,6 @@ fn digest(dir: &Path) -> Result<Digest> {
         }
     }
     Ok(d)
-}
-
-fn read_listen_addr(serve: &mut Proc) -> Result<String> {
-    let stdout = serve
-        .child
-        .stdout
-        .take()
-        .ok_or_else(|| Error::Other("serve has no stdout".into()))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines
-        .next()
-        .transpose()
-        .ctx(|| "read serve's listening address".to_string())?
-        .ok_or_else(|| Error::Other("serve exited before listening (see logs/serve.log)".into()))?;
-    // Keep draining so serve never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    first
-        .strip_prefix("listening on ")
-        .map(|a| a.trim().to_string())
-        .ok_or_else(|| Error::Other(format!("unexpected first line from serve: {first:?}")))
-}
-
-/// A component's log file in `logs/`, appended to across restarts.
-fn open_log(logs: &Path, name: &str) -> Result<fs::File> {
-    let path = logs.join(format!("{name}.log"));
-    fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .ctx(|| format!("open {}", path.display()))
-}
-
-fn run_to_end(exe: &Path, args: &[&str], logs: &Path, name: &str) -> Result<()> {
-    let log_path = logs.join(format!("{name}.log"));
-    let log = open_log(logs, name)?;
-    let log2 = log
-        .try_clone()
-        .ctx(|| format!("open {}", log_path.display()))?;
-    let status = Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .status()
-        .ctx(|| format!("run walship {}", args.join(" ")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::Other(format!(
-            "`walship {}` failed ({status}); see {}",
-            args.join(" "),
-            log_path.display()
-        )))
-    }
 }
 
 /// The demo's writer: appends generated transactions, each durable at its commit, and prints

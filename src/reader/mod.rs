@@ -1,6 +1,10 @@
 //! Reading records from any LSN, across sealed segments and the open one, and following new
 //! records as they are appended. The reader works from files only, so it runs in any process
 //! while a writer appends (it never maps a file a writer may truncate).
+//!
+//! Here: the reader itself; `files.rs`: reading a segment file whole (or its tail, or as the
+//! disk holds it); `identity.rs`: what the segments of one set must share, and the checks of a
+//! header against it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -15,6 +19,13 @@ use crate::format::record::{Decoded, RecordError, SEAL_LEN};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SegmentFileKind, SegmentHeader, SegmentName};
 use crate::{EntryType, Lsn};
+
+mod files;
+mod identity;
+
+use files::read_tail;
+pub use files::{read_segment, read_segment_from_disk, read_segment_hashed, read_segment_into};
+pub use identity::{claimed_segment_size, header_mismatch, segment_start, Identity};
 
 /// One record, copied out of its segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,75 +128,6 @@ impl WalSource {
             None => Ok(None),
         }
     }
-}
-
-/// The identity the segments of one set must share: the part of a data directory's
-/// [`ControlFile`](crate::format::ControlFile) (or an archive's identity file) that every
-/// segment header repeats. Derived from those, never stated on its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub system_id: uuid::Uuid,
-    pub segment_size: u64,
-}
-
-impl From<&crate::format::ControlFile> for Identity {
-    fn from(c: &crate::format::ControlFile) -> Self {
-        Identity {
-            system_id: c.system_id,
-            segment_size: c.segment_size,
-        }
-    }
-}
-
-impl From<&SegmentHeader> for Identity {
-    /// The identity a segment claims for itself: a set without a control file goes by its first.
-    fn from(h: &SegmentHeader) -> Self {
-        Identity {
-            system_id: h.system_id,
-            segment_size: h.segment_size,
-        }
-    }
-}
-
-/// The LSN a segment starts at, when it can be computed (`None` on overflow).
-pub fn segment_start(segment_no: u64, segment_size: u64) -> Option<u64> {
-    segment_no.checked_mul(segment_size)
-}
-
-/// The segment size a header's own field claims, when it is a valid size: with no identity to
-/// go by, it still locates a segment whose header fails its checks.
-pub fn claimed_segment_size(bytes: &[u8]) -> Option<u64> {
-    let field: [u8; 8] = bytes.get(16..24)?.try_into().ok()?;
-    let size = u64::from_le_bytes(field);
-    crate::format::check_segment_size(size).ok().map(|()| size)
-}
-
-/// Why a segment's header does not fit the set it is read in (identity or file name), if it
-/// does not.
-pub fn header_mismatch(
-    header: &SegmentHeader,
-    name: &SegmentName,
-    id: &Identity,
-) -> Option<String> {
-    if header.system_id != id.system_id {
-        return Some(format!(
-            "segment belongs to system {}, expected {}",
-            header.system_id, id.system_id
-        ));
-    }
-    if header.segment_size != id.segment_size {
-        return Some(format!(
-            "segment size {} differs from {}",
-            header.segment_size, id.segment_size
-        ));
-    }
-    if header.segment_no != name.segment_no.0 || header.timeline != name.timeline {
-        return Some(format!(
-            "header says timeline {} segment {:X}; the file name disagrees",
-            header.timeline, header.segment_no
-        ));
-    }
-    None
 }
 
 /// How the log ended when a reader ran out of records.
@@ -585,127 +527,6 @@ fn corrupt(cur: &Loaded, reason: &str) -> Error {
     }
 }
 
-/// Reads a whole segment file. An open segment is read through a descriptor advised as random
-/// access, so the read does not bring large folios into the page cache behind the writer.
-pub fn read_segment(path: &Path) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    read_segment_into(path, &mut buf)?;
-    Ok(buf)
-}
-
-/// Reads a whole segment file as the disk holds it, for recovery (which runs while no writer
-/// has the file open). After a failed write-back, Linux keeps the failed pages in the page
-/// cache marked clean: a plain read would return records that never reached the disk, recovery
-/// would count them durable, and they would vanish at the next reboot with everything appended
-/// after them. So the file is first synced (pages a killed writer left dirty are written; if
-/// that fails, those pages were never acknowledged and are dropped with the rest, with a
-/// warning), then its clean pages are dropped from the cache (`POSIX_FADV_DONTNEED`), and the
-/// read comes from the device. This does not help when the device acknowledges writes it does
-/// not keep, and the kernel keeps pages another process has mapped (no walship process maps a
-/// data directory's segment while recovery holds the lock).
-pub fn read_segment_from_disk(path: &Path) -> Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
-    {
-        let f = File::open(path).ctx(|| format!("open {}", path.display()))?;
-        if let Err(e) = f.sync_data() {
-            tracing::warn!(
-                file = %path.display(),
-                error = %e,
-                "an earlier write-back of this segment failed: reading what the disk holds"
-            );
-        }
-        // SAFETY: plain syscall on a descriptor we own; it only drops cached clean pages.
-        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if r != 0 {
-            return Err(Error::io(
-                format!("drop cached pages of {}", path.display()),
-                std::io::Error::from_raw_os_error(r),
-            ));
-        }
-    }
-    read_segment(path)
-}
-
-/// [`read_segment`] into `buf`, replacing its contents. Reusing one buffer across segments
-/// spares a fresh 16 MiB allocation (and its page faults and zero-fill) per segment.
-pub fn read_segment_into(path: &Path, buf: &mut Vec<u8>) -> Result<()> {
-    let f = open_sized(path, buf)?;
-    f.read_exact_at(buf, 0)
-        .ctx(|| format!("read {}", path.display()))
-}
-
-/// Bytes read per call by [`read_segment_hashed`]: hashed right after, while in the CPU's cache.
-const HASH_CHUNK: usize = 256 << 10;
-
-/// [`read_segment_into`], hashing all but the last [`SEAL_LEN`] bytes chunk by chunk as they
-/// are read, for [`SegmentScanner::with_read_checksum`](crate::decoder::SegmentScanner).
-pub fn read_segment_hashed(path: &Path, buf: &mut Vec<u8>) -> Result<ReadChecksum> {
-    let f = open_sized(path, buf)?;
-    let covered = buf.len().saturating_sub(SEAL_LEN);
-    let mut hasher = crc32fast::Hasher::new();
-    let mut pos = 0;
-    while pos < buf.len() {
-        let end = (pos + HASH_CHUNK).min(buf.len());
-        f.read_exact_at(&mut buf[pos..end], pos as u64)
-            .ctx(|| format!("read {}", path.display()))?;
-        hasher.update(&buf[pos.min(covered)..end.min(covered)]);
-        pos = end;
-    }
-    Ok(ReadChecksum {
-        len: covered,
-        crc: hasher.finalize(),
-    })
-}
-
-/// Opens a segment file and sizes `buf` to it. Only bytes beyond the buffer's current length
-/// are zero-filled; the read overwrites all of them.
-fn open_sized(path: &Path, buf: &mut Vec<u8>) -> Result<File> {
-    let f = crate::fsutil::open_regular(path)?;
-    if path.to_string_lossy().ends_with(".wal.open") {
-        crate::fsutil::advise_random(&f);
-    }
-    let len = f
-        .metadata()
-        .ctx(|| format!("stat {}", path.display()))?
-        .len() as usize;
-    buf.resize(len, 0);
-    Ok(f)
-}
-
-/// Bytes re-read past the current end of the open segment on each refresh: enough for any
-/// burst of appends between polls, without copying the whole zero-filled rest every time.
-const REFRESH_WINDOW: usize = 1 << 20;
-
-/// Replaces `buf[from..]` with the file's current bytes from `from` (at least `want` of them, when
-/// the file has them); true when they differ from what `buf` held.
-fn read_tail(path: &Path, from: usize, want: usize, buf: &mut Vec<u8>) -> std::io::Result<bool> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Never blocks on a FIFO swapped in under the open segment's name.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    crate::fsutil::advise_random(&f);
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other(format!(
-            "is a {}, not a regular file",
-            crate::fsutil::file_kind(&meta.file_type())
-        )));
-    }
-    let len = meta.len() as usize;
-    if len <= from {
-        return Ok(false);
-    }
-    let n = (len - from).min(want.max(REFRESH_WINDOW));
-    let mut fresh = vec![0u8; n];
-    f.read_exact_at(&mut fresh, from as u64)?;
-    let changed = buf.get(from..) != Some(&fresh[..]);
-    buf.truncate(from);
-    buf.extend_from_slice(&fresh);
-    Ok(changed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,7 +555,12 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut buf = vec![9u8; 3];
         // Several chunks and a partial last one, then shorter than a seal marker.
-        for len in [2 * HASH_CHUNK + 1000, HASH_CHUNK + 10, 100, 20] {
+        for len in [
+            2 * files::HASH_CHUNK + 1000,
+            files::HASH_CHUNK + 10,
+            100,
+            20,
+        ] {
             let path = tmp.path().join(format!("f{len}"));
             let bytes: Vec<u8> = (0..len as u32)
                 .map(|i| (i * 7 + len as u32) as u8)
