@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use lsn::Lsn;
 pub use reader::{WalReader, WalRecord};
 pub use recovery::RecoveryMode;
-pub use wal::{Appended, Wal, WalOptions, WalStats};
+pub use wal::{Appended, SegmentFill, Wal, WalOptions, WalStats};
 
 /// Microseconds since the Unix epoch, UTC: the timestamp stored in records and headers.
 pub fn now_us() -> i64 {

@@ -4,13 +4,18 @@
 //! How a segment is prepared decides what a durable append costs. On ext4 with large page-cache
 //! folios, `msync` writes back every folio it touches in full (up to 1-2 MiB), so a naive mapping
 //! pays a megabyte per 4 KiB sync. `MADV_RANDOM` on the mapping makes every fault create a 4 KiB
-//! folio, so each sync writes only the pages that changed. Blocks are reserved with `fallocate`
-//! rather than written as zeros: zero-filling would leave written extents (no metadata to record
-//! at a sync) but write every byte twice, which halves the disk bandwidth left for records. A
-//! file system without `fallocate` gets the zeros written instead ([`reserve_blocks`]). Either
-//! way every block exists before the map does, so a store through it can never hit ENOSPC as
-//! SIGBUS. `MADV_POPULATE_WRITE` then faults the pages in writable ahead of the
-//! writer, which otherwise pays a fault (~1.6 µs here) on its first store to each page.
+//! folio, so each sync writes only the pages that changed. The writer's segments are prepared
+//! ahead by writing zeros with 4 KiB writes ([`SegmentFill::Zeros`], the default), off the append
+//! path: a later sync then overwrites written blocks and records no metadata, where a block
+//! reserved with `fallocate` ([`SegmentFill::Reserve`]) is an unwritten extent whose conversion
+//! costs the first sync that touches it another device write (3 device writes per durable 4 KiB
+//! record instead of 2; docs/PERFORMANCE.md has the figures). Zeros cost the disk every byte
+//! twice, which the durable paths, bound by syncs per second rather than by bandwidth, do not
+//! feel. Files created in a foreground path (a restore) reserve with `fallocate`
+//! ([`reserve_blocks`]); a file system without `fallocate` gets zeros there too. Either way every
+//! block exists before the map does, so a store through it can never hit ENOSPC as SIGBUS.
+//! `MADV_POPULATE_WRITE` then faults the pages in writable ahead of the writer, which otherwise
+//! pays a fault (~1.6 µs here) on its first store to each page.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -78,8 +83,18 @@ fn zero_fill(f: &File, path: &Path, size: u64) -> Result<()> {
 /// and the rename into place is synced with the directory. Only "not supported" falls back:
 /// ENOSPC, EIO and every other error stay errors.
 pub fn reserve_blocks(f: &File, path: &Path, size: u64) -> Result<()> {
+    reserve_then(f, path, size, |_, _, _| Ok(()))
+}
+
+/// `fallocate`, then `after` on success; the zero-filling fallback where it is not supported.
+fn reserve_then(
+    f: &File,
+    path: &Path,
+    size: u64,
+    after: fn(&File, &Path, u64) -> Result<()>,
+) -> Result<()> {
     match fallocate(f, size) {
-        Ok(()) => Ok(()),
+        Ok(()) => after(f, path, size),
         Err(e) if allocation_unsupported(&e) => {
             warn_zero_fill_once(path, &e);
             zero_fill(f, path, size)
@@ -89,6 +104,14 @@ pub fn reserve_blocks(f: &File, path: &Path, size: u64) -> Result<()> {
             e,
         )),
     }
+}
+
+/// Reserves the blocks as [`reserve_blocks`] does (so the file has its full size and blocks
+/// from the start, and no space is an error here), then writes zeros over them with 4 KiB
+/// writes and syncs: the extents become written, and later syncs overwrite them without a
+/// metadata update. Interrupted, it leaves a full-size file of zeros.
+fn reserve_and_zero(f: &File, path: &Path, size: u64) -> Result<()> {
+    reserve_then(f, path, size, zero_fill)
 }
 
 /// `fallocate(f, 0, 0, size)`, retried when a signal interrupts it.
@@ -163,6 +186,17 @@ pub fn create_reserved(path: &Path, size: u64) -> Result<File> {
     create_allocated(path, size, reserve_blocks)
 }
 
+/// How the writer gives a new segment file its blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SegmentFill {
+    /// Zeros written with 4 KiB writes and synced: later syncs overwrite written blocks.
+    #[default]
+    Zeros,
+    /// `fallocate` (unwritten extents), zeros where the file system lacks it: quicker to
+    /// prepare, but the first sync of each block also converts its extent.
+    Reserve,
+}
+
 /// A segment file made ready ahead of use: blocks allocated, mapped; see [`Prefault`] for
 /// its pages.
 pub struct PreparedSegment {
@@ -183,9 +217,13 @@ impl Prefault {
 }
 
 impl PreparedSegment {
-    /// Creates `path` with `size` bytes of blocks reserved, and maps it.
-    pub fn create(path: PathBuf, size: u64) -> Result<PreparedSegment> {
-        let file = create_allocated(&path, size, reserve_blocks)?;
+    /// Creates `path` with `size` bytes of blocks given as `fill` says, and maps it.
+    pub fn create(path: PathBuf, size: u64, fill: SegmentFill) -> Result<PreparedSegment> {
+        let allocate = match fill {
+            SegmentFill::Zeros => reserve_and_zero,
+            SegmentFill::Reserve => reserve_blocks,
+        };
+        let file = create_allocated(&path, size, allocate)?;
         Self::mapped(path, file, size)
     }
 

@@ -168,7 +168,13 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
     };
     let data = tmp.path().join("data");
     DataDir::init(&data, cfg.segment_size)?;
-    let wal = Arc::new(Wal::open(&data, WalOptions::default())?);
+    let wal = Arc::new(Wal::open(
+        &data,
+        WalOptions {
+            segment_fill: cfg.segment_fill,
+            ..WalOptions::default()
+        },
+    )?);
     let payload = Arc::new(vec![0x5Au8; cfg.record_size]);
     // Warm-up, not counted: opens the first segment so the preparer starts on the next one.
     wal.append_durable(&Entry::new(EntryType::Insert, None, &payload))?;

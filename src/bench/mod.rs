@@ -69,6 +69,8 @@ pub struct BenchConfig {
     pub limit: Option<Limit>,
     pub durability: Durability,
     pub segment_size: u64,
+    /// How the writer prepares new segment files (`append`, `workload`).
+    pub segment_fill: crate::SegmentFill,
     /// Size of the store the `recover` scenario builds.
     pub store_size: u64,
     /// `ship`: sealed segments in the catch-up backlog, and segments timed one by one.

@@ -121,7 +121,13 @@ pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchR
 
     let data = tmp.path().join("data");
     DataDir::init(&data, cfg.segment_size)?;
-    let wal = Arc::new(Wal::open(&data, WalOptions::default())?);
+    let wal = Arc::new(Wal::open(
+        &data,
+        WalOptions {
+            segment_fill: cfg.segment_fill,
+            ..WalOptions::default()
+        },
+    )?);
     // Warm-up, not counted: opens the first segment.
     wal.append_durable(&Entry::new(EntryType::Checkpoint, None, b"warm-up"))?;
     let before = wal.stats();

@@ -25,6 +25,14 @@ pub enum DurabilityArg {
     Each,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum SegmentFillArg {
+    /// Zeros written ahead with 4 KiB writes (the writer's default).
+    Zeros,
+    /// Blocks reserved with fallocate (unwritten extents).
+    Reserve,
+}
+
 /// Measure walship against this machine's own limits, in the same run.
 #[derive(Args, Debug)]
 #[command(
@@ -63,6 +71,9 @@ pub struct BenchArgs {
     /// Segment size of the data directory the bench creates.
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub segment_size: u64,
+    /// How the writer prepares new segment files (append and workload scenarios).
+    #[arg(long, value_enum, default_value_t = SegmentFillArg::Zeros)]
+    pub segment_fill: SegmentFillArg,
     /// Size of the store built by the recover scenario.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub size: u64,
@@ -104,6 +115,10 @@ pub fn run(a: BenchArgs) -> CmdResult {
             DurabilityArg::Each => Durability::Each,
         },
         segment_size: a.segment_size,
+        segment_fill: match a.segment_fill {
+            SegmentFillArg::Zeros => walship::SegmentFill::Zeros,
+            SegmentFillArg::Reserve => walship::SegmentFill::Reserve,
+        },
         store_size: a.size,
         segments: a.segments,
     };

@@ -42,6 +42,7 @@ use crate::entry::Entry;
 use crate::error::Result;
 use crate::format::{ControlFile, SegmentName};
 use crate::recovery::{recover, Recovered, RecoveryMode};
+pub use crate::segment_file::SegmentFill;
 use crate::Lsn;
 
 use finisher::{Finisher, FinisherMsg};
@@ -58,6 +59,9 @@ pub struct WalOptions {
     pub max_segment_age: Option<Duration>,
     /// Prepare the next segment in a background thread (on by default).
     pub prepare_ahead: bool,
+    /// How new segment files get their blocks: zeros written ahead (the default) or reserved
+    /// with `fallocate`.
+    pub segment_fill: SegmentFill,
 }
 
 impl Default for WalOptions {
@@ -66,6 +70,7 @@ impl Default for WalOptions {
             recovery_mode: RecoveryMode::TolerateTail,
             max_segment_age: None,
             prepare_ahead: true,
+            segment_fill: SegmentFill::Zeros,
         }
     }
 }

@@ -132,7 +132,11 @@ fn preparer(inner: Arc<Inner>, rx: mpsc::Receiver<PrepareMsg>) {
 impl Inner {
     /// Creates and maps the file for segment `no` under its prepared name.
     fn prepare(&self, no: u64) -> Result<PreparedSegment> {
-        PreparedSegment::create(self.prepared_path(no), self.control.segment_size)
+        PreparedSegment::create(
+            self.prepared_path(no),
+            self.control.segment_size,
+            self.options.segment_fill,
+        )
     }
 
     fn prepared_path(&self, no: u64) -> PathBuf {
