@@ -4,15 +4,17 @@
 //! How a segment is prepared decides what a durable append costs. On ext4 with large page-cache
 //! folios, `msync` writes back every folio it touches in full (up to 1-2 MiB), so a naive mapping
 //! pays a megabyte per 4 KiB sync. `MADV_RANDOM` on the mapping makes every fault create a 4 KiB
-//! folio, so each sync writes only the pages that changed. The writer's segments are prepared
-//! ahead by writing zeros with 4 KiB writes ([`SegmentFill::Zeros`], the default), off the append
-//! path: a later sync then overwrites written blocks and records no metadata, where a block
-//! reserved with `fallocate` ([`SegmentFill::Reserve`]) is an unwritten extent whose conversion
-//! costs the first sync that touches it another device write (3 device writes per durable 4 KiB
-//! record instead of 2; docs/PERFORMANCE.md has the figures). Zeros cost the disk every byte
-//! twice, which the durable paths, bound by syncs per second rather than by bandwidth, do not
-//! feel. Files created in a foreground path (a restore) reserve with `fallocate`
-//! ([`reserve_blocks`]); a file system without `fallocate` gets zeros there too. Either way every
+//! folio, so each sync writes only the pages that changed. The writer reserves each new
+//! segment's blocks with `fallocate` ([`SegmentFill::Reserve`], the default); with
+//! [`SegmentFill::Zeros`] it also writes zeros over them ahead of use, so that a later sync
+//! overwrites written blocks and records no metadata, where a reserved block is an unwritten
+//! extent whose conversion costs the first sync that touches it another device write (3 device
+//! writes per durable 4 KiB record instead of 2). Zeros cost the disk every byte twice, and a
+//! writer that outruns the zero-filling waits for it at the rotation: measured here, no-sync
+//! 4 KiB appends fell to a third and durable 1 MiB appends by a third, more than the durable
+//! 4 KiB rows gained (docs/PERFORMANCE.md has the figures), so zeros are an option, not the
+//! default.
+//! A file system without `fallocate` gets zeros written instead ([`reserve_blocks`]). Either way every
 //! block exists before the map does, so a store through it can never hit ENOSPC as SIGBUS.
 //! `MADV_POPULATE_WRITE` then faults the pages in writable ahead of the writer, which otherwise
 //! pays a fault (~1.6 µs here) on its first store to each page.
@@ -189,11 +191,12 @@ pub fn create_reserved(path: &Path, size: u64) -> Result<File> {
 /// How the writer gives a new segment file its blocks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SegmentFill {
-    /// Zeros written with 4 KiB writes and synced: later syncs overwrite written blocks.
-    #[default]
+    /// `fallocate`, then zeros written over the blocks with 4 KiB writes and synced: later
+    /// syncs overwrite written blocks.
     Zeros,
-    /// `fallocate` (unwritten extents), zeros where the file system lacks it: quicker to
+    /// `fallocate` (unwritten extents), zeros where the file system lacks it: quick to
     /// prepare, but the first sync of each block also converts its extent.
+    #[default]
     Reserve,
 }
 

@@ -27,9 +27,9 @@ pub enum DurabilityArg {
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum SegmentFillArg {
-    /// Zeros written ahead with 4 KiB writes (the writer's default).
+    /// Blocks reserved with fallocate, then zeros written over them ahead of use.
     Zeros,
-    /// Blocks reserved with fallocate (unwritten extents).
+    /// Blocks reserved with fallocate (unwritten extents; the writer's default).
     Reserve,
 }
 
@@ -72,7 +72,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub segment_size: u64,
     /// How the writer prepares new segment files (append and workload scenarios).
-    #[arg(long, value_enum, default_value_t = SegmentFillArg::Zeros)]
+    #[arg(long, value_enum, default_value_t = SegmentFillArg::Reserve)]
     pub segment_fill: SegmentFillArg,
     /// Size of the store built by the recover scenario.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]

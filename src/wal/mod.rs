@@ -59,8 +59,8 @@ pub struct WalOptions {
     pub max_segment_age: Option<Duration>,
     /// Prepare the next segment in a background thread (on by default).
     pub prepare_ahead: bool,
-    /// How new segment files get their blocks: zeros written ahead (the default) or reserved
-    /// with `fallocate`.
+    /// How new segment files get their blocks: reserved with `fallocate` (the default), or
+    /// also zero-filled ahead so that syncs overwrite written blocks.
     pub segment_fill: SegmentFill,
 }
 
@@ -70,7 +70,7 @@ impl Default for WalOptions {
             recovery_mode: RecoveryMode::TolerateTail,
             max_segment_age: None,
             prepare_ahead: true,
-            segment_fill: SegmentFill::Zeros,
+            segment_fill: SegmentFill::Reserve,
         }
     }
 }
