@@ -257,21 +257,19 @@ impl S3Store {
         let path = self.path(name)?;
         let r = match self.inner.get(&path).await {
             Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => return self.absent(name).await,
+            Err(e @ object_store::Error::NotFound { .. }) => return self.absent("get", name, e),
             Err(e) => return Err(self.err("get", name, e)),
         };
         let b = r.bytes().await.map_err(|e| self.err("get", name, e))?;
         Ok(Some(b.to_vec()))
     }
 
-    /// A 404 for an object: `None` when the bucket is there (checked with a listing, since a
-    /// missing bucket answers 404 too and must not look like an empty archive).
-    async fn absent<T>(&self, name: &str) -> Result<Option<T>> {
-        let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
-        self.inner
-            .list_with_delimiter(prefix.as_ref())
-            .await
-            .map_err(|e| self.err("list", name, e))?;
+    /// A 404 for an object: `None`, unless the store said the bucket itself is missing
+    /// (which must not look like an empty archive).
+    fn absent<T>(&self, what: &str, name: &str, e: object_store::Error) -> Result<Option<T>> {
+        if error_chain(&e).contains("NoSuchBucket") {
+            return Err(self.err(what, name, e));
+        }
         Ok(None)
     }
 
@@ -310,9 +308,9 @@ impl S3Store {
         let path = self.path(name)?;
         match self.inner.head(&path).await {
             Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => {
-                Ok(self.absent::<()>(name).await?.is_some())
-            }
+            // A HEAD answer has no body to tell a missing bucket by; the listing every pass
+            // starts with and the put that follows say so.
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.err("head", name, e)),
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use walship::archive::{Archiver, ArchiverOptions, Compression, LocalDirStore};
+use walship::archive::{Archiver, ArchiverOptions, Compression};
 use walship::{DataDir, Lsn};
 
 use super::{parse_size, CmdResult};
@@ -32,9 +32,10 @@ Example:\n  walship archive ./data --to /mnt/backup/app-wal --once --compress zs
 )]
 pub struct ArchiveArgs {
     pub data_dir: PathBuf,
-    /// The archive: a directory (created when missing; recorded as an absolute path).
-    #[arg(long = "to")]
-    pub target: PathBuf,
+    /// The archive: a directory or file:///PATH (created when missing; recorded as an absolute
+    /// path), or s3://BUCKET/PREFIX in an S3-compatible store.
+    #[arg(long = "to", value_name = "TARGET")]
+    pub target: String,
     /// Push what is sealed now, then exit (otherwise keep watching).
     #[arg(long)]
     pub once: bool,
@@ -53,6 +54,11 @@ pub struct ArchiveArgs {
     /// With --once, print one JSON summary object.
     #[arg(long)]
     pub json: bool,
+    /// Segments uploaded at the same time (1 to 64); progress is still recorded in LSN order.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallel: u64,
+    #[command(flatten)]
+    pub s3: super::target::S3Args,
 }
 
 pub fn run(a: ArchiveArgs) -> CmdResult {
@@ -67,7 +73,7 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
     };
     // A wrong DATA_DIR fails before the archive directory is created.
     DataDir::new(&a.data_dir).read_control()?;
-    let store = LocalDirStore::create(&a.target)?;
+    let store = super::target::parse(&a.target, &a.s3)?.create()?;
     super::runtime()?.block_on(async move {
         let mut archiver =
             Archiver::new(DataDir::new(&a.data_dir), Arc::new(store.clone()), opts).await?;
