@@ -46,7 +46,10 @@ pub fn parse(target: &str, s3: &S3Args) -> Result<ArchiveTarget, Failure> {
         }
         if let Some(f) = &s3.s3_secret_access_key_file {
             let text = std::fs::read_to_string(f).map_err(|e| {
-                Failure::Error(format!("read the secret access key from {}: {e}", f.display()))
+                Failure::Error(format!(
+                    "read the secret access key from {}: {e}",
+                    f.display()
+                ))
             })?;
             let secret = text.lines().next().unwrap_or("").trim().to_string();
             if secret.is_empty() {

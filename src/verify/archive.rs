@@ -44,12 +44,14 @@ pub fn verify_store<S: ArchiveStore>(
     let identity = handle.block_on(store.get(IDENTITY_NAME))?;
     let objects = handle.block_on(store.list())?;
     verify_objects(&loc, identity, &objects, |name| {
-        handle.block_on(store.get(name))?.ok_or_else(|| Error::Corrupt {
-            file: loc.join(name),
-            offset: 0,
-            lsn: crate::Lsn(0),
-            reason: "vanished from the archive while it was verified".into(),
-        })
+        handle
+            .block_on(store.get(name))?
+            .ok_or_else(|| Error::Corrupt {
+                file: loc.join(name),
+                offset: 0,
+                lsn: crate::Lsn(0),
+                reason: "vanished from the archive while it was verified".into(),
+            })
     })
 }
 

@@ -1,8 +1,9 @@
 """A local S3-protocol server for the tests: moto's, on 127.0.0.1:PORT, that checks request
-signatures. It creates one IAM user with full access and its key, and a bucket, then prints one
-line `READY ACCESS_KEY_ID SECRET_ACCESS_KEY` and serves until its standard input closes.
+signatures. It creates one IAM user with full access and its key, then prints one line
+`READY ACCESS_KEY_ID SECRET_ACCESS_KEY` and serves until its standard input closes. Each line
+`bucket NAME` read meanwhile creates that bucket and is answered `ok NAME`.
 
-Usage: python3 s3_server.py PORT BUCKET
+Usage: python3 s3_server.py PORT
 """
 import os
 import sys
@@ -18,7 +19,7 @@ POLICY = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","R
 
 
 def main():
-    port, bucket = int(sys.argv[1]), sys.argv[2]
+    port = int(sys.argv[1])
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"
@@ -39,9 +40,12 @@ def main():
         aws_access_key_id=key["AccessKeyId"],
         aws_secret_access_key=key["SecretAccessKey"],
     )
-    s3.create_bucket(Bucket=bucket)
     print(f"READY {key['AccessKeyId']} {key['SecretAccessKey']}", flush=True)
-    sys.stdin.read()
+    for line in sys.stdin:
+        words = line.split()
+        if len(words) == 2 and words[0] == "bucket":
+            s3.create_bucket(Bucket=words[1])
+            print(f"ok {words[1]}", flush=True)
     server.stop()
 
 
