@@ -451,7 +451,10 @@ fn the_server_going_away_is_retried_and_retention_keeps_what_is_not_in_the_store
     assert_eq!(position(&data), end, "recorded progress without the store");
     // Retention keeps every segment the store has not confirmed.
     let before = sealed_names(&data);
-    let out = common::walship(&["checkpoint", p(&data), "--lsn", &new_end.to_string()]);
+    let out = s.walship_via(
+        &["checkpoint", p(&data), "--lsn", &new_end.to_string()],
+        &via,
+    );
     assert!(out.status.code().is_some(), "{}", text(&out));
     let after = sealed_names(&data);
     for name in &before {
@@ -477,6 +480,15 @@ fn the_server_going_away_is_retried_and_retention_keeps_what_is_not_in_the_store
     assert_ok(&s.walship(&["verify", url]), "verify");
     // Every segment wal/ still holds is in the store, byte for byte.
     assert_objects_match(s, url, &data, false);
+    // Now that the store confirms them, retention removes what the checkpoint allows.
+    let out = s.walship(&["checkpoint", p(&data), "--json"]);
+    assert_ok(&out, "checkpoint");
+    let after = sealed_names(&data);
+    assert_eq!(
+        after.len(),
+        1,
+        "only the newest sealed segment is kept: {after:?}"
+    );
 }
 
 #[test]

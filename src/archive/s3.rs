@@ -329,6 +329,42 @@ impl S3Store {
     }
 }
 
+/// Whether the archive at `url` (reached through the AWS environment) holds sealed segment
+/// `seg` of `size` bytes: its uncompressed object with that size, or a non-empty compressed
+/// one. For retention, which is synchronous: runs its own small runtime on its own thread.
+pub fn holds_segment_blocking(
+    url: &str,
+    seg: crate::format::SegmentName,
+    size: u64,
+) -> Result<bool> {
+    use super::{object_name, Compression};
+    let cfg = S3Config::from_url(url)?;
+    let store = S3Store::new(&cfg)?;
+    let check = async move {
+        for (c, exact) in [(Compression::None, true), (Compression::Zstd, false)] {
+            let name = object_name(seg, c);
+            let path = store.path(&name)?;
+            match store.inner.head(&path).await {
+                Ok(m) if (exact && m.size == size) || (!exact && m.size > 0) => return Ok(true),
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store.err("head", &name, e)),
+            }
+        }
+        Ok(false)
+    };
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::io("start a runtime to check the archive", e))?
+                .block_on(check)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::Other("the archive check panicked".into())))
+    })
+}
+
 impl ArchiveStore for S3Store {
     fn location(&self) -> String {
         self.url.clone()

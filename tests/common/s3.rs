@@ -109,8 +109,13 @@ impl S3Server {
 
     /// `walship ARGS` against this server, waited for.
     pub fn walship(&self, args: &[&str]) -> Output {
+        self.walship_via(args, &self.endpoint)
+    }
+
+    /// `walship ARGS` against this server through `endpoint` (a proxy), waited for.
+    pub fn walship_via(&self, args: &[&str], endpoint: &str) -> Output {
         let mut cmd = Command::new(super::bin());
-        self.env(&mut cmd);
+        self.env_to(&mut cmd, endpoint);
         cmd.args(args)
             .stdin(Stdio::null())
             .output()
