@@ -186,6 +186,18 @@ fn round_trip_byte_for_byte_with_and_without_compression() {
 
         let v = s.walship(&["verify", &url]);
         assert_ok(&v, "verify");
+        let st = s.walship(&["status", &url, "--json"]);
+        assert_ok(&st, "status");
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        assert_eq!(st["archived_lsn"].as_u64(), Some(want.last().unwrap().1));
+        assert_eq!(
+            st["segments"].as_u64(),
+            Some(sealed_names(&data).len() as u64)
+        );
+        assert_eq!(
+            st["objects"].as_u64(),
+            Some(sealed_names(&data).len() as u64 + 1)
+        );
         let dest = t.path().join(format!("restored-{compress}"));
         let out = s.walship(&["restore", &url, p(&dest), "--json"]);
         assert_ok(&out, "restore");

@@ -11,6 +11,7 @@ pub mod archiver;
 pub mod identity;
 pub mod restore;
 pub mod s3;
+pub mod status;
 pub mod store;
 pub mod target;
 
