@@ -128,3 +128,48 @@ pub(super) fn read_tail(
     buf.extend_from_slice(&fresh);
     Ok(changed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_buffer_reads_longer_and_shorter_files_exactly() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let long = tmp.path().join("long");
+        let short = tmp.path().join("short");
+        let long_bytes: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        std::fs::write(&long, &long_bytes).expect("write");
+        std::fs::write(&short, [7u8; 100]).expect("write");
+        let mut buf = Vec::new();
+        read_segment_into(&long, &mut buf).expect("read");
+        assert_eq!(buf, long_bytes);
+        read_segment_into(&short, &mut buf).expect("read");
+        assert_eq!(buf, [7u8; 100]);
+        read_segment_into(&long, &mut buf).expect("read");
+        assert_eq!(buf, long_bytes);
+        let err = read_segment_into(&tmp.path().join("missing"), &mut buf).expect_err("missing");
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn the_read_checksum_covers_all_but_the_last_seal_len_bytes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut buf = vec![9u8; 3];
+        // Several chunks and a partial last one, then shorter than a seal marker.
+        for len in [2 * HASH_CHUNK + 1000, HASH_CHUNK + 10, 100, 20] {
+            let path = tmp.path().join(format!("f{len}"));
+            let bytes: Vec<u8> = (0..len as u32)
+                .map(|i| (i * 7 + len as u32) as u8)
+                .collect();
+            std::fs::write(&path, &bytes).expect("write");
+            let sum = read_segment_hashed(&path, &mut buf).expect("read");
+            assert_eq!(buf, bytes);
+            let covered = len.saturating_sub(SEAL_LEN);
+            assert_eq!(sum.len, covered);
+            assert_eq!(sum.crc, crc32fast::hash(&bytes[..covered]), "{len}");
+        }
+        let err = read_segment_hashed(&tmp.path().join("missing"), &mut buf).expect_err("missing");
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}

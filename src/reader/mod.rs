@@ -4,7 +4,7 @@
 //!
 //! Here: the reader itself; `files.rs`: reading a segment file whole (or its tail, or as the
 //! disk holds it); `identity.rs`: what the segments of one set must share, and the checks of a
-//! header against it.
+//! header against it; `source.rs`: where a path given by a user points.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -22,10 +22,12 @@ use crate::{EntryType, Lsn};
 
 mod files;
 mod identity;
+mod source;
 
 use files::read_tail;
 pub use files::{read_segment, read_segment_from_disk, read_segment_hashed, read_segment_into};
 pub use identity::{claimed_segment_size, header_mismatch, segment_start, Identity};
+pub use source::WalSource;
 
 /// One record, copied out of its segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,95 +41,6 @@ pub struct WalRecord {
     pub payload: Vec<u8>,
     pub segment: SegmentName,
     pub offset: u64,
-}
-
-/// Where a path given by a user points.
-#[derive(Clone, Debug)]
-pub enum WalSource {
-    /// A folder of segments (a data directory's wal/, or an archive).
-    Dir(PathBuf),
-    /// One segment file.
-    File(PathBuf),
-}
-
-impl WalSource {
-    /// Accepts a data directory, its wal/ folder, one segment file, or a folder of segments.
-    /// A directory that has a `control` file or a `wal/` entry is a data directory and must
-    /// have both; a path that is neither a regular file nor a directory is refused.
-    pub fn resolve(path: &Path) -> Result<WalSource> {
-        let meta = std::fs::metadata(path).ctx(|| format!("{}", path.display()))?;
-        if meta.is_file() {
-            return Ok(WalSource::File(path.to_path_buf()));
-        }
-        if !meta.is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "{}: is a {}: not a data directory, wal/ folder or segment file",
-                path.display(),
-                crate::fsutil::file_kind(&meta.file_type())
-            )));
-        }
-        let has_control = std::fs::symlink_metadata(path.join("control")).is_ok();
-        let wal = path.join("wal");
-        if has_control || std::fs::symlink_metadata(&wal).is_ok() {
-            if !has_control {
-                return Err(Error::NotADataDir {
-                    path: path.to_path_buf(),
-                    reason: "it has a wal/ folder but no control file (its identity is missing)"
-                        .into(),
-                });
-            }
-            if !wal.is_dir() {
-                return Err(Error::NotADataDir {
-                    path: path.to_path_buf(),
-                    reason: "it has a control file but no wal/ folder".into(),
-                });
-            }
-            return Ok(WalSource::Dir(wal));
-        }
-        let source = WalSource::Dir(path.to_path_buf());
-        // A folder of segments: a data directory's wal/ (which may be empty), or one that
-        // holds segments. Any other directory is not a walship path.
-        if source.data_dir().is_none()
-            && !list_segments_in(path)?
-                .iter()
-                .any(|n| matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open))
-        {
-            return Err(Error::InvalidArgument(format!(
-                "{}: not a walship path: no control file or wal/ folder (a data directory) and no segment files",
-                path.display()
-            )));
-        }
-        Ok(source)
-    }
-
-    /// The data directory this source sits in, when it is one's wal/ folder or a file in it:
-    /// what its segments must belong to.
-    pub fn data_dir(&self) -> Option<DataDir> {
-        let wal = match self {
-            WalSource::Dir(d) => d.clone(),
-            // A bare file name sits in the current directory.
-            WalSource::File(f) => match f.parent()? {
-                p if p.as_os_str().is_empty() => PathBuf::from("."),
-                p => p.to_path_buf(),
-            },
-        };
-        // Resolved, so that `.`, `..` or a link still find the directory it sits in.
-        let wal = wal.canonicalize().ok()?;
-        let root = wal.parent()?;
-        let is_wal = wal.file_name().is_some_and(|n| n == "wal");
-        (is_wal && std::fs::symlink_metadata(root.join("control")).is_ok())
-            .then(|| DataDir::new(root))
-    }
-
-    /// The identity every segment read from this source must have: the data directory's
-    /// control file when the source sits in a data directory (a damaged control file is an
-    /// error), otherwise none (the first segment's header then sets it).
-    pub fn identity(&self) -> Result<Option<Identity>> {
-        match self.data_dir() {
-            Some(dd) => Ok(Some(Identity::from(&dd.read_control()?))),
-            None => Ok(None),
-        }
-    }
 }
 
 /// How the log ended when a reader ran out of records.
@@ -524,55 +437,5 @@ fn corrupt(cur: &Loaded, reason: &str) -> Error {
         offset: cur.off as u64,
         lsn: Lsn(cur.header.start_lsn() + cur.off as u64),
         reason: reason.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_buffer_reads_longer_and_shorter_files_exactly() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let long = tmp.path().join("long");
-        let short = tmp.path().join("short");
-        let long_bytes: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
-        std::fs::write(&long, &long_bytes).expect("write");
-        std::fs::write(&short, [7u8; 100]).expect("write");
-        let mut buf = Vec::new();
-        read_segment_into(&long, &mut buf).expect("read");
-        assert_eq!(buf, long_bytes);
-        read_segment_into(&short, &mut buf).expect("read");
-        assert_eq!(buf, [7u8; 100]);
-        read_segment_into(&long, &mut buf).expect("read");
-        assert_eq!(buf, long_bytes);
-        let err = read_segment_into(&tmp.path().join("missing"), &mut buf).expect_err("missing");
-        assert!(err.to_string().contains("missing"), "{err}");
-    }
-
-    #[test]
-    fn the_read_checksum_covers_all_but_the_last_seal_len_bytes() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let mut buf = vec![9u8; 3];
-        // Several chunks and a partial last one, then shorter than a seal marker.
-        for len in [
-            2 * files::HASH_CHUNK + 1000,
-            files::HASH_CHUNK + 10,
-            100,
-            20,
-        ] {
-            let path = tmp.path().join(format!("f{len}"));
-            let bytes: Vec<u8> = (0..len as u32)
-                .map(|i| (i * 7 + len as u32) as u8)
-                .collect();
-            std::fs::write(&path, &bytes).expect("write");
-            let sum = read_segment_hashed(&path, &mut buf).expect("read");
-            assert_eq!(buf, bytes);
-            let covered = len.saturating_sub(SEAL_LEN);
-            assert_eq!(sum.len, covered);
-            assert_eq!(sum.crc, crc32fast::hash(&bytes[..covered]), "{len}");
-        }
-        let err = read_segment_hashed(&tmp.path().join("missing"), &mut buf).expect_err("missing");
-        assert!(err.to_string().contains("missing"), "{err}");
     }
 }

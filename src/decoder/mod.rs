@@ -7,12 +7,21 @@
 //! is decoded without hashing it again. When it does not match (or there is no seal marker at
 //! the end), every record is CRC-checked as it is decoded, so damage is reported at the first
 //! bad record, exactly as without the shortcut.
+//!
+//! Here: scanning a segment in order; `open_tail.rs`: judging the bytes past an open
+//! segment's last valid record (clean, torn, or damage before a later durable record).
 
 use crate::format::record::{
     decode_at, decode_at_unhashed, encoded_len, Decoded, RecordError, RecordRef, SEAL_LEN,
 };
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SealInfo, SegmentHeader, ALIGN};
+
+mod open_tail;
+
+pub use open_tail::{
+    check_version, is_zero_from, judge_open_tail, later_records, LaterRecord, OpenTail,
+};
 
 /// Why a scan stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -334,137 +343,6 @@ impl<'a> Iterator for SegmentScanner<'a> {
             }
         }
     }
-}
-
-/// A valid record (or seal marker) found past the end of an open segment's log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LaterRecord {
-    pub offset: usize,
-    pub lsn: u64,
-    /// How far into the segment the log was durable when it was appended (0 in version 1).
-    pub durable_offset: u32,
-}
-
-/// The valid records lying past `from` in an open segment's bytes, in order. A position where
-/// nothing valid starts is passed 8 bytes at a time; a valid record is passed whole.
-pub fn later_records<'a>(
-    buf: &'a [u8],
-    header: &SegmentHeader,
-    from: usize,
-) -> impl Iterator<Item = LaterRecord> + 'a {
-    let header = *header;
-    let limit = header.segment_size as usize;
-    let start_lsn = header.start_lsn();
-    let mut off = crate::format::align_up(from.max(SEGMENT_HEADER_LEN));
-    std::iter::from_fn(move || {
-        while off + crate::format::record::RECORD_HEADER_LEN <= buf.len() {
-            let at = off;
-            let lsn = start_lsn + at as u64;
-            // Cheap filter first: the stored LSN must equal the position.
-            if crate::format::get_u64(buf, at + 8) == lsn {
-                if let Ok(d) = decode_at(buf, at, lsn, limit) {
-                    if check_version(&header, &d, buf, at).is_ok() {
-                        off += match d {
-                            Decoded::Record(r) => encoded_len(r.payload.len()),
-                            Decoded::Seal(_) => SEAL_LEN,
-                        };
-                        return Some(LaterRecord {
-                            offset: at,
-                            lsn,
-                            durable_offset: crate::format::get_u32(buf, at + 36),
-                        });
-                    }
-                }
-            }
-            off += ALIGN;
-        }
-        None
-    })
-}
-
-/// A version 1 segment keeps the durable-offset bytes zero (they were reserved).
-pub fn check_version(
-    header: &SegmentHeader,
-    d: &Decoded<'_>,
-    buf: &[u8],
-    off: usize,
-) -> Result<(), RecordError> {
-    let durable = match d {
-        Decoded::Record(r) => r.header.durable_offset,
-        Decoded::Seal(_) => crate::format::get_u32(buf, off + 36),
-    };
-    if durable != 0 && !header.has_durable_offsets() {
-        return Err(RecordError::DurableOffsetInVersion1);
-    }
-    Ok(())
-}
-
-/// What the bytes after an open segment's last valid record are. Recovery, verify and the
-/// reader all judge the end of the log by this one function, so they always agree.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OpenTail {
-    /// Nothing but zeros: the log ends cleanly.
-    Clean,
-    /// Non-zero bytes up to `last_nonzero` (inclusive) that nothing proves were ever durable:
-    /// the remains of writes a crash interrupted, possibly persisted out of order, so they may
-    /// hold `later_records` valid records written after the first invalid one.
-    Torn {
-        last_nonzero: usize,
-        later_records: u64,
-    },
-    /// A valid record follows, appended when the log was already durable past the end: the
-    /// invalid bytes had been synced, so they are damage in the middle of the log. In a
-    /// version 1 segment any valid record that follows counts (nothing tells more).
-    Damage(LaterRecord),
-}
-
-/// Judges the bytes of an open segment from `end` (the first position that is not a valid
-/// record) on.
-pub fn judge_open_tail(buf: &[u8], header: &SegmentHeader, end: usize) -> OpenTail {
-    let Some(last_nonzero) = buf
-        .get(end..)
-        .and_then(|t| t.iter().rposition(|&b| b != 0))
-        .map(|p| end + p)
-    else {
-        return OpenTail::Clean;
-    };
-    let mut count = 0;
-    for later in later_records(buf, header, end + ALIGN) {
-        if !header.has_durable_offsets() || later.durable_offset as usize > end {
-            return OpenTail::Damage(later);
-        }
-        count += 1;
-    }
-    OpenTail::Torn {
-        last_nonzero,
-        later_records: count,
-    }
-}
-
-impl std::fmt::Display for LaterRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.durable_offset == 0 {
-            write!(
-                f,
-                "a valid record follows at offset {} (LSN {})",
-                self.offset,
-                crate::Lsn(self.lsn)
-            )
-        } else {
-            write!(
-                f,
-                "a valid record follows at offset {} (LSN {}), appended when the log was durable up to offset {}",
-                self.offset,
-                crate::Lsn(self.lsn),
-                self.durable_offset
-            )
-        }
-    }
-}
-
-/// True when every byte from `from` on is zero.
-pub fn is_zero_from(buf: &[u8], from: usize) -> bool {
-    buf.get(from..).is_none_or(|r| r.iter().all(|&b| b == 0))
 }
 
 /// Test segments built by hand, shared by the unit tests of the decoder and the segment checks.

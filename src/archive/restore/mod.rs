@@ -8,9 +8,11 @@
 //! holding its bytes up to the cut), and the control file last, so an interrupted restore never
 //! leaves something that opens as a store. Both passes fetch and check segments ahead in
 //! parallel.
+//!
+//! Here: the options, the fetcher and pass one (the plan); `write.rs`: the destination's check
+//! and pass two (writing the data directory).
 
 use std::collections::VecDeque;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,12 +22,13 @@ use super::{
     blocking, check_object_len, check_segment_bytes, decode_object, joined, segment_objects,
     ArchiveIdentity, ArchiveStore, CheckedSegment, Compression, IDENTITY_NAME,
 };
-use crate::datadir::DataDir;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::format::{SegmentFileKind, SegmentName};
-use crate::fsutil::fsync_dir;
-use crate::segment_file::create_reserved;
 use crate::Lsn;
+
+mod write;
+
+use write::{check_destination, write};
 
 /// Where a restore stops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -368,157 +371,4 @@ fn fmt_time(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_else(|| us.to_string())
-}
-
-/// Checks the destination before anything is fetched: missing or empty is fine; a walship data
-/// directory is replaced only with `force`; anything else is refused. Returns the entries to
-/// remove.
-fn check_destination(dest: &Path, force: bool) -> Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(dest) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("list {}", dest.display()), e)),
-    };
-    let mut found = Vec::new();
-    for e in entries {
-        let e = e.ctx(|| format!("list {}", dest.display()))?;
-        found.push(e.file_name());
-    }
-    if found.is_empty() {
-        return Ok(Vec::new());
-    }
-    if !force {
-        return Err(Error::InvalidArgument(format!(
-            "{} is not empty; restore writes a new data directory (use --force to replace a walship data directory there)",
-            dest.display()
-        )));
-    }
-    let ours = ["control", "LOCK", "wal", "state"];
-    if let Some(other) = found
-        .iter()
-        .find(|n| !ours.iter().any(|o| n.as_os_str() == *o))
-    {
-        return Err(Error::InvalidArgument(format!(
-            "{} holds {:?}, which is not part of a walship data directory; --force replaces only a data directory, so nothing was removed",
-            dest.display(),
-            other
-        )));
-    }
-    // The control file goes first, so an interrupted clear never leaves a directory that opens.
-    Ok(["control", "wal", "state"]
-        .iter()
-        .map(|n| dest.join(n))
-        .filter(|p| p.exists())
-        .collect())
-}
-
-/// Pass two: fetches and checks again, then writes the data directory.
-async fn write<S: ArchiveStore>(
-    store: Arc<S>,
-    dest: &Path,
-    identity: &ArchiveIdentity,
-    plan: &[Planned],
-    to_clear: &[PathBuf],
-    opts: &RestoreOptions,
-) -> Result<RestoreReport> {
-    crate::datadir::create_private_dir(dest)?;
-    let dir = DataDir::new(dest);
-    // Keeps a writer from opening the directory while it is replaced and rebuilt.
-    let _lock = dir.lock()?;
-    for p in to_clear {
-        if p.is_dir() {
-            std::fs::remove_dir_all(p).ctx(|| format!("remove {}", p.display()))?;
-        } else {
-            std::fs::remove_file(p).ctx(|| format!("remove {}", p.display()))?;
-        }
-        fsync_dir(dest)?;
-    }
-    let wal = dir.wal_dir();
-    for d in [wal.clone(), dir.state_dir()] {
-        std::fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
-    }
-    let mut f = Fetcher {
-        store,
-        items: plan
-            .iter()
-            .map(|p| (p.name, p.object.clone(), p.compression))
-            .collect(),
-        identity: *identity,
-        target: opts.target,
-        next: 0,
-        ahead: opts.fetch_ahead,
-        running: VecDeque::new(),
-    };
-    let mut report = RestoreReport {
-        system_id: identity.system_id.to_string(),
-        sealed_segments: 0,
-        open_segment: None,
-        records: 0,
-        end_lsn: 0,
-        bytes: 0,
-    };
-    let total = plan.len() as u64;
-    while let Some(r) = f.next().await {
-        let (i, bytes, checked) = r?;
-        let p = &plan[i];
-        if checked.seal.segment_checksum != p.seal_checksum || checked.cut != p.cut {
-            return Err(Error::Corrupt {
-                file: PathBuf::from(f.store.location()).join(&p.object),
-                offset: 0,
-                lsn: Lsn(checked.header.start_lsn()),
-                reason: "the archived segment changed between the check and the copy".into(),
-            });
-        }
-        let start = checked.header.start_lsn();
-        report.records += p.records;
-        match p.cut {
-            None => {
-                let path = wal.join(p.name.to_string());
-                report.bytes += bytes.len() as u64;
-                blocking(move || write_file(&path, &bytes, None)).await?;
-                report.sealed_segments += 1;
-                report.end_lsn = checked.seal_lsn();
-            }
-            Some((off, _)) => {
-                let name = p.name.with_kind(SegmentFileKind::Open);
-                let path = wal.join(name.to_string());
-                let size = identity.segment_size;
-                report.bytes += off as u64;
-                blocking(move || write_file(&path, &bytes[..off], Some(size))).await?;
-                report.open_segment = Some(name.to_string());
-                report.end_lsn = start + off as u64;
-            }
-        }
-        report_progress(opts, RestorePhase::Write, i as u64 + 1, total, report.bytes);
-    }
-    fsync_dir(&wal)?;
-    fsync_dir(&dir.state_dir())?;
-    // Last: the control file makes it a data directory.
-    DataDir::create_with_identity(dest, &identity.to_control())?;
-    Ok(report)
-}
-
-/// Writes a segment file under a temporary name, fsyncs it and renames it into place. With
-/// `full_size` the file first gets that many bytes reserved the way the writer reserves a
-/// segment (an open segment, which the writer maps whole).
-fn write_file(path: &Path, bytes: &[u8], full_size: Option<u64>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("segment");
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let f = match full_size {
-        Some(size) => create_reserved(&tmp, size)?,
-        None => std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .ctx(|| format!("create {}", tmp.display()))?,
-    };
-    f.write_all_at(bytes, 0)
-        .ctx(|| format!("write {}", tmp.display()))?;
-    f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
 }

@@ -1,0 +1,176 @@
+//! Writing one prepared segment to the archive: refusing a hole or a broken chain, taking an
+//! identical copy already there (once durable), or putting it and reading it back.
+
+use super::*;
+
+impl<S: ArchiveStore> Archiver<S> {
+    pub(super) async fn push_prepared(
+        &mut self,
+        p: Prepared,
+    ) -> Result<(PushOutcome, CheckedSegment)> {
+        self.check_continuity(p.name, &p.checked).await?;
+        let outcome = match self.archived.get(&p.name.segment_no.0).cloned() {
+            Some((object, c)) => self.compare_existing(&object, c, &p.bytes).await?,
+            None => self.put_new(p.name, p.bytes, p.stored).await?,
+        };
+        self.last = Some((p.name.segment_no.0, p.checked.seal.segment_checksum));
+        Ok((outcome, p.checked))
+    }
+
+    /// Refuses to leave a hole in the archive or to add a segment that does not follow the
+    /// archived one before it.
+    async fn check_continuity(
+        &mut self,
+        name: SegmentName,
+        checked: &CheckedSegment,
+    ) -> Result<()> {
+        let loc = self.store.location();
+        let Some(prev_no) = name.segment_no.0.checked_sub(1) else {
+            return Ok(());
+        };
+        let has_earlier = self.archived.range(..name.segment_no.0).next().is_some();
+        if !has_earlier {
+            return Ok(());
+        }
+        let Some((prev_obj, prev_c)) = self.archived.get(&prev_no).cloned() else {
+            let (last, _) = self
+                .archived
+                .range(..name.segment_no.0)
+                .next_back()
+                .map(|(n, v)| (*n, v.clone()))
+                .unwrap_or_default();
+            return Err(Error::Refused(format!(
+                "{loc} ends at segment {last:X} but the next segment to archive is {name}: segments {:X} to {prev_no:X} were removed from the data directory before they were archived; start a new archive",
+                last + 1
+            )));
+        };
+        let prev_sum = match self.last {
+            Some((n, s)) if n == prev_no => s,
+            _ => {
+                let prev_name = SegmentName::new(name.timeline, prev_no, SegmentFileKind::Sealed);
+                let data = self
+                    .store
+                    .get(&prev_obj)
+                    .await?
+                    .ok_or_else(|| vanished(&loc, &prev_obj))?;
+                let identity = self.identity;
+                let file = PathBuf::from(&loc).join(&prev_obj);
+                blocking(move || {
+                    let bytes = decode_object(&file, prev_c, data, identity.segment_size)?;
+                    check_segment_bytes(&file, &prev_name, &bytes, &identity, None)
+                })
+                .await?
+                .seal
+                .segment_checksum
+            }
+        };
+        if checked.header.prev_checksum != Some(prev_sum) {
+            return Err(Error::Refused(format!(
+                "{name} does not follow the archived segment before it in {loc} (chain checksum {} vs {prev_sum:08x}): the archive holds a different history",
+                checked
+                    .header
+                    .prev_checksum
+                    .map_or("none".into(), |c| format!("{c:08x}"))
+            )));
+        }
+        Ok(())
+    }
+
+    /// Compares an object already in the archive with the local segment. Identical counts as
+    /// archived only once the object is durable: it may be what a push that crashed before its
+    /// directory sync left behind, or a copy made by hand.
+    async fn compare_existing(
+        &self,
+        object: &str,
+        c: Compression,
+        local: &Arc<Vec<u8>>,
+    ) -> Result<PushOutcome> {
+        let loc = self.store.location();
+        let data = self
+            .store
+            .get(object)
+            .await?
+            .ok_or_else(|| vanished(&loc, object))?;
+        let file = PathBuf::from(&loc).join(object);
+        let (local, size) = (local.clone(), self.identity.segment_size);
+        // An object that does not decode (or inflates past a segment) is damage, said as such.
+        let same = blocking(move || Ok(decode_object(&file, c, data, size)? == *local)).await?;
+        if !same {
+            return Err(Error::Refused(format!(
+                "{loc} already holds {object} with different content; the archive was left unchanged"
+            )));
+        }
+        self.store.sync(object).await?;
+        Ok(PushOutcome::AlreadyArchived {
+            object: object.into(),
+        })
+    }
+
+    async fn put_new(
+        &mut self,
+        name: SegmentName,
+        bytes: Arc<Vec<u8>>,
+        stored: Arc<Vec<u8>>,
+    ) -> Result<PushOutcome> {
+        let c = self.opts.compression;
+        let object = object_name(name, c);
+        let local_len = bytes.len() as u64;
+        // The other form of the name may hold this segment already.
+        let other = match c {
+            Compression::None => Compression::Zstd,
+            Compression::Zstd => Compression::None,
+        };
+        let other_name = object_name(name, other);
+        if self.store.exists(&other_name).await? {
+            self.archived
+                .insert(name.segment_no.0, (other_name.clone(), other));
+            return self.compare_existing(&other_name, other, &bytes).await;
+        }
+        match self.store.put(&object, stored.clone()).await? {
+            PutOutcome::AlreadyExists => {
+                self.archived.insert(name.segment_no.0, (object.clone(), c));
+                return self.compare_existing(&object, c, &bytes).await;
+            }
+            PutOutcome::Created => {}
+        }
+        self.archived.insert(name.segment_no.0, (object.clone(), c));
+        // Read back from storage and compare with the local file.
+        let back = self.store.get(&object).await?;
+        let file = PathBuf::from(self.store.location()).join(&object);
+        let size = self.identity.segment_size;
+        let same = blocking(move || {
+            Ok(match back {
+                Some(d) => decode_object(&file, c, d, size).is_ok_and(|d| d == *bytes),
+                None => false,
+            })
+        })
+        .await?;
+        if !same {
+            return Err(Error::Corrupt {
+                file: PathBuf::from(self.store.location()).join(&object),
+                offset: 0,
+                lsn: Lsn(name
+                    .segment_no
+                    .start_lsn_saturating(self.control.segment_size)),
+                reason: "read back from the archive differs from what was written".into(),
+            });
+        }
+        tracing::debug!(object = %object, stored = stored.len(), "archived segment");
+        Ok(PushOutcome::Archived {
+            object,
+            bytes: local_len,
+            stored_bytes: stored.len() as u64,
+        })
+    }
+}
+
+/// An object listed a moment ago is gone: the archive is losing objects (being removed?), which
+/// the next pass's completeness check sorts out.
+fn vanished(loc: &str, object: &str) -> Error {
+    Error::Corrupt {
+        file: PathBuf::from(loc).join(object),
+        offset: 0,
+        lsn: Lsn(0),
+        reason: "vanished from the archive while the archiver was using it".into(),
+    }
+}
