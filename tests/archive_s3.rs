@@ -163,7 +163,14 @@ fn round_trip_byte_for_byte_with_and_without_compression() {
         let bucket = format!("round-trip-{i}");
         s.bucket(&bucket);
         let url = format!("s3://{bucket}");
-        let out = archive_once(s, &data, &url, &["--compress", compress, "--json"]);
+        // Several uploads in flight the second time.
+        let parallel = if compress == "zstd" { "4" } else { "1" };
+        let out = archive_once(
+            s,
+            &data,
+            &url,
+            &["--compress", compress, "--json", "--parallel", parallel],
+        );
         assert_ok(&out, "archive");
         let sum: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON summary");
         assert_eq!(
@@ -395,6 +402,8 @@ fn sigkill_mid_upload_then_a_rerun_completes_and_nothing_partial_is_visible() {
                 "zstd",
                 "--zstd-level",
                 "9",
+                "--parallel",
+                "8",
             ],
             &log,
             None,

@@ -54,8 +54,9 @@ pub struct ArchiveArgs {
     /// With --once, print one JSON summary object.
     #[arg(long)]
     pub json: bool,
-    /// Segments uploaded at the same time (1 to 64); progress is still recorded in LSN order.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    /// Segments written to the archive at the same time (1 to 64); progress is recorded in LSN
+    /// order. Above 1, never run two archivers on one archive.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallel: u64,
     #[command(flatten)]
     pub s3: super::target::S3Args,
@@ -70,6 +71,7 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
         zstd_level: a.zstd_level,
         warn_lag_bytes: a.warn_lag,
         rescan_interval: Duration::from_secs(a.rescan_secs),
+        parallel: a.parallel as usize,
     };
     // A wrong DATA_DIR fails before the archive directory is created.
     DataDir::new(&a.data_dir).read_control()?;
