@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::adoption::{adopt, prefix_mismatch};
+use super::apply::{ApplyJob, Jobs};
 use super::{lock, Shared};
 use crate::error::Error;
 use crate::format::{SegmentFileKind, SegmentName};
@@ -20,6 +21,7 @@ use crate::fsutil::fsync_dir;
 use crate::replication::messages::ErrorCode;
 use crate::replication::segments::verify_incoming;
 use crate::replication::ReplError;
+use crate::segment_check::SealedSegment;
 use crate::Lsn;
 
 /// Chunks queued between the network and the store task.
@@ -64,7 +66,7 @@ impl StoreQueue {
     /// ends once the queue is dropped and it has stored what it was given.
     pub(super) fn spawn(
         shared: &Arc<Shared>,
-        jobs: &std::sync::mpsc::Sender<SegmentName>,
+        jobs: &Jobs,
         max_frame: usize,
     ) -> (StoreQueue, StoreTask) {
         let (store_tx, store_rx) = tokio::sync::mpsc::channel(STORE_QUEUE);
@@ -110,7 +112,7 @@ impl StoreQueue {
 fn store_segments(
     shared: &Shared,
     mut rx: tokio::sync::mpsc::Receiver<Store>,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    jobs: &Jobs,
 ) -> Result<(), ReplError> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
@@ -179,7 +181,7 @@ fn finish_segment(
     name: SegmentName,
     path: &std::path::Path,
     file: std::fs::File,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    jobs: &Jobs,
 ) -> Result<(), ReplError> {
     let held = shared.held();
     let Some(control) = held.control else {
@@ -202,7 +204,7 @@ fn finish_segment(
         .as_ref()
         .and_then(|a| a.open.clone())
         .filter(|o| o.name.segment_no == name.segment_no);
-    let stored = (|| -> Result<crate::segment_check::SealedSegment, NotStored> {
+    let stored = (|| -> Result<(SealedSegment, memmap2::Mmap), NotStored> {
         crate::fault!("standby::fsync", e => NotStored::Local(Error::io(format!("fsync {}", path.display()), e)));
         file.sync_all()
             .map_err(|e| NotStored::Local(Error::io(format!("fsync {}", path.display()), e)))?;
@@ -247,9 +249,9 @@ fn finish_segment(
             ))
         })?;
         fsync_dir(&shared.dd.wal_dir()).map_err(NotStored::Local)?;
-        Ok(seg)
+        Ok((seg, map))
     })();
-    let seg = match stored {
+    let (seg, map) = match stored {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_file(path);
@@ -294,6 +296,10 @@ fn finish_segment(
     shared.flushed.fetch_max(seg.end_lsn, Ordering::AcqRel);
     tracing::debug!(segment = %seg.name, flushed = %Lsn(seg.end_lsn), "stored segment");
     shared.notify();
-    let _ = jobs.send(seg.name);
+    // The applier reads the records from the bytes just checked.
+    let _ = jobs.send(ApplyJob {
+        segment: seg,
+        checked: Some(map),
+    });
     Ok(())
 }
