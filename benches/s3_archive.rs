@@ -45,7 +45,10 @@ impl Server {
         let mut line = String::new();
         out.read_line(&mut line).expect("server line");
         let w: Vec<&str> = line.split_whitespace().collect();
-        assert!(w.len() == 3 && w[0] == "READY", "the S3 server did not start: {line:?}");
+        assert!(
+            w.len() == 3 && w[0] == "READY",
+            "the S3 server did not start: {line:?}"
+        );
         Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             key: w[1].into(),
