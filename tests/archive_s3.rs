@@ -219,6 +219,49 @@ fn round_trip_byte_for_byte_with_and_without_compression() {
     }
 }
 
+#[test]
+fn archives_under_prefixes_of_one_bucket_stay_apart() {
+    static OPEN: OnceLock<Option<S3Server>> = OnceLock::new();
+    let Some(s) = OPEN
+        .get_or_init(|| S3Server::start_open("archive_s3 prefixes"))
+        .as_ref()
+    else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a");
+    let b = t.path().join("b");
+    let want_a = make_store(&a, 3, 13);
+    let want_b = make_store(&b, 2, 14);
+    s.bucket("shared");
+    let (ua, ub) = ("s3://shared/team/app-a", "s3://shared/team/app-b");
+    assert_ok(
+        &archive_once(s, &a, ua, &["--compress", "zstd"]),
+        "archive a",
+    );
+    assert_ok(&archive_once(s, &b, ub, &[]), "archive b");
+    // Each prefix holds its own archive only.
+    assert_eq!(
+        assert_objects_match(s, ua, &a, true),
+        sealed_names(&a).len()
+    );
+    assert_eq!(
+        assert_objects_match(s, ub, &b, false),
+        sealed_names(&b).len()
+    );
+    // The bucket's root is no archive: its listing sees neither (they are further down).
+    assert!(objects(s, "s3://shared").is_empty());
+    assert_ok(&s.walship(&["verify", ua]), "verify a");
+    for (url, want, name) in [(ua, &want_a, "ra"), (ub, &want_b, "rb")] {
+        let dest = t.path().join(name);
+        assert_ok(
+            &s.walship(&["restore", url, p(&dest)]),
+            &format!("restore {url}"),
+        );
+        assert_eq!(&records(&dest), want, "{url}");
+    }
+}
+
 fn rfc3339(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .unwrap()

@@ -42,6 +42,15 @@ impl S3Server {
     /// Starts a server, or returns `None` (after a loud message) when moto is not installed
     /// and this is not CI.
     pub fn start(test: &str) -> Option<S3Server> {
+        S3Server::start_with(test, false)
+    }
+
+    /// A server that checks no signature (see `s3_server.py`: for archives under a prefix).
+    pub fn start_open(test: &str) -> Option<S3Server> {
+        S3Server::start_with(test, true)
+    }
+
+    fn start_with(test: &str, open: bool) -> Option<S3Server> {
         if !moto_installed() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -54,8 +63,12 @@ impl S3Server {
         }
         for _ in 0..5 {
             let port = free_port();
+            let mut args = vec![script(), port.to_string()];
+            if open {
+                args.push("open".into());
+            }
             let mut child = Command::new("python3")
-                .args([&script(), &port.to_string()])
+                .args(&args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
