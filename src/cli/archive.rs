@@ -27,8 +27,14 @@ not yet archived. Before it trusts that progress, it checks that the archive hol
 from the one it begins at (recorded in its IDENTITY): what is missing is pushed again from wal/, \
 and when wal/ no longer has it the archiver exits 1. Watching, a failing pass is retried with a \
 pause growing to 30 s. The writer may keep running: the archiver reads sealed segments only.\n\n\
+In an S3-compatible store (--to s3://BUCKET/PREFIX) each segment is one conditional PUT \
+(If-None-Match: *), whole or absent, then read back and compared; credentials, region and \
+endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, \
+AWS_ENDPOINT_URL and AWS_ALLOW_HTTP, or the --s3-* flags. Transient errors are retried with \
+backoff; access denied, a wrong secret or a missing bucket fail at once.\n\n\
 Exit status: 0 done, 1 refused or damage found, 2 could not run.\n\n\
-Example:\n  walship archive ./data --to /mnt/backup/app-wal --once --compress zstd"
+Example:\n  walship archive ./data --to /mnt/backup/app-wal --once --compress zstd\n  \
+walship archive ./data --to s3://app-backups/wal/app1 --compress zstd --parallel 4"
 )]
 pub struct ArchiveArgs {
     pub data_dir: PathBuf,

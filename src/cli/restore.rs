@@ -24,7 +24,8 @@ writes. With --until-lsn it holds exactly the records whose end LSN is at most L
 archive: a target past its last record is refused, since later records may not be archived yet.\n\n\
 Exit status: 0 restored, 1 the archive is damaged or has a missing segment, 2 could not run \
 (bad usage, I/O, a destination in use, or a target past the end of the archive).\n\n\
-Example:\n  walship restore /mnt/backup/app-wal ./data-restored --until-time 2026-11-26T05:30:00Z"
+Example:\n  walship restore /mnt/backup/app-wal ./data-restored --until-time 2026-11-26T05:30:00Z\n  \
+walship restore s3://app-backups/wal/app1 ./data-restored"
 )]
 pub struct RestoreArgs {
     /// The archive: a directory, file:///PATH or s3://BUCKET/PREFIX.
