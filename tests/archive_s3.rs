@@ -3,6 +3,9 @@
 //! trips byte for byte, exact point-in-time cuts, wrong credentials and a missing bucket,
 //! refusals that leave the archive untouched, SIGKILL mid-upload, the server going away
 //! mid-run, and two archivers racing on one target.
+//!
+//! Over 500 lines on purpose: the tests share one server per test file, so splitting them
+//! would start one more server per file.
 
 use std::path::Path;
 use std::process::Output;
