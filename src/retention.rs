@@ -32,14 +32,14 @@ pub struct RetentionOptions {
 /// The checkpoint recorded in `state/retention.json`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct RetentionState {
-    checkpoint_lsn: u64,
+    checkpoint_lsn: Lsn,
 }
 
 /// What one `checkpoint` call did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CheckpointReport {
     /// The checkpoint in force: the highest ever declared.
-    pub checkpoint_lsn: u64,
+    pub checkpoint_lsn: Lsn,
     pub removed: Vec<String>,
     pub removed_bytes: u64,
     pub retained_segments: u64,
@@ -58,7 +58,7 @@ pub struct CheckpointReport {
 pub struct ConsumerRetention {
     pub id: String,
     pub kind: ConsumerKind,
-    pub position: u64,
+    pub position: Lsn,
     pub lost: bool,
     pub address: Option<String>,
     pub last_contact_us: Option<i64>,
@@ -71,7 +71,7 @@ pub struct ConsumerRetention {
 /// Retention at a glance, for `walship status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RetentionReport {
-    pub checkpoint_lsn: u64,
+    pub checkpoint_lsn: Lsn,
     pub sealed_segments: u64,
     pub sealed_bytes: u64,
     pub oldest_segment: Option<String>,
@@ -96,7 +96,7 @@ fn load_state(dir: &DataDir) -> Result<RetentionState> {
 }
 
 /// The highest checkpoint ever declared for `dir` (0 when none was).
-pub fn checkpoint_lsn(dir: &DataDir) -> Result<u64> {
+pub fn checkpoint_lsn(dir: &DataDir) -> Result<Lsn> {
     Ok(load_state(dir)?.checkpoint_lsn)
 }
 
@@ -141,7 +141,7 @@ fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<Stri
 fn holders(
     seg: &Sealed,
     newest: bool,
-    checkpoint: u64,
+    checkpoint: Lsn,
     consumers: &[ConsumerRecord],
 ) -> Vec<String> {
     let mut out = Vec::new();
@@ -168,7 +168,7 @@ pub fn end_of_wal(dir: &DataDir, control: &ControlFile) -> Result<Lsn> {
         let path = dir.segment_path(name);
         match name.kind {
             SegmentFileKind::Sealed => {
-                return Ok(Lsn(check_sealed(&path, name, control)?.end_lsn));
+                return Ok(check_sealed(&path, name, control)?.end_lsn);
             }
             SegmentFileKind::Open => {
                 let bytes = crate::reader::read_segment(&path)?;
@@ -178,7 +178,7 @@ pub fn end_of_wal(dir: &DataDir, control: &ControlFile) -> Result<Lsn> {
                 };
                 let end = scan.by_ref().map(|r| r.end_lsn()).last();
                 if let Some(end) = end {
-                    return Ok(Lsn(end));
+                    return Ok(end);
                 }
             }
             SegmentFileKind::Partial | SegmentFileKind::Prepared => {}
@@ -218,8 +218,8 @@ fn checkpoint_checked(
     opts: &RetentionOptions,
 ) -> Result<CheckpointReport> {
     let mut state = load_state(dir)?;
-    if lsn.0 > state.checkpoint_lsn {
-        state.checkpoint_lsn = lsn.0;
+    if lsn > state.checkpoint_lsn {
+        state.checkpoint_lsn = lsn;
         let bytes = serde_json::to_vec_pretty(&state)
             .map_err(|e| Error::Other(format!("encode retention state: {e}")))?;
         write_atomic(&state_path(dir), &bytes)?;
@@ -238,7 +238,7 @@ fn checkpoint_checked(
         ..CheckpointReport::default()
     };
     if let Some(cap) = opts.max_retained {
-        let held = |pos: u64| -> u64 {
+        let held = |pos: Lsn| -> u64 {
             removable_by_checkpoint
                 .iter()
                 .filter(|s| s.end > pos)
@@ -265,7 +265,7 @@ fn checkpoint_checked(
             tracing::error!(
                 consumer = %fresh.id,
                 kind = ?fresh.kind,
-                position = %Lsn(fresh.position),
+                position = %fresh.position,
                 holding_bytes = holding,
                 cap_bytes = cap,
                 "consumer marked LOST: it would hold more WAL than the retention cap; it no longer holds WAL back and must be rebuilt (a standby re-cloned, an archive restarted)"
@@ -279,7 +279,7 @@ fn checkpoint_checked(
         .filter(|c| !c.lost)
         .map(|c| c.position)
         .min()
-        .unwrap_or(u64::MAX);
+        .unwrap_or(Lsn(u64::MAX));
     let mut removed_any = false;
     for s in removable_by_checkpoint
         .iter()
@@ -308,7 +308,7 @@ fn checkpoint_checked(
         tracing::info!(
             removed = report.removed.len(),
             bytes = report.removed_bytes,
-            checkpoint = %Lsn(ckpt),
+            checkpoint = %ckpt,
             "removed sealed segments below the checkpoint"
         );
     }

@@ -85,7 +85,7 @@ fn registered_position(data: &DataDir) -> u64 {
     ConsumerRegistry::new(data)
         .get(ARCHIVER_ID)
         .unwrap()
-        .map_or(0, |r| r.position)
+        .map_or(0, |r| r.position.0)
 }
 
 /// A data directory with `n` sealed segments and no writer; returns the seal LSN of each.

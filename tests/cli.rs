@@ -487,7 +487,15 @@ fn torn_tail_in_the_open_segment_is_a_note_not_damage() {
     let path = wal_file(&d, 0, false);
     let mut b = std::fs::read(&path).expect("read");
     let mut rec = vec![0u8; 56];
-    walship::format::record::encode_record(&mut rec, end as u64, 0, 1, None, 1, b"interrupted");
+    walship::format::record::encode_record(
+        &mut rec,
+        walship::Lsn(end as u64),
+        0,
+        1,
+        None,
+        1,
+        b"interrupted",
+    );
     b[end..end + 28].copy_from_slice(&rec[..28]);
     std::fs::write(&path, &b).expect("write");
     let o = run(&["dump", p(&d)], b"");

@@ -16,6 +16,7 @@ use crate::format::record::SEAL_LEN;
 use crate::replication::{
     CheckingApplicator, ReplError, Shipper, ShipperConfig, Standby, StandbyConfig,
 };
+use crate::Lsn;
 use crate::{DataDir, Entry, EntryType, Error, Result, Wal, WalOptions};
 
 /// Longest wait for the standby to reach a position before the run is called failed.
@@ -136,7 +137,7 @@ fn wait_applied(standby: &Standby, lsn: u64) -> Result<()> {
     let deadline = Instant::now() + WAIT_LIMIT;
     loop {
         let st = standby.state();
-        if st.applied_lsn >= lsn {
+        if st.applied_lsn >= Lsn(lsn) {
             return Ok(());
         }
         if !standby.is_running() || Instant::now() > deadline {

@@ -80,7 +80,7 @@ pub fn run(a: CheckpointArgs) -> CmdResult {
         }
         println!(
             "checkpoint {}: removed {} segments ({} bytes); {} sealed segments ({} bytes) kept, held by {}",
-            Lsn(r.checkpoint_lsn),
+            r.checkpoint_lsn,
             r.removed.len(),
             r.removed_bytes,
             r.retained_segments,

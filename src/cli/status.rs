@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 use walship::status::status;
-use walship::Lsn;
 
 use super::{CmdResult, Failure};
 
@@ -35,8 +34,8 @@ pub fn run(a: StatusArgs) -> CmdResult {
     println!("system_id: {}", s.system_id);
     println!("timeline: {}", s.timeline);
     println!("segment_size: {}", s.segment_size);
-    println!("flush_lsn: {}", Lsn(s.flush_lsn));
-    println!("sealed_lsn: {}", Lsn(s.sealed_lsn));
+    println!("flush_lsn: {}", s.flush_lsn);
+    println!("sealed_lsn: {}", s.sealed_lsn);
     if let Some(id) = &s.standby_id {
         println!("standby_id: {id}");
     }
@@ -44,7 +43,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
         println!("primary: {p}");
     }
     if let Some(a) = s.applied_lsn {
-        println!("applied_lsn: {}", Lsn(a));
+        println!("applied_lsn: {}", a);
     }
     println!("standbys: {}", s.standbys.len());
     for sb in &s.standbys {
@@ -57,8 +56,8 @@ pub fn run(a: StatusArgs) -> CmdResult {
             } else {
                 "disconnected"
             },
-            Lsn(sb.flushed_lsn),
-            Lsn(sb.applied_lsn),
+            sb.flushed_lsn,
+            sb.applied_lsn,
             sb.lag_bytes,
             sb.lag_seconds
                 .map_or("unknown seconds".to_string(), |x| format!("{x:.3} s")),
@@ -92,7 +91,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
     let r = &s.retention;
     println!(
         "retention: checkpoint {}, {} sealed segments ({} bytes) kept, oldest held by {}",
-        Lsn(r.checkpoint_lsn),
+        r.checkpoint_lsn,
         r.sealed_segments,
         r.sealed_bytes,
         if r.held_by.is_empty() {
@@ -109,7 +108,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
-            Lsn(c.position),
+            c.position,
             c.needs_bytes,
             if c.holds_retention {
                 ", holds retention"

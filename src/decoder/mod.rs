@@ -130,7 +130,7 @@ impl FinalSeal {
 pub fn decode_record(
     buf: &[u8],
     off: usize,
-    lsn: u64,
+    lsn: crate::Lsn,
     limit: usize,
     trusted_end: usize,
 ) -> Result<Decoded<'_>, RecordError> {
@@ -178,7 +178,7 @@ pub struct SegmentScanner<'a> {
     off: usize,
     first_offset: usize,
     record_count: u64,
-    last_lsn: u64,
+    last_lsn: Option<crate::Lsn>,
     end: Option<ScanEnd>,
     /// A seal marker at the end of `buf` and the checksum of the bytes before it.
     final_seal: Option<FinalSeal>,
@@ -220,7 +220,7 @@ impl<'a> SegmentScanner<'a> {
             off: offset,
             first_offset: offset,
             record_count: 0,
-            last_lsn: 0,
+            last_lsn: None,
             end: None,
             final_seal,
             trusted_end: final_seal.map_or(0, |s| s.trusted_end()),
@@ -279,8 +279,8 @@ impl<'a> SegmentScanner<'a> {
         if complete && self.record_count > 0 && seal.last_lsn != self.last_lsn {
             return Err(ScanError::SealMismatch(format!(
                 "it names {} as the last record, the segment's last record is at {}",
-                crate::Lsn(seal.last_lsn),
-                crate::Lsn(self.last_lsn)
+                seal.last_lsn.unwrap_or_default(),
+                self.last_lsn.unwrap_or_default()
             )));
         }
         // The bytes were hashed up front when this is the marker at the end.
@@ -313,7 +313,7 @@ impl<'a> Iterator for SegmentScanner<'a> {
             Ok(Decoded::Record(r)) => {
                 self.off += encoded_len(r.payload.len());
                 self.record_count += 1;
-                self.last_lsn = r.lsn();
+                self.last_lsn = Some(r.lsn());
                 Some(r)
             }
             Ok(Decoded::Seal(seal)) => {
@@ -369,7 +369,7 @@ pub(crate) mod test_segments {
             created_us: 0,
         };
         let mut b = h.encode().to_vec();
-        let mut last_lsn = 0;
+        let mut last_lsn = crate::Lsn::ZERO;
         for i in 0..n {
             let off = b.len();
             last_lsn = h.start_lsn() + off as u64;
@@ -387,7 +387,7 @@ pub(crate) mod test_segments {
         let off = b.len();
         let seal = SealInfo {
             record_count: n as u64,
-            last_lsn,
+            last_lsn: crate::Lsn::from_stored(last_lsn.0),
             segment_checksum: crc32fast::hash(&b),
         };
         b.resize(off + SEAL_LEN, 0);

@@ -32,8 +32,8 @@ impl From<&SegmentHeader> for Identity {
 }
 
 /// The LSN a segment starts at, when it can be computed (`None` on overflow).
-pub fn segment_start(segment_no: u64, segment_size: u64) -> Option<u64> {
-    segment_no.checked_mul(segment_size)
+pub fn segment_start(segment_no: u64, segment_size: u64) -> Option<Lsn> {
+    crate::format::SegmentNo(segment_no).start_lsn(segment_size)
 }
 
 /// The segment size a header's own field claims, when it is a valid size: with no identity to

@@ -10,7 +10,8 @@ use crate::archive::{
     Compression, IDENTITY_NAME,
 };
 use crate::error::{Error, Result};
-use crate::format::{SegmentFileKind, SegmentName};
+use crate::format::{SegmentFileKind, SegmentName, SegmentNo};
+use crate::Lsn;
 
 /// Verifies an archive in a local directory: the identity file, that the archive holds the
 /// segment it begins at (layout version 2), every segment (compressed ones decompressed, bounded
@@ -25,7 +26,7 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
                 report.errors.push(VerifyIssue {
                     segment: IDENTITY_NAME.into(),
                     offset: 0,
-                    lsn: 0,
+                    lsn: Lsn(0),
                     reason,
                 });
                 None
@@ -35,7 +36,7 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
             report.errors.push(VerifyIssue {
                 segment: IDENTITY_NAME.into(),
                 offset: 0,
-                lsn: 0,
+                lsn: Lsn(0),
                 reason: "missing: the archive's identity file is gone, so nothing says which system it belongs to or where it begins".into(),
             });
             None
@@ -85,7 +86,9 @@ fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &
         return;
     };
     let begin_name = SegmentName::new(first_held.timeline, begin, SegmentFileKind::Sealed);
-    let lsn = begin.checked_mul(id.segment_size).unwrap_or(0);
+    let lsn = SegmentNo(begin)
+        .start_lsn(id.segment_size)
+        .unwrap_or_default();
     if first_held.segment_no.0 > begin {
         let last_missing = SegmentName::new(
             first_held.timeline,
@@ -104,7 +107,7 @@ fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &
         report.errors.push(VerifyIssue {
             segment: first_held.to_string(),
             offset: 0,
-            lsn: first_held.segment_no.start_lsn(id.segment_size).unwrap_or(0),
+            lsn: first_held.segment_no.start_lsn(id.segment_size).unwrap_or_default(),
             reason: format!(
                 "segment {first_held} lies before the segment the archive begins at ({begin_name}, {IDENTITY_NAME} first_segment {begin})"
             ),

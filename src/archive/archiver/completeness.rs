@@ -21,12 +21,16 @@ impl<S: ArchiveStore> Archiver<S> {
             return Ok(oldest);
         }
         let loc = self.store.location();
-        if oldest == 0 || crate::retention::checkpoint_lsn(&self.dir)? == 0 {
+        if oldest == 0 || crate::retention::checkpoint_lsn(&self.dir)? == Lsn(0) {
             tracing::warn!(archive = %loc, archived_up_to = %Lsn(position), "the archive is gone (no {IDENTITY_NAME}, no segments) although the archiver had archived up to its position there; creating it again and pushing every segment again from wal/");
             return Ok(oldest);
         }
         // Retention removes nothing below the position while this is recorded.
-        self.save_position(SegmentNo(oldest).start_lsn_saturating(self.control.segment_size))?;
+        self.save_position(
+            SegmentNo(oldest)
+                .start_lsn_saturating(self.control.segment_size)
+                .0,
+        )?;
         Err(Error::Refused(format!(
             "{loc} is no longer an archive (no {IDENTITY_NAME}, no segments), yet the archiver had archived up to LSN {} there; {} begins at segment {oldest:X} and retention may have removed older segments, so the archive cannot be rebuilt complete. Nothing was written; the archiver's position was set back so that retention keeps every segment in wal/. Start a new archive in another directory (--to), or drop the archiver (`walship checkpoint {} --drop-consumer {ARCHIVER_ID}`) to start a new one here",
             Lsn(position),

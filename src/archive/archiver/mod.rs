@@ -125,7 +125,7 @@ impl<S: ArchiveStore> Archiver<S> {
                     data_dir.root().display()
                 )))
             }
-            Some(r) if r.address.as_deref() == Some(location.as_str()) => r.position,
+            Some(r) if r.address.as_deref() == Some(location.as_str()) => r.position.0,
             Some(r) => {
                 tracing::warn!(previous = ?r.address, archive = %location, "the archiver last pushed to another archive; starting over from the oldest sealed segment");
                 0
@@ -176,7 +176,7 @@ impl<S: ArchiveStore> Archiver<S> {
             .unwrap_or_else(|| ConsumerRecord {
                 id: ARCHIVER_ID.into(),
                 kind: ConsumerKind::Archiver,
-                position: 0,
+                position: Lsn(0),
                 applied_lsn: None,
                 address: None,
                 last_contact_us: None,
@@ -188,7 +188,7 @@ impl<S: ArchiveStore> Archiver<S> {
                 self.dir.root().display()
             )));
         }
-        rec.position = position;
+        rec.position = Lsn(position);
         rec.address = Some(self.store.location());
         rec.last_contact_us = Some(crate::now_us());
         self.registry.save(&rec)?;
@@ -203,7 +203,7 @@ impl<S: ArchiveStore> Archiver<S> {
             // Segments before the beginning a (version 2) archive records are not its to hold;
             // a version-1 archive's beginning is only inferred, so older segments may extend it.
             if n.kind != SegmentFileKind::Sealed
-                || n.segment_no.start_lsn_saturating(self.control.segment_size) < self.position
+                || n.segment_no.start_lsn_saturating(self.control.segment_size) < Lsn(self.position)
                 || self
                     .identity
                     .first_segment
@@ -256,7 +256,7 @@ impl<S: ArchiveStore> Archiver<S> {
                 }
                 PushOutcome::AlreadyArchived { .. } => sum.already_archived += 1,
             }
-            self.save_position(checked.seal_lsn())?;
+            self.save_position(checked.seal_lsn().0)?;
         }
         sum.position = self.position;
         Ok(sum)

@@ -149,9 +149,9 @@ impl<S: ArchiveStore> Archiver<S> {
             return Err(Error::Corrupt {
                 file: PathBuf::from(self.store.location()).join(&object),
                 offset: 0,
-                lsn: Lsn(name
+                lsn: name
                     .segment_no
-                    .start_lsn_saturating(self.control.segment_size)),
+                    .start_lsn_saturating(self.control.segment_size),
                 reason: "read back from the archive differs from what was written".into(),
             });
         }

@@ -48,7 +48,7 @@ impl RestoreTarget {
     fn cuts(self, r: &crate::format::record::RecordRef<'_>) -> bool {
         match self {
             RestoreTarget::End => false,
-            RestoreTarget::Lsn(l) => r.end_lsn() > l.0,
+            RestoreTarget::Lsn(l) => r.end_lsn() > l,
             RestoreTarget::Time(t) => r.header.timestamp_us > t,
         }
     }
@@ -144,7 +144,7 @@ impl<S: ArchiveStore> Fetcher<S> {
                     file: file.clone(),
                     offset: 0,
                     // Where the missing segment starts.
-                    lsn: Lsn(name.segment_no.start_lsn_saturating(identity.segment_size)),
+                    lsn: name.segment_no.start_lsn_saturating(identity.segment_size),
                     reason: "vanished from the archive during restore".into(),
                 })?;
                 blocking(move || {
@@ -229,10 +229,10 @@ async fn plan<S: ArchiveStore>(
             return Err(Error::Corrupt {
                 file: PathBuf::from(&loc).join(&w[1].2.name),
                 offset: 0,
-                lsn: Lsn(w[1]
+                lsn: w[1]
                     .0
                     .segment_no
-                    .start_lsn_saturating(identity.segment_size)),
+                    .start_lsn_saturating(identity.segment_size),
                 reason: format!("segment stored twice ({} and {})", w[0].2.name, w[1].2.name),
             });
         }
@@ -297,7 +297,7 @@ async fn plan<S: ArchiveStore>(
                 return Err(Error::Corrupt {
                     file: PathBuf::from(&loc).join(missing.to_string()),
                     offset: 0,
-                    lsn: Lsn(missing.segment_no.start_lsn_saturating(identity.segment_size)),
+                    lsn: missing.segment_no.start_lsn_saturating(identity.segment_size),
                     reason: format!(
                         "segment {missing} is missing from the archive ({} is followed by {object})",
                         prev.object
@@ -308,7 +308,7 @@ async fn plan<S: ArchiveStore>(
                 return Err(Error::Corrupt {
                     file: PathBuf::from(&loc).join(&object),
                     offset: 0,
-                    lsn: Lsn(checked.header.start_lsn()),
+                    lsn: checked.header.start_lsn(),
                     reason: format!(
                         "chain broken: {object} does not follow {} (it expects previous checksum {}, that segment has {:08x})",
                         prev.object,
@@ -336,7 +336,7 @@ async fn plan<S: ArchiveStore>(
             }
             None => {
                 if checked.seal.record_count > 0 {
-                    last_end = checked.seal_lsn();
+                    last_end = checked.seal_lsn().0;
                 }
                 last_ts = checked.last_timestamp_us.or(last_ts);
                 plan.push(Planned {

@@ -104,7 +104,7 @@ pub(super) async fn write<S: ArchiveStore>(
             return Err(Error::Corrupt {
                 file: PathBuf::from(f.store.location()).join(&p.object),
                 offset: 0,
-                lsn: Lsn(checked.header.start_lsn()),
+                lsn: checked.header.start_lsn(),
                 reason: "the archived segment changed between the check and the copy".into(),
             });
         }
@@ -116,7 +116,7 @@ pub(super) async fn write<S: ArchiveStore>(
                 report.bytes += bytes.len() as u64;
                 blocking(move || write_file(&path, &bytes, None)).await?;
                 report.sealed_segments += 1;
-                report.end_lsn = checked.seal_lsn();
+                report.end_lsn = checked.seal_lsn().0;
             }
             Some((off, _)) => {
                 let name = p.name.with_kind(SegmentFileKind::Open);
@@ -125,7 +125,7 @@ pub(super) async fn write<S: ArchiveStore>(
                 report.bytes += off as u64;
                 blocking(move || write_file(&path, &bytes[..off], Some(size))).await?;
                 report.open_segment = Some(name.to_string());
-                report.end_lsn = start + off as u64;
+                report.end_lsn = (start + off as u64).0;
             }
         }
         report_progress(opts, RestorePhase::Write, i as u64 + 1, total, report.bytes);

@@ -41,14 +41,14 @@ fn apply_segment(
     // mapped bytes cannot change or shrink under us.
     let map = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| Error::io(format!("mmap {}", path.display()), e))?;
-    let applied = shared.applied.load(Ordering::Acquire);
+    let applied = Lsn(shared.applied.load(Ordering::Acquire));
     let start = name
         .segment_no
         .start_lsn_saturating(shared.dd.read_control()?.segment_size);
     let mut scan = SegmentScanner::new(&map).map_err(|r| Error::Corrupt {
         file: path.clone(),
         offset: 0,
-        lsn: Lsn(start),
+        lsn: start,
         reason: r,
     })?;
     let mut end = applied;
@@ -62,15 +62,15 @@ fn apply_segment(
         return Err(Error::Corrupt {
             file: path,
             offset: *offset as u64,
-            lsn: Lsn(start + *offset as u64),
+            lsn: start + *offset as u64,
             reason: error.to_string(),
         });
     }
     app.flush()?;
     if end > applied {
         write_applied(&shared.dd, end)?;
-        shared.applied.store(end, Ordering::Release);
-        tracing::debug!(segment = %name, applied = %Lsn(end), "applied segment");
+        shared.applied.store(end.0, Ordering::Release);
+        tracing::debug!(segment = %name, applied = %end, "applied segment");
         shared.notify();
     }
     Ok(())

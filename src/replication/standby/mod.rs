@@ -96,10 +96,10 @@ pub enum StandbyPhase {
 pub struct StandbyState {
     pub standby_id: String,
     pub phase: StandbyPhase,
-    pub flushed_lsn: u64,
-    pub applied_lsn: u64,
+    pub flushed_lsn: Lsn,
+    pub applied_lsn: Lsn,
     /// End of the primary's newest sealed segment, as last heard.
-    pub primary_sealed_lsn: u64,
+    pub primary_sealed_lsn: Lsn,
     pub last_error: Option<String>,
 }
 
@@ -195,8 +195,8 @@ impl Standby {
             config,
             id: opened.id,
             held: Mutex::new(opened.held),
-            flushed: AtomicU64::new(opened.flushed),
-            applied: AtomicU64::new(opened.applied),
+            flushed: AtomicU64::new(opened.flushed.0),
+            applied: AtomicU64::new(opened.applied.0),
             primary_sealed: AtomicU64::new(0),
             phase: Mutex::new((StandbyPhase::Connecting, None)),
             bump,
@@ -210,8 +210,8 @@ impl Standby {
         tracing::info!(
             dir = %shared.dd.root().display(),
             standby_id = %shared.id,
-            flushed = %Lsn(opened.flushed),
-            applied = %Lsn(opened.applied),
+            flushed = %opened.flushed,
+            applied = %opened.applied,
             "standby starting"
         );
         let (jobs, rx) = std::sync::mpsc::channel::<SegmentName>();
@@ -268,9 +268,9 @@ impl Standby {
         StandbyState {
             standby_id: self.shared.id.to_string(),
             phase,
-            flushed_lsn: self.shared.flushed.load(Ordering::Acquire),
-            applied_lsn: self.shared.applied.load(Ordering::Acquire),
-            primary_sealed_lsn: self.shared.primary_sealed.load(Ordering::Acquire),
+            flushed_lsn: Lsn(self.shared.flushed.load(Ordering::Acquire)),
+            applied_lsn: Lsn(self.shared.applied.load(Ordering::Acquire)),
+            primary_sealed_lsn: Lsn(self.shared.primary_sealed.load(Ordering::Acquire)),
             last_error,
         }
     }

@@ -20,7 +20,6 @@ use crate::fsutil::fsync_dir;
 use crate::replication::messages::ErrorCode;
 use crate::replication::segments::verify_incoming;
 use crate::replication::ReplError;
-use crate::Lsn;
 
 /// Chunks queued between the network and the store task.
 const STORE_QUEUE: usize = 8;
@@ -234,7 +233,7 @@ fn finish_segment(
                 return Err(NotStored::Diverged(if at as u64 >= sealed_end {
                     format!("this directory's open segment {} holds records up to offset {}, past the end of the primary's sealed copy (offset {sealed_end}): it is ahead of the primary", open.name, open.valid_end)
                 } else {
-                    format!("this directory's open segment {} differs from the primary's sealed copy at offset {at} (LSN {}): the histories diverged", open.name, Lsn(name.segment_no.start_lsn_saturating(control.segment_size) + at as u64))
+                    format!("this directory's open segment {} differs from the primary's sealed copy at offset {at} (LSN {}): the histories diverged", open.name, name.segment_no.start_lsn_saturating(control.segment_size) + at as u64)
                 }));
             }
         }
@@ -270,7 +269,7 @@ fn finish_segment(
                 NotStored::Invalid(e) => ReplError::InvalidSegment {
                     segment: name.with_kind(SegmentFileKind::Sealed),
                     offset: 0,
-                    lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
+                    lsn: name.segment_no.start_lsn_saturating(control.segment_size),
                     reason: e.to_string(),
                 },
                 NotStored::Diverged(msg) => ReplError::refused(ErrorCode::Identity, msg),
@@ -291,8 +290,8 @@ fn finish_segment(
         h.next_segment = Some(seg.name.segment_no.next().0);
         h.prev_checksum = Some(seg.seal.segment_checksum);
     }
-    shared.flushed.fetch_max(seg.end_lsn, Ordering::AcqRel);
-    tracing::debug!(segment = %seg.name, flushed = %Lsn(seg.end_lsn), "stored segment");
+    shared.flushed.fetch_max(seg.end_lsn.0, Ordering::AcqRel);
+    tracing::debug!(segment = %seg.name, flushed = %seg.end_lsn, "stored segment");
     shared.notify();
     let _ = jobs.send(seg.name);
     Ok(())
