@@ -146,12 +146,7 @@ impl ConsumerRegistry {
 
     pub fn get(&self, id: &str) -> Result<Option<ConsumerRecord>> {
         let path = self.path(id)?;
-        let invalid = |e| {
-            Error::Other(format!(
-                "{}: not a valid consumer record: {e}",
-                path.display()
-            ))
-        };
+        let invalid = |e| Error::corrupt_state(&path, "consumer record", e);
         match read_json::<ConsumerRecord>(&path, invalid)? {
             Some(mut rec) => {
                 rec.lost |= self.is_marked_lost(id)?;

@@ -227,12 +227,7 @@ impl DamageRegister {
 }
 
 fn read_entry(path: &Path) -> Result<Option<DamageEntry>> {
-    crate::fsutil::read_json(path, |e| Error::Corrupt {
-        file: path.to_path_buf(),
-        offset: 0,
-        lsn: Lsn(0),
-        reason: format!("not a valid damage entry: {e}"),
-    })
+    crate::fsutil::read_json(path, |e| Error::corrupt_state(path, "damage entry", e))
 }
 
 /// The report for a damage error (`Error::Corrupt`) found by `component` in the segment file

@@ -86,12 +86,7 @@ fn state_path(dir: &DataDir) -> PathBuf {
 
 fn load_state(dir: &DataDir) -> Result<RetentionState> {
     let path = state_path(dir);
-    let invalid = |e| {
-        Error::Other(format!(
-            "{}: not a valid retention state: {e}",
-            path.display()
-        ))
-    };
+    let invalid = |e| Error::corrupt_state(&path, "retention state", e);
     Ok(read_json(&path, invalid)?.unwrap_or_default())
 }
 

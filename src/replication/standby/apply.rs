@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::directory::write_applied;
-use super::Shared;
+use super::{lock, Shared};
 use crate::decoder::{ScanEnd, SegmentScanner};
 use crate::error::Error;
 use crate::format::SegmentName;
@@ -21,8 +21,13 @@ pub(super) fn applier(
 ) {
     for name in rx {
         if let Err(e) = apply_segment(&shared, &name, &mut app) {
-            let msg = format!("applying {name} failed: {e}");
+            let e = Error::Applying {
+                segment: name.to_string(),
+                source: Box::new(e),
+            };
+            let msg = e.to_string();
             tracing::error!("{msg}");
+            *lock(&shared.apply_error) = Some(e);
             shared.failed.send_replace(Some(msg));
             return;
         }

@@ -79,7 +79,7 @@ pub(super) async fn connect_and_stream(
             _ = shutdown.changed() => break Ok(()),
             r = &mut writer => break Err(match r {
                 Ok(Err(e)) => e,
-                _ => ReplError::Timeout("the status sender stopped".into()),
+                _ => ReplError::Internal("the status sender stopped".into()),
             }),
             r = &mut store => break Err(store_ended(r)),
         };

@@ -51,11 +51,8 @@ pub fn applied_path(dd: &DataDir) -> std::path::PathBuf {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result<Option<T>> {
-    crate::fsutil::read_json(path, |e| Error::Corrupt {
-        file: path.to_path_buf(),
-        offset: 0,
-        lsn: crate::Lsn(0),
-        reason: format!("not a valid standby state file: {e}"),
+    crate::fsutil::read_json(path, |e| {
+        Error::corrupt_state(path, "standby state file", e)
     })
 }
 
@@ -419,5 +416,26 @@ mod tests {
         };
         write_meta(&dd, &m).unwrap();
         assert_eq!(read_meta(&dd).unwrap(), Some(m));
+    }
+
+    #[test]
+    fn a_corrupt_applied_file_is_the_state_file_error() {
+        let t = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(t.path());
+        std::fs::create_dir_all(dd.state_dir()).unwrap();
+        std::fs::write(applied_path(&dd), b"{").unwrap();
+        match read_applied(&dd) {
+            Err(e @ Error::CorruptState { .. }) => {
+                assert!(e.is_corruption());
+                assert!(
+                    e.to_string().starts_with(&format!(
+                        "{}: not a valid standby state file: ",
+                        applied_path(&dd).display()
+                    )),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

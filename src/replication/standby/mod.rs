@@ -124,6 +124,8 @@ struct Shared {
     bump: watch::Sender<u64>,
     /// Set when applying failed: the standby stops.
     failed: watch::Sender<Option<String>>,
+    /// The applier's error itself, kept with its kind (damage stays damage) for `join`.
+    apply_error: Mutex<Option<Error>>,
     /// The standby's identity file as stored: None until the directory is a standby's (a
     /// fresh directory before its first contact, a directory of the same system before the
     /// primary accepted it).
@@ -201,6 +203,7 @@ impl Standby {
             phase: Mutex::new((StandbyPhase::Connecting, None)),
             bump,
             failed,
+            apply_error: Mutex::new(None),
             meta: Mutex::new(opened.meta),
             adopting: Mutex::new(opened.adopting),
             deferred: Mutex::new(Vec::new()),
@@ -240,7 +243,8 @@ impl Standby {
             }
             if let Some(e) = s2.failed.borrow().clone() {
                 s2.set_phase(StandbyPhase::Failed, Some(e.clone()));
-                return Err(ReplError::Store(Error::Other(e)));
+                let cause = lock(&s2.apply_error).take().unwrap_or(Error::Other(e));
+                return Err(ReplError::Store(cause));
             }
             match &r {
                 Ok(()) => s2.set_phase(StandbyPhase::Stopped, None),

@@ -31,8 +31,8 @@ const STORE_BUDGET: usize = 16 << 20;
 pub(super) fn store_ended(r: Result<Result<(), ReplError>, tokio::task::JoinError>) -> ReplError {
     match r {
         Ok(Err(e)) => e,
-        Ok(Ok(())) => ReplError::Timeout("the segment store stopped".into()),
-        Err(e) => ReplError::io("store segments", std::io::Error::other(e)),
+        Ok(Ok(())) => ReplError::Internal("the segment store stopped".into()),
+        Err(e) => ReplError::Internal(format!("the segment store failed: {e}")),
     }
 }
 
@@ -83,7 +83,7 @@ impl StoreQueue {
         self.tx
             .send(m)
             .await
-            .map_err(|_| ReplError::Timeout("the segment store stopped".into()))
+            .map_err(|_| ReplError::Internal("the segment store stopped".into()))
     }
 
     /// A segment of `len` bytes starts, to be written as `name` (a partial name).
@@ -98,7 +98,7 @@ impl StoreQueue {
             .clone()
             .acquire_many_owned(data.len() as u32)
             .await
-            .map_err(|_| ReplError::Timeout("the segment store stopped".into()))?;
+            .map_err(|_| ReplError::Internal("the segment store stopped".into()))?;
         self.pass(Store::Data(data.to_vec(), permit)).await
     }
 }
