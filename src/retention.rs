@@ -13,12 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::datadir::DataDir;
-use crate::decoder::SegmentScanner;
 use crate::error::{Error, Result};
-use crate::format::{ControlFile, SegmentFileKind};
+use crate::format::ControlFile;
 use crate::fsutil::{fsync_dir, read_json, write_atomic};
+use crate::log_ends::wal_ends;
 use crate::sealed_set::{sealed_files, SealedFile as Sealed};
-use crate::segment_check::check_sealed;
 use crate::{Lsn, Wal};
 
 /// Library options for [`checkpoint`].
@@ -155,42 +154,15 @@ fn holders(
     out
 }
 
-/// The end of the WAL on disk: the end of the newest segment's last record (its seal marker's
-/// LSN when it is sealed), 0 when there is no record. Reads the newest segments only.
-pub fn end_of_wal(dir: &DataDir, control: &ControlFile) -> Result<Lsn> {
-    let names = dir.list_segments()?;
-    for name in names.iter().rev() {
-        let path = dir.segment_path(name);
-        match name.kind {
-            SegmentFileKind::Sealed => {
-                return Ok(check_sealed(&path, name, control)?.end_lsn);
-            }
-            SegmentFileKind::Open => {
-                let bytes = crate::reader::read_segment(&path)?;
-                // An open segment whose header was never written holds no record yet.
-                let Ok(mut scan) = SegmentScanner::new(&bytes) else {
-                    continue;
-                };
-                let end = scan.by_ref().map(|r| r.end_lsn()).last();
-                if let Some(end) = end {
-                    return Ok(end);
-                }
-            }
-            SegmentFileKind::Partial | SegmentFileKind::Prepared => {}
-        }
-    }
-    Ok(Lsn(0))
-}
-
 /// Declares WAL below `lsn` no longer needed by the application and removes the sealed segments
 /// that every consumer not marked lost is past as well. Runs beside a writer and consumers in
 /// other processes: it takes no lock and removes only sealed files. A checkpoint past the end
-/// of the WAL on disk ([`end_of_wal`]) is refused: it could never be lowered again, and would
+/// of the WAL on disk (the flush end of [`wal_ends`]) is refused: it could never be lowered again, and would
 /// let retention remove segments the application still needs.
 pub fn checkpoint(dir: &DataDir, lsn: Lsn, opts: &RetentionOptions) -> Result<CheckpointReport> {
     let control = dir.read_control()?;
     if lsn.0 > 0 {
-        let end = end_of_wal(dir, &control)?;
+        let (end, _) = wal_ends(dir, &control)?;
         refuse_past(lsn, end, "the end of the WAL on disk")?;
     }
     checkpoint_checked(dir, &control, lsn, opts)
