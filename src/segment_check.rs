@@ -261,10 +261,12 @@ mod tests {
 
     fn control() -> ControlFile {
         ControlFile {
-            format_version: SEGMENT_FORMAT_VERSION,
-            timeline: 1,
-            system_id: uuid::Uuid::nil(),
-            segment_size: SIZE,
+            identity: crate::format::SystemIdentity {
+                format_version: SEGMENT_FORMAT_VERSION,
+                timeline: 1,
+                system_id: uuid::Uuid::nil(),
+                segment_size: SIZE,
+            },
             created_us: 0,
         }
     }

@@ -57,10 +57,12 @@ fn open_records() -> Vec<Spec> {
 
 fn control() -> ControlFile {
     ControlFile {
-        format_version: FORMAT_VERSION,
-        timeline: 1,
-        system_id: Uuid::from_u128(SYSTEM),
-        segment_size: SEG,
+        identity: walship::format::SystemIdentity {
+            format_version: FORMAT_VERSION,
+            timeline: 1,
+            system_id: Uuid::from_u128(SYSTEM),
+            segment_size: SEG,
+        },
         created_us: T0,
     }
 }
@@ -595,10 +597,12 @@ fn version_2_bytes_lost_behind_a_later_durable_position_are_damage() {
 /// (no first segment) is still read, version 2 is what walship writes.
 fn archive_identities() -> Vec<(String, walship::archive::ArchiveIdentity)> {
     let v1 = walship::archive::ArchiveIdentity {
-        system_id: Uuid::from_u128(SYSTEM),
-        timeline: 1,
-        segment_size: SEG,
-        format_version: 1,
+        system: walship::format::SystemIdentity {
+            system_id: Uuid::from_u128(SYSTEM),
+            timeline: 1,
+            segment_size: SEG,
+            format_version: 1,
+        },
         first_segment: None,
     };
     let v2 = walship::archive::ArchiveIdentity {

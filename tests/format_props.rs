@@ -99,10 +99,12 @@ proptest! {
         flip in 0usize..CONTROL_LEN * 8,
     ) {
         let c = ControlFile {
-            format_version: FORMAT_VERSION,
-            timeline: tl,
-            system_id: Uuid::from_u128(id),
-            segment_size: size,
+            identity: walship::format::SystemIdentity {
+                format_version: FORMAT_VERSION,
+                timeline: tl,
+                system_id: Uuid::from_u128(id),
+                segment_size: size,
+            },
             created_us: created,
         };
         let b = c.encode();

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{verify_segments, Identity, VerifyIssue, VerifyReport};
+use super::{verify_segments, VerifyIssue, VerifyReport};
 use crate::archive::{
     check_object_len, decode_object, parse_object_name, segment_objects, store, ArchiveIdentity,
     Compression, IDENTITY_NAME,
@@ -48,7 +48,7 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
             ))
         }
     };
-    let identity = archive_id.map(|id| Identity::from(&id.to_control()));
+    let identity = archive_id.map(|id| id.system);
     let objects = store::list_dir(root)?;
     let segs = segment_objects(&objects);
     if let (Some(id), Some((first_held, _, _))) = (&archive_id, segs.first()) {

@@ -17,10 +17,12 @@ fn rt() -> tokio::runtime::Runtime {
 
 fn control(system: u128) -> ControlFile {
     ControlFile {
-        format_version: FORMAT_VERSION,
-        timeline: 1,
-        system_id: Uuid::from_u128(system),
-        segment_size: 1 << 20,
+        identity: crate::format::SystemIdentity {
+            format_version: FORMAT_VERSION,
+            timeline: 1,
+            system_id: Uuid::from_u128(system),
+            segment_size: 1 << 20,
+        },
         created_us: 7,
     }
 }
@@ -165,7 +167,7 @@ fn another_system_is_refused_by_both_halves() {
     told(&s, ErrorCode::Identity);
     // Another timeline.
     let mut other = control(1);
-    other.timeline = 2;
+    other.identity.timeline = 2;
     let (p, _) = both(None, None, control(1), intro(Some(other)));
     assert!(refused_with(&p, ErrorCode::Identity).contains("timeline 2"));
 }

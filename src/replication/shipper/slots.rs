@@ -157,10 +157,12 @@ mod tests {
         Arc::new(Shared {
             config: ShipperConfig::new(dir, "127.0.0.1:0"),
             control: ControlFile {
-                format_version: FORMAT_VERSION,
-                timeline: 1,
-                system_id: uuid::Uuid::from_u128(1),
-                segment_size: 1 << 16,
+                identity: crate::format::SystemIdentity {
+                    format_version: FORMAT_VERSION,
+                    timeline: 1,
+                    system_id: uuid::Uuid::from_u128(1),
+                    segment_size: 1 << 16,
+                },
                 created_us: 0,
             },
             registry: ConsumerRegistry::new(&dd),

@@ -333,10 +333,12 @@ pub(super) async fn first_contact(
     } = *welcomed;
     if sent.control.is_none() {
         let control = ControlFile {
-            format_version: FORMAT_VERSION,
-            timeline,
-            system_id,
-            segment_size,
+            identity: crate::format::SystemIdentity {
+                format_version: FORMAT_VERSION,
+                timeline,
+                system_id,
+                segment_size,
+            },
             created_us: crate::now_us(),
         };
         let (dd, meta) = (

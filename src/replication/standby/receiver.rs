@@ -193,10 +193,12 @@ mod tests {
 
     fn control() -> ControlFile {
         ControlFile {
-            format_version: FORMAT_VERSION,
-            timeline: 1,
-            system_id: uuid::Uuid::from_u128(1),
-            segment_size: SIZE,
+            identity: crate::format::SystemIdentity {
+                format_version: FORMAT_VERSION,
+                timeline: 1,
+                system_id: uuid::Uuid::from_u128(1),
+                segment_size: SIZE,
+            },
             created_us: 0,
         }
     }
