@@ -29,7 +29,7 @@ pub struct ArchiveStatus {
     /// The newest archived segment's object name.
     pub newest: Option<String>,
     /// Where the archive ends: the seal LSN of its newest segment (0 when it holds none).
-    pub archived_lsn: u64,
+    pub archived_lsn: Lsn,
 }
 
 /// Reads an archive's status.
@@ -51,7 +51,7 @@ pub async fn archive_status<S: ArchiveStore>(store: &S) -> Result<ArchiveStatus>
     };
     let objects = store.list().await?;
     let segs = segment_objects(&objects);
-    let mut archived_lsn = 0;
+    let mut archived_lsn = Lsn::ZERO;
     let newest = segs.last().map(|(n, c, o)| (*n, *c, o.name.clone()));
     if let Some((name, c, object)) = &newest {
         let file = PathBuf::from(&loc).join(object);

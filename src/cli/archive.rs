@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use walship::archive::{Archiver, ArchiverOptions, Compression};
-use walship::{DataDir, Lsn};
+use walship::DataDir;
 
 use super::{parse_size, CmdResult};
 
@@ -111,7 +111,7 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
                     s.bytes,
                     s.stored_bytes,
                     s.already_archived,
-                    Lsn(s.position)
+                    s.position
                 );
             }
             return Ok(());

@@ -113,7 +113,7 @@ pub fn run(a: RestoreArgs) -> CmdResult {
                 .map(|o| format!(" and open segment {o}"))
                 .unwrap_or_default(),
             r.records,
-            Lsn(r.end_lsn)
+            r.end_lsn
         );
     }
     Ok(())

@@ -4,7 +4,6 @@ use clap::Args;
 use walship::archive::status::archive_status;
 use walship::archive::ArchiveTarget;
 use walship::status::status;
-use walship::Lsn;
 
 use super::{CmdResult, Failure};
 
@@ -47,8 +46,8 @@ pub fn run(a: StatusArgs) -> CmdResult {
     println!("system_id: {}", s.system_id);
     println!("timeline: {}", s.timeline);
     println!("segment_size: {}", s.segment_size);
-    println!("flush_lsn: {}", Lsn(s.flush_lsn));
-    println!("sealed_lsn: {}", Lsn(s.sealed_lsn));
+    println!("flush_lsn: {}", s.flush_lsn);
+    println!("sealed_lsn: {}", s.sealed_lsn);
     if let Some(id) = &s.standby_id {
         println!("standby_id: {id}");
     }
@@ -56,7 +55,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
         println!("primary: {p}");
     }
     if let Some(a) = s.applied_lsn {
-        println!("applied_lsn: {}", Lsn(a));
+        println!("applied_lsn: {}", a);
     }
     println!("standbys: {}", s.standbys.len());
     for sb in &s.standbys {
@@ -69,8 +68,8 @@ pub fn run(a: StatusArgs) -> CmdResult {
             } else {
                 "disconnected"
             },
-            Lsn(sb.flushed_lsn),
-            Lsn(sb.applied_lsn),
+            sb.flushed_lsn,
+            sb.applied_lsn,
             sb.lag_bytes,
             sb.lag_seconds
                 .map_or("unknown seconds".to_string(), |x| format!("{x:.3} s")),
@@ -104,7 +103,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
     let r = &s.retention;
     println!(
         "retention: checkpoint {}, {} sealed segments ({} bytes) kept, oldest held by {}",
-        Lsn(r.checkpoint_lsn),
+        r.checkpoint_lsn,
         r.sealed_segments,
         r.sealed_bytes,
         if r.held_by.is_empty() {
@@ -121,7 +120,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
-            Lsn(c.position),
+            c.position,
             c.needs_bytes,
             if c.holds_retention {
                 ", holds retention"
@@ -152,7 +151,7 @@ fn archive(a: &StatusArgs, target: &ArchiveTarget) -> CmdResult {
         None => println!("first_segment: not recorded (layout version 1)"),
     }
     println!("newest: {}", s.newest.as_deref().unwrap_or("none"));
-    println!("archived_lsn: {}", Lsn(s.archived_lsn));
+    println!("archived_lsn: {}", s.archived_lsn);
     println!(
         "segments: {} ({} bytes stored), objects: {}",
         s.segments, s.stored_bytes, s.objects

@@ -42,8 +42,8 @@ pub fn run(a: VerifyArgs) -> CmdResult {
             report.segments,
             report.records,
             report.bytes,
-            Lsn(report.first_lsn.unwrap_or(0)),
-            Lsn(report.end_lsn)
+            report.first_lsn.unwrap_or(Lsn(0)),
+            report.end_lsn
         );
         for n in &report.notes {
             println!("note: {n}");
@@ -56,10 +56,7 @@ pub fn run(a: VerifyArgs) -> CmdResult {
             }
             println!(
                 "error: {} offset {} (LSN {}): {}",
-                e.segment,
-                e.offset,
-                Lsn(e.lsn),
-                e.reason
+                e.segment, e.offset, e.lsn, e.reason
             );
         }
         println!("{}", if report.ok { "ok" } else { "DAMAGED" });

@@ -130,7 +130,7 @@ impl FinalSeal {
 pub fn decode_record(
     buf: &[u8],
     off: usize,
-    lsn: u64,
+    lsn: crate::Lsn,
     limit: usize,
     trusted_end: usize,
 ) -> Result<Decoded<'_>, RecordError> {
@@ -178,7 +178,7 @@ pub struct SegmentScanner<'a> {
     off: usize,
     first_offset: usize,
     record_count: u64,
-    last_lsn: u64,
+    last_lsn: Option<crate::Lsn>,
     end: Option<ScanEnd>,
     /// A seal marker at the end of `buf` and the checksum of the bytes before it.
     final_seal: Option<FinalSeal>,
@@ -235,7 +235,7 @@ impl<'a> SegmentScanner<'a> {
             off: offset,
             first_offset: offset,
             record_count: 0,
-            last_lsn: 0,
+            last_lsn: None,
             end: None,
             final_seal,
             trusted_end: final_seal.map_or(0, |s| s.trusted_end()),
@@ -294,8 +294,8 @@ impl<'a> SegmentScanner<'a> {
         if complete && self.record_count > 0 && seal.last_lsn != self.last_lsn {
             return Err(ScanError::SealMismatch(format!(
                 "it names {} as the last record, the segment's last record is at {}",
-                crate::Lsn(seal.last_lsn),
-                crate::Lsn(self.last_lsn)
+                seal.last_lsn.unwrap_or_default(),
+                self.last_lsn.unwrap_or_default()
             )));
         }
         // The bytes were hashed up front when this is the marker at the end.
@@ -328,7 +328,7 @@ impl<'a> Iterator for SegmentScanner<'a> {
             Ok(Decoded::Record(r)) => {
                 self.off += encoded_len(r.payload.len());
                 self.record_count += 1;
-                self.last_lsn = r.lsn();
+                self.last_lsn = Some(r.lsn());
                 Some(r)
             }
             Ok(Decoded::Seal(seal)) => {

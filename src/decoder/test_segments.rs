@@ -21,7 +21,7 @@ pub(crate) fn sealed_segment_for_tests(
         created_us: 0,
     };
     let mut b = h.encode().to_vec();
-    let mut last_lsn = 0;
+    let mut last_lsn = crate::Lsn::ZERO;
     for i in 0..n {
         let off = b.len();
         last_lsn = h.start_lsn() + off as u64;
@@ -39,7 +39,7 @@ pub(crate) fn sealed_segment_for_tests(
     let off = b.len();
     let seal = SealInfo {
         record_count: n as u64,
-        last_lsn,
+        last_lsn: crate::Lsn::from_stored(last_lsn.0),
         segment_checksum: crc32fast::hash(&b),
     };
     b.resize(off + SEAL_LEN, 0);

@@ -4,13 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{verify_segments, Identity, VerifyIssue, VerifyReport};
+use super::{verify_segments, VerifyIssue, VerifyReport};
 use crate::archive::{
     check_object_len, decode_object, parse_object_name, segment_objects, store, ArchiveIdentity,
     ArchiveStore, Compression, ObjectInfo, IDENTITY_NAME,
 };
 use crate::error::{Error, Result};
-use crate::format::{SegmentFileKind, SegmentName};
+use crate::format::{SegmentFileKind, SegmentName, SegmentNo};
+use crate::Lsn;
 
 /// Verifies an archive in a local directory: the identity file, that the archive holds the
 /// segment it begins at (layout version 2), every segment (compressed ones decompressed, bounded
@@ -71,7 +72,7 @@ fn verify_objects(
                 report.errors.push(VerifyIssue {
                     segment: IDENTITY_NAME.into(),
                     offset: 0,
-                    lsn: 0,
+                    lsn: Lsn(0),
                     reason,
                 });
                 None
@@ -81,13 +82,13 @@ fn verify_objects(
             report.errors.push(VerifyIssue {
                 segment: IDENTITY_NAME.into(),
                 offset: 0,
-                lsn: 0,
+                lsn: Lsn(0),
                 reason: "missing: the archive's identity file is gone, so nothing says which system it belongs to or where it begins".into(),
             });
             None
         }
     };
-    let identity = archive_id.map(|id| Identity::from(&id.to_control()));
+    let identity = archive_id.map(|id| id.system);
     let segs = segment_objects(objects);
     if let (Some(id), Some((first_held, _, _))) = (&archive_id, segs.first()) {
         check_first_segment(id, first_held, &mut report);
@@ -126,7 +127,9 @@ fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &
         return;
     };
     let begin_name = SegmentName::new(first_held.timeline, begin, SegmentFileKind::Sealed);
-    let lsn = begin.checked_mul(id.segment_size).unwrap_or(0);
+    let lsn = SegmentNo(begin)
+        .start_lsn(id.segment_size)
+        .unwrap_or_default();
     if first_held.segment_no.0 > begin {
         let last_missing = SegmentName::new(
             first_held.timeline,
@@ -145,7 +148,7 @@ fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &
         report.errors.push(VerifyIssue {
             segment: first_held.to_string(),
             offset: 0,
-            lsn: first_held.segment_no.start_lsn(id.segment_size).unwrap_or(0),
+            lsn: first_held.segment_no.start_lsn(id.segment_size).unwrap_or_default(),
             reason: format!(
                 "segment {first_held} lies before the segment the archive begins at ({begin_name}, {IDENTITY_NAME} first_segment {begin})"
             ),

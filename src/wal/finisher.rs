@@ -34,6 +34,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::SegmentFileKind;
 use crate::fsutil::fsync_dir;
 use crate::segment_file::ActiveSegment;
+use crate::Lsn;
 
 /// The finisher's queue and how far it has got.
 #[derive(Default)]
@@ -61,7 +62,7 @@ pub(super) struct SealedOpen {
     pub seg: Arc<ActiveSegment>,
     /// Bytes up to the end of the seal marker.
     pub used: usize,
-    pub end_lsn: u64,
+    pub end_lsn: Lsn,
     /// The ticket of its `Durable` step.
     pub ticket: u64,
 }
@@ -125,7 +126,7 @@ impl Inner {
                     // A failure has poisoned the writer and been logged.
                     let _ = self
                         .sync_segment(&s.seg, SegmentSync::Range(0, s.used))
-                        .and_then(|()| self.advance_flushed(s.end_lsn));
+                        .and_then(|()| self.advance_flushed(s.end_lsn.0));
                 }
                 self.reached(s.ticket, |f| &mut f.durable);
             }
@@ -179,7 +180,7 @@ impl Inner {
         std::fs::rename(&seg.path, &sealed_path).map_err(|e| self.poison(p("rename"), e))?;
         crate::fault!("wal::seal::dir_fsync", e => self.poison(format!("fsync directory {}", self.dir.wal_dir().display()), e));
         self.sync_wal_dir()?;
-        self.sealed.fetch_max(s.end_lsn, Ordering::AcqRel);
+        self.sealed.fetch_max(s.end_lsn.0, Ordering::AcqRel);
         tracing::debug!(segment = %sealed_name, "sealed segment");
         Ok(())
     }
@@ -236,7 +237,7 @@ mod tests {
             inner.append_locked(&mut st, &entry(p), 0).expect("append");
         }
         inner.seal_locked(&mut st, false).expect("seal");
-        (st.last_seal, st.end_lsn)
+        (st.last_seal, st.end_lsn.0)
     }
 
     fn reached(inner: &Inner) -> (u64, u64) {

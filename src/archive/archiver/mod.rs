@@ -90,7 +90,7 @@ pub struct PassSummary {
     /// Bytes written to the archive.
     pub stored_bytes: u64,
     /// The archiver's position after the pass: the seal LSN of the last archived segment.
-    pub position: u64,
+    pub position: Lsn,
     /// Sealed bytes that were waiting when the pass started.
     pub lag_bytes: u64,
 }
@@ -111,7 +111,7 @@ pub struct Archiver<S: ArchiveStore> {
     begin: Option<u64>,
     /// Segment number and seal checksum of the newest segment pushed or found, for the chain.
     last: Option<(u64, u32)>,
-    position: u64,
+    position: Lsn,
 }
 
 impl<S: ArchiveStore> Archiver<S> {
@@ -134,9 +134,9 @@ impl<S: ArchiveStore> Archiver<S> {
             Some(r) if r.address.as_deref() == Some(location.as_str()) => r.position,
             Some(r) => {
                 tracing::warn!(previous = ?r.address, archive = %location, "the archiver last pushed to another archive; starting over from the oldest sealed segment");
-                0
+                Lsn::ZERO
             }
-            None => 0,
+            None => Lsn::ZERO,
         };
         let objects = store.list().await?;
         let segments = segment_objects(&objects);
@@ -172,17 +172,17 @@ impl<S: ArchiveStore> Archiver<S> {
 
     /// The archiver's position: the seal LSN of the last archived segment.
     pub fn position(&self) -> Lsn {
-        Lsn(self.position)
+        self.position
     }
 
-    fn save_position(&mut self, position: u64) -> Result<()> {
+    fn save_position(&mut self, position: Lsn) -> Result<()> {
         let mut rec = self
             .registry
             .get(ARCHIVER_ID)?
             .unwrap_or_else(|| ConsumerRecord {
                 id: ARCHIVER_ID.into(),
                 kind: ConsumerKind::Archiver,
-                position: 0,
+                position: Lsn(0),
                 applied_lsn: None,
                 address: None,
                 last_contact_us: None,
@@ -342,7 +342,7 @@ impl<S: ArchiveStore> Archiver<S> {
                     if let Some(f) = streak.take() {
                         tracing::info!(
                             failures = f.count,
-                            position = %Lsn(s.position),
+                            position = %s.position,
                             "archive pass succeeded again after {} failed attempts since {}",
                             f.count,
                             f.since
@@ -353,7 +353,7 @@ impl<S: ArchiveStore> Archiver<S> {
                         tracing::info!(
                             archived = s.archived,
                             already_archived = s.already_archived,
-                            position = %Lsn(s.position),
+                            position = %s.position,
                             "archive pass done"
                         );
                     }

@@ -183,7 +183,7 @@ impl<S: ArchiveStore> Uploader<S> {
             return Err(Error::Corrupt {
                 file: PathBuf::from(self.store.location()).join(&object),
                 offset: 0,
-                lsn: Lsn(name.segment_no.start_lsn_saturating(self.segment_size)),
+                lsn: name.segment_no.start_lsn_saturating(self.segment_size),
                 reason: "read back from the archive differs from what was written".into(),
             });
         }

@@ -49,7 +49,7 @@ impl RestoreTarget {
     fn cuts(self, r: &crate::format::record::RecordRef<'_>) -> bool {
         match self {
             RestoreTarget::End => false,
-            RestoreTarget::Lsn(l) => r.end_lsn() > l.0,
+            RestoreTarget::Lsn(l) => r.end_lsn() > l,
             RestoreTarget::Time(t) => r.header.timestamp_us > t,
         }
     }
@@ -104,7 +104,7 @@ pub struct RestoreReport {
     pub open_segment: Option<String>,
     pub records: u64,
     /// Where the next record will go: the end of the last record restored.
-    pub end_lsn: u64,
+    pub end_lsn: Lsn,
     /// Segment bytes written (the open segment counted up to the cut).
     pub bytes: u64,
 }
@@ -121,7 +121,7 @@ struct Planned {
     /// Its size in bytes.
     len: u64,
     /// Where its last record ends (its seal marker's LSN) when it is kept whole.
-    seal_lsn: u64,
+    seal_lsn: Lsn,
 }
 
 type Fetched = (usize, u64, CheckedSegment);
@@ -153,7 +153,7 @@ impl<S: ArchiveStore> Fetcher<S> {
                     file: file.clone(),
                     offset: 0,
                     // Where the missing segment starts.
-                    lsn: Lsn(name.segment_no.start_lsn_saturating(identity.segment_size)),
+                    lsn: name.segment_no.start_lsn_saturating(identity.segment_size),
                     reason: "vanished from the archive during restore".into(),
                 })?;
                 blocking(move || {
@@ -262,10 +262,10 @@ async fn plan<S: ArchiveStore>(
             return Err(Error::Corrupt {
                 file: PathBuf::from(&loc).join(&w[1].2.name),
                 offset: 0,
-                lsn: Lsn(w[1]
+                lsn: w[1]
                     .0
                     .segment_no
-                    .start_lsn_saturating(identity.segment_size)),
+                    .start_lsn_saturating(identity.segment_size),
                 reason: format!("segment stored twice ({} and {})", w[0].2.name, w[1].2.name),
             });
         }
@@ -332,7 +332,7 @@ async fn plan<S: ArchiveStore>(
                 return Err(Error::Corrupt {
                     file: PathBuf::from(&loc).join(missing.to_string()),
                     offset: 0,
-                    lsn: Lsn(missing.segment_no.start_lsn_saturating(identity.segment_size)),
+                    lsn: missing.segment_no.start_lsn_saturating(identity.segment_size),
                     reason: format!(
                         "segment {missing} is missing from the archive ({} is followed by {object})",
                         prev.object
@@ -343,7 +343,7 @@ async fn plan<S: ArchiveStore>(
                 return Err(Error::Corrupt {
                     file: PathBuf::from(&loc).join(&object),
                     offset: 0,
-                    lsn: Lsn(checked.header.start_lsn()),
+                    lsn: checked.header.start_lsn(),
                     reason: format!(
                         "chain broken: {object} does not follow {} (it expects previous checksum {}, that segment has {:08x})",
                         prev.object,
@@ -373,7 +373,7 @@ async fn plan<S: ArchiveStore>(
             }
             None => {
                 if checked.seal.record_count > 0 {
-                    last_end = checked.seal_lsn();
+                    last_end = checked.seal_lsn().0;
                 }
                 last_ts = checked.last_timestamp_us.or(last_ts);
                 plan.push(Planned {

@@ -82,7 +82,7 @@ pub(super) async fn write(
         sealed_segments: 0,
         open_segment: None,
         records: 0,
-        end_lsn: 0,
+        end_lsn: Lsn::ZERO,
         bytes: 0,
     };
     let total = plan.len() as u64;
@@ -95,10 +95,10 @@ pub(super) async fn write(
             return Err(Error::Corrupt {
                 file: PathBuf::from(loc).join(&p.object),
                 offset: 0,
-                lsn: Lsn(p
+                lsn: p
                     .name
                     .segment_no
-                    .start_lsn_saturating(identity.segment_size)),
+                    .start_lsn_saturating(identity.segment_size),
                 reason: format!(
                     "its staged copy {} changed between the check and the copy",
                     staged.display()

@@ -42,7 +42,7 @@ pub(super) struct OpenPrefix {
 pub(super) fn examine_for_adoption(
     dd: &DataDir,
     control: &ControlFile,
-) -> Result<(Held, u64, Vec<SealedSegment>, Option<OpenPrefix>), ReplError> {
+) -> Result<(Held, Lsn, Vec<SealedSegment>, Option<OpenPrefix>), ReplError> {
     let names = dd.list_segments()?;
     let mut sealed: Vec<crate::segment_check::SealedSegment> = Vec::new();
     let mut opens = Vec::new();
@@ -91,7 +91,7 @@ pub(super) fn examine_for_adoption(
         let mut scan = SegmentScanner::new(&bytes).map_err(|r| Error::Corrupt {
             file: path.clone(),
             offset: 0,
-            lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
+            lsn: name.segment_no.start_lsn_saturating(control.segment_size),
             reason: r,
         })?;
         crate::segment_check::check_identity(&path, scan.header(), &name, control)?;
@@ -138,7 +138,7 @@ pub(super) fn examine_for_adoption(
             }
         }
     }
-    let flushed = last.map_or(0, |s| s.end_lsn);
+    let flushed = last.map_or(Lsn::ZERO, |s| s.end_lsn);
     Ok((held, flushed, sealed, open))
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::directory::write_applied;
-use super::Shared;
+use super::{lock, Shared};
 use crate::decoder::{ScanEnd, SegmentScanner};
 use crate::error::Error;
 use crate::replication::applicator::Applicator;
@@ -51,8 +51,13 @@ pub(super) fn applier(
 ) {
     for job in rx {
         if let Err(e) = apply_segment(&shared, &job, &mut app) {
-            let msg = format!("applying {} failed: {e}", job.segment.name);
+            let e = Error::Applying {
+                segment: job.segment.name.to_string(),
+                source: Box::new(e),
+            };
+            let msg = e.to_string();
             tracing::error!("{msg}");
+            *lock(&shared.apply_error) = Some(e);
             shared.failed.send_replace(Some(msg));
             return;
         }
@@ -76,12 +81,12 @@ fn apply_segment(shared: &Shared, job: &ApplyJob, app: &mut impl Applicator) -> 
             SegmentScanner::new(&read).map_err(|r| Error::Corrupt {
                 file: path.clone(),
                 offset: 0,
-                lsn: Lsn(start),
+                lsn: start,
                 reason: r,
             })?
         }
     };
-    let applied = shared.applied.load(Ordering::Acquire);
+    let applied = Lsn(shared.applied.load(Ordering::Acquire));
     let mut end = applied;
     for r in scan.by_ref() {
         if r.end_lsn() > applied {
@@ -93,15 +98,15 @@ fn apply_segment(shared: &Shared, job: &ApplyJob, app: &mut impl Applicator) -> 
         return Err(Error::Corrupt {
             file: path,
             offset: *offset as u64,
-            lsn: Lsn(start + *offset as u64),
+            lsn: start + *offset as u64,
             reason: error.to_string(),
         });
     }
     app.flush()?;
     if end > applied {
         write_applied(&shared.dd, end)?;
-        shared.applied.store(end, Ordering::Release);
-        tracing::debug!(segment = %name, applied = %Lsn(end), "applied segment");
+        shared.applied.store(end.0, Ordering::Release);
+        tracing::debug!(segment = %name, applied = %end, "applied segment");
         shared.notify();
     }
     Ok(())

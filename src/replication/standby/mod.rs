@@ -96,10 +96,10 @@ pub enum StandbyPhase {
 pub struct StandbyState {
     pub standby_id: String,
     pub phase: StandbyPhase,
-    pub flushed_lsn: u64,
-    pub applied_lsn: u64,
+    pub flushed_lsn: Lsn,
+    pub applied_lsn: Lsn,
     /// End of the primary's newest sealed segment, as last heard.
-    pub primary_sealed_lsn: u64,
+    pub primary_sealed_lsn: Lsn,
     pub last_error: Option<String>,
 }
 
@@ -124,6 +124,8 @@ struct Shared {
     bump: watch::Sender<u64>,
     /// Set when applying failed: the standby stops.
     failed: watch::Sender<Option<String>>,
+    /// The applier's error itself, kept with its kind (damage stays damage) for `join`.
+    apply_error: Mutex<Option<Error>>,
     /// The standby's identity file as stored: None until the directory is a standby's (a
     /// fresh directory before its first contact, a directory of the same system before the
     /// primary accepted it).
@@ -195,12 +197,13 @@ impl Standby {
             config,
             id: opened.id,
             held: Mutex::new(opened.held),
-            flushed: AtomicU64::new(opened.flushed),
-            applied: AtomicU64::new(opened.applied),
+            flushed: AtomicU64::new(opened.flushed.0),
+            applied: AtomicU64::new(opened.applied.0),
             primary_sealed: AtomicU64::new(0),
             phase: Mutex::new((StandbyPhase::Connecting, None)),
             bump,
             failed,
+            apply_error: Mutex::new(None),
             meta: Mutex::new(opened.meta),
             adopting: Mutex::new(opened.adopting),
             deferred: Mutex::new(Vec::new()),
@@ -210,8 +213,8 @@ impl Standby {
         tracing::info!(
             dir = %shared.dd.root().display(),
             standby_id = %shared.id,
-            flushed = %Lsn(opened.flushed),
-            applied = %Lsn(opened.applied),
+            flushed = %opened.flushed,
+            applied = %opened.applied,
             "standby starting"
         );
         let (jobs, rx) = std::sync::mpsc::channel::<ApplyJob>();
@@ -244,7 +247,8 @@ impl Standby {
             }
             if let Some(e) = s2.failed.borrow().clone() {
                 s2.set_phase(StandbyPhase::Failed, Some(e.clone()));
-                return Err(ReplError::Store(Error::Other(e)));
+                let cause = lock(&s2.apply_error).take().unwrap_or(Error::Other(e));
+                return Err(ReplError::Store(cause));
             }
             match &r {
                 Ok(()) => s2.set_phase(StandbyPhase::Stopped, None),
@@ -272,9 +276,9 @@ impl Standby {
         StandbyState {
             standby_id: self.shared.id.to_string(),
             phase,
-            flushed_lsn: self.shared.flushed.load(Ordering::Acquire),
-            applied_lsn: self.shared.applied.load(Ordering::Acquire),
-            primary_sealed_lsn: self.shared.primary_sealed.load(Ordering::Acquire),
+            flushed_lsn: Lsn(self.shared.flushed.load(Ordering::Acquire)),
+            applied_lsn: Lsn(self.shared.applied.load(Ordering::Acquire)),
+            primary_sealed_lsn: Lsn(self.shared.primary_sealed.load(Ordering::Acquire)),
             last_error,
         }
     }

@@ -22,7 +22,6 @@ use crate::replication::messages::ErrorCode;
 use crate::replication::segments::verify_incoming;
 use crate::replication::ReplError;
 use crate::segment_check::SealedSegment;
-use crate::Lsn;
 
 /// Chunks queued between the network and the store task.
 const STORE_QUEUE: usize = 8;
@@ -34,8 +33,8 @@ const STORE_BUDGET: usize = 16 << 20;
 pub(super) fn store_ended(r: Result<Result<(), ReplError>, tokio::task::JoinError>) -> ReplError {
     match r {
         Ok(Err(e)) => e,
-        Ok(Ok(())) => ReplError::Timeout("the segment store stopped".into()),
-        Err(e) => ReplError::io("store segments", std::io::Error::other(e)),
+        Ok(Ok(())) => ReplError::Internal("the segment store stopped".into()),
+        Err(e) => ReplError::Internal(format!("the segment store failed: {e}")),
     }
 }
 
@@ -86,7 +85,7 @@ impl StoreQueue {
         self.tx
             .send(m)
             .await
-            .map_err(|_| ReplError::Timeout("the segment store stopped".into()))
+            .map_err(|_| ReplError::Internal("the segment store stopped".into()))
     }
 
     /// A segment of `len` bytes starts, to be written as `name` (a partial name).
@@ -101,7 +100,7 @@ impl StoreQueue {
             .clone()
             .acquire_many_owned(data.len() as u32)
             .await
-            .map_err(|_| ReplError::Timeout("the segment store stopped".into()))?;
+            .map_err(|_| ReplError::Internal("the segment store stopped".into()))?;
         self.pass(Store::Data(data.to_vec(), permit)).await
     }
 }
@@ -236,7 +235,7 @@ fn finish_segment(
                 return Err(NotStored::Diverged(if at as u64 >= sealed_end {
                     format!("this directory's open segment {} holds records up to offset {}, past the end of the primary's sealed copy (offset {sealed_end}): it is ahead of the primary", open.name, open.valid_end)
                 } else {
-                    format!("this directory's open segment {} differs from the primary's sealed copy at offset {at} (LSN {}): the histories diverged", open.name, Lsn(name.segment_no.start_lsn_saturating(control.segment_size) + at as u64))
+                    format!("this directory's open segment {} differs from the primary's sealed copy at offset {at} (LSN {}): the histories diverged", open.name, name.segment_no.start_lsn_saturating(control.segment_size) + at as u64)
                 }));
             }
         }
@@ -272,7 +271,7 @@ fn finish_segment(
                 NotStored::Invalid(e) => ReplError::InvalidSegment {
                     segment: name.with_kind(SegmentFileKind::Sealed),
                     offset: 0,
-                    lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
+                    lsn: name.segment_no.start_lsn_saturating(control.segment_size),
                     reason: e.to_string(),
                 },
                 NotStored::Diverged(msg) => ReplError::refused(ErrorCode::Identity, msg),
@@ -293,8 +292,8 @@ fn finish_segment(
         h.next_segment = Some(seg.name.segment_no.next().0);
         h.prev_checksum = Some(seg.seal.segment_checksum);
     }
-    shared.flushed.fetch_max(seg.end_lsn, Ordering::AcqRel);
-    tracing::debug!(segment = %seg.name, flushed = %Lsn(seg.end_lsn), "stored segment");
+    shared.flushed.fetch_max(seg.end_lsn.0, Ordering::AcqRel);
+    tracing::debug!(segment = %seg.name, flushed = %seg.end_lsn, "stored segment");
     shared.notify();
     // The applier reads the records from the bytes just checked.
     let _ = jobs.send(ApplyJob {

@@ -10,7 +10,7 @@ use super::{scratch, BenchConfig, BenchResult};
 use walship::format::{SegmentFileKind, SegmentName};
 use walship::reader::read_segment_hashed;
 use walship::verify::{verify_segments, VerifyReport};
-use walship::{DataDir, Entry, EntryType, Lsn, Result, Wal, WalOptions};
+use walship::{DataDir, Entry, EntryType, Result, Wal, WalOptions};
 
 /// Checks the segments the way `walship verify` does, with the same code: every record, and
 /// for a sealed segment the seal marker and its whole-segment checksum. Returns the records
@@ -28,7 +28,7 @@ fn scan_segments(files: &[(SegmentName, PathBuf)]) -> Result<u64> {
                 .find(|(n, _)| n.to_string() == issue.segment)
                 .map_or_else(PathBuf::new, |(_, p)| p.clone()),
             offset: issue.offset,
-            lsn: Lsn(issue.lsn),
+            lsn: issue.lsn,
             reason: issue.reason.clone(),
         }),
     }

@@ -16,7 +16,7 @@ use walship::format::record::SEAL_LEN;
 use walship::replication::{
     CheckingApplicator, ReplError, Shipper, ShipperConfig, Standby, StandbyConfig,
 };
-use walship::{DataDir, Entry, EntryType, Error, Result, Wal, WalOptions};
+use walship::{DataDir, Entry, EntryType, Error, Lsn, Result, Wal, WalOptions};
 
 /// Longest wait for the standby to reach a position before the run is called failed.
 const WAIT_LIMIT: Duration = Duration::from_secs(120);
@@ -136,7 +136,7 @@ fn wait_applied(standby: &Standby, lsn: u64) -> Result<()> {
     let deadline = Instant::now() + WAIT_LIMIT;
     loop {
         let st = standby.state();
-        if st.applied_lsn >= lsn {
+        if st.applied_lsn >= Lsn(lsn) {
             return Ok(());
         }
         if !standby.is_running() || Instant::now() > deadline {

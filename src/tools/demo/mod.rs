@@ -232,7 +232,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
 
     // Wait for the standby and the archiver to take everything.
     let final_status = walship::status::status(&primary)?;
-    let end = final_status.flush_lsn;
+    let end = final_status.flush_lsn.0;
     summary.end_lsn = end;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut p = positions(&primary, &standby, &acked);
@@ -266,7 +266,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
         p.standby_flushed == end && p.standby_applied == end,
         format!(
             "primary flush_lsn {}, standby flushed {} applied {}",
-            Lsn(end),
+            end,
             Lsn(p.standby_flushed),
             Lsn(p.standby_applied)
         ),

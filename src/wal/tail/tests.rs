@@ -33,7 +33,12 @@ fn the_first_append_activates_segment_zero_with_its_header_then_the_record() {
     assert_eq!(a.end_lsn, Lsn(start + len as u64));
     assert_eq!(
         (st.off, st.end_lsn, st.seg_records, st.seg_last_lsn),
-        (SEGMENT_HEADER_LEN + len, start + len as u64, 1, start)
+        (
+            SEGMENT_HEADER_LEN + len,
+            Lsn(start + len as u64),
+            1,
+            Some(Lsn(start))
+        )
     );
     assert_eq!(st.next_segment_no, 1);
     assert_eq!(
@@ -52,7 +57,7 @@ fn the_first_append_activates_segment_zero_with_its_header_then_the_record() {
         (h.segment_no, h.segment_size, h.prev_checksum, h.system_id),
         (0, SEG, None, inner.control.system_id)
     );
-    match decode_at(&bytes, SEGMENT_HEADER_LEN, start, SEG as usize).expect("record") {
+    match decode_at(&bytes, SEGMENT_HEADER_LEN, Lsn(start), SEG as usize).expect("record") {
         Decoded::Record(r) => {
             assert_eq!(r.payload, b"first");
             assert_eq!(r.header.timestamp_us, 42);
@@ -80,7 +85,7 @@ fn a_record_too_large_for_a_segment_is_refused_and_the_largest_fits() {
         }) => assert_eq!((len, m, segment_size), (max + 1, max, SEG)),
         other => panic!("expected RecordTooLarge, got {other:?}"),
     }
-    assert_eq!((st.end_lsn, st.tickets), (0, 0), "nothing appended");
+    assert_eq!((st.end_lsn, st.tickets), (Lsn(0), 0), "nothing appended");
     assert!(st.seg.is_none());
     let fits = vec![8u8; max];
     let a = inner
@@ -140,7 +145,7 @@ fn a_full_segment_is_sealed_and_the_next_one_chains_to_its_checksum() {
         other => panic!("the sealed segment ends {other:?}"),
     };
     assert_eq!(seal.record_count, in_first);
-    assert_eq!(seal.last_lsn, last_in_first);
+    assert_eq!(seal.last_lsn, Some(Lsn(last_in_first)));
     assert_eq!(
         seal.segment_checksum,
         crc32fast::hash(&sealed[..sealed.len() - SEAL_LEN])
@@ -206,7 +211,7 @@ fn each_record_carries_how_far_the_log_was_durable_when_it_was_appended() {
             .expect("append")
     };
     let bytes = read(&root, &name(0, SegmentFileKind::Open));
-    let durable_of = |lsn: u64| match decode_at(&bytes, lsn as usize, lsn, SEG as usize) {
+    let durable_of = |lsn: u64| match decode_at(&bytes, lsn as usize, Lsn(lsn), SEG as usize) {
         Ok(Decoded::Record(r)) => r.header.durable_offset,
         other => panic!("no record at {lsn}: {other:?}"),
     };
@@ -251,8 +256,8 @@ fn a_reopened_tail_goes_on_where_the_last_writer_stopped() {
         }
         let r = (st.end_lsn, st.off, st.seg_last_lsn);
         drop(st);
-        inner.written.fetch_max(r.0, Ordering::AcqRel);
-        inner.wait_durable(r.0).expect("sync");
+        inner.written.fetch_max(r.0 .0, Ordering::AcqRel);
+        inner.wait_durable(r.0 .0).expect("sync");
         r
     };
     let inner = open(&root, WalOptions::default());
@@ -268,7 +273,7 @@ fn a_reopened_tail_goes_on_where_the_last_writer_stopped() {
     let a = inner
         .append_locked(&mut st, &entry(b"dddd"), 0)
         .expect("append");
-    assert_eq!(a.lsn, Lsn(end));
+    assert_eq!(a.lsn, end);
     inner.seal_locked(&mut st, false).expect("seal");
     drop(st);
     let sealed = read(&root, &name(0, SegmentFileKind::Sealed));
