@@ -19,7 +19,7 @@ fn encode(c: &mut Criterion) {
             b.iter(|| {
                 encode_record(
                     black_box(&mut dst),
-                    4096,
+                    walship::Lsn(4096),
                     0,
                     EntryType::Insert.code(),
                     Some(9),
@@ -66,7 +66,7 @@ fn segment_image(size: usize, sealed: bool) -> (Vec<u8>, u64) {
         let len = encoded_len(size);
         encode_record(
             &mut buf[off..off + len],
-            off as u64,
+            walship::Lsn(off as u64),
             0,
             1,
             None,
@@ -80,10 +80,10 @@ fn segment_image(size: usize, sealed: bool) -> (Vec<u8>, u64) {
     if sealed {
         let seal = SealInfo {
             record_count: n,
-            last_lsn: (off - encoded_len(size)) as u64,
+            last_lsn: Some(walship::Lsn((off - encoded_len(size)) as u64)),
             segment_checksum: crc32fast::hash(&buf[..off]),
         };
-        encode_seal(&mut buf[off..], off as u64, 0, 0, &seal);
+        encode_seal(&mut buf[off..], walship::Lsn(off as u64), 0, 0, &seal);
     }
     (buf, n)
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{fsync_dir, read_json, write_atomic};
+use crate::Lsn;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,10 +36,10 @@ pub struct ConsumerRecord {
     pub kind: ConsumerKind,
     /// End LSN of everything this consumer has safely taken (a standby's flushed position, the
     /// archiver's archived position): WAL below it is no longer needed for this consumer.
-    pub position: u64,
+    pub position: Lsn,
     /// A standby's applied position.
     #[serde(default)]
-    pub applied_lsn: Option<u64>,
+    pub applied_lsn: Option<Lsn>,
     /// Where it was last seen (a standby's address, an archive target).
     #[serde(default)]
     pub address: Option<String>,
@@ -145,12 +146,7 @@ impl ConsumerRegistry {
 
     pub fn get(&self, id: &str) -> Result<Option<ConsumerRecord>> {
         let path = self.path(id)?;
-        let invalid = |e| {
-            Error::Other(format!(
-                "{}: not a valid consumer record: {e}",
-                path.display()
-            ))
-        };
+        let invalid = |e| Error::corrupt_state(&path, "consumer record", e);
         match read_json::<ConsumerRecord>(&path, invalid)? {
             Some(mut rec) => {
                 rec.lost |= self.is_marked_lost(id)?;
@@ -222,7 +218,7 @@ mod tests {
         let rec = ConsumerRecord {
             id: "archiver".into(),
             kind: ConsumerKind::Archiver,
-            position: 4096,
+            position: Lsn(4096),
             applied_lsn: None,
             address: Some("/backup".into()),
             last_contact_us: None,
@@ -243,7 +239,7 @@ mod tests {
         let mut rec = ConsumerRecord {
             id: "s1".into(),
             kind: ConsumerKind::Standby,
-            position: 10,
+            position: Lsn(10),
             applied_lsn: None,
             address: None,
             last_contact_us: None,
@@ -253,11 +249,11 @@ mod tests {
         reg.save(&rec).unwrap();
         assert!(reg.mark_lost("s1").unwrap().unwrap().lost);
         // A save made from a copy read before the mark.
-        rec.position = 20;
+        rec.position = Lsn(20);
         reg.save(&rec).unwrap();
         let got = reg.get("s1").unwrap().unwrap();
         assert!(got.lost);
-        assert_eq!(got.position, 20);
+        assert_eq!(got.position, Lsn(20));
         assert!(reg.list().unwrap()[0].lost);
         assert!(reg.remove("s1").unwrap());
         reg.save(&rec).unwrap();

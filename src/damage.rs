@@ -51,7 +51,7 @@ pub struct DamageReport {
     pub file: String,
     /// Offset of the first bad byte in the file.
     pub offset: u64,
-    pub lsn: u64,
+    pub lsn: crate::Lsn,
     pub reason: String,
     /// What an operator should do.
     pub action: String,
@@ -65,7 +65,7 @@ pub struct DamageEntry {
     pub component: Component,
     pub file: String,
     pub offset: u64,
-    pub lsn: u64,
+    pub lsn: crate::Lsn,
     pub reason: String,
     pub action: String,
     #[serde(default)]
@@ -85,7 +85,7 @@ impl std::fmt::Display for DamageEntry {
             self.component.as_str(),
             self.file,
             self.offset,
-            Lsn(self.lsn),
+            self.lsn,
             self.reason,
             self.reporter
                 .as_deref()
@@ -227,12 +227,7 @@ impl DamageRegister {
 }
 
 fn read_entry(path: &Path) -> Result<Option<DamageEntry>> {
-    crate::fsutil::read_json(path, |e| Error::Corrupt {
-        file: path.to_path_buf(),
-        offset: 0,
-        lsn: Lsn(0),
-        reason: format!("not a valid damage entry: {e}"),
-    })
+    crate::fsutil::read_json(path, |e| Error::corrupt_state(path, "damage entry", e))
 }
 
 /// The report for a damage error (`Error::Corrupt`) found by `component` in the segment file
@@ -248,7 +243,7 @@ pub fn report_for(component: Component, file: &str, e: &Error) -> Option<DamageR
             component,
             file: file.to_string(),
             offset: *offset,
-            lsn: lsn.0,
+            lsn: Lsn(lsn.0),
             reason: reason.clone(),
             action: SEALED_SEGMENT_ACTION.to_string(),
             reporter: None,
@@ -271,7 +266,7 @@ mod tests {
             component: Component::Shipper,
             file: "000000010000000000000003.wal".into(),
             offset: 4096,
-            lsn: 3 * 65536 + 4096,
+            lsn: Lsn(3 * 65536 + 4096),
             reason: "record CRC mismatch".into(),
             action: SEALED_SEGMENT_ACTION.into(),
             reporter: None,

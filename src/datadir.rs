@@ -79,10 +79,12 @@ impl DataDir {
         let root = root.into();
         check_init_target(&root)?;
         let control = ControlFile {
-            format_version: FORMAT_VERSION,
-            timeline: 1,
-            system_id: Uuid::new_v4(),
-            segment_size,
+            identity: crate::format::SystemIdentity {
+                format_version: FORMAT_VERSION,
+                timeline: 1,
+                system_id: Uuid::new_v4(),
+                segment_size,
+            },
             created_us: crate::now_us(),
         };
         DataDir::create_with_identity(root, &control)?;

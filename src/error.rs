@@ -1,6 +1,7 @@
 //! The library's typed errors. Each says what went wrong, where, and what to do when that is
 //! not obvious.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
@@ -40,6 +41,25 @@ pub enum Error {
         reason: String,
     },
 
+    /// A state file (a consumer record, the checkpoint, a standby's positions, a damage entry)
+    /// that exists but cannot be read as what it should hold: the same error wherever one is
+    /// read, counted as damage (exit code 1); nothing is changed.
+    #[error("{path}: not a valid {what}: {reason}")]
+    CorruptState {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+
+    /// Applying a segment's records failed; the error keeps the kind of its cause (damage
+    /// found while applying stays damage).
+    #[error("applying {segment} failed: {source}")]
+    Applying {
+        segment: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     #[error("record payload of {len} bytes is too large: with {segment_size}-byte segments the largest payload is {max} bytes")]
     RecordTooLarge {
         len: usize,
@@ -64,6 +84,11 @@ pub enum Error {
     #[error("refused: {0}")]
     Refused(String),
 
+    /// Backup storage refused the request for good (access denied, wrong credentials, no
+    /// such bucket); retrying would not help. The message is the store's.
+    #[error("{0}")]
+    Storage(String),
+
     #[error("{0}")]
     Other(String),
 }
@@ -79,10 +104,29 @@ impl Error {
     /// True when the error reports damaged data, or stored data that conflicts with the
     /// operation (exit code 1 in the CLI), rather than a failure to run (exit code 2).
     pub fn is_corruption(&self) -> bool {
-        matches!(
-            self,
-            Error::Corrupt { .. } | Error::Refused(_) | Error::NotRegularFile { .. }
-        )
+        match self {
+            Error::Applying { source, .. } => source.is_corruption(),
+            _ => matches!(
+                self,
+                Error::Corrupt { .. }
+                    | Error::CorruptState { .. }
+                    | Error::Refused(_)
+                    | Error::NotRegularFile { .. }
+            ),
+        }
+    }
+
+    /// The error for a state file at `path` that is not a valid `what`.
+    pub fn corrupt_state(
+        path: &std::path::Path,
+        what: &'static str,
+        e: impl fmt::Display,
+    ) -> Error {
+        Error::CorruptState {
+            path: path.to_path_buf(),
+            what,
+            reason: e.to_string(),
+        }
     }
 
     /// True for "no space left on device".
@@ -99,5 +143,44 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::io(what(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damage_found_while_applying_stays_damage() {
+        let damage = Error::Corrupt {
+            file: "wal/000000010000000000000002.wal".into(),
+            offset: 96,
+            lsn: Lsn(0x2_0060),
+            reason: "record checksum mismatch".into(),
+        };
+        let e = Error::Applying {
+            segment: "000000010000000000000002.wal".into(),
+            source: Box::new(damage),
+        };
+        assert!(e.is_corruption(), "exit code 1, as the damage itself");
+        assert_eq!(
+            e.to_string(),
+            "applying 000000010000000000000002.wal failed: wal/000000010000000000000002.wal: offset 96 (LSN 0/00020060): record checksum mismatch"
+        );
+        let failed_to_run = Error::Applying {
+            segment: "000000010000000000000002.wal".into(),
+            source: Box::new(Error::io(
+                "write applied.json",
+                io::Error::other("disk gone"),
+            )),
+        };
+        assert!(!failed_to_run.is_corruption(), "exit code 2, as its cause");
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_damage() {
+        let e = Error::corrupt_state(std::path::Path::new("state/x.json"), "thing", "eof");
+        assert!(e.is_corruption());
+        assert_eq!(e.to_string(), "state/x.json: not a valid thing: eof");
     }
 }

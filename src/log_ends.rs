@@ -13,7 +13,7 @@ use crate::sealed_set::newest_sealed_end;
 use crate::{Lsn, WalReader};
 
 /// Ends of the WAL in a directory's files: (flush_lsn, sealed_lsn).
-pub fn wal_ends(dd: &DataDir, control: &ControlFile) -> Result<(u64, u64)> {
+pub fn wal_ends(dd: &DataDir, control: &ControlFile) -> Result<(Lsn, Lsn)> {
     // The writer may seal (rename) the open segment while we look: list again then.
     let mut last_err = None;
     for _ in 0..5 {
@@ -31,7 +31,7 @@ pub fn wal_ends(dd: &DataDir, control: &ControlFile) -> Result<(u64, u64)> {
     ))
 }
 
-fn wal_ends_once(dd: &DataDir, control: &ControlFile) -> Result<(u64, u64)> {
+fn wal_ends_once(dd: &DataDir, control: &ControlFile) -> Result<(Lsn, Lsn)> {
     let names = dd.list_segments()?;
     let sealed = newest_sealed_end(dd, &names, control)?;
     let mut flush = sealed;
@@ -52,11 +52,11 @@ fn wal_ends_once(dd: &DataDir, control: &ControlFile) -> Result<(u64, u64)> {
 }
 
 /// Seconds since the first record past `applied` was written; 0 when nothing is pending.
-pub fn lag_seconds(root: &Path, applied: u64, flush: u64, now_us: i64) -> Option<f64> {
+pub fn lag_seconds(root: &Path, applied: Lsn, flush: Lsn, now_us: i64) -> Option<f64> {
     if applied >= flush {
         return Some(0.0);
     }
-    let mut reader = WalReader::open(root, Lsn(applied)).ok()?;
+    let mut reader = WalReader::open(root, applied).ok()?;
     let rec = reader.next_record().ok()??;
     Some((now_us.saturating_sub(rec.timestamp_us)).max(0) as f64 / 1e6)
 }
@@ -72,7 +72,7 @@ mod tests {
         let root = tmp.path().join("data");
         let control = DataDir::init(&root, 1 << 16).expect("init");
         let dd = DataDir::new(&root);
-        assert_eq!(wal_ends(&dd, &control).expect("empty"), (0, 0));
+        assert_eq!(wal_ends(&dd, &control).expect("empty"), (Lsn(0), Lsn(0)));
         let wal = Wal::open(&root, WalOptions::default()).expect("open");
         let first = wal
             .append(&Entry::new(EntryType::Insert, None, b"one"))
@@ -81,11 +81,11 @@ mod tests {
             .expect("append");
         wal.sync().expect("sync");
         let (flush, sealed) = wal_ends(&dd, &control).expect("ends");
-        assert!(flush > first.lsn.0, "{flush}");
-        assert_eq!(sealed, 0, "nothing sealed yet");
+        assert!(flush > first.lsn, "{flush}");
+        assert_eq!(sealed, Lsn(0), "nothing sealed yet");
         assert_eq!(lag_seconds(&root, flush, flush, 0), Some(0.0));
         // The first record past LSN `first` is behind by the time since it was written.
-        let lag = lag_seconds(&root, first.lsn.0, flush, i64::MAX).expect("a record");
+        let lag = lag_seconds(&root, first.lsn, flush, i64::MAX).expect("a record");
         assert!(lag > 0.0, "{lag}");
     }
 }

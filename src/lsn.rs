@@ -21,6 +21,54 @@ impl Lsn {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// `Lsn(0)` stored where a position may be absent (a seal marker of an empty segment, a
+    /// file written before any record): read it as `None`.
+    pub fn from_stored(v: u64) -> Option<Lsn> {
+        (v != 0).then_some(Lsn(v))
+    }
+
+    /// The stored form of an optional position: `None` is 0.
+    pub fn to_stored(lsn: Option<Lsn>) -> u64 {
+        lsn.map_or(0, |l| l.0)
+    }
+
+    /// `len` bytes further on, `None` past the end of the LSN space.
+    pub fn checked_add(self, len: u64) -> Option<Lsn> {
+        self.0.checked_add(len).map(Lsn)
+    }
+
+    /// Bytes from `earlier` to here, 0 when `earlier` is not earlier.
+    pub fn saturating_sub(self, earlier: Lsn) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// Where this position falls inside a segment of `segment_size` bytes.
+    pub fn offset_in_segment(self, segment_size: u64) -> u64 {
+        self.0 % segment_size.max(1)
+    }
+}
+
+/// `len` bytes further on in the stream.
+impl std::ops::Add<u64> for Lsn {
+    type Output = Lsn;
+    fn add(self, len: u64) -> Lsn {
+        Lsn(self.0 + len)
+    }
+}
+
+impl std::ops::AddAssign<u64> for Lsn {
+    fn add_assign(&mut self, len: u64) {
+        self.0 += len;
+    }
+}
+
+/// The number of bytes between two positions (the later minus the earlier).
+impl std::ops::Sub for Lsn {
+    type Output = u64;
+    fn sub(self, earlier: Lsn) -> u64 {
+        self.0 - earlier.0
+    }
 }
 
 impl fmt::Display for Lsn {
@@ -72,6 +120,18 @@ mod tests {
         assert_eq!(Lsn(0).to_string(), "0/00000000");
         assert_eq!(Lsn(0x0100_A3F8).to_string(), "0/0100A3F8");
         assert_eq!(Lsn(0x1_0000_0050).to_string(), "1/00000050");
+    }
+
+    #[test]
+    fn zero_is_stored_none() {
+        assert_eq!(Lsn::from_stored(0), None);
+        assert_eq!(Lsn::from_stored(7), Some(Lsn(7)));
+        assert_eq!(Lsn::to_stored(None), 0);
+        assert_eq!(Lsn::to_stored(Some(Lsn(7))), 7);
+        assert_eq!(Lsn(10) - Lsn(4), 6);
+        assert_eq!(Lsn(4).saturating_sub(Lsn(10)), 0);
+        assert_eq!(Lsn(u64::MAX).checked_add(1), None);
+        assert_eq!(Lsn(70).offset_in_segment(64), 6);
     }
 
     #[test]

@@ -13,12 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::datadir::DataDir;
-use crate::decoder::SegmentScanner;
 use crate::error::{Error, Result};
-use crate::format::{ControlFile, SegmentFileKind};
+use crate::format::ControlFile;
 use crate::fsutil::{fsync_dir, read_json, write_atomic};
+use crate::log_ends::wal_ends;
 use crate::sealed_set::{sealed_files, SealedFile as Sealed};
-use crate::segment_check::check_sealed;
 use crate::{Lsn, Wal};
 
 /// Library options for [`checkpoint`].
@@ -32,14 +31,14 @@ pub struct RetentionOptions {
 /// The checkpoint recorded in `state/retention.json`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct RetentionState {
-    checkpoint_lsn: u64,
+    checkpoint_lsn: Lsn,
 }
 
 /// What one `checkpoint` call did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CheckpointReport {
     /// The checkpoint in force: the highest ever declared.
-    pub checkpoint_lsn: u64,
+    pub checkpoint_lsn: Lsn,
     pub removed: Vec<String>,
     pub removed_bytes: u64,
     pub retained_segments: u64,
@@ -58,7 +57,7 @@ pub struct CheckpointReport {
 pub struct ConsumerRetention {
     pub id: String,
     pub kind: ConsumerKind,
-    pub position: u64,
+    pub position: Lsn,
     pub lost: bool,
     pub address: Option<String>,
     pub last_contact_us: Option<i64>,
@@ -71,7 +70,7 @@ pub struct ConsumerRetention {
 /// Retention at a glance, for `walship status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RetentionReport {
-    pub checkpoint_lsn: u64,
+    pub checkpoint_lsn: Lsn,
     pub sealed_segments: u64,
     pub sealed_bytes: u64,
     pub oldest_segment: Option<String>,
@@ -86,24 +85,21 @@ fn state_path(dir: &DataDir) -> PathBuf {
 
 fn load_state(dir: &DataDir) -> Result<RetentionState> {
     let path = state_path(dir);
-    let invalid = |e| {
-        Error::Other(format!(
-            "{}: not a valid retention state: {e}",
-            path.display()
-        ))
-    };
+    let invalid = |e| Error::corrupt_state(&path, "retention state", e);
     Ok(read_json(&path, invalid)?.unwrap_or_default())
 }
 
 /// The highest checkpoint ever declared for `dir` (0 when none was).
-pub fn checkpoint_lsn(dir: &DataDir) -> Result<u64> {
+pub fn checkpoint_lsn(dir: &DataDir) -> Result<Lsn> {
     Ok(load_state(dir)?.checkpoint_lsn)
 }
 
 /// Why an archiver (not lost, with a recorded archive location) cannot be shown to hold `seg`
 /// in its archive, one entry per such archiver. A segment counts as archived when its object
 /// is in the archive directory under its final name (which only ever appears complete), and an
-/// uncompressed object has the local file's size. An archiver registered without a location
+/// uncompressed object has the local file's size; an `s3://` archive is asked (with the AWS
+/// environment of this process), and one that cannot be reached holds nothing for this purpose.
+/// An archiver registered without a location
 /// (through the library) is trusted by its position alone.
 fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<String> {
     use crate::archive::{object_name, Compression};
@@ -115,6 +111,20 @@ fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<Stri
         let Some(addr) = c.address.as_deref() else {
             continue;
         };
+        if addr.starts_with("s3://") {
+            match crate::archive::s3::holds_segment_blocking(addr, seg.name, seg.size) {
+                Ok(true) => {}
+                Ok(false) => out.push(format!(
+                    "{} is not in the archive {addr} although consumer {} recorded it as archived",
+                    seg.name, c.id
+                )),
+                Err(e) => out.push(format!(
+                    "{}: cannot check that the archive {addr} holds it: {e}",
+                    seg.name
+                )),
+            }
+            continue;
+        }
         let root = std::path::Path::new(addr);
         if !root.is_absolute() {
             out.push(format!(
@@ -141,7 +151,7 @@ fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<Stri
 fn holders(
     seg: &Sealed,
     newest: bool,
-    checkpoint: u64,
+    checkpoint: Lsn,
     consumers: &[ConsumerRecord],
 ) -> Vec<String> {
     let mut out = Vec::new();
@@ -160,42 +170,15 @@ fn holders(
     out
 }
 
-/// The end of the WAL on disk: the end of the newest segment's last record (its seal marker's
-/// LSN when it is sealed), 0 when there is no record. Reads the newest segments only.
-pub fn end_of_wal(dir: &DataDir, control: &ControlFile) -> Result<Lsn> {
-    let names = dir.list_segments()?;
-    for name in names.iter().rev() {
-        let path = dir.segment_path(name);
-        match name.kind {
-            SegmentFileKind::Sealed => {
-                return Ok(Lsn(check_sealed(&path, name, control)?.end_lsn));
-            }
-            SegmentFileKind::Open => {
-                let bytes = crate::reader::read_segment(&path)?;
-                // An open segment whose header was never written holds no record yet.
-                let Ok(mut scan) = SegmentScanner::new(&bytes) else {
-                    continue;
-                };
-                let end = scan.by_ref().map(|r| r.end_lsn()).last();
-                if let Some(end) = end {
-                    return Ok(Lsn(end));
-                }
-            }
-            SegmentFileKind::Partial | SegmentFileKind::Prepared => {}
-        }
-    }
-    Ok(Lsn(0))
-}
-
 /// Declares WAL below `lsn` no longer needed by the application and removes the sealed segments
 /// that every consumer not marked lost is past as well. Runs beside a writer and consumers in
 /// other processes: it takes no lock and removes only sealed files. A checkpoint past the end
-/// of the WAL on disk ([`end_of_wal`]) is refused: it could never be lowered again, and would
+/// of the WAL on disk (the flush end of [`wal_ends`]) is refused: it could never be lowered again, and would
 /// let retention remove segments the application still needs.
 pub fn checkpoint(dir: &DataDir, lsn: Lsn, opts: &RetentionOptions) -> Result<CheckpointReport> {
     let control = dir.read_control()?;
     if lsn.0 > 0 {
-        let end = end_of_wal(dir, &control)?;
+        let (end, _) = wal_ends(dir, &control)?;
         refuse_past(lsn, end, "the end of the WAL on disk")?;
     }
     checkpoint_checked(dir, &control, lsn, opts)
@@ -218,8 +201,8 @@ fn checkpoint_checked(
     opts: &RetentionOptions,
 ) -> Result<CheckpointReport> {
     let mut state = load_state(dir)?;
-    if lsn.0 > state.checkpoint_lsn {
-        state.checkpoint_lsn = lsn.0;
+    if lsn > state.checkpoint_lsn {
+        state.checkpoint_lsn = lsn;
         let bytes = serde_json::to_vec_pretty(&state)
             .map_err(|e| Error::Other(format!("encode retention state: {e}")))?;
         write_atomic(&state_path(dir), &bytes)?;
@@ -238,7 +221,7 @@ fn checkpoint_checked(
         ..CheckpointReport::default()
     };
     if let Some(cap) = opts.max_retained {
-        let held = |pos: u64| -> u64 {
+        let held = |pos: Lsn| -> u64 {
             removable_by_checkpoint
                 .iter()
                 .filter(|s| s.end > pos)
@@ -265,7 +248,7 @@ fn checkpoint_checked(
             tracing::error!(
                 consumer = %fresh.id,
                 kind = ?fresh.kind,
-                position = %Lsn(fresh.position),
+                position = %fresh.position,
                 holding_bytes = holding,
                 cap_bytes = cap,
                 "consumer marked LOST: it would hold more WAL than the retention cap; it no longer holds WAL back and must be rebuilt (a standby re-cloned, an archive restarted)"
@@ -279,7 +262,7 @@ fn checkpoint_checked(
         .filter(|c| !c.lost)
         .map(|c| c.position)
         .min()
-        .unwrap_or(u64::MAX);
+        .unwrap_or(Lsn(u64::MAX));
     let mut removed_any = false;
     for s in removable_by_checkpoint
         .iter()
@@ -308,7 +291,7 @@ fn checkpoint_checked(
         tracing::info!(
             removed = report.removed.len(),
             bytes = report.removed_bytes,
-            checkpoint = %Lsn(ckpt),
+            checkpoint = %ckpt,
             "removed sealed segments below the checkpoint"
         );
     }

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::format::record::SEAL_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::segment_check::check_sealed;
+use crate::Lsn;
 
 /// A sealed segment file as listed.
 #[derive(Clone, Debug)]
@@ -18,7 +19,7 @@ pub struct SealedFile {
     pub name: SegmentName,
     pub path: PathBuf,
     /// LSN of its seal marker: the end of its last record.
-    pub end: u64,
+    pub end: Lsn,
     pub size: u64,
 }
 
@@ -55,7 +56,7 @@ pub fn sealed_files(dir: &DataDir, segment_size: u64) -> Result<Vec<SealedFile>>
 pub struct SealedSet {
     pub by_no: BTreeMap<u64, SegmentName>,
     /// End of the last record of the newest sealed segment (0 when there is none).
-    pub sealed_lsn: u64,
+    pub sealed_lsn: Lsn,
 }
 
 impl SealedSet {
@@ -92,19 +93,19 @@ pub fn newest_sealed_end(
     dd: &DataDir,
     names: &[SegmentName],
     control: &ControlFile,
-) -> Result<u64> {
+) -> Result<Lsn> {
     match names
         .iter()
         .rev()
         .find(|n| n.kind == SegmentFileKind::Sealed)
     {
         Some(newest) => sealed_end(dd, newest, control),
-        None => Ok(0),
+        None => Ok(Lsn::ZERO),
     }
 }
 
 /// Where the sealed segment `name` ends, once its header and seal marker are checked.
-fn sealed_end(dd: &DataDir, name: &SegmentName, control: &ControlFile) -> Result<u64> {
+fn sealed_end(dd: &DataDir, name: &SegmentName, control: &ControlFile) -> Result<Lsn> {
     Ok(check_sealed(&dd.segment_path(name), name, control)?.end_lsn)
 }
 
@@ -136,15 +137,15 @@ mod tests {
             (5, SegmentFileKind::Open, 4096),
         ]);
         let files = sealed_files(&dd, SIZE).expect("list");
-        let got: Vec<(u64, u64, u64)> = files
+        let got: Vec<(u64, u64, Lsn)> = files
             .iter()
             .map(|f| (f.name.segment_no.0, f.size, f.end))
             .collect();
         assert_eq!(
             got,
             vec![
-                (3, 4096, 3 * SIZE + 4096 - SEAL_LEN as u64),
-                (4, 100, 4 * SIZE + 100 - SEAL_LEN as u64),
+                (3, 4096, Lsn(3 * SIZE + 4096 - SEAL_LEN as u64)),
+                (4, 100, Lsn(4 * SIZE + 100 - SEAL_LEN as u64)),
             ]
         );
     }
@@ -160,14 +161,14 @@ mod tests {
         // Same newest segment as before: its end is taken from the previous scan, unread.
         let previous = SealedSet {
             by_no: BTreeMap::new(),
-            sealed_lsn: 77,
+            sealed_lsn: Lsn(77),
         };
         let mut known = previous.clone();
         known
             .by_no
             .insert(4, SegmentName::new(1, 4, SegmentFileKind::Sealed));
         let set = scan_sealed(&dd, &control, &known).expect("rescan");
-        assert_eq!(set.sealed_lsn, 77);
+        assert_eq!(set.sealed_lsn, Lsn(77));
         assert_eq!((set.oldest(), set.newest()), (Some(3), Some(4)));
         // A new newest segment is checked: garbage is refused.
         assert!(scan_sealed(&dd, &control, &previous).is_err());
@@ -175,7 +176,7 @@ mod tests {
         assert!(newest_sealed_end(&dd, &names, &control).is_err());
         assert_eq!(
             newest_sealed_end(&dd, &names[2..], &control).expect("none"),
-            0
+            Lsn(0)
         );
     }
 }

@@ -26,15 +26,15 @@ pub struct SealedSegment {
     pub header: SegmentHeader,
     pub seal: SealInfo,
     /// LSN where the seal marker sits: the end of the segment's last record.
-    pub end_lsn: u64,
+    pub end_lsn: Lsn,
 }
 
 /// A damage error located in `path` at `offset`, whose LSN is `lsn`.
-pub(crate) fn corrupt(path: &Path, offset: usize, lsn: u64, reason: impl Into<String>) -> Error {
+pub(crate) fn corrupt(path: &Path, offset: usize, lsn: Lsn, reason: impl Into<String>) -> Error {
     Error::Corrupt {
         file: path.to_path_buf(),
         offset: offset as u64,
-        lsn: Lsn(lsn),
+        lsn,
         reason: reason.into(),
     }
 }
@@ -156,7 +156,7 @@ pub struct CheckedSegment {
 
 impl CheckedSegment {
     /// The LSN of the seal marker (the end of the segment's last record).
-    pub fn seal_lsn(&self) -> u64 {
+    pub fn seal_lsn(&self) -> Lsn {
         self.header.start_lsn() + self.seal_offset as u64
     }
 
@@ -261,10 +261,12 @@ mod tests {
 
     fn control() -> ControlFile {
         ControlFile {
-            format_version: SEGMENT_FORMAT_VERSION,
-            timeline: 1,
-            system_id: uuid::Uuid::nil(),
-            segment_size: SIZE,
+            identity: crate::format::SystemIdentity {
+                format_version: SEGMENT_FORMAT_VERSION,
+                timeline: 1,
+                system_id: uuid::Uuid::nil(),
+                segment_size: SIZE,
+            },
             created_us: 0,
         }
     }
@@ -295,7 +297,7 @@ mod tests {
         let seal_offset = b.len() - SEAL_LEN;
         assert_eq!(c.seal_offset, seal_offset);
         assert_eq!(c.seal.record_count, 3);
-        assert_eq!(c.seal_lsn(), 2 * SIZE + seal_offset as u64);
+        assert_eq!(c.seal_lsn(), Lsn(2 * SIZE + seal_offset as u64));
         assert_eq!(c.last_timestamp_us, Some(2));
         assert_eq!(c.cut, None);
         let s = c.sealed(&name(2).with_kind(SegmentFileKind::Open));
@@ -361,7 +363,7 @@ mod tests {
     fn sealed_end_accepts_only_a_final_marker() {
         let seal = SealInfo {
             record_count: 0,
-            last_lsn: 0,
+            last_lsn: None,
             segment_checksum: 7,
         };
         let end = |trailing| ScanEnd::Sealed {

@@ -287,7 +287,7 @@ pub struct ActiveSegment {
     /// Private: every sync of it goes through [`ActiveSegment::synced`].
     file: File,
     map: Arc<MmapRaw>,
-    pub start_lsn: u64,
+    pub start_lsn: crate::Lsn,
     /// Held for each sync of this file; holds the first failure (see [`ActiveSegment::synced`]).
     sync_failure: Mutex<Option<SyncFailure>>,
 }
@@ -326,7 +326,7 @@ impl ActiveSegment {
             return Err(crate::Error::Corrupt {
                 file: path,
                 offset: len,
-                lsn: crate::Lsn(name.segment_no.start_lsn_saturating(size)),
+                lsn: name.segment_no.start_lsn_saturating(size),
                 reason: format!("open segment is {len} bytes, expected the segment size {size}"),
             });
         }

@@ -11,6 +11,7 @@ use crate::datadir::DataDir;
 use crate::error::Result;
 pub use crate::log_ends::{lag_seconds, wal_ends};
 use crate::replication::standby_state;
+use crate::Lsn;
 
 /// A standby counts as connected when its slot was refreshed this recently (the shipper
 /// refreshes a connected standby's slot about every second).
@@ -29,8 +30,8 @@ pub struct StandbySlot {
     pub id: String,
     pub address: Option<String>,
     pub connected: bool,
-    pub flushed_lsn: u64,
-    pub applied_lsn: u64,
+    pub flushed_lsn: Lsn,
+    pub applied_lsn: Lsn,
     /// This directory's flush_lsn minus the standby's applied_lsn.
     pub lag_bytes: u64,
     /// How long ago the oldest record the standby has not applied was written (0 when caught
@@ -50,12 +51,12 @@ pub struct DirStatus {
     pub timeline: u32,
     pub segment_size: u64,
     /// End of the last valid record in this directory's files (sealed and open).
-    pub flush_lsn: u64,
+    pub flush_lsn: Lsn,
     /// End of the last record in a sealed segment.
-    pub sealed_lsn: u64,
+    pub sealed_lsn: Lsn,
     /// A standby's applied position (0 before its first apply).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub applied_lsn: Option<u64>,
+    pub applied_lsn: Option<Lsn>,
     /// A standby's primary address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
@@ -85,7 +86,7 @@ pub fn status(root: &Path) -> Result<DirStatus> {
         if rec.kind != ConsumerKind::Standby {
             continue;
         }
-        let applied = rec.applied_lsn.unwrap_or(0);
+        let applied = rec.applied_lsn.unwrap_or(Lsn(0));
         let lag_bytes = flush_lsn.saturating_sub(applied);
         standbys.push(StandbySlot {
             connected: rec

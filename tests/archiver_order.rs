@@ -85,7 +85,7 @@ fn registered_position(data: &DataDir) -> u64 {
     ConsumerRegistry::new(data)
         .get(ARCHIVER_ID)
         .unwrap()
-        .map_or(0, |r| r.position)
+        .map_or(0, |r| r.position.0)
 }
 
 /// A data directory with `n` sealed segments and no writer; returns the seal LSN of each.
@@ -131,7 +131,7 @@ async fn segments_go_oldest_first_and_the_position_moves_only_after_each_put() {
         .collect();
     assert_eq!(rec.take_puts(), want);
     assert_eq!((sum.archived, sum.already_archived), (4, 0));
-    assert_eq!(sum.position, ends[3]);
+    assert_eq!(sum.position, walship::Lsn(ends[3]));
     assert_eq!(a.position().0, ends[3]);
     assert_eq!(registered_position(&DataDir::new(&data)), ends[3]);
 
@@ -139,7 +139,7 @@ async fn segments_go_oldest_first_and_the_position_moves_only_after_each_put() {
     let mut b = archiver(&data, &rec).await;
     let sum = b.push_pending().await.unwrap();
     assert_eq!((sum.archived, sum.already_archived), (0, 0));
-    assert_eq!(sum.position, ends[3]);
+    assert_eq!(sum.position, walship::Lsn(ends[3]));
     assert!(rec.take_puts().is_empty());
 }
 
@@ -168,7 +168,7 @@ async fn a_failed_put_keeps_the_position_before_it_and_the_next_pass_resumes_the
         rec.take_puts(),
         vec![(object(2), ends[1]), (object(3), ends[2])]
     );
-    assert_eq!((sum.archived, sum.position), (2, ends[3]));
+    assert_eq!((sum.archived, sum.position), (2, walship::Lsn(ends[3])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

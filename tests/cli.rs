@@ -487,7 +487,15 @@ fn torn_tail_in_the_open_segment_is_a_note_not_damage() {
     let path = wal_file(&d, 0, false);
     let mut b = std::fs::read(&path).expect("read");
     let mut rec = vec![0u8; 56];
-    walship::format::record::encode_record(&mut rec, end as u64, 0, 1, None, 1, b"interrupted");
+    walship::format::record::encode_record(
+        &mut rec,
+        walship::Lsn(end as u64),
+        0,
+        1,
+        None,
+        1,
+        b"interrupted",
+    );
     b[end..end + 28].copy_from_slice(&rec[..28]);
     std::fs::write(&path, &b).expect("write");
     let o = run(&["dump", p(&d)], b"");
@@ -1385,5 +1393,32 @@ fn segment_numbers_past_the_end_of_the_lsn_space_are_refused_by_every_command() 
                 }
             }
         }
+    }
+}
+
+#[test]
+fn a_corrupt_state_file_is_damage_with_one_message_wherever_it_is_read() {
+    // Each state file `status` reads, made unreadable in turn: the same error (naming the file
+    // and what it should hold) and exit code 1, as damage; the file is left as it was.
+    for (rel, what) in [
+        ("state/retention.json", "retention state"),
+        ("state/consumers/archiver.json", "consumer record"),
+        ("state/damage/shipper--x.json", "damage entry"),
+    ] {
+        let t = tempfile::tempdir().expect("tempdir");
+        let d = t.path().join("data");
+        let o = run(&["init", p(&d), "--segment-size", "64KiB"], b"");
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let file = d.join(rel);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, b"{").expect("write");
+        let o = run(&["status", p(&d)], b"");
+        assert_eq!(code(&o), 1, "{rel}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("{}: not a valid {what}: ", file.display())),
+            "{rel}: {err}"
+        );
+        assert_eq!(std::fs::read(&file).expect("read"), b"{", "{rel}");
     }
 }

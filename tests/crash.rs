@@ -209,7 +209,15 @@ fn damage(path: &Path, seg_start: u64, from: usize, loss: Loss, rng: &mut StdRng
             b[from..].fill(0);
             let payload = vec![b'h'; rng.gen_range(8..200)];
             let mut rec = vec![0u8; encoded_len(payload.len())];
-            encode_record(&mut rec, seg_start + from as u64, 0, 1, None, 1, &payload);
+            encode_record(
+                &mut rec,
+                walship::Lsn(seg_start + from as u64),
+                0,
+                1,
+                None,
+                1,
+                &payload,
+            );
             let half = (rec.len() / 2).min(b.len() - from);
             b[from..from + half].copy_from_slice(&rec[..half]);
         }

@@ -688,7 +688,7 @@ mod replication {
                     .await
                     .expect("standby");
                 wait_for("the standby to apply the first segments", || {
-                    standby.state().applied_lsn == first
+                    standby.state().applied_lsn == walship::Lsn(first)
                 })
                 .await;
                 let stored = sealed_files(&sdir);
@@ -710,14 +710,14 @@ mod replication {
                 let st = standby.state();
                 assert_eq!(
                     (st.flushed_lsn, st.applied_lsn),
-                    (first, first),
+                    (walship::Lsn(first), walship::Lsn(first)),
                     "{point}: {error}"
                 );
                 assert_eq!(sealed_files(&sdir), stored, "{point}");
                 let id = standby.standby_id().to_string();
                 for s in shipper.standbys().iter().filter(|s| s.id == id) {
                     assert!(
-                        s.flushed_lsn <= first,
+                        s.flushed_lsn <= walship::Lsn(first),
                         "{point}: the primary heard {} flushed",
                         s.flushed_lsn
                     );
@@ -726,7 +726,7 @@ mod replication {
                 fail::remove(point);
                 wait_for("the standby to converge after the fault", || {
                     let st = standby.state();
-                    st.flushed_lsn == second && st.applied_lsn == second
+                    st.flushed_lsn == walship::Lsn(second) && st.applied_lsn == walship::Lsn(second)
                 })
                 .await;
                 standby
@@ -792,7 +792,7 @@ mod archive {
                 ))
                 .expect("archiver");
             let s = rt.block_on(archiver.push_pending()).expect("first push");
-            assert_eq!(s.position, first);
+            assert_eq!(s.position, walship::Lsn(first));
             let before = files(&adir);
 
             let second = append_sealed(&wal, "second", &mut acked);
@@ -812,7 +812,7 @@ mod archive {
             // A rerun, the fault gone, completes; the archive restores to the primary's end.
             fail::remove(point);
             let s = rt.block_on(archiver.push_pending()).expect("rerun");
-            assert_eq!(s.position, second, "{point}");
+            assert_eq!(s.position, walship::Lsn(second), "{point}");
             drop(wal);
             let restored = t.path().join("restored");
             let out = super::common::run(

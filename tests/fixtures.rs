@@ -57,10 +57,12 @@ fn open_records() -> Vec<Spec> {
 
 fn control() -> ControlFile {
     ControlFile {
-        format_version: FORMAT_VERSION,
-        timeline: 1,
-        system_id: Uuid::from_u128(SYSTEM),
-        segment_size: SEG,
+        identity: walship::format::SystemIdentity {
+            format_version: FORMAT_VERSION,
+            timeline: 1,
+            system_id: Uuid::from_u128(SYSTEM),
+            segment_size: SEG,
+        },
         created_us: T0,
     }
 }
@@ -118,12 +120,12 @@ fn golden() -> Vec<(String, Vec<u8>)> {
     let (mut sealed, end) = segment(&header(0, SYSTEM, None), &recs);
     let seal = SealInfo {
         record_count: recs.len() as u64,
-        last_lsn: 224,
+        last_lsn: Some(walship::Lsn(224)),
         segment_checksum: crc32fast::hash(&sealed[..end]),
     };
     encode_seal(
         &mut sealed[end..end + SEAL_LEN],
-        end as u64,
+        walship::Lsn(end as u64),
         0,
         T0 + 10,
         &seal,
@@ -138,7 +140,7 @@ fn golden() -> Vec<(String, Vec<u8>)> {
     let mut half = vec![0u8; encoded_len(4)];
     encode_record(
         &mut half,
-        SEG + open_end as u64,
+        walship::Lsn(SEG + open_end as u64),
         0,
         EntryType::Insert.code(),
         None,
@@ -171,12 +173,12 @@ fn golden_v2() -> Vec<(String, Vec<u8>)> {
     let (mut sealed, end) = segment(&header_v(2, 0, SYSTEM, None), &recs);
     let seal = SealInfo {
         record_count: recs.len() as u64,
-        last_lsn: 224,
+        last_lsn: Some(walship::Lsn(224)),
         segment_checksum: crc32fast::hash(&sealed[..end]),
     };
     encode_seal(
         &mut sealed[end..end + SEAL_LEN],
-        end as u64,
+        walship::Lsn(end as u64),
         128,
         T0 + 10,
         &seal,
@@ -195,7 +197,7 @@ fn golden_v2() -> Vec<(String, Vec<u8>)> {
             let len = encoded_len(p.len());
             encode_record(
                 &mut b[off..off + len],
-                SEG + off as u64,
+                walship::Lsn(SEG + off as u64),
                 durable,
                 EntryType::Insert.code(),
                 None,
@@ -342,7 +344,7 @@ fn good_files_read_back_exactly() {
     assert!(v.ok, "{:?}", v.errors);
     assert_eq!(
         (v.segments, v.records, v.first_lsn, v.end_lsn),
-        (2, 6, Some(80), 65808)
+        (2, 6, Some(walship::Lsn(80)), walship::Lsn(65808))
     );
     assert!(v.notes.is_empty(), "{:?}", v.notes);
 
@@ -423,7 +425,10 @@ fn flipped_bit_in_a_sealed_segment_is_found() {
     let v = verify_path(&d).expect("verify");
     assert!(!v.ok);
     let e = &v.errors[0];
-    assert_eq!((e.segment.as_str(), e.offset, e.lsn), (SEALED, 168, 168));
+    assert_eq!(
+        (e.segment.as_str(), e.offset, e.lsn),
+        (SEALED, 168, walship::Lsn(168))
+    );
     assert!(
         e.reason.contains("record checksum mismatch"),
         "{}",
@@ -440,7 +445,10 @@ fn foreign_segment_is_refused() {
     assert!(!v.ok);
     assert_eq!(v.errors.len(), 1, "{:?}", v.errors);
     let e = &v.errors[0];
-    assert_eq!((e.segment.as_str(), e.offset, e.lsn), (OPEN, 0, SEG));
+    assert_eq!(
+        (e.segment.as_str(), e.offset, e.lsn),
+        (OPEN, 0, walship::Lsn(SEG))
+    );
     assert!(
         e.reason.contains(&Uuid::from_u128(FOREIGN).to_string()),
         "{}",
@@ -461,7 +469,10 @@ fn truncated_seal_is_damage() {
     let v = verify_path(&d).expect("verify");
     assert!(!v.ok);
     let e = &v.errors[0];
-    assert_eq!((e.segment.as_str(), e.offset, e.lsn), (SEALED, 264, 264));
+    assert_eq!(
+        (e.segment.as_str(), e.offset, e.lsn),
+        (SEALED, 264, walship::Lsn(264))
+    );
     assert!(
         e.reason
             .contains("record truncated: needs 64 bytes, 44 remain"),
@@ -566,7 +577,10 @@ fn version_2_bytes_lost_behind_a_later_durable_position_are_damage() {
     assert!(e.to_string().contains("durable up to offset 312"), "{e}");
     let v = verify_path(&d).expect("verify");
     assert!(!v.ok);
-    assert_eq!((v.errors[0].offset, v.errors[0].lsn), (272, SEG + 272));
+    assert_eq!(
+        (v.errors[0].offset, v.errors[0].lsn),
+        (272, walship::Lsn(SEG + 272))
+    );
     let before = std::fs::read(d.join("wal").join(OPEN)).expect("read");
     let e = Wal::open(&d, WalOptions::default()).err().expect("refused");
     assert!(
@@ -583,10 +597,12 @@ fn version_2_bytes_lost_behind_a_later_durable_position_are_damage() {
 /// (no first segment) is still read, version 2 is what walship writes.
 fn archive_identities() -> Vec<(String, walship::archive::ArchiveIdentity)> {
     let v1 = walship::archive::ArchiveIdentity {
-        system_id: Uuid::from_u128(SYSTEM),
-        timeline: 1,
-        segment_size: SEG,
-        format_version: 1,
+        system: walship::format::SystemIdentity {
+            system_id: Uuid::from_u128(SYSTEM),
+            timeline: 1,
+            segment_size: SEG,
+            format_version: 1,
+        },
         first_segment: None,
     };
     let v2 = walship::archive::ArchiveIdentity {

@@ -47,11 +47,11 @@ proptest! {
         // The durable offset can be anything up to the record's own offset in its segment.
         let own = lsn % buf.len() as u64;
         let durable = (u64::from(durable_seed) % (own + 1)) as u32;
-        let crc = encode_record(&mut buf[lead * 8..], lsn, durable, t.code(), tx, ts, &payload);
-        match decode_at(&buf, lead * 8, lsn, buf.len()) {
+        let crc = encode_record(&mut buf[lead * 8..], walship::Lsn(lsn), durable, t.code(), tx, ts, &payload);
+        match decode_at(&buf, lead * 8, walship::Lsn(lsn), buf.len()) {
             Ok(Decoded::Record(r)) => {
-                prop_assert_eq!(r.lsn(), lsn);
-                prop_assert_eq!(r.end_lsn(), lsn + len as u64);
+                prop_assert_eq!(r.lsn().0, lsn);
+                prop_assert_eq!(r.end_lsn().0, lsn + len as u64);
                 prop_assert_eq!(r.entry_type, t);
                 prop_assert_eq!(r.header.tx_id, tx);
                 prop_assert_eq!(r.header.timestamp_us, ts);
@@ -63,7 +63,7 @@ proptest! {
         }
         prop_assert!(buf[lead * 8 + 40 + payload.len()..].iter().all(|&b| b == 0));
         // The same bytes at any other position are not a record.
-        prop_assert!(decode_at(&buf, lead * 8, lsn + 8, buf.len()).is_err());
+        prop_assert!(decode_at(&buf, lead * 8, walship::Lsn(lsn + 8), buf.len()).is_err());
     }
 
     #[test]
@@ -87,7 +87,7 @@ proptest! {
         let b = h.encode();
         prop_assert_eq!(b.len(), SEGMENT_HEADER_LEN);
         prop_assert_eq!(SegmentHeader::decode(&b), Ok(h));
-        prop_assert_eq!(h.start_lsn(), no * size);
+        prop_assert_eq!(h.start_lsn().0, no * size);
     }
 
     #[test]
@@ -99,10 +99,12 @@ proptest! {
         flip in 0usize..CONTROL_LEN * 8,
     ) {
         let c = ControlFile {
-            format_version: FORMAT_VERSION,
-            timeline: tl,
-            system_id: Uuid::from_u128(id),
-            segment_size: size,
+            identity: walship::format::SystemIdentity {
+                format_version: FORMAT_VERSION,
+                timeline: tl,
+                system_id: Uuid::from_u128(id),
+                segment_size: size,
+            },
             created_us: created,
         };
         let b = c.encode();
@@ -220,7 +222,7 @@ fn scan_prefix(bytes: &[u8], truth: &[WalRecord]) -> Result<Option<ScanEnd>, Tes
         prop_assert!(
             same(
                 &truth[i],
-                r.lsn(),
+                r.lsn().0,
                 r.entry_type,
                 r.header.tx_id,
                 r.header.timestamp_us,
@@ -354,7 +356,7 @@ fn decoder_survives_arbitrary_bytes() {
                 any::<u64>(),
             ),
             |(bytes, off, lsn)| {
-                let _ = decode_at(&bytes, off, lsn & !7, 1 << 16);
+                let _ = decode_at(&bytes, off, walship::Lsn(lsn & !7), 1 << 16);
                 Ok(())
             },
         )
@@ -394,21 +396,14 @@ fn sealed_image(records: &[(EntryType, Option<u64>, i64, Vec<u8>)]) -> Vec<u8> {
         created_us: 1,
     };
     let mut b = header.encode().to_vec();
-    let mut last_lsn = 0;
+    let mut last_lsn = None;
     for (t, tx, ts, payload) in records {
         let off = b.len();
-        last_lsn = header.start_lsn() + off as u64;
+        let lsn = header.start_lsn() + off as u64;
+        last_lsn = Some(lsn);
         b.resize(off + encoded_len(payload.len()), 0);
         let durable = (off - SEGMENT_HEADER_LEN) as u32 & !7;
-        encode_record(
-            &mut b[off..],
-            last_lsn,
-            durable,
-            t.code(),
-            *tx,
-            *ts,
-            payload,
-        );
+        encode_record(&mut b[off..], lsn, durable, t.code(), *tx, *ts, payload);
     }
     let off = b.len();
     let seal = SealInfo {

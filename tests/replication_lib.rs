@@ -22,7 +22,7 @@ impl Applicator for Recording {
         self.0
             .lock()
             .unwrap()
-            .push((r.lsn(), r.end_lsn(), r.payload.to_vec()));
+            .push((r.lsn().0, r.end_lsn().0, r.payload.to_vec()));
         Ok(())
     }
 }
@@ -66,11 +66,11 @@ async fn shipper_and_standby_library_api() {
     assert!(standby.is_running());
     let flush = wal.flush_lsn().0;
     wait_for("the standby to apply everything", || {
-        standby.state().applied_lsn == flush
+        standby.state().applied_lsn == walship::Lsn(flush)
     })
     .await;
     let st = standby.state();
-    assert_eq!(st.flushed_lsn, flush);
+    assert_eq!(st.flushed_lsn, walship::Lsn(flush));
     assert_eq!(st.phase, StandbyPhase::Streaming);
     assert_eq!(st.standby_id, standby.standby_id().to_string());
 
@@ -80,7 +80,7 @@ async fn shipper_and_standby_library_api() {
         shipper
             .standbys()
             .iter()
-            .any(|s| s.id == id && s.applied_lsn == flush && s.connected)
+            .any(|s| s.id == id && s.applied_lsn == walship::Lsn(flush) && s.connected)
     })
     .await;
     let lag = shipper.lag().unwrap();
@@ -100,7 +100,7 @@ async fn shipper_and_standby_library_api() {
     append(&wal, 2000, 700);
     let flush2 = wal.flush_lsn().0;
     wait_for("the standby to apply the new segments", || {
-        standby.state().applied_lsn == flush2
+        standby.state().applied_lsn == walship::Lsn(flush2)
     })
     .await;
     assert_eq!(rec.0.lock().unwrap().len(), 2700);
@@ -116,8 +116,10 @@ async fn shipper_and_standby_library_api() {
         };
         match e {
             ShipperEvent::Connected { id: i, .. } => saw.0 |= i == id,
-            ShipperEvent::Shipped { end_lsn, .. } => saw.1 |= end_lsn == flush2,
-            ShipperEvent::Acknowledged { applied_lsn, .. } => saw.2 |= applied_lsn == flush2,
+            ShipperEvent::Shipped { end_lsn, .. } => saw.1 |= end_lsn == walship::Lsn(flush2),
+            ShipperEvent::Acknowledged { applied_lsn, .. } => {
+                saw.2 |= applied_lsn == walship::Lsn(flush2)
+            }
             ShipperEvent::Disconnected { .. } => {}
             ShipperEvent::Damaged { entry, .. } => panic!("no damage here, yet: {entry}"),
         }
@@ -146,10 +148,13 @@ async fn shipper_and_standby_library_api() {
     let dd = DataDir::new(&sdir);
     let _lock = dd.lock().unwrap();
     let s = walship::status::status(&sdir).unwrap();
-    assert_eq!((s.flush_lsn, s.applied_lsn), (flush2, Some(flush2)));
+    assert_eq!(
+        (s.flush_lsn.0, s.applied_lsn.map(|l| l.0)),
+        (flush2, Some(flush2))
+    );
     let p = walship::status::status(&pdir).unwrap();
-    assert_eq!(p.flush_lsn, flush2);
+    assert_eq!(p.flush_lsn, walship::Lsn(flush2));
     assert_eq!(p.standbys.len(), 1);
-    assert_eq!(p.standbys[0].applied_lsn, flush2);
+    assert_eq!(p.standbys[0].applied_lsn, walship::Lsn(flush2));
     assert_eq!(p.standbys[0].id, id);
 }

@@ -326,8 +326,8 @@ fn handshake(
             segment_size: 0,
             next_segment,
             prev_checksum,
-            flushed_lsn,
-            applied_lsn: 0,
+            flushed_lsn: walship::Lsn(flushed_lsn),
+            applied_lsn: walship::Lsn(0),
             max_frame: 8 << 20,
         },
     );
@@ -393,8 +393,8 @@ fn a_handshake_without_a_status_makes_no_slot_and_a_status_past_what_was_shipped
         send(
             &mut s,
             &Message::Status {
-                flushed_lsn: end,
-                applied_lsn: 0,
+                flushed_lsn: walship::Lsn(end),
+                applied_lsn: walship::Lsn(0),
                 now_us: 0,
             },
         );
@@ -427,8 +427,8 @@ fn a_handshake_without_a_status_makes_no_slot_and_a_status_past_what_was_shipped
         send(
             &mut s,
             &Message::Status {
-                flushed_lsn: claim,
-                applied_lsn: 0,
+                flushed_lsn: walship::Lsn(claim),
+                applied_lsn: walship::Lsn(0),
                 now_us: 0,
             },
         );
@@ -466,8 +466,8 @@ fn slot_saves_racing_with_a_lost_mark_never_tear_the_file_nor_clear_the_mark() {
     let rec = |pos: u64| ConsumerRecord {
         id: "s1".into(),
         kind: ConsumerKind::Standby,
-        position: pos,
-        applied_lsn: Some(pos),
+        position: walship::Lsn(pos),
+        applied_lsn: Some(walship::Lsn(pos)),
         address: Some("127.0.0.1:1".repeat(pos as usize % 50 + 1)),
         last_contact_us: Some(1),
         lost: false,
@@ -1161,7 +1161,7 @@ fn fake_primary_sending_a_damaged_segment(
                 system_id: *control.system_id.as_bytes(),
                 timeline: control.timeline,
                 segment_size: control.segment_size,
-                sealed_lsn: 0,
+                sealed_lsn: walship::Lsn(0),
             },
         );
         send(

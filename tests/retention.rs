@@ -99,9 +99,9 @@ proptest! {
                     let flushed = wal.sync().unwrap().0;
                     let mut c = reg.get(ids[who]).unwrap().unwrap();
                     let ends: Vec<u64> = recs.iter().map(|r| r.1)
-                        .filter(|&e| e >= c.position && e <= flushed).collect();
+                        .filter(|&e| e >= c.position.0 && e <= flushed).collect();
                     if !ends.is_empty() {
-                        c.position = ends[((ends.len() - 1) as f64 * frac) as usize];
+                        c.position = Lsn(ends[((ends.len() - 1) as f64 * frac) as usize]);
                         reg.save(&c).unwrap();
                     }
                 }
@@ -115,7 +115,7 @@ proptest! {
                     let consumers_before = reg.list().unwrap();
                     let opts = RetentionOptions { max_retained: cap.map(|c| c as u64 * SEG) };
                     let r = wal.checkpoint(Lsn(lsn), &opts).unwrap();
-                    prop_assert_eq!(r.checkpoint_lsn, ckpt);
+                    prop_assert_eq!(r.checkpoint_lsn.0, ckpt);
                     let after = sealed(&root);
                     let consumers = reg.list().unwrap();
                     // Only the cap may mark a consumer lost, and only those it names.
@@ -126,7 +126,7 @@ proptest! {
                         }
                     }
                     let floor = consumers.iter().filter(|c| !c.lost)
-                        .map(|c| c.position).min().unwrap_or(u64::MAX);
+                        .map(|c| c.position.0).min().unwrap_or(u64::MAX);
                     let newest = before.last().copied();
                     for s in &before {
                         let needed = s.1 > floor || s.1 > ckpt || Some(*s) == newest;
@@ -139,8 +139,8 @@ proptest! {
                     let flushed = wal.flush_lsn().0;
                     for c in consumers.iter().filter(|c| !c.lost) {
                         let want: Vec<u64> = recs.iter().map(|r| r.0)
-                            .filter(|&l| l >= c.position && l < flushed).collect();
-                        let got: Vec<u64> = readable_from(&root, c.position).into_iter()
+                            .filter(|&l| l >= c.position.0 && l < flushed).collect();
+                        let got: Vec<u64> = readable_from(&root, c.position.0).into_iter()
                             .filter(|&l| l < flushed).collect();
                         prop_assert_eq!(got, want, "consumer {}", c.id);
                     }
@@ -360,7 +360,7 @@ fn a_checkpoint_past_the_end_of_the_wal_is_refused_and_changes_nothing() {
     let r = wal
         .checkpoint(flushed, &RetentionOptions::default())
         .unwrap();
-    assert_eq!(r.checkpoint_lsn, flushed.0);
+    assert_eq!(r.checkpoint_lsn, flushed);
     let end = wal.sync().unwrap();
     drop(wal);
 

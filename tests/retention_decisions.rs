@@ -42,7 +42,7 @@ fn a_checkpoint_removes_exactly_the_segments_that_end_at_or_below_it() {
     // At segment 1's end: segments 0 and 1 go, in order.
     let r = wal.checkpoint(Lsn(ends[1]), &NO_CAP).unwrap();
     assert_eq!(r.removed, names[..2].to_vec());
-    assert_eq!(r.checkpoint_lsn, ends[1]);
+    assert_eq!(r.checkpoint_lsn, walship::Lsn(ends[1]));
     assert_eq!(r.retained_segments, 2);
     assert_eq!(on_disk(&root, &names), names[2..].to_vec());
 
@@ -80,10 +80,10 @@ fn a_checkpoint_never_moves_back() {
     let (wal, _names, ends) = sealed_store(&root, 3);
     wal.checkpoint(Lsn(ends[1]), &NO_CAP).unwrap();
     let r = wal.checkpoint(Lsn(ends[0]), &NO_CAP).unwrap();
-    assert_eq!(r.checkpoint_lsn, ends[1]);
+    assert_eq!(r.checkpoint_lsn, walship::Lsn(ends[1]));
     assert_eq!(
         report(&DataDir::new(&root)).unwrap().checkpoint_lsn,
-        ends[1]
+        walship::Lsn(ends[1])
     );
 }
 

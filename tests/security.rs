@@ -342,7 +342,7 @@ fn fake_handshake(s: &mut TcpStream) {
             system_id: [9; 16],
             timeline: 1,
             segment_size: 64 << 10,
-            sealed_lsn: 0,
+            sealed_lsn: walship::Lsn(0),
         },
     );
 }

@@ -145,10 +145,16 @@ fn recovery_finishes_an_interrupted_seal() {
     let mut b = std::fs::read(&path).expect("read");
     let seal = SealInfo {
         record_count: 5,
-        last_lsn: last.0,
+        last_lsn: Some(last),
         segment_checksum: crc32fast::hash(&b[..end]),
     };
-    encode_seal(&mut b[end..end + SEAL_LEN], end as u64, 0, 1, &seal);
+    encode_seal(
+        &mut b[end..end + SEAL_LEN],
+        walship::Lsn(end as u64),
+        0,
+        1,
+        &seal,
+    );
     std::fs::write(&path, &b).expect("write");
     assert!(verify_path(&dir).expect("verify").ok);
 

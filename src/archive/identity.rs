@@ -16,7 +16,7 @@
 
 use uuid::Uuid;
 
-use crate::format::ControlFile;
+use crate::format::{ControlFile, SystemIdentity};
 
 /// The object name of the identity file at the archive's root.
 pub const IDENTITY_NAME: &str = "IDENTITY";
@@ -26,35 +26,34 @@ pub const ARCHIVE_VERSION: u32 = 2;
 pub const ARCHIVE_VERSION_1: u32 = 1;
 const MAGIC: &str = "walship-archive";
 
+/// The system an archive belongs to (read through it: `identity.segment_size`; its
+/// `format_version` is the archived segments') and the segment it begins at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArchiveIdentity {
-    pub system_id: Uuid,
-    pub timeline: u32,
-    pub segment_size: u64,
-    /// The segment format version of the archived segments.
-    pub format_version: u32,
+    pub system: SystemIdentity,
     /// The segment number the archive begins at: it holds every segment from this one on.
     /// `None` for a version-1 archive, which did not record it.
     pub first_segment: Option<u64>,
 }
 
+impl std::ops::Deref for ArchiveIdentity {
+    type Target = SystemIdentity;
+    fn deref(&self) -> &SystemIdentity {
+        &self.system
+    }
+}
+
 impl ArchiveIdentity {
     pub fn from_control(c: &ControlFile) -> Self {
         ArchiveIdentity {
-            system_id: c.system_id,
-            timeline: c.timeline,
-            segment_size: c.segment_size,
-            format_version: c.format_version,
+            system: c.identity,
             first_segment: None,
         }
     }
 
     /// True when both describe the same system's segments (what the archive begins at aside).
     pub fn same_system(&self, other: &ArchiveIdentity) -> bool {
-        self.system_id == other.system_id
-            && self.timeline == other.timeline
-            && self.segment_size == other.segment_size
-            && self.format_version == other.format_version
+        self.system == other.system
     }
 
     /// The layout version this identity is written in: 2 when it records its first segment.
@@ -127,14 +126,16 @@ impl ArchiveIdentity {
         }
         let bad = |what: &str| format!("identity file has an invalid {what}");
         let id = ArchiveIdentity {
-            system_id: Uuid::parse_str(field(1, "system_id")?).map_err(|_| bad("system_id"))?,
-            timeline: field(2, "timeline")?.parse().map_err(|_| bad("timeline"))?,
-            segment_size: field(3, "segment_size")?
-                .parse()
-                .map_err(|_| bad("segment_size"))?,
-            format_version: field(4, "format_version")?
-                .parse()
-                .map_err(|_| bad("format_version"))?,
+            system: SystemIdentity {
+                system_id: Uuid::parse_str(field(1, "system_id")?).map_err(|_| bad("system_id"))?,
+                timeline: field(2, "timeline")?.parse().map_err(|_| bad("timeline"))?,
+                segment_size: field(3, "segment_size")?
+                    .parse()
+                    .map_err(|_| bad("segment_size"))?,
+                format_version: field(4, "format_version")?
+                    .parse()
+                    .map_err(|_| bad("format_version"))?,
+            },
             first_segment: match expected_lines {
                 6 => Some(
                     field(5, "first_segment")?
@@ -156,10 +157,12 @@ impl ArchiveIdentity {
     /// The control file a restored data directory gets.
     pub fn to_control(&self) -> ControlFile {
         ControlFile {
-            format_version: self.format_version,
-            timeline: self.timeline,
-            system_id: self.system_id,
-            segment_size: self.segment_size,
+            identity: crate::format::SystemIdentity {
+                format_version: self.format_version,
+                timeline: self.timeline,
+                system_id: self.system_id,
+                segment_size: self.segment_size,
+            },
             created_us: crate::now_us(),
         }
     }
@@ -172,10 +175,12 @@ mod tests {
     #[test]
     fn round_trip_and_damage() {
         let id = ArchiveIdentity {
-            system_id: Uuid::from_u128(0x6f1c_2e1a_3b0d_4e8e_9a57_2d2b_4c1e_0f11),
-            timeline: 1,
-            segment_size: 1 << 24,
-            format_version: 1,
+            system: SystemIdentity {
+                system_id: Uuid::from_u128(0x6f1c_2e1a_3b0d_4e8e_9a57_2d2b_4c1e_0f11),
+                timeline: 1,
+                segment_size: 1 << 24,
+                format_version: 1,
+            },
             first_segment: None,
         };
         let b = id.encode();

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use walship::retention::{checkpoint, drop_consumer, end_of_wal, RetentionOptions};
+use walship::log_ends::wal_ends;
+use walship::retention::{checkpoint, drop_consumer, RetentionOptions};
 use walship::{DataDir, Lsn};
 
 use super::{parse_size, CmdResult, Failure};
@@ -46,7 +47,7 @@ pub fn run(a: CheckpointArgs) -> CmdResult {
     let control = dir.read_control()?;
     // Refused before anything changes, consumers dropped included.
     if let Some(lsn) = a.lsn.filter(|l| l.0 > 0) {
-        let end = end_of_wal(&dir, &control)?;
+        let (end, _) = wal_ends(&dir, &control)?;
         if lsn > end {
             return Err(Failure::Error(format!(
                 "checkpoint {lsn} is past the end of the WAL, {end}: a checkpoint must name a position the log has reached (it never moves back); nothing changed"
@@ -80,7 +81,7 @@ pub fn run(a: CheckpointArgs) -> CmdResult {
         }
         println!(
             "checkpoint {}: removed {} segments ({} bytes); {} sealed segments ({} bytes) kept, held by {}",
-            Lsn(r.checkpoint_lsn),
+            r.checkpoint_lsn,
             r.removed.len(),
             r.removed_bytes,
             r.retained_segments,

@@ -1,10 +1,9 @@
 //! `status`: positions, role, standbys and lag of a data directory.
 
-use std::path::PathBuf;
-
 use clap::Args;
+use walship::archive::status::archive_status;
+use walship::archive::ArchiveTarget;
 use walship::status::status;
-use walship::Lsn;
 
 use super::{CmdResult, Failure};
 
@@ -14,14 +13,26 @@ use super::{CmdResult, Failure};
     after_help = "It only reads files and takes no lock, so it works while a writer, `serve` or `standby` runs. A standby counts as connected when its slot was refreshed in the last 5 seconds.\n\nExample:\n  walship status ./data --json"
 )]
 pub struct StatusArgs {
-    pub data_dir: PathBuf,
+    /// A data directory, or an archive (a directory holding IDENTITY, file:///PATH or
+    /// s3://BUCKET/PREFIX).
+    pub data_dir: String,
     /// Print one JSON object (positions as numbers).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub s3: super::target::S3Args,
 }
 
 pub fn run(a: StatusArgs) -> CmdResult {
-    let s = status(&a.data_dir)?;
+    let target = super::target::parse(&a.data_dir, &a.s3)?;
+    let is_archive = match &target {
+        ArchiveTarget::S3(_) => true,
+        ArchiveTarget::Dir(p) => walship::archive::is_archive(p),
+    };
+    if is_archive {
+        return archive(&a, &target);
+    }
+    let s = status(std::path::Path::new(&a.data_dir))?;
     if a.json {
         let line = serde_json::to_string(&s).map_err(|e| Failure::Error(e.to_string()))?;
         println!("{line}");
@@ -35,8 +46,8 @@ pub fn run(a: StatusArgs) -> CmdResult {
     println!("system_id: {}", s.system_id);
     println!("timeline: {}", s.timeline);
     println!("segment_size: {}", s.segment_size);
-    println!("flush_lsn: {}", Lsn(s.flush_lsn));
-    println!("sealed_lsn: {}", Lsn(s.sealed_lsn));
+    println!("flush_lsn: {}", s.flush_lsn);
+    println!("sealed_lsn: {}", s.sealed_lsn);
     if let Some(id) = &s.standby_id {
         println!("standby_id: {id}");
     }
@@ -44,7 +55,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
         println!("primary: {p}");
     }
     if let Some(a) = s.applied_lsn {
-        println!("applied_lsn: {}", Lsn(a));
+        println!("applied_lsn: {}", a);
     }
     println!("standbys: {}", s.standbys.len());
     for sb in &s.standbys {
@@ -57,8 +68,8 @@ pub fn run(a: StatusArgs) -> CmdResult {
             } else {
                 "disconnected"
             },
-            Lsn(sb.flushed_lsn),
-            Lsn(sb.applied_lsn),
+            sb.flushed_lsn,
+            sb.applied_lsn,
             sb.lag_bytes,
             sb.lag_seconds
                 .map_or("unknown seconds".to_string(), |x| format!("{x:.3} s")),
@@ -92,7 +103,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
     let r = &s.retention;
     println!(
         "retention: checkpoint {}, {} sealed segments ({} bytes) kept, oldest held by {}",
-        Lsn(r.checkpoint_lsn),
+        r.checkpoint_lsn,
         r.sealed_segments,
         r.sealed_bytes,
         if r.held_by.is_empty() {
@@ -109,7 +120,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
-            Lsn(c.position),
+            c.position,
             c.needs_bytes,
             if c.holds_retention {
                 ", holds retention"
@@ -119,5 +130,31 @@ pub fn run(a: StatusArgs) -> CmdResult {
             if c.lost { " (LOST: holds no WAL)" } else { "" }
         );
     }
+    Ok(())
+}
+
+/// The status of an archive: whose it is, where it begins and ends, what it holds.
+fn archive(a: &StatusArgs, target: &ArchiveTarget) -> CmdResult {
+    let store = target.open()?;
+    let s = super::runtime()?.block_on(archive_status(&store))?;
+    if a.json {
+        let line = serde_json::to_string(&s).map_err(|e| Failure::Error(e.to_string()))?;
+        println!("{line}");
+        return Ok(());
+    }
+    println!("archive: {}", s.location);
+    println!("system_id: {}", s.system_id);
+    println!("timeline: {}", s.timeline);
+    println!("segment_size: {}", s.segment_size);
+    match s.first_segment {
+        Some(f) => println!("first_segment: {f}"),
+        None => println!("first_segment: not recorded (layout version 1)"),
+    }
+    println!("newest: {}", s.newest.as_deref().unwrap_or("none"));
+    println!("archived_lsn: {}", s.archived_lsn);
+    println!(
+        "segments: {} ({} bytes stored), objects: {}",
+        s.segments, s.stored_bytes, s.objects
+    );
     Ok(())
 }

@@ -1,9 +1,8 @@
 //! `verify`: check every byte of stored WAL.
 
-use std::path::PathBuf;
-
 use clap::Args;
-use walship::verify::verify_path;
+use walship::archive::ArchiveTarget;
+use walship::verify::{verify_path, verify_store};
 use walship::Lsn;
 
 use super::{CmdResult, Failure};
@@ -14,27 +13,37 @@ use super::{CmdResult, Failure};
     after_help = "Exit status: 0 clean (a torn tail in the open segment is repairable, not damage), 1 damage found, 2 could not run or PATH is not a walship path.\n\nOnly an empty but valid data directory or archive is ok with no segments. A directory that is partly a data directory (wal/ without control, a damaged control) or holds segments with no control or IDENTITY file to check them against is damage.\n\nExample:\n  walship verify ./data --json"
 )]
 pub struct VerifyArgs {
-    /// A data directory, its wal/ folder, one segment file, or an archive.
-    pub path: PathBuf,
+    /// A data directory, its wal/ folder, one segment file, or an archive (a directory,
+    /// file:///PATH or s3://BUCKET/PREFIX).
+    pub path: String,
     /// Print one JSON summary object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub s3: super::target::S3Args,
 }
 
 pub fn run(a: VerifyArgs) -> CmdResult {
-    let report = verify_path(&a.path)?;
+    let report = match super::target::parse(&a.path, &a.s3)? {
+        ArchiveTarget::Dir(p) => verify_path(&p)?,
+        t @ ArchiveTarget::S3(_) => {
+            let store = t.open()?;
+            let rt = super::runtime()?;
+            verify_store(rt.handle(), &store)?
+        }
+    };
     if a.json {
         let line = serde_json::to_string(&report).map_err(|e| Failure::Error(e.to_string()))?;
         println!("{line}");
     } else {
         println!(
             "{}: {} segments, {} records, {} bytes, LSN {} to {}",
-            a.path.display(),
+            a.path,
             report.segments,
             report.records,
             report.bytes,
-            Lsn(report.first_lsn.unwrap_or(0)),
-            Lsn(report.end_lsn)
+            report.first_lsn.unwrap_or(Lsn(0)),
+            report.end_lsn
         );
         for n in &report.notes {
             println!("note: {n}");
@@ -47,10 +56,7 @@ pub fn run(a: VerifyArgs) -> CmdResult {
             }
             println!(
                 "error: {} offset {} (LSN {}): {}",
-                e.segment,
-                e.offset,
-                Lsn(e.lsn),
-                e.reason
+                e.segment, e.offset, e.lsn, e.reason
             );
         }
         println!("{}", if report.ok { "ok" } else { "DAMAGED" });
@@ -61,7 +67,7 @@ pub fn run(a: VerifyArgs) -> CmdResult {
         Err(Failure::Damage(format!(
             "{} problem(s) found in {}",
             report.errors.len(),
-            a.path.display()
+            a.path
         )))
     }
 }

@@ -130,7 +130,7 @@ impl FinalSeal {
 pub fn decode_record(
     buf: &[u8],
     off: usize,
-    lsn: u64,
+    lsn: crate::Lsn,
     limit: usize,
     trusted_end: usize,
 ) -> Result<Decoded<'_>, RecordError> {
@@ -178,7 +178,7 @@ pub struct SegmentScanner<'a> {
     off: usize,
     first_offset: usize,
     record_count: u64,
-    last_lsn: u64,
+    last_lsn: Option<crate::Lsn>,
     end: Option<ScanEnd>,
     /// A seal marker at the end of `buf` and the checksum of the bytes before it.
     final_seal: Option<FinalSeal>,
@@ -208,6 +208,21 @@ impl<'a> SegmentScanner<'a> {
         Self::start(buf, header, offset, final_seal)
     }
 
+    /// Starts at the first record of a sealed segment whose bytes were already checked whole
+    /// (every record, the seal marker that ends `buf`, the segment checksum; see
+    /// [`crate::segment_check`]): `header` and `seal` are what that check decoded. The bytes are
+    /// not hashed again and records are decoded without their own CRC; everything else (each
+    /// record's structure, LSN and version, the marker's counts) is checked as by
+    /// [`SegmentScanner::new`], and any failure is decoded with every check.
+    pub fn over_checked(buf: &'a [u8], header: SegmentHeader, seal: SealInfo) -> Self {
+        let final_seal = buf.len().checked_sub(SEAL_LEN).map(|offset| FinalSeal {
+            offset,
+            seal,
+            computed: seal.segment_checksum,
+        });
+        Self::start(buf, header, SEGMENT_HEADER_LEN, final_seal)
+    }
+
     fn start(
         buf: &'a [u8],
         header: SegmentHeader,
@@ -220,7 +235,7 @@ impl<'a> SegmentScanner<'a> {
             off: offset,
             first_offset: offset,
             record_count: 0,
-            last_lsn: 0,
+            last_lsn: None,
             end: None,
             final_seal,
             trusted_end: final_seal.map_or(0, |s| s.trusted_end()),
@@ -279,8 +294,8 @@ impl<'a> SegmentScanner<'a> {
         if complete && self.record_count > 0 && seal.last_lsn != self.last_lsn {
             return Err(ScanError::SealMismatch(format!(
                 "it names {} as the last record, the segment's last record is at {}",
-                crate::Lsn(seal.last_lsn),
-                crate::Lsn(self.last_lsn)
+                seal.last_lsn.unwrap_or_default(),
+                self.last_lsn.unwrap_or_default()
             )));
         }
         // The bytes were hashed up front when this is the marker at the end.
@@ -313,7 +328,7 @@ impl<'a> Iterator for SegmentScanner<'a> {
             Ok(Decoded::Record(r)) => {
                 self.off += encoded_len(r.payload.len());
                 self.record_count += 1;
-                self.last_lsn = r.lsn();
+                self.last_lsn = Some(r.lsn());
                 Some(r)
             }
             Ok(Decoded::Seal(seal)) => {
@@ -347,54 +362,7 @@ impl<'a> Iterator for SegmentScanner<'a> {
 
 /// Test segments built by hand, shared by the unit tests of the decoder and the segment checks.
 #[cfg(test)]
-pub(crate) mod test_segments {
-    use super::*;
-    use crate::format::record::{encode_record, encode_seal};
-    use crate::format::SEGMENT_FORMAT_VERSION;
-
-    /// Segment `segment_no` of a system with the nil id and 64 KiB segments, sealed after `n`
-    /// records of 10 bytes (record `i` holds `i` and is stamped `i`).
-    pub(crate) fn sealed_segment_for_tests(
-        segment_no: u64,
-        n: usize,
-        prev_checksum: Option<u32>,
-    ) -> (Vec<u8>, SegmentHeader) {
-        let h = SegmentHeader {
-            format_version: SEGMENT_FORMAT_VERSION,
-            timeline: 1,
-            segment_size: 1 << 16,
-            segment_no,
-            system_id: uuid::Uuid::nil(),
-            prev_checksum,
-            created_us: 0,
-        };
-        let mut b = h.encode().to_vec();
-        let mut last_lsn = 0;
-        for i in 0..n {
-            let off = b.len();
-            last_lsn = h.start_lsn() + off as u64;
-            b.resize(off + encoded_len(10), 0);
-            encode_record(
-                &mut b[off..],
-                last_lsn,
-                0,
-                1,
-                None,
-                i as i64,
-                &[i as u8; 10],
-            );
-        }
-        let off = b.len();
-        let seal = SealInfo {
-            record_count: n as u64,
-            last_lsn,
-            segment_checksum: crc32fast::hash(&b),
-        };
-        b.resize(off + SEAL_LEN, 0);
-        encode_seal(&mut b[off..], h.start_lsn() + off as u64, 0, 0, &seal);
-        (b, h)
-    }
-}
+pub(crate) mod test_segments;
 
 #[cfg(test)]
 mod tests {
@@ -442,5 +410,45 @@ mod tests {
         ));
         assert!(bad_crc(decode_record(&b, off, lsn, limit, off + len - 8)));
         assert!(bad_crc(decode_record(&b, off, lsn, limit, 0)));
+    }
+
+    #[test]
+    fn a_checked_segment_reads_the_same_records_and_still_checks_its_marker() {
+        let (b, h) = sealed(4);
+        let seal = match SegmentScanner::new(&b).expect("header").finish() {
+            ScanEnd::Sealed { seal, .. } => seal,
+            other => panic!("not sealed: {other:?}"),
+        };
+        let full: Vec<_> = SegmentScanner::new(&b).expect("header").collect();
+        let mut scan = SegmentScanner::over_checked(&b, h, seal);
+        assert_eq!(scan.unhashed_until(), b.len() - SEAL_LEN);
+        assert_eq!(scan.by_ref().collect::<Vec<_>>(), full);
+        assert!(matches!(scan.finish(), ScanEnd::Sealed { trailing: 0, .. }));
+        // A marker that is not the one checked: its checksum is compared with what was.
+        let other = SealInfo {
+            segment_checksum: seal.segment_checksum ^ 1,
+            ..seal
+        };
+        let mut scan = SegmentScanner::over_checked(&b, h, other);
+        assert_eq!(scan.by_ref().count(), 4);
+        assert!(matches!(
+            scan.finish(),
+            ScanEnd::Invalid {
+                error: ScanError::SegmentChecksum { .. },
+                ..
+            }
+        ));
+        // A record whose structure is broken is still found (with every check).
+        let mut broken = b.clone();
+        broken[SEGMENT_HEADER_LEN + 8] ^= 1; // the first record's LSN
+        let mut scan = SegmentScanner::over_checked(&broken, h, seal);
+        assert_eq!(scan.by_ref().count(), 0);
+        assert!(matches!(
+            scan.finish(),
+            ScanEnd::Invalid {
+                offset: SEGMENT_HEADER_LEN,
+                ..
+            }
+        ));
     }
 }

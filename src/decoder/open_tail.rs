@@ -7,7 +7,7 @@ use super::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaterRecord {
     pub offset: usize,
-    pub lsn: u64,
+    pub lsn: crate::Lsn,
     /// How far into the segment the log was durable when it was appended (0 in version 1).
     pub durable_offset: u32,
 }
@@ -28,7 +28,7 @@ pub fn later_records<'a>(
             let at = off;
             let lsn = start_lsn + at as u64;
             // Cheap filter first: the stored LSN must equal the position.
-            if crate::format::get_u64(buf, at + 8) == lsn {
+            if crate::format::get_u64(buf, at + 8) == lsn.0 {
                 if let Ok(d) = decode_at(buf, at, lsn, limit) {
                     if check_version(&header, &d, buf, at).is_ok() {
                         off += match d {
@@ -114,15 +114,14 @@ impl std::fmt::Display for LaterRecord {
             write!(
                 f,
                 "a valid record follows at offset {} (LSN {})",
-                self.offset,
-                crate::Lsn(self.lsn)
+                self.offset, self.lsn
             )
         } else {
             write!(
                 f,
                 "a valid record follows at offset {} (LSN {}), appended when the log was durable up to offset {}",
                 self.offset,
-                crate::Lsn(self.lsn),
+                self.lsn,
                 self.durable_offset
             )
         }

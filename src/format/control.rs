@@ -2,19 +2,31 @@
 
 use uuid::Uuid;
 
-use super::{get_u32, get_u64, put_u32, put_u64, FORMAT_VERSION};
+use super::{get_u32, get_u64, put_u32, put_u64, SystemIdentity, FORMAT_VERSION};
 
 pub const CONTROL_MAGIC: &[u8; 8] = b"WALSHIPC";
 pub const CONTROL_LEN: usize = 64;
 
+/// A data directory's control file: the system's identity (read through it: `control.segment_size`)
+/// and when the directory was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ControlFile {
-    pub format_version: u32,
-    pub timeline: u32,
-    pub system_id: Uuid,
-    pub segment_size: u64,
+    pub identity: SystemIdentity,
     /// Creation time, microseconds since the Unix epoch (UTC).
     pub created_us: i64,
+}
+
+impl From<&ControlFile> for SystemIdentity {
+    fn from(c: &ControlFile) -> Self {
+        c.identity
+    }
+}
+
+impl std::ops::Deref for ControlFile {
+    type Target = SystemIdentity;
+    fn deref(&self) -> &SystemIdentity {
+        &self.identity
+    }
 }
 
 impl ControlFile {
@@ -63,10 +75,12 @@ impl ControlFile {
         let segment_size = get_u64(b, 32);
         super::check_segment_size(segment_size).map_err(|e| format!("control file: {e}"))?;
         Ok(ControlFile {
-            format_version,
-            timeline: get_u32(b, 12),
-            system_id: Uuid::from_bytes(id),
-            segment_size,
+            identity: SystemIdentity {
+                format_version,
+                timeline: get_u32(b, 12),
+                system_id: Uuid::from_bytes(id),
+                segment_size,
+            },
             created_us: get_u64(b, 40) as i64,
         })
     }
@@ -79,10 +93,12 @@ mod tests {
     #[test]
     fn round_trip_and_corruption() {
         let c = ControlFile {
-            format_version: FORMAT_VERSION,
-            timeline: 1,
-            system_id: Uuid::from_u128(0x1234),
-            segment_size: 1 << 24,
+            identity: SystemIdentity {
+                format_version: FORMAT_VERSION,
+                timeline: 1,
+                system_id: Uuid::from_u128(0x1234),
+                segment_size: 1 << 24,
+            },
             created_us: 1_700_000_000_000_000,
         };
         let b = c.encode();

@@ -2,11 +2,13 @@
 //! property-tested and fuzzed. docs/FORMAT.md describes the same bytes for people.
 
 pub mod control;
+pub mod identity;
 pub mod names;
 pub mod record;
 pub mod segment_header;
 
 pub use control::ControlFile;
+pub use identity::SystemIdentity;
 pub use names::{SegmentFileKind, SegmentName, SegmentNo};
 pub use record::{RecordHeader, SealInfo};
 pub use segment_header::SegmentHeader;

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::Lsn;
+
 /// The state a segment file's name announces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SegmentFileKind {
@@ -47,24 +49,24 @@ pub struct SegmentNo(pub u64);
 
 impl SegmentNo {
     /// The LSN of the segment's first byte, `None` past the end of the LSN space.
-    pub fn start_lsn(self, segment_size: u64) -> Option<u64> {
-        self.0.checked_mul(segment_size)
+    pub fn start_lsn(self, segment_size: u64) -> Option<Lsn> {
+        self.0.checked_mul(segment_size).map(Lsn)
     }
 
     /// [`SegmentNo::start_lsn`] for messages and bounds, where a number past the end of the LSN
     /// space shows as the last LSN instead of a wrapped one.
-    pub fn start_lsn_saturating(self, segment_size: u64) -> u64 {
-        self.0.saturating_mul(segment_size)
+    pub fn start_lsn_saturating(self, segment_size: u64) -> Lsn {
+        Lsn(self.0.saturating_mul(segment_size))
     }
 
     /// The LSN just past the segment's last byte, `None` past the end of the LSN space.
-    pub fn end_lsn(self, segment_size: u64) -> Option<u64> {
-        self.0.checked_add(1)?.checked_mul(segment_size)
+    pub fn end_lsn(self, segment_size: u64) -> Option<Lsn> {
+        self.0.checked_add(1)?.checked_mul(segment_size).map(Lsn)
     }
 
     /// The segment that holds `lsn`.
-    pub fn of_lsn(lsn: u64, segment_size: u64) -> SegmentNo {
-        SegmentNo(lsn / segment_size.max(1))
+    pub fn of_lsn(lsn: Lsn, segment_size: u64) -> SegmentNo {
+        SegmentNo(lsn.0 / segment_size.max(1))
     }
 
     /// The next segment's number (the last number has none: it stays the last).
@@ -109,7 +111,7 @@ impl SegmentName {
 
     /// The LSN of the segment's first byte, or an error naming the file when its number lies
     /// past the end of the LSN space (a name no writer made).
-    pub fn start_lsn(&self, segment_size: u64) -> crate::Result<u64> {
+    pub fn start_lsn(&self, segment_size: u64) -> crate::Result<Lsn> {
         self.segment_no.start_lsn(segment_size).ok_or_else(|| {
             crate::Error::Corrupt {
                 file: self.to_string().into(),

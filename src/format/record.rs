@@ -4,6 +4,7 @@ use std::fmt;
 
 use super::{align_up, get_u32, get_u64, put_u32, put_u64};
 use crate::entry::EntryType;
+use crate::Lsn;
 
 pub const RECORD_HEADER_LEN: usize = 40;
 /// The type byte of the seal marker, the last record of a sealed segment.
@@ -24,7 +25,7 @@ pub const fn encoded_len(payload_len: usize) -> usize {
 /// segment yet); it can be no more than the record's own offset. Returns the record's CRC.
 pub fn encode_record(
     dst: &mut [u8],
-    lsn: u64,
+    lsn: Lsn,
     durable_offset: u32,
     type_code: u8,
     tx_id: Option<u64>,
@@ -33,7 +34,7 @@ pub fn encode_record(
 ) -> u32 {
     debug_assert_eq!(dst.len(), encoded_len(payload.len()));
     put_u32(dst, 4, payload.len() as u32);
-    put_u64(dst, 8, lsn);
+    put_u64(dst, 8, lsn.0);
     put_u64(dst, 16, tx_id.unwrap_or(0));
     put_u64(dst, 24, timestamp_us as u64);
     dst[32] = type_code;
@@ -53,8 +54,8 @@ pub fn encode_record(
 pub struct SealInfo {
     /// Records in the segment, the seal marker not counted.
     pub record_count: u64,
-    /// LSN of the last record (0 when the segment holds none).
-    pub last_lsn: u64,
+    /// LSN of the last record (`None` when the segment holds none; stored as 0).
+    pub last_lsn: Option<Lsn>,
     /// CRC32 of every byte of the segment file before the seal marker.
     pub segment_checksum: u32,
 }
@@ -63,7 +64,7 @@ impl SealInfo {
     pub fn encode_payload(&self) -> [u8; SEAL_PAYLOAD_LEN] {
         let mut p = [0u8; SEAL_PAYLOAD_LEN];
         put_u64(&mut p, 0, self.record_count);
-        put_u64(&mut p, 8, self.last_lsn);
+        put_u64(&mut p, 8, Lsn::to_stored(self.last_lsn));
         put_u32(&mut p, 16, self.segment_checksum);
         p
     }
@@ -74,7 +75,7 @@ impl SealInfo {
         }
         Some(SealInfo {
             record_count: get_u64(p, 0),
-            last_lsn: get_u64(p, 8),
+            last_lsn: Lsn::from_stored(get_u64(p, 8)),
             segment_checksum: get_u32(p, 16),
         })
     }
@@ -83,7 +84,7 @@ impl SealInfo {
 /// Writes a seal marker into `dst` (exactly [`SEAL_LEN`] bytes).
 pub fn encode_seal(
     dst: &mut [u8],
-    lsn: u64,
+    lsn: Lsn,
     durable_offset: u32,
     timestamp_us: i64,
     seal: &SealInfo,
@@ -104,7 +105,7 @@ pub fn encode_seal(
 pub struct RecordHeader {
     pub crc: u32,
     pub len: u32,
-    pub lsn: u64,
+    pub lsn: Lsn,
     pub tx_id: Option<u64>,
     pub timestamp_us: i64,
     pub type_code: u8,
@@ -122,11 +123,11 @@ pub struct RecordRef<'a> {
 }
 
 impl RecordRef<'_> {
-    pub fn lsn(&self) -> u64 {
+    pub fn lsn(&self) -> Lsn {
         self.header.lsn
     }
     /// Where the next record may start.
-    pub fn end_lsn(&self) -> u64 {
+    pub fn end_lsn(&self) -> Lsn {
         self.header.lsn + encoded_len(self.payload.len()) as u64
     }
 }
@@ -157,8 +158,8 @@ pub enum RecordError {
         computed: u32,
     },
     LsnMismatch {
-        found: u64,
-        expected: u64,
+        found: Lsn,
+        expected: Lsn,
     },
     UnknownType(u8),
     ReservedBitsSet,
@@ -188,9 +189,7 @@ impl fmt::Display for RecordError {
             ),
             RecordError::LsnMismatch { found, expected } => write!(
                 f,
-                "record LSN {} does not match its position {}",
-                crate::Lsn(*found),
-                crate::Lsn(*expected)
+                "record LSN {found} does not match its position {expected}",
             ),
             RecordError::UnknownType(t) => write!(f, "unknown record type {t}"),
             RecordError::ReservedBitsSet => write!(
@@ -216,7 +215,7 @@ impl fmt::Display for RecordError {
 pub fn decode_at(
     buf: &[u8],
     off: usize,
-    expected_lsn: u64,
+    expected_lsn: Lsn,
     limit: usize,
 ) -> Result<Decoded<'_>, RecordError> {
     decode(buf, off, expected_lsn, limit, true)
@@ -229,7 +228,7 @@ pub fn decode_at(
 pub fn decode_at_unhashed(
     buf: &[u8],
     off: usize,
-    expected_lsn: u64,
+    expected_lsn: Lsn,
     limit: usize,
 ) -> Result<Decoded<'_>, RecordError> {
     decode(buf, off, expected_lsn, limit, false)
@@ -239,7 +238,7 @@ pub fn decode_at_unhashed(
 fn decode(
     buf: &[u8],
     off: usize,
-    expected_lsn: u64,
+    expected_lsn: Lsn,
     limit: usize,
     check_crc: bool,
 ) -> Result<Decoded<'_>, RecordError> {
@@ -258,7 +257,7 @@ fn decode(
     if type_code == 0 {
         return Err(RecordError::Unwritten);
     }
-    let lsn = get_u64(h, 8);
+    let lsn = Lsn(get_u64(h, 8));
     if lsn != expected_lsn {
         return Err(RecordError::LsnMismatch {
             found: lsn,
@@ -298,7 +297,7 @@ fn decode(
     }
     let durable_offset = get_u32(h, 36);
     // Segments are powers of two no larger than 1 GiB, so the offset is the LSN's low bits.
-    let offset = expected_lsn % limit.max(1) as u64;
+    let offset = expected_lsn.offset_in_segment(limit as u64);
     if u64::from(durable_offset) > offset {
         return Err(RecordError::DurableOffsetAhead {
             durable: durable_offset,
@@ -338,7 +337,7 @@ mod tests {
         let mut buf = vec![0u8; encoded_len(payload.len())];
         encode_record(
             &mut buf,
-            4096,
+            Lsn(4096),
             0,
             EntryType::Update.code(),
             Some(42),
@@ -346,18 +345,18 @@ mod tests {
             payload,
         );
         assert_eq!(buf.len(), 56);
-        match decode_at(&buf, 0, 4096, 1 << 20).unwrap() {
+        match decode_at(&buf, 0, Lsn(4096), 1 << 20).unwrap() {
             Decoded::Record(r) => {
                 assert_eq!(r.payload, payload);
                 assert_eq!(r.header.tx_id, Some(42));
                 assert_eq!(r.header.timestamp_us, 77);
                 assert_eq!(r.entry_type, EntryType::Update);
-                assert_eq!(r.end_lsn(), 4096 + 56);
+                assert_eq!(r.end_lsn(), Lsn(4096 + 56));
             }
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(
-            decode_at(&buf, 0, 4104, 1 << 20),
+            decode_at(&buf, 0, Lsn(4104), 1 << 20),
             Err(RecordError::LsnMismatch { .. })
         ));
     }
@@ -371,21 +370,29 @@ mod tests {
             put_u32(b, 0, crc);
         };
         let mut buf = vec![0u8; encoded_len(5)];
-        encode_record(&mut buf, 80, 0, EntryType::Insert.code(), None, 1, b"hello");
+        encode_record(
+            &mut buf,
+            Lsn(80),
+            0,
+            EntryType::Insert.code(),
+            None,
+            1,
+            b"hello",
+        );
         let mut padded = buf.clone();
         padded[47] = b'2';
         recrc(&mut padded);
         assert_eq!(
-            decode_at(&padded, 0, 80, 1 << 20),
+            decode_at(&padded, 0, Lsn(80), 1 << 20),
             Err(RecordError::ReservedBitsSet)
         );
         let mut stray_tx = buf.clone();
         stray_tx[16] = 9;
         recrc(&mut stray_tx);
         assert_eq!(
-            decode_at(&stray_tx, 0, 80, 1 << 20),
+            decode_at(&stray_tx, 0, Lsn(80), 1 << 20),
             Err(RecordError::ReservedBitsSet)
         );
-        assert!(decode_at(&buf, 0, 80, 1 << 20).is_ok());
+        assert!(decode_at(&buf, 0, Lsn(80), 1 << 20).is_ok());
     }
 }

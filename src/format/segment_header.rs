@@ -31,8 +31,8 @@ impl SegmentHeader {
     }
 
     /// The LSN of the segment's first byte.
-    pub fn start_lsn(&self) -> u64 {
-        self.segment_no * self.segment_size
+    pub fn start_lsn(&self) -> crate::Lsn {
+        crate::Lsn(self.segment_no * self.segment_size)
     }
 
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
@@ -42,7 +42,7 @@ impl SegmentHeader {
         put_u32(&mut b, 12, self.timeline);
         put_u64(&mut b, 16, self.segment_size);
         put_u64(&mut b, 24, self.segment_no);
-        put_u64(&mut b, 32, self.start_lsn());
+        put_u64(&mut b, 32, self.start_lsn().0);
         b[40..56].copy_from_slice(self.system_id.as_bytes());
         put_u32(&mut b, 56, self.prev_checksum.unwrap_or(0));
         put_u32(

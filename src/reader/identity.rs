@@ -3,37 +3,14 @@
 
 use super::*;
 
-/// The identity the segments of one set must share: the part of a data directory's
-/// [`ControlFile`](crate::format::ControlFile) (or an archive's identity file) that every
-/// segment header repeats. Derived from those, never stated on its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub system_id: uuid::Uuid,
-    pub segment_size: u64,
-}
-
-impl From<&crate::format::ControlFile> for Identity {
-    fn from(c: &crate::format::ControlFile) -> Self {
-        Identity {
-            system_id: c.system_id,
-            segment_size: c.segment_size,
-        }
-    }
-}
-
-impl From<&SegmentHeader> for Identity {
-    /// The identity a segment claims for itself: a set without a control file goes by its first.
-    fn from(h: &SegmentHeader) -> Self {
-        Identity {
-            system_id: h.system_id,
-            segment_size: h.segment_size,
-        }
-    }
-}
+/// The identity the segments of one set must share: the system's identity, from a data
+/// directory's control file, an archive's identity file, or (with neither) the first segment's
+/// header. A segment must match its system id and segment size ([`header_mismatch`]).
+pub type Identity = crate::format::SystemIdentity;
 
 /// The LSN a segment starts at, when it can be computed (`None` on overflow).
-pub fn segment_start(segment_no: u64, segment_size: u64) -> Option<u64> {
-    segment_no.checked_mul(segment_size)
+pub fn segment_start(segment_no: u64, segment_size: u64) -> Option<Lsn> {
+    crate::format::SegmentNo(segment_no).start_lsn(segment_size)
 }
 
 /// The segment size a header's own field claims, when it is a valid size: with no identity to

@@ -17,7 +17,7 @@ use crate::decoder::{
 use crate::error::{Error, IoContext, Result};
 use crate::format::record::{Decoded, RecordError, SEAL_LEN};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
-use crate::format::{SegmentFileKind, SegmentHeader, SegmentName};
+use crate::format::{SegmentFileKind, SegmentHeader, SegmentName, SegmentNo};
 use crate::{EntryType, Lsn};
 
 mod files;
@@ -80,7 +80,7 @@ impl Loaded {
 pub struct WalReader {
     source: WalSource,
     /// Records before this LSN are skipped.
-    from: u64,
+    from: Lsn,
     /// The segment number to look for next when none is loaded.
     next_segment: Option<u64>,
     cur: Option<Loaded>,
@@ -107,7 +107,7 @@ impl WalReader {
             source,
             identity,
             prev_seal: None,
-            from: from.0,
+            from,
             next_segment: None,
             cur: None,
             spare: Vec::new(),
@@ -145,8 +145,8 @@ impl WalReader {
                     }
                     self.end = LogEnd::Clean;
                     return Ok(Some(WalRecord {
-                        lsn: Lsn(r.lsn()),
-                        end_lsn: Lsn(r.end_lsn()),
+                        lsn: r.lsn(),
+                        end_lsn: r.end_lsn(),
                         entry_type: r.entry_type,
                         tx_id: r.header.tx_id,
                         timestamp_us: r.header.timestamp_us,
@@ -289,7 +289,7 @@ impl WalReader {
                                 return Err(Error::Corrupt {
                                     file: d.join(later.to_string()),
                                     offset: 0,
-                                    lsn: Lsn(segment_start(w, size).unwrap_or(0)),
+                                    lsn: segment_start(w, size).unwrap_or_default(),
                                     reason: format!(
                                         "segment number {w:X} is missing before {later}"
                                     ),
@@ -310,7 +310,7 @@ impl WalReader {
                                 None => segment_size_of(d, n),
                             };
                             if let Some(size) = size {
-                                if n.segment_no.0 <= self.from / size {
+                                if n.segment_no <= SegmentNo::of_lsn(self.from, size) {
                                     best = Some(n);
                                 }
                             }
@@ -351,11 +351,11 @@ impl WalReader {
             .map(|i| i.segment_size)
             .or_else(|| claimed_segment_size(&bytes))
             .and_then(|size| segment_start(name.segment_no.0, size))
-            .unwrap_or(0);
+            .unwrap_or_default();
         let bad = |reason: String| Error::Corrupt {
             file: path.clone(),
             offset: 0,
-            lsn: Lsn(named_start),
+            lsn: named_start,
             reason,
         };
         let header = SegmentHeader::decode(&bytes).map_err(bad)?;
@@ -364,7 +364,7 @@ impl WalReader {
             return Err(Error::Corrupt {
                 file: path,
                 offset: 0,
-                lsn: Lsn(segment_start(name.segment_no.0, id.segment_size).unwrap_or(0)),
+                lsn: segment_start(name.segment_no.0, id.segment_size).unwrap_or_default(),
                 reason,
             });
         }
@@ -373,7 +373,7 @@ impl WalReader {
                 return Err(Error::Corrupt {
                     file: path,
                     offset: 0,
-                    lsn: Lsn(header.start_lsn()),
+                    lsn: header.start_lsn(),
                     reason: format!(
                     "chain broken: header expects previous checksum {}, segment {prev_no:X} has {prev_sum:08x}",
                     header
@@ -435,7 +435,7 @@ fn corrupt(cur: &Loaded, reason: &str) -> Error {
     Error::Corrupt {
         file: cur.path.clone(),
         offset: cur.off as u64,
-        lsn: Lsn(cur.header.start_lsn() + cur.off as u64),
+        lsn: cur.header.start_lsn() + cur.off as u64,
         reason: reason.to_string(),
     }
 }

@@ -44,7 +44,8 @@ pub struct OpenSegment {
     /// CRC32 of bytes `[0, offset)`.
     pub crc: u32,
     pub record_count: u64,
-    pub last_lsn: u64,
+    /// The LSN of its last record, `None` when it holds none.
+    pub last_lsn: Option<Lsn>,
 }
 
 /// What recovery found and did.
@@ -53,7 +54,7 @@ pub struct Recovered {
     pub sealed: Vec<SealedSegment>,
     pub open: Option<OpenSegment>,
     /// End of the last valid record (0 when the log is empty).
-    pub end_lsn: u64,
+    pub end_lsn: Lsn,
     /// Number the next activated segment gets when there is no open one.
     pub next_segment_no: u64,
     /// Seal checksum of the newest sealed segment, for the next header's chain field.
@@ -112,7 +113,7 @@ fn plan(
         let path = dir.segment_path(&name);
         // A number whose LSN does not fit is no name a writer made: refused before anything.
         name.start_lsn(control.segment_size)
-            .map_err(|_| corrupt(&path, 0, u64::MAX, format!("segment number {:X} lies past the end of the LSN space with {}-byte segments: not a name walship makes", name.segment_no, control.segment_size)))?;
+            .map_err(|_| corrupt(&path, 0, Lsn(u64::MAX), format!("segment number {:X} lies past the end of the LSN space with {}-byte segments: not a name walship makes", name.segment_no, control.segment_size)))?;
         match name.kind {
             SegmentFileKind::Prepared => prepared.push(name),
             SegmentFileKind::Partial => {}
@@ -187,7 +188,7 @@ fn plan(
     Ok((rec, actions))
 }
 
-fn refuse_in_strict(mode: RecoveryMode, path: &Path, lsn: u64, what: &str) -> Result<()> {
+fn refuse_in_strict(mode: RecoveryMode, path: &Path, lsn: Lsn, what: &str) -> Result<()> {
     if mode == RecoveryMode::Strict {
         return Err(corrupt(
             path,
@@ -253,10 +254,10 @@ fn plan_open(
         return Err(corrupt(&path, 0, start, "chain broken: the open segment's previous-checksum does not match the last sealed segment"));
     }
     let mut scan = SegmentScanner::new(&buf).map_err(|r| corrupt(&path, 0, start, r))?;
-    let mut last_lsn = 0;
+    let mut last_lsn = None;
     let mut last_end = None;
     for r in scan.by_ref() {
-        last_lsn = r.lsn();
+        last_lsn = Some(r.lsn());
         last_end = Some(r.end_lsn());
     }
     let count = scan.record_count();
@@ -337,7 +338,7 @@ fn plan_open(
             why: format!(
                 "{name}: torn tail of {} bytes at offset {off} (LSN {}): {why}{after}",
                 last_nonzero + 1 - off,
-                Lsn(at)
+                at
             ),
         });
     }
@@ -447,7 +448,7 @@ fn plan_newer(
     mode: RecoveryMode,
     name: &SegmentName,
     off: usize,
-    at: u64,
+    at: Lsn,
     newer: &[SegmentName],
     actions: &mut Vec<Action>,
 ) -> Result<()> {
@@ -473,7 +474,7 @@ fn plan_newer(
         }
         actions.push(Action::MoveAside {
             path: p,
-            why: format!("the log ends in {name} at LSN {} (its seal marker never became durable), so none of this segment's records was acknowledged", Lsn(at)),
+            why: format!("the log ends in {name} at LSN {} (its seal marker never became durable), so none of this segment's records was acknowledged", at),
         });
     }
     Ok(())

@@ -24,7 +24,7 @@ pub struct CheckingApplicator {
     pub records: u64,
     pub payload_bytes: u64,
     /// End of the last record applied.
-    pub last_end: u64,
+    pub last_end: Lsn,
 }
 
 impl Applicator for CheckingApplicator {
@@ -32,8 +32,8 @@ impl Applicator for CheckingApplicator {
         if r.lsn() < self.last_end {
             return Err(crate::Error::Other(format!(
                 "record at {} overlaps the previous record, which ends at {}",
-                Lsn(r.lsn()),
-                Lsn(self.last_end)
+                r.lsn(),
+                self.last_end
             )));
         }
         self.records += 1;

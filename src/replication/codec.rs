@@ -97,8 +97,8 @@ mod tests {
         assert_eq!(err, want);
 
         let st = enc(&Message::Status {
-            flushed_lsn: 1,
-            applied_lsn: 2,
+            flushed_lsn: crate::Lsn(1),
+            applied_lsn: crate::Lsn(2),
             now_us: -1,
         });
         assert_eq!(st.len(), 4 + 24);
@@ -144,7 +144,7 @@ mod tests {
                     system_id: [0; 16],
                     timeline: 1,
                     segment_size: 1,
-                    sealed_lsn: 0,
+                    sealed_lsn: crate::Lsn(0),
                 }),
                 40,
             ),
@@ -158,7 +158,7 @@ mod tests {
             ),
             (
                 enc(&Message::Keepalive {
-                    sealed_lsn: 0,
+                    sealed_lsn: crate::Lsn(0),
                     now_us: 0,
                 }),
                 20,
@@ -179,8 +179,8 @@ mod tests {
                     segment_size: 1,
                     next_segment: Some(1),
                     prev_checksum: Some(1),
-                    flushed_lsn: 0,
-                    applied_lsn: 0,
+                    flushed_lsn: crate::Lsn(0),
+                    applied_lsn: crate::Lsn(0),
                     max_frame: 0,
                 }),
                 83,
@@ -215,15 +215,15 @@ mod tests {
                 segment_size: 65536,
                 next_segment: Some(5),
                 prev_checksum: Some(0xdead_beef),
-                flushed_lsn: 100,
-                applied_lsn: 90,
+                flushed_lsn: crate::Lsn(100),
+                applied_lsn: crate::Lsn(90),
                 max_frame: 1 << 23,
             },
             Message::Welcome {
                 system_id: [4; 16],
                 timeline: 1,
                 segment_size: 65536,
-                sealed_lsn: 7,
+                sealed_lsn: crate::Lsn(7),
             },
             Message::SegmentStart {
                 timeline: 1,
@@ -231,7 +231,7 @@ mod tests {
                 len: 1000,
             },
             Message::Keepalive {
-                sealed_lsn: 3,
+                sealed_lsn: crate::Lsn(3),
                 now_us: 4,
             },
         ];

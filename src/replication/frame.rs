@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn frame_round_trip() {
         let m = Message::Keepalive {
-            sealed_lsn: 5,
+            sealed_lsn: crate::Lsn(5),
             now_us: 6,
         };
         let f = encode_frame(&m).unwrap();

@@ -5,6 +5,7 @@
 //! Messages borrow their variable-length parts (segment bytes, error text) from the frame they
 //! were decoded from: decoding never allocates on a peer's say-so.
 
+use crate::Lsn;
 use serde::{Deserialize, Serialize};
 
 /// The first bytes of every standby's Hello: refuses a peer that does not speak walship.
@@ -104,8 +105,8 @@ pub enum Message<'a> {
         next_segment: Option<u64>,
         /// The seal checksum of the segment before `next_segment`, when the standby holds it.
         prev_checksum: Option<u32>,
-        flushed_lsn: u64,
-        applied_lsn: u64,
+        flushed_lsn: Lsn,
+        applied_lsn: Lsn,
         /// The largest frame the standby accepts.
         max_frame: u32,
     },
@@ -114,7 +115,7 @@ pub enum Message<'a> {
         system_id: [u8; 16],
         timeline: u32,
         segment_size: u64,
-        sealed_lsn: u64,
+        sealed_lsn: Lsn,
     },
     /// P→S: a sealed segment of `len` bytes follows in SegmentData frames.
     SegmentStart {
@@ -129,12 +130,12 @@ pub enum Message<'a> {
         data: Bytes<'a>,
     },
     /// P→S heartbeat: the end of the primary's newest sealed segment, and its clock.
-    Keepalive { sealed_lsn: u64, now_us: i64 },
+    Keepalive { sealed_lsn: Lsn, now_us: i64 },
     /// S→P acknowledgement and heartbeat: everything below `flushed_lsn` is durable on the
     /// standby, everything below `applied_lsn` applied.
     Status {
-        flushed_lsn: u64,
-        applied_lsn: u64,
+        flushed_lsn: Lsn,
+        applied_lsn: Lsn,
         now_us: i64,
     },
     /// Either way: the sender closes the connection, and says why.

@@ -56,6 +56,10 @@ pub enum ReplError {
     Refused { code: ErrorCode, message: String },
     #[error("{0}")]
     Timeout(String),
+    /// A task of this process ended when it should not have (it panicked, or stopped without
+    /// saying why): a fault here, not a slow or silent peer; reconnecting cannot help.
+    #[error("{0}")]
+    Internal(String),
     /// Damage in a segment, found by the shipper or reported by a standby: recorded in the
     /// primary's damage register and logged as damage, not as a network event.
     #[error("{0}")]
@@ -94,7 +98,7 @@ impl ReplError {
                         crate::Error::Locked { .. } | crate::Error::NotADataDir { .. }
                     )
             }
-            ReplError::Token(_) => true,
+            ReplError::Token(_) | ReplError::Internal(_) => true,
             _ => false,
         }
     }
@@ -218,6 +222,22 @@ pub(crate) async fn refuse(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_internal_failure_is_not_retried_and_a_timeout_is() {
+        use super::ReplError;
+        assert!(ReplError::Internal("the segment store stopped".into()).is_fatal());
+        assert!(!ReplError::Timeout("the primary took no data for 10s".into()).is_fatal());
+        let state = crate::Error::corrupt_state(
+            std::path::Path::new("applied.json"),
+            "standby state file",
+            "eof",
+        );
+        assert!(
+            ReplError::Store(state).is_fatal(),
+            "a corrupt state file is not retried either"
+        );
+    }
+
     #[test]
     fn addresses() {
         use super::check_address as c;

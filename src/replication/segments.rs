@@ -9,7 +9,6 @@ pub use crate::sealed_set::{scan_sealed, SealedSet};
 use crate::segment_check::{
     check_sealed, check_sealed_bytes, FullCheck, SealedSegment, NO_SEAL_MARKER,
 };
-use crate::Lsn;
 
 /// Checks a received segment's bytes: header and identity, the chain to its predecessor (when
 /// the standby holds it), every record, the seal marker and the whole-segment checksum, and
@@ -67,7 +66,7 @@ pub fn check_for_shipping(
             return Err(Error::Corrupt {
                 file: path.clone(),
                 offset: 0,
-                lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
+                lsn: name.segment_no.start_lsn_saturating(control.segment_size),
                 reason: "not a regular file".into(),
             })
         }
@@ -87,7 +86,7 @@ pub fn check_for_shipping(
         return Err(Error::Corrupt {
             file: path.clone(),
             offset: 0,
-            lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
+            lsn: name.segment_no.start_lsn_saturating(control.segment_size),
             reason: "not a regular file".into(),
         });
     }

@@ -23,7 +23,7 @@ use crate::Lsn;
 pub struct VerifyIssue {
     pub segment: String,
     pub offset: u64,
-    pub lsn: u64,
+    pub lsn: Lsn,
     pub reason: String,
 }
 
@@ -34,8 +34,8 @@ pub struct VerifyReport {
     pub segments: u64,
     pub records: u64,
     pub bytes: u64,
-    pub first_lsn: Option<u64>,
-    pub end_lsn: u64,
+    pub first_lsn: Option<Lsn>,
+    pub end_lsn: Lsn,
     pub errors: Vec<VerifyIssue>,
     /// Findings that are not damage (a torn tail in the open segment, which recovery repairs).
     pub notes: Vec<String>,
@@ -44,7 +44,7 @@ pub struct VerifyReport {
 pub use crate::reader::Identity;
 
 mod archive;
-pub use archive::verify_archive;
+pub use archive::{verify_archive, verify_store};
 
 /// Verifies a data directory, its wal/ folder, one segment file, or an archive. Only an empty
 /// but valid data directory or archive is clean with no segments: a directory that is none of
@@ -61,7 +61,7 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
         report.errors.push(VerifyIssue {
             segment: segment.into(),
             offset: 0,
-            lsn: 0,
+            lsn: Lsn(0),
             reason,
         })
     };
@@ -117,7 +117,7 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
                             format!(
                                 "{}: holds no segment, yet the log had reached LSN {} (the checkpoint or a consumer's position): its segments were removed",
                                 wal.display(),
-                                Lsn(lsn)
+                                lsn
                             ),
                         );
                     }
@@ -193,7 +193,7 @@ fn check_opens(root: &Path, report: &mut VerifyReport) {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             offset,
-            lsn: lsn.0,
+            lsn,
             reason: format!("{reason} (walship write refuses to open this directory)"),
         }),
         Err(_) => {}
@@ -202,14 +202,14 @@ fn check_opens(root: &Path, report: &mut VerifyReport) {
 
 /// The highest position the directory's own state says its log reached (the checkpoint, a
 /// consumer's position), when above zero: a wal/ without segments is then not a fresh one.
-fn reached_lsn(dd: &DataDir) -> Option<u64> {
+fn reached_lsn(dd: &DataDir) -> Option<Lsn> {
     let r = crate::retention::report(dd).ok()?;
     let reached = r
         .consumers
         .iter()
         .map(|c| c.position)
-        .fold(r.checkpoint_lsn, u64::max);
-    (reached > 0).then_some(reached)
+        .fold(r.checkpoint_lsn, Lsn::max);
+    (reached > Lsn(0)).then_some(reached)
 }
 
 /// The data directory a directory given by the user stands for, and its wal/ folder: a wal/
@@ -259,7 +259,7 @@ fn segment_files(
         let lsn = name
             .zip(identity)
             .and_then(|(n, i)| segment_start(n.segment_no.0, i.segment_size))
-            .unwrap_or(0);
+            .unwrap_or(Lsn(0));
         report.errors.push(VerifyIssue {
             segment: name.map(|n| n.to_string()).unwrap_or_default(),
             offset: 0,
@@ -290,8 +290,8 @@ pub fn verify_segments(
         // Where this segment starts by its name, once the set's segment size is known: a
         // header too damaged to say, or a missing neighbour, is still located.
         let size = identity.map_or(0, |i| i.segment_size);
-        let named = |no: u64| segment_start(no, size).unwrap_or(0);
-        let issue = |offset: usize, lsn: u64, reason: String| VerifyIssue {
+        let named = |no: u64| segment_start(no, size).unwrap_or(Lsn(0));
+        let issue = |offset: usize, lsn: Lsn, reason: String| VerifyIssue {
             segment: name.to_string(),
             offset: offset as u64,
             lsn,
@@ -381,7 +381,7 @@ pub fn verify_segments(
                     Some(_) => named(name.segment_no.0),
                     None => claimed_segment_size(&bytes)
                         .and_then(|size| segment_start(name.segment_no.0, size))
-                        .unwrap_or(0),
+                        .unwrap_or(Lsn(0)),
                 };
                 report.errors.push(issue(0, at, reason));
                 prev = Some((*name, None));
@@ -392,7 +392,7 @@ pub fn verify_segments(
         let start = header.start_lsn();
         let id = *identity.get_or_insert(Identity::from(&header));
         // A header that disagrees with its name or set is located by the name.
-        let at_name = segment_start(name.segment_no.0, id.segment_size).unwrap_or(0);
+        let at_name = segment_start(name.segment_no.0, id.segment_size).unwrap_or(Lsn(0));
         if header.system_id != id.system_id {
             report.errors.push(issue(
                 0,
@@ -480,13 +480,13 @@ pub fn verify_segments(
                         )),
                         OpenTail::Torn { later_records, .. } => report.notes.push(format!(
                             "{name}: torn tail at offset {off} (LSN {}): {why}{}; repairable: recovery keeps a copy in setaside/ and zeroes it",
-                            Lsn(at),
+                            at,
                             if later_records > 0 { format!(" ({later_records} valid records after it were never durable: a write persisted out of order)") } else { String::new() }
                         )),
                         OpenTail::Clean => {}
                     }
                     if followed {
-                        report.notes.push(format!("{name}: ends at offset {off} (LSN {}) without a seal marker, yet newer open segments follow (a crash while sealing; recovery cuts the log here and sets the newer ones aside)", Lsn(at)));
+                        report.notes.push(format!("{name}: ends at offset {off} (LSN {}) without a seal marker, yet newer open segments follow (a crash while sealing; recovery cuts the log here and sets the newer ones aside)", at));
                     }
                 }
             }

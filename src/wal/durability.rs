@@ -113,7 +113,7 @@ impl Inner {
     fn lead_sync(&self, target: u64, synced_to: Option<SyncedTo>) -> Result<Option<SyncedTo>> {
         let (seg, to, end, seals) = {
             let st = lock(&self.tail);
-            (st.seg.clone(), st.off, st.end_lsn, st.tickets)
+            (st.seg.clone(), st.off, st.end_lsn.0, st.tickets)
         };
         if target > end {
             return Err(Error::InvalidArgument(format!(

@@ -29,6 +29,8 @@ mod finisher;
 mod group_commit;
 mod pipeline;
 mod tail;
+#[cfg(test)]
+mod test_support;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -145,7 +147,7 @@ impl Wal {
             dir = %inner.dir.root().display(),
             segments = rec.sealed.len() + rec.open.is_some() as usize,
             records = rec.records,
-            end_lsn = %Lsn(rec.end_lsn),
+            end_lsn = %rec.end_lsn,
             repaired = %if rec.repairs.is_empty() { "nothing".to_string() } else { rec.repairs.join("; ") },
             "recovered data directory"
         );
@@ -210,7 +212,7 @@ impl Wal {
         self.inner.check_poison()?;
         let mut st = lock(&self.inner.tail);
         let r = self.inner.append_locked(&mut st, entry, crate::now_us());
-        let end = st.end_lsn;
+        let end = st.end_lsn.0;
         let activated = st.prepare_next.take();
         let writeback = st.writeback_due();
         drop(st);
@@ -241,7 +243,7 @@ impl Wal {
                 }
             }
         }
-        let end = st.end_lsn;
+        let end = st.end_lsn.0;
         let writeback = st.writeback_due();
         drop(st);
         self.inner.written.fetch_max(end, Ordering::AcqRel);
@@ -342,14 +344,14 @@ impl Inner {
         options: WalOptions,
     ) -> Result<Inner> {
         let tail = Tail::from_recovered(&dir, &control, rec)?;
-        let sealed = rec.sealed.last().map(|s| s.end_lsn).unwrap_or(0);
+        let sealed = rec.sealed.last().map_or(0, |s| s.end_lsn.0);
         let pipeline = Pipeline::from_recovered(rec, tail.next_segment_no, control.segment_size)?;
         Ok(Inner {
             dir,
             control,
             commit: GroupCommit::default(),
-            flushed: AtomicU64::new(rec.end_lsn),
-            written: AtomicU64::new(rec.end_lsn),
+            flushed: AtomicU64::new(rec.end_lsn.0),
+            written: AtomicU64::new(rec.end_lsn.0),
             sealed: AtomicU64::new(sealed),
             tail: Mutex::new(tail),
             poisoned: AtomicBool::new(false),

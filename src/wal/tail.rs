@@ -30,11 +30,11 @@ pub(super) struct Tail {
     pub off: usize,
     pub hasher: crc32fast::Hasher,
     pub seg_records: u64,
-    pub seg_last_lsn: u64,
+    pub seg_last_lsn: Option<Lsn>,
     /// The open segment's records carry the durable offset (format version 2 on); a version 1
     /// segment adopted by recovery keeps those bytes zero.
     pub seg_durable_offsets: bool,
-    pub end_lsn: u64,
+    pub end_lsn: Lsn,
     pub prev_checksum: Option<u32>,
     pub next_segment_no: u64,
     pub opened_at: Instant,
@@ -70,7 +70,7 @@ impl Tail {
             off: 0,
             hasher: crc32fast::Hasher::new(),
             seg_records: 0,
-            seg_last_lsn: 0,
+            seg_last_lsn: None,
             seg_durable_offsets: true,
             end_lsn: rec.end_lsn,
             prev_checksum: rec.prev_checksum,
@@ -152,25 +152,25 @@ impl Inner {
         st.hasher.update(dst);
         st.off += len;
         st.seg_records += 1;
-        st.seg_last_lsn = lsn;
+        st.seg_last_lsn = Some(lsn);
         st.end_lsn = lsn + len as u64;
         self.appended.fetch_add(1, Ordering::Relaxed);
         Ok(Appended {
-            lsn: Lsn(lsn),
-            end_lsn: Lsn(st.end_lsn),
+            lsn,
+            end_lsn: st.end_lsn,
         })
     }
 
     /// How far into the open segment (starting at `start`) the log is durable now: written into
     /// each record, so that recovery can tell bytes that were never synced (a torn tail, even
     /// one persisted out of order) from bytes that were (damage).
-    fn durable_offset(&self, st: &Tail, start: u64) -> u32 {
+    fn durable_offset(&self, st: &Tail, start: Lsn) -> u32 {
         if !st.seg_durable_offsets {
             return 0;
         }
         let flushed = self.flushed.load(Ordering::Acquire);
         // At most the write position, which is below the segment size (at most 1 GiB).
-        flushed.saturating_sub(start).min(st.off as u64) as u32
+        flushed.saturating_sub(start.0).min(st.off as u64) as u32
     }
 
     /// Writes the seal marker and hands the segment to the finisher (see `finisher.rs`); with
@@ -255,7 +255,7 @@ impl Inner {
         st.seg_durable_offsets = true;
         st.writeback_to = 0;
         st.seg_records = 0;
-        st.seg_last_lsn = 0;
+        st.seg_last_lsn = None;
         st.opened_at = Instant::now();
         st.seg = Some(Arc::new(seg));
         st.next_segment_no = no + 1;
@@ -263,3 +263,6 @@ impl Inner {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -153,7 +153,7 @@ pub fn consumer(id: &str, kind: ConsumerKind, position: u64) -> ConsumerRecord {
     ConsumerRecord {
         id: id.into(),
         kind,
-        position,
+        position: walship::Lsn(position),
         applied_lsn: None,
         address: None,
         last_contact_us: None,

@@ -9,7 +9,7 @@ impl<S: ArchiveStore> Archiver<S> {
     /// from there). When this archiver had already archived up to `position` into this same
     /// location, the archive it filled is gone; it is rebuilt only when wal/ provably still
     /// holds everything that archive held (nothing was ever removed by retention).
-    pub(super) fn first_segment_of_new_archive(&mut self, position: u64) -> Result<u64> {
+    pub(super) fn first_segment_of_new_archive(&mut self, position: Lsn) -> Result<u64> {
         let oldest = self
             .dir
             .list_segments()?
@@ -17,19 +17,19 @@ impl<S: ArchiveStore> Archiver<S> {
             .map(|n| n.segment_no.0)
             .min()
             .unwrap_or(0);
-        if position == 0 {
+        if position == Lsn::ZERO {
             return Ok(oldest);
         }
         let loc = self.store.location();
-        if oldest == 0 || crate::retention::checkpoint_lsn(&self.dir)? == 0 {
-            tracing::warn!(archive = %loc, archived_up_to = %Lsn(position), "the archive is gone (no {IDENTITY_NAME}, no segments) although the archiver had archived up to its position there; creating it again and pushing every segment again from wal/");
+        if oldest == 0 || crate::retention::checkpoint_lsn(&self.dir)? == Lsn(0) {
+            tracing::warn!(archive = %loc, archived_up_to = %position, "the archive is gone (no {IDENTITY_NAME}, no segments) although the archiver had archived up to its position there; creating it again and pushing every segment again from wal/");
             return Ok(oldest);
         }
         // Retention removes nothing below the position while this is recorded.
         self.save_position(SegmentNo(oldest).start_lsn_saturating(self.control.segment_size))?;
         Err(Error::Refused(format!(
             "{loc} is no longer an archive (no {IDENTITY_NAME}, no segments), yet the archiver had archived up to LSN {} there; {} begins at segment {oldest:X} and retention may have removed older segments, so the archive cannot be rebuilt complete. Nothing was written; the archiver's position was set back so that retention keeps every segment in wal/. Start a new archive in another directory (--to), or drop the archiver (`walship checkpoint {} --drop-consumer {ARCHIVER_ID}`) to start a new one here",
-            Lsn(position),
+            position,
             self.dir.wal_dir().display(),
             self.dir.root().display()
         )))
@@ -118,7 +118,7 @@ impl<S: ArchiveStore> Archiver<S> {
             return Ok(());
         };
         let size = self.control.segment_size;
-        let covered = self.position.checked_sub(1).map(|p| p / size);
+        let covered = self.position.0.checked_sub(1).map(|p| p / size);
         let newest = self.archived.keys().next_back().copied();
         let Some(high) = covered.max(newest) else {
             return Ok(());
@@ -133,7 +133,7 @@ impl<S: ArchiveStore> Archiver<S> {
             .filter(|n| n.kind == SegmentFileKind::Sealed)
             .map(|n| n.segment_no.0)
             .collect();
-        let back_to = first_missing.saturating_mul(size);
+        let back_to = SegmentNo(first_missing).start_lsn_saturating(size);
         if back_to < self.position {
             // Before anything else: retention must keep what the archive lacks.
             self.save_position(back_to)?;
@@ -153,7 +153,7 @@ impl<S: ArchiveStore> Archiver<S> {
                 seg(high),
                 self.dir.wal_dir().display(),
                 seg(g),
-                Lsn(self.position),
+                self.position,
                 seg(first_missing)
             )));
         }

@@ -22,6 +22,7 @@ use super::frame::{write_message, HANDSHAKE_MAX_FRAME, MIN_FRAME_LIMIT};
 use super::messages::{ErrorCode, Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use super::{read_msg, refuse, ReplError};
 use crate::format::ControlFile;
+use crate::Lsn;
 
 /// What a standby said in a handshake that succeeded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,8 +33,8 @@ pub(crate) struct Identified {
     pub next_segment: Option<u64>,
     pub prev_checksum: Option<u32>,
     pub max_frame: usize,
-    pub flushed_lsn: u64,
-    pub applied_lsn: u64,
+    pub flushed_lsn: Lsn,
+    pub applied_lsn: Lsn,
 }
 
 /// What the primary refuses a message from the standby with when it is not the one expected.
@@ -192,7 +193,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 pub(crate) async fn welcome<S: AsyncWrite + Unpin>(
     stream: &mut S,
     control: &ControlFile,
-    sealed_lsn: u64,
+    sealed_lsn: Lsn,
 ) -> Result<(), ReplError> {
     write_message(
         stream,
@@ -215,8 +216,8 @@ pub(crate) struct Introduction {
     pub control: Option<ControlFile>,
     pub next_segment: Option<u64>,
     pub prev_checksum: Option<u32>,
-    pub flushed_lsn: u64,
-    pub applied_lsn: u64,
+    pub flushed_lsn: Lsn,
+    pub applied_lsn: Lsn,
     pub max_frame: usize,
 }
 
@@ -230,7 +231,7 @@ pub(crate) struct Welcomed {
     pub system_id: Uuid,
     pub timeline: u32,
     pub segment_size: u64,
-    pub sealed_lsn: u64,
+    pub sealed_lsn: Lsn,
 }
 
 /// The standby's error for a message from the primary that is not the one expected: the

@@ -17,10 +17,12 @@ fn rt() -> tokio::runtime::Runtime {
 
 fn control(system: u128) -> ControlFile {
     ControlFile {
-        format_version: FORMAT_VERSION,
-        timeline: 1,
-        system_id: Uuid::from_u128(system),
-        segment_size: 1 << 20,
+        identity: crate::format::SystemIdentity {
+            format_version: FORMAT_VERSION,
+            timeline: 1,
+            system_id: Uuid::from_u128(system),
+            segment_size: 1 << 20,
+        },
         created_us: 7,
     }
 }
@@ -31,8 +33,8 @@ fn intro(control: Option<ControlFile>) -> Introduction {
         control,
         next_segment: Some(3),
         prev_checksum: Some(0xdead_beef),
-        flushed_lsn: 3 << 20,
-        applied_lsn: 2 << 20,
+        flushed_lsn: Lsn(3 << 20),
+        applied_lsn: Lsn(2 << 20),
         max_frame: 1 << 20,
     }
 }
@@ -50,7 +52,7 @@ fn both(
         let primary_side = async {
             let r = accept(&mut p, primary_token.as_ref(), &primary, T).await;
             if r.is_ok() {
-                welcome(&mut p, &primary, 9 << 20).await.unwrap();
+                welcome(&mut p, &primary, Lsn(9 << 20)).await.unwrap();
             }
             // Closing our end lets a standby waiting for more see the end.
             drop(p);
@@ -93,8 +95,8 @@ fn a_good_handshake_with_a_token_tells_each_side_what_the_other_said() {
             next_segment: Some(3),
             prev_checksum: Some(0xdead_beef),
             max_frame: 1 << 20,
-            flushed_lsn: 3 << 20,
-            applied_lsn: 2 << 20,
+            flushed_lsn: Lsn(3 << 20),
+            applied_lsn: Lsn(2 << 20),
         }
     );
     let s = s.unwrap();
@@ -102,7 +104,7 @@ fn a_good_handshake_with_a_token_tells_each_side_what_the_other_said() {
     assert_eq!(s.sent, intro(Some(control(1))));
     assert_eq!(
         (s.system_id, s.timeline, s.segment_size, s.sealed_lsn),
-        (Uuid::from_u128(1), 1, 1 << 20, 9 << 20)
+        (Uuid::from_u128(1), 1, 1 << 20, crate::Lsn(9 << 20))
     );
 }
 
@@ -165,7 +167,7 @@ fn another_system_is_refused_by_both_halves() {
     told(&s, ErrorCode::Identity);
     // Another timeline.
     let mut other = control(1);
-    other.timeline = 2;
+    other.identity.timeline = 2;
     let (p, _) = both(None, None, control(1), intro(Some(other)));
     assert!(refused_with(&p, ErrorCode::Identity).contains("timeline 2"));
 }
@@ -178,7 +180,7 @@ fn a_welcome_of_another_system_is_refused_by_the_standby() {
         let primary_side = async {
             // Accepts a standby that says nothing of its system, then names system 2.
             let r = accept(&mut p, None, &control(1), T).await;
-            welcome(&mut p, &control(2), 0).await.unwrap();
+            welcome(&mut p, &control(2), Lsn(0)).await.unwrap();
             let body = read_frame(&mut p, HANDSHAKE_MAX_FRAME).await.unwrap();
             (r, codec::decode(&body).unwrap().name())
         };
@@ -263,8 +265,8 @@ fn an_older_standby_is_answered_in_its_version() {
             segment_size: 0,
             next_segment: None,
             prev_checksum: None,
-            flushed_lsn: 0,
-            applied_lsn: 0,
+            flushed_lsn: Lsn(0),
+            applied_lsn: Lsn(0),
             max_frame: MIN_FRAME_LIMIT as u32,
         };
         write_message(&mut s, &identify).await.unwrap();

@@ -12,7 +12,6 @@ use crate::replication::handshake::{self, Identified};
 use crate::replication::messages::ErrorCode;
 use crate::replication::{refuse, ReplError};
 use crate::segment_check::check_sealed;
-use crate::Lsn;
 
 /// The handshake up to Identify, then whether this shipper can serve the standby: it may not be
 /// ahead of this primary, marked lost, or need WAL that is gone, and its newest segment must be
@@ -47,10 +46,10 @@ pub(super) async fn admit(
             ErrorCode::Identity,
             format!(
                 "the standby holds WAL up to {} (segments before {}), past this primary's newest sealed segment{} (ending at {}): it is ahead of this primary or diverged from it; it cannot follow this primary",
-                Lsn(flushed_lsn),
+                flushed_lsn,
                 next_segment.map_or("-".to_string(), |n| format!("{n:X}")),
                 set.newest().map_or(" (none)".to_string(), |n| format!(" {n:X}")),
-                Lsn(set.sealed_lsn)
+                set.sealed_lsn
             ),
         )
         .await);

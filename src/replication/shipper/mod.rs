@@ -38,6 +38,7 @@ mod session;
 mod slots;
 mod watcher;
 
+use crate::Lsn;
 use accept::accept_loop;
 use watcher::watch_segments;
 
@@ -91,10 +92,10 @@ pub struct StandbyInfo {
     pub id: String,
     pub address: String,
     pub connected: bool,
-    pub flushed_lsn: u64,
-    pub applied_lsn: u64,
+    pub flushed_lsn: Lsn,
+    pub applied_lsn: Lsn,
     /// End of the last segment sent to it.
-    pub shipped_lsn: u64,
+    pub shipped_lsn: Lsn,
     pub last_contact_us: i64,
 }
 
@@ -114,13 +115,13 @@ pub enum ShipperEvent {
     Shipped {
         id: String,
         segment: SegmentName,
-        end_lsn: u64,
+        end_lsn: Lsn,
     },
     /// A standby reported new positions.
     Acknowledged {
         id: String,
-        flushed_lsn: u64,
-        applied_lsn: u64,
+        flushed_lsn: Lsn,
+        applied_lsn: Lsn,
     },
     /// Damage was found (by the shipper) or reported (by a standby) and recorded in the
     /// directory's damage register.

@@ -17,7 +17,7 @@ use crate::Lsn;
 
 /// Records a standby that completed its handshake as connected, at the positions it reported.
 /// Its slot on disk starts only at its first Status.
-pub(super) fn register(shared: &Shared, id: &str, addr: SocketAddr, flushed: u64, applied: u64) {
+pub(super) fn register(shared: &Shared, id: &str, addr: SocketAddr, flushed: Lsn, applied: Lsn) {
     let mut m = crate::sync::lock(&shared.standbys);
     let e = m.entry(id.to_string()).or_insert_with(|| StandbyInfo {
         id: id.to_string(),
@@ -25,7 +25,7 @@ pub(super) fn register(shared: &Shared, id: &str, addr: SocketAddr, flushed: u64
         connected: true,
         flushed_lsn: flushed,
         applied_lsn: applied,
-        shipped_lsn: 0,
+        shipped_lsn: Lsn::ZERO,
         last_contact_us: crate::now_us(),
     });
     e.address = addr.to_string();
@@ -41,8 +41,8 @@ impl Conn {
     /// second while it reports.
     pub(super) async fn acknowledged(
         &mut self,
-        flushed_lsn: u64,
-        applied_lsn: u64,
+        flushed_lsn: Lsn,
+        applied_lsn: Lsn,
     ) -> Result<(), ReplError> {
         if flushed_lsn > self.acked_limit {
             // Checked before anything is updated: the slot stays as it was.
@@ -50,8 +50,7 @@ impl Conn {
                 ErrorCode::Protocol,
                 format!(
                     "the standby acknowledged WAL up to {} but only WAL up to {} was shipped to it",
-                    Lsn(flushed_lsn),
-                    Lsn(self.acked_limit)
+                    flushed_lsn, self.acked_limit
                 ),
             ));
         }
@@ -86,12 +85,12 @@ impl Conn {
                     connected: true,
                     flushed_lsn,
                     applied_lsn,
-                    shipped_lsn: 0,
+                    shipped_lsn: Lsn(0),
                     last_contact_us: now,
                 },
             ));
         if changed {
-            tracing::debug!(standby = %self.id, flushed = %Lsn(flushed_lsn), applied = %Lsn(applied_lsn), "standby acknowledged");
+            tracing::debug!(standby = %self.id, flushed = %flushed_lsn, applied = %applied_lsn, "standby acknowledged");
             self.shared.emit(ShipperEvent::Acknowledged {
                 id: self.id.clone(),
                 flushed_lsn,
@@ -158,10 +157,12 @@ mod tests {
         Arc::new(Shared {
             config: ShipperConfig::new(dir, "127.0.0.1:0"),
             control: ControlFile {
-                format_version: FORMAT_VERSION,
-                timeline: 1,
-                system_id: uuid::Uuid::from_u128(1),
-                segment_size: 1 << 16,
+                identity: crate::format::SystemIdentity {
+                    format_version: FORMAT_VERSION,
+                    timeline: 1,
+                    system_id: uuid::Uuid::from_u128(1),
+                    segment_size: 1 << 16,
+                },
                 created_us: 0,
             },
             registry: ConsumerRegistry::new(&dd),
@@ -180,13 +181,13 @@ mod tests {
 
     /// A session with a standby that said it holds WAL up to `flushed`.
     fn session(shared: &Arc<Shared>, flushed: u64) -> Conn {
-        register(shared, ID, addr(), flushed, 0);
+        register(shared, ID, addr(), Lsn(flushed), Lsn(0));
         Conn {
             shared: shared.clone(),
             id: ID.into(),
             addr: addr(),
             last_save: None,
-            acked_limit: flushed,
+            acked_limit: Lsn(flushed),
             status_seen: false,
             unconfirmed: None,
             sent: None,
@@ -207,23 +208,32 @@ mod tests {
     fn a_standby_that_connects_is_listed_without_a_slot_on_disk() {
         let d = tempfile::tempdir().unwrap();
         let s = shared(d.path());
-        register(&s, ID, addr(), 300, 200);
+        register(&s, ID, addr(), Lsn(300), Lsn(200));
         let i = info(&s);
         assert!(i.connected);
-        assert_eq!((i.flushed_lsn, i.applied_lsn, i.shipped_lsn), (300, 200, 0));
+        assert_eq!(
+            (i.flushed_lsn, i.applied_lsn, i.shipped_lsn),
+            (Lsn(300), Lsn(200), Lsn(0))
+        );
         assert_eq!(i.address, "127.0.0.1:4000");
         assert_eq!(s.registry.get(ID).unwrap(), None);
         // Reconnecting updates the entry; what was shipped stays.
         s.update(ID, |i| {
             i.connected = false;
-            i.shipped_lsn = 400;
+            i.shipped_lsn = Lsn(400);
         });
-        register(&s, ID, "127.0.0.1:4001".parse().unwrap(), 400, 300);
+        register(
+            &s,
+            ID,
+            "127.0.0.1:4001".parse().unwrap(),
+            Lsn(400),
+            Lsn(300),
+        );
         let i = info(&s);
         assert!(i.connected);
         assert_eq!(
             (i.flushed_lsn, i.applied_lsn, i.shipped_lsn),
-            (400, 300, 400)
+            (Lsn(400), Lsn(300), Lsn(400))
         );
         assert_eq!(i.address, "127.0.0.1:4001");
     }
@@ -233,7 +243,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = shared(d.path());
         let mut c = session(&s, 100);
-        let r = rt().block_on(c.acknowledged(101, 50));
+        let r = rt().block_on(c.acknowledged(Lsn(101), Lsn(50)));
         match r {
             Err(ReplError::Refused { code, message }) => {
                 assert_eq!(code, ErrorCode::Protocol);
@@ -245,7 +255,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!c.status_seen);
-        assert_eq!(info(&s).flushed_lsn, 100);
+        assert_eq!(info(&s).flushed_lsn, Lsn(100));
         assert_eq!(s.registry.get(ID).unwrap(), None);
     }
 
@@ -256,37 +266,40 @@ mod tests {
         let mut events = s.events.subscribe();
         let mut c = session(&s, 100);
         let rt = rt();
-        rt.block_on(c.acknowledged(100, 80)).unwrap();
+        rt.block_on(c.acknowledged(Lsn(100), Lsn(80))).unwrap();
         assert!(c.status_seen);
         assert_eq!(
             events.try_recv().unwrap(),
             ShipperEvent::Acknowledged {
                 id: ID.into(),
-                flushed_lsn: 100,
-                applied_lsn: 80
+                flushed_lsn: Lsn(100),
+                applied_lsn: Lsn(80)
             }
         );
         let rec = s.registry.get(ID).unwrap().unwrap();
         assert_eq!(rec.kind, ConsumerKind::Standby);
         assert_eq!(
             (rec.position, rec.applied_lsn, rec.lost),
-            (100, Some(80), false)
+            (Lsn(100), Some(Lsn(80)), false)
         );
         assert_eq!(rec.address.as_deref(), Some("127.0.0.1:4000"));
         // The same positions again at once: nothing to tell, nothing to save.
         s.registry.remove(ID).unwrap();
-        rt.block_on(c.acknowledged(100, 80)).unwrap();
+        rt.block_on(c.acknowledged(Lsn(100), Lsn(80))).unwrap();
         assert!(events.try_recv().is_err());
         assert_eq!(s.registry.get(ID).unwrap(), None);
         // A second later the slot is saved again, so that its contact time stays current.
         c.last_save = Some(Instant::now() - Duration::from_secs(2));
-        rt.block_on(c.acknowledged(100, 80)).unwrap();
+        rt.block_on(c.acknowledged(Lsn(100), Lsn(80))).unwrap();
         assert!(events.try_recv().is_err());
-        assert_eq!(s.registry.get(ID).unwrap().unwrap().position, 100);
+        assert_eq!(s.registry.get(ID).unwrap().unwrap().position, Lsn(100));
         // A moved position is saved at once.
-        rt.block_on(c.acknowledged(100, 90)).unwrap();
-        assert_eq!(s.registry.get(ID).unwrap().unwrap().applied_lsn, Some(90));
-        assert_eq!(info(&s).applied_lsn, 90);
+        rt.block_on(c.acknowledged(Lsn(100), Lsn(90))).unwrap();
+        assert_eq!(
+            s.registry.get(ID).unwrap().unwrap().applied_lsn,
+            Some(Lsn(90))
+        );
+        assert_eq!(info(&s).applied_lsn, Lsn(90));
     }
 
     #[test]
@@ -299,7 +312,7 @@ mod tests {
                 component: Component::Standby,
                 file: name.to_string(),
                 offset: 10,
-                lsn: 10,
+                lsn: Lsn(10),
                 reason: "r".into(),
                 action: "a".into(),
                 reporter: None,
@@ -307,12 +320,12 @@ mod tests {
             .unwrap();
         let mut c = session(&s, 0);
         // Segment 2, ending at 300, was shipped again.
-        c.acked_limit = 300;
-        c.unconfirmed = Some((name, 300));
+        c.acked_limit = Lsn(300);
+        c.unconfirmed = Some((name, Lsn(300)));
         let rt = rt();
-        rt.block_on(c.acknowledged(200, 0)).unwrap();
+        rt.block_on(c.acknowledged(Lsn(200), Lsn(0))).unwrap();
         assert_eq!(s.damage.list().unwrap().len(), 1, "not stored yet");
-        rt.block_on(c.acknowledged(300, 0)).unwrap();
+        rt.block_on(c.acknowledged(Lsn(300), Lsn(0))).unwrap();
         assert!(s.damage.list().unwrap().is_empty());
         assert_eq!(c.unconfirmed, None);
     }

@@ -12,20 +12,21 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::apply::Jobs;
 use super::directory::first_contact;
 use super::receiver::{LastWord, Received, Receiver};
 use super::store::{store_ended, StoreQueue};
 use super::{Shared, StandbyPhase};
-use crate::format::SegmentName;
 use crate::replication::frame::write_message;
 use crate::replication::handshake::{self, Introduction, Welcomed};
 use crate::replication::messages::{ErrorCode, Message};
 use crate::replication::{codec, read_msg, ReplError};
+use crate::Lsn;
 
 /// One connection: handshake, then receive segments until the connection ends.
 pub(super) async fn connect_and_stream(
     shared: &Arc<Shared>,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    jobs: &Jobs,
     shutdown: &mut watch::Receiver<bool>,
     streamed: &mut bool,
 ) -> Result<(), ReplError> {
@@ -49,8 +50,8 @@ pub(super) async fn connect_and_stream(
             control: held.control,
             next_segment: held.next_segment,
             prev_checksum: held.prev_checksum,
-            flushed_lsn: shared.flushed.load(Ordering::Acquire),
-            applied_lsn: shared.applied.load(Ordering::Acquire),
+            flushed_lsn: Lsn(shared.flushed.load(Ordering::Acquire)),
+            applied_lsn: Lsn(shared.applied.load(Ordering::Acquire)),
             max_frame: max,
         }
     })
@@ -62,7 +63,7 @@ pub(super) async fn connect_and_stream(
         ..
     } = welcomed;
     first_contact(shared, jobs, &welcomed).await?;
-    shared.primary_sealed.store(sealed_lsn, Ordering::Release);
+    shared.primary_sealed.store(sealed_lsn.0, Ordering::Release);
     *streamed = true;
     shared.set_phase(StandbyPhase::Streaming, None);
     tracing::info!(primary = %cfg.primary, "streaming from the primary");
@@ -78,7 +79,7 @@ pub(super) async fn connect_and_stream(
             _ = shutdown.changed() => break Ok(()),
             r = &mut writer => break Err(match r {
                 Ok(Err(e)) => e,
-                _ => ReplError::Timeout("the status sender stopped".into()),
+                _ => ReplError::Internal("the status sender stopped".into()),
             }),
             r = &mut store => break Err(store_ended(r)),
         };
@@ -88,7 +89,7 @@ pub(super) async fn connect_and_stream(
         };
         let r = match codec::decode(&body).map(|m| rx.receive(m)) {
             Ok(Ok(Received::PrimarySealed(lsn))) => {
-                shared.primary_sealed.store(lsn, Ordering::Release);
+                shared.primary_sealed.store(lsn.0, Ordering::Release);
                 Ok(())
             }
             Ok(Ok(Received::Start { name, len })) => queue.start(name, len).await,
@@ -128,8 +129,8 @@ async fn send_status(
     let t = shared.config.peer_timeout;
     loop {
         let m = Message::Status {
-            flushed_lsn: shared.flushed.load(Ordering::Acquire),
-            applied_lsn: shared.applied.load(Ordering::Acquire),
+            flushed_lsn: Lsn(shared.flushed.load(Ordering::Acquire)),
+            applied_lsn: Lsn(shared.applied.load(Ordering::Acquire)),
             now_us: crate::now_us(),
         };
         match tokio::time::timeout(t, write_message(&mut wr, &m)).await {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::adoption::{adopt, examine_for_adoption, Adopting};
+use super::apply::Jobs;
 use super::{lock, Held, Shared, StandbyConfig};
 use crate::datadir::{DataDir, DirLock};
 use crate::error::{Error, Result};
@@ -24,6 +25,7 @@ use crate::fsutil::{fsync_dir, write_atomic};
 use crate::recovery::{recover, RecoveryMode};
 use crate::replication::handshake::Welcomed;
 use crate::replication::ReplError;
+use crate::segment_check::SealedSegment;
 use crate::Lsn;
 
 /// The standby's identity file.
@@ -38,7 +40,7 @@ pub struct StandbyMeta {
 /// The applied position file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedState {
-    pub applied_lsn: u64,
+    pub applied_lsn: Lsn,
     pub updated_us: i64,
 }
 
@@ -51,11 +53,8 @@ pub fn applied_path(dd: &DataDir) -> std::path::PathBuf {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result<Option<T>> {
-    crate::fsutil::read_json(path, |e| Error::Corrupt {
-        file: path.to_path_buf(),
-        offset: 0,
-        lsn: crate::Lsn(0),
-        reason: format!("not a valid standby state file: {e}"),
+    crate::fsutil::read_json(path, |e| {
+        Error::corrupt_state(path, "standby state file", e)
     })
 }
 
@@ -81,18 +80,17 @@ pub fn write_meta(dd: &DataDir, meta: &StandbyMeta) -> Result<()> {
 }
 
 /// The applied position: 0 before the first apply.
-pub fn read_applied(dd: &DataDir) -> Result<u64> {
-    Ok(read_json::<AppliedState>(&applied_path(dd))?.map_or(0, |s| s.applied_lsn))
+pub fn read_applied(dd: &DataDir) -> Result<Lsn> {
+    Ok(read_json::<AppliedState>(&applied_path(dd))?.map_or(Lsn::ZERO, |s| s.applied_lsn))
 }
 
 /// Records the applied position durably. Refuses to move it backwards.
-pub fn write_applied(dd: &DataDir, applied_lsn: u64) -> Result<()> {
+pub fn write_applied(dd: &DataDir, applied_lsn: Lsn) -> Result<()> {
     let old = read_applied(dd)?;
     if applied_lsn < old {
         return Err(Error::InvalidArgument(format!(
             "applied_lsn may not move backwards (from {} to {})",
-            crate::Lsn(old),
-            crate::Lsn(applied_lsn)
+            old, applied_lsn
         )));
     }
     write_json(
@@ -115,10 +113,10 @@ pub(super) struct Opened {
     pub(super) lock: DirLock,
     pub(super) id: Uuid,
     pub(super) held: Held,
-    pub(super) flushed: u64,
-    pub(super) applied: u64,
+    pub(super) flushed: Lsn,
+    pub(super) applied: Lsn,
     /// Sealed segments not yet fully applied, in order.
-    pub(super) pending: Vec<SegmentName>,
+    pub(super) pending: Vec<SealedSegment>,
     pub(super) meta: Option<StandbyMeta>,
     pub(super) adopting: Option<Adopting>,
     pub(super) created: Created,
@@ -191,8 +189,8 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
             lock,
             id: meta.as_ref().map_or_else(Uuid::new_v4, |m| m.standby_id),
             held: Held::default(),
-            flushed: 0,
-            applied: 0,
+            flushed: Lsn::ZERO,
+            applied: Lsn::ZERO,
             pending: Vec::new(),
             meta: None,
             adopting: None,
@@ -206,7 +204,7 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
         let (held, flushed, pending, open) = examine_for_adoption(&dd, &control)?;
         tracing::info!(
             dir = %dd.root().display(),
-            flushed = %Lsn(flushed),
+            flushed = %flushed,
             open = open.as_ref().map_or("none".to_string(), |o| format!("{} up to offset {}", o.name, o.valid_end)),
             "not a standby's directory yet: it becomes one once the primary accepts its history"
         );
@@ -215,7 +213,7 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
             id: Uuid::new_v4(),
             held,
             flushed,
-            applied: 0,
+            applied: Lsn::ZERO,
             pending,
             meta: None,
             adopting: Some(Adopting { open }),
@@ -235,9 +233,9 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
     }
     let applied = read_applied(&dd)?;
     let last = rec.sealed.last();
-    let flushed = last.map_or(0, |s| s.end_lsn);
+    let flushed = last.map_or(Lsn::ZERO, |s| s.end_lsn);
     if applied > flushed {
-        tracing::warn!(applied = %Lsn(applied), flushed = %Lsn(flushed), "applied_lsn is past the stored segments; keeping it (it never moves backwards)");
+        tracing::warn!(applied = %applied, flushed = %flushed, "applied_lsn is past the stored segments; keeping it (it never moves backwards)");
     }
     Ok(Opened {
         lock,
@@ -253,7 +251,7 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
             .sealed
             .iter()
             .filter(|s| s.end_lsn > applied)
-            .map(|s| s.name)
+            .cloned()
             .collect(),
         meta: Some(meta),
         adopting: None,
@@ -324,7 +322,7 @@ fn discard_partials(dd: &DataDir) -> Result<(), ReplError> {
 /// the primary's system with no open segment to check becomes a standby's.
 pub(super) async fn first_contact(
     shared: &Arc<Shared>,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    jobs: &Jobs,
     welcomed: &Welcomed,
 ) -> Result<(), ReplError> {
     let cfg = &shared.config;
@@ -337,10 +335,12 @@ pub(super) async fn first_contact(
     } = *welcomed;
     if sent.control.is_none() {
         let control = ControlFile {
-            format_version: FORMAT_VERSION,
-            timeline,
-            system_id,
-            segment_size,
+            identity: crate::format::SystemIdentity {
+                format_version: FORMAT_VERSION,
+                timeline,
+                system_id,
+                segment_size,
+            },
             created_us: crate::now_us(),
         };
         let (dd, meta) = (
@@ -407,11 +407,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dd = DataDir::new(t.path());
         std::fs::create_dir_all(dd.state_dir()).unwrap();
-        assert_eq!(read_applied(&dd).unwrap(), 0);
-        write_applied(&dd, 100).unwrap();
-        write_applied(&dd, 100).unwrap();
-        assert!(write_applied(&dd, 99).is_err());
-        assert_eq!(read_applied(&dd).unwrap(), 100);
+        assert_eq!(read_applied(&dd).unwrap(), Lsn(0));
+        write_applied(&dd, Lsn(100)).unwrap();
+        write_applied(&dd, Lsn(100)).unwrap();
+        assert!(write_applied(&dd, Lsn(99)).is_err());
+        assert_eq!(read_applied(&dd).unwrap(), Lsn(100));
         assert_eq!(read_meta(&dd).unwrap(), None);
         let m = StandbyMeta {
             standby_id: Uuid::new_v4(),
@@ -420,5 +420,26 @@ mod tests {
         };
         write_meta(&dd, &m).unwrap();
         assert_eq!(read_meta(&dd).unwrap(), Some(m));
+    }
+
+    #[test]
+    fn a_corrupt_applied_file_is_the_state_file_error() {
+        let t = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(t.path());
+        std::fs::create_dir_all(dd.state_dir()).unwrap();
+        std::fs::write(applied_path(&dd), b"{").unwrap();
+        match read_applied(&dd) {
+            Err(e @ Error::CorruptState { .. }) => {
+                assert!(e.is_corruption());
+                assert!(
+                    e.to_string().starts_with(&format!(
+                        "{}: not a valid standby state file: ",
+                        applied_path(&dd).display()
+                    )),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

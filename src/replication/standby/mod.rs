@@ -34,7 +34,7 @@ use super::frame::DEFAULT_MAX_FRAME;
 use super::{ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
 use crate::datadir::{DataDir, DirLock};
 use crate::error::Error;
-use crate::format::{ControlFile, SegmentName};
+use crate::format::ControlFile;
 use crate::Lsn;
 
 mod adoption;
@@ -45,7 +45,7 @@ mod receiver;
 mod store;
 
 use adoption::Adopting;
-use apply::applier;
+use apply::{applier, ApplyJob, Jobs};
 use connection::connect_and_stream;
 use directory::{open_dir, undo_created, Created, StandbyMeta};
 
@@ -96,10 +96,10 @@ pub enum StandbyPhase {
 pub struct StandbyState {
     pub standby_id: String,
     pub phase: StandbyPhase,
-    pub flushed_lsn: u64,
-    pub applied_lsn: u64,
+    pub flushed_lsn: Lsn,
+    pub applied_lsn: Lsn,
     /// End of the primary's newest sealed segment, as last heard.
-    pub primary_sealed_lsn: u64,
+    pub primary_sealed_lsn: Lsn,
     pub last_error: Option<String>,
 }
 
@@ -124,6 +124,8 @@ struct Shared {
     bump: watch::Sender<u64>,
     /// Set when applying failed: the standby stops.
     failed: watch::Sender<Option<String>>,
+    /// The applier's error itself, kept with its kind (damage stays damage) for `join`.
+    apply_error: Mutex<Option<Error>>,
     /// The standby's identity file as stored: None until the directory is a standby's (a
     /// fresh directory before its first contact, a directory of the same system before the
     /// primary accepted it).
@@ -132,7 +134,7 @@ struct Shared {
     /// the primary's sealed copy must extend.
     adopting: Mutex<Option<Adopting>>,
     /// Sealed segments of an adopted directory, applied once it is adopted.
-    deferred: Mutex<Vec<SegmentName>>,
+    deferred: Mutex<Vec<ApplyJob>>,
     /// What this process created before the directory became a standby's: removed again
     /// when it stops before that (a refused first contact leaves nothing behind).
     created: Created,
@@ -195,12 +197,13 @@ impl Standby {
             config,
             id: opened.id,
             held: Mutex::new(opened.held),
-            flushed: AtomicU64::new(opened.flushed),
-            applied: AtomicU64::new(opened.applied),
+            flushed: AtomicU64::new(opened.flushed.0),
+            applied: AtomicU64::new(opened.applied.0),
             primary_sealed: AtomicU64::new(0),
             phase: Mutex::new((StandbyPhase::Connecting, None)),
             bump,
             failed,
+            apply_error: Mutex::new(None),
             meta: Mutex::new(opened.meta),
             adopting: Mutex::new(opened.adopting),
             deferred: Mutex::new(Vec::new()),
@@ -210,18 +213,22 @@ impl Standby {
         tracing::info!(
             dir = %shared.dd.root().display(),
             standby_id = %shared.id,
-            flushed = %Lsn(opened.flushed),
-            applied = %Lsn(opened.applied),
+            flushed = %opened.flushed,
+            applied = %opened.applied,
             "standby starting"
         );
-        let (jobs, rx) = std::sync::mpsc::channel::<SegmentName>();
+        let (jobs, rx) = std::sync::mpsc::channel::<ApplyJob>();
         if shared.meta.lock().map(|m| m.is_some()).unwrap_or(false) {
-            for name in opened.pending {
-                let _ = jobs.send(name);
+            for segment in opened.pending {
+                let _ = jobs.send(ApplyJob::stored_earlier(segment));
             }
         } else {
             // Nothing is applied (or recorded) before the directory is a standby's.
-            *lock(&shared.deferred) = opened.pending;
+            *lock(&shared.deferred) = opened
+                .pending
+                .into_iter()
+                .map(ApplyJob::stored_earlier)
+                .collect();
         }
         let s2 = shared.clone();
         let applier = std::thread::Builder::new()
@@ -240,7 +247,8 @@ impl Standby {
             }
             if let Some(e) = s2.failed.borrow().clone() {
                 s2.set_phase(StandbyPhase::Failed, Some(e.clone()));
-                return Err(ReplError::Store(Error::Other(e)));
+                let cause = lock(&s2.apply_error).take().unwrap_or(Error::Other(e));
+                return Err(ReplError::Store(cause));
             }
             match &r {
                 Ok(()) => s2.set_phase(StandbyPhase::Stopped, None),
@@ -268,9 +276,9 @@ impl Standby {
         StandbyState {
             standby_id: self.shared.id.to_string(),
             phase,
-            flushed_lsn: self.shared.flushed.load(Ordering::Acquire),
-            applied_lsn: self.shared.applied.load(Ordering::Acquire),
-            primary_sealed_lsn: self.shared.primary_sealed.load(Ordering::Acquire),
+            flushed_lsn: Lsn(self.shared.flushed.load(Ordering::Acquire)),
+            applied_lsn: Lsn(self.shared.applied.load(Ordering::Acquire)),
+            primary_sealed_lsn: Lsn(self.shared.primary_sealed.load(Ordering::Acquire)),
             last_error,
         }
     }
@@ -318,7 +326,7 @@ impl Drop for Standby {
 async fn run(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-    jobs: std::sync::mpsc::Sender<SegmentName>,
+    jobs: Jobs,
 ) -> Result<(), ReplError> {
     let cfg = shared.config.clone();
     let mut backoff = cfg.backoff_initial;

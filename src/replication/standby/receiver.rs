@@ -13,12 +13,13 @@ use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::replication::handshake::from_primary;
 use crate::replication::messages::{ErrorCode, Message, SEGMENT_REJECTED_VERSION};
 use crate::replication::ReplError;
+use crate::Lsn;
 
 /// What to do with a message that continues what came before.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Received<'m> {
     /// The end of the primary's newest sealed segment, as it reports it.
-    PrimarySealed(u64),
+    PrimarySealed(Lsn),
     /// Store a new segment of `len` bytes, under `name` (a partial name) until it is checked.
     Start { name: SegmentName, len: u64 },
     /// Store these next bytes of the segment being received.
@@ -192,10 +193,12 @@ mod tests {
 
     fn control() -> ControlFile {
         ControlFile {
-            format_version: FORMAT_VERSION,
-            timeline: 1,
-            system_id: uuid::Uuid::from_u128(1),
-            segment_size: SIZE,
+            identity: crate::format::SystemIdentity {
+                format_version: FORMAT_VERSION,
+                timeline: 1,
+                system_id: uuid::Uuid::from_u128(1),
+                segment_size: SIZE,
+            },
             created_us: 0,
         }
     }
@@ -273,10 +276,10 @@ mod tests {
         let mut rx = Receiver::new(Some(control()), Some(1));
         rx.receive(start(1, MIN_LEN)).unwrap();
         let k = Message::Keepalive {
-            sealed_lsn: 77,
+            sealed_lsn: Lsn(77),
             now_us: 1,
         };
-        assert_eq!(rx.receive(k).unwrap(), Received::PrimarySealed(77));
+        assert_eq!(rx.receive(k).unwrap(), Received::PrimarySealed(Lsn(77)));
         // Still inside segment 1.
         let z = vec![0u8; MIN_LEN as usize];
         assert_eq!(rx.receive(data(1, 0, &z)).unwrap(), Received::Data(&z));
@@ -398,7 +401,7 @@ mod tests {
         let invalid = Err(ReplError::InvalidSegment {
             segment,
             offset: 100,
-            lsn: Lsn(SegmentNo(3).start_lsn_saturating(SIZE) + 100),
+            lsn: SegmentNo(3).start_lsn_saturating(SIZE) + 100,
             reason: "bad crc".into(),
         });
         let v2 = LastWord::for_end(SEGMENT_REJECTED_VERSION, &invalid).unwrap();

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::adoption::{adopt, prefix_mismatch};
+use super::apply::{ApplyJob, Jobs};
 use super::{lock, Shared};
 use crate::error::Error;
 use crate::format::{SegmentFileKind, SegmentName};
@@ -20,7 +21,7 @@ use crate::fsutil::fsync_dir;
 use crate::replication::messages::ErrorCode;
 use crate::replication::segments::verify_incoming;
 use crate::replication::ReplError;
-use crate::Lsn;
+use crate::segment_check::SealedSegment;
 
 /// Chunks queued between the network and the store task.
 const STORE_QUEUE: usize = 8;
@@ -32,8 +33,8 @@ const STORE_BUDGET: usize = 16 << 20;
 pub(super) fn store_ended(r: Result<Result<(), ReplError>, tokio::task::JoinError>) -> ReplError {
     match r {
         Ok(Err(e)) => e,
-        Ok(Ok(())) => ReplError::Timeout("the segment store stopped".into()),
-        Err(e) => ReplError::io("store segments", std::io::Error::other(e)),
+        Ok(Ok(())) => ReplError::Internal("the segment store stopped".into()),
+        Err(e) => ReplError::Internal(format!("the segment store failed: {e}")),
     }
 }
 
@@ -64,7 +65,7 @@ impl StoreQueue {
     /// ends once the queue is dropped and it has stored what it was given.
     pub(super) fn spawn(
         shared: &Arc<Shared>,
-        jobs: &std::sync::mpsc::Sender<SegmentName>,
+        jobs: &Jobs,
         max_frame: usize,
     ) -> (StoreQueue, StoreTask) {
         let (store_tx, store_rx) = tokio::sync::mpsc::channel(STORE_QUEUE);
@@ -84,7 +85,7 @@ impl StoreQueue {
         self.tx
             .send(m)
             .await
-            .map_err(|_| ReplError::Timeout("the segment store stopped".into()))
+            .map_err(|_| ReplError::Internal("the segment store stopped".into()))
     }
 
     /// A segment of `len` bytes starts, to be written as `name` (a partial name).
@@ -99,7 +100,7 @@ impl StoreQueue {
             .clone()
             .acquire_many_owned(data.len() as u32)
             .await
-            .map_err(|_| ReplError::Timeout("the segment store stopped".into()))?;
+            .map_err(|_| ReplError::Internal("the segment store stopped".into()))?;
         self.pass(Store::Data(data.to_vec(), permit)).await
     }
 }
@@ -110,7 +111,7 @@ impl StoreQueue {
 fn store_segments(
     shared: &Shared,
     mut rx: tokio::sync::mpsc::Receiver<Store>,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    jobs: &Jobs,
 ) -> Result<(), ReplError> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
@@ -179,7 +180,7 @@ fn finish_segment(
     name: SegmentName,
     path: &std::path::Path,
     file: std::fs::File,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    jobs: &Jobs,
 ) -> Result<(), ReplError> {
     let held = shared.held();
     let Some(control) = held.control else {
@@ -202,7 +203,7 @@ fn finish_segment(
         .as_ref()
         .and_then(|a| a.open.clone())
         .filter(|o| o.name.segment_no == name.segment_no);
-    let stored = (|| -> Result<crate::segment_check::SealedSegment, NotStored> {
+    let stored = (|| -> Result<(SealedSegment, memmap2::Mmap), NotStored> {
         crate::fault!("standby::fsync", e => NotStored::Local(Error::io(format!("fsync {}", path.display()), e)));
         file.sync_all()
             .map_err(|e| NotStored::Local(Error::io(format!("fsync {}", path.display()), e)))?;
@@ -234,7 +235,7 @@ fn finish_segment(
                 return Err(NotStored::Diverged(if at as u64 >= sealed_end {
                     format!("this directory's open segment {} holds records up to offset {}, past the end of the primary's sealed copy (offset {sealed_end}): it is ahead of the primary", open.name, open.valid_end)
                 } else {
-                    format!("this directory's open segment {} differs from the primary's sealed copy at offset {at} (LSN {}): the histories diverged", open.name, Lsn(name.segment_no.start_lsn_saturating(control.segment_size) + at as u64))
+                    format!("this directory's open segment {} differs from the primary's sealed copy at offset {at} (LSN {}): the histories diverged", open.name, name.segment_no.start_lsn_saturating(control.segment_size) + at as u64)
                 }));
             }
         }
@@ -247,9 +248,9 @@ fn finish_segment(
             ))
         })?;
         fsync_dir(&shared.dd.wal_dir()).map_err(NotStored::Local)?;
-        Ok(seg)
+        Ok((seg, map))
     })();
-    let seg = match stored {
+    let (seg, map) = match stored {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_file(path);
@@ -270,7 +271,7 @@ fn finish_segment(
                 NotStored::Invalid(e) => ReplError::InvalidSegment {
                     segment: name.with_kind(SegmentFileKind::Sealed),
                     offset: 0,
-                    lsn: Lsn(name.segment_no.start_lsn_saturating(control.segment_size)),
+                    lsn: name.segment_no.start_lsn_saturating(control.segment_size),
                     reason: e.to_string(),
                 },
                 NotStored::Diverged(msg) => ReplError::refused(ErrorCode::Identity, msg),
@@ -291,9 +292,13 @@ fn finish_segment(
         h.next_segment = Some(seg.name.segment_no.next().0);
         h.prev_checksum = Some(seg.seal.segment_checksum);
     }
-    shared.flushed.fetch_max(seg.end_lsn, Ordering::AcqRel);
-    tracing::debug!(segment = %seg.name, flushed = %Lsn(seg.end_lsn), "stored segment");
+    shared.flushed.fetch_max(seg.end_lsn.0, Ordering::AcqRel);
+    tracing::debug!(segment = %seg.name, flushed = %seg.end_lsn, "stored segment");
     shared.notify();
-    let _ = jobs.send(seg.name);
+    // The applier reads the records from the bytes just checked.
+    let _ = jobs.send(ApplyJob {
+        segment: seg,
+        checked: Some(map),
+    });
     Ok(())
 }

@@ -32,8 +32,8 @@ mod sending;
 /// What the reading half passes to the sending half.
 enum Incoming {
     Status {
-        flushed_lsn: u64,
-        applied_lsn: u64,
+        flushed_lsn: Lsn,
+        applied_lsn: Lsn,
     },
     /// The standby refused a segment it received (protocol version 2 on).
     Rejected {
@@ -121,7 +121,7 @@ async fn serve_standby(
     handshake::welcome(&mut stream, &shared.control, set.sealed_lsn).await?;
     *id_out = Some(standby_id.clone());
     register(shared, &standby_id, addr, flushed, applied);
-    tracing::info!(peer = %addr, standby = %standby_id, flushed = %Lsn(flushed), applied = %Lsn(applied), "standby identified");
+    tracing::info!(peer = %addr, standby = %standby_id, flushed = %flushed, applied = %applied, "standby identified");
     shared.emit(ShipperEvent::Connected {
         id: standby_id.clone(),
         address: addr,
@@ -210,12 +210,12 @@ pub(super) struct Conn {
     pub(super) last_save: Option<Instant>,
     /// The most a Status may claim as flushed: what the standby said it held, or the end of
     /// the last segment shipped to it on this connection.
-    pub(super) acked_limit: u64,
+    pub(super) acked_limit: Lsn,
     /// A Status arrived on this connection (its slot exists from then on).
     pub(super) status_seen: bool,
     /// The last segment shipped and not yet acknowledged, with its end: a standby's damage
     /// report about it is cleared once the standby stores it.
-    pub(super) unconfirmed: Option<(SegmentName, u64)>,
+    pub(super) unconfirmed: Option<(SegmentName, Lsn)>,
     /// The first and last segment numbers started on this connection: a standby may refuse
     /// only a segment it was sent.
     pub(super) sent: Option<(u64, u64)>,
@@ -255,7 +255,7 @@ impl Conn {
             component = entry.component.as_str(),
             file = %entry.file,
             offset = entry.offset,
-            lsn = %Lsn(entry.lsn),
+            lsn = %entry.lsn,
             reason = %entry.reason,
             action = %entry.action,
             times = entry.count,
@@ -305,7 +305,7 @@ impl Conn {
                         component: Component::Standby,
                         file: name.to_string(),
                         offset,
-                        lsn: SegmentNo(segment_no).start_lsn_saturating(size).saturating_add(offset),
+                        lsn: SegmentNo(segment_no).start_lsn_saturating(size).checked_add(offset).unwrap_or(Lsn(u64::MAX)),
                         reason: format!("the standby refused the segment it received: {reason}"),
                         action: "run `walship verify DATA_DIR` on the primary: if it finds this segment damaged, replace it with a good copy (see the runbook for damage); if the primary's copy is intact, the bytes changed on the way or on the standby (check its disk, memory and the network); the standby asks for the segment again".into(),
                         reporter: Some(format!("standby {} at {}", self.id, self.addr)),

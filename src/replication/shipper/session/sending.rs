@@ -57,7 +57,7 @@ impl Conn {
                 }
                 m = rx.recv() => match m {
                     Some(m) => self.handle_on(wr, m).await?,
-                    None => return Err(ReplError::Timeout("the standby's reader stopped".into())),
+                    None => return Err(ReplError::Internal("the standby's reader stopped".into())),
                 },
                 _ = shutdown.changed() => return Ok(()),
             }

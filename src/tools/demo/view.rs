@@ -18,16 +18,16 @@ pub(super) fn positions(primary: &Path, standby: &Path, acked: &Acked) -> Positi
         acked: acked.last.load(Ordering::Relaxed),
         ..Positions::default()
     };
-    if let Ok(s) = crate::status::status(primary) {
-        p.written = s.flush_lsn;
-        p.sealed = s.sealed_lsn;
+    if let Ok(s) = walship::status::status(primary) {
+        p.written = s.flush_lsn.0;
+        p.sealed = s.sealed_lsn.0;
     }
-    if let Ok(s) = crate::status::status(standby) {
-        p.standby_flushed = s.flush_lsn;
-        p.standby_applied = s.applied_lsn.unwrap_or(0);
+    if let Ok(s) = walship::status::status(standby) {
+        p.standby_flushed = s.flush_lsn.0;
+        p.standby_applied = s.applied_lsn.unwrap_or_default().0;
     }
     if let Ok(Some(a)) = ConsumerRegistry::new(&DataDir::new(primary)).get("archiver") {
-        p.archived = a.position;
+        p.archived = a.position.0;
     }
     p
 }

@@ -28,7 +28,7 @@ pub use recover::run_recover;
 pub use ship::run_ship;
 pub use workload::run_workload;
 
-use crate::format::record::encoded_len;
+use walship::format::record::encoded_len;
 
 /// When an append waits for durability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub struct BenchConfig {
     pub durability: Durability,
     pub segment_size: u64,
     /// How the writer prepares new segment files (`append`, `workload`).
-    pub segment_fill: crate::SegmentFill,
+    pub segment_fill: walship::SegmentFill,
     /// Size of the store the `recover` scenario builds.
     pub store_size: u64,
     /// `ship`: sealed segments in the catch-up backlog, and segments timed one by one.
@@ -210,8 +210,8 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 /// A scratch directory inside `dir`, removed when dropped.
-fn scratch(dir: &std::path::Path) -> crate::Result<tempfile::TempDir> {
-    use crate::error::IoContext;
+fn scratch(dir: &std::path::Path) -> walship::Result<tempfile::TempDir> {
+    use walship::error::IoContext;
     std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
     tempfile::Builder::new()
         .prefix("walship-bench-")
