@@ -13,6 +13,7 @@ pub mod demo;
 pub mod entry;
 pub mod error;
 pub mod faults;
+pub mod flush_position;
 pub mod format;
 pub mod fsutil;
 pub mod log_ends;

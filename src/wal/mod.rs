@@ -40,6 +40,7 @@ use std::time::Duration;
 use crate::datadir::{DataDir, DirLock};
 use crate::entry::Entry;
 use crate::error::Result;
+use crate::flush_position::FlushPublisher;
 use crate::format::{ControlFile, SegmentName};
 use crate::recovery::{recover, Recovered, RecoveryMode};
 use crate::Lsn;
@@ -113,6 +114,8 @@ struct Inner {
     finisher: Finisher,
     /// The next segment's file, prepared ahead (`pipeline.rs`).
     pipeline: Pipeline,
+    /// `flush_lsn` as other processes and in-process shippers see it.
+    published: FlushPublisher,
 }
 
 /// A data directory open for writing. Cheap to share: wrap it in an `Arc` and call from many
@@ -174,6 +177,12 @@ impl Wal {
     /// End of the last appended record.
     pub fn write_lsn(&self) -> Lsn {
         Lsn(self.inner.written.load(Ordering::Acquire))
+    }
+
+    /// `flush_lsn` as it moves, for a shipper running in this process (a shipper in another
+    /// process reads `state/flush_position`, see [`crate::flush_position`]).
+    pub fn flush_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.published.subscribe()
     }
 
     /// Everything below this LSN is durable. It never moves after a failed sync.
@@ -340,7 +349,6 @@ impl Inner {
         let sealed = rec.sealed.last().map(|s| s.end_lsn).unwrap_or(0);
         let pipeline = Pipeline::from_recovered(rec, tail.next_segment_no, control.segment_size)?;
         Ok(Inner {
-            dir,
             control,
             commit: GroupCommit::default(),
             flushed: AtomicU64::new(rec.end_lsn),
@@ -353,8 +361,10 @@ impl Inner {
             appended: AtomicU64::new(0),
             seals: AtomicU64::new(0),
             finisher: Finisher::default(),
+            published: FlushPublisher::open(&dir, rec.end_lsn),
             pipeline,
             options,
+            dir,
         })
     }
 }
