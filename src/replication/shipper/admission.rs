@@ -39,18 +39,23 @@ pub(super) async fn admit(
     let set = shared.segments.borrow().clone();
     // A standby may not hold what this primary has not sealed: it is ahead of this primary
     // (a former primary that took writes this one never had), or this primary lost WAL.
-    let ahead = next_segment.is_some_and(|n| set.newest().is_none_or(|newest| n > newest + 1))
-        || flushed_lsn > set.sealed_lsn;
+    // Version 3: it may also hold a prefix of the segment open here, up to our durable position.
+    let durable = (*shared.durable.borrow()).max(set.sealed_lsn);
+    let open_no = durable / shared.control.segment_size;
+    let ahead = next_segment.is_some_and(|n| {
+        set.newest().is_none_or(|newest| n > newest + 1) && (durable == 0 || n > open_no)
+    }) || flushed_lsn > durable;
     if ahead {
         return Err(refuse(
             stream,
             ErrorCode::Identity,
             format!(
-                "the standby holds WAL up to {} (segments before {}), past this primary's newest sealed segment{} (ending at {}): it is ahead of this primary or diverged from it; it cannot follow this primary",
+                "the standby holds WAL up to {} (segments before {}), past this primary's newest sealed segment{} (ending at {}) and its durable position {}: it is ahead of this primary or diverged from it; it cannot follow this primary",
                 Lsn(flushed_lsn),
                 next_segment.map_or("-".to_string(), |n| format!("{n:X}")),
                 set.newest().map_or(" (none)".to_string(), |n| format!(" {n:X}")),
-                Lsn(set.sealed_lsn)
+                Lsn(set.sealed_lsn),
+                Lsn(durable)
             ),
         )
         .await);

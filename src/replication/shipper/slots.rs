@@ -23,9 +23,11 @@ pub(super) fn register(shared: &Shared, id: &str, addr: SocketAddr, flushed: u64
         id: id.to_string(),
         address: addr.to_string(),
         connected: true,
+        written_lsn: flushed,
         flushed_lsn: flushed,
         applied_lsn: applied,
         shipped_lsn: 0,
+        sent_bytes: 0,
         last_contact_us: crate::now_us(),
     });
     e.address = addr.to_string();
@@ -41,6 +43,7 @@ impl Conn {
     /// second while it reports.
     pub(super) async fn acknowledged(
         &mut self,
+        written_lsn: u64,
         flushed_lsn: u64,
         applied_lsn: u64,
     ) -> Result<(), ReplError> {
@@ -50,6 +53,17 @@ impl Conn {
                 ErrorCode::Protocol,
                 format!(
                     "the standby acknowledged WAL up to {} but only WAL up to {} was shipped to it",
+                    Lsn(flushed_lsn),
+                    Lsn(self.acked_limit)
+                ),
+            ));
+        }
+        if written_lsn > self.acked_limit || flushed_lsn > written_lsn {
+            return Err(ReplError::refused(
+                ErrorCode::Protocol,
+                format!(
+                    "the standby reported WAL written up to {} and flushed up to {}, but only WAL up to {} was shipped to it (and nothing can be flushed that was not written)",
+                    Lsn(written_lsn),
                     Lsn(flushed_lsn),
                     Lsn(self.acked_limit)
                 ),
@@ -73,6 +87,7 @@ impl Conn {
             .shared
             .update(&self.id, |s| {
                 let changed = s.flushed_lsn != flushed_lsn || s.applied_lsn != applied_lsn;
+                s.written_lsn = written_lsn;
                 s.flushed_lsn = flushed_lsn;
                 s.applied_lsn = applied_lsn;
                 s.last_contact_us = now;
@@ -84,9 +99,11 @@ impl Conn {
                     id: self.id.clone(),
                     address: self.addr.to_string(),
                     connected: true,
+                    written_lsn,
                     flushed_lsn,
                     applied_lsn,
                     shipped_lsn: 0,
+                    sent_bytes: 0,
                     last_contact_us: now,
                 },
             ));
@@ -171,6 +188,7 @@ mod tests {
             events: broadcast::channel(16).0,
             running: AtomicBool::new(true),
             segments,
+            durable: watch::channel(0).1,
         })
     }
 
@@ -233,7 +251,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = shared(d.path());
         let mut c = session(&s, 100);
-        let r = rt().block_on(c.acknowledged(101, 50));
+        let r = rt().block_on(c.acknowledged(101, 101, 50));
         match r {
             Err(ReplError::Refused { code, message }) => {
                 assert_eq!(code, ErrorCode::Protocol);
@@ -256,7 +274,7 @@ mod tests {
         let mut events = s.events.subscribe();
         let mut c = session(&s, 100);
         let rt = rt();
-        rt.block_on(c.acknowledged(100, 80)).unwrap();
+        rt.block_on(c.acknowledged(100, 100, 80)).unwrap();
         assert!(c.status_seen);
         assert_eq!(
             events.try_recv().unwrap(),
@@ -275,16 +293,16 @@ mod tests {
         assert_eq!(rec.address.as_deref(), Some("127.0.0.1:4000"));
         // The same positions again at once: nothing to tell, nothing to save.
         s.registry.remove(ID).unwrap();
-        rt.block_on(c.acknowledged(100, 80)).unwrap();
+        rt.block_on(c.acknowledged(100, 100, 80)).unwrap();
         assert!(events.try_recv().is_err());
         assert_eq!(s.registry.get(ID).unwrap(), None);
         // A second later the slot is saved again, so that its contact time stays current.
         c.last_save = Some(Instant::now() - Duration::from_secs(2));
-        rt.block_on(c.acknowledged(100, 80)).unwrap();
+        rt.block_on(c.acknowledged(100, 100, 80)).unwrap();
         assert!(events.try_recv().is_err());
         assert_eq!(s.registry.get(ID).unwrap().unwrap().position, 100);
         // A moved position is saved at once.
-        rt.block_on(c.acknowledged(100, 90)).unwrap();
+        rt.block_on(c.acknowledged(100, 100, 90)).unwrap();
         assert_eq!(s.registry.get(ID).unwrap().unwrap().applied_lsn, Some(90));
         assert_eq!(info(&s).applied_lsn, 90);
     }
@@ -310,9 +328,9 @@ mod tests {
         c.acked_limit = 300;
         c.unconfirmed = Some((name, 300));
         let rt = rt();
-        rt.block_on(c.acknowledged(200, 0)).unwrap();
+        rt.block_on(c.acknowledged(200, 200, 0)).unwrap();
         assert_eq!(s.damage.list().unwrap().len(), 1, "not stored yet");
-        rt.block_on(c.acknowledged(300, 0)).unwrap();
+        rt.block_on(c.acknowledged(300, 300, 0)).unwrap();
         assert!(s.damage.list().unwrap().is_empty());
         assert_eq!(c.unconfirmed, None);
     }
