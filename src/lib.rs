@@ -4,12 +4,10 @@
 //! segment files, seals full segments, and recovers the valid prefix after a crash.
 
 pub mod archive;
-pub mod bench;
 pub mod consumers;
 pub mod damage;
 pub mod datadir;
 pub mod decoder;
-pub mod demo;
 pub mod entry;
 pub mod error;
 pub mod faults;
@@ -27,7 +25,7 @@ pub mod segment_check;
 pub mod segment_file;
 pub mod setaside;
 pub mod status;
-mod sync;
+pub mod sync;
 pub mod verify;
 pub mod wal;
 

@@ -1,6 +1,7 @@
 //! The `walship` command line.
 
 mod cli;
+mod tools;
 
 fn main() -> std::process::ExitCode {
     // Test builds only: failpoints named in the FAILPOINTS environment variable (see faults.rs).

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tools::bench::{self, BenchConfig, BenchResult, Durability, Limit};
 use clap::{Args, ValueEnum};
-use walship::bench::{self, BenchConfig, BenchResult, Durability, Limit};
 
 use super::{parse_size, CmdResult, Failure};
 

@@ -3,8 +3,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use crate::tools::demo::{run, run_writer, DemoOptions};
 use clap::Args;
-use walship::demo::{run, run_writer, DemoOptions};
 
 use super::{CmdResult, Failure};
 

@@ -208,6 +208,21 @@ impl<'a> SegmentScanner<'a> {
         Self::start(buf, header, offset, final_seal)
     }
 
+    /// Starts at the first record of a sealed segment whose bytes were already checked whole
+    /// (every record, the seal marker that ends `buf`, the segment checksum; see
+    /// [`crate::segment_check`]): `header` and `seal` are what that check decoded. The bytes are
+    /// not hashed again and records are decoded without their own CRC; everything else (each
+    /// record's structure, LSN and version, the marker's counts) is checked as by
+    /// [`SegmentScanner::new`], and any failure is decoded with every check.
+    pub fn over_checked(buf: &'a [u8], header: SegmentHeader, seal: SealInfo) -> Self {
+        let final_seal = buf.len().checked_sub(SEAL_LEN).map(|offset| FinalSeal {
+            offset,
+            seal,
+            computed: seal.segment_checksum,
+        });
+        Self::start(buf, header, SEGMENT_HEADER_LEN, final_seal)
+    }
+
     fn start(
         buf: &'a [u8],
         header: SegmentHeader,
@@ -442,5 +457,45 @@ mod tests {
         ));
         assert!(bad_crc(decode_record(&b, off, lsn, limit, off + len - 8)));
         assert!(bad_crc(decode_record(&b, off, lsn, limit, 0)));
+    }
+
+    #[test]
+    fn a_checked_segment_reads_the_same_records_and_still_checks_its_marker() {
+        let (b, h) = sealed(4);
+        let seal = match SegmentScanner::new(&b).expect("header").finish() {
+            ScanEnd::Sealed { seal, .. } => seal,
+            other => panic!("not sealed: {other:?}"),
+        };
+        let full: Vec<_> = SegmentScanner::new(&b).expect("header").collect();
+        let mut scan = SegmentScanner::over_checked(&b, h, seal);
+        assert_eq!(scan.unhashed_until(), b.len() - SEAL_LEN);
+        assert_eq!(scan.by_ref().collect::<Vec<_>>(), full);
+        assert!(matches!(scan.finish(), ScanEnd::Sealed { trailing: 0, .. }));
+        // A marker that is not the one checked: its checksum is compared with what was.
+        let other = SealInfo {
+            segment_checksum: seal.segment_checksum ^ 1,
+            ..seal
+        };
+        let mut scan = SegmentScanner::over_checked(&b, h, other);
+        assert_eq!(scan.by_ref().count(), 4);
+        assert!(matches!(
+            scan.finish(),
+            ScanEnd::Invalid {
+                error: ScanError::SegmentChecksum { .. },
+                ..
+            }
+        ));
+        // A record whose structure is broken is still found (with every check).
+        let mut broken = b.clone();
+        broken[SEGMENT_HEADER_LEN + 8] ^= 1; // the first record's LSN
+        let mut scan = SegmentScanner::over_checked(&broken, h, seal);
+        assert_eq!(scan.by_ref().count(), 0);
+        assert!(matches!(
+            scan.finish(),
+            ScanEnd::Invalid {
+                offset: SEGMENT_HEADER_LEN,
+                ..
+            }
+        ));
     }
 }

@@ -211,3 +211,154 @@ impl Inner {
         self.check_poison()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decoder::{ScanEnd, SegmentScanner};
+    use crate::format::record::SEAL_LEN;
+    use crate::wal::test_support::{entry, init, name, open, wal_files, SEG};
+    use crate::wal::WalOptions;
+
+    fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Arc<Inner>) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("d");
+        init(&root, SEG);
+        let inner = Arc::new(open(&root, WalOptions::default()));
+        (tmp, root, inner)
+    }
+
+    /// Appends `payloads` to the open segment and seals it; returns the seal's ticket and the
+    /// end of the last record.
+    fn append_and_seal(inner: &Inner, payloads: &[&[u8]]) -> (u64, u64) {
+        let mut st = lock(&inner.tail);
+        for p in payloads {
+            inner.append_locked(&mut st, &entry(p), 0).expect("append");
+        }
+        inner.seal_locked(&mut st, false).expect("seal");
+        (st.last_seal, st.end_lsn)
+    }
+
+    fn reached(inner: &Inner) -> (u64, u64) {
+        let f = lock(&inner.finisher.finishing);
+        (f.durable, f.named)
+    }
+
+    fn stop(inner: &Inner, h: JoinHandle<()>) {
+        if let Some(tx) = lock(&inner.finisher.tx).take() {
+            tx.send(FinisherMsg::Stop).expect("the finisher is running");
+        }
+        h.join().expect("the finisher thread ends");
+    }
+
+    #[test]
+    fn an_activation_takes_a_ticket_that_counts_as_durable_once_its_name_is() {
+        let (_tmp, _root, inner) = fresh();
+        assert_eq!(reached(&inner), (0, 0));
+        let mut st = lock(&inner.tail);
+        inner
+            .append_locked(&mut st, &entry(b"r"), 0)
+            .expect("append");
+        assert_eq!(st.tickets, 1);
+        drop(st);
+        // No thread: the directory sync was done inline, before the append returned.
+        assert_eq!(reached(&inner), (1, 0), "durable, and nothing to name");
+    }
+
+    #[test]
+    fn a_seal_done_inline_makes_the_marker_durable_then_gives_the_sealed_name() {
+        let (_tmp, root, inner) = fresh();
+        let (ticket, end) = append_and_seal(&inner, &[b"one", b"two"]);
+        assert_eq!(ticket, 2);
+        assert_eq!(reached(&inner), (2, 2));
+        inner
+            .wait_finishing(ticket, |f| f.named)
+            .expect("already reached");
+        assert_eq!(inner.flushed.load(Ordering::Acquire), end);
+        assert_eq!(inner.sealed.load(Ordering::Acquire), end);
+        assert_eq!(inner.seals.load(Ordering::Relaxed), 1);
+        let sealed = name(0, SegmentFileKind::Sealed);
+        assert_eq!(wal_files(&root), vec![sealed.clone()]);
+        let bytes = std::fs::read(root.join("wal").join(&sealed)).expect("read");
+        // Cut to its used length: the records and the marker, nothing after.
+        assert_eq!(bytes.len() as u64, end + SEAL_LEN as u64);
+        let mut scan = SegmentScanner::new(&bytes).expect("header");
+        assert_eq!(scan.by_ref().count(), 2);
+        assert!(matches!(scan.finish(), ScanEnd::Sealed { trailing: 0, .. }));
+    }
+
+    #[test]
+    fn the_thread_finishes_seals_in_ticket_order() {
+        let (_tmp, root, inner) = fresh();
+        let h = start(&inner).expect("start the finisher");
+        let mut last = (0, 0);
+        for i in 0..3u8 {
+            last = append_and_seal(&inner, &[&[i; 100], &[i; 200]]);
+        }
+        let (ticket, end) = last;
+        assert_eq!(ticket, 6, "three activations and three seals");
+        inner
+            .wait_finishing(ticket, |f| f.named)
+            .expect("the finisher names every seal");
+        assert_eq!(
+            wal_files(&root),
+            (0..3)
+                .map(|n| name(n, SegmentFileKind::Sealed))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(inner.flushed.load(Ordering::Acquire), end);
+        assert_eq!(inner.sealed.load(Ordering::Acquire), end);
+        stop(&inner, h);
+        assert_eq!(reached(&inner), (6, 6));
+    }
+
+    #[test]
+    fn after_a_failure_the_work_counts_as_reached_but_is_left_to_recovery() {
+        let (_tmp, root, inner) = fresh();
+        let h = start(&inner).expect("start the finisher");
+        {
+            let mut st = lock(&inner.tail);
+            inner
+                .append_locked(&mut st, &entry(b"r"), 0)
+                .expect("append");
+        }
+        inner
+            .wait_finishing(1, |f| f.durable)
+            .expect("the activation");
+        let _ = inner.poison(
+            "msync test".into(),
+            std::io::Error::other("injected failure"),
+        );
+        let (ticket, _) = append_and_seal(&inner, &[b"more"]);
+        // Nobody waits forever, and every wait says why.
+        match inner.wait_finishing(ticket, |f| f.named) {
+            Err(Error::Poisoned(reason)) => {
+                assert!(reason.contains("injected failure"), "{reason}")
+            }
+            other => panic!("expected the poison, got {other:?}"),
+        }
+        assert_eq!(reached(&inner), (ticket, ticket));
+        assert_eq!(
+            wal_files(&root),
+            vec![name(0, SegmentFileKind::Open)],
+            "not renamed"
+        );
+        assert_eq!(inner.flushed.load(Ordering::Acquire), 0);
+        assert_eq!(inner.sealed.load(Ordering::Acquire), 0);
+        stop(&inner, h);
+    }
+
+    #[test]
+    fn when_the_thread_is_gone_the_work_is_done_inline() {
+        let (_tmp, root, inner) = fresh();
+        let h = start(&inner).expect("start the finisher");
+        // The thread stops while the writer still holds its sender.
+        let tx = lock(&inner.finisher.tx).clone().expect("a sender");
+        tx.send(FinisherMsg::Stop).expect("the finisher is running");
+        h.join().expect("the finisher thread ends");
+        let (ticket, end) = append_and_seal(&inner, &[b"late"]);
+        assert_eq!(reached(&inner), (ticket, ticket));
+        assert_eq!(wal_files(&root), vec![name(0, SegmentFileKind::Sealed)]);
+        assert_eq!(inner.sealed.load(Ordering::Acquire), end);
+    }
+}

@@ -29,6 +29,8 @@ mod finisher;
 mod group_commit;
 mod pipeline;
 mod tail;
+#[cfg(test)]
+mod test_support;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -171,3 +171,170 @@ impl Inner {
         Ok(prepared)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::wal::test_support::{entry, init, name, open, wal_files, SEG};
+    use crate::wal::WalOptions;
+
+    fn fresh(options: WalOptions) -> (tempfile::TempDir, PathBuf, Arc<Inner>) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("d");
+        init(&root, SEG);
+        let inner = Arc::new(open(&root, options));
+        (tmp, root, inner)
+    }
+
+    /// Starts the preparer, hands it `requests` and stops it: every request is handled when
+    /// this returns (the thread works through its queue in order).
+    fn prepare_all(inner: &Arc<Inner>, requests: &[u64]) {
+        let (tx, h) = start(inner).expect("start the preparer");
+        for &no in requests {
+            tx.send(PrepareMsg::Prepare(no)).expect("the preparer runs");
+        }
+        tx.send(PrepareMsg::Stop).expect("the preparer runs");
+        h.join().expect("the preparer thread ends");
+    }
+
+    fn slot(inner: &Inner) -> Option<u64> {
+        lock(&inner.pipeline.prepared).as_ref().map(|(n, _)| *n)
+    }
+
+    fn inode(root: &Path, file: &str) -> u64 {
+        std::fs::metadata(root.join("wal").join(file))
+            .expect("stat")
+            .ino()
+    }
+
+    #[test]
+    fn without_a_prepared_file_the_rotation_prepares_one_in_the_append_path() {
+        let (_tmp, root, inner) = fresh(WalOptions::default());
+        let open0 = name(0, SegmentFileKind::Open);
+        let p = inner
+            .take_prepared(0, &root.join("wal").join(&open0))
+            .expect("take");
+        assert_eq!(p.path, inner.prepared_path(0));
+        assert_eq!(wal_files(&root), vec![open0.clone()]);
+        let len = std::fs::metadata(root.join("wal").join(&open0))
+            .expect("stat")
+            .len();
+        assert_eq!(len, SEG, "a segment file has its full size");
+        assert_eq!(inner.pipeline.activated.load(Ordering::Acquire), 1);
+    }
+
+    #[test]
+    fn the_preparer_readies_the_next_file_and_the_rotation_takes_that_file() {
+        let (_tmp, root, inner) = fresh(WalOptions::default());
+        prepare_all(&inner, &[0]);
+        let prep0 = name(0, SegmentFileKind::Prepared);
+        assert_eq!(wal_files(&root), vec![prep0.clone()]);
+        assert_eq!(slot(&inner), Some(0));
+        let ino = inode(&root, &prep0);
+        {
+            let mut st = lock(&inner.tail);
+            inner
+                .append_locked(&mut st, &entry(b"r"), 0)
+                .expect("append");
+        }
+        let open0 = name(0, SegmentFileKind::Open);
+        assert_eq!(wal_files(&root), vec![open0.clone()]);
+        assert_eq!(inode(&root, &open0), ino, "the prepared file, renamed");
+        assert_eq!(slot(&inner), None);
+    }
+
+    #[test]
+    fn requests_already_served_or_below_the_activated_number_are_skipped() {
+        let (_tmp, root, inner) = fresh(WalOptions::default());
+        {
+            let mut st = lock(&inner.tail);
+            inner
+                .append_locked(&mut st, &entry(b"r"), 0)
+                .expect("append");
+        }
+        let open0 = name(0, SegmentFileKind::Open);
+        let before = std::fs::read(root.join("wal").join(&open0)).expect("read");
+        // 0 is in use (a stale request would truncate it); 1 is prepared once.
+        prepare_all(&inner, &[0, 1]);
+        let prep1 = name(1, SegmentFileKind::Prepared);
+        let ino = inode(&root, &prep1);
+        prepare_all(&inner, &[1, 0]);
+        assert_eq!(wal_files(&root), vec![open0.clone(), prep1.clone()]);
+        assert_eq!(inode(&root, &prep1), ino, "not prepared a second time");
+        assert_eq!(slot(&inner), Some(1));
+        let after = std::fs::read(root.join("wal").join(&open0)).expect("read");
+        assert!(before == after, "the open segment is untouched");
+    }
+
+    #[test]
+    fn a_file_prepared_for_another_number_is_replaced() {
+        let (_tmp, root, inner) = fresh(WalOptions::default());
+        prepare_all(&inner, &[5]);
+        assert_eq!(wal_files(&root), vec![name(5, SegmentFileKind::Prepared)]);
+        let open0 = name(0, SegmentFileKind::Open);
+        inner
+            .take_prepared(0, &root.join("wal").join(&open0))
+            .expect("take");
+        assert_eq!(wal_files(&root), vec![open0]);
+        assert_eq!(slot(&inner), None);
+    }
+
+    #[test]
+    fn the_file_recovery_restarts_is_kept_for_the_next_activation() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("d");
+        init(&root, SEG);
+        let open0 = name(0, SegmentFileKind::Open);
+        {
+            // Activated, but the writer stopped before the header was written.
+            let inner = open(&root, WalOptions::default());
+            inner
+                .take_prepared(0, &root.join("wal").join(&open0))
+                .expect("take");
+        }
+        let ino = inode(&root, &open0);
+        let inner = open(&root, WalOptions::default());
+        assert_eq!(wal_files(&root), vec![name(0, SegmentFileKind::Prepared)]);
+        assert_eq!(slot(&inner), Some(0));
+        inner
+            .take_prepared(0, &root.join("wal").join(&open0))
+            .expect("take");
+        assert_eq!(inode(&root, &open0), ino, "the same file, not a new one");
+    }
+
+    #[test]
+    fn a_segment_older_than_the_maximum_age_is_sealed_by_the_preparer() {
+        let (_tmp, root, inner) = fresh(WalOptions {
+            max_segment_age: Some(Duration::from_millis(20)),
+            ..WalOptions::default()
+        });
+        let (tx, h) = start(&inner).expect("start the preparer");
+        {
+            let mut st = lock(&inner.tail);
+            inner
+                .append_locked(&mut st, &entry(b"quiet"), 0)
+                .expect("append");
+        }
+        let sealed = name(0, SegmentFileKind::Sealed);
+        // A failure guard only: the preparer looks every 10 ms.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !wal_files(&root).contains(&sealed) {
+            assert!(
+                Instant::now() < deadline,
+                "not sealed: {:?}",
+                wal_files(&root)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tx.send(PrepareMsg::Stop).expect("the preparer runs");
+        h.join().expect("the preparer thread ends");
+        let st = lock(&inner.tail);
+        assert!(st.seg.is_none(), "nothing open after the seal");
+        assert_eq!(st.next_segment_no, 1);
+        drop(st);
+        assert_eq!(wal_files(&root), vec![sealed], "sealed once");
+    }
+}

@@ -4,6 +4,7 @@
 //! when it ends in an open segment, once the primary's sealed copy of that segment proved to
 //! hold every record of it (the store checks that, with [`prefix_mismatch`]).
 
+use super::apply::Jobs;
 use super::directory::{not_standby_dir, write_meta, StandbyMeta};
 use super::{lock, Held, Shared};
 use crate::datadir::DataDir;
@@ -13,7 +14,7 @@ use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::fsutil::fsync_dir;
 use crate::replication::ReplError;
-use crate::segment_check::check_sealed;
+use crate::segment_check::{check_sealed, SealedSegment};
 use crate::Lsn;
 
 /// A data directory of the primary's system (restored from the archive, or a former primary)
@@ -41,7 +42,7 @@ pub(super) struct OpenPrefix {
 pub(super) fn examine_for_adoption(
     dd: &DataDir,
     control: &ControlFile,
-) -> Result<(Held, u64, Vec<SegmentName>, Option<OpenPrefix>), ReplError> {
+) -> Result<(Held, u64, Vec<SealedSegment>, Option<OpenPrefix>), ReplError> {
     let names = dd.list_segments()?;
     let mut sealed: Vec<crate::segment_check::SealedSegment> = Vec::new();
     let mut opens = Vec::new();
@@ -138,7 +139,7 @@ pub(super) fn examine_for_adoption(
         }
     }
     let flushed = last.map_or(0, |s| s.end_lsn);
-    Ok((held, flushed, sealed.iter().map(|s| s.name).collect(), open))
+    Ok((held, flushed, sealed, open))
 }
 
 /// Where the records of an open segment (up to `valid_end`) stop matching a sealed segment of
@@ -161,10 +162,7 @@ pub(super) fn prefix_mismatch(
 }
 
 /// Makes a directory of the primary's system a standby's: records its id and primary.
-pub(super) fn adopt(
-    shared: &Shared,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
-) -> Result<(), ReplError> {
+pub(super) fn adopt(shared: &Shared, jobs: &Jobs) -> Result<(), ReplError> {
     // A standby holds sealed segments only. What goes: files prepared ahead by a former
     // writer (they hold no records), transfers an earlier attempt left, and an open segment that a sealed copy of the same number
     // already supersedes (checked to be its prefix when the directory was examined).
@@ -204,8 +202,8 @@ pub(super) fn adopt(
     write_meta(&shared.dd, &meta)?;
     *lock(&shared.meta) = Some(meta);
     *lock(&shared.adopting) = None;
-    for name in std::mem::take(&mut *lock(&shared.deferred)) {
-        let _ = jobs.send(name);
+    for job in std::mem::take(&mut *lock(&shared.deferred)) {
+        let _ = jobs.send(job);
     }
     tracing::info!(primary = %shared.config.primary, standby_id = %shared.id, "this directory is now a standby: its history matches the primary's");
     Ok(())

@@ -12,11 +12,11 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::apply::Jobs;
 use super::directory::first_contact;
 use super::receiver::{LastWord, Received, Receiver};
 use super::store::{store_ended, StoreQueue};
 use super::{Shared, StandbyPhase};
-use crate::format::SegmentName;
 use crate::replication::frame::write_message;
 use crate::replication::handshake::{self, Introduction, Welcomed};
 use crate::replication::messages::{ErrorCode, Message};
@@ -25,7 +25,7 @@ use crate::replication::{codec, read_msg, ReplError};
 /// One connection: handshake, then receive segments until the connection ends.
 pub(super) async fn connect_and_stream(
     shared: &Arc<Shared>,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    jobs: &Jobs,
     shutdown: &mut watch::Receiver<bool>,
     streamed: &mut bool,
 ) -> Result<(), ReplError> {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::adoption::{adopt, examine_for_adoption, Adopting};
+use super::apply::Jobs;
 use super::partial::PartialCopy;
 use super::{lock, Held, Shared, StandbyConfig};
 use crate::datadir::{DataDir, DirLock};
@@ -25,6 +26,7 @@ use crate::fsutil::{fsync_dir, write_atomic};
 use crate::recovery::{recover, RecoveryMode};
 use crate::replication::handshake::Welcomed;
 use crate::replication::ReplError;
+use crate::segment_check::SealedSegment;
 use crate::Lsn;
 
 /// The standby's identity file.
@@ -119,7 +121,7 @@ pub(super) struct Opened {
     pub(super) flushed: u64,
     pub(super) applied: u64,
     /// Sealed segments not yet fully applied, in order.
-    pub(super) pending: Vec<SegmentName>,
+    pub(super) pending: Vec<SealedSegment>,
     pub(super) meta: Option<StandbyMeta>,
     pub(super) adopting: Option<Adopting>,
     pub(super) created: Created,
@@ -270,7 +272,7 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
             .sealed
             .iter()
             .filter(|s| s.end_lsn > applied)
-            .map(|s| s.name)
+            .cloned()
             .collect(),
         meta: Some(meta),
         adopting: None,
@@ -355,7 +357,7 @@ fn discard_partials_except(dd: &DataDir, keep: Option<u64>) -> Result<(), ReplEr
 /// the primary's system with no open segment to check becomes a standby's.
 pub(super) async fn first_contact(
     shared: &Arc<Shared>,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    jobs: &Jobs,
     welcomed: &Welcomed,
 ) -> Result<(), ReplError> {
     let cfg = &shared.config;

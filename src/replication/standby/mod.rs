@@ -34,7 +34,7 @@ use super::frame::DEFAULT_MAX_FRAME;
 use super::{ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
 use crate::datadir::{DataDir, DirLock};
 use crate::error::Error;
-use crate::format::{ControlFile, SegmentName};
+use crate::format::ControlFile;
 use crate::Lsn;
 
 mod adoption;
@@ -46,7 +46,7 @@ mod receiver;
 mod store;
 
 use adoption::Adopting;
-use apply::applier;
+use apply::{applier, ApplyJob, Jobs};
 use connection::connect_and_stream;
 use directory::{open_dir, undo_created, Created, StandbyMeta};
 
@@ -135,7 +135,7 @@ struct Shared {
     /// the primary's sealed copy must extend.
     adopting: Mutex<Option<Adopting>>,
     /// Sealed segments of an adopted directory, applied once it is adopted.
-    deferred: Mutex<Vec<SegmentName>>,
+    deferred: Mutex<Vec<ApplyJob>>,
     /// What this process created before the directory became a standby's: removed again
     /// when it stops before that (a refused first contact leaves nothing behind).
     created: Created,
@@ -218,14 +218,18 @@ impl Standby {
             applied = %Lsn(opened.applied),
             "standby starting"
         );
-        let (jobs, rx) = std::sync::mpsc::channel::<SegmentName>();
+        let (jobs, rx) = std::sync::mpsc::channel::<ApplyJob>();
         if shared.meta.lock().map(|m| m.is_some()).unwrap_or(false) {
-            for name in opened.pending {
-                let _ = jobs.send(name);
+            for segment in opened.pending {
+                let _ = jobs.send(ApplyJob::stored_earlier(segment));
             }
         } else {
             // Nothing is applied (or recorded) before the directory is a standby's.
-            *lock(&shared.deferred) = opened.pending;
+            *lock(&shared.deferred) = opened
+                .pending
+                .into_iter()
+                .map(ApplyJob::stored_earlier)
+                .collect();
         }
         let s2 = shared.clone();
         let applier = std::thread::Builder::new()
@@ -322,7 +326,7 @@ impl Drop for Standby {
 async fn run(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-    jobs: std::sync::mpsc::Sender<SegmentName>,
+    jobs: Jobs,
 ) -> Result<(), ReplError> {
     let cfg = shared.config.clone();
     let mut backoff = cfg.backoff_initial;

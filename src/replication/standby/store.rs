@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::adoption::{adopt, prefix_mismatch};
+use super::apply::{ApplyJob, Jobs};
 use super::partial::{valid_prefix, PartialCopy, Tail};
 use super::{lock, Shared};
 use crate::error::Error;
@@ -21,6 +22,7 @@ use crate::fsutil::fsync_dir;
 use crate::replication::messages::ErrorCode;
 use crate::replication::segments::verify_incoming;
 use crate::replication::ReplError;
+use crate::segment_check::SealedSegment;
 use crate::Lsn;
 
 /// Chunks queued between the network and the store task.
@@ -78,7 +80,7 @@ impl StoreQueue {
     /// ends once the queue is dropped and it has stored what it was given.
     pub(super) fn spawn(
         shared: &Arc<Shared>,
-        jobs: &std::sync::mpsc::Sender<SegmentName>,
+        jobs: &Jobs,
         max_frame: usize,
     ) -> (StoreQueue, StoreTask) {
         let (store_tx, store_rx) = tokio::sync::mpsc::channel(STORE_QUEUE);
@@ -156,7 +158,7 @@ impl StoreQueue {
 fn store_segments(
     shared: &Shared,
     mut rx: tokio::sync::mpsc::Receiver<Store>,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    jobs: &Jobs,
 ) -> Result<(), ReplError> {
     let mut cur = resume_copy(shared)?;
     // (copy, length once sealed) of the segment being received.
@@ -198,7 +200,7 @@ fn store_one(
     cur: &mut Option<PartialCopy>,
     len: &mut Option<u64>,
     dirty: &mut bool,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    jobs: &Jobs,
 ) -> Result<(), ReplError> {
     use std::os::fd::AsRawFd;
     match m {
@@ -293,7 +295,7 @@ fn store_one(
             if c.buf.len() as u64 == l {
                 if let Some(c) = cur.take() {
                     *len = None;
-                    finish_segment(shared, c.name, &c.path, c.file, jobs)?;
+                    finish_segment(shared, c.name, &c.path, c.file, c.valid_end, jobs)?;
                 }
             }
         }
@@ -352,7 +354,8 @@ fn finish_segment(
     name: SegmentName,
     path: &std::path::Path,
     file: std::fs::File,
-    jobs: &std::sync::mpsc::Sender<SegmentName>,
+    streamed: usize,
+    jobs: &Jobs,
 ) -> Result<(), ReplError> {
     let held = shared.held();
     let Some(control) = held.control else {
@@ -375,7 +378,7 @@ fn finish_segment(
         .as_ref()
         .and_then(|a| a.open.clone())
         .filter(|o| o.name.segment_no == name.segment_no);
-    let stored = (|| -> Result<crate::segment_check::SealedSegment, NotStored> {
+    let stored = (|| -> Result<(SealedSegment, memmap2::Mmap), NotStored> {
         crate::fault!("standby::fsync", e => NotStored::Local(Error::io(format!("fsync {}", path.display()), e)));
         file.sync_all()
             .map_err(|e| NotStored::Local(Error::io(format!("fsync {}", path.display()), e)))?;
@@ -420,12 +423,22 @@ fn finish_segment(
             ))
         })?;
         fsync_dir(&shared.dd.wal_dir()).map_err(NotStored::Local)?;
-        Ok(seg)
+        Ok((seg, map))
     })();
-    let seg = match stored {
+    let (seg, map) = match stored {
         Ok(s) => s,
         Err(e) => {
-            let _ = std::fs::remove_file(path);
+            // Records streamed while the segment was open were checked one by one, synced and
+            // acknowledged: they stay (the copy is cut back to them and continued on the next
+            // connection). A segment received whole is removed.
+            let kept = streamed > SEGMENT_HEADER_LEN
+                && file
+                    .set_len(streamed as u64)
+                    .and_then(|()| file.sync_all())
+                    .is_ok();
+            if !kept {
+                let _ = std::fs::remove_file(path);
+            }
             return Err(match e {
                 // A local I/O failure is ours, not the primary's: report it as it is and retry.
                 NotStored::Local(e) => ReplError::Store(e),
@@ -468,6 +481,10 @@ fn finish_segment(
     shared.flushed.fetch_max(seg.end_lsn, Ordering::AcqRel);
     tracing::debug!(segment = %seg.name, flushed = %Lsn(seg.end_lsn), "stored segment");
     shared.notify();
-    let _ = jobs.send(seg.name);
+    // The applier reads the records from the bytes just checked.
+    let _ = jobs.send(ApplyJob {
+        segment: seg,
+        checked: Some(map),
+    });
     Ok(())
 }

@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::hist::Histogram;
-use crate::error::{IoContext, Result};
-use crate::segment_file::prepare_file;
+use walship::error::{IoContext, Result};
+use walship::segment_file::prepare_file;
 
 /// A preallocated, zero-filled file written sequentially; removed when dropped.
 pub struct RawFile {
@@ -157,7 +157,6 @@ pub struct RawLog {
     sync: Mutex<()>,
     written: AtomicU64,
     synced: AtomicU64,
-    syncs: AtomicU64,
 }
 
 impl RawLog {
@@ -168,13 +167,12 @@ impl RawLog {
             sync: Mutex::new(()),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
         })
     }
 
     /// Writes `buf` at the end of the log; returns the end offset.
     pub fn append(&self, buf: &[u8]) -> Result<u64> {
-        let mut off = crate::sync::lock(&self.off);
+        let mut off = walship::sync::lock(&self.off);
         self.file
             .file
             .write_all_at(buf, *off)
@@ -189,19 +187,14 @@ impl RawLog {
         if self.synced.load(Ordering::Acquire) >= end {
             return Ok(());
         }
-        let _g = crate::sync::lock(&self.sync);
+        let _g = walship::sync::lock(&self.sync);
         if self.synced.load(Ordering::Acquire) >= end {
             return Ok(());
         }
         let w = self.written.load(Ordering::Acquire);
         self.file.sync()?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
         self.synced.fetch_max(w, Ordering::AcqRel);
         Ok(())
-    }
-
-    pub fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
     }
 }
 

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use super::hist::Histogram;
 use super::{ratio, scratch, BenchConfig, BenchResult};
-use crate::error::IoContext;
-use crate::format::record::SEAL_LEN;
-use crate::replication::{
+use walship::error::IoContext;
+use walship::format::record::SEAL_LEN;
+use walship::replication::{
     CheckingApplicator, ReplError, Shipper, ShipperConfig, Standby, StandbyConfig,
 };
-use crate::{DataDir, Entry, EntryType, Error, Result, Wal, WalOptions};
+use walship::{DataDir, Entry, EntryType, Error, Result, Wal, WalOptions};
 
 /// Longest wait for the standby to reach a position before the run is called failed.
 const WAIT_LIMIT: Duration = Duration::from_secs(120);
@@ -178,7 +178,7 @@ fn sealed_files(data: &Path, from: u64) -> Result<Vec<PathBuf>> {
     let mut v: Vec<_> = dd
         .list_segments()?
         .into_iter()
-        .filter(|n| n.kind == crate::format::SegmentFileKind::Sealed && n.segment_no.0 >= from)
+        .filter(|n| n.kind == walship::format::SegmentFileKind::Sealed && n.segment_no.0 >= from)
         .map(|n| dd.segment_path(&n))
         .collect();
     v.sort();

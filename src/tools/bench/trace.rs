@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use crate::error::{Error, IoContext, Result};
-use crate::EntryType;
+use walship::error::{Error, IoContext, Result};
+use walship::EntryType;
 
 /// One record of a trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +26,7 @@ pub struct Unit {
 }
 
 impl Unit {
+    #[cfg(test)]
     pub fn commits(&self) -> usize {
         self.records
             .iter()

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::consumers::ConsumerRegistry;
-use crate::error::{Error, IoContext, Result};
-use crate::{DataDir, Entry, Lsn, Wal, WalOptions, WalReader};
+use walship::consumers::ConsumerRegistry;
+use walship::error::{Error, IoContext, Result};
+use walship::{DataDir, Entry, Lsn, Wal, WalOptions, WalReader};
 
 use procs::{path_str, read_listen_addr, run_to_end, start_writer, Proc};
 use view::{positions, view_lines, View};
@@ -231,7 +231,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     run_to_end(exe, &["seal", path_str(&primary)?], &logs, "seal")?;
 
     // Wait for the standby and the archiver to take everything.
-    let final_status = crate::status::status(&primary)?;
+    let final_status = walship::status::status(&primary)?;
     let end = final_status.flush_lsn;
     summary.end_lsn = end;
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -18,11 +18,11 @@ pub(super) fn positions(primary: &Path, standby: &Path, acked: &Acked) -> Positi
         acked: acked.last.load(Ordering::Relaxed),
         ..Positions::default()
     };
-    if let Ok(s) = crate::status::status(primary) {
+    if let Ok(s) = walship::status::status(primary) {
         p.written = s.flush_lsn;
         p.sealed = s.sealed_lsn;
     }
-    if let Ok(s) = crate::status::status(standby) {
+    if let Ok(s) = walship::status::status(standby) {
         p.standby_flushed = s.flush_lsn;
         p.standby_applied = s.applied_lsn.unwrap_or(0);
     }

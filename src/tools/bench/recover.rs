@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use super::baseline::read_and_crc;
 use super::{scratch, BenchConfig, BenchResult};
-use crate::format::{SegmentFileKind, SegmentName};
-use crate::reader::read_segment_hashed;
-use crate::verify::{verify_segments, VerifyReport};
-use crate::{DataDir, Entry, EntryType, Lsn, Result, Wal, WalOptions};
+use walship::format::{SegmentFileKind, SegmentName};
+use walship::reader::read_segment_hashed;
+use walship::verify::{verify_segments, VerifyReport};
+use walship::{DataDir, Entry, EntryType, Lsn, Result, Wal, WalOptions};
 
 /// Checks the segments the way `walship verify` does, with the same code: every record, and
 /// for a sealed segment the seal marker and its whole-segment checksum. Returns the records
@@ -22,7 +22,7 @@ fn scan_segments(files: &[(SegmentName, PathBuf)]) -> Result<u64> {
     })?;
     match report.errors.first() {
         None => Ok(report.records),
-        Some(issue) => Err(crate::Error::Corrupt {
+        Some(issue) => Err(walship::Error::Corrupt {
             file: files
                 .iter()
                 .find(|(n, _)| n.to_string() == issue.segment)

@@ -10,8 +10,8 @@ use super::baseline::RawLog;
 use super::hist::Histogram;
 use super::trace::{TraceRecord, Unit};
 use super::{mb_per_s, ratio, scratch, BenchConfig, BenchResult};
-use crate::format::record::encoded_len;
-use crate::{DataDir, Entry, EntryType, Result, Wal, WalOptions};
+use walship::format::record::encoded_len;
+use walship::{DataDir, Entry, EntryType, Result, Wal, WalOptions};
 
 /// Trace records replayed by default: about a third of the PostgreSQL trace, some 13,000
 /// transactions, a few seconds per side.
@@ -40,7 +40,7 @@ impl Log for Wal {
             .0)
     }
     fn wait_durable(&self, end: u64) -> Result<()> {
-        Wal::wait_durable(self, crate::Lsn(end))
+        Wal::wait_durable(self, walship::Lsn(end))
     }
 }
 
@@ -95,7 +95,7 @@ fn replay<L: Log + 'static>(log: Arc<L>, units: Arc<Vec<Unit>>, clients: usize) 
     for h in handles {
         let (c, a) = h
             .join()
-            .map_err(|_| crate::Error::Other("a replay client panicked".into()))??;
+            .map_err(|_| walship::Error::Other("a replay client panicked".into()))??;
         commit.merge(&c);
         append.merge(&a);
     }

@@ -28,7 +28,7 @@ pub use recover::run_recover;
 pub use ship::run_ship;
 pub use workload::run_workload;
 
-use crate::format::record::encoded_len;
+use walship::format::record::encoded_len;
 
 /// When an append waits for durability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,8 +208,8 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 /// A scratch directory inside `dir`, removed when dropped.
-fn scratch(dir: &std::path::Path) -> crate::Result<tempfile::TempDir> {
-    use crate::error::IoContext;
+fn scratch(dir: &std::path::Path) -> walship::Result<tempfile::TempDir> {
+    use walship::error::IoContext;
     std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
     tempfile::Builder::new()
         .prefix("walship-bench-")

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::baseline::{sequential, BaselineRun, SyncEvery};
 use super::hist::Histogram;
 use super::{mb_per_s, ratio, scratch, thread_cpu, BenchConfig, BenchResult, Durability, Limit};
-use crate::{DataDir, Entry, EntryType, Result, Wal, WalOptions, WalStats};
+use walship::{DataDir, Entry, EntryType, Result, Wal, WalOptions, WalStats};
 
 /// Bytes a default-sized run writes at most (keeps a run well under a minute and the disk
 /// footprint modest).
@@ -115,8 +115,9 @@ fn run_wal(
             }
             Ok(Err(e)) => first_err = first_err.or(Some(e)),
             Err(_) => {
-                first_err =
-                    first_err.or(Some(crate::Error::Other("a bench writer panicked".into())))
+                first_err = first_err.or(Some(walship::Error::Other(
+                    "a bench writer panicked".into(),
+                )))
             }
         }
     }
@@ -207,7 +208,7 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
     wal.sync()?;
     drop(wal);
     let (Some(w), Some(base)) = (w, base) else {
-        return Err(crate::Error::InvalidArgument(
+        return Err(walship::Error::InvalidArgument(
             "nothing to run: no records".into(),
         ));
     };

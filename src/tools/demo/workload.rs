@@ -4,7 +4,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::EntryType;
+use walship::EntryType;
 
 /// One generated entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
