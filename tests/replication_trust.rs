@@ -1236,3 +1236,91 @@ fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why() {
         );
     }
 }
+
+/// The primary's open segment goes to a standby up to the writer's durable position and never
+/// past it; a standby claiming more than it was sent, or a copy past the durable position, is
+/// refused.
+#[test]
+fn the_open_segment_is_sent_up_to_the_durable_position_and_claims_past_it_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("primary");
+    init(&dir);
+    write_records(&dir, 100, "o");
+    let flush = status(&dir)["flush_lsn"].as_u64().unwrap();
+    assert!(flush > 0 && flush < SEG, "one open segment");
+    let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
+    let mut s = handshake(&addr, [7; 16], None, None, 0);
+    let mut got = 0u64;
+    while got < flush {
+        let b = read_frame(&mut s).expect("open segment data");
+        match codec::decode(&b).unwrap() {
+            Message::OpenData {
+                segment_no,
+                offset,
+                data,
+                ..
+            } => {
+                assert_eq!((segment_no, offset), (0, got));
+                got += data.0.len() as u64;
+            }
+            Message::Keepalive { .. } => {}
+            other => panic!("expected the open segment, got {other:?}"),
+        }
+    }
+    assert_eq!(got, flush, "never a byte past the durable position");
+    // Written past what was sent, though flushed is within it.
+    send(
+        &mut s,
+        &Message::Status {
+            written_lsn: flush + 8,
+            flushed_lsn: flush,
+            applied_lsn: 0,
+            now_us: 0,
+        },
+    );
+    let mut err = None;
+    while let Some(b) = read_frame(&mut s) {
+        match codec::decode(&b) {
+            Ok(Message::Error { code, message }) => err = Some((code, message.to_string())),
+            Ok(Message::Keepalive { .. }) => {}
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    let (code, message) = err.expect("an error before the close");
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(message.contains("only WAL up to"), "{message}");
+    // A copy of the open segment longer than the primary's durable position: ahead of it.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let hello = Message::Hello {
+        magic: MAGIC,
+        protocol_version: PROTOCOL_VERSION,
+        nonce: [1; 32],
+    };
+    send(&mut s, &hello);
+    read_frame(&mut s).unwrap();
+    send(&mut s, &Message::Auth { proof: None });
+    read_frame(&mut s).unwrap();
+    send(
+        &mut s,
+        &Message::Identify {
+            standby_id: [8; 16],
+            system_id: None,
+            timeline: 0,
+            segment_size: 0,
+            next_segment: Some(0),
+            prev_checksum: None,
+            flushed_lsn: flush + 64,
+            applied_lsn: 0,
+            max_frame: 8 << 20,
+        },
+    );
+    match codec::decode(&read_frame(&mut s).unwrap()).unwrap() {
+        Message::Error { code, message } => {
+            assert_eq!(code, ErrorCode::Identity);
+            assert!(message.contains("ahead of this primary"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    srv.kill();
+}
