@@ -1,4 +1,5 @@
-//! Locks that survive a panic in another thread.
+//! Locks that survive a panic in another thread: the one helper for the library and for the
+//! tools built on it (the benchmark in the binary).
 
 use std::sync::{Mutex, MutexGuard};
 
