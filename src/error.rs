@@ -64,6 +64,11 @@ pub enum Error {
     #[error("refused: {0}")]
     Refused(String),
 
+    /// Backup storage refused the request for good (access denied, wrong credentials, no
+    /// such bucket); retrying would not help. The message is the store's.
+    #[error("{0}")]
+    Storage(String),
+
     #[error("{0}")]
     Other(String),
 }

@@ -103,7 +103,9 @@ pub fn checkpoint_lsn(dir: &DataDir) -> Result<u64> {
 /// Why an archiver (not lost, with a recorded archive location) cannot be shown to hold `seg`
 /// in its archive, one entry per such archiver. A segment counts as archived when its object
 /// is in the archive directory under its final name (which only ever appears complete), and an
-/// uncompressed object has the local file's size. An archiver registered without a location
+/// uncompressed object has the local file's size; an `s3://` archive is asked (with the AWS
+/// environment of this process), and one that cannot be reached holds nothing for this purpose.
+/// An archiver registered without a location
 /// (through the library) is trusted by its position alone.
 fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<String> {
     use crate::archive::{object_name, Compression};
@@ -115,6 +117,20 @@ fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<Stri
         let Some(addr) = c.address.as_deref() else {
             continue;
         };
+        if addr.starts_with("s3://") {
+            match crate::archive::s3::holds_segment_blocking(addr, seg.name, seg.size) {
+                Ok(true) => {}
+                Ok(false) => out.push(format!(
+                    "{} is not in the archive {addr} although consumer {} recorded it as archived",
+                    seg.name, c.id
+                )),
+                Err(e) => out.push(format!(
+                    "{}: cannot check that the archive {addr} holds it: {e}",
+                    seg.name
+                )),
+            }
+            continue;
+        }
         let root = std::path::Path::new(addr);
         if !root.is_absolute() {
             out.push(format!(

@@ -1291,3 +1291,96 @@ fn a_watching_archiver_refills_an_archive_removed_under_it_or_stops_when_it_cann
     );
     assert_eq!(sealed_names(&data), kept);
 }
+
+/// Counts the reads of each object of a directory archive.
+#[derive(Clone)]
+struct CountingStore {
+    inner: walship::archive::LocalDirStore,
+    gets: std::sync::Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+}
+
+impl walship::archive::ArchiveStore for CountingStore {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn put(
+        &self,
+        name: &str,
+        data: std::sync::Arc<Vec<u8>>,
+    ) -> impl std::future::Future<Output = walship::Result<walship::archive::PutOutcome>> + Send
+    {
+        self.inner.put(name, data)
+    }
+    fn get(
+        &self,
+        name: &str,
+    ) -> impl std::future::Future<Output = walship::Result<Option<Vec<u8>>>> + Send {
+        *self
+            .gets
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default() += 1;
+        self.inner.get(name)
+    }
+    fn list(
+        &self,
+    ) -> impl std::future::Future<Output = walship::Result<Vec<walship::archive::ObjectInfo>>> + Send
+    {
+        self.inner.list()
+    }
+    fn exists(
+        &self,
+        name: &str,
+    ) -> impl std::future::Future<Output = walship::Result<bool>> + Send {
+        self.inner.exists(name)
+    }
+    fn sync(&self, name: &str) -> impl std::future::Future<Output = walship::Result<()>> + Send {
+        self.inner.sync(name)
+    }
+    fn delete(
+        &self,
+        name: &str,
+    ) -> impl std::future::Future<Output = walship::Result<bool>> + Send {
+        self.inner.delete(name)
+    }
+}
+
+#[test]
+fn restore_fetches_each_object_once_and_leaves_no_staging_behind() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let all = make_store(&data, 6, 12);
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &["--compress", "zstd"])
+        .status
+        .success());
+    let store = CountingStore {
+        inner: walship::archive::LocalDirStore::open(&arc).unwrap(),
+        gets: Default::default(),
+    };
+    let dest = t.path().join("restored");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let report = rt
+        .block_on(walship::archive::restore(
+            std::sync::Arc::new(store.clone()),
+            &dest,
+            walship::archive::RestoreOptions::default(),
+        ))
+        .unwrap();
+    assert_eq!(records(&dest), all);
+    assert_eq!(report.sealed_segments as usize, sealed_names(&data).len());
+    let gets = store.gets.lock().unwrap().clone();
+    assert_eq!(gets.len(), sealed_names(&data).len() + 1, "{gets:?}");
+    assert!(
+        gets.values().all(|&n| n == 1),
+        "an object was fetched twice: {gets:?}"
+    );
+    // The staging directory beside the destination is gone.
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".walship-restore-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

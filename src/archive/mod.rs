@@ -10,14 +10,19 @@
 pub mod archiver;
 pub mod identity;
 pub mod restore;
+pub mod s3;
+pub mod status;
 pub mod store;
+pub mod target;
 
 use std::path::Path;
 
 pub use archiver::{Archiver, ArchiverOptions, PushOutcome};
 pub use identity::{ArchiveIdentity, IDENTITY_NAME};
 pub use restore::{restore, RestoreOptions, RestoreProgress, RestoreReport, RestoreTarget};
+pub use s3::{S3Config, S3Store};
 pub use store::{ArchiveStore, LocalDirStore, ObjectInfo, PutOutcome};
+pub use target::{AnyStore, ArchiveTarget};
 
 use crate::error::{Error, Result};
 use crate::format::{SegmentFileKind, SegmentName};

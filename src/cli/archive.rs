@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use walship::archive::{Archiver, ArchiverOptions, Compression, LocalDirStore};
+use walship::archive::{Archiver, ArchiverOptions, Compression};
 use walship::{DataDir, Lsn};
 
 use super::{parse_size, CmdResult};
@@ -27,14 +27,21 @@ not yet archived. Before it trusts that progress, it checks that the archive hol
 from the one it begins at (recorded in its IDENTITY): what is missing is pushed again from wal/, \
 and when wal/ no longer has it the archiver exits 1. Watching, a failing pass is retried with a \
 pause growing to 30 s. The writer may keep running: the archiver reads sealed segments only.\n\n\
+In an S3-compatible store (--to s3://BUCKET/PREFIX) each segment is one conditional PUT \
+(If-None-Match: *), whole or absent, then read back and compared; credentials, region and \
+endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, \
+AWS_ENDPOINT_URL and AWS_ALLOW_HTTP, or the --s3-* flags. Transient errors are retried with \
+backoff; access denied, a wrong secret or a missing bucket fail at once.\n\n\
 Exit status: 0 done, 1 refused or damage found, 2 could not run.\n\n\
-Example:\n  walship archive ./data --to /mnt/backup/app-wal --once --compress zstd"
+Example:\n  walship archive ./data --to /mnt/backup/app-wal --once --compress zstd\n  \
+walship archive ./data --to s3://app-backups/wal/app1 --compress zstd --parallel 4"
 )]
 pub struct ArchiveArgs {
     pub data_dir: PathBuf,
-    /// The archive: a directory (created when missing; recorded as an absolute path).
-    #[arg(long = "to")]
-    pub target: PathBuf,
+    /// The archive: a directory or file:///PATH (created when missing; recorded as an absolute
+    /// path), or s3://BUCKET/PREFIX in an S3-compatible store.
+    #[arg(long = "to", value_name = "TARGET")]
+    pub target: String,
     /// Push what is sealed now, then exit (otherwise keep watching).
     #[arg(long)]
     pub once: bool,
@@ -53,6 +60,12 @@ pub struct ArchiveArgs {
     /// With --once, print one JSON summary object.
     #[arg(long)]
     pub json: bool,
+    /// Segments written to the archive at the same time (1 to 64); progress is recorded in LSN
+    /// order. Above 1, never run two archivers on one archive.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallel: u64,
+    #[command(flatten)]
+    pub s3: super::target::S3Args,
 }
 
 pub fn run(a: ArchiveArgs) -> CmdResult {
@@ -64,10 +77,11 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
         zstd_level: a.zstd_level,
         warn_lag_bytes: a.warn_lag,
         rescan_interval: Duration::from_secs(a.rescan_secs),
+        parallel: a.parallel as usize,
     };
     // A wrong DATA_DIR fails before the archive directory is created.
     DataDir::new(&a.data_dir).read_control()?;
-    let store = LocalDirStore::create(&a.target)?;
+    let store = super::target::parse(&a.target, &a.s3)?.create()?;
     super::runtime()?.block_on(async move {
         let mut archiver =
             Archiver::new(DataDir::new(&a.data_dir), Arc::new(store.clone()), opts).await?;

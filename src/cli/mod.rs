@@ -11,6 +11,7 @@ mod serve;
 mod standby;
 mod status;
 mod store;
+mod target;
 mod verify;
 
 use std::process::ExitCode;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use walship::archive::restore::RestorePhase;
-use walship::archive::{restore, LocalDirStore, RestoreOptions, RestoreProgress, RestoreTarget};
+use walship::archive::{restore, RestoreOptions, RestoreProgress, RestoreTarget};
 use walship::Lsn;
 
 use super::runtime;
@@ -24,11 +24,12 @@ writes. With --until-lsn it holds exactly the records whose end LSN is at most L
 archive: a target past its last record is refused, since later records may not be archived yet.\n\n\
 Exit status: 0 restored, 1 the archive is damaged or has a missing segment, 2 could not run \
 (bad usage, I/O, a destination in use, or a target past the end of the archive).\n\n\
-Example:\n  walship restore /mnt/backup/app-wal ./data-restored --until-time 2026-11-26T05:30:00Z"
+Example:\n  walship restore /mnt/backup/app-wal ./data-restored --until-time 2026-11-26T05:30:00Z\n  \
+walship restore s3://app-backups/wal/app1 ./data-restored"
 )]
 pub struct RestoreArgs {
-    /// The archive directory.
-    pub archive: PathBuf,
+    /// The archive: a directory, file:///PATH or s3://BUCKET/PREFIX.
+    pub archive: String,
     /// The data directory to create (missing or empty).
     pub data_dir: PathBuf,
     /// Keep exactly the records whose end LSN is at most this (HI/LO hex or decimal).
@@ -48,6 +49,8 @@ pub struct RestoreArgs {
     /// Print one JSON summary object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub s3: super::target::S3Args,
 }
 
 /// Parses RFC 3339 into microseconds since the Unix epoch (finer digits are dropped: record
@@ -65,7 +68,7 @@ pub fn run(a: RestoreArgs) -> CmdResult {
         (None, Some(t)) => RestoreTarget::Time(t),
         (None, None) => RestoreTarget::End,
     };
-    let store = Arc::new(LocalDirStore::open(&a.archive)?);
+    let store = Arc::new(super::target::open(&a.archive, &a.s3)?);
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new(0);
         b.set_style(
@@ -102,7 +105,7 @@ pub fn run(a: RestoreArgs) -> CmdResult {
     } else {
         println!(
             "restored {} into {}: {} sealed segments{}, {} records, ending at {}",
-            a.archive.display(),
+            a.archive,
             a.data_dir.display(),
             r.sealed_segments,
             r.open_segment

@@ -1,8 +1,8 @@
 //! `status`: positions, role, standbys and lag of a data directory.
 
-use std::path::PathBuf;
-
 use clap::Args;
+use walship::archive::status::archive_status;
+use walship::archive::ArchiveTarget;
 use walship::status::status;
 use walship::Lsn;
 
@@ -14,14 +14,26 @@ use super::{CmdResult, Failure};
     after_help = "It only reads files and takes no lock, so it works while a writer, `serve` or `standby` runs. A standby counts as connected when its slot was refreshed in the last 5 seconds.\n\nExample:\n  walship status ./data --json"
 )]
 pub struct StatusArgs {
-    pub data_dir: PathBuf,
+    /// A data directory, or an archive (a directory holding IDENTITY, file:///PATH or
+    /// s3://BUCKET/PREFIX).
+    pub data_dir: String,
     /// Print one JSON object (positions as numbers).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub s3: super::target::S3Args,
 }
 
 pub fn run(a: StatusArgs) -> CmdResult {
-    let s = status(&a.data_dir)?;
+    let target = super::target::parse(&a.data_dir, &a.s3)?;
+    let is_archive = match &target {
+        ArchiveTarget::S3(_) => true,
+        ArchiveTarget::Dir(p) => walship::archive::is_archive(p),
+    };
+    if is_archive {
+        return archive(&a, &target);
+    }
+    let s = status(std::path::Path::new(&a.data_dir))?;
     if a.json {
         let line = serde_json::to_string(&s).map_err(|e| Failure::Error(e.to_string()))?;
         println!("{line}");
@@ -119,5 +131,31 @@ pub fn run(a: StatusArgs) -> CmdResult {
             if c.lost { " (LOST: holds no WAL)" } else { "" }
         );
     }
+    Ok(())
+}
+
+/// The status of an archive: whose it is, where it begins and ends, what it holds.
+fn archive(a: &StatusArgs, target: &ArchiveTarget) -> CmdResult {
+    let store = target.open()?;
+    let s = super::runtime()?.block_on(archive_status(&store))?;
+    if a.json {
+        let line = serde_json::to_string(&s).map_err(|e| Failure::Error(e.to_string()))?;
+        println!("{line}");
+        return Ok(());
+    }
+    println!("archive: {}", s.location);
+    println!("system_id: {}", s.system_id);
+    println!("timeline: {}", s.timeline);
+    println!("segment_size: {}", s.segment_size);
+    match s.first_segment {
+        Some(f) => println!("first_segment: {f}"),
+        None => println!("first_segment: not recorded (layout version 1)"),
+    }
+    println!("newest: {}", s.newest.as_deref().unwrap_or("none"));
+    println!("archived_lsn: {}", Lsn(s.archived_lsn));
+    println!(
+        "segments: {} ({} bytes stored), objects: {}",
+        s.segments, s.stored_bytes, s.objects
+    );
     Ok(())
 }

@@ -2,12 +2,12 @@
 //! and every segment object (decompressed, bounded by the segment size) through the same
 //! segment checks as a data directory's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{verify_segments, Identity, VerifyIssue, VerifyReport};
 use crate::archive::{
     check_object_len, decode_object, parse_object_name, segment_objects, store, ArchiveIdentity,
-    Compression, IDENTITY_NAME,
+    ArchiveStore, Compression, ObjectInfo, IDENTITY_NAME,
 };
 use crate::error::{Error, Result};
 use crate::format::{SegmentFileKind, SegmentName};
@@ -17,9 +17,55 @@ use crate::format::{SegmentFileKind, SegmentName};
 /// by the segment size), the chain between segments and gaps. Goes on after a problem, like
 /// `verify_path`.
 pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
+    let identity = match std::fs::read(root.join(IDENTITY_NAME)) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(Error::io(
+                format!("read {}", root.join(IDENTITY_NAME).display()),
+                e,
+            ))
+        }
+    };
+    let objects = store::list_dir(root)?;
+    verify_objects(root, identity, &objects, |name| {
+        let p = root.join(name);
+        std::fs::read(&p).map_err(|e| Error::io(format!("read {}", p.display()), e))
+    })
+}
+
+/// Verifies an archive in any store, as [`verify_archive`] does a directory's. Objects are
+/// fetched one at a time through `handle` (call it off the runtime's threads).
+pub fn verify_store<S: ArchiveStore>(
+    handle: &tokio::runtime::Handle,
+    store: &S,
+) -> Result<VerifyReport> {
+    let loc = PathBuf::from(store.location());
+    let identity = handle.block_on(store.get(IDENTITY_NAME))?;
+    let objects = handle.block_on(store.list())?;
+    verify_objects(&loc, identity, &objects, |name| {
+        handle
+            .block_on(store.get(name))?
+            .ok_or_else(|| Error::Corrupt {
+                file: loc.join(name),
+                offset: 0,
+                lsn: crate::Lsn(0),
+                reason: "vanished from the archive while it was verified".into(),
+            })
+    })
+}
+
+/// The checks of an archive, given its identity file's bytes (`None` when missing), its
+/// listing, and a way to read one object; `root` names the archive in the report.
+fn verify_objects(
+    root: &Path,
+    identity_bytes: Option<Vec<u8>>,
+    objects: &[ObjectInfo],
+    read: impl Fn(&str) -> Result<Vec<u8>>,
+) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let archive_id = match std::fs::read(root.join(IDENTITY_NAME)) {
-        Ok(b) => match ArchiveIdentity::decode(&b) {
+    let archive_id = match identity_bytes {
+        Some(b) => match ArchiveIdentity::decode(&b) {
             Ok(id) => Some(id),
             Err(reason) => {
                 report.errors.push(VerifyIssue {
@@ -31,7 +77,7 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
                 None
             }
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             report.errors.push(VerifyIssue {
                 segment: IDENTITY_NAME.into(),
                 offset: 0,
@@ -40,20 +86,17 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
             });
             None
         }
-        Err(e) => {
-            return Err(Error::io(
-                format!("read {}", root.join(IDENTITY_NAME).display()),
-                e,
-            ))
-        }
     };
     let identity = archive_id.map(|id| Identity::from(&id.to_control()));
-    let objects = store::list_dir(root)?;
-    let segs = segment_objects(&objects);
+    let segs = segment_objects(objects);
     if let (Some(id), Some((first_held, _, _))) = (&archive_id, segs.first()) {
         check_first_segment(id, first_held, &mut report);
     }
-    let files: Vec<(SegmentName, std::path::PathBuf)> = segs
+    let sizes: std::collections::HashMap<PathBuf, u64> = segs
+        .iter()
+        .map(|(_, _, o)| (root.join(&o.name), o.size))
+        .collect();
+    let files: Vec<(SegmentName, PathBuf)> = segs
         .iter()
         .map(|(n, _, o)| (*n, root.join(&o.name)))
         .collect();
@@ -66,11 +109,9 @@ pub fn verify_archive(root: &Path) -> Result<VerifyReport> {
             .unwrap_or_default()
             .to_string();
         let c = parse_object_name(&name).map_or(Compression::None, |(_, c)| c);
-        let len = std::fs::metadata(p)
-            .map_err(|e| Error::io(format!("stat {}", p.display()), e))?
-            .len();
+        let len = sizes.get(p).copied().unwrap_or(0);
         check_object_len(p, c, len, segment_size)?;
-        let data = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
+        let data = read(&name)?;
         *bytes = decode_object(p, c, data, segment_size)?;
         Ok(None)
     })?;

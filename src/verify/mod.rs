@@ -44,7 +44,7 @@ pub struct VerifyReport {
 pub use crate::reader::Identity;
 
 mod archive;
-pub use archive::verify_archive;
+pub use archive::{verify_archive, verify_store};
 
 /// Verifies a data directory, its wal/ folder, one segment file, or an archive. Only an empty
 /// but valid data directory or archive is clean with no segments: a directory that is none of

@@ -9,7 +9,7 @@
 //! where the archive begins and the check that it holds every segment from there before the
 //! archiver trusts its position; `retry.rs`: the pause and the log lines of a failing pass.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,11 @@ pub struct ArchiverOptions {
     /// How often the watch loop rescans wal/ even without a notification (watchers can drop
     /// events).
     pub rescan_interval: Duration,
+    /// Segments written to the archive at the same time (at least 1). Progress is recorded in
+    /// LSN order whatever order they complete in. Above 1, two archivers racing on one archive
+    /// (a misconfiguration) can leave segments of both histories in it, which `verify` reports
+    /// as a broken chain; at 1 the loser stops at its first conflicting segment.
+    pub parallel: usize,
 }
 
 impl Default for ArchiverOptions {
@@ -57,6 +62,7 @@ impl Default for ArchiverOptions {
             zstd_level: 3,
             warn_lag_bytes: 256 << 20,
             rescan_interval: Duration::from_secs(10),
+            parallel: 1,
         }
     }
 }
@@ -236,30 +242,69 @@ impl<S: ArchiveStore> Archiver<S> {
                 "the archiver is behind by more than the bound"
             );
         }
-        // Segment i+1 is read, checked and compressed while segment i is written and read
-        // back.
-        let mut next = pending.first().map(|(n, _)| self.prepare(*n));
-        for i in 0..pending.len() {
-            let Some(task) = next.take() else { break };
-            let prepared = joined(task).await?;
-            next = pending.get(i + 1).map(|(n, _)| self.prepare(*n));
-            let (outcome, checked) = self.push_prepared(prepared).await?;
-            match outcome {
-                PushOutcome::Archived {
-                    bytes,
-                    stored_bytes,
-                    ..
-                } => {
-                    sum.archived += 1;
-                    sum.bytes += bytes;
-                    sum.stored_bytes += stored_bytes;
+        // Up to `parallel` segments are written at once while up to five more (at most
+        // `parallel` + 1) are read, checked and compressed; each is recorded as archived in LSN
+        // order.
+        let k = self.opts.parallel.max(1);
+        let mut preparing: VecDeque<_> = VecDeque::new();
+        let mut queued = pending.iter().map(|(n, _)| *n);
+        let mut inflight: VecDeque<push::PushTask> = VecDeque::new();
+        let result: Result<()> = async {
+            loop {
+                while preparing.len() <= k.min(4) {
+                    let Some(n) = queued.next() else { break };
+                    preparing.push_back(self.prepare(n));
                 }
-                PushOutcome::AlreadyArchived { .. } => sum.already_archived += 1,
+                let Some(task) = preparing.pop_front() else {
+                    break;
+                };
+                let prepared = joined(task).await?;
+                inflight.push_back(self.start_push(prepared).await?);
+                while inflight.len() >= k {
+                    if let Some(h) = inflight.pop_front() {
+                        self.record(&mut sum, joined(h).await?)?;
+                    }
+                }
             }
-            self.save_position(checked.seal_lsn())?;
+            while let Some(h) = inflight.pop_front() {
+                self.record(&mut sum, joined(h).await?)?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            // Writes still in flight are stopped (an object store's put is whole or absent; a
+            // directory's temporary file is removed by the next run), and what the archive
+            // holds is listed again by the next pass.
+            for h in inflight {
+                h.abort();
+            }
+            self.last = None;
+            return Err(e);
         }
         sum.position = self.position;
         Ok(sum)
+    }
+
+    /// Counts a finished push and records the archiver's position after it.
+    fn record(
+        &mut self,
+        sum: &mut PassSummary,
+        (outcome, checked): (PushOutcome, CheckedSegment),
+    ) -> Result<()> {
+        match outcome {
+            PushOutcome::Archived {
+                bytes,
+                stored_bytes,
+                ..
+            } => {
+                sum.archived += 1;
+                sum.bytes += bytes;
+                sum.stored_bytes += stored_bytes;
+            }
+            PushOutcome::AlreadyArchived { .. } => sum.already_archived += 1,
+        }
+        self.save_position(checked.seal_lsn())
     }
 
     /// Pushes one sealed segment: checks it, refuses a gap or a broken chain in the archive,

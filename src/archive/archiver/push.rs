@@ -4,17 +4,43 @@
 use super::*;
 
 impl<S: ArchiveStore> Archiver<S> {
+    /// Checks `p`'s continuity with the archive (in LSN order, on this task), then starts
+    /// writing it (or comparing the copy already there) on its own task, so that several
+    /// segments can be in flight. The archiver's view of the archive counts it from here; a
+    /// failure ends the pass and the next one lists the archive again.
+    pub(super) async fn start_push(&mut self, p: Prepared) -> Result<PushTask> {
+        self.check_continuity(p.name, &p.checked).await?;
+        let up = self.uploader();
+        let no = p.name.segment_no.0;
+        let existing = self.archived.get(&no).cloned();
+        if existing.is_none() {
+            let c = self.opts.compression;
+            self.archived.insert(no, (object_name(p.name, c), c));
+        }
+        self.last = Some((no, p.checked.seal.segment_checksum));
+        Ok(tokio::spawn(async move {
+            let outcome = match existing {
+                Some((object, c)) => up.compare_existing(&object, c, &p.bytes).await?,
+                None => up.put_new(p.name, p.bytes, p.stored).await?,
+            };
+            Ok((outcome, p.checked))
+        }))
+    }
+
     pub(super) async fn push_prepared(
         &mut self,
         p: Prepared,
     ) -> Result<(PushOutcome, CheckedSegment)> {
-        self.check_continuity(p.name, &p.checked).await?;
-        let outcome = match self.archived.get(&p.name.segment_no.0).cloned() {
-            Some((object, c)) => self.compare_existing(&object, c, &p.bytes).await?,
-            None => self.put_new(p.name, p.bytes, p.stored).await?,
-        };
-        self.last = Some((p.name.segment_no.0, p.checked.seal.segment_checksum));
-        Ok((outcome, p.checked))
+        let task = self.start_push(p).await?;
+        joined(task).await
+    }
+
+    fn uploader(&self) -> Uploader<S> {
+        Uploader {
+            store: self.store.clone(),
+            segment_size: self.identity.segment_size,
+            compression: self.opts.compression,
+        }
     }
 
     /// Refuses to leave a hole in the archive or to add a segment that does not follow the
@@ -75,7 +101,19 @@ impl<S: ArchiveStore> Archiver<S> {
         }
         Ok(())
     }
+}
 
+/// A segment being written (or compared) on its own task.
+pub(super) type PushTask = tokio::task::JoinHandle<Result<(PushOutcome, CheckedSegment)>>;
+
+/// What writing one segment needs from the archiver, cloned into its task.
+pub(super) struct Uploader<S: ArchiveStore> {
+    store: Arc<S>,
+    segment_size: u64,
+    compression: Compression,
+}
+
+impl<S: ArchiveStore> Uploader<S> {
     /// Compares an object already in the archive with the local segment. Identical counts as
     /// archived only once the object is durable: it may be what a push that crashed before its
     /// directory sync left behind, or a copy made by hand.
@@ -92,7 +130,7 @@ impl<S: ArchiveStore> Archiver<S> {
             .await?
             .ok_or_else(|| vanished(&loc, object))?;
         let file = PathBuf::from(&loc).join(object);
-        let (local, size) = (local.clone(), self.identity.segment_size);
+        let (local, size) = (local.clone(), self.segment_size);
         // An object that does not decode (or inflates past a segment) is damage, said as such.
         let same = blocking(move || Ok(decode_object(&file, c, data, size)? == *local)).await?;
         if !same {
@@ -107,12 +145,12 @@ impl<S: ArchiveStore> Archiver<S> {
     }
 
     async fn put_new(
-        &mut self,
+        &self,
         name: SegmentName,
         bytes: Arc<Vec<u8>>,
         stored: Arc<Vec<u8>>,
     ) -> Result<PushOutcome> {
-        let c = self.opts.compression;
+        let c = self.compression;
         let object = object_name(name, c);
         let local_len = bytes.len() as u64;
         // The other form of the name may hold this segment already.
@@ -122,22 +160,18 @@ impl<S: ArchiveStore> Archiver<S> {
         };
         let other_name = object_name(name, other);
         if self.store.exists(&other_name).await? {
-            self.archived
-                .insert(name.segment_no.0, (other_name.clone(), other));
             return self.compare_existing(&other_name, other, &bytes).await;
         }
         match self.store.put(&object, stored.clone()).await? {
             PutOutcome::AlreadyExists => {
-                self.archived.insert(name.segment_no.0, (object.clone(), c));
                 return self.compare_existing(&object, c, &bytes).await;
             }
             PutOutcome::Created => {}
         }
-        self.archived.insert(name.segment_no.0, (object.clone(), c));
         // Read back from storage and compare with the local file.
         let back = self.store.get(&object).await?;
         let file = PathBuf::from(self.store.location()).join(&object);
-        let size = self.identity.segment_size;
+        let size = self.segment_size;
         let same = blocking(move || {
             Ok(match back {
                 Some(d) => decode_object(&file, c, d, size).is_ok_and(|d| d == *bytes),
@@ -149,9 +183,7 @@ impl<S: ArchiveStore> Archiver<S> {
             return Err(Error::Corrupt {
                 file: PathBuf::from(self.store.location()).join(&object),
                 offset: 0,
-                lsn: Lsn(name
-                    .segment_no
-                    .start_lsn_saturating(self.control.segment_size)),
+                lsn: Lsn(name.segment_no.start_lsn_saturating(self.segment_size)),
                 reason: "read back from the archive differs from what was written".into(),
             });
         }

@@ -1,13 +1,14 @@
 //! Restore: rebuild a data directory from an archive, up to the end or to a point in time.
 //!
-//! Two passes. The first fetches and checks every segment up to the target (identity, every
-//! record and checksum, the chain, gaps) and finds where the cut falls; nothing is written
-//! until it has passed, and a failure names the first missing or damaged segment. The second
-//! fetches again, checks again, and writes the new directory: segments wholly before the cut
-//! sealed, the segment the cut falls in as the open segment (a full-size, zero-filled file
-//! holding its bytes up to the cut), and the control file last, so an interrupted restore never
-//! leaves something that opens as a store. Both passes fetch and check segments ahead in
-//! parallel.
+//! Two passes. The first fetches (several segments ahead, in parallel) and checks every
+//! segment up to the target (identity, every record and checksum, the chain, gaps), finds where
+//! the cut falls, and keeps each checked segment in a staging directory beside the destination
+//! (`.walship-restore-*`, removed at the end), so that each object is fetched once. Nothing is
+//! written to the destination until this pass has passed, and a failure names the first missing
+//! or damaged segment. The second writes the new directory from the staged files: segments
+//! wholly before the cut sealed (moved into place), the segment the cut falls in as the open
+//! segment (a full-size, zero-filled file holding its bytes up to the cut), and the control
+//! file last, so an interrupted restore never leaves something that opens as a store.
 //!
 //! Here: the options, the fetcher and pass one (the plan); `write.rs`: the destination's check
 //! and pass two (writing the data directory).
@@ -111,14 +112,19 @@ pub struct RestoreReport {
 struct Planned {
     name: SegmentName,
     object: String,
-    compression: Compression,
     seal_checksum: u32,
     /// `Some((offset, records kept))` for the segment the cut falls in.
     cut: Option<(usize, u64)>,
     records: u64,
+    /// The checked segment's bytes, kept by pass one for pass two.
+    staged: PathBuf,
+    /// Its size in bytes.
+    len: u64,
+    /// Where its last record ends (its seal marker's LSN) when it is kept whole.
+    seal_lsn: u64,
 }
 
-type Fetched = (usize, Vec<u8>, CheckedSegment);
+type Fetched = (usize, u64, CheckedSegment);
 
 /// Fetches, decodes and checks segments in order, up to `ahead` of them at a time.
 struct Fetcher<S: ArchiveStore> {
@@ -129,6 +135,8 @@ struct Fetcher<S: ArchiveStore> {
     next: usize,
     ahead: usize,
     running: VecDeque<tokio::task::JoinHandle<Result<Fetched>>>,
+    /// Where each checked segment is kept, under its sealed name.
+    stage: PathBuf,
 }
 
 impl<S: ArchiveStore> Fetcher<S> {
@@ -139,6 +147,7 @@ impl<S: ArchiveStore> Fetcher<S> {
             let (name, object, c) = self.items[i].clone();
             let (store, identity, target) = (self.store.clone(), self.identity, self.target);
             let file = PathBuf::from(store.location()).join(&object);
+            let staged = self.stage.join(name.to_string());
             self.running.push_back(tokio::spawn(async move {
                 let data = store.get(&object).await?.ok_or_else(|| Error::Corrupt {
                     file: file.clone(),
@@ -151,7 +160,9 @@ impl<S: ArchiveStore> Fetcher<S> {
                     let bytes = decode_object(&file, c, data, identity.segment_size)?;
                     let cut = move |r: &crate::format::record::RecordRef<'_>| target.cuts(r);
                     let checked = check_segment_bytes(&file, &name, &bytes, &identity, Some(&cut))?;
-                    Ok((i, bytes, checked))
+                    std::fs::write(&staged, &bytes)
+                        .map_err(|e| Error::io(format!("write {}", staged.display()), e))?;
+                    Ok((i, bytes.len() as u64, checked))
                 })
                 .await
             }));
@@ -206,8 +217,29 @@ pub async fn restore<S: ArchiveStore>(
         }
     };
     let to_clear = check_destination(dest, opts.force)?;
-    let plan = plan(&store, &identity, &opts).await?;
-    write(store, dest, &identity, &plan, &to_clear, &opts).await
+    let stage = staging_dir(dest)?;
+    let plan = plan(&store, &identity, &opts, stage.path()).await?;
+    write(&loc, dest, &identity, &plan, &to_clear, &opts).await
+}
+
+/// A fresh staging directory beside `dest` (on the same file system, so that staged segments
+/// move into place), removed when dropped.
+fn staging_dir(dest: &Path) -> Result<tempfile::TempDir> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
+    tempfile::Builder::new()
+        .prefix(".walship-restore-")
+        .tempdir_in(&parent)
+        .map_err(|e| {
+            Error::io(
+                format!("create a staging directory in {}", parent.display()),
+                e,
+            )
+        })
 }
 
 /// Pass one: checks everything up to the target and decides what to write.
@@ -215,6 +247,7 @@ async fn plan<S: ArchiveStore>(
     store: &Arc<S>,
     identity: &ArchiveIdentity,
     opts: &RestoreOptions,
+    stage: &Path,
 ) -> Result<Vec<Planned>> {
     let loc = store.location();
     let objects = store.list().await?;
@@ -279,14 +312,16 @@ async fn plan<S: ArchiveStore>(
         next: 0,
         ahead: opts.fetch_ahead,
         running: VecDeque::new(),
+        stage: stage.to_path_buf(),
     };
     let mut plan: Vec<Planned> = Vec::new();
     let mut bytes_done = 0u64;
     let mut last_end = 0u64;
     let mut last_ts = None;
     while let Some(r) = f.next().await {
-        let (i, bytes, checked) = r?;
-        let (name, object, c) = items[i].clone();
+        let (i, len, checked) = r?;
+        let (name, object, _) = items[i].clone();
+        let staged = stage.join(name.to_string());
         if let Some(prev) = plan.last() {
             if name.segment_no.0 != prev.name.segment_no.next().0 {
                 let missing = SegmentName::new(
@@ -318,7 +353,7 @@ async fn plan<S: ArchiveStore>(
                 });
             }
         }
-        bytes_done += bytes.len() as u64;
+        bytes_done += len;
         report_progress(opts, RestorePhase::Verify, i as u64 + 1, total, bytes_done);
         let seal_checksum = checked.seal.segment_checksum;
         match checked.cut {
@@ -327,10 +362,12 @@ async fn plan<S: ArchiveStore>(
                 plan.push(Planned {
                     name,
                     object,
-                    compression: c,
                     seal_checksum,
                     cut: Some(cut),
                     records: cut.1,
+                    staged,
+                    len,
+                    seal_lsn: checked.header.start_lsn() + cut.0 as u64,
                 });
                 return Ok(plan);
             }
@@ -342,10 +379,12 @@ async fn plan<S: ArchiveStore>(
                 plan.push(Planned {
                     name,
                     object,
-                    compression: c,
                     seal_checksum,
                     cut: None,
                     records: checked.seal.record_count,
+                    staged,
+                    len,
+                    seal_lsn: checked.seal_lsn(),
                 });
             }
         }

@@ -51,9 +51,10 @@ pub(super) fn check_destination(dest: &Path, force: bool) -> Result<Vec<PathBuf>
         .collect())
 }
 
-/// Pass two: fetches and checks again, then writes the data directory.
-pub(super) async fn write<S: ArchiveStore>(
-    store: Arc<S>,
+/// Pass two: writes the data directory from the segments pass one fetched, checked and
+/// staged.
+pub(super) async fn write(
+    loc: &str,
     dest: &Path,
     identity: &ArchiveIdentity,
     plan: &[Planned],
@@ -76,18 +77,6 @@ pub(super) async fn write<S: ArchiveStore>(
     for d in [wal.clone(), dir.state_dir()] {
         std::fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
     }
-    let mut f = Fetcher {
-        store,
-        items: plan
-            .iter()
-            .map(|p| (p.name, p.object.clone(), p.compression))
-            .collect(),
-        identity: *identity,
-        target: opts.target,
-        next: 0,
-        ahead: opts.fetch_ahead,
-        running: VecDeque::new(),
-    };
     let mut report = RestoreReport {
         system_id: identity.system_id.to_string(),
         sealed_segments: 0,
@@ -97,35 +86,57 @@ pub(super) async fn write<S: ArchiveStore>(
         bytes: 0,
     };
     let total = plan.len() as u64;
-    while let Some(r) = f.next().await {
-        let (i, bytes, checked) = r?;
-        let p = &plan[i];
-        if checked.seal.segment_checksum != p.seal_checksum || checked.cut != p.cut {
+    for (i, p) in plan.iter().enumerate() {
+        let staged = p.staged.clone();
+        let len = std::fs::metadata(&staged)
+            .ctx(|| format!("stat {}", staged.display()))?
+            .len();
+        if len != p.len {
             return Err(Error::Corrupt {
-                file: PathBuf::from(f.store.location()).join(&p.object),
+                file: PathBuf::from(loc).join(&p.object),
                 offset: 0,
-                lsn: Lsn(checked.header.start_lsn()),
-                reason: "the archived segment changed between the check and the copy".into(),
+                lsn: Lsn(p
+                    .name
+                    .segment_no
+                    .start_lsn_saturating(identity.segment_size)),
+                reason: format!(
+                    "its staged copy {} changed between the check and the copy",
+                    staged.display()
+                ),
             });
         }
-        let start = checked.header.start_lsn();
         report.records += p.records;
         match p.cut {
             None => {
                 let path = wal.join(p.name.to_string());
-                report.bytes += bytes.len() as u64;
-                blocking(move || write_file(&path, &bytes, None)).await?;
+                report.bytes += p.len;
+                blocking(move || {
+                    std::fs::File::open(&staged)
+                        .and_then(|f| f.sync_all())
+                        .ctx(|| format!("fsync {}", staged.display()))?;
+                    std::fs::rename(&staged, &path)
+                        .ctx(|| format!("rename {} to {}", staged.display(), path.display()))
+                })
+                .await?;
                 report.sealed_segments += 1;
-                report.end_lsn = checked.seal_lsn();
+                report.end_lsn = p.seal_lsn;
             }
             Some((off, _)) => {
                 let name = p.name.with_kind(SegmentFileKind::Open);
                 let path = wal.join(name.to_string());
                 let size = identity.segment_size;
                 report.bytes += off as u64;
-                blocking(move || write_file(&path, &bytes[..off], Some(size))).await?;
+                blocking(move || {
+                    let bytes =
+                        std::fs::read(&staged).ctx(|| format!("read {}", staged.display()))?;
+                    let part = bytes.get(..off).ok_or_else(|| {
+                        Error::Other(format!("{}: shorter than its cut", staged.display()))
+                    })?;
+                    write_file(&path, part, Some(size))
+                })
+                .await?;
                 report.open_segment = Some(name.to_string());
-                report.end_lsn = start + off as u64;
+                report.end_lsn = p.seal_lsn;
             }
         }
         report_progress(opts, RestorePhase::Write, i as u64 + 1, total, report.bytes);

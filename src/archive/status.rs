@@ -1,0 +1,83 @@
+//! What an archive holds, as `walship status ARCHIVE` shows it: whose it is, where it begins
+//! and ends, how many objects and bytes. Reads the listing, the identity and the newest
+//! segment only (`walship verify` checks everything).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{
+    blocking, check_segment_bytes, decode_object, segment_objects, ArchiveIdentity, ArchiveStore,
+    IDENTITY_NAME,
+};
+use crate::error::{Error, Result};
+use crate::Lsn;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ArchiveStatus {
+    pub location: String,
+    pub system_id: String,
+    pub timeline: u32,
+    pub segment_size: u64,
+    /// The segment the archive begins at (its identity's `first_segment`), when recorded.
+    pub first_segment: Option<u64>,
+    /// Segment objects and their bytes as stored.
+    pub segments: u64,
+    pub stored_bytes: u64,
+    /// Every object under the archive (the identity and stray objects included).
+    pub objects: u64,
+    /// The newest archived segment's object name.
+    pub newest: Option<String>,
+    /// Where the archive ends: the seal LSN of its newest segment (0 when it holds none).
+    pub archived_lsn: u64,
+}
+
+/// Reads an archive's status.
+pub async fn archive_status<S: ArchiveStore>(store: &S) -> Result<ArchiveStatus> {
+    let loc = store.location();
+    let id_path = PathBuf::from(&loc).join(IDENTITY_NAME);
+    let identity = match store.get(IDENTITY_NAME).await? {
+        Some(b) => ArchiveIdentity::decode(&b).map_err(|reason| Error::Corrupt {
+            file: id_path.clone(),
+            offset: 0,
+            lsn: Lsn(0),
+            reason,
+        })?,
+        None => {
+            return Err(Error::InvalidArgument(format!(
+                "{loc}: not a walship archive (no {IDENTITY_NAME} object)"
+            )))
+        }
+    };
+    let objects = store.list().await?;
+    let segs = segment_objects(&objects);
+    let mut archived_lsn = 0;
+    let newest = segs.last().map(|(n, c, o)| (*n, *c, o.name.clone()));
+    if let Some((name, c, object)) = &newest {
+        let file = PathBuf::from(&loc).join(object);
+        let data = store.get(object).await?.ok_or_else(|| Error::Corrupt {
+            file: file.clone(),
+            offset: 0,
+            lsn: Lsn(0),
+            reason: "vanished from the archive while it was read".into(),
+        })?;
+        let (name, c) = (*name, *c);
+        archived_lsn = blocking(move || {
+            let bytes = decode_object(&file, c, data, identity.segment_size)?;
+            Ok(check_segment_bytes(&file, &name, &bytes, &identity, None)?.seal_lsn())
+        })
+        .await?;
+    }
+    Ok(ArchiveStatus {
+        location: loc,
+        system_id: identity.system_id.to_string(),
+        timeline: identity.timeline,
+        segment_size: identity.segment_size,
+        first_segment: identity.first_segment,
+        segments: segs.len() as u64,
+        stored_bytes: segs.iter().map(|(_, _, o)| o.size).sum(),
+        objects: objects.len() as u64,
+        newest: newest.map(|(_, _, o)| o),
+        archived_lsn,
+    })
+}

@@ -1,0 +1,616 @@
+//! The archive in an S3-compatible store, through the real `walship` binary against a real
+//! S3-protocol server on loopback that checks request signatures (tests/common/s3.rs): round
+//! trips byte for byte, exact point-in-time cuts, wrong credentials and a missing bucket,
+//! refusals that leave the archive untouched, SIGKILL mid-upload, the server going away
+//! mid-run, and two archivers racing on one target.
+//!
+//! Over 500 lines on purpose: the tests share one server per test file, so splitting them
+//! would start one more server per file.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::proxy::{Proxy, ProxyMode};
+use common::s3::S3Server;
+use common::{copy_tree, p, text, wait_until, SEG};
+use rand::{Rng, SeedableRng};
+use walship::archive::ArchiveStore;
+use walship::{Entry, EntryType, Lsn, Wal, WalOptions, WalReader};
+
+/// One server for the whole file; each test uses its own bucket. `None`: not installed (and
+/// not CI), the test skips with a loud message.
+fn server(test: &str) -> Option<&'static S3Server> {
+    static S: OnceLock<Option<S3Server>> = OnceLock::new();
+    let s = S.get_or_init(|| S3Server::start("archive_s3")).as_ref();
+    if s.is_none() {
+        eprintln!("*** SKIPPED {test}: no S3 test server ***");
+    }
+    s
+}
+
+type Rec = (u64, u64, EntryType, Option<u64>, i64, u32, Vec<u8>);
+
+fn records(path: &Path) -> Vec<Rec> {
+    let mut r = WalReader::open(path, Lsn(0)).expect("open reader");
+    let mut out = Vec::new();
+    while let Some(x) = r.next_record().expect("read record") {
+        out.push((
+            x.lsn.0,
+            x.end_lsn.0,
+            x.entry_type,
+            x.tx_id,
+            x.timestamp_us,
+            x.crc,
+            x.payload,
+        ));
+    }
+    out
+}
+
+/// A data directory with about `segments` sealed 64 KiB segments of mixed records, with
+/// distinct, rising timestamps.
+fn make_store(root: &Path, segments: u64, seed: u64) -> Vec<Rec> {
+    common::init(root);
+    append(root, segments, seed);
+    records(root)
+}
+
+/// Appends about `segments` more segments of records and seals.
+fn append(root: &Path, segments: u64, seed: u64) {
+    let wal = Wal::open(root, WalOptions::default()).expect("open wal");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let stop = wal.write_lsn().0 + segments * SEG - SEG / 2;
+    let mut i = 0u64;
+    while wal.write_lsn().0 < stop {
+        let payload: Vec<u8> = if rng.gen_range(0..3) == 0 {
+            (0..rng.gen_range(100..2500)).map(|_| rng.gen()).collect()
+        } else {
+            format!("row {i} seed {seed} value {}", rng.gen::<u32>()).into_bytes()
+        };
+        let t = EntryType::ALL[(i % 9) as usize];
+        wal.append(&Entry::new(t, (i % 3 == 0).then_some(i), &payload))
+            .expect("append");
+        std::thread::sleep(Duration::from_micros(2));
+        i += 1;
+    }
+    wal.seal().expect("seal");
+    wal.sync().expect("sync");
+}
+
+fn sealed_names(data: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(data.join("wal"))
+        .expect("list wal")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Every object of an archive: name and bytes.
+fn objects(s: &S3Server, url: &str) -> Vec<(String, Vec<u8>)> {
+    let store = s.store(url);
+    rt().block_on(async {
+        let mut out = Vec::new();
+        for o in store.list().await.expect("list") {
+            let b = store
+                .get(&o.name)
+                .await
+                .expect("get")
+                .expect("listed object");
+            out.push((o.name, b));
+        }
+        out
+    })
+}
+
+fn registry(data: &Path) -> Option<serde_json::Value> {
+    let b = std::fs::read(data.join("state/consumers/archiver.json")).ok()?;
+    Some(serde_json::from_slice(&b).expect("registry json"))
+}
+
+fn archive_once(s: &S3Server, data: &Path, url: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["archive", p(data), "--to", url, "--once"];
+    args.extend_from_slice(extra);
+    s.walship(&args)
+}
+
+fn assert_ok(o: &Output, what: &str) {
+    assert!(o.status.success(), "{what}: {}", text(o));
+}
+
+/// Each archived segment object decodes to the local sealed file exactly.
+fn assert_objects_match(s: &S3Server, url: &str, data: &Path, zstd: bool) -> usize {
+    let objs = objects(s, url);
+    let mut n = 0;
+    for (name, bytes) in &objs {
+        if name == "IDENTITY" {
+            continue;
+        }
+        let base = name.strip_suffix(".zst").unwrap_or(name);
+        assert_eq!(name.ends_with(".zst"), zstd, "{name}");
+        let local = std::fs::read(data.join("wal").join(base)).expect("local segment");
+        let stored = if zstd {
+            zstd::decode_all(&bytes[..]).expect("zstd frame")
+        } else {
+            bytes.clone()
+        };
+        assert!(
+            stored == local,
+            "{name}: archived bytes differ from the local file"
+        );
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn round_trip_byte_for_byte_with_and_without_compression() {
+    let Some(s) = server("round_trip") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let want = make_store(&data, 10, 1);
+    for (i, compress) in ["none", "zstd"].into_iter().enumerate() {
+        let bucket = format!("round-trip-{i}");
+        s.bucket(&bucket);
+        let url = format!("s3://{bucket}");
+        // Several uploads in flight the second time.
+        let parallel = if compress == "zstd" { "4" } else { "1" };
+        let out = archive_once(
+            s,
+            &data,
+            &url,
+            &["--compress", compress, "--json", "--parallel", parallel],
+        );
+        assert_ok(&out, "archive");
+        let sum: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON summary");
+        assert_eq!(
+            sum["archived"].as_u64(),
+            Some(sealed_names(&data).len() as u64)
+        );
+        assert_eq!(
+            assert_objects_match(s, &url, &data, compress == "zstd"),
+            sealed_names(&data).len()
+        );
+        // Recorded under the URL, at the end of the last segment.
+        let reg = registry(&data).expect("registered");
+        assert_eq!(reg["address"].as_str(), Some(url.as_str()));
+        assert_eq!(reg["position"].as_u64(), Some(want.last().unwrap().1));
+        // A second run finds everything archived.
+        let again = archive_once(s, &data, &url, &["--compress", compress, "--json"]);
+        assert_ok(&again, "archive again");
+        let sum: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+        assert_eq!(sum["archived"].as_u64(), Some(0));
+
+        let v = s.walship(&["verify", &url]);
+        assert_ok(&v, "verify");
+        let st = s.walship(&["status", &url, "--json"]);
+        assert_ok(&st, "status");
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        assert_eq!(st["archived_lsn"].as_u64(), Some(want.last().unwrap().1));
+        assert_eq!(
+            st["segments"].as_u64(),
+            Some(sealed_names(&data).len() as u64)
+        );
+        assert_eq!(
+            st["objects"].as_u64(),
+            Some(sealed_names(&data).len() as u64 + 1)
+        );
+        let dest = t.path().join(format!("restored-{compress}"));
+        let out = s.walship(&["restore", &url, p(&dest), "--json"]);
+        assert_ok(&out, "restore");
+        assert_eq!(records(&dest), want);
+        for name in sealed_names(&data) {
+            assert!(
+                std::fs::read(data.join("wal").join(&name)).unwrap()
+                    == std::fs::read(dest.join("wal").join(&name)).unwrap(),
+                "{name} differs after restore"
+            );
+        }
+    }
+}
+
+#[test]
+fn archives_under_prefixes_of_one_bucket_stay_apart() {
+    static OPEN: OnceLock<Option<S3Server>> = OnceLock::new();
+    let Some(s) = OPEN
+        .get_or_init(|| S3Server::start_open("archive_s3 prefixes"))
+        .as_ref()
+    else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a");
+    let b = t.path().join("b");
+    let want_a = make_store(&a, 3, 13);
+    let want_b = make_store(&b, 2, 14);
+    s.bucket("shared");
+    let (ua, ub) = ("s3://shared/team/app-a", "s3://shared/team/app-b");
+    assert_ok(
+        &archive_once(s, &a, ua, &["--compress", "zstd"]),
+        "archive a",
+    );
+    assert_ok(&archive_once(s, &b, ub, &[]), "archive b");
+    // Each prefix holds its own archive only.
+    assert_eq!(
+        assert_objects_match(s, ua, &a, true),
+        sealed_names(&a).len()
+    );
+    assert_eq!(
+        assert_objects_match(s, ub, &b, false),
+        sealed_names(&b).len()
+    );
+    // The bucket's root is no archive: its listing sees neither (they are further down).
+    assert!(objects(s, "s3://shared").is_empty());
+    assert_ok(&s.walship(&["verify", ua]), "verify a");
+    for (url, want, name) in [(ua, &want_a, "ra"), (ub, &want_b, "rb")] {
+        let dest = t.path().join(name);
+        assert_ok(
+            &s.walship(&["restore", url, p(&dest)]),
+            &format!("restore {url}"),
+        );
+        assert_eq!(&records(&dest), want, "{url}");
+    }
+}
+
+fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[test]
+fn restore_to_an_lsn_or_a_time_is_exact_at_boundaries() {
+    let Some(s) = server("restore_to_lsn_and_time") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let all = make_store(&data, 5, 2);
+    s.bucket("pitr");
+    let url = "s3://pitr";
+    assert_ok(
+        &archive_once(s, &data, url, &["--compress", "zstd"]),
+        "archive",
+    );
+    let seg_of = |r: &Rec| r.0 / SEG;
+    let last_of_seg = (0..all.len() - 1)
+        .find(|&i| seg_of(&all[i]) == 2 && seg_of(&all[i + 1]) == 3)
+        .unwrap();
+    let mut n = 0;
+    for &k in &[0, last_of_seg, last_of_seg + 1, all.len() - 1] {
+        for lsn in [all[k].1, all[k].1 - 1] {
+            n += 1;
+            let dest = t.path().join(format!("l{n}"));
+            let out = s.walship(&["restore", url, p(&dest), "--until-lsn", &lsn.to_string()]);
+            assert_ok(&out, &format!("restore to LSN {lsn}"));
+            let want: Vec<Rec> = all.iter().filter(|r| r.1 <= lsn).cloned().collect();
+            assert_eq!(records(&dest), want, "until LSN {lsn}");
+        }
+    }
+    let seg_end = (0..all.len() - 1)
+        .find(|&i| seg_of(&all[i]) == 1 && seg_of(&all[i + 1]) == 2 && all[i].4 < all[i + 1].4)
+        .unwrap();
+    for ts in [all[seg_end].4, all[seg_end].4 - 1] {
+        n += 1;
+        let dest = t.path().join(format!("t{n}"));
+        let out = s.walship(&["restore", url, p(&dest), "--until-time", &rfc3339(ts)]);
+        assert_ok(&out, "restore to a time");
+        let want: Vec<Rec> = all.iter().filter(|r| r.4 <= ts).cloned().collect();
+        assert_eq!(records(&dest), want, "until {}", rfc3339(ts));
+    }
+}
+
+#[test]
+fn wrong_credentials_and_a_missing_bucket_exit_2_and_record_nothing() {
+    let Some(s) = server("wrong_credentials") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 2, 3);
+    s.bucket("creds");
+    let secret_file = t.path().join("secret");
+    std::fs::write(&secret_file, "not-the-secret\n").unwrap();
+    let out = s.walship(&[
+        "archive",
+        p(&data),
+        "--to",
+        "s3://creds",
+        "--once",
+        "--s3-secret-access-key-file",
+        p(&secret_file),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("SignatureDoesNotMatch"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !text(&out).contains("not-the-secret") && !text(&out).contains(&s.secret_access_key),
+        "a secret was printed: {}",
+        text(&out)
+    );
+    // An unknown key id, through the flag.
+    let out = s.walship(&[
+        "archive",
+        p(&data),
+        "--to",
+        "s3://creds",
+        "--once",
+        "--s3-access-key-id",
+        "AKIANOSUCHKEY0000000",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(registry(&data).is_none(), "the archiver was registered");
+    assert!(objects(s, "s3://creds").is_empty());
+
+    let started = Instant::now();
+    let out = archive_once(s, &data, "s3://no-such-bucket", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("NoSuchBucket"), "{}", text(&out));
+    // Permanent: not retried for a minute.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(registry(&data).is_none(), "the archiver was registered");
+    // Restore and verify say the same.
+    let out = s.walship(&["verify", "s3://no-such-bucket"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = s.walship(&["restore", "s3://no-such-bucket", p(&t.path().join("r"))]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!t.path().join("r").join("control").exists());
+}
+
+#[test]
+fn a_foreign_archive_and_different_bytes_are_refused_and_left_untouched() {
+    let Some(s) = server("foreign_archive") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a");
+    let b = t.path().join("b");
+    make_store(&a, 3, 4);
+    make_store(&b, 3, 5);
+    s.bucket("foreign");
+    let url = "s3://foreign";
+    assert_ok(&archive_once(s, &a, url, &[]), "archive a");
+    let before = objects(s, url);
+    let out = archive_once(s, &b, url, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("is the archive of system"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(objects(s, url), before, "the archive changed");
+
+    // Different bytes under an existing name: a copy of `a` that went on differently.
+    let fork = t.path().join("fork");
+    copy_tree(&a, &fork);
+    s.bucket("different");
+    let url = "s3://different";
+    let store = s.store(url);
+    // The fork's first segment holds other bytes under the same name.
+    assert_ok(&archive_once(s, &a, url, &[]), "archive a");
+    let first = sealed_names(&a)[0].clone();
+    let mut other = std::fs::read(a.join("wal").join(&first)).unwrap();
+    let last = other.len() - 1;
+    other[last] ^= 1;
+    rt().block_on(async {
+        assert!(store.delete(&first).await.unwrap());
+        store.put(&first, Arc::new(other.clone())).await.unwrap();
+    });
+    let before = objects(s, url);
+    let out = archive_once(s, &fork, url, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("with different content"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(objects(s, url), before, "the archive changed");
+}
+
+#[test]
+fn sigkill_mid_upload_then_a_rerun_completes_and_nothing_partial_is_visible() {
+    let Some(s) = server("sigkill_mid_upload") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 60, 6);
+    let total = sealed_names(&data).len();
+    s.bucket("killed");
+    let url = "s3://killed";
+    let mut killed_mid = 0;
+    for round in 0..3 {
+        let log = t.path().join(format!("a{round}.log"));
+        let mut proc = s.spawn(
+            &[
+                "archive",
+                p(&data),
+                "--to",
+                url,
+                "--once",
+                "--compress",
+                "zstd",
+                "--zstd-level",
+                "9",
+                "--parallel",
+                "8",
+            ],
+            &log,
+            None,
+        );
+        let before = objects(s, url).len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while objects(s, url).len() < before + 3 + round && Instant::now() < deadline {
+            if !proc.running() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if proc.running() {
+            killed_mid += 1;
+        }
+        proc.kill(); // SIGKILL
+                     // Every object under a final name is whole.
+        assert_objects_match(s, url, &data, true);
+    }
+    assert!(killed_mid > 0, "no run was killed before it finished");
+    let out = archive_once(s, &data, url, &["--compress", "zstd"]);
+    assert_ok(&out, "rerun");
+    assert_eq!(assert_objects_match(s, url, &data, true), total);
+    assert_ok(&s.walship(&["verify", url]), "verify");
+    let end = records(&data).last().unwrap().1;
+    assert_eq!(registry(&data).unwrap()["position"].as_u64(), Some(end));
+}
+
+fn position(data: &Path) -> u64 {
+    registry(data)
+        .and_then(|r| r["position"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_server_going_away_is_retried_and_retention_keeps_what_is_not_in_the_store() {
+    let Some(s) = server("server_stopped") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 3, 7);
+    s.bucket("outage");
+    let url = "s3://outage";
+    let upstream: std::net::SocketAddr = s.endpoint.trim_start_matches("http://").parse().unwrap();
+    let proxy = Proxy::start(Some(upstream), ProxyMode::default());
+    let via = format!("http://{}", proxy.addr);
+    let log = t.path().join("archiver.log");
+    let mut proc = s.spawn(
+        &["archive", p(&data), "--to", url, "--rescan-secs", "1"],
+        &log,
+        Some(&via),
+    );
+    let end = records(&data).last().unwrap().1;
+    wait_until("the first segments archived", || position(&data) == end);
+
+    // The store goes away: connections are cut and refused.
+    proxy.refuse_for(Duration::from_secs(3600));
+    proxy.cut();
+    append(&data, 3, 8);
+    let new_end = records(&data).last().unwrap().1;
+    wait_until("a failed pass logged", || {
+        proc.log().contains("archive pass failed")
+    });
+    assert!(proc.running(), "the archiver stopped: {}", proc.log());
+    assert_eq!(position(&data), end, "recorded progress without the store");
+    // Retention keeps every segment the store has not confirmed.
+    let before = sealed_names(&data);
+    let out = s.walship_via(
+        &["checkpoint", p(&data), "--lsn", &new_end.to_string()],
+        &via,
+    );
+    assert!(out.status.code().is_some(), "{}", text(&out));
+    let after = sealed_names(&data);
+    for name in &before {
+        let no = u64::from_str_radix(&name[8..24], 16).unwrap();
+        if (no + 1) * SEG > end {
+            assert!(
+                after.contains(name),
+                "{name} removed before it was archived"
+            );
+        }
+    }
+
+    // The store comes back: the archiver catches up by itself.
+    proxy.refuse_for(Duration::ZERO);
+    wait_until("the archiver caught up", || position(&data) == new_end);
+    // Its pass ends with the line saying it recovered.
+    wait_until("the recovery logged", || {
+        proc.log().contains("archive pass succeeded again")
+    });
+    assert!(proc.running());
+    proc.kill();
+    assert_ok(&s.walship(&["verify", url]), "verify");
+    // Every segment wal/ still holds is in the store, byte for byte.
+    assert_objects_match(s, url, &data, false);
+    // Now that the store confirms them, retention removes what the checkpoint allows.
+    let out = s.walship(&["checkpoint", p(&data), "--json"]);
+    assert_ok(&out, "checkpoint");
+    let after = sealed_names(&data);
+    assert_eq!(
+        after.len(),
+        1,
+        "only the newest sealed segment is kept: {after:?}"
+    );
+}
+
+#[test]
+fn two_archivers_racing_leave_one_object_per_name_and_the_loser_says_why() {
+    let Some(s) = server("racing_archivers") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    // Two copies of one system that went on differently: each segment name after the fork has
+    // two different contents, and both archivers push to one target (a misconfiguration).
+    let a = t.path().join("a");
+    make_store(&a, 2, 9);
+    let b = t.path().join("b");
+    copy_tree(&a, &b);
+    append(&a, 8, 10);
+    append(&b, 8, 11);
+    s.bucket("race");
+    let url = "s3://race";
+    let procs: Vec<_> = [&a, &b]
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            s.spawn(
+                &["archive", p(d), "--to", url, "--once"],
+                &t.path().join(format!("race{i}.log")),
+                None,
+            )
+        })
+        .collect();
+    let codes: Vec<i32> = procs.into_iter().map(|mut p| p.wait_exit()).collect();
+    let logs: Vec<String> = (0..2)
+        .map(|i| std::fs::read_to_string(t.path().join(format!("race{i}.log"))).unwrap())
+        .collect();
+    // At most one wins outright; a loser exits 1 with a clear refusal.
+    assert!(codes.contains(&1), "no archiver lost: {codes:?} {logs:?}");
+    for (c, l) in codes.iter().zip(&logs) {
+        assert!(*c == 0 || *c == 1, "exit {c}: {l}");
+        if *c == 1 {
+            assert!(
+                l.contains("with different content") || l.contains("does not follow"),
+                "{l}"
+            );
+        }
+    }
+    // The archive is one consistent history: it verifies, and each object is one of the two
+    // systems' bytes for that name, whole.
+    assert_ok(&s.walship(&["verify", url]), "verify after the race");
+    for (name, bytes) in objects(s, url) {
+        if name == "IDENTITY" {
+            continue;
+        }
+        let from_a = std::fs::read(a.join("wal").join(&name)).ok();
+        let from_b = std::fs::read(b.join("wal").join(&name)).ok();
+        assert!(
+            from_a.as_ref() == Some(&bytes) || from_b.as_ref() == Some(&bytes),
+            "{name} is neither archiver's bytes"
+        );
+    }
+}
