@@ -11,6 +11,7 @@ pub mod decoder;
 pub mod entry;
 pub mod error;
 pub mod faults;
+pub mod flush_position;
 pub mod format;
 pub mod fsutil;
 pub mod log_ends;

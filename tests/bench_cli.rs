@@ -167,11 +167,15 @@ fn ship_scenario() {
             "--record-size",
             "1000",
         ],
-        2,
+        3,
     );
     assert_eq!(v[0]["scenario"], "ship_catchup");
     assert_eq!(v[1]["scenario"], "ship_latency");
-    for r in &v {
+    // Durable acknowledgement to the standby's flushed position, the segment left open.
+    assert_eq!(v[2]["scenario"], "stream_latency");
+    assert!(v[2]["records"].as_u64().unwrap() > 0, "{}", v[2]);
+    assert!(v[2]["p50_us"].as_f64().unwrap() > 0.0, "{}", v[2]);
+    for r in &v[..2] {
         assert_eq!(r["segments"].as_u64(), Some(3), "{r}");
         assert_eq!(r["record_size"].as_u64(), Some(1000), "{r}");
         // Each 256 KiB segment is filled to within one batch of its end: over 100 records.

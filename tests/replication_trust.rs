@@ -393,6 +393,7 @@ fn a_handshake_without_a_status_makes_no_slot_and_a_status_past_what_was_shipped
         send(
             &mut s,
             &Message::Status {
+                written_lsn: walship::Lsn(end),
                 flushed_lsn: walship::Lsn(end),
                 applied_lsn: walship::Lsn(0),
                 now_us: 0,
@@ -427,6 +428,7 @@ fn a_handshake_without_a_status_makes_no_slot_and_a_status_past_what_was_shipped
         send(
             &mut s,
             &Message::Status {
+                written_lsn: walship::Lsn(claim),
                 flushed_lsn: walship::Lsn(claim),
                 applied_lsn: walship::Lsn(0),
                 now_us: 0,
@@ -1093,11 +1095,17 @@ fn a_damage_entry_is_cleared_when_its_file_leaves_wal() {
 }
 
 #[test]
-fn a_version_1_standby_is_answered_in_version_1_and_an_unknown_version_is_refused() {
+fn an_older_or_unknown_version_is_refused_with_a_clear_message() {
     let t = tempfile::tempdir().unwrap();
     let dir = primary_with(t.path(), 1);
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
-    for (version, want) in [(1u32, Some(1u32)), (2, Some(2)), (3, None), (0, None)] {
+    for (version, want) in [
+        (1u32, None),
+        (2, None),
+        (3, Some(3u32)),
+        (4, None),
+        (0, None),
+    ] {
         let mut s = TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
         send(
@@ -1120,7 +1128,10 @@ fn a_version_1_standby_is_answered_in_version_1_and_an_unknown_version_is_refuse
             }
             (Message::Error { code, message }, None) => {
                 assert_eq!(code, ErrorCode::Version);
-                assert!(message.contains("versions 1 to 2"), "{message}");
+                assert!(
+                    message.contains("speaks version 3 only") && message.contains("upgrade"),
+                    "{message}"
+                );
             }
             (other, w) => panic!("version {version}: got {other:?}, wanted {w:?}"),
         }
@@ -1191,15 +1202,15 @@ fn fake_primary_sending_a_damaged_segment(
 }
 
 #[test]
-fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why_in_either_version() {
+fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why() {
     let t = tempfile::tempdir().unwrap();
     let dir = primary_with(t.path(), 1);
     let offs = record_offsets(&dir.join("wal").join(seg_name(0)));
-    for (version, rec) in [(2u32, 7usize), (1, 42)] {
+    for (version, rec) in [(3u32, 7usize), (3, 42)] {
         let at = offs[rec] as usize + 30;
         let (addr, fake) = fake_primary_sending_a_damaged_segment(&dir, version, at);
-        let sb = t.path().join(format!("standby-v{version}"));
-        let mut stb = standby(&sb, &addr, &t.path().join(format!("v{version}.log")));
+        let sb = t.path().join(format!("standby-{rec}"));
+        let mut stb = standby(&sb, &addr, &t.path().join(format!("r{rec}.log")));
         let last = fake
             .join()
             .unwrap()
@@ -1211,19 +1222,9 @@ fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why_in_either_
                 offset,
                 reason,
             } => {
-                assert_eq!(version, 2);
                 assert_eq!(segment_no, 0);
                 assert_eq!(offset, offs[rec]);
                 assert!(reason.contains("checksum"), "{reason}");
-            }
-            Message::Error { code, message } => {
-                assert_eq!(version, 1);
-                assert_eq!(code, ErrorCode::Protocol);
-                assert!(
-                    message.contains(&seg_name(0))
-                        && message.contains(&format!("offset {}", offs[rec])),
-                    "{message}"
-                );
             }
             other => panic!("version {version}: the standby's last word was {other:?}"),
         }
@@ -1234,4 +1235,92 @@ fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why_in_either_
             0
         );
     }
+}
+
+/// The primary's open segment goes to a standby up to the writer's durable position and never
+/// past it; a standby claiming more than it was sent, or a copy past the durable position, is
+/// refused.
+#[test]
+fn the_open_segment_is_sent_up_to_the_durable_position_and_claims_past_it_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("primary");
+    init(&dir);
+    write_records(&dir, 100, "o");
+    let flush = status(&dir)["flush_lsn"].as_u64().unwrap();
+    assert!(flush > 0 && flush < SEG, "one open segment");
+    let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
+    let mut s = handshake(&addr, [7; 16], None, None, 0);
+    let mut got = 0u64;
+    while got < flush {
+        let b = read_frame(&mut s).expect("open segment data");
+        match codec::decode(&b).unwrap() {
+            Message::OpenData {
+                segment_no,
+                offset,
+                data,
+                ..
+            } => {
+                assert_eq!((segment_no, offset), (0, got));
+                got += data.0.len() as u64;
+            }
+            Message::Keepalive { .. } => {}
+            other => panic!("expected the open segment, got {other:?}"),
+        }
+    }
+    assert_eq!(got, flush, "never a byte past the durable position");
+    // Written past what was sent, though flushed is within it.
+    send(
+        &mut s,
+        &Message::Status {
+            written_lsn: walship::Lsn(flush + 8),
+            flushed_lsn: walship::Lsn(flush),
+            applied_lsn: walship::Lsn(0),
+            now_us: 0,
+        },
+    );
+    let mut err = None;
+    while let Some(b) = read_frame(&mut s) {
+        match codec::decode(&b) {
+            Ok(Message::Error { code, message }) => err = Some((code, message.to_string())),
+            Ok(Message::Keepalive { .. }) => {}
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    let (code, message) = err.expect("an error before the close");
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(message.contains("only WAL up to"), "{message}");
+    // A copy of the open segment longer than the primary's durable position: ahead of it.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let hello = Message::Hello {
+        magic: MAGIC,
+        protocol_version: PROTOCOL_VERSION,
+        nonce: [1; 32],
+    };
+    send(&mut s, &hello);
+    read_frame(&mut s).unwrap();
+    send(&mut s, &Message::Auth { proof: None });
+    read_frame(&mut s).unwrap();
+    send(
+        &mut s,
+        &Message::Identify {
+            standby_id: [8; 16],
+            system_id: None,
+            timeline: 0,
+            segment_size: 0,
+            next_segment: Some(0),
+            prev_checksum: None,
+            flushed_lsn: walship::Lsn(flush + 64),
+            applied_lsn: walship::Lsn(0),
+            max_frame: 8 << 20,
+        },
+    );
+    match codec::decode(&read_frame(&mut s).unwrap()).unwrap() {
+        Message::Error { code, message } => {
+            assert_eq!(code, ErrorCode::Identity);
+            assert!(message.contains("ahead of this primary"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    srv.kill();
 }

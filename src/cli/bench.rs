@@ -180,6 +180,12 @@ fn print(r: &BenchResult, json: bool) -> CmdResult {
                 r.baseline_p50_us / 1e3, r.baseline_p99_us / 1e3, r.ratio
             );
         }
+        "stream_latency" => {
+            println!(
+                "stream latency, durable on the primary to flushed on the standby (open segment): {} records of {} B: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                r.records, r.record_size, r.p50_us / 1e3, r.p99_us / 1e3, r.max_us / 1e3
+            );
+        }
         "recover" => {
             println!(
                 "recover: {} records of {} B, {:.1} MB: recovery {:.1} ms; full scan {:.0} records/s, {:.2} GB/s",

@@ -63,7 +63,7 @@ mod tests {
         });
         let mut want = vec![0, 0, 0, 0];
         want.extend_from_slice(b"WALSHIPR");
-        want.extend_from_slice(&[2, 0, 0, 0]);
+        want.extend_from_slice(&[3, 0, 0, 0]);
         want.extend_from_slice(&[7; 32]);
         assert_eq!(hello, want);
 
@@ -96,13 +96,56 @@ mod tests {
         want.extend_from_slice(b"no");
         assert_eq!(err, want);
 
+        // Version 3: Status carries the written position first.
         let st = enc(&Message::Status {
-            flushed_lsn: crate::Lsn(1),
-            applied_lsn: crate::Lsn(2),
+            written_lsn: crate::Lsn(3),
+            flushed_lsn: crate::Lsn(2),
+            applied_lsn: crate::Lsn(1),
             now_us: -1,
         });
-        assert_eq!(st.len(), 4 + 24);
-        assert_eq!(st[..4], [9, 0, 0, 0]);
+        let mut want = vec![9, 0, 0, 0];
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(&2u64.to_le_bytes());
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(&[0xff; 8]);
+        assert_eq!(st, want);
+        assert_eq!(st.len(), 36);
+
+        // Version 3: OpenData, index 12, and SegmentResume, index 13 (docs/PROTOCOL.md).
+        let open = enc(&Message::OpenData {
+            timeline: 1,
+            segment_no: 5,
+            offset: 0x40,
+            data: Bytes(b"rec"),
+        });
+        let want: Vec<u8> = [
+            &[0x0C, 0, 0, 0][..],
+            &[1, 0, 0, 0],
+            &[5, 0, 0, 0, 0, 0, 0, 0],
+            &[0x40, 0, 0, 0, 0, 0, 0, 0],
+            &[3, 0, 0, 0, 0, 0, 0, 0],
+            b"rec",
+        ]
+        .concat();
+        assert_eq!(open, want);
+        assert_eq!(open.len(), 32 + 3);
+        let resume = enc(&Message::SegmentResume {
+            timeline: 1,
+            segment_no: 5,
+            offset: 0x40,
+            len: 0x1000,
+        });
+        let want: Vec<u8> = [
+            &[0x0D, 0, 0, 0][..],
+            &[1, 0, 0, 0],
+            &[5, 0, 0, 0, 0, 0, 0, 0],
+            &[0x40, 0, 0, 0, 0, 0, 0, 0],
+            &[0, 0x10, 0, 0, 0, 0, 0, 0],
+        ]
+        .concat();
+        assert_eq!(resume, want);
+        assert_eq!(decode(&open).unwrap().name(), "OpenData");
+        assert_eq!(decode(&resume).unwrap().name(), "SegmentResume");
 
         // Version 2: SegmentRejected, index 11.
         let rej = enc(&Message::SegmentRejected {
@@ -234,6 +277,24 @@ mod tests {
                 sealed_lsn: crate::Lsn(3),
                 now_us: 4,
             },
+            Message::Status {
+                written_lsn: crate::Lsn(9),
+                flushed_lsn: crate::Lsn(8),
+                applied_lsn: crate::Lsn(7),
+                now_us: 6,
+            },
+            Message::OpenData {
+                timeline: 1,
+                segment_no: 2,
+                offset: 3,
+                data: Bytes(b"four"),
+            },
+            Message::SegmentResume {
+                timeline: 1,
+                segment_no: 2,
+                offset: 3,
+                len: 4,
+            },
         ];
         for m in &msgs {
             let b = enc(m);
@@ -252,6 +313,12 @@ mod tests {
         huge.extend_from_slice(&[0; 16]);
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode(&huge).is_err());
+        // The same for OpenData's bytes, and an index past the newest message.
+        let mut huge = vec![12, 0, 0, 0];
+        huge.extend_from_slice(&[0; 20]);
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode(&huge).is_err());
+        assert!(decode(&[14, 0, 0, 0]).is_err());
         // Invalid UTF-8 in an error message.
         let mut bad = vec![10, 0, 0, 0, 0, 0, 0, 0];
         bad.extend_from_slice(&1u64.to_le_bytes());

@@ -1,5 +1,6 @@
-//! The replication messages, protocol version 2 (version 1 is version 2 without
-//! `SegmentRejected`). docs/PROTOCOL.md gives their bytes; the
+//! The replication messages, protocol version 3: version 2 (sealed segments, `SegmentRejected`)
+//! with the open segment streamed as it becomes durable (`OpenData`, `SegmentResume`) and a
+//! `Status` that reports the written position too. docs/PROTOCOL.md gives their bytes; the
 //! variant order and field order here ARE the wire format, so never reorder them.
 //!
 //! Messages borrow their variable-length parts (segment bytes, error text) from the frame they
@@ -11,10 +12,10 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every standby's Hello: refuses a peer that does not speak walship.
 pub const MAGIC: [u8; 8] = *b"WALSHIPR";
 /// The newest protocol version this code speaks; it sends it in `Hello` and `Challenge`.
-pub const PROTOCOL_VERSION: u32 = 2;
-/// The oldest protocol version this code still speaks: a primary answers a version-1 `Hello`
-/// with a version-1 `Challenge` and the connection goes on in version 1.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The oldest protocol version this code still speaks. Version 3 changed `Status` and
+/// `Identify`'s meaning, so an older peer is refused with `Error Version`.
+pub const MIN_PROTOCOL_VERSION: u32 = 3;
 /// The first version with `SegmentRejected`.
 pub const SEGMENT_REJECTED_VERSION: u32 = 2;
 
@@ -131,9 +132,11 @@ pub enum Message<'a> {
     },
     /// P→S heartbeat: the end of the primary's newest sealed segment, and its clock.
     Keepalive { sealed_lsn: Lsn, now_us: i64 },
-    /// S→P acknowledgement and heartbeat: everything below `flushed_lsn` is durable on the
-    /// standby, everything below `applied_lsn` applied.
+    /// S→P acknowledgement and heartbeat: everything below `written_lsn` was received and
+    /// handed to the standby's OS, everything below `flushed_lsn` is durable on the standby,
+    /// everything below `applied_lsn` applied.
     Status {
+        written_lsn: Lsn,
         flushed_lsn: Lsn,
         applied_lsn: Lsn,
         now_us: i64,
@@ -147,6 +150,25 @@ pub enum Message<'a> {
         segment_no: u64,
         offset: u64,
         reason: &'a str,
+    },
+    /// P→S, version 3 on: bytes `[offset, offset + data.len())` of the open (not yet sealed)
+    /// segment `segment_no`, all of them durable on the primary and ending on a record
+    /// boundary. `offset` continues what the standby holds of that segment (0 for a segment it
+    /// holds nothing of: the header comes first).
+    OpenData {
+        timeline: u32,
+        segment_no: u64,
+        offset: u64,
+        data: Bytes<'a>,
+    },
+    /// P→S, version 3 on: the segment whose first `offset` bytes the standby holds (streamed
+    /// while it was open) is sealed, `len` bytes long; bytes `[offset, len)` follow in
+    /// SegmentData frames.
+    SegmentResume {
+        timeline: u32,
+        segment_no: u64,
+        offset: u64,
+        len: u64,
     },
 }
 
@@ -166,6 +188,8 @@ impl Message<'_> {
             Message::Status { .. } => "Status",
             Message::Error { .. } => "Error",
             Message::SegmentRejected { .. } => "SegmentRejected",
+            Message::OpenData { .. } => "OpenData",
+            Message::SegmentResume { .. } => "SegmentResume",
         }
     }
 }

@@ -59,7 +59,10 @@ impl Inner {
         if let Some(reason) = &*failure {
             return Err(Error::Poisoned(reason.clone()));
         }
-        self.flushed.fetch_max(end, Ordering::AcqRel);
+        let prev = self.flushed.fetch_max(end, Ordering::AcqRel);
+        if end > prev {
+            self.published.publish(end);
+        }
         Ok(())
     }
 

@@ -42,6 +42,7 @@ use std::time::Duration;
 use crate::datadir::{DataDir, DirLock};
 use crate::entry::Entry;
 use crate::error::Result;
+use crate::flush_position::FlushPublisher;
 use crate::format::{ControlFile, SegmentName};
 use crate::recovery::{recover, Recovered, RecoveryMode};
 pub use crate::segment_file::SegmentFill;
@@ -120,6 +121,8 @@ struct Inner {
     finisher: Finisher,
     /// The next segment's file, prepared ahead (`pipeline.rs`).
     pipeline: Pipeline,
+    /// `flush_lsn` as other processes and in-process shippers see it.
+    published: FlushPublisher,
 }
 
 /// A data directory open for writing. Cheap to share: wrap it in an `Arc` and call from many
@@ -181,6 +184,12 @@ impl Wal {
     /// End of the last appended record.
     pub fn write_lsn(&self) -> Lsn {
         Lsn(self.inner.written.load(Ordering::Acquire))
+    }
+
+    /// `flush_lsn` as it moves, for a shipper running in this process (a shipper in another
+    /// process reads `state/flush_position`, see [`crate::flush_position`]).
+    pub fn flush_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.published.subscribe()
     }
 
     /// Everything below this LSN is durable. It never moves after a failed sync.
@@ -347,7 +356,6 @@ impl Inner {
         let sealed = rec.sealed.last().map_or(0, |s| s.end_lsn.0);
         let pipeline = Pipeline::from_recovered(rec, tail.next_segment_no, control.segment_size)?;
         Ok(Inner {
-            dir,
             control,
             commit: GroupCommit::default(),
             flushed: AtomicU64::new(rec.end_lsn.0),
@@ -360,8 +368,10 @@ impl Inner {
             appended: AtomicU64::new(0),
             seals: AtomicU64::new(0),
             finisher: Finisher::default(),
+            published: FlushPublisher::open(&dir, rec.end_lsn.0),
             pipeline,
             options,
+            dir,
         })
     }
 }

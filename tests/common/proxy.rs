@@ -30,6 +30,8 @@ pub struct Proxy {
     pub paused: Arc<AtomicBool>,
     /// How many connections were cut by `cut_after_max`.
     pub cuts: Arc<AtomicU64>,
+    /// Bytes forwarded downstream (primary to standby), over every connection.
+    pub down_bytes: Arc<AtomicU64>,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     refuse_until: Arc<Mutex<Option<Instant>>>,
@@ -60,13 +62,14 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         let paused = Arc::new(AtomicBool::new(false));
         let cuts = Arc::new(AtomicU64::new(0));
+        let down_bytes = Arc::new(AtomicU64::new(0));
         let (u, c, r, s) = (
             upstream.clone(),
             conns.clone(),
             refuse_until.clone(),
             stop.clone(),
         );
-        let (paused2, cuts2) = (paused.clone(), cuts.clone());
+        let (paused2, cuts2, bytes2) = (paused.clone(), cuts.clone(), down_bytes.clone());
         let thread = std::thread::spawn(move || {
             let mut first = true;
             while !s.load(Ordering::Acquire) {
@@ -104,6 +107,7 @@ impl Proxy {
                     flip_at: if first { mode.flip_first_at } else { None },
                     paused: paused2.clone(),
                     cuts: cuts2.clone(),
+                    bytes: bytes2.clone(),
                     stop: s.clone(),
                 };
                 first = false;
@@ -115,6 +119,7 @@ impl Proxy {
             addr,
             paused,
             cuts,
+            down_bytes,
             upstream,
             conns,
             refuse_until,
@@ -178,6 +183,7 @@ struct Downstream {
     flip_at: Option<usize>,
     paused: Arc<AtomicBool>,
     cuts: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -207,6 +213,7 @@ impl Downstream {
             let n = match self.budget {
                 Some(b) if sent + n as u64 >= b => {
                     let _ = to.write_all(&buf[..(b - sent) as usize]);
+                    self.bytes.fetch_add(b - sent, Ordering::Relaxed);
                     self.cuts.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
@@ -216,6 +223,7 @@ impl Downstream {
                 break;
             }
             sent += n as u64;
+            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
             if self.throttle.is_some() {
                 std::thread::sleep(Duration::from_millis(10));
             }

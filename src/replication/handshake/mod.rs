@@ -82,7 +82,12 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 .await);
             }
             if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
-                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}")).await);
+                let upgrade = if protocol_version < MIN_PROTOCOL_VERSION {
+                    "upgrade the standby"
+                } else {
+                    "upgrade the primary"
+                };
+                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks version {PROTOCOL_VERSION} only (the open segment is streamed since version 3): {upgrade}")).await);
             }
             (nonce, protocol_version)
         }
@@ -280,7 +285,12 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             auth_required,
         }) => {
             if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
-                return Err(refuse(stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}")).await);
+                let upgrade = if protocol_version < MIN_PROTOCOL_VERSION {
+                    "upgrade the primary"
+                } else {
+                    "upgrade the standby"
+                };
+                return Err(refuse(stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby version {PROTOCOL_VERSION} only (the open segment is streamed since version 3): {upgrade}")).await);
             }
             (nonce, auth_required, protocol_version)
         }

@@ -244,40 +244,28 @@ fn a_standby_refuses_a_primary_of_another_version() {
     });
 }
 
-/// An older standby gets a Challenge in its own version, and the connection goes on in it.
+/// A standby of an older version (2, without streaming) is refused with a clear message.
 #[test]
-fn an_older_standby_is_answered_in_its_version() {
+fn an_older_standby_is_refused_with_a_clear_message() {
     rt().block_on(async {
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
         let hello = Message::Hello {
             magic: MAGIC,
-            protocol_version: MIN_PROTOCOL_VERSION,
+            protocol_version: MIN_PROTOCOL_VERSION - 1,
             nonce: [1; 32],
         };
         write_message(&mut s, &hello).await.unwrap();
-        write_message(&mut s, &Message::Auth { proof: None })
-            .await
-            .unwrap();
-        let identify = Message::Identify {
-            standby_id: [3; 16],
-            system_id: None,
-            timeline: 0,
-            segment_size: 0,
-            next_segment: None,
-            prev_checksum: None,
-            flushed_lsn: Lsn(0),
-            applied_lsn: Lsn(0),
-            max_frame: MIN_FRAME_LIMIT as u32,
-        };
-        write_message(&mut s, &identify).await.unwrap();
-        let r = accept(&mut p, None, &control(1), T).await.unwrap();
-        assert_eq!(r.version, MIN_PROTOCOL_VERSION);
+        let r = accept(&mut p, None, &control(1), T).await;
+        let m = refused_with(&r, ErrorCode::Version);
+        assert!(
+            m.contains("protocol version 2 is not supported") && m.contains("upgrade the standby"),
+            "{m}"
+        );
         let body = read_frame(&mut s, HANDSHAKE_MAX_FRAME).await.unwrap();
         assert!(matches!(
             codec::decode(&body).unwrap(),
-            Message::Challenge {
-                protocol_version: MIN_PROTOCOL_VERSION,
-                auth_required: false,
+            Message::Error {
+                code: ErrorCode::Version,
                 ..
             }
         ));

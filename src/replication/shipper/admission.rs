@@ -12,6 +12,7 @@ use crate::replication::handshake::{self, Identified};
 use crate::replication::messages::ErrorCode;
 use crate::replication::{refuse, ReplError};
 use crate::segment_check::check_sealed;
+use crate::Lsn;
 
 /// The handshake up to Identify, then whether this shipper can serve the standby: it may not be
 /// ahead of this primary, marked lost, or need WAL that is gone, and its newest segment must be
@@ -38,18 +39,23 @@ pub(super) async fn admit(
     let set = shared.segments.borrow().clone();
     // A standby may not hold what this primary has not sealed: it is ahead of this primary
     // (a former primary that took writes this one never had), or this primary lost WAL.
-    let ahead = next_segment.is_some_and(|n| set.newest().is_none_or(|newest| n > newest + 1))
-        || flushed_lsn > set.sealed_lsn;
+    // Version 3: it may also hold a prefix of the segment open here, up to our durable position.
+    let durable = Lsn(*shared.durable.borrow()).max(set.sealed_lsn);
+    let open_no = durable.0 / shared.control.segment_size;
+    let ahead = next_segment.is_some_and(|n| {
+        set.newest().is_none_or(|newest| n > newest + 1) && (durable == Lsn::ZERO || n > open_no)
+    }) || flushed_lsn > durable;
     if ahead {
         return Err(refuse(
             stream,
             ErrorCode::Identity,
             format!(
-                "the standby holds WAL up to {} (segments before {}), past this primary's newest sealed segment{} (ending at {}): it is ahead of this primary or diverged from it; it cannot follow this primary",
+                "the standby holds WAL up to {} (segments before {}), past this primary's newest sealed segment{} (ending at {}) and its durable position {}: it is ahead of this primary or diverged from it; it cannot follow this primary",
                 flushed_lsn,
                 next_segment.map_or("-".to_string(), |n| format!("{n:X}")),
                 set.newest().map_or(" (none)".to_string(), |n| format!(" {n:X}")),
-                set.sealed_lsn
+                set.sealed_lsn,
+                durable
             ),
         )
         .await);

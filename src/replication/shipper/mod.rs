@@ -34,6 +34,7 @@ use crate::format::{ControlFile, SegmentName};
 
 mod accept;
 mod admission;
+mod durable;
 mod session;
 mod slots;
 mod watcher;
@@ -66,6 +67,9 @@ pub struct ShipperConfig {
     pub handshake_timeout: Duration,
     /// Connections served at once, handshaking or streaming; more are refused with `Busy`.
     pub max_connections: usize,
+    /// The writer's durable position, for a shipper in the writer's process
+    /// ([`crate::Wal::flush_watch`]); None: read from `state/flush_position`.
+    pub flush_watch: Option<watch::Receiver<u64>>,
 }
 
 impl ShipperConfig {
@@ -82,6 +86,7 @@ impl ShipperConfig {
             rescan_interval: Duration::from_secs(2),
             handshake_timeout: super::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            flush_watch: None,
         }
     }
 }
@@ -92,10 +97,14 @@ pub struct StandbyInfo {
     pub id: String,
     pub address: String,
     pub connected: bool,
+    /// Received by the standby (handed to its OS, not yet synced).
+    pub written_lsn: Lsn,
     pub flushed_lsn: Lsn,
     pub applied_lsn: Lsn,
-    /// End of the last segment sent to it.
+    /// End of the last segment (or durable part of the open segment) sent to it.
     pub shipped_lsn: Lsn,
+    /// Segment bytes sent to it since the shipper started.
+    pub sent_bytes: u64,
     pub last_contact_us: i64,
 }
 
@@ -141,6 +150,8 @@ struct Shared {
     events: broadcast::Sender<ShipperEvent>,
     running: AtomicBool,
     segments: watch::Receiver<Arc<SealedSet>>,
+    /// The writer's durable position: the open segment is streamed up to it, never past.
+    durable: watch::Receiver<u64>,
 }
 
 impl Shared {
@@ -213,6 +224,17 @@ impl Shipper {
                 .map_err(|e| ReplError::io("scan wal/", std::io::Error::other(e)))??
         };
         let (seg_tx, seg_rx) = watch::channel(Arc::new(initial));
+        let (durable_tx, durable) = match &config.flush_watch {
+            Some(rx) => (None, rx.clone()),
+            None => {
+                let first = crate::flush_position::read_flush_position(&dd)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                let (tx, rx) = watch::channel(first);
+                (Some(tx), rx)
+            }
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
@@ -225,12 +247,16 @@ impl Shipper {
             events,
             running: AtomicBool::new(true),
             segments: seg_rx,
+            durable,
         });
         tracing::info!(address = %local_addr, dir = %shared.dd.root().display(), "shipper listening");
         let s2 = shared.clone();
         let task = tokio::spawn(async move {
             let mut tasks = JoinSet::new();
             tasks.spawn(watch_segments(s2.clone(), seg_tx, shutdown_rx.clone()));
+            if let Some(tx) = durable_tx {
+                tasks.spawn(durable::watch_durable(s2.clone(), tx, shutdown_rx.clone()));
+            }
             accept_loop(s2.clone(), listener, shutdown_rx, &mut tasks).await;
             while tasks.join_next().await.is_some() {}
             s2.running.store(false, Ordering::Release);

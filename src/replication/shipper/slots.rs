@@ -23,9 +23,11 @@ pub(super) fn register(shared: &Shared, id: &str, addr: SocketAddr, flushed: Lsn
         id: id.to_string(),
         address: addr.to_string(),
         connected: true,
+        written_lsn: flushed,
         flushed_lsn: flushed,
         applied_lsn: applied,
         shipped_lsn: Lsn::ZERO,
+        sent_bytes: 0,
         last_contact_us: crate::now_us(),
     });
     e.address = addr.to_string();
@@ -41,6 +43,7 @@ impl Conn {
     /// second while it reports.
     pub(super) async fn acknowledged(
         &mut self,
+        written_lsn: Lsn,
         flushed_lsn: Lsn,
         applied_lsn: Lsn,
     ) -> Result<(), ReplError> {
@@ -51,6 +54,15 @@ impl Conn {
                 format!(
                     "the standby acknowledged WAL up to {} but only WAL up to {} was shipped to it",
                     flushed_lsn, self.acked_limit
+                ),
+            ));
+        }
+        if written_lsn > self.acked_limit || flushed_lsn > written_lsn {
+            return Err(ReplError::refused(
+                ErrorCode::Protocol,
+                format!(
+                    "the standby reported WAL written up to {} and flushed up to {}, but only WAL up to {} was shipped to it (and nothing can be flushed that was not written)",
+                    written_lsn, flushed_lsn, self.acked_limit
                 ),
             ));
         }
@@ -72,6 +84,7 @@ impl Conn {
             .shared
             .update(&self.id, |s| {
                 let changed = s.flushed_lsn != flushed_lsn || s.applied_lsn != applied_lsn;
+                s.written_lsn = written_lsn;
                 s.flushed_lsn = flushed_lsn;
                 s.applied_lsn = applied_lsn;
                 s.last_contact_us = now;
@@ -83,9 +96,11 @@ impl Conn {
                     id: self.id.clone(),
                     address: self.addr.to_string(),
                     connected: true,
+                    written_lsn,
                     flushed_lsn,
                     applied_lsn,
                     shipped_lsn: Lsn(0),
+                    sent_bytes: 0,
                     last_contact_us: now,
                 },
             ));
@@ -172,6 +187,7 @@ mod tests {
             events: broadcast::channel(16).0,
             running: AtomicBool::new(true),
             segments,
+            durable: watch::channel(0).1,
         })
     }
 
@@ -243,7 +259,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = shared(d.path());
         let mut c = session(&s, 100);
-        let r = rt().block_on(c.acknowledged(Lsn(101), Lsn(50)));
+        let r = rt().block_on(c.acknowledged(Lsn(101), Lsn(101), Lsn(50)));
         match r {
             Err(ReplError::Refused { code, message }) => {
                 assert_eq!(code, ErrorCode::Protocol);
@@ -266,7 +282,8 @@ mod tests {
         let mut events = s.events.subscribe();
         let mut c = session(&s, 100);
         let rt = rt();
-        rt.block_on(c.acknowledged(Lsn(100), Lsn(80))).unwrap();
+        rt.block_on(c.acknowledged(Lsn(100), Lsn(100), Lsn(80)))
+            .unwrap();
         assert!(c.status_seen);
         assert_eq!(
             events.try_recv().unwrap(),
@@ -285,16 +302,19 @@ mod tests {
         assert_eq!(rec.address.as_deref(), Some("127.0.0.1:4000"));
         // The same positions again at once: nothing to tell, nothing to save.
         s.registry.remove(ID).unwrap();
-        rt.block_on(c.acknowledged(Lsn(100), Lsn(80))).unwrap();
+        rt.block_on(c.acknowledged(Lsn(100), Lsn(100), Lsn(80)))
+            .unwrap();
         assert!(events.try_recv().is_err());
         assert_eq!(s.registry.get(ID).unwrap(), None);
         // A second later the slot is saved again, so that its contact time stays current.
         c.last_save = Some(Instant::now() - Duration::from_secs(2));
-        rt.block_on(c.acknowledged(Lsn(100), Lsn(80))).unwrap();
+        rt.block_on(c.acknowledged(Lsn(100), Lsn(100), Lsn(80)))
+            .unwrap();
         assert!(events.try_recv().is_err());
         assert_eq!(s.registry.get(ID).unwrap().unwrap().position, Lsn(100));
         // A moved position is saved at once.
-        rt.block_on(c.acknowledged(Lsn(100), Lsn(90))).unwrap();
+        rt.block_on(c.acknowledged(Lsn(100), Lsn(100), Lsn(90)))
+            .unwrap();
         assert_eq!(
             s.registry.get(ID).unwrap().unwrap().applied_lsn,
             Some(Lsn(90))
@@ -323,9 +343,11 @@ mod tests {
         c.acked_limit = Lsn(300);
         c.unconfirmed = Some((name, Lsn(300)));
         let rt = rt();
-        rt.block_on(c.acknowledged(Lsn(200), Lsn(0))).unwrap();
+        rt.block_on(c.acknowledged(Lsn(200), Lsn(200), Lsn(0)))
+            .unwrap();
         assert_eq!(s.damage.list().unwrap().len(), 1, "not stored yet");
-        rt.block_on(c.acknowledged(Lsn(300), Lsn(0))).unwrap();
+        rt.block_on(c.acknowledged(Lsn(300), Lsn(300), Lsn(0)))
+            .unwrap();
         assert!(s.damage.list().unwrap().is_empty());
         assert_eq!(c.unconfirmed, None);
     }

@@ -72,7 +72,14 @@ pub(super) async fn connect_and_stream(
     let (last_word, last_rx) = tokio::sync::oneshot::channel();
     let mut writer = tokio::spawn(send_status(shared.clone(), wr, last_rx));
     let (queue, mut store) = StoreQueue::spawn(shared, jobs, max);
-    let mut rx = Receiver::new(shared.held().control, sent.next_segment);
+    // What the primary continues from: the copy of the open segment it was told of.
+    let size = shared.held().control.map_or(0, |c| c.segment_size);
+    let held = sent
+        .next_segment
+        .map(|n| Lsn(n.saturating_mul(size)))
+        .filter(|start| sent.flushed_lsn > *start)
+        .map_or(0, |start| sent.flushed_lsn - start);
+    let mut rx = Receiver::new(shared.held().control, sent.next_segment, held);
     let result = loop {
         let body = tokio::select! {
             r = read_msg("primary", &mut rd, max, t, "segments or a keepalive") => r,
@@ -94,6 +101,8 @@ pub(super) async fn connect_and_stream(
             }
             Ok(Ok(Received::Start { name, len })) => queue.start(name, len).await,
             Ok(Ok(Received::Data(data))) => queue.data(data).await,
+            Ok(Ok(Received::Open { name, offset, data })) => queue.open(name, offset, data).await,
+            Ok(Ok(Received::Resume { name, offset, len })) => queue.resume(name, offset, len).await,
             Ok(Err(e)) => Err(e),
             Err(e) => Err(ReplError::refused(ErrorCode::Protocol, e.to_string())),
         };
@@ -128,8 +137,10 @@ async fn send_status(
     let mut beat = tokio::time::interval(shared.config.heartbeat_interval);
     let t = shared.config.peer_timeout;
     loop {
+        let flushed = shared.flushed.load(Ordering::Acquire);
         let m = Message::Status {
-            flushed_lsn: Lsn(shared.flushed.load(Ordering::Acquire)),
+            written_lsn: Lsn(shared.written.load(Ordering::Acquire).max(flushed)),
+            flushed_lsn: Lsn(flushed),
             applied_lsn: Lsn(shared.applied.load(Ordering::Acquire)),
             now_us: crate::now_us(),
         };

@@ -17,10 +17,11 @@ use uuid::Uuid;
 
 use super::adoption::{adopt, examine_for_adoption, Adopting};
 use super::apply::Jobs;
+use super::partial::PartialCopy;
 use super::{lock, Held, Shared, StandbyConfig};
 use crate::datadir::{DataDir, DirLock};
 use crate::error::{Error, Result};
-use crate::format::{ControlFile, SegmentFileKind, SegmentName, FORMAT_VERSION};
+use crate::format::{ControlFile, SegmentFileKind, SegmentName, SegmentNo, FORMAT_VERSION};
 use crate::fsutil::{fsync_dir, write_atomic};
 use crate::recovery::{recover, RecoveryMode};
 use crate::replication::handshake::Welcomed;
@@ -220,7 +221,6 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
             created,
         });
     };
-    discard_partials(&dd)?;
     let rec = recover(&dd, &control, RecoveryMode::Strict)?;
     if let Some(open) = &rec.open {
         return Err(not_standby_dir(
@@ -233,7 +233,25 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
     }
     let applied = read_applied(&dd)?;
     let last = rec.sealed.last();
-    let flushed = last.map_or(Lsn::ZERO, |s| s.end_lsn);
+    let mut flushed = last.map_or(Lsn::ZERO, |s| s.end_lsn);
+    // The copy of the segment after the last sealed one (the primary's open segment as it was
+    // streamed) is taken up again from its valid prefix; any other partial file is left from
+    // an interrupted transfer of a sealed segment and is discarded.
+    let partials: Vec<u64> = list_partials(&dd)?;
+    let target = last
+        .map(|s| s.name.segment_no.next().0)
+        .or(partials.iter().copied().min());
+    discard_partials_except(&dd, target)?;
+    let prev_checksum = last.map(|s| s.seal.segment_checksum);
+    let mut next_segment = last.map(|s| s.name.segment_no.next().0);
+    if let Some(n) = target {
+        if let Some(copy) = PartialCopy::resume(&dd, &control, n, prev_checksum)? {
+            flushed =
+                SegmentNo(n).start_lsn_saturating(control.segment_size) + copy.valid_end as u64;
+            next_segment = Some(n);
+            tracing::info!(file = %copy.path.display(), flushed = %flushed, "taking up the partial copy of the primary's open segment");
+        }
+    }
     if applied > flushed {
         tracing::warn!(applied = %applied, flushed = %flushed, "applied_lsn is past the stored segments; keeping it (it never moves backwards)");
     }
@@ -242,8 +260,8 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
         id: meta.standby_id,
         held: Held {
             control: Some(control),
-            next_segment: last.map(|s| s.name.segment_no.next().0),
-            prev_checksum: last.map(|s| s.seal.segment_checksum),
+            next_segment,
+            prev_checksum,
         },
         flushed,
         applied,
@@ -298,12 +316,26 @@ fn check_fresh(dd: &DataDir) -> Result<(), ReplError> {
 }
 
 fn discard_partials(dd: &DataDir) -> Result<(), ReplError> {
+    discard_partials_except(dd, None)
+}
+
+/// The segment numbers of the partial copies in wal/.
+fn list_partials(dd: &DataDir) -> Result<Vec<u64>, ReplError> {
+    Ok(dd
+        .list_segments()?
+        .into_iter()
+        .filter(|n| n.kind == SegmentFileKind::Partial)
+        .map(|n| n.segment_no.0)
+        .collect())
+}
+
+fn discard_partials_except(dd: &DataDir, keep: Option<u64>) -> Result<(), ReplError> {
     if !dd.wal_dir().exists() {
         return Ok(());
     }
     let mut removed = false;
     for name in dd.list_segments()? {
-        if name.kind == SegmentFileKind::Partial {
+        if name.kind == SegmentFileKind::Partial && Some(name.segment_no.0) != keep {
             let p = dd.segment_path(&name);
             tracing::info!(file = %p.display(), "discarding a partial segment left by an interrupted transfer");
             std::fs::remove_file(&p)

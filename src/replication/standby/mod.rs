@@ -41,6 +41,7 @@ mod adoption;
 mod apply;
 mod connection;
 pub mod directory;
+mod partial;
 mod receiver;
 mod store;
 
@@ -116,6 +117,8 @@ struct Shared {
     dd: DataDir,
     id: Uuid,
     held: Mutex<Held>,
+    /// End of the last record received and handed to the OS (not yet synced).
+    written: AtomicU64,
     flushed: AtomicU64,
     applied: AtomicU64,
     primary_sealed: AtomicU64,
@@ -197,6 +200,7 @@ impl Standby {
             config,
             id: opened.id,
             held: Mutex::new(opened.held),
+            written: AtomicU64::new(opened.flushed.0),
             flushed: AtomicU64::new(opened.flushed.0),
             applied: AtomicU64::new(opened.applied.0),
             primary_sealed: AtomicU64::new(0),

@@ -6,6 +6,9 @@
 //! A segment is acknowledged only once the store has made it durable under its sealed name
 //! (the store moves the flushed position, and the status sender reports it), never on receipt.
 //! What the standby says last when it refuses a segment is decided here too ([`LastWord`]).
+//!
+//! Longer than 500 lines because of its unit tests, which try every message order; the state
+//! machine itself is about 300.
 
 use crate::format::record::SEAL_LEN;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
@@ -24,6 +27,20 @@ pub(super) enum Received<'m> {
     Start { name: SegmentName, len: u64 },
     /// Store these next bytes of the segment being received.
     Data(&'m [u8]),
+    /// Append these durable bytes of the primary's open segment to the copy `name` (a partial
+    /// name), which holds `offset` bytes of it.
+    Open {
+        name: SegmentName,
+        offset: u64,
+        data: &'m [u8],
+    },
+    /// The copy `name` (holding `offset` bytes) is completed by the sealed segment's remaining
+    /// bytes, up to `len`.
+    Resume {
+        name: SegmentName,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// Checks each message against what came before.
@@ -36,17 +53,54 @@ pub(super) struct Receiver {
     expected: Option<u64>,
     /// The segment being received: (number, length, bytes so far).
     cur: Option<(SegmentName, u64, u64)>,
+    /// The copy of an open segment: (number, bytes held).
+    open: Option<(u64, u64)>,
 }
 
 impl Receiver {
     /// A receiver for a standby of identity `control` that needs segment `expected` next
-    /// (None: whichever the primary sends first).
-    pub(super) fn new(control: Option<ControlFile>, expected: Option<u64>) -> Receiver {
+    /// (None: whichever the primary sends first), holding its first `held` bytes.
+    pub(super) fn new(control: Option<ControlFile>, expected: Option<u64>, held: u64) -> Receiver {
         Receiver {
             control,
             expected,
             cur: None,
+            open: expected.filter(|_| held > 0).map(|n| (n, held)),
         }
+    }
+
+    /// The checks every segment message passes: nothing else in transfer, our identity and
+    /// timeline, the segment we need, a number whose end is an LSN.
+    fn segment_ok(&self, timeline: u32, segment_no: u64) -> Result<ControlFile, ReplError> {
+        let protocol = |msg: String| Err(ReplError::refused(ErrorCode::Protocol, msg));
+        if let Some((name, _, _)) = &self.cur {
+            return protocol(format!(
+                "segment {segment_no:X} sent before {name} was complete"
+            ));
+        }
+        let Some(control) = self.control else {
+            return protocol("a segment arrived before the identity".into());
+        };
+        if timeline != control.timeline {
+            return Err(ReplError::refused(ErrorCode::Identity, format!("the primary sent a segment of timeline {timeline}; this standby follows timeline {}", control.timeline)));
+        }
+        if let Some(want) = self.expected {
+            if segment_no != want {
+                return protocol(format!(
+                    "the primary sent segment {segment_no:X}, the standby needs {want:X}"
+                ));
+            }
+        }
+        if segment_no
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(control.segment_size))
+            .is_none()
+        {
+            return protocol(format!(
+                "segment number {segment_no:X} lies beyond the end of the LSN space"
+            ));
+        }
+        Ok(control)
     }
 
     /// Takes the next message from the primary: what to do with it, or the error that ends the
@@ -95,7 +149,60 @@ impl Receiver {
                 }
                 let name = SegmentName::new(timeline, segment_no, SegmentFileKind::Partial);
                 self.cur = Some((name, len, 0));
+                self.open = None;
                 Ok(Received::Start { name, len })
+            }
+            Message::OpenData {
+                timeline,
+                segment_no,
+                offset,
+                data,
+            } => {
+                let control = self.segment_ok(timeline, segment_no)?;
+                let held = self
+                    .open
+                    .filter(|(n, _)| *n == segment_no)
+                    .map_or(0, |(_, h)| h);
+                let n = data.0.len() as u64;
+                if offset != held || n == 0 || offset + n > control.segment_size {
+                    return protocol(format!(
+                        "open segment data for {segment_no:X} at offset {offset} (+{n} bytes) does not continue the standby's copy, which holds {held} bytes"
+                    ));
+                }
+                self.expected = Some(segment_no);
+                self.open = Some((segment_no, held + n));
+                let name = SegmentName::new(timeline, segment_no, SegmentFileKind::Partial);
+                Ok(Received::Open {
+                    name,
+                    offset,
+                    data: data.0,
+                })
+            }
+            Message::SegmentResume {
+                timeline,
+                segment_no,
+                offset,
+                len,
+            } => {
+                let control = self.segment_ok(timeline, segment_no)?;
+                let held = self
+                    .open
+                    .filter(|(n, _)| *n == segment_no)
+                    .map_or(0, |(_, h)| h);
+                if offset == 0 || offset != held {
+                    return protocol(format!(
+                        "segment {segment_no:X} resumed at offset {offset}, the standby's copy holds {held} bytes"
+                    ));
+                }
+                if len <= offset || len > control.segment_size {
+                    return protocol(format!(
+                        "segment {segment_no:X} resumed with an impossible length of {len} bytes (the standby holds {offset})"
+                    ));
+                }
+                let name = SegmentName::new(timeline, segment_no, SegmentFileKind::Partial);
+                self.cur = Some((name, len, offset));
+                self.open = None;
+                Ok(Received::Resume { name, offset, len })
             }
             Message::SegmentData {
                 segment_no,
@@ -235,7 +342,7 @@ mod tests {
 
     #[test]
     fn segments_in_order_are_stored_chunk_by_chunk() {
-        let mut rx = Receiver::new(Some(control()), Some(5));
+        let mut rx = Receiver::new(Some(control()), Some(5), 0);
         let len = MIN_LEN + 10;
         assert_eq!(
             rx.receive(start(5, len)).unwrap(),
@@ -250,7 +357,7 @@ mod tests {
         assert_eq!(rx.receive(data(5, 20, b)).unwrap(), Received::Data(b));
         // Complete: the next one is 6, and only 6.
         assert!(rx.receive(start(7, len)).is_err());
-        let mut rx2 = Receiver::new(Some(control()), Some(5));
+        let mut rx2 = Receiver::new(Some(control()), Some(5), 0);
         rx2.receive(start(5, len)).unwrap();
         rx2.receive(data(5, 0, &bytes)).unwrap();
         assert_eq!(
@@ -264,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_first_segment_may_be_any_when_none_is_expected() {
-        let mut rx = Receiver::new(Some(control()), None);
+        let mut rx = Receiver::new(Some(control()), None, 0);
         assert!(matches!(
             rx.receive(start(0x42, MIN_LEN)),
             Ok(Received::Start { name, .. }) if name == partial(0x42)
@@ -273,7 +380,7 @@ mod tests {
 
     #[test]
     fn a_keepalive_reports_the_primarys_end_and_changes_nothing() {
-        let mut rx = Receiver::new(Some(control()), Some(1));
+        let mut rx = Receiver::new(Some(control()), Some(1), 0);
         rx.receive(start(1, MIN_LEN)).unwrap();
         let k = Message::Keepalive {
             sealed_lsn: Lsn(77),
@@ -320,7 +427,7 @@ mod tests {
             ),
         ];
         for (msgs, want) in cases {
-            let mut rx = Receiver::new(Some(control()), Some(2));
+            let mut rx = Receiver::new(Some(control()), Some(2), 0);
             let n = msgs.len();
             let mut last = None;
             for (i, m) in msgs.into_iter().enumerate() {
@@ -337,9 +444,125 @@ mod tests {
         }
     }
 
+    fn open(segment_no: u64, offset: u64, data: &[u8]) -> Message<'_> {
+        Message::OpenData {
+            timeline: 1,
+            segment_no,
+            offset,
+            data: Bytes(data),
+        }
+    }
+
+    fn resume(segment_no: u64, offset: u64, len: u64) -> Message<'static> {
+        Message::SegmentResume {
+            timeline: 1,
+            segment_no,
+            offset,
+            len,
+        }
+    }
+
+    #[test]
+    fn an_open_segment_is_appended_then_completed_by_its_seal() {
+        let mut rx = Receiver::new(Some(control()), Some(4), 0);
+        let b = vec![1u8; 100];
+        assert_eq!(
+            rx.receive(open(4, 0, &b)).unwrap(),
+            Received::Open {
+                name: partial(4),
+                offset: 0,
+                data: &b
+            }
+        );
+        assert!(rx.receive(open(4, 100, &b)).is_ok());
+        assert_eq!(
+            rx.receive(resume(4, 200, 300)).unwrap(),
+            Received::Resume {
+                name: partial(4),
+                offset: 200,
+                len: 300
+            }
+        );
+        assert_eq!(rx.receive(data(4, 200, &b)).unwrap(), Received::Data(&b));
+        // Complete: segment 5 next, open or sealed.
+        assert!(rx.receive(open(5, 0, &b)).is_ok());
+    }
+
+    #[test]
+    fn a_standby_holding_a_copy_continues_exactly_where_it_ends() {
+        let b = vec![1u8; 10];
+        let mut rx = Receiver::new(Some(control()), Some(4), 500);
+        assert!(rx.receive(open(4, 500, &b)).is_ok());
+        let mut rx = Receiver::new(Some(control()), Some(4), 500);
+        assert!(rx.receive(resume(4, 500, 600)).is_ok());
+        // The primary may also send the whole sealed segment again.
+        let mut rx = Receiver::new(Some(control()), Some(4), 500);
+        assert!(rx.receive(start(4, MIN_LEN)).is_ok());
+    }
+
+    #[test]
+    fn open_segment_messages_that_do_not_continue_the_copy_are_refused() {
+        let b = vec![1u8; 10];
+        let cases: Vec<(u64, Vec<Message<'_>>, &str)> = vec![
+            (
+                0,
+                vec![open(4, 5, &b)],
+                "does not continue the standby's copy, which holds 0 bytes",
+            ),
+            (500, vec![open(4, 499, &b)], "which holds 500 bytes"),
+            (0, vec![open(4, 0, &[])], "(+0 bytes)"),
+            (0, vec![open(4, SIZE - 5, &b)], "does not continue"),
+            (
+                0,
+                vec![open(5, 0, &b)],
+                "the primary sent segment 5, the standby needs 4",
+            ),
+            (0, vec![resume(4, 0, 100)], "resumed at offset 0"),
+            (
+                500,
+                vec![resume(4, 400, 600)],
+                "the standby's copy holds 500 bytes",
+            ),
+            (
+                500,
+                vec![resume(4, 500, 500)],
+                "impossible length of 500 bytes",
+            ),
+            (500, vec![resume(4, 500, SIZE + 1)], "impossible length"),
+            (0, vec![start(4, MIN_LEN), open(4, 0, &b)], "sent before"),
+            (
+                0,
+                vec![open(4, 0, &b), data(4, 10, &b)],
+                "without a SegmentStart",
+            ),
+        ];
+        for (held, msgs, want) in cases {
+            let mut rx = Receiver::new(Some(control()), Some(4), held);
+            let n = msgs.len();
+            for (i, m) in msgs.into_iter().enumerate() {
+                let r = rx.receive(m);
+                if i + 1 < n {
+                    r.unwrap();
+                } else {
+                    let (code, m) = refusal(r);
+                    assert_eq!(code, ErrorCode::Protocol);
+                    assert!(m.contains(want), "{m} (wanted {want})");
+                }
+            }
+        }
+        let mut rx = Receiver::new(Some(control()), Some(4), 0);
+        let other = Message::OpenData {
+            timeline: 2,
+            segment_no: 4,
+            offset: 0,
+            data: Bytes(&b),
+        };
+        assert_eq!(refusal(rx.receive(other)).0, ErrorCode::Identity);
+    }
+
     #[test]
     fn more_data_than_announced_is_refused() {
-        let mut rx = Receiver::new(Some(control()), None);
+        let mut rx = Receiver::new(Some(control()), None, 0);
         rx.receive(start(2, MIN_LEN)).unwrap();
         let too_many = vec![0u8; MIN_LEN as usize + 1];
         let (code, m) = refusal(rx.receive(data(2, 0, &too_many)));
@@ -349,7 +572,7 @@ mod tests {
 
     #[test]
     fn another_timeline_is_an_identity_error() {
-        let mut rx = Receiver::new(Some(control()), None);
+        let mut rx = Receiver::new(Some(control()), None, 0);
         let m = Message::SegmentStart {
             timeline: 2,
             segment_no: 1,
@@ -365,20 +588,20 @@ mod tests {
 
     #[test]
     fn segment_numbers_past_the_lsn_space_and_segments_without_identity_are_refused() {
-        let mut rx = Receiver::new(Some(control()), None);
+        let mut rx = Receiver::new(Some(control()), None, 0);
         let last = u64::MAX / SIZE;
         let (_, m) = refusal(rx.receive(start(last, MIN_LEN)));
         assert!(m.ends_with("lies beyond the end of the LSN space"), "{m}");
         // The last whole segment is fine.
         assert!(rx.receive(start(last - 1, MIN_LEN)).is_ok());
-        let mut rx = Receiver::new(None, None);
+        let mut rx = Receiver::new(None, None, 0);
         let (_, m) = refusal(rx.receive(start(1, MIN_LEN)));
         assert_eq!(m, "a segment arrived before the identity");
     }
 
     #[test]
     fn other_messages_end_the_connection() {
-        let mut rx = Receiver::new(Some(control()), None);
+        let mut rx = Receiver::new(Some(control()), None, 0);
         let (code, m) = refusal(rx.receive(Message::AuthOk { proof: None }));
         assert_eq!(code, ErrorCode::Protocol);
         assert_eq!(

@@ -6,7 +6,6 @@
 //! For a directory being adopted, the first stored segment also decides the adoption: it must
 //! chain to what the directory holds, and its own open segment must be a prefix of it.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -14,8 +13,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::adoption::{adopt, prefix_mismatch};
 use super::apply::{ApplyJob, Jobs};
+use super::partial::{valid_prefix, PartialCopy, Tail};
 use super::{lock, Shared};
 use crate::error::Error;
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SegmentFileKind, SegmentName};
 use crate::fsutil::fsync_dir;
 use crate::replication::messages::ErrorCode;
@@ -44,8 +45,21 @@ enum Store {
         name: SegmentName,
         len: u64,
     },
+    /// The copy `name` (streamed while open, holding `offset` bytes) is completed to `len`.
+    Resume {
+        name: SegmentName,
+        offset: u64,
+        len: u64,
+    },
     /// Bytes, and their share of the queue's byte budget, given back once written.
     Data(Vec<u8>, OwnedSemaphorePermit),
+    /// Durable bytes of the primary's open segment, to append to the copy `name` at `offset`.
+    Open {
+        name: SegmentName,
+        offset: u64,
+        data: Vec<u8>,
+        _permit: OwnedSemaphorePermit,
+    },
 }
 
 /// The network side's end of the queue to the store task: at most [`STORE_QUEUE`] messages and
@@ -93,71 +107,230 @@ impl StoreQueue {
         self.pass(Store::Start { name, len }).await
     }
 
+    /// The copy `name`, holding `offset` bytes, is completed to `len` bytes.
+    pub(super) async fn resume(
+        &self,
+        name: SegmentName,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), ReplError> {
+        self.pass(Store::Resume { name, offset, len }).await
+    }
+
+    async fn permit(&self, n: usize) -> Result<OwnedSemaphorePermit, ReplError> {
+        self.budget
+            .clone()
+            .acquire_many_owned(n as u32)
+            .await
+            .map_err(|_| ReplError::Internal("the segment store stopped".into()))
+    }
+
     /// The next bytes of the segment; waits while the queue holds its budget of bytes.
     pub(super) async fn data(&self, data: &[u8]) -> Result<(), ReplError> {
-        let permit = self
-            .budget
-            .clone()
-            .acquire_many_owned(data.len() as u32)
-            .await
-            .map_err(|_| ReplError::Internal("the segment store stopped".into()))?;
+        let permit = self.permit(data.len()).await?;
         self.pass(Store::Data(data.to_vec(), permit)).await
+    }
+
+    /// Durable bytes of the primary's open segment, at `offset` of the copy `name`.
+    pub(super) async fn open(
+        &self,
+        name: SegmentName,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), ReplError> {
+        let _permit = self.permit(data.len()).await?;
+        self.pass(Store::Open {
+            name,
+            offset,
+            data: data.to_vec(),
+            _permit,
+        })
+        .await
     }
 }
 
 /// The store task: writes each segment as `.wal.partial`, then makes it durable, checks it,
-/// gives it its sealed name and hands it to the applier. Messages arrive already checked for
-/// order and length by the [`Receiver`](super::receiver::Receiver).
+/// gives it its sealed name and hands it to the applier; appends the open segment's records to
+/// its copy, checks each, and syncs the copy once per batch of messages before it counts them
+/// as flushed. Messages arrive already checked for order and length by the
+/// [`Receiver`](super::receiver::Receiver).
 fn store_segments(
     shared: &Shared,
     mut rx: tokio::sync::mpsc::Receiver<Store>,
     jobs: &Jobs,
 ) -> Result<(), ReplError> {
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-    let mut cur: Option<(SegmentName, PathBuf, std::fs::File, u64, u64)> = None;
-    while let Some(m) = rx.blocking_recv() {
-        match m {
-            Store::Start { name, len } => {
-                let path = shared.dd.segment_path(&name);
-                // Readable too: the finished file is checked through a read-only mapping.
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)
-                    .map_err(|e| ReplError::io(format!("create {}", path.display()), e))?;
-                cur = Some((name, path, file, len, 0));
+    let mut cur = resume_copy(shared)?;
+    // (copy, length once sealed) of the segment being received.
+    let mut len: Option<u64> = None;
+    while let Some(first) = rx.blocking_recv() {
+        let mut dirty = false;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            store_one(shared, m, &mut cur, &mut len, &mut dirty, jobs)?;
+            next = rx.try_recv().ok();
+        }
+        if dirty {
+            if let Some(c) = cur.as_ref() {
+                counted_flushed(shared, c)?;
             }
-            Store::Data(bytes, _permit) => {
-                let Some((_, path, file, len, got)) = cur.as_mut() else {
-                    return Err(ReplError::refused(
-                        ErrorCode::Protocol,
-                        "segment data without a segment",
-                    ));
-                };
-                crate::fault!("standby::write", e => ReplError::io(format!("write {}", path.display()), crate::faults::short_write(file, &bytes, e)));
-                file.write_all(&bytes)
-                    .map_err(|e| ReplError::io(format!("write {}", path.display()), e))?;
-                // Start writeback now, so that the sync at the end has little left to do.
-                // SAFETY: a plain syscall on a descriptor we own; failure only loses the hint.
-                unsafe {
-                    libc::sync_file_range(
-                        file.as_raw_fd(),
-                        *got as i64,
-                        bytes.len() as i64,
-                        libc::SYNC_FILE_RANGE_WRITE,
-                    );
+        }
+    }
+    Ok(())
+}
+
+/// The copy this standby holds of the segment it needs next, if any: checked, cut after its
+/// last valid record.
+fn resume_copy(shared: &Shared) -> Result<Option<PartialCopy>, ReplError> {
+    let held = shared.held();
+    let (Some(control), Some(n)) = (held.control, held.next_segment) else {
+        return Ok(None);
+    };
+    Ok(PartialCopy::resume(
+        &shared.dd,
+        &control,
+        n,
+        held.prev_checksum,
+    )?)
+}
+
+fn store_one(
+    shared: &Shared,
+    m: Store,
+    cur: &mut Option<PartialCopy>,
+    len: &mut Option<u64>,
+    dirty: &mut bool,
+    jobs: &Jobs,
+) -> Result<(), ReplError> {
+    use std::os::fd::AsRawFd;
+    match m {
+        Store::Start { name, len: l } => {
+            *cur = Some(PartialCopy::create(&shared.dd, name)?);
+            *len = Some(l);
+        }
+        Store::Resume {
+            name,
+            offset,
+            len: l,
+        } => {
+            let c = copy_at(cur, name, offset)?;
+            c.cut_to(offset as usize)?;
+            *len = Some(l);
+        }
+        Store::Open {
+            name, offset, data, ..
+        } => {
+            if offset == 0 {
+                *cur = Some(PartialCopy::create(&shared.dd, name)?);
+            }
+            let c = copy_at(cur, name, offset)?;
+            c.cut_to(offset as usize)?;
+            crate::fault!("standby::write", e => ReplError::io(format!("write {}", c.path.display()), e));
+            c.append(&data)?;
+            let Some(control) = shared.held().control else {
+                return Err(ReplError::refused(ErrorCode::Protocol, "no identity"));
+            };
+            let prev = {
+                let h = shared.held();
+                h.prev_checksum
+                    .filter(|_| h.next_segment == Some(name.segment_no.0))
+            };
+            let sealed = name.with_kind(SegmentFileKind::Sealed);
+            match valid_prefix(
+                &c.buf,
+                &c.path,
+                &name,
+                &control,
+                prev,
+                c.valid_end,
+                Tail::Streamed,
+            ) {
+                Ok(end) => c.valid_end = end,
+                Err((offset, reason)) => {
+                    let start = name.segment_no.start_lsn_saturating(control.segment_size);
+                    return Err(ReplError::InvalidSegment {
+                        segment: sealed,
+                        offset: offset as u64,
+                        lsn: start + offset as u64,
+                        reason,
+                    });
                 }
-                *got += bytes.len() as u64;
-                if *got == *len {
-                    if let Some((name, path, file, _, _)) = cur.take() {
-                        finish_segment(shared, name, &path, file, jobs)?;
-                    }
+            }
+            let start = name.segment_no.start_lsn_saturating(control.segment_size);
+            if c.valid_end > SEGMENT_HEADER_LEN {
+                shared
+                    .written
+                    .fetch_max((start + c.valid_end as u64).0, Ordering::AcqRel);
+            }
+            {
+                let mut h = lock(&shared.held);
+                h.next_segment.get_or_insert(name.segment_no.0);
+            }
+            *dirty = true;
+        }
+        Store::Data(bytes, _permit) => {
+            let (Some(c), Some(l)) = (cur.as_mut(), *len) else {
+                return Err(ReplError::refused(
+                    ErrorCode::Protocol,
+                    "segment data without a segment",
+                ));
+            };
+            let got = c.buf.len() as u64;
+            crate::fault!("standby::write", e => ReplError::io(format!("write {}", c.path.display()), {
+                use std::io::Seek;
+                let _ = c.file.seek(std::io::SeekFrom::Start(got));
+                crate::faults::short_write(&mut c.file, &bytes, e)
+            }));
+            c.append(&bytes)?;
+            // Start writeback now, so that the sync at the end has little left to do.
+            // SAFETY: a plain syscall on a descriptor we own; failure only loses the hint.
+            unsafe {
+                libc::sync_file_range(
+                    c.file.as_raw_fd(),
+                    got as i64,
+                    bytes.len() as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            if c.buf.len() as u64 == l {
+                if let Some(c) = cur.take() {
+                    *len = None;
+                    finish_segment(shared, c.name, &c.path, c.file, c.valid_end, jobs)?;
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// The copy of `name` that holds at least `offset` bytes.
+fn copy_at(
+    cur: &mut Option<PartialCopy>,
+    name: SegmentName,
+    offset: u64,
+) -> Result<&mut PartialCopy, ReplError> {
+    match cur.as_mut() {
+        Some(c) if c.name == name && c.buf.len() as u64 >= offset => Ok(c),
+        _ => Err(ReplError::refused(
+            ErrorCode::Protocol,
+            format!(
+                "the primary continues {name} at offset {offset}, which this standby does not hold"
+            ),
+        )),
+    }
+}
+
+/// Syncs the copy of the open segment and counts its valid records as flushed.
+fn counted_flushed(shared: &Shared, c: &PartialCopy) -> Result<(), ReplError> {
+    crate::fault!("standby::fsync", e => ReplError::io(format!("fsync {}", c.path.display()), e));
+    c.file
+        .sync_data()
+        .map_err(|e| ReplError::io(format!("fsync {}", c.path.display()), e))?;
+    if c.valid_end > SEGMENT_HEADER_LEN {
+        let size = shared.held().control.map_or(0, |c| c.segment_size);
+        let end = c.name.segment_no.start_lsn_saturating(size) + c.valid_end as u64;
+        shared.flushed.fetch_max(end.0, Ordering::AcqRel);
+        tracing::trace!(copy = %c.name, flushed = %end, "stored streamed records");
+        shared.notify();
     }
     Ok(())
 }
@@ -180,6 +353,7 @@ fn finish_segment(
     name: SegmentName,
     path: &std::path::Path,
     file: std::fs::File,
+    streamed: usize,
     jobs: &Jobs,
 ) -> Result<(), ReplError> {
     let held = shared.held();
@@ -253,7 +427,17 @@ fn finish_segment(
     let (seg, map) = match stored {
         Ok(s) => s,
         Err(e) => {
-            let _ = std::fs::remove_file(path);
+            // Records streamed while the segment was open were checked one by one, synced and
+            // acknowledged: they stay (the copy is cut back to them and continued on the next
+            // connection). A segment received whole is removed.
+            let kept = streamed > SEGMENT_HEADER_LEN
+                && file
+                    .set_len(streamed as u64)
+                    .and_then(|()| file.sync_all())
+                    .is_ok();
+            if !kept {
+                let _ = std::fs::remove_file(path);
+            }
             return Err(match e {
                 // A local I/O failure is ours, not the primary's: report it as it is and retry.
                 NotStored::Local(e) => ReplError::Store(e),
@@ -292,6 +476,7 @@ fn finish_segment(
         h.next_segment = Some(seg.name.segment_no.next().0);
         h.prev_checksum = Some(seg.seal.segment_checksum);
     }
+    shared.written.fetch_max(seg.end_lsn.0, Ordering::AcqRel);
     shared.flushed.fetch_max(seg.end_lsn.0, Ordering::AcqRel);
     tracing::debug!(segment = %seg.name, flushed = %seg.end_lsn, "stored segment");
     shared.notify();

@@ -2,6 +2,9 @@
 //! from sealing a segment to the standby's applied position reaching its end, and the catch-up
 //! throughput for a backlog of sealed segments; against copying the same files over one plain
 //! loopback TCP connection into fresh files, each fsynced before the receiver acknowledges.
+//! `stream_latency`: the time from a record's durable acknowledgement on the primary to the
+//! standby's flushed position passing it, while the segment stays open. The shipper learns the
+//! durable position as `walship serve` does, from `state/flush_position` through inotify.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -150,6 +153,25 @@ fn wait_applied(standby: &Standby, lsn: u64) -> Result<()> {
     }
 }
 
+/// Spins (yielding) until the standby has flushed everything below `lsn`.
+fn wait_flushed(standby: &Standby, lsn: u64) -> Result<()> {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        let st = standby.state();
+        if st.flushed_lsn >= Lsn(lsn) {
+            return Ok(());
+        }
+        if !standby.is_running() || Instant::now() > deadline {
+            return Err(Error::Other(format!(
+                "the standby stopped at flushed position {} before {lsn}{}",
+                st.flushed_lsn,
+                st.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+            )));
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Sealed segment files of `data`, oldest first, from segment `from` on.
 fn sealed_files(data: &Path, from: u64) -> Result<Vec<PathBuf>> {
     let dd = DataDir::new(data);
@@ -241,6 +263,19 @@ pub fn run_ship(cfg: &BenchConfig) -> Result<Vec<BenchResult>> {
         base_sum += b;
     }
     copy.finish()?;
+
+    // Streaming: one durable record at a time, the segment left open.
+    let mut stream = Histogram::default();
+    let mut stream_sum = Duration::ZERO;
+    let stream_records = 200u64.min(seg / cfg.record_len() as u64 / 2);
+    for _ in 0..stream_records {
+        let a = wal.append_durable(&batch[0])?;
+        let t = Instant::now();
+        wait_flushed(&standby, a.end_lsn.0)?;
+        let d = t.elapsed();
+        stream.record(d);
+        stream_sum += d;
+    }
     rt.block_on(standby.stop(Duration::from_secs(10)))
         .map_err(repl)?;
     rt.block_on(shipper.stop(Duration::from_secs(10)));
@@ -278,5 +313,27 @@ pub fn run_ship(cfg: &BenchConfig) -> Result<Vec<BenchResult>> {
             base_sum,
         )
     };
-    Ok(vec![catch, latency])
+    let streamed = BenchResult {
+        p50_us: stream.quantile_us(0.5),
+        p99_us: stream.quantile_us(0.99),
+        p999_us: stream.quantile_us(0.999),
+        max_us: stream.max_us(),
+        ..BenchResult::timed(
+            "stream_latency",
+            cfg.record_size,
+            "each",
+            stream_records,
+            stream_records * cfg.record_len() as u64,
+            stream_sum,
+            Duration::ZERO,
+        )
+    };
+    // No baseline for this one.
+    let streamed = BenchResult {
+        baseline_records_per_s: 0.0,
+        baseline_mb_per_s: 0.0,
+        ratio: 0.0,
+        ..streamed
+    };
+    Ok(vec![catch, latency, streamed])
 }

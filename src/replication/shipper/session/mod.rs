@@ -32,6 +32,7 @@ mod sending;
 /// What the reading half passes to the sending half.
 enum Incoming {
     Status {
+        written_lsn: Lsn,
         flushed_lsn: Lsn,
         applied_lsn: Lsn,
     },
@@ -131,6 +132,13 @@ async fn serve_standby(
     let (in_tx, mut in_rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_standby(rd, max, t, in_tx));
     let chunk = cfg.chunk_size.min(standby_max - DATA_OVERHEAD).max(4096);
+    // What the standby holds of the segment it needs next (version 3: a prefix streamed while
+    // it was open): its flushed position says, when it lies inside that segment.
+    let size = shared.control.segment_size;
+    let held = next_segment
+        .map(|n| Lsn(n.saturating_mul(size)))
+        .filter(|start| flushed > *start)
+        .map_or(0, |start| flushed - start);
     let mut conn = Conn {
         shared: shared.clone(),
         id: standby_id,
@@ -142,7 +150,14 @@ async fn serve_standby(
         sent: None,
     };
     let result = conn
-        .stream_segments(&mut wr, next_segment, chunk, &mut in_rx, &mut shutdown)
+        .stream_segments(
+            &mut wr,
+            next_segment,
+            held,
+            chunk,
+            &mut in_rx,
+            &mut shutdown,
+        )
         .await;
     *status_seen = conn.status_seen;
     reader.abort();
@@ -167,10 +182,12 @@ async fn read_standby(
         let msg = match read_msg("peer", &mut rd, max, timeout, "a standby status").await {
             Ok(body) => match codec::decode(&body) {
                 Ok(Message::Status {
+                    written_lsn,
                     flushed_lsn,
                     applied_lsn,
                     ..
                 }) => Incoming::Status {
+                    written_lsn,
                     flushed_lsn,
                     applied_lsn,
                 },
@@ -313,9 +330,13 @@ impl Conn {
                     .await)
             }
             Incoming::Status {
+                written_lsn,
                 flushed_lsn,
                 applied_lsn,
-            } => self.acknowledged(flushed_lsn, applied_lsn).await,
+            } => {
+                self.acknowledged(written_lsn, flushed_lsn, applied_lsn)
+                    .await
+            }
         }
     }
 

@@ -1,0 +1,168 @@
+//! The writer's durable position (`flush_lsn`), published for other processes of the same
+//! machine: `state/flush_position`, 16 bytes the writer overwrites in place after each group
+//! commit (one `pwrite`, no sync: the file is a hint that is true when written, because the
+//! position moves only after the records below it are durable). A shipper in another process
+//! watches `state/` (inotify through `notify`) and reads the 16 bytes on each change; a shipper
+//! in the writer's process subscribes to the same position directly ([`FlushPublisher::subscribe`]).
+//!
+//! Bytes (docs/FORMAT.md): offset 0 `u64` LE position, offset 8 `u64` LE its bitwise complement.
+//! A reader that catches the file mid-write (the halves disagree) reads it again.
+
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use crate::datadir::DataDir;
+use crate::error::{Error, Result};
+
+/// The file's name under `state/`.
+pub const FLUSH_POSITION_FILE: &str = "flush_position";
+/// Its length in bytes.
+pub const FLUSH_POSITION_LEN: usize = 16;
+
+/// The path of a directory's published durable position.
+pub fn flush_position_path(dd: &DataDir) -> PathBuf {
+    dd.state_dir().join(FLUSH_POSITION_FILE)
+}
+
+/// The bytes that say `lsn`.
+pub fn encode_position(lsn: u64) -> [u8; FLUSH_POSITION_LEN] {
+    let mut b = [0u8; FLUSH_POSITION_LEN];
+    b[..8].copy_from_slice(&lsn.to_le_bytes());
+    b[8..].copy_from_slice(&(!lsn).to_le_bytes());
+    b
+}
+
+/// The position the bytes say, or None when they are not a whole position (torn, too short).
+pub fn decode_position(b: &[u8]) -> Option<u64> {
+    let lsn = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    let not = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+    (lsn == !not).then_some(lsn)
+}
+
+/// Reads a directory's published durable position: None when no writer ever published one.
+/// A position caught mid-write is read again (a few times, then reported as damage).
+pub fn read_flush_position(dd: &DataDir) -> Result<Option<u64>> {
+    let path = flush_position_path(dd);
+    for _ in 0..100 {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        };
+        if let Some(lsn) = decode_position(&bytes) {
+            return Ok(Some(lsn));
+        }
+        std::thread::yield_now();
+    }
+    Err(Error::Corrupt {
+        file: path,
+        offset: 0,
+        lsn: crate::Lsn(0),
+        reason: "the published durable position is not a whole position".into(),
+    })
+}
+
+/// The writer's side: publishes each new `flush_lsn` to the file and to in-process subscribers.
+pub struct FlushPublisher {
+    file: Mutex<Option<std::fs::File>>,
+    path: PathBuf,
+    tx: watch::Sender<u64>,
+}
+
+impl FlushPublisher {
+    /// Opens (creating) `state/flush_position` and publishes `initial`. A file that cannot be
+    /// written only costs other processes the hint: it is logged, never fatal to the writer.
+    pub fn open(dd: &DataDir, initial: u64) -> FlushPublisher {
+        let path = flush_position_path(dd);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path);
+        let file = match file {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot publish the durable position for other processes");
+                None
+            }
+        };
+        let (tx, _) = watch::channel(initial);
+        let p = FlushPublisher {
+            file: Mutex::new(file),
+            path,
+            tx,
+        };
+        p.write(initial);
+        p
+    }
+
+    /// Publishes `lsn` (a new `flush_lsn`; smaller values than the last are ignored).
+    pub fn publish(&self, lsn: u64) {
+        let moved = self.tx.send_if_modified(|cur| {
+            if lsn > *cur {
+                *cur = lsn;
+                true
+            } else {
+                false
+            }
+        });
+        if moved {
+            self.write(lsn);
+        }
+    }
+
+    fn write(&self, lsn: u64) {
+        let mut g = crate::sync::lock(&self.file);
+        if let Some(f) = g.as_ref() {
+            if let Err(e) = f.write_all_at(&encode_position(lsn), 0) {
+                tracing::warn!(file = %self.path.display(), error = %e, "cannot publish the durable position for other processes; stopped publishing it");
+                *g = None;
+            }
+        }
+    }
+
+    /// The durable position as it moves, for a shipper in this process.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_and_torn_ones_are_refused() {
+        let b = encode_position(0x0100_a3f8);
+        assert_eq!(
+            b,
+            [0xf8, 0xa3, 0x00, 0x01, 0, 0, 0, 0, 0x07, 0x5c, 0xff, 0xfe, 0xff, 0xff, 0xff, 0xff]
+        );
+        assert_eq!(decode_position(&b), Some(0x0100_a3f8));
+        // Half of a new position beside half of the old one.
+        let mut torn = b;
+        torn[..8].copy_from_slice(&0x0100_a400u64.to_le_bytes());
+        assert_eq!(decode_position(&torn), None);
+        assert_eq!(decode_position(&b[..15]), None);
+    }
+
+    #[test]
+    fn the_file_follows_published_positions() {
+        let t = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(t.path());
+        std::fs::create_dir_all(dd.state_dir()).unwrap();
+        assert_eq!(read_flush_position(&dd).unwrap(), None);
+        let p = FlushPublisher::open(&dd, 100);
+        let mut rx = p.subscribe();
+        assert_eq!(read_flush_position(&dd).unwrap(), Some(100));
+        p.publish(250);
+        p.publish(200); // never backwards
+        assert_eq!(read_flush_position(&dd).unwrap(), Some(250));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 250);
+    }
+}

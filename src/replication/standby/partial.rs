@@ -1,0 +1,195 @@
+//! The standby's copy of the segment still open on the primary (`.wal.partial`): which prefix of
+//! it is valid, and taking it up again after a disconnect or a restart.
+//!
+//! A copy is valid up to its last whole record: its header must be this standby's system,
+//! timeline, size and segment number, and chain to its previous segment when the standby holds
+//! that one; each record must pass every check a recovery applies. Streamed bytes are checked
+//! as they arrive (a record the primary sent whole and that fails is damage); a copy found on
+//! disk at start is cut after its last valid record (a crash can leave a torn tail), never
+//! trusted unchecked and never thrown away whole while a prefix of it is valid.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::datadir::DataDir;
+use crate::error::{Error, Result};
+use crate::format::record::{decode_at, Decoded, RecordError};
+use crate::format::segment_header::{SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::format::{ControlFile, SegmentFileKind, SegmentName};
+use crate::segment_check::check_identity;
+
+/// How the end of the bytes is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Tail {
+    /// Bytes as the primary streamed them: only a record cut by the end of what arrived so far
+    /// is incomplete; anything else that is not a record is damage.
+    Streamed,
+    /// Bytes found on disk: the valid prefix ends at the first byte that is not a whole,
+    /// valid record.
+    OnDisk,
+}
+
+/// Where the valid prefix of a copy's bytes `buf` ends, scanning records from `from` (0, or
+/// an end found earlier). `Err((offset, reason))`: streamed bytes that are damage.
+pub(super) fn valid_prefix(
+    buf: &[u8],
+    path: &Path,
+    name: &SegmentName,
+    control: &ControlFile,
+    prev_checksum: Option<u32>,
+    from: usize,
+    tail: Tail,
+) -> std::result::Result<usize, (usize, String)> {
+    if buf.len() < SEGMENT_HEADER_LEN {
+        return Ok(0);
+    }
+    let bad_header = |reason: String| match tail {
+        Tail::Streamed => Err((0, reason)),
+        Tail::OnDisk => Ok(0),
+    };
+    let header = match SegmentHeader::decode(buf) {
+        Ok(h) => h,
+        Err(reason) => return bad_header(reason),
+    };
+    let sealed_name = name.with_kind(SegmentFileKind::Sealed);
+    if let Err(e) = check_identity(path, &header, &sealed_name, control) {
+        return bad_header(e.to_string());
+    }
+    if let Some(want) = prev_checksum {
+        if header.prev_checksum != Some(want) {
+            return bad_header(format!(
+                "the header chains to a segment with checksum {}, the standby's previous segment has {want:08x}",
+                header.prev_checksum.map_or("none".into(), |c| format!("{c:08x}"))
+            ));
+        }
+    }
+    let start = header.start_lsn();
+    let limit = control.segment_size as usize;
+    let mut off = from.max(SEGMENT_HEADER_LEN);
+    loop {
+        if off >= buf.len() {
+            return Ok(off);
+        }
+        match decode_at(buf, off, start + off as u64, limit) {
+            Ok(Decoded::Record(r)) => off = (r.end_lsn() - start) as usize,
+            Err(RecordError::Truncated { .. }) => return Ok(off),
+            Ok(Decoded::Seal(_)) => match tail {
+                Tail::Streamed => {
+                    return Err((off, "a seal marker in the open segment's records".into()))
+                }
+                Tail::OnDisk => return Ok(off),
+            },
+            Err(e) => match tail {
+                Tail::Streamed => return Err((off, e.to_string())),
+                Tail::OnDisk => return Ok(off),
+            },
+        }
+    }
+}
+
+/// A copy being received: its file, and its bytes so far.
+pub(super) struct PartialCopy {
+    pub name: SegmentName,
+    pub path: PathBuf,
+    pub file: std::fs::File,
+    /// The bytes so far (the file's contents), kept to check each record as it arrives.
+    pub buf: Vec<u8>,
+    /// End of the valid prefix: the header and whole, checked records.
+    pub valid_end: usize,
+}
+
+impl PartialCopy {
+    /// A new, empty copy of segment `name` (a partial name).
+    pub fn create(dd: &DataDir, name: SegmentName) -> Result<PartialCopy> {
+        let path = dd.segment_path(&name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        Ok(PartialCopy {
+            name,
+            path,
+            file,
+            buf: Vec::new(),
+            valid_end: 0,
+        })
+    }
+
+    /// Takes up the copy of segment `segment_no` found on disk: checks it, cuts it after its
+    /// last valid record (synced), and returns it; None when there is none, or when not even
+    /// its header is valid (then the file is removed: it holds nothing of the segment).
+    pub fn resume(
+        dd: &DataDir,
+        control: &ControlFile,
+        segment_no: u64,
+        prev_checksum: Option<u32>,
+    ) -> Result<Option<PartialCopy>> {
+        let name = SegmentName::new(control.timeline, segment_no, SegmentFileKind::Partial);
+        let path = dd.segment_path(&name);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+        };
+        let mut buf = Vec::new();
+        {
+            use std::io::Read;
+            (&file)
+                .read_to_end(&mut buf)
+                .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        }
+        let valid_end =
+            valid_prefix(&buf, &path, &name, control, prev_checksum, 0, Tail::OnDisk).unwrap_or(0);
+        if valid_end <= SEGMENT_HEADER_LEN {
+            tracing::info!(file = %path.display(), "discarding a partial copy that holds no valid record");
+            drop(file);
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+            crate::fsutil::fsync_dir(&dd.wal_dir())?;
+            return Ok(None);
+        }
+        if valid_end < buf.len() {
+            tracing::warn!(file = %path.display(), valid_end, len = buf.len(), "cutting the partial copy after its last valid record");
+            file.set_len(valid_end as u64)
+                .map_err(|e| Error::io(format!("truncate {}", path.display()), e))?;
+            buf.truncate(valid_end);
+        }
+        file.sync_all()
+            .map_err(|e| Error::io(format!("fsync {}", path.display()), e))?;
+        Ok(Some(PartialCopy {
+            name,
+            path,
+            file,
+            buf,
+            valid_end,
+        }))
+    }
+
+    /// Cuts the copy back to `len` bytes (what the primary continues from).
+    pub fn cut_to(&mut self, len: usize) -> Result<()> {
+        if self.buf.len() > len {
+            self.file
+                .set_len(len as u64)
+                .map_err(|e| Error::io(format!("truncate {}", self.path.display()), e))?;
+            self.buf.truncate(len);
+            self.valid_end = self.valid_end.min(len);
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at the end of the copy (not synced).
+    pub fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, self.buf.len() as u64)
+            .map_err(|e| Error::io(format!("write {}", self.path.display()), e))?;
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+}
