@@ -301,3 +301,52 @@ pub fn list_segments_and_refused(dir: &Path) -> Result<(Vec<SegmentName>, Vec<Er
 pub struct DirLock {
     _file: File,
 }
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // Unlock explicitly rather than by closing: a child forked by another thread shares
+        // the open file (until its exec closes it), and closing our descriptor alone would
+        // leave the lock held by the child for that moment, so a reopen right after a close
+        // would find its own process's lock.
+        // SAFETY: flock on a descriptor we own, still open.
+        unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_lock_released_while_another_thread_forks_can_be_taken_again_at_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("d");
+        DataDir::init(&root, 1 << 20).expect("init");
+        let dd = DataDir::new(&root);
+        let stop = Arc::new(AtomicBool::new(false));
+        let forker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::process::Command::new("true").status();
+                }
+            })
+        };
+        let mut refused = 0;
+        for _ in 0..2000 {
+            let held = dd.lock().expect("the first lock");
+            drop(held);
+            if dd.lock().is_err() {
+                refused += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        forker.join().expect("forker");
+        assert_eq!(
+            refused, 0,
+            "a released lock was still held by a forked child"
+        );
+    }
+}
