@@ -107,6 +107,11 @@ pub(super) async fn connect_and_stream(
             Err(e) => Err(ReplError::refused(ErrorCode::Protocol, e.to_string())),
         };
         if let Err(e) = r {
+            // A queue refused because the store task ended: the task's own error is the cause
+            // (a failed write or sync, to be retried after a reconnect), not the refusal.
+            if queue.store_ended() {
+                break Err(store_ended((&mut store).await));
+            }
             break Err(e);
         }
     };

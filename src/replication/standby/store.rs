@@ -95,6 +95,11 @@ impl StoreQueue {
         )
     }
 
+    /// Whether the store task has ended (its end says why; the queue's refusal does not).
+    pub(super) fn store_ended(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     async fn pass(&self, m: Store) -> Result<(), ReplError> {
         self.tx
             .send(m)
