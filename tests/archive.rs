@@ -6,31 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 mod common;
+use common::data::{record_fields as records, RecordFields as Rec};
 use common::{archive_once, bin, names, p, run_with, text, wait_until, walship, SEG};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use walship::{Entry, EntryType, Lsn, Wal, WalOptions, WalReader};
-
-/// Record fields a restore must give back exactly.
-type Rec = (u64, u64, EntryType, Option<u64>, i64, u32, Vec<u8>);
-
-fn records(path: &Path) -> Vec<Rec> {
-    let mut r = WalReader::open(path, Lsn(0)).expect("open reader");
-    let mut out = Vec::new();
-    while let Some(x) = r.next_record().expect("read record") {
-        out.push((
-            x.lsn.0,
-            x.end_lsn.0,
-            x.entry_type,
-            x.tx_id,
-            x.timestamp_us,
-            x.crc,
-            x.payload,
-        ));
-    }
-    out
-}
+use walship::{Entry, EntryType, Lsn, Wal, WalOptions};
 
 /// A data directory with about `segments` sealed 64 KiB segments of mixed records: small
 /// text, larger page-like payloads, random bytes. One record per append, so timestamps rise.

@@ -13,12 +13,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::data::{record_fields as records, RecordFields as Rec};
 use common::proxy::{Proxy, ProxyMode};
 use common::s3::S3Server;
 use common::{copy_tree, p, text, wait_until, SEG};
 use rand::{Rng, SeedableRng};
 use walship::archive::ArchiveStore;
-use walship::{Entry, EntryType, Lsn, Wal, WalOptions, WalReader};
+use walship::{Entry, EntryType, Wal, WalOptions};
 
 /// One server for the whole file; each test uses its own bucket. `None`: not installed (and
 /// not CI), the test skips with a loud message.
@@ -29,25 +30,6 @@ fn server(test: &str) -> Option<&'static S3Server> {
         eprintln!("*** SKIPPED {test}: no S3 test server ***");
     }
     s
-}
-
-type Rec = (u64, u64, EntryType, Option<u64>, i64, u32, Vec<u8>);
-
-fn records(path: &Path) -> Vec<Rec> {
-    let mut r = WalReader::open(path, Lsn(0)).expect("open reader");
-    let mut out = Vec::new();
-    while let Some(x) = r.next_record().expect("read record") {
-        out.push((
-            x.lsn.0,
-            x.end_lsn.0,
-            x.entry_type,
-            x.tx_id,
-            x.timestamp_us,
-            x.crc,
-            x.payload,
-        ));
-    }
-    out
 }
 
 /// A data directory with about `segments` sealed 64 KiB segments of mixed records, with

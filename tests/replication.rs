@@ -20,20 +20,6 @@ fn serve(dir: &Path, listen: &str, extra: &[&str], log: &Path) -> (Proc, String)
     common::serve(dir, listen, &args, log)
 }
 
-fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
-    let mut args = vec![
-        "standby",
-        p(dir),
-        "--primary",
-        primary,
-        "--max-backoff",
-        "500ms",
-    ];
-    args.extend_from_slice(&NET);
-    args.extend_from_slice(extra);
-    common::spawn(&args, log)
-}
-
 fn read_status(dir: &Path) -> Option<Value> {
     let out = walship(&["status", p(dir), "--json"]);
     out.status
@@ -114,14 +100,14 @@ fn several_standbys_receive_identical_segments_and_catch_up() {
     let (srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
     // One standby starts before there is any WAL at all: it must wait, then follow.
     let early = t.path().join("early");
-    let _e = standby(&early, &addr, &[], &t.path().join("early.log"));
+    let _e = common::standby(&early, &addr, &[], &t.path().join("early.log"));
     write_records(&primary, 3000, "a");
     seal(&primary);
     let names = ["s1", "s2"];
     let _late: Vec<Proc> = names
         .iter()
         .map(|n| {
-            standby(
+            common::standby(
                 &t.path().join(n),
                 &addr,
                 &[],
@@ -198,7 +184,7 @@ fn standby_killed_mid_segment_converges_without_trusting_its_partial() {
     let mut applied_seen = 0u64;
     for round in 0..3 {
         let log = t.path().join(format!("standby{round}.log"));
-        let mut sb = standby(&sdir, &slow.addr, &[], &log);
+        let mut sb = common::standby(&sdir, &slow.addr, &[], &log);
         if round > 0 {
             // The partial left by the kill is never trusted unchecked: it is checked and
             // continued from its valid prefix, or discarded when it holds no whole record.
@@ -236,7 +222,7 @@ fn standby_killed_mid_segment_converges_without_trusting_its_partial() {
     }
     // Restart on a direct link and let it converge.
     let log = t.path().join("final.log");
-    let _sb = standby(&sdir, &addr, &[], &log);
+    let _sb = common::standby(&sdir, &addr, &[], &log);
     let flush = wait_caught_up(&primary, &sdir);
     assert!(flush >= applied_seen);
     assert_eq!(partials(&sdir), 0);
@@ -256,7 +242,7 @@ fn serve_killed_and_restarted_standbys_reconnect_and_converge() {
     let _sbs: Vec<Proc> = dirs
         .iter()
         .enumerate()
-        .map(|(i, d)| standby(d, &addr, &[], &t.path().join(format!("s{i}.log"))))
+        .map(|(i, d)| common::standby(d, &addr, &[], &t.path().join(format!("s{i}.log"))))
         .collect();
     for d in &dirs {
         wait_caught_up(&primary, d);
@@ -289,7 +275,7 @@ fn connections_cut_at_random_still_converge() {
         },
     );
     let sdir = t.path().join("standby");
-    let sb = standby(&sdir, &flaky.addr, &[], &t.path().join("standby.log"));
+    let sb = common::standby(&sdir, &flaky.addr, &[], &t.path().join("standby.log"));
     write_records(&primary, 4000, "d");
     seal(&primary);
     wait_caught_up(&primary, &sdir);
@@ -315,12 +301,12 @@ fn a_primary_of_another_system_is_refused() {
     let sdir = t.path().join("standby");
     {
         let (_srv, addr) = serve(&b, "127.0.0.1:0", &[], &t.path().join("serve-b.log"));
-        let _sb = standby(&sdir, &addr, &[], &t.path().join("sb1.log"));
+        let _sb = common::standby(&sdir, &addr, &[], &t.path().join("sb1.log"));
         wait_caught_up(&b, &sdir);
     }
     let before = sealed_files(&sdir);
     let (srv, addr) = serve(&a, "127.0.0.1:0", &[], &t.path().join("serve-a.log"));
-    let mut sb = standby(&sdir, &addr, &[], &t.path().join("sb2.log"));
+    let mut sb = common::standby(&sdir, &addr, &[], &t.path().join("sb2.log"));
     assert_eq!(sb.wait_exit(), 2, "log:\n{}", sb.log());
     assert!(sb.log().contains("belongs to system"), "{}", sb.log());
     wait_until("the primary to log the refusal", || {
@@ -377,7 +363,7 @@ fn tokens_are_checked_on_both_sides() {
         &t.path().join("serve.log"),
     );
     let wrong = t.path().join("wrong");
-    let mut sb = standby(
+    let mut sb = common::standby(
         &wrong,
         &addr,
         &["--auth-token-file", p(&bad)],
@@ -398,7 +384,7 @@ fn tokens_are_checked_on_both_sides() {
     );
 
     let missing = t.path().join("missing");
-    let mut sb = standby(&missing, &addr, &[], &t.path().join("missing.log"));
+    let mut sb = common::standby(&missing, &addr, &[], &t.path().join("missing.log"));
     assert_eq!(sb.wait_exit(), 2);
     assert!(sb.log().contains("authentication required"), "{}", sb.log());
     assert!(!missing.join("control").exists());
@@ -406,7 +392,7 @@ fn tokens_are_checked_on_both_sides() {
     // A standby with a token refuses a primary that has none.
     let (_plain, plain_addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("plain.log"));
     let picky = t.path().join("picky");
-    let mut sb = standby(
+    let mut sb = common::standby(
         &picky,
         &plain_addr,
         &["--auth-token-file", p(&good)],
@@ -417,7 +403,7 @@ fn tokens_are_checked_on_both_sides() {
     assert!(!picky.join("control").exists());
 
     let right = t.path().join("right");
-    let _sb = standby(
+    let _sb = common::standby(
         &right,
         &addr,
         &["--auth-token-file", p(&good)],
@@ -456,7 +442,7 @@ fn bad_frames_close_only_their_connection() {
     seal(&primary);
     let (srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
     let sdir = t.path().join("standby");
-    let _sb = standby(&sdir, &addr, &[], &t.path().join("standby.log"));
+    let _sb = common::standby(&sdir, &addr, &[], &t.path().join("standby.log"));
     wait_caught_up(&primary, &sdir);
 
     // Garbage: an HTTP request read as a length prefix is far over the maximum (4 KiB before
@@ -508,11 +494,11 @@ fn a_standby_directory_is_served_onward() {
     seal(&primary);
     let (_srv, addr) = serve(&primary, "127.0.0.1:0", &[], &t.path().join("serve.log"));
     let mid = t.path().join("mid");
-    let _a = standby(&mid, &addr, &[], &t.path().join("mid.log"));
+    let _a = common::standby(&mid, &addr, &[], &t.path().join("mid.log"));
     wait_caught_up(&primary, &mid);
     let (_srv2, addr2) = serve(&mid, "127.0.0.1:0", &[], &t.path().join("serve-mid.log"));
     let leaf = t.path().join("leaf");
-    let _b = standby(&leaf, &addr2, &[], &t.path().join("leaf.log"));
+    let _b = common::standby(&leaf, &addr2, &[], &t.path().join("leaf.log"));
     write_records(&primary, 3000, "y");
     seal(&primary);
     let flush = wait_caught_up(&primary, &leaf);
@@ -546,7 +532,7 @@ fn a_silent_primary_is_dropped_and_retried() {
         }
     });
     let sdir = t.path().join("standby");
-    let sb = standby(&sdir, &addr, &[], &t.path().join("standby.log"));
+    let sb = common::standby(&sdir, &addr, &[], &t.path().join("standby.log"));
     wait_until(
         "the standby to drop the silent primary and try again",
         || {

@@ -24,19 +24,6 @@ fn serve(dir: &Path, extra: &[&str], log: &Path) -> (Proc, String) {
     common::serve(dir, "127.0.0.1:0", &args, log)
 }
 
-fn standby(dir: &Path, primary: &str, log: &Path) -> Proc {
-    let mut args = vec![
-        "standby",
-        p(dir),
-        "--primary",
-        primary,
-        "--max-backoff",
-        "300ms",
-    ];
-    args.extend_from_slice(&NET);
-    common::spawn(&args, log)
-}
-
 fn seg_name(no: u64) -> String {
     format!("00000001{no:016X}.wal")
 }
@@ -131,7 +118,7 @@ fn a_damaged_sealed_segment_is_reported_by_the_primary_as_damage_and_cleared_onc
 
         let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
         let sb = t.path().join("standby");
-        let mut stb = standby(&sb, &addr, &t.path().join("standby.log"));
+        let mut stb = common::standby(&sb, &addr, &[], &t.path().join("standby.log"));
         wait_until("the damage to be registered", || !damage(&dir).is_empty());
         let d = damage(&dir);
         let e = &d[0];
@@ -205,7 +192,7 @@ fn a_segment_a_standby_refuses_is_reported_by_the_primary_with_its_offset_and_cl
         },
     );
     let sb = t.path().join("standby");
-    let mut stb = standby(&sb, &proxy.addr, &t.path().join("standby.log"));
+    let mut stb = common::standby(&sb, &proxy.addr, &[], &t.path().join("standby.log"));
     wait_until("the standby's report", || {
         let log = srv.log();
         log.contains("DAMAGE") && log.contains("standby")
@@ -525,7 +512,7 @@ fn a_lost_standby_is_refused_by_the_shipper_until_dropped() {
     let dir = primary_with(t.path(), 2);
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
     let sb = t.path().join("standby");
-    let mut stb = standby(&sb, &addr, &t.path().join("standby.log"));
+    let mut stb = common::standby(&sb, &addr, &[], &t.path().join("standby.log"));
     wait_caught_up(&dir, &sb);
     stb.kill();
     let id = status(&sb)["standby_id"].as_str().unwrap().to_string();
@@ -551,7 +538,7 @@ fn a_lost_standby_is_refused_by_the_shipper_until_dropped() {
     let slot = dir.join("state/consumers").join(format!("{id}.json"));
     assert!(status(&dir)["standbys"][0]["lost"].as_bool().unwrap());
     // It comes back: refused with a clear message, exit 2; the slot stays lost.
-    let mut stb = standby(&sb, &addr, &t.path().join("standby2.log"));
+    let mut stb = common::standby(&sb, &addr, &[], &t.path().join("standby2.log"));
     assert_eq!(stb.wait_exit(), 2);
     let log = stb.log();
     assert!(
@@ -563,7 +550,7 @@ fn a_lost_standby_is_refused_by_the_shipper_until_dropped() {
     assert!(status(&dir)["standbys"][0]["lost"].as_bool().unwrap());
     // Dropped: it may try again (the WAL it needs is gone, so it is told so).
     ok(&["checkpoint", p(&dir), "--drop-consumer", &id]);
-    let mut stb = standby(&sb, &addr, &t.path().join("standby3.log"));
+    let mut stb = common::standby(&sb, &addr, &[], &t.path().join("standby3.log"));
     assert_eq!(stb.wait_exit(), 2);
     assert!(
         stb.log().contains("no longer on the primary"),
@@ -636,7 +623,7 @@ fn a_restored_directory_becomes_a_standby_and_catches_up() {
     }
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
     for (k, r) in [whole, partial, first].iter().enumerate() {
-        let mut stb = standby(r, &addr, &t.path().join(format!("standby{k}.log")));
+        let mut stb = common::standby(r, &addr, &[], &t.path().join(format!("standby{k}.log")));
         wait_caught_up(&dir, r);
         let st = status(r);
         assert_eq!(st["role"], "standby", "{st}");
@@ -656,7 +643,7 @@ fn a_restored_directory_becomes_a_standby_and_catches_up() {
             .to_string_lossy()
             .ends_with(".open")));
         // And it starts again as a standby.
-        let mut stb = standby(r, &addr, &t.path().join(format!("standby{k}b.log")));
+        let mut stb = common::standby(r, &addr, &[], &t.path().join(format!("standby{k}b.log")));
         wait_until("the restarted standby to stream", || {
             stb.log().contains("streaming from the primary")
         });
@@ -676,7 +663,7 @@ fn a_former_primary_behind_the_primary_follows_it() {
     write_records(&dir, 200, "after");
     seal(&dir);
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
-    let mut stb = standby(&former, &addr, &t.path().join("standby.log"));
+    let mut stb = common::standby(&former, &addr, &[], &t.path().join("standby.log"));
     wait_caught_up(&dir, &former);
     assert_eq!(status(&former)["role"], "standby");
     stb.kill();
@@ -686,7 +673,7 @@ fn a_former_primary_behind_the_primary_follows_it() {
         let n = e.unwrap().file_name().into_string().unwrap();
         n.ends_with(".wal")
     }));
-    let mut stb = standby(&former, &addr, &t.path().join("standby2.log"));
+    let mut stb = common::standby(&former, &addr, &[], &t.path().join("standby2.log"));
     write_records(&dir, 200, "later");
     seal(&dir);
     wait_caught_up(&dir, &former);
@@ -737,7 +724,7 @@ fn a_diverged_or_ahead_directory_is_refused_and_left_untouched() {
         ("ahead", &ahead, "ahead"),
     ] {
         let before = snapshot(d);
-        let mut stb = standby(d, &addr, &t.path().join(format!("{name}.log")));
+        let mut stb = common::standby(d, &addr, &[], &t.path().join(format!("{name}.log")));
         assert_eq!(stb.wait_exit(), 2, "{name}: {}", stb.log());
         let log = stb.log();
         assert!(log.contains(want), "{name}: {log}");
@@ -929,7 +916,7 @@ fn a_standby_refused_by_another_systems_primary_keeps_its_primary_file() {
     let dir = primary_with(t.path(), 1);
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
     let sb = t.path().join("standby");
-    let mut stb = standby(&sb, &addr, &t.path().join("standby.log"));
+    let mut stb = common::standby(&sb, &addr, &[], &t.path().join("standby.log"));
     wait_caught_up(&dir, &sb);
     stb.kill();
     let meta_before = std::fs::read(sb.join("state/standby.json")).unwrap();
@@ -939,7 +926,7 @@ fn a_standby_refused_by_another_systems_primary_keeps_its_primary_file() {
     write_records(&other, 10, "x");
     seal(&other);
     let (mut srv2, addr2) = serve(&other, &[], &t.path().join("serve2.log"));
-    let mut stb = standby(&sb, &addr2, &t.path().join("standby2.log"));
+    let mut stb = common::standby(&sb, &addr2, &[], &t.path().join("standby2.log"));
     assert_eq!(stb.wait_exit(), 2);
     assert!(stb.log().contains("system"), "{}", stb.log());
     assert_eq!(
@@ -1025,7 +1012,7 @@ fn a_directory_older_than_the_primarys_oldest_segment_is_refused_and_left_untouc
     assert!(!dir.join("wal").join(seg_name(1)).exists());
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
     let before = snapshot(&old);
-    let mut stb = standby(&old, &addr, &t.path().join("standby.log"));
+    let mut stb = common::standby(&old, &addr, &[], &t.path().join("standby.log"));
     assert_eq!(stb.wait_exit(), 2);
     assert!(
         stb.log().contains("no longer on the primary"),
@@ -1056,11 +1043,11 @@ fn an_adoption_cut_short_after_storing_the_primarys_copy_is_finished_on_the_next
     std::fs::copy(&sealed2, other.join("wal").join(seg_name(2))).unwrap();
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
     let before = snapshot(&other);
-    let mut stb = standby(&other, &addr, &t.path().join("other.log"));
+    let mut stb = common::standby(&other, &addr, &[], &t.path().join("other.log"));
     assert_eq!(stb.wait_exit(), 2);
     assert!(stb.log().contains("differ at offset"), "{}", stb.log());
     assert_eq!(snapshot(&other), before);
-    let mut stb = standby(&former, &addr, &t.path().join("former.log"));
+    let mut stb = common::standby(&former, &addr, &[], &t.path().join("former.log"));
     wait_caught_up(&dir, &former);
     assert_eq!(status(&former)["role"], "standby");
     assert!(!former
@@ -1080,7 +1067,7 @@ fn a_damage_entry_is_cleared_when_its_file_leaves_wal() {
     flip(&victim, offs[3] + 30);
     let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
     let sb = t.path().join("standby");
-    let mut stb = standby(&sb, &addr, &t.path().join("standby.log"));
+    let mut stb = common::standby(&sb, &addr, &[], &t.path().join("standby.log"));
     wait_until("the damage to be registered", || !damage(&dir).is_empty());
     assert_eq!(damage(&dir)[0]["file"], seg_name(2).as_str());
     // The operator moves the damaged file out of wal/ (to keep it for analysis).
@@ -1210,7 +1197,7 @@ fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why() {
         let at = offs[rec] as usize + 30;
         let (addr, fake) = fake_primary_sending_a_damaged_segment(&dir, version, at);
         let sb = t.path().join(format!("standby-{rec}"));
-        let mut stb = standby(&sb, &addr, &t.path().join(format!("r{rec}.log")));
+        let mut stb = common::standby(&sb, &addr, &[], &t.path().join(format!("r{rec}.log")));
         let last = fake
             .join()
             .unwrap()

@@ -9,20 +9,7 @@ use std::sync::atomic::Ordering;
 
 mod common;
 use common::proxy::{Proxy, ProxyMode};
-use common::{init, p, seal, status, wait_until, write_records, Proc, NET};
-
-fn standby(dir: &Path, primary: &str, log: &Path) -> Proc {
-    let mut args = vec![
-        "standby",
-        p(dir),
-        "--primary",
-        primary,
-        "--max-backoff",
-        "200ms",
-    ];
-    args.extend_from_slice(&NET);
-    common::spawn(&args, log)
-}
+use common::{init, seal, status, wait_until, write_records, NET};
 
 /// The primary's flush_lsn, and the flushed position its one standby acknowledged.
 fn positions(primary: &Path) -> (u64, Option<u64>) {
@@ -77,7 +64,7 @@ fn the_standby_follows_the_open_segment_and_matches_byte_for_byte_after_the_seal
     init(&primary);
     let (_srv, addr) = common::serve(&primary, "127.0.0.1:0", &NET, &t.path().join("serve.log"));
     let sb = t.path().join("standby");
-    let _s = standby(&sb, &addr, &t.path().join("standby.log"));
+    let _s = common::standby(&sb, &addr, &[], &t.path().join("standby.log"));
     for round in 0..3 {
         write_records(&primary, 40, &format!("r{round}"));
         let flush = wait_acked(&primary);
@@ -104,7 +91,7 @@ fn a_killed_standby_takes_up_its_torn_partial_copy_without_fetching_it_again() {
     let (_srv, addr) = common::serve(&primary, "127.0.0.1:0", &NET, &t.path().join("serve.log"));
     let proxy = Proxy::to(&addr, ProxyMode::default());
     let sb = t.path().join("standby");
-    let mut s = standby(&sb, &proxy.addr, &t.path().join("standby1.log"));
+    let mut s = common::standby(&sb, &proxy.addr, &[], &t.path().join("standby1.log"));
     // About 40 KiB of records in the open 64 KiB segment.
     write_records(&primary, 600, "a");
     let flush = wait_acked(&primary);
@@ -124,7 +111,7 @@ fn a_killed_standby_takes_up_its_torn_partial_copy_without_fetching_it_again() {
     let before = proxy.down_bytes.load(Ordering::Relaxed);
     write_records(&primary, 20, "b");
     let log2 = t.path().join("standby2.log");
-    let _s2 = standby(&sb, &proxy.addr, &log2);
+    let _s2 = common::standby(&sb, &proxy.addr, &[], &log2);
     let flush2 = wait_acked(&primary);
     assert!(flush2 > flush);
     let sent = proxy.down_bytes.load(Ordering::Relaxed) - before;

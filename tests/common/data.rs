@@ -94,6 +94,27 @@ pub fn read_recs(path: &Path) -> walship::Result<Vec<Rec>> {
     Ok(read_all(path)?.iter().map(rec).collect())
 }
 
+/// A record's fields, payload byte for byte: what a restore must give back exactly.
+pub type RecordFields = (u64, u64, EntryType, Option<u64>, i64, u32, Vec<u8>);
+
+/// Every record from the start of the log as [`RecordFields`].
+pub fn record_fields(path: &Path) -> Vec<RecordFields> {
+    let mut r = WalReader::open(path, Lsn(0)).expect("open reader");
+    let mut out = Vec::new();
+    while let Some(x) = r.next_record().expect("read record") {
+        out.push((
+            x.lsn.0,
+            x.end_lsn.0,
+            x.entry_type,
+            x.tx_id,
+            x.timestamp_us,
+            x.crc,
+            x.payload,
+        ));
+    }
+    out
+}
+
 /// The file names in a directory, sorted.
 pub fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)

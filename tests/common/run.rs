@@ -120,6 +120,22 @@ pub fn text(o: &Output) -> String {
 /// Fast heartbeats and a short peer timeout, so that replication tests converge quickly.
 pub const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "3s"];
 
+/// `walship standby DIR --primary ADDR` with a short reconnect backoff and the test heartbeat
+/// and timeout ([`NET`]), then `extra`.
+pub fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
+    let mut args = vec![
+        "standby",
+        p(dir),
+        "--primary",
+        primary,
+        "--max-backoff",
+        "300ms",
+    ];
+    args.extend_from_slice(&NET);
+    args.extend_from_slice(extra);
+    spawn(&args, log)
+}
+
 /// `walship init DIR` with 64 KiB segments (`SEG`).
 pub fn init(dir: &Path) {
     ok(&["init", p(dir), "--segment-size", "64KiB"]);

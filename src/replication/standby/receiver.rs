@@ -69,6 +69,13 @@ impl Receiver {
         }
     }
 
+    /// Bytes of segment `segment_no` the standby's copy holds (0 unless it is the open one).
+    fn held_of(&self, segment_no: u64) -> u64 {
+        self.open
+            .filter(|(n, _)| *n == segment_no)
+            .map_or(0, |(_, h)| h)
+    }
+
     /// The checks every segment message passes: nothing else in transfer, our identity and
     /// timeline, the segment we need, a number whose end is an LSN.
     /// `verb` says what the message did ("started", "sent") in the refusal's words.
@@ -138,10 +145,7 @@ impl Receiver {
                 data,
             } => {
                 let control = self.segment_ok(timeline, segment_no, "sent")?;
-                let held = self
-                    .open
-                    .filter(|(n, _)| *n == segment_no)
-                    .map_or(0, |(_, h)| h);
+                let held = self.held_of(segment_no);
                 let n = data.0.len() as u64;
                 if offset != held || n == 0 || offset + n > control.segment_size {
                     return protocol(format!(
@@ -164,10 +168,7 @@ impl Receiver {
                 len,
             } => {
                 let control = self.segment_ok(timeline, segment_no, "sent")?;
-                let held = self
-                    .open
-                    .filter(|(n, _)| *n == segment_no)
-                    .map_or(0, |(_, h)| h);
+                let held = self.held_of(segment_no);
                 if offset == 0 || offset != held {
                     return protocol(format!(
                         "segment {segment_no:X} resumed at offset {offset}, the standby's copy holds {held} bytes"

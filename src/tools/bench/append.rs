@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::baseline::{sequential, BaselineRun, SyncEvery};
 use super::hist::Histogram;
 use super::{mb_per_s, ratio, scratch, thread_cpu, BenchConfig, BenchResult, Durability, Limit};
-use walship::{DataDir, Entry, EntryType, Result, Wal, WalOptions, WalStats};
+use walship::{Entry, EntryType, Result, Wal, WalStats};
 
 /// Bytes a default-sized run writes at most (keeps a run well under a minute and the disk
 /// footprint modest).
@@ -167,15 +167,7 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         Limit::Records(n) => Limit::Records(n.div_ceil(ROUNDS)),
         Limit::Time(t) => Limit::Time(t / ROUNDS as u32),
     };
-    let data = tmp.path().join("data");
-    DataDir::init(&data, cfg.segment_size)?;
-    let wal = Arc::new(Wal::open(
-        &data,
-        WalOptions {
-            segment_fill: cfg.segment_fill,
-            ..WalOptions::default()
-        },
-    )?);
+    let wal = Arc::new(super::bench_wal(&tmp, cfg)?);
     let payload = Arc::new(vec![0x5Au8; cfg.record_size]);
     // Warm-up, not counted: opens the first segment so the preparer starts on the next one.
     wal.append_durable(&Entry::new(EntryType::Insert, None, &payload))?;

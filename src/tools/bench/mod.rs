@@ -209,6 +209,19 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// A new data directory `data` in the scratch directory, open for writing as the run asks.
+fn bench_wal(scratch: &tempfile::TempDir, cfg: &BenchConfig) -> walship::Result<walship::Wal> {
+    let data = scratch.path().join("data");
+    walship::DataDir::init(&data, cfg.segment_size)?;
+    walship::Wal::open(
+        &data,
+        walship::WalOptions {
+            segment_fill: cfg.segment_fill,
+            ..walship::WalOptions::default()
+        },
+    )
+}
+
 /// A scratch directory inside `dir`, removed when dropped.
 fn scratch(dir: &std::path::Path) -> walship::Result<tempfile::TempDir> {
     use walship::error::IoContext;

@@ -11,7 +11,7 @@ use super::hist::Histogram;
 use super::trace::{TraceRecord, Unit};
 use super::{mb_per_s, ratio, scratch, BenchConfig, BenchResult};
 use walship::format::record::encoded_len;
-use walship::{DataDir, Entry, EntryType, Result, Wal, WalOptions};
+use walship::{Entry, EntryType, Result, Wal};
 
 /// Trace records replayed by default: about a third of the PostgreSQL trace, some 13,000
 /// transactions, a few seconds per side.
@@ -119,15 +119,7 @@ pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchR
         .map(|r| encoded_len(r.len as usize) as u64)
         .sum();
 
-    let data = tmp.path().join("data");
-    DataDir::init(&data, cfg.segment_size)?;
-    let wal = Arc::new(Wal::open(
-        &data,
-        WalOptions {
-            segment_fill: cfg.segment_fill,
-            ..WalOptions::default()
-        },
-    )?);
+    let wal = Arc::new(super::bench_wal(&tmp, cfg)?);
     // Warm-up, not counted: opens the first segment.
     wal.append_durable(&Entry::new(EntryType::Checkpoint, None, b"warm-up"))?;
     let before = wal.stats();
@@ -136,7 +128,7 @@ pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchR
     w.syncs = after.syncs - before.syncs;
     w.sealed = after.segments_sealed - before.segments_sealed;
     drop(wal);
-    std::fs::remove_dir_all(&data).ok();
+    std::fs::remove_dir_all(tmp.path().join("data")).ok();
 
     let max_len = records.iter().map(|r| r.len as usize).max().unwrap_or(0);
     let raw = Arc::new(RawSide {
