@@ -256,7 +256,7 @@ fn any_2_of_3_waits_for_a_quorum_and_degrades_only_with_a_timeout() {
     srv.kill();
     b.kill();
     a.kill();
-    let (mut srv, addr) = serve(
+    let (srv, addr) = serve(
         &dir,
         "127.0.0.1:0",
         &["--sync", "ANY 2 (a, b, c)", "--sync-timeout", "500ms"],
@@ -294,9 +294,12 @@ fn any_2_of_3_waits_for_a_quorum_and_degrades_only_with_a_timeout() {
     drop((a, b, c, srv));
 }
 
-/// (LSN, end LSN, payload) of each record an applicator saw.
+/// (LSN, end LSN, payload) of one applied record.
+type Seen = (u64, u64, Vec<u8>);
+
+/// Remembers each record an applicator saw.
 #[derive(Clone, Default)]
-struct Recording(Arc<Mutex<Vec<(u64, u64, Vec<u8>)>>>);
+struct Recording(Arc<Mutex<Vec<Seen>>>);
 
 impl walship::replication::Applicator for Recording {
     fn apply(&mut self, r: &walship::format::record::RecordRef<'_>) -> walship::Result<()> {
