@@ -280,7 +280,13 @@ fn checkpoint_checked(
         .min()
         .unwrap_or(Lsn(u64::MAX));
     let mut removed_any = false;
-    let mut pooled = crate::recycling::pool(dir, None)?.len();
+    // Recycled files waiting for reuse: prepared files below the newest sealed segment (the
+    // writer's prepared file for its next segment is above it).
+    let newest = segs.last().map_or(0, |s| s.name.segment_no.0);
+    let mut pooled = crate::recycling::pool(dir, None)?
+        .iter()
+        .filter(|n| n.segment_no.0 < newest)
+        .count();
     for s in removable_by_checkpoint
         .iter()
         .take_while(|s| s.end <= floor)
