@@ -300,3 +300,48 @@ fn sigkill_while_another_process_recycles_loses_no_acknowledged_record() {
     let v = common::run(&["verify", &d], b"");
     assert_eq!(common::code(&v), 0, "{}", common::stdout(&v));
 }
+
+#[test]
+fn the_archiver_takes_only_each_segments_own_records_from_recycled_files() {
+    let _fs = FailScenario::setup();
+    let (t, dir) = common::new_dir();
+    let arc = t.path().join("arc");
+    let (d, a) = (dir.to_str().expect("utf8"), arc.to_str().expect("utf8"));
+    let archive = || {
+        let out = common::run(&["archive", d, "--to", a, "--once"], b"");
+        assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+    };
+    let wal = Wal::open(&dir, WalOptions::default()).expect("open");
+    append(&wal, "a", 2500);
+    wal.seal().expect("seal");
+    archive();
+    wal.checkpoint(wal.flush_lsn(), &RetentionOptions::default())
+        .expect("checkpoint");
+    let pooled = inodes(&dir, SegmentFileKind::Prepared);
+    append(&wal, "b", 2500);
+    wal.seal().expect("seal");
+    assert!(wal.stats().segments_recycled > 0);
+    drop(wal);
+    archive();
+    let mut from_recycled = 0;
+    for name in files(&dir, SegmentFileKind::Sealed) {
+        let local = dir.join("wal").join(&name);
+        let bytes = std::fs::read(&local).expect("read");
+        if pooled.contains(&std::fs::metadata(&local).expect("stat").ino()) {
+            from_recycled += 1;
+        }
+        // Cut right after its own seal marker: nothing of the file's earlier use is left.
+        let mut scan = walship::decoder::SegmentScanner::new(&bytes).expect("header");
+        assert!(matches!(
+            scan.finish(),
+            walship::decoder::ScanEnd::Sealed { trailing: 0, .. }
+        ));
+        assert!(
+            std::fs::read(arc.join(&name)).expect("archived") == bytes,
+            "{name}: the archived object is the sealed file"
+        );
+    }
+    assert!(from_recycled > 0, "no sealed segment was a recycled file");
+    let v = common::run(&["verify", a], b"");
+    assert_eq!(common::code(&v), 0, "{}", common::stdout(&v));
+}
