@@ -1,0 +1,144 @@
+//! `walship archive-prune` on a directory archive: what a dry run shows and leaves, what is
+//! removed and what is kept (the identity file always, with the archive's new beginning), a
+//! pruning interrupted half-way, and an archive too old to say where it begins. The same rules
+//! on an S3-compatible store are in archive_s3.rs.
+
+use std::path::Path;
+
+mod common;
+use common::data::{record_fields as records, RecordFields as Rec};
+use common::{archive_once, copy_tree, p, text, walship, SEG};
+use walship::{Entry, EntryType, Wal, WalOptions};
+
+/// A data directory with about `segments` sealed 64 KiB segments of distinct-timestamped
+/// records.
+fn make_store(root: &Path, segments: u64) -> Vec<Rec> {
+    common::init(root);
+    let wal = Wal::open(root, WalOptions::default()).expect("open wal");
+    let mut i = 0u64;
+    while wal.write_lsn().0 < segments * SEG - SEG / 2 {
+        let payload = format!("row {i} {}", "x".repeat((i % 700) as usize));
+        wal.append(&Entry::new(EntryType::Insert, Some(i), payload.as_bytes()))
+            .expect("append");
+        std::thread::sleep(std::time::Duration::from_micros(2));
+        i += 1;
+    }
+    wal.seal().expect("seal");
+    wal.sync().expect("sync");
+    drop(wal);
+    records(root)
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn seg_object(no: u64) -> String {
+    format!("{:08X}{:016X}.wal", 1, no)
+}
+
+#[test]
+fn a_directory_archive_is_pruned_to_the_kept_point_and_an_interrupted_pruning_finishes() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let arc = t.path().join("arc");
+    let all = make_store(&data, 5);
+    let out = archive_once(&data, &arc, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = files(&arc);
+    let identity_before = std::fs::read(arc.join("IDENTITY")).unwrap();
+    let seg_of = |r: &Rec| r.0 / SEG;
+    let first2 = all.iter().position(|r| seg_of(r) == 2).unwrap();
+    let keep = all[first2].1.to_string();
+
+    let out = walship(&["archive-prune", p(&arc), "--keep-since", &keep, "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("would remove {}", seg_object(0))));
+    assert!(text(&out).contains(&format!("would remove {}", seg_object(1))));
+    assert_eq!(files(&arc), before, "a dry run removes nothing");
+    assert_eq!(
+        std::fs::read(arc.join("IDENTITY")).unwrap(),
+        identity_before
+    );
+
+    // A copy of the segments to put back, as a pruning stopped after its first step leaves
+    // them.
+    let old = t.path().join("old");
+    copy_tree(&arc, &old);
+    let out = walship(&["archive-prune", p(&arc), "--keep-since", &keep, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["first_segment_before"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["first_segment"].as_u64(), Some(2), "{v}");
+    let mut want: Vec<String> = before
+        .iter()
+        .filter(|n| *n != &seg_object(0) && *n != &seg_object(1))
+        .cloned()
+        .collect();
+    want.sort();
+    assert_eq!(files(&arc), want);
+    let id = String::from_utf8(std::fs::read(arc.join("IDENTITY")).unwrap()).unwrap();
+    assert!(id.contains("\nfirst_segment 2\n"), "{id}");
+
+    // Segments before the beginning, as an interrupted pruning leaves them: readers skip them,
+    // verify notes them, and pruning again removes them.
+    std::fs::copy(old.join(seg_object(1)), arc.join(seg_object(1))).unwrap();
+    let out = walship(&["verify", p(&arc), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("left over from pruning"),
+        "{}",
+        text(&out)
+    );
+    let dest = t.path().join("restored");
+    let out = walship(&["restore", p(&arc), p(&dest), "--until-lsn", &keep]);
+    assert!(out.status.success(), "{}", text(&out));
+    let k: u64 = keep.parse().unwrap();
+    let kept: Vec<Rec> = all
+        .iter()
+        .filter(|r| seg_of(r) >= 2 && r.1 <= k)
+        .cloned()
+        .collect();
+    assert_eq!(records(&dest), kept);
+    let out = walship(&["archive-prune", p(&arc), "--keep-since", &keep, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["removed"], serde_json::json!([seg_object(1)]), "{v}");
+    assert_eq!(files(&arc), want);
+
+    // A point before the new beginning is outside the archive now.
+    let out = walship(&[
+        "archive-prune",
+        p(&arc),
+        "--keep-since",
+        &all[0].1.to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("before the archive's first record"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(files(&arc), want);
+}
+
+#[test]
+fn an_archive_that_does_not_record_its_beginning_is_not_pruned() {
+    let t = tempfile::tempdir().unwrap();
+    let arc = t.path().join("v1");
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/archive/v1"),
+        &arc,
+    );
+    let out = walship(&["archive-prune", p(&arc), "--keep-since", "0/10000"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("layout version 1"), "{}", text(&out));
+    let out = walship(&["archive-prune", p(t.path()), "--keep-since", "0/10000"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not an archive"), "{}", text(&out));
+}
