@@ -399,3 +399,65 @@ async fn library_waiters_share_confirmations_and_remote_apply_means_applied() {
     // Stopped: a wait for more ends at once.
     assert!(waiter.wait(walship::Lsn(u64::MAX)).await.is_err());
 }
+
+/// The library: without its standby a commit waits; after the timeout it is released degraded
+/// and the shipper says so with an event; the standby's return restores synchronous commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_degrades_after_the_timeout_with_an_event_and_returns() {
+    use walship::replication::synchronous::{Released, SyncConfig, SyncLevel, SyncPolicy};
+    use walship::replication::{Shipper, ShipperConfig, ShipperEvent, Standby, StandbyConfig};
+    use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
+    let t = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (t.path().join("p"), t.path().join("s"));
+    DataDir::init(&pdir, 64 * 1024).unwrap();
+    let wal = Wal::open(&pdir, WalOptions::default()).unwrap();
+    let mut cfg = ShipperConfig::new(&pdir, "127.0.0.1:0");
+    cfg.heartbeat_interval = Duration::from_millis(100);
+    cfg.flush_watch = Some(wal.flush_watch());
+    cfg.sync = Some(SyncConfig {
+        policy: SyncPolicy::parse("FIRST 1 (s)").unwrap(),
+        level: SyncLevel::RemoteFlush,
+        timeout: Some(Duration::from_millis(300)),
+    });
+    let mut shipper = Shipper::start(cfg).await.unwrap();
+    let mut events = shipper.subscribe();
+    let waiter = shipper.sync_waiter().unwrap();
+    let a = wal
+        .append_durable(&Entry::new(EntryType::TxCommit, Some(1), b"alone"))
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(waiter.wait(a.end_lsn).await, Ok(Released::Degraded));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(shipper.sync_status().unwrap().degraded);
+    let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(e, ShipperEvent::SyncDegraded { durable, .. } if durable >= a.end_lsn),
+        "{e:?}"
+    );
+    let mut scfg = StandbyConfig::new(&sdir, shipper.local_addr().to_string());
+    scfg.heartbeat_interval = Duration::from_millis(100);
+    scfg.name = Some("s".into());
+    let mut standby = Standby::start(scfg, walship::replication::CheckingApplicator::default())
+        .await
+        .unwrap();
+    let restored = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(ShipperEvent::SyncRestored { confirmed }) = events.recv().await {
+                return confirmed;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(restored >= a.end_lsn);
+    assert!(!shipper.sync_status().unwrap().degraded);
+    let b = wal
+        .append_durable(&Entry::new(EntryType::TxCommit, Some(2), b"confirmed"))
+        .unwrap();
+    assert_eq!(waiter.wait(b.end_lsn).await, Ok(Released::Confirmed));
+    standby.stop(Duration::from_secs(5)).await.unwrap();
+    shipper.stop(Duration::from_secs(5)).await;
+}
