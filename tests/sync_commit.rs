@@ -213,17 +213,53 @@ fn any_2_of_3_waits_for_a_quorum_and_degrades_only_with_a_timeout() {
         let r = commit(&dir, what, Duration::from_secs(30), &log("w"));
         assert_eq!(r.as_ref().map(|r| r.0), Some(0), "{what}: {r:?}");
     };
+    // A fourth standby without a name: named after its id, and asynchronous.
+    let mut d = standby(&sdir("d"), &addr, &[], &log("d"));
+    wait_until("four standbys connected", || {
+        status(&dir)["standbys"]
+            .as_array()
+            .is_some_and(|v| v.len() == 4 && v.iter().all(|s| s["connected"] == true))
+    });
     ok("all three");
     let st = status(&dir);
     assert_eq!(st["sync"]["policy"], "ANY 2 (a, b, c)");
     assert_eq!(st["sync"]["degraded"], false);
-    let states: Vec<&str> = st["standbys"]
+    let mut states: Vec<(String, String)> = st["standbys"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["sync_state"].as_str().unwrap())
+        .map(|s| {
+            let name = s["name"].as_str().unwrap();
+            let name = if name.starts_with("standby-") && name.len() == 16 {
+                "default"
+            } else {
+                name
+            };
+            (
+                name.to_string(),
+                s["sync_state"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(states, ["quorum"; 3]);
+    states.sort();
+    let want: Vec<(String, String)> = [
+        ("a", "quorum"),
+        ("b", "quorum"),
+        ("c", "quorum"),
+        ("default", "async"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(states, want);
+    // Each standby shows (and keeps) its name.
+    assert_eq!(status(&sdir("a"))["standby_name"], "a");
+    let d_name = status(&sdir("d"))["standby_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(d_name.starts_with("standby-"), "{d_name}");
+    d.kill();
     c.kill();
     ok("c stopped");
     b.kill();
