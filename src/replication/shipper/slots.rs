@@ -188,6 +188,9 @@ mod tests {
             running: AtomicBool::new(true),
             segments,
             durable: watch::channel(0).1,
+            tls: None,
+            token_dir: None,
+            sessions: Default::default(),
         })
     }
 
