@@ -28,6 +28,8 @@ pub enum Role {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StandbySlot {
     pub id: String,
+    /// The name it gave the primary (None in slots saved before names existed).
+    pub name: Option<String>,
     pub address: Option<String>,
     pub connected: bool,
     pub flushed_lsn: Lsn,
@@ -62,6 +64,9 @@ pub struct DirStatus {
     pub primary: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub standby_id: Option<String>,
+    /// A standby's name (given with `--name`, or made from its id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_name: Option<String>,
     /// Standbys fed from this directory.
     pub standbys: Vec<StandbySlot>,
     /// Every registered consumer (standby slots, the archiver), the checkpoint, and what holds
@@ -94,6 +99,7 @@ pub fn status(root: &Path) -> Result<DirStatus> {
                 .is_some_and(|t| now.saturating_sub(t) <= CONNECTED_WINDOW.as_micros() as i64),
             lag_seconds: lag_seconds(root, applied, flush_lsn, now),
             id: rec.id,
+            name: rec.name,
             address: rec.address,
             flushed_lsn: rec.position,
             applied_lsn: applied,
@@ -120,6 +126,11 @@ pub fn status(root: &Path) -> Result<DirStatus> {
         },
         primary: meta.as_ref().map(|m| m.primary.clone()),
         standby_id: meta.as_ref().map(|m| m.standby_id.to_string()),
+        standby_name: meta.as_ref().map(|m| {
+            m.name
+                .clone()
+                .unwrap_or_else(|| crate::replication::synchronous::default_name(&m.standby_id))
+        }),
         standbys,
         retention: crate::retention::report(&dd)?,
         damage: crate::damage::DamageRegister::new(&dd).list()?,

@@ -122,6 +122,8 @@ fn tls_replicates_identically_and_each_failed_check_is_named_on_both_sides() {
             p(&c.key),
             "--tls-server-name",
             name,
+            "--name",
+            "standby-a",
         ]
         .map(str::to_string)
         .to_vec()
@@ -206,6 +208,32 @@ fn tls_replicates_identically_and_each_failed_check_is_named_on_both_sides() {
     wait_until("the primary to log the unknown client CA", || {
         srv.log().contains("the standby's client certificate was refused: it is not signed by a CA in --tls-client-ca")
     });
+
+    // A standby may not call itself other than its certificate names it.
+    let mut other = tls(&a, NAME);
+    let n = other.len();
+    other[n - 1] = "standby-z".into();
+    let other: Vec<&str> = other.iter().map(String::as_str).collect();
+    refused(
+        &d.join("liar"),
+        &addr,
+        &other,
+        &d.join("liar.log"),
+        "calls itself \"standby-z\", but its credentials name it \"standby-a\"",
+    );
+
+    // A standby may not call itself other than its certificate names it.
+    let mut other = tls(&a, NAME);
+    let n = other.len();
+    other[n - 1] = "standby-z".into();
+    let other: Vec<&str> = other.iter().map(String::as_str).collect();
+    refused(
+        &d.join("liar"),
+        &addr,
+        &other,
+        &d.join("liar.log"),
+        "calls itself \"standby-z\", but its credentials name it \"standby-a\"",
+    );
 
     // A plain standby gets nowhere and stores nothing either.
     let mut plain = common::standby(&d.join("plain"), &addr, &[], &d.join("plain.log"));
@@ -368,13 +396,21 @@ fn revoking_one_standby_cuts_only_that_standby() {
     let mut a = common::standby(
         &sa,
         &addr,
-        &[&tls[..], &["--auth-token-file", p(&ta)]].concat(),
+        &[
+            &tls[..],
+            &["--auth-token-file", p(&ta), "--name", "standby-a"],
+        ]
+        .concat(),
         &d.join("a.log"),
     );
     let mut b = common::standby(
         &sb,
         &addr,
-        &[&tls[..], &["--auth-token-file", p(&tb)]].concat(),
+        &[
+            &tls[..],
+            &["--auth-token-file", p(&tb), "--name", "standby-b"],
+        ]
+        .concat(),
         &d.join("b.log"),
     );
     wait_caught_up(&primary, &sa);
@@ -397,7 +433,11 @@ fn revoking_one_standby_cuts_only_that_standby() {
     let mut again = common::standby(
         &sb,
         &addr,
-        &[&tls[..], &["--auth-token-file", p(&tb)]].concat(),
+        &[
+            &tls[..],
+            &["--auth-token-file", p(&tb), "--name", "standby-b"],
+        ]
+        .concat(),
         &d.join("b2.log"),
     );
     assert_eq!(again.wait_exit(), 2);

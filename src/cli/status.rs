@@ -51,6 +51,9 @@ pub fn run(a: StatusArgs) -> CmdResult {
     if let Some(id) = &s.standby_id {
         println!("standby_id: {id}");
     }
+    if let Some(n) = &s.standby_name {
+        println!("standby_name: {n}");
+    }
     if let Some(p) = &s.primary {
         println!("primary: {p}");
     }
@@ -60,7 +63,8 @@ pub fn run(a: StatusArgs) -> CmdResult {
     println!("standbys: {}", s.standbys.len());
     for sb in &s.standbys {
         println!(
-            "  {} address {} {} flushed {} applied {} lag {} bytes, {} last contact {}{}",
+            "  {} ({}) address {} {} flushed {} applied {} lag {} bytes, {} last contact {}{}",
+            sb.name.as_deref().unwrap_or("-"),
             sb.id,
             sb.address.as_deref().unwrap_or("-"),
             if sb.connected {

@@ -56,7 +56,7 @@ impl Tokens {
 }
 
 /// A directory of standby tokens: the file `DIR/NAME` holds the token of the standby named
-/// NAME (1 to 64 letters, digits, `-` and `_`), with the same rules as a shared token file
+/// NAME (1 to 63 letters, digits, `_`, `-` or `.`, starting with a letter or a digit), with the same rules as a shared token file
 /// (mode 600 or stricter, not empty). Other entries (hidden files, editors' backups, names
 /// that are not standby names) are ignored.
 #[derive(Clone, Debug)]
@@ -98,7 +98,9 @@ impl TokenDir {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
             };
-            if !crate::consumers::valid_id(&name) || entry.file_type().map_err(io)?.is_dir() {
+            if !crate::replication::synchronous::check_name(&name).is_ok()
+                || entry.file_type().map_err(io)?.is_dir()
+            {
                 continue;
             }
             match AuthToken::from_file(&entry.path()) {
@@ -113,7 +115,8 @@ impl TokenDir {
 
     /// True while the standby `name` still has its token file.
     pub fn holds(&self, name: &str) -> bool {
-        crate::consumers::valid_id(name) && Path::new(&self.path).join(name).is_file()
+        crate::replication::synchronous::check_name(name).is_ok()
+            && Path::new(&self.path).join(name).is_file()
     }
 }
 

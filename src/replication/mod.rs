@@ -21,6 +21,7 @@ pub mod messages;
 mod segments;
 pub mod shipper;
 pub mod standby;
+pub mod synchronous;
 pub mod tls;
 pub mod transport;
 

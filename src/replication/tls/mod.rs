@@ -255,7 +255,7 @@ pub fn server_name(f: &ClientTlsFiles, primary: &str) -> Result<ServerName<'stat
 
 /// A standby's name, from the certificate it presented: its subject's common name or, failing
 /// that, the first DNS name among its subject alternative names that is a valid standby name
-/// (1 to 64 letters, digits, `-` and `_`).
+/// (1 to 63 letters, digits, `_`, `-` or `.`, starting with a letter or a digit).
 pub fn peer_name(end_entity: &CertificateDer<'_>) -> Result<String, String> {
     let mut candidates = Vec::new();
     if let Ok(Some(cn)) = x509::common_name(end_entity) {
@@ -264,7 +264,10 @@ pub fn peer_name(end_entity: &CertificateDer<'_>) -> Result<String, String> {
     if let Ok(cert) = webpki::EndEntityCert::try_from(end_entity) {
         candidates.extend(cert.valid_dns_names().map(str::to_string));
     }
-    if let Some(n) = candidates.iter().find(|n| crate::consumers::valid_id(n)) {
+    if let Some(n) = candidates
+        .iter()
+        .find(|n| crate::replication::synchronous::check_name(n).is_ok())
+    {
         return Ok(n.clone());
     }
     Err(if candidates.is_empty() {
@@ -272,7 +275,7 @@ pub fn peer_name(end_entity: &CertificateDer<'_>) -> Result<String, String> {
             .into()
     } else {
         format!(
-            "the standby's certificate names {}, none of which is a valid standby name (1 to 64 letters, digits, '-' or '_')",
+            "the standby's certificate names {}, none of which is a valid standby name (1 to 63 letters, digits, '_', '-' or '.', starting with a letter or a digit)",
             candidates.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
         )
     })

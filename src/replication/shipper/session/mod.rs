@@ -78,6 +78,7 @@ pub(super) async fn connection(
             s.connected = false;
             s.clone()
         });
+        super::sync_state::refresh(&shared);
         if let Some(info) = info {
             save_slot(&shared.registry, &info).await;
         }
@@ -119,6 +120,7 @@ async fn serve_standby(
         max_frame: standby_max,
         flushed_lsn: flushed,
         applied_lsn: applied,
+        name,
         ..
     } = match tokio::time::timeout_at(deadline, admit(shared, &mut stream)).await {
         Ok(r) => r?,
@@ -131,19 +133,26 @@ async fn serve_standby(
             .await)
         }
     };
+    // The name the standby gives itself must be the one its certificate or its own token
+    // proves, when it has either.
     let by_token = token_name.is_some();
-    let name = match identity::name(cert_name, token_name) {
+    let proven = match identity::name(cert_name, token_name) {
         Ok(n) => n,
         Err(m) => return Err(refuse(&mut stream, ErrorCode::Auth, m).await),
     };
-    let (registered, mut shutdown) = shared
-        .sessions
-        .register(name.as_deref(), by_token, shutdown);
+    if let Some(p) = proven.as_ref().filter(|p| **p != name) {
+        return Err(refuse(&mut stream, ErrorCode::Auth, format!("the standby calls itself {name:?}, but its credentials name it {p:?}: start it with --name {p}")).await);
+    }
+    let by_identity = proven.is_some();
+    let (registered, mut shutdown) =
+        shared
+            .sessions
+            .register(proven.as_deref(), by_token, shutdown);
     let set = shared.segments.borrow().clone();
     handshake::welcome(&mut stream, &shared.control, set.sealed_lsn).await?;
     *id_out = Some(standby_id.clone());
-    register(shared, &standby_id, addr, flushed, applied);
-    tracing::info!(peer = %addr, standby = %standby_id, name = %name.as_deref().unwrap_or("-"), tls = stream.is_tls(), flushed = %flushed, applied = %applied, "standby identified");
+    register(shared, &standby_id, &name, addr, flushed, applied);
+    tracing::info!(peer = %addr, standby = %standby_id, name = %name, authenticated = by_identity, tls = stream.is_tls(), flushed = %flushed, applied = %applied, "standby identified");
     shared.emit(ShipperEvent::Connected {
         id: standby_id.clone(),
         address: addr,
@@ -163,6 +172,7 @@ async fn serve_standby(
     let mut conn = Conn {
         shared: shared.clone(),
         id: standby_id,
+        name: name.clone(),
         addr,
         last_save: None,
         acked_limit: flushed,
@@ -192,8 +202,7 @@ async fn serve_standby(
             &mut wr,
             ErrorCode::Auth,
             format!(
-                "standby {} was revoked: its token was removed from the primary's token directory",
-                name.as_deref().unwrap_or("-")
+                "standby {name} was revoked: its token was removed from the primary's token directory"
             ),
         )
         .await);
@@ -255,6 +264,8 @@ async fn read_standby(mut rd: ReadHalf, max: usize, timeout: Duration, tx: mpsc:
 pub(super) struct Conn {
     pub(super) shared: Arc<Shared>,
     pub(super) id: String,
+    /// The name the standby gave.
+    pub(super) name: String,
     pub(super) addr: SocketAddr,
     pub(super) last_save: Option<Instant>,
     /// The most a Status may claim as flushed: what the standby said it held, or the end of
