@@ -1198,7 +1198,7 @@ fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why() {
     let t = tempfile::tempdir().unwrap();
     let dir = primary_with(t.path(), 1);
     let offs = record_offsets(&dir.join("wal").join(seg_name(0)));
-    for (version, rec) in [(3u32, 7usize), (3, 42)] {
+    for (version, rec) in [(4u32, 7usize), (4, 42)] {
         let at = offs[rec] as usize + 30;
         let (addr, fake) = fake_primary_sending_a_damaged_segment(&dir, version, at);
         let sb = t.path().join(format!("standby-{rec}"));

@@ -123,9 +123,9 @@ impl Conn {
                     flush_lag_us: lag,
                 },
             ));
-        if changed || written_lsn > info.flushed_lsn {
-            super::sync_state::refresh(&self.shared);
-        }
+        // The written position counts too (remote_write), and so does a standby that is
+        // only heard from again.
+        super::sync_state::refresh(&self.shared);
         if changed {
             tracing::debug!(standby = %self.id, flushed = %flushed_lsn, applied = %applied_lsn, "standby acknowledged");
             self.shared.emit(ShipperEvent::Acknowledged {
