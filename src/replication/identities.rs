@@ -98,7 +98,7 @@ impl TokenDir {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
             };
-            if !crate::replication::synchronous::check_name(&name).is_ok()
+            if crate::replication::synchronous::check_name(&name).is_err()
                 || entry.file_type().map_err(io)?.is_dir()
             {
                 continue;
