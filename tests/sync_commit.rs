@@ -213,17 +213,59 @@ fn any_2_of_3_waits_for_a_quorum_and_degrades_only_with_a_timeout() {
         let r = commit(&dir, what, Duration::from_secs(30), &log("w"));
         assert_eq!(r.as_ref().map(|r| r.0), Some(0), "{what}: {r:?}");
     };
+    // A fourth standby without a name: named after its id, and asynchronous.
+    let mut d = standby(&sdir("d"), &addr, &[], &log("d"));
+    wait_until("four standbys connected", || {
+        status(&dir)["standbys"]
+            .as_array()
+            .is_some_and(|v| v.len() == 4 && v.iter().all(|s| s["connected"] == true))
+    });
     ok("all three");
+    // ANY 2 may confirm before the third standby's first acknowledgement: wait for all three.
+    wait_until("all three standbys acknowledging", || {
+        status(&dir)["standbys"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3 && a.iter().all(|s| s["sync_state"] == "quorum"))
+    });
     let st = status(&dir);
     assert_eq!(st["sync"]["policy"], "ANY 2 (a, b, c)");
     assert_eq!(st["sync"]["degraded"], false);
-    let states: Vec<&str> = st["standbys"]
+    let mut states: Vec<(String, String)> = st["standbys"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["sync_state"].as_str().unwrap())
+        .map(|s| {
+            let name = s["name"].as_str().unwrap();
+            let name = if name.starts_with("standby-") && name.len() == 16 {
+                "default"
+            } else {
+                name
+            };
+            (
+                name.to_string(),
+                s["sync_state"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(states, ["quorum"; 3]);
+    states.sort();
+    let want: Vec<(String, String)> = [
+        ("a", "quorum"),
+        ("b", "quorum"),
+        ("c", "quorum"),
+        ("default", "async"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(states, want);
+    // Each standby shows (and keeps) its name.
+    assert_eq!(status(&sdir("a"))["standby_name"], "a");
+    let d_name = status(&sdir("d"))["standby_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(d_name.starts_with("standby-"), "{d_name}");
+    d.kill();
     c.kill();
     ok("c stopped");
     b.kill();
@@ -398,4 +440,66 @@ async fn library_waiters_share_confirmations_and_remote_apply_means_applied() {
     shipper.stop(Duration::from_secs(5)).await;
     // Stopped: a wait for more ends at once.
     assert!(waiter.wait(walship::Lsn(u64::MAX)).await.is_err());
+}
+
+/// The library: without its standby a commit waits; after the timeout it is released degraded
+/// and the shipper says so with an event; the standby's return restores synchronous commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_degrades_after_the_timeout_with_an_event_and_returns() {
+    use walship::replication::synchronous::{Released, SyncConfig, SyncLevel, SyncPolicy};
+    use walship::replication::{Shipper, ShipperConfig, ShipperEvent, Standby, StandbyConfig};
+    use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
+    let t = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (t.path().join("p"), t.path().join("s"));
+    DataDir::init(&pdir, 64 * 1024).unwrap();
+    let wal = Wal::open(&pdir, WalOptions::default()).unwrap();
+    let mut cfg = ShipperConfig::new(&pdir, "127.0.0.1:0");
+    cfg.heartbeat_interval = Duration::from_millis(100);
+    cfg.flush_watch = Some(wal.flush_watch());
+    cfg.sync = Some(SyncConfig {
+        policy: SyncPolicy::parse("FIRST 1 (s)").unwrap(),
+        level: SyncLevel::RemoteFlush,
+        timeout: Some(Duration::from_millis(300)),
+    });
+    let mut shipper = Shipper::start(cfg).await.unwrap();
+    let mut events = shipper.subscribe();
+    let waiter = shipper.sync_waiter().unwrap();
+    let a = wal
+        .append_durable(&Entry::new(EntryType::TxCommit, Some(1), b"alone"))
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(waiter.wait(a.end_lsn).await, Ok(Released::Degraded));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(shipper.sync_status().unwrap().degraded);
+    let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(e, ShipperEvent::SyncDegraded { durable, .. } if durable >= a.end_lsn),
+        "{e:?}"
+    );
+    let mut scfg = StandbyConfig::new(&sdir, shipper.local_addr().to_string());
+    scfg.heartbeat_interval = Duration::from_millis(100);
+    scfg.name = Some("s".into());
+    let mut standby = Standby::start(scfg, walship::replication::CheckingApplicator::default())
+        .await
+        .unwrap();
+    let restored = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(ShipperEvent::SyncRestored { confirmed }) = events.recv().await {
+                return confirmed;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(restored >= a.end_lsn);
+    assert!(!shipper.sync_status().unwrap().degraded);
+    let b = wal
+        .append_durable(&Entry::new(EntryType::TxCommit, Some(2), b"confirmed"))
+        .unwrap();
+    assert_eq!(waiter.wait(b.end_lsn).await, Ok(Released::Confirmed));
+    standby.stop(Duration::from_secs(5)).await.unwrap();
+    shipper.stop(Duration::from_secs(5)).await;
 }
