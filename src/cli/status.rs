@@ -77,7 +77,10 @@ pub fn run(a: StatusArgs) -> CmdResult {
                 String::new()
             }
         ),
-        None => println!("synchronous: off (no `serve --sync` running)"),
+        None if s.role == walship::status::Role::Primary => {
+            println!("synchronous: off (no `serve --sync` running)")
+        }
+        None => {}
     }
     println!("standbys: {}", s.standbys.len());
     for sb in &s.standbys {
