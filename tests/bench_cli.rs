@@ -167,7 +167,7 @@ fn ship_scenario() {
             "--record-size",
             "1000",
         ],
-        3,
+        4,
     );
     assert_eq!(v[0]["scenario"], "ship_catchup");
     assert_eq!(v[1]["scenario"], "ship_latency");
@@ -175,6 +175,10 @@ fn ship_scenario() {
     assert_eq!(v[2]["scenario"], "stream_latency");
     assert!(v[2]["records"].as_u64().unwrap() > 0, "{}", v[2]);
     assert!(v[2]["p50_us"].as_f64().unwrap() > 0.0, "{}", v[2]);
+    // The same among a writer's stream of durable records.
+    assert_eq!(v[3]["scenario"], "stream_latency_loaded");
+    assert!(v[3]["records"].as_u64().unwrap() > 500, "{}", v[3]);
+    positive(&v[3], &["p50_us", "p99_us", "records_per_s"]);
     for r in &v[..2] {
         assert_eq!(r["segments"].as_u64(), Some(3), "{r}");
         assert_eq!(r["record_size"].as_u64(), Some(1000), "{r}");

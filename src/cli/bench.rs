@@ -186,6 +186,12 @@ fn print(r: &BenchResult, json: bool) -> CmdResult {
                 r.records, r.record_size, r.p50_us / 1e3, r.p99_us / 1e3, r.max_us / 1e3
             );
         }
+        "stream_latency_loaded" => {
+            println!(
+                "stream latency under load, another writer appending durable records ({:.0} records/s of {} B): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                r.records_per_s, r.record_size, r.p50_us / 1e3, r.p99_us / 1e3, r.max_us / 1e3
+            );
+        }
         "recover" => {
             println!(
                 "recover: {} records of {} B, {:.1} MB: recovery {:.1} ms; full scan {:.0} records/s, {:.2} GB/s",

@@ -144,6 +144,7 @@ async fn serve_standby(
         id: standby_id,
         addr,
         last_save: None,
+        pending_save: None,
         acked_limit: flushed,
         status_seen: false,
         unconfirmed: None,
@@ -160,6 +161,8 @@ async fn serve_standby(
         )
         .await;
     *status_seen = conn.status_seen;
+    // The last save of the slot (by the caller) comes after any save still in flight.
+    conn.saves_settled().await;
     reader.abort();
     if result.is_ok() {
         let _ = refuse(
@@ -224,7 +227,9 @@ pub(super) struct Conn {
     pub(super) shared: Arc<Shared>,
     pub(super) id: String,
     pub(super) addr: SocketAddr,
+    /// When the slot was last saved, and that save while it runs (see `slots.rs`).
     pub(super) last_save: Option<Instant>,
+    pub(super) pending_save: Option<tokio::task::JoinHandle<()>>,
     /// The most a Status may claim as flushed: what the standby said it held, or the end of
     /// the last segment shipped to it on this connection.
     pub(super) acked_limit: Lsn,
