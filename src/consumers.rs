@@ -40,6 +40,16 @@ pub struct ConsumerRecord {
     /// A standby's applied position.
     #[serde(default)]
     pub applied_lsn: Option<Lsn>,
+    /// A standby's name (absent for other consumers, and in slots saved before names existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A standby's written position (received, maybe not yet synced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_lsn: Option<Lsn>,
+    /// A standby's lag in time at its last acknowledgement, in µs: how long before it the
+    /// primary had made durable the WAL the standby had not flushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_lag_us: Option<i64>,
     /// Where it was last seen (a standby's address, an archive target).
     #[serde(default)]
     pub address: Option<String>,
@@ -220,6 +230,9 @@ mod tests {
             kind: ConsumerKind::Archiver,
             position: Lsn(4096),
             applied_lsn: None,
+            name: None,
+            written_lsn: None,
+            flush_lag_us: None,
             address: Some("/backup".into()),
             last_contact_us: None,
             lost: false,
@@ -241,6 +254,9 @@ mod tests {
             kind: ConsumerKind::Standby,
             position: Lsn(10),
             applied_lsn: None,
+            name: None,
+            written_lsn: None,
+            flush_lag_us: None,
             address: None,
             last_contact_us: None,
             lost: false,

@@ -22,6 +22,8 @@
 //! | `wal::group_commit::sync` | (order only) a group-commit leader about to sync the segment it noted |
 //! | `wal::finisher::sync` | (order only) the finisher about to make a sealed segment durable |
 //! | `wal::activate::rename` | giving a prepared file its open-segment name |
+//! | `recycle::release` | retention renaming a released segment into the pool of recycled files |
+//! | `recycle::header`, `recycle::rename` | the preparer clearing a recycled file's header, then giving it the next prepared name |
 //! | `recovery::dir_fsync` | recovery's sync of `wal/` before the writer acknowledges anything |
 //! | `standby::write` | a standby writing an incoming segment (a short write: half, then the error) |
 //! | `standby::fsync` | a standby's fsync of a complete incoming segment |

@@ -18,6 +18,7 @@ pub mod log_ends;
 pub mod lsn;
 pub mod reader;
 pub mod recovery;
+pub mod recycling;
 pub mod replication;
 pub mod retention;
 pub mod sealed_set;

@@ -14,12 +14,18 @@ use crate::{Lsn, WalReader};
 
 /// Ends of the WAL in a directory's files: (flush_lsn, sealed_lsn).
 pub fn wal_ends(dd: &DataDir, control: &ControlFile) -> Result<(Lsn, Lsn)> {
-    // The writer may seal (rename) the open segment while we look: list again then.
+    // The writer may seal the open segment while we look (cut it to its used length while we
+    // read it, then rename it): list again then.
     let mut last_err = None;
     for _ in 0..5 {
         match wal_ends_once(dd, control) {
             Ok(v) => return Ok(v),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
                 last_err = Some(source)
             }
             Err(e) => return Err(e),

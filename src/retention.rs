@@ -21,11 +21,24 @@ use crate::sealed_set::{sealed_files, SealedFile as Sealed};
 use crate::{Lsn, Wal};
 
 /// Library options for [`checkpoint`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetentionOptions {
     /// The most removable WAL (bytes of sealed segments below the checkpoint) one consumer may
     /// hold back; past it the consumer is marked lost. `None`: no cap.
     pub max_retained: Option<u64>,
+    /// How many released segment files are kept for the writer to reuse as new segments
+    /// (prepared files, see [`crate::recycling`]) instead of being removed; 0 removes every
+    /// released segment.
+    pub max_recycled: usize,
+}
+
+impl Default for RetentionOptions {
+    fn default() -> Self {
+        RetentionOptions {
+            max_retained: None,
+            max_recycled: crate::recycling::DEFAULT_MAX_RECYCLED,
+        }
+    }
 }
 
 /// The checkpoint recorded in `state/retention.json`.
@@ -39,8 +52,11 @@ struct RetentionState {
 pub struct CheckpointReport {
     /// The checkpoint in force: the highest ever declared.
     pub checkpoint_lsn: Lsn,
+    /// Released segments: removed, or kept for reuse (then also in `recycled`).
     pub removed: Vec<String>,
     pub removed_bytes: u64,
+    /// The released segments kept for reuse, under their prepared names.
+    pub recycled: Vec<String>,
     pub retained_segments: u64,
     pub retained_bytes: u64,
     /// Consumers this call marked lost.
@@ -264,6 +280,13 @@ fn checkpoint_checked(
         .min()
         .unwrap_or(Lsn(u64::MAX));
     let mut removed_any = false;
+    // Recycled files waiting for reuse: prepared files below the newest sealed segment (the
+    // writer's prepared file for its next segment is above it).
+    let newest = segs.last().map_or(0, |s| s.name.segment_no.0);
+    let mut pooled = crate::recycling::pool(dir, None)?
+        .iter()
+        .filter(|n| n.segment_no.0 < newest)
+        .count();
     for s in removable_by_checkpoint
         .iter()
         .take_while(|s| s.end <= floor)
@@ -277,10 +300,18 @@ fn checkpoint_checked(
             report.missing_from_archive = missing;
             break;
         }
-        match std::fs::remove_file(&s.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("remove {}", s.path.display()), e)),
+        if crate::recycling::release_into_pool(dir, &s.name, &mut pooled, opts.max_recycled)? {
+            report.recycled.push(
+                s.name
+                    .with_kind(crate::format::SegmentFileKind::Prepared)
+                    .to_string(),
+            );
+        } else {
+            match std::fs::remove_file(&s.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("remove {}", s.path.display()), e)),
+            }
         }
         removed_any = true;
         report.removed.push(s.name.to_string());
@@ -290,6 +321,7 @@ fn checkpoint_checked(
         fsync_dir(&dir.wal_dir())?;
         tracing::info!(
             removed = report.removed.len(),
+            recycled = report.recycled.len(),
             bytes = report.removed_bytes,
             checkpoint = %ckpt,
             "removed sealed segments below the checkpoint"

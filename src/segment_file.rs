@@ -241,7 +241,7 @@ impl PreparedSegment {
         Prefault(self.map.clone())
     }
 
-    fn mapped(path: PathBuf, file: File, size: u64) -> Result<PreparedSegment> {
+    pub(crate) fn mapped(path: PathBuf, file: File, size: u64) -> Result<PreparedSegment> {
         let map = Arc::new(map_segment(&file, &path, size)?);
         Ok(PreparedSegment { path, file, map })
     }

@@ -11,6 +11,9 @@ use crate::datadir::DataDir;
 use crate::error::Result;
 pub use crate::log_ends::{lag_seconds, wal_ends};
 use crate::replication::standby_state;
+use crate::replication::synchronous::{
+    confirmed, FollowError, StandbyRow, SyncFollower, SyncLevel, SyncPolicy, SyncState,
+};
 use crate::Lsn;
 
 /// A standby counts as connected when its slot was refreshed this recently (the shipper
@@ -28,6 +31,8 @@ pub enum Role {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StandbySlot {
     pub id: String,
+    /// The name it gave the primary (None in slots saved before names existed).
+    pub name: Option<String>,
     pub address: Option<String>,
     pub connected: bool,
     pub flushed_lsn: Lsn,
@@ -41,6 +46,33 @@ pub struct StandbySlot {
     pub last_contact: Option<String>,
     pub last_contact_us: Option<i64>,
     pub lost: bool,
+    /// Its part in synchronous commit under the published policy (`sync`, `potential`,
+    /// `quorum`, `async`), judged with `connected` as above.
+    pub sync_state: SyncState,
+    /// Received by the standby (maybe not yet synced), at its last acknowledgement.
+    pub written_lsn: Option<Lsn>,
+    /// This directory's flush_lsn minus the standby's flushed position.
+    pub flush_lag_bytes: u64,
+    /// How long before its last acknowledgement this primary had made durable what the
+    /// standby had not flushed then (0: caught up), in seconds, as the shipper measured it.
+    pub flush_lag_seconds: Option<f64>,
+}
+
+/// Synchronous commit as a running `walship serve --sync` publishes it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SyncReport {
+    /// The policy in its canonical form.
+    pub policy: String,
+    pub level: SyncLevel,
+    pub timeout_ms: Option<u64>,
+    /// Everything below is confirmed by the policy.
+    pub confirmed_lsn: Lsn,
+    /// Everything below may be acknowledged (past `confirmed_lsn` only while degraded).
+    pub released_lsn: Lsn,
+    /// Commits continue without the standbys' confirmations (after the timeout).
+    pub degraded: bool,
+    /// The serving process's pid.
+    pub pid: u32,
 }
 
 /// What `walship status` reports.
@@ -62,8 +94,13 @@ pub struct DirStatus {
     pub primary: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub standby_id: Option<String>,
+    /// A standby's name (given with `--name`, or made from its id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_name: Option<String>,
     /// Standbys fed from this directory.
     pub standbys: Vec<StandbySlot>,
+    /// Synchronous commit, while a `serve --sync` runs for this directory (None otherwise).
+    pub sync: Option<SyncReport>,
     /// Every registered consumer (standby slots, the archiver), the checkpoint, and what holds
     /// the oldest sealed segment.
     pub retention: crate::retention::RetentionReport,
@@ -94,6 +131,7 @@ pub fn status(root: &Path) -> Result<DirStatus> {
                 .is_some_and(|t| now.saturating_sub(t) <= CONNECTED_WINDOW.as_micros() as i64),
             lag_seconds: lag_seconds(root, applied, flush_lsn, now),
             id: rec.id,
+            name: rec.name,
             address: rec.address,
             flushed_lsn: rec.position,
             applied_lsn: applied,
@@ -101,7 +139,30 @@ pub fn status(root: &Path) -> Result<DirStatus> {
             last_contact: rec.last_contact_us.map(format_time),
             last_contact_us: rec.last_contact_us,
             lost: rec.lost,
+            sync_state: SyncState::Async,
+            written_lsn: rec.written_lsn,
+            flush_lag_bytes: flush_lsn.saturating_sub(rec.position),
+            flush_lag_seconds: rec.flush_lag_us.map(|us| us as f64 / 1e6),
         });
+    }
+    let sync = sync_report(&dd)?;
+    if let Some(s) = &sync {
+        if let Ok(policy) = SyncPolicy::parse(&s.policy) {
+            let rows: Vec<StandbyRow> = standbys
+                .iter()
+                .map(|sb| StandbyRow {
+                    name: sb.name.clone().unwrap_or_default(),
+                    connected: sb.connected,
+                    written_lsn: sb.written_lsn.unwrap_or(sb.flushed_lsn),
+                    flushed_lsn: sb.flushed_lsn,
+                    applied_lsn: sb.applied_lsn,
+                })
+                .collect();
+            let c = confirmed(&policy, s.level, &rows);
+            for (sb, st) in standbys.iter_mut().zip(c.states) {
+                sb.sync_state = st;
+            }
+        }
     }
     Ok(DirStatus {
         role: if meta.is_some() {
@@ -120,11 +181,41 @@ pub fn status(root: &Path) -> Result<DirStatus> {
         },
         primary: meta.as_ref().map(|m| m.primary.clone()),
         standby_id: meta.as_ref().map(|m| m.standby_id.to_string()),
+        standby_name: meta.as_ref().map(|m| {
+            m.name
+                .clone()
+                .unwrap_or_else(|| crate::replication::synchronous::default_name(&m.standby_id))
+        }),
         standbys,
+        sync,
         retention: crate::retention::report(&dd)?,
         damage: crate::damage::DamageRegister::new(&dd).list()?,
         set_aside: crate::setaside::list(&dd)?,
     })
+}
+
+/// The published synchronous policy and position, when its publisher is alive.
+fn sync_report(dd: &DataDir) -> Result<Option<SyncReport>> {
+    let f = match SyncFollower::open(dd) {
+        Ok(f) => f,
+        Err(FollowError::NotServed(_)) => return Ok(None),
+        Err(FollowError::Store(e)) => return Err(e),
+    };
+    let snap = match f.snapshot() {
+        Ok(s) => s.unwrap_or_default(),
+        Err(FollowError::NotServed(_)) => return Ok(None),
+        Err(FollowError::Store(e)) => return Err(e),
+    };
+    let p = f.policy();
+    Ok(Some(SyncReport {
+        policy: p.policy.clone(),
+        level: p.level,
+        timeout_ms: p.timeout_ms,
+        confirmed_lsn: snap.confirmed,
+        released_lsn: snap.released,
+        degraded: snap.degraded,
+        pid: p.pid,
+    }))
 }
 
 /// Formats microseconds since the epoch as RFC 3339 UTC.

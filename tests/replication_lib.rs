@@ -122,6 +122,9 @@ async fn shipper_and_standby_library_api() {
             }
             ShipperEvent::Disconnected { .. } => {}
             ShipperEvent::Damaged { entry, .. } => panic!("no damage here, yet: {entry}"),
+            ShipperEvent::SyncDegraded { .. } | ShipperEvent::SyncRestored { .. } => {
+                panic!("no synchronous policy here: {e:?}")
+            }
         }
     }
     assert_eq!(saw, (true, true, true), "connected, shipped, acknowledged");

@@ -316,6 +316,7 @@ fn handshake(
             flushed_lsn: walship::Lsn(flushed_lsn),
             applied_lsn: walship::Lsn(0),
             max_frame: 8 << 20,
+            name: "raw",
         },
     );
     let b = read_frame(&mut s).unwrap();
@@ -457,6 +458,9 @@ fn slot_saves_racing_with_a_lost_mark_never_tear_the_file_nor_clear_the_mark() {
         kind: ConsumerKind::Standby,
         position: walship::Lsn(pos),
         applied_lsn: Some(walship::Lsn(pos)),
+        name: None,
+        written_lsn: None,
+        flush_lag_us: None,
         address: Some("127.0.0.1:1".repeat(pos as usize % 50 + 1)),
         last_contact_us: Some(1),
         lost: false,
@@ -1089,8 +1093,9 @@ fn an_older_or_unknown_version_is_refused_with_a_clear_message() {
     for (version, want) in [
         (1u32, None),
         (2, None),
-        (3, Some(3u32)),
-        (4, None),
+        (3, None),
+        (4, Some(4u32)),
+        (5, None),
         (0, None),
     ] {
         let mut s = TcpStream::connect(&addr).unwrap();
@@ -1116,7 +1121,7 @@ fn an_older_or_unknown_version_is_refused_with_a_clear_message() {
             (Message::Error { code, message }, None) => {
                 assert_eq!(code, ErrorCode::Version);
                 assert!(
-                    message.contains("speaks version 3 only") && message.contains("upgrade"),
+                    message.contains("speaks version 4 only") && message.contains("upgrade"),
                     "{message}"
                 );
             }
@@ -1193,7 +1198,7 @@ fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why() {
     let t = tempfile::tempdir().unwrap();
     let dir = primary_with(t.path(), 1);
     let offs = record_offsets(&dir.join("wal").join(seg_name(0)));
-    for (version, rec) in [(3u32, 7usize), (3, 42)] {
+    for (version, rec) in [(4u32, 7usize), (4, 42)] {
         let at = offs[rec] as usize + 30;
         let (addr, fake) = fake_primary_sending_a_damaged_segment(&dir, version, at);
         let sb = t.path().join(format!("standby-{rec}"));
@@ -1300,6 +1305,7 @@ fn the_open_segment_is_sent_up_to_the_durable_position_and_claims_past_it_are_re
             flushed_lsn: walship::Lsn(flush + 64),
             applied_lsn: walship::Lsn(0),
             max_frame: 8 << 20,
+            name: "raw",
         },
     );
     match codec::decode(&read_frame(&mut s).unwrap()).unwrap() {

@@ -113,7 +113,7 @@ proptest! {
                     wal.wait_sealed_names().unwrap();
                     let before = sealed(&root);
                     let consumers_before = reg.list().unwrap();
-                    let opts = RetentionOptions { max_retained: cap.map(|c| c as u64 * SEG) };
+                    let opts = RetentionOptions { max_retained: cap.map(|c| c as u64 * SEG), ..RetentionOptions::default() };
                     let r = wal.checkpoint(Lsn(lsn), &opts).unwrap();
                     prop_assert_eq!(r.checkpoint_lsn.0, ckpt);
                     let after = sealed(&root);

@@ -25,7 +25,10 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-const NO_CAP: RetentionOptions = RetentionOptions { max_retained: None };
+const NO_CAP: RetentionOptions = RetentionOptions {
+    max_retained: None,
+    max_recycled: walship::recycling::DEFAULT_MAX_RECYCLED,
+};
 
 #[test]
 fn a_checkpoint_removes_exactly_the_segments_that_end_at_or_below_it() {
@@ -149,6 +152,7 @@ fn the_cap_marks_lost_only_a_consumer_holding_more_than_it() {
     // Exactly at the cap: kept, and it still holds everything.
     let at_cap = RetentionOptions {
         max_retained: Some(held),
+        ..NO_CAP
     };
     let r = wal.checkpoint(Lsn(ends[3]), &at_cap).unwrap();
     assert!(r.marked_lost.is_empty(), "{r:?}");
@@ -159,6 +163,7 @@ fn the_cap_marks_lost_only_a_consumer_holding_more_than_it() {
     // One byte over: marked lost, and it holds nothing from then on.
     let below = RetentionOptions {
         max_retained: Some(held - 1),
+        ..NO_CAP
     };
     let r = wal.checkpoint(Lsn(ends[3]), &below).unwrap();
     assert_eq!(r.marked_lost, strings(&["behind"]));

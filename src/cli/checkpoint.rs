@@ -13,8 +13,10 @@ use super::{parse_size, CmdResult, Failure};
 /// Remove sealed segments below the checkpoint that every consumer (archiver, standbys) is past.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "A sealed segment is removed once it ends at or below the checkpoint and \
-every registered consumer not marked lost has taken it. The newest sealed segment and the open \
+    after_help = "A sealed segment is released once it ends at or below the checkpoint and \
+every registered consumer not marked lost has taken it: up to --max-recycled released files \
+(default 4) are kept under their prepared names (.wal.prep) for the writer to reuse as new \
+segments, the others are removed. The newest sealed segment and the open \
 segment are always kept. The checkpoint is remembered in DATA_DIR/state/retention.json and never \
 moves back; without --lsn the remembered one is used. An --lsn past the end of the WAL (the end \
 of its last record on disk) is refused with exit status 2.\n\n\
@@ -34,6 +36,10 @@ pub struct CheckpointArgs {
     /// KiB/MiB/GiB).
     #[arg(long, value_parser = parse_size)]
     pub max_retained: Option<u64>,
+    /// How many released segment files to keep for the writer to reuse as new segments (their
+    /// blocks already written, so later syncs write less); the rest are removed. 0: remove all.
+    #[arg(long, value_name = "N", default_value_t = walship::recycling::DEFAULT_MAX_RECYCLED)]
+    pub max_recycled: usize,
     /// Drop this consumer first (its id as `walship status` shows it); repeatable.
     #[arg(long = "drop-consumer", value_name = "ID")]
     pub drop: Vec<String>,
@@ -66,6 +72,7 @@ pub fn run(a: CheckpointArgs) -> CmdResult {
     }
     let opts = RetentionOptions {
         max_retained: a.max_retained,
+        max_recycled: a.max_recycled,
     };
     let r = checkpoint(&dir, a.lsn.unwrap_or(Lsn(0)), &opts)?;
     if a.json {
@@ -80,10 +87,11 @@ pub fn run(a: CheckpointArgs) -> CmdResult {
             println!("LOST: consumer {id} held more than the cap and no longer holds WAL");
         }
         println!(
-            "checkpoint {}: removed {} segments ({} bytes); {} sealed segments ({} bytes) kept, held by {}",
+            "checkpoint {}: removed {} segments ({} bytes, {} of them kept for reuse); {} sealed segments ({} bytes) kept, held by {}",
             r.checkpoint_lsn,
             r.removed.len(),
             r.removed_bytes,
+            r.recycled.len(),
             r.retained_segments,
             r.retained_bytes,
             if r.held_by.is_empty() {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use walship::replication::synchronous::{SyncConfig, SyncLevel, SyncPolicy};
 use walship::replication::{AuthToken, ReplError, Shipper, ShipperConfig};
 
 use super::{parse_size, CmdResult, Failure};
@@ -31,8 +32,26 @@ pub struct ServeArgs {
     /// (100ms to 60m).
     #[arg(long, default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub handshake_timeout: Duration,
+    /// Synchronous commit: which standbys (by `standby --name`) must confirm each commit:
+    /// 'FIRST n (a, b, c)' (the first n connected, in this order), 'ANY n (a, b, c)' (any n),
+    /// '*' for any name. Published in DATA_DIR/state/ for `write --wait-sync`.
+    #[arg(long, value_parser = parse_policy)]
+    pub sync: Option<SyncPolicy>,
+    /// How far the standbys must have taken a commit: remote_write (received), remote_flush
+    /// (durable on the standby) or remote_apply (applied).
+    #[arg(long, default_value = "remote_flush", requires = "sync", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<SyncLevel>()))]
+    pub sync_level: SyncLevel,
+    /// Without confirmations for this long, continue without the standbys (degraded, logged as
+    /// an error, shown by `status`) until they catch up (10ms to 60m). Without it commits wait
+    /// for ever.
+    #[arg(long, requires = "sync", value_parser = duration_between(Duration::from_millis(10), Duration::from_secs(3600)))]
+    pub sync_timeout: Option<Duration>,
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+fn parse_policy(s: &str) -> Result<SyncPolicy, String> {
+    SyncPolicy::parse(s).map_err(|e| e.to_string())
 }
 
 /// Options shared by `serve` and `standby`.
@@ -157,6 +176,11 @@ pub fn run(a: ServeArgs) -> CmdResult {
     config.max_frame = a.net.max_frame_size as usize;
     config.heartbeat_interval = a.net.heartbeat_interval;
     config.peer_timeout = a.net.peer_timeout;
+    config.sync = a.sync.map(|policy| SyncConfig {
+        policy,
+        level: a.sync_level,
+        timeout: a.sync_timeout,
+    });
     super::runtime()?.block_on(async move {
         let mut shipper = Shipper::start(config).await?;
         {

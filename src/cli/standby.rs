@@ -26,8 +26,17 @@ pub struct StandbyArgs {
     /// Longest wait between reconnection attempts (100ms to 60m).
     #[arg(long, default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub max_backoff: Duration,
+    /// The name the primary's synchronous policy (`serve --sync`) knows this standby by: 1 to
+    /// 63 letters, digits, '_', '-' or '.'. Kept in state/standby.json; without it, the kept
+    /// name, or `standby-` and the first 8 hex digits of its id.
+    #[arg(long, value_parser = parse_name)]
+    pub name: Option<String>,
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    walship::replication::synchronous::check_name(s).map(|()| s.to_string())
 }
 
 pub fn run(a: StandbyArgs) -> CmdResult {
@@ -38,6 +47,7 @@ pub fn run(a: StandbyArgs) -> CmdResult {
     config.heartbeat_interval = a.net.heartbeat_interval;
     config.peer_timeout = a.net.peer_timeout;
     config.backoff_max = a.max_backoff;
+    config.name = a.name;
     config.backoff_initial = config.backoff_initial.min(a.max_backoff);
     runtime()?.block_on(async move {
         let mut standby = Standby::start(config, CheckingApplicator::default()).await?;

@@ -51,16 +51,39 @@ pub fn run(a: StatusArgs) -> CmdResult {
     if let Some(id) = &s.standby_id {
         println!("standby_id: {id}");
     }
+    if let Some(n) = &s.standby_name {
+        println!("standby_name: {n}");
+    }
     if let Some(p) = &s.primary {
         println!("primary: {p}");
     }
     if let Some(a) = s.applied_lsn {
         println!("applied_lsn: {}", a);
     }
+    match &s.sync {
+        Some(y) => println!(
+            "synchronous: {} {} (timeout {}), confirmed {}{}",
+            y.policy,
+            y.level,
+            y.timeout_ms
+                .map_or("none: commits wait".to_string(), |t| format!("{t} ms")),
+            y.confirmed_lsn,
+            if y.degraded {
+                format!(
+                    ", DEGRADED: commits continue without the standbys (released up to {})",
+                    y.released_lsn
+                )
+            } else {
+                String::new()
+            }
+        ),
+        None => println!("synchronous: off (no `serve --sync` running)"),
+    }
     println!("standbys: {}", s.standbys.len());
     for sb in &s.standbys {
         println!(
-            "  {} address {} {} flushed {} applied {} lag {} bytes, {} last contact {}{}",
+            "  {} ({}) address {} {} {} written {} flushed {} applied {}; behind by {} bytes, {} flushed; {} bytes, {} applied; last contact {}{}",
+            sb.name.as_deref().unwrap_or("-"),
             sb.id,
             sb.address.as_deref().unwrap_or("-"),
             if sb.connected {
@@ -68,11 +91,17 @@ pub fn run(a: StatusArgs) -> CmdResult {
             } else {
                 "disconnected"
             },
+            sb.sync_state.as_str(),
+            sb.written_lsn
+                .map_or("-".to_string(), |l| l.to_string()),
             sb.flushed_lsn,
             sb.applied_lsn,
+            sb.flush_lag_bytes,
+            sb.flush_lag_seconds
+                .map_or("unknown s".to_string(), |x| format!("{x:.3} s")),
             sb.lag_bytes,
             sb.lag_seconds
-                .map_or("unknown seconds".to_string(), |x| format!("{x:.3} s")),
+                .map_or("unknown s".to_string(), |x| format!("{x:.3} s")),
             sb.last_contact.as_deref().unwrap_or("never"),
             if sb.lost { " (lost)" } else { "" }
         );

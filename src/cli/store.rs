@@ -4,6 +4,7 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 
 use clap::Args;
+use walship::replication::synchronous::{FollowError, Released, SyncFollower};
 use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
 
 use super::{parse_size, CmdResult, Failure};
@@ -53,6 +54,11 @@ pub struct WriteArgs {
     /// Print a record's LSN only once it is durable. Lines read together share one sync.
     #[arg(long)]
     pub durable: bool,
+    /// With --durable: print a record's LSN only once the synchronous policy that a running
+    /// `walship serve --sync` publishes has confirmed it too. Without such a serve running
+    /// (or once it ends) it says so and exits with status 2.
+    #[arg(long, requires = "durable")]
+    pub wait_sync: bool,
 }
 
 /// Lines per batch at most: bounds memory and keeps acknowledgements flowing on a fast stdin.
@@ -109,6 +115,12 @@ fn read_line_bounded(
 
 pub fn write(a: WriteArgs) -> CmdResult {
     let wal = Wal::open(&a.data_dir, WalOptions::default())?;
+    let follower = if a.wait_sync {
+        let dd = DataDir::new(&a.data_dir);
+        Some(SyncFollower::open(&dd).map_err(sync_failure)?)
+    } else {
+        None
+    };
     let max = wal.max_payload();
     let stdin = std::io::stdin();
     let mut input = std::io::BufReader::with_capacity(1 << 20, stdin.lock());
@@ -151,6 +163,11 @@ pub fn write(a: WriteArgs) -> CmdResult {
         if a.durable {
             if let Some(last) = appended.last() {
                 wal.wait_durable(last.end_lsn)?;
+                if let Some(f) = &follower {
+                    if f.wait_blocking(last.end_lsn).map_err(sync_failure)? == Released::Degraded {
+                        tracing::warn!(lsn = %last.end_lsn, "acknowledged while the primary runs degraded: durable here only, not confirmed by the standbys");
+                    }
+                }
             }
         }
         for p in &appended {
@@ -174,6 +191,15 @@ pub fn write(a: WriteArgs) -> CmdResult {
         )));
     }
     Ok(())
+}
+
+/// A wait for synchronous confirmation that cannot go on: exit status 2. The records are
+/// durable locally; what was printed before was confirmed.
+fn sync_failure(e: FollowError) -> Failure {
+    match e {
+        FollowError::NotServed(m) => Failure::Error(format!("--wait-sync: {m}")),
+        FollowError::Store(e) => Failure::from(e),
+    }
 }
 
 /// Seal the open segment now (like PostgreSQL's pg_switch_wal).

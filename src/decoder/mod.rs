@@ -9,7 +9,8 @@
 //! bad record, exactly as without the shortcut.
 //!
 //! Here: scanning a segment in order; `open_tail.rs`: judging the bytes past an open
-//! segment's last valid record (clean, torn, or damage before a later durable record).
+//! segment's last valid record (clean, torn, stale, or damage before a later durable record);
+//! `stale.rs`: the records a recycled file still holds from its earlier use.
 
 use crate::format::record::{
     decode_at, decode_at_unhashed, encoded_len, Decoded, RecordError, RecordRef, SEAL_LEN,
@@ -18,10 +19,12 @@ use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SealInfo, SegmentHeader, ALIGN};
 
 mod open_tail;
+mod stale;
 
 pub use open_tail::{
     check_version, is_zero_from, judge_open_tail, later_records, LaterRecord, OpenTail,
 };
+pub use stale::{stale_tail, StaleTail};
 
 /// Why a scan stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]

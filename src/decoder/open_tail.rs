@@ -1,6 +1,7 @@
 //! The bytes past an open segment's last valid record: the valid records lying there, and
 //! whether they are the torn remains of a crash or damage in the middle of the log. Pure.
 
+use super::stale::{stale_tail, StaleTail};
 use super::*;
 
 /// A valid record (or seal marker) found past the end of an open segment's log.
@@ -79,6 +80,10 @@ pub enum OpenTail {
         last_nonzero: usize,
         later_records: u64,
     },
+    /// Only the records of an earlier use of a recycled file follow (see `stale.rs`), with
+    /// nothing of this segment among them: no record of it lies past the end, and no record of
+    /// it was begun at the end. The log ends cleanly; the bytes need no repair.
+    Stale(StaleTail),
     /// A valid record follows, appended when the log was already durable past the end: the
     /// invalid bytes had been synced, so they are damage in the middle of the log. In a
     /// version 1 segment any valid record that follows counts (nothing tells more).
@@ -101,6 +106,13 @@ pub fn judge_open_tail(buf: &[u8], header: &SegmentHeader, end: usize) -> OpenTa
             return OpenTail::Damage(later);
         }
         count += 1;
+    }
+    let begun_here = buf.len() >= end + 16
+        && crate::format::get_u64(buf, end + 8) == (header.start_lsn() + end as u64).0;
+    if count == 0 && !begun_here {
+        if let Some(stale) = stale_tail(buf, header.segment_size, header.start_lsn(), end) {
+            return OpenTail::Stale(stale);
+        }
     }
     OpenTail::Torn {
         last_nonzero,

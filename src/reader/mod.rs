@@ -196,7 +196,8 @@ impl WalReader {
                     &format!("{e}, yet {later}: damage in the middle of the log"),
                 ))
             }
-            OpenTail::Clean => LogEnd::Clean,
+            // The records of a recycled file's earlier use: the log ends here.
+            OpenTail::Clean | OpenTail::Stale(_) => LogEnd::Clean,
             OpenTail::Torn { .. } => LogEnd::TornTail {
                 segment: cur.name,
                 offset: cur.off as u64,

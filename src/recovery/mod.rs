@@ -20,6 +20,7 @@ use crate::segment_check::{check_identity, check_sealed, corrupt, SealedSegment}
 use crate::Lsn;
 
 mod apply;
+mod recycled;
 
 use apply::{apply, Action};
 
@@ -152,30 +153,6 @@ fn plan(
         rec.next_segment_no = last.name.segment_no.next().0;
         rec.prev_checksum = Some(last.seal.segment_checksum);
     }
-    // A prepared file holds no acknowledged record: the writer makes a segment's new name
-    // durable before it counts anything in it durable, and recovery syncs the directory before
-    // the writer starts. It may still hold unacknowledged ones (activated just before a crash,
-    // its new name lost); never reuse such a file, and keep its bytes aside rather than trust
-    // that reasoning with data.
-    for name in prepared {
-        let path = dir.segment_path(&name);
-        let buf = crate::reader::read_segment(&path)?;
-        if is_zero_from(&buf, 0) {
-            actions.push(Action::Remove { path });
-        } else {
-            let start = name.segment_no.start_lsn_saturating(control.segment_size);
-            refuse_in_strict(
-                mode,
-                &path,
-                start,
-                "a prepared segment holds data (a segment activated just before a crash)",
-            )?;
-            actions.push(Action::MoveAside {
-                path,
-                why: "a prepared segment holds data (a segment activated just before a crash whose new name never became durable)".into(),
-            });
-        }
-    }
     // The writer seals a segment in the background while it writes the next one, and counts
     // no record of the next one durable before the sealed one's marker is. An older open segment
     // that ends with its seal marker is finished; one that does not holds the end of the log.
@@ -185,6 +162,48 @@ fn plan(
             break;
         }
     }
+    // A prepared file holds no acknowledged record: the writer makes a segment's new name
+    // durable before it counts anything in it durable, and recovery syncs the directory before
+    // the writer starts. It may still hold unacknowledged ones (activated just before a crash,
+    // its new name lost); never reuse such a file, and keep its bytes aside rather than trust
+    // that reasoning with data. A recycled file holds only the records of its earlier use,
+    // below the segment the log writes next: it is kept for reuse. Decided after the open
+    // segments, which say which segment that is.
+    // Their changes come first, as each name they free may be the one a restart takes.
+    let mut prep_actions = Vec::new();
+    for name in prepared {
+        let path = dir.segment_path(&name);
+        let buf = crate::reader::read_segment(&path)?;
+        if is_zero_from(&buf, 0) {
+            prep_actions.push(Action::Remove { path });
+        } else if let Some(stale) =
+            recycled::recycled_prep(&buf, control, &name, rec.next_segment_no)
+        {
+            // A recycled file, kept for reuse: ready for the next segment when it is named for
+            // it and its header is cleared, otherwise waiting in the pool.
+            let ready = name.segment_no.0 == rec.next_segment_no
+                && buf.len() as u64 == control.segment_size
+                && is_zero_from(&buf[..SEGMENT_HEADER_LEN], 0);
+            if ready && rec.prepared.is_none() {
+                rec.prepared = Some(path);
+            }
+            tracing::debug!(file = %name, %stale, "a recycled file, kept for reuse");
+        } else {
+            let start = name.segment_no.start_lsn_saturating(control.segment_size);
+            refuse_in_strict(
+                mode,
+                &path,
+                start,
+                "a prepared segment holds data (a segment activated just before a crash)",
+            )?;
+            prep_actions.push(Action::MoveAside {
+                path,
+                why: "a prepared segment holds data (a segment activated just before a crash whose new name never became durable)".into(),
+            });
+        }
+    }
+    prep_actions.append(&mut actions);
+    let actions = prep_actions;
     Ok((rec, actions))
 }
 
@@ -276,7 +295,12 @@ fn plan_open(
             path: path.clone(),
             len,
             sealed: dir.segment_path(&name.with_kind(SegmentFileKind::Sealed)),
-            keep_copy: trailing > 0 && !is_zero_from(&buf, len),
+            // Zeros, or the old records of a recycled file, need no copy.
+            keep_copy: trailing > 0
+                && !matches!(
+                    judge_open_tail(&buf, &header, len),
+                    OpenTail::Clean | OpenTail::Stale(_)
+                ),
         });
         rec.repairs
             .push(format!("{name}: finished an interrupted seal"));
@@ -394,8 +418,10 @@ fn plan_headerless(
     }
     plan_newer(dir, control, mode, &name, 0, start, newer, actions)?;
     let empty = is_zero_from(buf, 0);
+    // A recycled file activated before its first sync: only its earlier use's records.
+    let stale_only = !empty && recycled::holds_only_stale(buf, &assumed);
     rec.next_segment_no = name.segment_no.0;
-    if empty && buf.len() as u64 == control.segment_size {
+    if (empty || stale_only) && buf.len() as u64 == control.segment_size {
         let prepared = dir.segment_path(&name.with_kind(SegmentFileKind::Prepared));
         actions.push(Action::Restart {
             path,
@@ -403,7 +429,8 @@ fn plan_headerless(
         });
         rec.prepared = Some(prepared);
         rec.repairs.push(format!(
-            "{name}: empty open segment (header never written) restarted"
+            "{name}: {} open segment (header never written) restarted",
+            if empty { "empty" } else { "recycled" }
         ));
     } else if empty {
         actions.push(Action::Remove { path });
@@ -464,6 +491,11 @@ fn plan_newer(
             .ok()
             .filter(|h| h.segment_no == n.segment_no.0 && h.segment_size == control.segment_size)
             .unwrap_or_else(|| assumed_header(control, n));
+        if recycled::holds_only_stale(&buf, &header) {
+            // A recycled file with no record of its own: nothing of it was ever part of the log.
+            actions.push(Action::Remove { path: p });
+            continue;
+        }
         if let Some(later) =
             later_records(&buf, &header, SEGMENT_HEADER_LEN).find(|r| r.durable_offset > 0)
         {

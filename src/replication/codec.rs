@@ -63,9 +63,49 @@ mod tests {
         });
         let mut want = vec![0, 0, 0, 0];
         want.extend_from_slice(b"WALSHIPR");
-        want.extend_from_slice(&[3, 0, 0, 0]);
+        want.extend_from_slice(&[4, 0, 0, 0]);
         want.extend_from_slice(&[7; 32]);
         assert_eq!(hello, want);
+
+        // Version 4: Identify ends with the standby's name (docs/PROTOCOL.md).
+        let id = enc(&Message::Identify {
+            standby_id: [0x11; 16],
+            system_id: None,
+            timeline: 0,
+            segment_size: 0,
+            next_segment: None,
+            prev_checksum: None,
+            flushed_lsn: crate::Lsn(0x40),
+            applied_lsn: crate::Lsn(0),
+            max_frame: 0x0080_0000,
+            name: "s1",
+        });
+        let want: Vec<u8> = [
+            &[4, 0, 0, 0][..],
+            &[0x11; 16],
+            &[0],
+            &[0, 0, 0, 0],
+            &[0; 8],
+            &[0],
+            &[0],
+            &[0x40, 0, 0, 0, 0, 0, 0, 0],
+            &[0; 8],
+            &[0, 0, 0x80, 0],
+            &[2, 0, 0, 0, 0, 0, 0, 0],
+            b"s1",
+        ]
+        .concat();
+        assert_eq!(id, want);
+        assert_eq!(id.len(), 65);
+        assert_eq!(
+            std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/fixtures/protocol/v4/identify.bin"
+            ))
+            .unwrap(),
+            id,
+            "fixtures/protocol/v4/identify.bin"
+        );
 
         let data = enc(&Message::SegmentData {
             segment_no: 2,
@@ -225,8 +265,9 @@ mod tests {
                     flushed_lsn: crate::Lsn(0),
                     applied_lsn: crate::Lsn(0),
                     max_frame: 0,
+                    name: "s1",
                 }),
-                83,
+                83 + 8 + 2,
             ),
         ];
         for (bytes, want) in sizes {
@@ -261,6 +302,7 @@ mod tests {
                 flushed_lsn: crate::Lsn(100),
                 applied_lsn: crate::Lsn(90),
                 max_frame: 1 << 23,
+                name: "db-2",
             },
             Message::Welcome {
                 system_id: [4; 16],

@@ -1,6 +1,7 @@
-//! The replication messages, protocol version 3: version 2 (sealed segments, `SegmentRejected`)
+//! The replication messages, protocol version 4: version 2 (sealed segments, `SegmentRejected`)
 //! with the open segment streamed as it becomes durable (`OpenData`, `SegmentResume`) and a
-//! `Status` that reports the written position too. docs/PROTOCOL.md gives their bytes; the
+//! `Status` that reports the written position too (version 3), and a standby that names itself
+//! in `Identify` (version 4, for synchronous commit). docs/PROTOCOL.md gives their bytes; the
 //! variant order and field order here ARE the wire format, so never reorder them.
 //!
 //! Messages borrow their variable-length parts (segment bytes, error text) from the frame they
@@ -12,10 +13,11 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every standby's Hello: refuses a peer that does not speak walship.
 pub const MAGIC: [u8; 8] = *b"WALSHIPR";
 /// The newest protocol version this code speaks; it sends it in `Hello` and `Challenge`.
-pub const PROTOCOL_VERSION: u32 = 3;
-/// The oldest protocol version this code still speaks. Version 3 changed `Status` and
-/// `Identify`'s meaning, so an older peer is refused with `Error Version`.
-pub const MIN_PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
+/// The oldest protocol version this code still speaks. Version 4 added the standby's name to
+/// `Identify` (version 3 changed `Status` and `Identify`'s meaning), so an older peer is
+/// refused with `Error Version`.
+pub const MIN_PROTOCOL_VERSION: u32 = 4;
 /// The first version with `SegmentRejected`.
 pub const SEGMENT_REJECTED_VERSION: u32 = 2;
 
@@ -110,6 +112,9 @@ pub enum Message<'a> {
         applied_lsn: Lsn,
         /// The largest frame the standby accepts.
         max_frame: u32,
+        /// Version 4 on: the standby's name, which a synchronous-commit policy names it by
+        /// (checked by the primary: 1 to 63 letters, digits, '_', '-' or '.').
+        name: &'a str,
     },
     /// P→S: accepted; the primary's identity. Segments follow.
     Welcome {

@@ -17,6 +17,7 @@ pub mod messages;
 mod segments;
 pub mod shipper;
 pub mod standby;
+pub mod synchronous;
 
 use std::time::Duration;
 

@@ -483,6 +483,9 @@ pub fn verify_segments(
                             at,
                             if later_records > 0 { format!(" ({later_records} valid records after it were never durable: a write persisted out of order)") } else { String::new() }
                         )),
+                        OpenTail::Stale(stale) => report.notes.push(format!(
+                            "{name}: the log ends at offset {off} (LSN {at}); {stale}: not damage"
+                        )),
                         OpenTail::Clean => {}
                     }
                     if followed {

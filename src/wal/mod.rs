@@ -94,6 +94,8 @@ pub struct WalStats {
     pub records_appended: u64,
     /// Segments whose seal marker is durable (their sealed name may follow a moment later).
     pub segments_sealed: u64,
+    /// Segment files prepared by reusing a recycled file rather than creating one.
+    pub segments_recycled: u64,
 }
 
 /// What the writer's threads share.
@@ -117,6 +119,8 @@ struct Inner {
     syncs: AtomicU64,
     appended: AtomicU64,
     seals: AtomicU64,
+    /// Prepared files that were recycled ones (`pipeline.rs`).
+    recycled: AtomicU64,
     /// The seal finisher's queue and progress (`finisher.rs`).
     finisher: Finisher,
     /// The next segment's file, prepared ahead (`pipeline.rs`).
@@ -207,6 +211,7 @@ impl Wal {
             syncs: self.inner.syncs.load(Ordering::Relaxed),
             records_appended: self.inner.appended.load(Ordering::Relaxed),
             segments_sealed: self.inner.seals.load(Ordering::Relaxed),
+            segments_recycled: self.inner.recycled.load(Ordering::Relaxed),
         }
     }
 
@@ -367,6 +372,7 @@ impl Inner {
             syncs: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             seals: AtomicU64::new(0),
+            recycled: AtomicU64::new(0),
             finisher: Finisher::default(),
             published: FlushPublisher::open(&dir, rec.end_lsn.0),
             pipeline,

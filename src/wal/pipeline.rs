@@ -130,13 +130,26 @@ fn preparer(inner: Arc<Inner>, rx: mpsc::Receiver<PrepareMsg>) {
 }
 
 impl Inner {
-    /// Creates and maps the file for segment `no` under its prepared name.
+    /// Readies the file for segment `no` under its prepared name and maps it: a recycled file
+    /// from the pool when there is one (the one already named for `no` first, else the lowest
+    /// numbered), a new file otherwise.
     fn prepare(&self, no: u64) -> Result<PreparedSegment> {
-        PreparedSegment::create(
-            self.prepared_path(no),
-            self.control.segment_size,
-            self.options.segment_fill,
-        )
+        let to = self.prepared_path(no);
+        let size = self.control.segment_size;
+        let pool = crate::recycling::pool(&self.dir, None)?;
+        if let Some(n) = pool.iter().find(|n| n.segment_no.0 == no).or(pool.first()) {
+            let from = self.dir.segment_path(n);
+            match crate::recycling::reuse(&from, to.clone(), size) {
+                Ok(p) => {
+                    self.recycled.fetch_add(1, Ordering::Relaxed);
+                    return Ok(p);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %from.display(), error = %e, "reusing a recycled segment file failed; creating a new one")
+                }
+            }
+        }
+        PreparedSegment::create(to, size, self.options.segment_fill)
     }
 
     fn prepared_path(&self, no: u64) -> PathBuf {

@@ -35,6 +35,8 @@ pub(crate) struct Identified {
     pub max_frame: usize,
     pub flushed_lsn: Lsn,
     pub applied_lsn: Lsn,
+    /// The standby's name (checked).
+    pub name: String,
 }
 
 /// What the primary refuses a message from the standby with when it is not the one expected.
@@ -87,7 +89,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     "upgrade the primary"
                 };
-                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks version {PROTOCOL_VERSION} only (the open segment is streamed since version 3): {upgrade}")).await);
+                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks version {PROTOCOL_VERSION} only (standbys name themselves since version 4): {upgrade}")).await);
             }
             (nonce, protocol_version)
         }
@@ -144,7 +146,16 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             flushed_lsn,
             applied_lsn,
             max_frame,
+            name,
         }) => {
+            if let Err(e) = crate::replication::synchronous::check_name(name) {
+                return Err(refuse(
+                    stream,
+                    ErrorCode::Protocol,
+                    format!("invalid standby name: {e}"),
+                )
+                .await);
+            }
             let c = control;
             if let Some(sys) = system_id {
                 let sys = Uuid::from_bytes(sys);
@@ -171,6 +182,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 max_frame: max_frame as usize,
                 flushed_lsn,
                 applied_lsn,
+                name: name.to_string(),
             }
         }
         Ok(other) => {
@@ -214,7 +226,7 @@ pub(crate) async fn welcome<S: AsyncWrite + Unpin>(
 }
 
 /// What a standby tells the primary about itself in Identify.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Introduction {
     pub standby_id: Uuid,
     /// The identity of what it holds; None for a directory that does not exist yet.
@@ -224,10 +236,12 @@ pub(crate) struct Introduction {
     pub flushed_lsn: Lsn,
     pub applied_lsn: Lsn,
     pub max_frame: usize,
+    /// The standby's name.
+    pub name: String,
 }
 
 /// What the primary said in a handshake that succeeded, with what the standby told it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Welcomed {
     /// The protocol version the connection goes on in.
     pub version: u32,
@@ -290,7 +304,7 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     "upgrade the standby"
                 };
-                return Err(refuse(stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby version {PROTOCOL_VERSION} only (the open segment is streamed since version 3): {upgrade}")).await);
+                return Err(refuse(stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby version {PROTOCOL_VERSION} only (standbys name themselves since version 4): {upgrade}")).await);
             }
             (nonce, auth_required, protocol_version)
         }
@@ -336,6 +350,7 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             flushed_lsn: intro.flushed_lsn,
             applied_lsn: intro.applied_lsn,
             max_frame: intro.max_frame as u32,
+            name: &intro.name,
         },
     )
     .await?;

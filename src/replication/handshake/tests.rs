@@ -36,6 +36,7 @@ fn intro(control: Option<ControlFile>) -> Introduction {
         flushed_lsn: Lsn(3 << 20),
         applied_lsn: Lsn(2 << 20),
         max_frame: 1 << 20,
+        name: "s1".into(),
     }
 }
 
@@ -97,6 +98,7 @@ fn a_good_handshake_with_a_token_tells_each_side_what_the_other_said() {
             max_frame: 1 << 20,
             flushed_lsn: Lsn(3 << 20),
             applied_lsn: Lsn(2 << 20),
+            name: "s1".into(),
         }
     );
     let s = s.unwrap();
@@ -106,6 +108,30 @@ fn a_good_handshake_with_a_token_tells_each_side_what_the_other_said() {
         (s.system_id, s.timeline, s.segment_size, s.sealed_lsn),
         (Uuid::from_u128(1), 1, 1 << 20, crate::Lsn(9 << 20))
     );
+}
+
+#[test]
+fn a_standby_with_an_invalid_name_is_refused_with_the_reason() {
+    let mut bad = intro(Some(control(1)));
+    bad.name = "two words".into();
+    let (p, s) = both(None, None, control(1), bad);
+    match p {
+        Err(ReplError::Refused { code, message }) => {
+            assert_eq!(code, ErrorCode::Protocol);
+            assert!(
+                message.contains("invalid standby name") && message.contains("at byte 3"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match s {
+        Err(ReplError::PeerRefused { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::Protocol);
+            assert!(message.contains("invalid standby name"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -244,7 +270,7 @@ fn a_standby_refuses_a_primary_of_another_version() {
     });
 }
 
-/// A standby of an older version (2, without streaming) is refused with a clear message.
+/// A standby of an older version (3, without names) is refused with a clear message.
 #[test]
 fn an_older_standby_is_refused_with_a_clear_message() {
     rt().block_on(async {
@@ -258,7 +284,7 @@ fn an_older_standby_is_refused_with_a_clear_message() {
         let r = accept(&mut p, None, &control(1), T).await;
         let m = refused_with(&r, ErrorCode::Version);
         assert!(
-            m.contains("protocol version 2 is not supported") && m.contains("upgrade the standby"),
+            m.contains("protocol version 3 is not supported") && m.contains("upgrade the standby"),
             "{m}"
         );
         let body = read_frame(&mut s, HANDSHAKE_MAX_FRAME).await.unwrap();

@@ -37,10 +37,14 @@ mod admission;
 mod durable;
 mod session;
 mod slots;
+mod sync_state;
 mod watcher;
 
+use super::synchronous::lag::LagRing;
+use super::synchronous::{Released, SyncConfig, SyncLevel, SyncState, SyncWaiter, WaitError};
 use crate::Lsn;
 use accept::accept_loop;
+use sync_state::SyncRep;
 use watcher::watch_segments;
 
 /// Default bound on the connections a shipper serves at once.
@@ -70,6 +74,11 @@ pub struct ShipperConfig {
     /// The writer's durable position, for a shipper in the writer's process
     /// ([`crate::Wal::flush_watch`]); None: read from `state/flush_position`.
     pub flush_watch: Option<watch::Receiver<u64>>,
+    /// Synchronous commit: the policy, its level and timeout. The shipper then computes the
+    /// confirmed position at every acknowledgement, serves it to [`Shipper::sync_waiter`] and
+    /// publishes it in `state/` for writers in other processes (only one shipper per data
+    /// directory may run with a policy). None: every standby is asynchronous.
+    pub sync: Option<SyncConfig>,
 }
 
 impl ShipperConfig {
@@ -87,6 +96,7 @@ impl ShipperConfig {
             handshake_timeout: super::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             flush_watch: None,
+            sync: None,
         }
     }
 }
@@ -95,6 +105,8 @@ impl ShipperConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StandbyInfo {
     pub id: String,
+    /// The name it gave (the synchronous-commit policy names standbys by it).
+    pub name: String,
     pub address: String,
     pub connected: bool,
     /// Received by the standby (handed to its OS, not yet synced).
@@ -106,6 +118,25 @@ pub struct StandbyInfo {
     /// Segment bytes sent to it since the shipper started.
     pub sent_bytes: u64,
     pub last_contact_us: i64,
+    /// Its part in synchronous commit (`async` when no policy runs).
+    pub sync_state: SyncState,
+    /// How long ago (µs) this primary made durable the WAL the standby had not flushed at its
+    /// last acknowledgement (0: caught up); None before the first sample.
+    pub flush_lag_us: Option<i64>,
+}
+
+/// Synchronous commit as the running shipper sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyncStatus {
+    /// The policy in its canonical form.
+    pub policy: String,
+    pub level: SyncLevel,
+    /// Everything below is confirmed by the policy.
+    pub confirmed_lsn: Lsn,
+    /// Everything below may be acknowledged (past `confirmed_lsn` only while degraded).
+    pub released_lsn: Lsn,
+    /// Commits continue without the standbys' confirmations (after the timeout).
+    pub degraded: bool,
 }
 
 /// What a subscriber hears about.
@@ -138,6 +169,16 @@ pub enum ShipperEvent {
         id: Option<String>,
         entry: Box<DamageEntry>,
     },
+    /// Synchronous commit: no confirmation for the timeout; commits continue on local
+    /// durability alone (WAL past `confirmed` may be lost with this primary).
+    SyncDegraded {
+        confirmed: Lsn,
+        durable: Lsn,
+    },
+    /// Synchronous commit: the standbys caught up; commits wait for them again.
+    SyncRestored {
+        confirmed: Lsn,
+    },
 }
 
 struct Shared {
@@ -152,6 +193,10 @@ struct Shared {
     segments: watch::Receiver<Arc<SealedSet>>,
     /// The writer's durable position: the open segment is streamed up to it, never past.
     durable: watch::Receiver<u64>,
+    /// Synchronous commit, when a policy runs.
+    sync: Option<SyncRep>,
+    /// (durable position, time) samples: lag in time.
+    lag: Mutex<LagRing>,
 }
 
 impl Shared {
@@ -235,6 +280,19 @@ impl Shipper {
                 (Some(tx), rx)
             }
         };
+        let sync = match config.sync.clone() {
+            Some(sc) => {
+                let dd2 = dd.clone();
+                let rep = tokio::task::spawn_blocking(move || SyncRep::start(&dd2, sc))
+                    .await
+                    .map_err(|e| {
+                        ReplError::io("publish the synchronous policy", std::io::Error::other(e))
+                    })??;
+                tracing::info!(policy = %rep.config.policy, level = %rep.config.level, timeout = ?rep.config.timeout, "synchronous commit");
+                Some(rep)
+            }
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
@@ -247,7 +305,9 @@ impl Shipper {
             events,
             running: AtomicBool::new(true),
             segments: seg_rx,
-            durable,
+            durable: durable.clone(),
+            sync,
+            lag: Mutex::new(LagRing::new()),
         });
         tracing::info!(address = %local_addr, dir = %shared.dd.root().display(), "shipper listening");
         let s2 = shared.clone();
@@ -257,8 +317,12 @@ impl Shipper {
             if let Some(tx) = durable_tx {
                 tasks.spawn(durable::watch_durable(s2.clone(), tx, shutdown_rx.clone()));
             }
+            tasks.spawn(sync_state::follow(s2.clone(), durable, shutdown_rx.clone()));
             accept_loop(s2.clone(), listener, shutdown_rx, &mut tasks).await;
             while tasks.join_next().await.is_some() {}
+            if let Some(sync) = &s2.sync {
+                sync.close();
+            }
             s2.running.store(false, Ordering::Release);
         });
         Ok(Shipper {
@@ -303,6 +367,36 @@ impl Shipper {
             .collect())
     }
 
+    /// Where commits wait for the policy's confirmation (None without a policy). Waiters
+    /// share every confirmation: see [`SyncWaiter`].
+    pub fn sync_waiter(&self) -> Option<SyncWaiter> {
+        self.shared.sync.as_ref().map(|s| s.waiter.clone())
+    }
+
+    /// Waits until WAL up to `lsn` (an end position: a record's `end_lsn`) is confirmed by the
+    /// policy, or released because the primary runs degraded. Without a policy it returns at
+    /// once with [`Released::Degraded`]: nothing confirms anything.
+    pub async fn wait_confirmed(&self, lsn: Lsn) -> Result<Released, WaitError> {
+        match &self.shared.sync {
+            Some(s) => s.waiter.wait(lsn).await,
+            None => Ok(Released::Degraded),
+        }
+    }
+
+    /// The policy, the confirmed position and whether the primary runs degraded.
+    pub fn sync_status(&self) -> Option<SyncStatus> {
+        self.shared.sync.as_ref().map(|s| {
+            let snap = s.waiter.snapshot();
+            SyncStatus {
+                policy: s.config.policy.to_string(),
+                level: s.config.level,
+                confirmed_lsn: snap.confirmed,
+                released_lsn: snap.released,
+                degraded: s.degraded(),
+            }
+        })
+    }
+
     /// Shipping and acknowledgement events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<ShipperEvent> {
         self.shared.events.subscribe()
@@ -318,6 +412,9 @@ impl Shipper {
                 task.abort();
                 let _ = task.await;
             }
+        }
+        if let Some(sync) = &self.shared.sync {
+            sync.close();
         }
         self.shared.running.store(false, Ordering::Release);
     }

@@ -29,10 +29,18 @@ pub(super) const SLOT_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Records a standby that completed its handshake as connected, at the positions it reported.
 /// Its slot on disk starts only at its first Status.
-pub(super) fn register(shared: &Shared, id: &str, addr: SocketAddr, flushed: Lsn, applied: Lsn) {
+pub(super) fn register(
+    shared: &Shared,
+    id: &str,
+    name: &str,
+    addr: SocketAddr,
+    flushed: Lsn,
+    applied: Lsn,
+) {
     let mut m = crate::sync::lock(&shared.standbys);
     let e = m.entry(id.to_string()).or_insert_with(|| StandbyInfo {
         id: id.to_string(),
+        name: name.to_string(),
         address: addr.to_string(),
         connected: true,
         written_lsn: flushed,
@@ -41,12 +49,18 @@ pub(super) fn register(shared: &Shared, id: &str, addr: SocketAddr, flushed: Lsn
         shipped_lsn: Lsn::ZERO,
         sent_bytes: 0,
         last_contact_us: crate::now_us(),
+        sync_state: super::sync_state::NO_POLICY,
+        flush_lag_us: None,
     });
     e.address = addr.to_string();
+    e.name = name.to_string();
     e.connected = true;
+    e.written_lsn = flushed;
     e.flushed_lsn = flushed;
     e.applied_lsn = applied;
     e.last_contact_us = crate::now_us();
+    drop(m);
+    super::sync_state::refresh(shared);
 }
 
 impl Conn {
@@ -92,6 +106,7 @@ impl Conn {
             }
         }
         let now = crate::now_us();
+        let lag = super::sync_state::flush_lag_us(&self.shared, flushed_lsn);
         let (changed, info) = self
             .shared
             .update(&self.id, |s| {
@@ -100,12 +115,14 @@ impl Conn {
                 s.flushed_lsn = flushed_lsn;
                 s.applied_lsn = applied_lsn;
                 s.last_contact_us = now;
+                s.flush_lag_us = lag;
                 (changed, s.clone())
             })
             .unwrap_or((
                 false,
                 StandbyInfo {
                     id: self.id.clone(),
+                    name: self.name.clone(),
                     address: self.addr.to_string(),
                     connected: true,
                     written_lsn,
@@ -114,8 +131,13 @@ impl Conn {
                     shipped_lsn: Lsn(0),
                     sent_bytes: 0,
                     last_contact_us: now,
+                    sync_state: super::sync_state::NO_POLICY,
+                    flush_lag_us: lag,
                 },
             ));
+        // The written position counts too (remote_write), and so does a standby that is
+        // only heard from again.
+        super::sync_state::refresh(&self.shared);
         if changed {
             tracing::debug!(standby = %self.id, flushed = %flushed_lsn, applied = %applied_lsn, "standby acknowledged");
             self.shared.emit(ShipperEvent::Acknowledged {
@@ -162,6 +184,9 @@ pub(super) async fn save_slot(registry: &ConsumerRegistry, info: &StandbyInfo) {
             kind: ConsumerKind::Standby,
             position: info.flushed_lsn,
             applied_lsn: Some(info.applied_lsn),
+            name: Some(info.name.clone()),
+            written_lsn: Some(info.written_lsn),
+            flush_lag_us: info.flush_lag_us,
             address: Some(info.address.clone()),
             last_contact_us: Some(info.last_contact_us),
             lost: false,
@@ -215,6 +240,8 @@ mod tests {
             running: AtomicBool::new(true),
             segments,
             durable: watch::channel(0).1,
+            sync: None,
+            lag: Mutex::new(crate::replication::synchronous::lag::LagRing::new()),
         })
     }
 
@@ -224,10 +251,11 @@ mod tests {
 
     /// A session with a standby that said it holds WAL up to `flushed`.
     fn session(shared: &Arc<Shared>, flushed: u64) -> Conn {
-        register(shared, ID, addr(), Lsn(flushed), Lsn(0));
+        register(shared, ID, "s1", addr(), Lsn(flushed), Lsn(0));
         Conn {
             shared: shared.clone(),
             id: ID.into(),
+            name: "s1".into(),
             addr: addr(),
             last_save: None,
             pending_save: None,
@@ -252,7 +280,7 @@ mod tests {
     fn a_standby_that_connects_is_listed_without_a_slot_on_disk() {
         let d = tempfile::tempdir().unwrap();
         let s = shared(d.path());
-        register(&s, ID, addr(), Lsn(300), Lsn(200));
+        register(&s, ID, "s1", addr(), Lsn(300), Lsn(200));
         let i = info(&s);
         assert!(i.connected);
         assert_eq!(
@@ -269,6 +297,7 @@ mod tests {
         register(
             &s,
             ID,
+            "s1",
             "127.0.0.1:4001".parse().unwrap(),
             Lsn(400),
             Lsn(300),

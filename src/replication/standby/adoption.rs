@@ -198,6 +198,7 @@ pub(super) fn adopt(shared: &Shared, jobs: &Jobs) -> Result<(), ReplError> {
         standby_id: shared.id,
         primary: shared.config.primary.clone(),
         created_us: crate::now_us(),
+        name: Some(shared.name.clone()),
     };
     write_meta(&shared.dd, &meta)?;
     *lock(&shared.meta) = Some(meta);

@@ -53,12 +53,13 @@ pub(super) async fn connect_and_stream(
             flushed_lsn: Lsn(shared.flushed.load(Ordering::Acquire)),
             applied_lsn: Lsn(shared.applied.load(Ordering::Acquire)),
             max_frame: max,
+            name: shared.name.clone(),
         }
     })
     .await?;
     let Welcomed {
         version,
-        sent,
+        ref sent,
         sealed_lsn,
         ..
     } = welcomed;

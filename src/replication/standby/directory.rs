@@ -36,6 +36,9 @@ pub struct StandbyMeta {
     /// The primary's address as given on the command line.
     pub primary: String,
     pub created_us: i64,
+    /// The standby's name (absent in files written before names existed: the default then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The applied position file.
@@ -359,7 +362,7 @@ pub(super) async fn first_contact(
 ) -> Result<(), ReplError> {
     let cfg = &shared.config;
     let Welcomed {
-        sent,
+        ref sent,
         system_id,
         timeline,
         segment_size,
@@ -381,6 +384,7 @@ pub(super) async fn first_contact(
                 standby_id: shared.id,
                 primary: cfg.primary.clone(),
                 created_us: crate::now_us(),
+                name: Some(shared.name.clone()),
             },
         );
         tokio::task::spawn_blocking(move || -> crate::Result<()> {
@@ -398,15 +402,24 @@ pub(super) async fn first_contact(
             standby_id: shared.id,
             primary: cfg.primary.clone(),
             created_us: crate::now_us(),
+            name: Some(shared.name.clone()),
         });
     }
     // Only a primary that accepted this standby's identity and history may be recorded as its
     // primary, or make a directory of its system a standby's.
     let current = lock(&shared.meta).clone();
     match current {
-        Some(mut meta) if meta.primary != cfg.primary => {
-            tracing::info!(old = %meta.primary, new = %cfg.primary, "the primary's address changed");
+        Some(mut meta)
+            if meta.primary != cfg.primary || meta.name.as_deref() != Some(&shared.name) =>
+        {
+            if meta.primary != cfg.primary {
+                tracing::info!(old = %meta.primary, new = %cfg.primary, "the primary's address changed");
+            }
+            if meta.name.as_deref() != Some(&shared.name) {
+                tracing::info!(old = meta.name.as_deref().unwrap_or("-"), new = %shared.name, "the standby's name changed");
+            }
             meta.primary = cfg.primary.clone();
+            meta.name = Some(shared.name.clone());
             let (dd, m2) = (shared.dd.clone(), meta.clone());
             tokio::task::spawn_blocking(move || write_meta(&dd, &m2))
                 .await
@@ -449,6 +462,7 @@ mod tests {
             standby_id: Uuid::new_v4(),
             primary: "127.0.0.1:5000".into(),
             created_us: 1,
+            name: Some("s1".into()),
         };
         write_meta(&dd, &m).unwrap();
         assert_eq!(read_meta(&dd).unwrap(), Some(m));

@@ -64,6 +64,9 @@ pub struct StandbyConfig {
     /// First wait before reconnecting; it doubles after each failure up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// The standby's name, for the primary's synchronous-commit policy. None: the name kept
+    /// in its `state/standby.json`, or for a standby that has none, one made from its id.
+    pub name: Option<String>,
 }
 
 impl StandbyConfig {
@@ -77,6 +80,7 @@ impl StandbyConfig {
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            name: None,
         }
     }
 }
@@ -96,6 +100,8 @@ pub enum StandbyPhase {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StandbyState {
     pub standby_id: String,
+    /// The name the primary's synchronous-commit policy knows it by.
+    pub name: String,
     pub phase: StandbyPhase,
     pub flushed_lsn: Lsn,
     pub applied_lsn: Lsn,
@@ -116,6 +122,8 @@ struct Shared {
     config: StandbyConfig,
     dd: DataDir,
     id: Uuid,
+    /// Its name: given, kept in `state/standby.json`, or made from its id.
+    name: String,
     held: Mutex<Held>,
     /// End of the last record received and handed to the OS (not yet synced).
     written: AtomicU64,
@@ -193,12 +201,22 @@ impl Standby {
         let opened = tokio::task::spawn_blocking(move || open_dir(&c2))
             .await
             .map_err(|e| ReplError::io("open the standby directory", std::io::Error::other(e)))??;
+        if let Some(n) = &config.name {
+            super::synchronous::check_name(n)
+                .map_err(|e| ReplError::Store(Error::InvalidArgument(e)))?;
+        }
         let (bump, _) = watch::channel(0);
         let (failed, _) = watch::channel(None);
+        let name = config
+            .name
+            .clone()
+            .or_else(|| opened.meta.as_ref().and_then(|m| m.name.clone()))
+            .unwrap_or_else(|| super::synchronous::default_name(&opened.id));
         let shared = Arc::new(Shared {
             dd: DataDir::new(&config.data_dir),
             config,
             id: opened.id,
+            name,
             held: Mutex::new(opened.held),
             written: AtomicU64::new(opened.flushed.0),
             flushed: AtomicU64::new(opened.flushed.0),
@@ -217,6 +235,7 @@ impl Standby {
         tracing::info!(
             dir = %shared.dd.root().display(),
             standby_id = %shared.id,
+            name = %shared.name,
             flushed = %opened.flushed,
             applied = %opened.applied,
             "standby starting"
@@ -271,6 +290,11 @@ impl Standby {
         self.shared.id
     }
 
+    /// The name the primary's synchronous-commit policy knows this standby by.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
     pub fn is_running(&self) -> bool {
         self.task.as_ref().is_some_and(|t| !t.is_finished())
     }
@@ -279,6 +303,7 @@ impl Standby {
         let (phase, last_error) = lock(&self.shared.phase).clone();
         StandbyState {
             standby_id: self.shared.id.to_string(),
+            name: self.shared.name.clone(),
             phase,
             flushed_lsn: Lsn(self.shared.flushed.load(Ordering::Acquire)),
             applied_lsn: Lsn(self.shared.applied.load(Ordering::Acquire)),

@@ -136,6 +136,7 @@ fn run_wal(
             syncs: after.syncs - before.syncs,
             records_appended: after.records_appended - before.records_appended,
             segments_sealed: after.segments_sealed - before.segments_sealed,
+            segments_recycled: after.segments_recycled - before.segments_recycled,
         },
     })
 }

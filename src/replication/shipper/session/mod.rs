@@ -77,6 +77,7 @@ pub(super) async fn connection(
             s.connected = false;
             s.clone()
         });
+        super::sync_state::refresh(&shared);
         if let Some(info) = info {
             save_slot(&shared.registry, &info).await;
         }
@@ -106,6 +107,7 @@ async fn serve_standby(
         max_frame: standby_max,
         flushed_lsn: flushed,
         applied_lsn: applied,
+        name,
         ..
     } = match tokio::time::timeout(hs, admit(shared, &mut stream)).await {
         Ok(r) => r?,
@@ -121,8 +123,8 @@ async fn serve_standby(
     let set = shared.segments.borrow().clone();
     handshake::welcome(&mut stream, &shared.control, set.sealed_lsn).await?;
     *id_out = Some(standby_id.clone());
-    register(shared, &standby_id, addr, flushed, applied);
-    tracing::info!(peer = %addr, standby = %standby_id, flushed = %flushed, applied = %applied, "standby identified");
+    register(shared, &standby_id, &name, addr, flushed, applied);
+    tracing::info!(peer = %addr, standby = %standby_id, name = %name, flushed = %flushed, applied = %applied, "standby identified");
     shared.emit(ShipperEvent::Connected {
         id: standby_id.clone(),
         address: addr,
@@ -142,6 +144,7 @@ async fn serve_standby(
     let mut conn = Conn {
         shared: shared.clone(),
         id: standby_id,
+        name,
         addr,
         last_save: None,
         pending_save: None,
@@ -226,6 +229,8 @@ async fn read_standby(
 pub(super) struct Conn {
     pub(super) shared: Arc<Shared>,
     pub(super) id: String,
+    /// The name the standby gave.
+    pub(super) name: String,
     pub(super) addr: SocketAddr,
     /// When the slot was last saved, and that save while it runs (see `slots.rs`).
     pub(super) last_save: Option<Instant>,

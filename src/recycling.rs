@@ -1,0 +1,108 @@
+//! Recycling segment files: a sealed segment that retention releases is kept, up to a bound,
+//! and later reused as a new segment instead of a freshly created one (as PostgreSQL and okaywal
+//! do). Its blocks are already written, so the writer's syncs overwrite written blocks and
+//! record no metadata: on ext4 a sync that first touches a reserved (unwritten) block also
+//! converts its extent, one more device write per durable record.
+//!
+//! The life of a recycled file, every step a rename or a write that recovery understands at
+//! any point (FORMAT.md, "Recycled files"):
+//!
+//! 1. retention renames a released `N.wal` to `N.wal.prep` (its own number, below every live
+//!    segment, a name no writer prepares): the pool. The pool is bounded by
+//!    [`RetentionOptions::max_recycled`](crate::retention::RetentionOptions); past the bound,
+//!    released segments are removed as before.
+//! 2. the writer's preparer, asked for segment `M`, takes the lowest-numbered pool file,
+//!    extends it to the segment size with reserved blocks, overwrites its header with zeros and
+//!    syncs, then renames it to `M.wal.prep`: the prepared file for `M`.
+//! 3. activation renames it to `M.wal.open` and writes the new header, as for any prepared
+//!    file. Past the new log's end the file still holds the old records, which the decoder
+//!    recognises as stale (`crate::decoder::stale_tail`).
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::datadir::DataDir;
+use crate::error::{Error, IoContext, Result};
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
+use crate::format::{SegmentFileKind, SegmentName};
+use crate::segment_file::{reserve_blocks, PreparedSegment};
+
+/// Recycled files kept when nothing else is said: four segments, a few seconds of writing at
+/// the disk's speed with the default 16 MiB segments.
+pub const DEFAULT_MAX_RECYCLED: usize = 4;
+
+/// The prepared files in `dir` other than `except`'s: the pool of recycled files, lowest
+/// number first.
+pub fn pool(dir: &DataDir, except: Option<u64>) -> Result<Vec<SegmentName>> {
+    Ok(dir
+        .list_segments()?
+        .into_iter()
+        .filter(|n| n.kind == SegmentFileKind::Prepared && Some(n.segment_no.0) != except)
+        .collect())
+}
+
+/// Puts the released sealed segment `name` into the pool (renamed to its prepared name) when
+/// the pool holds fewer than `max` files. Returns false when it did not (the caller removes
+/// the segment instead). The caller syncs `wal/` afterwards.
+pub fn release_into_pool(
+    dir: &DataDir,
+    name: &SegmentName,
+    pooled: &mut usize,
+    max: usize,
+) -> Result<bool> {
+    if *pooled >= max {
+        return Ok(false);
+    }
+    let from = dir.segment_path(name);
+    let to = dir.segment_path(&name.with_kind(SegmentFileKind::Prepared));
+    if to.exists() {
+        return Ok(false);
+    }
+    crate::fault!("recycle::release", e => Error::io(format!("rename {} to {}", from.display(), to.display()), e));
+    match std::fs::rename(&from, &to) {
+        Ok(()) => {
+            *pooled += 1;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(Error::io(
+            format!("rename {} to {}", from.display(), to.display()),
+            e,
+        )),
+    }
+}
+
+/// Makes the pool file `from` the prepared file `to` for a new segment of `size` bytes: blocks
+/// reserved up to the full size, header overwritten with zeros, synced, renamed, mapped. The
+/// old records stay. On failure the file stays in the pool (or is the prepared file, harmless):
+/// recovery recognises it at every step.
+pub fn reuse(from: &Path, to: PathBuf, size: u64) -> Result<PreparedSegment> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(from)
+        .ctx(|| format!("open {}", from.display()))?;
+    let len = file
+        .metadata()
+        .ctx(|| format!("stat {}", from.display()))?
+        .len();
+    if len > size {
+        return Err(Error::Other(format!(
+            "{} is {len} bytes, more than the segment size {size}: not reused",
+            from.display()
+        )));
+    }
+    reserve_blocks(&file, from, size)?;
+    crate::fault!("recycle::header", e => Error::io(format!("clear the header of {}", from.display()), e));
+    file.write_all_at(&[0u8; SEGMENT_HEADER_LEN], 0)
+        .ctx(|| format!("clear the header of {}", from.display()))?;
+    file.sync_data()
+        .ctx(|| format!("fsync {}", from.display()))?;
+    if from != to {
+        crate::fault!("recycle::rename", e => Error::io(format!("rename {} to {}", from.display(), to.display()), e));
+        std::fs::rename(from, &to)
+            .ctx(|| format!("rename {} to {}", from.display(), to.display()))?;
+    }
+    PreparedSegment::mapped(to, file, size)
+}
