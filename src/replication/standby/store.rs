@@ -268,6 +268,8 @@ fn store_one(
                 shared
                     .written
                     .fetch_max((start + c.valid_end as u64).0, Ordering::AcqRel);
+                // Told at once, before the sync: what `remote_write` waits for.
+                shared.notify();
             }
             {
                 let mut h = lock(&shared.held);
