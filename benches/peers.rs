@@ -1,3 +1,6 @@
+//! (Longer than 500 lines: one harness drives every engine through the same rows and baseline;
+//! split, each engine's driver would drift from the rows it must match.)
+//!
 //! walship beside two other Rust write-ahead logs, okaywal and raft-engine, through the same
 //! workloads as `walship bench --scenario append` and against the same same-run baseline: plain
 //! `write` into a file zero-filled ahead with 4 KiB writes, with `fdatasync` after every record
@@ -17,6 +20,12 @@
 //!
 //! Device writes per record come from the block device's counters (`/sys/dev/block/M:N/stat`),
 //! which count every write request the run caused, the file system's metadata included.
+//!
+//! walship runs in its steady state, with recycled segment files (`PEERS_RECYCLE=0` turns that
+//! off): before timing, it writes and releases enough segments to fill its pool of recycled
+//! files (untimed, and their device writes not counted), and starts timing in a recycled file;
+//! while timed, a thread checkpoints at the durable position every 100 ms, so that sealed
+//! segments return to the pool, as an application's checkpoints would.
 
 use std::error::Error;
 use std::fs::{File, OpenOptions};
@@ -28,6 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use walship::format::record::encoded_len;
+use walship::retention::RetentionOptions;
 use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
 
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
@@ -124,6 +134,8 @@ struct Measured {
     device_writes: u64,
     /// walship only: records per sync, which sets the baseline's batch for `W > 1`.
     records_per_sync: f64,
+    /// Device writes of an untimed setup inside the engine's run, not counted.
+    setup_writes: u64,
 }
 
 /// A run's result for every engine.
@@ -195,12 +207,12 @@ fn measure(
     let before = disk.map(|d| d.writes()).transpose()?;
     let mut m = match engine {
         Subject::Baseline => baseline(scratch.path(), row, batch)?,
-        Subject::Walship => walship(scratch.path(), row, &payload)?,
+        Subject::Walship => walship(scratch.path(), row, &payload, disk)?,
         Subject::Okaywal => okaywal(scratch.path(), row, &payload)?,
         Subject::RaftEngine => raft_engine(scratch.path(), row, &payload)?,
     };
     if let (Some(d), Some(b)) = (disk, before) {
-        m.device_writes = d.writes()?.saturating_sub(b);
+        m.device_writes = d.writes()?.saturating_sub(b).saturating_sub(m.setup_writes);
     }
     Ok(m)
 }
@@ -317,29 +329,88 @@ fn zero_filled(path: &Path, size: u64) -> Res<File> {
     Ok(f)
 }
 
-fn walship(dir: &Path, row: &Row, payload: &Arc<Vec<u8>>) -> Res<Measured> {
+fn walship(
+    dir: &Path,
+    row: &Row,
+    payload: &Arc<Vec<u8>>,
+    disk: Option<&DiskCounter>,
+) -> Res<Measured> {
     let data = dir.join("data");
     DataDir::init(&data, SEGMENT_SIZE)?;
     let wal = Arc::new(Wal::open(&data, WalOptions::default())?);
+    let recycle = std::env::var("PEERS_RECYCLE").map_or(true, |v| v != "0");
+    let setup_start = disk.map(|d| d.writes()).transpose()?;
+    if recycle {
+        fill_pool(&wal, payload)?;
+    }
     // Opens the first segment so that the preparer starts on the next, as `walship bench` does.
     wal.append_durable(&Entry::new(EntryType::Insert, None, payload))?;
+    if recycle {
+        // That segment was prepared before the pool was filled: start in the next, recycled.
+        wal.seal()?;
+        wal.append_durable(&Entry::new(EntryType::Insert, None, payload))?;
+        wal.sync()?;
+    }
+    let setup_writes = match (disk, setup_start) {
+        (Some(d), Some(b)) => d.writes()?.saturating_sub(b),
+        _ => 0,
+    };
     let before = wal.stats();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkpointer = recycle.then(|| {
+        let (w, stop) = (wal.clone(), stop.clone());
+        std::thread::spawn(move || -> Res<()> {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                w.checkpoint(w.flush_lsn(), &RetentionOptions::default())?;
+            }
+            Ok(())
+        })
+    });
     let (w, p, durable) = (wal.clone(), payload.clone(), row.durable);
-    let (rps, p99) = drive(row, move |_, _| {
+    let driven = drive(row, move |_, _| {
         let a = w.append(&Entry::new(EntryType::Insert, None, &p))?;
         if durable {
             w.wait_durable(a.end_lsn)?;
         }
         Ok(())
-    })?;
-    let syncs = wal.stats().syncs - before.syncs;
+    });
+    stop.store(true, Ordering::Relaxed);
+    if let Some(h) = checkpointer {
+        h.join().map_err(|_| "the checkpoint thread panicked")??;
+    }
+    let (rps, p99) = driven?;
+    let after = wal.stats();
+    let syncs = after.syncs - before.syncs;
     wal.sync()?;
+    if std::env::var_os("PEERS_VERBOSE").is_some() {
+        eprintln!(
+            "walship {}: {} segments sealed, {} recycled files reused",
+            row.name(),
+            after.segments_sealed - before.segments_sealed,
+            after.segments_recycled - before.segments_recycled
+        );
+    }
     Ok(Measured {
         records_per_s: rps,
         p99_us: p99,
         records_per_sync: row.records as f64 / syncs.max(1) as f64,
+        setup_writes,
         ..Measured::default()
     })
+}
+
+/// Writes and releases enough segments to fill the pool of recycled files, untimed.
+fn fill_pool(wal: &Wal, payload: &[u8]) -> Res<()> {
+    let per_segment = SEGMENT_SIZE / encoded_len(payload.len()) as u64;
+    let segments = walship::recycling::DEFAULT_MAX_RECYCLED as u64 + 1;
+    for _ in 0..segments * per_segment + 1 {
+        wal.append(&Entry::new(EntryType::Insert, None, payload))?;
+    }
+    wal.seal()?;
+    wal.sync()?;
+    wal.checkpoint(wal.flush_lsn(), &RetentionOptions::default())?;
+    Ok(())
 }
 
 fn okaywal(dir: &Path, row: &Row, payload: &Arc<Vec<u8>>) -> Res<Measured> {

@@ -115,6 +115,8 @@ pub fn checkpoint_lsn(dir: &DataDir) -> Result<Lsn> {
 /// is in the archive directory under its final name (which only ever appears complete), and an
 /// uncompressed object has the local file's size; an `s3://` archive is asked (with the AWS
 /// environment of this process), and one that cannot be reached holds nothing for this purpose.
+/// A segment before the one the archive begins at (its identity file's `first_segment`) was
+/// pruned from it on purpose and counts as held.
 /// An archiver registered without a location
 /// (through the library) is trusted by its position alone.
 fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<String> {
@@ -152,7 +154,11 @@ fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<Stri
         let raw = root.join(object_name(seg.name, Compression::None));
         let zst = root.join(object_name(seg.name, Compression::Zstd));
         let held = std::fs::metadata(&raw).is_ok_and(|m| m.is_file() && m.len() == seg.size)
-            || std::fs::metadata(&zst).is_ok_and(|m| m.is_file() && m.len() > 0);
+            || std::fs::metadata(&zst).is_ok_and(|m| m.is_file() && m.len() > 0)
+            // Pruned: the archive begins after it.
+            || std::fs::read(root.join(crate::archive::IDENTITY_NAME)).is_ok_and(|id| {
+                crate::archive::identity::begins_after(&id, seg.name.segment_no.0)
+            });
         if !held {
             out.push(format!(
                 "{} is not in the archive {addr} although consumer {} recorded it as archived",

@@ -1325,6 +1325,13 @@ impl walship::archive::ArchiveStore for CountingStore {
     ) -> impl std::future::Future<Output = walship::Result<bool>> + Send {
         self.inner.delete(name)
     }
+    fn replace(
+        &self,
+        name: &str,
+        data: std::sync::Arc<Vec<u8>>,
+    ) -> impl std::future::Future<Output = walship::Result<()>> + Send {
+        self.inner.replace(name, data)
+    }
 }
 
 #[test]

@@ -150,18 +150,33 @@ fn round_trip_byte_for_byte_with_and_without_compression() {
         let url = format!("s3://{bucket}");
         // Several uploads in flight the second time.
         let parallel = if compress == "zstd" { "4" } else { "1" };
+        // The store's ETag (the MD5 of what it received) proves each upload the first time;
+        // the second reads every object back as asked.
+        let read_back = if compress == "zstd" {
+            "always"
+        } else {
+            "unproven"
+        };
         let out = archive_once(
             s,
             &data,
             &url,
-            &["--compress", compress, "--json", "--parallel", parallel],
+            &[
+                "--compress",
+                compress,
+                "--json",
+                "--parallel",
+                parallel,
+                "--read-back",
+                read_back,
+            ],
         );
         assert_ok(&out, "archive");
         let sum: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON summary");
-        assert_eq!(
-            sum["archived"].as_u64(),
-            Some(sealed_names(&data).len() as u64)
-        );
+        let n = sealed_names(&data).len() as u64;
+        assert_eq!(sum["archived"].as_u64(), Some(n));
+        let expect_read_back = if read_back == "always" { n } else { 0 };
+        assert_eq!(sum["read_back"].as_u64(), Some(expect_read_back), "{sum}");
         assert_eq!(
             assert_objects_match(s, &url, &data, compress == "zstd"),
             sealed_names(&data).len()
@@ -436,9 +451,12 @@ fn sigkill_mid_upload_then_a_rerun_completes_and_nothing_partial_is_visible() {
             &log,
             None,
         );
-        let before = objects(s, url).len();
+        // Counted by listing only (fetching every object would be slower than the uploads
+        // it watches, which no longer wait for a read-back).
+        let count = || rt().block_on(s.store(url).list()).expect("list").len();
+        let before = count();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while objects(s, url).len() < before + 3 + round && Instant::now() < deadline {
+        while count() < before + 3 + round && Instant::now() < deadline {
             if !proc.running() {
                 break;
             }
@@ -595,4 +613,198 @@ fn two_archivers_racing_leave_one_object_per_name_and_the_loser_says_why() {
             "{name} is neither archiver's bytes"
         );
     }
+}
+
+fn prune(s: &S3Server, url: &str, keep: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["archive-prune", url, "--keep-since", keep];
+    args.extend_from_slice(extra);
+    s.walship(&args)
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).expect("one JSON summary")
+}
+
+fn seg_object(no: u64) -> String {
+    format!("{:08X}{:016X}.wal", 1, no)
+}
+
+#[test]
+fn pruning_keeps_every_restore_point_from_the_kept_one_on() {
+    let Some(s) = server("prune") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let all = make_store(&data, 6, 7);
+    s.bucket("prune");
+    let url = "s3://prune";
+    assert_ok(&archive_once(s, &data, url, &[]), "archive");
+    let before = objects(s, url);
+    let seg_of = |r: &Rec| r.0 / SEG;
+    // A point just after the first record of segment 3: restoring to it needs segment 3 on.
+    let first3 = all.iter().position(|r| seg_of(r) == 3).unwrap();
+    let keep = all[first3 + 1].1.to_string();
+
+    let out = prune(s, url, &keep, &["--dry-run", "--json"]);
+    assert_ok(&out, "dry run");
+    let v = json(&out);
+    let three: Vec<String> = (0..3).map(seg_object).collect();
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["first_segment"].as_u64(), Some(3), "{v}");
+    assert_eq!(v["removed"], serde_json::json!(three), "{v}");
+    let out = prune(s, url, &keep, &["--dry-run"]);
+    assert_ok(&out, "dry run, text");
+    for name in &three {
+        assert!(
+            text(&out).contains(&format!("would remove {name}")),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(objects(s, url), before, "a dry run removes nothing");
+
+    // Points outside the archive are refused, and nothing changes.
+    let past = (all.last().unwrap().1 + 1).to_string();
+    for (bad, says) in [
+        ("0", "before the archive's first record"),
+        ("1970-01-01T00:00:00Z", "before the archive's first record"),
+        (past.as_str(), "after the archive's last record"),
+        ("2100-01-01T00:00:00Z", "after the archive's last record"),
+    ] {
+        let out = prune(s, url, bad, &[]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+        assert!(text(&out).contains(says), "{bad}: {}", text(&out));
+        assert_eq!(objects(s, url), before, "{bad}: nothing removed");
+    }
+
+    let out = prune(s, url, &keep, &["--json"]);
+    assert_ok(&out, "prune");
+    let v = json(&out);
+    assert_eq!(v["dry_run"], false);
+    assert_eq!(v["removed"], serde_json::json!(three), "{v}");
+    let after = objects(s, url);
+    let kept: Vec<_> = before
+        .iter()
+        .filter(|(n, _)| n != "IDENTITY" && !three.contains(n))
+        .collect();
+    assert_eq!(
+        after
+            .iter()
+            .filter(|(n, _)| n != "IDENTITY")
+            .collect::<Vec<_>>(),
+        kept,
+        "exactly the segments before the kept one are gone, the others untouched"
+    );
+    assert!(after.iter().any(|(n, _)| n == "IDENTITY"));
+    let st = json(&s.walship(&["status", url, "--json"]));
+    assert_eq!(st["first_segment"].as_u64(), Some(3), "{st}");
+    assert_ok(&s.walship(&["verify", url]), "verify after pruning");
+
+    // The kept point restores exactly, segment for segment byte for byte.
+    let dest = t.path().join("kept");
+    assert_ok(
+        &s.walship(&["restore", url, p(&dest), "--until-lsn", &keep]),
+        "restore to the kept point",
+    );
+    let k: u64 = keep.parse().unwrap();
+    let want: Vec<Rec> = all
+        .iter()
+        .filter(|r| seg_of(r) >= 3 && r.1 <= k)
+        .cloned()
+        .collect();
+    assert_eq!(records(&dest), want);
+    let dest = t.path().join("end");
+    assert_ok(
+        &s.walship(&["restore", url, p(&dest)]),
+        "restore to the end",
+    );
+    for name in sealed_names(&data).iter().filter(|n| !three.contains(n)) {
+        assert!(
+            std::fs::read(data.join("wal").join(name)).unwrap()
+                == std::fs::read(dest.join("wal").join(name)).unwrap(),
+            "{name} differs after restore"
+        );
+    }
+    assert!(!dest.join("wal").join(&three[2]).exists());
+
+    // The new beginning is exact: a point before segment 3's first record is now outside.
+    let out = prune(s, url, &(3 * SEG).to_string(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = prune(s, url, &all[first3].1.to_string(), &["--json"]);
+    assert_ok(&out, "prune to the kept segment again");
+    assert_eq!(json(&out)["removed"], serde_json::json!([]));
+
+    // By time: the first record of segment 4 is stamped at the point.
+    let first4 = all.iter().position(|r| seg_of(r) == 4).unwrap();
+    let out = prune(s, url, &rfc3339(all[first4].4), &["--json"]);
+    assert_ok(&out, "prune by time");
+    let v = json(&out);
+    assert_eq!(v["first_segment"].as_u64(), Some(4), "{v}");
+    assert_eq!(v["removed"], serde_json::json!([seg_object(3)]), "{v}");
+
+    // The archiver carries on from the new beginning, and retention removes local segments
+    // the archive no longer holds because it was pruned.
+    append(&data, 2, 8);
+    assert_ok(&archive_once(s, &data, url, &[]), "archive after pruning");
+    assert_ok(&s.walship(&["verify", url]), "verify after more archiving");
+    let end3 = all[first4 - 1].1.to_string();
+    let out = s.walship(&["checkpoint", p(&data), "--lsn", &end3, "--json"]);
+    assert_ok(&out, "checkpoint");
+    for no in 0..4 {
+        assert!(
+            !data.join("wal").join(seg_object(no)).exists(),
+            "segment {no} kept locally: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn the_demo_archives_and_restores_through_an_s3_store() {
+    let Some(s) = server("demo_s3") else {
+        return;
+    };
+    // The bucket's root: this server refuses listings under a prefix (see s3_server.py).
+    s.bucket("demo");
+    let url = "s3://demo";
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("demo");
+    let out = s.walship(&[
+        "demo",
+        "--seconds",
+        "4",
+        "--dir",
+        p(&dir),
+        "--archive-to",
+        url,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {}", text(&out));
+    assert!(stdout.contains("all 10 checks passed"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("an archiver pushes them to {url}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("verify {url}")), "{stdout}");
+    assert!(!dir.join("archive").exists(), "no local archive");
+    // The store holds the archive: every sealed segment of the primary, checked byte for byte.
+    let objs = objects(s, url);
+    assert!(objs.iter().any(|(n, _)| n == "IDENTITY"));
+    let n = assert_objects_match(s, url, &dir.join("primary"), false);
+    assert_eq!(n, sealed_names(&dir.join("primary")).len());
+    assert!(n > 0);
+    // A second run into the same prefix is refused before anything starts.
+    let again = t.path().join("again");
+    let out = s.walship(&[
+        "demo",
+        "--seconds",
+        "1",
+        "--dir",
+        p(&again),
+        "--archive-to",
+        url,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("already holds"), "{}", text(&out));
 }

@@ -78,6 +78,10 @@ impl ArchiveStore for Recording {
     async fn delete(&self, name: &str) -> Result<bool> {
         self.inner.delete(name).await
     }
+
+    async fn replace(&self, name: &str, data: Arc<Vec<u8>>) -> Result<()> {
+        self.inner.replace(name, data).await
+    }
 }
 
 /// The archiver's position in the consumer registry; 0 before it registered.

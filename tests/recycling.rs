@@ -1,8 +1,7 @@
 //! Recycled segment files: released segments kept by retention and reused by the writer as new
-//! segments. The log reads back exactly; crashes at every step of a recycled file's first use
-//! (failpoints at each step, and real writer processes killed with SIGKILL while another process
-//! releases segments) lose no acknowledged record and set nothing aside; consumers never see
-//! the old bytes.
+//! segments. The log reads back exactly; real writer processes killed with SIGKILL while another
+//! process releases segments lose no acknowledged record; the archiver never takes the old
+//! bytes. (A failpoint at each step of a recycled file's first use: `recycling_faults.rs`.)
 
 mod common;
 
@@ -14,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fail::FailScenario;
 use rand::{Rng, SeedableRng};
 use walship::format::SegmentFileKind;
 use walship::retention::RetentionOptions;
@@ -75,7 +73,6 @@ fn check(dir: &Path, from: Lsn, want: &[(Lsn, Vec<u8>)]) {
 
 #[test]
 fn released_segments_are_reused_and_every_record_reads_back() {
-    let _fs = FailScenario::setup(); // no failpoint set by another test meanwhile
     let (_t, dir) = common::new_dir();
     let wal = Wal::open(&dir, WalOptions::default()).expect("open");
     let mut want = append(&wal, "a", 2500);
@@ -110,91 +107,6 @@ fn released_segments_are_reused_and_every_record_reads_back() {
     assert!(r.recycled.is_empty() && !r.removed.is_empty(), "{r:?}");
 }
 
-#[test]
-fn a_crash_at_each_step_of_a_recycled_files_first_use_loses_nothing() {
-    for point in [
-        "recycle::release",
-        "recycle::header",
-        "recycle::rename",
-        "wal::activate::rename",
-        "segment::msync",
-        "wal::seal::rename",
-    ] {
-        let _fs = FailScenario::setup();
-        let (_t, dir) = common::new_dir();
-        let wal = Wal::open(&dir, WalOptions::default()).expect("open");
-        let mut want = append(&wal, "a", 1100);
-        let ckpt = wal.flush_lsn();
-        want.retain(|(l, _)| *l >= ckpt);
-        if point == "recycle::release" {
-            // The second release fails: one file is in the pool, the rest stay sealed.
-            fail::cfg(point, "1*off->return(EIO)").expect("cfg");
-            assert!(wal.checkpoint(ckpt, &RetentionOptions::default()).is_err());
-        } else {
-            wal.checkpoint(ckpt, &RetentionOptions::default())
-                .expect("checkpoint");
-            if matches!(point, "segment::msync" | "wal::seal::rename") {
-                // Fail the first records, or the seal, of a recycled file in use.
-                want.extend(into_recycled(&wal));
-            }
-            fail::cfg(point, "return(EIO)").expect("cfg");
-        }
-        // Write until the fault was met (or two segments were used), as far as it lets us.
-        let mut failed = None;
-        for i in 0..600 {
-            let p = payload("b", i);
-            match wal.append_durable(&Entry::new(EntryType::Insert, None, &p)) {
-                Ok(a) => want.push((a.lsn, p)),
-                Err(_) => {
-                    failed = Some(p);
-                    break;
-                }
-            }
-        }
-        fail::remove(point);
-        drop(wal); // the writer stops here, as if killed: nothing is finished on the way out
-                   // The record whose wait failed was not acknowledged; it may still have been written.
-        let got = read_from(&dir, ckpt);
-        if let (Some(p), Some(last)) = (failed, got.last()) {
-            if got.len() == want.len() + 1 && last.1 == p {
-                want.push(last.clone());
-            }
-        }
-        check(&dir, ckpt, &want);
-        // Recovery kept the recycled files, and the writer goes on recycling.
-        let wal = Wal::open(&dir, WalOptions::default()).expect("reopen");
-        want.extend(append(&wal, "c", 500));
-        let ckpt = wal.flush_lsn();
-        wal.checkpoint(ckpt, &RetentionOptions::default())
-            .expect("checkpoint");
-        want.retain(|(l, _)| *l >= ckpt);
-        want.extend(append(&wal, "d", 500));
-        assert!(
-            wal.stats().segments_recycled > 0,
-            "{point}: no recycled file reused after recovery"
-        );
-        drop(wal);
-        check(&dir, ckpt, &want);
-    }
-}
-
-/// Appends until the open segment is a recycled file (one was prepared, then activated).
-fn into_recycled(wal: &Wal) -> Vec<(Lsn, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut sealed_then = None;
-    for i in 0..5000 {
-        let s = wal.stats();
-        if s.segments_recycled > 0 {
-            let then = *sealed_then.get_or_insert(s.segments_sealed);
-            if s.segments_sealed > then {
-                return out;
-            }
-        }
-        out.extend(append(wal, &format!("r{i}"), 1));
-    }
-    panic!("no recycled file came into use");
-}
-
 /// Inodes of the files in `wal/` of `kind`.
 fn inodes(dir: &Path, kind: SegmentFileKind) -> HashSet<u64> {
     files(dir, kind)
@@ -206,7 +118,6 @@ fn inodes(dir: &Path, kind: SegmentFileKind) -> HashSet<u64> {
 
 #[test]
 fn sigkill_while_another_process_recycles_loses_no_acknowledged_record() {
-    let _fs = FailScenario::setup();
     let (_t, dir) = common::new_dir();
     let d = dir.to_str().expect("utf8").to_string();
     let seed: u64 = std::env::var("WALSHIP_TEST_SEED")
@@ -303,7 +214,6 @@ fn sigkill_while_another_process_recycles_loses_no_acknowledged_record() {
 
 #[test]
 fn the_archiver_takes_only_each_segments_own_records_from_recycled_files() {
-    let _fs = FailScenario::setup();
     let (t, dir) = common::new_dir();
     let arc = t.path().join("arc");
     let (d, a) = (dir.to_str().expect("utf8"), arc.to_str().expect("utf8"));

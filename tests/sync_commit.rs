@@ -221,6 +221,12 @@ fn any_2_of_3_waits_for_a_quorum_and_degrades_only_with_a_timeout() {
             .is_some_and(|v| v.len() == 4 && v.iter().all(|s| s["connected"] == true))
     });
     ok("all three");
+    // ANY 2 may confirm before the third standby's first acknowledgement: wait for all three.
+    wait_until("all three standbys acknowledging", || {
+        status(&dir)["standbys"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3 && a.iter().all(|s| s["sync_state"] == "quorum"))
+    });
     let st = status(&dir);
     assert_eq!(st["sync"]["policy"], "ANY 2 (a, b, c)");
     assert_eq!(st["sync"]["degraded"], false);

@@ -43,6 +43,16 @@ impl std::ops::Deref for ArchiveIdentity {
     }
 }
 
+/// Whether the identity file `bytes` names a first segment after `segment_no`: the archive was
+/// pruned past it (or began later), so it is not the archive's to hold. False when the file
+/// does not decode or records no beginning.
+pub fn begins_after(bytes: &[u8], segment_no: u64) -> bool {
+    ArchiveIdentity::decode(bytes)
+        .ok()
+        .and_then(|id| id.first_segment)
+        .is_some_and(|first| first > segment_no)
+}
+
 impl ArchiveIdentity {
     pub fn from_control(c: &ControlFile) -> Self {
         ArchiveIdentity {

@@ -9,6 +9,7 @@
 
 pub mod archiver;
 pub mod identity;
+pub mod prune;
 pub mod restore;
 pub mod s3;
 pub mod status;
@@ -17,8 +18,9 @@ pub mod target;
 
 use std::path::Path;
 
-pub use archiver::{Archiver, ArchiverOptions, PushOutcome};
+pub use archiver::{Archiver, ArchiverOptions, PushOutcome, ReadBack};
 pub use identity::{ArchiveIdentity, IDENTITY_NAME};
+pub use prune::{prune, KeepSince, PruneReport};
 pub use restore::{restore, RestoreOptions, RestoreProgress, RestoreReport, RestoreTarget};
 pub use s3::{S3Config, S3Store};
 pub use store::{ArchiveStore, LocalDirStore, ObjectInfo, PutOutcome};

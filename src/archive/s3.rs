@@ -3,7 +3,9 @@
 //!
 //! The store's rules on an object store's terms: `put` is one conditional create
 //! (`If-None-Match: *`), so an object appears whole or not at all and an existing one is never
-//! replaced; a successful PUT is durable, so `sync` has nothing to do. Requests that fail on a
+//! replaced; a successful PUT is durable, so `sync` has nothing to do. A PUT whose ETag is the
+//! MD5 of the bytes sent proves the store holds them, so the archiver reads back only objects
+//! whose ETag proves nothing (see [`etag_proves`]). Requests that fail on a
 //! transient error (a 5xx, throttling, a connection refused or cut) are retried by the client
 //! with capped exponential backoff and jitter, and what still fails becomes an I/O error that the
 //! archiver's watch loop retries; a permanent error (access denied, a wrong signature, no such
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
@@ -156,6 +158,9 @@ impl S3Store {
         }
         let b = b
             .with_retry(retry_config())
+            // Every PUT carries x-amz-checksum-sha256 (the digest signing computes anyway): a
+            // store that checks it (AWS S3, MinIO) refuses bytes damaged on the way.
+            .with_checksum_algorithm(Checksum::SHA256)
             .with_config(
                 AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
                 "5s",
@@ -226,6 +231,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Lowercase hex MD5 of `data`.
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether a single PUT's ETag proves the store holds exactly the bytes sent: S3 and the stores
+/// that follow it answer a single-part PUT with the MD5 of the bytes they received (quoted), so
+/// an ETag equal to the MD5 of what was sent proves them. It is not an MD5 for a multipart
+/// upload (`"HEX-PARTS"`, which walship never makes), under SSE-KMS or SSE-C encryption, and
+/// on some other stores: there it does not match, proves nothing, and the caller reads the
+/// object back instead.
+fn etag_proves(etag: Option<&str>, md5_hex: &str) -> bool {
+    let Some(etag) = etag else { return false };
+    let etag = etag.strip_prefix("W/").unwrap_or(etag).trim_matches('"');
+    etag.len() == 32 && etag.eq_ignore_ascii_case(md5_hex)
+}
+
 /// Lets the bytes of an `Arc<Vec<u8>>` be sent without a copy.
 struct Shared(Arc<Vec<u8>>);
 
@@ -240,13 +266,19 @@ impl S3Store {
         let path = self.path(name)?;
         // One PUT holds up to 5 GiB; a segment is at most 1 GiB, so every object is written
         // by a single conditional create and is whole or absent.
-        let payload = PutPayload::from_bytes(bytes::Bytes::from_owner(Shared(data)));
+        let payload = PutPayload::from_bytes(bytes::Bytes::from_owner(Shared(data.clone())));
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        match self.inner.put_opts(&path, payload, opts).await {
-            Ok(_) => Ok(PutOutcome::Created),
+        // The MD5 of what is sent, computed while it is being sent.
+        let md5 = super::blocking(move || Ok(md5_hex(&data)));
+        let (put, md5) =
+            futures::future::join(self.inner.put_opts(&path, payload, opts), md5).await;
+        match put {
+            Ok(r) => Ok(PutOutcome::Created {
+                verified: etag_proves(r.e_tag.as_deref(), &md5?),
+            }),
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => Ok(PutOutcome::AlreadyExists),
             Err(e) => Err(self.err("put", name, e)),
@@ -331,7 +363,7 @@ impl S3Store {
 
 /// Whether the archive at `url` (reached through the AWS environment) holds sealed segment
 /// `seg` of `size` bytes: its uncompressed object with that size, or a non-empty compressed
-/// one. For retention, which is synchronous: runs its own small runtime on its own thread.
+/// one, or it begins after `seg` (pruned: no longer the archive's to hold). For retention, which is synchronous: runs its own small runtime on its own thread.
 pub fn holds_segment_blocking(
     url: &str,
     seg: crate::format::SegmentName,
@@ -350,7 +382,11 @@ pub fn holds_segment_blocking(
                 Err(e) => return Err(store.err("head", &name, e)),
             }
         }
-        Ok(false)
+        // Not there: pruned, when the archive now begins after it.
+        Ok(store
+            .get_object(super::IDENTITY_NAME)
+            .await?
+            .is_some_and(|id| super::identity::begins_after(&id, seg.segment_no.0)))
     };
     std::thread::scope(|sc| {
         sc.spawn(|| {
@@ -414,6 +450,33 @@ impl ArchiveStore for S3Store {
         let (s, name) = (self.clone(), name.to_string());
         async move { s.delete_object(&name).await }
     }
+
+    /// One unconditional PUT: S3 replaces an object at once, so a reader sees the old or the
+    /// new one whole. Read back and compared.
+    fn replace(
+        &self,
+        name: &str,
+        data: Arc<Vec<u8>>,
+    ) -> impl std::future::Future<Output = Result<()>> + Send {
+        let (s, name) = (self.clone(), name.to_string());
+        async move {
+            let path = s.path(&name)?;
+            let payload = PutPayload::from_bytes(bytes::Bytes::from_owner(Shared(data.clone())));
+            s.inner
+                .put_opts(&path, payload, PutOptions::default())
+                .await
+                .map_err(|e| s.err("put", &name, e))?;
+            match s.get_object(&name).await? {
+                Some(back) if back == *data => Ok(()),
+                _ => Err(Error::Corrupt {
+                    file: std::path::PathBuf::from(&s.url).join(&name),
+                    offset: 0,
+                    lsn: crate::Lsn(0),
+                    reason: "read back from the archive differs from what was written".into(),
+                }),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -440,6 +503,30 @@ mod tests {
             "http://bucket/x",
         ] {
             assert!(S3Config::from_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn etag_is_a_proof_only_when_it_is_the_md5_sent() {
+        let md5 = md5_hex(b"hello");
+        assert_eq!(md5, "5d41402abc4b2a76b9719d911017c592");
+        assert!(etag_proves(
+            Some("\"5d41402abc4b2a76b9719d911017c592\""),
+            &md5
+        ));
+        assert!(etag_proves(
+            Some("\"5D41402ABC4B2A76B9719D911017C592\""),
+            &md5
+        ));
+        assert!(etag_proves(Some("5d41402abc4b2a76b9719d911017c592"), &md5));
+        for other in [
+            None,
+            Some(""),
+            Some("\"5d41402abc4b2a76b9719d911017c592-1\""),
+            Some("\"00000000000000000000000000000000\""),
+            Some("\"5d41402abc4b2a76b9719d911017c5\""),
+        ] {
+            assert!(!etag_proves(other, &md5), "{other:?}");
         }
     }
 

@@ -18,8 +18,10 @@ use crate::fsutil::fsync_dir;
 /// What `put` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutOutcome {
-    /// The object was written and is durable.
-    Created,
+    /// The object was written and is durable. `verified`: the store's answer proves it holds
+    /// exactly the bytes sent (an S3 ETag equal to the MD5 of what was sent); otherwise the
+    /// caller reads the object back to know.
+    Created { verified: bool },
     /// An object of that name already exists; nothing was written. The caller compares it.
     AlreadyExists,
 }
@@ -62,6 +64,11 @@ pub trait ArchiveStore: Send + Sync + 'static {
 
     /// Removes an object; false when there was none.
     fn delete(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Writes `data` under `name` durably, replacing what is there at once: a reader sees the
+    /// old object or the new one, whole. Only the identity file is ever replaced (pruning moves
+    /// the segment the archive begins at).
+    fn replace(&self, name: &str, data: Arc<Vec<u8>>) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Checks an object name (see [`ArchiveStore`]).
@@ -199,7 +206,7 @@ impl LocalDirStore {
             // at all, and an object that appeared meanwhile is left alone.
             crate::fault!("archive::put::link", e => Error::io(format!("link {} to {}", tmp.display(), path.display()), e));
             match fs::hard_link(&tmp, &path) {
-                Ok(()) => Ok(PutOutcome::Created),
+                Ok(()) => Ok(PutOutcome::Created { verified: false }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     Ok(PutOutcome::AlreadyExists)
                 }
@@ -214,6 +221,34 @@ impl LocalDirStore {
         removed.ctx(|| format!("remove {}", tmp.display()))?;
         self.sync_root()?;
         Ok(outcome)
+    }
+
+    fn replace_blocking(&self, name: &str, data: &[u8]) -> Result<()> {
+        check_name(name)?;
+        let path = self.root.join(name);
+        let tmp = self.root.join(format!(
+            ".{name}.{}.{:08x}.tmp",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .ctx(|| format!("create {}", tmp.display()))?;
+            f.write_all(data)
+                .ctx(|| format!("write {}", tmp.display()))?;
+            f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+            // A rename replaces the name at once.
+            fs::rename(&tmp, &path)
+                .ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        self.sync_root()
     }
 
     fn get_blocking(&self, name: &str) -> Result<Option<Vec<u8>>> {
@@ -344,6 +379,11 @@ impl ArchiveStore for LocalDirStore {
         let (s, name) = (self.clone(), name.to_string());
         blocking(move || s.sync_blocking(&name))
     }
+
+    fn replace(&self, name: &str, data: Arc<Vec<u8>>) -> impl Future<Output = Result<()>> + Send {
+        let (s, name) = (self.clone(), name.to_string());
+        blocking(move || s.replace_blocking(&name, &data))
+    }
 }
 
 #[cfg(test)]
@@ -357,7 +397,7 @@ mod tests {
         let one = Arc::new(b"one".to_vec());
         assert_eq!(
             s.put("x.wal", one.clone()).await.unwrap(),
-            PutOutcome::Created
+            PutOutcome::Created { verified: false }
         );
         let two = Arc::new(b"two".to_vec());
         assert_eq!(

@@ -152,6 +152,16 @@ impl ArchiveStore for AnyStore {
             }
         }
     }
+
+    fn replace(&self, name: &str, data: Arc<Vec<u8>>) -> impl Future<Output = Result<()>> + Send {
+        let (s, name) = (self.clone(), name.to_string());
+        async move {
+            match s {
+                AnyStore::Dir(d) => d.replace(&name, data).await,
+                AnyStore::S3(x) => x.replace(&name, data).await,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

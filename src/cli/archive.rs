@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use walship::archive::{Archiver, ArchiverOptions, Compression};
+use walship::archive::{Archiver, ArchiverOptions, Compression, ReadBack};
 use walship::DataDir;
 
 use super::{parse_size, CmdResult};
@@ -14,6 +14,14 @@ use super::{parse_size, CmdResult};
 pub enum CompressArg {
     None,
     Zstd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReadBackArg {
+    /// Only when the store's answer to the write does not prove the bytes.
+    Unproven,
+    /// After every write.
+    Always,
 }
 
 /// Push every sealed segment to an archive, in LSN order; keep watching for new ones.
@@ -28,7 +36,8 @@ from the one it begins at (recorded in its IDENTITY): what is missing is pushed 
 and when wal/ no longer has it the archiver exits 1. Watching, a failing pass is retried with a \
 pause growing to 30 s. The writer may keep running: the archiver reads sealed segments only.\n\n\
 In an S3-compatible store (--to s3://BUCKET/PREFIX) each segment is one conditional PUT \
-(If-None-Match: *), whole or absent, then read back and compared; credentials, region and \
+(If-None-Match: *), whole or absent, carrying its SHA-256; the store's ETag, when it is the MD5 \
+of the bytes sent, proves them, and otherwise the object is read back and compared; credentials, region and \
 endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, \
 AWS_ENDPOINT_URL and AWS_ALLOW_HTTP, or the --s3-* flags. Transient errors are retried with \
 backoff; access denied, a wrong secret or a missing bucket fail at once.\n\n\
@@ -64,6 +73,11 @@ pub struct ArchiveArgs {
     /// order. Above 1, never run two archivers on one archive.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallel: u64,
+    /// When to read a written segment back and compare it: `unproven` (a directory archive
+    /// always; an S3 object only when the PUT's ETag is not the MD5 of what was sent) or
+    /// `always`.
+    #[arg(long, value_enum, default_value_t = ReadBackArg::Unproven)]
+    pub read_back: ReadBackArg,
     #[command(flatten)]
     pub s3: super::target::S3Args,
 }
@@ -78,6 +92,10 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
         warn_lag_bytes: a.warn_lag,
         rescan_interval: Duration::from_secs(a.rescan_secs),
         parallel: a.parallel as usize,
+        read_back: match a.read_back {
+            ReadBackArg::Unproven => ReadBack::Unproven,
+            ReadBackArg::Always => ReadBack::Always,
+        },
     };
     // A wrong DATA_DIR fails before the archive directory is created.
     DataDir::new(&a.data_dir).read_control()?;
@@ -100,6 +118,7 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
                     "already_archived": s.already_archived,
                     "bytes": s.bytes,
                     "stored_bytes": s.stored_bytes,
+                    "read_back": s.read_back,
                     "position": s.position,
                     "seconds": secs,
                 });

@@ -82,6 +82,11 @@ pub struct BenchArgs {
     /// Ship scenario: sealed segments in the catch-up backlog, and segments timed one by one.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub segments: u64,
+    /// Ship scenario: run it over TLS as well, in the same run, with the certificates of DIR:
+    /// ca.crt, and primary.crt and primary.key for the name localhost (OPERATIONS.md shows
+    /// how to make them). The TLS rows are compared with the plain ones.
+    #[arg(long, value_name = "DIR")]
+    pub tls: Option<PathBuf>,
     /// Replay a trace (tab-separated type, tx_id, len; plain or gzip) instead of fixed records;
     /// each client waits for durability at each tx_commit.
     #[arg(long)]
@@ -123,6 +128,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
         },
         store_size: a.size,
         segments: a.segments,
+        tls: a.tls.clone(),
     };
     let trace = match &a.workload {
         Some(path) => {
@@ -184,6 +190,25 @@ fn print(r: &BenchResult, json: bool) -> CmdResult {
             println!(
                 "baseline (TCP copy + fsync of one segment): p50 {:.1} ms, p99 {:.1} ms; ratio (baseline / walship p50) {:.2}",
                 r.baseline_p50_us / 1e3, r.baseline_p99_us / 1e3, r.ratio
+            );
+        }
+        "ship_catchup_tls" => {
+            println!(
+                "ship catch-up over TLS: {} segments: {:.2} s, {:.1} MB/s; plain {:.1} MB/s; ratio TLS / plain {:.2}",
+                r.segments.unwrap_or(0), r.seconds, r.mb_per_s, r.baseline_mb_per_s, r.ratio
+            );
+        }
+        "ship_latency_tls" => {
+            println!(
+                "ship latency over TLS, seal to applied: p50 {:.1} ms, p99 {:.1} ms; plain p50 {:.1} ms, p99 {:.1} ms",
+                r.p50_us / 1e3, r.p99_us / 1e3, r.baseline_p50_us / 1e3, r.baseline_p99_us / 1e3
+            );
+        }
+        "stream_latency_tls" => {
+            println!(
+                "stream latency over TLS: p50 {:.3} ms, p99 {:.3} ms; plain p50 {:.3} ms, p99 {:.3} ms (p50 +{:.3} ms)",
+                r.p50_us / 1e3, r.p99_us / 1e3, r.baseline_p50_us / 1e3, r.baseline_p99_us / 1e3,
+                (r.p50_us - r.baseline_p50_us) / 1e3
             );
         }
         "stream_latency" => {

@@ -11,7 +11,7 @@ use super::{CmdResult, Failure};
 /// Run the whole system on loopback in a scratch directory, for a first look.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "It starts a primary with a writer, `serve`, a standby and an archiver (the real commands, as child processes), kills and recovers the writer midway, restores the archive into a new directory, verifies everything and compares the records. Exit 0 only when every check passed.\n\nExample:\n  walship demo --seconds 30 --dir /tmp/walship-demo"
+    after_help = "It starts a primary with a writer, `serve`, a standby and an archiver (the real commands, as child processes), kills and recovers the writer midway, restores the archive into a new directory (with --archive-to, through an S3-compatible store), verifies everything and compares the records. Exit 0 only when every check passed.\n\nExample:\n  walship demo --seconds 30 --dir /tmp/walship-demo"
 )]
 pub struct DemoArgs {
     /// Scratch directory (created, and kept afterwards). Default: a new directory under the
@@ -21,6 +21,12 @@ pub struct DemoArgs {
     /// How long the writer runs, in seconds (1 to 3600).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub seconds: u64,
+    /// Archive to an S3-compatible store rather than to a directory in DIR: an s3://BUCKET/PREFIX
+    /// holding no objects yet, reached through the AWS environment (AWS_ENDPOINT_URL,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP for a store on
+    /// loopback), which every component inherits.
+    #[arg(long, value_name = "URL")]
+    pub archive_to: Option<String>,
 }
 
 pub fn demo(a: DemoArgs) -> CmdResult {
@@ -39,6 +45,7 @@ pub fn demo(a: DemoArgs) -> CmdResult {
         seconds: a.seconds,
         exe,
         live: stdout.is_terminal(),
+        archive_to: a.archive_to.clone(),
     };
     let mut out = stdout.lock();
     let summary = run(&opts, &mut out)?;
@@ -74,7 +81,10 @@ pub fn demo(a: DemoArgs) -> CmdResult {
     println!("  {w} status {d}/standby --json");
     println!("  {w} dump {d}/primary --limit 20");
     println!("  {w} dump {d}/primary --stats");
-    println!("  {w} verify {d}/archive");
+    match &a.archive_to {
+        Some(url) => println!("  {w} verify {url}"),
+        None => println!("  {w} verify {d}/archive"),
+    }
     println!("  {w} dump {d}/restored --type tx_commit --limit 5");
     if summary.passed() {
         println!("all {} checks passed", summary.checks.len());

@@ -2,6 +2,7 @@
 //! 0 success, 1 the thing checked is bad (damage), 2 usage or I/O failure.
 
 mod archive;
+mod archive_prune;
 mod bench;
 mod checkpoint;
 mod demo;
@@ -48,6 +49,7 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     Bench(bench::BenchArgs),
     Archive(archive::ArchiveArgs),
+    ArchivePrune(archive_prune::ArchivePruneArgs),
     Restore(restore::RestoreArgs),
     Checkpoint(checkpoint::CheckpointArgs),
     Serve(serve::ServeArgs),
@@ -109,6 +111,7 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Archive(a) => archive::run(a),
+        Command::ArchivePrune(a) => archive_prune::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Checkpoint(a) => checkpoint::run(a),
         Command::Serve(a) => serve::run(a),

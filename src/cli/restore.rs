@@ -55,7 +55,7 @@ pub struct RestoreArgs {
 
 /// Parses RFC 3339 into microseconds since the Unix epoch (finer digits are dropped: record
 /// timestamps are whole microseconds, so the comparison stays exact).
-fn parse_time(s: &str) -> Result<i64, String> {
+pub(super) fn parse_time(s: &str) -> Result<i64, String> {
     let t = chrono::DateTime::parse_from_rfc3339(s.trim()).map_err(|e| {
         format!("invalid time {s:?}: {e} (expected RFC 3339, like 2026-11-26T05:30:00Z)")
     })?;

@@ -12,7 +12,7 @@ use super::{parse_size, CmdResult, Failure};
 /// Ship sealed segments of a data directory to standbys over TCP.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "It only reads sealed segments and never takes the directory's lock, so it runs beside the writer, and can serve a standby's directory onward (cascading). Each segment is checked whole before it is sent; damage found, and segments a standby refuses, are logged as DAMAGE and recorded for `walship status`. Without --auth-token-file it listens only on loopback addresses unless --insecure is given. On start it prints `listening on ADDR`.\n\nExample:\n  walship serve ./data --listen 0.0.0.0:5433 --auth-token-file ./replication.token"
+    after_help = "It only reads sealed segments and never takes the directory's lock, so it runs beside the writer, and can serve a standby's directory onward (cascading). Each segment is checked whole before it is sent; damage found, and segments a standby refuses, are logged as DAMAGE and recorded for `walship status`. On a non-loopback address it requires TLS (--tls-cert, --tls-key) and a way to authenticate standbys (--tls-client-ca, --token-dir or --auth-token-file), unless --insecure is given. SIGHUP reloads the TLS files (established streams keep going) and cuts the streams of standbys whose token file was removed from --token-dir; a changed TLS file is also picked up by itself at the next connection. On start it prints `listening on ADDR`.\n\nExample:\n  walship serve ./data --listen 0.0.0.0:5433 --tls-cert primary.crt --tls-key primary.key --tls-client-ca ca.crt"
 )]
 pub struct ServeArgs {
     pub data_dir: PathBuf,
@@ -20,9 +20,23 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_listen)]
     pub listen: String,
     /// File holding the shared token (mode 600 or stricter); standbys must prove they know it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token_dir")]
     pub auth_token_file: Option<PathBuf>,
-    /// Allow a non-loopback address without a token.
+    /// Directory of standbys' own tokens: the file DIR/NAME (mode 600) holds the token of the
+    /// standby NAME. Read at every connection; removing a file revokes that standby.
+    #[arg(long)]
+    pub token_dir: Option<PathBuf>,
+    /// The primary's TLS certificate chain (PEM): TLS on the port.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 600 or stricter).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) of standbys' certificates: every standby must present one signed
+    /// by them, and is named by it (its common name, or a DNS name).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Allow a non-loopback address without TLS or without authenticating standbys.
     #[arg(long)]
     pub insecure: bool,
     /// Connections served at once; more are refused at once with a `Busy` error.
@@ -170,6 +184,15 @@ pub fn run(a: ServeArgs) -> CmdResult {
     a.net.check()?;
     let mut config = ShipperConfig::new(&a.data_dir, &a.listen);
     config.auth_token = read_token(&a.auth_token_file)?;
+    config.token_dir = a.token_dir.clone();
+    config.tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(walship::replication::tls::ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: a.tls_client_ca.clone(),
+        }),
+        _ => None,
+    };
     config.insecure = a.insecure;
     config.max_connections = a.max_connections as usize;
     config.handshake_timeout = a.handshake_timeout;
@@ -189,11 +212,30 @@ pub fn run(a: ServeArgs) -> CmdResult {
             writeln!(out, "listening on {}", shipper.local_addr())?;
             out.flush()?;
         }
-        super::shutdown_signal().await;
+        reload_on_hangup(&shipper).await;
         tracing::info!("stopping");
         shipper.stop(STOP_BOUND).await;
         Ok(())
     })
+}
+
+/// Reloads the shipper's TLS files and token directory on each SIGHUP, until a signal to stop.
+async fn reload_on_hangup(shipper: &Shipper) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return super::shutdown_signal().await;
+    };
+    let stop = super::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hup.recv() => match shipper.reload() {
+                Ok(()) => tracing::info!("reloaded on SIGHUP"),
+                Err(e) => tracing::error!(error = %e, "reload on SIGHUP failed: the TLS configuration in use stays"),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

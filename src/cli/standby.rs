@@ -13,16 +13,32 @@ use super::{CmdResult, Failure};
 /// Follow a primary: receive its sealed segments, store them durably, apply them.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "DATA_DIR may be absent or empty: the first contact creates it with the primary's identity. It may also be a data directory of the same system that is behind the primary (restored from the archive, or a former primary): it resumes from its own end once the primary confirms their histories match; one that is ahead or diverged is refused and left as it was. A first contact that fails leaves nothing behind. Each segment is stored as .wal.partial, fsynced, verified (records, seal, checksum, chain), renamed to .wal and acknowledged; then its records are checked and counted and applied_lsn recorded. A segment that fails its checks is discarded, the primary is told where and why (it shows it in `walship status`), and it is asked for again. The standby reconnects with capped exponential backoff; it stops (exit 2) when the primary refuses it for good (wrong token, another system, WAL no longer there).\n\nExample:\n  walship standby ./replica --primary db1.example:5433 --auth-token-file ./replication.token"
+    after_help = "DATA_DIR may be absent or empty: the first contact creates it with the primary's identity. It may also be a data directory of the same system that is behind the primary (restored from the archive, or a former primary): it resumes from its own end once the primary confirms their histories match; one that is ahead or diverged is refused and left as it was. A first contact that fails leaves nothing behind. Each segment is stored as .wal.partial, fsynced, verified (records, seal, checksum, chain), renamed to .wal and acknowledged; then its records are checked and counted and applied_lsn recorded. A segment that fails its checks is discarded, the primary is told where and why (it shows it in `walship status`), and it is asked for again. The standby reconnects with capped exponential backoff; it stops (exit 2) when the primary refuses it for good (wrong token, revoked, another system, WAL no longer there) or a TLS certificate check fails on either side (the message says which).\n\nExample:\n  walship standby ./replica --primary db1.example:5433 --tls-ca ca.crt --tls-cert standby-a.crt --tls-key standby-a.key"
 )]
 pub struct StandbyArgs {
     pub data_dir: PathBuf,
     /// The primary's address, HOST:PORT (port 1 to 65535).
     #[arg(long, value_parser = parse_primary)]
     pub primary: String,
-    /// File holding the shared token (mode 600 or stricter).
+    /// File holding the token (mode 600 or stricter): the shared one, or this standby's own.
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) the primary's certificate must be signed by: TLS to the primary.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This standby's certificate chain (PEM), for a primary that requires one.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 600 or stricter).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the primary's certificate must carry (default: the host of --primary).
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// TLS without checking the primary's certificate: the stream is encrypted, but anyone on
+    /// the path can pose as the primary. A warning is logged at each connection.
+    #[arg(long, conflicts_with = "tls_ca")]
+    pub tls_insecure_skip_verify: bool,
     /// Longest wait between reconnection attempts (100ms to 60m).
     #[arg(long, default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub max_backoff: Duration,
@@ -43,6 +59,18 @@ pub fn run(a: StandbyArgs) -> CmdResult {
     a.net.check()?;
     let mut config = StandbyConfig::new(&a.data_dir, &a.primary);
     config.auth_token = read_token(&a.auth_token_file)?;
+    let tls_wanted = a.tls_ca.is_some() || a.tls_insecure_skip_verify;
+    if !tls_wanted && (a.tls_cert.is_some() || a.tls_server_name.is_some()) {
+        return Err(Failure::Error(
+            "--tls-cert and --tls-server-name need TLS: give --tls-ca (or --tls-insecure-skip-verify)".into(),
+        ));
+    }
+    config.tls = tls_wanted.then(|| walship::replication::tls::ClientTlsFiles {
+        ca: a.tls_ca.clone(),
+        cert_key: a.tls_cert.clone().zip(a.tls_key.clone()),
+        server_name: a.tls_server_name.clone(),
+        insecure_skip_verify: a.tls_insecure_skip_verify,
+    });
     config.max_frame = a.net.max_frame_size as usize;
     config.heartbeat_interval = a.net.heartbeat_interval;
     config.peer_timeout = a.net.peer_timeout;

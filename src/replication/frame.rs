@@ -112,6 +112,8 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 ) -> Result<(), FrameError> {
     let frame = encode_frame(msg)?;
     w.write_all(&frame).await?;
+    // A TLS stream may hold the last record back until flushed; TCP's flush is a no-op.
+    w.flush().await?;
     Ok(())
 }
 

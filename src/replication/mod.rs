@@ -2,8 +2,11 @@
 //! standbys receive, verify, store and apply them. docs/PROTOCOL.md describes the wire format.
 //!
 //! - [`messages`], [`codec`], [`frame`]: the protocol's bytes (pure, no I/O but the socket).
-//! - [`auth`]: the token challenge-response; `handshake`: both halves of the handshake over any
-//!   byte stream.
+//! - [`auth`]: the token challenge-response; [`identities`]: which tokens a primary accepts and
+//!   the standby names they give; `handshake`: both halves of the handshake over any byte
+//!   stream.
+//! - [`tls`]: TLS configurations from files; [`transport`]: the stream a connection runs over
+//!   (plain TCP or TLS).
 //! - [`shipper`]: the primary side; [`standby`]: the receiving side; [`applicator`]: what a
 //!   standby does with each record; [`standby_state`]: a standby's own durable state (its
 //!   directory's module, under the name it has always had).
@@ -13,11 +16,14 @@ pub mod auth;
 pub mod codec;
 pub mod frame;
 mod handshake;
+pub mod identities;
 pub mod messages;
 mod segments;
 pub mod shipper;
 pub mod standby;
 pub mod synchronous;
+pub mod tls;
+pub mod transport;
 
 use std::time::Duration;
 
@@ -45,6 +51,12 @@ pub enum ReplError {
     Frame(#[from] frame::FrameError),
     #[error("{0}")]
     Token(#[from] auth::TokenError),
+    #[error("{0}")]
+    TlsFiles(#[from] tls::TlsError),
+    /// A TLS handshake or record failed: which check, from this side. `certificate` when it is
+    /// about a certificate (retrying with the same files cannot help), not the stream.
+    #[error("{message}")]
+    Tls { message: String, certificate: bool },
     /// The peer refused us or ended the connection, saying why.
     #[error("the {peer} ended the connection: {message}")]
     PeerRefused {
@@ -99,7 +111,8 @@ impl ReplError {
                         crate::Error::Locked { .. } | crate::Error::NotADataDir { .. }
                     )
             }
-            ReplError::Token(_) | ReplError::Internal(_) => true,
+            ReplError::Token(_) | ReplError::TlsFiles(_) | ReplError::Internal(_) => true,
+            ReplError::Tls { certificate, .. } => *certificate,
             _ => false,
         }
     }
@@ -108,6 +121,23 @@ impl ReplError {
         ReplError::Refused {
             code,
             message: message.into(),
+        }
+    }
+
+    /// The same error, told as a TLS failure when a TLS check is its cause, from `side`.
+    pub(crate) fn tls_told(self, side: tls::Side) -> ReplError {
+        let cause = match &self {
+            ReplError::Frame(frame::FrameError::Io(e)) | ReplError::Io { source: e, .. } => {
+                tls::describe::tls_cause(e)
+            }
+            _ => None,
+        };
+        match cause {
+            Some(c) => ReplError::Tls {
+                message: tls::describe::describe(c, side),
+                certificate: tls::describe::is_certificate_failure(c),
+            },
+            None => self,
         }
     }
 

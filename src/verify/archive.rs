@@ -89,7 +89,21 @@ fn verify_objects(
         }
     };
     let identity = archive_id.map(|id| id.system);
-    let segs = segment_objects(objects);
+    let mut segs = segment_objects(objects);
+    // Segments before the one the archive begins at are what a pruning that stopped half-way
+    // left: not part of the archive, and never read.
+    if let Some(begin) = archive_id.as_ref().and_then(|id| id.first_segment) {
+        let before = segs
+            .iter()
+            .filter(|(n, _, _)| n.segment_no.0 < begin)
+            .count();
+        if before > 0 {
+            report.notes.push(format!(
+                "{before} object(s) before the segment the archive begins at ({IDENTITY_NAME} first_segment {begin}) are left over from pruning and not checked; `walship archive-prune` removes them"
+            ));
+            segs.retain(|(n, _, _)| n.segment_no.0 >= begin);
+        }
+    }
     if let (Some(id), Some((first_held, _, _))) = (&archive_id, segs.first()) {
         check_first_segment(id, first_held, &mut report);
     }
@@ -121,7 +135,7 @@ fn verify_objects(
 }
 
 /// An archive of layout version 2 holds every segment from the one its identity names: a
-/// missing first segment (or one before it) is damage, as a gap is.
+/// missing first segment is damage, as a gap is (segments before it were set aside above).
 fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &mut VerifyReport) {
     let Some(begin) = id.first_segment else {
         return;
@@ -142,15 +156,6 @@ fn check_first_segment(id: &ArchiveIdentity, first_held: &SegmentName, report: &
             lsn,
             reason: format!(
                 "segment {begin_name} is missing: the archive begins at it ({IDENTITY_NAME} first_segment {begin}), but its first segment is {first_held} (missing: {begin_name} to {last_missing})"
-            ),
-        });
-    } else if first_held.segment_no.0 < begin {
-        report.errors.push(VerifyIssue {
-            segment: first_held.to_string(),
-            offset: 0,
-            lsn: first_held.segment_no.start_lsn(id.segment_size).unwrap_or_default(),
-            reason: format!(
-                "segment {first_held} lies before the segment the archive begins at ({begin_name}, {IDENTITY_NAME} first_segment {begin})"
             ),
         });
     }

@@ -43,7 +43,7 @@ impl<S: ArchiveStore> Archiver<S> {
             .put(IDENTITY_NAME, Arc::new(self.identity.encode()))
             .await?
         {
-            PutOutcome::Created => {
+            PutOutcome::Created { .. } => {
                 tracing::info!(archive = %location, system_id = %self.identity.system_id, first_segment = ?self.identity.first_segment, "created archive")
             }
             PutOutcome::AlreadyExists => {
@@ -76,6 +76,17 @@ impl<S: ArchiveStore> Archiver<S> {
             }
         }
         let identity_lost = !objects.iter().any(|o| o.name == IDENTITY_NAME);
+        if !identity_lost {
+            // Pruning moves the segment the archive begins at forward (never back): segments
+            // before it are no longer the archive's to hold or to push.
+            let theirs = check_identity(&*self.store, &self.identity).await?;
+            if let (Some(now), Some(was)) = (theirs.first_segment, self.identity.first_segment) {
+                if now > was {
+                    tracing::info!(archive = %loc, from = was, to = now, "the archive was pruned: it begins at a later segment");
+                    self.identity.first_segment = Some(now);
+                }
+            }
+        }
         self.archived.clear();
         for (n, c, o) in segments {
             // An object too large to be a segment is damage, refused before it is ever read.

@@ -53,6 +53,21 @@ pub struct ArchiverOptions {
     /// (a misconfiguration) can leave segments of both histories in it, which `verify` reports
     /// as a broken chain; at 1 the loser stops at its first conflicting segment.
     pub parallel: usize,
+    /// When a written object is read back and compared with the local bytes.
+    pub read_back: ReadBack,
+}
+
+/// When the archiver reads a written object back from the store and compares it with the
+/// local segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadBack {
+    /// Only when the store's answer does not prove the bytes: always for a directory archive
+    /// (read from the device), for an S3 store when the PUT's ETag is not the MD5 of what was
+    /// sent (encryption with KMS keys or customer keys, some S3-compatible stores).
+    #[default]
+    Unproven,
+    /// After every write, whatever the store answered (every byte crosses the link twice).
+    Always,
 }
 
 impl Default for ArchiverOptions {
@@ -63,6 +78,7 @@ impl Default for ArchiverOptions {
             warn_lag_bytes: 256 << 20,
             rescan_interval: Duration::from_secs(10),
             parallel: 1,
+            read_back: ReadBack::Unproven,
         }
     }
 }
@@ -70,11 +86,13 @@ impl Default for ArchiverOptions {
 /// What pushing one segment did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PushOutcome {
-    /// Written, read back and found identical.
+    /// Written, and either read back and found identical (`read_back`) or proven identical by
+    /// the store's answer.
     Archived {
         object: String,
         bytes: u64,
         stored_bytes: u64,
+        read_back: bool,
     },
     /// An identical copy was already in the archive.
     AlreadyArchived { object: String },
@@ -89,6 +107,9 @@ pub struct PassSummary {
     pub bytes: u64,
     /// Bytes written to the archive.
     pub stored_bytes: u64,
+    /// Segments written that were read back and compared (the others were proven by the
+    /// store's answer to the write).
+    pub read_back: u64,
     /// The archiver's position after the pass: the seal LSN of the last archived segment.
     pub position: Lsn,
     /// Sealed bytes that were waiting when the pass started.
@@ -299,9 +320,11 @@ impl<S: ArchiveStore> Archiver<S> {
             PushOutcome::Archived {
                 bytes,
                 stored_bytes,
+                read_back,
                 ..
             } => {
                 sum.archived += 1;
+                sum.read_back += u64::from(read_back);
                 sum.bytes += bytes;
                 sum.stored_bytes += stored_bytes;
             }

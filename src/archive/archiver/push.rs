@@ -1,5 +1,6 @@
 //! Writing one prepared segment to the archive: refusing a hole or a broken chain, taking an
-//! identical copy already there (once durable), or putting it and reading it back.
+//! identical copy already there (once durable), or putting it and reading it back unless the
+//! store's answer to the put proved the bytes.
 
 use super::*;
 
@@ -40,6 +41,7 @@ impl<S: ArchiveStore> Archiver<S> {
             store: self.store.clone(),
             segment_size: self.identity.segment_size,
             compression: self.opts.compression,
+            read_back: self.opts.read_back,
         }
     }
 
@@ -111,6 +113,7 @@ pub(super) struct Uploader<S: ArchiveStore> {
     store: Arc<S>,
     segment_size: u64,
     compression: Compression,
+    read_back: ReadBack,
 }
 
 impl<S: ArchiveStore> Uploader<S> {
@@ -162,15 +165,29 @@ impl<S: ArchiveStore> Uploader<S> {
         if self.store.exists(&other_name).await? {
             return self.compare_existing(&other_name, other, &bytes).await;
         }
-        match self.store.put(&object, stored.clone()).await? {
+        let proven = match self.store.put(&object, stored.clone()).await? {
             PutOutcome::AlreadyExists => {
                 return self.compare_existing(&object, c, &bytes).await;
             }
-            PutOutcome::Created => {}
+            PutOutcome::Created { verified } => verified && self.read_back == ReadBack::Unproven,
+        };
+        if !proven {
+            self.read_back(name, &object, bytes).await?;
         }
-        // Read back from storage and compare with the local file.
-        let back = self.store.get(&object).await?;
-        let file = PathBuf::from(self.store.location()).join(&object);
+        tracing::debug!(object = %object, stored = stored.len(), read_back = !proven, "archived segment");
+        Ok(PushOutcome::Archived {
+            object,
+            bytes: local_len,
+            stored_bytes: stored.len() as u64,
+            read_back: !proven,
+        })
+    }
+
+    /// Reads a written object back from storage and compares it with the local bytes.
+    async fn read_back(&self, name: SegmentName, object: &str, bytes: Arc<Vec<u8>>) -> Result<()> {
+        let c = self.compression;
+        let back = self.store.get(object).await?;
+        let file = PathBuf::from(self.store.location()).join(object);
         let size = self.segment_size;
         let same = blocking(move || {
             Ok(match back {
@@ -181,18 +198,13 @@ impl<S: ArchiveStore> Uploader<S> {
         .await?;
         if !same {
             return Err(Error::Corrupt {
-                file: PathBuf::from(self.store.location()).join(&object),
+                file: PathBuf::from(self.store.location()).join(object),
                 offset: 0,
                 lsn: name.segment_no.start_lsn_saturating(self.segment_size),
                 reason: "read back from the archive differs from what was written".into(),
             });
         }
-        tracing::debug!(object = %object, stored = stored.len(), "archived segment");
-        Ok(PushOutcome::Archived {
-            object,
-            bytes: local_len,
-            stored_bytes: stored.len() as u64,
-        })
+        Ok(())
     }
 }
 

@@ -280,23 +280,27 @@ async fn plan<S: ArchiveStore>(
         )?;
     }
     // The archive holds every segment from the one it begins at: restoring from a later one
-    // would silently leave out the records before it.
-    if let (Some(begin), Some((first, _, o))) = (identity.first_segment, segs.first()) {
-        if first.segment_no.0 != begin {
-            let want = SegmentName::new(first.timeline, begin, SegmentFileKind::Sealed);
-            return Err(Error::Corrupt {
-                file: PathBuf::from(&loc).join(want.to_string()),
-                offset: 0,
-                lsn: Lsn(begin.saturating_mul(identity.segment_size)),
-                reason: if first.segment_no.0 > begin {
-                    format!("segment {want} is missing from the archive: it begins there ({IDENTITY_NAME} first_segment {begin}), but its first segment is {}", o.name)
-                } else {
-                    format!(
-                        "{} lies before the segment the archive begins at ({want})",
-                        o.name
-                    )
-                },
-            });
+    // would silently leave out the records before it. Segments before it are what a pruning
+    // that stopped half-way left: no restore uses them.
+    let mut segs = segs;
+    if let Some(begin) = identity.first_segment {
+        segs.retain(|(n, _, _)| n.segment_no.0 >= begin);
+        match segs.first() {
+            Some((first, _, o)) if first.segment_no.0 != begin => {
+                let want = SegmentName::new(first.timeline, begin, SegmentFileKind::Sealed);
+                return Err(Error::Corrupt {
+                    file: PathBuf::from(&loc).join(want.to_string()),
+                    offset: 0,
+                    lsn: Lsn(begin.saturating_mul(identity.segment_size)),
+                    reason: format!("segment {want} is missing from the archive: it begins there ({IDENTITY_NAME} first_segment {begin}), but its first segment is {}", o.name),
+                });
+            }
+            Some(_) => {}
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "{loc}: the archive holds no segments from the one it begins at ({begin}) on"
+                )))
+            }
         }
     }
     let items: Vec<_> = segs
@@ -406,7 +410,7 @@ async fn plan<S: ArchiveStore>(
     Ok(plan)
 }
 
-fn fmt_time(us: i64) -> String {
+pub(crate) fn fmt_time(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_else(|| us.to_string())

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::auth::{nonce, AuthToken};
 use super::codec;
 use super::frame::{write_message, HANDSHAKE_MAX_FRAME, MIN_FRAME_LIMIT};
+use super::identities::Tokens;
 use super::messages::{ErrorCode, Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use super::{read_msg, refuse, ReplError};
 use crate::format::ControlFile;
@@ -30,6 +31,8 @@ pub(crate) struct Identified {
     /// The protocol version the connection goes on in.
     pub version: u32,
     pub id: String,
+    /// The name of the standby's own token, when the primary holds one token per standby.
+    pub token_name: Option<String>,
     pub next_segment: Option<u64>,
     pub prev_checksum: Option<u32>,
     pub max_frame: usize,
@@ -57,12 +60,13 @@ fn unexpected(got: &Message<'_>, want: &str) -> (ErrorCode, String) {
 }
 
 /// The primary's half up to Identify: checks the Hello, authenticates the standby (when
-/// `token` is given) and proves the primary knows the token, then reads the standby's
+/// `tokens` has any: the standby's proof must verify with one of them) and proves the primary
+/// knows that token, then reads the standby's
 /// identity and checks it belongs to the system of `control`. A refusal is told to the
 /// standby before the error is returned. `t` bounds each wait for a message.
 pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    token: Option<&AuthToken>,
+    tokens: &Tokens,
     control: &ControlFile,
     t: Duration,
 ) -> Result<Identified, ReplError> {
@@ -107,7 +111,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             // The standby's version when it is older: the connection goes on in it.
             protocol_version: version,
             nonce: primary_nonce,
-            auth_required: token.is_some(),
+            auth_required: tokens.required(),
         },
     )
     .await?;
@@ -120,17 +124,24 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
     };
-    let reply = match (token, proof) {
-        (None, _) => None,
-        (Some(_), None) => {
+    let (reply, token_name) = match (tokens.required(), proof) {
+        (false, _) => (None, None),
+        (true, None) => {
             return Err(refuse(stream, ErrorCode::Auth, "authentication required: the primary has a token; give the standby the same --auth-token-file".into()).await)
         }
-        (Some(tok), Some(p)) => {
-            if !tok.verify_standby(&standby_nonce, &primary_nonce, &p) {
-                return Err(refuse(stream, ErrorCode::Auth, "authentication failed: wrong token".into()).await);
+        (true, Some(p)) => match tokens.verify(&standby_nonce, &primary_nonce, &p) {
+            Some((name, tok)) => (
+                Some(tok.primary_proof(&primary_nonce, &standby_nonce)),
+                name.map(str::to_string),
+            ),
+            None => {
+                let why = match tokens {
+                    Tokens::Named(_) => "authentication failed: wrong token (no token in the primary's token directory matches: a wrong token, or a standby revoked)",
+                    _ => "authentication failed: wrong token",
+                };
+                return Err(refuse(stream, ErrorCode::Auth, why.into()).await);
             }
-            Some(tok.primary_proof(&primary_nonce, &standby_nonce))
-        }
+        },
     };
     write_message(stream, &Message::AuthOk { proof: reply }).await?;
     // Identify.
@@ -177,6 +188,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             Identified {
                 version,
                 id: Uuid::from_bytes(standby_id).to_string(),
+                token_name,
                 next_segment,
                 prev_checksum,
                 max_frame: max_frame as usize,

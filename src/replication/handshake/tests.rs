@@ -48,10 +48,19 @@ fn both(
     primary: ControlFile,
     standby: Introduction,
 ) -> (Result<Identified, ReplError>, Result<Welcomed, ReplError>) {
+    both_with(primary_token.into(), standby_token, primary, standby)
+}
+
+fn both_with(
+    tokens: Tokens,
+    standby_token: Option<AuthToken>,
+    primary: ControlFile,
+    standby: Introduction,
+) -> (Result<Identified, ReplError>, Result<Welcomed, ReplError>) {
     rt().block_on(async {
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
         let primary_side = async {
-            let r = accept(&mut p, primary_token.as_ref(), &primary, T).await;
+            let r = accept(&mut p, &tokens, &primary, T).await;
             if r.is_ok() {
                 welcome(&mut p, &primary, Lsn(9 << 20)).await.unwrap();
             }
@@ -62,6 +71,36 @@ fn both(
         let standby_side = connect(&mut s, standby_token.as_ref(), T, || standby);
         tokio::join!(primary_side, standby_side)
     })
+}
+
+#[test]
+fn a_standby_s_own_token_names_it_and_a_revoked_one_is_refused() {
+    let named = |names: &[&str]| {
+        Tokens::Named(
+            names
+                .iter()
+                .map(|n| (n.to_string(), AuthToken::new(format!("secret {n}"))))
+                .collect(),
+        )
+    };
+    let (p, s) = both_with(
+        named(&["a", "b"]),
+        Some(AuthToken::new("secret b")),
+        control(1),
+        intro(Some(control(1))),
+    );
+    assert_eq!(p.unwrap().token_name.as_deref(), Some("b"));
+    s.unwrap();
+    // b's token removed from the directory: refused on both sides, saying why.
+    let (p, s) = both_with(
+        named(&["a"]),
+        Some(AuthToken::new("secret b")),
+        control(1),
+        intro(Some(control(1))),
+    );
+    let m = refused_with(&p, ErrorCode::Auth);
+    assert!(m.contains("revoked"), "{m}");
+    assert!(told(&s, ErrorCode::Auth).contains("revoked"));
 }
 
 fn refused_with(r: &Result<impl std::fmt::Debug, ReplError>, want: ErrorCode) -> String {
@@ -93,6 +132,7 @@ fn a_good_handshake_with_a_token_tells_each_side_what_the_other_said() {
         Identified {
             version: PROTOCOL_VERSION,
             id: Uuid::from_u128(0x5744).to_string(),
+            token_name: None,
             next_segment: Some(3),
             prev_checksum: Some(0xdead_beef),
             max_frame: 1 << 20,
@@ -205,7 +245,7 @@ fn a_welcome_of_another_system_is_refused_by_the_standby() {
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
         let primary_side = async {
             // Accepts a standby that says nothing of its system, then names system 2.
-            let r = accept(&mut p, None, &control(1), T).await;
+            let r = accept(&mut p, &Tokens::None, &control(1), T).await;
             welcome(&mut p, &control(2), Lsn(0)).await.unwrap();
             let body = read_frame(&mut p, HANDSHAKE_MAX_FRAME).await.unwrap();
             (r, codec::decode(&body).unwrap().name())
@@ -236,7 +276,7 @@ fn an_unknown_protocol_version_or_magic_is_refused() {
                 nonce: [1; 32],
             };
             write_message(&mut s, &hello).await.unwrap();
-            let r = accept(&mut p, None, &control(1), T).await;
+            let r = accept(&mut p, &Tokens::None, &control(1), T).await;
             refused_with(&r, code);
             // The refusal is sent before the primary gives up.
             let body = read_frame(&mut s, HANDSHAKE_MAX_FRAME).await.unwrap();
@@ -281,7 +321,7 @@ fn an_older_standby_is_refused_with_a_clear_message() {
             nonce: [1; 32],
         };
         write_message(&mut s, &hello).await.unwrap();
-        let r = accept(&mut p, None, &control(1), T).await;
+        let r = accept(&mut p, &Tokens::None, &control(1), T).await;
         let m = refused_with(&r, ErrorCode::Version);
         assert!(
             m.contains("protocol version 3 is not supported") && m.contains("upgrade the standby"),
@@ -310,7 +350,7 @@ fn frames_larger_than_a_handshake_message_are_refused_on_both_sides() {
         // The primary, before anything is authenticated.
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
         raw_frame(&mut s, HANDSHAKE_MAX_FRAME + 1).await;
-        let r = accept(&mut p, None, &control(1), T).await;
+        let r = accept(&mut p, &Tokens::None, &control(1), T).await;
         assert!(matches!(
             r,
             Err(ReplError::Frame(FrameError::TooLarge { len, max }))
@@ -351,14 +391,14 @@ fn an_unexpected_message_or_garbage_is_a_protocol_error() {
         write_message(&mut s, &Message::Auth { proof: None })
             .await
             .unwrap();
-        let r = accept(&mut p, None, &control(1), T).await;
+        let r = accept(&mut p, &Tokens::None, &control(1), T).await;
         assert_eq!(
             refused_with(&r, ErrorCode::Protocol),
             "expected Hello, got Auth"
         );
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
         s.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).await.unwrap();
-        let r = accept(&mut p, None, &control(1), T).await;
+        let r = accept(&mut p, &Tokens::None, &control(1), T).await;
         assert!(refused_with(&r, ErrorCode::Protocol).starts_with("malformed message"));
         // A standby that ends the connection is reported with its own code and words.
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
@@ -367,7 +407,7 @@ fn an_unexpected_message_or_garbage_is_a_protocol_error() {
             message: "bye\nforged",
         };
         write_message(&mut s, &bye).await.unwrap();
-        let r = accept(&mut p, None, &control(1), T).await;
+        let r = accept(&mut p, &Tokens::None, &control(1), T).await;
         assert_eq!(
             refused_with(&r, ErrorCode::ShuttingDown),
             "the standby ended the connection: bye forged"
@@ -379,7 +419,13 @@ fn an_unexpected_message_or_garbage_is_a_protocol_error() {
 fn a_silent_peer_times_out() {
     rt().block_on(async {
         let (mut p, _s) = tokio::io::duplex(64 << 10);
-        let r = accept(&mut p, None, &control(1), Duration::from_millis(20)).await;
+        let r = accept(
+            &mut p,
+            &Tokens::None,
+            &control(1),
+            Duration::from_millis(20),
+        )
+        .await;
         assert!(matches!(r, Err(ReplError::Timeout(m)) if m.contains("waiting for Hello")));
     });
 }

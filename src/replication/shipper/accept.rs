@@ -26,7 +26,7 @@ pub(super) async fn accept_loop(
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        refused.refuse(stream, addr, shared.config.max_connections);
+                        refused.refuse(stream, addr, shared.config.max_connections, shared.tls.is_none());
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
@@ -58,14 +58,16 @@ struct Refusals {
 }
 
 impl Refusals {
-    fn refuse(&mut self, stream: TcpStream, addr: SocketAddr, max: usize) {
+    /// On a TLS port the connection is only closed: a plain `Busy` would be garbage to a TLS
+    /// client, and a TLS handshake is what the limit spares.
+    fn refuse(&mut self, stream: TcpStream, addr: SocketAddr, max: usize, plain: bool) {
         let msg = Message::Error {
             code: ErrorCode::Busy,
             message: "the primary serves its maximum number of connections; retry later",
         };
         // A fresh socket's send buffer takes these few bytes at once; if not, the peer gets
         // the bare close.
-        if let Ok(frame) = crate::replication::frame::encode_frame(&msg) {
+        if let (true, Ok(frame)) = (plain, crate::replication::frame::encode_frame(&msg)) {
             let _ = stream.try_write(&frame);
         }
         drop(stream);

@@ -5,11 +5,10 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
-
 use super::Shared;
 use crate::replication::handshake::{self, Identified};
 use crate::replication::messages::ErrorCode;
+use crate::replication::transport::Stream;
 use crate::replication::{refuse, ReplError};
 use crate::segment_check::check_sealed;
 use crate::Lsn;
@@ -19,16 +18,13 @@ use crate::Lsn;
 /// ours. A refusal is told to the standby.
 pub(super) async fn admit(
     shared: &Arc<Shared>,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
 ) -> Result<Identified, ReplError> {
     let cfg = &shared.config;
-    let identified = handshake::accept(
-        stream,
-        cfg.auth_token.as_ref(),
-        &shared.control,
-        cfg.peer_timeout,
-    )
-    .await?;
+    let tokens = super::identity::tokens(shared).await;
+    let identified = handshake::accept(stream, &tokens, &shared.control, cfg.peer_timeout)
+        .await
+        .map_err(|e| e.tls_told(crate::replication::tls::Side::Primary))?;
     let Identified {
         ref id,
         next_segment,

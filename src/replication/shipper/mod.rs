@@ -8,8 +8,9 @@
 //! This file holds the shipper's configuration, what it reports, and its lifecycle. The parts:
 //! `accept` (the accept loop and its connection limit), `watcher` (keeping the set of sealed
 //! segments current), `session` (one standby's connection, streaming segments), `admission`
-//! (whether a standby that completed the handshake can be served) and `slots` (each standby's
-//! positions, in memory and in state/consumers/).
+//! (whether a standby that completed the handshake can be served), `identity` (TLS on the
+//! connection, the standby's name, revoking it) and `slots` (each standby's positions, in
+//! memory and in state/consumers/).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +26,9 @@ use tokio::task::JoinSet;
 
 use super::auth::AuthToken;
 use super::frame::DEFAULT_MAX_FRAME;
+use super::identities::TokenDir;
 use super::segments::{scan_sealed, SealedSet};
+use super::tls::{ServerTls, ServerTlsFiles};
 use super::{ReplError, DEFAULT_HEARTBEAT, DEFAULT_PEER_TIMEOUT};
 use crate::consumers::ConsumerRegistry;
 use crate::damage::{DamageEntry, DamageRegister};
@@ -35,6 +38,7 @@ use crate::format::{ControlFile, SegmentName};
 mod accept;
 mod admission;
 mod durable;
+mod identity;
 mod session;
 mod slots;
 mod sync_state;
@@ -58,7 +62,13 @@ pub struct ShipperConfig {
     pub listen: String,
     /// Require standbys to prove they know this token.
     pub auth_token: Option<AuthToken>,
-    /// Allow listening on a non-loopback address without a token.
+    /// Standbys' own tokens: a directory with one token file per standby name (instead of
+    /// `auth_token`). Read again at every connection; removing a file revokes that standby.
+    pub token_dir: Option<PathBuf>,
+    /// TLS on the port: the primary's certificate and key, and the CA that signs standbys'
+    /// certificates when they must present one.
+    pub tls: Option<ServerTlsFiles>,
+    /// Allow listening on a non-loopback address without TLS and standby authentication.
     pub insecure: bool,
     /// Largest frame accepted from a standby.
     pub max_frame: usize,
@@ -87,6 +97,8 @@ impl ShipperConfig {
             data_dir: data_dir.into(),
             listen: listen.into(),
             auth_token: None,
+            token_dir: None,
+            tls: None,
             insecure: false,
             max_frame: DEFAULT_MAX_FRAME,
             chunk_size: 1 << 20,
@@ -193,6 +205,9 @@ struct Shared {
     segments: watch::Receiver<Arc<SealedSet>>,
     /// The writer's durable position: the open segment is streamed up to it, never past.
     durable: watch::Receiver<u64>,
+    tls: Option<ServerTls>,
+    token_dir: Option<TokenDir>,
+    sessions: identity::Sessions,
     /// Synchronous commit, when a policy runs.
     sync: Option<SyncRep>,
     /// (durable position, time) samples: lag in time.
@@ -249,10 +264,30 @@ impl Shipper {
                 config.listen
             ))));
         };
-        if config.auth_token.is_none() && !config.insecure {
+        if config.auth_token.is_some() && config.token_dir.is_some() {
+            return Err(ReplError::Store(crate::Error::InvalidArgument(
+                "give either a shared token or a token directory, not both".into(),
+            )));
+        }
+        // Strict at start: a token file others may read stops the start, naming it.
+        let token_dir = config.token_dir.as_ref().map(TokenDir::new);
+        if let Some(d) = &token_dir {
+            d.load()?;
+        }
+        let tls = config.tls.clone().map(ServerTls::load).transpose()?;
+        let authenticated = config.auth_token.is_some()
+            || token_dir.is_some()
+            || config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let safe_anywhere = tls.is_some() && authenticated;
+        if !safe_anywhere && !config.insecure {
             if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+                let missing = match (tls.is_some(), authenticated) {
+                    (false, false) => "without TLS and without authenticating standbys: give --tls-cert and --tls-key, and --tls-client-ca or --token-dir",
+                    (false, true) => "without TLS (a token proves who connects, but nothing protects the stream after it): give --tls-cert and --tls-key",
+                    _ => "without authenticating standbys (TLS alone lets anyone connect as a standby): give --tls-client-ca, --token-dir or --auth-token-file",
+                };
                 return Err(ReplError::Store(crate::Error::InvalidArgument(format!(
-                    "refusing to listen on {a}, which is not a loopback address, without authentication: give --auth-token-file, or --insecure to allow any standby"
+                    "refusing to listen on {a}, which is not a loopback address, {missing}; or --insecure to allow it anyway"
                 ))));
             }
         }
@@ -308,6 +343,9 @@ impl Shipper {
             durable: durable.clone(),
             sync,
             lag: Mutex::new(LagRing::new()),
+            tls,
+            token_dir,
+            sessions: identity::Sessions::default(),
         });
         tracing::info!(address = %local_addr, dir = %shared.dd.root().display(), "shipper listening");
         let s2 = shared.clone();
@@ -316,6 +354,9 @@ impl Shipper {
             tasks.spawn(watch_segments(s2.clone(), seg_tx, shutdown_rx.clone()));
             if let Some(tx) = durable_tx {
                 tasks.spawn(durable::watch_durable(s2.clone(), tx, shutdown_rx.clone()));
+            }
+            if s2.token_dir.is_some() {
+                tasks.spawn(watch_revocations(s2.clone(), shutdown_rx.clone()));
             }
             tasks.spawn(sync_state::follow(s2.clone(), durable, shutdown_rx.clone()));
             accept_loop(s2.clone(), listener, shutdown_rx, &mut tasks).await;
@@ -365,6 +406,20 @@ impl Shipper {
                 (s, bytes, secs)
             })
             .collect())
+    }
+
+    /// Reloads the TLS certificate, key and client CA from their files (established streams
+    /// keep theirs; new connections get the new ones) and cuts the streams of standbys whose
+    /// token was removed from the token directory. On an error the TLS configuration in use
+    /// stays.
+    pub fn reload(&self) -> Result<(), ReplError> {
+        if let Some(d) = &self.shared.token_dir {
+            self.shared.sessions.revoke_missing(|n| d.holds(n));
+        }
+        if let Some(t) = &self.shared.tls {
+            t.reload()?;
+        }
+        Ok(())
     }
 
     /// Where commits wait for the policy's confirmation (None without a policy). Waiters
@@ -417,6 +472,21 @@ impl Shipper {
             sync.close();
         }
         self.shared.running.store(false, Ordering::Release);
+    }
+}
+
+/// Checks the token directory every rescan interval and cuts the streams of standbys whose
+/// token file is gone.
+async fn watch_revocations(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(shared.config.rescan_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Some(d) = &shared.token_dir {
+            shared.sessions.revoke_missing(|n| d.holds(n));
+        }
     }
 }
 

@@ -240,6 +240,9 @@ mod tests {
             running: AtomicBool::new(true),
             segments,
             durable: watch::channel(0).1,
+            tls: None,
+            token_dir: None,
+            sessions: Default::default(),
             sync: None,
             lag: Mutex::new(crate::replication::synchronous::lag::LagRing::new()),
         })

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -20,19 +19,29 @@ use super::{Shared, StandbyPhase};
 use crate::replication::frame::write_message;
 use crate::replication::handshake::{self, Introduction, Welcomed};
 use crate::replication::messages::{ErrorCode, Message};
+use crate::replication::tls::{self, Side};
+use crate::replication::transport::{Stream, WriteHalf};
 use crate::replication::{codec, read_msg, ReplError};
 use crate::Lsn;
 
-/// One connection: handshake, then receive segments until the connection ends.
+/// One connection: handshake, then receive segments until the connection ends. A failure
+/// caused by TLS says which TLS check failed.
 pub(super) async fn connect_and_stream(
     shared: &Arc<Shared>,
     jobs: &Jobs,
     shutdown: &mut watch::Receiver<bool>,
     streamed: &mut bool,
 ) -> Result<(), ReplError> {
+    stream_from_primary(shared, jobs, shutdown, streamed)
+        .await
+        .map_err(|e| e.tls_told(Side::Standby))
+}
+
+/// TCP, then TLS when configured (its files read again for each connection).
+async fn open(shared: &Shared) -> Result<Stream, ReplError> {
     let cfg = &shared.config;
-    let (max, t) = (cfg.max_frame, cfg.peer_timeout);
-    let mut stream = match tokio::time::timeout(t, TcpStream::connect(&cfg.primary)).await {
+    let t = cfg.peer_timeout;
+    let tcp = match tokio::time::timeout(t, TcpStream::connect(&cfg.primary)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ReplError::io(format!("connect to {}", cfg.primary), e)),
         Err(_) => {
@@ -42,7 +51,34 @@ pub(super) async fn connect_and_stream(
             )))
         }
     };
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let Some(files) = &cfg.tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    if files.insecure_skip_verify {
+        tracing::warn!(primary = %cfg.primary, "TLS without verifying the primary's certificate (--tls-insecure-skip-verify): anyone on the path can pose as the primary");
+    }
+    let connector = tokio_rustls::TlsConnector::from(tls::client_config(files)?);
+    let name = tls::server_name(files, &cfg.primary)?;
+    match tokio::time::timeout(t, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => Ok(Stream::TlsClient(Box::new(s))),
+        Ok(Err(e)) => Err(ReplError::io("TLS handshake with the primary", e)),
+        Err(_) => Err(ReplError::Timeout(format!(
+            "the TLS handshake with {} took longer than {t:?}",
+            cfg.primary
+        ))),
+    }
+}
+
+async fn stream_from_primary(
+    shared: &Arc<Shared>,
+    jobs: &Jobs,
+    shutdown: &mut watch::Receiver<bool>,
+    streamed: &mut bool,
+) -> Result<(), ReplError> {
+    let cfg = &shared.config;
+    let (max, t) = (cfg.max_frame, cfg.peer_timeout);
+    let mut stream = open(shared).await?;
     let welcomed = handshake::connect(&mut stream, cfg.auth_token.as_ref(), t, || {
         let held = shared.held();
         Introduction {
@@ -69,7 +105,7 @@ pub(super) async fn connect_and_stream(
     shared.set_phase(StandbyPhase::Streaming, None);
     tracing::info!(primary = %cfg.primary, "streaming from the primary");
 
-    let (mut rd, wr) = stream.into_split();
+    let (mut rd, wr) = stream.split();
     let (last_word, last_rx) = tokio::sync::oneshot::channel();
     let mut writer = tokio::spawn(send_status(shared.clone(), wr, last_rx));
     let (queue, mut store) = StoreQueue::spawn(shared, jobs, max);
@@ -136,7 +172,7 @@ pub(super) async fn connect_and_stream(
 /// last word when the connection ends on a refused segment.
 async fn send_status(
     shared: Arc<Shared>,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     mut last: tokio::sync::oneshot::Receiver<LastWord>,
 ) -> Result<(), ReplError> {
     let mut bump = shared.bump.subscribe();

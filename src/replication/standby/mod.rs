@@ -57,6 +57,10 @@ pub struct StandbyConfig {
     /// The primary's address, `host:port`.
     pub primary: String,
     pub auth_token: Option<AuthToken>,
+    /// TLS to the primary: the CA its certificate must be signed by, the name it must carry,
+    /// and this standby's own certificate for a primary that requires one. The files are read
+    /// again at each connection, so replacing them takes effect at the next one.
+    pub tls: Option<crate::replication::tls::ClientTlsFiles>,
     /// Largest frame accepted from the primary.
     pub max_frame: usize,
     pub heartbeat_interval: Duration,
@@ -75,6 +79,7 @@ impl StandbyConfig {
             data_dir: data_dir.into(),
             primary: primary.into(),
             auth_token: None,
+            tls: None,
             max_frame: DEFAULT_MAX_FRAME,
             heartbeat_interval: DEFAULT_HEARTBEAT,
             peer_timeout: DEFAULT_PEER_TIMEOUT,
@@ -191,6 +196,11 @@ impl Standby {
         super::check_address(&config.primary, false)
             .map_err(|e| ReplError::Store(Error::InvalidArgument(e)))?;
         super::check_timing(config.heartbeat_interval, config.peer_timeout)?;
+        // The TLS files are checked before anything is created.
+        if let Some(t) = &config.tls {
+            super::tls::client_config(t)?;
+            super::tls::server_name(t, &config.primary)?;
+        }
         if config.backoff_initial.is_zero() || config.backoff_max < config.backoff_initial {
             return Err(ReplError::Store(Error::InvalidArgument(format!(
                 "the reconnection backoff must start above zero and its cap ({:?}) be at least its start ({:?})",

@@ -203,11 +203,15 @@ pub enum FollowError {
     Store(#[from] Error),
 }
 
-/// The writer's side: follows the published snapshot of a live publisher.
+/// The writer's side: follows the published snapshot of a live publisher. It watches
+/// `state/` from when it is opened, so each wait costs no new watcher.
 pub struct SyncFollower {
     dd: DataDir,
     policy: PublishedPolicy,
     lock: File,
+    /// Wakes a wait when `state/sync_position` changes (None: the liveness period polls).
+    changed: Mutex<std::sync::mpsc::Receiver<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl SyncFollower {
@@ -224,10 +228,34 @@ impl SyncFollower {
                 dd.root().display()
             )));
         };
+        use notify::Watcher;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let handler = move |res: notify::Result<notify::Event>| {
+            let ours = match &res {
+                Ok(ev) => {
+                    ev.need_rescan()
+                        || ev
+                            .paths
+                            .iter()
+                            .any(|p| p.file_name().is_some_and(|n| n == SYNC_POSITION_FILE))
+                }
+                Err(_) => true,
+            };
+            if ours {
+                let _ = tx.try_send(());
+            }
+        };
+        let watcher = notify::recommended_watcher(handler).ok().and_then(|mut w| {
+            w.watch(&dd.state_dir(), notify::RecursiveMode::NonRecursive)
+                .ok()
+                .map(|()| w)
+        });
         let f = SyncFollower {
             dd: dd.clone(),
             lock: open_lock_file(dd)?,
             policy,
+            changed: Mutex::new(rx),
+            _watcher: watcher,
         };
         f.check_alive()?;
         Ok(f)
@@ -273,29 +301,7 @@ impl SyncFollower {
     /// Blocks until WAL up to `lsn` is released by the publisher; ends with NotServed as soon
     /// as the publisher is gone.
     pub fn wait_blocking(&self, lsn: Lsn) -> std::result::Result<Released, FollowError> {
-        use notify::Watcher;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let handler = move |res: notify::Result<notify::Event>| {
-            let ours = match &res {
-                Ok(ev) => {
-                    ev.need_rescan()
-                        || ev
-                            .paths
-                            .iter()
-                            .any(|p| p.file_name().is_some_and(|n| n == SYNC_POSITION_FILE))
-                }
-                Err(_) => true,
-            };
-            if ours {
-                let _ = tx.try_send(());
-            }
-        };
-        // Without a watcher the liveness period doubles as the polling period.
-        let _watcher = notify::recommended_watcher(handler).ok().and_then(|mut w| {
-            w.watch(&self.dd.state_dir(), notify::RecursiveMode::NonRecursive)
-                .ok()
-                .map(|()| w)
-        });
+        let rx = crate::sync::lock(&self.changed);
         loop {
             if let Some(s) = self.snapshot()? {
                 if s.confirmed >= lsn {

@@ -79,6 +79,9 @@ pub struct BenchConfig {
     pub store_size: u64,
     /// `ship`: sealed segments in the catch-up backlog, and segments timed one by one.
     pub segments: u64,
+    /// `ship`: also measure over TLS, with the certificates of this directory (`ca.crt`, and
+    /// `primary.crt` and `primary.key` for the name `localhost`).
+    pub tls: Option<PathBuf>,
 }
 
 impl BenchConfig {

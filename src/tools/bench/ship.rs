@@ -18,6 +18,7 @@ use super::hist::Histogram;
 use super::{ratio, scratch, BenchConfig, BenchResult};
 use walship::error::IoContext;
 use walship::format::record::SEAL_LEN;
+use walship::replication::tls::{ClientTlsFiles, ServerTlsFiles};
 use walship::replication::{
     CheckingApplicator, ReplError, Shipper, ShipperConfig, Standby, StandbyConfig,
 };
@@ -188,7 +189,41 @@ fn sealed_files(data: &Path, from: u64) -> Result<Vec<PathBuf>> {
 }
 
 /// Runs the `ship` scenario: returns the `ship_catchup` and `ship_latency` results.
+/// The `ship` scenario; with `cfg.tls`, run again over TLS and compared with the plain run.
 pub fn run_ship(cfg: &BenchConfig) -> Result<Vec<BenchResult>> {
+    let mut out = measure(cfg, None)?;
+    let Some(dir) = &cfg.tls else {
+        return Ok(out);
+    };
+    let tls = measure(cfg, Some(dir))?;
+    let (plain, over) = (&out[..3], &tls[..3]);
+    let catch = BenchResult {
+        scenario: "ship_catchup_tls",
+        baseline_mb_per_s: plain[0].mb_per_s,
+        baseline_records_per_s: plain[0].records_per_s,
+        ratio: ratio(over[0].mb_per_s, plain[0].mb_per_s),
+        ..over[0].clone()
+    };
+    let lat = BenchResult {
+        scenario: "ship_latency_tls",
+        baseline_p50_us: plain[1].p50_us,
+        baseline_p99_us: plain[1].p99_us,
+        ratio: ratio(plain[1].p50_us, over[1].p50_us),
+        ..over[1].clone()
+    };
+    let stream = BenchResult {
+        scenario: "stream_latency_tls",
+        baseline_p50_us: plain[2].p50_us,
+        baseline_p99_us: plain[2].p99_us,
+        ratio: ratio(plain[2].p50_us, over[2].p50_us),
+        ..over[2].clone()
+    };
+    out.extend([catch, lat, stream]);
+    Ok(out)
+}
+
+/// One run of the scenario, over TLS with the certificates in `tls`.
+fn measure(cfg: &BenchConfig, tls: Option<&Path>) -> Result<Vec<BenchResult>> {
     let tmp = scratch(&cfg.dir)?;
     let data = tmp.path().join("primary");
     let standby_dir = tmp.path().join("standby");
@@ -222,18 +257,25 @@ pub fn run_ship(cfg: &BenchConfig) -> Result<Vec<BenchResult>> {
         .enable_all()
         .build()
         .ctx(|| "start the async runtime".into())?;
-    let mut shipper = rt
-        .block_on(Shipper::start(ShipperConfig::new(&data, "127.0.0.1:0")))
-        .map_err(repl)?;
+    let mut sc = ShipperConfig::new(&data, "127.0.0.1:0");
+    sc.tls = tls.map(|d| ServerTlsFiles {
+        cert: d.join("primary.crt"),
+        key: d.join("primary.key"),
+        client_ca: None,
+    });
+    let mut shipper = rt.block_on(Shipper::start(sc)).map_err(repl)?;
     let addr = shipper.local_addr().to_string();
+    let mut stc = StandbyConfig::new(&standby_dir, addr);
+    stc.tls = tls.map(|d| ClientTlsFiles {
+        ca: Some(d.join("ca.crt")),
+        server_name: Some("localhost".into()),
+        ..ClientTlsFiles::default()
+    });
 
     // Catch-up: a new standby starts with the whole backlog waiting.
     let t0 = Instant::now();
     let mut standby = rt
-        .block_on(Standby::start(
-            StandbyConfig::new(&standby_dir, addr),
-            CheckingApplicator::default(),
-        ))
+        .block_on(Standby::start(stc, CheckingApplicator::default()))
         .map_err(repl)?;
     wait_applied(&standby, backlog_end)?;
     let catchup = t0.elapsed();

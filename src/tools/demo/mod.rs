@@ -8,6 +8,7 @@
 //! Here: the demo's run from start to end; `procs.rs`: starting and stopping the children;
 //! `view.rs`: the live view; `workload.rs`: the writer's transactions.
 
+mod archive_target;
 mod procs;
 mod view;
 pub mod workload;
@@ -46,6 +47,9 @@ pub struct DemoOptions {
     pub exe: PathBuf,
     /// Redraw a live table (on a terminal) rather than print periodic lines.
     pub live: bool,
+    /// Archive to this S3 URL (`s3://BUCKET/PREFIX`, empty) rather than to a directory in
+    /// `dir`.
+    pub archive_to: Option<String>,
 }
 
 /// One check the demo made.
@@ -103,7 +107,9 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     let archive = root.join("archive");
     let restored = root.join("restored");
     let logs = root.join("logs");
-    for d in [&primary, &standby, &archive, &restored] {
+    let archive_at = archive_target::choose(opts.archive_to.as_deref(), &archive)?;
+    let archive_t = archive_at.target.as_str();
+    for d in [&primary, &standby, &restored] {
         if d.exists() {
             return Err(Error::InvalidArgument(format!(
                 "{} already exists: give the demo an empty or new directory",
@@ -168,13 +174,20 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     let mut archiver = Proc::spawn(
         "archive",
         exe,
-        &["archive", path_str(&primary)?, "--to", path_str(&archive)?],
+        &["archive", path_str(&primary)?, "--to", archive_t],
         &logs,
         false,
     )?;
     view.event(
         out,
-        &format!("an archiver pushes them to {}", archive.display()),
+        &format!(
+            "an archiver pushes them to {archive_t}{}",
+            if archive_at.remote {
+                " (an S3-compatible store)"
+            } else {
+                ""
+            }
+        ),
     );
 
     let acked = Arc::new(Acked::default());
@@ -279,11 +292,14 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
 
     view.event(
         out,
-        &format!("restoring the archive into {}", restored.display()),
+        &format!(
+            "restoring the archive {archive_t} into {}",
+            restored.display()
+        ),
     );
     let restore_ok = run_to_end(
         exe,
-        &["restore", path_str(&archive)?, path_str(&restored)?],
+        &["restore", archive_t, path_str(&restored)?],
         &logs,
         "restore",
     );
@@ -302,7 +318,12 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
         ("verify archive", &archive),
         ("verify restored copy", &restored),
     ] {
-        let r = run_to_end(exe, &["verify", path_str(dir)?], &logs, "verify");
+        let dir = if name == "verify archive" {
+            archive_t
+        } else {
+            path_str(dir)?
+        };
+        let r = run_to_end(exe, &["verify", dir], &logs, "verify");
         check(
             name,
             r.is_ok(),

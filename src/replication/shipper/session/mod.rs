@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::admission::admit;
+use super::identity;
 use super::slots::{register, save_slot};
 use super::{Shared, ShipperEvent};
 use crate::damage::{Component, DamageEntry, DamageReport};
@@ -24,6 +24,7 @@ use crate::format::{SegmentFileKind, SegmentName};
 use crate::replication::frame::DATA_OVERHEAD;
 use crate::replication::handshake::{self, Identified};
 use crate::replication::messages::{ErrorCode, Message};
+use crate::replication::transport::{ReadHalf, WriteHalf};
 use crate::replication::{codec, read_msg, refuse, ReplError};
 use crate::Lsn;
 
@@ -91,25 +92,37 @@ pub(super) async fn connection(
 
 async fn serve_standby(
     shared: &Arc<Shared>,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     addr: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     id_out: &mut Option<String>,
     status_seen: &mut bool,
 ) -> Result<(), ReplError> {
     let cfg = &shared.config;
     let (max, t, hs) = (cfg.max_frame, cfg.peer_timeout, cfg.handshake_timeout);
-    // One deadline for the whole handshake: a peer that trickles bytes cannot hold a
-    // connection slot longer than this before it has authenticated and identified itself.
+    // One deadline for the whole handshake, TLS's included: a peer that trickles bytes cannot
+    // hold a connection slot longer than this before it has authenticated and identified
+    // itself.
+    let deadline = tokio::time::Instant::now() + hs;
+    let (mut stream, cert_name) =
+        match tokio::time::timeout_at(deadline, identity::open(shared, tcp)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ReplError::Timeout(format!(
+                    "TLS handshake not completed within {hs:?}"
+                )))
+            }
+        };
     let Identified {
         id: standby_id,
+        token_name,
         next_segment,
         max_frame: standby_max,
         flushed_lsn: flushed,
         applied_lsn: applied,
         name,
         ..
-    } = match tokio::time::timeout(hs, admit(shared, &mut stream)).await {
+    } = match tokio::time::timeout_at(deadline, admit(shared, &mut stream)).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(refuse(
@@ -120,17 +133,32 @@ async fn serve_standby(
             .await)
         }
     };
+    // The name the standby gives itself must be the one its certificate or its own token
+    // proves, when it has either.
+    let by_token = token_name.is_some();
+    let proven = match identity::name(cert_name, token_name) {
+        Ok(n) => n,
+        Err(m) => return Err(refuse(&mut stream, ErrorCode::Auth, m).await),
+    };
+    if let Some(p) = proven.as_ref().filter(|p| **p != name) {
+        return Err(refuse(&mut stream, ErrorCode::Auth, format!("the standby calls itself {name:?}, but its credentials name it {p:?}: start it with --name {p}")).await);
+    }
+    let by_identity = proven.is_some();
+    let (registered, mut shutdown) =
+        shared
+            .sessions
+            .register(proven.as_deref(), by_token, shutdown);
     let set = shared.segments.borrow().clone();
     handshake::welcome(&mut stream, &shared.control, set.sealed_lsn).await?;
     *id_out = Some(standby_id.clone());
     register(shared, &standby_id, &name, addr, flushed, applied);
-    tracing::info!(peer = %addr, standby = %standby_id, name = %name, flushed = %flushed, applied = %applied, "standby identified");
+    tracing::info!(peer = %addr, standby = %standby_id, name = %name, authenticated = by_identity, tls = stream.is_tls(), flushed = %flushed, applied = %applied, "standby identified");
     shared.emit(ShipperEvent::Connected {
         id: standby_id.clone(),
         address: addr,
     });
 
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.split();
     let (in_tx, mut in_rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_standby(rd, max, t, in_tx));
     let chunk = cfg.chunk_size.min(standby_max - DATA_OVERHEAD).max(4096);
@@ -144,7 +172,7 @@ async fn serve_standby(
     let mut conn = Conn {
         shared: shared.clone(),
         id: standby_id,
-        name,
+        name: name.clone(),
         addr,
         last_save: None,
         pending_save: None,
@@ -167,6 +195,21 @@ async fn serve_standby(
     // The last save of the slot (by the caller) comes after any save still in flight.
     conn.saves_settled().await;
     reader.abort();
+    if result.is_ok()
+        && registered
+            .cut
+            .revoked
+            .load(std::sync::atomic::Ordering::Acquire)
+    {
+        return Err(refuse(
+            &mut wr,
+            ErrorCode::Auth,
+            format!(
+                "standby {name} was revoked: its token was removed from the primary's token directory"
+            ),
+        )
+        .await);
+    }
     if result.is_ok() {
         let _ = refuse(
             &mut wr,
@@ -178,12 +221,7 @@ async fn serve_standby(
     result
 }
 
-async fn read_standby(
-    mut rd: OwnedReadHalf,
-    max: usize,
-    timeout: Duration,
-    tx: mpsc::Sender<Incoming>,
-) {
+async fn read_standby(mut rd: ReadHalf, max: usize, timeout: Duration, tx: mpsc::Sender<Incoming>) {
     loop {
         let msg = match read_msg("peer", &mut rd, max, timeout, "a standby status").await {
             Ok(body) => match codec::decode(&body) {
@@ -297,7 +335,7 @@ impl Conn {
     }
 
     /// Handles what the standby sent; a refusal of ours is told to the standby.
-    async fn handle_on(&mut self, wr: &mut OwnedWriteHalf, m: Incoming) -> Result<(), ReplError> {
+    async fn handle_on(&mut self, wr: &mut WriteHalf, m: Incoming) -> Result<(), ReplError> {
         match self.handle(m).await {
             Err(ReplError::Refused { code, message }) => Err(refuse(wr, code, message).await),
             r => r,
@@ -352,7 +390,7 @@ impl Conn {
 
     async fn drain(
         &mut self,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut WriteHalf,
         rx: &mut mpsc::Receiver<Incoming>,
     ) -> Result<(), ReplError> {
         while let Ok(m) = rx.try_recv() {

@@ -13,7 +13,7 @@ use crate::replication::segments::check_for_shipping;
 impl Conn {
     pub(super) async fn stream_segments(
         &mut self,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut WriteHalf,
         mut next: Option<u64>,
         mut held: u64,
         chunk: usize,
@@ -94,7 +94,7 @@ impl Conn {
     /// recorded and ends the connection: the standby is told, and retries later.
     async fn send_segment(
         &mut self,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut WriteHalf,
         (name, predecessor): (SegmentName, Option<SegmentName>),
         held: u64,
         buf: &mut [u8],
@@ -213,7 +213,7 @@ impl Conn {
     /// caller waits for the sealed name).
     async fn send_open(
         &mut self,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut WriteHalf,
         n: u64,
         held: u64,
         upto: u64,
@@ -285,11 +285,7 @@ impl Conn {
     }
 }
 
-async fn timed_write(
-    wr: &mut OwnedWriteHalf,
-    m: &Message<'_>,
-    t: Duration,
-) -> Result<(), ReplError> {
+async fn timed_write(wr: &mut WriteHalf, m: &Message<'_>, t: Duration) -> Result<(), ReplError> {
     match tokio::time::timeout(t, write_message(wr, m)).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(ReplError::Timeout(format!(
