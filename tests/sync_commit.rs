@@ -225,7 +225,7 @@ fn any_2_of_3_waits_for_a_quorum_and_degrades_only_with_a_timeout() {
     wait_until("all three standbys acknowledging", || {
         status(&dir)["standbys"]
             .as_array()
-            .is_some_and(|a| a.len() == 3 && a.iter().all(|s| s["sync_state"] == "quorum"))
+            .is_some_and(|a| a.iter().filter(|s| s["sync_state"] == "quorum").count() == 3)
     });
     let st = status(&dir);
     assert_eq!(st["sync"]["policy"], "ANY 2 (a, b, c)");
