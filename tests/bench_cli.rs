@@ -153,6 +153,41 @@ fn recover_scenario() {
 }
 
 #[test]
+fn sync_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = bench_lines(
+        dir.path(),
+        &[
+            "--scenario",
+            "sync",
+            "--seconds",
+            "0.3",
+            "--segment-size",
+            "256KiB",
+        ],
+        8,
+    );
+    let levels = ["local", "remote_write", "remote_flush", "remote_apply"];
+    for (i, r) in v.iter().enumerate() {
+        assert_eq!(r["scenario"], "sync", "{r}");
+        assert_eq!(r["durability"], levels[i / 2], "{r}");
+        assert_eq!(r["writers"].as_u64(), Some([1, 16][i % 2]), "{r}");
+        // Every commit waited for the standby (local: for nobody), and the ratio is to local
+        // with the same writers in the same run.
+        positive(
+            r,
+            &["records", "records_per_s", "p50_us", "p99_us", "ratio"],
+        );
+        assert_eq!(
+            r["baseline_records_per_s"],
+            v[i % 2]["records_per_s"],
+            "{r}"
+        );
+    }
+    assert_eq!(v[0]["ratio"].as_f64(), Some(1.0));
+}
+
+#[test]
 fn ship_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let v = bench_lines(
@@ -167,7 +202,7 @@ fn ship_scenario() {
             "--record-size",
             "1000",
         ],
-        3,
+        4,
     );
     assert_eq!(v[0]["scenario"], "ship_catchup");
     assert_eq!(v[1]["scenario"], "ship_latency");
@@ -175,6 +210,10 @@ fn ship_scenario() {
     assert_eq!(v[2]["scenario"], "stream_latency");
     assert!(v[2]["records"].as_u64().unwrap() > 0, "{}", v[2]);
     assert!(v[2]["p50_us"].as_f64().unwrap() > 0.0, "{}", v[2]);
+    // The same among a writer's stream of durable records.
+    assert_eq!(v[3]["scenario"], "stream_latency_loaded");
+    assert!(v[3]["records"].as_u64().unwrap() > 500, "{}", v[3]);
+    positive(&v[3], &["p50_us", "p99_us", "records_per_s"]);
     for r in &v[..2] {
         assert_eq!(r["segments"].as_u64(), Some(3), "{r}");
         assert_eq!(r["record_size"].as_u64(), Some(1000), "{r}");

@@ -95,18 +95,19 @@ fn a_killed_standby_takes_up_its_torn_partial_copy_without_fetching_it_again() {
     // About 40 KiB of records in the open 64 KiB segment.
     write_records(&primary, 600, "a");
     let flush = wait_acked(&primary);
-    s.kill();
     let part = sb.join("wal").join(&files(&sb, ".wal.partial")[0]);
-    let held = std::fs::metadata(&part).unwrap().len();
-    assert!(held >= flush % (64 * 1024), "the copy holds {held} bytes");
+    // The copy is zero-filled ahead of its records (here up to the segment's size), so that
+    // syncing the next records does not change the file's length.
+    wait_until("the copy to be zero-filled ahead", || {
+        std::fs::metadata(&part).unwrap().len() == 64 * 1024
+    });
+    s.kill();
+    let held = flush % (64 * 1024);
     // A torn tail: half a record's worth of garbage after the last whole record.
     {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&part)
-            .unwrap();
-        f.write_all(&[0xAB; 40]).unwrap();
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+        f.write_all_at(&[0xAB; 40], held).unwrap();
     }
     let before = proxy.down_bytes.load(Ordering::Relaxed);
     write_records(&primary, 20, "b");
@@ -122,6 +123,14 @@ fn a_killed_standby_takes_up_its_torn_partial_copy_without_fetching_it_again() {
     );
     let log = std::fs::read_to_string(&log2).unwrap();
     assert!(log.contains("cutting the partial copy"), "{log}");
+    // What followed the valid prefix is zeroed, the records received since written over it.
+    let copy = std::fs::read(&part).unwrap();
+    assert!(
+        copy[(flush2 % (64 * 1024)) as usize..]
+            .iter()
+            .all(|&b| b == 0),
+        "bytes past the copy's records are not zeros"
+    );
     seal(&primary);
     write_records(&primary, 1, "c");
     wait_acked(&primary);

@@ -16,6 +16,8 @@ pub enum Scenario {
     Recover,
     /// A shipper and a standby on loopback: seal-to-applied latency and backlog catch-up.
     Ship,
+    /// Commits waiting for one synchronous standby on loopback, each level against local.
+    Sync,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -128,30 +130,34 @@ pub fn run(a: BenchArgs) -> CmdResult {
         segments: a.segments,
         tls: a.tls.clone(),
     };
-    let results = if let Some(path) = &a.workload {
-        if limit.is_some_and(|l| matches!(l, Limit::Time(_))) {
-            return Err(Failure::Error(
-                "--seconds does not apply to --workload: use --records".into(),
-            ));
+    let trace = match &a.workload {
+        Some(path) => {
+            if limit.is_some_and(|l| matches!(l, Limit::Time(_))) && a.scenario != Scenario::Sync {
+                return Err(Failure::Error(
+                    "--seconds does not apply to --workload: use --records".into(),
+                ));
+            }
+            let n = a
+                .records
+                .map(|n| n as usize)
+                .unwrap_or(bench::DEFAULT_TRACE_RECORDS);
+            let records = bench::trace::load(path, Some(n))?;
+            if records.is_empty() {
+                return Err(Failure::Error(format!(
+                    "{}: the trace holds no records",
+                    path.display()
+                )));
+            }
+            Some(records)
         }
-        let n = a
-            .records
-            .map(|n| n as usize)
-            .unwrap_or(bench::DEFAULT_TRACE_RECORDS);
-        let records = bench::trace::load(path, Some(n))?;
-        if records.is_empty() {
-            return Err(Failure::Error(format!(
-                "{}: the trace holds no records",
-                path.display()
-            )));
-        }
-        vec![bench::run_workload(&cfg, &records)?]
-    } else {
-        match a.scenario {
-            Scenario::Append => vec![bench::run_append(&cfg)?],
-            Scenario::Recover => vec![bench::run_recover(&cfg)?],
-            Scenario::Ship => bench::run_ship(&cfg)?,
-        }
+        None => None,
+    };
+    let results = match (a.scenario, &trace) {
+        (Scenario::Sync, t) => bench::run_sync(&cfg, t.as_deref())?,
+        (_, Some(records)) => vec![bench::run_workload(&cfg, records)?],
+        (Scenario::Append, None) => vec![bench::run_append(&cfg)?],
+        (Scenario::Recover, None) => vec![bench::run_recover(&cfg)?],
+        (Scenario::Ship, None) => bench::run_ship(&cfg)?,
     };
     for r in &results {
         print(r, a.json)?;
@@ -209,6 +215,24 @@ fn print(r: &BenchResult, json: bool) -> CmdResult {
             println!(
                 "stream latency, durable on the primary to flushed on the standby (open segment): {} records of {} B: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
                 r.records, r.record_size, r.p50_us / 1e3, r.p99_us / 1e3, r.max_us / 1e3
+            );
+        }
+        "stream_latency_loaded" => {
+            println!(
+                "stream latency under load, another writer appending durable records ({:.0} records/s of {} B): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                r.records_per_s, r.record_size, r.p50_us / 1e3, r.p99_us / 1e3, r.max_us / 1e3
+            );
+        }
+        "sync" => {
+            println!(
+                "sync commit, level {}: {} writers, {} B records: {:.0} records/s, p50 {:.3} ms, p99 {:.3} ms; ratio to local {:.2}",
+                r.durability, r.writers, r.record_size, r.records_per_s, r.p50_us / 1e3, r.p99_us / 1e3, r.ratio
+            );
+        }
+        "sync_workload" => {
+            println!(
+                "sync commit, trace replay, level {}: {} clients: {:.0} transactions/s, commit p50 {:.3} ms, p99 {:.3} ms; ratio to local {:.2}",
+                r.durability, r.writers, r.transactions_per_s.unwrap_or(0.0), r.p50_us / 1e3, r.p99_us / 1e3, r.ratio
             );
         }
         "recover" => {

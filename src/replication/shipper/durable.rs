@@ -1,8 +1,9 @@
 //! The writer's durable position as the shipper learns it: directly from a `Wal` in the same
 //! process ([`ShipperConfig::flush_watch`](super::ShipperConfig)), or, for `walship serve` beside
 //! the writer, from `state/flush_position`: `state/` is watched (inotify through `notify`),
-//! the 16 bytes are read again on each change to that file, and every `DURABLE_RESCAN` as well,
-//! because watchers can drop events. Only records below this position are ever streamed.
+//! the 16 bytes are read again on each change to that file (a write, a creation or a rename, never
+//! a mere open or read: this task's own reads would wake it again), and every `DURABLE_RESCAN`
+//! as well, because watchers can drop events. Only records below this position are ever streamed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,18 @@ use crate::flush_position::{read_flush_position, FLUSH_POSITION_FILE};
 /// How often the position file is read when no change was reported.
 const DURABLE_RESCAN: Duration = Duration::from_millis(200);
 
+/// Whether a watcher's event may mean a new position: a write to, a creation or a rename of the
+/// position file, or events lost. Opening, reading and closing it (this task's own reads among
+/// them) are access events: reacting to them would read the file again and again.
+fn is_position_change(ev: &notify::Event) -> bool {
+    ev.need_rescan()
+        || (!matches!(ev.kind, notify::EventKind::Access(_))
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| n == FLUSH_POSITION_FILE)))
+}
+
 /// Keeps `tx` at the directory's published durable position until shutdown.
 pub(super) async fn watch_durable(
     shared: Arc<Shared>,
@@ -24,17 +37,11 @@ pub(super) async fn watch_durable(
     use notify::Watcher;
     let (ev_tx, mut ev_rx) = mpsc::channel::<()>(1);
     let handler = move |res: notify::Result<notify::Event>| {
-        let ours = match &res {
-            Ok(ev) => {
-                ev.need_rescan()
-                    || ev
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name().is_some_and(|n| n == FLUSH_POSITION_FILE))
-            }
+        let wake = match &res {
+            Ok(ev) => is_position_change(ev),
             Err(_) => true,
         };
-        if ours {
+        if wake {
             let _ = ev_tx.try_send(());
         }
     };
@@ -80,5 +87,41 @@ pub(super) async fn watch_durable(
             Some(()) = ev_rx.recv() => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind};
+    use notify::Event;
+
+    fn ev(kind: EventKind, name: &str) -> Event {
+        Event::new(kind).add_path(std::path::PathBuf::from("/d/state").join(name))
+    }
+
+    #[test]
+    fn only_changes_to_the_position_file_wake_the_reader() {
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(is_position_change(&ev(write, FLUSH_POSITION_FILE)));
+        assert!(is_position_change(&ev(
+            EventKind::Create(CreateKind::File),
+            FLUSH_POSITION_FILE
+        )));
+        assert!(!is_position_change(&ev(write, "checkpoint.json")));
+        // The reader's own open, read and close.
+        for a in [
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Read,
+            AccessKind::Close(AccessMode::Read),
+        ] {
+            assert!(!is_position_change(&ev(
+                EventKind::Access(a),
+                FLUSH_POSITION_FILE
+            )));
+        }
+        assert!(is_position_change(
+            &Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan)
+        ));
     }
 }

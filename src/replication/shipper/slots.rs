@@ -1,8 +1,17 @@
 //! Slots: what the shipper keeps about each standby. While it runs, the table of standbys seen
 //! (their positions, last contact, whether connected); on disk, each standby's slot in
 //! state/consumers/, which holds back retention. A slot starts at the standby's first Status
-//! (a handshake alone makes none), moves with each acknowledgement, and is saved once more when
-//! the standby disconnects.
+//! (a handshake alone makes none) and moves with each acknowledgement in memory.
+//!
+//! On disk a slot is saved at the standby's first Status, then at most once per
+//! [`SLOT_SAVE_INTERVAL`] (at the first Status that arrives that long after the last save: a
+//! standby reports at least every heartbeat), and once more when the connection ends. A save
+//! (a JSON file replaced and two fsyncs) runs in the background, so that acknowledgements never
+//! wait for the disk and the sending half is never held up behind it; saves of one connection
+//! never overlap, so the file never moves backwards. The rule retention relies on: a saved
+//! position is one the standby acknowledged, never more; it lags the standby by at most about
+//! the interval plus a heartbeat, and a shipper that crashes loses at most that lag. A slot
+//! behind its standby only keeps segments longer, never removes one the standby still needs.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,6 +23,9 @@ use crate::damage::Component;
 use crate::replication::messages::ErrorCode;
 use crate::replication::ReplError;
 use crate::Lsn;
+
+/// A slot is saved to disk at most this often while its standby reports.
+pub(super) const SLOT_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Records a standby that completed its handshake as connected, at the positions it reported.
 /// Its slot on disk starts only at its first Status.
@@ -53,8 +65,8 @@ pub(super) fn register(
 
 impl Conn {
     /// A Status from the standby: the positions it acknowledges. It may not acknowledge more
-    /// than was shipped to it; its slot is saved when a position moved, and at least every
-    /// second while it reports.
+    /// than was shipped to it; its slot is saved in the background, at the first Status and
+    /// then at most once per [`SLOT_SAVE_INTERVAL`].
     pub(super) async fn acknowledged(
         &mut self,
         written_lsn: Lsn,
@@ -134,15 +146,30 @@ impl Conn {
                 applied_lsn,
             });
         }
-        if changed
-            || self
-                .last_save
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        if self
+            .last_save
+            .is_none_or(|t| t.elapsed() >= SLOT_SAVE_INTERVAL)
         {
-            save_slot(&self.shared.registry, &info).await;
+            // The previous save (a second ago at least) has ended; wait for it all the same,
+            // so that saves never overlap and the file never moves backwards.
+            self.saves_settled().await;
+            let registry = self.shared.registry.clone();
+            self.pending_save = Some(tokio::spawn(async move {
+                save_slot(&registry, &info).await;
+            }));
             self.last_save = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Waits for the slot save in flight, if any: at the end of a connection, before the last
+    /// save.
+    pub(super) async fn saves_settled(&mut self) {
+        if let Some(h) = self.pending_save.take() {
+            if let Err(e) = h.await {
+                tracing::error!(error = %e, "saving a standby slot failed");
+            }
+        }
     }
 }
 
@@ -234,6 +261,7 @@ mod tests {
             name: "s1".into(),
             addr: addr(),
             last_save: None,
+            pending_save: None,
             acked_limit: Lsn(flushed),
             status_seen: false,
             unconfirmed: None,
@@ -307,15 +335,22 @@ mod tests {
         assert_eq!(s.registry.get(ID).unwrap(), None);
     }
 
+    /// One Status, and the slot save it started (if any) waited for.
+    fn ack(rt: &tokio::runtime::Runtime, c: &mut Conn, w: u64, f: u64, a: u64) {
+        rt.block_on(async {
+            c.acknowledged(Lsn(w), Lsn(f), Lsn(a)).await.unwrap();
+            c.saves_settled().await;
+        });
+    }
+
     #[test]
-    fn acknowledgements_move_the_slot_and_are_saved_when_they_move_or_a_second_passed() {
+    fn acknowledgements_move_the_slot_at_once_and_are_saved_at_most_once_an_interval() {
         let d = tempfile::tempdir().unwrap();
         let s = shared(d.path());
         let mut events = s.events.subscribe();
         let mut c = session(&s, 100);
         let rt = rt();
-        rt.block_on(c.acknowledged(Lsn(100), Lsn(100), Lsn(80)))
-            .unwrap();
+        ack(&rt, &mut c, 100, 100, 80);
         assert!(c.status_seen);
         assert_eq!(
             events.try_recv().unwrap(),
@@ -325,6 +360,7 @@ mod tests {
                 applied_lsn: Lsn(80)
             }
         );
+        // The first Status makes the slot.
         let rec = s.registry.get(ID).unwrap().unwrap();
         assert_eq!(rec.kind, ConsumerKind::Standby);
         assert_eq!(
@@ -334,24 +370,38 @@ mod tests {
         assert_eq!(rec.address.as_deref(), Some("127.0.0.1:4000"));
         // The same positions again at once: nothing to tell, nothing to save.
         s.registry.remove(ID).unwrap();
-        rt.block_on(c.acknowledged(Lsn(100), Lsn(100), Lsn(80)))
-            .unwrap();
+        ack(&rt, &mut c, 100, 100, 80);
         assert!(events.try_recv().is_err());
         assert_eq!(s.registry.get(ID).unwrap(), None);
-        // A second later the slot is saved again, so that its contact time stays current.
-        c.last_save = Some(Instant::now() - Duration::from_secs(2));
-        rt.block_on(c.acknowledged(Lsn(100), Lsn(100), Lsn(80)))
+        // A moved position is told at once and kept in memory, but saved only once the
+        // interval has passed: the slot on disk lags, never leads.
+        s.registry
+            .save(&ConsumerRecord {
+                id: ID.into(),
+                kind: ConsumerKind::Standby,
+                position: Lsn(100),
+                applied_lsn: Some(Lsn(80)),
+                name: None,
+                written_lsn: None,
+                flush_lag_us: None,
+                address: None,
+                last_contact_us: None,
+                lost: false,
+            })
             .unwrap();
-        assert!(events.try_recv().is_err());
-        assert_eq!(s.registry.get(ID).unwrap().unwrap().position, Lsn(100));
-        // A moved position is saved at once.
-        rt.block_on(c.acknowledged(Lsn(100), Lsn(100), Lsn(90)))
-            .unwrap();
+        ack(&rt, &mut c, 100, 100, 90);
+        assert!(events.try_recv().is_ok());
+        assert_eq!(info(&s).applied_lsn, Lsn(90));
         assert_eq!(
             s.registry.get(ID).unwrap().unwrap().applied_lsn,
-            Some(Lsn(90))
+            Some(Lsn(80))
         );
-        assert_eq!(info(&s).applied_lsn, Lsn(90));
+        // An interval later the next Status saves the newest positions, moved or not.
+        c.last_save = Some(Instant::now() - SLOT_SAVE_INTERVAL);
+        ack(&rt, &mut c, 100, 100, 90);
+        assert!(events.try_recv().is_err());
+        let rec = s.registry.get(ID).unwrap().unwrap();
+        assert_eq!((rec.position, rec.applied_lsn), (Lsn(100), Some(Lsn(90))));
     }
 
     #[test]
@@ -375,11 +425,9 @@ mod tests {
         c.acked_limit = Lsn(300);
         c.unconfirmed = Some((name, Lsn(300)));
         let rt = rt();
-        rt.block_on(c.acknowledged(Lsn(200), Lsn(200), Lsn(0)))
-            .unwrap();
+        ack(&rt, &mut c, 200, 200, 0);
         assert_eq!(s.damage.list().unwrap().len(), 1, "not stored yet");
-        rt.block_on(c.acknowledged(Lsn(300), Lsn(300), Lsn(0)))
-            .unwrap();
+        ack(&rt, &mut c, 300, 300, 0);
         assert!(s.damage.list().unwrap().is_empty());
         assert_eq!(c.unconfirmed, None);
     }

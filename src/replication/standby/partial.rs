@@ -7,6 +7,15 @@
 //! as they arrive (a record the primary sent whole and that fails is damage); a copy found on
 //! disk at start is cut after its last valid record (a crash can leave a torn tail), never
 //! trusted unchecked and never thrown away whole while a prefix of it is valid.
+//!
+//! A copy is kept zero-filled ahead of its records ([`ZERO_AHEAD`] at a time, up to the
+//! segment size, written while the stream is idle right after a sync): a sync of streamed
+//! records then overwrites written blocks inside the file's length and has no metadata to
+//! write (an `fdatasync` that grows a file writes its inode too; on a journaling file system it
+//! waits for a journal commit shared with every other change there). So a copy's file may be longer than what it holds: its records
+//! end at the first byte that is not a whole, valid record (zeros after the last one, as in
+//! the writer's open segment), and a copy taken up again is not shortened but has every byte
+//! past its valid prefix zeroed. The sealed copy is cut to its sealed length before its sync.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +26,10 @@ use crate::format::record::{decode_at, Decoded, RecordError};
 use crate::format::segment_header::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::segment_check::check_identity;
+
+/// How far ahead of its records a copy of the open segment is zero-filled: written in one go
+/// when less than half of it is left.
+pub(super) const ZERO_AHEAD: u64 = 1 << 20;
 
 /// How the end of the bytes is judged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +109,8 @@ pub(super) struct PartialCopy {
     pub buf: Vec<u8>,
     /// End of the valid prefix: the header and whole, checked records.
     pub valid_end: usize,
+    /// The file's length: `buf.len()`, or more where it is zero-filled ahead.
+    pub file_len: u64,
 }
 
 impl PartialCopy {
@@ -115,6 +130,7 @@ impl PartialCopy {
             file,
             buf: Vec::new(),
             valid_end: 0,
+            file_len: 0,
         })
     }
 
@@ -155,12 +171,18 @@ impl PartialCopy {
             crate::fsutil::fsync_dir(&dd.wal_dir())?;
             return Ok(None);
         }
-        if valid_end < buf.len() {
-            tracing::warn!(file = %path.display(), valid_end, len = buf.len(), "cutting the partial copy after its last valid record");
-            file.set_len(valid_end as u64)
-                .map_err(|e| Error::io(format!("truncate {}", path.display()), e))?;
-            buf.truncate(valid_end);
+        let file_len = buf.len() as u64;
+        // Bytes past the valid prefix: zeros filled ahead, or a torn or unsynced tail, which
+        // is zeroed (the file keeps its length) so that nothing of it can reappear.
+        let dirty_end = buf[valid_end..]
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(valid_end, |i| valid_end + i + 1);
+        if dirty_end > valid_end {
+            tracing::warn!(file = %path.display(), valid_end, dirty_end, "cutting the partial copy after its last valid record");
+            zero_range(&file, &path, valid_end as u64, dirty_end as u64)?;
         }
+        buf.truncate(valid_end);
         file.sync_all()
             .map_err(|e| Error::io(format!("fsync {}", path.display()), e))?;
         Ok(Some(PartialCopy {
@@ -169,15 +191,15 @@ impl PartialCopy {
             file,
             buf,
             valid_end,
+            file_len,
         }))
     }
 
-    /// Cuts the copy back to `len` bytes (what the primary continues from).
+    /// Cuts the copy back to `len` bytes (what the primary continues from): the bytes past it
+    /// are zeroed, the file keeps its length.
     pub fn cut_to(&mut self, len: usize) -> Result<()> {
         if self.buf.len() > len {
-            self.file
-                .set_len(len as u64)
-                .map_err(|e| Error::io(format!("truncate {}", self.path.display()), e))?;
+            zero_range(&self.file, &self.path, len as u64, self.buf.len() as u64)?;
             self.buf.truncate(len);
             self.valid_end = self.valid_end.min(len);
         }
@@ -190,6 +212,54 @@ impl PartialCopy {
             .write_all_at(data, self.buf.len() as u64)
             .map_err(|e| Error::io(format!("write {}", self.path.display()), e))?;
         self.buf.extend_from_slice(data);
+        self.file_len = self.file_len.max(self.buf.len() as u64);
         Ok(())
     }
+
+    /// Zero-fills the file ahead of the records when less than half of [`ZERO_AHEAD`] is left,
+    /// up to `segment_size` at most, and syncs it: called while the stream is idle, so that
+    /// the syncs of the next records overwrite blocks that are already written.
+    pub fn zero_ahead(&mut self, segment_size: u64) -> Result<()> {
+        let end = self.buf.len() as u64;
+        if self.file_len >= segment_size || self.file_len - end.min(self.file_len) >= ZERO_AHEAD / 2
+        {
+            return Ok(());
+        }
+        let to = (end + ZERO_AHEAD).min(segment_size);
+        let from = self.file_len.max(end);
+        if to <= from {
+            return Ok(());
+        }
+        zero_range(&self.file, &self.path, from, to)?;
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(format!("fsync {}", self.path.display()), e))?;
+        self.file_len = to;
+        Ok(())
+    }
+
+    /// Cuts the file to the sealed length `len` of the segment it now holds whole.
+    pub fn fit_to(&mut self, len: u64) -> Result<()> {
+        if self.file_len > len {
+            self.file
+                .set_len(len)
+                .map_err(|e| Error::io(format!("truncate {}", self.path.display()), e))?;
+            self.file_len = len;
+        }
+        Ok(())
+    }
+}
+
+/// Writes zeros over `[from, to)` of `file`.
+fn zero_range(file: &std::fs::File, path: &Path, from: u64, to: u64) -> Result<()> {
+    const STEP: usize = 64 << 10;
+    let zeros = [0u8; STEP];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(STEP);
+        file.write_all_at(&zeros[..n], at)
+            .map_err(|e| Error::io(format!("zero {} at {at}", path.display()), e))?;
+        at += n as u64;
+    }
+    Ok(())
 }

@@ -175,8 +175,11 @@ fn store_segments(
             next = rx.try_recv().ok();
         }
         if dirty {
-            if let Some(c) = cur.as_ref() {
+            if let Some(c) = cur.as_mut() {
                 counted_flushed(shared, c)?;
+                // Acknowledged: zero-fill ahead now, while the stream waits for records.
+                let size = shared.held().control.map_or(0, |c| c.segment_size);
+                c.zero_ahead(size)?;
             }
         }
     }
@@ -265,6 +268,8 @@ fn store_one(
                 shared
                     .written
                     .fetch_max((start + c.valid_end as u64).0, Ordering::AcqRel);
+                // Told at once, before the sync: what `remote_write` waits for.
+                shared.notify();
             }
             {
                 let mut h = lock(&shared.held);
@@ -297,6 +302,8 @@ fn store_one(
                 );
             }
             if c.buf.len() as u64 == l {
+                // A copy zero-filled ahead while it was streamed ends at its sealed length.
+                c.fit_to(l)?;
                 if let Some(c) = cur.take() {
                     *len = None;
                     finish_segment(shared, c.name, &c.path, c.file, c.valid_end, jobs)?;

@@ -6,13 +6,16 @@
 //! `recover` (reopen and full scan of a store in the page cache, against plain read + CRC) and
 //! `workload` (a recorded trace replayed by W clients that wait for durability at each commit,
 //! against the same replay through write + fdatasync with the same group commit), and `ship` (a
-//! shipper and a standby on loopback, against a plain TCP copy + fsync of the same files).
+//! shipper and a standby on loopback, against a plain TCP copy + fsync of the same files), and
+//! `sync` (commits waiting for one synchronous standby at each level, against `local` in the
+//! same run).
 
 mod append;
 pub mod baseline;
 pub mod hist;
 mod recover;
 mod ship;
+mod sync;
 pub mod trace;
 mod workload;
 
@@ -26,6 +29,7 @@ use serde::Serialize;
 pub use append::run_append;
 pub use recover::run_recover;
 pub use ship::run_ship;
+pub use sync::run_sync;
 pub use workload::run_workload;
 
 use walship::format::record::encoded_len;

@@ -3,8 +3,10 @@
 //! throughput for a backlog of sealed segments; against copying the same files over one plain
 //! loopback TCP connection into fresh files, each fsynced before the receiver acknowledges.
 //! `stream_latency`: the time from a record's durable acknowledgement on the primary to the
-//! standby's flushed position passing it, while the segment stays open. The shipper learns the
-//! durable position as `walship serve` does, from `state/flush_position` through inotify.
+//! standby's flushed position passing it, while the segment stays open; `stream_latency_loaded`:
+//! the same while another thread appends durable records without pause (its records go the same
+//! way; segments fill and are sealed as they would). The shipper learns the durable position as
+//! `walship serve` does, from `state/flush_position` through inotify.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -307,17 +309,11 @@ fn measure(cfg: &BenchConfig, tls: Option<&Path>) -> Result<Vec<BenchResult>> {
     copy.finish()?;
 
     // Streaming: one durable record at a time, the segment left open.
-    let mut stream = Histogram::default();
-    let mut stream_sum = Duration::ZERO;
     let stream_records = 200u64.min(seg / cfg.record_len() as u64 / 2);
-    for _ in 0..stream_records {
-        let a = wal.append_durable(&batch[0])?;
-        let t = Instant::now();
-        wait_flushed(&standby, a.end_lsn.0)?;
-        let d = t.elapsed();
-        stream.record(d);
-        stream_sum += d;
-    }
+    let (stream, stream_sum, _) = stream_phase(&wal, &standby, &batch[0], stream_records, false)?;
+    // The same under load: records measured one at a time among a writer's stream.
+    let loaded_records = 500u64;
+    let (loaded, loaded_sum, load) = stream_phase(&wal, &standby, &batch[0], loaded_records, true)?;
     rt.block_on(standby.stop(Duration::from_secs(10)))
         .map_err(repl)?;
     rt.block_on(shipper.stop(Duration::from_secs(10)));
@@ -370,12 +366,80 @@ fn measure(cfg: &BenchConfig, tls: Option<&Path>) -> Result<Vec<BenchResult>> {
             Duration::ZERO,
         )
     };
-    // No baseline for this one.
-    let streamed = BenchResult {
+    let loaded = BenchResult {
+        p50_us: loaded.quantile_us(0.5),
+        p99_us: loaded.quantile_us(0.99),
+        p999_us: loaded.quantile_us(0.999),
+        max_us: loaded.max_us(),
+        // Throughput here is the load's: every record appended during the phase.
+        ..BenchResult::timed(
+            "stream_latency_loaded",
+            cfg.record_size,
+            "each",
+            loaded_records + load,
+            (loaded_records + load) * cfg.record_len() as u64,
+            loaded_sum,
+            Duration::ZERO,
+        )
+    };
+    // No baseline for these.
+    let no_baseline = |r: BenchResult| BenchResult {
         baseline_records_per_s: 0.0,
         baseline_mb_per_s: 0.0,
         ratio: 0.0,
-        ..streamed
+        ..r
     };
-    Ok(vec![catch, latency, streamed])
+    Ok(vec![
+        catch,
+        latency,
+        no_baseline(streamed),
+        no_baseline(loaded),
+    ])
+}
+
+/// Appends `samples` durable records one at a time and times each from its durable
+/// acknowledgement to the standby's flushed position passing it. With `load`, another thread
+/// appends durable records without pause meanwhile. Returns the times, the phase's length,
+/// and how many records the load appended.
+fn stream_phase(
+    wal: &Wal,
+    standby: &Standby,
+    entry: &Entry<'_>,
+    samples: u64,
+    load: bool,
+) -> Result<(Histogram, Duration, u64)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    let t0 = Instant::now();
+    std::thread::scope(|sc| {
+        let loader = load.then(|| {
+            sc.spawn(|| -> Result<u64> {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    wal.append_durable(entry)?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        });
+        let mut hist = Histogram::default();
+        let measured = (|| -> Result<()> {
+            for _ in 0..samples {
+                let a = wal.append_durable(entry)?;
+                let t = Instant::now();
+                wait_flushed(standby, a.end_lsn.0)?;
+                hist.record(t.elapsed());
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let loaded = match loader {
+            Some(h) => h
+                .join()
+                .map_err(|_| Error::Other("the load thread panicked".into()))??,
+            None => 0,
+        };
+        measured?;
+        Ok((hist, t0.elapsed(), loaded))
+    })
 }

@@ -17,7 +17,7 @@ use walship::{Entry, EntryType, Result, Wal};
 /// transactions, a few seconds per side.
 pub const DEFAULT_TRACE_RECORDS: usize = 80_000;
 
-struct Replay {
+pub(super) struct Replay {
     elapsed: Duration,
     commits: u64,
     commit: Histogram,
@@ -110,6 +110,63 @@ fn replay<L: Log + 'static>(log: Arc<L>, units: Arc<Vec<Unit>>, clients: usize) 
 }
 
 /// Replays `records` with `cfg.writers` clients through walship and through the baseline.
+/// The writer with a commit that also waits for a synchronous policy's confirmation.
+struct Committing {
+    wal: Arc<Wal>,
+    waiter: Option<walship::replication::synchronous::SyncWaiter>,
+}
+
+impl Log for Committing {
+    fn append(&self, r: &TraceRecord, payload: &[u8]) -> Result<u64> {
+        Log::append(&*self.wal, r, payload)
+    }
+    fn wait_durable(&self, end: u64) -> Result<()> {
+        self.wal.wait_durable(walship::Lsn(end))?;
+        if let Some(w) = &self.waiter {
+            w.wait_blocking(walship::Lsn(end), Some(Duration::from_secs(60)))
+                .map_err(|e| walship::Error::Other(format!("waiting for the standby: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Replays `records` into `wal` with `clients` clients, each commit waiting for local
+/// durability and then, with a waiter, for the policy's confirmation.
+pub(super) fn replay_committing(
+    wal: Arc<Wal>,
+    records: &[TraceRecord],
+    clients: usize,
+    waiter: Option<walship::replication::synchronous::SyncWaiter>,
+) -> Result<Replay> {
+    let units = Arc::new(super::trace::units(records));
+    replay(Arc::new(Committing { wal, waiter }), units, clients)
+}
+
+/// A replay's figures (no baseline).
+pub(super) fn result_of(cfg: &BenchConfig, records: &[TraceRecord], w: &Replay) -> BenchResult {
+    let payload_bytes: u64 = records.iter().map(|r| r.len as u64).sum();
+    let n = records.len() as u64;
+    BenchResult {
+        scenario: "workload",
+        writers: cfg.writers,
+        record_size: (payload_bytes / n.max(1)) as usize,
+        durability: "group",
+        records: n,
+        seconds: w.elapsed.as_secs_f64(),
+        records_per_s: n as f64 / w.elapsed.as_secs_f64().max(1e-9),
+        transactions_per_s: Some(w.commits as f64 / w.elapsed.as_secs_f64().max(1e-9)),
+        mb_per_s: mb_per_s(payload_bytes, w.elapsed),
+        p50_us: w.commit.quantile_us(0.5),
+        p99_us: w.commit.quantile_us(0.99),
+        p999_us: w.commit.quantile_us(0.999),
+        max_us: w.commit.max_us(),
+        append_p50_us: w.append.quantile_us(0.5),
+        append_p99_us: w.append.quantile_us(0.99),
+        append_p999_us: w.append.quantile_us(0.999),
+        ..BenchResult::default()
+    }
+}
+
 pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchResult> {
     let tmp = scratch(&cfg.dir)?;
     let units = Arc::new(super::trace::units(records));

@@ -175,6 +175,7 @@ async fn serve_standby(
         name: name.clone(),
         addr,
         last_save: None,
+        pending_save: None,
         acked_limit: flushed,
         status_seen: false,
         unconfirmed: None,
@@ -191,6 +192,8 @@ async fn serve_standby(
         )
         .await;
     *status_seen = conn.status_seen;
+    // The last save of the slot (by the caller) comes after any save still in flight.
+    conn.saves_settled().await;
     reader.abort();
     if result.is_ok()
         && registered
@@ -267,7 +270,9 @@ pub(super) struct Conn {
     /// The name the standby gave.
     pub(super) name: String,
     pub(super) addr: SocketAddr,
+    /// When the slot was last saved, and that save while it runs (see `slots.rs`).
     pub(super) last_save: Option<Instant>,
+    pub(super) pending_save: Option<tokio::task::JoinHandle<()>>,
     /// The most a Status may claim as flushed: what the standby said it held, or the end of
     /// the last segment shipped to it on this connection.
     pub(super) acked_limit: Lsn,
