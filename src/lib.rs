@@ -16,6 +16,7 @@ pub mod format;
 pub mod fsutil;
 pub mod log_ends;
 pub mod lsn;
+pub mod metrics;
 pub mod reader;
 pub mod recovery;
 pub mod recycling;

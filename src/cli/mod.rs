@@ -7,6 +7,7 @@ mod bench;
 mod checkpoint;
 mod demo;
 mod dump;
+mod metrics;
 mod restore;
 mod serve;
 mod standby;

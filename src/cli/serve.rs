@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// for ever.
     #[arg(long, requires = "sync", value_parser = duration_between(Duration::from_millis(10), Duration::from_secs(3600)))]
     pub sync_timeout: Option<Duration>,
+    /// Serve metrics (Prometheus text format) on `GET /metrics` at this HOST:PORT (port 0
+    /// picks a free port). A non-loopback address needs --insecure: the endpoint has neither TLS
+    /// nor authentication.
+    #[arg(long, value_parser = parse_listen)]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -204,7 +209,12 @@ pub fn run(a: ServeArgs) -> CmdResult {
         level: a.sync_level,
         timeout: a.sync_timeout,
     });
+    let data_dir = a.data_dir.clone();
     super::runtime()?.block_on(async move {
+        let metrics = match &a.metrics_listen {
+            Some(addr) => Some(super::metrics::start(addr, a.insecure, &data_dir).await?),
+            None => None,
+        };
         let mut shipper = Shipper::start(config).await?;
         {
             use std::io::Write;
@@ -214,6 +224,9 @@ pub fn run(a: ServeArgs) -> CmdResult {
         }
         reload_on_hangup(&shipper).await;
         tracing::info!("stopping");
+        if let Some(m) = metrics {
+            m.abort();
+        }
         shipper.stop(STOP_BOUND).await;
         Ok(())
     })
