@@ -8,14 +8,17 @@
 //! started as a child process.
 //!
 //! Here: the demo's run from start to end; `procs.rs`: starting and stopping the children;
-//! `view.rs`: the live view; `workload.rs`: the writer's transactions; `sync_check.rs`: the
-//! synchronous standby's check at the SIGKILL.
+//! `view.rs`: the live view; `workload.rs`: the writer's transactions; `writer.rs`: the writer
+//! process; `digest.rs`: comparing copies; `sync_check.rs`: the synchronous standby's check at
+//! the SIGKILL.
 
 mod archive_target;
+mod digest;
 mod procs;
 mod sync_check;
 mod view;
 pub mod workload;
+mod writer;
 
 use std::collections::HashSet;
 use std::fs;
@@ -30,10 +33,12 @@ use walship::consumers::ConsumerRegistry;
 use walship::error::{Error, IoContext, Result};
 use walship::{DataDir, Entry, Lsn, Wal, WalOptions, WalReader};
 
+use digest::digest;
 use procs::{path_str, read_listen_addr, run_to_end, start_writer, Proc};
 use sync_check::{ASYNC_NAME, SYNC_NAME};
 use view::{positions, view_lines, View};
 use workload::MixedWorkload;
+pub use writer::run_writer;
 
 /// Segment size of the demo's primary: small, so that segments seal, ship and archive often.
 const DEMO_SEGMENT_SIZE: &str = "1MiB";
@@ -465,87 +470,4 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
         ),
     }
     Ok(summary)
-}
-
-/// What a directory's records add up to.
-struct Digest {
-    records: u64,
-    bytes: u64,
-    end: u64,
-    hash: u64,
-    ends: HashSet<u64>,
-}
-
-fn digest(dir: &Path) -> Result<Digest> {
-    let mut r = WalReader::open(dir, Lsn(0))?;
-    let mut d = Digest {
-        records: 0,
-        bytes: 0,
-        end: 0,
-        hash: 0xcbf2_9ce4_8422_2325,
-        ends: HashSet::new(),
-    };
-    while let Some(rec) = r.next_record()? {
-        d.records += 1;
-        d.bytes += rec.end_lsn.0 - rec.lsn.0;
-        d.end = rec.end_lsn.0;
-        d.ends.insert(rec.end_lsn.0);
-        // FNV-1a over (lsn, crc): the record CRC covers the header fields and the payload.
-        for b in rec
-            .lsn
-            .0
-            .to_le_bytes()
-            .into_iter()
-            .chain(rec.crc.to_le_bytes())
-        {
-            d.hash = (d.hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    Ok(d)
-}
-
-/// The demo's writer: appends generated transactions, each durable at its commit, and prints
-/// each commit's end LSN once durable. Runs until killed.
-/// With `wait_sync`, each commit is acknowledged only once the policy of the `serve` running
-/// for `dir` confirmed it.
-pub fn run_writer(dir: &Path, seed: u64, first_tx: u64, wait_sync: bool) -> Result<()> {
-    let wal = Wal::open(
-        dir,
-        WalOptions {
-            max_segment_age: Some(Duration::from_secs(1)),
-            ..WalOptions::default()
-        },
-    )?;
-    let follower = if wait_sync {
-        Some(sync_check::follow_policy(dir)?)
-    } else {
-        None
-    };
-    let mut gen = MixedWorkload::new(seed, first_tx);
-    let stdout = std::io::stdout();
-    let start = Instant::now();
-    let mut done = 0u64;
-    loop {
-        let tx = gen.next_transaction();
-        let entries: Vec<Entry<'_>> = tx
-            .iter()
-            .map(|e| Entry::new(e.entry_type, Some(e.tx_id), &e.payload))
-            .collect();
-        let appended = wal.append_batch(&entries)?;
-        if let Some(last) = appended.last() {
-            wal.wait_durable(last.end_lsn)?;
-            if let Some(f) = &follower {
-                sync_check::wait_confirmed(f, last.end_lsn)?;
-            }
-            let mut o = stdout.lock();
-            writeln!(o, "{}", last.end_lsn.0)
-                .and_then(|_| o.flush())
-                .ctx(|| "write to stdout".to_string())?;
-        }
-        done += 1;
-        let due = Duration::from_micros(done * 1_000_000 / WRITER_TX_PER_SEC);
-        if let Some(ahead) = due.checked_sub(start.elapsed()) {
-            std::thread::sleep(ahead);
-        }
-    }
 }
