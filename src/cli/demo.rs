@@ -65,6 +65,11 @@ pub fn demo(a: DemoArgs) -> CmdResult {
         summary.max_standby_lag as f64 / 1048576.0,
         summary.max_archive_lag as f64 / 1048576.0
     );
+    if let Some(lag) = summary.async_lag_at_kill {
+        println!(
+            "  at the writer's SIGKILL the asynchronous standby was {lag} bytes behind the primary (it may be 0 on a quiet machine)"
+        );
+    }
     for c in &summary.checks {
         println!(
             "  [{}] {}: {}",
@@ -78,7 +83,7 @@ pub fn demo(a: DemoArgs) -> CmdResult {
     println!();
     println!("explore further:");
     println!("  {w} status {d}/primary");
-    println!("  {w} status {d}/standby --json");
+    println!("  {w} status {d}/standby-sync --json");
     println!("  {w} dump {d}/primary --limit 20");
     println!("  {w} dump {d}/primary --stats");
     match &a.archive_to {
@@ -123,9 +128,13 @@ pub struct DemoWriterArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 1)]
     pub first_tx: u64,
+    /// Acknowledge a commit only once the synchronous standbys of the `serve` running for
+    /// DATA_DIR confirmed it.
+    #[arg(long)]
+    pub wait_sync: bool,
 }
 
 pub fn demo_writer(a: DemoWriterArgs) -> CmdResult {
-    run_writer(&a.data_dir, a.seed, a.first_tx)?;
+    run_writer(&a.data_dir, a.seed, a.first_tx, a.wait_sync)?;
     Ok(())
 }

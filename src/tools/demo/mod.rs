@@ -1,17 +1,24 @@
 //! `walship demo`: the whole system on loopback in a scratch directory. A writer appends a mixed
-//! workload to a primary, `serve` ships sealed segments to a standby, an archiver pushes them to
-//! an archive; midway the writer is killed with SIGKILL and restarted (recovery); at the end the
-//! archive is restored into a new directory and the primary, the standby and the restored copy
+//! workload to a primary, `serve` streams it to two standbys, `sync` (the primary's policy waits
+//! for it before a commit is acknowledged) and `async`, an archiver pushes sealed segments to an
+//! archive; midway the writer is killed with SIGKILL and restarted (recovery), and what each
+//! standby held at that moment is compared with what the writer had acknowledged; at the end the
+//! archive is restored into a new directory and the primary, the standbys and the restored copy
 //! are verified and compared record by record. Every component is the real `walship` binary,
 //! started as a child process.
 //!
 //! Here: the demo's run from start to end; `procs.rs`: starting and stopping the children;
-//! `view.rs`: the live view; `workload.rs`: the writer's transactions.
+//! `view.rs`: the live view; `workload.rs`: the writer's transactions; `writer.rs`: the writer
+//! process; `digest.rs`: comparing copies; `sync_check.rs`: the synchronous standby's check at
+//! the SIGKILL.
 
 mod archive_target;
+mod digest;
 mod procs;
+mod sync_check;
 mod view;
 pub mod workload;
+mod writer;
 
 use std::collections::HashSet;
 use std::fs;
@@ -26,9 +33,12 @@ use walship::consumers::ConsumerRegistry;
 use walship::error::{Error, IoContext, Result};
 use walship::{DataDir, Entry, Lsn, Wal, WalOptions, WalReader};
 
+use digest::digest;
 use procs::{path_str, read_listen_addr, run_to_end, start_writer, Proc};
+use sync_check::{ASYNC_NAME, SYNC_NAME};
 use view::{positions, view_lines, View};
 use workload::MixedWorkload;
+pub use writer::run_writer;
 
 /// Segment size of the demo's primary: small, so that segments seal, ship and archive often.
 const DEMO_SEGMENT_SIZE: &str = "1MiB";
@@ -70,6 +80,8 @@ pub struct DemoSummary {
     pub writer_seconds: f64,
     pub max_standby_lag: u64,
     pub max_archive_lag: u64,
+    /// Bytes the asynchronous standby was behind the primary when the writer was killed.
+    pub async_lag_at_kill: Option<u64>,
     pub end_lsn: u64,
 }
 
@@ -103,13 +115,14 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     let root = &opts.dir;
     fs::create_dir_all(root).ctx(|| format!("create {}", root.display()))?;
     let primary = root.join("primary");
-    let standby = root.join("standby");
+    let standby = root.join("standby-sync");
+    let standby_async = root.join("standby-async");
     let archive = root.join("archive");
     let restored = root.join("restored");
     let logs = root.join("logs");
     let archive_at = archive_target::choose(opts.archive_to.as_deref(), &archive)?;
     let archive_t = archive_at.target.as_str();
-    for d in [&primary, &standby, &restored] {
+    for d in [&primary, &standby, &standby_async, &restored] {
         if d.exists() {
             return Err(Error::InvalidArgument(format!(
                 "{} already exists: give the demo an empty or new directory",
@@ -154,23 +167,66 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     let mut serve = Proc::spawn(
         "serve",
         exe,
-        &["serve", path_str(&primary)?, "--listen", "127.0.0.1:0"],
+        &[
+            "serve",
+            path_str(&primary)?,
+            "--listen",
+            "127.0.0.1:0",
+            "--sync",
+            &format!("FIRST 1 ({SYNC_NAME})"),
+            "--sync-level",
+            "remote_flush",
+        ],
         &logs,
         true,
     )?;
     let addr = read_listen_addr(&mut serve)?;
-    view.event(out, &format!("serve is shipping sealed segments on {addr}"));
+    view.event(
+        out,
+        &format!(
+            "serve streams the log on {addr}; its policy: FIRST 1 ({SYNC_NAME}), remote_flush"
+        ),
+    );
     let mut standby_proc = Proc::spawn(
-        "standby",
+        "standby-sync",
         exe,
-        &["standby", path_str(&standby)?, "--primary", &addr],
+        &[
+            "standby",
+            path_str(&standby)?,
+            "--primary",
+            &addr,
+            "--name",
+            SYNC_NAME,
+        ],
+        &logs,
+        false,
+    )?;
+    let mut async_proc = Proc::spawn(
+        "standby-async",
+        exe,
+        &[
+            "standby",
+            path_str(&standby_async)?,
+            "--primary",
+            &addr,
+            "--name",
+            ASYNC_NAME,
+        ],
         &logs,
         false,
     )?;
     view.event(
         out,
-        &format!("a standby receives them into {}", standby.display()),
+        &format!(
+            "standby `{SYNC_NAME}` (synchronous: commits wait until it has them on disk) receives into {}, standby `{ASYNC_NAME}` (asynchronous) into {}",
+            standby.display(),
+            standby_async.display()
+        ),
     );
+    let standbys = [
+        (SYNC_NAME, standby.as_path()),
+        (ASYNC_NAME, standby_async.as_path()),
+    ];
     let mut archiver = Proc::spawn(
         "archive",
         exe,
@@ -191,20 +247,23 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     );
 
     let acked = Arc::new(Acked::default());
-    let mut writer = start_writer(opts, &primary, &logs, 0, &acked)?;
-    view.event(out, &format!("a writer appends transactions (tx_begin, insert, update, delete, tx_commit), about {WRITER_TX_PER_SEC}/s, each commit durable"));
+    let (mut writer, mut writer_out) = start_writer(opts, &primary, &logs, 0, &acked)?;
+    view.event(out, &format!("a writer appends transactions (tx_begin, insert, update, delete, tx_commit), about {WRITER_TX_PER_SEC}/s, each commit acknowledged once durable here and on `{SYNC_NAME}`"));
 
     let start = Instant::now();
     let total = Duration::from_secs(opts.seconds.max(2));
     let kill_at = total / 2;
     let mut killed = false;
     let mut generation = 0;
+    let mut moment = None;
     while start.elapsed() < total {
         std::thread::sleep(Duration::from_millis(250));
-        let p = positions(&primary, &standby, &acked);
-        summary.max_standby_lag = summary
-            .max_standby_lag
-            .max(p.sealed.saturating_sub(p.standby_applied));
+        let p = positions(&primary, &standbys, &acked);
+        for s in &p.standbys {
+            summary.max_standby_lag = summary
+                .max_standby_lag
+                .max(p.sealed.saturating_sub(s.applied));
+        }
         summary.max_archive_lag = summary
             .max_archive_lag
             .max(p.sealed.saturating_sub(p.archived));
@@ -220,17 +279,25 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
         }
         if !killed && start.elapsed() >= kill_at {
             killed = true;
-            let before = acked.last.load(Ordering::Relaxed);
-            writer.kill();
+            let m = sync_check::kill_writer_frozen(
+                &mut writer,
+                writer_out,
+                &standby_proc,
+                &async_proc,
+                &primary,
+                &acked,
+            );
             view.event(
                 out,
                 &format!(
-                    "killed the writer with SIGKILL after its durable commit at {}",
-                    Lsn(before)
+                    "killed the writer with SIGKILL after its acknowledged commit at {}",
+                    Lsn(m.acked.iter().copied().max().unwrap_or(0))
                 ),
             );
+            view.event(out, &sync_check::async_lag_line(&m));
+            moment = Some(m);
             generation += 1;
-            writer = start_writer(opts, &primary, &logs, generation, &acked)?;
+            (writer, writer_out) = start_writer(opts, &primary, &logs, generation, &acked)?;
             view.event(out, "restarted it: recovery kept the valid prefix (see logs/writer.log), appending goes on");
         }
     }
@@ -248,23 +315,33 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     let end = final_status.flush_lsn.0;
     summary.end_lsn = end;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut p = positions(&primary, &standby, &acked);
-    while Instant::now() < deadline
-        && (p.standby_applied < end || p.standby_flushed < end || p.archived < end)
-    {
+    let behind = |p: &view::Positions| {
+        p.archived < end
+            || p.standbys
+                .iter()
+                .any(|s| s.applied < end || s.flushed < end)
+    };
+    let mut p = positions(&primary, &standbys, &acked);
+    while Instant::now() < deadline && behind(&p) {
         view.show(
             out,
             &view_lines(start.elapsed().as_secs_f64(), &p, "catching up"),
         );
         std::thread::sleep(Duration::from_millis(200));
-        p = positions(&primary, &standby, &acked);
+        p = positions(&primary, &standbys, &acked);
     }
     view.show(
         out,
         &view_lines(start.elapsed().as_secs_f64(), &p, "caught up"),
     );
     view.event(out, "stopping serve, standby and archiver");
-    for proc in [&mut serve, &mut standby_proc, &mut archiver] {
+    drop(writer_out);
+    for proc in [
+        &mut serve,
+        &mut standby_proc,
+        &mut async_proc,
+        &mut archiver,
+    ] {
         proc.stop(Duration::from_secs(10));
     }
     let mut check = |name: &str, passed: bool, detail: String| {
@@ -274,16 +351,18 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
             detail,
         });
     };
-    check(
-        "standby caught up",
-        p.standby_flushed == end && p.standby_applied == end,
-        format!(
-            "primary flush_lsn {}, standby flushed {} applied {}",
-            end,
-            Lsn(p.standby_flushed),
-            Lsn(p.standby_applied)
-        ),
-    );
+    for s in &p.standbys {
+        check(
+            &format!("standby {} caught up", s.name),
+            s.flushed == end && s.applied == end,
+            format!(
+                "primary flush_lsn {}, standby flushed {} applied {}",
+                end,
+                Lsn(s.flushed),
+                Lsn(s.applied)
+            ),
+        );
+    }
     check(
         "archive caught up",
         p.archived == end,
@@ -314,7 +393,8 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
 
     for (name, dir) in [
         ("verify primary", &primary),
-        ("verify standby", &standby),
+        ("verify standby sync", &standby),
+        ("verify standby async", &standby_async),
         ("verify archive", &archive),
         ("verify restored copy", &restored),
     ] {
@@ -336,7 +416,11 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     let prim = digest(&primary)?;
     summary.records = prim.records;
     summary.bytes = prim.bytes;
-    for (name, dir) in [("standby", &standby), ("restored copy", &restored)] {
+    for (name, dir) in [
+        ("standby sync", &standby),
+        ("standby async", &standby_async),
+        ("restored copy", &restored),
+    ] {
         match digest(dir) {
             Ok(d) => check(
                 &format!("{name} holds the primary's records"),
@@ -366,78 +450,24 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
             acked_ends.len()
         ),
     );
+    match moment
+        .as_ref()
+        .map(|m| (m, sync_check::acked_on_sync_standby(&standby, m)))
+    {
+        Some((m, r)) => {
+            let ok = r.is_ok();
+            check(
+                "every commit acknowledged before the SIGKILL is on the synchronous standby",
+                ok,
+                r.unwrap_or_else(|e| e.to_string()),
+            );
+            summary.async_lag_at_kill = Some(m.primary_flushed.saturating_sub(m.async_flushed));
+        }
+        None => check(
+            "every commit acknowledged before the SIGKILL is on the synchronous standby",
+            false,
+            "the writer was never killed".into(),
+        ),
+    }
     Ok(summary)
-}
-
-/// What a directory's records add up to.
-struct Digest {
-    records: u64,
-    bytes: u64,
-    end: u64,
-    hash: u64,
-    ends: HashSet<u64>,
-}
-
-fn digest(dir: &Path) -> Result<Digest> {
-    let mut r = WalReader::open(dir, Lsn(0))?;
-    let mut d = Digest {
-        records: 0,
-        bytes: 0,
-        end: 0,
-        hash: 0xcbf2_9ce4_8422_2325,
-        ends: HashSet::new(),
-    };
-    while let Some(rec) = r.next_record()? {
-        d.records += 1;
-        d.bytes += rec.end_lsn.0 - rec.lsn.0;
-        d.end = rec.end_lsn.0;
-        d.ends.insert(rec.end_lsn.0);
-        // FNV-1a over (lsn, crc): the record CRC covers the header fields and the payload.
-        for b in rec
-            .lsn
-            .0
-            .to_le_bytes()
-            .into_iter()
-            .chain(rec.crc.to_le_bytes())
-        {
-            d.hash = (d.hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    Ok(d)
-}
-
-/// The demo's writer: appends generated transactions, each durable at its commit, and prints
-/// each commit's end LSN once durable. Runs until killed.
-pub fn run_writer(dir: &Path, seed: u64, first_tx: u64) -> Result<()> {
-    let wal = Wal::open(
-        dir,
-        WalOptions {
-            max_segment_age: Some(Duration::from_secs(1)),
-            ..WalOptions::default()
-        },
-    )?;
-    let mut gen = MixedWorkload::new(seed, first_tx);
-    let stdout = std::io::stdout();
-    let start = Instant::now();
-    let mut done = 0u64;
-    loop {
-        let tx = gen.next_transaction();
-        let entries: Vec<Entry<'_>> = tx
-            .iter()
-            .map(|e| Entry::new(e.entry_type, Some(e.tx_id), &e.payload))
-            .collect();
-        let appended = wal.append_batch(&entries)?;
-        if let Some(last) = appended.last() {
-            wal.wait_durable(last.end_lsn)?;
-            let mut o = stdout.lock();
-            writeln!(o, "{}", last.end_lsn.0)
-                .and_then(|_| o.flush())
-                .ctx(|| "write to stdout".to_string())?;
-        }
-        done += 1;
-        let due = Duration::from_micros(done * 1_000_000 / WRITER_TX_PER_SEC);
-        if let Some(ahead) = due.checked_sub(start.elapsed()) {
-            std::thread::sleep(ahead);
-        }
-    }
 }

@@ -79,14 +79,22 @@ pub(super) fn start_writer(
     logs: &Path,
     generation: u64,
     acked: &Arc<Acked>,
-) -> Result<Proc> {
+) -> Result<(Proc, std::thread::JoinHandle<()>)> {
     let seed = generation.to_string();
     let first_tx = (1 + generation * 1_000_000).to_string();
     let p = path_str(primary)?;
     let mut proc = Proc::spawn(
         "writer",
         &opts.exe,
-        &["demo-writer", p, "--seed", &seed, "--first-tx", &first_tx],
+        &[
+            "demo-writer",
+            p,
+            "--seed",
+            &seed,
+            "--first-tx",
+            &first_tx,
+            "--wait-sync",
+        ],
         logs,
         true,
     )?;
@@ -96,7 +104,7 @@ pub(super) fn start_writer(
         .take()
         .ok_or_else(|| Error::Other("writer has no stdout".into()))?;
     let acked = acked.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Ok(end) = line.trim().parse::<u64>() {
@@ -104,7 +112,7 @@ pub(super) fn start_writer(
             }
         }
     });
-    Ok(proc)
+    Ok((proc, reader))
 }
 
 pub(super) fn path_str(p: &Path) -> Result<&str> {

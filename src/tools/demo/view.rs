@@ -3,28 +3,61 @@
 use super::*;
 
 /// The positions shown in the live view.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Positions {
     pub(super) written: u64,
     pub(super) acked: u64,
     pub(super) sealed: u64,
-    pub(super) standby_flushed: u64,
-    pub(super) standby_applied: u64,
+    pub(super) standbys: Vec<StandbyPos>,
     pub(super) archived: u64,
 }
 
-pub(super) fn positions(primary: &Path, standby: &Path, acked: &Acked) -> Positions {
+/// One standby: its own positions, and its part and lag as the primary sees them.
+#[derive(Clone, Debug, Default)]
+pub(super) struct StandbyPos {
+    pub(super) name: &'static str,
+    pub(super) flushed: u64,
+    pub(super) applied: u64,
+    /// `sync`, `potential`, `quorum` or `async` (from the primary's status); `-` before it
+    /// first connected.
+    pub(super) sync_state: &'static str,
+    /// The primary's durable position minus what the standby confirmed as flushed.
+    pub(super) lag: u64,
+}
+
+pub(super) fn positions(
+    primary: &Path,
+    standbys: &[(&'static str, &Path)],
+    acked: &Acked,
+) -> Positions {
     let mut p = Positions {
         acked: acked.last.load(Ordering::Relaxed),
         ..Positions::default()
     };
-    if let Ok(s) = walship::status::status(primary) {
+    let prim = walship::status::status(primary).ok();
+    if let Some(s) = &prim {
         p.written = s.flush_lsn.0;
         p.sealed = s.sealed_lsn.0;
     }
-    if let Ok(s) = walship::status::status(standby) {
-        p.standby_flushed = s.flush_lsn.0;
-        p.standby_applied = s.applied_lsn.unwrap_or_default().0;
+    for (name, dir) in standbys {
+        let mut sp = StandbyPos {
+            name,
+            sync_state: "-",
+            ..StandbyPos::default()
+        };
+        if let Ok(s) = walship::status::status(dir) {
+            sp.flushed = s.flush_lsn.0;
+            sp.applied = s.applied_lsn.unwrap_or_default().0;
+        }
+        let slot = prim
+            .iter()
+            .flat_map(|s| s.standbys.iter())
+            .find(|sb| sb.name.as_deref() == Some(*name));
+        if let Some(slot) = slot {
+            sp.sync_state = slot.sync_state.as_str();
+            sp.lag = slot.flush_lag_bytes;
+        }
+        p.standbys.push(sp);
     }
     if let Ok(Some(a)) = ConsumerRegistry::new(&DataDir::new(primary)).get("archiver") {
         p.archived = a.position.0;
@@ -37,26 +70,31 @@ pub(super) fn mib(bytes: u64) -> String {
 }
 
 pub(super) fn view_lines(t: f64, p: &Positions, phase: &str) -> Vec<String> {
-    vec![
+    let mut lines = vec![
         format!("  {t:6.1}s  {phase}"),
         format!(
-            "  primary   written {:>12}   durable {:>12}   sealed  {:>12}",
+            "  primary   written {:>12}   acked   {:>12}   sealed  {:>12}",
             Lsn(p.written).to_string(),
             Lsn(p.acked).to_string(),
             Lsn(p.sealed).to_string()
         ),
-        format!(
-            "  standby   flushed {:>12}   applied {:>12}   lag {:>10}",
-            Lsn(p.standby_flushed).to_string(),
-            Lsn(p.standby_applied).to_string(),
-            mib(p.sealed.saturating_sub(p.standby_applied))
-        ),
-        format!(
-            "  archive   archived {:>11}   lag {:>10}",
-            Lsn(p.archived).to_string(),
-            mib(p.sealed.saturating_sub(p.archived))
-        ),
-    ]
+    ];
+    for s in &p.standbys {
+        lines.push(format!(
+            "  standby {:<6} {:<9} flushed {:>12}   applied {:>12}   lag {:>10}",
+            s.name,
+            s.sync_state,
+            Lsn(s.flushed).to_string(),
+            Lsn(s.applied).to_string(),
+            mib(s.lag)
+        ));
+    }
+    lines.push(format!(
+        "  archive   archived {:>11}   lag {:>10}",
+        Lsn(p.archived).to_string(),
+        mib(p.sealed.saturating_sub(p.archived))
+    ));
+    lines
 }
 
 /// Draws the live view: redrawn in place on a terminal, a line every 2 s otherwise.
