@@ -11,7 +11,9 @@ use serde_json::Value;
 
 mod common;
 use common::proxy::{Proxy, ProxyMode};
-use common::{init, ok, p, seal, status, wait_until, walship, write_records, Proc, NET, WAIT};
+use common::{
+    init, ok, p, seal, sealed_files, status, wait_until, walship, write_records, Proc, NET, WAIT,
+};
 
 /// Starts `walship serve` (with the fast network settings) and returns it with its address.
 fn serve(dir: &Path, listen: &str, extra: &[&str], log: &Path) -> (Proc, String) {
@@ -41,16 +43,6 @@ fn wait_caught_up(primary: &Path, standby: &Path) -> u64 {
         },
     );
     flush
-}
-
-fn sealed_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir.join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".wal"))
-        .collect();
-    v.sort();
-    v
 }
 
 /// Every sealed segment of the primary is on the standby, byte for byte, and nothing else.

@@ -16,7 +16,10 @@ use walship::replication::messages::{ErrorCode, Message, MAGIC, PROTOCOL_VERSION
 
 mod common;
 use common::proxy::{Proxy, ProxyMode};
-use common::{init, ok, p, seal, status, wait_until, walship, write_records, Proc, NET, SEG, WAIT};
+use common::{
+    init, ok, p, seal, status, wait_caught_up, wait_until, walship, write_records, Proc, NET, SEG,
+    WAIT,
+};
 
 fn serve(dir: &Path, extra: &[&str], log: &Path) -> (Proc, String) {
     let mut args = NET.to_vec();
@@ -26,39 +29,6 @@ fn serve(dir: &Path, extra: &[&str], log: &Path) -> (Proc, String) {
 
 fn seg_name(no: u64) -> String {
     format!("00000001{no:016X}.wal")
-}
-
-fn sealed_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir.join("wal"))
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().into_string().unwrap())
-                .filter(|n| n.ends_with(".wal"))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Waits until the standby holds and applied everything the primary has sealed.
-fn wait_caught_up(primary: &Path, standby: &Path) {
-    let sealed = status(primary)["sealed_lsn"].as_u64().unwrap();
-    assert!(sealed > 0);
-    wait_until(&format!("{} to reach {sealed}", standby.display()), || {
-        let out = walship(&["status", p(standby), "--json"]);
-        out.status.success()
-            && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| {
-                s["sealed_lsn"].as_u64() == Some(sealed)
-                    && s["applied_lsn"].as_u64() == Some(sealed)
-            })
-    });
-    for f in sealed_files(primary) {
-        assert_eq!(
-            std::fs::read(primary.join("wal").join(&f)).unwrap(),
-            std::fs::read(standby.join("wal").join(&f)).unwrap(),
-            "{f} differs"
-        );
-    }
 }
 
 /// A primary with `segments` sealed segments of records.

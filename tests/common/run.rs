@@ -272,3 +272,38 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The sealed segment files (`*.wal`) of a data directory, sorted; none when `wal/` is absent.
+pub fn sealed_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("wal"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".wal"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Waits until the standby holds and applied everything the primary has sealed, then checks
+/// every sealed segment is the same, byte for byte.
+pub fn wait_caught_up(primary: &Path, standby: &Path) {
+    let sealed = status(primary)["sealed_lsn"].as_u64().unwrap();
+    assert!(sealed > 0);
+    wait_until(&format!("{} to reach {sealed}", standby.display()), || {
+        let out = walship(&["status", p(standby), "--json"]);
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|s| {
+                s["sealed_lsn"].as_u64() == Some(sealed)
+                    && s["applied_lsn"].as_u64() == Some(sealed)
+            })
+    });
+    for f in sealed_files(primary) {
+        assert_eq!(
+            std::fs::read(primary.join("wal").join(&f)).unwrap(),
+            std::fs::read(standby.join("wal").join(&f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}
