@@ -96,6 +96,8 @@ pub(super) struct PartialCopy {
     pub buf: Vec<u8>,
     /// End of the valid prefix: the header and whole, checked records.
     pub valid_end: usize,
+    /// End of the records already handed to the applier (0: none yet).
+    pub sent_end: usize,
 }
 
 impl PartialCopy {
@@ -115,6 +117,7 @@ impl PartialCopy {
             file,
             buf: Vec::new(),
             valid_end: 0,
+            sent_end: 0,
         })
     }
 
@@ -169,6 +172,7 @@ impl PartialCopy {
             file,
             buf,
             valid_end,
+            sent_end: 0,
         }))
     }
 
@@ -180,6 +184,7 @@ impl PartialCopy {
                 .map_err(|e| Error::io(format!("truncate {}", self.path.display()), e))?;
             self.buf.truncate(len);
             self.valid_end = self.valid_end.min(len);
+            self.sent_end = self.sent_end.min(len);
         }
         Ok(())
     }

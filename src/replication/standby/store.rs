@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::adoption::{adopt, prefix_mismatch};
-use super::apply::{ApplyJob, Jobs};
+use super::apply::{ApplyJob, Job, Jobs, StreamedJob};
 use super::partial::{valid_prefix, PartialCopy, Tail};
 use super::{lock, Shared};
 use crate::error::Error;
@@ -165,6 +165,11 @@ fn store_segments(
     jobs: &Jobs,
 ) -> Result<(), ReplError> {
     let mut cur = resume_copy(shared)?;
+    if let Some(c) = cur.as_mut() {
+        // Its valid prefix was synced when it was taken up: the records past the durable
+        // applied position are applied now, before anything new arrives.
+        hand_to_applier(shared, c, jobs);
+    }
     // (copy, length once sealed) of the segment being received.
     let mut len: Option<u64> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -175,8 +180,9 @@ fn store_segments(
             next = rx.try_recv().ok();
         }
         if dirty {
-            if let Some(c) = cur.as_ref() {
+            if let Some(c) = cur.as_mut() {
                 counted_flushed(shared, c)?;
+                hand_to_applier(shared, c, jobs);
             }
         }
     }
@@ -340,6 +346,30 @@ fn counted_flushed(shared: &Shared, c: &PartialCopy) -> Result<(), ReplError> {
     Ok(())
 }
 
+/// Hands the copy's synced, checked records not yet handed over to the applier, once the
+/// directory is a standby's (nothing is applied before).
+fn hand_to_applier(shared: &Shared, c: &mut PartialCopy, jobs: &Jobs) {
+    let from = c.sent_end.max(SEGMENT_HEADER_LEN);
+    if c.valid_end <= from {
+        return;
+    }
+    let standby = lock(&shared.meta).is_some() && lock(&shared.adopting).is_none();
+    let Some(control) = shared.held().control else {
+        return;
+    };
+    if !standby {
+        return;
+    }
+    let start = c.name.segment_no.start_lsn_saturating(control.segment_size) + from as u64;
+    let _ = jobs.send(Job::Streamed(StreamedJob {
+        copy: c.name.with_kind(SegmentFileKind::Sealed),
+        start,
+        bytes: c.buf[from..c.valid_end].to_vec(),
+        segment_size: control.segment_size as usize,
+    }));
+    c.sent_end = c.valid_end;
+}
+
 /// Why a received segment was not stored.
 enum NotStored {
     /// A local failure: ours, retried.
@@ -486,9 +516,9 @@ fn finish_segment(
     tracing::debug!(segment = %seg.name, flushed = %seg.end_lsn, "stored segment");
     shared.notify();
     // The applier reads the records from the bytes just checked.
-    let _ = jobs.send(ApplyJob {
+    let _ = jobs.send(Job::Sealed(ApplyJob {
         segment: seg,
         checked: Some(map),
-    });
+    }));
     Ok(())
 }
