@@ -19,10 +19,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::directory::write_applied;
+use super::partial::PartialCopy;
 use super::{lock, Shared};
 use crate::decoder::{ScanEnd, SegmentScanner};
 use crate::error::Error;
 use crate::format::record::{decode_at_unhashed, Decoded};
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
+use crate::format::SegmentFileKind;
 use crate::replication::applicator::Applicator;
 use crate::segment_check::SealedSegment;
 use crate::Lsn;
@@ -74,6 +77,31 @@ impl ApplyJob {
             checked: None,
         }
     }
+}
+
+/// Hands the copy's synced, checked records not yet handed over to the applier, once the
+/// directory is a standby's (nothing is applied before).
+pub(super) fn hand_to_applier(shared: &Shared, c: &mut PartialCopy, jobs: &Jobs) {
+    let from = c.sent_end.max(SEGMENT_HEADER_LEN);
+    if c.valid_end <= from {
+        return;
+    }
+    let is_standby = lock(&shared.meta).is_some();
+    let standby = is_standby && lock(&shared.adopting).is_none();
+    let Some(control) = shared.held().control else {
+        return;
+    };
+    if !standby {
+        return;
+    }
+    let start = c.name.segment_no.start_lsn_saturating(control.segment_size) + from as u64;
+    let _ = jobs.send(Job::Streamed(StreamedJob {
+        copy: c.name.with_kind(SegmentFileKind::Sealed),
+        start,
+        bytes: c.buf[from..c.valid_end].to_vec(),
+        segment_size: control.segment_size as usize,
+    }));
+    c.sent_end = c.valid_end;
 }
 
 /// Applies stored records in order, recording applied_lsn after each job.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::adoption::{adopt, prefix_mismatch};
-use super::apply::{ApplyJob, Job, Jobs, StreamedJob};
+use super::apply::{hand_to_applier, ApplyJob, Job, Jobs};
 use super::partial::{valid_prefix, PartialCopy, Tail};
 use super::{lock, Shared};
 use crate::error::Error;
@@ -344,30 +344,6 @@ fn counted_flushed(shared: &Shared, c: &PartialCopy) -> Result<(), ReplError> {
         shared.notify();
     }
     Ok(())
-}
-
-/// Hands the copy's synced, checked records not yet handed over to the applier, once the
-/// directory is a standby's (nothing is applied before).
-fn hand_to_applier(shared: &Shared, c: &mut PartialCopy, jobs: &Jobs) {
-    let from = c.sent_end.max(SEGMENT_HEADER_LEN);
-    if c.valid_end <= from {
-        return;
-    }
-    let standby = lock(&shared.meta).is_some() && lock(&shared.adopting).is_none();
-    let Some(control) = shared.held().control else {
-        return;
-    };
-    if !standby {
-        return;
-    }
-    let start = c.name.segment_no.start_lsn_saturating(control.segment_size) + from as u64;
-    let _ = jobs.send(Job::Streamed(StreamedJob {
-        copy: c.name.with_kind(SegmentFileKind::Sealed),
-        start,
-        bytes: c.buf[from..c.valid_end].to_vec(),
-        segment_size: control.segment_size as usize,
-    }));
-    c.sent_end = c.valid_end;
 }
 
 /// Why a received segment was not stored.
