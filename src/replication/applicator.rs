@@ -11,7 +11,7 @@ pub trait Applicator: Send + 'static {
     fn apply(&mut self, record: &RecordRef<'_>) -> crate::Result<()>;
 
     /// Makes everything applied so far durable; called before the standby records its new
-    /// applied position (once per segment).
+    /// applied position (once per segment, and once per synced batch of the open segment).
     fn flush(&mut self) -> crate::Result<()> {
         Ok(())
     }

@@ -204,7 +204,7 @@ pub(super) fn adopt(shared: &Shared, jobs: &Jobs) -> Result<(), ReplError> {
     *lock(&shared.meta) = Some(meta);
     *lock(&shared.adopting) = None;
     for job in std::mem::take(&mut *lock(&shared.deferred)) {
-        let _ = jobs.send(job);
+        let _ = jobs.send(job.into());
     }
     tracing::info!(primary = %shared.config.primary, standby_id = %shared.id, "this directory is now a standby: its history matches the primary's");
     Ok(())

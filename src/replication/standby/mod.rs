@@ -250,10 +250,10 @@ impl Standby {
             applied = %opened.applied,
             "standby starting"
         );
-        let (jobs, rx) = std::sync::mpsc::channel::<ApplyJob>();
+        let (jobs, rx) = std::sync::mpsc::channel::<apply::Job>();
         if shared.meta.lock().map(|m| m.is_some()).unwrap_or(false) {
             for segment in opened.pending {
-                let _ = jobs.send(ApplyJob::stored_earlier(segment));
+                let _ = jobs.send(ApplyJob::stored_earlier(segment).into());
             }
         } else {
             // Nothing is applied (or recorded) before the directory is a standby's.

@@ -111,6 +111,8 @@ pub(super) struct PartialCopy {
     pub valid_end: usize,
     /// The file's length: `buf.len()`, or more where it is zero-filled ahead.
     pub file_len: u64,
+    /// End of the records already handed to the applier (0: none yet).
+    pub sent_end: usize,
 }
 
 impl PartialCopy {
@@ -131,6 +133,7 @@ impl PartialCopy {
             buf: Vec::new(),
             valid_end: 0,
             file_len: 0,
+            sent_end: 0,
         })
     }
 
@@ -192,6 +195,7 @@ impl PartialCopy {
             buf,
             valid_end,
             file_len,
+            sent_end: 0,
         }))
     }
 
@@ -202,6 +206,7 @@ impl PartialCopy {
             zero_range(&self.file, &self.path, len as u64, self.buf.len() as u64)?;
             self.buf.truncate(len);
             self.valid_end = self.valid_end.min(len);
+            self.sent_end = self.sent_end.min(len);
         }
         Ok(())
     }

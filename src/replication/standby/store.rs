@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::adoption::{adopt, prefix_mismatch};
-use super::apply::{ApplyJob, Jobs};
+use super::apply::{hand_to_applier, ApplyJob, Job, Jobs};
 use super::partial::{valid_prefix, PartialCopy, Tail};
 use super::{lock, Shared};
 use crate::error::Error;
@@ -165,6 +165,11 @@ fn store_segments(
     jobs: &Jobs,
 ) -> Result<(), ReplError> {
     let mut cur = resume_copy(shared)?;
+    if let Some(c) = cur.as_mut() {
+        // Its valid prefix was synced when it was taken up: the records past the durable
+        // applied position are applied now, before anything new arrives.
+        hand_to_applier(shared, c, jobs);
+    }
     // (copy, length once sealed) of the segment being received.
     let mut len: Option<u64> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -177,6 +182,7 @@ fn store_segments(
         if dirty {
             if let Some(c) = cur.as_mut() {
                 counted_flushed(shared, c)?;
+                hand_to_applier(shared, c, jobs);
                 // Acknowledged: zero-fill ahead now, while the stream waits for records.
                 let size = shared.held().control.map_or(0, |c| c.segment_size);
                 c.zero_ahead(size)?;
@@ -493,9 +499,9 @@ fn finish_segment(
     tracing::debug!(segment = %seg.name, flushed = %seg.end_lsn, "stored segment");
     shared.notify();
     // The applier reads the records from the bytes just checked.
-    let _ = jobs.send(ApplyJob {
+    let _ = jobs.send(Job::Sealed(ApplyJob {
         segment: seg,
         checked: Some(map),
-    });
+    }));
     Ok(())
 }
