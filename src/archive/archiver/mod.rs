@@ -443,7 +443,17 @@ async fn check_identity<S: ArchiveStore>(
     let data = store
         .get(IDENTITY_NAME)
         .await?
-        .ok_or_else(|| Error::Other(format!("{loc}: {IDENTITY_NAME} vanished")))?;
+        // Listed a moment ago, gone now: the archive is being removed under the archiver. An I/O
+        // error, so a watching archiver retries and its next pass sees what is left.
+        .ok_or_else(|| {
+            Error::io(
+                format!("read {loc}/{IDENTITY_NAME}"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "it vanished after the archive was listed",
+                ),
+            )
+        })?;
     let theirs = ArchiveIdentity::decode(&data).map_err(|reason| Error::Corrupt {
         file: PathBuf::from(&loc).join(IDENTITY_NAME),
         offset: 0,
