@@ -26,7 +26,7 @@
 //! | `recycle::header`, `recycle::rename` | the preparer clearing a recycled file's header, then giving it the next prepared name |
 //! | `recovery::dir_fsync` | recovery's sync of `wal/` before the writer acknowledges anything |
 //! | `standby::write` | a standby writing an incoming segment (a short write: half, then the error) |
-//! | `standby::fsync` | a standby's fsync of a complete incoming segment |
+//! | `standby::fsync` | every fsync of a standby's incoming segment: a complete one, a batch of the open segment's copy, its zero-fill ahead, a copy taken up again |
 //! | `standby::rename` | a standby giving a checked segment its sealed name |
 //! | `archive::put::write` | writing a segment into the archive (a short write) |
 //! | `archive::put::link` | giving a pushed segment its final name in the archive |

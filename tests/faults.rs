@@ -634,7 +634,7 @@ mod replication {
         CheckingApplicator, Shipper, ShipperConfig, Standby, StandbyConfig,
     };
 
-    use super::{append_sealed, assert_all_there, open_primary, Acked, EIO_TEXT};
+    use super::{append_acked, append_sealed, assert_all_there, open_primary, Acked, EIO_TEXT};
 
     async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -655,9 +655,59 @@ mod replication {
             .unwrap_or(0)
     }
 
+    /// When the fault comes.
+    #[derive(Clone, Copy, Debug)]
+    enum When {
+        /// At the first batch of a new segment, right after the last one was sealed.
+        FirstBatch,
+        /// At a later batch of the open segment, after earlier batches were synced and applied.
+        LaterBatch,
+        /// When the seal arrives for a segment whose records were all streamed and applied.
+        AtSeal,
+    }
+
+    /// Every position seen so far: each sample keeps `applied <= flushed`, within `[before,
+    /// most]`, and neither ever moves backwards (across a restart of the standby too).
+    struct Positions {
+        case: String,
+        before: walship::Lsn,
+        most: walship::Lsn,
+        last: (walship::Lsn, walship::Lsn),
+    }
+
+    impl Positions {
+        fn check(&mut self, st: &walship::replication::StandbyState, what: &str) {
+            let (flushed, applied) = (st.flushed_lsn, st.applied_lsn);
+            let case = &self.case;
+            assert!(
+                applied <= flushed,
+                "{case} ({what}): applied {applied} past flushed {flushed} ({:?})",
+                st.last_error
+            );
+            assert!(
+                self.before <= applied && flushed <= self.most,
+                "{case} ({what}): applied {applied} flushed {flushed} outside [{}, {}] ({:?})",
+                self.before,
+                self.most,
+                st.last_error
+            );
+            assert!(
+                self.last.0 <= flushed && self.last.1 <= applied,
+                "{case} ({what}): moved backwards from flushed {} applied {} to {flushed} {applied}",
+                self.last.0,
+                self.last.1
+            );
+            self.last = (flushed, applied);
+        }
+    }
+
     /// For each fault on the standby's path of an incoming segment (a short write, a failed
-    /// fsync, a failed rename): the standby reports the cause, acknowledges nothing past what it
-    /// stored before, keeps what it had, and converges with the primary once the fault is gone.
+    /// fsync, a failed rename), at the first batch of a segment, at a later batch and at the
+    /// seal: the standby reports the cause; what it synced before keeps counting as flushed and
+    /// nothing past the failure counts (a failed sync or write counts nothing new), in what it
+    /// reports, what the primary hears, and after a restart (its applied position and its copy
+    /// of the open segment agree); applied never passes flushed; it converges once the fault
+    /// is gone.
     #[test]
     fn standby_faults_on_an_incoming_segment_are_reported_and_it_converges_after() {
         let _fs = FailScenario::setup();
@@ -667,95 +717,141 @@ mod replication {
             ("standby::rename", "rename"),
         ];
         for (point, word) in points {
-            let t = tempfile::tempdir().expect("tempdir");
-            let (pdir, sdir) = (t.path().join("primary"), t.path().join("standby"));
-            let wal = open_primary(&pdir);
-            let mut acked: Vec<Acked> = Vec::new();
-            let first = append_sealed(&wal, "first", &mut acked);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let mut cfg = ShipperConfig::new(&pdir, "127.0.0.1:0");
-                cfg.heartbeat_interval = Duration::from_millis(100);
-                let mut shipper = Shipper::start(cfg).await.expect("shipper");
-                let mut scfg = StandbyConfig::new(&sdir, shipper.local_addr().to_string());
-                scfg.heartbeat_interval = Duration::from_millis(100);
-                scfg.backoff_max = Duration::from_millis(300);
-                let mut standby = Standby::start(scfg, CheckingApplicator::default())
-                    .await
-                    .expect("standby");
-                wait_for("the standby to apply the first segments", || {
-                    standby.state().applied_lsn == walship::Lsn(first)
-                })
-                .await;
-                let stored = sealed_files(&sdir);
-
-                fail::cfg(point, "return(EIO)").expect("cfg");
-                let second = append_sealed(&wal, "second", &mut acked);
-                let mut error = String::new();
-                wait_for("the standby to report the fault", || {
-                    error = standby.state().last_error.unwrap_or_default();
-                    error.contains(word) && error.contains(EIO_TEXT)
-                })
-                .await;
-                assert!(
-                    !error.contains("invalid segment"),
-                    "{point}: a local fault is not the primary's: {error}"
-                );
-                // Nothing past the fault is acknowledged, kept or applied; nothing before it
-                // is lost.
-                // (The records of the second segment are streamed as they become durable: those
-                // synced in the standby's partial copy before the fault count as flushed and may
-                // be applied; the copy is kept and continued.)
-                let most = if point == "standby::rename" || point == "standby::fsync" {
-                    second
-                } else {
-                    first
-                };
-                let st = standby.state();
-                // Records synced before the fault may have been applied; after a failed sync the
-                // standby reports flushed back at what it holds sealed until it takes up its copy
-                // again, so applied is bounded by what the primary sent, not by that report.
-                assert!(
-                    walship::Lsn(first) <= st.applied_lsn && st.applied_lsn <= walship::Lsn(most),
-                    "{point}: applied {} flushed {} ({error})",
-                    st.applied_lsn,
-                    st.flushed_lsn
-                );
-                assert!(
-                    (walship::Lsn(first)..=walship::Lsn(most)).contains(&st.flushed_lsn),
-                    "{point}: flushed {} ({error})",
-                    st.flushed_lsn
-                );
-                assert_eq!(sealed_files(&sdir), stored, "{point}");
-                let id = standby.standby_id().to_string();
-                for s in shipper.standbys().iter().filter(|s| s.id == id) {
-                    assert!(
-                        s.flushed_lsn <= walship::Lsn(most),
-                        "{point}: the primary heard {} flushed",
-                        s.flushed_lsn
-                    );
-                }
-
-                fail::remove(point);
-                wait_for("the standby to converge after the fault", || {
-                    let st = standby.state();
-                    st.flushed_lsn == walship::Lsn(second) && st.applied_lsn == walship::Lsn(second)
-                })
-                .await;
-                standby
-                    .stop(Duration::from_secs(5))
-                    .await
-                    .expect("stop standby");
-                shipper.stop(Duration::from_secs(5)).await;
-            });
-            drop(wal);
-            assert_all_there(&sdir, &acked);
-            assert_all_there(&pdir, &acked);
+            for when in [When::FirstBatch, When::LaterBatch, When::AtSeal] {
+                standby_fault_case(point, word, when);
+            }
         }
+    }
+
+    fn standby_fault_case(point: &str, word: &str, when: When) {
+        let case = format!("{point} at {when:?}");
+        eprintln!("case: {case}");
+        let t = tempfile::tempdir().expect("tempdir");
+        let (pdir, sdir) = (t.path().join("primary"), t.path().join("standby"));
+        let wal = open_primary(&pdir);
+        let mut acked: Vec<Acked> = Vec::new();
+        let first = append_sealed(&wal, "first", &mut acked);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut cfg = ShipperConfig::new(&pdir, "127.0.0.1:0");
+            cfg.heartbeat_interval = Duration::from_millis(100);
+            let mut shipper = Shipper::start(cfg).await.expect("shipper");
+            let mut scfg = StandbyConfig::new(&sdir, shipper.local_addr().to_string());
+            scfg.heartbeat_interval = Duration::from_millis(100);
+            scfg.backoff_max = Duration::from_millis(300);
+            let mut standby = Standby::start(scfg.clone(), CheckingApplicator::default())
+                .await
+                .expect("standby");
+            wait_for("the standby to apply the first segments", || {
+                standby.state().applied_lsn == walship::Lsn(first)
+            })
+            .await;
+            // Records of the open segment streamed, synced and applied before the fault.
+            let before = match when {
+                When::FirstBatch => walship::Lsn(first),
+                When::LaterBatch | When::AtSeal => {
+                    append_acked(&wal, "open", 200, &mut acked);
+                    let end = wal.flush_lsn();
+                    wait_for("the standby to apply the streamed records", || {
+                        standby.state().applied_lsn == end
+                    })
+                    .await;
+                    end
+                }
+            };
+            let stored = sealed_files(&sdir);
+
+            fail::cfg(point, "return(EIO)").expect("cfg");
+            let second = match when {
+                When::FirstBatch | When::LaterBatch => append_sealed(&wal, "second", &mut acked),
+                When::AtSeal => {
+                    wal.seal().expect("seal");
+                    wal.flush_lsn().0
+                }
+            };
+            // A failed write or sync counts nothing new; a failed rename leaves the records
+            // streamed and synced before it counted, not the sealed segment.
+            let most = if point == "standby::rename" {
+                walship::Lsn(second)
+            } else {
+                before
+            };
+            let mut seen = Positions {
+                case: case.clone(),
+                before,
+                most,
+                last: (before, before),
+            };
+            let mut error = String::new();
+            wait_for("the standby to report the fault", || {
+                let st = standby.state();
+                seen.check(&st, "under the fault");
+                error = st.last_error.unwrap_or_default();
+                error.contains(word) && error.contains(EIO_TEXT)
+            })
+            .await;
+            assert!(
+                !error.contains("invalid segment"),
+                "{case}: a local fault is not the primary's: {error}"
+            );
+            // Through reconnections while the fault lasts.
+            let until = Instant::now() + Duration::from_millis(700);
+            while Instant::now() < until {
+                seen.check(&standby.state(), "while it retries");
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            assert_eq!(sealed_files(&sdir), stored, "{case}");
+            let id = standby.standby_id().to_string();
+            for s in shipper.standbys().iter().filter(|s| s.id == id) {
+                assert!(
+                    s.applied_lsn <= s.flushed_lsn && s.flushed_lsn <= most,
+                    "{case}: the primary heard flushed {} applied {}",
+                    s.flushed_lsn,
+                    s.applied_lsn
+                );
+            }
+
+            // Stopped and started again: what it finds on disk (its applied position and its
+            // copy of the open segment) agrees with what it reported.
+            standby
+                .stop(Duration::from_secs(5))
+                .await
+                .expect("stop standby");
+            seen.check(&standby.state(), "stopped");
+            drop(standby);
+            fail::remove(point);
+            let mut standby = Standby::start(scfg, CheckingApplicator::default())
+                .await
+                .expect("restart standby");
+            let st = standby.state();
+            seen.check(&st, "restarted");
+            if point != "standby::rename" {
+                assert_eq!(st.flushed_lsn, before, "{case}: flushed after the restart");
+            }
+            wait_for("the standby to converge after the fault", || {
+                let st = standby.state();
+                seen.most = walship::Lsn(second);
+                seen.check(&st, "converging");
+                // (The seal marker ends no record: the sealed segment is stored once it has
+                // its sealed name.)
+                st.flushed_lsn == walship::Lsn(second)
+                    && st.applied_lsn == walship::Lsn(second)
+                    && sealed_files(&sdir) > stored
+            })
+            .await;
+            standby
+                .stop(Duration::from_secs(5))
+                .await
+                .expect("stop standby");
+            shipper.stop(Duration::from_secs(5)).await;
+        });
+        drop(wal);
+        assert_all_there(&sdir, &acked);
+        assert_all_there(&pdir, &acked);
     }
 }
 

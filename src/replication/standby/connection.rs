@@ -179,11 +179,14 @@ async fn send_status(
     let mut beat = tokio::time::interval(shared.config.heartbeat_interval);
     let t = shared.config.peer_timeout;
     loop {
+        // Applied, then flushed, then written: each is at most the next at any moment and
+        // none moves backwards, so read in this order they keep that order in the report.
+        let applied = shared.applied.load(Ordering::Acquire);
         let flushed = shared.flushed.load(Ordering::Acquire);
         let m = Message::Status {
             written_lsn: Lsn(shared.written.load(Ordering::Acquire).max(flushed)),
             flushed_lsn: Lsn(flushed),
-            applied_lsn: Lsn(shared.applied.load(Ordering::Acquire)),
+            applied_lsn: Lsn(applied),
             now_us: crate::now_us(),
         };
         match tokio::time::timeout(t, write_message(&mut wr, &m)).await {

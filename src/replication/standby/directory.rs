@@ -248,7 +248,7 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
     let prev_checksum = last.map(|s| s.seal.segment_checksum);
     let mut next_segment = last.map(|s| s.name.segment_no.next().0);
     if let Some(n) = target {
-        if let Some(copy) = PartialCopy::resume(&dd, &control, n, prev_checksum)? {
+        if let Some(copy) = PartialCopy::resume(&dd, &control, n, prev_checksum, None)? {
             flushed =
                 SegmentNo(n).start_lsn_saturating(control.segment_size) + copy.valid_end as u64;
             next_segment = Some(n);

@@ -311,12 +311,16 @@ impl Standby {
 
     pub fn state(&self) -> StandbyState {
         let (phase, last_error) = lock(&self.shared.phase).clone();
+        // Applied first: it never passes flushed, and both only grow, so flushed read after it
+        // is at least as far (read the other way round, records synced and applied between
+        // the two reads would show applied past flushed).
+        let applied = Lsn(self.shared.applied.load(Ordering::Acquire));
         StandbyState {
             standby_id: self.shared.id.to_string(),
             name: self.shared.name.clone(),
             phase,
             flushed_lsn: Lsn(self.shared.flushed.load(Ordering::Acquire)),
-            applied_lsn: Lsn(self.shared.applied.load(Ordering::Acquire)),
+            applied_lsn: applied,
             primary_sealed_lsn: Lsn(self.shared.primary_sealed.load(Ordering::Acquire)),
             last_error,
         }

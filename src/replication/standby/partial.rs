@@ -109,6 +109,10 @@ pub(super) struct PartialCopy {
     pub buf: Vec<u8>,
     /// End of the valid prefix: the header and whole, checked records.
     pub valid_end: usize,
+    /// End of the prefix a sync succeeded for: what counts as flushed. Bytes past it were
+    /// written but not (successfully) synced: after a failed sync they may never reach the
+    /// disk, whatever a later sync says, so they are never counted, applied or kept.
+    pub synced_end: usize,
     /// The file's length: `buf.len()`, or more where it is zero-filled ahead.
     pub file_len: u64,
     /// End of the records already handed to the applier (0: none yet).
@@ -132,6 +136,7 @@ impl PartialCopy {
             file,
             buf: Vec::new(),
             valid_end: 0,
+            synced_end: 0,
             file_len: 0,
             sent_end: 0,
         })
@@ -140,11 +145,16 @@ impl PartialCopy {
     /// Takes up the copy of segment `segment_no` found on disk: checks it, cuts it after its
     /// last valid record (synced), and returns it; None when there is none, or when not even
     /// its header is valid (then the file is removed: it holds nothing of the segment).
+    ///
+    /// `durable`: how many of its bytes this process counted as flushed, when it stored the
+    /// copy itself (a reconnect): nothing past that is taken up, whatever the file shows (the
+    /// page cache may hold bytes whose sync failed). None at start: the valid prefix on disk.
     pub fn resume(
         dd: &DataDir,
         control: &ControlFile,
         segment_no: u64,
         prev_checksum: Option<u32>,
+        durable: Option<usize>,
     ) -> Result<Option<PartialCopy>> {
         let name = SegmentName::new(control.timeline, segment_no, SegmentFileKind::Partial);
         let path = dd.segment_path(&name);
@@ -164,8 +174,9 @@ impl PartialCopy {
                 .read_to_end(&mut buf)
                 .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
         }
-        let valid_end =
+        let on_disk =
             valid_prefix(&buf, &path, &name, control, prev_checksum, 0, Tail::OnDisk).unwrap_or(0);
+        let valid_end = durable.map_or(on_disk, |d| on_disk.min(d));
         if valid_end <= SEGMENT_HEADER_LEN {
             tracing::info!(file = %path.display(), "discarding a partial copy that holds no valid record");
             drop(file);
@@ -186,6 +197,7 @@ impl PartialCopy {
             zero_range(&file, &path, valid_end as u64, dirty_end as u64)?;
         }
         buf.truncate(valid_end);
+        crate::fault!("standby::fsync", e => Error::io(format!("fsync {}", path.display()), e));
         file.sync_all()
             .map_err(|e| Error::io(format!("fsync {}", path.display()), e))?;
         Ok(Some(PartialCopy {
@@ -194,6 +206,7 @@ impl PartialCopy {
             file,
             buf,
             valid_end,
+            synced_end: valid_end,
             file_len,
             sent_end: 0,
         }))
@@ -206,6 +219,7 @@ impl PartialCopy {
             zero_range(&self.file, &self.path, len as u64, self.buf.len() as u64)?;
             self.buf.truncate(len);
             self.valid_end = self.valid_end.min(len);
+            self.synced_end = self.synced_end.min(len);
             self.sent_end = self.sent_end.min(len);
         }
         Ok(())
@@ -236,11 +250,32 @@ impl PartialCopy {
             return Ok(());
         }
         zero_range(&self.file, &self.path, from, to)?;
+        crate::fault!("standby::fsync", e => Error::io(format!("fsync {}", self.path.display()), e));
         self.file
             .sync_data()
             .map_err(|e| Error::io(format!("fsync {}", self.path.display()), e))?;
         self.file_len = to;
         Ok(())
+    }
+
+    /// After a failure: cuts the file to its synced prefix, so that nothing whose sync failed
+    /// (or never came) is found in it again, in this process or the next one. The cut drops
+    /// those bytes from the page cache too; it is synced as far as the disk lets it be (a
+    /// copy taken up again by this process is limited to what it counted flushed anyway).
+    pub fn discard_unsynced(&mut self) {
+        // Always cut: a short write may have left bytes past what `buf` holds.
+        let keep = self.synced_end;
+        if let Err(e) = self
+            .file
+            .set_len(keep as u64)
+            .and_then(|()| self.file.sync_all())
+        {
+            tracing::warn!(file = %self.path.display(), keep, error = %e, "could not cut the partial copy to its synced prefix");
+        }
+        self.buf.truncate(keep);
+        self.valid_end = self.valid_end.min(keep);
+        self.sent_end = self.sent_end.min(keep);
+        self.file_len = keep as u64;
     }
 
     /// Cuts the file to the sealed length `len` of the segment it now holds whole.

@@ -17,12 +17,13 @@ use super::partial::{valid_prefix, PartialCopy, Tail};
 use super::{lock, Shared};
 use crate::error::Error;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
-use crate::format::{SegmentFileKind, SegmentName};
+use crate::format::{SegmentFileKind, SegmentName, SegmentNo};
 use crate::fsutil::fsync_dir;
 use crate::replication::messages::ErrorCode;
 use crate::replication::segments::verify_incoming;
 use crate::replication::ReplError;
 use crate::segment_check::SealedSegment;
+use crate::Lsn;
 
 /// Chunks queued between the network and the store task.
 const STORE_QUEUE: usize = 8;
@@ -170,13 +171,31 @@ fn store_segments(
         // applied position are applied now, before anything new arrives.
         hand_to_applier(shared, c, jobs);
     }
-    // (copy, length once sealed) of the segment being received.
+    let r = store_messages(shared, &mut rx, &mut cur, jobs);
+    if r.is_err() {
+        // Whatever was written since the last sync that succeeded is not kept: a failed sync
+        // may have lost it under a page cache that still shows it.
+        if let Some(c) = cur.as_mut() {
+            c.discard_unsynced();
+        }
+    }
+    r
+}
+
+/// The loop of [`store_segments`]: each batch of messages is stored, then synced at once.
+fn store_messages(
+    shared: &Shared,
+    rx: &mut tokio::sync::mpsc::Receiver<Store>,
+    cur: &mut Option<PartialCopy>,
+    jobs: &Jobs,
+) -> Result<(), ReplError> {
+    // Length of the segment being received, once it is known to be sealed.
     let mut len: Option<u64> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut dirty = false;
         let mut next = Some(first);
         while let Some(m) = next.take() {
-            store_one(shared, m, &mut cur, &mut len, &mut dirty, jobs)?;
+            store_one(shared, m, cur, &mut len, &mut dirty, jobs)?;
             next = rx.try_recv().ok();
         }
         if dirty {
@@ -193,17 +212,26 @@ fn store_segments(
 }
 
 /// The copy this standby holds of the segment it needs next, if any: checked, cut after its
-/// last valid record.
+/// last valid record, and never past what this standby counts as flushed (a copy it stored
+/// itself before a reconnect may hold bytes whose sync failed: those are cut off).
 fn resume_copy(shared: &Shared) -> Result<Option<PartialCopy>, ReplError> {
     let held = shared.held();
     let (Some(control), Some(n)) = (held.control, held.next_segment) else {
         return Ok(None);
+    };
+    let start = SegmentNo(n).start_lsn_saturating(control.segment_size);
+    let flushed = Lsn(shared.flushed.load(Ordering::Acquire));
+    let durable = if flushed > start {
+        usize::try_from(flushed - start).unwrap_or(usize::MAX)
+    } else {
+        0
     };
     Ok(PartialCopy::resume(
         &shared.dd,
         &control,
         n,
         held.prev_checksum,
+        Some(durable),
     )?)
 }
 
@@ -312,7 +340,7 @@ fn store_one(
                 c.fit_to(l)?;
                 if let Some(c) = cur.take() {
                     *len = None;
-                    finish_segment(shared, c.name, &c.path, c.file, c.valid_end, jobs)?;
+                    finish_segment(shared, c.name, &c.path, c.file, c.synced_end, jobs)?;
                 }
             }
         }
@@ -338,11 +366,12 @@ fn copy_at(
 }
 
 /// Syncs the copy of the open segment and counts its valid records as flushed.
-fn counted_flushed(shared: &Shared, c: &PartialCopy) -> Result<(), ReplError> {
+fn counted_flushed(shared: &Shared, c: &mut PartialCopy) -> Result<(), ReplError> {
     crate::fault!("standby::fsync", e => ReplError::io(format!("fsync {}", c.path.display()), e));
     c.file
         .sync_data()
         .map_err(|e| ReplError::io(format!("fsync {}", c.path.display()), e))?;
+    c.synced_end = c.valid_end;
     if c.valid_end > SEGMENT_HEADER_LEN {
         let size = shared.held().control.map_or(0, |c| c.segment_size);
         let end = c.name.segment_no.start_lsn_saturating(size) + c.valid_end as u64;
@@ -445,8 +474,8 @@ fn finish_segment(
     let (seg, map) = match stored {
         Ok(s) => s,
         Err(e) => {
-            // Records streamed while the segment was open were checked one by one, synced and
-            // acknowledged: they stay (the copy is cut back to them and continued on the next
+            // Records streamed while the segment was open that were checked one by one, synced
+            // and acknowledged (`streamed`, the synced prefix): they stay (the copy is cut back to them and continued on the next
             // connection). A segment received whole is removed.
             let kept = streamed > SEGMENT_HEADER_LEN
                 && file
