@@ -166,6 +166,7 @@ impl DamageRegister {
         let bytes = serde_json::to_vec_pretty(&entry)
             .map_err(|e| Error::Other(format!("encode damage entry: {e}")))?;
         write_atomic(&path, &bytes)?;
+        crate::metrics::library::damage_found(report.component.as_str(), 1);
         Ok(entry)
     }
 

@@ -325,6 +325,9 @@ fn checkpoint_checked(
     }
     if removed_any {
         fsync_dir(&dir.wal_dir())?;
+        crate::metrics::library::library()
+            .removed
+            .inc_by(report.removed.len() as u64);
         tracing::info!(
             removed = report.removed.len(),
             recycled = report.recycled.len(),

@@ -1,7 +1,7 @@
-//! The metrics endpoint: a real `walship serve --metrics-listen` with a real standby on
-//! loopback, scraped over TCP, its text parsed strictly (the Prometheus text exposition
-//! format), every metric of the reference present and documented, and its positions equal
-//! to what `walship status --json` reports.
+//! The metrics endpoints: a real `walship serve`, `standby` and `archive`, each with
+//! `--metrics-listen`, on loopback, scraped over TCP, their text parsed strictly (the
+//! Prometheus text exposition format), every metric of the reference served and documented,
+//! positions equal to what `walship status --json` reports; and the library's registry.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -9,7 +9,11 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 mod common;
-use common::{init, p, seal, serve, standby, status, text, wait_until, walship, write_records};
+use common::{
+    init, metrics_address, p, seal, serve, spawn, standby, status, text, wait_until, walship,
+    write_records,
+};
+use walship::metrics::{reference, METRICS};
 
 /// One sample: metric name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +38,8 @@ fn valid_name(s: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
 }
 
-/// A strict parser of the text exposition format (version 0.0.4) for what gauges and
-/// counters use: every line a comment, a HELP, a TYPE or a sample; every sample after its
+/// A strict parser of the text exposition format (version 0.0.4) for what gauges, counters
+/// and histograms use: every line a comment, a HELP, a TYPE or a sample; every sample after its
 /// family's TYPE; label values quoted with escapes; the value a float. Panics naming the line.
 fn parse(text: &str) -> Exposition {
     let mut e = Exposition::default();
@@ -73,7 +77,14 @@ fn parse(text: &str) -> Exposition {
         if !valid_name(name) {
             bad("bad metric name")
         }
-        if !e.kind.contains_key(name) {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suf| {
+                name.strip_suffix(suf)
+                    .filter(|f| e.kind.get(*f).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        if !e.kind.contains_key(family) {
             bad("sample before its TYPE")
         }
         let mut labels = BTreeMap::new();
@@ -170,12 +181,6 @@ fn http(addr: &str, method: &str, path: &str) -> (u16, String, String) {
     (code, head.to_string(), body.to_string())
 }
 
-/// A loopback port free just now.
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
 fn one(e: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
     let want: BTreeMap<String, String> = labels
         .iter()
@@ -201,61 +206,102 @@ fn documented() -> BTreeSet<String> {
         .collect()
 }
 
+/// Scrapes `addr` (`GET /metrics`), checks the answer's head, and parses it.
+fn scrape(addr: &str) -> Exposition {
+    let (code, head, body) = http(addr, "GET", "/metrics");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    parse(&body)
+}
+
+/// Checks that every family of `e` is in the reference for `endpoint`, with its type and
+/// help text; returns the names served.
+fn check_served(e: &Exposition, endpoint: u8, what: &str) -> BTreeSet<String> {
+    for (name, kind) in &e.kind {
+        let m = METRICS
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{what} serves {name}, which is not in the reference"));
+        assert!(
+            m.served_by & endpoint != 0,
+            "{what} serves {name}, listed as not served there"
+        );
+        assert_eq!(kind, m.kind, "{name}");
+        assert!(!e.help[name].is_empty(), "{name} has help text");
+        assert!(
+            e.samples.iter().any(|s| s.name.starts_with(name.as_str())),
+            "{name} has a sample"
+        );
+    }
+    e.kind.keys().cloned().collect()
+}
+
 #[test]
 fn metrics_match_status_and_the_reference() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("p");
     let sdir = t.path().join("s");
+    let arc = t.path().join("arc");
     init(&dir);
     write_records(&dir, 200, "m");
     seal(&dir);
-    let maddr = free_port();
-    let (_srv, addr) = serve(
+    let local = ["--metrics-listen", "127.0.0.1:0"];
+    let (srv, addr) = serve(
         &dir,
         "127.0.0.1:0",
-        &["--sync", "ANY 1 (s1)", "--metrics-listen", &maddr],
+        &["--sync", "ANY 1 (s1)", local[0], local[1]],
         &t.path().join("serve.log"),
     );
-    let _sb = standby(&sdir, &addr, &["--name", "s1"], &t.path().join("s.log"));
+    let maddr = metrics_address(&srv);
+    assert!(!maddr.ends_with(":0"), "{maddr}");
+    let sb = standby(
+        &sdir,
+        &addr,
+        &["--name", "s1", local[0], local[1]],
+        &t.path().join("s.log"),
+    );
+    let saddr = metrics_address(&sb);
+    let archiver = spawn(
+        &[
+            "archive",
+            p(&dir),
+            "--to",
+            p(&arc),
+            "--rescan-secs",
+            "1",
+            local[0],
+            local[1],
+        ],
+        &t.path().join("a.log"),
+    );
+    let aaddr = metrics_address(&archiver);
     let flush = status(&dir)["flush_lsn"].as_u64().unwrap();
-    wait_until("the standby caught up and confirmed", || {
+    let sealed = status(&dir)["sealed_lsn"].as_u64().unwrap();
+    wait_until("the standby and the archiver caught up", || {
         let st = status(&dir);
+        let archived = st["retention"]["consumers"]
+            .as_array()
+            .and_then(|v| v.iter().find(|c| c["id"] == "archiver"))
+            .and_then(|c| c["position"].as_u64());
         st["standbys"].as_array().is_some_and(|v| {
             v.len() == 1
                 && v[0]["connected"] == true
                 && v[0]["applied_lsn"].as_u64() == Some(flush)
                 && v[0]["flushed_lsn"].as_u64() == Some(flush)
         }) && st["sync"]["confirmed_lsn"].as_u64() == Some(flush)
+            && archived == Some(sealed)
+    });
+    // The archiver's pass that reached the position is over once it logged it.
+    wait_until("the archive pass logged", || {
+        archiver.log().contains("archive pass done")
     });
 
-    // Positions are stable now (nothing is written): the scrape must equal status.
-    let (code, head, body) = http(&maddr, "GET", "/metrics");
-    assert_eq!(code, 200, "{head}\n{body}");
-    assert!(
-        head.contains("Content-Type: text/plain; version=0.0.4"),
-        "{head}"
-    );
+    // Positions are stable now (nothing is written): each scrape must equal status.
+    let e = scrape(&maddr);
     let st = status(&dir);
-    let e = parse(&body);
-
-    // Every documented metric is served, every served metric is documented, each with
-    // HELP and TYPE, names with units.
-    let served: BTreeSet<String> = e.kind.keys().cloned().collect();
-    let reference: BTreeSet<String> = walship::metrics::METRICS
-        .iter()
-        .map(|m| m.0.to_string())
-        .collect();
-    assert_eq!(served, reference, "served vs the library's list");
-    assert_eq!(documented(), reference, "docs/OPERATIONS.md vs served");
-    for (name, kind, _) in walship::metrics::METRICS {
-        assert_eq!(e.kind[*name], *kind, "{name}");
-        assert!(!e.help[*name].is_empty(), "{name} has help text");
-        assert!(
-            e.samples.iter().any(|s| s.name == *name),
-            "{name} has a sample"
-        );
-    }
-
     let u = |v: &serde_json::Value| v.as_u64().unwrap() as f64;
     assert_eq!(
         one(&e, "walship_flush_position_bytes", &[]),
@@ -265,28 +311,33 @@ fn metrics_match_status_and_the_reference() {
         one(&e, "walship_sealed_position_bytes", &[]),
         u(&st["sealed_lsn"])
     );
-    let sb = &st["standbys"][0];
-    assert_eq!(sb["name"], "s1");
+    let sb0 = &st["standbys"][0];
+    assert_eq!(sb0["name"], "s1");
     let l = [("name", "s1")];
     assert_eq!(
         one(&e, "walship_standby_flushed_position_bytes", &l),
-        u(&sb["flushed_lsn"])
+        u(&sb0["flushed_lsn"])
     );
     assert_eq!(
         one(&e, "walship_standby_written_position_bytes", &l),
-        u(&sb["written_lsn"])
+        u(&sb0["written_lsn"])
     );
     assert_eq!(
         one(&e, "walship_standby_applied_position_bytes", &l),
-        u(&sb["applied_lsn"])
+        u(&sb0["applied_lsn"])
     );
     assert_eq!(
         one(&e, "walship_standby_lag_bytes", &l),
-        u(&sb["lag_bytes"])
+        u(&sb0["lag_bytes"])
     );
     assert_eq!(one(&e, "walship_standby_lag_bytes", &l), 0.0);
+    assert_eq!(one(&e, "walship_standby_lag_seconds", &l), 0.0);
+    assert_eq!(
+        one(&e, "walship_standby_flush_lag_seconds", &l),
+        sb0["flush_lag_seconds"].as_f64().unwrap()
+    );
     assert_eq!(one(&e, "walship_standby_connected", &l), 1.0);
-    assert_eq!(sb["sync_state"], "quorum");
+    assert_eq!(sb0["sync_state"], "quorum");
     for state in ["sync", "potential", "quorum", "async"] {
         let want = if state == "quorum" { 1.0 } else { 0.0 };
         let v = one(
@@ -301,7 +352,85 @@ fn metrics_match_status_and_the_reference() {
         u(&st["sync"]["confirmed_lsn"])
     );
     assert_eq!(one(&e, "walship_sync_degraded", &[]), 0.0);
+    let r = &st["retention"];
+    assert_eq!(
+        one(&e, "walship_retained_bytes", &[]),
+        u(&r["sealed_bytes"])
+    );
+    assert_eq!(
+        one(&e, "walship_retained_segments", &[]),
+        u(&r["sealed_segments"])
+    );
+    assert_eq!(
+        one(&e, "walship_checkpoint_position_bytes", &[]),
+        u(&r["checkpoint_lsn"])
+    );
+    for h in r["held_by"].as_array().unwrap() {
+        let h = h.as_str().unwrap();
+        assert_eq!(one(&e, "walship_retention_held_by", &[("holder", h)]), 1.0);
+    }
+    assert_eq!(
+        one(&e, "walship_archiver_position_bytes", &[]),
+        sealed as f64
+    );
+    assert_eq!(one(&e, "walship_archiver_lag_bytes", &[]), 0.0);
+    assert_eq!(one(&e, "walship_archiver_lag_seconds", &[]), 0.0);
+    for c in ["verify", "shipper", "standby", "archiver"] {
+        assert_eq!(
+            one(&e, "walship_damage_found_total", &[("component", c)]),
+            0.0
+        );
+    }
     assert!(flush > 0);
+
+    // The standby's endpoint: its own directory.
+    let es = scrape(&saddr);
+    let sst = status(&sdir);
+    assert_eq!(
+        one(&es, "walship_applied_position_bytes", &[]),
+        u(&sst["applied_lsn"])
+    );
+    assert_eq!(
+        one(&es, "walship_applied_position_bytes", &[]),
+        flush as f64
+    );
+    assert_eq!(
+        one(&es, "walship_flush_position_bytes", &[]),
+        u(&sst["flush_lsn"])
+    );
+
+    // The archiver's endpoint: the primary's directory and the archiver's own counters.
+    let ea = scrape(&aaddr);
+    assert_eq!(
+        one(&ea, "walship_archiver_position_bytes", &[]),
+        sealed as f64
+    );
+    assert_eq!(one(&ea, "walship_archiver_failures_total", &[]), 0.0);
+    assert_eq!(
+        one(&ea, "walship_archiver_last_failure_timestamp_seconds", &[]),
+        0.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let ok = one(&ea, "walship_archiver_last_success_timestamp_seconds", &[]);
+    assert!(ok > now - 600.0 && ok <= now + 1.0, "{ok} vs {now}");
+
+    // Every served metric is in the reference for its endpoint; everything the reference
+    // lists for the commands is served by one of them; the documentation lists exactly the
+    // reference.
+    let mut served = check_served(&e, reference::SERVE, "serve");
+    served.extend(check_served(&es, reference::STANDBY, "standby"));
+    served.extend(check_served(&ea, reference::ARCHIVE, "archive"));
+    let commands: BTreeSet<String> = METRICS
+        .iter()
+        .filter(|m| m.served_by & reference::DIR != 0)
+        .map(|m| m.name.to_string())
+        .collect();
+    assert_eq!(served, commands, "served by the commands vs the reference");
+    let all: BTreeSet<String> = METRICS.iter().map(|m| m.name.to_string()).collect();
+    assert_eq!(documented(), all, "docs/OPERATIONS.md vs the reference");
 
     // Other paths and methods.
     assert_eq!(http(&maddr, "GET", "/").0, 404);
@@ -309,6 +438,57 @@ fn metrics_match_status_and_the_reference() {
     let (code, head, _) = http(&maddr, "POST", "/metrics");
     assert_eq!(code, 405);
     assert!(head.contains("Allow: GET"), "{head}");
+}
+
+/// The library's registry, as an embedding application serves it: exactly the metrics the
+/// reference lists for it, counting what a real writer did.
+#[test]
+fn the_library_registry_counts_the_writer() {
+    use prometheus::Encoder;
+    use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("d");
+    DataDir::init(&dir, 64 << 10).unwrap();
+    let e0 = library_exposition();
+    let records0 = one(&e0, "walship_appended_records_total", &[]);
+    let bytes0 = one(&e0, "walship_appended_bytes_total", &[]);
+    let syncs0 = one(&e0, "walship_sync_duration_seconds_count", &[]);
+    {
+        let wal = Wal::open(&dir, WalOptions::default()).unwrap();
+        for i in 0..100u32 {
+            let payload = format!("record {i:04}");
+            wal.append_durable(&Entry::new(EntryType::Insert, None, payload.as_bytes()))
+                .unwrap();
+        }
+        wal.seal().unwrap();
+        wal.wait_sealed_names().unwrap();
+    }
+    let e = library_exposition();
+    // Other tests of this binary may write meanwhile: at least what this one did.
+    assert!(one(&e, "walship_appended_records_total", &[]) >= records0 + 100.0);
+    assert!(one(&e, "walship_appended_bytes_total", &[]) >= bytes0 + 100.0 * 11.0);
+    assert!(one(&e, "walship_sync_duration_seconds_count", &[]) >= syncs0 + 1.0);
+    assert!(one(&e, "walship_segments_sealed_total", &[]) >= 1.0);
+    assert!(one(&e, "walship_group_commit_records_count", &[]) >= 1.0);
+    assert_eq!(one(&e, "walship_recovery_repairs", &[]), 0.0);
+    let lib: BTreeSet<String> = METRICS
+        .iter()
+        .filter(|m| m.served_by & reference::LIBRARY != 0)
+        .map(|m| m.name.to_string())
+        .collect();
+    assert_eq!(
+        check_served(&e, reference::LIBRARY, "the library"),
+        lib,
+        "the library's registry vs the reference"
+    );
+
+    fn library_exposition() -> Exposition {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&walship::metrics::registry().gather(), &mut out)
+            .unwrap();
+        parse(&String::from_utf8(out).unwrap())
+    }
 }
 
 #[test]

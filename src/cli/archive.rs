@@ -9,6 +9,7 @@ use walship::archive::{Archiver, ArchiverOptions, Compression, ReadBack};
 use walship::DataDir;
 
 use super::{parse_size, CmdResult};
+use walship::metrics::library;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum CompressArg {
@@ -78,6 +79,14 @@ pub struct ArchiveArgs {
     /// `always`.
     #[arg(long, value_enum, default_value_t = ReadBackArg::Unproven)]
     pub read_back: ReadBackArg,
+    /// Serve metrics (Prometheus text format) on `GET /metrics` at this HOST:PORT while
+    /// archiving (port 0 picks a free port; the address bound is logged). A non-loopback
+    /// address needs --metrics-insecure: the endpoint has neither TLS nor authentication.
+    #[arg(long, conflicts_with = "once", value_parser = super::serve::parse_listen)]
+    pub metrics_listen: Option<String>,
+    /// Allow a non-loopback --metrics-listen address.
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_insecure: bool,
     #[command(flatten)]
     pub s3: super::target::S3Args,
 }
@@ -135,7 +144,19 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
             }
             return Ok(());
         }
-        archiver.run(super::shutdown_signal()).await?;
+        let metrics = match &a.metrics_listen {
+            Some(addr) => {
+                let mut process = super::metrics::damage();
+                process.push(library::library().archiver_registry.clone());
+                Some(super::metrics::start(addr, a.metrics_insecure, &a.data_dir, process).await?)
+            }
+            None => None,
+        };
+        let r = archiver.run(super::shutdown_signal()).await;
+        if let Some(m) = metrics {
+            m.abort();
+        }
+        r?;
         Ok(())
     })
 }

@@ -212,7 +212,10 @@ pub fn run(a: ServeArgs) -> CmdResult {
     let data_dir = a.data_dir.clone();
     super::runtime()?.block_on(async move {
         let metrics = match &a.metrics_listen {
-            Some(addr) => Some(super::metrics::start(addr, a.insecure, &data_dir).await?),
+            Some(addr) => Some(
+                super::metrics::start(addr, a.insecure, &data_dir, super::metrics::damage())
+                    .await?,
+            ),
             None => None,
         };
         let mut shipper = Shipper::start(config).await?;

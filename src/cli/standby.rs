@@ -47,6 +47,14 @@ pub struct StandbyArgs {
     /// name, or `standby-` and the first 8 hex digits of its id.
     #[arg(long, value_parser = parse_name)]
     pub name: Option<String>,
+    /// Serve metrics (Prometheus text format) on `GET /metrics` at this HOST:PORT (port 0
+    /// picks a free port; the address bound is logged). A non-loopback address needs
+    /// --metrics-insecure: the endpoint has neither TLS nor authentication.
+    #[arg(long, value_parser = super::serve::parse_listen)]
+    pub metrics_listen: Option<String>,
+    /// Allow a non-loopback --metrics-listen address.
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_insecure: bool,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -77,14 +85,32 @@ pub fn run(a: StandbyArgs) -> CmdResult {
     config.backoff_max = a.max_backoff;
     config.name = a.name;
     config.backoff_initial = config.backoff_initial.min(a.max_backoff);
+    let data_dir = a.data_dir.clone();
     runtime()?.block_on(async move {
         let mut standby = Standby::start(config, CheckingApplicator::default()).await?;
-        tokio::select! {
+        // After the start: a first contact creates the directory the metrics read.
+        let metrics = match &a.metrics_listen {
+            Some(addr) => Some(
+                super::metrics::start(
+                    addr,
+                    a.metrics_insecure,
+                    &data_dir,
+                    super::metrics::damage(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let r = tokio::select! {
             r = standby.join() => r.map_err(Failure::from),
             _ = shutdown_signal() => {
                 tracing::info!("stopping");
                 standby.stop(STOP_BOUND).await.map_err(Failure::from)
             }
+        };
+        if let Some(m) = metrics {
+            m.abort();
         }
+        r
     })
 }

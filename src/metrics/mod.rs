@@ -1,15 +1,18 @@
-//! Metrics of a data directory in the Prometheus text exposition format: a registry an
-//! embedding application can serve itself ([`DirMetrics`]), and a minimal HTTP endpoint that
-//! serves it on `GET /metrics` ([`http`]).
-//!
-//! The values are read from the directory's files at each scrape, exactly as `walship status`
-//! reads them ([`crate::status::status`]): nothing is counted on the writer's path.
+//! Metrics in the Prometheus text exposition format: those of a data directory, read from its
+//! files at each scrape exactly as `walship status` reads them ([`DirMetrics`]); the library's
+//! own counters of what this process did ([`library`]); the reference of every metric
+//! ([`reference`]); and a minimal HTTP endpoint that serves them on `GET /metrics` ([`http`]).
 
 pub mod http;
+pub mod library;
+pub mod reference;
+
+pub use library::registry;
+pub use reference::{Metric, METRICS};
 
 use std::path::{Path, PathBuf};
 
-use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use thiserror::Error;
 
 use crate::replication::synchronous::SyncState;
@@ -30,61 +33,6 @@ pub enum MetricsError {
     Utf8(#[from] std::string::FromUtf8Error),
 }
 
-/// Every metric served, with its type and help text: the reference documented in
-/// OPERATIONS.md, in the order served.
-pub const METRICS: &[(&str, &str, &str)] = &[
-    (
-        "walship_flush_position_bytes",
-        "gauge",
-        "End of the last valid record in the directory's files (sealed and open), in bytes of log.",
-    ),
-    (
-        "walship_sealed_position_bytes",
-        "gauge",
-        "End of the last record in a sealed segment, in bytes of log.",
-    ),
-    (
-        "walship_standby_written_position_bytes",
-        "gauge",
-        "Position received by the standby (maybe not yet synced) at its last acknowledgement, by standby name.",
-    ),
-    (
-        "walship_standby_flushed_position_bytes",
-        "gauge",
-        "Position durable on the standby, by standby name.",
-    ),
-    (
-        "walship_standby_applied_position_bytes",
-        "gauge",
-        "Position applied by the standby, by standby name.",
-    ),
-    (
-        "walship_standby_lag_bytes",
-        "gauge",
-        "This directory's flush position minus the standby's applied position, by standby name.",
-    ),
-    (
-        "walship_standby_connected",
-        "gauge",
-        "1 when the standby's slot was refreshed within the connected window, else 0, by standby name.",
-    ),
-    (
-        "walship_standby_sync_state",
-        "gauge",
-        "1 for the standby's part in synchronous commit (state: sync, potential, quorum, async), 0 for the others, by standby name.",
-    ),
-    (
-        "walship_sync_confirmed_position_bytes",
-        "gauge",
-        "Everything below is confirmed by the synchronous policy (served only while a serve --sync runs).",
-    ),
-    (
-        "walship_sync_degraded",
-        "gauge",
-        "1 while commits continue without the standbys' confirmations after the sync timeout, else 0 (served only while a serve --sync runs).",
-    ),
-];
-
 const SYNC_STATES: [(SyncState, &str); 4] = [
     (SyncState::Sync, "sync"),
     (SyncState::Potential, "potential"),
@@ -102,20 +50,31 @@ pub struct DirMetrics {
     flushed: IntGaugeVec,
     applied: IntGaugeVec,
     lag: IntGaugeVec,
+    lag_seconds: GaugeVec,
+    flush_lag_seconds: GaugeVec,
     connected: IntGaugeVec,
     sync_state: IntGaugeVec,
+    retained_bytes: IntGauge,
+    retained_segments: IntGauge,
+    held_by: IntGaugeVec,
+    checkpoint: IntGauge,
+    /// Served only for a standby's directory.
+    standby_registry: Registry,
+    own_applied: IntGauge,
+    /// Served only while a `serve --sync` runs.
     sync_registry: Registry,
     confirmed: IntGauge,
     degraded: IntGauge,
+    /// Served only while an archiver is registered.
+    archiver_registry: Registry,
+    archiver_position: IntGauge,
+    archiver_lag: IntGauge,
+    archiver_lag_seconds: GaugeVec,
+    /// The process's own counters served beside the directory's.
+    process: Vec<Registry>,
 }
 
-fn help(name: &str) -> &'static str {
-    METRICS
-        .iter()
-        .find(|m| m.0 == name)
-        .map(|m| m.2)
-        .unwrap_or("")
-}
+use reference::help;
 
 fn gauge(reg: &Registry, name: &str) -> Result<IntGauge, MetricsError> {
     let g = IntGauge::new(name, help(name))?;
@@ -129,6 +88,22 @@ fn per_standby(reg: &Registry, name: &str, labels: &[&str]) -> Result<IntGaugeVe
     Ok(g)
 }
 
+/// A gauge in seconds, labelled: a sample only where the value is known.
+fn seconds(reg: &Registry, name: &str, labels: &[&str]) -> Result<GaugeVec, MetricsError> {
+    let g = GaugeVec::new(Opts::new(name, help(name)), labels)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// The archiver registered in the directory, if any (and not marked lost).
+fn archiver(st: &DirStatus) -> Option<&crate::retention::ConsumerRetention> {
+    st.retention.consumers.iter().find(|c| {
+        c.kind == crate::consumers::ConsumerKind::Archiver
+            && c.id == crate::archive::archiver::ARCHIVER_ID
+            && !c.lost
+    })
+}
+
 /// A position as a gauge value (positions past i64::MAX do not occur; clamped if they did).
 fn bytes(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -137,9 +112,18 @@ fn bytes(v: u64) -> i64 {
 impl DirMetrics {
     /// The metrics of the data directory at `root`.
     pub fn new(root: &Path) -> Result<DirMetrics, MetricsError> {
+        DirMetrics::with_process(root, Vec::new())
+    }
+
+    /// The metrics of the data directory at `root`, served with the families of `process`
+    /// (registries of this process's own counters, like [`library::registry`]).
+    pub fn with_process(root: &Path, process: Vec<Registry>) -> Result<DirMetrics, MetricsError> {
         let registry = Registry::new();
         let sync_registry = Registry::new();
+        let standby_registry = Registry::new();
+        let archiver_registry = Registry::new();
         Ok(DirMetrics {
+            process,
             root: root.to_path_buf(),
             flush: gauge(&registry, "walship_flush_position_bytes")?,
             sealed: gauge(&registry, "walship_sealed_position_bytes")?,
@@ -159,12 +143,24 @@ impl DirMetrics {
                 &["name"],
             )?,
             lag: per_standby(&registry, "walship_standby_lag_bytes", &["name"])?,
+            lag_seconds: seconds(&registry, "walship_standby_lag_seconds", &["name"])?,
+            flush_lag_seconds: seconds(&registry, "walship_standby_flush_lag_seconds", &["name"])?,
             connected: per_standby(&registry, "walship_standby_connected", &["name"])?,
             sync_state: per_standby(&registry, "walship_standby_sync_state", &["name", "state"])?,
+            retained_bytes: gauge(&registry, "walship_retained_bytes")?,
+            retained_segments: gauge(&registry, "walship_retained_segments")?,
+            held_by: per_standby(&registry, "walship_retention_held_by", &["holder"])?,
+            checkpoint: gauge(&registry, "walship_checkpoint_position_bytes")?,
+            own_applied: gauge(&standby_registry, "walship_applied_position_bytes")?,
             confirmed: gauge(&sync_registry, "walship_sync_confirmed_position_bytes")?,
             degraded: gauge(&sync_registry, "walship_sync_degraded")?,
+            archiver_position: gauge(&archiver_registry, "walship_archiver_position_bytes")?,
+            archiver_lag: gauge(&archiver_registry, "walship_archiver_lag_bytes")?,
+            archiver_lag_seconds: seconds(&archiver_registry, "walship_archiver_lag_seconds", &[])?,
             registry,
             sync_registry,
+            standby_registry,
+            archiver_registry,
         })
     }
 
@@ -179,9 +175,13 @@ impl DirMetrics {
             &self.lag,
             &self.connected,
             &self.sync_state,
+            &self.held_by,
         ] {
             v.reset();
         }
+        self.lag_seconds.reset();
+        self.flush_lag_seconds.reset();
+        self.archiver_lag_seconds.reset();
         for sb in &st.standbys {
             let name = sb.name.clone().unwrap_or_else(|| sb.id.clone());
             let l = [name.as_str()];
@@ -194,6 +194,12 @@ impl DirMetrics {
                 .with_label_values(&l)
                 .set(bytes(sb.applied_lsn.0));
             self.lag.with_label_values(&l).set(bytes(sb.lag_bytes));
+            if let Some(v) = sb.lag_seconds {
+                self.lag_seconds.with_label_values(&l).set(v);
+            }
+            if let Some(v) = sb.flush_lag_seconds {
+                self.flush_lag_seconds.with_label_values(&l).set(v);
+            }
             self.connected
                 .with_label_values(&l)
                 .set(i64::from(sb.connected));
@@ -207,6 +213,21 @@ impl DirMetrics {
             self.confirmed.set(bytes(s.confirmed_lsn.0));
             self.degraded.set(i64::from(s.degraded));
         }
+        let r = &st.retention;
+        self.retained_bytes.set(bytes(r.sealed_bytes));
+        self.retained_segments.set(bytes(r.sealed_segments));
+        self.checkpoint.set(bytes(r.checkpoint_lsn.0));
+        for h in &r.held_by {
+            self.held_by.with_label_values(&[h.as_str()]).set(1);
+        }
+        if let Some(a) = st.applied_lsn {
+            self.own_applied.set(bytes(a.0));
+        }
+        if let Some(a) = archiver(st) {
+            self.archiver_position.set(bytes(a.position.0));
+            self.archiver_lag
+                .set(bytes(st.sealed_lsn.saturating_sub(a.position)));
+        }
     }
 
     /// Reads the directory's status, updates the metrics from it and encodes them in the
@@ -217,9 +238,26 @@ impl DirMetrics {
             source,
         })?;
         self.update(&st);
+        if let Some(a) = archiver(&st) {
+            // Read here rather than in `update`: it reads the oldest record not archived.
+            let now = crate::now_us();
+            if let Some(v) = crate::status::lag_seconds(&self.root, a.position, st.sealed_lsn, now)
+            {
+                self.archiver_lag_seconds.with_label_values(&[]).set(v);
+            }
+        }
         let mut families = self.registry.gather();
+        if st.applied_lsn.is_some() {
+            families.extend(self.standby_registry.gather());
+        }
         if st.sync.is_some() {
             families.extend(self.sync_registry.gather());
+        }
+        if archiver(&st).is_some() {
+            families.extend(self.archiver_registry.gather());
+        }
+        for r in &self.process {
+            families.extend(r.gather());
         }
         let mut out = Vec::new();
         TextEncoder::new().encode(&families, &mut out)?;

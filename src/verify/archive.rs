@@ -44,7 +44,7 @@ pub fn verify_store<S: ArchiveStore>(
     let loc = PathBuf::from(store.location());
     let identity = handle.block_on(store.get(IDENTITY_NAME))?;
     let objects = handle.block_on(store.list())?;
-    verify_objects(&loc, identity, &objects, |name| {
+    let report = verify_objects(&loc, identity, &objects, |name| {
         handle
             .block_on(store.get(name))?
             .ok_or_else(|| Error::Corrupt {
@@ -53,7 +53,9 @@ pub fn verify_store<S: ArchiveStore>(
                 lsn: crate::Lsn(0),
                 reason: "vanished from the archive while it was verified".into(),
             })
-    })
+    })?;
+    crate::metrics::library::damage_found("verify", report.errors.len() as u64);
+    Ok(report)
 }
 
 /// The checks of an archive, given its identity file's bytes (`None` when missing), its

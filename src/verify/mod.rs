@@ -52,6 +52,14 @@ pub use archive::{verify_archive, verify_store};
 /// without `control`, a damaged `control`) or holds segments with nothing to check their
 /// identity against is damage.
 pub fn verify_path(path: &Path) -> Result<VerifyReport> {
+    let r = verify_path_uncounted(path);
+    if let Ok(report) = &r {
+        crate::metrics::library::damage_found("verify", report.errors.len() as u64);
+    }
+    r
+}
+
+fn verify_path_uncounted(path: &Path) -> Result<VerifyReport> {
     let meta = std::fs::metadata(path).ctx(|| format!("{}", path.display()))?;
     if meta.is_dir() && crate::archive::is_archive(path) {
         return verify_archive(path);

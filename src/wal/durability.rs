@@ -135,7 +135,11 @@ impl Inner {
         let from = SyncedTo::start_in(synced_to, segment_no);
         crate::sync_point!("wal::group_commit::sync");
         let synced = if to > from {
+            let started = Instant::now();
             self.sync_segment(&seg, SegmentSync::Range(from, to))?;
+            self.lib
+                .sync_seconds
+                .observe(started.elapsed().as_secs_f64());
             true
         } else {
             false

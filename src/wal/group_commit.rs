@@ -114,6 +114,9 @@ impl GroupCommit {
         }
         let appended = appended();
         t.last_group = appended - t.appended_at_last_sync;
+        crate::metrics::library::library()
+            .group_records
+            .observe(t.last_group as f64);
         t.appended_at_last_sync = appended;
         let from = t.synced_to;
         drop(t);

@@ -127,6 +127,8 @@ struct Inner {
     pipeline: Pipeline,
     /// `flush_lsn` as other processes and in-process shippers see it.
     published: FlushPublisher,
+    /// The library's counters (`crate::metrics::library`), looked up once.
+    lib: &'static crate::metrics::library::Library,
 }
 
 /// A data directory open for writing. Cheap to share: wrap it in an `Arc` and call from many
@@ -148,7 +150,12 @@ impl Wal {
         let dir = DataDir::new(root);
         let control = dir.read_control()?;
         let lock_guard = dir.lock()?;
+        let started = std::time::Instant::now();
         let rec = recover(&dir, &control, options.recovery_mode)?;
+        let lib = crate::metrics::library::library();
+        lib.recovery_seconds.set(started.elapsed().as_secs_f64());
+        lib.recovery_repairs
+            .set(i64::try_from(rec.repairs.len()).unwrap_or(i64::MAX));
         let inner = Arc::new(Inner::from_recovered(dir, control, &rec, options)?);
         tracing::info!(
             dir = %inner.dir.root().display(),
@@ -375,6 +382,7 @@ impl Inner {
             recycled: AtomicU64::new(0),
             finisher: Finisher::default(),
             published: FlushPublisher::open(&dir, rec.end_lsn.0),
+            lib: crate::metrics::library::library(),
             pipeline,
             options,
             dir,

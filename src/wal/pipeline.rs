@@ -142,6 +142,7 @@ impl Inner {
             match crate::recycling::reuse(&from, to.clone(), size) {
                 Ok(p) => {
                     self.recycled.fetch_add(1, Ordering::Relaxed);
+                    self.lib.recycled.inc();
                     return Ok(p);
                 }
                 Err(e) => {

@@ -155,6 +155,8 @@ impl Inner {
         st.seg_last_lsn = Some(lsn);
         st.end_lsn = lsn + len as u64;
         self.appended.fetch_add(1, Ordering::Relaxed);
+        self.lib.records.inc();
+        self.lib.bytes.inc_by(len as u64);
         Ok(Appended {
             lsn,
             end_lsn: st.end_lsn,
@@ -203,6 +205,7 @@ impl Inner {
             self.wait_finishing(oldest, |f| f.durable)?;
         }
         self.seals.fetch_add(1, Ordering::Relaxed);
+        self.lib.sealed.inc();
         st.tickets += 1;
         st.last_seal = st.tickets;
         let sealed = Arc::new(SealedOpen {

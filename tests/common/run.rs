@@ -264,6 +264,22 @@ pub fn serve(dir: &Path, listen: &str, args: &[&str], log: &Path) -> (Proc, Stri
     (proc, addr)
 }
 
+/// The metrics address a process started with `--metrics-listen HOST:0` logged
+/// (`metrics listening on ADDR`), read from its log once it appears.
+pub fn metrics_address(proc: &Proc) -> String {
+    let mut found = None;
+    wait_until("the metrics address in the log", || {
+        found = proc
+            .log()
+            .lines()
+            .find_map(|l| l.split("metrics listening on ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string);
+        found.is_some()
+    });
+    found.unwrap_or_default()
+}
+
 /// Polls `f` until it holds; fails the test after [`WAIT`].
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

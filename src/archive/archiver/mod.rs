@@ -250,8 +250,22 @@ impl<S: ArchiveStore> Archiver<S> {
     }
 
     /// Pushes every sealed segment not yet archived, oldest first, recording progress after
-    /// each one.
+    /// each one. The pass's success or failure goes to the library's archiver counters.
     pub async fn push_pending(&mut self) -> Result<PassSummary> {
+        let r = self.pass().await;
+        let lib = crate::metrics::library::library();
+        let now = crate::metrics::library::now_seconds();
+        match &r {
+            Ok(_) => lib.archiver_success.set(now),
+            Err(_) => {
+                lib.archiver_failure.set(now);
+                lib.archiver_failures.inc();
+            }
+        }
+        r
+    }
+
+    async fn pass(&mut self) -> Result<PassSummary> {
         self.reconcile().await?;
         let pending = self.pending()?;
         let mut sum = PassSummary {
