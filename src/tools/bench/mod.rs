@@ -183,6 +183,18 @@ impl BenchResult {
             ..BenchResult::default()
         }
     }
+
+    /// This result as `scenario`, its latency against `base`'s: the baseline p50 and p99 and
+    /// the ratio of a time (baseline / this p50, so that higher is still better).
+    pub fn latency_against(&self, scenario: &'static str, base: &BenchResult) -> BenchResult {
+        BenchResult {
+            scenario,
+            baseline_p50_us: base.p50_us,
+            baseline_p99_us: base.p99_us,
+            ratio: ratio(base.p50_us, self.p50_us),
+            ..self.clone()
+        }
+    }
 }
 
 /// CPU time the calling thread has used: on a shared machine, wall time includes time spent

@@ -198,22 +198,6 @@ pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchR
     let base_tps = b.commits as f64 / b.elapsed.as_secs_f64().max(1e-9);
     let n = records.len() as u64;
     Ok(BenchResult {
-        scenario: "workload",
-        writers: cfg.writers,
-        record_size: (payload_bytes / n.max(1)) as usize,
-        durability: "group",
-        records: n,
-        seconds: w.elapsed.as_secs_f64(),
-        records_per_s: n as f64 / w.elapsed.as_secs_f64().max(1e-9),
-        transactions_per_s: Some(tps),
-        mb_per_s: mb_per_s(payload_bytes, w.elapsed),
-        p50_us: w.commit.quantile_us(0.5),
-        p99_us: w.commit.quantile_us(0.99),
-        p999_us: w.commit.quantile_us(0.999),
-        max_us: w.commit.max_us(),
-        append_p50_us: w.append.quantile_us(0.5),
-        append_p99_us: w.append.quantile_us(0.99),
-        append_p999_us: w.append.quantile_us(0.999),
         syncs: w.syncs,
         records_per_sync: n as f64 / w.syncs.max(1) as f64,
         segments_sealed: w.sealed,
@@ -222,6 +206,6 @@ pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchR
         baseline_p50_us: b.commit.quantile_us(0.5),
         baseline_p99_us: b.commit.quantile_us(0.99),
         ratio: ratio(tps, base_tps),
-        ..BenchResult::default()
+        ..result_of(cfg, records, &w)
     })
 }
