@@ -111,6 +111,37 @@ fn tls_replicates_identically_and_each_failed_check_is_named_on_both_sides() {
     });
     sb.kill();
 
+    // A standby authenticated as another name may not take over standby-a's slot: here a
+    // copy of standby-a's directory (its id) started with standby-b's certificate.
+    let b = ca.issue(d, "standby-b", &["standby-b"]);
+    let impostor = d.join("impostor");
+    common::copy_tree(&good, &impostor);
+    let held_before = common::names(&impostor.join("wal"));
+    let mut as_b = tls(&b, NAME);
+    let n = as_b.len();
+    as_b[n - 1] = "standby-b".into();
+    let as_b: Vec<&str> = as_b.iter().map(String::as_str).collect();
+    let mut sb = common::standby(&impostor, &addr, &as_b, &d.join("impostor.log"));
+    assert_eq!(sb.wait_exit(), 2, "{}", sb.log());
+    let both = "the standby authenticated as \"standby-b\" presents the id";
+    let owner = "whose slot belongs to the standby \"standby-a\"";
+    assert!(
+        sb.log().contains(both) && sb.log().contains(owner),
+        "{}",
+        sb.log()
+    );
+    wait_until("the primary to log the refused take-over", || {
+        srv.log().contains(both) && srv.log().contains(owner)
+    });
+    assert_eq!(common::names(&impostor.join("wal")), held_before);
+    let slots = status(&primary)["standbys"].clone();
+    assert!(
+        slots
+            .as_array()
+            .is_some_and(|v| v.iter().all(|s| s["name"] == "standby-a")),
+        "{slots}"
+    );
+
     // Each refusal: (what is wrong, the standby's arguments, what the standby says, what the
     // primary logs, if it learns of it).
     let owned = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
@@ -313,6 +344,7 @@ fn revoking_one_standby_cuts_only_that_standby() {
     std::fs::create_dir(&tokens).unwrap();
     token(&tokens, "standby-a", "secret of a");
     token(&tokens, "standby-b", "secret of b");
+    token(&tokens, "standby-c", "secret of c");
     let (srv, addr) = tls_serve(
         &primary,
         &server,
@@ -358,6 +390,31 @@ fn revoking_one_standby_cuts_only_that_standby() {
     write_records(&primary, 300, "after");
     seal(&primary);
     wait_caught_up(&primary, &sa);
+    assert!(a.running());
+    // A standby with its own token (standby-c) may not take over standby-a's slot with a copy
+    // of a's directory (its id).
+    let tc = token(d, "c.token", "secret of c");
+    let sc = d.join("c");
+    common::copy_tree(&sa, &sc);
+    let mut c = common::standby(
+        &sc,
+        &addr,
+        &[
+            &tls[..],
+            &["--auth-token-file", p(&tc), "--name", "standby-c"],
+        ]
+        .concat(),
+        &d.join("c.log"),
+    );
+    assert_eq!(c.wait_exit(), 2, "{}", c.log());
+    assert!(
+        c.log()
+            .contains("the standby authenticated as \"standby-c\" presents the id")
+            && c.log()
+                .contains("whose slot belongs to the standby \"standby-a\""),
+        "{}",
+        c.log()
+    );
     assert!(a.running());
     // And b cannot come back.
     let mut again = common::standby(
