@@ -24,6 +24,7 @@ pub(super) struct Replay {
     append: Histogram,
     syncs: u64,
     sealed: u64,
+    recycled: u64,
 }
 
 /// The two sides of the comparison: what a client calls.
@@ -106,6 +107,7 @@ fn replay<L: Log + 'static>(log: Arc<L>, units: Arc<Vec<Unit>>, clients: usize) 
         append,
         syncs: 0,
         sealed: 0,
+        recycled: 0,
     })
 }
 
@@ -180,10 +182,14 @@ pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchR
     // Warm-up, not counted: opens the first segment.
     wal.append_durable(&Entry::new(EntryType::Checkpoint, None, b"warm-up"))?;
     let before = wal.stats();
-    let mut w = replay(wal.clone(), units.clone(), cfg.writers)?;
+    let checkpointer = super::recycle::checkpointing(&wal, cfg.recycle);
+    let w = replay(wal.clone(), units.clone(), cfg.writers);
+    super::recycle::stop(checkpointer)?;
+    let mut w = w?;
     let after = wal.stats();
     w.syncs = after.syncs - before.syncs;
     w.sealed = after.segments_sealed - before.segments_sealed;
+    w.recycled = after.segments_recycled - before.segments_recycled;
     drop(wal);
     std::fs::remove_dir_all(tmp.path().join("data")).ok();
 
@@ -222,6 +228,8 @@ pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchR
         baseline_p50_us: b.commit.quantile_us(0.5),
         baseline_p99_us: b.commit.quantile_us(0.99),
         ratio: ratio(tps, base_tps),
+        recycle: Some(cfg.recycle),
+        segments_recycled: Some(w.recycled),
         ..BenchResult::default()
     })
 }
