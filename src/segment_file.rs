@@ -210,12 +210,34 @@ pub struct PreparedSegment {
 
 /// Faults a prepared segment's pages in writable, so that the writer's first store to each
 /// page costs no fault. It may run while the writer already uses the segment: faulting a page
-/// in never changes its bytes.
-pub struct Prefault(Arc<MmapRaw>);
+/// in never changes its bytes. It runs whole ([`Prefault::run`]) or a step at a time
+/// ([`Prefault::step`]), so that its thread can serve other work between steps.
+pub struct Prefault {
+    map: Arc<MmapRaw>,
+    /// Pages below this offset are done.
+    next: usize,
+}
 
 impl Prefault {
     pub fn run(self) {
-        prefault(&self.0, 0);
+        prefault(&self.map, self.next);
+    }
+
+    /// Faults in the next `len` bytes (at least a page); false once every page is done.
+    pub fn step(&mut self, len: usize) -> bool {
+        let end = (self.next + len.max(4096)).min(self.map.len());
+        if self.next < end {
+            if let Err(e) = self
+                .map
+                .advise_range(Advice::PopulateWrite, self.next, end - self.next)
+            {
+                tracing::debug!(error = %e, "prefaulting a segment's pages failed");
+                self.next = self.map.len();
+                return false;
+            }
+        }
+        self.next = end;
+        self.next < self.map.len()
     }
 }
 
@@ -238,7 +260,10 @@ impl PreparedSegment {
 
     /// What faults this segment's pages in; run it off the append path.
     pub fn prefault(&self) -> Prefault {
-        Prefault(self.map.clone())
+        Prefault {
+            map: self.map.clone(),
+            next: 0,
+        }
     }
 
     pub(crate) fn mapped(path: PathBuf, file: File, size: u64) -> Result<PreparedSegment> {

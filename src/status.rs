@@ -45,6 +45,11 @@ pub struct StandbySlot {
     /// Last contact, RFC 3339 UTC, and the same in microseconds since the epoch.
     pub last_contact: Option<String>,
     pub last_contact_us: Option<i64>,
+    /// How old the positions shown are, in seconds: they come from the slot file, which the
+    /// running `serve` saves at the standby's first acknowledgement, then at most once a
+    /// second while it reports, and when it disconnects; so a connected standby may be this
+    /// much further along than shown (None: the slot has never been saved with a contact).
+    pub positions_age_seconds: Option<f64>,
     pub lost: bool,
     /// Its part in synchronous commit under the published policy (`sync`, `potential`,
     /// `quorum`, `async`), judged with `connected` as above.
@@ -138,6 +143,9 @@ pub fn status(root: &Path) -> Result<DirStatus> {
             lag_bytes,
             last_contact: rec.last_contact_us.map(format_time),
             last_contact_us: rec.last_contact_us,
+            positions_age_seconds: rec
+                .last_contact_us
+                .map(|t| now.saturating_sub(t).max(0) as f64 / 1e6),
             lost: rec.lost,
             sync_state: SyncState::Async,
             written_lsn: rec.written_lsn,
@@ -223,4 +231,55 @@ pub fn format_time(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| format!("invalid({us})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumers::ConsumerRecord;
+
+    /// The age of a standby's positions is the time since the acknowledgement its slot file
+    /// holds; connected is judged from the same time.
+    #[test]
+    fn a_slots_positions_say_how_old_they_are() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("d");
+        DataDir::init(&dir, 64 * 1024).expect("init");
+        let dd = DataDir::new(&dir);
+        let reg = ConsumerRegistry::new(&dd);
+        let slot = |id: &str, ago_s: i64| ConsumerRecord {
+            id: id.into(),
+            kind: ConsumerKind::Standby,
+            position: Lsn(0),
+            applied_lsn: Some(Lsn(0)),
+            name: Some(id.into()),
+            written_lsn: None,
+            flush_lag_us: None,
+            address: None,
+            last_contact_us: (ago_s >= 0).then(|| crate::now_us() - ago_s * 1_000_000),
+            lost: false,
+        };
+        reg.save(&slot("fresh", 0)).expect("save");
+        reg.save(&slot("old", 30)).expect("save");
+        reg.save(&slot("never", -1)).expect("save");
+        let st = status(&dir).expect("status");
+        let by = |id: &str| {
+            st.standbys
+                .iter()
+                .find(|s| s.id == id)
+                .expect("listed")
+                .clone()
+        };
+        let fresh = by("fresh");
+        assert!(fresh.connected);
+        assert!(fresh
+            .positions_age_seconds
+            .is_some_and(|a| (0.0..5.0).contains(&a)));
+        let old = by("old");
+        assert!(!old.connected);
+        assert!(old
+            .positions_age_seconds
+            .is_some_and(|a| (30.0..35.0).contains(&a)));
+        assert_eq!(by("never").positions_age_seconds, None);
+    }
 }

@@ -120,6 +120,38 @@ fn append_each_group_none() {
 }
 
 #[test]
+fn append_recycles_segment_files_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    for recycle in ["on", "off"] {
+        let v = bench(
+            dir.path(),
+            &[
+                "--durability",
+                "none",
+                "--records",
+                "2000",
+                "--segment-size",
+                "64KiB",
+                "--recycle",
+                recycle,
+            ],
+        );
+        assert_eq!(v["recycle"].as_bool(), Some(recycle == "on"), "{v}");
+        // 2000 records of 168 bytes: five 64 KiB segments, each prepared after timing started
+        // from the pool (refilled by the checkpoints) when recycling is on.
+        let reused = v["segments_recycled"].as_u64().expect("segments_recycled");
+        if recycle == "on" {
+            assert!(reused >= 1, "no recycled file used: {v}");
+        } else {
+            assert_eq!(reused, 0, "{v}");
+        }
+        for k in ["writer_faults_per_mib", "baseline_faults_per_mib"] {
+            assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k} in {v}");
+        }
+    }
+}
+
+#[test]
 fn recover_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let v = bench(

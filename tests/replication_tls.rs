@@ -111,82 +111,90 @@ fn tls_replicates_identically_and_each_failed_check_is_named_on_both_sides() {
     });
     sb.kill();
 
-    // The primary's certificate is not signed by the CA the standby trusts.
-    refused(
-        &d.join("wrong-ca"),
-        &addr,
-        &["--tls-ca", p(&other_ca.cert), "--tls-cert", p(&a.cert), "--tls-key", p(&a.key), "--tls-server-name", NAME],
-        &d.join("wrong-ca.log"),
-        "the primary's certificate was refused: it is not signed by a CA in --tls-ca (unknown issuer)",
+    // A standby authenticated as another name may not take over standby-a's slot: here a
+    // copy of standby-a's directory (its id) started with standby-b's certificate.
+    let b = ca.issue(d, "standby-b", &["standby-b"]);
+    let impostor = d.join("impostor");
+    common::copy_tree(&good, &impostor);
+    let held_before = common::names(&impostor.join("wal"));
+    let mut as_b = tls(&b, NAME);
+    let n = as_b.len();
+    as_b[n - 1] = "standby-b".into();
+    let as_b: Vec<&str> = as_b.iter().map(String::as_str).collect();
+    let mut sb = common::standby(&impostor, &addr, &as_b, &d.join("impostor.log"));
+    assert_eq!(sb.wait_exit(), 2, "{}", sb.log());
+    let both = "the standby authenticated as \"standby-b\" presents the id";
+    let owner = "whose slot belongs to the standby \"standby-a\"";
+    assert!(
+        sb.log().contains(both) && sb.log().contains(owner),
+        "{}",
+        sb.log()
     );
-    wait_until("the primary to log the standby's refusal of its CA", || {
-        srv.log().contains("the standby refused the connection: it does not trust the CA that signed this primary's certificate")
+    wait_until("the primary to log the refused take-over", || {
+        srv.log().contains(both) && srv.log().contains(owner)
     });
-
-    // The name the standby expects is not in the primary's certificate.
-    let w = tls(&a, "elsewhere.test");
-    let w: Vec<&str> = w.iter().map(String::as_str).collect();
-    refused(
-        &d.join("wrong-name"),
-        &addr,
-        &w,
-        &d.join("wrong-name.log"),
-        "it is not valid for the expected name",
-    );
-    wait_until(
-        "the primary to log the standby's refusal of its name",
-        || {
-            srv.log()
-                .contains("not valid for the name the standby connects to")
-        },
+    assert_eq!(common::names(&impostor.join("wal")), held_before);
+    let slots = status(&primary)["standbys"].clone();
+    assert!(
+        slots
+            .as_array()
+            .is_some_and(|v| v.iter().all(|s| s["name"] == "standby-a")),
+        "{slots}"
     );
 
-    // No client certificate where one is required.
-    refused(
-        &d.join("anonymous"),
-        &addr,
-        &["--tls-ca", p(&ca.cert), "--tls-server-name", NAME],
-        &d.join("anonymous.log"),
-        "it requires a client certificate",
-    );
-    wait_until("the primary to log the missing client certificate", || {
-        srv.log()
-            .contains("the standby presented no client certificate")
-    });
-
-    // A client certificate from another CA.
-    refused(
-        &d.join("rogue"),
-        &addr,
-        &[
-            "--tls-ca",
-            p(&ca.cert),
-            "--tls-cert",
-            p(&rogue.cert),
-            "--tls-key",
-            p(&rogue.key),
-            "--tls-server-name",
-            NAME,
-        ],
-        &d.join("rogue.log"),
-        "it does not trust the CA that signed this standby's certificate",
-    );
-    wait_until("the primary to log the unknown client CA", || {
-        srv.log().contains("the standby's client certificate was refused: it is not signed by a CA in --tls-client-ca")
-    });
-
-    // A standby may not call itself other than its certificate names it.
-    let mut other = tls(&a, NAME);
-    let n = other.len();
-    other[n - 1] = "standby-z".into();
-    let other: Vec<&str> = other.iter().map(String::as_str).collect();
-    refused(
-        &d.join("liar"),
-        &addr,
-        &other,
-        &d.join("liar.log"),
-        "calls itself \"standby-z\", but its credentials name it \"standby-a\"",
-    );
+    // Each refusal: (what is wrong, the standby's arguments, what the standby says, what the
+    // primary logs, if it learns of it).
+    let owned = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    let mut liar = tls(&a, NAME);
+    let n = liar.len();
+    liar[n - 1] = "standby-z".into();
+    let cases: Vec<(&str, Vec<String>, &str, Option<&str>)> = vec![
+        (
+            // The primary's certificate is not signed by the CA the standby trusts.
+            "wrong-ca",
+            owned(&["--tls-ca", p(&other_ca.cert), "--tls-cert", p(&a.cert), "--tls-key", p(&a.key), "--tls-server-name", NAME]),
+            "the primary's certificate was refused: it is not signed by a CA in --tls-ca (unknown issuer)",
+            Some("the standby refused the connection: it does not trust the CA that signed this primary's certificate"),
+        ),
+        (
+            // The name the standby expects is not in the primary's certificate.
+            "wrong-name",
+            tls(&a, "elsewhere.test"),
+            "it is not valid for the expected name",
+            Some("not valid for the name the standby connects to"),
+        ),
+        (
+            // No client certificate where one is required.
+            "anonymous",
+            owned(&["--tls-ca", p(&ca.cert), "--tls-server-name", NAME]),
+            "it requires a client certificate",
+            Some("the standby presented no client certificate"),
+        ),
+        (
+            // A client certificate from another CA.
+            "rogue",
+            owned(&["--tls-ca", p(&ca.cert), "--tls-cert", p(&rogue.cert), "--tls-key", p(&rogue.key), "--tls-server-name", NAME]),
+            "it does not trust the CA that signed this standby's certificate",
+            Some("the standby's client certificate was refused: it is not signed by a CA in --tls-client-ca"),
+        ),
+        (
+            // A standby may not call itself other than its certificate names it.
+            "liar",
+            liar,
+            "calls itself \"standby-z\", but its credentials name it \"standby-a\"",
+            None,
+        ),
+    ];
+    for (what, args, standby_says, primary_logs) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = d.join(format!("{what}.log"));
+        refused(&d.join(what), &addr, &args, &log, standby_says);
+        if let Some(text) = primary_logs {
+            wait_until(&format!("the primary to log the refusal ({what})"), || {
+                srv.log().contains(text)
+            });
+        }
+    }
 
     // A plain standby gets nowhere and stores nothing either.
     let mut plain = common::standby(&d.join("plain"), &addr, &[], &d.join("plain.log"));
@@ -336,6 +344,7 @@ fn revoking_one_standby_cuts_only_that_standby() {
     std::fs::create_dir(&tokens).unwrap();
     token(&tokens, "standby-a", "secret of a");
     token(&tokens, "standby-b", "secret of b");
+    token(&tokens, "standby-c", "secret of c");
     let (srv, addr) = tls_serve(
         &primary,
         &server,
@@ -381,6 +390,31 @@ fn revoking_one_standby_cuts_only_that_standby() {
     write_records(&primary, 300, "after");
     seal(&primary);
     wait_caught_up(&primary, &sa);
+    assert!(a.running());
+    // A standby with its own token (standby-c) may not take over standby-a's slot with a copy
+    // of a's directory (its id).
+    let tc = token(d, "c.token", "secret of c");
+    let sc = d.join("c");
+    common::copy_tree(&sa, &sc);
+    let mut c = common::standby(
+        &sc,
+        &addr,
+        &[
+            &tls[..],
+            &["--auth-token-file", p(&tc), "--name", "standby-c"],
+        ]
+        .concat(),
+        &d.join("c.log"),
+    );
+    assert_eq!(c.wait_exit(), 2, "{}", c.log());
+    assert!(
+        c.log()
+            .contains("the standby authenticated as \"standby-c\" presents the id")
+            && c.log()
+                .contains("whose slot belongs to the standby \"standby-a\""),
+        "{}",
+        c.log()
+    );
     assert!(a.running());
     // And b cannot come back.
     let mut again = common::standby(

@@ -64,6 +64,35 @@ fn standby_records(sb: &Path, scratch: &Path) -> Vec<common::Rec> {
     common::read_recs(scratch).unwrap()
 }
 
+/// Commits one record through the library: appends it, waits until it is durable here, then
+/// until the synchronous policy releases it (at most 30 s); returns its end and the release.
+async fn commit_lib(
+    wal: &Arc<walship::Wal>,
+    waiter: &walship::replication::synchronous::SyncWaiter,
+    id: u64,
+    payload: &[u8],
+) -> (
+    walship::Lsn,
+    Result<
+        walship::replication::synchronous::Released,
+        walship::replication::synchronous::WaitError,
+    >,
+) {
+    use walship::{Entry, EntryType};
+    let a = wal
+        .append(&Entry::new(EntryType::TxCommit, Some(id), payload))
+        .unwrap();
+    let w2 = wal.clone();
+    tokio::task::spawn_blocking(move || w2.wait_durable(a.end_lsn))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), waiter.wait(a.end_lsn))
+        .await
+        .unwrap_or_else(|_| panic!("commit {id} still waits for the policy after 30 s"));
+    (a.end_lsn, r)
+}
+
 fn standby_named(dir: &Path, addr: &str, name: &str, log: &Path) -> Proc {
     standby(dir, addr, &["--name", name], log)
 }
@@ -382,7 +411,7 @@ fn assert_applied_once(rec: &Recording, released: &[(u64, String)]) {
 async fn library_waiters_share_confirmations_and_remote_apply_means_applied() {
     use walship::replication::synchronous::{Released, SyncConfig, SyncLevel, SyncPolicy};
     use walship::replication::{Shipper, ShipperConfig, Standby, StandbyConfig};
-    use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
+    use walship::{DataDir, Wal, WalOptions};
     let t = tempfile::tempdir().unwrap();
     let (pdir, sdir): (PathBuf, PathBuf) = (t.path().join("p"), t.path().join("s"));
     DataDir::init(&pdir, 64 * 1024).unwrap();
@@ -411,21 +440,9 @@ async fn library_waiters_share_confirmations_and_remote_apply_means_applied() {
         let (wal, waiter, tx) = (wal.clone(), waiter.clone(), tx.clone());
         tasks.push(tokio::spawn(async move {
             let payload = format!("commit-{i}");
-            let a = wal
-                .append(&Entry::new(
-                    EntryType::TxCommit,
-                    Some(i),
-                    payload.as_bytes(),
-                ))
-                .unwrap();
-            let w2 = wal.clone();
-            tokio::task::spawn_blocking(move || w2.wait_durable(a.end_lsn))
-                .await
-                .unwrap()
-                .unwrap();
-            let r = waiter.wait(a.end_lsn).await.unwrap();
-            tx.send((a.end_lsn.0, payload)).unwrap();
-            r
+            let (end, r) = commit_lib(&wal, &waiter, i, payload.as_bytes()).await;
+            tx.send((end.0, payload)).unwrap();
+            r.unwrap()
         }));
     }
     drop(tx);
@@ -458,24 +475,9 @@ async fn library_waiters_share_confirmations_and_remote_apply_means_applied() {
     let mut standby = Standby::start(scfg, rec.clone()).await.unwrap();
     for i in 8..12u64 {
         let payload = format!("commit-{i}");
-        let a = wal
-            .append(&Entry::new(
-                EntryType::TxCommit,
-                Some(i),
-                payload.as_bytes(),
-            ))
-            .unwrap();
-        let w2 = wal.clone();
-        tokio::task::spawn_blocking(move || w2.wait_durable(a.end_lsn))
-            .await
-            .unwrap()
-            .unwrap();
-        let r = tokio::time::timeout(within, waiter.wait(a.end_lsn)).await;
-        assert_eq!(
-            r.expect("released without a seal").unwrap(),
-            Released::Confirmed
-        );
-        released.push((a.end_lsn.0, payload));
+        let (end, r) = commit_lib(&wal, &waiter, i, payload.as_bytes()).await;
+        assert_eq!(r, Ok(Released::Confirmed), "released without a seal");
+        released.push((end.0, payload));
     }
     assert_applied_once(&rec, &released);
 
@@ -486,17 +488,9 @@ async fn library_waiters_share_confirmations_and_remote_apply_means_applied() {
         .await
         .unwrap()
         .unwrap();
-    let a = wal
-        .append(&Entry::new(EntryType::TxCommit, Some(12), b"commit-12"))
-        .unwrap();
-    let w2 = wal.clone();
-    tokio::task::spawn_blocking(move || w2.wait_durable(a.end_lsn))
-        .await
-        .unwrap()
-        .unwrap();
-    let r = tokio::time::timeout(within, waiter.wait(a.end_lsn)).await;
-    assert_eq!(r.expect("released").unwrap(), Released::Confirmed);
-    released.push((a.end_lsn.0, "commit-12".into()));
+    let (end, r) = commit_lib(&wal, &waiter, 12, b"commit-12").await;
+    assert_eq!(r, Ok(Released::Confirmed));
+    released.push((end.0, "commit-12".into()));
     assert_applied_once(&rec, &released);
     let st = shipper.sync_status().unwrap();
     assert_eq!(st.policy, "FIRST 1 (s)");
@@ -516,11 +510,11 @@ async fn library_waiters_share_confirmations_and_remote_apply_means_applied() {
 async fn library_degrades_after_the_timeout_with_an_event_and_returns() {
     use walship::replication::synchronous::{Released, SyncConfig, SyncLevel, SyncPolicy};
     use walship::replication::{Shipper, ShipperConfig, ShipperEvent, Standby, StandbyConfig};
-    use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
+    use walship::{DataDir, Wal, WalOptions};
     let t = tempfile::tempdir().unwrap();
     let (pdir, sdir) = (t.path().join("p"), t.path().join("s"));
     DataDir::init(&pdir, 64 * 1024).unwrap();
-    let wal = Wal::open(&pdir, WalOptions::default()).unwrap();
+    let wal = Arc::new(Wal::open(&pdir, WalOptions::default()).unwrap());
     let mut cfg = ShipperConfig::new(&pdir, "127.0.0.1:0");
     cfg.heartbeat_interval = Duration::from_millis(100);
     cfg.flush_watch = Some(wal.flush_watch());
@@ -535,10 +529,8 @@ async fn library_degrades_after_the_timeout_with_an_event_and_returns() {
     let mut shipper = Shipper::start(cfg).await.unwrap();
     let mut events = shipper.subscribe();
     let waiter = shipper.sync_waiter().unwrap();
-    let a = wal
-        .append_durable(&Entry::new(EntryType::TxCommit, Some(1), b"alone"))
-        .unwrap();
-    assert_eq!(waiter.wait(a.end_lsn).await, Ok(Released::Degraded));
+    let (a_end, r) = commit_lib(&wal, &waiter, 1, b"alone").await;
+    assert_eq!(r, Ok(Released::Degraded));
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(shipper.sync_status().unwrap().degraded);
     let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
@@ -546,7 +538,7 @@ async fn library_degrades_after_the_timeout_with_an_event_and_returns() {
         .unwrap()
         .unwrap();
     assert!(
-        matches!(e, ShipperEvent::SyncDegraded { durable, .. } if durable >= a.end_lsn),
+        matches!(e, ShipperEvent::SyncDegraded { durable, .. } if durable >= a_end),
         "{e:?}"
     );
     let mut scfg = StandbyConfig::new(&sdir, shipper.local_addr().to_string());
@@ -564,12 +556,10 @@ async fn library_degrades_after_the_timeout_with_an_event_and_returns() {
     })
     .await
     .unwrap();
-    assert!(restored >= a.end_lsn);
+    assert!(restored >= a_end);
     assert!(!shipper.sync_status().unwrap().degraded);
-    let b = wal
-        .append_durable(&Entry::new(EntryType::TxCommit, Some(2), b"confirmed"))
-        .unwrap();
-    assert_eq!(waiter.wait(b.end_lsn).await, Ok(Released::Confirmed));
+    let (_, r) = commit_lib(&wal, &waiter, 2, b"confirmed").await;
+    assert_eq!(r, Ok(Released::Confirmed));
     standby.stop(Duration::from_secs(5)).await.unwrap();
     shipper.stop(Duration::from_secs(5)).await;
 }

@@ -178,6 +178,38 @@ impl LocalDirStore {
         Ok(())
     }
 
+    /// A new temporary file beside the objects, made for `name`, holding `data`, synced: its
+    /// path and the open file. It is removed again when anything fails. `put`: the write is
+    /// the failpoint `archive::put::write` (a short write).
+    fn write_synced_temp(&self, name: &str, data: &[u8], put: bool) -> Result<(PathBuf, File)> {
+        let tmp = self.root.join(format!(
+            ".{name}.{}.{:08x}.tmp",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .ctx(|| format!("create {}", tmp.display()))?;
+            if put {
+                crate::fault!("archive::put::write", e => Error::io(format!("write {}", tmp.display()), crate::faults::short_write(&mut f, data, e)));
+            }
+            f.write_all(data)
+                .ctx(|| format!("write {}", tmp.display()))?;
+            f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+            Ok(f)
+        })();
+        match written {
+            Ok(f) => Ok((tmp, f)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
     fn put_blocking(&self, name: &str, data: &[u8]) -> Result<PutOutcome> {
         check_name(name)?;
         self.ensure_root()?;
@@ -185,37 +217,10 @@ impl LocalDirStore {
         if path.exists() {
             return Ok(PutOutcome::AlreadyExists);
         }
-        let tmp = self.root.join(format!(
-            ".{name}.{}.{:08x}.tmp",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .ctx(|| format!("create {}", tmp.display()))?;
-            crate::fault!("archive::put::write", e => Error::io(format!("write {}", tmp.display()), crate::faults::short_write(&mut f, data, e)));
-            f.write_all(data)
-                .ctx(|| format!("write {}", tmp.display()))?;
-            f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-            // The pages are clean now: drop them so the read-back check reads the device.
-            drop_cache(&f);
-            // A hard link is a rename that never replaces: the final name appears whole or not
-            // at all, and an object that appeared meanwhile is left alone.
-            crate::fault!("archive::put::link", e => Error::io(format!("link {} to {}", tmp.display(), path.display()), e));
-            match fs::hard_link(&tmp, &path) {
-                Ok(()) => Ok(PutOutcome::Created { verified: false }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    Ok(PutOutcome::AlreadyExists)
-                }
-                Err(e) => Err(Error::io(
-                    format!("link {} to {}", tmp.display(), path.display()),
-                    e,
-                )),
-            }
-        })();
+        let (tmp, f) = self.write_synced_temp(name, data, true)?;
+        // The pages are clean now: drop them so the read-back check reads the device.
+        drop_cache(&f);
+        let result = link_new(&tmp, &path);
         let removed = fs::remove_file(&tmp);
         let outcome = result?;
         removed.ctx(|| format!("remove {}", tmp.display()))?;
@@ -226,24 +231,10 @@ impl LocalDirStore {
     fn replace_blocking(&self, name: &str, data: &[u8]) -> Result<()> {
         check_name(name)?;
         let path = self.root.join(name);
-        let tmp = self.root.join(format!(
-            ".{name}.{}.{:08x}.tmp",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .ctx(|| format!("create {}", tmp.display()))?;
-            f.write_all(data)
-                .ctx(|| format!("write {}", tmp.display()))?;
-            f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-            // A rename replaces the name at once.
-            fs::rename(&tmp, &path)
-                .ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
-        })();
+        let (tmp, _f) = self.write_synced_temp(name, data, false)?;
+        // A rename replaces the name at once.
+        let result = fs::rename(&tmp, &path)
+            .ctx(|| format!("rename {} to {}", tmp.display(), path.display()));
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -383,6 +374,21 @@ impl ArchiveStore for LocalDirStore {
     fn replace(&self, name: &str, data: Arc<Vec<u8>>) -> impl Future<Output = Result<()>> + Send {
         let (s, name) = (self.clone(), name.to_string());
         blocking(move || s.replace_blocking(&name, &data))
+    }
+}
+
+/// Gives the synced temporary file `tmp` the name `path` by a hard link, a rename that never
+/// replaces: the final name appears whole or not at all, and an object that appeared
+/// meanwhile is left alone.
+fn link_new(tmp: &Path, path: &Path) -> Result<PutOutcome> {
+    crate::fault!("archive::put::link", e => Error::io(format!("link {} to {}", tmp.display(), path.display()), e));
+    match fs::hard_link(tmp, path) {
+        Ok(()) => Ok(PutOutcome::Created { verified: false }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
+        Err(e) => Err(Error::io(
+            format!("link {} to {}", tmp.display(), path.display()),
+            e,
+        )),
     }
 }
 

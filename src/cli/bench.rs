@@ -35,6 +35,12 @@ pub enum SegmentFillArg {
     Reserve,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 /// Measure walship against this machine's own limits, in the same run.
 #[derive(Args, Debug)]
 #[command(
@@ -76,6 +82,12 @@ pub struct BenchArgs {
     /// How the writer prepares new segment files (append and workload scenarios).
     #[arg(long, value_enum, default_value_t = SegmentFillArg::Reserve)]
     pub segment_fill: SegmentFillArg,
+    /// Append and workload scenarios: recycle segment files as a deployment that checkpoints
+    /// does (on: the pool of recycled files filled before timing, timing started in a recycled
+    /// file, a checkpoint at the durable position every 100 ms while walship is timed; off:
+    /// every segment a new file, as in a fresh data directory).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub recycle: OnOff,
     /// Size of the store built by the recover scenario.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub size: u64,
@@ -126,6 +138,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
             SegmentFillArg::Zeros => walship::SegmentFill::Zeros,
             SegmentFillArg::Reserve => walship::SegmentFill::Reserve,
         },
+        recycle: a.recycle == OnOff::On,
         store_size: a.size,
         segments: a.segments,
         tls: a.tls.clone(),
@@ -274,9 +287,19 @@ fn print(r: &BenchResult, json: bool) -> CmdResult {
                 r.p50_us, r.p99_us, r.p999_us, r.max_us, r.append_p50_us, r.append_p99_us, r.append_p999_us
             );
             println!(
-                "syncs: {} ({:.1} records per sync); segments sealed: {}",
-                r.syncs, r.records_per_sync, r.segments_sealed
+                "syncs: {} ({:.1} records per sync); segments sealed: {}; recycled files used: {}{}",
+                r.syncs,
+                r.records_per_sync,
+                r.segments_sealed,
+                r.segments_recycled.unwrap_or(0),
+                if r.recycle == Some(false) { " (recycling off)" } else { "" }
             );
+            if let (Some(n), Some(ms)) = (r.rotation_waits, r.rotation_wait_ms) {
+                println!("leaders that waited for a rotation's work after their sync: {n}, {ms:.1} ms in all");
+            }
+            if let (Some(w), Some(b)) = (r.writer_faults_per_mib, r.baseline_faults_per_mib) {
+                println!("page faults per MiB written: writers {w:.1}, baseline {b:.1}");
+            }
             println!(
                 "baseline (write + fdatasync): {:.0} records/s, {:.1} MB/s, p50 {:.1} us, p99 {:.1} us; ratio {:.2}",
                 r.baseline_records_per_s, r.baseline_mb_per_s, r.baseline_p50_us, r.baseline_p99_us, r.ratio

@@ -85,7 +85,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
     println!("standbys: {}", s.standbys.len());
     for sb in &s.standbys {
         println!(
-            "  {} ({}) address {} {} {} written {} flushed {} applied {}; behind by {} bytes, {} flushed; {} bytes, {} applied; last contact {}{}",
+            "  {} ({}) address {} {} {} written {} flushed {} applied {} (as of {}); behind by {} bytes, {} flushed; {} bytes, {} applied; last contact {}{}",
             sb.name.as_deref().unwrap_or("-"),
             sb.id,
             sb.address.as_deref().unwrap_or("-"),
@@ -99,6 +99,8 @@ pub fn run(a: StatusArgs) -> CmdResult {
                 .map_or("-".to_string(), |l| l.to_string()),
             sb.flushed_lsn,
             sb.applied_lsn,
+            sb.positions_age_seconds
+                .map_or("never".to_string(), |x| format!("{x:.1} s ago")),
             sb.flush_lag_bytes,
             sb.flush_lag_seconds
                 .map_or("unknown s".to_string(), |x| format!("{x:.3} s")),

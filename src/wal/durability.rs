@@ -147,7 +147,14 @@ impl Inner {
         // Records of this segment count only once every earlier segment (and this one's name)
         // is durable too. The finisher works on that meanwhile: after a crash before it is
         // done, recovery ends the log before this segment.
-        self.wait_finishing(seals, |f| f.durable)?;
+        if !self.finishing_reached(seals) {
+            let t0 = Instant::now();
+            self.wait_finishing(seals, |f| f.durable)?;
+            self.rotation_waits.fetch_add(1, Ordering::Relaxed);
+            self.rotation_wait_us
+                .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        self.check_poison()?;
         self.advance_flushed(end)?;
         if synced {
             self.syncs.fetch_add(1, Ordering::Relaxed);

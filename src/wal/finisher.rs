@@ -193,6 +193,11 @@ impl Inner {
         self.finisher.finishing_cv.notify_all();
     }
 
+    /// Whether the finisher's `durable` stage has reached `ticket` already.
+    pub(super) fn finishing_reached(&self, ticket: u64) -> bool {
+        lock(&self.finisher.finishing).durable >= ticket
+    }
+
     /// Blocks until the finisher's `stage` reaches `ticket`; fails when the writer was poisoned
     /// on the way.
     pub(super) fn wait_finishing(

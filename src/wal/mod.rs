@@ -96,6 +96,10 @@ pub struct WalStats {
     pub segments_sealed: u64,
     /// Segment files prepared by reusing a recycled file rather than creating one.
     pub segments_recycled: u64,
+    /// Group-commit leaders that, their msync done, still waited for the finisher (a rotation's
+    /// seal marker or new name not yet durable), and the time they waited in all.
+    pub rotation_waits: u64,
+    pub rotation_wait_us: u64,
 }
 
 /// What the writer's threads share.
@@ -121,6 +125,9 @@ struct Inner {
     seals: AtomicU64,
     /// Prepared files that were recycled ones (`pipeline.rs`).
     recycled: AtomicU64,
+    /// Leaders that waited for the finisher after their sync, and for how long (µs).
+    rotation_waits: AtomicU64,
+    rotation_wait_us: AtomicU64,
     /// The seal finisher's queue and progress (`finisher.rs`).
     finisher: Finisher,
     /// The next segment's file, prepared ahead (`pipeline.rs`).
@@ -219,6 +226,8 @@ impl Wal {
             records_appended: self.inner.appended.load(Ordering::Relaxed),
             segments_sealed: self.inner.seals.load(Ordering::Relaxed),
             segments_recycled: self.inner.recycled.load(Ordering::Relaxed),
+            rotation_waits: self.inner.rotation_waits.load(Ordering::Relaxed),
+            rotation_wait_us: self.inner.rotation_wait_us.load(Ordering::Relaxed),
         }
     }
 
@@ -380,6 +389,8 @@ impl Inner {
             appended: AtomicU64::new(0),
             seals: AtomicU64::new(0),
             recycled: AtomicU64::new(0),
+            rotation_waits: AtomicU64::new(0),
+            rotation_wait_us: AtomicU64::new(0),
             finisher: Finisher::default(),
             published: FlushPublisher::open(&dir, rec.end_lsn.0),
             lib: crate::metrics::library::library(),

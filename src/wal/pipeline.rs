@@ -8,6 +8,7 @@
 //! sees the file taken but not yet renamed; when nothing is ready, the rotation prepares the file
 //! in the append path.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -19,7 +20,7 @@ use super::{lock, Inner};
 use crate::error::{IoContext, Result};
 use crate::format::{SegmentFileKind, SegmentName};
 use crate::recovery::Recovered;
-use crate::segment_file::PreparedSegment;
+use crate::segment_file::{Prefault, PreparedSegment};
 
 /// Work for the preparer thread.
 pub(super) enum PrepareMsg {
@@ -70,50 +71,48 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<(mpsc::Sender<PrepareMsg>, Joi
     Ok((tx, handle))
 }
 
+/// The preparer prefaults a segment this many bytes at a time, and between steps serves a new
+/// request first: a writer that fills segments faster than their pages are faulted in (a
+/// 16 MiB segment takes tens of milliseconds here) finds the next file prepared instead of
+/// preparing it in the append path (where a recycled file's header sync would run under the
+/// tail lock and nothing would prefault the file). The rest of the interrupted prefault
+/// continues afterwards.
+const PREFAULT_STEP: usize = 1 << 20;
+
 fn preparer(inner: Arc<Inner>, rx: mpsc::Receiver<PrepareMsg>) {
     let tick = inner
         .options
         .max_segment_age
         .map(|a| (a / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
         .unwrap_or(Duration::from_secs(3600));
+    // Prefaults not finished yet, oldest (the segment the writer is nearest to) first.
+    let mut prefaults: VecDeque<Prefault> = VecDeque::new();
     loop {
-        match rx.recv_timeout(tick) {
-            Ok(PrepareMsg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            Ok(PrepareMsg::Prepare(no)) => {
-                let mut slot = lock(&inner.pipeline.prepared);
-                let stale = no < inner.pipeline.activated.load(Ordering::Acquire);
-                if stale || matches!(&*slot, Some((n, _)) if *n == no) {
-                    continue;
-                }
-                // A request queued before the rotation that already used this number: preparing
-                // it again would truncate the file the writer is using.
-                let open = SegmentName::new(inner.control.timeline, no, SegmentFileKind::Open);
-                if inner.dir.segment_path(&open).exists()
-                    || inner
-                        .dir
-                        .segment_path(&open.with_kind(SegmentFileKind::Sealed))
-                        .exists()
-                {
-                    continue;
-                }
-                if let Some((_, old)) = slot.take() {
-                    let _ = std::fs::remove_file(&old.path);
-                }
-                match inner.prepare(no) {
-                    Ok(p) => {
-                        // Prefaulting takes tens of milliseconds: the writer may take the
-                        // segment meanwhile rather than wait for it.
-                        let prefault = p.prefault();
-                        *slot = Some((no, p));
-                        drop(slot);
-                        prefault.run();
+        let msg = match prefaults.front_mut() {
+            Some(p) => match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => {
+                    if !p.step(PREFAULT_STEP) {
+                        prefaults.pop_front();
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "preparing the next segment failed; the next rotation will try again")
-                    }
+                    None
+                }
+            },
+            None => match rx.recv_timeout(tick) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+            },
+        };
+        match msg {
+            Some(PrepareMsg::Stop) => return,
+            Some(PrepareMsg::Prepare(no)) => {
+                if let Some(p) = inner.prepare_into_slot(no) {
+                    prefaults.push_back(p);
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            None => {}
         }
         if let Some(max) = inner.options.max_segment_age {
             if inner.poisoned.load(Ordering::Acquire) {
@@ -130,6 +129,44 @@ fn preparer(inner: Arc<Inner>, rx: mpsc::Receiver<PrepareMsg>) {
 }
 
 impl Inner {
+    /// Serves a request to prepare segment `no`: readies its file into the slot unless the
+    /// request is stale or already served. Returns what prefaults the file (the caller runs it
+    /// off the append path).
+    fn prepare_into_slot(&self, no: u64) -> Option<Prefault> {
+        let mut slot = lock(&self.pipeline.prepared);
+        let stale = no < self.pipeline.activated.load(Ordering::Acquire);
+        if stale || matches!(&*slot, Some((n, _)) if *n == no) {
+            return None;
+        }
+        // A request queued before the rotation that already used this number: preparing it
+        // again would truncate the file the writer is using.
+        let open = SegmentName::new(self.control.timeline, no, SegmentFileKind::Open);
+        if self.dir.segment_path(&open).exists()
+            || self
+                .dir
+                .segment_path(&open.with_kind(SegmentFileKind::Sealed))
+                .exists()
+        {
+            return None;
+        }
+        if let Some((_, old)) = slot.take() {
+            let _ = std::fs::remove_file(&old.path);
+        }
+        match self.prepare(no) {
+            Ok(p) => {
+                // Prefaulting takes tens of milliseconds: the writer may take the segment
+                // meanwhile rather than wait for it.
+                let prefault = p.prefault();
+                *slot = Some((no, p));
+                Some(prefault)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "preparing the next segment failed; the next rotation will try again");
+                None
+            }
+        }
+    }
+
     /// Readies the file for segment `no` under its prepared name and maps it: a recycled file
     /// from the pool when there is one (the one already named for `no` first, else the lowest
     /// numbered), a new file otherwise.
@@ -321,6 +358,31 @@ mod tests {
             .take_prepared(0, &root.join("wal").join(&open0))
             .expect("take");
         assert_eq!(inode(&root, &open0), ino, "the same file, not a new one");
+    }
+
+    #[test]
+    fn a_prefault_run_in_steps_stops_after_the_last_page() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let size = (3 << 20) + 8192;
+        let p = PreparedSegment::create(
+            tmp.path().join("s.wal.prep"),
+            size,
+            crate::segment_file::SegmentFill::Reserve,
+        )
+        .expect("create");
+        let mut prefault = p.prefault();
+        let steps: Vec<bool> = (0..5).map(|_| prefault.step(PREFAULT_STEP)).collect();
+        assert_eq!(steps, vec![true, true, true, false, false]);
+    }
+
+    #[test]
+    fn requests_queued_behind_a_prefault_are_all_served() {
+        let (_tmp, root, inner) = fresh(WalOptions::default());
+        // Each request arrives while the previous file's prefault is unfinished: the last
+        // one is prepared, the earlier ones replaced, none left half-made.
+        prepare_all(&inner, &[0, 1, 2]);
+        assert_eq!(slot(&inner), Some(2));
+        assert_eq!(wal_files(&root), vec![name(2, SegmentFileKind::Prepared)]);
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!   `adoption`: a directory of the primary's system becoming a standby's.
 //! - `connection`: one connection, from connect to close, and the status sender.
 //! - `receiver`: what each message from the primary must be, as a pure state machine.
-//! - `store`: writing, checking and naming received segments (a blocking task).
+//! - `store`: writing and checking received segments and the copy of the open segment (a
+//!   blocking task); `finish`: a complete segment made durable, checked and named.
 //! - `apply`: the applier thread.
 
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ mod adoption;
 mod apply;
 mod connection;
 pub mod directory;
+mod finish;
 mod partial;
 mod receiver;
 mod store;

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::baseline::{sequential, BaselineRun, SyncEvery};
 use super::hist::Histogram;
-use super::{mb_per_s, ratio, scratch, thread_cpu, BenchConfig, BenchResult, Durability, Limit};
+use super::{
+    mb_per_s, per_mib, ratio, recycle, scratch, thread_cpu, thread_faults, BenchConfig,
+    BenchResult, Durability, Limit,
+};
 use walship::{Entry, EntryType, Result, Wal, WalStats};
 
 /// Bytes a default-sized run writes at most (keeps a run well under a minute and the disk
@@ -41,6 +44,8 @@ struct WalRun {
     append: Histogram,
     ack: Histogram,
     cpu: Duration,
+    /// Minor page faults of the writer threads.
+    faults: u64,
     stats: WalStats,
 }
 
@@ -71,8 +76,9 @@ fn run_wal(
         let payload = payload.clone();
         let durability = cfg.durability;
         handles.push(std::thread::spawn(
-            move || -> Result<(Histogram, Histogram, Duration)> {
+            move || -> Result<(Histogram, Histogram, Duration, u64)> {
                 let cpu0 = thread_cpu();
+                let faults0 = thread_faults();
                 let mut append = Histogram::default();
                 let mut ack = Histogram::default();
                 let entry = Entry::new(EntryType::Insert, None, &payload);
@@ -98,7 +104,12 @@ fn run_wal(
                         break;
                     }
                 }
-                Ok((append, ack, thread_cpu().saturating_sub(cpu0)))
+                Ok((
+                    append,
+                    ack,
+                    thread_cpu().saturating_sub(cpu0),
+                    thread_faults().saturating_sub(faults0),
+                ))
             },
         ));
     }
@@ -106,12 +117,14 @@ fn run_wal(
     let mut ack = Histogram::default();
     let mut first_err = None;
     let mut cpu = Duration::ZERO;
+    let mut faults = 0;
     for h in handles {
         match h.join() {
-            Ok(Ok((a, k, c))) => {
+            Ok(Ok((a, k, c, f))) => {
                 append.merge(&a);
                 ack.merge(&k);
                 cpu += c;
+                faults += f;
             }
             Ok(Err(e)) => first_err = first_err.or(Some(e)),
             Err(_) => {
@@ -132,11 +145,14 @@ fn run_wal(
         append,
         ack,
         cpu,
+        faults,
         stats: WalStats {
             syncs: after.syncs - before.syncs,
             records_appended: after.records_appended - before.records_appended,
             segments_sealed: after.segments_sealed - before.segments_sealed,
             segments_recycled: after.segments_recycled - before.segments_recycled,
+            rotation_waits: after.rotation_waits - before.rotation_waits,
+            rotation_wait_us: after.rotation_wait_us - before.rotation_wait_us,
         },
     })
 }
@@ -148,9 +164,13 @@ impl WalRun {
         self.append.merge(&o.append);
         self.ack.merge(&o.ack);
         self.cpu += o.cpu;
+        self.faults += o.faults;
         self.stats.syncs += o.stats.syncs;
         self.stats.records_appended += o.stats.records_appended;
         self.stats.segments_sealed += o.stats.segments_sealed;
+        self.stats.segments_recycled += o.stats.segments_recycled;
+        self.stats.rotation_waits += o.stats.rotation_waits;
+        self.stats.rotation_wait_us += o.stats.rotation_wait_us;
     }
 
     fn records_per_sync(&self) -> f64 {
@@ -172,6 +192,7 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
     let payload = Arc::new(vec![0x5Au8; cfg.record_size]);
     // Warm-up, not counted: opens the first segment so the preparer starts on the next one.
     wal.append_durable(&Entry::new(EntryType::Insert, None, &payload))?;
+    let stats0 = wal.stats();
     let len = cfg.record_len();
     let mut w: Option<WalRun> = None;
     let mut base: Option<BaselineRun> = None;
@@ -185,7 +206,10 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         if this == Limit::Records(0) {
             break;
         }
-        let r = run_wal(&wal, cfg, &payload, this)?;
+        let checkpointer = recycle::checkpointing(&wal, cfg.recycle);
+        let r = run_wal(&wal, cfg, &payload, this);
+        recycle::stop(checkpointer)?;
+        let r = r?;
         done += r.records;
         let every = match cfg.durability {
             Durability::Each => SyncEvery::Record,
@@ -205,6 +229,9 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         }
     }
     wal.sync()?;
+    // Segment files prepared from the pool since timing started (each round's own count would
+    // miss a preparation that finished between rounds).
+    let recycled = wal.stats().segments_recycled - stats0.segments_recycled;
     drop(wal);
     let (Some(w), Some(base)) = (w, base) else {
         return Err(walship::Error::InvalidArgument(
@@ -251,6 +278,12 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         baseline_sync_p99_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.99)),
         writer_cpu_s: Some(w.cpu.as_secs_f64()),
         baseline_cpu_s: Some(base.cpu.as_secs_f64()),
+        writer_faults_per_mib: Some(per_mib(w.faults, w.records * len as u64)),
+        baseline_faults_per_mib: Some(per_mib(base.faults, base.records * len as u64)),
+        recycle: Some(cfg.recycle),
+        segments_recycled: Some(recycled),
+        rotation_waits: has_syncs.then_some(w.stats.rotation_waits),
+        rotation_wait_ms: has_syncs.then(|| w.stats.rotation_wait_us as f64 / 1e3),
         ..BenchResult::default()
     })
 }

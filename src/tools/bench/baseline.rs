@@ -76,6 +76,8 @@ pub struct BaselineRun {
     pub syncs: u64,
     /// CPU time of the writing thread over `elapsed`.
     pub cpu: Duration,
+    /// Minor page faults of the writing thread over `elapsed`.
+    pub faults: u64,
 }
 
 impl BaselineRun {
@@ -87,6 +89,7 @@ impl BaselineRun {
         self.sync_latency.merge(&o.sync_latency);
         self.syncs += o.syncs;
         self.cpu += o.cpu;
+        self.faults += o.faults;
     }
 
     pub fn records_per_s(&self) -> f64 {
@@ -113,6 +116,7 @@ pub fn sequential(
     };
     let mut syncs = 0;
     let cpu0 = super::thread_cpu();
+    let faults0 = super::thread_faults();
     let start = Instant::now();
     for i in 0..records {
         let t0 = Instant::now();
@@ -135,6 +139,7 @@ pub fn sequential(
     }
     let elapsed = start.elapsed();
     let cpu = super::thread_cpu().saturating_sub(cpu0);
+    let faults = super::thread_faults().saturating_sub(faults0);
     if every == SyncEvery::Never {
         f.sync()?;
     }
@@ -145,6 +150,7 @@ pub fn sequential(
         sync_latency,
         syncs,
         cpu,
+        faults,
     })
 }
 

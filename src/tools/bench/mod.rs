@@ -14,6 +14,7 @@ mod append;
 pub mod baseline;
 pub mod hist;
 mod recover;
+mod recycle;
 mod ship;
 mod sync;
 pub mod trace;
@@ -75,6 +76,9 @@ pub struct BenchConfig {
     pub segment_size: u64,
     /// How the writer prepares new segment files (`append`, `workload`).
     pub segment_fill: walship::SegmentFill,
+    /// `append`, `workload`: run the writer in its steady state, with segment files recycled
+    /// (the pool filled before timing, a checkpoint every 100 ms while timed; `recycle.rs`).
+    pub recycle: bool,
     /// Size of the store the `recover` scenario builds.
     pub store_size: u64,
     /// `ship`: sealed segments in the catch-up backlog, and segments timed one by one.
@@ -142,6 +146,26 @@ pub struct BenchResult {
     pub writer_cpu_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_cpu_s: Option<f64>,
+    /// `append` only: page faults the writer threads took (minor faults, `getrusage`), per MiB
+    /// of records written, and the baseline writer's; faults the preparer's prefault makes
+    /// ahead of the writer are not counted (they are not the writer's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer_faults_per_mib: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_faults_per_mib: Option<f64>,
+    /// `append`, `workload`: whether segment files were recycled, and how many of the timed
+    /// part's segments were recycled files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recycle: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments_recycled: Option<u64>,
+    /// `append` with syncs: group-commit leaders that, their msync done, still waited for a
+    /// rotation's work (the previous segment's seal marker or the new name made durable by the
+    /// finisher), and the time they waited in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_waits: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_wait_ms: Option<f64>,
     /// `recover` only: reopening the store (recovery) and the full scan, each timed alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery_ms: Option<f64>,
@@ -183,6 +207,18 @@ impl BenchResult {
             ..BenchResult::default()
         }
     }
+
+    /// This result as `scenario`, its latency against `base`'s: the baseline p50 and p99 and
+    /// the ratio of a time (baseline / this p50, so that higher is still better).
+    pub fn latency_against(&self, scenario: &'static str, base: &BenchResult) -> BenchResult {
+        BenchResult {
+            scenario,
+            baseline_p50_us: base.p50_us,
+            baseline_p99_us: base.p99_us,
+            ratio: ratio(base.p50_us, self.p50_us),
+            ..self.clone()
+        }
+    }
 }
 
 /// CPU time the calling thread has used: on a shared machine, wall time includes time spent
@@ -198,6 +234,22 @@ pub fn thread_cpu() -> Duration {
         return Duration::ZERO;
     }
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Minor page faults the calling thread has taken (`getrusage(RUSAGE_THREAD)`).
+pub fn thread_faults() -> u64 {
+    // SAFETY: plain syscall writing into a zeroed local struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return 0;
+    }
+    ru.ru_minflt as u64
+}
+
+/// `faults` per MiB of `bytes`.
+fn per_mib(faults: u64, bytes: u64) -> f64 {
+    faults as f64 / (bytes as f64 / (1 << 20) as f64).max(1e-9)
 }
 
 fn per_s(n: u64, elapsed: Duration) -> f64 {
@@ -216,17 +268,22 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
-/// A new data directory `data` in the scratch directory, open for writing as the run asks.
+/// A new data directory `data` in the scratch directory, open for writing as the run asks; with
+/// `recycle`, its pool of recycled files filled and a recycled file next to be written.
 fn bench_wal(scratch: &tempfile::TempDir, cfg: &BenchConfig) -> walship::Result<walship::Wal> {
     let data = scratch.path().join("data");
     walship::DataDir::init(&data, cfg.segment_size)?;
-    walship::Wal::open(
+    let wal = walship::Wal::open(
         &data,
         walship::WalOptions {
             segment_fill: cfg.segment_fill,
             ..walship::WalOptions::default()
         },
-    )
+    )?;
+    if cfg.recycle {
+        recycle::fill_pool(&wal, cfg.segment_size)?;
+    }
+    Ok(wal)
 }
 
 /// A scratch directory inside `dir`, removed when dropped.

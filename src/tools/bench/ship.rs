@@ -204,20 +204,8 @@ pub fn run_ship(cfg: &BenchConfig) -> Result<Vec<BenchResult>> {
         ratio: ratio(over[0].mb_per_s, plain[0].mb_per_s),
         ..over[0].clone()
     };
-    let lat = BenchResult {
-        scenario: "ship_latency_tls",
-        baseline_p50_us: plain[1].p50_us,
-        baseline_p99_us: plain[1].p99_us,
-        ratio: ratio(plain[1].p50_us, over[1].p50_us),
-        ..over[1].clone()
-    };
-    let stream = BenchResult {
-        scenario: "stream_latency_tls",
-        baseline_p50_us: plain[2].p50_us,
-        baseline_p99_us: plain[2].p99_us,
-        ratio: ratio(plain[2].p50_us, over[2].p50_us),
-        ..over[2].clone()
-    };
+    let lat = over[1].latency_against("ship_latency_tls", &plain[1]);
+    let stream = over[2].latency_against("stream_latency_tls", &plain[2]);
     out.extend([catch, lat, stream]);
     Ok(out)
 }

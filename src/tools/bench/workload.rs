@@ -24,6 +24,7 @@ pub(super) struct Replay {
     append: Histogram,
     syncs: u64,
     sealed: u64,
+    recycled: u64,
 }
 
 /// The two sides of the comparison: what a client calls.
@@ -106,6 +107,7 @@ fn replay<L: Log + 'static>(log: Arc<L>, units: Arc<Vec<Unit>>, clients: usize) 
         append,
         syncs: 0,
         sealed: 0,
+        recycled: 0,
     })
 }
 
@@ -180,10 +182,14 @@ pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchR
     // Warm-up, not counted: opens the first segment.
     wal.append_durable(&Entry::new(EntryType::Checkpoint, None, b"warm-up"))?;
     let before = wal.stats();
-    let mut w = replay(wal.clone(), units.clone(), cfg.writers)?;
+    let checkpointer = super::recycle::checkpointing(&wal, cfg.recycle);
+    let w = replay(wal.clone(), units.clone(), cfg.writers);
+    super::recycle::stop(checkpointer)?;
+    let mut w = w?;
     let after = wal.stats();
     w.syncs = after.syncs - before.syncs;
     w.sealed = after.segments_sealed - before.segments_sealed;
+    w.recycled = after.segments_recycled - before.segments_recycled;
     drop(wal);
     std::fs::remove_dir_all(tmp.path().join("data")).ok();
 
@@ -198,22 +204,6 @@ pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchR
     let base_tps = b.commits as f64 / b.elapsed.as_secs_f64().max(1e-9);
     let n = records.len() as u64;
     Ok(BenchResult {
-        scenario: "workload",
-        writers: cfg.writers,
-        record_size: (payload_bytes / n.max(1)) as usize,
-        durability: "group",
-        records: n,
-        seconds: w.elapsed.as_secs_f64(),
-        records_per_s: n as f64 / w.elapsed.as_secs_f64().max(1e-9),
-        transactions_per_s: Some(tps),
-        mb_per_s: mb_per_s(payload_bytes, w.elapsed),
-        p50_us: w.commit.quantile_us(0.5),
-        p99_us: w.commit.quantile_us(0.99),
-        p999_us: w.commit.quantile_us(0.999),
-        max_us: w.commit.max_us(),
-        append_p50_us: w.append.quantile_us(0.5),
-        append_p99_us: w.append.quantile_us(0.99),
-        append_p999_us: w.append.quantile_us(0.999),
         syncs: w.syncs,
         records_per_sync: n as f64 / w.syncs.max(1) as f64,
         segments_sealed: w.sealed,
@@ -222,6 +212,8 @@ pub fn run_workload(cfg: &BenchConfig, records: &[TraceRecord]) -> Result<BenchR
         baseline_p50_us: b.commit.quantile_us(0.5),
         baseline_p99_us: b.commit.quantile_us(0.99),
         ratio: ratio(tps, base_tps),
-        ..BenchResult::default()
+        recycle: Some(cfg.recycle),
+        segments_recycled: Some(w.recycled),
+        ..result_of(cfg, records, &w)
     })
 }

@@ -143,6 +143,25 @@ async fn serve_standby(
     if let Some(p) = proven.as_ref().filter(|p| **p != name) {
         return Err(refuse(&mut stream, ErrorCode::Auth, format!("the standby calls itself {name:?}, but its credentials name it {p:?}: start it with --name {p}")).await);
     }
+    // A standby proven to be X may not take over the slot (the positions that hold back
+    // retention, the place in the synchronous policy that slot stands for) of a standby
+    // registered under another name.
+    if let Some(p) = &proven {
+        match slot_owner(shared, &standby_id).await {
+            Ok(Some(owner)) if owner != *p => {
+                return Err(refuse(&mut stream, ErrorCode::Auth, format!("the standby authenticated as {p:?} presents the id {standby_id}, whose slot belongs to the standby {owner:?}: a standby may not take over another's slot; start {p:?} from its own directory")).await);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(refuse(
+                    &mut stream,
+                    ErrorCode::Internal,
+                    format!("the slot of standby id {standby_id} cannot be read: {e}"),
+                )
+                .await);
+            }
+        }
+    }
     let by_identity = proven.is_some();
     let (registered, mut shutdown) =
         shared
@@ -219,6 +238,20 @@ async fn serve_standby(
         .await;
     }
     result
+}
+
+/// The name the slot of standby `id` is registered under, if it has one: as this shipper knows
+/// it since it started, else as its slot on disk says.
+async fn slot_owner(shared: &Arc<Shared>, id: &str) -> Result<Option<String>, ReplError> {
+    if let Some(name) = shared.update(id, |s| s.name.clone()) {
+        return Ok(Some(name));
+    }
+    let (reg, id) = (shared.registry.clone(), id.to_string());
+    let rec = tokio::task::spawn_blocking(move || reg.get(&id))
+        .await
+        .map_err(|e| ReplError::Internal(format!("reading a standby slot: {e}")))?
+        .map_err(ReplError::Store)?;
+    Ok(rec.and_then(|r| r.name))
 }
 
 async fn read_standby(mut rd: ReadHalf, max: usize, timeout: Duration, tx: mpsc::Sender<Incoming>) {
