@@ -14,6 +14,7 @@ pub mod faults;
 pub mod flush_position;
 pub mod format;
 pub mod fsutil;
+pub mod history;
 pub mod log_ends;
 pub mod lsn;
 pub mod metrics;
@@ -28,6 +29,7 @@ pub mod segment_file;
 pub mod setaside;
 pub mod status;
 pub mod sync;
+pub mod timeline;
 pub mod verify;
 pub mod wal;
 
