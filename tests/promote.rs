@@ -120,6 +120,28 @@ fn a_promoted_standby_is_a_primary_on_timeline_2_with_every_record() {
     assert!(again.status.success(), "{}", common::text(&again));
     assert!(String::from_utf8_lossy(&again.stdout).contains("already a primary on timeline 2"));
     assert_eq!(status(&sb)["timeline"].as_u64(), Some(2));
+
+    // A damaged history file is found by verify, named.
+    let hist = sb.join("wal/00000002.history");
+    let mut b = std::fs::read(&hist).expect("history");
+    b[50] ^= 0x10;
+    std::fs::write(&hist, &b).expect("damage");
+    let v = walship(&["verify", p(&sb)]);
+    assert_eq!(v.status.code(), Some(1), "{}", common::text(&v));
+    assert!(
+        common::text(&v).contains("00000002.history"),
+        "{}",
+        common::text(&v)
+    );
+    // And a missing one: the control file says timeline 2.
+    std::fs::remove_file(&hist).expect("remove");
+    let v = walship(&["verify", p(&sb)]);
+    assert_eq!(v.status.code(), Some(1), "{}", common::text(&v));
+    assert!(
+        common::text(&v).contains("history file is missing"),
+        "{}",
+        common::text(&v)
+    );
 }
 
 #[test]
