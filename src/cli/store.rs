@@ -59,6 +59,10 @@ pub struct WriteArgs {
     /// (or once it ends) it says so and exits with status 2.
     #[arg(long, requires = "durable")]
     pub wait_sync: bool,
+    /// Log a warning when a sync takes longer than this (10ms to 60m), once per episode: not
+    /// again until a sync is within it.
+    #[arg(long, default_value = "1s", value_parser = super::serve::duration_between(std::time::Duration::from_millis(10), std::time::Duration::from_secs(3600)))]
+    pub warn_slow_sync: std::time::Duration,
 }
 
 /// Lines per batch at most: bounds memory and keeps acknowledgements flowing on a fast stdin.
@@ -114,7 +118,11 @@ fn read_line_bounded(
 }
 
 pub fn write(a: WriteArgs) -> CmdResult {
-    let wal = Wal::open(&a.data_dir, WalOptions::default())?;
+    let options = WalOptions {
+        slow_sync_warning: a.warn_slow_sync,
+        ..WalOptions::default()
+    };
+    let wal = Wal::open(&a.data_dir, options)?;
     let follower = if a.wait_sync {
         let dd = DataDir::new(&a.data_dir);
         Some(SyncFollower::open(&dd).map_err(sync_failure)?)

@@ -96,6 +96,29 @@ impl Inner {
         }
     }
 
+    /// Warns of a slow sync once per episode: the first sync over the bound is logged, the
+    /// next ones are not until a sync within the bound ends the episode (logged too).
+    fn note_sync_time(&self, took: Duration, bytes: usize) {
+        let bound = self.options.slow_sync_warning;
+        if took > bound {
+            if !self.slow_sync.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    seconds = took.as_secs_f64(),
+                    bytes,
+                    bound_seconds = bound.as_secs_f64(),
+                    "slow sync: an msync of the open segment took {:.3} s, over {:.3} s; not logged again until a sync is within the bound",
+                    took.as_secs_f64(),
+                    bound.as_secs_f64()
+                );
+            }
+        } else if self.slow_sync.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                seconds = took.as_secs_f64(),
+                "syncs are within the bound again: the slow-sync episode is over"
+            );
+        }
+    }
+
     pub(super) fn wait_durable(&self, target: u64) -> Result<()> {
         self.commit.wait(
             || {
@@ -133,13 +156,15 @@ impl Inner {
         };
         let segment_no = seg.name.segment_no.0;
         let from = SyncedTo::start_in(synced_to, segment_no);
+        // Timed from here: a test holding the sync point (or sleeping in it) stands for a slow
+        // device.
+        let started = Instant::now();
         crate::sync_point!("wal::group_commit::sync");
         let synced = if to > from {
-            let started = Instant::now();
             self.sync_segment(&seg, SegmentSync::Range(from, to))?;
-            self.lib
-                .sync_seconds
-                .observe(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            self.lib.sync_seconds.observe(took.as_secs_f64());
+            self.note_sync_time(took, to - from);
             true
         } else {
             false

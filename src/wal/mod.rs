@@ -65,7 +65,14 @@ pub struct WalOptions {
     /// How new segment files get their blocks: reserved with `fallocate` (the default), or
     /// also zero-filled ahead so that syncs overwrite written blocks.
     pub segment_fill: SegmentFill,
+    /// A group-commit sync that takes longer than this is logged as a warning, once per
+    /// episode: the next warning only after a sync within the bound (logged too). One second
+    /// by default, as etcd does for its fsyncs.
+    pub slow_sync_warning: Duration,
 }
+
+/// The default of [`WalOptions::slow_sync_warning`].
+pub const DEFAULT_SLOW_SYNC_WARNING: Duration = Duration::from_secs(1);
 
 impl Default for WalOptions {
     fn default() -> Self {
@@ -74,6 +81,7 @@ impl Default for WalOptions {
             max_segment_age: None,
             prepare_ahead: true,
             segment_fill: SegmentFill::Reserve,
+            slow_sync_warning: DEFAULT_SLOW_SYNC_WARNING,
         }
     }
 }
@@ -136,6 +144,8 @@ struct Inner {
     published: FlushPublisher,
     /// The library's counters (`crate::metrics::library`), looked up once.
     lib: &'static crate::metrics::library::Library,
+    /// In a slow-sync episode: the warning was logged, the next waits for a fast sync.
+    slow_sync: AtomicBool,
 }
 
 /// A data directory open for writing. Cheap to share: wrap it in an `Arc` and call from many
@@ -394,6 +404,7 @@ impl Inner {
             finisher: Finisher::default(),
             published: FlushPublisher::open(&dir, rec.end_lsn.0),
             lib: crate::metrics::library::library(),
+            slow_sync: AtomicBool::new(false),
             pipeline,
             options,
             dir,

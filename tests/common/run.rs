@@ -243,6 +243,23 @@ pub fn spawn(args: &[&str], log: &Path) -> Proc {
     }
 }
 
+/// Starts `walship ARGS` with `env` set, its stdin and stdout piped and its stderr in `log`.
+pub fn spawn_piped(args: &[&str], env: &[(&str, &str)], log: &Path) -> Proc {
+    let child = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
 /// Starts `walship serve DIR --listen LISTEN ARGS` and returns it with the address it listens on.
 pub fn serve(dir: &Path, listen: &str, args: &[&str], log: &Path) -> (Proc, String) {
     let mut all = vec!["serve", p(dir), "--listen", listen];
