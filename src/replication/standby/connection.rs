@@ -155,7 +155,6 @@ async fn stream_from_primary(
     // A segment refused for its bytes: tell the primary where and why before closing, so that
     // it reports damage rather than a dropped connection.
     if let Some(word) = LastWord::for_end(version, &result) {
-        crate::metrics::library::damage_found("standby", 1);
         if last_word.send(word).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
         }
