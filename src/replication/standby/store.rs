@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::adoption::{adopt, prefix_mismatch};
 use super::apply::{hand_to_applier, ApplyJob, Job, Jobs};
+use super::directory::enter_timeline;
 use super::partial::{valid_prefix, PartialCopy, Tail};
 use super::{lock, Shared};
 use crate::error::Error;
@@ -218,6 +219,7 @@ fn store_one(
     use std::os::fd::AsRawFd;
     match m {
         Store::Start { name, len: l } => {
+            enter_timeline(shared, name.timeline)?;
             *cur = Some(PartialCopy::create(&shared.dd, name)?);
             *len = Some(l);
         }
@@ -234,6 +236,7 @@ fn store_one(
             name, offset, data, ..
         } => {
             if offset == 0 {
+                enter_timeline(shared, name.timeline)?;
                 *cur = Some(PartialCopy::create(&shared.dd, name)?);
             }
             let c = copy_at(cur, name, offset)?;
