@@ -28,6 +28,7 @@
 //! | `standby::write` | a standby writing an incoming segment (a short write: half, then the error) |
 //! | `standby::fsync` | a standby's fsync of a complete incoming segment |
 //! | `standby::rename` | a standby giving a checked segment its sealed name |
+//! | `promote::intent`, `promote::history`, `promote::switch_segment`, `promote::setaside`, `promote::control`, `promote::finish` | the steps of a promotion (`src/promote.rs`), each before it is taken |
 //! | `archive::put::write` | writing a segment into the archive (a short write) |
 //! | `archive::put::link` | giving a pushed segment its final name in the archive |
 //! | `archive::dir_fsync` | every fsync of the archive directory (after a push, or for an object found there) |

@@ -18,6 +18,7 @@ pub mod history;
 pub mod log_ends;
 pub mod lsn;
 pub mod metrics;
+pub mod promote;
 pub mod reader;
 pub mod recovery;
 pub mod recycling;

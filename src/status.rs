@@ -75,12 +75,23 @@ pub struct SyncReport {
     pub pid: u32,
 }
 
+/// A timeline left on the way to a directory's timeline, and where it was left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TimelineParent {
+    pub timeline: u32,
+    pub switch_lsn: Lsn,
+}
+
 /// What `walship status` reports.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DirStatus {
     pub role: Role,
     pub system_id: String,
     pub timeline: u32,
+    /// The timelines left on the way to this one, oldest first, each with its switch point
+    /// (from the timeline's history file; empty on timeline 1).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline_parents: Vec<TimelineParent>,
     pub segment_size: u64,
     /// End of the last valid record in this directory's files (sealed and open).
     pub flush_lsn: Lsn,
@@ -172,6 +183,19 @@ pub fn status(root: &Path) -> Result<DirStatus> {
         },
         system_id: control.system_id.to_string(),
         timeline: control.timeline,
+        // A damaged or missing history is `verify`'s to report: status shows none then.
+        timeline_parents: dd
+            .history(&control)
+            .map(|h| {
+                h.ancestors
+                    .iter()
+                    .map(|a| TimelineParent {
+                        timeline: a.timeline,
+                        switch_lsn: a.end,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         segment_size: control.segment_size,
         flush_lsn,
         sealed_lsn,

@@ -8,6 +8,7 @@ mod checkpoint;
 mod demo;
 mod dump;
 mod metrics;
+mod promote;
 mod restore;
 mod serve;
 mod standby;
@@ -55,6 +56,7 @@ pub enum Command {
     Checkpoint(checkpoint::CheckpointArgs),
     Serve(serve::ServeArgs),
     Standby(standby::StandbyArgs),
+    Promote(promote::PromoteArgs),
     Status(status::StatusArgs),
     Demo(demo::DemoArgs),
     /// Internal: the demo's writer process.
@@ -115,6 +117,7 @@ pub fn main() -> ExitCode {
         Command::ArchivePrune(a) => archive_prune::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Checkpoint(a) => checkpoint::run(a),
+        Command::Promote(a) => promote::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Standby(a) => standby::run(a),
         Command::Status(a) => status::run(a),

@@ -45,6 +45,9 @@ pub fn run(a: StatusArgs) -> CmdResult {
     println!("role: {role}");
     println!("system_id: {}", s.system_id);
     println!("timeline: {}", s.timeline);
+    for t in &s.timeline_parents {
+        println!("timeline_parent: {} left at {}", t.timeline, t.switch_lsn);
+    }
     println!("segment_size: {}", s.segment_size);
     println!("flush_lsn: {}", s.flush_lsn);
     println!("sealed_lsn: {}", s.sealed_lsn);

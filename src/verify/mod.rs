@@ -44,6 +44,7 @@ pub struct VerifyReport {
 pub use crate::reader::Identity;
 
 mod archive;
+mod history;
 pub use archive::{verify_archive, verify_store};
 
 /// Verifies a data directory, its wal/ folder, one segment file, or an archive. Only an empty
@@ -109,6 +110,10 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
             }
             if wal.is_dir() {
                 let files = segment_files(&wal, identity, &mut report)?;
+                if has_control {
+                    let names: Vec<SegmentName> = files.iter().map(|(n, _)| *n).collect();
+                    history::check_histories(&root, &names, &mut report);
+                }
                 if files.is_empty() && identity.is_some() {
                     if let Some(lsn) = reached_lsn(&DataDir::new(&root)) {
                         problem(

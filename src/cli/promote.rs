@@ -1,0 +1,69 @@
+//! `promote`: a standby's directory becomes a primary on the next timeline.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use walship::promote::promote;
+use walship::{DataDir, Error};
+
+use super::{CmdResult, Failure};
+
+/// Make a standby's data directory a primary on the next timeline.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "The directory must not be in use: stop `walship standby` on it first (promotion \
+is refused while a process holds its lock; with --wait it waits up to --timeout for the lock to \
+be released). The new timeline begins at the directory's durable end: the last valid record of \
+the copy of the primary's open segment (whose rest is moved to setaside/), or the end of the \
+newest sealed segment. Its history file (wal/0000000N.history) is written before the control \
+file names it. Running it again after a crash finishes the same promotion; on a directory \
+already promoted it says so and exits 0.\n\nExample:\n  walship promote /var/lib/app/standby-data"
+)]
+pub struct PromoteArgs {
+    pub data_dir: PathBuf,
+    /// Wait for the process holding the directory's lock to exit, up to --timeout.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Why, recorded in the history file.
+    #[arg(long, default_value = "promoted")]
+    pub reason: String,
+}
+
+pub fn run(args: PromoteArgs) -> CmdResult {
+    let dd = DataDir::new(&args.data_dir);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let done = loop {
+        match promote(&dd, &args.reason) {
+            Err(Error::Refused(msg))
+                if args.wait && Instant::now() < deadline && dd.lock().is_err() =>
+            {
+                let _ = msg;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => break other.map_err(Failure::from)?,
+        }
+    };
+    if done.already {
+        println!(
+            "{} is already a primary on timeline {} (promoted at {})",
+            args.data_dir.display(),
+            done.timeline,
+            done.switch_lsn
+        );
+    } else {
+        println!(
+            "promoted {}: timeline {} begins at {}",
+            args.data_dir.display(),
+            done.timeline,
+            done.switch_lsn
+        );
+        for p in &done.set_aside {
+            println!("set aside {}", p.display());
+        }
+    }
+    Ok(())
+}

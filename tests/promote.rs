@@ -1,0 +1,233 @@
+//! Promotion through the real binary: a standby killed mid-segment (its copy of the primary's
+//! open segment holding records) becomes a primary on timeline 2 that accepts writes, with
+//! every record it had; run again, it says it is done. With failpoints, promotion stopped at
+//! each of its steps and run again reaches the one outcome of an uninterrupted promotion.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{init, p, read_all, serve, status, wait_until, walship, write_records, NET};
+use walship::format::history::HistoryFile;
+
+fn files(dir: &Path, sub: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join(sub))
+        .map(|d| {
+            d.map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A standby directory, killed while its copy of the primary's open segment held records,
+/// and the payloads the primary made durable.
+fn killed_standby(root: &Path) -> (PathBuf, Vec<Vec<u8>>) {
+    let primary = root.join("primary");
+    init(&primary);
+    write_records(&primary, 1500, "a");
+    let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
+    let sb = root.join("standby");
+    let mut s = common::standby(&sb, &addr, &[], &root.join("standby.log"));
+    write_records(&primary, 20, "b");
+    wait_until("the standby to acknowledge everything", || {
+        let st = status(&primary);
+        let flush = st["flush_lsn"].as_u64();
+        st["standbys"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|x| x["flushed_lsn"].as_u64())
+            == flush
+    });
+    s.kill();
+    srv.kill();
+    let want = read_all(&primary)
+        .expect("primary")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert!(
+        files(&sb, "wal")
+            .iter()
+            .any(|n| n.ends_with(".wal.partial")),
+        "the standby holds a copy of the open segment: {:?}",
+        files(&sb, "wal")
+    );
+    (sb, want)
+}
+
+fn history_switch(dir: &Path) -> walship::Lsn {
+    let b = std::fs::read(dir.join("wal/00000002.history")).expect("history file");
+    HistoryFile::decode(&b, "00000002.history")
+        .expect("a valid history")
+        .last_switch()
+        .expect("a switch")
+        .lsn
+}
+
+#[test]
+fn a_promoted_standby_is_a_primary_on_timeline_2_with_every_record() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (sb, want) = killed_standby(t.path());
+    let out = walship(&["promote", p(&sb)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("timeline 2 begins at"), "{said}");
+
+    let wal = files(&sb, "wal");
+    assert!(wal.contains(&"00000002.history".to_string()), "{wal:?}");
+    assert!(!wal.iter().any(|n| n.ends_with(".partial")), "{wal:?}");
+    assert!(
+        wal.iter()
+            .any(|n| n.starts_with("00000002") && n.ends_with(".wal.open")),
+        "the switch segment is named with timeline 2: {wal:?}"
+    );
+    assert_eq!(files(&sb, "setaside").len(), 1, "the copy is set aside");
+    assert_eq!(status(&sb)["timeline"].as_u64(), Some(2));
+    let got: Vec<Vec<u8>> = read_all(&sb)
+        .expect("read")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert!(
+        got == want,
+        "every record the standby had: {} of {}",
+        got.len(),
+        want.len()
+    );
+    let end = status(&sb)["flush_lsn"].as_u64().expect("flush_lsn");
+    assert_eq!(
+        history_switch(&sb).0,
+        end,
+        "timeline 2 begins at the durable end"
+    );
+
+    // A primary now: writes go on timeline 2, and its sealed segments say so.
+    write_records(&sb, 1200, "c");
+    common::seal(&sb);
+    let sealed2: Vec<String> = files(&sb, "wal")
+        .into_iter()
+        .filter(|n| n.starts_with("00000002") && n.ends_with(".wal"))
+        .collect();
+    assert!(!sealed2.is_empty());
+    assert_eq!(read_all(&sb).expect("read").len(), want.len() + 1200);
+    let v = walship(&["verify", p(&sb)]);
+    assert!(v.status.success(), "{}", common::text(&v));
+
+    // Again: already done, nothing changes.
+    let again = walship(&["promote", p(&sb)]);
+    assert!(again.status.success(), "{}", common::text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already a primary on timeline 2"));
+    assert_eq!(status(&sb)["timeline"].as_u64(), Some(2));
+
+    // A damaged history file is found by verify, named.
+    let hist = sb.join("wal/00000002.history");
+    let mut b = std::fs::read(&hist).expect("history");
+    b[50] ^= 0x10;
+    std::fs::write(&hist, &b).expect("damage");
+    let v = walship(&["verify", p(&sb)]);
+    assert_eq!(v.status.code(), Some(1), "{}", common::text(&v));
+    assert!(
+        common::text(&v).contains("00000002.history"),
+        "{}",
+        common::text(&v)
+    );
+    // And a missing one: the control file says timeline 2.
+    std::fs::remove_file(&hist).expect("remove");
+    let v = walship(&["verify", p(&sb)]);
+    assert_eq!(v.status.code(), Some(1), "{}", common::text(&v));
+    assert!(
+        common::text(&v).contains("history file is missing"),
+        "{}",
+        common::text(&v)
+    );
+}
+
+#[test]
+fn promotion_is_refused_while_the_directory_is_locked_and_on_a_primary() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let primary = t.path().join("primary");
+    init(&primary);
+    write_records(&primary, 10, "a");
+    let out = walship(&["promote", p(&primary)]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(common::text(&out).contains("not a standby's directory"));
+
+    let (sb, _) = killed_standby(&t.path().join("x"));
+    let held = walship::DataDir::new(&sb).lock().expect("lock");
+    let out = walship(&["promote", p(&sb)]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(common::text(&out).contains("locked by a running process"));
+    drop(held);
+    assert_eq!(status(&sb)["timeline"].as_u64(), Some(1), "nothing changed");
+    assert!(!sb.join("wal/00000002.history").exists());
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn promotion_stopped_at_every_step_then_run_again_has_one_outcome() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (sb, want) = killed_standby(t.path());
+    let reference = t.path().join("reference");
+    common::copy_tree(&sb, &reference);
+    let out = walship(&["promote", p(&reference)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    for step in [
+        "intent",
+        "history",
+        "switch_segment",
+        "setaside",
+        "control",
+        "finish",
+    ] {
+        let d = t.path().join(format!("at-{step}"));
+        common::copy_tree(&sb, &d);
+        let fp = format!("promote::{step}=return(EIO)");
+        let stopped = common::run_with(&["promote", p(&d)], b"", |c| {
+            c.env("FAILPOINTS", &fp);
+        });
+        assert_eq!(
+            stopped.status.code(),
+            Some(2),
+            "{step}: {}",
+            common::text(&stopped)
+        );
+        // Never half one thing and half the other: the control file says 2 only once the
+        // history and the switch segment are there, and the directory reads whole either way.
+        let tl = status(&d)["timeline"].as_u64();
+        if tl == Some(2) {
+            assert!(d.join("wal/00000002.history").exists(), "{step}");
+        }
+        // A standby's copy of the open segment is not read as the log; after the switch
+        // segment exists it is: either way what is read is a prefix of what was written.
+        let got: Vec<Vec<u8>> = read_all(&d)
+            .expect("read")
+            .into_iter()
+            .map(|r| r.payload)
+            .collect();
+        assert!(
+            got.len() <= want.len() && got[..] == want[..got.len()],
+            "{step}: records after the stop"
+        );
+        let again = walship(&["promote", p(&d)]);
+        assert!(again.status.success(), "{step}: {}", common::text(&again));
+        assert_eq!(files(&d, "wal"), files(&reference, "wal"), "{step}");
+        assert_eq!(files(&d, "state"), files(&reference, "state"), "{step}");
+        assert_eq!(files(&d, "setaside").len(), 1, "{step}");
+        assert_eq!(history_switch(&d), history_switch(&reference), "{step}");
+        assert_eq!(status(&d)["timeline"].as_u64(), Some(2), "{step}");
+        let got: Vec<Vec<u8>> = read_all(&d)
+            .expect("read")
+            .into_iter()
+            .map(|r| r.payload)
+            .collect();
+        assert!(
+            got == want,
+            "{step}: records after the rerun: {} of {}",
+            got.len(),
+            want.len()
+        );
+        write_records(&d, 5, "after");
+    }
+}
