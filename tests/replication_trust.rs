@@ -287,6 +287,7 @@ fn handshake(
             applied_lsn: walship::Lsn(0),
             max_frame: 8 << 20,
             name: "raw",
+            history_digest: None,
         },
     );
     let b = read_frame(&mut s).unwrap();
@@ -1064,8 +1065,9 @@ fn an_older_or_unknown_version_is_refused_with_a_clear_message() {
         (1u32, None),
         (2, None),
         (3, None),
-        (4, Some(4u32)),
-        (5, None),
+        (4, None),
+        (5, Some(5u32)),
+        (6, None),
         (0, None),
     ] {
         let mut s = TcpStream::connect(&addr).unwrap();
@@ -1091,7 +1093,7 @@ fn an_older_or_unknown_version_is_refused_with_a_clear_message() {
             (Message::Error { code, message }, None) => {
                 assert_eq!(code, ErrorCode::Version);
                 assert!(
-                    message.contains("speaks version 4 only") && message.contains("upgrade"),
+                    message.contains("speaks version 5 only") && message.contains("upgrade"),
                     "{message}"
                 );
             }
@@ -1168,7 +1170,7 @@ fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why() {
     let t = tempfile::tempdir().unwrap();
     let dir = primary_with(t.path(), 1);
     let offs = record_offsets(&dir.join("wal").join(seg_name(0)));
-    for (version, rec) in [(4u32, 7usize), (4, 42)] {
+    for (version, rec) in [(5u32, 7usize), (5, 42)] {
         let at = offs[rec] as usize + 30;
         let (addr, fake) = fake_primary_sending_a_damaged_segment(&dir, version, at);
         let sb = t.path().join(format!("standby-{rec}"));
@@ -1276,6 +1278,7 @@ fn the_open_segment_is_sent_up_to_the_durable_position_and_claims_past_it_are_re
             applied_lsn: walship::Lsn(0),
             max_frame: 8 << 20,
             name: "raw",
+            history_digest: None,
         },
     );
     match codec::decode(&read_frame(&mut s).unwrap()).unwrap() {

@@ -63,11 +63,12 @@ mod tests {
         });
         let mut want = vec![0, 0, 0, 0];
         want.extend_from_slice(b"WALSHIPR");
-        want.extend_from_slice(&[4, 0, 0, 0]);
+        want.extend_from_slice(&[5, 0, 0, 0]);
         want.extend_from_slice(&[7; 32]);
         assert_eq!(hello, want);
 
-        // Version 4: Identify ends with the standby's name (docs/PROTOCOL.md).
+        // Version 5: Identify ends with the standby's name (version 4) and the checksum of
+        // its timeline's history file (SHA-256, docs/PROTOCOL.md).
         let id = enc(&Message::Identify {
             standby_id: [0x11; 16],
             system_id: None,
@@ -79,6 +80,7 @@ mod tests {
             applied_lsn: crate::Lsn(0),
             max_frame: 0x0080_0000,
             name: "s1",
+            history_digest: Some([0xAB; 32]),
         });
         let want: Vec<u8> = [
             &[4, 0, 0, 0][..],
@@ -93,18 +95,45 @@ mod tests {
             &[0, 0, 0x80, 0],
             &[2, 0, 0, 0, 0, 0, 0, 0],
             b"s1",
+            &[1],
+            &[0xAB; 32],
         ]
         .concat();
         assert_eq!(id, want);
-        assert_eq!(id.len(), 65);
-        assert_eq!(
-            std::fs::read(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/fixtures/protocol/v4/identify.bin"
+        assert_eq!(id.len(), 98);
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/fixtures/protocol/{name}",
+                env!("CARGO_MANIFEST_DIR")
             ))
-            .unwrap(),
+            .unwrap()
+        };
+        assert_eq!(
+            fixture("v5/identify.bin"),
             id,
-            "fixtures/protocol/v4/identify.bin"
+            "fixtures/protocol/v5/identify.bin"
+        );
+        // A version-4 Identify lacks the checksum: as a version-5 message it is cut short.
+        assert!(decode(&fixture("v4/identify.bin")).is_err());
+
+        // Version 5: TimelineHistory, index 14.
+        let hist = enc(&Message::TimelineHistory {
+            timeline: 2,
+            data: Bytes(b"abc"),
+        });
+        let want: Vec<u8> = [
+            &[0x0E, 0, 0, 0][..],
+            &[2, 0, 0, 0],
+            &[3, 0, 0, 0, 0, 0, 0, 0],
+            b"abc",
+        ]
+        .concat();
+        assert_eq!(hist, want);
+        assert_eq!(hist.len(), 16 + 3);
+        assert_eq!(
+            fixture("v5/timeline_history.bin"),
+            hist,
+            "fixtures/protocol/v5/timeline_history.bin"
         );
 
         let data = enc(&Message::SegmentData {
@@ -266,8 +295,16 @@ mod tests {
                     applied_lsn: crate::Lsn(0),
                     max_frame: 0,
                     name: "s1",
+                    history_digest: Some([1; 32]),
                 }),
-                83 + 8 + 2,
+                83 + 8 + 2 + 33,
+            ),
+            (
+                enc(&Message::TimelineHistory {
+                    timeline: 2,
+                    data: Bytes(&[0; 5]),
+                }),
+                16 + 5,
             ),
         ];
         for (bytes, want) in sizes {
@@ -282,6 +319,14 @@ mod tests {
             frame,
             [0x12, 0, 0, 0, 0x0A, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'n', b'o']
         );
+    }
+
+    fn fixture_identify() -> Vec<u8> {
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/protocol/v5/identify.bin"
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -303,6 +348,7 @@ mod tests {
                 applied_lsn: crate::Lsn(90),
                 max_frame: 1 << 23,
                 name: "db-2",
+                history_digest: None,
             },
             Message::Welcome {
                 system_id: [4; 16],
@@ -337,6 +383,10 @@ mod tests {
                 offset: 3,
                 len: 4,
             },
+            Message::TimelineHistory {
+                timeline: 3,
+                data: Bytes(b"history"),
+            },
         ];
         for m in &msgs {
             let b = enc(m);
@@ -361,6 +411,15 @@ mod tests {
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode(&huge).is_err());
         assert!(decode(&[14, 0, 0, 0]).is_err());
+        assert!(decode(&[15, 0, 0, 0]).is_err());
+        // TimelineHistory's bytes claiming more than the frame holds.
+        let mut huge = vec![14, 0, 0, 0, 2, 0, 0, 0];
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode(&huge).is_err());
+        // An Identify whose digest option tag is neither 0 nor 1.
+        let mut bad = fixture_identify();
+        bad[65] = 2;
+        assert!(decode(&bad).is_err());
         // Invalid UTF-8 in an error message.
         let mut bad = vec![10, 0, 0, 0, 0, 0, 0, 0];
         bad.extend_from_slice(&1u64.to_le_bytes());

@@ -1,7 +1,9 @@
-//! The replication messages, protocol version 4: version 2 (sealed segments, `SegmentRejected`)
+//! The replication messages, protocol version 5: version 2 (sealed segments, `SegmentRejected`)
 //! with the open segment streamed as it becomes durable (`OpenData`, `SegmentResume`) and a
-//! `Status` that reports the written position too (version 3), and a standby that names itself
-//! in `Identify` (version 4, for synchronous commit). docs/PROTOCOL.md gives their bytes; the
+//! `Status` that reports the written position too (version 3), a standby that names itself in
+//! `Identify` (version 4, for synchronous commit), and timelines (version 5: the standby states
+//! the digest of its timeline's history, the primary sends its history files before
+//! `Welcome`). docs/PROTOCOL.md gives their bytes; the
 //! variant order and field order here ARE the wire format, so never reorder them.
 //!
 //! Messages borrow their variable-length parts (segment bytes, error text) from the frame they
@@ -13,11 +15,11 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every standby's Hello: refuses a peer that does not speak walship.
 pub const MAGIC: [u8; 8] = *b"WALSHIPR";
 /// The newest protocol version this code speaks; it sends it in `Hello` and `Challenge`.
-pub const PROTOCOL_VERSION: u32 = 4;
-/// The oldest protocol version this code still speaks. Version 4 added the standby's name to
-/// `Identify` (version 3 changed `Status` and `Identify`'s meaning), so an older peer is
-/// refused with `Error Version`.
-pub const MIN_PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
+/// The oldest protocol version this code still speaks. Version 5 added timelines (a field of
+/// `Identify`, `TimelineHistory`): a version-4 peer cannot follow a promotion, and is refused
+/// with `Error Version`.
+pub const MIN_PROTOCOL_VERSION: u32 = 5;
 /// The first version with `SegmentRejected`.
 pub const SEGMENT_REJECTED_VERSION: u32 = 2;
 
@@ -30,7 +32,8 @@ pub enum ErrorCode {
     Version,
     /// Authentication failed or is missing.
     Auth,
-    /// The peer belongs to another system, timeline or segment size.
+    /// The peer belongs to another system or segment size, its timeline history is not the
+    /// other's, or it went past the point where the other's timeline left its own.
     Identity,
     /// The segment the standby needs is no longer (or not) on the primary.
     Unavailable,
@@ -115,6 +118,9 @@ pub enum Message<'a> {
         /// Version 4 on: the standby's name, which a synchronous-commit policy names it by
         /// (checked by the primary: 1 to 63 letters, digits, '_', '-' or '.').
         name: &'a str,
+        /// Version 5 on: the SHA-256 of the bytes of the history file of the standby's
+        /// timeline, None on timeline 1 (which has none) or without a directory.
+        history_digest: Option<[u8; 32]>,
     },
     /// P→S: accepted; the primary's identity. Segments follow.
     Welcome {
@@ -175,6 +181,10 @@ pub enum Message<'a> {
         offset: u64,
         len: u64,
     },
+    /// P→S, version 5 on, between `Identify` and `Welcome`: the bytes of the primary's history
+    /// file of `timeline`, one message for each timeline after the first on the primary's
+    /// path, oldest first.
+    TimelineHistory { timeline: u32, data: Bytes<'a> },
 }
 
 impl Message<'_> {
@@ -195,6 +205,7 @@ impl Message<'_> {
             Message::SegmentRejected { .. } => "SegmentRejected",
             Message::OpenData { .. } => "OpenData",
             Message::SegmentResume { .. } => "SegmentResume",
+            Message::TimelineHistory { .. } => "TimelineHistory",
         }
     }
 }

@@ -16,12 +16,14 @@ pub mod auth;
 pub mod codec;
 pub mod frame;
 mod handshake;
+mod history_files;
 pub mod identities;
 pub mod messages;
 mod segments;
 pub mod shipper;
 pub mod standby;
 pub mod synchronous;
+pub mod timeline_path;
 pub mod tls;
 pub mod transport;
 

@@ -1,5 +1,7 @@
 //! The handshake, both halves, over any byte stream (`AsyncRead + AsyncWrite`): Hello,
-//! Challenge, Auth, AuthOk, Identify and Welcome, as docs/PROTOCOL.md describes them.
+//! Challenge, Auth, AuthOk, Identify, the primary's history files and Welcome, as
+//! docs/PROTOCOL.md describes them (`timelines.rs`: what each side checks of the other's
+//! timeline and history).
 //!
 //! The primary's half is [`accept`] (up to and including Identify) and [`welcome`]; between
 //! the two the shipper decides, from its own segments and slots, whether it can serve the
@@ -9,7 +11,8 @@
 //! pipe, and either can be fed arbitrary bytes.
 //!
 //! Every message read here is small, so frames are limited to [`HANDSHAKE_MAX_FRAME`] bytes
-//! whatever the configured maximum: an unauthenticated peer gets no large buffer.
+//! whatever the configured maximum (the standby reads the primary's history files with its
+//! own maximum): an unauthenticated peer gets no large buffer.
 
 use std::time::Duration;
 
@@ -25,12 +28,17 @@ use super::{read_msg, refuse, ReplError};
 use crate::format::ControlFile;
 use crate::Lsn;
 
+mod timelines;
+pub(crate) use timelines::{digest_of, Histories, HistoryBytes};
+
 /// What a standby said in a handshake that succeeded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Identified {
     /// The protocol version the connection goes on in.
     pub version: u32,
     pub id: String,
+    /// The standby's timeline (0 for a standby without a directory).
+    pub timeline: u32,
     /// The name of the standby's own token, when the primary holds one token per standby.
     pub token_name: Option<String>,
     pub next_segment: Option<u64>,
@@ -62,12 +70,14 @@ fn unexpected(got: &Message<'_>, want: &str) -> (ErrorCode, String) {
 /// The primary's half up to Identify: checks the Hello, authenticates the standby (when
 /// `tokens` has any: the standby's proof must verify with one of them) and proves the primary
 /// knows that token, then reads the standby's
-/// identity and checks it belongs to the system of `control`. A refusal is told to the
-/// standby before the error is returned. `t` bounds each wait for a message.
+/// identity and checks it belongs to the system of `control` and can follow the primary's
+/// timeline path (`histories`). A refusal is told to the standby before the error is returned.
+/// `t` bounds each wait for a message.
 pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     tokens: &Tokens,
     control: &ControlFile,
+    histories: &Histories,
     t: Duration,
 ) -> Result<Identified, ReplError> {
     let max = HANDSHAKE_MAX_FRAME;
@@ -93,7 +103,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     "upgrade the primary"
                 };
-                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks version {PROTOCOL_VERSION} only (standbys name themselves since version 4): {upgrade}")).await);
+                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks version {PROTOCOL_VERSION} only (standbys follow timelines since version 5): {upgrade}")).await);
             }
             (nonce, protocol_version)
         }
@@ -158,6 +168,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             applied_lsn,
             max_frame,
             name,
+            history_digest,
         }) => {
             if let Err(e) = crate::replication::synchronous::check_name(name) {
                 return Err(refuse(
@@ -181,12 +192,24 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                     )
                     .await);
                 }
-                if timeline != c.timeline || segment_size != c.segment_size {
-                    return Err(refuse(stream, ErrorCode::Identity, format!("the standby has timeline {timeline} and segment size {segment_size}, this primary timeline {} and segment size {}", c.timeline, c.segment_size)).await);
+                if segment_size != c.segment_size {
+                    return Err(refuse(
+                        stream,
+                        ErrorCode::Identity,
+                        format!(
+                            "the standby has segment size {segment_size}, this primary {}",
+                            c.segment_size
+                        ),
+                    )
+                    .await);
+                }
+                if let Err((code, m)) = histories.admit(timeline, history_digest, flushed_lsn) {
+                    return Err(refuse(stream, code, m).await);
                 }
             }
             Identified {
                 version,
+                timeline: if system_id.is_some() { timeline } else { 0 },
                 id: Uuid::from_bytes(standby_id).to_string(),
                 token_name,
                 next_segment,
@@ -217,13 +240,24 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(identified)
 }
 
-/// The primary's last handshake message: its identity and the end of its newest sealed
-/// segment. Segments follow.
+/// The primary's last handshake messages: its history files, oldest first, then its identity
+/// and the end of its newest sealed segment. Segments follow.
 pub(crate) async fn welcome<S: AsyncWrite + Unpin>(
     stream: &mut S,
     control: &ControlFile,
+    histories: &Histories,
     sealed_lsn: Lsn,
 ) -> Result<(), ReplError> {
+    for (timeline, bytes) in &histories.files {
+        write_message(
+            stream,
+            &Message::TimelineHistory {
+                timeline: *timeline,
+                data: super::messages::Bytes(bytes),
+            },
+        )
+        .await?;
+    }
     write_message(
         stream,
         &Message::Welcome {
@@ -250,6 +284,19 @@ pub(crate) struct Introduction {
     pub max_frame: usize,
     /// The standby's name.
     pub name: String,
+    /// The history files it holds, oldest first (none on timeline 1).
+    pub histories: Vec<HistoryBytes>,
+}
+
+impl Introduction {
+    /// The digest of the history file of its own timeline, when it has one.
+    pub(super) fn history_digest(&self) -> Option<[u8; 32]> {
+        let t = self.control.map(|c| c.timeline)?;
+        self.histories
+            .iter()
+            .find(|(tl, _)| *tl == t)
+            .map(|(_, b)| digest_of(b))
+    }
 }
 
 /// What the primary said in a handshake that succeeded, with what the standby told it.
@@ -263,6 +310,11 @@ pub(crate) struct Welcomed {
     pub timeline: u32,
     pub segment_size: u64,
     pub sealed_lsn: Lsn,
+    /// The primary's history files the standby did not hold, oldest first: stored before
+    /// anything else.
+    pub new_histories: Vec<HistoryBytes>,
+    /// The primary's timeline path, as its history files tell it.
+    pub path: crate::timeline::History,
 }
 
 /// The standby's error for a message from the primary that is not the one expected: the
@@ -316,7 +368,7 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     "upgrade the standby"
                 };
-                return Err(refuse(stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby version {PROTOCOL_VERSION} only (standbys name themselves since version 4): {upgrade}")).await);
+                return Err(refuse(stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby version {PROTOCOL_VERSION} only (standbys follow timelines since version 5): {upgrade}")).await);
             }
             (nonce, auth_required, protocol_version)
         }
@@ -363,29 +415,50 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             applied_lsn: intro.applied_lsn,
             max_frame: intro.max_frame as u32,
             name: &intro.name,
+            history_digest: intro.history_digest(),
         },
     )
     .await?;
-    let body = read_msg("primary", stream, HANDSHAKE_MAX_FRAME, t, "Welcome").await?;
-    let (system_id, timeline, segment_size, sealed_lsn) = match codec::decode(&body) {
-        Ok(Message::Welcome {
-            system_id,
-            timeline,
-            segment_size,
-            sealed_lsn,
-        }) => (
-            Uuid::from_bytes(system_id),
-            timeline,
-            segment_size,
-            sealed_lsn,
-        ),
-        Ok(other) => return Err(from_primary(&other, "Welcome")),
-        Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
+    // The primary's history files, then Welcome. Their bytes together may fill one frame of
+    // the standby's maximum, no more.
+    let mut received: Vec<HistoryBytes> = Vec::new();
+    let limit = intro.max_frame.max(HANDSHAKE_MAX_FRAME);
+    let mut total = 0usize;
+    let (system_id, timeline, segment_size, sealed_lsn) = loop {
+        let body = read_msg("primary", stream, limit, t, "Welcome").await?;
+        match codec::decode(&body) {
+            Ok(Message::TimelineHistory { timeline, data }) => {
+                total += body.len();
+                if total > limit {
+                    return Err(refuse(
+                        stream,
+                        ErrorCode::Protocol,
+                        format!("the primary's history files fill more than {limit} bytes"),
+                    )
+                    .await);
+                }
+                received.push((timeline, data.0.to_vec()));
+            }
+            Ok(Message::Welcome {
+                system_id,
+                timeline,
+                segment_size,
+                sealed_lsn,
+            }) => {
+                break (
+                    Uuid::from_bytes(system_id),
+                    timeline,
+                    segment_size,
+                    sealed_lsn,
+                )
+            }
+            Ok(other) => return Err(from_primary(&other, "Welcome")),
+            Err(e) => return Err(refuse(stream, ErrorCode::Protocol, e.to_string()).await),
+        }
     };
     match intro.control {
         Some(c) => {
-            if c.system_id != system_id || c.timeline != timeline || c.segment_size != segment_size
-            {
+            if c.system_id != system_id || c.segment_size != segment_size {
                 return Err(refuse(stream, ErrorCode::Identity, format!(
                     "the primary is system {system_id} (timeline {timeline}, segment size {segment_size}), this standby holds system {} (timeline {}, segment size {})",
                     c.system_id, c.timeline, c.segment_size
@@ -403,6 +476,17 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+    let (new_histories, path) = match timelines::check_at_standby(
+        received,
+        timeline,
+        system_id,
+        &intro.histories,
+        intro.control.map(|c| c.timeline),
+        intro.flushed_lsn,
+    ) {
+        Ok(h) => h,
+        Err((code, m)) => return Err(refuse(stream, code, m).await),
+    };
     Ok(Welcomed {
         version,
         sent: intro,
@@ -410,8 +494,13 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         timeline,
         segment_size,
         sealed_lsn,
+        new_histories,
+        path,
     })
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod timeline_tests;

@@ -6,16 +6,16 @@ use crate::format::FORMAT_VERSION;
 use crate::replication::frame::{read_frame, FrameError};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
-const T: Duration = Duration::from_secs(5);
+pub(super) const T: Duration = Duration::from_secs(5);
 
-fn rt() -> tokio::runtime::Runtime {
+pub(super) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap()
 }
 
-fn control(system: u128) -> ControlFile {
+pub(super) fn control(system: u128) -> ControlFile {
     ControlFile {
         identity: crate::format::SystemIdentity {
             format_version: FORMAT_VERSION,
@@ -27,7 +27,7 @@ fn control(system: u128) -> ControlFile {
     }
 }
 
-fn intro(control: Option<ControlFile>) -> Introduction {
+pub(super) fn intro(control: Option<ControlFile>) -> Introduction {
     Introduction {
         standby_id: Uuid::from_u128(0x5744),
         control,
@@ -37,6 +37,7 @@ fn intro(control: Option<ControlFile>) -> Introduction {
         applied_lsn: Lsn(2 << 20),
         max_frame: 1 << 20,
         name: "s1".into(),
+        histories: Vec::new(),
     }
 }
 
@@ -57,12 +58,33 @@ fn both_with(
     primary: ControlFile,
     standby: Introduction,
 ) -> (Result<Identified, ReplError>, Result<Welcomed, ReplError>) {
+    both_full(tokens, standby_token, primary, Histories::first(), standby)
+}
+
+/// Both halves, the primary on the timeline path `histories` tells.
+pub(super) fn both_with_histories(
+    primary: ControlFile,
+    histories: Histories,
+    standby: Introduction,
+) -> (Result<Identified, ReplError>, Result<Welcomed, ReplError>) {
+    both_full(Tokens::None, None, primary, histories, standby)
+}
+
+fn both_full(
+    tokens: Tokens,
+    standby_token: Option<AuthToken>,
+    primary: ControlFile,
+    histories: Histories,
+    standby: Introduction,
+) -> (Result<Identified, ReplError>, Result<Welcomed, ReplError>) {
     rt().block_on(async {
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
         let primary_side = async {
-            let r = accept(&mut p, &tokens, &primary, T).await;
+            let r = accept(&mut p, &tokens, &primary, &histories, T).await;
             if r.is_ok() {
-                welcome(&mut p, &primary, Lsn(9 << 20)).await.unwrap();
+                welcome(&mut p, &primary, &histories, Lsn(9 << 20))
+                    .await
+                    .unwrap();
             }
             // Closing our end lets a standby waiting for more see the end.
             drop(p);
@@ -103,14 +125,14 @@ fn a_standby_s_own_token_names_it_and_a_revoked_one_is_refused() {
     assert!(told(&s, ErrorCode::Auth).contains("revoked"));
 }
 
-fn refused_with(r: &Result<impl std::fmt::Debug, ReplError>, want: ErrorCode) -> String {
+pub(super) fn refused_with(r: &Result<impl std::fmt::Debug, ReplError>, want: ErrorCode) -> String {
     match r {
         Err(ReplError::Refused { code, message }) if *code == want => message.clone(),
         other => panic!("expected a refusal with {want:?}, got {other:?}"),
     }
 }
 
-fn told(r: &Result<impl std::fmt::Debug, ReplError>, want: ErrorCode) -> String {
+pub(super) fn told(r: &Result<impl std::fmt::Debug, ReplError>, want: ErrorCode) -> String {
     match r {
         Err(ReplError::PeerRefused { code, message, .. }) if *code == want => message.clone(),
         other => panic!("expected the peer's refusal with {want:?}, got {other:?}"),
@@ -131,6 +153,7 @@ fn a_good_handshake_with_a_token_tells_each_side_what_the_other_said() {
         p,
         Identified {
             version: PROTOCOL_VERSION,
+            timeline: 1,
             id: Uuid::from_u128(0x5744).to_string(),
             token_name: None,
             next_segment: Some(3),
@@ -245,8 +268,10 @@ fn a_welcome_of_another_system_is_refused_by_the_standby() {
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
         let primary_side = async {
             // Accepts a standby that says nothing of its system, then names system 2.
-            let r = accept(&mut p, &Tokens::None, &control(1), T).await;
-            welcome(&mut p, &control(2), Lsn(0)).await.unwrap();
+            let r = accept(&mut p, &Tokens::None, &control(1), &Histories::first(), T).await;
+            welcome(&mut p, &control(2), &Histories::first(), Lsn(0))
+                .await
+                .unwrap();
             let body = read_frame(&mut p, HANDSHAKE_MAX_FRAME).await.unwrap();
             (r, codec::decode(&body).unwrap().name())
         };
@@ -276,7 +301,7 @@ fn an_unknown_protocol_version_or_magic_is_refused() {
                 nonce: [1; 32],
             };
             write_message(&mut s, &hello).await.unwrap();
-            let r = accept(&mut p, &Tokens::None, &control(1), T).await;
+            let r = accept(&mut p, &Tokens::None, &control(1), &Histories::first(), T).await;
             refused_with(&r, code);
             // The refusal is sent before the primary gives up.
             let body = read_frame(&mut s, HANDSHAKE_MAX_FRAME).await.unwrap();
@@ -310,7 +335,7 @@ fn a_standby_refuses_a_primary_of_another_version() {
     });
 }
 
-/// A standby of an older version (3, without names) is refused with a clear message.
+/// A standby of an older version (4, without timelines) is refused with a clear message.
 #[test]
 fn an_older_standby_is_refused_with_a_clear_message() {
     rt().block_on(async {
@@ -321,10 +346,10 @@ fn an_older_standby_is_refused_with_a_clear_message() {
             nonce: [1; 32],
         };
         write_message(&mut s, &hello).await.unwrap();
-        let r = accept(&mut p, &Tokens::None, &control(1), T).await;
+        let r = accept(&mut p, &Tokens::None, &control(1), &Histories::first(), T).await;
         let m = refused_with(&r, ErrorCode::Version);
         assert!(
-            m.contains("protocol version 3 is not supported") && m.contains("upgrade the standby"),
+            m.contains("protocol version 4 is not supported") && m.contains("upgrade the standby"),
             "{m}"
         );
         let body = read_frame(&mut s, HANDSHAKE_MAX_FRAME).await.unwrap();
@@ -350,7 +375,7 @@ fn frames_larger_than_a_handshake_message_are_refused_on_both_sides() {
         // The primary, before anything is authenticated.
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
         raw_frame(&mut s, HANDSHAKE_MAX_FRAME + 1).await;
-        let r = accept(&mut p, &Tokens::None, &control(1), T).await;
+        let r = accept(&mut p, &Tokens::None, &control(1), &Histories::first(), T).await;
         assert!(matches!(
             r,
             Err(ReplError::Frame(FrameError::TooLarge { len, max }))
@@ -391,14 +416,14 @@ fn an_unexpected_message_or_garbage_is_a_protocol_error() {
         write_message(&mut s, &Message::Auth { proof: None })
             .await
             .unwrap();
-        let r = accept(&mut p, &Tokens::None, &control(1), T).await;
+        let r = accept(&mut p, &Tokens::None, &control(1), &Histories::first(), T).await;
         assert_eq!(
             refused_with(&r, ErrorCode::Protocol),
             "expected Hello, got Auth"
         );
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
         s.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).await.unwrap();
-        let r = accept(&mut p, &Tokens::None, &control(1), T).await;
+        let r = accept(&mut p, &Tokens::None, &control(1), &Histories::first(), T).await;
         assert!(refused_with(&r, ErrorCode::Protocol).starts_with("malformed message"));
         // A standby that ends the connection is reported with its own code and words.
         let (mut p, mut s) = tokio::io::duplex(64 << 10);
@@ -407,7 +432,7 @@ fn an_unexpected_message_or_garbage_is_a_protocol_error() {
             message: "bye\nforged",
         };
         write_message(&mut s, &bye).await.unwrap();
-        let r = accept(&mut p, &Tokens::None, &control(1), T).await;
+        let r = accept(&mut p, &Tokens::None, &control(1), &Histories::first(), T).await;
         assert_eq!(
             refused_with(&r, ErrorCode::ShuttingDown),
             "the standby ended the connection: bye forged"
@@ -423,6 +448,7 @@ fn a_silent_peer_times_out() {
             &mut p,
             &Tokens::None,
             &control(1),
+            &Histories::first(),
             Duration::from_millis(20),
         )
         .await;

@@ -22,9 +22,15 @@ pub(super) async fn admit(
 ) -> Result<Identified, ReplError> {
     let cfg = &shared.config;
     let tokens = super::identity::tokens(shared).await;
-    let identified = handshake::accept(stream, &tokens, &shared.control, cfg.peer_timeout)
-        .await
-        .map_err(|e| e.tls_told(crate::replication::tls::Side::Primary))?;
+    let identified = handshake::accept(
+        stream,
+        &tokens,
+        &shared.control,
+        &shared.histories,
+        cfg.peer_timeout,
+    )
+    .await
+    .map_err(|e| e.tls_told(crate::replication::tls::Side::Primary))?;
     let Identified {
         ref id,
         next_segment,

@@ -197,6 +197,9 @@ struct Shared {
     config: ShipperConfig,
     dd: DataDir,
     control: ControlFile,
+    /// The timeline path of `control`'s timeline and the history files that tell it, sent
+    /// to every standby before `Welcome`.
+    histories: crate::replication::handshake::Histories,
     registry: ConsumerRegistry,
     damage: DamageRegister,
     standbys: Mutex<HashMap<String, StandbyInfo>>,
@@ -303,6 +306,14 @@ impl Shipper {
                 .await
                 .map_err(|e| ReplError::io("scan wal/", std::io::Error::other(e)))??
         };
+        let histories = {
+            let (dd2, c2) = (dd.clone(), control);
+            tokio::task::spawn_blocking(move || {
+                crate::replication::history_files::primary_histories(&dd2, &c2)
+            })
+            .await
+            .map_err(|e| ReplError::io("read the history files", std::io::Error::other(e)))??
+        };
         let (seg_tx, seg_rx) = watch::channel(Arc::new(initial));
         let (durable_tx, durable) = match &config.flush_watch {
             Some(rx) => (None, rx.clone()),
@@ -335,6 +346,7 @@ impl Shipper {
             damage: DamageRegister::new(&dd),
             dd,
             control,
+            histories,
             config,
             standbys: Mutex::new(HashMap::new()),
             events,

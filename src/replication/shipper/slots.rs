@@ -232,6 +232,7 @@ mod tests {
                 },
                 created_us: 0,
             },
+            histories: crate::replication::handshake::Histories::first(),
             registry: ConsumerRegistry::new(&dd),
             damage: DamageRegister::new(&dd),
             dd,

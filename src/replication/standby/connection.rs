@@ -15,7 +15,7 @@ use super::apply::Jobs;
 use super::directory::first_contact;
 use super::receiver::{LastWord, Received, Receiver};
 use super::store::{store_ended, StoreQueue};
-use super::{Shared, StandbyPhase};
+use super::{lock, Shared, StandbyPhase};
 use crate::replication::frame::write_message;
 use crate::replication::handshake::{self, Introduction, Welcomed};
 use crate::replication::messages::{ErrorCode, Message};
@@ -90,6 +90,7 @@ async fn stream_from_primary(
             applied_lsn: Lsn(shared.applied.load(Ordering::Acquire)),
             max_frame: max,
             name: shared.name.clone(),
+            histories: lock(&shared.histories).clone(),
         }
     })
     .await?;
@@ -116,7 +117,12 @@ async fn stream_from_primary(
         .map(|n| Lsn(n.saturating_mul(size)))
         .filter(|start| sent.flushed_lsn > *start)
         .map_or(0, |start| sent.flushed_lsn - start);
-    let mut rx = Receiver::new(shared.held().control, sent.next_segment, held);
+    let mut rx = Receiver::new(
+        shared.held().control,
+        sent.next_segment,
+        held,
+        welcomed.path.clone(),
+    );
     let result = loop {
         let body = tokio::select! {
             r = read_msg("primary", &mut rd, max, t, "segments or a keepalive") => r,

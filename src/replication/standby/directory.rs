@@ -117,6 +117,8 @@ pub(super) struct Opened {
     pub(super) lock: DirLock,
     pub(super) id: Uuid,
     pub(super) held: Held,
+    /// The history files the directory holds.
+    pub(super) histories: Vec<crate::replication::handshake::HistoryBytes>,
     pub(super) flushed: Lsn,
     pub(super) applied: Lsn,
     /// Sealed segments not yet fully applied, in order.
@@ -134,6 +136,12 @@ pub(super) fn undo_created(shared: &Shared) {
         let _ = std::fs::remove_file(dd.lock_path());
     }
     if !shared.created.dirs.is_empty() {
+        // History files stored at a first contact that went no further.
+        if let Ok(tls) = dd.history_timelines() {
+            for tl in tls {
+                let _ = std::fs::remove_file(dd.history_path(tl));
+            }
+        }
         for d in [dd.wal_dir(), dd.state_dir()] {
             let _ = std::fs::remove_dir(d);
         }
@@ -193,6 +201,7 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
             lock,
             id: meta.as_ref().map_or_else(Uuid::new_v4, |m| m.standby_id),
             held: Held::default(),
+            histories: crate::replication::history_files::read_all(&dd)?,
             flushed: Lsn::ZERO,
             applied: Lsn::ZERO,
             pending: Vec::new(),
@@ -216,6 +225,7 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
             lock,
             id: Uuid::new_v4(),
             held,
+            histories: crate::replication::history_files::read_all(&dd)?,
             flushed,
             applied: Lsn::ZERO,
             pending,
@@ -266,6 +276,7 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
             next_segment,
             prev_checksum,
         },
+        histories: crate::replication::history_files::read_all(&dd)?,
         flushed,
         applied,
         pending: rec
@@ -297,6 +308,9 @@ fn check_fresh(dd: &DataDir) -> Result<(), ReplError> {
                             .to_str()
                             .and_then(SegmentName::parse)
                             .is_some_and(|n| n.kind == SegmentFileKind::Partial)
+                            || f.file_name().to_str().is_some_and(|n| {
+                                crate::format::history::parse_history_file_name(n).is_some()
+                            })
                     })
                 })
             }),
@@ -352,6 +366,35 @@ fn discard_partials_except(dd: &DataDir, keep: Option<u64>) -> Result<(), ReplEr
     Ok(())
 }
 
+/// Moves the directory onto `timeline`, a later timeline of the primary's path whose history
+/// file it holds, before the first segment of that timeline is written: the control file is
+/// replaced atomically and durably. Nothing to do when it is there already.
+pub(super) fn enter_timeline(shared: &Shared, timeline: u32) -> Result<(), ReplError> {
+    let Some(mut control) = shared.held().control else {
+        return Ok(());
+    };
+    if timeline <= control.timeline {
+        return Ok(());
+    }
+    let dd = &shared.dd;
+    if !dd.history_path(timeline).exists() {
+        return Err(ReplError::refused(
+            crate::replication::messages::ErrorCode::Protocol,
+            format!("a segment of timeline {timeline} arrived, but its history file did not"),
+        ));
+    }
+    let from = control.timeline;
+    control.identity.timeline = timeline;
+    write_atomic(&dd.control_path(), &control.encode())?;
+    lock(&shared.held).control = Some(control);
+    tracing::info!(
+        from,
+        to = timeline,
+        "following the primary onto a new timeline"
+    );
+    Ok(())
+}
+
 /// What the standby does once a primary accepted it: a fresh directory is created with the
 /// primary's identity, the primary's address is recorded when it changed, and a directory of
 /// the primary's system with no open segment to check becomes a standby's.
@@ -366,8 +409,30 @@ pub(super) async fn first_contact(
         system_id,
         timeline,
         segment_size,
+        ref new_histories,
         ..
     } = *welcomed;
+    // The primary's history files this standby lacks, durably, before anything else: a
+    // directory's timeline never names a history it does not hold.
+    if !new_histories.is_empty() {
+        let (dd, files) = (shared.dd.clone(), new_histories.clone());
+        tokio::task::spawn_blocking(move || -> crate::Result<()> {
+            let wal = dd.wal_dir();
+            if !wal.exists() {
+                std::fs::create_dir_all(&wal)
+                    .map_err(|e| Error::io(format!("create {}", wal.display()), e))?;
+                fsync_dir(dd.root())?;
+            }
+            crate::replication::history_files::store(&dd, &files)
+        })
+        .await
+        .map_err(|e| ReplError::io("store the history files", std::io::Error::other(e)))??;
+        let timelines: Vec<u32> = new_histories.iter().map(|(t, _)| *t).collect();
+        tracing::info!(timelines = ?timelines, "stored the primary's history files");
+        let mut own = lock(&shared.histories);
+        own.extend(new_histories.iter().cloned());
+        own.sort_by_key(|(t, _)| *t);
+    }
     if sent.control.is_none() {
         let control = ControlFile {
             identity: crate::format::SystemIdentity {

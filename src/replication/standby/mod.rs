@@ -132,6 +132,9 @@ struct Shared {
     /// Its name: given, kept in `state/standby.json`, or made from its id.
     name: String,
     held: Mutex<Held>,
+    /// The history files it holds (by timeline, ascending): stated in `Identify`, compared
+    /// with the primary's.
+    histories: Mutex<Vec<crate::replication::handshake::HistoryBytes>>,
     /// End of the last record received and handed to the OS (not yet synced).
     written: AtomicU64,
     flushed: AtomicU64,
@@ -230,6 +233,7 @@ impl Standby {
             id: opened.id,
             name,
             held: Mutex::new(opened.held),
+            histories: Mutex::new(opened.histories),
             written: AtomicU64::new(opened.flushed.0),
             flushed: AtomicU64::new(opened.flushed.0),
             applied: AtomicU64::new(opened.applied.0),

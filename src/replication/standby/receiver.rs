@@ -16,6 +16,7 @@ use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::replication::handshake::from_primary;
 use crate::replication::messages::{ErrorCode, Message, SEGMENT_REJECTED_VERSION};
 use crate::replication::ReplError;
+use crate::timeline::History;
 use crate::Lsn;
 
 /// What to do with a message that continues what came before.
@@ -55,18 +56,50 @@ pub(super) struct Receiver {
     cur: Option<(SegmentName, u64, u64)>,
     /// The copy of an open segment: (number, bytes held).
     open: Option<(u64, u64)>,
+    /// The primary's timeline path: a segment must be of the timeline the path is on over
+    /// it, never older than one already received.
+    path: History,
+    /// The newest timeline a segment was received of (at first, the standby's own).
+    timeline: u32,
 }
 
 impl Receiver {
     /// A receiver for a standby of identity `control` that needs segment `expected` next
-    /// (None: whichever the primary sends first), holding its first `held` bytes.
-    pub(super) fn new(control: Option<ControlFile>, expected: Option<u64>, held: u64) -> Receiver {
+    /// (None: whichever the primary sends first), holding its first `held` bytes, following a
+    /// primary whose timeline path is `path`.
+    pub(super) fn new(
+        control: Option<ControlFile>,
+        expected: Option<u64>,
+        held: u64,
+        path: History,
+    ) -> Receiver {
         Receiver {
+            timeline: control.map_or(0, |c| c.timeline),
             control,
             expected,
             cur: None,
             open: expected.filter(|_| held > 0).map(|n| (n, held)),
+            path,
         }
+    }
+
+    /// Whether segment `segment_no` of `timeline` is one the path holds: the timeline the
+    /// path is on at the segment's first byte, or a later one on the path that begins inside
+    /// it (the segment holding a switch point may carry the new timeline's name), and never
+    /// older than a timeline already received.
+    fn timeline_ok(&self, timeline: u32, segment_no: u64, size: u64) -> Result<(), String> {
+        let start = crate::format::SegmentNo(segment_no).start_lsn_saturating(size);
+        let last = crate::format::SegmentNo(segment_no)
+            .end_lsn(size)
+            .map_or(Lsn(u64::MAX), |e| Lsn(e.0 - 1));
+        let (lo, hi) = (self.path.timeline_of(start), self.path.timeline_of(last));
+        if timeline < self.timeline {
+            return Err(format!("the primary sent segment {segment_no:X} of timeline {timeline}; this standby already follows timeline {}", self.timeline));
+        }
+        if !self.path.has_timeline(timeline) || timeline < lo || timeline > hi {
+            return Err(format!("the primary sent segment {segment_no:X} of timeline {timeline}, but its history puts that segment on timeline {lo}{}", if hi != lo { format!(" to {hi}") } else { String::new() }));
+        }
+        Ok(())
     }
 
     /// Bytes of segment `segment_no` the standby's copy holds (0 unless it is the open one).
@@ -80,7 +113,7 @@ impl Receiver {
     /// timeline, the segment we need, a number whose end is an LSN.
     /// `verb` says what the message did ("started", "sent") in the refusal's words.
     fn segment_ok(
-        &self,
+        &mut self,
         timeline: u32,
         segment_no: u64,
         verb: &str,
@@ -94,8 +127,8 @@ impl Receiver {
         let Some(control) = self.control else {
             return protocol("a segment arrived before the identity".into());
         };
-        if timeline != control.timeline {
-            return Err(ReplError::refused(ErrorCode::Identity, format!("the primary sent a segment of timeline {timeline}; this standby follows timeline {}", control.timeline)));
+        if let Err(m) = self.timeline_ok(timeline, segment_no, control.segment_size) {
+            return Err(ReplError::refused(ErrorCode::Identity, m));
         }
         if let Some(want) = self.expected {
             if segment_no != want {
@@ -113,6 +146,7 @@ impl Receiver {
                 "segment number {segment_no:X} lies beyond the end of the LSN space"
             ));
         }
+        self.timeline = timeline;
         Ok(control)
     }
 

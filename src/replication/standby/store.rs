@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::apply::{hand_to_applier, Jobs};
+use super::directory::enter_timeline;
 use super::finish::finish_segment;
 use super::partial::{valid_prefix, PartialCopy, Tail};
 use super::{lock, Shared};
@@ -240,6 +241,7 @@ fn store_one(
     use std::os::fd::AsRawFd;
     match m {
         Store::Start { name, len: l } => {
+            enter_timeline(shared, name.timeline)?;
             *cur = Some(PartialCopy::create(&shared.dd, name)?);
             *len = Some(l);
         }
@@ -256,6 +258,7 @@ fn store_one(
             name, offset, data, ..
         } => {
             if offset == 0 {
+                enter_timeline(shared, name.timeline)?;
                 *cur = Some(PartialCopy::create(&shared.dd, name)?);
             }
             let c = copy_at(cur, name, offset)?;

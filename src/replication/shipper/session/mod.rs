@@ -168,7 +168,13 @@ async fn serve_standby(
             .sessions
             .register(proven.as_deref(), by_token, shutdown);
     let set = shared.segments.borrow().clone();
-    handshake::welcome(&mut stream, &shared.control, set.sealed_lsn).await?;
+    handshake::welcome(
+        &mut stream,
+        &shared.control,
+        &shared.histories,
+        set.sealed_lsn,
+    )
+    .await?;
     *id_out = Some(standby_id.clone());
     register(shared, &standby_id, &name, addr, flushed, applied);
     tracing::info!(peer = %addr, standby = %standby_id, name = %name, authenticated = by_identity, tls = stream.is_tls(), flushed = %flushed, applied = %applied, "standby identified");

@@ -51,7 +51,7 @@ const MIN_LEN: u64 = (SEGMENT_HEADER_LEN + SEAL_LEN) as u64;
 
 #[test]
 fn segments_in_order_are_stored_chunk_by_chunk() {
-    let mut rx = Receiver::new(Some(control()), Some(5), 0);
+    let mut rx = Receiver::new(Some(control()), Some(5), 0, History::root());
     let len = MIN_LEN + 10;
     assert_eq!(
         rx.receive(start(5, len)).unwrap(),
@@ -66,7 +66,7 @@ fn segments_in_order_are_stored_chunk_by_chunk() {
     assert_eq!(rx.receive(data(5, 20, b)).unwrap(), Received::Data(b));
     // Complete: the next one is 6, and only 6.
     assert!(rx.receive(start(7, len)).is_err());
-    let mut rx2 = Receiver::new(Some(control()), Some(5), 0);
+    let mut rx2 = Receiver::new(Some(control()), Some(5), 0, History::root());
     rx2.receive(start(5, len)).unwrap();
     rx2.receive(data(5, 0, &bytes)).unwrap();
     assert_eq!(
@@ -80,7 +80,7 @@ fn segments_in_order_are_stored_chunk_by_chunk() {
 
 #[test]
 fn a_first_segment_may_be_any_when_none_is_expected() {
-    let mut rx = Receiver::new(Some(control()), None, 0);
+    let mut rx = Receiver::new(Some(control()), None, 0, History::root());
     assert!(matches!(
         rx.receive(start(0x42, MIN_LEN)),
         Ok(Received::Start { name, .. }) if name == partial(0x42)
@@ -89,7 +89,7 @@ fn a_first_segment_may_be_any_when_none_is_expected() {
 
 #[test]
 fn a_keepalive_reports_the_primarys_end_and_changes_nothing() {
-    let mut rx = Receiver::new(Some(control()), Some(1), 0);
+    let mut rx = Receiver::new(Some(control()), Some(1), 0, History::root());
     rx.receive(start(1, MIN_LEN)).unwrap();
     let k = Message::Keepalive {
         sealed_lsn: Lsn(77),
@@ -136,7 +136,7 @@ fn out_of_order_messages_are_protocol_errors() {
         ),
     ];
     for (msgs, want) in cases {
-        let mut rx = Receiver::new(Some(control()), Some(2), 0);
+        let mut rx = Receiver::new(Some(control()), Some(2), 0, History::root());
         let n = msgs.len();
         let mut last = None;
         for (i, m) in msgs.into_iter().enumerate() {
@@ -173,7 +173,7 @@ fn resume(segment_no: u64, offset: u64, len: u64) -> Message<'static> {
 
 #[test]
 fn an_open_segment_is_appended_then_completed_by_its_seal() {
-    let mut rx = Receiver::new(Some(control()), Some(4), 0);
+    let mut rx = Receiver::new(Some(control()), Some(4), 0, History::root());
     let b = vec![1u8; 100];
     assert_eq!(
         rx.receive(open(4, 0, &b)).unwrap(),
@@ -200,12 +200,12 @@ fn an_open_segment_is_appended_then_completed_by_its_seal() {
 #[test]
 fn a_standby_holding_a_copy_continues_exactly_where_it_ends() {
     let b = vec![1u8; 10];
-    let mut rx = Receiver::new(Some(control()), Some(4), 500);
+    let mut rx = Receiver::new(Some(control()), Some(4), 500, History::root());
     assert!(rx.receive(open(4, 500, &b)).is_ok());
-    let mut rx = Receiver::new(Some(control()), Some(4), 500);
+    let mut rx = Receiver::new(Some(control()), Some(4), 500, History::root());
     assert!(rx.receive(resume(4, 500, 600)).is_ok());
     // The primary may also send the whole sealed segment again.
-    let mut rx = Receiver::new(Some(control()), Some(4), 500);
+    let mut rx = Receiver::new(Some(control()), Some(4), 500, History::root());
     assert!(rx.receive(start(4, MIN_LEN)).is_ok());
 }
 
@@ -246,7 +246,7 @@ fn open_segment_messages_that_do_not_continue_the_copy_are_refused() {
         ),
     ];
     for (held, msgs, want) in cases {
-        let mut rx = Receiver::new(Some(control()), Some(4), held);
+        let mut rx = Receiver::new(Some(control()), Some(4), held, History::root());
         let n = msgs.len();
         for (i, m) in msgs.into_iter().enumerate() {
             let r = rx.receive(m);
@@ -259,7 +259,7 @@ fn open_segment_messages_that_do_not_continue_the_copy_are_refused() {
             }
         }
     }
-    let mut rx = Receiver::new(Some(control()), Some(4), 0);
+    let mut rx = Receiver::new(Some(control()), Some(4), 0, History::root());
     let other = Message::OpenData {
         timeline: 2,
         segment_no: 4,
@@ -271,7 +271,7 @@ fn open_segment_messages_that_do_not_continue_the_copy_are_refused() {
 
 #[test]
 fn more_data_than_announced_is_refused() {
-    let mut rx = Receiver::new(Some(control()), None, 0);
+    let mut rx = Receiver::new(Some(control()), None, 0, History::root());
     rx.receive(start(2, MIN_LEN)).unwrap();
     let too_many = vec![0u8; MIN_LEN as usize + 1];
     let (code, m) = refusal(rx.receive(data(2, 0, &too_many)));
@@ -281,7 +281,7 @@ fn more_data_than_announced_is_refused() {
 
 #[test]
 fn another_timeline_is_an_identity_error() {
-    let mut rx = Receiver::new(Some(control()), None, 0);
+    let mut rx = Receiver::new(Some(control()), None, 0, History::root());
     let m = Message::SegmentStart {
         timeline: 2,
         segment_no: 1,
@@ -291,26 +291,69 @@ fn another_timeline_is_an_identity_error() {
     assert_eq!(code, ErrorCode::Identity);
     assert_eq!(
         message,
-        "the primary sent a segment of timeline 2; this standby follows timeline 1"
+        "the primary sent segment 1 of timeline 2, but its history puts that segment on timeline 1"
     );
+}
+
+/// Timeline 2 begins inside segment 3: segments up to 3 of timeline 1 come first, then
+/// timeline 2's (segment 3 may carry either name); never an older timeline after a newer one.
+#[test]
+fn segments_follow_the_primary_s_path_across_a_switch() {
+    let path = History::root()
+        .child(Lsn(3 * SIZE + 0x100))
+        .expect("timeline 2");
+    let seg = |timeline, segment_no| Message::SegmentStart {
+        timeline,
+        segment_no,
+        len: MIN_LEN,
+    };
+    let full = vec![0u8; MIN_LEN as usize];
+    let mut rx = Receiver::new(Some(control()), Some(2), 0, path.clone());
+    // Timeline 2 before its switch point is no segment of the path.
+    assert_eq!(refusal(rx.receive(seg(2, 2))).0, ErrorCode::Identity);
+    let mut rx = Receiver::new(Some(control()), Some(3), 0, path.clone());
+    rx.receive(seg(1, 3)).expect("timeline 1's switch segment");
+    rx.receive(data(3, 0, &full)).expect("its bytes");
+    // Past the switch segment, timeline 1 is off the path.
+    let (code, m) = refusal(rx.receive(seg(1, 4)));
+    assert_eq!(code, ErrorCode::Identity);
+    assert!(m.contains("puts that segment on timeline 2"), "{m}");
+    let mut rx = Receiver::new(Some(control()), Some(3), 0, path.clone());
+    rx.receive(seg(1, 3)).expect("segment 3");
+    rx.receive(data(3, 0, &full)).expect("its bytes");
+    assert!(matches!(
+        rx.receive(seg(2, 4)),
+        Ok(Received::Start { name, .. }) if name.timeline == 2
+    ));
+    rx.receive(data(4, 0, &full)).expect("its bytes");
+    // Once on timeline 2, never back.
+    let (code, m) = refusal(rx.receive(seg(1, 5)));
+    assert_eq!(code, ErrorCode::Identity);
+    assert!(m.contains("already follows timeline 2"), "{m}");
+    // The switch segment under the new timeline's name.
+    let mut rx = Receiver::new(Some(control()), Some(3), 0, path.clone());
+    rx.receive(seg(2, 3)).expect("timeline 2's switch segment");
+    // A timeline the path never had.
+    let mut rx = Receiver::new(Some(control()), Some(4), 0, path);
+    assert_eq!(refusal(rx.receive(seg(3, 4))).0, ErrorCode::Identity);
 }
 
 #[test]
 fn segment_numbers_past_the_lsn_space_and_segments_without_identity_are_refused() {
-    let mut rx = Receiver::new(Some(control()), None, 0);
+    let mut rx = Receiver::new(Some(control()), None, 0, History::root());
     let last = u64::MAX / SIZE;
     let (_, m) = refusal(rx.receive(start(last, MIN_LEN)));
     assert!(m.ends_with("lies beyond the end of the LSN space"), "{m}");
     // The last whole segment is fine.
     assert!(rx.receive(start(last - 1, MIN_LEN)).is_ok());
-    let mut rx = Receiver::new(None, None, 0);
+    let mut rx = Receiver::new(None, None, 0, History::root());
     let (_, m) = refusal(rx.receive(start(1, MIN_LEN)));
     assert_eq!(m, "a segment arrived before the identity");
 }
 
 #[test]
 fn other_messages_end_the_connection() {
-    let mut rx = Receiver::new(Some(control()), None, 0);
+    let mut rx = Receiver::new(Some(control()), None, 0, History::root());
     let (code, m) = refusal(rx.receive(Message::AuthOk { proof: None }));
     assert_eq!(code, ErrorCode::Protocol);
     assert_eq!(
