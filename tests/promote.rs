@@ -42,11 +42,7 @@ fn killed_standby(root: &Path) -> (PathBuf, Vec<Vec<u8>>) {
     });
     s.kill();
     srv.kill();
-    let want = read_all(&primary)
-        .expect("primary")
-        .into_iter()
-        .map(|r| r.payload)
-        .collect();
+    let want = payloads(&primary);
     assert!(
         files(&sb, "wal")
             .iter()
@@ -55,6 +51,15 @@ fn killed_standby(root: &Path) -> (PathBuf, Vec<Vec<u8>>) {
         files(&sb, "wal")
     );
     (sb, want)
+}
+
+/// Every record's payload in the directory, in order.
+fn payloads(dir: &Path) -> Vec<Vec<u8>> {
+    read_all(dir)
+        .expect("read the directory's records")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect()
 }
 
 fn history_switch(dir: &Path) -> walship::Lsn {
@@ -85,11 +90,7 @@ fn a_promoted_standby_is_a_primary_on_timeline_2_with_every_record() {
     );
     assert_eq!(files(&sb, "setaside").len(), 1, "the copy is set aside");
     assert_eq!(status(&sb)["timeline"].as_u64(), Some(2));
-    let got: Vec<Vec<u8>> = read_all(&sb)
-        .expect("read")
-        .into_iter()
-        .map(|r| r.payload)
-        .collect();
+    let got = payloads(&sb);
     assert!(
         got == want,
         "every record the standby had: {} of {}",
@@ -201,11 +202,7 @@ fn promotion_stopped_at_every_step_then_run_again_has_one_outcome() {
         }
         // A standby's copy of the open segment is not read as the log; after the switch
         // segment exists it is: either way what is read is a prefix of what was written.
-        let got: Vec<Vec<u8>> = read_all(&d)
-            .expect("read")
-            .into_iter()
-            .map(|r| r.payload)
-            .collect();
+        let got = payloads(&d);
         assert!(
             got.len() <= want.len() && got[..] == want[..got.len()],
             "{step}: records after the stop"
@@ -217,11 +214,7 @@ fn promotion_stopped_at_every_step_then_run_again_has_one_outcome() {
         assert_eq!(files(&d, "setaside").len(), 1, "{step}");
         assert_eq!(history_switch(&d), history_switch(&reference), "{step}");
         assert_eq!(status(&d)["timeline"].as_u64(), Some(2), "{step}");
-        let got: Vec<Vec<u8>> = read_all(&d)
-            .expect("read")
-            .into_iter()
-            .map(|r| r.payload)
-            .collect();
+        let got = payloads(&d);
         assert!(
             got == want,
             "{step}: records after the rerun: {} of {}",

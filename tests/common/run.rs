@@ -229,27 +229,20 @@ impl Drop for Proc {
 
 /// Starts `walship ARGS` with its stderr in `log` and its stdout piped.
 pub fn spawn(args: &[&str], log: &Path) -> Proc {
-    let child = Command::new(bin())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Proc {
-        child,
-        log: log.to_path_buf(),
-    }
+    start(args, &[], Stdio::null(), log)
 }
 
 /// Starts `walship ARGS` with `env` set, its stdin and stdout piped and its stderr in `log`.
 pub fn spawn_piped(args: &[&str], env: &[(&str, &str)], log: &Path) -> Proc {
+    start(args, env, Stdio::piped(), log)
+}
+
+fn start(args: &[&str], env: &[(&str, &str)], stdin: Stdio, log: &Path) -> Proc {
     let child = Command::new(bin())
         .args(args)
         .envs(env.iter().copied())
         .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
