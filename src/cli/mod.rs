@@ -13,6 +13,7 @@ mod restore;
 mod serve;
 mod standby;
 mod status;
+mod status_watch;
 mod store;
 mod target;
 mod verify;

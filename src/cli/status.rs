@@ -10,15 +10,25 @@ use super::{CmdResult, Failure};
 /// Show a data directory's role, positions, and its standbys with their lag.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "It only reads files and takes no lock, so it works while a writer, `serve` or `standby` runs. A standby counts as connected when its slot was refreshed in the last 5 seconds.\n\nExample:\n  walship status ./data --json"
+    after_help = "It only reads files and takes no lock, so it works while a writer, `serve` or `standby` runs. A standby counts as connected when its slot was refreshed in the last 5 seconds.\n\nExample:\n  walship status ./data --json\n  walship status ./data --watch --interval 500ms"
 )]
 pub struct StatusArgs {
     /// A data directory, or an archive (a directory holding IDENTITY, file:///PATH or
     /// s3://BUCKET/PREFIX).
     pub data_dir: String,
     /// Print one JSON object (positions as numbers).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Keep showing positions, rates and lags, refreshed every --interval: redrawn in place on
+    /// a terminal, a block of lines per refresh otherwise. Stop it with Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch refreshes (ms, s or m).
+    #[arg(long, default_value = "1s", requires = "watch", value_parser = super::serve::duration_between(std::time::Duration::from_millis(50), std::time::Duration::from_secs(3600)))]
+    pub interval: std::time::Duration,
+    /// With --watch: stop after this many refreshes.
+    #[arg(long, requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
     #[command(flatten)]
     pub s3: super::target::S3Args,
 }
@@ -30,7 +40,16 @@ pub fn run(a: StatusArgs) -> CmdResult {
         ArchiveTarget::Dir(p) => walship::archive::is_archive(p),
     };
     if is_archive {
+        if a.watch {
+            return Err(Failure::Error(format!(
+                "--watch shows a data directory; {} is an archive",
+                a.data_dir
+            )));
+        }
         return archive(&a, &target);
+    }
+    if a.watch {
+        return super::status_watch::watch(std::path::Path::new(&a.data_dir), a.interval, a.count);
     }
     let s = status(std::path::Path::new(&a.data_dir))?;
     if a.json {
