@@ -40,7 +40,10 @@ fn without_a_terminal_each_refresh_is_a_block_of_plain_lines() {
         let want = format!("flush {}", walship::Lsn(flush));
         assert!(block[1].starts_with(&want), "{block:?} (want {want})");
         assert!(block.iter().any(|l| l.starts_with("standby ")), "{block:?}");
-        assert!(block.iter().any(|l| l.starts_with("retained ")), "{block:?}");
+        assert!(
+            block.iter().any(|l| l.starts_with("retained ")),
+            "{block:?}"
+        );
     }
     // No rate before a second refresh; nothing written between refreshes after it.
     assert!(b[0][1].ends_with("writing -"), "{:?}", b[0][1]);
@@ -100,7 +103,11 @@ fn under_a_pseudo_terminal_the_view_is_redrawn_in_place() {
     let o = run_script(&cmd);
     let out = stdout(&o);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(out.matches(REDRAW).count(), 2, "redrawn at each refresh: {out:?}");
+    assert_eq!(
+        out.matches(REDRAW).count(),
+        2,
+        "redrawn at each refresh: {out:?}"
+    );
     assert!(out.contains("primary, timeline 1"), "{out:?}");
 }
 
