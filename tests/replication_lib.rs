@@ -161,3 +161,38 @@ async fn shipper_and_standby_library_api() {
     assert_eq!(p.standbys[0].applied_lsn, walship::Lsn(flush2));
     assert_eq!(p.standbys[0].id, id);
 }
+
+/// `stop` returns only once the standby has let go of its directory: the directory can be locked
+/// at once, and a new standby on it starts, again and again (a task of the old one still
+/// holding the directory would make both fail with "locked").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_standby_has_let_go_of_its_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (t.path().join("primary"), t.path().join("standby"));
+    DataDir::init(&pdir, 64 * 1024).unwrap();
+    let wal = Wal::open(&pdir, WalOptions::default()).unwrap();
+    append(&wal, 0, 200);
+    let mut cfg = ShipperConfig::new(&pdir, "127.0.0.1:0");
+    cfg.heartbeat_interval = Duration::from_millis(20);
+    let mut shipper = Shipper::start(cfg).await.unwrap();
+    let rec = Recording::default();
+    for round in 0..20 {
+        let mut scfg = StandbyConfig::new(&sdir, shipper.local_addr().to_string());
+        scfg.heartbeat_interval = Duration::from_millis(20);
+        let mut standby = Standby::start(scfg, rec.clone())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let flush = walship::Lsn(wal.flush_lsn().0);
+        wait_for("the standby to stream", || {
+            let st = standby.state();
+            st.phase == StandbyPhase::Streaming && st.flushed_lsn == flush
+        })
+        .await;
+        standby.stop(Duration::from_secs(10)).await.unwrap();
+        drop(standby);
+        // At once, with no time for the runtime to finish anything left behind.
+        let held = DataDir::new(&sdir).lock();
+        assert!(held.is_ok(), "round {round}: {:?}", held.err());
+    }
+    shipper.stop(Duration::from_secs(10)).await;
+}

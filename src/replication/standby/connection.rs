@@ -109,6 +109,7 @@ async fn stream_from_primary(
     let (mut rd, wr) = stream.split();
     let (last_word, last_rx) = tokio::sync::oneshot::channel();
     let mut writer = tokio::spawn(send_status(shared.clone(), wr, last_rx));
+    let _sender_guard = AbortOnDrop(writer.abort_handle());
     let (queue, mut store) = StoreQueue::spawn(shared, jobs, max);
     // What the primary continues from: the copy of the open segment it was told of.
     let size = shared.held().control.map_or(0, |c| c.segment_size);
@@ -166,6 +167,11 @@ async fn stream_from_primary(
         }
     }
     writer.abort();
+    // Wait until the sender is gone: it holds the directory (through `shared`), and a standby
+    // that has stopped must have let go of it, or a new one on the same directory is refused.
+    if !writer.is_finished() {
+        let _ = (&mut writer).await;
+    }
     // Let the store task finish what it holds before a new connection reads the positions.
     drop(queue);
     if !store.is_finished() {
@@ -212,5 +218,15 @@ async fn send_status(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Aborts a task when dropped: the status sender must not outlive its connection, also when the
+/// connection's future is dropped before its end (the standby stopping on a failure elsewhere).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
