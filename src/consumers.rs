@@ -61,6 +61,25 @@ pub struct ConsumerRecord {
     pub lost: bool,
 }
 
+impl ConsumerRecord {
+    /// A consumer at `position` and nothing else known yet: no other position, no name or
+    /// address, never heard from, not lost.
+    pub fn new(id: impl Into<String>, kind: ConsumerKind, position: Lsn) -> Self {
+        ConsumerRecord {
+            id: id.into(),
+            kind,
+            position,
+            applied_lsn: None,
+            name: None,
+            written_lsn: None,
+            flush_lag_us: None,
+            address: None,
+            last_contact_us: None,
+            lost: false,
+        }
+    }
+}
+
 /// Reads and writes the consumer files of one data directory.
 #[derive(Clone, Debug)]
 pub struct ConsumerRegistry {
@@ -226,16 +245,8 @@ mod tests {
         let reg = ConsumerRegistry::new(&dd);
         assert!(reg.list().unwrap().is_empty());
         let rec = ConsumerRecord {
-            id: "archiver".into(),
-            kind: ConsumerKind::Archiver,
-            position: Lsn(4096),
-            applied_lsn: None,
-            name: None,
-            written_lsn: None,
-            flush_lag_us: None,
             address: Some("/backup".into()),
-            last_contact_us: None,
-            lost: false,
+            ..ConsumerRecord::new("archiver", ConsumerKind::Archiver, Lsn(4096))
         };
         reg.save(&rec).unwrap();
         assert_eq!(reg.list().unwrap(), vec![rec.clone()]);
@@ -249,18 +260,7 @@ mod tests {
     fn a_lost_mark_survives_progress_saves_until_removed() {
         let t = tempfile::tempdir().unwrap();
         let reg = ConsumerRegistry::new(&DataDir::new(t.path()));
-        let mut rec = ConsumerRecord {
-            id: "s1".into(),
-            kind: ConsumerKind::Standby,
-            position: Lsn(10),
-            applied_lsn: None,
-            name: None,
-            written_lsn: None,
-            flush_lag_us: None,
-            address: None,
-            last_contact_us: None,
-            lost: false,
-        };
+        let mut rec = ConsumerRecord::new("s1", ConsumerKind::Standby, Lsn(10));
         assert_eq!(reg.mark_lost("s1").unwrap(), None);
         reg.save(&rec).unwrap();
         assert!(reg.mark_lost("s1").unwrap().unwrap().lost);

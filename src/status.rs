@@ -272,16 +272,10 @@ mod tests {
         let dd = DataDir::new(&dir);
         let reg = ConsumerRegistry::new(&dd);
         let slot = |id: &str, ago_s: i64| ConsumerRecord {
-            id: id.into(),
-            kind: ConsumerKind::Standby,
-            position: Lsn(0),
             applied_lsn: Some(Lsn(0)),
             name: Some(id.into()),
-            written_lsn: None,
-            flush_lag_us: None,
-            address: None,
             last_contact_us: (ago_s >= 0).then(|| crate::now_us() - ago_s * 1_000_000),
-            lost: false,
+            ..ConsumerRecord::new(id, ConsumerKind::Standby, Lsn(0))
         };
         reg.save(&slot("fresh", 0)).expect("save");
         reg.save(&slot("old", 30)).expect("save");

@@ -425,16 +425,10 @@ fn slot_saves_racing_with_a_lost_mark_never_tear_the_file_nor_clear_the_mark() {
     let dd = walship::DataDir::new(t.path());
     let reg = ConsumerRegistry::new(&dd);
     let rec = |pos: u64| ConsumerRecord {
-        id: "s1".into(),
-        kind: ConsumerKind::Standby,
-        position: walship::Lsn(pos),
         applied_lsn: Some(walship::Lsn(pos)),
-        name: None,
-        written_lsn: None,
-        flush_lag_us: None,
         address: Some("127.0.0.1:1".repeat(pos as usize % 50 + 1)),
         last_contact_us: Some(1),
-        lost: false,
+        ..ConsumerRecord::new("s1", ConsumerKind::Standby, walship::Lsn(pos))
     };
     reg.save(&rec(0)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));

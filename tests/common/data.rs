@@ -171,16 +171,5 @@ pub fn sealed_store(root: &Path, n: usize) -> (Wal, Vec<String>, Vec<u64>) {
 
 /// A consumer registry entry at `position`: not lost, no address, never heard from.
 pub fn consumer(id: &str, kind: ConsumerKind, position: u64) -> ConsumerRecord {
-    ConsumerRecord {
-        id: id.into(),
-        kind,
-        position: walship::Lsn(position),
-        applied_lsn: None,
-        name: None,
-        written_lsn: None,
-        flush_lag_us: None,
-        address: None,
-        last_contact_us: None,
-        lost: false,
-    }
+    ConsumerRecord::new(id, kind, walship::Lsn(position))
 }

@@ -200,18 +200,7 @@ impl<S: ArchiveStore> Archiver<S> {
         let mut rec = self
             .registry
             .get(ARCHIVER_ID)?
-            .unwrap_or_else(|| ConsumerRecord {
-                id: ARCHIVER_ID.into(),
-                kind: ConsumerKind::Archiver,
-                position: Lsn(0),
-                applied_lsn: None,
-                name: None,
-                written_lsn: None,
-                flush_lag_us: None,
-                address: None,
-                last_contact_us: None,
-                lost: false,
-            });
+            .unwrap_or_else(|| ConsumerRecord::new(ARCHIVER_ID, ConsumerKind::Archiver, Lsn(0)));
         if rec.lost {
             return Err(Error::Refused(format!(
                 "the archiver of {} was marked lost by retention while it ran; segments it had not archived may be gone",

@@ -378,16 +378,8 @@ mod tests {
         // interval has passed: the slot on disk lags, never leads.
         s.registry
             .save(&ConsumerRecord {
-                id: ID.into(),
-                kind: ConsumerKind::Standby,
-                position: Lsn(100),
                 applied_lsn: Some(Lsn(80)),
-                name: None,
-                written_lsn: None,
-                flush_lag_us: None,
-                address: None,
-                last_contact_us: None,
-                lost: false,
+                ..ConsumerRecord::new(ID, ConsumerKind::Standby, Lsn(100))
             })
             .unwrap();
         ack(&rt, &mut c, 100, 100, 90);
