@@ -18,10 +18,8 @@ use walship::{Entry, EntryType, Lsn, Wal, WalOptions};
 fn make_store(root: &Path, segments: u64, seed: u64) -> Vec<Rec> {
     let out = walship(&["init", p(root), "--segment-size", "64KiB"]);
     assert!(out.status.success(), "{}", text(&out));
-    let wal = Wal::open(root, WalOptions::default()).expect("open wal");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut i = 0u64;
-    while wal.write_lsn().0 < segments * SEG - SEG / 2 {
+    common::append_timed(root, segments, |i| {
         let kind = rng.gen_range(0..10);
         let payload: Vec<u8> = match kind {
             0..=5 => {
@@ -37,16 +35,8 @@ fn make_store(root: &Path, segments: u64, seed: u64) -> Vec<Rec> {
             _ => (0..rng.gen_range(0..200)).map(|_| rng.gen()).collect(),
         };
         let t = EntryType::ALL[(i % 9) as usize];
-        wal.append(&Entry::new(t, (i % 3 == 0).then_some(i), &payload))
-            .expect("append");
-        // Appends take well under a microsecond: keep timestamps distinct, so that every
-        // record boundary is a point in time a restore can stop at.
-        std::thread::sleep(std::time::Duration::from_micros(2));
-        i += 1;
-    }
-    wal.seal().expect("seal");
-    wal.sync().expect("sync");
-    drop(wal);
+        (t, (i % 3 == 0).then_some(i), payload)
+    });
     records(root)
 }
 

@@ -8,24 +8,16 @@ use std::path::Path;
 mod common;
 use common::data::{record_fields as records, RecordFields as Rec};
 use common::{archive_once, copy_tree, p, text, walship, SEG};
-use walship::{Entry, EntryType, Wal, WalOptions};
+use walship::EntryType;
 
 /// A data directory with about `segments` sealed 64 KiB segments of distinct-timestamped
 /// records.
 fn make_store(root: &Path, segments: u64) -> Vec<Rec> {
     common::init(root);
-    let wal = Wal::open(root, WalOptions::default()).expect("open wal");
-    let mut i = 0u64;
-    while wal.write_lsn().0 < segments * SEG - SEG / 2 {
+    common::append_timed(root, segments, |i| {
         let payload = format!("row {i} {}", "x".repeat((i % 700) as usize));
-        wal.append(&Entry::new(EntryType::Insert, Some(i), payload.as_bytes()))
-            .expect("append");
-        std::thread::sleep(std::time::Duration::from_micros(2));
-        i += 1;
-    }
-    wal.seal().expect("seal");
-    wal.sync().expect("sync");
-    drop(wal);
+        (EntryType::Insert, Some(i), payload.into_bytes())
+    });
     records(root)
 }
 

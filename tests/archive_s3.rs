@@ -19,7 +19,7 @@ use common::s3::S3Server;
 use common::{copy_tree, p, text, wait_until, SEG};
 use rand::{Rng, SeedableRng};
 use walship::archive::ArchiveStore;
-use walship::{Entry, EntryType, Wal, WalOptions};
+use walship::EntryType;
 
 /// One server for the whole file; each test uses its own bucket. `None`: not installed (and
 /// not CI), the test skips with a loud message.
@@ -42,24 +42,16 @@ fn make_store(root: &Path, segments: u64, seed: u64) -> Vec<Rec> {
 
 /// Appends about `segments` more segments of records and seals.
 fn append(root: &Path, segments: u64, seed: u64) {
-    let wal = Wal::open(root, WalOptions::default()).expect("open wal");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let stop = wal.write_lsn().0 + segments * SEG - SEG / 2;
-    let mut i = 0u64;
-    while wal.write_lsn().0 < stop {
+    common::append_timed(root, segments, |i| {
         let payload: Vec<u8> = if rng.gen_range(0..3) == 0 {
             (0..rng.gen_range(100..2500)).map(|_| rng.gen()).collect()
         } else {
             format!("row {i} seed {seed} value {}", rng.gen::<u32>()).into_bytes()
         };
         let t = EntryType::ALL[(i % 9) as usize];
-        wal.append(&Entry::new(t, (i % 3 == 0).then_some(i), &payload))
-            .expect("append");
-        std::thread::sleep(Duration::from_micros(2));
-        i += 1;
-    }
-    wal.seal().expect("seal");
-    wal.sync().expect("sync");
+        (t, (i % 3 == 0).then_some(i), payload)
+    });
 }
 
 fn sealed_names(data: &Path) -> Vec<String> {

@@ -173,3 +173,25 @@ pub fn sealed_store(root: &Path, n: usize) -> (Wal, Vec<String>, Vec<u64>) {
 pub fn consumer(id: &str, kind: ConsumerKind, position: u64) -> ConsumerRecord {
     ConsumerRecord::new(id, kind, walship::Lsn(position))
 }
+
+/// Appends the records `record(i)` makes, one per append, until about `segments` more 64 KiB
+/// segments are written (half a segment short of that), then seals and syncs. A pause after
+/// each append keeps timestamps distinct, so that every record boundary is a point in time a
+/// restore can stop at.
+pub fn append_timed(
+    root: &Path,
+    segments: u64,
+    mut record: impl FnMut(u64) -> (EntryType, Option<u64>, Vec<u8>),
+) {
+    let wal = Wal::open(root, WalOptions::default()).expect("open wal");
+    let stop = wal.write_lsn().0 + segments * SEG - SEG / 2;
+    let mut i = 0u64;
+    while wal.write_lsn().0 < stop {
+        let (kind, tx, payload) = record(i);
+        wal.append(&Entry::new(kind, tx, &payload)).expect("append");
+        std::thread::sleep(std::time::Duration::from_micros(2));
+        i += 1;
+    }
+    wal.seal().expect("seal");
+    wal.sync().expect("sync");
+}
