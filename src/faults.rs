@@ -28,6 +28,7 @@
 //! | `standby::write` | a standby writing an incoming segment (a short write: half, then the error) |
 //! | `standby::fsync` | every fsync of a standby's incoming segment: a complete one, a batch of the open segment's copy, its zero-fill ahead, a copy taken up again |
 //! | `standby::rename` | a standby giving a checked segment its sealed name |
+//! | `standby::retitle` | a standby moving its copy of the open segment onto the timeline that continues it (the switch segment) |
 //! | `promote::intent`, `promote::history`, `promote::switch_segment`, `promote::setaside`, `promote::control`, `promote::finish` | the steps of a promotion (`src/promote.rs`), each before it is taken |
 //! | `archive::put::write` | writing a segment into the archive (a short write) |
 //! | `archive::put::link` | giving a pushed segment its final name in the archive |

@@ -15,8 +15,9 @@
 //!    `<N+1><segment>.wal.open` (temporary name, fsync, rename, fsync `wal/`);
 //! 5. move every `.wal.partial` into `setaside/` (never deleted);
 //! 6. replace the control file: timeline N+1;
-//! 7. rename `state/standby.json` to `state/standby.json.promoted`: the directory is no longer
-//!    a standby's; remove `state/promotion`.
+//! 7. publish the switch point as the durable position (`state/flush_position`); rename
+//!    `state/standby.json` to `state/standby.json.promoted`: the directory is no longer a
+//!    standby's; remove `state/promotion`.
 
 use std::fs;
 use std::io::Write;
@@ -104,10 +105,11 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
     if control.timeline == new_timeline {
         // Stopped after the control file: only the standby's state is left to retire.
         let h = dd.read_history_file(new_timeline, &control)?;
-        finish(&state, &meta, &intent)?;
+        let switch_lsn = h.last_switch().map_or(Lsn(0), |s| s.lsn);
+        finish(dd, switch_lsn, &intent)?;
         return Ok(Promoted {
             timeline: new_timeline,
-            switch_lsn: h.last_switch().map_or(Lsn(0), |s| s.lsn),
+            switch_lsn,
             already: false,
             set_aside: Vec::new(),
         });
@@ -232,7 +234,7 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
     write_atomic(&dd.control_path(), &new_control.encode())?;
 
     // 7. No longer a standby's directory.
-    finish(&state, &meta, &intent)?;
+    finish(dd, switch_lsn, &intent)?;
     Ok(Promoted {
         timeline: new_timeline,
         switch_lsn,
@@ -241,10 +243,17 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
     })
 }
 
-/// The last step: the standby's identity file is renamed (kept, no longer read), then the
-/// intent removed.
-fn finish(state: &std::path::Path, meta: &std::path::Path, intent: &std::path::Path) -> Result<()> {
+/// The last step: the durable end is published as a writer publishes it (a `serve` started
+/// before the first write ships up to it), the standby's identity file is renamed (kept, no
+/// longer read), then the intent removed.
+fn finish(dd: &DataDir, switch_lsn: Lsn, intent: &std::path::Path) -> Result<()> {
     crate::fault!("promote::finish", e => Error::io("retire the standby's state", e));
+    let (state, meta) = (dd.state_dir(), dd.state_dir().join(STANDBY_META));
+    let (state, meta) = (state.as_path(), meta.as_path());
+    write_atomic(
+        &crate::flush_position::flush_position_path(dd),
+        &crate::flush_position::encode_position(switch_lsn.0),
+    )?;
     if meta.exists() {
         let promoted = state.join(PROMOTED_META);
         fs::rename(meta, &promoted)

@@ -224,3 +224,121 @@ fn promotion_stopped_at_every_step_then_run_again_has_one_outcome() {
         write_records(&d, 5, "after");
     }
 }
+
+/// A standby whose copy of the old primary's open segment is where the new timeline begins
+/// (holding records up to the switch point, or fewer) follows the promoted standby onto
+/// timeline 2: its copy continues under the new timeline's name, none is left under the old
+/// one, and it holds every record of the new primary. With the move of its copy failing once
+/// (`standby::retitle`), it reconnects and moves it all the same.
+#[test]
+fn a_standby_holding_the_switch_segment_follows_the_promoted_one_onto_it() {
+    for (behind, fault) in [
+        (false, None),
+        (true, None),
+        (false, Some("standby::retitle=1*return(EIO)")),
+        (true, Some("standby::retitle=1*return(EIO)")),
+    ] {
+        eprintln!("case: behind {behind}, fault {fault:?}");
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path();
+        let (primary, a, b) = (root.join("primary"), root.join("a"), root.join("b"));
+        init(&primary);
+        write_records(&primary, 1500, "a");
+        let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
+        let mut sa = common::standby(&a, &addr, &["--name", "a"], &root.join("a.log"));
+        let mut sb = common::standby(&b, &addr, &["--name", "b"], &root.join("b.log"));
+        write_records(&primary, 20, "b");
+        let flushed = |dir: &Path, name: &str| {
+            status(dir)["standbys"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|x| x["name"].as_str() == Some(name))
+                    .and_then(|x| x["flushed_lsn"].as_u64())
+            })
+        };
+        let caught_up =
+            |dir: &Path, name: &str| flushed(dir, name) == status(dir)["flush_lsn"].as_u64();
+        wait_until("both standbys to acknowledge everything", || {
+            caught_up(&primary, "a") && caught_up(&primary, "b")
+        });
+        if behind {
+            sb.kill();
+            write_records(&primary, 20, "c");
+            wait_until("a to acknowledge the rest", || caught_up(&primary, "a"));
+        }
+        sa.kill();
+        sb.kill();
+        srv.kill();
+        let old_partial = files(&b, "wal")
+            .into_iter()
+            .find(|n| n.ends_with(".wal.partial"))
+            .expect("b holds a copy of the open segment");
+        let ok = walship(&["promote", p(&a)]);
+        assert!(ok.status.success(), "{}", common::text(&ok));
+        let switch_segment = files(&a, "wal")
+            .into_iter()
+            .find(|n| n.starts_with("00000002") && n.ends_with(".wal.open"))
+            .expect("a's switch segment");
+        assert_eq!(
+            old_partial[8..24],
+            switch_segment[8..24],
+            "b's copy is of the segment where timeline 2 begins"
+        );
+
+        let (mut srv_a, addr_a) = serve(&a, "127.0.0.1:0", &NET, &root.join("serve-a.log"));
+        let env: Vec<(&str, &str)> = fault.iter().map(|f| ("FAILPOINTS", *f)).collect();
+        let mut args = vec!["standby", p(&b), "--primary", &addr_a, "--name", "b"];
+        args.extend_from_slice(&["--max-backoff", "300ms"]);
+        args.extend_from_slice(&NET);
+        let mut sb = common::spawn_piped(&args, &env, &root.join("b2.log"));
+        write_records(&a, 30, "d");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !caught_up(&a, "b") {
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "b did not acknowledge a's records; its log:\n{}",
+                    std::fs::read_to_string(root.join("b2.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        sb.kill();
+        srv_a.kill();
+
+        let wal = files(&b, "wal");
+        assert!(
+            !wal.contains(&old_partial),
+            "no copy left under timeline 1's name: {wal:?}"
+        );
+        assert!(
+            wal.iter()
+                .any(|n| n.get(8..24) == switch_segment.get(8..24) && n.starts_with("00000002")),
+            "b's copy of the switch segment is named with timeline 2: {wal:?}"
+        );
+        assert_eq!(status(&b)["timeline"].as_u64(), Some(2));
+        // The copy holds the switch segment byte for byte up to a's durable end: the header
+        // with timeline 2, the old timeline's records, then a's.
+        let end = status(&a)["flush_lsn"].as_u64().expect("flush_lsn");
+        let seg_no = u64::from_str_radix(&switch_segment[8..24], 16).expect("segment number");
+        let len = usize::try_from(end - seg_no * 64 * 1024).expect("length");
+        let copy = wal
+            .iter()
+            .find(|n| n.starts_with("00000002") && n.get(8..24) == switch_segment.get(8..24))
+            .expect("b's copy");
+        let ours = std::fs::read(b.join("wal").join(copy)).expect("b's copy");
+        let theirs = std::fs::read(a.join("wal").join(&switch_segment)).expect("a's segment");
+        assert!(
+            ours.len() >= len && ours[..len] == theirs[..len],
+            "b's copy of the switch segment equals a's up to {end}"
+        );
+        if fault.is_some() {
+            let log = std::fs::read_to_string(root.join("b2.log")).expect("log");
+            assert!(
+                log.contains(&format!(
+                    "{}.wal.partial: Input/output error",
+                    &switch_segment[..24]
+                )),
+                "the injected fault is reported: {log}"
+            );
+        }
+    }
+}

@@ -156,7 +156,22 @@ impl PartialCopy {
         prev_checksum: Option<u32>,
         durable: Option<usize>,
     ) -> Result<Option<PartialCopy>> {
-        let name = SegmentName::new(control.timeline, segment_no, SegmentFileKind::Partial);
+        let ours = SegmentName::new(control.timeline, segment_no, SegmentFileKind::Partial);
+        // A copy of the segment under an earlier timeline: the standby moved onto the primary's
+        // new timeline (control file first) before it took its copy over.
+        let older = dd
+            .list_segments()?
+            .into_iter()
+            .filter(|n| {
+                n.kind == SegmentFileKind::Partial
+                    && n.segment_no.0 == segment_no
+                    && n.timeline < control.timeline
+            })
+            .max_by_key(|n| n.timeline);
+        let name = match older {
+            Some(old) if !dd.segment_path(&ours).exists() => old,
+            _ => ours,
+        };
         let path = dd.segment_path(&name);
         let file = match std::fs::OpenOptions::new()
             .read(true)
@@ -200,7 +215,7 @@ impl PartialCopy {
         crate::fault!("standby::fsync", e => Error::io(format!("fsync {}", path.display()), e));
         file.sync_all()
             .map_err(|e| Error::io(format!("fsync {}", path.display()), e))?;
-        Ok(Some(PartialCopy {
+        let mut copy = PartialCopy {
             name,
             path,
             file,
@@ -209,7 +224,50 @@ impl PartialCopy {
             synced_end: valid_end,
             file_len,
             sent_end: 0,
-        }))
+        };
+        if let Some(old) = older.filter(|o| *o != name) {
+            // Taken over already: what is left under the old name is a prefix of this copy.
+            remove_copy(dd, &dd.segment_path(&old))?;
+        }
+        if copy.name.timeline < control.timeline {
+            copy.retitle(dd, control.timeline)?;
+        }
+        Ok(Some(copy))
+    }
+
+    /// Moves this copy of an earlier timeline's segment onto `timeline`, which continues the
+    /// segment: the switch segment, whose records are the old timeline's up to the switch point
+    /// under the old header with the new timeline in it (as promotion writes it). The copy is
+    /// written whole under the new name (synced, renamed into place), then the old copy is
+    /// removed: a crash leaves the new copy whole, or the old one untouched.
+    pub fn retitle(&mut self, dd: &DataDir, timeline: u32) -> Result<()> {
+        let name = SegmentName::new(timeline, self.name.segment_no.0, SegmentFileKind::Partial);
+        let path = dd.segment_path(&name);
+        let mut header = SegmentHeader::decode(&self.buf).map_err(|reason| {
+            Error::io(
+                format!("read the header of {}", self.path.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+            )
+        })?;
+        header.timeline = timeline;
+        let mut bytes = std::mem::take(&mut self.buf);
+        bytes[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+        crate::fault!("standby::retitle", e => Error::io(format!("write {}", path.display()), e));
+        crate::fsutil::write_atomic(&path, &bytes)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        remove_copy(dd, &self.path)?;
+        tracing::info!(from = %self.name, to = %name, "the copy of the open segment continues on the new timeline");
+        self.file_len = bytes.len() as u64;
+        self.synced_end = self.valid_end;
+        self.buf = bytes;
+        self.name = name;
+        self.path = path;
+        self.file = file;
+        Ok(())
     }
 
     /// Cuts the copy back to `len` bytes (what the primary continues from): the bytes past it
@@ -291,6 +349,12 @@ impl PartialCopy {
 }
 
 /// Writes zeros over `[from, to)` of `file`.
+/// Removes a copy that another copy replaced, durably.
+fn remove_copy(dd: &DataDir, path: &Path) -> Result<()> {
+    std::fs::remove_file(path).map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+    crate::fsutil::fsync_dir(&dd.wal_dir())
+}
+
 fn zero_range(file: &std::fs::File, path: &Path, from: u64, to: u64) -> Result<()> {
     const STEP: usize = 64 << 10;
     let zeros = [0u8; STEP];

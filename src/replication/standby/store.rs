@@ -250,7 +250,7 @@ fn store_one(
             offset,
             len: l,
         } => {
-            let c = copy_at(cur, name, offset)?;
+            let c = copy_at(shared, cur, name, offset)?;
             c.cut_to(offset as usize)?;
             *len = Some(l);
         }
@@ -261,7 +261,7 @@ fn store_one(
                 enter_timeline(shared, name.timeline)?;
                 *cur = Some(PartialCopy::create(&shared.dd, name)?);
             }
-            let c = copy_at(cur, name, offset)?;
+            let c = copy_at(shared, cur, name, offset)?;
             c.cut_to(offset as usize)?;
             crate::fault!("standby::write", e => ReplError::io(format!("write {}", c.path.display()), e));
             c.append(&data)?;
@@ -345,12 +345,25 @@ fn store_one(
     Ok(())
 }
 
-/// The copy of `name` that holds at least `offset` bytes.
-fn copy_at(
-    cur: &mut Option<PartialCopy>,
+/// The copy of `name` that holds at least `offset` bytes. A copy of the same segment on an
+/// earlier timeline is the new timeline's switch segment up to the switch point: the
+/// directory moves onto the new timeline and the copy with it (the handshake refused a
+/// standby holding anything past the switch point).
+fn copy_at<'c>(
+    shared: &Shared,
+    cur: &'c mut Option<PartialCopy>,
     name: SegmentName,
     offset: u64,
-) -> Result<&mut PartialCopy, ReplError> {
+) -> Result<&'c mut PartialCopy, ReplError> {
+    if let Some(c) = cur.as_mut().filter(|c| {
+        c.name.segment_no == name.segment_no
+            && c.name.timeline < name.timeline
+            && c.buf.len() as u64 >= offset
+    }) {
+        enter_timeline(shared, name.timeline)?;
+        c.cut_to(offset as usize)?;
+        c.retitle(&shared.dd, name.timeline)?;
+    }
     match cur.as_mut() {
         Some(c) if c.name == name && c.buf.len() as u64 >= offset => Ok(c),
         _ => Err(ReplError::refused(
