@@ -71,6 +71,9 @@ pub enum Failure {
     Damage(String),
     /// Could not run: bad usage or an I/O failure: exit 2.
     Error(String),
+    /// Refused for what the data is, not for a failure: exit 1 (a standby whose directory
+    /// diverged from its primary's timeline).
+    Refused(String),
 }
 
 impl From<walship::Error> for Failure {
@@ -134,6 +137,10 @@ pub fn main() -> ExitCode {
         Err(Failure::Error(msg)) => {
             eprintln!("walship: error: {msg}");
             ExitCode::from(2)
+        }
+        Err(Failure::Refused(msg)) => {
+            eprintln!("walship: refused: {msg}");
+            ExitCode::from(1)
         }
     }
 }

@@ -119,6 +119,17 @@ impl ReplError {
         }
     }
 
+    /// True when a standby was refused (by either side) because it holds records past the
+    /// point where the primary's path left its timeline: `walship rewind` is the way on.
+    pub fn is_diverged(&self) -> bool {
+        match self {
+            ReplError::PeerRefused { code, message, .. } | ReplError::Refused { code, message } => {
+                *code == ErrorCode::Identity && message.contains(timeline_path::REWIND_ADVICE)
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn refused(code: ErrorCode, message: impl Into<String>) -> ReplError {
         ReplError::Refused {
             code,

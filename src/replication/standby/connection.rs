@@ -81,12 +81,23 @@ async fn stream_from_primary(
     let mut stream = open(shared).await?;
     let welcomed = handshake::connect(&mut stream, cfg.auth_token.as_ref(), t, || {
         let held = shared.held();
+        let flushed = Lsn(shared.flushed.load(Ordering::Acquire));
+        // A directory being adopted holds the records of its open segment too: judged against
+        // the primary's path with them, so that records past a switch point are refused.
+        let size = held.control.map_or(0, |c| c.segment_size);
+        let held_lsn = lock(&shared.adopting)
+            .as_ref()
+            .and_then(|a| a.open.as_ref())
+            .map_or(flushed, |o| {
+                (o.name.segment_no.start_lsn_saturating(size) + o.valid_end as u64).max(flushed)
+            });
         Introduction {
             standby_id: shared.id,
             control: held.control,
             next_segment: held.next_segment,
             prev_checksum: held.prev_checksum,
-            flushed_lsn: Lsn(shared.flushed.load(Ordering::Acquire)),
+            flushed_lsn: flushed,
+            held_lsn,
             applied_lsn: Lsn(shared.applied.load(Ordering::Acquire)),
             max_frame: max,
             name: shared.name.clone(),
