@@ -24,6 +24,7 @@ pub mod recovery;
 pub mod recycling;
 pub mod replication;
 pub mod retention;
+pub mod rewind;
 pub mod sealed_set;
 pub mod segment_check;
 pub mod segment_file;

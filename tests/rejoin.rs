@@ -101,3 +101,191 @@ fn an_old_primary_that_diverged_is_refused_naming_the_range() {
     assert!(log.contains("walship: refused:"), "{log}");
     assert_eq!(common::names(&old.join("wal")), before, "nothing changed");
 }
+
+/// The files of `sub` in a directory, sorted (none when it is absent).
+fn files(dir: &Path, sub: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join(sub))
+        .map(|d| {
+            d.map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn rewind(old: &Path, addr: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["rewind", p(old), "--source", addr];
+    args.extend_from_slice(extra);
+    walship(&args)
+}
+
+/// Rewinds an old primary that went on alone for `extra` records, checks what was set aside
+/// and kept, then has it follow the new primary to its end.
+fn rewound_then_follows(extra: usize) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), extra);
+    let switch = switch_point(&new);
+    let end = walship::Lsn(status(&old)["flush_lsn"].as_u64().expect("flush_lsn"));
+    let shared = payloads(&new);
+    let all = payloads(&old);
+    assert_eq!(all.len(), shared.len() + extra);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let before = (files(&old, "wal"), files(&old, "setaside"));
+
+    // A dry run says what it would do and changes nothing.
+    let dry = rewind(&old, &addr, &["--dry-run"]);
+    assert!(dry.status.success(), "{}", common::text(&dry));
+    let said = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(said.contains(&format!("[{switch}, {end})")), "{said}");
+    assert!(said.contains("would set aside"), "{said}");
+    assert_eq!((files(&old, "wal"), files(&old, "setaside")), before);
+
+    let out = rewind(&old, &addr, &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains(&format!("[{switch}, {end})")), "{said}");
+    // What is left is what the new primary has from the old timeline; what went is kept.
+    assert_eq!(payloads(&old), shared);
+    let aside = files(&old, "setaside");
+    assert!(!aside.is_empty());
+    let suffix = format!(".diverged-{:016X}", switch.0);
+    assert!(aside.iter().all(|n| n.ends_with(&suffix)), "{aside:?}");
+    let listed: Vec<String> = status(&old)["set_aside"]
+        .as_array()
+        .expect("set_aside")
+        .iter()
+        .map(|v| v.as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(listed, aside, "status lists them");
+    // Every diverged record is in a set-aside file, readable by dump.
+    let mut kept = Vec::new();
+    for n in &aside {
+        let d = walship(&["dump", p(&old.join("setaside").join(n))]);
+        assert!(d.status.success(), "{n}: {}", common::text(&d));
+        kept.push(String::from_utf8_lossy(&d.stdout).to_string());
+    }
+    let kept = kept.join("\n");
+    for i in [0, extra - 1] {
+        let want = format!("x-{i:08}-payload");
+        assert!(kept.contains(&want), "{want} kept");
+    }
+
+    // Again: nothing diverged, nothing changes.
+    let state = (files(&old, "wal"), files(&old, "setaside"));
+    let again = rewind(&old, &addr, &[]);
+    assert!(again.status.success(), "{}", common::text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing diverged"));
+    assert_eq!((files(&old, "wal"), files(&old, "setaside")), state);
+
+    // And it follows the new primary.
+    write_records(&new, 300, "c");
+    common::seal(&new);
+    let sealed = status(&new)["sealed_lsn"].as_u64().expect("sealed_lsn");
+    let mut sb = common::standby(&old, &addr, &[], &t.path().join("standby-old.log"));
+    wait_until("the rewound old primary to follow the new one", || {
+        !sb.running() || {
+            let o = walship(&["status", p(&old), "--json"]);
+            o.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                    .is_ok_and(|s| s["applied_lsn"].as_u64() == Some(sealed))
+        }
+    });
+    assert!(sb.running(), "log:\n{}", sb.log());
+    sb.kill();
+    assert_eq!(payloads(&old), payloads(&new));
+}
+
+#[test]
+fn a_diverged_old_primary_is_rewound_in_its_open_segment_then_follows() {
+    rewound_then_follows(7);
+}
+
+#[test]
+fn a_diverged_old_primary_is_rewound_across_segments_then_follows() {
+    // Enough to seal the segment holding the switch point and fill more after it.
+    rewound_then_follows(2500);
+}
+
+#[test]
+fn rewind_is_refused_while_the_directory_is_locked_and_leaves_a_follower_as_it_is() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 7);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let before = (files(&old, "wal"), files(&old, "setaside"));
+    let held = walship::DataDir::new(&old).lock().expect("lock");
+    let out = rewind(&old, &addr, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(common::text(&out).contains("locked by a running process"));
+    drop(held);
+    assert_eq!((files(&old, "wal"), files(&old, "setaside")), before);
+
+    // The new primary itself holds nothing diverged from its own path: refused, unchanged.
+    let out = rewind(&new, &addr, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("on timeline 2"),
+        "{}",
+        common::text(&out)
+    );
+}
+
+#[test]
+fn rewinding_an_old_primary_with_nothing_diverged_changes_nothing() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 0);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let before = (files(&old, "wal"), files(&old, "setaside"), payloads(&old));
+    let out = rewind(&old, &addr, &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing diverged"));
+    assert_eq!(
+        (files(&old, "wal"), files(&old, "setaside"), payloads(&old)),
+        before
+    );
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn rewind_stopped_at_every_step_then_run_again_has_one_outcome() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 2500);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let reference = t.path().join("reference");
+    common::copy_tree(&old, &reference);
+    let out = rewind(&reference, &addr, &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let outcome = |d: &Path| {
+        let bytes = |sub: &str| -> Vec<(String, Vec<u8>)> {
+            files(d, sub)
+                .into_iter()
+                .map(|n| {
+                    let b = std::fs::read(d.join(sub).join(&n)).expect("read");
+                    (n, b)
+                })
+                .collect()
+        };
+        (bytes("wal"), bytes("setaside"))
+    };
+    let want = outcome(&reference);
+    for step in ["history", "aside", "copy", "cut", "unseal"] {
+        let d = t.path().join(format!("at-{step}"));
+        common::copy_tree(&old, &d);
+        let fp = format!("rewind::{step}=return(EIO)");
+        let stopped = common::run_with(&["rewind", p(&d), "--source", &addr], b"", |c| {
+            c.env("FAILPOINTS", &fp);
+        });
+        assert_eq!(
+            stopped.status.code(),
+            Some(2),
+            "{step}: {}",
+            common::text(&stopped)
+        );
+        // Whatever it did so far, every record is still in the directory or set aside.
+        let out = rewind(&d, &addr, &[]);
+        assert!(out.status.success(), "{step}: {}", common::text(&out));
+        assert!(outcome(&d) == want, "{step}: the same outcome");
+        assert_eq!(payloads(&d), payloads(&new), "{step}");
+    }
+}

@@ -10,6 +10,7 @@ mod dump;
 mod metrics;
 mod promote;
 mod restore;
+mod rewind;
 mod serve;
 mod standby;
 mod status;
@@ -58,6 +59,7 @@ pub enum Command {
     Serve(serve::ServeArgs),
     Standby(standby::StandbyArgs),
     Promote(promote::PromoteArgs),
+    Rewind(rewind::RewindArgs),
     Status(status::StatusArgs),
     Demo(demo::DemoArgs),
     /// Internal: the demo's writer process.
@@ -122,6 +124,7 @@ pub fn main() -> ExitCode {
         Command::Restore(a) => restore::run(a),
         Command::Checkpoint(a) => checkpoint::run(a),
         Command::Promote(a) => promote::run(a),
+        Command::Rewind(a) => rewind::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Standby(a) => standby::run(a),
         Command::Status(a) => status::run(a),

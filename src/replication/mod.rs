@@ -16,6 +16,7 @@ pub mod auth;
 pub mod codec;
 pub mod frame;
 mod handshake;
+pub mod history_fetch;
 mod history_files;
 pub mod identities;
 pub mod messages;
