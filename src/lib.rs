@@ -14,6 +14,7 @@ pub mod faults;
 pub mod flush_position;
 pub mod format;
 pub mod fsutil;
+pub mod handoff;
 pub mod history;
 pub mod log_ends;
 pub mod lsn;
