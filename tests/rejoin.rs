@@ -289,3 +289,64 @@ fn rewind_stopped_at_every_step_then_run_again_has_one_outcome() {
         assert_eq!(payloads(&d), payloads(&new), "{step}");
     }
 }
+
+/// Sends SIGTERM to a child and waits for it to exit by itself.
+fn stop(proc: &mut common::Proc) -> i32 {
+    let pid = i32::try_from(proc.child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    proc.wait_exit()
+}
+
+#[test]
+fn a_planned_switchover_loses_nothing_and_the_old_primary_follows_without_rewind() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let old = t.path().join("old");
+    init(&old);
+    write_records(&old, 1500, "a");
+    let (mut srv, addr) = serve(&old, "127.0.0.1:0", &NET, &t.path().join("serve-old.log"));
+    let new = t.path().join("new");
+    let mut s = common::standby(&new, &addr, &[], &t.path().join("standby-new.log"));
+    write_records(&old, 20, "b");
+    // Writes stopped: wait until the standby has flushed the primary's end, as status shows.
+    let end = status(&old)["flush_lsn"].as_u64().expect("flush_lsn");
+    wait_until("the standby to flush the primary's end", || {
+        status(&old)["standbys"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|x| x["flushed_lsn"].as_u64())
+            == Some(end)
+    });
+    assert_eq!(stop(&mut srv), 0, "serve stops cleanly: {}", srv.log());
+    // Promote with the standby still running: it is asked to finish.
+    let out = walship(&["promote", p(&new)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(s.wait_exit(), 0, "{}", s.log());
+    assert_eq!(
+        switch_point(&new).0,
+        end,
+        "the new timeline begins at the old end"
+    );
+    assert_eq!(payloads(&new), payloads(&old), "nothing lost");
+
+    // The old primary follows the new one without a rewind.
+    let (_srv2, addr2) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let dry = rewind(&old, &addr2, &["--dry-run"]);
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("nothing diverged"));
+    let mut sb = common::standby(&old, &addr2, &[], &t.path().join("standby-old.log"));
+    write_records(&new, 1200, "c");
+    common::seal(&new);
+    let sealed = status(&new)["sealed_lsn"].as_u64().expect("sealed_lsn");
+    wait_until("the old primary to follow the new one", || {
+        !sb.running() || {
+            let o = walship(&["status", p(&old), "--json"]);
+            o.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                    .is_ok_and(|s| s["applied_lsn"].as_u64() == Some(sealed))
+        }
+    });
+    assert!(sb.running(), "log:\n{}", sb.log());
+    sb.kill();
+    assert_eq!(payloads(&old), payloads(&new));
+    assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
+}
