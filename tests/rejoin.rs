@@ -350,3 +350,24 @@ fn a_planned_switchover_loses_nothing_and_the_old_primary_follows_without_rewind
     assert_eq!(payloads(&old), payloads(&new));
     assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
 }
+
+#[test]
+fn rewind_asks_a_primary_that_requires_tls() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 7);
+    let ca = common::certs::Ca::new(t.path(), "ca");
+    let cert = ca.issue(t.path(), "primary", &["primary.test"]);
+    let mut args = vec!["--tls-cert", p(&cert.cert), "--tls-key", p(&cert.key)];
+    args.extend_from_slice(&NET);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &args, &t.path().join("serve-new.log"));
+    let before = files(&old, "wal");
+    // Plain TCP to a TLS primary fails, changing nothing.
+    let plain = rewind(&old, &addr, &[]);
+    assert_eq!(plain.status.code(), Some(2), "{}", common::text(&plain));
+    assert_eq!(files(&old, "wal"), before);
+    let tls = ["--tls-ca", p(&ca.cert), "--tls-server-name", "primary.test"];
+    let out = rewind(&old, &addr, &tls);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rewound"));
+    assert_eq!(payloads(&old), payloads(&new));
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use walship::replication::history_fetch::fetch_history;
+use walship::replication::history_fetch::{fetch_history, Reach};
 use walship::rewind::{rewind, Source};
 use walship::DataDir;
 
@@ -33,6 +33,26 @@ pub struct RewindArgs {
     /// File holding the token the primary requires (mode 600 or stricter).
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) the new primary's certificate must be signed by: TLS to it.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate chain (PEM), for a primary that requires one.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 600 or stricter).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the primary's certificate must carry (default: the host of --source).
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// TLS without checking the primary's certificate.
+    #[arg(long, conflicts_with = "tls_ca")]
+    pub tls_insecure_skip_verify: bool,
+    /// The name to give the primary, for one that checks names against client certificates
+    /// or per-standby tokens (the name --tls-cert or the token proves); default `rewind-` and
+    /// 8 hex digits.
+    #[arg(long, value_parser = parse_name)]
+    pub name: Option<String>,
     /// How long to wait for the source at each step of the conversation.
     #[arg(long, default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub timeout: Duration,
@@ -41,10 +61,34 @@ pub struct RewindArgs {
     pub dry_run: bool,
 }
 
+fn parse_name(s: &str) -> Result<String, String> {
+    walship::replication::synchronous::check_name(s).map(|()| s.to_string())
+}
+
 pub fn run(a: RewindArgs) -> CmdResult {
     let token = read_token(&a.auth_token_file)?;
+    let tls_wanted = a.tls_ca.is_some() || a.tls_insecure_skip_verify;
+    if !tls_wanted && (a.tls_cert.is_some() || a.tls_server_name.is_some()) {
+        return Err(Failure::Error(
+            "--tls-cert and --tls-server-name need TLS: give --tls-ca (or --tls-insecure-skip-verify)".into(),
+        ));
+    }
+    let tls = tls_wanted.then(|| walship::replication::tls::ClientTlsFiles {
+        ca: a.tls_ca.clone(),
+        cert_key: a.tls_cert.clone().zip(a.tls_key.clone()),
+        server_name: a.tls_server_name.clone(),
+        insecure_skip_verify: a.tls_insecure_skip_verify,
+    });
     let fetched = runtime()?
-        .block_on(fetch_history(&a.source, token.as_ref(), a.timeout))
+        .block_on(fetch_history(
+            &a.source,
+            &Reach {
+                tls: tls.as_ref(),
+                token: token.as_ref(),
+                name: a.name.as_deref(),
+            },
+            a.timeout,
+        ))
         .map_err(|e| Failure::Error(format!("ask {} for its history: {e}", a.source)))?;
     let source = Source {
         system_id: fetched.system_id,

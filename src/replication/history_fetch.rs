@@ -2,16 +2,16 @@
 //! standby without a directory (Identify with no system id and no position), which the primary
 //! answers with every history file of its path (`TimelineHistory`, oldest first) and
 //! `Welcome`; the connection is closed right after, before any `Status`, so the primary keeps
-//! no slot for it. The files are checked as a standby checks them.
+//! no slot for it. The files are checked as a standby checks them. TCP, then TLS when given,
+//! as a standby connects.
 
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use uuid::Uuid;
 
 use crate::replication::auth::AuthToken;
 use crate::replication::handshake::{self, HistoryBytes, Introduction};
-use crate::replication::transport::Stream;
+use crate::replication::tls::{ClientTlsFiles, Side};
 use crate::replication::ReplError;
 use crate::timeline::History;
 
@@ -27,24 +27,37 @@ pub struct PrimaryHistory {
     pub files: Vec<(u32, Vec<u8>)>,
 }
 
-/// Connects to the primary at `addr` (plain TCP), authenticates with `token` when given, and
-/// takes its history files; `t` bounds the connection and each wait for a message.
+/// How to reach the primary.
+#[derive(Clone, Debug, Default)]
+pub struct Reach<'a> {
+    /// TLS files, for TLS.
+    pub tls: Option<&'a ClientTlsFiles>,
+    pub token: Option<&'a AuthToken>,
+    /// The name given in Identify (one a certificate or token proves, when the primary checks
+    /// names); `rewind-` and 8 hex digits of a fresh id when None.
+    pub name: Option<&'a str>,
+}
+
+/// Connects to the primary at `addr` as `reach` says and takes its history files; `t` bounds
+/// the connection and each wait for a message.
 pub async fn fetch_history(
     addr: &str,
-    token: Option<&AuthToken>,
+    reach: &Reach<'_>,
     t: Duration,
 ) -> Result<PrimaryHistory, ReplError> {
-    let tcp = match tokio::time::timeout(t, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(ReplError::io(format!("connect to {addr}"), e)),
-        Err(_) => {
-            return Err(ReplError::Timeout(format!(
-                "connecting to {addr} took longer than {t:?}"
-            )))
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    let mut stream = Stream::Plain(tcp);
+    fetch(addr, reach.tls, reach.token, reach.name, t)
+        .await
+        .map_err(|e| e.tls_told(Side::Standby))
+}
+
+async fn fetch(
+    addr: &str,
+    tls: Option<&ClientTlsFiles>,
+    token: Option<&AuthToken>,
+    name: Option<&str>,
+    t: Duration,
+) -> Result<PrimaryHistory, ReplError> {
+    let mut stream = crate::replication::standby::connection::dial(addr, tls, t).await?;
     let id = Uuid::new_v4();
     let welcomed = handshake::connect(&mut stream, token, t, || Introduction {
         standby_id: id,
@@ -55,7 +68,10 @@ pub async fn fetch_history(
         held_lsn: crate::Lsn::ZERO,
         applied_lsn: crate::Lsn::ZERO,
         max_frame: 1 << 20,
-        name: format!("rewind-{}", &id.simple().to_string()[..8]),
+        name: name.map_or_else(
+            || format!("rewind-{}", &id.simple().to_string()[..8]),
+            str::to_string,
+        ),
         histories: Vec::<HistoryBytes>::new(),
     })
     .await?;

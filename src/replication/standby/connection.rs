@@ -40,32 +40,38 @@ pub(super) async fn connect_and_stream(
 /// TCP, then TLS when configured (its files read again for each connection).
 async fn open(shared: &Shared) -> Result<Stream, ReplError> {
     let cfg = &shared.config;
-    let t = cfg.peer_timeout;
-    let tcp = match tokio::time::timeout(t, TcpStream::connect(&cfg.primary)).await {
+    dial(&cfg.primary, cfg.tls.as_ref(), cfg.peer_timeout).await
+}
+
+/// TCP to `primary`, then TLS with `tls` when given; `t` bounds each.
+pub(crate) async fn dial(
+    primary: &str,
+    tls: Option<&tls::ClientTlsFiles>,
+    t: Duration,
+) -> Result<Stream, ReplError> {
+    let tcp = match tokio::time::timeout(t, TcpStream::connect(primary)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(ReplError::io(format!("connect to {}", cfg.primary), e)),
+        Ok(Err(e)) => return Err(ReplError::io(format!("connect to {primary}"), e)),
         Err(_) => {
             return Err(ReplError::Timeout(format!(
-                "connecting to {} took longer than {t:?}",
-                cfg.primary
+                "connecting to {primary} took longer than {t:?}"
             )))
         }
     };
     let _ = tcp.set_nodelay(true);
-    let Some(files) = &cfg.tls else {
+    let Some(files) = tls else {
         return Ok(Stream::Plain(tcp));
     };
     if files.insecure_skip_verify {
-        tracing::warn!(primary = %cfg.primary, "TLS without verifying the primary's certificate (--tls-insecure-skip-verify): anyone on the path can pose as the primary");
+        tracing::warn!(primary = %primary, "TLS without verifying the primary's certificate (--tls-insecure-skip-verify): anyone on the path can pose as the primary");
     }
     let connector = tokio_rustls::TlsConnector::from(tls::client_config(files)?);
-    let name = tls::server_name(files, &cfg.primary)?;
+    let name = tls::server_name(files, primary)?;
     match tokio::time::timeout(t, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => Ok(Stream::TlsClient(Box::new(s))),
         Ok(Err(e)) => Err(ReplError::io("TLS handshake with the primary", e)),
         Err(_) => Err(ReplError::Timeout(format!(
-            "the TLS handshake with {} took longer than {t:?}",
-            cfg.primary
+            "the TLS handshake with {primary} took longer than {t:?}"
         ))),
     }
 }
