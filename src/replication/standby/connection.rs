@@ -85,18 +85,19 @@ async fn stream_from_primary(
     let cfg = &shared.config;
     let (max, t) = (cfg.max_frame, cfg.peer_timeout);
     let mut stream = open(shared).await?;
+    // A directory being adopted holds the records of its open segment too: judged against
+    // the primary's path with them, so that records past a switch point are refused.
+    let adopted_end = || {
+        let size = shared.held().control.map_or(0, |c| c.segment_size);
+        lock(&shared.adopting)
+            .as_ref()
+            .and_then(|a| a.open.as_ref())
+            .map(|o| o.name.segment_no.start_lsn_saturating(size) + o.valid_end as u64)
+    };
     let welcomed = handshake::connect(&mut stream, cfg.auth_token.as_ref(), t, || {
         let held = shared.held();
         let flushed = Lsn(shared.flushed.load(Ordering::Acquire));
-        // A directory being adopted holds the records of its open segment too: judged against
-        // the primary's path with them, so that records past a switch point are refused.
-        let size = held.control.map_or(0, |c| c.segment_size);
-        let held_lsn = lock(&shared.adopting)
-            .as_ref()
-            .and_then(|a| a.open.as_ref())
-            .map_or(flushed, |o| {
-                (o.name.segment_no.start_lsn_saturating(size) + o.valid_end as u64).max(flushed)
-            });
+        let held_lsn = adopted_end().map_or(flushed, |e| e.max(flushed));
         Introduction {
             standby_id: shared.id,
             control: held.control,
@@ -110,7 +111,30 @@ async fn stream_from_primary(
             histories: lock(&shared.histories).clone(),
         }
     })
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // The primary judged by the sealed segments it was told of: the records of the open
+        // segment go on past them.
+        ReplError::PeerRefused {
+            peer,
+            code,
+            message,
+        } if ReplError::refused(code, message.clone()).is_diverged() => {
+            let flushed = Lsn(shared.flushed.load(Ordering::Acquire));
+            let message = match adopted_end().filter(|e| *e > flushed) {
+                Some(end) => format!(
+                    "{message} (counting its open segment, this directory's records end at {end}: the diverged range ends there)"
+                ),
+                None => message,
+            };
+            ReplError::PeerRefused {
+                peer,
+                code,
+                message,
+            }
+        }
+        other => other,
+    })?;
     let Welcomed {
         version,
         ref sent,
