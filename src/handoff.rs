@@ -40,11 +40,46 @@ pub fn ask_standby_to_finish(dd: &DataDir) -> Result<Option<u32>> {
     Ok(Some(pid))
 }
 
-/// True when process `pid` runs `walship standby` (its command line's second argument).
+/// True when process `pid` runs `walship standby`.
 fn runs_standby(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|b| {
-        b.split(|c| *c == 0)
-            .nth(1)
-            .is_some_and(|arg| arg == b"standby")
-    })
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|b| subcommand(&b) == Some(&b"standby"[..]))
+}
+
+/// The subcommand in a NUL-separated command line: the first argument after the program that
+/// is neither an option nor the value of the global `--log-format`.
+fn subcommand(cmdline: &[u8]) -> Option<&[u8]> {
+    let mut args = cmdline.split(|c| *c == 0).skip(1);
+    while let Some(a) = args.next() {
+        if a == b"--log-format" {
+            args.next();
+        } else if !a.is_empty() && !a.starts_with(b"-") {
+            return Some(a);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subcommand;
+
+    #[test]
+    fn the_subcommand_of_a_command_line() {
+        let s = |c: &str| subcommand(c.as_bytes()).map(|a| String::from_utf8_lossy(a).into_owned());
+        assert_eq!(
+            s("walship\0standby\0d\0--primary\0h:1\0").as_deref(),
+            Some("standby")
+        );
+        assert_eq!(
+            s("walship\0--log-format\0json\0standby\0d\0").as_deref(),
+            Some("standby")
+        );
+        assert_eq!(
+            s("walship\0--log-format=json\0standby\0").as_deref(),
+            Some("standby")
+        );
+        assert_eq!(s("walship\0write\0standby\0").as_deref(), Some("write"));
+        assert_eq!(s("walship\0").as_deref(), None);
+    }
 }
