@@ -1,6 +1,7 @@
 //! Files recovery takes out of the log without destroying them: bytes it cannot prove were never
 //! acknowledged are moved (or copied, before a repair changes them) into `DATA_DIR/setaside/`,
-//! under their original name followed by the time, which no reader takes for a segment.
+//! under their original name followed by the time, which no reader takes for a segment. A
+//! rewind's are named by the switch point instead (`src/rewind.rs`).
 
 use std::fs;
 use std::io::Write;
@@ -80,6 +81,12 @@ pub fn segment_name_of(file_name: &str) -> Option<crate::format::SegmentName> {
         return Some(n);
     }
     let mut base = file_name;
+    // A rewind's: `.diverged-` and the switch point in 16 hex digits.
+    if let Some((b, lsn)) = base.rsplit_once(".diverged-") {
+        if lsn.len() == 16 && lsn.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return crate::format::SegmentName::parse(b);
+        }
+    }
     // Strip `.N` and then `.YYYYMMDDTHHMMSS.ffffffZ` (whose own dot splits it in two).
     if let Some((b, n)) = base.rsplit_once('.') {
         if !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) {
@@ -131,7 +138,12 @@ mod tests {
             segment_name_of(&format!("{seg}.20261127T173901.123456Z.2")),
             Some(n)
         );
+        assert_eq!(
+            segment_name_of(&format!("{seg}.diverged-000000000000FF90")),
+            Some(n)
+        );
         for bad in [
+            "000000010000000000000003.wal.open.diverged-FF90",
             "000000010000000000000003.wal.open.2026",
             "000000010000000000000003.wal.open.x.y",
             "notes.20261127T173901.123456Z",

@@ -165,6 +165,58 @@ fn promotion_is_refused_while_the_directory_is_locked_and_on_a_primary() {
     assert!(!sb.join("wal/00000002.history").exists());
 }
 
+#[test]
+fn a_running_standby_is_asked_to_finish_then_promoted() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let primary = t.path().join("primary");
+    init(&primary);
+    write_records(&primary, 1500, "a");
+    let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &t.path().join("serve.log"));
+    let sb = t.path().join("standby");
+    let mut s = common::standby(&sb, &addr, &[], &t.path().join("standby.log"));
+    write_records(&primary, 20, "b");
+    wait_until("the standby to acknowledge everything", || {
+        let st = status(&primary);
+        let flush = st["flush_lsn"].as_u64();
+        st["standbys"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|x| x["flushed_lsn"].as_u64())
+            == flush
+    });
+    srv.kill();
+    let want = payloads(&primary);
+    assert!(s.running(), "the standby still runs: {}", s.log());
+
+    let out = walship(&["promote", p(&sb), "--timeout", "30"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("asked walship standby (pid"), "{said}");
+    assert!(said.contains("timeline 2 begins at"), "{said}");
+    assert_eq!(
+        s.wait_exit(),
+        0,
+        "the standby finished cleanly: {}",
+        s.log()
+    );
+    assert_eq!(status(&sb)["timeline"].as_u64(), Some(2));
+    assert!(payloads(&sb) == want, "every record the standby had");
+    write_records(&sb, 10, "c");
+    assert_eq!(payloads(&sb).len(), want.len() + 10);
+}
+
+#[test]
+fn another_process_holding_the_standby_is_not_signalled() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (sb, _) = killed_standby(t.path());
+    // This test process holds the lock: it is no `walship standby`, so it is not asked.
+    let held = walship::DataDir::new(&sb).lock().expect("lock");
+    let out = walship(&["promote", p(&sb), "--timeout", "30"]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("asked"));
+    drop(held);
+}
+
 #[cfg(feature = "failpoints")]
 #[test]
 fn promotion_stopped_at_every_step_then_run_again_has_one_outcome() {

@@ -10,6 +10,7 @@ mod dump;
 mod metrics;
 mod promote;
 mod restore;
+mod rewind;
 mod serve;
 mod standby;
 mod status;
@@ -58,6 +59,7 @@ pub enum Command {
     Serve(serve::ServeArgs),
     Standby(standby::StandbyArgs),
     Promote(promote::PromoteArgs),
+    Rewind(rewind::RewindArgs),
     Status(status::StatusArgs),
     Demo(demo::DemoArgs),
     /// Internal: the demo's writer process.
@@ -71,6 +73,9 @@ pub enum Failure {
     Damage(String),
     /// Could not run: bad usage or an I/O failure: exit 2.
     Error(String),
+    /// Refused for what the data is, not for a failure: exit 1 (a standby whose directory
+    /// diverged from its primary's timeline).
+    Refused(String),
 }
 
 impl From<walship::Error> for Failure {
@@ -119,6 +124,7 @@ pub fn main() -> ExitCode {
         Command::Restore(a) => restore::run(a),
         Command::Checkpoint(a) => checkpoint::run(a),
         Command::Promote(a) => promote::run(a),
+        Command::Rewind(a) => rewind::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Standby(a) => standby::run(a),
         Command::Status(a) => status::run(a),
@@ -134,6 +140,10 @@ pub fn main() -> ExitCode {
         Err(Failure::Error(msg)) => {
             eprintln!("walship: error: {msg}");
             ExitCode::from(2)
+        }
+        Err(Failure::Refused(msg)) => {
+            eprintln!("walship: refused: {msg}");
+            ExitCode::from(1)
         }
     }
 }

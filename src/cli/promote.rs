@@ -12,9 +12,10 @@ use super::{CmdResult, Failure};
 /// Make a standby's data directory a primary on the next timeline.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "The directory must not be in use: stop `walship standby` on it first (promotion \
-is refused while a process holds its lock; with --wait it waits up to --timeout for the lock to \
-be released). The new timeline begins at the directory's durable end: the last valid record of \
+    after_help = "A `walship standby` running on the directory is asked to finish (SIGTERM to the pid in \
+its lock file: it applies what it has stored, stops following and exits 0) and waited for, up to \
+--timeout; promotion then proceeds. Any other process holding the directory's lock makes it refuse \
+(with --wait it waits up to --timeout for the lock to be released). The new timeline begins at the directory's durable end: the last valid record of \
 the copy of the primary's open segment (whose rest is moved to setaside/), or the end of the \
 newest sealed segment. Its history file (wal/0000000N.history) is written before the control \
 file names it. Running it again after a crash finishes the same promotion; on a directory \
@@ -22,10 +23,11 @@ already promoted it says so and exits 0.\n\nExample:\n  walship promote /var/lib
 )]
 pub struct PromoteArgs {
     pub data_dir: PathBuf,
-    /// Wait for the process holding the directory's lock to exit, up to --timeout.
+    /// Wait for any process holding the directory's lock to exit, up to --timeout (a running
+    /// `walship standby` is asked to finish and waited for without it).
     #[arg(long)]
     pub wait: bool,
-    /// How long --wait waits, in seconds.
+    /// How long promote waits for the lock to be released, in seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
     /// Why, recorded in the history file.
@@ -36,13 +38,22 @@ pub struct PromoteArgs {
 pub fn run(args: PromoteArgs) -> CmdResult {
     let dd = DataDir::new(&args.data_dir);
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut asked = None;
     let done = loop {
         match promote(&dd, &args.reason) {
-            Err(Error::Refused(msg))
-                if args.wait && Instant::now() < deadline && dd.lock().is_err() =>
-            {
-                let _ = msg;
-                std::thread::sleep(Duration::from_millis(50));
+            Err(Error::Refused(msg)) if Instant::now() < deadline && dd.lock().is_err() => {
+                // A standby running on it is asked once to finish, and waited for; any other
+                // process holding it, only with --wait.
+                if asked.is_none() {
+                    asked = walship::handoff::ask_standby_to_finish(&dd)?;
+                    if let Some(pid) = asked {
+                        println!("asked walship standby (pid {pid}) to finish");
+                    }
+                }
+                if asked.is_none() && !args.wait {
+                    return Err(Failure::from(Error::Refused(msg)));
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
             other => break other.map_err(Failure::from)?,
         }

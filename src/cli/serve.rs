@@ -170,6 +170,7 @@ impl From<ReplError> for Failure {
     fn from(e: ReplError) -> Self {
         match e {
             ReplError::Store(e) => Failure::from(e),
+            e if e.is_diverged() => Failure::Refused(e.to_string()),
             other => Failure::Error(other.to_string()),
         }
     }

@@ -149,7 +149,7 @@ pub fn run(a: StatusArgs) -> CmdResult {
     }
     if !s.set_aside.is_empty() {
         println!(
-            "set aside by recovery: {} file(s) in setaside/ (see `walship dump` on each; remove once checked)",
+            "set aside (by recovery, promotion or rewind): {} file(s) in setaside/ (see `walship dump` on each; remove once checked)",
             s.set_aside.len()
         );
         for f in &s.set_aside {

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod codec;
 pub mod frame;
 mod handshake;
+pub mod history_fetch;
 mod history_files;
 pub mod identities;
 pub mod messages;
@@ -115,6 +116,17 @@ impl ReplError {
             }
             ReplError::Token(_) | ReplError::TlsFiles(_) | ReplError::Internal(_) => true,
             ReplError::Tls { certificate, .. } => *certificate,
+            _ => false,
+        }
+    }
+
+    /// True when a standby was refused (by either side) because it holds records past the
+    /// point where the primary's path left its timeline: `walship rewind` is the way on.
+    pub fn is_diverged(&self) -> bool {
+        match self {
+            ReplError::PeerRefused { code, message, .. } | ReplError::Refused { code, message } => {
+                *code == ErrorCode::Identity && message.contains(timeline_path::REWIND_ADVICE)
+            }
             _ => false,
         }
     }

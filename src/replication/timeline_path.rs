@@ -9,6 +9,11 @@ use std::fmt;
 use crate::timeline::History;
 use crate::Lsn;
 
+/// The advice every refusal of a diverged standby ends with, on both sides of the connection:
+/// how a standby tells a divergence from any other refusal.
+pub const REWIND_ADVICE: &str =
+    "run walship rewind on the standby's directory to set them aside, then follow again";
+
 /// Why a standby cannot follow a primary's path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -44,7 +49,7 @@ impl fmt::Display for Refusal {
                 held,
             } => write!(
                 f,
-                "the standby holds timeline {left} up to {held}, past the switch point {at} where timeline {to} left it: the records in [{at}, {held}) are on no timeline of the primary's (diverged); run walship rewind on the standby's directory to set them aside, then follow again"
+                "the standby holds timeline {left} up to {held}, past the switch point {at} where timeline {to} left it: the records in [{at}, {held}) are on no timeline of the primary's (diverged); {REWIND_ADVICE}"
             ),
         }
     }

@@ -280,6 +280,10 @@ pub(crate) struct Introduction {
     pub next_segment: Option<u64>,
     pub prev_checksum: Option<u32>,
     pub flushed_lsn: Lsn,
+    /// The end of every record the directory holds, as the standby judges its own position
+    /// against the primary's path: `flushed_lsn`, or, for a directory being adopted that ends
+    /// in an open segment, the end of that segment's last valid record. Not sent.
+    pub held_lsn: Lsn,
     pub applied_lsn: Lsn,
     pub max_frame: usize,
     /// The standby's name.
@@ -482,7 +486,7 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         system_id,
         &intro.histories,
         intro.control.map(|c| c.timeline),
-        intro.flushed_lsn,
+        intro.held_lsn.max(intro.flushed_lsn),
     ) {
         Ok(h) => h,
         Err((code, m)) => return Err(refuse(stream, code, m).await),

@@ -34,6 +34,7 @@ pub(super) fn intro(control: Option<ControlFile>) -> Introduction {
         next_segment: Some(3),
         prev_checksum: Some(0xdead_beef),
         flushed_lsn: Lsn(3 << 20),
+        held_lsn: Lsn(3 << 20),
         applied_lsn: Lsn(2 << 20),
         max_frame: 1 << 20,
         name: "s1".into(),

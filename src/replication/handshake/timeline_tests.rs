@@ -37,6 +37,7 @@ fn standby_at(timeline: u32, flushed: Lsn, own: Vec<HistoryBytes>) -> Introducti
     c.identity.timeline = timeline;
     let mut i = intro(Some(c));
     i.flushed_lsn = flushed;
+    i.held_lsn = flushed;
     i.next_segment = Some(flushed.0 >> 20);
     i.histories = own;
     i

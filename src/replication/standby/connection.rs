@@ -40,32 +40,38 @@ pub(super) async fn connect_and_stream(
 /// TCP, then TLS when configured (its files read again for each connection).
 async fn open(shared: &Shared) -> Result<Stream, ReplError> {
     let cfg = &shared.config;
-    let t = cfg.peer_timeout;
-    let tcp = match tokio::time::timeout(t, TcpStream::connect(&cfg.primary)).await {
+    dial(&cfg.primary, cfg.tls.as_ref(), cfg.peer_timeout).await
+}
+
+/// TCP to `primary`, then TLS with `tls` when given; `t` bounds each.
+pub(crate) async fn dial(
+    primary: &str,
+    tls: Option<&tls::ClientTlsFiles>,
+    t: Duration,
+) -> Result<Stream, ReplError> {
+    let tcp = match tokio::time::timeout(t, TcpStream::connect(primary)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(ReplError::io(format!("connect to {}", cfg.primary), e)),
+        Ok(Err(e)) => return Err(ReplError::io(format!("connect to {primary}"), e)),
         Err(_) => {
             return Err(ReplError::Timeout(format!(
-                "connecting to {} took longer than {t:?}",
-                cfg.primary
+                "connecting to {primary} took longer than {t:?}"
             )))
         }
     };
     let _ = tcp.set_nodelay(true);
-    let Some(files) = &cfg.tls else {
+    let Some(files) = tls else {
         return Ok(Stream::Plain(tcp));
     };
     if files.insecure_skip_verify {
-        tracing::warn!(primary = %cfg.primary, "TLS without verifying the primary's certificate (--tls-insecure-skip-verify): anyone on the path can pose as the primary");
+        tracing::warn!(primary = %primary, "TLS without verifying the primary's certificate (--tls-insecure-skip-verify): anyone on the path can pose as the primary");
     }
     let connector = tokio_rustls::TlsConnector::from(tls::client_config(files)?);
-    let name = tls::server_name(files, &cfg.primary)?;
+    let name = tls::server_name(files, primary)?;
     match tokio::time::timeout(t, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => Ok(Stream::TlsClient(Box::new(s))),
         Ok(Err(e)) => Err(ReplError::io("TLS handshake with the primary", e)),
         Err(_) => Err(ReplError::Timeout(format!(
-            "the TLS handshake with {} took longer than {t:?}",
-            cfg.primary
+            "the TLS handshake with {primary} took longer than {t:?}"
         ))),
     }
 }
@@ -79,21 +85,56 @@ async fn stream_from_primary(
     let cfg = &shared.config;
     let (max, t) = (cfg.max_frame, cfg.peer_timeout);
     let mut stream = open(shared).await?;
+    // A directory being adopted holds the records of its open segment too: judged against
+    // the primary's path with them, so that records past a switch point are refused.
+    let adopted_end = || {
+        let size = shared.held().control.map_or(0, |c| c.segment_size);
+        lock(&shared.adopting)
+            .as_ref()
+            .and_then(|a| a.open.as_ref())
+            .map(|o| o.name.segment_no.start_lsn_saturating(size) + o.valid_end as u64)
+    };
     let welcomed = handshake::connect(&mut stream, cfg.auth_token.as_ref(), t, || {
         let held = shared.held();
+        let flushed = Lsn(shared.flushed.load(Ordering::Acquire));
+        let held_lsn = adopted_end().map_or(flushed, |e| e.max(flushed));
         Introduction {
             standby_id: shared.id,
             control: held.control,
             next_segment: held.next_segment,
             prev_checksum: held.prev_checksum,
-            flushed_lsn: Lsn(shared.flushed.load(Ordering::Acquire)),
+            flushed_lsn: flushed,
+            held_lsn,
             applied_lsn: Lsn(shared.applied.load(Ordering::Acquire)),
             max_frame: max,
             name: shared.name.clone(),
             histories: lock(&shared.histories).clone(),
         }
     })
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // The primary judged by the sealed segments it was told of: the records of the open
+        // segment go on past them.
+        ReplError::PeerRefused {
+            peer,
+            code,
+            message,
+        } if ReplError::refused(code, message.clone()).is_diverged() => {
+            let flushed = Lsn(shared.flushed.load(Ordering::Acquire));
+            let message = match adopted_end().filter(|e| *e > flushed) {
+                Some(end) => format!(
+                    "{message} (counting its open segment, this directory's records end at {end}: the diverged range ends there)"
+                ),
+                None => message,
+            };
+            ReplError::PeerRefused {
+                peer,
+                code,
+                message,
+            }
+        }
+        other => other,
+    })?;
     let Welcomed {
         version,
         ref sent,

@@ -40,7 +40,7 @@ use crate::Lsn;
 
 mod adoption;
 mod apply;
-mod connection;
+pub(crate) mod connection;
 pub mod directory;
 mod finish;
 mod partial;

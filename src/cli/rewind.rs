@@ -1,0 +1,140 @@
+//! `rewind`: cut a directory whose timeline a promotion left back to the switch point, so that
+//! it can follow the new primary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use walship::replication::history_fetch::{fetch_history, Reach};
+use walship::rewind::{rewind, Source};
+use walship::DataDir;
+
+use super::serve::{duration_between, read_token};
+use super::{runtime, CmdResult, Failure};
+
+/// Set aside what a former primary holds past the switch point and cut it back to it.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "DATA_DIR is a former primary (or a standby) whose timeline the new primary's history \
+left at a switch point, and which holds records past it. rewind asks the new primary (--source, a \
+running `walship serve`) for its history files, moves every segment past the switch point into \
+setaside/ (as NAME.diverged-LSN, never deleted; `walship status` lists them), copies the segment \
+holding the switch point there whole and cuts it back to the switch point as an open segment. \
+Afterwards `walship standby DATA_DIR --primary ADDR` follows the new primary. Refused while a \
+process holds the directory's lock. A directory with nothing past the switch point is left as it \
+is. Killed at any point, running it again reaches the same result.\n\nExample:\n  walship rewind \
+/var/lib/app/data --source db2.example:5433"
+)]
+pub struct RewindArgs {
+    pub data_dir: PathBuf,
+    /// The new primary, HOST:PORT of its `walship serve`.
+    #[arg(long, value_parser = super::serve::parse_primary)]
+    pub source: String,
+    /// File holding the token the primary requires (mode 600 or stricter).
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) the new primary's certificate must be signed by: TLS to it.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate chain (PEM), for a primary that requires one.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 600 or stricter).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the primary's certificate must carry (default: the host of --source).
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// TLS without checking the primary's certificate.
+    #[arg(long, conflicts_with = "tls_ca")]
+    pub tls_insecure_skip_verify: bool,
+    /// The name to give the primary, for one that checks names against client certificates
+    /// or per-standby tokens (the name --tls-cert or the token proves); default `rewind-` and
+    /// 8 hex digits.
+    #[arg(long, value_parser = parse_name)]
+    pub name: Option<String>,
+    /// How long to wait for the source at each step of the conversation.
+    #[arg(long, default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
+    pub timeout: Duration,
+    /// Say what would be set aside and cut, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    walship::replication::synchronous::check_name(s).map(|()| s.to_string())
+}
+
+pub fn run(a: RewindArgs) -> CmdResult {
+    let token = read_token(&a.auth_token_file)?;
+    let tls_wanted = a.tls_ca.is_some() || a.tls_insecure_skip_verify;
+    if !tls_wanted && (a.tls_cert.is_some() || a.tls_server_name.is_some()) {
+        return Err(Failure::Error(
+            "--tls-cert and --tls-server-name need TLS: give --tls-ca (or --tls-insecure-skip-verify)".into(),
+        ));
+    }
+    let tls = tls_wanted.then(|| walship::replication::tls::ClientTlsFiles {
+        ca: a.tls_ca.clone(),
+        cert_key: a.tls_cert.clone().zip(a.tls_key.clone()),
+        server_name: a.tls_server_name.clone(),
+        insecure_skip_verify: a.tls_insecure_skip_verify,
+    });
+    let fetched = runtime()?
+        .block_on(fetch_history(
+            &a.source,
+            &Reach {
+                tls: tls.as_ref(),
+                token: token.as_ref(),
+                name: a.name.as_deref(),
+            },
+            a.timeout,
+        ))
+        .map_err(|e| Failure::Error(format!("ask {} for its history: {e}", a.source)))?;
+    let source = Source {
+        system_id: fetched.system_id,
+        segment_size: fetched.segment_size,
+        path: fetched.path,
+        files: fetched.files,
+    };
+    let dd = DataDir::new(&a.data_dir);
+    let r = rewind(&dd, &source, a.dry_run)?;
+    let dir = a.data_dir.display();
+    if r.nothing_diverged {
+        println!(
+            "nothing diverged: {dir} ends at {}, at or before the switch point {} where timeline {} was left; nothing changed. Follow with walship standby {dir} --primary {}",
+            r.end, r.switch_lsn, r.timeline, a.source
+        );
+        return Ok(());
+    }
+    let verb = if a.dry_run {
+        "would set aside"
+    } else {
+        "set aside"
+    };
+    println!(
+        "{}{dir}: timeline {} was left at {}; the records in [{}, {}) diverged",
+        if a.dry_run {
+            "dry run, nothing changed: "
+        } else {
+            "rewound "
+        },
+        r.timeline,
+        r.switch_lsn,
+        r.switch_lsn,
+        r.end
+    );
+    for p in &r.set_aside {
+        println!("{verb} {}", p.display());
+    }
+    if let Some(c) = r.cut {
+        println!(
+            "{} {c} at {}",
+            if a.dry_run { "would cut" } else { "cut" },
+            r.switch_lsn
+        );
+    }
+    if !a.dry_run {
+        println!("follow with: walship standby {dir} --primary {}", a.source);
+    }
+    Ok(())
+}

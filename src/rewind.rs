@@ -1,0 +1,348 @@
+//! Rewind: a directory whose timeline a promotion left (a former primary that went on writing
+//! after its standby was promoted) is cut back to the switch point, so that it can follow the
+//! new primary as a standby. Nothing is deleted: what lies past the switch point is moved into
+//! `setaside/`.
+//!
+//! Steps, each durable before the next; a rerun after a crash at any point (with the same
+//! source) reaches the outcome of an uninterrupted run, because each step is judged again from
+//! what the directory holds:
+//!
+//! 1. take the directory's lock (a running writer, `serve` or `standby` holds it: refused);
+//!    check the source is the same system, and that the directory's timeline is on the
+//!    source's path, left at a switch point; find the directory's end. Nothing past the switch
+//!    point: say so and change nothing;
+//! 2. store the source's history files in `wal/` (as a standby would at its first contact);
+//! 3. move every segment file numbered past the one holding the switch point into `setaside/`,
+//!    newest first;
+//! 4. the segment holding the switch point, when it holds records past it: copy it whole into
+//!    `setaside/`, then write its records up to the switch point as an open segment of the
+//!    same name (temporary name, fsync, rename, fsync `wal/`), and remove the sealed file if it
+//!    was sealed.
+//!
+//! Set-aside files are named `<segment file name>.diverged-<switch LSN, 16 hex digits>`: the
+//! same name on a rerun, so a rerun never makes a second copy. The open segment left at the
+//! end is what a standby adopting the directory compares with the new primary's copy.
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::datadir::DataDir;
+use crate::error::{Error, IoContext, Result};
+use crate::format::record::{decode_at, Decoded};
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
+use crate::format::{ControlFile, SegmentFileKind, SegmentHeader, SegmentName};
+use crate::fsutil::fsync_dir;
+use crate::timeline::History;
+use crate::Lsn;
+
+/// The timelines of the primary a directory is rewound onto.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub system_id: uuid::Uuid,
+    pub segment_size: u64,
+    /// Its path, to its own timeline.
+    pub path: History,
+    /// The history file of every timeline after the first on its path: timeline and bytes.
+    pub files: Vec<(u32, Vec<u8>)>,
+}
+
+/// What a rewind did (or, in a dry run, would do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rewound {
+    /// The directory's timeline, which the source's path left.
+    pub timeline: u32,
+    /// Where the source's path left it.
+    pub switch_lsn: Lsn,
+    /// The end of the directory's records before the rewind: `[switch_lsn, end)` diverged.
+    pub end: Lsn,
+    /// True when nothing lay past the switch point (nothing was changed).
+    pub nothing_diverged: bool,
+    /// The segment cut back to the switch point, if one held it.
+    pub cut: Option<SegmentName>,
+    /// The files moved or copied into `setaside/` (in a dry run, the ones that would be).
+    pub set_aside: Vec<PathBuf>,
+}
+
+/// One segment file: its name and the end of its valid records (None: it holds none).
+struct Held {
+    name: SegmentName,
+    end: Option<Lsn>,
+}
+
+/// The name a file set aside by a rewind to `switch` gets.
+pub fn diverged_name(file_name: &str, switch: Lsn) -> String {
+    format!("{file_name}.diverged-{:016X}", switch.0)
+}
+
+/// Rewinds `dd` onto `source`'s timeline (see the module's steps). A dry run changes nothing
+/// and returns what would be done.
+pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
+    let _lock = match dd.lock() {
+        Ok(l) => l,
+        Err(Error::Locked { path, pid }) => {
+            return Err(Error::Refused(format!(
+                "{} is locked by a running process{}: stop the writer (`walship write`, `serve`, `standby`) on it, then rewind again",
+                path.display(),
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let control = dd.read_control()?;
+    let switch = switch_point(dd, &control, source)?;
+    let held = held_segments(dd, &control)?;
+    let end = held.iter().filter_map(|h| h.end).max().unwrap_or(Lsn::ZERO);
+    let size = control.segment_size;
+    // The segment holding the switch point: its records end at or after it.
+    let at = switch.0 / size;
+    let mut out = Rewound {
+        timeline: control.timeline,
+        switch_lsn: switch,
+        end,
+        nothing_diverged: end <= switch,
+        cut: None,
+        set_aside: Vec::new(),
+    };
+    if out.nothing_diverged {
+        return Ok(out);
+    }
+    let aside_dir = crate::setaside::setaside_dir(dd);
+    let past = |h: &&Held| h.end.is_some_and(|e| e > switch);
+    // A copy still arriving (a standby's) holding records past it goes whole: it is fetched
+    // again.
+    let later: Vec<&Held> = held
+        .iter()
+        .rev()
+        .filter(|h| {
+            h.name.segment_no.0 > at
+                || (h.name.segment_no.0 == at && h.name.kind == SegmentFileKind::Partial && past(h))
+        })
+        .collect();
+    let straddling: Vec<&Held> = held
+        .iter()
+        .filter(|h| h.name.segment_no.0 == at && h.name.kind != SegmentFileKind::Partial && past(h))
+        .collect();
+    for h in &later {
+        out.set_aside
+            .push(aside_dir.join(diverged_name(&h.name.to_string(), switch)));
+    }
+    for h in &straddling {
+        out.set_aside
+            .push(aside_dir.join(diverged_name(&h.name.to_string(), switch)));
+        out.cut = Some(SegmentName::new(h.name.timeline, at, SegmentFileKind::Open));
+    }
+    if dry_run {
+        return Ok(out);
+    }
+
+    // 2. The source's history files.
+    crate::fault!("rewind::history", e => Error::io("store the history files", e));
+    for (tl, bytes) in &source.files {
+        let path = dd.history_path(*tl);
+        let file = crate::history::decode_history(&path, bytes, *tl)?;
+        dd.write_history_file(&file)?;
+    }
+
+    // 3. Whole segments past the switch point, newest first.
+    for h in &later {
+        crate::fault!("rewind::aside", e => Error::io("set a segment aside", e));
+        move_aside_as(dd, &h.name, switch)?;
+    }
+
+    // 4. The segment holding the switch point.
+    for h in straddling {
+        cut_back(dd, &control, &h.name, switch)?;
+    }
+    Ok(out)
+}
+
+/// Where the source's path left the directory's timeline, checked: the same system, the
+/// directory's timeline on the path and left, its history the source's.
+fn switch_point(dd: &DataDir, control: &ControlFile, source: &Source) -> Result<Lsn> {
+    if source.system_id != control.system_id || source.segment_size != control.segment_size {
+        return Err(Error::Refused(format!(
+            "the source is system {} (segment size {}), this directory system {} (segment size {}): it is not this system's primary",
+            source.system_id, source.segment_size, control.system_id, control.segment_size
+        )));
+    }
+    let t = control.timeline;
+    let path = &source.path;
+    if t >= path.timeline {
+        return Err(Error::Refused(format!(
+            "this directory is on timeline {t} and the source on timeline {}: rewind brings back a directory whose timeline the source's history left (a standby on the same timeline just follows)",
+            path.timeline
+        )));
+    }
+    let Some(switch) = path.switch_point_after(t) else {
+        return Err(Error::Refused(format!(
+            "timeline {t} is not on the source's path ({path}): this directory is on another branch of the system; rebuild it from the archive or the new primary"
+        )));
+    };
+    if t > 1 {
+        let ours = fs::read(dd.history_path(t))
+            .ctx(|| format!("read {}", dd.history_path(t).display()))?;
+        let theirs = source.files.iter().find(|(tl, _)| *tl == t);
+        if theirs.map(|(_, b)| b) != Some(&ours) {
+            return Err(Error::Refused(format!(
+                "this directory's history of timeline {t} is not the source's: it is on another branch of the system; rebuild it"
+            )));
+        }
+    }
+    Ok(switch)
+}
+
+/// Every segment file of the directory (sealed, open, partial copies) and where its valid
+/// records end.
+fn held_segments(dd: &DataDir, control: &ControlFile) -> Result<Vec<Held>> {
+    let mut out = Vec::new();
+    for name in dd.list_segments()? {
+        let end = match name.kind {
+            SegmentFileKind::Sealed => {
+                let s =
+                    crate::segment_check::check_sealed(&dd.segment_path(&name), &name, control)?;
+                (s.end_lsn > s.header.start_lsn() + SEGMENT_HEADER_LEN as u64).then_some(s.end_lsn)
+            }
+            SegmentFileKind::Open | SegmentFileKind::Partial => {
+                let path = dd.segment_path(&name);
+                let buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
+                record_ends(&buf, &name, control)
+                    .and_then(|(h, ends)| ends.last().map(|o| h.start_lsn() + *o as u64))
+            }
+            _ => continue,
+        };
+        out.push(Held { name, end });
+    }
+    Ok(out)
+}
+
+/// The header of a segment file and the offsets where its valid records end, in order (None
+/// without a valid header of this system).
+fn record_ends(
+    buf: &[u8],
+    name: &SegmentName,
+    control: &ControlFile,
+) -> Option<(SegmentHeader, Vec<usize>)> {
+    let header = SegmentHeader::decode(buf.get(..SEGMENT_HEADER_LEN)?).ok()?;
+    if header.system_id != control.system_id
+        || header.segment_size != control.segment_size
+        || header.segment_no != name.segment_no.0
+        || header.timeline != name.timeline
+    {
+        return None;
+    }
+    let start = header.start_lsn();
+    let limit = (control.segment_size as usize).min(buf.len());
+    let mut ends = Vec::new();
+    let mut off = SEGMENT_HEADER_LEN;
+    while off < limit {
+        match decode_at(&buf[..limit], off, start + off as u64, limit) {
+            Ok(Decoded::Record(r)) => {
+                off = (r.end_lsn() - start) as usize;
+                ends.push(off);
+            }
+            _ => break,
+        }
+    }
+    Some((header, ends))
+}
+
+/// Moves a segment file into `setaside/` under its rewind name, durably.
+fn move_aside_as(dd: &DataDir, name: &SegmentName, switch: Lsn) -> Result<PathBuf> {
+    let aside = ensure_setaside(dd)?;
+    let from = dd.segment_path(name);
+    let to = aside.join(diverged_name(&name.to_string(), switch));
+    fs::rename(&from, &to).ctx(|| format!("rename {} to {}", from.display(), to.display()))?;
+    fsync_dir(&aside)?;
+    fsync_dir(&dd.wal_dir())?;
+    Ok(to)
+}
+
+fn ensure_setaside(dd: &DataDir) -> Result<PathBuf> {
+    let aside = crate::setaside::setaside_dir(dd);
+    if !aside.is_dir() {
+        fs::create_dir(&aside).ctx(|| format!("create directory {}", aside.display()))?;
+        fsync_dir(dd.root())?;
+    }
+    Ok(aside)
+}
+
+/// Writes `bytes` at `to` durably: a temporary file in the same directory, fsync, rename,
+/// fsync of the directory.
+fn write_durably(dir: &std::path::Path, to: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let base = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp = dir.join(crate::fsutil::temp_name(&base));
+    let written = (|| -> Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .ctx(|| format!("create {}", tmp.display()))?;
+        f.write_all(bytes)
+            .ctx(|| format!("write {}", tmp.display()))?;
+        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+        fs::rename(&tmp, to).ctx(|| format!("rename {} to {}", tmp.display(), to.display()))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    fsync_dir(dir)
+}
+
+/// Cuts the segment holding the switch point back to it: a whole copy set aside first, then
+/// its records up to the switch point as an open segment, then the sealed file (if it was
+/// one) removed.
+fn cut_back(dd: &DataDir, control: &ControlFile, name: &SegmentName, switch: Lsn) -> Result<()> {
+    let path = dd.segment_path(name);
+    let buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
+    let Some((header, ends)) = record_ends(&buf, name, control) else {
+        return Err(Error::Corrupt {
+            file: path,
+            offset: 0,
+            lsn: switch,
+            reason: "no valid segment header".into(),
+        });
+    };
+    let at = (switch - header.start_lsn()) as usize;
+    if at != SEGMENT_HEADER_LEN && !ends.contains(&at) {
+        return Err(Error::Refused(format!(
+            "the switch point {switch} falls inside a record of {name} here: this directory's records before it are not the source's; it cannot be rewound (rebuild it from the archive or the new primary)"
+        )));
+    }
+    // The whole segment, as it was, kept.
+    let aside = ensure_setaside(dd)?;
+    let copy = aside.join(diverged_name(&name.to_string(), switch));
+    if !copy.exists() {
+        crate::fault!("rewind::copy", e => Error::io("set the diverged segment aside", e));
+        write_durably(&aside, &copy, &buf)?;
+    }
+    // Its records up to the switch point, as an open segment.
+    crate::fault!("rewind::cut", e => Error::io("cut the segment back", e));
+    let open = SegmentName::new(name.timeline, name.segment_no.0, SegmentFileKind::Open);
+    let mut bytes = vec![0u8; control.segment_size as usize];
+    bytes[..at].copy_from_slice(&buf[..at]);
+    write_durably(&dd.wal_dir(), &dd.segment_path(&open), &bytes)?;
+    if name.kind != SegmentFileKind::Open {
+        crate::fault!("rewind::unseal", e => Error::io("remove the sealed segment", e));
+        fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+        fsync_dir(&dd.wal_dir())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_aside_names_say_the_switch_point() {
+        assert_eq!(
+            diverged_name("000000010000000000000003.wal.open", Lsn(0x1_0000_FF90)),
+            "000000010000000000000003.wal.open.diverged-000000010000FF90"
+        );
+    }
+}

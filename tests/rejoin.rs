@@ -1,0 +1,384 @@
+//! The old primary's return, through the real binary: a primary killed after its standby
+//! acknowledged everything, the standby promoted, and the old primary pointed at the new one.
+//! With nothing past the switch point it follows onto the new timeline; with records past it
+//! it is refused, naming the switch point and the diverged range.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{init, p, read_all, serve, status, wait_until, walship, write_records, NET};
+use walship::format::history::HistoryFile;
+
+/// Payloads of every record in a directory, in order.
+fn payloads(dir: &Path) -> Vec<Vec<u8>> {
+    read_all(dir)
+        .expect("read the directory's records")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect()
+}
+
+/// An old primary (killed after its standby acknowledged everything, then given `extra` more
+/// records of its own) and its standby, promoted to timeline 2.
+fn failed_over(root: &Path, extra: usize) -> (PathBuf, PathBuf) {
+    let old = root.join("old");
+    init(&old);
+    write_records(&old, 1500, "a");
+    let (mut srv, addr) = serve(&old, "127.0.0.1:0", &NET, &root.join("serve-old.log"));
+    let new = root.join("new");
+    let mut s = common::standby(&new, &addr, &[], &root.join("standby-new.log"));
+    write_records(&old, 20, "b");
+    wait_until("the standby to acknowledge everything", || {
+        let st = status(&old);
+        let flush = st["flush_lsn"].as_u64();
+        st["standbys"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|x| x["flushed_lsn"].as_u64())
+            == flush
+    });
+    s.kill();
+    srv.kill();
+    if extra > 0 {
+        // The old primary goes on alone: these records are on no timeline of the new one.
+        write_records(&old, extra, "x");
+    }
+    let out = walship(&["promote", p(&new)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    (old, new)
+}
+
+/// Where timeline 2 left timeline 1, from the new primary's history file.
+fn switch_point(new: &Path) -> walship::Lsn {
+    let b = std::fs::read(new.join("wal/00000002.history")).expect("history file");
+    HistoryFile::decode(&b, "00000002.history")
+        .expect("a valid history")
+        .last_switch()
+        .expect("a switch")
+        .lsn
+}
+
+#[test]
+fn an_old_primary_with_nothing_past_the_switch_follows_the_new_one() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 0);
+    write_records(&new, 1200, "c");
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let mut sb = common::standby(&old, &addr, &[], &t.path().join("standby-old.log"));
+    write_records(&new, 10, "d");
+    common::seal(&new);
+    let sealed = status(&new)["sealed_lsn"].as_u64().expect("sealed_lsn");
+    wait_until("the old primary to follow the new one", || {
+        !sb.running()
+            || walship(&["status", p(&old), "--json"]).status.success()
+                && serde_json::from_slice::<serde_json::Value>(
+                    &walship(&["status", p(&old), "--json"]).stdout,
+                )
+                .is_ok_and(|s| s["applied_lsn"].as_u64() == Some(sealed))
+    });
+    assert!(sb.running(), "log:\n{}", sb.log());
+    sb.kill();
+    assert_eq!(payloads(&old), payloads(&new));
+    assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
+}
+
+#[test]
+fn an_old_primary_that_diverged_is_refused_naming_the_range() {
+    // Past the switch point in its open segment (which only it can judge), and in sealed
+    // segments (which the primary judges first).
+    refused_as_diverged(7);
+    refused_as_diverged(2500);
+}
+
+fn refused_as_diverged(extra: usize) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), extra);
+    let before = common::names(&old.join("wal"));
+    let end = walship::Lsn(status(&old)["flush_lsn"].as_u64().expect("flush_lsn"));
+    let switch = switch_point(&new);
+    assert!(end > switch);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let mut sb = common::standby(&old, &addr, &[], &t.path().join("standby-old.log"));
+    let code = sb.wait_exit();
+    let log = sb.log();
+    assert_eq!(code, 1, "log:\n{log}");
+    assert!(log.contains("run walship rewind"), "{log}");
+    assert!(log.contains(&format!("switch point {switch}")), "{log}");
+    let named = log.contains(&format!("[{switch}, {end})"))
+        || log.contains(&format!(
+            "records end at {end}: the diverged range ends there"
+        ));
+    assert!(named, "{log}");
+    assert!(log.contains("walship: refused:"), "{log}");
+    assert_eq!(common::names(&old.join("wal")), before, "nothing changed");
+}
+
+/// The files of `sub` in a directory, sorted (none when it is absent).
+fn files(dir: &Path, sub: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join(sub))
+        .map(|d| {
+            d.map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn rewind(old: &Path, addr: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["rewind", p(old), "--source", addr];
+    args.extend_from_slice(extra);
+    walship(&args)
+}
+
+/// Rewinds an old primary that went on alone for `extra` records, checks what was set aside
+/// and kept, then has it follow the new primary to its end.
+fn rewound_then_follows(extra: usize) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), extra);
+    let switch = switch_point(&new);
+    let end = walship::Lsn(status(&old)["flush_lsn"].as_u64().expect("flush_lsn"));
+    let shared = payloads(&new);
+    let all = payloads(&old);
+    assert_eq!(all.len(), shared.len() + extra);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let before = (files(&old, "wal"), files(&old, "setaside"));
+
+    // A dry run says what it would do and changes nothing.
+    let dry = rewind(&old, &addr, &["--dry-run"]);
+    assert!(dry.status.success(), "{}", common::text(&dry));
+    let said = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(said.contains(&format!("[{switch}, {end})")), "{said}");
+    assert!(said.contains("would set aside"), "{said}");
+    assert_eq!((files(&old, "wal"), files(&old, "setaside")), before);
+
+    let out = rewind(&old, &addr, &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains(&format!("[{switch}, {end})")), "{said}");
+    // What is left is what the new primary has from the old timeline; what went is kept.
+    assert_eq!(payloads(&old), shared);
+    let aside = files(&old, "setaside");
+    assert!(!aside.is_empty());
+    let suffix = format!(".diverged-{:016X}", switch.0);
+    assert!(aside.iter().all(|n| n.ends_with(&suffix)), "{aside:?}");
+    let listed: Vec<String> = status(&old)["set_aside"]
+        .as_array()
+        .expect("set_aside")
+        .iter()
+        .map(|v| v.as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(listed, aside, "status lists them");
+    // Every diverged record is in a set-aside file, readable by dump.
+    let mut kept = Vec::new();
+    for n in &aside {
+        let d = walship(&["dump", p(&old.join("setaside").join(n))]);
+        assert!(d.status.success(), "{n}: {}", common::text(&d));
+        kept.push(String::from_utf8_lossy(&d.stdout).to_string());
+    }
+    let kept = kept.join("\n");
+    for i in [0, extra - 1] {
+        let want = format!("x-{i:08}-payload");
+        assert!(kept.contains(&want), "{want} kept");
+    }
+
+    // Again: nothing diverged, nothing changes.
+    let state = (files(&old, "wal"), files(&old, "setaside"));
+    let again = rewind(&old, &addr, &[]);
+    assert!(again.status.success(), "{}", common::text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing diverged"));
+    assert_eq!((files(&old, "wal"), files(&old, "setaside")), state);
+
+    // And it follows the new primary.
+    write_records(&new, 300, "c");
+    common::seal(&new);
+    let sealed = status(&new)["sealed_lsn"].as_u64().expect("sealed_lsn");
+    let mut sb = common::standby(&old, &addr, &[], &t.path().join("standby-old.log"));
+    wait_until("the rewound old primary to follow the new one", || {
+        !sb.running() || {
+            let o = walship(&["status", p(&old), "--json"]);
+            o.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                    .is_ok_and(|s| s["applied_lsn"].as_u64() == Some(sealed))
+        }
+    });
+    assert!(sb.running(), "log:\n{}", sb.log());
+    sb.kill();
+    assert_eq!(payloads(&old), payloads(&new));
+}
+
+#[test]
+fn a_diverged_old_primary_is_rewound_in_its_open_segment_then_follows() {
+    rewound_then_follows(7);
+}
+
+#[test]
+fn a_diverged_old_primary_is_rewound_across_segments_then_follows() {
+    // Enough to seal the segment holding the switch point and fill more after it.
+    rewound_then_follows(2500);
+}
+
+#[test]
+fn rewind_is_refused_while_the_directory_is_locked_and_leaves_a_follower_as_it_is() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 7);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let before = (files(&old, "wal"), files(&old, "setaside"));
+    let held = walship::DataDir::new(&old).lock().expect("lock");
+    let out = rewind(&old, &addr, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(common::text(&out).contains("locked by a running process"));
+    drop(held);
+    assert_eq!((files(&old, "wal"), files(&old, "setaside")), before);
+
+    // The new primary itself holds nothing diverged from its own path: refused, unchanged.
+    let out = rewind(&new, &addr, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("on timeline 2"),
+        "{}",
+        common::text(&out)
+    );
+}
+
+#[test]
+fn rewinding_an_old_primary_with_nothing_diverged_changes_nothing() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 0);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let before = (files(&old, "wal"), files(&old, "setaside"), payloads(&old));
+    let out = rewind(&old, &addr, &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing diverged"));
+    assert_eq!(
+        (files(&old, "wal"), files(&old, "setaside"), payloads(&old)),
+        before
+    );
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn rewind_stopped_at_every_step_then_run_again_has_one_outcome() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 2500);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let reference = t.path().join("reference");
+    common::copy_tree(&old, &reference);
+    let out = rewind(&reference, &addr, &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let outcome = |d: &Path| {
+        let bytes = |sub: &str| -> Vec<(String, Vec<u8>)> {
+            files(d, sub)
+                .into_iter()
+                .map(|n| {
+                    let b = std::fs::read(d.join(sub).join(&n)).expect("read");
+                    (n, b)
+                })
+                .collect()
+        };
+        (bytes("wal"), bytes("setaside"))
+    };
+    let want = outcome(&reference);
+    for step in ["history", "aside", "copy", "cut", "unseal"] {
+        let d = t.path().join(format!("at-{step}"));
+        common::copy_tree(&old, &d);
+        let fp = format!("rewind::{step}=return(EIO)");
+        let stopped = common::run_with(&["rewind", p(&d), "--source", &addr], b"", |c| {
+            c.env("FAILPOINTS", &fp);
+        });
+        assert_eq!(
+            stopped.status.code(),
+            Some(2),
+            "{step}: {}",
+            common::text(&stopped)
+        );
+        // Whatever it did so far, every record is still in the directory or set aside.
+        let out = rewind(&d, &addr, &[]);
+        assert!(out.status.success(), "{step}: {}", common::text(&out));
+        assert!(outcome(&d) == want, "{step}: the same outcome");
+        assert_eq!(payloads(&d), payloads(&new), "{step}");
+    }
+}
+
+/// Sends SIGTERM to a child and waits for it to exit by itself.
+fn stop(proc: &mut common::Proc) -> i32 {
+    let pid = i32::try_from(proc.child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    proc.wait_exit()
+}
+
+#[test]
+fn a_planned_switchover_loses_nothing_and_the_old_primary_follows_without_rewind() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let old = t.path().join("old");
+    init(&old);
+    write_records(&old, 1500, "a");
+    let (mut srv, addr) = serve(&old, "127.0.0.1:0", &NET, &t.path().join("serve-old.log"));
+    let new = t.path().join("new");
+    let mut s = common::standby(&new, &addr, &[], &t.path().join("standby-new.log"));
+    write_records(&old, 20, "b");
+    // Writes stopped: wait until the standby has flushed the primary's end, as status shows.
+    let end = status(&old)["flush_lsn"].as_u64().expect("flush_lsn");
+    wait_until("the standby to flush the primary's end", || {
+        status(&old)["standbys"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|x| x["flushed_lsn"].as_u64())
+            == Some(end)
+    });
+    assert_eq!(stop(&mut srv), 0, "serve stops cleanly: {}", srv.log());
+    // Promote with the standby still running: it is asked to finish.
+    let out = walship(&["promote", p(&new)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(s.wait_exit(), 0, "{}", s.log());
+    assert_eq!(
+        switch_point(&new).0,
+        end,
+        "the new timeline begins at the old end"
+    );
+    assert_eq!(payloads(&new), payloads(&old), "nothing lost");
+
+    // The old primary follows the new one without a rewind.
+    let (_srv2, addr2) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let dry = rewind(&old, &addr2, &["--dry-run"]);
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("nothing diverged"));
+    let mut sb = common::standby(&old, &addr2, &[], &t.path().join("standby-old.log"));
+    write_records(&new, 1200, "c");
+    common::seal(&new);
+    let sealed = status(&new)["sealed_lsn"].as_u64().expect("sealed_lsn");
+    wait_until("the old primary to follow the new one", || {
+        !sb.running() || {
+            let o = walship(&["status", p(&old), "--json"]);
+            o.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                    .is_ok_and(|s| s["applied_lsn"].as_u64() == Some(sealed))
+        }
+    });
+    assert!(sb.running(), "log:\n{}", sb.log());
+    sb.kill();
+    assert_eq!(payloads(&old), payloads(&new));
+    assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
+}
+
+#[test]
+fn rewind_asks_a_primary_that_requires_tls() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 7);
+    let ca = common::certs::Ca::new(t.path(), "ca");
+    let cert = ca.issue(t.path(), "primary", &["primary.test"]);
+    let mut args = vec!["--tls-cert", p(&cert.cert), "--tls-key", p(&cert.key)];
+    args.extend_from_slice(&NET);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &args, &t.path().join("serve-new.log"));
+    let before = files(&old, "wal");
+    // Plain TCP to a TLS primary fails, changing nothing.
+    let plain = rewind(&old, &addr, &[]);
+    assert_eq!(plain.status.code(), Some(2), "{}", common::text(&plain));
+    assert_eq!(files(&old, "wal"), before);
+    let tls = ["--tls-ca", p(&ca.cert), "--tls-server-name", "primary.test"];
+    let out = rewind(&old, &addr, &tls);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rewound"));
+    assert_eq!(payloads(&old), payloads(&new));
+}
