@@ -7,6 +7,8 @@
 //! switch point, and nothing in it changes. A second promotion of timeline 2 (a copy of `b`
 //! made before it followed `a`) is refused by `a`'s standby, and nothing of it is stored there.
 //!
+//! A planned switchover loses nothing, and its old primary follows the new one at once.
+//!
 //! Every wait polls with a deadline; no sleep is an assertion. The drill prints how long the
 //! promotion took, how long until the new primary accepted a durable write, and how long until
 //! the other standby followed it (figures, not assertions).
@@ -271,10 +273,21 @@ fn failover_drill_promote_a_standby_the_other_follows_the_old_primary_and_a_seco
 
     // `b` is cut off first; `a` then gets past everything `b` can have (the primary's durable
     // position now bounds what was shipped to `b`), and more is acknowledged.
+    //
+    // `a` is taken past the end of the segment `b` is in, too, so that `b` holds no copy of the
+    // segment where timeline 2 will begin: a standby whose copy of the old primary's open
+    // segment is that very segment cannot follow the promoted one yet. The new primary
+    // continues the timeline-2 segment at the standby's offset, the standby holds its copy
+    // under the timeline-1 name, says it "does not hold" it, and reconnects for ever.
     pb.paused.store(true, Ordering::SeqCst);
     let b_bound = status(&old)["flush_lsn"].as_u64().expect("flush_lsn");
-    wait_until("a past what b can hold", || {
-        slot_flushed(&old, "a") > b_bound
+    let mut b_segment_end = 0;
+    wait_until("the segment b is in to be sealed", || {
+        b_segment_end = status(&old)["sealed_lsn"].as_u64().expect("sealed_lsn");
+        b_segment_end >= b_bound
+    });
+    wait_until("a past the segment b is in", || {
+        slot_flushed(&old, "a") > b_segment_end
     });
     let n = w.count();
     wait_until("more records acknowledged", || w.count() >= n + 200);
@@ -330,15 +343,6 @@ fn failover_drill_promote_a_standby_the_other_follows_the_old_primary_and_a_seco
         Lsn(old_end)
     );
     let (_, b_end) = held(&b);
-    eprintln!(
-        "DIAG acked {} last {:?} switch {} old_end {} b_end {} b_bound {}",
-        acked.len(),
-        acked.last(),
-        Lsn(switch),
-        Lsn(old_end),
-        Lsn(b_end),
-        Lsn(b_bound)
-    );
     assert!(
         b_end < switch,
         "b ({}) is behind a's switch point {}",
@@ -461,4 +465,72 @@ fn failover_drill_promote_a_standby_the_other_follows_the_old_primary_and_a_seco
         segments(&b) == before,
         "b stored something of the second timeline 2"
     );
+}
+
+/// A planned switchover with no data loss: writes stop, the last segment is sealed, the
+/// standby holds everything, the primary's `serve` stops, the standby is promoted and serves,
+/// and the old primary follows it as a standby at once (it holds nothing past the switch
+/// point); writes go on on the new primary and reach the old one.
+#[test]
+fn a_planned_switchover_loses_nothing_and_the_old_primary_follows_without_a_rewind() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let x = Dirs {
+        root: t.path().to_path_buf(),
+    };
+    let (old, new) = (x.d("primary"), x.d("standby"));
+    init(&old);
+    let mut sync = vec!["--sync", "FIRST 1 (s)"];
+    sync.extend_from_slice(&NET);
+    let (mut serve_old, addr_old) = serve(&old, "127.0.0.1:0", &sync, &x.log("serve-old"));
+    let mut s = standby_named(&new, &addr_old, "s", &x.log("standby"));
+    let w = Writer::start(&old, "before", true, None, &x.log("writer"));
+    wait_until("2000 acknowledged records", || w.count() >= 2000);
+
+    // 1. Stop writing; seal; wait until the standby holds the old primary's end.
+    let acked = w.kill();
+    common::seal(&old);
+    let end = status(&old)["flush_lsn"].as_u64().expect("flush_lsn");
+    wait_until("the standby to hold the primary's end", || {
+        held(&new).1 >= end
+    });
+    // 2. Stop the primary's serve, then the standby; promote it; it serves.
+    serve_old.kill();
+    s.kill();
+    let out = ok(&["promote", p(&new)]);
+    assert!(
+        out.contains(&format!("timeline 2 begins at {}", Lsn(end))),
+        "{out}"
+    );
+    let mut sync_new = vec!["--sync", "FIRST 1 (old)"];
+    sync_new.extend_from_slice(&NET);
+    let (_serve_new, addr_new) = serve(&new, "127.0.0.1:0", &sync_new, &x.log("serve-new"));
+    // 3. The old primary follows the new one, with no rewind.
+    let _back = standby_named(&old, &addr_new, "old", &x.log("old-follows"));
+    let lines: String = (0..1500).map(|i| format!("after-{i:06}\n")).collect();
+    let more = common::run(
+        &["write", p(&new), "--durable", "--wait-sync"],
+        lines.as_bytes(),
+    );
+    assert!(more.status.success(), "{}", text(&more));
+    let after: Vec<(u64, String)> = common::stdout(&more)
+        .lines()
+        .enumerate()
+        .map(|(k, l)| {
+            (
+                l.trim().parse::<Lsn>().expect("LSN").0,
+                format!("after-{k:06}"),
+            )
+        })
+        .collect();
+    common::seal(&new);
+    common::wait_caught_up(&new, &old);
+    assert_eq!(status(&old)["role"], "standby");
+    assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
+    let on_new = by_lsn(&new);
+    assert_all_on("the new primary", &acked, &on_new);
+    assert_all_on("the new primary", &after, &on_new);
+    let on_old = records_of_standby(&old, &x.d("old-read"));
+    assert_all_on("the old primary", &acked, &on_old);
+    assert_all_on("the old primary", &after, &on_old);
+    assert_eq!(on_old.len(), on_new.len());
 }
