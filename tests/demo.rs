@@ -1,4 +1,5 @@
-//! The demo, as a newcomer runs it: every component a real child process, every check passing.
+//! The demo, as a newcomer runs it: every component a real child process, every check passing,
+//! the closing failover included.
 
 mod common;
 
@@ -38,12 +39,25 @@ fn the_demo_runs_the_whole_system_and_every_check_passes() {
         stdout.contains("at the writer's SIGKILL the asynchronous standby was "),
         "{stdout}"
     );
+    // It ends with a failover: the synchronous standby promoted to timeline 2, the asynchronous
+    // one following it, every acknowledged commit on the new timeline.
+    for line in [
+        "failover: the primary writes 50 records no standby receives, then is lost; promoting standby `sync`",
+        "standby-sync: timeline 2 begins at",
+        "follows it onto timeline 2",
+        "[ok] failover: every acknowledged commit is on the new timeline",
+        "[ok] failover: standby async follows the new primary: timeline 2",
+        "[ok] failover: verify the new primary: clean",
+        "failover: promote took ",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
     let passed = stdout
         .lines()
         .filter(|l| l.trim_start().starts_with("[ok]"))
         .count();
-    assert_eq!(passed, 14, "{stdout}");
-    assert!(stdout.contains("all 14 checks passed"), "{stdout}");
+    assert_eq!(passed, 17, "{stdout}");
+    assert!(stdout.contains("all 17 checks passed"), "{stdout}");
     // The scratch directory is kept, with what the summary tells the user to explore.
     for d in [
         "primary",

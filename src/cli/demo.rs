@@ -11,7 +11,7 @@ use super::{CmdResult, Failure};
 /// Run the whole system on loopback in a scratch directory, for a first look.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "It starts a primary with a writer, `serve`, a standby and an archiver (the real commands, as child processes), kills and recovers the writer midway, restores the archive into a new directory (with --archive-to, through an S3-compatible store), verifies everything and compares the records. Exit 0 only when every check passed.\n\nExample:\n  walship demo --seconds 30 --dir /tmp/walship-demo"
+    after_help = "It starts a primary with a writer, `serve`, a standby and an archiver (the real commands, as child processes), kills and recovers the writer midway, restores the archive into a new directory (with --archive-to, through an S3-compatible store), verifies everything and compares the records, and ends with a failover: the primary is lost, a standby is promoted to timeline 2 and the other standby follows it. Exit 0 only when every check passed.\n\nExample:\n  walship demo --seconds 30 --dir /tmp/walship-demo"
 )]
 pub struct DemoArgs {
     /// Scratch directory (created, and kept afterwards). Default: a new directory under the
@@ -70,6 +70,12 @@ pub fn demo(a: DemoArgs) -> CmdResult {
             "  at the writer's SIGKILL the asynchronous standby was {lag} bytes behind the primary (it may be 0 on a quiet machine)"
         );
     }
+    if let Some(f) = &summary.failover {
+        println!(
+            "  failover: promote took {} ms; the new primary took a durable write {} ms after promote began; the other standby held it on the new timeline {} ms after serve started there",
+            f.promote_ms, f.accepted_ms, f.followed_ms
+        );
+    }
     for c in &summary.checks {
         println!(
             "  [{}] {}: {}",
@@ -83,7 +89,8 @@ pub fn demo(a: DemoArgs) -> CmdResult {
     println!();
     println!("explore further:");
     println!("  {w} status {d}/primary");
-    println!("  {w} status {d}/standby-sync --json");
+    println!("  {w} status {d}/standby-sync   (the new primary, timeline 2)");
+    println!("  {w} status {d}/standby-async --json");
     println!("  {w} dump {d}/primary --limit 20");
     println!("  {w} dump {d}/primary --stats");
     match &a.archive_to {

@@ -4,16 +4,19 @@
 //! archive; midway the writer is killed with SIGKILL and restarted (recovery), and what each
 //! standby held at that moment is compared with what the writer had acknowledged; at the end the
 //! archive is restored into a new directory and the primary, the standbys and the restored copy
-//! are verified and compared record by record. Every component is the real `walship` binary,
-//! started as a child process.
+//! are verified and compared record by record. It ends with a failover: the synchronous standby
+//! is promoted to a new timeline, the asynchronous one follows it, a writer commits on it, and
+//! every commit acknowledged since the start must be on the new timeline. Every component is the
+//! real `walship` binary, started as a child process.
 //!
 //! Here: the demo's run from start to end; `procs.rs`: starting and stopping the children;
 //! `view.rs`: the live view; `workload.rs`: the writer's transactions; `writer.rs`: the writer
 //! process; `digest.rs`: comparing copies; `sync_check.rs`: the synchronous standby's check at
-//! the SIGKILL.
+//! the SIGKILL; `failover.rs`: the closing failover.
 
 mod archive_target;
 mod digest;
+mod failover;
 mod procs;
 mod sync_check;
 mod view;
@@ -34,7 +37,8 @@ use walship::error::{Error, IoContext, Result};
 use walship::{DataDir, Entry, Lsn, Wal, WalOptions, WalReader};
 
 use digest::digest;
-use procs::{path_str, read_listen_addr, run_to_end, start_writer, Proc};
+pub use failover::FailoverFigures;
+use procs::{path_str, read_listen_addr, run_to_end, run_with_input, start_writer, Proc};
 use sync_check::{ASYNC_NAME, SYNC_NAME};
 use view::{positions, view_lines, View};
 use workload::MixedWorkload;
@@ -83,6 +87,8 @@ pub struct DemoSummary {
     /// Bytes the asynchronous standby was behind the primary when the writer was killed.
     pub async_lag_at_kill: Option<u64>,
     pub end_lsn: u64,
+    /// What the closing failover measured (absent when it could not run).
+    pub failover: Option<FailoverFigures>,
 }
 
 impl DemoSummary {
@@ -469,5 +475,15 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
             "the writer was never killed".into(),
         ),
     }
+
+    let act = failover::Failover {
+        opts,
+        old: &primary,
+        promoted: &standby,
+        other: &standby_async,
+        logs: &logs,
+        acked: &acked,
+    };
+    summary.failover = Some(failover::run(&act, &mut view, out, &mut summary.checks)?);
     Ok(summary)
 }

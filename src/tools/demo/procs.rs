@@ -172,3 +172,45 @@ pub(super) fn run_to_end(exe: &Path, args: &[&str], logs: &Path, name: &str) -> 
         )))
     }
 }
+
+/// Runs `walship ARGS` with `input` on its stdin and its stderr in `logs/NAME.log`; returns
+/// what it printed on stdout (also appended to the log).
+pub(super) fn run_with_input(
+    exe: &Path,
+    args: &[&str],
+    input: &[u8],
+    logs: &Path,
+    name: &str,
+) -> Result<String> {
+    let log_path = logs.join(format!("{name}.log"));
+    let log = open_log(logs, name)?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .ctx(|| format!("run walship {}", args.join(" ")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input)
+            .ctx(|| format!("feed walship {}", args.join(" ")))?;
+    }
+    let done = child
+        .wait_with_output()
+        .ctx(|| format!("run walship {}", args.join(" ")))?;
+    let said = String::from_utf8_lossy(&done.stdout).into_owned();
+    let mut log = open_log(logs, name)?;
+    log.write_all(said.as_bytes())
+        .ctx(|| format!("write {}", log_path.display()))?;
+    if done.status.success() {
+        Ok(said)
+    } else {
+        Err(Error::Other(format!(
+            "`walship {}` failed ({}); see {}",
+            args.join(" "),
+            done.status,
+            log_path.display()
+        )))
+    }
+}

@@ -1,0 +1,262 @@
+//! The demo's last act, a failover: the old primary writes records no standby receives and is
+//! lost; the synchronous standby is promoted to timeline 2 and serves; the asynchronous
+//! standby is pointed at it and follows it onto timeline 2; a writer commits on the new
+//! primary; then every commit acknowledged since the demo began must be on the new timeline.
+//! It measures how long the promotion took, how long until the new primary accepted a durable
+//! write, and how long until the other standby held that write.
+
+use super::*;
+
+/// Records the old primary writes after its standbys stopped: on no standby, so that the old
+/// primary has diverged from the timeline the promotion makes.
+const DIVERGED_RECORDS: usize = 50;
+/// How long the writer commits on the new primary.
+const NEW_WRITER_MS: u64 = 1500;
+
+/// What the failover measured.
+#[derive(Clone, Debug, Default)]
+pub struct FailoverFigures {
+    /// `walship promote` from start to exit.
+    pub promote_ms: u128,
+    /// From `walship promote` starting to a `walship write --durable` on the promoted
+    /// directory returning.
+    pub accepted_ms: u128,
+    /// From then to the other standby holding that write on the new timeline (starting
+    /// `serve` on the new primary and the standby included).
+    pub followed_ms: u128,
+    /// Where the new timeline begins.
+    pub switch_lsn: u64,
+}
+
+/// The directories and the commits the failover works with.
+pub(super) struct Failover<'a> {
+    pub(super) opts: &'a DemoOptions,
+    /// The lost primary.
+    pub(super) old: &'a Path,
+    /// The standby promoted (the synchronous one: it holds every acknowledged commit).
+    pub(super) promoted: &'a Path,
+    /// The standby pointed at the new primary.
+    pub(super) other: &'a Path,
+    pub(super) logs: &'a Path,
+    pub(super) acked: &'a Arc<Acked>,
+}
+
+/// Runs the failover after the rest of the demo stopped every process; adds its checks.
+pub(super) fn run(
+    f: &Failover<'_>,
+    view: &mut View,
+    out: &mut dyn Write,
+    checks: &mut Vec<Check>,
+) -> Result<FailoverFigures> {
+    let exe = &f.opts.exe;
+    let mut figures = FailoverFigures::default();
+    let lines: String = (0..DIVERGED_RECORDS)
+        .map(|i| format!("old primary, cut off, record {i}\n"))
+        .collect();
+    run_with_input(
+        exe,
+        &["write", path_str(f.old)?, "--durable"],
+        lines.as_bytes(),
+        f.logs,
+        "failover",
+    )?;
+    view.event(
+        out,
+        &format!("failover: the primary writes {DIVERGED_RECORDS} records no standby receives, then is lost; promoting standby `{SYNC_NAME}`"),
+    );
+
+    let t0 = Instant::now();
+    let said = run_with_input(
+        exe,
+        &["promote", path_str(f.promoted)?],
+        b"",
+        f.logs,
+        "failover",
+    )?;
+    figures.promote_ms = t0.elapsed().as_millis();
+    let first = run_with_input(
+        exe,
+        &["write", path_str(f.promoted)?, "--durable"],
+        b"first commit on the new timeline\n",
+        f.logs,
+        "failover",
+    )?;
+    figures.accepted_ms = t0.elapsed().as_millis();
+    let first_lsn: Lsn = first.trim().parse().map_err(|e| {
+        Error::Other(format!(
+            "`walship write` printed {first:?}, not an LSN: {e}"
+        ))
+    })?;
+    let control = DataDir::new(f.promoted).read_control()?;
+    let history = DataDir::new(f.promoted).read_history_file(control.timeline, &control)?;
+    figures.switch_lsn = history.last_switch().map_or(0, |s| s.lsn.0);
+    view.event(
+        out,
+        &format!(
+            "{} in {} ms; it took a durable write {} ms after the promotion began",
+            said.lines().next().unwrap_or("promoted").trim(),
+            figures.promote_ms,
+            figures.accepted_ms
+        ),
+    );
+
+    let mut serve = Proc::spawn(
+        "serve-new-primary",
+        exe,
+        &[
+            "serve",
+            path_str(f.promoted)?,
+            "--listen",
+            "127.0.0.1:0",
+            "--sync",
+            &format!("FIRST 1 ({ASYNC_NAME})"),
+            "--sync-level",
+            "remote_flush",
+        ],
+        f.logs,
+        true,
+    )?;
+    let t1 = Instant::now();
+    let addr = read_listen_addr(&mut serve)?;
+    let mut other = Proc::spawn(
+        "standby-async-follows",
+        exe,
+        &[
+            "standby",
+            path_str(f.other)?,
+            "--primary",
+            &addr,
+            "--name",
+            ASYNC_NAME,
+        ],
+        f.logs,
+        false,
+    )?;
+    wait_for(
+        &format!(
+            "standby `{ASYNC_NAME}` to follow the new primary onto timeline {}",
+            control.timeline
+        ),
+        || held(f.other).is_ok_and(|(tl, end)| tl == control.timeline && end > first_lsn.0),
+    )?;
+    figures.followed_ms = t1.elapsed().as_millis();
+    view.event(
+        out,
+        &format!(
+            "standby `{ASYNC_NAME}`, pointed at it ({addr}), follows it onto timeline {}: it held that write {} ms after `serve` started on the new primary",
+            control.timeline, figures.followed_ms
+        ),
+    );
+
+    // Commits on the new primary, each acknowledged once `async` has it.
+    let before = f.acked.count.load(Ordering::Relaxed);
+    let (mut writer, writer_out) = start_writer(f.opts, f.promoted, f.logs, 2, f.acked)?;
+    std::thread::sleep(Duration::from_millis(NEW_WRITER_MS));
+    writer.kill();
+    let _ = writer_out.join();
+    run_to_end(exe, &["seal", path_str(f.promoted)?], f.logs, "seal")?;
+    let end = walship::status::status(f.promoted)?.flush_lsn.0;
+    let caught_up = wait_for(&format!("standby `{ASYNC_NAME}` to catch up"), || {
+        walship::status::status(f.other)
+            .is_ok_and(|s| s.flush_lsn.0 >= end && s.applied_lsn.is_some_and(|a| a.0 >= end))
+    });
+    let new_commits = f.acked.count.load(Ordering::Relaxed) - before;
+    view.event(
+        out,
+        &format!("a writer committed {new_commits} transactions on the new primary, each acknowledged once `{ASYNC_NAME}` had it"),
+    );
+    for p in [&mut serve, &mut other] {
+        p.stop(Duration::from_secs(10));
+    }
+
+    let mut check = |name: &str, passed: bool, detail: String| {
+        checks.push(Check {
+            name: name.to_string(),
+            passed,
+            detail,
+        });
+    };
+    let new = digest(f.promoted)?;
+    let acked = f.acked.ends.lock().map(|v| v.clone()).unwrap_or_default();
+    let missing = acked.iter().filter(|e| !new.ends.contains(e)).count();
+    check(
+        "failover: every acknowledged commit is on the new timeline",
+        missing == 0 && new_commits > 0 && !acked.is_empty(),
+        format!(
+            "{} commits acknowledged ({new_commits} on the new primary), {missing} missing from timeline {} (begun at {})",
+            acked.len(),
+            control.timeline,
+            Lsn(figures.switch_lsn)
+        ),
+    );
+    let followed = digest(f.other).and_then(|d| {
+        Ok((
+            d.records == new.records && d.hash == new.hash && d.end == new.end,
+            walship::status::status(f.other)?.timeline,
+            d.records,
+        ))
+    });
+    check(
+        &format!("failover: standby {ASYNC_NAME} follows the new primary"),
+        caught_up.is_ok()
+            && followed
+                .as_ref()
+                .is_ok_and(|(same, tl, _)| *same && *tl == control.timeline),
+        match followed {
+            Ok((_, tl, n)) => format!(
+                "timeline {tl}, {n} records (new primary: {} to {})",
+                new.records,
+                Lsn(new.end)
+            ),
+            Err(e) => e.to_string(),
+        },
+    );
+    let v = run_to_end(exe, &["verify", path_str(f.promoted)?], f.logs, "verify");
+    check(
+        "failover: verify the new primary",
+        v.is_ok(),
+        v.err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "clean".into()),
+    );
+    Ok(figures)
+}
+
+/// Polls `ready` every 50 ms for up to 60 s.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        if Instant::now() >= deadline {
+            return Err(Error::Other(format!("timed out waiting for {what}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A directory's timeline and where the records it holds end, read from its files: sealed
+/// segments, an open segment, and a standby's copy of its primary's open segment.
+fn held(dir: &Path) -> Result<(u32, u64)> {
+    let dd = DataDir::new(dir);
+    let control = dd.read_control()?;
+    let names = dd.list_segments()?;
+    let mut end = walship::sealed_set::newest_sealed_end(&dd, &names, &control)?.0;
+    for n in names.iter().filter(|n| {
+        matches!(
+            n.kind,
+            walship::format::SegmentFileKind::Open | walship::format::SegmentFileKind::Partial
+        )
+    }) {
+        // Renamed meanwhile (sealed): counted at the next look.
+        let Ok(bytes) = walship::reader::read_segment(&dd.segment_path(n)) else {
+            continue;
+        };
+        let Ok(mut scan) = walship::decoder::SegmentScanner::new(&bytes) else {
+            continue; // no header yet
+        };
+        for r in scan.by_ref() {
+            end = end.max(r.end_lsn().0);
+        }
+    }
+    Ok((control.timeline, end))
+}
