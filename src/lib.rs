@@ -9,6 +9,7 @@ pub mod damage;
 pub mod datadir;
 pub mod decoder;
 pub mod entry;
+pub mod episode;
 pub mod error;
 pub mod faults;
 pub mod flush_position;

@@ -34,24 +34,29 @@ fn a_slow_sync_is_logged_once_per_episode() {
     drop(stdin);
     assert_eq!(w.wait_exit(), 0, "{}", w.log());
     let text = w.log();
-    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("slow sync")).collect();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("slow sync: an msync"))
+        .collect();
     assert_eq!(warnings.len(), 2, "one warning per episode:\n{text}");
     assert!(
-        warnings.iter().all(|l| l.contains("WARN")),
+        warnings
+            .iter()
+            .all(|l| l.contains("WARN") && l.contains("not logged again")),
         "logged as warnings:\n{text}"
     );
     let ends = text
         .lines()
-        .filter(|l| l.contains("the slow-sync episode is over"))
+        .filter(|l| l.contains("slow sync: back within the threshold after"))
         .count();
     assert_eq!(ends, 2, "each episode's end logged:\n{text}");
     // The order: warning, end, warning, end.
     let order: Vec<bool> = text
         .lines()
         .filter_map(|l| {
-            if l.contains("slow sync:") {
+            if l.contains("slow sync: an msync") {
                 Some(true)
-            } else if l.contains("episode is over") {
+            } else if l.contains("slow sync: back within") {
                 Some(false)
             } else {
                 None
