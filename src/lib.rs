@@ -4,6 +4,7 @@
 //! segment files, seals full segments, and recovers the valid prefix after a crash.
 
 pub mod archive;
+pub mod consumer_warnings;
 pub mod consumers;
 pub mod damage;
 pub mod datadir;
