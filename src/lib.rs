@@ -4,11 +4,13 @@
 //! segment files, seals full segments, and recovers the valid prefix after a crash.
 
 pub mod archive;
+pub mod consumer_warnings;
 pub mod consumers;
 pub mod damage;
 pub mod datadir;
 pub mod decoder;
 pub mod entry;
+pub mod episode;
 pub mod error;
 pub mod faults;
 pub mod flush_position;

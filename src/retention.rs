@@ -231,11 +231,7 @@ fn checkpoint_checked(
     }
     let ckpt = state.checkpoint_lsn;
     let segs = sealed_files(dir, control.segment_size)?;
-    let removable_by_checkpoint: Vec<&Sealed> = segs
-        .iter()
-        .take(segs.len().saturating_sub(1))
-        .take_while(|s| s.end <= ckpt)
-        .collect();
+    let removable_by_checkpoint = removable_by(&segs, ckpt);
     let registry = ConsumerRegistry::new(dir);
     let mut consumers = registry.list()?;
     let mut report = CheckpointReport {
@@ -243,13 +239,7 @@ fn checkpoint_checked(
         ..CheckpointReport::default()
     };
     if let Some(cap) = opts.max_retained {
-        let held = |pos: Lsn| -> u64 {
-            removable_by_checkpoint
-                .iter()
-                .filter(|s| s.end > pos)
-                .map(|s| s.size)
-                .sum()
-        };
+        let held = |pos: Lsn| held(&removable_by_checkpoint, pos);
         for c in consumers.iter_mut().filter(|c| !c.lost) {
             if held(c.position) <= cap {
                 continue;
@@ -384,6 +374,40 @@ pub fn report(dir: &DataDir) -> Result<RetentionReport> {
         consumers: list,
         held_by,
     })
+}
+
+/// The sealed segments the checkpoint alone would release (the newest sealed one is always
+/// kept), oldest first.
+fn removable_by(segs: &[Sealed], ckpt: Lsn) -> Vec<&Sealed> {
+    segs.iter()
+        .take(segs.len().saturating_sub(1))
+        .take_while(|s| s.end <= ckpt)
+        .collect()
+}
+
+/// Bytes of `removable` that a consumer at `position` holds back: what the cap bounds.
+fn held(removable: &[&Sealed], position: Lsn) -> u64 {
+    removable
+        .iter()
+        .filter(|s| s.end > position)
+        .map(|s| s.size)
+        .sum()
+}
+
+/// Each consumer not marked lost, with the bytes of sealed segments below the checkpoint it
+/// alone holds back: what `--max-retained` ([`RetentionOptions::max_retained`]) caps at the
+/// next checkpoint. Reads only; safe beside a running writer.
+pub fn held_back(dir: &DataDir) -> Result<Vec<(String, u64)>> {
+    let control = dir.read_control()?;
+    let ckpt = load_state(dir)?.checkpoint_lsn;
+    let segs = sealed_files(dir, control.segment_size)?;
+    let removable = removable_by(&segs, ckpt);
+    Ok(ConsumerRegistry::new(dir)
+        .list()?
+        .into_iter()
+        .filter(|c| !c.lost)
+        .map(|c| (c.id, held(&removable, c.position)))
+        .collect())
 }
 
 /// Removes a consumer from the registry: it no longer holds WAL back. False when it was not

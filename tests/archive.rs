@@ -76,11 +76,7 @@ fn archive_then_restore_gives_the_records_back_byte_for_byte() {
             &["--compress", compress, "--warn-lag", "256KiB"],
         );
         assert!(out.status.success(), "{}", text(&out));
-        assert!(
-            text(&out).contains("the archiver is behind by more than the bound"),
-            "{}",
-            text(&out)
-        );
+        assert!(text(&out).contains("archiver behind: "), "{}", text(&out));
         for name in sealed_names(&data) {
             let local = std::fs::read(data.join("wal").join(&name)).unwrap();
             let stored = std::fs::read(arc.join(format!("{name}{suffix}")))

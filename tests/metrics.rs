@@ -369,6 +369,14 @@ fn metrics_match_status_and_the_reference() {
         let h = h.as_str().unwrap();
         assert_eq!(one(&e, "walship_retention_held_by", &[("holder", h)]), 1.0);
     }
+    // Every consumer caught up and no checkpoint: none holds anything back.
+    for c in r["consumers"].as_array().unwrap() {
+        let id = c["id"].as_str().unwrap();
+        assert_eq!(
+            one(&e, "walship_consumer_held_back_bytes", &[("consumer", id)]),
+            0.0
+        );
+    }
     assert_eq!(
         one(&e, "walship_archiver_position_bytes", &[]),
         sealed as f64

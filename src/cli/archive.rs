@@ -61,9 +61,12 @@ pub struct ArchiveArgs {
     /// zstd level, 1 (fastest) to 19.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,
-    /// Warn when sealed segments waiting to be archived exceed this size.
+    /// Warn (once per episode) when sealed segments waiting to be archived exceed this size...
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub warn_lag: u64,
+    /// ...or when the oldest of them was sealed longer ago than this (1s to 24h).
+    #[arg(long, default_value = "5m", value_parser = super::serve::duration_between(Duration::from_secs(1), Duration::from_secs(86_400)))]
+    pub warn_lag_time: Duration,
     /// Seconds between rescans of wal/ when watching (notifications can be missed); 1 to 3600.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub rescan_secs: u64,
@@ -99,6 +102,7 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
         },
         zstd_level: a.zstd_level,
         warn_lag_bytes: a.warn_lag,
+        warn_lag_time: a.warn_lag_time,
         rescan_interval: Duration::from_secs(a.rescan_secs),
         parallel: a.parallel as usize,
         read_back: match a.read_back {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use walship::consumer_warnings::{ConsumerWarnings, WarningOptions, CHECK_INTERVAL};
 use walship::replication::synchronous::{SyncConfig, SyncLevel, SyncPolicy};
 use walship::replication::{AuthToken, ReplError, Shipper, ShipperConfig};
 
@@ -65,6 +66,21 @@ pub struct ServeArgs {
     /// nor authentication.
     #[arg(long, value_parser = parse_listen)]
     pub metrics_listen: Option<String>,
+    /// Warn (once per episode, per standby) when a standby's applied position is more than
+    /// this far behind the flush position...
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub warn_standby_lag: u64,
+    /// ...or the oldest record it has not applied was written longer ago than this (1s to
+    /// 24h).
+    #[arg(long, default_value = "60s", value_parser = duration_between(Duration::from_secs(1), Duration::from_secs(86_400)))]
+    pub warn_standby_lag_time: Duration,
+    /// The --max-retained your checkpoints apply: warn (once per episode, per consumer) when
+    /// one consumer alone holds back more than --warn-retained percent of it.
+    #[arg(long, value_parser = parse_size)]
+    pub max_retained: Option<u64>,
+    /// The percentage of --max-retained that is warned about (1 to 100).
+    #[arg(long, default_value_t = walship::consumer_warnings::DEFAULT_RETAINED_PERCENT, requires = "max_retained", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub warn_retained: u8,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -211,6 +227,12 @@ pub fn run(a: ServeArgs) -> CmdResult {
         timeout: a.sync_timeout,
     });
     let data_dir = a.data_dir.clone();
+    let warnings = WarningOptions {
+        standby_lag_bytes: a.warn_standby_lag,
+        standby_lag_time: a.warn_standby_lag_time,
+        max_retained: a.max_retained,
+        retained_percent: a.warn_retained,
+    };
     super::runtime()?.block_on(async move {
         let metrics = match &a.metrics_listen {
             Some(addr) => Some(
@@ -226,13 +248,42 @@ pub fn run(a: ServeArgs) -> CmdResult {
             writeln!(out, "listening on {}", shipper.local_addr())?;
             out.flush()?;
         }
+        let checker = check_warnings(data_dir.clone(), warnings);
         reload_on_hangup(&shipper).await;
         tracing::info!("stopping");
+        checker.abort();
         if let Some(m) = metrics {
             m.abort();
         }
         shipper.stop(STOP_BOUND).await;
         Ok(())
+    })
+}
+
+/// Checks the consumers' warnings every [`CHECK_INTERVAL`] until aborted (the files are read
+/// off the runtime's threads). A check that cannot read the directory is logged at debug level
+/// and tried again at the next one.
+fn check_warnings(dir: PathBuf, opts: WarningOptions) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut warnings = Some(ConsumerWarnings::new(&dir, opts));
+        loop {
+            tokio::time::sleep(CHECK_INTERVAL).await;
+            let Some(mut w) = warnings.take() else {
+                return;
+            };
+            let Ok((w, r)) = tokio::task::spawn_blocking(move || {
+                let r = w.check();
+                (w, r)
+            })
+            .await
+            else {
+                return;
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "the consumers' warnings could not be checked");
+            }
+            warnings = Some(w);
+        }
     })
 }
 

@@ -57,6 +57,7 @@ pub struct DirMetrics {
     retained_bytes: IntGauge,
     retained_segments: IntGauge,
     held_by: IntGaugeVec,
+    held_back: IntGaugeVec,
     checkpoint: IntGauge,
     /// Served only for a standby's directory.
     standby_registry: Registry,
@@ -150,6 +151,7 @@ impl DirMetrics {
             retained_bytes: gauge(&registry, "walship_retained_bytes")?,
             retained_segments: gauge(&registry, "walship_retained_segments")?,
             held_by: per_standby(&registry, "walship_retention_held_by", &["holder"])?,
+            held_back: per_standby(&registry, "walship_consumer_held_back_bytes", &["consumer"])?,
             checkpoint: gauge(&registry, "walship_checkpoint_position_bytes")?,
             own_applied: gauge(&standby_registry, "walship_applied_position_bytes")?,
             confirmed: gauge(&sync_registry, "walship_sync_confirmed_position_bytes")?,
@@ -238,6 +240,20 @@ impl DirMetrics {
             source,
         })?;
         self.update(&st);
+        // Read here rather than in `update`: it lists the sealed segments again.
+        let held =
+            crate::retention::held_back(&crate::DataDir::new(&self.root)).map_err(|source| {
+                MetricsError::Status {
+                    path: self.root.clone(),
+                    source,
+                }
+            })?;
+        self.held_back.reset();
+        for (id, n) in held {
+            self.held_back
+                .with_label_values(&[id.as_str()])
+                .set(bytes(n));
+        }
         if let Some(a) = archiver(&st) {
             // Read here rather than in `update`: it reads the oldest record not archived.
             let now = crate::now_us();

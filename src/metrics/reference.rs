@@ -73,6 +73,8 @@ pub const METRICS: &[Metric] = &[
         "Sealed segments kept in the directory."),
     m("walship_retention_held_by", "gauge", DIR,
         "1 for each holder (label holder: checkpoint, newest_segment or a consumer id) of the oldest sealed segment."),
+    m("walship_consumer_held_back_bytes", "gauge", DIR,
+        "Bytes of sealed segments below the checkpoint that this consumer alone holds back (what checkpoint --max-retained caps), by consumer id."),
     m("walship_checkpoint_position_bytes", "gauge", DIR,
         "The highest checkpoint declared: retention may remove sealed segments below it."),
     m("walship_damage_found_total", "counter", DIR | LIBRARY,

@@ -100,23 +100,22 @@ impl Inner {
     /// next ones are not until a sync within the bound ends the episode (logged too).
     fn note_sync_time(&self, took: Duration, bytes: usize) {
         let bound = self.options.slow_sync_warning;
-        if took > bound {
-            if !self.slow_sync.swap(true, Ordering::AcqRel) {
-                tracing::warn!(
-                    seconds = took.as_secs_f64(),
-                    bytes,
-                    bound_seconds = bound.as_secs_f64(),
-                    "slow sync: an msync of the open segment took {:.3} s, over {:.3} s; not logged again until a sync is within the bound",
+        let over = took > bound;
+        let mut episode = crate::sync::lock(&self.slow_sync);
+        if !over && !episode.active() {
+            return;
+        }
+        episode.observe(over, || {
+            if over {
+                format!(
+                    "an msync of {bytes} bytes of the open segment took {:.3} s, over {:.3} s",
                     took.as_secs_f64(),
                     bound.as_secs_f64()
-                );
+                )
+            } else {
+                format!("a sync took {:.3} s", took.as_secs_f64())
             }
-        } else if self.slow_sync.swap(false, Ordering::AcqRel) {
-            tracing::info!(
-                seconds = took.as_secs_f64(),
-                "syncs are within the bound again: the slow-sync episode is over"
-            );
-        }
+        });
     }
 
     pub(super) fn wait_durable(&self, target: u64) -> Result<()> {

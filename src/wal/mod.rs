@@ -144,8 +144,8 @@ struct Inner {
     published: FlushPublisher,
     /// The library's counters (`crate::metrics::library`), looked up once.
     lib: &'static crate::metrics::library::Library,
-    /// In a slow-sync episode: the warning was logged, the next waits for a fast sync.
-    slow_sync: AtomicBool,
+    /// The slow-sync warning, once per episode (`durability.rs`).
+    slow_sync: Mutex<crate::episode::Episode>,
 }
 
 /// A data directory open for writing. Cheap to share: wrap it in an `Arc` and call from many
@@ -404,7 +404,7 @@ impl Inner {
             finisher: Finisher::default(),
             published: FlushPublisher::open(&dir, rec.end_lsn.0),
             lib: crate::metrics::library::library(),
-            slow_sync: AtomicBool::new(false),
+            slow_sync: Mutex::new(crate::episode::Episode::new("slow sync")),
             pipeline,
             options,
             dir,

@@ -22,6 +22,7 @@ use super::{
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::damage::{Component, DamageRegister};
 use crate::datadir::DataDir;
+use crate::episode::Episode;
 use crate::error::{Error, Result};
 use crate::format::SegmentNo;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName};
@@ -35,6 +36,9 @@ mod retry;
 use prepare::{prepare, Prepared};
 use retry::{Backoff, FailureStreak};
 
+/// The default of [`ArchiverOptions::warn_lag_time`].
+pub const DEFAULT_WARN_LAG_TIME: Duration = Duration::from_secs(300);
+
 /// The archiver's id in the consumer registry.
 pub const ARCHIVER_ID: &str = "archiver";
 
@@ -43,8 +47,11 @@ pub struct ArchiverOptions {
     pub compression: Compression,
     /// zstd level (1 fastest .. 19 smallest).
     pub zstd_level: i32,
-    /// Warn when sealed segments not yet archived add up to more than this many bytes.
+    /// Warn (once per episode) when sealed segments not yet archived add up to more than this
+    /// many bytes...
     pub warn_lag_bytes: u64,
+    /// ...or when the oldest of them was sealed longer ago than this.
+    pub warn_lag_time: Duration,
     /// How often the watch loop rescans wal/ even without a notification (watchers can drop
     /// events).
     pub rescan_interval: Duration,
@@ -76,6 +83,7 @@ impl Default for ArchiverOptions {
             compression: Compression::None,
             zstd_level: 3,
             warn_lag_bytes: 256 << 20,
+            warn_lag_time: DEFAULT_WARN_LAG_TIME,
             rescan_interval: Duration::from_secs(10),
             parallel: 1,
             read_back: ReadBack::Unproven,
@@ -133,6 +141,8 @@ pub struct Archiver<S: ArchiveStore> {
     /// Segment number and seal checksum of the newest segment pushed or found, for the chain.
     last: Option<(u64, u32)>,
     position: Lsn,
+    /// The archiver-behind warning, once per episode.
+    behind: Episode,
 }
 
 impl<S: ArchiveStore> Archiver<S> {
@@ -181,6 +191,7 @@ impl<S: ArchiveStore> Archiver<S> {
             begin: None,
             last: None,
             position,
+            behind: Episode::new("archiver behind"),
         };
         // Register before looking at wal/, so retention keeps everything from here on.
         a.save_position(position)?;
@@ -261,14 +272,7 @@ impl<S: ArchiveStore> Archiver<S> {
             lag_bytes: pending.iter().map(|(_, s)| s).sum(),
             ..PassSummary::default()
         };
-        if sum.lag_bytes > self.opts.warn_lag_bytes {
-            tracing::warn!(
-                behind_bytes = sum.lag_bytes,
-                segments = pending.len(),
-                bound = self.opts.warn_lag_bytes,
-                "the archiver is behind by more than the bound"
-            );
-        }
+        self.note_lag(&pending);
         // Up to `parallel` segments are written at once while up to five more (at most
         // `parallel` + 1) are read, checked and compressed; each is recorded as archived in LSN
         // order.
@@ -310,7 +314,35 @@ impl<S: ArchiveStore> Archiver<S> {
             return Err(e);
         }
         sum.position = self.position;
+        if self.behind.active() {
+            let pending = self.pending()?;
+            self.note_lag(&pending);
+        }
         Ok(sum)
+    }
+
+    /// The archiver-behind warning: over the threshold when the segments not archived add up
+    /// to more than `warn_lag_bytes`, or the oldest of them was sealed (its file last written)
+    /// longer than `warn_lag_time` ago.
+    fn note_lag(&mut self, pending: &[(SegmentName, u64)]) {
+        let bytes: u64 = pending.iter().map(|(_, s)| s).sum();
+        let waited = pending.first().and_then(|(n, _)| {
+            let m = std::fs::metadata(self.dir.segment_path(n)).ok()?;
+            m.modified().ok()?.elapsed().ok()
+        });
+        let (bound, bound_time) = (self.opts.warn_lag_bytes, self.opts.warn_lag_time);
+        let over = bytes > bound || waited.is_some_and(|w| w > bound_time);
+        self.behind.observe(over, || {
+            let oldest = match waited {
+                Some(w) => format!(", the oldest sealed {} s ago", w.as_secs()),
+                None => String::new(),
+            };
+            format!(
+                "{bytes} bytes in {} sealed segments not archived{oldest} (thresholds {bound} bytes, {} s)",
+                pending.len(),
+                bound_time.as_secs()
+            )
+        });
     }
 
     /// Counts a finished push and records the archiver's position after it.
