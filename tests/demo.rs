@@ -40,7 +40,8 @@ fn the_demo_runs_the_whole_system_and_every_check_passes() {
         "{stdout}"
     );
     // It ends with a failover: the synchronous standby promoted to timeline 2, the asynchronous
-    // one following it, every acknowledged commit on the new timeline.
+    // one following it, the old primary refused until rewound, then following too, every
+    // acknowledged commit on the new timeline.
     for line in [
         "failover: the primary writes 50 records no standby receives, then is lost; promoting standby `sync`",
         "standby-sync: timeline 2 begins at",
@@ -48,6 +49,8 @@ fn the_demo_runs_the_whole_system_and_every_check_passes() {
         "[ok] failover: every acknowledged commit is on the new timeline",
         "[ok] failover: standby async follows the new primary: timeline 2",
         "[ok] failover: verify the new primary: clean",
+        "the old primary, pointed at the new one, was refused (exit 1",
+        "[ok] failover: the old primary, refused until rewound, follows the new primary",
         "failover: promote took ",
     ] {
         assert!(stdout.contains(line), "{line}\n{stdout}");
@@ -56,8 +59,8 @@ fn the_demo_runs_the_whole_system_and_every_check_passes() {
         .lines()
         .filter(|l| l.trim_start().starts_with("[ok]"))
         .count();
-    assert_eq!(passed, 17, "{stdout}");
-    assert!(stdout.contains("all 17 checks passed"), "{stdout}");
+    assert_eq!(passed, 18, "{stdout}");
+    assert!(stdout.contains("all 18 checks passed"), "{stdout}");
     // The scratch directory is kept, with what the summary tells the user to explore.
     for d in [
         "primary",

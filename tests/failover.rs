@@ -4,8 +4,9 @@
 //! the primary side SIGKILLed after it wrote records the standbys never received. Standby `a`
 //! is promoted, serves, and `b` follows it onto timeline 2; every acknowledged record is on
 //! `a`'s timeline and on `b`. The old primary, which diverged, is refused by `a`, naming the
-//! switch point, and nothing in it changes. A second promotion of timeline 2 (a copy of `b`
-//! made before it followed `a`) is refused by `a`'s standby, and nothing of it is stored there.
+//! switch point, and nothing in it changes; `walship rewind` sets its diverged records aside,
+//! and it follows `a`. A second promotion of timeline 2 (a copy of `b` made before it followed
+//! `a`) is refused by `a`'s standby, and nothing of it is stored there.
 //!
 //! A planned switchover loses nothing, and its old primary follows the new one at once.
 //!
@@ -272,22 +273,13 @@ fn failover_drill_promote_a_standby_the_other_follows_the_old_primary_and_a_seco
     wait_until("2500 acknowledged records", || w.count() >= 2500);
 
     // `b` is cut off first; `a` then gets past everything `b` can have (the primary's durable
-    // position now bounds what was shipped to `b`), and more is acknowledged.
-    //
-    // `a` is taken past the end of the segment `b` is in, too, so that `b` holds no copy of the
-    // segment where timeline 2 will begin: a standby whose copy of the old primary's open
-    // segment is that very segment cannot follow the promoted one yet. The new primary
-    // continues the timeline-2 segment at the standby's offset, the standby holds its copy
-    // under the timeline-1 name, says it "does not hold" it, and reconnects for ever.
+    // position now bounds what was shipped to `b`), and more is acknowledged. Whether `b`'s
+    // copy of the open segment is of the segment where timeline 2 will begin depends on the
+    // moment: either way it follows.
     pb.paused.store(true, Ordering::SeqCst);
     let b_bound = status(&old)["flush_lsn"].as_u64().expect("flush_lsn");
-    let mut b_segment_end = 0;
-    wait_until("the segment b is in to be sealed", || {
-        b_segment_end = status(&old)["sealed_lsn"].as_u64().expect("sealed_lsn");
-        b_segment_end >= b_bound
-    });
-    wait_until("a past the segment b is in", || {
-        slot_flushed(&old, "a") > b_segment_end
+    wait_until("a past what b can hold", || {
+        slot_flushed(&old, "a") > b_bound
     });
     let n = w.count();
     wait_until("more records acknowledged", || w.count() >= n + 200);
@@ -446,6 +438,38 @@ fn failover_drill_promote_a_standby_the_other_follows_the_old_primary_and_a_seco
         "the old primary's control file changed"
     );
     assert!(!old.join("wal/00000002.history").exists());
+
+    // `rewind` sets its records past the switch point aside and cuts it back to the switch
+    // point; then it follows `a` onto timeline 2 and holds everything `a` has.
+    let rewound = ok(&["rewind", p(&old), "--source", &addr_a]);
+    assert!(
+        rewound.contains(&format!("timeline 1 was left at {}", Lsn(switch))),
+        "{rewound}"
+    );
+    assert!(
+        std::fs::read_dir(old.join("setaside"))
+            .expect("setaside/")
+            .any(|e| e
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .contains(".diverged-")),
+        "the diverged records are kept in setaside/"
+    );
+    let mut back = standby_named(&old, &addr_a, "old", &x.log("old-follows-a-rewound"));
+    let more = common::run(&["write", p(&a), "--durable"], b"after the rewind\n");
+    assert!(more.status.success(), "{}", text(&more));
+    common::seal(&a);
+    common::wait_caught_up(&a, &old);
+    assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
+    let on_old = records_of_standby(&old, &x.d("old-read"));
+    assert_all_on("the rewound old primary", &acked, &on_old);
+    assert_all_on("the rewound old primary", &after, &on_old);
+    assert!(
+        !on_old.values().any(|(p, _)| p.starts_with("diverged-")),
+        "no diverged record is read as the log any more"
+    );
+    back.kill();
 
     // Split brain: the copy of `b` taken before it followed `a` is promoted too: a second
     // timeline 2, from another switch point. It takes writes and serves; `b`, on a's

@@ -1,7 +1,8 @@
 //! The demo's last act, a failover: the old primary writes records no standby receives and is
 //! lost; the synchronous standby is promoted to timeline 2 and serves; the asynchronous
 //! standby is pointed at it and follows it onto timeline 2; a writer commits on the new
-//! primary; then every commit acknowledged since the demo began must be on the new timeline.
+//! primary; the old primary, refused as diverged, is rewound and follows the new one; then every
+//! commit acknowledged since the demo began must be on the new timeline.
 //! It measures how long the promotion took, how long until the new primary accepted a durable
 //! write, and how long until the other standby held that write.
 
@@ -12,6 +13,18 @@ use super::*;
 const DIVERGED_RECORDS: usize = 50;
 /// How long the writer commits on the new primary.
 const NEW_WRITER_MS: u64 = 1500;
+/// The name the old primary follows the new one by.
+const OLD_NAME: &str = "old-primary";
+
+/// How the old primary's rejoining went.
+struct Rejoined {
+    /// The exit code of its first attempt to follow (refused: it diverged).
+    refused_code: Option<i32>,
+    /// What `walship rewind` said first.
+    rewound: String,
+    /// It followed the new primary to its end after the rewind.
+    followed: bool,
+}
 
 /// What the failover measured.
 #[derive(Clone, Debug, Default)]
@@ -165,6 +178,16 @@ pub(super) fn run(
         out,
         &format!("a writer committed {new_commits} transactions on the new primary, each acknowledged once `{ASYNC_NAME}` had it"),
     );
+    let rejoined = rejoin_old(f, &addr, end)?;
+    view.event(
+        out,
+        &format!(
+            "the old primary, pointed at the new one, was refused (exit {}: it holds records past the switch point); {}; then it followed the new primary onto timeline {}",
+            rejoined.refused_code.map_or("-".to_string(), |c| c.to_string()),
+            rejoined.rewound,
+            control.timeline
+        ),
+    );
     for p in [&mut serve, &mut other] {
         p.stop(Duration::from_secs(10));
     }
@@ -207,6 +230,26 @@ pub(super) fn run(
                 "timeline {tl}, {n} records (new primary: {} to {})",
                 new.records,
                 Lsn(new.end)
+            ),
+            Err(e) => e.to_string(),
+        },
+    );
+    let old_now = digest(f.old);
+    check(
+        "failover: the old primary, refused until rewound, follows the new primary",
+        rejoined.refused_code == Some(1)
+            && rejoined.followed
+            && old_now
+                .as_ref()
+                .is_ok_and(|d| d.hash == new.hash && d.records == new.records),
+        match old_now {
+            Ok(d) => format!(
+                "refused with exit {}, rewound, then {} records (new primary: {})",
+                rejoined
+                    .refused_code
+                    .map_or("-".to_string(), |c| c.to_string()),
+                d.records,
+                new.records
             ),
             Err(e) => e.to_string(),
         },
@@ -259,4 +302,58 @@ fn held(dir: &Path) -> Result<(u32, u64)> {
         }
     }
     Ok((control.timeline, end))
+}
+
+/// The old primary rejoins: pointed at the new primary it is refused (it diverged), `walship
+/// rewind` sets its records past the switch point aside, then it follows the new primary.
+/// Returns what it printed for the demo's lines and whether each step went as it should.
+fn rejoin_old(f: &Failover<'_>, addr: &str, end: u64) -> Result<Rejoined> {
+    let exe = &f.opts.exe;
+    let follow = |name: &'static str| -> Result<Proc> {
+        Proc::spawn(
+            name,
+            exe,
+            &[
+                "standby",
+                path_str(f.old)?,
+                "--primary",
+                addr,
+                "--name",
+                OLD_NAME,
+            ],
+            f.logs,
+            false,
+        )
+    };
+    let mut first = follow("old-primary-refused")?;
+    let mut refused = None;
+    wait_for("the old primary's first attempt to follow to end", || {
+        refused = first.exited();
+        refused.is_some()
+    })?;
+    let refused_code = refused.and_then(|s| s.code());
+    let rewound = run_with_input(
+        exe,
+        &["rewind", path_str(f.old)?, "--source", addr],
+        b"",
+        f.logs,
+        "rewind",
+    )?;
+    let mut again = follow("old-primary-follows")?;
+    let followed = wait_for("the rewound old primary to follow the new one", || {
+        held(f.old).is_ok_and(|(tl, e)| tl > 1 && e >= end)
+            && walship::status::status(f.old)
+                .is_ok_and(|s| s.applied_lsn.is_some_and(|a| a.0 >= end))
+    });
+    again.stop(Duration::from_secs(10));
+    Ok(Rejoined {
+        refused_code,
+        rewound: rewound
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        followed: followed.is_ok(),
+    })
 }
