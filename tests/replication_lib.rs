@@ -196,3 +196,74 @@ async fn a_stopped_standby_has_let_go_of_its_directory() {
     }
     shipper.stop(Duration::from_secs(10)).await;
 }
+
+/// Remembers every record, and takes `flush_delay` to make them durable: an applier that lags
+/// far behind the stored positions.
+#[derive(Clone)]
+struct Slow(Recording, Duration);
+
+impl Applicator for Slow {
+    fn apply(&mut self, r: &RecordRef<'_>) -> walship::Result<()> {
+        self.0.apply(r)
+    }
+
+    fn flush(&mut self) -> walship::Result<()> {
+        std::thread::sleep(self.1);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_standby_leaves_its_apply_backlog_to_the_next_start() {
+    let t = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (t.path().join("primary"), t.path().join("standby"));
+    DataDir::init(&pdir, 64 * 1024).unwrap();
+    let wal = Wal::open(&pdir, WalOptions::default()).unwrap();
+    // 30 sealed segments: 30 apply jobs of a second each.
+    for i in 0..30 {
+        append(&wal, i * 50, 50);
+    }
+    let flush = walship::Lsn(wal.flush_lsn().0);
+    let mut shipper = Shipper::start(ShipperConfig::new(&pdir, "127.0.0.1:0"))
+        .await
+        .unwrap();
+    let rec = Recording::default();
+    let mut standby = Standby::start(
+        StandbyConfig::new(&sdir, shipper.local_addr().to_string()),
+        Slow(rec.clone(), Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    wait_for("the standby to store everything", || {
+        standby.state().flushed_lsn == flush
+    })
+    .await;
+    standby.stop(Duration::from_secs(60)).await.unwrap();
+    let st = standby.state();
+    assert_eq!(st.phase, StandbyPhase::Stopped);
+    // It stopped after the job it was on, not after the whole queue.
+    assert!(
+        st.applied_lsn < flush,
+        "applied {} of {flush}",
+        st.applied_lsn
+    );
+    drop(standby);
+
+    // The next start applies the rest, each record once, in order.
+    let mut standby = Standby::start(
+        StandbyConfig::new(&sdir, shipper.local_addr().to_string()),
+        rec.clone(),
+    )
+    .await
+    .unwrap();
+    wait_for("the restarted standby to apply everything", || {
+        standby.state().applied_lsn == flush
+    })
+    .await;
+    standby.stop(Duration::from_secs(10)).await.unwrap();
+    shipper.stop(Duration::from_secs(10)).await;
+    let seen = rec.0.lock().unwrap();
+    assert_eq!(seen.len(), 1500);
+    assert!(seen.windows(2).all(|w| w[0].1 <= w[1].0));
+    assert_eq!(seen.last().unwrap().1, flush.0);
+}

@@ -4,7 +4,9 @@
 //! moves on to the next segment; the finisher thread (`walship-seal`) makes the sealed segment
 //! durable (msync), cuts it to its used length, syncs it, renames it to its sealed name and
 //! syncs the directory. It also makes each activated segment's open name durable (directory
-//! fsync) and starts the early writeback of the open segment.
+//! fsync) and starts the early writeback of the open segment. A rotation's activation and seal
+//! share one directory fsync: the sealed segment is renamed first, then one fsync of `wal/`
+//! makes both names durable (1 msync + 1 file fsync + 1 directory fsync per rotation).
 //!
 //! Tickets: every seal and every activation that durability depends on takes the next number
 //! of the tail's count (`Tail::tickets`), in the order they happen, and is handed to the
@@ -94,9 +96,28 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
 }
 
 fn finisher(inner: Arc<Inner>, rx: mpsc::Receiver<FinisherMsg>) {
-    while let Ok(msg) = rx.recv() {
+    // A message taken from the queue while looking for the one after an activation.
+    let mut taken: Option<FinisherMsg> = None;
+    loop {
+        let msg = match taken.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(mpsc::RecvError) => return,
+            },
+        };
         match msg {
             FinisherMsg::Stop => return,
+            // A rotation queues the sealed segment's `Name` right after the activation: one
+            // directory fsync then makes both the new open name and the sealed name durable.
+            FinisherMsg::Activated(ticket) => match rx.try_recv() {
+                Ok(FinisherMsg::Name(s)) => inner.activated_and_named(ticket, &s),
+                Ok(other) => {
+                    inner.run_finisher_msg(FinisherMsg::Activated(ticket));
+                    taken = Some(other);
+                }
+                Err(_) => inner.run_finisher_msg(FinisherMsg::Activated(ticket)),
+            },
             other => inner.run_finisher_msg(other),
         }
     }
@@ -155,6 +176,23 @@ impl Inner {
             }
             FinisherMsg::Stop => {}
         }
+    }
+
+    /// An activation and the seal queued right after it, with one directory fsync: the sealed
+    /// segment is cut, synced and renamed first, then the fsync of `wal/` makes its sealed name
+    /// and the activated segment's open name durable together. The activation's ticket is
+    /// reached only after that fsync, so no record of the new segment counts as durable before
+    /// its name is, as with a fsync of its own.
+    fn activated_and_named(&self, activated: u64, s: &SealedOpen) {
+        if !self.poisoned.load(Ordering::Acquire) {
+            // Every failure on the way poisons the writer (and is logged): nothing of the new
+            // segment counts as durable then.
+            if let Err(e) = self.name_sealed(s) {
+                tracing::error!(error = %e, "naming a sealed segment failed");
+            }
+        }
+        self.reached(s.ticket, |f| &mut f.named);
+        self.reached(activated, |f| &mut f.durable);
     }
 
     /// Syncs the `wal/` directory; a failure poisons the writer.
@@ -316,6 +354,40 @@ mod tests {
         assert_eq!(inner.sealed.load(Ordering::Acquire), end);
         stop(&inner, h);
         assert_eq!(reached(&inner), (6, 6));
+    }
+
+    #[test]
+    fn a_rotation_makes_the_new_name_durable_with_the_sealed_name() {
+        let (_tmp, root, inner) = fresh();
+        // The rotation's work queued before the thread runs, as when it is busy syncing.
+        let (tx, rx) = mpsc::channel();
+        *lock(&inner.finisher.tx) = Some(tx);
+        let (seal, activation) = {
+            let mut st = lock(&inner.tail);
+            inner
+                .append_locked(&mut st, &entry(b"old"), 0)
+                .expect("append");
+            inner.seal_locked(&mut st, true).expect("rotate");
+            (st.last_seal, st.tickets)
+        };
+        assert_eq!((seal, activation), (2, 3), "activation, seal, activation");
+        let h = {
+            let inner = inner.clone();
+            std::thread::spawn(move || finisher(inner, rx))
+        };
+        inner
+            .wait_finishing(activation, |f| f.durable)
+            .expect("the new name");
+        // Reached together: the one directory fsync came after the sealed segment's rename.
+        assert_eq!(reached(&inner), (activation, seal));
+        assert_eq!(
+            wal_files(&root),
+            vec![
+                name(0, SegmentFileKind::Sealed),
+                name(1, SegmentFileKind::Open)
+            ]
+        );
+        stop(&inner, h);
     }
 
     #[test]

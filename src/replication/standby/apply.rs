@@ -111,6 +111,12 @@ pub(super) fn applier(
     mut app: impl Applicator,
 ) {
     for job in rx {
+        // Stopping: the jobs still queued are stored; the next start applies their records
+        // from the durable applied position.
+        if shared.stopping.load(Ordering::Acquire) {
+            tracing::debug!("the standby is stopping; the applier leaves the rest of its queue to the next start");
+            return;
+        }
         let (r, segment) = match &job {
             Job::Sealed(j) => (
                 apply_segment(&shared, j, &mut app),

@@ -145,6 +145,12 @@ struct Shared {
     bump: watch::Sender<u64>,
     /// Set when applying failed: the standby stops.
     failed: watch::Sender<Option<String>>,
+    /// Set when the standby is asked to stop: the applier ends after the job it is on instead
+    /// of working through its whole queue (each job ends with a durable write of the applied
+    /// position, and a standby that nobody waits on to apply can be thousands of jobs behind).
+    /// What is left is stored and is applied after the next start, from the durable applied
+    /// position.
+    stopping: std::sync::atomic::AtomicBool,
     /// The applier's error itself, kept with its kind (damage stays damage) for `join`.
     apply_error: Mutex<Option<Error>>,
     /// The standby's identity file as stored: None until the directory is a standby's (a
@@ -241,6 +247,7 @@ impl Standby {
             phase: Mutex::new((StandbyPhase::Connecting, None)),
             bump,
             failed,
+            stopping: std::sync::atomic::AtomicBool::new(false),
             apply_error: Mutex::new(None),
             meta: Mutex::new(opened.meta),
             adopting: Mutex::new(opened.adopting),
@@ -344,9 +351,11 @@ impl Standby {
         }
     }
 
-    /// Stops: closes the connection, lets the applier finish its segment, and waits up to
-    /// `bound`; whatever still runs then is aborted.
+    /// Stops: closes the connection, lets the applier finish the job it is on (a segment or a
+    /// synced batch of the open segment; the rest is applied after the next start), and waits
+    /// up to `bound`; whatever still runs then is aborted.
     pub async fn stop(&mut self, bound: Duration) -> Result<(), ReplError> {
+        self.shared.stopping.store(true, Ordering::Release);
         let _ = self.shutdown.send(true);
         if let Some(mut t) = self.task.take() {
             match tokio::time::timeout(bound, &mut t).await {
@@ -366,6 +375,7 @@ impl Standby {
 
 impl Drop for Standby {
     fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
         let _ = self.shutdown.send(true);
     }
 }
