@@ -311,12 +311,13 @@ fn failover_drill_promote_a_standby_the_other_follows_the_old_primary_and_a_seco
     let b_copy = x.d("b-copy");
     common::copy_tree(&b, &b_copy);
 
-    // Promote `a`: its standby process is stopped first, then `walship promote`.
-    sa.kill();
+    // Promote `a` while its standby still runs (cut off from the lost primary): `walship
+    // promote` asks it to finish, and it exits 0.
     let t0 = Instant::now();
     let out = ok(&["promote", p(&a)]);
     let promoted = t0.elapsed();
     assert!(out.contains("timeline 2 begins at"), "{out}");
+    assert_eq!(sa.wait_exit(), 0, "{}", sa.log());
     let first = common::run(&["write", p(&a), "--durable"], b"first on timeline 2\n");
     assert!(first.status.success(), "{}", text(&first));
     let accepted = t0.elapsed();
