@@ -800,3 +800,58 @@ fn the_demo_archives_and_restores_through_an_s3_store() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("already holds"), "{}", text(&out));
 }
+
+#[test]
+fn history_files_are_stored_byte_for_byte_and_create_only() {
+    let Some(s) = server("history_files") else {
+        return;
+    };
+    use walship::archive::{list_histories, newest_history, put_history, read_history, HistoryPut};
+    use walship::format::history::HistoryFile;
+    let golden = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/history/v1");
+    let bytes2 = std::fs::read(golden.join("00000002.history")).expect("golden 2");
+    let bytes3 = std::fs::read(golden.join("00000003.history")).expect("golden 3");
+    let h2 = HistoryFile::decode(&bytes2, "00000002.history").expect("decode 2");
+    let h3 = HistoryFile::decode(&bytes3, "00000003.history").expect("decode 3");
+    s.bucket("histories");
+    let url = "s3://histories";
+    let store = s.store(url);
+    rt().block_on(async {
+        assert_eq!(list_histories(&store).await.unwrap(), Vec::<u32>::new());
+        assert_eq!(put_history(&store, &h2).await.unwrap(), HistoryPut::Created);
+        assert_eq!(put_history(&store, &h3).await.unwrap(), HistoryPut::Created);
+        assert_eq!(
+            put_history(&store, &h2).await.unwrap(),
+            HistoryPut::AlreadyHeld
+        );
+        assert_eq!(list_histories(&store).await.unwrap(), vec![2, 3]);
+        assert_eq!(read_history(&store, 2).await.unwrap(), Some(h2.clone()));
+        assert_eq!(
+            newest_history(&store).await.unwrap(),
+            walship::timeline::History::of(&h3)
+        );
+    });
+    // Byte for byte the data directory's file, under the same name at the archive's root.
+    let held = objects(s, url);
+    let names: Vec<&str> = held.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["00000002.history", "00000003.history"]);
+    assert_eq!(held[0].1, bytes2);
+    assert_eq!(held[1].1, bytes3);
+    // Another history for timeline 2 (a second promotion): refused, naming both, nothing changed.
+    let mut other = h2.clone();
+    other.switches[0].lsn = walship::Lsn(other.switches[0].lsn.0 + 8);
+    let e = rt()
+        .block_on(put_history(&store, &other))
+        .expect_err("split brain")
+        .to_string();
+    assert!(
+        e.contains("split brain") && e.contains("00000002.history"),
+        "{e}"
+    );
+    assert!(
+        e.contains(&walship::timeline::History::of(&h2).to_string())
+            && e.contains(&walship::timeline::History::of(&other).to_string()),
+        "{e}"
+    );
+    assert_eq!(objects(s, url), held, "the archive changed");
+}

@@ -652,3 +652,31 @@ fn archive_identity_files_of_every_layout_version_read_and_encode_exactly() {
         );
     }
 }
+
+/// An archive holds a timeline's history under the data directory's name, byte for byte the
+/// golden history file (docs/ARCHIVE.md, layout).
+#[test]
+fn an_archived_history_file_is_the_golden_file_byte_for_byte() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/history/v1");
+    let t = tempfile::tempdir().expect("tempdir");
+    let store = walship::archive::LocalDirStore::create(t.path().join("archive")).expect("store");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    for name in ["00000002.history", "00000003.history"] {
+        let bytes = std::fs::read(golden.join(name)).expect("golden");
+        let h = walship::format::history::HistoryFile::decode(&bytes, name).expect("decode");
+        rt.block_on(walship::archive::put_history(&store, &h))
+            .expect("put");
+        assert_eq!(
+            std::fs::read(t.path().join("archive").join(name)).expect("archived"),
+            bytes,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        rt.block_on(walship::archive::list_histories(&store))
+            .expect("list"),
+        vec![2, 3]
+    );
+}

@@ -5,9 +5,11 @@
 //!
 //! An archive belongs to one system. Its root holds the identity file ([`IDENTITY_NAME`]) and
 //! every archived segment under its sealed name (`.wal`), or that name plus `.zst` when the
-//! segment was compressed with zstd. docs/ARCHIVE.md describes the layout byte for byte.
+//! segment was compressed with zstd, and the history file of every timeline after the first
+//! (`0000000N.history`, [`history`]). docs/ARCHIVE.md describes the layout byte for byte.
 
 pub mod archiver;
+pub mod history;
 pub mod identity;
 pub mod prune;
 pub mod restore;
@@ -19,6 +21,9 @@ pub mod target;
 use std::path::Path;
 
 pub use archiver::{Archiver, ArchiverOptions, PushOutcome, ReadBack};
+pub use history::{
+    history_object_name, list_histories, newest_history, put_history, read_history, HistoryPut,
+};
 pub use identity::{ArchiveIdentity, IDENTITY_NAME};
 pub use prune::{prune, KeepSince, PruneReport};
 pub use restore::{restore, RestoreOptions, RestoreProgress, RestoreReport, RestoreTarget};

@@ -80,6 +80,9 @@ impl<S: ArchiveStore> Archiver<S> {
             // Pruning moves the segment the archive begins at forward (never back): segments
             // before it are no longer the archive's to hold or to push.
             let theirs = check_identity(&*self.store, &self.identity).await?;
+            // Split brain and other histories are refused here, before anything is stored;
+            // the history files of the directory's timelines go in before any segment.
+            self.sync_timelines().await?;
             if let (Some(now), Some(was)) = (theirs.first_segment, self.identity.first_segment) {
                 if now > was {
                     tracing::info!(archive = %loc, from = was, to = now, "the archive was pruned: it begins at a later segment");
@@ -107,7 +110,11 @@ impl<S: ArchiveStore> Archiver<S> {
                     },
                     other => other,
                 })?;
-            self.archived.entry(n.segment_no.0).or_insert((o.name, c));
+            // Along the path only: another timeline's segment of that number is not the one a
+            // restore along the newest history reads.
+            if n.timeline == self.path_timeline(n.segment_no.0) {
+                self.archived.entry(n.segment_no.0).or_insert((o.name, c));
+            }
         }
         self.begin = self
             .identity
@@ -118,6 +125,8 @@ impl<S: ArchiveStore> Archiver<S> {
         if identity_lost {
             tracing::error!(archive = %loc, "the archive lost its {IDENTITY_NAME} file and every segment; writing them again");
             self.write_identity().await?;
+            self.histories_pushed.clear();
+            self.sync_timelines().await?;
         }
         Ok(())
     }
@@ -149,8 +158,7 @@ impl<S: ArchiveStore> Archiver<S> {
             // Before anything else: retention must keep what the archive lacks.
             self.save_position(back_to)?;
         }
-        let tl = self.control.timeline;
-        let seg = |n: u64| SegmentName::new(tl, n, SegmentFileKind::Sealed);
+        let seg = |n: u64| SegmentName::new(self.path_timeline(n), n, SegmentFileKind::Sealed);
         // Each search stops at the first segment wal/ lacks: at most one step past wal/'s files.
         let gone = missing
             .iter()

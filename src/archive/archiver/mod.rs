@@ -7,17 +7,19 @@
 //! register) and encoding it; `push.rs`: writing one prepared segment to the archive (its
 //! continuity with the archived chain, an existing copy, the read-back); `completeness.rs`:
 //! where the archive begins and the check that it holds every segment from there before the
-//! archiver trusts its position; `retry.rs`: the pause and the log lines of a failing pass.
+//! archiver trusts its position; `retry.rs`: the pause and the log lines of a failing pass;
+//! `timelines.rs`: the history the archive follows, the history files pushed, and which
+//! timeline's segment each segment number is along it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
     blocking, check_object_len, check_segment_bytes, decode_object, joined, object_name,
-    segment_objects, ArchiveIdentity, ArchiveStore, CheckedSegment, Compression, PutOutcome,
-    IDENTITY_NAME,
+    parse_object_name, segment_objects, ArchiveIdentity, ArchiveStore, CheckedSegment, Compression,
+    PutOutcome, IDENTITY_NAME,
 };
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::damage::{Component, DamageRegister};
@@ -29,6 +31,8 @@ use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::Lsn;
 
 mod completeness;
+mod timelines;
+pub use timelines::path_timeline;
 mod prepare;
 mod push;
 mod retry;
@@ -143,6 +147,11 @@ pub struct Archiver<S: ArchiveStore> {
     position: Lsn,
     /// The archiver-behind warning, once per episode.
     behind: Episode,
+    /// The history the archive is kept complete along: the newer of the archive's and the
+    /// directory's, as of the last pass.
+    path: crate::timeline::History,
+    /// Timelines whose history files this archiver has pushed or found identical.
+    histories_pushed: BTreeSet<u32>,
 }
 
 impl<S: ArchiveStore> Archiver<S> {
@@ -192,6 +201,8 @@ impl<S: ArchiveStore> Archiver<S> {
             last: None,
             position,
             behind: Episode::new("archiver behind"),
+            path: crate::timeline::History::root(),
+            histories_pushed: BTreeSet::new(),
         };
         // Register before looking at wal/, so retention keeps everything from here on.
         a.save_position(position)?;
@@ -501,10 +512,11 @@ async fn check_identity<S: ArchiveStore>(
             theirs.system_id, ours.system_id
         )));
     }
-    if !theirs.same_system(ours) {
+    // The timeline is compared with its history, each pass (`timelines.rs`).
+    if theirs.segment_size != ours.segment_size || theirs.format_version != ours.format_version {
         return Err(Error::Refused(format!(
-            "{loc} was made for timeline {}, segment size {}, format {}; this data directory has timeline {}, segment size {}, format {}",
-            theirs.timeline, theirs.segment_size, theirs.format_version, ours.timeline, ours.segment_size, ours.format_version
+            "{loc} was made for segment size {}, format {}; this data directory has segment size {}, format {}",
+            theirs.segment_size, theirs.format_version, ours.segment_size, ours.format_version
         )));
     }
     Ok(theirs)

@@ -10,11 +10,18 @@ impl<S: ArchiveStore> Archiver<S> {
     /// segments can be in flight. The archiver's view of the archive counts it from here; a
     /// failure ends the pass and the next one lists the archive again.
     pub(super) async fn start_push(&mut self, p: Prepared) -> Result<PushTask> {
+        let on_path = self.check_on_path(p.name, &p.checked)?;
         self.check_continuity(p.name, &p.checked).await?;
         let up = self.uploader();
         let no = p.name.segment_no.0;
-        let existing = self.archived.get(&no).cloned();
-        if existing.is_none() {
+        // A segment off the path (its timeline's, superseded by a switch segment) is stored
+        // under its own name and compared with nothing of the path's.
+        let existing = if on_path {
+            self.archived.get(&no).cloned()
+        } else {
+            None
+        };
+        if existing.is_none() && on_path {
             let c = self.opts.compression;
             self.archived.insert(no, (object_name(p.name, c), c));
         }
@@ -75,7 +82,11 @@ impl<S: ArchiveStore> Archiver<S> {
         let prev_sum = match self.last {
             Some((n, s)) if n == prev_no => s,
             _ => {
-                let prev_name = SegmentName::new(name.timeline, prev_no, SegmentFileKind::Sealed);
+                // The one before a switch segment is the timeline left's: its own name says.
+                let prev_name = parse_object_name(&prev_obj).map_or(
+                    SegmentName::new(name.timeline, prev_no, SegmentFileKind::Sealed),
+                    |(n, _)| n,
+                );
                 let data = self
                     .store
                     .get(&prev_obj)

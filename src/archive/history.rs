@@ -1,0 +1,190 @@
+//! Timeline history files in an archive: object `0000000N.history` (8 upper-case hex digits) at
+//! the archive's root beside the segments, byte for byte the data directory's
+//! `wal/0000000N.history` (docs/FORMAT.md). They are written create-only: the same bytes again
+//! are success, other bytes for the same timeline are two promotions that made one timeline
+//! (split brain) and are refused with the archive left as it was. Nothing removes them.
+//!
+//! Generic over [`ArchiveStore`], so a directory and an S3 bucket behave alike; the store's
+//! `put` brings its own durability (the directory store fsyncs the file and the directory).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::store::{ArchiveStore, ObjectInfo, PutOutcome};
+use crate::error::{Error, Result};
+use crate::format::history::{history_file_name, parse_history_file_name, HistoryFile};
+use crate::timeline::History;
+
+/// The object name of timeline `timeline`'s history file in an archive.
+pub fn history_object_name(timeline: u32) -> String {
+    history_file_name(timeline)
+}
+
+/// The timeline a history object's name names; `None` for any other object.
+pub fn parse_history_object_name(name: &str) -> Option<u32> {
+    parse_history_file_name(name)
+}
+
+/// The timelines whose history files a listing holds, ascending.
+pub fn history_timelines(objects: &[ObjectInfo]) -> Vec<u32> {
+    let mut out: Vec<u32> = objects
+        .iter()
+        .filter_map(|o| parse_history_object_name(&o.name))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// What [`put_history`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryPut {
+    /// The history file was written and read back equal.
+    Created,
+    /// The archive already held exactly these bytes (made durable again: it may have been
+    /// found rather than written).
+    AlreadyHeld,
+}
+
+/// Where an object is, for messages: the store's location and the object's name.
+fn object_path<S: ArchiveStore>(store: &S, name: &str) -> PathBuf {
+    PathBuf::from(store.location()).join(name)
+}
+
+/// The timelines whose history files the archive holds, ascending.
+pub async fn list_histories<S: ArchiveStore>(store: &S) -> Result<Vec<u32>> {
+    Ok(history_timelines(&store.list().await?))
+}
+
+/// The bytes of timeline `timeline`'s history file in the archive, unchecked; `None` when the
+/// archive holds none.
+pub async fn read_history_bytes<S: ArchiveStore>(
+    store: &S,
+    timeline: u32,
+) -> Result<Option<Vec<u8>>> {
+    store.get(&history_object_name(timeline)).await
+}
+
+/// Timeline `timeline`'s history file in the archive, decoded and checked (a damaged one, or one
+/// whose content names another timeline, is [`Error::Corrupt`] naming the object); `None` when
+/// the archive holds none.
+pub async fn read_history<S: ArchiveStore>(
+    store: &S,
+    timeline: u32,
+) -> Result<Option<HistoryFile>> {
+    let name = history_object_name(timeline);
+    let Some(bytes) = store.get(&name).await? else {
+        return Ok(None);
+    };
+    crate::history::decode_history(&object_path(store, &name), &bytes, timeline).map(Some)
+}
+
+/// The history of the newest timeline the archive holds a history file for: its path from
+/// timeline 1. Timeline 1's (no ancestors) when the archive holds none.
+pub async fn newest_history<S: ArchiveStore>(store: &S) -> Result<History> {
+    match list_histories(store).await?.last() {
+        None => Ok(History::root()),
+        Some(&t) => match read_history(store, t).await? {
+            Some(f) => Ok(History::of(&f)),
+            // Removed between the listing and the read: nothing removes history files.
+            None => Err(Error::Storage(format!(
+                "{}: listed, then gone",
+                object_path(store, &history_object_name(t)).display()
+            ))),
+        },
+    }
+}
+
+/// Stores `file` in the archive as `0000000N.history`, create-only. The same bytes already
+/// there are success; other bytes for the same timeline are refused ([`Error::Refused`] naming
+/// both histories: split brain), and the archive is left untouched.
+pub async fn put_history<S: ArchiveStore>(store: &S, file: &HistoryFile) -> Result<HistoryPut> {
+    let bytes = file.encode().map_err(Error::InvalidArgument)?;
+    let name = history_object_name(file.timeline);
+    let path = object_path(store, &name);
+    match store.put(&name, Arc::new(bytes.clone())).await? {
+        PutOutcome::Created { verified } => {
+            if !verified {
+                let back = store.get(&name).await?;
+                if back.as_deref() != Some(&bytes[..]) {
+                    return Err(Error::Storage(format!(
+                        "{}: read back after writing, the object does not hold the bytes written",
+                        path.display()
+                    )));
+                }
+            }
+            Ok(HistoryPut::Created)
+        }
+        PutOutcome::AlreadyExists => {
+            let held = store
+                .get(&name)
+                .await?
+                .ok_or_else(|| Error::Storage(format!("{}: exists, then gone", path.display())))?;
+            if held == bytes {
+                store.sync(&name).await?;
+                return Ok(HistoryPut::AlreadyHeld);
+            }
+            let theirs = match crate::history::decode_history(&path, &held, file.timeline) {
+                Ok(h) => format!("the archive's history {}", History::of(&h)),
+                Err(e) => format!("the archive's history file, which is damaged ({e})"),
+            };
+            Err(Error::Refused(format!(
+                "{}: timeline {} has two different histories, {theirs} and this directory's {} (two promotions made the same timeline: split brain); the archive was left as it was",
+                path.display(),
+                file.timeline,
+                History::of(file)
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::LocalDirStore;
+    use crate::Lsn;
+    use uuid::Uuid;
+
+    fn h2(lsn: u64) -> HistoryFile {
+        HistoryFile::child_of(None, Uuid::from_u128(7), 1, Lsn(lsn), 1_000, "promote").unwrap()
+    }
+
+    #[tokio::test]
+    async fn create_only_identical_is_success_different_is_split_brain() {
+        let t = tempfile::tempdir().unwrap();
+        let s = LocalDirStore::create(t.path().join("a")).unwrap();
+        assert_eq!(list_histories(&s).await.unwrap(), Vec::<u32>::new());
+        assert_eq!(newest_history(&s).await.unwrap(), History::root());
+        let a = h2(4096);
+        assert_eq!(put_history(&s, &a).await.unwrap(), HistoryPut::Created);
+        assert_eq!(put_history(&s, &a).await.unwrap(), HistoryPut::AlreadyHeld);
+        let on_disk = std::fs::read(t.path().join("a/00000002.history")).unwrap();
+        assert_eq!(on_disk, a.encode().unwrap());
+        let b = h2(8192);
+        let e = put_history(&s, &b).await.unwrap_err().to_string();
+        assert!(
+            e.contains("split brain") && e.contains("00000002.history"),
+            "{e}"
+        );
+        assert!(
+            e.contains("1 (to 0/00002000) → 2") && e.contains("1 (to 0/00001000) → 2"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(t.path().join("a/00000002.history")).unwrap(),
+            on_disk
+        );
+        assert_eq!(read_history(&s, 2).await.unwrap(), Some(a.clone()));
+        assert_eq!(read_history(&s, 3).await.unwrap(), None);
+        let a3 =
+            HistoryFile::child_of(Some(&a), a.system_id, 2, Lsn(9000), 2_000, "again").unwrap();
+        put_history(&s, &a3).await.unwrap();
+        assert_eq!(list_histories(&s).await.unwrap(), vec![2, 3]);
+        assert_eq!(newest_history(&s).await.unwrap(), History::of(&a3));
+        // A damaged one is named, and refused as a split brain rather than replaced.
+        std::fs::write(t.path().join("a/00000003.history"), b"junk").unwrap();
+        let e = read_history(&s, 3).await.unwrap_err().to_string();
+        assert!(e.contains("00000003.history"), "{e}");
+        let e = put_history(&s, &a3).await.unwrap_err().to_string();
+        assert!(e.contains("damaged"), "{e}");
+    }
+}

@@ -1,0 +1,165 @@
+//! The archive across a failover, through the real binary: a primary archives, its standby is
+//! promoted to timeline 2 and archives into the same archive (history file first, then its
+//! switch segment and timeline 2's segments); the old primary's segments past the switch point
+//! are refused as what they are; a second promotion of the same timeline is refused by the
+//! archive before anything is stored.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{
+    copy_tree, init, p, seal, serve, status, text, wait_until, walship, write_records, NET,
+};
+
+/// Every object of a directory archive: name and bytes, in name order.
+fn objects(arc: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(arc)
+        .expect("list archive")
+        .map(|e| e.expect("entry"))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            (
+                e.file_name().into_string().expect("utf-8"),
+                std::fs::read(e.path()).expect("read object"),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn archive_once(data: &Path, arc: &Path) -> std::process::Output {
+    walship(&["archive", p(data), "--to", p(arc), "--once"])
+}
+
+fn sealed(dir: &Path) -> Vec<String> {
+    common::sealed_files(dir)
+}
+
+/// A primary that archived into `arc`, and its standby killed while its copy of the primary's
+/// open segment held records (the primary's serve stopped too).
+fn primary_and_standby(root: &Path, arc: &Path) -> (PathBuf, PathBuf) {
+    let primary = root.join("primary");
+    init(&primary);
+    write_records(&primary, 1500, "a");
+    let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
+    let sb = root.join("standby");
+    let mut s = common::standby(&sb, &addr, &[], &root.join("standby.log"));
+    write_records(&primary, 20, "b");
+    wait_until("the standby to acknowledge everything", || {
+        let st = status(&primary);
+        let flush = st["flush_lsn"].as_u64();
+        st["standbys"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|x| x["flushed_lsn"].as_u64())
+            == flush
+    });
+    s.kill();
+    srv.kill();
+    let out = archive_once(&primary, arc);
+    assert!(out.status.success(), "{}", text(&out));
+    (primary, sb)
+}
+
+fn promote(dir: &Path) {
+    let out = walship(&["promote", p(dir)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let arc = t.path().join("archive");
+    let (primary, sb) = primary_and_standby(t.path(), &arc);
+    promote(&sb);
+    // The old primary goes on writing past the switch point and archives it before anything
+    // says there was a switch: the archive takes it (timeline 1 is all it knows).
+    write_records(&primary, 1200, "old");
+    seal(&primary);
+    let out = archive_once(&primary, &arc);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The new primary writes on timeline 2 and archives into the same archive.
+    write_records(&sb, 1200, "new");
+    seal(&sb);
+    let out = archive_once(&sb, &arc);
+    assert!(out.status.success(), "{}", text(&out));
+    let held = objects(&arc);
+    let hist = std::fs::read(sb.join("wal/00000002.history")).expect("history");
+    assert!(
+        held.iter()
+            .any(|(n, b)| n == "00000002.history" && *b == hist),
+        "the history file, byte for byte: {:?}",
+        held.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    let new_sealed = sealed(&sb);
+    assert!(new_sealed.iter().any(|n| n.starts_with("00000002")));
+    for name in &new_sealed {
+        let local = std::fs::read(sb.join("wal").join(name)).expect("sealed");
+        assert!(
+            held.iter().any(|(n, b)| n == name && *b == local),
+            "{name} archived byte for byte"
+        );
+    }
+    // The old primary's segments past the switch stay under their own (timeline 1) names.
+    for name in sealed(&primary) {
+        assert!(held.iter().any(|(n, _)| *n == name), "{name} kept");
+    }
+
+    // More from the old primary: a segment of timeline 1 past the switch point is refused as
+    // what it is, and the archive is left as it was.
+    write_records(&primary, 1200, "older");
+    seal(&primary);
+    let before = objects(&arc);
+    let out = archive_once(&primary, &arc);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    let refused = sealed(&primary)
+        .into_iter()
+        .find(|n| said.contains(n.as_str()))
+        .unwrap_or_else(|| panic!("the refusal names a segment: {said}"));
+    assert!(refused.starts_with("00000001"), "{said}");
+    assert!(
+        said.contains("timeline 1 past its switch point") && said.contains("old primary"),
+        "{said}"
+    );
+    assert_eq!(objects(&arc), before, "the archive changed");
+
+    // The new primary goes on archiving.
+    write_records(&sb, 1200, "newer");
+    seal(&sb);
+    let out = archive_once(&sb, &arc);
+    assert!(out.status.success(), "{}", text(&out));
+    for name in sealed(&sb) {
+        assert!(arc.join(&name).is_file(), "{name}");
+    }
+}
+
+#[test]
+fn a_second_promotion_of_the_same_timeline_is_refused_by_the_archive() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let arc = t.path().join("archive");
+    let (_primary, sb) = primary_and_standby(t.path(), &arc);
+    // Two copies of the standby, both promoted: two timelines 2 (their switch times differ).
+    let twin = t.path().join("twin");
+    copy_tree(&sb, &twin);
+    promote(&sb);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    promote(&twin);
+    write_records(&sb, 1200, "one");
+    seal(&sb);
+    write_records(&twin, 1200, "two");
+    seal(&twin);
+    let out = archive_once(&sb, &arc);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = objects(&arc);
+    let out = archive_once(&twin, &arc);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("split brain") && said.contains("timeline 2"),
+        "{said}"
+    );
+    assert_eq!(objects(&arc), before, "the archive changed");
+}
