@@ -54,10 +54,10 @@ fn a_slow_sync_is_logged_once_per_episode() {
     init(&dir);
     let log = t.path().join("write.log");
     let mut w = spawn_piped(
-        &["write", p(&dir), "--durable", "--warn-slow-sync", "100ms"],
+        &["write", p(&dir), "--durable", "--warn-slow-sync", "500ms"],
         &[(
             "FAILPOINTS",
-            "wal::group_commit::sync=2*sleep(300)->3*off->2*sleep(300)->off",
+            "wal::group_commit::sync=2*sleep(1500)->3*off->2*sleep(1500)->off",
         )],
         &log,
     );
