@@ -773,7 +773,7 @@ fn the_demo_archives_and_restores_through_an_s3_store() {
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {}", text(&out));
-    assert!(stdout.contains("all 14 checks passed"), "{stdout}");
+    assert!(stdout.contains("all 18 checks passed"), "{stdout}");
     assert!(
         stdout.contains(&format!("an archiver pushes them to {url}")),
         "{stdout}"
