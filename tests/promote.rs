@@ -113,6 +113,31 @@ fn a_promoted_standby_is_a_primary_on_timeline_2_with_every_record() {
         .collect();
     assert!(!sealed2.is_empty());
     assert_eq!(read_all(&sb).expect("read").len(), want.len() + 1200);
+    // dump marks the switch, in text and in JSON, once, at the switch point.
+    let switch = history_switch(&sb);
+    let text = common::text(&walship(&["dump", p(&sb)]));
+    let marks: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("timeline switch"))
+        .collect();
+    assert_eq!(
+        marks,
+        [format!(
+            "-- timeline switch at {switch}: timeline 1 -> 2 --"
+        )],
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    let json = common::text(&walship(&["dump", p(&sb), "--json"]));
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "timeline_switch")
+        .collect();
+    assert_eq!(events.len(), 1, "one switch event");
+    assert_eq!(events[0]["lsn"].as_u64(), Some(switch.0));
+    assert_eq!(events[0]["from_timeline"].as_u64(), Some(1));
+    assert_eq!(events[0]["to_timeline"].as_u64(), Some(2));
     let v = walship(&["verify", p(&sb)]);
     assert!(v.status.success(), "{}", common::text(&v));
 

@@ -132,9 +132,17 @@ fn rewind(old: &Path, addr: &str, extra: &[&str]) -> std::process::Output {
     walship(&args)
 }
 
-/// Rewinds an old primary that went on alone for `extra` records, checks what was set aside
-/// and kept, then has it follow the new primary to its end.
-fn rewound_then_follows(extra: usize) {
+/// Where rewind takes the new primary's history from.
+#[derive(Clone, Copy, PartialEq)]
+enum From {
+    Primary,
+    Archive,
+}
+
+/// Rewinds an old primary that went on alone for `extra` records (the new primary's history
+/// taken from `from`), checks what was set aside and kept, then has it follow the new primary
+/// to its end.
+fn rewound_then_follows(extra: usize, from: From) {
     let t = tempfile::tempdir().expect("tempdir");
     let (old, new) = failed_over(t.path(), extra);
     let switch = switch_point(&new);
@@ -143,17 +151,28 @@ fn rewound_then_follows(extra: usize) {
     let all = payloads(&old);
     assert_eq!(all.len(), shared.len() + extra);
     let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let archive = t.path().join("archive");
+    let source = match from {
+        From::Primary => addr.clone(),
+        From::Archive => {
+            // The new primary's archive: its history file is pushed before any segment.
+            let out = walship(&["archive", p(&new), "--to", p(&archive), "--once"]);
+            assert!(out.status.success(), "{}", common::text(&out));
+            assert!(archive.join("00000002.history").is_file());
+            p(&archive).to_string()
+        }
+    };
     let before = (files(&old, "wal"), files(&old, "setaside"));
 
     // A dry run says what it would do and changes nothing.
-    let dry = rewind(&old, &addr, &["--dry-run"]);
+    let dry = rewind(&old, &source, &["--dry-run"]);
     assert!(dry.status.success(), "{}", common::text(&dry));
     let said = String::from_utf8_lossy(&dry.stdout).to_string();
     assert!(said.contains(&format!("[{switch}, {end})")), "{said}");
     assert!(said.contains("would set aside"), "{said}");
     assert_eq!((files(&old, "wal"), files(&old, "setaside")), before);
 
-    let out = rewind(&old, &addr, &[]);
+    let out = rewind(&old, &source, &[]);
     assert!(out.status.success(), "{}", common::text(&out));
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(said.contains(&format!("[{switch}, {end})")), "{said}");
@@ -185,7 +204,7 @@ fn rewound_then_follows(extra: usize) {
 
     // Again: nothing diverged, nothing changes.
     let state = (files(&old, "wal"), files(&old, "setaside"));
-    let again = rewind(&old, &addr, &[]);
+    let again = rewind(&old, &source, &[]);
     assert!(again.status.success(), "{}", common::text(&again));
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing diverged"));
     assert_eq!((files(&old, "wal"), files(&old, "setaside")), state);
@@ -210,13 +229,19 @@ fn rewound_then_follows(extra: usize) {
 
 #[test]
 fn a_diverged_old_primary_is_rewound_in_its_open_segment_then_follows() {
-    rewound_then_follows(7);
+    rewound_then_follows(7, From::Primary);
+}
+
+#[test]
+fn a_diverged_old_primary_is_rewound_from_the_new_primarys_archive_then_follows() {
+    rewound_then_follows(7, From::Archive);
+    rewound_then_follows(2500, From::Archive);
 }
 
 #[test]
 fn a_diverged_old_primary_is_rewound_across_segments_then_follows() {
     // Enough to seal the segment holding the switch point and fill more after it.
-    rewound_then_follows(2500);
+    rewound_then_follows(2500, From::Primary);
 }
 
 #[test]

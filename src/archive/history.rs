@@ -94,6 +94,35 @@ pub async fn newest_history<S: ArchiveStore>(store: &S) -> Result<History> {
     }
 }
 
+/// The newest history the archive holds and the bytes of the history file of every timeline
+/// after the first on its path, oldest first (what a former primary stores before it is cut
+/// back to that path). A history file of the path that is missing is damage, named.
+pub async fn history_chain<S: ArchiveStore>(store: &S) -> Result<(History, Vec<(u32, Vec<u8>)>)> {
+    let path = newest_history(store).await?;
+    let mut files = Vec::new();
+    let timelines = path
+        .ancestors
+        .iter()
+        .map(|a| a.timeline)
+        .chain([path.timeline]);
+    for t in timelines.filter(|t| *t > 1) {
+        let name = history_object_name(t);
+        let Some(bytes) = read_history_bytes(store, t).await? else {
+            return Err(Error::Corrupt {
+                file: object_path(store, &name),
+                offset: 0,
+                lsn: crate::Lsn(0),
+                reason: format!(
+                    "the archive's newest history (timeline {}) passes through timeline {t}, whose history file is missing",
+                    path.timeline
+                ),
+            });
+        };
+        files.push((t, bytes));
+    }
+    Ok((path, files))
+}
+
 /// Stores `file` in the archive as `0000000N.history`, create-only. The same bytes already
 /// there are success; other bytes for the same timeline are refused ([`Error::Refused`] naming
 /// both histories: split brain), and the archive is left untouched.

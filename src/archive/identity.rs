@@ -178,6 +178,25 @@ impl ArchiveIdentity {
     }
 }
 
+/// Reads and checks the identity file of the archive in `store`: an archive without one is
+/// "not a walship archive" (an invalid argument), one that does not decode is damage.
+pub async fn read_identity<S: super::store::ArchiveStore>(
+    store: &S,
+) -> crate::Result<ArchiveIdentity> {
+    let loc = store.location();
+    match store.get(IDENTITY_NAME).await? {
+        Some(b) => ArchiveIdentity::decode(&b).map_err(|reason| crate::Error::Corrupt {
+            file: std::path::PathBuf::from(&loc).join(IDENTITY_NAME),
+            offset: 0,
+            lsn: crate::Lsn(0),
+            reason,
+        }),
+        None => Err(crate::Error::InvalidArgument(format!(
+            "{loc}: not a walship archive (no {IDENTITY_NAME} object)"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

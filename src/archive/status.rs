@@ -6,10 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{
-    blocking, check_segment_bytes, decode_object, segment_objects, ArchiveIdentity, ArchiveStore,
-    IDENTITY_NAME,
-};
+use super::{blocking, check_segment_bytes, decode_object, segment_objects, ArchiveStore};
 use crate::error::{Error, Result};
 use crate::Lsn;
 
@@ -35,20 +32,7 @@ pub struct ArchiveStatus {
 /// Reads an archive's status.
 pub async fn archive_status<S: ArchiveStore>(store: &S) -> Result<ArchiveStatus> {
     let loc = store.location();
-    let id_path = PathBuf::from(&loc).join(IDENTITY_NAME);
-    let identity = match store.get(IDENTITY_NAME).await? {
-        Some(b) => ArchiveIdentity::decode(&b).map_err(|reason| Error::Corrupt {
-            file: id_path.clone(),
-            offset: 0,
-            lsn: Lsn(0),
-            reason,
-        })?,
-        None => {
-            return Err(Error::InvalidArgument(format!(
-                "{loc}: not a walship archive (no {IDENTITY_NAME} object)"
-            )))
-        }
-    };
+    let identity = super::identity::read_identity(store).await?;
     let objects = store.list().await?;
     let segs = segment_objects(&objects);
     let mut archived_lsn = Lsn::ZERO;

@@ -114,6 +114,44 @@ fn print_record(out: &mut impl Write, r: &WalRecord, json: bool) -> std::io::Res
     }
 }
 
+/// The history of the data directory at `path` (or whose `wal/` it is), when it is one and
+/// its history can be read; dump reads the records all the same when it cannot.
+fn directory_history(path: &std::path::Path) -> Option<walship::timeline::History> {
+    let root = if path.file_name().is_some_and(|n| n == "wal") {
+        path.parent()?
+    } else {
+        path
+    };
+    let dd = walship::datadir::DataDir::new(root);
+    let control = dd.read_control().ok()?;
+    dd.history(&control).ok()
+}
+
+/// The line that marks where the log moves onto another timeline (a promotion's switch point):
+/// text, or a JSON object with `"event": "timeline_switch"` among the records.
+fn print_switch(
+    out: &mut impl Write,
+    from: u32,
+    to: u32,
+    lsn: Lsn,
+    json: bool,
+) -> std::io::Result<()> {
+    if json {
+        let line = serde_json::json!({
+            "event": "timeline_switch",
+            "from_timeline": from,
+            "to_timeline": to,
+            "lsn": lsn.0,
+        });
+        writeln!(out, "{line}")
+    } else {
+        writeln!(
+            out,
+            "-- timeline switch at {lsn}: timeline {from} -> {to} --"
+        )
+    }
+}
+
 #[derive(Default)]
 struct TypeStats {
     count: u64,
@@ -148,6 +186,11 @@ pub fn run(a: DumpArgs) -> CmdResult {
     let mut out = BufWriter::new(stdout.lock());
     let mut printed = 0u64;
     let mut stats: BTreeMap<&'static str, TypeStats> = BTreeMap::new();
+    // The timeline of the last record printed: a record on another one marks a switch. Along
+    // the directory's history when PATH is one (a switch segment begins with the old
+    // timeline's records), else by the segments' names.
+    let history = directory_history(&a.path);
+    let mut last_timeline: Option<u32> = None;
     let result: Result<(), Failure> = (|| loop {
         if a.limit.is_some_and(|l| printed >= l) {
             return Ok(());
@@ -175,6 +218,15 @@ pub fn run(a: DumpArgs) -> CmdResult {
         {
             continue;
         }
+        let timeline = history
+            .as_ref()
+            .map_or(r.segment.timeline, |h| h.timeline_of(r.lsn));
+        if let Some(from) = last_timeline.filter(|t| *t != timeline) {
+            if !a.stats {
+                print_switch(&mut out, from, timeline, r.lsn, a.json)?;
+            }
+        }
+        last_timeline = Some(timeline);
         printed += 1;
         if a.stats {
             let s = stats.entry(r.entry_type.name()).or_default();

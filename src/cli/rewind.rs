@@ -16,8 +16,9 @@ use super::{runtime, CmdResult, Failure};
 #[derive(Args, Debug)]
 #[command(
     after_help = "DATA_DIR is a former primary (or a standby) whose timeline the new primary's history \
-left at a switch point, and which holds records past it. rewind asks the new primary (--source, a \
-running `walship serve`) for its history files, moves every segment past the switch point into \
+left at a switch point, and which holds records past it. rewind takes the new primary's history files \
+from the new primary (--source HOST:PORT, a running `walship serve`) or from its archive (--source \
+DIR, file:///PATH or s3://BUCKET/PREFIX: the newest timeline the archive holds), moves every segment past the switch point into \
 setaside/ (as NAME.diverged-LSN, never deleted; `walship status` lists them), copies the segment \
 holding the switch point there whole and cuts it back to the switch point as an open segment. \
 Afterwards `walship standby DATA_DIR --primary ADDR` follows the new primary. Refused while a \
@@ -27,9 +28,12 @@ is. Killed at any point, running it again reaches the same result.\n\nExample:\n
 )]
 pub struct RewindArgs {
     pub data_dir: PathBuf,
-    /// The new primary, HOST:PORT of its `walship serve`.
-    #[arg(long, value_parser = super::serve::parse_primary)]
+    /// Where the new primary's history comes from: HOST:PORT of its `walship serve`, or its
+    /// archive (a directory, file:///PATH or s3://BUCKET/PREFIX).
+    #[arg(long, value_parser = parse_source)]
     pub source: String,
+    #[command(flatten)]
+    pub s3: super::target::S3Args,
     /// File holding the token the primary requires (mode 600 or stricter).
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
@@ -61,6 +65,36 @@ pub struct RewindArgs {
     pub dry_run: bool,
 }
 
+/// An archive target (it names a path or a URL: a HOST:PORT never holds a `/`), or the
+/// primary's address.
+fn is_archive(s: &str) -> bool {
+    s.contains('/')
+}
+
+fn parse_source(s: &str) -> Result<String, String> {
+    if is_archive(s) {
+        Ok(s.to_string())
+    } else {
+        super::serve::parse_primary(s)
+    }
+}
+
+/// The new primary's history as its archive holds it: the newest timeline the archive has.
+fn archive_source(a: &RewindArgs) -> Result<Source, Failure> {
+    let store = super::target::open(&a.source, &a.s3)?;
+    let (identity, (path, files)) = runtime()?.block_on(async {
+        let identity = walship::archive::identity::read_identity(&store).await?;
+        let chain = walship::archive::history::history_chain(&store).await?;
+        Ok::<_, walship::Error>((identity, chain))
+    })?;
+    Ok(Source {
+        system_id: identity.system_id,
+        segment_size: identity.segment_size,
+        path,
+        files,
+    })
+}
+
 fn parse_name(s: &str) -> Result<String, String> {
     walship::replication::synchronous::check_name(s).map(|()| s.to_string())
 }
@@ -79,30 +113,41 @@ pub fn run(a: RewindArgs) -> CmdResult {
         server_name: a.tls_server_name.clone(),
         insecure_skip_verify: a.tls_insecure_skip_verify,
     });
-    let fetched = runtime()?
-        .block_on(fetch_history(
-            &a.source,
-            &Reach {
-                tls: tls.as_ref(),
-                token: token.as_ref(),
-                name: a.name.as_deref(),
-            },
-            a.timeout,
-        ))
-        .map_err(|e| Failure::Error(format!("ask {} for its history: {e}", a.source)))?;
-    let source = Source {
-        system_id: fetched.system_id,
-        segment_size: fetched.segment_size,
-        path: fetched.path,
-        files: fetched.files,
+    let source = if is_archive(&a.source) {
+        archive_source(&a)?
+    } else {
+        let fetched = runtime()?
+            .block_on(fetch_history(
+                &a.source,
+                &Reach {
+                    tls: tls.as_ref(),
+                    token: token.as_ref(),
+                    name: a.name.as_deref(),
+                },
+                a.timeout,
+            ))
+            .map_err(|e| Failure::Error(format!("ask {} for its history: {e}", a.source)))?;
+        Source {
+            system_id: fetched.system_id,
+            segment_size: fetched.segment_size,
+            path: fetched.path,
+            files: fetched.files,
+        }
+    };
+    // What to follow afterwards: the primary, or (the source being its archive) the primary
+    // of that timeline.
+    let primary = if is_archive(&a.source) {
+        "NEW_PRIMARY"
+    } else {
+        a.source.as_str()
     };
     let dd = DataDir::new(&a.data_dir);
     let r = rewind(&dd, &source, a.dry_run)?;
     let dir = a.data_dir.display();
     if r.nothing_diverged {
         println!(
-            "nothing diverged: {dir} ends at {}, at or before the switch point {} where timeline {} was left; nothing changed. Follow with walship standby {dir} --primary {}",
-            r.end, r.switch_lsn, r.timeline, a.source
+            "nothing diverged: {dir} ends at {}, at or before the switch point {} where timeline {} was left; nothing changed. Follow with walship standby {dir} --primary {primary}",
+            r.end, r.switch_lsn, r.timeline
         );
         return Ok(());
     }
@@ -134,7 +179,7 @@ pub fn run(a: RewindArgs) -> CmdResult {
         );
     }
     if !a.dry_run {
-        println!("follow with: walship standby {dir} --primary {}", a.source);
+        println!("follow with: walship standby {dir} --primary {primary}");
     }
     Ok(())
 }
