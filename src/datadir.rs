@@ -155,6 +155,19 @@ impl DataDir {
         })
     }
 
+    /// [`DataDir::lock`] for a command that must not run beside another process: a held lock
+    /// is refused with `advice` (what to stop first).
+    pub fn lock_or_refuse(&self, advice: &str) -> Result<DirLock> {
+        self.lock().map_err(|e| match e {
+            Error::Locked { path, pid } => Error::Refused(format!(
+                "{} is locked by a running process{}: {advice}",
+                path.display(),
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            )),
+            e => e,
+        })
+    }
+
     /// Takes the exclusive writer lock, failing at once when another process holds it.
     pub fn lock(&self) -> Result<DirLock> {
         let path = self.lock_path();

@@ -51,17 +51,8 @@ const INTENT: &str = "promotion";
 
 /// Promotes the standby directory `dd` to the next timeline (see the module's steps).
 pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
-    let _lock = match dd.lock() {
-        Ok(l) => l,
-        Err(Error::Locked { path, pid }) => {
-            return Err(Error::Refused(format!(
-                "{} is locked by a running process{}: stop `walship standby` (or the writer) on it, then promote again",
-                path.display(),
-                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
-            )))
-        }
-        Err(e) => return Err(e),
-    };
+    let _lock =
+        dd.lock_or_refuse("stop `walship standby` (or the writer) on it, then promote again")?;
     let control = dd.read_control()?;
     let state = dd.state_dir();
     let meta = state.join(STANDBY_META);

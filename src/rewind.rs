@@ -24,7 +24,6 @@
 //! end is what a standby adopting the directory compares with the new primary's copy.
 
 use std::fs;
-use std::io::Write;
 use std::path::PathBuf;
 
 use crate::datadir::DataDir;
@@ -78,17 +77,9 @@ pub fn diverged_name(file_name: &str, switch: Lsn) -> String {
 /// Rewinds `dd` onto `source`'s timeline (see the module's steps). A dry run changes nothing
 /// and returns what would be done.
 pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
-    let _lock = match dd.lock() {
-        Ok(l) => l,
-        Err(Error::Locked { path, pid }) => {
-            return Err(Error::Refused(format!(
-                "{} is locked by a running process{}: stop the writer (`walship write`, `serve`, `standby`) on it, then rewind again",
-                path.display(),
-                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
-            )))
-        }
-        Err(e) => return Err(e),
-    };
+    let _lock = dd.lock_or_refuse(
+        "stop the writer (`walship write`, `serve`, `standby`) on it, then rewind again",
+    )?;
     let control = dd.read_control()?;
     let switch = switch_point(dd, &control, source)?;
     let held = held_segments(dd, &control)?;
@@ -267,32 +258,6 @@ fn ensure_setaside(dd: &DataDir) -> Result<PathBuf> {
     Ok(aside)
 }
 
-/// Writes `bytes` at `to` durably: a temporary file in the same directory, fsync, rename,
-/// fsync of the directory.
-fn write_durably(dir: &std::path::Path, to: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let base = to
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let tmp = dir.join(crate::fsutil::temp_name(&base));
-    let written = (|| -> Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .ctx(|| format!("create {}", tmp.display()))?;
-        f.write_all(bytes)
-            .ctx(|| format!("write {}", tmp.display()))?;
-        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-        fs::rename(&tmp, to).ctx(|| format!("rename {} to {}", tmp.display(), to.display()))
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    fsync_dir(dir)
-}
-
 /// Cuts the segment holding the switch point back to it: a whole copy set aside first, then
 /// its records up to the switch point as an open segment, then the sealed file (if it was
 /// one) removed.
@@ -318,14 +283,14 @@ fn cut_back(dd: &DataDir, control: &ControlFile, name: &SegmentName, switch: Lsn
     let copy = aside.join(diverged_name(&name.to_string(), switch));
     if !copy.exists() {
         crate::fault!("rewind::copy", e => Error::io("set the diverged segment aside", e));
-        write_durably(&aside, &copy, &buf)?;
+        crate::fsutil::write_atomic(&copy, &buf)?;
     }
     // Its records up to the switch point, as an open segment.
     crate::fault!("rewind::cut", e => Error::io("cut the segment back", e));
     let open = SegmentName::new(name.timeline, name.segment_no.0, SegmentFileKind::Open);
     let mut bytes = vec![0u8; control.segment_size as usize];
     bytes[..at].copy_from_slice(&buf[..at]);
-    write_durably(&dd.wal_dir(), &dd.segment_path(&open), &bytes)?;
+    crate::fsutil::write_atomic(&dd.segment_path(&open), &bytes)?;
     if name.kind != SegmentFileKind::Open {
         crate::fault!("rewind::unseal", e => Error::io("remove the sealed segment", e));
         fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;

@@ -7,9 +7,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{
-    copy_tree, init, p, seal, serve, status, text, wait_until, walship, write_records, NET,
-};
+use common::{copy_tree, p, seal, text, walship, write_records};
 
 /// Every object of a directory archive: name and bytes, in name order.
 fn objects(arc: &Path) -> Vec<(String, Vec<u8>)> {
@@ -40,23 +38,8 @@ fn sealed(dir: &Path) -> Vec<String> {
 /// open segment held records (the primary's serve stopped too).
 fn primary_and_standby(root: &Path, arc: &Path) -> (PathBuf, PathBuf) {
     let primary = root.join("primary");
-    init(&primary);
-    write_records(&primary, 1500, "a");
-    let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
     let sb = root.join("standby");
-    let mut s = common::standby(&sb, &addr, &[], &root.join("standby.log"));
-    write_records(&primary, 20, "b");
-    wait_until("the standby to acknowledge everything", || {
-        let st = status(&primary);
-        let flush = st["flush_lsn"].as_u64();
-        st["standbys"]
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|x| x["flushed_lsn"].as_u64())
-            == flush
-    });
-    s.kill();
-    srv.kill();
+    common::streamed_then_stopped(&primary, &sb, root, "primary");
     let out = archive_once(&primary, arc);
     assert!(out.status.success(), "{}", text(&out));
     (primary, sb)

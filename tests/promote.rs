@@ -25,23 +25,8 @@ fn files(dir: &Path, sub: &str) -> Vec<String> {
 /// and the payloads the primary made durable.
 fn killed_standby(root: &Path) -> (PathBuf, Vec<Vec<u8>>) {
     let primary = root.join("primary");
-    init(&primary);
-    write_records(&primary, 1500, "a");
-    let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
     let sb = root.join("standby");
-    let mut s = common::standby(&sb, &addr, &[], &root.join("standby.log"));
-    write_records(&primary, 20, "b");
-    wait_until("the standby to acknowledge everything", || {
-        let st = status(&primary);
-        let flush = st["flush_lsn"].as_u64();
-        st["standbys"]
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|x| x["flushed_lsn"].as_u64())
-            == flush
-    });
-    s.kill();
-    srv.kill();
+    common::streamed_then_stopped(&primary, &sb, root, "primary");
     let want = payloads(&primary);
     assert!(
         files(&sb, "wal")

@@ -22,23 +22,8 @@ fn payloads(dir: &Path) -> Vec<Vec<u8>> {
 /// records of its own) and its standby, promoted to timeline 2.
 fn failed_over(root: &Path, extra: usize) -> (PathBuf, PathBuf) {
     let old = root.join("old");
-    init(&old);
-    write_records(&old, 1500, "a");
-    let (mut srv, addr) = serve(&old, "127.0.0.1:0", &NET, &root.join("serve-old.log"));
     let new = root.join("new");
-    let mut s = common::standby(&new, &addr, &[], &root.join("standby-new.log"));
-    write_records(&old, 20, "b");
-    wait_until("the standby to acknowledge everything", || {
-        let st = status(&old);
-        let flush = st["flush_lsn"].as_u64();
-        st["standbys"]
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|x| x["flushed_lsn"].as_u64())
-            == flush
-    });
-    s.kill();
-    srv.kill();
+    common::streamed_then_stopped(&old, &new, root, "old");
     if extra > 0 {
         // The old primary goes on alone: these records are on no timeline of the new one.
         write_records(&old, extra, "x");

@@ -333,3 +333,36 @@ pub fn wait_caught_up(primary: &Path, standby: &Path) {
         );
     }
 }
+
+/// Initialises `primary`, writes 1,520 durable records into it (sealed 64 KiB segments and
+/// part of the open one) and streams them to a standby at `standby` until it has
+/// acknowledged every one; then stops both, so that the standby's copy of the primary's open
+/// segment holds records. Logs go into `logs`, prefixed `tag`.
+pub fn streamed_then_stopped(primary: &Path, standby_dir: &Path, logs: &Path, tag: &str) {
+    init(primary);
+    write_records(primary, 1500, "a");
+    let (mut srv, addr) = serve(
+        primary,
+        "127.0.0.1:0",
+        &NET,
+        &logs.join(format!("{tag}-serve.log")),
+    );
+    let mut s = standby(
+        standby_dir,
+        &addr,
+        &[],
+        &logs.join(format!("{tag}-standby.log")),
+    );
+    write_records(primary, 20, "b");
+    wait_until("the standby to acknowledge everything", || {
+        let st = status(primary);
+        let flush = st["flush_lsn"].as_u64();
+        st["standbys"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|x| x["flushed_lsn"].as_u64())
+            == flush
+    });
+    s.kill();
+    srv.kill();
+}
