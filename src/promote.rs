@@ -25,9 +25,8 @@ use std::io::Write;
 use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
 use crate::format::history::HistoryFile;
-use crate::format::record::{decode_at, Decoded};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
-use crate::format::{ControlFile, SegmentFileKind, SegmentHeader, SegmentName, SegmentNo};
+use crate::format::{ControlFile, SegmentFileKind, SegmentName, SegmentNo};
 use crate::fsutil::{fsync_dir, write_atomic};
 use crate::Lsn;
 
@@ -139,7 +138,8 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
         Some(name) => {
             let path = dd.segment_path(name);
             let buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
-            valid_records(&buf, name, &control).map(|(h, end)| (*name, buf, h, end))
+            crate::segment_check::record_ends(&buf, name, &control)
+                .and_then(|(h, ends)| ends.last().map(|&end| (*name, buf, h, end)))
         }
         None => None,
     };
@@ -256,31 +256,4 @@ fn finish(dd: &DataDir, switch_lsn: Lsn, intent: &std::path::Path) -> Result<()>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(format!("remove {}", intent.display()), e)),
     }
-}
-
-/// The header of a copy of an open segment and where its valid records end, `None` when it
-/// holds no valid header or no record.
-fn valid_records(
-    buf: &[u8],
-    name: &SegmentName,
-    control: &ControlFile,
-) -> Option<(SegmentHeader, usize)> {
-    let header = SegmentHeader::decode(buf.get(..SEGMENT_HEADER_LEN)?).ok()?;
-    if header.system_id != control.system_id
-        || header.segment_size != control.segment_size
-        || header.segment_no != name.segment_no.0
-        || header.timeline != name.timeline
-    {
-        return None;
-    }
-    let start = header.start_lsn();
-    let limit = (control.segment_size as usize).min(buf.len());
-    let mut off = SEGMENT_HEADER_LEN;
-    while off < limit {
-        match decode_at(&buf[..limit], off, start + off as u64, limit) {
-            Ok(Decoded::Record(r)) => off = (r.end_lsn() - start) as usize,
-            _ => break,
-        }
-    }
-    (off > SEGMENT_HEADER_LEN).then_some((header, off))
 }

@@ -28,9 +28,8 @@ use std::path::PathBuf;
 
 use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
-use crate::format::record::{decode_at, Decoded};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
-use crate::format::{ControlFile, SegmentFileKind, SegmentHeader, SegmentName};
+use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::fsutil::fsync_dir;
 use crate::timeline::History;
 use crate::Lsn;
@@ -197,7 +196,7 @@ fn held_segments(dd: &DataDir, control: &ControlFile) -> Result<Vec<Held>> {
             SegmentFileKind::Open | SegmentFileKind::Partial => {
                 let path = dd.segment_path(&name);
                 let buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
-                record_ends(&buf, &name, control)
+                crate::segment_check::record_ends(&buf, &name, control)
                     .and_then(|(h, ends)| ends.last().map(|o| h.start_lsn() + *o as u64))
             }
             _ => continue,
@@ -205,37 +204,6 @@ fn held_segments(dd: &DataDir, control: &ControlFile) -> Result<Vec<Held>> {
         out.push(Held { name, end });
     }
     Ok(out)
-}
-
-/// The header of a segment file and the offsets where its valid records end, in order (None
-/// without a valid header of this system).
-fn record_ends(
-    buf: &[u8],
-    name: &SegmentName,
-    control: &ControlFile,
-) -> Option<(SegmentHeader, Vec<usize>)> {
-    let header = SegmentHeader::decode(buf.get(..SEGMENT_HEADER_LEN)?).ok()?;
-    if header.system_id != control.system_id
-        || header.segment_size != control.segment_size
-        || header.segment_no != name.segment_no.0
-        || header.timeline != name.timeline
-    {
-        return None;
-    }
-    let start = header.start_lsn();
-    let limit = (control.segment_size as usize).min(buf.len());
-    let mut ends = Vec::new();
-    let mut off = SEGMENT_HEADER_LEN;
-    while off < limit {
-        match decode_at(&buf[..limit], off, start + off as u64, limit) {
-            Ok(Decoded::Record(r)) => {
-                off = (r.end_lsn() - start) as usize;
-                ends.push(off);
-            }
-            _ => break,
-        }
-    }
-    Some((header, ends))
 }
 
 /// Moves a segment file into `setaside/` under its rewind name, durably.
@@ -264,7 +232,7 @@ fn ensure_setaside(dd: &DataDir) -> Result<PathBuf> {
 fn cut_back(dd: &DataDir, control: &ControlFile, name: &SegmentName, switch: Lsn) -> Result<()> {
     let path = dd.segment_path(name);
     let buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
-    let Some((header, ends)) = record_ends(&buf, name, control) else {
+    let Some((header, ends)) = crate::segment_check::record_ends(&buf, name, control) else {
         return Err(Error::Corrupt {
             file: path,
             offset: 0,

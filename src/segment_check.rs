@@ -251,6 +251,37 @@ pub fn sealed_end(end: &ScanEnd) -> std::result::Result<(usize, SealInfo), (usiz
     }
 }
 
+/// The header of a segment file and the offsets where its valid records end, in order (None
+/// without a valid header of this system).
+pub fn record_ends(
+    buf: &[u8],
+    name: &SegmentName,
+    control: &ControlFile,
+) -> Option<(SegmentHeader, Vec<usize>)> {
+    let header = SegmentHeader::decode(buf.get(..SEGMENT_HEADER_LEN)?).ok()?;
+    if header.system_id != control.system_id
+        || header.segment_size != control.segment_size
+        || header.segment_no != name.segment_no.0
+        || header.timeline != name.timeline
+    {
+        return None;
+    }
+    let start = header.start_lsn();
+    let limit = (control.segment_size as usize).min(buf.len());
+    let mut ends = Vec::new();
+    let mut off = SEGMENT_HEADER_LEN;
+    while off < limit {
+        match decode_at(&buf[..limit], off, start + off as u64, limit) {
+            Ok(Decoded::Record(r)) => {
+                off = (r.end_lsn() - start) as usize;
+                ends.push(off);
+            }
+            _ => break,
+        }
+    }
+    Some((header, ends))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
