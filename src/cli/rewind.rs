@@ -37,21 +37,8 @@ pub struct RewindArgs {
     /// File holding the token the primary requires (mode 600 or stricter).
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
-    /// CA certificates (PEM) the new primary's certificate must be signed by: TLS to it.
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
-    /// A client certificate chain (PEM), for a primary that requires one.
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM, mode 600 or stricter).
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// The name the primary's certificate must carry (default: the host of --source).
-    #[arg(long)]
-    pub tls_server_name: Option<String>,
-    /// TLS without checking the primary's certificate.
-    #[arg(long, conflicts_with = "tls_ca")]
-    pub tls_insecure_skip_verify: bool,
+    #[command(flatten)]
+    pub tls: super::standby::ClientTlsArgs,
     /// The name to give the primary, for one that checks names against client certificates
     /// or per-standby tokens (the name --tls-cert or the token proves); default `rewind-` and
     /// 8 hex digits.
@@ -101,18 +88,7 @@ fn parse_name(s: &str) -> Result<String, String> {
 
 pub fn run(a: RewindArgs) -> CmdResult {
     let token = read_token(&a.auth_token_file)?;
-    let tls_wanted = a.tls_ca.is_some() || a.tls_insecure_skip_verify;
-    if !tls_wanted && (a.tls_cert.is_some() || a.tls_server_name.is_some()) {
-        return Err(Failure::Error(
-            "--tls-cert and --tls-server-name need TLS: give --tls-ca (or --tls-insecure-skip-verify)".into(),
-        ));
-    }
-    let tls = tls_wanted.then(|| walship::replication::tls::ClientTlsFiles {
-        ca: a.tls_ca.clone(),
-        cert_key: a.tls_cert.clone().zip(a.tls_key.clone()),
-        server_name: a.tls_server_name.clone(),
-        insecure_skip_verify: a.tls_insecure_skip_verify,
-    });
+    let tls = a.tls.files()?;
     let source = if is_archive(&a.source) {
         archive_source(&a)?
     } else {

@@ -23,22 +23,8 @@ pub struct StandbyArgs {
     /// File holding the token (mode 600 or stricter): the shared one, or this standby's own.
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
-    /// CA certificates (PEM) the primary's certificate must be signed by: TLS to the primary.
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
-    /// This standby's certificate chain (PEM), for a primary that requires one.
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM, mode 600 or stricter).
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// The name the primary's certificate must carry (default: the host of --primary).
-    #[arg(long)]
-    pub tls_server_name: Option<String>,
-    /// TLS without checking the primary's certificate: the stream is encrypted, but anyone on
-    /// the path can pose as the primary. A warning is logged at each connection.
-    #[arg(long, conflicts_with = "tls_ca")]
-    pub tls_insecure_skip_verify: bool,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Longest wait between reconnection attempts (100ms to 60m).
     #[arg(long, default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub max_backoff: Duration,
@@ -59,6 +45,46 @@ pub struct StandbyArgs {
     pub net: NetArgs,
 }
 
+/// How a client (a standby, `rewind`) reaches a primary over TLS.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClientTlsArgs {
+    /// CA certificates (PEM) the primary's certificate must be signed by: TLS to the primary.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate chain (PEM), for a primary that requires one.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 600 or stricter).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the primary's certificate must carry (default: the host of its address).
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// TLS without checking the primary's certificate: the stream is encrypted, but anyone on
+    /// the path can pose as the primary. A warning is logged at each connection.
+    #[arg(long, conflicts_with = "tls_ca")]
+    pub tls_insecure_skip_verify: bool,
+}
+
+impl ClientTlsArgs {
+    /// The TLS files to connect with, None without TLS; a certificate or server name given
+    /// without TLS is an error.
+    pub fn files(&self) -> Result<Option<walship::replication::tls::ClientTlsFiles>, Failure> {
+        let wanted = self.tls_ca.is_some() || self.tls_insecure_skip_verify;
+        if !wanted && (self.tls_cert.is_some() || self.tls_server_name.is_some()) {
+            return Err(Failure::Error(
+                "--tls-cert and --tls-server-name need TLS: give --tls-ca (or --tls-insecure-skip-verify)".into(),
+            ));
+        }
+        Ok(wanted.then(|| walship::replication::tls::ClientTlsFiles {
+            ca: self.tls_ca.clone(),
+            cert_key: self.tls_cert.clone().zip(self.tls_key.clone()),
+            server_name: self.tls_server_name.clone(),
+            insecure_skip_verify: self.tls_insecure_skip_verify,
+        }))
+    }
+}
+
 fn parse_name(s: &str) -> Result<String, String> {
     walship::replication::synchronous::check_name(s).map(|()| s.to_string())
 }
@@ -67,18 +93,7 @@ pub fn run(a: StandbyArgs) -> CmdResult {
     a.net.check()?;
     let mut config = StandbyConfig::new(&a.data_dir, &a.primary);
     config.auth_token = read_token(&a.auth_token_file)?;
-    let tls_wanted = a.tls_ca.is_some() || a.tls_insecure_skip_verify;
-    if !tls_wanted && (a.tls_cert.is_some() || a.tls_server_name.is_some()) {
-        return Err(Failure::Error(
-            "--tls-cert and --tls-server-name need TLS: give --tls-ca (or --tls-insecure-skip-verify)".into(),
-        ));
-    }
-    config.tls = tls_wanted.then(|| walship::replication::tls::ClientTlsFiles {
-        ca: a.tls_ca.clone(),
-        cert_key: a.tls_cert.clone().zip(a.tls_key.clone()),
-        server_name: a.tls_server_name.clone(),
-        insecure_skip_verify: a.tls_insecure_skip_verify,
-    });
+    config.tls = a.tls.files()?;
     config.max_frame = a.net.max_frame_size as usize;
     config.heartbeat_interval = a.net.heartbeat_interval;
     config.peer_timeout = a.net.peer_timeout;
