@@ -58,6 +58,16 @@ impl History {
             .unwrap_or(self.timeline)
     }
 
+    /// The timeline whose segment `segment_no` is along this history: the first ancestor left
+    /// in a later segment, or at the start of a later one; else the history's own timeline. The
+    /// segment holding a switch point is the new timeline's (its switch segment).
+    pub fn segment_timeline(&self, segment_no: u64, segment_size: u64) -> u32 {
+        self.ancestors
+            .iter()
+            .find(|a| segment_no < a.end.0 / segment_size)
+            .map_or(self.timeline, |a| a.timeline)
+    }
+
     /// The switch point where this history leaves timeline `t`: `None` when `t` is this
     /// history's own timeline (not left) or not on its path at all.
     pub fn switch_point_after(&self, t: u32) -> Option<Lsn> {

@@ -117,6 +117,75 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     for name in sealed(&sb) {
         assert!(arc.join(&name).is_file(), "{name}");
     }
+
+    // verify takes the archive along the newest history too.
+    let v = walship(&["verify", p(&arc)]);
+    assert!(v.status.success(), "{}", text(&v));
+
+    // Restore goes along the newest history: timeline 1 up to the switch segment, then
+    // timeline 2 (not the old primary's copy of the switch segment, nor its segments past it).
+    let payloads = |dir: &Path| -> Vec<Vec<u8>> {
+        common::read_all(dir)
+            .expect("read the records")
+            .into_iter()
+            .map(|r| r.payload)
+            .collect()
+    };
+    let restored = t.path().join("restored");
+    let out = walship(&["restore", p(&arc), p(&restored)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        payloads(&restored) == payloads(&sb),
+        "restored equals the new primary"
+    );
+    assert_eq!(common::status(&restored)["timeline"].as_u64(), Some(2));
+    assert_eq!(
+        std::fs::read(restored.join("wal/00000002.history")).expect("history"),
+        hist
+    );
+    let v = walship(&["verify", p(&restored)]);
+    assert!(v.status.success(), "{}", text(&v));
+
+    // To a point before the switch: timeline 1's records only, and a directory of timeline 1.
+    let switch = walship::format::history::HistoryFile::decode(&hist, "00000002.history")
+        .expect("history")
+        .last_switch()
+        .expect("a switch")
+        .lsn;
+    let early = common::read_all(&sb)
+        .expect("records")
+        .into_iter()
+        .filter(|r| r.end_lsn <= switch)
+        .nth_back(40)
+        .expect("records before the switch")
+        .end_lsn;
+    let before_switch = t.path().join("before-switch");
+    let until = early.to_string();
+    let out = walship(&["restore", p(&arc), p(&before_switch), "--until-lsn", &until]);
+    assert!(out.status.success(), "{}", text(&out));
+    let want: Vec<Vec<u8>> = common::read_all(&sb)
+        .expect("records")
+        .into_iter()
+        .filter(|r| r.end_lsn <= early)
+        .map(|r| r.payload)
+        .collect();
+    assert!(
+        payloads(&before_switch) == want,
+        "the records up to {until}"
+    );
+    let timeline = common::status(&before_switch)["timeline"].as_u64();
+    let in_switch_segment = early.0 / (64 * 1024) == switch.0 / (64 * 1024);
+    assert_eq!(timeline, Some(if in_switch_segment { 2 } else { 1 }));
+
+    // A damaged history file in the archive is found by verify, named.
+    let h = arc.join("00000002.history");
+    let mut b = std::fs::read(&h).expect("history");
+    let last = b.len() - 1;
+    b[last / 2] ^= 0x04;
+    std::fs::write(&h, &b).expect("damage");
+    let v = walship(&["verify", p(&arc)]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(text(&v).contains("00000002.history"), "{}", text(&v));
 }
 
 #[test]

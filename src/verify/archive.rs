@@ -106,6 +106,21 @@ fn verify_objects(
             segs.retain(|(n, _, _)| n.segment_no.0 >= begin);
         }
     }
+    // After a promotion the archive holds several timelines: every history file must decode,
+    // and the segments are checked along the newest history's path (the old timeline's copy of
+    // a switch segment, and its segments past the switch, are off that path).
+    if let Some(path) = newest_path(root, objects, &read, &mut report) {
+        let size = archive_id.map_or(crate::format::MAX_SEGMENT_SIZE, |id| id.segment_size);
+        let before = segs.len();
+        segs.retain(|(n, _, _)| n.timeline == path.segment_timeline(n.segment_no.0, size));
+        let off = before - segs.len();
+        if off > 0 {
+            report.notes.push(format!(
+                "{off} segment(s) of earlier timelines lie past where timeline {} left them (an old primary's, archived before the promotion was known): not on the newest timeline, not checked",
+                path.timeline
+            ));
+        }
+    }
     if let (Some(id), Some((first_held, _, _))) = (&archive_id, segs.first()) {
         check_first_segment(id, first_held, &mut report);
     }
@@ -134,6 +149,36 @@ fn verify_objects(
     })?;
     report.ok = report.errors.is_empty();
     Ok(report)
+}
+
+/// Checks every history file of the archive (a damaged one is an error naming it) and returns
+/// the newest one's path; None when the archive holds none (one timeline) or the newest is
+/// damaged.
+fn newest_path(
+    root: &Path,
+    objects: &[ObjectInfo],
+    read: &impl Fn(&str) -> Result<Vec<u8>>,
+    report: &mut VerifyReport,
+) -> Option<crate::timeline::History> {
+    let mut newest = None;
+    for t in crate::archive::history::history_timelines(objects) {
+        let name = crate::archive::history_object_name(t);
+        let decoded =
+            read(&name).and_then(|b| crate::history::decode_history(&root.join(&name), &b, t));
+        newest = match decoded {
+            Ok(f) => Some(crate::timeline::History::of(&f)),
+            Err(e) => {
+                report.errors.push(VerifyIssue {
+                    segment: name,
+                    offset: 0,
+                    lsn: Lsn(0),
+                    reason: e.to_string(),
+                });
+                None
+            }
+        };
+    }
+    newest
 }
 
 /// An archive of layout version 2 holds every segment from the one its identity names: a

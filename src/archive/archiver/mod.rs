@@ -31,11 +31,10 @@ use crate::format::{ControlFile, SegmentFileKind, SegmentName};
 use crate::Lsn;
 
 mod completeness;
-mod timelines;
-pub use timelines::path_timeline;
 mod prepare;
 mod push;
 mod retry;
+mod timelines;
 
 use prepare::{prepare, Prepared};
 use retry::{Backoff, FailureStreak};

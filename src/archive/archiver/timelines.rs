@@ -60,16 +60,6 @@ pub(super) async fn check_histories<S: ArchiveStore>(
     Ok(their_history)
 }
 
-/// The timeline whose segment `segment_no` is along `path`: the first ancestor left in a later
-/// segment, or at the start of a later one; else the path's own timeline. The segment holding a
-/// switch point is the new timeline's (its switch segment).
-pub fn path_timeline(path: &History, segment_no: u64, segment_size: u64) -> u32 {
-    path.ancestors
-        .iter()
-        .find(|a| segment_no < a.end.0 / segment_size)
-        .map_or(path.timeline, |a| a.timeline)
-}
-
 impl<S: ArchiveStore> Archiver<S> {
     /// Before anything of a pass is stored: reads the directory's history again (a promotion
     /// may have happened), checks it against the archive's (a second promotion of the same
@@ -98,7 +88,8 @@ impl<S: ArchiveStore> Archiver<S> {
 
     /// The timeline whose segment `segment_no` is along the archive's path.
     pub(super) fn path_timeline(&self, segment_no: u64) -> u32 {
-        path_timeline(&self.path, segment_no, self.identity.segment_size)
+        self.path
+            .segment_timeline(segment_no, self.identity.segment_size)
     }
 
     /// Whether the local segment `name` is the archive's path segment for its number. A segment

@@ -218,8 +218,11 @@ pub async fn restore<S: ArchiveStore>(
     };
     let to_clear = check_destination(dest, opts.force)?;
     let stage = staging_dir(dest)?;
-    let plan = plan(&store, &identity, &opts, stage.path()).await?;
-    write(&loc, dest, &identity, &plan, &to_clear, &opts).await
+    // An archive that followed a promotion holds segments of several timelines: restore goes
+    // along the newest history (the switch segment, not the old timeline's copy of it).
+    let (path, histories) = super::history::history_chain(&*store).await?;
+    let plan = plan(&store, &identity, &path, &opts, stage.path()).await?;
+    write(&loc, dest, &identity, &histories, &plan, &to_clear, &opts).await
 }
 
 /// A fresh staging directory beside `dest` (on the same file system, so that staged segments
@@ -246,12 +249,18 @@ fn staging_dir(dest: &Path) -> Result<tempfile::TempDir> {
 async fn plan<S: ArchiveStore>(
     store: &Arc<S>,
     identity: &ArchiveIdentity,
+    path: &crate::timeline::History,
     opts: &RestoreOptions,
     stage: &Path,
 ) -> Result<Vec<Planned>> {
     let loc = store.location();
     let objects = store.list().await?;
-    let segs = segment_objects(&objects);
+    let mut segs = segment_objects(&objects);
+    // Segments off the path (an old timeline's past its switch, its copy of a switch segment)
+    // are not this restore's.
+    segs.retain(|(n, _, _)| {
+        n.timeline == path.segment_timeline(n.segment_no.0, identity.segment_size)
+    });
     if segs.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "{loc}: the archive holds no segments"
@@ -282,7 +291,6 @@ async fn plan<S: ArchiveStore>(
     // The archive holds every segment from the one it begins at: restoring from a later one
     // would silently leave out the records before it. Segments before it are what a pruning
     // that stopped half-way left: no restore uses them.
-    let mut segs = segs;
     if let Some(begin) = identity.first_segment {
         segs.retain(|(n, _, _)| n.segment_no.0 >= begin);
         match segs.first() {

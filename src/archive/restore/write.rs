@@ -57,6 +57,7 @@ pub(super) async fn write(
     loc: &str,
     dest: &Path,
     identity: &ArchiveIdentity,
+    histories: &[(u32, Vec<u8>)],
     plan: &[Planned],
     to_clear: &[PathBuf],
     opts: &RestoreOptions,
@@ -141,10 +142,18 @@ pub(super) async fn write(
         }
         report_progress(opts, RestorePhase::Write, i as u64 + 1, total, report.bytes);
     }
+    // The timeline of the newest segment restored, with the history files that lead to it:
+    // the directory is on that timeline as the original was.
+    let timeline = plan.last().map_or(identity.timeline, |p| p.name.timeline);
+    for (t, bytes) in histories.iter().filter(|(t, _)| *t <= timeline) {
+        write_file(&dir.history_path(*t), bytes, None)?;
+    }
     fsync_dir(&wal)?;
     fsync_dir(&dir.state_dir())?;
     // Last: the control file makes it a data directory.
-    DataDir::create_with_identity(dest, &identity.to_control())?;
+    let mut control = identity.to_control();
+    control.identity.timeline = timeline;
+    DataDir::create_with_identity(dest, &control)?;
     Ok(report)
 }
 
