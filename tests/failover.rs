@@ -363,22 +363,7 @@ fn failover_drill_promote_a_standby_the_other_follows_the_old_primary_and_a_seco
     );
 
     // More acknowledged records, now confirmed by `b`.
-    let lines: String = (0..1500).map(|i| format!("after-{i:06}\n")).collect();
-    let more = common::run(
-        &["write", p(&a), "--durable", "--wait-sync"],
-        lines.as_bytes(),
-    );
-    assert!(more.status.success(), "{}", text(&more));
-    let after: Vec<(u64, String)> = common::stdout(&more)
-        .lines()
-        .enumerate()
-        .map(|(k, l)| {
-            (
-                l.trim().parse::<Lsn>().expect("LSN").0,
-                format!("after-{k:06}"),
-            )
-        })
-        .collect();
+    let after = write_acknowledged(&a, "after", 1500);
     assert_eq!(after.len(), 1500);
     common::seal(&a);
     common::wait_caught_up(&a, &b);
@@ -531,22 +516,7 @@ fn a_planned_switchover_loses_nothing_and_the_old_primary_follows_without_a_rewi
     let (_serve_new, addr_new) = serve(&new, "127.0.0.1:0", &sync_new, &x.log("serve-new"));
     // 3. The old primary follows the new one, with no rewind.
     let _back = standby_named(&old, &addr_new, "old", &x.log("old-follows"));
-    let lines: String = (0..1500).map(|i| format!("after-{i:06}\n")).collect();
-    let more = common::run(
-        &["write", p(&new), "--durable", "--wait-sync"],
-        lines.as_bytes(),
-    );
-    assert!(more.status.success(), "{}", text(&more));
-    let after: Vec<(u64, String)> = common::stdout(&more)
-        .lines()
-        .enumerate()
-        .map(|(k, l)| {
-            (
-                l.trim().parse::<Lsn>().expect("LSN").0,
-                format!("after-{k:06}"),
-            )
-        })
-        .collect();
+    let after = write_acknowledged(&new, "after", 1500);
     common::seal(&new);
     common::wait_caught_up(&new, &old);
     assert_eq!(status(&old)["role"], "standby");
@@ -558,4 +528,25 @@ fn a_planned_switchover_loses_nothing_and_the_old_primary_follows_without_a_rewi
     assert_all_on("the old primary", &acked, &on_old);
     assert_all_on("the old primary", &after, &on_old);
     assert_eq!(on_old.len(), on_new.len());
+}
+
+/// Writes `n` records `PREFIX-NNNNNN` into `dir` with `write --durable --wait-sync`, each
+/// acknowledged, and returns each one's LSN with its text.
+fn write_acknowledged(dir: &Path, prefix: &str, n: usize) -> Vec<(u64, String)> {
+    let lines: String = (0..n).map(|i| format!("{prefix}-{i:06}\n")).collect();
+    let out = common::run(
+        &["write", p(dir), "--durable", "--wait-sync"],
+        lines.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    common::stdout(&out)
+        .lines()
+        .enumerate()
+        .map(|(k, l)| {
+            (
+                l.trim().parse::<Lsn>().expect("LSN").0,
+                format!("{prefix}-{k:06}"),
+            )
+        })
+        .collect()
 }

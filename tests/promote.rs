@@ -185,15 +185,7 @@ fn a_running_standby_is_asked_to_finish_then_promoted() {
     let sb = t.path().join("standby");
     let mut s = common::standby(&sb, &addr, &[], &t.path().join("standby.log"));
     write_records(&primary, 20, "b");
-    wait_until("the standby to acknowledge everything", || {
-        let st = status(&primary);
-        let flush = st["flush_lsn"].as_u64();
-        st["standbys"]
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|x| x["flushed_lsn"].as_u64())
-            == flush
-    });
+    common::wait_acknowledged(&primary);
     srv.kill();
     let want = payloads(&primary);
     assert!(s.running(), "the standby still runs: {}", s.log());

@@ -354,6 +354,13 @@ pub fn streamed_then_stopped(primary: &Path, standby_dir: &Path, logs: &Path, ta
         &logs.join(format!("{tag}-standby.log")),
     );
     write_records(primary, 20, "b");
+    wait_acknowledged(primary);
+    s.kill();
+    srv.kill();
+}
+
+/// Waits until the first standby of `primary` has flushed everything the primary made durable.
+pub fn wait_acknowledged(primary: &Path) {
     wait_until("the standby to acknowledge everything", || {
         let st = status(primary);
         let flush = st["flush_lsn"].as_u64();
@@ -363,6 +370,4 @@ pub fn streamed_then_stopped(primary: &Path, standby_dir: &Path, logs: &Path, ta
             .and_then(|x| x["flushed_lsn"].as_u64())
             == flush
     });
-    s.kill();
-    srv.kill();
 }
