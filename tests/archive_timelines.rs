@@ -50,6 +50,15 @@ fn promote(dir: &Path) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// The switch point a timeline-2 history file names.
+fn switch_lsn(history: &[u8]) -> walship::Lsn {
+    walship::format::history::HistoryFile::decode(history, "00000002.history")
+        .expect("history")
+        .last_switch()
+        .expect("a switch")
+        .lsn
+}
+
 #[test]
 fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     let t = tempfile::tempdir().expect("tempdir");
@@ -145,13 +154,87 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     );
     let v = walship(&["verify", p(&restored)]);
     assert!(v.status.success(), "{}", text(&v));
+    // `--timeline 2` names that same newest timeline.
+    let on2 = t.path().join("on-timeline-2");
+    let out = walship(&["restore", p(&arc), p(&on2), "--timeline", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        payloads(&on2) == payloads(&sb),
+        "--timeline 2 equals latest"
+    );
+    assert!(text(&out).contains("on timeline 2"), "{}", text(&out));
+
+    // `--timeline 1`: the old primary's timeline, past the switch point as far as it was
+    // archived, and a directory of timeline 1 without the later history.
+    let on1 = t.path().join("on-timeline-1");
+    let out = walship(&["restore", p(&arc), p(&on1), "--timeline", "1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["timeline"].as_u64(), Some(1), "{report}");
+    let old = payloads(&primary);
+    let got = payloads(&on1);
+    let switch_records = common::read_all(&sb)
+        .expect("records")
+        .into_iter()
+        .filter(|r| r.end_lsn <= switch_lsn(&hist))
+        .count();
+    assert!(
+        got.len() > switch_records && old.starts_with(&got),
+        "timeline 1 restored past the switch point: {} records of the old primary's {}, {switch_records} up to the switch",
+        got.len(),
+        old.len()
+    );
+    assert!(
+        got.iter().any(|r| r.starts_with(b"old-")),
+        "records the old primary wrote after the switch"
+    );
+    assert_eq!(common::status(&on1)["timeline"].as_u64(), Some(1));
+    assert!(!on1.join("wal/00000002.history").exists());
+
+    // A timeline the archive does not hold: exit 2, naming what it holds, nothing created.
+    for (arg, said) in [
+        ("3", "no timeline 3"),
+        ("0", "invalid timeline"),
+        ("newest", "invalid timeline"),
+    ] {
+        let dest = t.path().join(format!("on-timeline-{arg}"));
+        let before = std::fs::read_dir(t.path()).expect("list").count();
+        let out = walship(&["restore", p(&arc), p(&dest), "--timeline", arg]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains(said), "{arg}: {}", text(&out));
+        if arg == "3" {
+            assert!(text(&out).contains("timelines 1, 2"), "{}", text(&out));
+        }
+        assert!(!dest.exists(), "{arg}: {} created", dest.display());
+        assert_eq!(
+            std::fs::read_dir(t.path()).expect("list").count(),
+            before,
+            "{arg}: nothing created beside it"
+        );
+    }
+
+    // status tells the archive's newest timeline, its history, and what lies off it.
+    let st: serde_json::Value =
+        serde_json::from_str(&common::ok(&["status", p(&arc), "--json"])).expect("json");
+    assert_eq!(st["timeline"].as_u64(), Some(2), "{st}");
+    assert_eq!(st["history_files"], serde_json::json!([2]), "{st}");
+    assert!(
+        st["history"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("1 (to ") && h.ends_with(") → 2")),
+        "{st}"
+    );
+    assert!(st["off_path_segments"].as_u64() > Some(0), "{st}");
+    let newest = st["newest"].as_str().expect("newest");
+    assert!(newest.starts_with("00000002"), "{st}");
+    let human = common::ok(&["status", p(&arc)]);
+    assert!(
+        human.contains("timeline: 2") && human.contains("history: 1 (to "),
+        "{human}"
+    );
 
     // To a point before the switch: timeline 1's records only, and a directory of timeline 1.
-    let switch = walship::format::history::HistoryFile::decode(&hist, "00000002.history")
-        .expect("history")
-        .last_switch()
-        .expect("a switch")
-        .lsn;
+    let switch = switch_lsn(&hist);
     let early = common::read_all(&sb)
         .expect("records")
         .into_iter()
@@ -176,6 +259,37 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     let timeline = common::status(&before_switch)["timeline"].as_u64();
     let in_switch_segment = early.0 / (64 * 1024) == switch.0 / (64 * 1024);
     assert_eq!(timeline, Some(if in_switch_segment { 2 } else { 1 }));
+
+    // Pruning finds the kept point along the newest timeline too. Kept from a time when only
+    // the old primary was writing (past the switch, off the newest path): the restore points
+    // of timeline 2 at that time lie before the switch, so nothing from there on is removed,
+    // and a restore to that time still gives exactly timeline 2's records stamped by then.
+    let size = 64 * 1024;
+    let at = common::read_all(&primary)
+        .expect("records")
+        .into_iter()
+        .filter(|r| r.payload.starts_with(b"old-") && r.lsn.0 / size > switch.0 / size)
+        .nth(20)
+        .expect("old-timeline records past the switch segment")
+        .timestamp_us;
+    let when = chrono::DateTime::from_timestamp_micros(at)
+        .expect("time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let out = walship(&["archive-prune", p(&arc), "--keep-since", &when, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pr: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let first = pr["first_segment"].as_u64().expect("first_segment");
+    assert!(first <= switch.0 / size, "{pr}");
+    let pruned = t.path().join("after-prune");
+    let out = walship(&["restore", p(&arc), p(&pruned), "--until-time", &when]);
+    assert!(out.status.success(), "{}", text(&out));
+    let want: Vec<Vec<u8>> = common::read_all(&sb)
+        .expect("records")
+        .into_iter()
+        .filter(|r| r.timestamp_us <= at && r.lsn.0 >= first * size)
+        .map(|r| r.payload)
+        .collect();
+    assert!(!want.is_empty() && payloads(&pruned) == want, "{pr}");
 
     // A damaged history file in the archive is found by verify, named.
     let h = arc.join("00000002.history");

@@ -94,11 +94,69 @@ pub async fn newest_history<S: ArchiveStore>(store: &S) -> Result<History> {
     }
 }
 
+/// Which timeline's path to take through an archive that holds several.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimelineChoice {
+    /// The newest timeline the archive holds a history file for (timeline 1 when none).
+    #[default]
+    Latest,
+    /// This timeline: 1, or one whose history file the archive holds.
+    Exactly(u32),
+}
+
+impl std::str::FromStr for TimelineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "latest" => Ok(TimelineChoice::Latest),
+            t => match t.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(TimelineChoice::Exactly(n)),
+                _ => Err(format!(
+                    "invalid timeline {s:?} (expected a timeline number from 1, or `latest`)"
+                )),
+            },
+        }
+    }
+}
+
+/// The history of `choice` in the archive. A timeline the archive holds no history file for
+/// is [`Error::InvalidArgument`] naming the timelines it does hold.
+pub async fn chosen_history<S: ArchiveStore>(store: &S, choice: TimelineChoice) -> Result<History> {
+    let t = match choice {
+        TimelineChoice::Latest => return newest_history(store).await,
+        TimelineChoice::Exactly(1) => return Ok(History::root()),
+        TimelineChoice::Exactly(t) => t,
+    };
+    match read_history(store, t).await? {
+        Some(f) => Ok(History::of(&f)),
+        None => {
+            let held: Vec<String> = std::iter::once(1)
+                .chain(list_histories(store).await?)
+                .map(|t| t.to_string())
+                .collect();
+            Err(Error::InvalidArgument(format!(
+                "{}: no timeline {t} (no {} in the archive); it holds timelines {}",
+                store.location(),
+                history_object_name(t),
+                held.join(", ")
+            )))
+        }
+    }
+}
+
 /// The newest history the archive holds and the bytes of the history file of every timeline
 /// after the first on its path, oldest first (what a former primary stores before it is cut
 /// back to that path). A history file of the path that is missing is damage, named.
 pub async fn history_chain<S: ArchiveStore>(store: &S) -> Result<(History, Vec<(u32, Vec<u8>)>)> {
-    let path = newest_history(store).await?;
+    history_chain_of(store, TimelineChoice::Latest).await
+}
+
+/// As [`history_chain`], for the timeline `choice` names.
+pub async fn history_chain_of<S: ArchiveStore>(
+    store: &S,
+    choice: TimelineChoice,
+) -> Result<(History, Vec<(u32, Vec<u8>)>)> {
+    let path = chosen_history(store, choice).await?;
     let mut files = Vec::new();
     let timelines = path
         .ancestors
@@ -113,7 +171,7 @@ pub async fn history_chain<S: ArchiveStore>(store: &S) -> Result<(History, Vec<(
                 offset: 0,
                 lsn: crate::Lsn(0),
                 reason: format!(
-                    "the archive's newest history (timeline {}) passes through timeline {t}, whose history file is missing",
+                    "the history of timeline {} passes through timeline {t}, whose history file is missing",
                     path.timeline
                 ),
             });

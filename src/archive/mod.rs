@@ -23,6 +23,7 @@ use std::path::Path;
 pub use archiver::{Archiver, ArchiverOptions, PushOutcome, ReadBack};
 pub use history::{
     history_object_name, list_histories, newest_history, put_history, read_history, HistoryPut,
+    TimelineChoice,
 };
 pub use identity::{ArchiveIdentity, IDENTITY_NAME};
 pub use prune::{prune, KeepSince, PruneReport};
@@ -159,6 +160,19 @@ pub fn segment_objects(objects: &[ObjectInfo]) -> Vec<(SegmentName, Compression,
         .collect();
     out.sort_by_key(|(n, c, _)| (n.segment_no, n.timeline, *c as u8));
     out
+}
+
+/// Keeps the segments along `path` (a timeline's history) and returns how many it dropped: an
+/// earlier timeline's segments past where the path leaves it, and its copy of a switch segment
+/// (the switch segment is the new timeline's).
+pub fn retain_on_path(
+    segs: &mut Vec<(SegmentName, Compression, ObjectInfo)>,
+    path: &crate::timeline::History,
+    segment_size: u64,
+) -> usize {
+    let before = segs.len();
+    segs.retain(|(n, _, _)| n.timeline == path.segment_timeline(n.segment_no.0, segment_size));
+    before - segs.len()
 }
 
 /// Runs blocking work (file I/O, compression, checksums) off the async threads.

@@ -14,16 +14,25 @@ use crate::Lsn;
 pub struct ArchiveStatus {
     pub location: String,
     pub system_id: String,
+    /// The newest timeline: the newest whose history file the archive holds (1 when none).
     pub timeline: u32,
+    /// That timeline's history, as `1 (to 0/01000000) → 2` (timeline 1's is `1`).
+    pub history: String,
+    /// The timelines whose history files the archive holds, ascending.
+    pub history_files: Vec<u32>,
+    /// Segments of earlier timelines past where the newest history leaves them (an old
+    /// primary's, archived before the promotion was known): not on any restore of the newest
+    /// timeline.
+    pub off_path_segments: u64,
     pub segment_size: u64,
     /// The segment the archive begins at (its identity's `first_segment`), when recorded.
     pub first_segment: Option<u64>,
-    /// Segment objects and their bytes as stored.
+    /// Segment objects along the newest timeline's history, and their bytes as stored.
     pub segments: u64,
     pub stored_bytes: u64,
     /// Every object under the archive (the identity and stray objects included).
     pub objects: u64,
-    /// The newest archived segment's object name.
+    /// The newest archived segment's object name, along the newest timeline's history.
     pub newest: Option<String>,
     /// Where the archive ends: the seal LSN of its newest segment (0 when it holds none).
     pub archived_lsn: Lsn,
@@ -34,7 +43,9 @@ pub async fn archive_status<S: ArchiveStore>(store: &S) -> Result<ArchiveStatus>
     let loc = store.location();
     let identity = super::identity::read_identity(store).await?;
     let objects = store.list().await?;
-    let segs = segment_objects(&objects);
+    let path = super::history::newest_history(store).await?;
+    let mut segs = segment_objects(&objects);
+    let off_path_segments = super::retain_on_path(&mut segs, &path, identity.segment_size) as u64;
     let mut archived_lsn = Lsn::ZERO;
     let newest = segs.last().map(|(n, c, o)| (*n, *c, o.name.clone()));
     if let Some((name, c, object)) = &newest {
@@ -55,7 +66,10 @@ pub async fn archive_status<S: ArchiveStore>(store: &S) -> Result<ArchiveStatus>
     Ok(ArchiveStatus {
         location: loc,
         system_id: identity.system_id.to_string(),
-        timeline: identity.timeline,
+        timeline: path.timeline,
+        history: path.to_string(),
+        history_files: super::history::history_timelines(&objects),
+        off_path_segments,
         segment_size: identity.segment_size,
         first_segment: identity.first_segment,
         segments: segs.len() as u64,

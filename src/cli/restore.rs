@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use walship::archive::restore::RestorePhase;
-use walship::archive::{restore, RestoreOptions, RestoreProgress, RestoreTarget};
+use walship::archive::{restore, RestoreOptions, RestoreProgress, RestoreTarget, TimelineChoice};
 use walship::Lsn;
 
 use super::runtime;
@@ -22,10 +22,15 @@ named. The new directory has the archive's identity, opens as a normal store and
 writes. With --until-lsn it holds exactly the records whose end LSN is at most LSN; with \
 --until-time exactly those stamped at or before TIME (RFC 3339). The target must lie within the \
 archive: a target past its last record is refused, since later records may not be archived yet.\n\n\
+After a promotion the archive holds several timelines: restore follows the history of the one \
+--timeline names (by default the newest), taking each segment from the timeline that history \
+says holds it; the new directory is on the timeline of its newest segment.\n\n\
 Exit status: 0 restored, 1 the archive is damaged or has a missing segment, 2 could not run \
-(bad usage, I/O, a destination in use, or a target past the end of the archive).\n\n\
+(bad usage, I/O, a destination in use, a target past the end of the archive, or a timeline \
+the archive does not hold).\n\n\
 Example:\n  walship restore /mnt/backup/app-wal ./data-restored --until-time 2026-11-26T05:30:00Z\n  \
-walship restore s3://app-backups/wal/app1 ./data-restored"
+walship restore s3://app-backups/wal/app1 ./data-restored\n  \
+walship restore /mnt/backup/app-wal ./data-before-failover --timeline 1"
 )]
 pub struct RestoreArgs {
     /// The archive: a directory, file:///PATH or s3://BUCKET/PREFIX.
@@ -43,6 +48,11 @@ pub struct RestoreArgs {
     /// any other file there makes restore refuse).
     #[arg(long)]
     pub force: bool,
+    /// The timeline to restore along, after a promotion: a number, or `latest` (the newest
+    /// timeline whose history file the archive holds). Records of other timelines past where
+    /// this one's history leaves them are not restored.
+    #[arg(long, default_value = "latest", value_name = "N|latest")]
+    pub timeline: TimelineChoice,
     /// Segments fetched and checked ahead in parallel.
     #[arg(long, default_value_t = 4)]
     pub fetch_ahead: usize,
@@ -92,6 +102,7 @@ pub fn run(a: RestoreArgs) -> CmdResult {
         target,
         force: a.force,
         fetch_ahead: a.fetch_ahead.max(1),
+        timeline: a.timeline,
         progress,
     };
     let result = runtime()?.block_on(restore(store, &a.data_dir, opts));
@@ -104,7 +115,7 @@ pub fn run(a: RestoreArgs) -> CmdResult {
         println!("{line}");
     } else {
         println!(
-            "restored {} into {}: {} sealed segments{}, {} records, ending at {}",
+            "restored {} into {}: {} sealed segments{}, {} records, ending at {} on timeline {}",
             a.archive,
             a.data_dir.display(),
             r.sealed_segments,
@@ -113,7 +124,8 @@ pub fn run(a: RestoreArgs) -> CmdResult {
                 .map(|o| format!(" and open segment {o}"))
                 .unwrap_or_default(),
             r.records,
-            r.end_lsn
+            r.end_lsn,
+            r.timeline
         );
     }
     Ok(())

@@ -201,6 +201,9 @@ fn archive(a: &StatusArgs, target: &ArchiveTarget) -> CmdResult {
     println!("archive: {}", s.location);
     println!("system_id: {}", s.system_id);
     println!("timeline: {}", s.timeline);
+    if s.timeline > 1 {
+        println!("history: {}", s.history);
+    }
     println!("segment_size: {}", s.segment_size);
     match s.first_segment {
         Some(f) => println!("first_segment: {f}"),
@@ -212,5 +215,11 @@ fn archive(a: &StatusArgs, target: &ArchiveTarget) -> CmdResult {
         "segments: {} ({} bytes stored), objects: {}",
         s.segments, s.stored_bytes, s.objects
     );
+    if s.off_path_segments > 0 {
+        println!(
+            "off the newest timeline: {} segment(s) of earlier timelines past their switch points",
+            s.off_path_segments
+        );
+    }
     Ok(())
 }

@@ -111,9 +111,7 @@ fn verify_objects(
     // a switch segment, and its segments past the switch, are off that path).
     if let Some(path) = newest_path(root, objects, &read, &mut report) {
         let size = archive_id.map_or(crate::format::MAX_SEGMENT_SIZE, |id| id.segment_size);
-        let before = segs.len();
-        segs.retain(|(n, _, _)| n.timeline == path.segment_timeline(n.segment_no.0, size));
-        let off = before - segs.len();
+        let off = crate::archive::retain_on_path(&mut segs, &path, size);
         if off > 0 {
             report.notes.push(format!(
                 "{off} segment(s) of earlier timelines lie past where timeline {} left them (an old primary's, archived before the promotion was known): not on the newest timeline, not checked",

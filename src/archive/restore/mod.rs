@@ -80,6 +80,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Segments fetched and checked ahead of the one being used.
     pub fetch_ahead: usize,
+    /// The timeline whose history the restore follows through an archive holding several.
+    pub timeline: super::TimelineChoice,
     pub progress: Option<ProgressFn>,
 }
 
@@ -89,6 +91,7 @@ impl Default for RestoreOptions {
             target: RestoreTarget::End,
             force: false,
             fetch_ahead: 4,
+            timeline: super::TimelineChoice::Latest,
             progress: None,
         }
     }
@@ -98,6 +101,8 @@ impl Default for RestoreOptions {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RestoreReport {
     pub system_id: String,
+    /// The timeline the restored directory is on: that of its newest segment.
+    pub timeline: u32,
     /// Sealed segments written.
     pub sealed_segments: u64,
     /// The segment the cut fell in, written as the open segment.
@@ -216,11 +221,13 @@ pub async fn restore<S: ArchiveStore>(
             )))
         }
     };
+    // An archive that followed a promotion holds segments of several timelines: restore goes
+    // along one timeline's history (by default the newest; on it, the switch segment rather
+    // than the old timeline's copy of it). A timeline the archive does not hold is refused
+    // before anything is created.
+    let (path, histories) = super::history::history_chain_of(&*store, opts.timeline).await?;
     let to_clear = check_destination(dest, opts.force)?;
     let stage = staging_dir(dest)?;
-    // An archive that followed a promotion holds segments of several timelines: restore goes
-    // along the newest history (the switch segment, not the old timeline's copy of it).
-    let (path, histories) = super::history::history_chain(&*store).await?;
     let plan = plan(&store, &identity, &path, &opts, stage.path()).await?;
     write(&loc, dest, &identity, &histories, &plan, &to_clear, &opts).await
 }
@@ -258,9 +265,7 @@ async fn plan<S: ArchiveStore>(
     let mut segs = segment_objects(&objects);
     // Segments off the path (an old timeline's past its switch, its copy of a switch segment)
     // are not this restore's.
-    segs.retain(|(n, _, _)| {
-        n.timeline == path.segment_timeline(n.segment_no.0, identity.segment_size)
-    });
+    super::retain_on_path(&mut segs, path, identity.segment_size);
     if segs.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "{loc}: the archive holds no segments"

@@ -78,8 +78,12 @@ pub(super) async fn write(
     for d in [wal.clone(), dir.state_dir()] {
         std::fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
     }
+    // The timeline of the newest segment restored, with the history files that lead to it:
+    // the directory is on that timeline as the original was.
+    let timeline = plan.last().map_or(identity.timeline, |p| p.name.timeline);
     let mut report = RestoreReport {
         system_id: identity.system_id.to_string(),
+        timeline,
         sealed_segments: 0,
         open_segment: None,
         records: 0,
@@ -142,9 +146,6 @@ pub(super) async fn write(
         }
         report_progress(opts, RestorePhase::Write, i as u64 + 1, total, report.bytes);
     }
-    // The timeline of the newest segment restored, with the history files that lead to it:
-    // the directory is on that timeline as the original was.
-    let timeline = plan.last().map_or(identity.timeline, |p| p.name.timeline);
     for (t, bytes) in histories.iter().filter(|(t, _)| *t <= timeline) {
         write_file(&dir.history_path(*t), bytes, None)?;
     }
