@@ -3,7 +3,8 @@
 //! standbys `a` and `b` (each through the test proxy, so that the test can cut them off), then
 //! the primary side SIGKILLed after it wrote records the standbys never received. Standby `a`
 //! is promoted, serves, and `b` follows it onto timeline 2; every acknowledged record is on
-//! `a`'s timeline and on `b`. The old primary, which diverged, is refused by `a`, naming the
+//! `a`'s timeline and on `b`; `a`'s archiver continues the archive, and a restore from it
+//! along the newest timeline equals `a`. The old primary, which diverged, is refused by `a`, naming the
 //! switch point, and nothing in it changes; `walship rewind` sets its diverged records aside,
 //! and it follows `a`. A second promotion of timeline 2 (a copy of `b` made before it followed
 //! `a`) is refused by `a`'s standby, and nothing of it is stored there.
@@ -393,6 +394,20 @@ fn failover_drill_promote_a_standby_the_other_follows_the_old_primary_and_a_seco
     assert_eq!(status(&b)["timeline"].as_u64(), Some(2));
     let v = common::walship(&["verify", p(&b)]);
     assert!(v.status.success(), "{}", text(&v));
+
+    // `a`'s archiver continues the lost primary's archive on timeline 2 (whatever the lost
+    // primary's archiver pushed before the kill included); a restore along the newest
+    // timeline equals `a`, record for record and timeline for timeline.
+    let out = common::walship(&["archive", p(&a), "--to", p(&arch), "--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let restored = x.d("restored");
+    let out = common::walship(&["restore", p(&arch), p(&restored), "--timeline", "latest"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        by_lsn(&restored) == on_a,
+        "the restore along the newest timeline equals a"
+    );
+    assert_eq!(status(&restored)["timeline"].as_u64(), Some(2));
 
     // The old primary comes back: it diverged (its sealed segments go past the switch point),
     // so `a` refuses it in the handshake, naming the switch point, and nothing in it changes.
