@@ -87,6 +87,20 @@ pub struct TimelineParent {
     pub switch_lsn: Lsn,
 }
 
+impl TimelineParent {
+    /// The timelines `history` left on the way to its own, oldest first.
+    pub fn all_of(history: &crate::timeline::History) -> Vec<TimelineParent> {
+        history
+            .ancestors
+            .iter()
+            .map(|a| TimelineParent {
+                timeline: a.timeline,
+                switch_lsn: a.end,
+            })
+            .collect()
+    }
+}
+
 /// What `walship status` reports.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DirStatus {
@@ -194,15 +208,7 @@ pub fn status(root: &Path) -> Result<DirStatus> {
         // A damaged or missing history is `verify`'s to report: status shows none then.
         timeline_parents: dd
             .history(&control)
-            .map(|h| {
-                h.ancestors
-                    .iter()
-                    .map(|a| TimelineParent {
-                        timeline: a.timeline,
-                        switch_lsn: a.end,
-                    })
-                    .collect()
-            })
+            .map(|h| TimelineParent::all_of(&h))
             .unwrap_or_default(),
         segment_size: control.segment_size,
         flush_lsn,

@@ -79,6 +79,7 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     assert!(out.status.success(), "{}", text(&out));
     let held = objects(&arc);
     let hist = std::fs::read(sb.join("wal/00000002.history")).expect("history");
+    let switch = switch_lsn(&hist);
     assert!(
         held.iter()
             .any(|(n, b)| n == "00000002.history" && *b == hist),
@@ -176,7 +177,7 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     let switch_records = common::read_all(&sb)
         .expect("records")
         .into_iter()
-        .filter(|r| r.end_lsn <= switch_lsn(&hist))
+        .filter(|r| r.end_lsn <= switch)
         .count();
     assert!(
         got.len() > switch_records && old.starts_with(&got),
@@ -218,10 +219,9 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
         serde_json::from_str(&common::ok(&["status", p(&arc), "--json"])).expect("json");
     assert_eq!(st["timeline"].as_u64(), Some(2), "{st}");
     assert_eq!(st["history_files"], serde_json::json!([2]), "{st}");
-    assert!(
-        st["history"]
-            .as_str()
-            .is_some_and(|h| h.starts_with("1 (to ") && h.ends_with(") → 2")),
+    assert_eq!(
+        st["timeline_parents"],
+        serde_json::json!([{"timeline": 1, "switch_lsn": switch.0}]),
         "{st}"
     );
     assert!(st["off_path_segments"].as_u64() > Some(0), "{st}");
@@ -229,12 +229,12 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     assert!(newest.starts_with("00000002"), "{st}");
     let human = common::ok(&["status", p(&arc)]);
     assert!(
-        human.contains("timeline: 2") && human.contains("history: 1 (to "),
+        human.contains("timeline: 2")
+            && human.contains(&format!("timeline_parent: 1 left at {switch}")),
         "{human}"
     );
 
     // To a point before the switch: timeline 1's records only, and a directory of timeline 1.
-    let switch = switch_lsn(&hist);
     let early = common::read_all(&sb)
         .expect("records")
         .into_iter()

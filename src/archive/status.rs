@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::{blocking, check_segment_bytes, decode_object, segment_objects, ArchiveStore};
 use crate::error::{Error, Result};
+use crate::status::TimelineParent;
 use crate::Lsn;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -16,8 +17,10 @@ pub struct ArchiveStatus {
     pub system_id: String,
     /// The newest timeline: the newest whose history file the archive holds (1 when none).
     pub timeline: u32,
-    /// That timeline's history, as `1 (to 0/01000000) → 2` (timeline 1's is `1`).
-    pub history: String,
+    /// The timelines left on the way to it, oldest first, each with its switch point (empty
+    /// on timeline 1).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline_parents: Vec<TimelineParent>,
     /// The timelines whose history files the archive holds, ascending.
     pub history_files: Vec<u32>,
     /// Segments of earlier timelines past where the newest history leaves them (an old
@@ -67,7 +70,7 @@ pub async fn archive_status<S: ArchiveStore>(store: &S) -> Result<ArchiveStatus>
         location: loc,
         system_id: identity.system_id.to_string(),
         timeline: path.timeline,
-        history: path.to_string(),
+        timeline_parents: TimelineParent::all_of(&path),
         history_files: super::history::history_timelines(&objects),
         off_path_segments,
         segment_size: identity.segment_size,

@@ -201,8 +201,8 @@ fn archive(a: &StatusArgs, target: &ArchiveTarget) -> CmdResult {
     println!("archive: {}", s.location);
     println!("system_id: {}", s.system_id);
     println!("timeline: {}", s.timeline);
-    if s.timeline > 1 {
-        println!("history: {}", s.history);
+    for t in &s.timeline_parents {
+        println!("timeline_parent: {} left at {}", t.timeline, t.switch_lsn);
     }
     println!("segment_size: {}", s.segment_size);
     match s.first_segment {
