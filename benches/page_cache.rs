@@ -20,12 +20,15 @@
 //!
 //! Run: `cargo bench --bench page_cache`
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
 use memmap2::{Advice, MmapMut};
+
+#[path = "common/zero_filled.rs"]
+mod zero_filled;
 
 const FILE: usize = 64 << 20;
 
@@ -37,19 +40,7 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 fn zero_filled(path: &Path) -> File {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .expect("create the scratch file");
-    let zeros = vec![0u8; 1 << 20];
-    for i in 0..FILE / zeros.len() {
-        f.write_all_at(&zeros, (i * zeros.len()) as u64)
-            .expect("fill");
-    }
-    f.sync_all().expect("fsync");
+    let f = zero_filled::zero_filled(path, FILE as u64).expect("create the scratch file");
     // Drop the cached pages: the zeros were written in large folios, which a mapping would
     // keep using (a sync then writes a whole folio). Every variant starts from an empty cache.
     use std::os::fd::AsRawFd;

@@ -28,9 +28,8 @@
 //! segments return to the pool, as an application's checkpoints would.
 
 use std::error::Error;
-use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +38,10 @@ use std::time::Instant;
 use walship::format::record::encoded_len;
 use walship::retention::RetentionOptions;
 use walship::{DataDir, Entry, EntryType, Wal, WalOptions};
+
+#[path = "common/zero_filled.rs"]
+mod zero_filled;
+use zero_filled::zero_filled;
 
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -276,7 +279,8 @@ fn p99(lat: &mut [u32]) -> f64 {
 fn baseline(dir: &Path, row: &Row, batch: f64) -> Res<Measured> {
     let len = encoded_len(row.size);
     let path = dir.join("baseline.raw");
-    let file = zero_filled(&path, len as u64 * row.records)?;
+    let file = zero_filled(&path, len as u64 * row.records)
+        .map_err(|e| format!("create {}: {e}", path.display()))?;
     let buf = vec![0xA5u8; len];
     let every = if row.durable {
         batch.round().max(1.0) as u64
@@ -307,26 +311,6 @@ fn baseline(dir: &Path, row: &Row, batch: f64) -> Res<Measured> {
         p99_us: p99(&mut lat),
         ..Measured::default()
     })
-}
-
-/// A file of `size` zero bytes (rounded up to 4 KiB) written with 4 KiB writes and synced, so
-/// that later syncs overwrite written blocks; the write position is left at 0.
-fn zero_filled(path: &Path, size: u64) -> Res<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| format!("create {}: {e}", path.display()))?;
-    let zeros = [0u8; 4096];
-    let mut off = 0;
-    while off < size {
-        f.write_all_at(&zeros, off)?;
-        off += 4096;
-    }
-    f.sync_all()?;
-    Ok(f)
 }
 
 fn walship(
