@@ -11,7 +11,7 @@
 //! timings are printed below each line.
 //!
 //! Run: `cargo bench --bench s3_archive` (optionally SEGMENTS=N, default 8; DIR=PATH for the
-//! scratch data, default /var/tmp).
+//! scratch data, default /var/tmp; RESTORE_BIN=PATH to restore with another build).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -86,8 +86,12 @@ impl Server {
     }
 
     fn walship(&self, args: &[&str]) -> (serde_json::Value, f64) {
+        self.walship_bin(env!("CARGO_BIN_EXE_walship"), args)
+    }
+
+    fn walship_bin(&self, bin: &str, args: &[&str]) -> (serde_json::Value, f64) {
         let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_walship"))
+        let out = Command::new(bin)
             .args(args)
             .env("AWS_ACCESS_KEY_ID", &self.key)
             .env("AWS_SECRET_ACCESS_KEY", &self.secret)
@@ -163,6 +167,9 @@ fn main() {
     // On the disk the restore writes to (not a memory file system): DIR, default /var/tmp.
     let dir = std::env::var("DIR").unwrap_or_else(|_| "/var/tmp".into());
     let tmp = tempfile::tempdir_in(&dir).expect("tempdir");
+    // RESTORE_BIN=PATH restores with another build of walship (to compare two builds).
+    let restore_bin =
+        std::env::var("RESTORE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_walship").into());
     let data = tmp.path().join("data");
     make_data(&data, n);
     let files = sealed(&data);
@@ -282,16 +289,20 @@ fn main() {
         }
         let kk = k.to_string();
         let dest = tmp.path().join(format!("restored-{k}"));
-        let (sum, wall) = server.walship(&[
-            "restore",
-            &url,
-            dest.to_str().unwrap(),
-            "--json",
-            "--fetch-ahead",
-            &kk,
-        ]);
+        let (sum, wall) = server.walship_bin(
+            &restore_bin,
+            &[
+                "restore",
+                &url,
+                dest.to_str().unwrap(),
+                "--json",
+                "--fetch-ahead",
+                &kk,
+            ],
+        );
+        // A build without the timings (RESTORE_BIN): the process's wall time.
         let timings = &sum["timings"];
-        let secs = timings["total_us"].as_f64().expect("total_us") / 1e6;
+        let secs = timings["total_us"].as_f64().map_or(wall, |us| us / 1e6);
         let rest = mbps(total, secs);
         println!(
             "{k:>9} {put:>14.1} {:>18.1} {:>5.2} {:>12.1} {:>5.2} {get:>14.1} {get_sync:>13.1} {rest:>12.1} {:>9.2} {:>14.2} {:>17.1}",
