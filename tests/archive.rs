@@ -1350,6 +1350,22 @@ fn restore_fetches_each_object_once_and_leaves_no_staging_behind() {
         gets.values().all(|&n| n == 1),
         "an object was fetched twice: {gets:?}"
     );
+    // A restore that stops at a cut in its first segment, with later segments being fetched
+    // and staged, leaves no staging behind either.
+    let early = t.path().join("early");
+    let report = rt
+        .block_on(walship::archive::restore(
+            std::sync::Arc::new(store.clone()),
+            &early,
+            walship::archive::RestoreOptions {
+                target: walship::archive::RestoreTarget::Lsn(Lsn(1)),
+                fetch_ahead: 4,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    assert_eq!((report.sealed_segments, report.records), (0, 0));
+    assert!(report.open_segment.is_some());
     // The staging directory beside the destination is gone.
     let left: Vec<_> = std::fs::read_dir(t.path())
         .unwrap()

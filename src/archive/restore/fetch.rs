@@ -43,6 +43,9 @@ pub(super) struct Fetcher<S: ArchiveStore> {
     /// Where each checked segment is kept, under its sealed name.
     stage: PathBuf,
     sums: Arc<Sums>,
+    /// True once the fetcher is dropped: no staging file is started after that, and the drop
+    /// waits for those being written, so that the staging directory can be removed whole.
+    stopped: Arc<std::sync::RwLock<bool>>,
 }
 
 impl<S: ArchiveStore> Fetcher<S> {
@@ -67,6 +70,7 @@ impl<S: ArchiveStore> Fetcher<S> {
             running: VecDeque::new(),
             stage,
             sums,
+            stopped: Default::default(),
         }
     }
 
@@ -76,7 +80,8 @@ impl<S: ArchiveStore> Fetcher<S> {
             self.next += 1;
             let (name, object, c) = self.items[i].clone();
             let (store, identity, target) = (self.store.clone(), self.identity, self.target);
-            let (gets, sums) = (self.gets.clone(), self.sums.clone());
+            let (gets, sums, stopped) =
+                (self.gets.clone(), self.sums.clone(), self.stopped.clone());
             let file = PathBuf::from(store.location()).join(&object);
             let staged = self.stage.join(name.to_string());
             self.running.push_back(tokio::spawn(async move {
@@ -101,7 +106,14 @@ impl<S: ArchiveStore> Fetcher<S> {
                     let cut = move |r: &crate::format::record::RecordRef<'_>| target.cuts(r);
                     let checked = check_segment_bytes(&file, &name, &bytes, &identity, Some(&cut))?;
                     sums.add_check(started.elapsed());
+                    let stopped = stopped.read().map_err(|_| {
+                        Error::Other("restore's staging was stopped by a failure".into())
+                    })?;
+                    if *stopped {
+                        return Err(Error::Other("restore stopped".into()));
+                    }
                     stage(&staged, &bytes, &sums)?;
+                    drop(stopped);
                     Ok((i, bytes.len() as u64, checked))
                 })
                 .await
@@ -121,6 +133,10 @@ impl<S: ArchiveStore> Drop for Fetcher<S> {
     fn drop(&mut self) {
         for h in &self.running {
             h.abort();
+        }
+        // Waits for staging files being written (at most a few segments' write and sync).
+        if let Ok(mut stopped) = self.stopped.write() {
+            *stopped = true;
         }
     }
 }
