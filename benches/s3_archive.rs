@@ -4,7 +4,14 @@
 //! (`--read-back always`, as it used to) and as it does by default. Starts the test server (python3 with moto[server], as the tests do),
 //! builds a data directory of sealed 16 MiB segments, and prints one line per setting.
 //!
-//! Run: `cargo bench --bench s3_archive` (optionally SEGMENTS=N, default 8).
+//! Restore is measured against two baselines: a plain download into memory, and the same
+//! download with each object written to a file and fdatasynced (same parallelism), as MB/s
+//! over restore's own time (`timings.total_us` of its JSON: from reading the identity to the
+//! control file written) and over the process's wall time (start-up included); its JSON's
+//! timings are printed below each line.
+//!
+//! Run: `cargo bench --bench s3_archive` (optionally SEGMENTS=N, default 8; DIR=PATH for the
+//! scratch data, default /var/tmp; RESTORE_BIN=PATH to restore with another build).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -79,8 +86,12 @@ impl Server {
     }
 
     fn walship(&self, args: &[&str]) -> (serde_json::Value, f64) {
+        self.walship_bin(env!("CARGO_BIN_EXE_walship"), args)
+    }
+
+    fn walship_bin(&self, bin: &str, args: &[&str]) -> (serde_json::Value, f64) {
         let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_walship"))
+        let out = Command::new(bin)
             .args(args)
             .env("AWS_ACCESS_KEY_ID", &self.key)
             .env("AWS_SECRET_ACCESS_KEY", &self.secret)
@@ -153,7 +164,12 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
-    let tmp = tempfile::tempdir().expect("tempdir");
+    // On the disk the restore writes to (not a memory file system): DIR, default /var/tmp.
+    let dir = std::env::var("DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let tmp = tempfile::tempdir_in(&dir).expect("tempdir");
+    // RESTORE_BIN=PATH restores with another build of walship (to compare two builds).
+    let restore_bin =
+        std::env::var("RESTORE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_walship").into());
     let data = tmp.path().join("data");
     make_data(&data, n);
     let files = sealed(&data);
@@ -168,7 +184,7 @@ fn main() {
         server.endpoint
     );
     println!(
-        "in_flight plain_put_MBps read_back_all_MBps ratio archive_MBps ratio plain_get_MBps restore_MBps ratio"
+        "in_flight plain_put_MBps read_back_all_MBps ratio archive_MBps ratio plain_get_MBps get_sync_MBps restore_MBps ratio_get ratio_get_sync restore_wall_MBps"
     );
     for k in [1usize, 4, 16] {
         // A plain upload of the same files with the same client.
@@ -199,6 +215,37 @@ fn main() {
                 .await
         });
         let get = mbps(total, started.elapsed().as_secs_f64());
+        // The same download, each object then written to a file of its own and fdatasynced
+        // (what any download to disk must do), the directory fsynced once at the end.
+        let sink = tmp.path().join(format!("sink-{k}"));
+        std::fs::create_dir(&sink).expect("sink");
+        let started = Instant::now();
+        rt.block_on(async {
+            futures::stream::iter(files.iter().cloned())
+                .map(|(name, _)| {
+                    let s = store.clone();
+                    let path = sink.join(&name);
+                    async move {
+                        let b = s.get(&name).await.expect("get").expect("object");
+                        tokio::task::spawn_blocking(move || {
+                            use std::io::Write;
+                            let mut f = std::fs::File::create(&path).expect("create");
+                            f.write_all(&b).expect("write");
+                            f.sync_data().expect("fdatasync");
+                        })
+                        .await
+                        .expect("join")
+                    }
+                })
+                .buffer_unordered(k)
+                .collect::<Vec<_>>()
+                .await
+        });
+        std::fs::File::open(&sink)
+            .and_then(|d| d.sync_all())
+            .expect("fsync sink");
+        let get_sync = mbps(total, started.elapsed().as_secs_f64());
+        std::fs::remove_dir_all(&sink).expect("remove sink");
         rt.block_on(async {
             for (name, _) in &files {
                 store.delete(name).await.expect("delete");
@@ -242,23 +289,32 @@ fn main() {
         }
         let kk = k.to_string();
         let dest = tmp.path().join(format!("restored-{k}"));
-        let (_, secs) = server.walship(&[
-            "restore",
-            &url,
-            dest.to_str().unwrap(),
-            "--json",
-            "--fetch-ahead",
-            &kk,
-        ]);
+        let (sum, wall) = server.walship_bin(
+            &restore_bin,
+            &[
+                "restore",
+                &url,
+                dest.to_str().unwrap(),
+                "--json",
+                "--fetch-ahead",
+                &kk,
+            ],
+        );
+        // A build without the timings (RESTORE_BIN): the process's wall time.
+        let timings = &sum["timings"];
+        let secs = timings["total_us"].as_f64().map_or(wall, |us| us / 1e6);
         let rest = mbps(total, secs);
         println!(
-            "{k:>9} {put:>14.1} {:>17.1} {:>5.2} {:>12.1} {:>5.2} {get:>14.1} {rest:>12.1} {:>5.2}",
+            "{k:>9} {put:>14.1} {:>18.1} {:>5.2} {:>12.1} {:>5.2} {get:>14.1} {get_sync:>13.1} {rest:>12.1} {:>9.2} {:>14.2} {:>17.1}",
             arch[0],
             arch[0] / put,
             arch[1],
             arch[1] / put,
-            rest / get
+            rest / get,
+            rest / get_sync,
+            mbps(total, wall),
         );
+        println!("          restore timings (us): {timings}");
         std::fs::remove_dir_all(&dest).expect("remove restored");
         let store = server.store(&url);
         rt.block_on(async {

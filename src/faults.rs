@@ -33,6 +33,8 @@
 //! | `archive::put::write` | writing a segment into the archive (a short write) |
 //! | `archive::put::link` | giving a pushed segment its final name in the archive |
 //! | `archive::dir_fsync` | every fsync of the archive directory (after a push, or for an object found there) |
+//! | `restore::staged` | (order only) restore after a segment was checked, staged and fsynced (pass one) |
+//! | `restore::placed` | (order only) restore after a staged segment was renamed into the destination's `wal/` (pass two) |
 
 /// The error a configured failpoint injects now, if any.
 #[cfg(feature = "failpoints")]

@@ -1350,6 +1350,22 @@ fn restore_fetches_each_object_once_and_leaves_no_staging_behind() {
         gets.values().all(|&n| n == 1),
         "an object was fetched twice: {gets:?}"
     );
+    // A restore that stops at a cut in its first segment, with later segments being fetched
+    // and staged, leaves no staging behind either.
+    let early = t.path().join("early");
+    let report = rt
+        .block_on(walship::archive::restore(
+            std::sync::Arc::new(store.clone()),
+            &early,
+            walship::archive::RestoreOptions {
+                target: walship::archive::RestoreTarget::Lsn(Lsn(1)),
+                fetch_ahead: 4,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    assert_eq!((report.sealed_segments, report.records), (0, 0));
+    assert!(report.open_segment.is_some());
     // The staging directory beside the destination is gone.
     let left: Vec<_> = std::fs::read_dir(t.path())
         .unwrap()
@@ -1357,4 +1373,85 @@ fn restore_fetches_each_object_once_and_leaves_no_staging_behind() {
         .filter(|n| n.starts_with(".walship-restore-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A restore killed (SIGKILL) after some segments were staged (pass one) or after some were
+/// moved into the destination (pass two) leaves nothing that opens as a data directory, and a
+/// rerun (with `--force` once the destination holds something) restores everything.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_restore_killed_midway_leaves_no_data_directory_and_a_rerun_completes() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let all = make_store(&data, 6, 81);
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &[]).status.success());
+    let wal_files = |d: &Path| -> usize {
+        std::fs::read_dir(d).map_or(0, |r| {
+            r.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+            })
+            .count()
+        })
+    };
+    for (i, point) in ["restore::staged", "restore::placed"]
+        .into_iter()
+        .enumerate()
+    {
+        let parent = t.path().join(format!("run-{i}"));
+        let dest = parent.join("dest");
+        let staging = |parent: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(parent).map_or(Vec::new(), |r| {
+                r.map(|e| e.unwrap().path())
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with(".walship-restore-"))
+                    })
+                    .collect()
+            })
+        };
+        // Two segments pass the point; the third holds there until the kill.
+        let fp = format!("{point}=2*off->pause");
+        let mut child = common::spawn_piped(
+            &["restore", p(&arc), p(&dest), "--fetch-ahead", "1"],
+            &[("FAILPOINTS", fp.as_str())],
+            &t.path().join(format!("restore-{i}.log")),
+        );
+        wait_until(&format!("{point} reached three times"), || {
+            let n = if i == 0 {
+                staging(&parent).iter().map(|s| wal_files(s)).sum()
+            } else {
+                wal_files(&dest.join("wal"))
+            };
+            n >= 3
+        });
+        assert!(child.running(), "restore ended at {point}: {}", child.log());
+        child.kill();
+        if i == 0 {
+            assert!(!dest.exists(), "pass one wrote into the destination");
+        } else {
+            assert!(!dest.join("control").exists());
+            assert!(
+                Wal::open(&dest, WalOptions::default()).is_err(),
+                "a killed restore left a directory that opens"
+            );
+            // It is not empty now: the rerun needs --force, which replaces it.
+            let out = walship(&["restore", p(&arc), p(&dest)]);
+            assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        }
+        for s in staging(&parent) {
+            assert!(!s.join("control").exists());
+        }
+        let out = walship(&["restore", p(&arc), p(&dest), "--force"]);
+        assert!(out.status.success(), "{point}: {}", text(&out));
+        assert_eq!(records(&dest), all, "{point}");
+        for name in sealed_names(&data) {
+            assert_eq!(
+                std::fs::read(data.join("wal").join(&name)).unwrap(),
+                std::fs::read(dest.join("wal").join(&name)).unwrap(),
+                "{point}: {name} differs after the rerun"
+            );
+        }
+    }
 }

@@ -2,18 +2,19 @@
 //!
 //! Two passes. The first fetches (several segments ahead, in parallel) and checks every
 //! segment up to the target (identity, every record and checksum, the chain, gaps), finds where
-//! the cut falls, and keeps each checked segment in a staging directory beside the destination
-//! (`.walship-restore-*`, removed at the end), so that each object is fetched once. Nothing is
-//! written to the destination until this pass has passed, and a failure names the first missing
-//! or damaged segment. The second writes the new directory from the staged files: segments
-//! wholly before the cut sealed (moved into place), the segment the cut falls in as the open
-//! segment (a full-size, zero-filled file holding its bytes up to the cut), and the control
-//! file last, so an interrupted restore never leaves something that opens as a store.
+//! the cut falls, and keeps each checked segment, written once and fsynced while later ones
+//! download, in a staging directory beside the destination (`.walship-restore-*`, removed at
+//! the end), so that each object is fetched once. Nothing is written to the destination until
+//! this pass has passed, and a failure names the first missing or damaged segment. The second
+//! writes the new directory from the staged files: segments wholly before the cut sealed
+//! (renamed into place), the segment the cut falls in as the open segment (a full-size,
+//! zero-filled file holding its bytes up to the cut), one fsync of `wal/` and `state/`, and the
+//! control file last, so an interrupted restore never leaves something that opens as a store.
 //!
-//! Here: the options, the fetcher and pass one (the plan); `write.rs`: the destination's check
-//! and pass two (writing the data directory).
+//! Here: the options and pass one (the plan); `fetch.rs`: pass one's fetch, check and stage
+//! pipeline; `write.rs`: the destination's check and pass two (writing the data directory);
+//! `timings.rs`: where the time went.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,8 +28,13 @@ use crate::error::{Error, Result};
 use crate::format::{SegmentFileKind, SegmentName};
 use crate::Lsn;
 
+mod fetch;
+mod timings;
 mod write;
 
+use fetch::Fetcher;
+use timings::Clock;
+pub use timings::RestoreTimings;
 use write::{check_destination, write};
 
 /// Where a restore stops.
@@ -112,6 +118,8 @@ pub struct RestoreReport {
     pub end_lsn: Lsn,
     /// Segment bytes written (the open segment counted up to the cut).
     pub bytes: u64,
+    /// Where the time went.
+    pub timings: RestoreTimings,
 }
 
 struct Planned {
@@ -127,67 +135,6 @@ struct Planned {
     len: u64,
     /// Where its last record ends (its seal marker's LSN) when it is kept whole.
     seal_lsn: Lsn,
-}
-
-type Fetched = (usize, u64, CheckedSegment);
-
-/// Fetches, decodes and checks segments in order, up to `ahead` of them at a time.
-struct Fetcher<S: ArchiveStore> {
-    store: Arc<S>,
-    items: Vec<(SegmentName, String, Compression)>,
-    identity: ArchiveIdentity,
-    target: RestoreTarget,
-    next: usize,
-    ahead: usize,
-    running: VecDeque<tokio::task::JoinHandle<Result<Fetched>>>,
-    /// Where each checked segment is kept, under its sealed name.
-    stage: PathBuf,
-}
-
-impl<S: ArchiveStore> Fetcher<S> {
-    fn fill(&mut self) {
-        while self.running.len() < self.ahead.max(1) && self.next < self.items.len() {
-            let i = self.next;
-            self.next += 1;
-            let (name, object, c) = self.items[i].clone();
-            let (store, identity, target) = (self.store.clone(), self.identity, self.target);
-            let file = PathBuf::from(store.location()).join(&object);
-            let staged = self.stage.join(name.to_string());
-            self.running.push_back(tokio::spawn(async move {
-                let data = store.get(&object).await?.ok_or_else(|| Error::Corrupt {
-                    file: file.clone(),
-                    offset: 0,
-                    // Where the missing segment starts.
-                    lsn: name.segment_no.start_lsn_saturating(identity.segment_size),
-                    reason: "vanished from the archive during restore".into(),
-                })?;
-                blocking(move || {
-                    let bytes = decode_object(&file, c, data, identity.segment_size)?;
-                    let cut = move |r: &crate::format::record::RecordRef<'_>| target.cuts(r);
-                    let checked = check_segment_bytes(&file, &name, &bytes, &identity, Some(&cut))?;
-                    std::fs::write(&staged, &bytes)
-                        .map_err(|e| Error::io(format!("write {}", staged.display()), e))?;
-                    Ok((i, bytes.len() as u64, checked))
-                })
-                .await
-            }));
-        }
-    }
-
-    async fn next(&mut self) -> Option<Result<Fetched>> {
-        self.fill();
-        let r = joined(self.running.pop_front()?).await;
-        self.fill();
-        Some(r)
-    }
-}
-
-impl<S: ArchiveStore> Drop for Fetcher<S> {
-    fn drop(&mut self) {
-        for h in &self.running {
-            h.abort();
-        }
-    }
 }
 
 fn report_progress(opts: &RestoreOptions, phase: RestorePhase, done: u64, total: u64, bytes: u64) {
@@ -207,6 +154,7 @@ pub async fn restore<S: ArchiveStore>(
     dest: &Path,
     opts: RestoreOptions,
 ) -> Result<RestoreReport> {
+    let mut clock = Clock::start();
     let loc = store.location();
     let identity = match store.get(IDENTITY_NAME).await? {
         Some(b) => ArchiveIdentity::decode(&b).map_err(|reason| Error::Corrupt {
@@ -228,8 +176,11 @@ pub async fn restore<S: ArchiveStore>(
     let (path, histories) = super::history::history_chain_of(&*store, opts.timeline).await?;
     let to_clear = check_destination(dest, opts.force)?;
     let stage = staging_dir(dest)?;
-    let plan = plan(&store, &identity, &path, &opts, stage.path()).await?;
-    write(&loc, dest, &identity, &histories, &plan, &to_clear, &opts).await
+    let plan = plan(&store, &identity, &path, &opts, stage.path(), &mut clock).await?;
+    write(
+        &loc, dest, &identity, &histories, &plan, &to_clear, &opts, clock,
+    )
+    .await
 }
 
 /// A fresh staging directory beside `dest` (on the same file system, so that staged segments
@@ -259,7 +210,9 @@ async fn plan<S: ArchiveStore>(
     path: &crate::timeline::History,
     opts: &RestoreOptions,
     stage: &Path,
+    clock: &mut Clock,
 ) -> Result<Vec<Planned>> {
+    clock.timings.prepare_us = clock.lap();
     let loc = store.location();
     let objects = store.list().await?;
     let mut segs = segment_objects(&objects);
@@ -321,16 +274,16 @@ async fn plan<S: ArchiveStore>(
         .map(|(n, c, o)| (*n, o.name.clone(), *c))
         .collect();
     let total = items.len() as u64;
-    let mut f = Fetcher {
-        store: store.clone(),
-        items: items.clone(),
-        identity: *identity,
-        target: opts.target,
-        next: 0,
-        ahead: opts.fetch_ahead,
-        running: VecDeque::new(),
-        stage: stage.to_path_buf(),
-    };
+    clock.timings.list_us = clock.lap();
+    let mut f = Fetcher::new(
+        store.clone(),
+        items.clone(),
+        *identity,
+        opts.target,
+        opts.fetch_ahead,
+        stage.to_path_buf(),
+        clock.sums.clone(),
+    );
     let mut plan: Vec<Planned> = Vec::new();
     let mut bytes_done = 0u64;
     let mut last_end = 0u64;
