@@ -10,6 +10,9 @@
 //! fails every waiter once the writer is poisoned) and what a leader does (`sync`). It keeps
 //! what leaders hand to one another: where the last sync reached, and how many records the last
 //! group held (to decide whether the next leader should let others catch up first).
+//!
+//! A leader wakes the waiters only when there are any: a lone writer leads every turn itself,
+//! and waking nobody would still cost it a system call per record.
 
 use std::sync::{Condvar, Mutex};
 
@@ -42,6 +45,9 @@ struct Turns {
     /// Records appended when the last leader started, and how many it covered.
     appended_at_last_sync: u64,
     last_group: u64,
+    /// Threads waiting on `GroupCommit::done` (counted under the lock, so a leader ending its
+    /// turn sees every waiter that will need its wake-up).
+    waiting: usize,
 }
 
 /// Leader election for group commit; see the module comment.
@@ -59,6 +65,7 @@ impl Default for GroupCommit {
                 synced_to: None,
                 appended_at_last_sync: 0,
                 last_group: 0,
+                waiting: 0,
             }),
             done: Condvar::new(),
         }
@@ -99,7 +106,9 @@ impl GroupCommit {
             }
             // A leader is syncing: it wakes everyone when done, and each waiter either finds
             // its position covered or becomes the next leader.
+            t.waiting += 1;
             t = self.done.wait(t).unwrap_or_else(|p| p.into_inner());
+            t.waiting -= 1;
         }
         t.leader_active = true;
         let mut leading = Leading {
@@ -148,8 +157,11 @@ impl Drop for Leading<'_> {
             }
         }
         t.leader_active = false;
+        let waiting = t.waiting;
         drop(t);
-        self.gc.done.notify_all();
+        if waiting > 0 {
+            self.gc.done.notify_all();
+        }
     }
 }
 
@@ -435,6 +447,11 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(log.appended.load(Ordering::SeqCst), 1600);
+        assert_eq!(
+            lock(&log.gc.turns).waiting,
+            0,
+            "every waiter left the count"
+        );
         assert_eq!(
             log.flushed.load(Ordering::SeqCst),
             log.written.load(Ordering::SeqCst)
