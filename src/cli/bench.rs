@@ -297,6 +297,11 @@ fn print(r: &BenchResult, json: bool) -> CmdResult {
             if let (Some(n), Some(ms)) = (r.rotation_waits, r.rotation_wait_ms) {
                 println!("leaders that waited for a rotation's work after their sync: {n}, {ms:.1} ms in all");
             }
+            if let (Some(n), Some(ms), Some(b)) =
+                (r.seal_bound_waits, r.seal_bound_wait_ms, r.bytes_written)
+            {
+                println!("rotations that waited at the bound on unsynced sealed segments: {n}, {ms:.1} ms in all ({:.1} MB written)", b as f64 / 1e6);
+            }
             if let (Some(w), Some(b)) = (r.writer_faults_per_mib, r.baseline_faults_per_mib) {
                 println!("page faults per MiB written: writers {w:.1}, baseline {b:.1}");
             }

@@ -108,6 +108,10 @@ pub struct WalStats {
     /// seal marker or new name not yet durable), and the time they waited in all.
     pub rotation_waits: u64,
     pub rotation_wait_us: u64,
+    /// Rotations that waited because the sealed segments not yet durable had reached
+    /// [`WalOptions::max_unsynced_seal_bytes`], and the time they waited in all.
+    pub seal_bound_waits: u64,
+    pub seal_bound_wait_us: u64,
 }
 
 /// What the writer's threads share.
@@ -136,6 +140,9 @@ struct Inner {
     /// Leaders that waited for the finisher after their sync, and for how long (µs).
     rotation_waits: AtomicU64,
     rotation_wait_us: AtomicU64,
+    /// Rotations that waited at the bound on sealed segments not yet durable, and how long (µs).
+    seal_bound_waits: AtomicU64,
+    seal_bound_wait_us: AtomicU64,
     /// The seal finisher's queue and progress (`finisher.rs`).
     finisher: Finisher,
     /// The next segment's file, prepared ahead (`pipeline.rs`).
@@ -238,6 +245,8 @@ impl Wal {
             segments_recycled: self.inner.recycled.load(Ordering::Relaxed),
             rotation_waits: self.inner.rotation_waits.load(Ordering::Relaxed),
             rotation_wait_us: self.inner.rotation_wait_us.load(Ordering::Relaxed),
+            seal_bound_waits: self.inner.seal_bound_waits.load(Ordering::Relaxed),
+            seal_bound_wait_us: self.inner.seal_bound_wait_us.load(Ordering::Relaxed),
         }
     }
 
@@ -401,6 +410,8 @@ impl Inner {
             recycled: AtomicU64::new(0),
             rotation_waits: AtomicU64::new(0),
             rotation_wait_us: AtomicU64::new(0),
+            seal_bound_waits: AtomicU64::new(0),
+            seal_bound_wait_us: AtomicU64::new(0),
             finisher: Finisher::default(),
             published: FlushPublisher::open(&dir, rec.end_lsn.0),
             lib: crate::metrics::library::library(),

@@ -202,7 +202,16 @@ impl Inner {
         // Bound the sealed segments not yet durable (two tickets per rotation).
         let in_flight = (MAX_UNFINISHED_SEAL_BYTES / self.control.segment_size).max(2);
         if let Some(oldest) = st.tickets.checked_sub(2 * in_flight) {
-            self.wait_finishing(oldest, |f| f.durable)?;
+            if self.finishing_reached(oldest) {
+                self.check_poison()?;
+            } else {
+                let t0 = Instant::now();
+                let waited = self.wait_finishing(oldest, |f| f.durable);
+                self.seal_bound_waits.fetch_add(1, Ordering::Relaxed);
+                self.seal_bound_wait_us
+                    .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                waited?;
+            }
         }
         self.seals.fetch_add(1, Ordering::Relaxed);
         self.lib.sealed.inc();

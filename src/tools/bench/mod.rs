@@ -166,6 +166,15 @@ pub struct BenchResult {
     pub rotation_waits: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation_wait_ms: Option<f64>,
+    /// `append`: rotations that waited because the sealed segments not yet durable had
+    /// reached the writer's bound on them, and the time they waited in all; and the bytes the
+    /// timed writers wrote (records with their headers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal_bound_waits: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal_bound_wait_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
     /// `recover` only: reopening the store (recovery) and the full scan, each timed alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery_ms: Option<f64>,
