@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// every segment a new file, as in a fresh data directory).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub recycle: OnOff,
+    /// Append and workload scenarios: the writer's bound on sealed segments not yet durable
+    /// (whole segments, at least two).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub max_unsynced_seal: u64,
     /// Size of the store built by the recover scenario.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub size: u64,
@@ -139,6 +143,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
             SegmentFillArg::Reserve => walship::SegmentFill::Reserve,
         },
         recycle: a.recycle == OnOff::On,
+        max_unsynced_seal: a.max_unsynced_seal,
         store_size: a.size,
         segments: a.segments,
         tls: a.tls.clone(),

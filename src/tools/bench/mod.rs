@@ -79,6 +79,8 @@ pub struct BenchConfig {
     /// `append`, `workload`: run the writer in its steady state, with segment files recycled
     /// (the pool filled before timing, a checkpoint every 100 ms while timed; `recycle.rs`).
     pub recycle: bool,
+    /// `append`, `workload`: [`walship::WalOptions::max_unsynced_seal_bytes`].
+    pub max_unsynced_seal: u64,
     /// Size of the store the `recover` scenario builds.
     pub store_size: u64,
     /// `ship`: sealed segments in the catch-up backlog, and segments timed one by one.
@@ -286,6 +288,7 @@ fn bench_wal(scratch: &tempfile::TempDir, cfg: &BenchConfig) -> walship::Result<
         &data,
         walship::WalOptions {
             segment_fill: cfg.segment_fill,
+            max_unsynced_seal_bytes: cfg.max_unsynced_seal,
             ..walship::WalOptions::default()
         },
     )?;
