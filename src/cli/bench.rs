@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// every segment a new file, as in a fresh data directory).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub recycle: OnOff,
+    /// Append and workload scenarios: the writer's bound on sealed segments not yet durable
+    /// (whole segments, at least two).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub max_unsynced_seal: u64,
     /// Size of the store built by the recover scenario.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub size: u64,
@@ -139,6 +143,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
             SegmentFillArg::Reserve => walship::SegmentFill::Reserve,
         },
         recycle: a.recycle == OnOff::On,
+        max_unsynced_seal: a.max_unsynced_seal,
         store_size: a.size,
         segments: a.segments,
         tls: a.tls.clone(),
@@ -296,6 +301,11 @@ fn print(r: &BenchResult, json: bool) -> CmdResult {
             );
             if let (Some(n), Some(ms)) = (r.rotation_waits, r.rotation_wait_ms) {
                 println!("leaders that waited for a rotation's work after their sync: {n}, {ms:.1} ms in all");
+            }
+            if let (Some(n), Some(ms), Some(b)) =
+                (r.seal_bound_waits, r.seal_bound_wait_ms, r.bytes_written)
+            {
+                println!("rotations that waited at the bound on unsynced sealed segments: {n}, {ms:.1} ms in all ({:.1} MB written)", b as f64 / 1e6);
             }
             if let (Some(w), Some(b)) = (r.writer_faults_per_mib, r.baseline_faults_per_mib) {
                 println!("page faults per MiB written: writers {w:.1}, baseline {b:.1}");

@@ -63,6 +63,10 @@ pub struct WriteArgs {
     /// again until a sync is within it.
     #[arg(long, default_value = "1s", value_parser = super::serve::duration_between(std::time::Duration::from_millis(10), std::time::Duration::from_secs(3600)))]
     pub warn_slow_sync: std::time::Duration,
+    /// Sealed segments not yet durable that may pile up before appends wait for the disk
+    /// (whole segments, at least two).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = super::parse_size)]
+    pub max_unsynced_seal: u64,
 }
 
 /// Lines per batch at most: bounds memory and keeps acknowledgements flowing on a fast stdin.
@@ -120,6 +124,7 @@ fn read_line_bounded(
 pub fn write(a: WriteArgs) -> CmdResult {
     let options = WalOptions {
         slow_sync_warning: a.warn_slow_sync,
+        max_unsynced_seal_bytes: a.max_unsynced_seal,
         ..WalOptions::default()
     };
     let wal = Wal::open(&a.data_dir, options)?;

@@ -28,6 +28,7 @@ mod durability;
 mod finisher;
 mod group_commit;
 mod pipeline;
+mod seal_bound;
 mod tail;
 #[cfg(test)]
 mod test_support;
@@ -51,6 +52,7 @@ use crate::Lsn;
 use finisher::{Finisher, FinisherMsg};
 use group_commit::GroupCommit;
 use pipeline::{Pipeline, PrepareMsg};
+pub use seal_bound::DEFAULT_MAX_UNSYNCED_SEAL_BYTES;
 use tail::{Tail, Writeback};
 
 /// How a data directory is opened for writing.
@@ -69,6 +71,11 @@ pub struct WalOptions {
     /// episode: the next warning only after a sync within the bound (logged too). One second
     /// by default, as etcd does for its fsyncs.
     pub slow_sync_warning: Duration,
+    /// Bytes of sealed segments not yet durable that rotations may leave behind before one
+    /// waits for the finisher, counted in whole segments and at least two: a writer that
+    /// outruns the disk waits there. 256 MiB by default
+    /// ([`DEFAULT_MAX_UNSYNCED_SEAL_BYTES`]).
+    pub max_unsynced_seal_bytes: u64,
 }
 
 /// The default of [`WalOptions::slow_sync_warning`].
@@ -82,6 +89,7 @@ impl Default for WalOptions {
             prepare_ahead: true,
             segment_fill: SegmentFill::Reserve,
             slow_sync_warning: DEFAULT_SLOW_SYNC_WARNING,
+            max_unsynced_seal_bytes: DEFAULT_MAX_UNSYNCED_SEAL_BYTES,
         }
     }
 }
@@ -108,6 +116,10 @@ pub struct WalStats {
     /// seal marker or new name not yet durable), and the time they waited in all.
     pub rotation_waits: u64,
     pub rotation_wait_us: u64,
+    /// Rotations that waited because the sealed segments not yet durable had reached
+    /// [`WalOptions::max_unsynced_seal_bytes`], and the time they waited in all.
+    pub seal_bound_waits: u64,
+    pub seal_bound_wait_us: u64,
 }
 
 /// What the writer's threads share.
@@ -136,6 +148,11 @@ struct Inner {
     /// Leaders that waited for the finisher after their sync, and for how long (µs).
     rotation_waits: AtomicU64,
     rotation_wait_us: AtomicU64,
+    /// Rotations that waited at the bound on sealed segments not yet durable, and how long (µs).
+    seal_bound_waits: AtomicU64,
+    seal_bound_wait_us: AtomicU64,
+    /// Sealed segments that may wait for the finisher before a rotation waits (`seal_bound.rs`).
+    seals_in_flight: u64,
     /// The seal finisher's queue and progress (`finisher.rs`).
     finisher: Finisher,
     /// The next segment's file, prepared ahead (`pipeline.rs`).
@@ -238,6 +255,8 @@ impl Wal {
             segments_recycled: self.inner.recycled.load(Ordering::Relaxed),
             rotation_waits: self.inner.rotation_waits.load(Ordering::Relaxed),
             rotation_wait_us: self.inner.rotation_wait_us.load(Ordering::Relaxed),
+            seal_bound_waits: self.inner.seal_bound_waits.load(Ordering::Relaxed),
+            seal_bound_wait_us: self.inner.seal_bound_wait_us.load(Ordering::Relaxed),
         }
     }
 
@@ -386,6 +405,8 @@ impl Inner {
         let tail = Tail::from_recovered(&dir, &control, rec)?;
         let sealed = rec.sealed.last().map_or(0, |s| s.end_lsn.0);
         let pipeline = Pipeline::from_recovered(rec, tail.next_segment_no, control.segment_size)?;
+        let seals_in_flight =
+            seal_bound::segments_in_flight(options.max_unsynced_seal_bytes, control.segment_size);
         Ok(Inner {
             control,
             commit: GroupCommit::default(),
@@ -401,6 +422,9 @@ impl Inner {
             recycled: AtomicU64::new(0),
             rotation_waits: AtomicU64::new(0),
             rotation_wait_us: AtomicU64::new(0),
+            seal_bound_waits: AtomicU64::new(0),
+            seal_bound_wait_us: AtomicU64::new(0),
+            seals_in_flight,
             finisher: Finisher::default(),
             published: FlushPublisher::open(&dir, rec.end_lsn.0),
             lib: crate::metrics::library::library(),

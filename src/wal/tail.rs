@@ -58,10 +58,6 @@ pub(super) type Writeback = (Arc<ActiveSegment>, usize, usize);
 /// segment's worth of disk time at rotation).
 const WRITEBACK_CHUNK: usize = 1 << 20;
 
-/// Seals handed to the finisher and not yet durable are bounded by this many bytes (at least
-/// two segments), so that a writer outrunning the disk waits instead of filling the page cache.
-const MAX_UNFINISHED_SEAL_BYTES: u64 = 256 << 20;
-
 impl Tail {
     /// The tail recovery left: the open segment it adopted, if any, mapped for writing.
     pub fn from_recovered(dir: &DataDir, control: &ControlFile, rec: &Recovered) -> Result<Tail> {
@@ -199,10 +195,20 @@ impl Inner {
         let dst = unsafe { seg.slice_mut(st.off, SEAL_LEN) };
         let durable = self.durable_offset(st, seg.start_lsn);
         encode_seal(dst, lsn, durable, crate::now_us(), &seal);
-        // Bound the sealed segments not yet durable (two tickets per rotation).
-        let in_flight = (MAX_UNFINISHED_SEAL_BYTES / self.control.segment_size).max(2);
-        if let Some(oldest) = st.tickets.checked_sub(2 * in_flight) {
-            self.wait_finishing(oldest, |f| f.durable)?;
+        // Bound the sealed segments not yet durable, so that a writer outrunning the disk waits
+        // for it (`seal_bound.rs`): with this seal's ticket (`tickets + 1`) and two tickets per
+        // rotation, the seal `seals_in_flight` rotations back must be durable.
+        if let Some(oldest) = (st.tickets + 1).checked_sub(2 * self.seals_in_flight) {
+            if self.finishing_reached(oldest) {
+                self.check_poison()?;
+            } else {
+                let t0 = Instant::now();
+                let waited = self.wait_finishing(oldest, |f| f.durable);
+                self.seal_bound_waits.fetch_add(1, Ordering::Relaxed);
+                self.seal_bound_wait_us
+                    .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                waited?;
+            }
         }
         self.seals.fetch_add(1, Ordering::Relaxed);
         self.lib.sealed.inc();

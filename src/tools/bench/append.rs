@@ -153,6 +153,8 @@ fn run_wal(
             segments_recycled: after.segments_recycled - before.segments_recycled,
             rotation_waits: after.rotation_waits - before.rotation_waits,
             rotation_wait_us: after.rotation_wait_us - before.rotation_wait_us,
+            seal_bound_waits: after.seal_bound_waits - before.seal_bound_waits,
+            seal_bound_wait_us: after.seal_bound_wait_us - before.seal_bound_wait_us,
         },
     })
 }
@@ -171,6 +173,8 @@ impl WalRun {
         self.stats.segments_recycled += o.stats.segments_recycled;
         self.stats.rotation_waits += o.stats.rotation_waits;
         self.stats.rotation_wait_us += o.stats.rotation_wait_us;
+        self.stats.seal_bound_waits += o.stats.seal_bound_waits;
+        self.stats.seal_bound_wait_us += o.stats.seal_bound_wait_us;
     }
 
     fn records_per_sync(&self) -> f64 {
@@ -284,6 +288,9 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         segments_recycled: Some(recycled),
         rotation_waits: has_syncs.then_some(w.stats.rotation_waits),
         rotation_wait_ms: has_syncs.then(|| w.stats.rotation_wait_us as f64 / 1e3),
+        seal_bound_waits: Some(w.stats.seal_bound_waits),
+        seal_bound_wait_ms: Some(w.stats.seal_bound_wait_us as f64 / 1e3),
+        bytes_written: Some(w.records * len as u64),
         ..BenchResult::default()
     })
 }

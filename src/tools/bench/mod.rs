@@ -79,6 +79,8 @@ pub struct BenchConfig {
     /// `append`, `workload`: run the writer in its steady state, with segment files recycled
     /// (the pool filled before timing, a checkpoint every 100 ms while timed; `recycle.rs`).
     pub recycle: bool,
+    /// `append`, `workload`: [`walship::WalOptions::max_unsynced_seal_bytes`].
+    pub max_unsynced_seal: u64,
     /// Size of the store the `recover` scenario builds.
     pub store_size: u64,
     /// `ship`: sealed segments in the catch-up backlog, and segments timed one by one.
@@ -166,6 +168,15 @@ pub struct BenchResult {
     pub rotation_waits: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation_wait_ms: Option<f64>,
+    /// `append`: rotations that waited because the sealed segments not yet durable had
+    /// reached the writer's bound on them, and the time they waited in all; and the bytes the
+    /// timed writers wrote (records with their headers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal_bound_waits: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal_bound_wait_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
     /// `recover` only: reopening the store (recovery) and the full scan, each timed alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery_ms: Option<f64>,
@@ -277,6 +288,7 @@ fn bench_wal(scratch: &tempfile::TempDir, cfg: &BenchConfig) -> walship::Result<
         &data,
         walship::WalOptions {
             segment_fill: cfg.segment_fill,
+            max_unsynced_seal_bytes: cfg.max_unsynced_seal,
             ..walship::WalOptions::default()
         },
     )?;
