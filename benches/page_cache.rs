@@ -13,8 +13,8 @@
 //! - `mmap, default advice`: the same without `MADV_RANDOM` (faults may create large folios,
 //!   so a sync writes whole folios, not only the pages that changed).
 //!
-//! Each variant runs RECORDS records (default 48) of each size in SIZES (default 128, 4096 and
-//! 1048576 bytes) into a fresh 64 MiB zero-filled file in PAGE_CACHE_DIR (default /var/tmp),
+//! Each variant runs RECORDS records (default 48) of each size in SIZES (default 4096 and
+//! 1048576 bytes: whole pages, so that no `pwrite` reads a block before writing it) into a fresh 64 MiB zero-filled file in PAGE_CACHE_DIR (default /var/tmp),
 //! written and synced, then dropped from the page cache; the variants alternate, ROUNDS times
 //! (default 3), and the medians are printed.
 //!
@@ -127,7 +127,7 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![128, 4096, 1 << 20]);
+        .unwrap_or_else(|| vec![4096, 1 << 20]);
     let variants = [
         Variant::Pwrite,
         Variant::PwriteSmallFolios,
