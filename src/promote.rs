@@ -7,8 +7,10 @@
 //! 1. take the directory's lock (a running `walship standby` holds it: promotion is refused
 //!    while it does); record the target timeline in `state/promotion` (a rerun finishes that
 //!    promotion, never starts another);
-//! 2. find the durable end: the end of the newest sealed segment, or of the last valid record
-//!    of the copy of the primary's open segment (`.wal.partial`) that follows it;
+//! 2. find the durable end: the last valid record of the copy of the primary's open segment
+//!    (`.wal.partial`) that follows the newest sealed segment; when the copy holds no record
+//!    (or there is none), the first position of the segment after the newest sealed one: the
+//!    sealed segment stays the old timeline's and the new timeline begins with the next;
 //! 3. write the history file of timeline N+1 (switch point = that end) durably;
 //! 4. when the copy holds records, write the switch segment: the copy's header with timeline
 //!    N+1, its records up to the switch point, zeros to the segment size, as
@@ -118,7 +120,8 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
 
     // 2. The durable end, and the copy of the open segment it lies in.
     let names = dd.list_segments()?;
-    let sealed_end = crate::sealed_set::newest_sealed_end(dd, &names, &control)?;
+    // The newest sealed segment must be whole (its header and seal marker checked).
+    crate::sealed_set::newest_sealed_end(dd, &names, &control)?;
     let next_no = names
         .iter()
         .rev()
@@ -145,7 +148,17 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
     };
     let end = match &copy {
         Some((_, _, h, end)) => h.start_lsn() + *end as u64,
-        None => sealed_end,
+        // Nothing past the newest sealed segment: timeline N+1 begins with the next segment,
+        // and the switch point is where that segment begins. (The sealed segment's own end
+        // would make the history say that the sealed segment is the new timeline's: every
+        // reader of the history (archive, restore, standbys) would then look for it under
+        // timeline N+1's name.)
+        None => next_no.start_lsn(control.segment_size).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "segment {} is past the end of the LSN space",
+                next_no.0
+            ))
+        })?,
     };
 
     // 3. The history file: written once; a rerun takes the switch point from it.

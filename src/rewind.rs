@@ -84,8 +84,11 @@ pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
     let held = held_segments(dd, &control)?;
     let end = held.iter().filter_map(|h| h.end).max().unwrap_or(Lsn::ZERO);
     let size = control.segment_size;
-    // The segment holding the switch point: its records end at or after it.
+    // The segment holding the switch point: its records end at or after it. A switch point at
+    // a segment's first position (a promotion at a sealed segment's end) is held by none:
+    // that segment and every later one lie wholly past it.
     let at = switch.0 / size;
+    let cut_at = (switch.0 % size != 0).then_some(at);
     let mut out = Rewound {
         timeline: control.timeline,
         switch_lsn: switch,
@@ -106,12 +109,18 @@ pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
         .rev()
         .filter(|h| {
             h.name.segment_no.0 > at
-                || (h.name.segment_no.0 == at && h.name.kind == SegmentFileKind::Partial && past(h))
+                || (h.name.segment_no.0 == at
+                    && (cut_at.is_none() || h.name.kind == SegmentFileKind::Partial)
+                    && past(h))
         })
         .collect();
     let straddling: Vec<&Held> = held
         .iter()
-        .filter(|h| h.name.segment_no.0 == at && h.name.kind != SegmentFileKind::Partial && past(h))
+        .filter(|h| {
+            Some(h.name.segment_no.0) == cut_at
+                && h.name.kind != SegmentFileKind::Partial
+                && past(h)
+        })
         .collect();
     for h in &later {
         out.set_aside

@@ -773,7 +773,7 @@ fn the_demo_archives_and_restores_through_an_s3_store() {
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {}", text(&out));
-    assert!(stdout.contains("all 18 checks passed"), "{stdout}");
+    assert!(stdout.contains("all 19 checks passed"), "{stdout}");
     assert!(
         stdout.contains(&format!("an archiver pushes them to {url}")),
         "{stdout}"
@@ -783,15 +783,20 @@ fn the_demo_archives_and_restores_through_an_s3_store() {
     // The store holds the archive: every sealed segment of the primary, checked byte for byte.
     let objs = objects(s, url);
     assert!(objs.iter().any(|(n, _)| n == "IDENTITY"));
-    // (The demo ends with a failover: the old primary, rewound, then holds timeline 2's
-    // segments too, which reached it from the new primary after the archiver stopped.)
+    // (The demo ends with a failover: the archiver, pointed at the new primary, continues the
+    // archive with timeline 2's history file and segments; the old primary, rewound, follows
+    // the new one to its end, so it holds the same files: every sealed segment of both
+    // timelines and the history file.)
     let n = assert_objects_match(s, url, &dir.join("primary"), false);
-    let timeline_1 = sealed_names(&dir.join("primary"))
-        .into_iter()
-        .filter(|n| n.starts_with("00000001"))
-        .count();
-    assert_eq!(n, timeline_1);
-    assert!(n > 0);
+    let sealed = sealed_names(&dir.join("primary"));
+    assert!(sealed.iter().any(|n| n.starts_with("00000001")));
+    assert!(sealed.iter().any(|n| n.starts_with("00000002")));
+    assert!(objs.iter().any(|(n, _)| n == "00000002.history"));
+    assert_eq!(
+        n,
+        sealed.len() + 1,
+        "every sealed segment and the history file"
+    );
     // A second run into the same prefix is refused before anything starts.
     let again = t.path().join("again");
     let out = s.walship(&[

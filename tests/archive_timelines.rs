@@ -329,3 +329,115 @@ fn a_second_promotion_of_the_same_timeline_is_refused_by_the_archive() {
     );
     assert_eq!(objects(&arc), before, "the archive changed");
 }
+
+/// A standby promoted when it holds nothing past its newest sealed segment (its primary sealed
+/// and stopped, as in a planned switchover): timeline 2 begins with the next segment, whose
+/// first position is the switch point, so the sealed segment stays timeline 1's on every
+/// path. The new primary then continues its old primary's archive, a restore of it equals the
+/// new primary, and the old primary, which wrote into that next segment on timeline 1, is
+/// rewound from the archive to exactly the records before the switch.
+#[test]
+fn a_promotion_at_a_sealed_segments_end_begins_timeline_2_with_the_next_segment() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (primary, sb, arc) = (
+        t.path().join("primary"),
+        t.path().join("standby"),
+        t.path().join("archive"),
+    );
+    common::init(&primary);
+    write_records(&primary, 1500, "a");
+    seal(&primary);
+    let (mut srv, addr) = common::serve(
+        &primary,
+        "127.0.0.1:0",
+        &common::NET,
+        &t.path().join("serve.log"),
+    );
+    let mut s = common::standby(&sb, &addr, &[], &t.path().join("standby.log"));
+    common::wait_caught_up(&primary, &sb);
+    s.kill();
+    srv.kill();
+    let out = archive_once(&primary, &arc);
+    assert!(out.status.success(), "{}", text(&out));
+    let before: Vec<Vec<u8>> = common::read_all(&primary)
+        .expect("records")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+
+    // A second standby, as the first one is now: it follows the promoted one.
+    let other = t.path().join("other");
+    copy_tree(&sb, &other);
+    promote(&sb);
+    let switch = switch_lsn(&std::fs::read(sb.join("wal/00000002.history")).expect("history"));
+    let size = 64 * 1024;
+    let newest_sealed = sealed(&sb)
+        .iter()
+        .filter_map(|n| u64::from_str_radix(&n[8..24], 16).ok())
+        .max()
+        .expect("a sealed segment");
+    assert_eq!(
+        switch.0,
+        (newest_sealed + 1) * size,
+        "the switch point is the first position of the segment after the newest sealed one"
+    );
+
+    // The old primary goes on writing on timeline 1, into that next segment.
+    write_records(&primary, 300, "old");
+    // The new primary serves before its first write; the other standby follows it onto
+    // timeline 2. Then it writes, seals and archives into the old primary's archive.
+    let (mut srv, addr) = common::serve(
+        &sb,
+        "127.0.0.1:0",
+        &common::NET,
+        &t.path().join("serve-new.log"),
+    );
+    let mut follower = common::standby(&other, &addr, &[], &t.path().join("other.log"));
+    write_records(&sb, 1200, "new");
+    seal(&sb);
+    common::wait_caught_up(&sb, &other);
+    follower.kill();
+    srv.kill();
+    assert_eq!(common::status(&other)["timeline"].as_u64(), Some(2));
+    let out = archive_once(&sb, &arc);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(sealed(&sb)
+        .iter()
+        .any(|n| n.starts_with(&format!("00000002{:016X}", newest_sealed + 1))));
+    let v = walship(&["verify", p(&arc)]);
+    assert!(v.status.success(), "{}", text(&v));
+    let restored = t.path().join("restored");
+    let out = walship(&["restore", p(&arc), p(&restored), "--timeline", "latest"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let payloads = |dir: &Path| -> Vec<Vec<u8>> {
+        common::read_all(dir)
+            .expect("records")
+            .into_iter()
+            .map(|r| r.payload)
+            .collect()
+    };
+    assert!(
+        payloads(&restored) == payloads(&sb),
+        "restored equals the new primary"
+    );
+    assert!(
+        payloads(&other) == payloads(&sb),
+        "the other standby holds the new primary"
+    );
+
+    // The old primary is rewound from the archive: the next segment, all past the switch
+    // point, is set aside whole; what is left is exactly what it had before the promotion.
+    let out = walship(&["rewind", p(&primary), "--source", p(&arc)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(payloads(&primary) == before, "cut back to the switch point");
+    let aside: Vec<String> = std::fs::read_dir(primary.join("setaside"))
+        .expect("setaside/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        aside
+            .iter()
+            .any(|n| n.starts_with(&format!("00000001{:016X}", newest_sealed + 1))),
+        "{aside:?}"
+    );
+}

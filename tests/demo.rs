@@ -49,6 +49,7 @@ fn the_demo_runs_the_whole_system_and_every_check_passes() {
         "[ok] failover: every acknowledged commit is on the new timeline",
         "[ok] failover: standby async follows the new primary: timeline 2",
         "[ok] failover: verify the new primary: clean",
+        "[ok] failover: the archive follows the new primary, and restores to it: restored with --timeline latest: timeline 2",
         "the old primary, pointed at the new one, was refused (exit 1",
         "[ok] failover: the old primary, refused until rewound, follows the new primary",
         "failover: promote took ",
@@ -59,8 +60,8 @@ fn the_demo_runs_the_whole_system_and_every_check_passes() {
         .lines()
         .filter(|l| l.trim_start().starts_with("[ok]"))
         .count();
-    assert_eq!(passed, 18, "{stdout}");
-    assert!(stdout.contains("all 18 checks passed"), "{stdout}");
+    assert_eq!(passed, 19, "{stdout}");
+    assert!(stdout.contains("all 19 checks passed"), "{stdout}");
     // The scratch directory is kept, with what the summary tells the user to explore.
     for d in [
         "primary",
@@ -68,6 +69,7 @@ fn the_demo_runs_the_whole_system_and_every_check_passes() {
         "standby-async",
         "archive",
         "restored",
+        "restored-latest",
         "logs",
     ] {
         assert!(dir.join(d).is_dir(), "{d} missing");

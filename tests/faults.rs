@@ -347,6 +347,18 @@ fn an_io_error_starting_early_writeback_poisons_the_writer() {
             }
         }
         let last = last.expect("appended");
+        // The finisher starts write-back on its own thread: wait until its failure poisoned
+        // the writer, so that no leader's msync of the same bytes gets there first.
+        if poisons {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while wal.append(&entry(b"probe")).is_ok() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{errno}: the failed write-back never poisoned the writer"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         let r = wal.wait_durable(last.end_lsn);
         if poisons {
             let reason = poisoned_reason(r);

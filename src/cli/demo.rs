@@ -11,7 +11,7 @@ use super::{CmdResult, Failure};
 /// Run the whole system on loopback in a scratch directory, for a first look.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "It starts a primary with a writer, `serve`, a standby and an archiver (the real commands, as child processes), kills and recovers the writer midway, restores the archive into a new directory (with --archive-to, through an S3-compatible store), verifies everything and compares the records, and ends with a failover: the primary is lost, a standby is promoted to timeline 2, the other standby follows it, and the old primary is rewound and follows it too. Exit 0 only when every check passed.\n\nExample:\n  walship demo --seconds 30 --dir /tmp/walship-demo"
+    after_help = "It starts a primary with a writer, `serve`, a standby and an archiver (the real commands, as child processes), kills and recovers the writer midway, restores the archive into a new directory (with --archive-to, through an S3-compatible store), verifies everything and compares the records, and ends with a failover: the primary is lost, a standby is promoted to timeline 2, the other standby and the archiver follow it (the archive, restored along the newest timeline, equals it), and the old primary is rewound and follows it too. Exit 0 only when every check passed.\n\nExample:\n  walship demo --seconds 30 --dir /tmp/walship-demo"
 )]
 pub struct DemoArgs {
     /// Scratch directory (created, and kept afterwards). Default: a new directory under the

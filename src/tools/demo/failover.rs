@@ -1,7 +1,8 @@
 //! The demo's last act, a failover: the old primary writes records no standby receives and is
 //! lost; the synchronous standby is promoted to timeline 2 and serves; the asynchronous
 //! standby is pointed at it and follows it onto timeline 2; a writer commits on the new
-//! primary; the old primary, refused as diverged, is rewound and follows the new one; then every
+//! primary; the archiver, pointed at it, continues the archive, which restored along the newest
+//! timeline equals the new primary; the old primary, refused as diverged, is rewound and follows the new one; then every
 //! commit acknowledged since the demo began must be on the new timeline.
 //! It measures how long the promotion took, how long until the new primary accepted a durable
 //! write, and how long until the other standby held that write.
@@ -52,6 +53,10 @@ pub(super) struct Failover<'a> {
     pub(super) other: &'a Path,
     pub(super) logs: &'a Path,
     pub(super) acked: &'a Arc<Acked>,
+    /// The archive the lost primary's archiver filled (a directory or a URL).
+    pub(super) archive: &'a str,
+    /// Where the archive is restored along the newest timeline.
+    pub(super) restored: &'a Path,
 }
 
 /// Runs the failover after the rest of the demo stopped every process; adds its checks.
@@ -178,6 +183,43 @@ pub(super) fn run(
         out,
         &format!("a writer committed {new_commits} transactions on the new primary, each acknowledged once `{ASYNC_NAME}` had it"),
     );
+    // The archiver, pointed at the new primary, continues the same archive: the history file,
+    // then timeline 2's segments; restored along the newest timeline, it is the new primary.
+    let archived = run_to_end(
+        exe,
+        &[
+            "archive",
+            path_str(f.promoted)?,
+            "--to",
+            f.archive,
+            "--once",
+        ],
+        f.logs,
+        "archive-new-primary",
+    )
+    .and_then(|()| {
+        run_to_end(
+            exe,
+            &[
+                "restore",
+                f.archive,
+                path_str(f.restored)?,
+                "--timeline",
+                "latest",
+            ],
+            f.logs,
+            "restore-latest",
+        )
+    });
+    view.event(
+        out,
+        &format!(
+            "the archiver, pointed at the new primary, continues {} on timeline {}; restored along the newest timeline into {}",
+            f.archive,
+            control.timeline,
+            f.restored.display()
+        ),
+    );
     let rejoined = rejoin_old(f, &addr, end)?;
     view.event(
         out,
@@ -228,6 +270,26 @@ pub(super) fn run(
         match followed {
             Ok((_, tl, n)) => format!(
                 "timeline {tl}, {n} records (new primary: {} to {})",
+                new.records,
+                Lsn(new.end)
+            ),
+            Err(e) => e.to_string(),
+        },
+    );
+    let restored = archived.and_then(|()| {
+        let d = digest(f.restored)?;
+        Ok((d, walship::status::status(f.restored)?.timeline))
+    });
+    check(
+        "failover: the archive follows the new primary, and restores to it",
+        restored.as_ref().is_ok_and(|(d, tl)| {
+            d.records == new.records && d.hash == new.hash && d.end == new.end && *tl == control.timeline
+        }),
+        match restored {
+            Ok((d, tl)) => format!(
+                "restored with --timeline latest: timeline {tl}, {} records to {} (new primary: {} to {})",
+                d.records,
+                Lsn(d.end),
                 new.records,
                 Lsn(new.end)
             ),

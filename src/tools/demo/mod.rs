@@ -5,8 +5,9 @@
 //! standby held at that moment is compared with what the writer had acknowledged; at the end the
 //! archive is restored into a new directory and the primary, the standbys and the restored copy
 //! are verified and compared record by record. It ends with a failover: the synchronous standby
-//! is promoted to a new timeline, the asynchronous one follows it, a writer commits on it, and
-//! every commit acknowledged since the start must be on the new timeline. Every component is the
+//! is promoted to a new timeline, the asynchronous one follows it, a writer commits on it, the
+//! archiver continues the archive from it (restored along the newest timeline, it equals the
+//! new primary), and every commit acknowledged since the start must be on the new timeline. Every component is the
 //! real `walship` binary, started as a child process.
 //!
 //! Here: the demo's run from start to end; `procs.rs`: starting and stopping the children;
@@ -125,10 +126,17 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     let standby_async = root.join("standby-async");
     let archive = root.join("archive");
     let restored = root.join("restored");
+    let restored_latest = root.join("restored-latest");
     let logs = root.join("logs");
     let archive_at = archive_target::choose(opts.archive_to.as_deref(), &archive)?;
     let archive_t = archive_at.target.as_str();
-    for d in [&primary, &standby, &standby_async, &restored] {
+    for d in [
+        &primary,
+        &standby,
+        &standby_async,
+        &restored,
+        &restored_latest,
+    ] {
         if d.exists() {
             return Err(Error::InvalidArgument(format!(
                 "{} already exists: give the demo an empty or new directory",
@@ -483,6 +491,8 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
         other: &standby_async,
         logs: &logs,
         acked: &acked,
+        archive: archive_t,
+        restored: &restored_latest,
     };
     summary.failover = Some(failover::run(&act, &mut view, out, &mut summary.checks)?);
     Ok(summary)
