@@ -50,6 +50,15 @@ fn promote(dir: &Path) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// Every record's payload in the directory, in order.
+fn payloads(dir: &Path) -> Vec<Vec<u8>> {
+    common::read_all(dir)
+        .expect("read the records")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect()
+}
+
 /// The switch point a timeline-2 history file names.
 fn switch_lsn(history: &[u8]) -> walship::Lsn {
     walship::format::history::HistoryFile::decode(history, "00000002.history")
@@ -134,13 +143,6 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
 
     // Restore goes along the newest history: timeline 1 up to the switch segment, then
     // timeline 2 (not the old primary's copy of the switch segment, nor its segments past it).
-    let payloads = |dir: &Path| -> Vec<Vec<u8>> {
-        common::read_all(dir)
-            .expect("read the records")
-            .into_iter()
-            .map(|r| r.payload)
-            .collect()
-    };
     let restored = t.path().join("restored");
     let out = walship(&["restore", p(&arc), p(&restored)]);
     assert!(out.status.success(), "{}", text(&out));
@@ -359,11 +361,7 @@ fn a_promotion_at_a_sealed_segments_end_begins_timeline_2_with_the_next_segment(
     srv.kill();
     let out = archive_once(&primary, &arc);
     assert!(out.status.success(), "{}", text(&out));
-    let before: Vec<Vec<u8>> = common::read_all(&primary)
-        .expect("records")
-        .into_iter()
-        .map(|r| r.payload)
-        .collect();
+    let before = payloads(&primary);
 
     // A second standby, as the first one is now: it follows the promoted one.
     let other = t.path().join("other");
@@ -409,13 +407,6 @@ fn a_promotion_at_a_sealed_segments_end_begins_timeline_2_with_the_next_segment(
     let restored = t.path().join("restored");
     let out = walship(&["restore", p(&arc), p(&restored), "--timeline", "latest"]);
     assert!(out.status.success(), "{}", text(&out));
-    let payloads = |dir: &Path| -> Vec<Vec<u8>> {
-        common::read_all(dir)
-            .expect("records")
-            .into_iter()
-            .map(|r| r.payload)
-            .collect()
-    };
     assert!(
         payloads(&restored) == payloads(&sb),
         "restored equals the new primary"
