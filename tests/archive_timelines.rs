@@ -50,6 +50,15 @@ fn promote(dir: &Path) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// `walship restore ARC DEST ARGS...`, which must succeed; its output.
+fn restore(arc: &Path, dest: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["restore", p(arc), p(dest)];
+    all.extend_from_slice(args);
+    let out = walship(&all);
+    assert!(out.status.success(), "{}", text(&out));
+    out
+}
+
 /// Every record's payload in the directory, in order.
 fn payloads(dir: &Path) -> Vec<Vec<u8>> {
     common::read_all(dir)
@@ -144,8 +153,7 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     // Restore goes along the newest history: timeline 1 up to the switch segment, then
     // timeline 2 (not the old primary's copy of the switch segment, nor its segments past it).
     let restored = t.path().join("restored");
-    let out = walship(&["restore", p(&arc), p(&restored)]);
-    assert!(out.status.success(), "{}", text(&out));
+    restore(&arc, &restored, &[]);
     assert!(
         payloads(&restored) == payloads(&sb),
         "restored equals the new primary"
@@ -159,8 +167,7 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     assert!(v.status.success(), "{}", text(&v));
     // `--timeline 2` names that same newest timeline.
     let on2 = t.path().join("on-timeline-2");
-    let out = walship(&["restore", p(&arc), p(&on2), "--timeline", "2"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = restore(&arc, &on2, &["--timeline", "2"]);
     assert!(
         payloads(&on2) == payloads(&sb),
         "--timeline 2 equals latest"
@@ -170,8 +177,7 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     // `--timeline 1`: the old primary's timeline, past the switch point as far as it was
     // archived, and a directory of timeline 1 without the later history.
     let on1 = t.path().join("on-timeline-1");
-    let out = walship(&["restore", p(&arc), p(&on1), "--timeline", "1", "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = restore(&arc, &on1, &["--timeline", "1", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["timeline"].as_u64(), Some(1), "{report}");
     let old = payloads(&primary);
@@ -246,8 +252,7 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
         .end_lsn;
     let before_switch = t.path().join("before-switch");
     let until = early.to_string();
-    let out = walship(&["restore", p(&arc), p(&before_switch), "--until-lsn", &until]);
-    assert!(out.status.success(), "{}", text(&out));
+    restore(&arc, &before_switch, &["--until-lsn", &until]);
     let want: Vec<Vec<u8>> = common::read_all(&sb)
         .expect("records")
         .into_iter()
@@ -283,8 +288,7 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     let first = pr["first_segment"].as_u64().expect("first_segment");
     assert!(first <= switch.0 / size, "{pr}");
     let pruned = t.path().join("after-prune");
-    let out = walship(&["restore", p(&arc), p(&pruned), "--until-time", &when]);
-    assert!(out.status.success(), "{}", text(&out));
+    restore(&arc, &pruned, &["--until-time", &when]);
     let want: Vec<Vec<u8>> = common::read_all(&sb)
         .expect("records")
         .into_iter()
@@ -405,8 +409,7 @@ fn a_promotion_at_a_sealed_segments_end_begins_timeline_2_with_the_next_segment(
     let v = walship(&["verify", p(&arc)]);
     assert!(v.status.success(), "{}", text(&v));
     let restored = t.path().join("restored");
-    let out = walship(&["restore", p(&arc), p(&restored), "--timeline", "latest"]);
-    assert!(out.status.success(), "{}", text(&out));
+    restore(&arc, &restored, &["--timeline", "latest"]);
     assert!(
         payloads(&restored) == payloads(&sb),
         "restored equals the new primary"
