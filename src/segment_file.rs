@@ -17,10 +17,16 @@
 //! A file system without `fallocate` gets zeros written instead ([`reserve_blocks`]). Either way every
 //! block exists before the map does, so a store through it can never hit ENOSPC as SIGBUS.
 //! `MADV_POPULATE_WRITE` then faults the pages in writable ahead of the writer, which otherwise
-//! pays a fault (~1.6 µs here) on its first store to each page.
+//! pays a fault (~3 µs here) on its first store to each page; it works down from the segment's
+//! end and stops at the writer ([`Prefault`]).
+//!
+//! Pages nothing stores to again are unmapped before they are written back
+//! ([`ActiveSegment::unmap_pages`]): the write-back of a mapped page write-protects it first, with
+//! a TLB flush across the cores the process runs on, one page at a time.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
@@ -30,6 +36,9 @@ use crate::format::SegmentName;
 
 /// Size of each zero-filling write: small writes create small page-cache folios.
 const FILL_CHUNK: usize = 4096;
+
+/// The page size the mapping's advice works in.
+const PAGE: usize = 4096;
 
 /// The zero-fill is written out in steps of this many bytes, each waited for, so that the disk
 /// queue never holds more than a step of it: a durable append that syncs while the next segment
@@ -205,39 +214,82 @@ pub enum SegmentFill {
 pub struct PreparedSegment {
     pub path: PathBuf,
     file: File,
-    map: Arc<MmapRaw>,
+    map: Arc<SegmentMap>,
+}
+
+/// A segment's mapping and how far the writer has got in it, shared by the writer and the
+/// segment's [`Prefault`], which never faults in a page the writer has reached.
+struct SegmentMap {
+    map: MmapRaw,
+    /// The end of the writer's last store; the mapping's length once nothing stores to it again.
+    writer_at: AtomicUsize,
+}
+
+impl SegmentMap {
+    fn new(map: MmapRaw) -> Arc<SegmentMap> {
+        Arc::new(SegmentMap {
+            map,
+            writer_at: AtomicUsize::new(0),
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
 }
 
 /// Faults a prepared segment's pages in writable, so that the writer's first store to each
 /// page costs no fault. It may run while the writer already uses the segment: faulting a page
-/// in never changes its bytes. It runs whole ([`Prefault::run`]) or a step at a time
-/// ([`Prefault::step`]), so that its thread can serve other work between steps.
+/// in never changes its bytes. It works from the end of the segment down, a step at a time
+/// ([`Prefault::step`]), and stops at the writer's position: a writer that outruns it (no
+/// syncs, a fault costs about what the store does) faults its pages itself from the start,
+/// while the prefault faults the others from the end, so the two never wait for the same
+/// page's lock and every page is faulted once, on one of two cores.
 pub struct Prefault {
-    map: Arc<MmapRaw>,
-    /// Pages below this offset are done.
-    next: usize,
+    map: Arc<SegmentMap>,
+    /// Pages from this offset to the end are done.
+    done_from: usize,
 }
 
 impl Prefault {
-    pub fn run(self) {
-        prefault(&self.map, self.next);
+    fn new(map: Arc<SegmentMap>) -> Prefault {
+        let done_from = map.len();
+        Prefault { map, done_from }
     }
 
-    /// Faults in the next `len` bytes (at least a page); false once every page is done.
+    /// Faults in every page the writer has not reached.
+    pub fn run(mut self) {
+        while self.step(self.map.len()) {}
+    }
+
+    /// Faults in the next `len` bytes (at least a page) below what is done; false once every
+    /// page the writer has not reached is done.
     pub fn step(&mut self, len: usize) -> bool {
-        let end = (self.next + len.max(4096)).min(self.map.len());
-        if self.next < end {
-            if let Err(e) = self
-                .map
-                .advise_range(Advice::PopulateWrite, self.next, end - self.next)
-            {
-                tracing::debug!(error = %e, "prefaulting a segment's pages failed");
-                self.next = self.map.len();
-                return false;
-            }
+        let frontier = self
+            .map
+            .writer_at
+            .load(Ordering::Relaxed)
+            .next_multiple_of(PAGE);
+        let from = self
+            .done_from
+            .saturating_sub(len.max(PAGE))
+            .max(frontier)
+            .min(self.done_from);
+        if from == self.done_from {
+            return false;
         }
-        self.next = end;
-        self.next < self.map.len()
+        if let Err(e) =
+            self.map
+                .map
+                .advise_range(Advice::PopulateWrite, from, self.done_from - from)
+        {
+            // Best effort: kernels before 5.14 lack `MADV_POPULATE_WRITE`.
+            tracing::debug!(error = %e, "prefaulting a segment's pages failed");
+            self.done_from = 0;
+            return false;
+        }
+        self.done_from = from;
+        from > frontier
     }
 }
 
@@ -260,14 +312,11 @@ impl PreparedSegment {
 
     /// What faults this segment's pages in; run it off the append path.
     pub fn prefault(&self) -> Prefault {
-        Prefault {
-            map: self.map.clone(),
-            next: 0,
-        }
+        Prefault::new(self.map.clone())
     }
 
     pub(crate) fn mapped(path: PathBuf, file: File, size: u64) -> Result<PreparedSegment> {
-        let map = Arc::new(map_segment(&file, &path, size)?);
+        let map = SegmentMap::new(map_segment(&file, &path, size)?);
         Ok(PreparedSegment { path, file, map })
     }
 }
@@ -291,27 +340,13 @@ fn map_segment(file: &File, path: &Path, size: u64) -> Result<MmapRaw> {
     Ok(map)
 }
 
-/// Faults the pages from `from` (rounded up to a page) to the end of `map` in writable, off the
-/// writer's path: a first store through a shared file mapping otherwise takes a fault per page
-/// (~1.6 µs each here). The pages become dirty zeros, which a later sync writes only where
-/// records landed. Best effort: kernels before 5.14 lack `MADV_POPULATE_WRITE`.
-fn prefault(map: &MmapRaw, from: usize) {
-    let from = from.next_multiple_of(4096);
-    if from >= map.len() {
-        return;
-    }
-    if let Err(e) = map.advise_range(Advice::PopulateWrite, from, map.len() - from) {
-        tracing::debug!(error = %e, "prefaulting a segment's pages failed");
-    }
-}
-
 /// The open segment, mapped read-write.
 pub struct ActiveSegment {
     pub name: SegmentName,
     pub path: PathBuf,
     /// Private: every sync of it goes through [`ActiveSegment::synced`].
     file: File,
-    map: Arc<MmapRaw>,
+    map: Arc<SegmentMap>,
     pub start_lsn: crate::Lsn,
     /// Held for each sync of this file; holds the first failure (see [`ActiveSegment::synced`]).
     sync_failure: Mutex<Option<SyncFailure>>,
@@ -356,8 +391,9 @@ impl ActiveSegment {
             });
         }
         let start_lsn = name.start_lsn(size)?;
-        let map = Arc::new(map_segment(&file, &path, size)?);
-        prefault(&map, used);
+        let map = SegmentMap::new(map_segment(&file, &path, size)?);
+        map.writer_at.store(used, Ordering::Relaxed);
+        Prefault::new(map.clone()).run();
         Ok(ActiveSegment {
             start_lsn,
             name,
@@ -393,7 +429,8 @@ impl ActiveSegment {
             off + len <= self.map.len(),
             "write past the end of the segment"
         );
-        std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len)
+        self.map.writer_at.store(off + len, Ordering::Relaxed);
+        std::slice::from_raw_parts_mut(self.map.map.as_mut_ptr().add(off), len)
     }
 
     /// Starts writing `[from, to)` back to disk without waiting (`sync_file_range` with
@@ -434,6 +471,36 @@ impl ActiveSegment {
         self.synced("write-back", || Err(e))
     }
 
+    /// Drops this mapping's page-table entries for the whole pages inside `[from, to)`. Their
+    /// bytes and dirty state stay in the page cache (a shared file mapping loses nothing), and a
+    /// later store or load just faults the page back in. Done before writing pages back that
+    /// nothing will store to again: the kernel then write-protects no entry one page at a time,
+    /// each with a TLB flush across every core running the writer (one zap flushes once).
+    pub fn unmap_pages(&self, from: usize, to: usize) {
+        let map = &self.map.map;
+        let from = from.next_multiple_of(PAGE);
+        let to = (to.min(self.map.len()) / PAGE) * PAGE;
+        if to <= from {
+            return;
+        }
+        // SAFETY: `MADV_DONTNEED` on a shared file mapping only drops page-table entries: the
+        // pages stay in the page cache with their contents and dirty state, and any access
+        // afterwards faults them back in. No reference into the range is invalidated.
+        let r = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "dropping a segment's page-table entries failed");
+        }
+    }
+
+    /// Nothing stores to this segment again (it is sealed): stops its prefault and drops every
+    /// page-table entry before the sync that writes it back (see [`ActiveSegment::unmap_pages`]).
+    pub fn retire(&self) {
+        self.map.writer_at.store(self.map.len(), Ordering::Relaxed);
+        self.unmap_pages(0, self.map.len());
+    }
+
     /// Cuts the file to `len` bytes (a sealed segment, once nothing maps past `len`).
     pub fn truncate(&self, len: u64) -> std::io::Result<()> {
         self.file.set_len(len)
@@ -446,7 +513,7 @@ impl ActiveSegment {
         }
         self.synced("msync", || {
             crate::fault!("segment::msync");
-            self.map.flush_range(from, to - from)
+            self.map.map.flush_range(from, to - from)
         })
     }
 
@@ -480,5 +547,96 @@ impl ActiveSegment {
                 message: e.to_string(),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::SegmentFileKind;
+
+    const SIZE: usize = 64 * PAGE;
+
+    fn active(dir: &Path) -> (ActiveSegment, Prefault) {
+        let prepared =
+            PreparedSegment::create(dir.join("s.prep"), SIZE as u64, SegmentFill::Reserve)
+                .expect("create");
+        let prefault = prepared.prefault();
+        let name = SegmentName::new(1, 0, SegmentFileKind::Open);
+        let seg = ActiveSegment::from_prepared(prepared, dir.join("s.open"), name);
+        (seg, prefault)
+    }
+
+    /// Which pages of `seg` are in the page cache: a reserved block's page gets there only when
+    /// something faults it in.
+    fn resident(seg: &ActiveSegment) -> Vec<bool> {
+        let mut v = vec![0u8; SIZE / PAGE];
+        // SAFETY: `v` has a byte per page of the mapped range.
+        let r = unsafe { libc::mincore(seg.map.map.as_mut_ptr().cast(), SIZE, v.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+        v.iter().map(|b| b & 1 == 1).collect()
+    }
+
+    fn store(seg: &ActiveSegment, off: usize, bytes: &[u8]) {
+        // SAFETY: the test is the only writer.
+        unsafe { seg.slice_mut(off, bytes.len()) }.copy_from_slice(bytes);
+    }
+
+    #[test]
+    fn the_prefault_works_down_from_the_end_and_stops_at_the_writer() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (seg, mut prefault) = active(tmp.path());
+        assert!(prefault.step(8 * PAGE), "more to do");
+        let after_one_step: Vec<bool> = (0..SIZE / PAGE).map(|p| p >= 56).collect();
+        assert_eq!(
+            resident(&seg),
+            after_one_step,
+            "the last 8 pages, nothing else"
+        );
+        // The writer stores into pages 0..=20 meanwhile; the prefault must leave the page
+        // holding its last byte and everything below to it.
+        store(&seg, 20 * PAGE + 100, b"x");
+        let steps = std::iter::from_fn(|| Some(prefault.step(16 * PAGE)))
+            .take_while(|more| *more)
+            .count();
+        assert_eq!(steps, 2, "pages 40..56 and 24..40, then 21..24 and done");
+        assert!(!prefault.step(16 * PAGE), "stays stopped");
+        let expect: Vec<bool> = (0..SIZE / PAGE).map(|p| p >= 20).collect();
+        assert_eq!(resident(&seg), expect);
+    }
+
+    #[test]
+    fn a_retired_segment_is_no_longer_prefaulted() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (seg, mut prefault) = active(tmp.path());
+        store(&seg, 0, b"header");
+        seg.retire();
+        assert!(!prefault.step(SIZE));
+        assert_eq!(
+            resident(&seg).iter().filter(|r| **r).count(),
+            1,
+            "the page stored to"
+        );
+    }
+
+    #[test]
+    fn pages_unmapped_before_a_sync_keep_every_stored_byte() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (seg, prefault) = active(tmp.path());
+        prefault.run();
+        // Stores on both sides of page boundaries, unmapped in ranges that cut pages, stored
+        // to again after the unmapping, then synced.
+        let a: Vec<u8> = (0..3 * PAGE + 300).map(|i| (i % 251) as u8).collect();
+        store(&seg, 100, &a);
+        seg.unmap_pages(50, 2 * PAGE + 10);
+        seg.unmap_pages(0, SIZE);
+        let b = vec![0xEEu8; PAGE];
+        store(&seg, 100 + a.len(), &b);
+        seg.unmap_pages(PAGE, SIZE);
+        seg.sync_range(0, 100 + a.len() + b.len()).expect("msync");
+        let on_disk = std::fs::read(tmp.path().join("s.prep")).expect("read");
+        assert_eq!(&on_disk[100..100 + a.len()], &a[..]);
+        assert_eq!(&on_disk[100 + a.len()..100 + a.len() + b.len()], &b[..]);
+        assert!(on_disk[..100].iter().all(|&x| x == 0));
     }
 }

@@ -160,6 +160,9 @@ impl Inner {
         let started = Instant::now();
         crate::sync_point!("wal::group_commit::sync");
         let synced = if to > from {
+            // The whole pages below `to` are written back unmapped; the page holding `to`,
+            // where the next record goes, stays mapped (see `unmap_pages`).
+            seg.unmap_pages(from, to);
             self.sync_segment(&seg, SegmentSync::Range(from, to))?;
             let took = started.elapsed();
             self.lib.sync_seconds.observe(took.as_secs_f64());

@@ -144,6 +144,9 @@ impl Inner {
             FinisherMsg::Durable(s) => {
                 if healthy {
                     crate::sync_point!("wal::finisher::sync");
+                    // Nothing stores to it again: its pages are written back unmapped, with no
+                    // write-protecting (and TLB flush) page by page.
+                    s.seg.retire();
                     // A failure has poisoned the writer and been logged.
                     let _ = self
                         .sync_segment(&s.seg, SegmentSync::Range(0, s.used))
@@ -171,6 +174,8 @@ impl Inner {
                 // Only a hint to start writing early: durability still comes from msync. An
                 // I/O error it meets poisons like a failed sync (and has been logged).
                 if healthy {
+                    // Whole pages behind the writer: written back unmapped (see `unmap_pages`).
+                    seg.unmap_pages(from, to);
                     let _ = self.sync_segment(&seg, SegmentSync::StartWriteback(from, to));
                 }
             }

@@ -71,7 +71,8 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<(mpsc::Sender<PrepareMsg>, Joi
     Ok((tx, handle))
 }
 
-/// The preparer prefaults a segment this many bytes at a time, and between steps serves a new
+/// The preparer prefaults a segment this many bytes at a time (from its end down, stopping at
+/// the writer: see `Prefault`), and between steps serves a new
 /// request first: a writer that fills segments faster than their pages are faulted in (a
 /// 16 MiB segment takes tens of milliseconds here) finds the next file prepared instead of
 /// preparing it in the append path (where a recycled file's header sync would run under the
