@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::baseline::{sequential, BaselineRun, SyncEvery};
 use super::hist::Histogram;
 use super::{
-    mb_per_s, per_mib, ratio, recycle, scratch, thread_cpu, thread_faults, BenchConfig,
+    mb_per_s, per_mib, per_s, ratio, recycle, scratch, thread_cpu, thread_faults, BenchConfig,
     BenchResult, Durability, Limit,
 };
 use walship::{Entry, EntryType, Result, Wal, WalStats};
@@ -47,6 +47,8 @@ struct WalRun {
     /// Minor page faults of the writer threads.
     faults: u64,
     stats: WalStats,
+    /// `none` only: the `Wal::sync` after the appends that writes every record back.
+    final_sync: Duration,
 }
 
 /// Appends `limit` worth of records with `cfg.writers` threads.
@@ -156,6 +158,7 @@ fn run_wal(
             seal_bound_waits: after.seal_bound_waits - before.seal_bound_waits,
             seal_bound_wait_us: after.seal_bound_wait_us - before.seal_bound_wait_us,
         },
+        final_sync: Duration::ZERO,
     })
 }
 
@@ -163,6 +166,7 @@ impl WalRun {
     fn add(&mut self, o: WalRun) {
         self.records += o.records;
         self.elapsed += o.elapsed;
+        self.final_sync += o.final_sync;
         self.append.merge(&o.append);
         self.ack.merge(&o.ack);
         self.cpu += o.cpu;
@@ -213,7 +217,14 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         let checkpointer = recycle::checkpointing(&wal, cfg.recycle);
         let r = run_wal(&wal, cfg, &payload, this);
         recycle::stop(checkpointer)?;
-        let r = r?;
+        let mut r = r?;
+        if cfg.durability == Durability::None {
+            // Timed apart, like the baseline's final fdatasync, and done before the baseline
+            // runs so that it does not share the disk with walship's write-back.
+            let s0 = Instant::now();
+            wal.sync()?;
+            r.final_sync = s0.elapsed();
+        }
         done += r.records;
         let every = match cfg.durability {
             Durability::Each => SyncEvery::Record,
@@ -278,6 +289,12 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         ratio: ratio(rps, base.records_per_s()),
         each_baseline_records_per_s: each_base.as_ref().map(|b| b.records_per_s()),
         ratio_to_each_baseline: each_base.as_ref().map(|b| ratio(rps, b.records_per_s())),
+        ratio_written_back: (cfg.durability == Durability::None).then(|| {
+            ratio(
+                per_s(w.records, w.elapsed + w.final_sync),
+                per_s(base.records, base.elapsed + base.final_sync),
+            )
+        }),
         baseline_sync_p50_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.5)),
         baseline_sync_p99_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.99)),
         writer_cpu_s: Some(w.cpu.as_secs_f64()),

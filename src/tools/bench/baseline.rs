@@ -78,6 +78,8 @@ pub struct BaselineRun {
     pub cpu: Duration,
     /// Minor page faults of the writing thread over `elapsed`.
     pub faults: u64,
+    /// `Never` only: the fdatasync after `elapsed` that writes every record back.
+    pub final_sync: Duration,
 }
 
 impl BaselineRun {
@@ -85,6 +87,7 @@ impl BaselineRun {
     pub fn add(&mut self, o: BaselineRun) {
         self.records += o.records;
         self.elapsed += o.elapsed;
+        self.final_sync += o.final_sync;
         self.latency.merge(&o.latency);
         self.sync_latency.merge(&o.sync_latency);
         self.syncs += o.syncs;
@@ -140,9 +143,13 @@ pub fn sequential(
     let elapsed = start.elapsed();
     let cpu = super::thread_cpu().saturating_sub(cpu0);
     let faults = super::thread_faults().saturating_sub(faults0);
-    if every == SyncEvery::Never {
+    let final_sync = if every == SyncEvery::Never {
+        let s0 = Instant::now();
         f.sync()?;
-    }
+        s0.elapsed()
+    } else {
+        Duration::ZERO
+    };
     Ok(BaselineRun {
         records,
         elapsed,
@@ -151,6 +158,7 @@ pub fn sequential(
         syncs,
         cpu,
         faults,
+        final_sync,
     })
 }
 

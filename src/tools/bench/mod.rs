@@ -137,6 +137,12 @@ pub struct BenchResult {
     pub each_baseline_records_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_to_each_baseline: Option<f64>,
+    /// `none` only: the ratio with each side's write-back of its records counted (walship's
+    /// `Wal::sync` after its appends, the baseline's fdatasync after its writes). The
+    /// baseline's buffered `write` leaves all of its write-back for after the timed part;
+    /// walship writes sealed segments back while it appends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_written_back: Option<f64>,
     /// A single fdatasync of the baseline (p50, p99): the floor of a durable acknowledgement.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_sync_p50_us: Option<f64>,
