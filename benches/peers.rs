@@ -15,8 +15,10 @@
 //! Durable means each writer waits for its own record to be durable before the next: walship
 //! `append` + `wait_durable`, okaywal `EntryWriter::commit`, raft-engine `Subject::write(.., true)`.
 //! No sync: walship `append`, okaywal one entry of many chunks, raft-engine
-//! `Subject::write(.., false)`; each ends with one untimed sync (for raft-engine a final batch
-//! written with sync, since its `Subject::sync()` writes nothing and so never syncs).
+//! `Subject::write(.., false)`; each ends with one sync (for raft-engine a final batch written
+//! with sync, since its `Subject::sync()` writes nothing and so never syncs), untimed in the
+//! no-sync row and counted in the row after it ("written back"): a buffered `write` leaves all
+//! of its write-back for that sync, while walship writes sealed segments back as it goes.
 //!
 //! Device writes per record come from the block device's counters (`/sys/dev/block/M:N/stat`),
 //! which count every write request the run caused, the file system's metadata included.
@@ -133,6 +135,8 @@ const ENGINES: [Subject; 4] = [
 #[derive(Clone, Default)]
 struct Measured {
     records_per_s: f64,
+    /// No-sync rows: records/s with the final sync that writes them all back counted.
+    written_back_per_s: f64,
     p99_us: f64,
     device_writes: u64,
     /// walship only: records per sync, which sets the baseline's batch for `W > 1`.
@@ -174,7 +178,15 @@ fn main() -> Res<()> {
         for run in 0..runs {
             results.push(run_row(&dir, row, run, disk.as_ref())?);
         }
-        print_row(row, &results);
+        print_row(&row.name(), row, &results, |m| m.records_per_s);
+        if !row.durable {
+            print_row(
+                &format!("{}, written back", row.name()),
+                row,
+                &results,
+                |m| m.written_back_per_s,
+            );
+        }
     }
     Ok(())
 }
@@ -308,6 +320,7 @@ fn baseline(dir: &Path, row: &Row, batch: f64) -> Res<Measured> {
     file.sync_data()?;
     Ok(Measured {
         records_per_s: row.records as f64 / elapsed.as_secs_f64(),
+        written_back_per_s: row.records as f64 / start.elapsed().as_secs_f64(),
         p99_us: p99(&mut lat),
         ..Measured::default()
     })
@@ -366,7 +379,9 @@ fn walship(
     let (rps, p99) = driven?;
     let after = wal.stats();
     let syncs = after.syncs - before.syncs;
+    let s0 = Instant::now();
     wal.sync()?;
+    let written_back_per_s = written_back(row, rps, s0);
     if std::env::var_os("PEERS_VERBOSE").is_some() {
         eprintln!(
             "walship {}: {} segments sealed, {} recycled files reused",
@@ -377,6 +392,7 @@ fn walship(
     }
     Ok(Measured {
         records_per_s: rps,
+        written_back_per_s,
         p99_us: p99,
         records_per_sync: row.records as f64 / syncs.max(1) as f64,
         setup_writes,
@@ -408,9 +424,11 @@ fn okaywal(dir: &Path, row: &Row, payload: &Arc<Vec<u8>>) -> Res<Measured> {
         }
         let elapsed = start.elapsed();
         entry.commit()?;
+        let written_back = start.elapsed();
         wal.shutdown()?;
         return Ok(Measured {
             records_per_s: row.records as f64 / elapsed.as_secs_f64(),
+            written_back_per_s: row.records as f64 / written_back.as_secs_f64(),
             ..Measured::default()
         });
     }
@@ -444,14 +462,22 @@ fn raft_engine(dir: &Path, row: &Row, payload: &Arc<Vec<u8>>) -> Res<Measured> {
         Ok(())
     })?;
     // The final durable marker: `Subject::sync()` writes an empty batch, which never syncs.
+    let s0 = Instant::now();
     let mut marker = raft_engine::LogBatch::default();
     marker.put(u64::MAX, b"end".to_vec(), vec![1])?;
     engine.write(&mut marker, true)?;
     Ok(Measured {
         records_per_s: rps,
+        written_back_per_s: written_back(row, rps, s0),
         p99_us: p99,
         ..Measured::default()
     })
+}
+
+/// Records/s of a run timed at `rps`, with the final sync begun at `sync_start` counted.
+fn written_back(row: &Row, rps: f64, sync_start: Instant) -> f64 {
+    let timed = row.records as f64 / rps.max(1e-9);
+    row.records as f64 / (timed + sync_start.elapsed().as_secs_f64())
 }
 
 /// The write counter of the block device holding a directory.
@@ -490,7 +516,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn print_row(row: &Row, results: &[RunResult]) {
+/// One line of the table: `rate` of each engine as a ratio to the baseline's.
+fn print_row(name: &str, row: &Row, results: &[RunResult], rate: fn(&Measured) -> f64) {
     let get = |r: &RunResult, e: Subject| {
         r.iter()
             .find(|(x, _)| *x == e)
@@ -500,14 +527,14 @@ fn print_row(row: &Row, results: &[RunResult]) {
     let base_rps = median(
         results
             .iter()
-            .map(|r| get(r, Subject::Baseline).records_per_s)
+            .map(|r| rate(&get(r, Subject::Baseline)))
             .collect(),
     );
-    let mut cells = vec![row.name(), format!("{base_rps:.0}")];
+    let mut cells = vec![name.to_string(), format!("{base_rps:.0}")];
     for e in [Subject::Walship, Subject::Okaywal, Subject::RaftEngine] {
         let ratios: Vec<f64> = results
             .iter()
-            .map(|r| get(r, e).records_per_s / get(r, Subject::Baseline).records_per_s.max(1e-9))
+            .map(|r| rate(&get(r, e)) / rate(&get(r, Subject::Baseline)).max(1e-9))
             .collect();
         let each: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
         cells.push(format!(
