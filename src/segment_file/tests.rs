@@ -40,8 +40,8 @@ fn the_prefault_works_down_from_the_end_and_stops_at_the_writer() {
         after_one_step,
         "the last 8 pages, nothing else"
     );
-    // The writer stores into pages 0..=20 meanwhile; the prefault must leave the page
-    // holding its last byte and everything below to it.
+    // The writer stores into page 20 meanwhile: the prefault must leave that page and every
+    // page below it to the writer.
     store(&seg, 20 * PAGE + 100, b"x");
     let steps = std::iter::from_fn(|| Some(prefault.step(16 * PAGE)))
         .take_while(|more| *more)

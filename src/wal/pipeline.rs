@@ -72,12 +72,11 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<(mpsc::Sender<PrepareMsg>, Joi
 }
 
 /// The preparer prefaults a segment this many bytes at a time (from its end down, stopping at
-/// the writer: see `Prefault`), and between steps serves a new
-/// request first: a writer that fills segments faster than their pages are faulted in (a
-/// 16 MiB segment takes tens of milliseconds here) finds the next file prepared instead of
-/// preparing it in the append path (where a recycled file's header sync would run under the
-/// tail lock and nothing would prefault the file). The rest of the interrupted prefault
-/// continues afterwards.
+/// the writer: see `Prefault`), and between steps serves a new request first: a writer that
+/// fills segments faster than their pages are faulted in (a 16 MiB segment takes tens of
+/// milliseconds here) finds the next file prepared instead of preparing it in the append path
+/// (where a recycled file's header sync would run under the tail lock and nothing would
+/// prefault the file). The rest of the interrupted prefault continues afterwards.
 const PREFAULT_STEP: usize = 1 << 20;
 
 fn preparer(inner: Arc<Inner>, rx: mpsc::Receiver<PrepareMsg>) {
