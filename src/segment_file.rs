@@ -243,8 +243,8 @@ impl SegmentMap {
 /// in never changes its bytes. It works from the end of the segment down, a step at a time
 /// ([`Prefault::step`]), and stops at the writer's position: a writer that outruns it (no
 /// syncs, a fault costs about what the store does) faults its pages itself from the start,
-/// while the prefault faults the others from the end, so the two never wait for the same
-/// page's lock and every page is faulted once, on one of two cores.
+/// while the prefault faults the others from the end: they meet once, within one step, and
+/// every other page is faulted once, by one of them, on one of two cores.
 pub struct Prefault {
     map: Arc<SegmentMap>,
     /// Pages from this offset to the end are done.

@@ -1,5 +1,7 @@
 //! The segment files' unit tests: the prefault's direction and stop, pages unmapped before a sync.
 
+use std::os::fd::AsRawFd;
+
 use super::*;
 use crate::format::SegmentFileKind;
 
@@ -80,8 +82,22 @@ fn pages_unmapped_before_a_sync_keep_every_stored_byte() {
     let b = vec![0xEEu8; PAGE];
     store(&seg, 100 + a.len(), &b);
     seg.unmap_pages(PAGE, SIZE);
-    seg.sync_range(0, 100 + a.len() + b.len()).expect("msync");
-    let on_disk = std::fs::read(tmp.path().join("s.prep")).expect("read");
+    let end = 100 + a.len() + b.len();
+    seg.sync_range(0, end).expect("msync");
+    // The msync wrote them back: clean, unmapped pages leave the page cache when asked (dirty
+    // ones or pages under write-back would stay), so the bytes read next come from the disk.
+    let path = tmp.path().join("s.prep");
+    let f = File::open(&path).expect("open");
+    // SAFETY: plain syscall on a descriptor we own.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise");
+    let synced_pages = end.div_ceil(PAGE);
+    assert_eq!(
+        resident(&seg)[..synced_pages],
+        vec![false; synced_pages][..],
+        "every synced page was clean"
+    );
+    let on_disk = std::fs::read(&path).expect("read");
     assert_eq!(&on_disk[100..100 + a.len()], &a[..]);
     assert_eq!(&on_disk[100 + a.len()..100 + a.len() + b.len()], &b[..]);
     assert!(on_disk[..100].iter().all(|&x| x == 0));
