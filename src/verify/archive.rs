@@ -64,7 +64,7 @@ fn verify_objects(
     root: &Path,
     identity_bytes: Option<Vec<u8>>,
     objects: &[ObjectInfo],
-    read: impl Fn(&str) -> Result<Vec<u8>>,
+    read: impl Fn(&str) -> Result<Vec<u8>> + Sync,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let archive_id = match identity_bytes {

@@ -17,6 +17,7 @@ use crate::format::{SegmentFileKind, SegmentName};
 use crate::reader::{claimed_segment_size, read_segment_hashed, segment_start, WalSource};
 use crate::segment_check::sealed_end;
 use crate::Lsn;
+use read_ahead::{ReadAhead, ReadBuf, ReadResult};
 
 /// One problem found, located.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -45,6 +46,7 @@ pub use crate::reader::Identity;
 
 mod archive;
 mod history;
+mod read_ahead;
 pub use archive::{verify_archive, verify_store};
 
 /// Verifies a data directory, its wal/ folder, one segment file, or an archive. Only an empty
@@ -287,16 +289,29 @@ fn segment_files(
         .collect())
 }
 
-/// Verifies segments given in order, reading each with `read` into one buffer reused from
-/// segment to segment (`read` may hash the bytes as it reads them). Shared by the
-/// data-directory check and the archive check, which reads through its store.
+/// Verifies segments given in order, reading each with `read` (which may hash the bytes as it
+/// reads them) on a second thread, one segment ahead of the check ([`read_ahead`]). Shared by
+/// the data-directory check and the archive check, which reads through its store.
 pub fn verify_segments(
+    files: &[(SegmentName, PathBuf)],
+    identity: Option<Identity>,
+    report: &mut VerifyReport,
+    read: impl FnMut(&Path, &mut Vec<u8>) -> Result<Option<ReadChecksum>> + Send,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let paths = files.iter().map(|(_, p)| p.clone()).collect();
+        let mut reads = ReadAhead::start(scope, paths, read)?;
+        check_segments(files, identity, report, || reads.next_file())
+    })
+}
+
+/// The checks of [`verify_segments`], given each file's read in order.
+fn check_segments(
     files: &[(SegmentName, PathBuf)],
     mut identity: Option<Identity>,
     report: &mut VerifyReport,
-    mut read: impl FnMut(&Path, &mut Vec<u8>) -> Result<Option<ReadChecksum>>,
+    mut next_read: impl FnMut() -> Option<(ReadResult, ReadBuf)>,
 ) -> Result<()> {
-    let mut bytes = Vec::new();
     let mut prev: Option<(SegmentName, Option<u32>)> = None;
     for (i, (name, path)) in files.iter().enumerate() {
         report.segments += 1;
@@ -335,7 +350,13 @@ pub fn verify_segments(
         }
         // The writer seals a segment in the background while it writes the next one.
         let followed = i + 1 != files.len();
-        let read_sum = match read(path, &mut bytes) {
+        let Some((read_sum, bytes)) = next_read() else {
+            return Err(Error::InvalidArgument(format!(
+                "{}: its read never came back (the reading thread stopped)",
+                path.display()
+            )));
+        };
+        let read_sum = match read_sum {
             Ok(sum) => sum,
             Err(e) => {
                 report
