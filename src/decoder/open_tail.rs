@@ -95,7 +95,7 @@ pub enum OpenTail {
 pub fn judge_open_tail(buf: &[u8], header: &SegmentHeader, end: usize) -> OpenTail {
     let Some(last_nonzero) = buf
         .get(end..)
-        .and_then(|t| t.iter().rposition(|&b| b != 0))
+        .and_then(crate::format::zeros::last_nonzero)
         .map(|p| end + p)
     else {
         return OpenTail::Clean;
@@ -142,5 +142,5 @@ impl std::fmt::Display for LaterRecord {
 
 /// True when every byte from `from` on is zero.
 pub fn is_zero_from(buf: &[u8], from: usize) -> bool {
-    buf.get(from..).is_none_or(|r| r.iter().all(|&b| b == 0))
+    buf.get(from..).is_none_or(crate::format::zeros::all_zero)
 }

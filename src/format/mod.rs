@@ -7,6 +7,7 @@ pub mod identity;
 pub mod names;
 pub mod record;
 pub mod segment_header;
+pub mod zeros;
 
 pub use control::ControlFile;
 pub use identity::SystemIdentity;

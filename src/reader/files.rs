@@ -86,6 +86,11 @@ fn open_sized(path: &Path, buf: &mut Vec<u8>) -> Result<File> {
         .metadata()
         .ctx(|| format!("stat {}", path.display()))?
         .len() as usize;
+    if buf.capacity() < len && len as u64 <= crate::format::MAX_SEGMENT_SIZE {
+        // Room for a whole segment (an open one is a power of two long, a sealed one
+        // shorter), so that the open segment after sealed ones does not move the buffer.
+        buf.reserve_exact(len.next_power_of_two() - buf.len());
+    }
     buf.resize(len, 0);
     Ok(f)
 }

@@ -203,9 +203,7 @@ impl PartialCopy {
         let file_len = buf.len() as u64;
         // Bytes past the valid prefix: zeros filled ahead, or a torn or unsynced tail, which
         // is zeroed (the file keeps its length) so that nothing of it can reappear.
-        let dirty_end = buf[valid_end..]
-            .iter()
-            .rposition(|&b| b != 0)
+        let dirty_end = crate::format::zeros::last_nonzero(&buf[valid_end..])
             .map_or(valid_end, |i| valid_end + i + 1);
         if dirty_end > valid_end {
             tracing::warn!(file = %path.display(), valid_end, dirty_end, "cutting the partial copy after its last valid record");
