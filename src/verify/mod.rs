@@ -314,6 +314,13 @@ fn check_segments(
 ) -> Result<()> {
     let mut prev: Option<(SegmentName, Option<u32>)> = None;
     for (i, (name, path)) in files.iter().enumerate() {
+        // Taken first, so that each file is paired with its own read whatever is skipped below.
+        let Some((read_sum, bytes)) = next_read() else {
+            return Err(Error::Other(format!(
+                "{}: its read never came back (the reading thread stopped)",
+                path.display()
+            )));
+        };
         report.segments += 1;
         // Where this segment starts by its name, once the set's segment size is known: a
         // header too damaged to say, or a missing neighbour, is still located.
@@ -350,12 +357,6 @@ fn check_segments(
         }
         // The writer seals a segment in the background while it writes the next one.
         let followed = i + 1 != files.len();
-        let Some((read_sum, bytes)) = next_read() else {
-            return Err(Error::InvalidArgument(format!(
-                "{}: its read never came back (the reading thread stopped)",
-                path.display()
-            )));
-        };
         let read_sum = match read_sum {
             Ok(sum) => sum,
             Err(e) => {
