@@ -244,7 +244,7 @@ fn decode(
 ) -> Result<Decoded<'_>, RecordError> {
     let have = buf.len().saturating_sub(off);
     if have < RECORD_HEADER_LEN {
-        if buf.get(off..).is_some_and(|r| r.iter().all(|&b| b == 0)) {
+        if buf.get(off..).is_some_and(super::zeros::all_zero) {
             return Err(RecordError::Unwritten);
         }
         return Err(RecordError::Truncated {
