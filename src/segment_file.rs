@@ -433,6 +433,19 @@ impl ActiveSegment {
         std::slice::from_raw_parts_mut(self.map.map.as_mut_ptr().add(off), len)
     }
 
+    /// The mapped bytes `[off, off + len)` for reading back what the writer wrote.
+    ///
+    /// # Safety
+    /// Only the holder of the writer's state lock may call this, for bytes it has written and
+    /// will not write again while the slice lives.
+    pub unsafe fn written(&self, off: usize, len: usize) -> &[u8] {
+        assert!(
+            off + len <= self.map.len(),
+            "read past the end of the segment"
+        );
+        std::slice::from_raw_parts(self.map.map.as_ptr().add(off), len)
+    }
+
     /// Starts writing `[from, to)` back to disk without waiting (`sync_file_range` with
     /// `SYNC_FILE_RANGE_WRITE`). Makes nothing durable: it only lets a later msync find the
     /// pages already written. It does not take this file's write-back error (only a sync that

@@ -28,7 +28,9 @@ use crate::Lsn;
 pub(super) struct Tail {
     pub seg: Option<Arc<ActiveSegment>>,
     pub off: usize,
+    /// The running checksum of the open segment's bytes `[0, hashed_to)`; see `hash_written`.
     pub hasher: crc32fast::Hasher,
+    pub hashed_to: usize,
     pub seg_records: u64,
     pub seg_last_lsn: Option<Lsn>,
     /// The open segment's records carry the durable offset (format version 2 on); a version 1
@@ -49,6 +51,12 @@ pub(super) struct Tail {
     pub last_seal: u64,
 }
 
+/// The running checksum is brought up to the write position in steps of at least this many
+/// bytes, read back from the mapping while they are still in the CPU's cache: one pass over
+/// many records costs less than a short pass per record, and the record's own CRC is already
+/// one pass over its bytes.
+const HASH_CHUNK: usize = 32 << 10;
+
 /// A range of the open segment to start writing back: `(segment, from, to)`.
 pub(super) type Writeback = (Arc<ActiveSegment>, usize, usize);
 
@@ -65,6 +73,7 @@ impl Tail {
             seg: None,
             off: 0,
             hasher: crc32fast::Hasher::new(),
+            hashed_to: 0,
             seg_records: 0,
             seg_last_lsn: None,
             seg_durable_offsets: true,
@@ -84,6 +93,7 @@ impl Tail {
             st.off = open.offset;
             st.writeback_to = open.offset & !(WRITEBACK_CHUNK - 1);
             st.hasher = crc32fast::Hasher::new_with_initial_len(open.crc, open.offset as u64);
+            st.hashed_to = open.offset;
             st.seg_records = open.record_count;
             st.seg_last_lsn = open.last_lsn;
             st.seg_durable_offsets = open.header.has_durable_offsets();
@@ -93,12 +103,33 @@ impl Tail {
         Ok(st)
     }
 
+    /// Brings the running checksum up to the write position.
+    fn hash_written(&mut self) {
+        let Some(seg) = self.seg.as_ref() else {
+            return;
+        };
+        if self.off > self.hashed_to {
+            // SAFETY: tail lock held (we are its `&mut`); the bytes were written under it.
+            let written = unsafe { seg.written(self.hashed_to, self.off - self.hashed_to) };
+            self.hasher.update(written);
+            self.hashed_to = self.off;
+        }
+    }
+
+    /// The open segment's checksum so far: every byte before the write position.
+    pub fn checksum(&mut self) -> u32 {
+        self.hash_written();
+        self.hasher.clone().finalize()
+    }
+
     /// The whole chunks filled since writeback was last started, if any.
     pub fn writeback_due(&mut self) -> Option<Writeback> {
         let upto = self.off & !(WRITEBACK_CHUNK - 1);
         if upto <= self.writeback_to {
             return None;
         }
+        // Written back pages are unmapped (`ActiveSegment::unmap_pages`): hash them first.
+        self.hash_written();
         let seg = self.seg.clone()?;
         let from = std::mem::replace(&mut self.writeback_to, upto);
         Some((seg, from, upto))
@@ -145,8 +176,10 @@ impl Inner {
             ts,
             e.payload,
         );
-        st.hasher.update(dst);
         st.off += len;
+        if st.off - st.hashed_to >= HASH_CHUNK {
+            st.hash_written();
+        }
         st.seg_records += 1;
         st.seg_last_lsn = Some(lsn);
         st.end_lsn = lsn + len as u64;
@@ -188,7 +221,7 @@ impl Inner {
         let seal = SealInfo {
             record_count: st.seg_records,
             last_lsn: st.seg_last_lsn,
-            segment_checksum: st.hasher.clone().finalize(),
+            segment_checksum: st.checksum(),
         };
         let lsn = seg.start_lsn + st.off as u64;
         // SAFETY: tail lock held; the marker goes right after the last record.
@@ -260,6 +293,7 @@ impl Inner {
         unsafe { seg.slice_mut(0, SEGMENT_HEADER_LEN) }.copy_from_slice(&hb);
         st.hasher = crc32fast::Hasher::new();
         st.hasher.update(&hb);
+        st.hashed_to = SEGMENT_HEADER_LEN;
         st.off = SEGMENT_HEADER_LEN;
         st.seg_durable_offsets = true;
         st.writeback_to = 0;

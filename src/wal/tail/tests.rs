@@ -284,3 +284,56 @@ fn a_reopened_tail_goes_on_where_the_last_writer_stopped() {
         "the seal's checksum covers the records of both writers"
     );
 }
+
+#[test]
+fn the_running_checksum_covers_every_byte_before_the_write_position() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("d");
+    init(&root, 4 << 20);
+    let open_name = name(0, SegmentFileKind::Open);
+    let mut sizes = (1..).map(|i: usize| (i * 7919) % 9000);
+    // Two writers one after the other, the second adopting the open segment mid-chunk; the
+    // checksum is taken with the write position anywhere in a chunk, and with write-back
+    // started (its pages unmapped) in between.
+    for writer in 0..2 {
+        let inner = open(&root, WalOptions::default());
+        let mut st = lock(&inner.tail);
+        let stop = (writer + 1) * (3 * WRITEBACK_CHUNK / 2) + 333;
+        let mut n = 0;
+        while st.off < stop {
+            let payload = vec![n as u8; sizes.next().unwrap_or(1)];
+            inner
+                .append_locked(&mut st, &entry(&payload), 0)
+                .expect("append");
+            n += 1;
+            if n % 3 == 0 {
+                if let Some((seg, from, to)) = st.writeback_due() {
+                    seg.unmap_pages(from, to);
+                }
+            }
+            if n % 17 == 0 {
+                let off = st.off;
+                let bytes = read(&root, &open_name);
+                assert_eq!(st.checksum(), crc32fast::hash(&bytes[..off]), "at {off}");
+            }
+        }
+        let end = st.end_lsn.0;
+        drop(st);
+        inner.written.fetch_max(end, Ordering::AcqRel);
+        inner.wait_durable(end).expect("sync");
+    }
+    let inner = open(&root, WalOptions::default());
+    let mut st = lock(&inner.tail);
+    inner.seal_locked(&mut st, false).expect("seal");
+    drop(st);
+    let sealed = read(&root, &name(0, SegmentFileKind::Sealed));
+    let mut scan = SegmentScanner::new(&sealed).expect("a segment header");
+    scan.by_ref().for_each(drop);
+    match scan.finish() {
+        ScanEnd::Sealed { seal, .. } => assert_eq!(
+            seal.segment_checksum,
+            crc32fast::hash(&sealed[..sealed.len() - SEAL_LEN])
+        ),
+        other => panic!("the sealed segment ends {other:?}"),
+    }
+}
