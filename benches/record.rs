@@ -1,4 +1,4 @@
-//! Record encode, CRC, and decode/scan of a segment, in memory (no I/O).
+//! Record encode, CRC, the record's timestamp, and decode/scan of a segment, in memory (no I/O).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use walship::decoder::{ScanEnd, SegmentScanner};
@@ -41,6 +41,21 @@ fn crc(c: &mut Criterion) {
             b.iter(|| crc32fast::hash(black_box(&buf)))
         });
     }
+    g.finish();
+}
+
+/// The record's timestamp (`walship::now_us`, read once per append) beside the same reading
+/// through `SystemTime`.
+fn timestamp(c: &mut Criterion) {
+    let mut g = c.benchmark_group("timestamp");
+    g.bench_function("now_us", |b| b.iter(walship::now_us));
+    g.bench_function("system_time", |b| {
+        b.iter(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64)
+        })
+    });
     g.finish();
 }
 
@@ -112,5 +127,5 @@ fn scan(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, crc, scan);
+criterion_group!(benches, encode, crc, timestamp, scan);
 criterion_main!(benches);
