@@ -114,7 +114,21 @@ fn append_each_group_none() {
             _ => assert_eq!(v["syncs"].as_u64(), Some(0), "{v}"),
         }
         if d == "group" {
-            positive(&v, &["each_baseline_records_per_s", "baseline_sync_p99_us"]);
+            positive(
+                &v,
+                &[
+                    "each_baseline_records_per_s",
+                    "baseline_sync_p99_us",
+                    "group_baseline_records_per_s",
+                    "group_baseline_p50_us",
+                    "group_baseline_p99_us",
+                    "group_baseline_cpu_s",
+                    "ratio_to_group_baseline",
+                ],
+            );
+        } else {
+            // Only a group run with more than one writer has the group-commit baseline.
+            assert!(v.get("group_baseline_records_per_s").is_none(), "{v}");
         }
     }
 }

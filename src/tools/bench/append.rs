@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::baseline::{sequential, BaselineRun, SyncEvery};
+use super::baseline::{sequential, BaselineRun, RawLog, SyncEvery};
 use super::hist::Histogram;
 use super::{
     mb_per_s, per_mib, per_s, ratio, recycle, scratch, thread_cpu, thread_faults, BenchConfig,
@@ -38,7 +38,45 @@ fn default_records(cfg: &BenchConfig) -> u64 {
     n.min(by_bytes).max(16)
 }
 
-struct WalRun {
+/// What the timed writer threads call: walship, or the plain file with the same group commit.
+trait Target: Send + Sync + 'static {
+    /// Appends one record; returns the position to wait for.
+    fn append(&self) -> Result<u64>;
+    fn wait_durable(&self, end: u64) -> Result<()>;
+}
+
+struct WalTarget {
+    wal: Arc<Wal>,
+    payload: Vec<u8>,
+}
+
+impl Target for WalTarget {
+    fn append(&self) -> Result<u64> {
+        let e = Entry::new(EntryType::Insert, None, &self.payload);
+        Ok(self.wal.append(&e)?.end_lsn.0)
+    }
+    fn wait_durable(&self, end: u64) -> Result<()> {
+        self.wal.wait_durable(walship::Lsn(end))
+    }
+}
+
+/// The group-commit baseline: `RawLog`, the same records at walship's on-disk length.
+struct RawTarget {
+    log: RawLog,
+    record: Vec<u8>,
+}
+
+impl Target for RawTarget {
+    fn append(&self) -> Result<u64> {
+        self.log.append(&self.record)
+    }
+    fn wait_durable(&self, end: u64) -> Result<()> {
+        self.log.wait_durable(end)
+    }
+}
+
+/// What the writer threads of one round measured.
+struct Driven {
     records: u64,
     elapsed: Duration,
     append: Histogram,
@@ -46,19 +84,29 @@ struct WalRun {
     cpu: Duration,
     /// Minor page faults of the writer threads.
     faults: u64,
+}
+
+impl Driven {
+    fn add(&mut self, o: Driven) {
+        self.records += o.records;
+        self.elapsed += o.elapsed;
+        self.append.merge(&o.append);
+        self.ack.merge(&o.ack);
+        self.cpu += o.cpu;
+        self.faults += o.faults;
+    }
+}
+
+struct WalRun {
+    run: Driven,
     stats: WalStats,
     /// `none` only: the `Wal::sync` after the appends that writes every record back.
     final_sync: Duration,
 }
 
-/// Appends `limit` worth of records with `cfg.writers` threads.
-fn run_wal(
-    wal: &Arc<Wal>,
-    cfg: &BenchConfig,
-    payload: &Arc<Vec<u8>>,
-    limit: Limit,
-) -> Result<WalRun> {
-    let before = wal.stats();
+/// Appends `limit` worth of records to `target` with `cfg.writers` threads, each waiting for
+/// its own record as `cfg.durability` says.
+fn drive<T: Target>(target: &Arc<T>, cfg: &BenchConfig, limit: Limit) -> Result<Driven> {
     let claimed = Arc::new(AtomicU64::new(0));
     let each_lock = Arc::new(Mutex::new(()));
     let start = Instant::now();
@@ -72,10 +120,9 @@ fn run_wal(
     };
     let mut handles = Vec::new();
     for _ in 0..cfg.writers.max(1) {
-        let wal = wal.clone();
+        let target = target.clone();
         let claimed = claimed.clone();
         let each_lock = each_lock.clone();
-        let payload = payload.clone();
         let durability = cfg.durability;
         handles.push(std::thread::spawn(
             move || -> Result<(Histogram, Histogram, Duration, u64)> {
@@ -83,7 +130,6 @@ fn run_wal(
                 let faults0 = thread_faults();
                 let mut append = Histogram::default();
                 let mut ack = Histogram::default();
-                let entry = Entry::new(EntryType::Insert, None, &payload);
                 loop {
                     if claimed.fetch_add(1, Ordering::Relaxed) >= max {
                         break;
@@ -91,13 +137,13 @@ fn run_wal(
                     let t0 = Instant::now();
                     let _each = (durability == Durability::Each)
                         .then(|| each_lock.lock().unwrap_or_else(|p| p.into_inner()));
-                    let a = wal.append(&entry)?;
+                    let end = target.append()?;
                     let t1 = Instant::now();
                     append.record(t1 - t0);
                     let done = if durability == Durability::None {
                         t1
                     } else {
-                        wal.wait_durable(a.end_lsn)?;
+                        target.wait_durable(end)?;
                         let t2 = Instant::now();
                         ack.record(t2 - t0);
                         t2
@@ -140,14 +186,23 @@ fn run_wal(
     if let Some(e) = first_err {
         return Err(e);
     }
-    let after = wal.stats();
-    Ok(WalRun {
+    Ok(Driven {
         records: append.count(),
         elapsed,
         append,
         ack,
         cpu,
         faults,
+    })
+}
+
+/// Appends `limit` worth of records through `wal` with `cfg.writers` threads.
+fn run_wal(wal: &Arc<WalTarget>, cfg: &BenchConfig, limit: Limit) -> Result<WalRun> {
+    let before = wal.wal.stats();
+    let run = drive(wal, cfg, limit)?;
+    let after = wal.wal.stats();
+    Ok(WalRun {
+        run,
         stats: WalStats {
             syncs: after.syncs - before.syncs,
             records_appended: after.records_appended - before.records_appended,
@@ -164,13 +219,8 @@ fn run_wal(
 
 impl WalRun {
     fn add(&mut self, o: WalRun) {
-        self.records += o.records;
-        self.elapsed += o.elapsed;
+        self.run.add(o.run);
         self.final_sync += o.final_sync;
-        self.append.merge(&o.append);
-        self.ack.merge(&o.ack);
-        self.cpu += o.cpu;
-        self.faults += o.faults;
         self.stats.syncs += o.stats.syncs;
         self.stats.records_appended += o.stats.records_appended;
         self.stats.segments_sealed += o.stats.segments_sealed;
@@ -182,7 +232,7 @@ impl WalRun {
     }
 
     fn records_per_sync(&self) -> f64 {
-        self.records as f64 / self.stats.syncs.max(1) as f64
+        self.run.records as f64 / self.stats.syncs.max(1) as f64
     }
 }
 
@@ -197,14 +247,18 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         Limit::Time(t) => Limit::Time(t / ROUNDS as u32),
     };
     let wal = Arc::new(super::bench_wal(&tmp, cfg)?);
-    let payload = Arc::new(vec![0x5Au8; cfg.record_size]);
+    let target = Arc::new(WalTarget {
+        wal: wal.clone(),
+        payload: vec![0x5Au8; cfg.record_size],
+    });
     // Warm-up, not counted: opens the first segment so the preparer starts on the next one.
-    wal.append_durable(&Entry::new(EntryType::Insert, None, &payload))?;
+    target.append().and_then(|end| target.wait_durable(end))?;
     let stats0 = wal.stats();
     let len = cfg.record_len();
     let mut w: Option<WalRun> = None;
     let mut base: Option<BaselineRun> = None;
     let mut each_base: Option<BaselineRun> = None;
+    let mut group_base: Option<Driven> = None;
     let mut done = 0;
     for _ in 0..ROUNDS {
         let this = match (limit, round_limit) {
@@ -215,7 +269,7 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
             break;
         }
         let checkpointer = recycle::checkpointing(&wal, cfg.recycle);
-        let r = run_wal(&wal, cfg, &payload, this);
+        let r = run_wal(&target, cfg, this);
         recycle::stop(checkpointer)?;
         let mut r = r?;
         if cfg.durability == Durability::None {
@@ -225,17 +279,31 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
             wal.sync()?;
             r.final_sync = s0.elapsed();
         }
-        done += r.records;
+        done += r.run.records;
         let every = match cfg.durability {
             Durability::Each => SyncEvery::Record,
             Durability::Group => SyncEvery::Batch(r.records_per_sync().round().max(1.0) as u64),
             Durability::None => SyncEvery::Never,
         };
-        let b = sequential(tmp.path(), len, r.records, every)?;
+        let b = sequential(tmp.path(), len, r.run.records, every)?;
         if cfg.durability == Durability::Group {
-            let n = r.records.min(EACH_BASELINE_MAX / ROUNDS);
+            let n = r.run.records.min(EACH_BASELINE_MAX / ROUNDS);
             let e = sequential(tmp.path(), len, n, SyncEvery::Record)?;
             merge_base(&mut each_base, e);
+        }
+        if cfg.durability == Durability::Group && cfg.writers > 1 {
+            let raw = Arc::new(RawTarget {
+                log: RawLog::create(
+                    &tmp.path().join("group-baseline.raw"),
+                    len as u64 * r.run.records,
+                )?,
+                record: vec![0xA5u8; len],
+            });
+            let g = drive(&raw, cfg, Limit::Records(r.run.records))?;
+            match &mut group_base {
+                Some(acc) => acc.add(g),
+                None => group_base = Some(g),
+            }
         }
         merge_base(&mut base, b);
         match &mut w {
@@ -247,6 +315,7 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
     // Segment files prepared from the pool since timing started (each round's own count would
     // miss a preparation that finished between rounds).
     let recycled = wal.stats().segments_recycled - stats0.segments_recycled;
+    drop(target);
     drop(wal);
     let (Some(w), Some(base)) = (w, base) else {
         return Err(walship::Error::InvalidArgument(
@@ -255,11 +324,11 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
     };
     let records_per_sync = w.records_per_sync();
     let lat = if cfg.durability == Durability::None {
-        &w.append
+        &w.run.append
     } else {
-        &w.ack
+        &w.run.ack
     };
-    let rps = w.records as f64 / w.elapsed.as_secs_f64().max(1e-9);
+    let rps = w.run.records as f64 / w.run.elapsed.as_secs_f64().max(1e-9);
     let sync_ref = each_base.as_ref().unwrap_or(&base);
     let has_syncs = cfg.durability != Durability::None;
     Ok(BenchResult {
@@ -267,18 +336,18 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         writers: cfg.writers,
         record_size: cfg.record_size,
         durability: cfg.durability.name(),
-        records: w.records,
-        seconds: w.elapsed.as_secs_f64(),
+        records: w.run.records,
+        seconds: w.run.elapsed.as_secs_f64(),
         records_per_s: rps,
         transactions_per_s: None,
-        mb_per_s: mb_per_s(w.records * cfg.record_size as u64, w.elapsed),
+        mb_per_s: mb_per_s(w.run.records * cfg.record_size as u64, w.run.elapsed),
         p50_us: lat.quantile_us(0.5),
         p99_us: lat.quantile_us(0.99),
         p999_us: lat.quantile_us(0.999),
         max_us: lat.max_us(),
-        append_p50_us: w.append.quantile_us(0.5),
-        append_p99_us: w.append.quantile_us(0.99),
-        append_p999_us: w.append.quantile_us(0.999),
+        append_p50_us: w.run.append.quantile_us(0.5),
+        append_p99_us: w.run.append.quantile_us(0.99),
+        append_p999_us: w.run.append.quantile_us(0.999),
         syncs: w.stats.syncs,
         records_per_sync,
         segments_sealed: w.stats.segments_sealed,
@@ -291,15 +360,15 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         ratio_to_each_baseline: each_base.as_ref().map(|b| ratio(rps, b.records_per_s())),
         ratio_written_back: (cfg.durability == Durability::None).then(|| {
             ratio(
-                per_s(w.records, w.elapsed + w.final_sync),
+                per_s(w.run.records, w.run.elapsed + w.final_sync),
                 per_s(base.records, base.elapsed + base.final_sync),
             )
         }),
         baseline_sync_p50_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.5)),
         baseline_sync_p99_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.99)),
-        writer_cpu_s: Some(w.cpu.as_secs_f64()),
+        writer_cpu_s: Some(w.run.cpu.as_secs_f64()),
         baseline_cpu_s: Some(base.cpu.as_secs_f64()),
-        writer_faults_per_mib: Some(per_mib(w.faults, w.records * len as u64)),
+        writer_faults_per_mib: Some(per_mib(w.run.faults, w.run.records * len as u64)),
         baseline_faults_per_mib: Some(per_mib(base.faults, base.records * len as u64)),
         recycle: Some(cfg.recycle),
         segments_recycled: Some(recycled),
@@ -307,7 +376,14 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         rotation_wait_ms: has_syncs.then(|| w.stats.rotation_wait_us as f64 / 1e3),
         seal_bound_waits: Some(w.stats.seal_bound_waits),
         seal_bound_wait_ms: Some(w.stats.seal_bound_wait_us as f64 / 1e3),
-        bytes_written: Some(w.records * len as u64),
+        bytes_written: Some(w.run.records * len as u64),
+        group_baseline_records_per_s: group_base.as_ref().map(|g| per_s(g.records, g.elapsed)),
+        group_baseline_p50_us: group_base.as_ref().map(|g| g.ack.quantile_us(0.5)),
+        group_baseline_p99_us: group_base.as_ref().map(|g| g.ack.quantile_us(0.99)),
+        group_baseline_cpu_s: group_base.as_ref().map(|g| g.cpu.as_secs_f64()),
+        ratio_to_group_baseline: group_base
+            .as_ref()
+            .map(|g| ratio(rps, per_s(g.records, g.elapsed))),
         ..BenchResult::default()
     })
 }

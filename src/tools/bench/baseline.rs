@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::hist::Histogram;
@@ -162,15 +162,23 @@ pub fn sequential(
     })
 }
 
-/// A shared log over a plain file for many threads, with the same group commit as the writer:
-/// appends are ordered under a lock; a waiter takes the sync lock and either finds its bytes
-/// already durable or syncs everything written so far for the whole group.
+/// A shared log over a plain file for many threads, with group commit as the writer does it:
+/// appends are ordered under a lock; a waiter finds its bytes already durable, or waits while
+/// a leader syncs, or becomes the leader: it syncs everything written so far without the
+/// lock, then wakes the waiters, each of which is covered or leads the next sync.
 pub struct RawLog {
     file: RawFile,
     off: Mutex<u64>,
-    sync: Mutex<()>,
+    turns: Mutex<Turns>,
+    done: Condvar,
     written: AtomicU64,
     synced: AtomicU64,
+}
+
+#[derive(Default)]
+struct Turns {
+    leading: bool,
+    waiting: usize,
 }
 
 impl RawLog {
@@ -178,7 +186,8 @@ impl RawLog {
         Ok(RawLog {
             file: RawFile::create(path, size)?,
             off: Mutex::new(0),
-            sync: Mutex::new(()),
+            turns: Mutex::new(Turns::default()),
+            done: Condvar::new(),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
         })
@@ -198,17 +207,33 @@ impl RawLog {
 
     /// Returns once everything below `end` is durable.
     pub fn wait_durable(&self, end: u64) -> Result<()> {
-        if self.synced.load(Ordering::Acquire) >= end {
-            return Ok(());
+        let mut t = walship::sync::lock(&self.turns);
+        loop {
+            if self.synced.load(Ordering::Acquire) >= end {
+                return Ok(());
+            }
+            if !t.leading {
+                break;
+            }
+            t.waiting += 1;
+            t = self.done.wait(t).unwrap_or_else(|p| p.into_inner());
+            t.waiting -= 1;
         }
-        let _g = walship::sync::lock(&self.sync);
-        if self.synced.load(Ordering::Acquire) >= end {
-            return Ok(());
-        }
+        t.leading = true;
+        drop(t);
         let w = self.written.load(Ordering::Acquire);
-        self.file.sync()?;
-        self.synced.fetch_max(w, Ordering::AcqRel);
-        Ok(())
+        let r = self.file.sync();
+        if r.is_ok() {
+            self.synced.fetch_max(w, Ordering::AcqRel);
+        }
+        let mut t = walship::sync::lock(&self.turns);
+        t.leading = false;
+        let waiting = t.waiting;
+        drop(t);
+        if waiting > 0 {
+            self.done.notify_all();
+        }
+        r
     }
 }
 
@@ -227,4 +252,37 @@ pub fn read_and_crc(files: &[PathBuf]) -> Result<u64> {
     }
     std::hint::black_box(acc);
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn every_group_commit_waiter_returns_with_its_bytes_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(RawLog::create(&dir.path().join("log.raw"), 8 * 200 * 64).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let end = log.append(&[7u8; 64]).unwrap();
+                        log.wait_durable(end).unwrap();
+                        assert!(log.synced.load(Ordering::Acquire) >= end);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(log.written.load(Ordering::Acquire), 8 * 200 * 64);
+        assert_eq!(log.synced.load(Ordering::Acquire), 8 * 200 * 64);
+        assert!(!walship::sync::lock(&log.turns).leading);
+        assert_eq!(walship::sync::lock(&log.turns).waiting, 0);
+        let bytes = std::fs::read(dir.path().join("log.raw")).unwrap();
+        assert!(bytes[..8 * 200 * 64].iter().all(|&b| b == 7));
+    }
 }

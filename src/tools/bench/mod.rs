@@ -183,6 +183,21 @@ pub struct BenchResult {
     pub seal_bound_wait_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_written: Option<u64>,
+    /// `append` with `group` and more than one writer: the same writer threads appending the
+    /// same records to a plain file through a minimal group commit (`write` at a shared offset;
+    /// the first waiter takes the sync lock and `fdatasync`s everything written so far):
+    /// records/s, the acknowledgement's p50 and p99, its threads' CPU seconds, and walship's
+    /// ratio to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_baseline_records_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_baseline_p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_baseline_p99_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_baseline_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_group_baseline: Option<f64>,
     /// `recover` only: reopening the store (recovery) and the full scan, each timed alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery_ms: Option<f64>,
