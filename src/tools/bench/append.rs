@@ -1,5 +1,7 @@
 //! The `append` scenario: W threads append records of S bytes through [`Wal`], then the baseline
-//! writes the same number of records of the same on-disk length with plain write + fdatasync.
+//! writes the same number of records of the same on-disk length with plain write + fdatasync
+//! from one thread, and (`group`, W > 1) the same W threads write them through a plain file's
+//! group commit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
