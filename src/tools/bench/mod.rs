@@ -184,8 +184,8 @@ pub struct BenchResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_written: Option<u64>,
     /// `append` with `group` and more than one writer: the same writer threads appending the
-    /// same records to a plain file through a minimal group commit (`write` at a shared offset;
-    /// the first waiter takes the sync lock and `fdatasync`s everything written so far):
+    /// same records to a plain file through a leader/follower group commit (`write` at a
+    /// shared offset; a leader `fdatasync`s everything written so far for its followers):
     /// records/s, the acknowledgement's p50 and p99, its threads' CPU seconds, and walship's
     /// ratio to it.
     #[serde(skip_serializing_if = "Option::is_none")]
