@@ -12,11 +12,14 @@
 //!   segments (what makes a record durable is told there).
 //! - `pipeline.rs`: the preparer thread, which gets the next segment's file ready ahead of the
 //!   writer and seals a segment that grew too old.
+//! - `prefault.rs`: the prefault thread, which faults the prepared file's pages in on CPU time
+//!   nothing else wants.
 //!
 //! Threads: callers append under the tail lock and wait for durability through group commit
 //! (one of them, the leader, syncs for the others); `walship-seal` owns every step of a seal
 //! after its marker is written, and starts early writeback; `walship-prepare` owns the prepared
-//! slot's refills and seals aged segments.
+//! slot's refills and seals aged segments, and starts `walship-prefault`, which runs in the idle
+//! scheduling class and holds no lock of the writer's.
 //!
 //! Locks: the tail lock guards the open segment and the write position; group commit's lock
 //! guards who leads and is never held while taking another (the leader syncs without it); the
@@ -28,6 +31,7 @@ mod durability;
 mod finisher;
 mod group_commit;
 mod pipeline;
+mod prefault;
 mod seal_bound;
 mod tail;
 #[cfg(test)]

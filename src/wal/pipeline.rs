@@ -1,14 +1,14 @@
-//! The segment pipeline: the next segment's file is created, its blocks reserved and its pages
-//! faulted in by the `walship-prepare` thread while the writer still fills the current one, so
-//! that a rotation only renames a file. The same thread seals the open segment once it grows
-//! older than `WalOptions::max_segment_age`.
+//! The segment pipeline: the next segment's file is created and its blocks reserved by the
+//! `walship-prepare` thread while the writer still fills the current one, so that a rotation
+//! only renames a file; the thread then hands the file's pages to the prefault thread
+//! (`prefault.rs`) to be faulted in. The same thread seals the open segment once it grows older
+//! than `WalOptions::max_segment_age`.
 //!
 //! The prepared file waits in one slot, for one segment number. A rotation takes it under the
 //! slot's lock and renames it to its open name before releasing the lock, so the preparer never
 //! sees the file taken but not yet renamed; when nothing is ready, the rotation prepares the file
 //! in the append path.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::prefault::Prefaulter;
 use super::{lock, Inner};
 use crate::error::{IoContext, Result};
 use crate::format::{SegmentFileKind, SegmentName};
@@ -71,45 +72,31 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<(mpsc::Sender<PrepareMsg>, Joi
     Ok((tx, handle))
 }
 
-/// The preparer prefaults a segment this many bytes at a time (from its end down, stopping at
-/// the writer: see `Prefault`), and between steps serves a new request first: a writer that
-/// fills segments faster than their pages are faulted in (a 16 MiB segment takes tens of
-/// milliseconds here) finds the next file prepared instead of preparing it in the append path
-/// (where a recycled file's header sync would run under the tail lock and nothing would
-/// prefault the file). The rest of the interrupted prefault continues afterwards.
-const PREFAULT_STEP: usize = 1 << 20;
-
 fn preparer(inner: Arc<Inner>, rx: mpsc::Receiver<PrepareMsg>) {
     let tick = inner
         .options
         .max_segment_age
         .map(|a| (a / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
         .unwrap_or(Duration::from_secs(3600));
-    // Prefaults not finished yet, oldest (the segment the writer is nearest to) first.
-    let mut prefaults: VecDeque<Prefault> = VecDeque::new();
+    let prefaulter = Prefaulter::start()
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "no prefault thread: the writer faults its own pages"),
+        )
+        .ok();
     loop {
-        let msg = match prefaults.front_mut() {
-            Some(p) => match rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(mpsc::TryRecvError::Disconnected) => return,
-                Err(mpsc::TryRecvError::Empty) => {
-                    if !p.step(PREFAULT_STEP) {
-                        prefaults.pop_front();
-                    }
-                    None
-                }
-            },
-            None => match rx.recv_timeout(tick) {
-                Ok(m) => Some(m),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-            },
+        let msg = match rx.recv_timeout(tick) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
         };
+        if let Some(pf) = &prefaulter {
+            pf.release_finished();
+        }
         match msg {
             Some(PrepareMsg::Stop) => return,
             Some(PrepareMsg::Prepare(no)) => {
-                if let Some(p) = inner.prepare_into_slot(no) {
-                    prefaults.push_back(p);
+                if let (Some(p), Some(pf)) = (inner.prepare_into_slot(no), &prefaulter) {
+                    pf.queue(p);
                 }
             }
             None => {}
@@ -358,21 +345,6 @@ mod tests {
             .take_prepared(0, &root.join("wal").join(&open0))
             .expect("take");
         assert_eq!(inode(&root, &open0), ino, "the same file, not a new one");
-    }
-
-    #[test]
-    fn a_prefault_run_in_steps_stops_after_the_last_page() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let size = (3 << 20) + 8192;
-        let p = PreparedSegment::create(
-            tmp.path().join("s.wal.prep"),
-            size,
-            crate::segment_file::SegmentFill::Reserve,
-        )
-        .expect("create");
-        let mut prefault = p.prefault();
-        let steps: Vec<bool> = (0..5).map(|_| prefault.step(PREFAULT_STEP)).collect();
-        assert_eq!(steps, vec![true, true, true, false, false]);
     }
 
     #[test]
