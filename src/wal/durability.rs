@@ -82,18 +82,21 @@ impl Inner {
     /// Lets every appender that is ready to run append before the leader syncs: yields the CPU
     /// while the write position still moves (at most 200 µs). With more writers than cores, a
     /// leader that syncs at once covers only the few that were quick to come back; the rest
-    /// each wait a whole sync longer.
+    /// each wait a whole sync longer. The prefault thread pauses meanwhile (`prefault.rs`):
+    /// the yield would hand it the core.
     fn gather_appenders(&self) {
+        self.prefault_pause.store(true, Ordering::Relaxed);
         let start = Instant::now();
         let mut seen = self.written.load(Ordering::Acquire);
         loop {
             std::thread::yield_now();
             let now = self.written.load(Ordering::Acquire);
             if now == seen || start.elapsed() > Duration::from_micros(200) {
-                return;
+                break;
             }
             seen = now;
         }
+        self.prefault_pause.store(false, Ordering::Relaxed);
     }
 
     /// Warns of a slow sync once per episode: the first sync over the bound is logged, the

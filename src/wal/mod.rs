@@ -165,6 +165,9 @@ struct Inner {
     published: FlushPublisher,
     /// The library's counters (`crate::metrics::library`), looked up once.
     lib: &'static crate::metrics::library::Library,
+    /// Set while a group-commit leader gathers appenders (`durability.rs`): the prefault
+    /// thread pauses meanwhile (`prefault.rs`).
+    prefault_pause: Arc<AtomicBool>,
     /// The slow-sync warning, once per episode (`durability.rs`).
     slow_sync: Mutex<crate::episode::Episode>,
 }
@@ -433,6 +436,7 @@ impl Inner {
             published: FlushPublisher::open(&dir, rec.end_lsn.0),
             lib: crate::metrics::library::library(),
             slow_sync: Mutex::new(crate::episode::Episode::new("slow sync")),
+            prefault_pause: Arc::default(),
             pipeline,
             options,
             dir,

@@ -78,7 +78,7 @@ fn preparer(inner: Arc<Inner>, rx: mpsc::Receiver<PrepareMsg>) {
         .max_segment_age
         .map(|a| (a / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
         .unwrap_or(Duration::from_secs(3600));
-    let prefaulter = Prefaulter::start()
+    let prefaulter = Prefaulter::start(inner.prefault_pause.clone())
         .inspect_err(
             |e| tracing::warn!(error = %e, "no prefault thread: the writer faults its own pages"),
         )

@@ -9,6 +9,11 @@
 //! other thread that becomes runnable takes the core from it at once. Where the machine is busy
 //! it falls behind, and the writer faults its own pages, as it would without a prefault.
 //!
+//! The idle class alone does not keep it out of a leader's way: a leader that gathers appenders
+//! yields the CPU, and a yield hands the core to any runnable thread, this one too, which then
+//! keeps it until the next tick (1-4 ms measured, every writer waiting). So the thread also
+//! pauses between steps while a leader gathers (`Inner::prefault_pause`).
+//!
 //! It works in small steps (`PREFAULT_STEP`), each holding the process's mmap lock for reading
 //! only that long, so that a thread preempted in one delays an `mmap` or `munmap` of another
 //! thread by one step at most. It never unmaps anything itself: a finished prefault may hold the
@@ -17,8 +22,10 @@
 //! preparer, which drops them ([`Prefaulter::release_finished`]).
 
 use std::collections::VecDeque;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::error::{IoContext, Result};
 use crate::segment_file::Prefault;
@@ -26,6 +33,9 @@ use crate::segment_file::Prefault;
 /// Bytes faulted in per step. Measured (docs/PERFORMANCE.md, "The prefault's priority"): 64 KiB
 /// steps, idle class, against 1 MiB steps at normal priority.
 pub(super) const PREFAULT_STEP: usize = 64 << 10;
+
+/// How often a paused prefault looks whether it may go on.
+const PAUSE_POLL: Duration = Duration::from_micros(50);
 
 /// The prefault thread, as its owner (the preparer) holds it. Dropping it stops the thread
 /// (an unfinished prefault is abandoned: the writer faults those pages itself) and joins it.
@@ -36,12 +46,13 @@ pub(super) struct Prefaulter {
 }
 
 impl Prefaulter {
-    pub fn start() -> Result<Prefaulter> {
+    /// Starts the thread; it pauses between steps while `pause` is set.
+    pub fn start(pause: Arc<AtomicBool>) -> Result<Prefaulter> {
         let (work, work_rx) = mpsc::channel();
         let (finished_tx, finished) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("walship-prefault".into())
-            .spawn(move || prefaulter(work_rx, finished_tx))
+            .spawn(move || prefaulter(work_rx, finished_tx, &pause))
             .ctx(|| "start the prefault thread".to_string())?;
         Ok(Prefaulter {
             work: Some(work),
@@ -77,7 +88,11 @@ impl Drop for Prefaulter {
     }
 }
 
-fn prefaulter(work: mpsc::Receiver<Prefault>, finished: mpsc::Sender<Prefault>) {
+fn prefaulter(
+    work: mpsc::Receiver<Prefault>,
+    finished: mpsc::Sender<Prefault>,
+    pause: &AtomicBool,
+) {
     run_in_idle_class();
     let mut queue: VecDeque<Prefault> = VecDeque::new();
     loop {
@@ -95,6 +110,9 @@ fn prefaulter(work: mpsc::Receiver<Prefault>, finished: mpsc::Sender<Prefault>) 
             Some(p) => queue.push_back(p),
             None if queue.is_empty() => return,
             None => {
+                while pause.load(Ordering::Relaxed) {
+                    std::thread::sleep(PAUSE_POLL);
+                }
                 if let Some(p) = queue.front_mut() {
                     if !p.step(PREFAULT_STEP) {
                         if let Some(done) = queue.pop_front() {
@@ -162,9 +180,24 @@ mod tests {
     }
 
     #[test]
+    fn no_step_is_taken_while_paused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pause = Arc::new(AtomicBool::new(true));
+        let pf = Prefaulter::start(pause.clone()).expect("start");
+        let seg = prepared(tmp.path(), "0.wal.prep", 1 << 20);
+        pf.queue(seg.prefault());
+        // Unpaused, a 1 MiB prefault is done in about a millisecond.
+        let waited = pf.finished.recv_timeout(Duration::from_millis(300));
+        assert!(waited.is_err(), "a prefault finished while paused");
+        pause.store(false, Ordering::Relaxed);
+        let back = pf.finished.recv_timeout(Duration::from_secs(60));
+        assert!(back.is_ok(), "not finished once the pause ended");
+    }
+
+    #[test]
     fn prefaults_run_in_the_idle_class_and_come_back_to_the_owner_to_be_unmapped() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let pf = Prefaulter::start().expect("start");
+        let pf = Prefaulter::start(Arc::default()).expect("start");
         let segs: Vec<PreparedSegment> = (0..3)
             .map(|i| prepared(tmp.path(), &format!("{i}.wal.prep"), 1 << 20))
             .collect();
