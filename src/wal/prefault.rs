@@ -3,9 +3,9 @@
 //!
 //! Faulting in a 16 MiB segment takes tens of milliseconds of CPU. Run at normal priority, that
 //! CPU was taken from the threads a durable append waits for: on two cores with 16 writers, a
-//! group-commit leader that yielded to let appenders catch up, or the finisher woken by its
-//! fsync, lost the core to the prefault for up to a scheduler tick (4 ms), and every writer
-//! waited that long. So this thread runs in Linux's idle scheduling class (`SCHED_IDLE`): any
+//! group-commit leader that yielded to let appenders catch up lost the core to the prefault for
+//! up to a scheduler tick (4 ms), and the finisher's fsyncs of a rotation took up to 10 ms
+//! instead of 0.2; every writer waited that long. So this thread runs in Linux's idle scheduling class (`SCHED_IDLE`): any
 //! other thread that becomes runnable takes the core from it at once. Where the machine is busy
 //! it falls behind, and the writer faults its own pages, as it would without a prefault.
 //!
@@ -15,11 +15,13 @@
 //! pauses between steps while a leader gathers (`Inner::prefault_pause`).
 //!
 //! It works in small steps (`PREFAULT_STEP`), each holding the process's mmap lock for reading
-//! only that long, so that a thread preempted in one delays an `mmap` or `munmap` of another
-//! thread by one step at most. It never unmaps anything itself: a finished prefault may hold the
-//! last reference to a sealed segment's mapping, and an unmap takes that lock for writing; a
-//! thread that could be kept off the CPU must not hold it so. Finished prefaults go back to the
-//! preparer, which drops them ([`Prefaulter::release_finished`]).
+//! only briefly: another thread's `mmap` or `munmap` waits for the step under way, and with it
+//! every later reader of that lock (a leader's `msync`). An idle-class thread preempted inside a
+//! step on a saturated machine can stretch that wait; short steps make it rare. It never unmaps
+//! anything itself: a finished prefault may hold the last reference to a sealed segment's
+//! mapping, and an unmap takes that lock for writing, which a thread that can be kept off the
+//! CPU must not hold. Finished prefaults go back to the preparer, which drops them
+//! ([`Prefaulter::release_finished`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
