@@ -182,6 +182,28 @@ mod tests {
     }
 
     #[test]
+    fn a_prefault_of_a_file_cut_short_under_it_stops_without_a_fault() {
+        // A sealed segment is cut to its used length while a lagging prefault may still hold
+        // its mapping: the pages past the cut are gone, and faulting them in must fail quietly
+        // (no SIGBUS) and end the prefault.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let size = 8 * PREFAULT_STEP as u64;
+        let seg = prepared(tmp.path(), "0.wal.prep", size);
+        let mut prefault = seg.prefault();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(tmp.path().join("0.wal.prep"))
+            .expect("open");
+        file.set_len(4096).expect("cut");
+        let mut steps = 0;
+        while prefault.step(PREFAULT_STEP) {
+            steps += 1;
+            assert!(steps < 8, "the prefault did not end");
+        }
+        assert_eq!(steps, 0, "the first step, past the cut, ended it");
+    }
+
+    #[test]
     fn no_step_is_taken_while_paused() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let pause = Arc::new(AtomicBool::new(true));
