@@ -1,7 +1,8 @@
 //! The writer's durable position (`flush_lsn`), published for other processes of the same
 //! machine: `state/flush_position`, 16 bytes the writer overwrites in place after each group
 //! commit (one `pwrite`, no sync: the file is a hint that is true when written, because the
-//! position moves only after the records below it are durable). A shipper in another process
+//! position moves only after the records below it are durable). A group-commit leader writes it
+//! after it has woken the commits its sync covered, so that they do not wait for the write. A shipper in another process
 //! watches `state/` (inotify through `notify`) and reads the 16 bytes on each change; a shipper
 //! in the writer's process subscribes to the same position directly ([`FlushPublisher::subscribe`]).
 //!
@@ -67,7 +68,8 @@ pub fn read_flush_position(dd: &DataDir) -> Result<Option<u64>> {
 
 /// The writer's side: publishes each new `flush_lsn` to the file and to in-process subscribers.
 pub struct FlushPublisher {
-    file: Mutex<Option<std::fs::File>>,
+    /// The file, and the position it says once written (it never moves back).
+    file: Mutex<Option<(std::fs::File, Option<u64>)>>,
     path: PathBuf,
     tx: watch::Sender<u64>,
 }
@@ -84,7 +86,7 @@ impl FlushPublisher {
             .truncate(false)
             .open(&path);
         let file = match file {
-            Ok(f) => Some(f),
+            Ok(f) => Some((f, None)),
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "cannot publish the durable position for other processes");
                 None
@@ -96,13 +98,14 @@ impl FlushPublisher {
             path,
             tx,
         };
-        p.write(initial);
+        p.write_file();
         p
     }
 
-    /// Publishes `lsn` (a new `flush_lsn`; smaller values than the last are ignored).
+    /// Publishes `lsn` (a new `flush_lsn`; smaller values than the last are ignored) to this
+    /// process's subscribers; the file follows with [`FlushPublisher::write_file`].
     pub fn publish(&self, lsn: u64) {
-        let moved = self.tx.send_if_modified(|cur| {
+        self.tx.send_if_modified(|cur| {
             if lsn > *cur {
                 *cur = lsn;
                 true
@@ -110,15 +113,22 @@ impl FlushPublisher {
                 false
             }
         });
-        if moved {
-            self.write(lsn);
-        }
     }
 
-    fn write(&self, lsn: u64) {
+    /// Brings the file up to the position published last. Callers may race: each writes the
+    /// newest position under the lock, so the file never moves back.
+    pub fn write_file(&self) {
         let mut g = crate::sync::lock(&self.file);
-        if let Some(f) = g.as_ref() {
-            if let Err(e) = f.write_all_at(&encode_position(lsn), 0) {
+        let Some((f, said)) = g.as_mut() else {
+            return;
+        };
+        let lsn = *self.tx.borrow();
+        if said.is_some_and(|s| s >= lsn) {
+            return;
+        }
+        match f.write_all_at(&encode_position(lsn), 0) {
+            Ok(()) => *said = Some(lsn),
+            Err(e) => {
                 tracing::warn!(file = %self.path.display(), error = %e, "cannot publish the durable position for other processes; stopped publishing it");
                 *g = None;
             }
@@ -160,9 +170,46 @@ mod tests {
         let mut rx = p.subscribe();
         assert_eq!(read_flush_position(&dd).unwrap(), Some(100));
         p.publish(250);
-        p.publish(200); // never backwards
-        assert_eq!(read_flush_position(&dd).unwrap(), Some(250));
-        assert!(rx.has_changed().unwrap());
+        assert!(rx.has_changed().unwrap(), "subscribers see it at once");
         assert_eq!(*rx.borrow_and_update(), 250);
+        assert_eq!(
+            read_flush_position(&dd).unwrap(),
+            Some(100),
+            "the file when written"
+        );
+        p.write_file();
+        p.publish(200); // never backwards
+        p.write_file();
+        assert_eq!(read_flush_position(&dd).unwrap(), Some(250));
+        assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn racing_file_writes_never_move_the_file_back() {
+        let t = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(t.path());
+        std::fs::create_dir_all(dd.state_dir()).unwrap();
+        let p = std::sync::Arc::new(FlushPublisher::open(&dd, 0));
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for n in 0..500u64 {
+                        p.publish(n * 4 + i);
+                        p.write_file();
+                    }
+                })
+            })
+            .collect();
+        let mut last = 0;
+        while !threads.iter().all(|t| t.is_finished()) {
+            let now = read_flush_position(&dd).unwrap().unwrap();
+            assert!(now >= last, "the file moved back from {last} to {now}");
+            last = now;
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(read_flush_position(&dd).unwrap(), Some(499 * 4 + 3));
     }
 }

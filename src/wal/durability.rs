@@ -53,7 +53,9 @@ impl Inner {
     }
 
     /// Moves `flush_lsn` up to `end` after a sync that covered it, unless the writer was
-    /// poisoned meanwhile: a sync that succeeded says nothing once another one failed.
+    /// poisoned meanwhile: a sync that succeeded says nothing once another one failed. Shippers
+    /// in this process see it at once; the caller then brings `state/flush_position` up
+    /// (`FlushPublisher::write_file`), a leader only after it has woken the waiters.
     pub(super) fn advance_flushed(&self, end: u64) -> Result<()> {
         let failure = lock(&self.failure);
         if let Some(reason) = &*failure {
@@ -122,7 +124,8 @@ impl Inner {
     }
 
     pub(super) fn wait_durable(&self, target: u64) -> Result<()> {
-        self.commit.wait(
+        let led = std::cell::Cell::new(false);
+        let r = self.commit.wait(
             || {
                 // The poison flag before `flushed`: once a sync failed, no wait succeeds, not
                 // even for a position `flush_lsn` passed before (the caller asks now, and the
@@ -132,8 +135,16 @@ impl Inner {
             },
             || self.appended.load(Ordering::Relaxed),
             || self.gather_appenders(),
-            |synced_to| self.lead_sync(target, synced_to),
-        )
+            |synced_to| {
+                led.set(true);
+                self.lead_sync(target, synced_to)
+            },
+        );
+        // The waiters this leader covered are awake by now: they need not wait for the file.
+        if led.get() {
+            self.published.write_file();
+        }
+        r
     }
 
     /// A group-commit leader's turn: syncs everything written so far, from where the last

@@ -151,6 +151,7 @@ impl Inner {
                     let _ = self
                         .sync_segment(&s.seg, SegmentSync::Range(0, s.used))
                         .and_then(|()| self.advance_flushed(s.end_lsn.0));
+                    self.published.write_file();
                 }
                 self.reached(s.ticket, |f| &mut f.durable);
             }
