@@ -2,9 +2,10 @@
 //! machine: `state/flush_position`, 16 bytes the writer overwrites in place after each group
 //! commit (one `pwrite`, no sync: the file is a hint that is true when written, because the
 //! position moves only after the records below it are durable). A group-commit leader writes it
-//! after it has woken the commits its sync covered, so that they do not wait for the write. A shipper in another process
-//! watches `state/` (inotify through `notify`) and reads the 16 bytes on each change; a shipper
-//! in the writer's process subscribes to the same position directly ([`FlushPublisher::subscribe`]).
+//! after it has woken the commits its sync covered, so that they do not wait for the write.
+//! A shipper in another process watches `state/` (inotify through `notify`) and reads the 16
+//! bytes on each change; a shipper in the writer's process subscribes to the same position
+//! directly ([`FlushPublisher::subscribe`]).
 //!
 //! Bytes (docs/FORMAT.md): offset 0 `u64` LE position, offset 8 `u64` LE its bitwise complement.
 //! A reader that catches the file mid-write (the halves disagree) reads it again.
