@@ -5,9 +5,10 @@
 //! CPU was taken from the threads a durable append waits for: on two cores with 16 writers, a
 //! group-commit leader that yielded to let appenders catch up lost the core to the prefault for
 //! up to a scheduler tick (4 ms), and the finisher's fsyncs of a rotation took up to 10 ms
-//! instead of 0.2; every writer waited that long. So this thread runs in Linux's idle scheduling class (`SCHED_IDLE`): any
-//! other thread that becomes runnable takes the core from it at once. Where the machine is busy
-//! it falls behind, and the writer faults its own pages, as it would without a prefault.
+//! instead of 0.2; every writer waited that long. So this thread runs in Linux's idle
+//! scheduling class (`SCHED_IDLE`): any other thread that becomes runnable takes the core from it
+//! at once. Where the machine is busy it falls behind, and the writer faults its own pages, as it
+//! would without a prefault.
 //!
 //! The idle class alone does not keep it out of a leader's way: a leader that gathers appenders
 //! yields the CPU, and a yield hands the core to any runnable thread, this one too, which then
