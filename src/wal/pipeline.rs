@@ -78,11 +78,18 @@ fn preparer(inner: Arc<Inner>, rx: mpsc::Receiver<PrepareMsg>) {
         .max_segment_age
         .map(|a| (a / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
         .unwrap_or(Duration::from_secs(3600));
-    let prefaulter = Prefaulter::start(inner.prefault_pause.clone())
-        .inspect_err(
-            |e| tracing::warn!(error = %e, "no prefault thread: the writer faults its own pages"),
-        )
-        .ok();
+    // Without `prepare_ahead` this thread only seals aged segments: nothing to prefault.
+    let prefaulter = inner
+        .options
+        .prepare_ahead
+        .then(|| Prefaulter::start(inner.prefault_pause.clone()))
+        .and_then(|started| {
+            started
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "no prefault thread: the writer faults its own pages")
+                })
+                .ok()
+        });
     loop {
         let msg = match rx.recv_timeout(tick) {
             Ok(m) => Some(m),
