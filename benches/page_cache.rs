@@ -18,6 +18,28 @@
 //! written and synced, then dropped from the page cache; the variants alternate, ROUNDS times
 //! (default 3), and the medians are printed.
 //!
+//! `PACKED=1` writes the records back to back instead, as a log does (sizes need not be whole
+//! pages then): each record begins in the page the last sync wrote back, which a mapping must
+//! fault writable again. The plain `pwrite` variant then keeps the zero-filled file's pages
+//! cached, as `walship bench`'s baseline does, so that no `pwrite` reads a block first.
+//!
+//! `NOSYNC=1` measures appends without sync instead, BYTES (default 64 MiB) of records of the
+//! first size in SIZES (default 4136, a 4 KiB payload with walship's header) written back to
+//! back, each variant into a fresh file, ROUNDS times alternating; printed as MB/s and as a
+//! ratio to the first:
+//!
+//! - `write`: buffered `write` into an empty file, walship bench's no-sync baseline.
+//! - `mmap, populated first`: a copy into a mapping of a file reserved with `fallocate`,
+//!   `MADV_RANDOM`, every page faulted in beforehand (`MADV_POPULATE_WRITE`, untimed): what a
+//!   writer gets when its prefault keeps ahead.
+//! - `mmap, faulted by the writer`: the same mapping not populated: each page's first store
+//!   faults, and the fault allocates, zeroes and maps one 4 KiB page-cache folio.
+//! - `populate, reserved blocks`: `MADV_POPULATE_WRITE` alone over such a fresh mapping: the
+//!   rate at which a prefault thread can prepare a new segment.
+//! - `populate, cached pages`: the same over a file whose pages are already cached (written
+//!   and synced through a mapping, then mapped again): a recycled segment whose pages stayed
+//!   in the cache.
+//!
 //! Run: `cargo bench --bench page_cache`
 
 use std::fs::File;
@@ -39,8 +61,11 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn zero_filled(path: &Path) -> File {
+fn zero_filled(path: &Path, keep_cached: bool) -> File {
     let f = zero_filled::zero_filled(path, FILE as u64).expect("create the scratch file");
+    if keep_cached {
+        return f;
+    }
     // Drop the cached pages: the zeros were written in large folios, which a mapping would
     // keep using (a sync then writes a whole folio). Every variant starts from an empty cache.
     use std::os::fd::AsRawFd;
@@ -81,12 +106,17 @@ impl Variant {
 }
 
 /// Median seconds per durable record.
-fn run(v: Variant, dir: &Path, size: usize, records: usize) -> f64 {
+fn run(v: Variant, dir: &Path, size: usize, records: usize, packed: bool) -> f64 {
     let path = dir.join("page-cache-bench.bin");
-    let f = zero_filled(&path);
+    let f = zero_filled(&path, packed && matches!(v, Variant::Pwrite));
     let record: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
-    // Records spread over the file so that a run never writes the same page twice.
-    let step = (FILE / records).max(size) / 4096 * 4096;
+    // Unless packed, records spread over the file so that a run never writes the same page
+    // twice.
+    let step = if packed {
+        size
+    } else {
+        (FILE / records).max(size) / 4096 * 4096
+    };
     let mut times = Vec::with_capacity(records);
     let mut map = match v {
         Variant::Pwrite => None,
@@ -119,11 +149,179 @@ fn run(v: Variant, dir: &Path, size: usize, records: usize) -> f64 {
     times[times.len() / 2]
 }
 
+#[derive(Clone, Copy)]
+enum NoSync {
+    Write,
+    MmapPopulated,
+    MmapFaulted,
+    MmapStepped,
+    PopulateReserved,
+    PopulateCached,
+}
+
+impl NoSync {
+    fn name(self) -> &'static str {
+        match self {
+            NoSync::Write => "write",
+            NoSync::MmapPopulated => "mmap, populated first",
+            NoSync::MmapFaulted => "mmap, faulted by the writer",
+            NoSync::MmapStepped => "mmap, writer populates 64K",
+            NoSync::PopulateReserved => "populate, reserved blocks",
+            NoSync::PopulateCached => "populate, cached pages",
+        }
+    }
+}
+
+/// A fresh file of `bytes` reserved with `fallocate` (as walship reserves a new segment).
+fn reserved(path: &Path, bytes: usize) -> File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .expect("create the scratch file");
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, bytes as libc::off_t) };
+    assert_eq!(rc, 0, "fallocate");
+    f
+}
+
+/// Seconds for one no-sync variant over `bytes` of `size`-byte records (for the populate
+/// variants: the populate alone).
+fn run_nosync(v: NoSync, dir: &Path, size: usize, bytes: usize) -> f64 {
+    let path = dir.join("page-cache-nosync.bin");
+    let record: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+    let n = bytes / size;
+    let copy_all = |m: &mut MmapMut| {
+        let t = Instant::now();
+        for i in 0..n {
+            m[i * size..(i + 1) * size].copy_from_slice(&record);
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let map_random = |f: &File| {
+        // SAFETY: the file is this bench's own scratch file, mapped once and not truncated.
+        let m = unsafe { MmapMut::map_mut(f) }.expect("map");
+        m.advise(Advice::Random).expect("MADV_RANDOM");
+        m
+    };
+    let populate = |m: &MmapMut| {
+        let t = Instant::now();
+        m.advise(Advice::PopulateWrite)
+            .expect("MADV_POPULATE_WRITE");
+        t.elapsed().as_secs_f64()
+    };
+    let secs = match v {
+        NoSync::Write => {
+            let mut f = File::create(&path).expect("create the scratch file");
+            use std::io::Write;
+            let t = Instant::now();
+            for _ in 0..n {
+                f.write_all(&record).expect("write");
+            }
+            t.elapsed().as_secs_f64()
+        }
+        NoSync::MmapPopulated => {
+            let f = reserved(&path, bytes);
+            let mut m = map_random(&f);
+            populate(&m);
+            copy_all(&mut m)
+        }
+        NoSync::MmapFaulted => {
+            let f = reserved(&path, bytes);
+            copy_all(&mut map_random(&f))
+        }
+        NoSync::MmapStepped => {
+            let f = reserved(&path, bytes);
+            let mut m = map_random(&f);
+            let t = Instant::now();
+            let mut ready = 0;
+            for i in 0..n {
+                let end = (i + 1) * size;
+                if end > ready {
+                    let from = ready;
+                    ready = (end + (64 << 10)).next_multiple_of(4096).min(m.len());
+                    m.advise_range(Advice::PopulateWrite, from, ready - from)
+                        .expect("MADV_POPULATE_WRITE");
+                }
+                m[i * size..end].copy_from_slice(&record);
+            }
+            t.elapsed().as_secs_f64()
+        }
+        NoSync::PopulateReserved => populate(&map_random(&reserved(&path, bytes))),
+        NoSync::PopulateCached => {
+            let f = reserved(&path, bytes);
+            {
+                let mut m = map_random(&f);
+                populate(&m);
+                copy_all(&mut m);
+                m.flush().expect("msync");
+            }
+            populate(&map_random(&f))
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    secs
+}
+
+fn nosync_main(dir: &Path, rounds: usize) {
+    let size = std::env::var("SIZES")
+        .ok()
+        .and_then(|s| s.split(',').next().and_then(|x| x.trim().parse().ok()))
+        .unwrap_or(4136);
+    let bytes = env_or("BYTES", 64 << 20) / size * size;
+    let variants = [
+        NoSync::Write,
+        NoSync::MmapPopulated,
+        NoSync::MmapFaulted,
+        NoSync::MmapStepped,
+        NoSync::PopulateReserved,
+        NoSync::PopulateCached,
+    ];
+    let mut per: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for _ in 0..rounds {
+        for (k, v) in variants.iter().enumerate() {
+            per[k].push(run_nosync(*v, dir, size, bytes));
+        }
+    }
+    println!("no sync, {bytes} bytes of {size}-byte records");
+    println!("variant                        MB/s   us/page  ratio_to_write (rounds)");
+    let mbs = |secs: f64| bytes as f64 / secs / 1e6;
+    let median = |xs: &[f64]| {
+        let mut s = xs.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
+    let base = median(&per[0]);
+    for (k, v) in variants.iter().enumerate() {
+        let m = median(&per[k]);
+        let each: Vec<String> = per[k]
+            .iter()
+            .zip(&per[0])
+            .map(|(x, b)| format!("{:.2}", b / x))
+            .collect();
+        println!(
+            "{:<28} {:>7.0}  {:>7.2}  {:.2} [{}]",
+            v.name(),
+            mbs(m),
+            m * 1e6 / (bytes as f64 / 4096.0),
+            base / m,
+            each.join(" ")
+        );
+    }
+}
+
 fn main() {
     let dir = std::env::var("PAGE_CACHE_DIR").unwrap_or_else(|_| "/var/tmp".into());
     let dir = tempfile::tempdir_in(&dir).expect("scratch directory");
     let records = env_or("RECORDS", 48);
     let rounds = env_or("ROUNDS", 3);
+    if env_or("NOSYNC", 0) != 0 {
+        return nosync_main(dir.path(), rounds);
+    }
+    let packed = env_or("PACKED", 0) != 0;
     let sizes: Vec<usize> = std::env::var("SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
@@ -139,7 +337,7 @@ fn main() {
         let mut per: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         for _ in 0..rounds {
             for (k, v) in variants.iter().enumerate() {
-                per[k].push(run(*v, dir.path(), size, records));
+                per[k].push(run(*v, dir.path(), size, records, packed));
             }
         }
         let median = |xs: &[f64]| {

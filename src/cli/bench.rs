@@ -317,16 +317,31 @@ fn print(r: &BenchResult, json: bool) -> CmdResult {
             if let (Some(e), Some(q)) = (r.each_baseline_records_per_s, r.ratio_to_each_baseline) {
                 println!("one-sync-per-record baseline: {e:.0} records/s; ratio {q:.2}");
             }
-            if let (Some(g), Some(p50), Some(p99), Some(q)) = (
+            if let (Some(g), Some(p50), Some(p99), Some(p999), Some(q)) = (
                 r.group_baseline_records_per_s,
                 r.group_baseline_p50_us,
                 r.group_baseline_p99_us,
+                r.group_baseline_p999_us,
                 r.ratio_to_group_baseline,
             ) {
-                println!("group-commit baseline (the same threads, write + fdatasync): {g:.0} records/s, p50 {p50:.1} us, p99 {p99:.1} us; ratio {q:.2}");
+                println!("group-commit baseline (the same threads, write + fdatasync): {g:.0} records/s, p50 {p50:.1} us, p99 {p99:.1} us, p99.9 {p999:.1} us; ratio {q:.2}");
             }
-            if let (Some(p50), Some(p99)) = (r.baseline_sync_p50_us, r.baseline_sync_p99_us) {
-                println!("a single fdatasync: p50 {p50:.1} us, p99 {p99:.1} us");
+            if let (Some(g), Some(p99), Some(p999), Some(q)) = (
+                r.mapped_group_baseline_records_per_s,
+                r.mapped_group_baseline_p99_us,
+                r.mapped_group_baseline_p999_us,
+                r.ratio_to_mapped_group_baseline,
+            ) {
+                println!("the same group commit through a mapping (copy + msync): {g:.0} records/s, p99 {p99:.1} us, p99.9 {p999:.1} us; ratio {q:.2}");
+            }
+            if let (Some(p50), Some(p99), Some(p999)) = (
+                r.baseline_sync_p50_us,
+                r.baseline_sync_p99_us,
+                r.baseline_sync_p999_us,
+            ) {
+                println!(
+                    "a single fdatasync: p50 {p50:.1} us, p99 {p99:.1} us, p99.9 {p999:.1} us"
+                );
             }
         }
     }

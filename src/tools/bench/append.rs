@@ -62,6 +62,9 @@ impl Target for WalTarget {
     }
 }
 
+/// How a group-commit baseline's file is made: written with `pwrite` or through a mapping.
+type RawLogCreate = fn(&std::path::Path, u64) -> Result<RawLog>;
+
 /// The group-commit baseline: `RawLog`, the same records at walship's on-disk length.
 struct RawTarget {
     log: RawLog,
@@ -261,6 +264,7 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
     let mut base: Option<BaselineRun> = None;
     let mut each_base: Option<BaselineRun> = None;
     let mut group_base: Option<Driven> = None;
+    let mut mapped_group_base: Option<Driven> = None;
     let mut done = 0;
     for _ in 0..ROUNDS {
         let this = match (limit, round_limit) {
@@ -294,17 +298,23 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
             merge_base(&mut each_base, e);
         }
         if cfg.durability == Durability::Group && cfg.writers > 1 {
-            let raw = Arc::new(RawTarget {
-                log: RawLog::create(
-                    &tmp.path().join("group-baseline.raw"),
-                    len as u64 * r.run.records,
-                )?,
-                record: vec![0xA5u8; len],
-            });
-            let g = drive(&raw, cfg, Limit::Records(r.run.records))?;
-            match &mut group_base {
-                Some(acc) => acc.add(g),
-                None => group_base = Some(g),
+            let kinds: [(RawLogCreate, _); 2] = [
+                (RawLog::create, &mut group_base),
+                (RawLog::create_mapped, &mut mapped_group_base),
+            ];
+            for (create, acc) in kinds {
+                let raw = Arc::new(RawTarget {
+                    log: create(
+                        &tmp.path().join("group-baseline.raw"),
+                        len as u64 * r.run.records,
+                    )?,
+                    record: vec![0xA5u8; len],
+                });
+                let g = drive(&raw, cfg, Limit::Records(r.run.records))?;
+                match acc {
+                    Some(a) => a.add(g),
+                    None => *acc = Some(g),
+                }
             }
         }
         merge_base(&mut base, b);
@@ -368,6 +378,7 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         }),
         baseline_sync_p50_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.5)),
         baseline_sync_p99_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.99)),
+        baseline_sync_p999_us: has_syncs.then(|| sync_ref.sync_latency.quantile_us(0.999)),
         writer_cpu_s: Some(w.run.cpu.as_secs_f64()),
         baseline_cpu_s: Some(base.cpu.as_secs_f64()),
         writer_faults_per_mib: Some(per_mib(w.run.faults, w.run.records * len as u64)),
@@ -382,8 +393,17 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         group_baseline_records_per_s: group_base.as_ref().map(|g| per_s(g.records, g.elapsed)),
         group_baseline_p50_us: group_base.as_ref().map(|g| g.ack.quantile_us(0.5)),
         group_baseline_p99_us: group_base.as_ref().map(|g| g.ack.quantile_us(0.99)),
+        group_baseline_p999_us: group_base.as_ref().map(|g| g.ack.quantile_us(0.999)),
         group_baseline_cpu_s: group_base.as_ref().map(|g| g.cpu.as_secs_f64()),
         ratio_to_group_baseline: group_base
+            .as_ref()
+            .map(|g| ratio(rps, per_s(g.records, g.elapsed))),
+        mapped_group_baseline_records_per_s: mapped_group_base
+            .as_ref()
+            .map(|g| per_s(g.records, g.elapsed)),
+        mapped_group_baseline_p99_us: mapped_group_base.as_ref().map(|g| g.ack.quantile_us(0.99)),
+        mapped_group_baseline_p999_us: mapped_group_base.as_ref().map(|g| g.ack.quantile_us(0.999)),
+        ratio_to_mapped_group_baseline: mapped_group_base
             .as_ref()
             .map(|g| ratio(rps, per_s(g.records, g.elapsed))),
         ..BenchResult::default()

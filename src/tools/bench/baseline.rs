@@ -166,8 +166,13 @@ pub fn sequential(
 /// appends are ordered under a lock; a waiter finds its bytes already durable, or waits while
 /// a leader syncs, or becomes the leader: it syncs everything written so far without the
 /// lock, then wakes the waiters, each of which is covered or leads the next sync.
+///
+/// Written with `pwrite` + `fdatasync`, or ([`RawLog::create_mapped`]) copied into a shared
+/// mapping of the file + `msync`, as walship writes: the same group commit through the
+/// kernel's mapping path, so that what the mapping costs is measured apart from walship.
 pub struct RawLog {
     file: RawFile,
+    mapped: Option<memmap2::MmapRaw>,
     off: Mutex<u64>,
     turns: Mutex<Turns>,
     done: Condvar,
@@ -183,23 +188,69 @@ struct Turns {
 
 impl RawLog {
     pub fn create(path: &Path, size: u64) -> Result<RawLog> {
-        Ok(RawLog {
-            file: RawFile::create(path, size)?,
+        Ok(RawLog::over(RawFile::create(path, size)?, None))
+    }
+
+    /// The same log written through a shared mapping of the file, prepared as walship prepares
+    /// a segment: the zero-filled file's cached pages dropped, then mapped with `MADV_RANDOM`
+    /// and every page faulted in writable (one 4 KiB page-cache folio each, so an msync writes
+    /// only the pages that changed).
+    pub fn create_mapped(path: &Path, size: u64) -> Result<RawLog> {
+        use std::os::fd::AsRawFd;
+        let raw = RawFile::create(path, size)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .ctx(|| format!("open {}", path.display()))?;
+        // SAFETY: a plain syscall on an open descriptor; it only drops clean cached pages.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let map = memmap2::MmapOptions::new()
+            .map_raw(&file)
+            .ctx(|| format!("map {}", path.display()))?;
+        map.advise(memmap2::Advice::Random)
+            .and_then(|()| map.advise(memmap2::Advice::PopulateWrite))
+            .ctx(|| format!("fault in the pages of {}", path.display()))?;
+        Ok(RawLog::over(raw, Some(map)))
+    }
+
+    fn over(file: RawFile, mapped: Option<memmap2::MmapRaw>) -> RawLog {
+        RawLog {
+            file,
+            mapped,
             off: Mutex::new(0),
             turns: Mutex::new(Turns::default()),
             done: Condvar::new(),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Writes `buf` at the end of the log; returns the end offset.
     pub fn append(&self, buf: &[u8]) -> Result<u64> {
         let mut off = walship::sync::lock(&self.off);
-        self.file
-            .file
-            .write_all_at(buf, *off)
-            .ctx(|| format!("write {}", self.file.path.display()))?;
+        match &self.mapped {
+            Some(map) => {
+                let at = *off as usize;
+                if at + buf.len() > map.len() {
+                    return Err(walship::Error::InvalidArgument(format!(
+                        "{} is full: {} bytes mapped",
+                        self.file.path.display(),
+                        map.len()
+                    )));
+                }
+                // SAFETY: in bounds (checked above); the bytes past `off` are this caller's
+                // alone while it holds the lock, and nobody reads them before it moves `off`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(buf.as_ptr(), map.as_mut_ptr().add(at), buf.len())
+                };
+            }
+            None => self
+                .file
+                .file
+                .write_all_at(buf, *off)
+                .ctx(|| format!("write {}", self.file.path.display()))?,
+        }
         *off += buf.len() as u64;
         self.written.store(*off, Ordering::Release);
         Ok(*off)
@@ -222,7 +273,14 @@ impl RawLog {
         t.leading = true;
         drop(t);
         let w = self.written.load(Ordering::Acquire);
-        let r = self.file.sync();
+        let r = match &self.mapped {
+            Some(map) => {
+                let from = self.synced.load(Ordering::Acquire);
+                map.flush_range(from as usize, (w - from) as usize)
+                    .ctx(|| format!("msync {}", self.file.path.display()))
+            }
+            None => self.file.sync(),
+        };
         if r.is_ok() {
             self.synced.fetch_max(w, Ordering::AcqRel);
         }
@@ -261,8 +319,20 @@ mod tests {
 
     #[test]
     fn every_group_commit_waiter_returns_with_its_bytes_synced() {
+        for mapped in [false, true] {
+            group_commit_covers_every_waiter(mapped);
+        }
+    }
+
+    fn group_commit_covers_every_waiter(mapped: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(RawLog::create(&dir.path().join("log.raw"), 8 * 200 * 64).unwrap());
+        let path = dir.path().join("log.raw");
+        let create = if mapped {
+            RawLog::create_mapped
+        } else {
+            RawLog::create
+        };
+        let log = Arc::new(create(&path, 8 * 200 * 64).unwrap());
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let log = log.clone();
@@ -282,7 +352,15 @@ mod tests {
         assert_eq!(log.synced.load(Ordering::Acquire), 8 * 200 * 64);
         assert!(!walship::sync::lock(&log.turns).leading);
         assert_eq!(walship::sync::lock(&log.turns).waiting, 0);
-        let bytes = std::fs::read(dir.path().join("log.raw")).unwrap();
-        assert!(bytes[..8 * 200 * 64].iter().all(|&b| b == 7));
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes[..8 * 200 * 64].iter().all(|&b| b == 7),
+            "mapped: {mapped}"
+        );
+        // Full: a clear error, not a write past the end.
+        if mapped {
+            let e = log.append(&[7u8; 4096]).unwrap_err().to_string();
+            assert!(e.contains("is full") && e.contains("log.raw"), "{e}");
+        }
     }
 }

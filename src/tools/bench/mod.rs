@@ -143,11 +143,14 @@ pub struct BenchResult {
     /// walship writes sealed segments back while it appends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_written_back: Option<f64>,
-    /// A single fdatasync of the baseline (p50, p99): the floor of a durable acknowledgement.
+    /// A single fdatasync of the baseline (p50, p99, p99.9): the floor of a durable
+    /// acknowledgement, and the device's own tail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_sync_p50_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_sync_p99_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_sync_p999_us: Option<f64>,
     /// `append` only: CPU seconds the writer threads used (all of them), and the baseline
     /// writer; records per CPU second compare the two where cores are shared.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,8 +189,8 @@ pub struct BenchResult {
     /// `append` with `group` and more than one writer: the same writer threads appending the
     /// same records to a plain file through a leader/follower group commit (`write` at a
     /// shared offset; a leader `fdatasync`s everything written so far for its followers):
-    /// records/s, the acknowledgement's p50 and p99, its threads' CPU seconds, and walship's
-    /// ratio to it.
+    /// records/s, the acknowledgement's p50, p99 and p99.9 (one file, no rotation: its tail is
+    /// the device's), its threads' CPU seconds, and walship's ratio to it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_baseline_records_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,9 +198,22 @@ pub struct BenchResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_baseline_p99_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_baseline_p999_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub group_baseline_cpu_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_to_group_baseline: Option<f64>,
+    /// The same group commit written through a shared mapping (copy + `msync`, pages
+    /// prepared as walship prepares a segment): records/s, p99, p99.9, and walship's ratio to
+    /// it. What it adds to the plain group commit is the mapping's kernel cost, not walship's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_group_baseline_records_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_group_baseline_p99_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_group_baseline_p999_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_mapped_group_baseline: Option<f64>,
     /// `recover` only: reopening the store (recovery) and the full scan, each timed alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery_ms: Option<f64>,
