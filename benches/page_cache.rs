@@ -280,37 +280,54 @@ fn nosync_main(dir: &Path, rounds: usize) {
         NoSync::PopulateReserved,
         NoSync::PopulateCached,
     ];
+    let per = alternate(&variants, rounds, |v| run_nosync(v, dir, size, bytes));
+    println!("no sync, {bytes} bytes of {size}-byte records");
+    println!("variant                        MB/s   us/page  ratio_to_write (rounds)");
+    for (v, (m, ratio, each)) in variants.iter().zip(against_first(&per)) {
+        println!(
+            "{:<28} {:>7.0}  {:>7.2}  {ratio:.2} [{each}]",
+            v.name(),
+            bytes as f64 / m / 1e6,
+            m * 1e6 / (bytes as f64 / 4096.0),
+        );
+    }
+}
+
+/// Runs every variant `rounds` times, alternating; each variant's seconds in round order.
+fn alternate<V: Copy>(
+    variants: &[V],
+    rounds: usize,
+    mut run: impl FnMut(V) -> f64,
+) -> Vec<Vec<f64>> {
     let mut per: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for _ in 0..rounds {
         for (k, v) in variants.iter().enumerate() {
-            per[k].push(run_nosync(*v, dir, size, bytes));
+            per[k].push(run(*v));
         }
     }
-    println!("no sync, {bytes} bytes of {size}-byte records");
-    println!("variant                        MB/s   us/page  ratio_to_write (rounds)");
-    let mbs = |secs: f64| bytes as f64 / secs / 1e6;
+    per
+}
+
+/// For each variant: its median, the first variant's median over it, and that ratio round by
+/// round.
+fn against_first(per: &[Vec<f64>]) -> Vec<(f64, f64, String)> {
     let median = |xs: &[f64]| {
         let mut s = xs.to_vec();
         s.sort_by(f64::total_cmp);
         s[s.len() / 2]
     };
     let base = median(&per[0]);
-    for (k, v) in variants.iter().enumerate() {
-        let m = median(&per[k]);
-        let each: Vec<String> = per[k]
-            .iter()
-            .zip(&per[0])
-            .map(|(x, b)| format!("{:.2}", b / x))
-            .collect();
-        println!(
-            "{:<28} {:>7.0}  {:>7.2}  {:.2} [{}]",
-            v.name(),
-            mbs(m),
-            m * 1e6 / (bytes as f64 / 4096.0),
-            base / m,
-            each.join(" ")
-        );
-    }
+    per.iter()
+        .map(|xs| {
+            let m = median(xs);
+            let each: Vec<String> = xs
+                .iter()
+                .zip(&per[0])
+                .map(|(x, b)| format!("{:.2}", b / x))
+                .collect();
+            (m, base / m, each.join(" "))
+        })
+        .collect()
 }
 
 fn main() {
@@ -334,31 +351,14 @@ fn main() {
     ];
     println!("size     variant                 median_ms  ratio_to_pwrite (rounds)");
     for &size in &sizes {
-        let mut per: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-        for _ in 0..rounds {
-            for (k, v) in variants.iter().enumerate() {
-                per[k].push(run(*v, dir.path(), size, records, packed));
-            }
-        }
-        let median = |xs: &[f64]| {
-            let mut s = xs.to_vec();
-            s.sort_by(f64::total_cmp);
-            s[s.len() / 2]
-        };
-        let base = median(&per[0]);
-        for (k, v) in variants.iter().enumerate() {
-            let m = median(&per[k]);
-            let each: Vec<String> = per[k]
-                .iter()
-                .zip(&per[0])
-                .map(|(x, b)| format!("{:.2}", b / x))
-                .collect();
+        let per = alternate(&variants, rounds, |v| {
+            run(v, dir.path(), size, records, packed)
+        });
+        for (v, (m, ratio, each)) in variants.iter().zip(against_first(&per)) {
             println!(
-                "{size:<8} {:<23} {:>9.3}  {:.2} [{}]",
+                "{size:<8} {:<23} {:>9.3}  {ratio:.2} [{each}]",
                 v.name(),
-                m * 1e3,
-                base / m,
-                each.join(" ")
+                m * 1e3
             );
         }
     }
