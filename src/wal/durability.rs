@@ -150,9 +150,15 @@ impl Inner {
     /// A group-commit leader's turn: syncs everything written so far, from where the last
     /// sync of the open segment reached, and moves `flush_lsn`. Returns where the sync reached.
     fn lead_sync(&self, target: u64, synced_to: Option<SyncedTo>) -> Result<Option<SyncedTo>> {
-        let (seg, to, end, seals) = {
+        let (seg, to, end, seals, hashed_to) = {
             let st = lock(&self.tail);
-            (st.seg.clone(), st.off, st.end_lsn.0, st.tickets)
+            (
+                st.seg.clone(),
+                st.off,
+                st.end_lsn.0,
+                st.tickets,
+                st.hashed_to,
+            )
         };
         if target > end {
             return Err(Error::InvalidArgument(format!(
@@ -174,9 +180,11 @@ impl Inner {
         let started = Instant::now();
         crate::sync_point!("wal::group_commit::sync");
         let synced = if to > from {
-            // The whole pages below `to` are written back unmapped; the page holding `to`,
-            // where the next record goes, stays mapped (see `unmap_pages`).
-            seg.unmap_pages(from, to);
+            // The whole pages below `to` are written back unmapped (see `unmap_pages`), except
+            // the page holding `to`, where the next record goes, and the pages the segment's
+            // running checksum has still to read: an unmapped page would fault back in under
+            // the tail lock when it does.
+            seg.unmap_pages(from, to.min(hashed_to));
             self.sync_segment(&seg, SegmentSync::Range(from, to))?;
             let took = started.elapsed();
             self.lib.sync_seconds.observe(took.as_secs_f64());

@@ -337,3 +337,44 @@ fn the_running_checksum_covers_every_byte_before_the_write_position() {
         other => panic!("the sealed segment ends {other:?}"),
     }
 }
+
+/// Minor page faults the calling thread has taken.
+fn thread_minor_faults() -> i64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a plain syscall into a local struct.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    assert_eq!(rc, 0, "getrusage");
+    ru.ru_minflt
+}
+
+#[test]
+fn a_sync_leaves_mapped_the_pages_the_checksum_has_still_to_read() {
+    // Large enough for every round in one segment.
+    let (_tmp, root, inner) = fresh(1 << 20);
+    let open_name = name(0, SegmentFileKind::Open);
+    // Pages written since the checksum last ran, fewer than one checksum chunk: a group
+    // commit syncs them before the checksum reads them.
+    for round in 0..3 {
+        let mut st = lock(&inner.tail);
+        let stop = st.hashed_to + HASH_CHUNK - 8192;
+        while st.off + encoded_len(1000) < stop {
+            inner
+                .append_locked(&mut st, &entry(&[round as u8; 1000]), 0)
+                .expect("append");
+        }
+        let (end, off) = (st.end_lsn.0, st.off);
+        drop(st);
+        inner.written.fetch_max(end, Ordering::AcqRel);
+        inner.wait_durable(end).expect("sync");
+        let mut st = lock(&inner.tail);
+        let before = thread_minor_faults();
+        let sum = st.checksum();
+        let faults = thread_minor_faults() - before;
+        assert_eq!(
+            faults, 0,
+            "round {round}: the checksum faulted pages the sync had unmapped back in"
+        );
+        assert_eq!(sum, crc32fast::hash(&read(&root, &open_name)[..off]));
+    }
+}
