@@ -34,6 +34,7 @@ pub mod segment_file;
 pub mod setaside;
 pub mod status;
 pub mod sync;
+pub mod thread_usage;
 pub mod timeline;
 pub mod verify;
 pub mod wal;

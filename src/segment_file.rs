@@ -329,7 +329,9 @@ fn open_rw(path: &Path) -> Result<File> {
         .ctx(|| format!("open {}", path.display()))
 }
 
-fn map_segment(file: &File, path: &Path, size: u64) -> Result<MmapRaw> {
+/// Maps `size` bytes of `file` read-write as the writer maps a segment: `MADV_RANDOM`, so that
+/// faults create 4 KiB page-cache folios.
+pub fn map_segment(file: &File, path: &Path, size: u64) -> Result<MmapRaw> {
     let map = MmapOptions::new()
         .len(size as usize)
         .map_raw(file)

@@ -205,11 +205,12 @@ impl RawLog {
             .ctx(|| format!("open {}", path.display()))?;
         // SAFETY: a plain syscall on an open descriptor; it only drops clean cached pages.
         unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        let map = memmap2::MmapOptions::new()
-            .map_raw(&file)
-            .ctx(|| format!("map {}", path.display()))?;
-        map.advise(memmap2::Advice::Random)
-            .and_then(|()| map.advise(memmap2::Advice::PopulateWrite))
+        let len = file
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
+        let map = walship::segment_file::map_segment(&file, path, len)?;
+        map.advise(memmap2::Advice::PopulateWrite)
             .ctx(|| format!("fault in the pages of {}", path.display()))?;
         Ok(RawLog::over(raw, Some(map)))
     }

@@ -338,41 +338,55 @@ fn the_running_checksum_covers_every_byte_before_the_write_position() {
     }
 }
 
-/// Minor page faults the calling thread has taken.
-fn thread_minor_faults() -> i64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a plain syscall into a local struct.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    assert_eq!(rc, 0, "getrusage");
-    ru.ru_minflt
-}
-
 #[test]
 fn a_sync_leaves_mapped_the_pages_the_checksum_has_still_to_read() {
+    use crate::thread_usage::thread_faults;
+    const PAGE: usize = 4096;
     // Large enough for every round in one segment.
     let (_tmp, root, inner) = fresh(1 << 20);
     let open_name = name(0, SegmentFileKind::Open);
-    // Pages written since the checksum last ran, fewer than one checksum chunk: a group
-    // commit syncs them before the checksum reads them.
-    for round in 0..3 {
-        let mut st = lock(&inner.tail);
-        let stop = st.hashed_to + HASH_CHUNK - 8192;
+    let append_until = |st: &mut Tail, stop: usize, fill: u8| {
         while st.off + encoded_len(1000) < stop {
             inner
-                .append_locked(&mut st, &entry(&[round as u8; 1000]), 0)
+                .append_locked(st, &entry(&[fill; 1000]), 0)
                 .expect("append");
         }
-        let (end, off) = (st.end_lsn.0, st.off);
+    };
+    // Each round: pages the checksum reads before a group commit syncs them, then pages it
+    // has not read yet when the sync comes; the checksum's chunk is never reached, so only
+    // the explicit checksum reads. Rounds start at different offsets within a page.
+    for round in 0..3u8 {
+        let mut st = lock(&inner.tail);
+        let start = st.off;
+        append_until(&mut st, start + 3 * PAGE + 100 * round as usize, round);
+        st.checksum();
+        let hashed = st.hashed_to;
+        append_until(&mut st, hashed + HASH_CHUNK - 2 * PAGE, round);
+        let (end, off, seg) = (st.end_lsn.0, st.off, st.seg.clone().expect("open segment"));
         drop(st);
         inner.written.fetch_max(end, Ordering::AcqRel);
         inner.wait_durable(end).expect("sync");
         let mut st = lock(&inner.tail);
-        let before = thread_minor_faults();
+        // A whole page the checksum had read, inside the sync: written back unmapped, so
+        // reading it faults.
+        let read_page = start.next_multiple_of(PAGE);
+        assert!(
+            read_page + PAGE <= hashed,
+            "round {round}: a whole page read before the sync"
+        );
+        let before = thread_faults();
+        // SAFETY: tail lock held; the bytes were written under it.
+        let byte = unsafe { seg.written(read_page, 1) }[0];
+        assert!(
+            thread_faults() > before,
+            "round {round}: a page the checksum had read stayed mapped through the sync ({byte})"
+        );
+        // The pages it had not read stay mapped: reading them now faults nothing.
+        let before = thread_faults();
         let sum = st.checksum();
-        let faults = thread_minor_faults() - before;
         assert_eq!(
-            faults, 0,
+            thread_faults() - before,
+            0,
             "round {round}: the checksum faulted pages the sync had unmapped back in"
         );
         assert_eq!(sum, crc32fast::hash(&read(&root, &open_name)[..off]));
