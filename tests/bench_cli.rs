@@ -113,6 +113,20 @@ fn append_each_group_none() {
             // Nobody waits: only seals and the untimed final sync write to disk.
             _ => assert_eq!(v["syncs"].as_u64(), Some(0), "{v}"),
         }
+        if d == "none" {
+            assert!(v.get("mean_sync_us").is_none(), "no syncs, no mean: {v}");
+        } else {
+            // The timed run is the leaders' syncs and the time between them.
+            positive(&v, &["mean_sync_us", "mean_sync_gap_us"]);
+            let syncs = v["syncs"].as_f64().unwrap();
+            let parts = syncs
+                * (v["mean_sync_us"].as_f64().unwrap() + v["mean_sync_gap_us"].as_f64().unwrap());
+            let run = v["seconds"].as_f64().unwrap() * 1e6;
+            assert!(
+                (parts - run).abs() <= run * 0.01 + 1.0,
+                "syncs and gaps {parts} us, run {run} us: {v}"
+            );
+        }
         if d == "group" {
             positive(
                 &v,
@@ -127,6 +141,12 @@ fn append_each_group_none() {
                     "mapped_group_baseline_records_per_s",
                     "mapped_group_baseline_p99_us",
                     "ratio_to_mapped_group_baseline",
+                    "group_baseline_syncs",
+                    "group_baseline_mean_sync_us",
+                    "group_baseline_mean_sync_gap_us",
+                    "mapped_group_baseline_syncs",
+                    "mapped_group_baseline_mean_sync_us",
+                    "mapped_group_baseline_mean_sync_gap_us",
                     "group_baseline_cpu_s",
                     "ratio_to_group_baseline",
                 ],

@@ -334,6 +334,28 @@ fn print(r: &BenchResult, json: bool) -> CmdResult {
             ) {
                 println!("the same group commit through a mapping (copy + msync): {g:.0} records/s, p99 {p99:.1} us, p99.9 {p999:.1} us; ratio {q:.2}");
             }
+            if let (Some(sync), Some(gap)) = (r.mean_sync_us, r.mean_sync_gap_us) {
+                let mut line = format!(
+                    "mean sync and mean time between syncs: walship {sync:.1} us, {gap:.1} us"
+                );
+                for (name, s, g) in [
+                    (
+                        "group-commit baseline",
+                        r.group_baseline_mean_sync_us,
+                        r.group_baseline_mean_sync_gap_us,
+                    ),
+                    (
+                        "through a mapping",
+                        r.mapped_group_baseline_mean_sync_us,
+                        r.mapped_group_baseline_mean_sync_gap_us,
+                    ),
+                ] {
+                    if let (Some(s), Some(g)) = (s, g) {
+                        line.push_str(&format!("; {name} {s:.1} us, {g:.1} us"));
+                    }
+                }
+                println!("{line}");
+            }
             if let (Some(p50), Some(p99), Some(p999)) = (
                 r.baseline_sync_p50_us,
                 r.baseline_sync_p99_us,

@@ -187,6 +187,8 @@ impl Inner {
             seg.unmap_pages(from, to.min(hashed_to));
             self.sync_segment(&seg, SegmentSync::Range(from, to))?;
             let took = started.elapsed();
+            self.sync_ns
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
             self.lib.sync_seconds.observe(took.as_secs_f64());
             self.note_sync_time(took, to - from);
             true

@@ -111,6 +111,8 @@ pub struct Appended {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
     pub syncs: u64,
+    /// The time group-commit leaders spent in those syncs' msyncs, in all.
+    pub sync_us: u64,
     pub records_appended: u64,
     /// Segments whose seal marker is durable (their sealed name may follow a moment later).
     pub segments_sealed: u64,
@@ -145,6 +147,8 @@ struct Inner {
     /// `None`, so once the writer is poisoned `flush_lsn` never moves again.
     failure: Mutex<Option<String>>,
     syncs: AtomicU64,
+    /// In nanoseconds, so that many short syncs add up without rounding.
+    sync_ns: AtomicU64,
     appended: AtomicU64,
     seals: AtomicU64,
     /// Prepared files that were recycled ones (`pipeline.rs`).
@@ -257,6 +261,7 @@ impl Wal {
     pub fn stats(&self) -> WalStats {
         WalStats {
             syncs: self.inner.syncs.load(Ordering::Relaxed),
+            sync_us: self.inner.sync_ns.load(Ordering::Relaxed) / 1000,
             records_appended: self.inner.appended.load(Ordering::Relaxed),
             segments_sealed: self.inner.seals.load(Ordering::Relaxed),
             segments_recycled: self.inner.recycled.load(Ordering::Relaxed),
@@ -424,6 +429,7 @@ impl Inner {
             poisoned: AtomicBool::new(false),
             failure: Mutex::new(None),
             syncs: AtomicU64::new(0),
+            sync_ns: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             seals: AtomicU64::new(0),
             recycled: AtomicU64::new(0),

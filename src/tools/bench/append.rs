@@ -89,6 +89,9 @@ struct Driven {
     cpu: Duration,
     /// Minor page faults of the writer threads.
     faults: u64,
+    /// Group-commit leaders' syncs in the run, and the time they took in all.
+    syncs: u64,
+    sync_time: Duration,
 }
 
 impl Driven {
@@ -99,6 +102,19 @@ impl Driven {
         self.ack.merge(&o.ack);
         self.cpu += o.cpu;
         self.faults += o.faults;
+        self.syncs += o.syncs;
+        self.sync_time += o.sync_time;
+    }
+
+    /// The mean sync, and the mean time between syncs; `None` without syncs.
+    fn mean_sync_us(&self) -> Option<f64> {
+        (self.syncs > 0).then(|| self.sync_time.as_secs_f64() * 1e6 / self.syncs as f64)
+    }
+
+    fn mean_sync_gap_us(&self) -> Option<f64> {
+        (self.syncs > 0).then(|| {
+            self.elapsed.saturating_sub(self.sync_time).as_secs_f64() * 1e6 / self.syncs as f64
+        })
     }
 }
 
@@ -198,18 +214,23 @@ fn drive<T: Target>(target: &Arc<T>, cfg: &BenchConfig, limit: Limit) -> Result<
         ack,
         cpu,
         faults,
+        syncs: 0,
+        sync_time: Duration::ZERO,
     })
 }
 
 /// Appends `limit` worth of records through `wal` with `cfg.writers` threads.
 fn run_wal(wal: &Arc<WalTarget>, cfg: &BenchConfig, limit: Limit) -> Result<WalRun> {
     let before = wal.wal.stats();
-    let run = drive(wal, cfg, limit)?;
+    let mut run = drive(wal, cfg, limit)?;
     let after = wal.wal.stats();
+    run.syncs = after.syncs - before.syncs;
+    run.sync_time = Duration::from_micros(after.sync_us - before.sync_us);
     Ok(WalRun {
         run,
         stats: WalStats {
             syncs: after.syncs - before.syncs,
+            sync_us: after.sync_us - before.sync_us,
             records_appended: after.records_appended - before.records_appended,
             segments_sealed: after.segments_sealed - before.segments_sealed,
             segments_recycled: after.segments_recycled - before.segments_recycled,
@@ -227,6 +248,7 @@ impl WalRun {
         self.run.add(o.run);
         self.final_sync += o.final_sync;
         self.stats.syncs += o.stats.syncs;
+        self.stats.sync_us += o.stats.sync_us;
         self.stats.records_appended += o.stats.records_appended;
         self.stats.segments_sealed += o.stats.segments_sealed;
         self.stats.segments_recycled += o.stats.segments_recycled;
@@ -310,7 +332,8 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
                     )?,
                     record: vec![0xA5u8; len],
                 });
-                let g = drive(&raw, cfg, Limit::Records(r.run.records))?;
+                let mut g = drive(&raw, cfg, Limit::Records(r.run.records))?;
+                (g.syncs, g.sync_time) = raw.log.syncs();
                 match acc {
                     Some(a) => a.add(g),
                     None => *acc = Some(g),
@@ -362,6 +385,8 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         append_p999_us: w.run.append.quantile_us(0.999),
         syncs: w.stats.syncs,
         records_per_sync,
+        mean_sync_us: w.run.mean_sync_us(),
+        mean_sync_gap_us: w.run.mean_sync_gap_us(),
         segments_sealed: w.stats.segments_sealed,
         baseline_records_per_s: base.records_per_s(),
         baseline_mb_per_s: mb_per_s(base.records * cfg.record_size as u64, base.elapsed),
@@ -395,6 +420,9 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
         group_baseline_p99_us: group_base.as_ref().map(|g| g.ack.quantile_us(0.99)),
         group_baseline_p999_us: group_base.as_ref().map(|g| g.ack.quantile_us(0.999)),
         group_baseline_cpu_s: group_base.as_ref().map(|g| g.cpu.as_secs_f64()),
+        group_baseline_syncs: group_base.as_ref().map(|g| g.syncs),
+        group_baseline_mean_sync_us: group_base.as_ref().and_then(Driven::mean_sync_us),
+        group_baseline_mean_sync_gap_us: group_base.as_ref().and_then(Driven::mean_sync_gap_us),
         ratio_to_group_baseline: group_base
             .as_ref()
             .map(|g| ratio(rps, per_s(g.records, g.elapsed))),
@@ -403,6 +431,13 @@ pub fn run_append(cfg: &BenchConfig) -> Result<BenchResult> {
             .map(|g| per_s(g.records, g.elapsed)),
         mapped_group_baseline_p99_us: mapped_group_base.as_ref().map(|g| g.ack.quantile_us(0.99)),
         mapped_group_baseline_p999_us: mapped_group_base.as_ref().map(|g| g.ack.quantile_us(0.999)),
+        mapped_group_baseline_syncs: mapped_group_base.as_ref().map(|g| g.syncs),
+        mapped_group_baseline_mean_sync_us: mapped_group_base
+            .as_ref()
+            .and_then(Driven::mean_sync_us),
+        mapped_group_baseline_mean_sync_gap_us: mapped_group_base
+            .as_ref()
+            .and_then(Driven::mean_sync_gap_us),
         ratio_to_mapped_group_baseline: mapped_group_base
             .as_ref()
             .map(|g| ratio(rps, per_s(g.records, g.elapsed))),

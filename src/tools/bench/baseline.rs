@@ -178,6 +178,9 @@ pub struct RawLog {
     done: Condvar,
     written: AtomicU64,
     synced: AtomicU64,
+    /// Leaders' syncs, counted and timed (nanoseconds in all).
+    syncs: AtomicU64,
+    sync_ns: AtomicU64,
 }
 
 #[derive(Default)]
@@ -224,6 +227,8 @@ impl RawLog {
             done: Condvar::new(),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            sync_ns: AtomicU64::new(0),
         }
     }
 
@@ -257,6 +262,14 @@ impl RawLog {
         Ok(*off)
     }
 
+    /// The leaders' syncs so far: how many, and the time they took in all.
+    pub fn syncs(&self) -> (u64, Duration) {
+        (
+            self.syncs.load(Ordering::Relaxed),
+            Duration::from_nanos(self.sync_ns.load(Ordering::Relaxed)),
+        )
+    }
+
     /// Returns once everything below `end` is durable.
     pub fn wait_durable(&self, end: u64) -> Result<()> {
         let mut t = walship::sync::lock(&self.turns);
@@ -274,6 +287,7 @@ impl RawLog {
         t.leading = true;
         drop(t);
         let w = self.written.load(Ordering::Acquire);
+        let started = Instant::now();
         let r = match &self.mapped {
             Some(map) => {
                 let from = self.synced.load(Ordering::Acquire);
@@ -282,6 +296,9 @@ impl RawLog {
             }
             None => self.file.sync(),
         };
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if r.is_ok() {
             self.synced.fetch_max(w, Ordering::AcqRel);
         }

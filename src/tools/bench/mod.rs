@@ -124,6 +124,13 @@ pub struct BenchResult {
     pub append_p999_us: f64,
     pub syncs: u64,
     pub records_per_sync: f64,
+    /// `append` with syncs: the mean time of a group-commit leader's sync, and the mean time
+    /// between one sync's end and the next one's start (the timed run less the syncs, per
+    /// sync): how long the disk waited for the writer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_sync_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_sync_gap_us: Option<f64>,
     pub segments_sealed: u64,
     pub baseline_records_per_s: f64,
     pub baseline_mb_per_s: f64,
@@ -201,6 +208,13 @@ pub struct BenchResult {
     pub group_baseline_p999_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_baseline_cpu_s: Option<f64>,
+    /// Its syncs, counted and timed as `mean_sync_us` and `mean_sync_gap_us` are for walship.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_baseline_syncs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_baseline_mean_sync_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_baseline_mean_sync_gap_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_to_group_baseline: Option<f64>,
     /// The same group commit written through a shared mapping (copy + `msync`, pages
@@ -212,6 +226,12 @@ pub struct BenchResult {
     pub mapped_group_baseline_p99_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mapped_group_baseline_p999_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_group_baseline_syncs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_group_baseline_mean_sync_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_group_baseline_mean_sync_gap_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_to_mapped_group_baseline: Option<f64>,
     /// `recover` only: reopening the store (recovery) and the full scan, each timed alone.
