@@ -111,7 +111,8 @@ pub struct Appended {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
     pub syncs: u64,
-    /// The time group-commit leaders spent in those syncs' msyncs, in all.
+    /// The time group-commit leaders spent in those syncs, in all (each sync's msync and the
+    /// unmap of the pages it writes back).
     pub sync_us: u64,
     pub records_appended: u64,
     /// Segments whose seal marker is durable (their sealed name may follow a moment later).

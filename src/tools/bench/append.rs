@@ -224,21 +224,22 @@ fn run_wal(wal: &Arc<WalTarget>, cfg: &BenchConfig, limit: Limit) -> Result<WalR
     let before = wal.wal.stats();
     let mut run = drive(wal, cfg, limit)?;
     let after = wal.wal.stats();
-    run.syncs = after.syncs - before.syncs;
-    run.sync_time = Duration::from_micros(after.sync_us - before.sync_us);
+    let stats = WalStats {
+        syncs: after.syncs - before.syncs,
+        sync_us: after.sync_us - before.sync_us,
+        records_appended: after.records_appended - before.records_appended,
+        segments_sealed: after.segments_sealed - before.segments_sealed,
+        segments_recycled: after.segments_recycled - before.segments_recycled,
+        rotation_waits: after.rotation_waits - before.rotation_waits,
+        rotation_wait_us: after.rotation_wait_us - before.rotation_wait_us,
+        seal_bound_waits: after.seal_bound_waits - before.seal_bound_waits,
+        seal_bound_wait_us: after.seal_bound_wait_us - before.seal_bound_wait_us,
+    };
+    run.syncs = stats.syncs;
+    run.sync_time = Duration::from_micros(stats.sync_us);
     Ok(WalRun {
         run,
-        stats: WalStats {
-            syncs: after.syncs - before.syncs,
-            sync_us: after.sync_us - before.sync_us,
-            records_appended: after.records_appended - before.records_appended,
-            segments_sealed: after.segments_sealed - before.segments_sealed,
-            segments_recycled: after.segments_recycled - before.segments_recycled,
-            rotation_waits: after.rotation_waits - before.rotation_waits,
-            rotation_wait_us: after.rotation_wait_us - before.rotation_wait_us,
-            seal_bound_waits: after.seal_bound_waits - before.seal_bound_waits,
-            seal_bound_wait_us: after.seal_bound_wait_us - before.seal_bound_wait_us,
-        },
+        stats,
         final_sync: Duration::ZERO,
     })
 }
