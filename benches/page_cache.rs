@@ -34,6 +34,9 @@
 //!   writer gets when its prefault keeps ahead.
 //! - `mmap, faulted by the writer`: the same mapping not populated: each page's first store
 //!   faults, and the fault allocates, zeroes and maps one 4 KiB page-cache folio.
+//! - `mmap, writer populates 64K`: the same, the writer itself populating the next 64 KiB
+//!   whenever a record would reach past what it populated: a writer that catches up with its
+//!   prefault and faults ahead in steps rather than page by page.
 //! - `populate, reserved blocks`: `MADV_POPULATE_WRITE` alone over such a fresh mapping: the
 //!   rate at which a prefault thread can prepare a new segment.
 //! - `populate, cached pages`: the same over a file whose pages are already cached (written

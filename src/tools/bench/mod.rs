@@ -126,7 +126,8 @@ pub struct BenchResult {
     pub records_per_sync: f64,
     /// `append` with syncs: the mean time of a group-commit leader's sync, and the mean time
     /// between one sync's end and the next one's start (the timed run less the syncs, per
-    /// sync): how long the disk waited for the writer.
+    /// sync): how long the disk waited for the writer. walship's finisher syncs sealed
+    /// segments beside its leaders; those syncs are not counted, so they fall in the gap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_sync_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
