@@ -1,6 +1,6 @@
 //! A data directory: its layout, identity (control file), writer lock and segment listing.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,9 @@ use crate::format::{check_segment_size, ControlFile, SegmentName, FORMAT_VERSION
 use crate::fsutil::{fsync_dir, write_atomic};
 
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// The name of a data directory's control file, in its root.
+pub const CONTROL_NAME: &str = "control";
 
 /// Mode of a data directory walship creates: its owner only, since segments hold the data in
 /// clear. A directory that already exists keeps the mode its owner gave it.
@@ -55,7 +58,7 @@ impl DataDir {
         self.root.join("state")
     }
     pub fn control_path(&self) -> PathBuf {
-        self.root.join("control")
+        self.root.join(CONTROL_NAME)
     }
     pub fn lock_path(&self) -> PathBuf {
         self.root.join("LOCK")
@@ -171,13 +174,7 @@ impl DataDir {
     /// Takes the exclusive writer lock, failing at once when another process holds it.
     pub fn lock(&self) -> Result<DirLock> {
         let path = self.lock_path();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .ctx(|| format!("open lock file {}", path.display()))?;
+        let mut file = crate::fsutil::open_in_place(&path)?;
         // SAFETY: flock on a descriptor we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -229,7 +226,7 @@ fn check_init_target(root: &Path) -> Result<()> {
     }
     // wal/ first: segments there are what a refusal protects.
     names.sort_by(|a, b| (a.0 != "wal", &a.0).cmp(&(b.0 != "wal", &b.0)));
-    if names.iter().any(|(n, _)| n == "control") {
+    if names.iter().any(|(n, _)| n == CONTROL_NAME) {
         return Err(Error::AlreadyInitialized {
             path: root.to_path_buf(),
         });

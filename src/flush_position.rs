@@ -80,12 +80,7 @@ impl FlushPublisher {
     /// written only costs other processes the hint: it is logged, never fatal to the writer.
     pub fn open(dd: &DataDir, initial: u64) -> FlushPublisher {
         let path = flush_position_path(dd);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path);
+        let file = crate::fsutil::open_in_place(&path);
         let file = match file {
             Ok(f) => Some((f, None)),
             Err(e) => {

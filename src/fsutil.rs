@@ -6,6 +6,31 @@ use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
 
+/// Opens (creating it when absent) a file of a data directory that walship overwrites in place
+/// (a lock file, a published position), for reading and writing. Never through a symbolic
+/// link: writing through one would overwrite whatever it points to, a segment included. A
+/// link there is refused with an error naming it.
+pub fn open_in_place(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::Refused(format!(
+                    "{} is a symbolic link: walship writes this file in place and never through a link (it would overwrite what the link points to); remove the link",
+                    path.display()
+                ))
+            } else {
+                Error::io(format!("open {}", path.display()), e)
+            }
+        })
+}
+
 /// Fsyncs a directory so that entries created, renamed or removed in it survive a crash.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

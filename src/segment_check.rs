@@ -267,11 +267,13 @@ pub fn record_ends(
         return None;
     }
     let start = header.start_lsn();
-    let limit = (control.segment_size as usize).min(buf.len());
+    let size = control.segment_size as usize;
+    // A sealed file is cut after its seal marker: the bytes end before the segment does.
+    let end = size.min(buf.len());
     let mut ends = Vec::new();
     let mut off = SEGMENT_HEADER_LEN;
-    while off < limit {
-        match decode_at(&buf[..limit], off, start + off as u64, limit) {
+    while off < end {
+        match decode_at(&buf[..end], off, start + off as u64, size) {
             Ok(Decoded::Record(r)) => {
                 off = (r.end_lsn() - start) as usize;
                 ends.push(off);
@@ -318,6 +320,53 @@ mod tests {
         match r {
             Err(Error::Corrupt { reason, .. }) => reason,
             other => panic!("expected damage, got {other:?}"),
+        }
+    }
+
+    /// A sealed file is cut after its seal marker, before the segment ends: each record's
+    /// offset is still read against the segment size. Records as the writer leaves them (each
+    /// says the log was durable up to its own offset), in segments after the first, sealed at
+    /// many lengths, some past half the segment and some short of it.
+    #[test]
+    fn record_ends_finds_every_record_of_a_segment_sealed_at_any_length() {
+        use crate::format::record::{encode_record, encode_seal};
+        for no in [1u64, 2, 7] {
+            for n in [1usize, 2, 100, 300, 409, 500, 700] {
+                let h = SegmentHeader {
+                    format_version: SEGMENT_FORMAT_VERSION,
+                    timeline: 1,
+                    segment_size: SIZE,
+                    segment_no: no,
+                    system_id: uuid::Uuid::nil(),
+                    prev_checksum: Some(1),
+                    created_us: 0,
+                };
+                let mut b = h.encode().to_vec();
+                let mut want = Vec::new();
+                for i in 0..n {
+                    let off = b.len();
+                    b.resize(off + encoded_len(40), 0);
+                    let lsn = h.start_lsn() + off as u64;
+                    encode_record(&mut b[off..], lsn, off as u32, 1, None, i as i64, &[7; 40]);
+                    want.push(b.len());
+                }
+                let off = b.len();
+                let seal = SealInfo {
+                    record_count: n as u64,
+                    last_lsn: Lsn::from_stored(h.start_lsn().0 + (off - encoded_len(40)) as u64),
+                    segment_checksum: crc32fast::hash(&b),
+                };
+                b.resize(off + SEAL_LEN, 0);
+                encode_seal(
+                    &mut b[off..],
+                    h.start_lsn() + off as u64,
+                    off as u32,
+                    0,
+                    &seal,
+                );
+                let (_, ends) = record_ends(&b, &name(no), &control()).expect("a header");
+                assert_eq!(ends, want, "segment {no}, {n} records, {} bytes", b.len());
+            }
         }
     }
 

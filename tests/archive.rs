@@ -1455,3 +1455,91 @@ fn a_restore_killed_midway_leaves_no_data_directory_and_a_rerun_completes() {
         }
     }
 }
+
+#[test]
+fn an_archive_started_after_checkpoints_begins_at_the_oldest_segment_holding_records() {
+    // Checkpoints keep released segments as recycled files under their old numbers: those
+    // hold no records of the log, and an archive that began at them could never be complete.
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 6, 7);
+    let sealed = sealed_names(&data);
+    let keep_from = &sealed[3];
+    let keep_lsn = walship::format::SegmentName::parse(keep_from)
+        .unwrap()
+        .segment_no
+        .start_lsn_saturating(SEG)
+        .0
+        .to_string();
+    let out = walship(&["checkpoint", p(&data), "--lsn", &keep_lsn]);
+    assert!(out.status.success(), "{}", text(&out));
+    let recycled: Vec<String> = names(&data.join("wal"))
+        .into_iter()
+        .filter(|n| n.ends_with(".wal.prep") && n.as_str() < keep_from.as_str())
+        .collect();
+    assert!(!recycled.is_empty(), "the checkpoint recycled segments");
+    let want = records(&data);
+
+    let arc = t.path().join("arc");
+    let out = archive_once(&data, &arc, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let begin = sealed_names(&data)[0].clone();
+    let begin_no = walship::format::SegmentName::parse(&begin)
+        .unwrap()
+        .segment_no
+        .0;
+    let id = std::fs::read_to_string(arc.join("IDENTITY")).unwrap();
+    assert!(
+        id.contains(&format!("\nfirst_segment {begin_no}\n")),
+        "begins at {begin}: {id}"
+    );
+    let v = walship(&["verify", p(&arc)]);
+    assert!(v.status.success(), "{}", text(&v));
+    let restored = t.path().join("restored");
+    let out = walship(&["restore", p(&arc), p(&restored)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(records(&restored), want);
+    // And a later pass still finds it complete.
+    let out = archive_once(&data, &arc, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_data_directory_given_as_the_archive_is_refused_and_left_as_it_was() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 2, 3);
+    let other = t.path().join("other");
+    make_store(&other, 1, 4);
+    /// Every file under `dir`, recursively, with its bytes.
+    fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for e in std::fs::read_dir(dir).expect("list") {
+            let path = e.expect("entry").path();
+            if path.is_dir() {
+                out.extend(tree(&path));
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).expect("read"));
+            }
+        }
+        out
+    }
+    for target in [&other, &data] {
+        let before = tree(target);
+        let out = archive_once(&data, target, &[]);
+        assert_eq!(common::code(&out), 1, "{}", text(&out));
+        assert!(
+            text(&out)
+                .contains("holds a `control` file: it is a walship data directory, not an archive"),
+            "{}",
+            text(&out)
+        );
+        assert!(
+            tree(target) == before,
+            "nothing written to {}",
+            target.display()
+        );
+        let v = walship(&["verify", p(target)]);
+        assert!(v.status.success(), "{}", text(&v));
+    }
+}

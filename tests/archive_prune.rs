@@ -134,3 +134,58 @@ fn an_archive_that_does_not_record_its_beginning_is_not_pruned() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("not an archive"), "{}", text(&out));
 }
+
+#[test]
+fn a_restore_to_a_point_before_a_pruned_archive_begins_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let arc = t.path().join("arc");
+    let all = make_store(&data, 4);
+    let out = archive_once(&data, &arc, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first2 = all.iter().position(|r| r.0 / SEG == 2).unwrap();
+    let out = walship(&[
+        "archive-prune",
+        p(&arc),
+        "--keep-since",
+        &all[first2].1.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let rfc3339 = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    // Targets before the archive's first record: in a pruned segment, and before any record.
+    for (flag, value) in [
+        ("--until-lsn", all[3].1.to_string()),
+        ("--until-lsn", all[first2 - 1].1.to_string()),
+        ("--until-lsn", "0".to_string()),
+        ("--until-time", rfc3339(all[first2 - 1].4)),
+    ] {
+        let dest = t.path().join("restored");
+        let out = walship(&["restore", p(&arc), p(&dest), flag, &value]);
+        assert_eq!(common::code(&out), 2, "{flag} {value}: {}", text(&out));
+        assert!(
+            text(&out).contains("is before the archive's first record"),
+            "{flag} {value}: {}",
+            text(&out)
+        );
+        assert!(!dest.exists(), "{flag} {value}: nothing written");
+    }
+    // From the archive's first record on, a restore gives exactly the records up to the target.
+    for (flag, value) in [
+        ("--until-lsn", all[first2].1.to_string()),
+        ("--until-time", rfc3339(all[first2].4)),
+    ] {
+        let dest = t.path().join(format!("restored-{}", &flag[2..]));
+        let out = walship(&["restore", p(&arc), p(&dest), flag, &value]);
+        assert!(out.status.success(), "{flag} {value}: {}", text(&out));
+        assert_eq!(
+            records(&dest),
+            all[first2..=first2].to_vec(),
+            "{flag} {value}"
+        );
+    }
+}

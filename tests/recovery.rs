@@ -368,11 +368,19 @@ fn a_segment_whose_header_is_zeros_is_set_aside_or_refused() {
 #[test]
 fn open_segments_of_the_wrong_length_are_damage_for_verify_and_write_alike() {
     type Change = fn(&mut Vec<u8>, usize);
-    let cases: [(&str, Change); 4] = [
+    let cases: [(&str, Change); 7] = [
         ("one byte longer", |b, _| b.push(0)),
         ("a page longer", |b, _| b.extend_from_slice(&[0u8; 4096])),
         ("cut inside the records", |b, end| b.truncate(end - 30)),
         ("cut at the last record's end", |b, end| b.truncate(end)),
+        // Without a header the records are gone, but the published durable position says some
+        // were acknowledged: damage, never a segment started again at their LSNs.
+        ("cut to nothing", |b, _| b.clear()),
+        ("cut to a page of zeros", |b, _| {
+            b.truncate(4096);
+            b.fill(0);
+        }),
+        ("zeroed whole", |b, _| b.fill(0)),
     ];
     for (what, change) in cases {
         let (_t, dir) = common::new_dir();

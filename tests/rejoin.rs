@@ -124,12 +124,15 @@ enum From {
     Archive,
 }
 
-/// Rewinds an old primary that went on alone for `extra` records (the new primary's history
-/// taken from `from`), checks what was set aside and kept, then has it follow the new primary
-/// to its end.
-fn rewound_then_follows(extra: usize, from: From) {
+/// Rewinds an old primary that went on alone for `extra` records (then sealed its open segment
+/// when `seal`; the new primary's history taken from `from`), checks what was set aside and
+/// kept, then has it follow the new primary to its end.
+fn rewound_then_follows(extra: usize, from: From, seal: bool) {
     let t = tempfile::tempdir().expect("tempdir");
     let (old, new) = failed_over(t.path(), extra);
+    if seal {
+        common::seal(&old);
+    }
     let switch = switch_point(&new);
     let end = walship::Lsn(status(&old)["flush_lsn"].as_u64().expect("flush_lsn"));
     let shared = payloads(&new);
@@ -214,19 +217,27 @@ fn rewound_then_follows(extra: usize, from: From) {
 
 #[test]
 fn a_diverged_old_primary_is_rewound_in_its_open_segment_then_follows() {
-    rewound_then_follows(7, From::Primary);
+    rewound_then_follows(7, From::Primary, false);
 }
 
 #[test]
 fn a_diverged_old_primary_is_rewound_from_the_new_primarys_archive_then_follows() {
-    rewound_then_follows(7, From::Archive);
-    rewound_then_follows(2500, From::Archive);
+    rewound_then_follows(7, From::Archive, false);
+    rewound_then_follows(2500, From::Archive, false);
 }
 
 #[test]
 fn a_diverged_old_primary_is_rewound_across_segments_then_follows() {
     // Enough to seal the segment holding the switch point and fill more after it.
-    rewound_then_follows(2500, From::Primary);
+    rewound_then_follows(2500, From::Primary, false);
+}
+
+#[test]
+fn a_diverged_old_primary_whose_switch_segment_was_sealed_short_is_rewound_then_follows() {
+    // Sealed by `walship seal` half-full: the sealed file ends well before the segment does,
+    // and its records' offsets must still be read against the segment, not the file.
+    rewound_then_follows(7, From::Primary, true);
+    rewound_then_follows(7, From::Archive, true);
 }
 
 #[test]

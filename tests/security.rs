@@ -410,3 +410,43 @@ fn standby_refuses_impossible_segment_numbers_and_oversized_frames_from_a_primar
     ok(&["init", p(&existing)]);
     assert_eq!(mode(&existing), 0o750);
 }
+
+/// A symbolic link planted where walship overwrites a file in place (the lock file, the
+/// published durable position) is refused or left alone: never written through, so the file it
+/// points at (here a sealed segment) keeps every byte.
+#[test]
+fn links_at_files_written_in_place_are_never_written_through() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("data");
+    common::init(&dir);
+    common::write_records(&dir, 1400, "a");
+    let sealed = dir.join("wal").join(&common::sealed_files(&dir)[0]);
+    let bytes = std::fs::read(&sealed).unwrap();
+    let link = |at: &Path| {
+        let _ = std::fs::remove_file(at);
+        std::os::unix::fs::symlink(&sealed, at).unwrap();
+    };
+
+    link(&dir.join("LOCK"));
+    let out = common::run(&["write", p(&dir), "--durable"], b"x\n");
+    assert_eq!(common::code(&out), 1, "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("LOCK is a symbolic link"),
+        "{}",
+        common::text(&out)
+    );
+    assert!(
+        std::fs::read(&sealed).unwrap() == bytes,
+        "the lock's link target"
+    );
+    std::fs::remove_file(dir.join("LOCK")).unwrap();
+
+    link(&dir.join("state/flush_position"));
+    let out = common::run(&["write", p(&dir), "--durable"], b"y\n");
+    assert_eq!(common::code(&out), 0, "{}", common::text(&out));
+    assert!(
+        std::fs::read(&sealed).unwrap() == bytes,
+        "the position's link target"
+    );
+    ok(&["verify", p(&dir)]);
+}

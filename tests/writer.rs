@@ -265,6 +265,7 @@ fn records_behind_a_header_never_written_are_discarded() {
     let wal = open(&dir);
     wal.append(&ins(b"a")).expect("append");
     wal.seal().expect("seal");
+    let acknowledged = wal.flush_lsn();
     for i in 0..10 {
         wal.append(&ins(format!("lost {i}").as_bytes()))
             .expect("append");
@@ -275,6 +276,13 @@ fn records_behind_a_header_never_written_are_discarded() {
     let mut b = std::fs::read(&open_path).expect("read");
     b[..80].fill(0);
     std::fs::write(&open_path, &b).expect("write");
+    // As a crash before that sync leaves it: the published durable position is where the
+    // acknowledged records end (one past it would prove the header had been synced).
+    std::fs::write(
+        dir.join("state/flush_position"),
+        walship::flush_position::encode_position(acknowledged.0),
+    )
+    .expect("write the published position");
     assert!(verify_path(&dir).expect("verify").ok);
     let e = strict_open_error(&dir);
     assert!(e.contains("header never written"), "{e}");

@@ -210,8 +210,10 @@ impl fmt::Display for RecordError {
 }
 
 /// Decodes the record at `buf[off..]`, which must sit at LSN `expected_lsn`. `limit` is the
-/// segment size: no record may extend past it. Checks run cheapest first, and the CRC before
-/// anything derived from an unverified field is trusted.
+/// segment size: no record may extend past it, and the record's offset in its segment is read
+/// from the LSN's low bits with it (never pass the length of a file cut short: a sealed one).
+/// Checks run cheapest first, and the CRC before anything derived from an unverified field is
+/// trusted.
 pub fn decode_at(
     buf: &[u8],
     off: usize,

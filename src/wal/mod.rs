@@ -189,6 +189,23 @@ pub struct Wal {
 
 use crate::sync::lock;
 
+/// A standby's directory takes its records from its primary only: records a writer appended
+/// there would sit at positions the standby has applied (or will), and it could never follow
+/// its primary again.
+fn refuse_standby(dir: &DataDir) -> Result<()> {
+    let meta = crate::replication::standby::directory::meta_path(dir);
+    match std::fs::symlink_metadata(&meta) {
+        Ok(_) => Err(crate::Error::Refused(format!(
+            "{} is a standby's data directory ({} exists): it receives its records from its primary, and nothing else may write to it; promote it first (`walship promote {}`) to make it a primary",
+            dir.root().display(),
+            meta.display(),
+            dir.root().display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(crate::Error::io(format!("stat {}", meta.display()), e)),
+    }
+}
+
 impl Wal {
     /// Opens a data directory made by [`DataDir::init`]: takes the writer lock, runs recovery
     /// and logs one summary line.
@@ -196,6 +213,7 @@ impl Wal {
         let dir = DataDir::new(root);
         let control = dir.read_control()?;
         let lock_guard = dir.lock()?;
+        refuse_standby(&dir)?;
         let started = std::time::Instant::now();
         let rec = recover(&dir, &control, options.recovery_mode)?;
         let lib = crate::metrics::library::library();

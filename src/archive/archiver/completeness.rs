@@ -5,18 +5,27 @@
 use super::*;
 
 impl<S: ArchiveStore> Archiver<S> {
-    /// The segment a new archive begins at: the oldest segment in wal/ (the archiver pushes
-    /// from there). When this archiver had already archived up to `position` into this same
-    /// location, the archive it filled is gone; it is rebuilt only when wal/ provably still
-    /// holds everything that archive held (nothing was ever removed by retention).
+    /// The segment a new archive begins at: the oldest segment in wal/ that holds records
+    /// (the archiver pushes from there); with none, the segment the log's end is in. Prepared
+    /// files do not count: a recycled one keeps the number of the segment it was, long removed.
+    /// When this archiver had already archived up to `position` into this same location, the
+    /// archive it filled is gone; it is rebuilt only when wal/ provably still holds everything
+    /// that archive held (nothing was ever removed by retention).
     pub(super) fn first_segment_of_new_archive(&mut self, position: Lsn) -> Result<u64> {
         let oldest = self
             .dir
             .list_segments()?
             .iter()
+            .filter(|n| n.kind != SegmentFileKind::Prepared)
             .map(|n| n.segment_no.0)
-            .min()
-            .unwrap_or(0);
+            .min();
+        let oldest = match oldest {
+            Some(no) => no,
+            None => {
+                let (flush, _) = crate::log_ends::wal_ends(&self.dir, &self.control)?;
+                SegmentNo::of_lsn(flush, self.control.segment_size).0
+            }
+        };
         if position == Lsn::ZERO {
             return Ok(oldest);
         }

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
 use crate::damage::{Component, DamageRegister};
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, CONTROL_NAME};
 use crate::episode::Episode;
 use crate::error::{Error, Result};
 use crate::format::SegmentNo;
@@ -178,6 +178,14 @@ impl<S: ArchiveStore> Archiver<S> {
             None => Lsn::ZERO,
         };
         let objects = store.list().await?;
+        // A data directory (this one, or another) given as the target by mistake: segments
+        // pushed there would mix with its own files, and `status`/`verify` of it would report
+        // on the archive instead.
+        if objects.iter().any(|o| o.name == CONTROL_NAME) {
+            return Err(Error::Refused(format!(
+                "{location} holds a `{CONTROL_NAME}` file: it is a walship data directory, not an archive; nothing was written. Archive into a directory of its own (--to)"
+            )));
+        }
         let segments = segment_objects(&objects);
         let existing = if objects.iter().any(|o| o.name == IDENTITY_NAME) {
             Some(check_identity(&*store, &ours).await?)

@@ -50,6 +50,16 @@ pub enum RestoreTarget {
     Time(i64),
 }
 
+impl std::fmt::Display for RestoreTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreTarget::End => f.write_str("the end of the archive"),
+            RestoreTarget::Lsn(l) => write!(f, "the target LSN {l}"),
+            RestoreTarget::Time(t) => write!(f, "the target time {}", fmt_time(*t)),
+        }
+    }
+}
+
 impl RestoreTarget {
     /// True for the first record to leave out.
     fn cuts(self, r: &crate::format::record::RecordRef<'_>) -> bool {
@@ -328,6 +338,15 @@ async fn plan<S: ArchiveStore>(
         let seal_checksum = checked.seal.segment_checksum;
         match checked.cut {
             Some((_, 0)) if !plan.is_empty() => return Ok(plan),
+            // A target before the first record of an archive that does not begin at the start
+            // of the log: the records before it were never archived or were pruned.
+            Some((_, 0)) if name.segment_no.0 > 0 => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is before the archive's first record: the archive begins at {object} (LSN {}), and the records before it are not in it; nothing was written",
+                    opts.target,
+                    checked.header.start_lsn()
+                )))
+            }
             Some(cut) => {
                 plan.push(Planned {
                     name,

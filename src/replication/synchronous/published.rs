@@ -91,14 +91,7 @@ fn path(dd: &DataDir, name: &str) -> PathBuf {
 }
 
 fn open_lock_file(dd: &DataDir) -> Result<File> {
-    let p = path(dd, SYNC_LOCK_FILE);
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&p)
-        .map_err(|e| Error::io(format!("open {}", p.display()), e))
+    crate::fsutil::open_in_place(&path(dd, SYNC_LOCK_FILE))
 }
 
 /// `flock(op | LOCK_NB)`: Ok(true) when taken, Ok(false) when another holds a conflicting lock.
@@ -147,13 +140,7 @@ impl SyncPublisher {
         }
         let run_id: u64 = rand::random();
         let pos_path = path(dd, SYNC_POSITION_FILE);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&pos_path)
-            .map_err(|e| Error::io(format!("open {}", pos_path.display()), e))?;
+        let file = crate::fsutil::open_in_place(&pos_path)?;
         file.write_all_at(&encode_snapshot(run_id, first), 0)
             .map_err(|e| Error::io(format!("write {}", pos_path.display()), e))?;
         let policy = PublishedPolicy {
