@@ -189,11 +189,33 @@ impl DataDir {
             }
             return Err(Error::io(format!("lock {}", path.display()), err));
         }
-        file.set_len(0)
-            .and_then(|_| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| writeln!(file, "{}", std::process::id()))
+        // The directory itself is locked too: a lock file can be removed while held, and a
+        // second process would then lock a new one. The directory cannot be replaced while
+        // it holds the data.
+        let dir = File::open(&self.root).ctx(|| format!("open {}", self.root.display()))?;
+        // Held from here, so that a refusal below releases the lock file again.
+        let mut held = DirLock {
+            _file: file,
+            dir: None,
+        };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(Error::Locked {
+                    path: self.root.clone(),
+                    pid: None,
+                });
+            }
+            return Err(Error::io(format!("lock {}", self.root.display()), err));
+        }
+        held.dir = Some(dir);
+        held._file
+            .set_len(0)
+            .and_then(|_| held._file.seek(SeekFrom::Start(0)))
+            .and_then(|_| writeln!(held._file, "{}", std::process::id()))
             .ctx(|| format!("write pid to {}", path.display()))?;
-        Ok(DirLock { _file: file })
+        Ok(held)
     }
 
     /// Every segment file in wal/, ordered by segment number then state.
@@ -310,6 +332,8 @@ pub fn list_segments_and_refused(dir: &Path) -> Result<(Vec<SegmentName>, Vec<Er
 #[derive(Debug)]
 pub struct DirLock {
     _file: File,
+    /// The data directory, locked as well once the lock file is.
+    dir: Option<File>,
 }
 
 impl Drop for DirLock {
@@ -318,8 +342,10 @@ impl Drop for DirLock {
         // the open file (until its exec closes it), and closing our descriptor alone would
         // leave the lock held by the child for that moment, so a reopen right after a close
         // would find its own process's lock.
-        // SAFETY: flock on a descriptor we own, still open.
-        unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_UN) };
+        for f in std::iter::once(&self._file).chain(&self.dir) {
+            // SAFETY: flock on a descriptor we own, still open.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        }
     }
 }
 

@@ -251,6 +251,17 @@ pub fn sealed_end(end: &ScanEnd) -> std::result::Result<(usize, SealInfo), (usiz
     }
 }
 
+/// Why an open segment file of `len` bytes, whose records end without a seal marker (`why`),
+/// is damage when its length is not the segment size: the writer makes open segments whole and
+/// cuts one only after its seal marker is durable. None at the segment size.
+pub fn open_length_damage(len: usize, segment_size: usize, why: &str) -> Option<String> {
+    match len.cmp(&segment_size) {
+        std::cmp::Ordering::Less => Some(format!("open segment is cut to {len} bytes (the writer cuts a segment only after its seal marker is durable), yet it does not end with a valid seal marker: {why}")),
+        std::cmp::Ordering::Greater => Some(format!("open segment is {len} bytes, longer than the segment size {segment_size}: not a file the writer made")),
+        std::cmp::Ordering::Equal => None,
+    }
+}
+
 /// The header of a segment file and the offsets where its valid records end, in order (None
 /// without a valid header of this system).
 pub fn record_ends(

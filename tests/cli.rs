@@ -625,6 +625,16 @@ fn a_second_writer_is_refused_at_once_with_the_holders_pid() {
         );
         assert_eq!(err.lines().count(), 1, "one clear line: {err}");
     }
+    // The lock file removed (or replaced) under the holder: the directory's own lock still
+    // refuses a second writer.
+    std::fs::remove_file(d.join("LOCK")).expect("rm LOCK");
+    let o = run(&["write", p(&d), "--durable"], b"x\n");
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("locked by another process"),
+        "{}",
+        stderr(&o)
+    );
     drop(wal);
     assert_eq!(write(&d, "x\n", &[]).len(), 1);
 }
@@ -1324,6 +1334,33 @@ fn header_and_missing_segment_errors_name_the_segments_start_lsn() {
             "{v}"
         );
         assert_eq!(e["lsn"], no * seg, "{v}");
+        let o = run(&["write", p(&d)], b"x\n");
+        assert_eq!(code(&o), 1);
+        let line = error_line(&o);
+        assert!(
+            line.contains("missing") && line.contains(&format!("LSN {want}")),
+            "{line}"
+        );
+    }
+    // Missing before the open segment: the same LSN from all three.
+    let (_t, d) = four_segments();
+    let open = common::open_segment(&d).expect("an open segment").0;
+    let gone = open.segment_no.0 - 1;
+    std::fs::remove_file(wal_file(&d, gone, true)).expect("rm");
+    let want = walship::Lsn(gone * seg).to_string();
+    for args in [
+        vec!["dump", p(&d)],
+        vec!["verify", p(&d)],
+        vec!["write", p(&d)],
+    ] {
+        let o = run(&args, b"x\n");
+        assert_eq!(code(&o), 1, "{args:?}");
+        assert!(
+            common::text(&o).contains("missing")
+                && common::text(&o).contains(&format!("LSN {want}")),
+            "{args:?}: {}",
+            common::text(&o)
+        );
     }
 }
 

@@ -189,6 +189,20 @@ impl WalReader {
         let Some(cur) = self.cur.as_ref() else {
             return Ok(None);
         };
+        // The records end without a seal marker: in a data directory, an open segment of any
+        // other length than a segment's is damage, as recovery and `verify` say (a seal cuts
+        // the file only after its marker, which the reader would have found). A file read
+        // alone may be a copy set aside, cut where the log was.
+        let in_dir = matches!(self.source, WalSource::Dir(_));
+        if let Some(meta) = in_dir.then(|| std::fs::metadata(&cur.path).ok()).flatten() {
+            let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+            let size = cur.header.segment_size as usize;
+            if let Some(reason) =
+                crate::segment_check::open_length_damage(len, size, &e.to_string())
+            {
+                return Err(corrupt(cur, &reason));
+            }
+        }
         self.end = match judge_open_tail(&cur.bytes, &cur.header, cur.off) {
             OpenTail::Damage(later) => {
                 return Err(corrupt(

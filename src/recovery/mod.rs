@@ -14,9 +14,11 @@ use crate::decoder::{
 use crate::error::{IoContext, Result};
 use crate::format::record::SEAL_LEN;
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
-use crate::format::{ControlFile, SegmentFileKind, SegmentHeader, SegmentName};
+use crate::format::{ControlFile, SegmentFileKind, SegmentHeader, SegmentName, SegmentNo};
 use crate::fsutil::fsync_dir;
-use crate::segment_check::{check_identity, check_sealed, corrupt, SealedSegment};
+use crate::segment_check::{
+    check_identity, check_sealed, corrupt, open_length_damage, SealedSegment,
+};
 use crate::Lsn;
 
 mod apply;
@@ -122,10 +124,14 @@ fn plan(
                 let s = check_sealed(&path, &name, control)?;
                 if let Some(prev) = rec.sealed.last() {
                     if name.segment_no.0 != prev.name.segment_no.next().0 {
+                        // The LSN where the log breaks, as `verify` and `dump` give it.
                         return Err(corrupt(
                             &path,
                             0,
-                            s.header.start_lsn(),
+                            prev.name
+                                .segment_no
+                                .next()
+                                .start_lsn_saturating(control.segment_size),
                             format!(
                                 "segment {} is missing: {} is followed by {}",
                                 SegmentName::new(
@@ -242,7 +248,7 @@ fn plan_open(
         return Err(corrupt(
             &path,
             0,
-            start,
+            SegmentNo(rec.next_segment_no).start_lsn_saturating(control.segment_size),
             format!(
                 "segment {:X} is missing before the open segment",
                 rec.next_segment_no
@@ -322,8 +328,8 @@ fn plan_open(
     };
     // The writer cuts an open segment to its used length only once its seal marker is
     // durable: a cut segment without a valid marker lost a marker that had been synced.
-    if buf.len() != seg_size {
-        return Err(corrupt(&path, off, at, format!("open segment is cut to {} bytes (the writer cuts a segment only after its seal marker is durable), yet it does not end with a valid seal marker: {why}", buf.len())));
+    if let Some(reason) = open_length_damage(buf.len(), seg_size, &why) {
+        return Err(corrupt(&path, off, at, reason));
     }
     let tail = judge_open_tail(&buf, &header, off);
     if let OpenTail::Damage(later) = &tail {

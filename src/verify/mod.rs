@@ -504,8 +504,10 @@ fn check_segments(
                     _ => "nothing written".into(),
                 };
                 let size = header.segment_size as usize;
-                if bytes.len() != size {
-                    report.errors.push(issue(off, at, format!("open segment is cut to {} bytes (the writer cuts a segment only after its seal marker is durable), yet it does not end with a valid seal marker: {why}", bytes.len())));
+                if let Some(reason) =
+                    crate::segment_check::open_length_damage(bytes.len(), size, &why)
+                {
+                    report.errors.push(issue(off, at, reason));
                 } else {
                     match judge_open_tail(&bytes, &header, off) {
                         OpenTail::Damage(later) => report.errors.push(issue(
