@@ -173,6 +173,17 @@ impl DataDir {
 
     /// Takes the exclusive writer lock, failing at once when another process holds it.
     pub fn lock(&self) -> Result<DirLock> {
+        let not_a_dir = |reason: &str| Error::NotADataDir {
+            path: self.root.clone(),
+            reason: reason.into(),
+        };
+        match fs::metadata(&self.root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(not_a_dir("it does not exist"))
+            }
+            Ok(m) if !m.is_dir() => return Err(not_a_dir("it is not a directory")),
+            _ => {}
+        }
         let path = self.lock_path();
         let mut file = crate::fsutil::open_in_place(&path)?;
         // SAFETY: flock on a descriptor we own.

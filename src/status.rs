@@ -147,6 +147,15 @@ pub fn status(root: &Path) -> Result<DirStatus> {
     let control = dd.read_control()?;
     let (flush_lsn, sealed_lsn) = wal_ends(&dd, &control)?;
     let meta = standby_state::read_meta(&dd)?;
+    // A standby's records past its sealed segments are in its copy of the primary's open
+    // segment: synced, and applied from there.
+    let flush_lsn = match meta {
+        Some(_) => {
+            let copy = crate::replication::standby::partial::copy_end(&dd, &control)?;
+            flush_lsn.max(copy.unwrap_or(Lsn(0)))
+        }
+        None => flush_lsn,
+    };
     let now = crate::now_us();
     let mut standbys = Vec::new();
     for rec in ConsumerRegistry::new(&dd).list()? {

@@ -1459,3 +1459,29 @@ fn a_corrupt_state_file_is_damage_with_one_message_wherever_it_is_read() {
         assert_eq!(std::fs::read(&file).expect("read"), b"{", "{rel}");
     }
 }
+
+/// `promote`, which takes the directory's lock before anything else, names a path that is no
+/// directory as no data directory, and creates nothing there.
+#[test]
+fn promote_refuses_a_path_that_is_no_directory() {
+    let (t, _) = tempdir();
+    let file = t.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    for (path, says) in [
+        (t.path().join("missing"), "it does not exist"),
+        (file.clone(), "it is not a directory"),
+    ] {
+        let o = run(&["promote", p(&path)], b"");
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        let line = error_line(&o);
+        assert!(
+            line.contains(&format!(
+                "{}: not a walship data directory: {says}",
+                p(&path)
+            )),
+            "{line}"
+        );
+        assert!(!path.exists() || path.is_file());
+    }
+    assert_eq!(std::fs::read(&file).expect("read"), b"x");
+}

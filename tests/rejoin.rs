@@ -155,6 +155,18 @@ fn rewound_then_follows(extra: usize, from: From, seal: bool) {
     // A dry run says what it would do and changes nothing.
     let dry = rewind(&old, &source, &["--dry-run"]);
     assert!(dry.status.success(), "{}", common::text(&dry));
+    if from == From::Archive {
+        // The archive named bare, relative to the working directory, is a directory too.
+        let bare = common::run_with(
+            &["rewind", p(&old), "--source", "archive", "--dry-run"],
+            b"",
+            |c| {
+                c.current_dir(t.path());
+            },
+        );
+        assert!(bare.status.success(), "{}", common::text(&bare));
+        assert_eq!(bare.stdout, dry.stdout);
+    }
     let said = String::from_utf8_lossy(&dry.stdout).to_string();
     assert!(said.contains(&format!("[{switch}, {end})")), "{said}");
     assert!(said.contains("would set aside"), "{said}");

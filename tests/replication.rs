@@ -569,3 +569,18 @@ fn a_writer_is_refused_on_a_standbys_directory_and_changes_nothing() {
     assert!(tree(&sby) == before, "the standby's files are as they were");
     assert_eq!(status(&sby)["applied_lsn"].as_u64(), Some(applied));
 }
+
+#[test]
+fn a_standbys_status_counts_the_records_of_its_copy_of_the_open_segment() {
+    let t = tempfile::tempdir().unwrap();
+    let primary = t.path().join("primary");
+    let sby = t.path().join("standby");
+    // Everything acknowledged, part of it in the primary's open segment.
+    common::streamed_then_stopped(&primary, &sby, t.path(), "p");
+    let theirs = status(&primary);
+    let ours = status(&sby);
+    let flush = ours["flush_lsn"].as_u64().unwrap();
+    assert!(flush > ours["sealed_lsn"].as_u64().unwrap(), "{ours}");
+    assert_eq!(Some(flush), theirs["flush_lsn"].as_u64(), "{ours}");
+    assert!(ours["applied_lsn"].as_u64().unwrap() <= flush, "{ours}");
+}

@@ -52,10 +52,10 @@ pub struct RewindArgs {
     pub dry_run: bool,
 }
 
-/// An archive target (it names a path or a URL: a HOST:PORT never holds a `/`), or the
-/// primary's address.
+/// An archive target (it names a path or a URL: a HOST:PORT never holds a `/`; or a directory
+/// named bare, which exists and has no port), or the primary's address.
 fn is_archive(s: &str) -> bool {
-    s.contains('/')
+    s.contains('/') || (!s.contains(':') && std::path::Path::new(s).is_dir())
 }
 
 fn parse_source(s: &str) -> Result<String, String> {

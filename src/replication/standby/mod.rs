@@ -43,7 +43,7 @@ mod apply;
 pub(crate) mod connection;
 pub mod directory;
 mod finish;
-mod partial;
+pub(crate) mod partial;
 mod receiver;
 mod store;
 

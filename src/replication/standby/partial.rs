@@ -100,6 +100,31 @@ pub(super) fn valid_prefix(
     }
 }
 
+/// Where the records of a standby's copy of the primary's open segment end, for `status`: the
+/// end of the valid prefix of its newest `.wal.partial` on the directory's timeline (None when
+/// it holds no record). Read as found on disk; the standby that owns it judges it the same way
+/// when it takes the copy up again.
+pub fn copy_end(dd: &DataDir, control: &ControlFile) -> Result<Option<crate::Lsn>> {
+    let Some(name) = dd
+        .list_segments()?
+        .into_iter()
+        .filter(|n| n.kind == SegmentFileKind::Partial && n.timeline == control.timeline)
+        .max_by_key(|n| n.segment_no)
+    else {
+        return Ok(None);
+    };
+    let path = dd.segment_path(&name);
+    let buf = match std::fs::read(&path) {
+        Ok(b) => b,
+        // Sealed or discarded since the listing.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+    };
+    let end = valid_prefix(&buf, &path, &name, control, None, 0, Tail::OnDisk).unwrap_or(0);
+    Ok((end > SEGMENT_HEADER_LEN)
+        .then(|| name.segment_no.start_lsn_saturating(control.segment_size) + end as u64))
+}
+
 /// A copy being received: its file, and its bytes so far.
 pub(super) struct PartialCopy {
     pub name: SegmentName,
