@@ -44,6 +44,45 @@ pub fn decode_position(b: &[u8]) -> Option<u64> {
     (lsn == !not).then_some(lsn)
 }
 
+/// The durable position last published, when the file holds a whole one; anything else
+/// (absent, torn, not a regular file, unreadable) says nothing. For recovery's evidence, which
+/// goes on without it.
+fn published_evidence(dd: &DataDir) -> Option<u64> {
+    let path = flush_position_path(dd);
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    if !meta.file_type().is_file() {
+        return None;
+    }
+    decode_position(&std::fs::read(&path).ok()?)
+}
+
+/// Why an open segment without a header (zeros, or a file too short to hold one) that starts at
+/// `start` is damage: the one record of acknowledgements it can be checked against is the
+/// position the writer published after its syncs. Past the segment's first record, some of its
+/// records were acknowledged, so its header had been synced with them: the file was cut or
+/// zeroed. None when the position says nothing of the kind (recovery, `verify` and `dump` then
+/// treat it as a segment whose header never became durable).
+pub fn headerless_open_damage(
+    dd: &DataDir,
+    start: crate::Lsn,
+    file_len: usize,
+    segment_size: u64,
+) -> Option<String> {
+    let published = published_evidence(dd)?;
+    if published <= start.0 + crate::format::segment_header::SEGMENT_HEADER_LEN as u64 {
+        return None;
+    }
+    let cut = if (file_len as u64) < segment_size {
+        format!(" and is {file_len} bytes, shorter than a segment")
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "the open segment has no header{cut}, yet the writer had published LSN {} as durable (state/flush_position), past its first record: records in it were acknowledged, so it is damage",
+        crate::Lsn(published)
+    ))
+}
+
 /// Reads a directory's published durable position: None when no writer ever published one.
 /// A position caught mid-write is read again (a few times, then reported as damage).
 pub fn read_flush_position(dd: &DataDir) -> Result<Option<u64>> {

@@ -355,8 +355,26 @@ impl WalReader {
         if name.kind == SegmentFileKind::Open
             && is_zero_from(&bytes[..bytes.len().min(SEGMENT_HEADER_LEN)], 0)
         {
-            // Activated, header not written yet (or never, if the writer stopped there): no
-            // records so far. Look again on the next call.
+            // Unless the published durable position proves records of it were acknowledged
+            // (damage, as recovery and `verify` say): activated, header not written yet (or
+            // never, if the writer stopped there), no records so far. Look again next call.
+            if let (Some(dd), Some(id)) = (self.source.data_dir(), self.identity) {
+                let start = segment_start(name.segment_no.0, id.segment_size).unwrap_or_default();
+                let damage = crate::flush_position::headerless_open_damage(
+                    &dd,
+                    start,
+                    bytes.len(),
+                    id.segment_size,
+                );
+                if let Some(reason) = damage {
+                    return Err(Error::Corrupt {
+                        file: path,
+                        offset: 0,
+                        lsn: start,
+                        reason,
+                    });
+                }
+            }
             self.spare = bytes;
             return Ok(false);
         }

@@ -422,26 +422,10 @@ fn plan_headerless(
             ),
         ));
     }
-    // The one record of acknowledgements a file without a header can be checked against: the
-    // position the writer published after its syncs. Past this segment's first record, some of
-    // its records were acknowledged, so its header had been synced: the file was cut or zeroed.
-    if let Some(published) = published_flush_lsn(dir) {
-        if published > start.0 + SEGMENT_HEADER_LEN as u64 {
-            let cut = if buf.len() < control.segment_size as usize {
-                format!(" and is {} bytes, shorter than a segment", buf.len())
-            } else {
-                String::new()
-            };
-            return Err(corrupt(
-                &path,
-                0,
-                start,
-                format!(
-                    "the open segment has no header{cut}, yet the writer had published LSN {} as durable (state/flush_position), past its first record: records in it were acknowledged, so it is damage",
-                    Lsn(published)
-                ),
-            ));
-        }
+    if let Some(reason) =
+        crate::flush_position::headerless_open_damage(dir, start, buf.len(), control.segment_size)
+    {
+        return Err(corrupt(&path, 0, start, reason));
     }
     plan_newer(dir, control, mode, &name, 0, start, newer, actions)?;
     let empty = is_zero_from(buf, 0);
@@ -474,17 +458,6 @@ fn plan_headerless(
         });
     }
     Ok(true)
-}
-
-/// The durable position the writer last published, when the file holds one; anything else
-/// (absent, torn, unreadable) says nothing, and recovery goes on without it.
-fn published_flush_lsn(dir: &DataDir) -> Option<u64> {
-    let path = crate::flush_position::flush_position_path(dir);
-    let meta = std::fs::symlink_metadata(&path).ok()?;
-    if !meta.file_type().is_file() {
-        return None;
-    }
-    crate::flush_position::decode_position(&std::fs::read(&path).ok()?)
 }
 
 /// The header a segment of `name` would have: enough to look for records in one whose header
