@@ -205,10 +205,7 @@ impl DataDir {
         // it holds the data.
         let dir = File::open(&self.root).ctx(|| format!("open {}", self.root.display()))?;
         // Held from here, so that a refusal below releases the lock file again.
-        let mut held = DirLock {
-            _file: file,
-            dir: None,
-        };
+        let mut held = DirLock { file, dir: None };
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = std::io::Error::last_os_error();
@@ -221,10 +218,10 @@ impl DataDir {
             return Err(Error::io(format!("lock {}", self.root.display()), err));
         }
         held.dir = Some(dir);
-        held._file
+        held.file
             .set_len(0)
-            .and_then(|_| held._file.seek(SeekFrom::Start(0)))
-            .and_then(|_| writeln!(held._file, "{}", std::process::id()))
+            .and_then(|_| held.file.seek(SeekFrom::Start(0)))
+            .and_then(|_| writeln!(held.file, "{}", std::process::id()))
             .ctx(|| format!("write pid to {}", path.display()))?;
         Ok(held)
     }
@@ -342,7 +339,7 @@ pub fn list_segments_and_refused(dir: &Path) -> Result<(Vec<SegmentName>, Vec<Er
 /// Held while a process writes a data directory; dropping it releases the lock.
 #[derive(Debug)]
 pub struct DirLock {
-    _file: File,
+    file: File,
     /// The data directory, locked as well once the lock file is.
     dir: Option<File>,
 }
@@ -353,7 +350,7 @@ impl Drop for DirLock {
         // the open file (until its exec closes it), and closing our descriptor alone would
         // leave the lock held by the child for that moment, so a reopen right after a close
         // would find its own process's lock.
-        for f in std::iter::once(&self._file).chain(&self.dir) {
+        for f in std::iter::once(&self.file).chain(&self.dir) {
             // SAFETY: flock on a descriptor we own, still open.
             unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
         }

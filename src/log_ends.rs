@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::datadir::DataDir;
-use crate::decoder::SegmentScanner;
+use crate::decoder::{ScanEnd, SegmentScanner};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{ControlFile, SegmentFileKind};
 use crate::sealed_set::newest_sealed_end;
@@ -44,9 +44,17 @@ fn wal_ends_once(dd: &DataDir, control: &ControlFile) -> Result<(Lsn, Lsn)> {
     let names = dd.list_segments()?;
     let mut sealed = newest_sealed_end(dd, &names, control)?;
     let mut flush = sealed;
+    // In number order (the listing's). An open segment whose records end without a seal marker
+    // is the end of the log: a newer one beside it (a crash while sealing) is not part of it,
+    // and recovery sets it aside or refuses.
     for open in names.iter().filter(|n| n.kind == SegmentFileKind::Open) {
+        let mut last = false;
         let end = match read_written(&dd.segment_path(open)) {
-            Ok(bytes) => records_end(&bytes),
+            Ok(bytes) => {
+                let (end, sealed) = records_end(&bytes);
+                last = !sealed;
+                end
+            }
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 // Sealed since the listing: renamed to its sealed name.
                 let name = open.with_kind(SegmentFileKind::Sealed);
@@ -58,6 +66,9 @@ fn wal_ends_once(dd: &DataDir, control: &ControlFile) -> Result<(Lsn, Lsn)> {
         };
         if let Some(e) = end {
             flush = flush.max(e);
+        }
+        if last {
+            break;
         }
     }
     Ok((flush, sealed))
@@ -73,11 +84,15 @@ fn read_written(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Where the last whole record of an open segment's bytes ends; `None` when there is none
-/// (activated, header not written yet, or no record).
-fn records_end(bytes: &[u8]) -> Option<Lsn> {
-    let mut scan = SegmentScanner::new(bytes).ok()?;
-    scan.by_ref().map(|r| r.end_lsn()).last()
+/// Where the last whole record of an open segment's bytes ends (`None` when there is none:
+/// activated, header not written yet, or no record), and whether a seal marker follows it (an
+/// interrupted seal, which recovery finishes).
+fn records_end(bytes: &[u8]) -> (Option<Lsn>, bool) {
+    let Ok(mut scan) = SegmentScanner::new(bytes) else {
+        return (None, false);
+    };
+    let end = scan.by_ref().map(|r| r.end_lsn()).last();
+    (end, matches!(scan.end(), Some(ScanEnd::Sealed { .. })))
 }
 
 /// Seconds since the first record past `applied` was written; 0 when nothing is pending.

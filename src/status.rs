@@ -149,12 +149,11 @@ pub fn status(root: &Path) -> Result<DirStatus> {
     let meta = standby_state::read_meta(&dd)?;
     // A standby's records past its sealed segments are in its copy of the primary's open
     // segment: synced, and applied from there.
-    let flush_lsn = match meta {
-        Some(_) => {
-            let copy = crate::replication::standby::partial::copy_end(&dd, &control)?;
-            flush_lsn.max(copy.unwrap_or(Lsn(0)))
-        }
-        None => flush_lsn,
+    let flush_lsn = if meta.is_some() {
+        let copy = crate::replication::standby::partial::copy_end(&dd, &control)?;
+        flush_lsn.max(copy.unwrap_or(Lsn(0)))
+    } else {
+        flush_lsn
     };
     let now = crate::now_us();
     let mut standbys = Vec::new();

@@ -219,6 +219,22 @@ fn newer_open_segments_whose_records_were_never_durable_are_set_aside_intact() {
         );
         assert!(strict.is_err(), "strict mode refuses to set anything aside");
         assert!(newer.exists());
+        // Before recovery runs, the end every other command reads is where recovery will end
+        // the log: a checkpoint can never be put past it, into records it will set aside.
+        let end = acked[acked.len() - 1].1 .0;
+        assert_eq!(common::status(&dir)["flush_lsn"].as_u64(), Some(end));
+        let inside_newer = ((name.segment_no.0 + 1) * common::SEG + 200).to_string();
+        let out = common::run(
+            &[
+                "checkpoint",
+                dir.to_str().expect("utf8"),
+                "--lsn",
+                &inside_newer,
+            ],
+            b"",
+        );
+        assert_eq!(common::code(&out), 2, "{}", common::stderr(&out));
+        assert!(newer.exists());
 
         assert_eq!(
             common::code(&verify(&dir)),
