@@ -374,6 +374,13 @@ fn a_segment_whose_header_is_zeros_is_set_aside_or_refused() {
             );
             assert_eq!(snapshot(&dir), before);
             assert_eq!(common::code(&verify(&dir)), 1);
+            let out = common::run(&["dump", dir.to_str().expect("utf8")], b"");
+            assert_eq!(common::code(&out), 1, "{}", common::stderr(&out));
+            assert!(
+                common::stderr(&out).contains("header is zeros"),
+                "{}",
+                common::stderr(&out)
+            );
         }
     }
 }

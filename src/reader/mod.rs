@@ -358,19 +358,15 @@ impl WalReader {
             // Unless the published durable position proves records of it were acknowledged
             // (damage, as recovery and `verify` say): activated, header not written yet (or
             // never, if the writer stopped there), no records so far. Look again next call.
-            if let (Some(dd), Some(id)) = (self.source.data_dir(), self.identity) {
-                let start = segment_start(name.segment_no.0, id.segment_size).unwrap_or_default();
-                let damage = crate::flush_position::headerless_open_damage(
-                    &dd,
-                    start,
-                    bytes.len(),
-                    id.segment_size,
-                );
-                if let Some(reason) = damage {
+            if let Some(dd) = self.source.data_dir() {
+                let control = dd.read_control()?;
+                if let Some(reason) =
+                    crate::recovery::headerless_damage(&dd, &control, &name, &bytes)
+                {
                     return Err(Error::Corrupt {
                         file: path,
                         offset: 0,
-                        lsn: start,
+                        lsn: name.segment_no.start_lsn_saturating(control.segment_size),
                         reason,
                     });
                 }

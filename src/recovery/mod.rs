@@ -410,21 +410,7 @@ fn plan_headerless(
     let path = dir.segment_path(&name);
     let start = name.segment_no.start_lsn_saturating(control.segment_size);
     let assumed = assumed_header(control, &name);
-    if let Some(later) =
-        later_records(buf, &assumed, SEGMENT_HEADER_LEN).find(|r| r.durable_offset > 0)
-    {
-        return Err(corrupt(
-            &path,
-            0,
-            start,
-            format!(
-                "segment header is zeros, yet {later}: the header had been synced, so it is damage"
-            ),
-        ));
-    }
-    if let Some(reason) =
-        crate::flush_position::headerless_open_damage(dir, start, buf.len(), control.segment_size)
-    {
+    if let Some(reason) = headerless_damage(dir, control, &name, buf) {
         return Err(corrupt(&path, 0, start, reason));
     }
     plan_newer(dir, control, mode, &name, 0, start, newer, actions)?;
@@ -458,6 +444,33 @@ fn plan_headerless(
         });
     }
     Ok(true)
+}
+
+/// Why open segment `name`, whose header is zeros (or which is too short to hold one), is
+/// damage: the header had been synced with acknowledged records, as a record of it that says
+/// the log was durable inside it proves, or the position the writer published (see
+/// [`crate::flush_position::headerless_open_damage`]). None when nothing proves it: then none
+/// of its records was acknowledged. Recovery, `verify` and `dump` judge it alike.
+pub(crate) fn headerless_damage(
+    dir: &DataDir,
+    control: &ControlFile,
+    name: &SegmentName,
+    buf: &[u8],
+) -> Option<String> {
+    let assumed = assumed_header(control, name);
+    if let Some(later) =
+        later_records(buf, &assumed, SEGMENT_HEADER_LEN).find(|r| r.durable_offset > 0)
+    {
+        return Some(format!(
+            "segment header is zeros, yet {later}: the header had been synced, so it is damage"
+        ));
+    }
+    crate::flush_position::headerless_open_damage(
+        dir,
+        assumed.start_lsn(),
+        buf.len(),
+        control.segment_size,
+    )
 }
 
 /// The header a segment of `name` would have: enough to look for records in one whose header
