@@ -1485,3 +1485,65 @@ fn promote_refuses_a_path_that_is_no_directory() {
     }
     assert_eq!(std::fs::read(&file).expect("read"), b"x");
 }
+
+/// A data directory (and an archive) whose path is not UTF-8, which `init` and `write` accept,
+/// is checked, shown, archived and restored like any other.
+#[test]
+fn paths_that_are_not_utf8_work_with_every_command() {
+    use std::os::unix::ffi::OsStrExt;
+    let (t, _) = tempdir();
+    let dir = t.path().join(std::ffi::OsStr::from_bytes(b"data-\xff"));
+    let arc = t.path().join(std::ffi::OsStr::from_bytes(b"arc-\xfe"));
+    let back = t.path().join(std::ffi::OsStr::from_bytes(b"back-\xfd"));
+    let cmd = |args: &[&std::ffi::OsStr]| {
+        Command::new(common::bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run walship")
+    };
+    let os = std::ffi::OsStr::new;
+    let o = cmd(&[
+        os("init"),
+        dir.as_os_str(),
+        os("--segment-size"),
+        os("64KiB"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mut child = Command::new(common::bin())
+        .arg("write")
+        .arg(&dir)
+        .arg("--durable")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"one\ntwo\n")
+        .expect("write stdin");
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = cmd(&[os("seal"), dir.as_os_str()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for args in [
+        vec![os("verify"), dir.as_os_str()],
+        vec![os("status"), dir.as_os_str(), os("--json")],
+        vec![
+            os("archive"),
+            dir.as_os_str(),
+            os("--to"),
+            arc.as_os_str(),
+            os("--once"),
+        ],
+        vec![os("verify"), arc.as_os_str()],
+        vec![os("status"), arc.as_os_str()],
+        vec![os("restore"), arc.as_os_str(), back.as_os_str()],
+        vec![os("verify"), back.as_os_str()],
+    ] {
+        let o = cmd(&args);
+        assert_eq!(code(&o), 0, "{args:?}: {}{}", stdout(&o), stderr(&o));
+    }
+    let o = cmd(&[os("dump"), back.as_os_str()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+}

@@ -51,7 +51,7 @@ pub struct ArchiveArgs {
     /// The archive: a directory or file:///PATH (created when missing; recorded as an absolute
     /// path), or s3://BUCKET/PREFIX in an S3-compatible store.
     #[arg(long = "to", value_name = "TARGET")]
-    pub target: String,
+    pub target: std::path::PathBuf,
     /// Push what is sealed now, then exit (otherwise keep watching).
     #[arg(long)]
     pub once: bool,

@@ -28,7 +28,7 @@ walship archive-prune s3://app-backups/wal/app1 --keep-since 0/A3000000"
 )]
 pub struct ArchivePruneArgs {
     /// The archive: a directory, file:///PATH or s3://BUCKET/PREFIX.
-    pub archive: String,
+    pub archive: std::path::PathBuf,
     /// The oldest restore point to keep: an LSN (HI/LO hex or decimal) or a time (RFC 3339,
     /// like 2026-11-01T00:00:00Z).
     #[arg(long, value_name = "TIME|LSN", value_parser = parse_point)]

@@ -34,7 +34,7 @@ walship restore /mnt/backup/app-wal ./data-before-failover --timeline 1"
 )]
 pub struct RestoreArgs {
     /// The archive: a directory, file:///PATH or s3://BUCKET/PREFIX.
-    pub archive: String,
+    pub archive: std::path::PathBuf,
     /// The data directory to create (missing or empty).
     pub data_dir: PathBuf,
     /// Keep exactly the records whose end LSN is at most this (HI/LO hex or decimal).
@@ -116,7 +116,7 @@ pub fn run(a: RestoreArgs) -> CmdResult {
     } else {
         println!(
             "restored {} into {}: {} sealed segments{}, {} records, ending at {} on timeline {}",
-            a.archive,
+            a.archive.display(),
             a.data_dir.display(),
             r.sealed_segments,
             r.open_segment

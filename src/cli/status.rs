@@ -15,7 +15,7 @@ use super::{CmdResult, Failure};
 pub struct StatusArgs {
     /// A data directory, or an archive (a directory holding IDENTITY, file:///PATH or
     /// s3://BUCKET/PREFIX).
-    pub data_dir: String,
+    pub data_dir: std::path::PathBuf,
     /// Print one JSON object (positions as numbers).
     #[arg(long, conflicts_with = "watch")]
     pub json: bool,
@@ -43,15 +43,15 @@ pub fn run(a: StatusArgs) -> CmdResult {
         if a.watch {
             return Err(Failure::Error(format!(
                 "--watch shows a data directory; {} is an archive",
-                a.data_dir
+                a.data_dir.display()
             )));
         }
         return archive(&a, &target);
     }
     if a.watch {
-        return super::status_watch::watch(std::path::Path::new(&a.data_dir), a.interval, a.count);
+        return super::status_watch::watch(&a.data_dir, a.interval, a.count);
     }
-    let s = status(std::path::Path::new(&a.data_dir))?;
+    let s = status(&a.data_dir)?;
     if a.json {
         let line = serde_json::to_string(&s).map_err(|e| Failure::Error(e.to_string()))?;
         println!("{line}");

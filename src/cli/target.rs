@@ -31,9 +31,13 @@ pub struct S3Args {
     pub s3_allow_http: bool,
 }
 
-/// Parses a target and applies the S3 flags to an S3 one.
-pub fn parse(target: &str, s3: &S3Args) -> Result<ArchiveTarget, Failure> {
-    let mut t = ArchiveTarget::parse(target)?;
+/// Parses a target and applies the S3 flags to an S3 one. A path that is not UTF-8 (which no
+/// URL is) is a directory.
+pub fn parse(target: &std::path::Path, s3: &S3Args) -> Result<ArchiveTarget, Failure> {
+    let Some(text) = target.to_str() else {
+        return Ok(ArchiveTarget::Dir(target.to_path_buf()));
+    };
+    let mut t = ArchiveTarget::parse(text)?;
     if let ArchiveTarget::S3(c) = &mut t {
         if s3.s3_endpoint.is_some() {
             c.endpoint.clone_from(&s3.s3_endpoint);
@@ -68,6 +72,6 @@ pub fn parse(target: &str, s3: &S3Args) -> Result<ArchiveTarget, Failure> {
 }
 
 /// The store of an archive that must already exist.
-pub fn open(target: &str, s3: &S3Args) -> Result<AnyStore, Failure> {
-    Ok(parse(target, s3)?.open()?)
+pub fn open(target: impl AsRef<std::path::Path>, s3: &S3Args) -> Result<AnyStore, Failure> {
+    Ok(parse(target.as_ref(), s3)?.open()?)
 }

@@ -15,7 +15,7 @@ use super::{CmdResult, Failure};
 pub struct VerifyArgs {
     /// A data directory, its wal/ folder, one segment file, or an archive (a directory,
     /// file:///PATH or s3://BUCKET/PREFIX).
-    pub path: String,
+    pub path: std::path::PathBuf,
     /// Print one JSON summary object.
     #[arg(long)]
     pub json: bool,
@@ -38,7 +38,7 @@ pub fn run(a: VerifyArgs) -> CmdResult {
     } else {
         println!(
             "{}: {} segments, {} records, {} bytes, LSN {} to {}",
-            a.path,
+            a.path.display(),
             report.segments,
             report.records,
             report.bytes,
@@ -67,7 +67,7 @@ pub fn run(a: VerifyArgs) -> CmdResult {
         Err(Failure::Damage(format!(
             "{} problem(s) found in {}",
             report.errors.len(),
-            a.path
+            a.path.display()
         )))
     }
 }
