@@ -30,15 +30,20 @@ fn read_status(dir: &Path) -> Option<Value> {
         .flatten()
 }
 
-/// Waits until the standby has flushed and applied everything the primary holds.
+/// Waits until the standby has flushed and applied everything the primary holds, and holds
+/// every segment the primary sealed as sealed.
 fn wait_caught_up(primary: &Path, standby: &Path) -> u64 {
-    let flush = status(primary)["flush_lsn"].as_u64().unwrap();
+    let theirs = status(primary);
+    let flush = theirs["flush_lsn"].as_u64().unwrap();
+    let sealed = theirs["sealed_lsn"].as_u64();
     assert!(flush > 0);
     wait_until(
         &format!("{} to catch up to {flush}", standby.display()),
         || {
             read_status(standby).is_some_and(|s| {
-                s["flush_lsn"].as_u64() == Some(flush) && s["applied_lsn"].as_u64() == Some(flush)
+                s["flush_lsn"].as_u64() == Some(flush)
+                    && s["applied_lsn"].as_u64() == Some(flush)
+                    && s["sealed_lsn"].as_u64() == sealed
             })
         },
     );

@@ -336,6 +336,23 @@ impl WalReader {
                 let Some(name) = found.copied() else {
                     return Ok(false);
                 };
+                // The open segment is the newest: a sealed one after it is not of this log (as
+                // recovery and `verify` refuse it).
+                if name.kind == SegmentFileKind::Open {
+                    if let Some(later) = names.iter().find(|n| {
+                        n.kind == SegmentFileKind::Sealed && n.segment_no > name.segment_no
+                    }) {
+                        let size = self.identity.map_or(0, |i| i.segment_size);
+                        return Err(Error::Corrupt {
+                            file: d.join(later.to_string()),
+                            offset: 0,
+                            lsn: segment_start(later.segment_no.0, size).unwrap_or_default(),
+                            reason: format!(
+                                "sealed segment {later} follows the open segment {name}: the open segment is always the newest"
+                            ),
+                        });
+                    }
+                }
                 if want.is_none() && self.prev_seal.is_none() {
                     // Starting past the first segment: the chain to the one before it is
                     // checked all the same.
