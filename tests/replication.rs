@@ -31,7 +31,8 @@ fn read_status(dir: &Path) -> Option<Value> {
 }
 
 /// Waits until the standby has flushed and applied everything the primary holds, and holds
-/// every segment the primary sealed as sealed.
+/// every segment the primary sealed as sealed (a copy it applied from may be renamed a moment
+/// after later segments arrived).
 fn wait_caught_up(primary: &Path, standby: &Path) -> u64 {
     let theirs = status(primary);
     let flush = theirs["flush_lsn"].as_u64().unwrap();
@@ -44,7 +45,7 @@ fn wait_caught_up(primary: &Path, standby: &Path) -> u64 {
                 s["flush_lsn"].as_u64() == Some(flush)
                     && s["applied_lsn"].as_u64() == Some(flush)
                     && s["sealed_lsn"].as_u64() == sealed
-            })
+            }) && sealed_files(standby) == sealed_files(primary)
         },
     );
     flush
