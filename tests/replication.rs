@@ -31,8 +31,8 @@ fn read_status(dir: &Path) -> Option<Value> {
 }
 
 /// Waits until the standby has flushed and applied everything the primary holds, and holds
-/// every segment the primary sealed as sealed (a copy it applied from may be renamed a moment
-/// after later segments arrived).
+/// every segment the primary sealed as sealed (checked by name: the positions alone say only
+/// that the newest one is there).
 fn wait_caught_up(primary: &Path, standby: &Path) -> u64 {
     let theirs = status(primary);
     let flush = theirs["flush_lsn"].as_u64().unwrap();
