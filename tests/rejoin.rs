@@ -415,3 +415,34 @@ fn rewind_asks_a_primary_that_requires_tls() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("rewound"));
     assert_eq!(payloads(&old), payloads(&new));
 }
+
+/// A standby made from nothing after a failover follows the promoted primary from its first
+/// segment, across the switch: the path starts on the old timeline, although the control file
+/// its first contact writes names the new one.
+#[test]
+fn a_new_standby_follows_a_promoted_primary_from_the_old_timeline_on() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (_old, new) = failed_over(t.path(), 0);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    write_records(&new, 30, "n");
+    common::seal(&new);
+    let sealed = status(&new)["sealed_lsn"].as_u64().expect("sealed_lsn");
+    let fresh = t.path().join("fresh");
+    let mut sb = common::standby(&fresh, &addr, &[], &t.path().join("standby-fresh.log"));
+    wait_until("the new standby to apply everything sealed", || {
+        !sb.running() || {
+            let o = walship(&["status", p(&fresh), "--json"]);
+            o.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|s| {
+                    s["applied_lsn"].as_u64() == Some(sealed)
+                        && s["sealed_lsn"].as_u64() == Some(sealed)
+                })
+        }
+    });
+    assert!(sb.running(), "log:\n{}", sb.log());
+    sb.kill();
+    assert_eq!(status(&fresh)["timeline"].as_u64(), Some(2));
+    let (ours, theirs) = (payloads(&fresh), payloads(&new));
+    assert_eq!(ours.len(), theirs.len());
+    assert!(ours == theirs, "the standby's records are the primary's");
+}

@@ -59,7 +59,9 @@ pub(super) struct Receiver {
     /// The primary's timeline path: a segment must be of the timeline the path is on over
     /// it, never older than one already received.
     path: History,
-    /// The newest timeline a segment was received of (at first, the standby's own).
+    /// The newest timeline a segment was received of (at first, the standby's own; none for a
+    /// standby that holds no segment yet, whose control file says the primary's newest
+    /// timeline although the path begins with older ones).
     timeline: u32,
 }
 
@@ -74,7 +76,9 @@ impl Receiver {
         path: History,
     ) -> Receiver {
         Receiver {
-            timeline: control.map_or(0, |c| c.timeline),
+            timeline: control
+                .filter(|_| expected.is_some())
+                .map_or(0, |c| c.timeline),
             control,
             expected,
             cur: None,
