@@ -1547,3 +1547,34 @@ fn paths_that_are_not_utf8_work_with_every_command() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
 }
+
+/// Output that cannot be written (a full device) ends a command with one error line and exit
+/// status 2, never a panic.
+#[test]
+fn output_that_cannot_be_written_is_an_error_not_a_panic() {
+    let (_t, d) = four_segments();
+    for args in [
+        vec!["status", p(&d)],
+        vec!["status", p(&d), "--json"],
+        vec!["verify", p(&d)],
+        vec!["dump", p(&d)],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let o = Command::new(common::bin())
+            .args(&args)
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run walship");
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+        assert!(
+            error_line(&o).contains("No space left on device"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}

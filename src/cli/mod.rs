@@ -112,6 +112,7 @@ fn init_logging(format: LogFormat) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    exit_on_lost_output();
     let result = match cli.command {
         Command::Init(a) => store::init(a),
         Command::Write(a) => store::write(a),
@@ -146,6 +147,27 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `println!` panics when standard output cannot be written (a full disk, a closed pipe): the
+/// command then ends with one error line and exit status 2, as for any other I/O failure, not
+/// with a panic message. What the command did before stands (a seal is made; the lines already
+/// printed were written).
+fn exit_on_lost_output() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(why) = msg.strip_prefix("failed printing to stdout: ") {
+            eprintln!("walship: error: write to standard output: {why}");
+            std::process::exit(2);
+        }
+        default(info);
+    }));
 }
 
 /// Parses a size: plain bytes, or with a KiB/MiB/GiB (or K/M/G, KB/MB/GB: all powers of 1024)
