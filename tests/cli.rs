@@ -1578,3 +1578,44 @@ fn output_that_cannot_be_written_is_an_error_not_a_panic() {
         );
     }
 }
+
+/// A seal marker whose own CRC is right but whose record count, last record or segment
+/// checksum disagrees with its segment: `dump` stops at it as `verify` does, read in its
+/// directory or alone.
+#[test]
+fn dump_checks_a_seal_marker_against_its_segment_as_verify_does() {
+    use walship::format::record::{decode_at, encode_seal, Decoded, SEAL_LEN};
+    type Forge = fn(&mut walship::format::SealInfo);
+    let forgeries: [(&str, Forge); 3] = [
+        ("one record fewer", |s| s.record_count -= 1),
+        ("another last record", |s| {
+            s.last_lsn = s.last_lsn.map(|l| walship::Lsn(l.0 - 8))
+        }),
+        ("another checksum", |s| s.segment_checksum ^= 1),
+    ];
+    for (what, forge) in forgeries {
+        let (_t, d) = four_segments();
+        let path = wal_file(&d, 1, true);
+        let mut b = std::fs::read(&path).expect("read");
+        let off = b.len() - SEAL_LEN;
+        let lsn = walship::Lsn(common::SEG + off as u64);
+        let Ok(Decoded::Seal(mut seal)) = decode_at(&b, off, lsn, common::SEG as usize) else {
+            panic!("no seal marker at the end of {}", path.display());
+        };
+        forge(&mut seal);
+        let durable = u32::from_le_bytes(b[off + 36..off + 40].try_into().expect("4 bytes"));
+        let ts = i64::from_le_bytes(b[off + 24..off + 32].try_into().expect("8 bytes"));
+        encode_seal(&mut b[off..], lsn, durable, ts, &seal);
+        std::fs::write(&path, &b).expect("write");
+        assert_eq!(code(&run(&["verify", p(&d)], b"")), 1, "{what}: verify");
+        for target in [d.clone(), path.clone()] {
+            let o = run(&["dump", p(&target)], b"");
+            assert_eq!(code(&o), 1, "{what}: dump {}", target.display());
+            assert!(
+                error_line(&o).contains("seal marker"),
+                "{what}: {}",
+                stderr(&o)
+            );
+        }
+    }
+}

@@ -286,34 +286,51 @@ impl<'a> SegmentScanner<'a> {
     }
 
     fn check_seal(&self, seal: SealInfo) -> Result<SealInfo, ScanError> {
-        // Counts can only be compared when the scan saw every record of the segment.
-        let complete = self.first_offset == SEGMENT_HEADER_LEN;
-        if complete && seal.record_count != self.record_count {
+        // Counts can only be compared when the scan saw every record of the segment. The bytes
+        // were hashed up front when this is the marker at the end.
+        check_seal_against(
+            seal,
+            (self.first_offset == SEGMENT_HEADER_LEN).then_some((self.record_count, self.last_lsn)),
+            || match self.final_seal {
+                Some(f) if f.offset == self.off => f.computed,
+                _ => crc32fast::hash(&self.buf[..self.off]),
+            },
+        )
+    }
+}
+
+/// Checks a seal marker against the segment before it: its record count and last record's LSN
+/// against what a scan saw (`seen`, when the scan saw every record), its checksum against
+/// `computed` (the CRC32 of the bytes before the marker). Every reader of segments judges a
+/// marker by this one check.
+pub fn check_seal_against(
+    seal: SealInfo,
+    seen: Option<(u64, Option<crate::Lsn>)>,
+    computed: impl FnOnce() -> u32,
+) -> Result<SealInfo, ScanError> {
+    if let Some((count, last)) = seen {
+        if seal.record_count != count {
             return Err(ScanError::SealMismatch(format!(
-                "it counts {} records, the segment holds {}",
-                seal.record_count, self.record_count
+                "it counts {} records, the segment holds {count}",
+                seal.record_count
             )));
         }
-        if complete && self.record_count > 0 && seal.last_lsn != self.last_lsn {
+        if count > 0 && seal.last_lsn != last {
             return Err(ScanError::SealMismatch(format!(
                 "it names {} as the last record, the segment's last record is at {}",
                 seal.last_lsn.unwrap_or_default(),
-                self.last_lsn.unwrap_or_default()
+                last.unwrap_or_default()
             )));
         }
-        // The bytes were hashed up front when this is the marker at the end.
-        let computed = match self.final_seal {
-            Some(f) if f.offset == self.off => f.computed,
-            _ => crc32fast::hash(&self.buf[..self.off]),
-        };
-        if computed != seal.segment_checksum {
-            return Err(ScanError::SegmentChecksum {
-                stored: seal.segment_checksum,
-                computed,
-            });
-        }
-        Ok(seal)
     }
+    let computed = computed();
+    if computed != seal.segment_checksum {
+        return Err(ScanError::SegmentChecksum {
+            stored: seal.segment_checksum,
+            computed,
+        });
+    }
+    Ok(seal)
 }
 
 impl<'a> Iterator for SegmentScanner<'a> {

@@ -65,6 +65,10 @@ struct Loaded {
     off: usize,
     /// Records ending before this offset are covered by a matching seal checksum.
     trusted_end: usize,
+    /// Records decoded in this segment so far, and the last one's LSN: what its seal marker
+    /// must say.
+    records: u64,
+    last_lsn: Option<Lsn>,
 }
 
 impl Loaded {
@@ -140,6 +144,8 @@ impl WalReader {
                 Ok(Decoded::Record(r)) => {
                     let off = cur.off;
                     cur.off += crate::format::record::encoded_len(r.payload.len());
+                    cur.records += 1;
+                    cur.last_lsn = Some(r.lsn());
                     if r.lsn() < self.from {
                         continue;
                     }
@@ -157,6 +163,23 @@ impl WalReader {
                     }));
                 }
                 Ok(Decoded::Seal(seal)) => {
+                    // Every record of the segment was decoded (those before `from` too). A
+                    // final marker whose checksum matched when the file was read is not hashed
+                    // again.
+                    let checked = crate::decoder::check_seal_against(
+                        seal,
+                        Some((cur.records, cur.last_lsn)),
+                        || {
+                            if cur.trusted_end == cur.off {
+                                seal.segment_checksum
+                            } else {
+                                crc32fast::hash(&cur.bytes[..cur.off])
+                            }
+                        },
+                    );
+                    if let Err(e) = checked {
+                        return Err(corrupt(cur, &format!("seal marker: {e}")));
+                    }
                     self.prev_seal = Some((cur.name.segment_no.0, seal.segment_checksum));
                     self.next_segment = Some(cur.name.segment_no.next().0);
                     if let Some(done) = self.cur.take() {
@@ -438,6 +461,8 @@ impl WalReader {
             header,
             off: SEGMENT_HEADER_LEN,
             trusted_end: 0,
+            records: 0,
+            last_lsn: None,
         };
         cur.trust_seal(read);
         self.cur = Some(cur);
