@@ -54,12 +54,15 @@ pub fn check_sealed(
     let start = name.segment_no.start_lsn_saturating(control.segment_size);
     let mut hb = [0u8; SEGMENT_HEADER_LEN];
     if len < SEGMENT_HEADER_LEN + SEAL_LEN {
-        return Err(corrupt(
-            path,
+        let short = (
             len,
-            start + len as u64,
             format!("sealed segment is only {len} bytes: too short for a header and a seal marker"),
-        ));
+        );
+        return Err(if len < SEGMENT_HEADER_LEN {
+            corrupt(path, short.0, start + len as u64, short.1)
+        } else {
+            locate_damage(&file, path, start, short)
+        });
     }
     file.read_exact_at(&mut hb, 0)
         .ctx(|| format!("read {}", path.display()))?;
@@ -73,18 +76,21 @@ pub fn check_sealed(
     let seal_lsn = start + seal_off as u64;
     let seal = match decode_at(&sb, 0, seal_lsn, control.segment_size as usize) {
         Ok(Decoded::Seal(s)) => s,
-        Ok(Decoded::Record(_)) => return Err(corrupt(
+        Ok(Decoded::Record(_)) => return Err(locate_damage(
+            &file,
             path,
-            seal_off,
-            seal_lsn,
-            "sealed segment does not end with a seal marker (last bytes are a record: truncated?)",
+            start,
+            (seal_off, "sealed segment does not end with a seal marker (last bytes are a record: truncated?)".into()),
         )),
         Err(e) => {
-            return Err(corrupt(
+            return Err(locate_damage(
+                &file,
                 path,
-                seal_off,
-                seal_lsn,
-                format!("sealed segment does not end with a valid seal marker: {e}"),
+                start,
+                (
+                    seal_off,
+                    format!("sealed segment does not end with a valid seal marker: {e}"),
+                ),
             ))
         }
     };
@@ -94,6 +100,25 @@ pub fn check_sealed(
         seal,
         end_lsn: seal_lsn,
     })
+}
+
+/// A sealed segment without a valid marker at its end: the whole file is scanned, so that the
+/// damage is named where its records stop and why, as `verify` and `dump` name it (a file cut
+/// short ends inside a record, not where a marker would be). `fallback` when the file cannot be
+/// read or its scan ends at a valid marker after all.
+fn locate_damage(
+    file: &std::fs::File,
+    path: &Path,
+    start: Lsn,
+    fallback: (usize, String),
+) -> Error {
+    let mut bytes = Vec::new();
+    let read = std::io::Read::read_to_end(&mut &*file, &mut bytes);
+    let (off, reason) = match read.ok().and_then(|_| SegmentScanner::new(&bytes).ok()) {
+        Some(mut scan) => sealed_end(&scan.finish()).err().unwrap_or(fallback),
+        None => fallback,
+    };
+    corrupt(path, off, start + off as u64, reason)
 }
 
 /// A segment belongs here when its header matches the directory's identity and its name.

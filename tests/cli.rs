@@ -1619,3 +1619,38 @@ fn dump_checks_a_seal_marker_against_its_segment_as_verify_does() {
         }
     }
 }
+
+/// A sealed segment cut short, at several lengths: `verify`, `dump` and `write` name the same
+/// offset, LSN and reason (where its records stop), not where a marker would have been.
+#[test]
+fn a_truncated_sealed_segment_is_named_alike_by_every_command() {
+    for cut in [1usize, 20, 64, 84, 150, 1000] {
+        let (_t, d) = four_segments();
+        let path = wal_file(&d, 1, true);
+        let len = std::fs::metadata(&path).expect("stat").len() as usize;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_len((len - cut.min(len - 100)) as u64)
+            .expect("truncate");
+        let (c, v) = verify_json(&d);
+        assert_eq!(c, 1, "cut {cut}: {v}");
+        let e = &v["errors"][0];
+        let want = format!(
+            "offset {} (LSN {}): {}",
+            e["offset"],
+            walship::Lsn(e["lsn"].as_u64().expect("lsn")),
+            e["reason"].as_str().expect("reason")
+        );
+        for args in [vec!["dump", p(&d)], vec!["write", p(&d)]] {
+            let o = run(&args, b"x\n");
+            assert_eq!(code(&o), 1, "cut {cut}: {args:?}");
+            assert!(
+                error_line(&o).contains(&want),
+                "cut {cut}: {args:?}: {} (verify: {want})",
+                error_line(&o)
+            );
+        }
+    }
+}

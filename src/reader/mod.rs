@@ -191,7 +191,12 @@ impl WalReader {
                 }
                 Err(e) => {
                     if cur.name.kind == SegmentFileKind::Sealed {
-                        return Err(corrupt(cur, &e.to_string()));
+                        // Nothing where the marker should be: said as `verify` says it.
+                        let reason = match e {
+                            RecordError::Unwritten => crate::segment_check::NO_SEAL_MARKER.into(),
+                            e => e.to_string(),
+                        };
+                        return Err(corrupt(cur, &reason));
                     }
                     // The open segment's current end: read what was appended since, or notice
                     // that the segment was sealed meanwhile.
