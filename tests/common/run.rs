@@ -317,6 +317,7 @@ pub fn sealed_files(dir: &Path) -> Vec<String> {
 pub fn wait_caught_up(primary: &Path, standby: &Path) {
     let sealed = status(primary)["sealed_lsn"].as_u64().unwrap();
     assert!(sealed > 0);
+    let names = sealed_files(primary);
     wait_until(&format!("{} to reach {sealed}", standby.display()), || {
         let out = walship(&["status", p(standby), "--json"]);
         out.status.success()
@@ -324,6 +325,11 @@ pub fn wait_caught_up(primary: &Path, standby: &Path) {
                 s["sealed_lsn"].as_u64() == Some(sealed)
                     && s["applied_lsn"].as_u64() == Some(sealed)
             })
+            // Every one by name too: the positions say only that the newest is there.
+            && {
+                let theirs = sealed_files(standby);
+                names.iter().all(|n| theirs.contains(n))
+            }
     });
     for f in sealed_files(primary) {
         // A running primary may release a segment every standby holds (retention recycles or
