@@ -1654,3 +1654,28 @@ fn a_truncated_sealed_segment_is_named_alike_by_every_command() {
         }
     }
 }
+
+/// A sealed segment numbered after the open one (copied in from elsewhere) is not of this log:
+/// `dump` refuses it as `verify` and `write` do.
+#[test]
+fn a_sealed_segment_after_the_open_one_is_refused_by_every_command() {
+    let (_t, d) = four_segments();
+    let (_t2, other) = tempdir();
+    init(&other);
+    for seg in 0..5 {
+        write(&other, &format!("other {seg}\n"), &[]);
+        seal(&other);
+    }
+    // Segment 4 of another log of the same shape, after this log's open segment 3.
+    std::fs::copy(wal_file(&other, 4, true), wal_file(&d, 4, true)).expect("cp");
+    assert_eq!(code(&run(&["verify", p(&d)], b"")), 1);
+    let o = run(&["write", p(&d)], b"x\n");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let o = run(&["dump", p(&d)], b"");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        error_line(&o).contains("follows the open segment"),
+        "{}",
+        stderr(&o)
+    );
+}
