@@ -1511,21 +1511,8 @@ fn a_data_directory_given_as_the_archive_is_refused_and_left_as_it_was() {
     make_store(&data, 2, 3);
     let other = t.path().join("other");
     make_store(&other, 1, 4);
-    /// Every file under `dir`, recursively, with its bytes.
-    fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-        let mut out = BTreeMap::new();
-        for e in std::fs::read_dir(dir).expect("list") {
-            let path = e.expect("entry").path();
-            if path.is_dir() {
-                out.extend(tree(&path));
-            } else {
-                out.insert(path.clone(), std::fs::read(&path).expect("read"));
-            }
-        }
-        out
-    }
     for target in [&other, &data] {
-        let before = tree(target);
+        let before = common::files_under(target);
         let out = archive_once(&data, target, &[]);
         assert_eq!(common::code(&out), 1, "{}", text(&out));
         assert!(
@@ -1535,7 +1522,7 @@ fn a_data_directory_given_as_the_archive_is_refused_and_left_as_it_was() {
             text(&out)
         );
         assert!(
-            tree(target) == before,
+            common::files_under(target) == before,
             "nothing written to {}",
             target.display()
         );

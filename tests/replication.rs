@@ -549,20 +549,7 @@ fn a_writer_is_refused_on_a_standbys_directory_and_changes_nothing() {
     let sby = t.path().join("standby");
     // The standby holds sealed segments and its copy of the primary's open segment.
     common::streamed_then_stopped(&primary, &sby, t.path(), "p");
-    fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                out.extend(tree(&path));
-            } else if path.file_name().is_some_and(|n| n != "LOCK") {
-                out.push((path.clone(), std::fs::read(&path).unwrap()));
-            }
-        }
-        out.sort();
-        out
-    }
-    let before = tree(&sby);
+    let before = common::files_under(&sby);
     let applied = status(&sby)["applied_lsn"].as_u64().unwrap();
     assert!(applied > 0);
     let out = common::run(&["write", p(&sby), "--durable"], b"rogue\n");
@@ -572,7 +559,10 @@ fn a_writer_is_refused_on_a_standbys_directory_and_changes_nothing() {
         "{}",
         common::text(&out)
     );
-    assert!(tree(&sby) == before, "the standby's files are as they were");
+    assert!(
+        common::files_under(&sby) == before,
+        "the standby's files are as they were"
+    );
     assert_eq!(status(&sby)["applied_lsn"].as_u64(), Some(applied));
 }
 

@@ -115,6 +115,23 @@ pub fn record_fields(path: &Path) -> Vec<RecordFields> {
     out
 }
 
+/// Every file under `dir`, recursively, with its bytes, the lock file left out (its pid changes
+/// with every process that takes it): a directory's whole state, to show that a refused command
+/// changed nothing.
+pub fn files_under(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).expect("list") {
+        let path = e.expect("entry").path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if path.file_name().is_some_and(|n| n != "LOCK") {
+            let bytes = std::fs::read(&path).expect("read");
+            out.insert(path, bytes);
+        }
+    }
+    out
+}
+
 /// The file names in a directory, sorted.
 pub fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
