@@ -5,12 +5,14 @@
 //! point):
 //!
 //! 1. take the directory's lock (a running `walship standby` holds it: promotion is refused
-//!    while it does); record the target timeline in `state/promotion` (a rerun finishes that
-//!    promotion, never starts another);
+//!    while it does);
 //! 2. find the durable end: the last valid record of the copy of the primary's open segment
 //!    (`.wal.partial`) that follows the newest sealed segment; when the copy holds no record
 //!    (or there is none), the first position of the segment after the newest sealed one: the
-//!    sealed segment stays the old timeline's and the new timeline begins with the next;
+//!    sealed segment stays the old timeline's and the new timeline begins with the next. An
+//!    end before the switch that began the standby's own timeline (it has not received that
+//!    timeline yet) is refused, with nothing written; then record the target timeline in
+//!    `state/promotion` (a rerun finishes that promotion, never starts another);
 //! 3. write the history file of timeline N+1 (switch point = that end) durably;
 //! 4. when the copy holds records, write the switch segment: the copy's header with timeline
 //!    N+1, its records up to the switch point, zeros to the segment size, as
@@ -85,14 +87,9 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
     }
     let new_timeline = match target {
         Some(t) => t,
-        None => {
-            let t = control.timeline.checked_add(1).ok_or_else(|| {
-                Error::Refused(format!("timeline {} is the last one", control.timeline))
-            })?;
-            crate::fault!("promote::intent", e => Error::io("record the promotion", e));
-            write_atomic(&intent, format!("{t}\n").as_bytes())?;
-            t
-        }
+        None => control.timeline.checked_add(1).ok_or_else(|| {
+            Error::Refused(format!("timeline {} is the last one", control.timeline))
+        })?,
     };
     if control.timeline == new_timeline {
         // Stopped after the control file: only the standby's state is left to retire.
@@ -160,6 +157,29 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
             ))
         })?,
     };
+
+    // A standby that has not yet received its own timeline (a new one, stopped while it still
+    // copied the parent's segments) has no place on it to switch from. Refused before anything
+    // is written, so it can go on following its primary.
+    if let Some(began) = parent_history.as_ref().and_then(|h| h.last_switch()) {
+        if end < began.lsn {
+            if target.is_some() && !dd.history_path(new_timeline).exists() {
+                // Left by a run refused before the history file: nothing else was done.
+                fs::remove_file(&intent).ctx(|| format!("remove {}", intent.display()))?;
+                fsync_dir(&state)?;
+            }
+            return Err(Error::Refused(format!(
+                "{} holds the log up to {end} only, before timeline {} began (at {}): it has not received that timeline yet; let it follow its primary (`walship standby`) until it has, then promote it",
+                dd.root().display(),
+                control.timeline,
+                began.lsn
+            )));
+        }
+    }
+    if target.is_none() {
+        crate::fault!("promote::intent", e => Error::io("record the promotion", e));
+        write_atomic(&intent, format!("{new_timeline}\n").as_bytes())?;
+    }
 
     // 3. The history file: written once; a rerun takes the switch point from it.
     let history = match dd.read_history_file(new_timeline, &control) {

@@ -419,6 +419,64 @@ fn rewind_asks_a_primary_that_requires_tls() {
 /// A standby made from nothing after a failover follows the promoted primary from its first
 /// segment, across the switch: the path starts on the old timeline, although the control file
 /// its first contact writes names the new one.
+/// A new standby of a promoted primary that holds the primary's timeline (its history file, its
+/// control file) but none of its log yet, because every write of a segment failed: promotion
+/// is refused, with exit 1 and nothing written, also when an earlier refused run left its
+/// intent behind. The standby then follows its primary and is promoted once it caught up.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_standby_that_has_not_received_its_timeline_yet_is_refused_promotion_and_left_to_follow() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (_old, new) = failed_over(t.path(), 0);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    write_records(&new, 30, "n");
+    common::seal(&new);
+    let fresh = t.path().join("fresh");
+    let mut args = vec![
+        "standby",
+        p(&fresh),
+        "--primary",
+        &addr,
+        "--max-backoff",
+        "300ms",
+    ];
+    args.extend_from_slice(&NET);
+    let log = t.path().join("standby-failing.log");
+    let mut sb = common::spawn_piped(
+        &args,
+        &[("FAILPOINTS", "standby::write=return(EIO)")],
+        &log,
+    );
+    wait_until("the standby's writes of a segment to fail", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("write") && l.contains("error"))
+    });
+    sb.kill();
+    assert_eq!(status(&fresh)["timeline"].as_u64(), Some(2));
+    let as_it_was = |d: &Path| (files(d, "wal"), files(d, "state"), payloads(d));
+    let before = as_it_was(&fresh);
+    for left_intent in [false, true] {
+        if left_intent {
+            std::fs::write(fresh.join("state/promotion"), "3\n").expect("write the intent");
+        }
+        let out = walship(&["promote", p(&fresh)]);
+        assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("before timeline 2 began") && err.contains("not received that timeline"),
+            "{err}"
+        );
+        assert_eq!(as_it_was(&fresh), before, "left as it was");
+    }
+
+    let mut sb = common::standby(&fresh, &addr, &[], &t.path().join("standby.log"));
+    common::wait_caught_up(&new, &fresh);
+    sb.kill();
+    let out = walship(&["promote", p(&fresh)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(status(&fresh)["timeline"].as_u64(), Some(3));
+    assert!(payloads(&fresh) == payloads(&new), "every record of the primary's");
+}
+
 #[test]
 fn a_new_standby_follows_a_promoted_primary_from_the_old_timeline_on() {
     let t = tempfile::tempdir().expect("tempdir");
