@@ -69,11 +69,13 @@ impl SealedSet {
 }
 
 /// Lists the sealed segments of `dd` (cheap: one directory listing and the newest one's seal
-/// marker). Open, prepared and partial files are not for shipping and are left out.
+/// marker). Open, prepared and partial files are not for shipping and are left out, and so are
+/// segments of a later timeline than `control`'s: they appear when the directory is promoted
+/// or rewound after `control` was read, and are not on the timeline its reader serves.
 pub fn scan_sealed(dd: &DataDir, control: &ControlFile, previous: &SealedSet) -> Result<SealedSet> {
     let mut set = SealedSet::default();
     for name in dd.list_segments()? {
-        if name.kind == SegmentFileKind::Sealed {
+        if name.kind == SegmentFileKind::Sealed && name.timeline <= control.timeline {
             set.by_no.insert(name.segment_no.0, name);
         }
     }
@@ -177,6 +179,26 @@ mod tests {
         assert_eq!(
             newest_sealed_end(&dd, &names[2..], &control).expect("none"),
             Lsn(0)
+        );
+    }
+
+    #[test]
+    fn a_scan_leaves_out_segments_of_a_later_timeline_than_its_control() {
+        let (_tmp, dd) = dir_with(&[(3, SegmentFileKind::Sealed, 4096)]);
+        let newer = SegmentName::new(2, 4, SegmentFileKind::Sealed);
+        std::fs::write(dd.segment_path(&newer), vec![0xAB; 4096]).expect("write");
+        let control = dd.read_control().expect("control");
+        let mut known = SealedSet {
+            by_no: BTreeMap::new(),
+            sealed_lsn: Lsn(77),
+        };
+        known
+            .by_no
+            .insert(3, SegmentName::new(1, 3, SegmentFileKind::Sealed));
+        let set = scan_sealed(&dd, &control, &known).expect("rescan");
+        assert_eq!(
+            set, known,
+            "timeline 2's segment is not timeline 1's to ship"
         );
     }
 }

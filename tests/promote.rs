@@ -230,6 +230,43 @@ fn a_running_standby_is_asked_to_finish_then_promoted() {
     assert_eq!(payloads(&sb).len(), want.len() + 10);
 }
 
+/// A `serve` running on a standby's directory (cascading) goes on serving it once it is
+/// promoted, from the new timeline: on the same address, its standby follows the promoted
+/// directory onto timeline 2 and holds every record written there.
+#[test]
+fn a_serve_on_a_standby_serves_its_new_timeline_once_it_is_promoted() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path();
+    let (primary, a, c) = (root.join("primary"), root.join("a"), root.join("c"));
+    init(&primary);
+    write_records(&primary, 1500, "a");
+    common::seal(&primary);
+    let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
+    let mut sa = common::standby(&a, &addr, &["--name", "a"], &root.join("a.log"));
+    common::wait_caught_up(&primary, &a);
+    let (_srv_a, addr_a) = serve(&a, "127.0.0.1:0", &NET, &root.join("serve-a.log"));
+    let mut sc = common::standby(&c, &addr_a, &["--name", "c"], &root.join("c.log"));
+    common::wait_caught_up(&a, &c);
+    srv.kill();
+
+    let out = walship(&["promote", p(&a), "--timeout", "30"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(sa.wait_exit(), 0, "{}", sa.log());
+    write_records(&a, 30, "d");
+    common::seal(&a);
+    let sealed = status(&a)["sealed_lsn"].as_u64().expect("sealed_lsn");
+    wait_until("c to follow a onto timeline 2", || {
+        let o = walship(&["status", p(&c), "--json"]);
+        o.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|s| {
+                s["timeline"].as_u64() == Some(2) && s["applied_lsn"].as_u64() == Some(sealed)
+            })
+    });
+    assert!(sc.running(), "{}", sc.log());
+    sc.kill();
+    assert!(payloads(&c) == payloads(&a), "c holds every record of a's");
+}
+
 #[test]
 fn another_process_holding_the_standby_is_not_signalled() {
     let t = tempfile::tempdir().expect("tempdir");

@@ -442,11 +442,7 @@ fn a_standby_that_has_not_received_its_timeline_yet_is_refused_promotion_and_lef
     ];
     args.extend_from_slice(&NET);
     let log = t.path().join("standby-failing.log");
-    let mut sb = common::spawn_piped(
-        &args,
-        &[("FAILPOINTS", "standby::write=return(EIO)")],
-        &log,
-    );
+    let mut sb = common::spawn_piped(&args, &[("FAILPOINTS", "standby::write=return(EIO)")], &log);
     wait_until("the standby's writes of a segment to fail", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("write") && l.contains("error"))
     });
@@ -474,7 +470,10 @@ fn a_standby_that_has_not_received_its_timeline_yet_is_refused_promotion_and_lef
     let out = walship(&["promote", p(&fresh)]);
     assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(status(&fresh)["timeline"].as_u64(), Some(3));
-    assert!(payloads(&fresh) == payloads(&new), "every record of the primary's");
+    assert!(
+        payloads(&fresh) == payloads(&new),
+        "every record of the primary's"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use walship::consumer_warnings::{ConsumerWarnings, WarningOptions, CHECK_INTERVAL};
 use walship::replication::synchronous::{SyncConfig, SyncLevel, SyncPolicy};
 use walship::replication::{AuthToken, ReplError, Shipper, ShipperConfig};
@@ -241,7 +242,7 @@ pub fn run(a: ServeArgs) -> CmdResult {
             ),
             None => None,
         };
-        let mut shipper = Shipper::start(config).await?;
+        let mut shipper = Shipper::start(config.clone()).await?;
         {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
@@ -249,7 +250,20 @@ pub fn run(a: ServeArgs) -> CmdResult {
             out.flush()?;
         }
         let checker = check_warnings(data_dir.clone(), warnings);
-        reload_on_hangup(&shipper).await;
+        let stop = super::shutdown_signal();
+        tokio::pin!(stop);
+        let mut hup = signal(SignalKind::hangup()).ok();
+        // A promotion or a rewind gives the directory a new timeline: the shipper is started
+        // again on it, on the same address, and its standbys reconnect to the new identity.
+        while let Some(timeline) = serve_until(&shipper, &mut stop, hup.as_mut(), &data_dir).await {
+            shipper.stop(STOP_BOUND).await;
+            tracing::info!(
+                timeline,
+                "the directory is now on another timeline (promoted or rewound): serving it again"
+            );
+            config.listen = shipper.local_addr().to_string();
+            shipper = Shipper::start(config.clone()).await?;
+        }
         tracing::info!("stopping");
         checker.abort();
         if let Some(m) = metrics {
@@ -259,6 +273,9 @@ pub fn run(a: ServeArgs) -> CmdResult {
         Ok(())
     })
 }
+
+/// How often a running serve reads the control file for a new timeline.
+const TIMELINE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Checks the consumers' warnings every [`CHECK_INTERVAL`] until aborted (the files are read
 /// off the runtime's threads). A check that cannot read the directory is logged at debug level
@@ -287,21 +304,32 @@ fn check_warnings(dir: PathBuf, opts: WarningOptions) -> tokio::task::JoinHandle
     })
 }
 
-/// Reloads the shipper's TLS files and token directory on each SIGHUP, until a signal to stop.
-async fn reload_on_hangup(shipper: &Shipper) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return super::shutdown_signal().await;
-    };
-    let stop = super::shutdown_signal();
-    tokio::pin!(stop);
+/// Serves until a signal to stop (`None`) or until the directory's control file names another
+/// timeline than the shipper serves (`Some` of it), reloading the shipper's TLS files and
+/// token directory on each SIGHUP.
+async fn serve_until(
+    shipper: &Shipper,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    mut hup: Option<&mut Signal>,
+    data_dir: &std::path::Path,
+) -> Option<u32> {
+    let mut tick = tokio::time::interval(TIMELINE_CHECK_INTERVAL);
     loop {
         tokio::select! {
-            _ = &mut stop => return,
-            _ = hup.recv() => match shipper.reload() {
+            _ = stop.as_mut() => return None,
+            Some(()) = async { hup.as_mut()?.recv().await } => match shipper.reload() {
                 Ok(()) => tracing::info!("reloaded on SIGHUP"),
                 Err(e) => tracing::error!(error = %e, "reload on SIGHUP failed: the TLS configuration in use stays"),
             },
+            _ = tick.tick() => {
+                let dd = walship::datadir::DataDir::new(data_dir);
+                // Unreadable for a moment (a promotion replaces it): read again at the next tick.
+                if let Ok(Ok(c)) = tokio::task::spawn_blocking(move || dd.read_control()).await {
+                    if c.timeline != shipper.timeline() {
+                        return Some(c.timeline);
+                    }
+                }
+            }
         }
     }
 }

@@ -391,6 +391,11 @@ impl Shipper {
         self.local_addr
     }
 
+    /// The timeline served: the directory's when the shipper started.
+    pub fn timeline(&self) -> u32 {
+        self.shared.control.timeline
+    }
+
     pub fn is_running(&self) -> bool {
         self.shared.running.load(Ordering::Acquire)
     }
