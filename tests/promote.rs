@@ -186,7 +186,12 @@ fn promotion_is_refused_while_the_directory_is_locked_and_on_a_primary() {
     write_records(&primary, 10, "a");
     let out = walship(&["promote", p(&primary)]);
     assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
-    assert!(common::text(&out).contains("not a standby's directory"));
+    // A refusal, not damage: one line that says so.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("walship: refused: ") && err.contains("not a standby's directory"),
+        "{err}"
+    );
 
     let (sb, _) = killed_standby(&t.path().join("x"));
     let held = walship::DataDir::new(&sb).lock().expect("lock");

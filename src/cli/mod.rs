@@ -80,7 +80,10 @@ pub enum Failure {
 
 impl From<walship::Error> for Failure {
     fn from(e: walship::Error) -> Self {
-        if e.is_corruption() {
+        if let walship::Error::Refused(why) = e {
+            // Stored data that conflicts with the operation is not damage: said as refused.
+            Failure::Refused(why)
+        } else if e.is_corruption() {
             Failure::Damage(e.to_string())
         } else {
             Failure::Error(e.to_string())

@@ -44,14 +44,31 @@ pub enum FrameError {
         got: usize,
         expected: usize,
     },
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
-    TooLarge { len: usize, max: usize },
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes{}", foreign_peer(*.len, .prefix))]
+    TooLarge {
+        len: usize,
+        max: usize,
+        /// The length prefix as it came.
+        prefix: [u8; 4],
+    },
     #[error("empty frame (length 0)")]
     Empty,
     #[error("{0}")]
     Codec(#[from] CodecError),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// For a length no walship peer ever sends (above [`MAX_FRAME_LIMIT`]): what the bytes were,
+/// since they are most likely the start of another protocol (`HTTP`, `SSH-`).
+fn foreign_peer(len: usize, prefix: &[u8; 4]) -> String {
+    if len <= MAX_FRAME_LIMIT {
+        return String::new();
+    }
+    format!(
+        ": no walship peer sends one (the bytes were \"{}\"): is the address a walship port?",
+        prefix.escape_ascii()
+    )
 }
 
 /// Reads one frame body of at most `max` bytes.
@@ -81,7 +98,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         return Err(FrameError::Empty);
     }
     if len > max {
-        return Err(FrameError::TooLarge { len, max });
+        return Err(FrameError::TooLarge { len, max, prefix });
     }
     let mut body = Vec::with_capacity(len.min(64 << 10));
     let n = r.take(len as u64).read_to_end(&mut body).await?;
@@ -163,6 +180,27 @@ mod tests {
     }
 
     #[test]
+    fn another_protocols_first_bytes_are_named_as_such() {
+        let http = b"HTTP/1.1 400 Bad Request\r\n\r\n";
+        let e = rt()
+            .block_on(read_frame(&mut &http[..], HANDSHAKE_MAX_FRAME))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "frame of 1347703880 bytes exceeds the maximum of 4096 bytes: no walship peer sends one (the bytes were \"HTTP\"): is the address a walship port?"
+        );
+        // A length a walship peer could send, over this side's maximum: no such guess.
+        let big = ((HANDSHAKE_MAX_FRAME + 1) as u32).to_le_bytes();
+        let e = rt()
+            .block_on(read_frame(&mut &big[..], HANDSHAKE_MAX_FRAME))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "frame of 4097 bytes exceeds the maximum of 4096 bytes"
+        );
+    }
+
+    #[test]
     fn oversized_frame_is_refused_after_reading_only_its_prefix() {
         let mut bytes = u32::MAX.to_le_bytes().to_vec();
         bytes.extend_from_slice(&[0xAB; 100]);
@@ -174,7 +212,7 @@ mod tests {
             .block_on(read_frame(&mut r, DEFAULT_MAX_FRAME))
             .unwrap_err();
         assert!(
-            matches!(e, FrameError::TooLarge { len, max } if len == u32::MAX as usize && max == DEFAULT_MAX_FRAME)
+            matches!(e, FrameError::TooLarge { len, max, .. } if len == u32::MAX as usize && max == DEFAULT_MAX_FRAME)
         );
         assert_eq!(r.pos, 4, "nothing past the length prefix may be read");
     }

@@ -379,7 +379,7 @@ fn frames_larger_than_a_handshake_message_are_refused_on_both_sides() {
         let r = accept(&mut p, &Tokens::None, &control(1), &Histories::first(), T).await;
         assert!(matches!(
             r,
-            Err(ReplError::Frame(FrameError::TooLarge { len, max }))
+            Err(ReplError::Frame(FrameError::TooLarge { len, max, .. }))
                 if len == HANDSHAKE_MAX_FRAME + 1 && max == HANDSHAKE_MAX_FRAME
         ));
         // The standby, whatever its configured maximum.
