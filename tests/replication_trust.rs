@@ -1087,7 +1087,7 @@ fn an_older_or_unknown_version_is_refused_with_a_clear_message() {
             (Message::Error { code, message }, None) => {
                 assert_eq!(code, ErrorCode::Version);
                 assert!(
-                    message.contains("speaks version 5 only") && message.contains("upgrade"),
+                    message.contains("speaks version 6 only") && message.contains("upgrade"),
                     "{message}"
                 );
             }

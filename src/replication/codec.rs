@@ -63,12 +63,13 @@ mod tests {
         });
         let mut want = vec![0, 0, 0, 0];
         want.extend_from_slice(b"WALSHIPR");
-        want.extend_from_slice(&[5, 0, 0, 0]);
+        want.extend_from_slice(&[6, 0, 0, 0]);
         want.extend_from_slice(&[7; 32]);
         assert_eq!(hello, want);
 
-        // Version 5: Identify ends with the standby's name (version 4) and the checksum of
-        // its timeline's history file (SHA-256, docs/PROTOCOL.md).
+        // Version 6: Identify ends with the standby's name (version 4), the checksum of its
+        // timeline's history file (SHA-256, version 5) and the checksum of its copy of the
+        // open segment (version 6; docs/PROTOCOL.md).
         let id = enc(&Message::Identify {
             standby_id: [0x11; 16],
             system_id: None,
@@ -81,6 +82,7 @@ mod tests {
             max_frame: 0x0080_0000,
             name: "s1",
             history_digest: Some([0xAB; 32]),
+            copy_checksum: Some(0x0403_0201),
         });
         let want: Vec<u8> = [
             &[4, 0, 0, 0][..],
@@ -97,10 +99,12 @@ mod tests {
             b"s1",
             &[1],
             &[0xAB; 32],
+            &[1],
+            &[1, 2, 3, 4],
         ]
         .concat();
         assert_eq!(id, want);
-        assert_eq!(id.len(), 98);
+        assert_eq!(id.len(), 103);
         let fixture = |name: &str| {
             std::fs::read(format!(
                 "{}/fixtures/protocol/{name}",
@@ -109,11 +113,12 @@ mod tests {
             .unwrap()
         };
         assert_eq!(
-            fixture("v5/identify.bin"),
+            fixture("v6/identify.bin"),
             id,
-            "fixtures/protocol/v5/identify.bin"
+            "fixtures/protocol/v6/identify.bin"
         );
-        // A version-4 Identify lacks the checksum: as a version-5 message it is cut short.
+        // An older Identify lacks the later checksums: as a version-6 message it is cut short.
+        assert!(decode(&fixture("v5/identify.bin")).is_err());
         assert!(decode(&fixture("v4/identify.bin")).is_err());
 
         // Version 5: TimelineHistory, index 14.
@@ -296,8 +301,9 @@ mod tests {
                     max_frame: 0,
                     name: "s1",
                     history_digest: Some([1; 32]),
+                    copy_checksum: Some(1),
                 }),
-                83 + 8 + 2 + 33,
+                83 + 8 + 2 + 33 + 5,
             ),
             (
                 enc(&Message::TimelineHistory {
@@ -324,7 +330,7 @@ mod tests {
     fn fixture_identify() -> Vec<u8> {
         std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/protocol/v5/identify.bin"
+            "/fixtures/protocol/v6/identify.bin"
         ))
         .unwrap()
     }
@@ -349,6 +355,7 @@ mod tests {
                 max_frame: 1 << 23,
                 name: "db-2",
                 history_digest: None,
+                copy_checksum: Some(0x1234_5678),
             },
             Message::Welcome {
                 system_id: [4; 16],
@@ -419,6 +426,10 @@ mod tests {
         // An Identify whose digest option tag is neither 0 nor 1.
         let mut bad = fixture_identify();
         bad[65] = 2;
+        assert!(decode(&bad).is_err());
+        // ... or whose copy checksum's tag is.
+        let mut bad = fixture_identify();
+        bad[98] = 2;
         assert!(decode(&bad).is_err());
         // Invalid UTF-8 in an error message.
         let mut bad = vec![10, 0, 0, 0, 0, 0, 0, 0];

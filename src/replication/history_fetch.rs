@@ -64,6 +64,7 @@ async fn fetch(
         control: None,
         next_segment: None,
         prev_checksum: None,
+        copy_checksum: None,
         flushed_lsn: crate::Lsn::ZERO,
         held_lsn: crate::Lsn::ZERO,
         applied_lsn: crate::Lsn::ZERO,

@@ -1,9 +1,10 @@
-//! The replication messages, protocol version 5: version 2 (sealed segments, `SegmentRejected`)
+//! The replication messages, protocol version 6: version 2 (sealed segments, `SegmentRejected`)
 //! with the open segment streamed as it becomes durable (`OpenData`, `SegmentResume`) and a
 //! `Status` that reports the written position too (version 3), a standby that names itself in
-//! `Identify` (version 4, for synchronous commit), and timelines (version 5: the standby states
+//! `Identify` (version 4, for synchronous commit), timelines (version 5: the standby states
 //! the digest of its timeline's history, the primary sends its history files before
-//! `Welcome`). docs/PROTOCOL.md gives their bytes; the
+//! `Welcome`), and the checksum of the standby's copy of the open segment in `Identify`
+//! (version 6). docs/PROTOCOL.md gives their bytes; the
 //! variant order and field order here ARE the wire format, so never reorder them.
 //!
 //! Messages borrow their variable-length parts (segment bytes, error text) from the frame they
@@ -15,11 +16,11 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every standby's Hello: refuses a peer that does not speak walship.
 pub const MAGIC: [u8; 8] = *b"WALSHIPR";
 /// The newest protocol version this code speaks; it sends it in `Hello` and `Challenge`.
-pub const PROTOCOL_VERSION: u32 = 5;
-/// The oldest protocol version this code still speaks. Version 5 added timelines (a field of
-/// `Identify`, `TimelineHistory`): a version-4 peer cannot follow a promotion, and is refused
-/// with `Error Version`.
-pub const MIN_PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
+/// The oldest protocol version this code still speaks. Version 6 added the checksum of the
+/// standby's copy of the open segment (a field of `Identify`): without it a primary cannot tell
+/// a copy of records it never wrote, so an older peer is refused with `Error Version`.
+pub const MIN_PROTOCOL_VERSION: u32 = 6;
 /// The first version with `SegmentRejected`.
 pub const SEGMENT_REJECTED_VERSION: u32 = 2;
 
@@ -121,6 +122,10 @@ pub enum Message<'a> {
         /// Version 5 on: the SHA-256 of the bytes of the history file of the standby's
         /// timeline, None on timeline 1 (which has none) or without a directory.
         history_digest: Option<[u8; 32]>,
+        /// Version 6 on: the CRC-32 of the standby's copy of segment `next_segment` (a prefix
+        /// of the primary's open segment, streamed earlier) from the end of its header up to
+        /// `flushed_lsn`; None when it holds no record of such a copy.
+        copy_checksum: Option<u32>,
     },
     /// P→S: accepted; the primary's identity. Segments follow.
     Welcome {

@@ -4,11 +4,29 @@
 
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentName};
+use crate::Lsn;
 pub use crate::sealed_set::{scan_sealed, SealedSet};
 use crate::segment_check::{
     check_sealed, check_sealed_bytes, FullCheck, SealedSegment, NO_SEAL_MARKER,
 };
+
+/// Where `flushed` lies in a copy of an open segment, as `Identify`'s `copy_checksum` covers
+/// it: the segment and the offset of `flushed` in it, when that is past the segment's header
+/// (a copy holding at least one record).
+pub fn copy_extent(flushed: Lsn, segment_size: u64) -> Option<(u64, usize)> {
+    let last = flushed.0.checked_sub(1)?;
+    let (no, off) = (last / segment_size, flushed.0 - (last / segment_size) * segment_size);
+    (off > SEGMENT_HEADER_LEN as u64).then_some((no, off as usize))
+}
+
+/// The checksum `Identify` states for a standby's copy of the open segment: the CRC-32 of the
+/// bytes of `records`, the segment from the end of its header up to the copy's `flushed_lsn`.
+/// Records hold their own LSNs, so two copies that agree here hold the same records.
+pub fn copy_checksum(records: &[u8]) -> u32 {
+    crc32fast::hash(records)
+}
 
 /// Checks a received segment's bytes: header and identity, the chain to its predecessor (when
 /// the standby holds it), every record, the seal marker and the whole-segment checksum, and

@@ -43,6 +43,8 @@ pub(crate) struct Identified {
     pub token_name: Option<String>,
     pub next_segment: Option<u64>,
     pub prev_checksum: Option<u32>,
+    /// The checksum of its copy of the open segment up to `flushed_lsn` (see `Identify`).
+    pub copy_checksum: Option<u32>,
     pub max_frame: usize,
     pub flushed_lsn: Lsn,
     pub applied_lsn: Lsn,
@@ -103,7 +105,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     "upgrade the primary"
                 };
-                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks version {PROTOCOL_VERSION} only (standbys follow timelines since version 5): {upgrade}")).await);
+                return Err(refuse(stream, ErrorCode::Version, format!("protocol version {protocol_version} is not supported; this primary speaks version {PROTOCOL_VERSION} only (since version 6 the primary checks a standby's copy of its open segment): {upgrade}")).await);
             }
             (nonce, protocol_version)
         }
@@ -169,6 +171,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             max_frame,
             name,
             history_digest,
+            copy_checksum,
         }) => {
             if let Err(e) = crate::replication::synchronous::check_name(name) {
                 return Err(refuse(
@@ -214,6 +217,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 token_name,
                 next_segment,
                 prev_checksum,
+                copy_checksum,
                 max_frame: max_frame as usize,
                 flushed_lsn,
                 applied_lsn,
@@ -280,6 +284,8 @@ pub(crate) struct Introduction {
     pub next_segment: Option<u64>,
     pub prev_checksum: Option<u32>,
     pub flushed_lsn: Lsn,
+    /// The checksum of its copy of the open segment up to `flushed_lsn` (see `Identify`).
+    pub copy_checksum: Option<u32>,
     /// The end of every record the directory holds, as the standby judges its own position
     /// against the primary's path: `flushed_lsn`, or, for a directory being adopted that ends
     /// in an open segment, the end of that segment's last valid record. Not sent.
@@ -372,7 +378,7 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
                 } else {
                     "upgrade the standby"
                 };
-                return Err(refuse(stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby version {PROTOCOL_VERSION} only (standbys follow timelines since version 5): {upgrade}")).await);
+                return Err(refuse(stream, ErrorCode::Version, format!("the primary speaks protocol version {protocol_version}, this standby version {PROTOCOL_VERSION} only (since version 6 the primary checks a standby's copy of its open segment): {upgrade}")).await);
             }
             (nonce, auth_required, protocol_version)
         }
@@ -420,6 +426,7 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             max_frame: intro.max_frame as u32,
             name: &intro.name,
             history_digest: intro.history_digest(),
+            copy_checksum: intro.copy_checksum,
         },
     )
     .await?;

@@ -33,6 +33,7 @@ pub(super) fn intro(control: Option<ControlFile>) -> Introduction {
         control,
         next_segment: Some(3),
         prev_checksum: Some(0xdead_beef),
+        copy_checksum: Some(0x0c0f_fee5),
         flushed_lsn: Lsn(3 << 20),
         held_lsn: Lsn(3 << 20),
         applied_lsn: Lsn(2 << 20),
@@ -159,6 +160,7 @@ fn a_good_handshake_with_a_token_tells_each_side_what_the_other_said() {
             token_name: None,
             next_segment: Some(3),
             prev_checksum: Some(0xdead_beef),
+            copy_checksum: Some(0x0c0f_fee5),
             max_frame: 1 << 20,
             flushed_lsn: Lsn(3 << 20),
             applied_lsn: Lsn(2 << 20),
@@ -336,7 +338,7 @@ fn a_standby_refuses_a_primary_of_another_version() {
     });
 }
 
-/// A standby of an older version (4, without timelines) is refused with a clear message.
+/// A standby of an older version (5, without the copy checksum) is refused with a clear message.
 #[test]
 fn an_older_standby_is_refused_with_a_clear_message() {
     rt().block_on(async {
@@ -350,7 +352,7 @@ fn an_older_standby_is_refused_with_a_clear_message() {
         let r = accept(&mut p, &Tokens::None, &control(1), &Histories::first(), T).await;
         let m = refused_with(&r, ErrorCode::Version);
         assert!(
-            m.contains("protocol version 4 is not supported") && m.contains("upgrade the standby"),
+            m.contains("protocol version 5 is not supported") && m.contains("upgrade the standby"),
             "{m}"
         );
         let body = read_frame(&mut s, HANDSHAKE_MAX_FRAME).await.unwrap();

@@ -10,6 +10,9 @@ use crate::replication::handshake::{self, Identified};
 use crate::replication::messages::ErrorCode;
 use crate::replication::transport::Stream;
 use crate::replication::{refuse, ReplError};
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
+use crate::format::{SegmentFileKind, SegmentName};
+use crate::replication::segments::{copy_checksum, copy_extent};
 use crate::segment_check::check_sealed;
 use crate::Lsn;
 
@@ -106,5 +109,44 @@ pub(super) async fn admit(
             }
         }
     }
+    // A standby holding a copy of a segment that was open here must hold this primary's
+    // records in it: a primary brought back to an earlier copy of its directory writes others
+    // at the same positions, which a comparison of positions alone takes for a prefix.
+    if let (Some(sum), Some((no, off))) = (
+        identified.copy_checksum,
+        copy_extent(flushed_lsn, shared.control.segment_size),
+    ) {
+        let name = set.by_no.get(&no).copied().unwrap_or_else(|| {
+            SegmentName::new(shared.control.timeline, no, SegmentFileKind::Open)
+        });
+        let path = shared.dd.segment_path(&name);
+        let ours = tokio::task::spawn_blocking(move || records_checksum(&path, off))
+            .await
+            .map_err(|e| ReplError::io("check segment", std::io::Error::other(e)))?;
+        match ours {
+            Ok(Some(ours)) if ours != sum => {
+                return Err(refuse(stream, ErrorCode::Identity, format!("histories diverged: the standby's copy of segment {no:X} holds other records than this primary's {name} before {flushed_lsn} (checksum {sum:08x}, the primary's {ours:08x}): it cannot follow this primary; make it a new standby (a new directory), its own is kept as it is")).await)
+            }
+            Ok(_) => {}
+            Err(e) => return Err(refuse(stream, ErrorCode::Internal, format!("primary cannot read {name}: {e}")).await),
+        }
+    }
     Ok(identified)
+}
+
+/// `copy_checksum` of this primary's segment file at `path` up to offset `off`; None when the
+/// file is gone or shorter (nothing to compare with).
+fn records_checksum(path: &std::path::Path, off: usize) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::FileExt;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut records = vec![0u8; off - SEGMENT_HEADER_LEN];
+    match file.read_exact_at(&mut records, SEGMENT_HEADER_LEN as u64) {
+        Ok(()) => Ok(Some(copy_checksum(&records))),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
 }

@@ -84,6 +84,20 @@ async fn stream_from_primary(
 ) -> Result<(), ReplError> {
     let cfg = &shared.config;
     let (max, t) = (cfg.max_frame, cfg.peer_timeout);
+    // The checksum of the copy of the primary's open segment, by which the primary tells a
+    // copy of records it never wrote (nothing writes the copy between connections).
+    let flushed_at_start = Lsn(shared.flushed.load(Ordering::Acquire));
+    let copy_checksum = match shared.held().control {
+        Some(control) => {
+            let dd = shared.dd.clone();
+            tokio::task::spawn_blocking(move || {
+                super::partial::copy_checksum_at(&dd, &control, flushed_at_start)
+            })
+            .await
+            .map_err(|e| ReplError::io("read the copy of the open segment", std::io::Error::other(e)))??
+        }
+        None => None,
+    };
     let mut stream = open(shared).await?;
     // A directory being adopted holds the records of its open segment too: judged against
     // the primary's path with them, so that records past a switch point are refused.
@@ -103,6 +117,7 @@ async fn stream_from_primary(
             control: held.control,
             next_segment: held.next_segment,
             prev_checksum: held.prev_checksum,
+            copy_checksum: copy_checksum.filter(|_| flushed == flushed_at_start),
             flushed_lsn: flushed,
             held_lsn,
             applied_lsn: Lsn(shared.applied.load(Ordering::Acquire)),

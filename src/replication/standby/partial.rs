@@ -125,6 +125,36 @@ pub fn copy_end(dd: &DataDir, control: &ControlFile) -> Result<Option<crate::Lsn
         .then(|| name.segment_no.start_lsn_saturating(control.segment_size) + end as u64))
 }
 
+/// The checksum of this directory's copy of the primary's open segment up to `flushed`, as
+/// `Identify` states it (`segments::copy_checksum`); None when no copy holds records up to it.
+pub fn copy_checksum_at(
+    dd: &DataDir,
+    control: &ControlFile,
+    flushed: crate::Lsn,
+) -> Result<Option<u32>> {
+    let Some((no, off)) = crate::replication::segments::copy_extent(flushed, control.segment_size)
+    else {
+        return Ok(None);
+    };
+    let Some(name) = dd
+        .list_segments()?
+        .into_iter()
+        .filter(|n| n.kind == SegmentFileKind::Partial && n.segment_no.0 == no)
+        .max_by_key(|n| n.timeline)
+    else {
+        return Ok(None);
+    };
+    let path = dd.segment_path(&name);
+    let buf = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+    };
+    Ok(buf
+        .get(SEGMENT_HEADER_LEN..off)
+        .map(crate::replication::segments::copy_checksum))
+}
+
 /// A copy being received: its file, and its bytes so far.
 pub(super) struct PartialCopy {
     pub name: SegmentName,
