@@ -288,6 +288,7 @@ fn handshake(
             max_frame: 8 << 20,
             name: "raw",
             history_digest: None,
+            copy_checksum: None,
         },
     );
     let b = read_frame(&mut s).unwrap();
@@ -700,6 +701,52 @@ fn a_diverged_or_ahead_directory_is_refused_and_left_untouched() {
         assert_eq!(snapshot(d), before, "{name} was changed");
     }
     srv.kill();
+}
+
+/// A standby whose copy of the primary's open segment holds records the primary no longer has
+/// (the primary was brought back to an earlier copy of its directory, then written past the
+/// copy's end, with the segment still open or sealed since) is refused as diverged by the
+/// records, not accepted by the positions, and its directory is left as it was.
+#[test]
+fn a_standbys_copy_of_records_the_primary_no_longer_has_is_refused_and_left_untouched() {
+    for seal_after in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("primary");
+        init(&dir);
+        write_records(&dir, 20, "kept");
+        let earlier = t.path().join("earlier");
+        replication_support_copy(&dir, &earlier);
+        let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve.log"));
+        let sb = t.path().join("standby");
+        let mut stb = common::standby(&sb, &addr, &[], &t.path().join("standby.log"));
+        write_records(&dir, 20, "lost");
+        common::wait_acknowledged(&dir);
+        stb.kill();
+        srv.kill();
+
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::rename(&earlier, &dir).unwrap();
+        write_records(&dir, 60, "other");
+        if seal_after {
+            seal(&dir);
+        }
+        let before = snapshot(&sb);
+        let (mut srv, addr) = serve(&dir, &[], &t.path().join("serve-again.log"));
+        let mut stb = common::standby(&sb, &addr, &[], &t.path().join("standby-again.log"));
+        assert_eq!(stb.wait_exit(), 2, "sealed {seal_after}: {}", stb.log());
+        let log = stb.log();
+        assert!(
+            log.contains("histories diverged")
+                && log.contains("copy of segment 0 holds other records"),
+            "sealed {seal_after}: {log}"
+        );
+        assert_eq!(
+            snapshot(&sb),
+            before,
+            "sealed {seal_after}: the standby was changed"
+        );
+        srv.kill();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1273,6 +1320,7 @@ fn the_open_segment_is_sent_up_to_the_durable_position_and_claims_past_it_are_re
             max_frame: 8 << 20,
             name: "raw",
             history_digest: None,
+            copy_checksum: None,
         },
     );
     match codec::decode(&read_frame(&mut s).unwrap()).unwrap() {

@@ -6,18 +6,21 @@ use crate::datadir::DataDir;
 use crate::error::{Error, Result};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentName};
-use crate::Lsn;
 pub use crate::sealed_set::{scan_sealed, SealedSet};
 use crate::segment_check::{
     check_sealed, check_sealed_bytes, FullCheck, SealedSegment, NO_SEAL_MARKER,
 };
+use crate::Lsn;
 
 /// Where `flushed` lies in a copy of an open segment, as `Identify`'s `copy_checksum` covers
 /// it: the segment and the offset of `flushed` in it, when that is past the segment's header
 /// (a copy holding at least one record).
 pub fn copy_extent(flushed: Lsn, segment_size: u64) -> Option<(u64, usize)> {
     let last = flushed.0.checked_sub(1)?;
-    let (no, off) = (last / segment_size, flushed.0 - (last / segment_size) * segment_size);
+    let (no, off) = (
+        last / segment_size,
+        flushed.0 - (last / segment_size) * segment_size,
+    );
     (off > SEGMENT_HEADER_LEN as u64).then_some((no, off as usize))
 }
 

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use super::Shared;
-use crate::replication::handshake::{self, Identified};
-use crate::replication::messages::ErrorCode;
-use crate::replication::transport::Stream;
-use crate::replication::{refuse, ReplError};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SegmentFileKind, SegmentName};
+use crate::replication::handshake::{self, Identified};
+use crate::replication::messages::ErrorCode;
 use crate::replication::segments::{copy_checksum, copy_extent};
+use crate::replication::transport::Stream;
+use crate::replication::{refuse, ReplError};
 use crate::segment_check::check_sealed;
 use crate::Lsn;
 

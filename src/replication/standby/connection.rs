@@ -94,7 +94,12 @@ async fn stream_from_primary(
                 super::partial::copy_checksum_at(&dd, &control, flushed_at_start)
             })
             .await
-            .map_err(|e| ReplError::io("read the copy of the open segment", std::io::Error::other(e)))??
+            .map_err(|e| {
+                ReplError::io(
+                    "read the copy of the open segment",
+                    std::io::Error::other(e),
+                )
+            })??
         }
         None => None,
     };
