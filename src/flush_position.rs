@@ -47,7 +47,7 @@ pub fn decode_position(b: &[u8]) -> Option<u64> {
 /// The durable position last published, when the file holds a whole one; anything else
 /// (absent, torn, not a regular file, unreadable) says nothing. For recovery's evidence, which
 /// goes on without it.
-fn published_evidence(dd: &DataDir) -> Option<u64> {
+pub(crate) fn published_evidence(dd: &DataDir) -> Option<u64> {
     let path = flush_position_path(dd);
     let meta = std::fs::symlink_metadata(&path).ok()?;
     if !meta.file_type().is_file() {
@@ -81,6 +81,30 @@ pub fn headerless_open_damage(
         "the open segment has no header{cut}, yet the writer had published LSN {} as durable (state/flush_position), past its first record: records in it were acknowledged, so it is damage",
         crate::Lsn(published)
     ))
+}
+
+/// Why a log that ends at `end`, its next record to be written at `next`, lost acknowledged
+/// records: the writer had published a durable position past `next` (records below a published
+/// position were synced before it was written). None when `published` says nothing of the kind.
+pub fn lost_acknowledged(
+    published: Option<u64>,
+    end: crate::Lsn,
+    next: crate::Lsn,
+) -> Option<String> {
+    let published = published.filter(|&p| p > next.0)?;
+    Some(format!(
+        "the log ends at {end}, yet the writer had published LSN {} as durable (state/flush_position): records acknowledged past {end} are missing or damaged",
+        crate::Lsn(published)
+    ))
+}
+
+/// Lowers the published position to `to` when it is past it: for a directory cut back on
+/// purpose (rewind), whose records past `to` are set aside, not lost. Durable on return.
+pub fn lower_published(dd: &DataDir, to: crate::Lsn) -> Result<()> {
+    if published_evidence(dd).is_some_and(|p| p > to.0) {
+        crate::fsutil::write_atomic(&flush_position_path(dd), &encode_position(to.0))?;
+    }
+    Ok(())
 }
 
 /// Reads a directory's published durable position: None when no writer ever published one.

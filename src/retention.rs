@@ -119,7 +119,11 @@ pub fn checkpoint_lsn(dir: &DataDir) -> Result<Lsn> {
 /// pruned from it on purpose and counts as held.
 /// An archiver registered without a location
 /// (through the library) is trusted by its position alone.
-fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<String> {
+fn missing_from_archives(
+    seg: &Sealed,
+    consumers: &[ConsumerRecord],
+    control: &ControlFile,
+) -> Vec<String> {
     use crate::archive::{object_name, Compression};
     let mut out = Vec::new();
     for c in consumers
@@ -130,10 +134,10 @@ fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<Stri
             continue;
         };
         if addr.starts_with("s3://") {
-            match crate::archive::s3::holds_segment_blocking(addr, seg.name, seg.size) {
-                Ok(true) => {}
-                Ok(false) => out.push(format!(
-                    "{} is not in the archive {addr} although consumer {} recorded it as archived",
+            match crate::archive::s3::holds_segment_blocking(addr, seg.name, seg.size, control) {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => out.push(format!(
+                    "{} is not in the archive {addr} ({why}) although consumer {} recorded it as archived",
                     seg.name, c.id
                 )),
                 Err(e) => out.push(format!(
@@ -151,12 +155,22 @@ fn missing_from_archives(seg: &Sealed, consumers: &[ConsumerRecord]) -> Vec<Stri
             ));
             continue;
         }
+        // Another system's archive holds none of this directory's segments, whatever their
+        // names and sizes.
+        let identity = std::fs::read(root.join(crate::archive::IDENTITY_NAME)).ok();
+        if let Some(why) = crate::archive::identity::not_archive_of(identity.as_deref(), control) {
+            out.push(format!(
+                "{} is not in the archive {addr} ({why}) although consumer {} recorded it as archived",
+                seg.name, c.id
+            ));
+            continue;
+        }
         let raw = root.join(object_name(seg.name, Compression::None));
         let zst = root.join(object_name(seg.name, Compression::Zstd));
         let held = std::fs::metadata(&raw).is_ok_and(|m| m.is_file() && m.len() == seg.size)
             || std::fs::metadata(&zst).is_ok_and(|m| m.is_file() && m.len() > 0)
             // Pruned: the archive begins after it.
-            || std::fs::read(root.join(crate::archive::IDENTITY_NAME)).is_ok_and(|id| {
+            || identity.is_some_and(|id| {
                 crate::archive::identity::begins_after(&id, seg.name.segment_no.0)
             });
         if !held {
@@ -288,7 +302,7 @@ fn checkpoint_checked(
         .take_while(|s| s.end <= floor)
     {
         // The archiver's position says the segment is archived; its archive must show it.
-        let missing = missing_from_archives(s, &consumers);
+        let missing = missing_from_archives(s, &consumers, &control);
         if !missing.is_empty() {
             for m in &missing {
                 tracing::error!(segment = %s.name, problem = %m, "kept a segment the archiver's position covers but its archive does not hold; run `walship archive` to push it again");

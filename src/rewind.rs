@@ -135,6 +135,10 @@ pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
         return Ok(out);
     }
 
+    // The records past the switch point leave the log on purpose: the published durable
+    // position comes down to it first, so that recovery never takes them for lost ones.
+    crate::flush_position::lower_published(dd, switch)?;
+
     // 2. The source's history files.
     crate::fault!("rewind::history", e => Error::io("store the history files", e));
     for (tl, bytes) in &source.files {

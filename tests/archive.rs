@@ -343,14 +343,26 @@ fn a_different_file_under_an_existing_name_is_refused() {
         .status
         .success());
     {
+        // Its segment 2 differs, and the segments after it are names the archive lacks.
         let wal = Wal::open(&dest, WalOptions::default()).unwrap();
         wal.append(&Entry::new(EntryType::Delete, None, b"another history"))
             .unwrap();
         wal.seal().unwrap();
+        for i in 0..70u32 {
+            let page = vec![i as u8; 2000];
+            wal.append(&Entry::new(EntryType::Insert, None, &page))
+                .unwrap();
+        }
+        wal.seal().unwrap();
     }
+    assert!(sealed_names(&dest).len() > 4, "{:?}", sealed_names(&dest));
     let before = snapshot(&arc);
-    for compress in ["none", "zstd"] {
-        let out = archive_once(&dest, &arc, &["--compress", compress]);
+    for (compress, parallel) in [("none", "1"), ("zstd", "1"), ("none", "4"), ("zstd", "8")] {
+        let out = archive_once(
+            &dest,
+            &arc,
+            &["--compress", compress, "--parallel", parallel],
+        );
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(
             text(&out).contains("000000010000000000000002.wal with different content"),
@@ -359,6 +371,19 @@ fn a_different_file_under_an_existing_name_is_refused() {
         );
         assert_eq!(snapshot(&arc), before);
     }
+    // The archive is still the primary's: it goes on archiving there.
+    {
+        let wal = Wal::open(&data, WalOptions::default()).unwrap();
+        for i in 0..70u32 {
+            wal.append(&Entry::new(EntryType::Insert, None, &vec![i as u8; 2000]))
+                .unwrap();
+        }
+        wal.seal().unwrap();
+    }
+    let out = archive_once(&data, &arc, &["--parallel", "4"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = walship(&["verify", p(&arc)]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 /// Every segment file under a final name in `arc` equals the local segment of that name.
@@ -736,6 +761,40 @@ fn a_relative_target_is_recorded_absolute_and_found_from_any_directory() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_archive_complete(t.path(), &data, &arc, "relative");
+}
+
+/// An archive at the archiver's recorded location that belongs to another system (this
+/// directory's archive lost, another system's made there since) holds none of this directory's
+/// segments, even under the same names with the same sizes: retention keeps them and says why.
+#[test]
+fn retention_trusts_no_other_systems_archive_at_the_archivers_location() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    for d in [&a, &b] {
+        let out = walship(&["init", p(d), "--segment-size", "64KiB"]);
+        assert!(out.status.success(), "{}", text(&out));
+        // The same records in both: segments of the same names and sizes.
+        let wal = Wal::open(d, WalOptions::default()).unwrap();
+        for i in 0..100u32 {
+            wal.append(&Entry::new(EntryType::Insert, None, &vec![i as u8; 2000]))
+                .unwrap();
+        }
+        wal.seal().unwrap();
+    }
+    let arc = t.path().join("arc");
+    assert!(archive_once(&a, &arc, &[]).status.success());
+    std::fs::remove_dir_all(&arc).unwrap();
+    assert!(archive_once(&b, &arc, &[]).status.success());
+    let kept = sealed_names(&a);
+    assert!(kept.len() > 2, "{kept:?}");
+    let out = walship(&["checkpoint", p(&a), "--lsn", &all_end(&a).to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("it is the archive of system"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sealed_names(&a), kept, "retention removed a segment");
 }
 
 #[test]

@@ -191,6 +191,19 @@ fn recovery_reads_what_the_disk_holds_not_pages_left_in_the_cache() {
         }
         image.sync_all().expect("fsync image");
     }
+    // A failed write-back fails the sync that would have acknowledged those records, so the
+    // writer never published a durable position past what the disk holds.
+    let disk_end = before
+        .iter()
+        .map(|r| r.end_lsn.0)
+        .filter(|&e| e <= first_lost * PAGE)
+        .max()
+        .expect("records on the pages the disk keeps");
+    std::fs::write(
+        dir.join("state/flush_position"),
+        walship::flush_position::encode_position(disk_end),
+    )
+    .expect("write the published position");
     // Nothing looks different through the cache: all 300 records still read back (unless memory
     // pressure evicted the pages meanwhile, which leaves nothing to test).
     if common::read_all(&dir).map(|r| r.len()).ok() != Some(300) {

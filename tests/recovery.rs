@@ -62,6 +62,39 @@ fn fill(dir: &Path, n: usize, size: usize) -> Vec<(Lsn, Lsn)> {
     out
 }
 
+/// `verify`, `write` and `dump` all find `dir` damaged (exit 1) and name the same file and LSN;
+/// returns what `verify` said.
+fn damage_named_alike(what: &str, dir: &Path) -> String {
+    let v = verify(dir);
+    let said = common::stdout(&v);
+    assert_eq!(common::code(&v), 1, "{what}: verify: {said}");
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{what}: verify names the damage: {said}"));
+    let place = line
+        .strip_prefix("error: ")
+        .and_then(|l| l.split(": ").next())
+        .expect("a place");
+    let (file, lsn) = (
+        place.split(' ').next().expect("file"),
+        place.rsplit("(LSN ").next().expect("lsn"),
+    );
+    let d = dir.to_str().expect("utf8");
+    for (cmd, out) in [
+        ("write", write_one(dir)),
+        ("dump", common::run(&["dump", d], b"")),
+    ] {
+        let err = common::stderr(&out);
+        assert_eq!(common::code(&out), 1, "{what}: {cmd}: {err}");
+        assert!(
+            err.contains(file) && err.contains(&format!("(LSN {lsn}")),
+            "{what}: {cmd} names {place} as verify does: {err}"
+        );
+    }
+    said
+}
+
 fn write_one(dir: &Path) -> std::process::Output {
     common::run(&["write", dir.to_str().expect("utf8"), "--durable"], b"x\n")
 }
@@ -416,24 +449,9 @@ fn open_segments_of_the_wrong_length_are_damage_for_verify_and_write_alike() {
         change(&mut b, end);
         std::fs::write(&path, &b).expect("write");
         let before = snapshot(&dir);
-        let v = verify(&dir);
-        assert_eq!(
-            common::code(&v),
-            1,
-            "{what}: verify says {}",
-            common::stdout(&v)
-        );
-        let out = write_one(&dir);
-        assert_eq!(common::code(&out), 1, "{what}: {}", common::stderr(&out));
-        assert_eq!(snapshot(&dir), before, "{what}: refused open changed files");
         // `dump` reads the same records and stops at the same damage.
-        let out = common::run(&["dump", dir.to_str().expect("utf8")], b"");
-        assert_eq!(
-            common::code(&out),
-            1,
-            "{what}: dump: {}",
-            common::stderr(&out)
-        );
+        damage_named_alike(what, &dir);
+        assert_eq!(snapshot(&dir), before, "{what}: refused open changed files");
     }
     // An interrupted seal cut right after its marker: both accept it, recovery finishes it.
     let (_t, dir) = common::new_dir();
@@ -443,6 +461,79 @@ fn open_segments_of_the_wrong_length_are_damage_for_verify_and_write_alike() {
     let out = write_one(&dir);
     assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
     assert_eq!(common::code(&verify(&dir)), 0);
+}
+
+/// Records the writer published as durable (`state/flush_position`) that the log no longer
+/// reaches are damage, whatever took them: the open segment removed or renamed to a prepared
+/// name, every segment removed, the last records zeroed or garbled so that they read as a torn
+/// tail. `verify`, `dump` and `write` agree: exit 1, the same file and LSN named, nothing
+/// changed. Bytes past the published position stay a torn tail that `write` repairs.
+#[test]
+fn acknowledged_records_the_log_no_longer_reaches_are_damage_for_every_command() {
+    type Change = fn(&Path, &Path, usize);
+    let cases: [(&str, Change); 5] = [
+        ("open segment removed", |_, open, _| {
+            std::fs::remove_file(open).expect("rm")
+        }),
+        ("open segment renamed to a prepared name", |_, open, _| {
+            let prep = open.with_extension("prep");
+            std::fs::rename(open, prep).expect("rename")
+        }),
+        ("every segment removed", |dir, _, _| {
+            for e in std::fs::read_dir(dir.join("wal")).expect("list") {
+                std::fs::remove_file(e.expect("entry").path()).expect("rm");
+            }
+        }),
+        ("last records zeroed", |_, open, end| {
+            let mut b = std::fs::read(open).expect("read");
+            b[end - 350..end].fill(0);
+            std::fs::write(open, b).expect("write")
+        }),
+        ("last records garbled", |_, open, end| {
+            let mut b = std::fs::read(open).expect("read");
+            for (i, x) in b[end - 350..end].iter_mut().enumerate() {
+                *x = (i as u8).wrapping_mul(31) ^ 0x5A;
+            }
+            std::fs::write(open, b).expect("write")
+        }),
+    ];
+    for (what, change) in cases {
+        let (_t, dir) = common::new_dir();
+        let acked = fill(&dir, 700, 100);
+        let published = std::fs::read(dir.join("state/flush_position")).expect("published");
+        assert_eq!(
+            walship::flush_position::decode_position(&published),
+            acked.last().map(|a| a.1 .0),
+            "{what}: the writer published its last acknowledged record"
+        );
+        let (_, path) = common::open_segment(&dir).expect("open segment");
+        let b = std::fs::read(&path).expect("read");
+        let end = walship::decoder::SegmentScanner::new(&b)
+            .map(|mut s| s.finish().offset())
+            .expect("scan");
+        change(&dir, &path, end);
+        let before = snapshot(&dir);
+        let said = damage_named_alike(what, &dir);
+        assert!(
+            said.contains("state/flush_position")
+                || said.contains("prepared segment holds records"),
+            "{what}: {said}"
+        );
+        assert_eq!(snapshot(&dir), before, "{what}: a refusal changed files");
+    }
+    // Past the published position, bytes no sync covered are a torn tail: repaired.
+    let (_t, dir) = common::new_dir();
+    fill(&dir, 700, 100);
+    let (_, path) = common::open_segment(&dir).expect("open segment");
+    let mut b = std::fs::read(&path).expect("read");
+    let end = walship::decoder::SegmentScanner::new(&b)
+        .map(|mut s| s.finish().offset())
+        .expect("scan");
+    b[end..end + 200].fill(0xA7);
+    std::fs::write(&path, b).expect("write");
+    assert_eq!(common::code(&verify(&dir)), 0);
+    let out = write_one(&dir);
+    assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
 }
 
 mod crash_states {

@@ -1107,8 +1107,9 @@ fn an_older_or_unknown_version_is_refused_with_a_clear_message() {
         (2, None),
         (3, None),
         (4, None),
-        (5, Some(5u32)),
-        (6, None),
+        (5, None),
+        (6, Some(6u32)),
+        (7, None),
         (0, None),
     ] {
         let mut s = TcpStream::connect(&addr).unwrap();
@@ -1211,7 +1212,7 @@ fn a_standby_tells_the_primary_which_segment_it_refuses_where_and_why() {
     let t = tempfile::tempdir().unwrap();
     let dir = primary_with(t.path(), 1);
     let offs = record_offsets(&dir.join("wal").join(seg_name(0)));
-    for (version, rec) in [(5u32, 7usize), (5, 42)] {
+    for (version, rec) in [(PROTOCOL_VERSION, 7usize), (PROTOCOL_VERSION, 42)] {
         let at = offs[rec] as usize + 30;
         let (addr, fake) = fake_primary_sending_a_damaged_segment(&dir, version, at);
         let sb = t.path().join(format!("standby-{rec}"));

@@ -211,6 +211,18 @@ fn an_open_segment_behind_a_newer_one_is_finished_or_ends_the_log() {
     b.resize(common::SEG as usize, 0);
     std::fs::remove_file(&sealed).expect("remove");
     std::fs::write(&open0, &b).expect("write");
+    // Nothing in segment 1 counted as durable then: the published position was in segment 0.
+    let end0 = all
+        .iter()
+        .filter(|r| r.lsn.0 < common::SEG)
+        .map(|r| r.end_lsn.0)
+        .max()
+        .expect("records in segment 0");
+    std::fs::write(
+        dir.join("state/flush_position"),
+        walship::flush_position::encode_position(end0),
+    )
+    .expect("write the published position");
     let v = verify_path(&dir).expect("verify");
     assert!(v.ok, "a crash state, not damage: {:?}", v.errors);
     let e = strict_open_error(&dir);

@@ -53,6 +53,31 @@ pub fn begins_after(bytes: &[u8], segment_no: u64) -> bool {
         .is_some_and(|first| first > segment_no)
 }
 
+/// Why the archive whose identity file is `bytes` (None: it has none) cannot hold segments of
+/// the directory of `control`: no identity, one that does not decode, or another system's or
+/// segment size's. None when it is this directory's archive. For retention, which may remove a
+/// segment only when this directory's own archive holds it.
+pub fn not_archive_of(bytes: Option<&[u8]>, control: &ControlFile) -> Option<String> {
+    let Some(bytes) = bytes else {
+        return Some(format!("it has no {} file", super::IDENTITY_NAME));
+    };
+    let id = match ArchiveIdentity::decode(bytes) {
+        Ok(id) => id,
+        Err(e) => {
+            return Some(format!(
+                "its {} file is not valid: {e}",
+                super::IDENTITY_NAME
+            ))
+        }
+    };
+    (id.system_id != control.system_id || id.segment_size != control.segment_size).then(|| {
+        format!(
+            "it is the archive of system {} (segment size {}), and this directory is system {} (segment size {})",
+            id.system_id, id.segment_size, control.system_id, control.segment_size
+        )
+    })
+}
+
 impl ArchiveIdentity {
     pub fn from_control(c: &ControlFile) -> Self {
         ArchiveIdentity {

@@ -368,25 +368,33 @@ pub fn holds_segment_blocking(
     url: &str,
     seg: crate::format::SegmentName,
     size: u64,
-) -> Result<bool> {
+    control: &crate::format::ControlFile,
+) -> Result<std::result::Result<(), String>> {
     use super::{object_name, Compression};
     let cfg = S3Config::from_url(url)?;
     let store = S3Store::new(&cfg)?;
     let check = async move {
+        let identity = store.get_object(super::IDENTITY_NAME).await?;
+        if let Some(why) = super::identity::not_archive_of(identity.as_deref(), control) {
+            return Ok(Err(why));
+        }
         for (c, exact) in [(Compression::None, true), (Compression::Zstd, false)] {
             let name = object_name(seg, c);
             let path = store.path(&name)?;
             match store.inner.head(&path).await {
-                Ok(m) if (exact && m.size == size) || (!exact && m.size > 0) => return Ok(true),
+                Ok(m) if (exact && m.size == size) || (!exact && m.size > 0) => return Ok(Ok(())),
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(store.err("head", &name, e)),
             }
         }
         // Not there: pruned, when the archive now begins after it.
-        Ok(store
-            .get_object(super::IDENTITY_NAME)
-            .await?
-            .is_some_and(|id| super::identity::begins_after(&id, seg.segment_no.0)))
+        let pruned =
+            identity.is_some_and(|id| super::identity::begins_after(&id, seg.segment_no.0));
+        Ok(if pruned {
+            Ok(())
+        } else {
+            Err("it does not hold it".into())
+        })
     };
     std::thread::scope(|sc| {
         sc.spawn(|| {

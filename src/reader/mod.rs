@@ -98,6 +98,8 @@ pub struct WalReader {
     /// The last segment read to its seal marker, and that marker's segment checksum: the next
     /// segment's header must name it.
     prev_seal: Option<(u64, u32)>,
+    /// End of the last record decoded (those before `from` included).
+    last_end: Lsn,
 }
 
 impl WalReader {
@@ -111,6 +113,7 @@ impl WalReader {
             source,
             identity,
             prev_seal: None,
+            last_end: Lsn(0),
             from,
             next_segment: None,
             cur: None,
@@ -130,6 +133,9 @@ impl WalReader {
     pub fn next_record(&mut self) -> Result<Option<WalRecord>> {
         loop {
             if self.cur.is_none() && !self.load_next()? {
+                if self.more_past_the_end()? {
+                    continue;
+                }
                 return Ok(None);
             }
             let Some(cur) = self.cur.as_mut() else {
@@ -146,6 +152,7 @@ impl WalReader {
                     cur.off += crate::format::record::encoded_len(r.payload.len());
                     cur.records += 1;
                     cur.last_lsn = Some(r.lsn());
+                    self.last_end = r.end_lsn();
                     if r.lsn() < self.from {
                         continue;
                     }
@@ -207,15 +214,65 @@ impl WalReader {
                     if self.refresh_open(want)? {
                         continue;
                     }
-                    return self.end_of_open(e);
+                    self.end_of_open(e)?;
+                    if self.more_past_the_end()? {
+                        continue;
+                    }
+                    return Ok(None);
                 }
             }
         }
     }
 
-    fn end_of_open(&mut self, e: RecordError) -> Result<Option<WalRecord>> {
+    /// At the end of the log of a data directory, as recovery and `verify` judge it: nothing
+    /// acknowledged may lie past it. The published position is read first, then the log once
+    /// more: records a running writer published meanwhile are read (true), not taken for lost.
+    fn more_past_the_end(&mut self) -> Result<bool> {
+        if !matches!(self.source, WalSource::Dir(_)) {
+            return Ok(false);
+        }
+        let Some(dd) = self.source.data_dir() else {
+            return Ok(false);
+        };
+        let published = crate::flush_position::published_evidence(&dd);
+        let (path, offset, next) = match &self.cur {
+            Some(cur) => (
+                cur.path.clone(),
+                cur.off,
+                cur.header.start_lsn() + cur.off as u64,
+            ),
+            None => {
+                let control = dd.read_control()?;
+                let no = self.next_segment.unwrap_or(0);
+                let name = SegmentName::new(control.timeline, no, SegmentFileKind::Open);
+                prepared_checked(&dd, &control, name.with_kind(SegmentFileKind::Prepared))?;
+                let start = name.segment_no.start_lsn_saturating(control.segment_size);
+                (dd.segment_path(&name), 0, start + SEGMENT_HEADER_LEN as u64)
+            }
+        };
+        let Some(reason) = crate::flush_position::lost_acknowledged(published, self.last_end, next)
+        else {
+            return Ok(false);
+        };
+        let more = match self.cur.is_some() {
+            true => self.refresh_open(0)?,
+            false => self.load_next()?,
+        };
+        if more {
+            return Ok(true);
+        }
+        Err(Error::Corrupt {
+            file: path,
+            offset: offset as u64,
+            lsn: self.last_end,
+            reason,
+        })
+    }
+
+    /// Where the records of the open segment stop: damage, or the end of the log.
+    fn end_of_open(&mut self, e: RecordError) -> Result<()> {
         let Some(cur) = self.cur.as_ref() else {
-            return Ok(None);
+            return Ok(());
         };
         // The records end without a seal marker: in a data directory, an open segment of any
         // other length than a segment's is damage, as recovery and `verify` say (a seal cuts
@@ -228,7 +285,15 @@ impl WalReader {
             if let Some(reason) =
                 crate::segment_check::open_length_damage(len, size, &e.to_string())
             {
-                return Err(corrupt(cur, &reason));
+                // A file longer than a segment is named where the segment ends, as recovery
+                // and `verify` name it.
+                let offset = if len > size { size } else { cur.off };
+                return Err(Error::Corrupt {
+                    file: cur.path.clone(),
+                    offset: offset as u64,
+                    lsn: cur.header.start_lsn() + offset as u64,
+                    reason,
+                });
             }
         }
         self.end = match judge_open_tail(&cur.bytes, &cur.header, cur.off) {
@@ -246,7 +311,7 @@ impl WalReader {
                 reason: e.to_string(),
             },
         };
-        Ok(None)
+        Ok(())
     }
 
     /// Re-reads the open segment past the current offset. Returns true when there is something
@@ -472,6 +537,34 @@ impl WalReader {
         cur.trust_seal(read);
         self.cur = Some(cur);
         Ok(true)
+    }
+}
+
+/// The prepared file the log would continue in, as recovery judges it
+/// ([`crate::recovery::prepared_damage`]); read whole only when its header is one the writer
+/// gives that segment (a prepared file's is zeros, a recycled one's cleared).
+fn prepared_checked(
+    dd: &DataDir,
+    control: &crate::format::ControlFile,
+    name: SegmentName,
+) -> Result<()> {
+    let path = dd.segment_path(&name);
+    let mut head = [0u8; SEGMENT_HEADER_LEN];
+    let Ok(f) = crate::fsutil::open_regular(&path) else {
+        return Ok(());
+    };
+    if f.read_exact_at(&mut head, 0).is_err() || SegmentHeader::decode(&head).is_err() {
+        return Ok(());
+    }
+    let buf = crate::reader::read_segment(&path)?;
+    match crate::recovery::prepared_damage(control, &name, &buf) {
+        Some(reason) => Err(Error::Corrupt {
+            file: path,
+            offset: 0,
+            lsn: name.segment_no.start_lsn_saturating(control.segment_size),
+            reason,
+        }),
+        None => Ok(()),
     }
 }
 

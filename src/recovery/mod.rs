@@ -108,6 +108,8 @@ fn plan(
     control: &ControlFile,
     mode: RecoveryMode,
 ) -> Result<(Recovered, Vec<Action>)> {
+    // Read before the segments: whatever a running writer published by then is in them.
+    let published = crate::flush_position::published_evidence(dir);
     let mut rec = Recovered::default();
     let mut actions = Vec::new();
     let mut open_names = Vec::new();
@@ -194,6 +196,9 @@ fn plan(
                 rec.prepared = Some(path);
             }
             tracing::debug!(file = %name, %stale, "a recycled file, kept for reuse");
+        } else if let Some(reason) = prepared_damage(control, &name, &buf) {
+            let start = name.segment_no.start_lsn_saturating(control.segment_size);
+            return Err(corrupt(&path, 0, start, reason));
         } else {
             let start = name.segment_no.start_lsn_saturating(control.segment_size);
             refuse_in_strict(
@@ -210,6 +215,26 @@ fn plan(
     }
     prep_actions.append(&mut actions);
     let actions = prep_actions;
+    // Wherever the log was found to end, nothing acknowledged may lie past it.
+    let (path, offset, next) = match &rec.open {
+        Some(o) => {
+            let start = o.name.segment_no.start_lsn_saturating(control.segment_size);
+            (dir.segment_path(&o.name), o.offset, start + o.offset as u64)
+        }
+        None => {
+            let name =
+                SegmentName::new(control.timeline, rec.next_segment_no, SegmentFileKind::Open);
+            let start = name.segment_no.start_lsn_saturating(control.segment_size);
+            (
+                dir.segment_path(&name),
+                0,
+                start + SEGMENT_HEADER_LEN as u64,
+            )
+        }
+    };
+    if let Some(reason) = crate::flush_position::lost_acknowledged(published, rec.end_lsn, next) {
+        return Err(corrupt(&path, offset, rec.end_lsn, reason));
+    }
     Ok((rec, actions))
 }
 
@@ -471,6 +496,28 @@ pub(crate) fn headerless_damage(
         buf.len(),
         control.segment_size,
     )
+}
+
+/// Why prepared file `name`, holding data, is damage: its header is the one the writer gives
+/// this segment, and one of its records says the log was durable inside it. The writer makes a
+/// segment's open name durable before it counts anything in it durable, so the file had been
+/// the open segment, with acknowledged records, and lost that name. None otherwise (a file
+/// activated just before a crash, its new name never durable). Recovery, `verify` and `dump`
+/// judge it alike.
+pub(crate) fn prepared_damage(
+    control: &ControlFile,
+    name: &SegmentName,
+    buf: &[u8],
+) -> Option<String> {
+    let header = SegmentHeader::decode(buf).ok().filter(|h| {
+        h.segment_no == name.segment_no.0
+            && h.segment_size == control.segment_size
+            && h.system_id == control.system_id
+    })?;
+    let later = later_records(buf, &header, SEGMENT_HEADER_LEN).find(|r| r.durable_offset > 0)?;
+    Some(format!(
+        "a prepared segment holds records of its own, yet {later}: it had been the open segment and lost its name; records in it were acknowledged, so it is damage"
+    ))
 }
 
 /// The header a segment of `name` would have: enough to look for records in one whose header

@@ -26,11 +26,14 @@ impl<S: ArchiveStore> Archiver<S> {
             self.archived.insert(no, (object_name(p.name, c), c));
         }
         self.last = Some((no, p.checked.seal.segment_checksum));
+        // A segment the archive already holds is compared before any later one is written:
+        // a different copy (another history) refuses the pass with nothing added after it.
+        if let Some((object, c)) = existing {
+            let outcome = up.compare_existing(&object, c, &p.bytes).await?;
+            return Ok(tokio::spawn(async move { Ok((outcome, p.checked)) }));
+        }
         Ok(tokio::spawn(async move {
-            let outcome = match existing {
-                Some((object, c)) => up.compare_existing(&object, c, &p.bytes).await?,
-                None => up.put_new(p.name, p.bytes, p.stored).await?,
-            };
+            let outcome = up.put_new(p.name, p.bytes, p.stored).await?;
             Ok((outcome, p.checked))
         }))
     }
