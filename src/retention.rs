@@ -302,7 +302,7 @@ fn checkpoint_checked(
         .take_while(|s| s.end <= floor)
     {
         // The archiver's position says the segment is archived; its archive must show it.
-        let missing = missing_from_archives(s, &consumers, &control);
+        let missing = missing_from_archives(s, &consumers, control);
         if !missing.is_empty() {
             for m in &missing {
                 tracing::error!(segment = %s.name, problem = %m, "kept a segment the archiver's position covers but its archive does not hold; run `walship archive` to push it again");
