@@ -386,6 +386,43 @@ fn a_different_file_under_an_existing_name_is_refused() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// A damaged compressed object is named at its segment's LSN, and a segment stored under both
+/// names is named by both files, by `verify` as by `restore`.
+#[test]
+fn damage_to_compressed_and_doubled_objects_names_the_object_and_its_segment() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 4, 11);
+    let (zst, raw) = (t.path().join("zst"), t.path().join("raw"));
+    assert!(archive_once(&data, &zst, &["--compress", "zstd"])
+        .status
+        .success());
+    assert!(archive_once(&data, &raw, &[]).status.success());
+    let name = "000000010000000000000002.wal";
+    let cut = t.path().join("cut");
+    common::copy_tree(&zst, &cut);
+    let obj = cut.join(format!("{name}.zst"));
+    let f = std::fs::OpenOptions::new().write(true).open(&obj).unwrap();
+    f.set_len(100).unwrap();
+    let v = walship(&["verify", p(&cut)]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(
+        text(&v).contains(&format!("{name}.zst: offset 0 (LSN 0/00020000)")),
+        "{}",
+        text(&v)
+    );
+    let doubled = t.path().join("doubled");
+    common::copy_tree(&zst, &doubled);
+    std::fs::copy(raw.join(name), doubled.join(name)).unwrap();
+    let v = walship(&["verify", p(&doubled)]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(
+        text(&v).contains(&format!("appears twice ({name} and {name}.zst)")),
+        "{}",
+        text(&v)
+    );
+}
+
 /// Every segment file under a final name in `arc` equals the local segment of that name.
 fn check_final_names(arc: &Path, data: &Path) -> usize {
     let mut n = 0;

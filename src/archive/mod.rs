@@ -92,17 +92,27 @@ pub fn check_object_len(file: &Path, c: Compression, len: u64, segment_size: u64
     if len > max {
         return Err(object_damage(
             file,
+            segment_size,
             format!("the object holds {len} bytes; a segment's object holds at most {max} (segment size {segment_size})"),
         ));
     }
     Ok(())
 }
 
-fn object_damage(file: &Path, reason: String) -> Error {
+/// Damage of an archived object as a whole, named at the start of the segment its name says
+/// (`segment_size` places it).
+fn object_damage(file: &Path, segment_size: u64, reason: String) -> Error {
+    let lsn = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_object_name)
+        .map_or(crate::Lsn(0), |(n, _)| {
+            n.segment_no.start_lsn_saturating(segment_size)
+        });
     Error::Corrupt {
         file: file.to_path_buf(),
         offset: 0,
-        lsn: crate::Lsn(0),
+        lsn,
         reason,
     }
 }
@@ -125,6 +135,7 @@ pub fn decode_object(
             let too_long = || {
                 object_damage(
                     file,
+                    segment_size,
                     format!("decompresses to more than a segment ({segment_size} bytes): not a segment of this archive"),
                 )
             };
@@ -134,8 +145,9 @@ pub fn decode_object(
                     return Err(too_long());
                 }
             }
-            let invalid =
-                |e: std::io::Error| object_damage(file, format!("not a valid zstd frame: {e}"));
+            let invalid = |e: std::io::Error| {
+                object_damage(file, segment_size, format!("not a valid zstd frame: {e}"))
+            };
             let decoder = zstd::stream::read::Decoder::with_buffer(&data[..]).map_err(invalid)?;
             let cap = usize::try_from(segment_size.min(data.len() as u64 * 8)).unwrap_or(0);
             let mut out = Vec::with_capacity(cap);

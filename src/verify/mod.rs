@@ -289,6 +289,13 @@ fn segment_files(
         .collect())
 }
 
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 /// Verifies segments given in order, reading each with `read` (which may hash the bytes as it
 /// reads them) on a second thread, one segment ahead of the check ([`read_ahead`]). Shared by
 /// the data-directory check and the archive check, which reads through its store.
@@ -338,8 +345,10 @@ fn check_segments(
                     0,
                     named(name.segment_no.0),
                     format!(
-                        "segment {:X} appears twice ({p} and {name})",
-                        name.segment_no
+                        "segment {:X} appears twice ({} and {})",
+                        name.segment_no,
+                        file_name(&files[i - 1].1),
+                        file_name(path)
                     ),
                 ));
             } else if name.segment_no.0 != p.segment_no.next().0 {
