@@ -61,7 +61,8 @@ pub struct CheckpointReport {
     pub retained_bytes: u64,
     /// Consumers this call marked lost.
     pub marked_lost: Vec<String>,
-    /// What keeps the oldest remaining sealed segment.
+    /// What keeps the oldest remaining sealed segment (`missing_from_archive` last when an
+    /// archive that should hold it does not).
     pub held_by: Vec<String>,
     /// Segments kept because an archiver's position covers them but its archive does not hold
     /// them (the archive lost them): each entry names the segment and the archive.
@@ -345,6 +346,10 @@ fn checkpoint_checked(
     report.retained_bytes = kept.iter().map(|s| s.size).sum();
     if let Some(oldest) = kept.first() {
         report.held_by = holders(oldest, kept.len() == 1, ckpt, &consumers);
+        if !report.missing_from_archive.is_empty() {
+            // Kept because an archive that should hold it does not.
+            report.held_by.push("missing_from_archive".to_string());
+        }
     }
     Ok(report)
 }

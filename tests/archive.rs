@@ -827,7 +827,9 @@ fn retention_trusts_no_other_systems_archive_at_the_archivers_location() {
     let out = walship(&["checkpoint", p(&a), "--lsn", &all_end(&a).to_string()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("it is the archive of system"),
+        text(&out).contains("it is the archive of system")
+            && text(&out).contains("held by")
+            && text(&out).contains("missing_from_archive"),
         "{}",
         text(&out)
     );
