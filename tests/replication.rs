@@ -579,4 +579,22 @@ fn a_standbys_status_counts_the_records_of_its_copy_of_the_open_segment() {
     assert!(flush > ours["sealed_lsn"].as_u64().unwrap(), "{ours}");
     assert_eq!(Some(flush), theirs["flush_lsn"].as_u64(), "{ours}");
     assert!(ours["applied_lsn"].as_u64().unwrap() <= flush, "{ours}");
+    // `dump` shows those records, as the primary's, and `verify` counts them.
+    let dump = |d: &std::path::Path| walship(&["dump", p(d)]);
+    let (a, b) = (dump(&primary), dump(&sby));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}",
+        common::text(&b)
+    );
+    assert!(
+        a.stdout == b.stdout,
+        "the standby's records are the primary's"
+    );
+    let v = walship(&["verify", p(&sby), "--json"]);
+    assert!(v.status.success(), "{}", common::text(&v));
+    let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let records = common::read_all(&primary).unwrap().len() as u64;
+    assert_eq!(v["records"].as_u64(), Some(records), "{v}");
+    assert_eq!(v["end_lsn"].as_u64(), Some(flush), "{v}");
 }

@@ -100,6 +100,8 @@ pub struct WalReader {
     prev_seal: Option<(u64, u32)>,
     /// End of the last record decoded (those before `from` included).
     last_end: Lsn,
+    /// A standby's directory: its copy of the primary's open segment is read as its open one.
+    standby: bool,
 }
 
 impl WalReader {
@@ -109,7 +111,11 @@ impl WalReader {
     pub fn open(path: &Path, from: Lsn) -> Result<WalReader> {
         let source = WalSource::resolve(path)?;
         let identity = source.identity()?;
+        let standby = source
+            .data_dir()
+            .is_some_and(|dd| crate::replication::standby::directory::meta_path(&dd).exists());
         Ok(WalReader {
+            standby,
             source,
             identity,
             prev_seal: None,
@@ -278,6 +284,12 @@ impl WalReader {
         // other length than a segment's is damage, as recovery and `verify` say (a seal cuts
         // the file only after its marker, which the reader would have found). A file read
         // alone may be a copy set aside, cut where the log was.
+        if cur.name.kind == SegmentFileKind::Partial {
+            // A copy still arriving ends wherever its valid records do: the standby takes it
+            // up from there, as it judges the copy at its start.
+            self.end = LogEnd::Clean;
+            return Ok(());
+        }
         let in_dir = matches!(self.source, WalSource::Dir(_));
         if let Some(meta) = in_dir.then(|| std::fs::metadata(&cur.path).ok()).flatten() {
             let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
@@ -384,9 +396,20 @@ impl WalReader {
             WalSource::Dir(d) => {
                 let names = list_segments_in(d)?;
                 let want = self.next_segment;
-                let candidates = names
-                    .iter()
-                    .filter(|n| matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open));
+                // A standby's copy of its primary's open segment is read too, up to its last
+                // valid record, where no segment of that number is sealed yet.
+                let standby = self.standby;
+                let whole = |no: SegmentNo| {
+                    names.iter().any(|n| {
+                        n.segment_no == no
+                            && matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open)
+                    })
+                };
+                let candidates = names.iter().filter(|n| match n.kind {
+                    SegmentFileKind::Sealed | SegmentFileKind::Open => true,
+                    SegmentFileKind::Partial => standby && !whole(n.segment_no),
+                    SegmentFileKind::Prepared => false,
+                });
                 let found = match want {
                     // Continuing: the very next number must be there, or the log ends here.
                     Some(w) => {
@@ -462,7 +485,7 @@ impl WalReader {
             read_segment_into(&path, &mut bytes)?;
             None
         };
-        if name.kind == SegmentFileKind::Open
+        if matches!(name.kind, SegmentFileKind::Open | SegmentFileKind::Partial)
             && is_zero_from(&bytes[..bytes.len().min(SEGMENT_HEADER_LEN)], 0)
         {
             // Unless the published durable position proves records of it were acknowledged

@@ -182,9 +182,31 @@ fn verify_path_uncounted(path: &Path) -> Result<VerifyReport> {
     })?;
     if let Some(root) = data_dir_root {
         check_opens(&root, &mut report);
+        count_standby_copy(&DataDir::new(&root), &mut report);
     }
     report.ok = report.errors.is_empty();
     Ok(report)
+}
+
+/// A standby's copy of its primary's open segment (`.wal.partial`): its valid records count
+/// with the log's, as `status` and `dump` count them. They were checked one by one as they
+/// arrived; the copy ends wherever they do (the standby takes it up from there).
+fn count_standby_copy(dd: &DataDir, report: &mut VerifyReport) {
+    if !crate::replication::standby::directory::meta_path(dd).exists() {
+        return;
+    }
+    let Ok(control) = dd.read_control() else {
+        return;
+    };
+    if let Ok(Some(copy)) = crate::replication::standby::partial::copy_records(dd, &control) {
+        report.records += copy.records;
+        report.first_lsn = report.first_lsn.or(Some(copy.first));
+        report.end_lsn = report.end_lsn.max(copy.end);
+        report.notes.push(format!(
+            "{}: the standby's copy of its primary's open segment: {} records up to LSN {}",
+            copy.name, copy.records, copy.end
+        ));
+    }
 }
 
 /// Verify and `write` must agree: a data directory that verify finds clean is one recovery

@@ -105,6 +105,21 @@ pub(super) fn valid_prefix(
 /// it holds no record). Read as found on disk; the standby that owns it judges it the same way
 /// when it takes the copy up again.
 pub fn copy_end(dd: &DataDir, control: &ControlFile) -> Result<Option<crate::Lsn>> {
+    Ok(copy_records(dd, control)?.map(|c| c.end))
+}
+
+/// The records of a standby's copy of the primary's open segment, as [`copy_end`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyRecords {
+    pub name: SegmentName,
+    pub records: u64,
+    pub first: crate::Lsn,
+    pub end: crate::Lsn,
+}
+
+/// The valid records of the newest `.wal.partial` on the directory's timeline (None when it
+/// holds none), for `status` and `verify`.
+pub fn copy_records(dd: &DataDir, control: &ControlFile) -> Result<Option<CopyRecords>> {
     let Some(name) = dd
         .list_segments()?
         .into_iter()
@@ -121,8 +136,22 @@ pub fn copy_end(dd: &DataDir, control: &ControlFile) -> Result<Option<crate::Lsn
         Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
     };
     let end = valid_prefix(&buf, &path, &name, control, None, 0, Tail::OnDisk).unwrap_or(0);
-    Ok((end > SEGMENT_HEADER_LEN)
-        .then(|| name.segment_no.start_lsn_saturating(control.segment_size) + end as u64))
+    if end <= SEGMENT_HEADER_LEN {
+        return Ok(None);
+    }
+    let start = name.segment_no.start_lsn_saturating(control.segment_size);
+    let records = crate::decoder::SegmentScanner::new(&buf[..end])
+        .map(|mut s| {
+            s.by_ref().for_each(drop);
+            s.record_count()
+        })
+        .unwrap_or(0);
+    Ok(Some(CopyRecords {
+        name,
+        records,
+        first: start + SEGMENT_HEADER_LEN as u64,
+        end: start + end as u64,
+    }))
 }
 
 /// The checksum of this directory's copy of the primary's open segment up to `flushed`, as
