@@ -476,6 +476,74 @@ fn a_standby_that_has_not_received_its_timeline_yet_is_refused_promotion_and_lef
     );
 }
 
+/// A new standby of a promoted primary, stopped while it still copies the old timeline's
+/// segments (it holds the first one; storing the next fails), takes up the copy where it
+/// stopped when started again: it follows onto the new timeline, holds every record, and can
+/// be promoted.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_new_standby_stopped_while_copying_the_old_timeline_resumes_where_it_stopped() {
+    let t = tempfile::tempdir().expect("tempdir");
+    // Several sealed segments of timeline 1 before the one where timeline 2 begins.
+    let (old, new) = (t.path().join("old"), t.path().join("new"));
+    init(&old);
+    write_records(&old, 4000, "a");
+    let (mut srv, addr) = serve(&old, "127.0.0.1:0", &NET, &t.path().join("serve-old.log"));
+    let mut sb = common::standby(&new, &addr, &[], &t.path().join("standby-new.log"));
+    write_records(&old, 20, "b");
+    common::wait_acknowledged(&old);
+    sb.kill();
+    srv.kill();
+    let out = walship(&["promote", p(&new)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let old_segments = files(&new, "wal")
+        .iter()
+        .filter(|n| n.starts_with("00000001") && n.ends_with(".wal"))
+        .count();
+    assert!(old_segments >= 3, "{:?}", files(&new, "wal"));
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    write_records(&new, 30, "n");
+    common::seal(&new);
+    let fresh = t.path().join("fresh");
+    let mut args = vec![
+        "standby",
+        p(&fresh),
+        "--primary",
+        &addr,
+        "--max-backoff",
+        "300ms",
+    ];
+    args.extend_from_slice(&NET);
+    let log = t.path().join("standby-stopped.log");
+    let mut sb = common::spawn_piped(
+        &args,
+        &[("FAILPOINTS", "standby::rename=1*off->return(EIO)")],
+        &log,
+    );
+    wait_until("the standby to store one segment and fail the next", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("rename") && l.contains("error"))
+    });
+    sb.kill();
+    let held = files(&fresh, "wal");
+    assert!(
+        held.iter()
+            .any(|n| n.starts_with("00000001") && n.ends_with(".wal")),
+        "it holds an old timeline's segment: {held:?}"
+    );
+    assert_eq!(status(&fresh)["timeline"].as_u64(), Some(2));
+
+    let mut sb = common::standby(&fresh, &addr, &[], &t.path().join("standby.log"));
+    common::wait_caught_up(&new, &fresh);
+    assert!(sb.running(), "{}", sb.log());
+    sb.kill();
+    assert!(
+        payloads(&fresh) == payloads(&new),
+        "every record of the primary's"
+    );
+    let out = walship(&["promote", p(&fresh)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+}
+
 #[test]
 fn a_new_standby_follows_a_promoted_primary_from_the_old_timeline_on() {
     let t = tempfile::tempdir().expect("tempdir");

@@ -59,9 +59,10 @@ pub(super) struct Receiver {
     /// The primary's timeline path: a segment must be of the timeline the path is on over
     /// it, never older than one already received.
     path: History,
-    /// The newest timeline a segment was received of (at first, the standby's own; none for a
-    /// standby that holds no segment yet, whose control file says the primary's newest
-    /// timeline although the path begins with older ones).
+    /// The newest timeline a segment was received of: at first, the one the path is on where
+    /// the standby's log stands (none for a standby that holds no segment yet). Not its control
+    /// file's: a standby made from nothing takes the primary's newest timeline at once, yet
+    /// copies the older ones first, and may be stopped and started again while it does.
     timeline: u32,
 }
 
@@ -75,10 +76,14 @@ impl Receiver {
         held: u64,
         path: History,
     ) -> Receiver {
+        let timeline = match (control, expected) {
+            (Some(c), Some(n)) => {
+                path.timeline_of(crate::format::SegmentNo(n).start_lsn_saturating(c.segment_size))
+            }
+            _ => 0,
+        };
         Receiver {
-            timeline: control
-                .filter(|_| expected.is_some())
-                .map_or(0, |c| c.timeline),
+            timeline,
             control,
             expected,
             cur: None,
