@@ -11,8 +11,10 @@
 //!    (or there is none), the first position of the segment after the newest sealed one: the
 //!    sealed segment stays the old timeline's and the new timeline begins with the next. An
 //!    end before the switch that began the standby's own timeline (it has not received that
-//!    timeline yet) is refused, with nothing written; then record the target timeline in
-//!    `state/promotion` (a rerun finishes that promotion, never starts another);
+//!    timeline yet) is refused, with nothing written, and so is a history file of timeline
+//!    N+1 that no run of this promotion wrote (another standby was promoted to it); then
+//!    record the target timeline in `state/promotion` (a rerun finishes that promotion, never
+//!    starts another);
 //! 3. write the history file of timeline N+1 (switch point = that end) durably;
 //! 4. when the copy holds records, write the switch segment: the copy's header with timeline
 //!    N+1, its records up to the switch point, zeros to the segment size, as
@@ -177,6 +179,15 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
         }
     }
     if target.is_none() {
+        // A history file of the new timeline that no promotion of this directory wrote came
+        // from a primary already promoted to it: a second one would make two timelines of
+        // one number (split brain).
+        if dd.history_path(new_timeline).exists() {
+            return Err(Error::Refused(format!(
+                "timeline {new_timeline} already exists: {} came from a primary promoted to it; promoting this standby too would make a second timeline {new_timeline} (split brain): point it at that primary (`walship standby --primary`) to follow it",
+                dd.history_path(new_timeline).display()
+            )));
+        }
         crate::fault!("promote::intent", e => Error::io("record the promotion", e));
         write_atomic(&intent, format!("{new_timeline}\n").as_bytes())?;
     }

@@ -272,6 +272,57 @@ fn a_serve_on_a_standby_serves_its_new_timeline_once_it_is_promoted() {
     assert!(payloads(&c) == payloads(&a), "c holds every record of a's");
 }
 
+/// Two standbys of one primary: one is promoted to timeline 2, the other connects to it (and
+/// stores timeline 2's history file) before anything is written there, then is promoted too.
+/// That second timeline 2 is refused with exit 1 and nothing changed; the standby then follows
+/// the promoted one.
+#[test]
+fn a_second_promotion_to_a_timeline_the_standby_heard_of_is_refused() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path();
+    let (primary, a, b) = (root.join("primary"), root.join("a"), root.join("b"));
+    init(&primary);
+    write_records(&primary, 1500, "a");
+    let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
+    let mut sa = common::standby(&a, &addr, &["--name", "a"], &root.join("a.log"));
+    let mut sb = common::standby(&b, &addr, &["--name", "b"], &root.join("b.log"));
+    write_records(&primary, 20, "b");
+    wait_until("both standbys to acknowledge everything", || {
+        let st = status(&primary);
+        st["standbys"]
+            .as_array()
+            .is_some_and(|v| v.len() == 2 && v.iter().all(|x| x["flushed_lsn"] == st["flush_lsn"]))
+    });
+    sa.kill();
+    sb.kill();
+    srv.kill();
+    let out = walship(&["promote", p(&a)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let (_srv_a, addr_a) = serve(&a, "127.0.0.1:0", &NET, &root.join("serve-a.log"));
+    let mut sb = common::standby(&b, &addr_a, &[], &root.join("b2.log"));
+    wait_until("b to store timeline 2's history", || {
+        b.join("wal/00000002.history").exists()
+    });
+    sb.kill();
+    let as_it_was = |d: &Path| (files(d, "wal"), files(d, "state"), payloads(d));
+    let before = as_it_was(&b);
+    let out = walship(&["promote", p(&b)]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("timeline 2 already exists"),
+        "{}",
+        common::text(&out)
+    );
+    assert_eq!(as_it_was(&b), before, "nothing changed");
+
+    write_records(&a, 30, "c");
+    common::seal(&a);
+    let mut sb = common::standby(&b, &addr_a, &[], &root.join("b3.log"));
+    common::wait_caught_up(&a, &b);
+    sb.kill();
+    assert!(payloads(&b) == payloads(&a), "b follows a");
+}
+
 #[test]
 fn another_process_holding_the_standby_is_not_signalled() {
     let t = tempfile::tempdir().expect("tempdir");
