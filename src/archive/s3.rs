@@ -195,7 +195,7 @@ impl S3Store {
 /// an I/O error, which a watching archiver retries.
 fn storage_error(context: &str, e: object_store::Error) -> Error {
     use object_store::Error as E;
-    let text = error_chain(&e);
+    let text = readable(&error_chain(&e));
     let permanent = match &e {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => true,
         // A missing object is handled by the callers; a 404 reaching here is a missing bucket.
@@ -214,6 +214,32 @@ fn storage_error(context: &str, e: object_store::Error) -> Error {
     } else {
         Error::io(context.to_string(), std::io::Error::other(text))
     }
+}
+
+/// An error text on one line: an S3 XML error body given by its `Code` and `Message`,
+/// whitespace collapsed, and where credentials come from when the client, finding none in the
+/// environment, asked the instance metadata service.
+fn readable(text: &str) -> String {
+    let tag = |t: &str| {
+        let (open, close) = (format!("<{t}>"), format!("</{t}>"));
+        let s = text.find(&open)? + open.len();
+        let e = text[s..].find(&close)? + s;
+        Some(&text[s..e])
+    };
+    let xml = text.find("<?xml").or_else(|| text.find("<Error>"));
+    let mut out = match (xml, tag("Code")) {
+        (Some(at), Some(code)) => format!(
+            "{}{code}{}",
+            &text[..at],
+            tag("Message").map_or(String::new(), |m| format!(": {m}"))
+        ),
+        _ => text.to_string(),
+    };
+    out = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.contains("169.254.169.254") {
+        out.push_str(" (no credentials in the environment: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where the instance metadata service gives them)");
+    }
+    out
 }
 
 /// The error and its sources on one line.
@@ -490,6 +516,20 @@ impl ArchiveStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_errors_read_as_one_line() {
+        let body = "Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>b</BucketName></Error>";
+        assert_eq!(
+            readable(body),
+            "Server returned non-2xx status code: 404 Not Found: NoSuchBucket: The specified bucket does not exist"
+        );
+        let imds = "Error performing PUT http://169.254.169.254/latest/api/token - 403 Forbidden";
+        assert!(readable(imds).ends_with(
+            "(no credentials in the environment: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where the instance metadata service gives them)"
+        ));
+        assert_eq!(readable("plain\n  text"), "plain text");
+    }
 
     #[test]
     fn parses_urls() {
