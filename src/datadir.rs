@@ -27,13 +27,14 @@ pub fn create_private_dir(root: &Path) -> Result<()> {
         return Ok(());
     }
     if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).ctx(|| format!("create directory {}", parent.display()))?;
+        fs::create_dir_all(parent)
+            .map_err(|e| crate::fsutil::create_error(root, "directory", e))?;
     }
     match fs::DirBuilder::new().mode(DATA_DIR_MODE).create(root) {
         Ok(()) => Ok(()),
         // Raced with another creator: what exists is kept as it is.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && root.is_dir() => Ok(()),
-        Err(e) => Err(Error::io(format!("create directory {}", root.display()), e)),
+        Err(e) => Err(crate::fsutil::create_error(root, "directory", e)),
     }
 }
 

@@ -1486,6 +1486,43 @@ fn promote_refuses_a_path_that_is_no_directory() {
     assert_eq!(std::fs::read(&file).expect("read"), b"x");
 }
 
+/// A directory to create (an archive, a standby's directory) whose path runs into a regular
+/// file is refused naming that file, and nothing is written there.
+#[test]
+fn a_path_that_runs_into_a_file_is_named_by_what_is_in_the_way() {
+    let (t, data) = tempdir();
+    let out = run(&["init", p(&data), "--segment-size", "64KiB"], b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let file = t.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let under = file.join("sub");
+    let cases: [(Vec<&str>, &Path); 3] = [
+        (vec!["archive", p(&data), "--to", p(&file), "--once"], &file),
+        (
+            vec!["archive", p(&data), "--to", p(&under), "--once"],
+            &under,
+        ),
+        (
+            vec!["standby", p(&under), "--primary", "127.0.0.1:9"],
+            &under,
+        ),
+    ];
+    for (args, target) in cases {
+        let o = run(&args, b"");
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        let line = error_line(&o);
+        assert!(
+            line.contains(&format!(
+                "{}: {} is a regular file, not a directory",
+                p(target),
+                p(&file)
+            )),
+            "{args:?}: {line}"
+        );
+    }
+    assert_eq!(std::fs::read(&file).expect("read"), b"x");
+}
+
 /// A data directory (and an archive) whose path is not UTF-8, which `init` and `write` accept,
 /// is checked, shown, archived and restored like any other.
 #[test]

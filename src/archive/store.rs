@@ -101,7 +101,8 @@ impl LocalDirStore {
     pub fn create(root: impl Into<PathBuf>) -> Result<LocalDirStore> {
         let root = absolute(root.into())?;
         if !root.is_dir() {
-            fs::create_dir_all(&root).ctx(|| format!("create archive {}", root.display()))?;
+            fs::create_dir_all(&root)
+                .map_err(|e| crate::fsutil::create_error(&root, "archive", e))?;
             if let Some(p) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fsync_dir(p)?;
             }
@@ -171,7 +172,8 @@ impl LocalDirStore {
         if self.root.is_dir() {
             return Ok(());
         }
-        fs::create_dir_all(&self.root).ctx(|| format!("create archive {}", self.root.display()))?;
+        fs::create_dir_all(&self.root)
+            .map_err(|e| crate::fsutil::create_error(&self.root, "archive", e))?;
         if let Some(p) = self.root.parent() {
             fsync_dir(p)?;
         }
