@@ -130,6 +130,12 @@ impl DataDir {
                     reason: "no control file (run `walship init` first)".into(),
                 })
             }
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(Error::NotADataDir {
+                    path: self.root.clone(),
+                    reason: "it is not a directory".into(),
+                })
+            }
             Err(e) => return Err(e),
         };
         // A control file is 64 bytes: a longer one is never read whole.

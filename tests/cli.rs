@@ -1486,6 +1486,30 @@ fn promote_refuses_a_path_that_is_no_directory() {
     assert_eq!(std::fs::read(&file).expect("read"), b"x");
 }
 
+/// `rewind` on a path that is no data directory says so before it asks the source anything
+/// (the source here listens nowhere).
+#[test]
+fn rewind_names_a_path_that_is_no_data_directory_before_asking_the_source() {
+    let (t, _) = tempdir();
+    let file = t.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    for (path, says) in [
+        (t.path().join("missing"), "no control file"),
+        (file.clone(), "it is not a directory"),
+    ] {
+        let o = run(&["rewind", p(&path), "--source", "127.0.0.1:9"], b"");
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        let line = error_line(&o);
+        assert!(
+            line.contains(&format!(
+                "{}: not a walship data directory: {says}",
+                p(&path)
+            )),
+            "{line}"
+        );
+    }
+}
+
 /// A directory to create (an archive, a standby's directory) whose path runs into a regular
 /// file is refused naming that file, and nothing is written there.
 #[test]

@@ -89,6 +89,9 @@ fn parse_name(s: &str) -> Result<String, String> {
 pub fn run(a: RewindArgs) -> CmdResult {
     let token = read_token(&a.auth_token_file)?;
     let tls = a.tls.files()?;
+    // The directory first: a path that is no data directory is said before any source is asked.
+    let dd = DataDir::new(&a.data_dir);
+    dd.read_control()?;
     let source = if is_archive(&a.source) {
         archive_source(&a)?
     } else {
@@ -117,7 +120,6 @@ pub fn run(a: RewindArgs) -> CmdResult {
     } else {
         a.source.as_str()
     };
-    let dd = DataDir::new(&a.data_dir);
     let r = rewind(&dd, &source, a.dry_run)?;
     let dir = a.data_dir.display();
     if r.nothing_diverged {
