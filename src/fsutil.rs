@@ -110,22 +110,22 @@ pub fn advise_random(file: &File) {
     }
 }
 
-/// Why `path` (a `what`: "archive", "directory") cannot be created: the part of it that is in
-/// the way when one is not a directory (named, with what it is), else the error itself.
+/// Why `path` (a `what`: "archive", "directory") cannot be created, as an I/O error (a
+/// watching archiver retries it: a backup volume may come back): with the part of the path
+/// that is in the way when one is not a directory, named with what it is.
 pub fn create_error(path: &Path, what: &str, e: std::io::Error) -> Error {
     let blocker = path
         .ancestors()
         .filter(|a| !a.as_os_str().is_empty())
         .find_map(|a| fs::metadata(a).ok().filter(|m| !m.is_dir()).map(|m| (a, m)));
-    match blocker {
-        Some((a, m)) => Error::InvalidArgument(format!(
-            "cannot create {what} {}: {} is a {}, not a directory",
-            path.display(),
+    let why = blocker.map_or(String::new(), |(a, m)| {
+        format!(
+            ": {} is a {}, not a directory",
             a.display(),
             file_kind(&m.file_type())
-        )),
-        None => Error::io(format!("create {what} {}", path.display()), e),
-    }
+        )
+    });
+    Error::io(format!("create {what} {}{why}", path.display()), e)
 }
 
 /// What kind of file system object a non-regular file is, for error messages.
