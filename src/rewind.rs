@@ -14,7 +14,9 @@
 //! 2. store the source's history files in `wal/` (as a standby would at its first contact);
 //! 3. move every segment file numbered past the one holding the switch point into `setaside/`,
 //!    newest first;
-//! 4. the segment holding the switch point, when it holds records past it: copy it whole into
+//! 4. the segment holding the switch point, when it holds records past it or is sealed here
+//!    (its records ending right at the switch point: on the source's path that segment is the
+//!    new timeline's, and the source's copy must take its place): copy it whole into
 //!    `setaside/`, then write its records up to the switch point as an open segment of the
 //!    same name (temporary name, fsync, rename, fsync `wal/`), and remove the sealed file if it
 //!    was sealed.
@@ -89,11 +91,24 @@ pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
     // that segment and every later one lie wholly past it.
     let at = switch.0 / size;
     let cut_at = (switch.0 % size != 0).then_some(at);
+    let past = |h: &&Held| h.end.is_some_and(|e| e > switch);
+    // The segment holding the switch point is the new timeline's on the source's path: one
+    // sealed here under this timeline's name is unsealed even when its records end right at
+    // the switch point, so that the source's copy takes its place (as a standby's copy of an
+    // open segment is continued under the new timeline's name).
+    let straddling: Vec<&Held> = held
+        .iter()
+        .filter(|h| {
+            Some(h.name.segment_no.0) == cut_at
+                && h.name.kind != SegmentFileKind::Partial
+                && (past(h) || (h.name.kind == SegmentFileKind::Sealed && h.end == Some(switch)))
+        })
+        .collect();
     let mut out = Rewound {
         timeline: control.timeline,
         switch_lsn: switch,
         end,
-        nothing_diverged: end <= switch,
+        nothing_diverged: end <= switch && straddling.is_empty(),
         cut: None,
         set_aside: Vec::new(),
     };
@@ -101,7 +116,6 @@ pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
         return Ok(out);
     }
     let aside_dir = crate::setaside::setaside_dir(dd);
-    let past = |h: &&Held| h.end.is_some_and(|e| e > switch);
     // A copy still arriving (a standby's) holding records past it goes whole: it is fetched
     // again.
     let later: Vec<&Held> = held
@@ -112,14 +126,6 @@ pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
                 || (h.name.segment_no.0 == at
                     && (cut_at.is_none() || h.name.kind == SegmentFileKind::Partial)
                     && past(h))
-        })
-        .collect();
-    let straddling: Vec<&Held> = held
-        .iter()
-        .filter(|h| {
-            Some(h.name.segment_no.0) == cut_at
-                && h.name.kind != SegmentFileKind::Partial
-                && past(h)
         })
         .collect();
     for h in &later {

@@ -419,6 +419,54 @@ fn rewind_asks_a_primary_that_requires_tls() {
 /// A standby made from nothing after a failover follows the promoted primary from its first
 /// segment, across the switch: the path starts on the old timeline, although the control file
 /// its first contact writes names the new one.
+/// The old primary sealed the segment holding the switch point after its standby had every
+/// record of it but not the sealed file: its sealed copy ends right at the switch point, and
+/// the new primary holds that segment under timeline 2's name. Rewound, then following the
+/// new primary, it holds the new primary's copy under that name, and every record.
+#[test]
+fn an_old_primary_sealed_at_the_switch_point_takes_the_new_timelines_copy_of_that_segment() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (t.path().join("old"), t.path().join("new"));
+    init(&old);
+    write_records(&old, 1500, "a");
+    let (mut srv, addr) = serve(&old, "127.0.0.1:0", &NET, &t.path().join("serve-old.log"));
+    let mut sb = common::standby(&new, &addr, &[], &t.path().join("standby-new.log"));
+    write_records(&old, 20, "b");
+    common::wait_acknowledged(&old);
+    sb.kill();
+    srv.kill();
+    common::seal(&old);
+    write_records(&old, 50, "x");
+    let out = walship(&["promote", p(&new)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let switch = switch_point(&new);
+    let at = format!("{:016X}", switch.0 / common::SEG);
+    let sealed_here = format!("00000001{at}.wal");
+    assert!(
+        files(&old, "wal").contains(&sealed_here),
+        "{:?}",
+        files(&old, "wal")
+    );
+
+    let (_srv, addr_new) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    write_records(&new, 30, "n");
+    common::seal(&new);
+    let out = rewind(&old, &addr_new, &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let mut sb = common::standby(&old, &addr_new, &[], &t.path().join("standby-old.log"));
+    common::wait_caught_up(&new, &old);
+    sb.kill();
+    let wal = files(&old, "wal");
+    assert!(
+        wal.contains(&format!("00000002{at}.wal")) && !wal.contains(&sealed_here),
+        "{wal:?}"
+    );
+    assert!(
+        payloads(&old) == payloads(&new),
+        "every record of the new primary's"
+    );
+}
+
 /// A new standby of a promoted primary that holds the primary's timeline (its history file, its
 /// control file) but none of its log yet, because every write of a segment failed: promotion
 /// is refused, with exit 1 and nothing written, also when an earlier refused run left its
