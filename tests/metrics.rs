@@ -528,3 +528,34 @@ fn a_non_loopback_metrics_address_needs_insecure() {
     ]);
     assert_eq!(common::code(&o), 2, "{}", text(&o));
 }
+
+/// Scrapes at the same time (two Prometheus servers on one target) each get every series: a
+/// scrape resets and refills the gauges, never under another's encoding.
+#[test]
+fn scrapes_at_the_same_time_each_get_every_series() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("p");
+    init(&dir);
+    for i in 0..3 {
+        write_records(&dir, 400, &format!("r{i}"));
+        seal(&dir);
+    }
+    let m = std::sync::Arc::new(walship::metrics::DirMetrics::new(&dir).unwrap());
+    let want = parse(&m.scrape().unwrap()).samples.len();
+    assert!(want >= 5, "{want} samples");
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                (0..40)
+                    .map(|_| parse(&m.scrape().unwrap()).samples.len())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for h in threads {
+        for got in h.join().unwrap() {
+            assert_eq!(got, want, "a scrape missed series");
+        }
+    }
+}

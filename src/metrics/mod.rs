@@ -43,6 +43,9 @@ const SYNC_STATES: [(SyncState, &str); 4] = [
 /// The metrics of one data directory, updated from its status at each scrape.
 pub struct DirMetrics {
     root: PathBuf,
+    /// Held from setting the gauges to encoding them: a scrape resets and refills them, and
+    /// a second scrape at the same time would otherwise encode them half filled.
+    scraping: std::sync::Mutex<()>,
     registry: Registry,
     flush: IntGauge,
     sealed: IntGauge,
@@ -126,6 +129,7 @@ impl DirMetrics {
         Ok(DirMetrics {
             process,
             root: root.to_path_buf(),
+            scraping: std::sync::Mutex::new(()),
             flush: gauge(&registry, "walship_flush_position_bytes")?,
             sealed: gauge(&registry, "walship_sealed_position_bytes")?,
             written: per_standby(
@@ -239,7 +243,6 @@ impl DirMetrics {
             path: self.root.clone(),
             source,
         })?;
-        self.update(&st);
         // Read here rather than in `update`: it lists the sealed segments again.
         let held =
             crate::retention::held_back(&crate::DataDir::new(&self.root)).map_err(|source| {
@@ -248,19 +251,20 @@ impl DirMetrics {
                     source,
                 }
             })?;
+        // Read here rather than in `update`: it reads the oldest record not archived.
+        let archiver_lag = archiver(&st).and_then(|a| {
+            crate::status::lag_seconds(&self.root, a.position, st.sealed_lsn, crate::now_us())
+        });
+        let _scraping = crate::sync::lock(&self.scraping);
+        self.update(&st);
         self.held_back.reset();
         for (id, n) in held {
             self.held_back
                 .with_label_values(&[id.as_str()])
                 .set(bytes(n));
         }
-        if let Some(a) = archiver(&st) {
-            // Read here rather than in `update`: it reads the oldest record not archived.
-            let now = crate::now_us();
-            if let Some(v) = crate::status::lag_seconds(&self.root, a.position, st.sealed_lsn, now)
-            {
-                self.archiver_lag_seconds.with_label_values(&[]).set(v);
-            }
+        if let Some(v) = archiver_lag {
+            self.archiver_lag_seconds.with_label_values(&[]).set(v);
         }
         let mut families = self.registry.gather();
         if st.applied_lsn.is_some() {
