@@ -518,6 +518,27 @@ fn a_non_loopback_metrics_address_needs_insecure() {
         "{}",
         text(&o)
     );
+    // `standby` and `archive` say their own flag, and refuse before they change anything.
+    let (sb, arc) = (t.path().join("sb"), t.path().join("arc"));
+    for args in [
+        vec!["standby", p(&sb), "--primary", "127.0.0.1:9"],
+        vec!["archive", p(&dir), "--to", p(&arc)],
+    ] {
+        let mut args = args;
+        args.extend_from_slice(&["--metrics-listen", "0.0.0.0:0"]);
+        let o = walship(&args);
+        assert_eq!(common::code(&o), 2, "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("--metrics-insecure"), "{}", text(&o));
+    }
+    assert!(!sb.exists() && !arc.exists(), "nothing was created");
+    assert!(
+        !dir.join("state/consumers").exists()
+            || std::fs::read_dir(dir.join("state/consumers"))
+                .unwrap()
+                .count()
+                == 0,
+        "no archiver was registered"
+    );
     let o = walship(&[
         "serve",
         p(&dir),

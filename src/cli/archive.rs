@@ -110,10 +110,16 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
             ReadBackArg::Always => ReadBack::Always,
         },
     };
-    // A wrong DATA_DIR fails before the archive directory is created.
+    // A wrong DATA_DIR, or a metrics address that cannot be served, fails before the archive
+    // directory is created.
     DataDir::new(&a.data_dir).read_control()?;
+    let runtime = super::runtime()?;
+    let listener = runtime.block_on(super::metrics::bind(
+        a.metrics_listen.as_deref(),
+        a.metrics_insecure,
+    ))?;
     let store = super::target::parse(&a.target, &a.s3)?.create()?;
-    super::runtime()?.block_on(async move {
+    runtime.block_on(async move {
         let mut archiver =
             Archiver::new(DataDir::new(&a.data_dir), Arc::new(store.clone()), opts).await?;
         // Only once the archive is known to be ours.
@@ -148,14 +154,9 @@ pub fn run(a: ArchiveArgs) -> CmdResult {
             }
             return Ok(());
         }
-        let metrics = match &a.metrics_listen {
-            Some(addr) => {
-                let mut process = super::metrics::damage();
-                process.push(library::library().archiver_registry.clone());
-                Some(super::metrics::start(addr, a.metrics_insecure, &a.data_dir, process).await?)
-            }
-            None => None,
-        };
+        let mut process = super::metrics::damage();
+        process.push(library::library().archiver_registry.clone());
+        let metrics = super::metrics::start(listener, &a.data_dir, process)?;
         let r = archiver.run(super::shutdown_signal()).await;
         if let Some(m) = metrics {
             m.abort();

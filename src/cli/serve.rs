@@ -235,13 +235,8 @@ pub fn run(a: ServeArgs) -> CmdResult {
         retained_percent: a.warn_retained,
     };
     super::runtime()?.block_on(async move {
-        let metrics = match &a.metrics_listen {
-            Some(addr) => Some(
-                super::metrics::start(addr, a.insecure, &data_dir, super::metrics::damage())
-                    .await?,
-            ),
-            None => None,
-        };
+        let listener = super::metrics::bind(a.metrics_listen.as_deref(), a.insecure).await?;
+        let metrics = super::metrics::start(listener, &data_dir, super::metrics::damage())?;
         let mut shipper = Shipper::start(config.clone()).await?;
         {
             use std::io::Write;

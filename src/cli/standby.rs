@@ -102,20 +102,12 @@ pub fn run(a: StandbyArgs) -> CmdResult {
     config.backoff_initial = config.backoff_initial.min(a.max_backoff);
     let data_dir = a.data_dir.clone();
     runtime()?.block_on(async move {
+        // Bound first: an address that cannot be served is refused before the directory is
+        // touched. Served after the start: a first contact creates the directory it reads.
+        let listener =
+            super::metrics::bind(a.metrics_listen.as_deref(), a.metrics_insecure).await?;
         let mut standby = Standby::start(config, CheckingApplicator::default()).await?;
-        // After the start: a first contact creates the directory the metrics read.
-        let metrics = match &a.metrics_listen {
-            Some(addr) => Some(
-                super::metrics::start(
-                    addr,
-                    a.metrics_insecure,
-                    &data_dir,
-                    super::metrics::damage(),
-                )
-                .await?,
-            ),
-            None => None,
-        };
+        let metrics = super::metrics::start(listener, &data_dir, super::metrics::damage())?;
         let r = tokio::select! {
             r = standby.join() => r.map_err(Failure::from),
             _ = shutdown_signal() => {

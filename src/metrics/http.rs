@@ -44,7 +44,7 @@ pub async fn bind(addr: &str, insecure: bool) -> Result<TcpListener, MetricsBind
 pub enum MetricsBindError {
     #[error("metrics address {0:?} does not resolve: {1}")]
     Resolve(String, #[source] std::io::Error),
-    #[error("refusing to serve metrics on {0}, which is not a loopback address, without TLS or authentication; give --insecure to allow it anyway")]
+    #[error("refusing to serve metrics on {0}, which is not a loopback address, without TLS or authentication; give --insecure (serve) or --metrics-insecure (standby, archive) to allow it anyway")]
     NotLoopback(std::net::SocketAddr),
     #[error("listen for metrics on {0}: {1}")]
     Bind(std::net::SocketAddr, #[source] std::io::Error),
