@@ -150,6 +150,25 @@ pub fn file_kind(t: &fs::FileType) -> &'static str {
     }
 }
 
+/// The bytes of a small file (a token, a key, a certificate) that must be a regular file: a
+/// FIFO or a device is an error naming what it is, never a read that waits for ever.
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    match open_regular(path) {
+        Ok(mut f) => {
+            let mut out = Vec::new();
+            f.read_to_end(&mut out)?;
+            Ok(out)
+        }
+        Err(Error::Io { source, .. }) => Err(source),
+        Err(Error::NotRegularFile { kind, .. }) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is a {kind}, not a regular file"),
+        )),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
+}
+
 /// Opens a file for reading only if it is a regular file. The open never blocks (a FIFO
 /// opened for reading waits for a writer forever), and the type is checked on the opened
 /// descriptor, so a file swapped in after a listing is refused too.

@@ -450,3 +450,38 @@ fn links_at_files_written_in_place_are_never_written_through() {
     );
     ok(&["verify", p(&dir)]);
 }
+
+/// A token file, a file of the token directory or a TLS key that is a FIFO is refused at once,
+/// naming it, never a read that waits for a writer for ever.
+#[test]
+fn a_fifo_given_as_a_secret_is_refused_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("p");
+    ok(&["init", p(&dir)]);
+    let fifo = t.path().join("fifo");
+    let tokens = t.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    for f in [&fifo, &tokens.join("s1")] {
+        let c = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+    let ca = common::certs::Ca::new(t.path(), "ca");
+    let cert = ca.issue(t.path(), "primary", &["localhost"]).cert;
+    let cases: [(Vec<&str>, &Path); 3] = [
+        (vec!["--auth-token-file", p(&fifo)], &fifo),
+        (vec!["--token-dir", p(&tokens)], &tokens),
+        (vec!["--tls-cert", p(&cert), "--tls-key", p(&fifo)], &fifo),
+    ];
+    for (extra, named) in cases {
+        let mut args = vec!["serve", p(&dir), "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(&extra);
+        let log = t.path().join("serve.log");
+        let mut proc = spawn(&args, &log);
+        assert_eq!(proc.wait_exit(), 2, "{extra:?}: {}", proc.log());
+        let said = proc.log();
+        assert!(
+            said.contains(p(named)) && said.contains("FIFO, not a regular file"),
+            "{extra:?}: {said}"
+        );
+    }
+}

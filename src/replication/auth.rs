@@ -57,7 +57,7 @@ impl AuthToken {
         if mode & 0o077 != 0 {
             return Err(TokenError::Permissions { path: shown, mode });
         }
-        let mut bytes = std::fs::read(path).map_err(io)?;
+        let mut bytes = crate::fsutil::read_regular(path).map_err(io)?;
         while matches!(bytes.last(), Some(b'\n' | b'\r')) {
             bytes.pop();
         }

@@ -102,7 +102,7 @@ fn shown(path: &Path) -> String {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Io {
+    crate::fsutil::read_regular(path).map_err(|source| TlsError::Io {
         path: shown(path),
         source,
     })
