@@ -137,3 +137,24 @@ fn watch_refuses_an_archive_and_json() {
     let o = run(&["status", p(&dir), "--count", "2"], b"");
     assert_eq!(code(&o), 2, "--count needs --watch: {}", text(&o));
 }
+
+/// The archiver's line says how far it is behind what is sealed (archives take sealed segments
+/// only), not behind the open segment's records: an archiver with every sealed segment is
+/// behind by nothing.
+#[test]
+fn an_archiver_with_every_sealed_segment_is_behind_by_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("d");
+    init(&dir);
+    write_records(&dir, 600, "s");
+    common::seal(&dir);
+    let arc = t.path().join("arc");
+    assert!(common::archive_once(&dir, &arc, &[]).status.success());
+    write_records(&dir, 50, "open");
+    let out = ok(&["status", p(&dir), "--watch", "--count", "1"]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("archiver"))
+        .unwrap_or_else(|| panic!("an archiver line: {out}"));
+    assert!(line.contains("behind by 0 B"), "{line}");
+}

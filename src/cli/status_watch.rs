@@ -170,7 +170,8 @@ fn render(s: &DirStatus, prev: &Previous, now: Instant, time: &str) -> Vec<Strin
             "archiver {} at {}, behind by {}, {}",
             c.id,
             c.position,
-            human_bytes(s.flush_lsn.0.saturating_sub(c.position.0) as f64),
+            // Archives take sealed segments only: behind what is sealed, as the metric says.
+            human_bytes(s.sealed_lsn.0.saturating_sub(c.position.0) as f64),
             rate(prev.consumers.get(&c.id).copied(), c.position.0, secs)
         ));
     }
