@@ -196,11 +196,32 @@ fn tls_replicates_identically_and_each_failed_check_is_named_on_both_sides() {
         }
     }
 
-    // A plain standby gets nowhere and stores nothing either.
+    // A plain standby gets nowhere and stores nothing either, and says why.
     let mut plain = common::standby(&d.join("plain"), &addr, &[], &d.join("plain.log"));
-    std::thread::sleep(Duration::from_millis(800));
+    wait_until("the plain standby to name the mismatch", || {
+        plain.log().contains("the peer speaks TLS")
+    });
     plain.kill();
     assert!(!d.join("plain").join("control").exists());
+
+    // The other way round: a standby with TLS at a plain port is told the primary may lack it.
+    let (mut plain_srv, plain_addr) = serve(&primary, &[], &d.join("serve-plain.log"));
+    let mut tls_sb = common::standby(
+        &d.join("tls-at-plain"),
+        &plain_addr,
+        &["--tls-ca", p(&ca.cert), "--tls-server-name", NAME],
+        &d.join("tls-at-plain.log"),
+    );
+    wait_until("the TLS standby to name the mismatch", || {
+        tls_sb
+            .log()
+            .contains("a primary without --tls-cert speaks plain TCP")
+    });
+    wait_until("the plain primary to name the mismatch", || {
+        plain_srv.log().contains("the peer speaks TLS")
+    });
+    tls_sb.kill();
+    plain_srv.kill();
 }
 
 #[test]

@@ -59,9 +59,13 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
-/// For a length no walship peer ever sends (above [`MAX_FRAME_LIMIT`]): what the bytes were,
-/// since they are most likely the start of another protocol (`HTTP`, `SSH-`).
+/// For a length prefix no walship frame has, what the peer most likely speaks instead: TLS (a
+/// TLS record begins with its content type, 20 to 23, and version 3.x), or, for a length no
+/// walship peer ever sends (above [`MAX_FRAME_LIMIT`]), the bytes themselves (`HTTP`, `SSH-`).
 fn foreign_peer(len: usize, prefix: &[u8; 4]) -> String {
+    if (20..=23).contains(&prefix[0]) && prefix[1] == 3 {
+        return ": the peer speaks TLS (a TLS record), and this side does not: give both sides TLS, or neither".into();
+    }
     if len <= MAX_FRAME_LIMIT {
         return String::new();
     }
@@ -198,6 +202,12 @@ mod tests {
             e.to_string(),
             "frame of 4097 bytes exceeds the maximum of 4096 bytes"
         );
+        // A TLS alert where a frame was expected.
+        let alert = [0x15u8, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46];
+        let e = rt()
+            .block_on(read_frame(&mut &alert[..], HANDSHAKE_MAX_FRAME))
+            .unwrap_err();
+        assert!(e.to_string().ends_with(": the peer speaks TLS (a TLS record), and this side does not: give both sides TLS, or neither"), "{e}");
     }
 
     #[test]

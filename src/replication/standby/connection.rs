@@ -69,6 +69,19 @@ pub(crate) async fn dial(
     let name = tls::server_name(files, primary)?;
     match tokio::time::timeout(t, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => Ok(Stream::TlsClient(Box::new(s))),
+        // Closed in the middle of the handshake: most likely a port without TLS, whose
+        // primary read the handshake as a frame it does not know.
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Err(ReplError::io(
+                format!("TLS handshake with the primary (the primary closed the connection: is TLS on at {primary}? a primary without --tls-cert speaks plain TCP)"),
+                e,
+            ))
+        }
         Ok(Err(e)) => Err(ReplError::io("TLS handshake with the primary", e)),
         Err(_) => Err(ReplError::Timeout(format!(
             "the TLS handshake with {primary} took longer than {t:?}"
