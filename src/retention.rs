@@ -127,6 +127,13 @@ fn missing_from_archives(
 ) -> Vec<String> {
     use crate::archive::{object_name, Compression};
     let mut out = Vec::new();
+    let not_held = |addr: &str, id: &str, why: Option<&str>| {
+        format!(
+            "{} is not in the archive {addr}{} although consumer {id} recorded it as archived",
+            seg.name,
+            why.map_or(String::new(), |w| format!(" ({w})"))
+        )
+    };
     for c in consumers
         .iter()
         .filter(|c| c.kind == ConsumerKind::Archiver && !c.lost)
@@ -137,10 +144,7 @@ fn missing_from_archives(
         if addr.starts_with("s3://") {
             match crate::archive::s3::holds_segment_blocking(addr, seg.name, seg.size, control) {
                 Ok(Ok(())) => {}
-                Ok(Err(why)) => out.push(format!(
-                    "{} is not in the archive {addr} ({why}) although consumer {} recorded it as archived",
-                    seg.name, c.id
-                )),
+                Ok(Err(why)) => out.push(not_held(addr, &c.id, Some(&why))),
                 Err(e) => out.push(format!(
                     "{}: cannot check that the archive {addr} holds it: {e}",
                     seg.name
@@ -160,10 +164,7 @@ fn missing_from_archives(
         // names and sizes.
         let identity = std::fs::read(root.join(crate::archive::IDENTITY_NAME)).ok();
         if let Some(why) = crate::archive::identity::not_archive_of(identity.as_deref(), control) {
-            out.push(format!(
-                "{} is not in the archive {addr} ({why}) although consumer {} recorded it as archived",
-                seg.name, c.id
-            ));
+            out.push(not_held(addr, &c.id, Some(&why)));
             continue;
         }
         let raw = root.join(object_name(seg.name, Compression::None));
@@ -175,10 +176,7 @@ fn missing_from_archives(
                 crate::archive::identity::begins_after(&id, seg.name.segment_no.0)
             });
         if !held {
-            out.push(format!(
-                "{} is not in the archive {addr} although consumer {} recorded it as archived",
-                seg.name, c.id
-            ));
+            out.push(not_held(addr, &c.id, None));
         }
     }
     out

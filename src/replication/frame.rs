@@ -59,11 +59,11 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
-/// For a length prefix no walship frame has, what the peer most likely speaks instead: TLS (a
-/// TLS record begins with its content type, 20 to 23, and version 3.x), or, for a length no
+/// For a length prefix over the maximum, what the peer most likely speaks instead: TLS (a TLS
+/// record begins with its content type, 20 to 23, and version 3.0 to 3.4), or, for a length no
 /// walship peer ever sends (above [`MAX_FRAME_LIMIT`]), the bytes themselves (`HTTP`, `SSH-`).
 fn foreign_peer(len: usize, prefix: &[u8; 4]) -> String {
-    if (20..=23).contains(&prefix[0]) && prefix[1] == 3 {
+    if (20..=23).contains(&prefix[0]) && prefix[1] == 3 && prefix[2] <= 4 {
         return ": the peer speaks TLS (a TLS record), and this side does not: give both sides TLS, or neither".into();
     }
     if len <= MAX_FRAME_LIMIT {

@@ -1,0 +1,86 @@
+//! Where the reader finds a data directory's log to end, the evidence of acknowledged records
+//! past it, judged as recovery judges it: the position the writer published
+//! (`state/flush_position`) and a prepared file that had been the open segment.
+
+use std::os::unix::fs::FileExt;
+
+use super::{WalReader, WalSource};
+use crate::datadir::DataDir;
+use crate::error::{Error, Result};
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
+use crate::format::{SegmentFileKind, SegmentHeader, SegmentName};
+
+impl WalReader {
+    /// At the end of the log of a data directory, as recovery and `verify` judge it: nothing
+    /// acknowledged may lie past it. The published position is read first, then the log once
+    /// more: records a running writer published meanwhile are read (true), not taken for lost.
+    pub(super) fn more_past_the_end(&mut self) -> Result<bool> {
+        if !matches!(self.source, WalSource::Dir(_)) {
+            return Ok(false);
+        }
+        let Some(dd) = self.source.data_dir() else {
+            return Ok(false);
+        };
+        let published = crate::flush_position::published_evidence(&dd);
+        let (path, offset, next) = match &self.cur {
+            Some(cur) => (
+                cur.path.clone(),
+                cur.off,
+                cur.header.start_lsn() + cur.off as u64,
+            ),
+            None => {
+                let control = dd.read_control()?;
+                let no = self.next_segment.unwrap_or(0);
+                let name = SegmentName::new(control.timeline, no, SegmentFileKind::Open);
+                prepared_checked(&dd, &control, name.with_kind(SegmentFileKind::Prepared))?;
+                let start = name.segment_no.start_lsn_saturating(control.segment_size);
+                (dd.segment_path(&name), 0, start + SEGMENT_HEADER_LEN as u64)
+            }
+        };
+        let Some(reason) = crate::flush_position::lost_acknowledged(published, self.last_end, next)
+        else {
+            return Ok(false);
+        };
+        let more = match self.cur.is_some() {
+            true => self.refresh_open(0)?,
+            false => self.load_next()?,
+        };
+        if more {
+            return Ok(true);
+        }
+        Err(Error::Corrupt {
+            file: path,
+            offset: offset as u64,
+            lsn: self.last_end,
+            reason,
+        })
+    }
+}
+
+/// The prepared file the log would continue in, as recovery judges it
+/// ([`crate::recovery::prepared_damage`]); read whole only when its header is one the writer
+/// gives that segment (a prepared file's is zeros, a recycled one's cleared).
+fn prepared_checked(
+    dd: &DataDir,
+    control: &crate::format::ControlFile,
+    name: SegmentName,
+) -> Result<()> {
+    let path = dd.segment_path(&name);
+    let mut head = [0u8; SEGMENT_HEADER_LEN];
+    let Ok(f) = crate::fsutil::open_regular(&path) else {
+        return Ok(());
+    };
+    if f.read_exact_at(&mut head, 0).is_err() || SegmentHeader::decode(&head).is_err() {
+        return Ok(());
+    }
+    let buf = crate::reader::read_segment(&path)?;
+    match crate::recovery::prepared_damage(control, &name, &buf) {
+        Some(reason) => Err(Error::Corrupt {
+            file: path,
+            offset: 0,
+            lsn: name.segment_no.start_lsn_saturating(control.segment_size),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
