@@ -481,10 +481,8 @@ fn a_standby_holding_the_switch_segment_follows_the_promoted_one_onto_it() {
 
         let (mut srv_a, addr_a) = serve(&a, "127.0.0.1:0", &NET, &root.join("serve-a.log"));
         let env: Vec<(&str, &str)> = fault.iter().map(|f| ("FAILPOINTS", *f)).collect();
-        let mut args = vec!["standby", p(&b), "--primary", &addr_a, "--name", "b"];
-        args.extend_from_slice(&["--max-backoff", "300ms"]);
-        args.extend_from_slice(&NET);
-        let mut sb = common::spawn_piped(&args, &env, &root.join("b2.log"));
+        let mut sb =
+            common::standby_with_env(&b, &addr_a, &["--name", "b"], &env, &root.join("b2.log"));
         write_records(&a, 30, "d");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !caught_up(&a, "b") {

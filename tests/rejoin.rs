@@ -480,17 +480,9 @@ fn a_standby_that_has_not_received_its_timeline_yet_is_refused_promotion_and_lef
     write_records(&new, 30, "n");
     common::seal(&new);
     let fresh = t.path().join("fresh");
-    let mut args = vec![
-        "standby",
-        p(&fresh),
-        "--primary",
-        &addr,
-        "--max-backoff",
-        "300ms",
-    ];
-    args.extend_from_slice(&NET);
     let log = t.path().join("standby-failing.log");
-    let mut sb = common::spawn_piped(&args, &[("FAILPOINTS", "standby::write=return(EIO)")], &log);
+    let env = [("FAILPOINTS", "standby::write=return(EIO)")];
+    let mut sb = common::standby_with_env(&fresh, &addr, &[], &env, &log);
     wait_until("the standby's writes of a segment to fail", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("write") && l.contains("error"))
     });
@@ -553,21 +545,9 @@ fn a_new_standby_stopped_while_copying_the_old_timeline_resumes_where_it_stopped
     write_records(&new, 30, "n");
     common::seal(&new);
     let fresh = t.path().join("fresh");
-    let mut args = vec![
-        "standby",
-        p(&fresh),
-        "--primary",
-        &addr,
-        "--max-backoff",
-        "300ms",
-    ];
-    args.extend_from_slice(&NET);
     let log = t.path().join("standby-stopped.log");
-    let mut sb = common::spawn_piped(
-        &args,
-        &[("FAILPOINTS", "standby::rename=1*off->return(EIO)")],
-        &log,
-    );
+    let env = [("FAILPOINTS", "standby::rename=1*off->return(EIO)")];
+    let mut sb = common::standby_with_env(&fresh, &addr, &[], &env, &log);
     wait_until("the standby to store one segment and fail the next", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("rename") && l.contains("error"))
     });

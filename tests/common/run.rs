@@ -123,6 +123,17 @@ pub const NET: [&str; 4] = ["--heartbeat-interval", "200ms", "--peer-timeout", "
 /// `walship standby DIR --primary ADDR` with a short reconnect backoff and the test heartbeat
 /// and timeout ([`NET`]), then `extra`.
 pub fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
+    standby_with_env(dir, primary, extra, &[], log)
+}
+
+/// [`standby`] with `env` set (a `FAILPOINTS` list, say).
+pub fn standby_with_env(
+    dir: &Path,
+    primary: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Proc {
     let mut args = vec![
         "standby",
         p(dir),
@@ -133,7 +144,7 @@ pub fn standby(dir: &Path, primary: &str, extra: &[&str], log: &Path) -> Proc {
     ];
     args.extend_from_slice(&NET);
     args.extend_from_slice(extra);
-    spawn(&args, log)
+    start(&args, env, Stdio::null(), log)
 }
 
 /// `walship init DIR` with 64 KiB segments (`SEG`).

@@ -120,20 +120,8 @@ pub struct CopyRecords {
 /// The valid records of the newest `.wal.partial` on the directory's timeline (None when it
 /// holds none), for `status` and `verify`.
 pub fn copy_records(dd: &DataDir, control: &ControlFile) -> Result<Option<CopyRecords>> {
-    let Some(name) = dd
-        .list_segments()?
-        .into_iter()
-        .filter(|n| n.kind == SegmentFileKind::Partial && n.timeline == control.timeline)
-        .max_by_key(|n| n.segment_no)
-    else {
+    let Some((name, path, buf)) = read_copy(dd, |n| n.timeline == control.timeline)? else {
         return Ok(None);
-    };
-    let path = dd.segment_path(&name);
-    let buf = match std::fs::read(&path) {
-        Ok(b) => b,
-        // Sealed or discarded since the listing.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
     };
     let end = valid_prefix(&buf, &path, &name, control, None, 0, Tail::OnDisk).unwrap_or(0);
     if end <= SEGMENT_HEADER_LEN {
@@ -165,23 +153,34 @@ pub fn copy_checksum_at(
     else {
         return Ok(None);
     };
-    let Some(name) = dd
-        .list_segments()?
-        .into_iter()
-        .filter(|n| n.kind == SegmentFileKind::Partial && n.segment_no.0 == no)
-        .max_by_key(|n| n.timeline)
-    else {
+    let Some((_, _, buf)) = read_copy(dd, |n| n.segment_no.0 == no)? else {
         return Ok(None);
-    };
-    let path = dd.segment_path(&name);
-    let buf = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
     };
     Ok(buf
         .get(SEGMENT_HEADER_LEN..off)
         .map(crate::replication::segments::copy_checksum))
+}
+
+/// The newest `.wal.partial` that `which` picks (by segment number, then timeline), its path
+/// and its bytes; None when there is none, or it was sealed or discarded since the listing.
+fn read_copy(
+    dd: &DataDir,
+    which: impl Fn(&SegmentName) -> bool,
+) -> Result<Option<(SegmentName, PathBuf, Vec<u8>)>> {
+    let Some(name) = dd
+        .list_segments()?
+        .into_iter()
+        .filter(|n| n.kind == SegmentFileKind::Partial && which(n))
+        .max_by_key(|n| (n.segment_no, n.timeline))
+    else {
+        return Ok(None);
+    };
+    let path = dd.segment_path(&name);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some((name, path, b))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+    }
 }
 
 /// A copy being received: its file, and its bytes so far.
