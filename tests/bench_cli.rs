@@ -350,3 +350,32 @@ fn bad_trace_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// An interrupted bench (SIGINT, SIGTERM) removes its scratch directories and exits as the
+/// signal would have: a large run must not leave gigabytes behind.
+#[test]
+fn an_interrupted_bench_removes_its_scratch_directories() {
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = common::spawn(
+            &["bench", "--dir", p(t.path()), "--seconds", "600"],
+            &t.path().join("bench.log"),
+        );
+        let scratch = || {
+            std::fs::read_dir(t.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref().is_ok_and(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with("walship-bench-")
+                    })
+                })
+                .count()
+        };
+        common::wait_until("the bench to make its scratch directory", || scratch() > 0);
+        assert_eq!(unsafe { libc::kill(b.child.id() as i32, signal) }, 0);
+        assert_eq!(b.wait_exit(), code, "{}", b.log());
+        assert_eq!(scratch(), 0, "scratch directories left: {}", b.log());
+    }
+}

@@ -57,7 +57,8 @@ walship bench --scenario ship --segments 24 --record-size 4KiB\n  \
 walship bench --workload pgbench-wal.tsv.gz --writers 4"
 )]
 pub struct BenchArgs {
-    /// Where to run: a scratch directory is made inside and removed afterwards.
+    /// Where to run: a scratch directory is made inside and removed afterwards (also when the
+    /// bench is interrupted with SIGINT or SIGTERM).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
     #[arg(long, value_enum, default_value_t = Scenario::Append)]
@@ -170,6 +171,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
         }
         None => None,
     };
+    bench::remove_scratch_on_interrupt();
     let results = match (a.scenario, &trace) {
         (Scenario::Sync, t) => bench::run_sync(&cfg, t.as_deref())?,
         (_, Some(records)) => vec![bench::run_workload(&cfg, records)?],

@@ -332,12 +332,58 @@ fn bench_wal(scratch: &tempfile::TempDir, cfg: &BenchConfig) -> walship::Result<
     Ok(wal)
 }
 
-/// A scratch directory inside `dir`, removed when dropped.
+/// The scratch directories made so far: removed on an interrupt (a dropped one is gone already).
+static SCRATCH: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A scratch directory inside `dir`, removed when dropped (and on an interrupt, see
+/// [`remove_scratch_on_interrupt`]).
 fn scratch(dir: &std::path::Path) -> walship::Result<tempfile::TempDir> {
     use walship::error::IoContext;
     std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-    tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix("walship-bench-")
         .tempdir_in(dir)
-        .ctx(|| format!("create a scratch directory in {}", dir.display()))
+        .ctx(|| format!("create a scratch directory in {}", dir.display()))?;
+    walship::sync::lock(&SCRATCH).push(tmp.path().to_path_buf());
+    Ok(tmp)
+}
+
+/// On SIGINT or SIGTERM, removes every scratch directory the runs made, then exits as the
+/// signal would have (130, 143): a run of several GiB interrupted must not leave them behind.
+pub fn remove_scratch_on_interrupt() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    // Registered here, before the runs start; waited for on a thread of its own.
+    let signals = rt.block_on(async {
+        Some((
+            signal(SignalKind::interrupt()).ok()?,
+            signal(SignalKind::terminate()).ok()?,
+        ))
+    });
+    let Some((mut int, mut term)) = signals else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let code = rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            }
+        });
+        for d in walship::sync::lock(&SCRATCH).iter() {
+            // The runs go on writing meanwhile: try again until it is gone.
+            for _ in 0..100 {
+                if std::fs::remove_dir_all(d).is_ok() || !d.exists() {
+                    break;
+                }
+            }
+        }
+        eprintln!("walship: interrupted: the bench's scratch directories were removed");
+        std::process::exit(code);
+    });
 }
