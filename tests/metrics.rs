@@ -313,7 +313,8 @@ fn metrics_match_status_and_the_reference() {
     );
     let sb0 = &st["standbys"][0];
     assert_eq!(sb0["name"], "s1");
-    let l = [("name", "s1")];
+    let id = sb0["id"].as_str().unwrap();
+    let l = [("name", "s1"), ("id", id)];
     assert_eq!(
         one(&e, "walship_standby_flushed_position_bytes", &l),
         u(&sb0["flushed_lsn"])
@@ -343,7 +344,7 @@ fn metrics_match_status_and_the_reference() {
         let v = one(
             &e,
             "walship_standby_sync_state",
-            &[("name", "s1"), ("state", state)],
+            &[("name", "s1"), ("id", id), ("state", state)],
         );
         assert_eq!(v, want, "{state}");
     }
@@ -579,4 +580,48 @@ fn scrapes_at_the_same_time_each_get_every_series() {
             assert_eq!(got, want, "a scrape missed series");
         }
     }
+}
+
+/// Two standby slots given the same name (a standby rebuilt in a new directory under its old
+/// name) are two series, told apart by their `id`, not one that shows either.
+#[test]
+fn two_slots_of_one_name_are_two_series() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("p");
+    init(&dir);
+    write_records(&dir, 20, "a");
+    let (mut srv, addr) = serve(&dir, "127.0.0.1:0", &[], &t.path().join("serve.log"));
+    for (i, sb) in ["x", "y"].iter().enumerate() {
+        let mut s = standby(
+            &t.path().join(sb),
+            &addr,
+            &["--name", "dup"],
+            &t.path().join(format!("{sb}.log")),
+        );
+        wait_until("the standby's slot", || {
+            status(&dir)["standbys"]
+                .as_array()
+                .is_some_and(|a| a.len() == i + 1)
+        });
+        s.kill();
+    }
+    srv.kill();
+    let m = walship::metrics::DirMetrics::new(&dir).unwrap();
+    let e = parse(&m.scrape().unwrap());
+    let ids: BTreeSet<String> = e
+        .samples
+        .iter()
+        .filter(|s| {
+            s.name == "walship_standby_connected"
+                && s.labels.get("name").map(String::as_str) == Some("dup")
+        })
+        .filter_map(|s| s.labels.get("id").cloned())
+        .collect();
+    let want: BTreeSet<String> = status(&dir)["standbys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, want, "one series per slot");
 }

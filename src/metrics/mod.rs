@@ -86,6 +86,10 @@ fn gauge(reg: &Registry, name: &str) -> Result<IntGauge, MetricsError> {
     Ok(g)
 }
 
+/// The labels of a per-standby metric: its name (its id when its slot has none), and its id,
+/// which tells apart two slots given the same name.
+const STANDBY: &[&str] = &["name", "id"];
+
 fn per_standby(reg: &Registry, name: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
     let g = IntGaugeVec::new(Opts::new(name, help(name)), labels)?;
     reg.register(Box::new(g.clone()))?;
@@ -132,26 +136,18 @@ impl DirMetrics {
             scraping: std::sync::Mutex::new(()),
             flush: gauge(&registry, "walship_flush_position_bytes")?,
             sealed: gauge(&registry, "walship_sealed_position_bytes")?,
-            written: per_standby(
+            written: per_standby(&registry, "walship_standby_written_position_bytes", STANDBY)?,
+            flushed: per_standby(&registry, "walship_standby_flushed_position_bytes", STANDBY)?,
+            applied: per_standby(&registry, "walship_standby_applied_position_bytes", STANDBY)?,
+            lag: per_standby(&registry, "walship_standby_lag_bytes", STANDBY)?,
+            lag_seconds: seconds(&registry, "walship_standby_lag_seconds", STANDBY)?,
+            flush_lag_seconds: seconds(&registry, "walship_standby_flush_lag_seconds", STANDBY)?,
+            connected: per_standby(&registry, "walship_standby_connected", STANDBY)?,
+            sync_state: per_standby(
                 &registry,
-                "walship_standby_written_position_bytes",
-                &["name"],
+                "walship_standby_sync_state",
+                &["name", "id", "state"],
             )?,
-            flushed: per_standby(
-                &registry,
-                "walship_standby_flushed_position_bytes",
-                &["name"],
-            )?,
-            applied: per_standby(
-                &registry,
-                "walship_standby_applied_position_bytes",
-                &["name"],
-            )?,
-            lag: per_standby(&registry, "walship_standby_lag_bytes", &["name"])?,
-            lag_seconds: seconds(&registry, "walship_standby_lag_seconds", &["name"])?,
-            flush_lag_seconds: seconds(&registry, "walship_standby_flush_lag_seconds", &["name"])?,
-            connected: per_standby(&registry, "walship_standby_connected", &["name"])?,
-            sync_state: per_standby(&registry, "walship_standby_sync_state", &["name", "state"])?,
             retained_bytes: gauge(&registry, "walship_retained_bytes")?,
             retained_segments: gauge(&registry, "walship_retained_segments")?,
             held_by: per_standby(&registry, "walship_retention_held_by", &["holder"])?,
@@ -190,7 +186,7 @@ impl DirMetrics {
         self.archiver_lag_seconds.reset();
         for sb in &st.standbys {
             let name = sb.name.clone().unwrap_or_else(|| sb.id.clone());
-            let l = [name.as_str()];
+            let l = [name.as_str(), sb.id.as_str()];
             let written = sb.written_lsn.unwrap_or(sb.flushed_lsn);
             self.written.with_label_values(&l).set(bytes(written.0));
             self.flushed
@@ -211,7 +207,7 @@ impl DirMetrics {
                 .set(i64::from(sb.connected));
             for (state, label) in SYNC_STATES {
                 self.sync_state
-                    .with_label_values(&[name.as_str(), label])
+                    .with_label_values(&[name.as_str(), sb.id.as_str(), label])
                     .set(i64::from(sb.sync_state == state));
             }
         }
