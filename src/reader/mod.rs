@@ -221,8 +221,7 @@ impl WalReader {
                     if self.refresh_open(want)? {
                         continue;
                     }
-                    self.end_of_open(e)?;
-                    if self.more_past_the_end()? {
+                    if self.end_of_open(e)? || self.more_past_the_end()? {
                         continue;
                     }
                     return Ok(None);
@@ -231,21 +230,22 @@ impl WalReader {
         }
     }
 
-    /// Where the records of the open segment stop: damage, or the end of the log.
-    fn end_of_open(&mut self, e: RecordError) -> Result<()> {
+    /// Where the records of the open segment stop: damage, or the end of the log; true when the
+    /// file changed meanwhile and is to be read again.
+    fn end_of_open(&mut self, e: RecordError) -> Result<bool> {
         let Some(cur) = self.cur.as_ref() else {
-            return Ok(());
+            return Ok(false);
         };
-        // The records end without a seal marker: in a data directory, an open segment of any
-        // other length than a segment's is damage, as recovery and `verify` say (a seal cuts
-        // the file only after its marker, which the reader would have found). A file read
-        // alone may be a copy set aside, cut where the log was.
         if cur.name.kind == SegmentFileKind::Partial {
             // A copy still arriving ends wherever its valid records do: the standby takes it
             // up from there, as it judges the copy at its start.
             self.end = LogEnd::Clean;
-            return Ok(());
+            return Ok(false);
         }
+        // The records end without a seal marker: in a data directory, an open segment of any
+        // other length than a segment's is damage, as recovery and `verify` say (a seal cuts
+        // the file only after its marker, which the reader would have found). A file read
+        // alone may be a copy set aside, cut where the log was.
         let in_dir = matches!(self.source, WalSource::Dir(_));
         if let Some(meta) = in_dir.then(|| std::fs::metadata(&cur.path).ok()).flatten() {
             let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
@@ -256,14 +256,23 @@ impl WalReader {
                 // A file longer than a segment is named where the segment ends, as recovery
                 // and `verify` name it.
                 let offset = if len > size { size } else { cur.off };
+                let (file, lsn) = (cur.path.clone(), cur.header.start_lsn() + offset as u64);
+                // A running writer may have written, sealed and cut it since the bytes were
+                // read: what it holds now is read before anything is called damage.
+                if self.refresh_open(0)? {
+                    return Ok(true);
+                }
                 return Err(Error::Corrupt {
-                    file: cur.path.clone(),
+                    file,
                     offset: offset as u64,
-                    lsn: cur.header.start_lsn() + offset as u64,
+                    lsn,
                     reason,
                 });
             }
         }
+        let Some(cur) = self.cur.as_ref() else {
+            return Ok(false);
+        };
         self.end = match judge_open_tail(&cur.bytes, &cur.header, cur.off) {
             OpenTail::Damage(later) => {
                 return Err(corrupt(
@@ -279,7 +288,7 @@ impl WalReader {
                 reason: e.to_string(),
             },
         };
-        Ok(())
+        Ok(false)
     }
 
     /// Re-reads the open segment past the current offset. Returns true when there is something
