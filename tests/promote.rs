@@ -79,6 +79,49 @@ fn history_switch(dir: &Path) -> walship::Lsn {
         .lsn
 }
 
+/// A primary and two standbys of it, `a` and `b` (named so), all running, both standbys
+/// having acknowledged everything the primary made durable.
+struct TwoStandbys {
+    primary: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+    srv: common::Proc,
+    sa: common::Proc,
+    sb: common::Proc,
+}
+
+fn two_standbys_caught_up(root: &Path) -> TwoStandbys {
+    let (primary, a, b) = (root.join("primary"), root.join("a"), root.join("b"));
+    init(&primary);
+    write_records(&primary, 1500, "a");
+    let (srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
+    let sa = common::standby(&a, &addr, &["--name", "a"], &root.join("a.log"));
+    let sb = common::standby(&b, &addr, &["--name", "b"], &root.join("b.log"));
+    write_records(&primary, 20, "b");
+    wait_until("both standbys to acknowledge everything", || {
+        acknowledged(&primary, "a") && acknowledged(&primary, "b")
+    });
+    TwoStandbys {
+        primary,
+        a,
+        b,
+        srv,
+        sa,
+        sb,
+    }
+}
+
+/// Whether the standby `name` of `dir` acknowledged everything `dir` made durable.
+fn acknowledged(dir: &Path, name: &str) -> bool {
+    let st = status(dir);
+    let flushed = st["standbys"].as_array().and_then(|a| {
+        a.iter()
+            .find(|x| x["name"].as_str() == Some(name))
+            .and_then(|x| x["flushed_lsn"].as_u64())
+    });
+    flushed.is_some() && flushed == st["flush_lsn"].as_u64()
+}
+
 #[test]
 fn a_promoted_standby_is_a_primary_on_timeline_2_with_every_record() {
     let t = tempfile::tempdir().expect("tempdir");
@@ -280,19 +323,14 @@ fn a_serve_on_a_standby_serves_its_new_timeline_once_it_is_promoted() {
 fn a_second_promotion_to_a_timeline_the_standby_heard_of_is_refused() {
     let t = tempfile::tempdir().expect("tempdir");
     let root = t.path();
-    let (primary, a, b) = (root.join("primary"), root.join("a"), root.join("b"));
-    init(&primary);
-    write_records(&primary, 1500, "a");
-    let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
-    let mut sa = common::standby(&a, &addr, &["--name", "a"], &root.join("a.log"));
-    let mut sb = common::standby(&b, &addr, &["--name", "b"], &root.join("b.log"));
-    write_records(&primary, 20, "b");
-    wait_until("both standbys to acknowledge everything", || {
-        let st = status(&primary);
-        st["standbys"]
-            .as_array()
-            .is_some_and(|v| v.len() == 2 && v.iter().all(|x| x["flushed_lsn"] == st["flush_lsn"]))
-    });
+    let TwoStandbys {
+        a,
+        b,
+        mut srv,
+        mut sa,
+        mut sb,
+        ..
+    } = two_standbys_caught_up(root);
     sa.kill();
     sb.kill();
     srv.kill();
@@ -436,29 +474,18 @@ fn a_standby_holding_the_switch_segment_follows_the_promoted_one_onto_it() {
         eprintln!("case: behind {behind}, fault {fault:?}");
         let t = tempfile::tempdir().expect("tempdir");
         let root = t.path();
-        let (primary, a, b) = (root.join("primary"), root.join("a"), root.join("b"));
-        init(&primary);
-        write_records(&primary, 1500, "a");
-        let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
-        let mut sa = common::standby(&a, &addr, &["--name", "a"], &root.join("a.log"));
-        let mut sb = common::standby(&b, &addr, &["--name", "b"], &root.join("b.log"));
-        write_records(&primary, 20, "b");
-        let flushed = |dir: &Path, name: &str| {
-            status(dir)["standbys"].as_array().and_then(|a| {
-                a.iter()
-                    .find(|x| x["name"].as_str() == Some(name))
-                    .and_then(|x| x["flushed_lsn"].as_u64())
-            })
-        };
-        let caught_up =
-            |dir: &Path, name: &str| flushed(dir, name) == status(dir)["flush_lsn"].as_u64();
-        wait_until("both standbys to acknowledge everything", || {
-            caught_up(&primary, "a") && caught_up(&primary, "b")
-        });
+        let TwoStandbys {
+            primary,
+            a,
+            b,
+            mut srv,
+            mut sa,
+            mut sb,
+        } = two_standbys_caught_up(root);
         if behind {
             sb.kill();
             write_records(&primary, 20, "c");
-            wait_until("a to acknowledge the rest", || caught_up(&primary, "a"));
+            wait_until("a to acknowledge the rest", || acknowledged(&primary, "a"));
         }
         sa.kill();
         sb.kill();
@@ -485,7 +512,7 @@ fn a_standby_holding_the_switch_segment_follows_the_promoted_one_onto_it() {
             common::standby_with_env(&b, &addr_a, &["--name", "b"], &env, &root.join("b2.log"));
         write_records(&a, 30, "d");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !caught_up(&a, "b") {
+        while !acknowledged(&a, "b") {
             if std::time::Instant::now() > deadline {
                 panic!(
                     "b did not acknowledge a's records; its log:\n{}",

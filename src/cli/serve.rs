@@ -248,13 +248,14 @@ pub fn run(a: ServeArgs) -> CmdResult {
         let stop = super::shutdown_signal();
         tokio::pin!(stop);
         let mut hup = signal(SignalKind::hangup()).ok();
-        // A promotion or a rewind gives the directory a new timeline: the shipper is started
-        // again on it, on the same address, and its standbys reconnect to the new identity.
+        // A promotion, or a standby following its primary onto a new timeline, changes the
+        // directory's timeline: the shipper is started again on it, on the same address, and
+        // its standbys reconnect to the new identity.
         while let Some(timeline) = serve_until(&shipper, &mut stop, hup.as_mut(), &data_dir).await {
             shipper.stop(STOP_BOUND).await;
             tracing::info!(
                 timeline,
-                "the directory is now on another timeline (promoted or rewound): serving it again"
+                "the directory is now on another timeline (promoted, or a standby that followed its primary onto it): serving it again"
             );
             config.listen = shipper.local_addr().to_string();
             shipper = Shipper::start(config.clone()).await?;

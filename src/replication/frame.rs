@@ -185,29 +185,23 @@ mod tests {
 
     #[test]
     fn another_protocols_first_bytes_are_named_as_such() {
-        let http = b"HTTP/1.1 400 Bad Request\r\n\r\n";
-        let e = rt()
-            .block_on(read_frame(&mut &http[..], HANDSHAKE_MAX_FRAME))
-            .unwrap_err();
+        let said = |bytes: &[u8]| {
+            rt().block_on(read_frame(&mut &bytes[..], HANDSHAKE_MAX_FRAME))
+                .unwrap_err()
+                .to_string()
+        };
         assert_eq!(
-            e.to_string(),
+            said(b"HTTP/1.1 400 Bad Request\r\n\r\n"),
             "frame of 1347703880 bytes exceeds the maximum of 4096 bytes: no walship peer sends one (the bytes were \"HTTP\"): is the address a walship port?"
         );
         // A length a walship peer could send, over this side's maximum: no such guess.
-        let big = ((HANDSHAKE_MAX_FRAME + 1) as u32).to_le_bytes();
-        let e = rt()
-            .block_on(read_frame(&mut &big[..], HANDSHAKE_MAX_FRAME))
-            .unwrap_err();
         assert_eq!(
-            e.to_string(),
+            said(&((HANDSHAKE_MAX_FRAME + 1) as u32).to_le_bytes()),
             "frame of 4097 bytes exceeds the maximum of 4096 bytes"
         );
         // A TLS alert where a frame was expected.
-        let alert = [0x15u8, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46];
-        let e = rt()
-            .block_on(read_frame(&mut &alert[..], HANDSHAKE_MAX_FRAME))
-            .unwrap_err();
-        assert!(e.to_string().ends_with(": the peer speaks TLS (a TLS record), and this side does not: give both sides TLS, or neither"), "{e}");
+        let e = said(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]);
+        assert!(e.ends_with(": the peer speaks TLS (a TLS record), and this side does not: give both sides TLS, or neither"), "{e}");
     }
 
     #[test]
