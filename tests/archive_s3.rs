@@ -422,6 +422,43 @@ fn a_foreign_archive_and_different_bytes_are_refused_and_left_untouched() {
     assert_eq!(objects(s, url), before, "the archive changed");
 }
 
+/// Another system's archive made under the archiver's recorded location (this one's was lost
+/// and the bucket reused) holds segments of the same names: retention must not take them for
+/// this system's and remove segments held nowhere else.
+#[test]
+fn retention_trusts_no_other_systems_archive_in_the_archivers_bucket() {
+    let Some(s) = server("foreign_retention") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    make_store(&a, 3, 9);
+    make_store(&b, 3, 9);
+    s.bucket("reused");
+    let url = "s3://reused";
+    assert_ok(&archive_once(s, &a, url, &[]), "archive a");
+    // This system's archive is lost; another system's takes its place in the same bucket.
+    let store = s.store(url);
+    rt().block_on(async {
+        for o in store.list().await.expect("list") {
+            assert!(store.delete(&o.name).await.expect("delete"), "{}", o.name);
+        }
+    });
+    assert_ok(&archive_once(s, &b, url, &[]), "archive b");
+    let kept = sealed_names(&a);
+    assert!(kept.len() > 2, "{kept:?}");
+    let end = records(&a).last().unwrap().1.to_string();
+    let out = s.walship(&["checkpoint", p(&a), "--lsn", &end]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("it is the archive of system")
+            && text(&out).contains("missing_from_archive"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sealed_names(&a), kept, "retention removed a segment");
+}
+
 #[test]
 fn sigkill_mid_upload_then_a_rerun_completes_and_nothing_partial_is_visible() {
     let Some(s) = server("sigkill_mid_upload") else {
