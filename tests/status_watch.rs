@@ -158,3 +158,85 @@ fn an_archiver_with_every_sealed_segment_is_behind_by_nothing() {
         .unwrap_or_else(|| panic!("an archiver line: {out}"));
     assert!(line.contains("behind by 0 B"), "{line}");
 }
+
+/// A standby's rate is measured between the times its slot was saved, not between refreshes:
+/// `serve` saves a slot at most once a second, and refreshes more often than that must not
+/// show no progress and then twice the true rate, in turn.
+#[test]
+fn a_standbys_rate_holds_steady_when_refreshes_come_faster_than_its_slot_is_saved() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use walship::consumers::{ConsumerKind, ConsumerRecord, ConsumerRegistry};
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("d");
+    init(&dir);
+    let reg = ConsumerRegistry::new(&walship::DataDir::new(&dir));
+    // One MiB flushed per second of the slot's own contact times, saved once a second.
+    let saved = |i: i64| ConsumerRecord {
+        applied_lsn: Some(walship::Lsn(i as u64 * 1_048_576)),
+        last_contact_us: Some(walship::now_us()),
+        name: Some("s1".into()),
+        ..ConsumerRecord::new(
+            "slot-1",
+            ConsumerKind::Standby,
+            walship::Lsn(i as u64 * 1_048_576),
+        )
+    };
+    reg.save(&saved(0)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let saver = {
+        let (reg, stop) = (reg.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut i = 1i64;
+            while !stop.load(Ordering::Relaxed) {
+                // Each save at a whole second of the test, so contact times are a second apart.
+                let due = std::time::Duration::from_secs(i as u64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                reg.save(&saved(i)).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let out = ok(&[
+        "status",
+        p(&dir),
+        "--watch",
+        "--interval",
+        "300ms",
+        "--count",
+        "14",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    saver.join().unwrap();
+    // The rate is the line's last column: "-", or a figure and a unit per second.
+    let rates: Vec<Option<f64>> = blocks(&out)
+        .iter()
+        .filter_map(|b| b.iter().find(|l| l.starts_with("s1 ")))
+        .map(|l| {
+            let mut last = l.split_whitespace().rev();
+            let (unit, figure) = (last.next().unwrap(), last.next().unwrap());
+            let scale = match unit {
+                "-" => return None,
+                "B/s" => 1.0,
+                "KiB/s" => 1024.0,
+                "MiB/s" => 1_048_576.0,
+                _ => panic!("no rate at the end of {l:?}"),
+            };
+            Some(figure.parse::<f64>().unwrap() * scale / 1_048_576.0)
+        })
+        .collect();
+    assert_eq!(rates.len(), 14, "{out}");
+    // Once two saves have been seen, every refresh shows about one MiB a second (the contact
+    // times are the saver's clock readings, a few milliseconds off whole seconds).
+    let shown: Vec<f64> = rates.iter().flatten().copied().collect();
+    assert!(shown.len() >= 6, "{rates:?}");
+    assert!(
+        shown.iter().all(|mib| (0.9..=1.1).contains(mib)),
+        "{rates:?}"
+    );
+    // And none is shown before a second save was read.
+    assert!(rates[0].is_none(), "{rates:?}");
+}

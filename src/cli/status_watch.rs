@@ -21,28 +21,65 @@ const REDRAW: &str = "\x1b[H\x1b[2J";
 struct Previous {
     at: Option<Instant>,
     flush: u64,
-    /// Each standby's flushed position and the archiver's position, by id.
-    consumers: HashMap<String, u64>,
+    /// The archivers' positions, by id.
+    archivers: HashMap<String, u64>,
+    /// What each standby's slot said, by id.
+    standbys: HashMap<String, StandbySeen>,
+}
+
+/// A standby's slot as one refresh read it, and the rate shown for it.
+#[derive(Clone, Copy)]
+struct StandbySeen {
+    flushed: u64,
+    contact_us: Option<i64>,
+    rate: Option<f64>,
 }
 
 impl Previous {
-    fn of(s: &DirStatus, at: Instant) -> Previous {
-        let standbys = s
-            .standbys
-            .iter()
-            .map(|sb| (sb.id.clone(), sb.flushed_lsn.0));
+    fn of(s: &DirStatus, at: Instant, standbys: HashMap<String, StandbySeen>) -> Previous {
         let archivers = s
             .retention
             .consumers
             .iter()
             .filter(|c| c.kind == ConsumerKind::Archiver)
-            .map(|c| (c.id.clone(), c.position.0));
+            .map(|c| (c.id.clone(), c.position.0))
+            .collect();
         Previous {
             at: Some(at),
             flush: s.flush_lsn.0,
-            consumers: standbys.chain(archivers).collect(),
+            archivers,
+            standbys,
         }
     }
+}
+
+/// Each standby's flushing rate, measured between the times its slot was saved: `serve` saves
+/// a slot at most once a second, so refreshes more often than that would otherwise see no
+/// progress, then two saves' worth, in turn. Between saves the last rate stands.
+fn standby_rates(s: &DirStatus, prev: &Previous) -> HashMap<String, StandbySeen> {
+    s.standbys
+        .iter()
+        .map(|sb| {
+            let before = prev.standbys.get(&sb.id);
+            let rate = match (before, sb.last_contact_us) {
+                (Some(b), Some(now)) => match b.contact_us {
+                    Some(then) if now > then => {
+                        let secs = (now - then) as f64 / 1e6;
+                        Some(sb.flushed_lsn.0.saturating_sub(b.flushed) as f64 / secs)
+                    }
+                    Some(then) if now == then => b.rate,
+                    _ => None,
+                },
+                _ => None,
+            };
+            let seen = StandbySeen {
+                flushed: sb.flushed_lsn.0,
+                contact_us: sb.last_contact_us,
+                rate,
+            };
+            (sb.id.clone(), seen)
+        })
+        .collect()
 }
 
 /// Refreshes every `interval` until interrupted, or `count` times.
@@ -53,9 +90,11 @@ pub fn watch(dir: &Path, interval: Duration, count: Option<u64>) -> CmdResult {
     loop {
         let s = status(dir)?;
         let now = Instant::now();
+        let standbys = standby_rates(&s, &prev);
         let lines = render(
             &s,
             &prev,
+            &standbys,
             now,
             &walship::status::format_time(walship::now_us()),
         );
@@ -74,7 +113,7 @@ pub fn watch(dir: &Path, interval: Duration, count: Option<u64>) -> CmdResult {
             return Ok(());
         }
         drop(out);
-        prev = Previous::of(&s, now);
+        prev = Previous::of(&s, now, standbys);
         shown += 1;
         if count.is_some_and(|c| shown >= c) {
             return Ok(());
@@ -86,9 +125,13 @@ pub fn watch(dir: &Path, interval: Duration, count: Option<u64>) -> CmdResult {
 /// Bytes per second between two positions, as a short human figure; "-" without a previous one.
 fn rate(prev: Option<u64>, now: u64, secs: Option<f64>) -> String {
     match (prev, secs) {
-        (Some(p), Some(t)) if t > 0.0 => human_bytes(now.saturating_sub(p) as f64 / t) + "/s",
-        _ => "-".to_string(),
+        (Some(p), Some(t)) if t > 0.0 => per_second(Some(now.saturating_sub(p) as f64 / t)),
+        _ => per_second(None),
     }
+}
+
+fn per_second(bytes: Option<f64>) -> String {
+    bytes.map_or("-".to_string(), |b| human_bytes(b) + "/s")
 }
 
 fn human_bytes(b: f64) -> String {
@@ -111,7 +154,13 @@ fn seconds(s: Option<f64>) -> String {
 }
 
 /// The view of one refresh, one line each.
-fn render(s: &DirStatus, prev: &Previous, now: Instant, time: &str) -> Vec<String> {
+fn render(
+    s: &DirStatus,
+    prev: &Previous,
+    standbys: &HashMap<String, StandbySeen>,
+    now: Instant,
+    time: &str,
+) -> Vec<String> {
     let secs = prev.at.map(|at| now.duration_since(at).as_secs_f64());
     let role = match s.role {
         Role::Primary => "primary",
@@ -157,7 +206,7 @@ fn render(s: &DirStatus, prev: &Previous, now: Instant, time: &str) -> Vec<Strin
             sb.applied_lsn.to_string(),
             human_bytes(sb.lag_bytes as f64),
             seconds(sb.lag_seconds),
-            rate(prev.consumers.get(&sb.id).copied(), sb.flushed_lsn.0, secs),
+            per_second(standbys.get(&sb.id).and_then(|seen| seen.rate)),
         ));
     }
     for c in s
@@ -172,7 +221,7 @@ fn render(s: &DirStatus, prev: &Previous, now: Instant, time: &str) -> Vec<Strin
             c.position,
             // Archives take sealed segments only: behind what is sealed, as the metric says.
             human_bytes(s.sealed_lsn.0.saturating_sub(c.position.0) as f64),
-            rate(prev.consumers.get(&c.id).copied(), c.position.0, secs)
+            rate(prev.archivers.get(&c.id).copied(), c.position.0, secs)
         ));
     }
     let r = &s.retention;
