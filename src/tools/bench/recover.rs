@@ -45,9 +45,12 @@ pub fn run_recover(cfg: &BenchConfig) -> Result<BenchResult> {
         let batch: Vec<Entry<'_>> = (0..1024)
             .map(|_| Entry::new(EntryType::Insert, None, &payload))
             .collect();
-        let per_batch = (cfg.record_len() * batch.len()) as u64;
-        for _ in 0..cfg.store_size.div_ceil(per_batch).max(1) {
-            wal.append_batch(&batch)?;
+        // As many records as `--size` holds (at least one), in batches of up to 1,024.
+        let mut left = cfg.store_size.div_ceil(cfg.record_len() as u64).max(1);
+        while left > 0 {
+            let n = left.min(batch.len() as u64);
+            wal.append_batch(&batch[..n as usize])?;
+            left -= n;
         }
         wal.sync()?;
         // Dropped without sealing: recovery has an open segment to scan, as after a crash.
