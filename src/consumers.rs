@@ -210,6 +210,28 @@ impl ConsumerRegistry {
         Ok(out)
     }
 
+    /// Moves every standby's record, and its lost mark, into `setaside/` (never deleted): for a
+    /// directory that becomes a standby's, whose standbys were a former primary's and follow
+    /// another now. They would hold its WAL back, and show in its status, for good. A standby
+    /// that comes to follow this directory again gets a new record at its first contact, as
+    /// any does. Returns the ids moved.
+    pub fn set_aside_standbys(&self, dd: &DataDir) -> Result<Vec<String>> {
+        let mut moved = Vec::new();
+        for rec in self.list()? {
+            if rec.kind != ConsumerKind::Standby {
+                continue;
+            }
+            // The record first, as `remove` does: a mark left by a crash between is read by no one.
+            for path in [self.path(&rec.id)?, self.lost_path(&rec.id)?] {
+                if path.exists() {
+                    crate::setaside::move_aside(dd, &path)?;
+                }
+            }
+            moved.push(rec.id);
+        }
+        Ok(moved)
+    }
+
     /// Drops a consumer: it no longer holds WAL back, and its lost mark goes with it. Returns
     /// false when it was not registered.
     pub fn remove(&self, id: &str) -> Result<bool> {

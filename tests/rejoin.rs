@@ -47,6 +47,9 @@ fn switch_point(new: &Path) -> walship::Lsn {
 fn an_old_primary_with_nothing_past_the_switch_follows_the_new_one() {
     let t = tempfile::tempdir().expect("tempdir");
     let (old, new) = failed_over(t.path(), 0);
+    // The old primary's slot of the standby that is the new primary now.
+    let slots = standby_slots(&old);
+    assert_eq!(slots.len(), 1, "{slots:?}");
     write_records(&new, 1200, "c");
     let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
     let mut sb = common::standby(&old, &addr, &[], &t.path().join("standby-old.log"));
@@ -65,6 +68,25 @@ fn an_old_primary_with_nothing_past_the_switch_follows_the_new_one() {
     sb.kill();
     assert_eq!(payloads(&old), payloads(&new));
     assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
+    // Its former standby's slot holds nothing back here any more, and is kept aside.
+    assert_eq!(standby_slots(&old), Vec::<String>::new());
+    let aside = files(&old, "setaside");
+    assert!(
+        aside
+            .iter()
+            .any(|n| n.starts_with(&format!("{}.json.", slots[0]))),
+        "{aside:?}"
+    );
+}
+
+/// The ids of the standby slots `status` shows for a directory.
+fn standby_slots(dir: &Path) -> Vec<String> {
+    status(dir)["standbys"]
+        .as_array()
+        .expect("standbys")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect()
 }
 
 #[test]
@@ -225,6 +247,7 @@ fn rewound_then_follows(extra: usize, from: From, seal: bool) {
     assert!(sb.running(), "log:\n{}", sb.log());
     sb.kill();
     assert_eq!(payloads(&old), payloads(&new));
+    assert_eq!(standby_slots(&old), Vec::<String>::new());
 }
 
 #[test]
@@ -373,6 +396,8 @@ fn a_planned_switchover_loses_nothing_and_the_old_primary_follows_without_rewind
     );
     assert_eq!(payloads(&new), payloads(&old), "nothing lost");
 
+    let slots = standby_slots(&old);
+    assert_eq!(slots.len(), 1, "{slots:?}");
     // The old primary follows the new one without a rewind.
     let (_srv2, addr2) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
     let dry = rewind(&old, &addr2, &["--dry-run"]);
@@ -393,6 +418,15 @@ fn a_planned_switchover_loses_nothing_and_the_old_primary_follows_without_rewind
     sb.kill();
     assert_eq!(payloads(&old), payloads(&new));
     assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
+    // Its former standby's slot holds nothing back here any more, and is kept aside.
+    assert_eq!(standby_slots(&old), Vec::<String>::new());
+    let aside = files(&old, "setaside");
+    assert!(
+        aside
+            .iter()
+            .any(|n| n.starts_with(&format!("{}.json.", slots[0]))),
+        "{aside:?}"
+    );
 }
 
 #[test]

@@ -194,6 +194,13 @@ pub(super) fn adopt(shared: &Shared, jobs: &Jobs) -> Result<(), ReplError> {
     if removed {
         fsync_dir(&shared.dd.wal_dir())?;
     }
+    // Before the directory is recorded as a standby's, so that a crash between is finished by
+    // the next start's adoption.
+    let retired =
+        crate::consumers::ConsumerRegistry::new(&shared.dd).set_aside_standbys(&shared.dd)?;
+    if !retired.is_empty() {
+        tracing::info!(slots = ?retired, "set aside the former primary's standby slots: its standbys follow another primary now");
+    }
     let meta = StandbyMeta {
         standby_id: shared.id,
         primary: shared.config.primary.clone(),
