@@ -11,22 +11,27 @@
 //!    check the source is the same system, and that the directory's timeline is on the
 //!    source's path, left at a switch point; find the directory's end. Nothing past the switch
 //!    point: say so and change nothing;
-//! 2. store the source's history files in `wal/` (as a standby would at its first contact);
+//! 2. store the source's history files in `wal/` (as a standby would at its first contact),
+//!    each checked before any is stored; then lower the published durable position and, in a
+//!    standby's directory, the applied position to the switch point;
 //! 3. move every segment file numbered past the one holding the switch point into `setaside/`,
 //!    newest first;
 //! 4. the segment holding the switch point, when it holds records past it or is sealed here
 //!    (its records ending right at the switch point: on the source's path that segment is the
 //!    new timeline's, and the source's copy must take its place): copy it whole into
 //!    `setaside/`, then write its records up to the switch point as an open segment of the
-//!    same name (temporary name, fsync, rename, fsync `wal/`), and remove the sealed file if it
-//!    was sealed.
+//!    same name (in a standby's directory, which holds no open segment, as its copy of the
+//!    primary's open segment, `.wal.partial`) (temporary name, fsync, rename, fsync `wal/`),
+//!    and remove the sealed file if it was sealed.
 //!
 //! Set-aside files are named `<segment file name>.diverged-<switch LSN, 16 hex digits>`: the
-//! same name on a rerun, so a rerun never makes a second copy. The open segment left at the
-//! end is what a standby adopting the directory compares with the new primary's copy.
+//! same name on a rerun, so a rerun never makes a second copy. A later rewind to the same
+//! switch point (the directory written again after the first) adds `.2`, `.3`, ...: no
+//! set-aside file is ever replaced. The segment left at the end is what a standby adopting the
+//! directory compares with the new primary's copy, or what a standby continues.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
@@ -128,30 +133,38 @@ pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
                     && past(h))
         })
         .collect();
+    let standby = crate::replication::standby_state::meta_path(dd).exists();
     for h in &later {
         out.set_aside
-            .push(aside_dir.join(diverged_name(&h.name.to_string(), switch)));
+            .push(aside_name(&aside_dir, &h.name, switch, |_| false)?.0);
     }
     for h in &straddling {
+        let bytes = read_segment(dd, &h.name)?;
         out.set_aside
-            .push(aside_dir.join(diverged_name(&h.name.to_string(), switch)));
-        out.cut = Some(SegmentName::new(h.name.timeline, at, SegmentFileKind::Open));
+            .push(aside_name(&aside_dir, &h.name, switch, |b| b == bytes)?.0);
+        out.cut = Some(SegmentName::new(h.name.timeline, at, cut_kind(standby)));
     }
     if dry_run {
         return Ok(out);
     }
 
-    // The records past the switch point leave the log on purpose: the published durable
-    // position comes down to it first, so that recovery never takes them for lost ones.
-    crate::flush_position::lower_published(dd, switch)?;
-
-    // 2. The source's history files.
+    // 2. The source's history files, every one checked before any is stored: one this
+    // directory holds differently refuses the rewind with nothing changed.
     crate::fault!("rewind::history", e => Error::io("store the history files", e));
-    for (tl, bytes) in &source.files {
-        let path = dd.history_path(*tl);
-        let file = crate::history::decode_history(&path, bytes, *tl)?;
-        dd.write_history_file(&file)?;
+    let files = source
+        .files
+        .iter()
+        .map(|(tl, bytes)| crate::history::decode_history(&dd.history_path(*tl), bytes, *tl))
+        .collect::<Result<Vec<_>>>()?;
+    for file in &files {
+        dd.write_history_file(file)?;
     }
+
+    // The records past the switch point leave the log on purpose: the published durable
+    // position comes down to it first, so that recovery never takes them for lost ones, and a
+    // standby's applied position with it, so that it applies the new timeline's records there.
+    crate::flush_position::lower_published(dd, switch)?;
+    crate::replication::standby_state::lower_applied(dd, switch)?;
 
     // 3. Whole segments past the switch point, newest first.
     for h in &later {
@@ -161,7 +174,7 @@ pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
 
     // 4. The segment holding the switch point.
     for h in straddling {
-        cut_back(dd, &control, &h.name, switch)?;
+        cut_back(dd, &control, &h.name, switch, cut_kind(standby))?;
     }
     Ok(out)
 }
@@ -225,11 +238,60 @@ fn held_segments(dd: &DataDir, control: &ControlFile) -> Result<Vec<Held>> {
     Ok(out)
 }
 
+/// What the segment holding the switch point is cut back to: an open segment, or in a
+/// standby's directory (which holds sealed segments and copies of its primary's open one) a
+/// copy that the new primary's switch segment continues, as if it had been received up to the
+/// switch point.
+fn cut_kind(standby: bool) -> SegmentFileKind {
+    if standby {
+        SegmentFileKind::Partial
+    } else {
+        SegmentFileKind::Open
+    }
+}
+
+fn read_segment(dd: &DataDir, name: &SegmentName) -> Result<Vec<u8>> {
+    let path = dd.segment_path(name);
+    fs::read(&path).ctx(|| format!("read {}", path.display()))
+}
+
+/// The path in `setaside/` that a rewind to `switch` gives `name`'s file, and whether a file
+/// there already holds these bytes (`same`): a rerun after a crash finds its own copy. An
+/// earlier rewind to the same switch point may have set aside other bytes under the rewind
+/// name (the directory was written again after it): then `.2`, `.3`, ... follow it, so that
+/// no set-aside file is ever replaced.
+fn aside_name(
+    aside: &Path,
+    name: &SegmentName,
+    switch: Lsn,
+    same: impl Fn(&[u8]) -> bool,
+) -> Result<(PathBuf, bool)> {
+    let base = diverged_name(&name.to_string(), switch);
+    for n in 1u32..10_000 {
+        let path = if n == 1 {
+            aside.join(&base)
+        } else {
+            aside.join(format!("{base}.{n}"))
+        };
+        match fs::read(&path) {
+            Ok(held) if same(&held) => return Ok((path, true)),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((path, false)),
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        }
+    }
+    Err(Error::Other(format!(
+        "{} holds 10,000 files set aside as {base}: remove the ones you no longer need",
+        aside.display()
+    )))
+}
+
 /// Moves a segment file into `setaside/` under its rewind name, durably.
 fn move_aside_as(dd: &DataDir, name: &SegmentName, switch: Lsn) -> Result<PathBuf> {
     let aside = ensure_setaside(dd)?;
     let from = dd.segment_path(name);
-    let to = aside.join(diverged_name(&name.to_string(), switch));
+    // The directory's lock is held: no other process takes the name between.
+    let (to, _) = aside_name(&aside, name, switch, |_| false)?;
     fs::rename(&from, &to).ctx(|| format!("rename {} to {}", from.display(), to.display()))?;
     fsync_dir(&aside)?;
     fsync_dir(&dd.wal_dir())?;
@@ -246,11 +308,17 @@ fn ensure_setaside(dd: &DataDir) -> Result<PathBuf> {
 }
 
 /// Cuts the segment holding the switch point back to it: a whole copy set aside first, then
-/// its records up to the switch point as an open segment, then the sealed file (if it was
-/// one) removed.
-fn cut_back(dd: &DataDir, control: &ControlFile, name: &SegmentName, switch: Lsn) -> Result<()> {
+/// its records up to the switch point as a file of `kind` (open, or a standby's copy), then
+/// the sealed file (if it was one) removed.
+fn cut_back(
+    dd: &DataDir,
+    control: &ControlFile,
+    name: &SegmentName,
+    switch: Lsn,
+    kind: SegmentFileKind,
+) -> Result<()> {
     let path = dd.segment_path(name);
-    let buf = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
+    let buf = read_segment(dd, name)?;
     let Some((header, ends)) = crate::segment_check::record_ends(&buf, name, control) else {
         return Err(Error::Corrupt {
             file: path,
@@ -267,18 +335,18 @@ fn cut_back(dd: &DataDir, control: &ControlFile, name: &SegmentName, switch: Lsn
     }
     // The whole segment, as it was, kept.
     let aside = ensure_setaside(dd)?;
-    let copy = aside.join(diverged_name(&name.to_string(), switch));
-    if !copy.exists() {
+    let (copy, held) = aside_name(&aside, name, switch, |b| b == buf)?;
+    if !held {
         crate::fault!("rewind::copy", e => Error::io("set the diverged segment aside", e));
         crate::fsutil::write_atomic(&copy, &buf)?;
     }
-    // Its records up to the switch point, as an open segment.
+    // Its records up to the switch point.
     crate::fault!("rewind::cut", e => Error::io("cut the segment back", e));
-    let open = SegmentName::new(name.timeline, name.segment_no.0, SegmentFileKind::Open);
+    let cut = SegmentName::new(name.timeline, name.segment_no.0, kind);
     let mut bytes = vec![0u8; control.segment_size as usize];
     bytes[..at].copy_from_slice(&buf[..at]);
-    crate::fsutil::write_atomic(&dd.segment_path(&open), &bytes)?;
-    if name.kind != SegmentFileKind::Open {
+    crate::fsutil::write_atomic(&dd.segment_path(&cut), &bytes)?;
+    if name.kind != kind {
         crate::fault!("rewind::unseal", e => Error::io("remove the sealed segment", e));
         fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
         fsync_dir(&dd.wal_dir())?;

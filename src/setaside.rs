@@ -81,18 +81,19 @@ pub fn segment_name_of(file_name: &str) -> Option<crate::format::SegmentName> {
         return Some(n);
     }
     let mut base = file_name;
+    // Strip `.N` (a second file under a name already taken).
+    if let Some((b, n)) = base.rsplit_once('.') {
+        if !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) {
+            base = b;
+        }
+    }
     // A rewind's: `.diverged-` and the switch point in 16 hex digits.
     if let Some((b, lsn)) = base.rsplit_once(".diverged-") {
         if lsn.len() == 16 && lsn.bytes().all(|c| c.is_ascii_hexdigit()) {
             return crate::format::SegmentName::parse(b);
         }
     }
-    // Strip `.N` and then `.YYYYMMDDTHHMMSS.ffffffZ` (whose own dot splits it in two).
-    if let Some((b, n)) = base.rsplit_once('.') {
-        if !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) {
-            base = b;
-        }
-    }
+    // Then `.YYYYMMDDTHHMMSS.ffffffZ` (whose own dot splits it in two).
     let (b, frac) = base.rsplit_once('.')?;
     let (b, secs) = b.rsplit_once('.')?;
     let stamp_ok = frac.len() == 7
@@ -140,6 +141,10 @@ mod tests {
         );
         assert_eq!(
             segment_name_of(&format!("{seg}.diverged-000000000000FF90")),
+            Some(n)
+        );
+        assert_eq!(
+            segment_name_of(&format!("{seg}.diverged-000000000000FF90.2")),
             Some(n)
         );
         for bad in [

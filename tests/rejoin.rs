@@ -633,3 +633,156 @@ fn a_new_standby_follows_a_promoted_primary_from_the_old_timeline_on() {
     assert_eq!(ours.len(), theirs.len());
     assert!(ours == theirs, "the standby's records are the primary's");
 }
+
+/// A standby that received records its fellow standby never had, and the fellow promoted: the
+/// standby is refused as diverged, rewound, and then follows the new primary and applies its
+/// records. Its applied position comes down to the switch point with the rest (the new
+/// timeline's records past it are not yet applied), and what it cut back is its own kind of
+/// file (a copy of an open segment), not an open segment no standby may hold. Both shapes: the
+/// diverged records in the primary's open segment (the standby's copy of it), and sealed.
+#[test]
+fn a_standby_past_the_switch_point_is_rewound_then_follows_and_applies_the_new_timeline() {
+    for seal in [false, true] {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path();
+        let (primary, a, b) = (root.join("primary"), root.join("a"), root.join("b"));
+        init(&primary);
+        write_records(&primary, 1500, "p");
+        let (mut srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve.log"));
+        let flushed = |name: &str| {
+            let st = status(&primary);
+            let of = st["standbys"].as_array().and_then(|v| {
+                v.iter()
+                    .find(|x| x["name"].as_str() == Some(name))
+                    .and_then(|x| x["flushed_lsn"].as_u64())
+            });
+            of.is_some() && of == st["flush_lsn"].as_u64()
+        };
+        let mut sa = common::standby(&a, &addr, &["--name", "a"], &root.join("a.log"));
+        let mut sb = common::standby(&b, &addr, &["--name", "b"], &root.join("b.log"));
+        write_records(&primary, 20, "q");
+        wait_until("both standbys to flush everything", || {
+            flushed("a") && flushed("b")
+        });
+        sb.kill();
+        // Records only `a` receives: past where `b` will begin timeline 2.
+        write_records(&primary, 30, "x");
+        if seal {
+            common::seal(&primary);
+        }
+        wait_until("a to flush the records b never had", || flushed("a"));
+        sa.kill();
+        srv.kill();
+
+        let out = walship(&["promote", p(&b)]);
+        assert!(out.status.success(), "{}", common::text(&out));
+        let switch = switch_point(&b);
+        let (_srv_b, addr_b) = serve(&b, "127.0.0.1:0", &NET, &root.join("serve-b.log"));
+        let mut refused = common::standby(&a, &addr_b, &["--name", "a"], &root.join("a2.log"));
+        assert_eq!(refused.wait_exit(), 1, "{}", refused.log());
+
+        let out = rewind(&a, &addr_b, &[]);
+        assert!(out.status.success(), "seal {seal}: {}", common::text(&out));
+        let applied = status(&a)["applied_lsn"].as_u64().expect("applied_lsn");
+        assert!(
+            applied <= switch.0,
+            "seal {seal}: applied {applied} past {switch}"
+        );
+        assert!(
+            !files(&a, "wal").iter().any(|n| n.ends_with(".wal.open")),
+            "seal {seal}: a standby holds no open segment: {:?}",
+            files(&a, "wal")
+        );
+
+        write_records(&b, 300, "c");
+        common::seal(&b);
+        let mut sa = common::standby(&a, &addr_b, &["--name", "a"], &root.join("a3.log"));
+        common::wait_caught_up(&b, &a);
+        assert!(sa.running(), "seal {seal}: {}", sa.log());
+        sa.kill();
+        assert!(
+            payloads(&a) == payloads(&b),
+            "seal {seal}: a holds b's records"
+        );
+    }
+}
+
+/// A directory rewound, written again past the same switch point, and rewound again: the
+/// second rewind's diverged records are set aside beside the first's, under a name of their
+/// own, and the first copy is left as it was. No set-aside file is ever replaced.
+#[test]
+fn a_second_rewind_to_the_same_switch_point_keeps_both_diverged_copies() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 5);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let out = rewind(&old, &addr, &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let first = files(&old, "setaside");
+    let first_bytes: Vec<Vec<u8>> = first
+        .iter()
+        .map(|n| std::fs::read(old.join("setaside").join(n)).expect("read"))
+        .collect();
+    // Written again as a primary of timeline 1 (a mistake, but the records are acknowledged).
+    write_records(&old, 3, "again");
+    let dry = rewind(&old, &addr, &["--dry-run"]);
+    assert!(dry.status.success(), "{}", common::text(&dry));
+    let out = rewind(&old, &addr, &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let now = files(&old, "setaside");
+    assert_eq!(now.len(), first.len() + 1, "{now:?}");
+    for (n, bytes) in first.iter().zip(&first_bytes) {
+        assert_eq!(
+            &std::fs::read(old.join("setaside").join(n)).expect("read"),
+            bytes,
+            "{n} was replaced"
+        );
+    }
+    let second = now.iter().find(|n| !first.contains(n)).expect("a new file");
+    assert!(second.ends_with(".2"), "{second}");
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains(second.as_str()),
+        "the dry run names it: {}",
+        String::from_utf8_lossy(&dry.stdout)
+    );
+    let d = walship(&["dump", p(&old.join("setaside").join(second))]);
+    assert!(d.status.success(), "{}", common::text(&d));
+    for i in 0..3 {
+        let want = format!("again-{i:08}-payload");
+        assert!(
+            String::from_utf8_lossy(&d.stdout).contains(&want),
+            "{want} kept"
+        );
+    }
+}
+
+/// A rewind refused because this directory holds a different history of one of the source's
+/// timelines changes nothing: not the published durable position either.
+#[test]
+fn a_rewind_refused_for_a_different_history_changes_nothing() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (t.path().join("old"), t.path().join("new"));
+    common::streamed_then_stopped(&old, &new, t.path(), "old");
+    write_records(&old, 5, "x");
+    // Another promotion of a copy of the same standby: a timeline 2 of its own.
+    let other = t.path().join("other");
+    common::copy_tree(&new, &other);
+    for (dir, reason) in [(&new, "failover"), (&other, "another failover")] {
+        let out = walship(&["promote", p(dir), "--reason", reason]);
+        assert!(out.status.success(), "{}", common::text(&out));
+    }
+    std::fs::copy(
+        other.join("wal/00000002.history"),
+        old.join("wal/00000002.history"),
+    )
+    .expect("copy the history");
+    let before = common::files_under(&old);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let out = rewind(&old, &addr, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("different history for timeline 2"),
+        "{}",
+        common::text(&out)
+    );
+    assert!(common::files_under(&old) == before, "the directory changed");
+}

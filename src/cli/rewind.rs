@@ -20,8 +20,8 @@ left at a switch point, and which holds records past it. rewind takes the new pr
 from the new primary (--source HOST:PORT, a running `walship serve`) or from its archive (--source \
 DIR, file:///PATH or s3://BUCKET/PREFIX: the newest timeline the archive holds), moves every segment past the switch point into \
 setaside/ (as NAME.diverged-LSN, never deleted; `walship status` lists them), copies the segment \
-holding the switch point there whole and cuts it back to the switch point as an open segment. \
-Afterwards `walship standby DATA_DIR --primary ADDR` follows the new primary. Refused while a \
+holding the switch point there whole and cuts it back to the switch point as an open segment \
+(a standby's: as its copy of the open segment, its applied position lowered with it). Afterwards `walship standby DATA_DIR --primary ADDR` follows the new primary. Refused while a \
 process holds the directory's lock. A directory with nothing past the switch point is left as it \
 is. Killed at any point, running it again reaches the same result.\n\nExample:\n  walship rewind \
 /var/lib/app/data --source db2.example:5433"

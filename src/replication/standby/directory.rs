@@ -106,6 +106,22 @@ pub fn write_applied(dd: &DataDir, applied_lsn: Lsn) -> Result<()> {
     )
 }
 
+/// Lowers the applied position to `to` when it is past it: for a directory cut back on purpose
+/// (rewind), whose records past `to` are set aside and whose new records from there on are
+/// still to be applied. Durable on return.
+pub fn lower_applied(dd: &DataDir, to: Lsn) -> Result<()> {
+    if read_applied(dd)? > to {
+        write_json(
+            &applied_path(dd),
+            &AppliedState {
+                applied_lsn: to,
+                updated_us: crate::now_us(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, Default)]
 pub(super) struct Created {
     /// The directories this process made, innermost (the data directory) first.
