@@ -733,6 +733,12 @@ mod replication {
                 standby_fault_case(point, word, when);
             }
         }
+        // The copy's new name made durable before its first records count as flushed.
+        standby_fault_case(
+            "standby::create_dir_fsync",
+            "fsync directory",
+            When::FirstBatch,
+        );
     }
 
     fn standby_fault_case(point: &str, word: &str, when: When) {

@@ -213,6 +213,10 @@ impl PartialCopy {
             .truncate(true)
             .open(&path)
             .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        // The new name durable before any of its records is counted as flushed: a power loss
+        // must not take the whole copy away after the primary heard it was synced.
+        crate::fault!("standby::create_dir_fsync", e => Error::io(format!("fsync directory {}", dd.wal_dir().display()), e));
+        crate::fsutil::fsync_dir(&dd.wal_dir())?;
         Ok(PartialCopy {
             name,
             path,
