@@ -563,3 +563,84 @@ async fn library_degrades_after_the_timeout_with_an_event_and_returns() {
     standby.stop(Duration::from_secs(5)).await.unwrap();
     shipper.stop(Duration::from_secs(5)).await;
 }
+
+/// A connection that ends before its first Status (a `rewind` asking for history files under
+/// a standby's name, a first contact cut short) leaves no standby behind that the policy takes
+/// for connected: with the named standby killed, commits go to the next one in priority.
+#[test]
+fn a_connection_that_ends_before_reporting_leaves_no_connected_ghost() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let dir = root.join("p");
+    init(&dir);
+    let (_srv, addr) = serve(
+        &dir,
+        "127.0.0.1:0",
+        &["--sync", "FIRST 1 (a, b)", "--sync-level", "remote_flush"],
+        &root.join("serve.log"),
+    );
+    let mut a = standby_named(&root.join("a"), &addr, "a", &root.join("a.log"));
+    let mut b = standby_named(&root.join("b"), &addr, "b", &root.join("b.log"));
+    let one = commit(&dir, "one", Duration::from_secs(60), &root.join("w1.log"));
+    assert_eq!(one.map(|(c, _)| c), Some(0), "the first commit");
+    // A rewind of some copy of the primary, under the name `a`: it connects, takes the history
+    // files and closes before any Status (it is then refused: the copy is on the same timeline).
+    let copy = root.join("copy");
+    common::copy_tree(&dir, &copy);
+    let _ = walship(&[
+        "rewind",
+        p(&copy),
+        "--source",
+        &addr,
+        "--name",
+        "a",
+        "--dry-run",
+    ]);
+    a.kill();
+    let two = commit(&dir, "two", Duration::from_secs(30), &root.join("w2.log"));
+    assert_eq!(
+        two.map(|(c, _)| c),
+        Some(0),
+        "the next commit goes to b, caught up and connected"
+    );
+    assert!(b.running(), "{}", b.log());
+    b.kill();
+}
+
+/// Two connections under one standby id (two standbys started from copies of one directory):
+/// the later takes the earlier's place, and the end of the earlier never marks the live one
+/// disconnected. Killing one copy leaves commits going to the other.
+#[test]
+fn a_second_connection_of_one_standby_takes_the_firsts_place() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let dir = root.join("p");
+    init(&dir);
+    let (srv, addr) = serve(
+        &dir,
+        "127.0.0.1:0",
+        &["--sync", "FIRST 1 (a)", "--sync-level", "remote_flush"],
+        &root.join("serve.log"),
+    );
+    let (sa, sc) = (root.join("sa"), root.join("sc"));
+    let mut a = standby_named(&sa, &addr, "a", &root.join("a.log"));
+    let one = commit(&dir, "one", Duration::from_secs(60), &root.join("w1.log"));
+    assert_eq!(one.map(|(c, _)| c), Some(0), "the first commit");
+    a.kill();
+    common::copy_tree(&sa, &sc);
+    let mut a = standby_named(&sa, &addr, "a", &root.join("a2.log"));
+    let mut c = standby_named(&sc, &addr, "a", &root.join("c.log"));
+    wait_until("the second connection to take the first's place", || {
+        srv.log()
+            .contains("connected again while its older connection was open")
+    });
+    c.kill();
+    let two = commit(&dir, "two", Duration::from_secs(60), &root.join("w2.log"));
+    assert_eq!(
+        two.map(|(c, _)| c),
+        Some(0),
+        "the copy left takes the commits"
+    );
+    assert!(a.running(), "{}", a.log());
+    a.kill();
+}

@@ -81,11 +81,13 @@ struct Live {
     cut: Arc<Cut>,
 }
 
-/// Ends one session: `revoked` says why it was cut.
+/// Ends one session: `revoked` and `superseded` say why it was cut.
 #[derive(Debug)]
 pub(super) struct Cut {
     pub(super) tx: watch::Sender<bool>,
     pub(super) revoked: AtomicBool,
+    /// A later connection of the same standby id took this one's place.
+    pub(super) superseded: AtomicBool,
 }
 
 /// The named sessions of a shipper.
@@ -93,6 +95,8 @@ pub(super) struct Cut {
 pub(super) struct Sessions {
     next: AtomicU64,
     live: Mutex<HashMap<u64, Live>>,
+    /// The one connection that speaks for each standby id: its key and its cut.
+    by_id: Mutex<HashMap<String, (u64, Arc<Cut>)>>,
 }
 
 /// A session's registration, removed when dropped.
@@ -105,6 +109,33 @@ pub(super) struct Registered<'a> {
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         crate::sync::lock(&self.sessions.live).remove(&self.key);
+        let mut ids = crate::sync::lock(&self.sessions.by_id);
+        ids.retain(|_, (key, _)| *key != self.key);
+    }
+}
+
+impl Registered<'_> {
+    /// Makes this connection the one that speaks for standby `id`, and cuts the one that did
+    /// (returns true when there was one): a standby that reconnects before the primary noticed
+    /// its old connection was gone (a network that dropped it silently) must not have that
+    /// stale connection's end mark it disconnected, nor stay a candidate in the synchronous
+    /// policy through it.
+    pub(super) fn take_over(&self, id: &str) -> bool {
+        let mut ids = crate::sync::lock(&self.sessions.by_id);
+        let old = ids.insert(id.to_string(), (self.key, self.cut.clone()));
+        match old {
+            Some((key, cut)) if key != self.key => {
+                cut.superseded.store(true, Ordering::Release);
+                let _ = cut.tx.send(true);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// True once a later connection of the same standby took this one's place.
+    pub(super) fn superseded(&self) -> bool {
+        self.cut.superseded.load(Ordering::Acquire)
     }
 }
 
@@ -121,6 +152,7 @@ impl Sessions {
         let cut = Arc::new(Cut {
             tx,
             revoked: AtomicBool::new(false),
+            superseded: AtomicBool::new(false),
         });
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         if let Some(n) = name {

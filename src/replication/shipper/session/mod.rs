@@ -54,13 +54,16 @@ pub(super) async fn connection(
 ) {
     tracing::info!(peer = %addr, "standby connected");
     let mut id = None;
-    let mut status_seen = false;
-    let result = serve_standby(&shared, stream, addr, shutdown, &mut id, &mut status_seen).await;
+    let mut ended = Ended::default();
+    let result = serve_standby(&shared, stream, addr, shutdown, &mut id, &mut ended).await;
     let reason = match &result {
         Ok(()) => "shutting down".to_string(),
         Err(e) => e.to_string(),
     };
     match &result {
+        Ok(()) if ended.superseded => {
+            tracing::info!(peer = %addr, standby = id.as_deref().unwrap_or("-"), "standby's older connection closed: it connected again")
+        }
         Ok(()) => {
             tracing::info!(peer = %addr, standby = id.as_deref().unwrap_or("-"), "standby disconnected: shipper shutting down")
         }
@@ -72,14 +75,17 @@ pub(super) async fn connection(
             tracing::warn!(peer = %addr, standby = id.as_deref().unwrap_or("-"), reason = %e, "standby connection closed")
         }
     }
-    // A slot starts at the standby's first Status (a handshake alone makes none).
-    if let Some(id) = id.as_ref().filter(|_| status_seen) {
+    // The standby is disconnected when the connection that speaks for it ends, whether it
+    // reported or not (a rewind's, a first contact cut short); one that a later connection
+    // took the place of leaves it to that one.
+    if let Some(id) = id.as_ref().filter(|_| !ended.superseded) {
         let info = shared.update(id, |s| {
             s.connected = false;
             s.clone()
         });
         super::sync_state::refresh(&shared);
-        if let Some(info) = info {
+        // A slot starts at the standby's first Status (a handshake alone makes none).
+        if let Some(info) = info.filter(|_| ended.status_seen) {
             save_slot(&shared.registry, &info).await;
         }
     }
@@ -90,13 +96,22 @@ pub(super) async fn connection(
     });
 }
 
+/// How a connection ended, as its end is recorded.
+#[derive(Default)]
+struct Ended {
+    /// A Status arrived on it (the standby's slot exists).
+    status_seen: bool,
+    /// A later connection of the same standby took its place.
+    superseded: bool,
+}
+
 async fn serve_standby(
     shared: &Arc<Shared>,
     tcp: TcpStream,
     addr: SocketAddr,
     shutdown: watch::Receiver<bool>,
     id_out: &mut Option<String>,
-    status_seen: &mut bool,
+    ended: &mut Ended,
 ) -> Result<(), ReplError> {
     let cfg = &shared.config;
     let (max, t, hs) = (cfg.max_frame, cfg.peer_timeout, cfg.handshake_timeout);
@@ -176,6 +191,9 @@ async fn serve_standby(
     )
     .await?;
     *id_out = Some(standby_id.clone());
+    if registered.take_over(&standby_id) {
+        tracing::warn!(peer = %addr, standby = %standby_id, name = %name, "the standby connected again while its older connection was open: the older one is closed (two standbys started from copies of one directory would take turns like this: give each its own directory)");
+    }
     register(shared, &standby_id, &name, addr, flushed, applied);
     tracing::info!(peer = %addr, standby = %standby_id, name = %name, authenticated = by_identity, tls = stream.is_tls(), flushed = %flushed, applied = %applied, "standby identified");
     shared.emit(ShipperEvent::Connected {
@@ -216,7 +234,8 @@ async fn serve_standby(
             &mut shutdown,
         )
         .await;
-    *status_seen = conn.status_seen;
+    ended.status_seen = conn.status_seen;
+    ended.superseded = registered.superseded();
     // The last save of the slot (by the caller) comes after any save still in flight.
     conn.saves_settled().await;
     reader.abort();
@@ -236,12 +255,12 @@ async fn serve_standby(
         .await);
     }
     if result.is_ok() {
-        let _ = refuse(
-            &mut wr,
-            ErrorCode::ShuttingDown,
-            "the primary is shutting down".into(),
-        )
-        .await;
+        let why = if ended.superseded {
+            "another connection of this standby took this one's place"
+        } else {
+            "the primary is shutting down"
+        };
+        let _ = refuse(&mut wr, ErrorCode::ShuttingDown, why.into()).await;
     }
     result
 }
