@@ -30,7 +30,7 @@ use std::io::Write;
 
 use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
-use crate::format::history::HistoryFile;
+use crate::format::history::{HistoryFile, MAX_REASON_LEN};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{ControlFile, SegmentFileKind, SegmentName, SegmentNo};
 use crate::fsutil::{fsync_dir, write_atomic};
@@ -54,8 +54,51 @@ const PROMOTED_META: &str = "standby.json.promoted";
 /// Present while a promotion is under way: the timeline it makes.
 const INTENT: &str = "promotion";
 
+/// Clears the intent of a promotion that never began its history file (refused, or killed
+/// right after recording its intent), for a standby that goes on following its primary: the
+/// intent would otherwise make a later promotion take a timeline this standby may receive from
+/// another promoted standby for one of its own. An intent whose history file exists is a
+/// promotion under way: refused, to be finished by `walship promote`.
+pub fn clear_abandoned_intent(dd: &DataDir) -> Result<()> {
+    let intent = dd.state_dir().join(INTENT);
+    let text = match fs::read_to_string(&intent) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("read {}", intent.display()), e)),
+    };
+    let target = text
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| Error::CorruptState {
+            path: intent.clone(),
+            what: "promotion intent",
+            reason: format!("{text:?} is not a timeline number"),
+        })?;
+    let control = dd.read_control()?;
+    if target <= control.timeline || dd.history_path(target).exists() {
+        return Err(Error::Refused(format!(
+            "a promotion of {} to timeline {target} is under way ({}): finish it with `walship promote {}`",
+            dd.root().display(),
+            intent.display(),
+            dd.root().display()
+        )));
+    }
+    fs::remove_file(&intent).ctx(|| format!("remove {}", intent.display()))?;
+    fsync_dir(&dd.state_dir())?;
+    tracing::info!(intent = %intent.display(), timeline = target, "cleared the intent of a promotion that never began: this directory goes on following its primary");
+    Ok(())
+}
+
 /// Promotes the standby directory `dd` to the next timeline (see the module's steps).
 pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
+    // Checked before anything is written: a promotion refused later than its intent would
+    // leave the intent behind.
+    if reason.len() > MAX_REASON_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "the reason is {} bytes, at most {MAX_REASON_LEN}: give a shorter --reason",
+            reason.len()
+        )));
+    }
     let _lock =
         dd.lock_or_refuse("stop `walship standby` (or the writer) on it, then promote again")?;
     let control = dd.read_control()?;

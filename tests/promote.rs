@@ -562,3 +562,70 @@ fn a_standby_holding_the_switch_segment_follows_the_promoted_one_onto_it() {
         }
     }
 }
+
+/// A promotion refused for its input writes nothing: no intent is left that a later promotion
+/// would take up.
+#[test]
+fn a_promotion_refused_for_its_reason_leaves_nothing_behind() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (sb, _) = killed_standby(t.path());
+    let before = common::files_under(&sb);
+    let long = "x".repeat(1100);
+    let out = walship(&["promote", p(&sb), "--reason", &long]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
+    assert!(
+        common::text(&out)
+            .contains("the reason is 1100 bytes, at most 1024: give a shorter --reason"),
+        "{}",
+        common::text(&out)
+    );
+    assert!(common::files_under(&sb) == before, "the directory changed");
+}
+
+/// The intent of a promotion killed before its history file was written: a standby started on
+/// the directory again clears it and follows its primary (a promotion taken up later would
+/// otherwise trust a timeline the standby received from elsewhere); one whose history file
+/// exists is a promotion under way, and the standby refuses to start, saying how to finish it.
+#[test]
+fn a_standby_clears_an_abandoned_promotion_and_refuses_one_under_way() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path();
+    let (primary, sb) = (root.join("primary"), root.join("standby"));
+    common::streamed_then_stopped(&primary, &sb, root, "p");
+    let intent = sb.join("state/promotion");
+    std::fs::write(&intent, "2\n").expect("write the intent");
+    let (_srv, addr) = serve(&primary, "127.0.0.1:0", &NET, &root.join("serve2.log"));
+    write_records(&primary, 10, "later");
+    common::seal(&primary);
+    let mut s = common::standby(&sb, &addr, &[], &root.join("s2.log"));
+    common::wait_caught_up(&primary, &sb);
+    s.kill();
+    assert!(!intent.exists(), "the abandoned intent is cleared");
+
+    // Under way: its history file written.
+    let copy = root.join("copy");
+    common::copy_tree(&sb, &copy);
+    let reference = root.join("reference");
+    common::copy_tree(&sb, &reference);
+    // A wait longer than the clock can count is no limit, not a crash.
+    let out = walship(&["promote", p(&reference), "--timeout", &u64::MAX.to_string()]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    std::fs::copy(
+        reference.join("wal/00000002.history"),
+        copy.join("wal/00000002.history"),
+    )
+    .expect("copy the history");
+    std::fs::write(copy.join("state/promotion"), "2\n").expect("write the intent");
+    let mut s = common::standby(&copy, &addr, &[], &root.join("s3.log"));
+    assert_eq!(s.wait_exit(), 1, "{}", s.log());
+    assert!(
+        s.log().contains("a promotion of")
+            && s.log().contains("to timeline 2 is under way")
+            && s.log().contains("walship promote"),
+        "{}",
+        s.log()
+    );
+    let out = walship(&["promote", p(&copy)]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(status(&copy)["timeline"].as_u64(), Some(2));
+}

@@ -37,11 +37,14 @@ pub struct PromoteArgs {
 
 pub fn run(args: PromoteArgs) -> CmdResult {
     let dd = DataDir::new(&args.data_dir);
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    // A timeout past what an Instant can hold is no deadline at all.
+    let deadline = Instant::now().checked_add(Duration::from_secs(args.timeout));
     let mut asked = None;
     let done = loop {
         match promote(&dd, &args.reason) {
-            Err(Error::Refused(msg)) if Instant::now() < deadline && dd.lock().is_err() => {
+            Err(Error::Refused(msg))
+                if deadline.is_none_or(|d| Instant::now() < d) && dd.lock().is_err() =>
+            {
                 // A standby running on it is asked once to finish, and waited for; any other
                 // process holding it, only with --wait.
                 if asked.is_none() {

@@ -227,6 +227,7 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
         });
     }
     let control = dd.read_control()?;
+    crate::promote::clear_abandoned_intent(&dd)?;
     let Some(meta) = meta else {
         // A directory of some system: it may follow a primary of the same system once the
         // primary accepts its history. Nothing is written until then.
