@@ -800,3 +800,54 @@ mod crash_states {
         }
     }
 }
+
+/// Damage only recovery's plan finds at the end of the log: a segment that lost its seal
+/// marker, followed by a newer open segment (or one renamed to a prepared name) holding a
+/// record appended after the older one's marker was durable. `dump` names it as `verify` and
+/// `write` do, instead of ending the log early and exiting 0.
+#[test]
+fn a_lost_seal_marker_proven_by_a_newer_segment_is_damage_for_every_command() {
+    for shape in [
+        "newer open segment",
+        "newer segment renamed to a prepared name",
+    ] {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("d");
+        let d = dir.to_str().expect("utf8");
+        let out = common::run(&["init", d, "--segment-size", "64KiB"], b"");
+        assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+        for rec in ["s0", "s1"] {
+            assert_eq!(
+                common::code(&common::run(&["write", d, "--durable"], rec.as_bytes())),
+                0
+            );
+            assert_eq!(common::code(&common::run(&["seal", d], b"")), 0);
+        }
+        // Two writes: the second record says the log was durable up to the first.
+        for rec in ["a2", "b2"] {
+            assert_eq!(
+                common::code(&common::run(&["write", d, "--durable"], rec.as_bytes())),
+                0
+            );
+        }
+        let wal = dir.join("wal");
+        let sealed = wal.join("000000010000000000000001.wal");
+        let mut b = std::fs::read(&sealed).expect("read");
+        let n = b.len();
+        b[n - SEAL_LEN..].fill(0);
+        b.resize(64 * 1024, 0);
+        std::fs::write(wal.join("000000010000000000000001.wal.open"), b).expect("write");
+        std::fs::remove_file(&sealed).expect("rm");
+        std::fs::remove_file(dir.join("state/flush_position")).expect("rm");
+        if shape.contains("prepared") {
+            std::fs::rename(
+                wal.join("000000010000000000000002.wal.open"),
+                wal.join("000000010000000000000002.wal.prep"),
+            )
+            .expect("rename");
+        }
+        let before = common::files_under(&dir);
+        damage_named_alike(shape, &dir);
+        assert!(common::files_under(&dir) == before, "{shape}: changed");
+    }
+}

@@ -103,6 +103,8 @@ pub struct WalReader {
     last_end: Lsn,
     /// A standby's directory: its copy of the primary's open segment is read as its open one.
     standby: bool,
+    /// Recovery's plan was consulted at the end of the log (see `published.rs`).
+    planned: bool,
 }
 
 impl WalReader {
@@ -117,6 +119,7 @@ impl WalReader {
             .is_some_and(|dd| crate::replication::standby::directory::meta_path(&dd).exists());
         Ok(WalReader {
             standby,
+            planned: false,
             source,
             identity,
             prev_seal: None,

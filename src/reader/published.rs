@@ -39,7 +39,7 @@ impl WalReader {
         };
         let Some(reason) = crate::flush_position::lost_acknowledged(published, self.last_end, next)
         else {
-            return Ok(false);
+            return self.planned_damage(&dd);
         };
         let more = match self.cur.is_some() {
             true => self.refresh_open(0)?,
@@ -54,6 +54,36 @@ impl WalReader {
             lsn: self.last_end,
             reason,
         })
+    }
+}
+
+impl WalReader {
+    /// The rest of recovery's judgement of where the log ends (a newer open segment whose
+    /// records prove an older one's seal marker was durable, a prepared file of any number
+    /// that had been the open segment): what `write` refuses, a reader refuses alike. Judged
+    /// once per reader (a follower does not plan again at every poll), and not in a standby's
+    /// directory, which recovery judges by other rules. Damage that a running writer's next
+    /// records resolve is not reported: the log is read again first.
+    fn planned_damage(&mut self, dd: &DataDir) -> Result<bool> {
+        if self.standby || self.planned {
+            return Ok(false);
+        }
+        self.planned = true;
+        let control = dd.read_control()?;
+        match crate::recovery::plan_only(dd, &control) {
+            Err(e @ Error::Corrupt { .. }) => {
+                let more = match self.cur.is_some() {
+                    true => self.refresh_open(0)?,
+                    false => self.load_next()?,
+                };
+                if more {
+                    self.planned = false;
+                    return Ok(true);
+                }
+                Err(e)
+            }
+            _ => Ok(false),
+        }
     }
 }
 
