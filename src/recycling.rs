@@ -93,6 +93,14 @@ pub fn reuse(from: &Path, to: PathBuf, size: u64) -> Result<PreparedSegment> {
             from.display()
         )));
     }
+    // The pool name durable before the header is cleared: retention renames released segments
+    // into the pool and syncs `wal/` afterwards, maybe in another process and not yet. Were the
+    // rename undone by a power loss after the header was cleared, a sealed name would hold a
+    // file recovery cannot read.
+    if let Some(parent) = from.parent() {
+        crate::fault!("recycle::pool_dir_fsync", e => Error::io(format!("fsync directory {}", parent.display()), e));
+        crate::fsutil::fsync_dir(parent)?;
+    }
     reserve_blocks(&file, from, size)?;
     crate::fault!("recycle::header", e => Error::io(format!("clear the header of {}", from.display()), e));
     file.write_all_at(&[0u8; SEGMENT_HEADER_LEN], 0)

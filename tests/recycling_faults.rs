@@ -15,6 +15,7 @@ use common::recycled::{append, check, payload, read_from};
 fn a_crash_at_each_step_of_a_recycled_files_first_use_loses_nothing() {
     for point in [
         "recycle::release",
+        "recycle::pool_dir_fsync",
         "recycle::header",
         "recycle::rename",
         "wal::activate::rename",
@@ -53,6 +54,26 @@ fn a_crash_at_each_step_of_a_recycled_files_first_use_loses_nothing() {
             }
         }
         fail::remove(point);
+        if point == "recycle::pool_dir_fsync" {
+            // Nothing of a pool file changes before its pool name is durable: none was reused,
+            // and every one still holds its sealed header.
+            assert_eq!(wal.stats().segments_recycled, 0, "a pool file was reused");
+            let below = ckpt.0 / common::SEG;
+            let mut seen = 0;
+            for e in std::fs::read_dir(dir.join("wal")).expect("list") {
+                let path = e.expect("entry").path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let no = name
+                    .get(8..24)
+                    .and_then(|h| u64::from_str_radix(h, 16).ok());
+                if name.ends_with(".wal.prep") && no.is_some_and(|n| n < below) {
+                    let head = std::fs::read(&path).expect("read");
+                    assert_eq!(&head[..8], b"WALSHIPS", "{name}: header cleared");
+                    seen += 1;
+                }
+            }
+            assert!(seen > 0, "no pool file to check");
+        }
         drop(wal); // the writer stops here, as if killed: nothing is finished on the way out
                    // The record whose wait failed was not acknowledged; it may still have been written.
         let got = read_from(&dir, ckpt);
