@@ -99,6 +99,8 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
             reason.len()
         )));
     }
+    // A path that is no data directory is refused before a lock file is left in it.
+    dd.read_control()?;
     let _lock =
         dd.lock_or_refuse("stop `walship standby` (or the writer) on it, then promote again")?;
     let control = dd.read_control()?;

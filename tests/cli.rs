@@ -1740,3 +1740,37 @@ fn a_sealed_segment_after_the_open_one_is_refused_by_every_command() {
         stderr(&o)
     );
 }
+
+/// A command refused on a path that is no data directory (empty, or holding files of its own)
+/// leaves it exactly as it was: no lock file behind.
+#[test]
+fn commands_refused_on_a_path_that_is_no_data_directory_leave_no_lock_file() {
+    let t = tempfile::tempdir().unwrap();
+    let commands: [&[&str]; 6] = [
+        &["promote"],
+        &["standby", "--primary", "127.0.0.1:1"],
+        &["seal"],
+        &["checkpoint", "--lsn", "0"],
+        &["rewind", "--source", "127.0.0.1:1"],
+        &["write"],
+    ];
+    for (i, cmd) in commands.iter().enumerate() {
+        for junk in [false, true] {
+            // An empty directory is where a standby begins: not refused.
+            if cmd[0] == "standby" && !junk {
+                continue;
+            }
+            let dir = t.path().join(format!("d{i}-{junk}"));
+            std::fs::create_dir(&dir).unwrap();
+            if junk {
+                std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+            }
+            let before = common::names(&dir);
+            let mut args = vec![cmd[0], p(&dir)];
+            args.extend_from_slice(&cmd[1..]);
+            let out = common::run(&args, b"");
+            assert_ne!(code(&out), 0, "{args:?}: {}", stderr(&out));
+            assert_eq!(common::names(&dir), before, "{args:?} left files behind");
+        }
+    }
+}

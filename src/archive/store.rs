@@ -115,11 +115,21 @@ impl LocalDirStore {
     /// Uses an existing directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<LocalDirStore> {
         let root = absolute(root.into())?;
-        if !root.is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "{}: no such archive directory",
-                root.display()
-            )));
+        match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: is a {}, not an archive directory",
+                    root.display(),
+                    crate::fsutil::file_kind(&m.file_type())
+                )))
+            }
+            Err(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: no such archive directory",
+                    root.display()
+                )))
+            }
         }
         Ok(LocalDirStore {
             root: canonical(root)?,

@@ -115,7 +115,7 @@ impl Histories {
                 })
             };
             return identity(if timeline == ours {
-                format!("timeline {timeline} has two different histories (two promotions made it: split brain): the standby's history file has digest {}, this primary's {}; the standby must not follow this primary (rebuild it, or rewind it onto the right primary)", show(digest), show(self.digest(timeline)))
+                format!("timeline {timeline} has two different histories (two promotions made it: split brain): the standby's history file has digest {}, this primary's {}; the standby must not follow this primary (rebuild it: restore it from the right primary's archive, or start it again in an empty directory)", show(digest), show(self.digest(timeline)))
             } else {
                 format!("the standby's history of timeline {timeline} (digest {}) is not this primary's (digest {}): it belongs to another branch of this system", show(digest), show(self.digest(timeline)))
             });

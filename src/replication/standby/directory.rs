@@ -199,14 +199,27 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
         Ok(l) => l,
         Err(e) => {
             if !created.dirs.is_empty() {
-                let _ = std::fs::remove_file(dd.lock_path());
-                for d in &created.dirs {
-                    let _ = std::fs::remove_dir(d);
-                }
+                undo_made(&dd, &created);
             }
             return Err(e.into());
         }
     };
+    // Refused once locked (a directory that is no standby's, damaged, of another kind): what
+    // this process made is removed again, its lock file included.
+    open_locked(dd.clone(), lock, created.clone()).inspect_err(|_| undo_made(&dd, &created))
+}
+
+/// Removes the lock file and the directories this process made, when it made them.
+fn undo_made(dd: &DataDir, created: &Created) {
+    if created.lock_file {
+        let _ = std::fs::remove_file(dd.lock_path());
+    }
+    for d in &created.dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+fn open_locked(dd: DataDir, lock: DirLock, created: Created) -> Result<Opened, ReplError> {
     let meta = read_meta(&dd)?;
     if !dd.is_initialized() {
         // Absent or empty: it gets the primary's identity at first contact. Only what an
