@@ -51,11 +51,19 @@ pub(super) async fn admit(
         set.newest().is_none_or(|newest| n > newest + 1) && (durable == Lsn::ZERO || n > open_no)
     }) || flushed_lsn > durable;
     if ahead {
+        // A standby's directory serves its sealed segments only: a standby of the same primary
+        // holding more of the open segment is ahead of it until that segment is sealed.
+        let served_standby = crate::replication::standby_state::meta_path(&shared.dd).exists();
+        let why = if served_standby {
+            "this directory is itself a standby's, which serves its sealed segments only: a standby that received more of their primary's open segment cannot follow it until that segment is sealed here (or follow the primary itself)"
+        } else {
+            "it is ahead of this primary or diverged from it; it cannot follow this primary"
+        };
         return Err(refuse(
             stream,
             ErrorCode::Identity,
             format!(
-                "the standby holds WAL up to {} (segments before {}), past this primary's newest sealed segment{} (ending at {}) and its durable position {}: it is ahead of this primary or diverged from it; it cannot follow this primary",
+                "the standby holds WAL up to {} (segments before {}), past this primary's newest sealed segment{} (ending at {}) and its durable position {}: {why}",
                 flushed_lsn,
                 next_segment.map_or("-".to_string(), |n| format!("{n:X}")),
                 set.newest().map_or(" (none)".to_string(), |n| format!(" {n:X}")),
