@@ -801,6 +801,34 @@ mod crash_states {
     }
 }
 
+/// A data directory whose segment 1 lost its seal marker (renamed open, zero-filled to the
+/// segment size, no published position), followed by an open segment 2 holding two records,
+/// the second appended when the first was durable.
+fn lost_seal_marker(dir: &Path) {
+    let d = dir.to_str().expect("utf8");
+    let out = common::run(&["init", d, "--segment-size", "64KiB"], b"");
+    assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+    for rec in ["s0", "s1"] {
+        let out = common::run(&["write", d, "--durable"], rec.as_bytes());
+        assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+        assert_eq!(common::code(&common::run(&["seal", d], b"")), 0);
+    }
+    // Two writes: the second record says the log was durable up to the first.
+    for rec in ["a2", "b2"] {
+        let out = common::run(&["write", d, "--durable"], rec.as_bytes());
+        assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+    }
+    let wal = dir.join("wal");
+    let sealed = wal.join("000000010000000000000001.wal");
+    let mut b = std::fs::read(&sealed).expect("read");
+    let n = b.len();
+    b[n - SEAL_LEN..].fill(0);
+    b.resize(64 * 1024, 0);
+    std::fs::write(wal.join("000000010000000000000001.wal.open"), b).expect("write");
+    std::fs::remove_file(&sealed).expect("rm");
+    std::fs::remove_file(dir.join("state/flush_position")).expect("rm");
+}
+
 /// Damage only recovery's plan finds at the end of the log: a segment that lost its seal
 /// marker, followed by a newer open segment (or one renamed to a prepared name) holding a
 /// record appended after the older one's marker was durable. `dump` names it as `verify` and
@@ -813,33 +841,9 @@ fn a_lost_seal_marker_proven_by_a_newer_segment_is_damage_for_every_command() {
     ] {
         let t = tempfile::tempdir().expect("tempdir");
         let dir = t.path().join("d");
-        let d = dir.to_str().expect("utf8");
-        let out = common::run(&["init", d, "--segment-size", "64KiB"], b"");
-        assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
-        for rec in ["s0", "s1"] {
-            assert_eq!(
-                common::code(&common::run(&["write", d, "--durable"], rec.as_bytes())),
-                0
-            );
-            assert_eq!(common::code(&common::run(&["seal", d], b"")), 0);
-        }
-        // Two writes: the second record says the log was durable up to the first.
-        for rec in ["a2", "b2"] {
-            assert_eq!(
-                common::code(&common::run(&["write", d, "--durable"], rec.as_bytes())),
-                0
-            );
-        }
-        let wal = dir.join("wal");
-        let sealed = wal.join("000000010000000000000001.wal");
-        let mut b = std::fs::read(&sealed).expect("read");
-        let n = b.len();
-        b[n - SEAL_LEN..].fill(0);
-        b.resize(64 * 1024, 0);
-        std::fs::write(wal.join("000000010000000000000001.wal.open"), b).expect("write");
-        std::fs::remove_file(&sealed).expect("rm");
-        std::fs::remove_file(dir.join("state/flush_position")).expect("rm");
+        lost_seal_marker(&dir);
         if shape.contains("prepared") {
+            let wal = dir.join("wal");
             std::fs::rename(
                 wal.join("000000010000000000000002.wal.open"),
                 wal.join("000000010000000000000002.wal.prep"),
@@ -850,4 +854,38 @@ fn a_lost_seal_marker_proven_by_a_newer_segment_is_damage_for_every_command() {
         damage_named_alike(shape, &dir);
         assert!(common::files_under(&dir) == before, "{shape}: changed");
     }
+}
+
+/// The same, with the newer segment's only record appended before anything was durable: no
+/// damage, recovery cuts the log at the older segment and sets the newer aside. `verify`
+/// counts the log recovery keeps, not the records set aside.
+#[test]
+fn verify_counts_the_log_recovery_keeps_when_it_ends_before_newer_open_segments() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("d");
+    lost_seal_marker(&dir);
+    let newer = dir.join("wal/000000010000000000000002.wal.open");
+    let mut b = std::fs::read(&newer).expect("read");
+    // The second record goes: the first was appended with nothing durable in its segment.
+    let second = SEGMENT_HEADER_LEN + encoded_len(2);
+    b[second..second + encoded_len(2)].fill(0);
+    std::fs::write(&newer, b).expect("write");
+    let v = verify(&dir);
+    assert_eq!(common::code(&v), 0, "{}", common::stdout(&v));
+    let d = dir.to_str().expect("utf8");
+    let j: serde_json::Value =
+        serde_json::from_str(&common::stdout(&common::run(&["verify", d, "--json"], b"")))
+            .expect("json");
+    let dumped = common::stdout(&common::run(&["dump", d, "--json"], b""));
+    let records: Vec<serde_json::Value> = dumped
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .filter(|r: &serde_json::Value| r.get("lsn").is_some())
+        .collect();
+    assert_eq!(j["records"].as_u64(), Some(records.len() as u64), "{j}");
+    let end = records.last().expect("records")["end_lsn"].clone();
+    assert_eq!(j["end_lsn"], end, "{j}");
+    // And the writer, recovering, ends the log there too.
+    let out = write_one(&dir);
+    assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
 }

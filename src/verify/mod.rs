@@ -342,6 +342,9 @@ fn check_segments(
     mut next_read: impl FnMut() -> Option<(ReadResult, ReadBuf)>,
 ) -> Result<()> {
     let mut prev: Option<(SegmentName, Option<u32>)> = None;
+    // Where an open segment without its seal marker ended the log, newer open segments
+    // following it: recovery sets those aside, so their records are not the log's.
+    let mut log_ended = false;
     for (i, (name, path)) in files.iter().enumerate() {
         // Taken first, so that each file is paired with its own read whatever is skipped below.
         let Some((read_sum, bytes)) = next_read() else {
@@ -350,6 +353,12 @@ fn check_segments(
                 path.display()
             )));
         };
+        if log_ended && name.kind == SegmentFileKind::Open {
+            report.notes.push(format!(
+                "{name}: past the end of the log: recovery sets it aside; its records are not counted"
+            ));
+            continue;
+        }
         report.segments += 1;
         // Where this segment starts by its name, once the set's segment size is known: a
         // header too damaged to say, or a missing neighbour, is still located.
@@ -557,6 +566,7 @@ fn check_segments(
                         OpenTail::Clean => {}
                     }
                     if followed {
+                        log_ended = true;
                         report.notes.push(format!("{name}: ends at offset {off} (LSN {}) without a seal marker, yet newer open segments follow (a crash while sealing; recovery cuts the log here and sets the newer ones aside)", at));
                     }
                 }
