@@ -183,7 +183,8 @@ pub async fn restore<S: ArchiveStore>(
     // along one timeline's history (by default the newest; on it, the switch segment rather
     // than the old timeline's copy of it). A timeline the archive does not hold is refused
     // before anything is created.
-    let (path, histories) = super::history::history_chain_of(&*store, opts.timeline).await?;
+    let (path, histories) =
+        super::history::history_chain_of(&*store, opts.timeline, identity.system_id).await?;
     let to_clear = check_destination(dest, opts.force)?;
     let stage = staging_dir(dest)?;
     let plan = plan(&store, &identity, &path, &opts, stage.path(), &mut clock).await?;
