@@ -1628,3 +1628,86 @@ fn a_data_directory_given_as_the_archive_is_refused_and_left_as_it_was() {
         assert!(v.status.success(), "{}", text(&v));
     }
 }
+
+/// An archive inside a data directory goes with it when the directory is replaced or removed:
+/// the archiver refuses such a target, and restore refuses a destination holding its archive
+/// (or inside it), naming both paths, with nothing changed.
+#[test]
+fn an_archive_inside_a_data_directory_is_refused_and_restore_never_writes_over_its_archive() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("dw");
+    let all = make_store(&data, 2, 5);
+    let other = t.path().join("other");
+    make_store(&other, 1, 6);
+    let targets = [
+        (&data, data.join("state")),
+        (&data, data.join("state/arc")),
+        (&data, data.join("wal/x/y")),
+        (&other, other.join("state")),
+    ];
+    for (dir, target) in &targets {
+        let (was, other_was) = (common::files_under(&data), common::files_under(&other));
+        let out = archive_once(&data, target, &[]);
+        let said = text(&out);
+        assert_eq!(common::code(&out), 1, "{said}");
+        assert!(
+            said.contains(&format!(
+                "{} is inside the walship data directory {}",
+                target.display(),
+                dir.display()
+            )),
+            "{said}"
+        );
+        assert!(common::files_under(&data) == was, "{said}: dw changed");
+        assert!(
+            common::files_under(&other) == other_was,
+            "{said}: other changed"
+        );
+    }
+    assert!(!data.join("state/arc").exists() && !data.join("wal/x").exists());
+
+    // An archive that ended up inside a data directory anyway (moved there by hand).
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &[]).status.success());
+    let inside = data.join("state/arc");
+    common::copy_tree(&arc, &inside);
+    let was = common::files_under(&data);
+    let out = walship(&["restore", p(&inside), p(&data), "--force"]);
+    let said = text(&out);
+    assert_eq!(common::code(&out), 2, "{said}");
+    assert!(
+        said.contains(&format!(
+            "cannot restore the archive {} into {}: the archive is inside the destination",
+            inside.display(),
+            data.display()
+        )),
+        "{said}"
+    );
+    assert!(
+        common::files_under(&data) == was,
+        "restore changed {}",
+        data.display()
+    );
+    let v = walship(&["verify", p(&inside)]);
+    assert!(v.status.success(), "{}", text(&v));
+    // The archive itself, or a directory inside it, is no destination either.
+    let was = common::files_under(&arc);
+    for dest in [arc.clone(), arc.join("restored")] {
+        let out = walship(&["restore", p(&arc), p(&dest), "--force"]);
+        let said = text(&out);
+        assert_eq!(common::code(&out), 2, "{said}");
+        assert!(
+            said.contains(&format!("cannot restore the archive {}", arc.display())),
+            "{said}"
+        );
+        assert!(
+            common::files_under(&arc) == was,
+            "{said}: the archive changed"
+        );
+    }
+    // Apart from the archive, restore works as ever.
+    let dest = t.path().join("restored");
+    let out = walship(&["restore", p(&inside), p(&dest)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(records(&dest), all);
+}
