@@ -1711,3 +1711,81 @@ fn an_archive_inside_a_data_directory_is_refused_and_restore_never_writes_over_i
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(records(&dest), all);
 }
+
+/// Two archivers with different `--compress` racing on one archive: each segment ends up
+/// under one name only, and the archive restores every record.
+#[test]
+fn archivers_racing_with_different_compression_store_each_segment_once() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 40, 12);
+    let total = sealed_names(&data).len();
+    for round in 0..3 {
+        let arc = t.path().join(format!("arc{round}"));
+        let spawn = |extra: &[&str]| {
+            let mut args = vec!["archive", p(&data), "--to", p(&arc), "--once"];
+            args.extend_from_slice(extra);
+            Command::new(bin())
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (zst, raw) = (spawn(&["--compress", "zstd"]), spawn(&[]));
+        for child in [zst, raw] {
+            let out = child.wait_with_output().unwrap();
+            // A racer may fail to run (one removes the other's temporary files as it starts),
+            // never find damage.
+            assert_ne!(common::code(&out), 1, "round {round}: {}", text(&out));
+        }
+        // What a failed racer left out is pushed by the next run, which accepts the archive.
+        let out = archive_once(&data, &arc, &[]);
+        assert!(out.status.success(), "round {round}: {}", text(&out));
+        let objects = names(&arc);
+        for name in sealed_names(&data) {
+            let zst = format!("{name}.zst");
+            assert!(
+                objects.contains(&name) != objects.contains(&zst),
+                "round {round}: {name} must be stored under exactly one name: {objects:?}"
+            );
+        }
+        assert_eq!(check_final_names(&arc, &data), total, "round {round}");
+        assert_archive_complete(t.path(), &data, &arc, &format!("race{round}"));
+    }
+}
+
+/// An archive holding one segment under both names is damage a restore refuses: the archiver
+/// reports it naming both objects, and retention does not count the segment as archived.
+#[test]
+fn a_segment_stored_under_both_names_is_damage_to_the_archiver_and_retention() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 4, 13);
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &["--compress", "zstd"])
+        .status
+        .success());
+    let name = "000000010000000000000001.wal";
+    std::fs::copy(data.join("wal").join(name), arc.join(name)).unwrap();
+    let before = common::files_under(&arc);
+    let out = archive_once(&data, &arc, &[]);
+    let said = text(&out);
+    assert_eq!(common::code(&out), 1, "{said}");
+    assert!(
+        said.contains(&format!("stored twice, as {name} and {name}.zst")),
+        "{said}"
+    );
+    assert!(common::files_under(&arc) == before, "the archive changed");
+    let kept = sealed_names(&data);
+    let out = walship(&["checkpoint", p(&data), "--lsn", &all_end(&data).to_string()]);
+    let said = text(&out);
+    assert_eq!(common::code(&out), 1, "{said}");
+    assert!(
+        said.contains(&format!("{name} is not in the archive")) && said.contains("stored twice"),
+        "{said}"
+    );
+    let left = sealed_names(&data);
+    assert!(left.contains(&name.to_string()), "{left:?}");
+    assert_eq!(left, kept[1..], "only what comes before the duplicate goes");
+}
