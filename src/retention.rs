@@ -169,6 +169,12 @@ fn missing_from_archives(
         }
         let raw = root.join(object_name(seg.name, Compression::None));
         let zst = root.join(object_name(seg.name, Compression::Zstd));
+        // Under both names, the segment is damage a restore refuses: not held.
+        if raw.exists() && zst.exists() {
+            let why = twice(seg.name);
+            out.push(not_held(addr, &c.id, Some(&why)));
+            continue;
+        }
         let held = std::fs::metadata(&raw).is_ok_and(|m| m.is_file() && m.len() == seg.size)
             || std::fs::metadata(&zst).is_ok_and(|m| m.is_file() && m.len() > 0)
             // Pruned: the archive begins after it.
@@ -180,6 +186,16 @@ fn missing_from_archives(
         }
     }
     out
+}
+
+/// Why an archive holding `seg` under both names does not count as holding it.
+pub(crate) fn twice(seg: crate::format::SegmentName) -> String {
+    use crate::archive::{object_name, Compression};
+    format!(
+        "it is stored twice, as {} and {}, which a restore refuses",
+        object_name(seg, Compression::None),
+        object_name(seg, Compression::Zstd)
+    )
 }
 
 /// What keeps `seg`: the checkpoint, being the newest sealed segment, or consumers.

@@ -1628,3 +1628,164 @@ fn a_data_directory_given_as_the_archive_is_refused_and_left_as_it_was() {
         assert!(v.status.success(), "{}", text(&v));
     }
 }
+
+/// An archive inside a data directory goes with it when the directory is replaced or removed:
+/// the archiver refuses such a target, and restore refuses a destination holding its archive
+/// (or inside it), naming both paths, with nothing changed.
+#[test]
+fn an_archive_inside_a_data_directory_is_refused_and_restore_never_writes_over_its_archive() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("dw");
+    let all = make_store(&data, 2, 5);
+    let other = t.path().join("other");
+    make_store(&other, 1, 6);
+    let targets = [
+        (&data, data.join("state")),
+        (&data, data.join("state/arc")),
+        (&data, data.join("wal/x/y")),
+        (&other, other.join("state")),
+    ];
+    for (dir, target) in &targets {
+        let (was, other_was) = (common::files_under(&data), common::files_under(&other));
+        let out = archive_once(&data, target, &[]);
+        let said = text(&out);
+        assert_eq!(common::code(&out), 1, "{said}");
+        assert!(
+            said.contains(&format!(
+                "{} is inside the walship data directory {}",
+                target.display(),
+                dir.display()
+            )),
+            "{said}"
+        );
+        assert!(common::files_under(&data) == was, "{said}: dw changed");
+        assert!(
+            common::files_under(&other) == other_was,
+            "{said}: other changed"
+        );
+    }
+    assert!(!data.join("state/arc").exists() && !data.join("wal/x").exists());
+
+    // An archive that ended up inside a data directory anyway (moved there by hand).
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &[]).status.success());
+    let inside = data.join("state/arc");
+    common::copy_tree(&arc, &inside);
+    let was = common::files_under(&data);
+    let out = walship(&["restore", p(&inside), p(&data), "--force"]);
+    let said = text(&out);
+    assert_eq!(common::code(&out), 2, "{said}");
+    assert!(
+        said.contains(&format!(
+            "cannot restore the archive {} into {}: the archive is inside the destination",
+            inside.display(),
+            data.display()
+        )),
+        "{said}"
+    );
+    assert!(
+        common::files_under(&data) == was,
+        "restore changed {}",
+        data.display()
+    );
+    let v = walship(&["verify", p(&inside)]);
+    assert!(v.status.success(), "{}", text(&v));
+    // The archive itself, or a directory inside it, is no destination either.
+    let was = common::files_under(&arc);
+    for dest in [arc.clone(), arc.join("restored")] {
+        let out = walship(&["restore", p(&arc), p(&dest), "--force"]);
+        let said = text(&out);
+        assert_eq!(common::code(&out), 2, "{said}");
+        assert!(
+            said.contains(&format!("cannot restore the archive {}", arc.display())),
+            "{said}"
+        );
+        assert!(
+            common::files_under(&arc) == was,
+            "{said}: the archive changed"
+        );
+    }
+    // Apart from the archive, restore works as ever.
+    let dest = t.path().join("restored");
+    let out = walship(&["restore", p(&inside), p(&dest)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(records(&dest), all);
+}
+
+/// Two archivers with different `--compress` racing on one archive: each segment ends up
+/// under one name only, and the archive restores every record.
+#[test]
+fn archivers_racing_with_different_compression_store_each_segment_once() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 40, 12);
+    let total = sealed_names(&data).len();
+    for round in 0..3 {
+        let arc = t.path().join(format!("arc{round}"));
+        let spawn = |extra: &[&str]| {
+            let mut args = vec!["archive", p(&data), "--to", p(&arc), "--once"];
+            args.extend_from_slice(extra);
+            Command::new(bin())
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (zst, raw) = (spawn(&["--compress", "zstd"]), spawn(&[]));
+        for child in [zst, raw] {
+            let out = child.wait_with_output().unwrap();
+            // A racer may fail to run (one removes the other's temporary files as it starts),
+            // never find damage.
+            assert_ne!(common::code(&out), 1, "round {round}: {}", text(&out));
+        }
+        // What a failed racer left out is pushed by the next run, which accepts the archive.
+        let out = archive_once(&data, &arc, &[]);
+        assert!(out.status.success(), "round {round}: {}", text(&out));
+        let objects = names(&arc);
+        for name in sealed_names(&data) {
+            let zst = format!("{name}.zst");
+            assert!(
+                objects.contains(&name) != objects.contains(&zst),
+                "round {round}: {name} must be stored under exactly one name: {objects:?}"
+            );
+        }
+        assert_eq!(check_final_names(&arc, &data), total, "round {round}");
+        assert_archive_complete(t.path(), &data, &arc, &format!("race{round}"));
+    }
+}
+
+/// An archive holding one segment under both names is damage a restore refuses: the archiver
+/// reports it naming both objects, and retention does not count the segment as archived.
+#[test]
+fn a_segment_stored_under_both_names_is_damage_to_the_archiver_and_retention() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 4, 13);
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &["--compress", "zstd"])
+        .status
+        .success());
+    let name = "000000010000000000000001.wal";
+    std::fs::copy(data.join("wal").join(name), arc.join(name)).unwrap();
+    let before = common::files_under(&arc);
+    let out = archive_once(&data, &arc, &[]);
+    let said = text(&out);
+    assert_eq!(common::code(&out), 1, "{said}");
+    assert!(
+        said.contains(&format!("stored twice, as {name} and {name}.zst")),
+        "{said}"
+    );
+    assert!(common::files_under(&arc) == before, "the archive changed");
+    let kept = sealed_names(&data);
+    let out = walship(&["checkpoint", p(&data), "--lsn", &all_end(&data).to_string()]);
+    let said = text(&out);
+    assert_eq!(common::code(&out), 1, "{said}");
+    assert!(
+        said.contains(&format!("{name} is not in the archive")) && said.contains("stored twice"),
+        "{said}"
+    );
+    let left = sealed_names(&data);
+    assert!(left.contains(&name.to_string()), "{left:?}");
+    assert_eq!(left, kept[1..], "only what comes before the duplicate goes");
+}

@@ -883,9 +883,12 @@ fn history_files_are_stored_byte_for_byte_and_create_only() {
             HistoryPut::AlreadyHeld
         );
         assert_eq!(list_histories(&store).await.unwrap(), vec![2, 3]);
-        assert_eq!(read_history(&store, 2).await.unwrap(), Some(h2.clone()));
         assert_eq!(
-            newest_history(&store).await.unwrap(),
+            read_history(&store, 2, h2.system_id).await.unwrap(),
+            Some(h2.clone())
+        );
+        assert_eq!(
+            newest_history(&store, h2.system_id).await.unwrap(),
             walship::timeline::History::of(&h3)
         );
     });

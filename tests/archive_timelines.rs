@@ -435,3 +435,65 @@ fn a_promotion_at_a_sealed_segments_end_begins_timeline_2_with_the_next_segment(
         "{aside:?}"
     );
 }
+
+/// A history file copied in from another system (another cluster's promotion) is no history
+/// of this archive: restore, verify, status, archive-prune and the archiver each refuse it,
+/// naming the object and both systems, and change nothing.
+#[test]
+fn a_history_file_of_another_system_is_refused_by_every_reader() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (x, arc) = (t.path().join("x"), t.path().join("archive"));
+    common::init(&x);
+    write_records(&x, 3000, "x");
+    seal(&x);
+    let out = archive_once(&x, &arc);
+    assert!(out.status.success(), "{}", text(&out));
+    let (y, ysb) = (t.path().join("y"), t.path().join("y-standby"));
+    common::streamed_then_stopped(&y, &ysb, t.path(), "y");
+    promote(&ysb);
+    std::fs::copy(
+        ysb.join("wal/00000002.history"),
+        arc.join("00000002.history"),
+    )
+    .expect("copy the history file");
+    let id = |d: &Path| {
+        common::status(d)["system_id"]
+            .as_str()
+            .expect("system_id")
+            .to_string()
+    };
+    let (xid, yid) = (id(&x), id(&ysb));
+    assert_ne!(xid, yid);
+    let refused = |out: &std::process::Output, what: &str| {
+        let said = text(out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {said}");
+        assert!(
+            said.contains("00000002.history") && said.contains(&xid) && said.contains(&yid),
+            "{what} names the object and both systems: {said}"
+        );
+    };
+    let before = objects(&arc);
+
+    let dest = t.path().join("restored");
+    let out = walship(&["restore", p(&arc), p(&dest)]);
+    refused(&out, "restore");
+    assert!(!dest.exists(), "restore created {}", dest.display());
+    refused(&walship(&["verify", p(&arc)]), "verify");
+    refused(&walship(&["status", p(&arc)]), "status");
+    let out = walship(&["archive-prune", p(&arc), "--keep-since", "0/00010000"]);
+    refused(&out, "archive-prune");
+    // The archiver does not take the foreign promotion for its own primary's successor.
+    write_records(&x, 100, "more");
+    seal(&x);
+    let out = archive_once(&x, &arc);
+    refused(&out, "archive");
+    assert!(!text(&out).contains("rewind"), "{}", text(&out));
+    assert_eq!(objects(&arc), before, "the archive changed");
+
+    // Without the stray file the archive is whole again.
+    std::fs::remove_file(arc.join("00000002.history")).expect("remove");
+    let out = archive_once(&x, &arc);
+    assert!(out.status.success(), "{}", text(&out));
+    restore(&arc, &dest, &[]);
+    assert!(payloads(&dest) == payloads(&x), "restored equals x");
+}

@@ -10,6 +10,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 use super::store::{ArchiveStore, ObjectInfo, PutOutcome};
 use crate::error::{Error, Result};
 use crate::format::history::{history_file_name, parse_history_file_name, HistoryFile};
@@ -64,26 +66,52 @@ pub async fn read_history_bytes<S: ArchiveStore>(
     store.get(&history_object_name(timeline)).await
 }
 
-/// Timeline `timeline`'s history file in the archive, decoded and checked (a damaged one, or one
-/// whose content names another timeline, is [`Error::Corrupt`] naming the object); `None` when
-/// the archive holds none.
+/// Decodes `bytes`, read from `path` in the archive of system `system_id`, as timeline
+/// `timeline`'s history. A history file of another system (copied in by hand, or from another
+/// cluster's archive) is damage: its switches say nothing about this archive's segments.
+pub fn decode_archive_history(
+    path: &std::path::Path,
+    bytes: &[u8],
+    timeline: u32,
+    system_id: Uuid,
+) -> Result<HistoryFile> {
+    let file = crate::history::decode_history(path, bytes, timeline)?;
+    if file.system_id != system_id {
+        return Err(Error::Corrupt {
+            file: path.to_path_buf(),
+            offset: 16,
+            lsn: crate::Lsn(0),
+            reason: format!(
+                "a history file of system {}, but the archive's {} says system {system_id}: it is not this archive's history; remove it from the archive",
+                file.system_id,
+                super::IDENTITY_NAME
+            ),
+        });
+    }
+    Ok(file)
+}
+
+/// Timeline `timeline`'s history file in the archive of system `system_id` (its identity's),
+/// decoded and checked (a damaged one, one whose content names another timeline, or one of
+/// another system is [`Error::Corrupt`] naming the object); `None` when the archive holds none.
 pub async fn read_history<S: ArchiveStore>(
     store: &S,
     timeline: u32,
+    system_id: Uuid,
 ) -> Result<Option<HistoryFile>> {
     let name = history_object_name(timeline);
     let Some(bytes) = store.get(&name).await? else {
         return Ok(None);
     };
-    crate::history::decode_history(&object_path(store, &name), &bytes, timeline).map(Some)
+    decode_archive_history(&object_path(store, &name), &bytes, timeline, system_id).map(Some)
 }
 
-/// The history of the newest timeline the archive holds a history file for: its path from
-/// timeline 1. Timeline 1's (no ancestors) when the archive holds none.
-pub async fn newest_history<S: ArchiveStore>(store: &S) -> Result<History> {
+/// The history of the newest timeline the archive (of system `system_id`) holds a history
+/// file for: its path from timeline 1. Timeline 1's (no ancestors) when the archive holds none.
+pub async fn newest_history<S: ArchiveStore>(store: &S, system_id: Uuid) -> Result<History> {
     match list_histories(store).await?.last() {
         None => Ok(History::root()),
-        Some(&t) => match read_history(store, t).await? {
+        Some(&t) => match read_history(store, t, system_id).await? {
             Some(f) => Ok(History::of(&f)),
             // Removed between the listing and the read: nothing removes history files.
             None => Err(Error::Storage(format!(
@@ -119,15 +147,19 @@ impl std::str::FromStr for TimelineChoice {
     }
 }
 
-/// The history of `choice` in the archive. A timeline the archive holds no history file for
-/// is [`Error::InvalidArgument`] naming the timelines it does hold.
-pub async fn chosen_history<S: ArchiveStore>(store: &S, choice: TimelineChoice) -> Result<History> {
+/// The history of `choice` in the archive of system `system_id`. A timeline the archive holds
+/// no history file for is [`Error::InvalidArgument`] naming the timelines it does hold.
+pub async fn chosen_history<S: ArchiveStore>(
+    store: &S,
+    choice: TimelineChoice,
+    system_id: Uuid,
+) -> Result<History> {
     let t = match choice {
-        TimelineChoice::Latest => return newest_history(store).await,
+        TimelineChoice::Latest => return newest_history(store, system_id).await,
         TimelineChoice::Exactly(1) => return Ok(History::root()),
         TimelineChoice::Exactly(t) => t,
     };
-    match read_history(store, t).await? {
+    match read_history(store, t, system_id).await? {
         Some(f) => Ok(History::of(&f)),
         None => {
             let held: Vec<String> = std::iter::once(1)
@@ -144,19 +176,24 @@ pub async fn chosen_history<S: ArchiveStore>(store: &S, choice: TimelineChoice) 
     }
 }
 
-/// The newest history the archive holds and the bytes of the history file of every timeline
-/// after the first on its path, oldest first (what a former primary stores before it is cut
-/// back to that path). A history file of the path that is missing is damage, named.
-pub async fn history_chain<S: ArchiveStore>(store: &S) -> Result<(History, Vec<(u32, Vec<u8>)>)> {
-    history_chain_of(store, TimelineChoice::Latest).await
+/// The newest history the archive (of system `system_id`) holds and the bytes of the history
+/// file of every timeline after the first on its path, oldest first (what a former primary
+/// stores before it is cut back to that path). A history file of the path that is missing, or
+/// not this system's, is damage, named.
+pub async fn history_chain<S: ArchiveStore>(
+    store: &S,
+    system_id: Uuid,
+) -> Result<(History, Vec<(u32, Vec<u8>)>)> {
+    history_chain_of(store, TimelineChoice::Latest, system_id).await
 }
 
 /// As [`history_chain`], for the timeline `choice` names.
 pub async fn history_chain_of<S: ArchiveStore>(
     store: &S,
     choice: TimelineChoice,
+    system_id: Uuid,
 ) -> Result<(History, Vec<(u32, Vec<u8>)>)> {
-    let path = chosen_history(store, choice).await?;
+    let path = chosen_history(store, choice, system_id).await?;
     let mut files = Vec::new();
     let timelines = path
         .ancestors
@@ -176,6 +213,8 @@ pub async fn history_chain_of<S: ArchiveStore>(
                 ),
             });
         };
+        // Every file handed on is this system's (the chosen one was checked on reading).
+        decode_archive_history(&object_path(store, &name), &bytes, t, system_id)?;
         files.push((t, bytes));
     }
     Ok((path, files))
@@ -231,8 +270,10 @@ mod tests {
     use crate::Lsn;
     use uuid::Uuid;
 
+    const SYS: Uuid = Uuid::from_u128(7);
+
     fn h2(lsn: u64) -> HistoryFile {
-        HistoryFile::child_of(None, Uuid::from_u128(7), 1, Lsn(lsn), 1_000, "promote").unwrap()
+        HistoryFile::child_of(None, SYS, 1, Lsn(lsn), 1_000, "promote").unwrap()
     }
 
     #[tokio::test]
@@ -240,7 +281,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = LocalDirStore::create(t.path().join("a")).unwrap();
         assert_eq!(list_histories(&s).await.unwrap(), Vec::<u32>::new());
-        assert_eq!(newest_history(&s).await.unwrap(), History::root());
+        assert_eq!(newest_history(&s, SYS).await.unwrap(), History::root());
         let a = h2(4096);
         assert_eq!(put_history(&s, &a).await.unwrap(), HistoryPut::Created);
         assert_eq!(put_history(&s, &a).await.unwrap(), HistoryPut::AlreadyHeld);
@@ -260,18 +301,29 @@ mod tests {
             std::fs::read(t.path().join("a/00000002.history")).unwrap(),
             on_disk
         );
-        assert_eq!(read_history(&s, 2).await.unwrap(), Some(a.clone()));
-        assert_eq!(read_history(&s, 3).await.unwrap(), None);
+        assert_eq!(read_history(&s, 2, SYS).await.unwrap(), Some(a.clone()));
+        assert_eq!(read_history(&s, 3, SYS).await.unwrap(), None);
         let a3 =
             HistoryFile::child_of(Some(&a), a.system_id, 2, Lsn(9000), 2_000, "again").unwrap();
         put_history(&s, &a3).await.unwrap();
         assert_eq!(list_histories(&s).await.unwrap(), vec![2, 3]);
-        assert_eq!(newest_history(&s).await.unwrap(), History::of(&a3));
+        assert_eq!(newest_history(&s, SYS).await.unwrap(), History::of(&a3));
         // A damaged one is named, and refused as a split brain rather than replaced.
         std::fs::write(t.path().join("a/00000003.history"), b"junk").unwrap();
-        let e = read_history(&s, 3).await.unwrap_err().to_string();
+        let e = read_history(&s, 3, SYS).await.unwrap_err().to_string();
         assert!(e.contains("00000003.history"), "{e}");
         let e = put_history(&s, &a3).await.unwrap_err().to_string();
         assert!(e.contains("damaged"), "{e}");
+        // Another system's history is no history of this archive, by any reader.
+        let e = read_history(&s, 2, Uuid::from_u128(8))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("00000002.history")
+                && e.contains(&SYS.to_string())
+                && e.contains(&Uuid::from_u128(8).to_string()),
+            "{e}"
+        );
     }
 }

@@ -404,14 +404,22 @@ pub fn holds_segment_blocking(
         if let Some(why) = super::identity::not_archive_of(identity.as_deref(), control) {
             return Ok(Err(why));
         }
-        for (c, exact) in [(Compression::None, true), (Compression::Zstd, false)] {
+        let mut found = Vec::new();
+        for c in [Compression::None, Compression::Zstd] {
             let name = object_name(seg, c);
             let path = store.path(&name)?;
             match store.inner.head(&path).await {
-                Ok(m) if (exact && m.size == size) || (!exact && m.size > 0) => return Ok(Ok(())),
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Ok(m) => found.push((c, m.size)),
+                Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(store.err("head", &name, e)),
             }
+        }
+        match found[..] {
+            // Under both names, the segment is damage a restore refuses: not held.
+            [_, _] => return Ok(Err(crate::retention::twice(seg))),
+            [(Compression::None, n)] if n == size => return Ok(Ok(())),
+            [(Compression::Zstd, n)] if n > 0 => return Ok(Ok(())),
+            _ => {}
         }
         // Not there: pruned, when the archive now begins after it.
         let pruned =

@@ -40,6 +40,12 @@ pub trait ArchiveStore: Send + Sync + 'static {
     /// Where the archive is, for messages and the archiver's registry entry.
     fn location(&self) -> String;
 
+    /// The archive's directory when it is one on this machine (resolved: no `.`, `..` or
+    /// symbolic links), so that a restore can refuse to write over it.
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
+
     /// Stores `data` under `name` durably and atomically: a reader sees either no object or the
     /// whole of it, never a part. An existing object is never replaced.
     fn put(
@@ -97,9 +103,19 @@ pub struct LocalDirStore {
 impl LocalDirStore {
     /// Uses `root`, creating it (and fsyncing its parent) when it does not exist. The root is
     /// kept as an absolute path: it is the archive's location in the consumer registry, which
-    /// other processes (retention) read from other working directories.
+    /// other processes (retention) read from other working directories. A root inside a data
+    /// directory is refused before anything is created: `restore --force` of that directory,
+    /// or its removal, would take the archive with it.
     pub fn create(root: impl Into<PathBuf>) -> Result<LocalDirStore> {
         let root = absolute(root.into())?;
+        let resolved = resolve(&root)?;
+        if let Some(dd) = enclosing_data_dir(&resolved) {
+            return Err(Error::Refused(format!(
+                "{} is inside the walship data directory {}: an archive there goes with that directory when it is replaced (`restore --force`) or removed; nothing was written. Archive into a directory outside every data directory (--to)",
+                root.display(),
+                dd.display()
+            )));
+        }
         if !root.is_dir() {
             fs::create_dir_all(&root)
                 .map_err(|e| crate::fsutil::create_error(&root, "archive", e))?;
@@ -318,6 +334,40 @@ pub fn list_dir(root: &Path) -> Result<Vec<ObjectInfo>> {
     Ok(out)
 }
 
+/// `p` as the file system will reach it, whether or not it exists yet: its nearest existing
+/// ancestor's one spelling (no `.`, `..` or symbolic links) followed by the parts below it.
+pub fn resolve(p: &Path) -> Result<PathBuf> {
+    let abs = absolute(p.to_path_buf())?;
+    let mut rest = Vec::new();
+    let mut base = abs.as_path();
+    loop {
+        match fs::canonicalize(base) {
+            Ok(c) => return Ok(rest.iter().rev().fold(c, |acc, part| acc.join(part))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (Some(parent), Some(name)) = (base.parent(), base.file_name()) else {
+                    return Ok(abs);
+                };
+                rest.push(name.to_os_string());
+                base = parent;
+            }
+            Err(e) => return Err(Error::io(format!("resolve {}", base.display()), e)),
+        }
+    }
+}
+
+/// The data directory `path` (resolved) lies inside: the nearest directory above it holding a
+/// walship control file (checked by its magic, so that another program's `control` does not
+/// count). `path` itself is not looked at.
+pub fn enclosing_data_dir(path: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    path.ancestors().skip(1).find_map(|dir| {
+        let f = crate::fsutil::open_regular(&dir.join(crate::datadir::CONTROL_NAME)).ok()?;
+        let mut magic = [0u8; 8];
+        f.take(8).read_exact(&mut magic).ok()?;
+        (&magic == crate::format::control::CONTROL_MAGIC).then(|| dir.to_path_buf())
+    })
+}
+
 /// `p` made absolute against the working directory.
 fn absolute(p: PathBuf) -> Result<PathBuf> {
     std::path::absolute(&p).ctx(|| format!("resolve {}", p.display()))
@@ -340,6 +390,10 @@ fn drop_cache(f: &File) {
 impl ArchiveStore for LocalDirStore {
     fn location(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
     }
 
     fn put(

@@ -89,6 +89,13 @@ impl ArchiveStore for AnyStore {
         }
     }
 
+    fn local_root(&self) -> Option<&std::path::Path> {
+        match self {
+            AnyStore::Dir(d) => d.local_root(),
+            AnyStore::S3(_) => None,
+        }
+    }
+
     fn put(
         &self,
         name: &str,

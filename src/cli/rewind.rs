@@ -71,7 +71,7 @@ fn archive_source(a: &RewindArgs) -> Result<Source, Failure> {
     let store = super::target::open(&a.source, &a.s3)?;
     let (identity, (path, files)) = runtime()?.block_on(async {
         let identity = walship::archive::identity::read_identity(&store).await?;
-        let chain = walship::archive::history::history_chain(&store).await?;
+        let chain = walship::archive::history::history_chain(&store, identity.system_id).await?;
         Ok::<_, walship::Error>((identity, chain))
     })?;
     Ok(Source {

@@ -109,7 +109,8 @@ fn verify_objects(
     // After a promotion the archive holds several timelines: every history file must decode,
     // and the segments are checked along the newest history's path (the old timeline's copy of
     // a switch segment, and its segments past the switch, are off that path).
-    if let Some(path) = newest_path(root, objects, &read, &mut report) {
+    let system_id = archive_id.map(|id| id.system_id);
+    if let Some(path) = newest_path(root, objects, system_id, &read, &mut report) {
         let size = archive_id.map_or(crate::format::MAX_SEGMENT_SIZE, |id| id.segment_size);
         let off = crate::archive::retain_on_path(&mut segs, &path, size);
         if off > 0 {
@@ -149,20 +150,25 @@ fn verify_objects(
     Ok(report)
 }
 
-/// Checks every history file of the archive (a damaged one is an error naming it) and returns
-/// the newest one's path; None when the archive holds none (one timeline) or the newest is
-/// damaged.
+/// Checks every history file of the archive (a damaged one, or one of a system other than the
+/// identity's `system_id`, is an error naming it) and returns the newest one's path; None when
+/// the archive holds none (one timeline) or the newest is damaged.
 fn newest_path(
     root: &Path,
     objects: &[ObjectInfo],
+    system_id: Option<uuid::Uuid>,
     read: &impl Fn(&str) -> Result<Vec<u8>>,
     report: &mut VerifyReport,
 ) -> Option<crate::timeline::History> {
     let mut newest = None;
     for t in crate::archive::history::history_timelines(objects) {
         let name = crate::archive::history_object_name(t);
-        let decoded =
-            read(&name).and_then(|b| crate::history::decode_history(&root.join(&name), &b, t));
+        let path = root.join(&name);
+        let decoded = read(&name).and_then(|b| match system_id {
+            Some(id) => crate::archive::history::decode_archive_history(&path, &b, t, id),
+            // Without a readable identity the file can only be checked on its own.
+            None => crate::history::decode_history(&path, &b, t),
+        });
         newest = match decoded {
             Ok(f) => Some(crate::timeline::History::of(&f)),
             Err(e) => {

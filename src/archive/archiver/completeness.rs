@@ -99,6 +99,22 @@ impl<S: ArchiveStore> Archiver<S> {
                 }
             }
         }
+        // One segment under both names is damage (a restore refuses it), so the archive is not
+        // counted as holding it until the operator has removed one; segments before the
+        // beginning are pruning's leftovers, read by no one.
+        let begin = self.identity.first_segment.unwrap_or(0);
+        if let Some(w) = segments
+            .windows(2)
+            .find(|w| w[0].0 == w[1].0 && w[0].0.segment_no.0 >= begin)
+        {
+            let (n, a, b) = (w[0].0, &w[0].2.name, &w[1].2.name);
+            return Err(Error::Corrupt {
+                file: PathBuf::from(&loc).join(b),
+                offset: 0,
+                lsn: n.segment_no.start_lsn_saturating(self.identity.segment_size),
+                reason: format!("segment {n} is stored twice, as {a} and {b}: a restore refuses the archive. Remove one of them once it is shown to hold the same segment as the other (`zstd -dc {b} | cmp - {a}`); nothing was pushed"),
+            });
+        }
         self.archived.clear();
         for (n, c, o) in segments {
             // An object too large to be a segment is damage, refused before it is ever read.

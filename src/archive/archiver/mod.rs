@@ -369,6 +369,16 @@ impl<S: ArchiveStore> Archiver<S> {
         sum: &mut PassSummary,
         (outcome, checked): (PushOutcome, CheckedSegment),
     ) -> Result<()> {
+        // The segment may have ended up under the other name (a racing archiver's copy kept).
+        let (PushOutcome::Archived { object, .. } | PushOutcome::AlreadyArchived { object }) =
+            &outcome;
+        if let Some((n, c)) = parse_object_name(object) {
+            if let Some(held) = self.archived.get_mut(&n.segment_no.0) {
+                if parse_object_name(&held.0).is_some_and(|(h, _)| h == n) {
+                    *held = (object.clone(), c);
+                }
+            }
+        }
         match outcome {
             PushOutcome::Archived {
                 bytes,

@@ -161,6 +161,8 @@ impl<S: ArchiveStore> Uploader<S> {
         })
     }
 
+    /// Stores a segment the archive did not hold when the pass listed it, under the name its
+    /// compression gives, and makes sure it ends up under one name only (see [`Self::one_name`]).
     async fn put_new(
         &self,
         name: SegmentName,
@@ -171,45 +173,101 @@ impl<S: ArchiveStore> Uploader<S> {
         let object = object_name(name, c);
         let local_len = bytes.len() as u64;
         // The other form of the name may hold this segment already.
-        let other = match c {
-            Compression::None => Compression::Zstd,
-            Compression::Zstd => Compression::None,
-        };
+        let other = other_form(c);
         let other_name = object_name(name, other);
         if self.store.exists(&other_name).await? {
-            return self.compare_existing(&other_name, other, &bytes).await;
+            let found = self.compare_existing(&other_name, other, &bytes).await?;
+            return self.one_name(name, other, found, &bytes).await;
         }
-        let proven = match self.store.put(&object, stored.clone()).await? {
-            PutOutcome::AlreadyExists => {
-                return self.compare_existing(&object, c, &bytes).await;
+        let outcome = match self.store.put(&object, stored.clone()).await? {
+            PutOutcome::AlreadyExists => self.compare_existing(&object, c, &bytes).await?,
+            PutOutcome::Created { verified } => {
+                let proven = verified && self.read_back == ReadBack::Unproven;
+                if !proven && !self.read_back(name, &object, bytes.clone()).await? {
+                    // Removed since: an archiver writing the other form found both and kept
+                    // its copy, which must then hold these bytes.
+                    return self.compare_existing(&other_name, other, &bytes).await;
+                }
+                tracing::debug!(object = %object, stored = stored.len(), read_back = !proven, "archived segment");
+                PushOutcome::Archived {
+                    object,
+                    bytes: local_len,
+                    stored_bytes: stored.len() as u64,
+                    read_back: !proven,
+                }
             }
-            PutOutcome::Created { verified } => verified && self.read_back == ReadBack::Unproven,
         };
-        if !proven {
-            self.read_back(name, &object, bytes).await?;
-        }
-        tracing::debug!(object = %object, stored = stored.len(), read_back = !proven, "archived segment");
-        Ok(PushOutcome::Archived {
-            object,
-            bytes: local_len,
-            stored_bytes: stored.len() as u64,
-            read_back: !proven,
-        })
+        self.one_name(name, c, outcome, &bytes).await
     }
 
-    /// Reads a written object back from storage and compares it with the local bytes.
-    async fn read_back(&self, name: SegmentName, object: &str, bytes: Arc<Vec<u8>>) -> Result<()> {
-        let c = self.compression;
-        let back = self.store.get(object).await?;
-        let file = PathBuf::from(self.store.location()).join(object);
-        let size = self.segment_size;
+    /// After the segment was found or written under its `c` form (`outcome`): an archiver
+    /// with the other compression may have written the other form meanwhile, since no store
+    /// creates one of two names atomically. Each of two racing archivers looks at the other
+    /// name only once its own object is there, so at least one of them sees both. Both names
+    /// resolve the same way whoever sees them: the `.wal` object stays, and the `.wal.zst`
+    /// one is removed once it is shown to decompress to the same bytes (the local segment's,
+    /// which the kept one was compared with). Different content under the two names is
+    /// refused with both left for the operator: neither is known to be the right one.
+    async fn one_name(
+        &self,
+        name: SegmentName,
+        c: Compression,
+        outcome: PushOutcome,
+        local: &Arc<Vec<u8>>,
+    ) -> Result<PushOutcome> {
+        let loc = self.store.location();
+        let other = other_form(c);
+        let other_name = object_name(name, other);
+        if !self.store.exists(&other_name).await? {
+            return Ok(outcome);
+        }
+        let Some(data) = self.store.get(&other_name).await? else {
+            // The racing archiver removed its copy itself.
+            return Ok(outcome);
+        };
+        let file = PathBuf::from(&loc).join(&other_name);
+        let (expect, size) = (local.clone(), self.segment_size);
         let same = blocking(move || {
-            Ok(match back {
-                Some(d) => decode_object(&file, c, d, size).is_ok_and(|d| d == *bytes),
-                None => false,
-            })
+            Ok(decode_object(&file, other, data, size).is_ok_and(|d| d == *expect))
         })
         .await?;
+        let (raw, zst) = (
+            object_name(name, Compression::None),
+            object_name(name, Compression::Zstd),
+        );
+        if !same {
+            return Err(Error::Refused(format!(
+                "{loc} holds segment {name} under both names, {raw} and {zst}, with different content (two archivers of different histories wrote it at once): a restore refuses the archive until one is removed; nothing was removed"
+            )));
+        }
+        self.store.delete(&zst).await?;
+        tracing::warn!(archive = %loc, kept = %raw, removed = %zst, "another archiver stored the same segment under the other name at the same time; kept one");
+        match c {
+            Compression::None => Ok(outcome),
+            Compression::Zstd => {
+                self.store.sync(&raw).await?;
+                Ok(PushOutcome::AlreadyArchived { object: raw })
+            }
+        }
+    }
+
+    /// Reads a written object back from storage and compares it with the local bytes; false
+    /// when it is gone.
+    async fn read_back(
+        &self,
+        name: SegmentName,
+        object: &str,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<bool> {
+        let c = self.compression;
+        let Some(back) = self.store.get(object).await? else {
+            return Ok(false);
+        };
+        let file = PathBuf::from(self.store.location()).join(object);
+        let size = self.segment_size;
+        let same =
+            blocking(move || Ok(decode_object(&file, c, back, size).is_ok_and(|d| d == *bytes)))
+                .await?;
         if !same {
             return Err(Error::Corrupt {
                 file: PathBuf::from(self.store.location()).join(object),
@@ -218,7 +276,15 @@ impl<S: ArchiveStore> Uploader<S> {
                 reason: "read back from the archive differs from what was written".into(),
             });
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// The other way a segment may be stored.
+fn other_form(c: Compression) -> Compression {
+    match c {
+        Compression::None => Compression::Zstd,
+        Compression::Zstd => Compression::None,
     }
 }
 

@@ -47,7 +47,7 @@ pub(super) async fn check_histories<S: ArchiveStore>(
     our_history: &History,
 ) -> Result<History> {
     let loc = store.location();
-    let their_history = newest_history(store).await?;
+    let their_history = newest_history(store, theirs.system_id).await?;
     let their_system = SystemIdentity {
         timeline: their_history.timeline,
         ..theirs.system

@@ -35,7 +35,7 @@ mod write;
 use fetch::Fetcher;
 use timings::Clock;
 pub use timings::RestoreTimings;
-use write::{check_destination, write};
+use write::{check_apart, check_destination, write};
 
 /// Where a restore stops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -183,7 +183,11 @@ pub async fn restore<S: ArchiveStore>(
     // along one timeline's history (by default the newest; on it, the switch segment rather
     // than the old timeline's copy of it). A timeline the archive does not hold is refused
     // before anything is created.
-    let (path, histories) = super::history::history_chain_of(&*store, opts.timeline).await?;
+    let (path, histories) =
+        super::history::history_chain_of(&*store, opts.timeline, identity.system_id).await?;
+    if let Some(root) = store.local_root() {
+        check_apart(root, dest)?;
+    }
     let to_clear = check_destination(dest, opts.force)?;
     let stage = staging_dir(dest)?;
     let plan = plan(&store, &identity, &path, &opts, stage.path(), &mut clock).await?;

@@ -9,6 +9,24 @@ use crate::error::IoContext;
 use crate::fsutil::fsync_dir;
 use crate::segment_file::create_reserved;
 
+/// Refuses a destination that holds the archive `root` (replacing it would remove the archive
+/// being restored from) or lies inside it (the new directory would sit among its objects).
+pub(super) fn check_apart(root: &Path, dest: &Path) -> Result<()> {
+    let d = crate::archive::store::resolve(dest)?;
+    let why = if root.starts_with(&d) {
+        "the archive is inside the destination, and restoring there would remove it"
+    } else if d.starts_with(root) {
+        "the destination is inside the archive"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidArgument(format!(
+        "cannot restore the archive {} into {}: {why}; nothing was changed. Restore into a directory apart from the archive",
+        root.display(),
+        dest.display()
+    )))
+}
+
 /// Checks the destination before anything is fetched: missing or empty is fine; a walship data
 /// directory is replaced only with `force`; anything else is refused. Returns the entries to
 /// remove.
