@@ -99,8 +99,11 @@ pub fn promote(dd: &DataDir, reason: &str) -> Result<Promoted> {
             reason.len()
         )));
     }
-    // A path that is no data directory is refused before a lock file is left in it.
-    dd.read_control()?;
+    // A directory that is no data directory is refused before a lock file is left in it (a
+    // path that is no directory at all, by the lock, which names what it is).
+    if dd.root().is_dir() {
+        dd.read_control()?;
+    }
     let _lock =
         dd.lock_or_refuse("stop `walship standby` (or the writer) on it, then promote again")?;
     let control = dd.read_control()?;

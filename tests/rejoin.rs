@@ -402,6 +402,20 @@ fn a_planned_switchover_loses_nothing_and_the_old_primary_follows_without_rewind
     let (_srv2, addr2) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
     let dry = rewind(&old, &addr2, &["--dry-run"]);
     assert!(String::from_utf8_lossy(&dry.stdout).contains("nothing diverged"));
+    // Stopped before the new primary sealed the segment holding the switch point, the old
+    // primary is not yet accepted: it is left as it was, timeline 1's primary, though it
+    // received part of timeline 2's copy of that segment.
+    write_records(&new, 5, "s");
+    let mut early = common::standby(&old, &addr2, &[], &t.path().join("standby-old-early.log"));
+    wait_until("part of timeline 2's copy to arrive", || {
+        files(&old, "wal")
+            .iter()
+            .any(|n| n.starts_with("00000002") && n.ends_with(".wal.partial"))
+    });
+    early.kill();
+    let st = status(&old);
+    assert_eq!(st["timeline"].as_u64(), Some(1), "{st}");
+    assert_eq!(st["role"].as_str(), Some("primary"), "{st}");
     let mut sb = common::standby(&old, &addr2, &[], &t.path().join("standby-old.log"));
     write_records(&new, 1200, "c");
     common::seal(&new);

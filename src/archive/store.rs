@@ -108,8 +108,8 @@ impl LocalDirStore {
     /// or its removal, would take the archive with it.
     pub fn create(root: impl Into<PathBuf>) -> Result<LocalDirStore> {
         let root = absolute(root.into())?;
-        let resolved = resolve(&root)?;
-        if let Some(dd) = enclosing_data_dir(&resolved) {
+        // A path that cannot be resolved (a file in the way) is named by the create below.
+        if let Some(dd) = resolve(&root).ok().and_then(|r| enclosing_data_dir(&r)) {
             return Err(Error::Refused(format!(
                 "{} is inside the walship data directory {}: an archive there goes with that directory when it is replaced (`restore --force`) or removed; nothing was written. Archive into a directory outside every data directory (--to)",
                 root.display(),
