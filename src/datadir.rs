@@ -11,6 +11,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::{check_segment_size, ControlFile, SegmentName, FORMAT_VERSION};
 use crate::fsutil::{fsync_dir, write_atomic};
 
+/// The file in `state/` whose shared lock every running `serve` of the directory holds.
+const SERVING: &str = "serving";
+
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 
 /// The name of a data directory's control file, in its root.
@@ -231,6 +234,44 @@ impl DataDir {
             .and_then(|_| writeln!(held.file, "{}", std::process::id()))
             .ctx(|| format!("write pid to {}", path.display()))?;
         Ok(held)
+    }
+
+    /// Marks the directory as served for as long as the returned file is open: a shared lock
+    /// on `state/serving`, which every `serve` on it holds. A standby may not adopt a directory
+    /// that is served: pointed at that `serve`, it would be following itself.
+    pub fn mark_served(&self) -> Result<File> {
+        let path = self.state_dir().join(SERVING);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("open {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(Error::io(format!("lock {}", path.display()), err));
+        }
+        Ok(file)
+    }
+
+    /// True while some process serves the directory ([`DataDir::mark_served`]).
+    pub fn is_served(&self) -> Result<bool> {
+        let path = self.state_dir().join(SERVING);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+        };
+        // SAFETY: flock on a descriptor we own; released when it is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(false);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(true);
+        }
+        Err(Error::io(format!("lock {}", path.display()), err))
     }
 
     /// Every segment file in wal/, ordered by segment number then state.

@@ -598,3 +598,34 @@ fn a_standbys_status_counts_the_records_of_its_copy_of_the_open_segment() {
     assert_eq!(v["records"].as_u64(), Some(records), "{v}");
     assert_eq!(v["end_lsn"].as_u64(), Some(flush), "{v}");
 }
+
+/// A standby pointed at the `serve` of its own directory (a primary's) is refused at once and
+/// changes nothing: it would otherwise take the directory for a standby's and stop its writer.
+#[test]
+fn a_standby_pointed_at_its_own_directorys_serve_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("p");
+    common::init(&dir);
+    common::write_records(&dir, 30, "a");
+    common::seal(&dir);
+    common::write_records(&dir, 5, "open");
+    let (mut srv, addr) = common::serve(&dir, "127.0.0.1:0", &common::NET, &t.path().join("s.log"));
+    let before = common::files_under(&dir.join("wal"));
+    let mut sb = common::standby(&dir, &addr, &[], &t.path().join("sb.log"));
+    assert_eq!(sb.wait_exit(), 1, "{}", sb.log());
+    assert!(
+        sb.log()
+            .contains("is being served by a running `walship serve`"),
+        "{}",
+        sb.log()
+    );
+    assert!(
+        common::files_under(&dir.join("wal")) == before,
+        "wal/ changed"
+    );
+    assert!(!dir.join("state/standby.json").exists());
+    common::write_records(&dir, 1, "still a primary");
+    srv.kill();
+    // The mark goes with the serve that held it.
+    assert!(!walship::DataDir::new(&dir).is_served().unwrap());
+}

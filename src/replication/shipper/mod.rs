@@ -215,6 +215,8 @@ struct Shared {
     sync: Option<SyncRep>,
     /// (durable position, time) samples: lag in time.
     lag: Mutex<LagRing>,
+    /// Marks the directory as served while the shipper lives (`DataDir::mark_served`).
+    _served: Option<std::fs::File>,
 }
 
 impl Shared {
@@ -341,7 +343,14 @@ impl Shipper {
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
+        // Without the mark (a directory it may not write in) it serves all the same; only the
+        // check that a standby is not pointed at its own directory is lost.
+        let served = dd
+            .mark_served()
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot mark the directory as served"))
+            .ok();
         let shared = Arc::new(Shared {
+            _served: served,
             registry: ConsumerRegistry::new(&dd),
             damage: DamageRegister::new(&dd),
             dd,

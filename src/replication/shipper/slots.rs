@@ -246,6 +246,7 @@ mod tests {
             sessions: Default::default(),
             sync: None,
             lag: Mutex::new(crate::replication::synchronous::lag::LagRing::new()),
+            _served: None,
         })
     }
 

@@ -206,7 +206,8 @@ pub(super) fn open_dir(config: &StandbyConfig) -> Result<Opened, ReplError> {
     };
     // Refused once locked (a directory that is no standby's, damaged, of another kind): what
     // this process made is removed again, its lock file included.
-    open_locked(dd.clone(), lock, created.clone()).inspect_err(|_| undo_made(&dd, &created))
+    open_locked(dd.clone(), lock, created.clone(), &config.primary)
+        .inspect_err(|_| undo_made(&dd, &created))
 }
 
 /// Removes the lock file and the directories this process made, when it made them.
@@ -219,7 +220,12 @@ fn undo_made(dd: &DataDir, created: &Created) {
     }
 }
 
-fn open_locked(dd: DataDir, lock: DirLock, created: Created) -> Result<Opened, ReplError> {
+fn open_locked(
+    dd: DataDir,
+    lock: DirLock,
+    created: Created,
+    primary: &str,
+) -> Result<Opened, ReplError> {
     let meta = read_meta(&dd)?;
     if !dd.is_initialized() {
         // Absent or empty: it gets the primary's identity at first contact. Only what an
@@ -242,6 +248,15 @@ fn open_locked(dd: DataDir, lock: DirLock, created: Created) -> Result<Opened, R
     let control = dd.read_control()?;
     crate::promote::clear_abandoned_intent(&dd)?;
     let Some(meta) = meta else {
+        // A directory served as a primary is not adopted: `--primary` may be that very `serve`,
+        // and the directory would follow itself (and be a primary no more).
+        if dd.is_served()? {
+            return Err(ReplError::Store(Error::Refused(format!(
+                "{} is being served by a running `walship serve`: a directory becomes a standby's only when nothing serves it as a primary (is --primary {} that serve? a standby may not follow its own directory); stop that serve first",
+                dd.root().display(),
+                primary
+            ))));
+        }
         // A directory of some system: it may follow a primary of the same system once the
         // primary accepts its history. Nothing is written until then.
         let (held, flushed, pending, open) = examine_for_adoption(&dd, &control)?;
