@@ -157,7 +157,10 @@ impl LocalDirStore {
     }
 
     /// Removes temporary files a killed `put` left behind. They never carry a final name, so
-    /// nothing reads them; this only frees their space.
+    /// nothing reads them; this only frees their space. A temporary of a process still running
+    /// on this machine (its pid is in the name) is another archiver's upload under way and is
+    /// left alone, unless it is older than [`STALE_TEMPORARY`] (a pid taken again, or a
+    /// process of another machine sharing the archive).
     pub fn remove_temporaries(&self) -> Result<usize> {
         let mut n = 0;
         for entry in fs::read_dir(&self.root).ctx(|| format!("list {}", self.root.display()))? {
@@ -165,6 +168,15 @@ impl LocalDirStore {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with('.') && name.ends_with(".tmp") {
+                let fresh = entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age < STALE_TEMPORARY);
+                if fresh && temporary_writer(name).is_some_and(process_alive) {
+                    continue;
+                }
                 let p = entry.path();
                 fs::remove_file(&p).ctx(|| format!("remove {}", p.display()))?;
                 n += 1;
@@ -298,6 +310,27 @@ impl LocalDirStore {
             Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
         }
     }
+}
+
+/// A temporary file this old is removed whoever made it.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The pid in a temporary file's name (`.NAME.PID.RANDOM.tmp`).
+fn temporary_writer(file_name: &str) -> Option<i32> {
+    let stem = file_name.strip_suffix(".tmp")?;
+    let (rest, _random) = stem.rsplit_once('.')?;
+    let (_, pid) = rest.rsplit_once('.')?;
+    pid.parse().ok()
+}
+
+/// True when a process of this pid runs on this machine.
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Lists the objects of a local archive directory (temporary files and subdirectories are not
