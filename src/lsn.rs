@@ -99,14 +99,19 @@ impl FromStr for Lsn {
         };
         let t = s.trim();
         if let Some((hi, lo)) = t.split_once('/') {
-            if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+            // Digits only: the integer parsers would also take a leading `+`.
+            let hex =
+                |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex(hi) || !hex(lo) {
                 return Err(err());
             }
             let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
             let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
             Ok(Lsn(((hi as u64) << 32) | lo as u64))
-        } else {
+        } else if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
             t.parse::<u64>().map(Lsn).map_err(|_| err())
+        } else {
+            Err(err())
         }
     }
 }
@@ -139,7 +144,19 @@ mod tests {
         assert_eq!("0/0100A3F8".parse::<Lsn>().unwrap(), Lsn(0x0100_A3F8));
         assert_eq!("1/50".parse::<Lsn>().unwrap(), Lsn(0x1_0000_0050));
         assert_eq!("4096".parse::<Lsn>().unwrap(), Lsn(4096));
-        for bad in ["", "/", "0/", "x/1", "-1", "1/2/3", "123456789/0"] {
+        for bad in [
+            "",
+            "/",
+            "0/",
+            "x/1",
+            "-1",
+            "1/2/3",
+            "123456789/0",
+            "+5",
+            "+1/5",
+            "1/+5",
+            "0x10",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad} should not parse");
         }
     }
