@@ -629,3 +629,31 @@ fn a_standby_pointed_at_its_own_directorys_serve_is_refused() {
     // The mark goes with the serve that held it.
     assert!(!walship::DataDir::new(&dir).is_served().unwrap());
 }
+
+/// Asked to stop while its primary does not answer the handshake, a standby stops at once
+/// (exit 0), not after its stop bound runs out.
+#[test]
+fn a_standby_stops_at_once_while_its_primary_does_not_answer() {
+    let t = tempfile::tempdir().unwrap();
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    // Accepts and holds every connection, saying nothing.
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in silent.incoming().take(1).flatten() {
+            conns.push(c);
+            std::thread::sleep(Duration::from_secs(20));
+        }
+    });
+    let mut sb = common::standby(&t.path().join("s"), &addr, &[], &t.path().join("s.log"));
+    common::wait_until("the standby to connect", || {
+        sb.log().contains("connecting to the primary")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = i32::try_from(sb.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(sb.wait_exit(), 0, "{}", sb.log());
+    assert!(!sb.log().contains("did not stop within"), "{}", sb.log());
+    drop(held);
+}

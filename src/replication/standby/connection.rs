@@ -116,7 +116,12 @@ async fn stream_from_primary(
         }
         None => None,
     };
-    let mut stream = open(shared).await?;
+    // A stop asked for while connecting or in the handshake (a primary that does not answer)
+    // ends it at once, as it does while streaming.
+    let mut stream = tokio::select! {
+        s = open(shared) => s?,
+        _ = shutdown.wait_for(|s| *s) => return Ok(()),
+    };
     // A directory being adopted holds the records of its open segment too: judged against
     // the primary's path with them, so that records past a switch point are refused.
     let adopted_end = || {
@@ -126,7 +131,7 @@ async fn stream_from_primary(
             .and_then(|a| a.open.as_ref())
             .map(|o| o.name.segment_no.start_lsn_saturating(size) + o.valid_end as u64)
     };
-    let welcomed = handshake::connect(&mut stream, cfg.auth_token.as_ref(), t, || {
+    let handshake = handshake::connect(&mut stream, cfg.auth_token.as_ref(), t, || {
         let held = shared.held();
         let flushed = Lsn(shared.flushed.load(Ordering::Acquire));
         let held_lsn = adopted_end().map_or(flushed, |e| e.max(flushed));
@@ -143,8 +148,12 @@ async fn stream_from_primary(
             name: shared.name.clone(),
             histories: lock(&shared.histories).clone(),
         }
-    })
-    .await
+    });
+    let handshake = tokio::select! {
+        r = handshake => r,
+        _ = shutdown.wait_for(|s| *s) => return Ok(()),
+    };
+    let welcomed = handshake
     .map_err(|e| match e {
         // The primary judged by the sealed segments it was told of: the records of the open
         // segment go on past them.
