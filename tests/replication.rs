@@ -645,7 +645,20 @@ fn a_standby_stops_at_once_while_its_primary_does_not_answer() {
             std::thread::sleep(Duration::from_secs(20));
         }
     });
-    let mut sb = common::standby(&t.path().join("s"), &addr, &[], &t.path().join("s.log"));
+    // A peer timeout longer than the standby's stop bound: only a stop that does not wait
+    // for the handshake ends it in time.
+    let dir = t.path().join("s");
+    let mut sb = common::spawn(
+        &[
+            "standby",
+            p(&dir),
+            "--primary",
+            &addr,
+            "--peer-timeout",
+            "60s",
+        ],
+        &t.path().join("s.log"),
+    );
     common::wait_until("the standby to connect", || {
         sb.log().contains("connecting to the primary")
     });
