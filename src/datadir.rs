@@ -11,8 +11,22 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::{check_segment_size, ControlFile, SegmentName, FORMAT_VERSION};
 use crate::fsutil::{fsync_dir, write_atomic};
 
-/// The file in `state/` whose shared lock every running `serve` of the directory holds.
+/// The file in `state/` whose shared lock every running `serve` of the directory holds; each
+/// one's address is in `SERVING.PID` beside it.
 const SERVING: &str = "serving";
+
+/// A directory marked as served ([`DataDir::mark_served`]) while this lives.
+#[derive(Debug)]
+pub struct ServedMark {
+    _lock: File,
+    own: PathBuf,
+}
+
+impl Drop for ServedMark {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.own);
+    }
+}
 
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 
@@ -236,10 +250,11 @@ impl DataDir {
         Ok(held)
     }
 
-    /// Marks the directory as served for as long as the returned file is open: a shared lock
-    /// on `state/serving`, which every `serve` on it holds. A standby may not adopt a directory
-    /// that is served: pointed at that `serve`, it would be following itself.
-    pub fn mark_served(&self) -> Result<File> {
+    /// Marks the directory as served, at `listen`, for as long as the returned mark lives: a
+    /// shared lock on `state/serving`, which every `serve` on it holds, and the address in
+    /// `state/serving.PID`. A standby may not adopt a directory that is served, nor follow a
+    /// primary at an address its own directory is served at: it would be following itself.
+    pub fn mark_served(&self, listen: std::net::SocketAddr) -> Result<ServedMark> {
         let path = self.state_dir().join(SERVING);
         let file = fs::OpenOptions::new()
             .create(true)
@@ -252,7 +267,11 @@ impl DataDir {
             let err = std::io::Error::last_os_error();
             return Err(Error::io(format!("lock {}", path.display()), err));
         }
-        Ok(file)
+        let own = self
+            .state_dir()
+            .join(format!("{SERVING}.{}", std::process::id()));
+        write_atomic(&own, listen.to_string().as_bytes())?;
+        Ok(ServedMark { _lock: file, own })
     }
 
     /// True while some process serves the directory ([`DataDir::mark_served`]).
@@ -272,6 +291,27 @@ impl DataDir {
             return Ok(true);
         }
         Err(Error::io(format!("lock {}", path.display()), err))
+    }
+
+    /// The addresses running `serve` processes serve this directory at (marks of processes
+    /// that are gone are passed over).
+    pub fn served_addresses(&self) -> Vec<std::net::SocketAddr> {
+        let Ok(entries) = fs::read_dir(self.state_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let pid: i32 = name
+                    .strip_prefix(SERVING)?
+                    .strip_prefix('.')?
+                    .parse()
+                    .ok()?;
+                crate::fsutil::process_alive(pid).then_some(())?;
+                fs::read_to_string(e.path()).ok()?.trim().parse().ok()
+            })
+            .collect()
     }
 
     /// Every segment file in wal/, ordered by segment number then state.

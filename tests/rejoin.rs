@@ -800,3 +800,42 @@ fn a_rewind_refused_for_a_different_history_changes_nothing() {
     );
     assert!(common::files_under(&old) == before, "the directory changed");
 }
+
+/// A former primary whose adoption was stopped after its control file took the new timeline
+/// and before it was recorded as a standby's: no writer may open it (it would be a second
+/// primary of that timeline), and `walship standby` run again finishes the adoption.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_former_primary_stopped_between_the_new_timeline_and_its_adoption_takes_no_writes() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (old, new) = failed_over(t.path(), 0);
+    write_records(&new, 1200, "c");
+    common::seal(&new);
+    let (_srv, addr) = serve(&new, "127.0.0.1:0", &NET, &t.path().join("serve-new.log"));
+    let mut sb = common::standby_with_env(
+        &old,
+        &addr,
+        &[],
+        &[("FAILPOINTS", "standby::adopt=return(EIO)")],
+        &t.path().join("standby-old.log"),
+    );
+    wait_until("the adoption to fail at its last step", || {
+        sb.log().contains("record the directory as a standby's")
+    });
+    sb.kill();
+    assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
+    assert!(old.join("state/adopting").exists());
+    let out = walship(&["write", p(&old), "--durable"]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("is being made a standby's"),
+        "{}",
+        common::text(&out)
+    );
+    let mut sb = common::standby(&old, &addr, &[], &t.path().join("standby-old2.log"));
+    common::wait_caught_up(&new, &old);
+    sb.kill();
+    assert!(!old.join("state/adopting").exists());
+    assert!(old.join("state/standby.json").exists());
+    assert_eq!(payloads(&old), payloads(&new));
+}

@@ -628,6 +628,80 @@ fn a_standby_pointed_at_its_own_directorys_serve_is_refused() {
     srv.kill();
     // The mark goes with the serve that held it.
     assert!(!walship::DataDir::new(&dir).is_served().unwrap());
+
+    // The serve started after the standby: refused at its next connection.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let before = common::files_under(&dir.join("wal"));
+    let mut sb = common::standby(&dir, &addr, &[], &t.path().join("sb2.log"));
+    common::wait_until("the standby to try the address", || {
+        sb.log().contains("connecting to the primary")
+    });
+    let (mut srv, _) = common::serve(&dir, &addr, &common::NET, &t.path().join("s2.log"));
+    assert_eq!(sb.wait_exit(), 2, "{}", sb.log());
+    assert!(
+        sb.log()
+            .contains("a standby may not follow its own directory"),
+        "{}",
+        sb.log()
+    );
+    assert!(
+        common::files_under(&dir.join("wal")) == before,
+        "wal/ changed"
+    );
+    srv.kill();
+}
+
+/// A standby's directory served to cascaded standbys, its standby pointed at that very serve
+/// (at any address it listens on): refused, and it keeps its primary.
+#[test]
+fn a_cascading_standby_pointed_at_its_own_serve_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (dir, sdir) = (t.path().join("p"), t.path().join("s"));
+    common::init(&dir);
+    common::write_records(&dir, 30, "a");
+    common::seal(&dir);
+    let (mut srv, addr) = common::serve(&dir, "127.0.0.1:0", &common::NET, &t.path().join("p.log"));
+    let mut sb = common::standby(&sdir, &addr, &[], &t.path().join("s.log"));
+    common::wait_caught_up(&dir, &sdir);
+    sb.kill();
+    let meta = std::fs::read(sdir.join("state/standby.json")).unwrap();
+    let (mut cascade, listening) = common::serve(
+        &sdir,
+        "0.0.0.0:0",
+        &[
+            "--insecure",
+            "--heartbeat-interval",
+            "200ms",
+            "--peer-timeout",
+            "3s",
+        ],
+        &t.path().join("c.log"),
+    );
+    // It listens on every address; the standby is given the loopback one.
+    let port = listening.rsplit(':').next().unwrap();
+    let mut sb = common::standby(
+        &sdir,
+        &format!("127.0.0.1:{port}"),
+        &[],
+        &t.path().join("s2.log"),
+    );
+    assert_eq!(sb.wait_exit(), 2, "{}", sb.log());
+    assert!(
+        sb.log()
+            .contains("a standby may not follow its own directory"),
+        "{}",
+        sb.log()
+    );
+    assert_eq!(
+        std::fs::read(sdir.join("state/standby.json")).unwrap(),
+        meta
+    );
+    cascade.kill();
+    srv.kill();
 }
 
 /// Asked to stop while its primary does not answer the handshake, a standby stops at once

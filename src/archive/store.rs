@@ -174,7 +174,7 @@ impl LocalDirStore {
                     .and_then(|m| m.modified().ok())
                     .and_then(|t| t.elapsed().ok())
                     .is_none_or(|age| age < STALE_TEMPORARY);
-                if fresh && temporary_writer(name).is_some_and(process_alive) {
+                if fresh && temporary_writer(name).is_some_and(crate::fsutil::process_alive) {
                     continue;
                 }
                 let p = entry.path();
@@ -321,16 +321,6 @@ fn temporary_writer(file_name: &str) -> Option<i32> {
     let (rest, _random) = stem.rsplit_once('.')?;
     let (_, pid) = rest.rsplit_once('.')?;
     pid.parse().ok()
-}
-
-/// True when a process of this pid runs on this machine.
-fn process_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Lists the objects of a local archive directory (temporary files and subdirectories are not

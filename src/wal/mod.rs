@@ -193,6 +193,16 @@ use crate::sync::lock;
 /// there would sit at positions the standby has applied (or will), and it could never follow
 /// its primary again.
 fn refuse_standby(dir: &DataDir) -> Result<()> {
+    // Being made a standby's (its control file may already name the new primary's timeline):
+    // a writer there would be a second primary of that timeline.
+    let adopting = crate::replication::standby::directory::adopting_path(dir);
+    if adopting.exists() {
+        return Err(crate::Error::Refused(format!(
+            "{} is being made a standby's ({} exists): a `walship standby` stopped before it finished; run it again to finish (nothing may write to the directory meanwhile)",
+            dir.root().display(),
+            adopting.display()
+        )));
+    }
     let meta = crate::replication::standby::directory::meta_path(dir);
     match std::fs::symlink_metadata(&meta) {
         Ok(_) => Err(crate::Error::Refused(format!(

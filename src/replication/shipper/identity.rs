@@ -133,9 +133,16 @@ impl Registered<'_> {
         }
     }
 
-    /// True once a later connection of the same standby took this one's place.
-    pub(super) fn superseded(&self) -> bool {
-        self.cut.superseded.load(Ordering::Acquire)
+    /// Runs `f` if this connection still speaks for standby `id`, under the lock a later
+    /// connection takes to replace it (so that `f`, marking the standby disconnected, cannot
+    /// undo what the later one marked); false, `f` not run, when it was replaced.
+    pub(super) fn while_current(&self, id: &str, f: impl FnOnce()) -> bool {
+        let ids = crate::sync::lock(&self.sessions.by_id);
+        let current = ids.get(id).is_some_and(|(key, _)| *key == self.key);
+        if current {
+            f();
+        }
+        current
     }
 }
 
@@ -197,6 +204,29 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_later_connection_of_a_standby_takes_its_place_and_the_earlier_one_marks_nothing() {
+        let sessions = Sessions::default();
+        let (_tx, rx) = watch::channel(false);
+        let (a, mut a_stop) = sessions.register(None, false, rx.clone());
+        assert!(!a.take_over("s1"));
+        // Still current: its end marks the standby.
+        let mut marked = 0;
+        assert!(a.while_current("s1", || marked += 1));
+        let (b, _) = sessions.register(None, false, rx.clone());
+        assert!(b.take_over("s1"), "b takes a's place");
+        assert!(*a_stop.borrow_and_update(), "a is asked to stop");
+        // a's end marks nothing now: b speaks for the standby.
+        assert!(!a.while_current("s1", || marked += 1));
+        assert_eq!(marked, 1);
+        drop(a);
+        // a's registration gone, b still speaks for it.
+        assert!(b.while_current("s1", || marked += 1));
+        drop(b);
+        let (c, _) = sessions.register(None, false, rx);
+        assert!(!c.take_over("s1"), "nothing left to take the place of");
+    }
 
     #[test]
     fn certificate_and_token_names_must_agree() {

@@ -216,7 +216,7 @@ struct Shared {
     /// (durable position, time) samples: lag in time.
     lag: Mutex<LagRing>,
     /// Marks the directory as served while the shipper lives (`DataDir::mark_served`).
-    _served: Option<std::fs::File>,
+    _served: Option<crate::datadir::ServedMark>,
 }
 
 impl Shared {
@@ -346,7 +346,7 @@ impl Shipper {
         // Without the mark (a directory it may not write in) it serves all the same; only the
         // check that a standby is not pointed at its own directory is lost.
         let served = dd
-            .mark_served()
+            .mark_served(local_addr)
             .inspect_err(|e| tracing::warn!(error = %e, "cannot mark the directory as served"))
             .ok();
         let shared = Arc::new(Shared {

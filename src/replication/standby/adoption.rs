@@ -208,7 +208,14 @@ pub(super) fn adopt(shared: &Shared, jobs: &Jobs) -> Result<(), ReplError> {
         created_us: crate::now_us(),
         name: Some(shared.name.clone()),
     };
+    crate::fault!("standby::adopt", e => ReplError::io("record the directory as a standby's", e));
     write_meta(&shared.dd, &meta)?;
+    let adopting = super::directory::adopting_path(&shared.dd);
+    if adopting.exists() {
+        std::fs::remove_file(&adopting)
+            .map_err(|e| ReplError::io(format!("remove {}", adopting.display()), e))?;
+        fsync_dir(&shared.dd.state_dir())?;
+    }
     *lock(&shared.meta) = Some(meta);
     *lock(&shared.adopting) = None;
     for job in std::mem::take(&mut *lock(&shared.deferred)) {

@@ -40,7 +40,40 @@ pub(super) async fn connect_and_stream(
 /// TCP, then TLS when configured (its files read again for each connection).
 async fn open(shared: &Shared) -> Result<Stream, ReplError> {
     let cfg = &shared.config;
+    refuse_own_address(&shared.dd, &cfg.primary).await?;
     dial(&cfg.primary, cfg.tls.as_ref(), cfg.peer_timeout).await
+}
+
+/// Refuses for good a primary address at which this very directory is served (by a `serve`
+/// on it, started before or after this standby): the standby would be following itself.
+/// Checked at each connection, as such a `serve` may start at any time.
+async fn refuse_own_address(dd: &crate::datadir::DataDir, primary: &str) -> Result<(), ReplError> {
+    let served = dd.served_addresses();
+    if served.is_empty() {
+        return Ok(());
+    }
+    // An address that does not resolve is for the connection to report.
+    let Ok(addrs) = tokio::net::lookup_host(primary).await else {
+        return Ok(());
+    };
+    let local = |ip: std::net::IpAddr| {
+        // Only an address of this machine can be bound.
+        ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+    };
+    for a in addrs {
+        if let Some(s) = served.iter().find(|s| {
+            s.port() == a.port() && (s.ip() == a.ip() || (s.ip().is_unspecified() && local(a.ip())))
+        }) {
+            return Err(ReplError::refused(
+                ErrorCode::Identity,
+                format!(
+                    "--primary {primary} is where {} itself is served (a `walship serve` on it listens at {s}): a standby may not follow its own directory; point it at its primary",
+                    dd.root().display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// TCP to `primary`, then TLS with `tls` when given; `t` bounds each.

@@ -52,6 +52,13 @@ pub fn meta_path(dd: &DataDir) -> std::path::PathBuf {
     dd.state_dir().join("standby.json")
 }
 
+/// Present while a directory of some system is being made a standby's, from the first change
+/// acceptance makes (its control file onto the primary's timeline) until `standby.json` is
+/// written: writers refuse the directory meanwhile.
+pub fn adopting_path(dd: &DataDir) -> std::path::PathBuf {
+    dd.state_dir().join("adopting")
+}
+
 pub fn applied_path(dd: &DataDir) -> std::path::PathBuf {
     dd.state_dir().join("applied.json")
 }
@@ -453,6 +460,8 @@ pub(super) fn persist_timeline(shared: &Shared) -> Result<()> {
         return Ok(());
     };
     if shared.dd.read_control()?.timeline < control.timeline {
+        // Writers refuse the directory from here until it is a standby's.
+        write_atomic(&adopting_path(&shared.dd), b"")?;
         write_atomic(&shared.dd.control_path(), &control.encode())?;
     }
     Ok(())

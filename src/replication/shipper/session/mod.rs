@@ -75,17 +75,12 @@ pub(super) async fn connection(
             tracing::warn!(peer = %addr, standby = id.as_deref().unwrap_or("-"), reason = %e, "standby connection closed")
         }
     }
-    // The standby is disconnected when the connection that speaks for it ends, whether it
-    // reported or not (a rewind's, a first contact cut short); one that a later connection
-    // took the place of leaves it to that one.
-    if let Some(id) = id.as_ref().filter(|_| !ended.superseded) {
-        let info = shared.update(id, |s| {
-            s.connected = false;
-            s.clone()
-        });
+    // The standby was marked disconnected as its connection ended (`serve_standby`), unless a
+    // later connection had taken its place.
+    if id.is_some() && !ended.superseded {
         super::sync_state::refresh(&shared);
         // A slot starts at the standby's first Status (a handshake alone makes none).
-        if let Some(info) = info.filter(|_| ended.status_seen) {
+        if let Some(info) = ended.last.take().filter(|_| ended.status_seen) {
             save_slot(&shared.registry, &info).await;
         }
     }
@@ -103,6 +98,8 @@ struct Ended {
     status_seen: bool,
     /// A later connection of the same standby took its place.
     superseded: bool,
+    /// The standby as it was marked disconnected, when this connection still spoke for it.
+    last: Option<super::StandbyInfo>,
 }
 
 async fn serve_standby(
@@ -235,7 +232,17 @@ async fn serve_standby(
         )
         .await;
     ended.status_seen = conn.status_seen;
-    ended.superseded = registered.superseded();
+    // The standby is disconnected when the connection that speaks for it ends, whether it
+    // reported or not (a rewind's, a first contact cut short); one that a later connection
+    // took the place of leaves it to that one.
+    let mut last = None;
+    ended.superseded = !registered.while_current(&conn.id, || {
+        last = shared.update(&conn.id, |s| {
+            s.connected = false;
+            s.clone()
+        });
+    });
+    ended.last = last;
     // The last save of the slot (by the caller) comes after any save still in flight.
     conn.saves_settled().await;
     reader.abort();
