@@ -1712,8 +1712,9 @@ fn an_archive_inside_a_data_directory_is_refused_and_restore_never_writes_over_i
     assert_eq!(records(&dest), all);
 }
 
-/// Two archivers with different `--compress` racing on one archive: each segment ends up
-/// under one name only, and the archive restores every record.
+/// Archivers with different `--compress` racing on one archive (two of them compressing):
+/// each segment ends up under one name only, every racer succeeds, and the archive restores
+/// every record.
 #[test]
 fn archivers_racing_with_different_compression_store_each_segment_once() {
     let t = tempfile::tempdir().unwrap();
@@ -1732,8 +1733,12 @@ fn archivers_racing_with_different_compression_store_each_segment_once() {
                 .spawn()
                 .unwrap()
         };
-        let (zst, raw) = (spawn(&["--compress", "zstd"]), spawn(&[]));
-        for child in [zst, raw] {
+        let racers = [
+            spawn(&["--compress", "zstd"]),
+            spawn(&["--parallel", "4"]),
+            spawn(&["--compress", "zstd", "--parallel", "3"]),
+        ];
+        for child in racers {
             let out = child.wait_with_output().unwrap();
             // Each racer resolves the other's copy under the second name, whoever wins.
             assert_eq!(common::code(&out), 0, "round {round}: {}", text(&out));

@@ -108,6 +108,11 @@ impl<S: ArchiveStore> Archiver<S> {
             .find(|w| w[0].0 == w[1].0 && w[0].0.segment_no.0 >= begin)
         {
             let (n, a, b) = (w[0].0, &w[0].2.name, &w[1].2.name);
+            // Listed while two racing archivers settled the names (one removes the `.wal.zst`
+            // it finds beside the `.wal`): asked again, one is gone.
+            if !(self.store.exists(a).await? && self.store.exists(b).await?) {
+                return Box::pin(self.reconcile()).await;
+            }
             return Err(Error::Corrupt {
                 file: PathBuf::from(&loc).join(b),
                 offset: 0,

@@ -140,6 +140,27 @@ impl<S: ArchiveStore> Uploader<S> {
         c: Compression,
         local: &Arc<Vec<u8>>,
     ) -> Result<PushOutcome> {
+        let held = self.compare_held(object, c, local).await;
+        if held.is_err() && c == Compression::Zstd {
+            // Removed meanwhile by an archiver that found the segment under both names: it
+            // kept the `.wal` one, which must then hold these bytes.
+            if let Some((name, _)) = parse_object_name(object) {
+                let raw = object_name(name, Compression::None);
+                if !self.store.exists(object).await? && self.store.exists(&raw).await? {
+                    return self.compare_held(&raw, Compression::None, local).await;
+                }
+            }
+        }
+        held
+    }
+
+    /// [`Self::compare_existing`] of `object` as it is.
+    async fn compare_held(
+        &self,
+        object: &str,
+        c: Compression,
+        local: &Arc<Vec<u8>>,
+    ) -> Result<PushOutcome> {
         let loc = self.store.location();
         let data = self
             .store
