@@ -478,6 +478,10 @@ fn a_history_file_of_another_system_is_refused_by_every_reader() {
     let out = walship(&["restore", p(&arc), p(&dest)]);
     refused(&out, "restore");
     assert!(!dest.exists(), "restore created {}", dest.display());
+    // Along timeline 1, which needs no history file, as well.
+    let out = walship(&["restore", p(&arc), p(&dest), "--timeline", "1"]);
+    refused(&out, "restore --timeline 1");
+    assert!(!dest.exists(), "restore created {}", dest.display());
     refused(&walship(&["verify", p(&arc)]), "verify");
     refused(&walship(&["status", p(&arc)]), "status");
     let out = walship(&["archive-prune", p(&arc), "--keep-since", "0/00010000"]);

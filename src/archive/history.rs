@@ -154,6 +154,11 @@ pub async fn chosen_history<S: ArchiveStore>(
     choice: TimelineChoice,
     system_id: Uuid,
 ) -> Result<History> {
+    // Every history file is this archive's, whichever timeline is chosen: one of another
+    // system is damage, even when the choice needs no history file at all.
+    for t in list_histories(store).await? {
+        read_history(store, t, system_id).await?;
+    }
     let t = match choice {
         TimelineChoice::Latest => return newest_history(store, system_id).await,
         TimelineChoice::Exactly(1) => return Ok(History::root()),
