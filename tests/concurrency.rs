@@ -152,3 +152,39 @@ fn a_follower_reads_a_live_writer_across_rotations_without_false_damage() {
     writer.join().expect("writer");
     assert!(wal.stats().segments_sealed > 20, "{:?}", wal.stats());
 }
+
+/// `walship verify` beside a running writer that seals a small segment every few milliseconds
+/// (files renamed between its listing and its reads) finds no damage.
+#[test]
+fn verify_beside_a_live_writer_that_seals_as_it_goes_finds_no_damage() {
+    let (_tmp, dir) = common::new_dir();
+    let wal = Arc::new(Wal::open(&dir, WalOptions::default()).expect("open"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (wal, stop) = (wal.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let payload = vec![7u8; 200];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..64 {
+                    wal.append(&Entry::new(EntryType::Insert, None, &payload))
+                        .expect("append");
+                }
+            }
+        })
+    };
+    for round in 0..15 {
+        let out = common::run(&["verify", dir.to_str().expect("utf8")], b"");
+        assert_eq!(
+            common::code(&out),
+            0,
+            "round {round}: {}",
+            common::stdout(&out)
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert!(
+        wal.stats().segments_sealed > 10,
+        "the writer sealed as it went"
+    );
+}
