@@ -852,6 +852,26 @@ fn a_lost_seal_marker_proven_by_a_newer_segment_is_damage_for_every_command() {
         }
         let before = common::files_under(&dir);
         damage_named_alike(shape, &dir);
+        // Read from past the damage, or only the first records of it: refused all the same,
+        // with nothing of the newer segment printed.
+        let d = dir.to_str().expect("utf8");
+        for args in [
+            vec!["dump", d, "--start", "0/00020000"],
+            vec!["dump", d, "--start", "0/00010000", "--limit", "1"],
+        ] {
+            let out = common::run(&args, b"");
+            assert_eq!(
+                common::code(&out),
+                1,
+                "{shape}: {args:?}: {}",
+                common::stderr(&out)
+            );
+            assert!(
+                !common::stdout(&out).contains("0/0002"),
+                "{shape}: {args:?} printed past the log's end: {}",
+                common::stdout(&out)
+            );
+        }
         assert!(common::files_under(&dir) == before, "{shape}: changed");
     }
 }

@@ -182,6 +182,9 @@ fn pct(sorted: &[u32], p: f64) -> u32 {
 
 pub fn run(a: DumpArgs) -> CmdResult {
     let mut reader = WalReader::open(&a.path, a.start.unwrap_or(Lsn(0)))?;
+    if a.start.is_some() {
+        reader.refuse_damage_before_start()?;
+    }
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut printed = 0u64;

@@ -58,6 +58,33 @@ impl WalReader {
 }
 
 impl WalReader {
+    /// For a reader starting past the log's beginning (`dump --start`), which skips the
+    /// segments where recovery's plan may end the log: asks the plan before the first record,
+    /// so that no record past the log's end is read as if the log went on (a reader from the
+    /// beginning asks it at the end). A running writer may be between two renames: damage is
+    /// asked about again (a few times) before it is reported. Reads every open segment.
+    pub fn refuse_damage_before_start(&mut self) -> Result<()> {
+        if self.standby || self.planned || !matches!(self.source, WalSource::Dir(_)) {
+            return Ok(());
+        }
+        self.planned = true;
+        let Some(dd) = self.source.data_dir() else {
+            return Ok(());
+        };
+        let control = dd.read_control()?;
+        let mut tries = 0;
+        loop {
+            match crate::recovery::plan_only(&dd, &control) {
+                Err(e @ Error::Corrupt { .. }) if tries == 4 => return Err(e),
+                Err(Error::Corrupt { .. }) => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// The rest of recovery's judgement of where the log ends (a newer open segment whose
     /// records prove an older one's seal marker was durable, a prepared file of any number
     /// that had been the open segment): what `write` refuses, a reader refuses alike. Judged
