@@ -68,15 +68,20 @@ fn an_old_primary_with_nothing_past_the_switch_follows_the_new_one() {
     sb.kill();
     assert_eq!(payloads(&old), payloads(&new));
     assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
-    // Its former standby's slot holds nothing back here any more, and is kept aside.
-    assert_eq!(standby_slots(&old), Vec::<String>::new());
-    let aside = files(&old, "setaside");
-    assert!(
-        aside
-            .iter()
-            .any(|n| n.starts_with(&format!("{}.json.", slots[0]))),
-        "{aside:?}"
-    );
+    assert_slots_set_aside(&old, &slots);
+}
+
+/// A former primary following the new one: its former standbys' slots hold nothing back
+/// there any more, and are kept aside.
+fn assert_slots_set_aside(old: &Path, slots: &[String]) {
+    assert_eq!(standby_slots(old), Vec::<String>::new());
+    let aside = files(old, "setaside");
+    for id in slots {
+        assert!(
+            aside.iter().any(|n| n.starts_with(&format!("{id}.json."))),
+            "{id}: {aside:?}"
+        );
+    }
 }
 
 /// The ids of the standby slots `status` shows for a directory.
@@ -432,15 +437,7 @@ fn a_planned_switchover_loses_nothing_and_the_old_primary_follows_without_rewind
     sb.kill();
     assert_eq!(payloads(&old), payloads(&new));
     assert_eq!(status(&old)["timeline"].as_u64(), Some(2));
-    // Its former standby's slot holds nothing back here any more, and is kept aside.
-    assert_eq!(standby_slots(&old), Vec::<String>::new());
-    let aside = files(&old, "setaside");
-    assert!(
-        aside
-            .iter()
-            .any(|n| n.starts_with(&format!("{}.json.", slots[0]))),
-        "{aside:?}"
-    );
+    assert_slots_set_aside(&old, &slots);
 }
 
 #[test]

@@ -610,18 +610,22 @@ fn a_standby_pointed_at_its_own_directorys_serve_is_refused() {
     common::seal(&dir);
     common::write_records(&dir, 5, "open");
     let (mut srv, addr) = common::serve(&dir, "127.0.0.1:0", &common::NET, &t.path().join("s.log"));
+    // Refused with `code`, saying `says`, and nothing in wal/ changed.
+    let refused = |sb: &mut common::Proc, code: i32, says: &str, before| {
+        assert_eq!(sb.wait_exit(), code, "{}", sb.log());
+        assert!(sb.log().contains(says), "{}", sb.log());
+        assert!(
+            common::files_under(&dir.join("wal")) == before,
+            "wal/ changed"
+        );
+    };
     let before = common::files_under(&dir.join("wal"));
     let mut sb = common::standby(&dir, &addr, &[], &t.path().join("sb.log"));
-    assert_eq!(sb.wait_exit(), 1, "{}", sb.log());
-    assert!(
-        sb.log()
-            .contains("is being served by a running `walship serve`"),
-        "{}",
-        sb.log()
-    );
-    assert!(
-        common::files_under(&dir.join("wal")) == before,
-        "wal/ changed"
+    refused(
+        &mut sb,
+        1,
+        "is being served by a running `walship serve`",
+        before,
     );
     assert!(!dir.join("state/standby.json").exists());
     common::write_records(&dir, 1, "still a primary");
@@ -641,16 +645,11 @@ fn a_standby_pointed_at_its_own_directorys_serve_is_refused() {
         sb.log().contains("connecting to the primary")
     });
     let (mut srv, _) = common::serve(&dir, &addr, &common::NET, &t.path().join("s2.log"));
-    assert_eq!(sb.wait_exit(), 2, "{}", sb.log());
-    assert!(
-        sb.log()
-            .contains("a standby may not follow its own directory"),
-        "{}",
-        sb.log()
-    );
-    assert!(
-        common::files_under(&dir.join("wal")) == before,
-        "wal/ changed"
+    refused(
+        &mut sb,
+        2,
+        "a standby may not follow its own directory",
+        before,
     );
     srv.kill();
 }

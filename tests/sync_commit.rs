@@ -564,6 +564,20 @@ async fn library_degrades_after_the_timeout_with_an_event_and_returns() {
     shipper.stop(Duration::from_secs(5)).await;
 }
 
+/// A primary `root/p` served with the synchronous `policy` at `remote_flush`: its directory,
+/// the serve, and its address.
+fn primary_with_policy(root: &Path, policy: &str) -> (PathBuf, Proc, String) {
+    let dir = root.join("p");
+    init(&dir);
+    let (srv, addr) = serve(
+        &dir,
+        "127.0.0.1:0",
+        &["--sync", policy, "--sync-level", "remote_flush"],
+        &root.join("serve.log"),
+    );
+    (dir, srv, addr)
+}
+
 /// A connection that ends before its first Status (a `rewind` asking for history files under
 /// a standby's name, a first contact cut short) leaves no standby behind that the policy takes
 /// for connected: with the named standby killed, commits go to the next one in priority.
@@ -571,14 +585,7 @@ async fn library_degrades_after_the_timeout_with_an_event_and_returns() {
 fn a_connection_that_ends_before_reporting_leaves_no_connected_ghost() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
-    let dir = root.join("p");
-    init(&dir);
-    let (_srv, addr) = serve(
-        &dir,
-        "127.0.0.1:0",
-        &["--sync", "FIRST 1 (a, b)", "--sync-level", "remote_flush"],
-        &root.join("serve.log"),
-    );
+    let (dir, _srv, addr) = primary_with_policy(root, "FIRST 1 (a, b)");
     let mut a = standby_named(&root.join("a"), &addr, "a", &root.join("a.log"));
     let mut b = standby_named(&root.join("b"), &addr, "b", &root.join("b.log"));
     let one = commit(&dir, "one", Duration::from_secs(60), &root.join("w1.log"));
@@ -614,14 +621,7 @@ fn a_connection_that_ends_before_reporting_leaves_no_connected_ghost() {
 fn a_second_connection_of_one_standby_takes_the_firsts_place() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
-    let dir = root.join("p");
-    init(&dir);
-    let (srv, addr) = serve(
-        &dir,
-        "127.0.0.1:0",
-        &["--sync", "FIRST 1 (a)", "--sync-level", "remote_flush"],
-        &root.join("serve.log"),
-    );
+    let (dir, srv, addr) = primary_with_policy(root, "FIRST 1 (a)");
     let (sa, sc) = (root.join("sa"), root.join("sc"));
     let mut a = standby_named(&sa, &addr, "a", &root.join("a.log"));
     let one = commit(&dir, "one", Duration::from_secs(60), &root.join("w1.log"));
