@@ -1,5 +1,7 @@
 //! An archive in an S3-compatible object store (AWS S3, MinIO, Ceph RGW, R2, ...), under a
 //! bucket and an optional prefix: `s3://BUCKET/PREFIX`. Built on the `object_store` crate.
+//! One file, a little over 600 lines: the configuration, the store and retention's blocking
+//! check all go through the one client and its one mapping of the store's errors.
 //!
 //! The store's rules on an object store's terms: `put` is one conditional create
 //! (`If-None-Match: *`), so an object appears whole or not at all and an existing one is never

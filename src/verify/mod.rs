@@ -46,6 +46,7 @@ pub use crate::reader::Identity;
 
 mod archive;
 mod history;
+mod live;
 mod read_ahead;
 pub use archive::{verify_archive, verify_store};
 
@@ -62,37 +63,8 @@ pub fn verify_path(path: &Path) -> Result<VerifyReport> {
     r
 }
 
-/// How many times a check that found damage is done again because the directory's files
-/// changed while it ran.
-const RELISTED_CHECKS: usize = 10;
-
 fn verify_path_uncounted(path: &Path) -> Result<VerifyReport> {
-    // A running writer renames files (seals, rotations, recycling) between the listing and
-    // the reads, and a listing taken during a rename may miss the file or hold it twice: what
-    // looks like damage while the files changed is checked again from a new listing, and is
-    // reported only once a check ran with nothing changing under it (or at the last try).
-    for _ in 0..RELISTED_CHECKS {
-        let before = wal_listing(path);
-        let report = verify_listed(path)?;
-        if report.errors.is_empty() || before.is_none() || wal_listing(path) == before {
-            return Ok(report);
-        }
-    }
-    verify_listed(path)
-}
-
-/// The names in the wal/ folder `path` stands for, when it stands for one.
-fn wal_listing(path: &Path) -> Option<Vec<std::ffi::OsString>> {
-    if !path.is_dir() {
-        return None;
-    }
-    let (_, wal) = data_dir_layout(path);
-    let mut names: Vec<_> = std::fs::read_dir(wal)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
-    names.sort();
-    Some(names)
+    live::until_unchanged(path, verify_listed)
 }
 
 /// One check of `path`, from one listing of its files.

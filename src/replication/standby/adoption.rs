@@ -196,7 +196,7 @@ pub(super) fn adopt(shared: &Shared, jobs: &Jobs) -> Result<(), ReplError> {
     }
     // Before the directory is recorded as a standby's, so that a crash between is finished by
     // the next start's adoption: the timeline it entered, and its former standbys' slots.
-    super::directory::persist_timeline(shared)?;
+    super::new_timeline::persist_timeline(shared)?;
     let retired =
         crate::consumers::ConsumerRegistry::new(&shared.dd).set_aside_standbys(&shared.dd)?;
     if !retired.is_empty() {

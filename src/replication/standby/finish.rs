@@ -100,7 +100,7 @@ pub(super) fn finish_segment(
         if adopting.is_some() {
             // Accepted: the directory's control names the timeline before a segment of it is
             // stored under its name.
-            super::directory::persist_timeline(shared).map_err(NotStored::Local)?;
+            super::new_timeline::persist_timeline(shared).map_err(NotStored::Local)?;
         }
         let target = shared.dd.segment_path(&sealed_name);
         crate::fault!("standby::rename", e => NotStored::Local(Error::io(format!("rename {} to {}", path.display(), target.display()), e)));

@@ -43,6 +43,7 @@ mod apply;
 pub(crate) mod connection;
 pub mod directory;
 mod finish;
+mod new_timeline;
 pub(crate) mod partial;
 mod receiver;
 mod store;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::apply::{hand_to_applier, Jobs};
-use super::directory::enter_timeline;
 use super::finish::finish_segment;
+use super::new_timeline::enter_timeline;
 use super::partial::{valid_prefix, PartialCopy, Tail};
 use super::{lock, Shared};
 use crate::format::segment_header::SEGMENT_HEADER_LEN;
