@@ -136,12 +136,12 @@ pub fn rewind(dd: &DataDir, source: &Source, dry_run: bool) -> Result<Rewound> {
     let standby = crate::replication::standby_state::meta_path(dd).exists();
     for h in &later {
         out.set_aside
-            .push(aside_name(&aside_dir, &h.name, switch, |_| false)?.0);
+            .push(aside_name(&aside_dir, &h.name, switch, None)?.0);
     }
     for h in &straddling {
         let bytes = read_segment(dd, &h.name)?;
         out.set_aside
-            .push(aside_name(&aside_dir, &h.name, switch, |b| b == bytes)?.0);
+            .push(aside_name(&aside_dir, &h.name, switch, Some(&bytes))?.0);
         out.cut = Some(SegmentName::new(h.name.timeline, at, cut_kind(standby)));
     }
     if dry_run {
@@ -256,7 +256,7 @@ fn read_segment(dd: &DataDir, name: &SegmentName) -> Result<Vec<u8>> {
 }
 
 /// The path in `setaside/` that a rewind to `switch` gives `name`'s file, and whether a file
-/// there already holds these bytes (`same`): a rerun after a crash finds its own copy. An
+/// there already holds `own` bytes, when given: a rerun after a crash finds its own copy. An
 /// earlier rewind to the same switch point may have set aside other bytes under the rewind
 /// name (the directory was written again after it): then `.2`, `.3`, ... follow it, so that
 /// no set-aside file is ever replaced.
@@ -264,7 +264,7 @@ fn aside_name(
     aside: &Path,
     name: &SegmentName,
     switch: Lsn,
-    same: impl Fn(&[u8]) -> bool,
+    own: Option<&[u8]>,
 ) -> Result<(PathBuf, bool)> {
     let base = diverged_name(&name.to_string(), switch);
     for n in 1u32..10_000 {
@@ -273,11 +273,16 @@ fn aside_name(
         } else {
             aside.join(format!("{base}.{n}"))
         };
-        match fs::read(&path) {
-            Ok(held) if same(&held) => return Ok((path, true)),
-            Ok(_) => {}
+        match fs::symlink_metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((path, false)),
-            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+            Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+            Ok(m) => {
+                if let Some(own) = own.filter(|b| b.len() as u64 == m.len()) {
+                    if fs::read(&path).ctx(|| format!("read {}", path.display()))? == own {
+                        return Ok((path, true));
+                    }
+                }
+            }
         }
     }
     Err(Error::Other(format!(
@@ -291,7 +296,7 @@ fn move_aside_as(dd: &DataDir, name: &SegmentName, switch: Lsn) -> Result<PathBu
     let aside = ensure_setaside(dd)?;
     let from = dd.segment_path(name);
     // The directory's lock is held: no other process takes the name between.
-    let (to, _) = aside_name(&aside, name, switch, |_| false)?;
+    let (to, _) = aside_name(&aside, name, switch, None)?;
     fs::rename(&from, &to).ctx(|| format!("rename {} to {}", from.display(), to.display()))?;
     fsync_dir(&aside)?;
     fsync_dir(&dd.wal_dir())?;
@@ -335,7 +340,7 @@ fn cut_back(
     }
     // The whole segment, as it was, kept.
     let aside = ensure_setaside(dd)?;
-    let (copy, held) = aside_name(&aside, name, switch, |b| b == buf)?;
+    let (copy, held) = aside_name(&aside, name, switch, Some(&buf))?;
     if !held {
         crate::fault!("rewind::copy", e => Error::io("set the diverged segment aside", e));
         crate::fsutil::write_atomic(&copy, &buf)?;
