@@ -262,8 +262,9 @@ impl DataDir {
             .write(true)
             .open(&path)
             .ctx(|| format!("open {}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        // Waits, if need be, only for a check of `is_served`, which holds the lock exclusively
+        // for an instant. SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
             let err = std::io::Error::last_os_error();
             return Err(Error::io(format!("lock {}", path.display()), err));
         }
