@@ -18,7 +18,8 @@ const SERVING: &str = "serving";
 /// A directory marked as served ([`DataDir::mark_served`]) while this lives.
 #[derive(Debug)]
 pub struct ServedMark {
-    _lock: File,
+    /// The shared lock on `serving`, and this serve's own address file, held locked.
+    _locks: (File, File),
     own: PathBuf,
 }
 
@@ -268,11 +269,28 @@ impl DataDir {
             let err = std::io::Error::last_os_error();
             return Err(Error::io(format!("lock {}", path.display()), err));
         }
+        // Its address, in a file of its own that it holds locked: a file no process holds
+        // (its serve was killed) is passed over, whoever has its pid now.
         let own = self
             .state_dir()
             .join(format!("{SERVING}.{}", std::process::id()));
-        write_atomic(&own, listen.to_string().as_bytes())?;
-        Ok(ServedMark { _lock: file, own })
+        let mut addr = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&own)
+            .ctx(|| format!("open {}", own.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(addr.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(Error::io(format!("lock {}", own.display()), err));
+        }
+        addr.write_all(listen.to_string().as_bytes())
+            .ctx(|| format!("write {}", own.display()))?;
+        Ok(ServedMark {
+            _locks: (file, addr),
+            own,
+        })
     }
 
     /// True while some process serves the directory ([`DataDir::mark_served`]).
@@ -294,8 +312,8 @@ impl DataDir {
         Err(Error::io(format!("lock {}", path.display()), err))
     }
 
-    /// The addresses running `serve` processes serve this directory at (marks of processes
-    /// that are gone are passed over).
+    /// The addresses running `serve` processes serve this directory at (the marks of
+    /// processes that are gone, which no process holds locked, are passed over).
     pub fn served_addresses(&self) -> Vec<std::net::SocketAddr> {
         let Ok(entries) = fs::read_dir(self.state_dir()) else {
             return Vec::new();
@@ -304,13 +322,20 @@ impl DataDir {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let pid: i32 = name
+                let _pid: u32 = name
                     .strip_prefix(SERVING)?
                     .strip_prefix('.')?
                     .parse()
                     .ok()?;
-                crate::fsutil::process_alive(pid).then_some(())?;
-                fs::read_to_string(e.path()).ok()?.trim().parse().ok()
+                let mut f = File::open(e.path()).ok()?;
+                // A file no process holds locked is a killed serve's. SAFETY: flock on a
+                // descriptor we own; released when it is closed.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+                    return None;
+                }
+                let mut text = String::new();
+                f.read_to_string(&mut text).ok()?;
+                text.trim().parse().ok()
             })
             .collect()
     }
@@ -451,6 +476,28 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+
+    #[test]
+    fn a_served_mark_counts_while_its_serve_holds_it_whoever_has_its_pid() {
+        let t = tempfile::tempdir().unwrap();
+        DataDir::init(t.path(), 1 << 16).unwrap();
+        let dd = DataDir::new(t.path());
+        assert!(!dd.is_served().unwrap());
+        // A killed serve's address file, its pid now any live process's (this one's): no one
+        // holds it, so it is passed over.
+        let stale = dd
+            .state_dir()
+            .join(format!("{SERVING}.{}", std::process::id() + 1));
+        fs::write(&stale, "127.0.0.1:5433").unwrap();
+        assert_eq!(dd.served_addresses(), Vec::new());
+        let addr: std::net::SocketAddr = "127.0.0.1:6543".parse().unwrap();
+        let mark = dd.mark_served(addr).unwrap();
+        assert!(dd.is_served().unwrap());
+        assert_eq!(dd.served_addresses(), vec![addr]);
+        drop(mark);
+        assert!(!dd.is_served().unwrap());
+        assert_eq!(dd.served_addresses(), Vec::new());
+    }
 
     #[test]
     fn a_lock_released_while_another_thread_forks_can_be_taken_again_at_once() {

@@ -44,6 +44,36 @@ async fn open(shared: &Shared) -> Result<Stream, ReplError> {
     dial(&cfg.primary, cfg.tls.as_ref(), cfg.peer_timeout).await
 }
 
+/// The address a connection to `ip` reaches: an IPv4-mapped IPv6 address is its IPv4 one,
+/// and an unspecified address is this machine's loopback of its family.
+fn reached(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => reached(IpAddr::V4(v4)),
+            None if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            None => ip,
+        },
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// True when a connection to `to` reaches a listener bound to `listener` on this machine.
+fn listener_takes(listener: std::net::SocketAddr, to: std::net::SocketAddr) -> bool {
+    let (at, ip) = (reached(listener.ip()), reached(to.ip()));
+    // A wildcard listener takes connections to every local address of its family (`[::]`
+    // IPv4 ones too, as Linux binds it by default).
+    let wildcard =
+        listener.ip().is_unspecified() && local(ip) && (listener.is_ipv6() || ip.is_ipv4());
+    listener.port() == to.port() && (at == ip || wildcard)
+}
+
+/// True for an address of this machine (only those can be bound).
+fn local(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
 /// Refuses for good a primary address at which this very directory is served (by a `serve`
 /// on it, started before or after this standby): the standby would be following itself.
 /// Checked at each connection, as such a `serve` may start at any time.
@@ -56,14 +86,8 @@ async fn refuse_own_address(dd: &crate::datadir::DataDir, primary: &str) -> Resu
     let Ok(addrs) = tokio::net::lookup_host(primary).await else {
         return Ok(());
     };
-    let local = |ip: std::net::IpAddr| {
-        // Only an address of this machine can be bound.
-        ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
-    };
     for a in addrs {
-        if let Some(s) = served.iter().find(|s| {
-            s.port() == a.port() && (s.ip() == a.ip() || (s.ip().is_unspecified() && local(a.ip())))
-        }) {
+        if let Some(s) = served.iter().find(|s| listener_takes(**s, a)) {
             return Err(ReplError::refused(
                 ErrorCode::Identity,
                 format!(
@@ -344,5 +368,30 @@ struct AbortOnDrop(tokio::task::AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listener_takes;
+
+    #[test]
+    fn which_listeners_a_connection_reaches() {
+        let t = |l: &str, to: &str| listener_takes(l.parse().unwrap(), to.parse().unwrap());
+        assert!(t("127.0.0.1:5433", "127.0.0.1:5433"));
+        assert!(!t("127.0.0.1:5433", "127.0.0.1:5434"));
+        // An unspecified or IPv4-mapped address reaches what its plain form does.
+        assert!(t("127.0.0.1:5433", "0.0.0.0:5433"));
+        assert!(t("127.0.0.1:5433", "[::ffff:127.0.0.1]:5433"));
+        assert!(t("[::1]:5433", "[::]:5433"));
+        // A wildcard takes every local address of its family; `[::]` IPv4 ones too.
+        assert!(t("0.0.0.0:5433", "127.0.0.1:5433"));
+        assert!(!t("0.0.0.0:5433", "[::1]:5433"));
+        assert!(t("[::]:5433", "[::1]:5433"));
+        assert!(t("[::]:5433", "127.0.0.1:5433"));
+        // Another address of the loopback net is another listener.
+        assert!(!t("127.0.0.1:5433", "127.0.0.2:5433"));
+        // An address of no interface here is no listener here.
+        assert!(!t("0.0.0.0:5433", "192.0.2.1:5433"));
     }
 }
