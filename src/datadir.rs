@@ -253,7 +253,7 @@ impl DataDir {
 
     /// Marks the directory as served, at `listen`, for as long as the returned mark lives: a
     /// shared lock on `state/serving`, which every `serve` on it holds, and the address in
-    /// `state/serving.PID`. A standby may not adopt a directory that is served, nor follow a
+    /// `state/serving.PID.N`. A standby may not adopt a directory that is served, nor follow a
     /// primary at an address its own directory is served at: it would be following itself.
     pub fn mark_served(&self, listen: std::net::SocketAddr) -> Result<ServedMark> {
         let path = self.state_dir().join(SERVING);
@@ -271,9 +271,13 @@ impl DataDir {
         }
         // Its address, in a file of its own that it holds locked: a file no process holds
         // (its serve was killed) is passed over, whoever has its pid now.
+        // One file per shipper, a process may run one after another (a serve following its
+        // directory onto a new timeline starts its next before the last has let go).
+        static SHIPPERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SHIPPERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let own = self
             .state_dir()
-            .join(format!("{SERVING}.{}", std::process::id()));
+            .join(format!("{SERVING}.{}.{n}", std::process::id()));
         let mut addr = fs::OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -322,11 +326,7 @@ impl DataDir {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let _pid: u32 = name
-                    .strip_prefix(SERVING)?
-                    .strip_prefix('.')?
-                    .parse()
-                    .ok()?;
+                name.strip_prefix(SERVING)?.strip_prefix('.')?;
                 let mut f = File::open(e.path()).ok()?;
                 // A file no process holds locked is a killed serve's. SAFETY: flock on a
                 // descriptor we own; released when it is closed.
