@@ -15,6 +15,23 @@ use crate::fsutil::{fsync_dir, write_atomic};
 /// one's address is in `SERVING.PID` beside it.
 const SERVING: &str = "serving";
 
+/// Opens (creating it) the file at `path` for writing and takes the flock `op` on it, waiting
+/// for it.
+fn open_flocked(path: &Path, op: libc::c_int) -> Result<File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ctx(|| format!("open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(Error::io(format!("lock {}", path.display()), err));
+    }
+    Ok(file)
+}
+
 /// A directory marked as served ([`DataDir::mark_served`]) while this lives.
 #[derive(Debug)]
 pub struct ServedMark {
@@ -256,39 +273,19 @@ impl DataDir {
     /// `state/serving.PID.N`. A standby may not adopt a directory that is served, nor follow a
     /// primary at an address its own directory is served at: it would be following itself.
     pub fn mark_served(&self, listen: std::net::SocketAddr) -> Result<ServedMark> {
-        let path = self.state_dir().join(SERVING);
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .ctx(|| format!("open {}", path.display()))?;
         // Waits, if need be, only for a check of `is_served`, which holds the lock exclusively
-        // for an instant. SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(Error::io(format!("lock {}", path.display()), err));
-        }
-        // Its address, in a file of its own that it holds locked: a file no process holds
-        // (its serve was killed) is passed over, whoever has its pid now.
-        // One file per shipper, a process may run one after another (a serve following its
-        // directory onto a new timeline starts its next before the last has let go).
+        // for an instant.
+        let file = open_flocked(&self.state_dir().join(SERVING), libc::LOCK_SH)?;
+        // Its address, in a file of its own that it holds locked: a file no process holds (its
+        // serve was killed) is passed over, whoever has its pid now. One file per shipper: a
+        // serve following its directory onto a new timeline starts its next shipper before the
+        // last has let go.
         static SHIPPERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SHIPPERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let own = self
             .state_dir()
             .join(format!("{SERVING}.{}.{n}", std::process::id()));
-        let mut addr = fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&own)
-            .ctx(|| format!("open {}", own.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(addr.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(Error::io(format!("lock {}", own.display()), err));
-        }
+        let mut addr = open_flocked(&own, libc::LOCK_EX)?;
         addr.write_all(listen.to_string().as_bytes())
             .ctx(|| format!("write {}", own.display()))?;
         Ok(ServedMark {
