@@ -76,6 +76,15 @@ pub enum Error {
     #[error("{path}: is a {kind}, not a regular file; walship reads only regular files under this name (move it out of the folder)")]
     NotRegularFile { path: PathBuf, kind: &'static str },
 
+    /// A reader went on to a segment that retention released (removed, or kept for reuse)
+    /// while it read: not damage, the records are gone from this directory by design.
+    #[error("{file}: released by retention while it was being read (the checkpoint, {checkpoint}, is past its end, and no older segment is kept): its records are no longer in this data directory; {}", match .oldest { Some(o) => format!("the oldest segment it holds now is {o}"), None => "it holds no sealed or open segment now".to_string() })]
+    Released {
+        file: PathBuf,
+        checkpoint: Lsn,
+        oldest: Option<String>,
+    },
+
     #[error("{0}")]
     InvalidArgument(String),
 

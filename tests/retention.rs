@@ -429,3 +429,133 @@ fn a_checkpoint_at_a_seal_is_within_the_wal() {
     let out = walship(&["checkpoint", p(&root), "--lsn", &(newest.1 + 1).to_string()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// Writes 6 sealed segments and the open one through the library: (records, end LSN of
+/// segment 0, end LSN of segment 3).
+fn six_sealed_segments(dir: &Path) -> (usize, u64, u64) {
+    let wal = Wal::open(dir, WalOptions::default()).unwrap();
+    let mut n = 0;
+    while wal.stats().segments_sealed < 6 {
+        wal.append(&Entry::new(EntryType::Insert, Some(n), &[b'r'; 100]))
+            .unwrap();
+        n += 1;
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    let seals = sealed(dir);
+    (n as usize, seals[0].1 + 64, seals[3].1 + 64)
+}
+
+/// A `dump` (another process) still reading when `checkpoint` releases the segments ahead of
+/// it, removed or kept for reuse, is told that retention released them (exit 2), not that the
+/// log is damaged; what it printed is the log's prefix. A segment missing where retention
+/// cannot have released it (older ones kept, or past the checkpoint) stays damage (exit 1).
+#[test]
+fn a_reader_overtaken_by_retention_is_told_so_and_a_hole_is_still_damage() {
+    use std::io::Read;
+    for (max_recycled, follow) in [("0", false), ("4", false), ("4", true), ("0", true)] {
+        let (_tmp, dir) = common::new_dir();
+        let (_, seg0_end, seg3_end) = six_sealed_segments(&dir);
+        let mut args = vec!["dump", p(&dir), "--json"];
+        if follow {
+            args.push("--follow");
+        }
+        let log = dir.parent().unwrap().join("dump.log");
+        // dump blocks on its full stdout pipe inside segment 0, which it holds in memory.
+        let mut dump = common::spawn(&args, &log);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let cp = walship(&[
+            "checkpoint",
+            p(&dir),
+            "--lsn",
+            &seg3_end.to_string(),
+            "--max-recycled",
+            max_recycled,
+        ]);
+        assert!(cp.status.success(), "{}", text(&cp));
+        let mut out = String::new();
+        dump.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let code = dump.wait_exit();
+        let err = dump.log();
+        assert_eq!(code, 2, "recycled {max_recycled}, follow {follow}: {err}");
+        assert!(
+            err.contains(
+                "000000010000000000000001.wal: released by retention while it was being read"
+            ) && err.contains(&format!("the checkpoint, {}", Lsn(seg3_end)))
+                && err.contains("the oldest segment it holds now is 000000010000000000000004.wal"),
+            "{err}"
+        );
+        assert!(!err.contains("missing"), "{err}");
+        let lsns: Vec<u64> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["lsn"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            !lsns.is_empty() && lsns[0] == 80 && *lsns.last().unwrap() < seg0_end,
+            "{lsns:?}"
+        );
+        assert!(
+            lsns.windows(2).all(|w| w[1] - w[0] == lsns[1] - lsns[0]),
+            "not a prefix: {lsns:?}"
+        );
+    }
+
+    // Holes retention did not make stay damage: one below the checkpoint with older segments
+    // kept (a consumer holds them), and the same shape as above with no checkpoint past them.
+    let (_tmp, dir) = common::new_dir();
+    let (_, _, seg3_end) = six_sealed_segments(&dir);
+    let seg = |no: u64| common::seg_path(&dir, no, walship::format::SegmentFileKind::Sealed);
+    let dd = DataDir::new(&dir);
+    ConsumerRegistry::new(&dd)
+        .save(&consumer("holder", ConsumerKind::Standby, 0))
+        .unwrap();
+    let opts = RetentionOptions {
+        max_retained: None,
+        max_recycled: 0,
+    };
+    checkpoint(&dd, Lsn(seg3_end), &opts).unwrap();
+    std::fs::remove_file(seg(2)).unwrap();
+    let out = walship(&["dump", p(&dir)]);
+    assert_eq!(common::code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("segment number 2 is missing"),
+        "{}",
+        text(&out)
+    );
+
+    let (_tmp, dir) = common::new_dir();
+    six_sealed_segments(&dir);
+    let log = dir.parent().unwrap().join("dump.log");
+    let mut dump = common::spawn(&["dump", p(&dir)], &log);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for no in [0, 1] {
+        std::fs::remove_file(common::seg_path(
+            &dir,
+            no,
+            walship::format::SegmentFileKind::Sealed,
+        ))
+        .unwrap();
+    }
+    let mut out = String::new();
+    dump.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(dump.wait_exit(), 1, "{}", dump.log());
+    assert!(
+        dump.log().contains("segment number 1 is missing"),
+        "{}",
+        dump.log()
+    );
+}

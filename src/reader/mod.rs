@@ -23,6 +23,7 @@ use crate::{EntryType, Lsn};
 mod files;
 mod identity;
 mod published;
+mod released;
 mod source;
 
 use files::read_tail;
@@ -139,8 +140,14 @@ impl WalReader {
     }
 
     /// The next record, or `Ok(None)` at the current end of the log; call again later to
-    /// follow new records. Damage is an error naming file, offset and LSN.
+    /// follow new records. Damage is an error naming file, offset and LSN; a segment that
+    /// retention released while it was read is [`Error::Released`].
     pub fn next_record(&mut self) -> Result<Option<WalRecord>> {
+        self.next_record_here()
+            .map_err(|e| self.released_instead(e))
+    }
+
+    fn next_record_here(&mut self) -> Result<Option<WalRecord>> {
         loop {
             if self.cur.is_none() && !self.load_next()? {
                 if self.more_past_the_end()? {
