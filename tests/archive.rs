@@ -1759,25 +1759,49 @@ fn archivers_racing_with_different_compression_store_each_segment_once() {
     }
 }
 
-/// An archive holding one segment under both names is damage a restore refuses: the archiver
-/// reports it naming both objects, and retention does not count the segment as archived.
+/// An archive holding one segment under both names (an archiver stopped before it settled
+/// them): the next archiver run keeps the `.wal` object and removes the `.wal.zst` one when
+/// they hold the same bytes; when they differ it is damage a restore refuses, the archiver
+/// reports it naming both objects and changes nothing, and retention does not count the
+/// segment as archived.
 #[test]
-fn a_segment_stored_under_both_names_is_damage_to_the_archiver_and_retention() {
+fn a_segment_stored_under_both_names_is_settled_when_the_same_and_damage_when_not() {
     let t = tempfile::tempdir().unwrap();
     let data = t.path().join("data");
     make_store(&data, 4, 13);
+    let name = "000000010000000000000001.wal";
+    for compress in ["zstd", "none"] {
+        let arc = t.path().join(format!("same-{compress}"));
+        assert!(archive_once(&data, &arc, &["--compress", "zstd"])
+            .status
+            .success());
+        std::fs::copy(data.join("wal").join(name), arc.join(name)).unwrap();
+        let out = archive_once(&data, &arc, &["--compress", compress]);
+        assert_eq!(common::code(&out), 0, "{}", text(&out));
+        assert!(
+            text(&out).contains("under both names with the same content"),
+            "{}",
+            text(&out)
+        );
+        assert!(arc.join(name).exists() && !arc.join(format!("{name}.zst")).exists());
+        assert_archive_complete(t.path(), &data, &arc, compress);
+    }
+
     let arc = t.path().join("arc");
     assert!(archive_once(&data, &arc, &["--compress", "zstd"])
         .status
         .success());
-    let name = "000000010000000000000001.wal";
-    std::fs::copy(data.join("wal").join(name), arc.join(name)).unwrap();
+    // Another segment's bytes under this segment's name: they differ.
+    let other = "000000010000000000000002.wal";
+    std::fs::copy(data.join("wal").join(other), arc.join(name)).unwrap();
     let before = common::files_under(&arc);
     let out = archive_once(&data, &arc, &[]);
     let said = text(&out);
     assert_eq!(common::code(&out), 1, "{said}");
     assert!(
-        said.contains(&format!("stored twice, as {name} and {name}.zst")),
+        said.contains(&format!(
+            "stored twice, as {name} and {name}.zst, and they do not hold the same bytes"
+        )),
         "{said}"
     );
     assert!(common::files_under(&arc) == before, "the archive changed");

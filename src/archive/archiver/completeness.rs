@@ -110,14 +110,17 @@ impl<S: ArchiveStore> Archiver<S> {
             let (n, a, b) = (w[0].0, &w[0].2.name, &w[1].2.name);
             // Listed while two racing archivers settled the names (one removes the `.wal.zst`
             // it finds beside the `.wal`): asked again, one is gone.
-            if !(self.store.exists(a).await? && self.store.exists(b).await?) {
+            // An archiver stopped before it settled them left both: settled here the same way.
+            if !(self.store.exists(a).await? && self.store.exists(b).await?)
+                || self.uploader().settle_both_names(n).await?
+            {
                 return Box::pin(self.reconcile()).await;
             }
             return Err(Error::Corrupt {
                 file: PathBuf::from(&loc).join(b),
                 offset: 0,
                 lsn: n.segment_no.start_lsn_saturating(self.identity.segment_size),
-                reason: format!("segment {n} is stored twice, as {a} and {b}: a restore refuses the archive. Remove one of them once it is shown to hold the same segment as the other (`zstd -dc {b} | cmp - {a}`); nothing was pushed"),
+                reason: format!("segment {n} is stored twice, as {a} and {b}, and they do not hold the same bytes (or {a} is damaged): a restore refuses the archive. Keep the one that holds this history's segment (`zstd -dc {b} | cmp - {a}` shows where they differ) and remove the other; nothing was pushed"),
             });
         }
         self.archived.clear();

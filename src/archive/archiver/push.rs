@@ -46,7 +46,7 @@ impl<S: ArchiveStore> Archiver<S> {
         joined(task).await
     }
 
-    fn uploader(&self) -> Uploader<S> {
+    pub(super) fn uploader(&self) -> Uploader<S> {
         Uploader {
             store: self.store.clone(),
             segment_size: self.identity.segment_size,
@@ -238,20 +238,9 @@ impl<S: ArchiveStore> Uploader<S> {
     ) -> Result<PushOutcome> {
         let loc = self.store.location();
         let other = other_form(c);
-        let other_name = object_name(name, other);
-        if !self.store.exists(&other_name).await? {
-            return Ok(outcome);
-        }
-        let Some(data) = self.store.get(&other_name).await? else {
-            // The racing archiver removed its copy itself.
+        let Some(same) = self.other_name_holds(name, other, local.clone()).await? else {
             return Ok(outcome);
         };
-        let file = PathBuf::from(&loc).join(&other_name);
-        let (expect, size) = (local.clone(), self.segment_size);
-        let same = blocking(move || {
-            Ok(decode_object(&file, other, data, size).is_ok_and(|d| d == *expect))
-        })
-        .await?;
         let (raw, zst) = (
             object_name(name, Compression::None),
             object_name(name, Compression::Zstd),
@@ -269,6 +258,64 @@ impl<S: ArchiveStore> Uploader<S> {
                 self.store.sync(&raw).await?;
                 Ok(PushOutcome::AlreadyArchived { object: raw })
             }
+        }
+    }
+
+    /// Whether segment `name`'s object under its `form` name decodes to `expect`; `None` when
+    /// there is no such object (never written, or removed by a racing archiver).
+    async fn other_name_holds(
+        &self,
+        name: SegmentName,
+        form: Compression,
+        expect: Arc<Vec<u8>>,
+    ) -> Result<Option<bool>> {
+        let object = object_name(name, form);
+        if !self.store.exists(&object).await? {
+            return Ok(None);
+        }
+        let Some(data) = self.store.get(&object).await? else {
+            return Ok(None);
+        };
+        let file = PathBuf::from(self.store.location()).join(&object);
+        let size = self.segment_size;
+        let same =
+            blocking(
+                move || Ok(decode_object(&file, form, data, size).is_ok_and(|d| d == *expect)),
+            )
+            .await?;
+        Ok(Some(same))
+    }
+
+    /// Segment `name` found under both names when the archive is listed (an archiver stopped
+    /// between storing its object and looking at the other name, see [`Self::one_name`]):
+    /// settled as a racing archiver settles them, the `.wal.zst` object removed when it
+    /// decodes to the same bytes as the `.wal` one. False when they differ or the `.wal` one
+    /// does not decode: both are left for the operator.
+    pub(super) async fn settle_both_names(&self, name: SegmentName) -> Result<bool> {
+        let (raw, zst) = (
+            object_name(name, Compression::None),
+            object_name(name, Compression::Zstd),
+        );
+        let Some(data) = self.store.get(&raw).await? else {
+            return Ok(true);
+        };
+        let file = PathBuf::from(self.store.location()).join(&raw);
+        let size = self.segment_size;
+        let Ok(kept) = blocking(move || decode_object(&file, Compression::None, data, size)).await
+        else {
+            return Ok(false);
+        };
+        match self
+            .other_name_holds(name, Compression::Zstd, Arc::new(kept))
+            .await?
+        {
+            Some(false) => Ok(false),
+            Some(true) => {
+                self.store.delete(&zst).await?;
+                tracing::warn!(archive = %self.store.location(), kept = %raw, removed = %zst, "the archive held one segment under both names with the same content (an archiver stopped before it settled them); kept one");
+                Ok(true)
+            }
+            None => Ok(true),
         }
     }
 
