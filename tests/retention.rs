@@ -446,13 +446,31 @@ fn six_sealed_segments(dir: &Path) -> (usize, u64, u64) {
     (n as usize, seals[0].1 + 64, seals[3].1 + 64)
 }
 
+/// Runs `walship ARGS` (a `dump`), lets it block on its full stdout pipe while it holds the
+/// first segment in memory, runs `change`, then reads what it printed: (exit code, stdout,
+/// stderr).
+fn dump_blocked_while(dir: &Path, args: &[&str], change: impl FnOnce()) -> (i32, String, String) {
+    use std::io::Read;
+    let log = dir.parent().unwrap().join("dump.log");
+    let mut dump = common::spawn(args, &log);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    change();
+    let mut out = String::new();
+    dump.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    (dump.wait_exit(), out, dump.log())
+}
+
 /// A `dump` (another process) still reading when `checkpoint` releases the segments ahead of
 /// it, removed or kept for reuse, is told that retention released them (exit 2), not that the
 /// log is damaged; what it printed is the log's prefix. A segment missing where retention
 /// cannot have released it (older ones kept, or past the checkpoint) stays damage (exit 1).
 #[test]
 fn a_reader_overtaken_by_retention_is_told_so_and_a_hole_is_still_damage() {
-    use std::io::Read;
     for (max_recycled, follow) in [("0", false), ("4", false), ("4", true), ("0", true)] {
         let (_tmp, dir) = common::new_dir();
         let (_, seg0_end, seg3_end) = six_sealed_segments(&dir);
@@ -460,28 +478,17 @@ fn a_reader_overtaken_by_retention_is_told_so_and_a_hole_is_still_damage() {
         if follow {
             args.push("--follow");
         }
-        let log = dir.parent().unwrap().join("dump.log");
-        // dump blocks on its full stdout pipe inside segment 0, which it holds in memory.
-        let mut dump = common::spawn(&args, &log);
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let cp = walship(&[
-            "checkpoint",
-            p(&dir),
-            "--lsn",
-            &seg3_end.to_string(),
-            "--max-recycled",
-            max_recycled,
-        ]);
-        assert!(cp.status.success(), "{}", text(&cp));
-        let mut out = String::new();
-        dump.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let code = dump.wait_exit();
-        let err = dump.log();
+        let (code, out, err) = dump_blocked_while(&dir, &args, || {
+            let cp = walship(&[
+                "checkpoint",
+                p(&dir),
+                "--lsn",
+                &seg3_end.to_string(),
+                "--max-recycled",
+                max_recycled,
+            ]);
+            assert!(cp.status.success(), "{}", text(&cp));
+        });
         assert_eq!(code, 2, "recycled {max_recycled}, follow {follow}: {err}");
         assert!(
             err.contains(
@@ -534,28 +541,12 @@ fn a_reader_overtaken_by_retention_is_told_so_and_a_hole_is_still_damage() {
 
     let (_tmp, dir) = common::new_dir();
     six_sealed_segments(&dir);
-    let log = dir.parent().unwrap().join("dump.log");
-    let mut dump = common::spawn(&["dump", p(&dir)], &log);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    for no in [0, 1] {
-        std::fs::remove_file(common::seg_path(
-            &dir,
-            no,
-            walship::format::SegmentFileKind::Sealed,
-        ))
-        .unwrap();
-    }
-    let mut out = String::new();
-    dump.child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert_eq!(dump.wait_exit(), 1, "{}", dump.log());
-    assert!(
-        dump.log().contains("segment number 1 is missing"),
-        "{}",
-        dump.log()
-    );
+    let seg = |no: u64| common::seg_path(&dir, no, walship::format::SegmentFileKind::Sealed);
+    let (code, _, err) = dump_blocked_while(&dir, &["dump", p(&dir)], || {
+        for no in [0, 1] {
+            std::fs::remove_file(seg(no)).unwrap();
+        }
+    });
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("segment number 1 is missing"), "{err}");
 }
