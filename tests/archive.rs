@@ -1844,3 +1844,44 @@ fn an_archiver_removes_dead_uploads_temporaries_and_leaves_live_ones() {
         "a running upload's temporary is left alone"
     );
 }
+
+/// `dump` reads an archive as it reads the data directory it came from, whatever form its
+/// objects are in (plain and compressed here), and names a damaged compressed object.
+#[test]
+fn dump_reads_an_archive_of_plain_and_compressed_objects_and_names_a_damaged_one() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 4, 29);
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &[]).status.success());
+    // Two objects gone: the next run pushes them again, compressed.
+    for no in [2, 3] {
+        std::fs::remove_file(arc.join(format!("00000001000000000000000{no}.wal"))).unwrap();
+    }
+    let out = archive_once(&data, &arc, &["--compress", "zstd"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let zst = arc.join("000000010000000000000002.wal.zst");
+    assert!(zst.is_file() && arc.join("000000010000000000000001.wal").is_file());
+    let of_data = common::ok(&["dump", p(&data), "--json"]);
+    assert!(of_data.lines().count() > 100);
+    assert!(
+        common::ok(&["dump", p(&arc), "--json"]) == of_data,
+        "dump of the archive differs from dump of its data directory"
+    );
+    assert_eq!(
+        common::ok(&["dump", p(&arc), "--start", "0/00020000", "--limit", "3"]),
+        common::ok(&["dump", p(&data), "--start", "0/00020000", "--limit", "3"])
+    );
+
+    let mut bytes = std::fs::read(&zst).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&zst, bytes).unwrap();
+    let out = walship(&["dump", p(&arc)]);
+    assert_eq!(common::code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{}", zst.display())),
+        "{}",
+        text(&out)
+    );
+}

@@ -165,6 +165,14 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
     );
     let v = walship(&["verify", p(&restored)]);
     assert!(v.status.success(), "{}", text(&v));
+    // dump reads the archive along the same history: it prints what it prints of the restored
+    // directory, the switch included (not the old primary's records past it).
+    let of_archive = common::ok(&["dump", p(&arc), "--json"]);
+    assert_eq!(of_archive, common::ok(&["dump", p(&restored), "--json"]));
+    assert!(
+        of_archive.contains("\"event\":\"timeline_switch\""),
+        "{of_archive}"
+    );
     // `--timeline 2` names that same newest timeline.
     let on2 = t.path().join("on-timeline-2");
     let out = restore(&arc, &on2, &["--timeline", "2"]);

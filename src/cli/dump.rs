@@ -12,13 +12,13 @@ use walship::{EntryType, Lsn, WalReader, WalRecord};
 
 use super::{format_time, CmdResult, Failure};
 
-/// Print the records of a data directory, its wal/ folder or one segment file.
+/// Print the records of a data directory, its wal/ folder, an archive or one segment file.
 #[derive(Args, Debug)]
 #[command(
     after_help = "Examples:\n  walship dump ./data --start 0/01000000 --limit 20\n  walship dump ./data --type tx_commit --json\n  walship dump ./data/wal/000000010000000000000003.wal --stats\n  walship dump ./data --follow"
 )]
 pub struct DumpArgs {
-    /// A data directory, its wal/ folder, or one segment file.
+    /// A data directory, its wal/ folder, an archive (a directory), or one segment file.
     pub path: PathBuf,
     /// First LSN to print (records starting at or after it).
     #[arg(long)]
@@ -190,9 +190,9 @@ pub fn run(a: DumpArgs) -> CmdResult {
     let mut printed = 0u64;
     let mut stats: BTreeMap<&'static str, TypeStats> = BTreeMap::new();
     // The timeline of the last record printed: a record on another one marks a switch. Along
-    // the directory's history when PATH is one (a switch segment begins with the old
-    // timeline's records), else by the segments' names.
-    let history = directory_history(&a.path);
+    // the directory's (or the archive's) history when PATH is one (a switch segment begins
+    // with the old timeline's records), else by the segments' names.
+    let history = directory_history(&a.path).or_else(|| reader.archive_history().cloned());
     let mut last_timeline: Option<u32> = None;
     let result: Result<(), Failure> = (|| loop {
         if a.limit.is_some_and(|l| printed >= l) {

@@ -20,6 +20,7 @@ use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SegmentFileKind, SegmentHeader, SegmentName, SegmentNo};
 use crate::{EntryType, Lsn};
 
+mod archive;
 mod files;
 mod identity;
 mod published;
@@ -354,7 +355,7 @@ impl WalReader {
     }
 
     fn load_next_once(&mut self) -> Result<bool> {
-        let (name, path) = match &self.source {
+        let (name, path, archived) = match &self.source {
             WalSource::File(p) => {
                 if self.done_single {
                     return Ok(false);
@@ -366,95 +367,36 @@ impl WalReader {
                         p.display()
                     ))
                 })?;
-                (name, p.clone())
+                (name, p.clone(), None)
             }
             WalSource::Dir(d) => {
-                let names = list_segments_in(d)?;
-                let want = self.next_segment;
-                // A standby's copy of its primary's open segment is read too, up to its last
-                // valid record, where no segment of that number is sealed yet.
-                let standby = self.standby;
-                let whole = |no: SegmentNo| {
-                    names.iter().any(|n| {
-                        n.segment_no == no
-                            && matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open)
-                    })
-                };
-                let candidates = names.iter().filter(|n| match n.kind {
-                    SegmentFileKind::Sealed | SegmentFileKind::Open => true,
-                    SegmentFileKind::Partial => standby && !whole(n.segment_no),
-                    SegmentFileKind::Prepared => false,
-                });
-                let found = match want {
-                    // Continuing: the very next number must be there, or the log ends here.
-                    Some(w) => {
-                        let next = candidates.clone().find(|n| n.segment_no.0 == w);
-                        if next.is_none() {
-                            if let Some(later) = candidates.clone().find(|n| n.segment_no.0 > w) {
-                                let size = self.identity.map_or(0, |i| i.segment_size);
-                                return Err(Error::Corrupt {
-                                    file: d.join(later.to_string()),
-                                    offset: 0,
-                                    lsn: segment_start(w, size).unwrap_or_default(),
-                                    reason: format!(
-                                        "segment number {w:X} is missing before {later}"
-                                    ),
-                                });
-                            }
-                        }
-                        next
-                    }
-                    None => {
-                        // Starting: the segment holding `from`, or the first one after it.
-                        let mut best = None;
-                        for n in candidates {
-                            if best.is_none() {
-                                best = Some(n);
-                            }
-                            let size = match self.identity {
-                                Some(i) => Some(i.segment_size),
-                                None => segment_size_of(d, n),
-                            };
-                            if let Some(size) = size {
-                                if n.segment_no <= SegmentNo::of_lsn(self.from, size) {
-                                    best = Some(n);
-                                }
-                            }
-                        }
-                        best
-                    }
-                };
-                let Some(name) = found.copied() else {
+                let d = d.clone();
+                let names = list_segments_in(&d)?;
+                let Some(name) = self.pick(&d, &names)? else {
                     return Ok(false);
                 };
-                // The open segment is the newest: a sealed one after it is not of this log (as
-                // recovery and `verify` refuse it).
-                if name.kind == SegmentFileKind::Open {
-                    if let Some(later) = names.iter().find(|n| {
-                        n.kind == SegmentFileKind::Sealed && n.segment_no > name.segment_no
-                    }) {
-                        let size = self.identity.map_or(0, |i| i.segment_size);
-                        return Err(Error::Corrupt {
-                            file: d.join(later.to_string()),
-                            offset: 0,
-                            lsn: segment_start(later.segment_no.0, size).unwrap_or_default(),
-                            reason: format!(
-                                "sealed segment {later} follows the open segment {name}: the open segment is always the newest"
-                            ),
-                        });
-                    }
-                }
-                if want.is_none() && self.prev_seal.is_none() {
-                    // Starting past the first segment: the chain to the one before it is
-                    // checked all the same.
-                    self.prev_seal = predecessor_seal(d, &names, &name, self.identity);
-                }
-                (name, d.join(name.to_string()))
+                (name, d.join(name.to_string()), None)
+            }
+            WalSource::Archive(a) => {
+                let a = a.clone();
+                let segs = a.segments()?;
+                let names: Vec<SegmentName> = segs.iter().map(|(n, _)| *n).collect();
+                let Some((name, c)) = self
+                    .pick(&a.root, &names)?
+                    .and_then(|name| segs.iter().find(|(n, _)| *n == name).copied())
+                else {
+                    return Ok(false);
+                };
+                (name, a.object_path(name, c), Some((a, c)))
             }
         };
         let mut bytes = std::mem::take(&mut self.spare);
-        // Only a sealed file ends with its marker: the open one is not worth hashing.
-        let read = if name.kind == SegmentFileKind::Sealed {
+        // Only a sealed file ends with its marker: the open one is not worth hashing. An
+        // archived object is inflated whole first; its records are then checked one by one.
+        let read = if let Some((a, c)) = archived {
+            a.read(&path, c, &mut bytes)?;
+            None
+        } else if name.kind == SegmentFileKind::Sealed {
             Some(read_segment_hashed(&path, &mut bytes)?)
         } else {
             read_segment_into(&path, &mut bytes)?;
@@ -535,6 +477,91 @@ impl WalReader {
         cur.trust_seal(read);
         self.cur = Some(cur);
         Ok(true)
+    }
+
+    /// The segment of `names` (the files of folder `d`) to read next: the next number when
+    /// continuing, else the one holding the start; `None` when there is none (yet). A gap
+    /// before a later segment, and a sealed segment after the open one, are damage.
+    fn pick(&mut self, d: &Path, names: &[SegmentName]) -> Result<Option<SegmentName>> {
+        let want = self.next_segment;
+        // A standby's copy of its primary's open segment is read too, up to its last
+        // valid record, where no segment of that number is sealed yet.
+        let standby = self.standby;
+        let whole = |no: SegmentNo| {
+            names.iter().any(|n| {
+                n.segment_no == no
+                    && matches!(n.kind, SegmentFileKind::Sealed | SegmentFileKind::Open)
+            })
+        };
+        let candidates = names.iter().filter(|n| match n.kind {
+            SegmentFileKind::Sealed | SegmentFileKind::Open => true,
+            SegmentFileKind::Partial => standby && !whole(n.segment_no),
+            SegmentFileKind::Prepared => false,
+        });
+        let found = match want {
+            // Continuing: the very next number must be there, or the log ends here.
+            Some(w) => {
+                let next = candidates.clone().find(|n| n.segment_no.0 == w);
+                if next.is_none() {
+                    if let Some(later) = candidates.clone().find(|n| n.segment_no.0 > w) {
+                        let size = self.identity.map_or(0, |i| i.segment_size);
+                        return Err(Error::Corrupt {
+                            file: d.join(later.to_string()),
+                            offset: 0,
+                            lsn: segment_start(w, size).unwrap_or_default(),
+                            reason: format!("segment number {w:X} is missing before {later}"),
+                        });
+                    }
+                }
+                next
+            }
+            None => {
+                // Starting: the segment holding `from`, or the first one after it.
+                let mut best = None;
+                for n in candidates {
+                    if best.is_none() {
+                        best = Some(n);
+                    }
+                    let size = match self.identity {
+                        Some(i) => Some(i.segment_size),
+                        None => segment_size_of(d, n),
+                    };
+                    if let Some(size) = size {
+                        if n.segment_no <= SegmentNo::of_lsn(self.from, size) {
+                            best = Some(n);
+                        }
+                    }
+                }
+                best
+            }
+        };
+        let Some(name) = found.copied() else {
+            return Ok(None);
+        };
+        // The open segment is the newest: a sealed one after it is not of this log (as
+        // recovery and `verify` refuse it).
+        if name.kind == SegmentFileKind::Open {
+            if let Some(later) = names
+                .iter()
+                .find(|n| n.kind == SegmentFileKind::Sealed && n.segment_no > name.segment_no)
+            {
+                let size = self.identity.map_or(0, |i| i.segment_size);
+                return Err(Error::Corrupt {
+                    file: d.join(later.to_string()),
+                    offset: 0,
+                    lsn: segment_start(later.segment_no.0, size).unwrap_or_default(),
+                    reason: format!(
+                        "sealed segment {later} follows the open segment {name}: the open segment is always the newest"
+                    ),
+                });
+            }
+        }
+        if want.is_none() && self.prev_seal.is_none() {
+            // Starting past the first segment: the chain to the one before it is
+            // checked all the same.
+            self.prev_seal = predecessor_seal(d, names, &name, self.identity);
+        }
+        Ok(Some(name))
     }
 }
 

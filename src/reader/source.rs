@@ -1,6 +1,7 @@
 //! Where a path given by a user points: a data directory, its wal/ folder, a folder of
 //! segments or one segment file, and the identity its segments must have.
 
+use super::archive::ArchiveSource;
 use super::*;
 
 /// Where a path given by a user points.
@@ -10,6 +11,8 @@ pub enum WalSource {
     Dir(PathBuf),
     /// One segment file.
     File(PathBuf),
+    /// A directory archive: its segments, compressed or not, along its newest timeline.
+    Archive(Box<ArchiveSource>),
 }
 
 impl WalSource {
@@ -46,6 +49,9 @@ impl WalSource {
             }
             return Ok(WalSource::Dir(wal));
         }
+        if crate::archive::is_archive(path) {
+            return Ok(WalSource::Archive(Box::new(ArchiveSource::open(path)?)));
+        }
         let source = WalSource::Dir(path.to_path_buf());
         // A folder of segments: a data directory's wal/ (which may be empty), or one that
         // holds segments. Any other directory is not a walship path.
@@ -67,6 +73,7 @@ impl WalSource {
     pub fn data_dir(&self) -> Option<DataDir> {
         let wal = match self {
             WalSource::Dir(d) => d.clone(),
+            WalSource::Archive(_) => return None,
             // A bare file name sits in the current directory.
             WalSource::File(f) => match f.parent()? {
                 p if p.as_os_str().is_empty() => PathBuf::from("."),
@@ -83,8 +90,11 @@ impl WalSource {
 
     /// The identity every segment read from this source must have: the data directory's
     /// control file when the source sits in a data directory (a damaged control file is an
-    /// error), otherwise none (the first segment's header then sets it).
+    /// error), an archive's identity file, otherwise none (the first segment's header then sets it).
     pub fn identity(&self) -> Result<Option<Identity>> {
+        if let WalSource::Archive(a) = self {
+            return Ok(Some(a.identity.system));
+        }
         match self.data_dir() {
             Some(dd) => Ok(Some(Identity::from(&dd.read_control()?))),
             None => Ok(None),
