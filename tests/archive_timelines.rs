@@ -509,3 +509,62 @@ fn a_history_file_of_another_system_is_refused_by_every_reader() {
     restore(&arc, &dest, &[]);
     assert!(payloads(&dest) == payloads(&x), "restored equals x");
 }
+
+/// An archive that lost the history file of a timeline whose segments it holds is damage to
+/// every reader (named, never a silent restore of the first timeline only), and the archiver
+/// of that timeline's primary stores it again, a running one at its next pass.
+#[test]
+fn a_history_file_lost_from_the_archive_is_damage_to_readers_and_stored_again() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let arc = t.path().join("archive");
+    let (_primary, sb) = primary_and_standby(t.path(), &arc);
+    promote(&sb);
+    write_records(&sb, 1200, "new");
+    seal(&sb);
+    let out = archive_once(&sb, &arc);
+    assert!(out.status.success(), "{}", text(&out));
+    let hist = arc.join("00000002.history");
+    let held = std::fs::read(&hist).expect("history archived");
+    std::fs::remove_file(&hist).unwrap();
+    let dest = t.path().join("restored");
+    for args in [
+        vec!["verify", p(&arc)],
+        vec!["restore", p(&arc), p(&dest)],
+        vec!["restore", p(&arc), p(&dest), "--timeline", "1"],
+        vec!["dump", p(&arc)],
+        vec!["status", p(&arc)],
+        vec!["archive-prune", p(&arc), "--keep-since", "0/00010000"],
+    ] {
+        let out = walship(&args);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
+        assert!(
+            said.contains("00000002.history") && said.contains("holds segments of timeline 2"),
+            "{args:?}: {said}"
+        );
+        assert!(!dest.exists(), "{args:?} wrote the destination");
+    }
+
+    // A running archiver of the new primary stores it again at its next pass.
+    let log = t.path().join("archiver.log");
+    let _archiver = common::spawn(
+        &["archive", p(&sb), "--to", p(&arc), "--rescan-secs", "1"],
+        &log,
+    );
+    common::wait_until("the history file stored again", || hist.exists());
+    std::fs::remove_file(&hist).unwrap();
+    write_records(&sb, 600, "newer");
+    seal(&sb);
+    common::wait_until("the history file stored again while running", || {
+        hist.exists()
+    });
+    assert_eq!(std::fs::read(&hist).unwrap(), held);
+    common::wait_until("the new segment archived", || {
+        sealed(&sb).iter().all(|n| arc.join(n).exists())
+    });
+    restore(&arc, &dest, &[]);
+    assert!(
+        payloads(&dest) == payloads(&sb),
+        "restored equals the new primary"
+    );
+}

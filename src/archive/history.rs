@@ -37,6 +37,32 @@ pub fn history_timelines(objects: &[ObjectInfo]) -> Vec<u32> {
     out
 }
 
+/// Damage when `objects` (the listing of the archive at `location`) hold segments of a
+/// timeline after the first whose history file they do not hold: without it no reader can tell
+/// where that timeline began, and a path through the archive would silently leave out its
+/// records, or keep records of the timeline it left.
+pub fn timeline_without_history(location: &str, objects: &[ObjectInfo]) -> Result<()> {
+    let held = history_timelines(objects);
+    let segments = super::segment_objects(objects);
+    let Some((n, _, o)) = segments
+        .iter()
+        .find(|(n, _, _)| n.timeline > 1 && !held.contains(&n.timeline))
+    else {
+        return Ok(());
+    };
+    let t = n.timeline;
+    let name = history_object_name(t);
+    Err(Error::Corrupt {
+        file: PathBuf::from(location).join(&name),
+        offset: 0,
+        lsn: crate::Lsn(0),
+        reason: format!(
+            "missing, while the archive holds segments of timeline {t} ({} and maybe more): without it no reader can tell where timeline {t} began. Copy wal/{name} of a data directory on timeline {t} into the archive (or run that directory's archiver, which stores it again)",
+            o.name
+        ),
+    })
+}
+
 /// What [`put_history`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HistoryPut {
@@ -155,7 +181,9 @@ pub async fn chosen_history<S: ArchiveStore>(
     system_id: Uuid,
 ) -> Result<History> {
     // Every history file is this archive's, whichever timeline is chosen: one of another
-    // system is damage, even when the choice needs no history file at all.
+    // system is damage, even when the choice needs no history file at all; so is a timeline
+    // whose segments are held without its history file.
+    timeline_without_history(&store.location(), &store.list().await?)?;
     for t in list_histories(store).await? {
         read_history(store, t, system_id).await?;
     }

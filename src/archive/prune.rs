@@ -72,6 +72,7 @@ pub async fn prune<S: ArchiveStore>(
     // The kept point is found along the newest timeline's history, as restore finds it; an
     // earlier timeline's segments past its switch point are kept (a restore along that
     // timeline still reads them) unless they lie before the new beginning.
+    super::history::timeline_without_history(&store.location(), &objects)?;
     let path = super::history::newest_history(&**store, identity.system_id).await?;
     let mut on_path = all.clone();
     super::retain_on_path(&mut on_path, &path, identity.segment_size);

@@ -46,6 +46,7 @@ pub async fn archive_status<S: ArchiveStore>(store: &S) -> Result<ArchiveStatus>
     let loc = store.location();
     let identity = super::identity::read_identity(store).await?;
     let objects = store.list().await?;
+    super::history::timeline_without_history(&loc, &objects)?;
     let path = super::history::newest_history(store, identity.system_id).await?;
     let mut segs = segment_objects(&objects);
     let off_path_segments = super::retain_on_path(&mut segs, &path, identity.segment_size) as u64;

@@ -110,6 +110,16 @@ fn verify_objects(
     // and the segments are checked along the newest history's path (the old timeline's copy of
     // a switch segment, and its segments past the switch, are off that path).
     let system_id = archive_id.map(|id| id.system_id);
+    if let Err(e) =
+        crate::archive::history::timeline_without_history(&root.display().to_string(), objects)
+    {
+        report.errors.push(VerifyIssue {
+            segment: "history".into(),
+            offset: 0,
+            lsn: Lsn(0),
+            reason: e.to_string(),
+        });
+    }
     if let Some(path) = newest_path(root, objects, system_id, &read, &mut report) {
         let size = archive_id.map_or(crate::format::MAX_SEGMENT_SIZE, |id| id.segment_size);
         let off = crate::archive::retain_on_path(&mut segs, &path, size);

@@ -71,11 +71,19 @@ impl<S: ArchiveStore> Archiver<S> {
         let theirs =
             check_histories(&*self.store, &self.identity, &control.identity, &ours).await?;
         for f in files {
-            if self.histories_pushed.contains(&f.timeline) {
+            // Looked at each pass: a history file lost from the archive while this archiver
+            // runs would leave its timeline's segments unreadable (restore refuses them).
+            let name = crate::archive::history::history_object_name(f.timeline);
+            let pushed = self.histories_pushed.contains(&f.timeline);
+            if pushed && self.store.exists(&name).await? {
                 continue;
             }
             let done = put_history(&*self.store, &f).await?;
-            tracing::info!(archive = %self.store.location(), timeline = f.timeline, outcome = ?done, "history file archived");
+            if pushed {
+                tracing::warn!(archive = %self.store.location(), object = %name, "the archive lost a history file this archiver had stored; stored it again");
+            } else {
+                tracing::info!(archive = %self.store.location(), timeline = f.timeline, outcome = ?done, "history file archived");
+            }
             self.histories_pushed.insert(f.timeline);
         }
         self.path = if theirs.timeline > ours.timeline {
