@@ -1885,3 +1885,78 @@ fn dump_reads_an_archive_of_plain_and_compressed_objects_and_names_a_damaged_one
         text(&out)
     );
 }
+
+/// What a restore replaces, or writes into, is checked again once it holds the destination's
+/// lock: a data directory made there while it read the archive (a second restore, an `init`)
+/// is left as it is, with or without `--force` given for what was there before. `--force`
+/// replaces only a walship data directory: other files named `wal/` and `state/` are kept.
+#[test]
+fn a_restore_writes_nothing_into_a_destination_changed_while_it_read_the_archive() {
+    use walship::archive::{restore, LocalDirStore, RestoreOptions, RestorePhase};
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 3, 17);
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &[]).status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (force, before) in [(false, false), (true, true)] {
+        let dest = t.path().join(format!("dest-{force}"));
+        if before {
+            walship::DataDir::init(&dest, 65536).unwrap();
+        }
+        let d = dest.clone();
+        let made = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let m = made.clone();
+        let opts = RestoreOptions {
+            force,
+            progress: Some(std::sync::Arc::new(move |p| {
+                let mut m = m.lock().unwrap();
+                if p.phase == RestorePhase::Verify && m.is_none() {
+                    // Another process makes its own data directory there meanwhile.
+                    if d.join("control").exists() {
+                        std::fs::remove_dir_all(&d).unwrap();
+                    }
+                    *m = Some(
+                        walship::DataDir::init(&d, 65536)
+                            .unwrap()
+                            .identity
+                            .system_id,
+                    );
+                }
+            })),
+            ..Default::default()
+        };
+        let store = std::sync::Arc::new(LocalDirStore::open(&arc).unwrap());
+        let err = rt.block_on(restore(store, &dest, opts)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("changed while restore read the archive"),
+            "{err}"
+        );
+        let theirs = walship::DataDir::new(&dest).read_control().unwrap();
+        assert_eq!(Some(theirs.identity.system_id), *made.lock().unwrap());
+        let files: Vec<_> = std::fs::read_dir(dest.join("wal")).unwrap().collect();
+        assert!(files.is_empty(), "force {force}: {files:?}");
+    }
+
+    let other = t.path().join("other");
+    std::fs::create_dir_all(other.join("wal")).unwrap();
+    std::fs::create_dir_all(other.join("state")).unwrap();
+    std::fs::write(other.join("wal/notes.txt"), "important").unwrap();
+    std::fs::write(other.join("state/app.conf"), "cfg").unwrap();
+    let out = walship(&["restore", p(&arc), p(&other), "--force"]);
+    assert_eq!(common::code(&out), 2, "{}", text(&out));
+    assert!(
+        text(&out).contains("is not a walship data directory"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(other.join("wal/notes.txt")).unwrap(),
+        "important"
+    );
+    assert_eq!(
+        std::fs::read_to_string(other.join("state/app.conf")).unwrap(),
+        "cfg"
+    );
+}

@@ -27,7 +27,9 @@ pub use history::{
 };
 pub use identity::{ArchiveIdentity, IDENTITY_NAME};
 pub use prune::{prune, KeepSince, PruneReport};
-pub use restore::{restore, RestoreOptions, RestoreProgress, RestoreReport, RestoreTarget};
+pub use restore::{
+    restore, RestoreOptions, RestorePhase, RestoreProgress, RestoreReport, RestoreTarget,
+};
 pub use s3::{S3Config, S3Store};
 pub use store::{ArchiveStore, LocalDirStore, ObjectInfo, PutOutcome};
 pub use target::{AnyStore, ArchiveTarget};

@@ -188,11 +188,11 @@ pub async fn restore<S: ArchiveStore>(
     if let Some(root) = store.local_root() {
         check_apart(root, dest)?;
     }
-    let to_clear = check_destination(dest, opts.force)?;
+    let destination = check_destination(dest, opts.force)?;
     let stage = staging_dir(dest)?;
     let plan = plan(&store, &identity, &path, &opts, stage.path(), &mut clock).await?;
     write(
-        &loc, dest, &identity, &histories, &plan, &to_clear, &opts, clock,
+        &loc, dest, &identity, &histories, &plan, &destination, &opts, clock,
     )
     .await
 }

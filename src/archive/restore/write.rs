@@ -28,21 +28,24 @@ pub(super) fn check_apart(root: &Path, dest: &Path) -> Result<()> {
 }
 
 /// Checks the destination before anything is fetched: missing or empty is fine; a walship data
-/// directory is replaced only with `force`; anything else is refused. Returns the entries to
-/// remove.
-pub(super) fn check_destination(dest: &Path, force: bool) -> Result<Vec<PathBuf>> {
+/// directory is replaced only with `force`; anything else is refused. Returns what it holds,
+/// to be found the same once restore holds its lock.
+pub(super) fn check_destination(dest: &Path, force: bool) -> Result<Destination> {
     let entries = match std::fs::read_dir(dest) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Destination::default()),
         Err(e) => return Err(Error::io(format!("list {}", dest.display()), e)),
     };
     let mut found = Vec::new();
     for e in entries {
         let e = e.ctx(|| format!("list {}", dest.display()))?;
-        found.push(e.file_name());
+        // A lone lock file holds no data (a command refused or stopped leaves it).
+        if e.file_name() != "LOCK" {
+            found.push(e.file_name());
+        }
     }
     if found.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Destination::default());
     }
     if !force {
         return Err(Error::InvalidArgument(format!(
@@ -61,12 +64,34 @@ pub(super) fn check_destination(dest: &Path, force: bool) -> Result<Vec<PathBuf>
             other
         )));
     }
+    // What --force replaces must be shown to be walship's: its control file reads as one.
+    let dd = DataDir::new(dest);
+    if let Err(e) = dd.read_control() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a walship data directory ({e}); --force replaces only a data directory, so nothing was removed",
+            dest.display()
+        )));
+    }
+    let control = std::fs::read(dd.control_path())
+        .ctx(|| format!("read {}", dd.control_path().display()))?;
     // The control file goes first, so an interrupted clear never leaves a directory that opens.
-    Ok(["control", "wal", "state"]
+    let to_clear = ["control", "wal", "state"]
         .iter()
         .map(|n| dest.join(n))
         .filter(|p| p.exists())
-        .collect())
+        .collect();
+    Ok(Destination {
+        to_clear,
+        control: Some(control),
+    })
+}
+
+/// What the destination held when restore began: what it replaces (`--force`), and the bytes
+/// of the control file of the data directory there, which must still be there to be replaced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Destination {
+    to_clear: Vec<PathBuf>,
+    control: Option<Vec<u8>>,
 }
 
 /// Pass two: writes the data directory from the segments pass one fetched, checked and
@@ -79,7 +104,7 @@ pub(super) async fn write(
     identity: &ArchiveIdentity,
     histories: &[(u32, Vec<u8>)],
     plan: &[Planned],
-    to_clear: &[PathBuf],
+    destination: &Destination,
     opts: &RestoreOptions,
     mut clock: Clock,
 ) -> Result<RestoreReport> {
@@ -88,7 +113,15 @@ pub(super) async fn write(
     let dir = DataDir::new(dest);
     // Keeps a writer from opening the directory while it is replaced and rebuilt.
     let _lock = dir.lock()?;
-    for p in to_clear {
+    // Checked again under the lock: another process (a second restore, an `init`) may have
+    // written into the destination while this one read the archive.
+    if check_destination(dest, opts.force).ok().as_ref() != Some(destination) {
+        return Err(Error::InvalidArgument(format!(
+            "{} changed while restore read the archive (another process wrote into it); nothing was written",
+            dest.display()
+        )));
+    }
+    for p in &destination.to_clear {
         if p.is_dir() {
             std::fs::remove_dir_all(p).ctx(|| format!("remove {}", p.display()))?;
         } else {
