@@ -90,3 +90,42 @@ fn full_disk_is_an_error_and_keeps_what_was_appended() {
     let got: Vec<(u64, String)> = recs.iter().map(|r| (r.lsn, r.payload.clone())).collect();
     assert!(got == appended, "records differ after the second fill");
 }
+
+/// `walship write` onto a disk that fills: every line stored has its LSN printed, durable, and
+/// the error names the first line not stored (exit 2); a caller resumes from that line.
+#[test]
+fn write_prints_every_stored_lines_lsn_when_the_disk_fills() {
+    for durable in [true, false] {
+        let Some(fs) = mount_or_skip("300k") else {
+            return;
+        };
+        let dir = fs.path().join("data");
+        DataDir::init(&dir, common::SEG).expect("init");
+        let input: String = (0..100_000).map(|i| format!("line-{i:06}\n")).collect();
+        let mut args = vec!["write", common::p(&dir)];
+        if durable {
+            args.push("--durable");
+        }
+        let out = common::run(&args, input.as_bytes());
+        assert_eq!(common::code(&out), 2, "{}", common::text(&out));
+        let printed: Vec<String> = common::stdout(&out).lines().map(String::from).collect();
+        let err = common::stderr(&out);
+        let stored = common::read_all(&dir).expect("read back");
+        assert!(!stored.is_empty(), "{err}");
+        assert_eq!(printed.len(), stored.len(), "durable {durable}: {err}");
+        for (line, rec) in printed.iter().zip(&stored) {
+            assert_eq!(*line, rec.lsn.to_string());
+        }
+        assert!(
+            err.contains(&format!(
+                "line {} of standard input was not stored",
+                stored.len() + 1
+            )),
+            "{err}"
+        );
+        assert_eq!(
+            stored.last().unwrap().payload,
+            format!("line-{:06}", stored.len() - 1).into_bytes()
+        );
+    }
+}

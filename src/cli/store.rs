@@ -39,7 +39,8 @@ pub fn init(a: InitArgs) -> CmdResult {
 newline (\\n) that ends it. Nothing else is changed: a carriage return before the newline (\\r\\n \
 line ends) stays in the payload. A last line without a newline is a record too. A line longer \
 than the largest payload (the segment size minus 184 bytes) stops the command with exit status \
-2 before any byte of it is stored; the lines before it are stored and their LSNs printed.\n\n\
+2 before any byte of it is stored; the lines before it are stored and their LSNs printed. So \
+is an append that fails (a full disk): the line it failed on is named, exit status 2.\n\n\
 Example:\n  seq 1 1000 | walship write ./data --type insert --tx 7 --durable"
 )]
 pub struct WriteArgs {
@@ -172,7 +173,9 @@ pub fn write(a: WriteArgs) -> CmdResult {
             .iter()
             .map(|l| Entry::new(a.entry_type, a.tx, l))
             .collect();
-        let appended = wal.append_batch(&entries)?;
+        // Entries appended before a failure are in the log: their positions are printed
+        // (once durable, with --durable) before the command fails.
+        let (appended, failed) = wal.append_batch_partial(&entries);
         if a.durable {
             if let Some(last) = appended.last() {
                 wal.wait_durable(last.end_lsn)?;
@@ -187,6 +190,12 @@ pub fn write(a: WriteArgs) -> CmdResult {
             writeln!(out, "{}", p.lsn)?;
         }
         out.flush()?;
+        if let Err(e) = failed {
+            let n = line_no - lines.len() as u64 + appended.len() as u64 + 1;
+            return Err(Failure::Error(format!(
+                "line {n} of standard input was not stored: {e}; the lines before it were stored and their LSNs printed"
+            )));
+        }
         if too_long.is_some() {
             break;
         }

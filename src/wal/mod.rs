@@ -322,9 +322,20 @@ impl Wal {
     }
 
     /// Appends entries in order under one lock; stops at the first error (earlier entries stay
-    /// appended). Returns each entry's position.
+    /// appended: [`Wal::append_batch_partial`] returns their positions too). Returns each
+    /// entry's position.
     pub fn append_batch(&self, entries: &[Entry<'_>]) -> Result<Vec<Appended>> {
-        self.inner.check_poison()?;
+        let (out, result) = self.append_batch_partial(entries);
+        result.map(|()| out)
+    }
+
+    /// [`Wal::append_batch`], returning the positions of the entries appended before an error
+    /// beside it: they are in the log, and a caller that must say where (or retry the rest)
+    /// needs them.
+    pub fn append_batch_partial(&self, entries: &[Entry<'_>]) -> (Vec<Appended>, Result<()>) {
+        if let Err(e) = self.inner.check_poison() {
+            return (Vec::new(), Err(e));
+        }
         let mut out = Vec::with_capacity(entries.len());
         let mut st = lock(&self.inner.tail);
         let ts = crate::now_us();
@@ -348,7 +359,7 @@ impl Wal {
         drop(st);
         self.inner.written.fetch_max(end, Ordering::AcqRel);
         self.after_append(activated, writeback);
-        result.map(|_| out)
+        (out, result)
     }
 
     /// Appends and waits until the entry is durable.

@@ -192,7 +192,14 @@ pub async fn restore<S: ArchiveStore>(
     let stage = staging_dir(dest)?;
     let plan = plan(&store, &identity, &path, &opts, stage.path(), &mut clock).await?;
     write(
-        &loc, dest, &identity, &histories, &plan, &destination, &opts, clock,
+        &loc,
+        dest,
+        &identity,
+        &histories,
+        &plan,
+        &destination,
+        &opts,
+        clock,
     )
     .await
 }

@@ -72,8 +72,8 @@ pub(super) fn check_destination(dest: &Path, force: bool) -> Result<Destination>
             dest.display()
         )));
     }
-    let control = std::fs::read(dd.control_path())
-        .ctx(|| format!("read {}", dd.control_path().display()))?;
+    let control =
+        std::fs::read(dd.control_path()).ctx(|| format!("read {}", dd.control_path().display()))?;
     // The control file goes first, so an interrupted clear never leaves a directory that opens.
     let to_clear = ["control", "wal", "state"]
         .iter()
