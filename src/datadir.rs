@@ -17,7 +17,7 @@ const SERVING: &str = "serving";
 
 /// Opens (creating it) the file at `path` for writing and takes the flock `op` on it, waiting
 /// for it.
-fn open_flocked(path: &Path, op: libc::c_int) -> Result<File> {
+pub(crate) fn open_flocked(path: &Path, op: libc::c_int) -> Result<File> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)

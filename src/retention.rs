@@ -251,6 +251,11 @@ fn checkpoint_checked(
     lsn: Lsn,
     opts: &RetentionOptions,
 ) -> Result<CheckpointReport> {
+    // One checkpoint at a time per directory (another process's included): two that read the
+    // remembered checkpoint together would otherwise let the lower one write last, moving it
+    // back below what the higher one already removed.
+    let _serial =
+        crate::datadir::open_flocked(&dir.state_dir().join("retention.lock"), libc::LOCK_EX)?;
     let mut state = load_state(dir)?;
     if lsn > state.checkpoint_lsn {
         state.checkpoint_lsn = lsn;

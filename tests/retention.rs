@@ -550,3 +550,44 @@ fn a_reader_overtaken_by_retention_is_told_so_and_a_hole_is_still_damage() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("segment number 1 is missing"), "{err}");
 }
+
+/// Checkpoints run at once (separate processes, each its own LSN) leave the remembered
+/// checkpoint at the highest of them: it never moves back below what was removed.
+#[test]
+fn checkpoints_racing_leave_the_highest_and_never_move_back() {
+    for round in 0..6 {
+        let (_tmp, dir) = common::new_dir();
+        six_sealed_segments(&dir);
+        let seals = sealed(&dir);
+        // Highest first: a lower one that read the remembered checkpoint before the highest
+        // wrote it would write last.
+        let lsns: Vec<String> = (1..=12u64)
+            .rev()
+            .map(|k| (seals[4].1 + 64) * k / 12)
+            .map(|l| l.to_string())
+            .collect();
+        let children: Vec<_> = lsns
+            .iter()
+            .map(|l| {
+                std::process::Command::new(common::bin())
+                    .args(["checkpoint", p(&dir), "--lsn", l, "--max-recycled", "0"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "round {round}");
+        }
+        let highest = seals[4].1 + 64;
+        let stored: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("state/retention.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            stored["checkpoint_lsn"].as_u64(),
+            Some(highest),
+            "round {round}"
+        );
+    }
+}
