@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::{check_segment_size, ControlFile, SegmentName, FORMAT_VERSION};
-use crate::fsutil::{fsync_dir, write_atomic};
+use crate::fsutil::{fsync_dir, write_new};
 
 /// The file in `state/` whose shared lock every running `serve` of the directory holds; each
 /// one's address is in `SERVING.PID` beside it.
@@ -147,7 +147,13 @@ impl DataDir {
         }
         fsync_dir(&dir.wal_dir())?;
         fsync_dir(&dir.state_dir())?;
-        write_atomic(&dir.control_path(), &control.encode())?;
+        // Created only if absent: of two made at once, one is refused rather than both
+        // reporting an identity of which only the last would stay.
+        if !write_new(&dir.control_path(), &control.encode())? {
+            return Err(Error::AlreadyInitialized {
+                path: dir.root.clone(),
+            });
+        }
         if let Some(parent) = dir.root.parent().filter(|p| !p.as_os_str().is_empty()) {
             fsync_dir(parent)?;
         }
@@ -373,14 +379,15 @@ fn check_init_target(root: &Path) -> Result<()> {
         });
     }
     for (name, path) in &names {
+        // The control file's temporaries (`.control.PID.RANDOM.tmp`): left by an init stopped
+        // before its link, or another init's under way (gone by now, perhaps). Never read.
+        let n = name.to_string_lossy();
+        if n.starts_with(".control.") && n.ends_with(".tmp") {
+            continue;
+        }
         let t = fs::symlink_metadata(path)
             .ctx(|| format!("stat {}", path.display()))?
             .file_type();
-        // The control file's temporary, left by an init stopped before its rename, is
-        // rewritten from the start.
-        if name == ".control.tmp" && t.is_file() {
-            continue;
-        }
         let init_made = (name == "wal" || name == "state") && t.is_dir();
         let empty = init_made
             && fs::read_dir(path)

@@ -92,6 +92,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fsync_dir(dir)
 }
 
+/// Writes `bytes` durably under `path` only if nothing is there yet: a whole file appears (a
+/// temporary, synced, then linked to the name) or nothing does. False when the name was taken,
+/// by another process too.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(temp_name(name));
+    let linked = (|| -> Result<bool> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .ctx(|| format!("create {}", tmp.display()))?;
+        f.write_all(bytes)
+            .ctx(|| format!("write {}", tmp.display()))?;
+        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(
+                format!("link {} to {}", tmp.display(), path.display()),
+                e,
+            )),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    let linked = linked?;
+    fsync_dir(dir)?;
+    Ok(linked)
+}
+
 /// A temporary name for replacing `name`: `.NAME.PID.RANDOM.tmp`.
 pub fn temp_name(name: &str) -> String {
     format!(

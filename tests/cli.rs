@@ -1774,3 +1774,44 @@ fn commands_refused_on_a_path_that_is_no_data_directory_leave_no_lock_file() {
         }
     }
 }
+
+/// Many `init`s of one path at once: exactly one succeeds, and the identity it printed is the
+/// one the directory keeps; the others are refused as already initialised (exit 2).
+#[test]
+fn inits_racing_on_one_path_make_one_identity() {
+    for round in 0..5 {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("data");
+        let children: Vec<_> = (0..10)
+            .map(|_| {
+                Command::new(common::bin())
+                    .args(["init", p(&dir), "--segment-size", "64KiB"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let ok: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
+        assert_eq!(ok.len(), 1, "round {round}: {} succeeded", ok.len());
+        for o in outs.iter().filter(|o| !o.status.success()) {
+            assert_eq!(o.status.code(), Some(2), "{}", common::text(o));
+            assert!(
+                common::text(o).contains("already a walship data directory"),
+                "{}",
+                common::text(o)
+            );
+        }
+        let kept = walship::DataDir::new(&dir).read_control().unwrap();
+        assert!(
+            stdout(ok[0]).contains(&kept.identity.system_id.to_string()),
+            "round {round}: printed {}, kept {}",
+            stdout(ok[0]),
+            kept.identity.system_id
+        );
+    }
+}
