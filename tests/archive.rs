@@ -1464,8 +1464,8 @@ fn restore_fetches_each_object_once_and_leaves_no_staging_behind() {
         .unwrap();
     assert_eq!((report.sealed_segments, report.records), (0, 0));
     assert!(report.open_segment.is_some());
-    // The staging directory beside the destination is gone.
-    let left: Vec<_> = std::fs::read_dir(t.path())
+    // The staging directory inside the destination is gone.
+    let left: Vec<_> = std::fs::read_dir(&early)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".walship-restore-"))
@@ -1518,7 +1518,7 @@ fn a_restore_killed_midway_leaves_no_data_directory_and_a_rerun_completes() {
         );
         wait_until(&format!("{point} reached three times"), || {
             let n = if i == 0 {
-                staging(&parent).iter().map(|s| wal_files(s)).sum()
+                staging(&dest).iter().map(|s| wal_files(s)).sum()
             } else {
                 wal_files(&dest.join("wal"))
             };
@@ -1527,7 +1527,19 @@ fn a_restore_killed_midway_leaves_no_data_directory_and_a_rerun_completes() {
         assert!(child.running(), "restore ended at {point}: {}", child.log());
         child.kill();
         if i == 0 {
-            assert!(!dest.exists(), "pass one wrote into the destination");
+            let held: Vec<_> = std::fs::read_dir(&dest)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| !n.to_string_lossy().starts_with(".walship-restore-"))
+                .collect();
+            assert!(
+                held.is_empty(),
+                "pass one wrote into the destination: {held:?}"
+            );
+            // A killed restore's staging is no data: a rerun needs no --force.
+            let out = walship(&["restore", p(&arc), p(&dest)]);
+            assert!(out.status.success(), "{point}: {}", text(&out));
+            assert!(staging(&dest).is_empty(), "{:?}", staging(&dest));
         } else {
             assert!(!dest.join("control").exists());
             assert!(
@@ -1538,7 +1550,7 @@ fn a_restore_killed_midway_leaves_no_data_directory_and_a_rerun_completes() {
             let out = walship(&["restore", p(&arc), p(&dest)]);
             assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         }
-        for s in staging(&parent) {
+        for s in staging(&dest) {
             assert!(!s.join("control").exists());
         }
         let out = walship(&["restore", p(&arc), p(&dest), "--force"]);
@@ -1912,16 +1924,16 @@ fn a_restore_writes_nothing_into_a_destination_changed_while_it_read_the_archive
             progress: Some(std::sync::Arc::new(move |p| {
                 let mut m = m.lock().unwrap();
                 if p.phase == RestorePhase::Verify && m.is_none() {
-                    // Another process makes its own data directory there meanwhile.
-                    if d.join("control").exists() {
-                        std::fs::remove_dir_all(&d).unwrap();
+                    // Another process (a second restore) makes its own data directory there
+                    // meanwhile.
+                    let other = d.with_extension("other");
+                    let made = walship::DataDir::init(&other, 65536).unwrap();
+                    for n in ["control", "wal", "state"] {
+                        let _ = std::fs::remove_dir_all(d.join(n));
+                        let _ = std::fs::remove_file(d.join(n));
+                        std::fs::rename(other.join(n), d.join(n)).unwrap();
                     }
-                    *m = Some(
-                        walship::DataDir::init(&d, 65536)
-                            .unwrap()
-                            .identity
-                            .system_id,
-                    );
+                    *m = Some(made.identity.system_id);
                 }
             })),
             ..Default::default()
@@ -1959,4 +1971,29 @@ fn a_restore_writes_nothing_into_a_destination_changed_while_it_read_the_archive
         std::fs::read_to_string(other.join("state/app.conf")).unwrap(),
         "cfg"
     );
+}
+
+/// A restore into a file system's mount point (a new empty volume, the usual way a machine is
+/// rebuilt) stages on that file system and completes. Needs root to mount; skipped otherwise.
+#[test]
+fn a_restore_into_a_mount_point_completes() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let all = make_store(&data, 3, 43);
+    let arc = t.path().join("arc");
+    assert!(archive_once(&data, &arc, &["--compress", "zstd"])
+        .status
+        .success());
+    let Some(fs) = common::mount::or_skip(common::mount::Mount::tmpfs("8m")) else {
+        return;
+    };
+    let out = walship(&["restore", p(&arc), p(fs.path())]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(records(fs.path()), all);
+    let left: Vec<_> = std::fs::read_dir(fs.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".walship-restore-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -189,36 +189,57 @@ pub async fn restore<S: ArchiveStore>(
         check_apart(root, dest)?;
     }
     let destination = check_destination(dest, opts.force)?;
+    let created = !dest.exists();
+    crate::datadir::create_private_dir(dest)?;
     let stage = staging_dir(dest)?;
-    let plan = plan(&store, &identity, &path, &opts, stage.path(), &mut clock).await?;
-    write(
-        &loc,
-        dest,
-        &identity,
-        &histories,
-        &plan,
-        &destination,
-        &opts,
-        clock,
-    )
-    .await
+    let restored = async {
+        let plan = plan(&store, &identity, &path, &opts, stage.path(), &mut clock).await?;
+        write(
+            &loc,
+            dest,
+            &identity,
+            &histories,
+            &plan,
+            &destination,
+            &opts,
+            clock,
+        )
+        .await
+    }
+    .await;
+    drop(stage);
+    if restored.is_err() && created {
+        // Only while it is empty: what a failed write pass left is left for a rerun to see.
+        let _ = std::fs::remove_dir(dest);
+    }
+    restored
 }
 
-/// A fresh staging directory beside `dest` (on the same file system, so that staged segments
-/// move into place), removed when dropped.
+/// The prefix of a staging directory's name: then the pid of the restore that made it.
+const STAGING_PREFIX: &str = ".walship-restore-";
+
+/// A fresh staging directory inside `dest` (on its file system, a mount point's included, so
+/// that staged segments move into place), removed when dropped. Those a killed restore left
+/// there (their process gone) are removed first.
 fn staging_dir(dest: &Path) -> Result<tempfile::TempDir> {
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent)
-        .map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
+    if let Ok(entries) = std::fs::read_dir(dest) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(STAGING_PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok());
+            if pid.is_some_and(|p| !crate::fsutil::process_alive(p)) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     tempfile::Builder::new()
-        .prefix(".walship-restore-")
-        .tempdir_in(&parent)
+        .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
+        .tempdir_in(dest)
         .map_err(|e| {
             Error::io(
-                format!("create a staging directory in {}", parent.display()),
+                format!("create a staging directory in {}", dest.display()),
                 e,
             )
         })

@@ -39,8 +39,10 @@ pub(super) fn check_destination(dest: &Path, force: bool) -> Result<Destination>
     let mut found = Vec::new();
     for e in entries {
         let e = e.ctx(|| format!("list {}", dest.display()))?;
-        // A lone lock file holds no data (a command refused or stopped leaves it).
-        if e.file_name() != "LOCK" {
+        // A lone lock file holds no data (a command refused or stopped leaves it), and
+        // staging directories are restore's own.
+        let name = e.file_name();
+        if name != "LOCK" && !name.to_string_lossy().starts_with(super::STAGING_PREFIX) {
             found.push(e.file_name());
         }
     }
@@ -64,26 +66,51 @@ pub(super) fn check_destination(dest: &Path, force: bool) -> Result<Destination>
             other
         )));
     }
-    // What --force replaces must be shown to be walship's: its control file reads as one.
+    // What --force replaces must be shown to be walship's: its control file reads as one, or,
+    // with none (a restore killed in its second pass), `wal/` holds only segments and history
+    // files and `state/` nothing.
     let dd = DataDir::new(dest);
-    if let Err(e) = dd.read_control() {
-        return Err(Error::InvalidArgument(format!(
-            "{} is not a walship data directory ({e}); --force replaces only a data directory, so nothing was removed",
-            dest.display()
-        )));
-    }
-    let control =
-        std::fs::read(dd.control_path()).ctx(|| format!("read {}", dd.control_path().display()))?;
+    let control = match dd.read_control() {
+        Ok(_) => Some(
+            std::fs::read(dd.control_path())
+                .ctx(|| format!("read {}", dd.control_path().display()))?,
+        ),
+        Err(_) if !dd.control_path().exists() && only_restored_files(&dd) => None,
+        Err(e) => {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a walship data directory ({e}); --force replaces only a data directory, so nothing was removed",
+                dest.display()
+            )))
+        }
+    };
     // The control file goes first, so an interrupted clear never leaves a directory that opens.
     let to_clear = ["control", "wal", "state"]
         .iter()
         .map(|n| dest.join(n))
         .filter(|p| p.exists())
         .collect();
-    Ok(Destination {
-        to_clear,
-        control: Some(control),
-    })
+    Ok(Destination { to_clear, control })
+}
+
+/// Whether `dd` holds what a restore stopped before its control file leaves: in `wal/` only
+/// segment and history files (and temporaries), and nothing in `state/`.
+fn only_restored_files(dd: &DataDir) -> bool {
+    let names = |d: PathBuf| -> Option<Vec<String>> {
+        match std::fs::read_dir(&d) {
+            Ok(r) => r
+                .map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+            Err(_) => None,
+        }
+    };
+    let walship_file = |n: &String| {
+        SegmentName::parse(n).is_some()
+            || crate::format::history::parse_history_file_name(n).is_some()
+            || (n.starts_with('.') && n.ends_with(".tmp"))
+    };
+    names(dd.wal_dir()).is_some_and(|w| w.iter().all(walship_file))
+        && names(dd.state_dir()).is_some_and(|s| s.is_empty())
 }
 
 /// What the destination held when restore began: what it replaces (`--force`), and the bytes
