@@ -74,6 +74,26 @@ pub fn copy_aside(dir: &DataDir, path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     Ok(to)
 }
 
+/// The segment a single file given by a user (to `dump` or `verify`) holds, by its name: a
+/// segment file's name, or a set-aside copy's. A prepared file (`.wal.prep`) is refused: it is
+/// the writer's next segment or a released one kept for reuse, and holds no record of the log.
+pub fn single_segment_name(path: &std::path::Path) -> crate::Result<crate::format::SegmentName> {
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    match segment_name_of(file_name) {
+        Some(n) if n.kind == crate::format::SegmentFileKind::Prepared => {
+            Err(crate::Error::InvalidArgument(format!(
+                "{}: a prepared file (the writer's next segment, or a released segment kept for reuse): it holds no record of the log",
+                path.display()
+            )))
+        }
+        Some(n) => Ok(n),
+        None => Err(crate::Error::InvalidArgument(format!(
+            "{}: not a segment file name (expected 24 hex digits and .wal, .wal.open or .wal.partial, or a set-aside copy's name)",
+            path.display()
+        ))),
+    }
+}
+
 /// The segment a file given by name stands for: a segment name, or a set-aside file's name (a
 /// segment name followed by the time it was set aside), so that `dump` and `verify` read both.
 pub fn segment_name_of(file_name: &str) -> Option<crate::format::SegmentName> {

@@ -1815,3 +1815,29 @@ fn inits_racing_on_one_path_make_one_identity() {
         );
     }
 }
+
+/// A prepared file (the writer's next segment, or a released one kept for reuse) given alone to
+/// `dump` or `verify` is refused as what it is (exit 2): it holds no record of the log, neither
+/// damage nor records to print.
+#[test]
+fn dump_and_verify_refuse_a_prepared_file_given_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    common::init(&d);
+    common::write_records(&d, 3000, "prep");
+    common::ok(&["checkpoint", p(&d), "--lsn", "0/00010000"]);
+    let preps: Vec<_> = std::fs::read_dir(d.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".wal.prep"))
+        .collect();
+    assert!(!preps.is_empty());
+    for prep in &preps {
+        for cmd in ["dump", "verify"] {
+            let o = run(&[cmd, p(prep)], b"");
+            assert_eq!(code(&o), 2, "{cmd} {}: {}", prep.display(), stderr(&o));
+            assert!(stderr(&o).contains("a prepared file"), "{}", stderr(&o));
+            assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+        }
+    }
+}

@@ -591,3 +591,48 @@ fn checkpoints_racing_leave_the_highest_and_never_move_back() {
         );
     }
 }
+
+/// `dump --start` before the oldest segment a directory still holds is refused (exit 2), saying
+/// where its records begin and that retention released the ones before, instead of starting
+/// later without a word; from that point on it prints.
+#[test]
+fn dump_from_a_position_retention_released_says_so() {
+    let (_tmp, dir) = common::new_dir();
+    let (_, _, seg3_end) = six_sealed_segments(&dir);
+    let opts = RetentionOptions {
+        max_retained: None,
+        max_recycled: 0,
+    };
+    checkpoint(&DataDir::new(&dir), Lsn(seg3_end), &opts).unwrap();
+    let begins = Lsn(4 * SEG);
+    for follow in [false, true] {
+        let mut args = vec!["dump", p(&dir), "--start", "0/00000050"];
+        if follow {
+            args.push("--follow");
+        }
+        let out = walship(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!(
+                "the log here begins with segment 000000010000000000000004.wal, at {begins}, and retention released"
+            )),
+            "{}",
+            text(&out)
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let out = walship(&[
+        "dump",
+        p(&dir),
+        "--start",
+        &begins.to_string(),
+        "--limit",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("lsn: {}", Lsn(begins.0 + 80))),
+        "{}",
+        text(&out)
+    );
+}

@@ -183,6 +183,7 @@ fn pct(sorted: &[u32], p: f64) -> u32 {
 pub fn run(a: DumpArgs) -> CmdResult {
     let mut reader = WalReader::open(&a.path, a.start.unwrap_or(Lsn(0)))?;
     if a.start.is_some() {
+        reader.refuse_start_before_oldest()?;
         reader.refuse_damage_before_start()?;
     }
     let stdout = std::io::stdout();

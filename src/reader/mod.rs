@@ -360,13 +360,7 @@ impl WalReader {
                 if self.done_single {
                     return Ok(false);
                 }
-                let file_name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                let name = crate::setaside::segment_name_of(file_name).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "{}: not a segment file name (expected 24 hex digits and .wal or .wal.open)",
-                        p.display()
-                    ))
-                })?;
+                let name = crate::setaside::single_segment_name(p)?;
                 (name, p.clone(), None)
             }
             WalSource::Dir(d) => {

@@ -67,3 +67,41 @@ impl WalReader {
         })
     }
 }
+
+impl WalReader {
+    /// For a reader asked to start at a position (`dump --start`): refuses one before the
+    /// oldest segment a data directory holds, rather than starting later without a word. The
+    /// error says where the directory's records begin, and that retention released those
+    /// before them when the checkpoint is past that point.
+    pub fn refuse_start_before_oldest(&self) -> Result<(), Error> {
+        let (Some(dd), Some(id)) = (self.source.data_dir(), self.identity) else {
+            return Ok(());
+        };
+        let names = dd.list_segments()?;
+        let Some(oldest) = names.iter().find(|n| {
+            matches!(
+                n.kind,
+                SegmentFileKind::Sealed | SegmentFileKind::Open | SegmentFileKind::Partial
+            )
+        }) else {
+            return Ok(());
+        };
+        let begins = oldest.segment_no.start_lsn_saturating(id.segment_size);
+        if self.from >= begins {
+            return Ok(());
+        }
+        let checkpoint = crate::retention::checkpoint_lsn(&dd)?;
+        // The segment before the oldest ended (its seal) within the segment's span before
+        // `begins`: a checkpoint there or later released it.
+        let why = if checkpoint.0 > begins.0.saturating_sub(id.segment_size) {
+            format!("retention released the segments before it (the checkpoint is {checkpoint})")
+        } else {
+            "no segment before it is in this data directory".to_string()
+        };
+        Err(Error::InvalidArgument(format!(
+            "{}: LSN {} is before the records held here: the log here begins with segment {oldest}, at {begins}, and {why}; start at {begins} or later, or read the earlier records from an archive",
+            dd.root().display(),
+            self.from
+        )))
+    }
+}

@@ -85,16 +85,7 @@ fn verify_listed(path: &Path) -> Result<VerifyReport> {
     let mut identity = None;
     let mut data_dir_root = None;
     let files: Vec<(SegmentName, PathBuf)> = if meta.is_file() {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(crate::setaside::segment_name_of);
-        let Some(name) = name else {
-            return Err(Error::InvalidArgument(format!(
-                "{}: not a segment file name (expected 24 hex digits and .wal or .wal.open)",
-                path.display()
-            )));
-        };
+        let name = crate::setaside::single_segment_name(path)?;
         // A file in a data directory's wal/ must belong to that directory.
         if let Some(dd) = WalSource::File(path.to_path_buf()).data_dir() {
             match dd.read_control() {
