@@ -177,7 +177,10 @@ fn http(addr: &str, method: &str, path: &str) -> (u16, String, String) {
         .find_map(|l| l.strip_prefix("Content-Length: "))
         .and_then(|v| v.parse().ok())
         .expect("Content-Length");
-    assert_eq!(len, body.len(), "Content-Length matches the body");
+    // A HEAD response carries the length a GET's body would have, and no body.
+    if method != "HEAD" {
+        assert_eq!(len, body.len(), "Content-Length matches the body");
+    }
     (code, head.to_string(), body.to_string())
 }
 
@@ -446,7 +449,15 @@ fn metrics_match_status_and_the_reference() {
     assert_eq!(http(&maddr, "GET", "/metrics/x").0, 404);
     let (code, head, _) = http(&maddr, "POST", "/metrics");
     assert_eq!(code, 405);
-    assert!(head.contains("Allow: GET"), "{head}");
+    assert!(head.contains("Allow: GET, HEAD"), "{head}");
+    // HEAD: a GET's headers, no body.
+    let (code, head, body) = http(&maddr, "HEAD", "/metrics");
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.contains("Content-Length: ") && !head.contains("Content-Length: 0\r"),
+        "{head}"
+    );
+    assert!(body.is_empty(), "{body}");
 }
 
 /// The library's registry, as an embedding application serves it: exactly the metrics the

@@ -161,14 +161,14 @@ pub fn parse_primary(s: &str) -> Result<String, String> {
     walship::replication::check_address(s, false).map(|()| s.to_string())
 }
 
-/// Parses a duration: a number with ms, s or m (a plain number is seconds).
+/// Parses a duration: a number with ms, s, m or h (a plain number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected a number with ms, s or m"))?;
+        .map_err(|_| format!("invalid duration {s:?}: expected a number with ms, s, m or h"))?;
     let too_long = || format!("invalid duration {s:?}: too long");
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
@@ -177,8 +177,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .checked_mul(60)
             .map(Duration::from_secs)
             .ok_or_else(too_long),
+        "h" => n
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(too_long),
         other => Err(format!(
-            "invalid duration {s:?}: unknown unit {other:?} (use ms, s or m)"
+            "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
         )),
     }
 }
@@ -340,7 +344,9 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("1h").is_err());
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration(&format!("{}h", u64::MAX)).is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration(&format!("{}m", u64::MAX)).is_err());
         let p = duration_between(Duration::from_millis(10), Duration::from_secs(60));

@@ -23,7 +23,7 @@ pub struct StatusArgs {
     /// a terminal, a block of lines per refresh otherwise. Stop it with Ctrl-C.
     #[arg(long)]
     pub watch: bool,
-    /// How often --watch refreshes (ms, s or m).
+    /// How often --watch refreshes (ms, s, m or h).
     #[arg(long, default_value = "1s", requires = "watch", value_parser = super::serve::duration_between(std::time::Duration::from_millis(50), std::time::Duration::from_secs(3600)))]
     pub interval: std::time::Duration,
     /// With --watch: stop after this many refreshes.

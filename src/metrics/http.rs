@@ -1,5 +1,5 @@
 //! A minimal HTTP/1.1 server for `GET /metrics`: one request per connection, answered and
-//! closed. Other paths get 404, other methods 405; a request head over 8 KiB or not read
+//! closed. `HEAD /metrics` gets a GET's headers; other paths get 404, other methods 405; a request head over 8 KiB or not read
 //! within 10 s is dropped.
 
 use std::sync::Arc;
@@ -74,6 +74,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<DirMetrics>) {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Metrics,
+    /// `HEAD /metrics`: the headers a GET would get, no body.
+    MetricsHead,
     NotFound,
     MethodNotAllowed,
     BadRequest,
@@ -95,10 +97,11 @@ pub fn route(head: &str) -> Route {
     if path != "/metrics" {
         return Route::NotFound;
     }
-    if method != "GET" {
-        return Route::MethodNotAllowed;
+    match method {
+        "GET" => Route::Metrics,
+        "HEAD" => Route::MetricsHead,
+        _ => Route::MethodNotAllowed,
     }
-    Route::Metrics
 }
 
 async fn answer(mut stream: TcpStream, metrics: Arc<DirMetrics>) -> std::io::Result<()> {
@@ -131,13 +134,20 @@ async fn answer(mut stream: TcpStream, metrics: Arc<DirMetrics>) -> std::io::Res
         .await;
     }
     let head = String::from_utf8_lossy(&head);
-    match route(&head) {
-        Route::Metrics => {
+    let route = route(&head);
+    let head_only = route == Route::MetricsHead;
+    match route {
+        Route::Metrics | Route::MetricsHead => {
             let m = metrics.clone();
             let body = tokio::task::spawn_blocking(move || m.scrape())
                 .await
                 .map_err(std::io::Error::other)?;
             match body {
+                Ok(text) if head_only => {
+                    let head = response_head("200 OK", CONTENT_TYPE, text.len());
+                    stream.write_all(head.as_bytes()).await?;
+                    stream.shutdown().await
+                }
                 Ok(text) => reply(&mut stream, "200 OK", CONTENT_TYPE, &text).await,
                 Err(e) => {
                     tracing::error!(error = %e, "metrics: scrape failed");
@@ -150,7 +160,7 @@ async fn answer(mut stream: TcpStream, metrics: Arc<DirMetrics>) -> std::io::Res
         Route::MethodNotAllowed => {
             reply(
                 &mut stream,
-                "405 Method Not Allowed\r\nAllow: GET",
+                "405 Method Not Allowed\r\nAllow: GET, HEAD",
                 "text/plain",
                 "method not allowed\n",
             )
@@ -168,16 +178,19 @@ async fn answer(mut stream: TcpStream, metrics: Arc<DirMetrics>) -> std::io::Res
     }
 }
 
+fn response_head(status: &str, content_type: &str, len: usize) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+}
+
 async fn reply(
     stream: &mut TcpStream,
     status: &str,
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let head = response_head(status, content_type, body.len());
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
@@ -198,6 +211,7 @@ mod tests {
             route("POST /metrics HTTP/1.1\r\n\r\n"),
             Route::MethodNotAllowed
         );
+        assert_eq!(route("HEAD /metrics HTTP/1.1\r\n\r\n"), Route::MetricsHead);
         assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route("GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route("GET /metrics\r\n\r\n"), Route::BadRequest);
