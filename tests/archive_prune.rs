@@ -189,3 +189,58 @@ fn a_restore_to_a_point_before_a_pruned_archive_begins_is_refused() {
         );
     }
 }
+
+/// Prunings of one archive run at once, one keeping more than the other: the archive ends up
+/// beginning where the one keeping less left it (never moved back over removed segments), and
+/// it verifies and restores.
+#[test]
+fn prunings_racing_never_move_the_beginning_back() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let all = make_store(&data, 12);
+    let seg_of = |r: &Rec| r.0 / SEG;
+    let at = |s: u64| {
+        all[all.iter().position(|r| seg_of(r) == s).unwrap()]
+            .1
+            .to_string()
+    };
+    let (late, early) = (at(9), at(2));
+    for round in 0..4 {
+        let arc = t.path().join(format!("arc-{round}"));
+        assert!(archive_once(&data, &arc, &[]).status.success());
+        let spawn = |keep: &str| {
+            std::process::Command::new(common::bin())
+                .args(["archive-prune", p(&arc), "--keep-since", keep])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = if round % 2 == 0 {
+            (spawn(&late), spawn(&early))
+        } else {
+            (spawn(&early), spawn(&late))
+        };
+        for c in [a, b] {
+            // The one keeping more, run after the other, finds its point gone: refused.
+            let out = c.wait_with_output().unwrap();
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success()
+                    || (out.status.code() == Some(2)
+                        && said.contains("before the archive's first record")),
+                "{said}"
+            );
+        }
+        let identity = std::fs::read_to_string(arc.join("IDENTITY")).unwrap();
+        assert!(
+            identity.contains("first_segment 9\n"),
+            "round {round}: {identity}"
+        );
+        let v = walship(&["verify", p(&arc)]);
+        assert!(v.status.success(), "round {round}: {}", text(&v));
+        let dest = t.path().join(format!("restored-{round}"));
+        let out = walship(&["restore", p(&arc), p(&dest)]);
+        assert!(out.status.success(), "round {round}: {}", text(&out));
+    }
+}

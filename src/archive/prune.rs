@@ -61,6 +61,13 @@ pub async fn prune<S: ArchiveStore>(
     dry_run: bool,
 ) -> Result<PruneReport> {
     let loc = store.location();
+    // Prunings of one directory archive run one at a time: two that read the identity file
+    // together would let the one keeping more write last, moving the beginning back over
+    // segments the other removed.
+    let _serial = match store.local_root() {
+        Some(root) => Some(lock_dir(root)?),
+        None => None,
+    };
     let objects = store.list().await?;
     let identity = read_identity(&**store, &objects).await?;
     let Some(begin) = identity.first_segment else {
@@ -108,7 +115,10 @@ pub async fn prune<S: ArchiveStore>(
         .filter(|(n, _, _)| n.segment_no.0 >= first_segment)
         .count() as u64;
     if !dry_run {
-        if first_segment > begin {
+        // Read again: the beginning never moves back, whoever moved it meanwhile (an object
+        // store has no lock to serialize prunings; this narrows the window to one request).
+        let now = read_identity(&**store, &store.list().await?).await?;
+        if first_segment > now.first_segment.unwrap_or(begin) {
             let moved = ArchiveIdentity {
                 first_segment: Some(first_segment),
                 ..identity
@@ -131,6 +141,20 @@ pub async fn prune<S: ArchiveStore>(
         removed,
         kept_segments,
     })
+}
+
+/// An exclusive flock on the directory `root` itself (no file is made in the archive), held
+/// while the returned descriptor is open.
+fn lock_dir(root: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir =
+        std::fs::File::open(root).map_err(|e| Error::io(format!("open {}", root.display()), e))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::io(format!("lock {}", root.display()), e));
+    }
+    Ok(dir)
 }
 
 async fn read_identity<S: ArchiveStore>(
