@@ -250,36 +250,56 @@ fn a_promoted_standby_archives_its_timeline_into_its_old_primarys_archive() {
         "{human}"
     );
 
-    // To a point before the switch: timeline 1's records only, and a directory of timeline 1.
-    let early = common::read_all(&sb)
+    // To a point before the switch: timeline 1's records only, and a directory of timeline 1,
+    // also when the point lies inside the switch segment (the log then ends on timeline 1, and
+    // what is written next is timeline 1's: no switch in it, no timeline 2 history).
+    let size = 64 * 1024;
+    let before: Vec<walship::WalRecord> = common::read_all(&sb)
         .expect("records")
         .into_iter()
         .filter(|r| r.end_lsn <= switch)
-        .nth_back(40)
-        .expect("records before the switch")
-        .end_lsn;
-    let before_switch = t.path().join("before-switch");
-    let until = early.to_string();
-    restore(&arc, &before_switch, &["--until-lsn", &until]);
-    let want: Vec<Vec<u8>> = common::read_all(&sb)
-        .expect("records")
-        .into_iter()
-        .filter(|r| r.end_lsn <= early)
-        .map(|r| r.payload)
         .collect();
-    assert!(
-        payloads(&before_switch) == want,
-        "the records up to {until}"
-    );
-    let timeline = common::status(&before_switch)["timeline"].as_u64();
-    let in_switch_segment = early.0 / (64 * 1024) == switch.0 / (64 * 1024);
-    assert_eq!(timeline, Some(if in_switch_segment { 2 } else { 1 }));
+    let in_switch = before
+        .iter()
+        .rev()
+        .nth(1)
+        .filter(|r| r.lsn.0 / size == switch.0 / size)
+        .expect("records of the switch segment before the switch point")
+        .end_lsn;
+    let earlier = before.iter().nth_back(40).expect("records").end_lsn;
+    for (i, early) in [in_switch, earlier].into_iter().enumerate() {
+        let before_switch = t.path().join(format!("before-switch-{i}"));
+        let until = early.to_string();
+        restore(&arc, &before_switch, &["--until-lsn", &until]);
+        let want: Vec<Vec<u8>> = before
+            .iter()
+            .filter(|r| r.end_lsn <= early)
+            .map(|r| r.payload.clone())
+            .collect();
+        assert!(
+            payloads(&before_switch) == want,
+            "the records up to {until}"
+        );
+        assert_eq!(
+            common::status(&before_switch)["timeline"].as_u64(),
+            Some(1),
+            "{until}"
+        );
+        assert!(!before_switch.join("wal/00000002.history").exists());
+        write_records(&before_switch, 300, "after-restore");
+        let v = walship(&["verify", p(&before_switch)]);
+        assert!(v.status.success(), "{until}: {}", text(&v));
+        let dumped = common::ok(&["dump", p(&before_switch)]);
+        assert!(!dumped.contains("timeline switch"), "{until}");
+        assert!(sealed(&before_switch)
+            .iter()
+            .all(|n| n.starts_with("00000001")));
+    }
 
     // Pruning finds the kept point along the newest timeline too. Kept from a time when only
     // the old primary was writing (past the switch, off the newest path): the restore points
     // of timeline 2 at that time lie before the switch, so nothing from there on is removed,
     // and a restore to that time still gives exactly timeline 2's records stamped by then.
-    let size = 64 * 1024;
     let at = common::read_all(&primary)
         .expect("records")
         .into_iter()

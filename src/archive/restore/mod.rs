@@ -199,6 +199,7 @@ pub async fn restore<S: ArchiveStore>(
             dest,
             &identity,
             &histories,
+            &path,
             &plan,
             &destination,
             &opts,

@@ -6,6 +6,8 @@ use std::os::unix::fs::FileExt;
 use super::*;
 use crate::datadir::DataDir;
 use crate::error::IoContext;
+use crate::format::segment_header::SEGMENT_HEADER_LEN;
+use crate::format::SegmentHeader;
 use crate::fsutil::fsync_dir;
 use crate::segment_file::create_reserved;
 
@@ -130,6 +132,7 @@ pub(super) async fn write(
     dest: &Path,
     identity: &ArchiveIdentity,
     histories: &[(u32, Vec<u8>)],
+    history: &crate::timeline::History,
     plan: &[Planned],
     destination: &Destination,
     opts: &RestoreOptions,
@@ -161,8 +164,13 @@ pub(super) async fn write(
         std::fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
     }
     // The timeline of the newest segment restored, with the history files that lead to it:
-    // the directory is on that timeline as the original was.
-    let timeline = plan.last().map_or(identity.timeline, |p| p.name.timeline);
+    // the directory is on that timeline as the original was. A cut inside a switch segment
+    // before its switch point ends the log on the timeline the switch left: the next record
+    // written there is that timeline's, not the new one's (whose history says it began later).
+    let timeline = plan.last().map_or(identity.timeline, |p| match p.cut {
+        Some(_) => history.timeline_of(p.seal_lsn),
+        None => p.name.timeline,
+    });
     let mut report = RestoreReport {
         system_id: identity.system_id.to_string(),
         timeline,
@@ -207,17 +215,23 @@ pub(super) async fn write(
                 report.end_lsn = p.seal_lsn;
             }
             Some((off, _)) => {
-                let name = p.name.with_kind(SegmentFileKind::Open);
+                let name = SegmentName::new(timeline, p.name.segment_no.0, SegmentFileKind::Open);
                 let path = wal.join(name.to_string());
                 let size = identity.segment_size;
                 report.bytes += off as u64;
                 blocking(move || {
                     let bytes =
                         std::fs::read(&staged).ctx(|| format!("read {}", staged.display()))?;
-                    let part = bytes.get(..off).ok_or_else(|| {
-                        Error::Other(format!("{}: shorter than its cut", staged.display()))
-                    })?;
-                    write_file(&path, part, Some(size))
+                    let mut part = bytes
+                        .get(..off)
+                        .ok_or_else(|| {
+                            Error::Other(format!("{}: shorter than its cut", staged.display()))
+                        })?
+                        .to_vec();
+                    // The switch segment cut before its switch point: its header names the
+                    // timeline the log now ends on.
+                    retitle(&mut part, timeline, &staged)?;
+                    write_file(&path, &part, Some(size))
                 })
                 .await?;
                 report.open_segment = Some(name.to_string());
@@ -263,4 +277,20 @@ fn write_file(path: &Path, bytes: &[u8], full_size: Option<u64>) -> Result<()> {
         .ctx(|| format!("write {}", tmp.display()))?;
     f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
     std::fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
+}
+
+/// Sets the timeline in the header at the start of `segment` (read from `file`) to `timeline`,
+/// when it names another.
+fn retitle(segment: &mut [u8], timeline: u32, file: &Path) -> Result<()> {
+    let mut header = SegmentHeader::decode(segment).map_err(|reason| Error::Corrupt {
+        file: file.to_path_buf(),
+        offset: 0,
+        lsn: Lsn(0),
+        reason,
+    })?;
+    if header.timeline != timeline {
+        header.timeline = timeline;
+        segment[..SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+    }
+    Ok(())
 }
