@@ -76,12 +76,46 @@ fn the_demo_runs_the_whole_system_and_every_check_passes() {
     }
 }
 
+/// The demo makes its data directories in a directory of its own: one holding anything (a
+/// demo's, a live data directory) is refused before anything is written there (exit 2).
 #[test]
-fn the_demo_refuses_a_directory_that_already_holds_one() {
+fn the_demo_refuses_a_directory_that_is_not_empty() {
+    for held in ["primary", "control"] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(tmp.path().join(held)).expect("mkdir");
+        let out = walship(&["demo", "--seconds", "2", "--dir", p(tmp.path())]);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is not empty"), "{stderr}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+    }
+}
+
+/// A demo stopped by a signal (which runs none of its clean-up) leaves none of its processes
+/// running: each one gets SIGTERM when the demo dies.
+#[test]
+fn a_demo_killed_by_a_signal_leaves_no_process_behind() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(tmp.path().join("primary")).expect("mkdir");
-    let out = walship(&["demo", "--seconds", "2", "--dir", p(tmp.path())]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("already exists"), "{stderr}");
+    let dir = tmp.path().join("demo");
+    let log = tmp.path().join("demo.log");
+    let mut demo = common::spawn(&["demo", "--seconds", "30", "--dir", p(&dir)], &log);
+    let ours = |needle: &str| -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(needle) && !c.contains(" demo "))
+            .collect()
+    };
+    let needle = p(&dir).to_string();
+    common::wait_until("the demo's standby running", || {
+        ours(&needle).iter().any(|c| c.contains(" standby "))
+    });
+    for sig in [libc::SIGKILL] {
+        // SAFETY: a plain kill(2) of our own child.
+        unsafe { libc::kill(demo.child.id() as i32, sig) };
+    }
+    demo.wait_exit();
+    common::wait_until("no process of the demo left", || ours(&needle).is_empty());
 }

@@ -120,6 +120,15 @@ impl Acked {
 /// when the demo itself could not run.
 pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     let root = &opts.dir;
+    // Its own directory, empty or new: the demo makes several data directories there.
+    if let Ok(mut entries) = fs::read_dir(root) {
+        if entries.next().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not empty: give the demo an empty or new directory",
+                root.display()
+            )));
+        }
+    }
     fs::create_dir_all(root).ctx(|| format!("create {}", root.display()))?;
     let primary = root.join("primary");
     let standby = root.join("standby-sync");
@@ -130,20 +139,6 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary> {
     let logs = root.join("logs");
     let archive_at = archive_target::choose(opts.archive_to.as_deref(), &archive)?;
     let archive_t = archive_at.target.as_str();
-    for d in [
-        &primary,
-        &standby,
-        &standby_async,
-        &restored,
-        &restored_latest,
-    ] {
-        if d.exists() {
-            return Err(Error::InvalidArgument(format!(
-                "{} already exists: give the demo an empty or new directory",
-                d.display()
-            )));
-        }
-    }
     fs::create_dir_all(&logs).ctx(|| format!("create {}", logs.display()))?;
     let exe = &opts.exe;
     let mut view = View {

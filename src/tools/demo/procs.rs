@@ -18,7 +18,7 @@ impl Proc {
         stdout: bool,
     ) -> Result<Proc> {
         let log = open_log(logs, name)?;
-        let child = Command::new(exe)
+        let child = dies_with_demo(Command::new(exe))
             .args(args)
             .stdin(Stdio::null())
             .stdout(if stdout {
@@ -184,7 +184,7 @@ pub(super) fn run_with_input(
 ) -> Result<String> {
     let log_path = logs.join(format!("{name}.log"));
     let log = open_log(logs, name)?;
-    let mut child = Command::new(exe)
+    let mut child = dies_with_demo(Command::new(exe))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -213,4 +213,26 @@ pub(super) fn run_with_input(
             log_path.display()
         )))
     }
+}
+
+/// `cmd`, set to receive SIGTERM when the demo dies, whatever it dies of (a signal included,
+/// which runs no destructor): a demo interrupted leaves none of its processes running. The
+/// demo starts its processes from its main thread, which lives as long as it does.
+fn dies_with_demo(mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    let demo = std::process::id() as i32;
+    // SAFETY: between fork and exec the closure calls only async-signal-safe functions.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The demo died before the line above: nothing would signal this process.
+            if libc::getppid() != demo {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
