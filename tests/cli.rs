@@ -1841,3 +1841,31 @@ fn dump_and_verify_refuse_a_prepared_file_given_alone() {
         }
     }
 }
+
+/// `write` whose standard output fails (a full device) says that it is the LSNs it could not
+/// print, not the log, and exits 2; the records are stored.
+#[test]
+fn write_names_standard_output_when_printing_lsns_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    common::init(&d);
+    let out = Command::new(common::bin())
+        .args(["write", p(&d)])
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"one\ntwo\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("write LSNs to standard output: No space left on device"),
+        "{err}"
+    );
+    assert_eq!(common::read_all(&d).unwrap().len(), 2);
+}

@@ -77,18 +77,20 @@ pub fn run(a: ArchivePruneArgs) -> CmdResult {
     }
     if r.removed.is_empty() {
         println!(
-            "{}: nothing to remove; the archive begins at segment {:X} ({} segments)",
-            r.location, r.first_segment, r.kept_segments
+            "{}: nothing to remove; the archive begins at segment {} ({} segments)",
+            r.location,
+            segment(r.first_segment),
+            r.kept_segments
         );
     } else {
         let begins = if r.dry_run { "would begin" } else { "begins" };
         println!(
-            "{}: {verb} {} objects ({} bytes); the archive {begins} at segment {:X} (was {:X}), {} segments kept",
+            "{}: {verb} {} objects ({} bytes); the archive {begins} at segment {} (was {}), {} segments kept",
             r.location,
             r.removed.len(),
             r.removed_bytes(),
-            r.first_segment,
-            r.first_segment_before,
+            segment(r.first_segment),
+            segment(r.first_segment_before),
             r.kept_segments
         );
     }
@@ -113,4 +115,9 @@ mod tests {
         assert!(parse_point("yesterday").is_err());
         assert!(parse_point("2026-13-01T00:00:00Z").is_err());
     }
+}
+
+/// A segment number as the identity file and `--json` give it, with the hex of its file name.
+fn segment(no: u64) -> String {
+    format!("{no} (0x{no:X})")
 }

@@ -186,10 +186,18 @@ pub fn write(a: WriteArgs) -> CmdResult {
                 }
             }
         }
-        for p in &appended {
-            writeln!(out, "{}", p.lsn)?;
+        // The records are stored: a caller that cannot learn their LSNs is told which stream
+        // failed, not left to think the log's disk did.
+        let told = appended
+            .iter()
+            .try_for_each(|p| writeln!(out, "{}", p.lsn))
+            .and_then(|()| out.flush());
+        if let Err(e) = told {
+            return Err(Failure::Error(format!(
+                "write LSNs to standard output: {e} (every line up to line {} of standard input is stored)",
+                line_no - lines.len() as u64 + appended.len() as u64
+            )));
         }
-        out.flush()?;
         if let Err(e) = failed {
             let n = line_no - lines.len() as u64 + appended.len() as u64 + 1;
             return Err(Failure::Error(format!(
