@@ -97,6 +97,11 @@ pub fn run(a: ArchivePruneArgs) -> CmdResult {
     Ok(())
 }
 
+/// A segment number as the identity file and `--json` give it, with the hex of its file name.
+fn segment(no: u64) -> String {
+    format!("{no} (0x{no:X})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,9 +120,4 @@ mod tests {
         assert!(parse_point("yesterday").is_err());
         assert!(parse_point("2026-13-01T00:00:00Z").is_err());
     }
-}
-
-/// A segment number as the identity file and `--json` give it, with the hex of its file name.
-fn segment(no: u64) -> String {
-    format!("{no} (0x{no:X})")
 }
