@@ -36,13 +36,19 @@ pub(crate) fn open_flocked(path: &Path, op: libc::c_int) -> Result<File> {
 #[derive(Debug)]
 pub struct ServedMark {
     /// The shared lock on `serving`, and this serve's own address file, held locked.
-    _locks: (File, File),
+    locks: (File, File),
     own: PathBuf,
 }
 
 impl Drop for ServedMark {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.own);
+        // Unlocked explicitly, as `DirLock` is: a child another thread forked meanwhile shares
+        // the open files until its exec, and closing ours alone would leave the marks held.
+        for f in [&self.locks.0, &self.locks.1] {
+            // SAFETY: flock on a descriptor we own, still open.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        }
     }
 }
 
@@ -295,7 +301,7 @@ impl DataDir {
         addr.write_all(listen.to_string().as_bytes())
             .ctx(|| format!("write {}", own.display()))?;
         Ok(ServedMark {
-            _locks: (file, addr),
+            locks: (file, addr),
             own,
         })
     }
