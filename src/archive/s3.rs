@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -335,14 +336,9 @@ impl S3Store {
     async fn list_objects(&self) -> Result<Vec<ObjectInfo>> {
         let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
         let mut out = Vec::new();
-        // One level only: keys further below the prefix (another tool's, folder markers, keys
-        // with empty or dot parts the client cannot parse) are never looked at.
-        let listed = self
-            .inner
-            .list_with_delimiter(prefix.as_ref())
-            .await
-            .map_err(|e| storage_error(&format!("list {}", self.url), e))?;
-        for m in listed.objects {
+        let mut s = self.inner.list(prefix.as_ref());
+        while let Some(m) = s.next().await {
+            let m = m.map_err(|e| storage_error(&format!("list {}", self.url), e))?;
             let full = m.location.as_ref();
             let rel = if self.prefix.is_empty() {
                 full
