@@ -70,6 +70,42 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
 /// same file at once, and with one shared temporary name one could rename the other's
 /// half-written file into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = write_temporary(path, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        // Best effort: a leftover temporary is only a stray dot-file, never read as state.
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(
+            format!("rename {} to {}", tmp.display(), path.display()),
+            e,
+        ));
+    }
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Writes `bytes` durably under `path` only if nothing is there yet: a whole file appears (a
+/// temporary, synced, then linked to the name) or nothing does. False when the name was taken,
+/// by another process too.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let tmp = write_temporary(path, bytes)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    let linked = match linked {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => {
+            return Err(Error::io(
+                format!("link {} to {}", tmp.display(), path.display()),
+                e,
+            ))
+        }
+    };
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(linked)
+}
+
+/// `bytes` in a fresh temporary beside `path` ([`temp_name`]), synced; its path. Nothing is
+/// left behind on an error.
+fn write_temporary(path: &Path, bytes: &[u8]) -> Result<std::path::PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(temp_name(name));
@@ -81,46 +117,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .ctx(|| format!("create {}", tmp.display()))?;
         f.write_all(bytes)
             .ctx(|| format!("write {}", tmp.display()))?;
-        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-        fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
+        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))
     })();
-    if written.is_err() {
-        // Best effort: a leftover temporary is only a stray dot-file, never read as state.
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    written?;
-    fsync_dir(dir)
-}
-
-/// Writes `bytes` durably under `path` only if nothing is there yet: a whole file appears (a
-/// temporary, synced, then linked to the name) or nothing does. False when the name was taken,
-/// by another process too.
-pub fn write_new(path: &Path, bytes: &[u8]) -> Result<bool> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(temp_name(name));
-    let linked = (|| -> Result<bool> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .ctx(|| format!("create {}", tmp.display()))?;
-        f.write_all(bytes)
-            .ctx(|| format!("write {}", tmp.display()))?;
-        f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-        match fs::hard_link(&tmp, path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(Error::io(
-                format!("link {} to {}", tmp.display(), path.display()),
-                e,
-            )),
-        }
-    })();
-    let _ = fs::remove_file(&tmp);
-    let linked = linked?;
-    fsync_dir(dir)?;
-    Ok(linked)
+    Ok(tmp)
 }
 
 /// A temporary name for replacing `name`: `.NAME.PID.RANDOM.tmp`.

@@ -134,6 +134,38 @@ pub(super) fn read_tail(
     Ok(changed)
 }
 
+/// The seal checksum of the sealed segment just before `name`, when the folder holds it and
+/// its marker is valid (a damaged one is reported when that segment itself is read).
+pub(super) fn predecessor_seal(
+    dir: &Path,
+    names: &[SegmentName],
+    name: &SegmentName,
+    identity: Option<Identity>,
+) -> Option<(u64, u32)> {
+    let prev_no = name.segment_no.0.checked_sub(1)?;
+    let prev = names
+        .iter()
+        .find(|n| n.segment_no.0 == prev_no && n.kind == SegmentFileKind::Sealed)?;
+    let size = identity?.segment_size;
+    let f = crate::fsutil::open_regular(&dir.join(prev.to_string())).ok()?;
+    let len = f.metadata().ok()?.len();
+    let off = len.checked_sub(SEAL_LEN as u64)?;
+    let mut b = vec![0u8; SEAL_LEN];
+    f.read_exact_at(&mut b, off).ok()?;
+    let lsn = segment_start(prev_no, size)?.checked_add(off)?;
+    match crate::format::record::decode_at(&b, 0, lsn, size as usize) {
+        Ok(Decoded::Seal(seal)) => Some((prev_no, seal.segment_checksum)),
+        _ => None,
+    }
+}
+
+pub(super) fn segment_size_of(dir: &Path, name: &SegmentName) -> Option<u64> {
+    let f = crate::fsutil::open_regular(&dir.join(name.to_string())).ok()?;
+    let mut b = [0u8; SEGMENT_HEADER_LEN];
+    f.read_exact_at(&mut b, 0).ok()?;
+    SegmentHeader::decode(&b).ok().map(|h| h.segment_size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

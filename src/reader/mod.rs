@@ -3,8 +3,10 @@
 //! while a writer appends (it never maps a file a writer may truncate).
 //!
 //! Here: the reader itself; `files.rs`: reading a segment file whole (or its tail, or as the
-//! disk holds it); `identity.rs`: what the segments of one set must share, and the checks of a
-//! header against it; `source.rs`: where a path given by a user points.
+//! disk holds it, or the seal of the one before); `identity.rs`: what the segments of one set
+//! must share, and the checks of a header against it; `source.rs`: where a path given by a
+//! user points; `archive.rs`: an archive read as a folder of segments; `released.rs`: a segment
+//! retention released while it was read, told from damage.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -27,7 +29,7 @@ mod published;
 mod released;
 mod source;
 
-use files::read_tail;
+use files::{predecessor_seal, read_tail, segment_size_of};
 pub use files::{read_segment, read_segment_from_disk, read_segment_hashed, read_segment_into};
 pub use identity::{claimed_segment_size, header_mismatch, segment_start, Identity};
 pub use source::WalSource;
@@ -557,38 +559,6 @@ impl WalReader {
         }
         Ok(Some(name))
     }
-}
-
-/// The seal checksum of the sealed segment just before `name`, when the folder holds it and
-/// its marker is valid (a damaged one is reported when that segment itself is read).
-fn predecessor_seal(
-    dir: &Path,
-    names: &[SegmentName],
-    name: &SegmentName,
-    identity: Option<Identity>,
-) -> Option<(u64, u32)> {
-    let prev_no = name.segment_no.0.checked_sub(1)?;
-    let prev = names
-        .iter()
-        .find(|n| n.segment_no.0 == prev_no && n.kind == SegmentFileKind::Sealed)?;
-    let size = identity?.segment_size;
-    let f = crate::fsutil::open_regular(&dir.join(prev.to_string())).ok()?;
-    let len = f.metadata().ok()?.len();
-    let off = len.checked_sub(SEAL_LEN as u64)?;
-    let mut b = vec![0u8; SEAL_LEN];
-    f.read_exact_at(&mut b, off).ok()?;
-    let lsn = segment_start(prev_no, size)?.checked_add(off)?;
-    match crate::format::record::decode_at(&b, 0, lsn, size as usize) {
-        Ok(Decoded::Seal(seal)) => Some((prev_no, seal.segment_checksum)),
-        _ => None,
-    }
-}
-
-fn segment_size_of(dir: &Path, name: &SegmentName) -> Option<u64> {
-    let f = crate::fsutil::open_regular(&dir.join(name.to_string())).ok()?;
-    let mut b = [0u8; SEGMENT_HEADER_LEN];
-    f.read_exact_at(&mut b, 0).ok()?;
-    SegmentHeader::decode(&b).ok().map(|h| h.segment_size)
 }
 
 fn corrupt(cur: &Loaded, reason: &str) -> Error {
