@@ -567,11 +567,14 @@ fn a_history_file_lost_from_the_archive_is_damage_to_readers_and_stored_again() 
 
     // A running archiver of the new primary stores it again at its next pass.
     let log = t.path().join("archiver.log");
-    let _archiver = common::spawn(
+    let archiver = common::spawn(
         &["archive", p(&sb), "--to", p(&arc), "--rescan-secs", "1"],
         &log,
     );
-    common::wait_until("the history file stored again", || hist.exists());
+    // Once it has read the file back (removed sooner, its check would find it gone).
+    common::wait_until("the history file stored again", || {
+        hist.exists() && archiver.log().contains("history file archived")
+    });
     std::fs::remove_file(&hist).unwrap();
     write_records(&sb, 600, "newer");
     seal(&sb);
