@@ -1869,3 +1869,30 @@ fn write_names_standard_output_when_printing_lsns_fails() {
     );
     assert_eq!(common::read_all(&d).unwrap().len(), 2);
 }
+
+/// With `--log-format json` every line on stderr is a JSON object, the failure a command ends
+/// with included: its kind and exit code are fields.
+#[test]
+fn a_failure_is_one_json_line_with_json_logs() {
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("missing");
+    let o = run(&["--log-format", "json", "status", p(&missing)], b"");
+    assert_eq!(code(&o), 2);
+    let lines: Vec<Value> = stderr(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let last = lines.last().expect("a line");
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert_eq!(last["fields"]["kind"], "error", "{last}");
+    assert_eq!(last["fields"]["exit_code"], 2, "{last}");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not a walship data directory")),
+        "{last}"
+    );
+    // Text logs keep the one plain line.
+    let o = run(&["status", p(&missing)], b"");
+    assert!(stderr(&o).starts_with("walship: error: "), "{}", stderr(&o));
+}

@@ -114,7 +114,8 @@ fn init_logging(format: LogFormat) {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let log_format = cli.log_format;
+    init_logging(log_format);
     exit_on_lost_output();
     let result = match cli.command {
         Command::Init(a) => store::init(a),
@@ -135,21 +136,18 @@ pub fn main() -> ExitCode {
         Command::Demo(a) => demo::demo(a),
         Command::DemoWriter(a) => demo::demo_writer(a),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Damage(msg)) => {
-            eprintln!("walship: damage: {msg}");
-            ExitCode::from(1)
-        }
-        Err(Failure::Error(msg)) => {
-            eprintln!("walship: error: {msg}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Refused(msg)) => {
-            eprintln!("walship: refused: {msg}");
-            ExitCode::from(1)
-        }
+    let (kind, msg, code) = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Damage(msg)) => ("damage", msg, 1),
+        Err(Failure::Error(msg)) => ("error", msg, 2),
+        Err(Failure::Refused(msg)) => ("refused", msg, 1),
+    };
+    match log_format {
+        LogFormat::Text => eprintln!("walship: {kind}: {msg}"),
+        // One JSON object per line on stderr, the last one included.
+        LogFormat::Json => tracing::error!(kind, exit_code = code, "{msg}"),
     }
+    ExitCode::from(code)
 }
 
 /// `println!` panics when standard output cannot be written (a full disk, a closed pipe): the
