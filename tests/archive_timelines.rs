@@ -578,9 +578,15 @@ fn a_history_file_lost_from_the_archive_is_damage_to_readers_and_stored_again() 
     std::fs::remove_file(&hist).unwrap();
     write_records(&sb, 600, "newer");
     seal(&sb);
-    common::wait_until("the history file stored again while running", || {
-        hist.exists()
-    });
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !hist.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the history file was not stored again; the archiver's log:\n{}",
+            archiver.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert_eq!(std::fs::read(&hist).unwrap(), held);
     common::wait_until("the new segment archived", || {
         sealed(&sb).iter().all(|n| arc.join(n).exists())

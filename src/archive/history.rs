@@ -135,16 +135,23 @@ pub async fn read_history<S: ArchiveStore>(
 /// The history of the newest timeline the archive (of system `system_id`) holds a history
 /// file for: its path from timeline 1. Timeline 1's (no ancestors) when the archive holds none.
 pub async fn newest_history<S: ArchiveStore>(store: &S, system_id: Uuid) -> Result<History> {
-    match list_histories(store).await?.last() {
-        None => Ok(History::root()),
-        Some(&t) => match read_history(store, t, system_id).await? {
-            Some(f) => Ok(History::of(&f)),
-            // Removed between the listing and the read: nothing removes history files.
-            None => Err(Error::Storage(format!(
-                "{}: listed, then gone",
-                object_path(store, &history_object_name(t)).display()
-            ))),
-        },
+    let mut tries = 0;
+    loop {
+        let Some(&t) = list_histories(store).await?.last() else {
+            return Ok(History::root());
+        };
+        match read_history(store, t, system_id).await? {
+            Some(f) => return Ok(History::of(&f)),
+            // Removed between the listing and the read (walship removes none; a lost one is
+            // what the archiver stores again): listed again.
+            None if tries < 3 => tries += 1,
+            None => {
+                return Err(Error::Storage(format!(
+                    "{}: listed, then gone",
+                    object_path(store, &history_object_name(t)).display()
+                )))
+            }
+        }
     }
 }
 
