@@ -416,7 +416,9 @@ fn walship(
 /// Writes and releases enough segments to fill the pool of recycled files, untimed.
 fn fill_pool(wal: &Wal, payload: &[u8]) -> Res<()> {
     let per_segment = SEGMENT_SIZE / encoded_len(payload.len()) as u64;
-    let segments = walship::recycling::DEFAULT_MAX_RECYCLED as u64 + 1;
+    // The pool keeps as many files as a checkpoint releases: 16 segments, more than the
+    // timed part fills between two of its checkpoints.
+    let segments = 16;
     for _ in 0..segments * per_segment + 1 {
         wal.append(&Entry::new(EntryType::Insert, None, payload))?;
     }

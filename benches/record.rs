@@ -1,4 +1,4 @@
-//! Record encode, CRC, the record's timestamp, and decode/scan of a segment, in memory (no I/O).
+//! Record encode, CRC, the segment's running checksum, the record's timestamp, and decode/scan of a segment, in memory (no I/O).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use walship::decoder::{ScanEnd, SegmentScanner};
@@ -39,6 +39,39 @@ fn crc(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(format!("{size}B"), |b| {
             b.iter(|| crc32fast::hash(black_box(&buf)))
+        });
+    }
+    g.finish();
+}
+
+/// Bringing the segment's running checksum past a record already CRC-checked: a second pass
+/// over its bytes, or folding its CRC in (`walship::format::crc_fold`), for a length seen
+/// before (the factor kept) and for a new one.
+fn running_checksum(c: &mut Criterion) {
+    use walship::format::crc_fold::{combine, shift_past};
+    let mut g = c.benchmark_group("running_checksum");
+    for size in [1024usize, 2048, 4096] {
+        let buf = vec![0x5Au8; size];
+        let record_crc = crc32fast::hash(&buf);
+        let shift = shift_past(size as u32);
+        g.bench_function(format!("hash/{size}B"), |b| {
+            b.iter(|| {
+                let mut h = crc32fast::Hasher::new_with_initial(black_box(0x1234_5678));
+                h.update(black_box(&buf));
+                h.finalize()
+            })
+        });
+        g.bench_function(format!("fold/{size}B"), |b| {
+            b.iter(|| combine(black_box(0x1234_5678), record_crc, black_box(shift)))
+        });
+        g.bench_function(format!("fold_new_length/{size}B"), |b| {
+            b.iter(|| {
+                combine(
+                    black_box(0x1234_5678),
+                    record_crc,
+                    shift_past(black_box(size as u32 - 4)),
+                )
+            })
         });
     }
     g.finish();
@@ -127,5 +160,5 @@ fn scan(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, crc, timestamp, scan);
+criterion_group!(benches, encode, crc, running_checksum, timestamp, scan);
 criterion_main!(benches);

@@ -8,9 +8,10 @@
 //! any point (FORMAT.md, "Recycled files"):
 //!
 //! 1. retention renames a released `N.wal` to `N.wal.prep` (its own number, below every live
-//!    segment, a name no writer prepares): the pool. The pool is bounded by
-//!    [`RetentionOptions::max_recycled`](crate::retention::RetentionOptions); past the bound,
-//!    released segments are removed as before.
+//!    segment, a name no writer prepares): the pool. The pool keeps as many files as the
+//!    checkpoint released ([`pool_target`], at most
+//!    [`RetentionOptions::max_recycled`](crate::retention::RetentionOptions)); past that,
+//!    released segments are removed, and so are the pool's highest-numbered files.
 //! 2. the writer's preparer, asked for segment `M`, takes the lowest-numbered pool file,
 //!    extends it to the segment size with reserved blocks, overwrites its header with zeros and
 //!    syncs, then renames it to `M.wal.prep`: the prepared file for `M`.
@@ -28,9 +29,41 @@ use crate::format::segment_header::SEGMENT_HEADER_LEN;
 use crate::format::{SegmentFileKind, SegmentName};
 use crate::segment_file::{reserve_blocks, PreparedSegment};
 
-/// Recycled files kept when nothing else is said: four segments, a few seconds of writing at
-/// the disk's speed with the default 16 MiB segments.
-pub const DEFAULT_MAX_RECYCLED: usize = 4;
+/// The most recycled files kept when nothing else is said: 64 segments, 1 GiB with the default
+/// 16 MiB segments (PostgreSQL's default `max_wal_size`).
+pub const DEFAULT_MAX_RECYCLED: usize = 64;
+
+/// The pool keeps at least this many files (when the bound allows), however little a
+/// checkpoint released: a few seconds of writing at the disk's speed with 16 MiB segments.
+pub const MIN_RECYCLED: usize = 4;
+
+/// How many recycled files the pool keeps after a checkpoint that released `released`
+/// segments while the pool held `pooled`: as many as it released, at least [`MIN_RECYCLED`],
+/// at most `max`. The writer will likely fill as many segments before the next checkpoint, so
+/// that each of them is a recycled file, as PostgreSQL sizes its recycled segments by the
+/// distance between checkpoints. A larger pool shrinks by at most half per checkpoint, so that
+/// one quiet interval between bursts does not throw the files away and the files of a burst
+/// that does not come back do not stay.
+pub fn pool_target(released: usize, pooled: usize, max: usize) -> usize {
+    released.max(MIN_RECYCLED).max(pooled / 2).min(max)
+}
+
+/// Removes the files of `pool` beyond the first `keep`: the highest numbered go, the preparer
+/// takes the lowest. A file the preparer took meanwhile (renamed) is no longer there and is
+/// skipped. Returns the names removed; the caller syncs `wal/` afterwards.
+pub fn trim_pool(dir: &DataDir, pool: &[SegmentName], keep: usize) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for name in pool.iter().skip(keep) {
+        let path = dir.segment_path(name);
+        crate::fault!("recycle::trim", e => Error::io(format!("remove {}", path.display()), e));
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(name.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("remove {}", path.display()), e)),
+        }
+    }
+    Ok(removed)
+}
 
 /// The prepared files in `dir` other than `except`'s: the pool of recycled files, lowest
 /// number first.
@@ -113,4 +146,27 @@ pub fn reuse(from: &Path, to: PathBuf, size: u64) -> Result<PreparedSegment> {
             .ctx(|| format!("rename {} to {}", from.display(), to.display()))?;
     }
     PreparedSegment::mapped(to, file, size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_follows_what_a_checkpoint_released_within_its_bounds() {
+        // As many as released, at least the floor, at most the bound.
+        assert_eq!(pool_target(9, 0, 64), 9);
+        assert_eq!(pool_target(1, 0, 64), MIN_RECYCLED);
+        assert_eq!(pool_target(100, 0, 64), 64);
+        assert_eq!(pool_target(9, 0, 2), 2);
+        assert_eq!(pool_target(9, 40, 0), 0);
+        // A pool larger than needed halves per checkpoint, down to the floor.
+        let mut pooled = 40;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            pooled = pool_target(0, pooled, 64);
+            seen.push(pooled);
+        }
+        assert_eq!(seen, [20, 10, 5, 4, 4]);
+    }
 }

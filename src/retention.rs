@@ -26,9 +26,11 @@ pub struct RetentionOptions {
     /// The most removable WAL (bytes of sealed segments below the checkpoint) one consumer may
     /// hold back; past it the consumer is marked lost. `None`: no cap.
     pub max_retained: Option<u64>,
-    /// How many released segment files are kept for the writer to reuse as new segments
-    /// (prepared files, see [`crate::recycling`]) instead of being removed; 0 removes every
-    /// released segment.
+    /// The most released segment files kept for the writer to reuse as new segments
+    /// (prepared files, see [`crate::recycling`]) instead of being removed. The pool keeps as
+    /// many as a checkpoint released, at least [`crate::recycling::MIN_RECYCLED`], never more
+    /// than this ([`crate::recycling::pool_target`]); 0 removes every released segment and the
+    /// pool.
     pub max_recycled: usize,
 }
 
@@ -57,6 +59,9 @@ pub struct CheckpointReport {
     pub removed_bytes: u64,
     /// The released segments kept for reuse, under their prepared names.
     pub recycled: Vec<String>,
+    /// Recycled files removed because the pool held more than this checkpoint released
+    /// ([`crate::recycling::pool_target`]).
+    pub pool_removed: Vec<String>,
     pub retained_segments: u64,
     pub retained_bytes: u64,
     /// Consumers this call marked lost.
@@ -309,18 +314,22 @@ fn checkpoint_checked(
         .map(|c| c.position)
         .min()
         .unwrap_or(Lsn(u64::MAX));
-    let mut removed_any = false;
     // Recycled files waiting for reuse: prepared files below the newest sealed segment (the
     // writer's prepared file for its next segment is above it).
     let newest = segs.last().map_or(0, |s| s.name.segment_no.0);
-    let mut pooled = crate::recycling::pool(dir, None)?
-        .iter()
+    let pool: Vec<_> = crate::recycling::pool(dir, None)?
+        .into_iter()
         .filter(|n| n.segment_no.0 < newest)
-        .count();
-    for s in removable_by_checkpoint
+        .collect();
+    let released = removable_by_checkpoint
         .iter()
         .take_while(|s| s.end <= floor)
-    {
+        .count();
+    let pool_target = crate::recycling::pool_target(released, pool.len(), opts.max_recycled);
+    report.pool_removed = crate::recycling::trim_pool(dir, &pool, pool_target)?;
+    let mut pooled = pool.len().min(pool_target);
+    let mut removed_any = !report.pool_removed.is_empty();
+    for s in removable_by_checkpoint.iter().take(released) {
         // The archiver's position says the segment is archived; its archive must show it.
         let missing = missing_from_archives(s, &consumers, control);
         if !missing.is_empty() {
@@ -355,6 +364,7 @@ fn checkpoint_checked(
         tracing::info!(
             removed = report.removed.len(),
             recycled = report.recycled.len(),
+            pool_removed = report.pool_removed.len(),
             bytes = report.removed_bytes,
             checkpoint = %ckpt,
             "removed sealed segments below the checkpoint"

@@ -39,8 +39,9 @@ fn released_segments_are_reused_and_every_record_reads_back() {
     let r = wal
         .checkpoint(ckpt, &RetentionOptions::default())
         .expect("checkpoint");
-    assert_eq!(r.recycled.len(), walship::recycling::DEFAULT_MAX_RECYCLED);
-    assert!(r.removed.len() > r.recycled.len(), "{r:?}");
+    // Every released file is kept: the pool holds as many as the checkpoint released.
+    assert!(r.recycled.len() > walship::recycling::MIN_RECYCLED, "{r:?}");
+    assert_eq!(r.recycled.len(), r.removed.len(), "{r:?}");
     for name in &r.recycled {
         assert!(dir.join("wal").join(name).exists(), "{name} kept");
     }
@@ -64,6 +65,64 @@ fn released_segments_are_reused_and_every_record_reads_back() {
     };
     let r = wal.checkpoint(wal.flush_lsn(), &none).expect("checkpoint");
     assert!(r.recycled.is_empty() && !r.removed.is_empty(), "{r:?}");
+}
+
+#[test]
+fn the_pool_keeps_what_a_checkpoint_released_and_shrinks_by_half_when_idle() {
+    let (_t, dir) = common::new_dir();
+    let wal = Wal::open(&dir, WalOptions::default()).expect("open");
+    let pool = || files(&dir, SegmentFileKind::Prepared);
+    append(&wal, "a", 4000);
+    let r = wal
+        .checkpoint(wal.flush_lsn(), &RetentionOptions::default())
+        .expect("checkpoint");
+    let released = r.removed.len();
+    assert!(released >= 12, "{r:?}");
+    assert_eq!(r.recycled.len(), released, "{r:?}");
+    assert!(r.pool_removed.is_empty(), "{r:?}");
+    // The writer's own prepared file for its next segment is one more.
+    let kept = pool();
+    assert_eq!(kept.len(), released + 1, "{kept:?}");
+    // Checkpoints that release nothing halve the pool, the highest numbers first, down to
+    // the floor; the writer's prepared file is never touched.
+    let mut expected = released;
+    while expected > walship::recycling::MIN_RECYCLED {
+        let before = pool();
+        let r = wal
+            .checkpoint(wal.flush_lsn(), &RetentionOptions::default())
+            .expect("idle checkpoint");
+        assert!(r.removed.is_empty(), "{r:?}");
+        let target = (expected / 2).max(walship::recycling::MIN_RECYCLED);
+        assert_eq!(r.pool_removed.len(), expected - target, "{r:?}");
+        let after = pool();
+        assert_eq!(after.len(), target + 1, "{after:?}");
+        let (lowest, highest) = before.split_at(target);
+        assert_eq!(&after[..target], lowest, "the lowest numbers stay");
+        assert_eq!(
+            after[target],
+            *highest.last().expect("prepared"),
+            "the writer's file stays"
+        );
+        for gone in &r.pool_removed {
+            assert!(!dir.join("wal").join(gone).exists(), "{gone} removed");
+        }
+        expected = target;
+    }
+    // The bound applies to what is already kept: --max-recycled 1 leaves one.
+    let one = RetentionOptions {
+        max_recycled: 1,
+        ..RetentionOptions::default()
+    };
+    let r = wal.checkpoint(wal.flush_lsn(), &one).expect("checkpoint");
+    assert_eq!(r.pool_removed.len(), expected - 1, "{r:?}");
+    assert_eq!(pool().len(), 2);
+    // The writer goes on into its prepared file and the kept one, and everything reads back.
+    let ckpt = wal.flush_lsn();
+    let mut want = append(&wal, "b", 1500);
+    assert!(wal.stats().segments_recycled >= 1);
+    drop(wal);
+    want.retain(|(l, _)| *l >= ckpt);
+    check(&dir, ckpt, &want);
 }
 
 /// Inodes of the files in `wal/` of `kind`.

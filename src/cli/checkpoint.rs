@@ -14,9 +14,10 @@ use super::{parse_size, CmdResult, Failure};
 #[derive(Args, Debug)]
 #[command(
     after_help = "A sealed segment is released once it ends at or below the checkpoint and \
-every registered consumer not marked lost has taken it: up to --max-recycled released files \
-(default 4) are kept under their prepared names (.wal.prep) for the writer to reuse as new \
-segments, the others are removed. The newest sealed segment and the open \
+every registered consumer not marked lost has taken it. Released files are kept under their \
+prepared names (.wal.prep) for the writer to reuse as new segments: as many as this checkpoint \
+released, at least 4, at most --max-recycled (default 64); the others are removed. Kept files \
+beyond that number are removed too, at most half of them per checkpoint. The newest sealed segment and the open \
 segment are always kept. The checkpoint is remembered in DATA_DIR/state/retention.json and never \
 moves back; without --lsn the remembered one is used. An --lsn past the end of the WAL (the end \
 of its last record on disk) is refused with exit status 2.\n\n\
@@ -36,7 +37,7 @@ pub struct CheckpointArgs {
     /// KiB/MiB/GiB).
     #[arg(long, value_parser = parse_size)]
     pub max_retained: Option<u64>,
-    /// How many released segment files to keep for the writer to reuse as new segments (their
+    /// The most released segment files kept for the writer to reuse as new segments (their
     /// blocks already written, so later syncs write less); the rest are removed. 0: remove all.
     #[arg(long, value_name = "N", default_value_t = walship::recycling::DEFAULT_MAX_RECYCLED)]
     pub max_recycled: usize,
@@ -86,8 +87,12 @@ pub fn run(a: CheckpointArgs) -> CmdResult {
         for id in &r.marked_lost {
             println!("LOST: consumer {id} held more than the cap and no longer holds WAL");
         }
+        let trimmed = match r.pool_removed.len() {
+            0 => String::new(),
+            n => format!(", {n} files kept for reuse earlier removed"),
+        };
         println!(
-            "checkpoint {}: removed {} segments ({} bytes, {} of them kept for reuse); {} sealed segments ({} bytes) kept, held by {}",
+            "checkpoint {}: removed {} segments ({} bytes, {} of them kept for reuse{trimmed}); {} sealed segments ({} bytes) kept, held by {}",
             r.checkpoint_lsn,
             r.removed.len(),
             r.removed_bytes,

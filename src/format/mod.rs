@@ -2,6 +2,7 @@
 //! property-tested and fuzzed. docs/FORMAT.md describes the same bytes for people.
 
 pub mod control;
+pub mod crc_fold;
 pub mod history;
 pub mod identity;
 pub mod names;

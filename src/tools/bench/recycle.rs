@@ -2,8 +2,8 @@
 //!
 //! A deployment checkpoints: its sealed segments are released and come back as the next
 //! segments' files (`walship::recycling`), their blocks already written. Before timing, the
-//! pool is filled (untimed: one segment more than the pool holds is written without syncs,
-//! sealed and released by a checkpoint) and timing starts in a recycled file; while walship is
+//! pool is filled (untimed: 16 segments are written without syncs, sealed and released by a
+//! checkpoint) and timing starts in a recycled file; while walship is
 //! timed, a thread checkpoints at the durable position every 100 ms, as an application's
 //! checkpoints would, so that sealed segments keep returning to the pool.
 
@@ -13,7 +13,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use walship::format::record::encoded_len;
-use walship::recycling::DEFAULT_MAX_RECYCLED;
 use walship::retention::RetentionOptions;
 use walship::{Entry, EntryType, Result, Wal};
 
@@ -25,7 +24,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 pub fn fill_pool(wal: &Wal, segment_size: u64) -> Result<()> {
     let payload = vec![0xC3u8; 4096.min(wal.max_payload())];
     let per_segment = segment_size / encoded_len(payload.len()) as u64;
-    let segments = DEFAULT_MAX_RECYCLED as u64 + 1;
+    // The pool keeps as many files as a checkpoint releases: 16 segments, more than a default
+    // run fills between two of its checkpoints.
+    let segments = 16;
     let entry = Entry::new(EntryType::Insert, None, &payload);
     for _ in 0..segments * per_segment + 1 {
         wal.append(&entry)?;

@@ -291,7 +291,14 @@ fn the_running_checksum_covers_every_byte_before_the_write_position() {
     let root = tmp.path().join("d");
     init(&root, 4 << 20);
     let open_name = name(0, SegmentFileKind::Open);
-    let mut sizes = (1..).map(|i: usize| (i * 7919) % 9000);
+    // Lengths of all kinds, and large ones that come again (folded in by their CRC).
+    let mut sizes = (1..).map(|i: usize| {
+        if i % 2 == 0 {
+            [2100, 4096, 8000][(i / 2) % 3]
+        } else {
+            (i * 7919) % 9000
+        }
+    });
     // Two writers one after the other, the second adopting the open segment mid-chunk; the
     // checksum is taken with the write position anywhere in a chunk, and with write-back
     // started (its pages unmapped) in between.
