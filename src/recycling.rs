@@ -41,11 +41,16 @@ pub const MIN_RECYCLED: usize = 4;
 /// segments while the pool held `pooled`: as many as it released, at least [`MIN_RECYCLED`],
 /// at most `max`. The writer will likely fill as many segments before the next checkpoint, so
 /// that each of them is a recycled file, as PostgreSQL sizes its recycled segments by the
-/// distance between checkpoints. A larger pool shrinks by at most half per checkpoint, so that
-/// one quiet interval between bursts does not throw the files away and the files of a burst
-/// that does not come back do not stay.
+/// distance between checkpoints. A larger pool loses a tenth of its files per checkpoint
+/// (rounded down), as PostgreSQL's estimate of that distance decays: a quiet interval between
+/// bursts does not throw the files away, the files of a burst that does not come back do not
+/// stay for ever, and no checkpoint removes many files at once (each removal frees blocks,
+/// which a disk mounted with `discard` trims while the writer syncs).
 pub fn pool_target(released: usize, pooled: usize, max: usize) -> usize {
-    released.max(MIN_RECYCLED).max(pooled / 2).min(max)
+    released
+        .max(MIN_RECYCLED)
+        .max(pooled - pooled / 10)
+        .min(max)
 }
 
 /// Removes the files of `pool` beyond the first `keep`: the highest numbered go, the preparer
@@ -160,13 +165,15 @@ mod tests {
         assert_eq!(pool_target(100, 0, 64), 64);
         assert_eq!(pool_target(9, 0, 2), 2);
         assert_eq!(pool_target(9, 40, 0), 0);
-        // A pool larger than needed halves per checkpoint, down to the floor.
+        // A pool larger than needed loses a tenth per checkpoint, rounded down.
         let mut pooled = 40;
         let mut seen = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..8 {
             pooled = pool_target(0, pooled, 64);
             seen.push(pooled);
         }
-        assert_eq!(seen, [20, 10, 5, 4, 4]);
+        assert_eq!(seen, [36, 33, 30, 27, 25, 23, 21, 19]);
+        assert_eq!(pool_target(0, 9, 64), 9);
+        assert_eq!(pool_target(0, 10, 64), 9);
     }
 }

@@ -68,7 +68,7 @@ fn released_segments_are_reused_and_every_record_reads_back() {
 }
 
 #[test]
-fn the_pool_keeps_what_a_checkpoint_released_and_shrinks_by_half_when_idle() {
+fn the_pool_keeps_what_a_checkpoint_released_and_shrinks_by_a_tenth_when_idle() {
     let (_t, dir) = common::new_dir();
     let wal = Wal::open(&dir, WalOptions::default()).expect("open");
     let pool = || files(&dir, SegmentFileKind::Prepared);
@@ -83,16 +83,16 @@ fn the_pool_keeps_what_a_checkpoint_released_and_shrinks_by_half_when_idle() {
     // The writer's own prepared file for its next segment is one more.
     let kept = pool();
     assert_eq!(kept.len(), released + 1, "{kept:?}");
-    // Checkpoints that release nothing halve the pool, the highest numbers first, down to
-    // the floor; the writer's prepared file is never touched.
+    // Checkpoints that release nothing take a tenth of the pool (rounded down), the highest
+    // numbers first; the writer's prepared file is never touched.
     let mut expected = released;
-    while expected > walship::recycling::MIN_RECYCLED {
+    while expected >= 10 {
         let before = pool();
         let r = wal
             .checkpoint(wal.flush_lsn(), &RetentionOptions::default())
             .expect("idle checkpoint");
         assert!(r.removed.is_empty(), "{r:?}");
-        let target = (expected / 2).max(walship::recycling::MIN_RECYCLED);
+        let target = expected - expected / 10;
         assert_eq!(r.pool_removed.len(), expected - target, "{r:?}");
         let after = pool();
         assert_eq!(after.len(), target + 1, "{after:?}");
@@ -108,6 +108,12 @@ fn the_pool_keeps_what_a_checkpoint_released_and_shrinks_by_half_when_idle() {
         }
         expected = target;
     }
+    // Below ten files a tenth is none: the pool stays.
+    let r = wal
+        .checkpoint(wal.flush_lsn(), &RetentionOptions::default())
+        .expect("idle checkpoint");
+    assert!(r.pool_removed.is_empty(), "{r:?}");
+    assert_eq!(pool().len(), expected + 1);
     // The bound applies to what is already kept: --max-recycled 1 leaves one.
     let one = RetentionOptions {
         max_recycled: 1,

@@ -17,8 +17,8 @@ use super::{parse_size, CmdResult, Failure};
 every registered consumer not marked lost has taken it. Released files are kept under their \
 prepared names (.wal.prep) for the writer to reuse as new segments: as many as this checkpoint \
 released, at least 4, at most --max-recycled (default 64); the others are removed. Kept files \
-beyond that number are removed too, at most half of them per checkpoint. The newest sealed segment and the open \
-segment are always kept. The checkpoint is remembered in DATA_DIR/state/retention.json and never \
+beyond that number are removed too, a tenth of them (rounded down) per checkpoint. The newest \
+sealed segment and the open segment are always kept. The checkpoint is remembered in DATA_DIR/state/retention.json and never \
 moves back; without --lsn the remembered one is used. An --lsn past the end of the WAL (the end \
 of its last record on disk) is refused with exit status 2.\n\n\
 --max-retained caps what one lagging consumer may hold back: a consumer that alone keeps more \
