@@ -754,6 +754,74 @@ fn an_archive_that_lost_segments_is_filled_again_from_wal() {
 }
 
 #[test]
+fn two_archives_of_one_data_directory_each_hold_back_what_they_have_not_taken() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 3, 31);
+    let (a, b) = (t.path().join("arc-a"), t.path().join("arc-b"));
+    let out = archive_once(&data, &a, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = archive_once(&data, &b, &["--compress", "zstd"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("another archive of this data directory is registered too"),
+        "{}",
+        text(&out)
+    );
+    let b_end = all_end(&data);
+    // The first archive goes ahead alone.
+    seal_one_more(&data, "x");
+    seal_one_more(&data, "y");
+    let out = archive_once(&data, &a, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let consumers: Vec<(String, String, u64)> = std::fs::read_dir(data.join("state/consumers"))
+        .unwrap()
+        .map(|e| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["address"].as_str().unwrap().to_string(),
+                v["position"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(consumers.len(), 2, "{consumers:?}");
+    let of = |arc: &Path| {
+        consumers
+            .iter()
+            .find(|c| Path::new(&c.1) == arc)
+            .unwrap_or_else(|| panic!("no consumer for {}: {consumers:?}", arc.display()))
+            .clone()
+    };
+    assert_eq!(of(&a).0, "archiver");
+    assert!(of(&b).0.starts_with("archiver-"), "{consumers:?}");
+    assert_eq!((of(&a).2, of(&b).2), (all_end(&data), b_end));
+    let all = records(&data);
+    // Retention keeps what the second archive has not taken, and says who holds it.
+    let end = all_end(&data).to_string();
+    let out = walship(&["checkpoint", p(&data), "--lsn", &end]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&of(&b).0), "{}", text(&out));
+    assert_eq!(sealed_names(&data).len(), 2, "{:?}", sealed_names(&data));
+    let out = archive_once(&data, &b, &["--compress", "zstd"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Each archive verifies and restores every record.
+    for (tag, arc) in [("a", &a), ("b", &b)] {
+        let v = walship(&["verify", p(arc)]);
+        assert!(v.status.success(), "{tag}: {}", text(&v));
+        let dest = t.path().join(format!("restored-{tag}"));
+        let out = walship(&["restore", p(arc), p(&dest)]);
+        assert!(out.status.success(), "{tag}: {}", text(&out));
+        assert_eq!(records(&dest), all, "{tag}");
+    }
+    // Both past everything: only the newest segment stays.
+    let out = walship(&["checkpoint", p(&data), "--lsn", &end]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sealed_names(&data).len(), 1);
+}
+
+#[test]
 fn a_relative_target_is_recorded_absolute_and_found_from_any_directory() {
     let t = tempfile::tempdir().unwrap();
     let data = t.path().join("data");
@@ -1120,7 +1188,10 @@ fn an_object_that_inflates_past_a_segment_is_damage_and_never_allocated() {
         assert_eq!(out.status.code(), Some(1), "{tag}: {}", text(&out));
         assert!(text(&out).contains(victim), "{tag}: {}", text(&out));
         // The archiver reads it back to compare: different content, refused, nothing changed.
-        std::fs::remove_file(data.join("state/consumers/archiver.json")).unwrap();
+        // (Its registration gone, it pushes everything again; each archive has its own.)
+        for e in std::fs::read_dir(data.join("state/consumers")).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
         let out = archive_once(&data, &arc, &["--compress", "zstd"]);
         assert_eq!(out.status.code(), Some(1), "{tag}: {}", text(&out));
         assert_eq!(std::fs::read(arc.join(victim)).unwrap(), *bomb);

@@ -88,9 +88,23 @@ fn objects(s: &S3Server, url: &str) -> Vec<(String, Vec<u8>)> {
     })
 }
 
-fn registry(data: &Path) -> Option<serde_json::Value> {
-    let b = std::fs::read(data.join("state/consumers/archiver.json")).ok()?;
-    Some(serde_json::from_slice(&b).expect("registry json"))
+/// The archiver registrations of `data`, one per archive.
+fn archivers(data: &Path) -> Vec<serde_json::Value> {
+    let Ok(dir) = std::fs::read_dir(data.join("state/consumers")) else {
+        return Vec::new();
+    };
+    dir.map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).expect("read")).expect("registry json"))
+        .filter(|v: &serde_json::Value| v["kind"] == "archiver")
+        .collect()
+}
+
+/// The registration of the archiver of the archive at `url`.
+fn registry(data: &Path, url: &str) -> Option<serde_json::Value> {
+    archivers(data)
+        .into_iter()
+        .find(|v| v["address"].as_str() == Some(url))
 }
 
 fn archive_once(s: &S3Server, data: &Path, url: &str, extra: &[&str]) -> Output {
@@ -174,7 +188,7 @@ fn round_trip_byte_for_byte_with_and_without_compression() {
             sealed_names(&data).len()
         );
         // Recorded under the URL, at the end of the last segment.
-        let reg = registry(&data).expect("registered");
+        let reg = registry(&data, &url).expect("registered");
         assert_eq!(reg["address"].as_str(), Some(url.as_str()));
         assert_eq!(reg["position"].as_u64(), Some(want.last().unwrap().1));
         // A second run finds everything archived.
@@ -344,7 +358,7 @@ fn wrong_credentials_and_a_missing_bucket_exit_2_and_record_nothing() {
         "AKIANOSUCHKEY0000000",
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(registry(&data).is_none(), "the archiver was registered");
+    assert!(archivers(&data).is_empty(), "the archiver was registered");
     assert!(objects(s, "s3://creds").is_empty());
 
     let started = Instant::now();
@@ -363,7 +377,7 @@ fn wrong_credentials_and_a_missing_bucket_exit_2_and_record_nothing() {
     );
     // Permanent: not retried for a minute.
     assert!(started.elapsed() < Duration::from_secs(20));
-    assert!(registry(&data).is_none(), "the archiver was registered");
+    assert!(archivers(&data).is_empty(), "the archiver was registered");
     // Restore and verify say the same.
     let out = s.walship(&["verify", "s3://no-such-bucket"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -514,11 +528,16 @@ fn sigkill_mid_upload_then_a_rerun_completes_and_nothing_partial_is_visible() {
     assert_eq!(assert_objects_match(s, url, &data, true), total);
     assert_ok(&s.walship(&["verify", url]), "verify");
     let end = records(&data).last().unwrap().1;
-    assert_eq!(registry(&data).unwrap()["position"].as_u64(), Some(end));
+    assert_eq!(
+        registry(&data, url).unwrap()["position"].as_u64(),
+        Some(end)
+    );
 }
 
+/// The position of the one archiver of `data`.
 fn position(data: &Path) -> u64 {
-    registry(data)
+    archivers(data)
+        .first()
         .and_then(|r| r["position"].as_u64())
         .unwrap_or(0)
 }

@@ -103,13 +103,14 @@ fn seconds(reg: &Registry, name: &str, labels: &[&str]) -> Result<GaugeVec, Metr
     Ok(g)
 }
 
-/// The archiver registered in the directory, if any (and not marked lost).
+/// The archiver registered in the directory (not marked lost) furthest behind, if any: with
+/// two archives, the one a restore could recover the least from.
 fn archiver(st: &DirStatus) -> Option<&crate::retention::ConsumerRetention> {
-    st.retention.consumers.iter().find(|c| {
-        c.kind == crate::consumers::ConsumerKind::Archiver
-            && c.id == crate::archive::archiver::ARCHIVER_ID
-            && !c.lost
-    })
+    st.retention
+        .consumers
+        .iter()
+        .filter(|c| c.kind == crate::consumers::ConsumerKind::Archiver && !c.lost)
+        .min_by_key(|c| c.position)
 }
 
 /// A position as a gauge value (positions past i64::MAX do not occur; clamped if they did).

@@ -37,10 +37,11 @@ impl<S: ArchiveStore> Archiver<S> {
         // Retention removes nothing below the position while this is recorded.
         self.save_position(SegmentNo(oldest).start_lsn_saturating(self.control.segment_size))?;
         Err(Error::Refused(format!(
-            "{loc} is no longer an archive (no {IDENTITY_NAME}, no segments), yet the archiver had archived up to LSN {} there; {} begins at segment {oldest:X} and retention may have removed older segments, so the archive cannot be rebuilt complete. Nothing was written; the archiver's position was set back so that retention keeps every segment in wal/. Start a new archive in another directory (--to), or drop the archiver (`walship checkpoint {} --drop-consumer {ARCHIVER_ID}`) to start a new one here",
+            "{loc} is no longer an archive (no {IDENTITY_NAME}, no segments), yet the archiver had archived up to LSN {} there; {} begins at segment {oldest:X} and retention may have removed older segments, so the archive cannot be rebuilt complete. Nothing was written; the archiver's position was set back so that retention keeps every segment in wal/. Start a new archive in another directory (--to), or drop the archiver (`walship checkpoint {} --drop-consumer {}`) to start a new one here",
             position,
             self.dir.wal_dir().display(),
-            self.dir.root().display()
+            self.dir.root().display(),
+            self.consumer_id
         )))
     }
 

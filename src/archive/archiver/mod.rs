@@ -42,8 +42,44 @@ use retry::{Backoff, FailureStreak};
 /// The default of [`ArchiverOptions::warn_lag_time`].
 pub const DEFAULT_WARN_LAG_TIME: Duration = Duration::from_secs(300);
 
-/// The archiver's id in the consumer registry.
+/// The archiver's id in the consumer registry; the archiver of a second archive of the same
+/// data directory registers under an id of its own ([`consumer_for`]).
 pub const ARCHIVER_ID: &str = "archiver";
+
+/// The consumer the archiver pushing to `location` records its progress as, and its record
+/// if there is one: the archiver registered with that address; else [`ARCHIVER_ID`] when no
+/// archiver holds it (or an archiver from before addresses were recorded); else an id of its
+/// own, `archiver-` and a hash of the location. Each archive then holds back the segments it
+/// has not taken: with one record for both, retention followed whichever archive saved last,
+/// and released segments the other had not archived yet.
+fn consumer_for(
+    registry: &ConsumerRegistry,
+    location: &str,
+) -> Result<(String, Option<ConsumerRecord>)> {
+    let archivers: Vec<ConsumerRecord> = registry
+        .list()?
+        .into_iter()
+        .filter(|c| c.kind == ConsumerKind::Archiver)
+        .collect();
+    if let Some(r) = archivers
+        .iter()
+        .find(|r| r.address.as_deref() == Some(location))
+    {
+        return Ok((r.id.clone(), Some(r.clone())));
+    }
+    match archivers.iter().find(|r| r.id == ARCHIVER_ID) {
+        None => Ok((ARCHIVER_ID.to_string(), None)),
+        Some(r) if r.address.is_none() => Ok((ARCHIVER_ID.to_string(), Some(r.clone()))),
+        Some(_) => Ok((format!("{ARCHIVER_ID}-{:08x}", fnv1a(location)), None)),
+    }
+}
+
+/// FNV-1a, 32 bits: a stable name for a location (not a defence against anything).
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
 
 #[derive(Clone, Debug)]
 pub struct ArchiverOptions {
@@ -135,6 +171,8 @@ pub struct Archiver<S: ArchiveStore> {
     store: Arc<S>,
     opts: ArchiverOptions,
     registry: ConsumerRegistry,
+    /// Its id in the registry ([`consumer_for`]).
+    consumer_id: String,
     /// Segments the archive holds: segment number to (object name, compression), as of the
     /// last listing.
     archived: BTreeMap<u64, (String, Compression)>,
@@ -162,21 +200,21 @@ impl<S: ArchiveStore> Archiver<S> {
         // A lost archiver stops before touching the archive.
         let registry = ConsumerRegistry::new(&data_dir);
         let location = store.location();
-        let position = match registry.get(ARCHIVER_ID)? {
+        let (consumer_id, record) = consumer_for(&registry, &location)?;
+        let position = match record {
             Some(r) if r.lost => {
                 return Err(Error::Refused(format!(
-                    "the archiver of {} was marked lost by retention (it fell further behind than the cap) and segments it had not archived were removed; drop it with `walship checkpoint {} --drop-consumer {ARCHIVER_ID}` and start a new archive",
+                    "the archiver of {} was marked lost by retention (it fell further behind than the cap) and segments it had not archived were removed; drop it with `walship checkpoint {} --drop-consumer {consumer_id}` and start a new archive",
                     data_dir.root().display(),
                     data_dir.root().display()
                 )))
             }
             Some(r) if r.address.as_deref() == Some(location.as_str()) => r.position,
-            Some(r) => {
-                tracing::warn!(previous = ?r.address, archive = %location, "the archiver last pushed to another archive; starting over from the oldest sealed segment");
-                Lsn::ZERO
-            }
-            None => Lsn::ZERO,
+            _ => Lsn::ZERO,
         };
+        if position == Lsn::ZERO && consumer_id != ARCHIVER_ID {
+            tracing::warn!(archive = %location, consumer = %consumer_id, "another archive of this data directory is registered too: each archiver holds back the segments its archive has not taken, so an archive no longer used must be dropped (`walship checkpoint DATA_DIR --drop-consumer ID`, ids in `walship status`) or wal/ keeps growing");
+        }
         let objects = store.list().await?;
         // A data directory (this one, or another) given as the target by mistake: segments
         // pushed there would mix with its own files, and `status`/`verify` of it would report
@@ -203,6 +241,7 @@ impl<S: ArchiveStore> Archiver<S> {
             store,
             opts,
             registry,
+            consumer_id,
             archived: BTreeMap::new(),
             begin: None,
             last: None,
@@ -226,10 +265,9 @@ impl<S: ArchiveStore> Archiver<S> {
     }
 
     fn save_position(&mut self, position: Lsn) -> Result<()> {
-        let mut rec = self
-            .registry
-            .get(ARCHIVER_ID)?
-            .unwrap_or_else(|| ConsumerRecord::new(ARCHIVER_ID, ConsumerKind::Archiver, Lsn(0)));
+        let mut rec = self.registry.get(&self.consumer_id)?.unwrap_or_else(|| {
+            ConsumerRecord::new(&self.consumer_id, ConsumerKind::Archiver, Lsn(0))
+        });
         if rec.lost {
             return Err(Error::Refused(format!(
                 "the archiver of {} was marked lost by retention while it ran; segments it had not archived may be gone",
