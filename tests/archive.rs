@@ -822,6 +822,26 @@ fn two_archives_of_one_data_directory_each_hold_back_what_they_have_not_taken() 
 }
 
 #[test]
+fn a_zstd_level_without_compression_is_refused_before_anything_is_written() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    make_store(&data, 1, 32);
+    let arc = t.path().join("arc");
+    for extra in [
+        &["--zstd-level", "9"][..],
+        &["--compress", "none", "--zstd-level", "1"],
+    ] {
+        let out = archive_once(&data, &arc, extra);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", text(&out));
+        assert!(text(&out).contains("--zstd-level"), "{}", text(&out));
+        assert!(!arc.exists(), "{extra:?}: the archive was created");
+        assert!(!data.join("state/consumers/archiver.json").exists());
+    }
+    let out = archive_once(&data, &arc, &["--compress", "zstd", "--zstd-level", "9"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
 fn a_relative_target_is_recorded_absolute_and_found_from_any_directory() {
     let t = tempfile::tempdir().unwrap();
     let data = t.path().join("data");

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use walship::archive::{Archiver, ArchiverOptions, Compression, ReadBack};
 use walship::DataDir;
 
-use super::{parse_size, CmdResult};
+use super::{parse_size, CmdResult, Failure};
 use walship::metrics::library;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -58,9 +58,9 @@ pub struct ArchiveArgs {
     /// Store segments as they are (.wal) or zstd-compressed (.wal.zst).
     #[arg(long, value_enum, default_value_t = CompressArg::None)]
     pub compress: CompressArg,
-    /// zstd level, 1 (fastest) to 19.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
-    pub zstd_level: i32,
+    /// zstd level, 1 (fastest) to 19 [default: 3]; with --compress zstd only.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: Option<i32>,
     /// Warn (once per episode) when sealed segments waiting to be archived exceed this size...
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub warn_lag: u64,
@@ -95,12 +95,19 @@ pub struct ArchiveArgs {
 }
 
 pub fn run(a: ArchiveArgs) -> CmdResult {
+    if let (Some(level), CompressArg::None) = (a.zstd_level, &a.compress) {
+        return Err(Failure::Error(format!(
+            "--zstd-level {level} needs --compress zstd: segments are stored uncompressed without it"
+        )));
+    }
     let opts = ArchiverOptions {
         compression: match a.compress {
             CompressArg::None => Compression::None,
             CompressArg::Zstd => Compression::Zstd,
         },
-        zstd_level: a.zstd_level,
+        zstd_level: a
+            .zstd_level
+            .unwrap_or(ArchiverOptions::default().zstd_level),
         warn_lag_bytes: a.warn_lag,
         warn_lag_time: a.warn_lag_time,
         rescan_interval: Duration::from_secs(a.rescan_secs),
