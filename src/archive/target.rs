@@ -17,6 +17,39 @@ pub enum ArchiveTarget {
     S3(S3Config),
 }
 
+/// The path of the file URL `url`, whose path part is `p`: percent-escapes decoded to the bytes
+/// they stand for. A query, a fragment, a malformed escape or an escaped NUL is refused.
+fn file_url_path(url: &str, p: &str) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let bad = |why: &str| {
+        Error::InvalidArgument(format!(
+            "invalid archive URL {url:?}: {why} (write a space as %20, or give the directory as a plain path)"
+        ))
+    };
+    if p.contains(['?', '#']) {
+        return Err(bad("a file URL has no query or fragment"));
+    }
+    let mut out = Vec::with_capacity(p.len());
+    let mut bytes = p.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'%' {
+            out.push(b);
+            continue;
+        }
+        let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+        let v = std::str::from_utf8(&hex)
+            .ok()
+            .filter(|h| h.len() == 2 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or_else(|| bad("a % must be followed by two hex digits"))?;
+        if v == 0 {
+            return Err(bad("%00 (a NUL byte) cannot be in a path"));
+        }
+        out.push(v);
+    }
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(out)))
+}
+
 impl ArchiveTarget {
     /// `s3://BUCKET[/PREFIX]`, `file:///ABSOLUTE/PATH`, or a plain path. Any other `SCHEME://`
     /// is refused rather than taken for a relative directory.
@@ -25,12 +58,14 @@ impl ArchiveTarget {
             return Ok(ArchiveTarget::S3(S3Config::from_url(s)?));
         }
         if let Some(p) = s.strip_prefix("file://") {
+            // `file://localhost/PATH` is the same URL as `file:///PATH`.
+            let p = p.strip_prefix("localhost").unwrap_or(p);
             if !p.starts_with('/') {
                 return Err(Error::InvalidArgument(format!(
                     "invalid archive URL {s:?}: a file URL names an absolute path (file:///mnt/backup/wal)"
                 )));
             }
-            return Ok(ArchiveTarget::Dir(PathBuf::from(p)));
+            return Ok(ArchiveTarget::Dir(file_url_path(s, p)?));
         }
         if let Some((scheme, _)) = s.split_once("://") {
             if !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -187,6 +222,24 @@ mod tests {
             matches!(ArchiveTarget::parse("rel/dir").unwrap(), ArchiveTarget::Dir(p) if p == std::path::Path::new("rel/dir"))
         );
         assert!(ArchiveTarget::parse("file://rel").is_err());
+        // Percent-encoded bytes are decoded; a bad escape, a query or a fragment is refused.
+        assert!(
+            matches!(ArchiveTarget::parse("file:///mnt/my%20wal/%C3%A9t%C3%A9").unwrap(), ArchiveTarget::Dir(p) if p == std::path::Path::new("/mnt/my wal/été"))
+        );
+        assert!(
+            matches!(ArchiveTarget::parse("file://localhost/mnt/a").unwrap(), ArchiveTarget::Dir(p) if p == std::path::Path::new("/mnt/a"))
+        );
+        for bad in [
+            "file:///mnt/a%+1",
+            "file:///mnt/a%2",
+            "file:///mnt/a%zz",
+            "file:///mnt/a?x=1",
+            "file:///mnt/a#f",
+            "file:///mnt/a%00b",
+        ] {
+            let e = ArchiveTarget::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
         assert!(ArchiveTarget::parse("gs://bkt/p").is_err());
     }
 }
