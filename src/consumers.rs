@@ -173,6 +173,16 @@ impl ConsumerRegistry {
         write_atomic(&path, &bytes)
     }
 
+    /// Saves `rec` only when no record of its id exists; false when one does (another process
+    /// registered it first: of two racing, exactly one wins).
+    pub fn register_new(&self, rec: &ConsumerRecord) -> Result<bool> {
+        let path = self.path(&rec.id)?;
+        self.ensure_dir()?;
+        let bytes = serde_json::to_vec_pretty(rec)
+            .map_err(|e| Error::Other(format!("encode consumer {}: {e}", rec.id)))?;
+        crate::fsutil::write_new(&path, &bytes)
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<ConsumerRecord>> {
         let path = self.path(id)?;
         let invalid = |e| Error::corrupt_state(&path, "consumer record", e);

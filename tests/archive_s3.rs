@@ -258,6 +258,20 @@ fn archives_under_prefixes_of_one_bucket_stay_apart() {
     // The bucket's root is no archive: its listing sees neither (they are further down).
     assert!(objects(s, "s3://shared").is_empty());
     assert_ok(&s.walship(&["verify", ua]), "verify a");
+    // A prefix holding nothing (a typo) is no archive, not a damaged one.
+    for url in [
+        "s3://shared",
+        "s3://shared/team/app-c",
+        "s3://shared/team/app",
+    ] {
+        let v = s.walship(&["verify", url]);
+        assert_eq!(v.status.code(), Some(2), "{url}: {}", text(&v));
+        assert!(
+            text(&v).contains(&format!("no archive at {url}")) && !text(&v).contains("DAMAGED"),
+            "{url}: {}",
+            text(&v)
+        );
+    }
     for (url, want, name) in [(ua, &want_a, "ra"), (ub, &want_b, "rb")] {
         let dest = t.path().join(name);
         assert_ok(

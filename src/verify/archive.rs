@@ -44,6 +44,14 @@ pub fn verify_store<S: ArchiveStore>(
     let loc = PathBuf::from(store.location());
     let identity = handle.block_on(store.get(IDENTITY_NAME))?;
     let objects = handle.block_on(store.list())?;
+    // Nothing at all there: a mistyped bucket or prefix, not a damaged archive (a directory
+    // without any is "not an archive" too).
+    if identity.is_none() && objects.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "no archive at {}: it holds no {IDENTITY_NAME} and no segments (check the bucket and the prefix)",
+            store.location()
+        )));
+    }
     let report = verify_objects(&loc, identity, &objects, |name| {
         handle
             .block_on(store.get(name))?

@@ -43,35 +43,62 @@ use retry::{Backoff, FailureStreak};
 pub const DEFAULT_WARN_LAG_TIME: Duration = Duration::from_secs(300);
 
 /// The archiver's id in the consumer registry; the archiver of a second archive of the same
-/// data directory registers under an id of its own ([`consumer_for`]).
+/// data directory registers under an id of its own ([`register`]).
 pub const ARCHIVER_ID: &str = "archiver";
 
-/// The consumer the archiver pushing to `location` records its progress as, and its record
-/// if there is one: the archiver registered with that address; else [`ARCHIVER_ID`] when no
-/// archiver holds it (or an archiver from before addresses were recorded); else an id of its
-/// own, `archiver-` and a hash of the location. Each archive then holds back the segments it
-/// has not taken: with one record for both, retention followed whichever archive saved last,
-/// and released segments the other had not archived yet.
-fn consumer_for(
-    registry: &ConsumerRegistry,
-    location: &str,
-) -> Result<(String, Option<ConsumerRecord>)> {
+/// The registration of the archiver pushing to `location`, if there is one: the archiver
+/// registered with that address, or an archiver registered as [`ARCHIVER_ID`] by a version
+/// that recorded no address.
+fn registration_of(registry: &ConsumerRegistry, location: &str) -> Result<Option<ConsumerRecord>> {
     let archivers: Vec<ConsumerRecord> = registry
         .list()?
         .into_iter()
         .filter(|c| c.kind == ConsumerKind::Archiver)
         .collect();
-    if let Some(r) = archivers
+    Ok(archivers
         .iter()
         .find(|r| r.address.as_deref() == Some(location))
-    {
-        return Ok((r.id.clone(), Some(r.clone())));
+        .or_else(|| {
+            archivers
+                .iter()
+                .find(|r| r.id == ARCHIVER_ID && r.address.is_none())
+        })
+        .cloned())
+}
+
+/// Registers the archiver of `location`, which has no registration yet, at position 0, under
+/// [`ARCHIVER_ID`] when no other archive holds it, else under `archiver-` and a hash of the
+/// location; returns the id. Each archive then holds back the segments it has not taken: with
+/// one registration for two archives, retention followed whichever saved last and released
+/// segments the other had not archived yet. Each claim creates the record only if it is absent,
+/// so two archivers starting at once never share one.
+fn register(registry: &ConsumerRegistry, location: &str) -> Result<String> {
+    let ids = [
+        ARCHIVER_ID.to_string(),
+        format!("{ARCHIVER_ID}-{:08x}", fnv1a(location)),
+    ];
+    for id in &ids {
+        let mut rec = ConsumerRecord::new(id, ConsumerKind::Archiver, Lsn(0));
+        rec.address = Some(location.to_string());
+        rec.last_contact_us = Some(crate::now_us());
+        if registry.register_new(&rec)? {
+            if id != ARCHIVER_ID {
+                tracing::warn!(archive = %location, consumer = %id, "another archive of this data directory is registered too: each archiver holds back the segments its archive has not taken, so an archive no longer used must be dropped (`walship checkpoint DATA_DIR --drop-consumer ID`, ids in `walship status`) or wal/ keeps growing");
+            }
+            return Ok(id.clone());
+        }
+        // Taken meanwhile by an archiver of the same archive: share it.
+        if registry
+            .get(id)?
+            .is_some_and(|r| r.address.as_deref() == Some(location))
+        {
+            return Ok(id.clone());
+        }
     }
-    match archivers.iter().find(|r| r.id == ARCHIVER_ID) {
-        None => Ok((ARCHIVER_ID.to_string(), None)),
-        Some(r) if r.address.is_none() => Ok((ARCHIVER_ID.to_string(), Some(r.clone()))),
-        Some(_) => Ok((format!("{ARCHIVER_ID}-{:08x}", fnv1a(location)), None)),
-    }
+    Err(Error::Refused(format!(
+        "consumers {} and {} are both registered for other archives; drop the one no longer used (`walship checkpoint DATA_DIR --drop-consumer ID`)",
+        ids[0], ids[1]
+    )))
 }
 
 /// FNV-1a, 32 bits: a stable name for a location (not a defence against anything).
@@ -171,7 +198,7 @@ pub struct Archiver<S: ArchiveStore> {
     store: Arc<S>,
     opts: ArchiverOptions,
     registry: ConsumerRegistry,
-    /// Its id in the registry ([`consumer_for`]).
+    /// Its id in the registry ([`register`]); empty until it registers.
     consumer_id: String,
     /// Segments the archive holds: segment number to (object name, compression), as of the
     /// last listing.
@@ -200,21 +227,20 @@ impl<S: ArchiveStore> Archiver<S> {
         // A lost archiver stops before touching the archive.
         let registry = ConsumerRegistry::new(&data_dir);
         let location = store.location();
-        let (consumer_id, record) = consumer_for(&registry, &location)?;
-        let position = match record {
+        let record = registration_of(&registry, &location)?;
+        let position = match &record {
             Some(r) if r.lost => {
                 return Err(Error::Refused(format!(
-                    "the archiver of {} was marked lost by retention (it fell further behind than the cap) and segments it had not archived were removed; drop it with `walship checkpoint {} --drop-consumer {consumer_id}` and start a new archive",
+                    "the archiver of {} was marked lost by retention (it fell further behind than the cap) and segments it had not archived were removed; drop it with `walship checkpoint {} --drop-consumer {}` and start a new archive",
                     data_dir.root().display(),
-                    data_dir.root().display()
+                    data_dir.root().display(),
+                    r.id
                 )))
             }
             Some(r) if r.address.as_deref() == Some(location.as_str()) => r.position,
             _ => Lsn::ZERO,
         };
-        if position == Lsn::ZERO && consumer_id != ARCHIVER_ID {
-            tracing::warn!(archive = %location, consumer = %consumer_id, "another archive of this data directory is registered too: each archiver holds back the segments its archive has not taken, so an archive no longer used must be dropped (`walship checkpoint DATA_DIR --drop-consumer ID`, ids in `walship status`) or wal/ keeps growing");
-        }
+        let consumer_id = record.map(|r| r.id).unwrap_or_default();
         let objects = store.list().await?;
         // A data directory (this one, or another) given as the target by mistake: segments
         // pushed there would mix with its own files, and `status`/`verify` of it would report
@@ -251,6 +277,9 @@ impl<S: ArchiveStore> Archiver<S> {
             histories_pushed: BTreeSet::new(),
         };
         // Register before looking at wal/, so retention keeps everything from here on.
+        if a.consumer_id.is_empty() {
+            a.consumer_id = register(&a.registry, &location)?;
+        }
         a.save_position(position)?;
         if existing.is_none() {
             a.identity.first_segment = Some(a.first_segment_of_new_archive(position)?);
