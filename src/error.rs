@@ -142,6 +142,11 @@ impl Error {
     pub fn is_no_space(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
     }
+
+    /// True for an I/O error saying a file is not there (a file listed, then removed).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
 }
 
 /// Attaches a context line to an `io::Result`.

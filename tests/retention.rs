@@ -554,6 +554,56 @@ fn a_reader_overtaken_by_retention_is_told_so_and_a_hole_is_still_damage() {
 /// Checkpoints run at once (separate processes, each its own LSN) leave the remembered
 /// checkpoint at the highest of them: it never moves back below what was removed.
 #[test]
+fn a_writer_starting_while_checkpoints_release_segments_starts() {
+    // Recovery lists wal/ and then reads each file; a checkpoint in another process (it takes
+    // no lock) releases old segments in between, removed or recycled.
+    for max_recycled in ["0", "2"] {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("d");
+        let wal = filled(&root, 120);
+        let end = wal.write_lsn().0;
+        drop(wal);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let failures: Vec<String> = std::thread::scope(|sc| {
+            let checkpoints = sc.spawn(|| {
+                for i in 1..=120u64 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let lsn = (end * i / 120).to_string();
+                    let out = walship(&[
+                        "checkpoint",
+                        p(&root),
+                        "--lsn",
+                        &lsn,
+                        "--max-recycled",
+                        max_recycled,
+                    ]);
+                    assert!(out.status.success(), "{}", text(&out));
+                }
+            });
+            let mut failures = Vec::new();
+            for i in 0..40 {
+                let out =
+                    common::run_with(&["write", p(&root)], format!("x{i}\n").as_bytes(), |_| {});
+                if !out.status.success() {
+                    failures.push(text(&out));
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            checkpoints.join().unwrap();
+            failures
+        });
+        assert!(
+            failures.is_empty(),
+            "max-recycled {max_recycled}: {failures:#?}"
+        );
+        let v = walship(&["verify", p(&root)]);
+        assert!(v.status.success(), "{}", text(&v));
+    }
+}
+
+#[test]
 fn checkpoints_racing_leave_the_highest_and_never_move_back() {
     for round in 0..6 {
         let (_tmp, dir) = common::new_dir();

@@ -77,7 +77,7 @@ pub struct Recovered {
 /// files that hold only zeros. The write-ahead directory is synced last, so every name the
 /// writer relies on is durable before it acknowledges anything.
 pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Result<Recovered> {
-    let (mut rec, actions) = plan(dir, control, mode)?;
+    let (mut rec, actions) = plan_settled(dir, control, mode)?;
     apply(dir, &actions, &mut rec)?;
     // A name the last writer gave (activating a prepared file) may not be durable yet; the new
     // writer acknowledges records in that file, so the name must be before it does.
@@ -89,7 +89,7 @@ pub fn recover(dir: &DataDir, control: &ControlFile, mode: RecoveryMode) -> Resu
 /// What recovery would do to `dir` in the default mode, or the damage it would refuse: the
 /// same decisions, nothing changed on disk. For `verify`, so that it and `write` agree.
 pub fn plan_only(dir: &DataDir, control: &ControlFile) -> Result<Vec<String>> {
-    let (_, actions) = plan(dir, control, RecoveryMode::TolerateTail)?;
+    let (_, actions) = plan_settled(dir, control, RecoveryMode::TolerateTail)?;
     Ok(actions
         .iter()
         .filter_map(|a| match a {
@@ -100,6 +100,29 @@ pub fn plan_only(dir: &DataDir, control: &ControlFile) -> Result<Vec<String>> {
             _ => None,
         })
         .collect())
+}
+
+/// Times [`plan_settled`] reads the directory again when a file it listed is gone.
+const PLAN_ATTEMPTS: usize = 5;
+
+/// [`plan`], read again when a file listed is gone by the time it is opened: a checkpoint
+/// running beside it (it takes no lock) releases old sealed segments and recycled files, and a
+/// new reading no longer lists them.
+fn plan_settled(
+    dir: &DataDir,
+    control: &ControlFile,
+    mode: RecoveryMode,
+) -> Result<(Recovered, Vec<Action>)> {
+    let mut attempt = 1;
+    loop {
+        match plan(dir, control, mode) {
+            Err(e) if e.is_not_found() && attempt < PLAN_ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "a file recovery listed is gone; reading wal/ again");
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Reads the directory and decides what recovery finds and does, changing nothing.
