@@ -131,6 +131,57 @@ fn the_pool_keeps_what_a_checkpoint_released_and_shrinks_by_a_tenth_when_idle() 
     check(&dir, ckpt, &want);
 }
 
+#[test]
+fn a_pool_file_changed_after_its_release_is_set_aside_not_damage() {
+    use std::os::unix::fs::FileExt;
+    // A flipped bit, a file grown past the segment size: it can no longer be reused, but it
+    // lies below the checkpoint and every live segment, so nothing in it is needed.
+    for (tag, change) in [
+        (
+            "flipped",
+            (|f: &std::fs::File| f.write_all_at(&[0xFF; 4], 5000).unwrap()) as fn(&_),
+        ),
+        ("grown", |f: &std::fs::File| f.set_len(1 << 30).unwrap()),
+    ] {
+        let (_t, dir) = common::new_dir();
+        let wal = Wal::open(&dir, WalOptions::default()).expect("open");
+        append(&wal, "a", 2500);
+        let ckpt = wal.flush_lsn();
+        wal.checkpoint(ckpt, &RetentionOptions::default())
+            .expect("checkpoint");
+        drop(wal);
+        let pool = files(&dir, SegmentFileKind::Prepared);
+        let victim = dir.join("wal").join(&pool[0]);
+        change(
+            &std::fs::OpenOptions::new()
+                .write(true)
+                .open(&victim)
+                .unwrap(),
+        );
+        let v = common::walship(&["verify", common::p(&dir)]);
+        assert!(v.status.success(), "{tag}: {}", common::text(&v));
+        let wal = Wal::open(&dir, WalOptions::default()).expect("the writer starts");
+        let want: Vec<_> = append(&wal, "b", 300);
+        drop(wal);
+        assert!(
+            !victim.exists(),
+            "{tag}: the changed file was reused or left"
+        );
+        let aside: Vec<_> = std::fs::read_dir(dir.join("setaside"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            aside.iter().any(|n| n.starts_with(&pool[0])),
+            "{tag}: {aside:?}"
+        );
+        let got = read_from(&dir, want[0].0);
+        assert_eq!(got, want, "{tag}");
+        let v = common::walship(&["verify", common::p(&dir)]);
+        assert!(v.status.success(), "{tag}: {}", common::text(&v));
+    }
+}
+
 /// Inodes of the files in `wal/` of `kind`.
 fn inodes(dir: &Path, kind: SegmentFileKind) -> HashSet<u64> {
     files(dir, kind)

@@ -245,14 +245,18 @@ fn a_lost_archiver_refuses_to_run_until_dropped() {
     let mut a = reg.get("archiver").unwrap().unwrap();
     a.lost = true;
     reg.save(&a).unwrap();
-    let arc = t.path().join("arc");
-    let out = archive_once(&root, &arc, &[]);
+    // Its own archive is refused until it is dropped...
+    let out = archive_once(&root, &old_arc, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("--drop-consumer archiver"),
         "{}",
         text(&out)
     );
+    // ...while another archive registers on its own and starts at the oldest segment there.
+    let arc = t.path().join("arc");
+    let out = archive_once(&root, &arc, &[]);
+    assert!(out.status.success(), "{}", text(&out));
     let out = walship(&[
         "checkpoint",
         p(&root),
@@ -277,7 +281,7 @@ fn a_lost_archiver_refuses_to_run_until_dropped() {
     assert_eq!(before, after);
     reg.remove("archiver").unwrap();
     // A fresh archive starts at the oldest segment still there.
-    let out = archive_once(&root, &arc, &[]);
+    let out = archive_once(&root, &t.path().join("arc2"), &[]);
     assert!(out.status.success(), "{}", text(&out));
     let out = walship(&["checkpoint", p(&root), "--drop-consumer", "nobody"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));

@@ -202,6 +202,11 @@ fn plan(
     // segments, which say which segment that is.
     // Their changes come first, as each name they free may be the one a restart takes.
     let mut prep_actions = Vec::new();
+    let oldest_live = rec
+        .sealed
+        .first()
+        .map(|s| s.name.segment_no.0)
+        .or(open_names.first().map(|n| n.segment_no.0));
     for name in prepared {
         let path = dir.segment_path(&name);
         let buf = crate::reader::read_segment(&path)?;
@@ -219,6 +224,12 @@ fn plan(
                 rec.prepared = Some(path);
             }
             tracing::debug!(file = %name, %stale, "a recycled file, kept for reuse");
+        } else if released_by_retention(dir, control, &name, oldest_live)? {
+            // Retention put it in the pool; it changed since (a flipped bit, a write).
+            prep_actions.push(Action::MoveAside {
+                path,
+                why: "a released segment kept for reuse that is no longer the segment it was: it lies below the checkpoint and every live segment, so none of its records is needed; not reused".into(),
+            });
         } else if let Some(reason) = prepared_damage(control, &name, &buf) {
             let start = name.segment_no.start_lsn_saturating(control.segment_size);
             return Err(corrupt(&path, 0, start, reason));
@@ -519,6 +530,26 @@ pub(crate) fn headerless_damage(
         buf.len(),
         control.segment_size,
     )
+}
+
+/// True when prepared file `name` is a segment retention released into the pool of recycled
+/// files: numbered below every live segment (`oldest_live`), and ending at or below the
+/// checkpoint, below which the application needs no record. Such a file never held the log's
+/// end, whatever bytes it holds now.
+fn released_by_retention(
+    dir: &DataDir,
+    control: &ControlFile,
+    name: &SegmentName,
+    oldest_live: Option<u64>,
+) -> Result<bool> {
+    let Some(oldest) = oldest_live else {
+        return Ok(false);
+    };
+    let end = name
+        .segment_no
+        .next()
+        .start_lsn_saturating(control.segment_size);
+    Ok(name.segment_no.0 < oldest && end <= crate::retention::checkpoint_lsn(dir)?)
 }
 
 /// Why prepared file `name`, holding data, is damage: its header is the one the writer gives
