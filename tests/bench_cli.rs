@@ -354,6 +354,33 @@ fn bad_trace_is_a_clear_error() {
 /// An interrupted bench (SIGINT, SIGTERM) removes its scratch directories and exits as the
 /// signal would have: a large run must not leave gigabytes behind.
 #[test]
+fn a_missing_or_non_directory_dir_is_refused_and_nothing_is_created() {
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("typo/deeper");
+    let file = t.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    for (dir, says) in [(&missing, "No such file"), (&file, "not a directory")] {
+        let out = walship(&[
+            "bench",
+            "--dir",
+            p(dir),
+            "--durability",
+            "none",
+            "--records",
+            "10",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", dir.display());
+        assert!(err.contains("--dir") && err.contains(says), "{err}");
+    }
+    assert!(
+        !t.path().join("typo").exists(),
+        "the bench created the missing --dir"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
+#[test]
 fn an_interrupted_bench_removes_its_scratch_directories() {
     for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
         let t = tempfile::tempdir().unwrap();

@@ -57,8 +57,8 @@ walship bench --scenario ship --segments 24 --record-size 4KiB\n  \
 walship bench --workload pgbench-wal.tsv.gz --writers 4"
 )]
 pub struct BenchArgs {
-    /// Where to run: a scratch directory is made inside and removed afterwards (also when the
-    /// bench is interrupted with SIGINT or SIGTERM).
+    /// Where to run, an existing directory: a scratch directory is made inside and removed
+    /// afterwards (also when the bench is interrupted with SIGINT or SIGTERM).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
     #[arg(long, value_enum, default_value_t = Scenario::Append)]
@@ -115,6 +115,22 @@ pub struct BenchArgs {
 
 pub fn run(a: BenchArgs) -> CmdResult {
     walship::format::check_segment_size(a.segment_size).map_err(Failure::Error)?;
+    // A mistyped --dir must not become a new directory tree left behind.
+    match std::fs::metadata(&a.dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Failure::Error(format!(
+                "--dir {}: not a directory",
+                a.dir.display()
+            )))
+        }
+        Err(e) => {
+            return Err(Failure::Error(format!(
+            "--dir {}: {e} (the bench runs in a scratch directory it makes inside an existing one)",
+            a.dir.display()
+        )))
+        }
+    }
     let limit = match (a.records, a.seconds) {
         (Some(0), _) => return Err(Failure::Error("--records must be at least 1".into())),
         (Some(n), _) => Some(Limit::Records(n)),

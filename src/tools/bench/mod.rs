@@ -339,7 +339,6 @@ static SCRATCH: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::ne
 /// [`remove_scratch_on_interrupt`]).
 fn scratch(dir: &std::path::Path) -> walship::Result<tempfile::TempDir> {
     use walship::error::IoContext;
-    std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
     let tmp = tempfile::Builder::new()
         .prefix("walship-bench-")
         .tempdir_in(dir)
