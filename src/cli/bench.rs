@@ -115,22 +115,6 @@ pub struct BenchArgs {
 
 pub fn run(a: BenchArgs) -> CmdResult {
     walship::format::check_segment_size(a.segment_size).map_err(Failure::Error)?;
-    // A mistyped --dir must not become a new directory tree left behind.
-    match std::fs::metadata(&a.dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(Failure::Error(format!(
-                "--dir {}: not a directory",
-                a.dir.display()
-            )))
-        }
-        Err(e) => {
-            return Err(Failure::Error(format!(
-            "--dir {}: {e} (the bench runs in a scratch directory it makes inside an existing one)",
-            a.dir.display()
-        )))
-        }
-    }
     let limit = match (a.records, a.seconds) {
         (Some(0), _) => return Err(Failure::Error("--records must be at least 1".into())),
         (Some(n), _) => Some(Limit::Records(n)),
@@ -187,6 +171,22 @@ pub fn run(a: BenchArgs) -> CmdResult {
         }
         None => None,
     };
+    // Checked after the arguments. A mistyped --dir must not become a new directory tree left behind.
+    match std::fs::metadata(&a.dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Failure::Error(format!(
+                "--dir {}: not a directory",
+                a.dir.display()
+            )))
+        }
+        Err(e) => {
+            return Err(Failure::Error(format!(
+            "--dir {}: {e} (the bench runs in a scratch directory it makes inside an existing one)",
+            a.dir.display()
+        )))
+        }
+    }
     bench::remove_scratch_on_interrupt();
     let results = match (a.scenario, &trace) {
         (Scenario::Sync, t) => bench::run_sync(&cfg, t.as_deref())?,
