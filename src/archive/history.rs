@@ -267,41 +267,50 @@ pub async fn put_history<S: ArchiveStore>(store: &S, file: &HistoryFile) -> Resu
     let bytes = file.encode().map_err(Error::InvalidArgument)?;
     let name = history_object_name(file.timeline);
     let path = object_path(store, &name);
-    match store.put(&name, Arc::new(bytes.clone())).await? {
-        PutOutcome::Created { verified } => {
-            if !verified {
-                let back = store.get(&name).await?;
-                if back.as_deref() != Some(&bytes[..]) {
+    // The archiver stores a history file again when the archive lost it; lost again between
+    // storing and reading it back, it is stored again (a few times), not a failed pass.
+    for _ in 0..HISTORY_PUT_ATTEMPTS {
+        match store.put(&name, Arc::new(bytes.clone())).await? {
+            PutOutcome::Created { verified: true } => return Ok(HistoryPut::Created),
+            PutOutcome::Created { verified: false } => match store.get(&name).await? {
+                None => continue,
+                Some(back) if back == bytes => return Ok(HistoryPut::Created),
+                Some(_) => {
                     return Err(Error::Storage(format!(
                         "{}: read back after writing, the object does not hold the bytes written",
                         path.display()
-                    )));
+                    )))
                 }
+            },
+            PutOutcome::AlreadyExists => {
+                let Some(held) = store.get(&name).await? else {
+                    continue;
+                };
+                if held == bytes {
+                    store.sync(&name).await?;
+                    return Ok(HistoryPut::AlreadyHeld);
+                }
+                let theirs = match crate::history::decode_history(&path, &held, file.timeline) {
+                    Ok(h) => format!("the archive's history {}", History::of(&h)),
+                    Err(e) => format!("the archive's history file, which is damaged ({e})"),
+                };
+                return Err(Error::Refused(format!(
+                    "{}: timeline {} has two different histories, {theirs} and this directory's {} (two promotions made the same timeline: split brain); the archive was left as it was",
+                    path.display(),
+                    file.timeline,
+                    History::of(file)
+                )));
             }
-            Ok(HistoryPut::Created)
-        }
-        PutOutcome::AlreadyExists => {
-            let held = store
-                .get(&name)
-                .await?
-                .ok_or_else(|| Error::Storage(format!("{}: exists, then gone", path.display())))?;
-            if held == bytes {
-                store.sync(&name).await?;
-                return Ok(HistoryPut::AlreadyHeld);
-            }
-            let theirs = match crate::history::decode_history(&path, &held, file.timeline) {
-                Ok(h) => format!("the archive's history {}", History::of(&h)),
-                Err(e) => format!("the archive's history file, which is damaged ({e})"),
-            };
-            Err(Error::Refused(format!(
-                "{}: timeline {} has two different histories, {theirs} and this directory's {} (two promotions made the same timeline: split brain); the archive was left as it was",
-                path.display(),
-                file.timeline,
-                History::of(file)
-            )))
         }
     }
+    Err(Error::Storage(format!(
+        "{}: gone again each of the {HISTORY_PUT_ATTEMPTS} times it was stored: something removes the archive's history files",
+        path.display()
+    )))
 }
+
+/// Times [`put_history`] stores a history file that is gone by the time it is read back.
+const HISTORY_PUT_ATTEMPTS: usize = 3;
 
 #[cfg(test)]
 mod tests {
@@ -314,6 +323,79 @@ mod tests {
 
     fn h2(lsn: u64) -> HistoryFile {
         HistoryFile::child_of(None, SYS, 1, Lsn(lsn), 1_000, "promote").unwrap()
+    }
+
+    /// A directory archive whose objects something removes just before the next reads, as
+    /// many times as `removals` says.
+    struct Vanishing {
+        inner: LocalDirStore,
+        removals: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ArchiveStore for Vanishing {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        async fn put(&self, name: &str, data: Arc<Vec<u8>>) -> Result<PutOutcome> {
+            self.inner.put(name, data).await
+        }
+        async fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+            use std::sync::atomic::Ordering;
+            if self
+                .removals
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                self.inner.delete(name).await?;
+            }
+            self.inner.get(name).await
+        }
+        async fn list(&self) -> Result<Vec<crate::archive::ObjectInfo>> {
+            self.inner.list().await
+        }
+        async fn exists(&self, name: &str) -> Result<bool> {
+            self.inner.exists(name).await
+        }
+        async fn sync(&self, name: &str) -> Result<()> {
+            self.inner.sync(name).await
+        }
+        async fn delete(&self, name: &str) -> Result<bool> {
+            self.inner.delete(name).await
+        }
+        async fn replace(&self, name: &str, data: Arc<Vec<u8>>) -> Result<()> {
+            self.inner.replace(name, data).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_history_file_gone_before_it_is_read_back_is_stored_again() {
+        let t = tempfile::tempdir().unwrap();
+        let a = h2(4096);
+        for (removals, stored) in [(1, true), (2, true), (3, false)] {
+            let s = Vanishing {
+                inner: LocalDirStore::create(t.path().join(format!("a{removals}"))).unwrap(),
+                removals: removals.into(),
+            };
+            let r = put_history(&s, &a).await;
+            if stored {
+                assert_eq!(r.unwrap(), HistoryPut::Created, "{removals}");
+                assert_eq!(
+                    s.inner.get("00000002.history").await.unwrap(),
+                    Some(a.encode().unwrap())
+                );
+            } else {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("gone again each of the 3 times"), "{e}");
+            }
+        }
+        // Found in place, then gone before it is read: stored again.
+        let s = Vanishing {
+            inner: LocalDirStore::create(t.path().join("b")).unwrap(),
+            removals: 0.into(),
+        };
+        put_history(&s.inner, &a).await.unwrap();
+        s.removals.store(1, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(put_history(&s, &a).await.unwrap(), HistoryPut::Created);
     }
 
     #[tokio::test]
