@@ -9,7 +9,8 @@
 //! where the archive begins and the check that it holds every segment from there before the
 //! archiver trusts its position; `retry.rs`: the pause and the log lines of a failing pass;
 //! `timelines.rs`: the history the archive follows, the history files pushed, and which
-//! timeline's segment each segment number is along it.
+//! timeline's segment each segment number is along it; `registration.rs`: the archiver's
+//! registration as a consumer of the data directory, one per archive.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -33,80 +34,20 @@ use crate::Lsn;
 mod completeness;
 mod prepare;
 mod push;
+mod registration;
 mod retry;
 mod timelines;
 
 use prepare::{prepare, Prepared};
+use registration::{register, registration_of};
 use retry::{Backoff, FailureStreak};
 
 /// The default of [`ArchiverOptions::warn_lag_time`].
 pub const DEFAULT_WARN_LAG_TIME: Duration = Duration::from_secs(300);
 
 /// The archiver's id in the consumer registry; the archiver of a second archive of the same
-/// data directory registers under an id of its own ([`register`]).
+/// data directory registers under an id of its own (`registration.rs`).
 pub const ARCHIVER_ID: &str = "archiver";
-
-/// The registration of the archiver pushing to `location`, if there is one: the archiver
-/// registered with that address, or an archiver registered as [`ARCHIVER_ID`] by a version
-/// that recorded no address.
-fn registration_of(registry: &ConsumerRegistry, location: &str) -> Result<Option<ConsumerRecord>> {
-    let archivers: Vec<ConsumerRecord> = registry
-        .list()?
-        .into_iter()
-        .filter(|c| c.kind == ConsumerKind::Archiver)
-        .collect();
-    Ok(archivers
-        .iter()
-        .find(|r| r.address.as_deref() == Some(location))
-        .or_else(|| {
-            archivers
-                .iter()
-                .find(|r| r.id == ARCHIVER_ID && r.address.is_none())
-        })
-        .cloned())
-}
-
-/// Registers the archiver of `location`, which has no registration yet, at position 0, under
-/// [`ARCHIVER_ID`] when no other archive holds it, else under `archiver-` and a hash of the
-/// location; returns the id. Each archive then holds back the segments it has not taken: with
-/// one registration for two archives, retention followed whichever saved last and released
-/// segments the other had not archived yet. Each claim creates the record only if it is absent,
-/// so two archivers starting at once never share one.
-fn register(registry: &ConsumerRegistry, location: &str) -> Result<String> {
-    let ids = [
-        ARCHIVER_ID.to_string(),
-        format!("{ARCHIVER_ID}-{:08x}", fnv1a(location)),
-    ];
-    for id in &ids {
-        let mut rec = ConsumerRecord::new(id, ConsumerKind::Archiver, Lsn(0));
-        rec.address = Some(location.to_string());
-        rec.last_contact_us = Some(crate::now_us());
-        if registry.register_new(&rec)? {
-            if id != ARCHIVER_ID {
-                tracing::warn!(archive = %location, consumer = %id, "another archive of this data directory is registered too: each archiver holds back the segments its archive has not taken, so an archive no longer used must be dropped (`walship checkpoint DATA_DIR --drop-consumer ID`, ids in `walship status`) or wal/ keeps growing");
-            }
-            return Ok(id.clone());
-        }
-        // Taken meanwhile by an archiver of the same archive: share it.
-        if registry
-            .get(id)?
-            .is_some_and(|r| r.address.as_deref() == Some(location))
-        {
-            return Ok(id.clone());
-        }
-    }
-    Err(Error::Refused(format!(
-        "consumers {} and {} are both registered for other archives; drop the one no longer used (`walship checkpoint DATA_DIR --drop-consumer ID`)",
-        ids[0], ids[1]
-    )))
-}
-
-/// FNV-1a, 32 bits: a stable name for a location (not a defence against anything).
-fn fnv1a(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
-}
 
 #[derive(Clone, Debug)]
 pub struct ArchiverOptions {
@@ -198,7 +139,7 @@ pub struct Archiver<S: ArchiveStore> {
     store: Arc<S>,
     opts: ArchiverOptions,
     registry: ConsumerRegistry,
-    /// Its id in the registry ([`register`]); empty until it registers.
+    /// Its id in the registry (`registration.rs`); empty until it registers.
     consumer_id: String,
     /// Segments the archive holds: segment number to (object name, compression), as of the
     /// last listing.
